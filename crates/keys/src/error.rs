@@ -1,0 +1,58 @@
+//! What can go wrong with keys.
+
+use clover_model::SubjectId;
+
+/// An error of key custody or encryption.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The keyring file could not be read or written.
+    #[error("keyring file {path:?}: {source}")]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Refused to replace existing keys.
+    #[error("keys already exist at {0:?}; refusing to overwrite them")]
+    AlreadyExists(std::path::PathBuf),
+    /// The keyring file is not one Clover wrote.
+    #[error("keyring file {path:?} is malformed: {detail}")]
+    Malformed {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// The passphrase does not open the keyring (or the file was altered).
+    #[error("the passphrase does not open the keyring at {0:?} (wrong passphrase, or the file was altered)")]
+    WrongPassphrase(std::path::PathBuf),
+    /// No passphrase was given for an existing keyring.
+    #[error("the keyring at {0:?} is sealed and no passphrase was found: set CLOVER_PASSPHRASE")]
+    NoPassphrase(std::path::PathBuf),
+    /// The keyring belongs to another region.
+    #[error("the keyring is for region {found:?}, not {expected:?}")]
+    WrongRegion {
+        /// The region asked for.
+        expected: String,
+        /// The keyring's region.
+        found: String,
+    },
+    /// The wrapped key names a KEK version the custodian does not hold (retired or unknown).
+    #[error("no key-encryption key version {0} is held")]
+    UnknownKekVersion(u32),
+    /// The permit does not cover this subject or action.
+    #[error("the permit is for subject {permitted:?}, not {requested:?}")]
+    PermitMismatch {
+        /// The subject of the permit.
+        permitted: SubjectId,
+        /// The subject whose key was asked for.
+        requested: SubjectId,
+    },
+    /// A ciphertext failed to open: wrong key, or bytes moved or altered.
+    #[error("decryption failed: wrong key, or the ciphertext was moved or altered")]
+    Decrypt,
+    /// The system random generator or the cipher failed.
+    #[error("cryptographic failure: {0}")]
+    Crypto(&'static str),
+}

@@ -1,0 +1,293 @@
+//! The local keyring: the embedded custodian.
+//!
+//! One file holds the region's key-encryption keys, sealed with AES-256-GCM under a key derived
+//! from the operator's passphrase (PBKDF2-HMAC-SHA256, [`KDF_ITERATIONS`] rounds, random salt).
+//! The region and the file format are authenticated with it, so the file cannot be moved to
+//! another region's boundary.
+
+use std::collections::BTreeMap;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use clover_model::{Region, SubjectId};
+use clover_policy::Permit;
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::data_key::{open, seal};
+use crate::passphrase::write_private;
+use crate::{DataKey, KeyCustody, KeyError, Passphrase, WrappedKey, aad};
+
+const FORMAT: &str = "clover-keyring/v1";
+const KDF_ALGORITHM: &str = "pbkdf2-hmac-sha256";
+
+/// PBKDF2 rounds for a new keyring: OWASP's 2023 figure for PBKDF2-HMAC-SHA256.
+pub const KDF_ITERATIONS: u32 = 600_000;
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyringFile {
+    format: String,
+    region: Region,
+    kdf: Kdf,
+    sealed: String,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Kdf {
+    algorithm: String,
+    iterations: u32,
+    salt: String,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SealedKeys {
+    current: u32,
+    keks: BTreeMap<u32, String>,
+}
+
+/// The region's key-encryption keys, unsealed in memory.
+pub struct Keyring {
+    path: PathBuf,
+    region: Region,
+    current: u32,
+    keks: BTreeMap<u32, Zeroizing<[u8; 32]>>,
+}
+
+impl std::fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keyring")
+            .field("path", &self.path)
+            .field("region", &self.region)
+            .field("current", &self.current)
+            .field("versions", &self.keks.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+fn derive(passphrase: &Passphrase, salt: &[u8], iterations: u32) -> Zeroizing<[u8; 32]> {
+    let mut out = Zeroizing::new([0u8; 32]);
+    let rounds = NonZeroU32::new(iterations).unwrap_or(NonZeroU32::MIN);
+    aws_lc_rs::pbkdf2::derive(aws_lc_rs::pbkdf2::PBKDF2_HMAC_SHA256, rounds, salt, passphrase.as_bytes(), out.as_mut());
+    out
+}
+
+fn file_aad(region: &Region) -> Vec<u8> {
+    format!("{FORMAT}|{region}").into_bytes()
+}
+
+impl Keyring {
+    /// Creates a keyring for `region` with a first KEK, sealed with `passphrase`, at `path`.
+    /// Refuses to replace an existing file.
+    pub fn create(path: &Path, region: Region, passphrase: &Passphrase) -> Result<Self, KeyError> {
+        Self::create_with_iterations(path, region, passphrase, KDF_ITERATIONS)
+    }
+
+    fn create_with_iterations(
+        path: &Path,
+        region: Region,
+        passphrase: &Passphrase,
+        iterations: u32,
+    ) -> Result<Self, KeyError> {
+        if path.exists() {
+            return Err(KeyError::AlreadyExists(path.to_owned()));
+        }
+        let mut kek = Zeroizing::new([0u8; 32]);
+        let mut salt = [0u8; 16];
+        aws_lc_rs::rand::fill(kek.as_mut()).map_err(|_| KeyError::Crypto("random generator failed"))?;
+        aws_lc_rs::rand::fill(&mut salt).map_err(|_| KeyError::Crypto("random generator failed"))?;
+        let keyring = Self { path: path.to_owned(), region, current: 1, keks: BTreeMap::from([(1, kek)]) };
+
+        let sealed = SealedKeys {
+            current: keyring.current,
+            keks: keyring.keks.iter().map(|(v, k)| (*v, B64.encode(k.as_ref()))).collect(),
+        };
+        let plaintext = Zeroizing::new(
+            serde_json::to_vec(&sealed)
+                .map_err(|e| KeyError::Malformed { path: path.to_owned(), detail: e.to_string() })?,
+        );
+        drop(sealed.keks.into_values().map(Zeroizing::new).collect::<Vec<_>>());
+        let wrapping = derive(passphrase, &salt, iterations);
+        let file = KeyringFile {
+            format: FORMAT.to_owned(),
+            region: keyring.region.clone(),
+            kdf: Kdf { algorithm: KDF_ALGORITHM.to_owned(), iterations, salt: B64.encode(salt) },
+            sealed: B64.encode(seal(wrapping.as_ref(), &file_aad(&keyring.region), &plaintext)?),
+        };
+        let mut text = serde_json::to_vec_pretty(&file)
+            .map_err(|e| KeyError::Malformed { path: path.to_owned(), detail: e.to_string() })?;
+        text.push(b'\n');
+        write_private(path, &text)?;
+        Ok(keyring)
+    }
+
+    /// Opens the keyring at `path` with `passphrase`.
+    pub fn open(path: &Path, passphrase: &Passphrase) -> Result<Self, KeyError> {
+        let malformed = |detail: String| KeyError::Malformed { path: path.to_owned(), detail };
+        let text = std::fs::read(path).map_err(|source| KeyError::Io { path: path.to_owned(), source })?;
+        let file: KeyringFile = serde_json::from_slice(&text).map_err(|e| malformed(e.to_string()))?;
+        if file.format != FORMAT {
+            return Err(malformed(format!("unknown format {:?}, expected {FORMAT:?}", file.format)));
+        }
+        if file.kdf.algorithm != KDF_ALGORITHM {
+            return Err(malformed(format!("unknown key derivation {:?}", file.kdf.algorithm)));
+        }
+        let salt = B64.decode(&file.kdf.salt).map_err(|e| malformed(format!("salt: {e}")))?;
+        let sealed = B64.decode(&file.sealed).map_err(|e| malformed(format!("sealed keys: {e}")))?;
+        let wrapping = derive(passphrase, &salt, file.kdf.iterations);
+        let plaintext = open(wrapping.as_ref(), &file_aad(&file.region), &sealed)
+            .map_err(|_| KeyError::WrongPassphrase(path.to_owned()))?;
+        let keys: SealedKeys = serde_json::from_slice(&plaintext).map_err(|e| malformed(e.to_string()))?;
+        let mut keks = BTreeMap::new();
+        for (version, encoded) in keys.keks {
+            let encoded = Zeroizing::new(encoded);
+            let bytes = Zeroizing::new(B64.decode(encoded.as_bytes()).map_err(|e| malformed(format!("kek: {e}")))?);
+            let mut kek = Zeroizing::new([0u8; 32]);
+            if bytes.len() != 32 {
+                return Err(malformed(format!("kek version {version} is not 32 bytes")));
+            }
+            kek.copy_from_slice(&bytes);
+            keks.insert(version, kek);
+        }
+        if !keks.contains_key(&keys.current) {
+            return Err(malformed(format!("current kek version {} is missing", keys.current)));
+        }
+        Ok(Self { path: path.to_owned(), region: file.region, current: keys.current, keks })
+    }
+
+    /// Opens the keyring and checks that it belongs to `region`.
+    pub fn open_for(path: &Path, region: &Region, passphrase: &Passphrase) -> Result<Self, KeyError> {
+        let keyring = Self::open(path, passphrase)?;
+        if keyring.region != *region {
+            return Err(KeyError::WrongRegion { expected: region.to_string(), found: keyring.region.to_string() });
+        }
+        Ok(keyring)
+    }
+
+    /// The current KEK version, used for new wraps.
+    pub fn current_version(&self) -> u32 {
+        self.current
+    }
+
+    fn kek(&self, version: u32) -> Result<&[u8; 32], KeyError> {
+        self.keks.get(&version).map(|k| &**k).ok_or(KeyError::UnknownKekVersion(version))
+    }
+}
+
+impl KeyCustody for Keyring {
+    fn region(&self) -> &Region {
+        &self.region
+    }
+
+    fn new_data_key(&self, permit: &Permit) -> Result<(DataKey, WrappedKey), KeyError> {
+        let key = DataKey::generate()?;
+        let aad = aad::data_key(&self.region, permit.subject(), self.current);
+        let bytes = seal(self.kek(self.current)?, &aad, key.bytes())?;
+        Ok((key, WrappedKey { kek_version: self.current, bytes }))
+    }
+
+    fn unwrap(&self, subject: &SubjectId, wrapped: &WrappedKey, permit: &Permit) -> Result<DataKey, KeyError> {
+        if permit.subject() != subject {
+            return Err(KeyError::PermitMismatch { permitted: permit.subject().clone(), requested: subject.clone() });
+        }
+        let aad = aad::data_key(&self.region, subject, wrapped.kek_version);
+        let plain = open(self.kek(wrapped.kek_version)?, &aad, &wrapped.bytes)?;
+        let mut bytes = Zeroizing::new([0u8; 32]);
+        if plain.len() != 32 {
+            return Err(KeyError::Decrypt);
+        }
+        bytes.copy_from_slice(&plain);
+        Ok(DataKey::from_bytes(bytes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clover_model::{Action, Origin, Principal, PrincipalKind, SiteName};
+    use clover_policy::{AccessRequest, Verdict, decide};
+
+    use super::*;
+
+    fn permit(subject: &str) -> Permit {
+        let eu: Region = "eu".parse().unwrap();
+        let principal = Principal {
+            id: "ana".parse().unwrap(),
+            kind: PrincipalKind::Employee,
+            home_region: eu.clone(),
+            site: SiteName::new("dublin-1").unwrap(),
+            roles: vec![],
+        };
+        let origin = Origin::Site { site: SiteName::new("dublin-1").unwrap(), region: eu.clone() };
+        let subject: SubjectId = subject.parse().unwrap();
+        let request = AccessRequest {
+            boundary: &eu,
+            principal: &principal,
+            origin: &origin,
+            action: Action::Write,
+            subject: &subject,
+            subject_region: &eu,
+            record: None,
+            category: None,
+        };
+        match decide(&request) {
+            Verdict::Allowed(permit) => permit,
+            Verdict::Denied(d) => panic!("{d:?}"),
+        }
+    }
+
+    fn keyring(dir: &Path) -> Keyring {
+        Keyring::create_with_iterations(&dir.join("keyring.json"), "eu".parse().unwrap(), &Passphrase::new("pw"), 1000)
+            .unwrap()
+    }
+
+    #[test]
+    fn keyring_reopens_with_its_passphrase_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyring.json");
+        let created = keyring(dir.path());
+        let p = permit("s-1");
+        let (key, wrapped) = created.new_data_key(&p).unwrap();
+        let sealed = key.seal(b"aad", b"hello").unwrap();
+
+        let reopened = Keyring::open(&path, &Passphrase::new("pw")).unwrap();
+        let again = reopened.unwrap(&"s-1".parse().unwrap(), &wrapped, &p).unwrap();
+        assert_eq!(again.open(b"aad", &sealed).unwrap().as_slice(), b"hello");
+
+        assert!(matches!(Keyring::open(&path, &Passphrase::new("nope")), Err(KeyError::WrongPassphrase(_))));
+        assert!(matches!(
+            Keyring::open_for(&path, &"us".parse().unwrap(), &Passphrase::new("pw")),
+            Err(KeyError::WrongRegion { .. })
+        ));
+        assert!(matches!(
+            Keyring::create(&path, "eu".parse().unwrap(), &Passphrase::new("pw")),
+            Err(KeyError::AlreadyExists(_))
+        ));
+    }
+
+    #[test]
+    fn wrapped_keys_are_bound_to_their_subject_and_permit() {
+        let dir = tempfile::tempdir().unwrap();
+        let keyring = keyring(dir.path());
+        let (_, wrapped) = keyring.new_data_key(&permit("s-1")).unwrap();
+        // A permit for someone else cannot unwrap s-1's key.
+        assert!(matches!(
+            keyring.unwrap(&"s-1".parse().unwrap(), &wrapped, &permit("s-2")),
+            Err(KeyError::PermitMismatch { .. })
+        ));
+        // s-1's wrapped key moved to s-2's row does not open.
+        assert!(matches!(keyring.unwrap(&"s-2".parse().unwrap(), &wrapped, &permit("s-2")), Err(KeyError::Decrypt)));
+    }
+
+    #[test]
+    fn the_file_holds_no_key_in_the_clear() {
+        let dir = tempfile::tempdir().unwrap();
+        let keyring = keyring(dir.path());
+        let text = std::fs::read_to_string(dir.path().join("keyring.json")).unwrap();
+        let kek = B64.encode(keyring.kek(1).unwrap());
+        assert!(!text.contains(&kek));
+    }
+}

@@ -1,0 +1,43 @@
+//! Clover's envelope encryption and key custody.
+//!
+//! Each data subject has a data key (DEK, AES-256-GCM) that encrypts their fields. A DEK is never
+//! stored in the clear: it is wrapped by the region's key-encryption key (KEK), which the
+//! [custodian](KeyCustody) holds. The boundary keeps only the [`WrappedKey`]; to read or write a
+//! subject's data it asks the custodian to unwrap, and the custodian does so only against a
+//! [`Permit`](clover_policy::Permit) for that same subject. Destroying the wrapped DEK
+//! crypto-shreds the subject: their ciphertext, backups included, can no longer be opened.
+//!
+//! Every ciphertext is bound by its associated data ([`aad`]) to where it belongs (region,
+//! subject, record, version), so a ciphertext copied to another row or another region fails to
+//! open.
+//!
+//! The embedded custodian is a local [`Keyring`] sealed with a passphrase.
+
+pub mod aad;
+mod data_key;
+mod error;
+mod keyring;
+mod passphrase;
+
+pub use data_key::{DataKey, WrappedKey};
+pub use error::KeyError;
+pub use keyring::{KDF_ITERATIONS, Keyring};
+pub use passphrase::{PASSPHRASE_ENV, PASSPHRASE_FILE, Passphrase, PassphraseSource};
+
+use clover_model::{Region, SubjectId};
+use clover_policy::Permit;
+
+/// The holder of a region's key-encryption keys.
+///
+/// Implementations: the local [`Keyring`] (embedded default); an HSM over PKCS#11 later.
+pub trait KeyCustody: Send + Sync {
+    /// The region whose keys these are.
+    fn region(&self) -> &Region;
+
+    /// Makes a new data key for `subject` and returns it with its wrapped form, for a permitted
+    /// write.
+    fn new_data_key(&self, permit: &Permit) -> Result<(DataKey, WrappedKey), KeyError>;
+
+    /// Unwraps `subject`'s data key. The permit must be for that subject.
+    fn unwrap(&self, subject: &SubjectId, wrapped: &WrappedKey, permit: &Permit) -> Result<DataKey, KeyError>;
+}

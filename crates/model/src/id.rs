@@ -1,0 +1,198 @@
+//! Validated identifiers.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// An identifier that did not have the expected form.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {kind} {value:?}: {rule}")]
+pub struct InvalidId {
+    /// Which kind of identifier was being read (`subject id`, `region`, ...).
+    pub kind: &'static str,
+    /// The rejected input, cut to 64 characters.
+    pub value: String,
+    /// What the identifier must look like.
+    pub rule: &'static str,
+}
+
+impl InvalidId {
+    fn new(kind: &'static str, value: &str, rule: &'static str) -> Self {
+        Self { kind, value: value.chars().take(64).collect(), rule }
+    }
+}
+
+/// Defines a string identifier whose characters and length are checked on construction.
+macro_rules! string_id {
+    ($(#[$doc:meta])* $name:ident, $kind:literal, $max:literal, $allowed:expr, $rule:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            /// Checks `value` and wraps it.
+            pub fn new(value: impl Into<String>) -> Result<Self, InvalidId> {
+                let value = value.into();
+                let allowed: fn(char) -> bool = $allowed;
+                if value.is_empty() || value.len() > $max || !value.chars().all(allowed) {
+                    return Err(InvalidId::new($kind, &value, $rule));
+                }
+                Ok(Self(value))
+            }
+
+            /// The identifier as text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = InvalidId;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Self::new(s)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({:?})", stringify!($name), self.0)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                Self::new(s).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+fn is_name_char(c: char) -> bool {
+    c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'
+}
+
+fn is_opaque_id_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '@')
+}
+
+string_id!(
+    /// A jurisdiction with its own boundary (`eu`, `us`, `sg`, ...).
+    Region,
+    "region",
+    32,
+    is_name_char,
+    "1 to 32 characters of a-z, 0-9 and '-'"
+);
+
+string_id!(
+    /// A site (data centre or office network) of a region, such as `dublin-1`.
+    SiteName,
+    "site",
+    64,
+    is_name_char,
+    "1 to 64 characters of a-z, 0-9 and '-'"
+);
+
+string_id!(
+    /// A record category (`profile`, `contact`, `messages`, ...); which ones exist is
+    /// configuration, not code.
+    Category,
+    "category",
+    64,
+    is_name_char,
+    "1 to 64 characters of a-z, 0-9 and '-'"
+);
+
+string_id!(
+    /// The platform's opaque id for a data subject. Clover never derives meaning from it.
+    SubjectId,
+    "subject id",
+    128,
+    is_opaque_id_char,
+    "1 to 128 characters of A-Z, a-z, 0-9 and '-', '_', '.', ':', '@'"
+);
+
+string_id!(
+    /// The id of an employee or service calling the gateway.
+    PrincipalId,
+    "principal id",
+    128,
+    is_opaque_id_char,
+    "1 to 128 characters of A-Z, a-z, 0-9 and '-', '_', '.', ':', '@'"
+);
+
+/// The id of a record: a random UUID chosen by the boundary when the record is written.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RecordId(uuid::Uuid);
+
+impl RecordId {
+    /// A fresh random record id.
+    pub fn random() -> Self {
+        Self(uuid::Uuid::new_v4())
+    }
+
+    /// The 16 bytes of the id.
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        self.0.as_bytes()
+    }
+}
+
+impl FromStr for RecordId {
+    type Err = InvalidId;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        // Only the hyphenated form, so that one record has one spelling.
+        if s.len() != 36 {
+            return Err(InvalidId::new("record id", s, "a UUID such as 0b8e6f7a-3c1d-4f2e-9a5b-6c7d8e9f0a1b"));
+        }
+        uuid::Uuid::try_parse(s)
+            .map(Self)
+            .map_err(|_| InvalidId::new("record id", s, "a UUID such as 0b8e6f7a-3c1d-4f2e-9a5b-6c7d8e9f0a1b"))
+    }
+}
+
+impl fmt::Display for RecordId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0.hyphenated(), f)
+    }
+}
+
+impl fmt::Debug for RecordId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RecordId({})", self.0.hyphenated())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_accept_their_alphabet_and_refuse_the_rest() {
+        assert!(SubjectId::new("user:42@app").is_ok());
+        assert!(SubjectId::new("").is_err());
+        assert!(SubjectId::new("a/b").is_err());
+        assert!(SubjectId::new("x".repeat(129)).is_err());
+        assert!(Region::new("eu").is_ok());
+        assert!(Region::new("EU").is_err());
+        let err = Category::new("Pro file").unwrap_err();
+        assert_eq!(err.to_string(), "invalid category \"Pro file\": 1 to 64 characters of a-z, 0-9 and '-'");
+    }
+
+    #[test]
+    fn record_ids_round_trip_in_one_spelling() {
+        let id = RecordId::random();
+        assert_eq!(id.to_string().parse::<RecordId>().unwrap(), id);
+        assert!("not-a-uuid".parse::<RecordId>().is_err());
+        assert!("0b8e6f7a3c1d4f2e9a5b6c7d8e9f0a1b".parse::<RecordId>().is_err());
+    }
+}

@@ -1,0 +1,106 @@
+//! Who calls, from where, to do what.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{PrincipalId, Region, SiteName};
+
+/// Whether a principal is a person or a program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PrincipalKind {
+    /// A member of staff.
+    Employee,
+    /// A service acting on its own account.
+    Service,
+}
+
+impl fmt::Display for PrincipalKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Employee => "employee",
+            Self::Service => "service",
+        })
+    }
+}
+
+/// An authenticated caller, as its identity provider describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// The caller's id.
+    pub id: PrincipalId,
+    /// Person or program.
+    pub kind: PrincipalKind,
+    /// The region the caller belongs to (where they are employed, where the service runs).
+    pub home_region: Region,
+    /// The caller's own site, as the identity provider says.
+    pub site: SiteName,
+    /// The caller's roles.
+    pub roles: Vec<String>,
+}
+
+/// Where a request comes from, as the boundary resolved it from the network (never from a
+/// header the caller writes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Origin {
+    /// The address belongs to a configured site.
+    Site {
+        /// The site.
+        site: SiteName,
+        /// The site's region.
+        region: Region,
+    },
+    /// The address matches no configured site; it is treated as outside the region.
+    Unknown,
+}
+
+impl Origin {
+    /// The origin's region, if it is known.
+    pub fn region(&self) -> Option<&Region> {
+        match self {
+            Self::Site { region, .. } => Some(region),
+            Self::Unknown => None,
+        }
+    }
+}
+
+/// What a principal asks to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Read a record.
+    Read,
+    /// Create or change a subject or a record.
+    Write,
+    /// Erase a subject and all their data.
+    Erase,
+}
+
+impl Action {
+    /// The action's name, as policies and logs spell it.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Read => "read",
+            Self::Write => "write",
+            Self::Erase => "erase",
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How much of a record an allowed read shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum View {
+    /// Every field as stored.
+    Full,
+    /// Fields pseudonymised, masked or dropped per category rules.
+    Pseudonymised,
+}
