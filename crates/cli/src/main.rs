@@ -1,1 +1,242 @@
-fn main() {}
+//! `clover`: run a boundary, set one up, mint development tokens.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use clover_gateway::datadir::Initialised;
+use clover_gateway::identity::Claims;
+use clover_gateway::{Boundary, Config, DataDir};
+use clover_keys::PassphraseSource;
+use clover_model::{PrincipalId, PrincipalKind, Region, SiteName};
+
+/// Clover keeps a region's user data inside the region.
+#[derive(Debug, Parser)]
+#[command(name = "clover", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where the configuration comes from, shared by the commands that use it.
+#[derive(Debug, clap::Args)]
+struct ConfigArgs {
+    /// A clover.toml; without it, the embedded defaults (region eu, loopback sites).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The data directory (overrides the configuration's data_dir).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+impl ConfigArgs {
+    fn load(&self) -> anyhow::Result<Config> {
+        let mut config = match &self.config {
+            Some(path) => Config::load(path)?,
+            None => Config::default(),
+        };
+        if let Some(dir) = &self.data_dir {
+            config.data_dir.clone_from(dir);
+        }
+        Ok(config)
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a boundary: the HTTP API on the configured address. Initialises the data directory
+    /// on first run.
+    Serve {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// The address to listen on (overrides the configuration's listen).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<SocketAddr>,
+    },
+    /// Create the data directory, the region's keyring and the development issuer key.
+    /// Refuses to overwrite existing keys.
+    Init {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// The region (overrides the configuration's region).
+        #[arg(long, value_name = "R")]
+        region: Option<Region>,
+    },
+    /// Print a JWT from the embedded development issuer, for trying Clover without an identity
+    /// provider.
+    Token {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// The principal's id.
+        #[arg(long, value_name = "ID")]
+        principal: PrincipalId,
+        /// Employee or service.
+        #[arg(long, value_enum)]
+        kind: Kind,
+        /// The principal's home region.
+        #[arg(long, value_name = "R")]
+        region: Region,
+        /// The principal's site.
+        #[arg(long, value_name = "S")]
+        site: SiteName,
+        /// The principal's roles, comma-separated.
+        #[arg(long, value_name = "A,B", value_delimiter = ',')]
+        roles: Vec<String>,
+        /// How long the token is valid (`90s`, `30m`, `1h`, `7d`).
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Kind {
+    Employee,
+    Service,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { config, listen } => serve(&config, listen),
+        Command::Init { config, region } => init(&config, region),
+        Command::Token { config, principal, kind, region, site, roles, ttl } => {
+            token(&config, principal, kind, region, site, roles, ttl)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("CLOVER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if std::env::var("CLOVER_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn report(initialised: &Initialised, data_dir: &std::path::Path) {
+    eprintln!("clover: initialised {}", data_dir.display());
+    eprintln!("  keyring      {} (sealed)", initialised.keyring.display());
+    eprintln!("  dev issuer   {}", initialised.issuer_key.display());
+    match &initialised.passphrase {
+        PassphraseSource::Generated(path) => eprintln!(
+            "  passphrase   generated into {} (mode 0600); keep it safe, or set CLOVER_PASSPHRASE and delete the file",
+            path.display()
+        ),
+        PassphraseSource::File(path) => eprintln!("  passphrase   from {}", path.display()),
+        PassphraseSource::Environment => eprintln!("  passphrase   from CLOVER_PASSPHRASE"),
+    }
+}
+
+fn init(args: &ConfigArgs, region: Option<Region>) -> anyhow::Result<()> {
+    let mut config = args.load()?;
+    if let Some(region) = region {
+        config.region = region;
+    }
+    let data_dir = DataDir::new(&config.data_dir);
+    let initialised = data_dir.init(&config.region)?;
+    report(&initialised, data_dir.root());
+    Ok(())
+}
+
+fn serve(args: &ConfigArgs, listen: Option<SocketAddr>) -> anyhow::Result<()> {
+    init_tracing();
+    let mut config = args.load()?;
+    if let Some(listen) = listen {
+        config.listen = listen;
+    }
+    let data_dir = DataDir::new(&config.data_dir);
+    if !data_dir.is_initialised() {
+        let initialised = data_dir.init(&config.region)?;
+        report(&initialised, data_dir.root());
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    runtime.block_on(async move {
+        let boundary = Arc::new(Boundary::open(config.clone()).await?);
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let addr = listener.local_addr().context("reading the listening address")?;
+        eprintln!(
+            "clover: serving region {:?} on http://{addr} (data in {})",
+            config.region.as_str(),
+            config.data_dir.display()
+        );
+        tracing::info!(%addr, region = %config.region, "listening");
+        clover_gateway::serve(boundary, listener, shutdown_signal()).await.context("serving")?;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}
+
+fn token(
+    args: &ConfigArgs,
+    principal: PrincipalId,
+    kind: Kind,
+    region: Region,
+    site: SiteName,
+    roles: Vec<String>,
+    ttl: std::time::Duration,
+) -> anyhow::Result<()> {
+    let config = args.load()?;
+    let issuer = DataDir::new(&config.data_dir).issuer()?;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let ttl = i64::try_from(ttl.as_secs()).context("ttl too long")?;
+    anyhow::ensure!(ttl > 0, "ttl must be at least one second");
+    let claims = Claims {
+        iss: config.identity.issuer.clone(),
+        aud: config.identity.audience.clone(),
+        sub: principal.to_string(),
+        kind: match kind {
+            Kind::Employee => PrincipalKind::Employee,
+            Kind::Service => PrincipalKind::Service,
+        },
+        region: region.to_string(),
+        site: site.to_string(),
+        roles: roles.into_iter().filter(|r| !r.is_empty()).collect(),
+        iat: now,
+        exp: now.saturating_add(ttl),
+    };
+    println!("{}", issuer.mint(&claims)?);
+    Ok(())
+}

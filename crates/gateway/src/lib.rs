@@ -1,1 +1,133 @@
-//! placeholder
+//! Clover's security gateway: the only way to a region's data.
+//!
+//! A [`Boundary`] holds one region's store, key custodian and token verifier, and serves the
+//! HTTP API. Every request that touches personal data goes through the same steps, each a
+//! separate function of [`pipeline`]: authenticate the bearer token, resolve the origin from the
+//! client address, load the record's metadata, decide, (log), unwrap the subject's data key, read
+//! and decrypt, answer.
+
+pub mod api;
+pub mod config;
+pub mod datadir;
+pub mod identity;
+pub mod metrics;
+pub mod origin;
+pub mod pipeline;
+pub mod problem;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use clover_keys::KeyCustody;
+use clover_model::{Category, Region};
+use clover_store::{SqliteStore, Store};
+
+pub use config::Config;
+pub use datadir::DataDir;
+
+use crate::config::{CategoryConfig, ConfigError};
+use crate::datadir::DataDirError;
+use crate::identity::TokenVerifier;
+use crate::origin::Sites;
+
+/// An error opening a boundary.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The configuration does not hold together.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The data directory or its keys could not be used.
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    /// The database could not be opened.
+    #[error(transparent)]
+    Store(#[from] clover_store::StoreError),
+}
+
+/// One region's boundary: its configuration, store, custodian and verifier.
+pub struct Boundary {
+    config: Config,
+    store: Arc<dyn Store>,
+    custody: Arc<dyn KeyCustody>,
+    verifier: TokenVerifier,
+    sites: Sites,
+}
+
+impl std::fmt::Debug for Boundary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Boundary").field("region", &self.config.region).finish_non_exhaustive()
+    }
+}
+
+impl Boundary {
+    /// Opens the boundary described by `config`: unseals the keyring in its data directory and
+    /// opens its database. The data directory must be initialised.
+    pub async fn open(config: Config) -> Result<Self, OpenError> {
+        config.validate()?;
+        let data_dir = DataDir::new(&config.data_dir);
+        let keyring = data_dir.unseal(&config.region)?;
+        let verifier = data_dir.issuer()?.verifier(&config.identity);
+        let store = SqliteStore::open(&data_dir.database_path()).await?;
+        Ok(Self::with_parts(config, Arc::new(store), Arc::new(keyring), verifier))
+    }
+
+    /// Assembles a boundary from its parts.
+    pub fn with_parts(
+        config: Config,
+        store: Arc<dyn Store>,
+        custody: Arc<dyn KeyCustody>,
+        verifier: TokenVerifier,
+    ) -> Self {
+        let sites = Sites::new(&config.sites);
+        Self { config, store, custody, verifier, sites }
+    }
+
+    /// The region this boundary holds.
+    pub fn region(&self) -> &Region {
+        &self.config.region
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The key custodian.
+    pub fn custody(&self) -> &Arc<dyn KeyCustody> {
+        &self.custody
+    }
+
+    /// The configured category called `name`.
+    pub fn category(&self, name: &str) -> Option<&CategoryConfig> {
+        self.config.categories.iter().find(|c| c.name.as_str() == name)
+    }
+
+    /// The names of the configured categories.
+    pub fn category_names(&self) -> Vec<String> {
+        self.config.categories.iter().map(|c| c.name.to_string()).collect()
+    }
+
+    /// Whether `category` is configured.
+    pub fn has_category(&self, category: &Category) -> bool {
+        self.category(category.as_str()).is_some()
+    }
+}
+
+/// Serves the API on `listener` until `shutdown` completes, then stops accepting connections and
+/// waits for requests in flight to finish.
+pub async fn serve(
+    boundary: Arc<Boundary>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = api::router(boundary);
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -22,7 +22,7 @@ mod passphrase;
 pub use data_key::{DataKey, WrappedKey};
 pub use error::KeyError;
 pub use keyring::{KDF_ITERATIONS, Keyring};
-pub use passphrase::{PASSPHRASE_ENV, PASSPHRASE_FILE, Passphrase, PassphraseSource};
+pub use passphrase::{PASSPHRASE_ENV, PASSPHRASE_FILE, Passphrase, PassphraseSource, write_private};
 
 use clover_model::{Region, SubjectId};
 use clover_policy::Permit;

@@ -83,7 +83,7 @@ impl Passphrase {
 
 /// Writes a new file readable and writable by its owner only (0600), and syncs it and its
 /// directory. Refuses to replace an existing file.
-pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
     let io = |source| KeyError::Io { path: path.to_owned(), source };
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);

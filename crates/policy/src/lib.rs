@@ -56,6 +56,7 @@ pub enum Outcome {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Decision {
     /// Allowed (with a view) or denied.
+    #[serde(flatten)]
     pub outcome: Outcome,
     /// The ids of the rules that decided: for a denial, every rule that failed.
     pub policies: Vec<&'static str>,
@@ -133,7 +134,11 @@ pub fn decide(request: &AccessRequest<'_>) -> Verdict {
         Some(region) if region == request.boundary => {}
         Some(region) => {
             failed.push(RULE_ORIGIN_IN_REGION);
-            reasons.push(format!("the request comes from region {region:?}, outside {:?}", request.boundary.as_str()));
+            reasons.push(format!(
+                "the request comes from region {:?}, outside {:?}",
+                region.as_str(),
+                request.boundary.as_str()
+            ));
         }
         None => {
             failed.push(RULE_ORIGIN_IN_REGION);
@@ -218,6 +223,23 @@ mod tests {
         assert_eq!(permit.view(), View::Full);
         assert_eq!(permit.subject().as_str(), "s-1");
         assert_eq!(permit.decision().effect(), "allow");
+    }
+
+    #[test]
+    fn decisions_serialise_flat() {
+        let verdict = run("eu", site("sg"), "eu");
+        let json = serde_json::to_value(verdict.decision()).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "effect": "deny",
+                "policies": ["origin-in-region"],
+                "reason": "the request comes from region \"sg\", outside \"eu\"",
+            })
+        );
+        let json = serde_json::to_value(run("eu", site("eu"), "eu").decision()).unwrap();
+        assert_eq!(json["effect"], "allow");
+        assert_eq!(json["view"], "full");
     }
 
     #[test]

@@ -1,1 +1,99 @@
-//! placeholder
+//! Clover's storage.
+//!
+//! The [`Store`] trait is everything the gateway needs from a database: subjects with their
+//! wrapped data keys, and records with their ciphertext. Nothing it holds is personal data in
+//! the clear: fields and subject attributes arrive sealed, data keys arrive wrapped.
+//!
+//! Backends: [`SqliteStore`], the embedded default (one file in the data directory, WAL,
+//! `synchronous=FULL`, `secure_delete=ON` so that erased rows are overwritten). PostgreSQL
+//! follows; both pass one conformance suite.
+
+mod error;
+mod sqlite;
+
+pub use error::StoreError;
+pub use sqlite::SqliteStore;
+
+use async_trait::async_trait;
+use clover_model::{Category, RecordId, Region, SubjectId};
+use time::OffsetDateTime;
+
+/// A subject as stored: metadata in the clear, attributes sealed, data key wrapped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubjectRow {
+    /// The platform's id for the subject.
+    pub subject_id: SubjectId,
+    /// The subject's home region.
+    pub home_region: Region,
+    /// The KEK version that wrapped the data key.
+    pub kek_version: u32,
+    /// The data key, wrapped.
+    pub wrapped_key: Vec<u8>,
+    /// The subject's attributes (birth date), sealed with the data key.
+    pub attributes: Vec<u8>,
+    /// When the subject was first registered.
+    pub created_at: OffsetDateTime,
+}
+
+/// A record as stored: metadata in the clear, fields sealed with the subject's data key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordRow {
+    /// The record's id.
+    pub record_id: RecordId,
+    /// Whose record it is.
+    pub subject_id: SubjectId,
+    /// Its category.
+    pub category: Category,
+    /// The region it belongs to.
+    pub home_region: Region,
+    /// Its version, bound into the ciphertext's associated data.
+    pub version: u32,
+    /// Nonce, sealed fields and tag.
+    pub ciphertext: Vec<u8>,
+    /// When it was written.
+    pub created_at: OffsetDateTime,
+}
+
+/// What an erasure removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Erasure {
+    /// How many records were deleted with the subject.
+    pub records: u64,
+}
+
+/// How many rows the store holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    /// Subjects.
+    pub subjects: u64,
+    /// Records.
+    pub records: u64,
+}
+
+/// A region's database.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// The subject, if registered.
+    async fn subject(&self, id: &SubjectId) -> Result<Option<SubjectRow>, StoreError>;
+
+    /// Registers a subject. Returns `false`, changing nothing, if the id is already registered.
+    async fn insert_subject(&self, row: &SubjectRow) -> Result<bool, StoreError>;
+
+    /// Replaces a registered subject's sealed attributes. Returns `false` if there is no such
+    /// subject.
+    async fn update_subject_attributes(&self, id: &SubjectId, attributes: &[u8]) -> Result<bool, StoreError>;
+
+    /// Stores a new record. Fails with [`StoreError::NoSuchSubject`] if its subject is not
+    /// registered (or was erased meanwhile).
+    async fn insert_record(&self, row: &RecordRow) -> Result<(), StoreError>;
+
+    /// The record, if it exists.
+    async fn record(&self, id: &RecordId) -> Result<Option<RecordRow>, StoreError>;
+
+    /// Deletes a subject, their wrapped data key and all their records, at once, and makes sure
+    /// the deleted bytes are overwritten. Returns `None` if there is no such subject.
+    async fn erase_subject(&self, id: &SubjectId) -> Result<Option<Erasure>, StoreError>;
+
+    /// How many subjects and records are stored.
+    async fn counts(&self) -> Result<Counts, StoreError>;
+}

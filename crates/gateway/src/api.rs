@@ -1,0 +1,89 @@
+//! The HTTP API: one module per resource; the router and the OpenAPI document are derived from
+//! the handlers here, in one place.
+
+pub mod records;
+pub mod service;
+pub mod subjects;
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::Request;
+use axum::{Extension, Router};
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::Boundary;
+use crate::problem::{ApiError, BodyLimit};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Clover",
+        description = "A region's security gateway: every access to personal data is authenticated, \
+                       placed by its network origin, decided by policy and answered with the decision."
+    ),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+    tags(
+        (name = "subjects", description = "Data subjects: registration and erasure"),
+        (name = "records", description = "Encrypted records"),
+        (name = "service", description = "Health, metrics and this document"),
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
+        );
+    }
+}
+
+/// The API's routes and its OpenAPI document.
+pub fn routes() -> (Router<Arc<Boundary>>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(subjects::put_subject, subjects::erase_subject))
+        .routes(routes!(records::create_record))
+        .routes(routes!(records::read_record))
+        .routes(routes!(service::healthz))
+        .routes(routes!(service::metrics))
+        .routes(routes!(service::openapi))
+        .split_for_parts()
+}
+
+/// The OpenAPI document.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes().1
+}
+
+/// The whole application: routes, limits, metrics and tracing layers, and problem fallbacks.
+pub fn router(boundary: Arc<Boundary>) -> Router {
+    let (routes, api) = routes();
+    let limit = boundary.config().max_body_bytes;
+    crate::metrics::handle();
+    routes
+        .fallback(|| async { ApiError::NoRoute })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(Extension(service::Document(serde_json::to_vec(&api).unwrap_or_default().into())))
+        .layer(Extension(BodyLimit(limit)))
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn(crate::metrics::track))
+        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
+            tracing::info_span!(
+                "request",
+                method = %request.method(),
+                path = %request.uri().path(),
+                principal = tracing::field::Empty,
+            )
+        }))
+        .with_state(boundary)
+}

@@ -1,0 +1,188 @@
+//! `/v1/subjects/{subject_id}/records` and `/v1/records/{record_id}`: encrypted records.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use clover_model::{Action, Category, Fields, RecordId, SubjectId, View};
+use clover_policy::{AccessRequest, Decision};
+use clover_store::RecordRow;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use utoipa::ToSchema;
+
+use super::subjects::answered;
+use crate::Boundary;
+use crate::pipeline::{self, Caller};
+use crate::problem::{ApiError, Body, Problem};
+
+/// A new record.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RecordBody {
+    /// One of the boundary's configured categories.
+    #[schema(example = "profile")]
+    pub category: String,
+    /// The personal fields, a JSON object; stored encrypted.
+    #[schema(value_type = Object, example = json!({"display_name": "Aoife", "email": "aoife@example.ie"}))]
+    pub fields: Fields,
+}
+
+/// A record written.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RecordCreated {
+    /// The new record's id.
+    #[schema(value_type = String)]
+    pub record_id: RecordId,
+    /// Whose record it is.
+    #[schema(value_type = String)]
+    pub subject_id: SubjectId,
+    /// Its category.
+    #[schema(value_type = String)]
+    pub category: Category,
+    /// Its version.
+    pub version: u32,
+    /// The decision that allowed the write.
+    #[schema(value_type = Object)]
+    pub decision: Decision,
+}
+
+/// A record read.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RecordAnswer {
+    /// The record's id.
+    #[schema(value_type = String)]
+    pub record_id: RecordId,
+    /// Whose record it is.
+    #[schema(value_type = String)]
+    pub subject_id: SubjectId,
+    /// Its category.
+    #[schema(value_type = String)]
+    pub category: Category,
+    /// Its version.
+    pub version: u32,
+    /// When it was written (RFC 3339).
+    pub created_at: String,
+    /// `full` or `pseudonymised`.
+    #[schema(value_type = String, example = "full")]
+    pub view: View,
+    /// The fields, in the view granted.
+    #[schema(value_type = Object)]
+    pub fields: Fields,
+    /// The decision that allowed the read.
+    #[schema(value_type = Object)]
+    pub decision: Decision,
+}
+
+/// Writes a record for a subject, encrypted under the subject's data key.
+#[utoipa::path(post, path = "/v1/subjects/{subject_id}/records", tag = "records",
+    params(("subject_id" = String, Path, description = "The platform's opaque id for the subject")),
+    request_body = RecordBody,
+    responses(
+        (status = CREATED, description = "Stored", body = RecordCreated),
+        (status = NOT_FOUND, description = "No such subject", body = Problem, content_type = "application/problem+json"),
+        (status = UNPROCESSABLE_ENTITY, description = "Unknown category or invalid body", body = Problem, content_type = "application/problem+json"),
+        (status = FORBIDDEN, description = "Denied by policy", body = Problem, content_type = "application/problem+json"),
+        (status = UNAUTHORIZED, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn create_record(
+    State(boundary): State<Arc<Boundary>>,
+    caller: Caller,
+    Path(subject_id): Path<String>,
+    Body(body): Body<RecordBody>,
+) -> Result<Response, ApiError> {
+    let subject_id = SubjectId::new(subject_id)?;
+    let category = Category::new(body.category.clone())
+        .ok()
+        .filter(|c| boundary.has_category(c))
+        .ok_or_else(|| ApiError::UnknownCategory { category: body.category, known: boundary.category_names() })?;
+    let subject = pipeline::load_subject(&boundary, &subject_id).await?;
+    let record_id = RecordId::random();
+    let permit = pipeline::decide(&AccessRequest {
+        boundary: boundary.region(),
+        principal: &caller.principal,
+        origin: &caller.origin,
+        action: Action::Write,
+        subject: &subject_id,
+        subject_region: &subject.home_region,
+        record: Some(record_id),
+        category: Some(&category),
+    })?;
+    let key = pipeline::unwrap_key(&boundary, &subject, &permit)?;
+    let version = 1;
+    let row = RecordRow {
+        record_id,
+        subject_id: subject_id.clone(),
+        category: category.clone(),
+        home_region: boundary.region().clone(),
+        version,
+        ciphertext: pipeline::seal_record(&boundary, &key, &subject_id, &record_id, version, &body.fields)?,
+        created_at: OffsetDateTime::now_utc(),
+    };
+    drop(key);
+    boundary.store().insert_record(&row).await.map_err(|e| match e {
+        // Erased between the load and the write: nothing was stored.
+        clover_store::StoreError::NoSuchSubject(id) => ApiError::NotFound { what: "subject", id: id.to_string() },
+        other => ApiError::internal(other),
+    })?;
+    tracing::info!(record = %record_id, subject = %subject_id, %category, "record stored");
+    let decision = permit.decision().clone();
+    Ok(answered(
+        &decision,
+        StatusCode::CREATED,
+        RecordCreated { record_id, subject_id, category, version, decision: decision.clone() },
+    ))
+}
+
+/// Reads a record: decided by policy, then decrypted, then answered with the decision.
+#[utoipa::path(get, path = "/v1/records/{record_id}", tag = "records",
+    params(
+        ("record_id" = String, Path, description = "The record's id"),
+        ("X-Clover-Purpose" = Option<String>, Header, description = "Why the caller reads (a reason code)"),
+    ),
+    responses(
+        (status = OK, description = "The record, in the view the decision grants", body = RecordAnswer),
+        (status = FORBIDDEN, description = "Denied by policy; the body carries the decision", body = Problem, content_type = "application/problem+json"),
+        (status = NOT_FOUND, description = "No such record (or erased)", body = Problem, content_type = "application/problem+json"),
+        (status = UNAUTHORIZED, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn read_record(
+    State(boundary): State<Arc<Boundary>>,
+    caller: Caller,
+    Path(record_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let record_id: RecordId = record_id.parse()?;
+    let record = pipeline::load_record(&boundary, &record_id).await?;
+    let subject = pipeline::load_subject(&boundary, &record.subject_id).await?;
+    let permit = pipeline::decide(&AccessRequest {
+        boundary: boundary.region(),
+        principal: &caller.principal,
+        origin: &caller.origin,
+        action: Action::Read,
+        subject: &record.subject_id,
+        subject_region: &record.home_region,
+        record: Some(record_id),
+        category: Some(&record.category),
+    })?;
+    let key = pipeline::unwrap_key(&boundary, &subject, &permit)?;
+    let fields = pipeline::open_record(&boundary, &key, &record)?;
+    drop(key);
+    let decision = permit.decision().clone();
+    let created_at =
+        record.created_at.format(&time::format_description::well_known::Rfc3339).map_err(ApiError::internal)?;
+    Ok(answered(
+        &decision,
+        StatusCode::OK,
+        RecordAnswer {
+            record_id,
+            subject_id: record.subject_id,
+            category: record.category,
+            version: record.version,
+            created_at,
+            view: permit.view(),
+            fields,
+            decision: decision.clone(),
+        },
+    ))
+}

@@ -1,0 +1,228 @@
+//! `clover.toml`: the boundary's configuration.
+//!
+//! Every key has an embedded default, so `clover serve` runs with no file at all. With no
+//! `[[sites]]` the loopback sites of `examples/clover.toml` apply, so that every path can be
+//! tried on one machine; a real deployment lists its own.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clover_model::{Category, Region, SiteName};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+/// The boundary's configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The region this boundary holds data for.
+    pub region: Region,
+    /// Where the database, keyring and issuer key live.
+    pub data_dir: PathBuf,
+    /// The address the HTTP API listens on.
+    pub listen: SocketAddr,
+    /// The largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// The network sites, each with the region it is in.
+    pub sites: Vec<Site>,
+    /// The record categories this boundary accepts.
+    pub categories: Vec<CategoryConfig>,
+    /// How callers are authenticated.
+    pub identity: IdentityConfig,
+}
+
+/// A site: a named network location in a region.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Site {
+    /// The site's name.
+    pub name: SiteName,
+    /// The region the site is in.
+    pub region: Region,
+    /// The client address ranges that belong to it.
+    pub cidrs: Vec<IpNet>,
+}
+
+/// How sensitive a category is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sensitivity {
+    /// Ordinary personal data.
+    Normal,
+    /// Data whose exposure harms more: messages, location, contacts, device identifiers.
+    Sensitive,
+}
+
+/// A record category.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CategoryConfig {
+    /// Its name, as requests spell it.
+    pub name: Category,
+    /// How sensitive it is.
+    pub sensitivity: Sensitivity,
+}
+
+/// Token verification.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityConfig {
+    /// The `iss` claim tokens must carry.
+    pub issuer: String,
+    /// The `aud` claim tokens must carry.
+    pub audience: String,
+    /// Clock skew tolerated on `exp`, in seconds.
+    pub leeway_seconds: u64,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        Self { issuer: "clover-dev".to_owned(), audience: "clover".to_owned(), leeway_seconds: 30 }
+    }
+}
+
+/// The default data directory.
+pub const DEFAULT_DATA_DIR: &str = "./clover-data";
+/// The default listening address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7878";
+/// The default body limit: 1 MiB.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+
+fn name<T: std::str::FromStr>(s: &str) -> T
+where
+    T::Err: std::fmt::Debug,
+{
+    #[expect(clippy::expect_used, reason = "only called on the constant defaults below, checked by a test")]
+    s.parse().expect("a valid built-in name")
+}
+
+fn site(site: &str, region: &str, cidrs: &[&str]) -> Site {
+    Site { name: name(site), region: name(region), cidrs: cidrs.iter().map(|c| name(c)).collect() }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            region: name("eu"),
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            listen: name(DEFAULT_LISTEN),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            sites: vec![
+                site("dublin-1", "eu", &["127.0.0.1/32"]),
+                site("dublin-2", "eu", &["127.0.0.2/32"]),
+                site("hamar-1", "eu", &["127.0.0.3/32"]),
+                site("virginia-1", "us", &["127.0.1.0/24"]),
+                site("singapore-1", "sg", &["127.0.2.0/24"]),
+            ],
+            categories: [
+                ("profile", Sensitivity::Normal),
+                ("contact", Sensitivity::Sensitive),
+                ("content", Sensitivity::Normal),
+                ("messages", Sensitivity::Sensitive),
+                ("device", Sensitivity::Sensitive),
+                ("location", Sensitivity::Sensitive),
+            ]
+            .into_iter()
+            .map(|(n, sensitivity)| CategoryConfig { name: name(n), sensitivity })
+            .collect(),
+            identity: IdentityConfig::default(),
+        }
+    }
+}
+
+/// A configuration file that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path:?}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown or ill-typed keys.
+    #[error("{path:?} is not a valid configuration: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        source: Box<toml::de::Error>,
+    },
+    /// The values do not fit together.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads a `clover.toml`; keys it leaves out keep their defaults.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { source, .. } => ConfigError::Parse { path: path.into(), source },
+            other => other,
+        })
+    }
+
+    /// Parses the text of a `clover.toml` and checks it.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let config: Self =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { path: PathBuf::new(), source: Box::new(e) })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: unique names, a sane body limit.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut names = std::collections::BTreeSet::new();
+        for site in &self.sites {
+            if !names.insert(site.name.as_str()) {
+                return Err(ConfigError::Invalid(format!("site {:?} is listed twice", site.name.as_str())));
+            }
+            if site.cidrs.is_empty() {
+                return Err(ConfigError::Invalid(format!("site {:?} has no cidrs", site.name.as_str())));
+            }
+        }
+        let mut categories = std::collections::BTreeSet::new();
+        for category in &self.categories {
+            if !categories.insert(category.name.as_str()) {
+                return Err(ConfigError::Invalid(format!("category {:?} is listed twice", category.name.as_str())));
+            }
+        }
+        if self.max_body_bytes < 1024 {
+            return Err(ConfigError::Invalid(format!(
+                "max_body_bytes is {}; it must be at least 1024",
+                self.max_body_bytes
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_match_the_example_file() {
+        let defaults = Config::default();
+        defaults.validate().unwrap();
+        let example_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/clover.toml");
+        let example = Config::load(&example_path).unwrap();
+        assert_eq!(toml::to_string(&example).unwrap(), toml::to_string(&defaults).unwrap());
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused_with_their_place() {
+        let err = Config::parse("region = \"eu\"\nlisten_on = \"x\"\n").unwrap_err().to_string();
+        assert!(err.contains("unknown field `listen_on`"), "{err}");
+        let err = Config::parse("region = \"EU\"\n").unwrap_err().to_string();
+        assert!(err.contains("invalid region"), "{err}");
+        let err = Config::parse("[[sites]]\nname = \"a\"\nregion = \"eu\"\ncidrs = [\"10.0.0.0/33\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cidrs"), "{err}");
+        let err = Config::parse("max_body_bytes = 10\n").unwrap_err().to_string();
+        assert!(err.contains("at least 1024"), "{err}");
+    }
+}

@@ -1,0 +1,60 @@
+//! Prometheus metrics.
+//!
+//! - `clover_http_requests_total{route, method, status, decision}`: requests answered, by the
+//!   route template (never the raw path, which holds ids), status and policy decision
+//!   (`allow`, `deny`, or `none` where no decision was taken);
+//! - `clover_http_request_duration_seconds{route, method}`: latency histogram.
+
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::Next;
+use axum::response::Response;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::problem::DecisionLabel;
+
+const REQUESTS: &str = "clover_http_requests_total";
+const DURATION: &str = "clover_http_request_duration_seconds";
+const BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+
+/// The process's Prometheus recorder, installed on first use. `None` if another recorder was
+/// installed first (the metrics then go there).
+pub fn handle() -> Option<&'static PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full(DURATION.to_owned()), BUCKETS)
+                .map_err(|e| tracing::error!(error = %e, "cannot configure metrics"))
+                .ok()?;
+            match builder.install_recorder() {
+                Ok(handle) => {
+                    metrics::describe_counter!(REQUESTS, "HTTP requests answered");
+                    metrics::describe_histogram!(DURATION, metrics::Unit::Seconds, "HTTP request latency");
+                    Some(handle)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics recorder not installed");
+                    None
+                }
+            }
+        })
+        .as_ref()
+}
+
+/// Middleware that counts and times every request.
+pub async fn track(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route =
+        request.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().as_str().to_owned();
+    let response = next.run(request).await;
+    let decision = response.extensions().get::<DecisionLabel>().map_or("none", |d| d.0);
+    let status = response.status().as_u16().to_string();
+    metrics::counter!(REQUESTS, "route" => route.clone(), "method" => method.clone(), "status" => status, "decision" => decision)
+        .increment(1);
+    metrics::histogram!(DURATION, "route" => route, "method" => method).record(started.elapsed().as_secs_f64());
+    response
+}

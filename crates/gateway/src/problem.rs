@@ -1,0 +1,238 @@
+//! Errors as RFC 9457 problem details.
+//!
+//! Every error the API returns is `application/problem+json` with a stable `type` (a
+//! `urn:clover:problem:*` name listed in `docs/problems.md`), the HTTP `status`, a `title`, and
+//! a `detail` a person can act on. Internal failures are logged in full on the server and shown
+//! to the client only as a generic 500: a database or key error message never leaves the
+//! boundary.
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Request};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use clover_model::InvalidId;
+use clover_policy::Decision;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::identity::AuthError;
+
+/// The decision recorded on a response, read by the metrics layer.
+#[derive(Debug, Clone, Copy)]
+pub struct DecisionLabel(pub &'static str);
+
+/// A problem details body (RFC 9457).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Problem {
+    /// A URN naming the kind of problem; stable across releases.
+    #[serde(rename = "type")]
+    #[schema(example = "urn:clover:problem:forbidden")]
+    pub kind: String,
+    /// A short summary of the kind of problem.
+    pub title: String,
+    /// The HTTP status code.
+    pub status: u16,
+    /// What went wrong in this case, and what to do about it.
+    pub detail: String,
+    /// For denials: the decision, with the rules that took it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub decision: Option<Decision>,
+}
+
+/// An error answered to the client.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Missing or bad credentials.
+    #[error(transparent)]
+    Unauthenticated(#[from] AuthError),
+    /// The policy denied the request.
+    #[error("denied: {}", .0.reason)]
+    Forbidden(Decision),
+    /// A path parameter is not a valid id.
+    #[error(transparent)]
+    InvalidId(#[from] InvalidId),
+    /// Nothing with that id.
+    #[error("no {what} {id:?}")]
+    NotFound {
+        /// What was looked for.
+        what: &'static str,
+        /// Its id.
+        id: String,
+    },
+    /// No such route.
+    #[error("no such endpoint")]
+    NoRoute,
+    /// The route exists but not with this method.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// The subject belongs to another region.
+    #[error("wrong region")]
+    WrongRegion {
+        /// The subject's home region.
+        subject: String,
+        /// This boundary's region.
+        boundary: String,
+    },
+    /// The category is not configured.
+    #[error("unknown category {category:?}")]
+    UnknownCategory {
+        /// What was asked.
+        category: String,
+        /// What exists.
+        known: Vec<String>,
+    },
+    /// The body is well-formed JSON with the wrong content.
+    #[error("{0}")]
+    InvalidBody(String),
+    /// The body is not JSON.
+    #[error("{0}")]
+    MalformedJson(String),
+    /// The body is not declared as JSON.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// The body is over the limit.
+    #[error("body over {limit} bytes")]
+    PayloadTooLarge {
+        /// The configured limit.
+        limit: usize,
+    },
+    /// Something failed inside the boundary; the cause is logged, not shown.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// Wraps an internal failure; its text goes to the server log only.
+    pub fn internal(error: impl std::fmt::Display) -> Self {
+        Self::Internal(error.to_string())
+    }
+
+    fn parts(&self) -> (StatusCode, &'static str, &'static str, String) {
+        match self {
+            Self::Unauthenticated(e) => {
+                (StatusCode::UNAUTHORIZED, "unauthenticated", "Authentication required", e.to_string())
+            }
+            Self::Forbidden(d) => (StatusCode::FORBIDDEN, "forbidden", "Denied by policy", d.reason.clone()),
+            Self::InvalidId(e) => (StatusCode::BAD_REQUEST, "invalid-id", "Invalid identifier", format!("{e}")),
+            Self::NotFound { what, id } => (
+                StatusCode::NOT_FOUND,
+                "not-found",
+                "Not found",
+                format!("no {what} {id:?} exists in this boundary (it may have been erased)"),
+            ),
+            Self::NoRoute => (
+                StatusCode::NOT_FOUND,
+                "no-such-endpoint",
+                "No such endpoint",
+                "no endpoint at this path; see /openapi.json for the API".to_owned(),
+            ),
+            Self::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method not allowed",
+                "this endpoint does not accept this method; see /openapi.json".to_owned(),
+            ),
+            Self::WrongRegion { subject, boundary } => (
+                StatusCode::CONFLICT,
+                "wrong-region",
+                "Subject belongs to another region",
+                format!(
+                    "the subject's home region is {subject:?} but this boundary holds region {boundary:?} data; \
+                     register the subject with the {subject:?} boundary"
+                ),
+            ),
+            Self::UnknownCategory { category, known } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unknown-category",
+                "Unknown category",
+                format!("category {category:?} is not configured; known categories: {}", known.join(", ")),
+            ),
+            Self::InvalidBody(d) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "invalid-body", "Invalid request body", d.clone())
+            }
+            Self::MalformedJson(d) => (StatusCode::BAD_REQUEST, "malformed-json", "Malformed JSON", d.clone()),
+            Self::UnsupportedMediaType(d) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported media type", d.clone())
+            }
+            Self::PayloadTooLarge { limit } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload-too-large",
+                "Request body too large",
+                format!("the request body is over this boundary's limit of {limit} bytes (max_body_bytes)"),
+            ),
+            Self::Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal error",
+                "the boundary failed to complete the request; the cause is in its log".to_owned(),
+            ),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, slug, title, detail) = self.parts();
+        match &self {
+            Self::Internal(cause) => tracing::error!(%cause, "request failed"),
+            Self::Unauthenticated(e) => tracing::warn!(reason = %e, "authentication failed"),
+            Self::Forbidden(d) => tracing::warn!(reason = %d.reason, policies = ?d.policies, "request denied"),
+            _ => tracing::debug!(%status, %detail, "request refused"),
+        }
+        let decision = match self {
+            Self::Forbidden(d) => Some(d),
+            _ => None,
+        };
+        let label = decision.as_ref().map(|d| d.effect());
+        let body = Problem {
+            kind: format!("urn:clover:problem:{slug}"),
+            title: title.to_owned(),
+            status: status.as_u16(),
+            detail,
+            decision,
+        };
+        let mut response = (status, Json(body)).into_response();
+        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Some(label) = label {
+            response.extensions_mut().insert(DecisionLabel(label));
+        }
+        response
+    }
+}
+
+/// A JSON request body whose rejections are problems.
+#[derive(Debug)]
+pub struct Body<T>(pub T);
+
+impl<S, T> FromRequest<S> for Body<T>
+where
+    Json<T>: FromRequest<S, Rejection = JsonRejection>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let limit = req.extensions().get::<BodyLimit>().map_or(0, |l| l.0);
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(value)) => Ok(Self(value)),
+            Err(rejection) => Err(match rejection {
+                JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType(
+                    "send the body as JSON with `Content-Type: application/json`".to_owned(),
+                ),
+                JsonRejection::JsonSyntaxError(e) => ApiError::MalformedJson(e.body_text()),
+                JsonRejection::JsonDataError(e) => ApiError::InvalidBody(e.body_text()),
+                other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge { limit },
+                other => ApiError::MalformedJson(other.body_text()),
+            }),
+        }
+    }
+}
+
+/// The configured body limit, attached to each request so that errors can name it.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimit(pub usize);

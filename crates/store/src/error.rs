@@ -1,0 +1,35 @@
+//! What can go wrong in the store.
+
+use clover_model::SubjectId;
+
+/// An error of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database refused or failed an operation.
+    #[error("database error while {operation}: {source}")]
+    Database {
+        /// What the store was doing.
+        operation: &'static str,
+        /// The driver's error.
+        source: sqlx::Error,
+    },
+    /// The database could not be opened or set up.
+    #[error("cannot open the database at {location}: {source}")]
+    Open {
+        /// Where the database is.
+        location: String,
+        /// The driver's error.
+        source: sqlx::Error,
+    },
+    /// A stored value is not what Clover writes.
+    #[error("stored {what} is malformed: {detail}")]
+    Corrupt {
+        /// Which column or row.
+        what: &'static str,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// The subject is not registered.
+    #[error("no subject {0:?} is registered")]
+    NoSuchSubject(SubjectId),
+}

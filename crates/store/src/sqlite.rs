@@ -1,0 +1,281 @@
+//! The embedded SQLite backend.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use clover_model::{RecordId, SubjectId};
+use sqlx::Row;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use time::OffsetDateTime;
+
+use crate::{Counts, Erasure, RecordRow, Store, StoreError, SubjectRow};
+
+/// The schema, applied when the database is opened. `user_version` records which one.
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS subjects (
+    subject_id  TEXT PRIMARY KEY NOT NULL,
+    home_region TEXT NOT NULL,
+    kek_version INTEGER NOT NULL,
+    wrapped_key BLOB NOT NULL,
+    attributes  BLOB NOT NULL,
+    created_at  INTEGER NOT NULL
+) STRICT;
+CREATE TABLE IF NOT EXISTS records (
+    record_id   TEXT PRIMARY KEY NOT NULL,
+    subject_id  TEXT NOT NULL REFERENCES subjects(subject_id) ON DELETE CASCADE,
+    category    TEXT NOT NULL,
+    home_region TEXT NOT NULL,
+    version     INTEGER NOT NULL,
+    ciphertext  BLOB NOT NULL,
+    created_at  INTEGER NOT NULL
+) STRICT;
+CREATE INDEX IF NOT EXISTS records_by_subject ON records(subject_id);
+PRAGMA user_version = 1;
+";
+
+/// A store in one SQLite file.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+fn db(operation: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |source| StoreError::Database { operation, source }
+}
+
+fn corrupt(what: &'static str) -> impl FnOnce(String) -> StoreError {
+    move |detail| StoreError::Corrupt { what, detail }
+}
+
+fn timestamp(seconds: i64) -> Result<OffsetDateTime, StoreError> {
+    OffsetDateTime::from_unix_timestamp(seconds).map_err(|e| corrupt("created_at")(e.to_string()))
+}
+
+fn parse<T: FromStr>(what: &'static str, text: String) -> Result<T, StoreError>
+where
+    T::Err: std::fmt::Display,
+{
+    text.parse().map_err(|e: T::Err| corrupt(what)(e.to_string()))
+}
+
+fn subject_row(row: &SqliteRow) -> Result<SubjectRow, StoreError> {
+    let get = db("reading a subject");
+    Ok(SubjectRow {
+        subject_id: parse("subject_id", row.try_get("subject_id").map_err(get)?)?,
+        home_region: parse("home_region", row.try_get("home_region").map_err(db("reading a subject"))?)?,
+        kek_version: row.try_get("kek_version").map_err(db("reading a subject"))?,
+        wrapped_key: row.try_get("wrapped_key").map_err(db("reading a subject"))?,
+        attributes: row.try_get("attributes").map_err(db("reading a subject"))?,
+        created_at: timestamp(row.try_get("created_at").map_err(db("reading a subject"))?)?,
+    })
+}
+
+fn record_row(row: &SqliteRow) -> Result<RecordRow, StoreError> {
+    let get = || db("reading a record");
+    Ok(RecordRow {
+        record_id: parse("record_id", row.try_get("record_id").map_err(get())?)?,
+        subject_id: parse("subject_id", row.try_get("subject_id").map_err(get())?)?,
+        category: parse("category", row.try_get("category").map_err(get())?)?,
+        home_region: parse("home_region", row.try_get("home_region").map_err(get())?)?,
+        version: row.try_get("version").map_err(get())?,
+        ciphertext: row.try_get("ciphertext").map_err(get())?,
+        created_at: timestamp(row.try_get("created_at").map_err(get())?)?,
+    })
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file at `path` and applies the schema.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let open_err = |source| StoreError::Open { location: path.display().to_string(), source };
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(5))
+            .pragma("secure_delete", "ON");
+        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await.map_err(open_err)?;
+        sqlx::raw_sql(SCHEMA).execute(&pool).await.map_err(open_err)?;
+        Ok(Self { pool })
+    }
+
+    /// Closes the pool, waiting for connections to finish.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn subject(&self, id: &SubjectId) -> Result<Option<SubjectRow>, StoreError> {
+        let row = sqlx::query("SELECT * FROM subjects WHERE subject_id = ?")
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("reading a subject"))?;
+        row.as_ref().map(subject_row).transpose()
+    }
+
+    async fn insert_subject(&self, row: &SubjectRow) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO subjects (subject_id, home_region, kek_version, wrapped_key, attributes, created_at)
+             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (subject_id) DO NOTHING",
+        )
+        .bind(row.subject_id.as_str())
+        .bind(row.home_region.as_str())
+        .bind(row.kek_version)
+        .bind(&row.wrapped_key)
+        .bind(&row.attributes)
+        .bind(row.created_at.unix_timestamp())
+        .execute(&self.pool)
+        .await
+        .map_err(db("registering a subject"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn update_subject_attributes(&self, id: &SubjectId, attributes: &[u8]) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE subjects SET attributes = ? WHERE subject_id = ?")
+            .bind(attributes)
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(db("updating a subject"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn insert_record(&self, row: &RecordRow) -> Result<(), StoreError> {
+        let result = sqlx::query(
+            "INSERT INTO records (record_id, subject_id, category, home_region, version, ciphertext, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(row.record_id.to_string())
+        .bind(row.subject_id.as_str())
+        .bind(row.category.as_str())
+        .bind(row.home_region.as_str())
+        .bind(row.version)
+        .bind(&row.ciphertext)
+        .bind(row.created_at.unix_timestamp())
+        .execute(&self.pool)
+        .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => {
+                Err(StoreError::NoSuchSubject(row.subject_id.clone()))
+            }
+            Err(e) => Err(db("storing a record")(e)),
+        }
+    }
+
+    async fn record(&self, id: &RecordId) -> Result<Option<RecordRow>, StoreError> {
+        let row = sqlx::query("SELECT * FROM records WHERE record_id = ?")
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("reading a record"))?;
+        row.as_ref().map(record_row).transpose()
+    }
+
+    async fn erase_subject(&self, id: &SubjectId) -> Result<Option<Erasure>, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db("erasing a subject"))?;
+        let records = sqlx::query("DELETE FROM records WHERE subject_id = ?")
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(db("erasing a subject's records"))?
+            .rows_affected();
+        let subjects = sqlx::query("DELETE FROM subjects WHERE subject_id = ?")
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(db("erasing a subject"))?
+            .rows_affected();
+        tx.commit().await.map_err(db("erasing a subject"))?;
+        if subjects == 0 {
+            return Ok(None);
+        }
+        // secure_delete zeroed the freed cells in the new page images; checkpointing copies those
+        // over the old pages in the main file and truncates the WAL that still held the old ones.
+        let checkpoint = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db("checkpointing after an erasure"))?;
+        let busy: i64 = checkpoint.try_get(0).map_err(db("checkpointing after an erasure"))?;
+        if busy != 0 {
+            tracing::warn!(subject = %id, "the WAL checkpoint after an erasure was blocked by a reader; the old pages are overwritten at the next checkpoint");
+        }
+        Ok(Some(Erasure { records }))
+    }
+
+    async fn counts(&self) -> Result<Counts, StoreError> {
+        let row = sqlx::query("SELECT (SELECT count(*) FROM subjects), (SELECT count(*) FROM records)")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db("counting rows"))?;
+        let subjects: i64 = row.try_get(0).map_err(db("counting rows"))?;
+        let records: i64 = row.try_get(1).map_err(db("counting rows"))?;
+        Ok(Counts { subjects: subjects.unsigned_abs(), records: records.unsigned_abs() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn subject(id: &str) -> SubjectRow {
+        SubjectRow {
+            subject_id: id.parse().unwrap(),
+            home_region: "eu".parse().unwrap(),
+            kek_version: 1,
+            wrapped_key: vec![7; 60],
+            attributes: vec![1, 2, 3],
+            created_at: OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap(),
+        }
+    }
+
+    fn record(subject: &str) -> RecordRow {
+        RecordRow {
+            record_id: RecordId::random(),
+            subject_id: subject.parse().unwrap(),
+            category: "profile".parse().unwrap(),
+            home_region: "eu".parse().unwrap(),
+            version: 1,
+            ciphertext: vec![9; 40],
+            created_at: OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap(),
+        }
+    }
+
+    #[tokio::test]
+    async fn subjects_and_records_round_trip_and_erase_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("clover.db")).await.unwrap();
+        assert!(store.insert_subject(&subject("s-1")).await.unwrap());
+        assert!(!store.insert_subject(&subject("s-1")).await.unwrap());
+        assert!(store.insert_subject(&subject("s-2")).await.unwrap());
+        let r1 = record("s-1");
+        store.insert_record(&r1).await.unwrap();
+        store.insert_record(&record("s-2")).await.unwrap();
+        assert_eq!(store.record(&r1.record_id).await.unwrap().unwrap(), r1);
+        assert_eq!(store.subject(&"s-1".parse().unwrap()).await.unwrap().unwrap(), subject("s-1"));
+        assert_eq!(store.counts().await.unwrap(), Counts { subjects: 2, records: 2 });
+
+        let erased = store.erase_subject(&"s-1".parse().unwrap()).await.unwrap();
+        assert_eq!(erased, Some(Erasure { records: 1 }));
+        assert!(store.record(&r1.record_id).await.unwrap().is_none());
+        assert!(store.subject(&"s-1".parse().unwrap()).await.unwrap().is_none());
+        assert_eq!(store.counts().await.unwrap(), Counts { subjects: 1, records: 1 });
+        assert_eq!(store.erase_subject(&"s-1".parse().unwrap()).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_record_needs_a_registered_subject() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("clover.db")).await.unwrap();
+        let err = store.insert_record(&record("ghost")).await.unwrap_err();
+        assert!(matches!(err, StoreError::NoSuchSubject(_)), "{err}");
+    }
+}
