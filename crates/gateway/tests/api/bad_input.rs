@@ -1,0 +1,159 @@
+//! Each kind of bad input: the status, the problem body, and a store left as it was.
+
+use serde_json::{Value, json};
+
+use crate::harness::{DUBLIN, TestApp, problem};
+
+/// Sends a raw body with a content type to `method path`, as an EU employee from Dublin.
+async fn send(app: &TestApp, method: &str, path: &str, content_type: Option<&str>, body: Vec<u8>) -> reqwest::Response {
+    let client = app.client(DUBLIN);
+    let mut request = client.request(method.parse().unwrap(), app.url(path)).bearer_auth(app.token()).body(body);
+    if let Some(content_type) = content_type {
+        request = request.header("content-type", content_type);
+    }
+    request.send().await.unwrap()
+}
+
+async fn json_to(app: &TestApp, method: &str, path: &str, body: Value) -> reqwest::Response {
+    send(app, method, path, Some("application/json"), body.to_string().into_bytes()).await
+}
+
+#[tokio::test]
+async fn malformed_json_is_400() {
+    let app = TestApp::start().await;
+    app.seed("u-1", json!({"a": 1})).await;
+    let before = app.dump().await;
+    for (method, path) in [("PUT", "/v1/subjects/u-1"), ("POST", "/v1/subjects/u-1/records")] {
+        for body in ["{", "not json", "{,}", "", "{\"unterminated"] {
+            let response = send(&app, method, path, Some("application/json"), body.into()).await;
+            assert_eq!(response.status(), 400, "{method} {path} {body:?}");
+            let problem = problem(response, 400, "malformed-json").await;
+            assert!(!problem["detail"].as_str().unwrap().is_empty());
+        }
+    }
+    assert_eq!(app.dump().await, before);
+}
+
+#[tokio::test]
+async fn unknown_and_missing_fields_are_422_naming_the_field() {
+    let app = TestApp::start().await;
+    app.seed("u-1", json!({"a": 1})).await;
+    let before = app.dump().await;
+    let cases = [
+        ("PUT", "/v1/subjects/u-1", json!({"home_region": "eu", "nickname": "x"}), "nickname"),
+        ("PUT", "/v1/subjects/u-1", json!({"birth_date": "2000-01-01"}), "home_region"),
+        ("PUT", "/v1/subjects/u-1", json!({"home_region": "EU"}), "invalid region"),
+        ("POST", "/v1/subjects/u-1/records", json!({"category": "profile", "fields": {}, "owner": "x"}), "owner"),
+        ("POST", "/v1/subjects/u-1/records", json!({"fields": {"a": 1}}), "category"),
+        ("POST", "/v1/subjects/u-1/records", json!({"category": "profile", "fields": [1, 2]}), "fields"),
+        ("POST", "/v1/subjects/u-1/records", json!({"category": "profile", "fields": "Aoife"}), "fields"),
+    ];
+    for (method, path, body, named) in cases {
+        let problem = problem(json_to(&app, method, path, body.clone()).await, 422, "invalid-body").await;
+        assert!(problem["detail"].as_str().unwrap().contains(named), "{body} -> {problem}");
+    }
+    assert_eq!(app.dump().await, before);
+}
+
+#[tokio::test]
+async fn bad_birth_dates_are_422() {
+    let app = TestApp::start().await;
+    for date in ["2011-13-01", "01/05/2011", "2999-01-01", "yesterday"] {
+        let response = json_to(&app, "PUT", "/v1/subjects/u-1", json!({"home_region": "eu", "birth_date": date})).await;
+        let body = problem(response, 422, "invalid-body").await;
+        assert!(body["detail"].as_str().unwrap().contains(date), "{body}");
+    }
+    assert!(app.dump().await.is_empty());
+}
+
+#[tokio::test]
+async fn an_unknown_category_is_422_listing_the_known_ones() {
+    let app = TestApp::start().await;
+    app.seed("u-1", json!({"a": 1})).await;
+    let before = app.dump().await;
+    for category in ["biometrics", "Profile", ""] {
+        let response =
+            json_to(&app, "POST", "/v1/subjects/u-1/records", json!({"category": category, "fields": {"a": 1}})).await;
+        let body = problem(response, 422, "unknown-category").await;
+        let detail = body["detail"].as_str().unwrap();
+        assert!(detail.contains(&format!("{category:?}")), "{detail}");
+        assert!(detail.contains("profile, contact, content, messages, device, location"), "{detail}");
+    }
+    assert_eq!(app.dump().await, before);
+}
+
+#[tokio::test]
+async fn invalid_ids_are_400() {
+    let app = TestApp::start().await;
+    app.seed("u-1", json!({"a": 1})).await;
+    let before = app.dump().await;
+    let long = "x".repeat(129);
+    for subject in ["bad$id", "spaces%20inside", long.as_str(), "%C3%A9t%C3%A9"] {
+        let put = json_to(&app, "PUT", &format!("/v1/subjects/{subject}"), json!({"home_region": "eu"})).await;
+        let body = problem(put, 400, "invalid-id").await;
+        assert!(body["detail"].as_str().unwrap().contains("invalid subject id"), "{body}");
+        let post = json_to(
+            &app,
+            "POST",
+            &format!("/v1/subjects/{subject}/records"),
+            json!({"category": "profile", "fields": {}}),
+        )
+        .await;
+        problem(post, 400, "invalid-id").await;
+        let delete = send(&app, "DELETE", &format!("/v1/subjects/{subject}"), None, vec![]).await;
+        problem(delete, 400, "invalid-id").await;
+    }
+    for record in ["not-a-uuid", "0b8e6f7a3c1d4f2e9a5b6c7d8e9f0a1b", "0b8e6f7a-3c1d-4f2e-9a5b-6c7d8e9f0a1"] {
+        let body = problem(app.get_record(DUBLIN, record).await, 400, "invalid-id").await;
+        assert!(body["detail"].as_str().unwrap().contains("invalid record id"), "{body}");
+    }
+    assert_eq!(app.dump().await, before);
+}
+
+#[tokio::test]
+async fn bodies_over_the_default_limit_of_1_mib_are_413() {
+    let app = TestApp::start().await;
+    app.seed("u-1", json!({"a": 1})).await;
+    let before = app.dump().await;
+    let big = json!({"category": "profile", "fields": {"blob": "x".repeat(1024 * 1024)}});
+    let body = problem(json_to(&app, "POST", "/v1/subjects/u-1/records", big).await, 413, "payload-too-large").await;
+    assert!(body["detail"].as_str().unwrap().contains("1048576"), "{body}");
+    // Just under the limit is accepted.
+    let fits = json!({"category": "profile", "fields": {"blob": "x".repeat(1024 * 1024 - 100)}});
+    assert_eq!(json_to(&app, "POST", "/v1/subjects/u-1/records", fits).await.status(), 201);
+    assert_eq!(app.dump().await.len(), before.len() + 1);
+}
+
+#[tokio::test]
+async fn the_body_limit_is_configurable() {
+    let app = TestApp::start_with(|config| config.max_body_bytes = 2048).await;
+    app.seed("u-1", json!({"a": 1})).await;
+    let before = app.dump().await;
+    let big = json!({"category": "profile", "fields": {"blob": "x".repeat(4096)}});
+    let body = problem(json_to(&app, "POST", "/v1/subjects/u-1/records", big).await, 413, "payload-too-large").await;
+    assert!(body["detail"].as_str().unwrap().contains("2048"), "{body}");
+    assert_eq!(app.dump().await, before);
+}
+
+#[tokio::test]
+async fn a_body_not_declared_as_json_is_415() {
+    let app = TestApp::start().await;
+    app.seed("u-1", json!({"a": 1})).await;
+    let before = app.dump().await;
+    let body = json!({"category": "profile", "fields": {"a": 1}}).to_string();
+    for content_type in [Some("text/plain"), Some("application/x-www-form-urlencoded"), None] {
+        let response = send(&app, "POST", "/v1/subjects/u-1/records", content_type, body.clone().into_bytes()).await;
+        let problem = problem(response, 415, "unsupported-media-type").await;
+        assert!(problem["detail"].as_str().unwrap().contains("application/json"), "{problem}");
+    }
+    assert_eq!(app.dump().await, before);
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_are_problems_too() {
+    let app = TestApp::start().await;
+    let response = app.client(DUBLIN).get(app.url("/v1/nothing-here")).send().await.unwrap();
+    problem(response, 404, "no-such-endpoint").await;
+    let response = app.client(DUBLIN).patch(app.url("/v1/subjects/u-1")).bearer_auth(app.token()).send().await.unwrap();
+    problem(response, 405, "method-not-allowed").await;
+}

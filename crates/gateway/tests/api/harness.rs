@@ -1,0 +1,289 @@
+//! `TestApp`: a real boundary on 127.0.0.1:0 in a fresh data directory, driven over HTTP.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use clover_gateway::identity::{Claims, DevIssuer};
+use clover_gateway::{Boundary, Config, DataDir};
+use clover_model::{Action, Origin, PrincipalKind, SubjectId};
+use clover_policy::{AccessRequest, Permit, Verdict};
+use serde_json::Value;
+use sqlx::Row;
+use tokio::sync::oneshot;
+
+pub const DUBLIN: &str = "127.0.0.1";
+pub const DUBLIN_2: &str = "127.0.0.2";
+pub const HAMAR: &str = "127.0.0.3";
+pub const VIRGINIA: &str = "127.0.1.1";
+pub const SINGAPORE: &str = "127.0.2.1";
+pub const UNKNOWN: &str = "127.0.3.1";
+
+pub struct TestApp {
+    pub dir: tempfile::TempDir,
+    pub addr: SocketAddr,
+    pub boundary: Arc<Boundary>,
+    issuer: DevIssuer,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestApp {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(configure: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config { data_dir: dir.path().join("data"), ..Config::default() };
+        configure(&mut config);
+        let data_dir = DataDir::new(&config.data_dir);
+        data_dir.init(&config.region).unwrap();
+        let issuer = data_dir.issuer().unwrap();
+        let boundary = Arc::new(Boundary::open(config).await.unwrap());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(clover_gateway::serve(boundary.clone(), listener, async move {
+            let _ = rx.await;
+        }));
+        Self { dir, addr, boundary, issuer, shutdown: Some(tx), task: Some(task) }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.boundary.config().data_dir.clone()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// A client whose requests come from `from` (a loopback address of a configured site).
+    pub fn client(&self, from: &str) -> reqwest::Client {
+        reqwest::Client::builder().local_address(from.parse::<IpAddr>().unwrap()).no_proxy().build().unwrap()
+    }
+
+    pub fn claims(&self, region: &str, site: &str, ttl: i64) -> Claims {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        Claims {
+            iss: "clover-dev".into(),
+            aud: "clover".into(),
+            sub: "ana".into(),
+            kind: PrincipalKind::Employee,
+            region: region.into(),
+            site: site.into(),
+            roles: vec!["support".into()],
+            iat: now,
+            exp: now + ttl,
+        }
+    }
+
+    pub fn mint(&self, claims: &Claims) -> String {
+        self.issuer.mint(claims).unwrap()
+    }
+
+    /// A token for an EU employee at dublin-1.
+    pub fn token(&self) -> String {
+        self.mint(&self.claims("eu", "dublin-1", 3600))
+    }
+
+    pub async fn put_subject(&self, subject: &str) -> reqwest::Response {
+        self.client(DUBLIN)
+            .put(self.url(&format!("/v1/subjects/{subject}")))
+            .bearer_auth(self.token())
+            .json(&serde_json::json!({"home_region": "eu", "birth_date": "2011-05-01"}))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn post_record(&self, subject: &str, category: &str, fields: Value) -> reqwest::Response {
+        self.client(DUBLIN)
+            .post(self.url(&format!("/v1/subjects/{subject}/records")))
+            .bearer_auth(self.token())
+            .json(&serde_json::json!({"category": category, "fields": fields}))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Registers `subject` and writes one record; returns the record id.
+    pub async fn seed(&self, subject: &str, fields: Value) -> String {
+        assert!(self.put_subject(subject).await.status().is_success());
+        let response = self.post_record(subject, "profile", fields).await;
+        assert_eq!(response.status(), 201);
+        response.json::<Value>().await.unwrap()["record_id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn get_record(&self, from: &str, record: &str) -> reqwest::Response {
+        self.client(from)
+            .get(self.url(&format!("/v1/records/{record}")))
+            .bearer_auth(self.token())
+            .header("X-Clover-Purpose", "support")
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn db(&self) -> sqlx::SqlitePool {
+        let options =
+            sqlx::sqlite::SqliteConnectOptions::new().filename(self.data_dir().join("clover.db")).read_only(true);
+        sqlx::SqlitePool::connect_with(options).await.unwrap()
+    }
+
+    /// Every stored row, as text, for "nothing changed" assertions.
+    pub async fn dump(&self) -> Vec<String> {
+        let pool = self.db().await;
+        let mut rows = Vec::new();
+        for row in sqlx::query(
+            "SELECT subject_id || ' ' || home_region || ' ' || kek_version || ' ' || hex(wrapped_key) || ' ' \
+             || hex(attributes) || ' ' || created_at FROM subjects ORDER BY subject_id",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+        {
+            rows.push(format!("subject {}", row.get::<String, _>(0)));
+        }
+        for row in sqlx::query(
+            "SELECT record_id || ' ' || subject_id || ' ' || category || ' ' || home_region || ' ' || version \
+             || ' ' || hex(ciphertext) || ' ' || created_at FROM records ORDER BY record_id",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+        {
+            rows.push(format!("record {}", row.get::<String, _>(0)));
+        }
+        pool.close().await;
+        rows
+    }
+
+    /// The raw stored ciphertext of a record.
+    pub async fn ciphertext(&self, record: &str) -> Vec<u8> {
+        let pool = self.db().await;
+        let row = sqlx::query("SELECT ciphertext FROM records WHERE record_id = ?")
+            .bind(record)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        row.get(0)
+    }
+
+    /// The raw stored wrapped data key of a subject.
+    pub async fn wrapped_key(&self, subject: &str) -> Vec<u8> {
+        let pool = self.db().await;
+        let row = sqlx::query("SELECT wrapped_key FROM subjects WHERE subject_id = ?")
+            .bind(subject)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        row.get(0)
+    }
+
+    /// Runs `sql` straight on the database, as an attacker with disk access could, binding
+    /// `blob` (if any) and then `id`.
+    pub async fn tamper(&self, sql: &'static str, blob: Option<&[u8]>, id: &str) {
+        let options = sqlx::sqlite::SqliteConnectOptions::new().filename(self.data_dir().join("clover.db"));
+        let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+        let mut query = sqlx::query(sql);
+        if let Some(blob) = blob {
+            query = query.bind(blob.to_vec());
+        }
+        let done = query.bind(id.to_owned()).execute(&pool).await.unwrap();
+        assert_eq!(done.rows_affected(), 1, "{sql}");
+        pool.close().await;
+    }
+
+    /// A permit for an in-region write on `subject`, as the policy would give.
+    pub fn permit(&self, subject: &SubjectId) -> Permit {
+        let eu = self.boundary.region().clone();
+        let principal = clover_model::Principal {
+            id: "ana".parse().unwrap(),
+            kind: PrincipalKind::Employee,
+            home_region: eu.clone(),
+            site: "dublin-1".parse().unwrap(),
+            roles: vec![],
+        };
+        let origin = Origin::Site { site: "dublin-1".parse().unwrap(), region: eu.clone() };
+        match clover_policy::decide(&AccessRequest {
+            boundary: &eu,
+            principal: &principal,
+            origin: &origin,
+            action: Action::Read,
+            subject,
+            subject_region: &eu,
+            record: None,
+            category: None,
+        }) {
+            Verdict::Allowed(permit) => permit,
+            Verdict::Denied(d) => panic!("{d:?}"),
+        }
+    }
+
+    /// Stops the server, waiting for requests in flight; hands back the directory.
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::mem::replace(&mut self.dir, dir)
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Every file under `dir`, recursively, with its bytes.
+pub fn files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(files(&path));
+        } else {
+            // SQLite removes its -wal and -shm files when the last connection closes.
+            match std::fs::read(&path) {
+                Ok(bytes) => out.push((path, bytes)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => panic!("{}: {e}", path.display()),
+            }
+        }
+    }
+    out
+}
+
+/// The files under `dir` that contain `needle`.
+pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    files(dir)
+        .into_iter()
+        .filter(|(_, bytes)| bytes.windows(needle.len()).any(|w| w == needle))
+        .map(|(path, _)| path)
+        .collect()
+}
+
+/// Asserts a problem+json answer and returns its body.
+pub async fn problem(response: reqwest::Response, status: u16, kind: &str) -> Value {
+    assert_eq!(response.status(), status, "status");
+    assert_eq!(
+        response.headers().get("content-type").unwrap().to_str().unwrap(),
+        "application/problem+json",
+        "content type"
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["type"], format!("urn:clover:problem:{kind}"), "{body}");
+    assert_eq!(body["status"], status, "{body}");
+    assert!(body["title"].as_str().is_some_and(|t| !t.is_empty()), "{body}");
+    assert!(body["detail"].as_str().is_some_and(|d| !d.is_empty()), "{body}");
+    body
+}

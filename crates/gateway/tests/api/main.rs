@@ -1,0 +1,13 @@
+//! The gateway's HTTP API, driven over real HTTP against a real server on 127.0.0.1:0.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, missing_docs)]
+
+mod harness;
+
+mod auth;
+mod bad_input;
+mod encryption;
+mod erasure;
+mod origins;
+mod service;
+mod subjects_and_records;
