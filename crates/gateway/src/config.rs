@@ -209,7 +209,7 @@ mod tests {
         defaults.validate().unwrap();
         let example_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/clover.toml");
         let example = Config::load(&example_path).unwrap();
-        assert_eq!(toml::to_string(&example).unwrap(), toml::to_string(&defaults).unwrap());
+        assert_eq!(serde_json::to_value(&example).unwrap(), serde_json::to_value(&defaults).unwrap());
     }
 
     #[test]

@@ -63,14 +63,14 @@ where
 }
 
 fn subject_row(row: &SqliteRow) -> Result<SubjectRow, StoreError> {
-    let get = db("reading a subject");
+    let get = || db("reading a subject");
     Ok(SubjectRow {
-        subject_id: parse("subject_id", row.try_get("subject_id").map_err(get)?)?,
-        home_region: parse("home_region", row.try_get("home_region").map_err(db("reading a subject"))?)?,
-        kek_version: row.try_get("kek_version").map_err(db("reading a subject"))?,
-        wrapped_key: row.try_get("wrapped_key").map_err(db("reading a subject"))?,
-        attributes: row.try_get("attributes").map_err(db("reading a subject"))?,
-        created_at: timestamp(row.try_get("created_at").map_err(db("reading a subject"))?)?,
+        subject_id: parse("subject_id", row.try_get("subject_id").map_err(get())?)?,
+        home_region: parse("home_region", row.try_get("home_region").map_err(get())?)?,
+        kek_version: row.try_get("kek_version").map_err(get())?,
+        wrapped_key: row.try_get("wrapped_key").map_err(get())?,
+        attributes: row.try_get("attributes").map_err(get())?,
+        created_at: timestamp(row.try_get("created_at").map_err(get())?)?,
     })
 }
 
