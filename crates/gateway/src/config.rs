@@ -134,20 +134,20 @@ impl Default for Config {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read {path:?}: {source}")]
+    #[error("cannot read {path:?}: {cause}")]
     Read {
         /// The file.
         path: PathBuf,
         /// The cause.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The file is not valid TOML or has unknown or ill-typed keys.
-    #[error("{path:?} is not a valid configuration: {source}")]
+    #[error("{path:?} is not a valid configuration: {cause}")]
     Parse {
         /// The file.
         path: PathBuf,
         /// The parser's message, with line and column.
-        source: Box<toml::de::Error>,
+        cause: Box<toml::de::Error>,
     },
     /// The values do not fit together.
     #[error("{0}")]
@@ -157,9 +157,9 @@ pub enum ConfigError {
 impl Config {
     /// Reads a `clover.toml`; keys it leaves out keep their defaults.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read { path: path.into(), cause })?;
         Self::parse(&text).map_err(|e| match e {
-            ConfigError::Parse { source, .. } => ConfigError::Parse { path: path.into(), source },
+            ConfigError::Parse { cause, .. } => ConfigError::Parse { path: path.into(), cause },
             other => other,
         })
     }
@@ -167,7 +167,7 @@ impl Config {
     /// Parses the text of a `clover.toml` and checks it.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
         let config: Self =
-            toml::from_str(text).map_err(|e| ConfigError::Parse { path: PathBuf::new(), source: Box::new(e) })?;
+            toml::from_str(text).map_err(|e| ConfigError::Parse { path: PathBuf::new(), cause: Box::new(e) })?;
         config.validate()?;
         Ok(config)
     }

@@ -29,12 +29,12 @@ pub struct Initialised {
 #[derive(Debug, thiserror::Error)]
 pub enum DataDirError {
     /// The directory could not be created.
-    #[error("cannot create data directory {path:?}: {source}")]
+    #[error("cannot create data directory {path:?}: {cause}")]
     Create {
         /// The directory.
         path: PathBuf,
         /// The cause.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// Keys are not set up.
     #[error("{0:?} holds no keyring; run `clover init` (or `clover serve`, which initialises on first run)")]
@@ -102,7 +102,7 @@ impl DataDir {
             use std::os::unix::fs::DirBuilderExt;
             builder.mode(0o700);
         }
-        builder.create(&self.root).map_err(|source| DataDirError::Create { path: self.root.clone(), source })?;
+        builder.create(&self.root).map_err(|cause| DataDirError::Create { path: self.root.clone(), cause })?;
         let (passphrase, source) = match Passphrase::find(&self.root)? {
             Some(found) => found,
             None => {

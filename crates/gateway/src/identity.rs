@@ -62,18 +62,18 @@ pub enum AuthError {
 #[derive(Debug, thiserror::Error)]
 pub enum IssuerError {
     /// The key file could not be read or written.
-    #[error("issuer key: {0}")]
+    #[error(transparent)]
     Key(#[from] clover_keys::KeyError),
     /// The key file does not hold an Ed25519 PKCS#8 key.
     #[error("issuer key file {0:?} does not hold an Ed25519 key")]
     Malformed(std::path::PathBuf),
     /// The key file could not be read.
-    #[error("cannot read issuer key {path:?}: {source}")]
+    #[error("cannot read issuer key {path:?}: {cause}")]
     Read {
         /// The file.
         path: std::path::PathBuf,
         /// The cause.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// Signing failed.
     #[error("cannot sign the token: {0}")]
@@ -103,7 +103,7 @@ impl DevIssuer {
 
     /// Loads the key at `path`.
     pub fn load(path: &Path) -> Result<Self, IssuerError> {
-        let bytes = std::fs::read(path).map_err(|source| IssuerError::Read { path: path.to_owned(), source })?;
+        let bytes = std::fs::read(path).map_err(|cause| IssuerError::Read { path: path.to_owned(), cause })?;
         Self::from_pkcs8(path, bytes)
     }
 

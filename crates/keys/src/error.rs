@@ -6,12 +6,12 @@ use clover_model::SubjectId;
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     /// The keyring file could not be read or written.
-    #[error("keyring file {path:?}: {source}")]
+    #[error("keyring file {path:?}: {cause}")]
     Io {
         /// The file.
         path: std::path::PathBuf,
         /// The cause.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// Refused to replace existing keys.
     #[error("keys already exist at {0:?}; refusing to overwrite them")]

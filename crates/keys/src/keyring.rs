@@ -128,7 +128,7 @@ impl Keyring {
     /// Opens the keyring at `path` with `passphrase`.
     pub fn open(path: &Path, passphrase: &Passphrase) -> Result<Self, KeyError> {
         let malformed = |detail: String| KeyError::Malformed { path: path.to_owned(), detail };
-        let text = std::fs::read(path).map_err(|source| KeyError::Io { path: path.to_owned(), source })?;
+        let text = std::fs::read(path).map_err(|cause| KeyError::Io { path: path.to_owned(), cause })?;
         let file: KeyringFile = serde_json::from_slice(&text).map_err(|e| malformed(e.to_string()))?;
         if file.format != FORMAT {
             return Err(malformed(format!("unknown format {:?}, expected {FORMAT:?}", file.format)));

@@ -63,7 +63,7 @@ impl Passphrase {
                 Ok(Some((Self::new(value), PassphraseSource::File(path))))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(KeyError::Io { path, source }),
+            Err(cause) => Err(KeyError::Io { path, cause }),
         }
     }
 
@@ -84,7 +84,7 @@ impl Passphrase {
 /// Writes a new file readable and writable by its owner only (0600), and syncs it and its
 /// directory. Refuses to replace an existing file.
 pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
-    let io = |source| KeyError::Io { path: path.to_owned(), source };
+    let io = |cause| KeyError::Io { path: path.to_owned(), cause };
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]

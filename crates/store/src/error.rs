@@ -6,20 +6,20 @@ use clover_model::SubjectId;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The database refused or failed an operation.
-    #[error("database error while {operation}: {source}")]
+    #[error("database error while {operation}: {cause}")]
     Database {
         /// What the store was doing.
         operation: &'static str,
         /// The driver's error.
-        source: sqlx::Error,
+        cause: sqlx::Error,
     },
     /// The database could not be opened or set up.
-    #[error("cannot open the database at {location}: {source}")]
+    #[error("cannot open the database at {location}: {cause}")]
     Open {
         /// Where the database is.
         location: String,
         /// The driver's error.
-        source: sqlx::Error,
+        cause: sqlx::Error,
     },
     /// A stored value is not what Clover writes.
     #[error("stored {what} is malformed: {detail}")]

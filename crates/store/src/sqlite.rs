@@ -44,7 +44,7 @@ pub struct SqliteStore {
 }
 
 fn db(operation: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
-    move |source| StoreError::Database { operation, source }
+    move |cause| StoreError::Database { operation, cause }
 }
 
 fn corrupt(what: &'static str) -> impl FnOnce(String) -> StoreError {
@@ -90,7 +90,7 @@ fn record_row(row: &SqliteRow) -> Result<RecordRow, StoreError> {
 impl SqliteStore {
     /// Opens (creating if needed) the database file at `path` and applies the schema.
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
-        let open_err = |source| StoreError::Open { location: path.display().to_string(), source };
+        let open_err = |cause| StoreError::Open { location: path.display().to_string(), cause };
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)

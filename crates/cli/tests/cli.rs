@@ -1,0 +1,607 @@
+//! The `clover` binary, driven as a user would: real processes, real sockets, real files.
+//!
+//! Every test runs in its own temporary directory (used as the working directory and the data
+//! directory), starts its own `clover serve` on an ephemeral port, and kills whatever it started
+//! when it ends, pass or fail.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, missing_docs)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_clover");
+/// How long a process gets to start, answer or stop: generous, for slow machines.
+const PATIENCE: Duration = Duration::from_secs(30);
+const PASSPHRASE_ENV: &str = "CLOVER_PASSPHRASE";
+/// An address of the `dublin-1` site (region eu) in the default configuration.
+const DUBLIN: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
+/// An address of the `singapore-1` site (region sg) in the default configuration.
+const SINGAPORE: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 2, 1));
+
+// ---------------------------------------------------------------------------------------------
+// Processes
+// ---------------------------------------------------------------------------------------------
+
+/// A `clover` command in `cwd`, with an environment that does not leak from the test's own:
+/// no passphrase unless the test sets one, plain-text logs at info level.
+fn clover(cwd: &Path) -> Command {
+    let mut command = Command::new(BIN);
+    command
+        .current_dir(cwd)
+        .env_remove(PASSPHRASE_ENV)
+        .env_remove("CLOVER_LOG_FORMAT")
+        .env("CLOVER_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null());
+    command
+}
+
+/// Drains a child's pipe on a thread, line by line, into a shared string; each line is also
+/// sent on the returned channel. The thread runs until the pipe closes, so the child never
+/// blocks on a full pipe.
+fn drain(pipe: impl Read + Send + 'static) -> (Arc<Mutex<String>>, mpsc::Receiver<String>, JoinHandle<()>) {
+    let text = Arc::new(Mutex::new(String::new()));
+    let (tx, rx) = mpsc::channel();
+    let shared = Arc::clone(&text);
+    let handle = std::thread::spawn(move || {
+        let mut reader = BufReader::new(pipe);
+        let mut raw = Vec::new();
+        loop {
+            raw.clear();
+            match reader.read_until(b'\n', &mut raw) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let line = String::from_utf8_lossy(&raw).into_owned();
+                    shared.lock().unwrap().push_str(&line);
+                    // The receiver may be gone; keep draining regardless.
+                    let _ = tx.send(line);
+                }
+            }
+        }
+    });
+    (text, rx, handle)
+}
+
+/// Waits for `child` to exit, polling, for at most `timeout`.
+fn wait_for_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// What a finished command did.
+#[derive(Debug)]
+struct Finished {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs a command to completion (killing it after [`PATIENCE`]) and collects its output.
+fn run(mut command: Command) -> Finished {
+    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let (stdout, _, out_thread) = drain(child.stdout.take().unwrap());
+    let (stderr, _, err_thread) = drain(child.stderr.take().unwrap());
+    let status = wait_for_exit(&mut child, PATIENCE);
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    out_thread.join().unwrap();
+    err_thread.join().unwrap();
+    let stdout = stdout.lock().unwrap().clone();
+    let stderr = stderr.lock().unwrap().clone();
+    let Some(status) = status else {
+        panic!("{command:?} did not finish within {PATIENCE:?}\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    };
+    Finished { status, stdout, stderr }
+}
+
+/// Runs a command that must succeed.
+fn run_ok(command: Command) -> Finished {
+    let finished = run(command);
+    assert!(finished.status.success(), "failed: {finished:?}");
+    finished
+}
+
+/// Sends SIGTERM to a process (no libc: `unsafe` is forbidden here).
+fn sigterm(pid: u32) {
+    let status = Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    assert!(status.success(), "kill -TERM {pid} failed: {status}");
+}
+
+/// A running `clover serve`, killed when dropped.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    stderr: Arc<Mutex<String>>,
+    stderr_thread: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Starts `clover serve --listen 127.0.0.1:0 <args>` from `command` and waits for it to say
+    /// where it listens.
+    fn start(mut command: Command, args: &[&str]) -> Self {
+        command.arg("serve").args(["--listen", "127.0.0.1:0"]).args(args);
+        let mut child = command.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        let (stderr, lines, stderr_thread) = drain(child.stderr.take().unwrap());
+        // From here on the guard owns the child, so that a failed start still kills it.
+        let mut server =
+            Self { child, addr: SocketAddr::from(([0, 0, 0, 0], 0)), stderr, stderr_thread: Some(stderr_thread) };
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(addr) = serving_address(&line) {
+                        server.addr = addr;
+                        return server;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    panic!("clover serve did not report its address within {PATIENCE:?}; stderr:\n{}", server.stderr())
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = wait_for_exit(&mut server.child, PATIENCE);
+                    panic!("clover serve exited ({status:?}) before serving; stderr:\n{}", server.stderr())
+                }
+            }
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the server wrote to stderr so far.
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Sends SIGTERM and waits for a clean exit; returns the whole stderr.
+    fn stop(mut self) -> String {
+        sigterm(self.pid());
+        let status = wait_for_exit(&mut self.child, PATIENCE);
+        let Some(status) = status else {
+            panic!("clover serve did not stop within {PATIENCE:?} of SIGTERM; stderr:\n{}", self.stderr());
+        };
+        if let Some(thread) = self.stderr_thread.take() {
+            thread.join().unwrap();
+        }
+        assert!(status.success(), "clover serve exited with {status} after SIGTERM; stderr:\n{}", self.stderr());
+        self.stderr()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(thread) = self.stderr_thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The address in `clover: serving region "eu" on http://127.0.0.1:PORT (data in ...)`.
+fn serving_address(line: &str) -> Option<SocketAddr> {
+    let rest = line.strip_prefix("clover: serving region ")?;
+    let (_, after) = rest.split_once(" on http://")?;
+    let addr = after.split_whitespace().next()?;
+    Some(addr.parse().unwrap_or_else(|e| panic!("unparseable address in {line:?}: {e}")))
+}
+
+/// A token for an employee of the eu region at dublin-1, minted by the binary.
+fn mint_token(cwd: &Path, data_dir: &Path) -> String {
+    let mut command = clover(cwd);
+    command.arg("token").args([
+        "--principal",
+        "ana",
+        "--kind",
+        "employee",
+        "--region",
+        "eu",
+        "--site",
+        "dublin-1",
+        "--roles",
+        "support,analyst",
+        "--ttl",
+        "1h",
+        "--data-dir",
+    ]);
+    command.arg(data_dir);
+    let finished = run_ok(command);
+    let token = finished.stdout.trim().to_owned();
+    assert_eq!(token.split('.').count(), 3, "not a JWT: {finished:?}");
+    token
+}
+
+#[cfg(unix)]
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).permissions().mode() & 0o777
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP
+// ---------------------------------------------------------------------------------------------
+
+/// An HTTP client whose connections come from `from`, so the boundary places them at that site.
+fn client(from: IpAddr) -> reqwest::Client {
+    reqwest::Client::builder().local_address(from).no_proxy().timeout(PATIENCE).build().unwrap()
+}
+
+/// Registers an eu subject; must answer 201.
+async fn create_subject(server: &Server, token: &str, subject: &str) {
+    let response = client(DUBLIN)
+        .put(server.url(&format!("/v1/subjects/{subject}")))
+        .bearer_auth(token)
+        .json(&json!({"home_region": "eu", "birth_date": "2011-05-01"}))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let body = response.text().await.unwrap();
+    assert_eq!(status, 201, "PUT subject: {body}");
+}
+
+/// Writes a profile record; must answer 201. Returns its id.
+async fn write_record(server: &Server, token: &str, subject: &str, fields: &Value) -> String {
+    let response = client(DUBLIN)
+        .post(server.url(&format!("/v1/subjects/{subject}/records")))
+        .bearer_auth(token)
+        .json(&json!({"category": "profile", "fields": fields}))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(status, 201, "POST record: {body}");
+    body["record_id"].as_str().unwrap_or_else(|| panic!("no record_id in {body}")).to_owned()
+}
+
+/// Reads a record from `from`; returns the status, the content type and the JSON body.
+async fn read_record(server: &Server, token: &str, record: &str, from: IpAddr) -> (u16, String, Value) {
+    let response = client(from)
+        .get(server.url(&format!("/v1/records/{record}")))
+        .bearer_auth(token)
+        .header("X-Clover-Purpose", "support")
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let content_type =
+        response.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+    let text = response.text().await.unwrap();
+    let body = serde_json::from_str(&text).unwrap_or_else(|e| panic!("GET record: not JSON ({e}): {text}"));
+    (status, content_type, body)
+}
+
+/// One HTTP/1.1 response head and body, read off a raw connection.
+struct RawResponse {
+    status_line: String,
+    body: Vec<u8>,
+}
+
+/// A raw connection that keeps the bytes read past the end of one response.
+struct RawConnection {
+    stream: TcpStream,
+    buffer: Vec<u8>,
+}
+
+impl RawConnection {
+    fn open(addr: SocketAddr) -> Self {
+        let stream = TcpStream::connect_timeout(&addr, PATIENCE).unwrap();
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        stream.set_write_timeout(Some(PATIENCE)).unwrap();
+        Self { stream, buffer: Vec::new() }
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+        self.stream.flush().unwrap();
+    }
+
+    /// Reads more bytes into the buffer; false at end of stream.
+    fn fill(&mut self) -> bool {
+        let mut chunk = [0u8; 4096];
+        let n = self.stream.read(&mut chunk).unwrap_or_else(|e| panic!("reading the response: {e}"));
+        self.buffer.extend_from_slice(&chunk[..n]);
+        n > 0
+    }
+
+    /// Reads one response head (which may be an interim `100 Continue`); returns the status line
+    /// and the header lines.
+    fn read_head(&mut self) -> (String, Vec<String>) {
+        loop {
+            if let Some(end) = self.buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&self.buffer[..end]).into_owned();
+                self.buffer.drain(..end + 4);
+                let mut lines = head.split("\r\n").map(str::to_owned);
+                let status_line = lines.next().unwrap_or_default();
+                return (status_line, lines.collect());
+            }
+            let got_more = self.fill();
+            assert!(got_more, "connection closed mid-head; got {:?}", String::from_utf8_lossy(&self.buffer));
+        }
+    }
+
+    /// Reads a final response: head, then a `Content-Length` body (or everything to the end of
+    /// the stream when there is none).
+    fn read_response(&mut self) -> RawResponse {
+        let (status_line, headers) = self.read_head();
+        let length = headers.iter().find_map(|h| {
+            let (name, value) = h.split_once(':')?;
+            name.trim().eq_ignore_ascii_case("content-length").then(|| value.trim().parse::<usize>().unwrap())
+        });
+        match length {
+            Some(length) => {
+                while self.buffer.len() < length {
+                    let got_more = self.fill();
+                    assert!(got_more, "connection closed mid-body after {status_line:?}");
+                }
+                let body = self.buffer.drain(..length).collect();
+                RawResponse { status_line, body }
+            }
+            None => {
+                while self.fill() {}
+                RawResponse { status_line, body: std::mem::take(&mut self.buffer) }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn serve_with_no_setup_initialises_and_serves() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(clover(tmp.path()), &[]);
+
+    let stderr = server.stderr();
+    assert!(stderr.contains("clover: initialised ./clover-data"), "stderr:\n{stderr}");
+    assert!(stderr.contains("passphrase   generated into ./clover-data/passphrase (mode 0600)"), "stderr:\n{stderr}");
+    assert!(stderr.contains("clover: serving region \"eu\" on http://127.0.0.1:"), "stderr:\n{stderr}");
+    assert!(stderr.contains("(data in ./clover-data)"), "stderr:\n{stderr}");
+
+    let data_dir = tmp.path().join("clover-data");
+    for file in ["keyring.json", "dev-issuer.p8", "passphrase"] {
+        assert!(data_dir.join(file).is_file(), "{file} missing from {}", data_dir.display());
+    }
+    #[cfg(unix)]
+    {
+        assert_eq!(mode(&data_dir.join("passphrase")), 0o600, "passphrase file mode");
+        assert_eq!(mode(&data_dir.join("dev-issuer.p8")), 0o600, "issuer key file mode");
+        assert_eq!(mode(&data_dir) & 0o077, 0, "data directory is open to others");
+    }
+
+    let health = client(DUBLIN).get(server.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    assert_eq!(health.text().await.unwrap().trim(), "ok");
+
+    let token = mint_token(tmp.path(), &data_dir);
+    create_subject(&server, &token, "s-1").await;
+    let fields = json!({"display_name": "Aoife", "email": "aoife@example.ie"});
+    let record = write_record(&server, &token, "s-1", &fields).await;
+
+    let (status, _, body) = read_record(&server, &token, &record, DUBLIN).await;
+    assert_eq!(status, 200, "read from dublin-1: {body}");
+    assert_eq!(body["fields"], fields, "{body}");
+    assert_eq!(body["view"], "full", "{body}");
+    assert_eq!(body["record_id"], record.as_str(), "{body}");
+    assert_eq!(body["subject_id"], "s-1", "{body}");
+
+    let (status, content_type, body) = read_record(&server, &token, &record, SINGAPORE).await;
+    assert_eq!(status, 403, "read from singapore-1: {body}");
+    assert!(content_type.starts_with("application/problem+json"), "content type {content_type:?}");
+    assert!(body.get("decision").is_some(), "no decision in {body}");
+    assert_eq!(body["decision"]["effect"], "deny", "{body}");
+    assert!(body.get("fields").is_none(), "a denial leaked fields: {body}");
+    assert!(!body.to_string().contains("aoife@example.ie"), "a denial leaked data: {body}");
+
+    server.stop();
+}
+
+#[test]
+fn init_refuses_to_overwrite_keys() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("data");
+    let init = || {
+        let mut command = clover(tmp.path());
+        command.arg("init").arg("--data-dir").arg(&data_dir);
+        command
+    };
+
+    let first = run_ok(init());
+    assert!(first.stderr.contains("clover: initialised"), "{first:?}");
+    let files: Vec<PathBuf> =
+        ["keyring.json", "dev-issuer.p8", "passphrase"].iter().map(|f| data_dir.join(f)).collect();
+    let before: Vec<Vec<u8>> =
+        files.iter().map(|f| std::fs::read(f).unwrap_or_else(|e| panic!("{}: {e}", f.display()))).collect();
+    #[cfg(unix)]
+    for file in &files {
+        assert_eq!(mode(file), 0o600, "{} mode", file.display());
+    }
+
+    // Again, as is; again with another region; again with a passphrase in the environment:
+    // each must refuse and leave every key as it was.
+    let mut with_region = init();
+    with_region.args(["--region", "us"]);
+    let mut with_passphrase = init();
+    with_passphrase.env(PASSPHRASE_ENV, "another passphrase");
+    for command in [init(), with_region, with_passphrase] {
+        let again = run(command);
+        assert!(!again.status.success(), "a second init succeeded: {again:?}");
+        assert!(again.stderr.contains("refusing to overwrite"), "{again:?}");
+        for (file, bytes) in files.iter().zip(&before) {
+            assert_eq!(&std::fs::read(file).unwrap(), bytes, "{} changed", file.display());
+        }
+    }
+}
+
+#[tokio::test]
+async fn sigterm_finishes_requests_in_flight() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(clover(tmp.path()), &[]);
+    let token = mint_token(tmp.path(), &tmp.path().join("clover-data"));
+    create_subject(&server, &token, "s-1").await;
+
+    let body = br#"{"category": "profile", "fields": {"display_name": "Aoife", "note": "written while stopping"}}"#;
+    let (first, rest) = body.split_at(body.len() / 2);
+    let mut connection = RawConnection::open(server.addr);
+    // `Expect: 100-continue` makes the server say when the handler starts reading the body, so
+    // the request is known to be in flight (headers parsed, handler running) before SIGTERM.
+    let head = format!(
+        "POST /v1/subjects/s-1/records HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+        server.addr,
+        body.len()
+    );
+    connection.send(head.as_bytes());
+    let (interim, _) = connection.read_head();
+    assert!(interim.starts_with("HTTP/1.1 100"), "expected 100 Continue, got {interim:?}");
+    connection.send(first);
+
+    sigterm(server.pid());
+    // The server has taken the signal once it stops accepting connections.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match TcpStream::connect_timeout(&server.addr, Duration::from_secs(1)) {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => break,
+            _ if Instant::now() >= deadline => {
+                panic!("still accepting connections {PATIENCE:?} after SIGTERM; stderr:\n{}", server.stderr())
+            }
+            _ => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    connection.send(rest);
+
+    let response = connection.read_response();
+    let text = String::from_utf8_lossy(&response.body).into_owned();
+    assert!(
+        response.status_line.starts_with("HTTP/1.1 201"),
+        "in-flight request answered {:?}: {text}\nstderr:\n{}",
+        response.status_line,
+        server.stderr()
+    );
+    let created: Value = serde_json::from_str(&text).unwrap();
+    assert!(created["record_id"].is_string(), "{created}");
+
+    let addr = server.addr;
+    let mut server = server;
+    let status = wait_for_exit(&mut server.child, PATIENCE)
+        .unwrap_or_else(|| panic!("did not exit after SIGTERM; stderr:\n{}", server.stderr()));
+    assert!(status.success(), "exited with {status}; stderr:\n{}", server.stderr());
+    let error = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map(|_| ()).unwrap_err();
+    assert_eq!(error.kind(), std::io::ErrorKind::ConnectionRefused, "after shutdown: {error}");
+}
+
+#[tokio::test]
+async fn a_second_serve_reuses_the_keys() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("clover-data");
+    let fields = json!({"display_name": "Aoife", "languages": ["ga", "en"], "age_band": 3});
+
+    let server = Server::start(clover(tmp.path()), &[]);
+    let token = mint_token(tmp.path(), &data_dir);
+    create_subject(&server, &token, "s-1").await;
+    let record = write_record(&server, &token, "s-1", &fields).await;
+    server.stop();
+    let keyring = std::fs::read(data_dir.join("keyring.json")).unwrap();
+    let issuer = std::fs::read(data_dir.join("dev-issuer.p8")).unwrap();
+    let passphrase = std::fs::read(data_dir.join("passphrase")).unwrap();
+
+    let server = Server::start(clover(tmp.path()), &[]);
+    let stderr = server.stderr();
+    assert!(!stderr.contains("initialised"), "the second serve initialised again:\n{stderr}");
+    // The token minted before the restart still verifies: the issuer key persisted.
+    let (status, _, body) = read_record(&server, &token, &record, DUBLIN).await;
+    assert_eq!(status, 200, "read after restart: {body}\nstderr:\n{}", server.stderr());
+    assert_eq!(body["fields"], fields, "{body}");
+    assert_eq!(body["view"], "full", "{body}");
+    // And so does a fresh one.
+    let fresh = mint_token(tmp.path(), &data_dir);
+    let (status, _, body) = read_record(&server, &fresh, &record, DUBLIN).await;
+    assert_eq!(status, 200, "read with a fresh token: {body}");
+    assert_eq!(body["fields"], fields, "{body}");
+    server.stop();
+
+    assert_eq!(std::fs::read(data_dir.join("keyring.json")).unwrap(), keyring, "keyring changed");
+    assert_eq!(std::fs::read(data_dir.join("dev-issuer.p8")).unwrap(), issuer, "issuer key changed");
+    assert_eq!(std::fs::read(data_dir.join("passphrase")).unwrap(), passphrase, "passphrase changed");
+}
+
+#[test]
+fn wrong_passphrase_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("data");
+
+    let mut init = clover(tmp.path());
+    init.arg("init").arg("--data-dir").arg(&data_dir).env(PASSPHRASE_ENV, "a");
+    let finished = run_ok(init);
+    assert!(finished.stderr.contains("from CLOVER_PASSPHRASE"), "{finished:?}");
+    assert!(data_dir.join("keyring.json").is_file());
+    assert!(!data_dir.join("passphrase").exists(), "a passphrase file was written although CLOVER_PASSPHRASE was set");
+
+    let mut serve = clover(tmp.path());
+    serve.arg("serve").args(["--listen", "127.0.0.1:0", "--data-dir"]).arg(&data_dir).env(PASSPHRASE_ENV, "b");
+    let finished = run(serve);
+    assert!(!finished.status.success(), "served with the wrong passphrase: {finished:?}");
+    assert!(finished.stderr.contains("passphrase"), "{finished:?}");
+    assert!(!finished.stderr.contains("clover: serving"), "{finished:?}");
+}
+
+#[test]
+fn bad_config_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("bad.toml"), "region = \"eu\"\nlisten_on = \"127.0.0.1:0\"\n").unwrap();
+
+    let mut serve = clover(tmp.path());
+    serve.args(["serve", "--config", "bad.toml", "--listen", "127.0.0.1:0"]);
+    let finished = run(serve);
+    assert!(!finished.status.success(), "served with a bad configuration: {finished:?}");
+    assert!(finished.stderr.contains("listen_on"), "the unknown key is not named: {finished:?}");
+    assert!(finished.stderr.contains("bad.toml"), "the file is not named: {finished:?}");
+    assert!(!tmp.path().join("clover-data").exists(), "a bad configuration still initialised a data directory");
+}
+
+#[test]
+
+fn config_errors_name_their_cause_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("bad.toml"), "listen_on = \"127.0.0.1:0\"\n").unwrap();
+
+    let mut serve = clover(tmp.path());
+    serve.args(["serve", "--config", "bad.toml", "--listen", "127.0.0.1:0"]);
+    let finished = run(serve);
+    assert!(!finished.status.success(), "{finished:?}");
+    assert_eq!(finished.stderr.matches("unknown field `listen_on`").count(), 1, "{finished:?}");
+
+    let mut serve = clover(tmp.path());
+    serve.args(["serve", "--config", "missing.toml", "--listen", "127.0.0.1:0"]);
+    let finished = run(serve);
+    assert!(!finished.status.success(), "{finished:?}");
+    assert_eq!(finished.stderr.matches("No such file or directory").count(), 1, "{finished:?}");
+}
