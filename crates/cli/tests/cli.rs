@@ -588,7 +588,6 @@ fn bad_config_is_a_clear_error() {
 }
 
 #[test]
-
 fn config_errors_name_their_cause_once() {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::write(tmp.path().join("bad.toml"), "listen_on = \"127.0.0.1:0\"\n").unwrap();
