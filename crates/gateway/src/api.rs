@@ -83,6 +83,8 @@ pub fn router(boundary: Arc<Boundary>) -> Router {
                 method = %request.method(),
                 path = %request.uri().path(),
                 principal = tracing::field::Empty,
+                peer = tracing::field::Empty,
+                origin = tracing::field::Empty,
             )
         }))
         .with_state(boundary)

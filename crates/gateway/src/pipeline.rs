@@ -40,14 +40,20 @@ impl FromRequestParts<Arc<Boundary>> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, boundary: &Arc<Boundary>) -> Result<Self, Self::Rejection> {
-        let principal = authenticate(boundary, parts)?;
         let peer = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|ConnectInfo(addr)| *addr)
             .ok_or_else(|| ApiError::internal("the server was started without peer addresses"))?;
+        let span = tracing::Span::current();
+        span.record("peer", tracing::field::display(peer.ip()));
+        let principal = authenticate(boundary, parts)?;
+        span.record("principal", principal.id.as_str());
         let origin = resolve_origin(boundary, peer);
-        tracing::Span::current().record("principal", principal.id.as_str());
+        match &origin {
+            Origin::Site { site, .. } => span.record("origin", site.as_str()),
+            Origin::Unknown => span.record("origin", "unknown"),
+        };
         Ok(Self { principal, origin })
     }
 }
