@@ -45,7 +45,8 @@ impl Checkpoint {
             return Err(CheckpointError("the size is not a canonical decimal"));
         }
         let size = size.parse().map_err(|_| CheckpointError("the size does not fit in 64 bits"))?;
-        let root = lines.next().and_then(Hash::from_base64).ok_or(CheckpointError("the root is not 32 bytes of base64"))?;
+        let root =
+            lines.next().and_then(Hash::from_base64).ok_or(CheckpointError("the root is not 32 bytes of base64"))?;
         Ok(Self { origin: origin.to_owned(), size, root })
     }
 }
@@ -62,7 +63,12 @@ mod tests {
         let theirs = tlog_tiles::Checkpoint::from_bytes(text.as_bytes()).unwrap();
         assert_eq!(theirs.size(), 1234);
         assert_eq!(theirs.hash().0, cp.root.0);
-        for bad in ["o\n01\nAAAA\n", "o\n1\n", "o\nx\nAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n", "\n1\nAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n"] {
+        for bad in [
+            "o\n01\nAAAA\n",
+            "o\n1\n",
+            "o\nx\nAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n",
+            "\n1\nAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n",
+        ] {
             assert!(Checkpoint::parse(bad).is_err(), "{bad:?}");
         }
     }

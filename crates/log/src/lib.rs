@@ -14,7 +14,11 @@
 //! signed checkpoint), and reads of tiles, checkpoints and proofs.
 
 pub mod checkpoint;
+pub mod event;
 pub mod hash;
 pub mod note;
+mod sequencer;
 pub mod tile;
 pub mod tree;
+
+pub use sequencer::{Log, LogError, LogOptions, Receipt};

@@ -223,8 +223,11 @@ impl Note {
         }
         let mut signatures = Vec::new();
         for line in block.lines() {
-            let rest = line.strip_prefix("\u{2014} ").ok_or(NoteError::Malformed("a signature line must start with '\u{2014} '"))?;
-            let (name, encoded) = rest.split_once(' ').ok_or(NoteError::Malformed("a signature line needs a name and a signature"))?;
+            let rest = line
+                .strip_prefix("\u{2014} ")
+                .ok_or(NoteError::Malformed("a signature line must start with '\u{2014} '"))?;
+            let (name, encoded) =
+                rest.split_once(' ').ok_or(NoteError::Malformed("a signature line needs a name and a signature"))?;
             if !valid_key_name(name) {
                 return Err(NoteError::BadKeyName(name.to_owned()));
             }

@@ -125,8 +125,17 @@ mod tests {
             assert_eq!(Tile::parse(path).unwrap(), tile);
         }
         for bad in [
-            "tile/0/1", "tile/0/x000/001", "tile/00/001", "tile/0/001.p/0", "tile/0/001.p/256", "tile/0/001.p/08",
-            "tile/entries/001/002", "tile/64/000", "tiles/0/000", "tile/0/", "tile/0/001.p/",
+            "tile/0/1",
+            "tile/0/x000/001",
+            "tile/00/001",
+            "tile/0/001.p/0",
+            "tile/0/001.p/256",
+            "tile/0/001.p/08",
+            "tile/entries/001/002",
+            "tile/64/000",
+            "tiles/0/000",
+            "tile/0/",
+            "tile/0/001.p/",
         ] {
             assert!(Tile::parse(bad).is_err(), "{bad}");
         }

@@ -43,7 +43,7 @@ pub fn range_hash(tree: &impl Subtrees, lo: u64, hi: u64) -> Result<Hash, ProofE
     if n == 0 {
         return Ok(Hash::empty());
     }
-    if n.is_power_of_two() && lo % n == 0 {
+    if n.is_power_of_two() && lo.is_multiple_of(n) {
         return tree.subtree(lo, n.trailing_zeros());
     }
     let k = split(n);
@@ -93,7 +93,14 @@ pub fn consistency_proof(tree: &impl Subtrees, old: u64, new: u64) -> Result<Vec
     Ok(proof)
 }
 
-fn subproof(tree: &impl Subtrees, m: u64, lo: u64, hi: u64, whole: bool, out: &mut Vec<Hash>) -> Result<(), ProofError> {
+fn subproof(
+    tree: &impl Subtrees,
+    m: u64,
+    lo: u64,
+    hi: u64,
+    whole: bool,
+    out: &mut Vec<Hash>,
+) -> Result<(), ProofError> {
     let n = hi - lo;
     if m == n {
         if !whole {
@@ -164,7 +171,11 @@ pub fn verify_consistency(
         return if old_root == new_root { Ok(()) } else { Err(ProofError::Mismatch("same size, different roots")) };
     }
     if old == 0 {
-        return if proof.is_empty() { Ok(()) } else { Err(ProofError::Mismatch("a proof from the empty tree must be empty")) };
+        return if proof.is_empty() {
+            Ok(())
+        } else {
+            Err(ProofError::Mismatch("a proof from the empty tree must be empty"))
+        };
     }
     let mut path: Vec<Hash> = Vec::with_capacity(proof.len() + 1);
     if old.is_power_of_two() {
@@ -241,7 +252,10 @@ mod tests {
                 .iter()
                 .map(|&i| {
                     let (level, n) = tlog_tiles::split_stored_hash_index(i);
-                    let h = self.0.subtree(n << level, u32::from(level)).map_err(|_| tlog_tiles::Error::IndexesNotInTree)?;
+                    let h = self
+                        .0
+                        .subtree(n << level, u32::from(level))
+                        .map_err(|_| tlog_tiles::Error::IndexesNotInTree)?;
                     Ok(tlog_tiles::Hash(h.0))
                 })
                 .collect()

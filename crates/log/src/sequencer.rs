@@ -1,0 +1,477 @@
+//! The log at run time: a directory, a sequencer that group-commits, and reads.
+//!
+//! The directory holds `entries` (every entry, back to back, each as a big-endian `u16` length
+//! and its bytes: the concatenation of all entry bundles) and `checkpoint` (the latest signed
+//! checkpoint). Hashes are recomputed from the entries when the log is opened and kept in
+//! memory, one vector per tile level.
+//!
+//! Appends go to one sequencer thread. It takes every append waiting, writes them with one
+//! `write`, makes them durable with one `fdatasync`, updates the tree, signs a checkpoint, and
+//! only then acknowledges each append with its index. An append is never acknowledged before it
+//! is durable; a crash loses only appends that were never acknowledged.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use clover_policy::Permit;
+use tokio::sync::oneshot;
+
+use crate::checkpoint::Checkpoint;
+use crate::event::Event;
+use crate::hash::{Hash, leaf_hash, perfect_root};
+use crate::note::{Note, SigningKey};
+use crate::tile::{TILE_WIDTH, Tile, push_bundle_entry};
+use crate::tree::{self, ProofError, Subtrees};
+
+const ENTRIES_FILE: &str = "entries";
+const CHECKPOINT_FILE: &str = "checkpoint";
+
+/// An error of the log.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// A file of the log could not be read or written.
+    #[error("log file {path:?}: {cause}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        cause: std::io::Error,
+    },
+    /// The entries on disk do not match the last checkpoint this log signed.
+    #[error("the log at {dir:?} does not match its last checkpoint: {detail}")]
+    Inconsistent {
+        /// The log directory.
+        dir: PathBuf,
+        /// What differs.
+        detail: String,
+    },
+    /// An entry is larger than the 65535 bytes an entry bundle can hold.
+    #[error("a log entry of {0} bytes is over the 65535-byte limit")]
+    TooLarge(usize),
+    /// The sequencer stopped (a write failed earlier, or the log is shutting down).
+    #[error("the log sequencer is not running; appends are refused")]
+    Stopped,
+    /// No such tile, entry or proof in the current tree.
+    #[error("{0}")]
+    NotFound(String),
+    /// A proof could not be made.
+    #[error(transparent)]
+    Proof(#[from] ProofError),
+}
+
+/// Proof that an access was allowed and durably logged: what the key custodian asks for before
+/// it unwraps a data key. Only [`Log::append_permitted`] makes one.
+#[derive(Debug)]
+pub struct Receipt {
+    index: u64,
+    permit: Permit,
+}
+
+impl Receipt {
+    /// The index of the logged entry.
+    pub fn index(&self) -> u64 {
+        self.index
+    }
+
+    /// The permit the entry records.
+    pub fn permit(&self) -> &Permit {
+        &self.permit
+    }
+}
+
+/// How the log runs.
+#[derive(Debug, Clone)]
+pub struct LogOptions {
+    /// The most appends written in one batch.
+    pub max_batch: usize,
+    /// Sign a checkpoint after every batch (zero), or at most this often.
+    pub checkpoint_interval: Duration,
+}
+
+impl Default for LogOptions {
+    fn default() -> Self {
+        Self { max_batch: 65_536, checkpoint_interval: Duration::ZERO }
+    }
+}
+
+struct Tree {
+    /// `levels[l]` holds the hashes of the complete subtrees of 256^l leaves.
+    levels: Vec<Vec<Hash>>,
+    /// Where each entry starts in the entries file; one more at the end.
+    offsets: Vec<u64>,
+    /// The latest signed checkpoint note, and its size.
+    checkpoint: Arc<str>,
+    checkpoint_size: u64,
+    /// Entry indexes by subject hash.
+    by_subject: BTreeMap<String, Vec<u64>>,
+}
+
+impl Tree {
+    fn size(&self) -> u64 {
+        self.levels.first().map_or(0, |l| l.len() as u64)
+    }
+
+    fn push(&mut self, leaf: Hash, end: u64) {
+        self.offsets.push(end);
+        let mut level = 0;
+        let mut hash = leaf;
+        loop {
+            if self.levels.len() <= level {
+                self.levels.push(Vec::new());
+            }
+            let Some(hashes) = self.levels.get_mut(level) else { return };
+            hashes.push(hash);
+            let len = hashes.len();
+            if !(len as u64).is_multiple_of(TILE_WIDTH) {
+                return;
+            }
+            hash = perfect_root(hashes.get(len - TILE_WIDTH as usize..).unwrap_or(&[]));
+            level += 1;
+        }
+    }
+}
+
+impl Subtrees for Tree {
+    fn subtree(&self, start: u64, height: u32) -> Result<Hash, ProofError> {
+        let missing = ProofError::Missing { start, height };
+        let level = (height / 8) as usize;
+        let count = 1usize << (height % 8);
+        let first = usize::try_from(start >> (8 * level as u64)).map_err(|_| missing.clone())?;
+        let hashes = self.levels.get(level).and_then(|l| l.get(first..first + count)).ok_or(missing)?;
+        Ok(perfect_root(hashes))
+    }
+}
+
+struct Shared {
+    dir: PathBuf,
+    origin: String,
+    tree: RwLock<Tree>,
+    reader: File,
+}
+
+enum Request {
+    Append { entry: Vec<u8>, subject: Option<String>, done: oneshot::Sender<Result<u64, LogError>> },
+}
+
+/// A transparency log in a directory.
+#[derive(Clone)]
+pub struct Log {
+    shared: Arc<Shared>,
+    sender: Sender<Request>,
+}
+
+impl std::fmt::Debug for Log {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Log").field("dir", &self.shared.dir).field("size", &self.size()).finish()
+    }
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LogError + '_ {
+    move |cause| LogError::Io { path: path.to_owned(), cause }
+}
+
+impl Log {
+    /// Opens (creating if needed) the log in `dir`, whose checkpoints `signer` signs under the
+    /// name `origin`. Recovers from a crash: a partly written tail, never acknowledged, is cut.
+    /// Refuses to open entries that do not match the last checkpoint signed.
+    pub fn open(dir: &Path, signer: SigningKey, options: LogOptions) -> Result<Self, LogError> {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let path = dir.join(ENTRIES_FILE);
+        let mut file = OpenOptions::new().read(true).append(true).create(true).open(&path).map_err(io(&path))?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).map_err(io(&path))?;
+
+        let origin = signer.name().to_owned();
+        let mut tree = Tree {
+            levels: Vec::new(),
+            offsets: vec![0],
+            checkpoint: Arc::from(""),
+            checkpoint_size: 0,
+            by_subject: BTreeMap::new(),
+        };
+        let mut at = 0usize;
+        while let Some((len, rest)) = bytes.get(at..).and_then(|b| b.split_first_chunk::<2>()) {
+            let len = usize::from(u16::from_be_bytes(*len));
+            let Some(entry) = rest.get(..len).filter(|e| !e.is_empty()) else { break };
+            if let Some(subject) = Event::decode(entry).ok().and_then(|e| e.subject) {
+                let index = tree.size();
+                tree.by_subject.entry(subject).or_default().push(index);
+            }
+            at += 2 + len;
+            tree.push(leaf_hash(entry), at as u64);
+        }
+        if at < bytes.len() {
+            tracing::warn!(log = %dir.display(), cut = bytes.len() - at, "cutting an unacknowledged partial tail from the log");
+            file.set_len(at as u64).map_err(io(&path))?;
+            file.sync_all().map_err(io(&path))?;
+        }
+        file.seek(SeekFrom::End(0)).map_err(io(&path))?;
+
+        // The entries must still match the last checkpoint this log signed.
+        let checkpoint_path = dir.join(CHECKPOINT_FILE);
+        if let Ok(text) = std::fs::read_to_string(&checkpoint_path)
+            && let Ok(note) = Note::parse(&text)
+            && let Ok(previous) = Checkpoint::parse(&note.text)
+        {
+            let inconsistent = |detail: String| LogError::Inconsistent { dir: dir.to_owned(), detail };
+            if previous.size > tree.size() {
+                return Err(inconsistent(format!(
+                    "it signed a checkpoint of {} entries but holds {}",
+                    previous.size,
+                    tree.size()
+                )));
+            }
+            if tree::root(&tree, previous.size)? != previous.root {
+                return Err(inconsistent(format!("the first {} entries were changed", previous.size)));
+            }
+        }
+
+        let reader = File::open(&path).map_err(io(&path))?;
+        let shared = Arc::new(Shared { dir: dir.to_owned(), origin, tree: RwLock::new(tree), reader });
+        sign(&shared, &signer)?;
+        let (sender, receiver) = std::sync::mpsc::channel();
+        let sequencer = Sequencer { shared: shared.clone(), file, path, signer, options, receiver };
+        std::thread::Builder::new()
+            .name("clover-log-sequencer".into())
+            .spawn(move || sequencer.run())
+            .map_err(io(dir))?;
+        Ok(Self { shared, sender })
+    }
+
+    /// The log's origin (the checkpoint key name).
+    pub fn origin(&self) -> &str {
+        &self.shared.origin
+    }
+
+    fn tree(&self) -> std::sync::RwLockReadGuard<'_, Tree> {
+        self.shared.tree.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The number of durable entries.
+    pub fn size(&self) -> u64 {
+        self.tree().size()
+    }
+
+    /// Appends an event and waits until it is durable; returns its index.
+    pub async fn append(&self, event: &Event) -> Result<u64, LogError> {
+        let entry = event.encode();
+        if entry.len() > usize::from(u16::MAX) {
+            return Err(LogError::TooLarge(entry.len()));
+        }
+        let (done, wait) = oneshot::channel();
+        self.sender
+            .send(Request::Append { entry, subject: event.subject.clone(), done })
+            .map_err(|_| LogError::Stopped)?;
+        wait.await.map_err(|_| LogError::Stopped)?
+    }
+
+    /// Appends the event of an allowed access and returns the receipt the custodian asks for.
+    pub async fn append_permitted(&self, event: &Event, permit: Permit) -> Result<Receipt, LogError> {
+        let index = self.append(event).await?;
+        Ok(Receipt { index, permit })
+    }
+
+    /// The latest signed checkpoint note.
+    pub fn checkpoint(&self) -> Arc<str> {
+        self.tree().checkpoint.clone()
+    }
+
+    /// The size of the latest signed checkpoint.
+    pub fn checkpoint_size(&self) -> u64 {
+        self.tree().checkpoint_size
+    }
+
+    /// A tile or entry bundle of the current tree.
+    pub fn tile(&self, tile: &Tile) -> Result<Vec<u8>, LogError> {
+        let tree = self.tree();
+        let not_found = || LogError::NotFound(format!("{} is beyond the log", tile.path()));
+        let first = tile.index.checked_mul(TILE_WIDTH).ok_or_else(not_found)?;
+        let end = first + u64::from(tile.width);
+        match tile.level {
+            Some(level) => {
+                let hashes = tree.levels.get(usize::from(level)).ok_or_else(not_found)?;
+                let range =
+                    usize::try_from(first).map_err(|_| not_found())?..usize::try_from(end).map_err(|_| not_found())?;
+                let hashes = hashes.get(range).ok_or_else(not_found)?;
+                Ok(hashes.iter().flat_map(|h| h.0).collect())
+            }
+            None => {
+                let start =
+                    *tree.offsets.get(usize::try_from(first).map_err(|_| not_found())?).ok_or_else(not_found)?;
+                let stop = *tree.offsets.get(usize::try_from(end).map_err(|_| not_found())?).ok_or_else(not_found)?;
+                drop(tree);
+                let mut buf = vec![0u8; usize::try_from(stop - start).map_err(|_| not_found())?];
+                let path = self.shared.dir.join(ENTRIES_FILE);
+                self.shared.reader.read_exact_at(&mut buf, start).map_err(io(&path))?;
+                Ok(buf)
+            }
+        }
+    }
+
+    /// The entry at `index`.
+    pub fn entry(&self, index: u64) -> Result<Vec<u8>, LogError> {
+        let tree = self.tree();
+        let not_found = || LogError::NotFound(format!("entry {index} is beyond the log"));
+        let i = usize::try_from(index).map_err(|_| not_found())?;
+        let (start, stop) =
+            (*tree.offsets.get(i).ok_or_else(not_found)?, *tree.offsets.get(i + 1).ok_or_else(not_found)?);
+        drop(tree);
+        let mut buf = vec![0u8; usize::try_from(stop - start).map_err(|_| not_found())?];
+        let path = self.shared.dir.join(ENTRIES_FILE);
+        self.shared.reader.read_exact_at(&mut buf, start).map_err(io(&path))?;
+        Ok(buf.get(2..).unwrap_or_default().to_vec())
+    }
+
+    /// The indexes of the entries about a subject (by its keyed hash).
+    pub fn entries_about(&self, subject_hash: &str) -> Vec<u64> {
+        self.tree().by_subject.get(subject_hash).cloned().unwrap_or_default()
+    }
+
+    /// The root hash of the tree of `size` entries.
+    pub fn root(&self, size: u64) -> Result<Hash, LogError> {
+        let tree = self.tree();
+        if size > tree.size() {
+            return Err(LogError::NotFound(format!("the log has fewer than {size} entries")));
+        }
+        Ok(tree::root(&*tree, size)?)
+    }
+
+    /// The inclusion proof of entry `index` in the tree of `size` entries.
+    pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, LogError> {
+        let tree = self.tree();
+        if size > tree.size() {
+            return Err(LogError::NotFound(format!("the log has fewer than {size} entries")));
+        }
+        Ok(tree::inclusion_proof(&*tree, index, size)?)
+    }
+
+    /// The consistency proof between the trees of `old` and `new` entries.
+    pub fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash>, LogError> {
+        let tree = self.tree();
+        if new > tree.size() {
+            return Err(LogError::NotFound(format!("the log has fewer than {new} entries")));
+        }
+        Ok(tree::consistency_proof(&*tree, old, new)?)
+    }
+}
+
+/// Signs a checkpoint of the current tree and writes it to the checkpoint file.
+fn sign(shared: &Shared, signer: &SigningKey) -> Result<(), LogError> {
+    let (size, root) = {
+        let tree = shared.tree.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        (tree.size(), tree::root(&*tree, tree.size())?)
+    };
+    let body = Checkpoint { origin: shared.origin.clone(), size, root }.to_text();
+    let note = format!("{body}\n{}", signer.sign_note(&body));
+    let path = shared.dir.join(CHECKPOINT_FILE);
+    let tmp = shared.dir.join("checkpoint.tmp");
+    std::fs::write(&tmp, &note).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io(&path))?;
+    let mut tree = shared.tree.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if size >= tree.checkpoint_size {
+        tree.checkpoint = Arc::from(note);
+        tree.checkpoint_size = size;
+    }
+    Ok(())
+}
+
+struct Sequencer {
+    shared: Arc<Shared>,
+    file: File,
+    path: PathBuf,
+    signer: SigningKey,
+    options: LogOptions,
+    receiver: Receiver<Request>,
+}
+
+impl Sequencer {
+    fn run(mut self) {
+        let mut last_signed = Instant::now();
+        let mut unsigned = false;
+        loop {
+            let first = if unsigned {
+                let wait = self.options.checkpoint_interval.saturating_sub(last_signed.elapsed());
+                match self.receiver.recv_timeout(wait) {
+                    Ok(request) => Some(request),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+            } else {
+                match self.receiver.recv() {
+                    Ok(request) => Some(request),
+                    Err(_) => return,
+                }
+            };
+            let mut batch = Vec::new();
+            if let Some(first) = first {
+                batch.push(first);
+                while batch.len() < self.options.max_batch {
+                    match self.receiver.try_recv() {
+                        Ok(request) => batch.push(request),
+                        Err(_) => break,
+                    }
+                }
+            }
+            if !batch.is_empty() {
+                match self.commit(&batch) {
+                    Ok(first_index) => {
+                        unsigned = true;
+                        if last_signed.elapsed() >= self.options.checkpoint_interval {
+                            if let Err(e) = sign(&self.shared, &self.signer) {
+                                tracing::error!(error = %e, "cannot sign a checkpoint");
+                            }
+                            last_signed = Instant::now();
+                            unsigned = false;
+                        }
+                        for (i, Request::Append { done, .. }) in batch.into_iter().enumerate() {
+                            let _ = done.send(Ok(first_index + i as u64));
+                        }
+                    }
+                    Err(e) => {
+                        // Nothing of this batch is acknowledged; the log stops taking appends,
+                        // since the file may now hold a partial tail that only a restart cuts.
+                        tracing::error!(error = %e, "log write failed; the sequencer stops");
+                        for Request::Append { done, .. } in batch {
+                            let _ = done.send(Err(LogError::Stopped));
+                        }
+                        return;
+                    }
+                }
+            } else if unsigned {
+                if let Err(e) = sign(&self.shared, &self.signer) {
+                    tracing::error!(error = %e, "cannot sign a checkpoint");
+                }
+                last_signed = Instant::now();
+                unsigned = false;
+            }
+        }
+    }
+
+    /// Writes and syncs a batch, then adds it to the tree; returns the first index.
+    fn commit(&mut self, batch: &[Request]) -> Result<u64, LogError> {
+        let mut buf = Vec::with_capacity(batch.iter().map(|Request::Append { entry, .. }| entry.len() + 2).sum());
+        for Request::Append { entry, .. } in batch {
+            push_bundle_entry(&mut buf, entry).map_err(LogError::TooLarge)?;
+        }
+        self.file.write_all(&buf).map_err(io(&self.path))?;
+        self.file.sync_data().map_err(io(&self.path))?;
+        let leaves: Vec<Hash> = batch.iter().map(|Request::Append { entry, .. }| leaf_hash(entry)).collect();
+        let mut tree = self.shared.tree.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let first = tree.size();
+        let mut end = tree.offsets.last().copied().unwrap_or(0);
+        for (i, (Request::Append { entry, subject, .. }, leaf)) in batch.iter().zip(leaves).enumerate() {
+            end += 2 + entry.len() as u64;
+            tree.push(leaf, end);
+            if let Some(subject) = subject {
+                tree.by_subject.entry(subject.clone()).or_default().push(first + i as u64);
+            }
+        }
+        Ok(first)
+    }
+}
