@@ -89,6 +89,18 @@ enum Command {
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         ttl: std::time::Duration,
     },
+    /// The transparency log.
+    #[command(subcommand)]
+    Log(LogCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum LogCommand {
+    /// Print the checkpoint verifier key, in C2SP signed-note vkey form (name+id+base64).
+    Vkey {
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -105,6 +117,7 @@ fn main() -> ExitCode {
         Command::Token { config, principal, kind, region, site, roles, ttl } => {
             token(&config, principal, kind, region, site, roles, ttl)
         }
+        Command::Log(LogCommand::Vkey { config }) => log_vkey(&config),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -210,6 +223,13 @@ async fn shutdown_signal() {
         () = terminate => {},
     }
     tracing::info!("shutting down: finishing requests in flight");
+}
+
+fn log_vkey(args: &ConfigArgs) -> anyhow::Result<()> {
+    let config = args.load()?;
+    let keyring = DataDir::new(&config.data_dir).unseal(&config.region)?;
+    println!("{}", keyring.checkpoint_signer(&config.log_origin())?.verifier());
+    Ok(())
 }
 
 fn token(

@@ -1,6 +1,7 @@
 //! The HTTP API: one module per resource; the router and the OpenAPI document are derived from
 //! the handlers here, in one place.
 
+pub mod log;
 pub mod records;
 pub mod service;
 pub mod subjects;
@@ -30,6 +31,7 @@ use crate::problem::{ApiError, BodyLimit};
     tags(
         (name = "subjects", description = "Data subjects: registration and erasure"),
         (name = "records", description = "Encrypted records"),
+        (name = "log", description = "The transparency log: checkpoints, tiles and proofs"),
         (name = "service", description = "Health, metrics and this document"),
     )
 )]
@@ -54,6 +56,11 @@ pub fn routes() -> (Router<Arc<Boundary>>, utoipa::openapi::OpenApi) {
         .routes(routes!(subjects::put_subject, subjects::erase_subject))
         .routes(routes!(records::create_record))
         .routes(routes!(records::read_record))
+        .routes(routes!(subjects::list_accesses))
+        .routes(routes!(log::checkpoint))
+        .routes(routes!(log::inclusion_proof))
+        .routes(routes!(log::consistency_proof))
+        .route("/log/tile/{*path}", axum::routing::get(log::tile))
         .routes(routes!(service::healthz))
         .routes(routes!(service::metrics))
         .routes(routes!(service::openapi))

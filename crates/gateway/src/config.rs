@@ -29,6 +29,27 @@ pub struct Config {
     pub categories: Vec<CategoryConfig>,
     /// How callers are authenticated.
     pub identity: IdentityConfig,
+    /// The transparency log.
+    pub log: LogConfig,
+}
+
+/// The transparency log.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// The log's origin line and checkpoint key name; `clover.local/<region>` when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+    /// Sign a checkpoint after every batch of appends (0), or at most every this many
+    /// milliseconds.
+    pub checkpoint_interval_ms: u64,
+}
+
+impl Config {
+    /// The log's origin.
+    pub fn log_origin(&self) -> String {
+        self.log.origin.clone().unwrap_or_else(|| format!("clover.local/{}", self.region))
+    }
 }
 
 /// A site: a named network location in a region.
@@ -126,6 +147,7 @@ impl Default for Config {
             .map(|(n, sensitivity)| CategoryConfig { name: name(n), sensitivity })
             .collect(),
             identity: IdentityConfig::default(),
+            log: LogConfig::default(),
         }
     }
 }
@@ -188,6 +210,13 @@ impl Config {
             if !categories.insert(category.name.as_str()) {
                 return Err(ConfigError::Invalid(format!("category {:?} is listed twice", category.name.as_str())));
             }
+        }
+        if let Some(origin) = &self.log.origin
+            && !clover_log::note::valid_key_name(origin)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "log origin {origin:?} must be non-empty, without spaces or '+'"
+            )));
         }
         if self.max_body_bytes < 1024 {
             return Err(ConfigError::Invalid(format!(

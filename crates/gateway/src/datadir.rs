@@ -74,6 +74,11 @@ impl DataDir {
         self.root.join(DATABASE_FILE)
     }
 
+    /// The transparency log's directory.
+    pub fn log_dir(&self) -> PathBuf {
+        self.root.join("log")
+    }
+
     /// The development issuer's key file.
     pub fn issuer_key_path(&self) -> PathBuf {
         self.root.join(ISSUER_KEY_FILE)

@@ -20,7 +20,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use clover_keys::KeyCustody;
-use clover_model::{Category, Region};
+use clover_log::event::SubjectIndexKey;
+use clover_log::{Log, LogError, LogOptions};
+use clover_model::{Category, Region, SubjectId};
 use clover_store::{SqliteStore, Store};
 
 pub use config::Config;
@@ -43,6 +45,12 @@ pub enum OpenError {
     /// The database could not be opened.
     #[error(transparent)]
     Store(#[from] clover_store::StoreError),
+    /// The log could not be opened.
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// A key could not be used.
+    #[error(transparent)]
+    Keys(#[from] clover_keys::KeyError),
 }
 
 /// One region's boundary: its configuration, store, custodian and verifier.
@@ -50,6 +58,8 @@ pub struct Boundary {
     config: Config,
     store: Arc<dyn Store>,
     custody: Arc<dyn KeyCustody>,
+    log: Log,
+    subject_index: SubjectIndexKey,
     verifier: TokenVerifier,
     sites: Sites,
 }
@@ -69,18 +79,14 @@ impl Boundary {
         let keyring = data_dir.unseal(&config.region)?;
         let verifier = data_dir.issuer()?.verifier(&config.identity);
         let store = SqliteStore::open(&data_dir.database_path()).await?;
-        Ok(Self::with_parts(config, Arc::new(store), Arc::new(keyring), verifier))
-    }
-
-    /// Assembles a boundary from its parts.
-    pub fn with_parts(
-        config: Config,
-        store: Arc<dyn Store>,
-        custody: Arc<dyn KeyCustody>,
-        verifier: TokenVerifier,
-    ) -> Self {
+        let options = LogOptions {
+            checkpoint_interval: std::time::Duration::from_millis(config.log.checkpoint_interval_ms),
+            ..LogOptions::default()
+        };
+        let log = Log::open(&data_dir.log_dir(), keyring.checkpoint_signer(&config.log_origin())?, options)?;
+        let subject_index = keyring.subject_index_key();
         let sites = Sites::new(&config.sites);
-        Self { config, store, custody, verifier, sites }
+        Ok(Self { config, store: Arc::new(store), custody: Arc::new(keyring), log, subject_index, verifier, sites })
     }
 
     /// The region this boundary holds.
@@ -101,6 +107,16 @@ impl Boundary {
     /// The key custodian.
     pub fn custody(&self) -> &Arc<dyn KeyCustody> {
         &self.custody
+    }
+
+    /// The transparency log.
+    pub fn log(&self) -> &Log {
+        &self.log
+    }
+
+    /// A subject's keyed hash, as the log records it.
+    pub fn subject_hash(&self, subject: &SubjectId) -> String {
+        self.subject_index.hash(subject)
     }
 
     /// The configured category called `name`.

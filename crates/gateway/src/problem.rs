@@ -39,6 +39,9 @@ pub struct Problem {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub decision: Option<Decision>,
+    /// For denials: the index of the log entry that records the denial.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_index: Option<u64>,
 }
 
 /// An error answered to the client.
@@ -47,9 +50,23 @@ pub enum ApiError {
     /// Missing or bad credentials.
     #[error(transparent)]
     Unauthenticated(#[from] AuthError),
-    /// The policy denied the request.
-    #[error("denied: {}", .0.reason)]
-    Forbidden(Decision),
+    /// The policy denied the request; the denial is in the log at `log_index`.
+    #[error("denied: {}", decision.reason)]
+    Forbidden {
+        /// The decision.
+        decision: Decision,
+        /// Where the log recorded it.
+        log_index: u64,
+    },
+    /// A request header is malformed.
+    #[error("{0}")]
+    InvalidHeader(String),
+    /// A query parameter is malformed or out of range.
+    #[error("{0}")]
+    InvalidQuery(String),
+    /// The log refuses appends: nothing can be decided until it is back.
+    #[error("log unavailable: {0}")]
+    LogUnavailable(String),
     /// A path parameter is not a valid id.
     #[error(transparent)]
     InvalidId(#[from] InvalidId),
@@ -114,7 +131,17 @@ impl ApiError {
             Self::Unauthenticated(e) => {
                 (StatusCode::UNAUTHORIZED, "unauthenticated", "Authentication required", e.to_string())
             }
-            Self::Forbidden(d) => (StatusCode::FORBIDDEN, "forbidden", "Denied by policy", d.reason.clone()),
+            Self::Forbidden { decision, .. } => {
+                (StatusCode::FORBIDDEN, "forbidden", "Denied by policy", decision.reason.clone())
+            }
+            Self::InvalidHeader(d) => (StatusCode::BAD_REQUEST, "invalid-header", "Invalid header", d.clone()),
+            Self::InvalidQuery(d) => (StatusCode::BAD_REQUEST, "invalid-query", "Invalid query", d.clone()),
+            Self::LogUnavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "log-unavailable",
+                "Log unavailable",
+                "the access log cannot record this request, so nothing is decided or decrypted; retry later".to_owned(),
+            ),
             Self::InvalidId(e) => (StatusCode::BAD_REQUEST, "invalid-id", "Invalid identifier", format!("{e}")),
             Self::NotFound { what, id } => (
                 StatusCode::NOT_FOUND,
@@ -177,13 +204,16 @@ impl IntoResponse for ApiError {
         let (status, slug, title, detail) = self.parts();
         match &self {
             Self::Internal(cause) => tracing::error!(%cause, "request failed"),
+            Self::LogUnavailable(cause) => tracing::error!(%cause, "request refused: the log is unavailable"),
             Self::Unauthenticated(e) => tracing::warn!(reason = %e, "authentication failed"),
-            Self::Forbidden(d) => tracing::warn!(reason = %d.reason, policies = ?d.policies, "request denied"),
+            Self::Forbidden { decision, log_index } => {
+                tracing::warn!(reason = %decision.reason, policies = ?decision.policies, log_index, "request denied");
+            }
             _ => tracing::debug!(%status, %detail, "request refused"),
         }
-        let decision = match self {
-            Self::Forbidden(d) => Some(d),
-            _ => None,
+        let (decision, log_index) = match self {
+            Self::Forbidden { decision, log_index } => (Some(decision), Some(log_index)),
+            _ => (None, None),
         };
         let label = decision.as_ref().map(|d| d.effect());
         let body = Problem {
@@ -192,6 +222,7 @@ impl IntoResponse for ApiError {
             status: status.as_u16(),
             detail,
             decision,
+            log_index,
         };
         let mut response = (status, Json(body)).into_response();
         response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));

@@ -11,8 +11,10 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
+use clover_log::Receipt;
+use clover_log::event::SubjectIndexKey;
+use clover_log::note::{SigningKey, TYPE_ED25519};
 use clover_model::{Region, SubjectId};
-use clover_policy::Permit;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
@@ -48,6 +50,10 @@ struct Kdf {
 struct SealedKeys {
     current: u32,
     keks: BTreeMap<u32, String>,
+    /// The log's checkpoint signing key, Ed25519 PKCS#8.
+    checkpoint_key: String,
+    /// The key of the log's subject hashes.
+    subject_index_key: String,
 }
 
 /// The region's key-encryption keys, unsealed in memory.
@@ -56,6 +62,8 @@ pub struct Keyring {
     region: Region,
     current: u32,
     keks: BTreeMap<u32, Zeroizing<[u8; 32]>>,
+    checkpoint_key: Zeroizing<Vec<u8>>,
+    subject_index_key: Zeroizing<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Keyring {
@@ -100,17 +108,35 @@ impl Keyring {
         let mut salt = [0u8; 16];
         aws_lc_rs::rand::fill(kek.as_mut()).map_err(|_| KeyError::Crypto("random generator failed"))?;
         aws_lc_rs::rand::fill(&mut salt).map_err(|_| KeyError::Crypto("random generator failed"))?;
-        let keyring = Self { path: path.to_owned(), region, current: 1, keks: BTreeMap::from([(1, kek)]) };
+        let checkpoint_key = Zeroizing::new(
+            SigningKey::generate("clover", TYPE_ED25519)
+                .map_err(|_| KeyError::Crypto("key generation failed"))?
+                .pkcs8()
+                .to_vec(),
+        );
+        let mut subject_index_key = Zeroizing::new(vec![0u8; 32]);
+        aws_lc_rs::rand::fill(&mut subject_index_key).map_err(|_| KeyError::Crypto("random generator failed"))?;
+        let keyring = Self {
+            path: path.to_owned(),
+            region,
+            current: 1,
+            keks: BTreeMap::from([(1, kek)]),
+            checkpoint_key,
+            subject_index_key,
+        };
 
         let sealed = SealedKeys {
             current: keyring.current,
             keks: keyring.keks.iter().map(|(v, k)| (*v, B64.encode(k.as_ref()))).collect(),
+            checkpoint_key: B64.encode(&*keyring.checkpoint_key),
+            subject_index_key: B64.encode(&*keyring.subject_index_key),
         };
         let plaintext = Zeroizing::new(
             serde_json::to_vec(&sealed)
                 .map_err(|e| KeyError::Malformed { path: path.to_owned(), detail: e.to_string() })?,
         );
         drop(sealed.keks.into_values().map(Zeroizing::new).collect::<Vec<_>>());
+        drop((Zeroizing::new(sealed.checkpoint_key), Zeroizing::new(sealed.subject_index_key)));
         let wrapping = derive(passphrase, &salt, iterations);
         let file = KeyringFile {
             format: FORMAT.to_owned(),
@@ -156,7 +182,18 @@ impl Keyring {
         if !keks.contains_key(&keys.current) {
             return Err(malformed(format!("current kek version {} is missing", keys.current)));
         }
-        Ok(Self { path: path.to_owned(), region: file.region, current: keys.current, keks })
+        let decode = |what: &str, text: String| {
+            let text = Zeroizing::new(text);
+            B64.decode(text.as_bytes()).map(Zeroizing::new).map_err(|e| malformed(format!("{what}: {e}")))
+        };
+        Ok(Self {
+            path: path.to_owned(),
+            region: file.region,
+            current: keys.current,
+            keks,
+            checkpoint_key: decode("checkpoint key", keys.checkpoint_key)?,
+            subject_index_key: decode("subject index key", keys.subject_index_key)?,
+        })
     }
 
     /// Opens the keyring and checks that it belongs to `region`.
@@ -173,6 +210,17 @@ impl Keyring {
         self.current
     }
 
+    /// The log's checkpoint signing key, under the log's name `origin`.
+    pub fn checkpoint_signer(&self, origin: &str) -> Result<SigningKey, KeyError> {
+        SigningKey::from_pkcs8(origin, TYPE_ED25519, &self.checkpoint_key)
+            .map_err(|e| KeyError::Malformed { path: self.path.clone(), detail: format!("checkpoint key: {e}") })
+    }
+
+    /// The key of the log's subject hashes.
+    pub fn subject_index_key(&self) -> SubjectIndexKey {
+        SubjectIndexKey::new(&self.subject_index_key)
+    }
+
     fn kek(&self, version: u32) -> Result<&[u8; 32], KeyError> {
         self.keks.get(&version).map(|k| &**k).ok_or(KeyError::UnknownKekVersion(version))
     }
@@ -183,14 +231,15 @@ impl KeyCustody for Keyring {
         &self.region
     }
 
-    fn new_data_key(&self, permit: &Permit) -> Result<(DataKey, WrappedKey), KeyError> {
+    fn new_data_key(&self, receipt: &Receipt) -> Result<(DataKey, WrappedKey), KeyError> {
         let key = DataKey::generate()?;
-        let aad = aad::data_key(&self.region, permit.subject(), self.current);
+        let aad = aad::data_key(&self.region, receipt.permit().subject(), self.current);
         let bytes = seal(self.kek(self.current)?, &aad, key.bytes())?;
         Ok((key, WrappedKey { kek_version: self.current, bytes }))
     }
 
-    fn unwrap(&self, subject: &SubjectId, wrapped: &WrappedKey, permit: &Permit) -> Result<DataKey, KeyError> {
+    fn unwrap(&self, subject: &SubjectId, wrapped: &WrappedKey, receipt: &Receipt) -> Result<DataKey, KeyError> {
+        let permit = receipt.permit();
         if permit.subject() != subject {
             return Err(KeyError::PermitMismatch { permitted: permit.subject().clone(), requested: subject.clone() });
         }
@@ -207,10 +256,36 @@ impl KeyCustody for Keyring {
 
 #[cfg(test)]
 mod tests {
+    use clover_log::event::{Event, EventKind};
+    use clover_log::{Log, LogOptions};
     use clover_model::{Action, Origin, Principal, PrincipalKind, SiteName};
-    use clover_policy::{AccessRequest, Verdict, decide};
+    use clover_policy::{AccessRequest, Permit, Verdict, decide};
 
     use super::*;
+
+    /// A receipt for an access to `subject`, from a real log.
+    async fn receipt(log: &Log, subject: &str) -> Receipt {
+        let event = Event {
+            v: 1,
+            kind: EventKind::Access,
+            time: 0,
+            principal: None,
+            origin: None,
+            action: Some("write".into()),
+            subject: None,
+            record: None,
+            category: None,
+            decision: None,
+            purpose: None,
+            justification: None,
+        };
+        log.append_permitted(&event, permit(subject)).await.unwrap()
+    }
+
+    fn log(dir: &Path) -> Log {
+        let signer = SigningKey::generate("clover.test", TYPE_ED25519).unwrap();
+        Log::open(&dir.join("log"), signer, LogOptions::default()).unwrap()
+    }
 
     fn permit(subject: &str) -> Permit {
         let eu: Region = "eu".parse().unwrap();
@@ -244,12 +319,13 @@ mod tests {
             .unwrap()
     }
 
-    #[test]
-    fn keyring_reopens_with_its_passphrase_only() {
+    #[tokio::test]
+    async fn keyring_reopens_with_its_passphrase_only() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keyring.json");
         let created = keyring(dir.path());
-        let p = permit("s-1");
+        let log = log(dir.path());
+        let p = receipt(&log, "s-1").await;
         let (key, wrapped) = created.new_data_key(&p).unwrap();
         let sealed = key.seal(b"aad", b"hello").unwrap();
 
@@ -258,6 +334,13 @@ mod tests {
         assert_eq!(again.open(b"aad", &sealed).unwrap().as_slice(), b"hello");
 
         assert!(matches!(Keyring::open(&path, &Passphrase::new("nope")), Err(KeyError::WrongPassphrase(_))));
+        // The log keys survive too.
+        assert_eq!(
+            reopened.checkpoint_signer("o").unwrap().verifier(),
+            created.checkpoint_signer("o").unwrap().verifier()
+        );
+        let s: SubjectId = "s-1".parse().unwrap();
+        assert_eq!(reopened.subject_index_key().hash(&s), created.subject_index_key().hash(&s));
         assert!(matches!(
             Keyring::open_for(&path, &"us".parse().unwrap(), &Passphrase::new("pw")),
             Err(KeyError::WrongRegion { .. })
@@ -268,18 +351,20 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn wrapped_keys_are_bound_to_their_subject_and_permit() {
+    #[tokio::test]
+    async fn wrapped_keys_are_bound_to_their_subject_and_receipt() {
         let dir = tempfile::tempdir().unwrap();
         let keyring = keyring(dir.path());
-        let (_, wrapped) = keyring.new_data_key(&permit("s-1")).unwrap();
-        // A permit for someone else cannot unwrap s-1's key.
+        let log = log(dir.path());
+        let (_, wrapped) = keyring.new_data_key(&receipt(&log, "s-1").await).unwrap();
+        // A receipt for someone else cannot unwrap s-1's key.
+        let other = receipt(&log, "s-2").await;
         assert!(matches!(
-            keyring.unwrap(&"s-1".parse().unwrap(), &wrapped, &permit("s-2")),
+            keyring.unwrap(&"s-1".parse().unwrap(), &wrapped, &other),
             Err(KeyError::PermitMismatch { .. })
         ));
         // s-1's wrapped key moved to s-2's row does not open.
-        assert!(matches!(keyring.unwrap(&"s-2".parse().unwrap(), &wrapped, &permit("s-2")), Err(KeyError::Decrypt)));
+        assert!(matches!(keyring.unwrap(&"s-2".parse().unwrap(), &wrapped, &other), Err(KeyError::Decrypt)));
     }
 
     #[test]

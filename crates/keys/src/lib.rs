@@ -4,7 +4,8 @@
 //! stored in the clear: it is wrapped by the region's key-encryption key (KEK), which the
 //! [custodian](KeyCustody) holds. The boundary keeps only the [`WrappedKey`]; to read or write a
 //! subject's data it asks the custodian to unwrap, and the custodian does so only against a
-//! [`Permit`](clover_policy::Permit) for that same subject. Destroying the wrapped DEK
+//! log [`Receipt`](clover_log::Receipt): proof that the access was allowed by policy and
+//! durably appended to the log first, for that same subject. Destroying the wrapped DEK
 //! crypto-shreds the subject: their ciphertext, backups included, can no longer be opened.
 //!
 //! Every ciphertext is bound by its associated data ([`aad`]) to where it belongs (region,
@@ -24,8 +25,8 @@ pub use error::KeyError;
 pub use keyring::{KDF_ITERATIONS, Keyring};
 pub use passphrase::{PASSPHRASE_ENV, PASSPHRASE_FILE, Passphrase, PassphraseSource, write_private};
 
+use clover_log::Receipt;
 use clover_model::{Region, SubjectId};
-use clover_policy::Permit;
 
 /// The holder of a region's key-encryption keys.
 ///
@@ -34,10 +35,10 @@ pub trait KeyCustody: Send + Sync {
     /// The region whose keys these are.
     fn region(&self) -> &Region;
 
-    /// Makes a new data key for `subject` and returns it with its wrapped form, for a permitted
-    /// write.
-    fn new_data_key(&self, permit: &Permit) -> Result<(DataKey, WrappedKey), KeyError>;
+    /// Makes a new data key for the receipt's subject and returns it with its wrapped form, for
+    /// a logged, permitted write.
+    fn new_data_key(&self, receipt: &Receipt) -> Result<(DataKey, WrappedKey), KeyError>;
 
-    /// Unwraps `subject`'s data key. The permit must be for that subject.
-    fn unwrap(&self, subject: &SubjectId, wrapped: &WrappedKey, permit: &Permit) -> Result<DataKey, KeyError>;
+    /// Unwraps `subject`'s data key. The receipt must be for an access to that subject.
+    fn unwrap(&self, subject: &SubjectId, wrapped: &WrappedKey, receipt: &Receipt) -> Result<DataKey, KeyError>;
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
+use clover_log::event::EventKind;
 use clover_model::{Action, Category, Fields, RecordId, SubjectId, View};
 use clover_policy::{AccessRequest, Decision};
 use clover_store::RecordRow;
@@ -46,6 +47,8 @@ pub struct RecordCreated {
     /// The decision that allowed the write.
     #[schema(value_type = Object)]
     pub decision: Decision,
+    /// The index of the log entry that records it.
+    pub log_index: u64,
 }
 
 /// A record read.
@@ -73,6 +76,8 @@ pub struct RecordAnswer {
     /// The decision that allowed the read.
     #[schema(value_type = Object)]
     pub decision: Decision,
+    /// The index of the log entry that records the read, logged before anything was decrypted.
+    pub log_index: u64,
 }
 
 /// Writes a record for a subject, encrypted under the subject's data key.
@@ -99,7 +104,7 @@ pub async fn create_record(
         .ok_or_else(|| ApiError::UnknownCategory { category: body.category, known: boundary.category_names() })?;
     let subject = pipeline::load_subject(&boundary, &subject_id).await?;
     let record_id = RecordId::random();
-    let permit = pipeline::decide(&AccessRequest {
+    let request = AccessRequest {
         boundary: boundary.region(),
         principal: &caller.principal,
         origin: &caller.origin,
@@ -108,8 +113,9 @@ pub async fn create_record(
         subject_region: &subject.home_region,
         record: Some(record_id),
         category: Some(&category),
-    })?;
-    let key = pipeline::unwrap_key(&boundary, &subject, &permit)?;
+    };
+    let receipt = pipeline::decide_and_log(&boundary, &caller, EventKind::Write, &request).await?;
+    let key = pipeline::unwrap_key(&boundary, &subject, &receipt)?;
     let version = 1;
     let row = RecordRow {
         record_id,
@@ -126,12 +132,19 @@ pub async fn create_record(
         clover_store::StoreError::NoSuchSubject(id) => ApiError::NotFound { what: "subject", id: id.to_string() },
         other => ApiError::internal(other),
     })?;
-    tracing::info!(record = %record_id, subject = %subject_id, %category, "record stored");
-    let decision = permit.decision().clone();
+    tracing::info!(record = %record_id, subject = %subject_id, %category, log_index = receipt.index(), "record stored");
+    let decision = receipt.permit().decision().clone();
     Ok(answered(
         &decision,
         StatusCode::CREATED,
-        RecordCreated { record_id, subject_id, category, version, decision: decision.clone() },
+        RecordCreated {
+            record_id,
+            subject_id,
+            category,
+            version,
+            decision: decision.clone(),
+            log_index: receipt.index(),
+        },
     ))
 }
 
@@ -155,7 +168,7 @@ pub async fn read_record(
     let record_id: RecordId = record_id.parse()?;
     let record = pipeline::load_record(&boundary, &record_id).await?;
     let subject = pipeline::load_subject(&boundary, &record.subject_id).await?;
-    let permit = pipeline::decide(&AccessRequest {
+    let request = AccessRequest {
         boundary: boundary.region(),
         principal: &caller.principal,
         origin: &caller.origin,
@@ -164,11 +177,12 @@ pub async fn read_record(
         subject_region: &record.home_region,
         record: Some(record_id),
         category: Some(&record.category),
-    })?;
-    let key = pipeline::unwrap_key(&boundary, &subject, &permit)?;
+    };
+    let receipt = pipeline::decide_and_log(&boundary, &caller, EventKind::Access, &request).await?;
+    let key = pipeline::unwrap_key(&boundary, &subject, &receipt)?;
     let fields = pipeline::open_record(&boundary, &key, &record)?;
     drop(key);
-    let decision = permit.decision().clone();
+    let decision = receipt.permit().decision().clone();
     let created_at =
         record.created_at.format(&time::format_description::well_known::Rfc3339).map_err(ApiError::internal)?;
     Ok(answered(
@@ -180,9 +194,10 @@ pub async fn read_record(
             category: record.category,
             version: record.version,
             created_at,
-            view: permit.view(),
+            view: receipt.permit().view(),
             fields,
             decision: decision.clone(),
+            log_index: receipt.index(),
         },
     ))
 }

@@ -7,6 +7,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use clover_keys::aad;
+use clover_log::event::EventKind;
 use clover_model::{Action, Region, SubjectId};
 use clover_policy::{AccessRequest, Decision};
 use clover_store::SubjectRow;
@@ -50,6 +51,8 @@ pub struct SubjectAnswer {
     /// The decision that allowed the write.
     #[schema(value_type = Object)]
     pub decision: Decision,
+    /// The index of the log entry that records it.
+    pub log_index: u64,
 }
 
 /// What an erasure did.
@@ -63,6 +66,8 @@ pub struct ErasureAnswer {
     /// The decision that allowed the erasure.
     #[schema(value_type = Object)]
     pub decision: Decision,
+    /// The index of the log entry that records it.
+    pub log_index: u64,
 }
 
 fn birth_date(text: Option<String>) -> Result<Option<String>, ApiError> {
@@ -110,7 +115,7 @@ pub async fn put_subject(
             boundary: boundary.region().to_string(),
         });
     }
-    let permit = pipeline::decide(&AccessRequest {
+    let request = AccessRequest {
         boundary: boundary.region(),
         principal: &caller.principal,
         origin: &caller.origin,
@@ -119,13 +124,14 @@ pub async fn put_subject(
         subject_region: &body.home_region,
         record: None,
         category: None,
-    })?;
+    };
+    let receipt = pipeline::decide_and_log(&boundary, &caller, EventKind::Write, &request).await?;
     let attributes = serde_json::to_vec(&Attributes { birth_date }).map_err(ApiError::internal)?;
     let sealed_aad = aad::subject(boundary.region(), &subject_id);
 
     let created = match boundary.store().subject(&subject_id).await.map_err(ApiError::internal)? {
         Some(existing) => {
-            let key = pipeline::unwrap_key(&boundary, &existing, &permit)?;
+            let key = pipeline::unwrap_key(&boundary, &existing, &receipt)?;
             let sealed = key.seal(&sealed_aad, &attributes).map_err(ApiError::internal)?;
             if !boundary.store().update_subject_attributes(&subject_id, &sealed).await.map_err(ApiError::internal)? {
                 return Err(ApiError::NotFound { what: "subject", id: subject_id.to_string() });
@@ -133,7 +139,7 @@ pub async fn put_subject(
             false
         }
         None => {
-            let (key, wrapped) = boundary.custody().new_data_key(&permit).map_err(ApiError::internal)?;
+            let (key, wrapped) = boundary.custody().new_data_key(&receipt).map_err(ApiError::internal)?;
             let row = SubjectRow {
                 subject_id: subject_id.clone(),
                 home_region: body.home_region.clone(),
@@ -145,7 +151,7 @@ pub async fn put_subject(
             if !boundary.store().insert_subject(&row).await.map_err(ApiError::internal)? {
                 // Registered concurrently by another request: keep theirs, report an update.
                 let existing = pipeline::load_subject(&boundary, &subject_id).await?;
-                let key = pipeline::unwrap_key(&boundary, &existing, &permit)?;
+                let key = pipeline::unwrap_key(&boundary, &existing, &receipt)?;
                 let sealed = key.seal(&sealed_aad, &attributes).map_err(ApiError::internal)?;
                 boundary.store().update_subject_attributes(&subject_id, &sealed).await.map_err(ApiError::internal)?;
                 false
@@ -154,13 +160,19 @@ pub async fn put_subject(
             }
         }
     };
-    tracing::info!(subject = %subject_id, created, "subject registered");
-    let decision = permit.decision().clone();
+    tracing::info!(subject = %subject_id, created, log_index = receipt.index(), "subject registered");
+    let decision = receipt.permit().decision().clone();
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok(answered(
         &decision,
         status,
-        SubjectAnswer { subject_id, home_region: body.home_region, created, decision: decision.clone() },
+        SubjectAnswer {
+            subject_id,
+            home_region: body.home_region,
+            created,
+            decision: decision.clone(),
+            log_index: receipt.index(),
+        },
     ))
 }
 
@@ -183,7 +195,7 @@ pub async fn erase_subject(
 ) -> Result<Response, ApiError> {
     let subject_id = SubjectId::new(subject_id)?;
     let subject = pipeline::load_subject(&boundary, &subject_id).await?;
-    let permit = pipeline::decide(&AccessRequest {
+    let request = AccessRequest {
         boundary: boundary.region(),
         principal: &caller.principal,
         origin: &caller.origin,
@@ -192,18 +204,94 @@ pub async fn erase_subject(
         subject_region: &subject.home_region,
         record: None,
         category: None,
-    })?;
+    };
+    let receipt = pipeline::decide_and_log(&boundary, &caller, EventKind::Erasure, &request).await?;
     let erasure = boundary
         .store()
         .erase_subject(&subject_id)
         .await
         .map_err(ApiError::internal)?
         .ok_or_else(|| ApiError::NotFound { what: "subject", id: subject_id.to_string() })?;
-    tracing::info!(subject = %subject_id, records = erasure.records, "subject erased");
-    let decision = permit.decision().clone();
+    tracing::info!(subject = %subject_id, records = erasure.records, log_index = receipt.index(), "subject erased");
+    let decision = receipt.permit().decision().clone();
     Ok(answered(
         &decision,
         StatusCode::OK,
-        ErasureAnswer { subject_id, erased_records: erasure.records, decision: decision.clone() },
+        ErasureAnswer {
+            subject_id,
+            erased_records: erasure.records,
+            decision: decision.clone(),
+            log_index: receipt.index(),
+        },
+    ))
+}
+
+/// One log entry about a subject.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AccessEntry {
+    /// The entry's index in the log.
+    pub index: u64,
+    /// The entry, decoded (see `docs/log.md`).
+    #[schema(value_type = Object)]
+    pub entry: serde_json::Value,
+}
+
+/// The log entries about a subject.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AccessesAnswer {
+    /// The subject.
+    #[schema(value_type = String)]
+    pub subject_id: SubjectId,
+    /// The subject's keyed hash, as entries carry it.
+    pub subject_hash: String,
+    /// Every entry about the subject, oldest first, this request's own included.
+    pub entries: Vec<AccessEntry>,
+    /// The decision that allowed this listing.
+    #[schema(value_type = Object)]
+    pub decision: Decision,
+    /// The index of the log entry that records this listing.
+    pub log_index: u64,
+}
+
+/// Lists who accessed a subject's data: every log entry about them, with its index.
+///
+/// For data subjects who ask who read their data. Entries hold no personal data; the subject
+/// appears in them only as a keyed hash. Works after erasure too: the log keeps the history.
+#[utoipa::path(get, path = "/v1/subjects/{subject_id}/accesses", tag = "subjects",
+    params(("subject_id" = String, Path, description = "The platform's opaque id for the subject")),
+    responses(
+        (status = OK, description = "The entries about the subject", body = AccessesAnswer),
+        (status = FORBIDDEN, description = "Denied by policy", body = Problem, content_type = "application/problem+json"),
+        (status = UNAUTHORIZED, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn list_accesses(
+    State(boundary): State<Arc<Boundary>>,
+    caller: Caller,
+    Path(subject_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let subject_id = SubjectId::new(subject_id)?;
+    let request = AccessRequest {
+        boundary: boundary.region(),
+        principal: &caller.principal,
+        origin: &caller.origin,
+        action: Action::Read,
+        subject: &subject_id,
+        subject_region: boundary.region(),
+        record: None,
+        category: None,
+    };
+    let receipt = pipeline::decide_and_log(&boundary, &caller, EventKind::Access, &request).await?;
+    let subject_hash = boundary.subject_hash(&subject_id);
+    let mut entries = Vec::new();
+    for index in boundary.log().entries_about(&subject_hash) {
+        let bytes = boundary.log().entry(index).map_err(ApiError::internal)?;
+        let entry = serde_json::from_slice(&bytes).map_err(ApiError::internal)?;
+        entries.push(AccessEntry { index, entry });
+    }
+    let decision = receipt.permit().decision().clone();
+    Ok(answered(
+        &decision,
+        StatusCode::OK,
+        AccessesAnswer { subject_id, subject_hash, entries, decision: decision.clone(), log_index: receipt.index() },
     ))
 }

@@ -80,7 +80,7 @@ async fn ciphertext_taken_to_another_region_fails_to_open() {
     let record_id: RecordId = record.parse().unwrap();
     let ciphertext = app.ciphertext(&record).await;
     let wrapped = WrappedKey { kek_version: 1, bytes: app.wrapped_key("u-1").await };
-    let key = app.boundary.custody().unwrap(&subject, &wrapped, &app.permit(&subject)).unwrap();
+    let key = app.boundary.custody().unwrap(&subject, &wrapped, &app.receipt(&subject).await).unwrap();
 
     let eu = app.boundary.region().clone();
     let opened = key.open(&aad::record(&eu, &subject, &record_id, 1), &ciphertext).unwrap();

@@ -53,7 +53,7 @@ async fn erasure_destroys_the_key_and_the_kept_ciphertext_opens_with_nothing_lef
     for i in 0..3 {
         let subject: SubjectId = format!("u-kept-{i}").parse().unwrap();
         let wrapped = WrappedKey { kek_version: 1, bytes: app.wrapped_key(subject.as_str()).await };
-        let key = app.boundary.custody().unwrap(&subject, &wrapped, &app.permit(&subject)).unwrap();
+        let key = app.boundary.custody().unwrap(&subject, &wrapped, &app.receipt(&subject).await).unwrap();
         for (record, ciphertext) in [&first, &second].iter().zip(&kept_ciphertexts) {
             let record: RecordId = record.parse().unwrap();
             for owner in [&erased, &subject] {
@@ -66,6 +66,6 @@ async fn erasure_destroys_the_key_and_the_kept_ciphertext_opens_with_nothing_lef
     let kept = WrappedKey { kek_version: 1, bytes: kept_wrapped_key };
     for i in 0..3 {
         let subject: SubjectId = format!("u-kept-{i}").parse().unwrap();
-        assert!(app.boundary.custody().unwrap(&subject, &kept, &app.permit(&subject)).is_err());
+        assert!(app.boundary.custody().unwrap(&subject, &kept, &app.receipt(&subject).await).is_err());
     }
 }

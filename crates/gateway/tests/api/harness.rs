@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use clover_gateway::identity::{Claims, DevIssuer};
 use clover_gateway::{Boundary, Config, DataDir};
+use clover_log::Receipt;
+use clover_log::event::{Event, EventKind};
 use clover_model::{Action, Origin, PrincipalKind, SubjectId};
 use clover_policy::{AccessRequest, Permit, Verdict};
 use serde_json::Value;
@@ -221,6 +223,25 @@ impl TestApp {
             Verdict::Allowed(permit) => permit,
             Verdict::Denied(d) => panic!("{d:?}"),
         }
+    }
+
+    /// A receipt for an in-region access to `subject`, logged like the gateway logs one.
+    pub async fn receipt(&self, subject: &SubjectId) -> Receipt {
+        let event = Event {
+            v: 1,
+            kind: EventKind::Access,
+            time: 0,
+            principal: None,
+            origin: None,
+            action: Some("read".into()),
+            subject: Some(self.boundary.subject_hash(subject)),
+            record: None,
+            category: None,
+            decision: None,
+            purpose: Some("test".into()),
+            justification: None,
+        };
+        self.boundary.log().append_permitted(&event, self.permit(subject)).await.unwrap()
     }
 
     /// Stops the server, waiting for requests in flight; hands back the directory.
