@@ -1,0 +1,310 @@
+//! The log verifier.
+
+use std::path::{Path, PathBuf};
+
+use clover_log::checkpoint::Checkpoint;
+use clover_log::event::Event;
+use clover_log::hash::{Hash, leaf_hash, perfect_root};
+use clover_log::note::{Note, VerifierKey};
+use clover_log::tile::{TILE_WIDTH, Tile, split_bundle};
+use clover_log::tree::{self, ProofError, Subtrees};
+use serde::{Deserialize, Serialize};
+
+/// What the verifier is asked to check.
+#[derive(Debug, Clone)]
+pub struct VerifyOptions {
+    /// The boundary's base URL (the log is under `<url>/log/`).
+    pub url: String,
+    /// The log's checkpoint verifier key.
+    pub vkey: VerifierKey,
+    /// Witnesses whose cosignatures the checkpoint must carry.
+    pub witnesses: Vec<VerifierKey>,
+    /// Where the last verified checkpoint is kept between runs.
+    pub state: Option<PathBuf>,
+}
+
+/// What a successful verification checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// The log's origin.
+    pub origin: String,
+    /// The verified tree size.
+    pub size: u64,
+    /// Its root hash.
+    pub root: Hash,
+    /// The size verified last time, if any.
+    pub previous_size: Option<u64>,
+    /// How many tiles (hash tiles and entry bundles) were fetched and checked.
+    pub tiles: u64,
+    /// The witnesses whose cosignatures verified.
+    pub cosigned_by: Vec<String>,
+}
+
+/// Why verification failed.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// Something could not be fetched.
+    #[error("cannot fetch {url}: {cause}")]
+    Fetch {
+        /// The URL.
+        url: String,
+        /// What went wrong.
+        cause: String,
+    },
+    /// The checkpoint is not a valid signed checkpoint.
+    #[error("the checkpoint is malformed: {0}")]
+    MalformedCheckpoint(String),
+    /// The log's signature does not verify.
+    #[error("bad checkpoint signature: {0}")]
+    BadSignature(String),
+    /// A required witness cosignature is missing or bad.
+    #[error("witness {name:?}: {detail}")]
+    Witness {
+        /// The witness.
+        name: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// A hash tile does not match the tiles above it or the signed root.
+    #[error("tile {path} was changed: {detail}")]
+    TileChanged {
+        /// The tile.
+        path: String,
+        /// What does not match.
+        detail: String,
+    },
+    /// An entry does not match its leaf hash, or is not a valid entry.
+    #[error("entry {index} was changed: {detail}")]
+    EntryChanged {
+        /// The entry's index.
+        index: u64,
+        /// What does not match.
+        detail: String,
+    },
+    /// The log is smaller than when last verified.
+    #[error("the log shrank: it had {old} entries when last verified, now {new}")]
+    Shrank {
+        /// The size verified last time.
+        old: u64,
+        /// The size now.
+        new: u64,
+    },
+    /// The first entries differ from those verified last time.
+    #[error("the log forked: its first {size} entries no longer hash to the root verified last time ({old_root}); now {new_root}")]
+    Forked {
+        /// The size verified last time.
+        size: u64,
+        /// The root verified then.
+        old_root: String,
+        /// The root of those entries now.
+        new_root: String,
+    },
+    /// The state file could not be used.
+    #[error("state file {path:?}: {detail}")]
+    State {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+}
+
+/// The state kept between runs: the last checkpoint verified.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct State {
+    /// The log's origin.
+    pub origin: String,
+    /// The verified size.
+    pub size: u64,
+    /// The verified root (base64).
+    pub root: String,
+    /// The verified checkpoint note.
+    pub checkpoint: String,
+}
+
+fn read_state(path: &Path) -> Result<Option<State>, VerifyError> {
+    let bad = |detail: String| VerifyError::State { path: path.to_owned(), detail };
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(bad(e.to_string())),
+    }
+}
+
+fn write_state(path: &Path, state: &State) -> Result<(), VerifyError> {
+    let bad = |detail: String| VerifyError::State { path: path.to_owned(), detail };
+    let tmp = path.with_extension("tmp");
+    let mut text = serde_json::to_vec_pretty(state).map_err(|e| bad(e.to_string()))?;
+    text.push(b'\n');
+    std::fs::write(&tmp, text).map_err(|e| bad(e.to_string()))?;
+    std::fs::rename(&tmp, path).map_err(|e| bad(e.to_string()))
+}
+
+async fn fetch(client: &reqwest::Client, url: &str) -> Result<Vec<u8>, VerifyError> {
+    let failed = |cause: String| VerifyError::Fetch { url: url.to_owned(), cause };
+    let response = client.get(url).send().await.map_err(|e| failed(e.to_string()))?;
+    if !response.status().is_success() {
+        return Err(failed(format!("HTTP {}", response.status())));
+    }
+    Ok(response.bytes().await.map_err(|e| failed(e.to_string()))?.to_vec())
+}
+
+/// The hash levels of a tree, rebuilt from its tiles.
+struct Levels(Vec<Vec<Hash>>);
+
+impl Subtrees for Levels {
+    fn subtree(&self, start: u64, height: u32) -> Result<Hash, ProofError> {
+        let missing = ProofError::Missing { start, height };
+        let level = (height / 8) as usize;
+        let count = 1usize << (height % 8);
+        let first = usize::try_from(start >> (8 * level as u64)).map_err(|_| missing.clone())?;
+        let hashes = self.0.get(level).and_then(|l| l.get(first..first + count)).ok_or(missing)?;
+        Ok(perfect_root(hashes))
+    }
+}
+
+/// The tiles of a tree of `size` entries at `level`: (tile, hashes in it).
+fn tiles_at(level: u8, size: u64) -> Vec<Tile> {
+    let count = size >> (8 * u32::from(level));
+    let mut tiles = Vec::new();
+    let mut index = 0;
+    while index * TILE_WIDTH < count {
+        let width = (count - index * TILE_WIDTH).min(TILE_WIDTH);
+        tiles.push(Tile { level: Some(level), index, width: width as u16 });
+        index += 1;
+    }
+    tiles
+}
+
+/// Verifies the log at `options.url`.
+pub async fn verify(options: &VerifyOptions) -> Result<Report, VerifyError> {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .map_err(|e| VerifyError::Fetch { url: options.url.clone(), cause: e.to_string() })?;
+    let base = format!("{}/log", options.url.trim_end_matches('/'));
+
+    // 1. The checkpoint and its signatures.
+    let note_bytes = fetch(&client, &format!("{base}/checkpoint")).await?;
+    let note_text = String::from_utf8(note_bytes).map_err(|_| VerifyError::MalformedCheckpoint("not UTF-8".into()))?;
+    let note = Note::parse(&note_text).map_err(|e| VerifyError::MalformedCheckpoint(e.to_string()))?;
+    note.verify(&options.vkey).map_err(|e| VerifyError::BadSignature(e.to_string()))?;
+    let checkpoint = Checkpoint::parse(&note.text).map_err(|e| VerifyError::MalformedCheckpoint(e.to_string()))?;
+    if checkpoint.origin != options.vkey.name {
+        return Err(VerifyError::MalformedCheckpoint(format!(
+            "origin {:?} is not the key's name {:?}",
+            checkpoint.origin, options.vkey.name
+        )));
+    }
+    let mut cosigned_by = Vec::new();
+    for witness in &options.witnesses {
+        note.verify_cosignature(witness)
+            .map_err(|e| VerifyError::Witness { name: witness.name.clone(), detail: e.to_string() })?;
+        cosigned_by.push(witness.name.clone());
+    }
+    let size = checkpoint.size;
+
+    // 2. Every hash tile, level by level; each level's hashes must be the roots of the level below.
+    let mut levels: Vec<Vec<Hash>> = Vec::new();
+    let mut fetched = 0u64;
+    let mut level = 0u8;
+    while level < 8 && (level == 0 || (size >> (8 * u32::from(level))) > 0) {
+        let mut hashes = Vec::new();
+        for tile in tiles_at(level, size) {
+            let bytes = fetch(&client, &format!("{base}/{}", tile.path())).await?;
+            fetched += 1;
+            if bytes.len() != usize::from(tile.width) * 32 {
+                return Err(VerifyError::TileChanged {
+                    path: tile.path(),
+                    detail: format!("{} bytes, expected {}", bytes.len(), usize::from(tile.width) * 32),
+                });
+            }
+            hashes.extend(bytes.chunks_exact(32).map(|c| {
+                let mut h = [0u8; 32];
+                h.copy_from_slice(c);
+                Hash(h)
+            }));
+        }
+        if let Some(below) = levels.last() {
+            for (i, hash) in hashes.iter().enumerate() {
+                let group = below.get(i * 256..(i + 1) * 256).unwrap_or(&[]);
+                if perfect_root(group) != *hash {
+                    let tile = Tile { level: Some(level), index: (i / 256) as u64, width: 256 };
+                    return Err(VerifyError::TileChanged {
+                        path: tile.path(),
+                        detail: format!("hash {i} of level {level} is not the root of the 256 hashes below it"),
+                    });
+                }
+            }
+        }
+        levels.push(hashes);
+        level += 1;
+    }
+    let levels = Levels(levels);
+    let root = tree::root(&levels, size).map_err(|e| VerifyError::TileChanged { path: "tile/0".into(), detail: e.to_string() })?;
+    if root != checkpoint.root {
+        return Err(VerifyError::TileChanged {
+            path: format!("{base}/tile/0/..."),
+            detail: format!("the tiles hash to {root}, not the signed root {}", checkpoint.root),
+        });
+    }
+
+    // 3. Every entry: valid, canonical, and hashing to its leaf.
+    let leaves = levels.0.first().map(Vec::as_slice).unwrap_or(&[]);
+    let mut index = 0u64;
+    let mut bundle = 0u64;
+    while index < size {
+        let width = (size - bundle * TILE_WIDTH).min(TILE_WIDTH);
+        let tile = Tile { level: None, index: bundle, width: width as u16 };
+        let bytes = fetch(&client, &format!("{base}/{}", tile.path())).await?;
+        fetched += 1;
+        let entries = split_bundle(&bytes).ok_or_else(|| VerifyError::EntryChanged {
+            index,
+            detail: format!("bundle {} is malformed", tile.path()),
+        })?;
+        if entries.len() as u64 != width {
+            return Err(VerifyError::EntryChanged {
+                index,
+                detail: format!("bundle {} holds {} entries, expected {width}", tile.path(), entries.len()),
+            });
+        }
+        for entry in entries {
+            let expected = leaves.get(index as usize).copied().unwrap_or_else(Hash::empty);
+            if leaf_hash(entry) != expected {
+                return Err(VerifyError::EntryChanged { index, detail: "it does not hash to its leaf in the signed tree".into() });
+            }
+            Event::decode(entry).map_err(|e| VerifyError::EntryChanged { index, detail: e.to_string() })?;
+            index += 1;
+        }
+        bundle += 1;
+    }
+
+    // 4. Consistency with the checkpoint verified last time.
+    let mut previous_size = None;
+    if let Some(path) = &options.state {
+        if let Some(state) = read_state(path)? {
+            if state.origin != checkpoint.origin {
+                return Err(VerifyError::State {
+                    path: path.clone(),
+                    detail: format!("it is for log {:?}, not {:?}", state.origin, checkpoint.origin),
+                });
+            }
+            if state.size > size {
+                return Err(VerifyError::Shrank { old: state.size, new: size });
+            }
+            let old_root = tree::root(&levels, state.size)
+                .map_err(|e| VerifyError::TileChanged { path: "tile/0".into(), detail: e.to_string() })?;
+            if old_root.to_base64() != state.root {
+                return Err(VerifyError::Forked { size: state.size, old_root: state.root, new_root: old_root.to_base64() });
+            }
+            previous_size = Some(state.size);
+        }
+        write_state(
+            path,
+            &State { origin: checkpoint.origin.clone(), size, root: root.to_base64(), checkpoint: note_text.clone() },
+        )?;
+    }
+
+    Ok(Report { origin: checkpoint.origin, size, root, previous_size, tiles: fetched, cosigned_by })
+}
