@@ -90,7 +90,9 @@ pub enum VerifyError {
         new: u64,
     },
     /// The first entries differ from those verified last time.
-    #[error("the log forked: its first {size} entries no longer hash to the root verified last time ({old_root}); now {new_root}")]
+    #[error(
+        "the log forked: its first {size} entries no longer hash to the root verified last time ({old_root}); now {new_root}"
+    )]
     Forked {
         /// The size verified last time.
         size: u64,
@@ -242,10 +244,14 @@ pub async fn verify(options: &VerifyOptions) -> Result<Report, VerifyError> {
         level += 1;
     }
     let levels = Levels(levels);
-    let root = tree::root(&levels, size).map_err(|e| VerifyError::TileChanged { path: "tile/0".into(), detail: e.to_string() })?;
+    let root = tree::root(&levels, size)
+        .map_err(|e| VerifyError::TileChanged { path: "tile/0".into(), detail: e.to_string() })?;
     if root != checkpoint.root {
+        // The top level's tiles are the ones that no higher tile vouches for.
+        let top = u8::try_from(levels.0.len().saturating_sub(1)).unwrap_or(0);
+        let paths: Vec<String> = tiles_at(top, size).iter().map(Tile::path).collect();
         return Err(VerifyError::TileChanged {
-            path: format!("{base}/tile/0/..."),
+            path: paths.join(", "),
             detail: format!("the tiles hash to {root}, not the signed root {}", checkpoint.root),
         });
     }
@@ -272,7 +278,10 @@ pub async fn verify(options: &VerifyOptions) -> Result<Report, VerifyError> {
         for entry in entries {
             let expected = leaves.get(index as usize).copied().unwrap_or_else(Hash::empty);
             if leaf_hash(entry) != expected {
-                return Err(VerifyError::EntryChanged { index, detail: "it does not hash to its leaf in the signed tree".into() });
+                return Err(VerifyError::EntryChanged {
+                    index,
+                    detail: "it does not hash to its leaf in the signed tree".into(),
+                });
             }
             Event::decode(entry).map_err(|e| VerifyError::EntryChanged { index, detail: e.to_string() })?;
             index += 1;
@@ -296,7 +305,11 @@ pub async fn verify(options: &VerifyOptions) -> Result<Report, VerifyError> {
             let old_root = tree::root(&levels, state.size)
                 .map_err(|e| VerifyError::TileChanged { path: "tile/0".into(), detail: e.to_string() })?;
             if old_root.to_base64() != state.root {
-                return Err(VerifyError::Forked { size: state.size, old_root: state.root, new_root: old_root.to_base64() });
+                return Err(VerifyError::Forked {
+                    size: state.size,
+                    old_root: state.root,
+                    new_root: old_root.to_base64(),
+                });
             }
             previous_size = Some(state.size);
         }

@@ -86,7 +86,9 @@ impl Witness {
     /// Handles one add-checkpoint request body; returns the status and the answer body.
     pub async fn add_checkpoint(&self, body: &str) -> (StatusCode, String) {
         let bad = |detail: &str| (StatusCode::BAD_REQUEST, format!("{detail}\n"));
-        let Some((head, note_text)) = body.split_once("\n\n") else { return bad("no blank line before the checkpoint") };
+        let Some((head, note_text)) = body.split_once("\n\n") else {
+            return bad("no blank line before the checkpoint");
+        };
         let mut lines = head.lines();
         let Some(old) = lines.next().and_then(|l| l.strip_prefix("old ")).and_then(|n| n.parse::<u64>().ok()) else {
             return bad("the first line must be `old <size>`");
@@ -158,11 +160,12 @@ mod tests {
     }
 
     fn request(tree: &LeafTree, old: u64, note: &str) -> String {
-        let proof: String = consistency_proof(tree, old, Checkpoint::parse(&Note::parse(note).unwrap().text).unwrap().size)
-            .unwrap()
-            .iter()
-            .map(|h| format!("{h}\n"))
-            .collect();
+        let proof: String =
+            consistency_proof(tree, old, Checkpoint::parse(&Note::parse(note).unwrap().text).unwrap().size)
+                .unwrap()
+                .iter()
+                .map(|h| format!("{h}\n"))
+                .collect();
         format!("old {old}\n{proof}\n{note}")
     }
 
@@ -192,14 +195,23 @@ mod tests {
         assert_eq!(witness.add_checkpoint(&request(&forked, 12, &fork)).await.0, StatusCode::UNPROCESSABLE_ENTITY);
         // An unknown log, a bad signature.
         let stranger = SigningKey::generate("other.test", TYPE_ED25519).unwrap();
-        assert_eq!(witness.add_checkpoint(&request(&tree, 0, &signed(&stranger, &tree, 3))).await.0, StatusCode::NOT_FOUND);
+        assert_eq!(
+            witness.add_checkpoint(&request(&tree, 0, &signed(&stranger, &tree, 3))).await.0,
+            StatusCode::NOT_FOUND
+        );
         let impostor = SigningKey::generate("clover.test/eu", TYPE_ED25519).unwrap();
-        assert_eq!(witness.add_checkpoint(&request(&tree, 12, &signed(&impostor, &tree, 14))).await.0, StatusCode::FORBIDDEN);
+        assert_eq!(
+            witness.add_checkpoint(&request(&tree, 12, &signed(&impostor, &tree, 14))).await.0,
+            StatusCode::FORBIDDEN
+        );
 
         // The state survives a restart.
         drop(witness);
         let key = SigningKey::generate("witness.test", TYPE_COSIGNATURE).unwrap();
         let witness = Witness::new(key, vec![log.verifier()], &dir.path().join("state.json")).unwrap();
-        assert_eq!(witness.add_checkpoint(&request(&tree, 0, &signed(&log, &tree, 20))).await, (StatusCode::CONFLICT, "12\n".into()));
+        assert_eq!(
+            witness.add_checkpoint(&request(&tree, 0, &signed(&log, &tree, 20))).await,
+            (StatusCode::CONFLICT, "12\n".into())
+        );
     }
 }

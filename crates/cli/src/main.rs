@@ -7,10 +7,12 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use clover_audit::verify::VerifyOptions;
 use clover_gateway::datadir::Initialised;
 use clover_gateway::identity::Claims;
 use clover_gateway::{Boundary, Config, DataDir};
 use clover_keys::PassphraseSource;
+use clover_log::note::{SigningKey, TYPE_COSIGNATURE, VerifierKey};
 use clover_model::{PrincipalId, PrincipalKind, Region, SiteName};
 
 /// Clover keeps a region's user data inside the region.
@@ -92,6 +94,52 @@ enum Command {
     /// The transparency log.
     #[command(subcommand)]
     Log(LogCommand),
+    /// Auditor tools: verify a boundary's log, run an independent witness.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Verify a boundary's log: the checkpoint signature, every tile and entry, and consistency
+    /// with the checkpoint kept in the state file (updated on success). Exits non-zero on any
+    /// failure.
+    Verify {
+        /// The boundary's base URL, e.g. http://127.0.0.1:7878 (the log is under /log/).
+        #[arg(long)]
+        url: String,
+        /// The log's verifier key (`clover log vkey`).
+        #[arg(long)]
+        vkey: String,
+        /// Where the last verified checkpoint is kept between runs.
+        #[arg(long, value_name = "FILE")]
+        state: Option<PathBuf>,
+        /// Demand a cosignature from this witness (its cosignature vkey); repeatable.
+        #[arg(long = "witness", value_name = "VKEY")]
+        witnesses: Vec<String>,
+    },
+    /// Run an independent witness: cosigns a log's checkpoints only when each is consistent with
+    /// the last it cosigned (c2sp.org/tlog-witness, POST /add-checkpoint).
+    Witness {
+        /// The witness's name (its key name).
+        #[arg(long)]
+        name: String,
+        /// The witness's private key (PKCS#8); generated (0600) if the file does not exist.
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// Where the witness records the last checkpoint it cosigned for each log.
+        #[arg(long, value_name = "FILE")]
+        state: PathBuf,
+        /// The checkpoint verifier key of a log to witness (`clover log vkey`); repeatable.
+        #[arg(long = "log", value_name = "VKEY", required = true)]
+        logs: Vec<String>,
+        /// The address to listen on.
+        #[arg(long, default_value = "127.0.0.1:7879")]
+        listen: SocketAddr,
+        /// Print the witness's verifier key and exit.
+        #[arg(long)]
+        print_vkey: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -118,6 +166,12 @@ fn main() -> ExitCode {
             token(&config, principal, kind, region, site, roles, ttl)
         }
         Command::Log(LogCommand::Vkey { config }) => log_vkey(&config),
+        Command::Audit(AuditCommand::Verify { url, vkey, state, witnesses }) => {
+            audit_verify(url, &vkey, state, &witnesses)
+        }
+        Command::Audit(AuditCommand::Witness { name, key, state, logs, listen, print_vkey }) => {
+            audit_witness(&name, &key, &state, &logs, listen, print_vkey)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -178,8 +232,7 @@ fn serve(args: &ConfigArgs, listen: Option<SocketAddr>) -> anyhow::Result<()> {
         let initialised = data_dir.init(&config.region)?;
         report(&initialised, data_dir.root());
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
-    runtime.block_on(async move {
+    runtime()?.block_on(async move {
         let boundary = Arc::new(Boundary::open(config.clone()).await?);
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
@@ -223,6 +276,64 @@ async fn shutdown_signal() {
         () = terminate => {},
     }
     tracing::info!("shutting down: finishing requests in flight");
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")
+}
+
+fn audit_verify(url: String, vkey: &str, state: Option<PathBuf>, witnesses: &[String]) -> anyhow::Result<()> {
+    let vkey = VerifierKey::parse(vkey)?;
+    let witnesses = witnesses.iter().map(|w| VerifierKey::parse(w)).collect::<Result<Vec<_>, _>>()?;
+    let options = VerifyOptions { url, vkey, witnesses, state };
+    let report = runtime()?.block_on(clover_audit::verify::verify(&options))?;
+    println!("verified {}: {} entries, root {}", report.origin, report.size, report.root);
+    println!("  checked the checkpoint signature, {} tiles and every entry", report.tiles);
+    match report.previous_size {
+        Some(previous) => println!("  consistent with the {previous} entries verified before"),
+        None if options.state.is_some() => println!("  no earlier checkpoint in the state file; this one is kept"),
+        None => {}
+    }
+    for witness in &report.cosigned_by {
+        println!("  cosigned by {witness}");
+    }
+    Ok(())
+}
+
+fn audit_witness(
+    name: &str,
+    key_path: &std::path::Path,
+    state: &std::path::Path,
+    logs: &[String],
+    listen: SocketAddr,
+    print_vkey: bool,
+) -> anyhow::Result<()> {
+    let key = if key_path.exists() {
+        let pkcs8 = std::fs::read(key_path).with_context(|| format!("reading {}", key_path.display()))?;
+        SigningKey::from_pkcs8(name, TYPE_COSIGNATURE, &pkcs8)?
+    } else {
+        let key = SigningKey::generate(name, TYPE_COSIGNATURE)?;
+        clover_keys::write_private(key_path, key.pkcs8())?;
+        eprintln!("clover: generated witness key {} (mode 0600)", key_path.display());
+        key
+    };
+    if print_vkey {
+        println!("{}", key.verifier());
+        return Ok(());
+    }
+    init_tracing();
+    let logs = logs.iter().map(|l| VerifierKey::parse(l)).collect::<Result<Vec<_>, _>>()?;
+    let witness = Arc::new(clover_audit::witness::Witness::new(key, logs, state)?);
+    runtime()?.block_on(async move {
+        let listener =
+            tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+        let addr = listener.local_addr().context("reading the listening address")?;
+        eprintln!("clover: witness {} on http://{addr}", witness.verifier());
+        axum::serve(listener, clover_audit::witness::router(witness))
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+            .context("serving")
+    })
 }
 
 fn log_vkey(args: &ConfigArgs) -> anyhow::Result<()> {

@@ -43,6 +43,19 @@ pub struct LogConfig {
     /// Sign a checkpoint after every batch of appends (0), or at most every this many
     /// milliseconds.
     pub checkpoint_interval_ms: u64,
+    /// Witnesses asked to cosign each new checkpoint; the boundary serves the cosigned one.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub witnesses: Vec<WitnessConfig>,
+}
+
+/// A witness of the log (c2sp.org/tlog-witness).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WitnessConfig {
+    /// The witness's base URL; checkpoints are posted to `<url>/add-checkpoint`.
+    pub url: String,
+    /// The witness's cosignature verifier key.
+    pub vkey: String,
 }
 
 impl Config {
@@ -217,6 +230,10 @@ impl Config {
             return Err(ConfigError::Invalid(format!(
                 "log origin {origin:?} must be non-empty, without spaces or '+'"
             )));
+        }
+        for witness in &self.log.witnesses {
+            clover_log::note::VerifierKey::parse(&witness.vkey)
+                .map_err(|e| ConfigError::Invalid(format!("witness {:?}: {e}", witness.url)))?;
         }
         if self.max_body_bytes < 1024 {
             return Err(ConfigError::Invalid(format!(

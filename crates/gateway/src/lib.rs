@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod origin;
 pub mod pipeline;
 pub mod problem;
+pub mod witnesses;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -59,6 +60,7 @@ pub struct Boundary {
     store: Arc<dyn Store>,
     custody: Arc<dyn KeyCustody>,
     log: Log,
+    cosigned: witnesses::Cosigned,
     subject_index: SubjectIndexKey,
     verifier: TokenVerifier,
     sites: Sites,
@@ -86,7 +88,17 @@ impl Boundary {
         let log = Log::open(&data_dir.log_dir(), keyring.checkpoint_signer(&config.log_origin())?, options)?;
         let subject_index = keyring.subject_index_key();
         let sites = Sites::new(&config.sites);
-        Ok(Self { config, store: Arc::new(store), custody: Arc::new(keyring), log, subject_index, verifier, sites })
+        let cosigned = witnesses::start(log.clone(), &config.log.witnesses);
+        Ok(Self {
+            config,
+            store: Arc::new(store),
+            custody: Arc::new(keyring),
+            log,
+            cosigned,
+            subject_index,
+            verifier,
+            sites,
+        })
     }
 
     /// The region this boundary holds.
@@ -112,6 +124,12 @@ impl Boundary {
     /// The transparency log.
     pub fn log(&self) -> &Log {
         &self.log
+    }
+
+    /// The checkpoint to serve: the latest one every witness cosigned, or, with no witness (or
+    /// none cosigned yet), the log's latest.
+    pub fn served_checkpoint(&self) -> String {
+        self.cosigned.get().unwrap_or_else(|| self.log.checkpoint().to_string())
     }
 
     /// A subject's keyed hash, as the log records it.

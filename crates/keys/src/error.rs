@@ -5,8 +5,8 @@ use clover_model::SubjectId;
 /// An error of key custody or encryption.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    /// The keyring file could not be read or written.
-    #[error("keyring file {path:?}: {cause}")]
+    /// A key file could not be read or written.
+    #[error("key file {path:?}: {cause}")]
     Io {
         /// The file.
         path: std::path::PathBuf,

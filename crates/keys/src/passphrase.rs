@@ -97,9 +97,11 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
     })?;
     file.write_all(bytes).map_err(io)?;
     file.sync_all().map_err(io)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
-    }
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
     Ok(())
 }
 

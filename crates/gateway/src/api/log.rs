@@ -27,16 +27,16 @@ fn log_error(e: LogError) -> ApiError {
     }
 }
 
-/// The latest signed checkpoint (c2sp.org/tlog-checkpoint, a signed note).
+/// The latest signed checkpoint (c2sp.org/tlog-checkpoint, a signed note), with the witnesses'
+/// cosignatures (c2sp.org/tlog-cosignature) when witnesses are configured.
 ///
 /// Tiles are at `/log/tile/<L>/<N>[.p/<W>]` and entry bundles at
 /// `/log/tile/entries/<N>[.p/<W>]`, as c2sp.org/tlog-tiles specifies.
 #[utoipa::path(get, path = "/log/checkpoint", tag = "log", security(()),
     responses((status = OK, description = "A signed note", body = String, content_type = "text/plain; charset=utf-8")))]
 pub async fn checkpoint(State(boundary): State<Arc<Boundary>>) -> Response {
-    let note = boundary.log().checkpoint();
-    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8"), (header::CACHE_CONTROL, "no-store")], note.to_string())
-        .into_response()
+    let note = boundary.served_checkpoint();
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8"), (header::CACHE_CONTROL, "no-store")], note).into_response()
 }
 
 /// A hash tile or entry bundle (c2sp.org/tlog-tiles).

@@ -1,0 +1,330 @@
+//! `clover audit verify` and `clover audit witness` against real boundaries, honest and not.
+//!
+//! Tampering is done two ways: a proxy that alters what an honest boundary serves (a forged
+//! signature, a changed tile, a changed entry), and an operator who rewrites the log on disk,
+//! deletes the checkpoint that would betray it, and restarts (a fork, a shrink): the boundary
+//! then signs the rewritten log, and only the auditor's kept state catches it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, missing_docs)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+const BIN: &str = env!("CARGO_BIN_EXE_clover");
+const PATIENCE: Duration = Duration::from_secs(30);
+
+fn clover(dir: &Path) -> Command {
+    let mut command = Command::new(BIN);
+    command.current_dir(dir).env("CLOVER_PASSPHRASE", "audit-test").env("NO_COLOR", "1").stdin(Stdio::null());
+    command
+}
+
+fn output(mut command: Command) -> Output {
+    command.stdout(Stdio::piped()).stderr(Stdio::piped()).output().unwrap()
+}
+
+fn stdout_of(command: Command) -> String {
+    let out = output(command);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// A running `clover` process, killed on drop; `url` is where it listens.
+struct Process {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `command` and waits for the stderr line that names its address after `marker`.
+fn start(mut command: Command, marker: &str) -> Process {
+    let mut child = command.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let marker = marker.to_owned();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split(&marker).nth(1) {
+                let url = rest.split_whitespace().next().unwrap_or("").to_owned();
+                let _ = tx.send(url);
+            }
+        }
+    });
+    let url = rx.recv_timeout(PATIENCE).expect("the process did not start");
+    Process { child, url }
+}
+
+fn serve(dir: &Path, config: Option<&Path>) -> Process {
+    let mut command = clover(dir);
+    command.args(["serve", "--listen", "127.0.0.1:0", "--data-dir", "data"]);
+    if let Some(config) = config {
+        command.arg("--config").arg(config);
+    }
+    start(command, " on ")
+}
+
+fn stop(mut process: Process) {
+    let pid = process.child.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    while process.child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the server did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn init(dir: &Path) {
+    let mut command = clover(dir);
+    command.args(["init", "--data-dir", "data"]);
+    assert!(output(command).status.success());
+}
+
+fn log_vkey_of(dir: &Path) -> String {
+    let mut command = clover(dir);
+    command.args(["log", "vkey", "--data-dir", "data"]);
+    stdout_of(command)
+}
+
+fn token(dir: &Path) -> String {
+    let mut command = clover(dir);
+    command.args(["token", "--principal", "ana", "--kind", "employee", "--region", "eu", "--site", "dublin-1"]);
+    command.args(["--data-dir", "data"]);
+    stdout_of(command)
+}
+
+/// Writes `n` records through the API: each is a logged decision.
+async fn write(url: &str, token: &str, n: usize) {
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let put = client.put(format!("{url}/v1/subjects/u-1")).bearer_auth(token).json(&json!({"home_region": "eu"}));
+    assert!(put.send().await.unwrap().status().is_success());
+    for i in 0..n {
+        let post = client
+            .post(format!("{url}/v1/subjects/u-1/records"))
+            .bearer_auth(token)
+            .json(&json!({"category": "profile", "fields": {"n": i}}));
+        assert_eq!(post.send().await.unwrap().status(), 201);
+    }
+}
+
+fn verify(dir: &Path, url: &str, vkey: &str, state: Option<&Path>, witnesses: &[&str]) -> Output {
+    let mut command = clover(dir);
+    command.args(["audit", "verify", "--url", url, "--vkey", vkey]);
+    if let Some(state) = state {
+        command.arg("--state").arg(state);
+    }
+    for witness in witnesses {
+        command.args(["--witness", witness]);
+    }
+    output(command)
+}
+
+fn assert_fails(out: &Output, expected: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "verify passed; it should have found: {expected}");
+    assert!(stderr.contains(expected), "expected {expected:?} in:\n{stderr}");
+}
+
+/// A proxy in front of `upstream` that passes every GET through `alter(path, body)`.
+async fn proxy(upstream: String, alter: fn(&str, Vec<u8>) -> Vec<u8>) -> String {
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
+        let (client, upstream) = (client.clone(), upstream.clone());
+        async move {
+            let response = client.get(format!("{upstream}{uri}")).send().await.unwrap();
+            let status = response.status().as_u16();
+            let body = response.bytes().await.unwrap().to_vec();
+            (axum::http::StatusCode::from_u16(status).unwrap(), alter(uri.path(), body))
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_honest_log_verifies_and_stays_consistent() {
+    let tmp = tempfile::tempdir().unwrap();
+    init(tmp.path());
+    let vkey = log_vkey_of(tmp.path());
+    assert!(vkey.starts_with("clover.local/eu+"), "{vkey}");
+    let server = serve(tmp.path(), None);
+    let token = token(tmp.path());
+    write(&server.url, &token, 300).await;
+    let state = tmp.path().join("auditor.json");
+
+    let first = verify(tmp.path(), &server.url, &vkey, Some(&state), &[]);
+    let stdout = String::from_utf8_lossy(&first.stdout);
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    assert!(stdout.contains("verified clover.local/eu: 301 entries"), "{stdout}");
+    assert!(stdout.contains("no earlier checkpoint"), "{stdout}");
+
+    write(&server.url, &token, 20).await;
+    let second = verify(tmp.path(), &server.url, &vkey, Some(&state), &[]);
+    let stdout = String::from_utf8_lossy(&second.stdout);
+    assert!(second.status.success(), "{}", String::from_utf8_lossy(&second.stderr));
+    assert!(stdout.contains("322 entries"), "{stdout}");
+    assert!(stdout.contains("consistent with the 301 entries verified before"), "{stdout}");
+
+    // A key that is not the log's is refused.
+    let other = tempfile::tempdir().unwrap();
+    init(other.path());
+    let wrong = verify(tmp.path(), &server.url, &log_vkey_of(other.path()), None, &[]);
+    assert_fails(&wrong, "checkpoint");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_signature_a_changed_tile_and_a_changed_entry_are_each_caught() {
+    let tmp = tempfile::tempdir().unwrap();
+    init(tmp.path());
+    let vkey = log_vkey_of(tmp.path());
+    let server = serve(tmp.path(), None);
+    write(&server.url, &token(tmp.path()), 40).await;
+
+    let forged = proxy(server.url.clone(), |path, body| {
+        if path == "/log/checkpoint" {
+            // Claim one more entry than was signed.
+            let text = String::from_utf8(body).unwrap();
+            let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+            lines[1] = (lines[1].parse::<u64>().unwrap() + 1).to_string();
+            return format!("{}\n", lines.join("\n")).into_bytes();
+        }
+        body
+    })
+    .await;
+    assert_fails(&verify(tmp.path(), &forged, &vkey, None, &[]), "bad checkpoint signature");
+
+    let changed_tile = proxy(server.url.clone(), |path, mut body| {
+        if path.starts_with("/log/tile/0/") {
+            body[40] ^= 1;
+        }
+        body
+    })
+    .await;
+    assert_fails(&verify(tmp.path(), &changed_tile, &vkey, None, &[]), "tile tile/0/000.p/");
+
+    let changed_entry = proxy(server.url.clone(), |path, mut body| {
+        if path.starts_with("/log/tile/entries/") {
+            // Inside the third entry's JSON.
+            let at = body.windows(6).enumerate().filter(|(_, w)| w == b"\"time\"").nth(2).unwrap().0;
+            body[at + 8] = if body[at + 8] == b'1' { b'2' } else { b'1' };
+        }
+        body
+    })
+    .await;
+    assert_fails(&verify(tmp.path(), &changed_entry, &vkey, None, &[]), "entry 2 was changed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_rewritten_by_its_operator_is_caught_as_a_fork_or_a_shrink() {
+    let tmp = tempfile::tempdir().unwrap();
+    init(tmp.path());
+    let vkey = log_vkey_of(tmp.path());
+    let state = tmp.path().join("auditor.json");
+    let server = serve(tmp.path(), None);
+    let token = token(tmp.path());
+    write(&server.url, &token, 30).await;
+    assert!(verify(tmp.path(), &server.url, &vkey, Some(&state), &[]).status.success());
+    stop(server);
+
+    let entries = tmp.path().join("data/log/entries");
+    let checkpoint = tmp.path().join("data/log/checkpoint");
+    let original = std::fs::read(&entries).unwrap();
+
+    // Rewrite history: change an early entry, hide the evidence, restart. The boundary signs
+    // the rewritten log; the auditor's state does not match it.
+    let mut forked = original.clone();
+    let at = forked.windows(6).position(|w| w == b"\"time\"").unwrap();
+    forked[at + 8] = if forked[at + 8] == b'1' { b'2' } else { b'1' };
+    std::fs::write(&entries, &forked).unwrap();
+    std::fs::remove_file(&checkpoint).unwrap();
+    let server = serve(tmp.path(), None);
+    assert_fails(&verify(tmp.path(), &server.url, &vkey, Some(&state), &[]), "the log forked");
+    stop(server);
+
+    // Drop the last entries instead.
+    let mut cut = 0;
+    let mut offset = 0;
+    while offset < original.len() && cut < 20 {
+        let len = u16::from_be_bytes([original[offset], original[offset + 1]]) as usize;
+        offset += 2 + len;
+        cut += 1;
+    }
+    std::fs::write(&entries, &original[..offset]).unwrap();
+    std::fs::remove_file(&checkpoint).unwrap();
+    let server = serve(tmp.path(), None);
+    assert_fails(&verify(tmp.path(), &server.url, &vkey, Some(&state), &[]), "the log shrank");
+    drop(server);
+
+    // Without the rewrite, the boundary itself refuses to serve a log that does not match the
+    // checkpoint it signed last.
+    std::fs::write(&entries, &original).unwrap();
+    let server = serve(tmp.path(), None);
+    stop(server);
+    std::fs::write(&entries, &forked).unwrap();
+    let mut command = clover(tmp.path());
+    command.args(["serve", "--listen", "127.0.0.1:0", "--data-dir", "data"]);
+    let refused = output(command);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("does not match its last checkpoint"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_witness_cosigns_and_verify_demands_its_cosignature() {
+    let tmp = tempfile::tempdir().unwrap();
+    init(tmp.path());
+    let log_vkey = log_vkey_of(tmp.path());
+    let key = tmp.path().join("witness.key");
+    let mut print = clover(tmp.path());
+    print.args(["audit", "witness", "--name", "witness.example", "--state", "w.json", "--print-vkey"]);
+    print.arg("--key").arg(&key).args(["--log", &log_vkey]);
+    let witness_vkey = stdout_of(print);
+    assert!(witness_vkey.starts_with("witness.example+"), "{witness_vkey}");
+
+    let mut command = clover(tmp.path());
+    command.args(["audit", "witness", "--name", "witness.example", "--state", "w.json", "--listen", "127.0.0.1:0"]);
+    command.arg("--key").arg(&key).args(["--log", &log_vkey]);
+    let witness = start(command, " on ");
+
+    let config: PathBuf = tmp.path().join("clover.toml");
+    std::fs::write(
+        &config,
+        format!("[log]\n[[log.witnesses]]\nurl = \"{}\"\nvkey = \"{witness_vkey}\"\n", witness.url),
+    )
+    .unwrap();
+    let server = serve(tmp.path(), Some(&config));
+    write(&server.url, &token(tmp.path()), 10).await;
+
+    // Wait until the served checkpoint covers the writes and carries the cosignature.
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let note = client.get(format!("{}/log/checkpoint", server.url)).send().await.unwrap().text().await.unwrap();
+        if note.contains("\n11\n") && note.contains("witness.example") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no cosigned checkpoint:\n{note}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ok = verify(tmp.path(), &server.url, &log_vkey, None, &[&witness_vkey]);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("cosigned by witness.example"));
+
+    // A witness that did not cosign is missing.
+    let mut other = clover(tmp.path());
+    other.args(["audit", "witness", "--name", "other.example", "--state", "o.json", "--print-vkey"]);
+    other.arg("--key").arg(tmp.path().join("other.key")).args(["--log", &log_vkey]);
+    let other_vkey = stdout_of(other);
+    assert_fails(&verify(tmp.path(), &server.url, &log_vkey, None, &[&other_vkey]), "witness \"other.example\"");
+}

@@ -1,0 +1,129 @@
+//! Collecting witness cosignatures (c2sp.org/tlog-witness).
+//!
+//! A background task sends each new checkpoint to every configured witness with a consistency
+//! proof from the size that witness cosigned last, and keeps the checkpoint once every witness
+//! has cosigned it. `/log/checkpoint` serves that cosigned checkpoint; until the first one, and
+//! when no witness is configured, it serves the log's latest.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use clover_log::Log;
+use clover_log::checkpoint::Checkpoint;
+use clover_log::note::{Note, VerifierKey};
+
+use crate::config::WitnessConfig;
+
+/// How often the task looks for a new checkpoint.
+const POLL: Duration = Duration::from_millis(250);
+
+struct Witness {
+    url: String,
+    vkey: VerifierKey,
+    /// The size this witness cosigned last, as far as we know.
+    size: u64,
+}
+
+/// The latest checkpoint cosigned by every witness.
+#[derive(Clone, Default)]
+pub struct Cosigned(Arc<RwLock<Option<String>>>);
+
+impl Cosigned {
+    /// The cosigned checkpoint note, if there is one yet.
+    pub fn get(&self) -> Option<String> {
+        self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    fn set(&self, note: String) {
+        *self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(note);
+    }
+}
+
+/// Starts the task that collects cosignatures; returns where it keeps the result.
+pub fn start(log: Log, witnesses: &[WitnessConfig]) -> Cosigned {
+    let cosigned = Cosigned::default();
+    let mut witnesses: Vec<Witness> = witnesses
+        .iter()
+        .filter_map(|w| VerifierKey::parse(&w.vkey).ok().map(|vkey| Witness { url: w.url.clone(), vkey, size: 0 }))
+        .collect();
+    if witnesses.is_empty() {
+        return cosigned;
+    }
+    let result = cosigned.clone();
+    tokio::spawn(async move {
+        let client = match reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(10)).build() {
+            Ok(client) => client,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot build the witness client");
+                return;
+            }
+        };
+        let mut done_size = None;
+        loop {
+            let note = log.checkpoint().to_string();
+            let size = Note::parse(&note).ok().and_then(|n| Checkpoint::parse(&n.text).ok()).map(|c| c.size);
+            if let Some(size) = size
+                && done_size != Some(size)
+            {
+                let mut lines = String::new();
+                let mut all = true;
+                for witness in &mut witnesses {
+                    match cosign(&client, &log, witness, &note, size).await {
+                        Ok(line) => lines.push_str(&line),
+                        Err(e) => {
+                            tracing::warn!(witness = %witness.vkey.name, url = %witness.url, error = %e, "no cosignature");
+                            all = false;
+                        }
+                    }
+                }
+                if all {
+                    result.set(format!("{note}{lines}"));
+                    done_size = Some(size);
+                }
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    });
+    cosigned
+}
+
+async fn cosign(
+    client: &reqwest::Client,
+    log: &Log,
+    witness: &mut Witness,
+    note: &str,
+    size: u64,
+) -> Result<String, String> {
+    for _ in 0..2 {
+        let old = witness.size.min(size);
+        let proof = log.consistency_proof(old, size).map_err(|e| e.to_string())?;
+        let mut body = format!("old {old}\n");
+        for hash in proof {
+            body.push_str(&format!("{hash}\n"));
+        }
+        body.push('\n');
+        body.push_str(note);
+        let response = client
+            .post(format!("{}/add-checkpoint", witness.url.trim_end_matches('/')))
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status();
+        let text = response.text().await.map_err(|e| e.to_string())?;
+        if status == reqwest::StatusCode::CONFLICT {
+            // The witness knows a different size: start again from it.
+            witness.size = text.trim().parse().map_err(|_| format!("409 with body {text:?}"))?;
+            continue;
+        }
+        if !status.is_success() {
+            return Err(format!("HTTP {status}: {}", text.trim()));
+        }
+        // Keep only a cosignature that verifies, by this witness, on this checkpoint.
+        let cosigned = Note::parse(&format!("{note}{text}")).map_err(|e| e.to_string())?;
+        cosigned.verify_cosignature(&witness.vkey).map_err(|e| e.to_string())?;
+        witness.size = size;
+        return Ok(text);
+    }
+    Err("the witness keeps answering 409".to_owned())
+}
