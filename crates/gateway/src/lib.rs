@@ -61,6 +61,7 @@ pub struct Boundary {
     custody: Arc<dyn KeyCustody>,
     log: Log,
     cosigned: witnesses::Cosigned,
+    log_vkey: clover_log::note::VerifierKey,
     subject_index: SubjectIndexKey,
     verifier: TokenVerifier,
     sites: Sites,
@@ -85,7 +86,9 @@ impl Boundary {
             checkpoint_interval: std::time::Duration::from_millis(config.log.checkpoint_interval_ms),
             ..LogOptions::default()
         };
-        let log = Log::open(&data_dir.log_dir(), keyring.checkpoint_signer(&config.log_origin())?, options)?;
+        let signer = keyring.checkpoint_signer(&config.log_origin())?;
+        let log_vkey = signer.verifier();
+        let log = Log::open(&data_dir.log_dir(), signer, options)?;
         let subject_index = keyring.subject_index_key();
         let sites = Sites::new(&config.sites);
         let cosigned = witnesses::start(log.clone(), &config.log.witnesses);
@@ -95,6 +98,7 @@ impl Boundary {
             custody: Arc::new(keyring),
             log,
             cosigned,
+            log_vkey,
             subject_index,
             verifier,
             sites,
@@ -130,6 +134,11 @@ impl Boundary {
     /// none cosigned yet), the log's latest.
     pub fn served_checkpoint(&self) -> String {
         self.cosigned.get().unwrap_or_else(|| self.log.checkpoint().to_string())
+    }
+
+    /// The log's checkpoint verifier key.
+    pub fn log_verifier(&self) -> clover_log::note::VerifierKey {
+        self.log_vkey.clone()
     }
 
     /// A subject's keyed hash, as the log records it.

@@ -8,6 +8,7 @@ mod auth;
 mod bad_input;
 mod encryption;
 mod erasure;
+mod log;
 mod origins;
 mod service;
 mod subjects_and_records;

@@ -1,0 +1,205 @@
+//! Log before access: every decision is in the log, durably, before anything is decrypted, and
+//! every answer says where.
+
+use clover_log::checkpoint::Checkpoint;
+use clover_log::hash::{Hash, leaf_hash};
+use clover_log::note::Note;
+use clover_log::tree::verify_inclusion;
+use serde_json::{Value, json};
+
+use crate::harness::{DUBLIN, SINGAPORE, TestApp, files_containing, problem};
+
+async fn entry(app: &TestApp, index: u64) -> Value {
+    let bytes = app.boundary.log().entry(index).unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+#[tokio::test]
+async fn every_decision_is_logged_and_every_answer_carries_its_index() {
+    let app = TestApp::start().await;
+    let put: Value = app.put_subject("u-1").await.json().await.unwrap();
+    let post: Value = app.post_record("u-1", "messages", json!({"text": "hi"})).await.json().await.unwrap();
+    let record = post["record_id"].as_str().unwrap().to_owned();
+    let read = app
+        .client(DUBLIN)
+        .get(app.url(&format!("/v1/records/{record}")))
+        .bearer_auth(app.token())
+        .header("X-Clover-Purpose", "support")
+        .header("X-Clover-Justification", "TICKET-42")
+        .send()
+        .await
+        .unwrap();
+    let read: Value = read.json().await.unwrap();
+    let denied = problem(app.get_record(SINGAPORE, &record).await, 403, "forbidden").await;
+    let erased: Value = app
+        .client(DUBLIN)
+        .delete(app.url("/v1/subjects/u-1"))
+        .bearer_auth(app.token())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+
+    let indexes: Vec<u64> =
+        [&put, &post, &read, &denied, &erased].iter().map(|b| b["log_index"].as_u64().unwrap()).collect();
+    assert_eq!(indexes, vec![0, 1, 2, 3, 4], "one entry per decision, in order");
+
+    let subject_hash = app.boundary.subject_hash(&"u-1".parse().unwrap());
+    let expected = [
+        ("write", "write", "allow", None),
+        ("write", "write", "allow", Some("messages")),
+        ("access", "read", "allow", Some("messages")),
+        ("access", "read", "deny", Some("messages")),
+        ("erasure", "erase", "allow", None),
+    ];
+    for (index, (kind, action, effect, category)) in expected.into_iter().enumerate() {
+        let e = entry(&app, index as u64).await;
+        assert_eq!(e["v"], 1);
+        assert_eq!(e["kind"], kind, "{e}");
+        assert_eq!(e["action"], action, "{e}");
+        assert_eq!(e["decision"]["effect"], effect, "{e}");
+        assert_eq!(e["subject"], subject_hash.as_str(), "{e}");
+        assert_eq!(e["category"], category.map_or(Value::Null, Value::from), "{e}");
+        assert_eq!(e["principal"], json!({"id": "ana", "kind": "employee", "region": "eu", "site": "dublin-1"}));
+    }
+    let read_entry = entry(&app, 2).await;
+    assert_eq!(read_entry["record"], record.as_str());
+    assert_eq!(read_entry["purpose"], "support");
+    assert_eq!(read_entry["justification"], "TICKET-42");
+    assert_eq!(read_entry["origin"], json!({"site": "dublin-1", "region": "eu"}));
+    assert_eq!(read_entry["decision"]["view"], "full");
+    let denied_entry = entry(&app, 3).await;
+    assert_eq!(denied_entry["origin"], json!({"site": "singapore-1", "region": "sg"}));
+    assert_eq!(denied_entry["decision"]["policies"], json!(["origin-in-region"]));
+    assert_eq!(denied_entry["decision"]["view"], Value::Null);
+
+    // The log never holds the subject id in the clear.
+    assert!(files_containing(&app.data_dir().join("log"), b"u-1").is_empty());
+    assert!(files_containing(&app.data_dir().join("log"), b"hi").is_empty());
+}
+
+#[tokio::test]
+async fn inclusion_proofs_verify_against_the_signed_checkpoint() {
+    let app = TestApp::start().await;
+    let record = app.seed("u-1", json!({"a": 1})).await;
+    let read: Value = app.get_record(DUBLIN, &record).await.json().await.unwrap();
+    let index = read["log_index"].as_u64().unwrap();
+
+    let client = app.client(DUBLIN);
+    let proof: Value = client
+        .get(app.url(&format!("/v1/log/proof/inclusion?index={index}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let note = Note::parse(proof["checkpoint"].as_str().unwrap()).unwrap();
+    let vkey = app.boundary.log_verifier();
+    note.verify(&vkey).unwrap();
+    let checkpoint = Checkpoint::parse(&note.text).unwrap();
+    assert_eq!(proof["size"], checkpoint.size);
+    assert_eq!(proof["root_hash"], checkpoint.root.to_base64());
+    let path: Vec<Hash> =
+        proof["proof"].as_array().unwrap().iter().map(|h| Hash::from_base64(h.as_str().unwrap()).unwrap()).collect();
+    let leaf = leaf_hash(&app.boundary.log().entry(index).unwrap());
+    assert_eq!(proof["leaf_hash"], leaf.to_base64());
+    verify_inclusion(&leaf, index, checkpoint.size, &path, &checkpoint.root).unwrap();
+    // The same proof, independently.
+    let theirs: Vec<tlog_tiles::Hash> = path.iter().map(|h| tlog_tiles::Hash(h.0)).collect();
+    tlog_tiles::check_record(
+        &theirs,
+        checkpoint.size,
+        tlog_tiles::Hash(checkpoint.root.0),
+        index,
+        tlog_tiles::Hash(leaf.0),
+    )
+    .unwrap();
+
+    // The checkpoint the API serves is the same signed note.
+    let served = client.get(app.url("/log/checkpoint")).send().await.unwrap().text().await.unwrap();
+    Note::parse(&served).unwrap().verify(&vkey).unwrap();
+
+    // Out of range is a clear 400.
+    let bad = client.get(app.url("/v1/log/proof/inclusion?index=999&size=3")).send().await.unwrap();
+    problem(bad, 400, "invalid-query").await;
+    let bad = client.get(app.url("/v1/log/proof/inclusion?index=x")).send().await.unwrap();
+    problem(bad, 400, "invalid-query").await;
+    let bad = client.get(app.url("/v1/log/proof/consistency?old=5&new=2")).send().await.unwrap();
+    problem(bad, 400, "invalid-query").await;
+    let bad = client.get(app.url("/log/tile/0/x000/001")).send().await.unwrap();
+    problem(bad, 400, "invalid-query").await;
+    let missing = client.get(app.url("/log/tile/0/005")).send().await.unwrap();
+    problem(missing, 404, "not-found").await;
+}
+
+#[tokio::test]
+async fn a_subject_can_learn_who_accessed_their_data() {
+    let app = TestApp::start().await;
+    let record = app.seed("u-1", json!({"a": 1})).await;
+    app.seed("u-2", json!({"b": 2})).await;
+    app.get_record(DUBLIN, &record).await;
+    app.get_record(SINGAPORE, &record).await;
+    let answer: Value = app
+        .client(DUBLIN)
+        .get(app.url("/v1/subjects/u-1/accesses"))
+        .bearer_auth(app.token())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let entries = answer["entries"].as_array().unwrap();
+    let summary: Vec<(String, String, String)> = entries
+        .iter()
+        .map(|e| {
+            let entry = &e["entry"];
+            (
+                entry["action"].as_str().unwrap().to_owned(),
+                entry["decision"]["effect"].as_str().unwrap().to_owned(),
+                entry["origin"]["site"].as_str().unwrap_or("unknown").to_owned(),
+            )
+        })
+        .collect();
+    let own = |a: &str, e: &str, s: &str| (a.to_owned(), e.to_owned(), s.to_owned());
+    assert_eq!(
+        summary,
+        vec![
+            own("write", "allow", "dublin-1"),
+            own("write", "allow", "dublin-1"),
+            own("read", "allow", "dublin-1"),
+            own("read", "deny", "singapore-1"),
+            own("read", "allow", "dublin-1"),
+        ],
+        "u-1's entries only, this listing included"
+    );
+    assert_eq!(entries.last().unwrap()["index"], answer["log_index"]);
+    assert!(!answer.to_string().contains("u-2"));
+
+    // From outside the region, the listing is denied (and that is logged too).
+    let denied =
+        app.client(SINGAPORE).get(app.url("/v1/subjects/u-1/accesses")).bearer_auth(app.token()).send().await.unwrap();
+    let body = problem(denied, 403, "forbidden").await;
+    assert!(body["log_index"].as_u64().is_some());
+}
+
+#[tokio::test]
+async fn malformed_purpose_headers_are_refused_before_anything_is_logged() {
+    let app = TestApp::start().await;
+    let record = app.seed("u-1", json!({"a": 1})).await;
+    let size = app.boundary.log().size();
+    let response = app
+        .client(DUBLIN)
+        .get(app.url(&format!("/v1/records/{record}")))
+        .bearer_auth(app.token())
+        .header("X-Clover-Purpose", "support; DROP TABLE")
+        .send()
+        .await
+        .unwrap();
+    let body = problem(response, 400, "invalid-header").await;
+    assert!(body["detail"].as_str().unwrap().contains("x-clover-purpose"), "{body}");
+    assert_eq!(app.boundary.log().size(), size);
+}
