@@ -1,0 +1,755 @@
+//! Nothing lost: `clover serve` killed with SIGKILL while clients append, then restarted on the
+//! same data directory.
+//!
+//! Every append the server acknowledged (a 201 with a `log_index`) must be in the restarted
+//! log, at its index, and provably so against the new checkpoint; the log after the restart must
+//! be consistent with every checkpoint published before the kill; and appends must go on.
+//!
+//! The checks are made twice where it matters: with Clover's own verifiers and with independent
+//! implementations (`tlog_tiles` for the tree, `signed_note` for signatures), and the whole tree
+//! is rebuilt from the entry bundles the restarted server serves.
+//!
+//! All traffic is to 127.0.0.1; the test is bounded in count (a few hundred appends per client)
+//! and in time (every wait gives up after [`PATIENCE`]), and never leaves a server running.
+
+#![cfg(unix)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, missing_docs)]
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Read};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use clover_log::checkpoint::Checkpoint;
+use clover_log::hash::{Hash, leaf_hash};
+use clover_log::note::{Note, VerifierKey};
+use clover_log::tree::{verify_consistency, verify_inclusion};
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_clover");
+/// How long a process gets to start, answer or stop: generous, for slow machines.
+const PATIENCE: Duration = Duration::from_secs(30);
+const PASSPHRASE_ENV: &str = "CLOVER_PASSPHRASE";
+/// An address of the `dublin-1` site (region eu) in the default configuration.
+const DUBLIN: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
+const SUBJECT: &str = "s-crash";
+
+/// Concurrent appending clients.
+const CLIENTS: usize = 8;
+/// The most appends one client tries; far more than are made before the kill.
+const WRITES_PER_CLIENT: usize = 400;
+/// The kill comes once this many appends were acknowledged (more than one entry bundle's 256,
+/// so that both a full and a partial bundle are read back)...
+const KILL_AFTER_ACKS: usize = 300;
+/// ... and at least this many distinct checkpoints were seen.
+const KILL_AFTER_CHECKPOINTS: usize = 3;
+/// How often the checkpoint is polled while clients append.
+const CHECKPOINT_POLL: Duration = Duration::from_millis(20);
+/// Entries per full entry bundle (c2sp.org/tlog-tiles).
+const BUNDLE_WIDTH: u64 = 256;
+
+// ---------------------------------------------------------------------------------------------
+// Processes (as in cli.rs)
+// ---------------------------------------------------------------------------------------------
+
+/// A `clover` command in `cwd`, with an environment that does not leak from the test's own.
+fn clover(cwd: &Path) -> Command {
+    let mut command = Command::new(BIN);
+    command
+        .current_dir(cwd)
+        .env_remove(PASSPHRASE_ENV)
+        .env_remove("CLOVER_LOG_FORMAT")
+        .env("CLOVER_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null());
+    command
+}
+
+/// Drains a child's pipe on a thread, line by line, into a shared string; each line is also
+/// sent on the returned channel.
+fn drain(pipe: impl Read + Send + 'static) -> (Arc<Mutex<String>>, mpsc::Receiver<String>, JoinHandle<()>) {
+    let text = Arc::new(Mutex::new(String::new()));
+    let (tx, rx) = mpsc::channel();
+    let shared = Arc::clone(&text);
+    let handle = std::thread::spawn(move || {
+        let mut reader = BufReader::new(pipe);
+        let mut raw = Vec::new();
+        loop {
+            raw.clear();
+            match reader.read_until(b'\n', &mut raw) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let line = String::from_utf8_lossy(&raw).into_owned();
+                    shared.lock().unwrap().push_str(&line);
+                    let _ = tx.send(line);
+                }
+            }
+        }
+    });
+    (text, rx, handle)
+}
+
+/// Waits for `child` to exit, polling, for at most `timeout`.
+fn wait_for_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs a command that must succeed within [`PATIENCE`]; returns its stdout.
+fn run_ok(mut command: Command) -> String {
+    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let (stdout, _, out_thread) = drain(child.stdout.take().unwrap());
+    let (stderr, _, err_thread) = drain(child.stderr.take().unwrap());
+    let status = wait_for_exit(&mut child, PATIENCE);
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    out_thread.join().unwrap();
+    err_thread.join().unwrap();
+    let stdout = stdout.lock().unwrap().clone();
+    let stderr = stderr.lock().unwrap().clone();
+    match status {
+        Some(status) if status.success() => stdout,
+        _ => panic!("{command:?} failed ({status:?})\nstdout:\n{stdout}\nstderr:\n{stderr}"),
+    }
+}
+
+/// Sends a signal to a process (no libc: `unsafe` is forbidden here).
+fn signal(name: &str, pid: u32) {
+    let status = Command::new("kill").args([&format!("-{name}"), &pid.to_string()]).status().unwrap();
+    assert!(status.success(), "kill -{name} {pid} failed: {status}");
+}
+
+/// A running `clover serve`, killed when dropped.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    stderr: Arc<Mutex<String>>,
+    stderr_thread: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Starts `clover serve --listen 127.0.0.1:0 <args>` and waits for it to say where it listens.
+    fn start(mut command: Command, args: &[&str]) -> Self {
+        command.arg("serve").args(["--listen", "127.0.0.1:0"]).args(args);
+        let mut child = command.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        let (stderr, lines, stderr_thread) = drain(child.stderr.take().unwrap());
+        // From here on the guard owns the child, so that a failed start still kills it.
+        let mut server =
+            Self { child, addr: SocketAddr::from(([0, 0, 0, 0], 0)), stderr, stderr_thread: Some(stderr_thread) };
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(addr) = serving_address(&line) {
+                        server.addr = addr;
+                        return server;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    panic!("clover serve did not report its address within {PATIENCE:?}; stderr:\n{}", server.stderr())
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = wait_for_exit(&mut server.child, PATIENCE);
+                    panic!("clover serve exited ({status:?}) before serving; stderr:\n{}", server.stderr())
+                }
+            }
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the server wrote to stderr so far.
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Sends SIGKILL and waits (without blocking the runtime) until the process is gone.
+    async fn kill_hard(&mut self) -> ExitStatus {
+        signal("KILL", self.pid());
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "clover serve still running {PATIENCE:?} after SIGKILL");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    fn stop(mut self) {
+        signal("TERM", self.pid());
+        let Some(status) = wait_for_exit(&mut self.child, PATIENCE) else {
+            panic!("clover serve did not stop within {PATIENCE:?} of SIGTERM; stderr:\n{}", self.stderr());
+        };
+        assert!(status.success(), "clover serve exited with {status} after SIGTERM; stderr:\n{}", self.stderr());
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // A no-op on a child already reaped.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(thread) = self.stderr_thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The address in `clover: serving region "eu" on http://127.0.0.1:PORT (data in ...)`.
+fn serving_address(line: &str) -> Option<SocketAddr> {
+    let rest = line.strip_prefix("clover: serving region ")?;
+    let (_, after) = rest.split_once(" on http://")?;
+    let addr = after.split_whitespace().next()?;
+    Some(addr.parse().unwrap_or_else(|e| panic!("unparseable address in {line:?}: {e}")))
+}
+
+/// A token for an employee of the eu region at dublin-1, minted by the binary.
+fn mint_token(cwd: &Path, data_dir: &Path) -> String {
+    let mut command = clover(cwd);
+    command.arg("token").args([
+        "--principal",
+        "ana",
+        "--kind",
+        "employee",
+        "--region",
+        "eu",
+        "--site",
+        "dublin-1",
+        "--roles",
+        "support,analyst",
+        "--ttl",
+        "1h",
+        "--data-dir",
+    ]);
+    command.arg(data_dir);
+    let token = run_ok(command).trim().to_owned();
+    assert_eq!(token.split('.').count(), 3, "not a JWT: {token:?}");
+    token
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP
+// ---------------------------------------------------------------------------------------------
+
+/// An HTTP client whose connections come from 127.0.0.1 (the `dublin-1` site).
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().local_address(DUBLIN).no_proxy().timeout(PATIENCE).build().unwrap()
+}
+
+/// GETs `url`; must answer 200. Returns the body.
+async fn get_ok(http: &reqwest::Client, url: &str) -> Vec<u8> {
+    let response = http.get(url).send().await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let status = response.status();
+    let body = response.bytes().await.unwrap_or_else(|e| panic!("GET {url}: {e}")).to_vec();
+    assert_eq!(status, 200, "GET {url}: {}", String::from_utf8_lossy(&body));
+    body
+}
+
+async fn get_json(http: &reqwest::Client, url: &str) -> Value {
+    let body = get_ok(http, url).await;
+    serde_json::from_slice(&body).unwrap_or_else(|e| panic!("GET {url}: not JSON ({e}): {body:?}"))
+}
+
+/// Registers an eu subject; must answer 201.
+async fn create_subject(server: &Server, token: &str, subject: &str) {
+    let response = client()
+        .put(server.url(&format!("/v1/subjects/{subject}")))
+        .bearer_auth(token)
+        .json(&json!({"home_region": "eu", "birth_date": "2011-05-01"}))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let body = response.text().await.unwrap();
+    assert_eq!(status, 201, "PUT subject: {body}");
+}
+
+/// Writes a profile record; must answer 201. Returns its id and log index.
+async fn write_record(server: &Server, token: &str, fields: &Value) -> (String, u64) {
+    let response = client()
+        .post(server.url(&format!("/v1/subjects/{SUBJECT}/records")))
+        .bearer_auth(token)
+        .json(&json!({"category": "profile", "fields": fields}))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    assert_eq!(status, 201, "POST record: {text}");
+    acknowledgement(&text).unwrap_or_else(|| panic!("no record_id and log_index in {text}"))
+}
+
+/// The `(record_id, log_index)` of a 201 answer to a write.
+fn acknowledgement(text: &str) -> Option<(String, u64)> {
+    let body: Value = serde_json::from_str(text).ok()?;
+    Some((body["record_id"].as_str()?.to_owned(), body["log_index"].as_u64()?))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The log, checked
+// ---------------------------------------------------------------------------------------------
+
+/// Verifies a checkpoint note's signature by `vkey`, with Clover's verifier and with
+/// `signed_note`, and returns its body, which both parsers must read alike.
+fn verify_checkpoint(vkey: &str, note: &str) -> Checkpoint {
+    let ours = VerifierKey::parse(vkey).unwrap_or_else(|e| panic!("vkey {vkey:?}: {e}"));
+    let parsed = Note::parse(note).unwrap_or_else(|e| panic!("checkpoint note: {e}\n{note}"));
+    parsed.verify(&ours).unwrap_or_else(|e| panic!("checkpoint signature (clover_log): {e}\n{note}"));
+
+    let theirs = signed_note::StandardVerifier::new(vkey).unwrap_or_else(|e| panic!("vkey {vkey:?}: {e:?}"));
+    let list = signed_note::VerifierList::new(vec![Box::new(theirs)]);
+    let their_note =
+        signed_note::Note::from_bytes(note.as_bytes()).unwrap_or_else(|e| panic!("checkpoint note: {e:?}\n{note}"));
+    their_note.verify(&list).unwrap_or_else(|e| panic!("checkpoint signature (signed_note): {e:?}\n{note}"));
+    assert_eq!(their_note.text(), parsed.text.as_bytes(), "the two parsers disagree on the signed text");
+
+    let checkpoint = Checkpoint::parse(&parsed.text).unwrap_or_else(|e| panic!("checkpoint body: {e}\n{note}"));
+    let independent = tlog_tiles::Checkpoint::from_bytes(parsed.text.as_bytes())
+        .unwrap_or_else(|e| panic!("checkpoint body (tlog_tiles): {e:?}\n{note}"));
+    assert_eq!(independent.size(), checkpoint.size, "{note}");
+    assert_eq!(independent.hash().0, checkpoint.root.0, "{note}");
+    assert_eq!(checkpoint.origin, ours.name, "the checkpoint's origin is not the key's name: {note}");
+    checkpoint
+}
+
+/// The index part of a tile path: groups of three digits, each but the last prefixed with `x`.
+fn tile_index_path(n: u64) -> String {
+    let mut groups = vec![format!("{:03}", n % 1000)];
+    let mut rest = n / 1000;
+    while rest > 0 {
+        groups.push(format!("x{:03}", rest % 1000));
+        rest /= 1000;
+    }
+    groups.reverse();
+    groups.join("/")
+}
+
+/// Every entry of the tree of `size` entries, read from the entry bundles.
+async fn fetch_entries(http: &reqwest::Client, server: &Server, size: u64) -> Vec<Vec<u8>> {
+    let mut entries = Vec::new();
+    let mut bundle = 0;
+    while bundle * BUNDLE_WIDTH < size {
+        let width = (size - bundle * BUNDLE_WIDTH).min(BUNDLE_WIDTH);
+        let partial = if width == BUNDLE_WIDTH { String::new() } else { format!(".p/{width}") };
+        let path = format!("/log/tile/entries/{}{partial}", tile_index_path(bundle));
+        let bytes = get_ok(http, &server.url(&path)).await;
+        let mut rest = bytes.as_slice();
+        let mut count = 0;
+        while !rest.is_empty() {
+            assert!(rest.len() >= 2, "{path}: a truncated length");
+            let len = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
+            assert!(rest.len() >= 2 + len, "{path}: a truncated entry");
+            entries.push(rest[2..2 + len].to_vec());
+            rest = &rest[2 + len..];
+            count += 1;
+        }
+        assert_eq!(count, width, "{path}: {count} entries");
+        bundle += 1;
+    }
+    entries
+}
+
+/// MTH(leaves), RFC 6962, computed here with `tlog_tiles`'s node hash.
+fn merkle_root(leaves: &[tlog_tiles::Hash]) -> [u8; 32] {
+    fn mth(leaves: &[tlog_tiles::Hash]) -> tlog_tiles::Hash {
+        if leaves.len() == 1 {
+            return leaves[0];
+        }
+        let split = 1usize << (usize::BITS - 1 - (leaves.len() - 1).leading_zeros());
+        tlog_tiles::node_hash(mth(&leaves[..split]), mth(&leaves[split..]))
+    }
+    assert!(!leaves.is_empty(), "the empty tree is never checked here");
+    mth(leaves).0
+}
+
+fn hashes(json: &Value) -> Vec<Hash> {
+    json.as_array()
+        .unwrap_or_else(|| panic!("not an array of hashes: {json}"))
+        .iter()
+        .map(|h| h.as_str().and_then(Hash::from_base64).unwrap_or_else(|| panic!("not a base64 hash: {h}")))
+        .collect()
+}
+
+fn independent(hashes: &[Hash]) -> Vec<tlog_tiles::Hash> {
+    hashes.iter().map(|h| tlog_tiles::Hash(h.0)).collect()
+}
+
+/// Proves, through the server's proof endpoint, that the tree `old` is a prefix of the tree
+/// `new`, and checks the proof with both verifiers.
+async fn check_consistency(http: &reqwest::Client, server: &Server, old: &Checkpoint, new: &Checkpoint) {
+    let url = server.url(&format!("/v1/log/proof/consistency?old={}&new={}", old.size, new.size));
+    let answer = get_json(http, &url).await;
+    assert_eq!(answer["old"], old.size, "{answer}");
+    assert_eq!(answer["new"], new.size, "{answer}");
+    let proof = hashes(&answer["proof"]);
+    verify_consistency(old.size, new.size, &old.root, &new.root, &proof).unwrap_or_else(|e| {
+        panic!("the tree of {} is not consistent with the checkpoint of {}: {e}", new.size, old.size)
+    });
+    if old.size > 0 {
+        tlog_tiles::check_tree(
+            &independent(&proof),
+            new.size,
+            tlog_tiles::Hash(new.root.0),
+            old.size,
+            tlog_tiles::Hash(old.root.0),
+        )
+        .unwrap_or_else(|e| {
+            panic!("tlog_tiles: the tree of {} is not consistent with the checkpoint of {}: {e:?}", new.size, old.size)
+        });
+    }
+}
+
+/// Proves, through the server's proof endpoint, that `entry` is at `index` in the tree of
+/// `checkpoint`, and checks the proof with both verifiers.
+async fn check_inclusion(http: &reqwest::Client, server: &Server, checkpoint: &Checkpoint, index: u64, entry: &[u8]) {
+    let url = server.url(&format!("/v1/log/proof/inclusion?index={index}&size={}", checkpoint.size));
+    let answer = get_json(http, &url).await;
+    assert_eq!(answer["index"], index, "{answer}");
+    assert_eq!(answer["size"], checkpoint.size, "{answer}");
+    let leaf = leaf_hash(entry);
+    assert_eq!(answer["leaf_hash"], leaf.to_base64(), "entry {index}: the proof is for another leaf: {answer}");
+    assert_eq!(answer["root_hash"], checkpoint.root.to_base64(), "entry {index}: another root: {answer}");
+    let proof = hashes(&answer["proof"]);
+    verify_inclusion(&leaf, index, checkpoint.size, &proof, &checkpoint.root)
+        .unwrap_or_else(|e| panic!("entry {index} is not in the tree of {}: {e}", checkpoint.size));
+    tlog_tiles::check_record(
+        &independent(&proof),
+        checkpoint.size,
+        tlog_tiles::Hash(checkpoint.root.0),
+        index,
+        tlog_tiles::record_hash(entry),
+    )
+    .unwrap_or_else(|e| panic!("tlog_tiles: entry {index} is not in the tree of {}: {e:?}", checkpoint.size));
+}
+
+/// Checks that `entry` is the log entry of the write of `record`.
+fn check_write_entry(index: u64, entry: &[u8], record: &str) {
+    let event: Value = serde_json::from_slice(entry)
+        .unwrap_or_else(|e| panic!("entry {index} is not JSON ({e}): {}", String::from_utf8_lossy(entry)));
+    assert_eq!(event["kind"], "write", "entry {index}: {event}");
+    assert_eq!(event["record"], record, "entry {index} is not the write of record {record}: {event}");
+    assert_eq!(event["category"], "profile", "entry {index}: {event}");
+    assert_eq!(event["decision"]["effect"], "allow", "entry {index}: {event}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The load
+// ---------------------------------------------------------------------------------------------
+
+/// One acknowledged append.
+#[derive(Debug, Clone)]
+struct Ack {
+    index: u64,
+    record: String,
+    client: usize,
+    seq: usize,
+}
+
+/// How a client ended.
+#[derive(Debug)]
+struct ClientEnd {
+    client: usize,
+    attempts: usize,
+    /// The error that stopped it; `None` if it made all its writes.
+    error: Option<String>,
+}
+
+/// Writes records in a loop until the server dies or `WRITES_PER_CLIENT` were tried; records
+/// every acknowledged one. Any failure before `killed` is set is a test failure.
+async fn append_until_killed(
+    url: String,
+    token: String,
+    client_no: usize,
+    acks: Arc<Mutex<Vec<Ack>>>,
+    acked: Arc<AtomicUsize>,
+    killed: Arc<AtomicBool>,
+) -> ClientEnd {
+    let http = client();
+    for seq in 0..WRITES_PER_CLIENT {
+        let body = json!({"category": "profile", "fields": {"display_name": "Aoife", "client": client_no, "seq": seq}});
+        let sent = http.post(&url).bearer_auth(&token).json(&body).send().await;
+        let outcome = match sent {
+            Ok(response) => {
+                let status = response.status();
+                match response.text().await {
+                    Ok(text) => Ok((status, text)),
+                    Err(e) => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok((status, text)) => {
+                assert_eq!(status, 201, "client {client_no}, write {seq}: {text}");
+                let (record, index) =
+                    acknowledgement(&text).unwrap_or_else(|| panic!("client {client_no}, write {seq}: {text}"));
+                acks.lock().unwrap().push(Ack { index, record, client: client_no, seq });
+                acked.fetch_add(1, Ordering::SeqCst);
+            }
+            Err(e) => {
+                assert!(killed.load(Ordering::SeqCst), "client {client_no}, write {seq} failed before the kill: {e:?}");
+                return ClientEnd { client: client_no, attempts: seq + 1, error: Some(format!("{e:?}")) };
+            }
+        }
+    }
+    ClientEnd { client: client_no, attempts: WRITES_PER_CLIENT, error: None }
+}
+
+/// Polls the checkpoint until the server dies; returns every distinct note seen, in order, each
+/// verified. Checkpoints must never go backwards.
+async fn poll_checkpoints(
+    url: String,
+    vkey: String,
+    seen_count: Arc<AtomicUsize>,
+    killed: Arc<AtomicBool>,
+) -> Vec<(String, Checkpoint)> {
+    let http = client();
+    let mut seen: Vec<(String, Checkpoint)> = Vec::new();
+    loop {
+        let outcome = match http.get(&url).send().await {
+            Ok(response) => {
+                let status = response.status();
+                response.text().await.map(|text| (status, text))
+            }
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok((status, note)) => {
+                assert_eq!(status, 200, "GET /log/checkpoint: {note}");
+                if seen.last().is_none_or(|(last, _)| *last != note) {
+                    let checkpoint = verify_checkpoint(&vkey, &note);
+                    if let Some((_, last)) = seen.last() {
+                        assert!(
+                            checkpoint.size > last.size,
+                            "the served checkpoint went from {} to {} entries",
+                            last.size,
+                            checkpoint.size
+                        );
+                    }
+                    seen.push((note, checkpoint));
+                    seen_count.store(seen.len(), Ordering::SeqCst);
+                }
+            }
+            Err(e) => {
+                assert!(killed.load(Ordering::SeqCst), "GET /log/checkpoint failed before the kill: {e:?}");
+                return seen;
+            }
+        }
+        tokio::time::sleep(CHECKPOINT_POLL).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The test
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_loses_no_acknowledged_entry() {
+    let started = Instant::now();
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("data");
+    let data_arg = data_dir.to_str().unwrap().to_owned();
+
+    let mut init = clover(tmp.path());
+    init.args(["init", "--data-dir", &data_arg]);
+    run_ok(init);
+    let mut vkey = clover(tmp.path());
+    vkey.args(["log", "vkey", "--data-dir", &data_arg]);
+    let vkey = run_ok(vkey).trim().to_owned();
+    let token = mint_token(tmp.path(), &data_dir);
+
+    // 1. A server, a subject.
+    let mut server = Server::start(clover(tmp.path()), &["--data-dir", &data_arg]);
+    create_subject(&server, &token, SUBJECT).await;
+
+    // 2. Clients append while the checkpoint is polled.
+    let killed = Arc::new(AtomicBool::new(false));
+    let acks = Arc::new(Mutex::new(Vec::new()));
+    let acked = Arc::new(AtomicUsize::new(0));
+    let seen_count = Arc::new(AtomicUsize::new(0));
+    let poller = tokio::spawn(poll_checkpoints(
+        server.url("/log/checkpoint"),
+        vkey.clone(),
+        Arc::clone(&seen_count),
+        Arc::clone(&killed),
+    ));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            tokio::spawn(append_until_killed(
+                server.url(&format!("/v1/subjects/{SUBJECT}/records")),
+                token.clone(),
+                c,
+                Arc::clone(&acks),
+                Arc::clone(&acked),
+                Arc::clone(&killed),
+            ))
+        })
+        .collect();
+
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if acked.load(Ordering::SeqCst) >= KILL_AFTER_ACKS
+            && seen_count.load(Ordering::SeqCst) >= KILL_AFTER_CHECKPOINTS
+        {
+            break;
+        }
+        // Nothing may stop before the kill: a task that did has failed (or made all its writes,
+        // which would mean the kill came too late to test anything).
+        if poller.is_finished() {
+            poller.await.unwrap();
+            panic!("the checkpoint poller stopped before the kill");
+        }
+        if let Some(done) = clients.iter().position(tokio::task::JoinHandle::is_finished) {
+            let mut clients = clients;
+            let end = clients.swap_remove(done).await.unwrap();
+            panic!("a client stopped before the kill: {end:?}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {} acknowledged appends and {} checkpoints within {PATIENCE:?}; stderr:\n{}",
+            acked.load(Ordering::SeqCst),
+            seen_count.load(Ordering::SeqCst),
+            server.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    // 3. SIGKILL, mid-append.
+    killed.store(true, Ordering::SeqCst);
+    let status = server.kill_hard().await;
+    assert_eq!(status.signal(), Some(9), "clover serve did not die of SIGKILL: {status}");
+    let killed_at = started.elapsed();
+    let mut ends = Vec::new();
+    for client in clients {
+        let end = tokio::time::timeout(PATIENCE, client).await.expect("a client did not stop after the kill").unwrap();
+        ends.push(end);
+    }
+    let seen = tokio::time::timeout(PATIENCE, poller).await.expect("the poller did not stop after the kill").unwrap();
+    for end in &ends {
+        assert!(end.error.is_some(), "client {} made all its writes: the kill came too late", end.client);
+    }
+    let acks = acks.lock().unwrap().clone();
+    let attempts: usize = ends.iter().map(|e| e.attempts).sum();
+    drop(server);
+
+    // Every acknowledgement names its own index and its own record.
+    let indexes: BTreeSet<u64> = acks.iter().map(|a| a.index).collect();
+    assert_eq!(indexes.len(), acks.len(), "two acknowledged appends share a log index: {acks:?}");
+    let records: BTreeSet<&str> = acks.iter().map(|a| a.record.as_str()).collect();
+    assert_eq!(records.len(), acks.len(), "two acknowledged appends share a record id");
+    for client in 0..CLIENTS {
+        let mine: Vec<&Ack> = acks.iter().filter(|a| a.client == client).collect();
+        assert!(mine.windows(2).all(|w| w[0].seq < w[1].seq && w[0].index < w[1].index), "client {client}: {mine:?}");
+    }
+
+    // 4. Restart on the same data directory.
+    let server = Server::start(clover(tmp.path()), &["--data-dir", &data_arg]);
+    let http = client();
+    let note = String::from_utf8(get_ok(&http, &server.url("/log/checkpoint")).await).unwrap();
+    let after = verify_checkpoint(&vkey, &note);
+    let max_acked = *indexes.last().expect("no acknowledged append");
+    assert!(
+        max_acked < after.size,
+        "acknowledged entry {max_acked} is beyond the restarted log of {} entries; stderr:\n{}",
+        after.size,
+        server.stderr()
+    );
+    let largest_seen = seen.last().map_or(0, |(_, c)| c.size);
+    assert!(largest_seen <= after.size, "the log shrank from a checkpoint of {largest_seen} to {}", after.size);
+
+    // The whole tree, rebuilt from the entry bundles, has the new checkpoint's root.
+    let entries = fetch_entries(&http, &server, after.size).await;
+    let leaves: Vec<tlog_tiles::Hash> = entries.iter().map(|e| tlog_tiles::record_hash(e)).collect();
+    assert_eq!(merkle_root(&leaves), after.root.0, "the entry bundles do not hash to the checkpoint's root");
+
+    // Every acknowledged entry is there, is the write it acknowledged, and is provably included.
+    for ack in &acks {
+        let entry = &entries[usize::try_from(ack.index).unwrap()];
+        check_write_entry(ack.index, entry, &ack.record);
+        check_inclusion(&http, &server, &after, ack.index, entry).await;
+    }
+
+    // The tree is consistent with every checkpoint published before the kill.
+    for (note, checkpoint) in &seen {
+        let prefix = &leaves[..usize::try_from(checkpoint.size).unwrap()];
+        assert_eq!(
+            merkle_root(prefix),
+            checkpoint.root.0,
+            "the first {} entries after the restart do not hash to the root published before the kill:\n{note}",
+            checkpoint.size
+        );
+        check_consistency(&http, &server, checkpoint, &after).await;
+    }
+
+    // 5. Appends continue, and a later checkpoint includes them.
+    let (record, index) = write_record(&server, &token, &json!({"display_name": "Aoife", "after": "restart"})).await;
+    assert!(
+        index >= after.size,
+        "an append after the restart got index {index}, inside the old tree of {}",
+        after.size
+    );
+    let deadline = Instant::now() + PATIENCE;
+    let latest = loop {
+        let note = String::from_utf8(get_ok(&http, &server.url("/log/checkpoint")).await).unwrap();
+        let checkpoint = verify_checkpoint(&vkey, &note);
+        if checkpoint.size > index {
+            break checkpoint;
+        }
+        assert!(Instant::now() < deadline, "no checkpoint includes entry {index} within {PATIENCE:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    check_consistency(&http, &server, &after, &latest).await;
+    let grown = fetch_entries(&http, &server, latest.size).await;
+    assert_eq!(&grown[..entries.len()], entries.as_slice(), "entries changed after the restart");
+    let new_leaves: Vec<tlog_tiles::Hash> = grown.iter().map(|e| tlog_tiles::record_hash(e)).collect();
+    assert_eq!(merkle_root(&new_leaves), latest.root.0, "the entry bundles do not hash to the latest root");
+    let entry = &grown[usize::try_from(index).unwrap()];
+    check_write_entry(index, entry, &record);
+    check_inclusion(&http, &server, &latest, index, entry).await;
+    let restart_stderr = server.stderr();
+    server.stop();
+
+    // Record writes that reached the log but whose answer the kill cut off.
+    let unacknowledged = entries
+        .iter()
+        .filter_map(|e| serde_json::from_slice::<Value>(e).ok())
+        .filter(|e| e["record"].as_str().is_some_and(|r| !records.contains(r)))
+        .count();
+    eprintln!(
+        "crash test: {} acknowledged of {attempts} attempted appends by {CLIENTS} clients; {} checkpoints seen \
+         before the kill (largest {largest_seen}); killed at {killed_at:?}; restarted log of {} entries \
+         (with {unacknowledged} record writes never acknowledged); first append after restart at index {index}; \
+         partial tail cut on restart: {}; total {:?}",
+        acks.len(),
+        seen.len(),
+        after.size,
+        restart_stderr.contains("cutting an unacknowledged partial tail"),
+        started.elapsed()
+    );
+}
