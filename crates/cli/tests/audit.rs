@@ -239,7 +239,11 @@ async fn a_log_rewritten_by_its_operator_is_caught_as_a_fork_or_a_shrink() {
     stop(server);
 
     let entries = tmp.path().join("data/log/entries");
-    let checkpoint = tmp.path().join("data/log/checkpoint");
+    let hide_checkpoints = || {
+        for slot in ["checkpoint.0", "checkpoint.1"] {
+            std::fs::remove_file(tmp.path().join("data/log").join(slot)).unwrap();
+        }
+    };
     let original = std::fs::read(&entries).unwrap();
 
     // Rewrite history: change an early entry, hide the evidence, restart. The boundary signs
@@ -248,7 +252,7 @@ async fn a_log_rewritten_by_its_operator_is_caught_as_a_fork_or_a_shrink() {
     let at = forked.windows(6).position(|w| w == b"\"time\"").unwrap();
     forked[at + 8] = if forked[at + 8] == b'1' { b'2' } else { b'1' };
     std::fs::write(&entries, &forked).unwrap();
-    std::fs::remove_file(&checkpoint).unwrap();
+    hide_checkpoints();
     let server = serve(tmp.path(), None);
     assert_fails(&verify(tmp.path(), &server.url, &vkey, Some(&state), &[]), "the log forked");
     stop(server);
@@ -262,7 +266,7 @@ async fn a_log_rewritten_by_its_operator_is_caught_as_a_fork_or_a_shrink() {
         cut += 1;
     }
     std::fs::write(&entries, &original[..offset]).unwrap();
-    std::fs::remove_file(&checkpoint).unwrap();
+    hide_checkpoints();
     let server = serve(tmp.path(), None);
     assert_fails(&verify(tmp.path(), &server.url, &vkey, Some(&state), &[]), "the log shrank");
     drop(server);

@@ -1,9 +1,11 @@
 //! The log at run time: a directory, a sequencer that group-commits, and reads.
 //!
 //! The directory holds `entries` (every entry, back to back, each as a big-endian `u16` length
-//! and its bytes: the concatenation of all entry bundles) and `checkpoint` (the latest signed
-//! checkpoint). Hashes are recomputed from the entries when the log is opened and kept in
-//! memory, one vector per tile level.
+//! and its bytes: the concatenation of all entry bundles) and `checkpoint.0` and `checkpoint.1`
+//! (the latest signed checkpoints, overwritten in place by turns, so that a crash while one is
+//! written leaves the other whole). Hashes are recomputed from the entries when the log is
+//! opened and kept in memory: the hashes of every complete subtree, one vector per height, so
+//! that a proof is a series of lookups; tiles are the heights 0, 8, 16, ...
 //!
 //! Appends go to one sequencer thread. It takes every append waiting, writes them with one
 //! `write`, makes them durable with one `fdatasync`, updates the tree, signs a checkpoint, and
@@ -24,13 +26,13 @@ use tokio::sync::oneshot;
 
 use crate::checkpoint::Checkpoint;
 use crate::event::Event;
-use crate::hash::{Hash, leaf_hash, perfect_root};
+use crate::hash::{Hash, leaf_hash};
 use crate::note::{Note, SigningKey};
 use crate::tile::{TILE_WIDTH, Tile, push_bundle_entry};
 use crate::tree::{self, ProofError, Subtrees};
 
 const ENTRIES_FILE: &str = "entries";
-const CHECKPOINT_FILE: &str = "checkpoint";
+const CHECKPOINT_FILES: [&str; 2] = ["checkpoint.0", "checkpoint.1"];
 
 /// An error of the log.
 #[derive(Debug, thiserror::Error)]
@@ -101,8 +103,8 @@ impl Default for LogOptions {
 }
 
 struct Tree {
-    /// `levels[l]` holds the hashes of the complete subtrees of 256^l leaves.
-    levels: Vec<Vec<Hash>>,
+    /// `heights[h]` holds the hashes of the complete subtrees of 2^h leaves, left to right.
+    heights: Vec<Vec<Hash>>,
     /// Where each entry starts in the entries file; one more at the end.
     offsets: Vec<u64>,
     /// The latest signed checkpoint note, and its size.
@@ -114,25 +116,26 @@ struct Tree {
 
 impl Tree {
     fn size(&self) -> u64 {
-        self.levels.first().map_or(0, |l| l.len() as u64)
+        self.heights.first().map_or(0, |l| l.len() as u64)
     }
 
     fn push(&mut self, leaf: Hash, end: u64) {
         self.offsets.push(end);
-        let mut level = 0;
+        let mut height = 0;
         let mut hash = leaf;
         loop {
-            if self.levels.len() <= level {
-                self.levels.push(Vec::new());
+            if self.heights.len() <= height {
+                self.heights.push(Vec::new());
             }
-            let Some(hashes) = self.levels.get_mut(level) else { return };
+            let Some(hashes) = self.heights.get_mut(height) else { return };
             hashes.push(hash);
             let len = hashes.len();
-            if !(len as u64).is_multiple_of(TILE_WIDTH) {
+            if len % 2 == 1 {
                 return;
             }
-            hash = perfect_root(hashes.get(len - TILE_WIDTH as usize..).unwrap_or(&[]));
-            level += 1;
+            let (Some(left), Some(right)) = (hashes.get(len - 2), hashes.get(len - 1)) else { return };
+            hash = crate::hash::node_hash(left, right);
+            height += 1;
         }
     }
 }
@@ -140,11 +143,8 @@ impl Tree {
 impl Subtrees for Tree {
     fn subtree(&self, start: u64, height: u32) -> Result<Hash, ProofError> {
         let missing = ProofError::Missing { start, height };
-        let level = (height / 8) as usize;
-        let count = 1usize << (height % 8);
-        let first = usize::try_from(start >> (8 * level as u64)).map_err(|_| missing.clone())?;
-        let hashes = self.levels.get(level).and_then(|l| l.get(first..first + count)).ok_or(missing)?;
-        Ok(perfect_root(hashes))
+        let index = usize::try_from(start >> height).map_err(|_| missing.clone())?;
+        self.heights.get(height as usize).and_then(|h| h.get(index)).copied().ok_or(missing)
     }
 }
 
@@ -189,7 +189,7 @@ impl Log {
 
         let origin = signer.name().to_owned();
         let mut tree = Tree {
-            levels: Vec::new(),
+            heights: Vec::new(),
             offsets: vec![0],
             checkpoint: Arc::from(""),
             checkpoint_size: 0,
@@ -213,12 +213,18 @@ impl Log {
         }
         file.seek(SeekFrom::End(0)).map_err(io(&path))?;
 
-        // The entries must still match the last checkpoint this log signed.
-        let checkpoint_path = dir.join(CHECKPOINT_FILE);
-        if let Ok(text) = std::fs::read_to_string(&checkpoint_path)
-            && let Ok(note) = Note::parse(&text)
-            && let Ok(previous) = Checkpoint::parse(&note.text)
-        {
+        // The entries must still match the last checkpoint this log signed: the larger of the
+        // two slots that holds a checkpoint signed by this log's key.
+        let verifier = signer.verifier();
+        let previous = CHECKPOINT_FILES
+            .iter()
+            .filter_map(|name| std::fs::read_to_string(dir.join(name)).ok())
+            .filter_map(|text| Note::parse(text.trim_end_matches('\0')).ok())
+            .filter(|note| note.verify(&verifier).is_ok())
+            .filter_map(|note| Checkpoint::parse(&note.text).ok())
+            .filter(|c| c.origin == verifier.name)
+            .max_by_key(|c| c.size);
+        if let Some(previous) = previous {
             let inconsistent = |detail: String| LogError::Inconsistent { dir: dir.to_owned(), detail };
             if previous.size > tree.size() {
                 return Err(inconsistent(format!(
@@ -233,10 +239,19 @@ impl Log {
         }
 
         let reader = File::open(&path).map_err(io(&path))?;
+        let mut slots = Vec::new();
+        for name in CHECKPOINT_FILES {
+            let slot = dir.join(name);
+            slots.push((
+                OpenOptions::new().write(true).create(true).truncate(false).open(&slot).map_err(io(&slot))?,
+                slot,
+            ));
+        }
         let shared = Arc::new(Shared { dir: dir.to_owned(), origin, tree: RwLock::new(tree), reader });
-        sign(&shared, &signer)?;
+        let mut checkpoints = CheckpointFiles { slots, next: 0 };
+        sign(&shared, &signer, &mut checkpoints)?;
         let (sender, receiver) = std::sync::mpsc::channel();
-        let sequencer = Sequencer { shared: shared.clone(), file, path, signer, options, receiver };
+        let sequencer = Sequencer { shared: shared.clone(), file, path, signer, options, receiver, checkpoints };
         std::thread::Builder::new()
             .name("clover-log-sequencer".into())
             .spawn(move || sequencer.run())
@@ -295,7 +310,7 @@ impl Log {
         let end = first + u64::from(tile.width);
         match tile.level {
             Some(level) => {
-                let hashes = tree.levels.get(usize::from(level)).ok_or_else(not_found)?;
+                let hashes = tree.heights.get(usize::from(level) * 8).ok_or_else(not_found)?;
                 let range =
                     usize::try_from(first).map_err(|_| not_found())?..usize::try_from(end).map_err(|_| not_found())?;
                 let hashes = hashes.get(range).ok_or_else(not_found)?;
@@ -361,18 +376,33 @@ impl Log {
     }
 }
 
-/// Signs a checkpoint of the current tree and writes it to the checkpoint file.
-fn sign(shared: &Shared, signer: &SigningKey) -> Result<(), LogError> {
+/// The two checkpoint files, written in place by turns.
+struct CheckpointFiles {
+    slots: Vec<(File, PathBuf)>,
+    next: usize,
+}
+
+impl CheckpointFiles {
+    /// Overwrites the older slot with `note`. Not synced: a checkpoint file only lets the log
+    /// check itself when it is next opened, and the other slot survives a torn write.
+    fn write(&mut self, note: &str) -> Result<(), LogError> {
+        let Some((file, path)) = self.slots.get(self.next) else { return Ok(()) };
+        file.write_all_at(note.as_bytes(), 0).map_err(io(path))?;
+        file.set_len(note.len() as u64).map_err(io(path))?;
+        self.next = (self.next + 1) % self.slots.len().max(1);
+        Ok(())
+    }
+}
+
+/// Signs a checkpoint of the current tree, publishes it, and writes it to a checkpoint file.
+fn sign(shared: &Shared, signer: &SigningKey, files: &mut CheckpointFiles) -> Result<(), LogError> {
     let (size, root) = {
         let tree = shared.tree.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         (tree.size(), tree::root(&*tree, tree.size())?)
     };
     let body = Checkpoint { origin: shared.origin.clone(), size, root }.to_text();
     let note = format!("{body}\n{}", signer.sign_note(&body));
-    let path = shared.dir.join(CHECKPOINT_FILE);
-    let tmp = shared.dir.join("checkpoint.tmp");
-    std::fs::write(&tmp, &note).map_err(io(&tmp))?;
-    std::fs::rename(&tmp, &path).map_err(io(&path))?;
+    files.write(&note)?;
     let mut tree = shared.tree.write().unwrap_or_else(std::sync::PoisonError::into_inner);
     if size >= tree.checkpoint_size {
         tree.checkpoint = Arc::from(note);
@@ -388,6 +418,7 @@ struct Sequencer {
     signer: SigningKey,
     options: LogOptions,
     receiver: Receiver<Request>,
+    checkpoints: CheckpointFiles,
 }
 
 impl Sequencer {
@@ -423,7 +454,7 @@ impl Sequencer {
                     Ok(first_index) => {
                         unsigned = true;
                         if last_signed.elapsed() >= self.options.checkpoint_interval {
-                            if let Err(e) = sign(&self.shared, &self.signer) {
+                            if let Err(e) = sign(&self.shared, &self.signer, &mut self.checkpoints) {
                                 tracing::error!(error = %e, "cannot sign a checkpoint");
                             }
                             last_signed = Instant::now();
@@ -444,7 +475,7 @@ impl Sequencer {
                     }
                 }
             } else if unsigned {
-                if let Err(e) = sign(&self.shared, &self.signer) {
+                if let Err(e) = sign(&self.shared, &self.signer, &mut self.checkpoints) {
                     tracing::error!(error = %e, "cannot sign a checkpoint");
                 }
                 last_signed = Instant::now();
