@@ -167,15 +167,15 @@ async fn an_honest_log_verifies_and_stays_consistent() {
     let first = verify(tmp.path(), &server.url, &vkey, Some(&state), &[]);
     let stdout = String::from_utf8_lossy(&first.stdout);
     assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
-    assert!(stdout.contains("verified clover.local/eu: 301 entries"), "{stdout}");
+    assert!(stdout.contains("verified clover.local/eu: 303 entries"), "{stdout}");
     assert!(stdout.contains("no earlier checkpoint"), "{stdout}");
 
     write(&server.url, &token, 20).await;
     let second = verify(tmp.path(), &server.url, &vkey, Some(&state), &[]);
     let stdout = String::from_utf8_lossy(&second.stdout);
     assert!(second.status.success(), "{}", String::from_utf8_lossy(&second.stderr));
-    assert!(stdout.contains("322 entries"), "{stdout}");
-    assert!(stdout.contains("consistent with the 301 entries verified before"), "{stdout}");
+    assert!(stdout.contains("324 entries"), "{stdout}");
+    assert!(stdout.contains("consistent with the 303 entries verified before"), "{stdout}");
 
     // A key that is not the log's is refused.
     let other = tempfile::tempdir().unwrap();
@@ -315,7 +315,7 @@ async fn a_witness_cosigns_and_verify_demands_its_cosignature() {
     let deadline = Instant::now() + PATIENCE;
     loop {
         let note = client.get(format!("{}/log/checkpoint", server.url)).send().await.unwrap().text().await.unwrap();
-        if note.contains("\n11\n") && note.contains("witness.example") {
+        if note.contains("\n13\n") && note.contains("witness.example") {
             break;
         }
         assert!(Instant::now() < deadline, "no cosigned checkpoint:\n{note}");

@@ -21,7 +21,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use clover_keys::KeyCustody;
-use clover_log::event::SubjectIndexKey;
+use clover_log::event::{EVENT_VERSION, Event, EventKind, SubjectIndexKey};
+use clover_log::note::VerifierKey;
 use clover_log::{Log, LogError, LogOptions};
 use clover_model::{Category, Region, SubjectId};
 use clover_store::{SqliteStore, Store};
@@ -89,6 +90,7 @@ impl Boundary {
         let signer = keyring.checkpoint_signer(&config.log_origin())?;
         let log_vkey = signer.verifier();
         let log = Log::open(&data_dir.log_dir(), signer, options)?;
+        record_setup(&log, &config, keyring.current_version(), &log_vkey).await?;
         let subject_index = keyring.subject_index_key();
         let sites = Sites::new(&config.sites);
         let cosigned = witnesses::start(log.clone(), &config.log.witnesses);
@@ -160,6 +162,51 @@ impl Boundary {
     pub fn has_category(&self, category: &Category) -> bool {
         self.category(category.as_str()).is_some()
     }
+}
+
+/// A key or configuration event, with no caller: the boundary's own doing.
+fn setup_event(kind: EventKind, action: &str, detail: String) -> Event {
+    Event {
+        v: EVENT_VERSION,
+        kind,
+        time: time::OffsetDateTime::now_utc().unix_timestamp(),
+        principal: None,
+        origin: None,
+        action: Some(action.to_owned()),
+        subject: None,
+        record: None,
+        category: None,
+        decision: None,
+        purpose: None,
+        justification: None,
+        detail: Some(detail),
+    }
+}
+
+/// Logs the keys when the log starts, and the configuration whenever it differs from the last
+/// one logged (as a SHA-256 of its canonical JSON).
+async fn record_setup(log: &Log, config: &Config, kek_version: u32, vkey: &VerifierKey) -> Result<(), LogError> {
+    if log.size() == 0 {
+        let detail = format!("keyring created: kek v{kek_version}; checkpoint key {vkey}");
+        log.append(&setup_event(EventKind::Key, "create-keyring", detail)).await?;
+    }
+    let canonical = serde_json::to_vec(config).unwrap_or_default();
+    let digest: String = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &canonical)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let detail = format!("configuration sha256:{digest}");
+    let last = log
+        .last_of_kind(EventKind::Config)
+        .and_then(|index| log.entry(index).ok())
+        .and_then(|bytes| Event::decode(&bytes).ok())
+        .and_then(|event| event.detail);
+    if last.as_deref() != Some(detail.as_str()) {
+        log.append(&setup_event(EventKind::Config, "configure", detail)).await?;
+        tracing::info!(%digest, "configuration change logged");
+    }
+    Ok(())
 }
 
 /// Serves the API on `listener` until `shutdown` completes, then stops accepting connections and

@@ -163,6 +163,7 @@ pub fn event(
         }),
         purpose: caller.purpose.clone(),
         justification: caller.justification.clone(),
+        detail: None,
     }
 }
 

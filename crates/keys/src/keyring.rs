@@ -278,6 +278,7 @@ mod tests {
             decision: None,
             purpose: None,
             justification: None,
+            detail: None,
         };
         log.append_permitted(&event, permit(subject)).await.unwrap()
     }

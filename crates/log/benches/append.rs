@@ -74,6 +74,7 @@ fn event(n: usize) -> Event {
         }),
         purpose: Some("support".into()),
         justification: None,
+        detail: None,
     }
 }
 

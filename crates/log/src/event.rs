@@ -16,7 +16,7 @@ use zeroize::Zeroizing;
 pub const EVENT_VERSION: u8 = 1;
 
 /// What happened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum EventKind {
     /// A read of personal data was decided.
@@ -95,6 +95,8 @@ pub struct Event {
     pub purpose: Option<String>,
     /// The justification ticket.
     pub justification: Option<String>,
+    /// For key and configuration events: what changed (a key version, a digest).
+    pub detail: Option<String>,
 }
 
 /// An entry that is not a valid event.
@@ -174,11 +176,12 @@ mod tests {
             }),
             purpose: Some("support".into()),
             justification: None,
+            detail: None,
         };
         let bytes = event.encode();
         assert_eq!(
             String::from_utf8(bytes.clone()).unwrap(),
-            r#"{"v":1,"kind":"access","time":1795426787,"principal":{"id":"ana","kind":"employee","region":"eu","site":"dublin-1"},"origin":{"site":"singapore-1","region":"sg"},"action":"read","subject":"ab","record":null,"category":"profile","decision":{"effect":"deny","view":null,"policies":["origin-in-region"]},"purpose":"support","justification":null}"#
+            r#"{"v":1,"kind":"access","time":1795426787,"principal":{"id":"ana","kind":"employee","region":"eu","site":"dublin-1"},"origin":{"site":"singapore-1","region":"sg"},"action":"read","subject":"ab","record":null,"category":"profile","decision":{"effect":"deny","view":null,"policies":["origin-in-region"]},"purpose":"support","justification":null,"detail":null}"#
         );
         assert_eq!(Event::decode(&bytes).unwrap(), event);
         assert!(Event::decode(b"{}").is_err());

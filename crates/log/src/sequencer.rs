@@ -12,7 +12,7 @@
 //! only then acknowledges each append with its index. An append is never acknowledged before it
 //! is durable; a crash loses only appends that were never acknowledged.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
@@ -25,7 +25,7 @@ use clover_policy::Permit;
 use tokio::sync::oneshot;
 
 use crate::checkpoint::Checkpoint;
-use crate::event::Event;
+use crate::event::{Event, EventKind};
 use crate::hash::{Hash, leaf_hash};
 use crate::note::{Note, SigningKey};
 use crate::tile::{TILE_WIDTH, Tile, push_bundle_entry};
@@ -112,6 +112,8 @@ struct Tree {
     checkpoint_size: u64,
     /// Entry indexes by subject hash.
     by_subject: BTreeMap<String, Vec<u64>>,
+    /// The index of the latest entry of each kind.
+    last_by_kind: HashMap<EventKind, u64>,
 }
 
 impl Tree {
@@ -156,7 +158,7 @@ struct Shared {
 }
 
 enum Request {
-    Append { entry: Vec<u8>, subject: Option<String>, done: oneshot::Sender<Result<u64, LogError>> },
+    Append { entry: Vec<u8>, kind: EventKind, subject: Option<String>, done: oneshot::Sender<Result<u64, LogError>> },
 }
 
 /// A transparency log in a directory.
@@ -194,14 +196,18 @@ impl Log {
             checkpoint: Arc::from(""),
             checkpoint_size: 0,
             by_subject: BTreeMap::new(),
+            last_by_kind: HashMap::new(),
         };
         let mut at = 0usize;
         while let Some((len, rest)) = bytes.get(at..).and_then(|b| b.split_first_chunk::<2>()) {
             let len = usize::from(u16::from_be_bytes(*len));
             let Some(entry) = rest.get(..len).filter(|e| !e.is_empty()) else { break };
-            if let Some(subject) = Event::decode(entry).ok().and_then(|e| e.subject) {
+            if let Ok(event) = Event::decode(entry) {
                 let index = tree.size();
-                tree.by_subject.entry(subject).or_default().push(index);
+                tree.last_by_kind.insert(event.kind, index);
+                if let Some(subject) = event.subject {
+                    tree.by_subject.entry(subject).or_default().push(index);
+                }
             }
             at += 2 + len;
             tree.push(leaf_hash(entry), at as u64);
@@ -281,7 +287,7 @@ impl Log {
         }
         let (done, wait) = oneshot::channel();
         self.sender
-            .send(Request::Append { entry, subject: event.subject.clone(), done })
+            .send(Request::Append { entry, kind: event.kind, subject: event.subject.clone(), done })
             .map_err(|_| LogError::Stopped)?;
         wait.await.map_err(|_| LogError::Stopped)?
     }
@@ -341,6 +347,11 @@ impl Log {
         let path = self.shared.dir.join(ENTRIES_FILE);
         self.shared.reader.read_exact_at(&mut buf, start).map_err(io(&path))?;
         Ok(buf.get(2..).unwrap_or_default().to_vec())
+    }
+
+    /// The index of the latest entry of `kind`.
+    pub fn last_of_kind(&self, kind: EventKind) -> Option<u64> {
+        self.tree().last_by_kind.get(&kind).copied()
     }
 
     /// The indexes of the entries about a subject (by its keyed hash).
@@ -496,9 +507,10 @@ impl Sequencer {
         let mut tree = self.shared.tree.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         let first = tree.size();
         let mut end = tree.offsets.last().copied().unwrap_or(0);
-        for (i, (Request::Append { entry, subject, .. }, leaf)) in batch.iter().zip(leaves).enumerate() {
+        for (i, (Request::Append { entry, kind, subject, .. }, leaf)) in batch.iter().zip(leaves).enumerate() {
             end += 2 + entry.len() as u64;
             tree.push(leaf, end);
+            tree.last_by_kind.insert(*kind, first + i as u64);
             if let Some(subject) = subject {
                 tree.by_subject.entry(subject.clone()).or_default().push(first + i as u64);
             }

@@ -24,6 +24,7 @@ fn event(n: u64, subject: Option<&str>) -> Event {
         decision: None,
         purpose: None,
         justification: None,
+        detail: None,
     }
 }
 

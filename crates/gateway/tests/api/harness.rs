@@ -240,6 +240,7 @@ impl TestApp {
             decision: None,
             purpose: Some("test".into()),
             justification: None,
+            detail: None,
         };
         self.boundary.log().append_permitted(&event, self.permit(subject)).await.unwrap()
     }

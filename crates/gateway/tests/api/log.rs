@@ -44,7 +44,14 @@ async fn every_decision_is_logged_and_every_answer_carries_its_index() {
 
     let indexes: Vec<u64> =
         [&put, &post, &read, &denied, &erased].iter().map(|b| b["log_index"].as_u64().unwrap()).collect();
-    assert_eq!(indexes, vec![0, 1, 2, 3, 4], "one entry per decision, in order");
+    // Entries 0 and 1: the keyring and the configuration, logged when the boundary first opened.
+    let key = entry(&app, 0).await;
+    assert_eq!((key["kind"].as_str(), key["action"].as_str()), (Some("key"), Some("create-keyring")));
+    assert!(key["detail"].as_str().unwrap().contains("checkpoint key clover.local/eu+"), "{key}");
+    let config = entry(&app, 1).await;
+    assert_eq!((config["kind"].as_str(), config["action"].as_str()), (Some("config"), Some("configure")));
+    assert!(config["detail"].as_str().unwrap().starts_with("configuration sha256:"), "{config}");
+    assert_eq!(indexes, vec![2, 3, 4, 5, 6], "one entry per decision, in order");
 
     let subject_hash = app.boundary.subject_hash(&"u-1".parse().unwrap());
     let expected = [
@@ -55,7 +62,7 @@ async fn every_decision_is_logged_and_every_answer_carries_its_index() {
         ("erasure", "erase", "allow", None),
     ];
     for (index, (kind, action, effect, category)) in expected.into_iter().enumerate() {
-        let e = entry(&app, index as u64).await;
+        let e = entry(&app, index as u64 + 2).await;
         assert_eq!(e["v"], 1);
         assert_eq!(e["kind"], kind, "{e}");
         assert_eq!(e["action"], action, "{e}");
@@ -64,13 +71,13 @@ async fn every_decision_is_logged_and_every_answer_carries_its_index() {
         assert_eq!(e["category"], category.map_or(Value::Null, Value::from), "{e}");
         assert_eq!(e["principal"], json!({"id": "ana", "kind": "employee", "region": "eu", "site": "dublin-1"}));
     }
-    let read_entry = entry(&app, 2).await;
+    let read_entry = entry(&app, 4).await;
     assert_eq!(read_entry["record"], record.as_str());
     assert_eq!(read_entry["purpose"], "support");
     assert_eq!(read_entry["justification"], "TICKET-42");
     assert_eq!(read_entry["origin"], json!({"site": "dublin-1", "region": "eu"}));
     assert_eq!(read_entry["decision"]["view"], "full");
-    let denied_entry = entry(&app, 3).await;
+    let denied_entry = entry(&app, 5).await;
     assert_eq!(denied_entry["origin"], json!({"site": "singapore-1", "region": "sg"}));
     assert_eq!(denied_entry["decision"]["policies"], json!(["origin-in-region"]));
     assert_eq!(denied_entry["decision"]["view"], Value::Null);
@@ -202,4 +209,28 @@ async fn malformed_purpose_headers_are_refused_before_anything_is_logged() {
     let body = problem(response, 400, "invalid-header").await;
     assert!(body["detail"].as_str().unwrap().contains("x-clover-purpose"), "{body}");
     assert_eq!(app.boundary.log().size(), size);
+}
+
+#[tokio::test]
+async fn a_configuration_change_is_logged_once() {
+    let app = TestApp::start().await;
+    let config = app.boundary.config().clone();
+    let dir = app.stop().await;
+    let configs = |log: &clover_log::Log| {
+        (0..log.size())
+            .filter(|i| {
+                let e: Value = serde_json::from_slice(&log.entry(*i).unwrap()).unwrap();
+                e["kind"] == "config"
+            })
+            .count()
+    };
+    // The same configuration again: nothing new.
+    let boundary = clover_gateway::Boundary::open(config.clone()).await.unwrap();
+    assert_eq!(configs(boundary.log()), 1);
+    drop(boundary);
+    // A changed one: logged.
+    let changed = clover_gateway::Config { max_body_bytes: 4096, ..config };
+    let boundary = clover_gateway::Boundary::open(changed).await.unwrap();
+    assert_eq!(configs(boundary.log()), 2);
+    drop(dir);
 }
