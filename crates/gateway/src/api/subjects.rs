@@ -231,9 +231,9 @@ pub async fn erase_subject(
 pub struct AccessEntry {
     /// The entry's index in the log.
     pub index: u64,
-    /// The entry, decoded (see `docs/log.md`).
+    /// The entry, decoded (see `docs/log.md`), its keys in the log's canonical order.
     #[schema(value_type = Object)]
-    pub entry: serde_json::Value,
+    pub entry: clover_log::event::Event,
 }
 
 /// The log entries about a subject.
@@ -285,7 +285,7 @@ pub async fn list_accesses(
     let mut entries = Vec::new();
     for index in boundary.log().entries_about(&subject_hash) {
         let bytes = boundary.log().entry(index).map_err(ApiError::internal)?;
-        let entry = serde_json::from_slice(&bytes).map_err(ApiError::internal)?;
+        let entry = clover_log::event::Event::decode(&bytes).map_err(ApiError::internal)?;
         entries.push(AccessEntry { index, entry });
     }
     let decision = receipt.permit().decision().clone();
