@@ -57,6 +57,10 @@ async fn the_openapi_document_describes_every_endpoint() {
         ("/healthz", "get"),
         ("/metrics", "get"),
         ("/openapi.json", "get"),
+        ("/v1/subjects/{subject_id}/accesses", "get"),
+        ("/v1/log/proof/inclusion", "get"),
+        ("/v1/log/proof/consistency", "get"),
+        ("/log/checkpoint", "get"),
     ] {
         assert!(paths[path][method].is_object(), "{method} {path} missing");
     }
