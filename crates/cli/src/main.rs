@@ -10,10 +10,12 @@ use clap::{Parser, Subcommand};
 use clover_audit::verify::VerifyOptions;
 use clover_gateway::datadir::Initialised;
 use clover_gateway::identity::Claims;
+use clover_gateway::pack::{Circumstances, RecordFacts};
 use clover_gateway::{Boundary, Config, DataDir};
 use clover_keys::PassphraseSource;
 use clover_log::note::{SigningKey, TYPE_COSIGNATURE, VerifierKey};
-use clover_model::{PrincipalId, PrincipalKind, Region, SiteName};
+use clover_model::{Category, PrincipalId, PrincipalKind, Region, SiteName};
+use clover_policy::pack::PolicyPack;
 
 /// Clover keeps a region's user data inside the region.
 #[derive(Debug, Parser)]
@@ -97,6 +99,73 @@ enum Command {
     /// Auditor tools: verify a boundary's log, run an independent witness.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Access policy: validate a policy directory, explain a decision.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+#[expect(clippy::large_enum_variant, reason = "parsed once per process from the command line")]
+enum PolicyCommand {
+    /// Validate a policy directory (one *.cedarschema, *.cedar files) against its schema.
+    Check {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// Decide a request with the policy pack and print the outcome and the deciding policies.
+    Explain {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// A policy directory (default: the configuration's, else the shipped pack).
+        #[arg(long, value_name = "DIR")]
+        policies: Option<PathBuf>,
+        /// read, write or erase.
+        #[arg(long, value_enum, default_value = "read")]
+        action: ExplainAction,
+        /// Employee or service.
+        #[arg(long, value_enum, default_value = "employee")]
+        kind: Kind,
+        /// The principal's id.
+        #[arg(long, default_value = "someone")]
+        principal: PrincipalId,
+        /// The principal's home region.
+        #[arg(long, value_name = "R")]
+        region: Region,
+        /// The principal's site.
+        #[arg(long, value_name = "S")]
+        site: SiteName,
+        /// The principal's roles, comma-separated.
+        #[arg(long, value_name = "A,B", value_delimiter = ',')]
+        roles: Vec<String>,
+        /// The client address the request comes from, resolved against the configured sites.
+        #[arg(long = "from", value_name = "ADDR")]
+        from: std::net::IpAddr,
+        /// The record's category.
+        #[arg(long)]
+        category: Category,
+        /// The record's subject is a minor.
+        #[arg(long)]
+        minor: bool,
+        /// The declared purpose.
+        #[arg(long)]
+        purpose: Option<String>,
+        /// A justification ticket is given.
+        #[arg(long)]
+        ticket: bool,
+        /// An approval covers the access.
+        #[arg(long)]
+        approved: bool,
+        /// Distinct subjects the principal touched in the window.
+        #[arg(long, default_value_t = 1)]
+        subjects_touched: i64,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ExplainAction {
+    Read,
+    Write,
+    Erase,
 }
 
 #[derive(Debug, Subcommand)]
@@ -166,6 +235,8 @@ fn main() -> ExitCode {
             token(&config, principal, kind, region, site, roles, ttl)
         }
         Command::Log(LogCommand::Vkey { config }) => log_vkey(&config),
+        Command::Policy(PolicyCommand::Check { dir }) => policy_check(&dir),
+        Command::Policy(explain @ PolicyCommand::Explain { .. }) => policy_explain(explain),
         Command::Audit(AuditCommand::Verify { url, vkey, state, witnesses }) => {
             audit_verify(url, &vkey, state, &witnesses)
         }
@@ -334,6 +405,76 @@ fn audit_witness(
             .await
             .context("serving")
     })
+}
+
+fn policy_check(dir: &std::path::Path) -> anyhow::Result<()> {
+    let pack = PolicyPack::load_dir(dir)?;
+    let ids = pack.policy_ids();
+    println!("{}: valid, {} policies: {}", dir.display(), ids.len(), ids.join(", "));
+    Ok(())
+}
+
+fn policy_explain(command: PolicyCommand) -> anyhow::Result<()> {
+    let PolicyCommand::Explain {
+        config,
+        policies,
+        action,
+        kind,
+        principal,
+        region,
+        site,
+        roles,
+        from,
+        category,
+        minor,
+        purpose,
+        ticket,
+        approved,
+        subjects_touched,
+    } = command
+    else {
+        anyhow::bail!("not an explain command");
+    };
+    let config = config.load()?;
+    let pack = match policies.or_else(|| config.policy.dir.clone()) {
+        Some(dir) => PolicyPack::load_dir(&dir)?,
+        None => PolicyPack::default_pack()?,
+    };
+    let origin = clover_gateway::origin::Sites::new(&config.sites).resolve(from);
+    let principal = clover_model::Principal {
+        id: principal,
+        kind: match kind {
+            Kind::Employee => PrincipalKind::Employee,
+            Kind::Service => PrincipalKind::Service,
+        },
+        home_region: region,
+        site,
+        roles,
+    };
+    let action = match action {
+        ExplainAction::Read => clover_model::Action::Read,
+        ExplainAction::Write => clover_model::Action::Write,
+        ExplainAction::Erase => clover_model::Action::Erase,
+    };
+    let record = RecordFacts { id: "explained".to_owned(), category, subject_minor: minor };
+    let circumstances = Circumstances { purpose, has_justification: ticket, approved, subjects_touched };
+    let request = clover_gateway::pack::record_request(&config, &principal, &origin, action, &record, &circumstances);
+    let decision = pack.decide(&request);
+    let origin = match &origin {
+        clover_model::Origin::Site { site, region } => format!("{site} (region {region})"),
+        clover_model::Origin::Unknown => "unknown (no configured site)".to_owned(),
+    };
+    let outcome = match decision.outcome {
+        clover_policy::Outcome::Allow(clover_model::View::Full) => "allow, full view",
+        clover_policy::Outcome::Allow(clover_model::View::Pseudonymised) => "allow, pseudonymised view",
+        clover_policy::Outcome::Deny => "deny",
+        clover_policy::Outcome::ApprovalRequired => "approval required",
+    };
+    println!("origin:   {origin}");
+    println!("outcome:  {outcome}");
+    println!("policies: {}", decision.policies.join(", "));
+    println!("reason:   {}", decision.reason);
+    Ok(())
 }
 
 fn log_vkey(args: &ConfigArgs) -> anyhow::Result<()> {

@@ -31,6 +31,40 @@ pub struct Config {
     pub identity: IdentityConfig,
     /// The transparency log.
     pub log: LogConfig,
+    /// The purposes (reason codes) callers may declare, and the categories each may read.
+    pub purposes: Vec<PurposeConfig>,
+    /// Access policy.
+    pub policy: PolicyConfig,
+}
+
+/// A purpose callers may declare (`X-Clover-Purpose`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PurposeConfig {
+    /// The reason code.
+    pub name: String,
+    /// The categories it may read: data use declared as configuration.
+    pub categories: Vec<Category>,
+    /// Whether it may receive pseudonymised views from outside the region.
+    #[serde(default)]
+    pub transfer: bool,
+}
+
+/// Access policy settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// A policy directory (one `*.cedarschema`, `*.cedar` files); the shipped pack when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+    /// Distinct subjects a principal may touch in the window before an approval is needed.
+    pub bulk_threshold: i64,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self { dir: None, bulk_threshold: 50 }
+    }
 }
 
 /// The transparency log.
@@ -161,6 +195,22 @@ impl Default for Config {
             .collect(),
             identity: IdentityConfig::default(),
             log: LogConfig::default(),
+            purposes: [
+                ("support", &["profile", "contact", "content", "messages", "device"][..], false),
+                ("safety", &["profile", "contact", "content", "messages", "device", "location"][..], true),
+                ("legal", &["profile", "contact", "content", "messages", "device", "location"][..], false),
+                ("security-incident", &["profile", "device", "location"][..], false),
+                ("advertising", &["profile", "content"][..], false),
+                ("analytics", &["profile", "content", "device"][..], true),
+            ]
+            .into_iter()
+            .map(|(n, categories, transfer)| PurposeConfig {
+                name: n.to_owned(),
+                categories: categories.iter().map(|c| name(c)).collect(),
+                transfer,
+            })
+            .collect(),
+            policy: PolicyConfig::default(),
         }
     }
 }
@@ -234,6 +284,21 @@ impl Config {
         for witness in &self.log.witnesses {
             clover_log::note::VerifierKey::parse(&witness.vkey)
                 .map_err(|e| ConfigError::Invalid(format!("witness {:?}: {e}", witness.url)))?;
+        }
+        let mut purposes = std::collections::BTreeSet::new();
+        for purpose in &self.purposes {
+            if !purposes.insert(purpose.name.as_str()) {
+                return Err(ConfigError::Invalid(format!("purpose {:?} is listed twice", purpose.name)));
+            }
+            for category in &purpose.categories {
+                if !categories.contains(category.as_str()) {
+                    return Err(ConfigError::Invalid(format!(
+                        "purpose {:?} names category {:?}, which is not configured",
+                        purpose.name,
+                        category.as_str()
+                    )));
+                }
+            }
         }
         if self.max_body_bytes < 1024 {
             return Err(ConfigError::Invalid(format!(

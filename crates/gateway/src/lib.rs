@@ -12,6 +12,7 @@ pub mod datadir;
 pub mod identity;
 pub mod metrics;
 pub mod origin;
+pub mod pack;
 pub mod pipeline;
 pub mod problem;
 pub mod witnesses;

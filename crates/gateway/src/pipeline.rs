@@ -157,9 +157,9 @@ pub fn event(
             effect: decision.effect().to_owned(),
             view: match decision.outcome {
                 Outcome::Allow(view) => serde_json::to_value(view).ok().and_then(|v| v.as_str().map(str::to_owned)),
-                Outcome::Deny => None,
+                Outcome::Deny | Outcome::ApprovalRequired => None,
             },
-            policies: decision.policies.iter().map(|p| (*p).to_owned()).collect(),
+            policies: decision.policies.clone(),
         }),
         purpose: caller.purpose.clone(),
         justification: caller.justification.clone(),

@@ -8,8 +8,11 @@
 //! constructor), and the key custodian's unwrap takes one: a data key cannot be unwrapped for a
 //! request that this module did not allow.
 //!
-//! The rule set is fixed for now: full access only for callers whose network origin and home
-//! region are both the boundary's region. Cedar policies replace it.
+//! The gateway's rule is still fixed: full access only for callers whose network origin and
+//! home region are both the boundary's region. [`pack`] holds the Cedar policy pack that
+//! replaces it (schema, default policies, four outcomes); it is not wired into the gateway yet.
+
+pub mod pack;
 
 use clover_model::{Action, Category, Origin, Principal, RecordId, Region, SubjectId, View};
 use serde::Serialize;
@@ -50,6 +53,9 @@ pub enum Outcome {
     Allow(View),
     /// Refused.
     Deny,
+    /// Refused until a second person in the region approves.
+    #[serde(rename = "approval-required")]
+    ApprovalRequired,
 }
 
 /// A decision with the rules that took it and a sentence a person can read.
@@ -59,17 +65,18 @@ pub struct Decision {
     #[serde(flatten)]
     pub outcome: Outcome,
     /// The ids of the rules that decided: for a denial, every rule that failed.
-    pub policies: Vec<&'static str>,
+    pub policies: Vec<String>,
     /// Why, in plain words.
     pub reason: String,
 }
 
 impl Decision {
-    /// `allow` or `deny`, for logs and metrics.
+    /// `allow`, `deny` or `approval-required`, for logs and metrics.
     pub fn effect(&self) -> &'static str {
         match self.outcome {
             Outcome::Allow(_) => "allow",
             Outcome::Deny => "deny",
+            Outcome::ApprovalRequired => "approval-required",
         }
     }
 }
@@ -166,7 +173,9 @@ pub fn decide(request: &AccessRequest<'_>) -> Verdict {
     if failed.is_empty() {
         let decision = Decision {
             outcome: Outcome::Allow(View::Full),
-            policies: vec![RULE_ORIGIN_IN_REGION, RULE_PRINCIPAL_IN_REGION, RULE_SUBJECT_IN_REGION],
+            policies: [RULE_ORIGIN_IN_REGION, RULE_PRINCIPAL_IN_REGION, RULE_SUBJECT_IN_REGION]
+                .map(str::to_owned)
+                .to_vec(),
             reason: format!("caller, origin and subject are all in region {:?}", request.boundary.as_str()),
         };
         Verdict::Allowed(Permit {
@@ -176,7 +185,11 @@ pub fn decide(request: &AccessRequest<'_>) -> Verdict {
             view: View::Full,
         })
     } else {
-        Verdict::Denied(Decision { outcome: Outcome::Deny, policies: failed, reason: reasons.join("; ") })
+        Verdict::Denied(Decision {
+            outcome: Outcome::Deny,
+            policies: failed.into_iter().map(str::to_owned).collect(),
+            reason: reasons.join("; "),
+        })
     }
 }
 
@@ -255,7 +268,11 @@ mod tests {
             let verdict = run(principal, origin.clone(), subject);
             let Verdict::Denied(decision) = verdict else { panic!("allowed {principal} {origin:?}") };
             assert_eq!(decision.outcome, Outcome::Deny);
-            assert_eq!(decision.policies, expected, "{principal} {origin:?} {subject}");
+            assert_eq!(
+                decision.policies,
+                expected.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+                "{principal} {origin:?} {subject}"
+            );
         }
     }
 }

@@ -1,0 +1,348 @@
+//! The Cedar policy pack: a schema, policies, and decisions with four outcomes.
+//!
+//! A pack is a directory holding one `*.cedarschema` file and any number of `*.cedar` files.
+//! Every policy carries an `@id("...")` annotation, its name in decisions and in the log. A
+//! pack is accepted only if it parses, every id is present and unique, and every policy
+//! validates against the schema (strict mode): a typo in an attribute name is an error, not a
+//! policy that silently never matches.
+//!
+//! Reads are decided twice, first for a full view (`read`), then, if refused, for a
+//! pseudonymised view (`read_pseudonymised`). A refusal whose only deciding policies are marked
+//! `@outcome("approval")` is [`Outcome::ApprovalRequired`].
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use cedar_policy::{
+    Authorizer, Context, Decision as CedarDecision, Entities, EntityUid, PolicyId, PolicySet, Request, Schema,
+    ValidationMode, Validator,
+};
+use clover_model::{Action, View};
+use serde_json::json;
+
+use crate::{Decision, Outcome};
+
+/// The default pack's schema, shipped in the binary.
+pub const DEFAULT_SCHEMA: &str = include_str!("../../../policies/clover.cedarschema");
+/// The default pack's policies, shipped in the binary.
+pub const DEFAULT_POLICIES: &str = include_str!("../../../policies/default.cedar");
+
+/// Why a pack was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PackError {
+    /// A file could not be read.
+    #[error("cannot read {path:?}: {cause}")]
+    Read {
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        cause: std::io::Error,
+    },
+    /// The directory does not hold exactly one schema.
+    #[error("{0:?} must hold exactly one *.cedarschema file")]
+    Schema(PathBuf),
+    /// The schema does not parse.
+    #[error("the schema does not parse: {0}")]
+    BadSchema(String),
+    /// A policy file does not parse.
+    #[error("{file}: {detail}")]
+    Parse {
+        /// The file.
+        file: String,
+        /// The parser's message.
+        detail: String,
+    },
+    /// A policy has no `@id`, or an id is used twice.
+    #[error("{0}")]
+    Ids(String),
+    /// Policies do not validate against the schema.
+    #[error("the policies do not validate against the schema:\n{}", .0.join("\n"))]
+    Invalid(Vec<String>),
+}
+
+/// Who asks, as the pack sees them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackPrincipal {
+    /// Employee or service.
+    pub kind: clover_model::PrincipalKind,
+    /// Their id.
+    pub id: String,
+    /// Their home region.
+    pub home_region: String,
+    /// Their site.
+    pub site: String,
+    /// Their roles.
+    pub roles: Vec<String>,
+}
+
+/// What is asked about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PackResource {
+    /// A record.
+    Record {
+        /// Its id.
+        id: String,
+        /// Its category.
+        category: String,
+        /// Whether the category is sensitive.
+        sensitive: bool,
+        /// Whether its subject is a minor.
+        subject_minor: bool,
+        /// Its region.
+        home_region: String,
+    },
+    /// A subject as a whole.
+    Subject {
+        /// Its id (or keyed hash).
+        id: String,
+        /// Whether they are a minor.
+        minor: bool,
+        /// Their home region.
+        home_region: String,
+    },
+}
+
+/// Everything a decision is taken on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackRequest {
+    /// The boundary's region.
+    pub boundary_region: String,
+    /// The caller.
+    pub principal: PackPrincipal,
+    /// Read, write or erase.
+    pub action: Action,
+    /// The record or subject.
+    pub resource: PackResource,
+    /// The origin's site and region, or `None` for an unknown origin.
+    pub origin: Option<(String, String)>,
+    /// The declared purpose.
+    pub purpose: Option<String>,
+    /// Whether the purpose is on the configured list.
+    pub purpose_declared: bool,
+    /// Whether the record's category declares the purpose.
+    pub purpose_allowed_for_category: bool,
+    /// Whether the purpose is allowed for pseudonymised transfers out of the region.
+    pub purpose_allows_transfer: bool,
+    /// Whether a justification ticket was given.
+    pub has_justification: bool,
+    /// Whether an approval covers the access.
+    pub approved: bool,
+    /// Distinct subjects the caller touched in the window.
+    pub subjects_touched: i64,
+    /// The threshold above which an approval is needed.
+    pub bulk_threshold: i64,
+}
+
+/// A validated policy pack.
+#[derive(Debug)]
+pub struct PolicyPack {
+    schema: Schema,
+    policies: PolicySet,
+    authorizer: Authorizer,
+}
+
+fn cedar_err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+impl PolicyPack {
+    /// The pack that ships with Clover (`policies/` in the repository).
+    pub fn default_pack() -> Result<Self, PackError> {
+        Self::from_sources(DEFAULT_SCHEMA, &[("default.cedar".to_owned(), DEFAULT_POLICIES.to_owned())])
+    }
+
+    /// Loads and validates the pack in `dir`.
+    pub fn load_dir(dir: &Path) -> Result<Self, PackError> {
+        let read_err = |path: &Path| {
+            let path = path.to_owned();
+            move |cause| PackError::Read { path, cause }
+        };
+        let mut schemas = Vec::new();
+        let mut files = Vec::new();
+        let mut entries: Vec<PathBuf> =
+            std::fs::read_dir(dir).map_err(read_err(dir))?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        entries.sort();
+        for path in entries {
+            match path.extension().and_then(|e| e.to_str()) {
+                Some("cedarschema") => schemas.push(std::fs::read_to_string(&path).map_err(read_err(&path))?),
+                Some("cedar") => {
+                    let text = std::fs::read_to_string(&path).map_err(read_err(&path))?;
+                    let name = path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+                    files.push((name, text));
+                }
+                _ => {}
+            }
+        }
+        let [schema] = schemas.as_slice() else { return Err(PackError::Schema(dir.to_owned())) };
+        Self::from_sources(schema, &files)
+    }
+
+    /// Builds a pack from a schema and named policy files.
+    pub fn from_sources(schema: &str, files: &[(String, String)]) -> Result<Self, PackError> {
+        let (schema, _warnings) =
+            Schema::from_cedarschema_str(schema).map_err(|e| PackError::BadSchema(cedar_err(e)))?;
+        let mut policies = PolicySet::new();
+        let mut ids = BTreeSet::new();
+        for (file, text) in files {
+            let parsed =
+                PolicySet::from_str(text).map_err(|e| PackError::Parse { file: file.clone(), detail: cedar_err(e) })?;
+            for policy in parsed.policies() {
+                let Some(id) = policy.annotation("id") else {
+                    return Err(PackError::Ids(format!("{file}: a policy has no @id(\"...\") annotation")));
+                };
+                if !ids.insert(id.to_owned()) {
+                    return Err(PackError::Ids(format!("{file}: policy id {id:?} is used twice")));
+                }
+                policies
+                    .add(policy.new_id(PolicyId::new(id)))
+                    .map_err(|e| PackError::Ids(format!("{file}: {}", cedar_err(e))))?;
+            }
+        }
+        let result = Validator::new(schema.clone()).validate(&policies, ValidationMode::Strict);
+        if !result.validation_passed() {
+            return Err(PackError::Invalid(result.validation_errors().map(cedar_err).collect()));
+        }
+        Ok(Self { schema, policies, authorizer: Authorizer::new() })
+    }
+
+    /// The ids of the pack's policies.
+    pub fn policy_ids(&self) -> Vec<String> {
+        self.policies.policies().map(|p| p.id().to_string()).collect()
+    }
+
+    /// Decides a request.
+    pub fn decide(&self, request: &PackRequest) -> Decision {
+        match request.action {
+            Action::Read => {
+                let full = self.evaluate(request, "read");
+                if let Ok((true, permits)) = &full {
+                    return Decision {
+                        outcome: Outcome::Allow(View::Full),
+                        policies: permits.clone(),
+                        reason: "a full view is allowed".to_owned(),
+                    };
+                }
+                let pseudonymised = self.evaluate(request, "read_pseudonymised");
+                if let Ok((true, permits)) = &pseudonymised {
+                    return Decision {
+                        outcome: Outcome::Allow(View::Pseudonymised),
+                        policies: permits.clone(),
+                        reason: "a pseudonymised view is allowed; a full view is not".to_owned(),
+                    };
+                }
+                let mut forbids: Vec<String> = Vec::new();
+                for result in [full, pseudonymised] {
+                    match result {
+                        Ok((false, reasons)) => forbids.extend(reasons),
+                        Ok((true, _)) => {}
+                        Err(e) => return error_decision(e),
+                    }
+                }
+                self.refusal(forbids)
+            }
+            Action::Write | Action::Erase => match self.evaluate(request, request.action.as_str()) {
+                Ok((true, permits)) => Decision {
+                    outcome: Outcome::Allow(View::Full),
+                    policies: permits,
+                    reason: format!("{} is allowed", request.action),
+                },
+                Ok((false, forbids)) => self.refusal(forbids),
+                Err(e) => error_decision(e),
+            },
+        }
+    }
+
+    /// A refusal from the forbids that fired (none: no permit matched).
+    fn refusal(&self, mut forbids: Vec<String>) -> Decision {
+        forbids.sort();
+        forbids.dedup();
+        if forbids.is_empty() {
+            return Decision {
+                outcome: Outcome::Deny,
+                policies: vec!["default-deny".to_owned()],
+                reason: "no policy allows this request".to_owned(),
+            };
+        }
+        let approval =
+            forbids.iter().all(|id| self.policies.annotation(&PolicyId::new(id), "outcome") == Some("approval"));
+        let reason = format!("refused by {}", forbids.join(", "));
+        Decision {
+            outcome: if approval { Outcome::ApprovalRequired } else { Outcome::Deny },
+            policies: forbids,
+            reason,
+        }
+    }
+
+    /// Evaluates one Cedar action; returns whether it is allowed and the deciding policies.
+    fn evaluate(&self, request: &PackRequest, action: &str) -> Result<(bool, Vec<String>), String> {
+        let uid = |text: String| EntityUid::from_str(&text).map_err(cedar_err);
+        let kind = match request.principal.kind {
+            clover_model::PrincipalKind::Employee => "Employee",
+            clover_model::PrincipalKind::Service => "Service",
+        };
+        let principal = uid(format!("Clover::{kind}::{}", json!(request.principal.id)))?;
+        let action_uid = uid(format!("Clover::Action::{}", json!(action)))?;
+        let (resource, resource_entity) = match &request.resource {
+            PackResource::Record { id, category, sensitive, subject_minor, home_region } => (
+                uid(format!("Clover::Record::{}", json!(id)))?,
+                json!({"uid": {"type": "Clover::Record", "id": id}, "attrs": {
+                    "category": category, "sensitive": sensitive, "subject_minor": subject_minor, "home_region": home_region,
+                }, "parents": []}),
+            ),
+            PackResource::Subject { id, minor, home_region } => (
+                uid(format!("Clover::Subject::{}", json!(id)))?,
+                json!({"uid": {"type": "Clover::Subject", "id": id}, "attrs": {"minor": minor, "home_region": home_region}, "parents": []}),
+            ),
+        };
+        let entities = Entities::from_json_value(
+            json!([
+                {"uid": {"type": format!("Clover::{kind}"), "id": request.principal.id}, "attrs": {
+                    "home_region": request.principal.home_region,
+                    "site": request.principal.site,
+                    "roles": request.principal.roles,
+                }, "parents": []},
+                resource_entity,
+            ]),
+            Some(&self.schema),
+        )
+        .map_err(cedar_err)?;
+        let (origin_site, origin_region) = request.origin.clone().unwrap_or_default();
+        let context = Context::from_json_value(
+            json!({
+                "boundary_region": request.boundary_region,
+                "origin_known": request.origin.is_some(),
+                "origin_region": origin_region,
+                "origin_site": origin_site,
+                "purpose": request.purpose.clone().unwrap_or_default(),
+                "purpose_declared": request.purpose_declared,
+                "purpose_allowed_for_category": request.purpose_allowed_for_category,
+                "purpose_allows_transfer": request.purpose_allows_transfer,
+                "has_justification": request.has_justification,
+                "approved": request.approved,
+                "subjects_touched": request.subjects_touched,
+                "bulk_threshold": request.bulk_threshold,
+            }),
+            Some((&self.schema, &action_uid)),
+        )
+        .map_err(cedar_err)?;
+        let cedar_request =
+            Request::new(principal, action_uid, resource, context, Some(&self.schema)).map_err(cedar_err)?;
+        let response = self.authorizer.is_authorized(&cedar_request, &self.policies, &entities);
+        if let Some(error) = response.diagnostics().errors().next() {
+            return Err(cedar_err(error));
+        }
+        let mut reasons: Vec<String> = response.diagnostics().reason().map(ToString::to_string).collect();
+        reasons.sort();
+        Ok((response.decision() == CedarDecision::Allow, reasons))
+    }
+}
+
+/// A request the pack could not evaluate is denied, and says why.
+fn error_decision(error: String) -> Decision {
+    Decision {
+        outcome: Outcome::Deny,
+        policies: vec!["evaluation-error".to_owned()],
+        reason: format!("the request could not be evaluated: {error}"),
+    }
+}
