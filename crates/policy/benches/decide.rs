@@ -1,0 +1,103 @@
+//! Decision latency of the default policy pack against a single trivial Cedar policy.
+//!
+//! Run with `cargo bench -p clover-policy --bench decide`. Besides criterion's estimates, the
+//! bench prints the median and the 99th percentile of 20,000 timed decisions of each kind, all
+//! in the same run, so that the pack can be read as a ratio of the trivial policy.
+//!
+//! - `trivial`: one policy, `permit (principal, action, resource);`, same schema and request.
+//! - `pack/allow_full`: an in-region read, allowed in full (one Cedar evaluation).
+//! - `pack/deny_outside`: a read from Singapore, refused for a full view and for a pseudonymised
+//!   one (two evaluations, the worst case of a read).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, missing_docs)]
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use clover_model::{Action, PrincipalKind};
+use clover_policy::pack::{DEFAULT_SCHEMA, PackPrincipal, PackRequest, PackResource, PolicyPack};
+use criterion::{Criterion, criterion_group, criterion_main};
+
+fn request() -> PackRequest {
+    PackRequest {
+        boundary_region: "eu".into(),
+        principal: PackPrincipal {
+            kind: PrincipalKind::Employee,
+            id: "ana".into(),
+            home_region: "eu".into(),
+            site: "dublin-1".into(),
+            roles: vec!["agent".into()],
+        },
+        action: Action::Read,
+        resource: PackResource::Record {
+            id: "0b8e6f7a-3c1d-4f2e-9a5b-6c7d8e9f0a1b".into(),
+            category: "profile".into(),
+            sensitive: false,
+            subject_minor: false,
+            home_region: "eu".into(),
+        },
+        origin: Some(("dublin-1".into(), "eu".into())),
+        purpose: Some("support".into()),
+        purpose_declared: true,
+        purpose_allowed_for_category: true,
+        purpose_allows_transfer: false,
+        has_justification: false,
+        approved: false,
+        subjects_touched: 3,
+        bulk_threshold: 50,
+    }
+}
+
+fn percentiles(name: &str, pack: &PolicyPack, request: &PackRequest) -> (f64, f64) {
+    for _ in 0..2_000 {
+        black_box(pack.decide(request));
+    }
+    let mut samples: Vec<f64> = (0..20_000)
+        .map(|_| {
+            let started = Instant::now();
+            black_box(pack.decide(black_box(request)));
+            started.elapsed().as_secs_f64() * 1e6
+        })
+        .collect();
+    samples.sort_by(f64::total_cmp);
+    let (median, p99) = (samples[samples.len() / 2], samples[samples.len() * 99 / 100]);
+    println!("{name:<22} median {median:8.2} µs   p99 {p99:8.2} µs");
+    (median, p99)
+}
+
+fn decide(c: &mut Criterion) {
+    let pack = PolicyPack::default_pack().unwrap();
+    let trivial = PolicyPack::from_sources(
+        DEFAULT_SCHEMA,
+        &[("trivial.cedar".into(), "@id(\"all\") permit (principal, action, resource);".into())],
+    )
+    .unwrap();
+    let allow = request();
+    let mut outside = request();
+    outside.origin = Some(("singapore-1".into(), "sg".into()));
+    assert_eq!(pack.decide(&allow).effect(), "allow");
+    assert_eq!(pack.decide(&outside).effect(), "deny");
+    assert_eq!(trivial.decide(&allow).effect(), "allow");
+
+    println!("decision latency, 20,000 decisions each, same run:");
+    let (t_med, t_p99) = percentiles("trivial", &trivial, &allow);
+    let (a_med, a_p99) = percentiles("pack/allow_full", &pack, &allow);
+    let (d_med, d_p99) = percentiles("pack/deny_outside", &pack, &outside);
+    println!(
+        "ratios to trivial: allow_full median {:.2}x p99 {:.2}x; deny_outside median {:.2}x p99 {:.2}x",
+        a_med / t_med,
+        a_p99 / t_p99,
+        d_med / t_med,
+        d_p99 / t_p99
+    );
+
+    let mut group = c.benchmark_group("decision");
+    group.sample_size(20);
+    group.bench_function("trivial", |b| b.iter(|| trivial.decide(black_box(&allow))));
+    group.bench_function("pack/allow_full", |b| b.iter(|| pack.decide(black_box(&allow))));
+    group.bench_function("pack/deny_outside", |b| b.iter(|| pack.decide(black_box(&outside))));
+    group.finish();
+}
+
+criterion_group!(benches, decide);
+criterion_main!(benches);
