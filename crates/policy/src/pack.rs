@@ -137,7 +137,6 @@ pub struct PackRequest {
 /// A validated policy pack.
 #[derive(Debug)]
 pub struct PolicyPack {
-    schema: Schema,
     policies: PolicySet,
     authorizer: Authorizer,
 }
@@ -203,7 +202,7 @@ impl PolicyPack {
         if !result.validation_passed() {
             return Err(PackError::Invalid(result.validation_errors().map(cedar_err).collect()));
         }
-        Ok(Self { schema, policies, authorizer: Authorizer::new() })
+        Ok(Self { policies, authorizer: Authorizer::new() })
     }
 
     /// The ids of the pack's policies.
