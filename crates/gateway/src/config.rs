@@ -25,6 +25,9 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// The network sites, each with the region it is in.
     pub sites: Vec<Site>,
+    /// Reverse proxies whose `X-Forwarded-For` is believed; from anyone else it is ignored.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub trusted_proxies: Vec<IpNet>,
     /// The record categories this boundary accepts.
     pub categories: Vec<CategoryConfig>,
     /// How callers are authenticated.
@@ -135,18 +138,49 @@ pub struct CategoryConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IdentityConfig {
-    /// The `iss` claim tokens must carry.
+    /// Whether tokens of the embedded development issuer (`clover token`) are accepted.
+    pub dev_issuer: bool,
+    /// The `iss` claim the development issuer's tokens carry.
     pub issuer: String,
-    /// The `aud` claim tokens must carry.
+    /// The `aud` claim the development issuer's tokens must carry.
     pub audience: String,
     /// Clock skew tolerated on `exp`, in seconds.
     pub leeway_seconds: u64,
+    /// Identity providers whose tokens are verified against their published keys (JWKS).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub providers: Vec<ProviderConfig>,
 }
 
 impl Default for IdentityConfig {
     fn default() -> Self {
-        Self { issuer: "clover-dev".to_owned(), audience: "clover".to_owned(), leeway_seconds: 30 }
+        Self {
+            dev_issuer: true,
+            issuer: "clover-dev".to_owned(),
+            audience: "clover".to_owned(),
+            leeway_seconds: 30,
+            providers: Vec::new(),
+        }
     }
+}
+
+/// An identity provider (an OpenID Connect issuer, say) and where its keys are.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// The `iss` claim of its tokens.
+    pub issuer: String,
+    /// The `aud` claim its tokens must carry for this boundary.
+    pub audience: String,
+    /// Its JSON Web Key Set: an `http(s)://` URL, or a file path.
+    pub jwks: String,
+    /// How often the key set is fetched again, in seconds (also on an unknown key id, at most
+    /// every 10 seconds).
+    #[serde(default = "default_refresh")]
+    pub refresh_seconds: u64,
+}
+
+fn default_refresh() -> u64 {
+    300
 }
 
 /// The default data directory.
@@ -175,6 +209,7 @@ impl Default for Config {
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             listen: name(DEFAULT_LISTEN),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            trusted_proxies: Vec::new(),
             sites: vec![
                 site("dublin-1", "eu", &["127.0.0.1/32"]),
                 site("dublin-2", "eu", &["127.0.0.2/32"]),

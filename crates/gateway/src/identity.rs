@@ -8,11 +8,12 @@ use std::path::Path;
 
 use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
 use clover_model::{Principal, PrincipalId, PrincipalKind, Region, SiteName};
+use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::config::IdentityConfig;
+use crate::config::{IdentityConfig, ProviderConfig};
 
 /// The claims of a Clover token.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -150,22 +151,12 @@ impl TokenVerifier {
 
     /// Reads the `Authorization` header value and verifies the token.
     pub fn authenticate(&self, authorization: Option<&str>) -> Result<Principal, AuthError> {
-        let header = authorization.ok_or(AuthError::Missing)?;
-        let token = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or(AuthError::NotBearer)?;
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(|e| match e.kind() {
-            ErrorKind::ExpiredSignature => AuthError::Expired,
-            ErrorKind::InvalidSignature => AuthError::BadSignature,
-            ErrorKind::InvalidIssuer => AuthError::Invalid("unexpected issuer".into()),
-            ErrorKind::InvalidAudience => AuthError::Invalid("unexpected audience".into()),
-            ErrorKind::InvalidAlgorithm => AuthError::Invalid("only EdDSA tokens are accepted".into()),
-            ErrorKind::MissingRequiredClaim(claim) => AuthError::Invalid(format!("missing claim {claim:?}")),
-            _ => AuthError::Invalid("malformed token".into()),
-        })?;
+        self.verify(bearer(authorization)?)
+    }
+
+    /// Verifies a token.
+    pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(map_error)?;
         principal(data.claims)
     }
 }
@@ -179,6 +170,196 @@ fn principal(claims: Claims) -> Result<Principal, AuthError> {
         site: SiteName::new(claims.site).map_err(bad)?,
         roles: claims.roles,
     })
+}
+
+/// An identity provider's published keys, fetched and cached.
+struct Provider {
+    config: ProviderConfig,
+    leeway: u64,
+    client: reqwest::Client,
+    keys: tokio::sync::RwLock<Option<(std::time::Instant, JwkSet)>>,
+    last_forced: tokio::sync::Mutex<Option<std::time::Instant>>,
+}
+
+/// The shortest time between two fetches forced by an unknown key id.
+const FORCED_REFRESH: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl Provider {
+    async fn fetch(&self) -> Result<JwkSet, String> {
+        let jwks = &self.config.jwks;
+        let bytes = if jwks.starts_with("http://") || jwks.starts_with("https://") {
+            let response = self.client.get(jwks).send().await.map_err(|e| e.to_string())?;
+            if !response.status().is_success() {
+                return Err(format!("HTTP {}", response.status()));
+            }
+            response.bytes().await.map_err(|e| e.to_string())?.to_vec()
+        } else {
+            tokio::fs::read(jwks).await.map_err(|e| e.to_string())?
+        };
+        serde_json::from_slice(&bytes).map_err(|e| format!("not a JWK set: {e}"))
+    }
+
+    async fn refresh(&self) {
+        match self.fetch().await {
+            Ok(set) => {
+                tracing::info!(issuer = %self.config.issuer, keys = set.keys.len(), "identity provider keys loaded");
+                *self.keys.write().await = Some((std::time::Instant::now(), set));
+            }
+            Err(e) => {
+                tracing::error!(issuer = %self.config.issuer, jwks = %self.config.jwks, error = %e, "cannot load the identity provider's keys")
+            }
+        }
+    }
+
+    /// The key `kid`, from the cached set; fetched again when stale, or (at most every
+    /// [`FORCED_REFRESH`]) when the key is unknown, as after a rotation.
+    async fn key(&self, kid: &str) -> Option<Jwk> {
+        let stale =
+            self.keys.read().await.as_ref().is_none_or(|(at, _)| at.elapsed().as_secs() >= self.config.refresh_seconds);
+        if stale {
+            self.refresh().await;
+        }
+        if let Some(jwk) = self.keys.read().await.as_ref().and_then(|(_, set)| set.find(kid).cloned()) {
+            return Some(jwk);
+        }
+        {
+            let mut last = self.last_forced.lock().await;
+            if last.is_some_and(|at| at.elapsed() < FORCED_REFRESH) {
+                return None;
+            }
+            *last = Some(std::time::Instant::now());
+        }
+        self.refresh().await;
+        self.keys.read().await.as_ref().and_then(|(_, set)| set.find(kid).cloned())
+    }
+
+    async fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Invalid("malformed token".into()))?;
+        // Only asymmetric algorithms: a shared secret in a published key set would let anyone
+        // who reads the set sign tokens.
+        if !matches!(
+            header.alg,
+            Algorithm::RS256
+                | Algorithm::RS384
+                | Algorithm::RS512
+                | Algorithm::PS256
+                | Algorithm::PS384
+                | Algorithm::PS512
+                | Algorithm::ES256
+                | Algorithm::ES384
+                | Algorithm::EdDSA
+        ) {
+            return Err(AuthError::Invalid(format!("algorithm {:?} is not accepted", header.alg)));
+        }
+        let kid = header.kid.ok_or_else(|| AuthError::Invalid("the token names no key (kid)".into()))?;
+        let jwk = self.key(&kid).await.ok_or_else(|| AuthError::Invalid(format!("unknown key id {kid:?}")))?;
+        if matches!(jwk.algorithm, AlgorithmParameters::OctetKey(_)) {
+            return Err(AuthError::Invalid(format!("key {kid:?} is a shared secret; refused")));
+        }
+        if let Some(alg) = jwk.common.key_algorithm
+            && Algorithm::try_from(alg).ok() != Some(header.alg)
+        {
+            return Err(AuthError::Invalid(format!("key {kid:?} is not for {:?}", header.alg)));
+        }
+        let key = DecodingKey::from_jwk(&jwk).map_err(|_| AuthError::Invalid(format!("key {kid:?} is unusable")))?;
+        let mut validation = Validation::new(header.alg);
+        validation.set_issuer(&[&self.config.issuer]);
+        validation.set_audience(&[&self.config.audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.leeway = self.leeway;
+        let data = jsonwebtoken::decode::<Claims>(token, &key, &validation).map_err(map_error)?;
+        principal(data.claims)
+    }
+}
+
+/// Verifies bearer tokens: from the development issuer, and from configured identity providers
+/// against their published keys. The token's unverified `iss` only picks whose keys to check it
+/// with; the chosen verifier then checks signature, issuer, audience and expiry.
+pub struct Authenticator {
+    dev: Option<(String, TokenVerifier)>,
+    providers: Vec<Provider>,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("dev_issuer", &self.dev.as_ref().map(|(iss, _)| iss))
+            .field("providers", &self.providers.iter().map(|p| &p.config.issuer).collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+#[derive(Deserialize)]
+struct Issuer {
+    iss: String,
+}
+
+impl Authenticator {
+    /// An authenticator for `config`, with the development issuer's verifier if it is enabled.
+    /// Fetches each provider's keys once (a provider that cannot be reached is retried on use).
+    pub async fn new(config: &IdentityConfig, dev: Option<TokenVerifier>) -> Self {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(std::time::Duration::from_secs(10))
+            .build()
+            .unwrap_or_default();
+        let providers: Vec<Provider> = config
+            .providers
+            .iter()
+            .map(|p| Provider {
+                config: p.clone(),
+                leeway: config.leeway_seconds,
+                client: client.clone(),
+                keys: tokio::sync::RwLock::new(None),
+                last_forced: tokio::sync::Mutex::new(None),
+            })
+            .collect();
+        for provider in &providers {
+            provider.refresh().await;
+        }
+        let dev = dev.filter(|_| config.dev_issuer).map(|v| (config.issuer.clone(), v));
+        Self { dev, providers }
+    }
+
+    /// Reads the `Authorization` header value and verifies the token.
+    pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Principal, AuthError> {
+        let token = bearer(authorization)?;
+        let issuer = jsonwebtoken::dangerous::insecure_decode_claims::<Issuer>(token)
+            .map_err(|_| AuthError::Invalid("malformed token".into()))?
+            .iss;
+        if let Some((dev_issuer, verifier)) = &self.dev
+            && *dev_issuer == issuer
+        {
+            return verifier.verify(token);
+        }
+        match self.providers.iter().find(|p| p.config.issuer == issuer) {
+            Some(provider) => provider.verify(token).await,
+            None => Err(AuthError::Invalid("unexpected issuer".into())),
+        }
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` header.
+fn bearer(authorization: Option<&str>) -> Result<&str, AuthError> {
+    let header = authorization.ok_or(AuthError::Missing)?;
+    header
+        .strip_prefix("Bearer ")
+        .or_else(|| header.strip_prefix("bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or(AuthError::NotBearer)
+}
+
+fn map_error(e: jsonwebtoken::errors::Error) -> AuthError {
+    match e.kind() {
+        ErrorKind::ExpiredSignature => AuthError::Expired,
+        ErrorKind::InvalidSignature => AuthError::BadSignature,
+        ErrorKind::InvalidIssuer => AuthError::Invalid("unexpected issuer".into()),
+        ErrorKind::InvalidAudience => AuthError::Invalid("unexpected audience".into()),
+        ErrorKind::InvalidAlgorithm => AuthError::Invalid("unexpected algorithm".into()),
+        ErrorKind::MissingRequiredClaim(claim) => AuthError::Invalid(format!("missing claim {claim:?}")),
+        _ => AuthError::Invalid("malformed token".into()),
+    }
 }
 
 #[cfg(test)]

@@ -33,7 +33,7 @@ pub use datadir::DataDir;
 
 use crate::config::{CategoryConfig, ConfigError};
 use crate::datadir::DataDirError;
-use crate::identity::TokenVerifier;
+use crate::identity::Authenticator;
 use crate::origin::Sites;
 
 /// An error opening a boundary.
@@ -65,7 +65,7 @@ pub struct Boundary {
     cosigned: witnesses::Cosigned,
     log_vkey: clover_log::note::VerifierKey,
     subject_index: SubjectIndexKey,
-    verifier: TokenVerifier,
+    authenticator: Authenticator,
     sites: Sites,
 }
 
@@ -82,7 +82,8 @@ impl Boundary {
         config.validate()?;
         let data_dir = DataDir::new(&config.data_dir);
         let keyring = data_dir.unseal(&config.region)?;
-        let verifier = data_dir.issuer()?.verifier(&config.identity);
+        let dev = if config.identity.dev_issuer { Some(data_dir.issuer()?.verifier(&config.identity)) } else { None };
+        let authenticator = Authenticator::new(&config.identity, dev).await;
         let store = SqliteStore::open(&data_dir.database_path()).await?;
         let options = LogOptions {
             checkpoint_interval: std::time::Duration::from_millis(config.log.checkpoint_interval_ms),
@@ -103,7 +104,7 @@ impl Boundary {
             cosigned,
             log_vkey,
             subject_index,
-            verifier,
+            authenticator,
             sites,
         })
     }

@@ -13,7 +13,7 @@
 //! [`Caller`] is the extractor that runs steps 1 and 2 before any body is read, so that an
 //! unauthenticated request learns nothing, not even whether its body was valid.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, FromRequestParts};
@@ -68,9 +68,9 @@ impl FromRequestParts<Arc<Boundary>> for Caller {
             .ok_or_else(|| ApiError::internal("the server was started without peer addresses"))?;
         let span = tracing::Span::current();
         span.record("peer", tracing::field::display(peer.ip()));
-        let principal = authenticate(boundary, parts)?;
+        let principal = authenticate(boundary, parts).await?;
         span.record("principal", principal.id.as_str());
-        let origin = resolve_origin(boundary, peer);
+        let origin = resolve_origin(boundary, client_address(boundary, peer.ip(), parts));
         match &origin {
             Origin::Site { site, .. } => span.record("origin", site.as_str()),
             Origin::Unknown => span.record("origin", "unknown"),
@@ -83,15 +83,49 @@ impl FromRequestParts<Arc<Boundary>> for Caller {
 
 /// Step 1: the principal from the `Authorization` header.
 #[instrument(name = "authenticate", skip_all, err(level = "debug"))]
-pub fn authenticate(boundary: &Boundary, parts: &Parts) -> Result<Principal, ApiError> {
+pub async fn authenticate(boundary: &Boundary, parts: &Parts) -> Result<Principal, ApiError> {
     let header = parts.headers.get(AUTHORIZATION).map(|v| v.to_str().unwrap_or(""));
-    Ok(boundary.verifier.authenticate(header)?)
+    Ok(boundary.authenticator.authenticate(header).await?)
 }
 
-/// Step 2: the origin of the TCP peer, from the configured sites.
+/// The client's address: the TCP peer's, unless the peer is a configured trusted proxy, in
+/// which case the last address in `X-Forwarded-For` that is not itself a trusted proxy. From
+/// anyone else, the header is ignored: a caller cannot choose their own origin.
+pub fn client_address(boundary: &Boundary, peer: IpAddr, parts: &Parts) -> IpAddr {
+    let trusted = |ip: &IpAddr| boundary.config.trusted_proxies.iter().any(|net| net.contains(ip));
+    if !trusted(&peer) {
+        return peer;
+    }
+    let forwarded: Vec<&str> = parts
+        .headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    let mut client = peer;
+    for hop in forwarded.iter().rev() {
+        match hop.parse::<IpAddr>() {
+            Ok(ip) => {
+                client = ip;
+                if !trusted(&ip) {
+                    break;
+                }
+            }
+            Err(_) => {
+                tracing::warn!(%peer, header = %hop, "malformed X-Forwarded-For from a trusted proxy; using the proxy's address");
+                return peer;
+            }
+        }
+    }
+    client
+}
+
+/// Step 2: the origin of the client address, from the configured sites.
 #[instrument(name = "resolve_origin", skip(boundary), ret(level = "debug"))]
-pub fn resolve_origin(boundary: &Boundary, peer: SocketAddr) -> Origin {
-    boundary.sites.resolve(peer.ip())
+pub fn resolve_origin(boundary: &Boundary, client: IpAddr) -> Origin {
+    boundary.sites.resolve(client)
 }
 
 /// Step 3: a subject's metadata and wrapped key.

@@ -8,6 +8,7 @@ mod auth;
 mod bad_input;
 mod encryption;
 mod erasure;
+mod identity;
 mod log;
 mod origins;
 mod service;
