@@ -62,11 +62,32 @@ pub struct PolicyConfig {
     pub dir: Option<PathBuf>,
     /// Distinct subjects a principal may touch in the window before an approval is needed.
     pub bulk_threshold: i64,
+    /// The window, in seconds.
+    pub window_seconds: u64,
+    /// The age of digital consent: `default_age`, or the subject's country's.
+    pub minors: MinorsConfig,
 }
 
 impl Default for PolicyConfig {
     fn default() -> Self {
-        Self { dir: None, bulk_threshold: 50 }
+        Self { dir: None, bulk_threshold: 50, window_seconds: 3600, minors: MinorsConfig::default() }
+    }
+}
+
+/// When a subject stops being a minor.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MinorsConfig {
+    /// The age of digital consent where the subject's country is not listed.
+    pub default_age: u8,
+    /// The age of digital consent by country (ISO 3166-1 alpha-2, lowercase).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub by_country: std::collections::BTreeMap<String, u8>,
+}
+
+impl Default for MinorsConfig {
+    fn default() -> Self {
+        Self { default_age: 16, by_country: std::collections::BTreeMap::new() }
     }
 }
 

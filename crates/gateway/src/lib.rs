@@ -15,6 +15,7 @@ pub mod origin;
 pub mod pack;
 pub mod pipeline;
 pub mod problem;
+pub mod touches;
 pub mod witnesses;
 
 use std::future::Future;
@@ -54,6 +55,9 @@ pub enum OpenError {
     /// A key could not be used.
     #[error(transparent)]
     Keys(#[from] clover_keys::KeyError),
+    /// The policy pack was refused.
+    #[error("policy: {0}")]
+    Policy(#[from] clover_policy::pack::PackError),
 }
 
 /// One region's boundary: its configuration, store, custodian and verifier.
@@ -67,6 +71,8 @@ pub struct Boundary {
     subject_index: SubjectIndexKey,
     authenticator: Authenticator,
     sites: Sites,
+    pack: clover_policy::pack::PolicyPack,
+    touches: touches::Touches,
 }
 
 impl std::fmt::Debug for Boundary {
@@ -95,6 +101,11 @@ impl Boundary {
         record_setup(&log, &config, keyring.current_version(), &log_vkey).await?;
         let subject_index = keyring.subject_index_key();
         let sites = Sites::new(&config.sites);
+        let pack = match &config.policy.dir {
+            Some(dir) => clover_policy::pack::PolicyPack::load_dir(dir)?,
+            None => clover_policy::pack::PolicyPack::default_pack()?,
+        };
+        let touches = touches::Touches::new(std::time::Duration::from_secs(config.policy.window_seconds));
         let cosigned = witnesses::start(log.clone(), &config.log.witnesses);
         Ok(Self {
             config,
@@ -106,6 +117,8 @@ impl Boundary {
             subject_index,
             authenticator,
             sites,
+            pack,
+            touches,
         })
     }
 

@@ -79,3 +79,41 @@ pub fn record_request(
         bulk_threshold: config.policy.bulk_threshold,
     }
 }
+
+/// Builds the pack request for an action on a subject as a whole (register, erase, list).
+pub fn subject_request(
+    config: &Config,
+    principal: &Principal,
+    origin: &Origin,
+    ask: &crate::pipeline::Ask<'_>,
+    circumstances: &Circumstances,
+) -> PackRequest {
+    PackRequest {
+        boundary_region: config.region.to_string(),
+        principal: PackPrincipal {
+            kind: principal.kind,
+            id: principal.id.to_string(),
+            home_region: principal.home_region.to_string(),
+            site: principal.site.to_string(),
+            roles: principal.roles.clone(),
+        },
+        action: ask.action,
+        resource: PackResource::Subject {
+            id: ask.subject.to_string(),
+            minor: ask.subject_minor,
+            home_region: config.region.to_string(),
+        },
+        origin: match origin {
+            Origin::Site { site, region } => Some((site.to_string(), region.to_string())),
+            Origin::Unknown => None,
+        },
+        purpose: circumstances.purpose.clone(),
+        purpose_declared: false,
+        purpose_allowed_for_category: false,
+        purpose_allows_transfer: false,
+        has_justification: circumstances.has_justification,
+        approved: circumstances.approved,
+        subjects_touched: circumstances.subjects_touched,
+        bulk_threshold: config.policy.bulk_threshold,
+    }
+}

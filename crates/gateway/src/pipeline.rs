@@ -22,12 +22,13 @@ use axum::http::request::Parts;
 use clover_keys::{DataKey, WrappedKey, aad};
 use clover_log::Receipt;
 use clover_log::event::{EVENT_VERSION, Event, EventDecision, EventKind, EventOrigin, EventPrincipal};
-use clover_model::{Fields, Origin, Principal, RecordId, SubjectId};
-use clover_policy::{AccessRequest, Outcome, Verdict};
+use clover_model::{Action, Category, Fields, Origin, Principal, RecordId, SubjectId, View};
+use clover_policy::{Outcome, Verdict};
 use clover_store::{RecordRow, SubjectRow};
 use tracing::instrument;
 
 use crate::Boundary;
+use crate::pack::{Circumstances, RecordFacts, record_request, subject_request};
 use crate::problem::ApiError;
 
 /// An authenticated caller, where they call from, and why.
@@ -150,22 +151,67 @@ pub async fn load_record(boundary: &Boundary, id: &RecordId) -> Result<RecordRow
         .ok_or_else(|| ApiError::NotFound { what: "record", id: id.to_string() })
 }
 
-/// Step 4: the policy's decision.
-#[instrument(name = "decide", skip_all, fields(action = %request.action, effect))]
-pub fn decide(request: &AccessRequest<'_>) -> Verdict {
-    let verdict = clover_policy::decide(request);
+/// What a request asks, about which subject and record.
+#[derive(Debug, Clone, Copy)]
+pub struct Ask<'a> {
+    /// The action.
+    pub action: Action,
+    /// Whose data.
+    pub subject: &'a SubjectId,
+    /// The record and its category, for record reads and writes.
+    pub record: Option<(RecordId, &'a Category)>,
+    /// Whether the subject is a minor (unknown counts as a minor).
+    pub subject_minor: bool,
+}
+
+/// Whether the subject is a minor today, from their sealed metadata. A subject whose birth date
+/// is unknown (or whose metadata cannot be read) counts as a minor: the stricter rules apply.
+pub fn subject_minor(boundary: &Boundary, subject: &SubjectRow) -> bool {
+    let Ok(plain) = boundary.custody.open_metadata(&subject.subject_id, &subject.metadata) else { return true };
+    let Ok(metadata) = serde_json::from_slice::<SubjectMetadata>(&plain) else { return true };
+    metadata.adult_on.is_none_or(|adult_on| time::OffsetDateTime::now_utc().date() < adult_on)
+}
+
+/// What policy decides on about a subject, sealed by the custodian.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct SubjectMetadata {
+    /// The day the subject reaches the age of digital consent; unknown without a birth date.
+    pub adult_on: Option<time::Date>,
+}
+
+/// Step 4: the policy's decision, from the pack, on what the boundary knows.
+#[instrument(name = "decide", skip_all, fields(action = %ask.action, effect))]
+pub fn decide(boundary: &Boundary, caller: &Caller, ask: &Ask<'_>) -> Verdict {
+    let config = &boundary.config;
+    let touched = if ask.action == Action::Read {
+        boundary.touches.count(&caller.principal.id, &boundary.subject_hash(ask.subject))
+    } else {
+        0
+    };
+    let circumstances = Circumstances {
+        purpose: caller.purpose.clone(),
+        has_justification: caller.justification.is_some(),
+        approved: false,
+        subjects_touched: touched,
+    };
+    let request = match ask.record {
+        Some((id, category)) => {
+            let facts =
+                RecordFacts { id: id.to_string(), category: category.clone(), subject_minor: ask.subject_minor };
+            record_request(config, &caller.principal, &caller.origin, ask.action, &facts, &circumstances)
+        }
+        None => subject_request(config, &caller.principal, &caller.origin, ask, &circumstances),
+    };
+    let verdict = boundary.pack.verdict(&request, ask.subject);
     tracing::Span::current().record("effect", verdict.decision().effect());
+    if ask.action == Action::Read && matches!(verdict, Verdict::Allowed(_)) {
+        boundary.touches.record(&caller.principal.id, boundary.subject_hash(ask.subject));
+    }
     verdict
 }
 
 /// The log entry of a decision.
-pub fn event(
-    boundary: &Boundary,
-    caller: &Caller,
-    kind: EventKind,
-    request: &AccessRequest<'_>,
-    verdict: &Verdict,
-) -> Event {
+pub fn event(boundary: &Boundary, caller: &Caller, kind: EventKind, ask: &Ask<'_>, verdict: &Verdict) -> Event {
     let decision = verdict.decision();
     Event {
         v: EVENT_VERSION,
@@ -183,10 +229,10 @@ pub fn event(
             }
             Origin::Unknown => EventOrigin { site: None, region: None },
         }),
-        action: Some(request.action.to_string()),
-        subject: Some(boundary.subject_hash(request.subject)),
-        record: request.record.map(|r| r.to_string()),
-        category: request.category.map(ToString::to_string),
+        action: Some(ask.action.to_string()),
+        subject: Some(boundary.subject_hash(ask.subject)),
+        record: ask.record.map(|(id, _)| id.to_string()),
+        category: ask.record.map(|(_, category)| category.to_string()),
         decision: Some(EventDecision {
             effect: decision.effect().to_owned(),
             view: match decision.outcome {
@@ -202,16 +248,16 @@ pub fn event(
 }
 
 /// Step 5: appends the decision to the log and waits until it is durable. An allowed request
-/// gets the receipt the custodian asks for; a denied one a 403 carrying its log index.
+/// gets the receipt the custodian asks for; a refused one a 403 carrying its log index.
 #[instrument(name = "log", skip_all, fields(index))]
 pub async fn log(
     boundary: &Boundary,
     caller: &Caller,
     kind: EventKind,
-    request: &AccessRequest<'_>,
+    ask: &Ask<'_>,
     verdict: Verdict,
 ) -> Result<Receipt, ApiError> {
-    let entry = event(boundary, caller, kind, request, &verdict);
+    let entry = event(boundary, caller, kind, ask, &verdict);
     let unavailable = |e: clover_log::LogError| ApiError::LogUnavailable(e.to_string());
     match verdict {
         Verdict::Allowed(permit) => {
@@ -219,9 +265,20 @@ pub async fn log(
             tracing::Span::current().record("index", receipt.index());
             Ok(receipt)
         }
-        Verdict::Denied(decision) => {
+        Verdict::Denied(mut decision) => {
             let log_index = boundary.log.append(&entry).await.map_err(unavailable)?;
             tracing::Span::current().record("index", log_index);
+            let origin = match &caller.origin {
+                Origin::Site { site, region } => format!("from {site} (region {:?})", region.as_str()),
+                Origin::Unknown => "from an address of no configured site".to_owned(),
+            };
+            decision.reason = format!(
+                "{} by {} of region {:?} {origin}: {}",
+                ask.action,
+                caller.principal.id,
+                caller.principal.home_region.as_str(),
+                decision.reason
+            );
             Err(ApiError::Forbidden { decision, log_index })
         }
     }
@@ -232,10 +289,34 @@ pub async fn decide_and_log(
     boundary: &Boundary,
     caller: &Caller,
     kind: EventKind,
-    request: &AccessRequest<'_>,
+    ask: &Ask<'_>,
 ) -> Result<Receipt, ApiError> {
-    let verdict = decide(request);
-    log(boundary, caller, kind, request, verdict).await
+    let verdict = decide(boundary, caller, ask);
+    log(boundary, caller, kind, ask, verdict).await
+}
+
+/// The view the permit grants of decrypted fields: as stored, or each value replaced by a
+/// keyed token, stable within the declared purpose and the destination region and unlinkable
+/// across them.
+pub fn view(boundary: &Boundary, caller: &Caller, receipt: &Receipt, fields: Fields) -> Fields {
+    match receipt.permit().view() {
+        View::Full => fields,
+        View::Pseudonymised => {
+            let purpose = caller.purpose.as_deref().unwrap_or("none");
+            let destination = caller.origin.region().map_or("unknown", |r| r.as_str());
+            let map = fields
+                .as_map()
+                .iter()
+                .map(|(name, value)| {
+                    let mut input = name.as_bytes().to_vec();
+                    input.push(0);
+                    input.extend(serde_json::to_vec(value).unwrap_or_default());
+                    (name.clone(), serde_json::Value::String(boundary.custody.pseudonym(purpose, destination, &input)))
+                })
+                .collect();
+            Fields::new(map)
+        }
+    }
 }
 
 /// Step 6: the subject's data key, unwrapped by the custodian against the log receipt.

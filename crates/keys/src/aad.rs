@@ -29,6 +29,14 @@ pub fn subject(region: &Region, subject: &SubjectId) -> Vec<u8> {
     encode("clover/subject-attributes/v1", &[region.as_str().as_bytes(), subject.as_str().as_bytes()])
 }
 
+/// The associated data of a subject's sealed metadata.
+pub fn subject_metadata(region: &Region, subject: &SubjectId, kek_version: u32) -> Vec<u8> {
+    encode(
+        "clover/subject-metadata/v1",
+        &[region.as_str().as_bytes(), subject.as_str().as_bytes(), &kek_version.to_be_bytes()],
+    )
+}
+
 /// The associated data of a wrapped data key.
 pub fn data_key(region: &Region, subject: &SubjectId, kek_version: u32) -> Vec<u8> {
     encode("clover/data-key/v1", &[region.as_str().as_bytes(), subject.as_str().as_bytes(), &kek_version.to_be_bytes()])

@@ -252,14 +252,39 @@ impl KeyCustody for Keyring {
         bytes.copy_from_slice(&plain);
         Ok(DataKey::from_bytes(bytes))
     }
+
+    fn pseudonym(&self, purpose: &str, destination: &str, input: &[u8]) -> String {
+        use aws_lc_rs::hmac;
+        let root = hmac::Key::new(hmac::HMAC_SHA256, &self.subject_index_key);
+        let derived = hmac::sign(&root, format!("clover/pseudonym/v1\n{purpose}\n{destination}").as_bytes());
+        let key = hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref());
+        let tag = hmac::sign(&key, input);
+        let hex: String = tag.as_ref().iter().take(16).map(|b| format!("{b:02x}")).collect();
+        format!("tok_{hex}")
+    }
+
+    fn seal_metadata(&self, subject: &SubjectId, plaintext: &[u8]) -> Result<Vec<u8>, KeyError> {
+        let aad = aad::subject_metadata(&self.region, subject, self.current);
+        let mut out = self.current.to_be_bytes().to_vec();
+        out.extend(seal(self.kek(self.current)?, &aad, plaintext)?);
+        Ok(out)
+    }
+
+    fn open_metadata(&self, subject: &SubjectId, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+        let (version, rest) = sealed.split_first_chunk::<4>().ok_or(KeyError::Decrypt)?;
+        let version = u32::from_be_bytes(*version);
+        let aad = aad::subject_metadata(&self.region, subject, version);
+        open(self.kek(version)?, &aad, rest)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use clover_log::event::{Event, EventKind};
     use clover_log::{Log, LogOptions};
-    use clover_model::{Action, Origin, Principal, PrincipalKind, SiteName};
-    use clover_policy::{AccessRequest, Permit, Verdict, decide};
+    use clover_model::{Action, PrincipalKind};
+    use clover_policy::pack::{PackPrincipal, PackRequest, PackResource, PolicyPack};
+    use clover_policy::{Permit, Verdict};
 
     use super::*;
 
@@ -289,27 +314,28 @@ mod tests {
     }
 
     fn permit(subject: &str) -> Permit {
-        let eu: Region = "eu".parse().unwrap();
-        let principal = Principal {
-            id: "ana".parse().unwrap(),
-            kind: PrincipalKind::Employee,
-            home_region: eu.clone(),
-            site: SiteName::new("dublin-1").unwrap(),
-            roles: vec![],
-        };
-        let origin = Origin::Site { site: SiteName::new("dublin-1").unwrap(), region: eu.clone() };
-        let subject: SubjectId = subject.parse().unwrap();
-        let request = AccessRequest {
-            boundary: &eu,
-            principal: &principal,
-            origin: &origin,
+        let request = PackRequest {
+            boundary_region: "eu".into(),
+            principal: PackPrincipal {
+                kind: PrincipalKind::Employee,
+                id: "ana".into(),
+                home_region: "eu".into(),
+                site: "dublin-1".into(),
+                roles: vec![],
+            },
             action: Action::Write,
-            subject: &subject,
-            subject_region: &eu,
-            record: None,
-            category: None,
+            resource: PackResource::Subject { id: subject.into(), minor: false, home_region: "eu".into() },
+            origin: Some(("dublin-1".into(), "eu".into())),
+            purpose: None,
+            purpose_declared: false,
+            purpose_allowed_for_category: false,
+            purpose_allows_transfer: false,
+            has_justification: false,
+            approved: false,
+            subjects_touched: 1,
+            bulk_threshold: 50,
         };
-        match decide(&request) {
+        match PolicyPack::default_pack().unwrap().verdict(&request, &subject.parse().unwrap()) {
             Verdict::Allowed(permit) => permit,
             Verdict::Denied(d) => panic!("{d:?}"),
         }
@@ -366,6 +392,17 @@ mod tests {
         ));
         // s-1's wrapped key moved to s-2's row does not open.
         assert!(matches!(keyring.unwrap(&"s-2".parse().unwrap(), &wrapped, &other), Err(KeyError::Decrypt)));
+    }
+
+    #[test]
+    fn metadata_opens_only_for_its_subject() {
+        let dir = tempfile::tempdir().unwrap();
+        let keyring = keyring(dir.path());
+        let s1: SubjectId = "s-1".parse().unwrap();
+        let sealed = keyring.seal_metadata(&s1, b"{\"minor_until\":\"2029-05-01\"}").unwrap();
+        assert_eq!(keyring.open_metadata(&s1, &sealed).unwrap().as_slice(), b"{\"minor_until\":\"2029-05-01\"}");
+        assert!(keyring.open_metadata(&"s-2".parse().unwrap(), &sealed).is_err());
+        assert!(!sealed.windows(4).any(|w| w == b"2029"));
     }
 
     #[test]

@@ -41,4 +41,17 @@ pub trait KeyCustody: Send + Sync {
 
     /// Unwraps `subject`'s data key. The receipt must be for an access to that subject.
     fn unwrap(&self, subject: &SubjectId, wrapped: &WrappedKey, receipt: &Receipt) -> Result<DataKey, KeyError>;
+
+    /// Seals a subject's metadata (what policy decides on, such as the date they come of
+    /// age) under the region's key, so that it is not in the clear at rest but can be read to
+    /// decide, before any data key is unwrapped.
+    fn seal_metadata(&self, subject: &SubjectId, plaintext: &[u8]) -> Result<Vec<u8>, KeyError>;
+
+    /// A pseudonymous token for `input`, under the key of (`purpose`, `destination`): stable
+    /// within one purpose and destination, unlinkable across them. The keys never leave the
+    /// custodian.
+    fn pseudonym(&self, purpose: &str, destination: &str, input: &[u8]) -> String;
+
+    /// Opens what [`KeyCustody::seal_metadata`] sealed for the same subject.
+    fn open_metadata(&self, subject: &SubjectId, sealed: &[u8]) -> Result<zeroize::Zeroizing<Vec<u8>>, KeyError>;
 }

@@ -76,6 +76,8 @@ pub enum Action {
     Write,
     /// Erase a subject and all their data.
     Erase,
+    /// List the log entries about a subject (who accessed their data).
+    ListAccesses,
 }
 
 impl Action {
@@ -85,6 +87,7 @@ impl Action {
             Self::Read => "read",
             Self::Write => "write",
             Self::Erase => "erase",
+            Self::ListAccesses => "list-accesses",
         }
     }
 }

@@ -18,10 +18,10 @@ use cedar_policy::{
     Authorizer, Context, Decision as CedarDecision, Entities, EntityUid, PolicyId, PolicySet, Request, Schema,
     ValidationMode, Validator,
 };
-use clover_model::{Action, View};
+use clover_model::{Action, SubjectId, View};
 use serde_json::json;
 
-use crate::{Decision, Outcome};
+use crate::{Decision, Outcome, Permit, Verdict};
 
 /// The default pack's schema, shipped in the binary.
 pub const DEFAULT_SCHEMA: &str = include_str!("../../../policies/clover.cedarschema");
@@ -210,6 +210,18 @@ impl PolicyPack {
         self.policies.policies().map(|p| p.id().to_string()).collect()
     }
 
+    /// Decides a request about `subject`'s data: a [`Permit`] for that subject and action if it
+    /// is allowed.
+    pub fn verdict(&self, request: &PackRequest, subject: &SubjectId) -> Verdict {
+        let decision = self.decide(request);
+        match decision.outcome {
+            Outcome::Allow(view) => {
+                Verdict::Allowed(Permit { decision, subject: subject.clone(), action: request.action, view })
+            }
+            Outcome::Deny | Outcome::ApprovalRequired => Verdict::Denied(decision),
+        }
+    }
+
     /// Decides a request.
     pub fn decide(&self, request: &PackRequest) -> Decision {
         match request.action {
@@ -240,15 +252,17 @@ impl PolicyPack {
                 }
                 self.refusal(forbids)
             }
-            Action::Write | Action::Erase => match self.evaluate(request, request.action.as_str()) {
-                Ok((true, permits)) => Decision {
-                    outcome: Outcome::Allow(View::Full),
-                    policies: permits,
-                    reason: format!("{} is allowed", request.action),
-                },
-                Ok((false, forbids)) => self.refusal(forbids),
-                Err(e) => error_decision(e),
-            },
+            Action::Write | Action::Erase | Action::ListAccesses => {
+                match self.evaluate(request, cedar_action(request.action)) {
+                    Ok((true, permits)) => Decision {
+                        outcome: Outcome::Allow(View::Full),
+                        policies: permits,
+                        reason: format!("{} is allowed", request.action),
+                    },
+                    Ok((false, forbids)) => self.refusal(forbids),
+                    Err(e) => error_decision(e),
+                }
+            }
         }
     }
 
@@ -337,6 +351,16 @@ impl PolicyPack {
         let mut reasons: Vec<String> = response.diagnostics().reason().map(ToString::to_string).collect();
         reasons.sort();
         Ok((response.decision() == CedarDecision::Allow, reasons))
+    }
+}
+
+/// The Cedar action of a Clover action (reads have two, see [`PolicyPack::decide`]).
+fn cedar_action(action: Action) -> &'static str {
+    match action {
+        Action::Read => "read",
+        Action::Write => "write",
+        Action::Erase => "erase",
+        Action::ListAccesses => "list_accesses",
     }
 }
 

@@ -31,6 +31,9 @@ pub struct SubjectRow {
     pub wrapped_key: Vec<u8>,
     /// The subject's attributes (birth date), sealed with the data key.
     pub attributes: Vec<u8>,
+    /// What policy decides on (when they come of age), sealed by the custodian under the
+    /// region's key; empty when unknown.
+    pub metadata: Vec<u8>,
     /// When the subject was first registered.
     pub created_at: OffsetDateTime,
 }
@@ -79,9 +82,9 @@ pub trait Store: Send + Sync + 'static {
     /// Registers a subject. Returns `false`, changing nothing, if the id is already registered.
     async fn insert_subject(&self, row: &SubjectRow) -> Result<bool, StoreError>;
 
-    /// Replaces a registered subject's sealed attributes. Returns `false` if there is no such
-    /// subject.
-    async fn update_subject_attributes(&self, id: &SubjectId, attributes: &[u8]) -> Result<bool, StoreError>;
+    /// Replaces a registered subject's sealed attributes and metadata. Returns `false` if there
+    /// is no such subject.
+    async fn update_subject(&self, id: &SubjectId, attributes: &[u8], metadata: &[u8]) -> Result<bool, StoreError>;
 
     /// Stores a new record. Fails with [`StoreError::NoSuchSubject`] if its subject is not
     /// registered (or was erased meanwhile).

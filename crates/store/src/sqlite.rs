@@ -22,7 +22,8 @@ CREATE TABLE IF NOT EXISTS subjects (
     kek_version INTEGER NOT NULL,
     wrapped_key BLOB NOT NULL,
     attributes  BLOB NOT NULL,
-    created_at  INTEGER NOT NULL
+    created_at  INTEGER NOT NULL,
+    metadata    BLOB NOT NULL DEFAULT x''
 ) STRICT;
 CREATE TABLE IF NOT EXISTS records (
     record_id   TEXT PRIMARY KEY NOT NULL,
@@ -34,8 +35,16 @@ CREATE TABLE IF NOT EXISTS records (
     created_at  INTEGER NOT NULL
 ) STRICT;
 CREATE INDEX IF NOT EXISTS records_by_subject ON records(subject_id);
-PRAGMA user_version = 1;
 ";
+
+/// The schema's version, kept in `user_version`.
+const SCHEMA_VERSION: i64 = 2;
+
+/// Changes that bring a database of an older version (the key) to the next one.
+const MIGRATIONS: &[(i64, &str)] = &[(1, "ALTER TABLE subjects ADD COLUMN metadata BLOB NOT NULL DEFAULT x'';")];
+
+const SUBJECT_COLUMNS: &str = "subject_id, home_region, kek_version, wrapped_key, attributes, metadata, created_at";
+const RECORD_COLUMNS: &str = "record_id, subject_id, category, home_region, version, ciphertext, created_at";
 
 /// A store in one SQLite file.
 #[derive(Debug, Clone)]
@@ -70,6 +79,7 @@ fn subject_row(row: &SqliteRow) -> Result<SubjectRow, StoreError> {
         kek_version: row.try_get("kek_version").map_err(get())?,
         wrapped_key: row.try_get("wrapped_key").map_err(get())?,
         attributes: row.try_get("attributes").map_err(get())?,
+        metadata: row.try_get("metadata").map_err(get())?,
         created_at: timestamp(row.try_get("created_at").map_err(get())?)?,
     })
 }
@@ -100,7 +110,26 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(5))
             .pragma("secure_delete", "ON");
         let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await.map_err(open_err)?;
+        let mut version: i64 = sqlx::query("PRAGMA user_version")
+            .fetch_one(&pool)
+            .await
+            .and_then(|row| row.try_get(0))
+            .map_err(open_err)?;
+        if version == 0 {
+            // A new database: the schema below is the current version's.
+            version = SCHEMA_VERSION;
+        }
+        for (from, sql) in MIGRATIONS {
+            if version == *from {
+                sqlx::raw_sql(*sql).execute(&pool).await.map_err(open_err)?;
+                version += 1;
+            }
+        }
         sqlx::raw_sql(SCHEMA).execute(&pool).await.map_err(open_err)?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("PRAGMA user_version = {version}")))
+            .execute(&pool)
+            .await
+            .map_err(open_err)?;
         Ok(Self { pool })
     }
 
@@ -113,24 +142,26 @@ impl SqliteStore {
 #[async_trait]
 impl Store for SqliteStore {
     async fn subject(&self, id: &SubjectId) -> Result<Option<SubjectRow>, StoreError> {
-        let row = sqlx::query("SELECT * FROM subjects WHERE subject_id = ?")
-            .bind(id.as_str())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db("reading a subject"))?;
+        let row =
+            sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {SUBJECT_COLUMNS} FROM subjects WHERE subject_id = ?")))
+                .bind(id.as_str())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db("reading a subject"))?;
         row.as_ref().map(subject_row).transpose()
     }
 
     async fn insert_subject(&self, row: &SubjectRow) -> Result<bool, StoreError> {
         let done = sqlx::query(
-            "INSERT INTO subjects (subject_id, home_region, kek_version, wrapped_key, attributes, created_at)
-             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (subject_id) DO NOTHING",
+            "INSERT INTO subjects (subject_id, home_region, kek_version, wrapped_key, attributes, metadata, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (subject_id) DO NOTHING",
         )
         .bind(row.subject_id.as_str())
         .bind(row.home_region.as_str())
         .bind(row.kek_version)
         .bind(&row.wrapped_key)
         .bind(&row.attributes)
+        .bind(&row.metadata)
         .bind(row.created_at.unix_timestamp())
         .execute(&self.pool)
         .await
@@ -138,9 +169,10 @@ impl Store for SqliteStore {
         Ok(done.rows_affected() == 1)
     }
 
-    async fn update_subject_attributes(&self, id: &SubjectId, attributes: &[u8]) -> Result<bool, StoreError> {
-        let done = sqlx::query("UPDATE subjects SET attributes = ? WHERE subject_id = ?")
+    async fn update_subject(&self, id: &SubjectId, attributes: &[u8], metadata: &[u8]) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE subjects SET attributes = ?, metadata = ? WHERE subject_id = ?")
             .bind(attributes)
+            .bind(metadata)
             .bind(id.as_str())
             .execute(&self.pool)
             .await
@@ -172,7 +204,7 @@ impl Store for SqliteStore {
     }
 
     async fn record(&self, id: &RecordId) -> Result<Option<RecordRow>, StoreError> {
-        let row = sqlx::query("SELECT * FROM records WHERE record_id = ?")
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {RECORD_COLUMNS} FROM records WHERE record_id = ?")))
             .bind(id.to_string())
             .fetch_optional(&self.pool)
             .await
@@ -233,6 +265,7 @@ mod tests {
             kek_version: 1,
             wrapped_key: vec![7; 60],
             attributes: vec![1, 2, 3],
+            metadata: vec![4, 5],
             created_at: OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap(),
         }
     }
@@ -269,6 +302,36 @@ mod tests {
         assert!(store.subject(&"s-1".parse().unwrap()).await.unwrap().is_none());
         assert_eq!(store.counts().await.unwrap(), Counts { subjects: 1, records: 1 });
         assert_eq!(store.erase_subject(&"s-1".parse().unwrap()).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_version_1_database_is_migrated_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("clover.db");
+        {
+            let options = SqliteConnectOptions::new().filename(&path).create_if_missing(true);
+            let pool = SqlitePoolOptions::new().connect_with(options).await.unwrap();
+            sqlx::raw_sql(
+                "CREATE TABLE subjects (subject_id TEXT PRIMARY KEY NOT NULL, home_region TEXT NOT NULL,
+                 kek_version INTEGER NOT NULL, wrapped_key BLOB NOT NULL, attributes BLOB NOT NULL,
+                 created_at INTEGER NOT NULL) STRICT;
+                 INSERT INTO subjects VALUES ('old', 'eu', 1, x'07', x'01', 1700000000);
+                 PRAGMA user_version = 1;",
+            )
+            .execute(&pool)
+            .await
+            .unwrap();
+            pool.close().await;
+        }
+        let store = SqliteStore::open(&path).await.unwrap();
+        let old = store.subject(&"old".parse().unwrap()).await.unwrap().unwrap();
+        assert!(old.metadata.is_empty());
+        assert!(store.insert_subject(&subject("s-1")).await.unwrap());
+        assert_eq!(store.subject(&"s-1".parse().unwrap()).await.unwrap().unwrap(), subject("s-1"));
+        store.close().await;
+        // Opening again changes nothing.
+        let store = SqliteStore::open(&path).await.unwrap();
+        assert_eq!(store.counts().await.unwrap().subjects, 2);
     }
 
     #[tokio::test]

@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use clover_log::event::EventKind;
 use clover_model::{Action, Category, Fields, RecordId, SubjectId, View};
-use clover_policy::{AccessRequest, Decision};
+use clover_policy::Decision;
 use clover_store::RecordRow;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -15,7 +15,7 @@ use utoipa::ToSchema;
 
 use super::subjects::answered;
 use crate::Boundary;
-use crate::pipeline::{self, Caller};
+use crate::pipeline::{self, Ask, Caller};
 use crate::problem::{ApiError, Body, Problem};
 
 /// A new record.
@@ -104,17 +104,13 @@ pub async fn create_record(
         .ok_or_else(|| ApiError::UnknownCategory { category: body.category, known: boundary.category_names() })?;
     let subject = pipeline::load_subject(&boundary, &subject_id).await?;
     let record_id = RecordId::random();
-    let request = AccessRequest {
-        boundary: boundary.region(),
-        principal: &caller.principal,
-        origin: &caller.origin,
+    let ask = Ask {
         action: Action::Write,
         subject: &subject_id,
-        subject_region: &subject.home_region,
-        record: Some(record_id),
-        category: Some(&category),
+        record: Some((record_id, &category)),
+        subject_minor: pipeline::subject_minor(&boundary, &subject),
     };
-    let receipt = pipeline::decide_and_log(&boundary, &caller, EventKind::Write, &request).await?;
+    let receipt = pipeline::decide_and_log(&boundary, &caller, EventKind::Write, &ask).await?;
     let key = pipeline::unwrap_key(&boundary, &subject, &receipt)?;
     let version = 1;
     let row = RecordRow {
@@ -168,20 +164,17 @@ pub async fn read_record(
     let record_id: RecordId = record_id.parse()?;
     let record = pipeline::load_record(&boundary, &record_id).await?;
     let subject = pipeline::load_subject(&boundary, &record.subject_id).await?;
-    let request = AccessRequest {
-        boundary: boundary.region(),
-        principal: &caller.principal,
-        origin: &caller.origin,
+    let ask = Ask {
         action: Action::Read,
         subject: &record.subject_id,
-        subject_region: &record.home_region,
-        record: Some(record_id),
-        category: Some(&record.category),
+        record: Some((record_id, &record.category)),
+        subject_minor: pipeline::subject_minor(&boundary, &subject),
     };
-    let receipt = pipeline::decide_and_log(&boundary, &caller, EventKind::Access, &request).await?;
+    let receipt = pipeline::decide_and_log(&boundary, &caller, EventKind::Access, &ask).await?;
     let key = pipeline::unwrap_key(&boundary, &subject, &receipt)?;
     let fields = pipeline::open_record(&boundary, &key, &record)?;
     drop(key);
+    let fields = pipeline::view(&boundary, &caller, &receipt, fields);
     let decision = receipt.permit().decision().clone();
     let created_at =
         record.created_at.format(&time::format_description::well_known::Rfc3339).map_err(ApiError::internal)?;

@@ -9,14 +9,14 @@ use axum::response::{IntoResponse, Response};
 use clover_keys::aad;
 use clover_log::event::EventKind;
 use clover_model::{Action, Region, SubjectId};
-use clover_policy::{AccessRequest, Decision};
+use clover_policy::Decision;
 use clover_store::SubjectRow;
 use serde::{Deserialize, Serialize};
 use time::{Date, OffsetDateTime};
 use utoipa::ToSchema;
 
 use crate::Boundary;
-use crate::pipeline::{self, Caller};
+use crate::pipeline::{self, Ask, Caller, SubjectMetadata};
 use crate::problem::{ApiError, Body, DecisionLabel, Problem};
 
 /// A subject's registration.
@@ -26,9 +26,13 @@ pub struct SubjectBody {
     /// The subject's home region; must be this boundary's.
     #[schema(value_type = String, example = "eu")]
     pub home_region: Region,
-    /// The subject's birth date (`YYYY-MM-DD`), stored encrypted.
+    /// The subject's birth date (`YYYY-MM-DD`), stored encrypted. Without it, the subject is
+    /// treated as a minor.
     #[schema(example = "2011-05-01")]
     pub birth_date: Option<String>,
+    /// The subject's country (ISO 3166-1 alpha-2), for its age of digital consent.
+    #[schema(example = "ie")]
+    pub country: Option<String>,
 }
 
 /// The subject's attributes, sealed with their data key.
@@ -70,6 +74,19 @@ pub struct ErasureAnswer {
     pub log_index: u64,
 }
 
+/// The day a subject born on `birth_date` in `country` reaches the age of digital consent.
+fn adult_on(boundary: &Boundary, birth_date: Option<&str>, country: Option<&str>) -> Option<Date> {
+    let format = time::macros::format_description!("[year]-[month]-[day]");
+    let born = Date::parse(birth_date?, format).ok()?;
+    let minors = &boundary.config().policy.minors;
+    let age = country.and_then(|c| minors.by_country.get(c)).copied().unwrap_or(minors.default_age);
+    let year = born.year() + i32::from(age);
+    // Born on 29 February: of age on 1 March in years without one.
+    Date::from_calendar_date(year, born.month(), born.day())
+        .ok()
+        .or_else(|| Date::from_calendar_date(year, time::Month::March, 1).ok())
+}
+
 fn birth_date(text: Option<String>) -> Result<Option<String>, ApiError> {
     let Some(text) = text else { return Ok(None) };
     let format = time::macros::format_description!("[year]-[month]-[day]");
@@ -109,31 +126,35 @@ pub async fn put_subject(
 ) -> Result<Response, ApiError> {
     let subject_id = SubjectId::new(subject_id)?;
     let birth_date = birth_date(body.birth_date)?;
+    let country = match body.country {
+        Some(c) if c.len() == 2 && c.chars().all(|ch| ch.is_ascii_lowercase()) => Some(c),
+        Some(c) => {
+            return Err(ApiError::InvalidBody(format!(
+                "country {c:?} is not an ISO 3166-1 alpha-2 code such as \"ie\""
+            )));
+        }
+        None => None,
+    };
+    let adult_on = adult_on(&boundary, birth_date.as_deref(), country.as_deref());
+    let minor = adult_on.is_none_or(|d| OffsetDateTime::now_utc().date() < d);
     if body.home_region != *boundary.region() {
         return Err(ApiError::WrongRegion {
             subject: body.home_region.to_string(),
             boundary: boundary.region().to_string(),
         });
     }
-    let request = AccessRequest {
-        boundary: boundary.region(),
-        principal: &caller.principal,
-        origin: &caller.origin,
-        action: Action::Write,
-        subject: &subject_id,
-        subject_region: &body.home_region,
-        record: None,
-        category: None,
-    };
-    let receipt = pipeline::decide_and_log(&boundary, &caller, EventKind::Write, &request).await?;
+    let ask = Ask { action: Action::Write, subject: &subject_id, record: None, subject_minor: minor };
+    let receipt = pipeline::decide_and_log(&boundary, &caller, EventKind::Write, &ask).await?;
     let attributes = serde_json::to_vec(&Attributes { birth_date }).map_err(ApiError::internal)?;
     let sealed_aad = aad::subject(boundary.region(), &subject_id);
+    let metadata = serde_json::to_vec(&SubjectMetadata { adult_on }).map_err(ApiError::internal)?;
+    let metadata = boundary.custody().seal_metadata(&subject_id, &metadata).map_err(ApiError::internal)?;
 
     let created = match boundary.store().subject(&subject_id).await.map_err(ApiError::internal)? {
         Some(existing) => {
             let key = pipeline::unwrap_key(&boundary, &existing, &receipt)?;
             let sealed = key.seal(&sealed_aad, &attributes).map_err(ApiError::internal)?;
-            if !boundary.store().update_subject_attributes(&subject_id, &sealed).await.map_err(ApiError::internal)? {
+            if !boundary.store().update_subject(&subject_id, &sealed, &metadata).await.map_err(ApiError::internal)? {
                 return Err(ApiError::NotFound { what: "subject", id: subject_id.to_string() });
             }
             false
@@ -146,6 +167,7 @@ pub async fn put_subject(
                 kek_version: wrapped.kek_version,
                 wrapped_key: wrapped.bytes,
                 attributes: key.seal(&sealed_aad, &attributes).map_err(ApiError::internal)?,
+                metadata: metadata.clone(),
                 created_at: OffsetDateTime::now_utc(),
             };
             if !boundary.store().insert_subject(&row).await.map_err(ApiError::internal)? {
@@ -153,7 +175,7 @@ pub async fn put_subject(
                 let existing = pipeline::load_subject(&boundary, &subject_id).await?;
                 let key = pipeline::unwrap_key(&boundary, &existing, &receipt)?;
                 let sealed = key.seal(&sealed_aad, &attributes).map_err(ApiError::internal)?;
-                boundary.store().update_subject_attributes(&subject_id, &sealed).await.map_err(ApiError::internal)?;
+                boundary.store().update_subject(&subject_id, &sealed, &metadata).await.map_err(ApiError::internal)?;
                 false
             } else {
                 true
@@ -195,17 +217,9 @@ pub async fn erase_subject(
 ) -> Result<Response, ApiError> {
     let subject_id = SubjectId::new(subject_id)?;
     let subject = pipeline::load_subject(&boundary, &subject_id).await?;
-    let request = AccessRequest {
-        boundary: boundary.region(),
-        principal: &caller.principal,
-        origin: &caller.origin,
-        action: Action::Erase,
-        subject: &subject_id,
-        subject_region: &subject.home_region,
-        record: None,
-        category: None,
-    };
-    let receipt = pipeline::decide_and_log(&boundary, &caller, EventKind::Erasure, &request).await?;
+    let minor = pipeline::subject_minor(&boundary, &subject);
+    let ask = Ask { action: Action::Erase, subject: &subject_id, record: None, subject_minor: minor };
+    let receipt = pipeline::decide_and_log(&boundary, &caller, EventKind::Erasure, &ask).await?;
     let erasure = boundary
         .store()
         .erase_subject(&subject_id)
@@ -270,17 +284,13 @@ pub async fn list_accesses(
     Path(subject_id): Path<String>,
 ) -> Result<Response, ApiError> {
     let subject_id = SubjectId::new(subject_id)?;
-    let request = AccessRequest {
-        boundary: boundary.region(),
-        principal: &caller.principal,
-        origin: &caller.origin,
-        action: Action::Read,
-        subject: &subject_id,
-        subject_region: boundary.region(),
-        record: None,
-        category: None,
+    // Listing works after erasure too: the log keeps the history of a subject it no longer holds.
+    let minor = match boundary.store().subject(&subject_id).await.map_err(ApiError::internal)? {
+        Some(subject) => pipeline::subject_minor(&boundary, &subject),
+        None => true,
     };
-    let receipt = pipeline::decide_and_log(&boundary, &caller, EventKind::Access, &request).await?;
+    let ask = Ask { action: Action::ListAccesses, subject: &subject_id, record: None, subject_minor: minor };
+    let receipt = pipeline::decide_and_log(&boundary, &caller, EventKind::Access, &ask).await?;
     let subject_hash = boundary.subject_hash(&subject_id);
     let mut entries = Vec::new();
     for index in boundary.log().entries_about(&subject_hash) {

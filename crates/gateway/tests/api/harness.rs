@@ -8,8 +8,9 @@ use clover_gateway::identity::{Claims, DevIssuer};
 use clover_gateway::{Boundary, Config, DataDir};
 use clover_log::Receipt;
 use clover_log::event::{Event, EventKind};
-use clover_model::{Action, Origin, PrincipalKind, SubjectId};
-use clover_policy::{AccessRequest, Permit, Verdict};
+use clover_model::{Action, PrincipalKind, SubjectId};
+use clover_policy::pack::{PackPrincipal, PackRequest, PackResource, PolicyPack};
+use clover_policy::{Permit, Verdict};
 use serde_json::Value;
 use sqlx::Row;
 use tokio::sync::oneshot;
@@ -74,7 +75,7 @@ impl TestApp {
             kind: PrincipalKind::Employee,
             region: region.into(),
             site: site.into(),
-            roles: vec!["support".into()],
+            roles: vec!["agent".into()],
             iat: now,
             exp: now + ttl,
         }
@@ -117,11 +118,14 @@ impl TestApp {
         response.json::<Value>().await.unwrap()["record_id"].as_str().unwrap().to_owned()
     }
 
+    /// Reads a record as an agent with a declared purpose (`legal`, which every category
+    /// declares) and a ticket, so that only where the call comes from decides.
     pub async fn get_record(&self, from: &str, record: &str) -> reqwest::Response {
         self.client(from)
             .get(self.url(&format!("/v1/records/{record}")))
             .bearer_auth(self.token())
-            .header("X-Clover-Purpose", "support")
+            .header("X-Clover-Purpose", "legal")
+            .header("X-Clover-Justification", "CASE-1")
             .send()
             .await
             .unwrap()
@@ -199,27 +203,30 @@ impl TestApp {
         pool.close().await;
     }
 
-    /// A permit for an in-region write on `subject`, as the policy would give.
+    /// A permit for an in-region write on `subject`, as the policy pack gives one.
     pub fn permit(&self, subject: &SubjectId) -> Permit {
-        let eu = self.boundary.region().clone();
-        let principal = clover_model::Principal {
-            id: "ana".parse().unwrap(),
-            kind: PrincipalKind::Employee,
-            home_region: eu.clone(),
-            site: "dublin-1".parse().unwrap(),
-            roles: vec![],
+        let request = PackRequest {
+            boundary_region: "eu".into(),
+            principal: PackPrincipal {
+                kind: PrincipalKind::Employee,
+                id: "ana".into(),
+                home_region: "eu".into(),
+                site: "dublin-1".into(),
+                roles: vec![],
+            },
+            action: Action::Write,
+            resource: PackResource::Subject { id: subject.to_string(), minor: false, home_region: "eu".into() },
+            origin: Some(("dublin-1".into(), "eu".into())),
+            purpose: None,
+            purpose_declared: false,
+            purpose_allowed_for_category: false,
+            purpose_allows_transfer: false,
+            has_justification: false,
+            approved: false,
+            subjects_touched: 1,
+            bulk_threshold: 50,
         };
-        let origin = Origin::Site { site: "dublin-1".parse().unwrap(), region: eu.clone() };
-        match clover_policy::decide(&AccessRequest {
-            boundary: &eu,
-            principal: &principal,
-            origin: &origin,
-            action: Action::Read,
-            subject,
-            subject_region: &eu,
-            record: None,
-            category: None,
-        }) {
+        match PolicyPack::default_pack().unwrap().verdict(&request, subject) {
             Verdict::Allowed(permit) => permit,
             Verdict::Denied(d) => panic!("{d:?}"),
         }

@@ -159,6 +159,7 @@ async fn forwarded_for_is_believed_from_trusted_proxies_only() {
                 .get(url)
                 .bearer_auth(token)
                 .header("X-Forwarded-For", forwarded)
+                .header("X-Clover-Purpose", "support")
                 .send()
                 .await
                 .unwrap()

@@ -80,7 +80,7 @@ async fn every_decision_is_logged_and_every_answer_carries_its_index() {
     assert_eq!(read_entry["decision"]["view"], "full");
     let denied_entry = entry(&app, 5).await;
     assert_eq!(denied_entry["origin"], json!({"site": "singapore-1", "region": "sg"}));
-    assert_eq!(denied_entry["decision"]["policies"], json!(["origin-in-region"]));
+    assert_eq!(denied_entry["decision"]["policies"], json!(["no-full-view-from-outside"]));
     assert_eq!(denied_entry["decision"]["view"], Value::Null);
 
     // The log never holds the subject id in the clear.
@@ -180,7 +180,7 @@ async fn a_subject_can_learn_who_accessed_their_data() {
             own("write", "allow", "dublin-1"),
             own("read", "allow", "dublin-1"),
             own("read", "deny", "singapore-1"),
-            own("read", "allow", "dublin-1"),
+            own("list-accesses", "allow", "dublin-1"),
         ],
         "u-1's entries only, this listing included"
     );

@@ -6,10 +6,14 @@ use crate::harness::{DUBLIN, SINGAPORE, TestApp, UNKNOWN, VIRGINIA, problem};
 async fn reads_from_outside_the_region_are_denied_with_the_deciding_rules() {
     let app = TestApp::start().await;
     let record = app.seed("u-1", json!({"name": "Aoife"})).await;
-    for (from, detail) in [(SINGAPORE, "region \"sg\""), (VIRGINIA, "region \"us\""), (UNKNOWN, "no configured site")] {
+    for (from, detail, policies) in [
+        (SINGAPORE, "singapore-1 (region \"sg\")", json!(["no-full-view-from-outside"])),
+        (VIRGINIA, "virginia-1 (region \"us\")", json!(["no-full-view-from-outside"])),
+        (UNKNOWN, "no configured site", json!(["no-full-view-from-outside", "unknown-origin"])),
+    ] {
         let body = problem(app.get_record(from, &record).await, 403, "forbidden").await;
         assert_eq!(body["decision"]["effect"], "deny", "{from}");
-        assert_eq!(body["decision"]["policies"], json!(["origin-in-region"]), "{from}");
+        assert_eq!(body["decision"]["policies"], policies, "{from}");
         assert!(body["detail"].as_str().unwrap().contains(detail), "{from}: {body}");
         assert!(body.get("fields").is_none(), "no data in a denial");
         assert!(!body.to_string().contains("Aoife"));
@@ -21,10 +25,17 @@ async fn a_caller_of_another_region_is_denied_even_from_an_eu_site() {
     let app = TestApp::start().await;
     let record = app.seed("u-1", json!({"name": "Aoife"})).await;
     let us_token = app.mint(&app.claims("us", "virginia-1", 3600));
-    let response =
-        app.client(DUBLIN).get(app.url(&format!("/v1/records/{record}"))).bearer_auth(us_token).send().await.unwrap();
+    let response = app
+        .client(DUBLIN)
+        .get(app.url(&format!("/v1/records/{record}")))
+        .bearer_auth(us_token)
+        .header("X-Clover-Purpose", "support")
+        .send()
+        .await
+        .unwrap();
     let body = problem(response, 403, "forbidden").await;
-    assert_eq!(body["decision"]["policies"], json!(["principal-in-region"]));
+    assert_eq!(body["decision"]["policies"], json!(["default-deny"]));
+    assert!(body["detail"].as_str().unwrap().contains("of region \"us\""), "{body}");
 }
 
 #[tokio::test]
