@@ -11,5 +11,6 @@ mod erasure;
 mod identity;
 mod log;
 mod origins;
+mod policy;
 mod service;
 mod subjects_and_records;

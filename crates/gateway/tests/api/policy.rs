@@ -1,0 +1,127 @@
+//! The policy pack on the gateway's path, end to end over HTTP from EU, US, Singapore and
+//! unknown origins.
+
+use serde_json::{Value, json};
+
+use crate::harness::{DUBLIN, SINGAPORE, TestApp, UNKNOWN, VIRGINIA, problem};
+
+/// Registers `subject` born on `birth_date` (if any) with one profile record; returns its id.
+async fn subject(app: &TestApp, subject: &str, birth_date: Option<&str>) -> String {
+    let mut body = json!({"home_region": "eu", "country": "ie"});
+    if let Some(date) = birth_date {
+        body["birth_date"] = json!(date);
+    }
+    let put = app.client(DUBLIN).put(app.url(&format!("/v1/subjects/{subject}"))).bearer_auth(app.token()).json(&body);
+    assert!(put.send().await.unwrap().status().is_success());
+    let post = app.post_record(subject, "profile", json!({"display_name": "Aoife", "city": "Galway"})).await;
+    assert_eq!(post.status(), 201);
+    post.json::<Value>().await.unwrap()["record_id"].as_str().unwrap().to_owned()
+}
+
+/// Reads `record` from `from` as an employee of `region` declaring `purpose`.
+async fn read(app: &TestApp, from: &str, region: &str, record: &str, purpose: Option<&str>) -> reqwest::Response {
+    let site = match region {
+        "us" => "virginia-1",
+        "sg" => "singapore-1",
+        _ => "dublin-1",
+    };
+    let token = app.mint(&app.claims(region, site, 600));
+    let mut request = app.client(from).get(app.url(&format!("/v1/records/{record}"))).bearer_auth(token);
+    if let Some(purpose) = purpose {
+        request = request.header("X-Clover-Purpose", purpose);
+    }
+    request.send().await.unwrap()
+}
+
+#[tokio::test]
+async fn from_each_origin_the_pack_decides() {
+    let app = TestApp::start().await;
+    let adult = subject(&app, "adult", Some("1990-02-01")).await;
+
+    // EU site, EU employee, declared purpose: full view.
+    let eu: Value = read(&app, DUBLIN, "eu", &adult, Some("support")).await.json().await.unwrap();
+    assert_eq!(eu["view"], "full");
+    assert_eq!(eu["fields"], json!({"display_name": "Aoife", "city": "Galway"}));
+
+    // Virginia, a US employee, a transfer purpose: pseudonymised, keyed tokens only.
+    let us = read(&app, VIRGINIA, "us", &adult, Some("analytics")).await;
+    assert_eq!(us.status(), 200);
+    let us: Value = us.json().await.unwrap();
+    assert_eq!(us["view"], "pseudonymised");
+    assert_eq!(us["decision"]["policies"], json!(["pseudonymised-from-outside"]));
+    let tokens = us["fields"].as_object().unwrap();
+    assert_eq!(tokens.len(), 2);
+    for value in tokens.values() {
+        assert!(value.as_str().unwrap().starts_with("tok_"), "{value}");
+    }
+    assert!(!us.to_string().contains("Aoife") && !us.to_string().contains("Galway"));
+    // Stable within a purpose, unlinkable across purposes.
+    let again: Value = read(&app, VIRGINIA, "us", &adult, Some("analytics")).await.json().await.unwrap();
+    assert_eq!(again["fields"], us["fields"]);
+    let safety: Value = read(&app, VIRGINIA, "us", &adult, Some("safety")).await.json().await.unwrap();
+    assert_eq!(safety["view"], "pseudonymised");
+    assert_ne!(safety["fields"]["display_name"], us["fields"]["display_name"]);
+
+    // Virginia for a purpose off the transfer list, Singapore, an unknown address: denied.
+    let body = problem(read(&app, VIRGINIA, "us", &adult, Some("support")).await, 403, "forbidden").await;
+    assert_eq!(body["decision"]["policies"], json!(["no-full-view-from-outside"]));
+    let body = problem(read(&app, SINGAPORE, "eu", &adult, Some("support")).await, 403, "forbidden").await;
+    assert_eq!(body["decision"]["policies"], json!(["no-full-view-from-outside"]));
+    let body = problem(read(&app, UNKNOWN, "eu", &adult, Some("analytics")).await, 403, "forbidden").await;
+    assert_eq!(body["decision"]["policies"], json!(["no-full-view-from-outside", "unknown-origin"]));
+}
+
+#[tokio::test]
+async fn minors_get_the_stricter_rules() {
+    let app = TestApp::start().await;
+    let minor = subject(&app, "minor", Some("2015-06-01")).await;
+    let unknown = subject(&app, "unknown-age", None).await;
+    let adult = subject(&app, "adult", Some("1990-02-01")).await;
+    for record in [&minor, &unknown] {
+        // Never out of the region, not even pseudonymised.
+        let body = problem(read(&app, VIRGINIA, "us", record, Some("analytics")).await, 403, "forbidden").await;
+        assert_eq!(body["decision"]["effect"], "deny");
+        // Never for advertising.
+        let body = problem(read(&app, DUBLIN, "eu", record, Some("advertising")).await, 403, "forbidden").await;
+        assert_eq!(body["decision"]["policies"], json!(["no-ads-or-analytics-on-minors"]));
+        // Support, in the region: yes.
+        assert_eq!(read(&app, DUBLIN, "eu", record, Some("support")).await.status(), 200);
+    }
+    assert_eq!(read(&app, DUBLIN, "eu", &adult, Some("advertising")).await.status(), 200);
+}
+
+#[tokio::test]
+async fn a_purpose_must_be_declared_and_fit_the_category() {
+    let app = TestApp::start().await;
+    let record = subject(&app, "s", Some("1990-02-01")).await;
+    for purpose in [None, Some("curiosity")] {
+        let body = problem(read(&app, DUBLIN, "eu", &record, purpose).await, 403, "forbidden").await;
+        assert_eq!(body["decision"]["policies"], json!(["declared-purpose"]));
+    }
+    // Advertising does not declare the location category.
+    let location = app.post_record("s", "location", json!({"lat": 53.27})).await;
+    let location = location.json::<Value>().await.unwrap()["record_id"].as_str().unwrap().to_owned();
+    let body = problem(read(&app, DUBLIN, "eu", &location, Some("advertising")).await, 403, "forbidden").await;
+    assert_eq!(body["decision"]["policies"], json!(["declared-purpose"]));
+    assert_eq!(read(&app, DUBLIN, "eu", &location, Some("safety")).await.status(), 200);
+}
+
+#[tokio::test]
+async fn touching_too_many_subjects_needs_an_approval() {
+    let app = TestApp::start_with(|config| config.policy.bulk_threshold = 2).await;
+    let mut records = Vec::new();
+    for i in 0..3 {
+        records.push(subject(&app, &format!("s-{i}"), Some("1990-02-01")).await);
+    }
+    assert_eq!(read(&app, DUBLIN, "eu", &records[0], Some("support")).await.status(), 200);
+    assert_eq!(read(&app, DUBLIN, "eu", &records[1], Some("support")).await.status(), 200);
+    // Again the same subjects: still two.
+    assert_eq!(read(&app, DUBLIN, "eu", &records[0], Some("support")).await.status(), 200);
+    // A third distinct subject: approval required, and logged as such.
+    let body = problem(read(&app, DUBLIN, "eu", &records[2], Some("support")).await, 403, "forbidden").await;
+    assert_eq!(body["decision"]["effect"], "approval-required");
+    assert_eq!(body["decision"]["policies"], json!(["bulk-access-needs-approval"]));
+    let entry: Value =
+        serde_json::from_slice(&app.boundary.log().entry(body["log_index"].as_u64().unwrap()).unwrap()).unwrap();
+    assert_eq!(entry["decision"]["effect"], "approval-required");
+}
