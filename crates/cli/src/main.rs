@@ -315,6 +315,18 @@ fn serve(args: &ConfigArgs, listen: Option<SocketAddr>) -> anyhow::Result<()> {
             config.data_dir.display()
         );
         tracing::info!(%addr, region = %config.region, "listening");
+        #[cfg(unix)]
+        {
+            let boundary = boundary.clone();
+            if let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+                tokio::spawn(async move {
+                    while hangup.recv().await.is_some() {
+                        tracing::info!("SIGHUP: reloading the policies");
+                        let _ = boundary.reload_policies().await;
+                    }
+                });
+            }
+        }
         clover_gateway::serve(boundary, listener, shutdown_signal()).await.context("serving")?;
         tracing::info!("stopped");
         Ok(())

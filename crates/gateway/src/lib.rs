@@ -71,7 +71,7 @@ pub struct Boundary {
     subject_index: SubjectIndexKey,
     authenticator: Authenticator,
     sites: Sites,
-    pack: clover_policy::pack::PolicyPack,
+    pack: std::sync::RwLock<Arc<clover_policy::pack::PolicyPack>>,
     touches: touches::Touches,
 }
 
@@ -101,10 +101,7 @@ impl Boundary {
         record_setup(&log, &config, keyring.current_version(), &log_vkey).await?;
         let subject_index = keyring.subject_index_key();
         let sites = Sites::new(&config.sites);
-        let pack = match &config.policy.dir {
-            Some(dir) => clover_policy::pack::PolicyPack::load_dir(dir)?,
-            None => clover_policy::pack::PolicyPack::default_pack()?,
-        };
+        let pack = std::sync::RwLock::new(Arc::new(load_pack(&config)?));
         let touches = touches::Touches::new(std::time::Duration::from_secs(config.policy.window_seconds));
         let cosigned = witnesses::start(log.clone(), &config.log.witnesses);
         Ok(Self {
@@ -153,6 +150,41 @@ impl Boundary {
         self.cosigned.get().unwrap_or_else(|| self.log.checkpoint().to_string())
     }
 
+    /// The policy pack in force.
+    pub fn pack(&self) -> Arc<clover_policy::pack::PolicyPack> {
+        self.pack.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Loads the policy directory again. A valid set replaces the one in force; an invalid one
+    /// is refused with its errors and the old set kept. Either way the attempt is logged, in
+    /// the server's log and in the transparency log.
+    pub async fn reload_policies(&self) -> Result<Vec<String>, clover_policy::pack::PackError> {
+        let source =
+            self.config.policy.dir.as_ref().map_or_else(|| "the shipped pack".to_owned(), |d| d.display().to_string());
+        match load_pack(&self.config) {
+            Ok(pack) => {
+                let ids = pack.policy_ids();
+                *self.pack.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(pack);
+                let detail = format!("policies reloaded from {source}: {}", ids.join(", "));
+                tracing::info!(policies = ids.len(), %source, "policies reloaded");
+                if let Err(e) = self.log.append(&setup_event(EventKind::Config, "reload-policies", detail)).await {
+                    tracing::error!(error = %e, "cannot log the policy reload");
+                }
+                Ok(ids)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, %source, "policy reload refused; the policies in force are kept");
+                let detail = format!("policy reload from {source} refused: {e}");
+                if let Err(e) =
+                    self.log.append(&setup_event(EventKind::Config, "reload-policies-refused", detail)).await
+                {
+                    tracing::error!(error = %e, "cannot log the refused policy reload");
+                }
+                Err(e)
+            }
+        }
+    }
+
     /// The log's checkpoint verifier key.
     pub fn log_verifier(&self) -> clover_log::note::VerifierKey {
         self.log_vkey.clone()
@@ -177,6 +209,40 @@ impl Boundary {
     pub fn has_category(&self, category: &Category) -> bool {
         self.category(category.as_str()).is_some()
     }
+}
+
+/// The configured policy pack: the directory's, or the shipped one.
+fn load_pack(config: &Config) -> Result<clover_policy::pack::PolicyPack, clover_policy::pack::PackError> {
+    match &config.policy.dir {
+        Some(dir) => clover_policy::pack::PolicyPack::load_dir(dir),
+        None => clover_policy::pack::PolicyPack::default_pack(),
+    }
+}
+
+/// Watches the policy directory and reloads it when a file changes (name, size or time).
+pub fn watch_policies(boundary: Arc<Boundary>) {
+    let Some(dir) = boundary.config.policy.dir.clone() else { return };
+    let fingerprint = move || -> Vec<(std::path::PathBuf, u64, Option<std::time::SystemTime>)> {
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .filter_map(|e| e.metadata().ok().map(|m| (e.path(), m.len(), m.modified().ok())))
+            .collect();
+        files.sort();
+        files
+    };
+    tokio::spawn(async move {
+        let mut last = fingerprint();
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            let now = fingerprint();
+            if now != last {
+                last = now;
+                let _ = boundary.reload_policies().await;
+            }
+        }
+    });
 }
 
 /// A key or configuration event, with no caller: the boundary's own doing.
@@ -231,6 +297,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    watch_policies(boundary.clone());
     let app = api::router(boundary);
     axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(shutdown)

@@ -202,7 +202,7 @@ pub fn decide(boundary: &Boundary, caller: &Caller, ask: &Ask<'_>) -> Verdict {
         }
         None => subject_request(config, &caller.principal, &caller.origin, ask, &circumstances),
     };
-    let verdict = boundary.pack.verdict(&request, ask.subject);
+    let verdict = boundary.pack().verdict(&request, ask.subject);
     tracing::Span::current().record("effect", verdict.decision().effect());
     if ask.action == Action::Read && matches!(verdict, Verdict::Allowed(_)) {
         boundary.touches.record(&caller.principal.id, boundary.subject_hash(ask.subject));

@@ -125,3 +125,56 @@ async fn touching_too_many_subjects_needs_an_approval() {
         serde_json::from_slice(&app.boundary.log().entry(body["log_index"].as_u64().unwrap()).unwrap()).unwrap();
     assert_eq!(entry["decision"]["effect"], "approval-required");
 }
+
+#[tokio::test]
+async fn policies_reload_on_change_and_a_bad_set_is_refused_keeping_the_old() {
+    let pack = tempfile::tempdir().unwrap();
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policies");
+    for file in ["clover.cedarschema", "default.cedar"] {
+        std::fs::copy(shipped.join(file), pack.path().join(file)).unwrap();
+    }
+    let dir = pack.path().to_owned();
+    let app = TestApp::start_with(|config| config.policy.dir = Some(dir)).await;
+    let record = subject(&app, "s", Some("1990-02-01")).await;
+    assert_eq!(read(&app, DUBLIN, "eu", &record, Some("support")).await.status(), 200);
+
+    // A policy that does not validate: refused, the old set stays in force, both logged.
+    std::fs::write(
+        pack.path().join("typo.cedar"),
+        "@id(\"typo\") forbid (principal, action, resource) when { resource.nope };",
+    )
+    .unwrap();
+    let err = app.boundary.reload_policies().await.unwrap_err();
+    assert!(err.to_string().contains("nope"), "{err}");
+    assert_eq!(read(&app, DUBLIN, "eu", &record, Some("support")).await.status(), 200);
+    let log = app.boundary.log();
+    let refused = (0..log.size())
+        .filter_map(|i| serde_json::from_slice::<Value>(&log.entry(i).unwrap()).ok())
+        .find(|e| e["action"] == "reload-policies-refused")
+        .expect("the refused reload is in the log");
+    assert!(refused["detail"].as_str().unwrap().contains("nope"), "{refused}");
+
+    // A valid change is picked up by the watcher, without a restart.
+    std::fs::remove_file(pack.path().join("typo.cedar")).unwrap();
+    std::fs::write(
+        pack.path().join("lockdown.cedar"),
+        "// Freeze all access.\n@id(\"lockdown\") forbid (principal, action, resource);\n",
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let response = read(&app, DUBLIN, "eu", &record, Some("support")).await;
+        if response.status() == 403 {
+            let body = problem(response, 403, "forbidden").await;
+            assert_eq!(body["decision"]["policies"], json!(["lockdown"]));
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the change was not picked up");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let reloads = (0..log.size())
+        .filter_map(|i| serde_json::from_slice::<Value>(&log.entry(i).unwrap()).ok())
+        .filter(|e| e["action"] == "reload-policies")
+        .count();
+    assert!(reloads >= 1);
+}
