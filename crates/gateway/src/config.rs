@@ -38,6 +38,41 @@ pub struct Config {
     pub purposes: Vec<PurposeConfig>,
     /// Access policy.
     pub policy: PolicyConfig,
+    /// How each category's fields appear in a pseudonymised view.
+    pub views: Vec<ViewConfig>,
+}
+
+/// What a pseudonymised view does with one field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FieldRule {
+    /// A keyed token, stable within the purpose and destination, unlinkable across them.
+    Token,
+    /// Left out.
+    Drop,
+    /// A date (`YYYY-MM-DD...`) generalised to its year.
+    Year,
+    /// An IP address truncated to its network: /24 for IPv4, /48 for IPv6.
+    IpPrefix,
+    /// A string masked: its first character kept (and an email's domain), the rest `***`.
+    Mask,
+}
+
+/// The pseudonymised view of one category.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ViewConfig {
+    /// The category.
+    pub category: Category,
+    /// The rule for each named field.
+    pub fields: std::collections::BTreeMap<String, FieldRule>,
+    /// The rule for fields not named.
+    #[serde(default = "default_rule")]
+    pub default: FieldRule,
+}
+
+fn default_rule() -> FieldRule {
+    FieldRule::Drop
 }
 
 /// A purpose callers may declare (`X-Clover-Purpose`).
@@ -267,6 +302,31 @@ impl Default for Config {
             })
             .collect(),
             policy: PolicyConfig::default(),
+            views: vec![
+                ViewConfig {
+                    category: name("profile"),
+                    fields: [
+                        ("display_name", FieldRule::Token),
+                        ("username", FieldRule::Token),
+                        ("email", FieldRule::Mask),
+                        ("birth_date", FieldRule::Year),
+                        ("country", FieldRule::Mask),
+                        ("last_ip", FieldRule::IpPrefix),
+                    ]
+                    .into_iter()
+                    .map(|(f, r)| (f.to_owned(), r))
+                    .collect(),
+                    default: FieldRule::Drop,
+                },
+                ViewConfig {
+                    category: name("content"),
+                    fields: [("post_id", FieldRule::Token), ("created_at", FieldRule::Year)]
+                        .into_iter()
+                        .map(|(f, r)| (f.to_owned(), r))
+                        .collect(),
+                    default: FieldRule::Drop,
+                },
+            ],
         }
     }
 }

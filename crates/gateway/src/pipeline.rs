@@ -28,6 +28,7 @@ use clover_store::{RecordRow, SubjectRow};
 use tracing::instrument;
 
 use crate::Boundary;
+use crate::config::FieldRule;
 use crate::pack::{Circumstances, RecordFacts, record_request, subject_request};
 use crate::problem::ApiError;
 
@@ -295,27 +296,58 @@ pub async fn decide_and_log(
     log(boundary, caller, kind, ask, verdict).await
 }
 
-/// The view the permit grants of decrypted fields: as stored, or each value replaced by a
-/// keyed token, stable within the declared purpose and the destination region and unlinkable
+/// The view the permit grants of a record's decrypted fields: as stored, or pseudonymised by
+/// the category's field rules (a category without rules gets a keyed token for every field).
+/// Tokens are stable within the declared purpose and the destination region and unlinkable
 /// across them.
-pub fn view(boundary: &Boundary, caller: &Caller, receipt: &Receipt, fields: Fields) -> Fields {
-    match receipt.permit().view() {
-        View::Full => fields,
-        View::Pseudonymised => {
-            let purpose = caller.purpose.as_deref().unwrap_or("none");
-            let destination = caller.origin.region().map_or("unknown", |r| r.as_str());
-            let map = fields
-                .as_map()
-                .iter()
-                .map(|(name, value)| {
+pub fn view(boundary: &Boundary, caller: &Caller, receipt: &Receipt, category: &Category, fields: Fields) -> Fields {
+    if receipt.permit().view() == View::Full {
+        return fields;
+    }
+    let purpose = caller.purpose.as_deref().unwrap_or("none");
+    let destination = caller.origin.region().map_or("unknown", |r| r.as_str());
+    let rules = boundary.config.views.iter().find(|v| &v.category == category);
+    let map = fields
+        .as_map()
+        .iter()
+        .filter_map(|(name, value)| {
+            let rule = rules.map_or(FieldRule::Token, |v| v.fields.get(name).copied().unwrap_or(v.default));
+            let shown = match rule {
+                FieldRule::Drop => return None,
+                FieldRule::Token => {
                     let mut input = name.as_bytes().to_vec();
                     input.push(0);
                     input.extend(serde_json::to_vec(value).unwrap_or_default());
-                    (name.clone(), serde_json::Value::String(boundary.custody.pseudonym(purpose, destination, &input)))
-                })
-                .collect();
-            Fields::new(map)
-        }
+                    serde_json::Value::String(boundary.custody.pseudonym(purpose, destination, &input))
+                }
+                FieldRule::Year => {
+                    let year =
+                        value.as_str().and_then(|s| s.get(..4)).filter(|y| y.bytes().all(|b| b.is_ascii_digit()))?;
+                    serde_json::Value::String(year.to_owned())
+                }
+                FieldRule::IpPrefix => {
+                    let ip: IpAddr = value.as_str()?.parse().ok()?;
+                    let prefix = match ip {
+                        IpAddr::V4(_) => 24,
+                        IpAddr::V6(_) => 48,
+                    };
+                    serde_json::Value::String(ipnet::IpNet::new(ip, prefix).ok()?.trunc().to_string())
+                }
+                FieldRule::Mask => serde_json::Value::String(mask(value)),
+            };
+            Some((name.clone(), shown))
+        })
+        .collect();
+    Fields::new(map)
+}
+
+/// A masked value: the first character kept (and an email's domain), the rest `***`.
+fn mask(value: &serde_json::Value) -> String {
+    let Some(text) = value.as_str() else { return "***".to_owned() };
+    let first: String = text.chars().take(1).collect();
+    match text.split_once('@') {
+        Some((_, domain)) => format!("{first}***@{domain}"),
+        None => format!("{first}***"),
     }
 }
 

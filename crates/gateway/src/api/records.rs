@@ -174,7 +174,7 @@ pub async fn read_record(
     let key = pipeline::unwrap_key(&boundary, &subject, &receipt)?;
     let fields = pipeline::open_record(&boundary, &key, &record)?;
     drop(key);
-    let fields = pipeline::view(&boundary, &caller, &receipt, fields);
+    let fields = pipeline::view(&boundary, &caller, &receipt, &record.category, fields);
     let decision = receipt.permit().decision().clone();
     let created_at =
         record.created_at.format(&time::format_description::well_known::Rfc3339).map_err(ApiError::internal)?;
