@@ -78,6 +78,8 @@ pub enum Action {
     Erase,
     /// List the log entries about a subject (who accessed their data).
     ListAccesses,
+    /// Grant another principal's request for an approval.
+    Approve,
 }
 
 impl Action {
@@ -88,6 +90,7 @@ impl Action {
             Self::Write => "write",
             Self::Erase => "erase",
             Self::ListAccesses => "list-accesses",
+            Self::Approve => "approve",
         }
     }
 }

@@ -101,6 +101,13 @@ pub enum PackResource {
         /// Their home region.
         home_region: String,
     },
+    /// A request for an approval.
+    Approval {
+        /// Its id.
+        id: String,
+        /// Who asked for it.
+        requester: String,
+    },
 }
 
 /// Everything a decision is taken on.
@@ -252,7 +259,7 @@ impl PolicyPack {
                 }
                 self.refusal(forbids)
             }
-            Action::Write | Action::Erase | Action::ListAccesses => {
+            Action::Write | Action::Erase | Action::ListAccesses | Action::Approve => {
                 match self.evaluate(request, cedar_action(request.action)) {
                     Ok((true, permits)) => Decision {
                         outcome: Outcome::Allow(View::Full),
@@ -303,6 +310,10 @@ impl PolicyPack {
                     "category": category, "sensitive": sensitive, "subject_minor": subject_minor, "home_region": home_region,
                 }, "parents": []}),
             ),
+            PackResource::Approval { id, requester } => (
+                uid(format!("Clover::Approval::{}", json!(id)))?,
+                json!({"uid": {"type": "Clover::Approval", "id": id}, "attrs": {"requester": requester}, "parents": []}),
+            ),
             PackResource::Subject { id, minor, home_region } => (
                 uid(format!("Clover::Subject::{}", json!(id)))?,
                 json!({"uid": {"type": "Clover::Subject", "id": id}, "attrs": {"minor": minor, "home_region": home_region}, "parents": []}),
@@ -315,6 +326,7 @@ impl PolicyPack {
         let entities = Entities::from_json_value(
             json!([
                 {"uid": {"type": format!("Clover::{kind}"), "id": request.principal.id}, "attrs": {
+                    "id": request.principal.id,
                     "home_region": request.principal.home_region,
                     "site": request.principal.site,
                     "roles": request.principal.roles,
@@ -361,6 +373,7 @@ fn cedar_action(action: Action) -> &'static str {
         Action::Write => "write",
         Action::Erase => "erase",
         Action::ListAccesses => "list_accesses",
+        Action::Approve => "approve",
     }
 }
 

@@ -47,6 +47,13 @@ fn record(category: &str, sensitive: bool, minor: bool) -> PackResource {
     }
 }
 
+/// Turns the request into `ana` approving a request by `requester`.
+fn approve(r: &mut PackRequest, requester: &str, roles: &[&str]) {
+    r.action = Action::Approve;
+    r.resource = PackResource::Approval { id: "a-1".into(), requester: requester.into() };
+    r.principal.roles = roles.iter().map(|s| s.to_string()).collect();
+}
+
 fn from(site: &str, region: &str) -> Option<(String, String)> {
     Some((site.into(), region.into()))
 }
@@ -257,6 +264,23 @@ fn cases() -> Vec<Case> {
             &["bulk-access-needs-approval", "no-full-view-from-outside"],
         ),
         ("at the threshold, no approval needed", Box::new(|r| r.subjects_touched = 50), full, &["in-region-access"]),
+        (
+            "an approver grants another's request",
+            Box::new(|r| approve(r, "bo", &["approver"])),
+            full,
+            &["approvals-by-a-second-person"],
+        ),
+        ("never one's own request", Box::new(|r| approve(r, "ana", &["approver"])), Outcome::Deny, &["default-deny"]),
+        ("only with the approver role", Box::new(|r| approve(r, "bo", &["agent"])), Outcome::Deny, &["default-deny"]),
+        (
+            "only from the region",
+            Box::new(|r| {
+                approve(r, "bo", &["approver"]);
+                r.origin = from("virginia-1", "us");
+            }),
+            Outcome::Deny,
+            &["default-deny"],
+        ),
     ]
 }
 
