@@ -1,6 +1,7 @@
 //! The HTTP API: one module per resource; the router and the OpenAPI document are derived from
 //! the handlers here, in one place.
 
+pub mod approvals;
 pub mod log;
 pub mod records;
 pub mod service;
@@ -32,6 +33,7 @@ use crate::problem::{ApiError, BodyLimit};
         (name = "subjects", description = "Data subjects: registration and erasure"),
         (name = "records", description = "Encrypted records"),
         (name = "log", description = "The transparency log: checkpoints, tiles and proofs"),
+        (name = "approvals", description = "Approvals for bulk access, granted by a second person"),
         (name = "service", description = "Health, metrics and this document"),
     )
 )]
@@ -57,6 +59,9 @@ pub fn routes() -> (Router<Arc<Boundary>>, utoipa::openapi::OpenApi) {
         .routes(routes!(records::create_record))
         .routes(routes!(records::read_record))
         .routes(routes!(subjects::list_accesses))
+        .routes(routes!(approvals::request_approval))
+        .routes(routes!(approvals::grant_approval))
+        .routes(routes!(approvals::get_approval))
         .routes(routes!(log::checkpoint))
         .routes(routes!(log::inclusion_proof))
         .routes(routes!(log::consistency_proof))

@@ -99,13 +99,22 @@ pub struct PolicyConfig {
     pub bulk_threshold: i64,
     /// The window, in seconds.
     pub window_seconds: u64,
+    /// How long a request for an approval waits for an answer, and how long a grant lasts, in
+    /// seconds (12 hours).
+    pub approval_seconds: u64,
     /// The age of digital consent: `default_age`, or the subject's country's.
     pub minors: MinorsConfig,
 }
 
 impl Default for PolicyConfig {
     fn default() -> Self {
-        Self { dir: None, bulk_threshold: 50, window_seconds: 3600, minors: MinorsConfig::default() }
+        Self {
+            dir: None,
+            bulk_threshold: 50,
+            window_seconds: 3600,
+            approval_seconds: 12 * 3600,
+            minors: MinorsConfig::default(),
+        }
     }
 }
 

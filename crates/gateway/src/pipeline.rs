@@ -180,9 +180,24 @@ pub struct SubjectMetadata {
     pub adult_on: Option<time::Date>,
 }
 
+/// Whether a granted, unexpired approval of the caller covers this read: its subject, its
+/// category and the declared purpose.
+pub async fn approved(boundary: &Boundary, caller: &Caller, ask: &Ask<'_>) -> bool {
+    let (Some((_, category)), Some(purpose)) = (ask.record, caller.purpose.as_deref()) else { return false };
+    match boundary.store.granted_approvals(&caller.principal.id, time::OffsetDateTime::now_utc()).await {
+        Ok(approvals) => approvals
+            .iter()
+            .any(|a| a.purpose == purpose && a.subjects.contains(ask.subject) && a.categories.contains(category)),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read approvals; treating the read as not approved");
+            false
+        }
+    }
+}
+
 /// Step 4: the policy's decision, from the pack, on what the boundary knows.
 #[instrument(name = "decide", skip_all, fields(action = %ask.action, effect))]
-pub fn decide(boundary: &Boundary, caller: &Caller, ask: &Ask<'_>) -> Verdict {
+pub fn decide(boundary: &Boundary, caller: &Caller, ask: &Ask<'_>, approved: bool) -> Verdict {
     let config = &boundary.config;
     let touched = if ask.action == Action::Read {
         boundary.touches.count(&caller.principal.id, &boundary.subject_hash(ask.subject))
@@ -192,7 +207,7 @@ pub fn decide(boundary: &Boundary, caller: &Caller, ask: &Ask<'_>) -> Verdict {
     let circumstances = Circumstances {
         purpose: caller.purpose.clone(),
         has_justification: caller.justification.is_some(),
-        approved: false,
+        approved,
         subjects_touched: touched,
     };
     let request = match ask.record {
@@ -292,7 +307,12 @@ pub async fn decide_and_log(
     kind: EventKind,
     ask: &Ask<'_>,
 ) -> Result<Receipt, ApiError> {
-    let verdict = decide(boundary, caller, ask);
+    // Approvals are looked up only where they can matter: a read past the threshold.
+    let over = ask.action == Action::Read
+        && boundary.touches.count(&caller.principal.id, &boundary.subject_hash(ask.subject))
+            > boundary.config.policy.bulk_threshold;
+    let approved = over && approved(boundary, caller, ask).await;
+    let verdict = decide(boundary, caller, ask, approved);
     log(boundary, caller, kind, ask, verdict).await
 }
 

@@ -61,6 +61,9 @@ pub enum ApiError {
     /// A request header is malformed.
     #[error("{0}")]
     InvalidHeader(String),
+    /// The approval is not pending (granted already, or expired).
+    #[error("{0}")]
+    NotPending(String),
     /// A query parameter is malformed or out of range.
     #[error("{0}")]
     InvalidQuery(String),
@@ -135,6 +138,7 @@ impl ApiError {
                 (StatusCode::FORBIDDEN, "forbidden", "Denied by policy", decision.reason.clone())
             }
             Self::InvalidHeader(d) => (StatusCode::BAD_REQUEST, "invalid-header", "Invalid header", d.clone()),
+            Self::NotPending(d) => (StatusCode::CONFLICT, "approval-not-pending", "Approval not pending", d.clone()),
             Self::InvalidQuery(d) => (StatusCode::BAD_REQUEST, "invalid-query", "Invalid query", d.clone()),
             Self::LogUnavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -29,6 +29,8 @@ pub enum EventKind {
     Key,
     /// A configuration or policy change.
     Config,
+    /// An approval requested or granted.
+    Approval,
 }
 
 /// The caller, as the entry records it.

@@ -15,7 +15,7 @@ pub use error::StoreError;
 pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;
-use clover_model::{Category, RecordId, Region, SubjectId};
+use clover_model::{Category, PrincipalId, RecordId, Region, SubjectId};
 use time::OffsetDateTime;
 
 /// A subject as stored: metadata in the clear, attributes sealed, data key wrapped.
@@ -55,6 +55,29 @@ pub struct RecordRow {
     pub ciphertext: Vec<u8>,
     /// When it was written.
     pub created_at: OffsetDateTime,
+}
+
+/// A request for an approval, and its grant once a second person gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApprovalRow {
+    /// The approval's id.
+    pub approval_id: String,
+    /// Who asked, and whom it covers.
+    pub requester: PrincipalId,
+    /// The subjects it covers.
+    pub subjects: Vec<SubjectId>,
+    /// The categories it covers.
+    pub categories: Vec<Category>,
+    /// The purpose it covers.
+    pub purpose: String,
+    /// When it was asked for.
+    pub requested_at: OffsetDateTime,
+    /// When the request (or, once granted, the grant) expires.
+    pub expires_at: OffsetDateTime,
+    /// Who granted it, once granted.
+    pub approver: Option<PrincipalId>,
+    /// When it was granted.
+    pub granted_at: Option<OffsetDateTime>,
 }
 
 /// What an erasure removed.
@@ -99,4 +122,27 @@ pub trait Store: Send + Sync + 'static {
 
     /// How many subjects and records are stored.
     async fn counts(&self) -> Result<Counts, StoreError>;
+
+    /// Stores a request for an approval.
+    async fn insert_approval(&self, row: &ApprovalRow) -> Result<(), StoreError>;
+
+    /// The approval, if it exists.
+    async fn approval(&self, id: &str) -> Result<Option<ApprovalRow>, StoreError>;
+
+    /// Grants a pending, unexpired request at `now`, until `expires_at`. Returns `false`,
+    /// changing nothing, if it is not pending or has expired.
+    async fn grant_approval(
+        &self,
+        id: &str,
+        approver: &PrincipalId,
+        now: OffsetDateTime,
+        expires_at: OffsetDateTime,
+    ) -> Result<bool, StoreError>;
+
+    /// The granted approvals of `requester` that have not expired at `now`.
+    async fn granted_approvals(
+        &self,
+        requester: &PrincipalId,
+        now: OffsetDateTime,
+    ) -> Result<Vec<ApprovalRow>, StoreError>;
 }

@@ -5,14 +5,14 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use clover_model::{RecordId, SubjectId};
+use clover_model::{PrincipalId, RecordId, SubjectId};
 use sqlx::Row;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
 use time::OffsetDateTime;
 
-use crate::{Counts, Erasure, RecordRow, Store, StoreError, SubjectRow};
+use crate::{ApprovalRow, Counts, Erasure, RecordRow, Store, StoreError, SubjectRow};
 
 /// The schema, applied when the database is opened. `user_version` records which one.
 const SCHEMA: &str = "
@@ -35,7 +35,44 @@ CREATE TABLE IF NOT EXISTS records (
     created_at  INTEGER NOT NULL
 ) STRICT;
 CREATE INDEX IF NOT EXISTS records_by_subject ON records(subject_id);
+CREATE TABLE IF NOT EXISTS approvals (
+    approval_id  TEXT PRIMARY KEY NOT NULL,
+    requester    TEXT NOT NULL,
+    subjects     TEXT NOT NULL,
+    categories   TEXT NOT NULL,
+    purpose      TEXT NOT NULL,
+    requested_at INTEGER NOT NULL,
+    expires_at   INTEGER NOT NULL,
+    approver     TEXT,
+    granted_at   INTEGER
+) STRICT;
+CREATE INDEX IF NOT EXISTS approvals_by_requester ON approvals(requester);
 ";
+
+const APPROVAL_COLUMNS: &str =
+    "approval_id, requester, subjects, categories, purpose, requested_at, expires_at, approver, granted_at";
+
+fn approval_row(row: &SqliteRow) -> Result<ApprovalRow, StoreError> {
+    let get = || db("reading an approval");
+    let list = |what: &'static str, text: String| -> Result<Vec<String>, StoreError> {
+        serde_json::from_str(&text).map_err(|e| corrupt(what)(e.to_string()))
+    };
+    let subjects = list("subjects", row.try_get("subjects").map_err(get())?)?;
+    let categories = list("categories", row.try_get("categories").map_err(get())?)?;
+    let approver: Option<String> = row.try_get("approver").map_err(get())?;
+    let granted_at: Option<i64> = row.try_get("granted_at").map_err(get())?;
+    Ok(ApprovalRow {
+        approval_id: row.try_get("approval_id").map_err(get())?,
+        requester: parse("requester", row.try_get("requester").map_err(get())?)?,
+        subjects: subjects.into_iter().map(|s| parse("subjects", s)).collect::<Result<_, _>>()?,
+        categories: categories.into_iter().map(|c| parse("categories", c)).collect::<Result<_, _>>()?,
+        purpose: row.try_get("purpose").map_err(get())?,
+        requested_at: timestamp(row.try_get("requested_at").map_err(get())?)?,
+        expires_at: timestamp(row.try_get("expires_at").map_err(get())?)?,
+        approver: approver.map(|a| parse("approver", a)).transpose()?,
+        granted_at: granted_at.map(timestamp).transpose()?,
+    })
+}
 
 /// The schema's version, kept in `user_version`.
 const SCHEMA_VERSION: i64 = 2;
@@ -251,6 +288,74 @@ impl Store for SqliteStore {
         let subjects: i64 = row.try_get(0).map_err(db("counting rows"))?;
         let records: i64 = row.try_get(1).map_err(db("counting rows"))?;
         Ok(Counts { subjects: subjects.unsigned_abs(), records: records.unsigned_abs() })
+    }
+
+    async fn insert_approval(&self, row: &ApprovalRow) -> Result<(), StoreError> {
+        let subjects: Vec<&str> = row.subjects.iter().map(SubjectId::as_str).collect();
+        let categories: Vec<&str> = row.categories.iter().map(|c| c.as_str()).collect();
+        sqlx::query(
+            "INSERT INTO approvals (approval_id, requester, subjects, categories, purpose, requested_at, expires_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&row.approval_id)
+        .bind(row.requester.as_str())
+        .bind(serde_json::to_string(&subjects).unwrap_or_default())
+        .bind(serde_json::to_string(&categories).unwrap_or_default())
+        .bind(&row.purpose)
+        .bind(row.requested_at.unix_timestamp())
+        .bind(row.expires_at.unix_timestamp())
+        .execute(&self.pool)
+        .await
+        .map_err(db("storing an approval request"))?;
+        Ok(())
+    }
+
+    async fn approval(&self, id: &str) -> Result<Option<ApprovalRow>, StoreError> {
+        let row =
+            sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {APPROVAL_COLUMNS} FROM approvals WHERE approval_id = ?")))
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db("reading an approval"))?;
+        row.as_ref().map(approval_row).transpose()
+    }
+
+    async fn grant_approval(
+        &self,
+        id: &str,
+        approver: &PrincipalId,
+        now: OffsetDateTime,
+        expires_at: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE approvals SET approver = ?, granted_at = ?, expires_at = ?
+             WHERE approval_id = ? AND approver IS NULL AND expires_at > ?",
+        )
+        .bind(approver.as_str())
+        .bind(now.unix_timestamp())
+        .bind(expires_at.unix_timestamp())
+        .bind(id)
+        .bind(now.unix_timestamp())
+        .execute(&self.pool)
+        .await
+        .map_err(db("granting an approval"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn granted_approvals(
+        &self,
+        requester: &PrincipalId,
+        now: OffsetDateTime,
+    ) -> Result<Vec<ApprovalRow>, StoreError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {APPROVAL_COLUMNS} FROM approvals WHERE requester = ? AND approver IS NOT NULL AND expires_at > ?"
+        )))
+        .bind(requester.as_str())
+        .bind(now.unix_timestamp())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("reading approvals"))?;
+        rows.iter().map(approval_row).collect()
     }
 }
 

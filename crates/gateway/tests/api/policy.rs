@@ -200,3 +200,123 @@ async fn pseudonymised_views_follow_the_category_field_rules() {
     let full: Value = read(&app, DUBLIN, "eu", &record, Some("support")).await.json().await.unwrap();
     assert_eq!(full["fields"]["bio"], "Galway");
 }
+
+/// A token for `id` of the EU region at dublin-1 with `roles`.
+fn token_for(app: &TestApp, id: &str, roles: &[&str]) -> String {
+    let mut claims = app.claims("eu", "dublin-1", 600);
+    claims.sub = id.into();
+    claims.roles = roles.iter().map(|r| r.to_string()).collect();
+    app.mint(&claims)
+}
+
+#[tokio::test]
+async fn a_second_person_approves_bulk_access_and_the_approval_expires() {
+    let app = TestApp::start_with(|config| config.policy.bulk_threshold = 1).await;
+    let first = subject(&app, "s-1", Some("1990-02-01")).await;
+    let second = subject(&app, "s-2", Some("1990-02-01")).await;
+    let ana = token_for(&app, "ana", &["agent"]);
+    let get = |token: String, record: String, purpose: &'static str| {
+        let client = app.client(DUBLIN);
+        let url = app.url(&format!("/v1/records/{record}"));
+        async move { client.get(url).bearer_auth(token).header("X-Clover-Purpose", purpose).send().await.unwrap() }
+    };
+    assert_eq!(get(ana.clone(), first.clone(), "support").await.status(), 200);
+    let body = problem(get(ana.clone(), second.clone(), "support").await, 403, "forbidden").await;
+    assert_eq!(body["decision"]["effect"], "approval-required");
+
+    // Ana asks.
+    let asked = app
+        .client(DUBLIN)
+        .post(app.url("/v1/approvals"))
+        .bearer_auth(&ana)
+        .json(&json!({"subjects": ["s-2"], "categories": ["profile"], "purpose": "support"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(asked.status(), 201);
+    let asked: Value = asked.json().await.unwrap();
+    assert_eq!(asked["state"], "requested");
+    let id = asked["approval_id"].as_str().unwrap().to_owned();
+    let grant = |token: String| {
+        let client = app.client(DUBLIN);
+        let url = app.url(&format!("/v1/approvals/{id}/grant"));
+        async move { client.post(url).bearer_auth(token).send().await.unwrap() }
+    };
+
+    // Not by herself, even as an approver; not by someone without the role; not from outside.
+    let body = problem(grant(token_for(&app, "ana", &["approver"])).await, 403, "forbidden").await;
+    assert_eq!(body["decision"]["policies"], json!(["default-deny"]));
+    problem(grant(token_for(&app, "bo", &["agent"])).await, 403, "forbidden").await;
+    let from_sg = app
+        .client(SINGAPORE)
+        .post(app.url(&format!("/v1/approvals/{id}/grant")))
+        .bearer_auth(token_for(&app, "carol", &["approver"]))
+        .send()
+        .await
+        .unwrap();
+    problem(from_sg, 403, "forbidden").await;
+    assert_eq!(get(ana.clone(), second.clone(), "support").await.status(), 403);
+
+    // Carol, an approver in the region, grants it.
+    let granted = grant(token_for(&app, "carol", &["approver"])).await;
+    assert_eq!(granted.status(), 200);
+    let granted: Value = granted.json().await.unwrap();
+    assert_eq!((granted["state"].as_str(), granted["approver"].as_str()), (Some("granted"), Some("carol")));
+    problem(grant(token_for(&app, "dan", &["approver"])).await, 409, "approval-not-pending").await;
+
+    // The approval covers its subject, category and purpose only.
+    assert_eq!(get(ana.clone(), second.clone(), "support").await.status(), 200);
+    assert_eq!(get(ana.clone(), second.clone(), "legal").await.status(), 403);
+    assert_eq!(get(token_for(&app, "bo", &["agent"]), first.clone(), "support").await.status(), 200);
+
+    // Every step is in the log.
+    let log = app.boundary.log();
+    let actions: Vec<String> = (0..log.size())
+        .filter_map(|i| serde_json::from_slice::<Value>(&log.entry(i).unwrap()).ok())
+        .filter(|e| e["kind"] == "approval")
+        .map(|e| format!("{} {}", e["action"].as_str().unwrap(), e["decision"]["effect"].as_str().unwrap_or("-")))
+        .collect();
+    assert_eq!(actions, vec!["request-approval -", "approve deny", "approve deny", "approve deny", "approve allow"]);
+}
+
+#[tokio::test]
+async fn an_unanswered_request_expires() {
+    let app = TestApp::start_with(|config| config.policy.approval_seconds = 1).await;
+    subject(&app, "s-1", Some("1990-02-01")).await;
+    let asked: Value = app
+        .client(DUBLIN)
+        .post(app.url("/v1/approvals"))
+        .bearer_auth(token_for(&app, "ana", &["agent"]))
+        .json(&json!({"subjects": ["s-1"], "categories": ["profile"], "purpose": "support"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = asked["approval_id"].as_str().unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let late = app
+        .client(DUBLIN)
+        .post(app.url(&format!("/v1/approvals/{id}/grant")))
+        .bearer_auth(token_for(&app, "carol", &["approver"]))
+        .send()
+        .await
+        .unwrap();
+    let body = problem(late, 409, "approval-not-pending").await;
+    assert!(body["detail"].as_str().unwrap().contains("expired"), "{body}");
+    for bad in [
+        json!({"subjects": [], "categories": ["profile"], "purpose": "support"}),
+        json!({"subjects": ["s-1"], "categories": ["profile"], "purpose": "curiosity"}),
+    ] {
+        let response = app
+            .client(DUBLIN)
+            .post(app.url("/v1/approvals"))
+            .bearer_auth(token_for(&app, "ana", &["agent"]))
+            .json(&bad)
+            .send()
+            .await
+            .unwrap();
+        problem(response, 422, "invalid-body").await;
+    }
+}

@@ -1,0 +1,267 @@
+//! `/v1/approvals`: asking for, and granting, an approval for bulk access.
+//!
+//! A principal who must read more distinct subjects than the policy's threshold asks for an
+//! approval, scoped to themselves, the subjects, the categories and the purpose. A second
+//! person grants it: an in-region employee with the approver role, never the requester (the
+//! policy pack's `approvals-by-a-second-person`). A request nobody answers expires, and so does
+//! a grant (`[policy] approval_seconds`, 12 hours). Each step is in the log.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use clover_log::event::{EVENT_VERSION, Event, EventDecision, EventKind, EventOrigin, EventPrincipal};
+use clover_model::{Action, Category, Origin, SubjectId};
+use clover_policy::Decision;
+use clover_policy::pack::PackResource;
+use clover_store::ApprovalRow;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use utoipa::ToSchema;
+
+use super::subjects::answered;
+use crate::Boundary;
+use crate::pack::{Circumstances, subject_request};
+use crate::pipeline::{Ask, Caller};
+use crate::problem::{ApiError, Body, Problem};
+
+/// A request for an approval.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalBody {
+    /// The subjects the approval is to cover.
+    #[schema(value_type = Vec<String>)]
+    pub subjects: Vec<SubjectId>,
+    /// The categories it is to cover.
+    #[schema(value_type = Vec<String>)]
+    pub categories: Vec<Category>,
+    /// The purpose it is to cover (a configured reason code).
+    pub purpose: String,
+}
+
+/// An approval, pending or granted.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ApprovalAnswer {
+    /// Its id.
+    pub approval_id: String,
+    /// `requested`, `granted` or `expired`.
+    pub state: String,
+    /// Who asked (and whom it covers).
+    pub requester: String,
+    /// Who granted it.
+    pub approver: Option<String>,
+    /// The subjects it covers.
+    pub subjects: Vec<String>,
+    /// The categories it covers.
+    pub categories: Vec<String>,
+    /// The purpose it covers.
+    pub purpose: String,
+    /// When the request, or the grant, expires (RFC 3339).
+    pub expires_at: String,
+    /// The decision, for a grant.
+    #[schema(value_type = Option<Object>)]
+    pub decision: Option<Decision>,
+    /// The log entry of this step.
+    pub log_index: Option<u64>,
+}
+
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+}
+
+fn answer(row: &ApprovalRow, decision: Option<Decision>, log_index: Option<u64>) -> ApprovalAnswer {
+    let state = if row.expires_at <= OffsetDateTime::now_utc() {
+        "expired"
+    } else if row.approver.is_some() {
+        "granted"
+    } else {
+        "requested"
+    };
+    ApprovalAnswer {
+        approval_id: row.approval_id.clone(),
+        state: state.to_owned(),
+        requester: row.requester.to_string(),
+        approver: row.approver.as_ref().map(ToString::to_string),
+        subjects: row.subjects.iter().map(ToString::to_string).collect(),
+        categories: row.categories.iter().map(ToString::to_string).collect(),
+        purpose: row.purpose.clone(),
+        expires_at: rfc3339(row.expires_at),
+        decision,
+        log_index,
+    }
+}
+
+fn event(caller: &Caller, action: &str, decision: Option<&Decision>, detail: String) -> Event {
+    Event {
+        v: EVENT_VERSION,
+        kind: EventKind::Approval,
+        time: OffsetDateTime::now_utc().unix_timestamp(),
+        principal: Some(EventPrincipal {
+            id: caller.principal.id.to_string(),
+            kind: caller.principal.kind.to_string(),
+            region: caller.principal.home_region.to_string(),
+            site: caller.principal.site.to_string(),
+        }),
+        origin: Some(match &caller.origin {
+            Origin::Site { site, region } => {
+                EventOrigin { site: Some(site.to_string()), region: Some(region.to_string()) }
+            }
+            Origin::Unknown => EventOrigin { site: None, region: None },
+        }),
+        action: Some(action.to_owned()),
+        subject: None,
+        record: None,
+        category: None,
+        decision: decision.map(|d| EventDecision {
+            effect: d.effect().to_owned(),
+            view: None,
+            policies: d.policies.clone(),
+        }),
+        purpose: caller.purpose.clone(),
+        justification: caller.justification.clone(),
+        detail: Some(detail),
+    }
+}
+
+/// Asks for an approval to read the named subjects' records of the named categories for one
+/// purpose, past the policy's threshold of distinct subjects.
+#[utoipa::path(post, path = "/v1/approvals", tag = "approvals", request_body = ApprovalBody,
+    responses(
+        (status = CREATED, description = "Requested; waits for a second person", body = ApprovalAnswer),
+        (status = UNPROCESSABLE_ENTITY, description = "Unknown category or purpose, or nothing to cover", body = Problem, content_type = "application/problem+json"),
+        (status = UNAUTHORIZED, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn request_approval(
+    State(boundary): State<Arc<Boundary>>,
+    caller: Caller,
+    Body(body): Body<ApprovalBody>,
+) -> Result<Response, ApiError> {
+    if body.subjects.is_empty() || body.categories.is_empty() {
+        return Err(ApiError::InvalidBody("an approval must name at least one subject and one category".into()));
+    }
+    if body.subjects.len() > 10_000 {
+        return Err(ApiError::InvalidBody("an approval covers at most 10000 subjects".into()));
+    }
+    for category in &body.categories {
+        if !boundary.has_category(category) {
+            return Err(ApiError::UnknownCategory { category: category.to_string(), known: boundary.category_names() });
+        }
+    }
+    if !boundary.config().purposes.iter().any(|p| p.name == body.purpose) {
+        return Err(ApiError::InvalidBody(format!("purpose {:?} is not configured", body.purpose)));
+    }
+    let now = OffsetDateTime::now_utc();
+    let row = ApprovalRow {
+        approval_id: uuid::Uuid::new_v4().to_string(),
+        requester: caller.principal.id.clone(),
+        subjects: body.subjects,
+        categories: body.categories,
+        purpose: body.purpose,
+        requested_at: now,
+        expires_at: now
+            + time::Duration::seconds(i64::try_from(boundary.config().policy.approval_seconds).unwrap_or(i64::MAX / 2)),
+        approver: None,
+        granted_at: None,
+    };
+    let detail = format!(
+        "approval {} requested: {} subjects, categories {}, purpose {}",
+        row.approval_id,
+        row.subjects.len(),
+        row.categories.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
+        row.purpose
+    );
+    let log_index = boundary
+        .log()
+        .append(&event(&caller, "request-approval", None, detail))
+        .await
+        .map_err(|e| ApiError::LogUnavailable(e.to_string()))?;
+    boundary.store().insert_approval(&row).await.map_err(ApiError::internal)?;
+    tracing::info!(approval = %row.approval_id, log_index, "approval requested");
+    Ok(axum::response::IntoResponse::into_response((
+        StatusCode::CREATED,
+        axum::Json(answer(&row, None, Some(log_index))),
+    )))
+}
+
+/// Grants a pending approval. Only a second person may: an in-region employee with the
+/// approver role, not the requester; the policy pack decides, and the decision is logged.
+#[utoipa::path(post, path = "/v1/approvals/{approval_id}/grant", tag = "approvals",
+    params(("approval_id" = String, Path, description = "The approval's id")),
+    responses(
+        (status = OK, description = "Granted", body = ApprovalAnswer),
+        (status = FORBIDDEN, description = "Not allowed to grant it (the requester, no approver role, outside the region)", body = Problem, content_type = "application/problem+json"),
+        (status = NOT_FOUND, description = "No such approval", body = Problem, content_type = "application/problem+json"),
+        (status = CONFLICT, description = "Already granted, or expired", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn grant_approval(
+    State(boundary): State<Arc<Boundary>>,
+    caller: Caller,
+    Path(approval_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let row = boundary
+        .store()
+        .approval(&approval_id)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::NotFound { what: "approval", id: approval_id.clone() })?;
+    let now = OffsetDateTime::now_utc();
+    if row.approver.is_some() || row.expires_at <= now {
+        return Err(ApiError::NotPending(format!(
+            "approval {approval_id:?} is {}",
+            if row.approver.is_some() { "already granted" } else { "expired" }
+        )));
+    }
+    // The subject of the ask is only a placeholder: an approval covers several.
+    let placeholder = row.requester.to_string().parse::<SubjectId>().map_err(ApiError::internal)?;
+    let ask = Ask { action: Action::Approve, subject: &placeholder, record: None, subject_minor: false };
+    let mut request =
+        subject_request(boundary.config(), &caller.principal, &caller.origin, &ask, &Circumstances::default());
+    request.resource = PackResource::Approval { id: row.approval_id.clone(), requester: row.requester.to_string() };
+    let decision = boundary.pack().decide(&request);
+    let granted = decision.effect() == "allow";
+    let detail =
+        format!("approval {} for {}: {}", row.approval_id, row.requester, if granted { "granted" } else { "refused" });
+    let log_index = boundary
+        .log()
+        .append(&event(&caller, "approve", Some(&decision), detail))
+        .await
+        .map_err(|e| ApiError::LogUnavailable(e.to_string()))?;
+    if !granted {
+        return Err(ApiError::Forbidden { decision, log_index });
+    }
+    let expires_at =
+        now + time::Duration::seconds(i64::try_from(boundary.config().policy.approval_seconds).unwrap_or(i64::MAX / 2));
+    if !boundary
+        .store()
+        .grant_approval(&approval_id, &caller.principal.id, now, expires_at)
+        .await
+        .map_err(ApiError::internal)?
+    {
+        return Err(ApiError::NotPending(format!("approval {approval_id:?} was granted or expired meanwhile")));
+    }
+    let row = boundary.store().approval(&approval_id).await.map_err(ApiError::internal)?.unwrap_or(row);
+    tracing::info!(approval = %approval_id, approver = %caller.principal.id, log_index, "approval granted");
+    Ok(answered(&decision, StatusCode::OK, answer(&row, Some(decision.clone()), Some(log_index))))
+}
+
+/// An approval's state.
+#[utoipa::path(get, path = "/v1/approvals/{approval_id}", tag = "approvals",
+    params(("approval_id" = String, Path, description = "The approval's id")),
+    responses(
+        (status = OK, description = "The approval", body = ApprovalAnswer),
+        (status = NOT_FOUND, description = "No such approval", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn get_approval(
+    State(boundary): State<Arc<Boundary>>,
+    _caller: Caller,
+    Path(approval_id): Path<String>,
+) -> Result<axum::Json<ApprovalAnswer>, ApiError> {
+    let row = boundary
+        .store()
+        .approval(&approval_id)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or(ApiError::NotFound { what: "approval", id: approval_id })?;
+    Ok(axum::Json(answer(&row, None, None)))
+}
