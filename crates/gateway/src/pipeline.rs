@@ -371,6 +371,25 @@ fn mask(value: &serde_json::Value) -> String {
     }
 }
 
+/// The whole read path: load, decide, log, unwrap, decrypt, view. Returns the record's
+/// metadata, its fields in the view granted, and the log receipt.
+pub async fn read(boundary: &Boundary, caller: &Caller, record_id: &RecordId) -> Result<(RecordRow, Fields, Receipt), ApiError> {
+    let record = load_record(boundary, record_id).await?;
+    let subject = load_subject(boundary, &record.subject_id).await?;
+    let ask = Ask {
+        action: Action::Read,
+        subject: &record.subject_id,
+        record: Some((*record_id, &record.category)),
+        subject_minor: subject_minor(boundary, &subject),
+    };
+    let receipt = decide_and_log(boundary, caller, EventKind::Access, &ask).await?;
+    let key = unwrap_key(boundary, &subject, &receipt)?;
+    let fields = open_record(boundary, &key, &record)?;
+    drop(key);
+    let fields = view(boundary, caller, &receipt, &record.category, fields);
+    Ok((record, fields, receipt))
+}
+
 /// Step 6: the subject's data key, unwrapped by the custodian against the log receipt.
 #[instrument(name = "unwrap_key", skip_all, err(level = "debug"))]
 pub fn unwrap_key(boundary: &Boundary, subject: &SubjectRow, receipt: &Receipt) -> Result<DataKey, ApiError> {

@@ -1,6 +1,6 @@
 //! How many distinct subjects each principal touched recently: bulk access needs an approval.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -10,7 +10,33 @@ use clover_model::PrincipalId;
 #[derive(Debug)]
 pub struct Touches {
     window: Duration,
-    seen: Mutex<HashMap<PrincipalId, VecDeque<(Instant, String)>>>,
+    seen: Mutex<HashMap<PrincipalId, Window>>,
+}
+
+/// One principal's reads in the window: in time order, and counted per subject, so that both
+/// expiring old reads and counting distinct subjects cost O(1) per read.
+#[derive(Debug, Default)]
+struct Window {
+    reads: VecDeque<(Instant, String)>,
+    per_subject: HashMap<String, usize>,
+}
+
+impl Window {
+    fn expire(&mut self, window: Duration) {
+        while let Some((at, _)) = self.reads.front() {
+            if at.elapsed() <= window {
+                break;
+            }
+            if let Some((_, subject)) = self.reads.pop_front()
+                && let Some(count) = self.per_subject.get_mut(&subject)
+            {
+                *count -= 1;
+                if *count == 0 {
+                    self.per_subject.remove(&subject);
+                }
+            }
+        }
+    }
 }
 
 impl Touches {
@@ -22,19 +48,19 @@ impl Touches {
     /// The distinct subjects `principal` touched in the window, `subject` included.
     pub fn count(&self, principal: &PrincipalId, subject: &str) -> i64 {
         let mut seen = self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let Some(touches) = seen.get_mut(principal) else { return 1 };
-        while touches.front().is_some_and(|(at, _)| at.elapsed() > self.window) {
-            touches.pop_front();
-        }
-        let mut distinct: BTreeSet<&str> = touches.iter().map(|(_, s)| s.as_str()).collect();
-        distinct.insert(subject);
-        i64::try_from(distinct.len()).unwrap_or(i64::MAX)
+        let Some(window) = seen.get_mut(principal) else { return 1 };
+        window.expire(self.window);
+        let distinct = window.per_subject.len() + usize::from(!window.per_subject.contains_key(subject));
+        i64::try_from(distinct).unwrap_or(i64::MAX)
     }
 
     /// Records that `principal` read `subject`'s data now.
     pub fn record(&self, principal: &PrincipalId, subject: String) {
         let mut seen = self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        seen.entry(principal.clone()).or_default().push_back((Instant::now(), subject));
+        let window = seen.entry(principal.clone()).or_default();
+        window.expire(self.window);
+        *window.per_subject.entry(subject.clone()).or_default() += 1;
+        window.reads.push_back((Instant::now(), subject));
     }
 }
 

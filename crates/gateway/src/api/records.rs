@@ -162,19 +162,7 @@ pub async fn read_record(
     Path(record_id): Path<String>,
 ) -> Result<Response, ApiError> {
     let record_id: RecordId = record_id.parse()?;
-    let record = pipeline::load_record(&boundary, &record_id).await?;
-    let subject = pipeline::load_subject(&boundary, &record.subject_id).await?;
-    let ask = Ask {
-        action: Action::Read,
-        subject: &record.subject_id,
-        record: Some((record_id, &record.category)),
-        subject_minor: pipeline::subject_minor(&boundary, &subject),
-    };
-    let receipt = pipeline::decide_and_log(&boundary, &caller, EventKind::Access, &ask).await?;
-    let key = pipeline::unwrap_key(&boundary, &subject, &receipt)?;
-    let fields = pipeline::open_record(&boundary, &key, &record)?;
-    drop(key);
-    let fields = pipeline::view(&boundary, &caller, &receipt, &record.category, fields);
+    let (record, fields, receipt) = pipeline::read(&boundary, &caller, &record_id).await?;
     let decision = receipt.permit().decision().clone();
     let created_at =
         record.created_at.format(&time::format_description::well_known::Rfc3339).map_err(ApiError::internal)?;
