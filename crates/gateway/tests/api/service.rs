@@ -61,6 +61,9 @@ async fn the_openapi_document_describes_every_endpoint() {
         ("/v1/log/proof/inclusion", "get"),
         ("/v1/log/proof/consistency", "get"),
         ("/log/checkpoint", "get"),
+        ("/v1/approvals", "post"),
+        ("/v1/approvals/{approval_id}/grant", "post"),
+        ("/v1/approvals/{approval_id}", "get"),
     ] {
         assert!(paths[path][method].is_object(), "{method} {path} missing");
     }
