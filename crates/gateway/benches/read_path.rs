@@ -79,7 +79,10 @@ async fn setup() -> Setup {
     let mut records = Vec::new();
     for s in 0..50 {
         let url = format!("http://{addr}/v1/subjects/s-{s}");
-        let put = client.put(&url).bearer_auth(&token).json(&serde_json::json!({"home_region": "eu", "birth_date": "1990-01-01"}));
+        let put = client
+            .put(&url)
+            .bearer_auth(&token)
+            .json(&serde_json::json!({"home_region": "eu", "birth_date": "1990-01-01"}));
         assert!(put.send().await.unwrap().status().is_success());
         for r in 0..4 {
             let post = client
@@ -99,7 +102,10 @@ fn bench(c: &mut Criterion) {
     let boundary = setup.boundary.clone();
     let records = Arc::new(setup.records.clone());
     let mut group = c.benchmark_group("read_path");
-    group.sample_size(10).measurement_time(std::time::Duration::from_secs(5)).warm_up_time(std::time::Duration::from_secs(1));
+    group
+        .sample_size(10)
+        .measurement_time(std::time::Duration::from_secs(5))
+        .warm_up_time(std::time::Duration::from_secs(1));
     for tasks in [1usize, 64] {
         let reads = if tasks == 1 { 200 } else { READS };
         group.throughput(Throughput::Elements(reads as u64));
@@ -130,7 +136,9 @@ fn bench(c: &mut Criterion) {
                         set.spawn(async move {
                             let caller = caller();
                             for i in (t..reads).step_by(tasks) {
-                                black_box(pipeline::read(&boundary, &caller, &records[i % records.len()]).await.unwrap());
+                                black_box(
+                                    pipeline::read(&boundary, &caller, &records[i % records.len()]).await.unwrap(),
+                                );
                             }
                         });
                     }

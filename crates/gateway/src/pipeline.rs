@@ -373,7 +373,11 @@ fn mask(value: &serde_json::Value) -> String {
 
 /// The whole read path: load, decide, log, unwrap, decrypt, view. Returns the record's
 /// metadata, its fields in the view granted, and the log receipt.
-pub async fn read(boundary: &Boundary, caller: &Caller, record_id: &RecordId) -> Result<(RecordRow, Fields, Receipt), ApiError> {
+pub async fn read(
+    boundary: &Boundary,
+    caller: &Caller,
+    record_id: &RecordId,
+) -> Result<(RecordRow, Fields, Receipt), ApiError> {
     let record = load_record(boundary, record_id).await?;
     let subject = load_subject(boundary, &record.subject_id).await?;
     let ask = Ask {

@@ -14,12 +14,13 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use std::collections::{HashMap, HashSet};
+
 use cedar_policy::{
-    Authorizer, Context, Decision as CedarDecision, Entities, EntityUid, PolicyId, PolicySet, Request, Schema,
-    ValidationMode, Validator,
+    Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicyId,
+    PolicySet, Request, RestrictedExpression, Schema, ValidationMode, Validator,
 };
 use clover_model::{Action, SubjectId, View};
-use serde_json::json;
 
 use crate::{Decision, Outcome, Permit, Verdict};
 
@@ -231,9 +232,13 @@ impl PolicyPack {
 
     /// Decides a request.
     pub fn decide(&self, request: &PackRequest) -> Decision {
+        let prepared = match self.prepare(request) {
+            Ok(prepared) => prepared,
+            Err(e) => return error_decision(e),
+        };
         match request.action {
             Action::Read => {
-                let full = self.evaluate(request, "read");
+                let full = self.evaluate(&prepared, "read");
                 if let Ok((true, permits)) = &full {
                     return Decision {
                         outcome: Outcome::Allow(View::Full),
@@ -241,7 +246,7 @@ impl PolicyPack {
                         reason: "a full view is allowed".to_owned(),
                     };
                 }
-                let pseudonymised = self.evaluate(request, "read_pseudonymised");
+                let pseudonymised = self.evaluate(&prepared, "read_pseudonymised");
                 if let Ok((true, permits)) = &pseudonymised {
                     return Decision {
                         outcome: Outcome::Allow(View::Pseudonymised),
@@ -260,7 +265,7 @@ impl PolicyPack {
                 self.refusal(forbids)
             }
             Action::Write | Action::Erase | Action::ListAccesses | Action::Approve => {
-                match self.evaluate(request, cedar_action(request.action)) {
+                match self.evaluate(&prepared, cedar_action(request.action)) {
                     Ok((true, permits)) => Decision {
                         outcome: Outcome::Allow(View::Full),
                         policies: permits,
@@ -294,69 +299,87 @@ impl PolicyPack {
         }
     }
 
-    /// Evaluates one Cedar action; returns whether it is allowed and the deciding policies.
-    fn evaluate(&self, request: &PackRequest, action: &str) -> Result<(bool, Vec<String>), String> {
-        let uid = |text: String| EntityUid::from_str(&text).map_err(cedar_err);
+    /// Builds the entities and context of a request once, for one or two evaluations.
+    fn prepare(&self, request: &PackRequest) -> Result<Prepared, String> {
+        // Entities and context are built directly (no JSON, no schema check per request: the
+        // policies were validated against the schema when the pack was loaded, and these shapes
+        // are fixed here; a mismatch would surface as an evaluation error, which denies).
+        let uid = |kind: &str, id: &str| -> Result<EntityUid, String> {
+            Ok(EntityUid::from_type_name_and_id(EntityTypeName::from_str(kind).map_err(cedar_err)?, EntityId::new(id)))
+        };
+        let s = |v: &str| RestrictedExpression::new_string(v.to_owned());
+        let b = RestrictedExpression::new_bool;
         let kind = match request.principal.kind {
-            clover_model::PrincipalKind::Employee => "Employee",
-            clover_model::PrincipalKind::Service => "Service",
+            clover_model::PrincipalKind::Employee => "Clover::Employee",
+            clover_model::PrincipalKind::Service => "Clover::Service",
         };
-        let principal = uid(format!("Clover::{kind}::{}", json!(request.principal.id)))?;
-        let action_uid = uid(format!("Clover::Action::{}", json!(action)))?;
-        let (resource, resource_entity) = match &request.resource {
-            PackResource::Record { id, category, sensitive, subject_minor, home_region } => (
-                uid(format!("Clover::Record::{}", json!(id)))?,
-                json!({"uid": {"type": "Clover::Record", "id": id}, "attrs": {
-                    "category": category, "sensitive": sensitive, "subject_minor": subject_minor, "home_region": home_region,
-                }, "parents": []}),
-            ),
-            PackResource::Approval { id, requester } => (
-                uid(format!("Clover::Approval::{}", json!(id)))?,
-                json!({"uid": {"type": "Clover::Approval", "id": id}, "attrs": {"requester": requester}, "parents": []}),
-            ),
-            PackResource::Subject { id, minor, home_region } => (
-                uid(format!("Clover::Subject::{}", json!(id)))?,
-                json!({"uid": {"type": "Clover::Subject", "id": id}, "attrs": {"minor": minor, "home_region": home_region}, "parents": []}),
-            ),
-        };
-        // The request, entities and context are built by this function alone, from fixed shapes,
-        // and the policies were validated against the schema when the pack was loaded; checking
-        // each request against the schema again cost a third of the decision time. A shape
-        // mismatch would surface as an evaluation error, which denies.
-        let entities = Entities::from_json_value(
-            json!([
-                {"uid": {"type": format!("Clover::{kind}"), "id": request.principal.id}, "attrs": {
-                    "id": request.principal.id,
-                    "home_region": request.principal.home_region,
-                    "site": request.principal.site,
-                    "roles": request.principal.roles,
-                }, "parents": []},
-                resource_entity,
+        let principal = uid(kind, &request.principal.id)?;
+        let principal_entity = Entity::new(
+            principal.clone(),
+            HashMap::from([
+                ("id".to_owned(), s(&request.principal.id)),
+                ("home_region".to_owned(), s(&request.principal.home_region)),
+                ("site".to_owned(), s(&request.principal.site)),
+                ("roles".to_owned(), RestrictedExpression::new_set(request.principal.roles.iter().map(|r| s(r)))),
             ]),
-            None,
+            HashSet::new(),
         )
         .map_err(cedar_err)?;
+        let (resource, attrs) = match &request.resource {
+            PackResource::Record { id, category, sensitive, subject_minor, home_region } => (
+                uid("Clover::Record", id)?,
+                HashMap::from([
+                    ("category".to_owned(), s(category)),
+                    ("sensitive".to_owned(), b(*sensitive)),
+                    ("subject_minor".to_owned(), b(*subject_minor)),
+                    ("home_region".to_owned(), s(home_region)),
+                ]),
+            ),
+            PackResource::Approval { id, requester } => {
+                (uid("Clover::Approval", id)?, HashMap::from([("requester".to_owned(), s(requester))]))
+            }
+            PackResource::Subject { id, minor, home_region } => (
+                uid("Clover::Subject", id)?,
+                HashMap::from([("minor".to_owned(), b(*minor)), ("home_region".to_owned(), s(home_region))]),
+            ),
+        };
+        let resource_entity = Entity::new(resource.clone(), attrs, HashSet::new()).map_err(cedar_err)?;
+        let entities = Entities::from_entities([principal_entity, resource_entity], None).map_err(cedar_err)?;
         let (origin_site, origin_region) = request.origin.clone().unwrap_or_default();
-        let context = Context::from_json_value(
-            json!({
-                "boundary_region": request.boundary_region,
-                "origin_known": request.origin.is_some(),
-                "origin_region": origin_region,
-                "origin_site": origin_site,
-                "purpose": request.purpose.clone().unwrap_or_default(),
-                "purpose_declared": request.purpose_declared,
-                "purpose_allowed_for_category": request.purpose_allowed_for_category,
-                "purpose_allows_transfer": request.purpose_allows_transfer,
-                "has_justification": request.has_justification,
-                "approved": request.approved,
-                "subjects_touched": request.subjects_touched,
-                "bulk_threshold": request.bulk_threshold,
-            }),
+        let context = Context::from_pairs([
+            ("boundary_region".to_owned(), s(&request.boundary_region)),
+            ("origin_known".to_owned(), b(request.origin.is_some())),
+            ("origin_region".to_owned(), s(&origin_region)),
+            ("origin_site".to_owned(), s(&origin_site)),
+            ("purpose".to_owned(), s(request.purpose.as_deref().unwrap_or_default())),
+            ("purpose_declared".to_owned(), b(request.purpose_declared)),
+            ("purpose_allowed_for_category".to_owned(), b(request.purpose_allowed_for_category)),
+            ("purpose_allows_transfer".to_owned(), b(request.purpose_allows_transfer)),
+            ("has_justification".to_owned(), b(request.has_justification)),
+            ("approved".to_owned(), b(request.approved)),
+            ("subjects_touched".to_owned(), RestrictedExpression::new_long(request.subjects_touched)),
+            ("bulk_threshold".to_owned(), RestrictedExpression::new_long(request.bulk_threshold)),
+        ])
+        .map_err(cedar_err)?;
+        Ok(Prepared { principal, resource, entities, context })
+    }
+
+    /// Evaluates one Cedar action on a prepared request; returns whether it is allowed and the
+    /// deciding policies.
+    fn evaluate(&self, prepared: &Prepared, action: &str) -> Result<(bool, Vec<String>), String> {
+        let action_uid = EntityUid::from_type_name_and_id(
+            EntityTypeName::from_str("Clover::Action").map_err(cedar_err)?,
+            EntityId::new(action),
+        );
+        let cedar_request = Request::new(
+            prepared.principal.clone(),
+            action_uid,
+            prepared.resource.clone(),
+            prepared.context.clone(),
             None,
         )
         .map_err(cedar_err)?;
-        let cedar_request = Request::new(principal, action_uid, resource, context, None).map_err(cedar_err)?;
-        let response = self.authorizer.is_authorized(&cedar_request, &self.policies, &entities);
+        let response = self.authorizer.is_authorized(&cedar_request, &self.policies, &prepared.entities);
         if let Some(error) = response.diagnostics().errors().next() {
             return Err(cedar_err(error));
         }
@@ -364,6 +387,14 @@ impl PolicyPack {
         reasons.sort();
         Ok((response.decision() == CedarDecision::Allow, reasons))
     }
+}
+
+/// A request's Cedar entities and context, built once.
+struct Prepared {
+    principal: EntityUid,
+    resource: EntityUid,
+    entities: Entities,
+    context: Context,
 }
 
 /// The Cedar action of a Clover action (reads have two, see [`PolicyPack::decide`]).
