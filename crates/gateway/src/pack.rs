@@ -117,3 +117,37 @@ pub fn subject_request(
         bulk_threshold: config.policy.bulk_threshold,
     }
 }
+
+/// Builds the pack request for granting the approval `approval_id` asked for by `requester`.
+pub fn approval_request(
+    config: &Config,
+    principal: &Principal,
+    origin: &Origin,
+    approval_id: &str,
+    requester: &str,
+) -> PackRequest {
+    PackRequest {
+        boundary_region: config.region.to_string(),
+        principal: PackPrincipal {
+            kind: principal.kind,
+            id: principal.id.to_string(),
+            home_region: principal.home_region.to_string(),
+            site: principal.site.to_string(),
+            roles: principal.roles.clone(),
+        },
+        action: Action::Approve,
+        resource: PackResource::Approval { id: approval_id.to_owned(), requester: requester.to_owned() },
+        origin: match origin {
+            Origin::Site { site, region } => Some((site.to_string(), region.to_string())),
+            Origin::Unknown => None,
+        },
+        purpose: None,
+        purpose_declared: false,
+        purpose_allowed_for_category: false,
+        purpose_allows_transfer: false,
+        has_justification: false,
+        approved: false,
+        subjects_touched: 0,
+        bulk_threshold: config.policy.bulk_threshold,
+    }
+}

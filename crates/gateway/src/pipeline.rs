@@ -195,15 +195,32 @@ pub async fn approved(boundary: &Boundary, caller: &Caller, ask: &Ask<'_>) -> bo
     }
 }
 
+/// What the boundary works out about a request before deciding it.
+#[derive(Debug, Clone)]
+pub struct Facts {
+    /// The subject's keyed hash, as the log and the window record it.
+    pub subject_hash: String,
+    /// Distinct subjects the caller read in the window, this one included (reads only).
+    pub touched: i64,
+    /// Whether a granted approval covers the request.
+    pub approved: bool,
+}
+
+/// Works out the [`Facts`] of a request: the subject's hash once, the window's count, and (only
+/// for a read past the threshold, where it can matter) whether an approval covers it.
+pub async fn facts(boundary: &Boundary, caller: &Caller, ask: &Ask<'_>) -> Facts {
+    let subject_hash = boundary.subject_hash(ask.subject);
+    let touched =
+        if ask.action == Action::Read { boundary.touches.count(&caller.principal.id, &subject_hash) } else { 0 };
+    let approved = touched > boundary.config.policy.bulk_threshold && approved(boundary, caller, ask).await;
+    Facts { subject_hash, touched, approved }
+}
+
 /// Step 4: the policy's decision, from the pack, on what the boundary knows.
 #[instrument(name = "decide", skip_all, fields(action = %ask.action, effect))]
-pub fn decide(boundary: &Boundary, caller: &Caller, ask: &Ask<'_>, approved: bool) -> Verdict {
+pub fn decide(boundary: &Boundary, caller: &Caller, ask: &Ask<'_>, facts: &Facts) -> Verdict {
     let config = &boundary.config;
-    let touched = if ask.action == Action::Read {
-        boundary.touches.count(&caller.principal.id, &boundary.subject_hash(ask.subject))
-    } else {
-        0
-    };
+    let (touched, approved) = (facts.touched, facts.approved);
     let circumstances = Circumstances {
         purpose: caller.purpose.clone(),
         has_justification: caller.justification.is_some(),
@@ -221,13 +238,13 @@ pub fn decide(boundary: &Boundary, caller: &Caller, ask: &Ask<'_>, approved: boo
     let verdict = boundary.pack().verdict(&request, ask.subject);
     tracing::Span::current().record("effect", verdict.decision().effect());
     if ask.action == Action::Read && matches!(verdict, Verdict::Allowed(_)) {
-        boundary.touches.record(&caller.principal.id, boundary.subject_hash(ask.subject));
+        boundary.touches.record(&caller.principal.id, facts.subject_hash.clone());
     }
     verdict
 }
 
 /// The log entry of a decision.
-pub fn event(boundary: &Boundary, caller: &Caller, kind: EventKind, ask: &Ask<'_>, verdict: &Verdict) -> Event {
+pub fn event(caller: &Caller, kind: EventKind, ask: &Ask<'_>, subject_hash: &str, verdict: &Verdict) -> Event {
     let decision = verdict.decision();
     Event {
         v: EVENT_VERSION,
@@ -246,7 +263,7 @@ pub fn event(boundary: &Boundary, caller: &Caller, kind: EventKind, ask: &Ask<'_
             Origin::Unknown => EventOrigin { site: None, region: None },
         }),
         action: Some(ask.action.to_string()),
-        subject: Some(boundary.subject_hash(ask.subject)),
+        subject: Some(subject_hash.to_owned()),
         record: ask.record.map(|(id, _)| id.to_string()),
         category: ask.record.map(|(_, category)| category.to_string()),
         decision: Some(EventDecision {
@@ -271,9 +288,10 @@ pub async fn log(
     caller: &Caller,
     kind: EventKind,
     ask: &Ask<'_>,
+    facts: &Facts,
     verdict: Verdict,
 ) -> Result<Receipt, ApiError> {
-    let entry = event(boundary, caller, kind, ask, &verdict);
+    let entry = event(caller, kind, ask, &facts.subject_hash, &verdict);
     let unavailable = |e: clover_log::LogError| ApiError::LogUnavailable(e.to_string());
     match verdict {
         Verdict::Allowed(permit) => {
@@ -307,13 +325,9 @@ pub async fn decide_and_log(
     kind: EventKind,
     ask: &Ask<'_>,
 ) -> Result<Receipt, ApiError> {
-    // Approvals are looked up only where they can matter: a read past the threshold.
-    let over = ask.action == Action::Read
-        && boundary.touches.count(&caller.principal.id, &boundary.subject_hash(ask.subject))
-            > boundary.config.policy.bulk_threshold;
-    let approved = over && approved(boundary, caller, ask).await;
-    let verdict = decide(boundary, caller, ask, approved);
-    log(boundary, caller, kind, ask, verdict).await
+    let facts = facts(boundary, caller, ask).await;
+    let verdict = decide(boundary, caller, ask, &facts);
+    log(boundary, caller, kind, ask, &facts, verdict).await
 }
 
 /// The view the permit grants of a record's decrypted fields: as stored, or pseudonymised by

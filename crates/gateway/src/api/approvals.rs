@@ -12,9 +12,8 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use clover_log::event::{EVENT_VERSION, Event, EventDecision, EventKind, EventOrigin, EventPrincipal};
-use clover_model::{Action, Category, Origin, SubjectId};
+use clover_model::{Category, Origin, SubjectId};
 use clover_policy::Decision;
-use clover_policy::pack::PackResource;
 use clover_store::ApprovalRow;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -22,8 +21,8 @@ use utoipa::ToSchema;
 
 use super::subjects::answered;
 use crate::Boundary;
-use crate::pack::{Circumstances, subject_request};
-use crate::pipeline::{Ask, Caller};
+use crate::pack::approval_request;
+use crate::pipeline::Caller;
 use crate::problem::{ApiError, Body, Problem};
 
 /// A request for an approval.
@@ -212,12 +211,13 @@ pub async fn grant_approval(
             if row.approver.is_some() { "already granted" } else { "expired" }
         )));
     }
-    // The subject of the ask is only a placeholder: an approval covers several.
-    let placeholder = row.requester.to_string().parse::<SubjectId>().map_err(ApiError::internal)?;
-    let ask = Ask { action: Action::Approve, subject: &placeholder, record: None, subject_minor: false };
-    let mut request =
-        subject_request(boundary.config(), &caller.principal, &caller.origin, &ask, &Circumstances::default());
-    request.resource = PackResource::Approval { id: row.approval_id.clone(), requester: row.requester.to_string() };
+    let request = approval_request(
+        boundary.config(),
+        &caller.principal,
+        &caller.origin,
+        &row.approval_id,
+        row.requester.as_str(),
+    );
     let decision = boundary.pack().decide(&request);
     let granted = decision.effect() == "allow";
     let detail =
