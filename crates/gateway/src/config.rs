@@ -95,6 +95,8 @@ pub struct PolicyConfig {
     /// A policy directory (one `*.cedarschema`, `*.cedar` files); the shipped pack when unset.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dir: Option<PathBuf>,
+    /// Whether the directory is watched and reloaded when it changes (SIGHUP always reloads).
+    pub watch: bool,
     /// Distinct subjects a principal may touch in the window before an approval is needed.
     pub bulk_threshold: i64,
     /// The window, in seconds.
@@ -110,6 +112,7 @@ impl Default for PolicyConfig {
     fn default() -> Self {
         Self {
             dir: None,
+            watch: true,
             bulk_threshold: 50,
             window_seconds: 3600,
             approval_seconds: 12 * 3600,

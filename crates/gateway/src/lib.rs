@@ -221,7 +221,7 @@ fn load_pack(config: &Config) -> Result<clover_policy::pack::PolicyPack, clover_
 
 /// Watches the policy directory and reloads it when a file changes (name, size or time).
 pub fn watch_policies(boundary: Arc<Boundary>) {
-    let Some(dir) = boundary.config.policy.dir.clone() else { return };
+    let Some(dir) = boundary.config.policy.dir.clone().filter(|_| boundary.config.policy.watch) else { return };
     let fingerprint = move || -> Vec<(std::path::PathBuf, u64, Option<std::time::SystemTime>)> {
         let mut files: Vec<_> = std::fs::read_dir(&dir)
             .into_iter()
