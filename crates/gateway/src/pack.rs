@@ -33,6 +33,25 @@ pub struct Circumstances {
     pub subjects_touched: i64,
 }
 
+/// The caller as the pack sees them.
+fn pack_principal(principal: &Principal) -> PackPrincipal {
+    PackPrincipal {
+        kind: principal.kind,
+        id: principal.id.to_string(),
+        home_region: principal.home_region.to_string(),
+        site: principal.site.to_string(),
+        roles: principal.roles.clone(),
+    }
+}
+
+/// The origin's site and region, or `None` for an unknown origin.
+fn pack_origin(origin: &Origin) -> Option<(String, String)> {
+    match origin {
+        Origin::Site { site, region } => Some((site.to_string(), region.to_string())),
+        Origin::Unknown => None,
+    }
+}
+
 /// Builds the pack request for an action on a record.
 pub fn record_request(
     config: &Config,
@@ -50,13 +69,7 @@ pub fn record_request(
         .is_none_or(|c| c.sensitivity == Sensitivity::Sensitive);
     PackRequest {
         boundary_region: config.region.to_string(),
-        principal: PackPrincipal {
-            kind: principal.kind,
-            id: principal.id.to_string(),
-            home_region: principal.home_region.to_string(),
-            site: principal.site.to_string(),
-            roles: principal.roles.clone(),
-        },
+        principal: pack_principal(principal),
         action,
         resource: PackResource::Record {
             id: record.id.clone(),
@@ -65,10 +78,7 @@ pub fn record_request(
             subject_minor: record.subject_minor,
             home_region: config.region.to_string(),
         },
-        origin: match origin {
-            Origin::Site { site, region } => Some((site.to_string(), region.to_string())),
-            Origin::Unknown => None,
-        },
+        origin: pack_origin(origin),
         purpose: circumstances.purpose.clone(),
         purpose_declared: purpose.is_some(),
         purpose_allowed_for_category: purpose.is_some_and(|p| p.categories.contains(&record.category)),
@@ -90,23 +100,14 @@ pub fn subject_request(
 ) -> PackRequest {
     PackRequest {
         boundary_region: config.region.to_string(),
-        principal: PackPrincipal {
-            kind: principal.kind,
-            id: principal.id.to_string(),
-            home_region: principal.home_region.to_string(),
-            site: principal.site.to_string(),
-            roles: principal.roles.clone(),
-        },
+        principal: pack_principal(principal),
         action: ask.action,
         resource: PackResource::Subject {
             id: ask.subject.to_string(),
             minor: ask.subject_minor,
             home_region: config.region.to_string(),
         },
-        origin: match origin {
-            Origin::Site { site, region } => Some((site.to_string(), region.to_string())),
-            Origin::Unknown => None,
-        },
+        origin: pack_origin(origin),
         purpose: circumstances.purpose.clone(),
         purpose_declared: false,
         purpose_allowed_for_category: false,
@@ -128,19 +129,10 @@ pub fn approval_request(
 ) -> PackRequest {
     PackRequest {
         boundary_region: config.region.to_string(),
-        principal: PackPrincipal {
-            kind: principal.kind,
-            id: principal.id.to_string(),
-            home_region: principal.home_region.to_string(),
-            site: principal.site.to_string(),
-            roles: principal.roles.clone(),
-        },
+        principal: pack_principal(principal),
         action: Action::Approve,
         resource: PackResource::Approval { id: approval_id.to_owned(), requester: requester.to_owned() },
-        origin: match origin {
-            Origin::Site { site, region } => Some((site.to_string(), region.to_string())),
-            Origin::Unknown => None,
-        },
+        origin: pack_origin(origin),
         purpose: None,
         purpose_declared: false,
         purpose_allowed_for_category: false,

@@ -45,6 +45,28 @@ pub struct Caller {
     pub justification: Option<String>,
 }
 
+impl Caller {
+    /// The caller, as a log entry records them.
+    pub fn event_principal(&self) -> EventPrincipal {
+        EventPrincipal {
+            id: self.principal.id.to_string(),
+            kind: self.principal.kind.to_string(),
+            region: self.principal.home_region.to_string(),
+            site: self.principal.site.to_string(),
+        }
+    }
+
+    /// Where the caller called from, as a log entry records it.
+    pub fn event_origin(&self) -> EventOrigin {
+        match &self.origin {
+            Origin::Site { site, region } => {
+                EventOrigin { site: Some(site.to_string()), region: Some(region.to_string()) }
+            }
+            Origin::Unknown => EventOrigin { site: None, region: None },
+        }
+    }
+}
+
 /// Reads an optional header of at most 128 characters of `A-Z a-z 0-9 - _ . : # /`.
 fn context_header(parts: &Parts, name: &str) -> Result<Option<String>, ApiError> {
     let Some(value) = parts.headers.get(name) else { return Ok(None) };
@@ -250,18 +272,8 @@ pub fn event(caller: &Caller, kind: EventKind, ask: &Ask<'_>, subject_hash: &str
         v: EVENT_VERSION,
         kind,
         time: time::OffsetDateTime::now_utc().unix_timestamp(),
-        principal: Some(EventPrincipal {
-            id: caller.principal.id.to_string(),
-            kind: caller.principal.kind.to_string(),
-            region: caller.principal.home_region.to_string(),
-            site: caller.principal.site.to_string(),
-        }),
-        origin: Some(match &caller.origin {
-            Origin::Site { site, region } => {
-                EventOrigin { site: Some(site.to_string()), region: Some(region.to_string()) }
-            }
-            Origin::Unknown => EventOrigin { site: None, region: None },
-        }),
+        principal: Some(caller.event_principal()),
+        origin: Some(caller.event_origin()),
         action: Some(ask.action.to_string()),
         subject: Some(subject_hash.to_owned()),
         record: ask.record.map(|(id, _)| id.to_string()),

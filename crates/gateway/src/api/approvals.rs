@@ -11,8 +11,8 @@ use std::sync::Arc;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use clover_log::event::{EVENT_VERSION, Event, EventDecision, EventKind, EventOrigin, EventPrincipal};
-use clover_model::{Category, Origin, SubjectId};
+use clover_log::event::{EVENT_VERSION, Event, EventDecision, EventKind};
+use clover_model::{Category, SubjectId};
 use clover_policy::Decision;
 use clover_store::ApprovalRow;
 use serde::{Deserialize, Serialize};
@@ -96,18 +96,8 @@ fn event(caller: &Caller, action: &str, decision: Option<&Decision>, detail: Str
         v: EVENT_VERSION,
         kind: EventKind::Approval,
         time: OffsetDateTime::now_utc().unix_timestamp(),
-        principal: Some(EventPrincipal {
-            id: caller.principal.id.to_string(),
-            kind: caller.principal.kind.to_string(),
-            region: caller.principal.home_region.to_string(),
-            site: caller.principal.site.to_string(),
-        }),
-        origin: Some(match &caller.origin {
-            Origin::Site { site, region } => {
-                EventOrigin { site: Some(site.to_string()), region: Some(region.to_string()) }
-            }
-            Origin::Unknown => EventOrigin { site: None, region: None },
-        }),
+        principal: Some(caller.event_principal()),
+        origin: Some(caller.event_origin()),
         action: Some(action.to_owned()),
         subject: None,
         record: None,
