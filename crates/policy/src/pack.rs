@@ -17,8 +17,8 @@ use std::str::FromStr;
 use std::collections::{HashMap, HashSet};
 
 use cedar_policy::{
-    Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicyId,
-    PolicySet, Request, RestrictedExpression, Schema, ValidationMode, Validator,
+    ActionConstraint, Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityId, EntityTypeName,
+    EntityUid, Policy, PolicyId, PolicySet, Request, RestrictedExpression, Schema, ValidationMode, Validator,
 };
 use clover_model::{Action, SubjectId, View};
 
@@ -146,7 +146,80 @@ pub struct PackRequest {
 #[derive(Debug)]
 pub struct PolicyPack {
     policies: PolicySet,
+    /// For each action of the schema, the policies whose scope can match it: a request is
+    /// evaluated against these only (Cedar would evaluate every policy's scope otherwise, and
+    /// skip the others as not applicable, with the same answer).
+    by_action: HashMap<String, ActionPolicies>,
+    types: EntityTypes,
     authorizer: Authorizer,
+}
+
+/// An action's uid and the policies that may apply to it.
+#[derive(Debug)]
+struct ActionPolicies {
+    uid: EntityUid,
+    policies: PolicySet,
+}
+
+/// The schema's entity type names, parsed once.
+#[derive(Debug)]
+struct EntityTypes {
+    employee: EntityTypeName,
+    service: EntityTypeName,
+    record: EntityTypeName,
+    subject: EntityTypeName,
+    approval: EntityTypeName,
+}
+
+impl EntityTypes {
+    fn new() -> Result<Self, PackError> {
+        let name = |n: &str| EntityTypeName::from_str(n).map_err(|e| PackError::BadSchema(cedar_err(e)));
+        Ok(Self {
+            employee: name("Clover::Employee")?,
+            service: name("Clover::Service")?,
+            record: name("Clover::Record")?,
+            subject: name("Clover::Subject")?,
+            approval: name("Clover::Approval")?,
+        })
+    }
+}
+
+/// Splits `policies` by the schema's actions: a policy goes with every action its action scope
+/// can match (any action; that action; a list holding the action or one of its groups), with
+/// that scope made unconstrained, since it is known to hold.
+fn by_action(schema: &Schema, policies: &PolicySet) -> Result<HashMap<String, ActionPolicies>, PackError> {
+    let actions = schema.action_entities().map_err(|e| PackError::BadSchema(cedar_err(e)))?;
+    let mut out = HashMap::new();
+    for action in schema.actions() {
+        let mut groups: HashSet<&EntityUid> = actions.ancestors(action).into_iter().flatten().collect();
+        groups.insert(action);
+        let mut subset = PolicySet::new();
+        for policy in policies.policies() {
+            let applies = match policy.action_constraint() {
+                ActionConstraint::Any => true,
+                ActionConstraint::Eq(uid) => uid == *action,
+                ActionConstraint::In(uids) => uids.iter().any(|uid| groups.contains(uid)),
+            };
+            if !applies {
+                continue;
+            }
+            // Within this subset the request's action is always `action`, which the scope was
+            // just shown to match: the scope's action test is dropped, so that Cedar does not
+            // build and search the scope's list of actions on every evaluation.
+            let scoped = if matches!(policy.action_constraint(), ActionConstraint::Any) {
+                policy.clone()
+            } else {
+                let mut json = policy.to_json().map_err(|e| PackError::Ids(cedar_err(e)))?;
+                if let Some(scope) = json.get_mut("action") {
+                    *scope = serde_json::json!({ "op": "All" });
+                }
+                Policy::from_json(Some(policy.id().clone()), json).map_err(|e| PackError::Ids(cedar_err(e)))?
+            };
+            subset.add(scoped).map_err(|e| PackError::Ids(cedar_err(e)))?;
+        }
+        out.insert(action.id().unescaped().to_owned(), ActionPolicies { uid: action.clone(), policies: subset });
+    }
+    Ok(out)
 }
 
 fn cedar_err(e: impl std::fmt::Display) -> String {
@@ -210,7 +283,8 @@ impl PolicyPack {
         if !result.validation_passed() {
             return Err(PackError::Invalid(result.validation_errors().map(cedar_err).collect()));
         }
-        Ok(Self { policies, authorizer: Authorizer::new() })
+        let by_action = by_action(&schema, &policies)?;
+        Ok(Self { policies, by_action, types: EntityTypes::new()?, authorizer: Authorizer::new() })
     }
 
     /// The ids of the pack's policies.
@@ -304,16 +378,14 @@ impl PolicyPack {
         // Entities and context are built directly (no JSON, no schema check per request: the
         // policies were validated against the schema when the pack was loaded, and these shapes
         // are fixed here; a mismatch would surface as an evaluation error, which denies).
-        let uid = |kind: &str, id: &str| -> Result<EntityUid, String> {
-            Ok(EntityUid::from_type_name_and_id(EntityTypeName::from_str(kind).map_err(cedar_err)?, EntityId::new(id)))
-        };
+        let uid = |kind: &EntityTypeName, id: &str| EntityUid::from_type_name_and_id(kind.clone(), EntityId::new(id));
         let s = |v: &str| RestrictedExpression::new_string(v.to_owned());
         let b = RestrictedExpression::new_bool;
         let kind = match request.principal.kind {
-            clover_model::PrincipalKind::Employee => "Clover::Employee",
-            clover_model::PrincipalKind::Service => "Clover::Service",
+            clover_model::PrincipalKind::Employee => &self.types.employee,
+            clover_model::PrincipalKind::Service => &self.types.service,
         };
-        let principal = uid(kind, &request.principal.id)?;
+        let principal = uid(kind, &request.principal.id);
         let principal_entity = Entity::new(
             principal.clone(),
             HashMap::from([
@@ -327,7 +399,7 @@ impl PolicyPack {
         .map_err(cedar_err)?;
         let (resource, attrs) = match &request.resource {
             PackResource::Record { id, category, sensitive, subject_minor, home_region } => (
-                uid("Clover::Record", id)?,
+                uid(&self.types.record, id),
                 HashMap::from([
                     ("category".to_owned(), s(category)),
                     ("sensitive".to_owned(), b(*sensitive)),
@@ -336,10 +408,10 @@ impl PolicyPack {
                 ]),
             ),
             PackResource::Approval { id, requester } => {
-                (uid("Clover::Approval", id)?, HashMap::from([("requester".to_owned(), s(requester))]))
+                (uid(&self.types.approval, id), HashMap::from([("requester".to_owned(), s(requester))]))
             }
             PackResource::Subject { id, minor, home_region } => (
-                uid("Clover::Subject", id)?,
+                uid(&self.types.subject, id),
                 HashMap::from([("minor".to_owned(), b(*minor)), ("home_region".to_owned(), s(home_region))]),
             ),
         };
@@ -367,19 +439,18 @@ impl PolicyPack {
     /// Evaluates one Cedar action on a prepared request; returns whether it is allowed and the
     /// deciding policies.
     fn evaluate(&self, prepared: &Prepared, action: &str) -> Result<(bool, Vec<String>), String> {
-        let action_uid = EntityUid::from_type_name_and_id(
-            EntityTypeName::from_str("Clover::Action").map_err(cedar_err)?,
-            EntityId::new(action),
-        );
+        let Some(scoped) = self.by_action.get(action) else {
+            return Err(format!("the schema has no action {action:?}"));
+        };
         let cedar_request = Request::new(
             prepared.principal.clone(),
-            action_uid,
+            scoped.uid.clone(),
             prepared.resource.clone(),
             prepared.context.clone(),
             None,
         )
         .map_err(cedar_err)?;
-        let response = self.authorizer.is_authorized(&cedar_request, &self.policies, &prepared.entities);
+        let response = self.authorizer.is_authorized(&cedar_request, &scoped.policies, &prepared.entities);
         if let Some(error) = response.diagnostics().errors().next() {
             return Err(cedar_err(error));
         }
