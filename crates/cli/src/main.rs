@@ -102,6 +102,35 @@ enum Command {
     /// Access policy: validate a policy directory, explain a decision.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Key custody on a running boundary: status, rotation.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Print the KEK versions and how many data keys each wraps.
+    Status {
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Rotate the key-encryption key: a new version at once, the data keys re-wrapped in the
+    /// background (reads and writes go on), the old versions retired once unused. Shows the
+    /// re-wrapping's progress and waits for its end. Key custodians only.
+    Rotate {
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct Remote {
+    /// The boundary's base URL.
+    #[arg(long, default_value = "http://127.0.0.1:7878")]
+    url: String,
+    /// A bearer token (for rotation: a key custodian's, role `key-custodian`).
+    #[arg(long, env = "CLOVER_TOKEN", hide_env_values = true)]
+    token: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -237,6 +266,8 @@ fn main() -> ExitCode {
         Command::Log(LogCommand::Vkey { config }) => log_vkey(&config),
         Command::Policy(PolicyCommand::Check { dir }) => policy_check(&dir),
         Command::Policy(explain @ PolicyCommand::Explain { .. }) => policy_explain(explain),
+        Command::Keys(KeysCommand::Status { remote }) => keys_status(&remote),
+        Command::Keys(KeysCommand::Rotate { remote }) => keys_rotate(&remote),
         Command::Audit(AuditCommand::Verify { url, vkey, state, witnesses }) => {
             audit_verify(url, &vkey, state, &witnesses)
         }
@@ -363,6 +394,79 @@ async fn shutdown_signal() {
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")
+}
+
+/// The value at a JSON pointer, or null.
+fn at<'a>(value: &'a serde_json::Value, pointer: &str) -> &'a serde_json::Value {
+    value.pointer(pointer).unwrap_or(&serde_json::Value::Null)
+}
+
+/// Sends a request and returns its JSON body, or the problem's detail as the error.
+async fn call(request: reqwest::RequestBuilder) -> anyhow::Result<serde_json::Value> {
+    let response = request.send().await.context("cannot reach the boundary")?;
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    if !status.is_success() {
+        let detail = at(&body, "/detail").as_str().unwrap_or("no detail");
+        anyhow::bail!("{status}: {detail}");
+    }
+    Ok(body)
+}
+
+fn print_versions(state: &serde_json::Value) {
+    println!("backend: {}", at(state, "/backend").as_str().unwrap_or("?"));
+    let current = at(state, "/current_version").as_u64().unwrap_or_default();
+    for v in at(state, "/versions").as_array().into_iter().flatten() {
+        let version = at(v, "/version").as_u64().unwrap_or_default();
+        let mark = if version == current { " (current)" } else { "" };
+        println!("kek v{version}{mark}: {} data keys", at(v, "/data_keys").as_u64().unwrap_or_default());
+    }
+}
+
+fn keys_status(remote: &Remote) -> anyhow::Result<()> {
+    runtime()?.block_on(async {
+        let client = reqwest::Client::new();
+        let state = call(client.get(format!("{}/v1/keys", remote.url)).bearer_auth(&remote.token)).await?;
+        print_versions(&state);
+        Ok(())
+    })
+}
+
+fn keys_rotate(remote: &Remote) -> anyhow::Result<()> {
+    runtime()?.block_on(async {
+        let client = reqwest::Client::new();
+        let started = call(client.post(format!("{}/v1/keys/rotate", remote.url)).bearer_auth(&remote.token)).await?;
+        let to_version = at(&started, "/to_version").as_u64().unwrap_or_default();
+        let total = at(&started, "/total").as_u64().unwrap_or_default();
+        eprintln!(
+            "kek v{to_version} is current (log index {}); re-wrapping {total} data keys",
+            at(&started, "/log_index")
+        );
+        let bar = indicatif::ProgressBar::new(total).with_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} data keys re-wrapped ({per_sec}, {eta} left)",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        let state = loop {
+            let state = call(client.get(format!("{}/v1/keys", remote.url)).bearer_auth(&remote.token)).await?;
+            let rotation = at(&state, "/rotation");
+            bar.set_position(at(rotation, "/rewrapped").as_u64().unwrap_or_default());
+            if at(rotation, "/done").as_bool().unwrap_or(true) {
+                bar.finish();
+                break state;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        };
+        if let Some(error) = at(&state, "/rotation/error").as_str() {
+            anyhow::bail!("the rotation stopped: {error}");
+        }
+        for retired in at(&state, "/rotation/retired").as_array().into_iter().flatten() {
+            println!("kek v{retired} retired");
+        }
+        print_versions(&state);
+        Ok(())
+    })
 }
 
 fn audit_verify(url: String, vkey: &str, state: Option<PathBuf>, witnesses: &[String]) -> anyhow::Result<()> {

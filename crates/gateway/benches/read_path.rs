@@ -10,6 +10,9 @@
 //!   the receipt, decrypt, apply the view. HTTP is left out, to compare the pipeline with the
 //!   store it guards.
 //!
+//! - `audited_read_uncached/{N}`: the same with the custodian's data-key cache off
+//!   (`[keys] cache_size = 0`): every read unwraps its key from the key store.
+//!
 //! Each iteration reads 1,000 records in total (fewer for one task, where every read waits for
 //! its own fsync).
 
@@ -47,9 +50,10 @@ fn caller() -> Caller {
     }
 }
 
-async fn setup() -> Setup {
+async fn setup(cache_size: usize) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config { data_dir: dir.path().join("data"), ..Config::default() };
+    config.keys.cache_size = cache_size;
     config.policy.bulk_threshold = i64::MAX;
     let data_dir = DataDir::new(&config.data_dir);
     data_dir.init(&config.region).unwrap();
@@ -98,7 +102,8 @@ async fn setup() -> Setup {
 
 fn bench(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let setup = runtime.block_on(setup());
+    let uncached = runtime.block_on(setup(0));
+    let setup = runtime.block_on(setup(10_000));
     let boundary = setup.boundary.clone();
     let records = Arc::new(setup.records.clone());
     let mut group = c.benchmark_group("read_path");
@@ -129,6 +134,26 @@ fn bench(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("audited_read", tasks), &tasks, |b, &tasks| {
             b.to_async(&runtime).iter(|| {
                 let (boundary, records) = (boundary.clone(), records.clone());
+                async move {
+                    let mut set = tokio::task::JoinSet::new();
+                    for t in 0..tasks {
+                        let (boundary, records) = (boundary.clone(), records.clone());
+                        set.spawn(async move {
+                            let caller = caller();
+                            for i in (t..reads).step_by(tasks) {
+                                black_box(
+                                    pipeline::read(&boundary, &caller, &records[i % records.len()]).await.unwrap(),
+                                );
+                            }
+                        });
+                    }
+                    set.join_all().await;
+                }
+            });
+        });
+        group.bench_with_input(BenchmarkId::new("audited_read_uncached", tasks), &tasks, |b, &tasks| {
+            b.to_async(&runtime).iter(|| {
+                let (boundary, records) = (uncached.boundary.clone(), Arc::new(uncached.records.clone()));
                 async move {
                     let mut set = tokio::task::JoinSet::new();
                     for t in 0..tasks {

@@ -2,6 +2,7 @@
 //! the handlers here, in one place.
 
 pub mod approvals;
+pub mod keys;
 pub mod log;
 pub mod records;
 pub mod service;
@@ -34,6 +35,7 @@ use crate::problem::{ApiError, BodyLimit};
         (name = "records", description = "Encrypted records"),
         (name = "log", description = "The transparency log: checkpoints, tiles and proofs"),
         (name = "approvals", description = "Approvals for bulk access, granted by a second person"),
+        (name = "keys", description = "Key custody: versions, rotation"),
         (name = "service", description = "Health, metrics and this document"),
     )
 )]
@@ -62,6 +64,8 @@ pub fn routes() -> (Router<Arc<Boundary>>, utoipa::openapi::OpenApi) {
         .routes(routes!(approvals::request_approval))
         .routes(routes!(approvals::grant_approval))
         .routes(routes!(approvals::get_approval))
+        .routes(routes!(keys::status))
+        .routes(routes!(keys::rotate))
         .routes(routes!(log::checkpoint))
         .routes(routes!(log::inclusion_proof))
         .routes(routes!(log::consistency_proof))

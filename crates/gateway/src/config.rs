@@ -34,6 +34,8 @@ pub struct Config {
     pub identity: IdentityConfig,
     /// The transparency log.
     pub log: LogConfig,
+    /// Key custody: where the key-encryption keys are, and the data-key cache.
+    pub keys: KeysConfig,
     /// The purposes (reason codes) callers may declare, and the categories each may read.
     pub purposes: Vec<PurposeConfig>,
     /// Access policy.
@@ -135,6 +137,50 @@ pub struct MinorsConfig {
 impl Default for MinorsConfig {
     fn default() -> Self {
         Self { default_age: 16, by_country: std::collections::BTreeMap::new() }
+    }
+}
+
+/// Where the key-encryption keys are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyBackend {
+    /// In the keyring file, sealed with the passphrase (the embedded default).
+    #[default]
+    Keyring,
+    /// In an HSM, over PKCS#11.
+    Pkcs11,
+}
+
+/// Key custody.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeysConfig {
+    /// `keyring` or `pkcs11`.
+    pub backend: KeyBackend,
+    /// The PKCS#11 module (shared library), for `pkcs11`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub module: Option<PathBuf>,
+    /// The label of the HSM token, for `pkcs11`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_label: Option<String>,
+    /// The environment variable holding the token's user PIN, for `pkcs11`.
+    pub pin_env: String,
+    /// The most unwrapped data keys kept in memory; 0 turns the cache off.
+    pub cache_size: usize,
+    /// How long an unwrapped data key stays in the cache, in seconds.
+    pub cache_seconds: u64,
+}
+
+impl Default for KeysConfig {
+    fn default() -> Self {
+        Self {
+            backend: KeyBackend::Keyring,
+            module: None,
+            token_label: None,
+            pin_env: "CLOVER_HSM_PIN".to_owned(),
+            cache_size: 10_000,
+            cache_seconds: 60,
+        }
     }
 }
 
@@ -298,6 +344,7 @@ impl Default for Config {
             .collect(),
             identity: IdentityConfig::default(),
             log: LogConfig::default(),
+            keys: KeysConfig::default(),
             purposes: [
                 ("support", &["profile", "contact", "content", "messages", "device"][..], false),
                 ("safety", &["profile", "contact", "content", "messages", "device", "location"][..], true),
@@ -387,6 +434,11 @@ impl Config {
 
     /// Checks what serde cannot: unique names, a sane body limit.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.keys.backend == KeyBackend::Pkcs11 && (self.keys.module.is_none() || self.keys.token_label.is_none()) {
+            return Err(ConfigError::Invalid(
+                "[keys] backend = \"pkcs11\" needs module (the PKCS#11 library) and token_label".to_owned(),
+            ));
+        }
         let mut names = std::collections::BTreeSet::new();
         for site in &self.sites {
             if !names.insert(site.name.as_str()) {

@@ -74,6 +74,12 @@ impl DataDir {
         self.root.join(DATABASE_FILE)
     }
 
+    /// The custodian's key store: the wrapped data keys, kept apart from the database so that
+    /// a copy of the database alone (a backup, a replica) holds no key.
+    pub fn custody_path(&self) -> PathBuf {
+        self.root.join("custody").join("keys.db")
+    }
+
     /// The transparency log's directory.
     pub fn log_dir(&self) -> PathBuf {
         self.root.join("log")

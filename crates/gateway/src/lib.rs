@@ -22,7 +22,8 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use clover_keys::KeyCustody;
+use clover_keys::pkcs11::{AuthPin, Pkcs11Config, Pkcs11Kek};
+use clover_keys::{CacheOptions, Custodian, Kek, KeyCustody, KeyError, Keyring};
 use clover_log::event::{EVENT_VERSION, Event, EventKind, SubjectIndexKey};
 use clover_log::note::VerifierKey;
 use clover_log::{Log, LogError, LogOptions};
@@ -65,6 +66,7 @@ pub struct Boundary {
     config: Config,
     store: Arc<dyn Store>,
     custody: Arc<dyn KeyCustody>,
+    custodian: Arc<Custodian>,
     log: Log,
     cosigned: witnesses::Cosigned,
     log_vkey: clover_log::note::VerifierKey,
@@ -73,6 +75,7 @@ pub struct Boundary {
     sites: Sites,
     pack: std::sync::RwLock<Arc<clover_policy::pack::PolicyPack>>,
     touches: touches::Touches,
+    rotation: std::sync::Mutex<Option<api::keys::Rotation>>,
 }
 
 impl std::fmt::Debug for Boundary {
@@ -87,7 +90,7 @@ impl Boundary {
     pub async fn open(config: Config) -> Result<Self, OpenError> {
         config.validate()?;
         let data_dir = DataDir::new(&config.data_dir);
-        let keyring = data_dir.unseal(&config.region)?;
+        let keyring = Arc::new(data_dir.unseal(&config.region)?);
         let dev = if config.identity.dev_issuer { Some(data_dir.issuer()?.verifier(&config.identity)) } else { None };
         let authenticator = Authenticator::new(&config.identity, dev).await;
         let store = SqliteStore::open(&data_dir.database_path()).await?;
@@ -98,8 +101,24 @@ impl Boundary {
         let signer = keyring.checkpoint_signer(&config.log_origin())?;
         let log_vkey = signer.verifier();
         let log = Log::open(&data_dir.log_dir(), signer, options)?;
-        record_setup(&log, &config, keyring.current_version(), &log_vkey).await?;
+        let kek = open_kek(&config, &keyring)?;
+        record_setup(&log, &config, &kek, &log_vkey).await?;
         let subject_index = keyring.subject_index_key();
+        let custodian = Arc::new(
+            Custodian::open(
+                &custody_dir(&data_dir)?,
+                config.region.clone(),
+                kek,
+                keyring.subject_index_key(),
+                keyring.pseudonym_root(),
+                CacheOptions {
+                    size: config.keys.cache_size,
+                    ttl: std::time::Duration::from_secs(config.keys.cache_seconds),
+                },
+            )
+            .await?,
+        );
+        take_legacy_keys(&store, &custodian, &log).await?;
         let sites = Sites::new(&config.sites);
         let pack = std::sync::RwLock::new(Arc::new(load_pack(&config)?));
         let touches = touches::Touches::new(std::time::Duration::from_secs(config.policy.window_seconds));
@@ -107,7 +126,8 @@ impl Boundary {
         Ok(Self {
             config,
             store: Arc::new(store),
-            custody: Arc::new(keyring),
+            custody: custodian.clone(),
+            custodian,
             log,
             cosigned,
             log_vkey,
@@ -116,6 +136,7 @@ impl Boundary {
             sites,
             pack,
             touches,
+            rotation: std::sync::Mutex::new(None),
         })
     }
 
@@ -137,6 +158,26 @@ impl Boundary {
     /// The key custodian.
     pub fn custody(&self) -> &Arc<dyn KeyCustody> {
         &self.custody
+    }
+
+    /// The custodian itself, for key administration (rotation, status).
+    pub fn custodian(&self) -> &Arc<Custodian> {
+        &self.custodian
+    }
+
+    /// The latest key rotation's progress, if one ran since the boundary started.
+    pub fn rotation(&self) -> Option<api::keys::Rotation> {
+        self.rotation.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    pub(crate) fn set_rotation(&self, rotation: api::keys::Rotation) {
+        *self.rotation.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(rotation);
+    }
+
+    pub(crate) fn update_rotation(&self, f: impl FnOnce(&mut api::keys::Rotation)) {
+        if let Some(rotation) = self.rotation.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_mut() {
+            f(rotation);
+        }
     }
 
     /// The transparency log.
@@ -245,6 +286,58 @@ pub fn watch_policies(boundary: Arc<Boundary>) {
     });
 }
 
+/// The key-encryption keys: the keyring's, or an HSM's over PKCS#11 (`[keys]`).
+fn open_kek(config: &Config, keyring: &Arc<Keyring>) -> Result<Arc<dyn Kek>, OpenError> {
+    match config.keys.backend {
+        config::KeyBackend::Keyring => Ok(keyring.clone()),
+        config::KeyBackend::Pkcs11 => {
+            let (Some(module), Some(token_label)) = (&config.keys.module, &config.keys.token_label) else {
+                return Err(
+                    ConfigError::Invalid("[keys] backend = \"pkcs11\" needs module and token_label".into()).into()
+                );
+            };
+            let pin = std::env::var(&config.keys.pin_env).map_err(|_| {
+                KeyError::Hsm(format!("set {} to the token's user PIN ([keys] pin_env)", config.keys.pin_env))
+            })?;
+            let pkcs11 = Pkcs11Config { module: module.clone(), token_label: token_label.clone() };
+            Ok(Arc::new(Pkcs11Kek::open(&pkcs11, config.region.clone(), AuthPin::new(pin.into()))?))
+        }
+    }
+}
+
+/// The custodian's directory in the data directory (0700), made if missing.
+fn custody_dir(data_dir: &DataDir) -> Result<std::path::PathBuf, OpenError> {
+    let path = data_dir.custody_path();
+    if let Some(dir) = path.parent() {
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            builder.mode(0o700);
+        }
+        builder.create(dir).map_err(|cause| KeyError::Io { path: dir.to_owned(), cause })?;
+    }
+    Ok(path)
+}
+
+/// Moves the wrapped data keys that a data store of an earlier version held into the
+/// custodian's key store, then destroys them in the data store; logged.
+async fn take_legacy_keys(store: &SqliteStore, custodian: &Custodian, log: &Log) -> Result<(), OpenError> {
+    let legacy = store.legacy_data_keys().await?;
+    if legacy.is_empty() {
+        return Ok(());
+    }
+    for (subject, version, wrapped) in &legacy {
+        custodian.import(subject, *version, wrapped).await?;
+    }
+    store.forget_legacy_data_keys().await?;
+    let detail = format!("{} data keys moved from the data store into the custodian's key store", legacy.len());
+    tracing::info!(keys = legacy.len(), "data keys moved into custody");
+    log.append(&setup_event(EventKind::Key, "take-legacy-keys", detail)).await?;
+    Ok(())
+}
+
 /// A key or configuration event, with no caller: the boundary's own doing.
 fn setup_event(kind: EventKind, action: &str, detail: String) -> Event {
     Event {
@@ -266,9 +359,10 @@ fn setup_event(kind: EventKind, action: &str, detail: String) -> Event {
 
 /// Logs the keys when the log starts, and the configuration whenever it differs from the last
 /// one logged (as a SHA-256 of its canonical JSON).
-async fn record_setup(log: &Log, config: &Config, kek_version: u32, vkey: &VerifierKey) -> Result<(), LogError> {
+async fn record_setup(log: &Log, config: &Config, kek: &Arc<dyn Kek>, vkey: &VerifierKey) -> Result<(), LogError> {
     if log.size() == 0 {
-        let detail = format!("keyring created: kek v{kek_version}; checkpoint key {vkey}");
+        let version = kek.current_version().unwrap_or_default();
+        let detail = format!("keys created: kek v{version} in {}; checkpoint key {vkey}", kek.describe());
         log.append(&setup_event(EventKind::Key, "create-keyring", detail)).await?;
     }
     let canonical = serde_json::to_vec(config).unwrap_or_default();

@@ -120,6 +120,26 @@ pub fn subject_request(
 }
 
 /// Builds the pack request for granting the approval `approval_id` asked for by `requester`.
+/// The pack request for administering the boundary (key rotation).
+pub fn administer_request(config: &Config, principal: &Principal, origin: &Origin) -> PackRequest {
+    PackRequest {
+        boundary_region: config.region.to_string(),
+        principal: pack_principal(principal),
+        action: Action::Administer,
+        resource: PackResource::Boundary { region: config.region.to_string() },
+        origin: pack_origin(origin),
+        purpose: None,
+        purpose_declared: false,
+        purpose_allowed_for_category: false,
+        purpose_allows_transfer: false,
+        has_justification: false,
+        approved: false,
+        subjects_touched: 0,
+        bulk_threshold: config.policy.bulk_threshold,
+    }
+}
+
+/// The pack request for granting an approval.
 pub fn approval_request(
     config: &Config,
     principal: &Principal,

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
-use clover_keys::{DataKey, WrappedKey, aad};
+use clover_keys::{DataKey, aad};
 use clover_log::Receipt;
 use clover_log::event::{EVENT_VERSION, Event, EventDecision, EventKind, EventOrigin, EventPrincipal};
 use clover_model::{Action, Category, Fields, Origin, Principal, RecordId, SubjectId, View};
@@ -413,7 +413,7 @@ pub async fn read(
         subject_minor: subject_minor(boundary, &subject),
     };
     let receipt = decide_and_log(boundary, caller, EventKind::Access, &ask).await?;
-    let key = unwrap_key(boundary, &subject, &receipt)?;
+    let key = unwrap_key(boundary, &receipt).await?;
     let fields = open_record(boundary, &key, &record)?;
     drop(key);
     let fields = view(boundary, caller, &receipt, &record.category, fields);
@@ -422,9 +422,8 @@ pub async fn read(
 
 /// Step 6: the subject's data key, unwrapped by the custodian against the log receipt.
 #[instrument(name = "unwrap_key", skip_all, err(level = "debug"))]
-pub fn unwrap_key(boundary: &Boundary, subject: &SubjectRow, receipt: &Receipt) -> Result<DataKey, ApiError> {
-    let wrapped = WrappedKey { kek_version: subject.kek_version, bytes: subject.wrapped_key.clone() };
-    boundary.custody.unwrap(&subject.subject_id, &wrapped, receipt).map_err(ApiError::internal)
+pub async fn unwrap_key(boundary: &Boundary, receipt: &Receipt) -> Result<DataKey, ApiError> {
+    boundary.custody.data_key(receipt).await.map_err(ApiError::internal)
 }
 
 /// Step 7: the record's fields, decrypted.

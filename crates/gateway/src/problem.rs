@@ -64,6 +64,9 @@ pub enum ApiError {
     /// The approval is not pending (granted already, or expired).
     #[error("{0}")]
     NotPending(String),
+    /// A key rotation is already under way.
+    #[error("{0}")]
+    RotationRunning(String),
     /// A query parameter is malformed or out of range.
     #[error("{0}")]
     InvalidQuery(String),
@@ -139,6 +142,9 @@ impl ApiError {
             }
             Self::InvalidHeader(d) => (StatusCode::BAD_REQUEST, "invalid-header", "Invalid header", d.clone()),
             Self::NotPending(d) => (StatusCode::CONFLICT, "approval-not-pending", "Approval not pending", d.clone()),
+            Self::RotationRunning(d) => {
+                (StatusCode::CONFLICT, "rotation-running", "A key rotation is under way", d.clone())
+            }
             Self::InvalidQuery(d) => (StatusCode::BAD_REQUEST, "invalid-query", "Invalid query", d.clone()),
             Self::LogUnavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -37,7 +37,19 @@ pub fn subject_metadata(region: &Region, subject: &SubjectId, kek_version: u32) 
     )
 }
 
-/// The associated data of a wrapped data key.
+/// The associated data of a data key wrapped in custody, where the subject is known by the
+/// log's keyed hash of its id (the key store holds no subject id).
+pub fn data_key_by_hash(region: &Region, subject_hash: &str, kek_version: u32) -> Vec<u8> {
+    encode("clover/custody-key/v1", &[region.as_str().as_bytes(), subject_hash.as_bytes(), &kek_version.to_be_bytes()])
+}
+
+/// The associated data of a subject's metadata sealed with the region's metadata key.
+pub fn subject_metadata_v2(region: &Region, subject: &SubjectId) -> Vec<u8> {
+    encode("clover/subject-metadata/v2", &[region.as_str().as_bytes(), subject.as_str().as_bytes()])
+}
+
+/// The associated data of a data key wrapped by an earlier version of Clover, which kept it in
+/// the data store.
 pub fn data_key(region: &Region, subject: &SubjectId, kek_version: u32) -> Vec<u8> {
     encode("clover/data-key/v1", &[region.as_str().as_bytes(), subject.as_str().as_bytes(), &kek_version.to_be_bytes()])
 }

@@ -55,4 +55,37 @@ pub enum KeyError {
     /// The system random generator or the cipher failed.
     #[error("cryptographic failure: {0}")]
     Crypto(&'static str),
+
+    /// The HSM refused or failed an operation.
+    #[error("HSM: {0}")]
+    Hsm(String),
+
+    /// The current KEK version cannot be retired.
+    #[error("kek version {0} is the current one and cannot be retired")]
+    CurrentVersion(u32),
+
+    /// A KEK version still wraps data keys.
+    #[error("kek version {version} still wraps {count} data keys; re-wrap them first")]
+    VersionInUse {
+        /// The version.
+        version: u32,
+        /// How many data keys it wraps.
+        count: u64,
+    },
+
+    /// The receipt does not allow what was asked of the custodian.
+    #[error("the log receipt does not allow this: {0}")]
+    Receipt(String),
+
+    /// The subject already has a data key in custody.
+    #[error("the subject already has a data key in custody")]
+    DataKeyExists,
+
+    /// The subject has no data key in custody (never created, or erased).
+    #[error("no data key in custody for this subject (never created, or erased)")]
+    NoDataKey,
+
+    /// The custodian's key store failed.
+    #[error("custody store: {0}")]
+    Store(String),
 }

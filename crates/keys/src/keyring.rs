@@ -1,32 +1,40 @@
-//! The local keyring: the embedded custodian.
+//! The local keyring: the embedded custodian's keys.
 //!
-//! One file holds the region's key-encryption keys, sealed with AES-256-GCM under a key derived
-//! from the operator's passphrase (PBKDF2-HMAC-SHA256, [`KDF_ITERATIONS`] rounds, random salt).
-//! The region and the file format are authenticated with it, so the file cannot be moved to
-//! another region's boundary.
+//! One file holds the region's key-encryption keys (every version), the log's checkpoint
+//! signing key and the key of the log's subject hashes, sealed with AES-256-GCM under a key
+//! derived from the operator's passphrase by Argon2id ([`ARGON2_PARAMS`], random salt). The
+//! region and the file format are authenticated with it, so the file cannot be moved to another
+//! region's boundary. A keyring sealed with PBKDF2 by an earlier version of Clover
+//! (`clover-keyring/v1`) still opens, and is re-sealed with Argon2id when opened.
+//!
+//! With `[keys] backend = "pkcs11"`, the key-encryption keys are in the HSM instead
+//! ([`crate::pkcs11`]), and the keyring keeps the other two keys.
 
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
+use std::sync::{PoisonError, RwLock};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use clover_log::Receipt;
 use clover_log::event::SubjectIndexKey;
 use clover_log::note::{SigningKey, TYPE_ED25519};
-use clover_model::{Region, SubjectId};
+use clover_model::Region;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::data_key::{open, seal};
-use crate::passphrase::write_private;
-use crate::{DataKey, KeyCustody, KeyError, Passphrase, WrappedKey, aad};
+use crate::passphrase::replace_private;
+use crate::{Kek, KeyError, Passphrase};
 
-const FORMAT: &str = "clover-keyring/v1";
-const KDF_ALGORITHM: &str = "pbkdf2-hmac-sha256";
+const FORMAT_V1: &str = "clover-keyring/v1";
+const FORMAT: &str = "clover-keyring/v2";
+const PBKDF2: &str = "pbkdf2-hmac-sha256";
+const ARGON2ID: &str = "argon2id";
 
-/// PBKDF2 rounds for a new keyring: OWASP's 2023 figure for PBKDF2-HMAC-SHA256.
-pub const KDF_ITERATIONS: u32 = 600_000;
+/// Argon2id's cost for a new keyring: memory in KiB, passes, lanes. RFC 9106's second
+/// recommended setting (64 MiB, 3 passes, 4 lanes).
+pub const ARGON2_PARAMS: (u32, u32, u32) = (64 * 1024, 3, 4);
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -37,17 +45,27 @@ struct KeyringFile {
     sealed: String,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 struct Kdf {
     algorithm: String,
-    iterations: u32,
+    /// PBKDF2's rounds (v1 files only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    iterations: Option<u32>,
+    /// Argon2id's memory in KiB, passes and lanes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    memory_kib: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    passes: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    lanes: Option<u32>,
     salt: String,
 }
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SealedKeys {
+    /// The highest KEK version (kept for v1 files, which named it).
     current: u32,
     keks: BTreeMap<u32, String>,
     /// The log's checkpoint signing key, Ed25519 PKCS#8.
@@ -56,12 +74,14 @@ struct SealedKeys {
     subject_index_key: String,
 }
 
-/// The region's key-encryption keys, unsealed in memory.
+/// The region's keys, unsealed in memory. Zeroized on drop.
 pub struct Keyring {
     path: PathBuf,
     region: Region,
-    current: u32,
-    keks: BTreeMap<u32, Zeroizing<[u8; 32]>>,
+    kdf: Kdf,
+    /// The key derived from the passphrase, kept to re-seal the file when KEK versions change.
+    sealing: Zeroizing<[u8; 32]>,
+    keks: RwLock<BTreeMap<u32, Zeroizing<[u8; 32]>>>,
     checkpoint_key: Zeroizing<Vec<u8>>,
     subject_index_key: Zeroizing<Vec<u8>>,
 }
@@ -71,101 +91,139 @@ impl std::fmt::Debug for Keyring {
         f.debug_struct("Keyring")
             .field("path", &self.path)
             .field("region", &self.region)
-            .field("current", &self.current)
-            .field("versions", &self.keks.keys().collect::<Vec<_>>())
-            .finish()
+            .field("versions", &self.versions().ok())
+            .finish_non_exhaustive()
     }
 }
 
-fn derive(passphrase: &Passphrase, salt: &[u8], iterations: u32) -> Zeroizing<[u8; 32]> {
-    let mut out = Zeroizing::new([0u8; 32]);
-    let rounds = NonZeroU32::new(iterations).unwrap_or(NonZeroU32::MIN);
-    aws_lc_rs::pbkdf2::derive(aws_lc_rs::pbkdf2::PBKDF2_HMAC_SHA256, rounds, salt, passphrase.as_bytes(), out.as_mut());
-    out
+fn random<const N: usize>() -> Result<Zeroizing<[u8; N]>, KeyError> {
+    let mut out = Zeroizing::new([0u8; N]);
+    aws_lc_rs::rand::fill(out.as_mut()).map_err(|_| KeyError::Crypto("random generator failed"))?;
+    Ok(out)
 }
 
-fn file_aad(region: &Region) -> Vec<u8> {
-    format!("{FORMAT}|{region}").into_bytes()
+fn derive(passphrase: &Passphrase, kdf: &Kdf, path: &Path) -> Result<Zeroizing<[u8; 32]>, KeyError> {
+    let malformed = |detail: String| KeyError::Malformed { path: path.to_owned(), detail };
+    let salt = B64.decode(&kdf.salt).map_err(|e| malformed(format!("salt: {e}")))?;
+    let mut out = Zeroizing::new([0u8; 32]);
+    match kdf.algorithm.as_str() {
+        ARGON2ID => {
+            let (Some(m), Some(t), Some(p)) = (kdf.memory_kib, kdf.passes, kdf.lanes) else {
+                return Err(malformed("argon2id needs memory_kib, passes and lanes".to_owned()));
+            };
+            let params = argon2::Params::new(m, t, p, Some(32)).map_err(|e| malformed(format!("argon2id: {e}")))?;
+            argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+                .hash_password_into(passphrase.as_bytes(), &salt, out.as_mut())
+                .map_err(|e| malformed(format!("argon2id: {e}")))?;
+        }
+        PBKDF2 => {
+            let rounds = kdf.iterations.and_then(NonZeroU32::new).ok_or_else(|| malformed("no rounds".to_owned()))?;
+            aws_lc_rs::pbkdf2::derive(
+                aws_lc_rs::pbkdf2::PBKDF2_HMAC_SHA256,
+                rounds,
+                &salt,
+                passphrase.as_bytes(),
+                out.as_mut(),
+            );
+        }
+        other => return Err(malformed(format!("unknown key derivation {other:?}"))),
+    }
+    Ok(out)
+}
+
+fn file_aad(format: &str, region: &Region) -> Vec<u8> {
+    format!("{format}|{region}").into_bytes()
+}
+
+fn argon2_kdf((memory_kib, passes, lanes): (u32, u32, u32)) -> Result<Kdf, KeyError> {
+    Ok(Kdf {
+        algorithm: ARGON2ID.to_owned(),
+        iterations: None,
+        memory_kib: Some(memory_kib),
+        passes: Some(passes),
+        lanes: Some(lanes),
+        salt: B64.encode(*random::<16>()?),
+    })
 }
 
 impl Keyring {
     /// Creates a keyring for `region` with a first KEK, sealed with `passphrase`, at `path`.
     /// Refuses to replace an existing file.
     pub fn create(path: &Path, region: Region, passphrase: &Passphrase) -> Result<Self, KeyError> {
-        Self::create_with_iterations(path, region, passphrase, KDF_ITERATIONS)
+        Self::create_with(path, region, passphrase, ARGON2_PARAMS)
     }
 
-    fn create_with_iterations(
+    /// [`Keyring::create`] with Argon2id's memory (KiB), passes and lanes: cheap ones for tests.
+    pub fn create_with(
         path: &Path,
         region: Region,
         passphrase: &Passphrase,
-        iterations: u32,
+        argon2: (u32, u32, u32),
     ) -> Result<Self, KeyError> {
         if path.exists() {
             return Err(KeyError::AlreadyExists(path.to_owned()));
         }
-        let mut kek = Zeroizing::new([0u8; 32]);
-        let mut salt = [0u8; 16];
-        aws_lc_rs::rand::fill(kek.as_mut()).map_err(|_| KeyError::Crypto("random generator failed"))?;
-        aws_lc_rs::rand::fill(&mut salt).map_err(|_| KeyError::Crypto("random generator failed"))?;
         let checkpoint_key = Zeroizing::new(
             SigningKey::generate("clover", TYPE_ED25519)
                 .map_err(|_| KeyError::Crypto("key generation failed"))?
                 .pkcs8()
                 .to_vec(),
         );
-        let mut subject_index_key = Zeroizing::new(vec![0u8; 32]);
-        aws_lc_rs::rand::fill(&mut subject_index_key).map_err(|_| KeyError::Crypto("random generator failed"))?;
+        let kdf = argon2_kdf(argon2)?;
         let keyring = Self {
             path: path.to_owned(),
+            sealing: derive(passphrase, &kdf, path)?,
+            kdf,
             region,
-            current: 1,
-            keks: BTreeMap::from([(1, kek)]),
+            keks: RwLock::new(BTreeMap::from([(1, random::<32>()?)])),
             checkpoint_key,
-            subject_index_key,
+            subject_index_key: Zeroizing::new(random::<32>()?.to_vec()),
         };
-
-        let sealed = SealedKeys {
-            current: keyring.current,
-            keks: keyring.keks.iter().map(|(v, k)| (*v, B64.encode(k.as_ref()))).collect(),
-            checkpoint_key: B64.encode(&*keyring.checkpoint_key),
-            subject_index_key: B64.encode(&*keyring.subject_index_key),
-        };
-        let plaintext = Zeroizing::new(
-            serde_json::to_vec(&sealed)
-                .map_err(|e| KeyError::Malformed { path: path.to_owned(), detail: e.to_string() })?,
-        );
-        drop(sealed.keks.into_values().map(Zeroizing::new).collect::<Vec<_>>());
-        drop((Zeroizing::new(sealed.checkpoint_key), Zeroizing::new(sealed.subject_index_key)));
-        let wrapping = derive(passphrase, &salt, iterations);
-        let file = KeyringFile {
-            format: FORMAT.to_owned(),
-            region: keyring.region.clone(),
-            kdf: Kdf { algorithm: KDF_ALGORITHM.to_owned(), iterations, salt: B64.encode(salt) },
-            sealed: B64.encode(seal(wrapping.as_ref(), &file_aad(&keyring.region), &plaintext)?),
-        };
-        let mut text = serde_json::to_vec_pretty(&file)
-            .map_err(|e| KeyError::Malformed { path: path.to_owned(), detail: e.to_string() })?;
-        text.push(b'\n');
-        write_private(path, &text)?;
+        keyring.save(true)?;
         Ok(keyring)
     }
 
-    /// Opens the keyring at `path` with `passphrase`.
+    /// Seals the keys into the file: a new file, or one replacing the old atomically.
+    fn save(&self, new: bool) -> Result<(), KeyError> {
+        let malformed = |e: serde_json::Error| KeyError::Malformed { path: self.path.clone(), detail: e.to_string() };
+        let plaintext = {
+            let keks = self.keks.read().unwrap_or_else(PoisonError::into_inner);
+            let sealed = SealedKeys {
+                current: keks.keys().next_back().copied().unwrap_or_default(),
+                keks: keks.iter().map(|(v, k)| (*v, B64.encode(k.as_ref()))).collect(),
+                checkpoint_key: B64.encode(&*self.checkpoint_key),
+                subject_index_key: B64.encode(&*self.subject_index_key),
+            };
+            let plaintext = Zeroizing::new(serde_json::to_vec(&sealed).map_err(malformed)?);
+            drop(sealed.keks.into_values().map(Zeroizing::new).collect::<Vec<_>>());
+            drop((Zeroizing::new(sealed.checkpoint_key), Zeroizing::new(sealed.subject_index_key)));
+            plaintext
+        };
+        let file = KeyringFile {
+            format: FORMAT.to_owned(),
+            region: self.region.clone(),
+            kdf: self.kdf.clone(),
+            sealed: B64.encode(seal(self.sealing.as_ref(), &file_aad(FORMAT, &self.region), &plaintext)?),
+        };
+        let mut text = serde_json::to_vec_pretty(&file).map_err(malformed)?;
+        text.push(b'\n');
+        if new { crate::write_private(&self.path, &text) } else { replace_private(&self.path, &text) }
+    }
+
+    /// Opens the keyring at `path` with `passphrase`. A v1 (PBKDF2) keyring is re-sealed with
+    /// Argon2id.
     pub fn open(path: &Path, passphrase: &Passphrase) -> Result<Self, KeyError> {
         let malformed = |detail: String| KeyError::Malformed { path: path.to_owned(), detail };
         let text = std::fs::read(path).map_err(|cause| KeyError::Io { path: path.to_owned(), cause })?;
         let file: KeyringFile = serde_json::from_slice(&text).map_err(|e| malformed(e.to_string()))?;
-        if file.format != FORMAT {
-            return Err(malformed(format!("unknown format {:?}, expected {FORMAT:?}", file.format)));
-        }
-        if file.kdf.algorithm != KDF_ALGORITHM {
-            return Err(malformed(format!("unknown key derivation {:?}", file.kdf.algorithm)));
-        }
-        let salt = B64.decode(&file.kdf.salt).map_err(|e| malformed(format!("salt: {e}")))?;
+        let legacy = match file.format.as_str() {
+            FORMAT => false,
+            FORMAT_V1 if file.kdf.algorithm == PBKDF2 => true,
+            other => return Err(malformed(format!("unknown format {other:?}, expected {FORMAT:?}"))),
+        };
         let sealed = B64.decode(&file.sealed).map_err(|e| malformed(format!("sealed keys: {e}")))?;
-        let wrapping = derive(passphrase, &salt, file.kdf.iterations);
-        let plaintext = open(wrapping.as_ref(), &file_aad(&file.region), &sealed)
+        let sealing = derive(passphrase, &file.kdf, path)?;
+        let plaintext = open(sealing.as_ref(), &file_aad(&file.format, &file.region), &sealed)
             .map_err(|_| KeyError::WrongPassphrase(path.to_owned()))?;
         let keys: SealedKeys = serde_json::from_slice(&plaintext).map_err(|e| malformed(e.to_string()))?;
         let mut keks = BTreeMap::new();
@@ -186,14 +244,21 @@ impl Keyring {
             let text = Zeroizing::new(text);
             B64.decode(text.as_bytes()).map(Zeroizing::new).map_err(|e| malformed(format!("{what}: {e}")))
         };
-        Ok(Self {
+        let mut keyring = Self {
             path: path.to_owned(),
             region: file.region,
-            current: keys.current,
-            keks,
+            kdf: file.kdf,
+            sealing,
+            keks: RwLock::new(keks),
             checkpoint_key: decode("checkpoint key", keys.checkpoint_key)?,
             subject_index_key: decode("subject index key", keys.subject_index_key)?,
-        })
+        };
+        if legacy {
+            keyring.kdf = argon2_kdf(ARGON2_PARAMS)?;
+            keyring.sealing = derive(passphrase, &keyring.kdf, path)?;
+            keyring.save(false)?;
+        }
+        Ok(keyring)
     }
 
     /// Opens the keyring and checks that it belongs to `region`.
@@ -205,9 +270,9 @@ impl Keyring {
         Ok(keyring)
     }
 
-    /// The current KEK version, used for new wraps.
-    pub fn current_version(&self) -> u32 {
-        self.current
+    /// The region whose keys these are.
+    pub fn region(&self) -> &Region {
+        &self.region
     }
 
     /// The log's checkpoint signing key, under the log's name `origin`.
@@ -221,196 +286,298 @@ impl Keyring {
         SubjectIndexKey::new(&self.subject_index_key)
     }
 
-    fn kek(&self, version: u32) -> Result<&[u8; 32], KeyError> {
-        self.keks.get(&version).map(|k| &**k).ok_or(KeyError::UnknownKekVersion(version))
+    /// The root of the pseudonymisation keys (they are derived from it per purpose and
+    /// destination, see [`crate::Custodian`]).
+    pub fn pseudonym_root(&self) -> &[u8] {
+        &self.subject_index_key
+    }
+
+    fn with_kek<T>(&self, version: u32, f: impl FnOnce(&[u8; 32]) -> Result<T, KeyError>) -> Result<T, KeyError> {
+        let keks = self.keks.read().unwrap_or_else(PoisonError::into_inner);
+        f(keks.get(&version).ok_or(KeyError::UnknownKekVersion(version))?)
     }
 }
 
-impl KeyCustody for Keyring {
-    fn region(&self) -> &Region {
-        &self.region
+impl Kek for Keyring {
+    fn describe(&self) -> String {
+        format!("keyring {}", self.path.display())
     }
 
-    fn new_data_key(&self, receipt: &Receipt) -> Result<(DataKey, WrappedKey), KeyError> {
-        let key = DataKey::generate()?;
-        let aad = aad::data_key(&self.region, receipt.permit().subject(), self.current);
-        let bytes = seal(self.kek(self.current)?, &aad, key.bytes())?;
-        Ok((key, WrappedKey { kek_version: self.current, bytes }))
+    fn versions(&self) -> Result<Vec<u32>, KeyError> {
+        Ok(self.keks.read().unwrap_or_else(PoisonError::into_inner).keys().copied().collect())
     }
 
-    fn unwrap(&self, subject: &SubjectId, wrapped: &WrappedKey, receipt: &Receipt) -> Result<DataKey, KeyError> {
-        let permit = receipt.permit();
-        if permit.subject() != subject {
-            return Err(KeyError::PermitMismatch { permitted: permit.subject().clone(), requested: subject.clone() });
+    fn encrypt(&self, version: u32, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, KeyError> {
+        self.with_kek(version, |kek| seal(kek, aad, plaintext))
+    }
+
+    fn decrypt(&self, version: u32, aad: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+        self.with_kek(version, |kek| open(kek, aad, sealed))
+    }
+
+    fn add_version(&self) -> Result<u32, KeyError> {
+        let version = {
+            let mut keks = self.keks.write().unwrap_or_else(PoisonError::into_inner);
+            let version = keks.keys().next_back().map_or(1, |v| v + 1);
+            keks.insert(version, random::<32>()?);
+            version
+        };
+        if let Err(e) = self.save(false) {
+            self.keks.write().unwrap_or_else(PoisonError::into_inner).remove(&version);
+            return Err(e);
         }
-        let aad = aad::data_key(&self.region, subject, wrapped.kek_version);
-        let plain = open(self.kek(wrapped.kek_version)?, &aad, &wrapped.bytes)?;
-        let mut bytes = Zeroizing::new([0u8; 32]);
-        if plain.len() != 32 {
-            return Err(KeyError::Decrypt);
+        Ok(version)
+    }
+
+    fn retire_version(&self, version: u32) -> Result<(), KeyError> {
+        let removed = {
+            let mut keks = self.keks.write().unwrap_or_else(PoisonError::into_inner);
+            if keks.keys().next_back() == Some(&version) {
+                return Err(KeyError::CurrentVersion(version));
+            }
+            keks.remove(&version).ok_or(KeyError::UnknownKekVersion(version))?
+        };
+        if let Err(e) = self.save(false) {
+            self.keks.write().unwrap_or_else(PoisonError::into_inner).insert(version, removed);
+            return Err(e);
         }
-        bytes.copy_from_slice(&plain);
-        Ok(DataKey::from_bytes(bytes))
-    }
-
-    fn pseudonym(&self, purpose: &str, destination: &str, input: &[u8]) -> String {
-        use aws_lc_rs::hmac;
-        let root = hmac::Key::new(hmac::HMAC_SHA256, &self.subject_index_key);
-        let derived = hmac::sign(&root, format!("clover/pseudonym/v1\n{purpose}\n{destination}").as_bytes());
-        let key = hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref());
-        let tag = hmac::sign(&key, input);
-        let hex: String = tag.as_ref().iter().take(16).map(|b| format!("{b:02x}")).collect();
-        format!("tok_{hex}")
-    }
-
-    fn seal_metadata(&self, subject: &SubjectId, plaintext: &[u8]) -> Result<Vec<u8>, KeyError> {
-        let aad = aad::subject_metadata(&self.region, subject, self.current);
-        let mut out = self.current.to_be_bytes().to_vec();
-        out.extend(seal(self.kek(self.current)?, &aad, plaintext)?);
-        Ok(out)
-    }
-
-    fn open_metadata(&self, subject: &SubjectId, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyError> {
-        let (version, rest) = sealed.split_first_chunk::<4>().ok_or(KeyError::Decrypt)?;
-        let version = u32::from_be_bytes(*version);
-        let aad = aad::subject_metadata(&self.region, subject, version);
-        open(self.kek(version)?, &aad, rest)
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use clover_log::event::{Event, EventKind};
-    use clover_log::{Log, LogOptions};
-    use clover_model::{Action, PrincipalKind};
-    use clover_policy::pack::{PackPrincipal, PackRequest, PackResource, PolicyPack};
-    use clover_policy::{Permit, Verdict};
-
     use super::*;
 
-    /// A receipt for an access to `subject`, from a real log.
-    async fn receipt(log: &Log, subject: &str) -> Receipt {
-        let event = Event {
-            v: 1,
-            kind: EventKind::Access,
-            time: 0,
-            principal: None,
-            origin: None,
-            action: Some("write".into()),
-            subject: None,
-            record: None,
-            category: None,
-            decision: None,
-            purpose: None,
-            justification: None,
-            detail: None,
-        };
-        log.append_permitted(&event, permit(subject)).await.unwrap()
+    /// Argon2id's cheapest parameters (memory must be at least 8 KiB per lane): tests pay
+    /// nothing for the key derivation.
+    const CHEAP: (u32, u32, u32) = (8, 1, 1);
+
+    fn eu() -> Region {
+        "eu".parse().unwrap()
     }
 
-    fn log(dir: &Path) -> Log {
-        let signer = SigningKey::generate("clover.test", TYPE_ED25519).unwrap();
-        Log::open(&dir.join("log"), signer, LogOptions::default()).unwrap()
+    fn pw() -> Passphrase {
+        Passphrase::new("pw")
     }
 
-    fn permit(subject: &str) -> Permit {
-        let request = PackRequest {
-            boundary_region: "eu".into(),
-            principal: PackPrincipal {
-                kind: PrincipalKind::Employee,
-                id: "ana".into(),
-                home_region: "eu".into(),
-                site: "dublin-1".into(),
-                roles: vec![],
-            },
-            action: Action::Write,
-            resource: PackResource::Subject { id: subject.into(), minor: false, home_region: "eu".into() },
-            origin: Some(("dublin-1".into(), "eu".into())),
-            purpose: None,
-            purpose_declared: false,
-            purpose_allowed_for_category: false,
-            purpose_allows_transfer: false,
-            has_justification: false,
-            approved: false,
-            subjects_touched: 1,
-            bulk_threshold: 50,
-        };
-        match PolicyPack::default_pack().unwrap().verdict(&request, &subject.parse().unwrap()) {
-            Verdict::Allowed(permit) => permit,
-            Verdict::Denied(d) => panic!("{d:?}"),
-        }
+    fn create(path: &Path) -> Keyring {
+        Keyring::create_with(path, eu(), &pw(), CHEAP).unwrap()
     }
 
-    fn keyring(dir: &Path) -> Keyring {
-        Keyring::create_with_iterations(&dir.join("keyring.json"), "eu".parse().unwrap(), &Passphrase::new("pw"), 1000)
-            .unwrap()
+    fn keks(keyring: &Keyring) -> BTreeMap<u32, [u8; 32]> {
+        keyring.keks.read().unwrap().iter().map(|(v, k)| (*v, **k)).collect()
     }
 
-    #[tokio::test]
-    async fn keyring_reopens_with_its_passphrase_only() {
+    fn file(path: &Path) -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn reopens_with_its_passphrase_only() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keyring.json");
-        let created = keyring(dir.path());
-        let log = log(dir.path());
-        let p = receipt(&log, "s-1").await;
-        let (key, wrapped) = created.new_data_key(&p).unwrap();
-        let sealed = key.seal(b"aad", b"hello").unwrap();
+        let created = create(&path);
+        let sealed = created.encrypt(1, b"aad", b"hello").unwrap();
 
-        let reopened = Keyring::open(&path, &Passphrase::new("pw")).unwrap();
-        let again = reopened.unwrap(&"s-1".parse().unwrap(), &wrapped, &p).unwrap();
-        assert_eq!(again.open(b"aad", &sealed).unwrap().as_slice(), b"hello");
+        let reopened = Keyring::open(&path, &pw()).unwrap();
+        assert_eq!(reopened.versions().unwrap(), vec![1]);
+        assert_eq!(reopened.current_version().unwrap(), 1);
+        assert_eq!(keks(&reopened), keks(&created));
+        assert_eq!(reopened.decrypt(1, b"aad", &sealed).unwrap().as_slice(), b"hello");
+        assert!(matches!(reopened.decrypt(1, b"other aad", &sealed), Err(KeyError::Decrypt)));
 
         assert!(matches!(Keyring::open(&path, &Passphrase::new("nope")), Err(KeyError::WrongPassphrase(_))));
-        // The log keys survive too.
+        assert!(matches!(Keyring::open(&path, &Passphrase::new("")), Err(KeyError::WrongPassphrase(_))));
+
+        // The log's keys survive too.
         assert_eq!(
             reopened.checkpoint_signer("o").unwrap().verifier(),
             created.checkpoint_signer("o").unwrap().verifier()
         );
-        let s: SubjectId = "s-1".parse().unwrap();
+        let s: clover_model::SubjectId = "s-1".parse().unwrap();
         assert_eq!(reopened.subject_index_key().hash(&s), created.subject_index_key().hash(&s));
-        assert!(matches!(
-            Keyring::open_for(&path, &"us".parse().unwrap(), &Passphrase::new("pw")),
-            Err(KeyError::WrongRegion { .. })
-        ));
-        assert!(matches!(
-            Keyring::create(&path, "eu".parse().unwrap(), &Passphrase::new("pw")),
-            Err(KeyError::AlreadyExists(_))
-        ));
-    }
+        assert_eq!(reopened.pseudonym_root(), created.pseudonym_root());
 
-    #[tokio::test]
-    async fn wrapped_keys_are_bound_to_their_subject_and_receipt() {
-        let dir = tempfile::tempdir().unwrap();
-        let keyring = keyring(dir.path());
-        let log = log(dir.path());
-        let (_, wrapped) = keyring.new_data_key(&receipt(&log, "s-1").await).unwrap();
-        // A receipt for someone else cannot unwrap s-1's key.
-        let other = receipt(&log, "s-2").await;
-        assert!(matches!(
-            keyring.unwrap(&"s-1".parse().unwrap(), &wrapped, &other),
-            Err(KeyError::PermitMismatch { .. })
-        ));
-        // s-1's wrapped key moved to s-2's row does not open.
-        assert!(matches!(keyring.unwrap(&"s-2".parse().unwrap(), &wrapped, &other), Err(KeyError::Decrypt)));
+        // A new file is sealed with Argon2id under the parameters asked for.
+        let kdf = &file(&path)["kdf"];
+        assert_eq!(file(&path)["format"], FORMAT);
+        assert_eq!(kdf["algorithm"], ARGON2ID);
+        assert_eq!(
+            (kdf["memory_kib"].as_u64(), kdf["passes"].as_u64(), kdf["lanes"].as_u64()),
+            (Some(8), Some(1), Some(1))
+        );
     }
 
     #[test]
-    fn metadata_opens_only_for_its_subject() {
+    fn belongs_to_its_region() {
         let dir = tempfile::tempdir().unwrap();
-        let keyring = keyring(dir.path());
-        let s1: SubjectId = "s-1".parse().unwrap();
-        let sealed = keyring.seal_metadata(&s1, b"{\"minor_until\":\"2029-05-01\"}").unwrap();
-        assert_eq!(keyring.open_metadata(&s1, &sealed).unwrap().as_slice(), b"{\"minor_until\":\"2029-05-01\"}");
-        assert!(keyring.open_metadata(&"s-2".parse().unwrap(), &sealed).is_err());
-        assert!(!sealed.windows(4).any(|w| w == b"2029"));
+        let path = dir.path().join("keyring.json");
+        create(&path);
+        assert!(Keyring::open_for(&path, &eu(), &pw()).is_ok());
+        assert!(matches!(
+            Keyring::open_for(&path, &"us".parse().unwrap(), &pw()),
+            Err(KeyError::WrongRegion { expected, found }) if expected == "us" && found == "eu"
+        ));
+        // The region is authenticated with the sealed keys: relabelling the file does not move
+        // it to another region.
+        let text = std::fs::read_to_string(&path).unwrap().replace("\"region\": \"eu\"", "\"region\": \"us\"");
+        assert!(text.contains("\"region\": \"us\""));
+        std::fs::write(&path, text).unwrap();
+        assert!(matches!(Keyring::open(&path, &pw()), Err(KeyError::WrongPassphrase(_))));
+    }
+
+    #[test]
+    fn refuses_to_overwrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyring.json");
+        let created = create(&path);
+        let before = std::fs::read(&path).unwrap();
+        assert!(matches!(Keyring::create(&path, eu(), &pw()), Err(KeyError::AlreadyExists(p)) if p == path));
+        assert!(matches!(Keyring::create_with(&path, eu(), &pw(), CHEAP), Err(KeyError::AlreadyExists(_))));
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+        assert_eq!(keks(&Keyring::open(&path, &pw()).unwrap()), keks(&created));
     }
 
     #[test]
     fn the_file_holds_no_key_in_the_clear() {
         let dir = tempfile::tempdir().unwrap();
-        let keyring = keyring(dir.path());
-        let text = std::fs::read_to_string(dir.path().join("keyring.json")).unwrap();
-        let kek = B64.encode(keyring.kek(1).unwrap());
-        assert!(!text.contains(&kek));
+        let path = dir.path().join("keyring.json");
+        let keyring = create(&path);
+        keyring.add_version().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let raw = std::fs::read(&path).unwrap();
+        let mut secrets: Vec<Vec<u8>> = keks(&keyring).values().map(|k| k.to_vec()).collect();
+        assert_eq!(secrets.len(), 2);
+        secrets.push(keyring.checkpoint_key.to_vec());
+        secrets.push(keyring.subject_index_key.to_vec());
+        for secret in secrets {
+            assert!(!text.contains(&B64.encode(&secret)));
+            assert!(!text.contains(&base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&secret)));
+            assert!(!raw.windows(secret.len()).any(|w| w == secret.as_slice()));
+        }
+    }
+
+    #[test]
+    fn a_new_version_becomes_current_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyring.json");
+        let keyring = create(&path);
+        let under_v1 = keyring.encrypt(1, b"aad", b"one").unwrap();
+        assert_eq!(keyring.add_version().unwrap(), 2);
+        assert_eq!(keyring.versions().unwrap(), vec![1, 2]);
+        assert_eq!(keyring.current_version().unwrap(), 2);
+        let under_v2 = keyring.encrypt(2, b"aad", b"two").unwrap();
+        // Each version is its own key.
+        assert!(matches!(keyring.decrypt(2, b"aad", &under_v1), Err(KeyError::Decrypt)));
+
+        let reopened = Keyring::open(&path, &pw()).unwrap();
+        assert_eq!(reopened.versions().unwrap(), vec![1, 2]);
+        assert_eq!(reopened.current_version().unwrap(), 2);
+        assert_eq!(keks(&reopened), keks(&keyring));
+        assert_eq!(reopened.decrypt(1, b"aad", &under_v1).unwrap().as_slice(), b"one");
+        assert_eq!(reopened.decrypt(2, b"aad", &under_v2).unwrap().as_slice(), b"two");
+        assert!(matches!(reopened.encrypt(3, b"aad", b"x"), Err(KeyError::UnknownKekVersion(3))));
+    }
+
+    #[test]
+    fn only_an_old_version_retires() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyring.json");
+        let keyring = create(&path);
+        let under_v1 = keyring.encrypt(1, b"aad", b"one").unwrap();
+        assert!(matches!(keyring.retire_version(1), Err(KeyError::CurrentVersion(1))));
+        keyring.add_version().unwrap();
+        keyring.add_version().unwrap();
+        assert!(matches!(keyring.retire_version(3), Err(KeyError::CurrentVersion(3))));
+        assert_eq!(keyring.versions().unwrap(), vec![1, 2, 3]);
+
+        keyring.retire_version(1).unwrap();
+        assert_eq!(keyring.versions().unwrap(), vec![2, 3]);
+        assert!(matches!(keyring.retire_version(1), Err(KeyError::UnknownKekVersion(1))));
+        assert!(matches!(keyring.decrypt(1, b"aad", &under_v1), Err(KeyError::UnknownKekVersion(1))));
+
+        let reopened = Keyring::open(&path, &pw()).unwrap();
+        assert_eq!(reopened.versions().unwrap(), vec![2, 3]);
+        assert_eq!(reopened.current_version().unwrap(), 3);
+        assert_eq!(keks(&reopened), keks(&keyring));
+        assert!(matches!(reopened.decrypt(1, b"aad", &under_v1), Err(KeyError::UnknownKekVersion(1))));
+        // A new version after a retirement does not reuse the retired number.
+        assert_eq!(reopened.add_version().unwrap(), 4);
+    }
+
+    /// Writes a keyring as Clover's v1 did: PBKDF2-HMAC-SHA256, format `clover-keyring/v1`.
+    fn write_v1(path: &Path, passphrase: &str, kek: &[u8; 32], checkpoint_key: &[u8], index_key: &[u8; 32]) {
+        let iterations = 1000;
+        let salt = *random::<16>().unwrap();
+        let mut sealing = [0u8; 32];
+        aws_lc_rs::pbkdf2::derive(
+            aws_lc_rs::pbkdf2::PBKDF2_HMAC_SHA256,
+            NonZeroU32::new(iterations).unwrap(),
+            &salt,
+            passphrase.as_bytes(),
+            &mut sealing,
+        );
+        let plaintext = serde_json::json!({
+            "current": 1,
+            "keks": { "1": B64.encode(kek) },
+            "checkpoint_key": B64.encode(checkpoint_key),
+            "subject_index_key": B64.encode(index_key),
+        });
+        let sealed =
+            seal(&sealing, format!("{FORMAT_V1}|eu").as_bytes(), &serde_json::to_vec(&plaintext).unwrap()).unwrap();
+        let file = serde_json::json!({
+            "format": FORMAT_V1,
+            "region": "eu",
+            "kdf": { "algorithm": PBKDF2, "iterations": iterations, "salt": B64.encode(salt) },
+            "sealed": B64.encode(sealed),
+        });
+        std::fs::write(path, serde_json::to_vec_pretty(&file).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn a_v1_keyring_opens_and_is_resealed_with_argon2id() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyring.json");
+        let kek = *random::<32>().unwrap();
+        let index_key = *random::<32>().unwrap();
+        let signer = SigningKey::generate("clover", TYPE_ED25519).unwrap();
+        write_v1(&path, "old pw", &kek, signer.pkcs8(), &index_key);
+        let v1 = std::fs::read(&path).unwrap();
+        assert!(String::from_utf8_lossy(&v1).contains("clover-keyring/v1"));
+
+        // A wrong passphrase leaves the v1 file as it was.
+        assert!(matches!(Keyring::open(&path, &Passphrase::new("nope")), Err(KeyError::WrongPassphrase(_))));
+        assert_eq!(std::fs::read(&path).unwrap(), v1);
+
+        let opened = Keyring::open(&path, &Passphrase::new("old pw")).unwrap();
+        assert_eq!(keks(&opened), BTreeMap::from([(1, kek)]));
+        assert_eq!(opened.checkpoint_key.as_slice(), signer.pkcs8());
+        assert_eq!(
+            opened.checkpoint_signer("o").unwrap().verifier(),
+            SigningKey::from_pkcs8("o", TYPE_ED25519, signer.pkcs8()).unwrap().verifier()
+        );
+        assert_eq!(opened.subject_index_key.as_slice(), &index_key);
+
+        // Rewritten as v2, Argon2id with the production parameters.
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("clover-keyring/v2"));
+        assert!(text.contains("argon2id"));
+        assert!(!text.contains("clover-keyring/v1"));
+        assert!(!text.contains(PBKDF2));
+        let kdf = &file(&path)["kdf"];
+        let (m, t, p) = ARGON2_PARAMS;
+        assert_eq!(
+            (kdf["memory_kib"].as_u64(), kdf["passes"].as_u64(), kdf["lanes"].as_u64(), kdf.get("iterations")),
+            (Some(m.into()), Some(t.into()), Some(p.into()), None)
+        );
+        assert!(!text.contains(&B64.encode(kek)));
+
+        // The v2 file opens with the same passphrase and holds the same keys.
+        let reopened = Keyring::open(&path, &Passphrase::new("old pw")).unwrap();
+        assert_eq!(keks(&reopened), BTreeMap::from([(1, kek)]));
+        assert_eq!(reopened.checkpoint_key.as_slice(), signer.pkcs8());
+        assert_eq!(reopened.subject_index_key.as_slice(), &index_key);
+        assert!(matches!(Keyring::open(&path, &Passphrase::new("nope")), Err(KeyError::WrongPassphrase(_))));
     }
 }

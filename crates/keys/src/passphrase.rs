@@ -105,6 +105,27 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
     Ok(())
 }
 
+/// Replaces `path` atomically with a new private file: written beside it, synced, renamed over
+/// it, and the directory synced.
+pub fn replace_private(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
+    let io = |cause| KeyError::Io { path: path.to_owned(), cause };
+    let mut temp = path.as_os_str().to_owned();
+    temp.push(".new");
+    let temp = std::path::PathBuf::from(temp);
+    match std::fs::remove_file(&temp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(e)),
+    }
+    write_private(&temp, bytes)?;
+    std::fs::rename(&temp, path).map_err(io)?;
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -72,6 +72,8 @@ pub enum LogError {
 #[derive(Debug)]
 pub struct Receipt {
     index: u64,
+    entry_hash: Hash,
+    purpose: Option<String>,
     permit: Permit,
 }
 
@@ -84,6 +86,21 @@ impl Receipt {
     /// The permit the entry records.
     pub fn permit(&self) -> &Permit {
         &self.permit
+    }
+
+    /// The RFC 6962 leaf hash of the logged entry.
+    pub fn entry_hash(&self) -> &Hash {
+        &self.entry_hash
+    }
+
+    /// [`Receipt::entry_hash`] in hex.
+    pub fn entry_hash_hex(&self) -> String {
+        self.entry_hash.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The purpose the logged access declared.
+    pub fn purpose(&self) -> Option<&str> {
+        self.purpose.as_deref()
     }
 }
 
@@ -281,7 +298,10 @@ impl Log {
 
     /// Appends an event and waits until it is durable; returns its index.
     pub async fn append(&self, event: &Event) -> Result<u64, LogError> {
-        let entry = event.encode();
+        self.append_entry(event, event.encode()).await
+    }
+
+    async fn append_entry(&self, event: &Event, entry: Vec<u8>) -> Result<u64, LogError> {
         if entry.len() > usize::from(u16::MAX) {
             return Err(LogError::TooLarge(entry.len()));
         }
@@ -294,8 +314,10 @@ impl Log {
 
     /// Appends the event of an allowed access and returns the receipt the custodian asks for.
     pub async fn append_permitted(&self, event: &Event, permit: Permit) -> Result<Receipt, LogError> {
-        let index = self.append(event).await?;
-        Ok(Receipt { index, permit })
+        let entry = event.encode();
+        let entry_hash = leaf_hash(&entry);
+        let index = self.append_entry(event, entry).await?;
+        Ok(Receipt { index, entry_hash, purpose: event.purpose.clone(), permit })
     }
 
     /// The latest signed checkpoint note.

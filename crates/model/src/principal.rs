@@ -80,6 +80,8 @@ pub enum Action {
     ListAccesses,
     /// Grant another principal's request for an approval.
     Approve,
+    /// Administer the boundary: rotate its keys.
+    Administer,
 }
 
 impl Action {
@@ -91,6 +93,7 @@ impl Action {
             Self::Erase => "erase",
             Self::ListAccesses => "list-accesses",
             Self::Approve => "approve",
+            Self::Administer => "administer",
         }
     }
 }

@@ -109,6 +109,11 @@ pub enum PackResource {
         /// Who asked for it.
         requester: String,
     },
+    /// The boundary itself, for administration (key rotation).
+    Boundary {
+        /// Its region.
+        region: String,
+    },
 }
 
 /// Everything a decision is taken on.
@@ -169,6 +174,7 @@ struct EntityTypes {
     record: EntityTypeName,
     subject: EntityTypeName,
     approval: EntityTypeName,
+    boundary: EntityTypeName,
 }
 
 impl EntityTypes {
@@ -180,6 +186,7 @@ impl EntityTypes {
             record: name("Clover::Record")?,
             subject: name("Clover::Subject")?,
             approval: name("Clover::Approval")?,
+            boundary: name("Clover::Boundary")?,
         })
     }
 }
@@ -338,7 +345,7 @@ impl PolicyPack {
                 }
                 self.refusal(forbids)
             }
-            Action::Write | Action::Erase | Action::ListAccesses | Action::Approve => {
+            Action::Write | Action::Erase | Action::ListAccesses | Action::Approve | Action::Administer => {
                 match self.evaluate(&prepared, cedar_action(request.action)) {
                     Ok((true, permits)) => Decision {
                         outcome: Outcome::Allow(View::Full),
@@ -407,6 +414,9 @@ impl PolicyPack {
                     ("home_region".to_owned(), s(home_region)),
                 ]),
             ),
+            PackResource::Boundary { region } => {
+                (uid(&self.types.boundary, region), HashMap::from([("region".to_owned(), s(region))]))
+            }
             PackResource::Approval { id, requester } => {
                 (uid(&self.types.approval, id), HashMap::from([("requester".to_owned(), s(requester))]))
             }
@@ -476,6 +486,7 @@ fn cedar_action(action: Action) -> &'static str {
         Action::Erase => "erase",
         Action::ListAccesses => "list_accesses",
         Action::Approve => "approve",
+        Action::Administer => "administer",
     }
 }
 

@@ -47,6 +47,13 @@ fn record(category: &str, sensitive: bool, minor: bool) -> PackResource {
     }
 }
 
+/// Turns the request into `ana` administering the boundary (key rotation) with `roles`.
+fn administer(r: &mut PackRequest, roles: &[&str]) {
+    r.action = Action::Administer;
+    r.resource = PackResource::Boundary { region: "eu".into() };
+    r.principal.roles = roles.iter().map(|s| s.to_string()).collect();
+}
+
 /// Turns the request into `ana` approving a request by `requester`.
 fn approve(r: &mut PackRequest, requester: &str, roles: &[&str]) {
     r.action = Action::Approve;
@@ -129,6 +136,27 @@ fn cases() -> Vec<Case> {
             &["no-full-view-from-outside", "unknown-origin"],
         ),
         ("writes from the region", Box::new(|r| r.action = Action::Write), full, &["in-region-access"]),
+        (
+            "a key custodian in the region rotates keys",
+            Box::new(|r| administer(r, &["key-custodian"])),
+            full,
+            &["key-custodians-administer"],
+        ),
+        (
+            "nobody else administers the boundary",
+            Box::new(|r| administer(r, &["agent", "approver"])),
+            Outcome::Deny,
+            &["default-deny"],
+        ),
+        (
+            "not even a key custodian from outside the region",
+            Box::new(|r| {
+                administer(r, &["key-custodian"]);
+                r.origin = from("virginia-1", "us");
+            }),
+            Outcome::Deny,
+            &["default-deny"],
+        ),
         (
             "no writes from outside",
             Box::new(|r| {

@@ -1,8 +1,9 @@
 //! Clover's storage.
 //!
-//! The [`Store`] trait is everything the gateway needs from a database: subjects with their
-//! wrapped data keys, and records with their ciphertext. Nothing it holds is personal data in
-//! the clear: fields and subject attributes arrive sealed, data keys arrive wrapped.
+//! The [`Store`] trait is everything the gateway needs from a database: subjects, and records
+//! with their ciphertext. Nothing it holds is personal data in the clear: fields and subject
+//! attributes arrive sealed. Data keys are not here at all: the custodian keeps them, so that
+//! destroying one there makes every copy of this store unreadable for that subject.
 //!
 //! Backends: [`SqliteStore`], the embedded default (one file in the data directory, WAL,
 //! `synchronous=FULL`, `secure_delete=ON` so that erased rows are overwritten). PostgreSQL
@@ -18,17 +19,13 @@ use async_trait::async_trait;
 use clover_model::{Category, PrincipalId, RecordId, Region, SubjectId};
 use time::OffsetDateTime;
 
-/// A subject as stored: metadata in the clear, attributes sealed, data key wrapped.
+/// A subject as stored: metadata in the clear, attributes sealed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubjectRow {
     /// The platform's id for the subject.
     pub subject_id: SubjectId,
     /// The subject's home region.
     pub home_region: Region,
-    /// The KEK version that wrapped the data key.
-    pub kek_version: u32,
-    /// The data key, wrapped.
-    pub wrapped_key: Vec<u8>,
     /// The subject's attributes (birth date), sealed with the data key.
     pub attributes: Vec<u8>,
     /// What policy decides on (when they come of age), sealed by the custodian under the
@@ -122,6 +119,17 @@ pub trait Store: Send + Sync + 'static {
 
     /// How many subjects and records are stored.
     async fn counts(&self) -> Result<Counts, StoreError>;
+
+    /// Wrapped data keys left by a store of schema version 2 or older (which kept them here),
+    /// for the custodian to take in: (subject, KEK version, wrapped key).
+    async fn legacy_data_keys(&self) -> Result<Vec<(SubjectId, u32, Vec<u8>)>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    /// Destroys the legacy wrapped keys once the custodian holds them.
+    async fn forget_legacy_data_keys(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 
     /// Stores a request for an approval.
     async fn insert_approval(&self, row: &ApprovalRow) -> Result<(), StoreError>;

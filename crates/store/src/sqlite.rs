@@ -19,8 +19,6 @@ const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS subjects (
     subject_id  TEXT PRIMARY KEY NOT NULL,
     home_region TEXT NOT NULL,
-    kek_version INTEGER NOT NULL,
-    wrapped_key BLOB NOT NULL,
     attributes  BLOB NOT NULL,
     created_at  INTEGER NOT NULL,
     metadata    BLOB NOT NULL DEFAULT x''
@@ -75,12 +73,32 @@ fn approval_row(row: &SqliteRow) -> Result<ApprovalRow, StoreError> {
 }
 
 /// The schema's version, kept in `user_version`.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// Changes that bring a database of an older version (the key) to the next one.
-const MIGRATIONS: &[(i64, &str)] = &[(1, "ALTER TABLE subjects ADD COLUMN metadata BLOB NOT NULL DEFAULT x'';")];
+///
+/// Version 3 moved the wrapped data keys out of the data store into the custodian's key store:
+/// the migration sets them aside in `legacy_data_keys`, which the boundary empties into custody
+/// when it starts ([`Store::legacy_data_keys`], [`Store::forget_legacy_data_keys`]).
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, "ALTER TABLE subjects ADD COLUMN metadata BLOB NOT NULL DEFAULT x'';"),
+    (
+        2,
+        "BEGIN IMMEDIATE;
+         CREATE TABLE legacy_data_keys (
+             subject_id  TEXT PRIMARY KEY NOT NULL,
+             kek_version INTEGER NOT NULL,
+             wrapped_key BLOB NOT NULL
+         ) STRICT;
+         INSERT INTO legacy_data_keys SELECT subject_id, kek_version, wrapped_key FROM subjects;
+         ALTER TABLE subjects DROP COLUMN kek_version;
+         ALTER TABLE subjects DROP COLUMN wrapped_key;
+         PRAGMA user_version = 3;
+         COMMIT;",
+    ),
+];
 
-const SUBJECT_COLUMNS: &str = "subject_id, home_region, kek_version, wrapped_key, attributes, metadata, created_at";
+const SUBJECT_COLUMNS: &str = "subject_id, home_region, attributes, metadata, created_at";
 const RECORD_COLUMNS: &str = "record_id, subject_id, category, home_region, version, ciphertext, created_at";
 
 /// A store in one SQLite file.
@@ -113,8 +131,6 @@ fn subject_row(row: &SqliteRow) -> Result<SubjectRow, StoreError> {
     Ok(SubjectRow {
         subject_id: parse("subject_id", row.try_get("subject_id").map_err(get())?)?,
         home_region: parse("home_region", row.try_get("home_region").map_err(get())?)?,
-        kek_version: row.try_get("kek_version").map_err(get())?,
-        wrapped_key: row.try_get("wrapped_key").map_err(get())?,
         attributes: row.try_get("attributes").map_err(get())?,
         metadata: row.try_get("metadata").map_err(get())?,
         created_at: timestamp(row.try_get("created_at").map_err(get())?)?,
@@ -190,13 +206,11 @@ impl Store for SqliteStore {
 
     async fn insert_subject(&self, row: &SubjectRow) -> Result<bool, StoreError> {
         let done = sqlx::query(
-            "INSERT INTO subjects (subject_id, home_region, kek_version, wrapped_key, attributes, metadata, created_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (subject_id) DO NOTHING",
+            "INSERT INTO subjects (subject_id, home_region, attributes, metadata, created_at)
+             VALUES (?, ?, ?, ?, ?) ON CONFLICT (subject_id) DO NOTHING",
         )
         .bind(row.subject_id.as_str())
         .bind(row.home_region.as_str())
-        .bind(row.kek_version)
-        .bind(&row.wrapped_key)
         .bind(&row.attributes)
         .bind(&row.metadata)
         .bind(row.created_at.unix_timestamp())
@@ -278,6 +292,45 @@ impl Store for SqliteStore {
             tracing::warn!(subject = %id, "the WAL checkpoint after an erasure was blocked by a reader; the old pages are overwritten at the next checkpoint");
         }
         Ok(Some(Erasure { records }))
+    }
+
+    async fn legacy_data_keys(&self) -> Result<Vec<(SubjectId, u32, Vec<u8>)>, StoreError> {
+        let exists: i64 =
+            sqlx::query("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'legacy_data_keys'")
+                .fetch_one(&self.pool)
+                .await
+                .and_then(|row| row.try_get(0))
+                .map_err(db("looking for legacy data keys"))?;
+        if exists == 0 {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query("SELECT subject_id, kek_version, wrapped_key FROM legacy_data_keys ORDER BY subject_id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("reading legacy data keys"))?;
+        rows.iter()
+            .map(|row| {
+                let get = || db("reading legacy data keys");
+                Ok((
+                    parse("subject_id", row.try_get("subject_id").map_err(get())?)?,
+                    row.try_get("kek_version").map_err(get())?,
+                    row.try_get("wrapped_key").map_err(get())?,
+                ))
+            })
+            .collect()
+    }
+
+    async fn forget_legacy_data_keys(&self) -> Result<(), StoreError> {
+        sqlx::query("DROP TABLE IF EXISTS legacy_data_keys")
+            .execute(&self.pool)
+            .await
+            .map_err(db("destroying legacy data keys"))?;
+        // secure_delete zeroed the freed pages; the checkpoint overwrites the old ones.
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&self.pool)
+            .await
+            .map_err(db("destroying legacy data keys"))?;
+        Ok(())
     }
 
     async fn counts(&self) -> Result<Counts, StoreError> {
@@ -367,8 +420,6 @@ mod tests {
         SubjectRow {
             subject_id: id.parse().unwrap(),
             home_region: "eu".parse().unwrap(),
-            kek_version: 1,
-            wrapped_key: vec![7; 60],
             attributes: vec![1, 2, 3],
             metadata: vec![4, 5],
             created_at: OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap(),
@@ -431,6 +482,10 @@ mod tests {
         let store = SqliteStore::open(&path).await.unwrap();
         let old = store.subject(&"old".parse().unwrap()).await.unwrap().unwrap();
         assert!(old.metadata.is_empty());
+        // The wrapped key was set aside for the custodian, then forgotten once taken.
+        assert_eq!(store.legacy_data_keys().await.unwrap(), vec![("old".parse().unwrap(), 1, vec![7])]);
+        store.forget_legacy_data_keys().await.unwrap();
+        assert!(store.legacy_data_keys().await.unwrap().is_empty());
         assert!(store.insert_subject(&subject("s-1")).await.unwrap());
         assert_eq!(store.subject(&"s-1".parse().unwrap()).await.unwrap().unwrap(), subject("s-1"));
         store.close().await;

@@ -111,7 +111,7 @@ pub async fn create_record(
         subject_minor: pipeline::subject_minor(&boundary, &subject),
     };
     let receipt = pipeline::decide_and_log(&boundary, &caller, EventKind::Write, &ask).await?;
-    let key = pipeline::unwrap_key(&boundary, &subject, &receipt)?;
+    let key = pipeline::unwrap_key(&boundary, &receipt).await?;
     let version = 1;
     let row = RecordRow {
         record_id,

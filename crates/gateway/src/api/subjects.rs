@@ -6,7 +6,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use clover_keys::aad;
+use clover_keys::{KeyError, aad};
 use clover_log::event::EventKind;
 use clover_model::{Action, Region, SubjectId};
 use clover_policy::Decision;
@@ -151,8 +151,8 @@ pub async fn put_subject(
     let metadata = boundary.custody().seal_metadata(&subject_id, &metadata).map_err(ApiError::internal)?;
 
     let created = match boundary.store().subject(&subject_id).await.map_err(ApiError::internal)? {
-        Some(existing) => {
-            let key = pipeline::unwrap_key(&boundary, &existing, &receipt)?;
+        Some(_) => {
+            let key = pipeline::unwrap_key(&boundary, &receipt).await?;
             let sealed = key.seal(&sealed_aad, &attributes).map_err(ApiError::internal)?;
             if !boundary.store().update_subject(&subject_id, &sealed, &metadata).await.map_err(ApiError::internal)? {
                 return Err(ApiError::NotFound { what: "subject", id: subject_id.to_string() });
@@ -160,20 +160,22 @@ pub async fn put_subject(
             false
         }
         None => {
-            let (key, wrapped) = boundary.custody().new_data_key(&receipt).map_err(ApiError::internal)?;
+            // The custodian holds one data key per subject: a registration that raced this one
+            // (or one cut short after the key was made) left the key to use.
+            let key = match boundary.custody().create_data_key(&receipt).await {
+                Ok(key) => key,
+                Err(KeyError::DataKeyExists) => pipeline::unwrap_key(&boundary, &receipt).await?,
+                Err(e) => return Err(ApiError::internal(e)),
+            };
             let row = SubjectRow {
                 subject_id: subject_id.clone(),
                 home_region: body.home_region.clone(),
-                kek_version: wrapped.kek_version,
-                wrapped_key: wrapped.bytes,
                 attributes: key.seal(&sealed_aad, &attributes).map_err(ApiError::internal)?,
                 metadata: metadata.clone(),
                 created_at: OffsetDateTime::now_utc(),
             };
             if !boundary.store().insert_subject(&row).await.map_err(ApiError::internal)? {
-                // Registered concurrently by another request: keep theirs, report an update.
-                let existing = pipeline::load_subject(&boundary, &subject_id).await?;
-                let key = pipeline::unwrap_key(&boundary, &existing, &receipt)?;
+                // Registered concurrently by another request, with the same key: report an update.
                 let sealed = key.seal(&sealed_aad, &attributes).map_err(ApiError::internal)?;
                 boundary.store().update_subject(&subject_id, &sealed, &metadata).await.map_err(ApiError::internal)?;
                 false
@@ -220,6 +222,9 @@ pub async fn erase_subject(
     let minor = pipeline::subject_minor(&boundary, &subject);
     let ask = Ask { action: Action::Erase, subject: &subject_id, record: None, subject_minor: minor };
     let receipt = pipeline::decide_and_log(&boundary, &caller, EventKind::Erasure, &ask).await?;
+    // The key first: once it is gone, every copy of the subject's ciphertext is unreadable,
+    // whatever happens to the rows below.
+    boundary.custody().destroy_data_key(&receipt).await.map_err(ApiError::internal)?;
     let erasure = boundary
         .store()
         .erase_subject(&subject_id)

@@ -1,6 +1,6 @@
 //! Encryption at rest: no personal value in the clear on disk; ciphertext bound to its place.
 
-use clover_keys::{WrappedKey, aad};
+use clover_keys::aad;
 use clover_model::{RecordId, SubjectId};
 use serde_json::{Value, json};
 
@@ -79,8 +79,7 @@ async fn ciphertext_taken_to_another_region_fails_to_open() {
     let subject: SubjectId = "u-1".parse().unwrap();
     let record_id: RecordId = record.parse().unwrap();
     let ciphertext = app.ciphertext(&record).await;
-    let wrapped = WrappedKey { kek_version: 1, bytes: app.wrapped_key("u-1").await };
-    let key = app.boundary.custody().unwrap(&subject, &wrapped, &app.receipt(&subject).await).unwrap();
+    let key = app.boundary.custody().data_key(&app.receipt(&subject).await).await.unwrap();
 
     let eu = app.boundary.region().clone();
     let opened = key.open(&aad::record(&eu, &subject, &record_id, 1), &ciphertext).unwrap();

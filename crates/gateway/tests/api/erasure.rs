@@ -1,8 +1,9 @@
 //! Erasure is crypto-shredding.
 
-use clover_keys::{WrappedKey, aad};
+use clover_keys::{KeyError, aad};
 use clover_model::{RecordId, SubjectId};
 use serde_json::{Value, json};
+use sqlx::Row;
 
 use crate::harness::{DUBLIN, TestApp, files_containing, problem};
 
@@ -16,9 +17,11 @@ async fn erasure_destroys_the_key_and_the_kept_ciphertext_opens_with_nothing_lef
         app.seed(&format!("u-kept-{i}"), json!({"name": format!("kept {i}")})).await;
     }
 
-    // What an attacker (or a backup) kept from before the erasure.
+    // What an attacker kept from before the erasure, and a backup of the data store taken then.
     let kept_ciphertexts = [app.ciphertext(&first).await, app.ciphertext(&second).await];
     let kept_wrapped_key = app.wrapped_key("u-erased").await;
+    let backups = tempfile::tempdir().unwrap();
+    let backup = app.backup_store(backups.path()).await;
 
     let response = app.client(DUBLIN).delete(app.url("/v1/subjects/u-erased")).bearer_auth(app.token()).send().await;
     let response = response.unwrap();
@@ -44,28 +47,39 @@ async fn erasure_destroys_the_key_and_the_kept_ciphertext_opens_with_nothing_lef
         assert_eq!(files_containing(&data_dir, &ciphertext[..32]), Vec::<std::path::PathBuf>::new());
     }
 
+    // The backup still holds the erased subject's rows and ciphertext, and no key for them: the
+    // custodian, which alone held the wrapped key, no longer has one to give, whatever the receipt.
+    let erased: SubjectId = "u-erased".parse().unwrap();
+    let pool =
+        sqlx::SqlitePool::connect_with(sqlx::sqlite::SqliteConnectOptions::new().filename(&backup)).await.unwrap();
+    let row = sqlx::query("SELECT ciphertext FROM records WHERE record_id = ?").bind(&first).fetch_one(&pool).await;
+    assert_eq!(row.unwrap().get::<Vec<u8>, _>(0), kept_ciphertexts[0]);
+    let columns: Vec<String> = sqlx::query("SELECT name FROM pragma_table_info('subjects')")
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(!columns.iter().any(|c| c.contains("key")), "the data store keeps no key: {columns:?}");
+    pool.close().await;
+    assert!(files_containing(backups.path(), &kept_wrapped_key).is_empty());
+    let refused = app.boundary.custody().data_key(&app.receipt(&erased).await).await;
+    assert!(matches!(refused, Err(KeyError::NoDataKey)), "{refused:?}");
+
     // Nothing the boundary still holds opens the kept ciphertext: try the data key of every
     // subject that remains, under every binding the erased records had.
     let region = app.boundary.region().clone();
-    let erased: SubjectId = "u-erased".parse().unwrap();
     let rows = app.dump().await;
     assert_eq!(rows.iter().filter(|r| r.starts_with("subject ")).count(), 3);
     for i in 0..3 {
         let subject: SubjectId = format!("u-kept-{i}").parse().unwrap();
-        let wrapped = WrappedKey { kek_version: 1, bytes: app.wrapped_key(subject.as_str()).await };
-        let key = app.boundary.custody().unwrap(&subject, &wrapped, &app.receipt(&subject).await).unwrap();
+        let key = app.boundary.custody().data_key(&app.receipt(&subject).await).await.unwrap();
         for (record, ciphertext) in [&first, &second].iter().zip(&kept_ciphertexts) {
             let record: RecordId = record.parse().unwrap();
             for owner in [&erased, &subject] {
                 assert!(key.open(&aad::record(&region, owner, &record, 1), ciphertext).is_err());
             }
         }
-    }
-    // And the kept wrapped key is useless without its row: the custodian only unwraps it for
-    // the erased subject, whose data key the boundary no longer has a copy of.
-    let kept = WrappedKey { kek_version: 1, bytes: kept_wrapped_key };
-    for i in 0..3 {
-        let subject: SubjectId = format!("u-kept-{i}").parse().unwrap();
-        assert!(app.boundary.custody().unwrap(&subject, &kept, &app.receipt(&subject).await).is_err());
     }
 }

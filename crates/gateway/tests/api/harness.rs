@@ -142,8 +142,8 @@ impl TestApp {
         let pool = self.db().await;
         let mut rows = Vec::new();
         for row in sqlx::query(
-            "SELECT subject_id || ' ' || home_region || ' ' || kek_version || ' ' || hex(wrapped_key) || ' ' \
-             || hex(attributes) || ' ' || created_at FROM subjects ORDER BY subject_id",
+            "SELECT subject_id || ' ' || home_region || ' ' || hex(attributes) || ' ' || hex(metadata) || ' ' \
+             || created_at FROM subjects ORDER BY subject_id",
         )
         .fetch_all(&pool)
         .await
@@ -177,16 +177,28 @@ impl TestApp {
         row.get(0)
     }
 
-    /// The raw stored wrapped data key of a subject.
+    /// The raw wrapped data key of a subject, as the custodian's key store holds it.
     pub async fn wrapped_key(&self, subject: &str) -> Vec<u8> {
-        let pool = self.db().await;
-        let row = sqlx::query("SELECT wrapped_key FROM subjects WHERE subject_id = ?")
-            .bind(subject)
+        let options =
+            sqlx::sqlite::SqliteConnectOptions::new().filename(self.data_dir().join("custody").join("keys.db"));
+        let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+        let row = sqlx::query("SELECT wrapped FROM data_keys WHERE subject = ?")
+            .bind(self.boundary.subject_hash(&subject.parse().unwrap()))
             .fetch_one(&pool)
             .await
             .unwrap();
         pool.close().await;
         row.get(0)
+    }
+
+    /// A consistent copy of the data store (not the custodian's key store), as a backup
+    /// would take it: `VACUUM INTO` a file in `dir`.
+    pub async fn backup_store(&self, dir: &std::path::Path) -> PathBuf {
+        let path = dir.join("clover-backup.db");
+        let pool = self.db().await;
+        sqlx::query("VACUUM INTO ?").bind(path.to_str().unwrap().to_owned()).execute(&pool).await.unwrap();
+        pool.close().await;
+        path
     }
 
     /// Runs `sql` straight on the database, as an attacker with disk access could, binding

@@ -9,6 +9,7 @@ mod bad_input;
 mod encryption;
 mod erasure;
 mod identity;
+mod keys;
 mod log;
 mod origins;
 mod policy;

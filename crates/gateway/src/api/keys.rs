@@ -1,0 +1,221 @@
+//! Key custody: the KEK versions and how many data keys each wraps; rotation.
+//!
+//! A rotation makes a new key-encryption key version (in the keyring, or generated in the HSM),
+//! which wraps every data key made from then on; a background task re-wraps the existing data
+//! keys under it in batches, while reads and writes go on; then every older version, which no
+//! data key uses any more, is retired (destroyed). Each step is an entry in the log.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use clover_log::event::{EVENT_VERSION, Event, EventDecision, EventKind};
+use serde::Serialize;
+use time::OffsetDateTime;
+use utoipa::ToSchema;
+
+use crate::Boundary;
+use crate::api::subjects::answered;
+use crate::pack::administer_request;
+use crate::pipeline::Caller;
+use crate::problem::{ApiError, Problem};
+
+/// Data keys re-wrapped per batch.
+const BATCH: u32 = 256;
+
+/// One KEK version.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct KeyVersion {
+    /// The version number.
+    pub version: u32,
+    /// How many data keys it wraps (the region's metadata key included).
+    pub data_keys: u64,
+}
+
+/// A rotation's progress.
+#[derive(Debug, Clone, Default, Serialize, ToSchema)]
+pub struct Rotation {
+    /// The new version.
+    pub to_version: u32,
+    /// Data keys to re-wrap when it started.
+    pub total: u64,
+    /// Data keys re-wrapped so far.
+    pub rewrapped: u64,
+    /// Versions retired once nothing used them.
+    pub retired: Vec<u32>,
+    /// Whether it has finished.
+    pub done: bool,
+    /// Why it stopped, if it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The state of key custody.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeysAnswer {
+    /// Where the KEKs are: the keyring file, or a PKCS#11 token.
+    pub backend: String,
+    /// The version that wraps new data keys.
+    pub current_version: u32,
+    /// Every version held, oldest first.
+    pub versions: Vec<KeyVersion>,
+    /// The latest rotation since the boundary started, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<Rotation>,
+}
+
+/// The answer to a rotation request.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RotateAnswer {
+    /// The new version.
+    pub to_version: u32,
+    /// Data keys to re-wrap.
+    pub total: u64,
+    /// The decision.
+    #[schema(value_type = Object)]
+    pub decision: clover_policy::Decision,
+    /// The log entry of the decision.
+    pub log_index: u64,
+}
+
+async fn state(boundary: &Boundary) -> Result<KeysAnswer, ApiError> {
+    let custodian = boundary.custodian();
+    let counts = custodian.version_counts().await.map_err(ApiError::internal)?;
+    Ok(KeysAnswer {
+        backend: custodian.kek().describe(),
+        current_version: custodian.kek().current_version().map_err(ApiError::internal)?,
+        versions: counts.into_iter().map(|(version, data_keys)| KeyVersion { version, data_keys }).collect(),
+        rotation: boundary.rotation(),
+    })
+}
+
+/// The KEK versions, how many data keys each wraps, and the latest rotation's progress.
+#[utoipa::path(get, path = "/v1/keys", tag = "keys",
+    responses(
+        (status = OK, description = "Key custody's state", body = KeysAnswer),
+        (status = UNAUTHORIZED, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn status(
+    State(boundary): State<Arc<Boundary>>,
+    _caller: Caller,
+) -> Result<axum::Json<KeysAnswer>, ApiError> {
+    Ok(axum::Json(state(&boundary).await?))
+}
+
+fn key_event(
+    caller: Option<&Caller>,
+    action: &str,
+    decision: Option<&clover_policy::Decision>,
+    detail: String,
+) -> Event {
+    Event {
+        v: EVENT_VERSION,
+        kind: EventKind::Key,
+        time: OffsetDateTime::now_utc().unix_timestamp(),
+        principal: caller.map(Caller::event_principal),
+        origin: caller.map(Caller::event_origin),
+        action: Some(action.to_owned()),
+        subject: None,
+        record: None,
+        category: None,
+        decision: decision.map(|d| EventDecision {
+            effect: d.effect().to_owned(),
+            view: None,
+            policies: d.policies.clone(),
+        }),
+        purpose: caller.and_then(|c| c.purpose.clone()),
+        justification: caller.and_then(|c| c.justification.clone()),
+        detail: Some(detail),
+    }
+}
+
+/// Rotates the key-encryption key: a new version now, the data keys re-wrapped in the
+/// background, the old versions retired once unused. Key custodians only (an in-region
+/// employee with the `key-custodian` role); the decision and every step are logged.
+#[utoipa::path(post, path = "/v1/keys/rotate", tag = "keys",
+    responses(
+        (status = ACCEPTED, description = "A new version is current; re-wrapping has started", body = RotateAnswer),
+        (status = FORBIDDEN, description = "Not a key custodian in the region", body = Problem, content_type = "application/problem+json"),
+        (status = CONFLICT, description = "A rotation is under way", body = Problem, content_type = "application/problem+json"),
+        (status = UNAUTHORIZED, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn rotate(State(boundary): State<Arc<Boundary>>, caller: Caller) -> Result<Response, ApiError> {
+    let request = administer_request(boundary.config(), &caller.principal, &caller.origin);
+    let decision = boundary.pack().decide(&request);
+    let allowed = decision.effect() == "allow";
+    if allowed && boundary.rotation().is_some_and(|r| !r.done) {
+        return Err(ApiError::RotationRunning("a key rotation is under way; see GET /v1/keys".to_owned()));
+    }
+    let detail = format!("key rotation {}", if allowed { "started" } else { "refused" });
+    let log_index = boundary
+        .log()
+        .append(&key_event(Some(&caller), "rotate-keys", Some(&decision), detail))
+        .await
+        .map_err(|e| ApiError::LogUnavailable(e.to_string()))?;
+    if !allowed {
+        tracing::warn!(principal = %caller.principal.id, log_index, "key rotation refused");
+        return Err(ApiError::Forbidden { decision, log_index });
+    }
+    let custodian = boundary.custodian();
+    let to_version = custodian.kek().add_version().map_err(ApiError::internal)?;
+    let total: u64 = custodian
+        .version_counts()
+        .await
+        .map_err(ApiError::internal)?
+        .iter()
+        .filter(|(v, _)| *v != to_version)
+        .map(|(_, n)| n)
+        .sum();
+    let detail = format!("kek v{to_version} created in {}; {total} data keys to re-wrap", custodian.kek().describe());
+    boundary
+        .log()
+        .append(&key_event(None, "add-kek-version", None, detail))
+        .await
+        .map_err(|e| ApiError::LogUnavailable(e.to_string()))?;
+    boundary.set_rotation(Rotation { to_version, total, ..Rotation::default() });
+    tracing::info!(to_version, total, principal = %caller.principal.id, "key rotation started");
+    tokio::spawn(run_rotation(boundary.clone(), to_version));
+    Ok(answered(
+        &decision,
+        StatusCode::ACCEPTED,
+        RotateAnswer { to_version, total, decision: decision.clone(), log_index },
+    ))
+}
+
+/// Re-wraps every data key under `to_version`, then retires the older versions.
+async fn run_rotation(boundary: Arc<Boundary>, to_version: u32) {
+    let custodian = boundary.custodian().clone();
+    let outcome: Result<(), String> = async {
+        loop {
+            let done = custodian.rewrap_batch(BATCH).await.map_err(|e| e.to_string())?;
+            if done == 0 {
+                break;
+            }
+            boundary.update_rotation(|r| r.rewrapped += done);
+        }
+        for (version, count) in custodian.version_counts().await.map_err(|e| e.to_string())? {
+            if version == to_version || count > 0 {
+                continue;
+            }
+            custodian.retire(version).await.map_err(|e| e.to_string())?;
+            let detail = format!("kek v{version} retired: no data key uses it");
+            boundary
+                .log()
+                .append(&key_event(None, "retire-kek-version", None, detail))
+                .await
+                .map_err(|e| e.to_string())?;
+            boundary.update_rotation(|r| r.retired.push(version));
+            tracing::info!(version, "kek version retired");
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(e) = &outcome {
+        tracing::error!(error = %e, to_version, "key rotation stopped");
+    }
+    boundary.update_rotation(|r| {
+        r.done = true;
+        r.error = outcome.err();
+    });
+}

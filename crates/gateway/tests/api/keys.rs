@@ -1,0 +1,90 @@
+//! Key rotation over HTTP: key custodians only; data keys re-wrapped while reads go on; the old
+//! version retired; every step logged.
+
+use serde_json::{Value, json};
+
+use crate::harness::{DUBLIN, SINGAPORE, TestApp, problem};
+
+async fn keys(app: &TestApp) -> Value {
+    let response = app.client(DUBLIN).get(app.url("/v1/keys")).bearer_auth(app.token()).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    response.json().await.unwrap()
+}
+
+fn custodian(app: &TestApp, site: &str) -> String {
+    let mut claims = app.claims("eu", site, 3600);
+    claims.roles = vec!["key-custodian".into()];
+    app.mint(&claims)
+}
+
+#[tokio::test]
+async fn a_key_custodian_rotates_and_everything_still_opens() {
+    let app = TestApp::start().await;
+    let mut records = Vec::new();
+    for i in 0..40 {
+        records.push(app.seed(&format!("u-{i}"), json!({"name": format!("n{i}")})).await);
+    }
+    let before = keys(&app).await;
+    assert_eq!(before["current_version"], 1);
+    // 40 subjects' data keys and the region's metadata key.
+    assert_eq!(before["versions"], json!([{"version": 1, "data_keys": 41}]));
+
+    // An agent may not rotate; nor may a key custodian from Singapore. Both refusals are logged.
+    let refused = app.client(DUBLIN).post(app.url("/v1/keys/rotate")).bearer_auth(app.token()).send().await.unwrap();
+    let body = problem(refused, 403, "forbidden").await;
+    assert!(body["log_index"].as_u64().is_some());
+    let refused =
+        app.client(SINGAPORE).post(app.url("/v1/keys/rotate")).bearer_auth(custodian(&app, "singapore-1")).send().await;
+    problem(refused.unwrap(), 403, "forbidden").await;
+
+    let started = app
+        .client(DUBLIN)
+        .post(app.url("/v1/keys/rotate"))
+        .bearer_auth(custodian(&app, "dublin-1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(started.status(), 202);
+    let started: Value = started.json().await.unwrap();
+    assert_eq!(started["to_version"], 2);
+    assert_eq!(started["total"], 41);
+    assert!(started["log_index"].as_u64().is_some());
+
+    // Reads and writes go on while the keys are re-wrapped.
+    for (i, record) in records.iter().enumerate().take(10) {
+        let read = app.get_record(DUBLIN, record).await;
+        assert_eq!(read.status(), 200);
+        assert_eq!(read.json::<Value>().await.unwrap()["fields"]["name"], format!("n{i}"));
+    }
+    app.seed("u-new", json!({"name": "during"})).await;
+
+    let mut state = keys(&app).await;
+    for _ in 0..100 {
+        if state["rotation"]["done"] == true {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        state = keys(&app).await;
+    }
+    assert_eq!(state["rotation"]["done"], true, "{state}");
+    assert!(state["rotation"].get("error").is_none(), "{state}");
+    assert_eq!(state["rotation"]["retired"], json!([1]));
+    assert_eq!(state["current_version"], 2);
+    assert_eq!(state["versions"], json!([{"version": 2, "data_keys": 42}]));
+
+    // Version 1 is gone, and every record still opens, the registration's metadata too.
+    for (i, record) in records.iter().enumerate() {
+        let read = app.get_record(DUBLIN, record).await;
+        assert_eq!(read.status(), 200);
+        assert_eq!(read.json::<Value>().await.unwrap()["fields"]["name"], format!("n{i}"));
+    }
+    assert_eq!(app.put_subject("u-3").await.status(), 200);
+
+    // The log has the decision, the new version and the retirement, in that order.
+    let log = std::fs::read(app.data_dir().join("log").join("entries")).unwrap_or_default();
+    let text = String::from_utf8_lossy(&log);
+    let rotate = text.find("\"rotate-keys\"").unwrap();
+    let added = text.find("kek v2 created").unwrap();
+    let retired = text.find("kek v1 retired").unwrap();
+    assert!(rotate < added && added < retired);
+}

@@ -1,0 +1,575 @@
+//! The custodian: holds the region's key-encryption keys (through a [`Kek`] backend) and every
+//! subject's wrapped data key, in its own database apart from the data store.
+//!
+//! Because the wrapped data keys live here and nowhere else, erasing a subject's key here makes
+//! their ciphertext unreadable in every copy of the data store, backups included
+//! (crypto-shredding). The custodian hands out a data key only against a log [`Receipt`] for
+//! that subject and an action that needs it, and keeps its own journal of every key it hands
+//! out: the log index and entry hash of the access, the action and the purpose declared.
+//!
+//! A short-lived cache of unwrapped data keys (bounded in size and age; off with a size of 0)
+//! spares the KEK backend on hot subjects; an erasure removes the subject's key from it before
+//! the wrapped key is destroyed, and a key being unwrapped while an erasure runs is not cached.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use aws_lc_rs::hmac;
+use clover_log::Receipt;
+use clover_log::event::SubjectIndexKey;
+use clover_model::{Action, Region, SubjectId};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqliteConnection};
+use tokio::sync::{mpsc, oneshot};
+use zeroize::Zeroizing;
+
+use crate::{DataKey, Kek, KeyCustody, KeyError, aad};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS data_keys (
+    subject TEXT PRIMARY KEY,
+    kek_version INTEGER NOT NULL,
+    wrapped BLOB NOT NULL,
+    created_at INTEGER NOT NULL
+) STRICT;
+CREATE INDEX IF NOT EXISTS data_keys_by_version ON data_keys (kek_version);
+CREATE TABLE IF NOT EXISTS unwraps (
+    seq INTEGER PRIMARY KEY,
+    time INTEGER NOT NULL,
+    subject TEXT NOT NULL,
+    action TEXT NOT NULL,
+    log_index INTEGER NOT NULL,
+    entry_hash TEXT NOT NULL,
+    purpose TEXT,
+    cached INTEGER NOT NULL
+) STRICT;
+";
+
+/// The cache of unwrapped data keys.
+#[derive(Debug, Clone, Copy)]
+pub struct CacheOptions {
+    /// The most keys held; 0 turns the cache off.
+    pub size: usize,
+    /// How long a key stays.
+    pub ttl: Duration,
+}
+
+impl Default for CacheOptions {
+    fn default() -> Self {
+        Self { size: 10_000, ttl: Duration::from_secs(60) }
+    }
+}
+
+/// One entry of the custodian's journal: a data key handed out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnwrapRecord {
+    /// Seconds since the Unix epoch.
+    pub time: i64,
+    /// The subject, as the log's keyed hash.
+    pub subject: String,
+    /// The action the receipt allowed.
+    pub action: String,
+    /// The index of the log entry of the access.
+    pub log_index: u64,
+    /// The hash of that entry (RFC 6962 leaf hash, hex).
+    pub entry_hash: String,
+    /// The purpose declared for the access.
+    pub purpose: Option<String>,
+    /// Whether the key came from the cache.
+    pub cached: bool,
+}
+
+enum Journal {
+    Record(UnwrapRecord),
+    Flush(oneshot::Sender<()>),
+}
+
+#[derive(Default)]
+struct Cache {
+    keys: HashMap<String, (Zeroizing<[u8; 32]>, Instant)>,
+    order: VecDeque<(String, Instant)>,
+    /// Bumped by every erasure: a key unwrapped across an erasure is not cached.
+    epoch: u64,
+}
+
+/// How many data keys each KEK version wraps.
+pub type VersionCounts = Vec<(u32, u64)>;
+
+/// The custodian of one region's keys.
+pub struct Custodian {
+    region: Region,
+    kek: Arc<dyn Kek>,
+    index: SubjectIndexKey,
+    pseudonym_root: hmac::Key,
+    db: SqlitePool,
+    journal: mpsc::UnboundedSender<Journal>,
+    cache: Mutex<Cache>,
+    cache_options: CacheOptions,
+    /// The region's metadata key: seals what policy decides on (a subject's coming of age), so
+    /// that it can be read before any subject's data key is unwrapped. Wrapped in the key store
+    /// like a data key (under [`METADATA_KEY`]), so that rotation re-wraps it too.
+    metadata_key: DataKey,
+}
+
+/// The key store's name for the region's metadata key.
+pub const METADATA_KEY: &str = "clover/metadata-key";
+
+impl std::fmt::Debug for Custodian {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Custodian").field("region", &self.region).field("kek", &self.kek).finish_non_exhaustive()
+    }
+}
+
+fn store(what: &'static str) -> impl Fn(sqlx::Error) -> KeyError {
+    move |e| KeyError::Store(format!("{what}: {e}"))
+}
+
+fn now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+impl Custodian {
+    /// Opens the custodian's key store at `path` (a SQLite file, created if needed).
+    ///
+    /// `index` keys the subjects in the key store (the log's subject hash, so the key store
+    /// holds no subject id in the clear); `pseudonym_root` is the root of the pseudonymisation
+    /// keys.
+    pub async fn open(
+        path: &Path,
+        region: Region,
+        kek: Arc<dyn Kek>,
+        index: SubjectIndexKey,
+        pseudonym_root: &[u8],
+        cache_options: CacheOptions,
+    ) -> Result<Self, KeyError> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(5))
+            .pragma("secure_delete", "ON");
+        let db = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(|e| KeyError::Store(format!("cannot open the key store {}: {e}", path.display())))?;
+        sqlx::raw_sql(SCHEMA).execute(&db).await.map_err(store("creating the key store"))?;
+        let metadata_key = metadata_key(&db, &region, kek.as_ref()).await?;
+        let (journal, queue) = mpsc::unbounded_channel();
+        tokio::spawn(write_journal(db.clone(), queue));
+        Ok(Self {
+            metadata_key,
+            region,
+            kek,
+            index,
+            pseudonym_root: hmac::Key::new(hmac::HMAC_SHA256, pseudonym_root),
+            db,
+            journal,
+            cache: Mutex::new(Cache::default()),
+            cache_options,
+        })
+    }
+
+    /// The KEK backend.
+    pub fn kek(&self) -> &Arc<dyn Kek> {
+        &self.kek
+    }
+
+    fn check(receipt: &Receipt, allowed: &[Action]) -> Result<(), KeyError> {
+        let action = receipt.permit().action();
+        if allowed.contains(&action) {
+            Ok(())
+        } else {
+            Err(KeyError::Receipt(format!("a {action} does not need a data key here")))
+        }
+    }
+
+    fn record(&self, receipt: &Receipt, subject: &str, cached: bool) {
+        let record = UnwrapRecord {
+            time: now(),
+            subject: subject.to_owned(),
+            action: receipt.permit().action().to_string(),
+            log_index: receipt.index(),
+            entry_hash: receipt.entry_hash_hex(),
+            purpose: receipt.purpose().map(ToOwned::to_owned),
+            cached,
+        };
+        // The writer lives as long as the pool; if it is gone the process is shutting down.
+        let _ = self.journal.send(Journal::Record(record));
+    }
+
+    async fn wrapped(&self, subject: &str) -> Result<(u32, Vec<u8>), KeyError> {
+        let row = sqlx::query("SELECT kek_version, wrapped FROM data_keys WHERE subject = ?")
+            .bind(subject)
+            .fetch_optional(&self.db)
+            .await
+            .map_err(store("reading a data key"))?
+            .ok_or(KeyError::NoDataKey)?;
+        let version: i64 = row.try_get(0).map_err(store("reading a data key"))?;
+        Ok((
+            u32::try_from(version).map_err(|_| KeyError::Decrypt)?,
+            row.try_get(1).map_err(store("reading a data key"))?,
+        ))
+    }
+
+    /// A data key wrapped by an earlier version of Clover (AAD by subject id).
+    fn unwrap_legacy(&self, subject: &SubjectId, version: u32, wrapped: &[u8]) -> Result<DataKey, KeyError> {
+        let plain = self.kek.decrypt(version, &aad::data_key(&self.region, subject, version), wrapped)?;
+        let mut bytes = Zeroizing::new([0u8; 32]);
+        if plain.len() != 32 {
+            return Err(KeyError::Decrypt);
+        }
+        bytes.copy_from_slice(&plain);
+        Ok(DataKey::from_bytes(bytes))
+    }
+
+    fn cached(&self, subject: &str) -> Option<DataKey> {
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        let (key, at) = cache.keys.get(subject)?;
+        if at.elapsed() > self.cache_options.ttl {
+            cache.keys.remove(subject);
+            return None;
+        }
+        Some(DataKey::from_bytes(key.clone()))
+    }
+
+    fn cache_insert(&self, subject: &str, key: &DataKey, epoch: u64) {
+        if self.cache_options.size == 0 {
+            return;
+        }
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        if cache.epoch != epoch {
+            return;
+        }
+        let at = Instant::now();
+        cache.keys.insert(subject.to_owned(), (Zeroizing::new(*key.bytes()), at));
+        cache.order.push_back((subject.to_owned(), at));
+        while cache.keys.len() > self.cache_options.size || cache.order.len() > 2 * self.cache_options.size {
+            let Some((oldest, at)) = cache.order.pop_front() else { break };
+            if cache.keys.get(&oldest).is_some_and(|(_, t)| *t == at) {
+                cache.keys.remove(&oldest);
+            }
+        }
+    }
+
+    fn cache_epoch(&self) -> u64 {
+        self.cache.lock().unwrap_or_else(PoisonError::into_inner).epoch
+    }
+
+    /// Waits until every journal record sent so far is written.
+    pub async fn flush_journal(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.journal.send(Journal::Flush(done)).is_ok() {
+            let _ = wait.await;
+        }
+    }
+
+    /// The journal, oldest first (after a flush).
+    pub async fn journal(&self) -> Result<Vec<UnwrapRecord>, KeyError> {
+        self.flush_journal().await;
+        let rows = sqlx::query(
+            "SELECT time, subject, action, log_index, entry_hash, purpose, cached FROM unwraps ORDER BY seq",
+        )
+        .fetch_all(&self.db)
+        .await
+        .map_err(store("reading the journal"))?;
+        rows.iter()
+            .map(|row| {
+                let index: i64 = row.try_get(3)?;
+                Ok(UnwrapRecord {
+                    time: row.try_get(0)?,
+                    subject: row.try_get(1)?,
+                    action: row.try_get(2)?,
+                    log_index: u64::try_from(index).unwrap_or_default(),
+                    entry_hash: row.try_get(4)?,
+                    purpose: row.try_get(5)?,
+                    cached: row.try_get::<i64, _>(6)? != 0,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(store("reading the journal"))
+    }
+
+    /// How many data keys each KEK version wraps, for every version the backend holds.
+    pub async fn version_counts(&self) -> Result<VersionCounts, KeyError> {
+        let rows = sqlx::query("SELECT kek_version, count(*) FROM data_keys GROUP BY kek_version")
+            .fetch_all(&self.db)
+            .await
+            .map_err(store("counting data keys"))?;
+        let mut counts: HashMap<u32, u64> = HashMap::new();
+        for row in rows {
+            let (version, count): (i64, i64) =
+                (row.try_get(0).map_err(store("counting"))?, row.try_get(1).map_err(store("counting"))?);
+            counts.insert(u32::try_from(version).unwrap_or_default(), u64::try_from(count).unwrap_or_default());
+        }
+        Ok(self.kek.versions()?.into_iter().map(|v| (v, counts.get(&v).copied().unwrap_or_default())).collect())
+    }
+
+    /// Re-wraps up to `batch` data keys that are not under the current KEK version; returns how
+    /// many it re-wrapped (0: none is left). Reads and writes go on meanwhile: each key is
+    /// replaced in its own statement, only if it has not changed since it was read.
+    pub async fn rewrap_batch(&self, batch: u32) -> Result<u64, KeyError> {
+        let current = self.kek.current_version()?;
+        let rows = sqlx::query("SELECT subject, kek_version, wrapped FROM data_keys WHERE kek_version != ? LIMIT ?")
+            .bind(i64::from(current))
+            .bind(i64::from(batch))
+            .fetch_all(&self.db)
+            .await
+            .map_err(store("reading keys to re-wrap"))?;
+        let mut done = 0;
+        for row in rows {
+            let subject: String = row.try_get(0).map_err(store("re-wrapping"))?;
+            let version: i64 = row.try_get(1).map_err(store("re-wrapping"))?;
+            let wrapped: Vec<u8> = row.try_get(2).map_err(store("re-wrapping"))?;
+            let old = u32::try_from(version).map_err(|_| KeyError::Decrypt)?;
+            // The AAD binds the subject id, which the key store does not hold: a re-wrap works
+            // on the raw key under the subject-hash AAD of `rewrap_aad`.
+            let plain = self.kek.decrypt(old, &aad::data_key_by_hash(&self.region, &subject, old), &wrapped)?;
+            let rewrapped =
+                self.kek.encrypt(current, &aad::data_key_by_hash(&self.region, &subject, current), &plain)?;
+            let changed = sqlx::query(
+                "UPDATE data_keys SET kek_version = ?, wrapped = ? WHERE subject = ? AND kek_version = ? AND wrapped = ?",
+            )
+            .bind(i64::from(current))
+            .bind(&rewrapped)
+            .bind(&subject)
+            .bind(version)
+            .bind(&wrapped)
+            .execute(&self.db)
+            .await
+            .map_err(store("re-wrapping"))?
+            .rows_affected();
+            done += changed;
+        }
+        Ok(done)
+    }
+
+    /// Retires a KEK version that no data key uses any more.
+    pub async fn retire(&self, version: u32) -> Result<(), KeyError> {
+        let count: i64 = sqlx::query("SELECT count(*) FROM data_keys WHERE kek_version = ?")
+            .bind(i64::from(version))
+            .fetch_one(&self.db)
+            .await
+            .and_then(|row| row.try_get(0))
+            .map_err(store("counting data keys"))?;
+        if count > 0 {
+            return Err(KeyError::VersionInUse { version, count: u64::try_from(count).unwrap_or_default() });
+        }
+        self.kek.retire_version(version)
+    }
+
+    /// Takes in a data key wrapped by an earlier version of Clover, which kept wrapped keys in
+    /// the data store; a subject that already has a key here keeps it.
+    pub async fn import(&self, subject: &SubjectId, kek_version: u32, wrapped: &[u8]) -> Result<(), KeyError> {
+        let key = self.unwrap_legacy(subject, kek_version, wrapped)?;
+        if self.wrapped(&self.index.hash(subject)).await.is_ok() {
+            return Ok(());
+        }
+        let hash = self.index.hash(subject);
+        let version = self.kek.current_version()?;
+        let rewrapped = self.kek.encrypt(version, &aad::data_key_by_hash(&self.region, &hash, version), key.bytes())?;
+        sqlx::query("INSERT OR IGNORE INTO data_keys (subject, kek_version, wrapped, created_at) VALUES (?, ?, ?, ?)")
+            .bind(&hash)
+            .bind(i64::from(version))
+            .bind(rewrapped)
+            .bind(now())
+            .execute(&self.db)
+            .await
+            .map_err(store("importing a data key"))?;
+        Ok(())
+    }
+
+    /// Closes the key store after writing the journal.
+    pub async fn close(&self) {
+        self.flush_journal().await;
+        self.db.close().await;
+    }
+}
+
+/// Loads the region's metadata key from the key store, or makes it.
+async fn metadata_key(db: &SqlitePool, region: &Region, kek: &dyn Kek) -> Result<DataKey, KeyError> {
+    loop {
+        let row = sqlx::query("SELECT kek_version, wrapped FROM data_keys WHERE subject = ?")
+            .bind(METADATA_KEY)
+            .fetch_optional(db)
+            .await
+            .map_err(store("reading the metadata key"))?;
+        if let Some(row) = row {
+            let version: i64 = row.try_get(0).map_err(store("reading the metadata key"))?;
+            let version = u32::try_from(version).map_err(|_| KeyError::Decrypt)?;
+            let wrapped: Vec<u8> = row.try_get(1).map_err(store("reading the metadata key"))?;
+            let plain = kek.decrypt(version, &aad::data_key_by_hash(region, METADATA_KEY, version), &wrapped)?;
+            let mut bytes = Zeroizing::new([0u8; 32]);
+            if plain.len() != 32 {
+                return Err(KeyError::Decrypt);
+            }
+            bytes.copy_from_slice(&plain);
+            return Ok(DataKey::from_bytes(bytes));
+        }
+        let key = DataKey::generate()?;
+        let version = kek.current_version()?;
+        let wrapped = kek.encrypt(version, &aad::data_key_by_hash(region, METADATA_KEY, version), key.bytes())?;
+        sqlx::query("INSERT OR IGNORE INTO data_keys (subject, kek_version, wrapped, created_at) VALUES (?, ?, ?, ?)")
+            .bind(METADATA_KEY)
+            .bind(i64::from(version))
+            .bind(wrapped)
+            .bind(now())
+            .execute(db)
+            .await
+            .map_err(store("storing the metadata key"))?;
+    }
+}
+
+async fn write_journal(db: SqlitePool, mut queue: mpsc::UnboundedReceiver<Journal>) {
+    let mut batch = Vec::new();
+    while queue.recv_many(&mut batch, 1024).await > 0 {
+        let mut waiting = Vec::new();
+        let mut records = Vec::new();
+        for item in batch.drain(..) {
+            match item {
+                Journal::Record(record) => records.push(record),
+                Journal::Flush(done) => waiting.push(done),
+            }
+        }
+        if !records.is_empty() {
+            let written = async {
+                let mut tx = db.begin().await?;
+                for r in &records {
+                    insert_record(&mut tx, r).await?;
+                }
+                tx.commit().await
+            };
+            if let Err(e) = written.await {
+                tracing::error!(error = %e, lost = records.len(), "the custodian's journal could not be written");
+            }
+        }
+        for done in waiting {
+            let _ = done.send(());
+        }
+    }
+}
+
+async fn insert_record(tx: &mut SqliteConnection, r: &UnwrapRecord) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO unwraps (time, subject, action, log_index, entry_hash, purpose, cached) VALUES (?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(r.time)
+    .bind(&r.subject)
+    .bind(&r.action)
+    .bind(i64::try_from(r.log_index).unwrap_or(i64::MAX))
+    .bind(&r.entry_hash)
+    .bind(&r.purpose)
+    .bind(i64::from(r.cached))
+    .execute(&mut *tx)
+    .await
+    .map(|_| ())
+}
+
+#[async_trait]
+impl KeyCustody for Custodian {
+    fn region(&self) -> &Region {
+        &self.region
+    }
+
+    async fn create_data_key(&self, receipt: &Receipt) -> Result<DataKey, KeyError> {
+        Self::check(receipt, &[Action::Write])?;
+        let subject = receipt.permit().subject();
+        let hash = self.index.hash(subject);
+        let key = DataKey::generate()?;
+        let version = self.kek.current_version()?;
+        let wrapped = self.kek.encrypt(version, &aad::data_key_by_hash(&self.region, &hash, version), key.bytes())?;
+        let inserted = sqlx::query(
+            "INSERT OR IGNORE INTO data_keys (subject, kek_version, wrapped, created_at) VALUES (?, ?, ?, ?)",
+        )
+        .bind(&hash)
+        .bind(i64::from(version))
+        .bind(wrapped)
+        .bind(now())
+        .execute(&self.db)
+        .await
+        .map_err(store("storing a data key"))?
+        .rows_affected();
+        if inserted == 0 {
+            return Err(KeyError::DataKeyExists);
+        }
+        self.record(receipt, &hash, false);
+        Ok(key)
+    }
+
+    async fn data_key(&self, receipt: &Receipt) -> Result<DataKey, KeyError> {
+        Self::check(receipt, &[Action::Read, Action::Write])?;
+        let hash = self.index.hash(receipt.permit().subject());
+        if let Some(key) = self.cached(&hash) {
+            self.record(receipt, &hash, true);
+            return Ok(key);
+        }
+        let epoch = self.cache_epoch();
+        let (version, wrapped) = self.wrapped(&hash).await?;
+        let plain = self.kek.decrypt(version, &aad::data_key_by_hash(&self.region, &hash, version), &wrapped)?;
+        let mut bytes = Zeroizing::new([0u8; 32]);
+        if plain.len() != 32 {
+            return Err(KeyError::Decrypt);
+        }
+        bytes.copy_from_slice(&plain);
+        let key = DataKey::from_bytes(bytes);
+        self.cache_insert(&hash, &key, epoch);
+        self.record(receipt, &hash, false);
+        Ok(key)
+    }
+
+    async fn destroy_data_key(&self, receipt: &Receipt) -> Result<bool, KeyError> {
+        Self::check(receipt, &[Action::Erase])?;
+        let hash = self.index.hash(receipt.permit().subject());
+        {
+            let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+            cache.epoch += 1;
+            cache.keys.remove(&hash);
+        }
+        let deleted = sqlx::query("DELETE FROM data_keys WHERE subject = ?")
+            .bind(&hash)
+            .execute(&self.db)
+            .await
+            .map_err(store("destroying a data key"))?
+            .rows_affected();
+        {
+            // Anything unwrapped while the row was being deleted is not cached either.
+            let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+            cache.epoch += 1;
+            cache.keys.remove(&hash);
+        }
+        // secure_delete zeroed the cell; the checkpoint copies that page over the old one in the
+        // main file and truncates the WAL that still held the old page.
+        let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&self.db).await;
+        self.record(receipt, &hash, false);
+        Ok(deleted > 0)
+    }
+
+    fn seal_metadata(&self, subject: &SubjectId, plaintext: &[u8]) -> Result<Vec<u8>, KeyError> {
+        // A zero version prefix: sealed with the metadata key (earlier versions sealed metadata
+        // under a KEK version directly, and wrote that version).
+        let mut out = 0u32.to_be_bytes().to_vec();
+        out.extend(self.metadata_key.seal(&aad::subject_metadata_v2(&self.region, subject), plaintext)?);
+        Ok(out)
+    }
+
+    fn open_metadata(&self, subject: &SubjectId, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+        let (version, rest) = sealed.split_first_chunk::<4>().ok_or(KeyError::Decrypt)?;
+        match u32::from_be_bytes(*version) {
+            0 => self.metadata_key.open(&aad::subject_metadata_v2(&self.region, subject), rest),
+            version => self.kek.decrypt(version, &aad::subject_metadata(&self.region, subject, version), rest),
+        }
+    }
+
+    fn pseudonym(&self, purpose: &str, destination: &str, input: &[u8]) -> String {
+        let derived =
+            hmac::sign(&self.pseudonym_root, format!("clover/pseudonym/v1\n{purpose}\n{destination}").as_bytes());
+        let key = hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref());
+        let tag = hmac::sign(&key, input);
+        let hex: String = tag.as_ref().iter().take(16).map(|b| format!("{b:02x}")).collect();
+        format!("tok_{hex}")
+    }
+}

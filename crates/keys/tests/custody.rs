@@ -1,0 +1,798 @@
+//! The custodian's behaviour, one suite run unchanged against both KEK backends: the local
+//! keyring, and PKCS#11 on a real SoftHSM2 token made for each test.
+//!
+//! SoftHSM2 reads its configuration (where its tokens are) from `SOFTHSM2_CONF` when the module
+//! is initialised, and only from the environment. The workspace forbids `unsafe` code, so a test
+//! cannot set that variable in its own process (`std::env::set_var` is unsafe in edition 2024):
+//! each PKCS#11 test writes a configuration with a token directory of its own in a temporary
+//! directory, runs itself again in a child process with `SOFTHSM2_CONF` set, and passes if the
+//! child's run of that one test passed. The child makes a fresh token and runs the suite on it.
+//! Without SoftHSM2 the PKCS#11 tests fail (they do not skip): `apt-get install softhsm2`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, missing_docs)]
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use clover_keys::pkcs11::{Pkcs11Config, Pkcs11Kek};
+use clover_keys::{CacheOptions, Custodian, Kek, KeyCustody, KeyError, Keyring, METADATA_KEY, Passphrase, aad};
+use clover_log::event::{Event, EventKind, SubjectIndexKey};
+use clover_log::note::{SigningKey, TYPE_ED25519};
+use clover_log::{Log, LogOptions, Receipt};
+use clover_model::{Action, PrincipalKind, RecordId, Region, SubjectId};
+use clover_policy::Verdict;
+use clover_policy::pack::{PackPrincipal, PackRequest, PackResource, PolicyPack};
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::object::{Attribute, AttributeType};
+use cryptoki::session::UserType;
+use cryptoki::types::AuthPin;
+use sqlx::Row;
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
+
+/// Where SoftHSM2 is unless `CLOVER_TEST_PKCS11_MODULE` says otherwise (Debian and Ubuntu's
+/// `softhsm2` package).
+const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+/// Set in the child process that runs a PKCS#11 test against its own SoftHSM2 configuration.
+const CHILD: &str = "CLOVER_TEST_SOFTHSM_CHILD";
+const MODULE_ENV: &str = "CLOVER_TEST_PKCS11_MODULE";
+const SO_PIN: &str = "so-pin-1234";
+const USER_PIN: &str = "1234";
+const REGION: &str = "eu";
+
+/// The cache off.
+const NO_CACHE: CacheOptions = CacheOptions { size: 0, ttl: Duration::from_secs(60) };
+
+fn region() -> Region {
+    REGION.parse().unwrap()
+}
+
+fn subject(id: &str) -> SubjectId {
+    id.parse().unwrap()
+}
+
+enum Backend {
+    Keyring { path: PathBuf },
+    Pkcs11 { config: Pkcs11Config },
+}
+
+/// One backend's KEK, a real log to get receipts from, and a directory for key stores.
+struct Fixture {
+    dir: tempfile::TempDir,
+    backend: Backend,
+    kek: Arc<dyn Kek>,
+    /// The key of the log's subject hashes, and the pseudonyms' root.
+    root: Vec<u8>,
+    log: Log,
+    stores: AtomicU32,
+}
+
+impl Fixture {
+    fn new(dir: tempfile::TempDir, backend: Backend, kek: Arc<dyn Kek>, root: Vec<u8>) -> Self {
+        let signer = SigningKey::generate("clover.test", TYPE_ED25519).unwrap();
+        let log = Log::open(&dir.path().join("log"), signer, LogOptions::default()).unwrap();
+        Self { dir, backend, kek, root, log, stores: AtomicU32::new(0) }
+    }
+
+    /// The local keyring, with Argon2id at its cheapest.
+    fn keyring() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyring.json");
+        let keyring = Keyring::create_with(&path, region(), &Passphrase::new("pw"), (8, 1, 1)).unwrap();
+        let root = keyring.pseudonym_root().to_vec();
+        Self::new(dir, Backend::Keyring { path }, Arc::new(keyring), root)
+    }
+
+    /// A fresh SoftHSM2 token, in the child process; in the parent, runs the test `name` in a
+    /// child and returns `None` once it passed.
+    fn softhsm(name: &str) -> Option<Self> {
+        if std::env::var_os(CHILD).is_none() {
+            run_in_softhsm_child(name);
+            return None;
+        }
+        let module_path = PathBuf::from(std::env::var_os(MODULE_ENV).unwrap());
+        let token_label = new_token(&module_path);
+        let config = Pkcs11Config { module: module_path, token_label };
+        let kek = Pkcs11Kek::open(&config, region(), AuthPin::new(USER_PIN.into())).unwrap();
+        let mut root = vec![0u8; 32];
+        aws_lc_rs::rand::fill(&mut root).unwrap();
+        Some(Self::new(tempfile::tempdir().unwrap(), Backend::Pkcs11 { config }, Arc::new(kek), root))
+    }
+
+    fn index(&self) -> SubjectIndexKey {
+        SubjectIndexKey::new(&self.root)
+    }
+
+    fn hash(&self, id: &str) -> String {
+        self.index().hash(&subject(id))
+    }
+
+    /// A new key store file.
+    fn store_path(&self) -> PathBuf {
+        self.dir.path().join(format!("custody-{}.db", self.stores.fetch_add(1, Ordering::Relaxed)))
+    }
+
+    /// A custodian over a new key store.
+    async fn custodian(&self, cache: CacheOptions) -> (Custodian, PathBuf) {
+        let path = self.store_path();
+        (self.custodian_at(&path, self.kek.clone(), cache).await, path)
+    }
+
+    async fn custodian_at(&self, path: &Path, kek: Arc<dyn Kek>, cache: CacheOptions) -> Custodian {
+        Custodian::open(path, region(), kek, self.index(), &self.root, cache).await.unwrap()
+    }
+
+    /// The backend opened again from where it keeps its keys.
+    fn reopen_kek(&self) -> Arc<dyn Kek> {
+        match &self.backend {
+            Backend::Keyring { path } => Arc::new(Keyring::open_for(path, &region(), &Passphrase::new("pw")).unwrap()),
+            Backend::Pkcs11 { config } => {
+                Arc::new(Pkcs11Kek::open(config, region(), AuthPin::new(USER_PIN.into())).unwrap())
+            }
+        }
+    }
+
+    /// A receipt for an allowed `action` on `id`'s data, appended to the real log.
+    async fn receipt(&self, action: Action, id: &str) -> Receipt {
+        let (kind, purpose) = match action {
+            Action::Read => (EventKind::Access, Some("support".to_owned())),
+            Action::Write => (EventKind::Write, None),
+            Action::Erase => (EventKind::Erasure, None),
+            _ => (EventKind::Access, None),
+        };
+        let event = Event {
+            v: 1,
+            kind,
+            time: 1_795_000_000,
+            principal: None,
+            origin: None,
+            action: Some(action.to_string()),
+            subject: Some(self.hash(id)),
+            record: None,
+            category: Some("profile".into()),
+            decision: None,
+            purpose: purpose.clone(),
+            justification: None,
+            detail: None,
+        };
+        let receipt = self.log.append_permitted(&event, permit(action, id, purpose)).await.unwrap();
+        assert_eq!(receipt.permit().action(), action);
+        receipt
+    }
+}
+
+/// A permit from the default policy pack: an EU employee at an EU site.
+fn permit(action: Action, id: &str, purpose: Option<String>) -> clover_policy::Permit {
+    let resource = match action {
+        Action::Read | Action::Write => PackResource::Record {
+            id: RecordId::random().to_string(),
+            category: "profile".into(),
+            sensitive: false,
+            subject_minor: false,
+            home_region: REGION.into(),
+        },
+        _ => PackResource::Subject { id: id.into(), minor: false, home_region: REGION.into() },
+    };
+    let request = PackRequest {
+        boundary_region: REGION.into(),
+        principal: PackPrincipal {
+            kind: PrincipalKind::Employee,
+            id: "ana".into(),
+            home_region: REGION.into(),
+            site: "dublin-1".into(),
+            roles: vec!["agent".into()],
+        },
+        action,
+        resource,
+        origin: Some(("dublin-1".into(), REGION.into())),
+        purpose_declared: purpose.is_some(),
+        purpose_allowed_for_category: purpose.is_some(),
+        purpose,
+        purpose_allows_transfer: false,
+        has_justification: false,
+        approved: false,
+        subjects_touched: 1,
+        bulk_threshold: 50,
+    };
+    match PolicyPack::default_pack().unwrap().verdict(&request, &subject(id)) {
+        Verdict::Allowed(permit) => permit,
+        Verdict::Denied(d) => panic!("the default pack refused {action}: {d:?}"),
+    }
+}
+
+/// The associated data of a record's fields, as the boundary binds them.
+fn record_aad(id: &str) -> Vec<u8> {
+    aad::record(&region(), &subject(id), &"0b8e6f7a-3c1d-4f2e-9a5b-6c7d8e9f0a1b".parse().unwrap(), 1)
+}
+
+/// Every byte of a key store: the database, its WAL and shared memory.
+fn store_bytes(path: &Path) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        if let Ok(b) = std::fs::read(&file) {
+            bytes.extend(b);
+        }
+    }
+    bytes
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// A subject's wrapped data key, read from the key store behind the custodian's back.
+async fn wrapped_row(store: &Path, hash: &str) -> Option<(u32, Vec<u8>)> {
+    let pool = SqlitePool::connect_with(SqliteConnectOptions::new().filename(store).read_only(true)).await.unwrap();
+    let row = sqlx::query("SELECT kek_version, wrapped FROM data_keys WHERE subject = ?")
+        .bind(hash)
+        .fetch_optional(&pool)
+        .await
+        .unwrap()
+        .map(|row| (u32::try_from(row.get::<i64, _>(0)).unwrap(), row.get::<Vec<u8>, _>(1)));
+    pool.close().await;
+    row
+}
+
+/// Opens what [`clover_keys::DataKey::seal`] sealed, with raw key bytes.
+fn open_with_raw(key: &[u8], aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+    let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).ok()?);
+    let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
+    let mut in_out = ciphertext.to_vec();
+    let len = key.open_in_place(Nonce::try_assume_unique_for_key(nonce).ok()?, Aad::from(aad), &mut in_out).ok()?.len();
+    in_out.truncate(len);
+    Some(in_out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The suite: each function runs against both backends (see `suite!` at the bottom).
+// ---------------------------------------------------------------------------------------------
+
+/// A data key made for a logged write opens, later, with a logged read; a second one for the
+/// same subject is refused and does not replace the first.
+async fn a_data_key_made_for_a_write_opens_on_a_read(f: &Fixture) {
+    let (custody, store) = f.custodian(CacheOptions::default()).await;
+    let key = custody.create_data_key(&f.receipt(Action::Write, "alice").await).await.unwrap();
+    let sealed = key.seal(&record_aad("alice"), b"alice's profile").unwrap();
+    drop(key);
+
+    let again = custody.data_key(&f.receipt(Action::Read, "alice").await).await.unwrap();
+    assert_eq!(again.open(&record_aad("alice"), &sealed).unwrap().as_slice(), b"alice's profile");
+    // A write to an existing subject gets the same key too.
+    let for_write = custody.data_key(&f.receipt(Action::Write, "alice").await).await.unwrap();
+    assert_eq!(for_write.open(&record_aad("alice"), &sealed).unwrap().as_slice(), b"alice's profile");
+
+    let second = custody.create_data_key(&f.receipt(Action::Write, "alice").await).await;
+    assert!(matches!(second, Err(KeyError::DataKeyExists)), "{second:?}");
+    // The refused creation left the first key in place (the cache off: from the key store).
+    let uncached = f.custodian_at(&store, f.kek.clone(), NO_CACHE).await;
+    let still = uncached.data_key(&f.receipt(Action::Read, "alice").await).await.unwrap();
+    assert_eq!(still.open(&record_aad("alice"), &sealed).unwrap().as_slice(), b"alice's profile");
+
+    // No key was ever made for bob.
+    assert!(matches!(custody.data_key(&f.receipt(Action::Read, "bob").await).await, Err(KeyError::NoDataKey)));
+    uncached.close().await;
+    custody.close().await;
+}
+
+/// Each subject has their own key, and a receipt gets its own subject's key, whatever is cached.
+async fn a_receipt_gets_its_own_subjects_key(f: &Fixture) {
+    let (custody, store) = f.custodian(CacheOptions::default()).await;
+    let k1 = custody.create_data_key(&f.receipt(Action::Write, "s-1").await).await.unwrap();
+    custody.create_data_key(&f.receipt(Action::Write, "s-2").await).await.unwrap();
+    let sealed = k1.seal(b"same aad", b"s-1's data").unwrap();
+    drop(k1);
+    // s-1's key is in the cache now.
+    let k1 = custody.data_key(&f.receipt(Action::Read, "s-1").await).await.unwrap();
+    assert_eq!(k1.open(b"same aad", &sealed).unwrap().as_slice(), b"s-1's data");
+
+    let k2 = custody.data_key(&f.receipt(Action::Read, "s-2").await).await.unwrap();
+    assert!(matches!(k2.open(b"same aad", &sealed), Err(KeyError::Decrypt)));
+    let k2 = custody.data_key(&f.receipt(Action::Read, "s-2").await).await.unwrap();
+    assert!(matches!(k2.open(b"same aad", &sealed), Err(KeyError::Decrypt)));
+
+    // s-1's wrapped key copied over s-2's row does not open for s-2: the wrap is bound to the
+    // subject (and the KEK backend reports a wrong binding as a failed decryption).
+    let (_, s1_wrapped) = wrapped_row(&store, &f.hash("s-1")).await.unwrap();
+    let pool = SqlitePool::connect_with(SqliteConnectOptions::new().filename(&store)).await.unwrap();
+    sqlx::query("UPDATE data_keys SET wrapped = ? WHERE subject = ?")
+        .bind(&s1_wrapped)
+        .bind(f.hash("s-2"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let uncached = f.custodian_at(&store, f.kek.clone(), NO_CACHE).await;
+    let moved = uncached.data_key(&f.receipt(Action::Read, "s-2").await).await;
+    assert!(matches!(moved, Err(KeyError::Decrypt)), "{moved:?}");
+    let k1 = uncached.data_key(&f.receipt(Action::Read, "s-1").await).await.unwrap();
+    assert_eq!(k1.open(b"same aad", &sealed).unwrap().as_slice(), b"s-1's data");
+    uncached.close().await;
+    custody.close().await;
+}
+
+/// A receipt for an action that needs no key (or not this one) is refused, and not journalled.
+async fn a_receipt_for_the_wrong_action_is_refused(f: &Fixture) {
+    let (custody, _) = f.custodian(CacheOptions::default()).await;
+    custody.create_data_key(&f.receipt(Action::Write, "s-1").await).await.unwrap();
+    let before = custody.journal().await.unwrap().len();
+
+    let list = f.receipt(Action::ListAccesses, "s-1").await;
+    assert!(matches!(custody.data_key(&list).await, Err(KeyError::Receipt(_))));
+    assert!(matches!(custody.create_data_key(&list).await, Err(KeyError::Receipt(_))));
+    assert!(matches!(custody.destroy_data_key(&list).await, Err(KeyError::Receipt(_))));
+    // A read does not create a key, an erasure does not fetch one, and only an erasure destroys.
+    assert!(matches!(custody.create_data_key(&f.receipt(Action::Read, "s-2").await).await, Err(KeyError::Receipt(_))));
+    assert!(matches!(custody.data_key(&f.receipt(Action::Erase, "s-1").await).await, Err(KeyError::Receipt(_))));
+    assert!(matches!(custody.destroy_data_key(&f.receipt(Action::Read, "s-1").await).await, Err(KeyError::Receipt(_))));
+    assert!(matches!(
+        custody.destroy_data_key(&f.receipt(Action::Write, "s-1").await).await,
+        Err(KeyError::Receipt(_))
+    ));
+
+    assert_eq!(custody.journal().await.unwrap().len(), before);
+    assert!(matches!(custody.data_key(&f.receipt(Action::Read, "s-2").await).await, Err(KeyError::NoDataKey)));
+    // s-1's key survived all that.
+    custody.data_key(&f.receipt(Action::Read, "s-1").await).await.unwrap();
+    custody.close().await;
+}
+
+/// Erasure with the cache on and off: the key is gone, from the cache too, and what was sealed
+/// with it cannot be opened any more.
+async fn erasure_shreds_the_subjects_data(f: &Fixture) {
+    for cache in [CacheOptions::default(), NO_CACHE] {
+        let (custody, store) = f.custodian(cache).await;
+        let key = custody.create_data_key(&f.receipt(Action::Write, "s-1").await).await.unwrap();
+        custody.create_data_key(&f.receipt(Action::Write, "s-2").await).await.unwrap();
+        let aad = record_aad("s-1");
+        let sealed = key.seal(&aad, b"s-1's messages").unwrap();
+        drop(key);
+        // Fetch once (with the cache on, this fills it).
+        let key = custody.data_key(&f.receipt(Action::Read, "s-1").await).await.unwrap();
+        assert_eq!(key.open(&aad, &sealed).unwrap().as_slice(), b"s-1's messages");
+        drop(key);
+
+        // Before the erasure, the KEK opens the stored wrapped key, which opens the data.
+        let hash = f.hash("s-1");
+        let (version, wrapped) = wrapped_row(&store, &hash).await.unwrap();
+        let raw = f.kek.decrypt(version, &aad::data_key_by_hash(&region(), &hash, version), &wrapped).unwrap();
+        assert_eq!(open_with_raw(&raw, &aad, &sealed).unwrap(), b"s-1's messages");
+        assert!(contains(&store_bytes(&store), &wrapped));
+
+        assert!(custody.destroy_data_key(&f.receipt(Action::Erase, "s-1").await).await.unwrap());
+        assert!(matches!(custody.data_key(&f.receipt(Action::Read, "s-1").await).await, Err(KeyError::NoDataKey)));
+        assert!(matches!(custody.data_key(&f.receipt(Action::Write, "s-1").await).await, Err(KeyError::NoDataKey)));
+        assert!(!custody.destroy_data_key(&f.receipt(Action::Erase, "s-1").await).await.unwrap());
+
+        // No copy of the wrapped key is left in the key store's files: not even the KEK can
+        // bring the data key back.
+        assert!(wrapped_row(&store, &hash).await.is_none());
+        assert!(!contains(&store_bytes(&store), &wrapped), "the erased wrapped key is still in the key store's files");
+
+        // A subject registered again under the same id gets a new key, which does not open the
+        // old ciphertext.
+        let new = custody.create_data_key(&f.receipt(Action::Write, "s-1").await).await.unwrap();
+        assert!(matches!(new.open(&aad, &sealed), Err(KeyError::Decrypt)));
+        let new = custody.data_key(&f.receipt(Action::Read, "s-1").await).await.unwrap();
+        assert!(matches!(new.open(&aad, &sealed), Err(KeyError::Decrypt)));
+
+        // Other subjects are untouched.
+        custody.data_key(&f.receipt(Action::Read, "s-2").await).await.unwrap();
+        custody.close().await;
+    }
+}
+
+/// The journal has one record per key handed out (and per erasure), naming the log entry of the
+/// access, and whether the key came from the cache.
+async fn the_journal_records_every_key_handed_out(f: &Fixture) {
+    for (cache, second_cached) in [(CacheOptions::default(), true), (NO_CACHE, false)] {
+        let (custody, _) = f.custodian(cache).await;
+        let write = f.receipt(Action::Write, "s-1").await;
+        custody.create_data_key(&write).await.unwrap();
+        let read1 = f.receipt(Action::Read, "s-1").await;
+        custody.data_key(&read1).await.unwrap();
+        let read2 = f.receipt(Action::Read, "s-1").await;
+        custody.data_key(&read2).await.unwrap();
+        // Refused: not journalled.
+        assert!(custody.data_key(&f.receipt(Action::ListAccesses, "s-1").await).await.is_err());
+        assert!(custody.data_key(&f.receipt(Action::Read, "s-2").await).await.is_err());
+        let erase = f.receipt(Action::Erase, "s-1").await;
+        custody.destroy_data_key(&erase).await.unwrap();
+
+        let journal = custody.journal().await.unwrap();
+        let expected = [
+            (&write, "write", None, false),
+            (&read1, "read", Some("support"), false),
+            (&read2, "read", Some("support"), second_cached),
+            (&erase, "erase", None, false),
+        ];
+        assert_eq!(journal.len(), expected.len(), "{journal:#?}");
+        for (record, (receipt, action, purpose, cached)) in journal.iter().zip(expected) {
+            assert_eq!(record.subject, f.hash("s-1"));
+            assert_ne!(record.subject, "s-1");
+            assert_eq!(record.action, action);
+            assert_eq!(record.log_index, receipt.index());
+            assert_eq!(record.entry_hash, receipt.entry_hash_hex());
+            assert_eq!(record.entry_hash.len(), 64);
+            assert_eq!(record.purpose.as_deref(), purpose);
+            assert_eq!(record.purpose.as_deref(), receipt.purpose());
+            assert_eq!(record.cached, cached, "{record:?}");
+            assert!(record.time > 1_700_000_000);
+        }
+        // The log indexes are the log's own.
+        assert!(journal.windows(2).all(|w| w[0].log_index < w[1].log_index));
+        assert!(journal.iter().all(|r| r.log_index < f.log.size()));
+        custody.close().await;
+    }
+}
+
+/// Rotation: a new KEK version, every data key re-wrapped under it in batches, the old version
+/// retired only once nothing uses it; the keys still open what they sealed.
+async fn rotation_rewraps_everything_then_retires(f: &Fixture) {
+    let (custody, store) = f.custodian(NO_CACHE).await;
+    let old = f.kek.current_version().unwrap();
+    let mut sealed = Vec::new();
+    for i in 0..5 {
+        let id = format!("s-{i}");
+        let key = custody.create_data_key(&f.receipt(Action::Write, &id).await).await.unwrap();
+        sealed.push((id.clone(), key.seal(&record_aad(&id), id.as_bytes()).unwrap()));
+    }
+    let metadata = custody.seal_metadata(&subject("s-0"), b"minor until 2031").unwrap();
+    // Five data keys and the region's metadata key.
+    assert_eq!(custody.version_counts().await.unwrap(), vec![(old, 6)]);
+
+    let new = f.kek.add_version().unwrap();
+    assert_eq!(new, old + 1);
+    assert_eq!(f.kek.current_version().unwrap(), new);
+    assert_eq!(custody.version_counts().await.unwrap(), vec![(old, 6), (new, 0)]);
+    assert!(matches!(custody.retire(old).await, Err(KeyError::VersionInUse { version, count: 6 }) if version == old));
+
+    // New keys are wrapped under the new version straight away.
+    custody.create_data_key(&f.receipt(Action::Write, "s-new").await).await.unwrap();
+    assert_eq!(wrapped_row(&store, &f.hash("s-new")).await.unwrap().0, new);
+
+    let mut batches = Vec::new();
+    loop {
+        let n = custody.rewrap_batch(4).await.unwrap();
+        batches.push(n);
+        if n == 0 {
+            break;
+        }
+    }
+    assert_eq!(batches, vec![4, 2, 0]);
+    assert_eq!(custody.version_counts().await.unwrap(), vec![(old, 0), (new, 7)]);
+    assert_eq!(wrapped_row(&store, METADATA_KEY).await.unwrap().0, new);
+
+    // The current version cannot go; the old one can, now that nothing uses it.
+    assert!(matches!(f.kek.retire_version(new), Err(KeyError::CurrentVersion(v)) if v == new));
+    assert!(matches!(custody.retire(new).await, Err(KeyError::VersionInUse { .. })));
+    custody.retire(old).await.unwrap();
+    assert_eq!(f.kek.versions().unwrap(), vec![new]);
+    assert_eq!(custody.version_counts().await.unwrap(), vec![(new, 7)]);
+    assert!(matches!(custody.retire(old).await, Err(KeyError::UnknownKekVersion(v)) if v == old));
+
+    // Every key still opens what it sealed (the cache is off: each is unwrapped anew).
+    for (id, sealed) in &sealed {
+        let key = custody.data_key(&f.receipt(Action::Read, id).await).await.unwrap();
+        assert_eq!(key.open(&record_aad(id), sealed).unwrap().as_slice(), id.as_bytes());
+    }
+    // And the re-wrapped metadata key, loaded afresh, still opens the metadata.
+    custody.close().await;
+    let reopened = f.custodian_at(&store, f.kek.clone(), NO_CACHE).await;
+    assert_eq!(reopened.open_metadata(&subject("s-0"), &metadata).unwrap().as_slice(), b"minor until 2031");
+    reopened.close().await;
+}
+
+/// Metadata opens for its own subject only, is not in the clear, and survives a reopen.
+async fn metadata_is_sealed_and_bound_to_its_subject(f: &Fixture) {
+    let (custody, store) = f.custodian(CacheOptions::default()).await;
+    let plaintext = b"{\"minor_until\":\"2029-05-01\"}";
+    let sealed = custody.seal_metadata(&subject("s-1"), plaintext).unwrap();
+    assert!(!contains(&sealed, b"2029"));
+    assert_ne!(custody.seal_metadata(&subject("s-1"), plaintext).unwrap(), sealed);
+    assert_eq!(custody.open_metadata(&subject("s-1"), &sealed).unwrap().as_slice(), plaintext);
+    assert!(matches!(custody.open_metadata(&subject("s-2"), &sealed), Err(KeyError::Decrypt)));
+    let mut altered = sealed.clone();
+    *altered.last_mut().unwrap() ^= 1;
+    assert!(matches!(custody.open_metadata(&subject("s-1"), &altered), Err(KeyError::Decrypt)));
+    assert!(custody.open_metadata(&subject("s-1"), &sealed[..3]).is_err());
+    custody.close().await;
+
+    let reopened = f.custodian_at(&store, f.kek.clone(), NO_CACHE).await;
+    assert_eq!(reopened.open_metadata(&subject("s-1"), &sealed).unwrap().as_slice(), plaintext);
+    reopened.close().await;
+    // Another key store has its own metadata key.
+    let (other, _) = f.custodian(NO_CACHE).await;
+    assert!(matches!(other.open_metadata(&subject("s-1"), &sealed), Err(KeyError::Decrypt)));
+    other.close().await;
+}
+
+/// Pseudonyms are stable within a purpose and destination, and unlinkable across them.
+async fn pseudonyms_are_stable_per_purpose(f: &Fixture) {
+    let (custody, _) = f.custodian(CacheOptions::default()).await;
+    let token = custody.pseudonym("analytics", "us", b"s-1");
+    assert_eq!(custody.pseudonym("analytics", "us", b"s-1"), token);
+    assert!(token.starts_with("tok_") && token.len() == 4 + 32, "{token}");
+    assert!(!token.contains("s-1"));
+    assert_ne!(custody.pseudonym("fraud", "us", b"s-1"), token);
+    assert_ne!(custody.pseudonym("analytics", "ap", b"s-1"), token);
+    assert_ne!(custody.pseudonym("analytics", "us", b"s-2"), token);
+    // Stable across key stores with the same root: the root, not the store, keys them.
+    let (other, _) = f.custodian(NO_CACHE).await;
+    assert_eq!(other.pseudonym("analytics", "us", b"s-1"), token);
+    other.close().await;
+    custody.close().await;
+}
+
+/// The key store holds wrapped keys only: no data key and no subject id in the clear.
+async fn the_key_store_holds_no_key_in_the_clear(f: &Fixture) {
+    let (custody, store) = f.custodian(CacheOptions::default()).await;
+    let mut raws = Vec::new();
+    for id in ["subject-alice-0001", "subject-bob-0002", "subject-carol-0003"] {
+        let key = custody.create_data_key(&f.receipt(Action::Write, id).await).await.unwrap();
+        let aad = record_aad(id);
+        let sealed = key.seal(&aad, b"payload").unwrap();
+        custody.data_key(&f.receipt(Action::Read, id).await).await.unwrap();
+        let hash = f.hash(id);
+        let (version, wrapped) = wrapped_row(&store, &hash).await.unwrap();
+        let raw = f.kek.decrypt(version, &aad::data_key_by_hash(&region(), &hash, version), &wrapped).unwrap();
+        assert_eq!(raw.len(), 32);
+        // These are the key's bytes: they open what the key sealed.
+        assert_eq!(open_with_raw(&raw, &aad, &sealed).unwrap(), b"payload");
+        raws.push((id, raw, wrapped));
+    }
+    custody.flush_journal().await;
+    let bytes = store_bytes(&store);
+    for (id, raw, wrapped) in &raws {
+        // The search finds what is there...
+        assert!(contains(&bytes, wrapped));
+        // ...and neither the key nor the subject's id is.
+        assert!(!contains(&bytes, raw), "a data key is in the clear in the key store");
+        assert!(!contains(&bytes, id.as_bytes()), "a subject id is in the clear in the key store");
+    }
+    custody.close().await;
+    let bytes = store_bytes(&store);
+    for (id, raw, _) in &raws {
+        assert!(!contains(&bytes, raw));
+        assert!(!contains(&bytes, id.as_bytes()));
+    }
+}
+
+/// The backend opened again finds the same versions, and the same keys behind them.
+async fn the_backend_reopens_with_the_same_versions(f: &Fixture) {
+    let (custody, store) = f.custodian(NO_CACHE).await;
+    let k1 = custody.create_data_key(&f.receipt(Action::Write, "s-1").await).await.unwrap();
+    let sealed1 = k1.seal(b"aad", b"one").unwrap();
+    let v2 = f.kek.add_version().unwrap();
+    let k2 = custody.create_data_key(&f.receipt(Action::Write, "s-2").await).await.unwrap();
+    let sealed2 = k2.seal(b"aad", b"two").unwrap();
+    let metadata = custody.seal_metadata(&subject("s-1"), b"meta").unwrap();
+    let direct = f.kek.encrypt(v2, b"direct", b"kek").unwrap();
+    custody.close().await;
+
+    let kek = f.reopen_kek();
+    assert_eq!(kek.versions().unwrap(), f.kek.versions().unwrap());
+    assert_eq!(kek.versions().unwrap(), vec![v2 - 1, v2]);
+    assert_eq!(kek.current_version().unwrap(), v2);
+    assert_eq!(kek.decrypt(v2, b"direct", &direct).unwrap().as_slice(), b"kek");
+    let custody = f.custodian_at(&store, kek.clone(), NO_CACHE).await;
+    let k1 = custody.data_key(&f.receipt(Action::Read, "s-1").await).await.unwrap();
+    assert_eq!(k1.open(b"aad", &sealed1).unwrap().as_slice(), b"one");
+    let k2 = custody.data_key(&f.receipt(Action::Read, "s-2").await).await.unwrap();
+    assert_eq!(k2.open(b"aad", &sealed2).unwrap().as_slice(), b"two");
+    assert_eq!(custody.open_metadata(&subject("s-1"), &metadata).unwrap().as_slice(), b"meta");
+
+    // A retirement is seen by the next opening too.
+    while custody.rewrap_batch(100).await.unwrap() > 0 {}
+    custody.retire(v2 - 1).await.unwrap();
+    custody.close().await;
+    let kek = f.reopen_kek();
+    assert_eq!(kek.versions().unwrap(), vec![v2]);
+    let custody = f.custodian_at(&store, kek, NO_CACHE).await;
+    let k1 = custody.data_key(&f.receipt(Action::Read, "s-1").await).await.unwrap();
+    assert_eq!(k1.open(b"aad", &sealed1).unwrap().as_slice(), b"one");
+    custody.close().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// PKCS#11 only.
+// ---------------------------------------------------------------------------------------------
+
+/// The KEK versions are sensitive, non-extractable token objects; a retired one is destroyed in
+/// the token.
+#[tokio::test]
+async fn pkcs11_keks_never_leave_the_token() {
+    let Some(f) = Fixture::softhsm("pkcs11_keks_never_leave_the_token") else { return };
+    let Backend::Pkcs11 { config } = &f.backend else { unreachable!() };
+    assert!(f.kek.describe().contains(&config.token_label));
+    let v2 = f.kek.add_version().unwrap();
+    assert_eq!(f.kek.versions().unwrap(), vec![1, 2]);
+
+    let module = clover_keys::pkcs11::module(&config.module).unwrap();
+    let slot = clover_keys::pkcs11::token_slot(&module, &config.token_label).unwrap();
+    let session = module.open_ro_session(slot).unwrap();
+    match session.login(UserType::User, Some(&AuthPin::new(USER_PIN.into()))) {
+        Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
+        Err(e) => panic!("{e}"),
+    }
+    let find = |version: u32| {
+        session.find_objects(&[Attribute::Label(format!("clover/{REGION}/kek/v{version}").into_bytes())]).unwrap()
+    };
+    for version in [1, v2] {
+        let handles = find(version);
+        assert_eq!(handles.len(), 1, "kek v{version}");
+        let attributes = session
+            .get_attributes(
+                handles[0],
+                &[
+                    AttributeType::Sensitive,
+                    AttributeType::Extractable,
+                    AttributeType::AlwaysSensitive,
+                    AttributeType::NeverExtractable,
+                    AttributeType::Token,
+                    AttributeType::Private,
+                ],
+            )
+            .unwrap();
+        for expected in [
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::AlwaysSensitive(true),
+            Attribute::NeverExtractable(true),
+            Attribute::Token(true),
+            Attribute::Private(true),
+        ] {
+            assert!(attributes.contains(&expected), "kek v{version}: {expected:?} not in {attributes:?}");
+        }
+        // The token will not give the value out.
+        let value = session.get_attributes(handles[0], &[AttributeType::Value]);
+        assert!(matches!(value, Ok(ref a) if a.is_empty()) || value.is_err(), "kek v{version}: {value:?}");
+    }
+
+    // Another region's KEK versions in the same token are its own.
+    let us = Pkcs11Kek::open(config, "us".parse().unwrap(), AuthPin::new(USER_PIN.into())).unwrap();
+    assert_eq!(us.versions().unwrap(), vec![1]);
+    assert_eq!(f.reopen_kek().versions().unwrap(), vec![1, v2]);
+
+    // Retiring v1 destroys its object in the token.
+    f.kek.retire_version(1).unwrap();
+    assert!(find(1).is_empty());
+    assert_eq!(find(v2).len(), 1);
+    assert_eq!(f.reopen_kek().versions().unwrap(), vec![v2]);
+
+    // Logged out (a login holds for every session of the process, and logging out invalidates
+    // the handles of private objects: this goes last), the keys are not even visible, and a
+    // wrong PIN does not open the token.
+    session.logout().unwrap();
+    assert!(find(v2).is_empty());
+    let wrong = Pkcs11Kek::open(config, region(), AuthPin::new("0000".into()));
+    assert!(matches!(wrong, Err(KeyError::Hsm(_))), "{wrong:?}");
+}
+
+/// An unknown token label is an error that names it.
+#[tokio::test]
+async fn pkcs11_unknown_token_is_an_error() {
+    let Some(f) = Fixture::softhsm("pkcs11_unknown_token_is_an_error") else { return };
+    let Backend::Pkcs11 { config } = &f.backend else { unreachable!() };
+    let missing = Pkcs11Config { module: config.module.clone(), token_label: "no-such-token".into() };
+    match Pkcs11Kek::open(&missing, region(), AuthPin::new(USER_PIN.into())) {
+        Err(KeyError::Hsm(message)) => assert!(message.contains("no-such-token"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// SoftHSM2 plumbing.
+// ---------------------------------------------------------------------------------------------
+
+fn module_path() -> PathBuf {
+    let path = std::env::var_os(MODULE_ENV).map_or_else(|| PathBuf::from(SOFTHSM_MODULE), PathBuf::from);
+    assert!(
+        path.exists(),
+        "SoftHSM2 is not installed: {} is missing. Install it (`apt-get install softhsm2`), or set \
+         {MODULE_ENV} to the path of libsofthsm2.so.",
+        path.display()
+    );
+    path
+}
+
+/// Runs the test `name` again in a child process with a SoftHSM2 configuration of its own, and
+/// fails unless it passed there.
+fn run_in_softhsm_child(name: &str) {
+    let module = module_path();
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::create_dir(&tokens).unwrap();
+    let conf = dir.path().join("softhsm2.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n\
+             slots.mechanisms = ALL\nlibrary.reset_on_fork = false\n",
+            tokens.display()
+        ),
+    )
+    .unwrap();
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([name, "--exact", "--test-threads", "1"])
+        .env("SOFTHSM2_CONF", &conf)
+        .env(CHILD, "1")
+        .env(MODULE_ENV, &module)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.contains("test result: ok. 1 passed"),
+        "{name} failed against SoftHSM2 ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        output.status
+    );
+    // The token was made where this test said, and goes with the directory.
+    assert!(std::fs::read_dir(&tokens).unwrap().next().is_some(), "no token was made in {}", tokens.display());
+}
+
+/// Makes a new token on a free slot, with a user PIN; returns its label.
+fn new_token(module_path: &Path) -> String {
+    static TOKENS: Mutex<u32> = Mutex::new(0);
+    let mut made = TOKENS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    *made += 1;
+    let label = format!("clover-test-{}-{made}", std::process::id());
+    let module = clover_keys::pkcs11::module(module_path).unwrap();
+    let slot = module
+        .get_all_slots()
+        .unwrap()
+        .into_iter()
+        .find(|slot| module.get_token_info(*slot).is_ok_and(|info| !info.token_initialized()))
+        .expect("SoftHSM2 offers no free slot");
+    let so_pin = AuthPin::new(SO_PIN.into());
+    module.init_token(slot, &so_pin, &label).unwrap();
+    let slot = clover_keys::pkcs11::token_slot(&module, &label).unwrap();
+    let session = module.open_rw_session(slot).unwrap();
+    session.login(UserType::So, Some(&so_pin)).unwrap();
+    session.init_pin(&AuthPin::new(USER_PIN.into())).unwrap();
+    session.logout().unwrap();
+    label
+}
+
+/// Runs each suite function against the keyring (`keyring::<name>`) and against a SoftHSM2
+/// token (`pkcs11::<name>`).
+macro_rules! suite {
+    ($($test:ident),* $(,)?) => {
+        mod keyring {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    let f = super::Fixture::keyring();
+                    super::$test(&f).await;
+                }
+            )*
+        }
+
+        mod pkcs11 {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    if let Some(f) = super::Fixture::softhsm(concat!("pkcs11::", stringify!($test))) {
+                        super::$test(&f).await;
+                    }
+                }
+            )*
+        }
+    };
+}
+
+suite!(
+    a_data_key_made_for_a_write_opens_on_a_read,
+    a_receipt_gets_its_own_subjects_key,
+    a_receipt_for_the_wrong_action_is_refused,
+    erasure_shreds_the_subjects_data,
+    the_journal_records_every_key_handed_out,
+    rotation_rewraps_everything_then_retires,
+    metadata_is_sealed_and_bound_to_its_subject,
+    pseudonyms_are_stable_per_purpose,
+    the_key_store_holds_no_key_in_the_clear,
+    the_backend_reopens_with_the_same_versions,
+);
