@@ -105,6 +105,45 @@ enum Command {
     /// Key custody on a running boundary: status, rotation.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// The key custodian as its own process.
+    #[command(subcommand)]
+    Custodian(CustodianCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum CustodianCommand {
+    /// Hold a region's keys apart from its boundary: the KEKs (keyring or HSM) and every
+    /// wrapped data key, handed out only against a log entry checked against the boundary's
+    /// signed log. Point a boundary at it with `[keys] custodian = "http://ADDR"`.
+    Serve {
+        /// The custodian's directory (keyring, key store, journal); created on first run.
+        #[arg(long, default_value = "./clover-custodian")]
+        dir: PathBuf,
+        /// The region whose keys these are.
+        #[arg(long, default_value = "eu")]
+        region: Region,
+        /// The address to listen on.
+        #[arg(long, default_value = "127.0.0.1:7880")]
+        listen: SocketAddr,
+        /// The boundary whose log the receipts are checked against (its base URL).
+        #[arg(long, value_name = "URL")]
+        log_url: String,
+        /// The boundary log's verifier key (`clover log vkey`), obtained out of band.
+        #[arg(long, value_name = "VKEY")]
+        log_vkey: String,
+        /// Keep the KEKs in an HSM: the PKCS#11 module (the token's PIN in CLOVER_HSM_PIN).
+        #[arg(long, value_name = "LIB", requires = "token_label")]
+        pkcs11_module: Option<PathBuf>,
+        /// The HSM token's label.
+        #[arg(long, value_name = "LABEL")]
+        token_label: Option<String>,
+        /// The most unwrapped data keys kept in memory (0: no cache).
+        #[arg(long, default_value_t = 10_000)]
+        cache_size: usize,
+        /// How long an unwrapped data key stays in the cache.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        cache_ttl: std::time::Duration,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -266,6 +305,29 @@ fn main() -> ExitCode {
         Command::Log(LogCommand::Vkey { config }) => log_vkey(&config),
         Command::Policy(PolicyCommand::Check { dir }) => policy_check(&dir),
         Command::Policy(explain @ PolicyCommand::Explain { .. }) => policy_explain(explain),
+        Command::Custodian(CustodianCommand::Serve {
+            dir,
+            region,
+            listen,
+            log_url,
+            log_vkey,
+            pkcs11_module,
+            token_label,
+            cache_size,
+            cache_ttl,
+        }) => {
+            let pkcs11 = pkcs11_module.map(|module| clover_keys::pkcs11::Pkcs11Config {
+                module,
+                token_label: token_label.unwrap_or_default(),
+            });
+            let options = clover_custodian::CustodianOptions {
+                dir,
+                region,
+                pkcs11,
+                cache: clover_keys::CacheOptions { size: cache_size, ttl: cache_ttl },
+            };
+            custodian_serve(&options, listen, &log_url, &log_vkey)
+        }
         Command::Keys(KeysCommand::Status { remote }) => keys_status(&remote),
         Command::Keys(KeysCommand::Rotate { remote }) => keys_rotate(&remote),
         Command::Audit(AuditCommand::Verify { url, vkey, state, witnesses }) => {
@@ -399,6 +461,32 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// The value at a JSON pointer, or null.
 fn at<'a>(value: &'a serde_json::Value, pointer: &str) -> &'a serde_json::Value {
     value.pointer(pointer).unwrap_or(&serde_json::Value::Null)
+}
+
+fn custodian_serve(
+    options: &clover_custodian::CustodianOptions,
+    listen: SocketAddr,
+    log_url: &str,
+    log_vkey: &str,
+) -> anyhow::Result<()> {
+    init_tracing();
+    let vkey = clover_log::note::VerifierKey::parse(log_vkey).context("--log-vkey")?;
+    runtime()?.block_on(async {
+        let custodian = std::sync::Arc::new(clover_custodian::open_dir(options).await?);
+        let server = clover_custodian::CustodianServer {
+            custodian: custodian.clone(),
+            verifier: clover_custodian::LogVerifier::new(log_url, vkey),
+        };
+        let listener =
+            tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+        tracing::info!(%listen, log = log_url, "custodian listening");
+        axum::serve(listener, clover_custodian::router(server))
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+            .context("serving")?;
+        custodian.close().await;
+        Ok(())
+    })
 }
 
 /// Sends a request and returns its JSON body, or the problem's detail as the error.

@@ -155,6 +155,10 @@ pub enum KeyBackend {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KeysConfig {
+    /// A custodian in its own process (`clover custodian serve`), by its base URL: the keys
+    /// are there, and the settings below are the custodian's, not the boundary's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub custodian: Option<String>,
     /// `keyring` or `pkcs11`.
     pub backend: KeyBackend,
     /// The PKCS#11 module (shared library), for `pkcs11`.
@@ -174,6 +178,7 @@ pub struct KeysConfig {
 impl Default for KeysConfig {
     fn default() -> Self {
         Self {
+            custodian: None,
             backend: KeyBackend::Keyring,
             module: None,
             token_label: None,

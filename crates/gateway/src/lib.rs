@@ -66,7 +66,7 @@ pub struct Boundary {
     config: Config,
     store: Arc<dyn Store>,
     custody: Arc<dyn KeyCustody>,
-    custodian: Arc<Custodian>,
+    custodian: Option<Arc<Custodian>>,
     log: Log,
     cosigned: witnesses::Cosigned,
     log_vkey: clover_log::note::VerifierKey,
@@ -101,24 +101,42 @@ impl Boundary {
         let signer = keyring.checkpoint_signer(&config.log_origin())?;
         let log_vkey = signer.verifier();
         let log = Log::open(&data_dir.log_dir(), signer, options)?;
-        let kek = open_kek(&config, &keyring)?;
-        record_setup(&log, &config, &kek, &log_vkey).await?;
         let subject_index = keyring.subject_index_key();
-        let custodian = Arc::new(
-            Custodian::open(
-                &custody_dir(&data_dir)?,
-                config.region.clone(),
-                kek,
-                keyring.subject_index_key(),
-                keyring.pseudonym_root(),
-                CacheOptions {
-                    size: config.keys.cache_size,
-                    ttl: std::time::Duration::from_secs(config.keys.cache_seconds),
-                },
-            )
-            .await?,
-        );
-        take_legacy_keys(&store, &custodian, &log).await?;
+        let (custody, custodian): (Arc<dyn KeyCustody>, Option<Arc<Custodian>>) = match &config.keys.custodian {
+            Some(url) => {
+                record_setup(&log, &config, &format!("the custodian at {url}"), &log_vkey).await?;
+                if !store.legacy_data_keys().await?.is_empty() {
+                    return Err(KeyError::Receipt(
+                        "this data store still holds wrapped data keys from an earlier version: start once \
+                         with the embedded custodian to move them into custody"
+                            .to_owned(),
+                    )
+                    .into());
+                }
+                (Arc::new(clover_custodian::RemoteCustody::new(url, config.region.clone())), None)
+            }
+            None => {
+                let kek = open_kek(&config, &keyring)?;
+                let held = format!("kek v{} in {}", kek.current_version().unwrap_or_default(), kek.describe());
+                record_setup(&log, &config, &held, &log_vkey).await?;
+                let custodian = Arc::new(
+                    Custodian::open(
+                        &custody_dir(&data_dir)?,
+                        config.region.clone(),
+                        kek,
+                        keyring.subject_index_key(),
+                        keyring.pseudonym_root(),
+                        CacheOptions {
+                            size: config.keys.cache_size,
+                            ttl: std::time::Duration::from_secs(config.keys.cache_seconds),
+                        },
+                    )
+                    .await?,
+                );
+                take_legacy_keys(&store, &custodian, &log).await?;
+                (custodian.clone(), Some(custodian))
+            }
+        };
         let sites = Sites::new(&config.sites);
         let pack = std::sync::RwLock::new(Arc::new(load_pack(&config)?));
         let touches = touches::Touches::new(std::time::Duration::from_secs(config.policy.window_seconds));
@@ -126,7 +144,7 @@ impl Boundary {
         Ok(Self {
             config,
             store: Arc::new(store),
-            custody: custodian.clone(),
+            custody,
             custodian,
             log,
             cosigned,
@@ -160,9 +178,10 @@ impl Boundary {
         &self.custody
     }
 
-    /// The custodian itself, for key administration (rotation, status).
-    pub fn custodian(&self) -> &Arc<Custodian> {
-        &self.custodian
+    /// The embedded custodian, for key administration (rotation, status); `None` when the keys
+    /// are held by a custodian in its own process.
+    pub fn custodian(&self) -> Option<&Arc<Custodian>> {
+        self.custodian.as_ref()
     }
 
     /// The latest key rotation's progress, if one ran since the boundary started.
@@ -178,6 +197,11 @@ impl Boundary {
         if let Some(rotation) = self.rotation.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_mut() {
             f(rotation);
         }
+    }
+
+    /// The log's checkpoint verifier key.
+    pub fn log_vkey(&self) -> &clover_log::note::VerifierKey {
+        &self.log_vkey
     }
 
     /// The transparency log.
@@ -359,10 +383,9 @@ fn setup_event(kind: EventKind, action: &str, detail: String) -> Event {
 
 /// Logs the keys when the log starts, and the configuration whenever it differs from the last
 /// one logged (as a SHA-256 of its canonical JSON).
-async fn record_setup(log: &Log, config: &Config, kek: &Arc<dyn Kek>, vkey: &VerifierKey) -> Result<(), LogError> {
+async fn record_setup(log: &Log, config: &Config, held: &str, vkey: &VerifierKey) -> Result<(), LogError> {
     if log.size() == 0 {
-        let version = kek.current_version().unwrap_or_default();
-        let detail = format!("keys created: kek v{version} in {}; checkpoint key {vkey}", kek.describe());
+        let detail = format!("keys created: {held}; checkpoint key {vkey}");
         log.append(&setup_event(EventKind::Key, "create-keyring", detail)).await?;
     }
     let canonical = serde_json::to_vec(config).unwrap_or_default();

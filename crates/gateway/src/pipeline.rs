@@ -189,8 +189,8 @@ pub struct Ask<'a> {
 
 /// Whether the subject is a minor today, from their sealed metadata. A subject whose birth date
 /// is unknown (or whose metadata cannot be read) counts as a minor: the stricter rules apply.
-pub fn subject_minor(boundary: &Boundary, subject: &SubjectRow) -> bool {
-    let Ok(plain) = boundary.custody.open_metadata(&subject.subject_id, &subject.metadata) else { return true };
+pub async fn subject_minor(boundary: &Boundary, subject: &SubjectRow) -> bool {
+    let Ok(plain) = boundary.custody.open_metadata(&subject.subject_id, &subject.metadata).await else { return true };
     let Ok(metadata) = serde_json::from_slice::<SubjectMetadata>(&plain) else { return true };
     metadata.adult_on.is_none_or(|adult_on| time::OffsetDateTime::now_utc().date() < adult_on)
 }
@@ -346,45 +346,51 @@ pub async fn decide_and_log(
 /// the category's field rules (a category without rules gets a keyed token for every field).
 /// Tokens are stable within the declared purpose and the destination region and unlinkable
 /// across them.
-pub fn view(boundary: &Boundary, caller: &Caller, receipt: &Receipt, category: &Category, fields: Fields) -> Fields {
+pub async fn view(
+    boundary: &Boundary,
+    caller: &Caller,
+    receipt: &Receipt,
+    category: &Category,
+    fields: Fields,
+) -> Result<Fields, ApiError> {
     if receipt.permit().view() == View::Full {
-        return fields;
+        return Ok(fields);
     }
     let purpose = caller.purpose.as_deref().unwrap_or("none");
     let destination = caller.origin.region().map_or("unknown", |r| r.as_str());
     let rules = boundary.config.views.iter().find(|v| &v.category == category);
-    let map = fields
-        .as_map()
-        .iter()
-        .filter_map(|(name, value)| {
-            let rule = rules.map_or(FieldRule::Token, |v| v.fields.get(name).copied().unwrap_or(v.default));
-            let shown = match rule {
-                FieldRule::Drop => return None,
-                FieldRule::Token => {
-                    let mut input = name.as_bytes().to_vec();
-                    input.push(0);
-                    input.extend(serde_json::to_vec(value).unwrap_or_default());
-                    serde_json::Value::String(boundary.custody.pseudonym(purpose, destination, &input))
-                }
-                FieldRule::Year => {
-                    let year =
-                        value.as_str().and_then(|s| s.get(..4)).filter(|y| y.bytes().all(|b| b.is_ascii_digit()))?;
-                    serde_json::Value::String(year.to_owned())
-                }
-                FieldRule::IpPrefix => {
-                    let ip: IpAddr = value.as_str()?.parse().ok()?;
-                    let prefix = match ip {
-                        IpAddr::V4(_) => 24,
-                        IpAddr::V6(_) => 48,
-                    };
-                    serde_json::Value::String(ipnet::IpNet::new(ip, prefix).ok()?.trunc().to_string())
-                }
-                FieldRule::Mask => serde_json::Value::String(mask(value)),
-            };
-            Some((name.clone(), shown))
-        })
-        .collect();
-    Fields::new(map)
+    let mut map = serde_json::Map::new();
+    for (name, value) in fields.as_map() {
+        let rule = rules.map_or(FieldRule::Token, |v| v.fields.get(name).copied().unwrap_or(v.default));
+        let shown = match rule {
+            FieldRule::Drop => None,
+            FieldRule::Token => {
+                let mut input = name.as_bytes().to_vec();
+                input.push(0);
+                input.extend(serde_json::to_vec(value).unwrap_or_default());
+                let token =
+                    boundary.custody.pseudonym(purpose, destination, &input).await.map_err(ApiError::internal)?;
+                Some(serde_json::Value::String(token))
+            }
+            FieldRule::Year => value
+                .as_str()
+                .and_then(|s| s.get(..4))
+                .filter(|y| y.bytes().all(|b| b.is_ascii_digit()))
+                .map(|year| serde_json::Value::String(year.to_owned())),
+            FieldRule::IpPrefix => value.as_str().and_then(|v| v.parse::<IpAddr>().ok()).and_then(|ip| {
+                let prefix = match ip {
+                    IpAddr::V4(_) => 24,
+                    IpAddr::V6(_) => 48,
+                };
+                Some(serde_json::Value::String(ipnet::IpNet::new(ip, prefix).ok()?.trunc().to_string()))
+            }),
+            FieldRule::Mask => Some(serde_json::Value::String(mask(value))),
+        };
+        if let Some(shown) = shown {
+            map.insert(name.clone(), shown);
+        }
+    }
+    Ok(Fields::new(map))
 }
 
 /// A masked value: the first character kept (and an email's domain), the rest `***`.
@@ -410,13 +416,13 @@ pub async fn read(
         action: Action::Read,
         subject: &record.subject_id,
         record: Some((*record_id, &record.category)),
-        subject_minor: subject_minor(boundary, &subject),
+        subject_minor: subject_minor(boundary, &subject).await,
     };
     let receipt = decide_and_log(boundary, caller, EventKind::Access, &ask).await?;
     let key = unwrap_key(boundary, &receipt).await?;
     let fields = open_record(boundary, &key, &record)?;
     drop(key);
-    let fields = view(boundary, caller, &receipt, &record.category, fields);
+    let fields = view(boundary, caller, &receipt, &record.category, fields).await?;
     Ok((record, fields, receipt))
 }
 

@@ -64,6 +64,9 @@ pub enum ApiError {
     /// The approval is not pending (granted already, or expired).
     #[error("{0}")]
     NotPending(String),
+    /// The keys are administered by a custodian in its own process.
+    #[error("{0}")]
+    CustodianElsewhere(String),
     /// A key rotation is already under way.
     #[error("{0}")]
     RotationRunning(String),
@@ -142,6 +145,9 @@ impl ApiError {
             }
             Self::InvalidHeader(d) => (StatusCode::BAD_REQUEST, "invalid-header", "Invalid header", d.clone()),
             Self::NotPending(d) => (StatusCode::CONFLICT, "approval-not-pending", "Approval not pending", d.clone()),
+            Self::CustodianElsewhere(d) => {
+                (StatusCode::CONFLICT, "custodian-elsewhere", "Keys held by a separate custodian", d.clone())
+            }
             Self::RotationRunning(d) => {
                 (StatusCode::CONFLICT, "rotation-running", "A key rotation is under way", d.clone())
             }

@@ -64,7 +64,7 @@ impl Default for CacheOptions {
 }
 
 /// One entry of the custodian's journal: a data key handed out.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct UnwrapRecord {
     /// Seconds since the Unix epoch.
     pub time: i64,
@@ -93,6 +93,23 @@ struct Cache {
     order: VecDeque<(String, Instant)>,
     /// Bumped by every erasure: a key unwrapped across an erasure is not cached.
     epoch: u64,
+}
+
+/// A logged, allowed access, as the custodian checks it before handing out a key: from a
+/// [`Receipt`] made in this process, or from a log entry that a custodian in its own process
+/// verified against the signed log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggedAccess {
+    /// The subject, as the log's keyed hash.
+    pub subject_hash: String,
+    /// The action allowed.
+    pub action: Action,
+    /// The log entry's index.
+    pub log_index: u64,
+    /// The log entry's RFC 6962 leaf hash, hex.
+    pub entry_hash: String,
+    /// The purpose declared.
+    pub purpose: Option<String>,
 }
 
 /// How many data keys each KEK version wraps.
@@ -179,27 +196,37 @@ impl Custodian {
         &self.kek
     }
 
-    fn check(receipt: &Receipt, allowed: &[Action]) -> Result<(), KeyError> {
-        let action = receipt.permit().action();
-        if allowed.contains(&action) {
+    fn check(access: &LoggedAccess, allowed: &[Action]) -> Result<(), KeyError> {
+        if allowed.contains(&access.action) {
             Ok(())
         } else {
-            Err(KeyError::Receipt(format!("a {action} does not need a data key here")))
+            Err(KeyError::Receipt(format!("a {} does not need a data key here", access.action)))
         }
     }
 
-    fn record(&self, receipt: &Receipt, subject: &str, cached: bool) {
+    fn record(&self, access: &LoggedAccess, cached: bool) {
         let record = UnwrapRecord {
             time: now(),
-            subject: subject.to_owned(),
-            action: receipt.permit().action().to_string(),
-            log_index: receipt.index(),
-            entry_hash: receipt.entry_hash_hex(),
-            purpose: receipt.purpose().map(ToOwned::to_owned),
+            subject: access.subject_hash.clone(),
+            action: access.action.to_string(),
+            log_index: access.log_index,
+            entry_hash: access.entry_hash.clone(),
+            purpose: access.purpose.clone(),
             cached,
         };
         // The writer lives as long as the pool; if it is gone the process is shutting down.
         let _ = self.journal.send(Journal::Record(record));
+    }
+
+    /// What a receipt made in this process says about the access.
+    fn access(&self, receipt: &Receipt) -> LoggedAccess {
+        LoggedAccess {
+            subject_hash: self.index.hash(receipt.permit().subject()),
+            action: receipt.permit().action(),
+            log_index: receipt.index(),
+            entry_hash: receipt.entry_hash_hex(),
+            purpose: receipt.purpose().map(ToOwned::to_owned),
+        }
     }
 
     async fn wrapped(&self, subject: &str) -> Result<(u32, Vec<u8>), KeyError> {
@@ -469,23 +496,18 @@ async fn insert_record(tx: &mut SqliteConnection, r: &UnwrapRecord) -> Result<()
     .map(|_| ())
 }
 
-#[async_trait]
-impl KeyCustody for Custodian {
-    fn region(&self) -> &Region {
-        &self.region
-    }
-
-    async fn create_data_key(&self, receipt: &Receipt) -> Result<DataKey, KeyError> {
-        Self::check(receipt, &[Action::Write])?;
-        let subject = receipt.permit().subject();
-        let hash = self.index.hash(subject);
+impl Custodian {
+    /// Makes the data key of a logged, allowed write's subject.
+    pub async fn create_for(&self, access: &LoggedAccess) -> Result<DataKey, KeyError> {
+        Self::check(access, &[Action::Write])?;
+        let hash = &access.subject_hash;
         let key = DataKey::generate()?;
         let version = self.kek.current_version()?;
-        let wrapped = self.kek.encrypt(version, &aad::data_key_by_hash(&self.region, &hash, version), key.bytes())?;
+        let wrapped = self.kek.encrypt(version, &aad::data_key_by_hash(&self.region, hash, version), key.bytes())?;
         let inserted = sqlx::query(
             "INSERT OR IGNORE INTO data_keys (subject, kek_version, wrapped, created_at) VALUES (?, ?, ?, ?)",
         )
-        .bind(&hash)
+        .bind(hash)
         .bind(i64::from(version))
         .bind(wrapped)
         .bind(now())
@@ -496,41 +518,43 @@ impl KeyCustody for Custodian {
         if inserted == 0 {
             return Err(KeyError::DataKeyExists);
         }
-        self.record(receipt, &hash, false);
+        self.record(access, false);
         Ok(key)
     }
 
-    async fn data_key(&self, receipt: &Receipt) -> Result<DataKey, KeyError> {
-        Self::check(receipt, &[Action::Read, Action::Write])?;
-        let hash = self.index.hash(receipt.permit().subject());
-        if let Some(key) = self.cached(&hash) {
-            self.record(receipt, &hash, true);
+    /// The data key of a logged, allowed read or write's subject.
+    pub async fn fetch_for(&self, access: &LoggedAccess) -> Result<DataKey, KeyError> {
+        Self::check(access, &[Action::Read, Action::Write])?;
+        let hash = &access.subject_hash;
+        if let Some(key) = self.cached(hash) {
+            self.record(access, true);
             return Ok(key);
         }
         let epoch = self.cache_epoch();
-        let (version, wrapped) = self.wrapped(&hash).await?;
-        let plain = self.kek.decrypt(version, &aad::data_key_by_hash(&self.region, &hash, version), &wrapped)?;
+        let (version, wrapped) = self.wrapped(hash).await?;
+        let plain = self.kek.decrypt(version, &aad::data_key_by_hash(&self.region, hash, version), &wrapped)?;
         let mut bytes = Zeroizing::new([0u8; 32]);
         if plain.len() != 32 {
             return Err(KeyError::Decrypt);
         }
         bytes.copy_from_slice(&plain);
         let key = DataKey::from_bytes(bytes);
-        self.cache_insert(&hash, &key, epoch);
-        self.record(receipt, &hash, false);
+        self.cache_insert(hash, &key, epoch);
+        self.record(access, false);
         Ok(key)
     }
 
-    async fn destroy_data_key(&self, receipt: &Receipt) -> Result<bool, KeyError> {
-        Self::check(receipt, &[Action::Erase])?;
-        let hash = self.index.hash(receipt.permit().subject());
+    /// Destroys the data key of a logged, allowed erasure's subject; whether there was one.
+    pub async fn destroy_for(&self, access: &LoggedAccess) -> Result<bool, KeyError> {
+        Self::check(access, &[Action::Erase])?;
+        let hash = &access.subject_hash;
         {
             let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
             cache.epoch += 1;
-            cache.keys.remove(&hash);
+            cache.keys.remove(hash);
         }
         let deleted = sqlx::query("DELETE FROM data_keys WHERE subject = ?")
-            .bind(&hash)
+            .bind(hash)
             .execute(&self.db)
             .await
             .map_err(store("destroying a data key"))?
@@ -539,16 +563,17 @@ impl KeyCustody for Custodian {
             // Anything unwrapped while the row was being deleted is not cached either.
             let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
             cache.epoch += 1;
-            cache.keys.remove(&hash);
+            cache.keys.remove(hash);
         }
         // secure_delete zeroed the cell; the checkpoint copies that page over the old one in the
         // main file and truncates the WAL that still held the old page.
         let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&self.db).await;
-        self.record(receipt, &hash, false);
+        self.record(access, false);
         Ok(deleted > 0)
     }
 
-    fn seal_metadata(&self, subject: &SubjectId, plaintext: &[u8]) -> Result<Vec<u8>, KeyError> {
+    /// Seals a subject's metadata with the region's metadata key.
+    pub fn seal_metadata_now(&self, subject: &SubjectId, plaintext: &[u8]) -> Result<Vec<u8>, KeyError> {
         // A zero version prefix: sealed with the metadata key (earlier versions sealed metadata
         // under a KEK version directly, and wrote that version).
         let mut out = 0u32.to_be_bytes().to_vec();
@@ -556,7 +581,8 @@ impl KeyCustody for Custodian {
         Ok(out)
     }
 
-    fn open_metadata(&self, subject: &SubjectId, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+    /// Opens what [`Custodian::seal_metadata_now`] sealed.
+    pub fn open_metadata_now(&self, subject: &SubjectId, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyError> {
         let (version, rest) = sealed.split_first_chunk::<4>().ok_or(KeyError::Decrypt)?;
         match u32::from_be_bytes(*version) {
             0 => self.metadata_key.open(&aad::subject_metadata_v2(&self.region, subject), rest),
@@ -564,12 +590,44 @@ impl KeyCustody for Custodian {
         }
     }
 
-    fn pseudonym(&self, purpose: &str, destination: &str, input: &[u8]) -> String {
+    /// A pseudonymous token for `input` under the key of (`purpose`, `destination`).
+    pub fn pseudonym_now(&self, purpose: &str, destination: &str, input: &[u8]) -> String {
         let derived =
             hmac::sign(&self.pseudonym_root, format!("clover/pseudonym/v1\n{purpose}\n{destination}").as_bytes());
         let key = hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref());
         let tag = hmac::sign(&key, input);
         let hex: String = tag.as_ref().iter().take(16).map(|b| format!("{b:02x}")).collect();
         format!("tok_{hex}")
+    }
+}
+
+#[async_trait]
+impl KeyCustody for Custodian {
+    fn region(&self) -> &Region {
+        &self.region
+    }
+
+    async fn create_data_key(&self, receipt: &Receipt) -> Result<DataKey, KeyError> {
+        self.create_for(&self.access(receipt)).await
+    }
+
+    async fn data_key(&self, receipt: &Receipt) -> Result<DataKey, KeyError> {
+        self.fetch_for(&self.access(receipt)).await
+    }
+
+    async fn destroy_data_key(&self, receipt: &Receipt) -> Result<bool, KeyError> {
+        self.destroy_for(&self.access(receipt)).await
+    }
+
+    async fn seal_metadata(&self, subject: &SubjectId, plaintext: &[u8]) -> Result<Vec<u8>, KeyError> {
+        self.seal_metadata_now(subject, plaintext)
+    }
+
+    async fn open_metadata(&self, subject: &SubjectId, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+        self.open_metadata_now(subject, sealed)
+    }
+
+    async fn pseudonym(&self, purpose: &str, destination: &str, input: &[u8]) -> Result<String, KeyError> {
+        Ok(self.pseudonym_now(purpose, destination, input))
     }
 }

@@ -24,7 +24,7 @@ mod keyring;
 mod passphrase;
 pub mod pkcs11;
 
-pub use custodian::{CacheOptions, Custodian, METADATA_KEY, UnwrapRecord, VersionCounts};
+pub use custodian::{CacheOptions, Custodian, LoggedAccess, METADATA_KEY, UnwrapRecord, VersionCounts};
 pub use data_key::{DataKey, WrappedKey};
 pub use error::KeyError;
 pub use keyring::{ARGON2_PARAMS, Keyring};
@@ -88,13 +88,13 @@ pub trait KeyCustody: Send + Sync {
     /// Seals a subject's metadata (what policy decides on, such as the date they come of
     /// age), so that it is not in the clear at rest but can be read to decide, before any data
     /// key is unwrapped.
-    fn seal_metadata(&self, subject: &SubjectId, plaintext: &[u8]) -> Result<Vec<u8>, KeyError>;
+    async fn seal_metadata(&self, subject: &SubjectId, plaintext: &[u8]) -> Result<Vec<u8>, KeyError>;
 
     /// Opens what [`KeyCustody::seal_metadata`] sealed for the same subject.
-    fn open_metadata(&self, subject: &SubjectId, sealed: &[u8]) -> Result<zeroize::Zeroizing<Vec<u8>>, KeyError>;
+    async fn open_metadata(&self, subject: &SubjectId, sealed: &[u8]) -> Result<zeroize::Zeroizing<Vec<u8>>, KeyError>;
 
     /// A pseudonymous token for `input`, under the key of (`purpose`, `destination`): stable
     /// within one purpose and destination, unlinkable across them. The keys never leave the
     /// custodian.
-    fn pseudonym(&self, purpose: &str, destination: &str, input: &[u8]) -> String;
+    async fn pseudonym(&self, purpose: &str, destination: &str, input: &[u8]) -> Result<String, KeyError>;
 }

@@ -440,7 +440,7 @@ async fn rotation_rewraps_everything_then_retires(f: &Fixture) {
         let key = custody.create_data_key(&f.receipt(Action::Write, &id).await).await.unwrap();
         sealed.push((id.clone(), key.seal(&record_aad(&id), id.as_bytes()).unwrap()));
     }
-    let metadata = custody.seal_metadata(&subject("s-0"), b"minor until 2031").unwrap();
+    let metadata = custody.seal_metadata(&subject("s-0"), b"minor until 2031").await.unwrap();
     // Five data keys and the region's metadata key.
     assert_eq!(custody.version_counts().await.unwrap(), vec![(old, 6)]);
 
@@ -482,7 +482,7 @@ async fn rotation_rewraps_everything_then_retires(f: &Fixture) {
     // And the re-wrapped metadata key, loaded afresh, still opens the metadata.
     custody.close().await;
     let reopened = f.custodian_at(&store, f.kek.clone(), NO_CACHE).await;
-    assert_eq!(reopened.open_metadata(&subject("s-0"), &metadata).unwrap().as_slice(), b"minor until 2031");
+    assert_eq!(reopened.open_metadata(&subject("s-0"), &metadata).await.unwrap().as_slice(), b"minor until 2031");
     reopened.close().await;
 }
 
@@ -490,39 +490,39 @@ async fn rotation_rewraps_everything_then_retires(f: &Fixture) {
 async fn metadata_is_sealed_and_bound_to_its_subject(f: &Fixture) {
     let (custody, store) = f.custodian(CacheOptions::default()).await;
     let plaintext = b"{\"minor_until\":\"2029-05-01\"}";
-    let sealed = custody.seal_metadata(&subject("s-1"), plaintext).unwrap();
+    let sealed = custody.seal_metadata(&subject("s-1"), plaintext).await.unwrap();
     assert!(!contains(&sealed, b"2029"));
-    assert_ne!(custody.seal_metadata(&subject("s-1"), plaintext).unwrap(), sealed);
-    assert_eq!(custody.open_metadata(&subject("s-1"), &sealed).unwrap().as_slice(), plaintext);
-    assert!(matches!(custody.open_metadata(&subject("s-2"), &sealed), Err(KeyError::Decrypt)));
+    assert_ne!(custody.seal_metadata(&subject("s-1"), plaintext).await.unwrap(), sealed);
+    assert_eq!(custody.open_metadata(&subject("s-1"), &sealed).await.unwrap().as_slice(), plaintext);
+    assert!(matches!(custody.open_metadata(&subject("s-2"), &sealed).await, Err(KeyError::Decrypt)));
     let mut altered = sealed.clone();
     *altered.last_mut().unwrap() ^= 1;
-    assert!(matches!(custody.open_metadata(&subject("s-1"), &altered), Err(KeyError::Decrypt)));
-    assert!(custody.open_metadata(&subject("s-1"), &sealed[..3]).is_err());
+    assert!(matches!(custody.open_metadata(&subject("s-1"), &altered).await, Err(KeyError::Decrypt)));
+    assert!(custody.open_metadata(&subject("s-1"), &sealed[..3]).await.is_err());
     custody.close().await;
 
     let reopened = f.custodian_at(&store, f.kek.clone(), NO_CACHE).await;
-    assert_eq!(reopened.open_metadata(&subject("s-1"), &sealed).unwrap().as_slice(), plaintext);
+    assert_eq!(reopened.open_metadata(&subject("s-1"), &sealed).await.unwrap().as_slice(), plaintext);
     reopened.close().await;
     // Another key store has its own metadata key.
     let (other, _) = f.custodian(NO_CACHE).await;
-    assert!(matches!(other.open_metadata(&subject("s-1"), &sealed), Err(KeyError::Decrypt)));
+    assert!(matches!(other.open_metadata(&subject("s-1"), &sealed).await, Err(KeyError::Decrypt)));
     other.close().await;
 }
 
 /// Pseudonyms are stable within a purpose and destination, and unlinkable across them.
 async fn pseudonyms_are_stable_per_purpose(f: &Fixture) {
     let (custody, _) = f.custodian(CacheOptions::default()).await;
-    let token = custody.pseudonym("analytics", "us", b"s-1");
-    assert_eq!(custody.pseudonym("analytics", "us", b"s-1"), token);
+    let token = custody.pseudonym("analytics", "us", b"s-1").await.unwrap();
+    assert_eq!(custody.pseudonym("analytics", "us", b"s-1").await.unwrap(), token);
     assert!(token.starts_with("tok_") && token.len() == 4 + 32, "{token}");
     assert!(!token.contains("s-1"));
-    assert_ne!(custody.pseudonym("fraud", "us", b"s-1"), token);
-    assert_ne!(custody.pseudonym("analytics", "ap", b"s-1"), token);
-    assert_ne!(custody.pseudonym("analytics", "us", b"s-2"), token);
+    assert_ne!(custody.pseudonym("fraud", "us", b"s-1").await.unwrap(), token);
+    assert_ne!(custody.pseudonym("analytics", "ap", b"s-1").await.unwrap(), token);
+    assert_ne!(custody.pseudonym("analytics", "us", b"s-2").await.unwrap(), token);
     // Stable across key stores with the same root: the root, not the store, keys them.
     let (other, _) = f.custodian(NO_CACHE).await;
-    assert_eq!(other.pseudonym("analytics", "us", b"s-1"), token);
+    assert_eq!(other.pseudonym("analytics", "us", b"s-1").await.unwrap(), token);
     other.close().await;
     custody.close().await;
 }
@@ -569,7 +569,7 @@ async fn the_backend_reopens_with_the_same_versions(f: &Fixture) {
     let v2 = f.kek.add_version().unwrap();
     let k2 = custody.create_data_key(&f.receipt(Action::Write, "s-2").await).await.unwrap();
     let sealed2 = k2.seal(b"aad", b"two").unwrap();
-    let metadata = custody.seal_metadata(&subject("s-1"), b"meta").unwrap();
+    let metadata = custody.seal_metadata(&subject("s-1"), b"meta").await.unwrap();
     let direct = f.kek.encrypt(v2, b"direct", b"kek").unwrap();
     custody.close().await;
 
@@ -583,7 +583,7 @@ async fn the_backend_reopens_with_the_same_versions(f: &Fixture) {
     assert_eq!(k1.open(b"aad", &sealed1).unwrap().as_slice(), b"one");
     let k2 = custody.data_key(&f.receipt(Action::Read, "s-2").await).await.unwrap();
     assert_eq!(k2.open(b"aad", &sealed2).unwrap().as_slice(), b"two");
-    assert_eq!(custody.open_metadata(&subject("s-1"), &metadata).unwrap().as_slice(), b"meta");
+    assert_eq!(custody.open_metadata(&subject("s-1"), &metadata).await.unwrap().as_slice(), b"meta");
 
     // A retirement is seen by the next opening too.
     while custody.rewrap_batch(100).await.unwrap() > 0 {}

@@ -73,6 +73,7 @@ pub enum LogError {
 pub struct Receipt {
     index: u64,
     entry_hash: Hash,
+    entry: Arc<[u8]>,
     purpose: Option<String>,
     permit: Permit,
 }
@@ -96,6 +97,11 @@ impl Receipt {
     /// [`Receipt::entry_hash`] in hex.
     pub fn entry_hash_hex(&self) -> String {
         self.entry_hash.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The logged entry's bytes, for a custodian in another process to check against the log.
+    pub fn entry(&self) -> &[u8] {
+        &self.entry
     }
 
     /// The purpose the logged access declared.
@@ -316,8 +322,9 @@ impl Log {
     pub async fn append_permitted(&self, event: &Event, permit: Permit) -> Result<Receipt, LogError> {
         let entry = event.encode();
         let entry_hash = leaf_hash(&entry);
+        let kept: Arc<[u8]> = entry.as_slice().into();
         let index = self.append_entry(event, entry).await?;
-        Ok(Receipt { index, entry_hash, purpose: event.purpose.clone(), permit })
+        Ok(Receipt { index, entry_hash, entry: kept, purpose: event.purpose.clone(), permit })
     }
 
     /// The latest signed checkpoint note.

@@ -79,8 +79,16 @@ pub struct RotateAnswer {
     pub log_index: u64,
 }
 
+fn embedded(boundary: &Boundary) -> Result<&Arc<clover_keys::Custodian>, ApiError> {
+    boundary.custodian().ok_or_else(|| {
+        ApiError::CustodianElsewhere(
+            "the keys are held by a custodian in its own process; administer them there".to_owned(),
+        )
+    })
+}
+
 async fn state(boundary: &Boundary) -> Result<KeysAnswer, ApiError> {
-    let custodian = boundary.custodian();
+    let custodian = embedded(boundary)?;
     let counts = custodian.version_counts().await.map_err(ApiError::internal)?;
     Ok(KeysAnswer {
         backend: custodian.kek().describe(),
@@ -141,6 +149,7 @@ fn key_event(
         (status = UNAUTHORIZED, description = "No valid token", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn rotate(State(boundary): State<Arc<Boundary>>, caller: Caller) -> Result<Response, ApiError> {
+    embedded(&boundary)?;
     let request = administer_request(boundary.config(), &caller.principal, &caller.origin);
     let decision = boundary.pack().decide(&request);
     let allowed = decision.effect() == "allow";
@@ -157,7 +166,7 @@ pub async fn rotate(State(boundary): State<Arc<Boundary>>, caller: Caller) -> Re
         tracing::warn!(principal = %caller.principal.id, log_index, "key rotation refused");
         return Err(ApiError::Forbidden { decision, log_index });
     }
-    let custodian = boundary.custodian();
+    let custodian = embedded(&boundary)?;
     let to_version = custodian.kek().add_version().map_err(ApiError::internal)?;
     let total: u64 = custodian
         .version_counts()
@@ -185,7 +194,7 @@ pub async fn rotate(State(boundary): State<Arc<Boundary>>, caller: Caller) -> Re
 
 /// Re-wraps every data key under `to_version`, then retires the older versions.
 async fn run_rotation(boundary: Arc<Boundary>, to_version: u32) {
-    let custodian = boundary.custodian().clone();
+    let Some(custodian) = boundary.custodian().cloned() else { return };
     let outcome: Result<(), String> = async {
         loop {
             let done = custodian.rewrap_batch(BATCH).await.map_err(|e| e.to_string())?;

@@ -108,7 +108,7 @@ pub async fn create_record(
         action: Action::Write,
         subject: &subject_id,
         record: Some((record_id, &category)),
-        subject_minor: pipeline::subject_minor(&boundary, &subject),
+        subject_minor: pipeline::subject_minor(&boundary, &subject).await,
     };
     let receipt = pipeline::decide_and_log(&boundary, &caller, EventKind::Write, &ask).await?;
     let key = pipeline::unwrap_key(&boundary, &receipt).await?;

@@ -148,7 +148,7 @@ pub async fn put_subject(
     let attributes = serde_json::to_vec(&Attributes { birth_date }).map_err(ApiError::internal)?;
     let sealed_aad = aad::subject(boundary.region(), &subject_id);
     let metadata = serde_json::to_vec(&SubjectMetadata { adult_on }).map_err(ApiError::internal)?;
-    let metadata = boundary.custody().seal_metadata(&subject_id, &metadata).map_err(ApiError::internal)?;
+    let metadata = boundary.custody().seal_metadata(&subject_id, &metadata).await.map_err(ApiError::internal)?;
 
     let created = match boundary.store().subject(&subject_id).await.map_err(ApiError::internal)? {
         Some(_) => {
@@ -219,7 +219,7 @@ pub async fn erase_subject(
 ) -> Result<Response, ApiError> {
     let subject_id = SubjectId::new(subject_id)?;
     let subject = pipeline::load_subject(&boundary, &subject_id).await?;
-    let minor = pipeline::subject_minor(&boundary, &subject);
+    let minor = pipeline::subject_minor(&boundary, &subject).await;
     let ask = Ask { action: Action::Erase, subject: &subject_id, record: None, subject_minor: minor };
     let receipt = pipeline::decide_and_log(&boundary, &caller, EventKind::Erasure, &ask).await?;
     // The key first: once it is gone, every copy of the subject's ciphertext is unreadable,
@@ -291,7 +291,7 @@ pub async fn list_accesses(
     let subject_id = SubjectId::new(subject_id)?;
     // Listing works after erasure too: the log keeps the history of a subject it no longer holds.
     let minor = match boundary.store().subject(&subject_id).await.map_err(ApiError::internal)? {
-        Some(subject) => pipeline::subject_minor(&boundary, &subject),
+        Some(subject) => pipeline::subject_minor(&boundary, &subject).await,
         None => true,
     };
     let ask = Ask { action: Action::ListAccesses, subject: &subject_id, record: None, subject_minor: minor };

@@ -6,6 +6,7 @@ mod harness;
 
 mod auth;
 mod bad_input;
+mod custodian;
 mod encryption;
 mod erasure;
 mod identity;

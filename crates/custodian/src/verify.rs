@@ -1,0 +1,152 @@
+//! Checking a boundary's receipt against its signed log.
+
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use clover_keys::LoggedAccess;
+use clover_log::checkpoint::Checkpoint;
+use clover_log::event::{Event, EventKind};
+use clover_log::hash::{Hash, leaf_hash};
+use clover_log::note::{Note, VerifierKey};
+use clover_log::tree::verify_inclusion;
+use clover_model::Action;
+use serde::Deserialize;
+
+/// Why a receipt was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiptError {
+    /// The log could not be reached or answered nonsense.
+    #[error("the log at {url} cannot be checked: {detail}")]
+    Unreachable {
+        /// The log's URL.
+        url: String,
+        /// What went wrong.
+        detail: String,
+    },
+    /// The log's checkpoint is not signed by the log's key.
+    #[error("the log's checkpoint is not signed by {0}")]
+    BadCheckpoint(String),
+    /// The entry is not in the log at that index.
+    #[error("entry {0} is not in the signed log (wrong index, or the entry was altered)")]
+    NotInLog(u64),
+    /// The entry does not allow what was asked.
+    #[error("log entry {index} does not allow this: {detail}")]
+    NotAllowed {
+        /// The entry's index.
+        index: u64,
+        /// Why.
+        detail: String,
+    },
+}
+
+#[derive(Deserialize)]
+struct InclusionAnswer {
+    size: u64,
+    proof: Vec<String>,
+    checkpoint: Option<String>,
+}
+
+/// Checks entries against one boundary's log.
+#[derive(Debug, Clone)]
+pub struct LogVerifier {
+    url: String,
+    vkey: VerifierKey,
+    http: reqwest::Client,
+}
+
+impl LogVerifier {
+    /// A verifier of the log served at `url` (the boundary's base URL) and signed by `vkey`.
+    pub fn new(url: &str, vkey: VerifierKey) -> Self {
+        let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(10)).build().unwrap_or_default();
+        Self { url: url.trim_end_matches('/').to_owned(), vkey, http }
+    }
+
+    fn unreachable(&self, detail: impl std::fmt::Display) -> ReceiptError {
+        ReceiptError::Unreachable { url: self.url.clone(), detail: detail.to_string() }
+    }
+
+    /// Checks that `entry` is at `index` in the signed log, and reads the access it records.
+    pub async fn check(&self, index: u64, entry: &[u8]) -> Result<LoggedAccess, ReceiptError> {
+        let answer = self.proof(index).await?;
+        let note = answer.checkpoint.ok_or_else(|| self.unreachable("no checkpoint with the proof"))?;
+        let note = Note::parse(&note).map_err(|e| self.unreachable(e))?;
+        note.verify(&self.vkey).map_err(|_| ReceiptError::BadCheckpoint(self.vkey.name.clone()))?;
+        let checkpoint = Checkpoint::parse(&note.text).map_err(|e| self.unreachable(e))?;
+        if checkpoint.size != answer.size {
+            return Err(self.unreachable("the proof is not for the checkpoint's size"));
+        }
+        let proof: Vec<Hash> = answer
+            .proof
+            .iter()
+            .map(|h| Hash::from_base64(h).ok_or_else(|| self.unreachable("a proof hash is not base64")))
+            .collect::<Result<_, _>>()?;
+        verify_inclusion(&leaf_hash(entry), index, checkpoint.size, &proof, &checkpoint.root)
+            .map_err(|_| ReceiptError::NotInLog(index))?;
+        access(index, entry)
+    }
+
+    /// The inclusion proof of `index` against the latest checkpoint; waits a little for a
+    /// checkpoint to cover an entry just appended (a log that signs at intervals).
+    async fn proof(&self, index: u64) -> Result<InclusionAnswer, ReceiptError> {
+        let url = format!("{}/v1/log/proof/inclusion?index={index}", self.url);
+        for attempt in 0..50 {
+            let response = self.http.get(&url).send().await.map_err(|e| self.unreachable(e))?;
+            if response.status().is_success() {
+                return response.json().await.map_err(|e| self.unreachable(e));
+            }
+            if response.status() != reqwest::StatusCode::BAD_REQUEST || attempt == 49 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err(ReceiptError::NotInLog(index))
+    }
+}
+
+/// What a verified entry allows.
+fn access(index: u64, entry: &[u8]) -> Result<LoggedAccess, ReceiptError> {
+    let refuse = |detail: &str| ReceiptError::NotAllowed { index, detail: detail.to_owned() };
+    let event: Event = serde_json::from_slice(entry).map_err(|_| refuse("it is not an access entry"))?;
+    if !matches!(event.kind, EventKind::Access | EventKind::Write | EventKind::Erasure) {
+        return Err(refuse("it is not an access to a subject's data"));
+    }
+    if event.decision.as_ref().is_none_or(|d| d.effect != "allow") {
+        return Err(refuse("its decision is not allow"));
+    }
+    let action = match event.action.as_deref() {
+        Some("read") => Action::Read,
+        Some("write") => Action::Write,
+        Some("erase") => Action::Erase,
+        _ => return Err(refuse("its action needs no data key")),
+    };
+    let subject_hash = event.subject.ok_or_else(|| refuse("it names no subject"))?;
+    Ok(LoggedAccess {
+        subject_hash,
+        action,
+        log_index: index,
+        entry_hash: leaf_hash(entry).0.iter().map(|b| format!("{b:02x}")).collect(),
+        purpose: event.purpose,
+    })
+}
+
+/// A receipt on the wire: the log index and the entry's bytes.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct WireReceipt {
+    /// The entry's index.
+    pub index: u64,
+    /// The entry's bytes, base64.
+    pub entry: String,
+}
+
+impl WireReceipt {
+    /// The receipt of an access logged in this process.
+    pub fn of(receipt: &clover_log::Receipt) -> Self {
+        Self { index: receipt.index(), entry: B64.encode(receipt.entry()) }
+    }
+
+    /// The entry's bytes.
+    pub fn entry_bytes(&self) -> Option<Vec<u8>> {
+        B64.decode(&self.entry).ok()
+    }
+}

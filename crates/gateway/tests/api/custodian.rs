@@ -1,0 +1,128 @@
+//! A custodian in its own process: the boundary holds no key, and the custodian hands one out
+//! only for a log entry that it finds, allowed, in the boundary's signed log.
+
+use std::sync::Arc;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use clover_custodian::{CustodianOptions, CustodianServer, LogVerifier, open_dir, router};
+use clover_keys::{CacheOptions, DataKey, aad};
+use clover_model::{RecordId, SubjectId};
+use serde_json::{Value, json};
+
+use crate::harness::{DUBLIN, SINGAPORE, TestApp, files, problem};
+
+struct Remote {
+    app: TestApp,
+    url: String,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+/// A boundary whose keys are held by a custodian server on another port.
+async fn start() -> Remote {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let app = TestApp::start_with(|c| c.keys.custodian = Some(url.clone())).await;
+    let options = CustodianOptions {
+        dir: dir.path().join("custodian"),
+        region: "eu".parse().unwrap(),
+        pkcs11: None,
+        cache: CacheOptions::default(),
+    };
+    let custodian = Arc::new(open_dir(&options).await.unwrap());
+    let verifier = LogVerifier::new(&app.url(""), app.boundary.log_vkey().clone());
+    tokio::spawn(async move { axum::serve(listener, router(CustodianServer { custodian, verifier })).await });
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    Remote { app, url, http, _dir: dir }
+}
+
+impl Remote {
+    async fn call(&self, op: &str, index: u64, entry: &[u8]) -> reqwest::Response {
+        self.http
+            .post(format!("{}/v1/data-keys/{op}", self.url))
+            .json(&json!({"index": index, "entry": B64.encode(entry)}))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    fn entry(&self, index: u64) -> Vec<u8> {
+        self.app.boundary.log().entry(index).unwrap()
+    }
+}
+
+#[tokio::test]
+async fn the_boundary_reads_through_the_custodian_and_holds_no_key() {
+    let remote = start().await;
+    let app = &remote.app;
+    let record = app.seed("u-1", json!({"name": "Ana"})).await;
+    let read = app.get_record(DUBLIN, &record).await;
+    assert_eq!(read.status(), 200);
+    let read: Value = read.json().await.unwrap();
+    assert_eq!(read["fields"]["name"], "Ana");
+    let read_index = read["log_index"].as_u64().unwrap();
+
+    // The boundary's data directory has no key store, and no file of it holds a data key.
+    assert!(files(&app.data_dir()).iter().all(|(f, _)| !f.to_string_lossy().contains("keys.db")));
+
+    // The custodian's journal: the registration's key made, the record's write, the read;
+    // each with the log index and purpose of its entry.
+    let journal: Vec<Value> =
+        remote.http.get(format!("{}/v1/journal", remote.url)).send().await.unwrap().json().await.unwrap();
+    let actions: Vec<&str> = journal.iter().map(|r| r["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["write", "write", "read"]);
+    assert_eq!(journal[2]["log_index"].as_u64().unwrap(), read_index);
+    assert_eq!(journal[2]["purpose"], "legal");
+
+    // The key the custodian hands out for that entry opens the record.
+    let answer = remote.call("fetch", read_index, &remote.entry(read_index)).await;
+    assert_eq!(answer.status(), 200);
+    let key: Value = answer.json().await.unwrap();
+    let key = DataKey::from_slice(&B64.decode(key["key"].as_str().unwrap()).unwrap()).unwrap();
+    let ciphertext = app.ciphertext(&record).await;
+    let (subject, record_id): (SubjectId, RecordId) = ("u-1".parse().unwrap(), record.parse().unwrap());
+    let opened = key.open(&aad::record(app.boundary.region(), &subject, &record_id, 1), &ciphertext).unwrap();
+    assert_eq!(serde_json::from_slice::<Value>(&opened).unwrap(), json!({"name": "Ana"}));
+}
+
+#[tokio::test]
+async fn the_custodian_refuses_what_the_signed_log_does_not_allow() {
+    let remote = start().await;
+    let app = &remote.app;
+    let record = app.seed("u-1", json!({"name": "Ana"})).await;
+    let read: Value = app.get_record(DUBLIN, &record).await.json().await.unwrap();
+    let index = read["log_index"].as_u64().unwrap();
+    let entry = remote.entry(index);
+
+    // An altered entry (another subject's hash) is not in the log.
+    let text = String::from_utf8(entry.clone()).unwrap();
+    let other = app.boundary.subject_hash(&"u-2".parse().unwrap());
+    let hash = app.boundary.subject_hash(&"u-1".parse().unwrap());
+    let forged = text.replace(&hash, &other);
+    assert_ne!(forged, text);
+    assert_eq!(remote.call("fetch", index, forged.as_bytes()).await.status(), 403);
+    // A real entry at the wrong index, or beyond the log.
+    assert_eq!(remote.call("fetch", index - 1, &entry).await.status(), 403);
+    assert_eq!(remote.call("fetch", index + 1000, &entry).await.status(), 403);
+    // A read's entry does not allow destroying the key, nor creating one.
+    assert_eq!(remote.call("destroy", index, &entry).await.status(), 403);
+    assert_eq!(remote.call("create", index, &entry).await.status(), 403);
+    // A denied read is in the log, but it is a denial.
+    let denied = problem(app.get_record(SINGAPORE, &record).await, 403, "forbidden").await;
+    let denied = denied["log_index"].as_u64().unwrap();
+    assert_eq!(remote.call("fetch", denied, &remote.entry(denied)).await.status(), 403);
+    // The real thing works.
+    assert_eq!(remote.call("fetch", index, &entry).await.status(), 200);
+
+    // After an erasure through the boundary, the same entry gets nothing: the key is gone.
+    let erased = app.client(DUBLIN).delete(app.url("/v1/subjects/u-1")).bearer_auth(app.token()).send().await.unwrap();
+    assert_eq!(erased.status(), 200);
+    assert_eq!(remote.call("fetch", index, &entry).await.status(), 404);
+    problem(app.get_record(DUBLIN, &record).await, 404, "not-found").await;
+
+    // Key administration is the custodian's, not the boundary's.
+    let keys = app.client(DUBLIN).get(app.url("/v1/keys")).bearer_auth(app.token()).send().await.unwrap();
+    problem(keys, 409, "custodian-elsewhere").await;
+}
