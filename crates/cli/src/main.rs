@@ -683,8 +683,7 @@ fn policy_explain(command: PolicyCommand) -> anyhow::Result<()> {
 
 fn log_vkey(args: &ConfigArgs) -> anyhow::Result<()> {
     let config = args.load()?;
-    let keyring = DataDir::new(&config.data_dir).unseal(&config.region)?;
-    println!("{}", keyring.checkpoint_signer(&config.log_origin())?.verifier());
+    println!("{}", clover_gateway::checkpoint_vkey(&config)?);
     Ok(())
 }
 

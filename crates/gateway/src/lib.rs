@@ -22,9 +22,10 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use clover_keys::pkcs11::{AuthPin, Pkcs11Config, Pkcs11Kek};
+use clover_keys::pkcs11::{AuthPin, Pkcs11Config, Pkcs11Kek, Pkcs11Signer, Token};
 use clover_keys::{CacheOptions, Custodian, Kek, KeyCustody, KeyError, Keyring};
 use clover_log::event::{EVENT_VERSION, Event, EventKind, SubjectIndexKey};
+use clover_log::note::NoteSigner;
 use clover_log::note::VerifierKey;
 use clover_log::{Log, LogError, LogOptions};
 use clover_model::{Category, Region, SubjectId};
@@ -98,7 +99,8 @@ impl Boundary {
             checkpoint_interval: std::time::Duration::from_millis(config.log.checkpoint_interval_ms),
             ..LogOptions::default()
         };
-        let signer = keyring.checkpoint_signer(&config.log_origin())?;
+        let token = hsm_token(&config)?;
+        let (signer, signed_by) = checkpoint_signer(&config, &keyring, token.as_ref())?;
         let log_vkey = signer.verifier();
         let log = Log::open(&data_dir.log_dir(), signer, options)?;
         let subject_index = keyring.subject_index_key();
@@ -116,8 +118,15 @@ impl Boundary {
                 (Arc::new(clover_custodian::RemoteCustody::new(url, config.region.clone())), None)
             }
             None => {
-                let kek = open_kek(&config, &keyring)?;
-                let held = format!("kek v{} in {}", kek.current_version().unwrap_or_default(), kek.describe());
+                let kek: Arc<dyn Kek> = match token {
+                    Some(token) => Arc::new(Pkcs11Kek::on(token, config.region.clone())?),
+                    None => keyring.clone(),
+                };
+                let held = format!(
+                    "kek v{} in {}; checkpoints signed {signed_by}",
+                    kek.current_version().unwrap_or_default(),
+                    kek.describe()
+                );
                 record_setup(&log, &config, &held, &log_vkey).await?;
                 let custodian = Arc::new(
                     Custodian::open(
@@ -311,9 +320,10 @@ pub fn watch_policies(boundary: Arc<Boundary>) {
 }
 
 /// The key-encryption keys: the keyring's, or an HSM's over PKCS#11 (`[keys]`).
-fn open_kek(config: &Config, keyring: &Arc<Keyring>) -> Result<Arc<dyn Kek>, OpenError> {
+fn hsm_token(config: &Config) -> Result<Option<Arc<Token>>, OpenError> {
     match config.keys.backend {
-        config::KeyBackend::Keyring => Ok(keyring.clone()),
+        _ if config.keys.custodian.is_some() => Ok(None),
+        config::KeyBackend::Keyring => Ok(None),
         config::KeyBackend::Pkcs11 => {
             let (Some(module), Some(token_label)) = (&config.keys.module, &config.keys.token_label) else {
                 return Err(
@@ -324,9 +334,34 @@ fn open_kek(config: &Config, keyring: &Arc<Keyring>) -> Result<Arc<dyn Kek>, Ope
                 KeyError::Hsm(format!("set {} to the token's user PIN ([keys] pin_env)", config.keys.pin_env))
             })?;
             let pkcs11 = Pkcs11Config { module: module.clone(), token_label: token_label.clone() };
-            Ok(Arc::new(Pkcs11Kek::open(&pkcs11, config.region.clone(), AuthPin::new(pin.into()))?))
+            Ok(Some(Token::open(&pkcs11, AuthPin::new(pin.into()))?))
         }
     }
+}
+
+/// The log's checkpoint verifier key, as `config` signs (in the HSM, or with the keyring's key):
+/// what `clover log vkey` prints.
+pub fn checkpoint_vkey(config: &Config) -> Result<clover_log::note::VerifierKey, OpenError> {
+    let keyring = DataDir::new(&config.data_dir).unseal(&config.region)?;
+    let token = hsm_token(config)?;
+    Ok(checkpoint_signer(config, &keyring, token.as_ref())?.0.verifier())
+}
+
+/// The log's checkpoint signer: an Ed25519 key generated in the HSM when the backend is one and
+/// its token does Ed25519, else the keyring's key. Returns it and where it is, for the log.
+fn checkpoint_signer(
+    config: &Config,
+    keyring: &Keyring,
+    token: Option<&Arc<Token>>,
+) -> Result<(Box<dyn NoteSigner>, String), OpenError> {
+    let origin = config.log_origin();
+    if let Some(token) = token {
+        match Pkcs11Signer::open(token.clone(), &config.region, &origin)? {
+            Some(signer) => return Ok((Box::new(signer), "in the HSM".to_owned())),
+            None => tracing::warn!("the HSM token does not do Ed25519; checkpoints are signed with the keyring's key"),
+        }
+    }
+    Ok((Box::new(keyring.checkpoint_signer(&origin)?), "with the keyring's key".to_owned()))
 }
 
 /// The custodian's directory in the data directory (0700), made if missing.

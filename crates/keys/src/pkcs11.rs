@@ -16,8 +16,9 @@ use aws_lc_rs::aead::NONCE_LEN;
 use clover_model::Region;
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
-use cryptoki::mechanism::Mechanism;
 use cryptoki::mechanism::aead::GcmParams;
+use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
+use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
@@ -68,14 +69,64 @@ pub fn token_slot(module: &Pkcs11, label: &str) -> Result<Slot, KeyError> {
     Err(KeyError::Hsm(format!("no initialised token labelled {label:?} in the PKCS#11 module")))
 }
 
+/// A token, logged in: the module, its slot, the PIN, and a pool of sessions.
+pub struct Token {
+    module: Arc<Pkcs11>,
+    slot: Slot,
+    label: String,
+    pin: AuthPin,
+    sessions: Mutex<Vec<Session>>,
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Token").field("label", &self.label).finish_non_exhaustive()
+    }
+}
+
+impl Token {
+    /// Opens the token of `config`; sessions log in with `pin`.
+    pub fn open(config: &Pkcs11Config, pin: AuthPin) -> Result<Arc<Self>, KeyError> {
+        let module = module(&config.module)?;
+        let slot = token_slot(&module, &config.token_label)?;
+        let token = Self { module, slot, label: config.token_label.clone(), pin, sessions: Mutex::new(Vec::new()) };
+        token.with_session(|_| Ok(()))?;
+        Ok(Arc::new(token))
+    }
+
+    /// Whether the token offers every one of `mechanisms`.
+    pub fn supports(&self, mechanisms: &[MechanismType]) -> bool {
+        self.module.get_mechanism_list(self.slot).is_ok_and(|list| mechanisms.iter().all(|m| list.contains(m)))
+    }
+
+    /// Runs `f` on a logged-in session from the pool.
+    fn with_session<T>(&self, f: impl FnOnce(&Session) -> Result<T, KeyError>) -> Result<T, KeyError> {
+        let pooled = self.sessions.lock().unwrap_or_else(PoisonError::into_inner).pop();
+        let session = match pooled {
+            Some(session) => session,
+            None => {
+                let session = self.module.open_rw_session(self.slot).map_err(hsm("opening a session"))?;
+                match session.login(UserType::User, Some(&self.pin)) {
+                    Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
+                    Err(e) => return Err(KeyError::Hsm(format!("cannot log in to {:?}: {e}", self.label))),
+                }
+                session
+            }
+        };
+        let result = f(&session);
+        let mut pool = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+        if pool.len() < 16 {
+            pool.push(session);
+        }
+        result
+    }
+}
+
 /// The region's KEK versions in an HSM.
 pub struct Pkcs11Kek {
     region: Region,
-    module: Arc<Pkcs11>,
-    slot: Slot,
+    token: Arc<Token>,
     token_label: String,
-    pin: AuthPin,
-    sessions: Mutex<Vec<Session>>,
     versions: RwLock<BTreeMap<u32, ObjectHandle>>,
 }
 
@@ -93,17 +144,12 @@ impl Pkcs11Kek {
     /// Opens the token, logs in with `pin`, and finds the region's KEK versions; generates the
     /// first one if there is none yet.
     pub fn open(config: &Pkcs11Config, region: Region, pin: AuthPin) -> Result<Self, KeyError> {
-        let module = module(&config.module)?;
-        let slot = token_slot(&module, &config.token_label)?;
-        let kek = Self {
-            region,
-            module,
-            slot,
-            token_label: config.token_label.clone(),
-            pin,
-            sessions: Mutex::new(Vec::new()),
-            versions: RwLock::new(BTreeMap::new()),
-        };
+        Self::on(Token::open(config, pin)?, region)
+    }
+
+    /// [`Pkcs11Kek::open`] on a token already open.
+    pub fn on(token: Arc<Token>, region: Region) -> Result<Self, KeyError> {
+        let kek = Self { region, token_label: token.label.clone(), token, versions: RwLock::new(BTreeMap::new()) };
         let found = kek.with_session(|session| {
             let prefix = kek.label_prefix();
             let template = [Attribute::Class(ObjectClass::SECRET_KEY), Attribute::KeyType(KeyType::AES)];
@@ -133,26 +179,13 @@ impl Pkcs11Kek {
         format!("clover/{}/kek/v", self.region)
     }
 
-    /// Runs `f` on a logged-in session from the pool.
+    /// The token, to keep the checkpoint key in it too.
+    pub fn token(&self) -> &Arc<Token> {
+        &self.token
+    }
+
     fn with_session<T>(&self, f: impl FnOnce(&Session) -> Result<T, KeyError>) -> Result<T, KeyError> {
-        let pooled = self.sessions.lock().unwrap_or_else(PoisonError::into_inner).pop();
-        let session = match pooled {
-            Some(session) => session,
-            None => {
-                let session = self.module.open_rw_session(self.slot).map_err(hsm("opening a session"))?;
-                match session.login(UserType::User, Some(&self.pin)) {
-                    Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
-                    Err(e) => return Err(KeyError::Hsm(format!("cannot log in to {:?}: {e}", self.token_label))),
-                }
-                session
-            }
-        };
-        let result = f(&session);
-        let mut pool = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
-        if pool.len() < 16 {
-            pool.push(session);
-        }
-        result
+        self.token.with_session(f)
     }
 
     fn handle(&self, version: u32) -> Result<ObjectHandle, KeyError> {
@@ -240,5 +273,114 @@ impl Kek for Pkcs11Kek {
         self.with_session(|session| session.destroy_object(handle).map_err(hsm("destroying a key")))?;
         versions.remove(&version);
         Ok(())
+    }
+}
+
+/// DER of the Ed25519 curve's object identifier (1.3.101.112), for `CKA_EC_PARAMS`.
+const ED25519_OID: [u8; 5] = [0x06, 0x03, 0x2b, 0x65, 0x70];
+
+/// The log's checkpoint signing key, an Ed25519 key pair generated in the HSM (the private half
+/// sensitive and not extractable); every checkpoint is signed inside the token.
+pub struct Pkcs11Signer {
+    token: Arc<Token>,
+    name: String,
+    private: ObjectHandle,
+    public_key: [u8; 32],
+}
+
+impl std::fmt::Debug for Pkcs11Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pkcs11Signer").field("name", &self.name).field("token", &self.token).finish_non_exhaustive()
+    }
+}
+
+/// The 32 bytes of an Ed25519 `CKA_EC_POINT`: raw, or wrapped in a DER OCTET STRING.
+fn ed25519_point(point: &[u8]) -> Option<[u8; 32]> {
+    let raw = match point {
+        [0x04, 0x20, rest @ ..] if rest.len() == 32 => rest,
+        raw if raw.len() == 32 => raw,
+        _ => return None,
+    };
+    raw.try_into().ok()
+}
+
+impl Pkcs11Signer {
+    /// The region's checkpoint key in `token`, made there on first use, signing under the log's
+    /// name `origin`; `None` when the token does not do Ed25519 (the keyring's key is used
+    /// instead).
+    pub fn open(token: Arc<Token>, region: &Region, origin: &str) -> Result<Option<Self>, KeyError> {
+        if !token.supports(&[MechanismType::ECC_EDWARDS_KEY_PAIR_GEN, MechanismType::EDDSA]) {
+            return Ok(None);
+        }
+        let label = format!("clover/{region}/checkpoint").into_bytes();
+        let (private, public_key) = token.with_session(|session| {
+            let find = |class| {
+                session
+                    .find_objects(&[
+                        Attribute::Class(class),
+                        Attribute::KeyType(KeyType::EC_EDWARDS),
+                        Attribute::Label(label.clone()),
+                    ])
+                    .map_err(hsm("finding the checkpoint key"))
+            };
+            let (private, public) =
+                match (find(ObjectClass::PRIVATE_KEY)?.first(), find(ObjectClass::PUBLIC_KEY)?.first()) {
+                    (Some(private), Some(public)) => (*private, *public),
+                    _ => {
+                        let public = [
+                            Attribute::Token(true),
+                            Attribute::Verify(true),
+                            Attribute::EcParams(ED25519_OID.to_vec()),
+                            Attribute::Label(label.clone()),
+                        ];
+                        let private = [
+                            Attribute::Token(true),
+                            Attribute::Private(true),
+                            Attribute::Sensitive(true),
+                            Attribute::Extractable(false),
+                            Attribute::Sign(true),
+                            Attribute::Label(label.clone()),
+                        ];
+                        let (public, private) = session
+                            .generate_key_pair(&Mechanism::EccEdwardsKeyPairGen, &public, &private)
+                            .map_err(hsm("generating the checkpoint key"))?;
+                        (private, public)
+                    }
+                };
+            let attributes =
+                session.get_attributes(public, &[AttributeType::EcPoint]).map_err(hsm("reading the checkpoint key"))?;
+            let point = attributes
+                .into_iter()
+                .find_map(|a| if let Attribute::EcPoint(p) = a { ed25519_point(&p) } else { None })
+                .ok_or_else(|| KeyError::Hsm("the checkpoint key's public point is not Ed25519".to_owned()))?;
+            Ok((private, point))
+        })?;
+        Ok(Some(Self { token, name: origin.to_owned(), private, public_key }))
+    }
+}
+
+impl clover_log::note::NoteSigner for Pkcs11Signer {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn verifier(&self) -> clover_log::note::VerifierKey {
+        clover_log::note::VerifierKey {
+            name: self.name.clone(),
+            key_type: clover_log::note::TYPE_ED25519,
+            public_key: self.public_key,
+        }
+    }
+
+    fn sign_bytes(&self, message: &[u8]) -> Result<[u8; 64], clover_log::note::NoteError> {
+        let signature = self
+            .token
+            .with_session(|session| {
+                session
+                    .sign(&Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure)), self.private, message)
+                    .map_err(hsm("signing a checkpoint"))
+            })
+            .map_err(|e| clover_log::note::NoteError::Hsm(e.to_string()))?;
+        signature.try_into().map_err(|_| clover_log::note::NoteError::BadSigningKey)
     }
 }

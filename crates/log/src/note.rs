@@ -42,6 +42,9 @@ pub enum NoteError {
     /// A private key is unusable.
     #[error("unusable signing key")]
     BadSigningKey,
+    /// The HSM holding the signing key failed.
+    #[error("{0}")]
+    Hsm(String),
 }
 
 /// Whether `name` may name a key: non-empty, no Unicode spaces, no `+`.
@@ -132,6 +135,56 @@ pub struct SigningKey {
 impl std::fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "SigningKey({})", self.verifier())
+    }
+}
+
+/// Whatever signs a log's checkpoints: a key in memory ([`SigningKey`]) or one in an HSM.
+pub trait NoteSigner: Send + Sync + std::fmt::Debug + 'static {
+    /// The key's name (the log's origin).
+    fn name(&self) -> &str;
+
+    /// The matching verifier key.
+    fn verifier(&self) -> VerifierKey;
+
+    /// An Ed25519 signature of `message`.
+    fn sign_bytes(&self, message: &[u8]) -> Result<[u8; 64], NoteError>;
+
+    /// Signs `text` as a note: returns the signature line.
+    fn signature_line(&self, text: &str) -> Result<String, NoteError> {
+        let signature = self.sign_bytes(text.as_bytes())?;
+        let mut bytes = self.verifier().id().to_vec();
+        bytes.extend_from_slice(&signature);
+        Ok(format!("\u{2014} {} {}\n", self.name(), B64.encode(bytes)))
+    }
+}
+
+impl NoteSigner for Box<dyn NoteSigner> {
+    fn name(&self) -> &str {
+        self.as_ref().name()
+    }
+
+    fn verifier(&self) -> VerifierKey {
+        self.as_ref().verifier()
+    }
+
+    fn sign_bytes(&self, message: &[u8]) -> Result<[u8; 64], NoteError> {
+        self.as_ref().sign_bytes(message)
+    }
+}
+
+impl NoteSigner for SigningKey {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn verifier(&self) -> VerifierKey {
+        SigningKey::verifier(self)
+    }
+
+    fn sign_bytes(&self, message: &[u8]) -> Result<[u8; 64], NoteError> {
+        let mut out = [0u8; 64];
+        out.copy_from_slice(self.pair.sign(message).as_ref());
+        Ok(out)
     }
 }
 

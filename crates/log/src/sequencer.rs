@@ -27,7 +27,7 @@ use tokio::sync::oneshot;
 use crate::checkpoint::Checkpoint;
 use crate::event::{Event, EventKind};
 use crate::hash::{Hash, leaf_hash};
-use crate::note::{Note, SigningKey};
+use crate::note::{Note, NoteSigner};
 use crate::tile::{TILE_WIDTH, Tile, push_bundle_entry};
 use crate::tree::{self, ProofError, Subtrees};
 
@@ -56,6 +56,9 @@ pub enum LogError {
     /// An entry is larger than the 65535 bytes an entry bundle can hold.
     #[error("a log entry of {0} bytes is over the 65535-byte limit")]
     TooLarge(usize),
+    /// The checkpoint signer (an HSM, say) failed.
+    #[error("the checkpoint could not be signed: {0}")]
+    Sign(String),
     /// The sequencer stopped (a write failed earlier, or the log is shutting down).
     #[error("the log sequencer is not running; appends are refused")]
     Stopped,
@@ -205,7 +208,8 @@ impl Log {
     /// Opens (creating if needed) the log in `dir`, whose checkpoints `signer` signs under the
     /// name `origin`. Recovers from a crash: a partly written tail, never acknowledged, is cut.
     /// Refuses to open entries that do not match the last checkpoint signed.
-    pub fn open(dir: &Path, signer: SigningKey, options: LogOptions) -> Result<Self, LogError> {
+    pub fn open(dir: &Path, signer: impl NoteSigner, options: LogOptions) -> Result<Self, LogError> {
+        let signer: Box<dyn NoteSigner> = Box::new(signer);
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let path = dir.join(ENTRIES_FILE);
         let mut file = OpenOptions::new().read(true).append(true).create(true).open(&path).map_err(io(&path))?;
@@ -278,7 +282,7 @@ impl Log {
         }
         let shared = Arc::new(Shared { dir: dir.to_owned(), origin, tree: RwLock::new(tree), reader });
         let mut checkpoints = CheckpointFiles { slots, next: 0 };
-        sign(&shared, &signer, &mut checkpoints)?;
+        sign(&shared, signer.as_ref(), &mut checkpoints)?;
         let (sender, receiver) = std::sync::mpsc::channel();
         let sequencer = Sequencer { shared: shared.clone(), file, path, signer, options, receiver, checkpoints };
         std::thread::Builder::new()
@@ -435,13 +439,14 @@ impl CheckpointFiles {
 }
 
 /// Signs a checkpoint of the current tree, publishes it, and writes it to a checkpoint file.
-fn sign(shared: &Shared, signer: &SigningKey, files: &mut CheckpointFiles) -> Result<(), LogError> {
+fn sign(shared: &Shared, signer: &dyn NoteSigner, files: &mut CheckpointFiles) -> Result<(), LogError> {
     let (size, root) = {
         let tree = shared.tree.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         (tree.size(), tree::root(&*tree, tree.size())?)
     };
     let body = Checkpoint { origin: shared.origin.clone(), size, root }.to_text();
-    let note = format!("{body}\n{}", signer.sign_note(&body));
+    let line = signer.signature_line(&body).map_err(|e| LogError::Sign(e.to_string()))?;
+    let note = format!("{body}\n{line}");
     files.write(&note)?;
     let mut tree = shared.tree.write().unwrap_or_else(std::sync::PoisonError::into_inner);
     if size >= tree.checkpoint_size {
@@ -455,7 +460,7 @@ struct Sequencer {
     shared: Arc<Shared>,
     file: File,
     path: PathBuf,
-    signer: SigningKey,
+    signer: Box<dyn NoteSigner>,
     options: LogOptions,
     receiver: Receiver<Request>,
     checkpoints: CheckpointFiles,
@@ -494,7 +499,7 @@ impl Sequencer {
                     Ok(first_index) => {
                         unsigned = true;
                         if last_signed.elapsed() >= self.options.checkpoint_interval {
-                            if let Err(e) = sign(&self.shared, &self.signer, &mut self.checkpoints) {
+                            if let Err(e) = sign(&self.shared, self.signer.as_ref(), &mut self.checkpoints) {
                                 tracing::error!(error = %e, "cannot sign a checkpoint");
                             }
                             last_signed = Instant::now();
@@ -515,7 +520,7 @@ impl Sequencer {
                     }
                 }
             } else if unsigned {
-                if let Err(e) = sign(&self.shared, &self.signer, &mut self.checkpoints) {
+                if let Err(e) = sign(&self.shared, self.signer.as_ref(), &mut self.checkpoints) {
                     tracing::error!(error = %e, "cannot sign a checkpoint");
                 }
                 last_signed = Instant::now();
