@@ -479,7 +479,8 @@ fn custodian_serve(
         };
         let listener =
             tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
-        tracing::info!(%listen, log = log_url, "custodian listening");
+        let addr = listener.local_addr().context("reading the listening address")?;
+        eprintln!("clover: custodian of region {:?} on http://{addr} (log {log_url})", options.region.as_str());
         axum::serve(listener, clover_custodian::router(server))
             .with_graceful_shutdown(shutdown_signal())
             .await
