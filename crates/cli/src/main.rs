@@ -144,6 +144,28 @@ enum CustodianCommand {
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         cache_ttl: std::time::Duration,
     },
+    /// Print a running custodian's KEK versions and how many data keys each wraps.
+    Status {
+        #[command(flatten)]
+        admin: CustodianAdmin,
+    },
+    /// Rotate a running custodian's key-encryption key: a new version at once, the data keys
+    /// re-wrapped in the background (keys go on being handed out), the old versions retired.
+    /// Shows the progress and waits for the end.
+    Rotate {
+        #[command(flatten)]
+        admin: CustodianAdmin,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct CustodianAdmin {
+    /// The custodian's base URL.
+    #[arg(long, default_value = "http://127.0.0.1:7880")]
+    url: String,
+    /// The custodian's directory, where its admin token is.
+    #[arg(long, default_value = "./clover-custodian")]
+    dir: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
@@ -328,8 +350,14 @@ fn main() -> ExitCode {
             };
             custodian_serve(&options, listen, &log_url, &log_vkey)
         }
-        Command::Keys(KeysCommand::Status { remote }) => keys_status(&remote),
-        Command::Keys(KeysCommand::Rotate { remote }) => keys_rotate(&remote),
+        Command::Custodian(CustodianCommand::Status { admin }) => {
+            KeyUrls::custodian(&admin).and_then(|u| keys_status(&u))
+        }
+        Command::Custodian(CustodianCommand::Rotate { admin }) => {
+            KeyUrls::custodian(&admin).and_then(|u| keys_rotate(&u))
+        }
+        Command::Keys(KeysCommand::Status { remote }) => keys_status(&KeyUrls::boundary(&remote)),
+        Command::Keys(KeysCommand::Rotate { remote }) => keys_rotate(&KeyUrls::boundary(&remote)),
         Command::Audit(AuditCommand::Verify { url, vkey, state, witnesses }) => {
             audit_verify(url, &vkey, state, &witnesses)
         }
@@ -473,10 +501,11 @@ fn custodian_serve(
     let vkey = clover_log::note::VerifierKey::parse(log_vkey).context("--log-vkey")?;
     runtime()?.block_on(async {
         let custodian = std::sync::Arc::new(clover_custodian::open_dir(options).await?);
-        let server = clover_custodian::CustodianServer {
-            custodian: custodian.clone(),
-            verifier: clover_custodian::LogVerifier::new(log_url, vkey),
-        };
+        let server = clover_custodian::CustodianServer::new(
+            custodian.clone(),
+            clover_custodian::LogVerifier::new(log_url, vkey),
+            &clover_custodian::admin_token(&options.dir)?,
+        );
         let listener =
             tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
         let addr = listener.local_addr().context("reading the listening address")?;
@@ -512,25 +541,46 @@ fn print_versions(state: &serde_json::Value) {
     }
 }
 
-fn keys_status(remote: &Remote) -> anyhow::Result<()> {
+/// The URLs of key status and rotation: the boundary's, or a custodian's admin API.
+struct KeyUrls {
+    status: String,
+    rotate: String,
+    token: String,
+}
+
+impl KeyUrls {
+    fn boundary(remote: &Remote) -> Self {
+        let url = remote.url.trim_end_matches('/');
+        Self { status: format!("{url}/v1/keys"), rotate: format!("{url}/v1/keys/rotate"), token: remote.token.clone() }
+    }
+
+    fn custodian(admin: &CustodianAdmin) -> anyhow::Result<Self> {
+        let url = admin.url.trim_end_matches('/');
+        Ok(Self {
+            status: format!("{url}/v1/admin/keys"),
+            rotate: format!("{url}/v1/admin/rotate"),
+            token: clover_custodian::admin_token(&admin.dir)?,
+        })
+    }
+}
+
+fn keys_status(remote: &KeyUrls) -> anyhow::Result<()> {
     runtime()?.block_on(async {
         let client = reqwest::Client::new();
-        let state = call(client.get(format!("{}/v1/keys", remote.url)).bearer_auth(&remote.token)).await?;
+        let state = call(client.get(&remote.status).bearer_auth(&remote.token)).await?;
         print_versions(&state);
         Ok(())
     })
 }
 
-fn keys_rotate(remote: &Remote) -> anyhow::Result<()> {
+fn keys_rotate(remote: &KeyUrls) -> anyhow::Result<()> {
     runtime()?.block_on(async {
         let client = reqwest::Client::new();
-        let started = call(client.post(format!("{}/v1/keys/rotate", remote.url)).bearer_auth(&remote.token)).await?;
+        let started = call(client.post(&remote.rotate).bearer_auth(&remote.token)).await?;
         let to_version = at(&started, "/to_version").as_u64().unwrap_or_default();
         let total = at(&started, "/total").as_u64().unwrap_or_default();
-        eprintln!(
-            "kek v{to_version} is current (log index {}); re-wrapping {total} data keys",
-            at(&started, "/log_index")
-        );
+        let logged = at(&started, "/log_index").as_u64().map(|i| format!(" (log index {i})")).unwrap_or_default();
+        eprintln!("kek v{to_version} is current{logged}; re-wrapping {total} data keys");
         let bar = indicatif::ProgressBar::new(total).with_style(
             indicatif::ProgressStyle::with_template(
                 "{bar:40} {pos}/{len} data keys re-wrapped ({per_sec}, {eta} left)",
@@ -538,7 +588,7 @@ fn keys_rotate(remote: &Remote) -> anyhow::Result<()> {
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         let state = loop {
-            let state = call(client.get(format!("{}/v1/keys", remote.url)).bearer_auth(&remote.token)).await?;
+            let state = call(client.get(&remote.status).bearer_auth(&remote.token)).await?;
             let rotation = at(&state, "/rotation");
             bar.set_position(at(rotation, "/rewrapped").as_u64().unwrap_or_default());
             if at(rotation, "/done").as_bool().unwrap_or(true) {

@@ -108,4 +108,25 @@ async fn a_boundary_gets_its_keys_from_a_custodian_process() {
     assert_eq!(journal[2]["log_index"], read["log_index"]);
     assert!(dir.path().join("custodian").join("keys.db").exists());
     assert!(!dir.path().join("data").join("custody").exists());
+
+    // The custodian's operator rotates its KEK while the boundary goes on reading.
+    let mut status = clover(dir.path());
+    status.args(["custodian", "status", "--url", &custodian.url, "--dir", "custodian"]);
+    assert!(stdout(status).contains("kek v1 (current): 2 data keys"));
+    let mut rotate = clover(dir.path());
+    rotate.args(["custodian", "rotate", "--url", &custodian.url, "--dir", "custodian"]);
+    let rotated = stdout(rotate);
+    assert!(rotated.contains("kek v1 retired"), "{rotated}");
+    assert!(rotated.contains("kek v2 (current): 2 data keys"), "{rotated}");
+    let again = client
+        .get(format!("{boundary_url}/v1/records/{}", record["record_id"].as_str().unwrap()))
+        .bearer_auth(&token)
+        .header("X-Clover-Purpose", "support")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 200);
+    // Without the admin token, no administration.
+    let refused = client.post(format!("{}/v1/admin/rotate", custodian.url)).send().await.unwrap();
+    assert_eq!(refused.status(), 401);
 }

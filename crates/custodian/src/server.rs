@@ -8,6 +8,8 @@
 //! | `POST /v1/metadata/seal`, `/open` | `{"subject", "data"}` | `{"data"}` |
 //! | `POST /v1/pseudonym` | `{"purpose", "destination", "input"}` | `{"token"}` |
 //! | `GET /v1/journal` | | every key handed out: time, subject hash, action, log index, entry hash, purpose |
+//! | `GET /v1/admin/keys` | | the KEK versions, the data keys each wraps, the latest rotation (admin token) |
+//! | `POST /v1/admin/rotate` | | 202: a new KEK version; re-wrapping and retirement in the background (admin token) |
 //! | `GET /healthz` | | `ok` |
 //!
 //! A receipt that does not check out against the log is refused with 403, and logged.
@@ -24,7 +26,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use clover_keys::{Custodian, KeyError, LoggedAccess, UnwrapRecord};
 use clover_model::SubjectId;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::verify::{LogVerifier, ReceiptError, WireReceipt};
 
@@ -35,6 +37,120 @@ pub struct CustodianServer {
     pub custodian: Arc<Custodian>,
     /// The boundary's log.
     pub verifier: LogVerifier,
+    /// The custodian operator's bearer token for `/v1/admin/*` (the `admin-token` file in the
+    /// custodian's directory).
+    pub admin_token: Arc<str>,
+    /// The latest rotation's progress.
+    pub rotation: Arc<std::sync::Mutex<Option<Rotation>>>,
+}
+
+impl CustodianServer {
+    /// The server of `custodian`, checking receipts with `verifier`, administered with
+    /// `admin_token`.
+    pub fn new(custodian: Arc<Custodian>, verifier: LogVerifier, admin_token: &str) -> Self {
+        Self { custodian, verifier, admin_token: admin_token.into(), rotation: Arc::default() }
+    }
+}
+
+/// A rotation's progress.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Rotation {
+    /// The new version.
+    pub to_version: u32,
+    /// Data keys to re-wrap when it started.
+    pub total: u64,
+    /// Data keys re-wrapped so far.
+    pub rewrapped: u64,
+    /// Versions retired once nothing used them.
+    pub retired: Vec<u32>,
+    /// Whether it has finished.
+    pub done: bool,
+    /// Why it stopped, if it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+fn admin(server: &CustodianServer, headers: &axum::http::HeaderMap) -> Result<(), Refusal> {
+    let given = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if aws_lc_rs::constant_time::verify_slices_are_equal(given.as_bytes(), server.admin_token.as_bytes()).is_err() {
+        tracing::warn!("administration refused: no valid admin token");
+        return Err(Refusal(StatusCode::UNAUTHORIZED, "the custodian's admin token is required".to_owned()));
+    }
+    Ok(())
+}
+
+fn update(server: &CustodianServer, f: impl FnOnce(&mut Rotation)) {
+    if let Some(r) = server.rotation.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_mut() {
+        f(r);
+    }
+}
+
+async fn keys(State(server): State<CustodianServer>, headers: axum::http::HeaderMap) -> Result<Response, Refusal> {
+    admin(&server, &headers)?;
+    let kek = server.custodian.kek();
+    let versions: Vec<Value> = server
+        .custodian
+        .version_counts()
+        .await?
+        .into_iter()
+        .map(|(version, data_keys)| json!({"version": version, "data_keys": data_keys}))
+        .collect();
+    let rotation = server.rotation.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    Ok(Json(json!({
+        "backend": kek.describe(),
+        "current_version": kek.current_version()?,
+        "versions": versions,
+        "rotation": rotation,
+    }))
+    .into_response())
+}
+
+/// Rotates the KEK: a new version at once, the data keys re-wrapped in the background while
+/// keys go on being handed out, the old versions retired once unused. Each step is logged.
+async fn rotate(State(server): State<CustodianServer>, headers: axum::http::HeaderMap) -> Result<Response, Refusal> {
+    admin(&server, &headers)?;
+    if server.rotation.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref().is_some_and(|r| !r.done) {
+        return Err(Refusal(StatusCode::CONFLICT, "a rotation is under way".to_owned()));
+    }
+    let to_version = server.custodian.kek().add_version()?;
+    let total: u64 =
+        server.custodian.version_counts().await?.iter().filter(|(v, _)| *v != to_version).map(|(_, n)| n).sum();
+    tracing::info!(to_version, total, kek = %server.custodian.kek().describe(), "kek version created; re-wrapping");
+    *server.rotation.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+        Some(Rotation { to_version, total, ..Rotation::default() });
+    let task = server.clone();
+    tokio::spawn(async move {
+        let outcome: Result<(), KeyError> = async {
+            loop {
+                let done = task.custodian.rewrap_batch(256).await?;
+                if done == 0 {
+                    break;
+                }
+                update(&task, |r| r.rewrapped += done);
+            }
+            for (version, count) in task.custodian.version_counts().await? {
+                if version != to_version && count == 0 {
+                    task.custodian.retire(version).await?;
+                    tracing::info!(version, "kek version retired");
+                    update(&task, |r| r.retired.push(version));
+                }
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = &outcome {
+            tracing::error!(error = %e, "rotation stopped");
+        }
+        update(&task, |r| {
+            r.done = true;
+            r.error = outcome.err().map(|e| e.to_string());
+        });
+    });
+    Ok((StatusCode::ACCEPTED, Json(json!({"to_version": to_version, "total": total}))).into_response())
 }
 
 /// An error answer: a status and a message, in JSON.
@@ -176,8 +292,19 @@ pub fn router(server: CustodianServer) -> Router {
         .route("/v1/metadata/open", post(open))
         .route("/v1/pseudonym", post(pseudonym))
         .route("/v1/journal", get(journal))
+        .route("/v1/admin/keys", get(keys))
+        .route("/v1/admin/rotate", post(rotate))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(server)
+}
+
+/// The file in the custodian's directory holding the operator's admin token (0600).
+pub const ADMIN_TOKEN_FILE: &str = "admin-token";
+
+/// The admin token of the custodian whose directory is `dir`.
+pub fn admin_token(dir: &std::path::Path) -> Result<String, KeyError> {
+    let path = dir.join(ADMIN_TOKEN_FILE);
+    std::fs::read_to_string(&path).map(|t| t.trim().to_owned()).map_err(|cause| KeyError::Io { path, cause })
 }
 
 /// Where a custodian in its own process keeps its keys.
@@ -234,6 +361,13 @@ pub async fn open_dir(options: &CustodianOptions) -> Result<Custodian, KeyError>
         }
     };
     tracing::info!(kek = %kek.describe(), dir = %dir.display(), "custodian keys open");
+    let token = dir.join(ADMIN_TOKEN_FILE);
+    if !token.exists() {
+        let mut bytes = [0u8; 32];
+        aws_lc_rs::rand::fill(&mut bytes).map_err(|_| KeyError::Crypto("random generator failed"))?;
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        clover_keys::write_private(&token, hex.as_bytes())?;
+    }
     Custodian::open(
         &dir.join("keys.db"),
         options.region.clone(),

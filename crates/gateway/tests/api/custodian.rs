@@ -33,7 +33,8 @@ async fn start() -> Remote {
     };
     let custodian = Arc::new(open_dir(&options).await.unwrap());
     let verifier = LogVerifier::new(&app.url(""), app.boundary.log_vkey().clone());
-    tokio::spawn(async move { axum::serve(listener, router(CustodianServer { custodian, verifier })).await });
+    let admin = clover_custodian::admin_token(&options.dir).unwrap();
+    tokio::spawn(async move { axum::serve(listener, router(CustodianServer::new(custodian, verifier, &admin))).await });
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     Remote { app, url, http, _dir: dir }
 }
