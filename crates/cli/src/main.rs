@@ -34,6 +34,10 @@ struct ConfigArgs {
     /// The data directory (overrides the configuration's data_dir).
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// The data store, a postgres:// URL (overrides the configuration's store; SQLite in the
+    /// data directory when neither sets one).
+    #[arg(long, value_name = "URL", env = "CLOVER_STORE", hide_env_values = true)]
+    store: Option<String>,
 }
 
 impl ConfigArgs {
@@ -44,6 +48,9 @@ impl ConfigArgs {
         };
         if let Some(dir) = &self.data_dir {
             config.data_dir.clone_from(dir);
+        }
+        if let Some(store) = &self.store {
+            config.store = Some(store.clone());
         }
         Ok(config)
     }

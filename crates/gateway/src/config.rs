@@ -19,6 +19,10 @@ pub struct Config {
     pub region: Region,
     /// Where the database, keyring and issuer key live.
     pub data_dir: PathBuf,
+    /// The data store: unset for SQLite in the data directory (the embedded default), or a
+    /// PostgreSQL URL (`postgres://user@host/db`) for several gateways over one database.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
     /// The address the HTTP API listens on.
     pub listen: SocketAddr,
     /// The largest request body accepted, in bytes.
@@ -326,6 +330,7 @@ impl Default for Config {
         Self {
             region: name("eu"),
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            store: None,
             listen: name(DEFAULT_LISTEN),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             trusted_proxies: Vec::new(),
@@ -439,6 +444,14 @@ impl Config {
 
     /// Checks what serde cannot: unique names, a sane body limit.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(store) = &self.store
+            && !(store.starts_with("postgres://") || store.starts_with("postgresql://"))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "store must be a postgres:// URL (leave it unset for SQLite in the data directory), not {:?}",
+                store.split('@').next_back().unwrap_or_default()
+            )));
+        }
         if self.keys.backend == KeyBackend::Pkcs11 && (self.keys.module.is_none() || self.keys.token_label.is_none()) {
             return Err(ConfigError::Invalid(
                 "[keys] backend = \"pkcs11\" needs module (the PKCS#11 library) and token_label".to_owned(),

@@ -29,7 +29,7 @@ use clover_log::note::NoteSigner;
 use clover_log::note::VerifierKey;
 use clover_log::{Log, LogError, LogOptions};
 use clover_model::{Category, Region, SubjectId};
-use clover_store::{SqliteStore, Store};
+use clover_store::{PostgresStore, SqliteStore, Store};
 
 pub use config::Config;
 pub use datadir::DataDir;
@@ -94,7 +94,10 @@ impl Boundary {
         let keyring = Arc::new(data_dir.unseal(&config.region)?);
         let dev = if config.identity.dev_issuer { Some(data_dir.issuer()?.verifier(&config.identity)) } else { None };
         let authenticator = Authenticator::new(&config.identity, dev).await;
-        let store = SqliteStore::open(&data_dir.database_path()).await?;
+        let store: Arc<dyn Store> = match &config.store {
+            Some(url) => Arc::new(PostgresStore::open(url).await?),
+            None => Arc::new(SqliteStore::open(&data_dir.database_path()).await?),
+        };
         let options = LogOptions {
             checkpoint_interval: std::time::Duration::from_millis(config.log.checkpoint_interval_ms),
             ..LogOptions::default()
@@ -152,7 +155,7 @@ impl Boundary {
         let cosigned = witnesses::start(log.clone(), &config.log.witnesses);
         Ok(Self {
             config,
-            store: Arc::new(store),
+            store,
             custody,
             custodian,
             log,
@@ -382,7 +385,7 @@ fn custody_dir(data_dir: &DataDir) -> Result<std::path::PathBuf, OpenError> {
 
 /// Moves the wrapped data keys that a data store of an earlier version held into the
 /// custodian's key store, then destroys them in the data store; logged.
-async fn take_legacy_keys(store: &SqliteStore, custodian: &Custodian, log: &Log) -> Result<(), OpenError> {
+async fn take_legacy_keys(store: &Arc<dyn Store>, custodian: &Custodian, log: &Log) -> Result<(), OpenError> {
     let legacy = store.legacy_data_keys().await?;
     if legacy.is_empty() {
         return Ok(());

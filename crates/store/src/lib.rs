@@ -6,13 +6,17 @@
 //! destroying one there makes every copy of this store unreadable for that subject.
 //!
 //! Backends: [`SqliteStore`], the embedded default (one file in the data directory, WAL,
-//! `synchronous=FULL`, `secure_delete=ON` so that erased rows are overwritten). PostgreSQL
-//! follows; both pass one conformance suite.
+//! `synchronous=FULL`, `secure_delete=ON` so that erased rows are overwritten), and
+//! [`PostgresStore`], for several gateways over one region's database. Both pass one
+//! conformance suite (`tests/conformance.rs`).
 
 mod error;
+mod postgres;
+mod rows;
 mod sqlite;
 
 pub use error::StoreError;
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;

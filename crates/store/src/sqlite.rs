@@ -1,7 +1,6 @@
 //! The embedded SQLite backend.
 
 use std::path::Path;
-use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -12,6 +11,9 @@ use sqlx::sqlite::{
 };
 use time::OffsetDateTime;
 
+use crate::rows::{
+    self, APPROVAL_COLUMNS, RECORD_COLUMNS, SUBJECT_COLUMNS, approval_row, db, id_list, parse, record_row, subject_row,
+};
 use crate::{ApprovalRow, Counts, Erasure, RecordRow, Store, StoreError, SubjectRow};
 
 /// The schema, applied when the database is opened. `user_version` records which one.
@@ -47,31 +49,6 @@ CREATE TABLE IF NOT EXISTS approvals (
 CREATE INDEX IF NOT EXISTS approvals_by_requester ON approvals(requester);
 ";
 
-const APPROVAL_COLUMNS: &str =
-    "approval_id, requester, subjects, categories, purpose, requested_at, expires_at, approver, granted_at";
-
-fn approval_row(row: &SqliteRow) -> Result<ApprovalRow, StoreError> {
-    let get = || db("reading an approval");
-    let list = |what: &'static str, text: String| -> Result<Vec<String>, StoreError> {
-        serde_json::from_str(&text).map_err(|e| corrupt(what)(e.to_string()))
-    };
-    let subjects = list("subjects", row.try_get("subjects").map_err(get())?)?;
-    let categories = list("categories", row.try_get("categories").map_err(get())?)?;
-    let approver: Option<String> = row.try_get("approver").map_err(get())?;
-    let granted_at: Option<i64> = row.try_get("granted_at").map_err(get())?;
-    Ok(ApprovalRow {
-        approval_id: row.try_get("approval_id").map_err(get())?,
-        requester: parse("requester", row.try_get("requester").map_err(get())?)?,
-        subjects: subjects.into_iter().map(|s| parse("subjects", s)).collect::<Result<_, _>>()?,
-        categories: categories.into_iter().map(|c| parse("categories", c)).collect::<Result<_, _>>()?,
-        purpose: row.try_get("purpose").map_err(get())?,
-        requested_at: timestamp(row.try_get("requested_at").map_err(get())?)?,
-        expires_at: timestamp(row.try_get("expires_at").map_err(get())?)?,
-        approver: approver.map(|a| parse("approver", a)).transpose()?,
-        granted_at: granted_at.map(timestamp).transpose()?,
-    })
-}
-
 /// The schema's version, kept in `user_version`.
 const SCHEMA_VERSION: i64 = 3;
 
@@ -98,57 +75,13 @@ const MIGRATIONS: &[(i64, &str)] = &[
     ),
 ];
 
-const SUBJECT_COLUMNS: &str = "subject_id, home_region, attributes, metadata, created_at";
-const RECORD_COLUMNS: &str = "record_id, subject_id, category, home_region, version, ciphertext, created_at";
-
 /// A store in one SQLite file.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
 }
 
-fn db(operation: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
-    move |cause| StoreError::Database { operation, cause }
-}
-
-fn corrupt(what: &'static str) -> impl FnOnce(String) -> StoreError {
-    move |detail| StoreError::Corrupt { what, detail }
-}
-
-fn timestamp(seconds: i64) -> Result<OffsetDateTime, StoreError> {
-    OffsetDateTime::from_unix_timestamp(seconds).map_err(|e| corrupt("created_at")(e.to_string()))
-}
-
-fn parse<T: FromStr>(what: &'static str, text: String) -> Result<T, StoreError>
-where
-    T::Err: std::fmt::Display,
-{
-    text.parse().map_err(|e: T::Err| corrupt(what)(e.to_string()))
-}
-
-fn subject_row(row: &SqliteRow) -> Result<SubjectRow, StoreError> {
-    let get = || db("reading a subject");
-    Ok(SubjectRow {
-        subject_id: parse("subject_id", row.try_get("subject_id").map_err(get())?)?,
-        home_region: parse("home_region", row.try_get("home_region").map_err(get())?)?,
-        attributes: row.try_get("attributes").map_err(get())?,
-        metadata: row.try_get("metadata").map_err(get())?,
-        created_at: timestamp(row.try_get("created_at").map_err(get())?)?,
-    })
-}
-
-fn record_row(row: &SqliteRow) -> Result<RecordRow, StoreError> {
-    let get = || db("reading a record");
-    Ok(RecordRow {
-        record_id: parse("record_id", row.try_get("record_id").map_err(get())?)?,
-        subject_id: parse("subject_id", row.try_get("subject_id").map_err(get())?)?,
-        category: parse("category", row.try_get("category").map_err(get())?)?,
-        home_region: parse("home_region", row.try_get("home_region").map_err(get())?)?,
-        version: row.try_get("version").map_err(get())?,
-        ciphertext: row.try_get("ciphertext").map_err(get())?,
-        created_at: timestamp(row.try_get("created_at").map_err(get())?)?,
-    })
-}
+rows::columns!(SqliteRow);
 
 impl SqliteStore {
     /// Opens (creating if needed) the database file at `path` and applies the schema.
@@ -344,16 +277,14 @@ impl Store for SqliteStore {
     }
 
     async fn insert_approval(&self, row: &ApprovalRow) -> Result<(), StoreError> {
-        let subjects: Vec<&str> = row.subjects.iter().map(SubjectId::as_str).collect();
-        let categories: Vec<&str> = row.categories.iter().map(|c| c.as_str()).collect();
         sqlx::query(
             "INSERT INTO approvals (approval_id, requester, subjects, categories, purpose, requested_at, expires_at)
              VALUES (?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&row.approval_id)
         .bind(row.requester.as_str())
-        .bind(serde_json::to_string(&subjects).unwrap_or_default())
-        .bind(serde_json::to_string(&categories).unwrap_or_default())
+        .bind(id_list(row.subjects.iter().map(SubjectId::as_str)))
+        .bind(id_list(row.categories.iter().map(|c| c.as_str())))
         .bind(&row.purpose)
         .bind(row.requested_at.unix_timestamp())
         .bind(row.expires_at.unix_timestamp())

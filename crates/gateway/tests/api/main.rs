@@ -14,5 +14,6 @@ mod keys;
 mod log;
 mod origins;
 mod policy;
+mod postgres;
 mod service;
 mod subjects_and_records;

@@ -1,0 +1,314 @@
+//! The PostgreSQL backend: several gateways share one region's database.
+//!
+//! The schema is applied by versioned migrations, each in its own transaction under an advisory
+//! lock, so that gateways starting together apply each migration once; the versions applied are
+//! kept in `clover_migrations`.
+//!
+//! Erasure deletes the subject's rows in one transaction. PostgreSQL keeps the old row versions
+//! until `VACUUM` reclaims them; that is why a subject's data is crypto-shredded by its data key,
+//! which the custodian destroys, not by overwriting rows.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use clover_model::{PrincipalId, RecordId, SubjectId};
+use sqlx::Row;
+use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use time::OffsetDateTime;
+
+use crate::rows::{
+    self, APPROVAL_COLUMNS, RECORD_COLUMNS, SUBJECT_COLUMNS, approval_row, db, id_list, record_row, subject_row,
+};
+use crate::{ApprovalRow, Counts, Erasure, RecordRow, Store, StoreError, SubjectRow};
+
+rows::columns!(PgRow);
+
+/// The migrations, in order: (version, SQL). Never edit one that has shipped; add the next.
+const MIGRATIONS: &[(i64, &str)] = &[(
+    1,
+    "CREATE TABLE subjects (
+         subject_id  TEXT PRIMARY KEY,
+         home_region TEXT NOT NULL,
+         attributes  BYTEA NOT NULL,
+         metadata    BYTEA NOT NULL DEFAULT ''::bytea,
+         created_at  BIGINT NOT NULL
+     );
+     CREATE TABLE records (
+         record_id   TEXT PRIMARY KEY,
+         subject_id  TEXT NOT NULL REFERENCES subjects(subject_id) ON DELETE CASCADE,
+         category    TEXT NOT NULL,
+         home_region TEXT NOT NULL,
+         version     BIGINT NOT NULL,
+         ciphertext  BYTEA NOT NULL,
+         created_at  BIGINT NOT NULL
+     );
+     CREATE INDEX records_by_subject ON records(subject_id);
+     CREATE TABLE approvals (
+         approval_id  TEXT PRIMARY KEY,
+         requester    TEXT NOT NULL,
+         subjects     TEXT NOT NULL,
+         categories   TEXT NOT NULL,
+         purpose      TEXT NOT NULL,
+         requested_at BIGINT NOT NULL,
+         expires_at   BIGINT NOT NULL,
+         approver     TEXT,
+         granted_at   BIGINT
+     );
+     CREATE INDEX approvals_by_requester ON approvals(requester);",
+)];
+
+/// The advisory lock key under which migrations run (`clover` in ASCII).
+const MIGRATION_LOCK: i64 = 0x636c_6f76_6572;
+
+/// A store in a PostgreSQL database.
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl PostgresStore {
+    /// Connects to `url` (`postgres://user@host/db`) and brings its schema up to date.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let open_err = |cause| StoreError::Open { location: redact(url), cause };
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(url)
+            .await
+            .map_err(open_err)?;
+        migrate(&pool).await.map_err(open_err)?;
+        Ok(Self { pool })
+    }
+
+    /// The schema versions applied, in order.
+    pub async fn migrations(&self) -> Result<Vec<i64>, StoreError> {
+        let rows = sqlx::query("SELECT version FROM clover_migrations ORDER BY version")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("reading migrations"))?;
+        rows.iter().map(|r| r.try_get(0).map_err(db("reading migrations"))).collect()
+    }
+
+    /// Closes the pool.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// The URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = url.get(scheme + 3..at).unwrap_or_default();
+            let user = credentials.split(':').next().unwrap_or_default();
+            format!("{}{user}{}", url.get(..scheme + 3).unwrap_or_default(), url.get(at..).unwrap_or_default())
+        }
+        _ => url.to_owned(),
+    }
+}
+
+async fn migrate(pool: &PgPool) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS clover_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+    )
+    .execute(pool)
+    .await?;
+    for (version, sql) in MIGRATIONS {
+        let mut tx = pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(MIGRATION_LOCK).execute(&mut *tx).await?;
+        let applied: Option<i64> = sqlx::query_scalar("SELECT version FROM clover_migrations WHERE version = $1")
+            .bind(version)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if applied.is_none() {
+            sqlx::raw_sql(*sql).execute(&mut *tx).await?;
+            sqlx::query("INSERT INTO clover_migrations (version, applied_at) VALUES ($1, $2)")
+                .bind(version)
+                .bind(OffsetDateTime::now_utc().unix_timestamp())
+                .execute(&mut *tx)
+                .await?;
+            tracing::info!(version, "database migrated");
+        }
+        tx.commit().await?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn subject(&self, id: &SubjectId) -> Result<Option<SubjectRow>, StoreError> {
+        let row =
+            sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {SUBJECT_COLUMNS} FROM subjects WHERE subject_id = $1")))
+                .bind(id.as_str())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db("reading a subject"))?;
+        row.as_ref().map(subject_row).transpose()
+    }
+
+    async fn insert_subject(&self, row: &SubjectRow) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO subjects (subject_id, home_region, attributes, metadata, created_at)
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (subject_id) DO NOTHING",
+        )
+        .bind(row.subject_id.as_str())
+        .bind(row.home_region.as_str())
+        .bind(&row.attributes)
+        .bind(&row.metadata)
+        .bind(row.created_at.unix_timestamp())
+        .execute(&self.pool)
+        .await
+        .map_err(db("registering a subject"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn update_subject(&self, id: &SubjectId, attributes: &[u8], metadata: &[u8]) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE subjects SET attributes = $1, metadata = $2 WHERE subject_id = $3")
+            .bind(attributes)
+            .bind(metadata)
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(db("updating a subject"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn insert_record(&self, row: &RecordRow) -> Result<(), StoreError> {
+        let result = sqlx::query(
+            "INSERT INTO records (record_id, subject_id, category, home_region, version, ciphertext, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(row.record_id.to_string())
+        .bind(row.subject_id.as_str())
+        .bind(row.category.as_str())
+        .bind(row.home_region.as_str())
+        .bind(i64::from(row.version))
+        .bind(&row.ciphertext)
+        .bind(row.created_at.unix_timestamp())
+        .execute(&self.pool)
+        .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => {
+                Err(StoreError::NoSuchSubject(row.subject_id.clone()))
+            }
+            Err(e) => Err(db("storing a record")(e)),
+        }
+    }
+
+    async fn record(&self, id: &RecordId) -> Result<Option<RecordRow>, StoreError> {
+        let row =
+            sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {RECORD_COLUMNS} FROM records WHERE record_id = $1")))
+                .bind(id.to_string())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db("reading a record"))?;
+        row.as_ref().map(record_row).transpose()
+    }
+
+    async fn erase_subject(&self, id: &SubjectId) -> Result<Option<Erasure>, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db("erasing a subject"))?;
+        let records = sqlx::query("DELETE FROM records WHERE subject_id = $1")
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(db("erasing a subject"))?
+            .rows_affected();
+        let subjects = sqlx::query("DELETE FROM subjects WHERE subject_id = $1")
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(db("erasing a subject"))?
+            .rows_affected();
+        tx.commit().await.map_err(db("erasing a subject"))?;
+        Ok((subjects > 0).then_some(Erasure { records }))
+    }
+
+    async fn counts(&self) -> Result<Counts, StoreError> {
+        let row = sqlx::query("SELECT (SELECT count(*) FROM subjects), (SELECT count(*) FROM records)")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db("counting rows"))?;
+        let subjects: i64 = row.try_get(0).map_err(db("counting rows"))?;
+        let records: i64 = row.try_get(1).map_err(db("counting rows"))?;
+        Ok(Counts { subjects: subjects.unsigned_abs(), records: records.unsigned_abs() })
+    }
+
+    async fn insert_approval(&self, row: &ApprovalRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO approvals (approval_id, requester, subjects, categories, purpose, requested_at, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&row.approval_id)
+        .bind(row.requester.as_str())
+        .bind(id_list(row.subjects.iter().map(SubjectId::as_str)))
+        .bind(id_list(row.categories.iter().map(|c| c.as_str())))
+        .bind(&row.purpose)
+        .bind(row.requested_at.unix_timestamp())
+        .bind(row.expires_at.unix_timestamp())
+        .execute(&self.pool)
+        .await
+        .map_err(db("storing an approval request"))?;
+        Ok(())
+    }
+
+    async fn approval(&self, id: &str) -> Result<Option<ApprovalRow>, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {APPROVAL_COLUMNS} FROM approvals WHERE approval_id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("reading an approval"))?;
+        row.as_ref().map(approval_row).transpose()
+    }
+
+    async fn grant_approval(
+        &self,
+        id: &str,
+        approver: &PrincipalId,
+        now: OffsetDateTime,
+        expires_at: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE approvals SET approver = $1, granted_at = $2, expires_at = $3
+             WHERE approval_id = $4 AND approver IS NULL AND expires_at > $5",
+        )
+        .bind(approver.as_str())
+        .bind(now.unix_timestamp())
+        .bind(expires_at.unix_timestamp())
+        .bind(id)
+        .bind(now.unix_timestamp())
+        .execute(&self.pool)
+        .await
+        .map_err(db("granting an approval"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn granted_approvals(
+        &self,
+        requester: &PrincipalId,
+        now: OffsetDateTime,
+    ) -> Result<Vec<ApprovalRow>, StoreError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {APPROVAL_COLUMNS} FROM approvals WHERE requester = $1 AND approver IS NOT NULL AND expires_at > $2"
+        )))
+        .bind(requester.as_str())
+        .bind(now.unix_timestamp())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("reading approvals"))?;
+        rows.iter().map(approval_row).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_stay_out_of_messages() {
+        assert_eq!(redact("postgres://clover:s3cret@db.eu:5432/clover"), "postgres://clover@db.eu:5432/clover");
+        assert_eq!(redact("postgres://db.eu/clover"), "postgres://db.eu/clover");
+    }
+}

@@ -1,0 +1,113 @@
+//! Rows to domain types, the same for every backend: each backend's row type says how to read
+//! a column as text, bytes or an integer ([`Columns`]); the parsers here do the rest.
+
+use std::str::FromStr;
+
+use time::OffsetDateTime;
+
+use crate::{ApprovalRow, RecordRow, StoreError, SubjectRow};
+
+pub(crate) const SUBJECT_COLUMNS: &str = "subject_id, home_region, attributes, metadata, created_at";
+pub(crate) const RECORD_COLUMNS: &str = "record_id, subject_id, category, home_region, version, ciphertext, created_at";
+pub(crate) const APPROVAL_COLUMNS: &str =
+    "approval_id, requester, subjects, categories, purpose, requested_at, expires_at, approver, granted_at";
+
+pub(crate) fn db(operation: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |cause| StoreError::Database { operation, cause }
+}
+
+pub(crate) fn corrupt(what: &'static str) -> impl FnOnce(String) -> StoreError {
+    move |detail| StoreError::Corrupt { what, detail }
+}
+
+pub(crate) fn timestamp(seconds: i64) -> Result<OffsetDateTime, StoreError> {
+    OffsetDateTime::from_unix_timestamp(seconds).map_err(|e| corrupt("created_at")(e.to_string()))
+}
+
+pub(crate) fn parse<T: FromStr>(what: &'static str, text: String) -> Result<T, StoreError>
+where
+    T::Err: std::fmt::Display,
+{
+    text.parse().map_err(|e: T::Err| corrupt(what)(e.to_string()))
+}
+
+/// A row's columns by name, as the few types Clover stores.
+pub(crate) trait Columns {
+    fn text(&self, column: &str) -> Result<String, sqlx::Error>;
+    fn optional_text(&self, column: &str) -> Result<Option<String>, sqlx::Error>;
+    fn bytes(&self, column: &str) -> Result<Vec<u8>, sqlx::Error>;
+    fn int(&self, column: &str) -> Result<i64, sqlx::Error>;
+    fn optional_int(&self, column: &str) -> Result<Option<i64>, sqlx::Error>;
+}
+
+macro_rules! columns {
+    ($row:ty) => {
+        impl crate::rows::Columns for $row {
+            fn text(&self, column: &str) -> Result<String, sqlx::Error> {
+                sqlx::Row::try_get(self, column)
+            }
+            fn optional_text(&self, column: &str) -> Result<Option<String>, sqlx::Error> {
+                sqlx::Row::try_get(self, column)
+            }
+            fn bytes(&self, column: &str) -> Result<Vec<u8>, sqlx::Error> {
+                sqlx::Row::try_get(self, column)
+            }
+            fn int(&self, column: &str) -> Result<i64, sqlx::Error> {
+                sqlx::Row::try_get(self, column)
+            }
+            fn optional_int(&self, column: &str) -> Result<Option<i64>, sqlx::Error> {
+                sqlx::Row::try_get(self, column)
+            }
+        }
+    };
+}
+pub(crate) use columns;
+
+pub(crate) fn subject_row(row: &impl Columns) -> Result<SubjectRow, StoreError> {
+    let get = || db("reading a subject");
+    Ok(SubjectRow {
+        subject_id: parse("subject_id", row.text("subject_id").map_err(get())?)?,
+        home_region: parse("home_region", row.text("home_region").map_err(get())?)?,
+        attributes: row.bytes("attributes").map_err(get())?,
+        metadata: row.bytes("metadata").map_err(get())?,
+        created_at: timestamp(row.int("created_at").map_err(get())?)?,
+    })
+}
+
+pub(crate) fn record_row(row: &impl Columns) -> Result<RecordRow, StoreError> {
+    let get = || db("reading a record");
+    Ok(RecordRow {
+        record_id: parse("record_id", row.text("record_id").map_err(get())?)?,
+        subject_id: parse("subject_id", row.text("subject_id").map_err(get())?)?,
+        category: parse("category", row.text("category").map_err(get())?)?,
+        home_region: parse("home_region", row.text("home_region").map_err(get())?)?,
+        version: u32::try_from(row.int("version").map_err(get())?).map_err(|e| corrupt("version")(e.to_string()))?,
+        ciphertext: row.bytes("ciphertext").map_err(get())?,
+        created_at: timestamp(row.int("created_at").map_err(get())?)?,
+    })
+}
+
+pub(crate) fn approval_row(row: &impl Columns) -> Result<ApprovalRow, StoreError> {
+    let get = || db("reading an approval");
+    let list = |what: &'static str, text: String| -> Result<Vec<String>, StoreError> {
+        serde_json::from_str(&text).map_err(|e| corrupt(what)(e.to_string()))
+    };
+    let subjects = list("subjects", row.text("subjects").map_err(get())?)?;
+    let categories = list("categories", row.text("categories").map_err(get())?)?;
+    Ok(ApprovalRow {
+        approval_id: row.text("approval_id").map_err(get())?,
+        requester: parse("requester", row.text("requester").map_err(get())?)?,
+        subjects: subjects.into_iter().map(|s| parse("subjects", s)).collect::<Result<_, _>>()?,
+        categories: categories.into_iter().map(|c| parse("categories", c)).collect::<Result<_, _>>()?,
+        purpose: row.text("purpose").map_err(get())?,
+        requested_at: timestamp(row.int("requested_at").map_err(get())?)?,
+        expires_at: timestamp(row.int("expires_at").map_err(get())?)?,
+        approver: row.optional_text("approver").map_err(get())?.map(|a| parse("approver", a)).transpose()?,
+        granted_at: row.optional_int("granted_at").map_err(get())?.map(timestamp).transpose()?,
+    })
+}
+
+/// The JSON list of ids an approval row keeps.
+pub(crate) fn id_list<'a>(ids: impl Iterator<Item = &'a str>) -> String {
+    serde_json::to_string(&ids.collect::<Vec<_>>()).unwrap_or_default()
+}

@@ -1,0 +1,243 @@
+//! One conformance suite, run unchanged against every backend: SQLite in a temporary directory,
+//! and PostgreSQL in a database made for each test and dropped after it.
+//!
+//! PostgreSQL: `CLOVER_TEST_POSTGRES` names a server to create databases on (default
+//! `postgres://postgres@127.0.0.1:5432/postgres`); `.ci/run` makes sure one runs.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, missing_docs)]
+
+use std::sync::Arc;
+
+use clover_model::RecordId;
+use clover_store::{
+    ApprovalRow, Counts, Erasure, PostgresStore, RecordRow, SqliteStore, Store, StoreError, SubjectRow,
+};
+use time::{Duration, OffsetDateTime};
+
+/// A backend under test, and how to clean it up.
+enum Backend {
+    Sqlite(tempfile::TempDir),
+    Postgres { admin: String, name: String, url: String },
+}
+
+impl Backend {
+    async fn sqlite() -> (Self, Arc<dyn Store>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("clover.db")).await.unwrap();
+        (Self::Sqlite(dir), Arc::new(store))
+    }
+
+    async fn postgres() -> (Self, Arc<dyn Store>) {
+        let admin = std::env::var("CLOVER_TEST_POSTGRES")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+        let name = format!("clover_test_{}", uuid::Uuid::new_v4().simple());
+        let pool = sqlx::PgPool::connect(&admin).await.unwrap_or_else(|e| {
+            panic!("PostgreSQL is not reachable at {admin} ({e}): start one, or set CLOVER_TEST_POSTGRES")
+        });
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&pool).await.unwrap();
+        pool.close().await;
+        let url = match admin.rsplit_once('/') {
+            Some((server, _)) => format!("{server}/{name}"),
+            None => panic!("CLOVER_TEST_POSTGRES must name a database: {admin}"),
+        };
+        let store = PostgresStore::open(&url).await.unwrap();
+        (Self::Postgres { admin, name, url }, Arc::new(store))
+    }
+
+    /// The same database, opened again (migrations run again and must change nothing).
+    async fn reopen(&self) -> Arc<dyn Store> {
+        match self {
+            Self::Sqlite(dir) => Arc::new(SqliteStore::open(&dir.path().join("clover.db")).await.unwrap()),
+            Self::Postgres { url, .. } => Arc::new(PostgresStore::open(url).await.unwrap()),
+        }
+    }
+}
+
+impl Drop for Backend {
+    /// Drops the test's PostgreSQL database, whether the test passed or panicked (on a thread
+    /// of its own, since the test's runtime may be gone).
+    fn drop(&mut self) {
+        if let Self::Postgres { admin, name, .. } = self {
+            let (admin, name) = (admin.clone(), name.clone());
+            let dropped = std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                runtime.block_on(async {
+                    let pool = sqlx::PgPool::connect(&admin).await.unwrap();
+                    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+                        .execute(&pool)
+                        .await
+                        .unwrap();
+                    pool.close().await;
+                });
+            });
+            let _ = dropped.join();
+        }
+    }
+}
+
+fn at(seconds: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp(seconds).unwrap()
+}
+
+fn subject(id: &str) -> SubjectRow {
+    SubjectRow {
+        subject_id: id.parse().unwrap(),
+        home_region: "eu".parse().unwrap(),
+        attributes: vec![1, 2, 3, 0, 255],
+        metadata: vec![4, 5],
+        created_at: at(1_700_000_000),
+    }
+}
+
+fn record(subject: &str) -> RecordRow {
+    RecordRow {
+        record_id: RecordId::random(),
+        subject_id: subject.parse().unwrap(),
+        category: "profile".parse().unwrap(),
+        home_region: "eu".parse().unwrap(),
+        version: 4_000_000_000,
+        ciphertext: (0..=255).collect(),
+        created_at: at(1_700_000_001),
+    }
+}
+
+fn approval(id: &str, requester: &str, expires_at: i64) -> ApprovalRow {
+    ApprovalRow {
+        approval_id: id.into(),
+        requester: requester.parse().unwrap(),
+        subjects: vec!["s-1".parse().unwrap(), "s-2".parse().unwrap()],
+        categories: vec!["profile".parse().unwrap()],
+        purpose: "support".into(),
+        requested_at: at(1_000),
+        expires_at: at(expires_at),
+        approver: None,
+        granted_at: None,
+    }
+}
+
+async fn subjects_and_records_round_trip_and_erase_together(store: Arc<dyn Store>, _: &Backend) {
+    assert!(store.insert_subject(&subject("s-1")).await.unwrap());
+    assert!(!store.insert_subject(&subject("s-1")).await.unwrap(), "a second registration changes nothing");
+    assert!(store.insert_subject(&subject("s-2")).await.unwrap());
+    let r1 = record("s-1");
+    let r2 = record("s-1");
+    store.insert_record(&r1).await.unwrap();
+    store.insert_record(&r2).await.unwrap();
+    store.insert_record(&record("s-2")).await.unwrap();
+    assert_eq!(store.record(&r1.record_id).await.unwrap().unwrap(), r1);
+    assert_eq!(store.subject(&"s-1".parse().unwrap()).await.unwrap().unwrap(), subject("s-1"));
+    assert_eq!(store.counts().await.unwrap(), Counts { subjects: 2, records: 3 });
+    assert!(store.record(&RecordId::random()).await.unwrap().is_none());
+    assert!(store.subject(&"nobody".parse().unwrap()).await.unwrap().is_none());
+
+    assert_eq!(store.erase_subject(&"s-1".parse().unwrap()).await.unwrap(), Some(Erasure { records: 2 }));
+    assert!(store.record(&r1.record_id).await.unwrap().is_none());
+    assert!(store.record(&r2.record_id).await.unwrap().is_none());
+    assert!(store.subject(&"s-1".parse().unwrap()).await.unwrap().is_none());
+    assert_eq!(store.counts().await.unwrap(), Counts { subjects: 1, records: 1 });
+    assert_eq!(store.erase_subject(&"s-1".parse().unwrap()).await.unwrap(), None);
+    // The id can be registered again, afresh.
+    assert!(store.insert_subject(&subject("s-1")).await.unwrap());
+}
+
+async fn a_record_needs_a_registered_subject(store: Arc<dyn Store>, _: &Backend) {
+    let err = store.insert_record(&record("ghost")).await.unwrap_err();
+    assert!(matches!(err, StoreError::NoSuchSubject(ref s) if s.as_str() == "ghost"), "{err}");
+    assert_eq!(store.counts().await.unwrap(), Counts { subjects: 0, records: 0 });
+}
+
+async fn subjects_are_updated_in_place(store: Arc<dyn Store>, _: &Backend) {
+    let id = "s-1".parse().unwrap();
+    assert!(!store.update_subject(&id, b"a", b"m").await.unwrap(), "no such subject yet");
+    store.insert_subject(&subject("s-1")).await.unwrap();
+    assert!(store.update_subject(&id, b"new attributes", b"").await.unwrap());
+    let row = store.subject(&id).await.unwrap().unwrap();
+    assert_eq!(row.attributes, b"new attributes");
+    assert!(row.metadata.is_empty());
+    assert_eq!(row.created_at, subject("s-1").created_at);
+}
+
+async fn one_registration_wins_a_race(store: Arc<dyn Store>, _: &Backend) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..16 {
+        let store = store.clone();
+        tasks.spawn(async move { store.insert_subject(&subject("contended")).await.unwrap() });
+    }
+    let won = tasks.join_all().await.into_iter().filter(|won| *won).count();
+    assert_eq!(won, 1);
+}
+
+async fn approvals_are_granted_once_and_expire(store: Arc<dyn Store>, _: &Backend) {
+    store.insert_approval(&approval("a-1", "ana", 5_000)).await.unwrap();
+    store.insert_approval(&approval("a-2", "ana", 1_500)).await.unwrap();
+    store.insert_approval(&approval("a-3", "bo", 5_000)).await.unwrap();
+    assert_eq!(store.approval("a-1").await.unwrap().unwrap(), approval("a-1", "ana", 5_000));
+    assert!(store.approval("nope").await.unwrap().is_none());
+
+    let kofi = "kofi".parse().unwrap();
+    assert!(store.grant_approval("a-1", &kofi, at(2_000), at(9_000)).await.unwrap());
+    assert!(!store.grant_approval("a-1", &kofi, at(2_001), at(9_001)).await.unwrap(), "granted once");
+    assert!(!store.grant_approval("a-2", &kofi, at(2_000), at(9_000)).await.unwrap(), "the request expired");
+    assert!(store.grant_approval("a-3", &kofi, at(2_000), at(3_000)).await.unwrap());
+    let granted = store.approval("a-1").await.unwrap().unwrap();
+    assert_eq!(granted.approver, Some(kofi.clone()));
+    assert_eq!((granted.granted_at, granted.expires_at), (Some(at(2_000)), at(9_000)));
+
+    let ana = "ana".parse().unwrap();
+    let held: Vec<String> =
+        store.granted_approvals(&ana, at(2_500)).await.unwrap().into_iter().map(|a| a.approval_id).collect();
+    assert_eq!(held, ["a-1"]);
+    assert!(store.granted_approvals(&ana, at(9_000)).await.unwrap().is_empty(), "the grant expired");
+    assert_eq!(store.granted_approvals(&"bo".parse().unwrap(), at(2_999)).await.unwrap().len(), 1);
+    assert!(store.granted_approvals(&"bo".parse().unwrap(), at(3_000)).await.unwrap().is_empty());
+}
+
+async fn reopening_migrates_nothing_and_keeps_everything(store: Arc<dyn Store>, backend: &Backend) {
+    store.insert_subject(&subject("s-1")).await.unwrap();
+    let r = record("s-1");
+    store.insert_record(&r).await.unwrap();
+    let again = backend.reopen().await;
+    assert_eq!(again.record(&r.record_id).await.unwrap().unwrap(), r);
+    assert_eq!(again.counts().await.unwrap(), Counts { subjects: 1, records: 1 });
+    assert!(again.legacy_data_keys().await.unwrap().is_empty());
+}
+
+async fn times_cover_the_range_in_use(store: Arc<dyn Store>, _: &Backend) {
+    let mut row = subject("s-1");
+    row.created_at = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap() + Duration::days(365 * 50);
+    store.insert_subject(&row).await.unwrap();
+    assert_eq!(store.subject(&row.subject_id).await.unwrap().unwrap(), row);
+}
+
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let (backend, store) = super::Backend::sqlite().await;
+                    super::$name(store, &backend).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let (backend, store) = super::Backend::postgres().await;
+                    super::$name(store, &backend).await;
+                }
+            )*
+        }
+    };
+}
+
+suite!(
+    subjects_and_records_round_trip_and_erase_together,
+    a_record_needs_a_registered_subject,
+    subjects_are_updated_in_place,
+    one_registration_wins_a_race,
+    approvals_are_granted_once_and_expire,
+    reopening_migrates_nothing_and_keeps_everything,
+    times_cover_the_range_in_use,
+);
