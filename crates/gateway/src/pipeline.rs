@@ -403,6 +403,44 @@ fn mask(value: &serde_json::Value) -> String {
     }
 }
 
+/// The whole write path of a new record: load the subject, decide, log, get the data key,
+/// encrypt, store. Returns the stored row and the log receipt.
+pub async fn write(
+    boundary: &Boundary,
+    caller: &Caller,
+    subject_id: &SubjectId,
+    category: &Category,
+    fields: &Fields,
+) -> Result<(RecordRow, Receipt), ApiError> {
+    let subject = load_subject(boundary, subject_id).await?;
+    let record_id = RecordId::random();
+    let ask = Ask {
+        action: Action::Write,
+        subject: subject_id,
+        record: Some((record_id, category)),
+        subject_minor: subject_minor(boundary, &subject).await,
+    };
+    let receipt = decide_and_log(boundary, caller, EventKind::Write, &ask).await?;
+    let key = unwrap_key(boundary, &receipt).await?;
+    let version = 1;
+    let row = RecordRow {
+        record_id,
+        subject_id: subject_id.clone(),
+        category: category.clone(),
+        home_region: boundary.region().clone(),
+        version,
+        ciphertext: seal_record(boundary, &key, subject_id, &record_id, version, fields)?,
+        created_at: time::OffsetDateTime::now_utc(),
+    };
+    drop(key);
+    boundary.store().insert_record(&row).await.map_err(|e| match e {
+        // Erased between the load and the write: nothing was stored.
+        clover_store::StoreError::NoSuchSubject(id) => ApiError::NotFound { what: "subject", id: id.to_string() },
+        other => ApiError::internal(other),
+    })?;
+    Ok((row, receipt))
+}
+
 /// The whole read path: load, decide, log, unwrap, decrypt, view. Returns the record's
 /// metadata, its fields in the view granted, and the log receipt.
 pub async fn read(

@@ -5,17 +5,14 @@ use std::sync::Arc;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use clover_log::event::EventKind;
-use clover_model::{Action, Category, Fields, RecordId, SubjectId, View};
+use clover_model::{Category, Fields, RecordId, SubjectId, View};
 use clover_policy::Decision;
-use clover_store::RecordRow;
 use serde::{Deserialize, Serialize};
-use time::OffsetDateTime;
 use utoipa::ToSchema;
 
 use super::subjects::answered;
 use crate::Boundary;
-use crate::pipeline::{self, Ask, Caller};
+use crate::pipeline::{self, Caller};
 use crate::problem::{ApiError, Body, Problem};
 
 /// A new record.
@@ -102,32 +99,8 @@ pub async fn create_record(
         .ok()
         .filter(|c| boundary.has_category(c))
         .ok_or_else(|| ApiError::UnknownCategory { category: body.category, known: boundary.category_names() })?;
-    let subject = pipeline::load_subject(&boundary, &subject_id).await?;
-    let record_id = RecordId::random();
-    let ask = Ask {
-        action: Action::Write,
-        subject: &subject_id,
-        record: Some((record_id, &category)),
-        subject_minor: pipeline::subject_minor(&boundary, &subject).await,
-    };
-    let receipt = pipeline::decide_and_log(&boundary, &caller, EventKind::Write, &ask).await?;
-    let key = pipeline::unwrap_key(&boundary, &receipt).await?;
-    let version = 1;
-    let row = RecordRow {
-        record_id,
-        subject_id: subject_id.clone(),
-        category: category.clone(),
-        home_region: boundary.region().clone(),
-        version,
-        ciphertext: pipeline::seal_record(&boundary, &key, &subject_id, &record_id, version, &body.fields)?,
-        created_at: OffsetDateTime::now_utc(),
-    };
-    drop(key);
-    boundary.store().insert_record(&row).await.map_err(|e| match e {
-        // Erased between the load and the write: nothing was stored.
-        clover_store::StoreError::NoSuchSubject(id) => ApiError::NotFound { what: "subject", id: id.to_string() },
-        other => ApiError::internal(other),
-    })?;
+    let (row, receipt) = pipeline::write(&boundary, &caller, &subject_id, &category, &body.fields).await?;
+    let (record_id, version) = (row.record_id, row.version);
     tracing::info!(record = %record_id, subject = %subject_id, %category, log_index = receipt.index(), "record stored");
     let decision = receipt.permit().decision().clone();
     Ok(answered(
