@@ -125,6 +125,10 @@ pub struct Custodian {
     journal: mpsc::UnboundedSender<Journal>,
     cache: Mutex<Cache>,
     cache_options: CacheOptions,
+    /// Held shared by whatever wraps a key under the current version (creation, import) and
+    /// exclusively by a retirement, so that no key is wrapped under a version between the check
+    /// that nothing uses it and its destruction.
+    wrapping: tokio::sync::RwLock<()>,
     /// The region's metadata key: seals what policy decides on (a subject's coming of age), so
     /// that it can be read before any subject's data key is unwrapped. Wrapped in the key store
     /// like a data key (under [`METADATA_KEY`]), so that rotation re-wraps it too.
@@ -188,6 +192,7 @@ impl Custodian {
             journal,
             cache: Mutex::new(Cache::default()),
             cache_options,
+            wrapping: tokio::sync::RwLock::new(()),
         })
     }
 
@@ -377,6 +382,7 @@ impl Custodian {
 
     /// Retires a KEK version that no data key uses any more.
     pub async fn retire(&self, version: u32) -> Result<(), KeyError> {
+        let _exclusive = self.wrapping.write().await;
         let count: i64 = sqlx::query("SELECT count(*) FROM data_keys WHERE kek_version = ?")
             .bind(i64::from(version))
             .fetch_one(&self.db)
@@ -392,6 +398,7 @@ impl Custodian {
     /// Takes in a data key wrapped by an earlier version of Clover, which kept wrapped keys in
     /// the data store; a subject that already has a key here keeps it.
     pub async fn import(&self, subject: &SubjectId, kek_version: u32, wrapped: &[u8]) -> Result<(), KeyError> {
+        let _shared = self.wrapping.read().await;
         let key = self.unwrap_legacy(subject, kek_version, wrapped)?;
         if self.wrapped(&self.index.hash(subject)).await.is_ok() {
             return Ok(());
@@ -500,6 +507,7 @@ impl Custodian {
     /// Makes the data key of a logged, allowed write's subject.
     pub async fn create_for(&self, access: &LoggedAccess) -> Result<DataKey, KeyError> {
         Self::check(access, &[Action::Write])?;
+        let _shared = self.wrapping.read().await;
         let hash = &access.subject_hash;
         let key = DataKey::generate()?;
         let version = self.kek.current_version()?;
@@ -532,7 +540,14 @@ impl Custodian {
         }
         let epoch = self.cache_epoch();
         let (version, wrapped) = self.wrapped(hash).await?;
-        let plain = self.kek.decrypt(version, &aad::data_key_by_hash(&self.region, hash, version), &wrapped)?;
+        let plain = match self.kek.decrypt(version, &aad::data_key_by_hash(&self.region, hash, version), &wrapped) {
+            // Re-wrapped and the old version retired between the read and the unwrap: read again.
+            Err(KeyError::UnknownKekVersion(_)) => {
+                let (version, wrapped) = self.wrapped(hash).await?;
+                self.kek.decrypt(version, &aad::data_key_by_hash(&self.region, hash, version), &wrapped)?
+            }
+            other => other?,
+        };
         let mut bytes = Zeroizing::new([0u8; 32]);
         if plain.len() != 32 {
             return Err(KeyError::Decrypt);
