@@ -510,7 +510,7 @@ fn custodian_serve(
         let custodian = std::sync::Arc::new(clover_custodian::open_dir(options).await?);
         let server = clover_custodian::CustodianServer::new(
             custodian.clone(),
-            clover_custodian::LogVerifier::new(log_url, vkey),
+            clover_custodian::LogVerifier::new(log_url, vkey).with_state(options.dir.join("log-state"))?,
             &clover_custodian::admin_token(&options.dir)?,
         );
         let listener =

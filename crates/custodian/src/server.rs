@@ -113,15 +113,33 @@ async fn keys(State(server): State<CustodianServer>, headers: axum::http::Header
 /// keys go on being handed out, the old versions retired once unused. Each step is logged.
 async fn rotate(State(server): State<CustodianServer>, headers: axum::http::HeaderMap) -> Result<Response, Refusal> {
     admin(&server, &headers)?;
-    if server.rotation.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref().is_some_and(|r| !r.done) {
-        return Err(Refusal(StatusCode::CONFLICT, "a rotation is under way".to_owned()));
+    {
+        let mut rotation = server.rotation.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if rotation.as_ref().is_some_and(|r| !r.done) {
+            return Err(Refusal(StatusCode::CONFLICT, "a rotation is under way".to_owned()));
+        }
+        *rotation = Some(Rotation::default());
     }
-    let to_version = server.custodian.kek().add_version()?;
-    let total: u64 =
-        server.custodian.version_counts().await?.iter().filter(|(v, _)| *v != to_version).map(|(_, n)| n).sum();
+    let started = async {
+        let to_version = server.custodian.kek().add_version()?;
+        let counts = server.custodian.version_counts().await?;
+        Ok::<_, KeyError>((to_version, counts.iter().filter(|(v, _)| *v != to_version).map(|(_, n)| n).sum::<u64>()))
+    };
+    let (to_version, total) = match started.await {
+        Ok(started) => started,
+        Err(e) => {
+            update(&server, |r| {
+                r.done = true;
+                r.error = Some(e.to_string());
+            });
+            return Err(e.into());
+        }
+    };
     tracing::info!(to_version, total, kek = %server.custodian.kek().describe(), "kek version created; re-wrapping");
-    *server.rotation.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
-        Some(Rotation { to_version, total, ..Rotation::default() });
+    update(&server, |r| {
+        r.to_version = to_version;
+        r.total = total;
+    });
     let task = server.clone();
     tokio::spawn(async move {
         let outcome: Result<(), KeyError> = async {
@@ -132,12 +150,9 @@ async fn rotate(State(server): State<CustodianServer>, headers: axum::http::Head
                 }
                 update(&task, |r| r.rewrapped += done);
             }
-            for (version, count) in task.custodian.version_counts().await? {
-                if version != to_version && count == 0 {
-                    task.custodian.retire(version).await?;
-                    tracing::info!(version, "kek version retired");
-                    update(&task, |r| r.retired.push(version));
-                }
+            for version in task.custodian.retire_old_versions().await? {
+                tracing::info!(version, "kek version retired");
+                update(&task, |r| r.retired.push(version));
             }
             Ok(())
         }
@@ -304,7 +319,13 @@ pub const ADMIN_TOKEN_FILE: &str = "admin-token";
 /// The admin token of the custodian whose directory is `dir`.
 pub fn admin_token(dir: &std::path::Path) -> Result<String, KeyError> {
     let path = dir.join(ADMIN_TOKEN_FILE);
-    std::fs::read_to_string(&path).map(|t| t.trim().to_owned()).map_err(|cause| KeyError::Io { path, cause })
+    let token = std::fs::read_to_string(&path)
+        .map(|t| t.trim().to_owned())
+        .map_err(|cause| KeyError::Io { path: path.clone(), cause })?;
+    if token.len() < 32 {
+        return Err(KeyError::Malformed { path, detail: "the admin token must be at least 32 characters".to_owned() });
+    }
+    Ok(token)
 }
 
 /// Where a custodian in its own process keeps its keys.

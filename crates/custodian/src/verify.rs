@@ -6,10 +6,10 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use clover_keys::LoggedAccess;
 use clover_log::checkpoint::Checkpoint;
-use clover_log::event::{Event, EventKind};
+use clover_log::event::{EVENT_VERSION, Event, EventKind};
 use clover_log::hash::{Hash, leaf_hash};
 use clover_log::note::{Note, VerifierKey};
-use clover_log::tree::verify_inclusion;
+use clover_log::tree::{verify_consistency, verify_inclusion};
 use clover_model::Action;
 use serde::Deserialize;
 
@@ -30,6 +30,14 @@ pub enum ReceiptError {
     /// The entry is not in the log at that index.
     #[error("entry {0} is not in the signed log (wrong index, or the entry was altered)")]
     NotInLog(u64),
+    /// The log's checkpoint is not consistent with one verified before: a fork, or a shrink.
+    #[error("the log's checkpoint of size {new} is not consistent with the one of size {old} verified before")]
+    Inconsistent {
+        /// The size verified before.
+        old: u64,
+        /// The size now.
+        new: u64,
+    },
     /// The entry does not allow what was asked.
     #[error("log entry {index} does not allow this: {detail}")]
     NotAllowed {
@@ -41,25 +49,81 @@ pub enum ReceiptError {
 }
 
 #[derive(Deserialize)]
+struct ConsistencyAnswer {
+    proof: Vec<String>,
+}
+
+/// How old a log entry may be when it is presented: a receipt is for the access it records,
+/// now, not a standing pass.
+pub const MAX_RECEIPT_AGE: Duration = Duration::from_secs(600);
+
+#[derive(Deserialize)]
 struct InclusionAnswer {
     size: u64,
     proof: Vec<String>,
     checkpoint: Option<String>,
 }
 
-/// Checks entries against one boundary's log.
+/// Checks entries against one boundary's log, and every checkpoint it sees against the last one
+/// it verified (kept in a file when given one), so that the boundary cannot show it a fork.
 #[derive(Debug, Clone)]
 pub struct LogVerifier {
     url: String,
     vkey: VerifierKey,
     http: reqwest::Client,
+    seen: std::sync::Arc<tokio::sync::Mutex<Option<(u64, Hash)>>>,
+    state: Option<std::path::PathBuf>,
 }
 
 impl LogVerifier {
     /// A verifier of the log served at `url` (the boundary's base URL) and signed by `vkey`.
     pub fn new(url: &str, vkey: VerifierKey) -> Self {
         let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(10)).build().unwrap_or_default();
-        Self { url: url.trim_end_matches('/').to_owned(), vkey, http }
+        Self { url: url.trim_end_matches('/').to_owned(), vkey, http, seen: Default::default(), state: None }
+    }
+
+    /// Keeps the last verified checkpoint's size and root in `path` (read now if it exists), so
+    /// that consistency is checked across restarts too.
+    pub fn with_state(mut self, path: std::path::PathBuf) -> Result<Self, ReceiptError> {
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            let parsed = text
+                .split_once(' ')
+                .and_then(|(size, root)| Some((size.parse().ok()?, Hash::from_base64(root.trim())?)))
+                .ok_or_else(|| self.unreachable(format!("the state file {} is malformed", path.display())))?;
+            self.seen = std::sync::Arc::new(tokio::sync::Mutex::new(Some(parsed)));
+        }
+        self.state = Some(path);
+        Ok(self)
+    }
+
+    /// Checks `checkpoint` against the last one verified, and remembers it if it is newer.
+    async fn consistent(&self, checkpoint: &Checkpoint) -> Result<(), ReceiptError> {
+        let mut seen = self.seen.lock().await;
+        if let Some((old, old_root)) = *seen {
+            let inconsistent = || ReceiptError::Inconsistent { old, new: checkpoint.size };
+            if checkpoint.size < old {
+                return Err(inconsistent());
+            }
+            if checkpoint.size == old {
+                return if checkpoint.root == old_root { Ok(()) } else { Err(inconsistent()) };
+            }
+            let url = format!("{}/v1/log/proof/consistency?old={old}&new={}", self.url, checkpoint.size);
+            let response = self.http.get(&url).send().await.map_err(|e| self.unreachable(e))?;
+            let answer: ConsistencyAnswer = response.json().await.map_err(|e| self.unreachable(e))?;
+            let proof: Vec<Hash> = answer
+                .proof
+                .iter()
+                .map(|h| Hash::from_base64(h).ok_or_else(|| self.unreachable("a proof hash is not base64")))
+                .collect::<Result<_, _>>()?;
+            verify_consistency(old, checkpoint.size, &old_root, &checkpoint.root, &proof)
+                .map_err(|_| inconsistent())?;
+        }
+        *seen = Some((checkpoint.size, checkpoint.root));
+        if let Some(path) = &self.state {
+            let text = format!("{} {}\n", checkpoint.size, checkpoint.root.to_base64());
+            clover_keys::replace_private(path, text.as_bytes()).map_err(|e| self.unreachable(e))?;
+        }
+        Ok(())
     }
 
     fn unreachable(&self, detail: impl std::fmt::Display) -> ReceiptError {
@@ -73,9 +137,13 @@ impl LogVerifier {
         let note = Note::parse(&note).map_err(|e| self.unreachable(e))?;
         note.verify(&self.vkey).map_err(|_| ReceiptError::BadCheckpoint(self.vkey.name.clone()))?;
         let checkpoint = Checkpoint::parse(&note.text).map_err(|e| self.unreachable(e))?;
+        if checkpoint.origin != self.vkey.name {
+            return Err(ReceiptError::BadCheckpoint(self.vkey.name.clone()));
+        }
         if checkpoint.size != answer.size {
             return Err(self.unreachable("the proof is not for the checkpoint's size"));
         }
+        self.consistent(&checkpoint).await?;
         let proof: Vec<Hash> = answer
             .proof
             .iter()
@@ -107,20 +175,31 @@ impl LogVerifier {
 /// What a verified entry allows.
 fn access(index: u64, entry: &[u8]) -> Result<LoggedAccess, ReceiptError> {
     let refuse = |detail: &str| ReceiptError::NotAllowed { index, detail: detail.to_owned() };
-    let event: Event = serde_json::from_slice(entry).map_err(|_| refuse("it is not an access entry"))?;
-    if !matches!(event.kind, EventKind::Access | EventKind::Write | EventKind::Erasure) {
-        return Err(refuse("it is not an access to a subject's data"));
+    // The canonical form only: the boundary indexes entries by it, and so must what unlocks keys.
+    let event = Event::decode(entry).map_err(|_| refuse("it is not a canonical log entry"))?;
+    if event.v != EVENT_VERSION {
+        return Err(refuse("its format version is unknown"));
     }
     if event.decision.as_ref().is_none_or(|d| d.effect != "allow") {
         return Err(refuse("its decision is not allow"));
     }
-    let action = match event.action.as_deref() {
-        Some("read") => Action::Read,
-        Some("write") => Action::Write,
-        Some("erase") => Action::Erase,
-        _ => return Err(refuse("its action needs no data key")),
+    let action = match (event.kind, event.action.as_deref()) {
+        (EventKind::Access, Some("read")) => Action::Read,
+        (EventKind::Write, Some("write")) => Action::Write,
+        (EventKind::Erasure, Some("erase")) => Action::Erase,
+        _ => return Err(refuse("it is not an access that needs a data key")),
     };
     let subject_hash = event.subject.ok_or_else(|| refuse("it names no subject"))?;
+    if subject_hash.len() != 64 || !subject_hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return Err(refuse("its subject is not a subject hash"));
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let age = now.saturating_sub(event.time);
+    if age > i64::try_from(MAX_RECEIPT_AGE.as_secs()).unwrap_or(i64::MAX) || age < -60 {
+        return Err(refuse("it is not recent: a receipt is for the access it records, now"));
+    }
     Ok(LoggedAccess {
         subject_hash,
         action,

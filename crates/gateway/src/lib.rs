@@ -201,8 +201,14 @@ impl Boundary {
         self.rotation.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
-    pub(crate) fn set_rotation(&self, rotation: api::keys::Rotation) {
-        *self.rotation.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(rotation);
+    /// Marks a rotation as started, unless one is running: the check and the mark are one step.
+    pub(crate) fn begin_rotation(&self) -> bool {
+        let mut rotation = self.rotation.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if rotation.as_ref().is_some_and(|r| !r.done) {
+            return false;
+        }
+        *rotation = Some(api::keys::Rotation::default());
+        true
     }
 
     pub(crate) fn update_rotation(&self, f: impl FnOnce(&mut api::keys::Rotation)) {

@@ -36,6 +36,10 @@ CREATE TABLE IF NOT EXISTS data_keys (
     created_at INTEGER NOT NULL
 ) STRICT;
 CREATE INDEX IF NOT EXISTS data_keys_by_version ON data_keys (kek_version);
+CREATE TABLE IF NOT EXISTS erasures (
+    subject TEXT PRIMARY KEY,
+    log_index INTEGER NOT NULL
+) STRICT;
 CREATE TABLE IF NOT EXISTS unwraps (
     seq INTEGER PRIMARY KEY,
     time INTEGER NOT NULL,
@@ -129,6 +133,8 @@ pub struct Custodian {
     /// exclusively by a retirement, so that no key is wrapped under a version between the check
     /// that nothing uses it and its destruction.
     wrapping: tokio::sync::RwLock<()>,
+    /// The log index of each erased subject's erasure (kept in `erasures`, loaded at open).
+    erasures: Mutex<HashMap<String, u64>>,
     /// The region's metadata key: seals what policy decides on (a subject's coming of age), so
     /// that it can be read before any subject's data key is unwrapped. Wrapped in the key store
     /// like a data key (under [`METADATA_KEY`]), so that rotation re-wraps it too.
@@ -180,6 +186,14 @@ impl Custodian {
             .map_err(|e| KeyError::Store(format!("cannot open the key store {}: {e}", path.display())))?;
         sqlx::raw_sql(SCHEMA).execute(&db).await.map_err(store("creating the key store"))?;
         let metadata_key = metadata_key(&db, &region, kek.as_ref()).await?;
+        let erasures: HashMap<String, u64> =
+            sqlx::query_as::<_, (String, i64)>("SELECT subject, log_index FROM erasures")
+                .fetch_all(&db)
+                .await
+                .map_err(store("reading erasures"))?
+                .into_iter()
+                .map(|(subject, index)| (subject, u64::try_from(index).unwrap_or_default()))
+                .collect();
         let (journal, queue) = mpsc::unbounded_channel();
         tokio::spawn(write_journal(db.clone(), queue));
         Ok(Self {
@@ -193,6 +207,7 @@ impl Custodian {
             cache: Mutex::new(Cache::default()),
             cache_options,
             wrapping: tokio::sync::RwLock::new(()),
+            erasures: Mutex::new(erasures),
         })
     }
 
@@ -206,6 +221,19 @@ impl Custodian {
             Ok(())
         } else {
             Err(KeyError::Receipt(format!("a {} does not need a data key here", access.action)))
+        }
+    }
+
+    /// Refuses an access logged before the subject's last erasure: a receipt from an earlier
+    /// life of the subject id neither reads, nor makes, nor destroys the key of a later one.
+    fn check_not_before_erasure(&self, access: &LoggedAccess) -> Result<(), KeyError> {
+        let erasures = self.erasures.lock().unwrap_or_else(PoisonError::into_inner);
+        match erasures.get(&access.subject_hash) {
+            Some(&erased) if access.log_index <= erased => Err(KeyError::Receipt(format!(
+                "log entry {} is from before the subject's erasure at entry {erased}",
+                access.log_index
+            ))),
+            _ => Ok(()),
         }
     }
 
@@ -345,6 +373,22 @@ impl Custodian {
     /// many it re-wrapped (0: none is left). Reads and writes go on meanwhile: each key is
     /// replaced in its own statement, only if it has not changed since it was read.
     pub async fn rewrap_batch(&self, batch: u32) -> Result<u64, KeyError> {
+        // Rows changed meanwhile (erased, say) are not re-wrapped; select again rather than
+        // report 0, which means that no key is left under an old version.
+        for _ in 0..16 {
+            match self.rewrap_once(batch).await? {
+                (0, _) => return Ok(0),
+                (_, 0) => continue,
+                (_, done) => return Ok(done),
+            }
+        }
+        Ok(0)
+    }
+
+    /// One batch: (keys selected, keys re-wrapped).
+    async fn rewrap_once(&self, batch: u32) -> Result<(usize, u64), KeyError> {
+        // No version is retired while this batch wraps under the current one.
+        let _shared = self.wrapping.read().await;
         let current = self.kek.current_version()?;
         let rows = sqlx::query("SELECT subject, kek_version, wrapped FROM data_keys WHERE kek_version != ? LIMIT ?")
             .bind(i64::from(current))
@@ -352,6 +396,7 @@ impl Custodian {
             .fetch_all(&self.db)
             .await
             .map_err(store("reading keys to re-wrap"))?;
+        let selected = rows.len();
         let mut done = 0;
         for row in rows {
             let subject: String = row.try_get(0).map_err(store("re-wrapping"))?;
@@ -377,7 +422,25 @@ impl Custodian {
             .rows_affected();
             done += changed;
         }
-        Ok(done)
+        Ok((selected, done))
+    }
+
+    /// Retires every version but the current one, once no key uses it; an old version that still
+    /// wraps keys is an error (the re-wrap did not finish).
+    pub async fn retire_old_versions(&self) -> Result<Vec<u32>, KeyError> {
+        let current = self.kek.current_version()?;
+        let mut retired = Vec::new();
+        for (version, count) in self.version_counts().await? {
+            if version == current {
+                continue;
+            }
+            if count > 0 {
+                return Err(KeyError::VersionInUse { version, count });
+            }
+            self.retire(version).await?;
+            retired.push(version);
+        }
+        Ok(retired)
     }
 
     /// Retires a KEK version that no data key uses any more.
@@ -507,6 +570,7 @@ impl Custodian {
     /// Makes the data key of a logged, allowed write's subject.
     pub async fn create_for(&self, access: &LoggedAccess) -> Result<DataKey, KeyError> {
         Self::check(access, &[Action::Write])?;
+        self.check_not_before_erasure(access)?;
         let _shared = self.wrapping.read().await;
         let hash = &access.subject_hash;
         let key = DataKey::generate()?;
@@ -533,6 +597,7 @@ impl Custodian {
     /// The data key of a logged, allowed read or write's subject.
     pub async fn fetch_for(&self, access: &LoggedAccess) -> Result<DataKey, KeyError> {
         Self::check(access, &[Action::Read, Action::Write])?;
+        self.check_not_before_erasure(access)?;
         let hash = &access.subject_hash;
         if let Some(key) = self.cached(hash) {
             self.record(access, true);
@@ -562,18 +627,35 @@ impl Custodian {
     /// Destroys the data key of a logged, allowed erasure's subject; whether there was one.
     pub async fn destroy_for(&self, access: &LoggedAccess) -> Result<bool, KeyError> {
         Self::check(access, &[Action::Erase])?;
+        self.check_not_before_erasure(access)?;
         let hash = &access.subject_hash;
         {
             let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
             cache.epoch += 1;
             cache.keys.remove(hash);
         }
+        let mut tx = self.db.begin().await.map_err(store("destroying a data key"))?;
         let deleted = sqlx::query("DELETE FROM data_keys WHERE subject = ?")
             .bind(hash)
-            .execute(&self.db)
+            .execute(&mut *tx)
             .await
             .map_err(store("destroying a data key"))?
             .rows_affected();
+        sqlx::query(
+            "INSERT INTO erasures (subject, log_index) VALUES (?, ?)
+             ON CONFLICT (subject) DO UPDATE SET log_index = max(log_index, excluded.log_index)",
+        )
+        .bind(hash)
+        .bind(i64::try_from(access.log_index).unwrap_or(i64::MAX))
+        .execute(&mut *tx)
+        .await
+        .map_err(store("recording an erasure"))?;
+        tx.commit().await.map_err(store("destroying a data key"))?;
+        {
+            let mut erasures = self.erasures.lock().unwrap_or_else(PoisonError::into_inner);
+            let erased = erasures.entry(hash.clone()).or_default();
+            *erased = (*erased).max(access.log_index);
+        }
         {
             // Anything unwrapped while the row was being deleted is not cached either.
             let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
@@ -582,7 +664,14 @@ impl Custodian {
         }
         // secure_delete zeroed the cell; the checkpoint copies that page over the old one in the
         // main file and truncates the WAL that still held the old page.
-        let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&self.db).await;
+        let busy: Result<i64, sqlx::Error> =
+            sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").fetch_one(&self.db).await.and_then(|row| row.try_get(0));
+        if !matches!(busy, Ok(0)) {
+            tracing::warn!(
+                ?busy,
+                "the key store's WAL checkpoint after an erasure did not complete; the old page is overwritten at the next checkpoint"
+            );
+        }
         self.record(access, false);
         Ok(deleted > 0)
     }

@@ -84,6 +84,9 @@ pub struct Keyring {
     keks: RwLock<BTreeMap<u32, Zeroizing<[u8; 32]>>>,
     checkpoint_key: Zeroizing<Vec<u8>>,
     subject_index_key: Zeroizing<Vec<u8>>,
+    /// Held while the file is rewritten: one writer at a time, and a version is used only once
+    /// it is in the file.
+    saving: std::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Keyring {
@@ -178,6 +181,7 @@ impl Keyring {
             keks: RwLock::new(BTreeMap::from([(1, random::<32>()?)])),
             checkpoint_key,
             subject_index_key: Zeroizing::new(random::<32>()?.to_vec()),
+            saving: std::sync::Mutex::new(()),
         };
         keyring.save(true)?;
         Ok(keyring)
@@ -185,9 +189,14 @@ impl Keyring {
 
     /// Seals the keys into the file: a new file, or one replacing the old atomically.
     fn save(&self, new: bool) -> Result<(), KeyError> {
+        let keks = self.keks.read().unwrap_or_else(PoisonError::into_inner).clone();
+        self.save_with(&keks, new)
+    }
+
+    /// [`Keyring::save`] with these KEK versions.
+    fn save_with(&self, keks: &BTreeMap<u32, Zeroizing<[u8; 32]>>, new: bool) -> Result<(), KeyError> {
         let malformed = |e: serde_json::Error| KeyError::Malformed { path: self.path.clone(), detail: e.to_string() };
         let plaintext = {
-            let keks = self.keks.read().unwrap_or_else(PoisonError::into_inner);
             let sealed = SealedKeys {
                 current: keks.keys().next_back().copied().unwrap_or_default(),
                 keks: keks.iter().map(|(v, k)| (*v, B64.encode(k.as_ref()))).collect(),
@@ -252,6 +261,7 @@ impl Keyring {
             keks: RwLock::new(keks),
             checkpoint_key: decode("checkpoint key", keys.checkpoint_key)?,
             subject_index_key: decode("subject index key", keys.subject_index_key)?,
+            saving: std::sync::Mutex::new(()),
         };
         if legacy {
             keyring.kdf = argon2_kdf(ARGON2_PARAMS)?;
@@ -316,31 +326,27 @@ impl Kek for Keyring {
     }
 
     fn add_version(&self) -> Result<u32, KeyError> {
-        let version = {
-            let mut keks = self.keks.write().unwrap_or_else(PoisonError::into_inner);
-            let version = keks.keys().next_back().map_or(1, |v| v + 1);
-            keks.insert(version, random::<32>()?);
-            version
-        };
-        if let Err(e) = self.save(false) {
-            self.keks.write().unwrap_or_else(PoisonError::into_inner).remove(&version);
-            return Err(e);
-        }
+        // Written to the file first, then put to use: a key is never wrapped under a version
+        // that a crash or a failed write would lose.
+        let _saving = self.saving.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut keks = self.keks.read().unwrap_or_else(PoisonError::into_inner).clone();
+        let version = keks.keys().next_back().map_or(1, |v| v + 1);
+        let kek = random::<32>()?;
+        keks.insert(version, kek.clone());
+        self.save_with(&keks, false)?;
+        self.keks.write().unwrap_or_else(PoisonError::into_inner).insert(version, kek);
         Ok(version)
     }
 
     fn retire_version(&self, version: u32) -> Result<(), KeyError> {
-        let removed = {
-            let mut keks = self.keks.write().unwrap_or_else(PoisonError::into_inner);
-            if keks.keys().next_back() == Some(&version) {
-                return Err(KeyError::CurrentVersion(version));
-            }
-            keks.remove(&version).ok_or(KeyError::UnknownKekVersion(version))?
-        };
-        if let Err(e) = self.save(false) {
-            self.keks.write().unwrap_or_else(PoisonError::into_inner).insert(version, removed);
-            return Err(e);
+        let _saving = self.saving.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut keks = self.keks.read().unwrap_or_else(PoisonError::into_inner).clone();
+        if keks.keys().next_back() == Some(&version) {
+            return Err(KeyError::CurrentVersion(version));
         }
+        keks.remove(&version).ok_or(KeyError::UnknownKekVersion(version))?;
+        self.save_with(&keks, false)?;
+        self.keks.write().unwrap_or_else(PoisonError::into_inner).remove(&version);
         Ok(())
     }
 }

@@ -110,7 +110,9 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
 pub fn replace_private(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
     let io = |cause| KeyError::Io { path: path.to_owned(), cause };
     let mut temp = path.as_os_str().to_owned();
-    temp.push(".new");
+    let mut nonce = [0u8; 8];
+    aws_lc_rs::rand::fill(&mut nonce).map_err(|_| KeyError::Crypto("random generator failed"))?;
+    temp.push(format!(".new-{}", nonce.iter().map(|b| format!("{b:02x}")).collect::<String>()));
     let temp = std::path::PathBuf::from(temp);
     match std::fs::remove_file(&temp) {
         Ok(()) => {}

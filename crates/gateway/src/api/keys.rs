@@ -153,7 +153,7 @@ pub async fn rotate(State(boundary): State<Arc<Boundary>>, caller: Caller) -> Re
     let request = administer_request(boundary.config(), &caller.principal, &caller.origin);
     let decision = boundary.pack().decide(&request);
     let allowed = decision.effect() == "allow";
-    if allowed && boundary.rotation().is_some_and(|r| !r.done) {
+    if allowed && !boundary.begin_rotation() {
         return Err(ApiError::RotationRunning("a key rotation is under way; see GET /v1/keys".to_owned()));
     }
     let detail = format!("key rotation {}", if allowed { "started" } else { "refused" });
@@ -167,22 +167,34 @@ pub async fn rotate(State(boundary): State<Arc<Boundary>>, caller: Caller) -> Re
         return Err(ApiError::Forbidden { decision, log_index });
     }
     let custodian = embedded(&boundary)?;
-    let to_version = custodian.kek().add_version().map_err(ApiError::internal)?;
-    let total: u64 = custodian
-        .version_counts()
-        .await
-        .map_err(ApiError::internal)?
-        .iter()
-        .filter(|(v, _)| *v != to_version)
-        .map(|(_, n)| n)
-        .sum();
+    let started = async {
+        let to_version = custodian.kek().add_version()?;
+        let counts = custodian.version_counts().await?;
+        Ok::<_, clover_keys::KeyError>((
+            to_version,
+            counts.iter().filter(|(v, _)| *v != to_version).map(|(_, n)| n).sum(),
+        ))
+    };
+    let (to_version, total): (u32, u64) = match started.await {
+        Ok(started) => started,
+        Err(e) => {
+            boundary.update_rotation(|r| {
+                r.done = true;
+                r.error = Some(e.to_string());
+            });
+            return Err(ApiError::internal(e));
+        }
+    };
     let detail = format!("kek v{to_version} created in {}; {total} data keys to re-wrap", custodian.kek().describe());
     boundary
         .log()
         .append(&key_event(None, "add-kek-version", None, detail))
         .await
         .map_err(|e| ApiError::LogUnavailable(e.to_string()))?;
-    boundary.set_rotation(Rotation { to_version, total, ..Rotation::default() });
+    boundary.update_rotation(|r| {
+        r.to_version = to_version;
+        r.total = total;
+    });
     tracing::info!(to_version, total, principal = %caller.principal.id, "key rotation started");
     tokio::spawn(run_rotation(boundary.clone(), to_version));
     Ok(answered(
@@ -203,11 +215,7 @@ async fn run_rotation(boundary: Arc<Boundary>, to_version: u32) {
             }
             boundary.update_rotation(|r| r.rewrapped += done);
         }
-        for (version, count) in custodian.version_counts().await.map_err(|e| e.to_string())? {
-            if version == to_version || count > 0 {
-                continue;
-            }
-            custodian.retire(version).await.map_err(|e| e.to_string())?;
+        for version in custodian.retire_old_versions().await.map_err(|e| e.to_string())? {
             let detail = format!("kek v{version} retired: no data key uses it");
             boundary
                 .log()

@@ -110,6 +110,8 @@ async fn the_custodian_refuses_what_the_signed_log_does_not_allow() {
     // A read's entry does not allow destroying the key, nor creating one.
     assert_eq!(remote.call("destroy", index, &entry).await.status(), 403);
     assert_eq!(remote.call("create", index, &entry).await.status(), 403);
+    // Key and configuration entries name no subject's data.
+    assert_eq!(remote.call("fetch", 0, &remote.entry(0)).await.status(), 403);
     // A denied read is in the log, but it is a denial.
     let denied = problem(app.get_record(SINGAPORE, &record).await, 403, "forbidden").await;
     let denied = denied["log_index"].as_u64().unwrap();
@@ -117,13 +119,54 @@ async fn the_custodian_refuses_what_the_signed_log_does_not_allow() {
     // The real thing works.
     assert_eq!(remote.call("fetch", index, &entry).await.status(), 200);
 
-    // After an erasure through the boundary, the same entry gets nothing: the key is gone.
+    // After an erasure through the boundary, the key is gone, and an entry from before the
+    // erasure unlocks nothing, not even once the subject id is registered again (a new key).
     let erased = app.client(DUBLIN).delete(app.url("/v1/subjects/u-1")).bearer_auth(app.token()).send().await.unwrap();
     assert_eq!(erased.status(), 200);
-    assert_eq!(remote.call("fetch", index, &entry).await.status(), 404);
+    let erase_index = erased.json::<Value>().await.unwrap()["log_index"].as_u64().unwrap();
     problem(app.get_record(DUBLIN, &record).await, 404, "not-found").await;
+    assert_eq!(remote.call("fetch", index, &entry).await.status(), 403);
+    let again = app.seed("u-1", json!({"name": "Someone else"})).await;
+    assert_eq!(app.get_record(DUBLIN, &again).await.status(), 200);
+    assert_eq!(remote.call("fetch", index, &entry).await.status(), 403, "a read from the earlier life");
+    let old_erase = remote.entry(erase_index);
+    assert_eq!(remote.call("destroy", erase_index, &old_erase).await.status(), 403, "an erasure replayed");
+    assert_eq!(app.get_record(DUBLIN, &again).await.status(), 200, "the new key is intact");
 
     // Key administration is the custodian's, not the boundary's.
     let keys = app.client(DUBLIN).get(app.url("/v1/keys")).bearer_auth(app.token()).send().await.unwrap();
     problem(keys, 409, "custodian-elsewhere").await;
+}
+
+#[tokio::test]
+async fn the_custodian_refuses_a_log_inconsistent_with_what_it_verified_before() {
+    let app = TestApp::start().await;
+    let record = app.seed("u-1", json!({"name": "Ana"})).await;
+    let early = clover_log::checkpoint::Checkpoint::parse(
+        &clover_log::note::Note::parse(&app.boundary.log().checkpoint()).unwrap().text,
+    )
+    .unwrap();
+    let read: Value = app.get_record(DUBLIN, &record).await.json().await.unwrap();
+    let index = read["log_index"].as_u64().unwrap();
+    let entry = app.boundary.log().entry(index).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("log-state");
+    let verifier = |state: &std::path::Path| {
+        LogVerifier::new(&app.url(""), app.boundary.log_vkey().clone()).with_state(state.to_owned()).unwrap()
+    };
+
+    // An earlier checkpoint it verified: the log grew from it consistently; the state moves on.
+    std::fs::write(&state, format!("{} {}\n", early.size, early.root.to_base64())).unwrap();
+    assert!(verifier(&state).check(index, &entry).await.is_ok());
+    let kept = std::fs::read_to_string(&state).unwrap();
+    assert_ne!(kept, format!("{} {}\n", early.size, early.root.to_base64()));
+
+    // A different root at that size (what it would have seen of a fork): refused.
+    let forked = clover_log::hash::leaf_hash(b"another history").to_base64();
+    std::fs::write(&state, format!("{} {forked}\n", early.size)).unwrap();
+    let refused = verifier(&state).check(index, &entry).await;
+    assert!(matches!(refused, Err(clover_custodian::ReceiptError::Inconsistent { .. })), "{refused:?}");
+    // A larger log than the one now shown (a shrink): refused.
+    std::fs::write(&state, format!("{} {forked}\n", early.size + 1000)).unwrap();
+    assert!(verifier(&state).check(index, &entry).await.is_err());
 }
