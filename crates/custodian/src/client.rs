@@ -5,6 +5,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use clover_keys::{DataKey, KeyCustody, KeyError};
 use clover_log::Receipt;
+use clover_log::event::SubjectIndexKey;
 use clover_model::{Region, SubjectId};
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
@@ -13,22 +14,31 @@ use crate::verify::WireReceipt;
 
 /// A [`KeyCustody`] that asks a custodian over HTTP, sending each access's log entry as its
 /// receipt.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RemoteCustody {
     url: String,
     region: Region,
     http: reqwest::Client,
+    /// The boundary's subject-hash key: metadata requests name the subject by its hash in the
+    /// log, as the custodian's key store does.
+    index: std::sync::Arc<SubjectIndexKey>,
+}
+
+impl std::fmt::Debug for RemoteCustody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteCustody").field("url", &self.url).field("region", &self.region).finish_non_exhaustive()
+    }
 }
 
 impl RemoteCustody {
     /// The custodian at `url` (its base URL), holding `region`'s keys.
-    pub fn new(url: &str, region: Region) -> Self {
+    pub fn new(url: &str, region: Region, index: SubjectIndexKey) -> Self {
         let http = reqwest::Client::builder()
             .no_proxy()
             .timeout(std::time::Duration::from_secs(15))
             .build()
             .unwrap_or_default();
-        Self { url: url.trim_end_matches('/').to_owned(), region, http }
+        Self { url: url.trim_end_matches('/').to_owned(), region, http, index: std::sync::Arc::new(index) }
     }
 
     async fn post(&self, path: &str, body: &Value) -> Result<Value, KeyError> {
@@ -84,12 +94,12 @@ impl KeyCustody for RemoteCustody {
     }
 
     async fn seal_metadata(&self, subject: &SubjectId, plaintext: &[u8]) -> Result<Vec<u8>, KeyError> {
-        let body = json!({ "subject": subject.as_str(), "data": B64.encode(plaintext) });
+        let body = json!({ "subject": subject.as_str(), "subject_hash": self.index.hash(subject), "data": B64.encode(plaintext) });
         Ok(Self::field(&self.post("/v1/metadata/seal", &body).await?, "data")?.to_vec())
     }
 
     async fn open_metadata(&self, subject: &SubjectId, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyError> {
-        let body = json!({ "subject": subject.as_str(), "data": B64.encode(sealed) });
+        let body = json!({ "subject": subject.as_str(), "subject_hash": self.index.hash(subject), "data": B64.encode(sealed) });
         Self::field(&self.post("/v1/metadata/open", &body).await?, "data")
     }
 

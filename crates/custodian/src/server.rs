@@ -250,6 +250,8 @@ async fn destroy(State(server): State<CustodianServer>, Json(receipt): Json<Wire
 pub struct MetadataBody {
     /// The subject.
     pub subject: String,
+    /// The subject's keyed hash in the boundary's log, which names their keys here.
+    pub subject_hash: String,
     /// The plaintext to seal, or the sealed bytes to open, base64.
     pub data: String,
 }
@@ -257,18 +259,22 @@ pub struct MetadataBody {
 fn metadata_parts(body: &MetadataBody) -> Result<(SubjectId, Vec<u8>), Refusal> {
     let bad = |what: &str| Refusal(StatusCode::BAD_REQUEST, format!("{what} is malformed"));
     let subject: SubjectId = body.subject.parse().map_err(|_| bad("subject"))?;
+    let hash = &body.subject_hash;
+    if hash.len() != 64 || !hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return Err(bad("subject_hash"));
+    }
     Ok((subject, B64.decode(&body.data).map_err(|_| bad("data"))?))
 }
 
 async fn seal(State(server): State<CustodianServer>, Json(body): Json<MetadataBody>) -> Result<Response, Refusal> {
     let (subject, data) = metadata_parts(&body)?;
-    let sealed = server.custodian.seal_metadata_now(&subject, &data)?;
+    let sealed = server.custodian.seal_metadata_for(&subject, &body.subject_hash, &data).await?;
     Ok(Json(json!({ "data": B64.encode(sealed) })).into_response())
 }
 
 async fn open(State(server): State<CustodianServer>, Json(body): Json<MetadataBody>) -> Result<Response, Refusal> {
     let (subject, data) = metadata_parts(&body)?;
-    let plain = server.custodian.open_metadata_now(&subject, &data)?;
+    let plain = server.custodian.open_metadata_for(&subject, &body.subject_hash, &data).await?;
     Ok(Json(json!({ "data": B64.encode(plain.as_slice()) })).into_response())
 }
 

@@ -118,7 +118,14 @@ impl Boundary {
                     )
                     .into());
                 }
-                (Arc::new(clover_custodian::RemoteCustody::new(url, config.region.clone())), None)
+                (
+                    Arc::new(clover_custodian::RemoteCustody::new(
+                        url,
+                        config.region.clone(),
+                        keyring.subject_index_key(),
+                    )),
+                    None,
+                )
             }
             None => {
                 let kek: Arc<dyn Kek> = match token {

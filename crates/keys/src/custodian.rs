@@ -36,6 +36,10 @@ CREATE TABLE IF NOT EXISTS data_keys (
     created_at INTEGER NOT NULL
 ) STRICT;
 CREATE INDEX IF NOT EXISTS data_keys_by_version ON data_keys (kek_version);
+CREATE TABLE IF NOT EXISTS metadata_salts (
+    subject TEXT PRIMARY KEY,
+    salt BLOB NOT NULL
+) STRICT;
 CREATE TABLE IF NOT EXISTS erasures (
     subject TEXT PRIMARY KEY,
     log_index INTEGER NOT NULL
@@ -140,6 +144,10 @@ pub struct Custodian {
     /// like a data key (under [`METADATA_KEY`]), so that rotation re-wraps it too.
     metadata_key: DataKey,
 }
+
+/// The prefix of metadata sealed with the subject's own metadata key (earlier formats wrote 0,
+/// for the region's metadata key, or the KEK version that sealed it directly).
+const SUBJECT_METADATA: u32 = u32::MAX;
 
 /// The key store's name for the region's metadata key.
 pub const METADATA_KEY: &str = "clover/metadata-key";
@@ -641,6 +649,11 @@ impl Custodian {
             .await
             .map_err(store("destroying a data key"))?
             .rows_affected();
+        sqlx::query("DELETE FROM metadata_salts WHERE subject = ?")
+            .bind(hash)
+            .execute(&mut *tx)
+            .await
+            .map_err(store("destroying a metadata salt"))?;
         sqlx::query(
             "INSERT INTO erasures (subject, log_index) VALUES (?, ?)
              ON CONFLICT (subject) DO UPDATE SET log_index = max(log_index, excluded.log_index)",
@@ -676,19 +689,62 @@ impl Custodian {
         Ok(deleted > 0)
     }
 
-    /// Seals a subject's metadata with the region's metadata key.
-    pub fn seal_metadata_now(&self, subject: &SubjectId, plaintext: &[u8]) -> Result<Vec<u8>, KeyError> {
-        // A zero version prefix: sealed with the metadata key (earlier versions sealed metadata
-        // under a KEK version directly, and wrote that version).
-        let mut out = 0u32.to_be_bytes().to_vec();
-        out.extend(self.metadata_key.seal(&aad::subject_metadata_v2(&self.region, subject), plaintext)?);
+    /// The subject's metadata key: derived from the region's metadata key and a random salt
+    /// of the subject's own, kept here and destroyed with their data key, so that an erasure
+    /// shreds their metadata too, in every copy of the data store. `None` when the subject has
+    /// no salt (erased) and `create` is false.
+    async fn subject_metadata_key(&self, hash: &str, create: bool) -> Result<Option<DataKey>, KeyError> {
+        if create {
+            let salt = DataKey::generate()?;
+            sqlx::query("INSERT OR IGNORE INTO metadata_salts (subject, salt) VALUES (?, ?)")
+                .bind(hash)
+                .bind(salt.bytes().as_slice())
+                .execute(&self.db)
+                .await
+                .map_err(store("storing a metadata salt"))?;
+        }
+        let salt: Option<Vec<u8>> = sqlx::query_scalar("SELECT salt FROM metadata_salts WHERE subject = ?")
+            .bind(hash)
+            .fetch_optional(&self.db)
+            .await
+            .map_err(store("reading a metadata salt"))?;
+        let Some(salt) = salt.map(Zeroizing::new) else { return Ok(None) };
+        let root = hmac::Key::new(hmac::HMAC_SHA256, self.metadata_key.bytes());
+        let mut context = format!("clover/subject-metadata-key/v1\n{hash}\n").into_bytes();
+        context.extend_from_slice(&salt);
+        let derived = hmac::sign(&root, &context);
+        let mut bytes = Zeroizing::new([0u8; 32]);
+        bytes.copy_from_slice(derived.as_ref().get(..32).ok_or(KeyError::Crypto("short HMAC"))?);
+        Ok(Some(DataKey::from_bytes(bytes)))
+    }
+
+    /// Seals a subject's metadata with their metadata key; `hash` is the subject's keyed hash
+    /// in the boundary's log, which names their keys here.
+    pub async fn seal_metadata_for(
+        &self,
+        subject: &SubjectId,
+        hash: &str,
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, KeyError> {
+        let key = self.subject_metadata_key(hash, true).await?.ok_or(KeyError::NoDataKey)?;
+        let mut out = SUBJECT_METADATA.to_be_bytes().to_vec();
+        out.extend(key.seal(&aad::subject_metadata_v2(&self.region, subject), plaintext)?);
         Ok(out)
     }
 
-    /// Opens what [`Custodian::seal_metadata_now`] sealed.
-    pub fn open_metadata_now(&self, subject: &SubjectId, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+    /// Opens what [`Custodian::seal_metadata_for`] sealed (or what earlier versions sealed).
+    pub async fn open_metadata_for(
+        &self,
+        subject: &SubjectId,
+        hash: &str,
+        sealed: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, KeyError> {
         let (version, rest) = sealed.split_first_chunk::<4>().ok_or(KeyError::Decrypt)?;
         match u32::from_be_bytes(*version) {
+            SUBJECT_METADATA => {
+                let key = self.subject_metadata_key(hash, false).await?.ok_or(KeyError::Decrypt)?;
+                key.open(&aad::subject_metadata_v2(&self.region, subject), rest)
+            }
             0 => self.metadata_key.open(&aad::subject_metadata_v2(&self.region, subject), rest),
             version => self.kek.decrypt(version, &aad::subject_metadata(&self.region, subject, version), rest),
         }
@@ -724,11 +780,11 @@ impl KeyCustody for Custodian {
     }
 
     async fn seal_metadata(&self, subject: &SubjectId, plaintext: &[u8]) -> Result<Vec<u8>, KeyError> {
-        self.seal_metadata_now(subject, plaintext)
+        self.seal_metadata_for(subject, &self.index.hash(subject), plaintext).await
     }
 
     async fn open_metadata(&self, subject: &SubjectId, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyError> {
-        self.open_metadata_now(subject, sealed)
+        self.open_metadata_for(subject, &self.index.hash(subject), sealed).await
     }
 
     async fn pseudonym(&self, purpose: &str, destination: &str, input: &[u8]) -> Result<String, KeyError> {

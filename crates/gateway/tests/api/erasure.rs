@@ -62,6 +62,15 @@ async fn erasure_destroys_the_key_and_the_kept_ciphertext_opens_with_nothing_lef
         .map(|r| r.get(0))
         .collect();
     assert!(!columns.iter().any(|c| c.contains("key")), "the data store keeps no key: {columns:?}");
+    // The subject's metadata (when they come of age) is in the backup too, sealed under a key of
+    // their own that the erasure destroyed with their data key.
+    let metadata: Vec<u8> = sqlx::query("SELECT metadata FROM subjects WHERE subject_id = 'u-erased'")
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!metadata.is_empty());
+    assert!(app.boundary.custody().open_metadata(&erased, &metadata).await.is_err());
     pool.close().await;
     assert!(files_containing(backups.path(), &kept_wrapped_key).is_empty());
     let refused = app.boundary.custody().data_key(&app.receipt(&erased).await).await;
