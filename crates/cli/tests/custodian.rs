@@ -63,7 +63,10 @@ async fn a_boundary_gets_its_keys_from_a_custodian_process() {
     let vkey = stdout(vkey);
 
     // The boundary's port, chosen first: the custodian checks receipts against its log.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // The port stays held while the custodian starts, so that the custodian's own ephemeral
+    // port cannot be this one; it is let go just before the boundary binds it.
+    let reserved = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = reserved.local_addr().unwrap().port();
     let boundary_url = format!("http://127.0.0.1:{port}");
     let mut custodian = clover(dir.path());
     custodian.args(["custodian", "serve", "--dir", "custodian", "--listen", "127.0.0.1:0"]);
@@ -74,6 +77,7 @@ async fn a_boundary_gets_its_keys_from_a_custodian_process() {
     std::fs::write(&config, format!("data_dir = \"data\"\n\n[keys]\ncustodian = \"{}\"\n", custodian.url)).unwrap();
     let mut serve = clover(dir.path());
     serve.args(["serve", "--config", config.to_str().unwrap(), "--listen", &format!("127.0.0.1:{port}")]);
+    drop(reserved);
     let boundary = start(serve);
     assert_eq!(boundary.url, boundary_url);
 
