@@ -99,6 +99,8 @@ enum Journal {
 struct Cache {
     keys: HashMap<String, (Zeroizing<[u8; 32]>, Instant)>,
     order: VecDeque<(String, Instant)>,
+    /// Subjects' metadata keys (derived, no receipt needed), cleared by erasure like the rest.
+    metadata: HashMap<String, Zeroizing<[u8; 32]>>,
     /// Bumped by every erasure: a key unwrapped across an erasure is not cached.
     epoch: u64,
 }
@@ -641,6 +643,7 @@ impl Custodian {
             let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
             cache.epoch += 1;
             cache.keys.remove(hash);
+            cache.metadata.remove(hash);
         }
         let mut tx = self.db.begin().await.map_err(store("destroying a data key"))?;
         let deleted = sqlx::query("DELETE FROM data_keys WHERE subject = ?")
@@ -674,6 +677,7 @@ impl Custodian {
             let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
             cache.epoch += 1;
             cache.keys.remove(hash);
+            cache.metadata.remove(hash);
         }
         // secure_delete zeroed the cell; the checkpoint copies that page over the old one in the
         // main file and truncates the WAL that still held the old page.
@@ -694,6 +698,10 @@ impl Custodian {
     /// shreds their metadata too, in every copy of the data store. `None` when the subject has
     /// no salt (erased) and `create` is false.
     async fn subject_metadata_key(&self, hash: &str, create: bool) -> Result<Option<DataKey>, KeyError> {
+        if let Some(key) = self.cache.lock().unwrap_or_else(PoisonError::into_inner).metadata.get(hash) {
+            return Ok(Some(DataKey::from_bytes(key.clone())));
+        }
+        let epoch = self.cache_epoch();
         if create {
             let salt = DataKey::generate()?;
             sqlx::query("INSERT OR IGNORE INTO metadata_salts (subject, salt) VALUES (?, ?)")
@@ -715,6 +723,15 @@ impl Custodian {
         let derived = hmac::sign(&root, &context);
         let mut bytes = Zeroizing::new([0u8; 32]);
         bytes.copy_from_slice(derived.as_ref().get(..32).ok_or(KeyError::Crypto("short HMAC"))?);
+        if self.cache_options.size > 0 {
+            let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+            if cache.epoch == epoch {
+                if cache.metadata.len() >= self.cache_options.size {
+                    cache.metadata.clear();
+                }
+                cache.metadata.insert(hash.to_owned(), bytes.clone());
+            }
+        }
         Ok(Some(DataKey::from_bytes(bytes)))
     }
 
