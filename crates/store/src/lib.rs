@@ -117,6 +117,9 @@ pub trait Store: Send + Sync + 'static {
     /// The record, if it exists.
     async fn record(&self, id: &RecordId) -> Result<Option<RecordRow>, StoreError>;
 
+    /// The record and its subject, if the record exists: what a read needs, in one query.
+    async fn record_with_subject(&self, id: &RecordId) -> Result<Option<(RecordRow, SubjectRow)>, StoreError>;
+
     /// Deletes a subject, their wrapped data key and all their records, at once, and makes sure
     /// the deleted bytes are overwritten. Returns `None` if there is no such subject.
     async fn erase_subject(&self, id: &SubjectId) -> Result<Option<Erasure>, StoreError>;

@@ -17,7 +17,8 @@ use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use time::OffsetDateTime;
 
 use crate::rows::{
-    self, APPROVAL_COLUMNS, RECORD_COLUMNS, SUBJECT_COLUMNS, approval_row, db, id_list, record_row, subject_row,
+    self, APPROVAL_COLUMNS, RECORD_COLUMNS, RECORD_WITH_SUBJECT, SUBJECT_COLUMNS, approval_row, db, id_list,
+    record_row, record_with_subject_row, subject_row,
 };
 use crate::{ApprovalRow, Counts, Erasure, RecordRow, Store, StoreError, SubjectRow};
 
@@ -204,6 +205,15 @@ impl Store for PostgresStore {
                 .await
                 .map_err(db("reading a record"))?;
         row.as_ref().map(record_row).transpose()
+    }
+
+    async fn record_with_subject(&self, id: &RecordId) -> Result<Option<(RecordRow, SubjectRow)>, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!("{RECORD_WITH_SUBJECT}$1")))
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("reading a record and its subject"))?;
+        row.as_ref().map(record_with_subject_row).transpose()
     }
 
     async fn erase_subject(&self, id: &SubjectId) -> Result<Option<Erasure>, StoreError> {

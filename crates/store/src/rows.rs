@@ -87,6 +87,25 @@ pub(crate) fn record_row(row: &impl Columns) -> Result<RecordRow, StoreError> {
     })
 }
 
+/// The record and its subject, in one query (the placeholder for the record id at the end).
+pub(crate) const RECORD_WITH_SUBJECT: &str = "SELECT r.record_id, r.subject_id, r.category, r.home_region, \
+     r.version, r.ciphertext, r.created_at, s.home_region AS subject_home_region, s.attributes, s.metadata, \
+     s.created_at AS subject_created_at FROM records r JOIN subjects s ON s.subject_id = r.subject_id \
+     WHERE r.record_id = ";
+
+pub(crate) fn record_with_subject_row(row: &impl Columns) -> Result<(RecordRow, SubjectRow), StoreError> {
+    let record = record_row(row)?;
+    let get = || db("reading a subject");
+    let subject = SubjectRow {
+        subject_id: record.subject_id.clone(),
+        home_region: parse("home_region", row.text("subject_home_region").map_err(get())?)?,
+        attributes: row.bytes("attributes").map_err(get())?,
+        metadata: row.bytes("metadata").map_err(get())?,
+        created_at: timestamp(row.int("subject_created_at").map_err(get())?)?,
+    };
+    Ok((record, subject))
+}
+
 pub(crate) fn approval_row(row: &impl Columns) -> Result<ApprovalRow, StoreError> {
     let get = || db("reading an approval");
     let list = |what: &'static str, text: String| -> Result<Vec<String>, StoreError> {

@@ -140,6 +140,23 @@ async fn subjects_and_records_round_trip_and_erase_together(store: Arc<dyn Store
     assert!(store.insert_subject(&subject("s-1")).await.unwrap());
 }
 
+async fn a_record_comes_with_its_subject_in_one_call(store: Arc<dyn Store>, _: &Backend) {
+    store.insert_subject(&subject("s-1")).await.unwrap();
+    let mut other = subject("s-2");
+    other.home_region = "no".parse().unwrap();
+    other.created_at = at(1_600_000_000);
+    store.insert_subject(&other).await.unwrap();
+    let r1 = record("s-1");
+    let r2 = record("s-2");
+    store.insert_record(&r1).await.unwrap();
+    store.insert_record(&r2).await.unwrap();
+    assert_eq!(store.record_with_subject(&r1.record_id).await.unwrap(), Some((r1.clone(), subject("s-1"))));
+    assert_eq!(store.record_with_subject(&r2.record_id).await.unwrap(), Some((r2, other)));
+    assert_eq!(store.record_with_subject(&RecordId::random()).await.unwrap(), None);
+    store.erase_subject(&"s-1".parse().unwrap()).await.unwrap();
+    assert_eq!(store.record_with_subject(&r1.record_id).await.unwrap(), None);
+}
+
 async fn a_record_needs_a_registered_subject(store: Arc<dyn Store>, _: &Backend) {
     let err = store.insert_record(&record("ghost")).await.unwrap_err();
     assert!(matches!(err, StoreError::NoSuchSubject(ref s) if s.as_str() == "ghost"), "{err}");
@@ -234,6 +251,7 @@ macro_rules! suite {
 
 suite!(
     subjects_and_records_round_trip_and_erase_together,
+    a_record_comes_with_its_subject_in_one_call,
     a_record_needs_a_registered_subject,
     subjects_are_updated_in_place,
     one_registration_wins_a_race,
