@@ -100,6 +100,21 @@ async fn setup(cache_size: usize) -> Setup {
     Setup { _dir: dir, boundary, records }
 }
 
+/// `reads` reads through the whole read path, spread over `tasks` concurrent tasks.
+async fn audited_reads(boundary: Arc<Boundary>, records: Arc<Vec<RecordId>>, tasks: usize, reads: usize) {
+    let mut set = tokio::task::JoinSet::new();
+    for t in 0..tasks {
+        let (boundary, records) = (boundary.clone(), records.clone());
+        set.spawn(async move {
+            let caller = caller();
+            for i in (t..reads).step_by(tasks) {
+                black_box(pipeline::read(&boundary, &caller, &records[i % records.len()]).await.unwrap());
+            }
+        });
+    }
+    set.join_all().await;
+}
+
 fn bench(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let uncached = runtime.block_on(setup(0));
@@ -131,46 +146,12 @@ fn bench(c: &mut Criterion) {
                 }
             });
         });
-        group.bench_with_input(BenchmarkId::new("audited_read", tasks), &tasks, |b, &tasks| {
-            b.to_async(&runtime).iter(|| {
-                let (boundary, records) = (boundary.clone(), records.clone());
-                async move {
-                    let mut set = tokio::task::JoinSet::new();
-                    for t in 0..tasks {
-                        let (boundary, records) = (boundary.clone(), records.clone());
-                        set.spawn(async move {
-                            let caller = caller();
-                            for i in (t..reads).step_by(tasks) {
-                                black_box(
-                                    pipeline::read(&boundary, &caller, &records[i % records.len()]).await.unwrap(),
-                                );
-                            }
-                        });
-                    }
-                    set.join_all().await;
-                }
+        for (name, setup) in [("audited_read", &setup), ("audited_read_uncached", &uncached)] {
+            let (boundary, records) = (setup.boundary.clone(), Arc::new(setup.records.clone()));
+            group.bench_with_input(BenchmarkId::new(name, tasks), &tasks, |b, &tasks| {
+                b.to_async(&runtime).iter(|| audited_reads(boundary.clone(), records.clone(), tasks, reads));
             });
-        });
-        group.bench_with_input(BenchmarkId::new("audited_read_uncached", tasks), &tasks, |b, &tasks| {
-            b.to_async(&runtime).iter(|| {
-                let (boundary, records) = (uncached.boundary.clone(), Arc::new(uncached.records.clone()));
-                async move {
-                    let mut set = tokio::task::JoinSet::new();
-                    for t in 0..tasks {
-                        let (boundary, records) = (boundary.clone(), records.clone());
-                        set.spawn(async move {
-                            let caller = caller();
-                            for i in (t..reads).step_by(tasks) {
-                                black_box(
-                                    pipeline::read(&boundary, &caller, &records[i % records.len()]).await.unwrap(),
-                                );
-                            }
-                        });
-                    }
-                    set.join_all().await;
-                }
-            });
-        });
+        }
     }
     group.finish();
 }

@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use clover_keys::pkcs11::{AuthPin, Pkcs11Config, Pkcs11Kek, Pkcs11Signer, Token};
 use clover_keys::{CacheOptions, Custodian, Kek, KeyCustody, KeyError, Keyring};
-use clover_log::event::{EVENT_VERSION, Event, EventKind, SubjectIndexKey};
+use clover_log::event::{Event, EventKind, SubjectIndexKey};
 use clover_log::note::NoteSigner;
 use clover_log::note::VerifierKey;
 use clover_log::{Log, LogError, LogOptions};
@@ -415,21 +415,7 @@ async fn take_legacy_keys(store: &Arc<dyn Store>, custodian: &Custodian, log: &L
 
 /// A key or configuration event, with no caller: the boundary's own doing.
 fn setup_event(kind: EventKind, action: &str, detail: String) -> Event {
-    Event {
-        v: EVENT_VERSION,
-        kind,
-        time: time::OffsetDateTime::now_utc().unix_timestamp(),
-        principal: None,
-        origin: None,
-        action: Some(action.to_owned()),
-        subject: None,
-        record: None,
-        category: None,
-        decision: None,
-        purpose: None,
-        justification: None,
-        detail: Some(detail),
-    }
+    pipeline::event_without_data(kind, None, action, None, detail)
 }
 
 /// Logs the keys when the log starts, and the configuration whenever it differs from the last

@@ -119,14 +119,19 @@ pub fn subject_request(
     }
 }
 
-/// Builds the pack request for granting the approval `approval_id` asked for by `requester`.
-/// The pack request for administering the boundary (key rotation).
-pub fn administer_request(config: &Config, principal: &Principal, origin: &Origin) -> PackRequest {
+/// A request about no subject's data (administration, approvals): who, from where, doing what.
+fn request_without_data(
+    config: &Config,
+    principal: &Principal,
+    origin: &Origin,
+    action: Action,
+    resource: PackResource,
+) -> PackRequest {
     PackRequest {
         boundary_region: config.region.to_string(),
         principal: pack_principal(principal),
-        action: Action::Administer,
-        resource: PackResource::Boundary { region: config.region.to_string() },
+        action,
+        resource,
         origin: pack_origin(origin),
         purpose: None,
         purpose_declared: false,
@@ -139,7 +144,13 @@ pub fn administer_request(config: &Config, principal: &Principal, origin: &Origi
     }
 }
 
-/// The pack request for granting an approval.
+/// The pack request for administering the boundary (key rotation).
+pub fn administer_request(config: &Config, principal: &Principal, origin: &Origin) -> PackRequest {
+    let resource = PackResource::Boundary { region: config.region.to_string() };
+    request_without_data(config, principal, origin, Action::Administer, resource)
+}
+
+/// Builds the pack request for granting the approval `approval_id` asked for by `requester`.
 pub fn approval_request(
     config: &Config,
     principal: &Principal,
@@ -147,19 +158,6 @@ pub fn approval_request(
     approval_id: &str,
     requester: &str,
 ) -> PackRequest {
-    PackRequest {
-        boundary_region: config.region.to_string(),
-        principal: pack_principal(principal),
-        action: Action::Approve,
-        resource: PackResource::Approval { id: approval_id.to_owned(), requester: requester.to_owned() },
-        origin: pack_origin(origin),
-        purpose: None,
-        purpose_declared: false,
-        purpose_allowed_for_category: false,
-        purpose_allows_transfer: false,
-        has_justification: false,
-        approved: false,
-        subjects_touched: 0,
-        bulk_threshold: config.policy.bulk_threshold,
-    }
+    let resource = PackResource::Approval { id: approval_id.to_owned(), requester: requester.to_owned() };
+    request_without_data(config, principal, origin, Action::Approve, resource)
 }

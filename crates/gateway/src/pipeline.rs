@@ -185,6 +185,36 @@ pub async fn load_record_and_subject(boundary: &Boundary, id: &RecordId) -> Resu
         .ok_or_else(|| ApiError::NotFound { what: "record", id: id.to_string() })
 }
 
+/// A log entry about no subject's data: a decision on an approval or on the keys, or the
+/// boundary's own doing (`caller` none).
+pub fn event_without_data(
+    kind: EventKind,
+    caller: Option<&Caller>,
+    action: &str,
+    decision: Option<&clover_policy::Decision>,
+    detail: String,
+) -> Event {
+    Event {
+        v: EVENT_VERSION,
+        kind,
+        time: time::OffsetDateTime::now_utc().unix_timestamp(),
+        principal: caller.map(Caller::event_principal),
+        origin: caller.map(Caller::event_origin),
+        action: Some(action.to_owned()),
+        subject: None,
+        record: None,
+        category: None,
+        decision: decision.map(|d| EventDecision {
+            effect: d.effect().to_owned(),
+            view: None,
+            policies: d.policies.clone(),
+        }),
+        purpose: caller.and_then(|c| c.purpose.clone()),
+        justification: caller.and_then(|c| c.justification.clone()),
+        detail: Some(detail),
+    }
+}
+
 /// What a request asks, about which subject and record.
 #[derive(Debug, Clone, Copy)]
 pub struct Ask<'a> {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use clover_log::event::{EVENT_VERSION, Event, EventDecision, EventKind};
+use clover_log::event::{Event, EventKind};
 use clover_model::{Category, SubjectId};
 use clover_policy::Decision;
 use clover_store::ApprovalRow;
@@ -92,25 +92,7 @@ fn answer(row: &ApprovalRow, decision: Option<Decision>, log_index: Option<u64>)
 }
 
 fn event(caller: &Caller, action: &str, decision: Option<&Decision>, detail: String) -> Event {
-    Event {
-        v: EVENT_VERSION,
-        kind: EventKind::Approval,
-        time: OffsetDateTime::now_utc().unix_timestamp(),
-        principal: Some(caller.event_principal()),
-        origin: Some(caller.event_origin()),
-        action: Some(action.to_owned()),
-        subject: None,
-        record: None,
-        category: None,
-        decision: decision.map(|d| EventDecision {
-            effect: d.effect().to_owned(),
-            view: None,
-            policies: d.policies.clone(),
-        }),
-        purpose: caller.purpose.clone(),
-        justification: caller.justification.clone(),
-        detail: Some(detail),
-    }
+    crate::pipeline::event_without_data(EventKind::Approval, Some(caller), action, decision, detail)
 }
 
 /// Asks for an approval to read the named subjects' records of the named categories for one

@@ -10,9 +10,8 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
-use clover_log::event::{EVENT_VERSION, Event, EventDecision, EventKind};
+use clover_log::event::{Event, EventKind};
 use serde::Serialize;
-use time::OffsetDateTime;
 use utoipa::ToSchema;
 
 use crate::Boundary;
@@ -117,25 +116,7 @@ fn key_event(
     decision: Option<&clover_policy::Decision>,
     detail: String,
 ) -> Event {
-    Event {
-        v: EVENT_VERSION,
-        kind: EventKind::Key,
-        time: OffsetDateTime::now_utc().unix_timestamp(),
-        principal: caller.map(Caller::event_principal),
-        origin: caller.map(Caller::event_origin),
-        action: Some(action.to_owned()),
-        subject: None,
-        record: None,
-        category: None,
-        decision: decision.map(|d| EventDecision {
-            effect: d.effect().to_owned(),
-            view: None,
-            policies: d.policies.clone(),
-        }),
-        purpose: caller.and_then(|c| c.purpose.clone()),
-        justification: caller.and_then(|c| c.justification.clone()),
-        detail: Some(detail),
-    }
+    crate::pipeline::event_without_data(EventKind::Key, caller, action, decision, detail)
 }
 
 /// Rotates the key-encryption key: a new version now, the data keys re-wrapped in the
