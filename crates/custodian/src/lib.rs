@@ -23,5 +23,5 @@ pub mod server;
 pub mod verify;
 
 pub use client::RemoteCustody;
-pub use server::{CustodianOptions, CustodianServer, Rotation, admin_token, open_dir, router};
+pub use server::{CustodianOptions, CustodianServer, admin_token, open_dir, router};
 pub use verify::{LogVerifier, ReceiptError};

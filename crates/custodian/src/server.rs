@@ -40,34 +40,14 @@ pub struct CustodianServer {
     /// The custodian operator's bearer token for `/v1/admin/*` (the `admin-token` file in the
     /// custodian's directory).
     pub admin_token: Arc<str>,
-    /// The latest rotation's progress.
-    pub rotation: Arc<std::sync::Mutex<Option<Rotation>>>,
 }
 
 impl CustodianServer {
     /// The server of `custodian`, checking receipts with `verifier`, administered with
     /// `admin_token`.
     pub fn new(custodian: Arc<Custodian>, verifier: LogVerifier, admin_token: &str) -> Self {
-        Self { custodian, verifier, admin_token: admin_token.into(), rotation: Arc::default() }
+        Self { custodian, verifier, admin_token: admin_token.into() }
     }
-}
-
-/// A rotation's progress.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Rotation {
-    /// The new version.
-    pub to_version: u32,
-    /// Data keys to re-wrap when it started.
-    pub total: u64,
-    /// Data keys re-wrapped so far.
-    pub rewrapped: u64,
-    /// Versions retired once nothing used them.
-    pub retired: Vec<u32>,
-    /// Whether it has finished.
-    pub done: bool,
-    /// Why it stopped, if it failed.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
 }
 
 fn admin(server: &CustodianServer, headers: &axum::http::HeaderMap) -> Result<(), Refusal> {
@@ -83,12 +63,6 @@ fn admin(server: &CustodianServer, headers: &axum::http::HeaderMap) -> Result<()
     Ok(())
 }
 
-fn update(server: &CustodianServer, f: impl FnOnce(&mut Rotation)) {
-    if let Some(r) = server.rotation.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_mut() {
-        f(r);
-    }
-}
-
 async fn keys(State(server): State<CustodianServer>, headers: axum::http::HeaderMap) -> Result<Response, Refusal> {
     admin(&server, &headers)?;
     let kek = server.custodian.kek();
@@ -99,7 +73,7 @@ async fn keys(State(server): State<CustodianServer>, headers: axum::http::Header
         .into_iter()
         .map(|(version, data_keys)| json!({"version": version, "data_keys": data_keys}))
         .collect();
-    let rotation = server.rotation.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    let rotation = server.custodian.rotation();
     Ok(Json(json!({
         "backend": kek.describe(),
         "current_version": kek.current_version()?,
@@ -113,57 +87,18 @@ async fn keys(State(server): State<CustodianServer>, headers: axum::http::Header
 /// keys go on being handed out, the old versions retired once unused. Each step is logged.
 async fn rotate(State(server): State<CustodianServer>, headers: axum::http::HeaderMap) -> Result<Response, Refusal> {
     admin(&server, &headers)?;
-    {
-        let mut rotation = server.rotation.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if rotation.as_ref().is_some_and(|r| !r.done) {
-            return Err(Refusal(StatusCode::CONFLICT, "a rotation is under way".to_owned()));
-        }
-        *rotation = Some(Rotation::default());
-    }
-    let started = async {
-        let to_version = server.custodian.kek().add_version()?;
-        let counts = server.custodian.version_counts().await?;
-        Ok::<_, KeyError>((to_version, counts.iter().filter(|(v, _)| *v != to_version).map(|(_, n)| n).sum::<u64>()))
-    };
-    let (to_version, total) = match started.await {
-        Ok(started) => started,
-        Err(e) => {
-            update(&server, |r| {
-                r.done = true;
-                r.error = Some(e.to_string());
-            });
-            return Err(e.into());
-        }
+    let Some((to_version, total)) = server.custodian.start_rotation().await? else {
+        return Err(Refusal(StatusCode::CONFLICT, "a rotation is under way".to_owned()));
     };
     tracing::info!(to_version, total, kek = %server.custodian.kek().describe(), "kek version created; re-wrapping");
-    update(&server, |r| {
-        r.to_version = to_version;
-        r.total = total;
-    });
-    let task = server.clone();
+    let custodian = server.custodian.clone();
     tokio::spawn(async move {
-        let outcome: Result<(), KeyError> = async {
-            loop {
-                let done = task.custodian.rewrap_batch(256).await?;
-                if done == 0 {
-                    break;
-                }
-                update(&task, |r| r.rewrapped += done);
-            }
-            for version in task.custodian.retire_old_versions().await? {
-                tracing::info!(version, "kek version retired");
-                update(&task, |r| r.retired.push(version));
-            }
-            Ok(())
+        let outcome = custodian.run_rotation().await;
+        match &outcome {
+            Ok(retired) => tracing::info!(?retired, "rotation done; kek versions retired"),
+            Err(e) => tracing::error!(error = %e, "rotation stopped"),
         }
-        .await;
-        if let Err(e) = &outcome {
-            tracing::error!(error = %e, "rotation stopped");
-        }
-        update(&task, |r| {
-            r.done = true;
-            r.error = outcome.err().map(|e| e.to_string());
-        });
+        custodian.end_rotation(outcome.err().map(|e| e.to_string()));
     });
     Ok((StatusCode::ACCEPTED, Json(json!({"to_version": to_version, "total": total}))).into_response())
 }
@@ -259,8 +194,7 @@ pub struct MetadataBody {
 fn metadata_parts(body: &MetadataBody) -> Result<(SubjectId, Vec<u8>), Refusal> {
     let bad = |what: &str| Refusal(StatusCode::BAD_REQUEST, format!("{what} is malformed"));
     let subject: SubjectId = body.subject.parse().map_err(|_| bad("subject"))?;
-    let hash = &body.subject_hash;
-    if hash.len() != 64 || !hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+    if !clover_log::event::is_subject_hash(&body.subject_hash) {
         return Err(bad("subject_hash"));
     }
     Ok((subject, B64.decode(&body.data).map_err(|_| bad("data"))?))

@@ -6,7 +6,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use clover_keys::LoggedAccess;
 use clover_log::checkpoint::Checkpoint;
-use clover_log::event::{EVENT_VERSION, Event, EventKind};
+use clover_log::event::{EVENT_VERSION, Event, EventKind, is_subject_hash};
 use clover_log::hash::{Hash, leaf_hash};
 use clover_log::note::{Note, VerifierKey};
 use clover_log::tree::{verify_consistency, verify_inclusion};
@@ -190,7 +190,7 @@ fn access(index: u64, entry: &[u8]) -> Result<LoggedAccess, ReceiptError> {
         _ => return Err(refuse("it is not an access that needs a data key")),
     };
     let subject_hash = event.subject.ok_or_else(|| refuse("it names no subject"))?;
-    if subject_hash.len() != 64 || !subject_hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+    if !is_subject_hash(&subject_hash) {
         return Err(refuse("its subject is not a subject hash"));
     }
     let now = std::time::SystemTime::now()

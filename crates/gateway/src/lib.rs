@@ -76,7 +76,6 @@ pub struct Boundary {
     sites: Sites,
     pack: std::sync::RwLock<Arc<clover_policy::pack::PolicyPack>>,
     touches: touches::Touches,
-    rotation: std::sync::Mutex<Option<api::keys::Rotation>>,
 }
 
 impl std::fmt::Debug for Boundary {
@@ -173,7 +172,6 @@ impl Boundary {
             sites,
             pack,
             touches,
-            rotation: std::sync::Mutex::new(None),
         })
     }
 
@@ -201,27 +199,6 @@ impl Boundary {
     /// are held by a custodian in its own process.
     pub fn custodian(&self) -> Option<&Arc<Custodian>> {
         self.custodian.as_ref()
-    }
-
-    /// The latest key rotation's progress, if one ran since the boundary started.
-    pub fn rotation(&self) -> Option<api::keys::Rotation> {
-        self.rotation.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
-    }
-
-    /// Marks a rotation as started, unless one is running: the check and the mark are one step.
-    pub(crate) fn begin_rotation(&self) -> bool {
-        let mut rotation = self.rotation.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if rotation.as_ref().is_some_and(|r| !r.done) {
-            return false;
-        }
-        *rotation = Some(api::keys::Rotation::default());
-        true
-    }
-
-    pub(crate) fn update_rotation(&self, f: impl FnOnce(&mut api::keys::Rotation)) {
-        if let Some(rotation) = self.rotation.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_mut() {
-            f(rotation);
-        }
     }
 
     /// The log's checkpoint verifier key.

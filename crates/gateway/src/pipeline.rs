@@ -163,17 +163,6 @@ pub async fn load_subject(boundary: &Boundary, id: &SubjectId) -> Result<Subject
         .ok_or_else(|| ApiError::NotFound { what: "subject", id: id.to_string() })
 }
 
-/// Step 3: a record's metadata (its fields stay sealed).
-#[instrument(name = "load_record", skip(boundary), err(level = "debug"))]
-pub async fn load_record(boundary: &Boundary, id: &RecordId) -> Result<RecordRow, ApiError> {
-    boundary
-        .store
-        .record(id)
-        .await
-        .map_err(ApiError::internal)?
-        .ok_or_else(|| ApiError::NotFound { what: "record", id: id.to_string() })
-}
-
 /// Step 3 of a read: the record's metadata and its subject's, in one query.
 #[instrument(name = "load_record", skip(boundary), err(level = "debug"))]
 pub async fn load_record_and_subject(boundary: &Boundary, id: &RecordId) -> Result<(RecordRow, SubjectRow), ApiError> {

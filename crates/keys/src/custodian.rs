@@ -122,6 +122,24 @@ pub struct LoggedAccess {
     pub purpose: Option<String>,
 }
 
+/// A rotation's progress.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Rotation {
+    /// The new version.
+    pub to_version: u32,
+    /// Data keys to re-wrap when it started.
+    pub total: u64,
+    /// Data keys re-wrapped so far.
+    pub rewrapped: u64,
+    /// Versions retired once nothing used them.
+    pub retired: Vec<u32>,
+    /// Whether it has finished.
+    pub done: bool,
+    /// Why it stopped, if it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// How many data keys each KEK version wraps.
 pub type VersionCounts = Vec<(u32, u64)>;
 
@@ -139,6 +157,8 @@ pub struct Custodian {
     /// exclusively by a retirement, so that no key is wrapped under a version between the check
     /// that nothing uses it and its destruction.
     wrapping: tokio::sync::RwLock<()>,
+    /// The latest rotation's progress.
+    rotation: Mutex<Option<Rotation>>,
     /// The log index of each erased subject's erasure (kept in `erasures`, loaded at open).
     erasures: Mutex<HashMap<String, u64>>,
     /// The region's metadata key: seals what policy decides on (a subject's coming of age), so
@@ -218,6 +238,7 @@ impl Custodian {
             cache_options,
             wrapping: tokio::sync::RwLock::new(()),
             erasures: Mutex::new(erasures),
+            rotation: Mutex::new(None),
         })
     }
 
@@ -264,7 +285,11 @@ impl Custodian {
     /// What a receipt made in this process says about the access.
     fn access(&self, receipt: &Receipt) -> LoggedAccess {
         LoggedAccess {
-            subject_hash: self.index.hash(receipt.permit().subject()),
+            // The key the log entry names, as a custodian in its own process reads it; hashed
+            // here only for an entry that names no subject.
+            subject_hash: receipt
+                .subject_hash()
+                .map_or_else(|| self.index.hash(receipt.permit().subject()), ToOwned::to_owned),
             action: receipt.permit().action(),
             log_index: receipt.index(),
             entry_hash: receipt.entry_hash_hex(),
@@ -289,12 +314,7 @@ impl Custodian {
     /// A data key wrapped by an earlier version of Clover (AAD by subject id).
     fn unwrap_legacy(&self, subject: &SubjectId, version: u32, wrapped: &[u8]) -> Result<DataKey, KeyError> {
         let plain = self.kek.decrypt(version, &aad::data_key(&self.region, subject, version), wrapped)?;
-        let mut bytes = Zeroizing::new([0u8; 32]);
-        if plain.len() != 32 {
-            return Err(KeyError::Decrypt);
-        }
-        bytes.copy_from_slice(&plain);
-        Ok(DataKey::from_bytes(bytes))
+        DataKey::from_slice(&plain).map_err(|_| KeyError::Decrypt)
     }
 
     fn cached(&self, subject: &str) -> Option<DataKey> {
@@ -435,6 +455,72 @@ impl Custodian {
         Ok((selected, done))
     }
 
+    /// The latest rotation's progress, if one ran since the custodian opened.
+    pub fn rotation(&self) -> Option<Rotation> {
+        self.rotation.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    fn update_rotation(&self, f: impl FnOnce(&mut Rotation)) {
+        if let Some(rotation) = self.rotation.lock().unwrap_or_else(PoisonError::into_inner).as_mut() {
+            f(rotation);
+        }
+    }
+
+    /// Starts a rotation, unless one is running (`Ok(None)`): a new KEK version, current at
+    /// once. Checking for a running rotation and marking this one are one step. Returns the new
+    /// version and how many keys wait to be re-wrapped; then [`Custodian::run_rotation`].
+    pub async fn start_rotation(&self) -> Result<Option<(u32, u64)>, KeyError> {
+        {
+            let mut rotation = self.rotation.lock().unwrap_or_else(PoisonError::into_inner);
+            if rotation.as_ref().is_some_and(|r| !r.done) {
+                return Ok(None);
+            }
+            *rotation = Some(Rotation::default());
+        }
+        let started = async {
+            let to_version = self.kek.add_version()?;
+            let counts = self.version_counts().await?;
+            Ok::<_, KeyError>((to_version, counts.iter().filter(|(v, _)| *v != to_version).map(|(_, n)| n).sum()))
+        };
+        match started.await {
+            Ok((to_version, total)) => {
+                self.update_rotation(|r| {
+                    r.to_version = to_version;
+                    r.total = total;
+                });
+                Ok(Some((to_version, total)))
+            }
+            Err(e) => {
+                self.end_rotation(Some(e.to_string()));
+                Err(e)
+            }
+        }
+    }
+
+    /// Re-wraps every key under the current version in batches, keeping the progress, then
+    /// retires the old versions; returns them. Keys go on being handed out meanwhile. The
+    /// caller logs what it must, then calls [`Custodian::end_rotation`].
+    pub async fn run_rotation(&self) -> Result<Vec<u32>, KeyError> {
+        loop {
+            let done = self.rewrap_batch(256).await?;
+            if done == 0 {
+                break;
+            }
+            self.update_rotation(|r| r.rewrapped += done);
+        }
+        let retired = self.retire_old_versions().await?;
+        self.update_rotation(|r| r.retired.clone_from(&retired));
+        Ok(retired)
+    }
+
+    /// Marks the rotation done, or failed with `error`.
+    pub fn end_rotation(&self, error: Option<String>) {
+        self.update_rotation(|r| {
+            r.done = true;
+            r.error = error;
+        });
+    }
+
     /// Retires every version but the current one, once no key uses it; an old version that still
     /// wraps keys is an error (the re-wrap did not finish).
     pub async fn retire_old_versions(&self) -> Result<Vec<u32>, KeyError> {
@@ -510,12 +596,7 @@ async fn metadata_key(db: &SqlitePool, region: &Region, kek: &dyn Kek) -> Result
             let version = u32::try_from(version).map_err(|_| KeyError::Decrypt)?;
             let wrapped: Vec<u8> = row.try_get(1).map_err(store("reading the metadata key"))?;
             let plain = kek.decrypt(version, &aad::data_key_by_hash(region, METADATA_KEY, version), &wrapped)?;
-            let mut bytes = Zeroizing::new([0u8; 32]);
-            if plain.len() != 32 {
-                return Err(KeyError::Decrypt);
-            }
-            bytes.copy_from_slice(&plain);
-            return Ok(DataKey::from_bytes(bytes));
+            return DataKey::from_slice(&plain).map_err(|_| KeyError::Decrypt);
         }
         let key = DataKey::generate()?;
         let version = kek.current_version()?;
@@ -623,12 +704,7 @@ impl Custodian {
             }
             other => other?,
         };
-        let mut bytes = Zeroizing::new([0u8; 32]);
-        if plain.len() != 32 {
-            return Err(KeyError::Decrypt);
-        }
-        bytes.copy_from_slice(&plain);
-        let key = DataKey::from_bytes(bytes);
+        let key = DataKey::from_slice(&plain).map_err(|_| KeyError::Decrypt)?;
         self.cache_insert(hash, &key, epoch);
         self.record(access, false);
         Ok(key)

@@ -123,6 +123,11 @@ impl Event {
     }
 }
 
+/// Whether `text` has the form of a subject hash in the log: 64 lowercase hex digits.
+pub fn is_subject_hash(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 /// The region's key for subject hashes in the log.
 pub struct SubjectIndexKey {
     key: hmac::Key,

@@ -77,6 +77,7 @@ pub struct Receipt {
     index: u64,
     entry_hash: Hash,
     entry: Arc<[u8]>,
+    subject_hash: Option<String>,
     purpose: Option<String>,
     permit: Permit,
 }
@@ -105,6 +106,11 @@ impl Receipt {
     /// The logged entry's bytes, for a custodian in another process to check against the log.
     pub fn entry(&self) -> &[u8] {
         &self.entry
+    }
+
+    /// The subject as the logged entry names it (the log's keyed hash), if it names one.
+    pub fn subject_hash(&self) -> Option<&str> {
+        self.subject_hash.as_deref()
     }
 
     /// The purpose the logged access declared.
@@ -328,7 +334,14 @@ impl Log {
         let entry_hash = leaf_hash(&entry);
         let kept: Arc<[u8]> = entry.as_slice().into();
         let index = self.append_entry(event, entry).await?;
-        Ok(Receipt { index, entry_hash, entry: kept, purpose: event.purpose.clone(), permit })
+        Ok(Receipt {
+            index,
+            entry_hash,
+            entry: kept,
+            subject_hash: event.subject.clone(),
+            purpose: event.purpose.clone(),
+            permit,
+        })
     }
 
     /// The latest signed checkpoint note.

@@ -20,9 +20,6 @@ use crate::pack::administer_request;
 use crate::pipeline::Caller;
 use crate::problem::{ApiError, Problem};
 
-/// Data keys re-wrapped per batch.
-const BATCH: u32 = 256;
-
 /// One KEK version.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct KeyVersion {
@@ -30,24 +27,6 @@ pub struct KeyVersion {
     pub version: u32,
     /// How many data keys it wraps (the region's metadata key included).
     pub data_keys: u64,
-}
-
-/// A rotation's progress.
-#[derive(Debug, Clone, Default, Serialize, ToSchema)]
-pub struct Rotation {
-    /// The new version.
-    pub to_version: u32,
-    /// Data keys to re-wrap when it started.
-    pub total: u64,
-    /// Data keys re-wrapped so far.
-    pub rewrapped: u64,
-    /// Versions retired once nothing used them.
-    pub retired: Vec<u32>,
-    /// Whether it has finished.
-    pub done: bool,
-    /// Why it stopped, if it failed.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
 }
 
 /// The state of key custody.
@@ -59,9 +38,11 @@ pub struct KeysAnswer {
     pub current_version: u32,
     /// Every version held, oldest first.
     pub versions: Vec<KeyVersion>,
-    /// The latest rotation since the boundary started, if any.
+    /// The latest rotation since the boundary started, if any: `to_version`, `total`,
+    /// `rewrapped`, `retired`, `done`, `error`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub rotation: Option<Rotation>,
+    #[schema(value_type = Option<Object>)]
+    pub rotation: Option<clover_keys::Rotation>,
 }
 
 /// The answer to a rotation request.
@@ -93,7 +74,7 @@ async fn state(boundary: &Boundary) -> Result<KeysAnswer, ApiError> {
         backend: custodian.kek().describe(),
         current_version: custodian.kek().current_version().map_err(ApiError::internal)?,
         versions: counts.into_iter().map(|(version, data_keys)| KeyVersion { version, data_keys }).collect(),
-        rotation: boundary.rotation(),
+        rotation: custodian.rotation(),
     })
 }
 
@@ -134,10 +115,7 @@ pub async fn rotate(State(boundary): State<Arc<Boundary>>, caller: Caller) -> Re
     let request = administer_request(boundary.config(), &caller.principal, &caller.origin);
     let decision = boundary.pack().decide(&request);
     let allowed = decision.effect() == "allow";
-    if allowed && !boundary.begin_rotation() {
-        return Err(ApiError::RotationRunning("a key rotation is under way; see GET /v1/keys".to_owned()));
-    }
-    let detail = format!("key rotation {}", if allowed { "started" } else { "refused" });
+    let detail = format!("key rotation {}", if allowed { "allowed" } else { "refused" });
     let log_index = boundary
         .log()
         .append(&key_event(Some(&caller), "rotate-keys", Some(&decision), detail))
@@ -148,23 +126,8 @@ pub async fn rotate(State(boundary): State<Arc<Boundary>>, caller: Caller) -> Re
         return Err(ApiError::Forbidden { decision, log_index });
     }
     let custodian = embedded(&boundary)?;
-    let started = async {
-        let to_version = custodian.kek().add_version()?;
-        let counts = custodian.version_counts().await?;
-        Ok::<_, clover_keys::KeyError>((
-            to_version,
-            counts.iter().filter(|(v, _)| *v != to_version).map(|(_, n)| n).sum(),
-        ))
-    };
-    let (to_version, total): (u32, u64) = match started.await {
-        Ok(started) => started,
-        Err(e) => {
-            boundary.update_rotation(|r| {
-                r.done = true;
-                r.error = Some(e.to_string());
-            });
-            return Err(ApiError::internal(e));
-        }
+    let Some((to_version, total)) = custodian.start_rotation().await.map_err(ApiError::internal)? else {
+        return Err(ApiError::RotationRunning("a key rotation is under way; see GET /v1/keys".to_owned()));
     };
     let detail = format!("kek v{to_version} created in {}; {total} data keys to re-wrap", custodian.kek().describe());
     boundary
@@ -172,10 +135,6 @@ pub async fn rotate(State(boundary): State<Arc<Boundary>>, caller: Caller) -> Re
         .append(&key_event(None, "add-kek-version", None, detail))
         .await
         .map_err(|e| ApiError::LogUnavailable(e.to_string()))?;
-    boundary.update_rotation(|r| {
-        r.to_version = to_version;
-        r.total = total;
-    });
     tracing::info!(to_version, total, principal = %caller.principal.id, "key rotation started");
     tokio::spawn(run_rotation(boundary.clone(), to_version));
     Ok(answered(
@@ -185,25 +144,15 @@ pub async fn rotate(State(boundary): State<Arc<Boundary>>, caller: Caller) -> Re
     ))
 }
 
-/// Re-wraps every data key under `to_version`, then retires the older versions.
+/// Re-wraps every data key under `to_version`, retires the older versions, and logs each
+/// retirement before the rotation is marked done.
 async fn run_rotation(boundary: Arc<Boundary>, to_version: u32) {
     let Some(custodian) = boundary.custodian().cloned() else { return };
     let outcome: Result<(), String> = async {
-        loop {
-            let done = custodian.rewrap_batch(BATCH).await.map_err(|e| e.to_string())?;
-            if done == 0 {
-                break;
-            }
-            boundary.update_rotation(|r| r.rewrapped += done);
-        }
-        for version in custodian.retire_old_versions().await.map_err(|e| e.to_string())? {
+        for version in custodian.run_rotation().await.map_err(|e| e.to_string())? {
             let detail = format!("kek v{version} retired: no data key uses it");
-            boundary
-                .log()
-                .append(&key_event(None, "retire-kek-version", None, detail))
-                .await
-                .map_err(|e| e.to_string())?;
-            boundary.update_rotation(|r| r.retired.push(version));
+            let retired = key_event(None, "retire-kek-version", None, detail);
+            boundary.log().append(&retired).await.map_err(|e| e.to_string())?;
             tracing::info!(version, "kek version retired");
         }
         Ok(())
@@ -212,8 +161,5 @@ async fn run_rotation(boundary: Arc<Boundary>, to_version: u32) {
     if let Err(e) = &outcome {
         tracing::error!(error = %e, to_version, "key rotation stopped");
     }
-    boundary.update_rotation(|r| {
-        r.done = true;
-        r.error = outcome.err();
-    });
+    custodian.end_rotation(outcome.err());
 }
