@@ -104,7 +104,10 @@ impl Boundary {
         let token = hsm_token(&config)?;
         let (signer, signed_by) = checkpoint_signer(&config, &keyring, token.as_ref())?;
         let log_vkey = signer.verifier();
-        let log = Log::open(&data_dir.log_dir(), signer, options)?;
+        let log = match &config.store {
+            Some(url) => Log::open_postgres(url, signer, options).await?,
+            None => Log::open(&data_dir.log_dir(), signer, options)?,
+        };
         let subject_index = keyring.subject_index_key();
         let (custody, custodian): (Arc<dyn KeyCustody>, Option<Arc<Custodian>>) = match &config.keys.custodian {
             Some(url) => {
@@ -409,11 +412,12 @@ async fn record_setup(log: &Log, config: &Config, held: &str, vkey: &VerifierKey
         .map(|b| format!("{b:02x}"))
         .collect();
     let detail = format!("configuration sha256:{digest}");
-    let last = log
-        .last_of_kind(EventKind::Config)
-        .and_then(|index| log.entry(index).ok())
-        .and_then(|bytes| Event::decode(&bytes).ok())
-        .and_then(|event| event.detail);
+    let last = match log.last_of_kind(EventKind::Config) {
+        Some(index) => log.entry(index).await.ok(),
+        None => None,
+    }
+    .and_then(|bytes| Event::decode(&bytes).ok())
+    .and_then(|event| event.detail);
     if last.as_deref() != Some(detail.as_str()) {
         log.append(&setup_event(EventKind::Config, "configure", detail)).await?;
         tracing::info!(%digest, "configuration change logged");

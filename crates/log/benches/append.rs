@@ -284,7 +284,7 @@ fn proofs(c: &mut Criterion) {
         let cases: Vec<(u64, Hash, Vec<Hash>)> = (0..1024)
             .map(|_| {
                 let index = next(&mut state) % size;
-                let leaf = leaf_hash(&log.entry(index).unwrap());
+                let leaf = leaf_hash(&rt.block_on(log.entry(index)).unwrap());
                 (index, leaf, log.inclusion_proof(index, size).unwrap())
             })
             .collect();

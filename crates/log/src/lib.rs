@@ -11,12 +11,14 @@
 //!
 //! Those modules are pure: bytes in, bytes out. [`Log`] is the runtime: a directory holding the
 //! entries, a sequencer that group-commits appends (one write and one fsync per batch, then one
-//! signed checkpoint), and reads of tiles, checkpoints and proofs.
+//! signed checkpoint), and reads of tiles, checkpoints and proofs; or, in [`postgres`], a
+//! database that several gateways share, sequenced by one of them at a time.
 
 pub mod checkpoint;
 pub mod event;
 pub mod hash;
 pub mod note;
+pub mod postgres;
 mod sequencer;
 pub mod tile;
 pub mod tree;

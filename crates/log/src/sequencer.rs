@@ -1,6 +1,7 @@
-//! The log at run time: a directory, a sequencer that group-commits, and reads.
+//! The log at run time: a directory (or a PostgreSQL database), a sequencer that group-commits,
+//! and reads.
 //!
-//! The directory holds `entries` (every entry, back to back, each as a big-endian `u16` length
+//! In a directory, the embedded default, the directory holds `entries` (every entry, back to back, each as a big-endian `u16` length
 //! and its bytes: the concatenation of all entry bundles) and `checkpoint.0` and `checkpoint.1`
 //! (the latest signed checkpoints, overwritten in place by turns, so that a crash while one is
 //! written leaves the other whole). Hashes are recomputed from the entries when the log is
@@ -11,6 +12,8 @@
 //! `write`, makes them durable with one `fdatasync`, updates the tree, signs a checkpoint, and
 //! only then acknowledges each append with its index. An append is never acknowledged before it
 //! is durable; a crash loses only appends that were never acknowledged.
+//!
+//! In PostgreSQL several gateways share one log: see [`crate::postgres`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
@@ -28,6 +31,7 @@ use crate::checkpoint::Checkpoint;
 use crate::event::{Event, EventKind};
 use crate::hash::{Hash, leaf_hash};
 use crate::note::{Note, NoteSigner};
+use crate::postgres::PgLog;
 use crate::tile::{TILE_WIDTH, Tile, push_bundle_entry};
 use crate::tree::{self, ProofError, Subtrees};
 
@@ -68,6 +72,9 @@ pub enum LogError {
     /// A proof could not be made.
     #[error(transparent)]
     Proof(#[from] ProofError),
+    /// The log's PostgreSQL database failed.
+    #[error("log database: {0}")]
+    Database(String),
 }
 
 /// Proof that an access was allowed and durably logged: what the key custodian asks for before
@@ -134,10 +141,10 @@ impl Default for LogOptions {
     }
 }
 
-struct Tree {
+pub(crate) struct Tree {
     /// `heights[h]` holds the hashes of the complete subtrees of 2^h leaves, left to right.
     heights: Vec<Vec<Hash>>,
-    /// Where each entry starts in the entries file; one more at the end.
+    /// Where each entry starts in the entries file; one more at the end (a directory's log only).
     offsets: Vec<u64>,
     /// The latest signed checkpoint note, and its size.
     checkpoint: Arc<str>,
@@ -149,12 +156,50 @@ struct Tree {
 }
 
 impl Tree {
-    fn size(&self) -> u64 {
+    pub(crate) fn new() -> Self {
+        Self {
+            heights: Vec::new(),
+            offsets: vec![0],
+            checkpoint: Arc::from(""),
+            checkpoint_size: 0,
+            by_subject: BTreeMap::new(),
+            last_by_kind: HashMap::new(),
+        }
+    }
+
+    pub(crate) fn size(&self) -> u64 {
         self.heights.first().map_or(0, |l| l.len() as u64)
     }
 
-    fn push(&mut self, leaf: Hash, end: u64) {
-        self.offsets.push(end);
+    pub(crate) fn checkpoint_size(&self) -> u64 {
+        self.checkpoint_size
+    }
+
+    /// Takes `note`, a checkpoint of `size` entries, as the latest unless a later one is held.
+    pub(crate) fn offer_checkpoint(&mut self, note: Arc<str>, size: u64) {
+        if size >= self.checkpoint_size && size <= self.size() {
+            self.checkpoint = note;
+            self.checkpoint_size = size;
+        }
+    }
+
+    /// Adds the next entry: its leaf hash, and the indexes by kind and subject.
+    pub(crate) fn add(&mut self, entry: &[u8]) {
+        let index = self.size();
+        if let Ok(event) = Event::decode(entry) {
+            self.index(index, event.kind, event.subject);
+        }
+        self.push(leaf_hash(entry));
+    }
+
+    fn index(&mut self, index: u64, kind: EventKind, subject: Option<String>) {
+        self.last_by_kind.insert(kind, index);
+        if let Some(subject) = subject {
+            self.by_subject.entry(subject).or_default().push(index);
+        }
+    }
+
+    fn push(&mut self, leaf: Hash) {
         let mut height = 0;
         let mut hash = leaf;
         loop {
@@ -182,27 +227,49 @@ impl Subtrees for Tree {
     }
 }
 
-struct Shared {
-    dir: PathBuf,
-    origin: String,
-    tree: RwLock<Tree>,
-    reader: File,
+pub(crate) struct Shared {
+    pub(crate) origin: String,
+    pub(crate) tree: RwLock<Tree>,
+}
+
+impl Shared {
+    pub(crate) fn tree(&self) -> std::sync::RwLockReadGuard<'_, Tree> {
+        self.tree.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(crate) fn tree_mut(&self) -> std::sync::RwLockWriteGuard<'_, Tree> {
+        self.tree.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 enum Request {
     Append { entry: Vec<u8>, kind: EventKind, subject: Option<String>, done: oneshot::Sender<Result<u64, LogError>> },
 }
 
-/// A transparency log in a directory.
+/// Where the entries live and who sequences them.
+#[derive(Clone)]
+enum Backend {
+    /// A directory and this process's sequencer thread.
+    File { dir: PathBuf, sender: Sender<Request>, reader: Arc<File> },
+    /// A PostgreSQL database, sequenced by whichever gateway leads.
+    Postgres(Arc<PgLog>),
+}
+
+/// A transparency log in a directory or a PostgreSQL database.
 #[derive(Clone)]
 pub struct Log {
     shared: Arc<Shared>,
-    sender: Sender<Request>,
+    backend: Backend,
 }
 
 impl std::fmt::Debug for Log {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Log").field("dir", &self.shared.dir).field("size", &self.size()).finish()
+        let mut out = f.debug_struct("Log");
+        match &self.backend {
+            Backend::File { dir, .. } => out.field("dir", dir),
+            Backend::Postgres(_) => out.field("store", &"postgres"),
+        };
+        out.field("size", &self.size()).finish()
     }
 }
 
@@ -223,27 +290,14 @@ impl Log {
         file.read_to_end(&mut bytes).map_err(io(&path))?;
 
         let origin = signer.name().to_owned();
-        let mut tree = Tree {
-            heights: Vec::new(),
-            offsets: vec![0],
-            checkpoint: Arc::from(""),
-            checkpoint_size: 0,
-            by_subject: BTreeMap::new(),
-            last_by_kind: HashMap::new(),
-        };
+        let mut tree = Tree::new();
         let mut at = 0usize;
         while let Some((len, rest)) = bytes.get(at..).and_then(|b| b.split_first_chunk::<2>()) {
             let len = usize::from(u16::from_be_bytes(*len));
             let Some(entry) = rest.get(..len).filter(|e| !e.is_empty()) else { break };
-            if let Ok(event) = Event::decode(entry) {
-                let index = tree.size();
-                tree.last_by_kind.insert(event.kind, index);
-                if let Some(subject) = event.subject {
-                    tree.by_subject.entry(subject).or_default().push(index);
-                }
-            }
+            tree.add(entry);
             at += 2 + len;
-            tree.push(leaf_hash(entry), at as u64);
+            tree.offsets.push(at as u64);
         }
         if at < bytes.len() {
             tracing::warn!(log = %dir.display(), cut = bytes.len() - at, "cutting an unacknowledged partial tail from the log");
@@ -286,7 +340,7 @@ impl Log {
                 slot,
             ));
         }
-        let shared = Arc::new(Shared { dir: dir.to_owned(), origin, tree: RwLock::new(tree), reader });
+        let shared = Arc::new(Shared { origin, tree: RwLock::new(tree) });
         let mut checkpoints = CheckpointFiles { slots, next: 0 };
         sign(&shared, signer.as_ref(), &mut checkpoints)?;
         let (sender, receiver) = std::sync::mpsc::channel();
@@ -295,7 +349,25 @@ impl Log {
             .name("clover-log-sequencer".into())
             .spawn(move || sequencer.run())
             .map_err(io(dir))?;
-        Ok(Self { shared, sender })
+        Ok(Self { shared, backend: Backend::File { dir: dir.to_owned(), sender, reader: Arc::new(reader) } })
+    }
+
+    /// Opens (creating its tables if needed) the log in the PostgreSQL database at `url`, shared
+    /// with every other gateway of the region that opens it with the same checkpoint key. Refuses
+    /// a database whose entries do not match the last checkpoint signed, or whose checkpoint this
+    /// key did not sign.
+    pub async fn open_postgres(url: &str, signer: impl NoteSigner, options: LogOptions) -> Result<Self, LogError> {
+        let shared = Arc::new(Shared { origin: signer.name().to_owned(), tree: RwLock::new(Tree::new()) });
+        let pg = PgLog::open(url, Box::new(signer), options, shared.clone()).await?;
+        Ok(Self { shared, backend: Backend::Postgres(pg) })
+    }
+
+    /// Whether this process sequences the log now (always, for a log in a directory).
+    pub fn is_sequencer(&self) -> bool {
+        match &self.backend {
+            Backend::File { .. } => true,
+            Backend::Postgres(pg) => pg.is_leading(),
+        }
     }
 
     /// The log's origin (the checkpoint key name).
@@ -304,7 +376,7 @@ impl Log {
     }
 
     fn tree(&self) -> std::sync::RwLockReadGuard<'_, Tree> {
-        self.shared.tree.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.shared.tree()
     }
 
     /// The number of durable entries.
@@ -321,11 +393,16 @@ impl Log {
         if entry.len() > usize::from(u16::MAX) {
             return Err(LogError::TooLarge(entry.len()));
         }
-        let (done, wait) = oneshot::channel();
-        self.sender
-            .send(Request::Append { entry, kind: event.kind, subject: event.subject.clone(), done })
-            .map_err(|_| LogError::Stopped)?;
-        wait.await.map_err(|_| LogError::Stopped)?
+        match &self.backend {
+            Backend::File { sender, .. } => {
+                let (done, wait) = oneshot::channel();
+                sender
+                    .send(Request::Append { entry, kind: event.kind, subject: event.subject.clone(), done })
+                    .map_err(|_| LogError::Stopped)?;
+                wait.await.map_err(|_| LogError::Stopped)?
+            }
+            Backend::Postgres(pg) => pg.append(entry).await,
+        }
     }
 
     /// Appends the event of an allowed access and returns the receipt the custodian asks for.
@@ -355,44 +432,61 @@ impl Log {
     }
 
     /// A tile or entry bundle of the current tree.
-    pub fn tile(&self, tile: &Tile) -> Result<Vec<u8>, LogError> {
-        let tree = self.tree();
+    pub async fn tile(&self, tile: &Tile) -> Result<Vec<u8>, LogError> {
         let not_found = || LogError::NotFound(format!("{} is beyond the log", tile.path()));
         let first = tile.index.checked_mul(TILE_WIDTH).ok_or_else(not_found)?;
         let end = first + u64::from(tile.width);
-        match tile.level {
-            Some(level) => {
-                let hashes = tree.heights.get(usize::from(level) * 8).ok_or_else(not_found)?;
-                let range =
-                    usize::try_from(first).map_err(|_| not_found())?..usize::try_from(end).map_err(|_| not_found())?;
-                let hashes = hashes.get(range).ok_or_else(not_found)?;
-                Ok(hashes.iter().flat_map(|h| h.0).collect())
+        if let Some(level) = tile.level {
+            let tree = self.tree();
+            let hashes = tree.heights.get(usize::from(level) * 8).ok_or_else(not_found)?;
+            let range =
+                usize::try_from(first).map_err(|_| not_found())?..usize::try_from(end).map_err(|_| not_found())?;
+            let hashes = hashes.get(range).ok_or_else(not_found)?;
+            return Ok(hashes.iter().flat_map(|h| h.0).collect());
+        }
+        if end > self.size() {
+            return Err(not_found());
+        }
+        match &self.backend {
+            Backend::File { dir, reader, .. } => {
+                self.read_file(dir, reader, first, end).map_err(|e| e.unwrap_or_else(not_found))
             }
-            None => {
-                let start =
-                    *tree.offsets.get(usize::try_from(first).map_err(|_| not_found())?).ok_or_else(not_found)?;
-                let stop = *tree.offsets.get(usize::try_from(end).map_err(|_| not_found())?).ok_or_else(not_found)?;
-                drop(tree);
-                let mut buf = vec![0u8; usize::try_from(stop - start).map_err(|_| not_found())?];
-                let path = self.shared.dir.join(ENTRIES_FILE);
-                self.shared.reader.read_exact_at(&mut buf, start).map_err(io(&path))?;
-                Ok(buf)
+            Backend::Postgres(pg) => {
+                let mut bundle = Vec::new();
+                for entry in pg.entries(first, end).await? {
+                    push_bundle_entry(&mut bundle, &entry).map_err(LogError::TooLarge)?;
+                }
+                Ok(bundle)
             }
         }
     }
 
-    /// The entry at `index`.
-    pub fn entry(&self, index: u64) -> Result<Vec<u8>, LogError> {
+    /// The entries `first..end` as they are stored in the entries file: each after its length.
+    /// `None` when they are beyond the file.
+    fn read_file(&self, dir: &Path, reader: &File, first: u64, end: u64) -> Result<Vec<u8>, Option<LogError>> {
         let tree = self.tree();
-        let not_found = || LogError::NotFound(format!("entry {index} is beyond the log"));
-        let i = usize::try_from(index).map_err(|_| not_found())?;
-        let (start, stop) =
-            (*tree.offsets.get(i).ok_or_else(not_found)?, *tree.offsets.get(i + 1).ok_or_else(not_found)?);
+        let offset = |i: u64| usize::try_from(i).ok().and_then(|i| tree.offsets.get(i)).copied().ok_or(None);
+        let (start, stop) = (offset(first)?, offset(end)?);
         drop(tree);
-        let mut buf = vec![0u8; usize::try_from(stop - start).map_err(|_| not_found())?];
-        let path = self.shared.dir.join(ENTRIES_FILE);
-        self.shared.reader.read_exact_at(&mut buf, start).map_err(io(&path))?;
-        Ok(buf.get(2..).unwrap_or_default().to_vec())
+        let mut buf = vec![0u8; usize::try_from(stop - start).map_err(|_| None)?];
+        let path = dir.join(ENTRIES_FILE);
+        reader.read_exact_at(&mut buf, start).map_err(|e| Some(io(&path)(e)))?;
+        Ok(buf)
+    }
+
+    /// The entry at `index`.
+    pub async fn entry(&self, index: u64) -> Result<Vec<u8>, LogError> {
+        let not_found = || LogError::NotFound(format!("entry {index} is beyond the log"));
+        if index >= self.size() {
+            return Err(not_found());
+        }
+        match &self.backend {
+            Backend::File { dir, reader, .. } => {
+                let bytes = self.read_file(dir, reader, index, index + 1).map_err(|e| e.unwrap_or_else(not_found))?;
+                Ok(bytes.get(2..).unwrap_or_default().to_vec())
+            }
+            Backend::Postgres(pg) => pg.entries(index, index + 1).await?.pop().ok_or_else(not_found),
+        }
     }
 
     /// The index of the latest entry of `kind`.
@@ -454,19 +548,25 @@ impl CheckpointFiles {
 /// Signs a checkpoint of the current tree, publishes it, and writes it to a checkpoint file.
 fn sign(shared: &Shared, signer: &dyn NoteSigner, files: &mut CheckpointFiles) -> Result<(), LogError> {
     let (size, root) = {
-        let tree = shared.tree.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let tree = shared.tree();
         (tree.size(), tree::root(&*tree, tree.size())?)
     };
-    let body = Checkpoint { origin: shared.origin.clone(), size, root }.to_text();
-    let line = signer.signature_line(&body).map_err(|e| LogError::Sign(e.to_string()))?;
-    let note = format!("{body}\n{line}");
+    let note = checkpoint_note(&shared.origin, signer, size, root)?;
     files.write(&note)?;
-    let mut tree = shared.tree.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-    if size >= tree.checkpoint_size {
-        tree.checkpoint = Arc::from(note);
-        tree.checkpoint_size = size;
-    }
+    shared.tree_mut().offer_checkpoint(Arc::from(note), size);
     Ok(())
+}
+
+/// A signed checkpoint note of a tree of `size` entries with this `root`.
+pub(crate) fn checkpoint_note(
+    origin: &str,
+    signer: &dyn NoteSigner,
+    size: u64,
+    root: Hash,
+) -> Result<String, LogError> {
+    let body = Checkpoint { origin: origin.to_owned(), size, root }.to_text();
+    let line = signer.signature_line(&body).map_err(|e| LogError::Sign(e.to_string()))?;
+    Ok(format!("{body}\n{line}"))
 }
 
 struct Sequencer {
@@ -551,16 +651,14 @@ impl Sequencer {
         self.file.write_all(&buf).map_err(io(&self.path))?;
         self.file.sync_data().map_err(io(&self.path))?;
         let leaves: Vec<Hash> = batch.iter().map(|Request::Append { entry, .. }| leaf_hash(entry)).collect();
-        let mut tree = self.shared.tree.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut tree = self.shared.tree_mut();
         let first = tree.size();
         let mut end = tree.offsets.last().copied().unwrap_or(0);
         for (i, (Request::Append { entry, kind, subject, .. }, leaf)) in batch.iter().zip(leaves).enumerate() {
             end += 2 + entry.len() as u64;
-            tree.push(leaf, end);
-            tree.last_by_kind.insert(*kind, first + i as u64);
-            if let Some(subject) = subject {
-                tree.by_subject.entry(subject.clone()).or_default().push(first + i as u64);
-            }
+            tree.offsets.push(end);
+            tree.index(first + i as u64, *kind, subject.clone());
+            tree.push(leaf);
         }
         Ok(first)
     }

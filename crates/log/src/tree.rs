@@ -220,6 +220,37 @@ pub fn verify_consistency(
     Ok(())
 }
 
+/// The root of the tree of `size` leaves followed by `leaves`, without changing `tree`: what a
+/// sequencer signs before the new leaves are committed. Reads only the perfect subtrees along
+/// the tree's right edge (its compact range), at most one per bit of `size`.
+pub fn root_after(tree: &impl Subtrees, size: u64, leaves: &[Hash]) -> Result<Hash, ProofError> {
+    // The right edge, left to right: (height, hash) of each perfect subtree in `size`'s binary
+    // decomposition, largest first.
+    let mut edge: Vec<(u32, Hash)> = Vec::new();
+    let mut start = 0u64;
+    for height in (0..64u32).rev() {
+        if size & (1u64 << height) != 0 {
+            edge.push((height, tree.subtree(start, height)?));
+            start += 1u64 << height;
+        }
+    }
+    for leaf in leaves {
+        let (mut height, mut hash) = (0u32, *leaf);
+        while let Some(&(h, left)) = edge.last().filter(|(h, _)| *h == height) {
+            edge.pop();
+            hash = node_hash(&left, &hash);
+            height = h + 1;
+        }
+        edge.push((height, hash));
+    }
+    let mut edge = edge.into_iter().rev();
+    let Some((_, mut root)) = edge.next() else { return Ok(Hash::empty()) };
+    for (_, left) in edge {
+        root = node_hash(&left, &root);
+    }
+    Ok(root)
+}
+
 /// A tree held as its leaf hashes, for tests and small tools.
 #[derive(Debug, Clone, Default)]
 pub struct LeafTree(pub Vec<Hash>);
@@ -301,6 +332,16 @@ mod tests {
                 let forked_root = root(&forked, old).unwrap();
                 prop_assert!(verify_consistency(old, new, &forked_root, &new_root, &proof).is_err());
             }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn root_after_is_the_root_of_the_longer_tree(size in 0u64..300, more in 0u64..70) {
+            let t = tree(size + more);
+            let head = LeafTree(t.0[..size as usize].to_vec());
+            let tail = &t.0[size as usize..];
+            prop_assert_eq!(root_after(&head, size, tail).unwrap(), root(&t, size + more).unwrap());
         }
     }
 

@@ -46,13 +46,54 @@ impl tlog_tiles::TileReader for Tiles<'_> {
             .map(|t| {
                 let path = t.path().replacen("tile/8/", "tile/", 1);
                 let ours = Tile::parse(&path).unwrap();
-                let bytes = self.0.tile(&ours).unwrap();
+                let handle = tokio::runtime::Handle::current();
+                let bytes = tokio::task::block_in_place(|| handle.block_on(self.0.tile(&ours))).unwrap();
                 self.1.lock().unwrap().insert(path, bytes.clone());
                 Ok(bytes)
             })
             .collect()
     }
     fn save_tiles(&self, _: &[tlog_tiles::Tile], _: &[Vec<u8>]) {}
+}
+
+/// Checks a log of `size` entries (1000 here) the way an outside verifier would: its checkpoint
+/// with an independent signed-note implementation, its tiles, proofs and entry bundles with an
+/// independent tlog implementation.
+async fn verify_independently(log: &Log, size: u64, vkey: &str) {
+    assert!((769..=1024).contains(&size), "the checks below are written for four tiles");
+    // The checkpoint verifies with an independent signed-note implementation...
+    let note = log.checkpoint().to_string();
+    let their_note = signed_note::Note::from_bytes(note.as_bytes()).unwrap();
+    let verifiers = signed_note::VerifierList::new(vec![Box::new(signed_note::StandardVerifier::new(vkey).unwrap())]);
+    their_note.verify(&verifiers).unwrap();
+    let checkpoint = tlog_tiles::Checkpoint::from_bytes(their_note.text()).unwrap();
+    assert_eq!(checkpoint.size(), size);
+
+    // ...and the tiles lead an independent tlog implementation to the same root and proofs.
+    let tiles = Tiles(log, Mutex::new(HashMap::new()));
+    let reader = tlog_tiles::TileHashReader::new(size, *checkpoint.hash(), &tiles);
+    let root = tlog_tiles::tree_hash(size, &reader).unwrap();
+    assert_eq!(root, *checkpoint.hash());
+    for index in [0u64, 1, 255, 256, 511, 999] {
+        let proof = tlog_tiles::prove_record(size, index, &reader).unwrap();
+        let ours = log.inclusion_proof(index, size).unwrap();
+        assert_eq!(proof.iter().map(|h| h.0).collect::<Vec<_>>(), ours.iter().map(|h| h.0).collect::<Vec<_>>());
+        let leaf = tlog_tiles::record_hash(&log.entry(index).await.unwrap());
+        tlog_tiles::check_record(&proof, size, root, index, leaf).unwrap();
+    }
+    // Entry bundles hash to the level-0 tiles.
+    for n in 0..4u64 {
+        let width = if n == 3 { size - 768 } else { 256 };
+        let bundle = log.tile(&Tile { level: None, index: n, width: width as u16 }).await.unwrap();
+        let level0 = log.tile(&Tile { level: Some(0), index: n, width: width as u16 }).await.unwrap();
+        let entries = split_bundle(&bundle).unwrap();
+        assert_eq!(entries.len() as u64, width);
+        for (i, entry) in entries.iter().enumerate() {
+            assert_eq!(tlog_tiles::record_hash(entry).0, level0[i * 32..i * 32 + 32]);
+            Event::decode(entry).unwrap();
+        }
+    }
+    assert!(matches!(log.tile(&Tile { level: Some(0), index: 4, width: 256 }).await, Err(LogError::NotFound(_))));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -77,39 +118,7 @@ async fn concurrent_appends_are_batched_durable_and_verifiable_independently() {
     assert_eq!(log.size(), 1000);
     assert_eq!(log.entries_about("s-a").len(), 334);
 
-    // The checkpoint verifies with an independent signed-note implementation...
-    let note = log.checkpoint().to_string();
-    let their_note = signed_note::Note::from_bytes(note.as_bytes()).unwrap();
-    let verifiers = signed_note::VerifierList::new(vec![Box::new(signed_note::StandardVerifier::new(&vkey).unwrap())]);
-    their_note.verify(&verifiers).unwrap();
-    let checkpoint = tlog_tiles::Checkpoint::from_bytes(their_note.text()).unwrap();
-    assert_eq!(checkpoint.size(), 1000);
-
-    // ...and the tiles lead an independent tlog implementation to the same root and proofs.
-    let tiles = Tiles(&log, Mutex::new(HashMap::new()));
-    let reader = tlog_tiles::TileHashReader::new(1000, *checkpoint.hash(), &tiles);
-    let root = tlog_tiles::tree_hash(1000, &reader).unwrap();
-    assert_eq!(root, *checkpoint.hash());
-    for index in [0u64, 1, 255, 256, 511, 999] {
-        let proof = tlog_tiles::prove_record(1000, index, &reader).unwrap();
-        let ours = log.inclusion_proof(index, 1000).unwrap();
-        assert_eq!(proof.iter().map(|h| h.0).collect::<Vec<_>>(), ours.iter().map(|h| h.0).collect::<Vec<_>>());
-        let leaf = tlog_tiles::record_hash(&log.entry(index).unwrap());
-        tlog_tiles::check_record(&proof, 1000, root, index, leaf).unwrap();
-    }
-    // Entry bundles hash to the level-0 tiles.
-    for n in 0..4u64 {
-        let width = if n == 3 { 1000 - 768 } else { 256 };
-        let bundle = log.tile(&Tile { level: None, index: n, width: width as u16 }).unwrap();
-        let level0 = log.tile(&Tile { level: Some(0), index: n, width: width as u16 }).unwrap();
-        let entries = split_bundle(&bundle).unwrap();
-        assert_eq!(entries.len(), width);
-        for (i, entry) in entries.iter().enumerate() {
-            assert_eq!(tlog_tiles::record_hash(entry).0, level0[i * 32..i * 32 + 32]);
-            Event::decode(entry).unwrap();
-        }
-    }
-    assert!(matches!(log.tile(&Tile { level: Some(0), index: 4, width: 256 }), Err(LogError::NotFound(_))));
+    verify_independently(&log, 1000, &vkey).await;
 
     // Reopening keeps everything and extends consistently.
     let old_root = log.root(1000).unwrap();
@@ -180,4 +189,68 @@ async fn checkpoints_can_be_signed_on_an_interval() {
         assert!(std::time::Instant::now() < deadline, "no checkpoint covered the appends");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+}
+
+/// Waits until `check` holds, or panics saying `what` after ten seconds.
+async fn eventually(what: &str, check: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !check() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateways_sharing_a_database_append_to_one_log_and_survive_their_sequencer() {
+    let database = clover_testdb::TestDatabase::create().await;
+    let signer = SigningKey::generate("clover.test/eu", TYPE_ED25519).unwrap();
+    let pkcs8 = signer.pkcs8().to_vec();
+    let vkey = signer.verifier().to_string();
+    let a = Log::open_postgres(&database.url, signer, LogOptions::default()).await.unwrap();
+    let b = Log::open_postgres(&database.url, key(&pkcs8), LogOptions::default()).await.unwrap();
+
+    // Two gateways append at once: one sequence, every index once.
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..1000u64 {
+        let log = if n % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.spawn(async move { log.append(&event(n, Some(if n % 3 == 0 { "s-a" } else { "s-b" }))).await.unwrap() });
+    }
+    let mut indexes = tasks.join_all().await;
+    indexes.sort_unstable();
+    assert_eq!(indexes, (0..1000).collect::<Vec<_>>(), "every append got its own index");
+    eventually("both gateways see all 1000 entries", || a.size() == 1000 && b.size() == 1000).await;
+    eventually("both hold the checkpoint of 1000", || a.checkpoint_size() == 1000 && b.checkpoint_size() == 1000).await;
+    assert_eq!(a.root(1000).unwrap(), b.root(1000).unwrap());
+    assert_eq!(a.checkpoint(), b.checkpoint());
+    assert_eq!(b.entries_about("s-a").len(), 334);
+    assert!(a.is_sequencer() != b.is_sequencer(), "exactly one gateway sequences");
+    verify_independently(&a, 1000, &vkey).await;
+    verify_independently(&b, 1000, &vkey).await;
+
+    // The sequencer goes away; an append handed to the other waits for it to take over, and
+    // the log goes on consistently with the checkpoint already published.
+    let (leader, follower) = if a.is_sequencer() { (a, b) } else { (b, a) };
+    let published = follower.root(1000).unwrap();
+    drop(leader);
+    let index = follower.append(&event(1000, None)).await.unwrap();
+    assert_eq!(index, 1000);
+    assert!(follower.is_sequencer(), "the other gateway took over");
+    let proof = follower.consistency_proof(1000, 1001).unwrap();
+    clover_log::tree::verify_consistency(1000, 1001, &published, &follower.root(1001).unwrap(), &proof).unwrap();
+    let note = Note::parse(&follower.checkpoint()).unwrap();
+    note.verify(&VerifierKey::parse(&vkey).unwrap()).unwrap();
+    assert!(note.text.contains("\n1001\n"));
+    drop(follower);
+
+    // A gateway with another checkpoint key is refused: one log, one key.
+    let stranger = SigningKey::generate("clover.test/eu", TYPE_ED25519).unwrap();
+    let err = Log::open_postgres(&database.url, stranger, LogOptions::default()).await.unwrap_err();
+    assert!(err.to_string().contains("not signed by this gateway's checkpoint key"), "{err}");
+
+    // A logged entry changed in the database is found against the published checkpoint.
+    let pool = sqlx::PgPool::connect(&database.url).await.unwrap();
+    sqlx::query("UPDATE log_entries SET entry = entry || '\\x20'::bytea WHERE idx = 3").execute(&pool).await.unwrap();
+    pool.close().await;
+    let err = Log::open_postgres(&database.url, key(&pkcs8), LogOptions::default()).await.unwrap_err();
+    assert!(matches!(err, LogError::Inconsistent { .. }) && err.to_string().contains("differ"), "{err}");
 }

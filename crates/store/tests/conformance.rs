@@ -12,12 +12,13 @@ use clover_model::RecordId;
 use clover_store::{
     ApprovalRow, Counts, Erasure, PostgresStore, RecordRow, SqliteStore, Store, StoreError, SubjectRow,
 };
+use clover_testdb::TestDatabase;
 use time::{Duration, OffsetDateTime};
 
 /// A backend under test, and how to clean it up.
 enum Backend {
     Sqlite(tempfile::TempDir),
-    Postgres { admin: String, name: String, url: String },
+    Postgres(TestDatabase),
 }
 
 impl Backend {
@@ -28,49 +29,16 @@ impl Backend {
     }
 
     async fn postgres() -> (Self, Arc<dyn Store>) {
-        let admin = std::env::var("CLOVER_TEST_POSTGRES")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-        let name = format!("clover_test_{}", uuid::Uuid::new_v4().simple());
-        let pool = sqlx::PgPool::connect(&admin).await.unwrap_or_else(|e| {
-            panic!("PostgreSQL is not reachable at {admin} ({e}): start one, or set CLOVER_TEST_POSTGRES")
-        });
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&pool).await.unwrap();
-        pool.close().await;
-        let url = match admin.rsplit_once('/') {
-            Some((server, _)) => format!("{server}/{name}"),
-            None => panic!("CLOVER_TEST_POSTGRES must name a database: {admin}"),
-        };
-        let store = PostgresStore::open(&url).await.unwrap();
-        (Self::Postgres { admin, name, url }, Arc::new(store))
+        let database = TestDatabase::create().await;
+        let store = PostgresStore::open(&database.url).await.unwrap();
+        (Self::Postgres(database), Arc::new(store))
     }
 
     /// The same database, opened again (migrations run again and must change nothing).
     async fn reopen(&self) -> Arc<dyn Store> {
         match self {
             Self::Sqlite(dir) => Arc::new(SqliteStore::open(&dir.path().join("clover.db")).await.unwrap()),
-            Self::Postgres { url, .. } => Arc::new(PostgresStore::open(url).await.unwrap()),
-        }
-    }
-}
-
-impl Drop for Backend {
-    /// Drops the test's PostgreSQL database, whether the test passed or panicked (on a thread
-    /// of its own, since the test's runtime may be gone).
-    fn drop(&mut self) {
-        if let Self::Postgres { admin, name, .. } = self {
-            let (admin, name) = (admin.clone(), name.clone());
-            let dropped = std::thread::spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-                runtime.block_on(async {
-                    let pool = sqlx::PgPool::connect(&admin).await.unwrap();
-                    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
-                        .execute(&pool)
-                        .await
-                        .unwrap();
-                    pool.close().await;
-                });
-            });
-            let _ = dropped.join();
+            Self::Postgres(database) => Arc::new(PostgresStore::open(&database.url).await.unwrap()),
         }
     }
 }

@@ -42,7 +42,7 @@ pub async fn checkpoint(State(boundary): State<Arc<Boundary>>) -> Response {
 /// A hash tile or entry bundle (c2sp.org/tlog-tiles).
 pub async fn tile(State(boundary): State<Arc<Boundary>>, Path(path): Path<String>) -> Result<Response, ApiError> {
     let tile = Tile::parse(&format!("tile/{path}")).map_err(|e| ApiError::InvalidQuery(e.to_string()))?;
-    let bytes = boundary.log().tile(&tile).map_err(log_error)?;
+    let bytes = boundary.log().tile(&tile).await.map_err(log_error)?;
     // Full tiles never change; partial ones are replaced as the log grows.
     let cache = if u64::from(tile.width) == TILE_WIDTH { "public, max-age=31536000, immutable" } else { "no-cache" };
     Ok(([(header::CONTENT_TYPE, "application/octet-stream"), (header::CACHE_CONTROL, cache)], bytes).into_response())
@@ -97,7 +97,7 @@ pub async fn inclusion_proof(
     Ok(Json(InclusionProof {
         index: query.index,
         size,
-        leaf_hash: leaf_hash(&log.entry(query.index).map_err(log_error)?).to_base64(),
+        leaf_hash: leaf_hash(&log.entry(query.index).await.map_err(log_error)?).to_base64(),
         root_hash: log.root(size).map_err(log_error)?.to_base64(),
         proof: proof.iter().map(|h| h.to_base64()).collect(),
         checkpoint: (size == checkpoint_size).then(|| checkpoint.to_string()),

@@ -299,7 +299,7 @@ pub async fn list_accesses(
     let subject_hash = boundary.subject_hash(&subject_id);
     let mut entries = Vec::new();
     for index in boundary.log().entries_about(&subject_hash) {
-        let bytes = boundary.log().entry(index).map_err(ApiError::internal)?;
+        let bytes = boundary.log().entry(index).await.map_err(ApiError::internal)?;
         let entry = clover_log::event::Event::decode(&bytes).map_err(ApiError::internal)?;
         entries.push(AccessEntry { index, entry });
     }

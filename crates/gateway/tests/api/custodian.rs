@@ -49,8 +49,8 @@ impl Remote {
             .unwrap()
     }
 
-    fn entry(&self, index: u64) -> Vec<u8> {
-        self.app.boundary.log().entry(index).unwrap()
+    async fn entry(&self, index: u64) -> Vec<u8> {
+        self.app.boundary.log().entry(index).await.unwrap()
     }
 }
 
@@ -78,7 +78,7 @@ async fn the_boundary_reads_through_the_custodian_and_holds_no_key() {
     assert_eq!(journal[2]["purpose"], "legal");
 
     // The key the custodian hands out for that entry opens the record.
-    let answer = remote.call("fetch", read_index, &remote.entry(read_index)).await;
+    let answer = remote.call("fetch", read_index, &remote.entry(read_index).await).await;
     assert_eq!(answer.status(), 200);
     let key: Value = answer.json().await.unwrap();
     let key = DataKey::from_slice(&B64.decode(key["key"].as_str().unwrap()).unwrap()).unwrap();
@@ -95,7 +95,7 @@ async fn the_custodian_refuses_what_the_signed_log_does_not_allow() {
     let record = app.seed("u-1", json!({"name": "Ana"})).await;
     let read: Value = app.get_record(DUBLIN, &record).await.json().await.unwrap();
     let index = read["log_index"].as_u64().unwrap();
-    let entry = remote.entry(index);
+    let entry = remote.entry(index).await;
 
     // An altered entry (another subject's hash) is not in the log.
     let text = String::from_utf8(entry.clone()).unwrap();
@@ -111,11 +111,11 @@ async fn the_custodian_refuses_what_the_signed_log_does_not_allow() {
     assert_eq!(remote.call("destroy", index, &entry).await.status(), 403);
     assert_eq!(remote.call("create", index, &entry).await.status(), 403);
     // Key and configuration entries name no subject's data.
-    assert_eq!(remote.call("fetch", 0, &remote.entry(0)).await.status(), 403);
+    assert_eq!(remote.call("fetch", 0, &remote.entry(0).await).await.status(), 403);
     // A denied read is in the log, but it is a denial.
     let denied = problem(app.get_record(SINGAPORE, &record).await, 403, "forbidden").await;
     let denied = denied["log_index"].as_u64().unwrap();
-    assert_eq!(remote.call("fetch", denied, &remote.entry(denied)).await.status(), 403);
+    assert_eq!(remote.call("fetch", denied, &remote.entry(denied).await).await.status(), 403);
     // The real thing works.
     assert_eq!(remote.call("fetch", index, &entry).await.status(), 200);
 
@@ -129,7 +129,7 @@ async fn the_custodian_refuses_what_the_signed_log_does_not_allow() {
     let again = app.seed("u-1", json!({"name": "Someone else"})).await;
     assert_eq!(app.get_record(DUBLIN, &again).await.status(), 200);
     assert_eq!(remote.call("fetch", index, &entry).await.status(), 403, "a read from the earlier life");
-    let old_erase = remote.entry(erase_index);
+    let old_erase = remote.entry(erase_index).await;
     assert_eq!(remote.call("destroy", erase_index, &old_erase).await.status(), 403, "an erasure replayed");
     assert_eq!(app.get_record(DUBLIN, &again).await.status(), 200, "the new key is intact");
 
@@ -148,7 +148,7 @@ async fn the_custodian_refuses_a_log_inconsistent_with_what_it_verified_before()
     .unwrap();
     let read: Value = app.get_record(DUBLIN, &record).await.json().await.unwrap();
     let index = read["log_index"].as_u64().unwrap();
-    let entry = app.boundary.log().entry(index).unwrap();
+    let entry = app.boundary.log().entry(index).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("log-state");
     let verifier = |state: &std::path::Path| {

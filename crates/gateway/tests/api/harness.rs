@@ -286,6 +286,15 @@ impl Drop for TestApp {
 }
 
 /// Every file under `dir`, recursively, with its bytes.
+/// Every entry of the log, decoded as JSON.
+pub async fn log_entries(log: &clover_log::Log) -> Vec<Value> {
+    let mut entries = Vec::new();
+    for index in 0..log.size() {
+        entries.push(serde_json::from_slice(&log.entry(index).await.unwrap()).unwrap());
+    }
+    entries
+}
+
 pub fn files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap() {

@@ -7,10 +7,10 @@ use clover_log::note::Note;
 use clover_log::tree::verify_inclusion;
 use serde_json::{Value, json};
 
-use crate::harness::{DUBLIN, SINGAPORE, TestApp, files_containing, problem};
+use crate::harness::{DUBLIN, SINGAPORE, TestApp, files_containing, log_entries, problem};
 
 async fn entry(app: &TestApp, index: u64) -> Value {
-    let bytes = app.boundary.log().entry(index).unwrap();
+    let bytes = app.boundary.log().entry(index).await.unwrap();
     serde_json::from_slice(&bytes).unwrap()
 }
 
@@ -112,7 +112,7 @@ async fn inclusion_proofs_verify_against_the_signed_checkpoint() {
     assert_eq!(proof["root_hash"], checkpoint.root.to_base64());
     let path: Vec<Hash> =
         proof["proof"].as_array().unwrap().iter().map(|h| Hash::from_base64(h.as_str().unwrap()).unwrap()).collect();
-    let leaf = leaf_hash(&app.boundary.log().entry(index).unwrap());
+    let leaf = leaf_hash(&app.boundary.log().entry(index).await.unwrap());
     assert_eq!(proof["leaf_hash"], leaf.to_base64());
     verify_inclusion(&leaf, index, checkpoint.size, &path, &checkpoint.root).unwrap();
     // The same proof, independently.
@@ -217,21 +217,16 @@ async fn a_configuration_change_is_logged_once() {
     let app = TestApp::start().await;
     let config = app.boundary.config().clone();
     let dir = app.stop().await;
-    let configs = |log: &clover_log::Log| {
-        (0..log.size())
-            .filter(|i| {
-                let e: Value = serde_json::from_slice(&log.entry(*i).unwrap()).unwrap();
-                e["kind"] == "config"
-            })
-            .count()
-    };
+    async fn configs(log: &clover_log::Log) -> usize {
+        log_entries(log).await.iter().filter(|e| e["kind"] == "config").count()
+    }
     // The same configuration again: nothing new.
     let boundary = clover_gateway::Boundary::open(config.clone()).await.unwrap();
-    assert_eq!(configs(boundary.log()), 1);
+    assert_eq!(configs(boundary.log()).await, 1);
     drop(boundary);
     // A changed one: logged.
     let changed = clover_gateway::Config { max_body_bytes: 4096, ..config };
     let boundary = clover_gateway::Boundary::open(changed).await.unwrap();
-    assert_eq!(configs(boundary.log()), 2);
+    assert_eq!(configs(boundary.log()).await, 2);
     drop(dir);
 }

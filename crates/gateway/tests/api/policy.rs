@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::harness::{DUBLIN, SINGAPORE, TestApp, UNKNOWN, VIRGINIA, problem};
+use crate::harness::{DUBLIN, SINGAPORE, TestApp, UNKNOWN, VIRGINIA, log_entries, problem};
 
 /// Registers `subject` born on `birth_date` (if any) with one profile record; returns its id.
 async fn subject(app: &TestApp, subject: &str, birth_date: Option<&str>) -> String {
@@ -121,7 +121,7 @@ async fn touching_too_many_subjects_needs_an_approval() {
     assert_eq!(body["decision"]["effect"], "approval-required");
     assert_eq!(body["decision"]["policies"], json!(["bulk-access-needs-approval"]));
     let entry: Value =
-        serde_json::from_slice(&app.boundary.log().entry(body["log_index"].as_u64().unwrap()).unwrap()).unwrap();
+        serde_json::from_slice(&app.boundary.log().entry(body["log_index"].as_u64().unwrap()).await.unwrap()).unwrap();
     assert_eq!(entry["decision"]["effect"], "approval-required");
 }
 
@@ -147,8 +147,9 @@ async fn policies_reload_on_change_and_a_bad_set_is_refused_keeping_the_old() {
     assert!(err.to_string().contains("nope"), "{err}");
     assert_eq!(read(&app, DUBLIN, "eu", &record, Some("support")).await.status(), 200);
     let log = app.boundary.log();
-    let refused = (0..log.size())
-        .filter_map(|i| serde_json::from_slice::<Value>(&log.entry(i).unwrap()).ok())
+    let refused = log_entries(log)
+        .await
+        .into_iter()
         .find(|e| e["action"] == "reload-policies-refused")
         .expect("the refused reload is in the log");
     assert!(refused["detail"].as_str().unwrap().contains("nope"), "{refused}");
@@ -171,10 +172,7 @@ async fn policies_reload_on_change_and_a_bad_set_is_refused_keeping_the_old() {
         assert!(std::time::Instant::now() < deadline, "the change was not picked up");
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
-    let reloads = (0..log.size())
-        .filter_map(|i| serde_json::from_slice::<Value>(&log.entry(i).unwrap()).ok())
-        .filter(|e| e["action"] == "reload-policies")
-        .count();
+    let reloads = log_entries(log).await.into_iter().filter(|e| e["action"] == "reload-policies").count();
     assert!(reloads >= 1);
 }
 
@@ -271,8 +269,9 @@ async fn a_second_person_approves_bulk_access_and_the_approval_expires() {
 
     // Every step is in the log.
     let log = app.boundary.log();
-    let actions: Vec<String> = (0..log.size())
-        .filter_map(|i| serde_json::from_slice::<Value>(&log.entry(i).unwrap()).ok())
+    let actions: Vec<String> = log_entries(log)
+        .await
+        .into_iter()
         .filter(|e| e["kind"] == "approval")
         .map(|e| format!("{} {}", e["action"].as_str().unwrap(), e["decision"]["effect"].as_str().unwrap_or("-")))
         .collect();

@@ -2,47 +2,10 @@
 //! test and dropped after it (`CLOVER_TEST_POSTGRES` names the server; default
 //! `postgres://postgres@127.0.0.1:5432/postgres`).
 
+use clover_testdb::TestDatabase as Database;
 use serde_json::{Value, json};
 
 use crate::harness::{DUBLIN, SINGAPORE, TestApp, problem};
-
-/// A database of its own on the test server, dropped on drop.
-pub struct Database {
-    admin: String,
-    name: String,
-    pub url: String,
-}
-
-impl Database {
-    pub async fn create() -> Self {
-        let admin = std::env::var("CLOVER_TEST_POSTGRES")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-        let name = format!("clover_test_{}", uuid::Uuid::new_v4().simple());
-        let pool = sqlx::PgPool::connect(&admin).await.unwrap_or_else(|e| {
-            panic!("PostgreSQL is not reachable at {admin} ({e}): start one, or set CLOVER_TEST_POSTGRES")
-        });
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&pool).await.unwrap();
-        pool.close().await;
-        let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
-        Self { admin, name, url }
-    }
-}
-
-impl Drop for Database {
-    fn drop(&mut self) {
-        let (admin, name) = (self.admin.clone(), self.name.clone());
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            runtime.block_on(async {
-                let pool = sqlx::PgPool::connect(&admin).await.unwrap();
-                let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
-                sqlx::raw_sql(sqlx::AssertSqlSafe(drop)).execute(&pool).await.unwrap();
-                pool.close().await;
-            });
-        })
-        .join();
-    }
-}
 
 #[tokio::test]
 async fn the_api_works_the_same_on_postgres() {

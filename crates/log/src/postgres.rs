@@ -1,0 +1,583 @@
+//! The log in PostgreSQL: several gateways, one log, one sequence.
+//!
+//! Three tables hold it: `log_entries` (index, entry), `log_pending` (entries a gateway has
+//! handed in and that no index has yet) and `log_checkpoint` (the latest signed checkpoint).
+//!
+//! - **Appending.** A gateway batches its appends into one `INSERT` into `log_pending` and wakes
+//!   the sequencer (`NOTIFY clover_log_pending`). Each pending entry carries a random token by
+//!   which the gateway recognises it once it has an index.
+//! - **Sequencing.** One gateway at a time leads: the one holding a session-level advisory lock
+//!   on its own connection. The leader takes the pending entries in order, computes the new
+//!   root, signs a checkpoint, and in one transaction on that same connection inserts the
+//!   entries at the next indexes, deletes them from `log_pending`, stores the checkpoint and
+//!   announces the new size (`NOTIFY clover_log`). Since the lock and the transaction share a
+//!   session, a leader that lost its session (it died, or its network did) can no longer
+//!   commit; the primary key on the index refuses a second entry at any index.
+//! - **Following.** Every gateway keeps the tree's hashes in memory and catches up from
+//!   `log_entries` when told of a new size (and every 250 ms regardless). An append is
+//!   acknowledged only once its entry is committed at an index and is in this gateway's tree,
+//!   with the checkpoint committed beside it (or, with a checkpoint interval, within it).
+//! - **Failover.** When the leader's session ends, PostgreSQL releases its lock; the next
+//!   gateway to take it catches up with every committed entry, checks that they match the last
+//!   checkpoint published, and goes on from there. Entries still pending are sequenced by the
+//!   new leader, so an entry handed in is never lost, even when the gateway that handed it in
+//!   died waiting.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use sqlx::postgres::{PgConnection, PgListener, PgPool, PgPoolOptions};
+use sqlx::{AssertSqlSafe, Connection, Row};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::checkpoint::Checkpoint;
+use crate::hash::leaf_hash;
+use crate::note::{Note, NoteSigner, VerifierKey};
+use crate::sequencer::{LogError, LogOptions, Shared, checkpoint_note};
+use crate::tree;
+
+/// The migrations of the log's tables, in order. Never edit one that has shipped; add the next.
+const MIGRATIONS: &[(i64, &str)] = &[(
+    1,
+    "CREATE TABLE log_entries (
+         idx   BIGINT PRIMARY KEY,
+         token BIGINT NOT NULL,
+         entry BYTEA NOT NULL
+     );
+     CREATE TABLE log_pending (
+         id    BIGSERIAL PRIMARY KEY,
+         token BIGINT NOT NULL UNIQUE,
+         entry BYTEA NOT NULL
+     );
+     CREATE TABLE log_checkpoint (
+         only_row BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (only_row),
+         size     BIGINT NOT NULL,
+         note     TEXT NOT NULL
+     );",
+)];
+
+/// The advisory lock whose holder sequences the log (`clovlog` in ASCII).
+const SEQUENCER_LOCK: i64 = 0x0063_6c6f_766c_6f67;
+
+/// How often a gateway catches up without being told, and a candidate tries for the lock.
+const FOLLOW_EVERY: Duration = Duration::from_millis(250);
+
+/// How long an append waits for an index before it is refused (no gateway leads).
+const APPEND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The most entries read from the database at a time.
+const PAGE: i64 = 4096;
+
+fn db(what: &'static str) -> impl Fn(sqlx::Error) -> LogError {
+    move |e| LogError::Database(format!("{what}: {e}"))
+}
+
+/// Applies `migrations` (version, SQL) not yet recorded in `table`, all in one transaction under
+/// an advisory lock, so that processes starting together apply each one once.
+pub async fn migrate(
+    pool: &PgPool,
+    table: &'static str,
+    migrations: &[(i64, &'static str)],
+) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(0x636c_6f76_6572_i64).execute(&mut *tx).await?;
+    // `table` and the migrations are constants of Clover's own code.
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "CREATE TABLE IF NOT EXISTS {table} (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)"
+    )))
+    .execute(&mut *tx)
+    .await?;
+    for (version, sql) in migrations {
+        let applied: Option<i64> =
+            sqlx::query_scalar(AssertSqlSafe(format!("SELECT version FROM {table} WHERE version = $1")))
+                .bind(version)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if applied.is_none() {
+            sqlx::raw_sql(*sql).execute(&mut *tx).await?;
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            sqlx::query(AssertSqlSafe(format!("INSERT INTO {table} (version, applied_at) VALUES ($1, $2)")))
+                .bind(version)
+                .bind(i64::try_from(now.as_secs()).unwrap_or(i64::MAX))
+                .execute(&mut *tx)
+                .await?;
+            tracing::info!(%table, version, "database migration applied");
+        }
+    }
+    tx.commit().await
+}
+
+/// A PostgreSQL URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = url.get(scheme + 3..at).unwrap_or_default();
+            let user = credentials.split(':').next().unwrap_or_default();
+            format!("{}{user}{}", url.get(..scheme + 3).unwrap_or_default(), url.get(at..).unwrap_or_default())
+        }
+        _ => url.to_owned(),
+    }
+}
+
+type Waiter = oneshot::Sender<Result<u64, LogError>>;
+
+/// One gateway's handle on the shared log.
+pub(crate) struct PgLog {
+    pool: PgPool,
+    shared: Arc<Shared>,
+    verifier: VerifierKey,
+    /// Appends handed in and not yet in the tree, by token.
+    waiting: Mutex<HashMap<i64, Waiter>>,
+    submit: mpsc::UnboundedSender<(i64, Vec<u8>)>,
+    /// Held while entries are added to the tree.
+    apply: tokio::sync::Mutex<()>,
+    leading: AtomicBool,
+    /// Why appends are refused, once the database contradicted a signed checkpoint.
+    failed: Mutex<Option<String>>,
+}
+
+struct Row_ {
+    idx: u64,
+    token: i64,
+    entry: Vec<u8>,
+}
+
+impl PgLog {
+    pub(crate) async fn open(
+        url: &str,
+        signer: Box<dyn NoteSigner>,
+        options: LogOptions,
+        shared: Arc<Shared>,
+    ) -> Result<Arc<Self>, LogError> {
+        let open = |e: sqlx::Error| LogError::Database(format!("opening the log at {}: {e}", redact(url)));
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(url)
+            .await
+            .map_err(open)?;
+        migrate(&pool, "clover_log_migrations", MIGRATIONS).await.map_err(open)?;
+        let (submit, submitted) = mpsc::unbounded_channel();
+        let log = Arc::new(Self {
+            pool,
+            shared,
+            verifier: signer.verifier(),
+            waiting: Mutex::new(HashMap::new()),
+            submit,
+            apply: tokio::sync::Mutex::new(()),
+            leading: AtomicBool::new(false),
+            failed: Mutex::new(None),
+        });
+        log.catch_up().await?;
+        // A log nobody has signed yet (or not since its last entries, with a checkpoint
+        // interval) gets a checkpoint of what it holds, kept here until the leader signs one.
+        let (size, held) = {
+            let tree = log.shared.tree();
+            (tree.size(), tree.checkpoint_size())
+        };
+        if size == 0 || held < size {
+            let root = tree::root(&*log.shared.tree(), size)?;
+            let note = checkpoint_note(&log.shared.origin, signer.as_ref(), size, root)?;
+            log.shared.tree_mut().offer_checkpoint(Arc::from(note), size);
+        }
+        tokio::spawn(submit_loop(Arc::downgrade(&log), submitted, options.max_batch));
+        tokio::spawn(follow_loop(Arc::downgrade(&log)));
+        tokio::spawn(sequence_loop(Arc::downgrade(&log), url.to_owned(), signer, options));
+        Ok(log)
+    }
+
+    pub(crate) fn is_leading(&self) -> bool {
+        self.leading.load(Ordering::Relaxed)
+    }
+
+    fn refused(&self) -> Option<LogError> {
+        let failed = self.failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        failed.as_ref().map(|why| LogError::Inconsistent { dir: "postgres".into(), detail: why.clone() })
+    }
+
+    /// Hands `entry` in and waits for its index.
+    pub(crate) async fn append(&self, entry: Vec<u8>) -> Result<u64, LogError> {
+        if let Some(refused) = self.refused() {
+            return Err(refused);
+        }
+        let mut bytes = [0u8; 8];
+        aws_lc_rs::rand::fill(&mut bytes).map_err(|_| LogError::Database("no randomness for a token".into()))?;
+        let token = i64::from_be_bytes(bytes);
+        let (done, wait) = oneshot::channel();
+        self.waiters().insert(token, done);
+        if self.submit.send((token, entry)).is_err() {
+            self.waiters().remove(&token);
+            return Err(LogError::Stopped);
+        }
+        match tokio::time::timeout(APPEND_TIMEOUT, wait).await {
+            Ok(answer) => answer.map_err(|_| LogError::Stopped)?,
+            Err(_) => {
+                self.waiters().remove(&token);
+                tracing::error!(token, "no gateway sequenced a log entry within 30 s");
+                Err(LogError::Database(
+                    "no gateway sequenced the entry within 30 s; it may still be logged later".into(),
+                ))
+            }
+        }
+    }
+
+    fn waiters(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Waiter>> {
+        self.waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The entries `first..end`.
+    pub(crate) async fn entries(&self, first: u64, end: u64) -> Result<Vec<Vec<u8>>, LogError> {
+        let to_i64 = |n: u64| i64::try_from(n).map_err(|_| LogError::NotFound(format!("entry {n} is beyond the log")));
+        let rows = sqlx::query("SELECT entry FROM log_entries WHERE idx >= $1 AND idx < $2 ORDER BY idx")
+            .bind(to_i64(first)?)
+            .bind(to_i64(end)?)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("reading log entries"))?;
+        let entries: Vec<Vec<u8>> =
+            rows.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>().map_err(db("reading log entries"))?;
+        if entries.len() as u64 != end - first {
+            return Err(LogError::NotFound(format!("entries {first}..{end} are not all in the database")));
+        }
+        Ok(entries)
+    }
+
+    /// Adds every committed entry beyond this gateway's tree, takes the stored checkpoint after
+    /// checking it, and answers the appends now in the tree.
+    async fn catch_up(&self) -> Result<(), LogError> {
+        let _applying = self.apply.lock().await;
+        // The checkpoint first: it was committed with its entries, so they are all visible to
+        // the reads that follow.
+        let stored: Option<String> = sqlx::query_scalar("SELECT note FROM log_checkpoint")
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("reading the log's checkpoint"))?;
+        let mut done = Vec::new();
+        loop {
+            let size = self.shared.tree().size();
+            let rows = sqlx::query("SELECT idx, token, entry FROM log_entries WHERE idx >= $1 ORDER BY idx LIMIT $2")
+                .bind(i64::try_from(size).unwrap_or(i64::MAX))
+                .bind(PAGE)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db("reading log entries"))?;
+            let rows: Vec<Row_> = rows
+                .iter()
+                .map(|r| {
+                    Ok(Row_ {
+                        idx: u64::try_from(r.try_get::<i64, _>(0)?).unwrap_or(u64::MAX),
+                        token: r.try_get(1)?,
+                        entry: r.try_get(2)?,
+                    })
+                })
+                .collect::<Result<_, sqlx::Error>>()
+                .map_err(db("reading log entries"))?;
+            if rows.is_empty() {
+                break;
+            }
+            let count = rows.len() as i64;
+            done.extend(self.add(rows));
+            if count < PAGE {
+                break;
+            }
+        }
+        if let Some(Err(why)) = stored.map(|note| self.check_checkpoint(&note)) {
+            tracing::error!(%why, "the log's database contradicts its signed checkpoint; appends are refused");
+            *self.failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(why.clone());
+            return Err(LogError::Inconsistent { dir: "postgres".into(), detail: why });
+        }
+        self.answer(done);
+        Ok(())
+    }
+
+    /// Checks a stored checkpoint against this key and the tree, and takes it.
+    fn check_checkpoint(&self, text: &str) -> Result<(), String> {
+        let note = Note::parse(text).map_err(|e| format!("its checkpoint does not parse: {e}"))?;
+        note.verify(&self.verifier).map_err(|_| {
+            format!(
+                "its checkpoint is not signed by this gateway's checkpoint key {}: the gateways of a region \
+                 must share one key (one keyring, or one HSM token)",
+                self.verifier
+            )
+        })?;
+        let checkpoint = Checkpoint::parse(&note.text).map_err(|e| format!("its checkpoint does not parse: {e}"))?;
+        let mut tree = self.shared.tree_mut();
+        if checkpoint.size > tree.size() {
+            return Err(format!("it published a checkpoint of {} entries but holds {}", checkpoint.size, tree.size()));
+        }
+        let root = tree::root(&*tree, checkpoint.size).map_err(|e| e.to_string())?;
+        if root != checkpoint.root {
+            return Err(format!("the first {} entries differ from the checkpoint it published", checkpoint.size));
+        }
+        tree.offer_checkpoint(Arc::from(text), checkpoint.size);
+        Ok(())
+    }
+
+    /// Adds rows that continue the tree (skipping any already in it); returns the tokens added
+    /// with their indexes.
+    fn add(&self, rows: Vec<Row_>) -> Vec<(i64, u64)> {
+        let mut tree = self.shared.tree_mut();
+        let mut added = Vec::new();
+        for row in rows {
+            if row.idx < tree.size() {
+                continue;
+            }
+            if row.idx > tree.size() {
+                break;
+            }
+            tree.add(&row.entry);
+            added.push((row.token, row.idx));
+        }
+        added
+    }
+
+    /// Answers the waiting appends among `done`.
+    fn answer(&self, done: Vec<(i64, u64)>) {
+        let mut waiting = self.waiters();
+        for (token, index) in done {
+            if let Some(waiter) = waiting.remove(&token) {
+                let _ = waiter.send(Ok(index));
+            }
+        }
+    }
+}
+
+/// Hands this gateway's appends in, as many per statement as are waiting.
+async fn submit_loop(log: Weak<PgLog>, mut submitted: mpsc::UnboundedReceiver<(i64, Vec<u8>)>, max_batch: usize) {
+    while let Some(first) = submitted.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < max_batch.max(1) {
+            match submitted.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let Some(log) = log.upgrade() else { return };
+        let (tokens, entries): (Vec<i64>, Vec<Vec<u8>>) = batch.into_iter().unzip();
+        let handed_in = sqlx::query(
+            "WITH handed_in AS (INSERT INTO log_pending (token, entry) SELECT * FROM UNNEST($1::int8[], $2::bytea[])) \
+             SELECT pg_notify('clover_log_pending', '')",
+        )
+        .bind(&tokens)
+        .bind(&entries)
+        .execute(&log.pool)
+        .await;
+        if let Err(e) = handed_in {
+            tracing::error!(error = %e, entries = tokens.len(), "log entries could not be handed in");
+            let mut waiting = log.waiters();
+            for token in tokens {
+                if let Some(waiter) = waiting.remove(&token) {
+                    let _ = waiter.send(Err(LogError::Database(format!("handing the entry in: {e}"))));
+                }
+            }
+        }
+    }
+}
+
+/// Catches up whenever the leader announces a new size, and every 250 ms regardless.
+async fn follow_loop(log: Weak<PgLog>) {
+    let mut listener: Option<PgListener> = None;
+    loop {
+        if listener.is_none() {
+            let Some(strong) = log.upgrade() else { return };
+            match PgListener::connect_with(&strong.pool).await {
+                Ok(mut l) => {
+                    if l.listen("clover_log").await.is_ok() {
+                        listener = Some(l);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot listen for the log's new entries; polling"),
+            }
+        }
+        match listener.as_mut() {
+            Some(l) => {
+                if let Ok(Err(e)) = tokio::time::timeout(FOLLOW_EVERY, l.recv()).await {
+                    tracing::warn!(error = %e, "lost the log's notifications; reconnecting");
+                    listener = None;
+                }
+            }
+            None => tokio::time::sleep(FOLLOW_EVERY).await,
+        }
+        let Some(strong) = log.upgrade() else { return };
+        if let Err(e) = strong.catch_up().await {
+            tracing::warn!(error = %e, "cannot catch up with the log");
+        }
+    }
+}
+
+/// Tries for the sequencer's lock; while holding it, sequences.
+async fn sequence_loop(log: Weak<PgLog>, url: String, signer: Box<dyn NoteSigner>, options: LogOptions) {
+    loop {
+        let Some(strong) = log.upgrade() else { return };
+        let options_ = strong.pool.connect_options();
+        drop(strong);
+        let mut conn = match PgConnection::connect_with(&*options_).await {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::warn!(error = %e, url = %redact(&url), "cannot connect to the log's database");
+                tokio::time::sleep(FOLLOW_EVERY * 4).await;
+                continue;
+            }
+        };
+        // A candidate until the lock is ours.
+        let locked = loop {
+            if log.strong_count() == 0 {
+                return;
+            }
+            match sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock($1)")
+                .bind(SEQUENCER_LOCK)
+                .fetch_one(&mut conn)
+                .await
+            {
+                Ok(true) => break true,
+                Ok(false) => tokio::time::sleep(FOLLOW_EVERY).await,
+                Err(e) => {
+                    tracing::warn!(error = %e, "lost the connection while waiting to sequence the log");
+                    break false;
+                }
+            }
+        };
+        if !locked {
+            continue;
+        }
+        let Some(strong) = log.upgrade() else { return };
+        strong.leading.store(true, Ordering::Relaxed);
+        tracing::info!(size = strong.shared.tree().size(), "this gateway now sequences the log");
+        drop(strong);
+        let result = lead(&log, &mut conn, signer.as_ref(), &options).await;
+        if let Some(strong) = log.upgrade() {
+            strong.leading.store(false, Ordering::Relaxed);
+        }
+        match result {
+            Ok(()) => return,
+            Err(e) => tracing::warn!(error = %e, "this gateway stopped sequencing the log"),
+        }
+        drop(conn);
+        tokio::time::sleep(FOLLOW_EVERY).await;
+    }
+}
+
+/// Sequences pending entries while this connection holds the lock. Returns `Ok` when the log is
+/// dropped, an error when leadership is in doubt.
+async fn lead(
+    log: &Weak<PgLog>,
+    conn: &mut PgConnection,
+    signer: &dyn NoteSigner,
+    options: &LogOptions,
+) -> Result<(), LogError> {
+    let mut listener = {
+        let Some(strong) = log.upgrade() else { return Ok(()) };
+        // Every entry committed by an earlier leader, checked against its last checkpoint.
+        strong.catch_up().await?;
+        let mut listener = PgListener::connect_with(&strong.pool).await.map_err(db("listening for entries"))?;
+        listener.listen("clover_log_pending").await.map_err(db("listening for entries"))?;
+        listener
+    };
+    let mut last_signed = Instant::now();
+    let mut unsigned = false;
+    loop {
+        let Some(strong) = log.upgrade() else { return Ok(()) };
+        if strong.refused().is_some() {
+            return Err(LogError::Stopped);
+        }
+        let pending = sqlx::query("SELECT id, token, entry FROM log_pending ORDER BY id LIMIT $1")
+            .bind(i64::try_from(options.max_batch).unwrap_or(PAGE))
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(db("reading pending entries"))?;
+        let due = last_signed.elapsed() >= options.checkpoint_interval;
+        if pending.is_empty() {
+            if unsigned && due {
+                let size = strong.shared.tree().size();
+                let root = tree::root(&*strong.shared.tree(), size)?;
+                let note = checkpoint_note(&strong.shared.origin, signer, size, root)?;
+                let mut tx = conn.begin().await.map_err(db("storing a checkpoint"))?;
+                store_checkpoint(&mut tx, size, &note).await?;
+                tx.commit().await.map_err(db("storing a checkpoint"))?;
+                strong.shared.tree_mut().offer_checkpoint(Arc::from(note), size);
+                last_signed = Instant::now();
+                unsigned = false;
+            }
+            drop(strong);
+            let _ = tokio::time::timeout(FOLLOW_EVERY, listener.recv()).await;
+            continue;
+        }
+        let mut ids = Vec::with_capacity(pending.len());
+        let mut rows = Vec::with_capacity(pending.len());
+        let first = strong.shared.tree().size();
+        for (i, row) in pending.iter().enumerate() {
+            let read = db("reading pending entries");
+            ids.push(row.try_get::<i64, _>(0).map_err(&read)?);
+            rows.push(Row_ {
+                idx: first + i as u64,
+                token: row.try_get(1).map_err(&read)?,
+                entry: row.try_get(2).map_err(&read)?,
+            });
+        }
+        let leaves: Vec<_> = rows.iter().map(|r| leaf_hash(&r.entry)).collect();
+        let size = first + rows.len() as u64;
+        let note = if due {
+            let root = tree::root_after(&*strong.shared.tree(), first, &leaves)?;
+            Some(checkpoint_note(&strong.shared.origin, signer, size, root)?)
+        } else {
+            None
+        };
+        let indexes: Vec<i64> = rows.iter().map(|r| i64::try_from(r.idx).unwrap_or(i64::MAX)).collect();
+        let tokens: Vec<i64> = rows.iter().map(|r| r.token).collect();
+        let entries: Vec<&[u8]> = rows.iter().map(|r| r.entry.as_slice()).collect();
+        let commit = db("committing log entries");
+        let mut tx = conn.begin().await.map_err(&commit)?;
+        sqlx::query(
+            "INSERT INTO log_entries (idx, token, entry) SELECT * FROM UNNEST($1::int8[], $2::int8[], $3::bytea[])",
+        )
+        .bind(&indexes)
+        .bind(&tokens)
+        .bind(&entries)
+        .execute(&mut *tx)
+        .await
+        .map_err(&commit)?;
+        sqlx::query("DELETE FROM log_pending WHERE id = ANY($1)")
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await
+            .map_err(&commit)?;
+        if let Some(note) = &note {
+            store_checkpoint(&mut tx, size, note).await?;
+        }
+        sqlx::query("SELECT pg_notify('clover_log', $1)")
+            .bind(size.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(&commit)?;
+        tx.commit().await.map_err(&commit)?;
+
+        // Committed: into this gateway's tree, then answer.
+        let _applying = strong.apply.lock().await;
+        let done = strong.add(rows);
+        if let Some(note) = note {
+            strong.shared.tree_mut().offer_checkpoint(Arc::from(note), size);
+            last_signed = Instant::now();
+            unsigned = false;
+        } else {
+            unsigned = true;
+        }
+        drop(_applying);
+        strong.answer(done);
+    }
+}
+
+async fn store_checkpoint(tx: &mut PgConnection, size: u64, note: &str) -> Result<(), LogError> {
+    sqlx::query(
+        "INSERT INTO log_checkpoint (only_row, size, note) VALUES (TRUE, $1, $2) \
+         ON CONFLICT (only_row) DO UPDATE SET size = excluded.size, note = excluded.note \
+         WHERE log_checkpoint.size <= excluded.size",
+    )
+    .bind(i64::try_from(size).unwrap_or(i64::MAX))
+    .bind(note)
+    .execute(tx)
+    .await
+    .map_err(db("storing a checkpoint"))?;
+    Ok(())
+}
