@@ -150,6 +150,10 @@ enum CustodianCommand {
         /// How long an unwrapped data key stays in the cache.
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         cache_ttl: std::time::Duration,
+        /// Keep the wrapped data keys and the journal in this PostgreSQL database instead of
+        /// `keys.db` in the directory.
+        #[arg(long, value_name = "URL", env = "CLOVER_CUSTODIAN_STORE")]
+        store: Option<String>,
     },
     /// Print a running custodian's KEK versions and how many data keys each wraps.
     Status {
@@ -344,6 +348,7 @@ fn main() -> ExitCode {
             token_label,
             cache_size,
             cache_ttl,
+            store,
         }) => {
             let pkcs11 = pkcs11_module.map(|module| clover_keys::pkcs11::Pkcs11Config {
                 module,
@@ -354,6 +359,7 @@ fn main() -> ExitCode {
                 region,
                 pkcs11,
                 cache: clover_keys::CacheOptions { size: cache_size, ttl: cache_ttl },
+                store,
             };
             custodian_serve(&options, listen, &log_url, &log_vkey)
         }

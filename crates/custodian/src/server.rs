@@ -281,6 +281,8 @@ pub struct CustodianOptions {
     pub pkcs11: Option<clover_keys::pkcs11::Pkcs11Config>,
     /// The data-key cache.
     pub cache: clover_keys::CacheOptions,
+    /// The key store in a PostgreSQL database (`postgres://...`) instead of `keys.db`.
+    pub store: Option<String>,
 }
 
 /// Opens (creating on first use) a custodian's directory.
@@ -330,7 +332,10 @@ pub async fn open_dir(options: &CustodianOptions) -> Result<Custodian, KeyError>
         clover_keys::write_private(&token, hex.as_bytes())?;
     }
     Custodian::open(
-        &dir.join("keys.db"),
+        &match &options.store {
+            Some(url) => clover_keys::KeyStore::Postgres(url.clone()),
+            None => clover_keys::KeyStore::Sqlite(dir.join("keys.db")),
+        },
         options.region.clone(),
         kek,
         keyring.subject_index_key(),

@@ -163,6 +163,11 @@ pub struct KeysConfig {
     /// are there, and the settings below are the custodian's, not the boundary's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub custodian: Option<String>,
+    /// The embedded custodian's key store (the wrapped data keys): unset for the data store's
+    /// own choice (SQLite in `custody/` of the data directory, or the data store's PostgreSQL
+    /// database, so that gateways sharing it share their keys), or a `postgres://` URL of its own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
     /// `keyring` or `pkcs11`.
     pub backend: KeyBackend,
     /// The PKCS#11 module (shared library), for `pkcs11`.
@@ -183,6 +188,7 @@ impl Default for KeysConfig {
     fn default() -> Self {
         Self {
             custodian: None,
+            store: None,
             backend: KeyBackend::Keyring,
             module: None,
             token_label: None,
@@ -444,13 +450,20 @@ impl Config {
 
     /// Checks what serde cannot: unique names, a sane body limit.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if let Some(store) = &self.store
-            && !(store.starts_with("postgres://") || store.starts_with("postgresql://"))
-        {
-            return Err(ConfigError::Invalid(format!(
-                "store must be a postgres:// URL (leave it unset for SQLite in the data directory), not {:?}",
-                store.split('@').next_back().unwrap_or_default()
-            )));
+        for (name, store) in [("store", &self.store), ("[keys] store", &self.keys.store)] {
+            if let Some(store) = store
+                && !(store.starts_with("postgres://") || store.starts_with("postgresql://"))
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "{name} must be a postgres:// URL (leave it unset for SQLite in the data directory), not {:?}",
+                    store.split('@').next_back().unwrap_or_default()
+                )));
+            }
+        }
+        if self.keys.custodian.is_some() && self.keys.store.is_some() {
+            return Err(ConfigError::Invalid(
+                "[keys] store is the embedded custodian's; a custodian at [keys] custodian keeps its own".to_owned(),
+            ));
         }
         if self.keys.backend == KeyBackend::Pkcs11 && (self.keys.module.is_none() || self.keys.token_label.is_none()) {
             return Err(ConfigError::Invalid(

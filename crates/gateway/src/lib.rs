@@ -23,7 +23,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use clover_keys::pkcs11::{AuthPin, Pkcs11Config, Pkcs11Kek, Pkcs11Signer, Token};
-use clover_keys::{CacheOptions, Custodian, Kek, KeyCustody, KeyError, Keyring};
+use clover_keys::{CacheOptions, Custodian, Kek, KeyCustody, KeyError, KeyStore, Keyring};
 use clover_log::event::{Event, EventKind, SubjectIndexKey};
 use clover_log::note::NoteSigner;
 use clover_log::note::VerifierKey;
@@ -142,7 +142,10 @@ impl Boundary {
                 record_setup(&log, &config, &held, &log_vkey).await?;
                 let custodian = Arc::new(
                     Custodian::open(
-                        &custody_dir(&data_dir)?,
+                        &match config.keys.store.as_ref().or(config.store.as_ref()) {
+                            Some(url) => KeyStore::Postgres(url.clone()),
+                            None => KeyStore::Sqlite(custody_dir(&data_dir)?),
+                        },
                         config.region.clone(),
                         kek,
                         keyring.subject_index_key(),

@@ -12,7 +12,7 @@
 //! the wrapped key is destroyed, and a key being unwrapped while an erasure runs is not cached.
 
 use std::collections::{HashMap, VecDeque};
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -21,14 +21,16 @@ use aws_lc_rs::hmac;
 use clover_log::Receipt;
 use clover_log::event::SubjectIndexKey;
 use clover_model::{Action, Region, SubjectId};
+use sqlx::Row;
+use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqliteConnection};
 use tokio::sync::{mpsc, oneshot};
 use zeroize::Zeroizing;
 
 use crate::{DataKey, Kek, KeyCustody, KeyError, aad};
 
-const SCHEMA: &str = "
+/// The key store in SQLite (the embedded default, and a custodian process's own directory).
+const SQLITE_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS data_keys (
     subject TEXT PRIMARY KEY,
     kek_version INTEGER NOT NULL,
@@ -55,6 +57,72 @@ CREATE TABLE IF NOT EXISTS unwraps (
     cached INTEGER NOT NULL
 ) STRICT;
 ";
+
+/// The key store in PostgreSQL, for the custodian of several gateways: its migrations, in order.
+/// Never edit one that has shipped; add the next.
+const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[(
+    1,
+    "CREATE TABLE data_keys (
+         subject TEXT PRIMARY KEY,
+         kek_version BIGINT NOT NULL,
+         wrapped BYTEA NOT NULL,
+         created_at BIGINT NOT NULL
+     );
+     CREATE INDEX data_keys_by_version ON data_keys (kek_version);
+     CREATE TABLE metadata_salts (
+         subject TEXT PRIMARY KEY,
+         salt BYTEA NOT NULL
+     );
+     CREATE TABLE erasures (
+         subject TEXT PRIMARY KEY,
+         log_index BIGINT NOT NULL
+     );
+     CREATE TABLE unwraps (
+         seq BIGSERIAL PRIMARY KEY,
+         time BIGINT NOT NULL,
+         subject TEXT NOT NULL,
+         action TEXT NOT NULL,
+         log_index BIGINT NOT NULL,
+         entry_hash TEXT NOT NULL,
+         purpose TEXT,
+         cached BIGINT NOT NULL
+     );",
+)];
+
+/// Where the custodian keeps its key store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyStore {
+    /// A SQLite file (created if needed).
+    Sqlite(PathBuf),
+    /// A PostgreSQL database (`postgres://...`), which several gateways' custodians can share.
+    Postgres(String),
+}
+
+impl std::fmt::Display for KeyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sqlite(path) => write!(f, "{}", path.display()),
+            Self::Postgres(url) => f.write_str(&clover_log::postgres::redact(url)),
+        }
+    }
+}
+
+/// The open key store. The SQL is written once, for both: `$n` parameters, `ON CONFLICT`.
+#[derive(Clone)]
+enum Db {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Runs `$body` with `$pool` bound to whichever pool `$db` holds (the body is compiled for each).
+macro_rules! on_db {
+    ($db:expr, |$pool:ident| $body:expr) => {
+        match $db {
+            Db::Sqlite($pool) => $body,
+            Db::Postgres($pool) => $body,
+        }
+    };
+}
 
 /// The cache of unwrapped data keys.
 #[derive(Debug, Clone, Copy)]
@@ -149,7 +217,7 @@ pub struct Custodian {
     kek: Arc<dyn Kek>,
     index: SubjectIndexKey,
     pseudonym_root: hmac::Key,
-    db: SqlitePool,
+    db: Db,
     journal: mpsc::UnboundedSender<Journal>,
     cache: Mutex<Cache>,
     cache_options: CacheOptions,
@@ -189,43 +257,60 @@ fn now() -> i64 {
 }
 
 impl Custodian {
-    /// Opens the custodian's key store at `path` (a SQLite file, created if needed).
+    /// Opens the custodian's key store: a SQLite file (created if needed) or a PostgreSQL
+    /// database (its tables made or migrated).
     ///
     /// `index` keys the subjects in the key store (the log's subject hash, so the key store
     /// holds no subject id in the clear); `pseudonym_root` is the root of the pseudonymisation
     /// keys.
     pub async fn open(
-        path: &Path,
+        at: &KeyStore,
         region: Region,
         kek: Arc<dyn Kek>,
         index: SubjectIndexKey,
         pseudonym_root: &[u8],
         cache_options: CacheOptions,
     ) -> Result<Self, KeyError> {
-        let options = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(5))
-            .pragma("secure_delete", "ON");
-        let db = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await
-            .map_err(|e| KeyError::Store(format!("cannot open the key store {}: {e}", path.display())))?;
-        sqlx::raw_sql(SCHEMA).execute(&db).await.map_err(store("creating the key store"))?;
+        let cannot_open = |e: sqlx::Error| KeyError::Store(format!("cannot open the key store {at}: {e}"));
+        let db = match at {
+            KeyStore::Sqlite(path) => {
+                let options = SqliteConnectOptions::new()
+                    .filename(path)
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Full)
+                    .busy_timeout(Duration::from_secs(5))
+                    .pragma("secure_delete", "ON");
+                let pool =
+                    SqlitePoolOptions::new().max_connections(4).connect_with(options).await.map_err(cannot_open)?;
+                sqlx::raw_sql(SQLITE_SCHEMA).execute(&pool).await.map_err(store("creating the key store"))?;
+                Db::Sqlite(pool)
+            }
+            KeyStore::Postgres(url) => {
+                let pool = PgPoolOptions::new()
+                    .max_connections(8)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect(url)
+                    .await
+                    .map_err(cannot_open)?;
+                clover_log::postgres::migrate(&pool, "clover_custody_migrations", POSTGRES_MIGRATIONS)
+                    .await
+                    .map_err(cannot_open)?;
+                Db::Postgres(pool)
+            }
+        };
         let metadata_key = metadata_key(&db, &region, kek.as_ref()).await?;
         let erasures: HashMap<String, u64> =
-            sqlx::query_as::<_, (String, i64)>("SELECT subject, log_index FROM erasures")
-                .fetch_all(&db)
-                .await
-                .map_err(store("reading erasures"))?
-                .into_iter()
-                .map(|(subject, index)| (subject, u64::try_from(index).unwrap_or_default()))
-                .collect();
+            on_db!(&db, |pool| sqlx::query_as::<_, (String, i64)>("SELECT subject, log_index FROM erasures")
+                .fetch_all(pool)
+                .await)
+            .map_err(store("reading erasures"))?
+            .into_iter()
+            .map(|(subject, index)| (subject, u64::try_from(index).unwrap_or_default()))
+            .collect();
         let (journal, queue) = mpsc::unbounded_channel();
         tokio::spawn(write_journal(db.clone(), queue));
+        tracing::info!(store = %at, "key store open");
         Ok(Self {
             metadata_key,
             region,
@@ -298,17 +383,14 @@ impl Custodian {
     }
 
     async fn wrapped(&self, subject: &str) -> Result<(u32, Vec<u8>), KeyError> {
-        let row = sqlx::query("SELECT kek_version, wrapped FROM data_keys WHERE subject = ?")
-            .bind(subject)
-            .fetch_optional(&self.db)
-            .await
-            .map_err(store("reading a data key"))?
-            .ok_or(KeyError::NoDataKey)?;
-        let version: i64 = row.try_get(0).map_err(store("reading a data key"))?;
-        Ok((
-            u32::try_from(version).map_err(|_| KeyError::Decrypt)?,
-            row.try_get(1).map_err(store("reading a data key"))?,
-        ))
+        let row: Option<(i64, Vec<u8>)> =
+            on_db!(&self.db, |pool| sqlx::query_as("SELECT kek_version, wrapped FROM data_keys WHERE subject = $1")
+                .bind(subject)
+                .fetch_optional(pool)
+                .await)
+            .map_err(store("reading a data key"))?;
+        let (version, wrapped) = row.ok_or(KeyError::NoDataKey)?;
+        Ok((u32::try_from(version).map_err(|_| KeyError::Decrypt)?, wrapped))
     }
 
     /// A data key wrapped by an earlier version of Clover (AAD by subject id).
@@ -361,39 +443,36 @@ impl Custodian {
     /// The journal, oldest first (after a flush).
     pub async fn journal(&self) -> Result<Vec<UnwrapRecord>, KeyError> {
         self.flush_journal().await;
-        let rows = sqlx::query(
+        type JournalRow = (i64, String, String, i64, String, Option<String>, i64);
+        let rows: Vec<JournalRow> = on_db!(&self.db, |pool| sqlx::query_as(
             "SELECT time, subject, action, log_index, entry_hash, purpose, cached FROM unwraps ORDER BY seq",
         )
-        .fetch_all(&self.db)
-        .await
+        .fetch_all(pool)
+        .await)
         .map_err(store("reading the journal"))?;
-        rows.iter()
-            .map(|row| {
-                let index: i64 = row.try_get(3)?;
-                Ok(UnwrapRecord {
-                    time: row.try_get(0)?,
-                    subject: row.try_get(1)?,
-                    action: row.try_get(2)?,
-                    log_index: u64::try_from(index).unwrap_or_default(),
-                    entry_hash: row.try_get(4)?,
-                    purpose: row.try_get(5)?,
-                    cached: row.try_get::<i64, _>(6)? != 0,
-                })
+        Ok(rows
+            .into_iter()
+            .map(|(time, subject, action, index, entry_hash, purpose, cached)| UnwrapRecord {
+                time,
+                subject,
+                action,
+                log_index: u64::try_from(index).unwrap_or_default(),
+                entry_hash,
+                purpose,
+                cached: cached != 0,
             })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(store("reading the journal"))
+            .collect())
     }
 
     /// How many data keys each KEK version wraps, for every version the backend holds.
     pub async fn version_counts(&self) -> Result<VersionCounts, KeyError> {
-        let rows = sqlx::query("SELECT kek_version, count(*) FROM data_keys GROUP BY kek_version")
-            .fetch_all(&self.db)
-            .await
+        let rows: Vec<(i64, i64)> =
+            on_db!(&self.db, |pool| sqlx::query_as("SELECT kek_version, count(*) FROM data_keys GROUP BY kek_version")
+                .fetch_all(pool)
+                .await)
             .map_err(store("counting data keys"))?;
         let mut counts: HashMap<u32, u64> = HashMap::new();
-        for row in rows {
-            let (version, count): (i64, i64) =
-                (row.try_get(0).map_err(store("counting"))?, row.try_get(1).map_err(store("counting"))?);
+        for (version, count) in rows {
             counts.insert(u32::try_from(version).unwrap_or_default(), u64::try_from(count).unwrap_or_default());
         }
         Ok(self.kek.versions()?.into_iter().map(|v| (v, counts.get(&v).copied().unwrap_or_default())).collect())
@@ -420,36 +499,36 @@ impl Custodian {
         // No version is retired while this batch wraps under the current one.
         let _shared = self.wrapping.read().await;
         let current = self.kek.current_version()?;
-        let rows = sqlx::query("SELECT subject, kek_version, wrapped FROM data_keys WHERE kek_version != ? LIMIT ?")
-            .bind(i64::from(current))
-            .bind(i64::from(batch))
-            .fetch_all(&self.db)
-            .await
-            .map_err(store("reading keys to re-wrap"))?;
+        let rows: Vec<(String, i64, Vec<u8>)> = on_db!(&self.db, |pool| sqlx::query_as(
+            "SELECT subject, kek_version, wrapped FROM data_keys WHERE kek_version != $1 LIMIT $2"
+        )
+        .bind(i64::from(current))
+        .bind(i64::from(batch))
+        .fetch_all(pool)
+        .await)
+        .map_err(store("reading keys to re-wrap"))?;
         let selected = rows.len();
         let mut done = 0;
-        for row in rows {
-            let subject: String = row.try_get(0).map_err(store("re-wrapping"))?;
-            let version: i64 = row.try_get(1).map_err(store("re-wrapping"))?;
-            let wrapped: Vec<u8> = row.try_get(2).map_err(store("re-wrapping"))?;
+        for (subject, version, wrapped) in rows {
             let old = u32::try_from(version).map_err(|_| KeyError::Decrypt)?;
             // The AAD binds the subject id, which the key store does not hold: a re-wrap works
             // on the raw key under the subject-hash AAD of `rewrap_aad`.
             let plain = self.kek.decrypt(old, &aad::data_key_by_hash(&self.region, &subject, old), &wrapped)?;
             let rewrapped =
                 self.kek.encrypt(current, &aad::data_key_by_hash(&self.region, &subject, current), &plain)?;
-            let changed = sqlx::query(
-                "UPDATE data_keys SET kek_version = ?, wrapped = ? WHERE subject = ? AND kek_version = ? AND wrapped = ?",
+            let changed = on_db!(&self.db, |pool| sqlx::query(
+                "UPDATE data_keys SET kek_version = $1, wrapped = $2 \
+                 WHERE subject = $3 AND kek_version = $4 AND wrapped = $5",
             )
             .bind(i64::from(current))
             .bind(&rewrapped)
             .bind(&subject)
             .bind(version)
             .bind(&wrapped)
-            .execute(&self.db)
+            .execute(pool)
             .await
-            .map_err(store("re-wrapping"))?
-            .rows_affected();
+            .map(|done| done.rows_affected()))
+            .map_err(store("re-wrapping"))?;
             done += changed;
         }
         Ok((selected, done))
@@ -542,11 +621,11 @@ impl Custodian {
     /// Retires a KEK version that no data key uses any more.
     pub async fn retire(&self, version: u32) -> Result<(), KeyError> {
         let _exclusive = self.wrapping.write().await;
-        let count: i64 = sqlx::query("SELECT count(*) FROM data_keys WHERE kek_version = ?")
-            .bind(i64::from(version))
-            .fetch_one(&self.db)
-            .await
-            .and_then(|row| row.try_get(0))
+        let count: i64 =
+            on_db!(&self.db, |pool| sqlx::query_scalar("SELECT count(*) FROM data_keys WHERE kek_version = $1")
+                .bind(i64::from(version))
+                .fetch_one(pool)
+                .await)
             .map_err(store("counting data keys"))?;
         if count > 0 {
             return Err(KeyError::VersionInUse { version, count: u64::try_from(count).unwrap_or_default() });
@@ -565,54 +644,54 @@ impl Custodian {
         let hash = self.index.hash(subject);
         let version = self.kek.current_version()?;
         let rewrapped = self.kek.encrypt(version, &aad::data_key_by_hash(&self.region, &hash, version), key.bytes())?;
-        sqlx::query("INSERT OR IGNORE INTO data_keys (subject, kek_version, wrapped, created_at) VALUES (?, ?, ?, ?)")
-            .bind(&hash)
-            .bind(i64::from(version))
-            .bind(rewrapped)
-            .bind(now())
-            .execute(&self.db)
-            .await
-            .map_err(store("importing a data key"))?;
+        insert_key(&self.db, &hash, version, &rewrapped).await.map_err(store("importing a data key"))?;
         Ok(())
     }
 
     /// Closes the key store after writing the journal.
     pub async fn close(&self) {
         self.flush_journal().await;
-        self.db.close().await;
+        on_db!(&self.db, |pool| pool.close().await);
     }
 }
 
 /// Loads the region's metadata key from the key store, or makes it.
-async fn metadata_key(db: &SqlitePool, region: &Region, kek: &dyn Kek) -> Result<DataKey, KeyError> {
+async fn metadata_key(db: &Db, region: &Region, kek: &dyn Kek) -> Result<DataKey, KeyError> {
     loop {
-        let row = sqlx::query("SELECT kek_version, wrapped FROM data_keys WHERE subject = ?")
-            .bind(METADATA_KEY)
-            .fetch_optional(db)
-            .await
+        let row: Option<(i64, Vec<u8>)> =
+            on_db!(db, |pool| sqlx::query_as("SELECT kek_version, wrapped FROM data_keys WHERE subject = $1")
+                .bind(METADATA_KEY)
+                .fetch_optional(pool)
+                .await)
             .map_err(store("reading the metadata key"))?;
-        if let Some(row) = row {
-            let version: i64 = row.try_get(0).map_err(store("reading the metadata key"))?;
+        if let Some((version, wrapped)) = row {
             let version = u32::try_from(version).map_err(|_| KeyError::Decrypt)?;
-            let wrapped: Vec<u8> = row.try_get(1).map_err(store("reading the metadata key"))?;
             let plain = kek.decrypt(version, &aad::data_key_by_hash(region, METADATA_KEY, version), &wrapped)?;
             return DataKey::from_slice(&plain).map_err(|_| KeyError::Decrypt);
         }
         let key = DataKey::generate()?;
         let version = kek.current_version()?;
         let wrapped = kek.encrypt(version, &aad::data_key_by_hash(region, METADATA_KEY, version), key.bytes())?;
-        sqlx::query("INSERT OR IGNORE INTO data_keys (subject, kek_version, wrapped, created_at) VALUES (?, ?, ?, ?)")
-            .bind(METADATA_KEY)
-            .bind(i64::from(version))
-            .bind(wrapped)
-            .bind(now())
-            .execute(db)
-            .await
-            .map_err(store("storing the metadata key"))?;
+        insert_key(db, METADATA_KEY, version, &wrapped).await.map_err(store("storing the metadata key"))?;
     }
 }
 
-async fn write_journal(db: SqlitePool, mut queue: mpsc::UnboundedReceiver<Journal>) {
+/// Stores a wrapped key unless the subject has one; whether it was stored.
+async fn insert_key(db: &Db, subject: &str, version: u32, wrapped: &[u8]) -> Result<bool, sqlx::Error> {
+    on_db!(db, |pool| sqlx::query(
+        "INSERT INTO data_keys (subject, kek_version, wrapped, created_at) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (subject) DO NOTHING",
+    )
+    .bind(subject)
+    .bind(i64::from(version))
+    .bind(wrapped)
+    .bind(now())
+    .execute(pool)
+    .await
+    .map(|done| done.rows_affected() == 1))
+}
+
+async fn write_journal(db: Db, mut queue: mpsc::UnboundedReceiver<Journal>) {
     let mut batch = Vec::new();
     while queue.recv_many(&mut batch, 1024).await > 0 {
         let mut waiting = Vec::new();
@@ -624,14 +703,24 @@ async fn write_journal(db: SqlitePool, mut queue: mpsc::UnboundedReceiver<Journa
             }
         }
         if !records.is_empty() {
-            let written = async {
-                let mut tx = db.begin().await?;
+            let written = on_db!(&db, |pool| async {
+                let mut tx = pool.begin().await?;
                 for r in &records {
-                    insert_record(&mut tx, r).await?;
+                    sqlx::query(INSERT_RECORD)
+                        .bind(r.time)
+                        .bind(&r.subject)
+                        .bind(&r.action)
+                        .bind(i64::try_from(r.log_index).unwrap_or(i64::MAX))
+                        .bind(&r.entry_hash)
+                        .bind(&r.purpose)
+                        .bind(i64::from(r.cached))
+                        .execute(&mut *tx)
+                        .await?;
                 }
                 tx.commit().await
-            };
-            if let Err(e) = written.await {
+            }
+            .await);
+            if let Err(e) = written {
                 tracing::error!(error = %e, lost = records.len(), "the custodian's journal could not be written");
             }
         }
@@ -641,21 +730,8 @@ async fn write_journal(db: SqlitePool, mut queue: mpsc::UnboundedReceiver<Journa
     }
 }
 
-async fn insert_record(tx: &mut SqliteConnection, r: &UnwrapRecord) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO unwraps (time, subject, action, log_index, entry_hash, purpose, cached) VALUES (?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(r.time)
-    .bind(&r.subject)
-    .bind(&r.action)
-    .bind(i64::try_from(r.log_index).unwrap_or(i64::MAX))
-    .bind(&r.entry_hash)
-    .bind(&r.purpose)
-    .bind(i64::from(r.cached))
-    .execute(&mut *tx)
-    .await
-    .map(|_| ())
-}
+const INSERT_RECORD: &str = "INSERT INTO unwraps (time, subject, action, log_index, entry_hash, purpose, cached) \
+                             VALUES ($1, $2, $3, $4, $5, $6, $7)";
 
 impl Custodian {
     /// Makes the data key of a logged, allowed write's subject.
@@ -667,18 +743,8 @@ impl Custodian {
         let key = DataKey::generate()?;
         let version = self.kek.current_version()?;
         let wrapped = self.kek.encrypt(version, &aad::data_key_by_hash(&self.region, hash, version), key.bytes())?;
-        let inserted = sqlx::query(
-            "INSERT OR IGNORE INTO data_keys (subject, kek_version, wrapped, created_at) VALUES (?, ?, ?, ?)",
-        )
-        .bind(hash)
-        .bind(i64::from(version))
-        .bind(wrapped)
-        .bind(now())
-        .execute(&self.db)
-        .await
-        .map_err(store("storing a data key"))?
-        .rows_affected();
-        if inserted == 0 {
+        let inserted = insert_key(&self.db, hash, version, &wrapped).await.map_err(store("storing a data key"))?;
+        if !inserted {
             return Err(KeyError::DataKeyExists);
         }
         self.record(access, false);
@@ -721,28 +787,29 @@ impl Custodian {
             cache.keys.remove(hash);
             cache.metadata.remove(hash);
         }
-        let mut tx = self.db.begin().await.map_err(store("destroying a data key"))?;
-        let deleted = sqlx::query("DELETE FROM data_keys WHERE subject = ?")
+        let log_index = i64::try_from(access.log_index).unwrap_or(i64::MAX);
+        let deleted = on_db!(&self.db, |pool| async {
+            let mut tx = pool.begin().await?;
+            let deleted = sqlx::query("DELETE FROM data_keys WHERE subject = $1")
+                .bind(hash)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            sqlx::query("DELETE FROM metadata_salts WHERE subject = $1").bind(hash).execute(&mut *tx).await?;
+            sqlx::query(
+                "INSERT INTO erasures (subject, log_index) VALUES ($1, $2) \
+                 ON CONFLICT (subject) DO UPDATE SET log_index = excluded.log_index \
+                 WHERE erasures.log_index < excluded.log_index",
+            )
             .bind(hash)
+            .bind(log_index)
             .execute(&mut *tx)
-            .await
-            .map_err(store("destroying a data key"))?
-            .rows_affected();
-        sqlx::query("DELETE FROM metadata_salts WHERE subject = ?")
-            .bind(hash)
-            .execute(&mut *tx)
-            .await
-            .map_err(store("destroying a metadata salt"))?;
-        sqlx::query(
-            "INSERT INTO erasures (subject, log_index) VALUES (?, ?)
-             ON CONFLICT (subject) DO UPDATE SET log_index = max(log_index, excluded.log_index)",
-        )
-        .bind(hash)
-        .bind(i64::try_from(access.log_index).unwrap_or(i64::MAX))
-        .execute(&mut *tx)
-        .await
-        .map_err(store("recording an erasure"))?;
-        tx.commit().await.map_err(store("destroying a data key"))?;
+            .await?;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(deleted)
+        }
+        .await)
+        .map_err(store("destroying a data key"))?;
         {
             let mut erasures = self.erasures.lock().unwrap_or_else(PoisonError::into_inner);
             let erased = erasures.entry(hash.clone()).or_default();
@@ -755,15 +822,18 @@ impl Custodian {
             cache.keys.remove(hash);
             cache.metadata.remove(hash);
         }
-        // secure_delete zeroed the cell; the checkpoint copies that page over the old one in the
-        // main file and truncates the WAL that still held the old page.
-        let busy: Result<i64, sqlx::Error> =
-            sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").fetch_one(&self.db).await.and_then(|row| row.try_get(0));
-        if !matches!(busy, Ok(0)) {
-            tracing::warn!(
-                ?busy,
-                "the key store's WAL checkpoint after an erasure did not complete; the old page is overwritten at the next checkpoint"
-            );
+        // In SQLite, secure_delete zeroed the cell; the checkpoint copies that page over the old
+        // one in the main file and truncates the WAL that still held the old page. PostgreSQL
+        // keeps the old row version until VACUUM: the wrapped key is no use without the KEK.
+        if let Db::Sqlite(pool) = &self.db {
+            let busy: Result<i64, sqlx::Error> =
+                sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").fetch_one(pool).await.and_then(|row| row.try_get(0));
+            if !matches!(busy, Ok(0)) {
+                tracing::warn!(
+                    ?busy,
+                    "the key store's WAL checkpoint after an erasure did not complete; the old page is overwritten at the next checkpoint"
+                );
+            }
         }
         self.record(access, false);
         Ok(deleted > 0)
@@ -780,17 +850,21 @@ impl Custodian {
         let epoch = self.cache_epoch();
         if create {
             let salt = DataKey::generate()?;
-            sqlx::query("INSERT OR IGNORE INTO metadata_salts (subject, salt) VALUES (?, ?)")
-                .bind(hash)
-                .bind(salt.bytes().as_slice())
-                .execute(&self.db)
-                .await
-                .map_err(store("storing a metadata salt"))?;
-        }
-        let salt: Option<Vec<u8>> = sqlx::query_scalar("SELECT salt FROM metadata_salts WHERE subject = ?")
+            on_db!(&self.db, |pool| sqlx::query(
+                "INSERT INTO metadata_salts (subject, salt) VALUES ($1, $2) ON CONFLICT (subject) DO NOTHING"
+            )
             .bind(hash)
-            .fetch_optional(&self.db)
+            .bind(salt.bytes().as_slice())
+            .execute(pool)
             .await
+            .map(|_| ()))
+            .map_err(store("storing a metadata salt"))?;
+        }
+        let salt: Option<Vec<u8>> =
+            on_db!(&self.db, |pool| sqlx::query_scalar("SELECT salt FROM metadata_salts WHERE subject = $1")
+                .bind(hash)
+                .fetch_optional(pool)
+                .await)
             .map_err(store("reading a metadata salt"))?;
         let Some(salt) = salt.map(Zeroizing::new) else { return Ok(None) };
         let root = hmac::Key::new(hmac::HMAC_SHA256, self.metadata_key.bytes());

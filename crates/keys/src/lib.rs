@@ -24,7 +24,9 @@ mod keyring;
 mod passphrase;
 pub mod pkcs11;
 
-pub use custodian::{CacheOptions, Custodian, LoggedAccess, METADATA_KEY, Rotation, UnwrapRecord, VersionCounts};
+pub use custodian::{
+    CacheOptions, Custodian, KeyStore, LoggedAccess, METADATA_KEY, Rotation, UnwrapRecord, VersionCounts,
+};
 pub use data_key::{DataKey, WrappedKey};
 pub use error::KeyError;
 pub use keyring::{ARGON2_PARAMS, Keyring};

@@ -1,5 +1,6 @@
 //! The custodian's behaviour, one suite run unchanged against both KEK backends: the local
-//! keyring, and PKCS#11 on a real SoftHSM2 token made for each test.
+//! keyring, and PKCS#11 on a real SoftHSM2 token made for each test; and against both key
+//! stores: SQLite files, and a PostgreSQL database made for each test (with the keyring).
 //!
 //! SoftHSM2 reads its configuration (where its tokens are) from `SOFTHSM2_CONF` when the module
 //! is initialised, and only from the environment. The workspace forbids `unsafe` code, so a test
@@ -18,7 +19,9 @@ use std::time::Duration;
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use clover_keys::pkcs11::{Pkcs11Config, Pkcs11Kek};
-use clover_keys::{CacheOptions, Custodian, Kek, KeyCustody, KeyError, Keyring, METADATA_KEY, Passphrase, aad};
+use clover_keys::{
+    CacheOptions, Custodian, Kek, KeyCustody, KeyError, KeyStore, Keyring, METADATA_KEY, Passphrase, aad,
+};
 use clover_log::event::{Event, EventKind, SubjectIndexKey};
 use clover_log::note::{SigningKey, TYPE_ED25519};
 use clover_log::{Log, LogOptions, Receipt};
@@ -29,7 +32,6 @@ use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::object::{Attribute, AttributeType};
 use cryptoki::session::UserType;
 use cryptoki::types::AuthPin;
-use sqlx::Row;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
 
 /// Where SoftHSM2 is unless `CLOVER_TEST_PKCS11_MODULE` says otherwise (Debian and Ubuntu's
@@ -58,10 +60,27 @@ enum Backend {
     Pkcs11 { config: Pkcs11Config },
 }
 
+/// Where a custodian under test keeps its keys.
+enum StoreAt {
+    File(PathBuf),
+    Postgres(clover_testdb::TestDatabase),
+}
+
+impl StoreAt {
+    fn key_store(&self) -> KeyStore {
+        match self {
+            Self::File(path) => KeyStore::Sqlite(path.clone()),
+            Self::Postgres(database) => KeyStore::Postgres(database.url.clone()),
+        }
+    }
+}
+
 /// One backend's KEK, a real log to get receipts from, and a directory for key stores.
 struct Fixture {
     dir: tempfile::TempDir,
     backend: Backend,
+    /// Key stores in PostgreSQL rather than SQLite files.
+    postgres: bool,
     kek: Arc<dyn Kek>,
     /// The key of the log's subject hashes, and the pseudonyms' root.
     root: Vec<u8>,
@@ -73,7 +92,7 @@ impl Fixture {
     fn new(dir: tempfile::TempDir, backend: Backend, kek: Arc<dyn Kek>, root: Vec<u8>) -> Self {
         let signer = SigningKey::generate("clover.test", TYPE_ED25519).unwrap();
         let log = Log::open(&dir.path().join("log"), signer, LogOptions::default()).unwrap();
-        Self { dir, backend, kek, root, log, stores: AtomicU32::new(0) }
+        Self { dir, backend, postgres: false, kek, root, log, stores: AtomicU32::new(0) }
     }
 
     /// The local keyring, with Argon2id at its cheapest.
@@ -83,6 +102,11 @@ impl Fixture {
         let keyring = Keyring::create_with(&path, region(), &Passphrase::new("pw"), (8, 1, 1)).unwrap();
         let root = keyring.pseudonym_root().to_vec();
         Self::new(dir, Backend::Keyring { path }, Arc::new(keyring), root)
+    }
+
+    /// The keyring, with its key stores in PostgreSQL.
+    fn keyring_on_postgres() -> Self {
+        Self { postgres: true, ..Self::keyring() }
     }
 
     /// A fresh SoftHSM2 token, in the child process; in the parent, runs the test `name` in a
@@ -109,19 +133,22 @@ impl Fixture {
         self.index().hash(&subject(id))
     }
 
-    /// A new key store file.
-    fn store_path(&self) -> PathBuf {
-        self.dir.path().join(format!("custody-{}.db", self.stores.fetch_add(1, Ordering::Relaxed)))
+    /// A new key store.
+    async fn new_store(&self) -> StoreAt {
+        if self.postgres {
+            return StoreAt::Postgres(clover_testdb::TestDatabase::create().await);
+        }
+        StoreAt::File(self.dir.path().join(format!("custody-{}.db", self.stores.fetch_add(1, Ordering::Relaxed))))
     }
 
     /// A custodian over a new key store.
-    async fn custodian(&self, cache: CacheOptions) -> (Custodian, PathBuf) {
-        let path = self.store_path();
-        (self.custodian_at(&path, self.kek.clone(), cache).await, path)
+    async fn custodian(&self, cache: CacheOptions) -> (Custodian, StoreAt) {
+        let store = self.new_store().await;
+        (self.custodian_at(&store, self.kek.clone(), cache).await, store)
     }
 
-    async fn custodian_at(&self, path: &Path, kek: Arc<dyn Kek>, cache: CacheOptions) -> Custodian {
-        Custodian::open(path, region(), kek, self.index(), &self.root, cache).await.unwrap()
+    async fn custodian_at(&self, store: &StoreAt, kek: Arc<dyn Kek>, cache: CacheOptions) -> Custodian {
+        Custodian::open(&store.key_store(), region(), kek, self.index(), &self.root, cache).await.unwrap()
     }
 
     /// The backend opened again from where it keeps its keys.
@@ -207,8 +234,29 @@ fn record_aad(id: &str) -> Vec<u8> {
     aad::record(&region(), &subject(id), &"0b8e6f7a-3c1d-4f2e-9a5b-6c7d8e9f0a1b".parse().unwrap(), 1)
 }
 
-/// Every byte of a key store: the database, its WAL and shared memory.
-fn store_bytes(path: &Path) -> Vec<u8> {
+/// Every byte of a key store: the database, its WAL and shared memory; in PostgreSQL, every
+/// value the database answers with (its files are the server's: a dead row version stays in
+/// them until `VACUUM`, which is why erased keys are shredded by retiring their KEK version).
+async fn store_bytes(store: &StoreAt) -> Vec<u8> {
+    let path = match store {
+        StoreAt::File(path) => path,
+        StoreAt::Postgres(database) => {
+            let pool = sqlx::PgPool::connect(&database.url).await.unwrap();
+            let mut bytes = Vec::new();
+            for query in [
+                "SELECT convert_to(subject, 'UTF8') || wrapped FROM data_keys",
+                "SELECT convert_to(subject, 'UTF8') || salt FROM metadata_salts",
+                "SELECT convert_to(subject, 'UTF8') FROM erasures",
+                "SELECT convert_to(subject || action || entry_hash || coalesce(purpose, ''), 'UTF8') FROM unwraps",
+            ] {
+                for value in sqlx::query_scalar::<_, Vec<u8>>(query).fetch_all(&pool).await.unwrap() {
+                    bytes.extend(value);
+                }
+            }
+            pool.close().await;
+            return bytes;
+        }
+    };
     let mut bytes = Vec::new();
     for suffix in ["", "-wal", "-shm", "-journal"] {
         let mut file = path.as_os_str().to_owned();
@@ -225,16 +273,40 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 }
 
 /// A subject's wrapped data key, read from the key store behind the custodian's back.
-async fn wrapped_row(store: &Path, hash: &str) -> Option<(u32, Vec<u8>)> {
-    let pool = SqlitePool::connect_with(SqliteConnectOptions::new().filename(store).read_only(true)).await.unwrap();
-    let row = sqlx::query("SELECT kek_version, wrapped FROM data_keys WHERE subject = ?")
-        .bind(hash)
-        .fetch_optional(&pool)
-        .await
-        .unwrap()
-        .map(|row| (u32::try_from(row.get::<i64, _>(0)).unwrap(), row.get::<Vec<u8>, _>(1)));
-    pool.close().await;
-    row
+async fn wrapped_row(store: &StoreAt, hash: &str) -> Option<(u32, Vec<u8>)> {
+    const QUERY: &str = "SELECT kek_version, wrapped FROM data_keys WHERE subject = $1";
+    let row: Option<(i64, Vec<u8>)> = match store {
+        StoreAt::File(path) => {
+            let pool =
+                SqlitePool::connect_with(SqliteConnectOptions::new().filename(path).read_only(true)).await.unwrap();
+            let row = sqlx::query_as(QUERY).bind(hash).fetch_optional(&pool).await.unwrap();
+            pool.close().await;
+            row
+        }
+        StoreAt::Postgres(database) => {
+            let pool = sqlx::PgPool::connect(&database.url).await.unwrap();
+            let row = sqlx::query_as(QUERY).bind(hash).fetch_optional(&pool).await.unwrap();
+            pool.close().await;
+            row
+        }
+    };
+    row.map(|(version, wrapped)| (u32::try_from(version).unwrap(), wrapped))
+}
+
+/// Runs `sql` with a blob and a text parameter on the key store, behind the custodian's back.
+async fn tamper(store: &StoreAt, sql: &'static str, blob: &[u8], text: &str) {
+    match store {
+        StoreAt::File(path) => {
+            let pool = SqlitePool::connect_with(SqliteConnectOptions::new().filename(path)).await.unwrap();
+            sqlx::query(sql).bind(blob).bind(text).execute(&pool).await.unwrap();
+            pool.close().await;
+        }
+        StoreAt::Postgres(database) => {
+            let pool = sqlx::PgPool::connect(&database.url).await.unwrap();
+            sqlx::query(sql).bind(blob).bind(text).execute(&pool).await.unwrap();
+            pool.close().await;
+        }
+    }
 }
 
 /// Opens what [`clover_keys::DataKey::seal`] sealed, with raw key bytes.
@@ -297,14 +369,7 @@ async fn a_receipt_gets_its_own_subjects_key(f: &Fixture) {
     // s-1's wrapped key copied over s-2's row does not open for s-2: the wrap is bound to the
     // subject (and the KEK backend reports a wrong binding as a failed decryption).
     let (_, s1_wrapped) = wrapped_row(&store, &f.hash("s-1")).await.unwrap();
-    let pool = SqlitePool::connect_with(SqliteConnectOptions::new().filename(&store)).await.unwrap();
-    sqlx::query("UPDATE data_keys SET wrapped = ? WHERE subject = ?")
-        .bind(&s1_wrapped)
-        .bind(f.hash("s-2"))
-        .execute(&pool)
-        .await
-        .unwrap();
-    pool.close().await;
+    tamper(&store, "UPDATE data_keys SET wrapped = $1 WHERE subject = $2", &s1_wrapped, &f.hash("s-2")).await;
     let uncached = f.custodian_at(&store, f.kek.clone(), NO_CACHE).await;
     let moved = uncached.data_key(&f.receipt(Action::Read, "s-2").await).await;
     assert!(matches!(moved, Err(KeyError::Decrypt)), "{moved:?}");
@@ -316,7 +381,7 @@ async fn a_receipt_gets_its_own_subjects_key(f: &Fixture) {
 
 /// A receipt for an action that needs no key (or not this one) is refused, and not journalled.
 async fn a_receipt_for_the_wrong_action_is_refused(f: &Fixture) {
-    let (custody, _) = f.custodian(CacheOptions::default()).await;
+    let (custody, _store) = f.custodian(CacheOptions::default()).await;
     custody.create_data_key(&f.receipt(Action::Write, "s-1").await).await.unwrap();
     let before = custody.journal().await.unwrap().len();
 
@@ -360,7 +425,7 @@ async fn erasure_shreds_the_subjects_data(f: &Fixture) {
         let (version, wrapped) = wrapped_row(&store, &hash).await.unwrap();
         let raw = f.kek.decrypt(version, &aad::data_key_by_hash(&region(), &hash, version), &wrapped).unwrap();
         assert_eq!(open_with_raw(&raw, &aad, &sealed).unwrap(), b"s-1's messages");
-        assert!(contains(&store_bytes(&store), &wrapped));
+        assert!(contains(&store_bytes(&store).await, &wrapped));
 
         assert!(custody.destroy_data_key(&f.receipt(Action::Erase, "s-1").await).await.unwrap());
         assert!(matches!(custody.data_key(&f.receipt(Action::Read, "s-1").await).await, Err(KeyError::NoDataKey)));
@@ -370,7 +435,10 @@ async fn erasure_shreds_the_subjects_data(f: &Fixture) {
         // No copy of the wrapped key is left in the key store's files: not even the KEK can
         // bring the data key back.
         assert!(wrapped_row(&store, &hash).await.is_none());
-        assert!(!contains(&store_bytes(&store), &wrapped), "the erased wrapped key is still in the key store's files");
+        assert!(
+            !contains(&store_bytes(&store).await, &wrapped),
+            "the erased wrapped key is still in the key store's files"
+        );
 
         // A subject registered again under the same id gets a new key, which does not open the
         // old ciphertext.
@@ -389,7 +457,7 @@ async fn erasure_shreds_the_subjects_data(f: &Fixture) {
 /// access, and whether the key came from the cache.
 async fn the_journal_records_every_key_handed_out(f: &Fixture) {
     for (cache, second_cached) in [(CacheOptions::default(), true), (NO_CACHE, false)] {
-        let (custody, _) = f.custodian(cache).await;
+        let (custody, _store) = f.custodian(cache).await;
         let write = f.receipt(Action::Write, "s-1").await;
         custody.create_data_key(&write).await.unwrap();
         let read1 = f.receipt(Action::Read, "s-1").await;
@@ -505,14 +573,14 @@ async fn metadata_is_sealed_and_bound_to_its_subject(f: &Fixture) {
     assert_eq!(reopened.open_metadata(&subject("s-1"), &sealed).await.unwrap().as_slice(), plaintext);
     reopened.close().await;
     // Another key store has its own metadata key.
-    let (other, _) = f.custodian(NO_CACHE).await;
+    let (other, _other_store) = f.custodian(NO_CACHE).await;
     assert!(matches!(other.open_metadata(&subject("s-1"), &sealed).await, Err(KeyError::Decrypt)));
     other.close().await;
 }
 
 /// Pseudonyms are stable within a purpose and destination, and unlinkable across them.
 async fn pseudonyms_are_stable_per_purpose(f: &Fixture) {
-    let (custody, _) = f.custodian(CacheOptions::default()).await;
+    let (custody, _store) = f.custodian(CacheOptions::default()).await;
     let token = custody.pseudonym("analytics", "us", b"s-1").await.unwrap();
     assert_eq!(custody.pseudonym("analytics", "us", b"s-1").await.unwrap(), token);
     assert!(token.starts_with("tok_") && token.len() == 4 + 32, "{token}");
@@ -521,7 +589,7 @@ async fn pseudonyms_are_stable_per_purpose(f: &Fixture) {
     assert_ne!(custody.pseudonym("analytics", "ap", b"s-1").await.unwrap(), token);
     assert_ne!(custody.pseudonym("analytics", "us", b"s-2").await.unwrap(), token);
     // Stable across key stores with the same root: the root, not the store, keys them.
-    let (other, _) = f.custodian(NO_CACHE).await;
+    let (other, _other_store) = f.custodian(NO_CACHE).await;
     assert_eq!(other.pseudonym("analytics", "us", b"s-1").await.unwrap(), token);
     other.close().await;
     custody.close().await;
@@ -545,7 +613,7 @@ async fn the_key_store_holds_no_key_in_the_clear(f: &Fixture) {
         raws.push((id, raw, wrapped));
     }
     custody.flush_journal().await;
-    let bytes = store_bytes(&store);
+    let bytes = store_bytes(&store).await;
     for (id, raw, wrapped) in &raws {
         // The search finds what is there...
         assert!(contains(&bytes, wrapped));
@@ -554,7 +622,7 @@ async fn the_key_store_holds_no_key_in_the_clear(f: &Fixture) {
         assert!(!contains(&bytes, id.as_bytes()), "a subject id is in the clear in the key store");
     }
     custody.close().await;
-    let bytes = store_bytes(&store);
+    let bytes = store_bytes(&store).await;
     for (id, raw, _) in &raws {
         assert!(!contains(&bytes, raw));
         assert!(!contains(&bytes, id.as_bytes()));
@@ -757,8 +825,8 @@ fn new_token(module_path: &Path) -> String {
     label
 }
 
-/// Runs each suite function against the keyring (`keyring::<name>`) and against a SoftHSM2
-/// token (`pkcs11::<name>`).
+/// Runs each suite function against the keyring (`keyring::<name>`), the keyring with its key
+/// stores in PostgreSQL (`postgres::<name>`) and a SoftHSM2 token (`pkcs11::<name>`).
 macro_rules! suite {
     ($($test:ident),* $(,)?) => {
         mod keyring {
@@ -766,6 +834,16 @@ macro_rules! suite {
                 #[tokio::test]
                 async fn $test() {
                     let f = super::Fixture::keyring();
+                    super::$test(&f).await;
+                }
+            )*
+        }
+
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    let f = super::Fixture::keyring_on_postgres();
                     super::$test(&f).await;
                 }
             )*

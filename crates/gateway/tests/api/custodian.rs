@@ -17,6 +17,7 @@ struct Remote {
     url: String,
     http: reqwest::Client,
     _dir: tempfile::TempDir,
+    _database: clover_testdb::TestDatabase,
 }
 
 /// A boundary whose keys are held by a custodian server on another port.
@@ -25,18 +26,21 @@ async fn start() -> Remote {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let app = TestApp::start_with(|c| c.keys.custodian = Some(url.clone())).await;
+    let database = clover_testdb::TestDatabase::create().await;
     let options = CustodianOptions {
         dir: dir.path().join("custodian"),
         region: "eu".parse().unwrap(),
         pkcs11: None,
         cache: CacheOptions::default(),
+        // Its key store in PostgreSQL: the separate custodian's `--store`.
+        store: Some(database.url.clone()),
     };
     let custodian = Arc::new(open_dir(&options).await.unwrap());
     let verifier = LogVerifier::new(&app.url(""), app.boundary.log_vkey().clone());
     let admin = clover_custodian::admin_token(&options.dir).unwrap();
     tokio::spawn(async move { axum::serve(listener, router(CustodianServer::new(custodian, verifier, &admin))).await });
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    Remote { app, url, http, _dir: dir }
+    Remote { app, url, http, _dir: dir, _database: database }
 }
 
 impl Remote {
