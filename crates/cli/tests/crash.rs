@@ -480,8 +480,8 @@ struct ClientEnd {
     error: Option<String>,
 }
 
-/// Writes records in a loop until the server dies or `WRITES_PER_CLIENT` were tried; records
-/// every acknowledged one. Any failure before `killed` is set is a test failure.
+/// Writes records in a loop until the server dies, `stop` is set or `WRITES_PER_CLIENT` were
+/// tried; records every acknowledged one. Any failure before `killed` is set is a test failure.
 async fn append_until_killed(
     url: String,
     token: String,
@@ -489,9 +489,13 @@ async fn append_until_killed(
     acks: Arc<Mutex<Vec<Ack>>>,
     acked: Arc<AtomicUsize>,
     killed: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
 ) -> ClientEnd {
     let http = client();
     for seq in 0..WRITES_PER_CLIENT {
+        if stop.load(Ordering::SeqCst) {
+            return ClientEnd { client: client_no, attempts: seq, error: None };
+        }
         let body = json!({"category": "profile", "fields": {"display_name": "Aoife", "client": client_no, "seq": seq}});
         let sent = http.post(&url).bearer_auth(&token).json(&body).send().await;
         let outcome = match sent {
@@ -608,6 +612,7 @@ async fn sigkill_loses_no_acknowledged_entry() {
                 Arc::clone(&acks),
                 Arc::clone(&acked),
                 Arc::clone(&killed),
+                Arc::new(AtomicBool::new(false)),
             ))
         })
         .collect();
@@ -750,6 +755,206 @@ async fn sigkill_loses_no_acknowledged_entry() {
         seen.len(),
         after.size,
         restart_stderr.contains("cutting an unacknowledged partial tail"),
+        started.elapsed()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Several gateways, one log
+// ---------------------------------------------------------------------------------------------
+
+/// Whether the gateway says, in its metrics, that it sequences the log.
+async fn is_sequencer(http: &reqwest::Client, server: &Server) -> bool {
+    let text = String::from_utf8(get_ok(http, &server.url("/metrics")).await).unwrap();
+    let value = text
+        .lines()
+        .find_map(|line| line.strip_prefix("clover_log_sequencer "))
+        .unwrap_or_else(|| panic!("no clover_log_sequencer in the metrics:\n{text}"));
+    value.trim() == "1"
+}
+
+/// Two `clover serve` over one PostgreSQL database, clients writing through both; the gateway
+/// that sequences the log is killed with SIGKILL under that load. The other takes over: its
+/// clients' writes go on without an error, every write either gateway acknowledged is in the one
+/// log at its index, and the log is consistent with every checkpoint published before the kill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_gateways_one_log_and_the_sequencer_killed() {
+    let started = Instant::now();
+    let database = clover_testdb::TestDatabase::create().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir_a, dir_b) = (tmp.path().join("gateway-a"), tmp.path().join("gateway-b"));
+    let (arg_a, arg_b) = (dir_a.to_str().unwrap().to_owned(), dir_b.to_str().unwrap().to_owned());
+    let mut init = clover(tmp.path());
+    init.args(["init", "--data-dir", &arg_a]);
+    run_ok(init);
+    // The second gateway of the region: the same keys and configuration, copied.
+    let copied = Command::new("cp").arg("-a").arg(&dir_a).arg(&dir_b).status().unwrap();
+    assert!(copied.success());
+    let mut vkey = clover(tmp.path());
+    vkey.args(["log", "vkey", "--data-dir", &arg_a]);
+    let vkey = run_ok(vkey).trim().to_owned();
+    let token = mint_token(tmp.path(), &dir_a);
+    let http = client();
+
+    // 1. The first gateway up sequences; the second follows.
+    let mut a = Server::start(clover(tmp.path()), &["--data-dir", &arg_a, "--store", &database.url]);
+    let deadline = Instant::now() + PATIENCE;
+    while !is_sequencer(&http, &a).await {
+        assert!(Instant::now() < deadline, "the only gateway does not sequence; stderr:\n{}", a.stderr());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let b = Server::start(clover(tmp.path()), &["--data-dir", &arg_b, "--store", &database.url]);
+    assert!(!is_sequencer(&http, &b).await, "two gateways sequence at once");
+    create_subject(&a, &token, SUBJECT).await;
+
+    // 2. Clients write through both while the sequencer's checkpoint is polled.
+    let killed = Arc::new(AtomicBool::new(false));
+    let never = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (acks_a, acks_b) = (Arc::new(Mutex::new(Vec::new())), Arc::new(Mutex::new(Vec::new())));
+    let (acked_a, acked_b) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let seen_count = Arc::new(AtomicUsize::new(0));
+    let poller = tokio::spawn(poll_checkpoints(
+        a.url("/log/checkpoint"),
+        vkey.clone(),
+        Arc::clone(&seen_count),
+        Arc::clone(&killed),
+    ));
+    let records = format!("/v1/subjects/{SUBJECT}/records");
+    let mut on_a = Vec::new();
+    let mut on_b = Vec::new();
+    for c in 0..CLIENTS {
+        if c % 2 == 0 {
+            on_a.push(tokio::spawn(append_until_killed(
+                a.url(&records),
+                token.clone(),
+                c,
+                Arc::clone(&acks_a),
+                Arc::clone(&acked_a),
+                Arc::clone(&killed),
+                Arc::clone(&never),
+            )));
+        } else {
+            on_b.push(tokio::spawn(append_until_killed(
+                b.url(&records),
+                token.clone(),
+                c,
+                Arc::clone(&acks_b),
+                Arc::clone(&acked_b),
+                Arc::clone(&never),
+                Arc::clone(&stop),
+            )));
+        }
+    }
+    let deadline = Instant::now() + PATIENCE;
+    while acked_a.load(Ordering::SeqCst) < KILL_AFTER_ACKS / 2
+        || acked_b.load(Ordering::SeqCst) < KILL_AFTER_ACKS / 2
+        || seen_count.load(Ordering::SeqCst) < KILL_AFTER_CHECKPOINTS
+    {
+        assert!(!poller.is_finished(), "the checkpoint poller stopped before the kill");
+        assert!(
+            !on_a.iter().chain(&on_b).any(tokio::task::JoinHandle::is_finished),
+            "a client stopped before the kill"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "{} + {} acknowledged writes and {} checkpoints within {PATIENCE:?}; stderr:\n{}\n{}",
+            acked_a.load(Ordering::SeqCst),
+            acked_b.load(Ordering::SeqCst),
+            seen_count.load(Ordering::SeqCst),
+            a.stderr(),
+            b.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    // 3. SIGKILL the sequencer, mid-load. The other gateway's writes go on.
+    killed.store(true, Ordering::SeqCst);
+    let status = a.kill_hard().await;
+    assert_eq!(status.signal(), Some(9), "the sequencer did not die of SIGKILL: {status}");
+    let killed_at = started.elapsed();
+    let at_kill = acked_b.load(Ordering::SeqCst);
+    let deadline = Instant::now() + PATIENCE;
+    while acked_b.load(Ordering::SeqCst) < at_kill + 100 {
+        assert!(!on_b.iter().any(tokio::task::JoinHandle::is_finished), "a client of the survivor stopped");
+        assert!(
+            Instant::now() < deadline,
+            "the survivor acknowledged {} writes in {PATIENCE:?} after the kill; stderr:\n{}",
+            acked_b.load(Ordering::SeqCst) - at_kill,
+            b.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    for client in on_b {
+        let end = tokio::time::timeout(PATIENCE, client).await.expect("a client did not stop").unwrap();
+        assert!(end.error.is_none(), "a client of the survivor failed: {end:?}");
+    }
+    for client in on_a {
+        let end = tokio::time::timeout(PATIENCE, client).await.expect("a client did not stop after the kill").unwrap();
+        assert!(end.error.is_some(), "client {} of the killed gateway made all its writes", end.client);
+    }
+    let seen = tokio::time::timeout(PATIENCE, poller).await.expect("the poller did not stop after the kill").unwrap();
+    assert!(is_sequencer(&http, &b).await, "the survivor did not take over the log; stderr:\n{}", b.stderr());
+    drop(a);
+
+    // 4. One log: every write acknowledged by either gateway, each at its own index.
+    let acks: Vec<Ack> = acks_a.lock().unwrap().iter().chain(acks_b.lock().unwrap().iter()).cloned().collect();
+    let indexes: BTreeSet<u64> = acks.iter().map(|a| a.index).collect();
+    assert_eq!(indexes.len(), acks.len(), "two acknowledged writes share a log index");
+    let note = String::from_utf8(get_ok(&http, &b.url("/log/checkpoint")).await).unwrap();
+    let after = verify_checkpoint(&vkey, &note);
+    let max_acked = *indexes.last().unwrap();
+    assert!(max_acked < after.size, "acknowledged entry {max_acked} is beyond the log of {}", after.size);
+    let entries = fetch_entries(&http, &b, after.size).await;
+    let leaves: Vec<tlog_tiles::Hash> = entries.iter().map(|e| tlog_tiles::record_hash(e)).collect();
+    assert_eq!(merkle_root(&leaves), after.root.0, "the entry bundles do not hash to the checkpoint's root");
+    for ack in &acks {
+        let entry = &entries[usize::try_from(ack.index).unwrap()];
+        check_write_entry(ack.index, entry, &ack.record);
+        check_inclusion(&http, &b, &after, ack.index, entry).await;
+    }
+    let largest_seen = seen.last().map_or(0, |(_, c)| c.size);
+    for (note, checkpoint) in &seen {
+        let prefix = &leaves[..usize::try_from(checkpoint.size).unwrap()];
+        assert_eq!(
+            merkle_root(prefix),
+            checkpoint.root.0,
+            "the log forked from a checkpoint published before the kill:\n{note}"
+        );
+        check_consistency(&http, &b, checkpoint, &after).await;
+    }
+    let after_kill = acks_b.lock().unwrap().iter().filter(|a| a.index >= largest_seen).count();
+
+    // 5. The killed gateway comes back as a follower of the same log.
+    let a = Server::start(clover(tmp.path()), &["--data-dir", &arg_a, "--store", &database.url]);
+    assert!(!is_sequencer(&http, &a).await, "the restarted gateway took the log from the running sequencer");
+    let (record, index) = write_record(&a, &token, &json!({"display_name": "Aoife", "after": "failover"})).await;
+    assert!(index >= after.size, "a write after the failover got index {index}, inside the tree of {}", after.size);
+    let deadline = Instant::now() + PATIENCE;
+    let latest = loop {
+        let checkpoint =
+            verify_checkpoint(&vkey, &String::from_utf8(get_ok(&http, &a.url("/log/checkpoint")).await).unwrap());
+        if checkpoint.size > index {
+            break checkpoint;
+        }
+        assert!(Instant::now() < deadline, "no checkpoint on the restarted gateway includes entry {index}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    check_consistency(&http, &a, &after, &latest).await;
+    let entry = fetch_entries(&http, &a, latest.size).await.swap_remove(usize::try_from(index).unwrap());
+    check_write_entry(index, &entry, &record);
+    check_inclusion(&http, &a, &latest, index, &entry).await;
+    a.stop();
+    b.stop();
+    eprintln!(
+        "scale-out test: {} writes acknowledged through the sequencer, {} through the other gateway ({after_kill} of \
+         them after the last checkpoint the sequencer published); {} checkpoints seen before the kill (largest \
+         {largest_seen}); killed at {killed_at:?}; log of {} entries after the failover; total {:?}",
+        acks_a.lock().unwrap().len(),
+        acks_b.lock().unwrap().len(),
+        seen.len(),
+        after.size,
         started.elapsed()
     );
 }

@@ -3,7 +3,11 @@
 //! - `clover_http_requests_total{route, method, status, decision}`: requests answered, by the
 //!   route template (never the raw path, which holds ids), status and policy decision
 //!   (`allow`, `deny`, or `none` where no decision was taken);
-//! - `clover_http_request_duration_seconds{route, method}`: latency histogram.
+//! - `clover_http_request_duration_seconds{route, method}`: latency histogram;
+//! - `clover_log_entries`, `clover_log_checkpoint_entries`: the log's size as this gateway
+//!   sees it, and the size of the latest checkpoint it serves;
+//! - `clover_log_sequencer`: 1 if this gateway sequences the log (always, for a log in a
+//!   directory; for one in PostgreSQL, the one gateway holding the sequencer's lock).
 
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -42,6 +46,13 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
             }
         })
         .as_ref()
+}
+
+/// Sets the log's gauges (read when the metrics are scraped).
+pub fn log(log: &clover_log::Log) {
+    metrics::gauge!("clover_log_entries").set(log.size() as f64);
+    metrics::gauge!("clover_log_checkpoint_entries").set(log.checkpoint_size() as f64);
+    metrics::gauge!("clover_log_sequencer").set(if log.is_sequencer() { 1.0 } else { 0.0 });
 }
 
 /// Middleware that counts and times every request.

@@ -1,9 +1,14 @@
 //! Liveness, metrics and the OpenAPI document.
 
+use std::sync::Arc;
+
 use axum::Extension;
 use axum::body::Bytes;
+use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
+
+use crate::Boundary;
 
 /// The OpenAPI document, serialised once, shared with the handler.
 #[derive(Clone)]
@@ -19,7 +24,8 @@ pub async fn healthz() -> &'static str {
 /// Prometheus metrics, in the text exposition format.
 #[utoipa::path(get, path = "/metrics", tag = "service", security(()),
     responses((status = OK, description = "Prometheus text format", body = String, content_type = "text/plain")))]
-pub async fn metrics() -> impl IntoResponse {
+pub async fn metrics(State(boundary): State<Arc<Boundary>>) -> impl IntoResponse {
+    crate::metrics::log(boundary.log());
     match crate::metrics::handle() {
         Some(handle) => {
             (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], handle.render())
