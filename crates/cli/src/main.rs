@@ -443,11 +443,15 @@ fn serve(args: &ConfigArgs, listen: Option<SocketAddr>) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let addr = listener.local_addr().context("reading the listening address")?;
-        eprintln!(
-            "clover: serving region {:?} on http://{addr} (data in {})",
-            config.region.as_str(),
-            config.data_dir.display()
-        );
+        let data = match &config.store {
+            Some(url) => format!(
+                "keyring in {}; data and log in {}",
+                config.data_dir.display(),
+                clover_log::postgres::redact(url)
+            ),
+            None => config.data_dir.display().to_string(),
+        };
+        eprintln!("clover: serving region {:?} on http://{addr} (data in {data})", config.region.as_str());
         tracing::info!(%addr, region = %config.region, "listening");
         #[cfg(unix)]
         {

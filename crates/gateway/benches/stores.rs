@@ -4,16 +4,21 @@
 //! names a server to make a database on, default `postgres://postgres@127.0.0.1:5432/postgres`;
 //! the database is dropped at the end).
 //!
-//! For each backend, one gateway (`Boundary`) with its data store there, the log and the
-//! custodian in its data directory as usual, 64 concurrent tasks:
+//! Three set-ups, 64 concurrent tasks each:
+//!
+//! - `sqlite`: one gateway (`Boundary`), everything in its data directory (the embedded default);
+//! - `postgres`: one gateway, its data store, log and key store in one PostgreSQL database;
+//! - `postgres_2gw`: two gateways over that database, the tasks split between them; one of them
+//!   sequences the log, the other hands its entries in (see `clover_log::postgres`). Both run in
+//!   this process, on the same two cores: the figure is what sharing one log costs, not what a
+//!   second machine would add.
 //!
 //! - `{backend}/store_read`, `{backend}/store_write`: `Store::record` and `Store::insert_record`
 //!   alone, the baselines;
 //! - `{backend}/audited_read`: `pipeline::read` (load, decide, log durably, key, decrypt, view);
 //! - `{backend}/audited_write`: `pipeline::write` (load, decide, log durably, key, encrypt, store).
 //!
-//! HTTP is left out. Two gateways over one PostgreSQL database need the shared log (issue 6,
-//! point 3), which is not built yet.
+//! HTTP is left out.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, missing_docs)]
 
@@ -46,17 +51,22 @@ fn caller() -> Caller {
 
 struct Setup {
     _dir: tempfile::TempDir,
-    boundary: Arc<Boundary>,
+    boundaries: Vec<Arc<Boundary>>,
     subjects: Vec<SubjectId>,
     records: Vec<RecordId>,
 }
 
-async fn setup(store: Option<String>) -> Setup {
+async fn setup(store: Option<String>, gateways: usize) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config { data_dir: dir.path().join("data"), store, ..Config::default() };
     config.policy.bulk_threshold = i64::MAX;
     DataDir::new(&config.data_dir).init(&config.region).unwrap();
-    let boundary = Arc::new(Boundary::open(config).await.unwrap());
+    let boundary = Arc::new(Boundary::open(config.clone()).await.unwrap());
+    let mut boundaries = vec![boundary.clone()];
+    for _ in 1..gateways {
+        // Another gateway of the region: the same keys and configuration, the same database.
+        boundaries.push(Arc::new(Boundary::open(config.clone()).await.unwrap()));
+    }
     let caller = caller();
     let category: Category = "profile".parse().unwrap();
     let mut subjects = Vec::new();
@@ -90,32 +100,11 @@ async fn setup(store: Option<String>) -> Setup {
         }
         subjects.push(subject);
     }
-    Setup { _dir: dir, boundary, subjects, records }
-}
-
-/// A database of its own on the PostgreSQL server; dropped by [`drop_database`].
-async fn create_database() -> (String, String, String) {
-    let admin = std::env::var("CLOVER_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-    let name = format!("clover_bench_{}", uuid::Uuid::new_v4().simple());
-    let pool = sqlx::PgPool::connect(&admin).await.unwrap();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&pool).await.unwrap();
-    pool.close().await;
-    let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
-    (admin, name, url)
-}
-
-async fn drop_database(admin: &str, name: &str) {
-    let pool = sqlx::PgPool::connect(admin).await.unwrap();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
-        .execute(&pool)
-        .await
-        .unwrap();
-    pool.close().await;
+    Setup { _dir: dir, boundaries, subjects, records }
 }
 
 fn run(c: &mut Criterion, runtime: &tokio::runtime::Runtime, name: &str, setup: &Setup) {
-    let boundary = setup.boundary.clone();
+    let boundaries = Arc::new(setup.boundaries.clone());
     let records = Arc::new(setup.records.clone());
     let subjects = Arc::new(setup.subjects.clone());
     let mut group = c.benchmark_group(name);
@@ -126,11 +115,12 @@ fn run(c: &mut Criterion, runtime: &tokio::runtime::Runtime, name: &str, setup: 
     group.throughput(Throughput::Elements(OPS as u64));
     macro_rules! tasks {
         ($body:expr) => {{
-            let (boundary, records, subjects) = (boundary.clone(), records.clone(), subjects.clone());
+            let (boundaries, records, subjects) = (boundaries.clone(), records.clone(), subjects.clone());
             async move {
                 let mut set = tokio::task::JoinSet::new();
                 for t in 0..TASKS {
-                    let (boundary, records, subjects) = (boundary.clone(), records.clone(), subjects.clone());
+                    let boundary = boundaries[t % boundaries.len()].clone();
+                    let (records, subjects) = (records.clone(), subjects.clone());
                     set.spawn(async move {
                         let caller = caller();
                         for i in (t..OPS).step_by(TASKS) {
@@ -212,13 +202,16 @@ fn run(c: &mut Criterion, runtime: &tokio::runtime::Runtime, name: &str, setup: 
 
 fn bench(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let sqlite = runtime.block_on(setup(None));
-    let (admin, name, url) = runtime.block_on(create_database());
-    let postgres = runtime.block_on(setup(Some(url)));
+    let sqlite = runtime.block_on(setup(None, 1));
     run(c, &runtime, "sqlite", &sqlite);
-    run(c, &runtime, "postgres", &postgres);
-    drop(postgres);
-    runtime.block_on(drop_database(&admin, &name));
+    drop(sqlite);
+    for (name, gateways) in [("postgres", 1), ("postgres_2gw", 2)] {
+        let database = runtime.block_on(clover_testdb::TestDatabase::create());
+        let postgres = runtime.block_on(setup(Some(database.url.clone()), gateways));
+        run(c, &runtime, name, &postgres);
+        drop(postgres);
+        drop(database);
+    }
 }
 
 criterion_group!(benches, bench);

@@ -140,6 +140,14 @@ impl Boundary {
                     kek.describe()
                 );
                 record_setup(&log, &config, &held, &log_vkey).await?;
+                if config.keys.store.is_none() && config.store.is_some() {
+                    tracing::warn!(
+                        "the wrapped data keys are kept in the data store's database: its backups hold both the \
+                         ciphertext and the keys, so an erasure is complete in them only once the KEK version is \
+                         retired (clover keys rotate); set [keys] store to a database on another server, or run \
+                         the custodian apart ([keys] custodian)"
+                    );
+                }
                 let custodian = Arc::new(
                     Custodian::open(
                         &match config.keys.store.as_ref().or(config.store.as_ref()) {

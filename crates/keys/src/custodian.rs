@@ -219,7 +219,7 @@ pub struct Custodian {
     pseudonym_root: hmac::Key,
     db: Db,
     journal: mpsc::UnboundedSender<Journal>,
-    cache: Mutex<Cache>,
+    cache: Arc<Mutex<Cache>>,
     cache_options: CacheOptions,
     /// Held shared by whatever wraps a key under the current version (creation, import) and
     /// exclusively by a retirement, so that no key is wrapped under a version between the check
@@ -228,7 +228,7 @@ pub struct Custodian {
     /// The latest rotation's progress.
     rotation: Mutex<Option<Rotation>>,
     /// The log index of each erased subject's erasure (kept in `erasures`, loaded at open).
-    erasures: Mutex<HashMap<String, u64>>,
+    erasures: Arc<Mutex<HashMap<String, u64>>>,
     /// The region's metadata key: seals what policy decides on (a subject's coming of age), so
     /// that it can be read before any subject's data key is unwrapped. Wrapped in the key store
     /// like a data key (under [`METADATA_KEY`]), so that rotation re-wraps it too.
@@ -310,6 +310,13 @@ impl Custodian {
             .collect();
         let (journal, queue) = mpsc::unbounded_channel();
         tokio::spawn(write_journal(db.clone(), queue));
+        let cache = Arc::new(Mutex::new(Cache::default()));
+        let erasures = Arc::new(Mutex::new(erasures));
+        if let Db::Postgres(pool) = &db {
+            // Other gateways' custodians share this key store: their erasures must reach this
+            // one's cache and its record of erasures at once, not after `cache_seconds`.
+            tokio::spawn(follow_erasures(pool.clone(), Arc::downgrade(&cache), Arc::downgrade(&erasures)));
+        }
         tracing::info!(store = %at, "key store open");
         Ok(Self {
             metadata_key,
@@ -319,10 +326,10 @@ impl Custodian {
             pseudonym_root: hmac::Key::new(hmac::HMAC_SHA256, pseudonym_root),
             db,
             journal,
-            cache: Mutex::new(Cache::default()),
+            cache,
             cache_options,
             wrapping: tokio::sync::RwLock::new(()),
-            erasures: Mutex::new(erasures),
+            erasures,
             rotation: Mutex::new(None),
         })
     }
@@ -676,6 +683,62 @@ async fn metadata_key(db: &Db, region: &Region, kek: &dyn Kek) -> Result<DataKey
     }
 }
 
+/// Records an erasure at `log_index` and drops the subject's keys from the cache.
+fn forget_erased(cache: &Mutex<Cache>, erasures: &Mutex<HashMap<String, u64>>, hash: &str, log_index: u64) {
+    {
+        let mut erasures = erasures.lock().unwrap_or_else(PoisonError::into_inner);
+        let erased = erasures.entry(hash.to_owned()).or_default();
+        *erased = (*erased).max(log_index);
+    }
+    let mut cache = cache.lock().unwrap_or_else(PoisonError::into_inner);
+    cache.epoch += 1;
+    cache.keys.remove(hash);
+    cache.metadata.remove(hash);
+}
+
+/// Applies the erasures other custodians on the same PostgreSQL key store announce, until the
+/// custodian is dropped.
+async fn follow_erasures(
+    pool: PgPool,
+    cache: std::sync::Weak<Mutex<Cache>>,
+    erasures: std::sync::Weak<Mutex<HashMap<String, u64>>>,
+) {
+    let mut listener: Option<sqlx::postgres::PgListener> = None;
+    while cache.strong_count() > 0 {
+        if listener.is_none() {
+            let listening = async {
+                let mut l = sqlx::postgres::PgListener::connect_with(&pool).await?;
+                l.listen("clover_custody_erasure").await?;
+                Ok::<_, sqlx::Error>(l)
+            };
+            match listening.await {
+                Ok(l) => listener = Some(l),
+                Err(_) => {
+                    tracing::warn!("cannot listen for other custodians' erasures; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            }
+        }
+        let Some(l) = listener.as_mut() else { continue };
+        match tokio::time::timeout(Duration::from_secs(1), l.recv()).await {
+            Ok(Ok(notice)) => {
+                let (Some(cache), Some(erasures)) = (cache.upgrade(), erasures.upgrade()) else { return };
+                if let Some((hash, index)) = notice.payload().split_once(' ')
+                    && let Ok(index) = index.parse()
+                {
+                    forget_erased(&cache, &erasures, hash, index);
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "lost the notices of other custodians' erasures; reconnecting");
+                listener = None;
+            }
+            Err(_) => {}
+        }
+    }
+}
+
 /// Stores a wrapped key unless the subject has one; whether it was stored.
 async fn insert_key(db: &Db, subject: &str, version: u32, wrapped: &[u8]) -> Result<bool, sqlx::Error> {
     on_db!(db, |pool| sqlx::query(
@@ -738,6 +801,17 @@ impl Custodian {
     pub async fn create_for(&self, access: &LoggedAccess) -> Result<DataKey, KeyError> {
         Self::check(access, &[Action::Write])?;
         self.check_not_before_erasure(access)?;
+        // An erasure by another custodian on the same key store, not yet heard of here.
+        let erased: Option<i64> =
+            on_db!(&self.db, |pool| sqlx::query_scalar("SELECT log_index FROM erasures WHERE subject = $1")
+                .bind(&access.subject_hash)
+                .fetch_optional(pool)
+                .await)
+            .map_err(store("reading erasures"))?;
+        if let Some(erased) = erased.and_then(|e| u64::try_from(e).ok()) {
+            forget_erased(&self.cache, &self.erasures, &access.subject_hash, erased);
+            self.check_not_before_erasure(access)?;
+        }
         let _shared = self.wrapping.read().await;
         let hash = &access.subject_hash;
         let key = DataKey::generate()?;
@@ -810,17 +884,16 @@ impl Custodian {
         }
         .await)
         .map_err(store("destroying a data key"))?;
-        {
-            let mut erasures = self.erasures.lock().unwrap_or_else(PoisonError::into_inner);
-            let erased = erasures.entry(hash.clone()).or_default();
-            *erased = (*erased).max(access.log_index);
-        }
-        {
-            // Anything unwrapped while the row was being deleted is not cached either.
-            let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
-            cache.epoch += 1;
-            cache.keys.remove(hash);
-            cache.metadata.remove(hash);
+        // Anything unwrapped while the row was being deleted is not cached either.
+        forget_erased(&self.cache, &self.erasures, hash, access.log_index);
+        if let Db::Postgres(pool) = &self.db {
+            let told = sqlx::query("SELECT pg_notify('clover_custody_erasure', $1)")
+                .bind(format!("{hash} {}", access.log_index))
+                .execute(pool)
+                .await;
+            if let Err(e) = told {
+                tracing::warn!(error = %e, "other gateways' custodians were not told of an erasure; their caches expire it");
+            }
         }
         // In SQLite, secure_delete zeroed the cell; the checkpoint copies that page over the old
         // one in the main file and truncates the WAL that still held the old page. PostgreSQL

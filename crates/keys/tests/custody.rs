@@ -874,3 +874,37 @@ suite!(
     the_key_store_holds_no_key_in_the_clear,
     the_backend_reopens_with_the_same_versions,
 );
+
+/// Two custodians on one PostgreSQL key store (two gateways of a region): an erasure through one
+/// reaches the other's cache at once, and a receipt from before it makes no key through either.
+#[tokio::test]
+async fn an_erasure_reaches_every_custodian_sharing_a_postgres_key_store() {
+    let f = Fixture::keyring_on_postgres();
+    let (a, store) = f.custodian(CacheOptions::default()).await;
+    let b = f.custodian_at(&store, f.kek.clone(), CacheOptions::default()).await;
+    let before = f.receipt(Action::Write, "s-1").await;
+    a.create_data_key(&before).await.unwrap();
+    // b has the key cached.
+    b.data_key(&f.receipt(Action::Read, "s-1").await).await.unwrap();
+    b.data_key(&f.receipt(Action::Read, "s-1").await).await.unwrap();
+    assert!(b.journal().await.unwrap().last().unwrap().cached);
+
+    assert!(a.destroy_data_key(&f.receipt(Action::Erase, "s-1").await).await.unwrap());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match b.data_key(&f.receipt(Action::Read, "s-1").await).await {
+            Err(KeyError::NoDataKey) => break,
+            Ok(_) => assert!(std::time::Instant::now() < deadline, "the other custodian still hands out an erased key"),
+            Err(e) => panic!("{e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A write logged before the erasure makes no new key through either custodian.
+    assert!(matches!(b.create_data_key(&before).await, Err(KeyError::Receipt(_))));
+    assert!(matches!(a.create_data_key(&before).await, Err(KeyError::Receipt(_))));
+    // A later one does: the subject registered again.
+    b.create_data_key(&f.receipt(Action::Write, "s-1").await).await.unwrap();
+    a.data_key(&f.receipt(Action::Read, "s-1").await).await.unwrap();
+    a.close().await;
+    b.close().await;
+}

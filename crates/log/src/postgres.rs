@@ -128,8 +128,11 @@ pub(crate) struct PgLog {
     pool: PgPool,
     shared: Arc<Shared>,
     verifier: VerifierKey,
-    /// Appends handed in and not yet in the tree, by token.
+    /// Appends handed in and not yet answered, by token.
     waiting: Mutex<HashMap<i64, Waiter>>,
+    /// Appends of this gateway in the tree, with their indexes, that no checkpoint held here
+    /// covers yet: answered once one does.
+    uncovered: Mutex<Vec<(i64, u64)>>,
     submit: mpsc::UnboundedSender<(i64, Vec<u8>)>,
     /// Held while entries are added to the tree.
     apply: tokio::sync::Mutex<()>,
@@ -165,6 +168,7 @@ impl PgLog {
             shared,
             verifier: signer.verifier(),
             waiting: Mutex::new(HashMap::new()),
+            uncovered: Mutex::new(Vec::new()),
             submit,
             apply: tokio::sync::Mutex::new(()),
             leading: AtomicBool::new(false),
@@ -254,7 +258,6 @@ impl PgLog {
             .fetch_optional(&self.pool)
             .await
             .map_err(db("reading the log's checkpoint"))?;
-        let mut done = Vec::new();
         loop {
             let size = self.shared.tree().size();
             let rows = sqlx::query("SELECT idx, token, entry FROM log_entries WHERE idx >= $1 ORDER BY idx LIMIT $2")
@@ -274,22 +277,29 @@ impl PgLog {
                 })
                 .collect::<Result<_, sqlx::Error>>()
                 .map_err(db("reading log entries"))?;
-            if rows.is_empty() {
-                break;
+            let Some(first) = rows.first() else { break };
+            if first.idx != size {
+                let why = format!("entries {size} to {} are missing from the database", first.idx - 1);
+                return Err(self.fail(why));
             }
             let count = rows.len() as i64;
-            done.extend(self.add(rows));
+            self.answer(self.add(rows));
             if count < PAGE {
                 break;
             }
         }
         if let Some(Err(why)) = stored.map(|note| self.check_checkpoint(&note)) {
-            tracing::error!(%why, "the log's database contradicts its signed checkpoint; appends are refused");
-            *self.failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(why.clone());
-            return Err(LogError::Inconsistent { dir: "postgres".into(), detail: why });
+            return Err(self.fail(why));
         }
-        self.answer(done);
+        self.answer(Vec::new());
         Ok(())
+    }
+
+    /// Refuses appends from now on: the database contradicts what this gateway knows.
+    fn fail(&self, why: String) -> LogError {
+        tracing::error!(%why, "the log's database contradicts its signed checkpoint; appends are refused");
+        *self.failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(why.clone());
+        LogError::Inconsistent { dir: "postgres".into(), detail: why }
     }
 
     /// Checks a stored checkpoint against this key and the tree, and takes it.
@@ -333,14 +343,23 @@ impl PgLog {
         added
     }
 
-    /// Answers the waiting appends among `done`.
+    /// Answers this gateway's appends among `done` (entries just added to the tree) and among
+    /// those added before, once the checkpoint held covers them: an append is answered when its
+    /// entry is committed, in this gateway's tree, and provable from the checkpoint it serves.
     fn answer(&self, done: Vec<(i64, u64)>) {
+        let covered = self.shared.tree().checkpoint_size();
         let mut waiting = self.waiters();
-        for (token, index) in done {
+        let mut uncovered = self.uncovered.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        uncovered.extend(done.into_iter().filter(|(token, _)| waiting.contains_key(token)));
+        uncovered.retain(|&(token, index)| {
+            if index >= covered {
+                return true;
+            }
             if let Some(waiter) = waiting.remove(&token) {
                 let _ = waiter.send(Ok(index));
             }
-        }
+            false
+        });
     }
 }
 
@@ -413,7 +432,22 @@ async fn sequence_loop(log: Weak<PgLog>, url: String, signer: Box<dyn NoteSigner
         let Some(strong) = log.upgrade() else { return };
         let options_ = strong.pool.connect_options();
         drop(strong);
-        let mut conn = match PgConnection::connect_with(&*options_).await {
+        let refused = log.upgrade().is_some_and(|l| l.refused().is_some());
+        if refused {
+            // This gateway found the database inconsistent: it does not compete to sequence.
+            tokio::time::sleep(FOLLOW_EVERY * 4).await;
+            continue;
+        }
+        let connected = async {
+            let mut conn = PgConnection::connect_with(&*options_).await?;
+            // The server notices a vanished sequencer (power loss, partition: no FIN) within
+            // about 11 s and releases its lock, instead of after the OS default of two hours.
+            sqlx::raw_sql("SET tcp_keepalives_idle = 5; SET tcp_keepalives_interval = 2; SET tcp_keepalives_count = 3")
+                .execute(&mut conn)
+                .await?;
+            Ok::<_, sqlx::Error>(conn)
+        };
+        let mut conn = match connected.await {
             Ok(conn) => conn,
             Err(e) => {
                 tracing::warn!(error = %e, url = %redact(&url), "cannot connect to the log's database");
@@ -459,6 +493,18 @@ async fn sequence_loop(log: Weak<PgLog>, url: String, signer: Box<dyn NoteSigner
     }
 }
 
+/// How long one step of the sequencer (a query, a commit) may take before it gives up leading:
+/// a connection that hangs must not hold the log.
+const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs one database step of the sequencer, bounded by [`STEP_TIMEOUT`].
+async fn step<T>(work: impl Future<Output = Result<T, sqlx::Error>>, what: &'static str) -> Result<T, LogError> {
+    match tokio::time::timeout(STEP_TIMEOUT, work).await {
+        Ok(done) => done.map_err(db(what)),
+        Err(_) => Err(LogError::Database(format!("{what}: no answer within {STEP_TIMEOUT:?}"))),
+    }
+}
+
 /// Sequences pending entries while this connection holds the lock. Returns `Ok` when the log is
 /// dropped, an error when leadership is in doubt.
 async fn lead(
@@ -475,28 +521,39 @@ async fn lead(
         listener.listen("clover_log_pending").await.map_err(db("listening for entries"))?;
         listener
     };
-    let mut last_signed = Instant::now();
-    let mut unsigned = false;
+    // What the last leader committed without a checkpoint (with an interval) is signed at once.
+    let mut last_signed = Instant::now().checked_sub(options.checkpoint_interval).unwrap_or_else(Instant::now);
+    let mut unsigned = {
+        let stored: Option<i64> = step(
+            sqlx::query_scalar("SELECT size FROM log_checkpoint").fetch_optional(&mut *conn),
+            "reading the checkpoint",
+        )
+        .await?;
+        let Some(strong) = log.upgrade() else { return Ok(()) };
+        let size = strong.shared.tree().size();
+        stored.and_then(|s| u64::try_from(s).ok()).is_none_or(|s| s < size)
+    };
     loop {
         let Some(strong) = log.upgrade() else { return Ok(()) };
         if strong.refused().is_some() {
             return Err(LogError::Stopped);
         }
-        let pending = sqlx::query("SELECT id, token, entry FROM log_pending ORDER BY id LIMIT $1")
-            .bind(i64::try_from(options.max_batch).unwrap_or(PAGE))
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(db("reading pending entries"))?;
+        let pending = step(
+            sqlx::query("SELECT id, token, entry FROM log_pending ORDER BY id LIMIT $1")
+                .bind(i64::try_from(options.max_batch).unwrap_or(PAGE))
+                .fetch_all(&mut *conn),
+            "reading pending entries",
+        )
+        .await?;
         let due = last_signed.elapsed() >= options.checkpoint_interval;
         if pending.is_empty() {
             if unsigned && due {
                 let size = strong.shared.tree().size();
                 let root = tree::root(&*strong.shared.tree(), size)?;
                 let note = checkpoint_note(&strong.shared.origin, signer, size, root)?;
-                let mut tx = conn.begin().await.map_err(db("storing a checkpoint"))?;
-                store_checkpoint(&mut tx, size, &note).await?;
-                tx.commit().await.map_err(db("storing a checkpoint"))?;
+                step(store_checkpoint(&mut *conn, size, &note), "storing a checkpoint").await?;
                 strong.shared.tree_mut().offer_checkpoint(Arc::from(note), size);
+                strong.answer(Vec::new());
                 last_signed = Instant::now();
                 unsigned = false;
             }
@@ -527,31 +584,42 @@ async fn lead(
         let indexes: Vec<i64> = rows.iter().map(|r| i64::try_from(r.idx).unwrap_or(i64::MAX)).collect();
         let tokens: Vec<i64> = rows.iter().map(|r| r.token).collect();
         let entries: Vec<&[u8]> = rows.iter().map(|r| r.entry.as_slice()).collect();
-        let commit = db("committing log entries");
-        let mut tx = conn.begin().await.map_err(&commit)?;
-        sqlx::query(
-            "INSERT INTO log_entries (idx, token, entry) SELECT * FROM UNNEST($1::int8[], $2::int8[], $3::bytea[])",
-        )
-        .bind(&indexes)
-        .bind(&tokens)
-        .bind(&entries)
-        .execute(&mut *tx)
-        .await
-        .map_err(&commit)?;
-        sqlx::query("DELETE FROM log_pending WHERE id = ANY($1)")
-            .bind(&ids)
+        let committed = async {
+            let mut tx = conn.begin().await?;
+            // The database must end where this gateway's tree ends: rows lost (a standby promoted
+            // without them, a restore) or written by another are not built on.
+            let end: i64 =
+                sqlx::query_scalar("SELECT coalesce(max(idx) + 1, 0) FROM log_entries").fetch_one(&mut *tx).await?;
+            if u64::try_from(end).ok() != Some(first) {
+                return Ok(Err(format!("the database's log ends at {end}, this gateway's at {first}")));
+            }
+            sqlx::query(
+                "INSERT INTO log_entries (idx, token, entry) SELECT * FROM UNNEST($1::int8[], $2::int8[], $3::bytea[])",
+            )
+            .bind(&indexes)
+            .bind(&tokens)
+            .bind(&entries)
             .execute(&mut *tx)
-            .await
-            .map_err(&commit)?;
-        if let Some(note) = &note {
-            store_checkpoint(&mut tx, size, note).await?;
+            .await?;
+            let taken = sqlx::query("DELETE FROM log_pending WHERE id = ANY($1)").bind(&ids).execute(&mut *tx).await?;
+            if taken.rows_affected() != ids.len() as u64 {
+                // Another sequencer took some of them: rolled back, and this one steps down.
+                return Ok(Err(format!(
+                    "{} of {} pending entries were taken meanwhile",
+                    ids.len() as u64 - taken.rows_affected(),
+                    ids.len()
+                )));
+            }
+            if let Some(note) = &note {
+                store_checkpoint(&mut tx, size, note).await?;
+            }
+            sqlx::query("SELECT pg_notify('clover_log', $1)").bind(size.to_string()).execute(&mut *tx).await?;
+            tx.commit().await?;
+            Ok(Ok(()))
+        };
+        if let Err(why) = step(committed, "committing log entries").await? {
+            return Err(strong.fail(why));
         }
-        sqlx::query("SELECT pg_notify('clover_log', $1)")
-            .bind(size.to_string())
-            .execute(&mut *tx)
-            .await
-            .map_err(&commit)?;
-        tx.commit().await.map_err(&commit)?;
 
         // Committed: into this gateway's tree, then answer.
         let _applying = strong.apply.lock().await;
@@ -568,7 +636,7 @@ async fn lead(
     }
 }
 
-async fn store_checkpoint(tx: &mut PgConnection, size: u64, note: &str) -> Result<(), LogError> {
+async fn store_checkpoint(conn: &mut PgConnection, size: u64, note: &str) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO log_checkpoint (only_row, size, note) VALUES (TRUE, $1, $2) \
          ON CONFLICT (only_row) DO UPDATE SET size = excluded.size, note = excluded.note \
@@ -576,8 +644,7 @@ async fn store_checkpoint(tx: &mut PgConnection, size: u64, note: &str) -> Resul
     )
     .bind(i64::try_from(size).unwrap_or(i64::MAX))
     .bind(note)
-    .execute(tx)
-    .await
-    .map_err(db("storing a checkpoint"))?;
+    .execute(conn)
+    .await?;
     Ok(())
 }

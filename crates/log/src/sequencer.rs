@@ -426,6 +426,12 @@ impl Log {
         self.tree().checkpoint.clone()
     }
 
+    /// The latest signed checkpoint note and its size, read together.
+    pub fn checkpoint_with_size(&self) -> (Arc<str>, u64) {
+        let tree = self.tree();
+        (tree.checkpoint.clone(), tree.checkpoint_size)
+    }
+
     /// The size of the latest signed checkpoint.
     pub fn checkpoint_size(&self) -> u64 {
         self.tree().checkpoint_size

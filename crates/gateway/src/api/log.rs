@@ -87,8 +87,7 @@ pub async fn inclusion_proof(
 ) -> Result<Json<InclusionProof>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::InvalidQuery(e.body_text()))?;
     let log = boundary.log();
-    let checkpoint = log.checkpoint();
-    let checkpoint_size = log.checkpoint_size();
+    let (checkpoint, checkpoint_size) = log.checkpoint_with_size();
     let size = query.size.unwrap_or(checkpoint_size);
     if query.index >= size {
         return Err(ApiError::InvalidQuery(format!("index {} is not in a tree of size {size}", query.index)));
