@@ -123,6 +123,9 @@ pub fn redact(url: &str) -> String {
 
 type Waiter = oneshot::Sender<Result<u64, LogError>>;
 
+/// An append on its way: its token and its entry.
+type Handed = (i64, Vec<u8>);
+
 /// One gateway's handle on the shared log.
 pub(crate) struct PgLog {
     pool: PgPool,
@@ -133,7 +136,10 @@ pub(crate) struct PgLog {
     /// Appends of this gateway in the tree, with their indexes, that no checkpoint held here
     /// covers yet: answered once one does.
     uncovered: Mutex<Vec<(i64, u64)>>,
-    submit: mpsc::UnboundedSender<(i64, Vec<u8>)>,
+    submit: mpsc::UnboundedSender<Handed>,
+    /// While this gateway sequences, its own appends go straight into the sequencer's next
+    /// batch, without a round through `log_pending`.
+    direct: Mutex<Option<mpsc::UnboundedSender<Handed>>>,
     /// Held while entries are added to the tree.
     apply: tokio::sync::Mutex<()>,
     leading: AtomicBool,
@@ -170,6 +176,7 @@ impl PgLog {
             waiting: Mutex::new(HashMap::new()),
             uncovered: Mutex::new(Vec::new()),
             submit,
+            direct: Mutex::new(None),
             apply: tokio::sync::Mutex::new(()),
             leading: AtomicBool::new(false),
             failed: Mutex::new(None),
@@ -364,7 +371,7 @@ impl PgLog {
 }
 
 /// Hands this gateway's appends in, as many per statement as are waiting.
-async fn submit_loop(log: Weak<PgLog>, mut submitted: mpsc::UnboundedReceiver<(i64, Vec<u8>)>, max_batch: usize) {
+async fn submit_loop(log: Weak<PgLog>, mut submitted: mpsc::UnboundedReceiver<Handed>, max_batch: usize) {
     while let Some(first) = submitted.recv().await {
         let mut batch = vec![first];
         while batch.len() < max_batch.max(1) {
@@ -374,6 +381,20 @@ async fn submit_loop(log: Weak<PgLog>, mut submitted: mpsc::UnboundedReceiver<(i
             }
         }
         let Some(log) = log.upgrade() else { return };
+        let batch: Vec<Handed> = {
+            // Sent under the lock: once the sequencer has cleared it and drained its channel,
+            // nothing more reaches that channel.
+            let direct = log.direct.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            match direct.as_ref() {
+                Some(sequencer) => {
+                    batch.into_iter().filter_map(|item| sequencer.send(item).err().map(|e| e.0)).collect()
+                }
+                None => batch,
+            }
+        };
+        if batch.is_empty() {
+            continue;
+        }
         let (tokens, entries): (Vec<i64>, Vec<Vec<u8>>) = batch.into_iter().unzip();
         let handed_in = sqlx::query(
             "WITH handed_in AS (INSERT INTO log_pending (token, entry) SELECT * FROM UNNEST($1::int8[], $2::bytea[])) \
@@ -420,9 +441,20 @@ async fn follow_loop(log: Weak<PgLog>) {
             None => tokio::time::sleep(FOLLOW_EVERY).await,
         }
         let Some(strong) = log.upgrade() else { return };
+        if strong.is_leading() {
+            // The sequencer adds its own commits to its tree.
+            continue;
+        }
         if let Err(e) = strong.catch_up().await {
             tracing::warn!(error = %e, "cannot catch up with the log");
         }
+    }
+}
+
+/// Where this gateway's appends go while it sequences (`None`: through `log_pending`).
+fn set_direct(log: &Weak<PgLog>, to: Option<mpsc::UnboundedSender<Handed>>) {
+    if let Some(log) = log.upgrade() {
+        *log.direct.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = to;
     }
 }
 
@@ -480,7 +512,16 @@ async fn sequence_loop(log: Weak<PgLog>, url: String, signer: Box<dyn NoteSigner
         strong.leading.store(true, Ordering::Relaxed);
         tracing::info!(size = strong.shared.tree().size(), "this gateway now sequences the log");
         drop(strong);
-        let result = lead(&log, &mut conn, signer.as_ref(), &options).await;
+        let (direct, mut own) = mpsc::unbounded_channel();
+        set_direct(&log, Some(direct));
+        let result = lead(&log, &mut conn, signer.as_ref(), &options, &mut own).await;
+        // This gateway's appends go through `log_pending` again, those not yet taken too.
+        set_direct(&log, None);
+        if let Some(strong) = log.upgrade() {
+            while let Ok(item) = own.try_recv() {
+                let _ = strong.submit.send(item);
+            }
+        }
         if let Some(strong) = log.upgrade() {
             strong.leading.store(false, Ordering::Relaxed);
         }
@@ -512,6 +553,7 @@ async fn lead(
     conn: &mut PgConnection,
     signer: &dyn NoteSigner,
     options: &LogOptions,
+    own: &mut mpsc::UnboundedReceiver<Handed>,
 ) -> Result<(), LogError> {
     let mut listener = {
         let Some(strong) = log.upgrade() else { return Ok(()) };
@@ -533,20 +575,34 @@ async fn lead(
         let size = strong.shared.tree().size();
         stored.and_then(|s| u64::try_from(s).ok()).is_none_or(|s| s < size)
     };
+    let max_batch = options.max_batch.max(1);
+    let mut local: Vec<Handed> = Vec::new();
     loop {
         let Some(strong) = log.upgrade() else { return Ok(()) };
         if strong.refused().is_some() {
             return Err(LogError::Stopped);
         }
-        let pending = step(
-            sqlx::query("SELECT id, token, entry FROM log_pending ORDER BY id LIMIT $1")
-                .bind(i64::try_from(options.max_batch).unwrap_or(PAGE))
-                .fetch_all(&mut *conn),
-            "reading pending entries",
-        )
-        .await?;
+        // This gateway's own appends, then what the others handed in.
+        while local.len() < max_batch {
+            match own.try_recv() {
+                Ok(item) => local.push(item),
+                Err(_) => break,
+            }
+        }
+        let room = i64::try_from(max_batch - local.len()).unwrap_or(PAGE);
+        let pending = if room > 0 {
+            step(
+                sqlx::query("SELECT id, token, entry FROM log_pending ORDER BY id LIMIT $1")
+                    .bind(room)
+                    .fetch_all(&mut *conn),
+                "reading pending entries",
+            )
+            .await?
+        } else {
+            Vec::new()
+        };
         let due = last_signed.elapsed() >= options.checkpoint_interval;
-        if pending.is_empty() {
+        if pending.is_empty() && local.is_empty() {
             if unsigned && due {
                 let size = strong.shared.tree().size();
                 let root = tree::root(&*strong.shared.tree(), size)?;
@@ -558,17 +614,24 @@ async fn lead(
                 unsigned = false;
             }
             drop(strong);
-            let _ = tokio::time::timeout(FOLLOW_EVERY, listener.recv()).await;
+            tokio::select! {
+                _ = listener.recv() => {}
+                item = own.recv() => local.extend(item),
+                () = tokio::time::sleep(FOLLOW_EVERY) => {}
+            }
             continue;
         }
-        let mut ids = Vec::with_capacity(pending.len());
-        let mut rows = Vec::with_capacity(pending.len());
         let first = strong.shared.tree().size();
-        for (i, row) in pending.iter().enumerate() {
+        let mut ids = Vec::with_capacity(pending.len());
+        let mut rows = Vec::with_capacity(local.len() + pending.len());
+        for (token, entry) in local.drain(..) {
+            rows.push(Row_ { idx: first + rows.len() as u64, token, entry });
+        }
+        for row in &pending {
             let read = db("reading pending entries");
             ids.push(row.try_get::<i64, _>(0).map_err(&read)?);
             rows.push(Row_ {
-                idx: first + i as u64,
+                idx: first + rows.len() as u64,
                 token: row.try_get(1).map_err(&read)?,
                 entry: row.try_get(2).map_err(&read)?,
             });
@@ -601,12 +664,20 @@ async fn lead(
             .bind(&entries)
             .execute(&mut *tx)
             .await?;
-            let taken = sqlx::query("DELETE FROM log_pending WHERE id = ANY($1)").bind(&ids).execute(&mut *tx).await?;
-            if taken.rows_affected() != ids.len() as u64 {
+            let taken = if ids.is_empty() {
+                0
+            } else {
+                sqlx::query("DELETE FROM log_pending WHERE id = ANY($1)")
+                    .bind(&ids)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
+            };
+            if taken != ids.len() as u64 {
                 // Another sequencer took some of them: rolled back, and this one steps down.
                 return Ok(Err(format!(
                     "{} of {} pending entries were taken meanwhile",
-                    ids.len() as u64 - taken.rows_affected(),
+                    ids.len() as u64 - taken,
                     ids.len()
                 )));
             }
