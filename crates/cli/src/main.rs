@@ -449,9 +449,9 @@ fn serve(args: &ConfigArgs, listen: Option<SocketAddr>) -> anyhow::Result<()> {
                 config.data_dir.display(),
                 clover_log::postgres::redact(url)
             ),
-            None => config.data_dir.display().to_string(),
+            None => format!("data in {}", config.data_dir.display()),
         };
-        eprintln!("clover: serving region {:?} on http://{addr} (data in {data})", config.region.as_str());
+        eprintln!("clover: serving region {:?} on http://{addr} ({data})", config.region.as_str());
         tracing::info!(%addr, region = %config.region, "listening");
         #[cfg(unix)]
         {
