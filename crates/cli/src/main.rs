@@ -115,6 +115,79 @@ enum Command {
     /// The key custodian as its own process.
     #[command(subcommand)]
     Custodian(CustodianCommand),
+    /// Measure what Clover costs: scenarios in-process against baselines measured in the same
+    /// run, or a running server driven over HTTP.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Run scenarios in-process (a gateway on a temporary data directory) and print, for each,
+    /// operations per second, median and p99 latency, and the same for its baseline, measured
+    /// in alternating rounds of the same run, with the cost as a multiple of the baseline's.
+    Run {
+        /// Scenarios to run (all when none): read, write, deny, pseudonymised, append, decide,
+        /// seal.
+        #[arg(value_name = "SCENARIO")]
+        scenarios: Vec<String>,
+        /// Operations timed on each side of each scenario.
+        #[arg(long, default_value_t = 10_000)]
+        ops: usize,
+        /// Concurrent tasks for the scenarios that wait (reads, writes, appends).
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Records written before the reads (one subject per ten).
+        #[arg(long, default_value_t = 1_000)]
+        records: usize,
+        /// Alternating rounds of baseline and operation.
+        #[arg(long, default_value_t = 4)]
+        rounds: usize,
+        /// The gateway's data store, log and key store in this PostgreSQL database.
+        #[arg(long, value_name = "URL")]
+        store: Option<String>,
+        /// JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Drive a running server over HTTP: write records, then send a fixed number of reads at a
+    /// fixed concurrency, some from the region and some from abroad (by source address), and
+    /// report throughput and latency percentiles. Stops by itself.
+    Http {
+        /// The server.
+        #[arg(long, default_value = "http://127.0.0.1:7878")]
+        url: String,
+        /// A bearer token of the region; without one, a service token is minted with the
+        /// development issuer of the data directory (`--data-dir`, `--config`).
+        #[arg(long, env = "CLOVER_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Reads to send.
+        #[arg(long, default_value_t = 10_000)]
+        requests: usize,
+        /// Requests in flight at once.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// Out of every 100 reads, how many come from abroad.
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u8).range(0..=100))]
+        foreign_percent: u8,
+        /// Records written first and read in turn.
+        #[arg(long, default_value_t = 100)]
+        records: usize,
+        /// The source address of reads from the region (default: dublin-1 of the default sites).
+        #[arg(long, default_value = "127.0.0.1")]
+        eu_from: std::net::IpAddr,
+        /// The source address of reads from abroad (default: singapore-1).
+        #[arg(long, default_value = "127.0.2.1")]
+        foreign_from: std::net::IpAddr,
+        /// The longest the run may take.
+        #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+        max_time: std::time::Duration,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -363,6 +436,36 @@ fn main() -> ExitCode {
             };
             custodian_serve(&options, listen, &log_url, &log_vkey)
         }
+        Command::Bench(BenchCommand::Run { scenarios, ops, concurrency, records, rounds, store, json }) => {
+            bench_run(&scenarios, clover_bench::Options { ops, concurrency, records, store, rounds }, json)
+        }
+        Command::Bench(BenchCommand::Http {
+            url,
+            token,
+            config,
+            requests,
+            concurrency,
+            foreign_percent,
+            records,
+            eu_from,
+            foreign_from,
+            max_time,
+            json,
+        }) => {
+            let options = clover_bench::http::HttpOptions {
+                url,
+                token: token.unwrap_or_default(),
+                requests,
+                concurrency,
+                foreign_percent,
+                records,
+                eu_from,
+                foreign_from,
+                max_time,
+                purpose: "support".to_owned(),
+            };
+            bench_http(options, &config, json)
+        }
         Command::Custodian(CustodianCommand::Status { admin }) => {
             KeyUrls::custodian(&admin).and_then(|u| keys_status(&u))
         }
@@ -497,6 +600,57 @@ async fn shutdown_signal() {
         () = terminate => {},
     }
     tracing::info!("shutting down: finishing requests in flight");
+}
+
+fn bench_run(names: &[String], options: clover_bench::Options, json: bool) -> anyhow::Result<()> {
+    let scenarios: Vec<clover_bench::Scenario> = if names.is_empty() {
+        clover_bench::Scenario::ALL.to_vec()
+    } else {
+        names.iter().map(|n| n.parse()).collect::<Result<_, _>>()?
+    };
+    anyhow::ensure!(
+        options.ops > 0 && options.concurrency > 0 && options.records > 0,
+        "--ops, --concurrency and --records must be at least 1"
+    );
+    let rows =
+        runtime()?.block_on(clover_bench::run(&scenarios, &options, &|step| eprintln!("clover bench: {step}")))?;
+    if json {
+        for row in &rows {
+            println!("{}", serde_json::to_string(row)?);
+        }
+    } else {
+        print!("{}", clover_bench::table(&rows));
+    }
+    Ok(())
+}
+
+fn bench_http(mut options: clover_bench::http::HttpOptions, config: &ConfigArgs, json: bool) -> anyhow::Result<()> {
+    anyhow::ensure!(options.requests > 0 && options.concurrency > 0, "--requests and --concurrency must be at least 1");
+    if options.token.is_empty() {
+        options.token = mint(
+            config,
+            "bench".parse().context("principal")?,
+            Kind::Service,
+            "eu".parse().context("region")?,
+            "dublin-1".parse().context("site")?,
+            vec!["support".to_owned()],
+            options.max_time + std::time::Duration::from_secs(600),
+        )
+        .context("no --token, and none could be minted with the development issuer")?;
+    }
+    let report = runtime()?.block_on(clover_bench::http::run(&options, &|step| eprintln!("clover bench: {step}")))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", clover_bench::http::table(&report));
+    }
+    anyhow::ensure!(
+        report.all.unexpected == 0,
+        "{} of {} reads were not answered as expected (200 from the region, 403 from abroad)",
+        report.all.unexpected,
+        report.all.sent
+    );
+    Ok(())
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -764,6 +918,20 @@ fn token(
     roles: Vec<String>,
     ttl: std::time::Duration,
 ) -> anyhow::Result<()> {
+    println!("{}", mint(args, principal, kind, region, site, roles, ttl)?);
+    Ok(())
+}
+
+/// A JWT from the embedded development issuer.
+fn mint(
+    args: &ConfigArgs,
+    principal: PrincipalId,
+    kind: Kind,
+    region: Region,
+    site: SiteName,
+    roles: Vec<String>,
+    ttl: std::time::Duration,
+) -> anyhow::Result<String> {
     let config = args.load()?;
     let issuer = DataDir::new(&config.data_dir).issuer()?;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
@@ -783,6 +951,5 @@ fn token(
         iat: now,
         exp: now.saturating_add(ttl),
     };
-    println!("{}", issuer.mint(&claims)?);
-    Ok(())
+    Ok(issuer.mint(&claims)?)
 }

@@ -604,3 +604,76 @@ fn config_errors_name_their_cause_once() {
     assert!(!finished.status.success(), "{finished:?}");
     assert_eq!(finished.stderr.matches("No such file or directory").count(), 1, "{finished:?}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// clover bench: a smoke run of every scenario with tiny sizes (the real runs are in
+// BENCHMARKS.md; CI only checks that they keep working)
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn bench_runs_every_scenario_against_its_baseline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut command = clover(tmp.path());
+    command.args(["bench", "run", "--ops", "40", "--records", "12", "--concurrency", "4", "--rounds", "2", "--json"]);
+    let finished = run_ok(command);
+    let rows: Vec<Value> = finished.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let scenarios: Vec<&str> = rows.iter().map(|r| r["scenario"].as_str().unwrap()).collect();
+    assert_eq!(scenarios, ["read", "write", "deny", "pseudonymised", "append", "decide", "seal"], "{finished:?}");
+    for row in &rows {
+        for field in ["ops_per_second", "median_us", "p99_us", "baseline_ops_per_second", "baseline_median_us", "cost"]
+        {
+            let value = row[field].as_f64().unwrap();
+            assert!(value.is_finite() && value > 0.0, "{field} of {row}");
+        }
+        assert!(row["p99_us"].as_f64().unwrap() >= row["median_us"].as_f64().unwrap(), "{row}");
+        assert_eq!(row["ops"], 40, "{row}");
+    }
+
+    // The table names the baselines; an unknown scenario is refused, naming the known ones.
+    let mut command = clover(tmp.path());
+    command.args(["bench", "run", "decide", "seal", "--ops", "50"]);
+    let table = run_ok(command).stdout;
+    assert!(table.contains("trivial Cedar policy") && table.contains("raw AES-256-GCM"), "{table}");
+    let mut command = clover(tmp.path());
+    command.args(["bench", "run", "reed"]);
+    let refused = run(command);
+    assert!(!refused.status.success());
+    assert!(refused.stderr.contains("no scenario \"reed\"") && refused.stderr.contains("pseudonymised"), "{refused:?}");
+}
+
+#[test]
+fn bench_http_drives_a_running_server_from_both_origins() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(clover(tmp.path()), &["--data-dir", "data"]);
+    let mut command = clover(tmp.path());
+    command.args(["bench", "http", "--url", &server.url(""), "--data-dir", "data"]);
+    command.args(["--requests", "60", "--concurrency", "4", "--records", "3", "--foreign-percent", "25", "--json"]);
+    let finished = run_ok(command);
+    let report: Value = serde_json::from_str(&finished.stdout).unwrap();
+    assert_eq!(report["all"]["sent"], 60, "{report}");
+    assert_eq!(report["region"]["sent"], 45, "{report}");
+    assert_eq!(report["region"]["expected"], 45, "{report}");
+    assert_eq!(report["foreign"]["sent"], 15, "{report}");
+    assert_eq!(report["foreign"]["expected"], 15, "{report}");
+    assert_eq!(report["all"]["unexpected"], 0, "{report}");
+    assert_eq!(report["cut_short"], false);
+    assert!(report["requests_per_second"].as_f64().unwrap() > 0.0);
+    assert!(report["all"]["p99_us"].as_f64().unwrap() >= report["all"]["p50_us"].as_f64().unwrap());
+
+    // Bounded in time: a limit too short for the records stops it with a clear error.
+    let mut command = clover(tmp.path());
+    command.args(["bench", "http", "--url", &server.url(""), "--data-dir", "data", "--records", "100000"]);
+    command.args(["--max-time", "1s"]);
+    let stopped = run(command);
+    assert!(!stopped.status.success());
+    assert!(stopped.stderr.contains("time limit"), "{stopped:?}");
+
+    // The server logged every read, the refusals from abroad included (and the writes).
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let checkpoint = runtime
+        .block_on(async { client(DUBLIN).get(server.url("/log/checkpoint")).send().await?.text().await })
+        .unwrap();
+    let size: u64 = checkpoint.lines().nth(1).unwrap().parse().unwrap();
+    assert!(size > 60 + 3, "a checkpoint of {size} entries after 60 reads and 3 writes:\n{checkpoint}");
+    server.stop();
+}
