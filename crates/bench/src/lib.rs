@@ -321,60 +321,92 @@ struct Gateway {
     records: Arc<Vec<RecordId>>,
 }
 
-async fn gateway(options: &Options, progress: &dyn Fn(&str)) -> Result<Gateway, BenchError> {
+/// A gateway with `subjects` adult subjects (each with a data key made against a logged write,
+/// as the API does) and `records` records over them, sealed with their subjects' keys and
+/// imported in transactions of 10,000 (fixtures: their writes are not logged one by one).
+async fn gateway(
+    options: &Options,
+    records: usize,
+    subjects: usize,
+    progress: &dyn Fn(&str),
+) -> Result<Gateway, BenchError> {
     let dir = tempfile::tempdir().map_err(|e| fail("a temporary directory")(&e))?;
     let mut config = Config { data_dir: dir.path().join("data"), store: options.store.clone(), ..Config::default() };
     // The bench reads far more subjects than a person would: not a bulk export here.
     config.policy.bulk_threshold = i64::MAX;
     DataDir::new(&config.data_dir).init(&config.region).map_err(|e| fail("initialising")(&e))?;
     let boundary = Arc::new(Boundary::open(config).await.map_err(|e| fail("opening the gateway")(&e))?);
+    let (records, subjects) = (records.max(1), subjects.max(1));
+    progress(&format!("registering {subjects} subjects"));
+    let mut keyed = Vec::with_capacity(subjects);
+    for chunk in (0..subjects).collect::<Vec<_>>().chunks(256) {
+        let mut tasks = tokio::task::JoinSet::new();
+        for &s in chunk {
+            let boundary = boundary.clone();
+            tasks.spawn(async move { register(&boundary, s).await.map(|(id, key)| (s, id, key)) });
+        }
+        let mut done = tasks.join_all().await.into_iter().collect::<Result<Vec<_>, _>>()?;
+        done.sort_by_key(|(s, _, _)| *s);
+        keyed.extend(done.into_iter().map(|(_, id, key)| (id, key)));
+    }
+    progress(&format!("importing {records} records"));
+    let mut ids = Vec::with_capacity(records);
+    let now = time::OffsetDateTime::now_utc();
+    for first in (0..records).step_by(10_000) {
+        let mut rows = Vec::with_capacity(10_000);
+        for r in first..(first + 10_000).min(records) {
+            let (subject, key) = &keyed[r % subjects];
+            let record_id = RecordId::random();
+            let fields = Fields::new(
+                serde_json::json!({"display_name": format!("name {r}"), "city": "Galway"})
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default(),
+            );
+            let ciphertext = pipeline::seal_record(&boundary, key, subject, &record_id, 1, &fields)
+                .map_err(|e| fail("sealing a record")(&e))?;
+            rows.push(clover_store::RecordRow {
+                record_id,
+                subject_id: subject.clone(),
+                category: "profile".parse().map_err(|e| fail("category")(&e))?,
+                home_region: "eu".parse().map_err(|e| fail("region")(&e))?,
+                version: 1,
+                ciphertext,
+                created_at: now,
+            });
+            ids.push(record_id);
+        }
+        boundary.store().insert_records(&rows).await.map_err(|e| fail("importing records")(&e))?;
+    }
+    let subject_ids = keyed.into_iter().map(|(id, _)| id).collect();
+    Ok(Gateway { _dir: dir, boundary, subjects: Arc::new(subject_ids), records: Arc::new(ids) })
+}
+
+/// Registers adult subject number `s`: its metadata sealed, its row, its data key.
+async fn register(boundary: &Boundary, s: usize) -> Result<(SubjectId, clover_keys::DataKey), BenchError> {
     let eu = caller(PrincipalKind::Service, "eu", "dublin-1", "support");
-    let category: Category = "profile".parse().map_err(|e| fail("category")(&e))?;
-    let subjects = options.records.div_ceil(10).max(1);
-    progress(&format!("writing {} records over {subjects} subjects", options.records));
-    let mut subject_ids = Vec::with_capacity(subjects);
-    for s in 0..subjects {
-        let subject: SubjectId = format!("bench-{s}").parse().map_err(|e| fail("subject id")(&e))?;
-        // Adults: a subject of unknown age is treated as a minor, whom no transfer reaches.
-        let adult = pipeline::SubjectMetadata {
-            adult_on: Some(
-                time::Date::from_calendar_date(2008, time::Month::January, 1).map_err(|e| fail("a date")(&e))?,
-            ),
-        };
-        let metadata = serde_json::to_vec(&adult).map_err(|e| fail("metadata")(&e))?;
-        let metadata =
-            boundary.custody().seal_metadata(&subject, &metadata).await.map_err(|e| fail("sealing metadata")(&e))?;
-        let row = clover_store::SubjectRow {
-            subject_id: subject.clone(),
-            home_region: "eu".parse().map_err(|e| fail("region")(&e))?,
-            attributes: Vec::new(),
-            metadata,
-            created_at: time::OffsetDateTime::now_utc(),
-        };
-        boundary.store().insert_subject(&row).await.map_err(|e| fail("registering a subject")(&e))?;
-        // The subject's data key, made against a logged write as the API does.
-        let ask = pipeline::Ask { action: Action::Write, subject: &subject, record: None, subject_minor: false };
-        let receipt = pipeline::decide_and_log(&boundary, &eu, EventKind::Write, &ask)
-            .await
-            .map_err(|e| fail("logging a subject's key")(&e))?;
-        boundary.custody().create_data_key(&receipt).await.map_err(|e| fail("making a data key")(&e))?;
-        subject_ids.push(subject);
-    }
-    let mut records = Vec::with_capacity(options.records);
-    for r in 0..options.records.max(1) {
-        let subject = &subject_ids[r % subjects];
-        let fields = Fields::new(
-            serde_json::json!({"display_name": format!("name {r}"), "city": "Galway"})
-                .as_object()
-                .cloned()
-                .unwrap_or_default(),
-        );
-        let (row, _) = pipeline::write(&boundary, &eu, subject, &category, &fields)
-            .await
-            .map_err(|e| fail("writing a record")(&e))?;
-        records.push(row.record_id);
-    }
-    Ok(Gateway { _dir: dir, boundary, subjects: Arc::new(subject_ids), records: Arc::new(records) })
+    let subject: SubjectId = format!("bench-{s}").parse().map_err(|e| fail("subject id")(&e))?;
+    // Adults: a subject of unknown age is treated as a minor, whom no transfer reaches.
+    let adult = pipeline::SubjectMetadata {
+        adult_on: Some(time::Date::from_calendar_date(2008, time::Month::January, 1).map_err(|e| fail("a date")(&e))?),
+    };
+    let metadata = serde_json::to_vec(&adult).map_err(|e| fail("metadata")(&e))?;
+    let metadata =
+        boundary.custody().seal_metadata(&subject, &metadata).await.map_err(|e| fail("sealing metadata")(&e))?;
+    let row = clover_store::SubjectRow {
+        subject_id: subject.clone(),
+        home_region: "eu".parse().map_err(|e| fail("region")(&e))?,
+        attributes: Vec::new(),
+        metadata,
+        created_at: time::OffsetDateTime::now_utc(),
+    };
+    boundary.store().insert_subject(&row).await.map_err(|e| fail("registering a subject")(&e))?;
+    let ask = pipeline::Ask { action: Action::Write, subject: &subject, record: None, subject_minor: false };
+    let receipt = pipeline::decide_and_log(boundary, &eu, EventKind::Write, &ask)
+        .await
+        .map_err(|e| fail("logging a subject's key")(&e))?;
+    let key = boundary.custody().create_data_key(&receipt).await.map_err(|e| fail("making a data key")(&e))?;
+    Ok((subject, key))
 }
 
 async fn gateway_scenario(scenario: Scenario, g: &Gateway, options: &Options) -> Result<Row, BenchError> {
@@ -543,10 +575,21 @@ impl PlainWriter {
     }
 }
 
-async fn append_scenario(options: &Options) -> Result<Row, BenchError> {
+/// Appends to a log that already holds `prefill` entries.
+async fn append_scenario(options: &Options, prefill: usize) -> Result<Row, BenchError> {
     let dir = tempfile::tempdir().map_err(|e| fail("a temporary directory")(&e))?;
     let signer = SigningKey::generate("clover.bench/eu", TYPE_ED25519).map_err(|e| fail("a signing key")(&e))?;
     let log = Log::open(&dir.path().join("log"), signer, LogOptions::default()).map_err(|e| fail("the log")(&e))?;
+    if prefill > 0 {
+        let filler = log.clone();
+        measure(prefill, 1024, move |i| {
+            let log = filler.clone();
+            async move {
+                assert!(log.append(&event(i)).await.is_ok(), "filling the log failed");
+            }
+        })
+        .await;
+    }
     let plain = PlainWriter::open(&dir.path().join("plain"))?;
     let events: Arc<Vec<Event>> = Arc::new((0..4096).map(event).collect());
     let base = {
@@ -596,8 +639,22 @@ fn pack_request() -> PackRequest {
     }
 }
 
-fn decide_scenario(options: &Options) -> Result<Row, BenchError> {
-    let pack = PolicyPack::default_pack().map_err(|e| fail("the policy pack")(&e))?;
+/// Decides with the default pack and `extra` more policies on reads (each a `forbid` that never
+/// matches, but that Cedar evaluates for every read).
+fn decide_scenario(options: &Options, extra: usize) -> Result<Row, BenchError> {
+    let extra: String = (0..extra)
+        .map(|i| {
+            format!(
+                "@id(\"extra-{i}\")\nforbid (principal, action == Clover::Action::\"read\", resource)\n\
+                 when {{ context.purpose == \"never-{i}\" }};\n"
+            )
+        })
+        .collect();
+    let pack = PolicyPack::from_sources(
+        DEFAULT_SCHEMA,
+        &[("default.cedar".into(), clover_policy::pack::DEFAULT_POLICIES.into()), ("extra.cedar".into(), extra)],
+    )
+    .map_err(|e| fail("the policy pack")(&e))?;
     let trivial = PolicyPack::from_sources(
         DEFAULT_SCHEMA,
         &[("trivial.cedar".into(), "@id(\"all\") permit (principal, action, resource);".into())],
@@ -659,13 +716,16 @@ fn seal_scenario(options: &Options) -> Result<Row, BenchError> {
 /// Runs `scenarios` and returns one row each; `progress` hears what is being done.
 pub async fn run(scenarios: &[Scenario], options: &Options, progress: &dyn Fn(&str)) -> Result<Vec<Row>, BenchError> {
     let mut rows = Vec::new();
-    let gateway =
-        if scenarios.iter().any(|s| s.needs_gateway()) { Some(gateway(options, progress).await?) } else { None };
+    let gateway = if scenarios.iter().any(|s| s.needs_gateway()) {
+        Some(gateway(options, options.records, options.records.div_ceil(10), progress).await?)
+    } else {
+        None
+    };
     for &scenario in scenarios {
         progress(&format!("{}: {} operations and as many of its baseline", scenario.name(), options.ops));
         let row = match (scenario, &gateway) {
-            (Scenario::Append, _) => append_scenario(options).await?,
-            (Scenario::Decide, _) => decide_scenario(options)?,
+            (Scenario::Append, _) => append_scenario(options, 0).await?,
+            (Scenario::Decide, _) => decide_scenario(options, 0)?,
             (Scenario::Seal, _) => seal_scenario(options)?,
             (_, Some(g)) => gateway_scenario(scenario, g, options).await?,
             (_, None) => return Err(BenchError("no gateway".into())),
@@ -673,6 +733,196 @@ pub async fn run(scenarios: &[Scenario], options: &Options, progress: &dyn Fn(&s
         rows.push(row);
     }
     Ok(rows)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scale curves
+// ---------------------------------------------------------------------------------------------
+
+/// The sizes a scale run goes through, on each axis.
+#[derive(Debug, Clone)]
+pub struct ScaleOptions {
+    /// Records in the store (audited read against store read; one subject per ten records, at
+    /// most 1,000 subjects).
+    pub records: Vec<usize>,
+    /// Subjects, one record each (audited read against store read).
+    pub subjects: Vec<usize>,
+    /// Policies added to the default pack (decision against a trivial policy).
+    pub policies: Vec<usize>,
+    /// Entries already in the log (append against a plain fsynced append).
+    pub log: Vec<usize>,
+    /// Operations, concurrency and rounds of each point.
+    pub run: Options,
+}
+
+/// One point of a curve.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScalePoint {
+    /// `records`, `subjects`, `policies` or `log`.
+    pub axis: &'static str,
+    /// The size on that axis.
+    pub size: usize,
+    /// The operation and its baseline at that size.
+    #[serde(flatten)]
+    pub row: Row,
+}
+
+/// Measures each axis at each of its sizes.
+pub async fn scale(options: &ScaleOptions, progress: &dyn Fn(&str)) -> Result<Vec<ScalePoint>, BenchError> {
+    let mut points = Vec::new();
+    for &n in &options.records {
+        progress(&format!("records: {n}"));
+        let g = gateway(&options.run, n, n.div_ceil(10).clamp(1, 1_000), progress).await?;
+        let row = gateway_scenario(Scenario::Read, &g, &options.run).await?;
+        points.push(ScalePoint { axis: "records", size: n, row });
+    }
+    for &n in &options.subjects {
+        progress(&format!("subjects: {n}"));
+        let g = gateway(&options.run, n, n, progress).await?;
+        let row = gateway_scenario(Scenario::Read, &g, &options.run).await?;
+        points.push(ScalePoint { axis: "subjects", size: n, row });
+    }
+    for &n in &options.policies {
+        progress(&format!("policies: the default pack and {n} more"));
+        points.push(ScalePoint { axis: "policies", size: n, row: decide_scenario(&options.run, n)? });
+    }
+    for &n in &options.log {
+        progress(&format!("log: {n} entries before the appends"));
+        points.push(ScalePoint { axis: "log", size: n, row: append_scenario(&options.run, n).await? });
+    }
+    Ok(points)
+}
+
+/// The points as a table.
+pub fn scale_table(points: &[ScalePoint]) -> String {
+    let mut out = format!(
+        "{:<9} {:>10}   {:<34} {:>9} {:>10}   {:<28} {:>9}   {:>6}\n",
+        "axis", "size", "operation", "ops/s", "p99", "baseline", "ops/s", "cost"
+    );
+    for p in points {
+        out.push_str(&format!(
+            "{:<9} {:>10}   {:<34} {:>9} {:>10}   {:<28} {:>9}   {:>5.2}×\n",
+            p.axis,
+            p.size,
+            p.row.operation,
+            rate(p.row.ops_per_second),
+            latency(p.row.p99_us),
+            p.row.baseline,
+            rate(p.row.baseline_ops_per_second),
+            p.row.cost
+        ));
+    }
+    out
+}
+
+/// A size, shortened (`10k`, `1M`).
+fn size_label(n: usize) -> String {
+    match n {
+        n if n >= 1_000_000 && n % 1_000_000 == 0 => format!("{}M", n / 1_000_000),
+        n if n >= 1_000 && n % 1_000 == 0 => format!("{}k", n / 1_000),
+        n => n.to_string(),
+    }
+}
+
+/// The curves as an SVG: one panel per axis, the operation's and the baseline's throughput
+/// against the size (a logarithmic scale), each point labelled with the cost.
+pub fn scale_svg(points: &[ScalePoint]) -> String {
+    const W: f64 = 420.0;
+    const H: f64 = 280.0;
+    const LEFT: f64 = 64.0;
+    const RIGHT: f64 = 36.0;
+    const TOP: f64 = 36.0;
+    const BOTTOM: f64 = 40.0;
+    let axes: Vec<&str> = ["records", "subjects", "policies", "log"]
+        .into_iter()
+        .filter(|a| points.iter().any(|p| p.axis == *a))
+        .collect();
+    let columns = 2usize;
+    let rows = axes.len().div_ceil(columns).max(1);
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{}\" font-family=\"sans-serif\" font-size=\"11\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n",
+        W * columns as f64,
+        H * rows as f64 + 24.0
+    );
+    svg.push_str(&format!(
+        "<text x=\"8\" y=\"{}\" fill=\"#444\">solid: Clover's operation; dashed: its baseline in the same run; labels: cost (baseline ops/s ÷ operation ops/s)</text>\n",
+        H * rows as f64 + 16.0
+    ));
+    for (k, axis) in axes.iter().enumerate() {
+        let mine: Vec<&ScalePoint> = points.iter().filter(|p| p.axis == *axis).collect();
+        let (ox, oy) = ((k % columns) as f64 * W, (k / columns) as f64 * H);
+        let (pw, ph) = (W - LEFT - RIGHT, H - TOP - BOTTOM);
+        let logs: Vec<f64> = mine.iter().map(|p| (p.size.max(1) as f64).log10()).collect();
+        let (lo, hi) = logs.iter().fold((f64::MAX, f64::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+        let span = if hi > lo { hi - lo } else { 1.0 };
+        let top =
+            mine.iter().map(|p| p.row.ops_per_second.max(p.row.baseline_ops_per_second)).fold(0.0, f64::max) * 1.1;
+        let top = if top > 0.0 { top } else { 1.0 };
+        let x = |v: f64| ox + LEFT + if hi > lo { (v - lo) / span * pw } else { pw / 2.0 };
+        let y = |v: f64| oy + TOP + ph - v / top * ph;
+        let title = match *axis {
+            "records" => "audited read vs store read, by records",
+            "subjects" => "audited read vs store read, by subjects",
+            "policies" => "decision vs trivial policy, by extra policies",
+            _ => "log append vs plain fsynced append, by log size",
+        };
+        svg.push_str(&format!("<text x=\"{}\" y=\"{}\" font-weight=\"bold\">{title}</text>\n", ox + 8.0, oy + 18.0));
+        svg.push_str(&format!(
+            "<line x1=\"{0}\" y1=\"{1}\" x2=\"{0}\" y2=\"{2}\" stroke=\"#888\"/><line x1=\"{0}\" y1=\"{2}\" x2=\"{3}\" y2=\"{2}\" stroke=\"#888\"/>\n",
+            ox + LEFT,
+            oy + TOP,
+            oy + TOP + ph,
+            ox + LEFT + pw
+        ));
+        for t in 0..=4 {
+            let v = top * f64::from(t) / 4.0;
+            svg.push_str(&format!(
+                "<text x=\"{}\" y=\"{}\" text-anchor=\"end\" fill=\"#444\">{}/s</text><line x1=\"{}\" y1=\"{2}\" x2=\"{}\" y2=\"{2}\" stroke=\"#eee\"/>\n",
+                ox + LEFT - 4.0,
+                y(v) + 4.0,
+                rate(v),
+                ox + LEFT,
+                ox + LEFT + pw
+            ));
+        }
+        for (p, v) in mine.iter().zip(&logs) {
+            svg.push_str(&format!(
+                "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\" fill=\"#444\">{}</text>\n",
+                x(*v),
+                oy + TOP + ph + 16.0,
+                size_label(p.size)
+            ));
+        }
+        for (values, dash, colour) in [
+            (mine.iter().map(|p| p.row.ops_per_second).collect::<Vec<_>>(), "", "#1f6f3f"),
+            (
+                mine.iter().map(|p| p.row.baseline_ops_per_second).collect::<Vec<_>>(),
+                " stroke-dasharray=\"5,4\"",
+                "#555",
+            ),
+        ] {
+            let line: Vec<String> =
+                logs.iter().zip(&values).map(|(l, v)| format!("{:.1},{:.1}", x(*l), y(*v))).collect();
+            svg.push_str(&format!(
+                "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\"{dash} points=\"{}\"/>\n",
+                line.join(" ")
+            ));
+            for (l, v) in logs.iter().zip(&values) {
+                svg.push_str(&format!("<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{colour}\"/>\n", x(*l), y(*v)));
+            }
+        }
+        for (p, v) in mine.iter().zip(&logs) {
+            svg.push_str(&format!(
+                "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" fill=\"#1f6f3f\">{:.2}×</text>\n",
+                x(*v),
+                y(p.row.ops_per_second) - 8.0,
+                p.row.cost
+            ));
+        }
+    }
+    svg.push_str("</svg>\n");
+    svg
 }
 
 /// A throughput in operations per second, shortened (`16.3k`).

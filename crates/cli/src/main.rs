@@ -150,6 +150,41 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Scale curves: how the cost of an audited read grows with the records and the subjects in
+    /// the store, a decision's with the policies in the pack, an append's with the log's size;
+    /// each point against its baseline in the same run. Prints a table; `--svg` draws it.
+    Scale {
+        /// The axes to run.
+        #[arg(long, value_delimiter = ',', default_value = "records,subjects,policies,log")]
+        axes: Vec<String>,
+        /// Records in the store (one subject per ten, at most 1,000).
+        #[arg(long, value_delimiter = ',', default_value = "10000,100000,1000000")]
+        records: Vec<usize>,
+        /// Subjects in the store, one record each.
+        #[arg(long, value_delimiter = ',', default_value = "1000,10000,100000")]
+        subjects: Vec<usize>,
+        /// Policies added to the default pack.
+        #[arg(long, value_delimiter = ',', default_value = "0,100,1000")]
+        policies: Vec<usize>,
+        /// Entries in the log before the appends.
+        #[arg(long, value_delimiter = ',', default_value = "10000,100000,1000000")]
+        log: Vec<usize>,
+        /// Operations timed on each side of each point.
+        #[arg(long, default_value_t = 5_000)]
+        ops: usize,
+        /// Concurrent tasks for reads and appends.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Alternating rounds of baseline and operation.
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
+        /// Draw the curves into this SVG file.
+        #[arg(long, value_name = "FILE")]
+        svg: Option<PathBuf>,
+        /// JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Drive a running server over HTTP: write records, then send a fixed number of reads at a
     /// fixed concurrency, some from the region and some from abroad (by source address), and
     /// report throughput and latency percentiles. Stops by itself.
@@ -439,6 +474,29 @@ fn main() -> ExitCode {
         Command::Bench(BenchCommand::Run { scenarios, ops, concurrency, records, rounds, store, json }) => {
             bench_run(&scenarios, clover_bench::Options { ops, concurrency, records, store, rounds }, json)
         }
+        Command::Bench(BenchCommand::Scale {
+            axes,
+            records,
+            subjects,
+            policies,
+            log,
+            ops,
+            concurrency,
+            rounds,
+            svg,
+            json,
+        }) => {
+            let on = |axis: &str| axes.iter().any(|a| a == axis);
+            let pick = |axis: &str, sizes: Vec<usize>| if on(axis) { sizes } else { Vec::new() };
+            let options = clover_bench::ScaleOptions {
+                records: pick("records", records),
+                subjects: pick("subjects", subjects),
+                policies: pick("policies", policies),
+                log: pick("log", log),
+                run: clover_bench::Options { ops, concurrency, rounds, ..clover_bench::Options::default() },
+            };
+            bench_scale(&axes, &options, svg.as_deref(), json)
+        }
         Command::Bench(BenchCommand::Http {
             url,
             token,
@@ -620,6 +678,33 @@ fn bench_run(names: &[String], options: clover_bench::Options, json: bool) -> an
         }
     } else {
         print!("{}", clover_bench::table(&rows));
+    }
+    Ok(())
+}
+
+fn bench_scale(
+    axes: &[String],
+    options: &clover_bench::ScaleOptions,
+    svg: Option<&std::path::Path>,
+    json: bool,
+) -> anyhow::Result<()> {
+    const AXES: [&str; 4] = ["records", "subjects", "policies", "log"];
+    if let Some(unknown) = axes.iter().find(|a| !AXES.contains(&a.as_str())) {
+        anyhow::bail!("no axis {unknown:?}; the axes are {}", AXES.join(", "));
+    }
+    anyhow::ensure!(options.run.ops > 0 && options.run.concurrency > 0, "--ops and --concurrency must be at least 1");
+    let points = runtime()?.block_on(clover_bench::scale(options, &|step| eprintln!("clover bench: {step}")))?;
+    if json {
+        for point in &points {
+            println!("{}", serde_json::to_string(point)?);
+        }
+    } else {
+        print!("{}", clover_bench::scale_table(&points));
+    }
+    if let Some(path) = svg {
+        std::fs::write(path, clover_bench::scale_svg(&points))
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("clover bench: curves drawn in {}", path.display());
     }
     Ok(())
 }

@@ -642,6 +642,44 @@ fn bench_runs_every_scenario_against_its_baseline() {
 }
 
 #[test]
+fn bench_scale_measures_every_axis_and_draws_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut command = clover(tmp.path());
+    command.args([
+        "bench",
+        "scale",
+        "--records",
+        "20,60",
+        "--subjects",
+        "5,15",
+        "--policies",
+        "0,10",
+        "--log",
+        "10,50",
+    ]);
+    command.args(["--ops", "30", "--concurrency", "4", "--svg", "curves.svg", "--json"]);
+    let finished = run_ok(command);
+    let points: Vec<Value> = finished.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let seen: Vec<(String, u64)> =
+        points.iter().map(|p| (p["axis"].as_str().unwrap().to_owned(), p["size"].as_u64().unwrap())).collect();
+    let expected = [("records", 20), ("records", 60), ("subjects", 5), ("subjects", 15), ("policies", 0)];
+    let expected = expected.into_iter().chain([("policies", 10), ("log", 10), ("log", 50)]);
+    assert_eq!(seen, expected.map(|(a, n)| (a.to_owned(), n)).collect::<Vec<_>>(), "{finished:?}");
+    for point in &points {
+        assert!(point["ops_per_second"].as_f64().unwrap() > 0.0 && point["cost"].as_f64().unwrap() > 0.0, "{point}");
+    }
+    let svg = std::fs::read_to_string(tmp.path().join("curves.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    assert_eq!(svg.matches("<polyline").count(), 8, "two curves in each of four panels");
+    assert!(svg.contains("by extra policies") && svg.contains("by log size"));
+
+    let mut command = clover(tmp.path());
+    command.args(["bench", "scale", "--axes", "records,tables"]);
+    let refused = run(command);
+    assert!(!refused.status.success() && refused.stderr.contains("no axis \"tables\""), "{refused:?}");
+}
+
+#[test]
 fn bench_http_drives_a_running_server_from_both_origins() {
     let tmp = tempfile::tempdir().unwrap();
     let server = Server::start(clover(tmp.path()), &["--data-dir", "data"]);

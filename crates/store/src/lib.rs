@@ -114,6 +114,10 @@ pub trait Store: Send + Sync + 'static {
     /// registered (or was erased meanwhile).
     async fn insert_record(&self, row: &RecordRow) -> Result<(), StoreError>;
 
+    /// Stores new records in one transaction: all of them, or none (an import; the benchmark
+    /// harness's fixtures). Fails with [`StoreError::NoSuchSubject`] if a subject is missing.
+    async fn insert_records(&self, rows: &[RecordRow]) -> Result<(), StoreError>;
+
     /// The record, if it exists.
     async fn record(&self, id: &RecordId) -> Result<Option<RecordRow>, StoreError>;
 

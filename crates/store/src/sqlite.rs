@@ -188,6 +188,33 @@ impl Store for SqliteStore {
         }
     }
 
+    async fn insert_records(&self, rows: &[RecordRow]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db("storing records"))?;
+        for row in rows {
+            let result = sqlx::query(
+                "INSERT INTO records (record_id, subject_id, category, home_region, version, ciphertext, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(row.record_id.to_string())
+            .bind(row.subject_id.as_str())
+            .bind(row.category.as_str())
+            .bind(row.home_region.as_str())
+            .bind(row.version)
+            .bind(&row.ciphertext)
+            .bind(row.created_at.unix_timestamp())
+            .execute(&mut *tx)
+            .await;
+            match result {
+                Ok(_) => {}
+                Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => {
+                    return Err(StoreError::NoSuchSubject(row.subject_id.clone()));
+                }
+                Err(e) => return Err(db("storing records")(e)),
+            }
+        }
+        tx.commit().await.map_err(db("storing records"))
+    }
+
     async fn record(&self, id: &RecordId) -> Result<Option<RecordRow>, StoreError> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {RECORD_COLUMNS} FROM records WHERE record_id = ?")))
             .bind(id.to_string())

@@ -131,6 +131,25 @@ async fn a_record_needs_a_registered_subject(store: Arc<dyn Store>, _: &Backend)
     assert_eq!(store.counts().await.unwrap(), Counts { subjects: 0, records: 0 });
 }
 
+/// Records imported together land together, or not at all.
+async fn records_are_imported_in_one_transaction(store: Arc<dyn Store>, _: &Backend) {
+    store.insert_subject(&subject("s-1")).await.unwrap();
+    let rows: Vec<RecordRow> = (0..50).map(|_| record("s-1")).collect();
+    store.insert_records(&rows).await.unwrap();
+    assert_eq!(store.counts().await.unwrap(), Counts { subjects: 1, records: 50 });
+    for row in &rows {
+        let read = store.record(&row.record_id).await.unwrap().unwrap();
+        assert_eq!((read.ciphertext, read.subject_id), (row.ciphertext.clone(), row.subject_id.clone()));
+    }
+    // One row of a missing subject: none of the batch is kept.
+    let mut bad: Vec<RecordRow> = (0..5).map(|_| record("s-1")).collect();
+    bad.push(record("ghost"));
+    let err = store.insert_records(&bad).await.unwrap_err();
+    assert!(matches!(err, StoreError::NoSuchSubject(ref s) if s.as_str() == "ghost"), "{err}");
+    assert_eq!(store.counts().await.unwrap(), Counts { subjects: 1, records: 50 });
+    assert!(store.record(&bad[0].record_id).await.unwrap().is_none());
+}
+
 async fn subjects_are_updated_in_place(store: Arc<dyn Store>, _: &Backend) {
     let id = "s-1".parse().unwrap();
     assert!(!store.update_subject(&id, b"a", b"m").await.unwrap(), "no such subject yet");
@@ -221,6 +240,7 @@ suite!(
     subjects_and_records_round_trip_and_erase_together,
     a_record_comes_with_its_subject_in_one_call,
     a_record_needs_a_registered_subject,
+    records_are_imported_in_one_transaction,
     subjects_are_updated_in_place,
     one_registration_wins_a_race,
     approvals_are_granted_once_and_expire,
