@@ -175,51 +175,13 @@ impl Store for PostgresStore {
     }
 
     async fn insert_record(&self, row: &RecordRow) -> Result<(), StoreError> {
-        let result = sqlx::query(
-            "INSERT INTO records (record_id, subject_id, category, home_region, version, ciphertext, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(row.record_id.to_string())
-        .bind(row.subject_id.as_str())
-        .bind(row.category.as_str())
-        .bind(row.home_region.as_str())
-        .bind(i64::from(row.version))
-        .bind(&row.ciphertext)
-        .bind(row.created_at.unix_timestamp())
-        .execute(&self.pool)
-        .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => {
-                Err(StoreError::NoSuchSubject(row.subject_id.clone()))
-            }
-            Err(e) => Err(db("storing a record")(e)),
-        }
+        insert_record(&self.pool, row).await
     }
 
     async fn insert_records(&self, rows: &[RecordRow]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(db("storing records"))?;
         for row in rows {
-            let result = sqlx::query(
-                "INSERT INTO records (record_id, subject_id, category, home_region, version, ciphertext, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            )
-            .bind(row.record_id.to_string())
-            .bind(row.subject_id.as_str())
-            .bind(row.category.as_str())
-            .bind(row.home_region.as_str())
-            .bind(i64::from(row.version))
-            .bind(&row.ciphertext)
-            .bind(row.created_at.unix_timestamp())
-            .execute(&mut *tx)
-            .await;
-            match result {
-                Ok(_) => {}
-                Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => {
-                    return Err(StoreError::NoSuchSubject(row.subject_id.clone()));
-                }
-                Err(e) => return Err(db("storing records")(e)),
-            }
+            insert_record(&mut *tx, row).await?;
         }
         tx.commit().await.map_err(db("storing records"))
     }
@@ -336,6 +298,33 @@ impl Store for PostgresStore {
         .await
         .map_err(db("reading approvals"))?;
         rows.iter().map(approval_row).collect()
+    }
+}
+
+/// Stores one record through `executor` (the pool, or a transaction).
+async fn insert_record<'c>(
+    executor: impl sqlx::Executor<'c, Database = sqlx::Postgres>,
+    row: &RecordRow,
+) -> Result<(), StoreError> {
+    let result = sqlx::query(
+        "INSERT INTO records (record_id, subject_id, category, home_region, version, ciphertext, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(row.record_id.to_string())
+    .bind(row.subject_id.as_str())
+    .bind(row.category.as_str())
+    .bind(row.home_region.as_str())
+    .bind(i64::from(row.version))
+    .bind(&row.ciphertext)
+    .bind(row.created_at.unix_timestamp())
+    .execute(executor)
+    .await;
+    match result {
+        Ok(_) => Ok(()),
+        Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => {
+            Err(StoreError::NoSuchSubject(row.subject_id.clone()))
+        }
+        Err(e) => Err(db("storing a record")(e)),
     }
 }
 
