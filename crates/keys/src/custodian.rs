@@ -690,6 +690,11 @@ fn forget_erased(cache: &Mutex<Cache>, erasures: &Mutex<HashMap<String, u64>>, h
         let erased = erasures.entry(hash.to_owned()).or_default();
         *erased = (*erased).max(log_index);
     }
+    evict(cache, hash);
+}
+
+/// Drops a subject's keys from the cache, and keeps any unwrapped meanwhile out of it.
+fn evict(cache: &Mutex<Cache>, hash: &str) {
     let mut cache = cache.lock().unwrap_or_else(PoisonError::into_inner);
     cache.epoch += 1;
     cache.keys.remove(hash);
@@ -855,12 +860,7 @@ impl Custodian {
         Self::check(access, &[Action::Erase])?;
         self.check_not_before_erasure(access)?;
         let hash = &access.subject_hash;
-        {
-            let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
-            cache.epoch += 1;
-            cache.keys.remove(hash);
-            cache.metadata.remove(hash);
-        }
+        evict(&self.cache, hash);
         let log_index = i64::try_from(access.log_index).unwrap_or(i64::MAX);
         let deleted = on_db!(&self.db, |pool| async {
             let mut tx = pool.begin().await?;

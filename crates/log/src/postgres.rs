@@ -24,7 +24,6 @@
 //!   died waiting.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -142,7 +141,6 @@ pub(crate) struct PgLog {
     direct: Mutex<Option<mpsc::UnboundedSender<Handed>>>,
     /// Held while entries are added to the tree.
     apply: tokio::sync::Mutex<()>,
-    leading: AtomicBool,
     /// Why appends are refused, once the database contradicted a signed checkpoint.
     failed: Mutex<Option<String>>,
 }
@@ -178,7 +176,6 @@ impl PgLog {
             submit,
             direct: Mutex::new(None),
             apply: tokio::sync::Mutex::new(()),
-            leading: AtomicBool::new(false),
             failed: Mutex::new(None),
         });
         log.catch_up().await?;
@@ -199,8 +196,9 @@ impl PgLog {
         Ok(log)
     }
 
+    /// Whether this gateway sequences now: it does while its own appends go straight to it.
     pub(crate) fn is_leading(&self) -> bool {
-        self.leading.load(Ordering::Relaxed)
+        self.direct.lock().unwrap_or_else(std::sync::PoisonError::into_inner).is_some()
     }
 
     fn refused(&self) -> Option<LogError> {
@@ -295,6 +293,9 @@ impl PgLog {
                 break;
             }
         }
+        // A checkpoint already held was checked when it was taken.
+        let held = self.shared.tree().checkpoint().clone();
+        let stored = stored.filter(|note| note.as_str() != &*held);
         if let Some(Err(why)) = stored.map(|note| self.check_checkpoint(&note)) {
             return Err(self.fail(why));
         }
@@ -509,7 +510,6 @@ async fn sequence_loop(log: Weak<PgLog>, url: String, signer: Box<dyn NoteSigner
             continue;
         }
         let Some(strong) = log.upgrade() else { return };
-        strong.leading.store(true, Ordering::Relaxed);
         tracing::info!(size = strong.shared.tree().size(), "this gateway now sequences the log");
         drop(strong);
         let (direct, mut own) = mpsc::unbounded_channel();
@@ -521,9 +521,6 @@ async fn sequence_loop(log: Weak<PgLog>, url: String, signer: Box<dyn NoteSigner
             while let Ok(item) = own.try_recv() {
                 let _ = strong.submit.send(item);
             }
-        }
-        if let Some(strong) = log.upgrade() {
-            strong.leading.store(false, Ordering::Relaxed);
         }
         match result {
             Ok(()) => return,
@@ -718,4 +715,15 @@ async fn store_checkpoint(conn: &mut PgConnection, size: u64, note: &str) -> Res
     .execute(conn)
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_stay_out_of_messages() {
+        assert_eq!(redact("postgres://clover:s3cret@db.eu:5432/clover"), "postgres://clover@db.eu:5432/clover");
+        assert_eq!(redact("postgres://db.eu/clover"), "postgres://db.eu/clover");
+    }
 }

@@ -171,6 +171,10 @@ impl Tree {
         self.heights.first().map_or(0, |l| l.len() as u64)
     }
 
+    pub(crate) fn checkpoint(&self) -> &Arc<str> {
+        &self.checkpoint
+    }
+
     pub(crate) fn checkpoint_size(&self) -> u64 {
         self.checkpoint_size
     }

@@ -1,8 +1,8 @@
 //! The PostgreSQL backend: several gateways share one region's database.
 //!
-//! The schema is applied by versioned migrations, each in its own transaction under an advisory
-//! lock, so that gateways starting together apply each migration once; the versions applied are
-//! kept in `clover_migrations`.
+//! The schema is applied by versioned migrations (`clover_log::postgres::migrate`, shared with the
+//! log and the key store), in a transaction under an advisory lock, so that gateways starting
+//! together apply each migration once; the versions applied are kept in `clover_migrations`.
 //!
 //! Erasure deletes the subject's rows in one transaction. PostgreSQL keeps the old row versions
 //! until `VACUUM` reclaims them; that is why a subject's data is crypto-shredded by its data key,
@@ -11,6 +11,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use clover_log::postgres::{migrate, redact};
 use clover_model::{PrincipalId, RecordId, SubjectId};
 use sqlx::Row;
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
@@ -58,9 +59,6 @@ const MIGRATIONS: &[(i64, &str)] = &[(
      CREATE INDEX approvals_by_requester ON approvals(requester);",
 )];
 
-/// The advisory lock key under which migrations run (`clover` in ASCII).
-const MIGRATION_LOCK: i64 = 0x636c_6f76_6572;
-
 /// A store in a PostgreSQL database.
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
@@ -77,7 +75,7 @@ impl PostgresStore {
             .connect(url)
             .await
             .map_err(open_err)?;
-        migrate(&pool).await.map_err(open_err)?;
+        migrate(&pool, "clover_migrations", MIGRATIONS).await.map_err(open_err)?;
         Ok(Self { pool })
     }
 
@@ -94,45 +92,6 @@ impl PostgresStore {
     pub async fn close(&self) {
         self.pool.close().await;
     }
-}
-
-/// The URL without its password, for messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let credentials = url.get(scheme + 3..at).unwrap_or_default();
-            let user = credentials.split(':').next().unwrap_or_default();
-            format!("{}{user}{}", url.get(..scheme + 3).unwrap_or_default(), url.get(at..).unwrap_or_default())
-        }
-        _ => url.to_owned(),
-    }
-}
-
-async fn migrate(pool: &PgPool) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "CREATE TABLE IF NOT EXISTS clover_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
-    )
-    .execute(pool)
-    .await?;
-    for (version, sql) in MIGRATIONS {
-        let mut tx = pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(MIGRATION_LOCK).execute(&mut *tx).await?;
-        let applied: Option<i64> = sqlx::query_scalar("SELECT version FROM clover_migrations WHERE version = $1")
-            .bind(version)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if applied.is_none() {
-            sqlx::raw_sql(*sql).execute(&mut *tx).await?;
-            sqlx::query("INSERT INTO clover_migrations (version, applied_at) VALUES ($1, $2)")
-                .bind(version)
-                .bind(OffsetDateTime::now_utc().unix_timestamp())
-                .execute(&mut *tx)
-                .await?;
-            tracing::info!(version, "database migrated");
-        }
-        tx.commit().await?;
-    }
-    Ok(())
 }
 
 #[async_trait]
@@ -325,16 +284,5 @@ async fn insert_record<'c>(
             Err(StoreError::NoSuchSubject(row.subject_id.clone()))
         }
         Err(e) => Err(db("storing a record")(e)),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact;
-
-    #[test]
-    fn passwords_stay_out_of_messages() {
-        assert_eq!(redact("postgres://clover:s3cret@db.eu:5432/clover"), "postgres://clover@db.eu:5432/clover");
-        assert_eq!(redact("postgres://db.eu/clover"), "postgres://db.eu/clover");
     }
 }
