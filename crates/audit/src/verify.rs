@@ -21,6 +21,9 @@ pub struct VerifyOptions {
     pub witnesses: Vec<VerifierKey>,
     /// Where the last verified checkpoint is kept between runs.
     pub state: Option<PathBuf>,
+    /// The CA trusted for an `https://` boundary (the platform's roots when unset), and a
+    /// client certificate to present.
+    pub tls: clover_tls::ClientTls,
 }
 
 /// What a successful verification checked.
@@ -181,10 +184,7 @@ fn tiles_at(level: u8, size: u64) -> Vec<Tile> {
 
 /// Verifies the log at `options.url`.
 pub async fn verify(options: &VerifyOptions) -> Result<Report, VerifyError> {
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .map_err(|e| VerifyError::Fetch { url: options.url.clone(), cause: e.to_string() })?;
+    let client = options.tls.client().map_err(|e| VerifyError::Fetch { url: options.url.clone(), cause: e.to_string() })?;
     let base = format!("{}/log", options.url.trim_end_matches('/'));
 
     // 1. The checkpoint and its signatures.

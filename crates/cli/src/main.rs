@@ -56,6 +56,77 @@ impl ConfigArgs {
     }
 }
 
+/// How a command reaches an `https://` server: the CA it trusts, and a certificate for mutual TLS.
+#[derive(Debug, Clone, Default, clap::Args)]
+struct ClientTlsArgs {
+    /// Trust only this CA (PEM) for an https:// URL (the platform's roots otherwise).
+    #[arg(long = "ca", value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// Present this client certificate (PEM), for a server that takes mutual TLS only.
+    #[arg(long = "cert", value_name = "FILE", requires = "key")]
+    cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long = "key", value_name = "FILE", requires = "cert")]
+    key: Option<PathBuf>,
+}
+
+impl ClientTlsArgs {
+    fn tls(&self) -> clover_tls::ClientTls {
+        clover_tls::ClientTls { ca: self.ca.clone(), cert: self.cert.clone(), key: self.key.clone() }
+    }
+
+    fn client(&self) -> anyhow::Result<reqwest::Client> {
+        Ok(self.tls().client()?)
+    }
+}
+
+/// A listener of Clover's own processes (the custodian, a witness): TLS with client
+/// certificates required, or plain HTTP on loopback only.
+#[derive(Debug, Clone, clap::Args)]
+struct ServerTlsArgs {
+    /// Serve TLS with this certificate chain (PEM), reloaded when the file changes.
+    #[arg(long, value_name = "FILE", requires_all = ["tls_key", "client_ca"])]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// The CA whose client certificates are accepted: mutual TLS, every client must present one.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    client_ca: Option<PathBuf>,
+    /// Accept only client certificates with this subject alternative name (repeatable).
+    #[arg(long = "allow-client", value_name = "SAN", requires = "tls_cert")]
+    allow_client: Vec<String>,
+    /// Serve plain HTTP on an address that is not loopback (refused otherwise).
+    #[arg(long)]
+    allow_plaintext: bool,
+}
+
+impl ServerTlsArgs {
+    /// The listener's TLS; without a certificate, checks that plain HTTP is allowed on `listen`.
+    fn load(&self, listen: SocketAddr, what: &str) -> anyhow::Result<Option<Arc<clover_tls::ServerTls>>> {
+        let (Some(cert), Some(key), Some(ca)) = (&self.tls_cert, &self.tls_key, &self.client_ca) else {
+            if !clover_tls::plaintext_allowed(listen) {
+                if !self.allow_plaintext {
+                    anyhow::bail!(
+                        "refusing to serve the {what} over plain HTTP on {listen}, which is not a loopback address: \
+                         give --tls-cert, --tls-key and --client-ca (mutual TLS), or --allow-plaintext"
+                    );
+                }
+                tracing::warn!(%listen, "serving plain HTTP on a non-loopback address (--allow-plaintext)");
+            }
+            return Ok(None);
+        };
+        let options = clover_tls::ServerTlsOptions {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_auth: clover_tls::ClientAuth::Required(ca.clone()),
+            allowed_clients: self.allow_client.clone(),
+        };
+        let tls = Arc::new(clover_tls::ServerTls::load(options)?);
+        Ok(Some(tls))
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a boundary: the HTTP API on the configured address. Initialises the data directory
@@ -66,6 +137,12 @@ enum Command {
         /// The address to listen on (overrides the configuration's listen).
         #[arg(long, value_name = "ADDR")]
         listen: Option<SocketAddr>,
+        /// Serve TLS with this certificate chain (PEM; overrides [tls] cert).
+        #[arg(long, value_name = "FILE", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The certificate's private key (PEM; overrides [tls] key).
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
     /// Create the data directory, the region's keyring and the development issuer key.
     /// Refuses to overwrite existing keys.
@@ -75,6 +152,11 @@ enum Command {
         /// The region (overrides the configuration's region).
         #[arg(long, value_name = "R")]
         region: Option<Region>,
+        /// Also make a local CA and certificates in DIR/tls (the gateway, the custodian, a
+        /// witness, a service at each site) and a configuration that serves over TLS with them,
+        /// for trying TLS on one machine. On an initialised directory, makes only these.
+        #[arg(long)]
+        dev_tls: bool,
     },
     /// Print a JWT from the embedded development issuer, for trying Clover without an identity
     /// provider.
@@ -262,6 +344,11 @@ enum CustodianCommand {
         /// `keys.db` in the directory.
         #[arg(long, value_name = "URL", env = "CLOVER_CUSTODIAN_STORE")]
         store: Option<String>,
+        #[command(flatten)]
+        tls: ServerTlsArgs,
+        /// How the boundary's log is reached at --log-url (https://).
+        #[command(flatten)]
+        log_tls: ClientTlsArgs,
     },
     /// Print a running custodian's KEK versions and how many data keys each wraps.
     Status {
@@ -285,6 +372,8 @@ struct CustodianAdmin {
     /// The custodian's directory, where its admin token is.
     #[arg(long, default_value = "./clover-custodian")]
     dir: PathBuf,
+    #[command(flatten)]
+    tls: ClientTlsArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -311,6 +400,8 @@ struct Remote {
     /// A bearer token (for rotation: a key custodian's, role `key-custodian`).
     #[arg(long, env = "CLOVER_TOKEN", hide_env_values = true)]
     token: String,
+    #[command(flatten)]
+    tls: ClientTlsArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -395,6 +486,8 @@ enum AuditCommand {
         /// Demand a cosignature from this witness (its cosignature vkey); repeatable.
         #[arg(long = "witness", value_name = "VKEY")]
         witnesses: Vec<String>,
+        #[command(flatten)]
+        tls: ClientTlsArgs,
     },
     /// Run an independent witness: cosigns a log's checkpoints only when each is consistent with
     /// the last it cosigned (c2sp.org/tlog-witness, POST /add-checkpoint).
@@ -417,6 +510,8 @@ enum AuditCommand {
         /// Print the witness's verifier key and exit.
         #[arg(long)]
         print_vkey: bool,
+        #[command(flatten)]
+        tls: ServerTlsArgs,
     },
 }
 
@@ -438,8 +533,8 @@ enum Kind {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve { config, listen } => serve(&config, listen),
-        Command::Init { config, region } => init(&config, region),
+        Command::Serve { config, listen, tls_cert, tls_key } => serve(&config, listen, tls_cert, tls_key),
+        Command::Init { config, region, dev_tls } => init(&config, region, dev_tls),
         Command::Token { config, principal, kind, region, site, roles, ttl } => {
             token(&config, principal, kind, region, site, roles, ttl)
         }
@@ -457,6 +552,8 @@ fn main() -> ExitCode {
             cache_size,
             cache_ttl,
             store,
+            tls,
+            log_tls,
         }) => {
             let pkcs11 = pkcs11_module.map(|module| clover_keys::pkcs11::Pkcs11Config {
                 module,
@@ -469,7 +566,7 @@ fn main() -> ExitCode {
                 cache: clover_keys::CacheOptions { size: cache_size, ttl: cache_ttl },
                 store,
             };
-            custodian_serve(&options, listen, &log_url, &log_vkey)
+            custodian_serve(&options, listen, &log_url, &log_vkey, &tls, &log_tls)
         }
         Command::Bench(BenchCommand::Run { scenarios, ops, concurrency, records, rounds, store, json }) => {
             bench_run(&scenarios, clover_bench::Options { ops, concurrency, records, store, rounds }, json)
@@ -532,11 +629,11 @@ fn main() -> ExitCode {
         }
         Command::Keys(KeysCommand::Status { remote }) => keys_status(&KeyUrls::boundary(&remote)),
         Command::Keys(KeysCommand::Rotate { remote }) => keys_rotate(&KeyUrls::boundary(&remote)),
-        Command::Audit(AuditCommand::Verify { url, vkey, state, witnesses }) => {
-            audit_verify(url, &vkey, state, &witnesses)
+        Command::Audit(AuditCommand::Verify { url, vkey, state, witnesses, tls }) => {
+            audit_verify(url, &vkey, state, &witnesses, tls.tls())
         }
-        Command::Audit(AuditCommand::Witness { name, key, state, logs, listen, print_vkey }) => {
-            audit_witness(&name, &key, &state, &logs, listen, print_vkey)
+        Command::Audit(AuditCommand::Witness { name, key, state, logs, listen, print_vkey, tls }) => {
+            audit_witness(&name, &key, &state, &logs, listen, print_vkey, &tls)
         }
     };
     match result {
@@ -576,22 +673,90 @@ fn report(initialised: &Initialised, data_dir: &std::path::Path) {
     }
 }
 
-fn init(args: &ConfigArgs, region: Option<Region>) -> anyhow::Result<()> {
+fn init(args: &ConfigArgs, region: Option<Region>, dev_tls: bool) -> anyhow::Result<()> {
     let mut config = args.load()?;
     if let Some(region) = region {
         config.region = region;
     }
     let data_dir = DataDir::new(&config.data_dir);
-    let initialised = data_dir.init(&config.region)?;
-    report(&initialised, data_dir.root());
+    if !(dev_tls && data_dir.is_initialised()) {
+        let initialised = data_dir.init(&config.region)?;
+        report(&initialised, data_dir.root());
+    }
+    if dev_tls {
+        make_dev_tls(&config)?;
+    }
     Ok(())
 }
 
-fn serve(args: &ConfigArgs, listen: Option<SocketAddr>) -> anyhow::Result<()> {
+/// The trust domain of the development certificates' service ids.
+const DEV_TRUST_DOMAIN: &str = "clover.local";
+
+/// `clover init --dev-tls`: a local CA, certificates for every process and a service at each
+/// site, and a configuration that uses them.
+fn make_dev_tls(config: &Config) -> anyhow::Result<()> {
+    let dir = config.data_dir.join("tls");
+    let services: Vec<clover_tls::dev::DevService> = config
+        .sites
+        .iter()
+        .map(|site| clover_tls::dev::DevService {
+            name: "ingest".to_owned(),
+            site: site.name.to_string(),
+            region: site.region.to_string(),
+        })
+        .collect();
+    let made = clover_tls::dev::make(&dir, DEV_TRUST_DOMAIN, &services)?;
+    let absolute = |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_owned());
+    let toml_path = |p: &std::path::Path| serde_json::to_string(&absolute(p)).unwrap_or_default();
+    let gateway = made.servers.iter().find(|(role, ..)| role == "gateway").context("no gateway certificate")?;
+    let mut file = format!(
+        "# Made by `clover init --dev-tls`: the embedded defaults, served over TLS with a local CA.\n\
+         # For trying TLS on one machine, not for production.\n\
+         data_dir = {}\n\n[tls]\ncert = {}\nkey = {}\nclient_ca = {}\n",
+        toml_path(&config.data_dir),
+        toml_path(&gateway.1),
+        toml_path(&gateway.2),
+        toml_path(&made.ca),
+    );
+    for (service, uri, ..) in &made.services {
+        file.push_str(&format!(
+            "\n[[tls.services]]\nsan = \"{uri}\"\nprincipal = \"{}\"\nsite = \"{}\"\nroles = [\"support\"]\n",
+            service.name, service.site
+        ));
+    }
+    let config_path = dir.join("clover.toml");
+    std::fs::write(&config_path, file).with_context(|| format!("writing {}", config_path.display()))?;
+    eprintln!("clover: development TLS in {} (a local CA: for trying, not for production)", dir.display());
+    eprintln!("  ca           {}", made.ca.display());
+    for (role, cert, key) in &made.servers {
+        eprintln!("  {role:<12} {} {}", cert.display(), key.display());
+    }
+    for (_, uri, cert, _) in &made.services {
+        eprintln!("  service      {} ({uri})", cert.display());
+    }
+    eprintln!("  config       {}", config_path.display());
+    eprintln!("serve over TLS with: clover serve --config {}", config_path.display());
+    Ok(())
+}
+
+fn serve(
+    args: &ConfigArgs,
+    listen: Option<SocketAddr>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+) -> anyhow::Result<()> {
     init_tracing();
     let mut config = args.load()?;
     if let Some(listen) = listen {
         config.listen = listen;
+    }
+    if let (Some(cert), Some(key)) = (tls_cert, tls_key) {
+        config.tls.cert = Some(cert);
+        config.tls.key = Some(key);
+    }
+    config.validate()?;
+    if config.tls.cert.is_none() && !clover_tls::plaintext_allowed(config.listen) {
+        tracing::warn!(listen = %config.listen, "serving plain HTTP on a non-loopback address ([tls] allow_plaintext)");
     }
     let data_dir = DataDir::new(&config.data_dir);
     if !data_dir.is_initialised() {
@@ -612,7 +777,12 @@ fn serve(args: &ConfigArgs, listen: Option<SocketAddr>) -> anyhow::Result<()> {
             ),
             None => format!("data in {}", config.data_dir.display()),
         };
-        eprintln!("clover: serving region {:?} on http://{addr} ({data})", config.region.as_str());
+        let scheme = if boundary.tls().is_some() { "https" } else { "http" };
+        let clients = match (&config.tls.client_ca, config.tls.services.len()) {
+            (Some(_), n) => format!("; client certificates verified, {n} services known by theirs"),
+            (None, _) => String::new(),
+        };
+        eprintln!("clover: serving region {:?} on {scheme}://{addr} ({data}{clients})", config.region.as_str());
         tracing::info!(%addr, region = %config.region, "listening");
         #[cfg(unix)]
         {
@@ -752,22 +922,32 @@ fn custodian_serve(
     listen: SocketAddr,
     log_url: &str,
     log_vkey: &str,
+    tls: &ServerTlsArgs,
+    log_tls: &ClientTlsArgs,
 ) -> anyhow::Result<()> {
     init_tracing();
     let vkey = clover_log::note::VerifierKey::parse(log_vkey).context("--log-vkey")?;
+    clover_tls::check_url(log_url, "--log-url")?;
+    let log_client = log_tls.client()?;
     runtime()?.block_on(async {
+        let tls = tls.load(listen, "custodian")?;
         let custodian = std::sync::Arc::new(clover_custodian::open_dir(options).await?);
         let server = clover_custodian::CustodianServer::new(
             custodian.clone(),
-            clover_custodian::LogVerifier::new(log_url, vkey).with_state(options.dir.join("log-state"))?,
+            clover_custodian::LogVerifier::new(log_url, vkey)
+                .with_client(log_client)
+                .with_state(options.dir.join("log-state"))?,
             &clover_custodian::admin_token(&options.dir)?,
         );
         let listener =
             tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
         let addr = listener.local_addr().context("reading the listening address")?;
-        eprintln!("clover: custodian of region {:?} on http://{addr} (log {log_url})", options.region.as_str());
-        axum::serve(listener, clover_custodian::router(server))
-            .with_graceful_shutdown(shutdown_signal())
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        eprintln!("clover: custodian of region {:?} on {scheme}://{addr} (log {log_url})", options.region.as_str());
+        if let Some(tls) = &tls {
+            tls.watch(|_| {});
+        }
+        clover_tls::serve(clover_custodian::router(server), listener, tls, shutdown_signal())
             .await
             .context("serving")?;
         custodian.close().await;
@@ -802,12 +982,18 @@ struct KeyUrls {
     status: String,
     rotate: String,
     token: String,
+    tls: ClientTlsArgs,
 }
 
 impl KeyUrls {
     fn boundary(remote: &Remote) -> Self {
         let url = remote.url.trim_end_matches('/');
-        Self { status: format!("{url}/v1/keys"), rotate: format!("{url}/v1/keys/rotate"), token: remote.token.clone() }
+        Self {
+            status: format!("{url}/v1/keys"),
+            rotate: format!("{url}/v1/keys/rotate"),
+            token: remote.token.clone(),
+            tls: remote.tls.clone(),
+        }
     }
 
     fn custodian(admin: &CustodianAdmin) -> anyhow::Result<Self> {
@@ -816,13 +1002,14 @@ impl KeyUrls {
             status: format!("{url}/v1/admin/keys"),
             rotate: format!("{url}/v1/admin/rotate"),
             token: clover_custodian::admin_token(&admin.dir)?,
+            tls: admin.tls.clone(),
         })
     }
 }
 
 fn keys_status(remote: &KeyUrls) -> anyhow::Result<()> {
     runtime()?.block_on(async {
-        let client = reqwest::Client::new();
+        let client = remote.tls.client()?;
         let state = call(client.get(&remote.status).bearer_auth(&remote.token)).await?;
         print_versions(&state);
         Ok(())
@@ -831,7 +1018,7 @@ fn keys_status(remote: &KeyUrls) -> anyhow::Result<()> {
 
 fn keys_rotate(remote: &KeyUrls) -> anyhow::Result<()> {
     runtime()?.block_on(async {
-        let client = reqwest::Client::new();
+        let client = remote.tls.client()?;
         let started = call(client.post(&remote.rotate).bearer_auth(&remote.token)).await?;
         let to_version = at(&started, "/to_version").as_u64().unwrap_or_default();
         let total = at(&started, "/total").as_u64().unwrap_or_default();
@@ -864,10 +1051,16 @@ fn keys_rotate(remote: &KeyUrls) -> anyhow::Result<()> {
     })
 }
 
-fn audit_verify(url: String, vkey: &str, state: Option<PathBuf>, witnesses: &[String]) -> anyhow::Result<()> {
+fn audit_verify(
+    url: String,
+    vkey: &str,
+    state: Option<PathBuf>,
+    witnesses: &[String],
+    tls: clover_tls::ClientTls,
+) -> anyhow::Result<()> {
     let vkey = VerifierKey::parse(vkey)?;
     let witnesses = witnesses.iter().map(|w| VerifierKey::parse(w)).collect::<Result<Vec<_>, _>>()?;
-    let options = VerifyOptions { url, vkey, witnesses, state };
+    let options = VerifyOptions { url, vkey, witnesses, state, tls };
     let report = runtime()?.block_on(clover_audit::verify::verify(&options))?;
     println!("verified {}: {} entries, root {}", report.origin, report.size, report.root);
     println!("  checked the checkpoint signature, {} tiles and every entry", report.tiles);
@@ -889,6 +1082,7 @@ fn audit_witness(
     logs: &[String],
     listen: SocketAddr,
     print_vkey: bool,
+    tls: &ServerTlsArgs,
 ) -> anyhow::Result<()> {
     let key = if key_path.exists() {
         let pkcs8 = std::fs::read(key_path).with_context(|| format!("reading {}", key_path.display()))?;
@@ -907,12 +1101,16 @@ fn audit_witness(
     let logs = logs.iter().map(|l| VerifierKey::parse(l)).collect::<Result<Vec<_>, _>>()?;
     let witness = Arc::new(clover_audit::witness::Witness::new(key, logs, state)?);
     runtime()?.block_on(async move {
+        let tls = tls.load(listen, "witness")?;
         let listener =
             tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
         let addr = listener.local_addr().context("reading the listening address")?;
-        eprintln!("clover: witness {} on http://{addr}", witness.verifier());
-        axum::serve(listener, clover_audit::witness::router(witness))
-            .with_graceful_shutdown(shutdown_signal())
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        eprintln!("clover: witness {} on {scheme}://{addr}", witness.verifier());
+        if let Some(tls) = &tls {
+            tls.watch(|_| {});
+        }
+        clover_tls::serve(clover_audit::witness::router(witness), listener, tls, shutdown_signal())
             .await
             .context("serving")
     })

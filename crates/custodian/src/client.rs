@@ -41,6 +41,13 @@ impl RemoteCustody {
         Self { url: url.trim_end_matches('/').to_owned(), region, http, index: std::sync::Arc::new(index) }
     }
 
+    /// Calls the custodian with `http`: one made by [`clover_tls::ClientTls`], for mutual TLS.
+    #[must_use]
+    pub fn with_client(mut self, http: reqwest::Client) -> Self {
+        self.http = http;
+        self
+    }
+
     async fn post(&self, path: &str, body: &Value) -> Result<Value, KeyError> {
         let response = self
             .http

@@ -82,6 +82,14 @@ impl LogVerifier {
         Self { url: url.trim_end_matches('/').to_owned(), vkey, http, seen: Default::default(), state: None }
     }
 
+    /// Fetches the log with `http`: one made by [`clover_tls::ClientTls`], for a boundary served
+    /// over TLS.
+    #[must_use]
+    pub fn with_client(mut self, http: reqwest::Client) -> Self {
+        self.http = http;
+        self
+    }
+
     /// Keeps the last verified checkpoint's size and root in `path` (read now if it exists), so
     /// that consistency is checked across restarts too.
     pub fn with_state(mut self, path: std::path::PathBuf) -> Result<Self, ReceiptError> {

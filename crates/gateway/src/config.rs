@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use clover_model::{Category, Region, SiteName};
+use clover_model::{Category, PrincipalId, Region, SiteName};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
@@ -46,6 +46,71 @@ pub struct Config {
     pub policy: PolicyConfig,
     /// How each category's fields appear in a pseudonymised view.
     pub views: Vec<ViewConfig>,
+    /// TLS: the listener's certificate, client certificates of services, and the certificate
+    /// this boundary presents to its custodian and witnesses.
+    pub tls: TlsConfig,
+}
+
+/// TLS (`[tls]`): unset, the boundary serves plain HTTP, and only on a loopback address.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// The listener's certificate chain (PEM), reloaded when the file changes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+    /// The CA whose client certificates are verified (mutual TLS). Clients without a
+    /// certificate (employees with bearer tokens) are still let through.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<PathBuf>,
+    /// Serve plain HTTP on an address that is not loopback (refused otherwise). Only behind a
+    /// proxy that terminates TLS on the same machine.
+    pub allow_plaintext: bool,
+    /// The CA trusted for the custodian's and witnesses' certificates; `client_ca` when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
+    /// The certificate this boundary presents to its custodian and witnesses; `cert` when unset
+    /// (it then needs the `clientAuth` extended key usage too).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<PathBuf>,
+    /// Its private key; `key` when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<PathBuf>,
+    /// Services that authenticate with a client certificate: each subject alternative name
+    /// mapped to a principal and a site.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<ServiceCertConfig>,
+}
+
+/// A service known by its client certificate (`[[tls.services]]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceCertConfig {
+    /// A subject alternative name its certificate carries: a URI (a SPIFFE id,
+    /// `spiffe://clover.local/eu/dublin-1/ingest`), a DNS name or an IP address.
+    pub san: String,
+    /// The principal it is.
+    pub principal: PrincipalId,
+    /// The site it runs at; a certificate presented from outside the site's address ranges
+    /// is refused. The site's region is the service's home region.
+    pub site: SiteName,
+    /// Its roles.
+    #[serde(default)]
+    pub roles: Vec<String>,
+}
+
+impl TlsConfig {
+    /// The client side: the CA trusted for the custodian and witnesses, and the certificate
+    /// presented to them.
+    pub fn client(&self) -> clover_tls::ClientTls {
+        clover_tls::ClientTls {
+            ca: self.ca.clone().or_else(|| self.client_ca.clone()),
+            cert: self.client_cert.clone().or_else(|| self.cert.clone()),
+            key: self.client_key.clone().or_else(|| self.key.clone()),
+        }
+    }
 }
 
 /// What a pseudonymised view does with one field.
@@ -402,6 +467,7 @@ impl Default for Config {
                     default: FieldRule::Drop,
                 },
             ],
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -511,11 +577,70 @@ impl Config {
                 }
             }
         }
+        self.validate_tls()?;
         if self.max_body_bytes < 1024 {
             return Err(ConfigError::Invalid(format!(
                 "max_body_bytes is {}; it must be at least 1024",
                 self.max_body_bytes
             )));
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// TLS: files in pairs, mapped services at configured sites, plain HTTP only on loopback,
+    /// and the custodian and witnesses reached over mutual TLS.
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        let tls = &self.tls;
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if tls.cert.is_some() != tls.key.is_some() {
+            return invalid("[tls] cert and key go together: set both, or neither for plain HTTP".to_owned());
+        }
+        if tls.client_cert.is_some() != tls.client_key.is_some() {
+            return invalid("[tls] client_cert and client_key go together".to_owned());
+        }
+        if tls.client_ca.is_some() && tls.cert.is_none() {
+            return invalid("[tls] client_ca verifies client certificates, which needs TLS: set cert and key".to_owned());
+        }
+        if !tls.services.is_empty() && tls.client_ca.is_none() {
+            return invalid("[[tls.services]] are known by their client certificates: set [tls] client_ca".to_owned());
+        }
+        let mut sans = std::collections::BTreeSet::new();
+        for service in &tls.services {
+            if !sans.insert(service.san.to_ascii_lowercase()) {
+                return invalid(format!("[[tls.services]] san {:?} is listed twice", service.san));
+            }
+            if !self.sites.iter().any(|s| s.name == service.site) {
+                return invalid(format!(
+                    "[[tls.services]] {:?} is at site {:?}, which is not configured",
+                    service.san,
+                    service.site.as_str()
+                ));
+            }
+        }
+        if tls.cert.is_none() && !tls.allow_plaintext && !clover_tls::plaintext_allowed(self.listen) {
+            return invalid(format!(
+                "refusing to serve plain HTTP on {}, which is not a loopback address: bearer tokens and personal \
+                 data would cross the network in the clear. Set [tls] cert and key (clover init --dev-tls makes \
+                 some to try), or [tls] allow_plaintext = true behind a TLS-terminating proxy on this machine",
+                self.listen
+            ));
+        }
+        let client = tls.client();
+        let mut peers: Vec<(&str, String)> =
+            self.log.witnesses.iter().map(|w| (w.url.as_str(), format!("witness {:?}", w.url))).collect();
+        if let Some(url) = &self.keys.custodian {
+            peers.push((url.as_str(), "[keys] custodian".to_owned()));
+        }
+        for (url, what) in peers {
+            clover_tls::check_url(url, &what).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+            if url.starts_with("https://") && !client.has_identity() {
+                return invalid(format!(
+                    "{what} is reached over mutual TLS: set [tls] cert and key (or client_cert and client_key) for \
+                     the certificate this boundary presents"
+                ));
+            }
         }
         Ok(())
     }
@@ -546,5 +671,38 @@ mod tests {
         assert!(err.contains("cidrs"), "{err}");
         let err = Config::parse("max_body_bytes = 10\n").unwrap_err().to_string();
         assert!(err.contains("at least 1024"), "{err}");
+    }
+
+    #[test]
+    fn plain_http_is_refused_off_loopback_and_tls_settings_must_fit() {
+        let err = Config::parse("listen = \"0.0.0.0:7878\"\n").unwrap_err().to_string();
+        assert!(err.contains("refusing to serve plain HTTP on 0.0.0.0:7878"), "{err}");
+        let err = Config::parse("listen = \"10.0.0.7:443\"\n").unwrap_err().to_string();
+        assert!(err.contains("not a loopback address"), "{err}");
+        Config::parse("listen = \"0.0.0.0:7878\"\n[tls]\nallow_plaintext = true\n").unwrap();
+        Config::parse("listen = \"0.0.0.0:7878\"\n[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n").unwrap();
+        Config::parse("listen = \"127.0.0.2:7878\"\n").unwrap();
+
+        let err = Config::parse("[tls]\ncert = \"c.pem\"\n").unwrap_err().to_string();
+        assert!(err.contains("cert and key go together"), "{err}");
+        let err = Config::parse("[[tls.services]]\nsan = \"x\"\nprincipal = \"p\"\nsite = \"dublin-1\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("client_ca"), "{err}");
+        let err = Config::parse(
+            "[tls]\ncert = \"c\"\nkey = \"k\"\nclient_ca = \"ca\"\n\
+             [[tls.services]]\nsan = \"x\"\nprincipal = \"p\"\nsite = \"mars-1\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("\"mars-1\", which is not configured"), "{err}");
+
+        let err = Config::parse("[keys]\ncustodian = \"http://10.0.0.9:7880\"\n").unwrap_err().to_string();
+        assert!(err.contains("https://"), "{err}");
+        let err = Config::parse("[keys]\ncustodian = \"https://custodian.eu:7880\"\n").unwrap_err().to_string();
+        assert!(err.contains("mutual TLS"), "{err}");
+        Config::parse("[keys]\ncustodian = \"http://127.0.0.1:7880\"\n").unwrap();
+        Config::parse("[tls]\ncert = \"c\"\nkey = \"k\"\n[keys]\ncustodian = \"https://custodian.eu:7880\"\n")
+            .unwrap();
     }
 }

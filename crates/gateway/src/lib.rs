@@ -19,7 +19,6 @@ pub mod touches;
 pub mod witnesses;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use clover_keys::pkcs11::{AuthPin, Pkcs11Config, Pkcs11Kek, Pkcs11Signer, Token};
@@ -60,6 +59,9 @@ pub enum OpenError {
     /// The policy pack was refused.
     #[error("policy: {0}")]
     Policy(#[from] clover_policy::pack::PackError),
+    /// A TLS certificate, key or CA could not be used.
+    #[error("tls: {0}")]
+    Tls(#[from] clover_tls::TlsError),
 }
 
 /// One region's boundary: its configuration, store, custodian and verifier.
@@ -76,6 +78,7 @@ pub struct Boundary {
     sites: Sites,
     pack: std::sync::RwLock<Arc<clover_policy::pack::PolicyPack>>,
     touches: touches::Touches,
+    tls: Option<Arc<clover_tls::ServerTls>>,
 }
 
 impl std::fmt::Debug for Boundary {
@@ -89,6 +92,8 @@ impl Boundary {
     /// opens its database. The data directory must be initialised.
     pub async fn open(config: Config) -> Result<Self, OpenError> {
         config.validate()?;
+        let tls = server_tls(&config)?;
+        let client = config.tls.client().client()?;
         let data_dir = DataDir::new(&config.data_dir);
         let keyring = Arc::new(data_dir.unseal(&config.region)?);
         let dev = if config.identity.dev_issuer { Some(data_dir.issuer()?.verifier(&config.identity)) } else { None };
@@ -121,11 +126,10 @@ impl Boundary {
                     .into());
                 }
                 (
-                    Arc::new(clover_custodian::RemoteCustody::new(
-                        url,
-                        config.region.clone(),
-                        keyring.subject_index_key(),
-                    )),
+                    Arc::new(
+                        clover_custodian::RemoteCustody::new(url, config.region.clone(), keyring.subject_index_key())
+                            .with_client(client.clone()),
+                    ),
                     None,
                 )
             }
@@ -172,7 +176,7 @@ impl Boundary {
         let sites = Sites::new(&config.sites);
         let pack = std::sync::RwLock::new(Arc::new(load_pack(&config)?));
         let touches = touches::Touches::new(std::time::Duration::from_secs(config.policy.window_seconds));
-        let cosigned = witnesses::start(log.clone(), &config.log.witnesses);
+        let cosigned = witnesses::start(log.clone(), &config.log.witnesses, client);
         Ok(Self {
             config,
             store,
@@ -186,7 +190,13 @@ impl Boundary {
             sites,
             pack,
             touches,
+            tls,
         })
+    }
+
+    /// The listener's TLS, when `[tls]` sets a certificate.
+    pub fn tls(&self) -> Option<&Arc<clover_tls::ServerTls>> {
+        self.tls.as_ref()
     }
 
     /// The region this boundary holds.
@@ -290,6 +300,19 @@ impl Boundary {
     pub fn has_category(&self, category: &Category) -> bool {
         self.category(category.as_str()).is_some()
     }
+}
+
+/// The listener's TLS (`[tls]`): client certificates are optional (employees call with bearer
+/// tokens) and, when presented, verified against `client_ca`.
+fn server_tls(config: &Config) -> Result<Option<Arc<clover_tls::ServerTls>>, OpenError> {
+    let (Some(cert), Some(key)) = (&config.tls.cert, &config.tls.key) else { return Ok(None) };
+    let client_auth = match &config.tls.client_ca {
+        Some(ca) => clover_tls::ClientAuth::Optional(ca.clone()),
+        None => clover_tls::ClientAuth::None,
+    };
+    let options =
+        clover_tls::ServerTlsOptions { cert: cert.clone(), key: key.clone(), client_auth, allowed_clients: Vec::new() };
+    Ok(Some(Arc::new(clover_tls::ServerTls::load(options)?)))
 }
 
 /// The configured policy pack: the directory's, or the shipped one.
@@ -444,8 +467,18 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     watch_policies(boundary.clone());
-    let app = api::router(boundary);
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await
+    let tls = boundary.tls.clone();
+    if let Some(tls) = &tls {
+        let log = boundary.log.clone();
+        tls.watch(move |summary| {
+            let log = log.clone();
+            let detail = format!("tls certificate reloaded: {summary}");
+            tokio::spawn(async move {
+                if let Err(e) = log.append(&setup_event(EventKind::Config, "reload-tls", detail)).await {
+                    tracing::error!(error = %e, "cannot log the certificate reload");
+                }
+            });
+        });
+    }
+    clover_tls::serve(api::router(boundary), listener, tls, shutdown).await
 }

@@ -92,9 +92,14 @@ impl FromRequestParts<Arc<Boundary>> for Caller {
             .ok_or_else(|| ApiError::internal("the server was started without peer addresses"))?;
         let span = tracing::Span::current();
         span.record("peer", tracing::field::display(peer.ip()));
-        let principal = authenticate(boundary, parts).await?;
+        let (principal, origin) = match parts.extensions.get::<clover_tls::PeerCertificate>() {
+            Some(certificate) => certificate_caller(boundary, &certificate.0, peer.ip(), parts).await?,
+            None => {
+                let principal = authenticate(boundary, parts).await?;
+                (principal, resolve_origin(boundary, client_address(boundary, peer.ip(), parts)))
+            }
+        };
         span.record("principal", principal.id.as_str());
-        let origin = resolve_origin(boundary, client_address(boundary, peer.ip(), parts));
         match &origin {
             Origin::Site { site, .. } => span.record("origin", site.as_str()),
             Origin::Unknown => span.record("origin", "unknown"),
@@ -110,6 +115,87 @@ impl FromRequestParts<Arc<Boundary>> for Caller {
 pub async fn authenticate(boundary: &Boundary, parts: &Parts) -> Result<Principal, ApiError> {
     let header = parts.headers.get(AUTHORIZATION).map(|v| v.to_str().unwrap_or(""));
     Ok(boundary.authenticator.authenticate(header).await?)
+}
+
+/// Steps 1 and 2 for a service that presented a client certificate (verified against
+/// `[tls] client_ca` in the handshake): the certificate's subject alternative names give the
+/// principal and the site (`[[tls.services]]`), and that site is the origin, provided the call
+/// comes from one of the site's address ranges. A certificate that names no service, or is
+/// presented from outside its site, is refused, and the refusal is logged. A bearer token sent
+/// as well must name the same principal.
+pub async fn certificate_caller(
+    boundary: &Boundary,
+    certificate: &[u8],
+    peer: IpAddr,
+    parts: &Parts,
+) -> Result<(Principal, Origin), ApiError> {
+    let peer = match peer {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer, IpAddr::V4),
+        v4 => v4,
+    };
+    let names = clover_tls::subject_names(certificate).map_err(ApiError::internal)?;
+    let address_origin = resolve_origin(boundary, peer);
+    let tls = &boundary.config.tls;
+    let service = tls.services.iter().find(|s| names.iter().any(|n| clover_tls::names::same(&s.san, n)));
+    let Some(service) = service else {
+        let reason = format!(
+            "the certificate ({}) names no service of this boundary ([[tls.services]])",
+            if names.is_empty() { "no subject alternative names".to_owned() } else { names.join(", ") }
+        );
+        return Err(refuse_certificate(boundary, None, &address_origin, reason).await);
+    };
+    let site = boundary.config.sites.iter().find(|s| s.name == service.site).ok_or_else(|| {
+        ApiError::internal(format!("service {:?} at unconfigured site {:?}", service.san, service.site.as_str()))
+    })?;
+    let principal = Principal {
+        id: service.principal.clone(),
+        kind: clover_model::PrincipalKind::Service,
+        home_region: site.region.clone(),
+        site: site.name.clone(),
+        roles: service.roles.clone(),
+    };
+    if !site.cidrs.iter().any(|net| net.contains(&peer)) {
+        let from = match &address_origin {
+            Origin::Site { site, region } => format!("an address of site {site} (region {region})"),
+            Origin::Unknown => "an address in no configured site".to_owned(),
+        };
+        let reason = format!(
+            "the certificate of {} is for site {} (region {}) but was presented from {from}",
+            service.principal, site.name, site.region
+        );
+        return Err(refuse_certificate(boundary, Some(&principal), &address_origin, reason).await);
+    }
+    if parts.headers.contains_key(AUTHORIZATION) {
+        let token = authenticate(boundary, parts).await?;
+        if token.id != principal.id {
+            return Err(ApiError::Unauthenticated(crate::identity::AuthError::Invalid(format!(
+                "the bearer token is {:?}'s but the client certificate is {:?}'s",
+                token.id.as_str(),
+                principal.id.as_str()
+            ))));
+        }
+    }
+    Ok((principal, Origin::Site { site: site.name.clone(), region: site.region.clone() }))
+}
+
+/// Logs a refused client certificate (in the server's log and the transparency log) and makes
+/// the 403 that carries the entry's index.
+async fn refuse_certificate(boundary: &Boundary, principal: Option<&Principal>, origin: &Origin, reason: String) -> ApiError {
+    let caller = principal.map(|p| Caller { principal: p.clone(), origin: origin.clone(), purpose: None, justification: None });
+    let mut event = event_without_data(EventKind::Access, caller.as_ref(), "authenticate", None, reason.clone());
+    event.origin = Some(match origin {
+        Origin::Site { site, region } => EventOrigin { site: Some(site.to_string()), region: Some(region.to_string()) },
+        Origin::Unknown => EventOrigin { site: None, region: None },
+    });
+    event.decision = Some(EventDecision { effect: "deny".to_owned(), view: None, policies: Vec::new() });
+    let log_index = match boundary.log.append(&event).await {
+        Ok(index) => Some(index),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot log a refused client certificate");
+            None
+        }
+    };
+    ApiError::CertificateRefused { reason, log_index }
 }
 
 /// The client's address: the TCP peer's, unless the peer is a configured trusted proxy, in

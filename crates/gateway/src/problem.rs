@@ -58,6 +58,16 @@ pub enum ApiError {
         /// Where the log recorded it.
         log_index: u64,
     },
+    /// A client certificate that verified, but that cannot be used where it was presented: it
+    /// names no configured service, or a site whose addresses the call does not come from. The
+    /// refusal is in the log at `log_index`.
+    #[error("client certificate refused: {reason}")]
+    CertificateRefused {
+        /// Why.
+        reason: String,
+        /// Where the log recorded it (none if the log could not).
+        log_index: Option<u64>,
+    },
     /// A request header is malformed.
     #[error("{0}")]
     InvalidHeader(String),
@@ -143,6 +153,9 @@ impl ApiError {
             Self::Forbidden { decision, .. } => {
                 (StatusCode::FORBIDDEN, "forbidden", "Denied by policy", decision.reason.clone())
             }
+            Self::CertificateRefused { reason, .. } => {
+                (StatusCode::FORBIDDEN, "certificate-refused", "Client certificate refused", reason.clone())
+            }
             Self::InvalidHeader(d) => (StatusCode::BAD_REQUEST, "invalid-header", "Invalid header", d.clone()),
             Self::NotPending(d) => (StatusCode::CONFLICT, "approval-not-pending", "Approval not pending", d.clone()),
             Self::CustodianElsewhere(d) => {
@@ -225,10 +238,14 @@ impl IntoResponse for ApiError {
             Self::Forbidden { decision, log_index } => {
                 tracing::warn!(reason = %decision.reason, policies = ?decision.policies, log_index, "request denied");
             }
+            Self::CertificateRefused { reason, log_index } => {
+                tracing::warn!(%reason, log_index, "client certificate refused");
+            }
             _ => tracing::debug!(%status, %detail, "request refused"),
         }
         let (decision, log_index) = match self {
             Self::Forbidden { decision, log_index } => (Some(decision), Some(log_index)),
+            Self::CertificateRefused { log_index, .. } => (None, log_index),
             _ => (None, None),
         };
         let label = decision.as_ref().map(|d| d.effect());

@@ -39,8 +39,9 @@ impl Cosigned {
     }
 }
 
-/// Starts the task that collects cosignatures; returns where it keeps the result.
-pub fn start(log: Log, witnesses: &[WitnessConfig]) -> Cosigned {
+/// Starts the task that collects cosignatures, calling the witnesses with `client` (mutual TLS
+/// for `https://` witnesses); returns where it keeps the result.
+pub fn start(log: Log, witnesses: &[WitnessConfig], client: reqwest::Client) -> Cosigned {
     let cosigned = Cosigned::default();
     let mut witnesses: Vec<Witness> = witnesses
         .iter()
@@ -51,13 +52,6 @@ pub fn start(log: Log, witnesses: &[WitnessConfig]) -> Cosigned {
     }
     let result = cosigned.clone();
     tokio::spawn(async move {
-        let client = match reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(10)).build() {
-            Ok(client) => client,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot build the witness client");
-                return;
-            }
-        };
         let mut done_size = None;
         loop {
             let note = log.checkpoint().to_string();

@@ -1,0 +1,100 @@
+//! Serving an axum router over TLS, each request carrying its peer's address and certificate.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use tower::ServiceExt;
+
+use crate::ServerTls;
+
+/// The certificate a client presented (DER, end-entity), verified against the listener's client
+/// CA during the handshake. A request extension: present only when a certificate was presented.
+#[derive(Debug, Clone)]
+pub struct PeerCertificate(pub Arc<[u8]>);
+
+/// How long a client has to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves `router` on `listener` until `shutdown` completes, then stops accepting connections and
+/// waits for the requests in flight. With `tls`, every connection is TLS (a handshake that fails,
+/// an unknown CA, an expired certificate, plain HTTP, is logged with the peer's address and
+/// closed); without, plain HTTP. Either way each request carries
+/// [`ConnectInfo<SocketAddr>`](ConnectInfo), and over TLS the client's [`PeerCertificate`].
+pub async fn serve(
+    router: Router,
+    listener: tokio::net::TcpListener,
+    tls: Option<Arc<ServerTls>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let Some(tls) = tls else {
+        return axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(shutdown)
+            .await;
+    };
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors, say: wait rather than spin.
+                    tracing::warn!(error = %e, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let tls = tls.clone();
+        let router = router.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.acceptor().accept(stream)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    tracing::warn!(peer = %peer, error = %e, "TLS handshake refused");
+                    return;
+                }
+                Err(_) => {
+                    tracing::warn!(peer = %peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let certificate = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .map(|leaf| PeerCertificate(Arc::from(leaf.as_ref())));
+            if let Err(reason) = tls.admits(certificate.as_ref().map(|c| &*c.0)) {
+                tracing::warn!(peer = %peer, %reason, "TLS client refused");
+                return;
+            }
+            let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+                request.extensions_mut().insert(ConnectInfo(peer));
+                if let Some(certificate) = &certificate {
+                    request.extensions_mut().insert(certificate.clone());
+                }
+                router.clone().oneshot(request)
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(30))
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = watcher.watch(connection).await {
+                tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}

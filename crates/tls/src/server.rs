@@ -1,0 +1,204 @@
+//! A listener's TLS: certificate, key and client verification, with reloading.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use rustls::RootCertStore;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use tokio_rustls::TlsAcceptor;
+
+use crate::{TlsError, load_certs, load_key, names};
+
+/// Whether, and how, a listener verifies client certificates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// No client certificates are asked for.
+    None,
+    /// A client may present a certificate; if it does, it must chain to this CA (PEM). Clients
+    /// without one are let through, to authenticate otherwise (a gateway's bearer tokens).
+    Optional(PathBuf),
+    /// Every client must present a certificate that chains to this CA (PEM): mutual TLS.
+    Required(PathBuf),
+}
+
+/// What a listener's TLS is made of.
+#[derive(Debug, Clone)]
+pub struct ServerTlsOptions {
+    /// The certificate chain, end-entity first (PEM).
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+    /// Client certificate verification.
+    pub client_auth: ClientAuth,
+    /// When not empty, a client certificate must carry one of these subject alternative names
+    /// (a DNS name, a URI or an IP address); other clients are disconnected after the handshake.
+    pub allowed_clients: Vec<String>,
+}
+
+/// What a served certificate is, for the logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertSummary {
+    /// Its subject alternative names.
+    pub names: Vec<String>,
+    /// The end of its validity, RFC 3339.
+    pub not_after: String,
+}
+
+impl std::fmt::Display for CertSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (valid until {})", self.names.join(", "), self.not_after)
+    }
+}
+
+/// The certificate served, swapped in place when the files change.
+#[derive(Debug)]
+struct Resolver(RwLock<Arc<CertifiedKey>>);
+
+impl ResolvesServerCert for Resolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone())
+    }
+}
+
+/// A listener's TLS.
+pub struct ServerTls {
+    acceptor: TlsAcceptor,
+    resolver: Arc<Resolver>,
+    options: ServerTlsOptions,
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// Loads a certificate and its key, checking that they belong together.
+fn certified_key(cert: &Path, key: &Path) -> Result<(CertifiedKey, CertSummary), TlsError> {
+    let chain = load_certs(cert)?;
+    let summary = match chain.first() {
+        Some(leaf) => summary(leaf)?,
+        None => return Err(TlsError::Pem { path: cert.to_owned(), what: "certificates" }),
+    };
+    let key_der = load_key(key)?;
+    let certified = CertifiedKey::from_der(chain, key_der, &provider()).map_err(|e| TlsError::Rustls {
+        what: format!("certificate {} with key {}", cert.display(), key.display()),
+        cause: e.to_string(),
+    })?;
+    Ok((certified, summary))
+}
+
+fn summary(leaf: &[u8]) -> Result<CertSummary, TlsError> {
+    let (names, not_after) = names::describe(leaf)?;
+    Ok(CertSummary { names, not_after })
+}
+
+/// The roots of a CA file.
+pub(crate) fn roots(ca: &Path) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in load_certs(ca)? {
+        roots
+            .add(cert)
+            .map_err(|e| TlsError::Rustls { what: format!("CA {}", ca.display()), cause: e.to_string() })?;
+    }
+    Ok(roots)
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls").field("options", &self.options).finish_non_exhaustive()
+    }
+}
+
+impl ServerTls {
+    /// Loads the certificate, key and client CA; fails with the file at fault.
+    pub fn load(options: ServerTlsOptions) -> Result<Self, TlsError> {
+        let (certified, summary) = certified_key(&options.cert, &options.key)?;
+        let resolver = Arc::new(Resolver(RwLock::new(Arc::new(certified))));
+        let builder = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Rustls { what: "protocol versions".into(), cause: e.to_string() })?;
+        let verifier = match &options.client_auth {
+            ClientAuth::None => WebPkiClientVerifier::no_client_auth(),
+            ClientAuth::Optional(ca) | ClientAuth::Required(ca) => {
+                let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca)?), provider());
+                let builder = if matches!(options.client_auth, ClientAuth::Optional(_)) {
+                    builder.allow_unauthenticated()
+                } else {
+                    builder
+                };
+                builder
+                    .build()
+                    .map_err(|e| TlsError::Rustls { what: format!("client CA {}", ca.display()), cause: e.to_string() })?
+            }
+        };
+        let mut config = builder.with_client_cert_verifier(verifier).with_cert_resolver(resolver.clone());
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        tracing::info!(certificate = %summary, client_auth = ?options.client_auth, "TLS certificate loaded");
+        Ok(Self { acceptor: TlsAcceptor::from(Arc::new(config)), resolver, options })
+    }
+
+    /// The acceptor for new connections.
+    pub fn acceptor(&self) -> TlsAcceptor {
+        self.acceptor.clone()
+    }
+
+    /// The options it was loaded with.
+    pub fn options(&self) -> &ServerTlsOptions {
+        &self.options
+    }
+
+    /// Loads the certificate and key files again; the served certificate is replaced only if
+    /// they load and match. Connections already open keep theirs.
+    pub fn reload(&self) -> Result<CertSummary, TlsError> {
+        let (certified, summary) = certified_key(&self.options.cert, &self.options.key)?;
+        *self.resolver.0.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(certified);
+        Ok(summary)
+    }
+
+    /// Whether a client's certificate is one [`ServerTlsOptions::allowed_clients`] admits.
+    pub fn admits(&self, certificate: Option<&[u8]>) -> Result<(), String> {
+        if self.options.allowed_clients.is_empty() {
+            return Ok(());
+        }
+        let Some(der) = certificate else { return Err("no client certificate".to_owned()) };
+        let names = names::subject_names(der).map_err(|e| e.to_string())?;
+        if names.iter().any(|n| self.options.allowed_clients.iter().any(|a| names::same(a, n))) {
+            Ok(())
+        } else {
+            Err(format!("client certificate for {} is not one of the allowed clients", names.join(", ")))
+        }
+    }
+
+    /// Watches the certificate and key files (every second) and reloads them when they change;
+    /// `reloaded` is told of each new certificate. A change that does not load (a key that does
+    /// not match yet, say, while the two files are being replaced) is logged, and the certificate
+    /// in use is kept.
+    pub fn watch(self: &Arc<Self>, reloaded: impl Fn(&CertSummary) + Send + Sync + 'static) {
+        let tls = self.clone();
+        let fingerprint = move |paths: &[&Path]| -> Vec<Option<(u64, Option<SystemTime>)>> {
+            paths.iter().map(|p| std::fs::metadata(p).ok().map(|m| (m.len(), m.modified().ok()))).collect()
+        };
+        tokio::spawn(async move {
+            let paths = [tls.options.cert.as_path(), tls.options.key.as_path()];
+            let mut last = fingerprint(&paths);
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let now = fingerprint(&paths);
+                if now == last {
+                    continue;
+                }
+                last = now;
+                match tls.reload() {
+                    Ok(summary) => {
+                        tracing::info!(certificate = %summary, "TLS certificate reloaded");
+                        reloaded(&summary);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "TLS certificate files changed but do not load; the certificate in use is kept")
+                    }
+                }
+            }
+        });
+    }
+}
