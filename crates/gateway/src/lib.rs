@@ -177,6 +177,18 @@ impl Boundary {
         let pack = std::sync::RwLock::new(Arc::new(load_pack(&config)?));
         let touches = touches::Touches::new(std::time::Duration::from_secs(config.policy.window_seconds));
         let cosigned = witnesses::start(log.clone(), &config.log.witnesses, client);
+        if let Some(tls) = &tls {
+            let log = log.clone();
+            tls.watch(move |summary| {
+                let log = log.clone();
+                let detail = format!("tls certificate reloaded: {summary}");
+                tokio::spawn(async move {
+                    if let Err(e) = log.append(&setup_event(EventKind::Config, "reload-tls", detail)).await {
+                        tracing::error!(error = %e, "cannot log the certificate reload");
+                    }
+                });
+            });
+        }
         Ok(Self {
             config,
             store,
@@ -194,7 +206,8 @@ impl Boundary {
         })
     }
 
-    /// The listener's TLS, when `[tls]` sets a certificate.
+    /// The listener's TLS, when `[tls]` sets a certificate; its files are watched from the
+    /// boundary's opening, and each reload is logged.
     pub fn tls(&self) -> Option<&Arc<clover_tls::ServerTls>> {
         self.tls.as_ref()
     }
@@ -468,17 +481,5 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     watch_policies(boundary.clone());
     let tls = boundary.tls.clone();
-    if let Some(tls) = &tls {
-        let log = boundary.log.clone();
-        tls.watch(move |summary| {
-            let log = log.clone();
-            let detail = format!("tls certificate reloaded: {summary}");
-            tokio::spawn(async move {
-                if let Err(e) = log.append(&setup_event(EventKind::Config, "reload-tls", detail)).await {
-                    tracing::error!(error = %e, "cannot log the certificate reload");
-                }
-            });
-        });
-    }
     clover_tls::serve(api::router(boundary), listener, tls, shutdown).await
 }

@@ -179,9 +179,10 @@ impl ServerTls {
         let fingerprint = move |paths: &[&Path]| -> Vec<Option<(u64, Option<SystemTime>)>> {
             paths.iter().map(|p| std::fs::metadata(p).ok().map(|m| (m.len(), m.modified().ok()))).collect()
         };
+        // Taken now, not when the task first runs, so that a change right after is seen.
+        let mut last = fingerprint(&[tls.options.cert.as_path(), tls.options.key.as_path()]);
         tokio::spawn(async move {
             let paths = [tls.options.cert.as_path(), tls.options.key.as_path()];
-            let mut last = fingerprint(&paths);
             loop {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 let now = fingerprint(&paths);

@@ -17,3 +17,4 @@ mod policy;
 mod postgres;
 mod service;
 mod subjects_and_records;
+mod tls;
