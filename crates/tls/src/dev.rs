@@ -111,7 +111,8 @@ impl Ca {
         params.distinguished_name = rcgen::DistinguishedName::new();
         params.distinguished_name.push(DnType::CommonName, name);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         let now = OffsetDateTime::now_utc();
         params.not_before = now - Duration::hours(1);
         params.not_after = now + Duration::days(3650);
@@ -188,6 +189,12 @@ impl DevService {
     }
 }
 
+/// The URI a development server certificate carries for its role:
+/// `spiffe://<trust domain>/<role>`.
+pub fn role_uri(trust_domain: &str, role: &str) -> String {
+    format!("spiffe://{trust_domain}/{role}")
+}
+
 /// What [`make`] wrote.
 #[derive(Debug, Clone)]
 pub struct DevTls {
@@ -196,7 +203,9 @@ pub struct DevTls {
     /// The CA's private key (0600), to issue more.
     pub ca_key: PathBuf,
     /// The servers' certificates and keys, by role: `gateway`, `custodian`, `witness`; each is
-    /// for `localhost`, `127.0.0.1` and `::1`, usable by a server and as a client.
+    /// for `localhost`, `127.0.0.1` and `::1` and carries its role's URI ([`role_uri`]), so that
+    /// a listener can admit one role's certificate and not another's (`--allow-client`); each
+    /// is usable by a server and as a client.
     pub servers: Vec<(String, PathBuf, PathBuf)>,
     /// The services' client certificates and keys, with the URI each carries.
     pub services: Vec<(DevService, String, PathBuf, PathBuf)>,
@@ -215,17 +224,18 @@ pub fn make(dir: &Path, trust_domain: &str, services: &[DevService]) -> Result<D
     builder.create(dir).map_err(|cause| TlsError::Io { path: dir.to_owned(), cause })?;
     let ca = Ca::new(&format!("Clover development CA ({trust_domain})"))?;
     let (ca_path, ca_key) = ca.issued().write_to(dir, "ca")?;
-    let loopback = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
     let mut servers = Vec::new();
     for role in ["gateway", "custodian", "witness"] {
-        let leaf = Leaf { common_name: format!("clover {role}"), names: loopback.clone(), ..Leaf::default() };
+        let names = ["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned(), role_uri(trust_domain, role)];
+        let leaf = Leaf { common_name: format!("clover {role}"), names: names.to_vec(), ..Leaf::default() };
         let (cert, key) = ca.issue(&leaf)?.write_to(dir, role)?;
         servers.push((role.to_owned(), cert, key));
     }
     let mut issued = Vec::new();
     for service in services {
         let uri = service.uri(trust_domain);
-        let leaf = Leaf { common_name: service.name.clone(), names: vec![uri.clone()], server: false, ..Leaf::default() };
+        let leaf =
+            Leaf { common_name: service.name.clone(), names: vec![uri.clone()], server: false, ..Leaf::default() };
         let (cert, key) = ca.issue(&leaf)?.write_to(dir, &service.file_name())?;
         issued.push((service.clone(), uri, cert, key));
     }

@@ -97,9 +97,7 @@ fn summary(leaf: &[u8]) -> Result<CertSummary, TlsError> {
 pub(crate) fn roots(ca: &Path) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
     for cert in load_certs(ca)? {
-        roots
-            .add(cert)
-            .map_err(|e| TlsError::Rustls { what: format!("CA {}", ca.display()), cause: e.to_string() })?;
+        roots.add(cert).map_err(|e| TlsError::Rustls { what: format!("CA {}", ca.display()), cause: e.to_string() })?;
     }
     Ok(roots)
 }
@@ -127,9 +125,10 @@ impl ServerTls {
                 } else {
                     builder
                 };
-                builder
-                    .build()
-                    .map_err(|e| TlsError::Rustls { what: format!("client CA {}", ca.display()), cause: e.to_string() })?
+                builder.build().map_err(|e| TlsError::Rustls {
+                    what: format!("client CA {}", ca.display()),
+                    cause: e.to_string(),
+                })?
             }
         };
         let mut config = builder.with_client_cert_verifier(verifier).with_cert_resolver(resolver.clone());
