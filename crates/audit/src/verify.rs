@@ -184,7 +184,8 @@ fn tiles_at(level: u8, size: u64) -> Vec<Tile> {
 
 /// Verifies the log at `options.url`.
 pub async fn verify(options: &VerifyOptions) -> Result<Report, VerifyError> {
-    let client = options.tls.client().map_err(|e| VerifyError::Fetch { url: options.url.clone(), cause: e.to_string() })?;
+    let client =
+        options.tls.client().map_err(|e| VerifyError::Fetch { url: options.url.clone(), cause: e.to_string() })?;
     let base = format!("{}/log", options.url.trim_end_matches('/'));
 
     // 1. The checkpoint and its signatures.

@@ -308,6 +308,7 @@ enum BenchCommand {
 }
 
 #[derive(Debug, Subcommand)]
+#[expect(clippy::large_enum_variant, reason = "parsed once per process from the command line")]
 enum CustodianCommand {
     /// Hold a region's keys apart from its boundary: the KEKs (keyring or HSM) and every
     /// wrapped data key, handed out only against a log entry checked against the boundary's

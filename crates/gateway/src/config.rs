@@ -601,7 +601,9 @@ impl Config {
             return invalid("[tls] client_cert and client_key go together".to_owned());
         }
         if tls.client_ca.is_some() && tls.cert.is_none() {
-            return invalid("[tls] client_ca verifies client certificates, which needs TLS: set cert and key".to_owned());
+            return invalid(
+                "[tls] client_ca verifies client certificates, which needs TLS: set cert and key".to_owned(),
+            );
         }
         if !tls.services.is_empty() && tls.client_ca.is_none() {
             return invalid("[[tls.services]] are known by their client certificates: set [tls] client_ca".to_owned());
@@ -702,7 +704,6 @@ mod tests {
         let err = Config::parse("[keys]\ncustodian = \"https://custodian.eu:7880\"\n").unwrap_err().to_string();
         assert!(err.contains("mutual TLS"), "{err}");
         Config::parse("[keys]\ncustodian = \"http://127.0.0.1:7880\"\n").unwrap();
-        Config::parse("[tls]\ncert = \"c\"\nkey = \"k\"\n[keys]\ncustodian = \"https://custodian.eu:7880\"\n")
-            .unwrap();
+        Config::parse("[tls]\ncert = \"c\"\nkey = \"k\"\n[keys]\ncustodian = \"https://custodian.eu:7880\"\n").unwrap();
     }
 }

@@ -180,8 +180,14 @@ pub async fn certificate_caller(
 
 /// Logs a refused client certificate (in the server's log and the transparency log) and makes
 /// the 403 that carries the entry's index.
-async fn refuse_certificate(boundary: &Boundary, principal: Option<&Principal>, origin: &Origin, reason: String) -> ApiError {
-    let caller = principal.map(|p| Caller { principal: p.clone(), origin: origin.clone(), purpose: None, justification: None });
+async fn refuse_certificate(
+    boundary: &Boundary,
+    principal: Option<&Principal>,
+    origin: &Origin,
+    reason: String,
+) -> ApiError {
+    let caller =
+        principal.map(|p| Caller { principal: p.clone(), origin: origin.clone(), purpose: None, justification: None });
     let mut event = event_without_data(EventKind::Access, caller.as_ref(), "authenticate", None, reason.clone());
     event.origin = Some(match origin {
         Origin::Site { site, region } => EventOrigin { site: Some(site.to_string()), region: Some(region.to_string()) },

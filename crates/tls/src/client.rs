@@ -33,6 +33,9 @@ impl ClientTls {
             }
             builder = builder.tls_certs_only(certs);
         }
+        if self.cert.is_some() != self.key.is_some() {
+            return Err(TlsError::Client("a client certificate needs its key, and a key its certificate".to_owned()));
+        }
         if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
             crate::load_certs(cert)?;
             crate::load_key(key)?;

@@ -118,16 +118,17 @@ pub fn check_url(url: &str, what: &str) -> Result<(), TlsError> {
     if url.starts_with("https://") {
         return Ok(());
     }
-    let Some(rest) = url.strip_prefix("http://") else {
+    if !url.starts_with("http://") {
         return Err(TlsError::Plaintext(format!("{what} {url:?} must be an https:// URL")));
+    }
+    // Parsed as the client will parse it (a `\\` is a `/` in an http URL, say), not by hand.
+    let parsed = reqwest::Url::parse(url).map_err(|e| TlsError::Plaintext(format!("{what} {url:?}: {e}")))?;
+    let loopback = match parsed.host() {
+        Some(url::Host::Domain(domain)) => domain.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(v4)) => v4.is_loopback(),
+        Some(url::Host::Ipv6(v6)) => is_loopback(IpAddr::V6(v6)),
+        None => false,
     };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    let authority = authority.rsplit('@').next().unwrap_or_default();
-    let host = match authority.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or_default(),
-        None => authority.split(':').next().unwrap_or_default(),
-    };
-    let loopback = host.eq_ignore_ascii_case("localhost") || host.parse::<IpAddr>().is_ok_and(is_loopback);
     if loopback {
         Ok(())
     } else {
@@ -157,7 +158,14 @@ mod tests {
         for ok in ["https://custodian.eu:7880", "http://127.0.0.1:7880", "http://localhost:7880/x", "http://[::1]:1"] {
             check_url(ok, "the custodian").unwrap();
         }
-        for bad in ["http://10.0.0.5:7880", "http://custodian.eu", "http://127.0.0.1.example.org", "ftp://x"] {
+        for bad in [
+            "http://10.0.0.5:7880",
+            "http://custodian.eu",
+            "http://127.0.0.1.example.org",
+            "ftp://x",
+            "http://evil.example\\@127.0.0.1/",
+            "http://127.0.0.1@evil.example/",
+        ] {
             let err = check_url(bad, "the custodian").unwrap_err().to_string();
             assert!(err.contains("the custodian"), "{err}");
         }

@@ -67,6 +67,18 @@ pub struct ServerTls {
     acceptor: TlsAcceptor,
     resolver: Arc<Resolver>,
     options: ServerTlsOptions,
+    /// The files as they were when loaded, so that a change before [`ServerTls::watch`] is seen.
+    loaded: Fingerprint,
+}
+
+/// The length and modification time of the certificate and key files.
+type Fingerprint = Vec<Option<(u64, Option<SystemTime>)>>;
+
+fn fingerprint(options: &ServerTlsOptions) -> Fingerprint {
+    [&options.cert, &options.key]
+        .iter()
+        .map(|p| std::fs::metadata(p).ok().map(|m| (m.len(), m.modified().ok())))
+        .collect()
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -111,6 +123,7 @@ impl std::fmt::Debug for ServerTls {
 impl ServerTls {
     /// Loads the certificate, key and client CA; fails with the file at fault.
     pub fn load(options: ServerTlsOptions) -> Result<Self, TlsError> {
+        let loaded = fingerprint(&options);
         let (certified, summary) = certified_key(&options.cert, &options.key)?;
         let resolver = Arc::new(Resolver(RwLock::new(Arc::new(certified))));
         let builder = rustls::ServerConfig::builder_with_provider(provider())
@@ -134,7 +147,7 @@ impl ServerTls {
         let mut config = builder.with_client_cert_verifier(verifier).with_cert_resolver(resolver.clone());
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         tracing::info!(certificate = %summary, client_auth = ?options.client_auth, "TLS certificate loaded");
-        Ok(Self { acceptor: TlsAcceptor::from(Arc::new(config)), resolver, options })
+        Ok(Self { acceptor: TlsAcceptor::from(Arc::new(config)), resolver, options, loaded })
     }
 
     /// The acceptor for new connections.
@@ -171,31 +184,32 @@ impl ServerTls {
 
     /// Watches the certificate and key files (every second) and reloads them when they change;
     /// `reloaded` is told of each new certificate. A change that does not load (a key that does
-    /// not match yet, say, while the two files are being replaced) is logged, and the certificate
-    /// in use is kept.
+    /// not match yet, say, while the two files are being replaced) is logged once and tried again
+    /// every second; the certificate in use is kept meanwhile.
     pub fn watch(self: &Arc<Self>, reloaded: impl Fn(&CertSummary) + Send + Sync + 'static) {
         let tls = self.clone();
-        let fingerprint = move |paths: &[&Path]| -> Vec<Option<(u64, Option<SystemTime>)>> {
-            paths.iter().map(|p| std::fs::metadata(p).ok().map(|m| (m.len(), m.modified().ok()))).collect()
-        };
-        // Taken now, not when the task first runs, so that a change right after is seen.
-        let mut last = fingerprint(&[tls.options.cert.as_path(), tls.options.key.as_path()]);
         tokio::spawn(async move {
-            let paths = [tls.options.cert.as_path(), tls.options.key.as_path()];
+            let mut last = tls.loaded.clone();
+            let mut failing = false;
             loop {
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                let now = fingerprint(&paths);
-                if now == last {
+                let now = fingerprint(&tls.options);
+                if now == last && !failing {
                     continue;
                 }
+                let changed = now != last;
                 last = now;
                 match tls.reload() {
                     Ok(summary) => {
+                        failing = false;
                         tracing::info!(certificate = %summary, "TLS certificate reloaded");
                         reloaded(&summary);
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "TLS certificate files changed but do not load; the certificate in use is kept")
+                        if changed {
+                            tracing::warn!(error = %e, "TLS certificate files changed but do not load; the certificate in use is kept");
+                        }
+                        failing = true;
                     }
                 }
             }

@@ -160,7 +160,11 @@ async fn a_service_certificate_gets_its_sites_decisions_without_a_token() {
     let index = body["log_index"].as_u64().unwrap();
     let entry = &log_entries(app.boundary.log()).await[usize::try_from(index).unwrap()];
     assert_eq!(entry["principal"], json!({"id": "ingest", "kind": "service", "region": "eu", "site": "dublin-1"}));
-    assert_eq!(entry["origin"], json!({"site": "dublin-1", "region": "eu"}), "the certificate's site, not the header's");
+    assert_eq!(
+        entry["origin"],
+        json!({"site": "dublin-1", "region": "eu"}),
+        "the certificate's site, not the header's"
+    );
 
     // The same service at virginia-1, from a Virginia address: the decisions of a US site.
     let virginia = pki.client_cert("ingest-virginia", &uri("us", "virginia-1", "ingest"));
@@ -181,7 +185,10 @@ async fn a_service_certificate_gets_its_sites_decisions_without_a_token() {
         .await
         .unwrap();
     let body = problem(response, 401, "unauthenticated").await;
-    assert!(body["detail"].as_str().unwrap().contains("\"ana\"'s but the client certificate is \"ingest\"'s"), "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("\"ana\"'s but the client certificate is \"ingest\"'s"),
+        "{body}"
+    );
 }
 
 #[tokio::test]
@@ -260,9 +267,12 @@ async fn certificates_of_an_unknown_ca_expired_or_naming_no_service_are_refused(
 
     // The right CA, a name no service has: refused, and logged.
     let stranger = pki.client_cert("stranger", &uri("eu", "dublin-1", "scraper"));
-    let body =
-        problem(read(&client(DUBLIN, Some(&ca), Some(&stranger)), &app, &record, "support").await, 403, "certificate-refused")
-            .await;
+    let body = problem(
+        read(&client(DUBLIN, Some(&ca), Some(&stranger)), &app, &record, "support").await,
+        403,
+        "certificate-refused",
+    )
+    .await;
     assert!(body["detail"].as_str().unwrap().contains("scraper"), "{body}");
     let entry = &log_entries(app.boundary.log()).await[usize::try_from(body["log_index"].as_u64().unwrap()).unwrap()];
     assert_eq!(entry["action"], "authenticate");
@@ -281,7 +291,8 @@ async fn a_renewed_certificate_is_served_without_a_restart_and_the_reload_is_log
     let cert = app.boundary.config().tls.cert.clone().unwrap();
     let key = app.boundary.config().tls.key.clone().unwrap();
 
-    let renewed = pki.ca.issue(&Leaf { names: vec!["127.0.0.1".into(), "renewed.example".into()], ..Leaf::default() }).unwrap();
+    let renewed =
+        pki.ca.issue(&Leaf { names: vec!["127.0.0.1".into(), "renewed.example".into()], ..Leaf::default() }).unwrap();
     std::fs::write(&key, renewed.key_pem).unwrap();
     std::fs::write(&cert, renewed.cert_pem).unwrap();
 

@@ -1,0 +1,481 @@
+//! Clover's TLS listeners, driven end to end: certificates from the development CA written to a
+//! temporary directory, a real server on `127.0.0.1:0` through [`clover_tls::serve`], and both
+//! the reqwest clients Clover's processes use ([`ClientTls`]) and raw rustls handshakes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, missing_docs)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ConnectInfo;
+use axum::routing::get;
+use axum::{Extension, Router};
+use clover_tls::dev::{Ca, Issued, Leaf};
+use clover_tls::{CertSummary, ClientAuth, ClientTls, PeerCertificate, ServerTls, ServerTlsOptions, subject_names};
+use rustls::{ClientConfig, ProtocolVersion, RootCertStore, SupportedProtocolVersion};
+use rustls_pki_types::ServerName;
+use time::OffsetDateTime;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+const INGEST: &str = "spiffe://clover.local/eu/dublin-1/ingest";
+const EXPORT: &str = "spiffe://clover.local/eu/dublin-1/export";
+
+/// How long a certificate change may take to be served: the watcher looks every second.
+const RELOAD_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Answers with the peer's address and the names of its certificate (`-` without one).
+async fn whoami(ConnectInfo(peer): ConnectInfo<SocketAddr>, certificate: Option<Extension<PeerCertificate>>) -> String {
+    let names = match certificate {
+        Some(Extension(PeerCertificate(der))) => subject_names(&der).unwrap().join(","),
+        None => "-".to_owned(),
+    };
+    format!("{peer} {names}")
+}
+
+/// A CA and the files of the certificates it issued, in a temporary directory.
+struct Pki {
+    dir: tempfile::TempDir,
+    ca: Ca,
+    ca_pem: PathBuf,
+    /// How many server certificates were written, to name the next.
+    servers: std::cell::Cell<usize>,
+}
+
+impl Pki {
+    fn new() -> Self {
+        Self::with_ca_named("Clover test CA")
+    }
+
+    fn with_ca_named(name: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::new(name).unwrap();
+        let (ca_pem, _) = ca.issued().write_to(dir.path(), "ca").unwrap();
+        Self { dir, ca, ca_pem, servers: std::cell::Cell::new(0) }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Issues `leaf` and writes it as `NAME.pem` and `NAME.key`.
+    fn write(&self, name: &str, leaf: &Leaf) -> (PathBuf, PathBuf) {
+        self.ca.issue(leaf).unwrap().write_to(self.path(), name).unwrap()
+    }
+
+    /// A server certificate for `names`.
+    fn server_leaf(names: &[&str]) -> Leaf {
+        Leaf { names: names.iter().map(|&n| n.to_owned()).collect(), client: false, ..Leaf::default() }
+    }
+
+    /// A client certificate for `names`.
+    fn client_leaf(names: &[&str]) -> Leaf {
+        Leaf { names: names.iter().map(|&n| n.to_owned()).collect(), server: false, ..Leaf::default() }
+    }
+
+    /// The options of a listener on `127.0.0.1` with `client_auth`.
+    fn server(&self, client_auth: ClientAuth, allowed_clients: &[&str]) -> ServerTlsOptions {
+        let name = format!("server-{}", self.servers.get());
+        self.servers.set(self.servers.get() + 1);
+        let (cert, key) = self.write(&name, &Self::server_leaf(&["127.0.0.1", "localhost"]));
+        ServerTlsOptions {
+            cert,
+            key,
+            client_auth,
+            allowed_clients: allowed_clients.iter().map(|&n| n.to_owned()).collect(),
+        }
+    }
+
+    /// A client that trusts this CA and presents no certificate.
+    fn anonymous(&self) -> ClientTls {
+        ClientTls { ca: Some(self.ca_pem.clone()), ..ClientTls::default() }
+    }
+
+    /// A client that trusts this CA and presents the certificate written as `name`.
+    fn presenting(&self, (cert, key): (PathBuf, PathBuf)) -> ClientTls {
+        ClientTls { ca: Some(self.ca_pem.clone()), cert: Some(cert), key: Some(key) }
+    }
+}
+
+/// A server running [`clover_tls::serve`] until [`TestServer::stop`].
+struct TestServer {
+    addr: SocketAddr,
+    shutdown: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl TestServer {
+    async fn start(tls: Arc<ServerTls>) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (shutdown, stop) = oneshot::channel::<()>();
+        let router = Router::new().route("/whoami", get(whoami));
+        let task = tokio::spawn(clover_tls::serve(router, listener, Some(tls), async move {
+            stop.await.ok();
+        }));
+        Self { addr, shutdown, task }
+    }
+
+    async fn load(options: ServerTlsOptions) -> Self {
+        Self::start(Arc::new(ServerTls::load(options).unwrap())).await
+    }
+
+    fn url(&self) -> String {
+        format!("https://127.0.0.1:{}/whoami", self.addr.port())
+    }
+
+    /// Asks the server to stop, and checks it does, promptly and without an error.
+    async fn stop(self) {
+        self.shutdown.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), self.task).await.unwrap().unwrap().unwrap();
+    }
+}
+
+/// `GET url` with `client`: the body, or why there was none.
+async fn get_with(client: &ClientTls, url: &str) -> Result<String, reqwest::Error> {
+    let response = client.client().unwrap().get(url).send().await?.error_for_status()?;
+    response.text().await
+}
+
+/// The body's certificate names, after checking the peer address is loopback.
+fn names_in(body: &str) -> &str {
+    let (peer, names) = body.split_once(' ').unwrap();
+    let peer: SocketAddr = peer.parse().unwrap();
+    assert_eq!(peer.ip(), std::net::Ipv4Addr::LOCALHOST, "{body}");
+    assert_ne!(peer.port(), 0, "{body}");
+    names
+}
+
+/// A raw rustls handshake with `addr`, trusting `ca`, offering `versions`, without a client
+/// certificate.
+async fn handshake(
+    addr: SocketAddr,
+    ca: &Path,
+    versions: &[&'static SupportedProtocolVersion],
+) -> TlsStream<TcpStream> {
+    let mut roots = RootCertStore::empty();
+    for cert in clover_tls::load_certs(ca).unwrap() {
+        roots.add(cert).unwrap();
+    }
+    let config = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    TlsConnector::from(Arc::new(config)).connect(ServerName::try_from("127.0.0.1").unwrap(), tcp).await.unwrap()
+}
+
+/// The names of the certificate the server presented.
+fn served_names(stream: &TlsStream<TcpStream>) -> Vec<String> {
+    let chain = stream.get_ref().1.peer_certificates().unwrap();
+    subject_names(chain[0].as_ref()).unwrap()
+}
+
+/// Writes a file the way a certificate manager does: a temporary file renamed over it.
+fn replace(path: &Path, contents: &str) {
+    let temporary = path.with_extension("new");
+    std::fs::write(&temporary, contents).unwrap();
+    std::fs::rename(&temporary, path).unwrap();
+}
+
+/// Replaces the listener's key and certificate (key first) with `issued`.
+fn replace_pair(options: &ServerTlsOptions, issued: &Issued) {
+    replace(&options.key, &issued.key_pem);
+    replace(&options.cert, &issued.cert_pem);
+}
+
+/// Waits until the server presents a certificate naming `name`; returns how many handshakes it
+/// took.
+async fn await_served(addr: SocketAddr, ca: &Path, name: &str) -> usize {
+    let start = Instant::now();
+    for attempt in 1.. {
+        let names = served_names(&handshake(addr, ca, rustls::DEFAULT_VERSIONS).await);
+        if names.iter().any(|n| n == name) {
+            return attempt;
+        }
+        assert!(start.elapsed() < RELOAD_DEADLINE, "still serving {names:?} instead of {name:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    unreachable!()
+}
+
+/// The next `reloaded` notification, within the deadline.
+async fn next_reload(reloads: &mut mpsc::UnboundedReceiver<CertSummary>) -> CertSummary {
+    tokio::time::timeout(RELOAD_DEADLINE, reloads.recv()).await.unwrap().unwrap()
+}
+
+#[tokio::test]
+async fn a_client_that_trusts_the_ca_connects_and_others_do_not() {
+    let pki = Pki::new();
+    let server = TestServer::load(pki.server(ClientAuth::None, &[])).await;
+
+    let body = get_with(&pki.anonymous(), &server.url()).await.unwrap();
+    assert_eq!(names_in(&body), "-");
+
+    // The platform's roots do not know the development CA.
+    let platform = ClientTls::default();
+    let err = get_with(&platform, &server.url()).await.unwrap_err();
+    assert!(err.is_connect(), "{err:?}");
+
+    // Nor does a client that trusts only another CA.
+    let other = Pki::with_ca_named("another CA");
+    let err = get_with(&other.anonymous(), &server.url()).await.unwrap_err();
+    assert!(err.is_connect(), "{err:?}");
+
+    // A server certificate without the IP address the client dialled is refused too.
+    let (cert, key) = pki.write("elsewhere", &Pki::server_leaf(&["elsewhere.example"]));
+    let elsewhere =
+        TestServer::load(ServerTlsOptions { cert, key, client_auth: ClientAuth::None, allowed_clients: vec![] }).await;
+    let err = get_with(&pki.anonymous(), &elsewhere.url()).await.unwrap_err();
+    assert!(err.is_connect(), "{err:?}");
+
+    elsewhere.stop().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn plain_http_gets_no_response_from_a_tls_listener() {
+    let pki = Pki::new();
+    let server = TestServer::load(pki.server(ClientAuth::None, &[])).await;
+
+    let plain = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(10)).build().unwrap();
+    let url = format!("http://127.0.0.1:{}/whoami", server.addr.port());
+    let result = plain.get(&url).send().await;
+    assert!(result.is_err(), "plain HTTP got a response: {result:?}");
+
+    // The refused connection does not stop the listener.
+    let body = get_with(&pki.anonymous(), &server.url()).await.unwrap();
+    assert_eq!(names_in(&body), "-");
+
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn optional_client_certificates_must_be_valid_when_presented() {
+    let pki = Pki::new();
+    let server = TestServer::load(pki.server(ClientAuth::Optional(pki.ca_pem.clone()), &[])).await;
+
+    // Without a certificate: through, and the handler sees none.
+    let body = get_with(&pki.anonymous(), &server.url()).await.unwrap();
+    assert_eq!(names_in(&body), "-");
+
+    // With one from the CA: through, and the handler sees its names.
+    let ingest = pki.presenting(pki.write("ingest", &Pki::client_leaf(&[INGEST])));
+    let body = get_with(&ingest, &server.url()).await.unwrap();
+    assert_eq!(names_in(&body), INGEST);
+
+    // With one from a CA the listener does not know: refused.
+    let stranger_ca = Pki::with_ca_named("another CA");
+    let stranger = pki.presenting(stranger_ca.write("stranger", &Pki::client_leaf(&[INGEST])));
+    let result = get_with(&stranger, &server.url()).await;
+    assert!(result.is_err(), "a certificate from an unknown CA got through: {result:?}");
+
+    // Nor from a CA that only takes the listener's CA's name.
+    let impostor_ca = Pki::new();
+    let impostor = pki.presenting(impostor_ca.write("impostor", &Pki::client_leaf(&[INGEST])));
+    let result = get_with(&impostor, &server.url()).await;
+    assert!(result.is_err(), "a certificate from an impostor CA got through: {result:?}");
+
+    // With an expired one from the right CA: refused.
+    let now = OffsetDateTime::now_utc();
+    let expired_leaf = Leaf {
+        not_before: now - time::Duration::days(30),
+        not_after: now - time::Duration::days(1),
+        ..Pki::client_leaf(&[INGEST])
+    };
+    let expired = pki.presenting(pki.write("expired", &expired_leaf));
+    let result = get_with(&expired, &server.url()).await;
+    assert!(result.is_err(), "an expired certificate got through: {result:?}");
+
+    // With one not yet valid: refused.
+    let future_leaf = Leaf {
+        not_before: now + time::Duration::days(1),
+        not_after: now + time::Duration::days(30),
+        ..Pki::client_leaf(&[INGEST])
+    };
+    let future = pki.presenting(pki.write("future", &future_leaf));
+    let result = get_with(&future, &server.url()).await;
+    assert!(result.is_err(), "a certificate not yet valid got through: {result:?}");
+
+    // With one from the CA that is not for clients (server authentication only): refused.
+    let server_only = pki.presenting(pki.write("server-only", &Pki::server_leaf(&[INGEST])));
+    let result = get_with(&server_only, &server.url()).await;
+    assert!(result.is_err(), "a server-only certificate got through as a client: {result:?}");
+
+    // The refusals do not stop the listener.
+    let body = get_with(&ingest, &server.url()).await.unwrap();
+    assert_eq!(names_in(&body), INGEST);
+
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn required_client_certificates_turn_away_clients_without_one() {
+    let pki = Pki::new();
+    let server = TestServer::load(pki.server(ClientAuth::Required(pki.ca_pem.clone()), &[])).await;
+
+    let result = get_with(&pki.anonymous(), &server.url()).await;
+    assert!(result.is_err(), "a client without a certificate got through: {result:?}");
+
+    let ingest = pki.presenting(pki.write("ingest", &Pki::client_leaf(&[INGEST])));
+    let body = get_with(&ingest, &server.url()).await.unwrap();
+    assert_eq!(names_in(&body), INGEST);
+
+    let stranger_ca = Pki::with_ca_named("another CA");
+    let stranger = pki.presenting(stranger_ca.write("stranger", &Pki::client_leaf(&[INGEST])));
+    let result = get_with(&stranger, &server.url()).await;
+    assert!(result.is_err(), "a certificate from an unknown CA got through: {result:?}");
+
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn allowed_clients_admit_only_the_names_listed() {
+    let pki = Pki::new();
+    let options = pki.server(ClientAuth::Required(pki.ca_pem.clone()), &[INGEST]);
+    let server = TestServer::load(options).await;
+
+    let ingest = pki.presenting(pki.write("ingest", &Pki::client_leaf(&[INGEST])));
+    let body = get_with(&ingest, &server.url()).await.unwrap();
+    assert_eq!(names_in(&body), INGEST);
+
+    // Same CA, another name: the handshake succeeds, the connection is closed before a request.
+    let export = pki.presenting(pki.write("export", &Pki::client_leaf(&[EXPORT])));
+    let result = get_with(&export, &server.url()).await;
+    assert!(result.is_err(), "{EXPORT} got through although only {INGEST} is allowed: {result:?}");
+
+    // A certificate with several names gets through when one of them is allowed.
+    let both = pki.presenting(pki.write("both", &Pki::client_leaf(&[EXPORT, INGEST])));
+    let body = get_with(&both, &server.url()).await.unwrap();
+    assert_eq!(names_in(&body), format!("{EXPORT},{INGEST}"));
+
+    server.stop().await;
+
+    // With optional client certificates, an allow-list still turns away clients without one.
+    let optional = pki.server(ClientAuth::Optional(pki.ca_pem.clone()), &[INGEST]);
+    let server = TestServer::load(optional).await;
+    let result = get_with(&pki.anonymous(), &server.url()).await;
+    assert!(result.is_err(), "a client without a certificate passed the allow-list: {result:?}");
+    let body = get_with(&ingest, &server.url()).await.unwrap();
+    assert_eq!(names_in(&body), INGEST);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn tls_1_3_by_default_and_1_2_when_a_client_asks() {
+    let pki = Pki::new();
+    let server = TestServer::load(pki.server(ClientAuth::None, &[])).await;
+
+    let default = handshake(server.addr, &pki.ca_pem, rustls::DEFAULT_VERSIONS).await;
+    assert_eq!(default.get_ref().1.protocol_version(), Some(ProtocolVersion::TLSv1_3));
+    assert_eq!(default.get_ref().1.alpn_protocol(), None, "no ALPN offered, none chosen");
+    drop(default);
+
+    let tls12 = handshake(server.addr, &pki.ca_pem, &[&rustls::version::TLS12]).await;
+    assert_eq!(tls12.get_ref().1.protocol_version(), Some(ProtocolVersion::TLSv1_2));
+    let suite = tls12.get_ref().1.negotiated_cipher_suite().unwrap().suite();
+    assert!(
+        [
+            rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+            rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        ]
+        .contains(&suite),
+        "TLS 1.2 negotiated {suite:?}, not an ECDHE AEAD suite"
+    );
+    drop(tls12);
+
+    // Clover's own clients: TLS 1.3 unless limited to 1.2, which works as well.
+    for (max, expected) in
+        [(None, reqwest::tls::Version::TLS_1_3), (Some(reqwest::tls::Version::TLS_1_2), reqwest::tls::Version::TLS_1_2)]
+    {
+        let mut builder = pki.anonymous().builder().unwrap().tls_info(true);
+        if let Some(max) = max {
+            builder = builder.tls_version_max(max);
+        }
+        let response = builder.build().unwrap().get(server.url()).send().await.unwrap();
+        let info = response.extensions().get::<reqwest::tls::TlsInfo>().unwrap();
+        assert_eq!(info.version(), Some(expected));
+        let served = subject_names(info.peer_certificate().unwrap()).unwrap();
+        assert_eq!(served, ["127.0.0.1", "localhost"]);
+        assert_eq!(names_in(&response.text().await.unwrap()), "-");
+    }
+
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_key_that_does_not_match_the_certificate_is_refused() {
+    let pki = Pki::new();
+    let (cert, _) = pki.write("one", &Pki::server_leaf(&["127.0.0.1"]));
+    let (_, key) = pki.write("two", &Pki::server_leaf(&["127.0.0.1"]));
+    let err = ServerTls::load(ServerTlsOptions { cert, key, client_auth: ClientAuth::None, allowed_clients: vec![] })
+        .unwrap_err();
+    assert!(matches!(err, clover_tls::TlsError::Rustls { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn certificates_reload_when_their_files_change() {
+    let pki = Pki::new();
+    let (cert, key) = pki.write("server", &Pki::server_leaf(&["127.0.0.1", "one.example"]));
+    let options = ServerTlsOptions { cert, key, client_auth: ClientAuth::None, allowed_clients: vec![] };
+    let tls = Arc::new(ServerTls::load(options.clone()).unwrap());
+    let (reloaded, mut reloads) = mpsc::unbounded_channel();
+    tls.watch(move |summary| reloaded.send(summary.clone()).unwrap());
+    let server = TestServer::start(tls.clone()).await;
+
+    // Before: the first certificate. (This handshake also lets the watcher take its first look.)
+    let before = handshake(server.addr, &pki.ca_pem, rustls::DEFAULT_VERSIONS).await;
+    assert_eq!(served_names(&before), ["127.0.0.1", "one.example"]);
+
+    // A new key and certificate: served to new connections; the open one keeps the old.
+    let two = pki.ca.issue(&Pki::server_leaf(&["127.0.0.1", "two.example"])).unwrap();
+    replace_pair(&options, &two);
+    await_served(server.addr, &pki.ca_pem, "two.example").await;
+    let summary = next_reload(&mut reloads).await;
+    assert_eq!(summary.names, ["127.0.0.1", "two.example"]);
+    assert!(
+        OffsetDateTime::parse(&summary.not_after, &time::format_description::well_known::Rfc3339).is_ok(),
+        "{summary}"
+    );
+    assert_eq!(served_names(&before), ["127.0.0.1", "one.example"]);
+    drop(before);
+    // Either the key or the certificate was seen on its own first (a refused reload), or both
+    // together: at most one more notice, and it would be for the same certificate.
+    if let Ok(extra) = reloads.try_recv() {
+        assert_eq!(extra.names, summary.names);
+    }
+
+    // A certificate file that is no longer a certificate: refused; the certificate in use stays,
+    // through at least one look by the watcher.
+    std::fs::write(&options.cert, "not a certificate").unwrap();
+    let err = tls.reload().unwrap_err();
+    assert!(matches!(err, clover_tls::TlsError::Pem { .. }), "{err:?}");
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(1300) {
+        let stream = handshake(server.addr, &pki.ca_pem, rustls::DEFAULT_VERSIONS).await;
+        assert_eq!(served_names(&stream), ["127.0.0.1", "two.example"]);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(reloads.try_recv().is_err(), "a broken certificate file was reported as reloaded");
+
+    // A new certificate whose key is not there yet: refused, the old one stays; then its key
+    // arrives and the pair is served.
+    let three = pki.ca.issue(&Pki::server_leaf(&["127.0.0.1", "three.example"])).unwrap();
+    std::fs::write(&options.cert, &three.cert_pem).unwrap();
+    let err = tls.reload().unwrap_err();
+    assert!(matches!(err, clover_tls::TlsError::Rustls { .. }), "{err:?}");
+    let stream = handshake(server.addr, &pki.ca_pem, rustls::DEFAULT_VERSIONS).await;
+    assert_eq!(served_names(&stream), ["127.0.0.1", "two.example"]);
+    drop(stream);
+    std::fs::write(&options.key, &three.key_pem).unwrap();
+    await_served(server.addr, &pki.ca_pem, "three.example").await;
+    assert_eq!(next_reload(&mut reloads).await.names, ["127.0.0.1", "three.example"]);
+
+    server.stop().await;
+}
