@@ -92,6 +92,8 @@ impl Boundary {
     /// opens its database. The data directory must be initialised.
     pub async fn open(config: Config) -> Result<Self, OpenError> {
         config.validate()?;
+        // The recorder first, so that what opening records (the certificate's expiry) is kept.
+        metrics::handle();
         let tls = server_tls(&config)?;
         let client = config.tls.client().client()?;
         let data_dir = DataDir::new(&config.data_dir);

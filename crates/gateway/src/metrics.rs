@@ -7,7 +7,11 @@
 //! - `clover_log_entries`, `clover_log_checkpoint_entries`: the log's size as this gateway
 //!   sees it, and the size of the latest checkpoint it serves;
 //! - `clover_log_sequencer`: 1 if this gateway sequences the log (always, for a log in a
-//!   directory; for one in PostgreSQL, the one gateway holding the sequencer's lock).
+//!   directory; for one in PostgreSQL, the one gateway holding the sequencer's lock);
+//! - `clover_tls_connections_refused_total{reason}`: TLS connections refused before any
+//!   request (an unknown CA, an expired certificate, plain HTTP, ...), and
+//!   `clover_tls_certificate_expiry_timestamp_seconds`: when the served certificate expires
+//!   (both from `clover_tls`).
 
 use std::sync::OnceLock;
 use std::time::Instant;

@@ -35,16 +35,10 @@ fn names_of(cert: &X509Certificate<'_>) -> Vec<String> {
         .collect()
 }
 
-/// The names and the end of validity (RFC 3339) of a DER certificate.
-pub(crate) fn describe(der: &[u8]) -> Result<(Vec<String>, String), TlsError> {
+/// The names and the end of validity of a DER certificate.
+pub(crate) fn describe(der: &[u8]) -> Result<(Vec<String>, time::OffsetDateTime), TlsError> {
     let cert = parse(der)?;
-    let not_after = cert
-        .validity()
-        .not_after
-        .to_datetime()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default();
-    Ok((names_of(&cert), not_after))
+    Ok((names_of(&cert), cert.validity().not_after.to_datetime()))
 }
 
 /// Whether a configured name and a certificate's name are the same: exactly, except that DNS

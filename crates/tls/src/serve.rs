@@ -19,6 +19,33 @@ use crate::ServerTls;
 #[derive(Debug, Clone)]
 pub struct PeerCertificate(pub Arc<[u8]>);
 
+/// The counter of connections refused before any request: failed handshakes by `reason`
+/// (`unknown-ca`, `expired`, `bad-certificate`, `no-certificate`, `not-tls`, `timeout`, `other`)
+/// and certificates outside `allowed_clients` (`not-allowed`).
+pub const REFUSED_METRIC: &str = "clover_tls_connections_refused_total";
+
+fn refused(reason: &'static str) {
+    metrics::counter!(REFUSED_METRIC, "reason" => reason).increment(1);
+}
+
+/// Why a handshake failed, as a metric label.
+fn reason(error: &std::io::Error) -> &'static str {
+    use rustls::{CertificateError, Error};
+    match error.get_ref().and_then(|inner| inner.downcast_ref::<Error>()) {
+        Some(Error::InvalidCertificate(CertificateError::UnknownIssuer)) => "unknown-ca",
+        Some(Error::InvalidCertificate(
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } | CertificateError::NotValidYet,
+        )) => "expired",
+        Some(Error::InvalidCertificate(CertificateError::NotValidYetContext { .. })) => "expired",
+        Some(Error::InvalidCertificate(_)) => "bad-certificate",
+        Some(Error::NoCertificatesPresented) => "no-certificate",
+        Some(Error::InvalidMessage(_) | Error::InappropriateMessage { .. } | Error::InappropriateHandshakeMessage { .. }) => {
+            "not-tls"
+        }
+        _ => "other",
+    }
+}
+
 /// How long a client has to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -61,10 +88,12 @@ pub async fn serve(
                 Ok(Ok(stream)) => stream,
                 Ok(Err(e)) => {
                     tracing::warn!(peer = %peer, error = %e, "TLS handshake refused");
+                    refused(reason(&e));
                     return;
                 }
                 Err(_) => {
                     tracing::warn!(peer = %peer, "TLS handshake timed out");
+                    refused("timeout");
                     return;
                 }
             };
@@ -76,6 +105,7 @@ pub async fn serve(
                 .map(|leaf| PeerCertificate(Arc::from(leaf.as_ref())));
             if let Err(reason) = tls.admits(certificate.as_ref().map(|c| &*c.0)) {
                 tracing::warn!(peer = %peer, %reason, "TLS client refused");
+                refused("not-allowed");
                 return;
             }
             let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {

@@ -42,14 +42,23 @@ pub struct ServerTlsOptions {
 pub struct CertSummary {
     /// Its subject alternative names.
     pub names: Vec<String>,
-    /// The end of its validity, RFC 3339.
-    pub not_after: String,
+    /// The end of its validity.
+    pub not_after: time::OffsetDateTime,
 }
 
 impl std::fmt::Display for CertSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} (valid until {})", self.names.join(", "), self.not_after)
+        let until = self.not_after.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+        write!(f, "{} (valid until {until})", self.names.join(", "))
     }
+}
+
+/// The gauge of the served certificate's end of validity, for alerts before it expires.
+pub const EXPIRY_METRIC: &str = "clover_tls_certificate_expiry_timestamp_seconds";
+
+fn record_expiry(summary: &CertSummary) {
+    #[expect(clippy::cast_precision_loss, reason = "Unix seconds fit a gauge's f64 exactly until year 285 million")]
+    metrics::gauge!(EXPIRY_METRIC).set(summary.not_after.unix_timestamp() as f64);
 }
 
 /// The certificate served, swapped in place when the files change.
@@ -147,6 +156,7 @@ impl ServerTls {
         let mut config = builder.with_client_cert_verifier(verifier).with_cert_resolver(resolver.clone());
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         tracing::info!(certificate = %summary, client_auth = ?options.client_auth, "TLS certificate loaded");
+        record_expiry(&summary);
         Ok(Self { acceptor: TlsAcceptor::from(Arc::new(config)), resolver, options, loaded })
     }
 
@@ -165,6 +175,7 @@ impl ServerTls {
     pub fn reload(&self) -> Result<CertSummary, TlsError> {
         let (certified, summary) = certified_key(&self.options.cert, &self.options.key)?;
         *self.resolver.0.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(certified);
+        record_expiry(&summary);
         Ok(summary)
     }
 

@@ -23,7 +23,11 @@ fn uri(region: &str, site: &str, name: &str) -> String {
 
 impl Pki {
     fn new() -> Self {
-        Self { dir: tempfile::tempdir().unwrap(), ca: Ca::new("test CA").unwrap() }
+        Self::named("test CA")
+    }
+
+    fn named(name: &str) -> Self {
+        Self { dir: tempfile::tempdir().unwrap(), ca: Ca::new(name).unwrap() }
     }
 
     fn ca_path(&self) -> PathBuf {
@@ -237,7 +241,7 @@ async fn certificates_of_an_unknown_ca_expired_or_naming_no_service_are_refused(
     let record = seed(&app, &ca).await;
 
     // Another CA's certificate, for a name the boundary knows: refused in the handshake.
-    let other = Pki::new();
+    let other = Pki::named("another CA");
     let forged = other.client_cert("forged", &uri("eu", "dublin-1", "ingest"));
     let response = client(DUBLIN, Some(&ca), Some(&forged))
         .get(https(&app, &format!("/v1/records/{record}")))
@@ -281,6 +285,17 @@ async fn certificates_of_an_unknown_ca_expired_or_naming_no_service_are_refused(
     // The boundary still serves the valid certificate after all of these.
     let dublin = pki.client_cert("ingest-dublin", &uri("eu", "dublin-1", "ingest"));
     assert_eq!(read(&client(DUBLIN, Some(&ca), Some(&dublin)), &app, &record, "support").await.status(), 200);
+
+    // The refused handshakes are counted, by reason, and the certificate's expiry is a gauge.
+    let metrics = client(DUBLIN, Some(&ca), None).get(https(&app, "/metrics")).send().await.unwrap();
+    let metrics = metrics.text().await.unwrap();
+    for reason in ["unknown-ca", "expired"] {
+        let line = format!("clover_tls_connections_refused_total{{reason=\"{reason}\"}}");
+        assert!(metrics.contains(&line), "{line} in {metrics}");
+    }
+    let expiry = metrics.lines().find_map(|l| l.strip_prefix("clover_tls_certificate_expiry_timestamp_seconds "));
+    let expiry: f64 = expiry.expect("the expiry gauge").parse().unwrap();
+    assert!(expiry > OffsetDateTime::now_utc().unix_timestamp() as f64, "{expiry}");
 }
 
 #[tokio::test]
