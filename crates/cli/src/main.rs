@@ -42,8 +42,13 @@ struct ConfigArgs {
 
 impl ConfigArgs {
     fn load(&self) -> anyhow::Result<Config> {
+        self.load_with(|_| {})
+    }
+
+    /// The configuration with the flags applied, `more` last, then checked as a whole.
+    fn load_with(&self, more: impl FnOnce(&mut Config)) -> anyhow::Result<Config> {
         let mut config = match &self.config {
-            Some(path) => Config::load(path)?,
+            Some(path) => Config::load_unchecked(path)?,
             None => Config::default(),
         };
         if let Some(dir) = &self.data_dir {
@@ -52,6 +57,8 @@ impl ConfigArgs {
         if let Some(store) = &self.store {
             config.store = Some(store.clone());
         }
+        more(&mut config);
+        config.validate()?;
         Ok(config)
     }
 }
@@ -85,7 +92,7 @@ impl ClientTlsArgs {
 #[derive(Debug, Clone, clap::Args)]
 struct ServerTlsArgs {
     /// Serve TLS with this certificate chain (PEM), reloaded when the file changes.
-    #[arg(long, value_name = "FILE", requires_all = ["tls_key", "client_ca"])]
+    #[arg(long, value_name = "FILE", requires_all = ["tls_key", "client_ca", "allow_client"])]
     tls_cert: Option<PathBuf>,
     /// The certificate's private key (PEM).
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
@@ -93,7 +100,8 @@ struct ServerTlsArgs {
     /// The CA whose client certificates are accepted: mutual TLS, every client must present one.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     client_ca: Option<PathBuf>,
-    /// Accept only client certificates with this subject alternative name (repeatable).
+    /// Accept only client certificates with this subject alternative name (repeatable; the
+    /// gateway's, `spiffe://clover.local/gateway` for the development certificates).
     #[arg(long = "allow-client", value_name = "SAN", requires = "tls_cert")]
     allow_client: Vec<String>,
     /// Serve plain HTTP on an address that is not loopback (refused otherwise).
@@ -628,8 +636,8 @@ fn main() -> ExitCode {
         Command::Custodian(CustodianCommand::Rotate { admin }) => {
             KeyUrls::custodian(&admin).and_then(|u| keys_rotate(&u))
         }
-        Command::Keys(KeysCommand::Status { remote }) => keys_status(&KeyUrls::boundary(&remote)),
-        Command::Keys(KeysCommand::Rotate { remote }) => keys_rotate(&KeyUrls::boundary(&remote)),
+        Command::Keys(KeysCommand::Status { remote }) => KeyUrls::boundary(&remote).and_then(|u| keys_status(&u)),
+        Command::Keys(KeysCommand::Rotate { remote }) => KeyUrls::boundary(&remote).and_then(|u| keys_rotate(&u)),
         Command::Audit(AuditCommand::Verify { url, vkey, state, witnesses, tls }) => {
             audit_verify(url, &vkey, state, &witnesses, tls.tls())
         }
@@ -708,23 +716,27 @@ fn make_dev_tls(config: &Config) -> anyhow::Result<()> {
         .collect();
     let made = clover_tls::dev::make(&dir, DEV_TRUST_DOMAIN, &services)?;
     let absolute = |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_owned());
-    let toml_path = |p: &std::path::Path| serde_json::to_string(&absolute(p)).unwrap_or_default();
     let gateway = made.servers.iter().find(|(role, ..)| role == "gateway").context("no gateway certificate")?;
-    let mut file = format!(
-        "# Made by `clover init --dev-tls`: the embedded defaults, served over TLS with a local CA.\n\
-         # For trying TLS on one machine, not for production.\n\
-         data_dir = {}\n\n[tls]\ncert = {}\nkey = {}\nclient_ca = {}\n",
-        toml_path(&config.data_dir),
-        toml_path(&gateway.1),
-        toml_path(&gateway.2),
-        toml_path(&made.ca),
-    );
+    // The configuration in use, the command line's included, served over TLS with these.
+    let mut tls_config = config.clone();
+    tls_config.data_dir = absolute(&config.data_dir);
+    tls_config.tls.cert = Some(absolute(&gateway.1));
+    tls_config.tls.key = Some(absolute(&gateway.2));
+    tls_config.tls.client_ca = Some(absolute(&made.ca));
     for (service, uri, ..) in &made.services {
-        file.push_str(&format!(
-            "\n[[tls.services]]\nsan = \"{uri}\"\nprincipal = \"{}\"\nsite = \"{}\"\nroles = [\"support\"]\n",
-            service.name, service.site
-        ));
+        tls_config.tls.services.push(clover_gateway::config::ServiceCertConfig {
+            san: uri.clone(),
+            principal: service.name.parse().context("service name")?,
+            site: service.site.parse().context("service site")?,
+            roles: vec!["support".to_owned()],
+        });
     }
+    tls_config.validate()?;
+    let file = format!(
+        "# Made by `clover init --dev-tls`: this boundary's configuration, served over TLS with a local\n\
+         # CA. For trying TLS on one machine, not for production.\n\n{}",
+        tls_config.to_toml()?
+    );
     let config_path = dir.join("clover.toml");
     std::fs::write(&config_path, file).with_context(|| format!("writing {}", config_path.display()))?;
     eprintln!("clover: development TLS in {} (a local CA: for trying, not for production)", dir.display());
@@ -737,6 +749,12 @@ fn make_dev_tls(config: &Config) -> anyhow::Result<()> {
     }
     eprintln!("  config       {}", config_path.display());
     eprintln!("serve over TLS with: clover serve --config {}", config_path.display());
+    eprintln!(
+        "a custodian or witness on mutual TLS takes: --tls-cert {0}/custodian.pem --tls-key {0}/custodian.key \
+         --client-ca {0}/ca.pem --allow-client {1}",
+        dir.display(),
+        clover_tls::dev::role_uri(DEV_TRUST_DOMAIN, "gateway")
+    );
     Ok(())
 }
 
@@ -747,15 +765,15 @@ fn serve(
     tls_key: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     init_tracing();
-    let mut config = args.load()?;
-    if let Some(listen) = listen {
-        config.listen = listen;
-    }
-    if let (Some(cert), Some(key)) = (tls_cert, tls_key) {
-        config.tls.cert = Some(cert);
-        config.tls.key = Some(key);
-    }
-    config.validate()?;
+    let config = args.load_with(|config| {
+        if let Some(listen) = listen {
+            config.listen = listen;
+        }
+        if let (Some(cert), Some(key)) = (tls_cert, tls_key) {
+            config.tls.cert = Some(cert);
+            config.tls.key = Some(key);
+        }
+    })?;
     if config.tls.cert.is_none() && !clover_tls::plaintext_allowed(config.listen) {
         tracing::warn!(listen = %config.listen, "serving plain HTTP on a non-loopback address ([tls] allow_plaintext)");
     }
@@ -987,17 +1005,19 @@ struct KeyUrls {
 }
 
 impl KeyUrls {
-    fn boundary(remote: &Remote) -> Self {
+    fn boundary(remote: &Remote) -> anyhow::Result<Self> {
+        clover_tls::check_url(&remote.url, "--url")?;
         let url = remote.url.trim_end_matches('/');
-        Self {
+        Ok(Self {
             status: format!("{url}/v1/keys"),
             rotate: format!("{url}/v1/keys/rotate"),
             token: remote.token.clone(),
             tls: remote.tls.clone(),
-        }
+        })
     }
 
     fn custodian(admin: &CustodianAdmin) -> anyhow::Result<Self> {
+        clover_tls::check_url(&admin.url, "--url")?;
         let url = admin.url.trim_end_matches('/');
         Ok(Self {
             status: format!("{url}/v1/admin/keys"),

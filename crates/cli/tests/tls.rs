@@ -105,6 +105,24 @@ fn plain_http_off_loopback_is_refused_by_every_listener() {
     assert!(!ok);
     assert!(err.contains("refusing to serve the witness over plain HTTP on 0.0.0.0:0"), "{err}");
 
+    // Mutual TLS names the clients it takes: a custodian with a certificate and no
+    // --allow-client is refused.
+    let mut custodian = clover(dir.path());
+    custodian.args([
+        "custodian",
+        "serve",
+        "--dir",
+        "custodian",
+        "--log-url",
+        "http://127.0.0.1:1",
+        "--log-vkey",
+        &vkey,
+    ]);
+    custodian.args(["--tls-cert", "c.pem", "--tls-key", "c.key", "--client-ca", "ca.pem"]);
+    let (ok, _, err) = output(custodian);
+    assert!(!ok);
+    assert!(err.contains("--allow-client"), "{err}");
+
     // A boundary whose custodian is plain HTTP on another machine is refused too.
     std::fs::write(dir.path().join("c.toml"), "[keys]\ncustodian = \"http://10.1.2.3:7880\"\n").unwrap();
     let mut serve = clover(dir.path());
@@ -131,6 +149,19 @@ async fn dev_tls_a_boundary_its_custodian_and_a_witness_over_mutual_tls() {
     again.args(["init", "--data-dir", "data", "--dev-tls"]);
     let (ok, _, err) = output(again);
     assert!(!ok && err.contains("exists already"), "{err}");
+
+    // The configuration it wrote is this boundary's, with [tls] added.
+    let written = std::fs::read_to_string(tls.join("clover.toml")).unwrap();
+    assert!(written.contains("region = \"eu\"") && written.contains("[[sites]]"), "{written}");
+
+    // A configuration that listens off loopback is served once the flags give it a certificate.
+    std::fs::write(dir.path().join("open.toml"), "data_dir = \"data\"\nlisten = \"0.0.0.0:0\"\n").unwrap();
+    let mut open = clover(dir.path());
+    open.args(["serve", "--config", "open.toml", "--tls-cert"]);
+    open.args([tls.join("gateway.pem").to_str().unwrap(), "--tls-key", tls.join("gateway.key").to_str().unwrap()]);
+    let open = start(open);
+    assert!(open.url.starts_with("https://0.0.0.0:"), "{}", open.url);
+    drop(open);
 
     let mut vkey = clover(dir.path());
     vkey.args(["log", "vkey", "--data-dir", "data"]);
@@ -172,10 +203,9 @@ async fn dev_tls_a_boundary_its_custodian_and_a_witness_over_mutual_tls() {
     // The boundary, on the configuration `--dev-tls` wrote, with the custodian and the witness.
     let config = tls.join("clover.toml");
     let mut text = std::fs::read_to_string(&config).unwrap();
-    text.push_str(&format!(
-        "\n[keys]\ncustodian = \"{}\"\n\n[[log.witnesses]]\nurl = \"{}\"\nvkey = \"{witness_vkey}\"\n",
-        custodian.url, witness.url
-    ));
+    assert!(text.contains("\n[keys]\n"), "{text}");
+    text = text.replace("\n[keys]\n", &format!("\n[keys]\ncustodian = \"{}\"\n", custodian.url));
+    text.push_str(&format!("\n[[log.witnesses]]\nurl = \"{}\"\nvkey = \"{witness_vkey}\"\n", witness.url));
     std::fs::write(&config, text).unwrap();
     let mut serve = clover(dir.path());
     serve.args(["serve", "--config", config.to_str().unwrap(), "--listen", &format!("127.0.0.1:{port}")]);

@@ -29,7 +29,7 @@ use crate::problem::{ApiError, BodyLimit};
                        placed by its network origin, decided by policy and answered with the decision."
     ),
     modifiers(&BearerAuth),
-    security(("bearer" = [])),
+    security(("bearer" = []), ("mtls" = [])),
     tags(
         (name = "subjects", description = "Data subjects: registration and erasure"),
         (name = "records", description = "Encrypted records"),
@@ -50,6 +50,18 @@ impl utoipa::Modify for BearerAuth {
         components.add_security_scheme(
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
+        );
+        components.add_security_scheme(
+            "mtls",
+            SecurityScheme::MutualTls {
+                description: Some(
+                    "A service's client certificate, verified against [tls] client_ca; a subject alternative \
+                     name mapped in [[tls.services]] gives its principal and site"
+                        .to_owned(),
+                ),
+                deprecated: None,
+                extensions: None,
+            },
         );
     }
 }

@@ -508,10 +508,28 @@ impl Config {
 
     /// Parses the text of a `clover.toml` and checks it.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let config: Self =
-            toml::from_str(text).map_err(|e| ConfigError::Parse { path: PathBuf::new(), cause: Box::new(e) })?;
+        let config = Self::parse_unchecked(text)?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// Reads a `clover.toml` without checking that its values fit together, for a caller that
+    /// overrides some of them first (and then calls [`Config::validate`]).
+    pub fn load_unchecked(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read { path: path.into(), cause })?;
+        Self::parse_unchecked(&text).map_err(|e| match e {
+            ConfigError::Parse { cause, .. } => ConfigError::Parse { path: path.into(), cause },
+            other => other,
+        })
+    }
+
+    fn parse_unchecked(text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse { path: PathBuf::new(), cause: Box::new(e) })
+    }
+
+    /// The configuration as a `clover.toml` that parses back to it.
+    pub fn to_toml(&self) -> Result<String, ConfigError> {
+        toml::to_string(self).map_err(|e| ConfigError::Invalid(format!("cannot write the configuration: {e}")))
     }
 
     /// Checks what serde cannot: unique names, a sane body limit.
@@ -659,6 +677,23 @@ mod tests {
         let example_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/clover.toml");
         let example = Config::load(&example_path).unwrap();
         assert_eq!(serde_json::to_value(&example).unwrap(), serde_json::to_value(&defaults).unwrap());
+    }
+
+    #[test]
+    fn a_configuration_written_out_reads_back_the_same() {
+        let mut config = Config::default();
+        config.tls.cert = Some("/etc/clover/gateway.pem".into());
+        config.tls.key = Some("/etc/clover/gateway.key".into());
+        config.tls.client_ca = Some("/etc/clover/ca.pem".into());
+        config.tls.services.push(ServiceCertConfig {
+            san: "spiffe://clover.local/eu/dublin-1/ingest".into(),
+            principal: "ingest".parse().unwrap(),
+            site: "dublin-1".parse().unwrap(),
+            roles: vec!["support".into()],
+        });
+        let text = config.to_toml().unwrap();
+        let back = Config::parse(&text).unwrap();
+        assert_eq!(serde_json::to_value(&back).unwrap(), serde_json::to_value(&config).unwrap(), "{text}");
     }
 
     #[test]

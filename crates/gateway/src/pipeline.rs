@@ -121,8 +121,9 @@ pub async fn authenticate(boundary: &Boundary, parts: &Parts) -> Result<Principa
 /// `[tls] client_ca` in the handshake): the certificate's subject alternative names give the
 /// principal and the site (`[[tls.services]]`), and that site is the origin, provided the call
 /// comes from one of the site's address ranges. A certificate that names no service, or is
-/// presented from outside its site, is refused, and the refusal is logged. A bearer token sent
-/// as well must name the same principal.
+/// presented from outside its site, is refused, and the refusal is logged; so is one that names
+/// several services. A bearer token sent as well must name the same principal. A certificate
+/// that names no service, sent with a bearer token, is not a service's: the token decides.
 pub async fn certificate_caller(
     boundary: &Boundary,
     certificate: &[u8],
@@ -133,16 +134,39 @@ pub async fn certificate_caller(
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer, IpAddr::V4),
         v4 => v4,
     };
-    let names = clover_tls::subject_names(certificate).map_err(ApiError::internal)?;
+    let names = clover_tls::subject_alt_names(certificate).map_err(ApiError::internal)?;
     let address_origin = resolve_origin(boundary, peer);
     let tls = &boundary.config.tls;
-    let service = tls.services.iter().find(|s| names.iter().any(|n| clover_tls::names::same(&s.san, n)));
-    let Some(service) = service else {
-        let reason = format!(
-            "the certificate ({}) names no service of this boundary ([[tls.services]])",
-            if names.is_empty() { "no subject alternative names".to_owned() } else { names.join(", ") }
-        );
-        return Err(refuse_certificate(boundary, None, &address_origin, reason).await);
+    let services: Vec<_> = tls.services.iter().filter(|s| names.iter().any(|n| n.matches(&s.san))).collect();
+    let listed = || {
+        if names.is_empty() {
+            "no subject alternative names".to_owned()
+        } else {
+            names.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+        }
+    };
+    let service = match services.as_slice() {
+        [service] => *service,
+        [] if parts.headers.contains_key(AUTHORIZATION) => {
+            // Not a service's certificate (a device certificate an employee's client sends, say):
+            // the bearer token and the address decide, as without a certificate.
+            tracing::debug!(names = %listed(), "a client certificate that names no service; the token decides");
+            let principal = authenticate(boundary, parts).await?;
+            return Ok((principal, resolve_origin(boundary, client_address(boundary, peer, parts))));
+        }
+        [] => {
+            let reason = format!("the certificate ({}) names no service of this boundary ([[tls.services]])", listed());
+            return Err(refuse_certificate(boundary, None, &address_origin, reason).await);
+        }
+        several => {
+            let which: Vec<&str> = several.iter().map(|s| s.san.as_str()).collect();
+            let reason = format!(
+                "the certificate ({}) names several services ({}): it must name one",
+                listed(),
+                which.join(", ")
+            );
+            return Err(refuse_certificate(boundary, None, &address_origin, reason).await);
+        }
     };
     let site = boundary.config.sites.iter().find(|s| s.name == service.site).ok_or_else(|| {
         ApiError::internal(format!("service {:?} at unconfigured site {:?}", service.san, service.site.as_str()))

@@ -1,16 +1,23 @@
 //! The clients Clover's processes call each other with.
 
-use std::path::PathBuf;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
-use crate::{TlsError, read};
+use rustls::client::ResolvesClientCert;
+use rustls::sign::CertifiedKey;
+use rustls::{ClientConfig, SignatureScheme};
+
+use crate::TlsError;
+use crate::server::{provider, roots};
 
 /// Which CA a client trusts and which certificate it presents.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClientTls {
     /// Trust only this CA (PEM) for `https://` servers; the platform's roots when unset.
     pub ca: Option<PathBuf>,
-    /// The certificate to present for mutual TLS (PEM), with `key`.
+    /// The certificate to present for mutual TLS (PEM), with `key`; read again when its file
+    /// changes, so that a renewed certificate is presented without a restart.
     pub cert: Option<PathBuf>,
     /// Its private key (PEM).
     pub key: Option<PathBuf>,
@@ -22,33 +29,84 @@ impl ClientTls {
         self.cert.is_some() && self.key.is_some()
     }
 
-    /// A client builder that trusts `ca` and presents `cert`; no proxy, a 10-second timeout.
-    pub fn builder(&self) -> Result<reqwest::ClientBuilder, TlsError> {
-        let client = |e: reqwest::Error| TlsError::Client(e.to_string());
-        let mut builder = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(10));
-        if let Some(ca) = &self.ca {
-            let certs = reqwest::Certificate::from_pem_bundle(&read(ca)?).map_err(client)?;
-            if certs.is_empty() {
-                return Err(TlsError::Pem { path: ca.clone(), what: "certificates" });
+    /// The rustls configuration: rustls's safe defaults (TLS 1.3 and 1.2), the CA's roots or
+    /// the platform's, and the client certificate.
+    pub fn rustls_config(&self) -> Result<ClientConfig, TlsError> {
+        let builder = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Rustls { what: "protocol versions".into(), cause: e.to_string() })?;
+        let builder = match &self.ca {
+            Some(ca) => builder.with_root_certificates(roots(ca)?),
+            None => rustls_platform_verifier::BuilderVerifierExt::with_platform_verifier(builder)
+                .map_err(|e| TlsError::Rustls { what: "the platform's roots".into(), cause: e.to_string() })?,
+        };
+        match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => {
+                let identity = ClientCert::load(cert.clone(), key.clone())?;
+                Ok(builder.with_client_cert_resolver(Arc::new(identity)))
             }
-            builder = builder.tls_certs_only(certs);
+            (None, None) => Ok(builder.with_no_client_auth()),
+            _ => Err(TlsError::Client("a client certificate needs its key, and a key its certificate".to_owned())),
         }
-        if self.cert.is_some() != self.key.is_some() {
-            return Err(TlsError::Client("a client certificate needs its key, and a key its certificate".to_owned()));
-        }
-        if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
-            crate::load_certs(cert)?;
-            crate::load_key(key)?;
-            let mut pem = read(cert)?;
-            pem.push(b'\n');
-            pem.extend(read(key)?);
-            builder = builder.identity(reqwest::Identity::from_pem(&pem).map_err(client)?);
-        }
-        Ok(builder)
+    }
+
+    /// A client builder with this TLS; no proxy, a 10-second timeout.
+    pub fn builder(&self) -> Result<reqwest::ClientBuilder, TlsError> {
+        Ok(reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(10))
+            .tls_backend_preconfigured(self.rustls_config()?))
     }
 
     /// A client, as [`ClientTls::builder`] makes it.
     pub fn client(&self) -> Result<reqwest::Client, TlsError> {
         self.builder()?.build().map_err(|e| TlsError::Client(e.to_string()))
+    }
+}
+
+/// The client certificate, read again at a handshake when its files have changed since.
+#[derive(Debug)]
+struct ClientCert {
+    cert: PathBuf,
+    key: PathBuf,
+    current: Mutex<(Fingerprint, Arc<CertifiedKey>)>,
+}
+
+type Fingerprint = [Option<(u64, Option<SystemTime>)>; 2];
+
+fn fingerprint(cert: &Path, key: &Path) -> Fingerprint {
+    [cert, key].map(|p| std::fs::metadata(p).ok().map(|m| (m.len(), m.modified().ok())))
+}
+
+impl ClientCert {
+    fn load(cert: PathBuf, key: PathBuf) -> Result<Self, TlsError> {
+        let now = fingerprint(&cert, &key);
+        let (certified, _) = crate::server::certified_key(&cert, &key)?;
+        Ok(Self { cert, key, current: Mutex::new((now, Arc::new(certified))) })
+    }
+}
+
+impl ResolvesClientCert for ClientCert {
+    fn resolve(&self, _hints: &[&[u8]], schemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        let now = fingerprint(&self.cert, &self.key);
+        let mut current = self.current.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if current.0 != now {
+            match crate::server::certified_key(&self.cert, &self.key) {
+                Ok((certified, summary)) => {
+                    tracing::info!(certificate = %summary, "client certificate reloaded");
+                    *current = (now, Arc::new(certified));
+                }
+                // Half-replaced files, say: keep the one in use, and look again next time.
+                Err(e) => {
+                    tracing::warn!(error = %e, "client certificate files changed but do not load; the one in use is kept")
+                }
+            }
+        }
+        let key = current.1.clone();
+        key.key.choose_scheme(schemes).is_some().then_some(key)
+    }
+
+    fn has_certs(&self) -> bool {
+        true
     }
 }

@@ -26,7 +26,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 pub use client::ClientTls;
-pub use names::subject_names;
+pub use names::{SubjectName, subject_alt_names, subject_names};
 pub use serve::{PeerCertificate, serve};
 pub use server::{CertSummary, ClientAuth, ServerTls, ServerTlsOptions};
 
@@ -115,14 +115,13 @@ fn is_loopback(ip: IpAddr) -> bool {
 /// Checks a URL that one of Clover's processes calls another at (`what` names it in the
 /// error): `https://`, or `http://` to a loopback address (`127.0.0.0/8`, `::1`, `localhost`).
 pub fn check_url(url: &str, what: &str) -> Result<(), TlsError> {
-    if url.starts_with("https://") {
-        return Ok(());
-    }
-    if !url.starts_with("http://") {
-        return Err(TlsError::Plaintext(format!("{what} {url:?} must be an https:// URL")));
-    }
     // Parsed as the client will parse it (a `\\` is a `/` in an http URL, say), not by hand.
     let parsed = reqwest::Url::parse(url).map_err(|e| TlsError::Plaintext(format!("{what} {url:?}: {e}")))?;
+    match parsed.scheme() {
+        "https" => return Ok(()),
+        "http" => {}
+        _ => return Err(TlsError::Plaintext(format!("{what} {url:?} must be an https:// URL"))),
+    }
     let loopback = match parsed.host() {
         Some(url::Host::Domain(domain)) => domain.eq_ignore_ascii_case("localhost"),
         Some(url::Host::Ipv4(v4)) => v4.is_loopback(),
@@ -155,7 +154,13 @@ mod tests {
 
     #[test]
     fn urls_between_processes_are_https_or_loopback() {
-        for ok in ["https://custodian.eu:7880", "http://127.0.0.1:7880", "http://localhost:7880/x", "http://[::1]:1"] {
+        for ok in [
+            "https://custodian.eu:7880",
+            "HTTPS://custodian.eu",
+            "http://127.0.0.1:7880",
+            "http://localhost:7880/x",
+            "http://[::1]:1",
+        ] {
             check_url(ok, "the custodian").unwrap();
         }
         for bad in [

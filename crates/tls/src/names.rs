@@ -9,25 +9,76 @@ fn parse(der: &[u8]) -> Result<X509Certificate<'_>, TlsError> {
     x509_parser::parse_x509_certificate(der).map(|(_, cert)| cert).map_err(|e| TlsError::Certificate(e.to_string()))
 }
 
+/// A subject alternative name that can name a machine or a service, of its kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubjectName {
+    /// A DNS name.
+    Dns(String),
+    /// A URI, such as a SPIFFE id (`spiffe://trust-domain/path`).
+    Uri(String),
+    /// An IP address.
+    Ip(std::net::IpAddr),
+}
+
+impl std::fmt::Display for SubjectName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Dns(name) | Self::Uri(name) => f.write_str(name),
+            Self::Ip(ip) => write!(f, "{ip}"),
+        }
+    }
+}
+
+impl SubjectName {
+    /// Whether a configured name is this one, compared as its kind only: a configured URI (it
+    /// has `://`) with URI names (scheme and host without case, the rest exactly), an IP
+    /// address with IP names, anything else with DNS names (without case). A DNS name whose
+    /// text looks like a URI or an address does not match a URI or an address.
+    pub fn matches(&self, configured: &str) -> bool {
+        match self {
+            Self::Uri(uri) => configured.contains("://") && same_uri(configured, uri),
+            Self::Ip(ip) => configured.parse::<std::net::IpAddr>().is_ok_and(|c| c == *ip),
+            Self::Dns(dns) => {
+                !configured.contains("://")
+                    && configured.parse::<std::net::IpAddr>().is_err()
+                    && configured.eq_ignore_ascii_case(dns)
+            }
+        }
+    }
+}
+
+fn same_uri(configured: &str, presented: &str) -> bool {
+    let split = |uri: &str| -> Option<(String, String, String)> {
+        let (scheme, rest) = uri.split_once("://")?;
+        let (host, path) = rest.split_once('/').map_or((rest, ""), |(h, p)| (h, p));
+        Some((scheme.to_ascii_lowercase(), host.to_ascii_lowercase(), path.to_owned()))
+    };
+    matches!((split(configured), split(presented)), (Some(a), Some(b)) if a == b)
+}
+
 /// The subject alternative names of a DER certificate that can name a machine or a service:
-/// DNS names, URIs (such as SPIFFE ids, `spiffe://trust-domain/path`) and IP addresses, each as
-/// its text.
-pub fn subject_names(der: &[u8]) -> Result<Vec<String>, TlsError> {
+/// DNS names, URIs and IP addresses.
+pub fn subject_alt_names(der: &[u8]) -> Result<Vec<SubjectName>, TlsError> {
     let cert = parse(der)?;
     Ok(names_of(&cert))
 }
 
-fn names_of(cert: &X509Certificate<'_>) -> Vec<String> {
+/// The subject alternative names of a DER certificate, as text.
+pub fn subject_names(der: &[u8]) -> Result<Vec<String>, TlsError> {
+    Ok(subject_alt_names(der)?.iter().map(ToString::to_string).collect())
+}
+
+fn names_of(cert: &X509Certificate<'_>) -> Vec<SubjectName> {
     let Ok(Some(san)) = cert.subject_alternative_name() else { return Vec::new() };
     san.value
         .general_names
         .iter()
         .filter_map(|name| match name {
-            GeneralName::DNSName(dns) => Some((*dns).to_owned()),
-            GeneralName::URI(uri) => Some((*uri).to_owned()),
+            GeneralName::DNSName(dns) => Some(SubjectName::Dns((*dns).to_owned())),
+            GeneralName::URI(uri) => Some(SubjectName::Uri((*uri).to_owned())),
             GeneralName::IPAddress(bytes) => match bytes.len() {
-                4 => <[u8; 4]>::try_from(*bytes).ok().map(|b| std::net::IpAddr::from(b).to_string()),
-                16 => <[u8; 16]>::try_from(*bytes).ok().map(|b| std::net::IpAddr::from(b).to_string()),
+                4 => <[u8; 4]>::try_from(*bytes).ok().map(|b| SubjectName::Ip(b.into())),
+                16 => <[u8; 16]>::try_from(*bytes).ok().map(|b| SubjectName::Ip(b.into())),
                 _ => None,
             },
             _ => None,
@@ -38,22 +89,8 @@ fn names_of(cert: &X509Certificate<'_>) -> Vec<String> {
 /// The names and the end of validity of a DER certificate.
 pub(crate) fn describe(der: &[u8]) -> Result<(Vec<String>, time::OffsetDateTime), TlsError> {
     let cert = parse(der)?;
-    Ok((names_of(&cert), cert.validity().not_after.to_datetime()))
-}
-
-/// Whether a configured name and a certificate's name are the same: exactly, except that DNS
-/// names (and a URI's scheme and host) compare without case.
-pub fn same(configured: &str, presented: &str) -> bool {
-    if configured.contains("://") {
-        configured == presented
-            || configured.split_once("://").zip(presented.split_once("://")).is_some_and(|((cs, cr), (ps, pr))| {
-                let (ch, cp) = cr.split_once('/').unwrap_or((cr, ""));
-                let (ph, pp) = pr.split_once('/').unwrap_or((pr, ""));
-                cs.eq_ignore_ascii_case(ps) && ch.eq_ignore_ascii_case(ph) && cp == pp
-            })
-    } else {
-        configured.eq_ignore_ascii_case(presented)
-    }
+    let names = names_of(&cert).iter().map(ToString::to_string).collect();
+    Ok((names, cert.validity().not_after.to_datetime()))
 }
 
 #[cfg(test)]
@@ -62,11 +99,21 @@ mod tests {
 
     #[test]
     fn names_compare_as_their_kind_does() {
-        assert!(same("ingest.dublin-1.eu", "Ingest.Dublin-1.EU"));
-        assert!(same("spiffe://clover.local/eu/dublin-1/ingest", "SPIFFE://Clover.Local/eu/dublin-1/ingest"));
-        assert!(!same("spiffe://clover.local/eu/dublin-1/ingest", "spiffe://clover.local/eu/dublin-1/Ingest"));
-        assert!(!same("spiffe://clover.local/eu/dublin-1/ingest", "spiffe://clover.local/eu/dublin-1/ingest2"));
-        assert!(!same("a.example", "b.example"));
+        let dns = |s: &str| SubjectName::Dns(s.to_owned());
+        let uri = |s: &str| SubjectName::Uri(s.to_owned());
+        let spiffe = "spiffe://clover.local/eu/dublin-1/ingest";
+        assert!(dns("Ingest.Dublin-1.EU").matches("ingest.dublin-1.eu"));
+        assert!(uri("SPIFFE://Clover.Local/eu/dublin-1/ingest").matches(spiffe));
+        assert!(!uri("spiffe://clover.local/eu/dublin-1/Ingest").matches(spiffe));
+        assert!(!uri("spiffe://clover.local/eu/dublin-1/ingest2").matches(spiffe));
+        assert!(!dns("b.example").matches("a.example"));
+        // A name of one kind never matches a configured name of another.
+        assert!(!dns(spiffe).matches(spiffe), "a DNS name spelling a URI");
+        assert!(!dns("10.0.0.5").matches("10.0.0.5"), "a DNS name spelling an address");
+        assert!(SubjectName::Ip("10.0.0.5".parse().unwrap()).matches("10.0.0.5"));
+        assert!(SubjectName::Ip("::1".parse().unwrap()).matches("0:0:0:0:0:0:0:1"));
+        assert!(!SubjectName::Ip("10.0.0.5".parse().unwrap()).matches("10.0.0.6"));
+        assert!(!uri("dns.example").matches("dns.example"));
     }
 
     #[test]

@@ -20,7 +20,8 @@ use crate::ServerTls;
 pub struct PeerCertificate(pub Arc<[u8]>);
 
 /// The counter of connections refused before any request: failed handshakes by `reason`
-/// (`unknown-ca`, `expired`, `bad-certificate`, `no-certificate`, `not-tls`, `timeout`, `other`)
+/// (`unknown-ca`, `expired`, `not-yet-valid`, `bad-certificate`, `no-certificate`, `not-tls`,
+/// `timeout`, `other`)
 /// and certificates outside `allowed_clients` (`not-allowed`).
 pub const REFUSED_METRIC: &str = "clover_tls_connections_refused_total";
 
@@ -33,21 +34,29 @@ fn reason(error: &std::io::Error) -> &'static str {
     use rustls::{CertificateError, Error};
     match error.get_ref().and_then(|inner| inner.downcast_ref::<Error>()) {
         Some(Error::InvalidCertificate(CertificateError::UnknownIssuer)) => "unknown-ca",
+        Some(Error::InvalidCertificate(CertificateError::Expired | CertificateError::ExpiredContext { .. })) => {
+            "expired"
+        }
         Some(Error::InvalidCertificate(
-            CertificateError::Expired | CertificateError::ExpiredContext { .. } | CertificateError::NotValidYet,
-        )) => "expired",
-        Some(Error::InvalidCertificate(CertificateError::NotValidYetContext { .. })) => "expired",
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. },
+        )) => "not-yet-valid",
         Some(Error::InvalidCertificate(_)) => "bad-certificate",
         Some(Error::NoCertificatesPresented) => "no-certificate",
-        Some(Error::InvalidMessage(_) | Error::InappropriateMessage { .. } | Error::InappropriateHandshakeMessage { .. }) => {
-            "not-tls"
-        }
+        Some(
+            Error::InvalidMessage(_) | Error::InappropriateMessage { .. } | Error::InappropriateHandshakeMessage { .. },
+        ) => "not-tls",
         _ => "other",
     }
 }
 
 /// How long a client has to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The most connections served at once; past it, new ones wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 8192;
+
+/// How long a shutdown waits for the requests in flight before it drops them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// Serves `router` on `listener` until `shutdown` completes, then stops accepting connections and
 /// waits for the requests in flight. With `tls`, every connection is TLS (a handshake that fails,
@@ -66,8 +75,16 @@ pub async fn serve(
             .await;
     };
     let graceful = GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::pin!(shutdown);
     loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -84,6 +101,7 @@ pub async fn serve(
         let router = router.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
+            let _slot = slot;
             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.acceptor().accept(stream)).await {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(e)) => {
@@ -125,6 +143,8 @@ pub async fn serve(
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
+        tracing::warn!("requests still in flight after {}s; stopping anyway", SHUTDOWN_GRACE.as_secs());
+    }
     Ok(())
 }

@@ -90,12 +90,12 @@ fn fingerprint(options: &ServerTlsOptions) -> Fingerprint {
         .collect()
 }
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 /// Loads a certificate and its key, checking that they belong together.
-fn certified_key(cert: &Path, key: &Path) -> Result<(CertifiedKey, CertSummary), TlsError> {
+pub(crate) fn certified_key(cert: &Path, key: &Path) -> Result<(CertifiedKey, CertSummary), TlsError> {
     let chain = load_certs(cert)?;
     let summary = match chain.first() {
         Some(leaf) => summary(leaf)?,
@@ -155,6 +155,13 @@ impl ServerTls {
         };
         let mut config = builder.with_client_cert_verifier(verifier).with_cert_resolver(resolver.clone());
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        if options.client_auth != ClientAuth::None {
+            // No session resumption where client certificates count: a resumed session would
+            // carry the certificate verified when it began, expired or replaced since. Every
+            // connection's certificate is verified afresh (a kept-alive connection keeps its own).
+            config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+            config.send_tls13_tickets = 0;
+        }
         tracing::info!(certificate = %summary, client_auth = ?options.client_auth, "TLS certificate loaded");
         record_expiry(&summary);
         Ok(Self { acceptor: TlsAcceptor::from(Arc::new(config)), resolver, options, loaded })
@@ -185,10 +192,11 @@ impl ServerTls {
             return Ok(());
         }
         let Some(der) = certificate else { return Err("no client certificate".to_owned()) };
-        let names = names::subject_names(der).map_err(|e| e.to_string())?;
-        if names.iter().any(|n| self.options.allowed_clients.iter().any(|a| names::same(a, n))) {
+        let names = names::subject_alt_names(der).map_err(|e| e.to_string())?;
+        if names.iter().any(|n| self.options.allowed_clients.iter().any(|a| n.matches(a))) {
             Ok(())
         } else {
+            let names: Vec<String> = names.iter().map(ToString::to_string).collect();
             Err(format!("client certificate for {} is not one of the allowed clients", names.join(", ")))
         }
     }

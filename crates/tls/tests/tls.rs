@@ -390,21 +390,14 @@ async fn tls_1_3_by_default_and_1_2_when_a_client_asks() {
     );
     drop(tls12);
 
-    // Clover's own clients: TLS 1.3 unless limited to 1.2, which works as well.
-    for (max, expected) in
-        [(None, reqwest::tls::Version::TLS_1_3), (Some(reqwest::tls::Version::TLS_1_2), reqwest::tls::Version::TLS_1_2)]
-    {
-        let mut builder = pki.anonymous().builder().unwrap().tls_info(true);
-        if let Some(max) = max {
-            builder = builder.tls_version_max(max);
-        }
-        let response = builder.build().unwrap().get(server.url()).send().await.unwrap();
-        let info = response.extensions().get::<reqwest::tls::TlsInfo>().unwrap();
-        assert_eq!(info.version(), Some(expected));
-        let served = subject_names(info.peer_certificate().unwrap()).unwrap();
-        assert_eq!(served, ["127.0.0.1", "localhost"]);
-        assert_eq!(names_in(&response.text().await.unwrap()), "-");
-    }
+    // Clover's own clients (rustls's safe defaults, `ClientTls::rustls_config`): TLS 1.3.
+    let response = pki.anonymous().builder().unwrap().tls_info(true).build().unwrap().get(server.url()).send().await;
+    let response = response.unwrap();
+    let info = response.extensions().get::<reqwest::tls::TlsInfo>().unwrap();
+    assert_eq!(info.version(), Some(reqwest::tls::Version::TLS_1_3));
+    let served = subject_names(info.peer_certificate().unwrap()).unwrap();
+    assert_eq!(served, ["127.0.0.1", "localhost"]);
+    assert_eq!(names_in(&response.text().await.unwrap()), "-");
 
     server.stop().await;
 }
@@ -475,5 +468,30 @@ async fn certificates_reload_when_their_files_change() {
     await_served(server.addr, &pki.ca_pem, "three.example").await;
     assert_eq!(next_reload(&mut reloads).await.names, ["127.0.0.1", "three.example"]);
 
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_presents_its_renewed_certificate_without_being_rebuilt() {
+    let pki = Pki::new();
+    let server = TestServer::load(pki.server(ClientAuth::Required(pki.ca_pem.clone()), &[])).await;
+    let pair = pki.write("client", &Pki::client_leaf(&[INGEST]));
+    let client = pki.presenting(pair.clone()).builder().unwrap().pool_max_idle_per_host(0).build().unwrap();
+    let names = |body: String| names_in(&body).to_owned();
+    let body = client.get(server.url()).send().await.unwrap().text().await.unwrap();
+    assert_eq!(names(body), INGEST);
+
+    // The files are replaced (key first): the next handshake of the same client presents the
+    // new certificate.
+    let renewed = pki.ca.issue(&Pki::client_leaf(&[EXPORT])).unwrap();
+    replace(&pair.1, &renewed.key_pem);
+    replace(&pair.0, &renewed.cert_pem);
+    let body = client.get(server.url()).send().await.unwrap().text().await.unwrap();
+    assert_eq!(names(body), EXPORT);
+
+    // A half-written replacement (garbage) keeps the certificate in use.
+    std::fs::write(&pair.0, "not a certificate").unwrap();
+    let body = client.get(server.url()).send().await.unwrap().text().await.unwrap();
+    assert_eq!(names(body), EXPORT);
     server.stop().await;
 }

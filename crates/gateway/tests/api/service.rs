@@ -69,6 +69,8 @@ async fn the_openapi_document_describes_every_endpoint() {
     }
     assert!(doc["components"]["schemas"]["Problem"].is_object());
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    assert_eq!(doc["components"]["securitySchemes"]["mtls"]["type"], "mutualTLS");
+    assert_eq!(doc["security"], serde_json::json!([{"bearer": []}, {"mtls": []}]), "a token or a service certificate");
     assert_eq!(
         paths["/v1/records/{record_id}"]["get"]["responses"]["403"]["content"]["application/problem+json"]["schema"]["$ref"],
         "#/components/schemas/Problem"

@@ -281,6 +281,36 @@ async fn certificates_of_an_unknown_ca_expired_or_naming_no_service_are_refused(
     let entry = &log_entries(app.boundary.log()).await[usize::try_from(body["log_index"].as_u64().unwrap()).unwrap()];
     assert_eq!(entry["action"], "authenticate");
     assert_eq!(entry["principal"], Value::Null);
+    // The same certificate with an employee's token is not a service's: the token decides (a
+    // device certificate an employee's browser sends, say).
+    let response = client(DUBLIN, Some(&ca), Some(&stranger))
+        .get(https(&app, &format!("/v1/records/{record}")))
+        .bearer_auth(app.token())
+        .header("X-Clover-Purpose", "support")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    let entry = &log_entries(app.boundary.log()).await[usize::try_from(body["log_index"].as_u64().unwrap()).unwrap()];
+    assert_eq!(entry["principal"]["id"], "ana");
+
+    // A certificate that names two services is refused: which one it is must not be a guess.
+    let both = pki.issue(
+        "both",
+        Leaf {
+            names: vec![uri("eu", "dublin-1", "ingest"), uri("sg", "singapore-1", "ingest")],
+            server: false,
+            ..Leaf::default()
+        },
+    );
+    let body = problem(
+        read(&client(DUBLIN, Some(&ca), Some(&both)), &app, &record, "support").await,
+        403,
+        "certificate-refused",
+    )
+    .await;
+    assert!(body["detail"].as_str().unwrap().contains("names several services"), "{body}");
 
     // The boundary still serves the valid certificate after all of these.
     let dublin = pki.client_cert("ingest-dublin", &uri("eu", "dublin-1", "ingest"));
