@@ -750,7 +750,7 @@ fn make_dev_tls(config: &Config) -> anyhow::Result<()> {
     eprintln!("  config       {}", config_path.display());
     eprintln!("serve over TLS with: clover serve --config {}", config_path.display());
     eprintln!(
-        "a custodian or witness on mutual TLS takes: --tls-cert {0}/custodian.pem --tls-key {0}/custodian.key \
+        "the custodian on mutual TLS takes: --tls-cert {0}/custodian.pem --tls-key {0}/custodian.key \
          --client-ca {0}/ca.pem --allow-client {1}",
         dir.display(),
         clover_tls::dev::role_uri(DEV_TRUST_DOMAIN, "gateway")

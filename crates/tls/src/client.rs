@@ -37,8 +37,15 @@ impl ClientTls {
             .map_err(|e| TlsError::Rustls { what: "protocol versions".into(), cause: e.to_string() })?;
         let builder = match &self.ca {
             Some(ca) => builder.with_root_certificates(roots(ca)?),
-            None => rustls_platform_verifier::BuilderVerifierExt::with_platform_verifier(builder)
-                .map_err(|e| TlsError::Rustls { what: "the platform's roots".into(), cause: e.to_string() })?,
+            None => match rustls_platform_verifier::Verifier::new(provider()) {
+                Ok(verifier) => builder.dangerous().with_custom_certificate_verifier(Arc::new(verifier)),
+                Err(e) => {
+                    // A machine without a CA bundle (no ca-certificates): nothing is trusted, so an
+                    // https:// server is reached only with a configured CA; say so rather than fail.
+                    tracing::warn!(error = %e, "the platform's CA certificates cannot be loaded; https:// servers need a configured CA");
+                    builder.with_root_certificates(rustls::RootCertStore::empty())
+                }
+            },
         };
         match (&self.cert, &self.key) {
             (Some(cert), Some(key)) => {
