@@ -39,6 +39,8 @@ pub struct HttpOptions {
     pub max_time: Duration,
     /// The purpose declared (`X-Clover-Purpose`).
     pub purpose: String,
+    /// For an `https://` server: the CA to trust (and a client certificate, if any).
+    pub tls: clover_tls::ClientTls,
 }
 
 /// One class of requests, as answered.
@@ -94,8 +96,9 @@ fn class(stats: &Stats, expected: u64, unexpected: u64) -> ClassReport {
     }
 }
 
-fn client(from: IpAddr, concurrency: usize) -> Result<reqwest::Client, BenchError> {
-    reqwest::Client::builder()
+fn client(from: IpAddr, concurrency: usize, tls: &clover_tls::ClientTls) -> Result<reqwest::Client, BenchError> {
+    tls.builder()
+        .map_err(|e| BenchError(format!("TLS: {e}")))?
         .local_address(from)
         .no_proxy()
         .pool_max_idle_per_host(concurrency)
@@ -107,8 +110,8 @@ fn client(from: IpAddr, concurrency: usize) -> Result<reqwest::Client, BenchErro
 /// Writes the records, then sends the reads; stops after `max_time` whatever is left.
 pub async fn run(options: &HttpOptions, progress: &dyn Fn(&str)) -> Result<HttpReport, BenchError> {
     let url = options.url.trim_end_matches('/').to_owned();
-    let eu = client(options.eu_from, options.concurrency)?;
-    let foreign = client(options.foreign_from, options.concurrency)?;
+    let eu = client(options.eu_from, options.concurrency, &options.tls)?;
+    let foreign = client(options.foreign_from, options.concurrency, &options.tls)?;
     let deadline = Instant::now() + options.max_time;
 
     // A subject of the run's own, and its records.

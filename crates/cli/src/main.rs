@@ -312,6 +312,9 @@ enum BenchCommand {
         /// JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// For an https:// server.
+        #[command(flatten)]
+        tls: ClientTlsArgs,
     },
 }
 
@@ -615,6 +618,7 @@ fn main() -> ExitCode {
             foreign_from,
             max_time,
             json,
+            tls,
         }) => {
             let options = clover_bench::http::HttpOptions {
                 url,
@@ -627,6 +631,7 @@ fn main() -> ExitCode {
                 foreign_from,
                 max_time,
                 purpose: "support".to_owned(),
+                tls: tls.tls(),
             };
             bench_http(options, &config, json)
         }
