@@ -268,4 +268,11 @@ async fn dev_tls_a_boundary_its_custodian_and_a_witness_over_mutual_tls() {
         assert!(std::time::Instant::now() < deadline, "no cosigned checkpoint over TLS: {err}");
         std::thread::sleep(Duration::from_millis(200));
     }
+
+    // The load generator over TLS: every read answered as expected.
+    let mut bench = clover(dir.path());
+    bench.args(["bench", "http", "--url", &boundary_url, "--ca", ca.to_str().unwrap(), "--data-dir", "data"]);
+    bench.args(["--requests", "20", "--concurrency", "4", "--records", "2"]);
+    let report = stdout(bench);
+    assert!(report.contains("20 reads answered"), "{report}");
 }
