@@ -106,8 +106,13 @@ async fn seed(app: &TestApp, ca: &Path) -> String {
     response.json::<Value>().await.unwrap()["record_id"].as_str().unwrap().to_owned()
 }
 
+/// `GET /v1/records/{record}` over TLS, declaring `purpose`.
+fn get_record(client: &reqwest::Client, app: &TestApp, record: &str, purpose: &str) -> reqwest::RequestBuilder {
+    client.get(https(app, &format!("/v1/records/{record}"))).header("X-Clover-Purpose", purpose)
+}
+
 async fn read(client: &reqwest::Client, app: &TestApp, record: &str, purpose: &str) -> reqwest::Response {
-    client.get(https(app, &format!("/v1/records/{record}"))).header("X-Clover-Purpose", purpose).send().await.unwrap()
+    get_record(client, app, record, purpose).send().await.unwrap()
 }
 
 #[tokio::test]
@@ -118,10 +123,8 @@ async fn a_tls_client_is_served_and_plain_http_to_the_tls_listener_gets_nothing(
     let record = seed(&app, &ca).await;
 
     // An employee: TLS, no client certificate, a bearer token.
-    let response = client(DUBLIN, Some(&ca), None)
-        .get(https(&app, &format!("/v1/records/{record}")))
+    let response = get_record(&client(DUBLIN, Some(&ca), None), &app, &record, "support")
         .bearer_auth(app.token())
-        .header("X-Clover-Purpose", "support")
         .send()
         .await
         .unwrap();
@@ -150,13 +153,8 @@ async fn a_service_certificate_gets_its_sites_decisions_without_a_token() {
 
     let dublin = pki.client_cert("ingest-dublin", &uri("eu", "dublin-1", "ingest"));
     let service = client(DUBLIN, Some(&ca), Some(&dublin));
-    let response = service
-        .get(https(&app, &format!("/v1/records/{record}")))
-        .header("X-Clover-Purpose", "support")
-        .header("X-Forwarded-For", SINGAPORE)
-        .send()
-        .await
-        .unwrap();
+    let response =
+        get_record(&service, &app, &record, "support").header("X-Forwarded-For", SINGAPORE).send().await.unwrap();
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["view"], "full");
@@ -181,10 +179,8 @@ async fn a_service_certificate_gets_its_sites_decisions_without_a_token() {
     assert!(!body.to_string().contains("Aoife"), "{body}");
 
     // A bearer token sent with the certificate must be the same principal's.
-    let response = client(DUBLIN, Some(&ca), Some(&dublin))
-        .get(https(&app, &format!("/v1/records/{record}")))
+    let response = get_record(&client(DUBLIN, Some(&ca), Some(&dublin)), &app, &record, "support")
         .bearer_auth(app.token())
-        .header("X-Clover-Purpose", "support")
         .send()
         .await
         .unwrap();
@@ -243,11 +239,7 @@ async fn certificates_of_an_unknown_ca_expired_or_naming_no_service_are_refused(
     // Another CA's certificate, for a name the boundary knows: refused in the handshake.
     let other = Pki::named("another CA");
     let forged = other.client_cert("forged", &uri("eu", "dublin-1", "ingest"));
-    let response = client(DUBLIN, Some(&ca), Some(&forged))
-        .get(https(&app, &format!("/v1/records/{record}")))
-        .header("X-Clover-Purpose", "support")
-        .send()
-        .await;
+    let response = get_record(&client(DUBLIN, Some(&ca), Some(&forged)), &app, &record, "support").send().await;
     assert!(response.is_err(), "{response:?}");
 
     // The right CA, but expired: refused in the handshake.
@@ -262,11 +254,7 @@ async fn certificates_of_an_unknown_ca_expired_or_naming_no_service_are_refused(
             ..Leaf::default()
         },
     );
-    let response = client(DUBLIN, Some(&ca), Some(&expired))
-        .get(https(&app, &format!("/v1/records/{record}")))
-        .header("X-Clover-Purpose", "support")
-        .send()
-        .await;
+    let response = get_record(&client(DUBLIN, Some(&ca), Some(&expired)), &app, &record, "support").send().await;
     assert!(response.is_err(), "{response:?}");
 
     // The right CA, a name no service has: refused, and logged.
@@ -283,10 +271,8 @@ async fn certificates_of_an_unknown_ca_expired_or_naming_no_service_are_refused(
     assert_eq!(entry["principal"], Value::Null);
     // The same certificate with an employee's token is not a service's: the token decides (a
     // device certificate an employee's browser sends, say).
-    let response = client(DUBLIN, Some(&ca), Some(&stranger))
-        .get(https(&app, &format!("/v1/records/{record}")))
+    let response = get_record(&client(DUBLIN, Some(&ca), Some(&stranger)), &app, &record, "support")
         .bearer_auth(app.token())
-        .header("X-Clover-Purpose", "support")
         .send()
         .await
         .unwrap();
