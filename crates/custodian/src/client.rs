@@ -33,11 +33,7 @@ impl std::fmt::Debug for RemoteCustody {
 impl RemoteCustody {
     /// The custodian at `url` (its base URL), holding `region`'s keys.
     pub fn new(url: &str, region: Region, index: SubjectIndexKey) -> Self {
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(std::time::Duration::from_secs(15))
-            .build()
-            .unwrap_or_default();
+        let http = clover_tls::ClientTls::platform_client(std::time::Duration::from_secs(15));
         Self { url: url.trim_end_matches('/').to_owned(), region, http, index: std::sync::Arc::new(index) }
     }
 

@@ -78,7 +78,7 @@ pub struct LogVerifier {
 impl LogVerifier {
     /// A verifier of the log served at `url` (the boundary's base URL) and signed by `vkey`.
     pub fn new(url: &str, vkey: VerifierKey) -> Self {
-        let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(10)).build().unwrap_or_default();
+        let http = clover_tls::ClientTls::platform_client(Duration::from_secs(10));
         Self { url: url.trim_end_matches('/').to_owned(), vkey, http, seen: Default::default(), state: None }
     }
 

@@ -298,11 +298,7 @@ impl Authenticator {
     /// An authenticator for `config`, with the development issuer's verifier if it is enabled.
     /// Fetches each provider's keys once (a provider that cannot be reached is retried on use).
     pub async fn new(config: &IdentityConfig, dev: Option<TokenVerifier>) -> Self {
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(std::time::Duration::from_secs(10))
-            .build()
-            .unwrap_or_default();
+        let client = clover_tls::ClientTls::platform_client(std::time::Duration::from_secs(10));
         let providers: Vec<Provider> = config
             .providers
             .iter()

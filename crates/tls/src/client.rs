@@ -65,6 +65,12 @@ impl ClientTls {
             .tls_backend_preconfigured(self.rustls_config()?))
     }
 
+    /// A client that trusts the platform's roots (none, with a warning, on a machine without a
+    /// CA bundle, rather than failing as reqwest's own default would), with `timeout`.
+    pub fn platform_client(timeout: Duration) -> reqwest::Client {
+        Self::default().builder().ok().and_then(|b| b.timeout(timeout).build().ok()).unwrap_or_default()
+    }
+
     /// A client, as [`ClientTls::builder`] makes it.
     pub fn client(&self) -> Result<reqwest::Client, TlsError> {
         self.builder()?.build().map_err(|e| TlsError::Client(e.to_string()))
