@@ -654,8 +654,8 @@ impl Config {
             peers.push((url.as_str(), "[keys] custodian".to_owned()));
         }
         for (url, what) in peers {
-            clover_tls::check_url(url, &what).map_err(|e| ConfigError::Invalid(e.to_string()))?;
-            if url.starts_with("https://") && !client.has_identity() {
+            let tls = clover_tls::check_url(url, &what).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+            if tls && !client.has_identity() {
                 return invalid(format!(
                     "{what} is reached over mutual TLS: set [tls] cert and key (or client_cert and client_key) for \
                      the certificate this boundary presents"

@@ -35,11 +35,17 @@ impl Sites {
 
     /// The origin of a client address.
     pub fn resolve(&self, addr: IpAddr) -> Origin {
-        let addr = match addr {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
-            v4 => v4,
-        };
+        let addr = canonical(addr);
         self.ranges.iter().find(|(net, _)| net.contains(&addr)).map_or(Origin::Unknown, |(_, origin)| origin.clone())
+    }
+}
+
+/// An address as the site ranges are written: an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`,
+/// as a dual-stack listener reports IPv4 peers) as its IPv4 address.
+pub fn canonical(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
+        v4 => v4,
     }
 }
 

@@ -58,12 +58,15 @@ impl Caller {
 
     /// Where the caller called from, as a log entry records it.
     pub fn event_origin(&self) -> EventOrigin {
-        match &self.origin {
-            Origin::Site { site, region } => {
-                EventOrigin { site: Some(site.to_string()), region: Some(region.to_string()) }
-            }
-            Origin::Unknown => EventOrigin { site: None, region: None },
-        }
+        event_origin(&self.origin)
+    }
+}
+
+/// An origin, as a log entry records it.
+fn event_origin(origin: &Origin) -> EventOrigin {
+    match origin {
+        Origin::Site { site, region } => EventOrigin { site: Some(site.to_string()), region: Some(region.to_string()) },
+        Origin::Unknown => EventOrigin { site: None, region: None },
     }
 }
 
@@ -93,7 +96,7 @@ impl FromRequestParts<Arc<Boundary>> for Caller {
         let span = tracing::Span::current();
         span.record("peer", tracing::field::display(peer.ip()));
         let (principal, origin) = match parts.extensions.get::<clover_tls::PeerCertificate>() {
-            Some(certificate) => certificate_caller(boundary, &certificate.0, peer.ip(), parts).await?,
+            Some(certificate) => certificate_caller(boundary, &certificate.names, peer.ip(), parts).await?,
             None => {
                 let principal = authenticate(boundary, parts).await?;
                 (principal, resolve_origin(boundary, client_address(boundary, peer.ip(), parts)))
@@ -126,15 +129,11 @@ pub async fn authenticate(boundary: &Boundary, parts: &Parts) -> Result<Principa
 /// that names no service, sent with a bearer token, is not a service's: the token decides.
 pub async fn certificate_caller(
     boundary: &Boundary,
-    certificate: &[u8],
+    names: &[clover_tls::SubjectName],
     peer: IpAddr,
     parts: &Parts,
 ) -> Result<(Principal, Origin), ApiError> {
-    let peer = match peer {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer, IpAddr::V4),
-        v4 => v4,
-    };
-    let names = clover_tls::subject_alt_names(certificate).map_err(ApiError::internal)?;
+    let peer = crate::origin::canonical(peer);
     let address_origin = resolve_origin(boundary, peer);
     let tls = &boundary.config.tls;
     let services: Vec<_> = tls.services.iter().filter(|s| names.iter().any(|n| n.matches(&s.san))).collect();
@@ -213,10 +212,7 @@ async fn refuse_certificate(
     let caller =
         principal.map(|p| Caller { principal: p.clone(), origin: origin.clone(), purpose: None, justification: None });
     let mut event = event_without_data(EventKind::Access, caller.as_ref(), "authenticate", None, reason.clone());
-    event.origin = Some(match origin {
-        Origin::Site { site, region } => EventOrigin { site: Some(site.to_string()), region: Some(region.to_string()) },
-        Origin::Unknown => EventOrigin { site: None, region: None },
-    });
+    event.origin = Some(event_origin(origin));
     event.decision = Some(EventDecision { effect: "deny".to_owned(), view: None, policies: Vec::new() });
     let log_index = match boundary.log.append(&event).await {
         Ok(index) => Some(index),

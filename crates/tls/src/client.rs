@@ -1,15 +1,15 @@
 //! The clients Clover's processes call each other with.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use rustls::client::ResolvesClientCert;
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, SignatureScheme};
 
 use crate::TlsError;
-use crate::server::{provider, roots};
+use crate::server::{Fingerprint, fingerprint, provider, roots};
 
 /// Which CA a client trusts and which certificate it presents.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -83,12 +83,6 @@ struct ClientCert {
     cert: PathBuf,
     key: PathBuf,
     current: Mutex<(Fingerprint, Arc<CertifiedKey>)>,
-}
-
-type Fingerprint = [Option<(u64, Option<SystemTime>)>; 2];
-
-fn fingerprint(cert: &Path, key: &Path) -> Fingerprint {
-    [cert, key].map(|p| std::fs::metadata(p).ok().map(|m| (m.len(), m.modified().ok())))
 }
 
 impl ClientCert {

@@ -114,11 +114,12 @@ fn is_loopback(ip: IpAddr) -> bool {
 
 /// Checks a URL that one of Clover's processes calls another at (`what` names it in the
 /// error): `https://`, or `http://` to a loopback address (`127.0.0.0/8`, `::1`, `localhost`).
-pub fn check_url(url: &str, what: &str) -> Result<(), TlsError> {
+/// Returns whether it is `https://`.
+pub fn check_url(url: &str, what: &str) -> Result<bool, TlsError> {
     // Parsed as the client will parse it (a `\\` is a `/` in an http URL, say), not by hand.
     let parsed = reqwest::Url::parse(url).map_err(|e| TlsError::Plaintext(format!("{what} {url:?}: {e}")))?;
     match parsed.scheme() {
-        "https" => return Ok(()),
+        "https" => return Ok(true),
         "http" => {}
         _ => return Err(TlsError::Plaintext(format!("{what} {url:?} must be an https:// URL"))),
     }
@@ -129,7 +130,7 @@ pub fn check_url(url: &str, what: &str) -> Result<(), TlsError> {
         None => false,
     };
     if loopback {
-        Ok(())
+        Ok(false)
     } else {
         Err(TlsError::Plaintext(format!(
             "{what} {url:?} is plain HTTP to another machine: use https:// (mutual TLS); plain HTTP is only \

@@ -12,12 +12,18 @@ use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use tower::ServiceExt;
 
-use crate::ServerTls;
+use crate::{ServerTls, SubjectName, subject_alt_names};
 
-/// The certificate a client presented (DER, end-entity), verified against the listener's client
-/// CA during the handshake. A request extension: present only when a certificate was presented.
+/// The certificate a client presented (end-entity), verified against the listener's client CA
+/// during the handshake, with its subject alternative names, read once per connection. A
+/// request extension: present only when a certificate was presented.
 #[derive(Debug, Clone)]
-pub struct PeerCertificate(pub Arc<[u8]>);
+pub struct PeerCertificate {
+    /// The certificate, DER.
+    pub der: Arc<[u8]>,
+    /// Its subject alternative names.
+    pub names: Arc<[SubjectName]>,
+}
 
 /// The counter of connections refused before any request: failed handshakes by `reason`
 /// (`unknown-ca`, `expired`, `not-yet-valid`, `bad-certificate`, `no-certificate`, `not-tls`,
@@ -115,13 +121,18 @@ pub async fn serve(
                     return;
                 }
             };
-            let certificate = stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|chain| chain.first())
-                .map(|leaf| PeerCertificate(Arc::from(leaf.as_ref())));
-            if let Err(reason) = tls.admits(certificate.as_ref().map(|c| &*c.0)) {
+            let certificate = match stream.get_ref().1.peer_certificates().and_then(|chain| chain.first()) {
+                None => None,
+                Some(leaf) => match subject_alt_names(leaf) {
+                    Ok(names) => Some(PeerCertificate { der: Arc::from(leaf.as_ref()), names: names.into() }),
+                    Err(e) => {
+                        tracing::warn!(peer = %peer, error = %e, "a verified client certificate cannot be read");
+                        refused("bad-certificate");
+                        return;
+                    }
+                },
+            };
+            if let Err(reason) = tls.admits(certificate.as_ref()) {
                 tracing::warn!(peer = %peer, %reason, "TLS client refused");
                 refused("not-allowed");
                 return;

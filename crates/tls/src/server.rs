@@ -9,7 +9,7 @@ use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use tokio_rustls::TlsAcceptor;
 
-use crate::{TlsError, load_certs, load_key, names};
+use crate::{PeerCertificate, TlsError, load_certs, load_key, names};
 
 /// Whether, and how, a listener verifies client certificates.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,14 +80,12 @@ pub struct ServerTls {
     loaded: Fingerprint,
 }
 
-/// The length and modification time of the certificate and key files.
-type Fingerprint = Vec<Option<(u64, Option<SystemTime>)>>;
+/// The length and modification time of a certificate's and its key's files: what tells a
+/// reload is due, on the server side and the client side alike.
+pub(crate) type Fingerprint = [Option<(u64, Option<SystemTime>)>; 2];
 
-fn fingerprint(options: &ServerTlsOptions) -> Fingerprint {
-    [&options.cert, &options.key]
-        .iter()
-        .map(|p| std::fs::metadata(p).ok().map(|m| (m.len(), m.modified().ok())))
-        .collect()
+pub(crate) fn fingerprint(cert: &Path, key: &Path) -> Fingerprint {
+    [cert, key].map(|p| std::fs::metadata(p).ok().map(|m| (m.len(), m.modified().ok())))
 }
 
 pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -97,21 +95,15 @@ pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// Loads a certificate and its key, checking that they belong together.
 pub(crate) fn certified_key(cert: &Path, key: &Path) -> Result<(CertifiedKey, CertSummary), TlsError> {
     let chain = load_certs(cert)?;
-    let summary = match chain.first() {
-        Some(leaf) => summary(leaf)?,
-        None => return Err(TlsError::Pem { path: cert.to_owned(), what: "certificates" }),
-    };
+    let Some(leaf) = chain.first() else { return Err(TlsError::Pem { path: cert.to_owned(), what: "certificates" }) };
+    let (names, not_after) = names::describe(leaf)?;
+    let summary = CertSummary { names, not_after };
     let key_der = load_key(key)?;
     let certified = CertifiedKey::from_der(chain, key_der, &provider()).map_err(|e| TlsError::Rustls {
         what: format!("certificate {} with key {}", cert.display(), key.display()),
         cause: e.to_string(),
     })?;
     Ok((certified, summary))
-}
-
-fn summary(leaf: &[u8]) -> Result<CertSummary, TlsError> {
-    let (names, not_after) = names::describe(leaf)?;
-    Ok(CertSummary { names, not_after })
 }
 
 /// The roots of a CA file.
@@ -132,7 +124,7 @@ impl std::fmt::Debug for ServerTls {
 impl ServerTls {
     /// Loads the certificate, key and client CA; fails with the file at fault.
     pub fn load(options: ServerTlsOptions) -> Result<Self, TlsError> {
-        let loaded = fingerprint(&options);
+        let loaded = fingerprint(&options.cert, &options.key);
         let (certified, summary) = certified_key(&options.cert, &options.key)?;
         let resolver = Arc::new(Resolver(RwLock::new(Arc::new(certified))));
         let builder = rustls::ServerConfig::builder_with_provider(provider())
@@ -172,11 +164,6 @@ impl ServerTls {
         self.acceptor.clone()
     }
 
-    /// The options it was loaded with.
-    pub fn options(&self) -> &ServerTlsOptions {
-        &self.options
-    }
-
     /// Loads the certificate and key files again; the served certificate is replaced only if
     /// they load and match. Connections already open keep theirs.
     pub fn reload(&self) -> Result<CertSummary, TlsError> {
@@ -186,13 +173,13 @@ impl ServerTls {
         Ok(summary)
     }
 
-    /// Whether a client's certificate is one [`ServerTlsOptions::allowed_clients`] admits.
-    pub fn admits(&self, certificate: Option<&[u8]>) -> Result<(), String> {
+    /// Whether a client's certificate, by its names, is one
+    /// [`ServerTlsOptions::allowed_clients`] admits.
+    pub fn admits(&self, certificate: Option<&PeerCertificate>) -> Result<(), String> {
         if self.options.allowed_clients.is_empty() {
             return Ok(());
         }
-        let Some(der) = certificate else { return Err("no client certificate".to_owned()) };
-        let names = names::subject_alt_names(der).map_err(|e| e.to_string())?;
+        let Some(PeerCertificate { names, .. }) = certificate else { return Err("no client certificate".to_owned()) };
         if names.iter().any(|n| self.options.allowed_clients.iter().any(|a| n.matches(a))) {
             Ok(())
         } else {
@@ -208,11 +195,11 @@ impl ServerTls {
     pub fn watch(self: &Arc<Self>, reloaded: impl Fn(&CertSummary) + Send + Sync + 'static) {
         let tls = self.clone();
         tokio::spawn(async move {
-            let mut last = tls.loaded.clone();
+            let mut last = tls.loaded;
             let mut failing = false;
             loop {
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                let now = fingerprint(&tls.options);
+                let now = fingerprint(&tls.options.cert, &tls.options.key);
                 if now == last && !failing {
                     continue;
                 }

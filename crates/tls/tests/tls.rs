@@ -31,7 +31,7 @@ const RELOAD_DEADLINE: Duration = Duration::from_secs(10);
 /// Answers with the peer's address and the names of its certificate (`-` without one).
 async fn whoami(ConnectInfo(peer): ConnectInfo<SocketAddr>, certificate: Option<Extension<PeerCertificate>>) -> String {
     let names = match certificate {
-        Some(Extension(PeerCertificate(der))) => subject_names(&der).unwrap().join(","),
+        Some(Extension(PeerCertificate { der, .. })) => subject_names(&der).unwrap().join(","),
         None => "-".to_owned(),
     };
     format!("{peer} {names}")
