@@ -780,7 +780,7 @@ async fn is_sequencer(http: &reqwest::Client, server: &Server) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_gateways_one_log_and_the_sequencer_killed() {
     let started = Instant::now();
-    let database = clover_testdb::TestDatabase::create().await;
+    let database = clover_testkit::TestDatabase::create().await;
     let tmp = tempfile::tempdir().unwrap();
     let (dir_a, dir_b) = (tmp.path().join("gateway-a"), tmp.path().join("gateway-b"));
     let (arg_a, arg_b) = (dir_a.to_str().unwrap().to_owned(), dir_b.to_str().unwrap().to_owned());

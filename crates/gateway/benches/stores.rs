@@ -206,7 +206,7 @@ fn bench(c: &mut Criterion) {
     run(c, &runtime, "sqlite", &sqlite);
     drop(sqlite);
     for (name, gateways) in [("postgres", 1), ("postgres_2gw", 2)] {
-        let database = runtime.block_on(clover_testdb::TestDatabase::create());
+        let database = runtime.block_on(clover_testkit::TestDatabase::create());
         let postgres = runtime.block_on(setup(Some(database.url.clone()), gateways));
         run(c, &runtime, name, &postgres);
         drop(postgres);

@@ -63,7 +63,7 @@ enum Backend {
 /// Where a custodian under test keeps its keys.
 enum StoreAt {
     File(PathBuf),
-    Postgres(clover_testdb::TestDatabase),
+    Postgres(clover_testkit::TestDatabase),
 }
 
 impl StoreAt {
@@ -136,7 +136,7 @@ impl Fixture {
     /// A new key store.
     async fn new_store(&self) -> StoreAt {
         if self.postgres {
-            return StoreAt::Postgres(clover_testdb::TestDatabase::create().await);
+            return StoreAt::Postgres(clover_testkit::TestDatabase::create().await);
         }
         StoreAt::File(self.dir.path().join(format!("custody-{}.db", self.stores.fetch_add(1, Ordering::Relaxed))))
     }

@@ -202,7 +202,7 @@ async fn eventually(what: &str, check: impl Fn() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateways_sharing_a_database_append_to_one_log_and_survive_their_sequencer() {
-    let database = clover_testdb::TestDatabase::create().await;
+    let database = clover_testkit::TestDatabase::create().await;
     let signer = SigningKey::generate("clover.test/eu", TYPE_ED25519).unwrap();
     let pkcs8 = signer.pkcs8().to_vec();
     let vkey = signer.verifier().to_string();

@@ -12,7 +12,7 @@ use clover_model::RecordId;
 use clover_store::{
     ApprovalRow, Counts, Erasure, PostgresStore, RecordRow, SqliteStore, Store, StoreError, SubjectRow,
 };
-use clover_testdb::TestDatabase;
+use clover_testkit::TestDatabase;
 use time::{Duration, OffsetDateTime};
 
 /// A backend under test, and how to clean it up.

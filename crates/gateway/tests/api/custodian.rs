@@ -17,7 +17,7 @@ struct Remote {
     url: String,
     http: reqwest::Client,
     _dir: tempfile::TempDir,
-    _database: clover_testdb::TestDatabase,
+    _database: clover_testkit::TestDatabase,
 }
 
 /// A boundary whose keys are held by a custodian server on another port.
@@ -26,7 +26,7 @@ async fn start() -> Remote {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let app = TestApp::start_with(|c| c.keys.custodian = Some(url.clone())).await;
-    let database = clover_testdb::TestDatabase::create().await;
+    let database = clover_testkit::TestDatabase::create().await;
     let options = CustodianOptions {
         dir: dir.path().join("custodian"),
         region: "eu".parse().unwrap(),

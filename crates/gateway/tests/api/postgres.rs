@@ -2,7 +2,7 @@
 //! test and dropped after it (`CLOVER_TEST_POSTGRES` names the server; default
 //! `postgres://postgres@127.0.0.1:5432/postgres`).
 
-use clover_testdb::TestDatabase as Database;
+use clover_testkit::TestDatabase as Database;
 use serde_json::{Value, json};
 
 use crate::harness::{DUBLIN, SINGAPORE, TestApp, problem};
