@@ -2,12 +2,12 @@
 
 use std::path::{Path, PathBuf};
 
-use clover_log::checkpoint::Checkpoint;
-use clover_log::event::Event;
-use clover_log::hash::{Hash, leaf_hash, perfect_root};
-use clover_log::note::{Note, VerifierKey};
-use clover_log::tile::{TILE_WIDTH, Tile, split_bundle};
-use clover_log::tree::{self, ProofError, Subtrees};
+use clover_event::Event;
+use clover_tlog::checkpoint::Checkpoint;
+use clover_tlog::hash::{Hash, leaf_hash, perfect_root};
+use clover_tlog::note::{Note, VerifierKey};
+use clover_tlog::tile::{TILE_WIDTH, Tile, split_bundle};
+use clover_tlog::tree::{self, ProofError, Subtrees};
 use serde::{Deserialize, Serialize};
 
 /// What the verifier is asked to check.

@@ -15,10 +15,10 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use clover_log::checkpoint::Checkpoint;
-use clover_log::hash::Hash;
-use clover_log::note::{Note, SigningKey, VerifierKey};
-use clover_log::tree::verify_consistency;
+use clover_tlog::checkpoint::Checkpoint;
+use clover_tlog::hash::Hash;
+use clover_tlog::note::{Note, SigningKey, VerifierKey};
+use clover_tlog::tree::verify_consistency;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
@@ -148,9 +148,9 @@ pub fn router(witness: Arc<Witness>) -> Router {
 
 #[cfg(test)]
 mod tests {
-    use clover_log::hash::leaf_hash;
-    use clover_log::note::{TYPE_COSIGNATURE, TYPE_ED25519};
-    use clover_log::tree::{LeafTree, consistency_proof, root};
+    use clover_tlog::hash::leaf_hash;
+    use clover_tlog::note::{TYPE_COSIGNATURE, TYPE_ED25519};
+    use clover_tlog::tree::{LeafTree, consistency_proof, root};
 
     use super::*;
 

@@ -27,13 +27,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use clover_event::{Event, EventDecision, EventKind, EventOrigin, EventPrincipal};
 use clover_gateway::pipeline::{self, Caller};
 use clover_gateway::{Boundary, Config, DataDir};
-use clover_log::event::{Event, EventDecision, EventKind, EventOrigin, EventPrincipal};
-use clover_log::note::{SigningKey, TYPE_ED25519};
 use clover_log::{Log, LogOptions};
 use clover_model::{Action, Category, Fields, Origin, Principal, PrincipalKind, RecordId, SubjectId};
 use clover_policy::pack::{DEFAULT_SCHEMA, PackPrincipal, PackRequest, PackResource, PolicyPack};
+use clover_tlog::note::{SigningKey, TYPE_ED25519};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
@@ -518,7 +518,7 @@ async fn gateway_scenario(scenario: Scenario, g: &Gateway, options: &Options) ->
 fn event(n: usize) -> Event {
     let subject = format!("{:064x}", n % 4096);
     Event {
-        v: clover_log::event::EVENT_VERSION,
+        v: clover_event::EVENT_VERSION,
         kind: EventKind::Access,
         time: 1_795_426_787 + (n / 100) as i64,
         principal: Some(EventPrincipal {

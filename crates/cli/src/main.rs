@@ -13,9 +13,9 @@ use clover_gateway::identity::Claims;
 use clover_gateway::pack::{Circumstances, RecordFacts};
 use clover_gateway::{Boundary, Config, DataDir};
 use clover_keys::PassphraseSource;
-use clover_log::note::{SigningKey, TYPE_COSIGNATURE, VerifierKey};
 use clover_model::{Category, PrincipalId, PrincipalKind, Region, SiteName};
 use clover_policy::pack::PolicyPack;
+use clover_tlog::note::{SigningKey, TYPE_COSIGNATURE, VerifierKey};
 
 /// Clover keeps a region's user data inside the region.
 #[derive(Debug, Parser)]
@@ -794,11 +794,9 @@ fn serve(
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let addr = listener.local_addr().context("reading the listening address")?;
         let data = match &config.store {
-            Some(url) => format!(
-                "keyring in {}; data and log in {}",
-                config.data_dir.display(),
-                clover_log::postgres::redact(url)
-            ),
+            Some(url) => {
+                format!("keyring in {}; data and log in {}", config.data_dir.display(), clover_sql::redact(url))
+            }
             None => format!("data in {}", config.data_dir.display()),
         };
         let scheme = if boundary.tls().is_some() { "https" } else { "http" };
@@ -950,7 +948,7 @@ fn custodian_serve(
     log_tls: &ClientTlsArgs,
 ) -> anyhow::Result<()> {
     init_tracing();
-    let vkey = clover_log::note::VerifierKey::parse(log_vkey).context("--log-vkey")?;
+    let vkey = clover_tlog::note::VerifierKey::parse(log_vkey).context("--log-vkey")?;
     clover_tls::check_url(log_url, "--log-url")?;
     let log_client = log_tls.client()?;
     runtime()?.block_on(async {
@@ -1114,8 +1112,9 @@ fn audit_witness(
         let pkcs8 = std::fs::read(key_path).with_context(|| format!("reading {}", key_path.display()))?;
         SigningKey::from_pkcs8(name, TYPE_COSIGNATURE, &pkcs8)?
     } else {
-        let key = SigningKey::generate(name, TYPE_COSIGNATURE)?;
-        clover_keys::write_private(key_path, key.pkcs8())?;
+        let pkcs8 = zeroize::Zeroizing::new(clover_tlog::note::generate_pkcs8()?);
+        let key = SigningKey::from_pkcs8(name, TYPE_COSIGNATURE, &pkcs8)?;
+        clover_keys::write_private(key_path, &pkcs8)?;
         eprintln!("clover: generated witness key {} (mode 0600)", key_path.display());
         key
     };

@@ -27,10 +27,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use clover_log::checkpoint::Checkpoint;
-use clover_log::hash::{Hash, leaf_hash};
-use clover_log::note::{Note, VerifierKey};
-use clover_log::tree::{verify_consistency, verify_inclusion};
+use clover_tlog::checkpoint::Checkpoint;
+use clover_tlog::hash::{Hash, leaf_hash};
+use clover_tlog::note::{Note, VerifierKey};
+use clover_tlog::tree::{verify_consistency, verify_inclusion};
 use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_clover");

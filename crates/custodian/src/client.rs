@@ -3,9 +3,9 @@
 use async_trait::async_trait;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
+use clover_event::SubjectIndexKey;
 use clover_keys::{DataKey, KeyCustody, KeyError};
 use clover_log::Receipt;
-use clover_log::event::SubjectIndexKey;
 use clover_model::{Region, SubjectId};
 use serde_json::{Value, json};
 use zeroize::Zeroizing;

@@ -194,7 +194,7 @@ pub struct MetadataBody {
 fn metadata_parts(body: &MetadataBody) -> Result<(SubjectId, Vec<u8>), Refusal> {
     let bad = |what: &str| Refusal(StatusCode::BAD_REQUEST, format!("{what} is malformed"));
     let subject: SubjectId = body.subject.parse().map_err(|_| bad("subject"))?;
-    if !clover_log::event::is_subject_hash(&body.subject_hash) {
+    if !clover_event::is_subject_hash(&body.subject_hash) {
         return Err(bad("subject_hash"));
     }
     Ok((subject, B64.decode(&body.data).map_err(|_| bad("data"))?))

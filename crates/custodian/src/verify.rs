@@ -4,13 +4,13 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
+use clover_event::{EVENT_VERSION, Event, EventKind, is_subject_hash};
 use clover_keys::LoggedAccess;
-use clover_log::checkpoint::Checkpoint;
-use clover_log::event::{EVENT_VERSION, Event, EventKind, is_subject_hash};
-use clover_log::hash::{Hash, leaf_hash};
-use clover_log::note::{Note, VerifierKey};
-use clover_log::tree::{verify_consistency, verify_inclusion};
 use clover_model::Action;
+use clover_tlog::checkpoint::Checkpoint;
+use clover_tlog::hash::{Hash, leaf_hash};
+use clover_tlog::note::{Note, VerifierKey};
+use clover_tlog::tree::{verify_consistency, verify_inclusion};
 use serde::Deserialize;
 
 /// Why a receipt was refused.

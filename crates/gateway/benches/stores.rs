@@ -89,8 +89,7 @@ async fn setup(store: Option<String>, gateways: usize) -> Setup {
             record: None,
             subject_minor: false,
         };
-        let receipt =
-            pipeline::decide_and_log(&boundary, &caller, clover_log::event::EventKind::Write, &ask).await.unwrap();
+        let receipt = pipeline::decide_and_log(&boundary, &caller, clover_event::EventKind::Write, &ask).await.unwrap();
         boundary.custody().create_data_key(&receipt).await.unwrap();
         for r in 0..4 {
             let fields =

@@ -570,14 +570,14 @@ impl Config {
             }
         }
         if let Some(origin) = &self.log.origin
-            && !clover_log::note::valid_key_name(origin)
+            && !clover_tlog::note::valid_key_name(origin)
         {
             return Err(ConfigError::Invalid(format!(
                 "log origin {origin:?} must be non-empty, without spaces or '+'"
             )));
         }
         for witness in &self.log.witnesses {
-            clover_log::note::VerifierKey::parse(&witness.vkey)
+            clover_tlog::note::VerifierKey::parse(&witness.vkey)
                 .map_err(|e| ConfigError::Invalid(format!("witness {:?}: {e}", witness.url)))?;
         }
         let mut purposes = std::collections::BTreeSet::new();

@@ -21,14 +21,14 @@ pub mod witnesses;
 use std::future::Future;
 use std::sync::Arc;
 
+use clover_event::{Event, EventKind, SubjectIndexKey};
 use clover_keys::pkcs11::{AuthPin, Pkcs11Config, Pkcs11Kek, Pkcs11Signer, Token};
 use clover_keys::{CacheOptions, Custodian, Kek, KeyCustody, KeyError, KeyStore, Keyring};
-use clover_log::event::{Event, EventKind, SubjectIndexKey};
-use clover_log::note::NoteSigner;
-use clover_log::note::VerifierKey;
 use clover_log::{Log, LogError, LogOptions};
 use clover_model::{Category, Region, SubjectId};
 use clover_store::{PostgresStore, SqliteStore, Store};
+use clover_tlog::note::NoteSigner;
+use clover_tlog::note::VerifierKey;
 
 pub use config::Config;
 pub use datadir::DataDir;
@@ -72,7 +72,7 @@ pub struct Boundary {
     custodian: Option<Arc<Custodian>>,
     log: Log,
     cosigned: witnesses::Cosigned,
-    log_vkey: clover_log::note::VerifierKey,
+    log_vkey: clover_tlog::note::VerifierKey,
     subject_index: SubjectIndexKey,
     authenticator: Authenticator,
     sites: Sites,
@@ -241,7 +241,7 @@ impl Boundary {
     }
 
     /// The log's checkpoint verifier key.
-    pub fn log_vkey(&self) -> &clover_log::note::VerifierKey {
+    pub fn log_vkey(&self) -> &clover_tlog::note::VerifierKey {
         &self.log_vkey
     }
 
@@ -292,7 +292,7 @@ impl Boundary {
     }
 
     /// The log's checkpoint verifier key.
-    pub fn log_verifier(&self) -> clover_log::note::VerifierKey {
+    pub fn log_verifier(&self) -> clover_tlog::note::VerifierKey {
         self.log_vkey.clone()
     }
 
@@ -386,7 +386,7 @@ fn hsm_token(config: &Config) -> Result<Option<Arc<Token>>, OpenError> {
 
 /// The log's checkpoint verifier key, as `config` signs (in the HSM, or with the keyring's key):
 /// what `clover log vkey` prints.
-pub fn checkpoint_vkey(config: &Config) -> Result<clover_log::note::VerifierKey, OpenError> {
+pub fn checkpoint_vkey(config: &Config) -> Result<clover_tlog::note::VerifierKey, OpenError> {
     let keyring = DataDir::new(&config.data_dir).unseal(&config.region)?;
     let token = hsm_token(config)?;
     Ok(checkpoint_signer(config, &keyring, token.as_ref())?.0.verifier())

@@ -9,8 +9,8 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use clover_log::Log;
-use clover_log::checkpoint::Checkpoint;
-use clover_log::note::{Note, VerifierKey};
+use clover_tlog::checkpoint::Checkpoint;
+use clover_tlog::note::{Note, VerifierKey};
 
 use crate::config::WitnessConfig;
 

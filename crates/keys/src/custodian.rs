@@ -18,8 +18,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use aws_lc_rs::hmac;
+use clover_event::SubjectIndexKey;
 use clover_log::Receipt;
-use clover_log::event::SubjectIndexKey;
 use clover_model::{Action, Region, SubjectId};
 use sqlx::Row;
 use sqlx::postgres::{PgPool, PgPoolOptions};
@@ -102,7 +102,7 @@ impl std::fmt::Display for KeyStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Sqlite(path) => write!(f, "{}", path.display()),
-            Self::Postgres(url) => f.write_str(&clover_log::postgres::redact(url)),
+            Self::Postgres(url) => f.write_str(&clover_sql::redact(url)),
         }
     }
 }
@@ -293,7 +293,7 @@ impl Custodian {
                     .connect(url)
                     .await
                     .map_err(cannot_open)?;
-                clover_log::postgres::migrate(&pool, "clover_custody_migrations", POSTGRES_MIGRATIONS)
+                clover_sql::migrate(&pool, "clover_custody_migrations", POSTGRES_MIGRATIONS)
                     .await
                     .map_err(cannot_open)?;
                 Db::Postgres(pool)

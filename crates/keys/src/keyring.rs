@@ -17,9 +17,9 @@ use std::sync::{PoisonError, RwLock};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use clover_log::event::SubjectIndexKey;
-use clover_log::note::{SigningKey, TYPE_ED25519};
+use clover_event::SubjectIndexKey;
 use clover_model::Region;
+use clover_tlog::note::{SigningKey, TYPE_ED25519, generate_pkcs8};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
@@ -166,12 +166,7 @@ impl Keyring {
         if path.exists() {
             return Err(KeyError::AlreadyExists(path.to_owned()));
         }
-        let checkpoint_key = Zeroizing::new(
-            SigningKey::generate("clover", TYPE_ED25519)
-                .map_err(|_| KeyError::Crypto("key generation failed"))?
-                .pkcs8()
-                .to_vec(),
-        );
+        let checkpoint_key = Zeroizing::new(generate_pkcs8().map_err(|_| KeyError::Crypto("key generation failed"))?);
         let kdf = argon2_kdf(argon2)?;
         let keyring = Self {
             path: path.to_owned(),
@@ -547,8 +542,8 @@ mod tests {
         let path = dir.path().join("keyring.json");
         let kek = *random::<32>().unwrap();
         let index_key = *random::<32>().unwrap();
-        let signer = SigningKey::generate("clover", TYPE_ED25519).unwrap();
-        write_v1(&path, "old pw", &kek, signer.pkcs8(), &index_key);
+        let pkcs8 = generate_pkcs8().unwrap();
+        write_v1(&path, "old pw", &kek, &pkcs8, &index_key);
         let v1 = std::fs::read(&path).unwrap();
         assert!(String::from_utf8_lossy(&v1).contains("clover-keyring/v1"));
 
@@ -558,10 +553,10 @@ mod tests {
 
         let opened = Keyring::open(&path, &Passphrase::new("old pw")).unwrap();
         assert_eq!(keks(&opened), BTreeMap::from([(1, kek)]));
-        assert_eq!(opened.checkpoint_key.as_slice(), signer.pkcs8());
+        assert_eq!(opened.checkpoint_key.as_slice(), pkcs8.as_slice());
         assert_eq!(
             opened.checkpoint_signer("o").unwrap().verifier(),
-            SigningKey::from_pkcs8("o", TYPE_ED25519, signer.pkcs8()).unwrap().verifier()
+            SigningKey::from_pkcs8("o", TYPE_ED25519, pkcs8.as_slice()).unwrap().verifier()
         );
         assert_eq!(opened.subject_index_key.as_slice(), &index_key);
 
@@ -582,7 +577,7 @@ mod tests {
         // The v2 file opens with the same passphrase and holds the same keys.
         let reopened = Keyring::open(&path, &Passphrase::new("old pw")).unwrap();
         assert_eq!(keks(&reopened), BTreeMap::from([(1, kek)]));
-        assert_eq!(reopened.checkpoint_key.as_slice(), signer.pkcs8());
+        assert_eq!(reopened.checkpoint_key.as_slice(), pkcs8.as_slice());
         assert_eq!(reopened.subject_index_key.as_slice(), &index_key);
         assert!(matches!(Keyring::open(&path, &Passphrase::new("nope")), Err(KeyError::WrongPassphrase(_))));
     }

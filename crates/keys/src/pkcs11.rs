@@ -359,20 +359,21 @@ impl Pkcs11Signer {
     }
 }
 
-impl clover_log::note::NoteSigner for Pkcs11Signer {
+impl clover_tlog::note::NoteSigner for Pkcs11Signer {
     fn name(&self) -> &str {
         &self.name
     }
 
-    fn verifier(&self) -> clover_log::note::VerifierKey {
-        clover_log::note::VerifierKey {
+    fn verifier(&self) -> clover_tlog::note::VerifierKey {
+        clover_tlog::note::VerifierKey {
             name: self.name.clone(),
-            key_type: clover_log::note::TYPE_ED25519,
+            key_type: clover_tlog::note::TYPE_ED25519,
             public_key: self.public_key,
         }
     }
 
-    fn sign_bytes(&self, message: &[u8]) -> Result<[u8; 64], clover_log::note::NoteError> {
+    fn sign_bytes(&self, message: &[u8]) -> Result<[u8; 64], clover_tlog::note::SignError> {
+        let failed = |e: KeyError| clover_tlog::note::SignError { key: self.name.clone(), source: Box::new(e) };
         let signature = self
             .token
             .with_session(|session| {
@@ -380,7 +381,10 @@ impl clover_log::note::NoteSigner for Pkcs11Signer {
                     .sign(&Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure)), self.private, message)
                     .map_err(hsm("signing a checkpoint"))
             })
-            .map_err(|e| clover_log::note::NoteError::Hsm(e.to_string()))?;
-        signature.try_into().map_err(|_| clover_log::note::NoteError::BadSigningKey)
+            .map_err(failed)?;
+        let len = signature.len();
+        signature
+            .try_into()
+            .map_err(|_| failed(KeyError::Hsm(format!("the HSM returned a signature of {len} bytes, not 64"))))
     }
 }

@@ -18,16 +18,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use clover_event::{Event, EventKind, SubjectIndexKey};
 use clover_keys::pkcs11::{Pkcs11Config, Pkcs11Kek};
 use clover_keys::{
     CacheOptions, Custodian, Kek, KeyCustody, KeyError, KeyStore, Keyring, METADATA_KEY, Passphrase, aad,
 };
-use clover_log::event::{Event, EventKind, SubjectIndexKey};
-use clover_log::note::{SigningKey, TYPE_ED25519};
 use clover_log::{Log, LogOptions, Receipt};
 use clover_model::{Action, PrincipalKind, RecordId, Region, SubjectId};
 use clover_policy::Verdict;
 use clover_policy::pack::{PackPrincipal, PackRequest, PackResource, PolicyPack};
+use clover_tlog::note::{SigningKey, TYPE_ED25519};
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::object::{Attribute, AttributeType};
 use cryptoki::session::UserType;

@@ -25,12 +25,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use clover_log::event::{EVENT_VERSION, Event, EventDecision, EventKind, EventOrigin, EventPrincipal};
-use clover_log::hash::{Hash, leaf_hash, node_hash};
-use clover_log::note::{SigningKey, TYPE_ED25519};
-use clover_log::tile::push_bundle_entry;
-use clover_log::tree::verify_inclusion;
+use clover_event::{EVENT_VERSION, Event, EventDecision, EventKind, EventOrigin, EventPrincipal};
 use clover_log::{Log, LogOptions};
+use clover_tlog::hash::{Hash, leaf_hash, node_hash};
+use clover_tlog::note::{SigningKey, TYPE_ED25519};
+use clover_tlog::tile::push_bundle_entry;
+use clover_tlog::tree::verify_inclusion;
 use criterion::{BenchmarkGroup, BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 
 /// Entries appended per iteration (fewer with one writer: every entry is then one fsync).
@@ -44,7 +44,7 @@ const PROOF_LOG_SIZE: u64 = 100_000;
 static ACHIEVED: Mutex<Vec<(usize, f64)>> = Mutex::new(Vec::new());
 
 fn hex(hash: &Hash) -> String {
-    hash.0.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(hash.0)
 }
 
 /// An allowed read as the gateway logs it (crates/gateway/src/pipeline.rs): about 490 bytes.

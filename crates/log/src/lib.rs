@@ -1,26 +1,260 @@
-//! Clover's transparency log.
+//! Clover's transparency log at run time.
 //!
 //! Every decision, write, erasure and key operation is an entry in an append-only Merkle log, in
-//! the public formats any tlog client can check:
+//! the public formats any tlog client can check. The formats themselves are pure code in
+//! `clover-tlog` (hashing, proofs, tiles, checkpoints, signed notes) and what an entry says is
+//! `clover-event`; this crate stores, sequences and serves them.
 //!
-//! - [`hash`] and [`tree`]: RFC 6962 / RFC 9162 hashing, inclusion and consistency proofs;
-//! - [`tile`]: c2sp.org/tlog-tiles coordinates and entry bundles;
-//! - [`checkpoint`]: c2sp.org/tlog-checkpoint bodies;
-//! - [`note`]: c2sp.org/signed-note signatures and c2sp.org/tlog-cosignature witness
-//!   cosignatures, with Ed25519.
-//!
-//! Those modules are pure: bytes in, bytes out. [`Log`] is the runtime: a directory holding the
-//! entries, a sequencer that group-commits appends (one write and one fsync per batch, then one
-//! signed checkpoint), and reads of tiles, checkpoints and proofs; or, in [`postgres`], a
-//! database that several gateways share, sequenced by one of them at a time.
+//! - [`Log`] is the handle every part of the boundary holds: appends, the latest checkpoint,
+//!   tiles, entries and proofs.
+//! - One sequencer ([`sequencer`]) group-commits appends over a backend: a directory that this
+//!   process alone writes ([`file`], the embedded default), or a PostgreSQL database that several
+//!   gateways share, sequenced by whichever holds its lock ([`postgres`]).
+//! - Only [`Log::append_permitted`] makes a [`Receipt`], which the key custodian asks for before
+//!   it unwraps a data key.
 
-pub mod checkpoint;
-pub mod event;
-pub mod hash;
-pub mod note;
-pub mod postgres;
+mod error;
+mod file;
+mod postgres;
+mod receipt;
 mod sequencer;
-pub mod tile;
-pub mod tree;
+mod tree;
 
-pub use sequencer::{Log, LogError, LogOptions, Receipt};
+use std::path::Path;
+use std::sync::Arc;
+
+use clover_event::{Event, EventKind};
+use clover_policy::Permit;
+use clover_tlog::hash::{Hash, leaf_hash};
+use clover_tlog::note::NoteSigner;
+use clover_tlog::tile::{TILE_WIDTH, Tile, push_bundle_entry};
+
+pub use error::LogError;
+pub use receipt::Receipt;
+
+use crate::file::FileLog;
+use crate::postgres::PgLog;
+use crate::sequencer::Append;
+use crate::tree::Shared;
+
+/// How the log runs.
+#[derive(Debug, Clone)]
+pub struct LogOptions {
+    /// The most appends written in one batch.
+    pub max_batch: usize,
+    /// Sign a checkpoint after every batch (zero), or at most this often.
+    pub checkpoint_interval: std::time::Duration,
+}
+
+impl Default for LogOptions {
+    fn default() -> Self {
+        Self { max_batch: 65_536, checkpoint_interval: std::time::Duration::ZERO }
+    }
+}
+
+/// Where the entries live.
+#[derive(Clone)]
+enum Store {
+    /// A directory and this process's sequencer thread.
+    File(Arc<FileLog>),
+    /// A PostgreSQL database, sequenced by whichever gateway leads.
+    Postgres(Arc<PgLog>),
+}
+
+/// A transparency log in a directory or a PostgreSQL database.
+#[derive(Clone)]
+pub struct Log {
+    shared: Arc<Shared>,
+    store: Store,
+}
+
+impl std::fmt::Debug for Log {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut out = f.debug_struct("Log");
+        match &self.store {
+            Store::File(file) => out.field("dir", &file.dir),
+            Store::Postgres(_) => out.field("store", &"postgres"),
+        };
+        out.field("size", &self.size()).finish()
+    }
+}
+
+impl Log {
+    /// Opens (creating if needed) the log in `dir`, whose checkpoints `signer` signs under the
+    /// name `origin`. Recovers from a crash without destroying evidence: an unsigned tail that
+    /// does not read as entries is moved to `quarantine/` and cut; entries that a signed
+    /// checkpoint covers and that are damaged or changed make it refuse to open, leaving every
+    /// file as it was (see [`file`]).
+    pub fn open(dir: &Path, signer: impl NoteSigner, options: LogOptions) -> Result<Self, LogError> {
+        let (shared, file) = file::open(dir, Box::new(signer), options)?;
+        Ok(Self { shared, store: Store::File(Arc::new(file)) })
+    }
+
+    /// Opens (creating its tables if needed) the log in the PostgreSQL database at `url`, shared
+    /// with every other gateway of the region that opens it with the same checkpoint key. Refuses
+    /// a database whose entries do not match the last checkpoint signed, or whose checkpoint this
+    /// key did not sign.
+    pub async fn open_postgres(url: &str, signer: impl NoteSigner, options: LogOptions) -> Result<Self, LogError> {
+        let (shared, pg) = PgLog::open(url, Box::new(signer), options).await?;
+        Ok(Self { shared, store: Store::Postgres(pg) })
+    }
+
+    /// Whether this process sequences the log now (always, for a log in a directory).
+    pub fn is_sequencer(&self) -> bool {
+        match &self.store {
+            Store::File(_) => true,
+            Store::Postgres(pg) => pg.is_leading(),
+        }
+    }
+
+    /// The log's origin (the checkpoint key name).
+    pub fn origin(&self) -> &str {
+        &self.shared.origin
+    }
+
+    /// The number of durable entries.
+    pub fn size(&self) -> u64 {
+        self.shared.tree().size()
+    }
+
+    /// Appends an event and waits until it is durable; returns its index.
+    pub async fn append(&self, event: &Event) -> Result<u64, LogError> {
+        self.append_entry(event, event.encode()).await
+    }
+
+    async fn append_entry(&self, event: &Event, entry: Vec<u8>) -> Result<u64, LogError> {
+        if entry.len() > usize::from(u16::MAX) {
+            return Err(LogError::TooLarge(entry.len()));
+        }
+        let index_by = (event.kind, event.subject.clone());
+        match &self.store {
+            Store::File(file) => {
+                let append = Append { token: file.token(), entry, index_by: Some(index_by), handed_in: false };
+                file.append(&self.shared, append).await
+            }
+            Store::Postgres(pg) => pg.append(entry, index_by).await,
+        }
+    }
+
+    /// Appends the event of an allowed access and returns the receipt the custodian asks for.
+    pub async fn append_permitted(&self, event: &Event, permit: Permit) -> Result<Receipt, LogError> {
+        let entry = event.encode();
+        let entry_hash = leaf_hash(&entry);
+        let kept: Arc<[u8]> = entry.as_slice().into();
+        let index = self.append_entry(event, entry).await?;
+        Ok(Receipt {
+            index,
+            entry_hash,
+            entry: kept,
+            subject_hash: event.subject.clone(),
+            purpose: event.purpose.clone(),
+            permit,
+        })
+    }
+
+    /// The latest signed checkpoint note.
+    pub fn checkpoint(&self) -> Arc<str> {
+        self.shared.tree().checkpoint().clone()
+    }
+
+    /// The latest signed checkpoint note and its size, read together.
+    pub fn checkpoint_with_size(&self) -> (Arc<str>, u64) {
+        let tree = self.shared.tree();
+        (tree.checkpoint().clone(), tree.checkpoint_size())
+    }
+
+    /// The size of the latest signed checkpoint.
+    pub fn checkpoint_size(&self) -> u64 {
+        self.shared.tree().checkpoint_size()
+    }
+
+    /// A tile or entry bundle of the current tree.
+    pub async fn tile(&self, tile: &Tile) -> Result<Vec<u8>, LogError> {
+        let not_found = || LogError::NotFound(format!("{} is beyond the log", tile.path()));
+        let first = tile.index.checked_mul(TILE_WIDTH).ok_or_else(not_found)?;
+        let end = first + u64::from(tile.width);
+        if let Some(level) = tile.level {
+            let tree = self.shared.tree();
+            let hashes = tree.heights.get(usize::from(level) * 8).ok_or_else(not_found)?;
+            let range =
+                usize::try_from(first).map_err(|_| not_found())?..usize::try_from(end).map_err(|_| not_found())?;
+            let hashes = hashes.get(range).ok_or_else(not_found)?;
+            return Ok(hashes.iter().flat_map(|h| h.0).collect());
+        }
+        if end > self.size() {
+            return Err(not_found());
+        }
+        match &self.store {
+            Store::File(file) => {
+                let (start, stop) = self.offsets(first, end).ok_or_else(not_found)?;
+                file.read(start, stop)
+            }
+            Store::Postgres(pg) => {
+                let mut bundle = Vec::new();
+                for entry in pg.entries(first, end).await? {
+                    push_bundle_entry(&mut bundle, &entry).map_err(LogError::TooLarge)?;
+                }
+                Ok(bundle)
+            }
+        }
+    }
+
+    /// Where entries `first..end` lie in a directory's entries file (each after its length).
+    fn offsets(&self, first: u64, end: u64) -> Option<(u64, u64)> {
+        let tree = self.shared.tree();
+        let offset = |i: u64| usize::try_from(i).ok().and_then(|i| tree.offsets.get(i)).copied();
+        Some((offset(first)?, offset(end)?))
+    }
+
+    /// The entry at `index`.
+    pub async fn entry(&self, index: u64) -> Result<Vec<u8>, LogError> {
+        let not_found = || LogError::NotFound(format!("entry {index} is beyond the log"));
+        if index >= self.size() {
+            return Err(not_found());
+        }
+        match &self.store {
+            Store::File(file) => {
+                let (start, stop) = self.offsets(index, index + 1).ok_or_else(not_found)?;
+                Ok(file.read(start + 2, stop)?)
+            }
+            Store::Postgres(pg) => pg.entries(index, index + 1).await?.pop().ok_or_else(not_found),
+        }
+    }
+
+    /// The index of the latest entry of `kind`.
+    pub fn last_of_kind(&self, kind: EventKind) -> Option<u64> {
+        self.shared.tree().last_of_kind(kind)
+    }
+
+    /// The indexes of the entries about a subject (by its keyed hash).
+    pub fn entries_about(&self, subject_hash: &str) -> Vec<u64> {
+        self.shared.tree().entries_about(subject_hash)
+    }
+
+    /// The root hash of the tree of `size` entries.
+    pub fn root(&self, size: u64) -> Result<Hash, LogError> {
+        let tree = self.shared.tree();
+        if size > tree.size() {
+            return Err(LogError::NotFound(format!("the log has fewer than {size} entries")));
+        }
+        Ok(clover_tlog::tree::root(&*tree, size)?)
+    }
+
+    /// The inclusion proof of entry `index` in the tree of `size` entries.
+    pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, LogError> {
+        let tree = self.shared.tree();
+        if size > tree.size() {
+            return Err(LogError::NotFound(format!("the log has fewer than {size} entries")));
+        }
+        Ok(clover_tlog::tree::inclusion_proof(&*tree, index, size)?)
+    }
+
+    /// The consistency proof between the trees of `old` and `new` entries.
+    pub fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash>, LogError> {
+        let tree = self.shared.tree();
+        if new > tree.size() {
+            return Err(LogError::NotFound(format!("the log has fewer than {new} entries")));
+        }
+        Ok(clover_tlog::tree::consistency_proof(&*tree, old, new)?)
+    }
+}

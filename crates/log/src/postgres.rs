@@ -23,19 +23,25 @@
 //!   new leader, so an entry handed in is never lost, even when the gateway that handed it in
 //!   died waiting.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
+//!
+//! The leader runs the one [sequencer](crate::sequencer) over [`PgBackend`]: its pending
+//! entries are the rows of `log_pending`, and a commit is the transaction above.
 
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
+
+use clover_event::EventKind;
+use clover_sql::{migrate, redact};
+use clover_tlog::checkpoint::Checkpoint;
+use clover_tlog::note::{Note, NoteSigner, VerifierKey};
 use sqlx::postgres::{PgConnection, PgListener, PgPool, PgPoolOptions};
-use sqlx::{AssertSqlSafe, Connection, Row};
-use tokio::sync::{mpsc, oneshot};
+use sqlx::{Connection, Row};
+use tokio::sync::mpsc;
 
-use crate::checkpoint::Checkpoint;
-use crate::hash::leaf_hash;
-use crate::note::{Note, NoteSigner, VerifierKey};
-use crate::sequencer::{LogError, LogOptions, Shared, checkpoint_note};
-use crate::tree;
+use crate::LogOptions;
+use crate::error::{LogError, db};
+use crate::sequencer::{Append, Backend, sequence};
+use crate::tree::Shared;
 
 /// The migrations of the log's tables, in order. Never edit one that has shipped; add the next.
 const MIGRATIONS: &[(i64, &str)] = &[(
@@ -66,79 +72,22 @@ const FOLLOW_EVERY: Duration = Duration::from_millis(250);
 /// How long an append waits for an index before it is refused (no gateway leads).
 const APPEND_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long one step of the sequencer (a query, a commit) may take before it gives up leading:
+/// a connection that hangs must not hold the log.
+const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The most entries read from the database at a time.
 const PAGE: i64 = 4096;
-
-fn db(what: &'static str) -> impl Fn(sqlx::Error) -> LogError {
-    move |e| LogError::Database(format!("{what}: {e}"))
-}
-
-/// Applies `migrations` (version, SQL) not yet recorded in `table`, all in one transaction under
-/// an advisory lock, so that processes starting together apply each one once.
-pub async fn migrate(
-    pool: &PgPool,
-    table: &'static str,
-    migrations: &[(i64, &'static str)],
-) -> Result<(), sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(0x636c_6f76_6572_i64).execute(&mut *tx).await?;
-    // `table` and the migrations are constants of Clover's own code.
-    sqlx::raw_sql(AssertSqlSafe(format!(
-        "CREATE TABLE IF NOT EXISTS {table} (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)"
-    )))
-    .execute(&mut *tx)
-    .await?;
-    for (version, sql) in migrations {
-        let applied: Option<i64> =
-            sqlx::query_scalar(AssertSqlSafe(format!("SELECT version FROM {table} WHERE version = $1")))
-                .bind(version)
-                .fetch_optional(&mut *tx)
-                .await?;
-        if applied.is_none() {
-            sqlx::raw_sql(*sql).execute(&mut *tx).await?;
-            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-            sqlx::query(AssertSqlSafe(format!("INSERT INTO {table} (version, applied_at) VALUES ($1, $2)")))
-                .bind(version)
-                .bind(i64::try_from(now.as_secs()).unwrap_or(i64::MAX))
-                .execute(&mut *tx)
-                .await?;
-            tracing::info!(%table, version, "database migration applied");
-        }
-    }
-    tx.commit().await
-}
-
-/// A PostgreSQL URL without its password, for messages.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let credentials = url.get(scheme + 3..at).unwrap_or_default();
-            let user = credentials.split(':').next().unwrap_or_default();
-            format!("{}{user}{}", url.get(..scheme + 3).unwrap_or_default(), url.get(at..).unwrap_or_default())
-        }
-        _ => url.to_owned(),
-    }
-}
-
-type Waiter = oneshot::Sender<Result<u64, LogError>>;
-
-/// An append on its way: its token and its entry.
-type Handed = (i64, Vec<u8>);
 
 /// One gateway's handle on the shared log.
 pub(crate) struct PgLog {
     pool: PgPool,
     shared: Arc<Shared>,
     verifier: VerifierKey,
-    /// Appends handed in and not yet answered, by token.
-    waiting: Mutex<HashMap<i64, Waiter>>,
-    /// Appends of this gateway in the tree, with their indexes, that no checkpoint held here
-    /// covers yet: answered once one does.
-    uncovered: Mutex<Vec<(i64, u64)>>,
-    submit: mpsc::UnboundedSender<Handed>,
+    submit: mpsc::UnboundedSender<Append>,
     /// While this gateway sequences, its own appends go straight into the sequencer's next
     /// batch, without a round through `log_pending`.
-    direct: Mutex<Option<mpsc::UnboundedSender<Handed>>>,
+    direct: Mutex<Option<mpsc::UnboundedSender<Append>>>,
     /// Held while entries are added to the tree.
     apply: tokio::sync::Mutex<()>,
     /// Why appends are refused, once the database contradicted a signed checkpoint.
@@ -156,9 +105,8 @@ impl PgLog {
         url: &str,
         signer: Box<dyn NoteSigner>,
         options: LogOptions,
-        shared: Arc<Shared>,
-    ) -> Result<Arc<Self>, LogError> {
-        let open = |e: sqlx::Error| LogError::Database(format!("opening the log at {}: {e}", redact(url)));
+    ) -> Result<(Arc<Shared>, Arc<Self>), LogError> {
+        let open = |source: sqlx::Error| LogError::Open { url: redact(url), source };
         let pool = PgPoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(10))
@@ -167,12 +115,11 @@ impl PgLog {
             .map_err(open)?;
         migrate(&pool, "clover_log_migrations", MIGRATIONS).await.map_err(open)?;
         let (submit, submitted) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared::new(signer.name().to_owned(), crate::tree::Tree::new(), true));
         let log = Arc::new(Self {
             pool,
-            shared,
+            shared: shared.clone(),
             verifier: signer.verifier(),
-            waiting: Mutex::new(HashMap::new()),
-            uncovered: Mutex::new(Vec::new()),
             submit,
             direct: Mutex::new(None),
             apply: tokio::sync::Mutex::new(()),
@@ -186,54 +133,47 @@ impl PgLog {
             (tree.size(), tree.checkpoint_size())
         };
         if size == 0 || held < size {
-            let root = tree::root(&*log.shared.tree(), size)?;
-            let note = checkpoint_note(&log.shared.origin, signer.as_ref(), size, root)?;
+            let (size, note) = log.shared.sign_current(signer.as_ref())?;
             log.shared.tree_mut().offer_checkpoint(Arc::from(note), size);
         }
         tokio::spawn(submit_loop(Arc::downgrade(&log), submitted, options.max_batch));
         tokio::spawn(follow_loop(Arc::downgrade(&log)));
         tokio::spawn(sequence_loop(Arc::downgrade(&log), url.to_owned(), signer, options));
-        Ok(log)
+        Ok((shared, log))
     }
 
     /// Whether this gateway sequences now: it does while its own appends go straight to it.
     pub(crate) fn is_leading(&self) -> bool {
-        self.direct.lock().unwrap_or_else(std::sync::PoisonError::into_inner).is_some()
+        self.direct.lock().unwrap_or_else(PoisonError::into_inner).is_some()
     }
 
     fn refused(&self) -> Option<LogError> {
-        let failed = self.failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        failed.as_ref().map(|why| LogError::Inconsistent { dir: "postgres".into(), detail: why.clone() })
+        let failed = self.failed.lock().unwrap_or_else(PoisonError::into_inner);
+        failed.as_ref().map(|why| LogError::Inconsistent { place: "postgres".into(), detail: why.clone() })
     }
 
     /// Hands `entry` in and waits for its index.
-    pub(crate) async fn append(&self, entry: Vec<u8>) -> Result<u64, LogError> {
+    pub(crate) async fn append(&self, entry: Vec<u8>, index_by: (EventKind, Option<String>)) -> Result<u64, LogError> {
         if let Some(refused) = self.refused() {
             return Err(refused);
         }
         let mut bytes = [0u8; 8];
-        aws_lc_rs::rand::fill(&mut bytes).map_err(|_| LogError::Database("no randomness for a token".into()))?;
+        aws_lc_rs::rand::fill(&mut bytes).map_err(|_| LogError::Randomness)?;
         let token = i64::from_be_bytes(bytes);
-        let (done, wait) = oneshot::channel();
-        self.waiters().insert(token, done);
-        if self.submit.send((token, entry)).is_err() {
-            self.waiters().remove(&token);
+        let wait = self.shared.wait(token);
+        let append = Append { token, entry, index_by: Some(index_by), handed_in: false };
+        if self.submit.send(append).is_err() {
+            self.shared.forget(token);
             return Err(LogError::Stopped);
         }
         match tokio::time::timeout(APPEND_TIMEOUT, wait).await {
             Ok(answer) => answer.map_err(|_| LogError::Stopped)?,
             Err(_) => {
-                self.waiters().remove(&token);
+                self.shared.forget(token);
                 tracing::error!(token, "no gateway sequenced a log entry within 30 s");
-                Err(LogError::Database(
-                    "no gateway sequenced the entry within 30 s; it may still be logged later".into(),
-                ))
+                Err(LogError::NotSequenced(APPEND_TIMEOUT))
             }
         }
-    }
-
-    fn waiters(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Waiter>> {
-        self.waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The entries `first..end`.
@@ -252,7 +192,6 @@ impl PgLog {
         }
         Ok(entries)
     }
-
     /// Adds every committed entry beyond this gateway's tree, takes the stored checkpoint after
     /// checking it, and answers the appends now in the tree.
     async fn catch_up(&self) -> Result<(), LogError> {
@@ -306,8 +245,8 @@ impl PgLog {
     /// Refuses appends from now on: the database contradicts what this gateway knows.
     fn fail(&self, why: String) -> LogError {
         tracing::error!(%why, "the log's database contradicts its signed checkpoint; appends are refused");
-        *self.failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(why.clone());
-        LogError::Inconsistent { dir: "postgres".into(), detail: why }
+        *self.failed.lock().unwrap_or_else(PoisonError::into_inner) = Some(why.clone());
+        LogError::Inconsistent { place: "postgres".into(), detail: why }
     }
 
     /// Checks a stored checkpoint against this key and the tree, and takes it.
@@ -325,7 +264,7 @@ impl PgLog {
         if checkpoint.size > tree.size() {
             return Err(format!("it published a checkpoint of {} entries but holds {}", checkpoint.size, tree.size()));
         }
-        let root = tree::root(&*tree, checkpoint.size).map_err(|e| e.to_string())?;
+        let root = clover_tlog::tree::root(&*tree, checkpoint.size).map_err(|e| e.to_string())?;
         if root != checkpoint.root {
             return Err(format!("the first {} entries differ from the checkpoint it published", checkpoint.size));
         }
@@ -351,28 +290,14 @@ impl PgLog {
         added
     }
 
-    /// Answers this gateway's appends among `done` (entries just added to the tree) and among
-    /// those added before, once the checkpoint held covers them: an append is answered when its
-    /// entry is committed, in this gateway's tree, and provable from the checkpoint it serves.
+    /// Answers this gateway's appends now in the tree and covered by the checkpoint held.
     fn answer(&self, done: Vec<(i64, u64)>) {
-        let covered = self.shared.tree().checkpoint_size();
-        let mut waiting = self.waiters();
-        let mut uncovered = self.uncovered.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        uncovered.extend(done.into_iter().filter(|(token, _)| waiting.contains_key(token)));
-        uncovered.retain(|&(token, index)| {
-            if index >= covered {
-                return true;
-            }
-            if let Some(waiter) = waiting.remove(&token) {
-                let _ = waiter.send(Ok(index));
-            }
-            false
-        });
+        self.shared.answer(done);
     }
 }
 
 /// Hands this gateway's appends in, as many per statement as are waiting.
-async fn submit_loop(log: Weak<PgLog>, mut submitted: mpsc::UnboundedReceiver<Handed>, max_batch: usize) {
+async fn submit_loop(log: Weak<PgLog>, mut submitted: mpsc::UnboundedReceiver<Append>, max_batch: usize) {
     while let Some(first) = submitted.recv().await {
         let mut batch = vec![first];
         while batch.len() < max_batch.max(1) {
@@ -382,10 +307,10 @@ async fn submit_loop(log: Weak<PgLog>, mut submitted: mpsc::UnboundedReceiver<Ha
             }
         }
         let Some(log) = log.upgrade() else { return };
-        let batch: Vec<Handed> = {
+        let batch: Vec<Append> = {
             // Sent under the lock: once the sequencer has cleared it and drained its channel,
             // nothing more reaches that channel.
-            let direct = log.direct.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let direct = log.direct.lock().unwrap_or_else(PoisonError::into_inner);
             match direct.as_ref() {
                 Some(sequencer) => {
                     batch.into_iter().filter_map(|item| sequencer.send(item).err().map(|e| e.0)).collect()
@@ -396,7 +321,7 @@ async fn submit_loop(log: Weak<PgLog>, mut submitted: mpsc::UnboundedReceiver<Ha
         if batch.is_empty() {
             continue;
         }
-        let (tokens, entries): (Vec<i64>, Vec<Vec<u8>>) = batch.into_iter().unzip();
+        let (tokens, entries): (Vec<i64>, Vec<Vec<u8>>) = batch.into_iter().map(|a| (a.token, a.entry)).unzip();
         let handed_in = sqlx::query(
             "WITH handed_in AS (INSERT INTO log_pending (token, entry) SELECT * FROM UNNEST($1::int8[], $2::bytea[])) \
              SELECT pg_notify('clover_log_pending', '')",
@@ -407,12 +332,7 @@ async fn submit_loop(log: Weak<PgLog>, mut submitted: mpsc::UnboundedReceiver<Ha
         .await;
         if let Err(e) = handed_in {
             tracing::error!(error = %e, entries = tokens.len(), "log entries could not be handed in");
-            let mut waiting = log.waiters();
-            for token in tokens {
-                if let Some(waiter) = waiting.remove(&token) {
-                    let _ = waiter.send(Err(LogError::Database(format!("handing the entry in: {e}"))));
-                }
-            }
+            log.shared.refuse(tokens, || LogError::Stopped);
         }
     }
 }
@@ -453,9 +373,9 @@ async fn follow_loop(log: Weak<PgLog>) {
 }
 
 /// Where this gateway's appends go while it sequences (`None`: through `log_pending`).
-fn set_direct(log: &Weak<PgLog>, to: Option<mpsc::UnboundedSender<Handed>>) {
+fn set_direct(log: &Weak<PgLog>, to: Option<mpsc::UnboundedSender<Append>>) {
     if let Some(log) = log.upgrade() {
-        *log.direct.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = to;
+        *log.direct.lock().unwrap_or_else(PoisonError::into_inner) = to;
     }
 }
 
@@ -463,16 +383,16 @@ fn set_direct(log: &Weak<PgLog>, to: Option<mpsc::UnboundedSender<Handed>>) {
 async fn sequence_loop(log: Weak<PgLog>, url: String, signer: Box<dyn NoteSigner>, options: LogOptions) {
     loop {
         let Some(strong) = log.upgrade() else { return };
-        let options_ = strong.pool.connect_options();
+        let connect_options = strong.pool.connect_options();
+        let refused = strong.refused().is_some();
         drop(strong);
-        let refused = log.upgrade().is_some_and(|l| l.refused().is_some());
         if refused {
             // This gateway found the database inconsistent: it does not compete to sequence.
             tokio::time::sleep(FOLLOW_EVERY * 4).await;
             continue;
         }
         let connected = async {
-            let mut conn = PgConnection::connect_with(&*options_).await?;
+            let mut conn = PgConnection::connect_with(&*connect_options).await?;
             // The server notices a vanished sequencer (power loss, partition: no FIN) within
             // about 11 s and releases its lock, instead of after the OS default of two hours.
             sqlx::raw_sql("SET tcp_keepalives_idle = 5; SET tcp_keepalives_interval = 2; SET tcp_keepalives_count = 3")
@@ -515,11 +435,21 @@ async fn sequence_loop(log: Weak<PgLog>, url: String, signer: Box<dyn NoteSigner
         let (direct, mut own) = mpsc::unbounded_channel();
         set_direct(&log, Some(direct));
         let result = lead(&log, &mut conn, signer.as_ref(), &options, &mut own).await;
-        // This gateway's appends go through `log_pending` again, those not yet taken too.
+        // This gateway's appends go through `log_pending` again: those not yet taken, and
+        // those of a batch that was not committed (rolled back, so not in the database).
         set_direct(&log, None);
+        let mut unsequenced = Vec::new();
+        let result = match result {
+            Ok(()) => Ok(()),
+            Err(stopped) => {
+                unsequenced = stopped.unsequenced;
+                Err(stopped.error)
+            }
+        };
         if let Some(strong) = log.upgrade() {
-            while let Ok(item) = own.try_recv() {
-                let _ = strong.submit.send(item);
+            let own_appends = unsequenced.into_iter().filter(|a| !a.handed_in);
+            for append in own_appends.chain(std::iter::from_fn(|| own.try_recv().ok())) {
+                let _ = strong.submit.send(append);
             }
         }
         match result {
@@ -531,119 +461,90 @@ async fn sequence_loop(log: Weak<PgLog>, url: String, signer: Box<dyn NoteSigner
     }
 }
 
-/// How long one step of the sequencer (a query, a commit) may take before it gives up leading:
-/// a connection that hangs must not hold the log.
-const STEP_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Runs one database step of the sequencer, bounded by [`STEP_TIMEOUT`].
 async fn step<T>(work: impl Future<Output = Result<T, sqlx::Error>>, what: &'static str) -> Result<T, LogError> {
     match tokio::time::timeout(STEP_TIMEOUT, work).await {
         Ok(done) => done.map_err(db(what)),
-        Err(_) => Err(LogError::Database(format!("{what}: no answer within {STEP_TIMEOUT:?}"))),
+        Err(_) => Err(LogError::Timeout { what, after: STEP_TIMEOUT }),
     }
 }
 
-/// Sequences pending entries while this connection holds the lock. Returns `Ok` when the log is
-/// dropped, an error when leadership is in doubt.
+/// Sequences while this connection holds the lock. Returns `Ok` when the log is dropped, an
+/// error when leadership is in doubt.
 async fn lead(
     log: &Weak<PgLog>,
     conn: &mut PgConnection,
     signer: &dyn NoteSigner,
     options: &LogOptions,
-    own: &mut mpsc::UnboundedReceiver<Handed>,
-) -> Result<(), LogError> {
-    let mut listener = {
-        let Some(strong) = log.upgrade() else { return Ok(()) };
-        // Every entry committed by an earlier leader, checked against its last checkpoint.
-        strong.catch_up().await?;
-        let mut listener = PgListener::connect_with(&strong.pool).await.map_err(db("listening for entries"))?;
-        listener.listen("clover_log_pending").await.map_err(db("listening for entries"))?;
-        listener
-    };
+    own: &mut mpsc::UnboundedReceiver<Append>,
+) -> Result<(), crate::sequencer::Stopped> {
+    let stopped = |error: LogError| crate::sequencer::Stopped { error, unsequenced: Vec::new() };
+    let Some(strong) = log.upgrade() else { return Ok(()) };
+    // Every entry committed by an earlier leader, checked against its last checkpoint.
+    strong.catch_up().await.map_err(stopped)?;
+    let mut listener =
+        PgListener::connect_with(&strong.pool).await.map_err(|e| stopped(db("listening for entries")(e)))?;
+    listener.listen("clover_log_pending").await.map_err(|e| stopped(db("listening for entries")(e)))?;
     // What the last leader committed without a checkpoint (with an interval) is signed at once.
-    let mut last_signed = Instant::now().checked_sub(options.checkpoint_interval).unwrap_or_else(Instant::now);
-    let mut unsigned = {
-        let stored: Option<i64> = step(
-            sqlx::query_scalar("SELECT size FROM log_checkpoint").fetch_optional(&mut *conn),
-            "reading the checkpoint",
-        )
-        .await?;
-        let Some(strong) = log.upgrade() else { return Ok(()) };
-        let size = strong.shared.tree().size();
-        stored.and_then(|s| u64::try_from(s).ok()).is_none_or(|s| s < size)
-    };
-    let max_batch = options.max_batch.max(1);
-    let mut local: Vec<Handed> = Vec::new();
-    loop {
-        let Some(strong) = log.upgrade() else { return Ok(()) };
-        if strong.refused().is_some() {
+    let stored: Option<i64> = step(
+        sqlx::query_scalar("SELECT size FROM log_checkpoint").fetch_optional(&mut *conn),
+        "reading the checkpoint",
+    )
+    .await
+    .map_err(stopped)?;
+    let unsigned = stored.and_then(|s| u64::try_from(s).ok()).is_none_or(|s| s < strong.shared.tree().size());
+    let shared = strong.shared.clone();
+    drop(strong);
+    let mut backend = PgBackend { log: log.clone(), conn, listener, taken: Vec::new() };
+    sequence(&mut backend, &shared, signer, options, own, unsigned).await
+}
+
+/// The database as the leader writes it.
+struct PgBackend<'a> {
+    log: Weak<PgLog>,
+    /// The connection that holds the sequencer's lock: commits go through it, so that a leader
+    /// that lost its session cannot commit.
+    conn: &'a mut PgConnection,
+    listener: PgListener,
+    /// The `log_pending` ids of the entries last taken, deleted when they are committed.
+    taken: Vec<i64>,
+}
+
+impl Backend for PgBackend<'_> {
+    async fn pending(&mut self, room: usize) -> Result<Vec<Append>, LogError> {
+        if self.log.strong_count() == 0 {
             return Err(LogError::Stopped);
         }
-        // This gateway's own appends, then what the others handed in.
-        while local.len() < max_batch {
-            match own.try_recv() {
-                Ok(item) => local.push(item),
-                Err(_) => break,
-            }
-        }
-        let room = i64::try_from(max_batch - local.len()).unwrap_or(PAGE);
-        let pending = if room > 0 {
-            step(
-                sqlx::query("SELECT id, token, entry FROM log_pending ORDER BY id LIMIT $1")
-                    .bind(room)
-                    .fetch_all(&mut *conn),
-                "reading pending entries",
-            )
-            .await?
-        } else {
-            Vec::new()
-        };
-        let due = last_signed.elapsed() >= options.checkpoint_interval;
-        if pending.is_empty() && local.is_empty() {
-            if unsigned && due {
-                let size = strong.shared.tree().size();
-                let root = tree::root(&*strong.shared.tree(), size)?;
-                let note = checkpoint_note(&strong.shared.origin, signer, size, root)?;
-                step(store_checkpoint(&mut *conn, size, &note), "storing a checkpoint").await?;
-                strong.shared.tree_mut().offer_checkpoint(Arc::from(note), size);
-                strong.answer(Vec::new());
-                last_signed = Instant::now();
-                unsigned = false;
-            }
-            drop(strong);
-            tokio::select! {
-                _ = listener.recv() => {}
-                item = own.recv() => local.extend(item),
-                () = tokio::time::sleep(FOLLOW_EVERY) => {}
-            }
-            continue;
-        }
-        let first = strong.shared.tree().size();
-        let mut ids = Vec::with_capacity(pending.len());
-        let mut rows = Vec::with_capacity(local.len() + pending.len());
-        for (token, entry) in local.drain(..) {
-            rows.push(Row_ { idx: first + rows.len() as u64, token, entry });
-        }
-        for row in &pending {
-            let read = db("reading pending entries");
-            ids.push(row.try_get::<i64, _>(0).map_err(&read)?);
-            rows.push(Row_ {
-                idx: first + rows.len() as u64,
+        let room = i64::try_from(room).unwrap_or(PAGE);
+        let rows = step(
+            sqlx::query("SELECT id, token, entry FROM log_pending ORDER BY id LIMIT $1")
+                .bind(room)
+                .fetch_all(&mut *self.conn),
+            "reading pending entries",
+        )
+        .await?;
+        let read = db("reading pending entries");
+        self.taken.clear();
+        let mut appends = Vec::with_capacity(rows.len());
+        for row in &rows {
+            self.taken.push(row.try_get::<i64, _>(0).map_err(&read)?);
+            appends.push(Append {
                 token: row.try_get(1).map_err(&read)?,
                 entry: row.try_get(2).map_err(&read)?,
+                index_by: None,
+                handed_in: true,
             });
         }
-        let leaves: Vec<_> = rows.iter().map(|r| leaf_hash(&r.entry)).collect();
-        let size = first + rows.len() as u64;
-        let note = if due {
-            let root = tree::root_after(&*strong.shared.tree(), first, &leaves)?;
-            Some(checkpoint_note(&strong.shared.origin, signer, size, root)?)
-        } else {
-            None
-        };
-        let indexes: Vec<i64> = rows.iter().map(|r| i64::try_from(r.idx).unwrap_or(i64::MAX)).collect();
-        let tokens: Vec<i64> = rows.iter().map(|r| r.token).collect();
-        let entries: Vec<&[u8]> = rows.iter().map(|r| r.entry.as_slice()).collect();
+        Ok(appends)
+    }
+
+    async fn commit(&mut self, first: u64, batch: &[Append], checkpoint: Option<(u64, &str)>) -> Result<(), LogError> {
+        let indexes: Vec<i64> = (first..).take(batch.len()).map(|i| i64::try_from(i).unwrap_or(i64::MAX)).collect();
+        let tokens: Vec<i64> = batch.iter().map(|a| a.token).collect();
+        let entries: Vec<&[u8]> = batch.iter().map(|a| a.entry.as_slice()).collect();
+        let ids = std::mem::take(&mut self.taken);
+        let size = first + batch.len() as u64;
+        let conn = &mut *self.conn;
         let committed = async {
             let mut tx = conn.begin().await?;
             // The database must end where this gateway's tree ends: rows lost (a standby promoted
@@ -678,7 +579,7 @@ async fn lead(
                     ids.len()
                 )));
             }
-            if let Some(note) = &note {
+            if let Some((size, note)) = checkpoint {
                 store_checkpoint(&mut tx, size, note).await?;
             }
             sqlx::query("SELECT pg_notify('clover_log', $1)").bind(size.to_string()).execute(&mut *tx).await?;
@@ -686,21 +587,21 @@ async fn lead(
             Ok(Ok(()))
         };
         if let Err(why) = step(committed, "committing log entries").await? {
-            return Err(strong.fail(why));
+            return Err(match self.log.upgrade() {
+                Some(log) => log.fail(why),
+                None => LogError::Inconsistent { place: "postgres".into(), detail: why },
+            });
         }
+        Ok(())
+    }
 
-        // Committed: into this gateway's tree, then answer.
-        let _applying = strong.apply.lock().await;
-        let done = strong.add(rows);
-        if let Some(note) = note {
-            strong.shared.tree_mut().offer_checkpoint(Arc::from(note), size);
-            last_signed = Instant::now();
-            unsigned = false;
-        } else {
-            unsigned = true;
-        }
-        drop(_applying);
-        strong.answer(done);
+    async fn store_checkpoint(&mut self, size: u64, note: &str) -> Result<(), LogError> {
+        step(store_checkpoint(&mut *self.conn, size, note), "storing a checkpoint").await
+    }
+
+    async fn handed_in(&mut self) {
+        // Looks now and then without being told, too: a notification can be lost.
+        let _ = tokio::time::timeout(FOLLOW_EVERY, self.listener.recv()).await;
     }
 }
 
@@ -715,15 +616,4 @@ async fn store_checkpoint(conn: &mut PgConnection, size: u64, note: &str) -> Res
     .execute(conn)
     .await?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact;
-
-    #[test]
-    fn passwords_stay_out_of_messages() {
-        assert_eq!(redact("postgres://clover:s3cret@db.eu:5432/clover"), "postgres://clover@db.eu:5432/clover");
-        assert_eq!(redact("postgres://db.eu/clover"), "postgres://db.eu/clover");
-    }
 }

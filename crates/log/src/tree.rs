@@ -1,355 +1,231 @@
-//! Merkle tree hashes, inclusion and consistency proofs (RFC 6962 §2.1, RFC 9162 §2.1.3–2.1.4).
+//! What every process holding the log keeps in memory: the tree's hashes, the latest signed
+//! checkpoint, indexes by kind and subject, and the appends waiting for their index.
 //!
-//! Proof generation is written against [`Subtrees`], anything that knows the hashes of the
-//! tree's perfect, aligned subtrees (the log's tiles hold exactly those). Verification needs
-//! nothing but the proof.
+//! The hashes of every complete subtree are kept, one vector per height, so that a proof is a
+//! series of lookups; tiles are the heights 0, 8, 16, ... They are recomputed from the entries
+//! when the log is opened.
 
-use crate::hash::{Hash, node_hash};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-/// Why a proof could not be made or does not verify.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ProofError {
-    /// The index or sizes do not fit the tree.
-    #[error("{0}")]
-    OutOfRange(String),
-    /// The proof does not lead to the expected root.
-    #[error("the proof does not verify: {0}")]
-    Mismatch(&'static str),
-    /// A subtree hash could not be read.
-    #[error("missing subtree hash at leaf {start}, height {height}")]
-    Missing {
-        /// The subtree's first leaf.
-        start: u64,
-        /// Its height (log2 of its leaf count).
-        height: u32,
-    },
+use clover_event::{Event, EventKind};
+use clover_tlog::hash::{Hash, leaf_hash, node_hash};
+use clover_tlog::note::NoteSigner;
+use clover_tlog::tree::{ProofError, Subtrees};
+use tokio::sync::oneshot;
+
+use crate::error::LogError;
+
+pub(crate) struct Tree {
+    /// `heights[h]` holds the hashes of the complete subtrees of 2^h leaves, left to right.
+    pub(crate) heights: Vec<Vec<Hash>>,
+    /// Where each entry starts in a directory's entries file (each after its two-byte length);
+    /// one more at the end.
+    pub(crate) offsets: Vec<u64>,
+    /// The latest signed checkpoint note, and its size.
+    checkpoint: Arc<str>,
+    checkpoint_size: u64,
+    /// Entry indexes by subject hash.
+    by_subject: BTreeMap<String, Vec<u64>>,
+    /// The index of the latest entry of each kind.
+    last_by_kind: HashMap<EventKind, u64>,
 }
 
-/// A source of perfect-subtree hashes.
-pub trait Subtrees {
-    /// The hash of the subtree of `2^height` leaves that starts at leaf `start` (a multiple of
-    /// `2^height`).
-    fn subtree(&self, start: u64, height: u32) -> Result<Hash, ProofError>;
-}
-
-/// The largest power of two strictly below `n` (n ≥ 2).
-fn split(n: u64) -> u64 {
-    1 << (63 - (n - 1).leading_zeros())
-}
-
-/// MTH(D[lo..hi]).
-pub fn range_hash(tree: &impl Subtrees, lo: u64, hi: u64) -> Result<Hash, ProofError> {
-    let n = hi - lo;
-    if n == 0 {
-        return Ok(Hash::empty());
-    }
-    if n.is_power_of_two() && lo.is_multiple_of(n) {
-        return tree.subtree(lo, n.trailing_zeros());
-    }
-    let k = split(n);
-    Ok(node_hash(&range_hash(tree, lo, lo + k)?, &range_hash(tree, lo + k, hi)?))
-}
-
-/// The root of the tree of `size` leaves.
-pub fn root(tree: &impl Subtrees, size: u64) -> Result<Hash, ProofError> {
-    range_hash(tree, 0, size)
-}
-
-/// The audit path of leaf `index` in the tree of `size` leaves.
-pub fn inclusion_proof(tree: &impl Subtrees, index: u64, size: u64) -> Result<Vec<Hash>, ProofError> {
-    if index >= size {
-        return Err(ProofError::OutOfRange(format!("index {index} is not in a tree of size {size}")));
-    }
-    let mut proof = Vec::new();
-    path(tree, index, 0, size, &mut proof)?;
-    Ok(proof)
-}
-
-fn path(tree: &impl Subtrees, m: u64, lo: u64, hi: u64, out: &mut Vec<Hash>) -> Result<(), ProofError> {
-    let n = hi - lo;
-    if n <= 1 {
-        return Ok(());
-    }
-    let k = split(n);
-    if m < k {
-        path(tree, m, lo, lo + k, out)?;
-        out.push(range_hash(tree, lo + k, hi)?);
-    } else {
-        path(tree, m - k, lo + k, hi, out)?;
-        out.push(range_hash(tree, lo, lo + k)?);
-    }
-    Ok(())
-}
-
-/// The proof that the tree of `old` leaves is a prefix of the tree of `new` leaves.
-pub fn consistency_proof(tree: &impl Subtrees, old: u64, new: u64) -> Result<Vec<Hash>, ProofError> {
-    if old > new {
-        return Err(ProofError::OutOfRange(format!("old size {old} is larger than new size {new}")));
-    }
-    let mut proof = Vec::new();
-    if old > 0 && old < new {
-        subproof(tree, old, 0, new, true, &mut proof)?;
-    }
-    Ok(proof)
-}
-
-fn subproof(
-    tree: &impl Subtrees,
-    m: u64,
-    lo: u64,
-    hi: u64,
-    whole: bool,
-    out: &mut Vec<Hash>,
-) -> Result<(), ProofError> {
-    let n = hi - lo;
-    if m == n {
-        if !whole {
-            out.push(range_hash(tree, lo, hi)?);
+impl Tree {
+    pub(crate) fn new() -> Self {
+        Self {
+            heights: Vec::new(),
+            offsets: vec![0],
+            checkpoint: Arc::from(""),
+            checkpoint_size: 0,
+            by_subject: BTreeMap::new(),
+            last_by_kind: HashMap::new(),
         }
-        return Ok(());
     }
-    let k = split(n);
-    if m <= k {
-        subproof(tree, m, lo, lo + k, whole, out)?;
-        out.push(range_hash(tree, lo + k, hi)?);
-    } else {
-        subproof(tree, m - k, lo + k, hi, false, out)?;
-        out.push(range_hash(tree, lo, lo + k)?);
-    }
-    Ok(())
-}
 
-/// Verifies that `leaf` is at `index` in the tree of `size` leaves whose root is `root`
-/// (RFC 9162 §2.1.3.2).
-pub fn verify_inclusion(leaf: &Hash, index: u64, size: u64, proof: &[Hash], root: &Hash) -> Result<(), ProofError> {
-    if index >= size {
-        return Err(ProofError::OutOfRange(format!("index {index} is not in a tree of size {size}")));
+    pub(crate) fn size(&self) -> u64 {
+        self.heights.first().map_or(0, |l| l.len() as u64)
     }
-    let (mut f, mut s) = (index, size - 1);
-    let mut r = *leaf;
-    for p in proof {
-        if s == 0 {
-            return Err(ProofError::Mismatch("the proof is too long"));
+
+    pub(crate) fn checkpoint(&self) -> &Arc<str> {
+        &self.checkpoint
+    }
+
+    pub(crate) fn checkpoint_size(&self) -> u64 {
+        self.checkpoint_size
+    }
+
+    /// Takes `note`, a checkpoint of `size` entries, as the latest unless a later one is held.
+    pub(crate) fn offer_checkpoint(&mut self, note: Arc<str>, size: u64) {
+        if size >= self.checkpoint_size && size <= self.size() {
+            self.checkpoint = note;
+            self.checkpoint_size = size;
         }
-        if f & 1 == 1 || f == s {
-            r = node_hash(p, &r);
-            while f & 1 == 0 && f != 0 {
-                f >>= 1;
-                s >>= 1;
+    }
+
+    /// Adds the next entry: its leaf hash, its place in the entries file, and the indexes by
+    /// kind and subject.
+    pub(crate) fn add(&mut self, entry: &[u8]) {
+        self.add_indexed(entry, Event::decode(entry).ok().map(|e| (e.kind, e.subject)));
+    }
+
+    /// [`Tree::add`] of an entry whose kind and subject are known already (`None`: not an event).
+    pub(crate) fn add_indexed(&mut self, entry: &[u8], index_by: Option<(EventKind, Option<String>)>) {
+        let index = self.size();
+        if let Some((kind, subject)) = index_by {
+            self.last_by_kind.insert(kind, index);
+            if let Some(subject) = subject {
+                self.by_subject.entry(subject).or_default().push(index);
             }
-        } else {
-            r = node_hash(&r, p);
         }
-        f >>= 1;
-        s >>= 1;
+        let end = self.offsets.last().copied().unwrap_or(0) + 2 + entry.len() as u64;
+        self.offsets.push(end);
+        self.push(leaf_hash(entry));
     }
-    if s != 0 {
-        return Err(ProofError::Mismatch("the proof is too short"));
-    }
-    if r != *root {
-        return Err(ProofError::Mismatch("the computed root differs"));
-    }
-    Ok(())
-}
 
-/// Verifies that the tree of `old` leaves with root `old_root` is a prefix of the tree of `new`
-/// leaves with root `new_root` (RFC 9162 §2.1.4.2).
-pub fn verify_consistency(
-    old: u64,
-    new: u64,
-    old_root: &Hash,
-    new_root: &Hash,
-    proof: &[Hash],
-) -> Result<(), ProofError> {
-    if old > new {
-        return Err(ProofError::OutOfRange(format!("the tree shrank from {old} to {new}")));
-    }
-    if old == new {
-        if !proof.is_empty() {
-            return Err(ProofError::Mismatch("a proof between equal sizes must be empty"));
-        }
-        return if old_root == new_root { Ok(()) } else { Err(ProofError::Mismatch("same size, different roots")) };
-    }
-    if old == 0 {
-        return if proof.is_empty() {
-            Ok(())
-        } else {
-            Err(ProofError::Mismatch("a proof from the empty tree must be empty"))
-        };
-    }
-    let mut path: Vec<Hash> = Vec::with_capacity(proof.len() + 1);
-    if old.is_power_of_two() {
-        path.push(*old_root);
-    }
-    path.extend_from_slice(proof);
-    let Some((first, rest)) = path.split_first() else {
-        return Err(ProofError::Mismatch("the proof is empty"));
-    };
-    let (mut f, mut s) = (old - 1, new - 1);
-    while f & 1 == 1 {
-        f >>= 1;
-        s >>= 1;
-    }
-    let (mut fr, mut sr) = (*first, *first);
-    for c in rest {
-        if s == 0 {
-            return Err(ProofError::Mismatch("the proof is too long"));
-        }
-        if f & 1 == 1 || f == s {
-            fr = node_hash(c, &fr);
-            sr = node_hash(c, &sr);
-            while f & 1 == 0 && f != 0 {
-                f >>= 1;
-                s >>= 1;
+    fn push(&mut self, leaf: Hash) {
+        let mut height = 0;
+        let mut hash = leaf;
+        loop {
+            if self.heights.len() <= height {
+                self.heights.push(Vec::new());
             }
-        } else {
-            sr = node_hash(&sr, c);
+            let Some(hashes) = self.heights.get_mut(height) else { return };
+            hashes.push(hash);
+            let len = hashes.len();
+            if len % 2 == 1 {
+                return;
+            }
+            let (Some(left), Some(right)) = (hashes.get(len - 2), hashes.get(len - 1)) else { return };
+            hash = node_hash(left, right);
+            height += 1;
         }
-        f >>= 1;
-        s >>= 1;
     }
-    if s != 0 {
-        return Err(ProofError::Mismatch("the proof is too short"));
+
+    pub(crate) fn last_of_kind(&self, kind: EventKind) -> Option<u64> {
+        self.last_by_kind.get(&kind).copied()
     }
-    if fr != *old_root {
-        return Err(ProofError::Mismatch("the old root differs"));
+
+    pub(crate) fn entries_about(&self, subject_hash: &str) -> Vec<u64> {
+        self.by_subject.get(subject_hash).cloned().unwrap_or_default()
     }
-    if sr != *new_root {
-        return Err(ProofError::Mismatch("the new root differs"));
-    }
-    Ok(())
 }
 
-/// The root of the tree of `size` leaves followed by `leaves`, without changing `tree`: what a
-/// sequencer signs before the new leaves are committed. Reads only the perfect subtrees along
-/// the tree's right edge (its compact range), at most one per bit of `size`.
-pub fn root_after(tree: &impl Subtrees, size: u64, leaves: &[Hash]) -> Result<Hash, ProofError> {
-    // The right edge, left to right: (height, hash) of each perfect subtree in `size`'s binary
-    // decomposition, largest first.
-    let mut edge: Vec<(u32, Hash)> = Vec::new();
-    let mut start = 0u64;
-    for height in (0..64u32).rev() {
-        if size & (1u64 << height) != 0 {
-            edge.push((height, tree.subtree(start, height)?));
-            start += 1u64 << height;
-        }
-    }
-    for leaf in leaves {
-        let (mut height, mut hash) = (0u32, *leaf);
-        while let Some(&(h, left)) = edge.last().filter(|(h, _)| *h == height) {
-            edge.pop();
-            hash = node_hash(&left, &hash);
-            height = h + 1;
-        }
-        edge.push((height, hash));
-    }
-    let mut edge = edge.into_iter().rev();
-    let Some((_, mut root)) = edge.next() else { return Ok(Hash::empty()) };
-    for (_, left) in edge {
-        root = node_hash(&left, &root);
-    }
-    Ok(root)
-}
-
-/// A tree held as its leaf hashes, for tests and small tools.
-#[derive(Debug, Clone, Default)]
-pub struct LeafTree(pub Vec<Hash>);
-
-impl Subtrees for LeafTree {
+impl Subtrees for Tree {
     fn subtree(&self, start: u64, height: u32) -> Result<Hash, ProofError> {
-        let lo = usize::try_from(start).map_err(|_| ProofError::Missing { start, height })?;
-        let hi = lo + (1usize << height);
-        let leaves = self.0.get(lo..hi).ok_or(ProofError::Missing { start, height })?;
-        Ok(crate::hash::perfect_root(leaves))
+        let missing = ProofError::Missing { start, height };
+        let index = usize::try_from(start >> height).map_err(|_| missing.clone())?;
+        self.heights.get(height as usize).and_then(|h| h.get(index)).copied().ok_or(missing)
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use proptest::prelude::*;
+/// A signed checkpoint note of a tree of `size` entries with this `root`
+/// (c2sp.org/tlog-checkpoint, signed as a c2sp.org/signed-note).
+pub(crate) fn checkpoint_note(
+    origin: &str,
+    signer: &dyn NoteSigner,
+    size: u64,
+    root: Hash,
+) -> Result<String, LogError> {
+    let body = clover_tlog::checkpoint::Checkpoint { origin: origin.to_owned(), size, root }.to_text();
+    let line = signer.signature_line(&body)?;
+    Ok(format!("{body}\n{line}"))
+}
 
-    use super::*;
-    use crate::hash::leaf_hash;
+type Waiter = oneshot::Sender<Result<u64, LogError>>;
 
-    fn tree(n: u64) -> LeafTree {
-        LeafTree((0..n).map(|i| leaf_hash(format!("entry {i}").as_bytes())).collect())
-    }
+/// What the log's handle, its sequencer and its followers share.
+pub(crate) struct Shared {
+    pub(crate) origin: String,
+    tree: RwLock<Tree>,
+    /// This process's appends not yet answered, by token.
+    waiting: Mutex<HashMap<i64, Waiter>>,
+    /// This process's appends in the tree, with their indexes, that no checkpoint held here
+    /// covers yet (only where appends wait for a checkpoint).
+    uncovered: Mutex<Vec<(i64, u64)>>,
+    /// Whether an append is answered only once a checkpoint held here covers it (a log shared by
+    /// several gateways), or as soon as it is durable (a directory's log).
+    wait_for_checkpoint: bool,
+}
 
-    struct Independent<'a>(&'a LeafTree);
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
-    impl tlog_tiles::HashReader for Independent<'_> {
-        fn read_hashes(&self, indexes: &[u64]) -> Result<Vec<tlog_tiles::Hash>, tlog_tiles::Error> {
-            indexes
-                .iter()
-                .map(|&i| {
-                    let (level, n) = tlog_tiles::split_stored_hash_index(i);
-                    let h = self
-                        .0
-                        .subtree(n << level, u32::from(level))
-                        .map_err(|_| tlog_tiles::Error::IndexesNotInTree)?;
-                    Ok(tlog_tiles::Hash(h.0))
-                })
-                .collect()
+impl Shared {
+    pub(crate) fn new(origin: String, tree: Tree, wait_for_checkpoint: bool) -> Self {
+        Self {
+            origin,
+            tree: RwLock::new(tree),
+            waiting: Mutex::new(HashMap::new()),
+            uncovered: Mutex::new(Vec::new()),
+            wait_for_checkpoint,
         }
     }
 
-    proptest! {
-        #[test]
-        fn inclusion_proofs_verify_here_and_independently(size in 1u64..300, pick in 0u64..300) {
-            let t = tree(size);
-            let index = pick % size;
-            let root = root(&t, size).unwrap();
-            let proof = inclusion_proof(&t, index, size).unwrap();
-            verify_inclusion(&t.0[index as usize], index, size, &proof, &root).unwrap();
-            // The independent implementation agrees on the root and accepts the proof.
-            let theirs = tlog_tiles::tree_hash(size, &Independent(&t)).unwrap();
-            prop_assert_eq!(theirs.0, root.0);
-            let record_proof: Vec<tlog_tiles::Hash> = proof.iter().map(|h| tlog_tiles::Hash(h.0)).collect();
-            prop_assert!(tlog_tiles::check_record(&record_proof, size, theirs, index, tlog_tiles::Hash(t.0[index as usize].0)).is_ok());
-            // A wrong leaf or index fails.
-            prop_assert!(verify_inclusion(&leaf_hash(b"other"), index, size, &proof, &root).is_err());
-            if size > 1 {
-                prop_assert!(verify_inclusion(&t.0[index as usize], (index + 1) % size, size, &proof, &root).is_err());
+    pub(crate) fn tree(&self) -> RwLockReadGuard<'_, Tree> {
+        self.tree.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn tree_mut(&self) -> RwLockWriteGuard<'_, Tree> {
+        self.tree.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A checkpoint of the whole tree as it is now, signed.
+    pub(crate) fn sign_current(&self, signer: &dyn NoteSigner) -> Result<(u64, String), LogError> {
+        let (size, root) = {
+            let tree = self.tree();
+            (tree.size(), clover_tlog::tree::root(&*tree, tree.size())?)
+        };
+        Ok((size, checkpoint_note(&self.origin, signer, size, root)?))
+    }
+
+    /// Registers an append of this process under `token`; its answer arrives on the receiver.
+    pub(crate) fn wait(&self, token: i64) -> oneshot::Receiver<Result<u64, LogError>> {
+        let (done, wait) = oneshot::channel();
+        lock(&self.waiting).insert(token, done);
+        wait
+    }
+
+    /// Forgets an append that will not be answered (its caller gave up).
+    pub(crate) fn forget(&self, token: i64) {
+        lock(&self.waiting).remove(&token);
+    }
+
+    /// Answers the appends of this process among `done` (tokens of entries just added to the
+    /// tree, with their indexes) and, where appends wait for a checkpoint, among those added
+    /// before that the checkpoint held now covers.
+    pub(crate) fn answer(&self, done: Vec<(i64, u64)>) {
+        let mut waiting = lock(&self.waiting);
+        if !self.wait_for_checkpoint {
+            for (token, index) in done {
+                if let Some(waiter) = waiting.remove(&token) {
+                    let _ = waiter.send(Ok(index));
+                }
+            }
+            return;
+        }
+        let covered = self.tree().checkpoint_size();
+        let mut uncovered = lock(&self.uncovered);
+        uncovered.extend(done.into_iter().filter(|(token, _)| waiting.contains_key(token)));
+        uncovered.retain(|&(token, index)| {
+            if index >= covered {
+                return true;
+            }
+            if let Some(waiter) = waiting.remove(&token) {
+                let _ = waiter.send(Ok(index));
+            }
+            false
+        });
+    }
+
+    /// Refuses the appends of this process among `tokens`.
+    pub(crate) fn refuse(&self, tokens: impl IntoIterator<Item = i64>, error: impl Fn() -> LogError) {
+        let mut waiting = lock(&self.waiting);
+        for token in tokens {
+            if let Some(waiter) = waiting.remove(&token) {
+                let _ = waiter.send(Err(error()));
             }
         }
-
-        #[test]
-        fn consistency_proofs_verify_here_and_independently(new in 1u64..300, pick in 0u64..300) {
-            let t = tree(new);
-            let old = pick % (new + 1);
-            let old_root = root(&t, old).unwrap();
-            let new_root = root(&t, new).unwrap();
-            let proof = consistency_proof(&t, old, new).unwrap();
-            verify_consistency(old, new, &old_root, &new_root, &proof).unwrap();
-            if old > 0 {
-                let theirs: Vec<tlog_tiles::Hash> = proof.iter().map(|h| tlog_tiles::Hash(h.0)).collect();
-                prop_assert!(tlog_tiles::check_tree(&theirs, new, tlog_tiles::Hash(new_root.0), old, tlog_tiles::Hash(old_root.0)).is_ok());
-            }
-            // A forked old tree fails.
-            if old > 0 && old < new {
-                let mut forked = t.clone();
-                forked.0[0] = leaf_hash(b"rewritten");
-                let forked_root = root(&forked, old).unwrap();
-                prop_assert!(verify_consistency(old, new, &forked_root, &new_root, &proof).is_err());
-            }
-        }
-    }
-
-    proptest! {
-        #[test]
-        fn root_after_is_the_root_of_the_longer_tree(size in 0u64..300, more in 0u64..70) {
-            let t = tree(size + more);
-            let head = LeafTree(t.0[..size as usize].to_vec());
-            let tail = &t.0[size as usize..];
-            prop_assert_eq!(root_after(&head, size, tail).unwrap(), root(&t, size + more).unwrap());
-        }
-    }
-
-    #[test]
-    fn shrinking_is_refused() {
-        let t = tree(8);
-        assert!(consistency_proof(&t, 9, 8).is_err());
-        let r = root(&t, 8).unwrap();
-        assert!(matches!(verify_consistency(9, 8, &r, &r, &[]), Err(ProofError::OutOfRange(_))));
     }
 }

@@ -5,10 +5,10 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use clover_log::event::{Event, EventKind};
-use clover_log::note::{Note, SigningKey, TYPE_ED25519, VerifierKey};
-use clover_log::tile::{Tile, split_bundle};
+use clover_event::{Event, EventKind};
 use clover_log::{Log, LogError, LogOptions};
+use clover_tlog::note::{Note, SigningKey, TYPE_ED25519, VerifierKey, generate_pkcs8};
+use clover_tlog::tile::{Tile, split_bundle};
 
 fn event(n: u64, subject: Option<&str>) -> Event {
     Event {
@@ -96,13 +96,29 @@ async fn verify_independently(log: &Log, size: u64, vkey: &str) {
     assert!(matches!(log.tile(&Tile { level: Some(0), index: 4, width: 256 }).await, Err(LogError::NotFound(_))));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_appends_are_batched_durable_and_verifiable_independently() {
-    let dir = tempfile::tempdir().unwrap();
-    let signer = SigningKey::generate("clover.test/eu", TYPE_ED25519).unwrap();
-    let pkcs8 = signer.pkcs8().to_vec();
-    let vkey = signer.verifier().to_string();
-    let log = Log::open(dir.path(), signer, LogOptions::default()).unwrap();
+/// Where a behaviour test's log lives: opened again with the same key, it is the same log.
+enum Place {
+    Directory(tempfile::TempDir),
+    Postgres(clover_testkit::TestDatabase),
+}
+
+impl Place {
+    async fn open(&self, pkcs8: &[u8], options: LogOptions) -> Log {
+        match self {
+            Place::Directory(dir) => Log::open(dir.path(), key(pkcs8), options).unwrap(),
+            Place::Postgres(db) => Log::open_postgres(&db.url, key(pkcs8), options).await.unwrap(),
+        }
+    }
+}
+
+/// The log's behaviour, written once and run against each backend: concurrent appends are
+/// batched, durable, each at its own index, indexed by subject, verifiable by an independent
+/// implementation; reopening keeps everything and extends consistently; checkpoints can be
+/// signed on an interval.
+async fn behaviour(place: Place) {
+    let pkcs8 = generate_pkcs8().unwrap();
+    let vkey = key(&pkcs8).verifier().to_string();
+    let log = place.open(&pkcs8, LogOptions::default()).await;
 
     let mut tasks = tokio::task::JoinSet::new();
     for n in 0..1000u64 {
@@ -116,79 +132,182 @@ async fn concurrent_appends_are_batched_durable_and_verifiable_independently() {
     indexes.sort_unstable();
     assert_eq!(indexes, (0..1000).collect::<Vec<_>>(), "every append got its own index");
     assert_eq!(log.size(), 1000);
+    assert_eq!(log.checkpoint_size(), 1000, "an append is answered once a checkpoint covers it");
     assert_eq!(log.entries_about("s-a").len(), 334);
+    assert_eq!(log.last_of_kind(EventKind::Access), Some(999));
+    for (n, index) in &acked {
+        let entry = Event::decode(&log.entry(*index).await.unwrap()).unwrap();
+        assert_eq!(entry.record, Some(format!("r-{n}")), "entry {index} is the one appended");
+    }
 
     verify_independently(&log, 1000, &vkey).await;
 
     // Reopening keeps everything and extends consistently.
     let old_root = log.root(1000).unwrap();
     drop(log);
-    let log = Log::open(dir.path(), key(&pkcs8), LogOptions::default()).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let log = place.open(&pkcs8, LogOptions::default()).await;
     assert_eq!(log.size(), 1000);
     assert_eq!(log.root(1000).unwrap(), old_root);
+    assert_eq!(log.entries_about("s-a").len(), 334);
     assert_eq!(log.append(&event(1000, None)).await.unwrap(), 1000);
     let proof = log.consistency_proof(1000, 1001).unwrap();
-    clover_log::tree::verify_consistency(1000, 1001, &old_root, &log.root(1001).unwrap(), &proof).unwrap();
+    clover_tlog::tree::verify_consistency(1000, 1001, &old_root, &log.root(1001).unwrap(), &proof).unwrap();
     let cp = Note::parse(&log.checkpoint()).unwrap();
     cp.verify(&VerifierKey::parse(&vkey).unwrap()).unwrap();
     assert!(cp.text.contains("\n1001\n"));
+    drop(log);
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+
+    // With an interval, a checkpoint follows the appends within it.
+    let options = LogOptions { checkpoint_interval: std::time::Duration::from_millis(200), ..LogOptions::default() };
+    let log = place.open(&pkcs8, options).await;
+    for n in 0..5 {
+        log.append(&event(1001 + n, None)).await.unwrap();
+    }
+    assert_eq!(log.size(), 1006);
+    eventually("a checkpoint covers the appends", || log.checkpoint_size() == 1006).await;
+    let cp = Note::parse(&log.checkpoint()).unwrap();
+    cp.verify(&VerifierKey::parse(&vkey).unwrap()).unwrap();
+    assert_eq!(clover_tlog::checkpoint::Checkpoint::parse(&cp.text).unwrap().root, log.root(1006).unwrap());
 }
 
-#[tokio::test]
-async fn a_partial_tail_is_cut_and_a_rewritten_log_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let signer = SigningKey::generate("clover.test/eu", TYPE_ED25519).unwrap();
-    let pkcs8 = signer.pkcs8().to_vec();
-    let log = Log::open(dir.path(), signer, LogOptions::default()).unwrap();
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behaviour_in_a_directory() {
+    behaviour(Place::Directory(tempfile::tempdir().unwrap())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behaviour_in_postgres() {
+    behaviour(Place::Postgres(clover_testkit::TestDatabase::create().await)).await;
+}
+
+/// A directory log of ten entries, signed; returns its key and the entries file's bytes.
+async fn ten_entries(dir: &std::path::Path) -> (Vec<u8>, Vec<u8>) {
+    let pkcs8 = generate_pkcs8().unwrap();
+    let log = Log::open(dir, key(&pkcs8), LogOptions::default()).unwrap();
     for n in 0..10 {
         log.append(&event(n, None)).await.unwrap();
     }
-    let root = log.root(10).unwrap();
+    assert_eq!(log.checkpoint_size(), 10);
     drop(log);
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    (pkcs8, std::fs::read(dir.join("entries")).unwrap())
+}
 
-    // A crash in the middle of a write leaves part of an entry: it is cut on open.
-    let entries = dir.path().join("entries");
-    let mut bytes = std::fs::read(&entries).unwrap();
-    bytes.extend_from_slice(&[0, 40, b'{']);
-    std::fs::write(&entries, &bytes).unwrap();
-    let log = Log::open(dir.path(), key(&pkcs8), LogOptions::default()).unwrap();
-    assert_eq!(log.size(), 10);
-    assert_eq!(log.root(10).unwrap(), root);
-    drop(log);
+/// Where entry `index` starts in an entries file (at its length prefix).
+fn offset_of(bytes: &[u8], index: usize) -> usize {
+    let mut at = 0;
+    for _ in 0..index {
+        at += 2 + u16::from_be_bytes([bytes[at], bytes[at + 1]]) as usize;
+    }
+    at
+}
 
-    // A torn checkpoint slot is skipped; the other one still holds the log to its word.
-    std::fs::write(dir.path().join("checkpoint.1"), b"clover.test/eu\n10\ngarbage").unwrap();
-
-    // Changing a logged entry is detected against the last signed checkpoint.
-    let mut bytes = std::fs::read(&entries).unwrap();
-    let at = bytes.iter().position(|b| *b == b'r').unwrap();
-    bytes[at + 2] ^= 1;
-    std::fs::write(&entries, &bytes).unwrap();
-    let err = Log::open(dir.path(), key(&pkcs8), LogOptions::default()).unwrap_err();
-    assert!(err.to_string().contains("were changed"), "{err}");
-
-    // So is losing entries.
-    let good = std::fs::read(&entries).unwrap();
-    std::fs::write(&entries, &good[..good.len() / 2]).unwrap();
-    let err = Log::open(dir.path(), key(&pkcs8), LogOptions::default()).unwrap_err();
-    assert!(matches!(err, LogError::Inconsistent { .. }), "{err}");
+/// Every file of the log directory, by name, with its bytes.
+fn files(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    let mut out: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().unwrap().is_file())
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap()))
+        .collect();
+    out.sort();
+    out
 }
 
 #[tokio::test]
-async fn checkpoints_can_be_signed_on_an_interval() {
+async fn damaged_signed_entries_refuse_to_open_and_leave_the_files_as_they_were() {
+    // A length prefix damaged in the middle: entry 5 now claims more bytes than it has.
     let dir = tempfile::tempdir().unwrap();
-    let signer = SigningKey::generate("clover.test/eu", TYPE_ED25519).unwrap();
-    let options = LogOptions { checkpoint_interval: std::time::Duration::from_millis(200), ..LogOptions::default() };
-    let log = Log::open(dir.path(), signer, options).unwrap();
-    for n in 0..5 {
-        log.append(&event(n, None)).await.unwrap();
+    let (pkcs8, good) = ten_entries(dir.path()).await;
+    let mut bytes = good.clone();
+    let at = offset_of(&bytes, 5);
+    bytes[at] ^= 0x01;
+    std::fs::write(dir.path().join("entries"), &bytes).unwrap();
+    let before = files(dir.path());
+    let err = Log::open(dir.path(), key(&pkcs8), LogOptions::default()).unwrap_err();
+    match &err {
+        LogError::Damaged { index, offset, signed, .. } => {
+            assert_eq!((*index, *offset, *signed), (5, at as u64, 10), "{err}");
+        }
+        other => panic!("expected the damaged entry to be named: {other}"),
     }
-    assert_eq!(log.size(), 5, "appends are durable and acknowledged without waiting for a checkpoint");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while log.checkpoint_size() < 5 {
-        assert!(std::time::Instant::now() < deadline, "no checkpoint covered the appends");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let message = err.to_string();
+    assert!(message.contains("entry 5") && message.contains(&format!("byte {at}")), "{message}");
+    assert!(message.contains("quarantine"), "{message}");
+    assert_eq!(files(dir.path()), before, "nothing was cut, moved or rewritten");
+    assert!(!dir.path().join("quarantine").exists());
+
+    // An entry's own bytes damaged: refused as well, the file untouched.
+    let dir = tempfile::tempdir().unwrap();
+    let (pkcs8, good) = ten_entries(dir.path()).await;
+    let mut bytes = good.clone();
+    let at = offset_of(&bytes, 3) + 2;
+    bytes[at] = b'[';
+    std::fs::write(dir.path().join("entries"), &bytes).unwrap();
+    let before = files(dir.path());
+    let err = Log::open(dir.path(), key(&pkcs8), LogOptions::default()).unwrap_err();
+    assert!(matches!(err, LogError::Damaged { index: 3, signed: 10, .. }), "{err}");
+    assert_eq!(files(dir.path()), before);
+
+    // Bytes changed so that the entry still reads: the signed root catches it.
+    let dir = tempfile::tempdir().unwrap();
+    let (pkcs8, good) = ten_entries(dir.path()).await;
+    let mut bytes = good.clone();
+    let at = offset_of(&bytes, 7) + bytes[offset_of(&bytes, 7)..].windows(4).position(|w| w == b"r-7\"").unwrap();
+    bytes[at + 2] = b'8';
+    std::fs::write(dir.path().join("entries"), &bytes).unwrap();
+    let before = files(dir.path());
+    let err = Log::open(dir.path(), key(&pkcs8), LogOptions::default()).unwrap_err();
+    assert!(matches!(err, LogError::Inconsistent { .. }) && err.to_string().contains("were changed"), "{err}");
+    assert_eq!(files(dir.path()), before);
+
+    // Signed entries missing at an entry boundary: refused, and said so.
+    let dir = tempfile::tempdir().unwrap();
+    let (pkcs8, good) = ten_entries(dir.path()).await;
+    std::fs::write(dir.path().join("entries"), &good[..offset_of(&good, 6)]).unwrap();
+    let err = Log::open(dir.path(), key(&pkcs8), LogOptions::default()).unwrap_err();
+    assert!(
+        matches!(err, LogError::Inconsistent { .. })
+            && err.to_string().contains("signed a checkpoint of 10 entries but holds 6"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(dir.path().join("entries")).unwrap(), &good[..offset_of(&good, 6)]);
+}
+
+#[tokio::test]
+async fn an_unsigned_tail_of_garbage_is_quarantined_and_the_log_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pkcs8, good) = ten_entries(dir.path()).await;
+    let root = {
+        let log = Log::open(dir.path(), key(&pkcs8), LogOptions::default()).unwrap();
+        log.root(10).unwrap()
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let garbage = b"\x00\x05{\"v\":this is not an entry at all";
+    let mut bytes = good.clone();
+    bytes.extend_from_slice(garbage);
+    std::fs::write(dir.path().join("entries"), &bytes).unwrap();
+
+    let log = Log::open(dir.path(), key(&pkcs8), LogOptions::default()).unwrap();
+    assert_eq!(log.size(), 10);
+    assert_eq!(log.root(10).unwrap(), root);
+    assert_eq!(std::fs::read(dir.path().join("entries")).unwrap(), good, "every signed byte is still there");
+    let quarantined = std::fs::read(dir.path().join("quarantine").join(format!("entries.{}", good.len()))).unwrap();
+    assert_eq!(quarantined, garbage, "the cut tail is kept, not discarded");
+    assert_eq!(log.append(&event(10, None)).await.unwrap(), 10, "and the log goes on");
+    drop(log);
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+
+    // A torn checkpoint slot is skipped; the other one still holds the log to its word.
+    std::fs::write(dir.path().join("checkpoint.1"), b"clover.test/eu\n10\ngarbage").unwrap();
+    let mut bytes = std::fs::read(dir.path().join("entries")).unwrap();
+    let at = bytes.windows(4).position(|w| w == b"r-7\"").unwrap();
+    bytes[at + 2] = b'8';
+    std::fs::write(dir.path().join("entries"), &bytes).unwrap();
+    let err = Log::open(dir.path(), key(&pkcs8), LogOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("were changed"), "{err}");
 }
 
 /// Waits until `check` holds, or panics saying `what` after ten seconds.
@@ -203,8 +322,8 @@ async fn eventually(what: &str, check: impl Fn() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateways_sharing_a_database_append_to_one_log_and_survive_their_sequencer() {
     let database = clover_testkit::TestDatabase::create().await;
-    let signer = SigningKey::generate("clover.test/eu", TYPE_ED25519).unwrap();
-    let pkcs8 = signer.pkcs8().to_vec();
+    let pkcs8 = generate_pkcs8().unwrap();
+    let signer = key(&pkcs8);
     let vkey = signer.verifier().to_string();
     let a = Log::open_postgres(&database.url, signer, LogOptions::default()).await.unwrap();
     let b = Log::open_postgres(&database.url, key(&pkcs8), LogOptions::default()).await.unwrap();
@@ -236,7 +355,7 @@ async fn gateways_sharing_a_database_append_to_one_log_and_survive_their_sequenc
     assert_eq!(index, 1000);
     assert!(follower.is_sequencer(), "the other gateway took over");
     let proof = follower.consistency_proof(1000, 1001).unwrap();
-    clover_log::tree::verify_consistency(1000, 1001, &published, &follower.root(1001).unwrap(), &proof).unwrap();
+    clover_tlog::tree::verify_consistency(1000, 1001, &published, &follower.root(1001).unwrap(), &proof).unwrap();
     let note = Note::parse(&follower.checkpoint()).unwrap();
     note.verify(&VerifierKey::parse(&vkey).unwrap()).unwrap();
     assert!(note.text.contains("\n1001\n"));

@@ -1,6 +1,6 @@
 //! The PostgreSQL backend: several gateways share one region's database.
 //!
-//! The schema is applied by versioned migrations (`clover_log::postgres::migrate`, shared with the
+//! The schema is applied by versioned migrations (`clover_sql::migrate`, shared with the
 //! log and the key store), in a transaction under an advisory lock, so that gateways starting
 //! together apply each migration once; the versions applied are kept in `clover_migrations`.
 //!
@@ -11,8 +11,8 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use clover_log::postgres::{migrate, redact};
 use clover_model::{PrincipalId, RecordId, SubjectId};
+use clover_sql::{migrate, redact};
 use sqlx::Row;
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use time::OffsetDateTime;

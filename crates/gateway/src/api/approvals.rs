@@ -11,7 +11,7 @@ use std::sync::Arc;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use clover_log::event::{Event, EventKind};
+use clover_event::{Event, EventKind};
 use clover_model::{Category, SubjectId};
 use clover_policy::Decision;
 use clover_store::ApprovalRow;

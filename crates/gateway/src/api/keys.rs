@@ -10,7 +10,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
-use clover_log::event::{Event, EventKind};
+use clover_event::{Event, EventKind};
 use serde::Serialize;
 use utoipa::ToSchema;
 

@@ -11,8 +11,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use clover_log::LogError;
-use clover_log::hash::leaf_hash;
-use clover_log::tile::{TILE_WIDTH, Tile};
+use clover_tlog::hash::leaf_hash;
+use clover_tlog::tile::{TILE_WIDTH, Tile};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 

@@ -6,8 +6,8 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use clover_event::EventKind;
 use clover_keys::{KeyError, aad};
-use clover_log::event::EventKind;
 use clover_model::{Action, Region, SubjectId};
 use clover_policy::Decision;
 use clover_store::SubjectRow;
@@ -252,7 +252,7 @@ pub struct AccessEntry {
     pub index: u64,
     /// The entry, decoded (see `docs/log.md`), its keys in the log's canonical order.
     #[schema(value_type = Object)]
-    pub entry: clover_log::event::Event,
+    pub entry: clover_event::Event,
 }
 
 /// The log entries about a subject.
@@ -300,7 +300,7 @@ pub async fn list_accesses(
     let mut entries = Vec::new();
     for index in boundary.log().entries_about(&subject_hash) {
         let bytes = boundary.log().entry(index).await.map_err(ApiError::internal)?;
-        let entry = clover_log::event::Event::decode(&bytes).map_err(ApiError::internal)?;
+        let entry = clover_event::Event::decode(&bytes).map_err(ApiError::internal)?;
         entries.push(AccessEntry { index, entry });
     }
     let decision = receipt.permit().decision().clone();

@@ -146,8 +146,8 @@ async fn the_custodian_refuses_what_the_signed_log_does_not_allow() {
 async fn the_custodian_refuses_a_log_inconsistent_with_what_it_verified_before() {
     let app = TestApp::start().await;
     let record = app.seed("u-1", json!({"name": "Ana"})).await;
-    let early = clover_log::checkpoint::Checkpoint::parse(
-        &clover_log::note::Note::parse(&app.boundary.log().checkpoint()).unwrap().text,
+    let early = clover_tlog::checkpoint::Checkpoint::parse(
+        &clover_tlog::note::Note::parse(&app.boundary.log().checkpoint()).unwrap().text,
     )
     .unwrap();
     let read: Value = app.get_record(DUBLIN, &record).await.json().await.unwrap();
@@ -166,7 +166,7 @@ async fn the_custodian_refuses_a_log_inconsistent_with_what_it_verified_before()
     assert_ne!(kept, format!("{} {}\n", early.size, early.root.to_base64()));
 
     // A different root at that size (what it would have seen of a fork): refused.
-    let forked = clover_log::hash::leaf_hash(b"another history").to_base64();
+    let forked = clover_tlog::hash::leaf_hash(b"another history").to_base64();
     std::fs::write(&state, format!("{} {forked}\n", early.size)).unwrap();
     let refused = verifier(&state).check(index, &entry).await;
     assert!(matches!(refused, Err(clover_custodian::ReceiptError::Inconsistent { .. })), "{refused:?}");

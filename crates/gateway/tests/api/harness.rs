@@ -4,10 +4,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use clover_event::{Event, EventKind};
 use clover_gateway::identity::{Claims, DevIssuer};
 use clover_gateway::{Boundary, Config, DataDir};
 use clover_log::Receipt;
-use clover_log::event::{Event, EventKind};
 use clover_model::{Action, PrincipalKind, SubjectId};
 use clover_policy::pack::{PackPrincipal, PackRequest, PackResource, PolicyPack};
 use clover_policy::{Permit, Verdict};

@@ -1,10 +1,10 @@
 //! Log before access: every decision is in the log, durably, before anything is decrypted, and
 //! every answer says where.
 
-use clover_log::checkpoint::Checkpoint;
-use clover_log::hash::{Hash, leaf_hash};
-use clover_log::note::Note;
-use clover_log::tree::verify_inclusion;
+use clover_tlog::checkpoint::Checkpoint;
+use clover_tlog::hash::{Hash, leaf_hash};
+use clover_tlog::note::Note;
+use clover_tlog::tree::verify_inclusion;
 use serde_json::{Value, json};
 
 use crate::harness::{DUBLIN, SINGAPORE, TestApp, files_containing, log_entries, problem};

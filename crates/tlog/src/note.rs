@@ -9,12 +9,15 @@
 //!
 //! A cosignature signs `cosignature/v1\ntime <unix seconds>\n` followed by the checkpoint body,
 //! and its signature bytes are `key id || timestamp (8 bytes, big-endian) || Ed25519 signature`.
+//!
+//! Signing goes through [`NoteSigner`], so that a key held elsewhere (an HSM over PKCS#11, in
+//! `clover-keys`) signs checkpoints without this crate knowing its errors: they travel as a
+//! [`SignError`] with their source.
 
 use aws_lc_rs::digest::{Context, SHA256};
 use aws_lc_rs::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use zeroize::Zeroizing;
 
 /// Signature type of Ed25519 signed-note keys.
 pub const TYPE_ED25519: u8 = 0x01;
@@ -42,9 +45,17 @@ pub enum NoteError {
     /// A private key is unusable.
     #[error("unusable signing key")]
     BadSigningKey,
-    /// The HSM holding the signing key failed.
-    #[error("{0}")]
-    Hsm(String),
+}
+
+/// A signer that could not sign: its own error, whatever holds the key (an HSM, say).
+#[derive(Debug, thiserror::Error)]
+#[error("the signing key {key:?} could not sign")]
+pub struct SignError {
+    /// The key's name.
+    pub key: String,
+    /// What the key's holder reported.
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync + 'static>,
 }
 
 /// Whether `name` may name a key: non-empty, no Unicode spaces, no `+`.
@@ -116,12 +127,8 @@ impl std::fmt::Display for VerifierKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut key = vec![self.key_type];
         key.extend_from_slice(&self.public_key);
-        write!(f, "{}+{}+{}", self.name, hex(&self.id()), B64.encode(key))
+        write!(f, "{}+{:08x}+{}", self.name, u32::from_be_bytes(self.id()), B64.encode(key))
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// An Ed25519 private key with a name, that signs notes or cosignatures.
@@ -129,7 +136,6 @@ pub struct SigningKey {
     name: String,
     key_type: u8,
     pair: Ed25519KeyPair,
-    pkcs8: Zeroizing<Vec<u8>>,
 }
 
 impl std::fmt::Debug for SigningKey {
@@ -147,10 +153,10 @@ pub trait NoteSigner: Send + Sync + std::fmt::Debug + 'static {
     fn verifier(&self) -> VerifierKey;
 
     /// An Ed25519 signature of `message`.
-    fn sign_bytes(&self, message: &[u8]) -> Result<[u8; 64], NoteError>;
+    fn sign_bytes(&self, message: &[u8]) -> Result<[u8; 64], SignError>;
 
     /// Signs `text` as a note: returns the signature line.
-    fn signature_line(&self, text: &str) -> Result<String, NoteError> {
+    fn signature_line(&self, text: &str) -> Result<String, SignError> {
         let signature = self.sign_bytes(text.as_bytes())?;
         let mut bytes = self.verifier().id().to_vec();
         bytes.extend_from_slice(&signature);
@@ -167,7 +173,7 @@ impl NoteSigner for Box<dyn NoteSigner> {
         self.as_ref().verifier()
     }
 
-    fn sign_bytes(&self, message: &[u8]) -> Result<[u8; 64], NoteError> {
+    fn sign_bytes(&self, message: &[u8]) -> Result<[u8; 64], SignError> {
         self.as_ref().sign_bytes(message)
     }
 }
@@ -181,7 +187,7 @@ impl NoteSigner for SigningKey {
         SigningKey::verifier(self)
     }
 
-    fn sign_bytes(&self, message: &[u8]) -> Result<[u8; 64], NoteError> {
+    fn sign_bytes(&self, message: &[u8]) -> Result<[u8; 64], SignError> {
         let mut out = [0u8; 64];
         out.copy_from_slice(self.pair.sign(message).as_ref());
         Ok(out)
@@ -202,12 +208,7 @@ impl SigningKey {
             return Err(NoteError::BadKeyName(name.to_owned()));
         }
         let pair = Ed25519KeyPair::from_pkcs8(pkcs8).map_err(|_| NoteError::BadSigningKey)?;
-        Ok(Self { name: name.to_owned(), key_type, pair, pkcs8: Zeroizing::new(pkcs8.to_vec()) })
-    }
-
-    /// The PKCS#8 bytes, for sealing.
-    pub fn pkcs8(&self) -> &[u8] {
-        &self.pkcs8
+        Ok(Self { name: name.to_owned(), key_type, pair })
     }
 
     /// The key's name.
@@ -239,6 +240,14 @@ impl SigningKey {
         bytes.extend_from_slice(signature.as_ref());
         format!("\u{2014} {} {}\n", self.name, B64.encode(bytes))
     }
+}
+
+/// A new random Ed25519 private key as PKCS#8 bytes, for a caller that keeps the key (sealed in
+/// a keyring, say). The bytes are secret: the caller zeroizes them when done.
+pub fn generate_pkcs8() -> Result<Vec<u8>, NoteError> {
+    let doc =
+        Ed25519KeyPair::generate_pkcs8(&aws_lc_rs::rand::SystemRandom::new()).map_err(|_| NoteError::BadSigningKey)?;
+    Ok(doc.as_ref().to_vec())
 }
 
 fn cosigned_message(checkpoint_text: &str, timestamp: u64) -> String {

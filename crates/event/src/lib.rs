@@ -1,4 +1,8 @@
-//! The log's entries: events, in a canonical, documented encoding.
+//! The log's entries: events, in a canonical, documented encoding (the event schema).
+//!
+//! This is Clover's own schema on top of the log's spec (`clover-tlog`): what an entry says, not
+//! how the log stores or proves it. The runtime log, the gateway, the custodian's check of a
+//! receipt and every verifier share it, and none of them needs the runtime log to read it.
 //!
 //! An entry is the compact JSON of an [`Event`], with its keys in the order of the fields
 //! below and every key present (`null` when it does not apply); `docs/log.md` documents each
@@ -103,8 +107,14 @@ pub struct Event {
 
 /// An entry that is not a valid event.
 #[derive(Debug, thiserror::Error)]
-#[error("entry is not a valid event: {0}")]
-pub struct EventError(String);
+pub enum EventError {
+    /// The entry is not JSON of an event.
+    #[error("entry is not a valid event")]
+    Json(#[source] serde_json::Error),
+    /// The entry is an event, but not in its canonical encoding.
+    #[error("entry is not a valid event: not in canonical form")]
+    NotCanonical,
+}
 
 impl Event {
     /// The canonical bytes of the event.
@@ -115,9 +125,9 @@ impl Event {
 
     /// Decodes an entry, checking that it is canonical (re-encoding gives the same bytes).
     pub fn decode(bytes: &[u8]) -> Result<Self, EventError> {
-        let event: Self = serde_json::from_slice(bytes).map_err(|e| EventError(e.to_string()))?;
+        let event: Self = serde_json::from_slice(bytes).map_err(EventError::Json)?;
         if event.encode() != bytes {
-            return Err(EventError("not in canonical form".to_owned()));
+            return Err(EventError::NotCanonical);
         }
         Ok(event)
     }
@@ -151,7 +161,7 @@ impl SubjectIndexKey {
         let mut ctx = hmac::Context::with_key(&self.key);
         ctx.update(b"clover/subject/v1\n");
         ctx.update(subject.as_str().as_bytes());
-        ctx.sign().as_ref().iter().map(|b| format!("{b:02x}")).collect()
+        hex::encode(ctx.sign().as_ref())
     }
 }
 

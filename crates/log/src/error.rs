@@ -1,0 +1,106 @@
+//! What can go wrong with the log.
+
+use std::path::PathBuf;
+
+use clover_tlog::note::SignError;
+use clover_tlog::tree::ProofError;
+
+/// An error of the log.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// A file of the log could not be read or written.
+    #[error("log file {path:?}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The entries stored do not match the last checkpoint this log signed.
+    #[error("the log at {place} does not match its last checkpoint: {detail}")]
+    Inconsistent {
+        /// The log's directory, or `postgres`.
+        place: String,
+        /// What differs.
+        detail: String,
+    },
+    /// An entry that a signed checkpoint covers cannot be read: the log refuses to open and
+    /// leaves its files as they were.
+    #[error(
+        "entry {index} at byte {offset} of {path:?} is damaged ({what}), and the signed checkpoint of {signed} \
+         entries covers it: the log is left as it was; restore the entries file from a backup or a mirror of the \
+         log's tiles (unsigned tails cut earlier are kept in {quarantine:?})"
+    )]
+    Damaged {
+        /// The entries file.
+        path: PathBuf,
+        /// The first entry that cannot be read.
+        index: u64,
+        /// Where it starts in the file.
+        offset: u64,
+        /// What is wrong with it.
+        what: &'static str,
+        /// The size of the last signed checkpoint.
+        signed: u64,
+        /// Where recovery moves an unsigned tail it cuts.
+        quarantine: PathBuf,
+    },
+    /// An entry is larger than the 65535 bytes an entry bundle can hold.
+    #[error("a log entry of {0} bytes is over the 65535-byte limit")]
+    TooLarge(usize),
+    /// The checkpoint signer (an HSM, say) failed.
+    #[error("the checkpoint could not be signed")]
+    Sign(#[from] SignError),
+    /// The sequencer stopped (a write failed earlier, or the log is shutting down).
+    #[error("the log sequencer is not running; appends are refused")]
+    Stopped,
+    /// No such tile, entry or proof in the current tree.
+    #[error("{0}")]
+    NotFound(String),
+    /// A proof could not be made.
+    #[error(transparent)]
+    Proof(#[from] ProofError),
+    /// The log's PostgreSQL database failed.
+    #[error("log database: {what}")]
+    Database {
+        /// What the log was doing.
+        what: &'static str,
+        /// The database's error.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// The log's PostgreSQL database could not be opened.
+    #[error("cannot open the log's database at {url}")]
+    Open {
+        /// The database's URL, without its password.
+        url: String,
+        /// The database's error.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// A step of the sequencer got no answer from the database in time.
+    #[error("log database: {what}: no answer within {after:?}")]
+    Timeout {
+        /// What the log was doing.
+        what: &'static str,
+        /// How long it waited.
+        after: std::time::Duration,
+    },
+    /// No gateway sequenced an append in time; it may still be logged later.
+    #[error("no gateway sequenced the entry within {0:?}; it may still be logged later")]
+    NotSequenced(std::time::Duration),
+    /// The system's random generator failed.
+    #[error("no randomness for an append's token")]
+    Randomness,
+}
+
+/// Maps an I/O error on `path`.
+pub(crate) fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> LogError + '_ {
+    move |source| LogError::Io { path: path.to_owned(), source }
+}
+
+/// Maps a database error of `what`.
+pub(crate) fn db(what: &'static str) -> impl Fn(sqlx::Error) -> LogError {
+    move |source| LogError::Database { what, source }
+}

@@ -1,0 +1,301 @@
+//! The log in a directory, the embedded default.
+//!
+//! The directory holds `entries` (every entry, back to back, each as a big-endian `u16` length
+//! and its bytes: the concatenation of all entry bundles) and `checkpoint.0` and `checkpoint.1`
+//! (the latest signed checkpoints, overwritten in place by turns, so that a crash while one is
+//! written leaves the other whole). One thread of this process runs the [sequencer]
+//! (crate::sequencer) over it: one `write` and one `fdatasync` per batch.
+//!
+//! **Recovery never destroys evidence.** On opening, the last checkpoint this log signed is read
+//! first; then the entries. Bytes that no signed checkpoint covers and that do not read as
+//! entries (a write cut short by a crash, garbage) are moved to `quarantine/` beside the log
+//! before the file is cut, never discarded. When an entry that a signed checkpoint covers cannot
+//! be read, or the entries do not hash to the signed root, the log refuses to open, says which
+//! entry and where, and leaves every file as it was.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use clover_event::Event;
+use clover_tlog::checkpoint::Checkpoint;
+use clover_tlog::note::{Note, NoteSigner};
+use clover_tlog::tile::push_bundle_entry;
+use tokio::sync::mpsc;
+
+use crate::LogOptions;
+use crate::error::{LogError, io};
+use crate::sequencer::{Append, Backend, sequence};
+use crate::tree::{Shared, Tree};
+
+const ENTRIES_FILE: &str = "entries";
+const CHECKPOINT_FILES: [&str; 2] = ["checkpoint.0", "checkpoint.1"];
+const QUARANTINE_DIR: &str = "quarantine";
+
+/// A log in a directory, as its handle holds it.
+pub(crate) struct FileLog {
+    pub(crate) dir: PathBuf,
+    reader: File,
+    sender: mpsc::UnboundedSender<Append>,
+    next_token: AtomicI64,
+}
+
+/// Why the entries stop being readable at some byte.
+#[derive(Debug, Clone, Copy)]
+enum Unreadable {
+    /// Fewer than two bytes left for a length.
+    Length,
+    /// A length of zero.
+    Empty,
+    /// A length that runs past the end of the file.
+    Truncated,
+    /// Bytes that are not a log event.
+    NotAnEvent,
+}
+
+impl Unreadable {
+    fn describe(self) -> &'static str {
+        match self {
+            Self::Length => "a length cut short",
+            Self::Empty => "a length of zero",
+            Self::Truncated => "a length past the end of the file",
+            Self::NotAnEvent => "bytes that are not a log event",
+        }
+    }
+}
+
+/// Reads entries from `bytes` into `tree` for as long as they read; returns where they stop
+/// being readable, and why, if before the end.
+fn read_entries(bytes: &[u8], tree: &mut Tree) -> Option<(usize, Unreadable)> {
+    let mut at = 0usize;
+    while at < bytes.len() {
+        let Some((len, rest)) = bytes.get(at..).and_then(|b| b.split_first_chunk::<2>()) else {
+            return Some((at, Unreadable::Length));
+        };
+        let len = usize::from(u16::from_be_bytes(*len));
+        if len == 0 {
+            return Some((at, Unreadable::Empty));
+        }
+        let Some(entry) = rest.get(..len) else { return Some((at, Unreadable::Truncated)) };
+        let Ok(event) = Event::decode(entry) else { return Some((at, Unreadable::NotAnEvent)) };
+        tree.add_indexed(entry, Some((event.kind, event.subject)));
+        at += 2 + len;
+    }
+    None
+}
+
+/// The largest checkpoint in the slots that this log's key signed.
+fn last_signed(dir: &Path, signer: &dyn NoteSigner) -> Option<Checkpoint> {
+    let verifier = signer.verifier();
+    CHECKPOINT_FILES
+        .iter()
+        .filter_map(|name| std::fs::read_to_string(dir.join(name)).ok())
+        .filter_map(|text| Note::parse(text.trim_end_matches('\0')).ok())
+        .filter(|note| note.verify(&verifier).is_ok())
+        .filter_map(|note| Checkpoint::parse(&note.text).ok())
+        .filter(|c| c.origin == verifier.name)
+        .max_by_key(|c| c.size)
+}
+
+/// Moves `tail` (the bytes from `offset` on) into the quarantine directory, durably, and
+/// returns its path.
+fn quarantine(dir: &Path, offset: usize, tail: &[u8]) -> Result<PathBuf, LogError> {
+    let quarantine = dir.join(QUARANTINE_DIR);
+    std::fs::create_dir_all(&quarantine).map_err(io(&quarantine))?;
+    let mut path = quarantine.join(format!("entries.{offset}"));
+    let mut n = 0;
+    while path.exists() {
+        n += 1;
+        path = quarantine.join(format!("entries.{offset}.{n}"));
+    }
+    let mut file = OpenOptions::new().write(true).create_new(true).open(&path).map_err(io(&path))?;
+    file.write_all(tail).map_err(io(&path))?;
+    file.sync_all().map_err(io(&path))?;
+    File::open(&quarantine).and_then(|d| d.sync_all()).map_err(io(&quarantine))?;
+    Ok(path)
+}
+
+/// Opens (creating if needed) the log in `dir`, recovering as the module says, and starts its
+/// sequencer thread.
+pub(crate) fn open(
+    dir: &Path,
+    signer: Box<dyn NoteSigner>,
+    options: LogOptions,
+) -> Result<(Arc<Shared>, FileLog), LogError> {
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let path = dir.join(ENTRIES_FILE);
+    let mut file = OpenOptions::new().read(true).append(true).create(true).open(&path).map_err(io(&path))?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).map_err(io(&path))?;
+
+    let signed = last_signed(dir, signer.as_ref());
+    let signed_size = signed.as_ref().map_or(0, |c| c.size);
+    let mut tree = Tree::new();
+    let unreadable = read_entries(&bytes, &mut tree);
+    let inconsistent = |detail: String| LogError::Inconsistent { place: dir.display().to_string(), detail };
+
+    if signed_size > tree.size() {
+        return Err(match unreadable {
+            Some((offset, why)) => LogError::Damaged {
+                path,
+                index: tree.size(),
+                offset: offset as u64,
+                what: why.describe(),
+                signed: signed_size,
+                quarantine: dir.join(QUARANTINE_DIR),
+            },
+            None => inconsistent(format!("it signed a checkpoint of {signed_size} entries but holds {}", tree.size())),
+        });
+    }
+    if let Some(signed) = &signed
+        && clover_tlog::tree::root(&tree, signed.size)? != signed.root
+    {
+        return Err(inconsistent(format!(
+            "the first {} entries were changed: they do not hash to the signed root",
+            signed.size
+        )));
+    }
+    if let Some((offset, why)) = unreadable {
+        // Only bytes beyond every signed checkpoint get here: a tail never acknowledged as
+        // signed. It is kept in quarantine before the file is cut.
+        let tail = bytes.get(offset..).unwrap_or_default();
+        let kept = quarantine(dir, offset, tail)?;
+        tracing::warn!(
+            log = %dir.display(), offset, bytes = tail.len(), reason = why.describe(), quarantine = %kept.display(),
+            "cutting an unsigned tail from the log; its bytes are kept in quarantine"
+        );
+        file.set_len(offset as u64).map_err(io(&path))?;
+        file.sync_all().map_err(io(&path))?;
+    }
+
+    let reader = File::open(&path).map_err(io(&path))?;
+    let mut slots = Vec::new();
+    for name in CHECKPOINT_FILES {
+        let slot = dir.join(name);
+        slots.push((OpenOptions::new().write(true).create(true).truncate(false).open(&slot).map_err(io(&slot))?, slot));
+    }
+    let size = tree.size();
+    let shared = Arc::new(Shared::new(signer.name().to_owned(), tree, false));
+    let mut backend = DirectoryBackend { file, path, checkpoints: CheckpointFiles { slots, next: 0 }, size };
+    let (checkpoint_size, note) = shared.sign_current(signer.as_ref())?;
+    backend.checkpoints.write(&note)?;
+    shared.tree_mut().offer_checkpoint(note.into(), checkpoint_size);
+
+    let (sender, mut receiver) = mpsc::unbounded_channel();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().map_err(io(dir))?;
+    let sequenced = shared.clone();
+    std::thread::Builder::new()
+        .name("clover-log-sequencer".into())
+        .spawn(move || {
+            runtime.block_on(async {
+                let run = sequence(&mut backend, &sequenced, signer.as_ref(), &options, &mut receiver, false).await;
+                if let Err(stopped) = run {
+                    // Nothing of this batch is answered as logged; the log stops taking
+                    // appends, since the file may now hold a partial tail that only a restart
+                    // cuts (into quarantine).
+                    tracing::error!(error = %stopped.error, "log write failed; the sequencer stops");
+                    receiver.close();
+                    let mut refused: Vec<i64> = stopped.unsequenced.iter().map(|a| a.token).collect();
+                    while let Ok(append) = receiver.try_recv() {
+                        refused.push(append.token);
+                    }
+                    sequenced.refuse(refused, || LogError::Stopped);
+                }
+            });
+        })
+        .map_err(io(dir))?;
+    Ok((shared, FileLog { dir: dir.to_owned(), reader, sender, next_token: AtomicI64::new(0) }))
+}
+
+impl FileLog {
+    /// Hands an append to the sequencer; the answer arrives through `shared`.
+    pub(crate) async fn append(&self, shared: &Shared, append: Append) -> Result<u64, LogError> {
+        let token = append.token;
+        let wait = shared.wait(token);
+        if self.sender.send(append).is_err() {
+            shared.forget(token);
+            return Err(LogError::Stopped);
+        }
+        wait.await.map_err(|_| LogError::Stopped)?
+    }
+
+    /// A token for an append of this process.
+    pub(crate) fn token(&self) -> i64 {
+        self.next_token.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The bytes `start..stop` of the entries file.
+    pub(crate) fn read(&self, start: u64, stop: u64) -> Result<Vec<u8>, LogError> {
+        let path = self.dir.join(ENTRIES_FILE);
+        let len = usize::try_from(stop.saturating_sub(start))
+            .map_err(|_| LogError::NotFound(format!("bytes {start}..{stop} of the log")))?;
+        let mut buf = vec![0u8; len];
+        self.reader.read_exact_at(&mut buf, start).map_err(io(&path))?;
+        Ok(buf)
+    }
+}
+
+/// The two checkpoint files, written in place by turns.
+struct CheckpointFiles {
+    slots: Vec<(File, PathBuf)>,
+    next: usize,
+}
+
+impl CheckpointFiles {
+    /// Overwrites the older slot with `note`. Not synced: the entries it covers are synced
+    /// before it is written, and a checkpoint file only lets the log check itself when it is
+    /// next opened; the other slot survives a torn write.
+    fn write(&mut self, note: &str) -> Result<(), LogError> {
+        let Some((file, path)) = self.slots.get(self.next) else { return Ok(()) };
+        file.write_all_at(note.as_bytes(), 0).map_err(io(path))?;
+        file.set_len(note.len() as u64).map_err(io(path))?;
+        self.next = (self.next + 1) % self.slots.len().max(1);
+        Ok(())
+    }
+}
+
+/// The directory as the sequencer writes it.
+struct DirectoryBackend {
+    file: File,
+    path: PathBuf,
+    checkpoints: CheckpointFiles,
+    /// The entries in the file.
+    size: u64,
+}
+
+impl Backend for DirectoryBackend {
+    async fn pending(&mut self, _room: usize) -> Result<Vec<Append>, LogError> {
+        Ok(Vec::new())
+    }
+
+    async fn commit(&mut self, first: u64, batch: &[Append], checkpoint: Option<(u64, &str)>) -> Result<(), LogError> {
+        if first != self.size {
+            return Err(LogError::Inconsistent {
+                place: self.path.display().to_string(),
+                detail: format!("the sequencer wrote at {first} but the file holds {}", self.size),
+            });
+        }
+        let mut buf = Vec::with_capacity(batch.iter().map(|a| a.entry.len() + 2).sum());
+        for append in batch {
+            push_bundle_entry(&mut buf, &append.entry).map_err(LogError::TooLarge)?;
+        }
+        self.file.write_all(&buf).map_err(io(&self.path))?;
+        self.file.sync_data().map_err(io(&self.path))?;
+        self.size += batch.len() as u64;
+        if let Some((_, note)) = checkpoint {
+            self.checkpoints.write(note)?;
+        }
+        Ok(())
+    }
+
+    async fn store_checkpoint(&mut self, _size: u64, note: &str) -> Result<(), LogError> {
+        self.checkpoints.write(note)
+    }
+
+    async fn handed_in(&mut self) {
+        std::future::pending().await
+    }
+}

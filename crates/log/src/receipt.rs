@@ -1,0 +1,55 @@
+//! Receipts: what the key custodian asks for before it unwraps a data key.
+
+use std::sync::Arc;
+
+use clover_policy::Permit;
+use clover_tlog::hash::Hash;
+
+/// Proof that an access was allowed and durably logged: what the key custodian asks for before
+/// it unwraps a data key. Only [`crate::Log::append_permitted`] makes one.
+#[derive(Debug)]
+pub struct Receipt {
+    pub(crate) index: u64,
+    pub(crate) entry_hash: Hash,
+    pub(crate) entry: Arc<[u8]>,
+    pub(crate) subject_hash: Option<String>,
+    pub(crate) purpose: Option<String>,
+    pub(crate) permit: Permit,
+}
+
+impl Receipt {
+    /// The index of the logged entry.
+    pub fn index(&self) -> u64 {
+        self.index
+    }
+
+    /// The permit the entry records.
+    pub fn permit(&self) -> &Permit {
+        &self.permit
+    }
+
+    /// The RFC 6962 leaf hash of the logged entry.
+    pub fn entry_hash(&self) -> &Hash {
+        &self.entry_hash
+    }
+
+    /// [`Receipt::entry_hash`] in hex.
+    pub fn entry_hash_hex(&self) -> String {
+        hex::encode(self.entry_hash.0)
+    }
+
+    /// The logged entry's bytes, for a custodian in another process to check against the log.
+    pub fn entry(&self) -> &[u8] {
+        &self.entry
+    }
+
+    /// The subject as the logged entry names it (the log's keyed hash), if it names one.
+    pub fn subject_hash(&self) -> Option<&str> {
+        self.subject_hash.as_deref()
+    }
+
+    /// The purpose the logged access declared.
+    pub fn purpose(&self) -> Option<&str> {
+        self.purpose.as_deref()
+    }
+}
