@@ -26,9 +26,8 @@ use clover_tlog::note::{Note, NoteSigner};
 use clover_tlog::tile::push_bundle_entry;
 use tokio::sync::mpsc;
 
-use crate::LogOptions;
 use crate::error::{LogError, io};
-use crate::sequencer::{Append, Backend, sequence};
+use crate::sequencer::{Append, Backend, LogOptions, sequence};
 use crate::tree::{Shared, Tree};
 
 const ENTRIES_FILE: &str = "entries";

@@ -31,26 +31,12 @@ use clover_tlog::tile::{TILE_WIDTH, Tile, push_bundle_entry};
 
 pub use error::LogError;
 pub use receipt::Receipt;
+pub use sequencer::LogOptions;
 
 use crate::file::FileLog;
 use crate::postgres::PgLog;
 use crate::sequencer::Append;
 use crate::tree::Shared;
-
-/// How the log runs.
-#[derive(Debug, Clone)]
-pub struct LogOptions {
-    /// The most appends written in one batch.
-    pub max_batch: usize,
-    /// Sign a checkpoint after every batch (zero), or at most this often.
-    pub checkpoint_interval: std::time::Duration,
-}
-
-impl Default for LogOptions {
-    fn default() -> Self {
-        Self { max_batch: 65_536, checkpoint_interval: std::time::Duration::ZERO }
-    }
-}
 
 /// Where the entries live.
 #[derive(Clone)]

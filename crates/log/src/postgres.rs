@@ -38,9 +38,8 @@ use sqlx::postgres::{PgConnection, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Connection, Row};
 use tokio::sync::mpsc;
 
-use crate::LogOptions;
 use crate::error::{LogError, db};
-use crate::sequencer::{Append, Backend, sequence};
+use crate::sequencer::{Append, Backend, LogOptions, sequence};
 use crate::tree::Shared;
 
 /// The migrations of the log's tables, in order. Never edit one that has shipped; add the next.

@@ -8,7 +8,7 @@
 //! whichever holds the database's lock runs this loop and the others hand their entries in.
 
 use std::future::Future;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clover_event::EventKind;
 use clover_tlog::hash::{Hash, leaf_hash};
@@ -16,9 +16,23 @@ use clover_tlog::note::NoteSigner;
 use clover_tlog::tree::root_after;
 use tokio::sync::mpsc;
 
-use crate::LogOptions;
 use crate::error::LogError;
 use crate::tree::{Shared, checkpoint_note};
+
+/// How the log runs.
+#[derive(Debug, Clone)]
+pub struct LogOptions {
+    /// The most appends written in one batch.
+    pub max_batch: usize,
+    /// Sign a checkpoint after every batch (zero), or at most this often.
+    pub checkpoint_interval: Duration,
+}
+
+impl Default for LogOptions {
+    fn default() -> Self {
+        Self { max_batch: 65_536, checkpoint_interval: Duration::ZERO }
+    }
+}
 
 /// An entry on its way into the log.
 pub(crate) struct Append {
