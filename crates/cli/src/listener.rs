@@ -1,0 +1,81 @@
+//! Serving: bind the address, say on stderr where the server listens, serve until SIGINT or
+//! SIGTERM. The boundary, the custodian and the witness all start this way, and scripts (and
+//! the tests) wait for the line `clover: ... on http(s)://ADDR` before they go on.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clover_gateway::Boundary;
+use clover_tls::ServerTls;
+
+/// What is served.
+pub(crate) enum Service {
+    /// A boundary's API, over the boundary's own TLS (the gateway reloads its certificate and
+    /// watches its policies).
+    Boundary(Arc<Boundary>),
+    /// A router (the custodian's, a witness's), over `tls` when there is one, its certificate
+    /// reloaded when the files change.
+    Router(axum::Router, Option<Arc<ServerTls>>),
+}
+
+impl Service {
+    fn scheme(&self) -> &'static str {
+        let tls = match self {
+            Self::Boundary(boundary) => boundary.tls().is_some(),
+            Self::Router(_, tls) => tls.is_some(),
+        };
+        if tls { "https" } else { "http" }
+    }
+}
+
+/// Binds `listen`, prints `clover: {what} on {scheme}://{addr}{detail}` (the address the
+/// listener got, so that port 0 is reported as the port chosen), and serves until a shutdown
+/// signal, finishing the requests in flight.
+pub(crate) async fn serve(listen: SocketAddr, service: Service, what: &str, detail: &str) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let addr = listener.local_addr().context("reading the listening address")?;
+    eprintln!("clover: {what} on {}://{addr}{detail}", service.scheme());
+    match service {
+        Service::Boundary(boundary) => {
+            tracing::info!(%addr, region = %boundary.region(), "listening");
+            clover_gateway::serve(boundary, listener, shutdown_signal()).await
+        }
+        Service::Router(router, tls) => {
+            if let Some(tls) = &tls {
+                tls.watch(|_| {});
+            }
+            clover_tls::serve(router, listener, tls, shutdown_signal()).await
+        }
+    }
+    .context("serving")
+}
+
+/// Resolves on SIGINT (ctrl-c) or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}
