@@ -33,49 +33,66 @@ impl Service {
 /// listener got, so that port 0 is reported as the port chosen), and serves until a shutdown
 /// signal, finishing the requests in flight.
 pub(crate) async fn serve(listen: SocketAddr, service: Service, what: &str, detail: &str) -> anyhow::Result<()> {
+    let shutdown = shutdown_signal();
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr().context("reading the listening address")?;
     eprintln!("clover: {what} on {}://{addr}{detail}", service.scheme());
     match service {
         Service::Boundary(boundary) => {
             tracing::info!(%addr, region = %boundary.region(), "listening");
-            clover_gateway::serve(boundary, listener, shutdown_signal()).await
+            clover_gateway::serve(boundary, listener, shutdown).await
         }
         Service::Router(router, tls) => {
             if let Some(tls) = &tls {
                 tls.watch(|_| {});
             }
-            clover_tls::serve(router, listener, tls, shutdown_signal()).await
+            clover_tls::serve(router, listener, tls, shutdown).await
         }
     }
     .context("serving")
 }
 
-/// Resolves on SIGINT (ctrl-c) or SIGTERM.
-async fn shutdown_signal() {
-    let interrupt = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for ctrl-c");
-            std::future::pending::<()>().await;
-        }
-    };
+/// Listens for SIGINT (ctrl-c) and SIGTERM from now on, and resolves on the first of them.
+///
+/// The handlers are installed here, before the serving line is printed, rather than when the
+/// future is first polled: a script that sends SIGTERM as soon as it reads the line would
+/// otherwise, now and then, kill the process (the signal's default action) instead of stopping
+/// it cleanly.
+fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
+    let (interrupt, terminate) = {
+        use tokio::signal::unix::{SignalKind, signal};
+        let listen = |kind: SignalKind, name: &str| {
+            signal(kind).inspect_err(|e| tracing::error!(error = %e, "cannot listen for {name}")).ok()
+        };
+        let interrupt = listen(SignalKind::interrupt(), "ctrl-c");
+        let terminate = listen(SignalKind::terminate(), "SIGTERM");
+        let received = |signal: Option<tokio::signal::unix::Signal>| async move {
+            match signal {
+                Some(mut signal) => {
+                    signal.recv().await;
+                }
+                // Without a handler, only the other signal (or SIGKILL) stops the server.
+                None => std::future::pending::<()>().await,
             }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
+        };
+        (received(interrupt), received(terminate))
     };
     #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = interrupt => {},
-        () = terminate => {},
+    let (interrupt, terminate) = (
+        async {
+            if let Err(e) = tokio::signal::ctrl_c().await {
+                tracing::error!(error = %e, "cannot listen for ctrl-c");
+                std::future::pending::<()>().await;
+            }
+        },
+        std::future::pending::<()>(),
+    );
+    async move {
+        tokio::select! {
+            () = interrupt => {},
+            () = terminate => {},
+        }
+        tracing::info!("shutting down: finishing requests in flight");
     }
-    tracing::info!("shutting down: finishing requests in flight");
 }
