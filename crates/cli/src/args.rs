@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::LOG_TARGET;
 use clover_gateway::Config;
 use clover_model::PrincipalKind;
 
@@ -107,7 +108,11 @@ impl ServerTlsArgs {
                          give --tls-cert, --tls-key and --client-ca (mutual TLS), or --allow-plaintext"
                     );
                 }
-                tracing::warn!(%listen, "serving plain HTTP on a non-loopback address (--allow-plaintext)");
+                tracing::warn!(
+                    target: LOG_TARGET,
+                    %listen,
+                    "serving plain HTTP on a non-loopback address (--allow-plaintext)"
+                );
             }
             return Ok(None);
         };

@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::LOG_TARGET;
 use anyhow::Context;
 use clover_gateway::Boundary;
 use clover_tls::ServerTls;
@@ -39,7 +40,7 @@ pub(crate) async fn serve(listen: SocketAddr, service: Service, what: &str, deta
     eprintln!("clover: {what} on {}://{addr}{detail}", service.scheme());
     match service {
         Service::Boundary(boundary) => {
-            tracing::info!(%addr, region = %boundary.region(), "listening");
+            tracing::info!(target: LOG_TARGET, %addr, region = %boundary.region(), "listening");
             clover_gateway::serve(boundary, listener, shutdown).await
         }
         Service::Router(router, tls) => {
@@ -63,7 +64,9 @@ fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     let (interrupt, terminate) = {
         use tokio::signal::unix::{SignalKind, signal};
         let listen = |kind: SignalKind, name: &str| {
-            signal(kind).inspect_err(|e| tracing::error!(error = %e, "cannot listen for {name}")).ok()
+            signal(kind)
+                .inspect_err(|e| tracing::error!(target: LOG_TARGET, error = %e, "cannot listen for {name}"))
+                .ok()
         };
         let interrupt = listen(SignalKind::interrupt(), "ctrl-c");
         let terminate = listen(SignalKind::terminate(), "SIGTERM");
@@ -82,7 +85,7 @@ fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     let (interrupt, terminate) = (
         async {
             if let Err(e) = tokio::signal::ctrl_c().await {
-                tracing::error!(error = %e, "cannot listen for ctrl-c");
+                tracing::error!(target: LOG_TARGET, error = %e, "cannot listen for ctrl-c");
                 std::future::pending::<()>().await;
             }
         },
@@ -93,6 +96,6 @@ fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
             () = interrupt => {},
             () = terminate => {},
         }
-        tracing::info!("shutting down: finishing requests in flight");
+        tracing::info!(target: LOG_TARGET, "shutting down: finishing requests in flight");
     }
 }

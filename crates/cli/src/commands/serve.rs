@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use clover_gateway::{Boundary, DataDir};
 
+use crate::LOG_TARGET;
 use crate::args::ConfigArgs;
 use crate::commands::{init, init_tracing, runtime};
 use crate::listener::{self, Service};
@@ -41,7 +42,11 @@ impl ServeArgs {
             }
         })?;
         if config.tls.cert.is_none() && !clover_tls::plaintext_allowed(config.listen) {
-            tracing::warn!(listen = %config.listen, "serving plain HTTP on a non-loopback address ([tls] allow_plaintext)");
+            tracing::warn!(
+                target: LOG_TARGET,
+                listen = %config.listen,
+                "serving plain HTTP on a non-loopback address ([tls] allow_plaintext)"
+            );
         }
         let data_dir = DataDir::new(&config.data_dir);
         if !data_dir.is_initialised() {
@@ -63,7 +68,7 @@ impl ServeArgs {
             reload_policies_on_hangup(&boundary);
             let what = format!("serving region {:?}", config.region.as_str());
             listener::serve(config.listen, Service::Boundary(boundary), &what, &format!(" ({data}{clients})")).await?;
-            tracing::info!("stopped");
+            tracing::info!(target: LOG_TARGET, "stopped");
             Ok(())
         })
     }
@@ -77,7 +82,7 @@ fn reload_policies_on_hangup(boundary: &Arc<Boundary>) {
         if let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
             tokio::spawn(async move {
                 while hangup.recv().await.is_some() {
-                    tracing::info!("SIGHUP: reloading the policies");
+                    tracing::info!(target: LOG_TARGET, "SIGHUP: reloading the policies");
                     let _ = boundary.reload_policies().await;
                 }
             });
