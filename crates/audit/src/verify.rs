@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 /// What the verifier is asked to check.
 #[derive(Debug, Clone)]
 pub struct VerifyOptions {
-    /// The boundary's base URL (the log is under `<url>/log/`).
+    /// The boundary's base URL (the log is under `<url>/log/`), or the log's own prefix URL
+    /// (`<root>/log`, as tlog clients take it).
     pub url: String,
     /// The log's checkpoint verifier key.
     pub vkey: VerifierKey,
@@ -182,11 +183,21 @@ fn tiles_at(level: u8, size: u64) -> Vec<Tile> {
     tiles
 }
 
+/// The URL the log's paths (`checkpoint`, `tile/...`) are under: `url` itself when its path
+/// ends in a `log` segment (the log's prefix, as tlog clients take it), else `url/log` (a
+/// boundary's root, under which Clover serves its log).
+fn log_prefix(url: &str) -> String {
+    let url = url.trim_end_matches('/');
+    let is_prefix = reqwest::Url::parse(url)
+        .is_ok_and(|parsed| parsed.path_segments().and_then(|mut segments| segments.next_back()) == Some("log"));
+    if is_prefix { url.to_owned() } else { format!("{url}/log") }
+}
+
 /// Verifies the log at `options.url`.
 pub async fn verify(options: &VerifyOptions) -> Result<Report, VerifyError> {
     let client =
         options.tls.client().map_err(|e| VerifyError::Fetch { url: options.url.clone(), cause: e.to_string() })?;
-    let base = format!("{}/log", options.url.trim_end_matches('/'));
+    let base = log_prefix(&options.url);
 
     // 1. The checkpoint and its signatures.
     let note_bytes = fetch(&client, &format!("{base}/checkpoint")).await?;
@@ -321,4 +332,28 @@ pub async fn verify(options: &VerifyOptions) -> Result<Report, VerifyError> {
     }
 
     Ok(Report { origin: checkpoint.origin, size, root, previous_size, tiles: fetched, cosigned_by })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_prefix;
+
+    #[test]
+    fn the_log_is_found_from_the_root_or_from_its_prefix() {
+        for url in [
+            "http://127.0.0.1:7878",
+            "http://127.0.0.1:7878/",
+            "http://127.0.0.1:7878/log",
+            "http://127.0.0.1:7878/log/",
+        ] {
+            assert_eq!(log_prefix(url), "http://127.0.0.1:7878/log", "{url}");
+        }
+        assert_eq!(log_prefix("https://example.org/clover/log"), "https://example.org/clover/log");
+        assert_eq!(log_prefix("https://example.org/clover"), "https://example.org/clover/log");
+        // A host named `log` is a root, not a prefix.
+        assert_eq!(log_prefix("http://log"), "http://log/log");
+        assert_eq!(log_prefix("http://log:7878/"), "http://log:7878/log");
+        // A path that only ends in the letters is not the prefix either.
+        assert_eq!(log_prefix("http://example.org/changelog"), "http://example.org/changelog/log");
+    }
 }

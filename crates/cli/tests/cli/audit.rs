@@ -5,89 +5,33 @@
 //! deletes the checkpoint that would betray it, and restarts (a fork, a shrink): the boundary
 //! then signs the rewritten log, and only the auditor's kept state catches it.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, missing_docs)]
-
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-const BIN: &str = env!("CARGO_BIN_EXE_clover");
-const PATIENCE: Duration = Duration::from_secs(30);
+use crate::support::{
+    DUBLIN, Finished, PATIENCE, Process, client, clover_with_passphrase, mint_token, run, run_ok, stdout_of,
+};
 
 fn clover(dir: &Path) -> Command {
-    let mut command = Command::new(BIN);
-    command.current_dir(dir).env("CLOVER_PASSPHRASE", "audit-test").env("NO_COLOR", "1").stdin(Stdio::null());
-    command
-}
-
-fn output(mut command: Command) -> Output {
-    command.stdout(Stdio::piped()).stderr(Stdio::piped()).output().unwrap()
-}
-
-fn stdout_of(command: Command) -> String {
-    let out = output(command);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
-/// A running `clover` process, killed on drop; `url` is where it listens.
-struct Process {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `command` and waits for the stderr line that names its address after `marker`.
-fn start(mut command: Command, marker: &str) -> Process {
-    let mut child = command.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let marker = marker.to_owned();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split(&marker).nth(1) {
-                let url = rest.split_whitespace().next().unwrap_or("").to_owned();
-                let _ = tx.send(url);
-            }
-        }
-    });
-    let url = rx.recv_timeout(PATIENCE).expect("the process did not start");
-    Process { child, url }
+    clover_with_passphrase(dir, "audit-test")
 }
 
 fn serve(dir: &Path, config: Option<&Path>) -> Process {
-    let mut command = clover(dir);
-    command.args(["serve", "--listen", "127.0.0.1:0", "--data-dir", "data"]);
+    let mut args = vec!["--data-dir", "data"];
     if let Some(config) = config {
-        command.arg("--config").arg(config);
+        args.extend(["--config", config.to_str().unwrap()]);
     }
-    start(command, " on ")
-}
-
-fn stop(mut process: Process) {
-    let pid = process.child.id().to_string();
-    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    let deadline = Instant::now() + PATIENCE;
-    while process.child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "the server did not stop");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    Process::serve(clover(dir), &args)
 }
 
 fn init(dir: &Path) {
     let mut command = clover(dir);
     command.args(["init", "--data-dir", "data"]);
-    assert!(output(command).status.success());
+    run_ok(command);
 }
 
 fn log_vkey_of(dir: &Path) -> String {
@@ -97,15 +41,12 @@ fn log_vkey_of(dir: &Path) -> String {
 }
 
 fn token(dir: &Path) -> String {
-    let mut command = clover(dir);
-    command.args(["token", "--principal", "ana", "--kind", "employee", "--region", "eu", "--site", "dublin-1"]);
-    command.args(["--data-dir", "data"]);
-    stdout_of(command)
+    mint_token(clover(dir), &["--data-dir", "data"], "")
 }
 
 /// Writes `n` records through the API: each is a logged decision.
 async fn write(url: &str, token: &str, n: usize) {
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let client = client(DUBLIN);
     let put = client.put(format!("{url}/v1/subjects/u-1")).bearer_auth(token).json(&json!({"home_region": "eu"}));
     assert!(put.send().await.unwrap().status().is_success());
     for i in 0..n {
@@ -117,7 +58,7 @@ async fn write(url: &str, token: &str, n: usize) {
     }
 }
 
-fn verify(dir: &Path, url: &str, vkey: &str, state: Option<&Path>, witnesses: &[&str]) -> Output {
+fn verify(dir: &Path, url: &str, vkey: &str, state: Option<&Path>, witnesses: &[&str]) -> Finished {
     let mut command = clover(dir);
     command.args(["audit", "verify", "--url", url, "--vkey", vkey]);
     if let Some(state) = state {
@@ -126,13 +67,12 @@ fn verify(dir: &Path, url: &str, vkey: &str, state: Option<&Path>, witnesses: &[
     for witness in witnesses {
         command.args(["--witness", witness]);
     }
-    output(command)
+    run(command)
 }
 
-fn assert_fails(out: &Output, expected: &str) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
+fn assert_fails(out: &Finished, expected: &str) {
     assert!(!out.status.success(), "verify passed; it should have found: {expected}");
-    assert!(stderr.contains(expected), "expected {expected:?} in:\n{stderr}");
+    assert!(out.stderr.contains(expected), "expected {expected:?} in:\n{}", out.stderr);
 }
 
 /// A proxy in front of `upstream` that passes every GET through `alter(path, body)`.
@@ -165,15 +105,15 @@ async fn an_honest_log_verifies_and_stays_consistent() {
     let state = tmp.path().join("auditor.json");
 
     let first = verify(tmp.path(), &server.url, &vkey, Some(&state), &[]);
-    let stdout = String::from_utf8_lossy(&first.stdout);
-    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    let stdout = &first.stdout;
+    assert!(first.status.success(), "{}", first.stderr);
     assert!(stdout.contains("verified clover.local/eu: 303 entries"), "{stdout}");
     assert!(stdout.contains("no earlier checkpoint"), "{stdout}");
 
     write(&server.url, &token, 20).await;
     let second = verify(tmp.path(), &server.url, &vkey, Some(&state), &[]);
-    let stdout = String::from_utf8_lossy(&second.stdout);
-    assert!(second.status.success(), "{}", String::from_utf8_lossy(&second.stderr));
+    let stdout = &second.stdout;
+    assert!(second.status.success(), "{}", second.stderr);
     assert!(stdout.contains("324 entries"), "{stdout}");
     assert!(stdout.contains("consistent with the 303 entries verified before"), "{stdout}");
 
@@ -182,6 +122,42 @@ async fn an_honest_log_verifies_and_stays_consistent() {
     init(other.path());
     let wrong = verify(tmp.path(), &server.url, &log_vkey_of(other.path()), None, &[]);
     assert_fails(&wrong, "checkpoint");
+}
+
+/// `--url` takes the log's prefix (`http://host/log`, as tlog clients take it) as well as the
+/// boundary's root; both are the same log, so the state kept through one holds for the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_verifies_from_its_prefix_url_as_from_the_root() {
+    let tmp = tempfile::tempdir().unwrap();
+    init(tmp.path());
+    let vkey = log_vkey_of(tmp.path());
+    let server = serve(tmp.path(), None);
+    let token = token(tmp.path());
+    write(&server.url, &token, 10).await;
+    let state = tmp.path().join("auditor.json");
+    let prefix = format!("{}/log", server.url);
+
+    let first = verify(tmp.path(), &prefix, &vkey, Some(&state), &[]);
+    assert!(first.status.success(), "{}", first.stderr);
+    assert!(first.stdout.contains("verified clover.local/eu: 13 entries"), "{}", first.stdout);
+    assert!(first.stdout.contains("no earlier checkpoint"), "{}", first.stdout);
+
+    write(&server.url, &token, 5).await;
+    let second = verify(tmp.path(), &server.url, &vkey, Some(&state), &[]);
+    assert!(second.status.success(), "{}", second.stderr);
+    assert!(second.stdout.contains("verified clover.local/eu: 19 entries"), "{}", second.stdout);
+    assert!(second.stdout.contains("consistent with the 13 entries verified before"), "{}", second.stdout);
+
+    write(&server.url, &token, 5).await;
+    let third = verify(tmp.path(), &format!("{prefix}/"), &vkey, Some(&state), &[]);
+    assert!(third.status.success(), "{}", third.stderr);
+    assert!(third.stdout.contains("verified clover.local/eu: 25 entries"), "{}", third.stdout);
+    assert!(third.stdout.contains("consistent with the 19 entries verified before"), "{}", third.stdout);
+
+    // Through the prefix as through the root, a key that is not the log's is refused.
+    let other = tempfile::tempdir().unwrap();
+    init(other.path());
+    assert_fails(&verify(tmp.path(), &prefix, &log_vkey_of(other.path()), None, &[]), "checkpoint");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -236,7 +212,7 @@ async fn a_log_rewritten_by_its_operator_is_caught_as_a_fork_or_a_shrink() {
     let token = token(tmp.path());
     write(&server.url, &token, 30).await;
     assert!(verify(tmp.path(), &server.url, &vkey, Some(&state), &[]).status.success());
-    stop(server);
+    server.stop();
 
     let entries = tmp.path().join("data/log/entries");
     let hide_checkpoints = || {
@@ -255,7 +231,7 @@ async fn a_log_rewritten_by_its_operator_is_caught_as_a_fork_or_a_shrink() {
     hide_checkpoints();
     let server = serve(tmp.path(), None);
     assert_fails(&verify(tmp.path(), &server.url, &vkey, Some(&state), &[]), "the log forked");
-    stop(server);
+    server.stop();
 
     // Drop the last entries instead.
     let mut cut = 0;
@@ -275,13 +251,13 @@ async fn a_log_rewritten_by_its_operator_is_caught_as_a_fork_or_a_shrink() {
     // checkpoint it signed last.
     std::fs::write(&entries, &original).unwrap();
     let server = serve(tmp.path(), None);
-    stop(server);
+    server.stop();
     std::fs::write(&entries, &forked).unwrap();
     let mut command = clover(tmp.path());
     command.args(["serve", "--listen", "127.0.0.1:0", "--data-dir", "data"]);
-    let refused = output(command);
+    let refused = run(command);
     assert!(!refused.status.success());
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("does not match its last checkpoint"));
+    assert!(refused.stderr.contains("does not match its last checkpoint"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -299,7 +275,7 @@ async fn a_witness_cosigns_and_verify_demands_its_cosignature() {
     let mut command = clover(tmp.path());
     command.args(["audit", "witness", "--name", "witness.example", "--state", "w.json", "--listen", "127.0.0.1:0"]);
     command.arg("--key").arg(&key).args(["--log", &log_vkey]);
-    let witness = start(command, " on ");
+    let witness = Process::start(command);
 
     let config: PathBuf = tmp.path().join("clover.toml");
     std::fs::write(
@@ -311,7 +287,7 @@ async fn a_witness_cosigns_and_verify_demands_its_cosignature() {
     write(&server.url, &token(tmp.path()), 10).await;
 
     // Wait until the served checkpoint covers the writes and carries the cosignature.
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let client = client(DUBLIN);
     let deadline = Instant::now() + PATIENCE;
     loop {
         let note = client.get(format!("{}/log/checkpoint", server.url)).send().await.unwrap().text().await.unwrap();
@@ -322,8 +298,8 @@ async fn a_witness_cosigns_and_verify_demands_its_cosignature() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let ok = verify(tmp.path(), &server.url, &log_vkey, None, &[&witness_vkey]);
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
-    assert!(String::from_utf8_lossy(&ok.stdout).contains("cosigned by witness.example"));
+    assert!(ok.status.success(), "{}", ok.stderr);
+    assert!(ok.stdout.contains("cosigned by witness.example"));
 
     // A witness that did not cosign is missing.
     let mut other = clover(tmp.path());

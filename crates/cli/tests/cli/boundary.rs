@@ -1,239 +1,21 @@
-//! The `clover` binary, driven as a user would: real processes, real sockets, real files.
+//! A boundary's life as a user sees it: `clover serve` with no setup, `clover init`, restarts,
+//! SIGTERM with a request in flight, configuration and passphrase errors; and `clover bench`.
 //!
 //! Every test runs in its own temporary directory (used as the working directory and the data
 //! directory), starts its own `clover serve` on an ephemeral port, and kills whatever it started
 //! when it ends, pass or fail.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, missing_docs)]
-
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-const BIN: &str = env!("CARGO_BIN_EXE_clover");
-/// How long a process gets to start, answer or stop: generous, for slow machines.
-const PATIENCE: Duration = Duration::from_secs(30);
-const PASSPHRASE_ENV: &str = "CLOVER_PASSPHRASE";
-/// An address of the `dublin-1` site (region eu) in the default configuration.
-const DUBLIN: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
-/// An address of the `singapore-1` site (region sg) in the default configuration.
-const SINGAPORE: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 2, 1));
-
-// ---------------------------------------------------------------------------------------------
-// Processes
-// ---------------------------------------------------------------------------------------------
-
-/// A `clover` command in `cwd`, with an environment that does not leak from the test's own:
-/// no passphrase unless the test sets one, plain-text logs at info level.
-fn clover(cwd: &Path) -> Command {
-    let mut command = Command::new(BIN);
-    command
-        .current_dir(cwd)
-        .env_remove(PASSPHRASE_ENV)
-        .env_remove("CLOVER_LOG_FORMAT")
-        .env("CLOVER_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null());
-    command
-}
-
-/// Drains a child's pipe on a thread, line by line, into a shared string; each line is also
-/// sent on the returned channel. The thread runs until the pipe closes, so the child never
-/// blocks on a full pipe.
-fn drain(pipe: impl Read + Send + 'static) -> (Arc<Mutex<String>>, mpsc::Receiver<String>, JoinHandle<()>) {
-    let text = Arc::new(Mutex::new(String::new()));
-    let (tx, rx) = mpsc::channel();
-    let shared = Arc::clone(&text);
-    let handle = std::thread::spawn(move || {
-        let mut reader = BufReader::new(pipe);
-        let mut raw = Vec::new();
-        loop {
-            raw.clear();
-            match reader.read_until(b'\n', &mut raw) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    let line = String::from_utf8_lossy(&raw).into_owned();
-                    shared.lock().unwrap().push_str(&line);
-                    // The receiver may be gone; keep draining regardless.
-                    let _ = tx.send(line);
-                }
-            }
-        }
-    });
-    (text, rx, handle)
-}
-
-/// Waits for `child` to exit, polling, for at most `timeout`.
-fn wait_for_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return Some(status);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// What a finished command did.
-#[derive(Debug)]
-struct Finished {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs a command to completion (killing it after [`PATIENCE`]) and collects its output.
-fn run(mut command: Command) -> Finished {
-    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let (stdout, _, out_thread) = drain(child.stdout.take().unwrap());
-    let (stderr, _, err_thread) = drain(child.stderr.take().unwrap());
-    let status = wait_for_exit(&mut child, PATIENCE);
-    if status.is_none() {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    out_thread.join().unwrap();
-    err_thread.join().unwrap();
-    let stdout = stdout.lock().unwrap().clone();
-    let stderr = stderr.lock().unwrap().clone();
-    let Some(status) = status else {
-        panic!("{command:?} did not finish within {PATIENCE:?}\nstdout:\n{stdout}\nstderr:\n{stderr}");
-    };
-    Finished { status, stdout, stderr }
-}
-
-/// Runs a command that must succeed.
-fn run_ok(command: Command) -> Finished {
-    let finished = run(command);
-    assert!(finished.status.success(), "failed: {finished:?}");
-    finished
-}
-
-/// Sends SIGTERM to a process (no libc: `unsafe` is forbidden here).
-fn sigterm(pid: u32) {
-    let status = Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
-    assert!(status.success(), "kill -TERM {pid} failed: {status}");
-}
-
-/// A running `clover serve`, killed when dropped.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-    stderr: Arc<Mutex<String>>,
-    stderr_thread: Option<JoinHandle<()>>,
-}
-
-impl Server {
-    /// Starts `clover serve --listen 127.0.0.1:0 <args>` from `command` and waits for it to say
-    /// where it listens.
-    fn start(mut command: Command, args: &[&str]) -> Self {
-        command.arg("serve").args(["--listen", "127.0.0.1:0"]).args(args);
-        let mut child = command.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-        let (stderr, lines, stderr_thread) = drain(child.stderr.take().unwrap());
-        // From here on the guard owns the child, so that a failed start still kills it.
-        let mut server =
-            Self { child, addr: SocketAddr::from(([0, 0, 0, 0], 0)), stderr, stderr_thread: Some(stderr_thread) };
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match lines.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(addr) = serving_address(&line) {
-                        server.addr = addr;
-                        return server;
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    panic!("clover serve did not report its address within {PATIENCE:?}; stderr:\n{}", server.stderr())
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    let status = wait_for_exit(&mut server.child, PATIENCE);
-                    panic!("clover serve exited ({status:?}) before serving; stderr:\n{}", server.stderr())
-                }
-            }
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Everything the server wrote to stderr so far.
-    fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    /// Sends SIGTERM and waits for a clean exit; returns the whole stderr.
-    fn stop(mut self) -> String {
-        sigterm(self.pid());
-        let status = wait_for_exit(&mut self.child, PATIENCE);
-        let Some(status) = status else {
-            panic!("clover serve did not stop within {PATIENCE:?} of SIGTERM; stderr:\n{}", self.stderr());
-        };
-        if let Some(thread) = self.stderr_thread.take() {
-            thread.join().unwrap();
-        }
-        assert!(status.success(), "clover serve exited with {status} after SIGTERM; stderr:\n{}", self.stderr());
-        self.stderr()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if let Some(thread) = self.stderr_thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-/// The address in `clover: serving region "eu" on http://127.0.0.1:PORT (data in ...)`.
-fn serving_address(line: &str) -> Option<SocketAddr> {
-    let rest = line.strip_prefix("clover: serving region ")?;
-    let (_, after) = rest.split_once(" on http://")?;
-    let addr = after.split_whitespace().next()?;
-    Some(addr.parse().unwrap_or_else(|e| panic!("unparseable address in {line:?}: {e}")))
-}
-
-/// A token for an employee of the eu region at dublin-1, minted by the binary.
-fn mint_token(cwd: &Path, data_dir: &Path) -> String {
-    let mut command = clover(cwd);
-    command.arg("token").args([
-        "--principal",
-        "ana",
-        "--kind",
-        "employee",
-        "--region",
-        "eu",
-        "--site",
-        "dublin-1",
-        "--roles",
-        "support,analyst",
-        "--ttl",
-        "1h",
-        "--data-dir",
-    ]);
-    command.arg(data_dir);
-    let finished = run_ok(command);
-    let token = finished.stdout.trim().to_owned();
-    assert_eq!(token.split('.').count(), 3, "not a JWT: {finished:?}");
-    token
-}
+use crate::support::{
+    DUBLIN, PASSPHRASE_ENV, PATIENCE, Process, SINGAPORE, client, clover, create_subject, employee_token, run, run_ok,
+    signal, write_record,
+};
 
 #[cfg(unix)]
 fn mode(path: &Path) -> u32 {
@@ -245,44 +27,10 @@ fn mode(path: &Path) -> u32 {
 // HTTP
 // ---------------------------------------------------------------------------------------------
 
-/// An HTTP client whose connections come from `from`, so the boundary places them at that site.
-fn client(from: IpAddr) -> reqwest::Client {
-    reqwest::Client::builder().local_address(from).no_proxy().timeout(PATIENCE).build().unwrap()
-}
-
-/// Registers an eu subject; must answer 201.
-async fn create_subject(server: &Server, token: &str, subject: &str) {
-    let response = client(DUBLIN)
-        .put(server.url(&format!("/v1/subjects/{subject}")))
-        .bearer_auth(token)
-        .json(&json!({"home_region": "eu", "birth_date": "2011-05-01"}))
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    let body = response.text().await.unwrap();
-    assert_eq!(status, 201, "PUT subject: {body}");
-}
-
-/// Writes a profile record; must answer 201. Returns its id.
-async fn write_record(server: &Server, token: &str, subject: &str, fields: &Value) -> String {
-    let response = client(DUBLIN)
-        .post(server.url(&format!("/v1/subjects/{subject}/records")))
-        .bearer_auth(token)
-        .json(&json!({"category": "profile", "fields": fields}))
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(status, 201, "POST record: {body}");
-    body["record_id"].as_str().unwrap_or_else(|| panic!("no record_id in {body}")).to_owned()
-}
-
 /// Reads a record from `from`; returns the status, the content type and the JSON body.
-async fn read_record(server: &Server, token: &str, record: &str, from: IpAddr) -> (u16, String, Value) {
+async fn read_record(server: &Process, token: &str, record: &str, from: IpAddr) -> (u16, String, Value) {
     let response = client(from)
-        .get(server.url(&format!("/v1/records/{record}")))
+        .get(server.at(&format!("/v1/records/{record}")))
         .bearer_auth(token)
         .header("X-Clover-Purpose", "support")
         .send()
@@ -377,7 +125,7 @@ impl RawConnection {
 #[tokio::test]
 async fn serve_with_no_setup_initialises_and_serves() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = Server::start(clover(tmp.path()), &[]);
+    let server = Process::serve(clover(tmp.path()), &[]);
 
     let stderr = server.stderr();
     assert!(stderr.contains("clover: initialised ./clover-data"), "stderr:\n{stderr}");
@@ -396,14 +144,14 @@ async fn serve_with_no_setup_initialises_and_serves() {
         assert_eq!(mode(&data_dir) & 0o077, 0, "data directory is open to others");
     }
 
-    let health = client(DUBLIN).get(server.url("/healthz")).send().await.unwrap();
+    let health = client(DUBLIN).get(server.at("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
     assert_eq!(health.text().await.unwrap().trim(), "ok");
 
-    let token = mint_token(tmp.path(), &data_dir);
+    let token = employee_token(tmp.path(), &data_dir);
     create_subject(&server, &token, "s-1").await;
     let fields = json!({"display_name": "Aoife", "email": "aoife@example.ie"});
-    let record = write_record(&server, &token, "s-1", &fields).await;
+    let (record, _) = write_record(&server, &token, "s-1", &fields).await;
 
     let (status, _, body) = read_record(&server, &token, &record, DUBLIN).await;
     assert_eq!(status, 200, "read from dublin-1: {body}");
@@ -463,8 +211,8 @@ fn init_refuses_to_overwrite_keys() {
 #[tokio::test]
 async fn sigterm_finishes_requests_in_flight() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = Server::start(clover(tmp.path()), &[]);
-    let token = mint_token(tmp.path(), &tmp.path().join("clover-data"));
+    let server = Process::serve(clover(tmp.path()), &[]);
+    let token = employee_token(tmp.path(), &tmp.path().join("clover-data"));
     create_subject(&server, &token, "s-1").await;
 
     let body = br#"{"category": "profile", "fields": {"display_name": "Aoife", "note": "written while stopping"}}"#;
@@ -483,7 +231,7 @@ async fn sigterm_finishes_requests_in_flight() {
     assert!(interim.starts_with("HTTP/1.1 100"), "expected 100 Continue, got {interim:?}");
     connection.send(first);
 
-    sigterm(server.pid());
+    signal("TERM", server.pid());
     // The server has taken the signal once it stops accepting connections.
     let deadline = Instant::now() + PATIENCE;
     loop {
@@ -511,8 +259,8 @@ async fn sigterm_finishes_requests_in_flight() {
 
     let addr = server.addr;
     let mut server = server;
-    let status = wait_for_exit(&mut server.child, PATIENCE)
-        .unwrap_or_else(|| panic!("did not exit after SIGTERM; stderr:\n{}", server.stderr()));
+    let status =
+        server.wait(PATIENCE).unwrap_or_else(|| panic!("did not exit after SIGTERM; stderr:\n{}", server.stderr()));
     assert!(status.success(), "exited with {status}; stderr:\n{}", server.stderr());
     let error = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map(|_| ()).unwrap_err();
     assert_eq!(error.kind(), std::io::ErrorKind::ConnectionRefused, "after shutdown: {error}");
@@ -524,16 +272,16 @@ async fn a_second_serve_reuses_the_keys() {
     let data_dir = tmp.path().join("clover-data");
     let fields = json!({"display_name": "Aoife", "languages": ["ga", "en"], "age_band": 3});
 
-    let server = Server::start(clover(tmp.path()), &[]);
-    let token = mint_token(tmp.path(), &data_dir);
+    let server = Process::serve(clover(tmp.path()), &[]);
+    let token = employee_token(tmp.path(), &data_dir);
     create_subject(&server, &token, "s-1").await;
-    let record = write_record(&server, &token, "s-1", &fields).await;
+    let (record, _) = write_record(&server, &token, "s-1", &fields).await;
     server.stop();
     let keyring = std::fs::read(data_dir.join("keyring.json")).unwrap();
     let issuer = std::fs::read(data_dir.join("dev-issuer.p8")).unwrap();
     let passphrase = std::fs::read(data_dir.join("passphrase")).unwrap();
 
-    let server = Server::start(clover(tmp.path()), &[]);
+    let server = Process::serve(clover(tmp.path()), &[]);
     let stderr = server.stderr();
     assert!(!stderr.contains("initialised"), "the second serve initialised again:\n{stderr}");
     // The token minted before the restart still verifies: the issuer key persisted.
@@ -542,7 +290,7 @@ async fn a_second_serve_reuses_the_keys() {
     assert_eq!(body["fields"], fields, "{body}");
     assert_eq!(body["view"], "full", "{body}");
     // And so does a fresh one.
-    let fresh = mint_token(tmp.path(), &data_dir);
+    let fresh = employee_token(tmp.path(), &data_dir);
     let (status, _, body) = read_record(&server, &fresh, &record, DUBLIN).await;
     assert_eq!(status, 200, "read with a fresh token: {body}");
     assert_eq!(body["fields"], fields, "{body}");
@@ -682,9 +430,9 @@ fn bench_scale_measures_every_axis_and_draws_it() {
 #[test]
 fn bench_http_drives_a_running_server_from_both_origins() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = Server::start(clover(tmp.path()), &["--data-dir", "data"]);
+    let server = Process::serve(clover(tmp.path()), &["--data-dir", "data"]);
     let mut command = clover(tmp.path());
-    command.args(["bench", "http", "--url", &server.url(""), "--data-dir", "data"]);
+    command.args(["bench", "http", "--url", &server.url, "--data-dir", "data"]);
     command.args(["--requests", "60", "--concurrency", "4", "--records", "3", "--foreign-percent", "25", "--json"]);
     let finished = run_ok(command);
     let report: Value = serde_json::from_str(&finished.stdout).unwrap();
@@ -700,7 +448,7 @@ fn bench_http_drives_a_running_server_from_both_origins() {
 
     // Bounded in time: a limit too short for the records stops it with a clear error.
     let mut command = clover(tmp.path());
-    command.args(["bench", "http", "--url", &server.url(""), "--data-dir", "data", "--records", "100000"]);
+    command.args(["bench", "http", "--url", &server.url, "--data-dir", "data", "--records", "100000"]);
     command.args(["--max-time", "1s"]);
     let stopped = run(command);
     assert!(!stopped.status.success());
@@ -709,7 +457,7 @@ fn bench_http_drives_a_running_server_from_both_origins() {
     // The server logged every read, the refusals from abroad included (and the writes).
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let checkpoint = runtime
-        .block_on(async { client(DUBLIN).get(server.url("/log/checkpoint")).send().await?.text().await })
+        .block_on(async { client(DUBLIN).get(server.at("/log/checkpoint")).send().await?.text().await })
         .unwrap();
     let size: u64 = checkpoint.lines().nth(1).unwrap().parse().unwrap();
     assert!(size > 60 + 3, "a checkpoint of {size} entries after 60 reads and 3 writes:\n{checkpoint}");

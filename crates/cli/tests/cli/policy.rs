@@ -1,26 +1,22 @@
 //! `clover policy check` and `clover policy explain`, run as a user would.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, missing_docs)]
-
 use std::path::Path;
-use std::process::{Command, Output};
 
-const BIN: &str = env!("CARGO_BIN_EXE_clover");
+use crate::support::{DUBLIN, Finished, Process, client, clover_with_passphrase, mint_token, run, signal};
 
-fn clover(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).current_dir(env!("CARGO_MANIFEST_DIR")).output().unwrap()
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
+/// Runs `clover ARGS` in the crate's directory.
+fn clover(args: &[&str]) -> Finished {
+    let mut command = crate::support::clover(Path::new(env!("CARGO_MANIFEST_DIR")));
+    command.args(args);
+    run(command)
 }
 
 #[test]
 fn check_accepts_the_shipped_pack_and_names_what_is_wrong_with_a_bad_one() {
     let pack = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policies");
     let ok = clover(&["policy", "check", pack.to_str().unwrap()]);
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
-    assert!(stdout(&ok).contains("valid, 12 policies"), "{}", stdout(&ok));
+    assert!(ok.status.success(), "{}", ok.stderr);
+    assert!(ok.stdout.contains("valid, 12 policies"), "{}", ok.stdout);
 
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(pack.join("clover.cedarschema"), dir.path().join("clover.cedarschema")).unwrap();
@@ -31,7 +27,7 @@ fn check_accepts_the_shipped_pack_and_names_what_is_wrong_with_a_bad_one() {
     .unwrap();
     let bad = clover(&["policy", "check", dir.path().to_str().unwrap()]);
     assert!(!bad.status.success());
-    let stderr = String::from_utf8_lossy(&bad.stderr);
+    let stderr = &bad.stderr;
     assert!(stderr.contains("typo") && stderr.contains("catgory"), "{stderr}");
 }
 
@@ -69,8 +65,8 @@ fn explain_prints_the_outcome_and_the_deciding_policies() {
         }
         all.extend_from_slice(args);
         let out = clover(&all);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let text = stdout(&out);
+        assert!(out.status.success(), "{}", out.stderr);
+        let text = &out.stdout;
         assert!(text.contains(&format!("outcome:  {outcome}\n")), "{args:?}: {text}");
         assert!(text.contains(&format!("policies: {policy}")), "{args:?}: {text}");
     }
@@ -78,9 +74,6 @@ fn explain_prints_the_outcome_and_the_deciding_policies() {
 
 #[test]
 fn sighup_reloads_the_policies() {
-    use std::io::{BufRead, BufReader};
-    use std::process::Stdio;
-
     let tmp = tempfile::tempdir().unwrap();
     let pack = tmp.path().join("policies");
     std::fs::create_dir(&pack).unwrap();
@@ -94,39 +87,14 @@ fn sighup_reloads_the_policies() {
         format!("[policy]\ndir = {:?}\nwatch = false\n", pack.to_str().unwrap()),
     )
     .unwrap();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config", "clover.toml", "--data-dir", "data", "--listen", "127.0.0.1:0"])
-        .current_dir(tmp.path())
-        .env("CLOVER_PASSPHRASE", "sighup-test")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let stderr = child.stderr.take().unwrap();
-    let mut child = Kill(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let url = loop {
-        let line = rx.recv_timeout(deadline - std::time::Instant::now()).expect("serve did not start");
-        if let Some(rest) = line.split(" on ").nth(1).filter(|_| line.starts_with("clover: serving")) {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-    };
+    let server = Process::serve(
+        clover_with_passphrase(tmp.path(), "sighup-test"),
+        &["--config", "clover.toml", "--data-dir", "data"],
+    );
+    let url = &server.url;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
-    let token = token(tmp.path());
+    let client = client(DUBLIN);
+    let token = mint_token(clover_with_passphrase(tmp.path(), "sighup-test"), &["--data-dir", "data"], "");
     // A probe decided by the pack: registering a subject (a write).
     let decide = || -> bool {
         runtime.block_on(async {
@@ -144,23 +112,10 @@ fn sighup_reloads_the_policies() {
     std::fs::write(pack.join("lockdown.cedar"), "@id(\"lockdown\") forbid (principal, action, resource);\n").unwrap();
     std::thread::sleep(std::time::Duration::from_millis(1500));
     assert!(decide(), "with watching off, a change alone reloads nothing");
-    Command::new("kill").args(["-HUP", &child.0.id().to_string()]).status().unwrap();
+    signal("HUP", server.pid());
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     while decide() {
         assert!(std::time::Instant::now() < deadline, "SIGHUP did not reload the policies");
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    let _ = &mut child;
-}
-
-fn token(dir: &Path) -> String {
-    let out = Command::new(BIN)
-        .args(["token", "--principal", "ana", "--kind", "employee", "--region", "eu", "--site", "dublin-1"])
-        .args(["--data-dir", "data"])
-        .current_dir(dir)
-        .env("CLOVER_PASSPHRASE", "sighup-test")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }

@@ -1,61 +1,29 @@
 //! TLS between Clover's processes, as a user sets it up: `clover init --dev-tls`, a boundary
 //! over TLS, a custodian and a witness over mutual TLS, and plain HTTP refused off loopback.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, missing_docs)]
-
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
-const BIN: &str = env!("CARGO_BIN_EXE_clover");
-const PATIENCE: Duration = Duration::from_secs(30);
+use crate::support::{Finished, PATIENCE, Process, clover_with_passphrase, mint_token, run, stdout_of};
 
 fn clover(dir: &Path) -> Command {
-    let mut command = Command::new(BIN);
-    command.current_dir(dir).env("CLOVER_PASSPHRASE", "tls-test").env("NO_COLOR", "1").stdin(Stdio::null());
-    command
+    clover_with_passphrase(dir, "tls-test")
 }
 
-fn output(mut command: Command) -> (bool, String, String) {
-    let out = command.stdout(Stdio::piped()).stderr(Stdio::piped()).output().unwrap();
-    (out.status.success(), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
+/// Starts `command` and waits for it to say that it serves over TLS.
+fn start(command: Command) -> Process {
+    let process = Process::start(command);
+    assert!(process.url.starts_with("https://"), "the process did not start over TLS: {}", process.url);
+    process
 }
 
-fn stdout(command: Command) -> String {
-    let (ok, out, err) = output(command);
-    assert!(ok, "{err}");
-    out.trim().to_owned()
-}
-
-struct Process {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `command` and waits for the stderr line with its `https://` URL.
-fn start(mut command: Command) -> Process {
-    let mut child = command.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split(" on https://").nth(1) {
-                let _ = tx.send(format!("https://{}", rest.split_whitespace().next().unwrap_or("")));
-            }
-        }
-    });
-    let url = rx.recv_timeout(PATIENCE).expect("the process did not start over TLS");
-    Process { child, url }
+/// Runs `command` to completion: whether it succeeded, its stdout and its stderr.
+fn output(command: Command) -> (bool, String, String) {
+    let Finished { status, stdout, stderr } = run(command);
+    (status.success(), stdout, stderr)
 }
 
 fn reserve() -> (std::net::TcpListener, u16) {
@@ -86,10 +54,10 @@ fn plain_http_off_loopback_is_refused_by_every_listener() {
 
     let mut init = clover(dir.path());
     init.args(["init", "--data-dir", "real"]);
-    stdout(init);
+    stdout_of(init);
     let mut vkey = clover(dir.path());
     vkey.args(["log", "vkey", "--data-dir", "real"]);
-    let vkey = stdout(vkey);
+    let vkey = stdout_of(vkey);
 
     let mut custodian = clover(dir.path());
     custodian.args(["custodian", "serve", "--dir", "custodian", "--listen", "0.0.0.0:0"]);
@@ -165,7 +133,7 @@ async fn dev_tls_a_boundary_its_custodian_and_a_witness_over_mutual_tls() {
 
     let mut vkey = clover(dir.path());
     vkey.args(["log", "vkey", "--data-dir", "data"]);
-    let vkey = stdout(vkey);
+    let vkey = stdout_of(vkey);
     let ca = tls.join("ca.pem");
     let path = |name: &str| tls.join(name).to_str().unwrap().to_owned();
 
@@ -173,7 +141,7 @@ async fn dev_tls_a_boundary_its_custodian_and_a_witness_over_mutual_tls() {
     let mut witness_vkey = clover(dir.path());
     witness_vkey.args(["audit", "witness", "--name", "witness.example", "--key", "witness.p8", "--state", "w.state"]);
     witness_vkey.args(["--log", &vkey, "--print-vkey"]);
-    let witness_vkey = stdout(witness_vkey);
+    let witness_vkey = stdout_of(witness_vkey);
     let mut witness = clover(dir.path());
     witness.args(["audit", "witness", "--name", "witness.example", "--key", "witness.p8", "--state", "w.state"]);
     witness.args(["--log", &vkey, "--listen", "127.0.0.1:0"]);
@@ -215,10 +183,7 @@ async fn dev_tls_a_boundary_its_custodian_and_a_witness_over_mutual_tls() {
 
     // An employee over TLS: a write and a read, whose data key the custodian hands out over
     // mutual TLS.
-    let mut token = clover(dir.path());
-    token.args(["token", "--data-dir", "data", "--principal", "ana", "--kind", "employee", "--region", "eu"]);
-    token.args(["--site", "dublin-1", "--roles", "support"]);
-    let token = stdout(token);
+    let token = mint_token(clover(dir.path()), &["--data-dir", "data"], "support");
     let employee = client(&tls, None);
     let subject = format!("{boundary_url}/v1/subjects/u-1");
     let put =
@@ -252,7 +217,7 @@ async fn dev_tls_a_boundary_its_custodian_and_a_witness_over_mutual_tls() {
     let mut status = clover(dir.path());
     status.args(["custodian", "status", "--url", &custodian.url, "--dir", "custodian", "--ca", &path("ca.pem")]);
     status.args(["--cert", &path("custodian.pem"), "--key", &path("custodian.key")]);
-    assert!(stdout(status).contains("kek v1 (current)"));
+    assert!(stdout_of(status).contains("kek v1 (current)"));
 
     // An auditor verifies the log over TLS, with the witness's cosignature.
     let deadline = std::time::Instant::now() + PATIENCE;
@@ -273,6 +238,6 @@ async fn dev_tls_a_boundary_its_custodian_and_a_witness_over_mutual_tls() {
     let mut bench = clover(dir.path());
     bench.args(["bench", "http", "--url", &boundary_url, "--ca", ca.to_str().unwrap(), "--data-dir", "data"]);
     bench.args(["--requests", "20", "--concurrency", "4", "--records", "2"]);
-    let report = stdout(bench);
+    let report = stdout_of(bench);
     assert!(report.contains("20 reads answered"), "{report}");
 }

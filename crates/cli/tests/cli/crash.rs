@@ -12,19 +12,11 @@
 //! All traffic is to 127.0.0.1; the test is bounded in count (a few hundred appends per client)
 //! and in time (every wait gives up after [`PATIENCE`]), and never leaves a server running.
 
-#![cfg(unix)]
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, missing_docs)]
-
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::unix::process::ExitStatusExt;
-use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use clover_tlog::checkpoint::Checkpoint;
@@ -33,12 +25,10 @@ use clover_tlog::note::{Note, VerifierKey};
 use clover_tlog::tree::{verify_consistency, verify_inclusion};
 use serde_json::{Value, json};
 
-const BIN: &str = env!("CARGO_BIN_EXE_clover");
-/// How long a process gets to start, answer or stop: generous, for slow machines.
-const PATIENCE: Duration = Duration::from_secs(30);
-const PASSPHRASE_ENV: &str = "CLOVER_PASSPHRASE";
-/// An address of the `dublin-1` site (region eu) in the default configuration.
-const DUBLIN: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
+use crate::support::{
+    DUBLIN, PATIENCE, Process, acknowledgement, clover, create_subject, employee_token, run_ok, stdout_of,
+};
+
 const SUBJECT: &str = "s-crash";
 
 /// Concurrent appending clients.
@@ -56,210 +46,12 @@ const CHECKPOINT_POLL: Duration = Duration::from_millis(20);
 const BUNDLE_WIDTH: u64 = 256;
 
 // ---------------------------------------------------------------------------------------------
-// Processes (as in cli.rs)
-// ---------------------------------------------------------------------------------------------
-
-/// A `clover` command in `cwd`, with an environment that does not leak from the test's own.
-fn clover(cwd: &Path) -> Command {
-    let mut command = Command::new(BIN);
-    command
-        .current_dir(cwd)
-        .env_remove(PASSPHRASE_ENV)
-        .env_remove("CLOVER_LOG_FORMAT")
-        .env("CLOVER_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null());
-    command
-}
-
-/// Drains a child's pipe on a thread, line by line, into a shared string; each line is also
-/// sent on the returned channel.
-fn drain(pipe: impl Read + Send + 'static) -> (Arc<Mutex<String>>, mpsc::Receiver<String>, JoinHandle<()>) {
-    let text = Arc::new(Mutex::new(String::new()));
-    let (tx, rx) = mpsc::channel();
-    let shared = Arc::clone(&text);
-    let handle = std::thread::spawn(move || {
-        let mut reader = BufReader::new(pipe);
-        let mut raw = Vec::new();
-        loop {
-            raw.clear();
-            match reader.read_until(b'\n', &mut raw) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    let line = String::from_utf8_lossy(&raw).into_owned();
-                    shared.lock().unwrap().push_str(&line);
-                    let _ = tx.send(line);
-                }
-            }
-        }
-    });
-    (text, rx, handle)
-}
-
-/// Waits for `child` to exit, polling, for at most `timeout`.
-fn wait_for_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return Some(status);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Runs a command that must succeed within [`PATIENCE`]; returns its stdout.
-fn run_ok(mut command: Command) -> String {
-    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let (stdout, _, out_thread) = drain(child.stdout.take().unwrap());
-    let (stderr, _, err_thread) = drain(child.stderr.take().unwrap());
-    let status = wait_for_exit(&mut child, PATIENCE);
-    if status.is_none() {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    out_thread.join().unwrap();
-    err_thread.join().unwrap();
-    let stdout = stdout.lock().unwrap().clone();
-    let stderr = stderr.lock().unwrap().clone();
-    match status {
-        Some(status) if status.success() => stdout,
-        _ => panic!("{command:?} failed ({status:?})\nstdout:\n{stdout}\nstderr:\n{stderr}"),
-    }
-}
-
-/// Sends a signal to a process (no libc: `unsafe` is forbidden here).
-fn signal(name: &str, pid: u32) {
-    let status = Command::new("kill").args([&format!("-{name}"), &pid.to_string()]).status().unwrap();
-    assert!(status.success(), "kill -{name} {pid} failed: {status}");
-}
-
-/// A running `clover serve`, killed when dropped.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-    stderr: Arc<Mutex<String>>,
-    stderr_thread: Option<JoinHandle<()>>,
-}
-
-impl Server {
-    /// Starts `clover serve --listen 127.0.0.1:0 <args>` and waits for it to say where it listens.
-    fn start(mut command: Command, args: &[&str]) -> Self {
-        command.arg("serve").args(["--listen", "127.0.0.1:0"]).args(args);
-        let mut child = command.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-        let (stderr, lines, stderr_thread) = drain(child.stderr.take().unwrap());
-        // From here on the guard owns the child, so that a failed start still kills it.
-        let mut server =
-            Self { child, addr: SocketAddr::from(([0, 0, 0, 0], 0)), stderr, stderr_thread: Some(stderr_thread) };
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match lines.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(addr) = serving_address(&line) {
-                        server.addr = addr;
-                        return server;
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    panic!("clover serve did not report its address within {PATIENCE:?}; stderr:\n{}", server.stderr())
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    let status = wait_for_exit(&mut server.child, PATIENCE);
-                    panic!("clover serve exited ({status:?}) before serving; stderr:\n{}", server.stderr())
-                }
-            }
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Everything the server wrote to stderr so far.
-    fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    /// Sends SIGKILL and waits (without blocking the runtime) until the process is gone.
-    async fn kill_hard(&mut self) -> ExitStatus {
-        signal("KILL", self.pid());
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "clover serve still running {PATIENCE:?} after SIGKILL");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    /// Sends SIGTERM and waits for a clean exit.
-    fn stop(mut self) {
-        signal("TERM", self.pid());
-        let Some(status) = wait_for_exit(&mut self.child, PATIENCE) else {
-            panic!("clover serve did not stop within {PATIENCE:?} of SIGTERM; stderr:\n{}", self.stderr());
-        };
-        assert!(status.success(), "clover serve exited with {status} after SIGTERM; stderr:\n{}", self.stderr());
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        // A no-op on a child already reaped.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if let Some(thread) = self.stderr_thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-/// The address in `clover: serving region "eu" on http://127.0.0.1:PORT (data in ...)`.
-fn serving_address(line: &str) -> Option<SocketAddr> {
-    let rest = line.strip_prefix("clover: serving region ")?;
-    let (_, after) = rest.split_once(" on http://")?;
-    let addr = after.split_whitespace().next()?;
-    Some(addr.parse().unwrap_or_else(|e| panic!("unparseable address in {line:?}: {e}")))
-}
-
-/// A token for an employee of the eu region at dublin-1, minted by the binary.
-fn mint_token(cwd: &Path, data_dir: &Path) -> String {
-    let mut command = clover(cwd);
-    command.arg("token").args([
-        "--principal",
-        "ana",
-        "--kind",
-        "employee",
-        "--region",
-        "eu",
-        "--site",
-        "dublin-1",
-        "--roles",
-        "support,analyst",
-        "--ttl",
-        "1h",
-        "--data-dir",
-    ]);
-    command.arg(data_dir);
-    let token = run_ok(command).trim().to_owned();
-    assert_eq!(token.split('.').count(), 3, "not a JWT: {token:?}");
-    token
-}
-
-// ---------------------------------------------------------------------------------------------
 // HTTP
 // ---------------------------------------------------------------------------------------------
 
 /// An HTTP client whose connections come from 127.0.0.1 (the `dublin-1` site).
 fn client() -> reqwest::Client {
-    reqwest::Client::builder().local_address(DUBLIN).no_proxy().timeout(PATIENCE).build().unwrap()
+    crate::support::client(DUBLIN)
 }
 
 /// GETs `url`; must answer 200. Returns the body.
@@ -276,39 +68,9 @@ async fn get_json(http: &reqwest::Client, url: &str) -> Value {
     serde_json::from_slice(&body).unwrap_or_else(|e| panic!("GET {url}: not JSON ({e}): {body:?}"))
 }
 
-/// Registers an eu subject; must answer 201.
-async fn create_subject(server: &Server, token: &str, subject: &str) {
-    let response = client()
-        .put(server.url(&format!("/v1/subjects/{subject}")))
-        .bearer_auth(token)
-        .json(&json!({"home_region": "eu", "birth_date": "2011-05-01"}))
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    let body = response.text().await.unwrap();
-    assert_eq!(status, 201, "PUT subject: {body}");
-}
-
-/// Writes a profile record; must answer 201. Returns its id and log index.
-async fn write_record(server: &Server, token: &str, fields: &Value) -> (String, u64) {
-    let response = client()
-        .post(server.url(&format!("/v1/subjects/{SUBJECT}/records")))
-        .bearer_auth(token)
-        .json(&json!({"category": "profile", "fields": fields}))
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    let text = response.text().await.unwrap();
-    assert_eq!(status, 201, "POST record: {text}");
-    acknowledgement(&text).unwrap_or_else(|| panic!("no record_id and log_index in {text}"))
-}
-
-/// The `(record_id, log_index)` of a 201 answer to a write.
-fn acknowledgement(text: &str) -> Option<(String, u64)> {
-    let body: Value = serde_json::from_str(text).ok()?;
-    Some((body["record_id"].as_str()?.to_owned(), body["log_index"].as_u64()?))
+/// Writes a profile record of the test's subject; must answer 201. Returns its id and log index.
+async fn write_record(server: &Process, token: &str, fields: &Value) -> (String, u64) {
+    crate::support::write_record(server, token, SUBJECT, fields).await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -351,14 +113,14 @@ fn tile_index_path(n: u64) -> String {
 }
 
 /// Every entry of the tree of `size` entries, read from the entry bundles.
-async fn fetch_entries(http: &reqwest::Client, server: &Server, size: u64) -> Vec<Vec<u8>> {
+async fn fetch_entries(http: &reqwest::Client, server: &Process, size: u64) -> Vec<Vec<u8>> {
     let mut entries = Vec::new();
     let mut bundle = 0;
     while bundle * BUNDLE_WIDTH < size {
         let width = (size - bundle * BUNDLE_WIDTH).min(BUNDLE_WIDTH);
         let partial = if width == BUNDLE_WIDTH { String::new() } else { format!(".p/{width}") };
         let path = format!("/log/tile/entries/{}{partial}", tile_index_path(bundle));
-        let bytes = get_ok(http, &server.url(&path)).await;
+        let bytes = get_ok(http, &server.at(&path)).await;
         let mut rest = bytes.as_slice();
         let mut count = 0;
         while !rest.is_empty() {
@@ -402,8 +164,8 @@ fn independent(hashes: &[Hash]) -> Vec<tlog_tiles::Hash> {
 
 /// Proves, through the server's proof endpoint, that the tree `old` is a prefix of the tree
 /// `new`, and checks the proof with both verifiers.
-async fn check_consistency(http: &reqwest::Client, server: &Server, old: &Checkpoint, new: &Checkpoint) {
-    let url = server.url(&format!("/v1/log/proof/consistency?old={}&new={}", old.size, new.size));
+async fn check_consistency(http: &reqwest::Client, server: &Process, old: &Checkpoint, new: &Checkpoint) {
+    let url = server.at(&format!("/v1/log/proof/consistency?old={}&new={}", old.size, new.size));
     let answer = get_json(http, &url).await;
     assert_eq!(answer["old"], old.size, "{answer}");
     assert_eq!(answer["new"], new.size, "{answer}");
@@ -427,8 +189,8 @@ async fn check_consistency(http: &reqwest::Client, server: &Server, old: &Checkp
 
 /// Proves, through the server's proof endpoint, that `entry` is at `index` in the tree of
 /// `checkpoint`, and checks the proof with both verifiers.
-async fn check_inclusion(http: &reqwest::Client, server: &Server, checkpoint: &Checkpoint, index: u64, entry: &[u8]) {
-    let url = server.url(&format!("/v1/log/proof/inclusion?index={index}&size={}", checkpoint.size));
+async fn check_inclusion(http: &reqwest::Client, server: &Process, checkpoint: &Checkpoint, index: u64, entry: &[u8]) {
+    let url = server.at(&format!("/v1/log/proof/inclusion?index={index}&size={}", checkpoint.size));
     let answer = get_json(http, &url).await;
     assert_eq!(answer["index"], index, "{answer}");
     assert_eq!(answer["size"], checkpoint.size, "{answer}");
@@ -585,11 +347,11 @@ async fn sigkill_loses_no_acknowledged_entry() {
     run_ok(init);
     let mut vkey = clover(tmp.path());
     vkey.args(["log", "vkey", "--data-dir", &data_arg]);
-    let vkey = run_ok(vkey).trim().to_owned();
-    let token = mint_token(tmp.path(), &data_dir);
+    let vkey = stdout_of(vkey);
+    let token = employee_token(tmp.path(), &data_dir);
 
     // 1. A server, a subject.
-    let mut server = Server::start(clover(tmp.path()), &["--data-dir", &data_arg]);
+    let mut server = Process::serve(clover(tmp.path()), &["--data-dir", &data_arg]);
     create_subject(&server, &token, SUBJECT).await;
 
     // 2. Clients append while the checkpoint is polled.
@@ -598,7 +360,7 @@ async fn sigkill_loses_no_acknowledged_entry() {
     let acked = Arc::new(AtomicUsize::new(0));
     let seen_count = Arc::new(AtomicUsize::new(0));
     let poller = tokio::spawn(poll_checkpoints(
-        server.url("/log/checkpoint"),
+        server.at("/log/checkpoint"),
         vkey.clone(),
         Arc::clone(&seen_count),
         Arc::clone(&killed),
@@ -606,7 +368,7 @@ async fn sigkill_loses_no_acknowledged_entry() {
     let clients: Vec<_> = (0..CLIENTS)
         .map(|c| {
             tokio::spawn(append_until_killed(
-                server.url(&format!("/v1/subjects/{SUBJECT}/records")),
+                server.at(&format!("/v1/subjects/{SUBJECT}/records")),
                 token.clone(),
                 c,
                 Arc::clone(&acks),
@@ -674,9 +436,9 @@ async fn sigkill_loses_no_acknowledged_entry() {
     }
 
     // 4. Restart on the same data directory.
-    let server = Server::start(clover(tmp.path()), &["--data-dir", &data_arg]);
+    let server = Process::serve(clover(tmp.path()), &["--data-dir", &data_arg]);
     let http = client();
-    let note = String::from_utf8(get_ok(&http, &server.url("/log/checkpoint")).await).unwrap();
+    let note = String::from_utf8(get_ok(&http, &server.at("/log/checkpoint")).await).unwrap();
     let after = verify_checkpoint(&vkey, &note);
     let max_acked = *indexes.last().expect("no acknowledged append");
     assert!(
@@ -721,7 +483,7 @@ async fn sigkill_loses_no_acknowledged_entry() {
     );
     let deadline = Instant::now() + PATIENCE;
     let latest = loop {
-        let note = String::from_utf8(get_ok(&http, &server.url("/log/checkpoint")).await).unwrap();
+        let note = String::from_utf8(get_ok(&http, &server.at("/log/checkpoint")).await).unwrap();
         let checkpoint = verify_checkpoint(&vkey, &note);
         if checkpoint.size > index {
             break checkpoint;
@@ -764,8 +526,8 @@ async fn sigkill_loses_no_acknowledged_entry() {
 // ---------------------------------------------------------------------------------------------
 
 /// Whether the gateway says, in its metrics, that it sequences the log.
-async fn is_sequencer(http: &reqwest::Client, server: &Server) -> bool {
-    let text = String::from_utf8(get_ok(http, &server.url("/metrics")).await).unwrap();
+async fn is_sequencer(http: &reqwest::Client, server: &Process) -> bool {
+    let text = String::from_utf8(get_ok(http, &server.at("/metrics")).await).unwrap();
     let value = text
         .lines()
         .find_map(|line| line.strip_prefix("clover_log_sequencer "))
@@ -792,18 +554,18 @@ async fn two_gateways_one_log_and_the_sequencer_killed() {
     assert!(copied.success());
     let mut vkey = clover(tmp.path());
     vkey.args(["log", "vkey", "--data-dir", &arg_a]);
-    let vkey = run_ok(vkey).trim().to_owned();
-    let token = mint_token(tmp.path(), &dir_a);
+    let vkey = stdout_of(vkey);
+    let token = employee_token(tmp.path(), &dir_a);
     let http = client();
 
     // 1. The first gateway up sequences; the second follows.
-    let mut a = Server::start(clover(tmp.path()), &["--data-dir", &arg_a, "--store", &database.url]);
+    let mut a = Process::serve(clover(tmp.path()), &["--data-dir", &arg_a, "--store", &database.url]);
     let deadline = Instant::now() + PATIENCE;
     while !is_sequencer(&http, &a).await {
         assert!(Instant::now() < deadline, "the only gateway does not sequence; stderr:\n{}", a.stderr());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let b = Server::start(clover(tmp.path()), &["--data-dir", &arg_b, "--store", &database.url]);
+    let b = Process::serve(clover(tmp.path()), &["--data-dir", &arg_b, "--store", &database.url]);
     assert!(!is_sequencer(&http, &b).await, "two gateways sequence at once");
     create_subject(&a, &token, SUBJECT).await;
 
@@ -815,7 +577,7 @@ async fn two_gateways_one_log_and_the_sequencer_killed() {
     let (acked_a, acked_b) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let seen_count = Arc::new(AtomicUsize::new(0));
     let poller = tokio::spawn(poll_checkpoints(
-        a.url("/log/checkpoint"),
+        a.at("/log/checkpoint"),
         vkey.clone(),
         Arc::clone(&seen_count),
         Arc::clone(&killed),
@@ -826,7 +588,7 @@ async fn two_gateways_one_log_and_the_sequencer_killed() {
     for c in 0..CLIENTS {
         if c % 2 == 0 {
             on_a.push(tokio::spawn(append_until_killed(
-                a.url(&records),
+                a.at(&records),
                 token.clone(),
                 c,
                 Arc::clone(&acks_a),
@@ -836,7 +598,7 @@ async fn two_gateways_one_log_and_the_sequencer_killed() {
             )));
         } else {
             on_b.push(tokio::spawn(append_until_killed(
-                b.url(&records),
+                b.at(&records),
                 token.clone(),
                 c,
                 Arc::clone(&acks_b),
@@ -902,7 +664,7 @@ async fn two_gateways_one_log_and_the_sequencer_killed() {
     let acks: Vec<Ack> = acks_a.lock().unwrap().iter().chain(acks_b.lock().unwrap().iter()).cloned().collect();
     let indexes: BTreeSet<u64> = acks.iter().map(|a| a.index).collect();
     assert_eq!(indexes.len(), acks.len(), "two acknowledged writes share a log index");
-    let note = String::from_utf8(get_ok(&http, &b.url("/log/checkpoint")).await).unwrap();
+    let note = String::from_utf8(get_ok(&http, &b.at("/log/checkpoint")).await).unwrap();
     let after = verify_checkpoint(&vkey, &note);
     let max_acked = *indexes.last().unwrap();
     assert!(max_acked < after.size, "acknowledged entry {max_acked} is beyond the log of {}", after.size);
@@ -927,14 +689,14 @@ async fn two_gateways_one_log_and_the_sequencer_killed() {
     let after_kill = acks_b.lock().unwrap().iter().filter(|a| a.index >= largest_seen).count();
 
     // 5. The killed gateway comes back as a follower of the same log.
-    let a = Server::start(clover(tmp.path()), &["--data-dir", &arg_a, "--store", &database.url]);
+    let a = Process::serve(clover(tmp.path()), &["--data-dir", &arg_a, "--store", &database.url]);
     assert!(!is_sequencer(&http, &a).await, "the restarted gateway took the log from the running sequencer");
     let (record, index) = write_record(&a, &token, &json!({"display_name": "Aoife", "after": "failover"})).await;
     assert!(index >= after.size, "a write after the failover got index {index}, inside the tree of {}", after.size);
     let deadline = Instant::now() + PATIENCE;
     let latest = loop {
         let checkpoint =
-            verify_checkpoint(&vkey, &String::from_utf8(get_ok(&http, &a.url("/log/checkpoint")).await).unwrap());
+            verify_checkpoint(&vkey, &String::from_utf8(get_ok(&http, &a.at("/log/checkpoint")).await).unwrap());
         if checkpoint.size > index {
             break checkpoint;
         }

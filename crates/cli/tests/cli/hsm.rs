@@ -2,18 +2,14 @@
 //! the KEK and the checkpoint key are generated in the token; reads and writes work; the log's
 //! checkpoints verify with the HSM key's vkey; `clover keys rotate` re-wraps and retires.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, missing_docs)]
-
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
 use serde_json::{Value, json};
 
-const BIN: &str = env!("CARGO_BIN_EXE_clover");
+use crate::support::{DUBLIN, Finished, Process, client, clover_with_passphrase, mint_token, run, stdout_of};
+
 const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
-const PATIENCE: Duration = Duration::from_secs(30);
 
 struct Hsm {
     dir: tempfile::TempDir,
@@ -40,14 +36,8 @@ fn hsm() -> Hsm {
 
 impl Hsm {
     fn clover(&self) -> Command {
-        let mut command = Command::new(BIN);
-        command
-            .current_dir(self.dir.path())
-            .env("CLOVER_PASSPHRASE", "hsm-test")
-            .env("CLOVER_HSM_PIN", "1234")
-            .env("SOFTHSM2_CONF", &self.conf)
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null());
+        let mut command = clover_with_passphrase(self.dir.path(), "hsm-test");
+        command.env("CLOVER_HSM_PIN", "1234").env("SOFTHSM2_CONF", &self.conf);
         command
     }
 
@@ -61,64 +51,25 @@ impl Hsm {
         path
     }
 
-    fn run(&self, args: &[&str]) -> Output {
+    fn run(&self, args: &[&str]) -> Finished {
         let mut command = self.clover();
         command.args(args);
-        command.stdout(Stdio::piped()).stderr(Stdio::piped()).output().unwrap()
+        run(command)
     }
 
     fn stdout(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        let mut command = self.clover();
+        command.args(args);
+        stdout_of(command)
     }
 }
 
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve(hsm: &Hsm, config: &Path) -> Server {
-    let mut command = hsm.clover();
-    command.args(["serve", "--listen", "127.0.0.1:0", "--config", config.to_str().unwrap()]);
-    let mut child = command.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split(" on ").nth(1) {
-                let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_owned());
-            }
-        }
-    });
-    let url = rx.recv_timeout(PATIENCE).expect("the server did not start");
-    Server { child, url }
+fn serve(hsm: &Hsm, config: &Path) -> Process {
+    Process::serve(hsm.clover(), &["--config", config.to_str().unwrap()])
 }
 
 fn token(hsm: &Hsm, config: &Path, roles: &str) -> String {
-    hsm.stdout(&[
-        "token",
-        "--config",
-        config.to_str().unwrap(),
-        "--principal",
-        "ana",
-        "--kind",
-        "employee",
-        "--region",
-        "eu",
-        "--site",
-        "dublin-1",
-        "--roles",
-        roles,
-    ])
+    mint_token(hsm.clover(), &["--config", config.to_str().unwrap()], roles)
 }
 
 #[tokio::test]
@@ -135,7 +86,7 @@ async fn a_boundary_on_an_hsm_signs_wraps_and_rotates_in_the_token() {
     assert_ne!(vkey, keyring_vkey);
 
     let agent = token(&hsm, &config, "agent");
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let client = client(DUBLIN);
     let mut records = Vec::new();
     for i in 0..5 {
         let subject = format!("{}/v1/subjects/u-{i}", server.url);
@@ -152,14 +103,14 @@ async fn a_boundary_on_an_hsm_signs_wraps_and_rotates_in_the_token() {
 
     // An auditor verifies the log with the HSM key's vkey.
     let verified = hsm.run(&["audit", "verify", "--url", &server.url, "--vkey", &vkey]);
-    assert!(verified.status.success(), "{}", String::from_utf8_lossy(&verified.stderr));
+    assert!(verified.status.success(), "{}", verified.stderr);
     let forged = hsm.run(&["audit", "verify", "--url", &server.url, "--vkey", &keyring_vkey]);
     assert!(!forged.status.success());
 
     // Rotation in the token, by a key custodian, with the CLI.
     let refused = hsm.run(&["keys", "rotate", "--url", &server.url, "--token", &agent]);
     assert!(!refused.status.success());
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("403"), "{}", String::from_utf8_lossy(&refused.stderr));
+    assert!(refused.stderr.contains("403"), "{}", refused.stderr);
     let custodian = token(&hsm, &config, "key-custodian");
     let rotated = hsm.stdout(&["keys", "rotate", "--url", &server.url, "--token", &custodian]);
     assert!(rotated.contains("kek v1 retired"), "{rotated}");
@@ -191,5 +142,5 @@ async fn a_boundary_on_an_hsm_signs_wraps_and_rotates_in_the_token() {
         .unwrap();
     assert_eq!(read.status(), 200);
     let verified = hsm.run(&["audit", "verify", "--url", &server.url, "--vkey", &vkey]);
-    assert!(verified.status.success(), "{}", String::from_utf8_lossy(&verified.stderr));
+    assert!(verified.status.success(), "{}", verified.stderr);
 }

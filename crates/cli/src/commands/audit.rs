@@ -1,0 +1,127 @@
+//! `clover audit`: verify a boundary's log from outside; run an independent witness.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clover_audit::verify::VerifyOptions;
+use clover_tlog::note::{SigningKey, TYPE_COSIGNATURE, VerifierKey};
+
+use crate::args::{ClientTlsArgs, ServerTlsArgs};
+use crate::commands::{init_tracing, runtime};
+use crate::listener::{self, Service};
+
+/// Auditor tools: verify a boundary's log, run an independent witness.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum AuditCommand {
+    /// Verify a boundary's log: the checkpoint signature, every tile and entry, and consistency
+    /// with the checkpoint kept in the state file (updated on success). Exits non-zero on any
+    /// failure.
+    Verify(VerifyArgs),
+    /// Run an independent witness: cosigns a log's checkpoints only when each is consistent with
+    /// the last it cosigned (c2sp.org/tlog-witness, POST /add-checkpoint).
+    Witness(WitnessArgs),
+}
+
+impl AuditCommand {
+    pub(crate) fn run(self) -> anyhow::Result<()> {
+        match self {
+            Self::Verify(args) => args.run(),
+            Self::Witness(args) => args.run(),
+        }
+    }
+}
+
+/// `clover audit verify`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct VerifyArgs {
+    /// The boundary's base URL, e.g. http://127.0.0.1:7878 (the log is under /log/), or the
+    /// log's own prefix URL, e.g. http://127.0.0.1:7878/log.
+    #[arg(long)]
+    url: String,
+    /// The log's verifier key (`clover log vkey`).
+    #[arg(long)]
+    vkey: String,
+    /// Where the last verified checkpoint is kept between runs.
+    #[arg(long, value_name = "FILE")]
+    state: Option<PathBuf>,
+    /// Demand a cosignature from this witness (its cosignature vkey); repeatable.
+    #[arg(long = "witness", value_name = "VKEY")]
+    witnesses: Vec<String>,
+    #[command(flatten)]
+    tls: ClientTlsArgs,
+}
+
+impl VerifyArgs {
+    fn run(self) -> anyhow::Result<()> {
+        let vkey = VerifierKey::parse(&self.vkey)?;
+        let witnesses = self.witnesses.iter().map(|w| VerifierKey::parse(w)).collect::<Result<Vec<_>, _>>()?;
+        let options = VerifyOptions { url: self.url, vkey, witnesses, state: self.state, tls: self.tls.tls() };
+        let report = runtime()?.block_on(clover_audit::verify::verify(&options))?;
+        println!("verified {}: {} entries, root {}", report.origin, report.size, report.root);
+        println!("  checked the checkpoint signature, {} tiles and every entry", report.tiles);
+        match report.previous_size {
+            Some(previous) => println!("  consistent with the {previous} entries verified before"),
+            None if options.state.is_some() => println!("  no earlier checkpoint in the state file; this one is kept"),
+            None => {}
+        }
+        for witness in &report.cosigned_by {
+            println!("  cosigned by {witness}");
+        }
+        Ok(())
+    }
+}
+
+/// `clover audit witness`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct WitnessArgs {
+    /// The witness's name (its key name).
+    #[arg(long)]
+    name: String,
+    /// The witness's private key (PKCS#8); generated (0600) if the file does not exist.
+    #[arg(long, value_name = "FILE")]
+    key: PathBuf,
+    /// Where the witness records the last checkpoint it cosigned for each log.
+    #[arg(long, value_name = "FILE")]
+    state: PathBuf,
+    /// The checkpoint verifier key of a log to witness (`clover log vkey`); repeatable.
+    #[arg(long = "log", value_name = "VKEY", required = true)]
+    logs: Vec<String>,
+    /// The address to listen on.
+    #[arg(long, default_value = "127.0.0.1:7879")]
+    listen: SocketAddr,
+    /// Print the witness's verifier key and exit.
+    #[arg(long)]
+    print_vkey: bool,
+    #[command(flatten)]
+    tls: ServerTlsArgs,
+}
+
+impl WitnessArgs {
+    fn run(self) -> anyhow::Result<()> {
+        let key = if self.key.exists() {
+            let pkcs8 = std::fs::read(&self.key).with_context(|| format!("reading {}", self.key.display()))?;
+            SigningKey::from_pkcs8(&self.name, TYPE_COSIGNATURE, &pkcs8)?
+        } else {
+            let pkcs8 = zeroize::Zeroizing::new(clover_tlog::note::generate_pkcs8()?);
+            let key = SigningKey::from_pkcs8(&self.name, TYPE_COSIGNATURE, &pkcs8)?;
+            clover_keys::write_private(&self.key, &pkcs8)?;
+            eprintln!("clover: generated witness key {} (mode 0600)", self.key.display());
+            key
+        };
+        if self.print_vkey {
+            println!("{}", key.verifier());
+            return Ok(());
+        }
+        init_tracing();
+        let logs = self.logs.iter().map(|l| VerifierKey::parse(l)).collect::<Result<Vec<_>, _>>()?;
+        let witness = Arc::new(clover_audit::witness::Witness::new(key, logs, &self.state)?);
+        runtime()?.block_on(async move {
+            let tls = self.tls.load(self.listen, "witness")?;
+            let what = format!("witness {}", witness.verifier());
+            let service = Service::Router(clover_audit::witness::router(witness), tls);
+            listener::serve(self.listen, service, &what, "").await
+        })
+    }
+}

@@ -1,0 +1,142 @@
+//! `clover custodian`: the key custodian as its own process, and its operator's admin commands.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clover_model::Region;
+
+use crate::args::{ClientTlsArgs, ServerTlsArgs};
+use crate::commands::keys::KeyUrls;
+use crate::commands::{init_tracing, runtime};
+use crate::listener::{self, Service};
+
+/// The key custodian as its own process.
+#[derive(Debug, clap::Subcommand)]
+#[expect(clippy::large_enum_variant, reason = "parsed once per process from the command line")]
+pub(crate) enum CustodianCommand {
+    /// Hold a region's keys apart from its boundary: the KEKs (keyring or HSM) and every
+    /// wrapped data key, handed out only against a log entry checked against the boundary's
+    /// signed log. Point a boundary at it with `[keys] custodian = "http://ADDR"`.
+    Serve(ServeArgs),
+    /// Print a running custodian's KEK versions and how many data keys each wraps.
+    Status {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Rotate a running custodian's key-encryption key: a new version at once, the data keys
+    /// re-wrapped in the background (keys go on being handed out), the old versions retired.
+    /// Shows the progress and waits for the end.
+    Rotate {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+impl CustodianCommand {
+    pub(crate) fn run(self) -> anyhow::Result<()> {
+        match self {
+            Self::Serve(args) => args.run(),
+            Self::Status { admin } => admin.urls()?.status(),
+            Self::Rotate { admin } => admin.urls()?.rotate(),
+        }
+    }
+}
+
+/// `clover custodian serve`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ServeArgs {
+    /// The custodian's directory (keyring, key store, journal); created on first run.
+    #[arg(long, default_value = "./clover-custodian")]
+    dir: PathBuf,
+    /// The region whose keys these are.
+    #[arg(long, default_value = "eu")]
+    region: Region,
+    /// The address to listen on.
+    #[arg(long, default_value = "127.0.0.1:7880")]
+    listen: SocketAddr,
+    /// The boundary whose log the receipts are checked against (its base URL).
+    #[arg(long, value_name = "URL")]
+    log_url: String,
+    /// The boundary log's verifier key (`clover log vkey`), obtained out of band.
+    #[arg(long, value_name = "VKEY")]
+    log_vkey: String,
+    /// Keep the KEKs in an HSM: the PKCS#11 module (the token's PIN in CLOVER_HSM_PIN).
+    #[arg(long, value_name = "LIB", requires = "token_label")]
+    pkcs11_module: Option<PathBuf>,
+    /// The HSM token's label.
+    #[arg(long, value_name = "LABEL")]
+    token_label: Option<String>,
+    /// The most unwrapped data keys kept in memory (0: no cache).
+    #[arg(long, default_value_t = 10_000)]
+    cache_size: usize,
+    /// How long an unwrapped data key stays in the cache.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    cache_ttl: std::time::Duration,
+    /// Keep the wrapped data keys and the journal in this PostgreSQL database instead of
+    /// `keys.db` in the directory.
+    #[arg(long, value_name = "URL", env = "CLOVER_CUSTODIAN_STORE")]
+    store: Option<String>,
+    #[command(flatten)]
+    tls: ServerTlsArgs,
+    /// How the boundary's log is reached at --log-url (https://).
+    #[command(flatten)]
+    log_tls: ClientTlsArgs,
+}
+
+impl ServeArgs {
+    fn run(self) -> anyhow::Result<()> {
+        let pkcs11 = self.pkcs11_module.map(|module| clover_keys::pkcs11::Pkcs11Config {
+            module,
+            token_label: self.token_label.unwrap_or_default(),
+        });
+        let options = clover_custodian::CustodianOptions {
+            dir: self.dir,
+            region: self.region,
+            pkcs11,
+            cache: clover_keys::CacheOptions { size: self.cache_size, ttl: self.cache_ttl },
+            store: self.store,
+        };
+        let (listen, log_url) = (self.listen, self.log_url);
+        init_tracing();
+        let vkey = clover_tlog::note::VerifierKey::parse(&self.log_vkey).context("--log-vkey")?;
+        clover_tls::check_url(&log_url, "--log-url")?;
+        let log_client = self.log_tls.client()?;
+        runtime()?.block_on(async {
+            let tls = self.tls.load(listen, "custodian")?;
+            let custodian = Arc::new(clover_custodian::open_dir(&options).await?);
+            let server = clover_custodian::CustodianServer::new(
+                custodian.clone(),
+                clover_custodian::LogVerifier::new(&log_url, vkey)
+                    .with_client(log_client)
+                    .with_state(options.dir.join("log-state"))?,
+                &clover_custodian::admin_token(&options.dir)?,
+            );
+            let what = format!("custodian of region {:?}", options.region.as_str());
+            let service = Service::Router(clover_custodian::router(server), tls);
+            listener::serve(listen, service, &what, &format!(" (log {log_url})")).await?;
+            custodian.close().await;
+            Ok(())
+        })
+    }
+}
+
+/// A running custodian's admin API.
+#[derive(Debug, clap::Args)]
+pub(crate) struct AdminArgs {
+    /// The custodian's base URL.
+    #[arg(long, default_value = "http://127.0.0.1:7880")]
+    url: String,
+    /// The custodian's directory, where its admin token is.
+    #[arg(long, default_value = "./clover-custodian")]
+    dir: PathBuf,
+    #[command(flatten)]
+    tls: ClientTlsArgs,
+}
+
+impl AdminArgs {
+    fn urls(&self) -> anyhow::Result<KeyUrls> {
+        KeyUrls::custodian(&self.url, &self.dir, &self.tls)
+    }
+}
