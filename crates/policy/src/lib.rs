@@ -51,9 +51,9 @@ impl Decision {
     }
 }
 
-/// Proof that [`decide`] allowed one action on one subject's data.
+/// Proof that [`PolicyPack::verdict`](pack::PolicyPack::verdict) allowed one action on one subject's data.
 ///
-/// Only [`decide`] makes these; it is neither `Clone` nor constructible elsewhere.
+/// Only [`PolicyPack::verdict`](pack::PolicyPack::verdict) makes these; it is neither `Clone` nor constructible elsewhere.
 #[derive(Debug)]
 pub struct Permit {
     decision: Decision,
@@ -84,7 +84,7 @@ impl Permit {
     }
 }
 
-/// What [`decide`] returns.
+/// What [`PolicyPack::verdict`](pack::PolicyPack::verdict) returns.
 #[derive(Debug)]
 pub enum Verdict {
     /// Go ahead, within the permit.

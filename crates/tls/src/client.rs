@@ -8,7 +8,7 @@ use rustls::client::ResolvesClientCert;
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, SignatureScheme};
 
-use crate::TlsError;
+use crate::error::TlsError;
 use crate::server::{Fingerprint, fingerprint, provider, roots};
 
 /// Which CA a client trusts and which certificate it presents.
@@ -34,7 +34,7 @@ impl ClientTls {
     pub fn rustls_config(&self) -> Result<ClientConfig, TlsError> {
         let builder = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
-            .map_err(|e| TlsError::Rustls { what: "protocol versions".into(), cause: e.to_string() })?;
+            .map_err(|e| TlsError::Rustls { what: "protocol versions".into(), source: Box::new(e) })?;
         let builder = match &self.ca {
             Some(ca) => builder.with_root_certificates(roots(ca)?),
             None => match rustls_platform_verifier::Verifier::new(provider()) {
@@ -53,7 +53,7 @@ impl ClientTls {
                 Ok(builder.with_client_cert_resolver(Arc::new(identity)))
             }
             (None, None) => Ok(builder.with_no_client_auth()),
-            _ => Err(TlsError::Client("a client certificate needs its key, and a key its certificate".to_owned())),
+            _ => Err(TlsError::Incomplete),
         }
     }
 
@@ -73,7 +73,7 @@ impl ClientTls {
 
     /// A client, as [`ClientTls::builder`] makes it.
     pub fn client(&self) -> Result<reqwest::Client, TlsError> {
-        self.builder()?.build().map_err(|e| TlsError::Client(e.to_string()))
+        self.builder()?.build().map_err(TlsError::Client)
     }
 }
 

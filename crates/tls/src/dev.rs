@@ -12,10 +12,10 @@ use rcgen::{
 };
 use time::{Duration, OffsetDateTime};
 
-use crate::TlsError;
+use crate::error::TlsError;
 
 fn generate(e: rcgen::Error) -> TlsError {
-    TlsError::Generate(e.to_string())
+    TlsError::Generate(e)
 }
 
 /// A certificate authority that issues [`Leaf`] certificates.
@@ -96,7 +96,7 @@ fn write(path: &Path, bytes: &[u8], private: bool) -> Result<(), TlsError> {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(if private { 0o600 } else { 0o644 });
     }
-    let io = |cause| TlsError::Io { path: path.to_owned(), cause };
+    let io = |source| TlsError::Io { path: path.to_owned(), source };
     let mut file = options.open(path).map_err(|cause| match cause.kind() {
         std::io::ErrorKind::AlreadyExists => TlsError::Exists(path.to_owned()),
         _ => io(cause),
@@ -221,7 +221,7 @@ pub fn make(dir: &Path, trust_domain: &str, services: &[DevService]) -> Result<D
         use std::os::unix::fs::DirBuilderExt;
         builder.mode(0o700);
     }
-    builder.create(dir).map_err(|cause| TlsError::Io { path: dir.to_owned(), cause })?;
+    builder.create(dir).map_err(|source| TlsError::Io { path: dir.to_owned(), source })?;
     let ca = Ca::new(&format!("Clover development CA ({trust_domain})"))?;
     let (ca_path, ca_key) = ca.issued().write_to(dir, "ca")?;
     let mut servers = Vec::new();

@@ -3,10 +3,12 @@
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::X509Certificate;
 
-use crate::TlsError;
+use std::sync::Arc;
+
+use crate::error::TlsError;
 
 fn parse(der: &[u8]) -> Result<X509Certificate<'_>, TlsError> {
-    x509_parser::parse_x509_certificate(der).map(|(_, cert)| cert).map_err(|e| TlsError::Certificate(e.to_string()))
+    x509_parser::parse_x509_certificate(der).map(|(_, cert)| cert).map_err(TlsError::Certificate)
 }
 
 /// A subject alternative name that can name a machine or a service, of its kind.
@@ -93,6 +95,17 @@ pub(crate) fn describe(der: &[u8]) -> Result<(Vec<String>, time::OffsetDateTime)
     Ok((names, cert.validity().not_after.to_datetime()))
 }
 
+/// The certificate a client presented (end-entity), verified against the listener's client CA
+/// during the handshake, with its subject alternative names, read once per connection. A
+/// request extension: present only when a certificate was presented.
+#[derive(Debug, Clone)]
+pub struct PeerCertificate {
+    /// The certificate, DER.
+    pub der: Arc<[u8]>,
+    /// Its subject alternative names.
+    pub names: Arc<[SubjectName]>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,7 +138,8 @@ mod tests {
                 ..crate::dev::Leaf::default()
             })
             .unwrap();
-        let der = crate::load_certs(&leaf.write_to(tempfile::tempdir().unwrap().path(), "leaf").unwrap().0).unwrap();
+        let der =
+            crate::pem::load_certs(&leaf.write_to(tempfile::tempdir().unwrap().path(), "leaf").unwrap().0).unwrap();
         let names = subject_names(der.first().unwrap()).unwrap();
         assert_eq!(names, ["gw.example", "spiffe://clover.local/eu/dublin-1/ingest", "127.0.0.1"]);
     }

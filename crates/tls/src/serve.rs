@@ -12,18 +12,8 @@ use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use tower::ServiceExt;
 
-use crate::{ServerTls, SubjectName, subject_alt_names};
-
-/// The certificate a client presented (end-entity), verified against the listener's client CA
-/// during the handshake, with its subject alternative names, read once per connection. A
-/// request extension: present only when a certificate was presented.
-#[derive(Debug, Clone)]
-pub struct PeerCertificate {
-    /// The certificate, DER.
-    pub der: Arc<[u8]>,
-    /// Its subject alternative names.
-    pub names: Arc<[SubjectName]>,
-}
+use crate::names::{PeerCertificate, subject_alt_names};
+use crate::server::ServerTls;
 
 /// The counter of connections refused before any request: failed handshakes by `reason`
 /// (`unknown-ca`, `expired`, `not-yet-valid`, `bad-certificate`, `no-certificate`, `not-tls`,

@@ -9,7 +9,9 @@ use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use tokio_rustls::TlsAcceptor;
 
-use crate::{PeerCertificate, TlsError, load_certs, load_key, names};
+use crate::error::TlsError;
+use crate::names::{self, PeerCertificate};
+use crate::pem::{load_certs, load_key};
 
 /// Whether, and how, a listener verifies client certificates.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,7 +103,7 @@ pub(crate) fn certified_key(cert: &Path, key: &Path) -> Result<(CertifiedKey, Ce
     let key_der = load_key(key)?;
     let certified = CertifiedKey::from_der(chain, key_der, &provider()).map_err(|e| TlsError::Rustls {
         what: format!("certificate {} with key {}", cert.display(), key.display()),
-        cause: e.to_string(),
+        source: Box::new(e),
     })?;
     Ok((certified, summary))
 }
@@ -110,7 +112,7 @@ pub(crate) fn certified_key(cert: &Path, key: &Path) -> Result<(CertifiedKey, Ce
 pub(crate) fn roots(ca: &Path) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
     for cert in load_certs(ca)? {
-        roots.add(cert).map_err(|e| TlsError::Rustls { what: format!("CA {}", ca.display()), cause: e.to_string() })?;
+        roots.add(cert).map_err(|e| TlsError::Rustls { what: format!("CA {}", ca.display()), source: Box::new(e) })?;
     }
     Ok(roots)
 }
@@ -129,7 +131,7 @@ impl ServerTls {
         let resolver = Arc::new(Resolver(RwLock::new(Arc::new(certified))));
         let builder = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
-            .map_err(|e| TlsError::Rustls { what: "protocol versions".into(), cause: e.to_string() })?;
+            .map_err(|e| TlsError::Rustls { what: "protocol versions".into(), source: Box::new(e) })?;
         let verifier = match &options.client_auth {
             ClientAuth::None => WebPkiClientVerifier::no_client_auth(),
             ClientAuth::Optional(ca) | ClientAuth::Required(ca) => {
@@ -141,7 +143,7 @@ impl ServerTls {
                 };
                 builder.build().map_err(|e| TlsError::Rustls {
                     what: format!("client CA {}", ca.display()),
-                    cause: e.to_string(),
+                    source: Box::new(e),
                 })?
             }
         };
