@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::LOG_TARGET;
+use crate::commands::LOG_TARGET;
 use clover_gateway::Config;
 use clover_model::PrincipalKind;
 

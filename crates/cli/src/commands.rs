@@ -14,6 +14,10 @@ pub(crate) mod serve;
 pub(crate) mod token;
 
 /// A multi-threaded runtime for a command's async work.
+/// The target of the binary's own log lines: `clover`, as when the binary was one file, so that
+/// log filters (`CLOVER_LOG=clover=debug`) and parsers keyed on it keep working.
+pub(crate) const LOG_TARGET: &str = "clover";
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")
 }

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crate::LOG_TARGET;
+use crate::commands::LOG_TARGET;
 use anyhow::Context;
 use clover_gateway::Boundary;
 use clover_tls::ServerTls;

@@ -13,10 +13,6 @@ mod listener;
 
 use commands::{audit, bench, custodian, init, keys, log, policy, serve, token};
 
-/// The target of the binary's own log lines: `clover`, as when the binary was one file, so that
-/// log filters (`CLOVER_LOG=clover=debug`) and parsers keyed on it keep working.
-const LOG_TARGET: &str = "clover";
-
 /// Clover keeps a region's user data inside the region.
 #[derive(Debug, Parser)]
 #[command(name = "clover", version, about, long_about = None)]

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use clover_gateway::{Boundary, DataDir};
 
-use crate::LOG_TARGET;
 use crate::args::ConfigArgs;
+use crate::commands::LOG_TARGET;
 use crate::commands::{init, init_tracing, runtime};
 use crate::listener::{self, Service};
 
