@@ -22,12 +22,13 @@ pub enum StoreError {
         cause: sqlx::Error,
     },
     /// A stored value is not what Clover writes.
-    #[error("stored {what} is malformed: {detail}")]
+    #[error("stored {what} is malformed")]
     Corrupt {
         /// Which column or row.
         what: &'static str,
         /// What is wrong with it.
-        detail: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The subject is not registered.
     #[error("no subject {0:?} is registered")]

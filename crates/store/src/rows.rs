@@ -16,19 +16,21 @@ pub(crate) fn db(operation: &'static str) -> impl FnOnce(sqlx::Error) -> StoreEr
     move |cause| StoreError::Database { operation, cause }
 }
 
-pub(crate) fn corrupt(what: &'static str) -> impl FnOnce(String) -> StoreError {
-    move |detail| StoreError::Corrupt { what, detail }
+pub(crate) fn corrupt<E: std::error::Error + Send + Sync + 'static>(
+    what: &'static str,
+) -> impl FnOnce(E) -> StoreError {
+    move |source| StoreError::Corrupt { what, source: Box::new(source) }
 }
 
 pub(crate) fn timestamp(seconds: i64) -> Result<OffsetDateTime, StoreError> {
-    OffsetDateTime::from_unix_timestamp(seconds).map_err(|e| corrupt("created_at")(e.to_string()))
+    OffsetDateTime::from_unix_timestamp(seconds).map_err(corrupt("created_at"))
 }
 
 pub(crate) fn parse<T: FromStr>(what: &'static str, text: String) -> Result<T, StoreError>
 where
-    T::Err: std::fmt::Display,
+    T::Err: std::error::Error + Send + Sync + 'static,
 {
-    text.parse().map_err(|e: T::Err| corrupt(what)(e.to_string()))
+    text.parse().map_err(corrupt(what))
 }
 
 /// A row's columns by name, as the few types Clover stores.
@@ -81,7 +83,7 @@ pub(crate) fn record_row(row: &impl Columns) -> Result<RecordRow, StoreError> {
         subject_id: parse("subject_id", row.text("subject_id").map_err(get())?)?,
         category: parse("category", row.text("category").map_err(get())?)?,
         home_region: parse("home_region", row.text("home_region").map_err(get())?)?,
-        version: u32::try_from(row.int("version").map_err(get())?).map_err(|e| corrupt("version")(e.to_string()))?,
+        version: u32::try_from(row.int("version").map_err(get())?).map_err(corrupt("version"))?,
         ciphertext: row.bytes("ciphertext").map_err(get())?,
         created_at: timestamp(row.int("created_at").map_err(get())?)?,
     })
@@ -109,7 +111,7 @@ pub(crate) fn record_with_subject_row(row: &impl Columns) -> Result<(RecordRow, 
 pub(crate) fn approval_row(row: &impl Columns) -> Result<ApprovalRow, StoreError> {
     let get = || db("reading an approval");
     let list = |what: &'static str, text: String| -> Result<Vec<String>, StoreError> {
-        serde_json::from_str(&text).map_err(|e| corrupt(what)(e.to_string()))
+        serde_json::from_str(&text).map_err(corrupt(what))
     };
     let subjects = list("subjects", row.text("subjects").map_err(get())?)?;
     let categories = list("categories", row.text("categories").map_err(get())?)?;
