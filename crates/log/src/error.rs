@@ -28,9 +28,9 @@ pub enum LogError {
     /// An entry that a signed checkpoint covers cannot be read: the log refuses to open and
     /// leaves its files as they were.
     #[error(
-        "entry {index} at byte {offset} of {path:?} is damaged ({what}), and the signed checkpoint of {signed} \
-         entries covers it: the log is left as it was; restore the entries file from a backup or a mirror of the \
-         log's tiles (unsigned tails cut earlier are kept in {quarantine:?})"
+        "entry {index} at byte {offset} of {path:?} is damaged ({what}), and {why} (the last signed checkpoint \
+         holds {signed} entries): the log is left as it was; restore the entries file from a backup or a mirror \
+         of the log's tiles (unsigned tails cut earlier are kept in {quarantine:?})"
     )]
     Damaged {
         /// The entries file.
@@ -41,6 +41,8 @@ pub enum LogError {
         offset: u64,
         /// What is wrong with it.
         what: &'static str,
+        /// Why it cannot be cut: a signed checkpoint covers it, or readable entries follow it.
+        why: &'static str,
         /// The size of the last signed checkpoint.
         signed: u64,
         /// Where recovery moves an unsigned tail it cuts.
@@ -78,6 +80,16 @@ pub enum LogError {
         /// The database's error.
         #[source]
         source: sqlx::Error,
+    },
+    /// A commit whose outcome is unknown (its answer was lost, or came too late): its entries
+    /// may be in the log.
+    #[error("log database: the commit of entries {first}.. may or may not have happened")]
+    CommitInDoubt {
+        /// The first index of the batch.
+        first: u64,
+        /// What went wrong.
+        #[source]
+        source: Box<LogError>,
     },
     /// A step of the sequencer got no answer from the database in time.
     #[error("log database: {what}: no answer within {after:?}")]

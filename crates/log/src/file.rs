@@ -86,17 +86,64 @@ fn read_entries(bytes: &[u8], tree: &mut Tree) -> Option<(usize, Unreadable)> {
     None
 }
 
-/// The largest checkpoint in the slots that this log's key signed.
-fn last_signed(dir: &Path, signer: &dyn NoteSigner) -> Option<Checkpoint> {
+/// The largest checkpoint in the slots that this log's key signed, and which slot holds it.
+/// Slots that cannot be read, or that hold something while none holds a checkpoint this key
+/// signed (another key, another origin), make the log refuse to open: its entries would
+/// otherwise be taken as unsigned.
+fn last_signed(dir: &Path, signer: &dyn NoteSigner) -> Result<Option<(Checkpoint, usize)>, LogError> {
     let verifier = signer.verifier();
-    CHECKPOINT_FILES
-        .iter()
-        .filter_map(|name| std::fs::read_to_string(dir.join(name)).ok())
-        .filter_map(|text| Note::parse(text.trim_end_matches('\0')).ok())
-        .filter(|note| note.verify(&verifier).is_ok())
-        .filter_map(|note| Checkpoint::parse(&note.text).ok())
-        .filter(|c| c.origin == verifier.name)
-        .max_by_key(|c| c.size)
+    let mut best: Option<(Checkpoint, usize)> = None;
+    let mut unverified = Vec::new();
+    for (slot, name) in CHECKPOINT_FILES.iter().enumerate() {
+        let path = dir.join(name);
+        let text = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io(&path)(e)),
+        };
+        let text = String::from_utf8_lossy(&text);
+        let text = text.trim_end_matches('\0');
+        if text.is_empty() {
+            continue;
+        }
+        let verified = Note::parse(text)
+            .ok()
+            .filter(|note| note.verify(&verifier).is_ok())
+            .and_then(|note| Checkpoint::parse(&note.text).ok())
+            .filter(|c| c.origin == verifier.name);
+        match verified {
+            Some(checkpoint) if best.as_ref().is_none_or(|(b, _)| checkpoint.size > b.size) => {
+                best = Some((checkpoint, slot));
+            }
+            Some(_) => {}
+            None => unverified.push(*name),
+        }
+    }
+    if best.is_none() && !unverified.is_empty() {
+        return Err(LogError::Inconsistent {
+            place: dir.display().to_string(),
+            detail: format!(
+                "its checkpoint files ({}) hold no checkpoint signed by this log's key {verifier}: a log opened with \
+                 another key, or damaged checkpoint files; nothing was changed",
+                unverified.join(", ")
+            ),
+        });
+    }
+    Ok(best)
+}
+
+/// Whether the bytes from an unreadable point on are what a write cut short by a crash leaves:
+/// a length or an entry that runs past the end of the file, or zeros. Anything else (a complete
+/// entry that does not read, readable entries after the point) may be damage to entries that
+/// were acknowledged, and is not cut.
+fn torn(tail: &[u8], why: Unreadable) -> bool {
+    // Every entry starts `{"v":`; the first one of the tail is the one that does not read.
+    let later_entry = tail.get(3..).is_some_and(|rest| rest.windows(5).any(|w| w == b"{\"v\":"));
+    match why {
+        Unreadable::Length | Unreadable::Truncated => !later_entry,
+        Unreadable::Empty => tail.iter().all(|b| *b == 0),
+        Unreadable::NotAnEvent => false,
+    }
 }
 
 /// Moves `tail` (the bytes from `offset` on) into the quarantine directory, durably, and
@@ -113,7 +160,9 @@ fn quarantine(dir: &Path, offset: usize, tail: &[u8]) -> Result<PathBuf, LogErro
     let mut file = OpenOptions::new().write(true).create_new(true).open(&path).map_err(io(&path))?;
     file.write_all(tail).map_err(io(&path))?;
     file.sync_all().map_err(io(&path))?;
+    // The file's name in the quarantine directory, and that directory's in the log's.
     File::open(&quarantine).and_then(|d| d.sync_all()).map_err(io(&quarantine))?;
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
     Ok(path)
 }
 
@@ -125,31 +174,41 @@ pub(crate) fn open(
     options: LogOptions,
 ) -> Result<(Arc<Shared>, FileLog), LogError> {
     std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let inconsistent = |detail: String| LogError::Inconsistent { place: dir.display().to_string(), detail };
+    let signed = last_signed(dir, signer.as_ref())?;
     let path = dir.join(ENTRIES_FILE);
+    if let Some((checkpoint, _)) = &signed
+        && !path.exists()
+    {
+        return Err(inconsistent(format!(
+            "it signed a checkpoint of {} entries but its entries file {path:?} is missing",
+            checkpoint.size
+        )));
+    }
     let mut file = OpenOptions::new().read(true).append(true).create(true).open(&path).map_err(io(&path))?;
     let mut bytes = Vec::new();
     file.read_to_end(&mut bytes).map_err(io(&path))?;
 
-    let signed = last_signed(dir, signer.as_ref());
-    let signed_size = signed.as_ref().map_or(0, |c| c.size);
+    let signed_size = signed.as_ref().map_or(0, |(c, _)| c.size);
     let mut tree = Tree::new();
     let unreadable = read_entries(&bytes, &mut tree);
-    let inconsistent = |detail: String| LogError::Inconsistent { place: dir.display().to_string(), detail };
+    let damaged = |offset: usize, what: Unreadable, why: &'static str, index: u64| LogError::Damaged {
+        path: path.clone(),
+        index,
+        offset: offset as u64,
+        what: what.describe(),
+        why,
+        signed: signed_size,
+        quarantine: dir.join(QUARANTINE_DIR),
+    };
 
     if signed_size > tree.size() {
         return Err(match unreadable {
-            Some((offset, why)) => LogError::Damaged {
-                path,
-                index: tree.size(),
-                offset: offset as u64,
-                what: why.describe(),
-                signed: signed_size,
-                quarantine: dir.join(QUARANTINE_DIR),
-            },
+            Some((offset, what)) => damaged(offset, what, "a signed checkpoint covers it", tree.size()),
             None => inconsistent(format!("it signed a checkpoint of {signed_size} entries but holds {}", tree.size())),
         });
     }
-    if let Some(signed) = &signed
+    if let Some((signed, _)) = &signed
         && clover_tlog::tree::root(&tree, signed.size)? != signed.root
     {
         return Err(inconsistent(format!(
@@ -157,18 +216,22 @@ pub(crate) fn open(
             signed.size
         )));
     }
-    if let Some((offset, why)) = unreadable {
-        // Only bytes beyond every signed checkpoint get here: a tail never acknowledged as
-        // signed. It is kept in quarantine before the file is cut.
+    if let Some((offset, what)) = unreadable {
         let tail = bytes.get(offset..).unwrap_or_default();
+        if !torn(tail, what) {
+            return Err(damaged(offset, what, "what follows it may have been acknowledged", tree.size()));
+        }
+        // A write cut short, beyond every signed checkpoint and never acknowledged: kept in
+        // quarantine before the file is cut.
         let kept = quarantine(dir, offset, tail)?;
         tracing::warn!(
-            log = %dir.display(), offset, bytes = tail.len(), reason = why.describe(), quarantine = %kept.display(),
-            "cutting an unsigned tail from the log; its bytes are kept in quarantine"
+            log = %dir.display(), offset, bytes = tail.len(), reason = what.describe(), quarantine = %kept.display(),
+            "cutting an unacknowledged partial write from the log; its bytes are kept in quarantine"
         );
         file.set_len(offset as u64).map_err(io(&path))?;
-        file.sync_all().map_err(io(&path))?;
     }
+    // Entries a killed process wrote but never synced are synced before a checkpoint signs them.
+    file.sync_all().map_err(io(&path))?;
 
     let reader = File::open(&path).map_err(io(&path))?;
     let mut slots = Vec::new();
@@ -176,9 +239,11 @@ pub(crate) fn open(
         let slot = dir.join(name);
         slots.push((OpenOptions::new().write(true).create(true).truncate(false).open(&slot).map_err(io(&slot))?, slot));
     }
+    // The first write goes to the slot that does not hold the largest signed checkpoint.
+    let next = signed.as_ref().map_or(0, |(_, slot)| (slot + 1) % CHECKPOINT_FILES.len());
     let size = tree.size();
     let shared = Arc::new(Shared::new(signer.name().to_owned(), tree, false));
-    let mut backend = DirectoryBackend { file, path, checkpoints: CheckpointFiles { slots, next: 0 }, size };
+    let mut backend = DirectoryBackend { file, path, checkpoints: CheckpointFiles { slots, next }, size };
     let (checkpoint_size, note) = shared.sign_current(signer.as_ref())?;
     backend.checkpoints.write(&note)?;
     shared.tree_mut().offer_checkpoint(note.into(), checkpoint_size);
@@ -189,6 +254,8 @@ pub(crate) fn open(
     std::thread::Builder::new()
         .name("clover-log-sequencer".into())
         .spawn(move || {
+            // However the thread ends (a panic included), no append waits for it forever.
+            let _refuse_the_rest = RefuseOnExit(sequenced.clone());
             runtime.block_on(async {
                 let run = sequence(&mut backend, &sequenced, signer.as_ref(), &options, &mut receiver, false).await;
                 if let Err(stopped) = run {
@@ -207,6 +274,15 @@ pub(crate) fn open(
         })
         .map_err(io(dir))?;
     Ok((shared, FileLog { dir: dir.to_owned(), reader, sender, next_token: AtomicI64::new(0) }))
+}
+
+/// Refuses every append still waiting when the sequencer thread ends.
+struct RefuseOnExit(Arc<Shared>);
+
+impl Drop for RefuseOnExit {
+    fn drop(&mut self) {
+        self.0.refuse_all(|| LogError::Stopped);
+    }
 }
 
 impl FileLog {
@@ -254,6 +330,11 @@ impl CheckpointFiles {
         self.next = (self.next + 1) % self.slots.len().max(1);
         Ok(())
     }
+
+    /// [`CheckpointFiles::write`], an error logged: whether the checkpoint was written.
+    fn write_or_log(&mut self, note: &str) -> bool {
+        self.write(note).inspect_err(|e| tracing::error!(error = %e, "cannot write a checkpoint file")).is_ok()
+    }
 }
 
 /// The directory as the sequencer writes it.
@@ -270,7 +351,12 @@ impl Backend for DirectoryBackend {
         Ok(Vec::new())
     }
 
-    async fn commit(&mut self, first: u64, batch: &[Append], checkpoint: Option<(u64, &str)>) -> Result<(), LogError> {
+    async fn commit(
+        &mut self,
+        first: u64,
+        batch: &[Append],
+        checkpoint: Option<(u64, &str)>,
+    ) -> Result<bool, LogError> {
         if first != self.size {
             return Err(LogError::Inconsistent {
                 place: self.path.display().to_string(),
@@ -284,14 +370,13 @@ impl Backend for DirectoryBackend {
         self.file.write_all(&buf).map_err(io(&self.path))?;
         self.file.sync_data().map_err(io(&self.path))?;
         self.size += batch.len() as u64;
-        if let Some((_, note)) = checkpoint {
-            self.checkpoints.write(note)?;
-        }
-        Ok(())
+        // The entries are durable: a checkpoint file that cannot be written leaves them
+        // unsigned for the next pass, and does not fail the appends.
+        Ok(checkpoint.is_some_and(|(_, note)| self.checkpoints.write_or_log(note)))
     }
 
-    async fn store_checkpoint(&mut self, _size: u64, note: &str) -> Result<(), LogError> {
-        self.checkpoints.write(note)
+    async fn store_checkpoint(&mut self, _size: u64, note: &str) -> Result<bool, LogError> {
+        Ok(self.checkpoints.write_or_log(note))
     }
 
     async fn handed_in(&mut self) {

@@ -158,7 +158,7 @@ impl Log {
     pub async fn tile(&self, tile: &Tile) -> Result<Vec<u8>, LogError> {
         let not_found = || LogError::NotFound(format!("{} is beyond the log", tile.path()));
         let first = tile.index.checked_mul(TILE_WIDTH).ok_or_else(not_found)?;
-        let end = first + u64::from(tile.width);
+        let end = first.checked_add(u64::from(tile.width)).ok_or_else(not_found)?;
         if let Some(level) = tile.level {
             let tree = self.shared.tree();
             let hashes = tree.heights.get(usize::from(level) * 8).ok_or_else(not_found)?;

@@ -512,7 +512,8 @@ struct PgBackend<'a> {
 impl Backend for PgBackend<'_> {
     async fn pending(&mut self, room: usize) -> Result<Vec<Append>, LogError> {
         if self.log.strong_count() == 0 {
-            return Err(LogError::Stopped);
+            // The log was dropped: nothing more is taken; the sequencer ends with its channel.
+            return Ok(Vec::new());
         }
         let room = i64::try_from(room).unwrap_or(PAGE);
         let rows = step(
@@ -537,7 +538,12 @@ impl Backend for PgBackend<'_> {
         Ok(appends)
     }
 
-    async fn commit(&mut self, first: u64, batch: &[Append], checkpoint: Option<(u64, &str)>) -> Result<(), LogError> {
+    async fn commit(
+        &mut self,
+        first: u64,
+        batch: &[Append],
+        checkpoint: Option<(u64, &str)>,
+    ) -> Result<bool, LogError> {
         let indexes: Vec<i64> = (first..).take(batch.len()).map(|i| i64::try_from(i).unwrap_or(i64::MAX)).collect();
         let tokens: Vec<i64> = batch.iter().map(|a| a.token).collect();
         let entries: Vec<&[u8]> = batch.iter().map(|a| a.entry.as_slice()).collect();
@@ -585,17 +591,22 @@ impl Backend for PgBackend<'_> {
             tx.commit().await?;
             Ok(Ok(()))
         };
-        if let Err(why) = step(committed, "committing log entries").await? {
-            return Err(match self.log.upgrade() {
+        match step(committed, "committing log entries").await {
+            Ok(Ok(())) => Ok(checkpoint.is_some()),
+            // Rolled back: the database contradicts this gateway's tree.
+            Ok(Err(why)) => Err(match self.log.upgrade() {
                 Some(log) => log.fail(why),
                 None => LogError::Inconsistent { place: "postgres".into(), detail: why },
-            });
+            }),
+            // An error or no answer may come after the server committed: the entries may be in
+            // the log, and are not handed in again (a catch-up answers them if they are).
+            Err(error) => Err(LogError::CommitInDoubt { first, source: Box::new(error) }),
         }
-        Ok(())
     }
 
-    async fn store_checkpoint(&mut self, size: u64, note: &str) -> Result<(), LogError> {
-        step(store_checkpoint(&mut *self.conn, size, note), "storing a checkpoint").await
+    async fn store_checkpoint(&mut self, size: u64, note: &str) -> Result<bool, LogError> {
+        step(store_checkpoint(&mut *self.conn, size, note), "storing a checkpoint").await?;
+        Ok(true)
     }
 
     async fn handed_in(&mut self) {

@@ -34,6 +34,9 @@ impl Default for LogOptions {
     }
 }
 
+/// How long the sequencer waits before it tries again a signer that failed.
+const SIGN_RETRY: Duration = Duration::from_secs(1);
+
 /// An entry on its way into the log.
 pub(crate) struct Append {
     /// How the process that appended it recognises it once it has an index.
@@ -54,16 +57,18 @@ pub(crate) trait Backend {
     fn pending(&mut self, room: usize) -> impl Future<Output = Result<Vec<Append>, LogError>> + Send;
 
     /// Makes `batch` durable at the indexes from `first` on, with `checkpoint` (its size and
-    /// signed note) beside it when one is given: all of it or none of it.
+    /// signed note) beside it when one is given; returns whether the checkpoint was stored. The
+    /// entries are all made durable or none are; an error of
+    /// [`LogError::CommitInDoubt`] says that they may have been.
     fn commit(
         &mut self,
         first: u64,
         batch: &[Append],
         checkpoint: Option<(u64, &str)>,
-    ) -> impl Future<Output = Result<(), LogError>> + Send;
+    ) -> impl Future<Output = Result<bool, LogError>> + Send;
 
-    /// Stores a checkpoint of entries committed earlier.
-    fn store_checkpoint(&mut self, size: u64, note: &str) -> impl Future<Output = Result<(), LogError>> + Send;
+    /// Stores a checkpoint of entries committed earlier; returns whether it was stored.
+    fn store_checkpoint(&mut self, size: u64, note: &str) -> impl Future<Output = Result<bool, LogError>> + Send;
 
     /// Resolves when another process may have handed entries in (never, for a log only this
     /// process writes; a shared backend also resolves now and then to look without being told).
@@ -90,6 +95,8 @@ pub(crate) async fn sequence<B: Backend>(
     let max_batch = options.max_batch.max(1);
     let mut last_signed = Instant::now().checked_sub(options.checkpoint_interval).unwrap_or_else(Instant::now);
     let mut batch: Vec<Append> = Vec::new();
+    // After a signer failed, when to try again without a new batch (not in a tight loop).
+    let mut retry_signing: Option<Instant> = None;
     let stop = |error: LogError, batch: Vec<Append>| Stopped { error, unsequenced: batch };
     loop {
         while batch.len() < max_batch {
@@ -110,21 +117,32 @@ pub(crate) async fn sequence<B: Backend>(
         let due = last_signed.elapsed() >= options.checkpoint_interval;
 
         if batch.is_empty() {
-            if unsigned && due {
-                let signed = async {
-                    let (size, note) = shared.sign_current(signer)?;
-                    backend.store_checkpoint(size, &note).await?;
-                    shared.tree_mut().offer_checkpoint(note.into(), size);
-                    Ok::<_, LogError>(())
-                };
-                if let Err(error) = signed.await {
-                    return Err(stop(error, batch));
+            if unsigned && due && retry_signing.is_none_or(|at| Instant::now() >= at) {
+                // A signer that fails (an HSM that blinks) leaves the entries unsigned for the
+                // next pass; it does not stop the log.
+                match shared.sign_current(signer) {
+                    Ok((size, note)) => match backend.store_checkpoint(size, &note).await {
+                        Ok(stored) => {
+                            if stored {
+                                shared.tree_mut().offer_checkpoint(note.into(), size);
+                                shared.answer(Vec::new());
+                                unsigned = false;
+                                retry_signing = None;
+                            }
+                        }
+                        Err(error) => return Err(stop(error, batch)),
+                    },
+                    Err(error) => {
+                        tracing::error!(error = %error, "cannot sign a checkpoint; retrying in a second");
+                        retry_signing = Some(Instant::now() + SIGN_RETRY);
+                    }
                 }
-                shared.answer(Vec::new());
                 last_signed = Instant::now();
-                unsigned = false;
             }
-            let wait = unsigned.then(|| options.checkpoint_interval.saturating_sub(last_signed.elapsed()));
+            let wait = unsigned.then(|| match retry_signing {
+                Some(at) => at.saturating_duration_since(Instant::now()),
+                None => options.checkpoint_interval.saturating_sub(last_signed.elapsed()),
+            });
             let due_to_sign = async {
                 match wait {
                     Some(wait) => tokio::time::sleep(wait).await,
@@ -150,14 +168,27 @@ pub(crate) async fn sequence<B: Backend>(
                 .map_err(LogError::from)
                 .and_then(|root| checkpoint_note(&shared.origin, signer, size, root));
             match signed {
-                Ok(note) => Some(note),
-                Err(error) => return Err(stop(error, batch)),
+                Ok(note) => {
+                    retry_signing = None;
+                    Some(note)
+                }
+                Err(error) => {
+                    tracing::error!(error = %error, "cannot sign a checkpoint; the batch is committed unsigned");
+                    None
+                }
             }
         } else {
             None
         };
-        if let Err(error) = backend.commit(first, &batch, note.as_deref().map(|n| (size, n))).await {
-            return Err(stop(error, batch));
+        let stored = match backend.commit(first, &batch, note.as_deref().map(|n| (size, n))).await {
+            Ok(stored) => stored,
+            // Entries that may be in the log are not handed back to be appended again: they
+            // are answered if a catch-up finds them, or time out.
+            Err(error @ LogError::CommitInDoubt { .. }) => return Err(stop(error, Vec::new())),
+            Err(error) => return Err(stop(error, batch)),
+        };
+        if due {
+            last_signed = Instant::now();
         }
 
         // Durable: into the tree (a follower's catch-up may have added some already), then
@@ -174,12 +205,12 @@ pub(crate) async fn sequence<B: Backend>(
                 }
                 done.push((append.token, index));
             }
-            if let Some(note) = note {
-                tree.offer_checkpoint(note.into(), size);
-                last_signed = Instant::now();
-                unsigned = false;
-            } else {
-                unsigned = true;
+            match note {
+                Some(note) if stored => {
+                    tree.offer_checkpoint(note.into(), size);
+                    unsigned = false;
+                }
+                _ => unsigned = true,
             }
         }
         shared.answer(done);

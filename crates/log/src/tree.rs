@@ -219,6 +219,13 @@ impl Shared {
         });
     }
 
+    /// Refuses every append of this process still waiting.
+    pub(crate) fn refuse_all(&self, error: impl Fn() -> LogError) {
+        for (_, waiter) in lock(&self.waiting).drain() {
+            let _ = waiter.send(Err(error()));
+        }
+    }
+
     /// Refuses the appends of this process among `tokens`.
     pub(crate) fn refuse(&self, tokens: impl IntoIterator<Item = i64>, error: impl Fn() -> LogError) {
         let mut waiting = lock(&self.waiting);

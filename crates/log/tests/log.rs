@@ -277,7 +277,7 @@ async fn damaged_signed_entries_refuse_to_open_and_leave_the_files_as_they_were(
 }
 
 #[tokio::test]
-async fn an_unsigned_tail_of_garbage_is_quarantined_and_the_log_opens() {
+async fn a_write_cut_short_is_quarantined_and_the_log_opens() {
     let dir = tempfile::tempdir().unwrap();
     let (pkcs8, good) = ten_entries(dir.path()).await;
     let root = {
@@ -285,17 +285,26 @@ async fn an_unsigned_tail_of_garbage_is_quarantined_and_the_log_opens() {
         log.root(10).unwrap()
     };
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    let garbage = b"\x00\x05{\"v\":this is not an entry at all";
-    let mut bytes = good.clone();
-    bytes.extend_from_slice(garbage);
-    std::fs::write(dir.path().join("entries"), &bytes).unwrap();
 
+    // A crash in the middle of a write leaves part of an entry: a length that runs past the end.
+    let partial = [0u8, 40, b'{'];
+    std::fs::write(dir.path().join("entries"), [good.as_slice(), &partial].concat()).unwrap();
     let log = Log::open(dir.path(), key(&pkcs8), LogOptions::default()).unwrap();
     assert_eq!(log.size(), 10);
     assert_eq!(log.root(10).unwrap(), root);
     assert_eq!(std::fs::read(dir.path().join("entries")).unwrap(), good, "every signed byte is still there");
-    let quarantined = std::fs::read(dir.path().join("quarantine").join(format!("entries.{}", good.len()))).unwrap();
-    assert_eq!(quarantined, garbage, "the cut tail is kept, not discarded");
+    let kept = dir.path().join("quarantine").join(format!("entries.{}", good.len()));
+    assert_eq!(std::fs::read(&kept).unwrap(), partial, "the cut tail is kept, not discarded");
+    drop(log);
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+
+    // Garbage appended at the end, as a torn write leaves it: the same, kept beside the first.
+    let garbage = [&[0u8, 200][..], b"torn bytes of no entry at all"].concat();
+    std::fs::write(dir.path().join("entries"), [good.as_slice(), &garbage].concat()).unwrap();
+    let log = Log::open(dir.path(), key(&pkcs8), LogOptions::default()).unwrap();
+    assert_eq!(log.size(), 10);
+    assert_eq!(std::fs::read(dir.path().join("entries")).unwrap(), good);
+    assert_eq!(std::fs::read(kept.with_extension(format!("{}.1", good.len()))).unwrap(), garbage);
     assert_eq!(log.append(&event(10, None)).await.unwrap(), 10, "and the log goes on");
     drop(log);
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -308,6 +317,91 @@ async fn an_unsigned_tail_of_garbage_is_quarantined_and_the_log_opens() {
     std::fs::write(dir.path().join("entries"), &bytes).unwrap();
     let err = Log::open(dir.path(), key(&pkcs8), LogOptions::default()).unwrap_err();
     assert!(err.to_string().contains("were changed"), "{err}");
+}
+
+#[tokio::test]
+async fn what_may_have_been_acknowledged_is_never_cut() {
+    // A complete entry at the end that does not read (garbage of the right length, or an
+    // acknowledged entry damaged): refused, not cut.
+    let dir = tempfile::tempdir().unwrap();
+    let (pkcs8, good) = ten_entries(dir.path()).await;
+    let bytes = [good.as_slice(), &[0, 5], b"junk!"].concat();
+    std::fs::write(dir.path().join("entries"), &bytes).unwrap();
+    let before = files(dir.path());
+    let err = Log::open(dir.path(), key(&pkcs8), LogOptions::default()).unwrap_err();
+    assert!(matches!(err, LogError::Damaged { index: 10, .. }), "{err}");
+    assert!(err.to_string().contains("may have been acknowledged"), "{err}");
+    assert_eq!(files(dir.path()), before);
+
+    // With a checkpoint interval, appends are acknowledged before a checkpoint covers them: a
+    // damaged one among them refuses the log rather than cutting it and those after it.
+    let dir = tempfile::tempdir().unwrap();
+    let pkcs8 = generate_pkcs8().unwrap();
+    let options = LogOptions { checkpoint_interval: std::time::Duration::from_secs(3600), ..LogOptions::default() };
+    let log = Log::open(dir.path(), key(&pkcs8), options).unwrap();
+    for n in 0..5 {
+        assert_eq!(log.append(&event(n, None)).await.unwrap(), n);
+    }
+    assert!(log.checkpoint_size() < 5, "acknowledged beyond the signed checkpoint");
+    drop(log);
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let mut bytes = std::fs::read(dir.path().join("entries")).unwrap();
+    let at = offset_of(&bytes, 2) + 2;
+    bytes[at] = b'[';
+    std::fs::write(dir.path().join("entries"), &bytes).unwrap();
+    let before = files(dir.path());
+    let err = Log::open(dir.path(), key(&pkcs8), LogOptions::default()).unwrap_err();
+    assert!(matches!(err, LogError::Damaged { index: 2, .. }), "{err}");
+    assert_eq!(files(dir.path()), before, "entries 2 to 4 are all still there");
+
+    // A log opened with a key that signed none of its checkpoints is refused, not taken as
+    // unsigned.
+    let dir = tempfile::tempdir().unwrap();
+    let _ = ten_entries(dir.path()).await;
+    let before = files(dir.path());
+    let err = Log::open(dir.path(), key(&generate_pkcs8().unwrap()), LogOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("no checkpoint signed by this log's key"), "{err}");
+    assert_eq!(files(dir.path()), before);
+}
+
+/// A signer that fails while `failing` is set, as an HSM that blinks.
+#[derive(Debug)]
+struct Blinking {
+    key: SigningKey,
+    failing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl clover_tlog::note::NoteSigner for Blinking {
+    fn name(&self) -> &str {
+        self.key.name()
+    }
+    fn verifier(&self) -> VerifierKey {
+        self.key.verifier()
+    }
+    fn sign_bytes(&self, message: &[u8]) -> Result<[u8; 64], clover_tlog::note::SignError> {
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            let source = std::io::Error::other("the HSM is unavailable");
+            return Err(clover_tlog::note::SignError { key: self.key.name().to_owned(), source: Box::new(source) });
+        }
+        clover_tlog::note::NoteSigner::sign_bytes(&self.key, message)
+    }
+}
+
+#[tokio::test]
+async fn a_signer_that_fails_leaves_entries_unsigned_and_the_log_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pkcs8 = generate_pkcs8().unwrap();
+    let log =
+        Log::open(dir.path(), Blinking { key: key(&pkcs8), failing: failing.clone() }, LogOptions::default()).unwrap();
+    failing.store(true, std::sync::atomic::Ordering::SeqCst);
+    for n in 0..3 {
+        assert_eq!(log.append(&event(n, None)).await.unwrap(), n, "durable appends are answered");
+    }
+    assert_eq!(log.checkpoint_size(), 0, "nothing could be signed");
+    failing.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(log.append(&event(3, None)).await.unwrap(), 3);
+    assert_eq!(log.checkpoint_size(), 4, "the next batch's checkpoint covers them all");
 }
 
 /// Waits until `check` holds, or panics saying `what` after ten seconds.
