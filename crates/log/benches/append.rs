@@ -25,7 +25,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use clover_event::{EVENT_VERSION, Event, EventDecision, EventKind, EventOrigin, EventPrincipal};
+use clover_event::Event;
 use clover_log::{Log, LogOptions};
 use clover_tlog::hash::{Hash, leaf_hash, node_hash};
 use clover_tlog::note::{SigningKey, TYPE_ED25519};
@@ -43,39 +43,9 @@ const PROOF_LOG_SIZE: u64 = 100_000;
 /// The mean batch the log formed for each writer count, for the matched baselines.
 static ACHIEVED: Mutex<Vec<(usize, f64)>> = Mutex::new(Vec::new());
 
-fn hex(hash: &Hash) -> String {
-    hex::encode(hash.0)
-}
-
-/// An allowed read as the gateway logs it (crates/gateway/src/pipeline.rs): about 490 bytes.
+/// An allowed read as the gateway logs it (crates/gateway/src/pipeline): about 490 bytes.
 fn event(n: usize) -> Event {
-    let subject = hex(&leaf_hash(format!("subject-{}", n % 4096).as_bytes()));
-    let r = hex(&leaf_hash(format!("record-{n}").as_bytes()));
-    let record = format!("{}-{}-4{}-8{}-{}", &r[0..8], &r[8..12], &r[13..16], &r[17..20], &r[20..32]);
-    Event {
-        v: EVENT_VERSION,
-        kind: EventKind::Access,
-        time: 1_795_426_787 + (n / 100) as i64,
-        principal: Some(EventPrincipal {
-            id: format!("emp-{:05}", n % 700),
-            kind: "employee".into(),
-            region: "eu".into(),
-            site: "dublin-1".into(),
-        }),
-        origin: Some(EventOrigin { site: Some("dublin-1".into()), region: Some("eu".into()) }),
-        action: Some("read".into()),
-        subject: Some(subject),
-        record: Some(record),
-        category: Some("contact".into()),
-        decision: Some(EventDecision {
-            effect: "allow".into(),
-            view: Some("full".into()),
-            policies: vec!["origin-in-region".into(), "principal-in-region".into(), "subject-in-region".into()],
-        }),
-        purpose: Some("support".into()),
-        justification: None,
-        detail: None,
-    }
+    clover_testkit::fixtures::access_event(n)
 }
 
 fn runtime() -> tokio::runtime::Runtime {

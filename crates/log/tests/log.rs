@@ -10,23 +10,7 @@ use clover_log::{Log, LogError, LogOptions};
 use clover_tlog::note::{Note, SigningKey, TYPE_ED25519, VerifierKey, generate_pkcs8};
 use clover_tlog::tile::{Tile, split_bundle};
 
-fn event(n: u64, subject: Option<&str>) -> Event {
-    Event {
-        v: 1,
-        kind: EventKind::Access,
-        time: 1_795_000_000 + n as i64,
-        principal: None,
-        origin: None,
-        action: Some("read".into()),
-        subject: subject.map(str::to_owned),
-        record: Some(format!("r-{n}")),
-        category: None,
-        decision: None,
-        purpose: None,
-        justification: None,
-        detail: None,
-    }
-}
+use clover_testkit::fixtures::read_event as event;
 
 fn key(pkcs8: &[u8]) -> SigningKey {
     SigningKey::from_pkcs8("clover.test/eu", TYPE_ED25519, pkcs8).unwrap()

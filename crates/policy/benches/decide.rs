@@ -14,38 +14,11 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use clover_model::{Action, PrincipalKind};
-use clover_policy::pack::{DEFAULT_SCHEMA, PackPrincipal, PackRequest, PackResource, PolicyPack};
+use clover_policy::pack::{DEFAULT_SCHEMA, PackRequest, PolicyPack};
 use criterion::{Criterion, criterion_group, criterion_main};
 
 fn request() -> PackRequest {
-    PackRequest {
-        boundary_region: "eu".into(),
-        principal: PackPrincipal {
-            kind: PrincipalKind::Employee,
-            id: "ana".into(),
-            home_region: "eu".into(),
-            site: "dublin-1".into(),
-            roles: vec!["agent".into()],
-        },
-        action: Action::Read,
-        resource: PackResource::Record {
-            id: "0b8e6f7a-3c1d-4f2e-9a5b-6c7d8e9f0a1b".into(),
-            category: "profile".into(),
-            sensitive: false,
-            subject_minor: false,
-            home_region: "eu".into(),
-        },
-        origin: Some(("dublin-1".into(), "eu".into())),
-        purpose: Some("support".into()),
-        purpose_declared: true,
-        purpose_allowed_for_category: true,
-        purpose_allows_transfer: false,
-        has_justification: false,
-        approved: false,
-        subjects_touched: 3,
-        bulk_threshold: 50,
-    }
+    clover_testkit::fixtures::read_profile_request()
 }
 
 /// Times 20,000 decisions of each case, interleaved (one of each in turn) so that the machine's

@@ -6,7 +6,7 @@
 //! when it ends, pass or fail.
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -28,7 +28,7 @@ fn mode(path: &Path) -> u32 {
 // ---------------------------------------------------------------------------------------------
 
 /// Reads a record from `from`; returns the status, the content type and the JSON body.
-async fn read_record(server: &Process, token: &str, record: &str, from: IpAddr) -> (u16, String, Value) {
+async fn read_record(server: &Process, token: &str, record: &str, from: &str) -> (u16, String, Value) {
     let response = client(from)
         .get(server.at(&format!("/v1/records/{record}")))
         .bearer_auth(token)

@@ -3,7 +3,7 @@
 //! one of them, and a boundary's subjects and records written through the API.
 
 use std::io::{BufRead, BufReader, Read};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -20,22 +20,9 @@ pub const PATIENCE: Duration = Duration::from_secs(30);
 /// Where the keyring's passphrase comes from when no file holds it.
 pub const PASSPHRASE_ENV: &str = "CLOVER_PASSPHRASE";
 
-// The sites of `examples/clover.toml`, which are also `clover serve`'s defaults: an address
-// of each, so that a client can be placed at a site by its source address.
-
-/// `dublin-1`, region eu (127.0.0.1/32).
-pub const DUBLIN: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
-/// `dublin-2`, region eu (127.0.0.2/32).
-#[expect(dead_code, reason = "the whole map of the example sites, for tests to place clients at")]
-pub const DUBLIN_2: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
-/// `hamar-1`, region eu (127.0.0.3/32).
-#[expect(dead_code, reason = "the whole map of the example sites, for tests to place clients at")]
-pub const HAMAR: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3));
-/// `virginia-1`, region us (127.0.1.0/24).
-#[expect(dead_code, reason = "the whole map of the example sites, for tests to place clients at")]
-pub const VIRGINIA: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 1, 1));
-/// `singapore-1`, region sg (127.0.2.0/24).
-pub const SINGAPORE: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 2, 1));
+// The sites of `examples/clover.toml`, which are also `clover serve`'s defaults, are the test
+// kit's: a client is placed at a site by its source address.
+pub use clover_testkit::sites::{DUBLIN, SINGAPORE};
 
 // ---------------------------------------------------------------------------------------------
 // Commands run to completion
@@ -305,7 +292,8 @@ fn serving_address(line: &str) -> Option<(&'static str, SocketAddr)> {
 
 /// An HTTP client whose connections come from `from`, so that a boundary places them at that
 /// site.
-pub fn client(from: IpAddr) -> reqwest::Client {
+pub fn client(from: &str) -> reqwest::Client {
+    let from: IpAddr = from.parse().unwrap();
     reqwest::Client::builder().local_address(from).no_proxy().timeout(PATIENCE).build().unwrap()
 }
 
