@@ -292,7 +292,7 @@ impl Keyring {
     }
 
     /// The root of the pseudonymisation keys (they are derived from it per purpose and
-    /// destination, see [`crate::Custodian`]).
+    /// destination, see `clover_custodian::Custodian`).
     pub fn pseudonym_root(&self) -> &[u8] {
         &self.subject_index_key
     }

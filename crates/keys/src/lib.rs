@@ -12,25 +12,23 @@
 //! subject, record, version), so a ciphertext copied to another row or another region fails to
 //! open.
 //!
-//! The [`Custodian`] holds the wrapped data keys in its own key store, apart from the data
-//! store, and the KEKs through a [`Kek`] backend: the local [`Keyring`] sealed with a passphrase
-//! (the embedded default) or an HSM over PKCS#11 ([`pkcs11::Pkcs11Kek`]).
+//! This crate holds the key primitives: data keys ([`DataKey`], [`WrappedKey`]), the associated
+//! data ([`aad`]), the KEK backends ([`Kek`]: the local [`Keyring`] sealed with a passphrase,
+//! the embedded default, or an HSM over PKCS#11, [`pkcs11::Pkcs11Kek`]) and the boundary's view
+//! of custody ([`KeyCustody`]). The custodian itself, which keeps the wrapped data keys in a key
+//! store of its own, apart from the data store, is the `clover-custodian` crate.
 
 pub mod aad;
-mod custodian;
 mod data_key;
 mod error;
 mod keyring;
 mod passphrase;
 pub mod pkcs11;
 
-pub use custodian::{
-    CacheOptions, Custodian, KeyStore, LoggedAccess, METADATA_KEY, Rotation, UnwrapRecord, VersionCounts,
-};
 pub use data_key::{DataKey, WrappedKey};
 pub use error::KeyError;
 pub use keyring::{ARGON2_PARAMS, Keyring};
-pub use passphrase::{PASSPHRASE_ENV, PASSPHRASE_FILE, Passphrase, PassphraseSource, replace_private, write_private};
+pub use passphrase::{PASSPHRASE_ENV, PASSPHRASE_FILE, Passphrase, PassphraseSource, write_private};
 
 use clover_log::Receipt;
 use clover_model::{Region, SubjectId};
