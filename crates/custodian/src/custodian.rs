@@ -7,91 +7,62 @@
 //! that subject and an action that needs it, and keeps its own journal of every key it hands
 //! out: the log index and entry hash of the access, the action and the purpose declared.
 //!
-//! One job per file: the key store over SQLite or PostgreSQL ([`store`]), the cache of unwrapped
-//! keys ([`cache`]), the journal ([`journal`]), KEK rotation ([`rotation`]), erasure
-//! ([`erasure`]) and subjects' metadata ([`metadata`]); here, the custodian itself and the data
-//! keys it makes and hands out.
+//! One job per file, each knowing nothing of [`Custodian`], which puts them together: the key
+//! store over SQLite or PostgreSQL (`store`), the data keys wrapped and unwrapped (`data_keys`),
+//! the cache of unwrapped keys (`cache`), the journal (`journal`), KEK rotation (`rotation`),
+//! erasure (`erasure`), subjects' metadata (`metadata`), and what an access is (`access`).
 
+pub(crate) mod access;
 pub(crate) mod cache;
+pub(crate) mod data_keys;
 pub(crate) mod erasure;
 pub(crate) mod journal;
 pub(crate) mod metadata;
 pub(crate) mod rotation;
 pub(crate) mod store;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use aws_lc_rs::hmac;
 use clover_event::SubjectIndexKey;
-use clover_keys::{DataKey, Kek, KeyCustody, KeyError, aad};
+use clover_keys::{DataKey, Kek, KeyCustody, KeyError};
 use clover_log::Receipt;
 use clover_model::{Action, Region, SubjectId};
-use tokio::sync::mpsc;
 use zeroize::Zeroizing;
 
-use self::cache::{Cache, CacheOptions};
-use self::erasure::ErasureNotices;
-use self::journal::{Journal, write_journal};
-use self::rotation::Rotation;
-use self::store::{KeyStore, KeyStoreBackend};
-
-/// A logged, allowed access, as the custodian checks it before handing out a key: from a
-/// [`Receipt`] made in this process, or from a log entry that a custodian in its own process
-/// verified against the signed log.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LoggedAccess {
-    /// The subject, as the log's keyed hash.
-    pub subject_hash: String,
-    /// The action allowed.
-    pub action: Action,
-    /// The log entry's index.
-    pub log_index: u64,
-    /// The log entry's RFC 6962 leaf hash, hex.
-    pub entry_hash: String,
-    /// The purpose declared.
-    pub purpose: Option<String>,
-}
+use self::access::{LoggedAccess, UnwrapRecord};
+use self::cache::{CacheOptions, KeyCache};
+use self::data_keys::DataKeys;
+use self::erasure::Erasures;
+use self::journal::Journal;
+use self::metadata::Metadata;
+use self::rotation::{Rotation, Rotations, VersionCounts};
+use self::store::KeyStore;
 
 /// The custodian of one region's keys.
 pub struct Custodian {
-    region: Region,
-    kek: Arc<dyn Kek>,
+    keys: DataKeys,
+    /// Keys the subjects in the key store: the log's subject hash, so that the key store holds
+    /// no subject id in the clear.
     index: SubjectIndexKey,
     pseudonym_root: hmac::Key,
-    db: Arc<dyn KeyStoreBackend>,
-    journal: mpsc::UnboundedSender<Journal>,
-    cache: Arc<Mutex<Cache>>,
-    cache_options: CacheOptions,
-    /// Held shared by whatever wraps a key under the current version (creation, import) and
-    /// exclusively by a retirement, so that no key is wrapped under a version between the check
-    /// that nothing uses it and its destruction.
-    wrapping: tokio::sync::RwLock<()>,
-    /// The latest rotation's progress.
-    rotation: Mutex<Option<Rotation>>,
-    /// The log index of each erased subject's erasure (kept in `erasures`, loaded at open).
-    erasures: Arc<Mutex<HashMap<String, u64>>>,
+    cache: Arc<KeyCache>,
+    erasures: Arc<Erasures>,
+    journal: Journal,
+    rotations: Rotations,
     /// The region's metadata key: seals what policy decides on (a subject's coming of age), so
-    /// that it can be read before any subject's data key is unwrapped. Wrapped in the key store
-    /// like a data key (under [`metadata::METADATA_KEY`]), so that rotation re-wraps it too.
-    metadata_key: DataKey,
+    /// that it can be read before any subject's data key is unwrapped.
+    metadata: Metadata,
 }
 
 impl std::fmt::Debug for Custodian {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Custodian").field("region", &self.region).field("kek", &self.kek).finish_non_exhaustive()
+        f.debug_struct("Custodian")
+            .field("region", &self.keys.region)
+            .field("kek", &self.keys.kek)
+            .finish_non_exhaustive()
     }
-}
-
-/// A key store failure while `operation`.
-fn store_error(operation: &'static str) -> impl Fn(sqlx::Error) -> KeyError {
-    move |cause| KeyError::Store { operation, cause: Box::new(cause) }
-}
-
-fn now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 impl Custodian {
@@ -110,47 +81,27 @@ impl Custodian {
         cache_options: CacheOptions,
     ) -> Result<Self, KeyError> {
         let db = at.open().await?;
-        let metadata_key = metadata::metadata_key(db.as_ref(), &region, kek.as_ref()).await?;
-        let erasures: HashMap<String, u64> = db
-            .erasures()
-            .await
-            .map_err(store_error("reading erasures"))?
-            .into_iter()
-            .map(|(subject, index)| (subject, u64::try_from(index).unwrap_or_default()))
-            .collect();
-        let (journal, queue) = mpsc::unbounded_channel();
-        tokio::spawn(write_journal(db.clone(), queue));
-        let cache = Arc::new(Mutex::new(Cache::default()));
-        let erasures = Arc::new(Mutex::new(erasures));
-        db.follow_erasures(ErasureNotices { cache: Arc::downgrade(&cache), erasures: Arc::downgrade(&erasures) });
+        let keys = DataKeys::new(region, kek, db.clone());
+        let metadata = Metadata::load(&keys).await?;
+        let cache = Arc::new(KeyCache::new(cache_options));
+        let erasures = Erasures::load(db.as_ref(), cache.clone()).await?;
+        let journal = Journal::start(db);
         tracing::info!(store = %at, "key store open");
         Ok(Self {
-            metadata_key,
-            region,
-            kek,
+            keys,
             index,
             pseudonym_root: hmac::Key::new(hmac::HMAC_SHA256, pseudonym_root),
-            db,
-            journal,
             cache,
-            cache_options,
-            wrapping: tokio::sync::RwLock::new(()),
             erasures,
-            rotation: Mutex::new(None),
+            journal,
+            rotations: Rotations::default(),
+            metadata,
         })
     }
 
     /// The KEK backend.
     pub fn kek(&self) -> &Arc<dyn Kek> {
-        &self.kek
-    }
-
-    fn check(access: &LoggedAccess, allowed: &[Action]) -> Result<(), KeyError> {
-        if allowed.contains(&access.action) {
-            Ok(())
-        } else {
-            Err(KeyError::Receipt(format!("a {} does not need a data key here", access.action)))
-        }
+        &self.keys.kek
     }
 
     /// What a receipt made in this process says about the access.
@@ -168,76 +119,65 @@ impl Custodian {
         }
     }
 
-    async fn wrapped(&self, subject: &str) -> Result<(u32, Vec<u8>), KeyError> {
-        let row = self.db.wrapped(subject).await.map_err(store_error("reading a data key"))?;
-        let (version, wrapped) = row.ok_or(KeyError::NoDataKey)?;
-        Ok((u32::try_from(version).map_err(|_| KeyError::Decrypt)?, wrapped))
-    }
-
-    /// A data key wrapped by an earlier version of Clover (AAD by subject id).
-    fn unwrap_legacy(&self, subject: &SubjectId, version: u32, wrapped: &[u8]) -> Result<DataKey, KeyError> {
-        let plain = self.kek.decrypt(version, &aad::data_key(&self.region, subject, version), wrapped)?;
-        DataKey::from_slice(&plain).map_err(|_| KeyError::Decrypt)
-    }
-
     /// Makes the data key of a logged, allowed write's subject.
     pub async fn create_for(&self, access: &LoggedAccess) -> Result<DataKey, KeyError> {
-        Self::check(access, &[Action::Write])?;
-        self.check_not_before_erasure(access)?;
-        self.check_not_before_stored_erasure(access).await?;
-        let _shared = self.wrapping.read().await;
-        let hash = &access.subject_hash;
-        let key = DataKey::generate()?;
-        let version = self.kek.current_version()?;
-        let wrapped = self.kek.encrypt(version, &aad::data_key_by_hash(&self.region, hash, version), key.expose())?;
-        let inserted =
-            self.db.insert_key(hash, version, &wrapped, now()).await.map_err(store_error("storing a data key"))?;
-        if !inserted {
-            return Err(KeyError::DataKeyExists);
-        }
-        self.record(access, false);
+        access.check(&[Action::Write])?;
+        self.erasures.check(access)?;
+        self.erasures.check_stored(self.keys.db.as_ref(), access).await?;
+        let key = self.keys.create(&access.subject_hash).await?;
+        self.journal.record(access, false);
         Ok(key)
     }
 
     /// The data key of a logged, allowed read or write's subject.
     pub async fn fetch_for(&self, access: &LoggedAccess) -> Result<DataKey, KeyError> {
-        Self::check(access, &[Action::Read, Action::Write])?;
-        self.check_not_before_erasure(access)?;
+        access.check(&[Action::Read, Action::Write])?;
+        self.erasures.check(access)?;
         let hash = &access.subject_hash;
-        if let Some(key) = self.cached(hash) {
-            self.record(access, true);
+        if let Some(key) = self.cache.key(hash) {
+            self.journal.record(access, true);
             return Ok(key);
         }
-        let epoch = self.cache_epoch();
-        let (version, wrapped) = self.wrapped(hash).await?;
-        let plain = match self.kek.decrypt(version, &aad::data_key_by_hash(&self.region, hash, version), &wrapped) {
-            // Re-wrapped and the old version retired between the read and the unwrap: read again.
-            Err(KeyError::UnknownKekVersion(_)) => {
-                let (version, wrapped) = self.wrapped(hash).await?;
-                self.kek.decrypt(version, &aad::data_key_by_hash(&self.region, hash, version), &wrapped)?
-            }
-            other => other?,
-        };
-        let key = DataKey::from_slice(&plain).map_err(|_| KeyError::Decrypt)?;
-        self.cache_insert(hash, &key, epoch);
-        self.record(access, false);
+        let epoch = self.cache.epoch();
+        let key = self.keys.unwrap(hash).await?;
+        self.cache.insert_key(hash, &key, epoch);
+        self.journal.record(access, false);
         Ok(key)
+    }
+
+    /// Destroys the data key of a logged, allowed erasure's subject; whether there was one.
+    pub async fn destroy_for(&self, access: &LoggedAccess) -> Result<bool, KeyError> {
+        access.check(&[Action::Erase])?;
+        let destroyed = self.erasures.destroy(self.keys.db.as_ref(), access).await?;
+        self.journal.record(access, false);
+        Ok(destroyed)
     }
 
     /// Takes in a data key wrapped by an earlier version of Clover, which kept wrapped keys in
     /// the data store; a subject that already has a key here keeps it.
     pub async fn import(&self, subject: &SubjectId, kek_version: u32, wrapped: &[u8]) -> Result<(), KeyError> {
-        let _shared = self.wrapping.read().await;
-        let key = self.unwrap_legacy(subject, kek_version, wrapped)?;
-        if self.wrapped(&self.index.hash(subject)).await.is_ok() {
-            return Ok(());
-        }
-        let hash = self.index.hash(subject);
-        let version = self.kek.current_version()?;
-        let rewrapped =
-            self.kek.encrypt(version, &aad::data_key_by_hash(&self.region, &hash, version), key.expose())?;
-        self.db.insert_key(&hash, version, &rewrapped, now()).await.map_err(store_error("importing a data key"))?;
-        Ok(())
+        self.keys.import(subject, &self.index.hash(subject), kek_version, wrapped).await
+    }
+
+    /// Seals a subject's metadata with their metadata key; `hash` is the subject's keyed hash
+    /// in the boundary's log, which names their keys here.
+    pub async fn seal_metadata_for(
+        &self,
+        subject: &SubjectId,
+        hash: &str,
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, KeyError> {
+        self.metadata.seal(&self.keys, &self.cache, subject, hash, plaintext).await
+    }
+
+    /// Opens what [`Custodian::seal_metadata_for`] sealed (or what earlier versions sealed).
+    pub async fn open_metadata_for(
+        &self,
+        subject: &SubjectId,
+        hash: &str,
+        sealed: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+        self.metadata.open(&self.keys, &self.cache, subject, hash, sealed).await
     }
 
     /// A pseudonymous token for `input` under the key of (`purpose`, `destination`).
@@ -250,17 +190,74 @@ impl Custodian {
         format!("tok_{hex}")
     }
 
+    /// Waits until every journal record sent so far is written.
+    pub async fn flush_journal(&self) {
+        self.journal.flush().await;
+    }
+
+    /// The journal, oldest first (after a flush).
+    pub async fn journal(&self) -> Result<Vec<UnwrapRecord>, KeyError> {
+        self.journal.read().await
+    }
+
+    /// How many data keys each KEK version wraps, for every version the backend holds.
+    pub async fn version_counts(&self) -> Result<VersionCounts, KeyError> {
+        self.keys.version_counts().await
+    }
+
+    /// Re-wraps up to `batch` data keys that are not under the current KEK version; returns how
+    /// many it re-wrapped (0: none is left). Reads and writes go on meanwhile: each key is
+    /// replaced in its own statement, only if it has not changed since it was read.
+    pub async fn rewrap_batch(&self, batch: u32) -> Result<u64, KeyError> {
+        self.keys.rewrap_batch(batch).await
+    }
+
+    /// The latest rotation's progress, if one ran since the custodian opened.
+    pub fn rotation(&self) -> Option<Rotation> {
+        self.rotations.latest()
+    }
+
+    /// Starts a rotation, unless one is running (`Ok(None)`): a new KEK version, current at
+    /// once. Checking for a running rotation and marking this one are one step. Returns the new
+    /// version and how many keys wait to be re-wrapped; then [`Custodian::run_rotation`].
+    pub async fn start_rotation(&self) -> Result<Option<(u32, u64)>, KeyError> {
+        self.rotations.start(&self.keys).await
+    }
+
+    /// Re-wraps every key under the current version in batches, keeping the progress, then
+    /// retires the old versions; returns them. Keys go on being handed out meanwhile. The
+    /// caller logs what it must, then calls [`Custodian::end_rotation`].
+    pub async fn run_rotation(&self) -> Result<Vec<u32>, KeyError> {
+        self.rotations.run(&self.keys).await
+    }
+
+    /// Marks the rotation done, or failed with `error`.
+    pub fn end_rotation(&self, error: Option<String>) {
+        self.rotations.end(error);
+    }
+
+    /// Retires every version but the current one, once no key uses it; an old version that still
+    /// wraps keys is an error (the re-wrap did not finish).
+    pub async fn retire_old_versions(&self) -> Result<Vec<u32>, KeyError> {
+        self.keys.retire_old_versions().await
+    }
+
+    /// Retires a KEK version that no data key uses any more.
+    pub async fn retire(&self, version: u32) -> Result<(), KeyError> {
+        self.keys.retire(version).await
+    }
+
     /// Closes the key store after writing the journal.
     pub async fn close(&self) {
-        self.flush_journal().await;
-        self.db.close().await;
+        self.journal.flush().await;
+        self.keys.db.close().await;
     }
 }
 
 #[async_trait]
 impl KeyCustody for Custodian {
     fn region(&self) -> &Region {
-        &self.region
+        &self.keys.region
     }
 
     async fn create_data_key(&self, receipt: &Receipt) -> Result<DataKey, KeyError> {

@@ -32,9 +32,8 @@ pub mod verify;
 
 pub use client::RemoteCustody;
 pub use custodian::Custodian;
-pub use custodian::LoggedAccess;
+pub use custodian::access::{LoggedAccess, UnwrapRecord};
 pub use custodian::cache::CacheOptions;
-pub use custodian::journal::UnwrapRecord;
 pub use custodian::metadata::METADATA_KEY;
 pub use custodian::rotation::{Rotation, VersionCounts};
 pub use custodian::store::KeyStore;

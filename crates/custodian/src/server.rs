@@ -28,8 +28,9 @@ use clover_model::SubjectId;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use crate::custodian::Custodian;
+use crate::custodian::access::{LoggedAccess, UnwrapRecord};
 use crate::verify::{LogVerifier, ReceiptError, WireReceipt};
-use crate::{Custodian, LoggedAccess, UnwrapRecord};
 
 /// The custodian and the log it checks receipts against.
 #[derive(Debug, Clone)]
@@ -285,7 +286,7 @@ pub struct CustodianOptions {
     /// `CLOVER_HSM_PIN`).
     pub pkcs11: Option<clover_keys::pkcs11::Pkcs11Config>,
     /// The data-key cache.
-    pub cache: crate::CacheOptions,
+    pub cache: crate::custodian::cache::CacheOptions,
     /// The key store in a PostgreSQL database (`postgres://...`) instead of `keys.db`.
     pub store: Option<String>,
 }
@@ -338,8 +339,8 @@ pub async fn open_dir(options: &CustodianOptions) -> Result<Custodian, KeyError>
     }
     Custodian::open(
         &match &options.store {
-            Some(url) => crate::KeyStore::Postgres(url.clone()),
-            None => crate::KeyStore::Sqlite(dir.join("keys.db")),
+            Some(url) => crate::custodian::store::KeyStore::Postgres(url.clone()),
+            None => crate::custodian::store::KeyStore::Sqlite(dir.join("keys.db")),
         },
         options.region.clone(),
         kek,

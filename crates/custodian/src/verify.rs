@@ -13,7 +13,7 @@ use clover_tlog::note::{Note, VerifierKey};
 use clover_tlog::tree::{verify_consistency, verify_inclusion};
 use serde::Deserialize;
 
-use crate::LoggedAccess;
+use crate::custodian::access::LoggedAccess;
 
 /// Why a receipt was refused.
 #[derive(Debug, thiserror::Error)]

@@ -5,7 +5,7 @@ use std::fmt;
 use aws_lc_rs::aead::{AES_256_GCM, Aad, NONCE_LEN, Nonce, RandomizedNonceKey};
 use zeroize::Zeroizing;
 
-use crate::KeyError;
+use crate::error::KeyError;
 
 /// A 256-bit AES-GCM key in the clear. Zeroized on drop; neither `Clone` nor printable.
 pub struct DataKey {

@@ -1,6 +1,7 @@
-//! The cache of unwrapped data keys: bounded in size and age (off with a size of 0), it spares
-//! the KEK backend on hot subjects. An erasure evicts the subject and bumps the cache's epoch, so
-//! that a key being unwrapped while the erasure runs is not cached.
+//! The cache of unwrapped data keys, and of subjects' derived metadata keys: bounded in size
+//! and age (off with a size of 0), it spares the KEK backend on hot subjects. An erasure evicts
+//! the subject and bumps the cache's epoch, so that a key being unwrapped while the erasure runs
+//! is not cached.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, PoisonError};
@@ -8,8 +9,6 @@ use std::time::{Duration, Instant};
 
 use clover_keys::DataKey;
 use zeroize::Zeroizing;
-
-use super::Custodian;
 
 /// The cache of unwrapped data keys.
 #[derive(Debug, Clone, Copy)]
@@ -26,55 +25,92 @@ impl Default for CacheOptions {
     }
 }
 
+/// The cache.
+pub(crate) struct KeyCache {
+    options: CacheOptions,
+    held: Mutex<Held>,
+}
+
 #[derive(Default)]
-pub(super) struct Cache {
+struct Held {
     keys: HashMap<String, (Zeroizing<[u8; 32]>, Instant)>,
     order: VecDeque<(String, Instant)>,
     /// Subjects' metadata keys (derived, no receipt needed), cleared by erasure like the rest.
-    pub(super) metadata: HashMap<String, Zeroizing<[u8; 32]>>,
+    metadata: HashMap<String, Zeroizing<[u8; 32]>>,
     /// Bumped by every erasure: a key unwrapped across an erasure is not cached.
-    pub(super) epoch: u64,
+    epoch: u64,
 }
 
-impl Custodian {
-    pub(super) fn cached(&self, subject: &str) -> Option<DataKey> {
-        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
-        let (key, at) = cache.keys.get(subject)?;
-        if at.elapsed() > self.cache_options.ttl {
-            cache.keys.remove(subject);
+impl KeyCache {
+    pub(crate) fn new(options: CacheOptions) -> Self {
+        Self { options, held: Mutex::new(Held::default()) }
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.held.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The subject's data key, if cached and not expired.
+    pub(crate) fn key(&self, subject: &str) -> Option<DataKey> {
+        let mut held = self.held();
+        let (key, at) = held.keys.get(subject)?;
+        if at.elapsed() > self.options.ttl {
+            held.keys.remove(subject);
             return None;
         }
         Some(DataKey::from_bytes(key.clone()))
     }
 
-    pub(super) fn cache_insert(&self, subject: &str, key: &DataKey, epoch: u64) {
-        if self.cache_options.size == 0 {
+    /// Caches the subject's data key, unless an erasure ran since [`KeyCache::epoch`] read
+    /// `epoch` (before the key was unwrapped).
+    pub(crate) fn insert_key(&self, subject: &str, key: &DataKey, epoch: u64) {
+        if self.options.size == 0 {
             return;
         }
-        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
-        if cache.epoch != epoch {
+        let mut held = self.held();
+        if held.epoch != epoch {
             return;
         }
         let at = Instant::now();
-        cache.keys.insert(subject.to_owned(), (Zeroizing::new(*key.expose()), at));
-        cache.order.push_back((subject.to_owned(), at));
-        while cache.keys.len() > self.cache_options.size || cache.order.len() > 2 * self.cache_options.size {
-            let Some((oldest, at)) = cache.order.pop_front() else { break };
-            if cache.keys.get(&oldest).is_some_and(|(_, t)| *t == at) {
-                cache.keys.remove(&oldest);
+        held.keys.insert(subject.to_owned(), (Zeroizing::new(*key.expose()), at));
+        held.order.push_back((subject.to_owned(), at));
+        while held.keys.len() > self.options.size || held.order.len() > 2 * self.options.size {
+            let Some((oldest, at)) = held.order.pop_front() else { break };
+            if held.keys.get(&oldest).is_some_and(|(_, t)| *t == at) {
+                held.keys.remove(&oldest);
             }
         }
     }
 
-    pub(super) fn cache_epoch(&self) -> u64 {
-        self.cache.lock().unwrap_or_else(PoisonError::into_inner).epoch
+    /// The subject's metadata key, if cached.
+    pub(crate) fn metadata_key(&self, subject: &str) -> Option<DataKey> {
+        self.held().metadata.get(subject).map(|key| DataKey::from_bytes(key.clone()))
     }
-}
 
-/// Drops a subject's keys from the cache, and keeps any unwrapped meanwhile out of it.
-pub(super) fn evict(cache: &Mutex<Cache>, hash: &str) {
-    let mut cache = cache.lock().unwrap_or_else(PoisonError::into_inner);
-    cache.epoch += 1;
-    cache.keys.remove(hash);
-    cache.metadata.remove(hash);
+    /// Caches the subject's metadata key, unless an erasure ran since `epoch` was read.
+    pub(crate) fn insert_metadata_key(&self, subject: &str, key: &Zeroizing<[u8; 32]>, epoch: u64) {
+        if self.options.size == 0 {
+            return;
+        }
+        let mut held = self.held();
+        if held.epoch == epoch {
+            if held.metadata.len() >= self.options.size {
+                held.metadata.clear();
+            }
+            held.metadata.insert(subject.to_owned(), key.clone());
+        }
+    }
+
+    /// The current epoch: read it before unwrapping a key that will be cached.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.held().epoch
+    }
+
+    /// Drops a subject's keys, and keeps any unwrapped meanwhile out.
+    pub(crate) fn evict(&self, subject: &str) {
+        let mut held = self.held();
+        held.epoch += 1;
+        held.keys.remove(subject);
+        held.metadata.remove(subject);
+    }
 }

@@ -5,35 +5,51 @@
 //! hear of each other's erasures at once.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use clover_keys::KeyError;
-use clover_model::Action;
 
-use super::cache::{Cache, evict};
-use super::{Custodian, LoggedAccess, store_error};
+use super::access::LoggedAccess;
+use super::cache::KeyCache;
+use super::store::{ErasureListener, KeyStoreBackend, failed};
 
-impl Custodian {
-    /// Destroys the data key of a logged, allowed erasure's subject; whether there was one.
-    pub async fn destroy_for(&self, access: &LoggedAccess) -> Result<bool, KeyError> {
-        Self::check(access, &[Action::Erase])?;
-        self.check_not_before_erasure(access)?;
-        let hash = &access.subject_hash;
-        evict(&self.cache, hash);
-        let log_index = i64::try_from(access.log_index).unwrap_or(i64::MAX);
-        let deleted = self.db.destroy(hash, log_index).await.map_err(store_error("destroying a data key"))?;
-        // Anything unwrapped while the row was being deleted is not cached either.
-        forget_erased(&self.cache, &self.erasures, hash, access.log_index);
-        self.db.after_erasure(hash, access.log_index).await;
-        self.record(access, false);
-        Ok(deleted > 0)
+/// The log index of each erased subject's last erasure (kept in the key store, loaded at open),
+/// and the cache an erasure evicts the subject from.
+pub(crate) struct Erasures {
+    at: Mutex<HashMap<String, u64>>,
+    cache: Arc<KeyCache>,
+}
+
+impl Erasures {
+    /// The erasures recorded in `db`; from now on, those of other custodians sharing it too.
+    pub(crate) async fn load(db: &dyn KeyStoreBackend, cache: Arc<KeyCache>) -> Result<Arc<Self>, KeyError> {
+        let at: HashMap<String, u64> = db
+            .erasures()
+            .await
+            .map_err(failed("reading erasures"))?
+            .into_iter()
+            .map(|(subject, index)| (subject, u64::try_from(index).unwrap_or_default()))
+            .collect();
+        let erasures = Arc::new(Self { at: Mutex::new(at), cache });
+        db.follow_erasures(Box::new(ErasureNotices(Arc::downgrade(&erasures))));
+        Ok(erasures)
+    }
+
+    /// Records an erasure at `log_index` and drops the subject's keys from the cache.
+    fn forget(&self, hash: &str, log_index: u64) {
+        {
+            let mut at = self.at.lock().unwrap_or_else(PoisonError::into_inner);
+            let erased = at.entry(hash.to_owned()).or_default();
+            *erased = (*erased).max(log_index);
+        }
+        self.cache.evict(hash);
     }
 
     /// Refuses an access logged before the subject's last erasure: a receipt from an earlier
     /// life of the subject id neither reads, nor makes, nor destroys the key of a later one.
-    pub(super) fn check_not_before_erasure(&self, access: &LoggedAccess) -> Result<(), KeyError> {
-        let erasures = self.erasures.lock().unwrap_or_else(PoisonError::into_inner);
-        match erasures.get(&access.subject_hash) {
+    pub(crate) fn check(&self, access: &LoggedAccess) -> Result<(), KeyError> {
+        let at = self.at.lock().unwrap_or_else(PoisonError::into_inner);
+        match at.get(&access.subject_hash) {
             Some(&erased) if access.log_index <= erased => Err(KeyError::Receipt(format!(
                 "log entry {} is from before the subject's erasure at entry {erased}",
                 access.log_index
@@ -42,45 +58,44 @@ impl Custodian {
         }
     }
 
-    /// Refuses an access logged before an erasure by another custodian on the same key store,
-    /// not yet heard of here.
-    pub(super) async fn check_not_before_stored_erasure(&self, access: &LoggedAccess) -> Result<(), KeyError> {
-        let erased = self.db.erasure(&access.subject_hash).await.map_err(store_error("reading erasures"))?;
+    /// [`Erasures::check`], after reading the key store for an erasure by another custodian on
+    /// it that was not yet heard of here.
+    pub(crate) async fn check_stored(&self, db: &dyn KeyStoreBackend, access: &LoggedAccess) -> Result<(), KeyError> {
+        let erased = db.erasure(&access.subject_hash).await.map_err(failed("reading erasures"))?;
         if let Some(erased) = erased.and_then(|e| u64::try_from(e).ok()) {
-            forget_erased(&self.cache, &self.erasures, &access.subject_hash, erased);
-            self.check_not_before_erasure(access)?;
+            self.forget(&access.subject_hash, erased);
+            self.check(access)?;
         }
         Ok(())
     }
-}
 
-/// Records an erasure at `log_index` and drops the subject's keys from the cache.
-pub(super) fn forget_erased(cache: &Mutex<Cache>, erasures: &Mutex<HashMap<String, u64>>, hash: &str, log_index: u64) {
-    {
-        let mut erasures = erasures.lock().unwrap_or_else(PoisonError::into_inner);
-        let erased = erasures.entry(hash.to_owned()).or_default();
-        *erased = (*erased).max(log_index);
+    /// Destroys the data key and metadata salt of an allowed erasure's subject, recording the
+    /// erasure; whether there was a key.
+    pub(crate) async fn destroy(&self, db: &dyn KeyStoreBackend, access: &LoggedAccess) -> Result<bool, KeyError> {
+        self.check(access)?;
+        let hash = &access.subject_hash;
+        self.cache.evict(hash);
+        let log_index = i64::try_from(access.log_index).unwrap_or(i64::MAX);
+        let deleted = db.destroy(hash, log_index).await.map_err(failed("destroying a data key"))?;
+        // Anything unwrapped while the row was being deleted is not cached either.
+        self.forget(hash, access.log_index);
+        db.after_erasure(hash, access.log_index).await;
+        Ok(deleted > 0)
     }
-    evict(cache, hash);
 }
 
-/// Where the erasures that other custodians on a shared key store announce are applied: this
-/// custodian's cache and record of erasures, for as long as it lives.
-pub(crate) struct ErasureNotices {
-    pub(super) cache: Weak<Mutex<Cache>>,
-    pub(super) erasures: Weak<Mutex<HashMap<String, u64>>>,
-}
+/// Applies the erasures other custodians on a shared key store announce, while the custodian
+/// lives.
+struct ErasureNotices(Weak<Erasures>);
 
-impl ErasureNotices {
-    /// Whether the custodian is still there.
-    pub(crate) fn is_open(&self) -> bool {
-        self.cache.strong_count() > 0
+impl ErasureListener for ErasureNotices {
+    fn is_open(&self) -> bool {
+        self.0.strong_count() > 0
     }
 
-    /// Applies the erasure of `hash` at `log_index`; false once the custodian is gone.
-    pub(crate) fn apply(&self, hash: &str, log_index: u64) -> bool {
-        let (Some(cache), Some(erasures)) = (self.cache.upgrade(), self.erasures.upgrade()) else { return false };
-        forget_erased(&cache, &erasures, hash, log_index);
+    fn erased(&self, subject: &str, log_index: u64) -> bool {
+        let Some(erasures) = self.0.upgrade() else { return false };
+        erasures.forget(subject, log_index);
         true
     }
 }

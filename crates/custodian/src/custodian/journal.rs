@@ -7,44 +7,60 @@ use std::sync::Arc;
 use clover_keys::KeyError;
 use tokio::sync::{mpsc, oneshot};
 
-use super::store::KeyStoreBackend;
-use super::{Custodian, LoggedAccess, now, store_error};
+use super::access::{LoggedAccess, UnwrapRecord};
+use super::store::{KeyStoreBackend, failed, now};
 
-/// One entry of the custodian's journal: a data key handed out.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct UnwrapRecord {
-    /// Seconds since the Unix epoch.
-    pub time: i64,
-    /// The subject, as the log's keyed hash.
-    pub subject: String,
-    /// The action the receipt allowed.
-    pub action: String,
-    /// The index of the log entry of the access.
-    pub log_index: u64,
-    /// The hash of that entry (RFC 6962 leaf hash, hex).
-    pub entry_hash: String,
-    /// The purpose declared for the access.
-    pub purpose: Option<String>,
-    /// Whether the key came from the cache.
-    pub cached: bool,
+/// The journal: where records are sent, and the key store that keeps them.
+pub(crate) struct Journal {
+    queue: mpsc::UnboundedSender<Sent>,
+    db: Arc<dyn KeyStoreBackend>,
 }
 
 /// What the journal's writer is sent.
-pub(super) enum Journal {
+enum Sent {
     Record(UnwrapRecord),
     Flush(oneshot::Sender<()>),
 }
 
+impl Journal {
+    /// Starts the writer of the journal kept in `db`.
+    pub(crate) fn start(db: Arc<dyn KeyStoreBackend>) -> Self {
+        let (queue, received) = mpsc::unbounded_channel();
+        tokio::spawn(write(db.clone(), received));
+        Self { queue, db }
+    }
+
+    /// Records a key handed out for `access` (from the cache, or unwrapped).
+    pub(crate) fn record(&self, access: &LoggedAccess, cached: bool) {
+        // The writer lives as long as the pool; if it is gone the process is shutting down.
+        let _ = self.queue.send(Sent::Record(UnwrapRecord::of(access, cached, now())));
+    }
+
+    /// Waits until every record sent so far is written.
+    pub(crate) async fn flush(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.queue.send(Sent::Flush(done)).is_ok() {
+            let _ = wait.await;
+        }
+    }
+
+    /// The journal, oldest first (after a flush).
+    pub(crate) async fn read(&self) -> Result<Vec<UnwrapRecord>, KeyError> {
+        self.flush().await;
+        self.db.journal().await.map_err(failed("reading the journal"))
+    }
+}
+
 /// Writes the records sent on `queue`, a batch per transaction, until every sender is gone.
-pub(super) async fn write_journal(db: Arc<dyn KeyStoreBackend>, mut queue: mpsc::UnboundedReceiver<Journal>) {
+async fn write(db: Arc<dyn KeyStoreBackend>, mut queue: mpsc::UnboundedReceiver<Sent>) {
     let mut batch = Vec::new();
     while queue.recv_many(&mut batch, 1024).await > 0 {
         let mut waiting = Vec::new();
         let mut records = Vec::new();
         for item in batch.drain(..) {
             match item {
-                Journal::Record(record) => records.push(record),
-                Journal::Flush(done) => waiting.push(done),
+                Sent::Record(record) => records.push(record),
+                Sent::Flush(done) => waiting.push(done),
             }
         }
         if !records.is_empty()
@@ -55,35 +71,5 @@ pub(super) async fn write_journal(db: Arc<dyn KeyStoreBackend>, mut queue: mpsc:
         for done in waiting {
             let _ = done.send(());
         }
-    }
-}
-
-impl Custodian {
-    pub(super) fn record(&self, access: &LoggedAccess, cached: bool) {
-        let record = UnwrapRecord {
-            time: now(),
-            subject: access.subject_hash.clone(),
-            action: access.action.to_string(),
-            log_index: access.log_index,
-            entry_hash: access.entry_hash.clone(),
-            purpose: access.purpose.clone(),
-            cached,
-        };
-        // The writer lives as long as the pool; if it is gone the process is shutting down.
-        let _ = self.journal.send(Journal::Record(record));
-    }
-
-    /// Waits until every journal record sent so far is written.
-    pub async fn flush_journal(&self) {
-        let (done, wait) = oneshot::channel();
-        if self.journal.send(Journal::Flush(done)).is_ok() {
-            let _ = wait.await;
-        }
-    }
-
-    /// The journal, oldest first (after a flush).
-    pub async fn journal(&self) -> Result<Vec<UnwrapRecord>, KeyError> {
-        self.flush_journal().await;
-        self.db.journal().await.map_err(store_error("reading the journal"))
     }
 }

@@ -13,13 +13,13 @@ mod sqlite;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use clover_keys::KeyError;
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Type};
 
-use super::erasure::ErasureNotices;
-use super::journal::UnwrapRecord;
+use super::access::UnwrapRecord;
 
 /// Where the custodian keeps its key store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,9 +76,9 @@ pub(crate) trait KeyStoreBackend: Send + Sync {
     /// the old page.
     async fn after_erasure(&self, subject: &str, log_index: u64);
 
-    /// Applies the erasures of other custodians sharing this key store to `notices` until the
-    /// custodian is dropped, where there can be others.
-    fn follow_erasures(&self, notices: ErasureNotices);
+    /// Tells `listener` of the erasures of other custodians sharing this key store, for as long
+    /// as it listens, where there can be others.
+    fn follow_erasures(&self, listener: Box<dyn ErasureListener>);
 
     /// Stores the subject's metadata salt unless it has one.
     async fn insert_salt(&self, subject: &str, salt: &[u8]) -> Result<(), sqlx::Error>;
@@ -116,6 +116,25 @@ pub(crate) trait KeyStoreBackend: Send + Sync {
     async fn close(&self);
 }
 
+/// What hears of the erasures that other custodians sharing a key store make.
+pub(crate) trait ErasureListener: Send + Sync + 'static {
+    /// Whether it still listens (its custodian is still there).
+    fn is_open(&self) -> bool;
+
+    /// Applies the erasure of `subject` at `log_index`; false once it no longer listens.
+    fn erased(&self, subject: &str, log_index: u64) -> bool;
+}
+
+/// A key store failure while `operation`.
+pub(crate) fn failed(operation: &'static str) -> impl Fn(sqlx::Error) -> KeyError {
+    move |cause| KeyError::Store { operation, cause: Box::new(cause) }
+}
+
+/// Seconds since the Unix epoch, as the key store keeps times.
+pub(crate) fn now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
 /// What differs between the two databases.
 #[async_trait]
 pub(crate) trait Dialect: Database {
@@ -126,7 +145,7 @@ pub(crate) trait Dialect: Database {
     async fn after_erasure(pool: &Pool<Self>, subject: &str, log_index: u64);
 
     /// Hears of other custodians' erasures (see [`KeyStoreBackend::follow_erasures`]).
-    fn follow_erasures(pool: &Pool<Self>, notices: ErasureNotices);
+    fn follow_erasures(pool: &Pool<Self>, listener: Box<dyn ErasureListener>);
 }
 
 /// The key store over a pool of either database.
@@ -207,8 +226,8 @@ where
         DB::after_erasure(&self.pool, subject, log_index).await;
     }
 
-    fn follow_erasures(&self, notices: ErasureNotices) {
-        DB::follow_erasures(&self.pool, notices);
+    fn follow_erasures(&self, listener: Box<dyn ErasureListener>) {
+        DB::follow_erasures(&self.pool, listener);
     }
 
     async fn insert_salt(&self, subject: &str, salt: &[u8]) -> Result<(), sqlx::Error> {

@@ -5,8 +5,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions, Postgres};
 
-use super::{Dialect, KeyDb};
-use crate::custodian::erasure::ErasureNotices;
+use super::{Dialect, ErasureListener, KeyDb};
 
 /// Its migrations, in order. Never edit one that has shipped; add the next.
 const MIGRATIONS: &[(i64, &str)] = &[(
@@ -68,15 +67,15 @@ impl Dialect for Postgres {
 
     /// Other gateways' custodians share this key store: their erasures must reach this one's
     /// cache and its record of erasures at once, not after the cache's time to live.
-    fn follow_erasures(pool: &PgPool, notices: ErasureNotices) {
-        tokio::spawn(follow(pool.clone(), notices));
+    fn follow_erasures(pool: &PgPool, listener: Box<dyn ErasureListener>) {
+        tokio::spawn(follow(pool.clone(), listener));
     }
 }
 
 /// Applies the erasures other custodians announce, until the custodian is dropped.
-async fn follow(pool: PgPool, notices: ErasureNotices) {
+async fn follow(pool: PgPool, erasures: Box<dyn ErasureListener>) {
     let mut listener: Option<PgListener> = None;
-    while notices.is_open() {
+    while erasures.is_open() {
         if listener.is_none() {
             let listening = async {
                 let mut l = PgListener::connect_with(&pool).await?;
@@ -97,7 +96,7 @@ async fn follow(pool: PgPool, notices: ErasureNotices) {
             Ok(Ok(notice)) => {
                 if let Some((hash, index)) = notice.payload().split_once(' ')
                     && let Ok(index) = index.parse()
-                    && !notices.apply(hash, index)
+                    && !erasures.erased(hash, index)
                 {
                     return;
                 }

@@ -7,8 +7,7 @@ use async_trait::async_trait;
 use sqlx::Row;
 use sqlx::sqlite::{Sqlite, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
-use super::{Dialect, KeyDb};
-use crate::custodian::erasure::ErasureNotices;
+use super::{Dialect, ErasureListener, KeyDb};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS data_keys (
@@ -73,5 +72,5 @@ impl Dialect for Sqlite {
     }
 
     /// A SQLite file has one custodian: there are no others to hear from.
-    fn follow_erasures(_pool: &SqlitePool, _notices: ErasureNotices) {}
+    fn follow_erasures(_pool: &SqlitePool, _listener: Box<dyn ErasureListener>) {}
 }
