@@ -1,6 +1,6 @@
 //! The log verifier.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use clover_event::Event;
 use clover_tlog::checkpoint::Checkpoint;
@@ -8,7 +8,8 @@ use clover_tlog::hash::{Hash, leaf_hash, perfect_root};
 use clover_tlog::note::{Note, VerifierKey};
 use clover_tlog::tile::{TILE_WIDTH, Tile, split_bundle};
 use clover_tlog::tree::{self, ProofError, Subtrees};
-use serde::{Deserialize, Serialize};
+
+use crate::state::{StateError, Verified, read_state, write_state};
 
 /// What the verifier is asked to check.
 #[derive(Debug, Clone)]
@@ -105,46 +106,9 @@ pub enum VerifyError {
         /// The root of those entries now.
         new_root: String,
     },
-    /// The state file could not be used.
-    #[error("state file {path:?}: {detail}")]
-    State {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        detail: String,
-    },
-}
-
-/// The state kept between runs: the last checkpoint verified.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct State {
-    /// The log's origin.
-    pub origin: String,
-    /// The verified size.
-    pub size: u64,
-    /// The verified root (base64).
-    pub root: String,
-    /// The verified checkpoint note.
-    pub checkpoint: String,
-}
-
-fn read_state(path: &Path) -> Result<Option<State>, VerifyError> {
-    let bad = |detail: String| VerifyError::State { path: path.to_owned(), detail };
-    match std::fs::read(path) {
-        Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(bad(e.to_string())),
-    }
-}
-
-fn write_state(path: &Path, state: &State) -> Result<(), VerifyError> {
-    let bad = |detail: String| VerifyError::State { path: path.to_owned(), detail };
-    let tmp = path.with_extension("tmp");
-    let mut text = serde_json::to_vec_pretty(state).map_err(|e| bad(e.to_string()))?;
-    text.push(b'\n');
-    std::fs::write(&tmp, text).map_err(|e| bad(e.to_string()))?;
-    std::fs::rename(&tmp, path).map_err(|e| bad(e.to_string()))
+    /// The state file could not be read or written.
+    #[error(transparent)]
+    State(#[from] StateError),
 }
 
 async fn fetch(client: &reqwest::Client, url: &str) -> Result<Vec<u8>, VerifyError> {
@@ -304,31 +268,24 @@ pub async fn verify(options: &VerifyOptions) -> Result<Report, VerifyError> {
     // 4. Consistency with the checkpoint verified last time.
     let mut previous_size = None;
     if let Some(path) = &options.state {
-        if let Some(state) = read_state(path)? {
-            if state.origin != checkpoint.origin {
-                return Err(VerifyError::State {
-                    path: path.clone(),
-                    detail: format!("it is for log {:?}, not {:?}", state.origin, checkpoint.origin),
-                });
+        let mut state = read_state(path)?.unwrap_or_default();
+        if let Some(last) = state.of_log(path, &checkpoint.origin)? {
+            if last.size > size {
+                return Err(VerifyError::Shrank { old: last.size, new: size });
             }
-            if state.size > size {
-                return Err(VerifyError::Shrank { old: state.size, new: size });
-            }
-            let old_root = tree::root(&levels, state.size)
+            let old_root = tree::root(&levels, last.size)
                 .map_err(|e| VerifyError::TileChanged { path: "tile/0".into(), detail: e.to_string() })?;
-            if old_root.to_base64() != state.root {
+            if old_root != last.root {
                 return Err(VerifyError::Forked {
-                    size: state.size,
-                    old_root: state.root,
+                    size: last.size,
+                    old_root: last.root.to_base64(),
                     new_root: old_root.to_base64(),
                 });
             }
-            previous_size = Some(state.size);
+            previous_size = Some(last.size);
         }
-        write_state(
-            path,
-            &State { origin: checkpoint.origin.clone(), size, root: root.to_base64(), checkpoint: note_text.clone() },
-        )?;
+        state.insert(checkpoint.origin.clone(), Verified { size, root, checkpoint: Some(note_text.clone()) });
+        write_state(path, &state)?;
     }
 
     Ok(Report { origin: checkpoint.origin, size, root, previous_size, tiles: fetched, cosigned_by })

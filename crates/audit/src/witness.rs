@@ -7,7 +7,6 @@
 //! the new one (else `422`), records the new tree durably, and only then answers with its
 //! cosignature line. It never cosigns two checkpoints that are not consistent with each other.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -19,35 +18,17 @@ use clover_tlog::checkpoint::Checkpoint;
 use clover_tlog::hash::Hash;
 use clover_tlog::note::{Note, SigningKey, VerifierKey};
 use clover_tlog::tree::verify_consistency;
-use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
-/// What the witness remembers of one log: the last tree it cosigned.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Witnessed {
-    /// The size cosigned last.
-    pub size: u64,
-    /// Its root (base64).
-    pub root: String,
-}
-
-/// An error starting the witness.
-#[derive(Debug, thiserror::Error)]
-#[error("witness state {path:?}: {detail}")]
-pub struct WitnessError {
-    /// The state file.
-    pub path: PathBuf,
-    /// What is wrong.
-    pub detail: String,
-}
+use crate::state::{self, StateError, Verified, read_state, write_state};
 
 /// A witness: its key, the logs it witnesses, and what it cosigned last.
 pub struct Witness {
     key: SigningKey,
     logs: Vec<VerifierKey>,
     state_path: PathBuf,
-    state: Mutex<BTreeMap<String, Witnessed>>,
+    /// The last tree cosigned of each log.
+    state: Mutex<state::State>,
 }
 
 impl std::fmt::Debug for Witness {
@@ -58,29 +39,16 @@ impl std::fmt::Debug for Witness {
 
 impl Witness {
     /// A witness with cosignature key `key` for the logs whose checkpoint keys are `logs`,
-    /// keeping its state in `state_path` (read if it exists).
-    pub fn new(key: SigningKey, logs: Vec<VerifierKey>, state_path: &Path) -> Result<Self, WitnessError> {
-        let state = match std::fs::read(state_path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| WitnessError { path: state_path.to_owned(), detail: e.to_string() })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(e) => return Err(WitnessError { path: state_path.to_owned(), detail: e.to_string() }),
-        };
+    /// keeping its state in `state_path` (read if it exists; any other failure to read it is an
+    /// error, not a fresh start).
+    pub fn new(key: SigningKey, logs: Vec<VerifierKey>, state_path: &Path) -> Result<Self, StateError> {
+        let state = read_state(state_path)?.unwrap_or_default();
         Ok(Self { key, logs, state_path: state_path.to_owned(), state: Mutex::new(state) })
     }
 
     /// The witness's cosignature verifier key.
     pub fn verifier(&self) -> VerifierKey {
         self.key.verifier()
-    }
-
-    fn persist(&self, state: &BTreeMap<String, Witnessed>) -> std::io::Result<()> {
-        let tmp = self.state_path.with_extension("tmp");
-        let bytes = serde_json::to_vec_pretty(state).map_err(std::io::Error::other)?;
-        let file = std::fs::File::create(&tmp)?;
-        std::io::Write::write_all(&mut &file, &bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, &self.state_path)
     }
 
     /// Handles one add-checkpoint request body; returns the status and the answer body.
@@ -114,7 +82,7 @@ impl Witness {
         }
         let mut state = self.state.lock().await;
         let (known_size, known_root) = match state.get(&checkpoint.origin) {
-            Some(w) => (w.size, Hash::from_base64(&w.root).unwrap_or_else(Hash::empty)),
+            Some(w) => (w.size, w.root),
             None => (0, Hash::empty()),
         };
         if old != known_size {
@@ -124,11 +92,16 @@ impl Witness {
             tracing::warn!(origin = %checkpoint.origin, old, new = checkpoint.size, "refused an inconsistent checkpoint");
             return (StatusCode::UNPROCESSABLE_ENTITY, "the consistency proof does not verify\n".to_owned());
         }
-        state.insert(checkpoint.origin.clone(), Witnessed { size: checkpoint.size, root: checkpoint.root.to_base64() });
-        if let Err(e) = self.persist(&state) {
+        let mut next = state.clone();
+        next.insert(
+            checkpoint.origin.clone(),
+            Verified { size: checkpoint.size, root: checkpoint.root, checkpoint: Some(note_text.to_owned()) },
+        );
+        if let Err(e) = write_state(&self.state_path, &next) {
             tracing::error!(error = %e, "cannot record the witnessed checkpoint; not cosigning");
             return (StatusCode::INTERNAL_SERVER_ERROR, "cannot record the checkpoint\n".to_owned());
         }
+        *state = next;
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         tracing::info!(origin = %checkpoint.origin, size = checkpoint.size, "cosigned");
         (StatusCode::OK, self.key.cosign(&note.text, now))

@@ -1,10 +1,15 @@
-//! The key custodian as its own process (`clover custodian serve`), and the boundary's client
-//! of it.
+//! The key custodian: the key store (wrapped data keys, metadata salts, erasures, the journal),
+//! the cache of unwrapped keys, KEK rotation and erasure, in the boundary's process or in its
+//! own (`clover custodian serve`), and the boundary's client of one in its own process.
 //!
-//! The custodian holds the region's key-encryption keys (its own keyring, or an HSM) and every
-//! subject's wrapped data key, in its own store, apart from the boundary's. The boundary asks it
-//! for a data key by sending the log entry of the access (its index and bytes); the custodian
-//! checks that entry against the log itself before it answers:
+//! The key primitives it works with (data keys, KEKs, the keyring, PKCS#11, associated data, the
+//! [`KeyCustody`](clover_keys::KeyCustody) trait) are `clover-keys`'; this crate is what holds
+//! them: [`Custodian`].
+//!
+//! A custodian in its own process holds the region's key-encryption keys (its own keyring, or
+//! an HSM) and every subject's wrapped data key, in its own store, apart from the boundary's.
+//! The boundary asks it for a data key by sending the log entry of the access (its index and
+//! bytes); the custodian checks that entry against the log itself before it answers:
 //!
 //! 1. it fetches the inclusion proof of that index from the boundary's public log endpoint,
 //!    with the latest checkpoint, and checks the checkpoint's signature with the log's verifier
@@ -16,12 +21,21 @@
 //!    key than the one its log entry names.
 //!
 //! So the boundary's operators cannot get a data key without leaving an entry in the log that
-//! any auditor can see, and the custodian keeps its own journal of every key it hands out.
+//! any auditor can see, and the custodian keeps its own journal of every key it hands out. It
+//! keeps the last checkpoint it verified in its state file (`log-state`, in the verifiers' one
+//! format: [`clover_audit::state`]), so that a fork shows across restarts too.
 
 pub mod client;
+mod custodian;
 pub mod server;
 pub mod verify;
 
 pub use client::RemoteCustody;
+pub use custodian::Custodian;
+pub use custodian::access::{LoggedAccess, UnwrapRecord};
+pub use custodian::cache::CacheOptions;
+pub use custodian::metadata::METADATA_KEY;
+pub use custodian::rotation::{Rotation, VersionCounts};
+pub use custodian::store::KeyStore;
 pub use server::{CustodianOptions, CustodianServer, admin_token, open_dir, router};
 pub use verify::{LogVerifier, ReceiptError};

@@ -23,11 +23,13 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use clover_keys::{Custodian, KeyError, LoggedAccess, UnwrapRecord};
+use clover_keys::KeyError;
 use clover_model::SubjectId;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use crate::custodian::Custodian;
+use crate::custodian::access::{LoggedAccess, UnwrapRecord};
 use crate::verify::{LogVerifier, ReceiptError, WireReceipt};
 
 /// The custodian and the log it checks receipts against.
@@ -137,6 +139,10 @@ impl From<ReceiptError> for Refusal {
             ReceiptError::Unreachable { .. } => {
                 tracing::error!(error = %e, "the log cannot be checked");
                 Self(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            }
+            ReceiptError::State(_) => {
+                tracing::error!(error = %e, "the log's checkpoint cannot be kept");
+                Self(StatusCode::SERVICE_UNAVAILABLE, "the custodian cannot keep the log's checkpoint".to_owned())
             }
             e => {
                 tracing::warn!(error = %e, "receipt refused");
@@ -280,7 +286,7 @@ pub struct CustodianOptions {
     /// `CLOVER_HSM_PIN`).
     pub pkcs11: Option<clover_keys::pkcs11::Pkcs11Config>,
     /// The data-key cache.
-    pub cache: clover_keys::CacheOptions,
+    pub cache: crate::custodian::cache::CacheOptions,
     /// The key store in a PostgreSQL database (`postgres://...`) instead of `keys.db`.
     pub store: Option<String>,
 }
@@ -333,8 +339,8 @@ pub async fn open_dir(options: &CustodianOptions) -> Result<Custodian, KeyError>
     }
     Custodian::open(
         &match &options.store {
-            Some(url) => clover_keys::KeyStore::Postgres(url.clone()),
-            None => clover_keys::KeyStore::Sqlite(dir.join("keys.db")),
+            Some(url) => crate::custodian::store::KeyStore::Postgres(url.clone()),
+            None => crate::custodian::store::KeyStore::Sqlite(dir.join("keys.db")),
         },
         options.region.clone(),
         kek,

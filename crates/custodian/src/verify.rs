@@ -4,14 +4,16 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
+use clover_audit::state::{State, StateError, Verified, read_state, write_state};
 use clover_event::{EVENT_VERSION, Event, EventKind, is_subject_hash};
-use clover_keys::LoggedAccess;
 use clover_model::Action;
 use clover_tlog::checkpoint::Checkpoint;
 use clover_tlog::hash::{Hash, leaf_hash};
 use clover_tlog::note::{Note, VerifierKey};
 use clover_tlog::tree::{verify_consistency, verify_inclusion};
 use serde::Deserialize;
+
+use crate::custodian::access::LoggedAccess;
 
 /// Why a receipt was refused.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +40,10 @@ pub enum ReceiptError {
         /// The size now.
         new: u64,
     },
+    /// The checkpoint just verified could not be kept in the state file; the receipt is not
+    /// honoured until it is.
+    #[error(transparent)]
+    State(#[from] StateError),
     /// The entry does not allow what was asked.
     #[error("log entry {index} does not allow this: {detail}")]
     NotAllowed {
@@ -90,22 +96,24 @@ impl LogVerifier {
         self
     }
 
-    /// Keeps the last verified checkpoint's size and root in `path` (read now if it exists), so
-    /// that consistency is checked across restarts too.
-    pub fn with_state(mut self, path: std::path::PathBuf) -> Result<Self, ReceiptError> {
-        if let Ok(text) = std::fs::read_to_string(&path) {
-            let parsed = text
-                .split_once(' ')
-                .and_then(|(size, root)| Some((size.parse().ok()?, Hash::from_base64(root.trim())?)))
-                .ok_or_else(|| self.unreachable(format!("the state file {} is malformed", path.display())))?;
-            self.seen = std::sync::Arc::new(tokio::sync::Mutex::new(Some(parsed)));
+    /// Keeps the last verified checkpoint in the state file `path` (read now), so that
+    /// consistency is checked across restarts too. Only a file that does not exist (the first
+    /// start) means no checkpoint yet: a file that cannot be read, is damaged, or is for another
+    /// log is an error, and the custodian must not start (trusting the log from scratch would let
+    /// a fork through). The file is left as it was.
+    pub fn with_state(mut self, path: std::path::PathBuf) -> Result<Self, StateError> {
+        if let Some(state) = read_state(&path)?
+            && let Some(last) = state.of_log(&path, &self.vkey.name)?
+        {
+            self.seen = std::sync::Arc::new(tokio::sync::Mutex::new(Some((last.size, last.root))));
         }
         self.state = Some(path);
         Ok(self)
     }
 
-    /// Checks `checkpoint` against the last one verified, and remembers it if it is newer.
-    async fn consistent(&self, checkpoint: &Checkpoint) -> Result<(), ReceiptError> {
+    /// Checks `checkpoint` (signed in `note`) against the last one verified, and remembers it
+    /// if it is newer.
+    async fn consistent(&self, checkpoint: &Checkpoint, note: &str) -> Result<(), ReceiptError> {
         let mut seen = self.seen.lock().await;
         if let Some((old, old_root)) = *seen {
             let inconsistent = || ReceiptError::Inconsistent { old, new: checkpoint.size };
@@ -126,11 +134,13 @@ impl LogVerifier {
             verify_consistency(old, checkpoint.size, &old_root, &checkpoint.root, &proof)
                 .map_err(|_| inconsistent())?;
         }
-        *seen = Some((checkpoint.size, checkpoint.root));
         if let Some(path) = &self.state {
-            let text = format!("{} {}\n", checkpoint.size, checkpoint.root.to_base64());
-            clover_keys::replace_private(path, text.as_bytes()).map_err(|e| self.unreachable(e))?;
+            let mut state = State::default();
+            let verified = Verified { size: checkpoint.size, root: checkpoint.root, checkpoint: Some(note.to_owned()) };
+            state.insert(checkpoint.origin.clone(), verified);
+            write_state(path, &state)?;
         }
+        *seen = Some((checkpoint.size, checkpoint.root));
         Ok(())
     }
 
@@ -141,8 +151,8 @@ impl LogVerifier {
     /// Checks that `entry` is at `index` in the signed log, and reads the access it records.
     pub async fn check(&self, index: u64, entry: &[u8]) -> Result<LoggedAccess, ReceiptError> {
         let answer = self.proof(index).await?;
-        let note = answer.checkpoint.ok_or_else(|| self.unreachable("no checkpoint with the proof"))?;
-        let note = Note::parse(&note).map_err(|e| self.unreachable(e))?;
+        let note_text = answer.checkpoint.ok_or_else(|| self.unreachable("no checkpoint with the proof"))?;
+        let note = Note::parse(&note_text).map_err(|e| self.unreachable(e))?;
         note.verify(&self.vkey).map_err(|_| ReceiptError::BadCheckpoint(self.vkey.name.clone()))?;
         let checkpoint = Checkpoint::parse(&note.text).map_err(|e| self.unreachable(e))?;
         if checkpoint.origin != self.vkey.name {
@@ -151,7 +161,7 @@ impl LogVerifier {
         if checkpoint.size != answer.size {
             return Err(self.unreachable("the proof is not for the checkpoint's size"));
         }
-        self.consistent(&checkpoint).await?;
+        self.consistent(&checkpoint, &note_text).await?;
         let proof: Vec<Hash> = answer
             .proof
             .iter()

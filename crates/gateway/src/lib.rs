@@ -21,9 +21,10 @@ pub mod witnesses;
 use std::future::Future;
 use std::sync::Arc;
 
+use clover_custodian::{CacheOptions, Custodian, KeyStore};
 use clover_event::{Event, EventKind, SubjectIndexKey};
 use clover_keys::pkcs11::{AuthPin, Pkcs11Config, Pkcs11Kek, Pkcs11Signer, Token};
-use clover_keys::{CacheOptions, Custodian, Kek, KeyCustody, KeyError, KeyStore, Keyring};
+use clover_keys::{Kek, KeyCustody, KeyError, Keyring};
 use clover_log::{Log, LogError, LogOptions};
 use clover_model::{Category, Region, SubjectId};
 use clover_store::{PostgresStore, SqliteStore, Store};

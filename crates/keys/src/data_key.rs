@@ -5,7 +5,7 @@ use std::fmt;
 use aws_lc_rs::aead::{AES_256_GCM, Aad, NONCE_LEN, Nonce, RandomizedNonceKey};
 use zeroize::Zeroizing;
 
-use crate::KeyError;
+use crate::error::KeyError;
 
 /// A 256-bit AES-GCM key in the clear. Zeroized on drop; neither `Clone` nor printable.
 pub struct DataKey {
@@ -14,22 +14,20 @@ pub struct DataKey {
 
 impl DataKey {
     /// A fresh random key.
-    pub(crate) fn generate() -> Result<Self, KeyError> {
+    pub fn generate() -> Result<Self, KeyError> {
         let mut bytes = Zeroizing::new([0u8; 32]);
         aws_lc_rs::rand::fill(bytes.as_mut()).map_err(|_| KeyError::Crypto("random generator failed"))?;
         Ok(Self { bytes })
     }
 
-    pub(crate) fn from_bytes(bytes: Zeroizing<[u8; 32]>) -> Self {
+    /// A key from bytes the custodian holds (its cache, a derivation).
+    pub fn from_bytes(bytes: Zeroizing<[u8; 32]>) -> Self {
         Self { bytes }
     }
 
-    pub(crate) fn bytes(&self) -> &[u8; 32] {
-        &self.bytes
-    }
-
-    /// The key's bytes, for a custodian in its own process to send to the boundary that asked
-    /// for it against a checked receipt. Nothing else should need them.
+    /// The key's bytes, for the custodian: to wrap it under a KEK, to cache it, and (in its own
+    /// process) to send it to the boundary that asked for it against a checked receipt. Nothing
+    /// else should need them.
     pub fn expose(&self) -> &[u8; 32] {
         &self.bytes
     }

@@ -85,7 +85,21 @@ pub enum KeyError {
     #[error("no data key in custody for this subject (never created, or erased)")]
     NoDataKey,
 
+    /// The custodian's key store could not be opened.
+    #[error("cannot open the key store {store}: {cause}")]
+    StoreOpen {
+        /// The key store (a PostgreSQL URL without its password).
+        store: String,
+        /// Why.
+        cause: Box<dyn std::error::Error + Send + Sync>,
+    },
+
     /// The custodian's key store failed.
-    #[error("custody store: {0}")]
-    Store(String),
+    #[error("custody store: {operation}: {cause}")]
+    Store {
+        /// What the custodian was doing.
+        operation: &'static str,
+        /// Why.
+        cause: Box<dyn std::error::Error + Send + Sync>,
+    },
 }

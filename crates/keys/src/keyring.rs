@@ -24,8 +24,9 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::data_key::{open, seal};
-use crate::passphrase::replace_private;
-use crate::{Kek, KeyError, Passphrase};
+use crate::error::KeyError;
+use crate::kek::Kek;
+use crate::passphrase::{Passphrase, replace_private, write_private};
 
 const FORMAT_V1: &str = "clover-keyring/v1";
 const FORMAT: &str = "clover-keyring/v2";
@@ -211,7 +212,7 @@ impl Keyring {
         };
         let mut text = serde_json::to_vec_pretty(&file).map_err(malformed)?;
         text.push(b'\n');
-        if new { crate::write_private(&self.path, &text) } else { replace_private(&self.path, &text) }
+        if new { write_private(&self.path, &text) } else { replace_private(&self.path, &text) }
     }
 
     /// Opens the keyring at `path` with `passphrase`. A v1 (PBKDF2) keyring is re-sealed with
@@ -292,7 +293,7 @@ impl Keyring {
     }
 
     /// The root of the pseudonymisation keys (they are derived from it per purpose and
-    /// destination, see [`crate::Custodian`]).
+    /// destination, see `clover_custodian::Custodian`).
     pub fn pseudonym_root(&self) -> &[u8] {
         &self.subject_index_key
     }

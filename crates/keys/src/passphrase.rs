@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use base64::Engine;
 use zeroize::Zeroizing;
 
-use crate::KeyError;
+use crate::error::KeyError;
 
 /// The environment variable read for the passphrase.
 pub const PASSPHRASE_ENV: &str = "CLOVER_PASSPHRASE";

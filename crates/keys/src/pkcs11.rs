@@ -25,7 +25,8 @@ use cryptoki::slot::Slot;
 pub use cryptoki::types::AuthPin;
 use zeroize::Zeroizing;
 
-use crate::{Kek, KeyError};
+use crate::error::KeyError;
+use crate::kek::Kek;
 
 /// Where the HSM is: `[keys]` with `backend = "pkcs11"` in `clover.toml`.
 #[derive(Debug, Clone)]

@@ -95,7 +95,7 @@ impl ServeArgs {
             dir: self.dir,
             region: self.region,
             pkcs11,
-            cache: clover_keys::CacheOptions { size: self.cache_size, ttl: self.cache_ttl },
+            cache: clover_custodian::CacheOptions { size: self.cache_size, ttl: self.cache_ttl },
             store: self.store,
         };
         let (listen, log_url) = (self.listen, self.log_url);

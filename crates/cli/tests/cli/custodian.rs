@@ -5,7 +5,7 @@ use std::process::Command;
 
 use serde_json::{Value, json};
 
-use crate::support::{DUBLIN, Process, client, clover_with_passphrase, mint_token, stdout_of};
+use crate::support::{DUBLIN, Process, client, clover_with_passphrase, mint_token, run, stdout_of};
 
 fn clover(dir: &Path) -> Command {
     clover_with_passphrase(dir, "custodian-test")
@@ -89,4 +89,42 @@ async fn a_boundary_gets_its_keys_from_a_custodian_process() {
     // Without the admin token, no administration.
     let refused = client.post(format!("{}/v1/admin/rotate", custodian.url)).send().await.unwrap();
     assert_eq!(refused.status(), 401);
+}
+
+/// A custodian whose state file (the last checkpoint it verified) is damaged or unreadable does
+/// not start: it says which file and what is wrong, and leaves the file as it was.
+#[test]
+fn a_custodian_with_a_damaged_or_unreadable_state_file_does_not_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut init = clover(dir.path());
+    init.args(["init", "--data-dir", "data"]);
+    stdout_of(init);
+    let mut vkey = clover(dir.path());
+    vkey.args(["log", "vkey", "--data-dir", "data"]);
+    let vkey = stdout_of(vkey);
+    let serve = || {
+        let mut custodian = clover(dir.path());
+        custodian.args(["custodian", "serve", "--dir", "custodian", "--listen", "127.0.0.1:0"]);
+        custodian.args(["--log-url", "http://127.0.0.1:9", "--log-vkey", &vkey]);
+        custodian
+    };
+    let state = dir.path().join("custodian").join("log-state");
+    std::fs::create_dir(dir.path().join("custodian")).unwrap();
+
+    std::fs::write(&state, b"{\"logs\": {\"clover").unwrap();
+    let refused = run(serve());
+    assert!(!refused.status.success());
+    assert!(refused.stderr.contains("log-state") && refused.stderr.contains("is damaged"), "{refused:?}");
+    assert_eq!(std::fs::read(&state).unwrap(), b"{\"logs\": {\"clover");
+
+    // Something the custodian cannot read in its place: even root cannot read a directory.
+    std::fs::remove_file(&state).unwrap();
+    std::fs::create_dir(&state).unwrap();
+    let refused = run(serve());
+    assert!(!refused.status.success());
+    assert!(
+        refused.stderr.contains("log-state") && refused.stderr.contains("cannot read the state file"),
+        "{refused:?}"
+    );
+    assert!(state.is_dir());
 }

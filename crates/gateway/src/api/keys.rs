@@ -42,7 +42,7 @@ pub struct KeysAnswer {
     /// `rewrapped`, `retired`, `done`, `error`.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
-    pub rotation: Option<clover_keys::Rotation>,
+    pub rotation: Option<clover_custodian::Rotation>,
 }
 
 /// The answer to a rotation request.
@@ -59,7 +59,7 @@ pub struct RotateAnswer {
     pub log_index: u64,
 }
 
-fn embedded(boundary: &Boundary) -> Result<&Arc<clover_keys::Custodian>, ApiError> {
+fn embedded(boundary: &Boundary) -> Result<&Arc<clover_custodian::Custodian>, ApiError> {
     boundary.custodian().ok_or_else(|| {
         ApiError::CustodianElsewhere(
             "the keys are held by a custodian in its own process; administer them there".to_owned(),

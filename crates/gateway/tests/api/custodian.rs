@@ -5,8 +5,9 @@ use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
+use clover_custodian::CacheOptions;
 use clover_custodian::{CustodianOptions, CustodianServer, LogVerifier, open_dir, router};
-use clover_keys::{CacheOptions, DataKey, aad};
+use clover_keys::{DataKey, aad};
 use clover_model::{RecordId, SubjectId};
 use serde_json::{Value, json};
 

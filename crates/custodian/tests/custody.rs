@@ -18,11 +18,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use clover_custodian::{CacheOptions, Custodian, KeyStore, METADATA_KEY};
 use clover_event::{Event, EventKind, SubjectIndexKey};
 use clover_keys::pkcs11::{Pkcs11Config, Pkcs11Kek};
-use clover_keys::{
-    CacheOptions, Custodian, Kek, KeyCustody, KeyError, KeyStore, Keyring, METADATA_KEY, Passphrase, aad,
-};
+use clover_keys::{Kek, KeyCustody, KeyError, Keyring, Passphrase, aad};
 use clover_log::{Log, LogOptions, Receipt};
 use clover_model::{Action, PrincipalKind, RecordId, Region, SubjectId};
 use clover_policy::Verdict;

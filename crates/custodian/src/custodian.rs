@@ -1,0 +1,286 @@
+//! The custodian: holds the region's key-encryption keys (through a [`Kek`] backend) and every
+//! subject's wrapped data key, in its own database apart from the data store.
+//!
+//! Because the wrapped data keys live here and nowhere else, erasing a subject's key here makes
+//! their ciphertext unreadable in every copy of the data store, backups included
+//! (crypto-shredding). The custodian hands out a data key only against a log [`Receipt`] for
+//! that subject and an action that needs it, and keeps its own journal of every key it hands
+//! out: the log index and entry hash of the access, the action and the purpose declared.
+//!
+//! One job per file, each knowing nothing of [`Custodian`], which puts them together: the key
+//! store over SQLite or PostgreSQL (`store`), the data keys wrapped and unwrapped (`data_keys`),
+//! the cache of unwrapped keys (`cache`), the journal (`journal`), KEK rotation (`rotation`),
+//! erasure (`erasure`), subjects' metadata (`metadata`), and what an access is (`access`).
+
+pub(crate) mod access;
+pub(crate) mod cache;
+pub(crate) mod data_keys;
+pub(crate) mod erasure;
+pub(crate) mod journal;
+pub(crate) mod metadata;
+pub(crate) mod rotation;
+pub(crate) mod store;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use aws_lc_rs::hmac;
+use clover_event::SubjectIndexKey;
+use clover_keys::{DataKey, Kek, KeyCustody, KeyError};
+use clover_log::Receipt;
+use clover_model::{Action, Region, SubjectId};
+use zeroize::Zeroizing;
+
+use self::access::{LoggedAccess, UnwrapRecord};
+use self::cache::{CacheOptions, KeyCache};
+use self::data_keys::DataKeys;
+use self::erasure::Erasures;
+use self::journal::Journal;
+use self::metadata::Metadata;
+use self::rotation::{Rotation, Rotations, VersionCounts};
+use self::store::KeyStore;
+
+/// The custodian of one region's keys.
+pub struct Custodian {
+    keys: DataKeys,
+    /// Keys the subjects in the key store: the log's subject hash, so that the key store holds
+    /// no subject id in the clear.
+    index: SubjectIndexKey,
+    pseudonym_root: hmac::Key,
+    cache: Arc<KeyCache>,
+    erasures: Arc<Erasures>,
+    journal: Journal,
+    rotations: Rotations,
+    /// The region's metadata key: seals what policy decides on (a subject's coming of age), so
+    /// that it can be read before any subject's data key is unwrapped.
+    metadata: Metadata,
+}
+
+impl std::fmt::Debug for Custodian {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Custodian")
+            .field("region", &self.keys.region)
+            .field("kek", &self.keys.kek)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Custodian {
+    /// Opens the custodian's key store: a SQLite file (created if needed) or a PostgreSQL
+    /// database (its tables made or migrated).
+    ///
+    /// `index` keys the subjects in the key store (the log's subject hash, so the key store
+    /// holds no subject id in the clear); `pseudonym_root` is the root of the pseudonymisation
+    /// keys.
+    pub async fn open(
+        at: &KeyStore,
+        region: Region,
+        kek: Arc<dyn Kek>,
+        index: SubjectIndexKey,
+        pseudonym_root: &[u8],
+        cache_options: CacheOptions,
+    ) -> Result<Self, KeyError> {
+        let db = at.open().await?;
+        let keys = DataKeys::new(region, kek, db.clone());
+        let metadata = Metadata::load(&keys).await?;
+        let cache = Arc::new(KeyCache::new(cache_options));
+        let erasures = Erasures::load(db.as_ref(), cache.clone()).await?;
+        let journal = Journal::start(db);
+        tracing::info!(store = %at, "key store open");
+        Ok(Self {
+            keys,
+            index,
+            pseudonym_root: hmac::Key::new(hmac::HMAC_SHA256, pseudonym_root),
+            cache,
+            erasures,
+            journal,
+            rotations: Rotations::default(),
+            metadata,
+        })
+    }
+
+    /// The KEK backend.
+    pub fn kek(&self) -> &Arc<dyn Kek> {
+        &self.keys.kek
+    }
+
+    /// What a receipt made in this process says about the access.
+    fn access(&self, receipt: &Receipt) -> LoggedAccess {
+        LoggedAccess {
+            // The key the log entry names, as a custodian in its own process reads it; hashed
+            // here only for an entry that names no subject.
+            subject_hash: receipt
+                .subject_hash()
+                .map_or_else(|| self.index.hash(receipt.permit().subject()), ToOwned::to_owned),
+            action: receipt.permit().action(),
+            log_index: receipt.index(),
+            entry_hash: receipt.entry_hash_hex(),
+            purpose: receipt.purpose().map(ToOwned::to_owned),
+        }
+    }
+
+    /// Makes the data key of a logged, allowed write's subject.
+    pub async fn create_for(&self, access: &LoggedAccess) -> Result<DataKey, KeyError> {
+        access.check(&[Action::Write])?;
+        self.erasures.check(access)?;
+        self.erasures.check_stored(self.keys.db.as_ref(), access).await?;
+        let key = self.keys.create(&access.subject_hash).await?;
+        self.journal.record(access, false);
+        Ok(key)
+    }
+
+    /// The data key of a logged, allowed read or write's subject.
+    pub async fn fetch_for(&self, access: &LoggedAccess) -> Result<DataKey, KeyError> {
+        access.check(&[Action::Read, Action::Write])?;
+        self.erasures.check(access)?;
+        let hash = &access.subject_hash;
+        if let Some(key) = self.cache.key(hash) {
+            self.journal.record(access, true);
+            return Ok(key);
+        }
+        let epoch = self.cache.epoch();
+        let key = self.keys.unwrap(hash).await?;
+        self.cache.insert_key(hash, &key, epoch);
+        self.journal.record(access, false);
+        Ok(key)
+    }
+
+    /// Destroys the data key of a logged, allowed erasure's subject; whether there was one.
+    pub async fn destroy_for(&self, access: &LoggedAccess) -> Result<bool, KeyError> {
+        access.check(&[Action::Erase])?;
+        let destroyed = self.erasures.destroy(self.keys.db.as_ref(), access).await?;
+        self.journal.record(access, false);
+        Ok(destroyed)
+    }
+
+    /// Takes in a data key wrapped by an earlier version of Clover, which kept wrapped keys in
+    /// the data store; a subject that already has a key here keeps it.
+    pub async fn import(&self, subject: &SubjectId, kek_version: u32, wrapped: &[u8]) -> Result<(), KeyError> {
+        self.keys.import(subject, &self.index.hash(subject), kek_version, wrapped).await
+    }
+
+    /// Seals a subject's metadata with their metadata key; `hash` is the subject's keyed hash
+    /// in the boundary's log, which names their keys here.
+    pub async fn seal_metadata_for(
+        &self,
+        subject: &SubjectId,
+        hash: &str,
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, KeyError> {
+        self.metadata.seal(&self.keys, &self.cache, subject, hash, plaintext).await
+    }
+
+    /// Opens what [`Custodian::seal_metadata_for`] sealed (or what earlier versions sealed).
+    pub async fn open_metadata_for(
+        &self,
+        subject: &SubjectId,
+        hash: &str,
+        sealed: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+        self.metadata.open(&self.keys, &self.cache, subject, hash, sealed).await
+    }
+
+    /// A pseudonymous token for `input` under the key of (`purpose`, `destination`).
+    pub fn pseudonym_now(&self, purpose: &str, destination: &str, input: &[u8]) -> String {
+        let derived =
+            hmac::sign(&self.pseudonym_root, format!("clover/pseudonym/v1\n{purpose}\n{destination}").as_bytes());
+        let key = hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref());
+        let tag = hmac::sign(&key, input);
+        let hex: String = tag.as_ref().iter().take(16).map(|b| format!("{b:02x}")).collect();
+        format!("tok_{hex}")
+    }
+
+    /// Waits until every journal record sent so far is written.
+    pub async fn flush_journal(&self) {
+        self.journal.flush().await;
+    }
+
+    /// The journal, oldest first (after a flush).
+    pub async fn journal(&self) -> Result<Vec<UnwrapRecord>, KeyError> {
+        self.journal.read().await
+    }
+
+    /// How many data keys each KEK version wraps, for every version the backend holds.
+    pub async fn version_counts(&self) -> Result<VersionCounts, KeyError> {
+        self.keys.version_counts().await
+    }
+
+    /// Re-wraps up to `batch` data keys that are not under the current KEK version; returns how
+    /// many it re-wrapped (0: none is left). Reads and writes go on meanwhile: each key is
+    /// replaced in its own statement, only if it has not changed since it was read.
+    pub async fn rewrap_batch(&self, batch: u32) -> Result<u64, KeyError> {
+        self.keys.rewrap_batch(batch).await
+    }
+
+    /// The latest rotation's progress, if one ran since the custodian opened.
+    pub fn rotation(&self) -> Option<Rotation> {
+        self.rotations.latest()
+    }
+
+    /// Starts a rotation, unless one is running (`Ok(None)`): a new KEK version, current at
+    /// once. Checking for a running rotation and marking this one are one step. Returns the new
+    /// version and how many keys wait to be re-wrapped; then [`Custodian::run_rotation`].
+    pub async fn start_rotation(&self) -> Result<Option<(u32, u64)>, KeyError> {
+        self.rotations.start(&self.keys).await
+    }
+
+    /// Re-wraps every key under the current version in batches, keeping the progress, then
+    /// retires the old versions; returns them. Keys go on being handed out meanwhile. The
+    /// caller logs what it must, then calls [`Custodian::end_rotation`].
+    pub async fn run_rotation(&self) -> Result<Vec<u32>, KeyError> {
+        self.rotations.run(&self.keys).await
+    }
+
+    /// Marks the rotation done, or failed with `error`.
+    pub fn end_rotation(&self, error: Option<String>) {
+        self.rotations.end(error);
+    }
+
+    /// Retires every version but the current one, once no key uses it; an old version that still
+    /// wraps keys is an error (the re-wrap did not finish).
+    pub async fn retire_old_versions(&self) -> Result<Vec<u32>, KeyError> {
+        self.keys.retire_old_versions().await
+    }
+
+    /// Retires a KEK version that no data key uses any more.
+    pub async fn retire(&self, version: u32) -> Result<(), KeyError> {
+        self.keys.retire(version).await
+    }
+
+    /// Closes the key store after writing the journal.
+    pub async fn close(&self) {
+        self.journal.flush().await;
+        self.keys.db.close().await;
+    }
+}
+
+#[async_trait]
+impl KeyCustody for Custodian {
+    fn region(&self) -> &Region {
+        &self.keys.region
+    }
+
+    async fn create_data_key(&self, receipt: &Receipt) -> Result<DataKey, KeyError> {
+        self.create_for(&self.access(receipt)).await
+    }
+
+    async fn data_key(&self, receipt: &Receipt) -> Result<DataKey, KeyError> {
+        self.fetch_for(&self.access(receipt)).await
+    }
+
+    async fn destroy_data_key(&self, receipt: &Receipt) -> Result<bool, KeyError> {
+        self.destroy_for(&self.access(receipt)).await
+    }
+
+    async fn seal_metadata(&self, subject: &SubjectId, plaintext: &[u8]) -> Result<Vec<u8>, KeyError> {
+        self.seal_metadata_for(subject, &self.index.hash(subject), plaintext).await
+    }
+
+    async fn open_metadata(&self, subject: &SubjectId, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+        self.open_metadata_for(subject, &self.index.hash(subject), sealed).await
+    }
+
+    async fn pseudonym(&self, purpose: &str, destination: &str, input: &[u8]) -> Result<String, KeyError> {
+        Ok(self.pseudonym_now(purpose, destination, input))
+    }
+}

@@ -1,0 +1,115 @@
+//! Subjects' metadata (what policy decides on, such as the date they come of age): sealed so
+//! that it is not in the clear at rest, yet readable to decide before any data key is unwrapped.
+//!
+//! The region's metadata key is wrapped in the key store like a data key (under
+//! [`METADATA_KEY`], so that rotation re-wraps it too); each subject's metadata key is derived
+//! from it and a random salt of the subject's own, kept in the key store and destroyed with
+//! their data key, so that an erasure shreds their metadata too, in every copy of the data store.
+
+use aws_lc_rs::hmac;
+use clover_keys::{DataKey, KeyError, aad};
+use clover_model::SubjectId;
+use zeroize::Zeroizing;
+
+use super::cache::KeyCache;
+use super::data_keys::DataKeys;
+use super::store::{failed, now};
+
+/// The prefix of metadata sealed with the subject's own metadata key (earlier formats wrote 0,
+/// for the region's metadata key, or the KEK version that sealed it directly).
+const SUBJECT_METADATA: u32 = u32::MAX;
+
+/// The key store's name for the region's metadata key.
+pub const METADATA_KEY: &str = "clover/metadata-key";
+
+/// The region's metadata key, from which each subject's is derived.
+pub(crate) struct Metadata {
+    root: DataKey,
+}
+
+impl Metadata {
+    /// Loads the region's metadata key from the key store, or makes it.
+    pub(crate) async fn load(keys: &DataKeys) -> Result<Self, KeyError> {
+        loop {
+            let row = keys.db.wrapped(METADATA_KEY).await.map_err(failed("reading the metadata key"))?;
+            if let Some((version, wrapped)) = row {
+                let version = u32::try_from(version).map_err(|_| KeyError::Decrypt)?;
+                let plain = keys.unwrap_bytes(METADATA_KEY, version, &wrapped)?;
+                return Ok(Self { root: DataKey::from_slice(&plain).map_err(|_| KeyError::Decrypt)? });
+            }
+            let key = DataKey::generate()?;
+            let version = keys.kek.current_version()?;
+            let wrapped = keys.wrap(METADATA_KEY, version, key.expose())?;
+            keys.db
+                .insert_key(METADATA_KEY, version, &wrapped, now())
+                .await
+                .map_err(failed("storing the metadata key"))?;
+        }
+    }
+
+    /// The subject's metadata key: derived from the region's metadata key and a random salt
+    /// of the subject's own, kept in the key store and destroyed with their data key. `None`
+    /// when the subject has no salt (erased) and `create` is false.
+    async fn subject_key(
+        &self,
+        keys: &DataKeys,
+        cache: &KeyCache,
+        hash: &str,
+        create: bool,
+    ) -> Result<Option<DataKey>, KeyError> {
+        if let Some(key) = cache.metadata_key(hash) {
+            return Ok(Some(key));
+        }
+        let epoch = cache.epoch();
+        if create {
+            let salt = DataKey::generate()?;
+            keys.db.insert_salt(hash, salt.expose().as_slice()).await.map_err(failed("storing a metadata salt"))?;
+        }
+        let salt = keys.db.salt(hash).await.map_err(failed("reading a metadata salt"))?;
+        let Some(salt) = salt.map(Zeroizing::new) else { return Ok(None) };
+        let root = hmac::Key::new(hmac::HMAC_SHA256, self.root.expose());
+        let mut context = format!("clover/subject-metadata-key/v1\n{hash}\n").into_bytes();
+        context.extend_from_slice(&salt);
+        let derived = hmac::sign(&root, &context);
+        let mut bytes = Zeroizing::new([0u8; 32]);
+        bytes.copy_from_slice(derived.as_ref().get(..32).ok_or(KeyError::Crypto("short HMAC"))?);
+        cache.insert_metadata_key(hash, &bytes, epoch);
+        Ok(Some(DataKey::from_bytes(bytes)))
+    }
+
+    /// Seals a subject's metadata with their metadata key; `hash` is the subject's keyed hash
+    /// in the boundary's log, which names their keys here.
+    pub(crate) async fn seal(
+        &self,
+        keys: &DataKeys,
+        cache: &KeyCache,
+        subject: &SubjectId,
+        hash: &str,
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, KeyError> {
+        let key = self.subject_key(keys, cache, hash, true).await?.ok_or(KeyError::NoDataKey)?;
+        let mut out = SUBJECT_METADATA.to_be_bytes().to_vec();
+        out.extend(key.seal(&aad::subject_metadata_v2(&keys.region, subject), plaintext)?);
+        Ok(out)
+    }
+
+    /// Opens what [`Metadata::seal`] sealed (or what earlier versions sealed).
+    pub(crate) async fn open(
+        &self,
+        keys: &DataKeys,
+        cache: &KeyCache,
+        subject: &SubjectId,
+        hash: &str,
+        sealed: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+        let (version, rest) = sealed.split_first_chunk::<4>().ok_or(KeyError::Decrypt)?;
+        match u32::from_be_bytes(*version) {
+            SUBJECT_METADATA => {
+                let key = self.subject_key(keys, cache, hash, false).await?.ok_or(KeyError::Decrypt)?;
+                key.open(&aad::subject_metadata_v2(&keys.region, subject), rest)
+            }
+            0 => self.root.open(&aad::subject_metadata_v2(&keys.region, subject), rest),
+            version => keys.kek.decrypt(version, &aad::subject_metadata(&keys.region, subject, version), rest),
+        }
+    }
+}

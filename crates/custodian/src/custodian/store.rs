@@ -1,0 +1,330 @@
+//! The key store: the wrapped data keys, the subjects' metadata salts, the erasures and the
+//! journal, in a database of the custodian's own, apart from the data store.
+//!
+//! Two databases: a SQLite file (the embedded default, and a custodian process's own
+//! directory), or PostgreSQL (which the custodians of several gateways of a region share). The
+//! SQL is written once, for both (`$n` parameters, `ON CONFLICT`), in one generic
+//! [`KeyStoreBackend`] implementation over either pool; what differs (opening, the schema, what
+//! follows an erasure, hearing of other custodians' erasures) is each database's [`Dialect`],
+//! in [`sqlite`] and [`postgres`].
+
+mod postgres;
+mod sqlite;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use clover_keys::KeyError;
+use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Type};
+
+use super::access::UnwrapRecord;
+
+/// Where the custodian keeps its key store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyStore {
+    /// A SQLite file (created if needed).
+    Sqlite(PathBuf),
+    /// A PostgreSQL database (`postgres://...`), which several gateways' custodians can share.
+    Postgres(String),
+}
+
+impl std::fmt::Display for KeyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sqlite(path) => write!(f, "{}", path.display()),
+            Self::Postgres(url) => f.write_str(&clover_sql::redact(url)),
+        }
+    }
+}
+
+impl KeyStore {
+    /// Opens the key store: the SQLite file created if needed, or the PostgreSQL database's
+    /// tables made or migrated.
+    pub(crate) async fn open(&self) -> Result<Arc<dyn KeyStoreBackend>, KeyError> {
+        let cannot_open = |cause: sqlx::Error| KeyError::StoreOpen { store: self.to_string(), cause: Box::new(cause) };
+        Ok(match self {
+            Self::Sqlite(path) => Arc::new(sqlite::open(path).await.map_err(cannot_open)?),
+            Self::Postgres(url) => Arc::new(postgres::open(url).await.map_err(cannot_open)?),
+        })
+    }
+}
+
+/// What the custodian asks of its key store. Subjects are named by their keyed hash in the log;
+/// KEK versions and log indexes are stored as signed 64-bit integers, as both databases hold
+/// them.
+#[async_trait]
+pub(crate) trait KeyStoreBackend: Send + Sync {
+    /// Stores a wrapped key unless the subject has one; whether it was stored.
+    async fn insert_key(&self, subject: &str, version: u32, wrapped: &[u8], now: i64) -> Result<bool, sqlx::Error>;
+
+    /// The subject's wrapped key and the KEK version that wraps it.
+    async fn wrapped(&self, subject: &str) -> Result<Option<(i64, Vec<u8>)>, sqlx::Error>;
+
+    /// The log index of the subject's last erasure.
+    async fn erasure(&self, subject: &str) -> Result<Option<i64>, sqlx::Error>;
+
+    /// Every subject's last erasure: (subject, log index).
+    async fn erasures(&self) -> Result<Vec<(String, i64)>, sqlx::Error>;
+
+    /// Deletes the subject's key and metadata salt and records the erasure at `log_index`
+    /// (unless a later one is recorded), in one transaction; how many keys it deleted.
+    async fn destroy(&self, subject: &str, log_index: i64) -> Result<u64, sqlx::Error>;
+
+    /// What follows an erasure in this database: telling the other custodians, or overwriting
+    /// the old page.
+    async fn after_erasure(&self, subject: &str, log_index: u64);
+
+    /// Tells `listener` of the erasures of other custodians sharing this key store, for as long
+    /// as it listens, where there can be others.
+    fn follow_erasures(&self, listener: Box<dyn ErasureListener>);
+
+    /// Stores the subject's metadata salt unless it has one.
+    async fn insert_salt(&self, subject: &str, salt: &[u8]) -> Result<(), sqlx::Error>;
+
+    /// The subject's metadata salt.
+    async fn salt(&self, subject: &str) -> Result<Option<Vec<u8>>, sqlx::Error>;
+
+    /// Appends records to the journal, in one transaction.
+    async fn append_journal(&self, records: &[UnwrapRecord]) -> Result<(), sqlx::Error>;
+
+    /// The journal, oldest first.
+    async fn journal(&self) -> Result<Vec<UnwrapRecord>, sqlx::Error>;
+
+    /// How many keys each KEK version wraps: (version, count), for the versions in use.
+    async fn version_counts(&self) -> Result<Vec<(i64, i64)>, sqlx::Error>;
+
+    /// How many keys `version` wraps.
+    async fn count_version(&self, version: u32) -> Result<i64, sqlx::Error>;
+
+    /// Up to `limit` keys not wrapped by `version`: (subject, version, wrapped).
+    async fn not_under(&self, version: u32, limit: u32) -> Result<Vec<(String, i64, Vec<u8>)>, sqlx::Error>;
+
+    /// Replaces a subject's wrapped key, only if it is still `old` under `old_version`; how many
+    /// rows changed.
+    async fn rewrap(
+        &self,
+        subject: &str,
+        old_version: i64,
+        old: &[u8],
+        version: u32,
+        wrapped: &[u8],
+    ) -> Result<u64, sqlx::Error>;
+
+    /// Closes the pool.
+    async fn close(&self);
+}
+
+/// What hears of the erasures that other custodians sharing a key store make.
+pub(crate) trait ErasureListener: Send + Sync + 'static {
+    /// Whether it still listens (its custodian is still there).
+    fn is_open(&self) -> bool;
+
+    /// Applies the erasure of `subject` at `log_index`; false once it no longer listens.
+    fn erased(&self, subject: &str, log_index: u64) -> bool;
+}
+
+/// A key store failure while `operation`.
+pub(crate) fn failed(operation: &'static str) -> impl Fn(sqlx::Error) -> KeyError {
+    move |cause| KeyError::Store { operation, cause: Box::new(cause) }
+}
+
+/// Seconds since the Unix epoch, as the key store keeps times.
+pub(crate) fn now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// What differs between the two databases.
+#[async_trait]
+pub(crate) trait Dialect: Database {
+    /// How many rows a statement changed (each driver's result type has its own method).
+    fn rows_affected(result: &Self::QueryResult) -> u64;
+
+    /// What follows an erasure (see [`KeyStoreBackend::after_erasure`]).
+    async fn after_erasure(pool: &Pool<Self>, subject: &str, log_index: u64);
+
+    /// Hears of other custodians' erasures (see [`KeyStoreBackend::follow_erasures`]).
+    fn follow_erasures(pool: &Pool<Self>, listener: Box<dyn ErasureListener>);
+}
+
+/// The key store over a pool of either database.
+pub(crate) struct KeyDb<DB: Database> {
+    pool: Pool<DB>,
+}
+
+const INSERT_RECORD: &str = "INSERT INTO unwraps (time, subject, action, log_index, entry_hash, purpose, cached) \
+                             VALUES ($1, $2, $3, $4, $5, $6, $7)";
+
+type JournalRow = (i64, String, String, i64, String, Option<String>, i64);
+
+/// The SQL, once: what the queries bind and read, each database provides.
+#[async_trait]
+impl<DB> KeyStoreBackend for KeyDb<DB>
+where
+    DB: Dialect,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    usize: ColumnIndex<DB::Row>,
+    i64: Type<DB> + for<'q> Encode<'q, DB> + for<'r> Decode<'r, DB>,
+    String: Type<DB> + for<'r> Decode<'r, DB>,
+    Vec<u8>: Type<DB> + for<'r> Decode<'r, DB>,
+    for<'q> &'q str: Type<DB> + Encode<'q, DB>,
+    for<'q> &'q [u8]: Type<DB> + Encode<'q, DB>,
+    for<'q> Option<&'q str>: Type<DB> + Encode<'q, DB>,
+{
+    async fn insert_key(&self, subject: &str, version: u32, wrapped: &[u8], now: i64) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query(
+            "INSERT INTO data_keys (subject, kek_version, wrapped, created_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (subject) DO NOTHING",
+        )
+        .bind(subject)
+        .bind(i64::from(version))
+        .bind(wrapped)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(DB::rows_affected(&done) == 1)
+    }
+
+    async fn wrapped(&self, subject: &str) -> Result<Option<(i64, Vec<u8>)>, sqlx::Error> {
+        sqlx::query_as("SELECT kek_version, wrapped FROM data_keys WHERE subject = $1")
+            .bind(subject)
+            .fetch_optional(&self.pool)
+            .await
+    }
+
+    async fn erasure(&self, subject: &str) -> Result<Option<i64>, sqlx::Error> {
+        sqlx::query_scalar("SELECT log_index FROM erasures WHERE subject = $1")
+            .bind(subject)
+            .fetch_optional(&self.pool)
+            .await
+    }
+
+    async fn erasures(&self) -> Result<Vec<(String, i64)>, sqlx::Error> {
+        sqlx::query_as("SELECT subject, log_index FROM erasures").fetch_all(&self.pool).await
+    }
+
+    async fn destroy(&self, subject: &str, log_index: i64) -> Result<u64, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let deleted = sqlx::query("DELETE FROM data_keys WHERE subject = $1").bind(subject).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM metadata_salts WHERE subject = $1").bind(subject).execute(&mut *tx).await?;
+        sqlx::query(
+            "INSERT INTO erasures (subject, log_index) VALUES ($1, $2) \
+             ON CONFLICT (subject) DO UPDATE SET log_index = excluded.log_index \
+             WHERE erasures.log_index < excluded.log_index",
+        )
+        .bind(subject)
+        .bind(log_index)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(DB::rows_affected(&deleted))
+    }
+
+    async fn after_erasure(&self, subject: &str, log_index: u64) {
+        DB::after_erasure(&self.pool, subject, log_index).await;
+    }
+
+    fn follow_erasures(&self, listener: Box<dyn ErasureListener>) {
+        DB::follow_erasures(&self.pool, listener);
+    }
+
+    async fn insert_salt(&self, subject: &str, salt: &[u8]) -> Result<(), sqlx::Error> {
+        sqlx::query("INSERT INTO metadata_salts (subject, salt) VALUES ($1, $2) ON CONFLICT (subject) DO NOTHING")
+            .bind(subject)
+            .bind(salt)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn salt(&self, subject: &str) -> Result<Option<Vec<u8>>, sqlx::Error> {
+        sqlx::query_scalar("SELECT salt FROM metadata_salts WHERE subject = $1")
+            .bind(subject)
+            .fetch_optional(&self.pool)
+            .await
+    }
+
+    async fn append_journal(&self, records: &[UnwrapRecord]) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        for r in records {
+            sqlx::query(INSERT_RECORD)
+                .bind(r.time)
+                .bind(r.subject.as_str())
+                .bind(r.action.as_str())
+                .bind(i64::try_from(r.log_index).unwrap_or(i64::MAX))
+                .bind(r.entry_hash.as_str())
+                .bind(r.purpose.as_deref())
+                .bind(i64::from(r.cached))
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await
+    }
+
+    async fn journal(&self) -> Result<Vec<UnwrapRecord>, sqlx::Error> {
+        let rows: Vec<JournalRow> = sqlx::query_as(
+            "SELECT time, subject, action, log_index, entry_hash, purpose, cached FROM unwraps ORDER BY seq",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(time, subject, action, index, entry_hash, purpose, cached)| UnwrapRecord {
+                time,
+                subject,
+                action,
+                log_index: u64::try_from(index).unwrap_or_default(),
+                entry_hash,
+                purpose,
+                cached: cached != 0,
+            })
+            .collect())
+    }
+
+    async fn version_counts(&self) -> Result<Vec<(i64, i64)>, sqlx::Error> {
+        sqlx::query_as("SELECT kek_version, count(*) FROM data_keys GROUP BY kek_version").fetch_all(&self.pool).await
+    }
+
+    async fn count_version(&self, version: u32) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar("SELECT count(*) FROM data_keys WHERE kek_version = $1")
+            .bind(i64::from(version))
+            .fetch_one(&self.pool)
+            .await
+    }
+
+    async fn not_under(&self, version: u32, limit: u32) -> Result<Vec<(String, i64, Vec<u8>)>, sqlx::Error> {
+        sqlx::query_as("SELECT subject, kek_version, wrapped FROM data_keys WHERE kek_version != $1 LIMIT $2")
+            .bind(i64::from(version))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+    }
+
+    async fn rewrap(
+        &self,
+        subject: &str,
+        old_version: i64,
+        old: &[u8],
+        version: u32,
+        wrapped: &[u8],
+    ) -> Result<u64, sqlx::Error> {
+        let done = sqlx::query(
+            "UPDATE data_keys SET kek_version = $1, wrapped = $2 \
+             WHERE subject = $3 AND kek_version = $4 AND wrapped = $5",
+        )
+        .bind(i64::from(version))
+        .bind(wrapped)
+        .bind(subject)
+        .bind(old_version)
+        .bind(old)
+        .execute(&self.pool)
+        .await?;
+        Ok(DB::rows_affected(&done))
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+}

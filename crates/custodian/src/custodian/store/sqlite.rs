@@ -1,0 +1,76 @@
+//! The key store in SQLite: the embedded default, and a custodian process's own directory.
+
+use std::path::Path;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::Row;
+use sqlx::sqlite::{Sqlite, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+
+use super::{Dialect, ErasureListener, KeyDb};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS data_keys (
+    subject TEXT PRIMARY KEY,
+    kek_version INTEGER NOT NULL,
+    wrapped BLOB NOT NULL,
+    created_at INTEGER NOT NULL
+) STRICT;
+CREATE INDEX IF NOT EXISTS data_keys_by_version ON data_keys (kek_version);
+CREATE TABLE IF NOT EXISTS metadata_salts (
+    subject TEXT PRIMARY KEY,
+    salt BLOB NOT NULL
+) STRICT;
+CREATE TABLE IF NOT EXISTS erasures (
+    subject TEXT PRIMARY KEY,
+    log_index INTEGER NOT NULL
+) STRICT;
+CREATE TABLE IF NOT EXISTS unwraps (
+    seq INTEGER PRIMARY KEY,
+    time INTEGER NOT NULL,
+    subject TEXT NOT NULL,
+    action TEXT NOT NULL,
+    log_index INTEGER NOT NULL,
+    entry_hash TEXT NOT NULL,
+    purpose TEXT,
+    cached INTEGER NOT NULL
+) STRICT;
+";
+
+/// Opens the file (created if needed) and makes its tables. Deleted cells are zeroed
+/// (`secure_delete`), so that an erased key does not linger in a free page.
+pub(super) async fn open(path: &Path) -> Result<KeyDb<Sqlite>, sqlx::Error> {
+    let options = SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full)
+        .busy_timeout(Duration::from_secs(5))
+        .pragma("secure_delete", "ON");
+    let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
+    sqlx::raw_sql(SCHEMA).execute(&pool).await?;
+    Ok(KeyDb { pool })
+}
+
+#[async_trait]
+impl Dialect for Sqlite {
+    fn rows_affected(result: &sqlx::sqlite::SqliteQueryResult) -> u64 {
+        result.rows_affected()
+    }
+
+    /// In SQLite, secure_delete zeroed the cell; the checkpoint copies that page over the old
+    /// one in the main file and truncates the WAL that still held the old page.
+    async fn after_erasure(pool: &SqlitePool, _subject: &str, _log_index: u64) {
+        let busy: Result<i64, sqlx::Error> =
+            sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").fetch_one(pool).await.and_then(|row| row.try_get(0));
+        if !matches!(busy, Ok(0)) {
+            tracing::warn!(
+                ?busy,
+                "the key store's WAL checkpoint after an erasure did not complete; the old page is overwritten at the next checkpoint"
+            );
+        }
+    }
+
+    /// A SQLite file has one custodian: there are no others to hear from.
+    fn follow_erasures(_pool: &SqlitePool, _listener: Box<dyn ErasureListener>) {}
+}

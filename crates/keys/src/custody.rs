@@ -1,0 +1,43 @@
+//! Custody as the boundary sees it: a data key only against a log receipt.
+
+use clover_log::Receipt;
+use clover_model::{Region, SubjectId};
+
+use crate::data_key::DataKey;
+use crate::error::KeyError;
+
+/// The custodian of a region's keys, as the boundary sees it.
+///
+/// Data keys are handed out only against a log [`Receipt`] (which only an allowed access,
+/// durably logged, produces), for the receipt's own subject, and only for actions that need
+/// them.
+#[async_trait::async_trait]
+pub trait KeyCustody: Send + Sync {
+    /// The region whose keys these are.
+    fn region(&self) -> &Region;
+
+    /// Makes the data key of the receipt's subject, for a logged, permitted write that creates
+    /// the subject.
+    async fn create_data_key(&self, receipt: &Receipt) -> Result<DataKey, KeyError>;
+
+    /// The data key of the receipt's subject, for a logged, permitted read or write.
+    async fn data_key(&self, receipt: &Receipt) -> Result<DataKey, KeyError>;
+
+    /// Destroys the data key of the receipt's subject, for a logged, permitted erasure: every
+    /// copy of their ciphertext, backups included, can no longer be opened. Returns whether
+    /// there was one.
+    async fn destroy_data_key(&self, receipt: &Receipt) -> Result<bool, KeyError>;
+
+    /// Seals a subject's metadata (what policy decides on, such as the date they come of
+    /// age), so that it is not in the clear at rest but can be read to decide, before any data
+    /// key is unwrapped.
+    async fn seal_metadata(&self, subject: &SubjectId, plaintext: &[u8]) -> Result<Vec<u8>, KeyError>;
+
+    /// Opens what [`KeyCustody::seal_metadata`] sealed for the same subject.
+    async fn open_metadata(&self, subject: &SubjectId, sealed: &[u8]) -> Result<zeroize::Zeroizing<Vec<u8>>, KeyError>;
+
+    /// A pseudonymous token for `input`, under the key of (`purpose`, `destination`): stable
+    /// within one purpose and destination, unlinkable across them. The keys never leave the
+    /// custodian.
+    async fn pseudonym(&self, purpose: &str, destination: &str, input: &[u8]) -> Result<String, KeyError>;
+}
