@@ -20,11 +20,20 @@ pub(crate) struct ServeArgs {
     /// The address to listen on (overrides the configuration's listen).
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
-    /// Serve TLS with this certificate chain (PEM; overrides [tls] cert).
-    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    // The help is given as text: `[tls]` is the configuration's table, not a link.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls_key",
+        help = "Serve TLS with this certificate chain (PEM; overrides [tls] cert)"
+    )]
     tls_cert: Option<PathBuf>,
-    /// The certificate's private key (PEM; overrides [tls] key).
-    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls_cert",
+        help = "The certificate's private key (PEM; overrides [tls] key)"
+    )]
     tls_key: Option<PathBuf>,
 }
 
