@@ -42,8 +42,9 @@ use serde::Serialize;
 #[error("{0}")]
 pub struct BenchError(String);
 
-fn fail(what: &str) -> impl Fn(&dyn std::fmt::Display) -> BenchError + '_ {
-    move |e| BenchError(format!("{what}: {e}"))
+/// What failed, with the error and the errors that caused it.
+fn fail(what: &str) -> impl Fn(&dyn std::error::Error) -> BenchError + '_ {
+    move |e| BenchError(format!("{what}: {}", clover_gateway::report::Chain(e)))
 }
 
 /// A named scenario.

@@ -1,6 +1,7 @@
 //! The HTTP API: one module per resource; the router and the OpenAPI document are derived from
 //! the handlers here, in one place.
 
+mod answer;
 pub mod approvals;
 pub mod keys;
 pub mod log;
@@ -8,6 +9,7 @@ pub mod records;
 pub mod service;
 pub mod subjects;
 
+use std::future::Future;
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
@@ -18,7 +20,7 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::Boundary;
+use crate::boundary::{Boundary, watch_policies};
 use crate::problem::{ApiError, BodyLimit};
 
 #[derive(OpenApi)]
@@ -116,4 +118,16 @@ pub fn router(boundary: Arc<Boundary>) -> Router {
             )
         }))
         .with_state(boundary)
+}
+
+/// Serves the API on `listener` until `shutdown` completes, then stops accepting connections and
+/// waits for requests in flight to finish. The policy directory is watched meanwhile.
+pub async fn serve(
+    boundary: Arc<Boundary>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    watch_policies(boundary.clone());
+    let tls = boundary.tls().cloned();
+    clover_tls::serve(router(boundary), listener, tls, shutdown).await
 }

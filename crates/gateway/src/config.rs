@@ -494,6 +494,21 @@ pub enum ConfigError {
     /// The values do not fit together.
     #[error("{0}")]
     Invalid(String),
+    /// A witness's verifier key is malformed.
+    #[error("witness {url:?}")]
+    WitnessKey {
+        /// The witness.
+        url: String,
+        /// What is wrong with its key.
+        #[source]
+        cause: clover_tlog::note::NoteError,
+    },
+    /// A peer's URL (a witness's, the custodian's) cannot be used.
+    #[error(transparent)]
+    PeerUrl(clover_tls::TlsError),
+    /// The configuration cannot be written as TOML.
+    #[error("cannot write the configuration")]
+    Write(#[source] toml::ser::Error),
 }
 
 impl Config {
@@ -529,7 +544,7 @@ impl Config {
 
     /// The configuration as a `clover.toml` that parses back to it.
     pub fn to_toml(&self) -> Result<String, ConfigError> {
-        toml::to_string(self).map_err(|e| ConfigError::Invalid(format!("cannot write the configuration: {e}")))
+        toml::to_string(self).map_err(ConfigError::Write)
     }
 
     /// Checks what serde cannot: unique names, a sane body limit.
@@ -578,7 +593,7 @@ impl Config {
         }
         for witness in &self.log.witnesses {
             clover_tlog::note::VerifierKey::parse(&witness.vkey)
-                .map_err(|e| ConfigError::Invalid(format!("witness {:?}: {e}", witness.url)))?;
+                .map_err(|cause| ConfigError::WitnessKey { url: witness.url.clone(), cause })?;
         }
         let mut purposes = std::collections::BTreeSet::new();
         for purpose in &self.purposes {
@@ -654,7 +669,7 @@ impl Config {
             peers.push((url.as_str(), "[keys] custodian".to_owned()));
         }
         for (url, what) in peers {
-            let tls = clover_tls::check_url(url, &what).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+            let tls = clover_tls::check_url(url, &what).map_err(ConfigError::PeerUrl)?;
             if tls && !client.has_identity() {
                 return invalid(format!(
                     "{what} is reached over mutual TLS: set [tls] cert and key (or client_cert and client_key) for \

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::config::{IdentityConfig, ProviderConfig};
+use crate::report::Chain;
 
 /// The claims of a Clover token.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -54,6 +55,9 @@ pub enum AuthError {
     /// The signature does not verify with the issuer's key.
     #[error("the token's signature does not verify against this boundary's issuer key")]
     BadSignature,
+    /// A claim is not a valid principal id, region or site name.
+    #[error("the token is not valid: claim")]
+    Claim(#[source] clover_model::InvalidId),
     /// Anything else wrong with the token.
     #[error("the token is not valid: {0}")]
     Invalid(String),
@@ -77,8 +81,25 @@ pub enum IssuerError {
         cause: std::io::Error,
     },
     /// Signing failed.
-    #[error("cannot sign the token: {0}")]
-    Sign(String),
+    #[error("cannot sign the token")]
+    Sign(#[source] jsonwebtoken::errors::Error),
+}
+
+/// Why an identity provider's key set could not be loaded.
+#[derive(Debug, thiserror::Error)]
+enum JwksError {
+    /// The provider could not be reached, or its answer not read.
+    #[error(transparent)]
+    Fetch(#[from] reqwest::Error),
+    /// The provider answered with an error status.
+    #[error("HTTP {0}")]
+    Status(reqwest::StatusCode),
+    /// The key set's file could not be read.
+    #[error(transparent)]
+    Read(#[from] std::io::Error),
+    /// What was fetched is not a JWK set.
+    #[error("not a JWK set")]
+    NotJwks(#[from] serde_json::Error),
 }
 
 /// The embedded development issuer: an Ed25519 key in the data directory.
@@ -118,7 +139,7 @@ impl DevIssuer {
     /// Signs a token with these claims.
     pub fn mint(&self, claims: &Claims) -> Result<String, IssuerError> {
         jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), claims, &EncodingKey::from_ed_der(&self.pkcs8))
-            .map_err(|e| IssuerError::Sign(e.to_string()))
+            .map_err(IssuerError::Sign)
     }
 
     /// A verifier that accepts this issuer's tokens.
@@ -162,7 +183,7 @@ impl TokenVerifier {
 }
 
 fn principal(claims: Claims) -> Result<Principal, AuthError> {
-    let bad = |e: clover_model::InvalidId| AuthError::Invalid(format!("claim: {e}"));
+    let bad = AuthError::Claim;
     Ok(Principal {
         id: PrincipalId::new(claims.sub).map_err(bad)?,
         kind: claims.kind,
@@ -185,18 +206,18 @@ struct Provider {
 const FORCED_REFRESH: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Provider {
-    async fn fetch(&self) -> Result<JwkSet, String> {
+    async fn fetch(&self) -> Result<JwkSet, JwksError> {
         let jwks = &self.config.jwks;
         let bytes = if jwks.starts_with("http://") || jwks.starts_with("https://") {
-            let response = self.client.get(jwks).send().await.map_err(|e| e.to_string())?;
+            let response = self.client.get(jwks).send().await?;
             if !response.status().is_success() {
-                return Err(format!("HTTP {}", response.status()));
+                return Err(JwksError::Status(response.status()));
             }
-            response.bytes().await.map_err(|e| e.to_string())?.to_vec()
+            response.bytes().await?.to_vec()
         } else {
-            tokio::fs::read(jwks).await.map_err(|e| e.to_string())?
+            tokio::fs::read(jwks).await?
         };
-        serde_json::from_slice(&bytes).map_err(|e| format!("not a JWK set: {e}"))
+        Ok(serde_json::from_slice(&bytes)?)
     }
 
     async fn refresh(&self) {
@@ -206,7 +227,7 @@ impl Provider {
                 *self.keys.write().await = Some((std::time::Instant::now(), set));
             }
             Err(e) => {
-                tracing::error!(issuer = %self.config.issuer, jwks = %self.config.jwks, error = %e, "cannot load the identity provider's keys")
+                tracing::error!(issuer = %self.config.issuer, jwks = %self.config.jwks, error = %Chain(&e), "cannot load the identity provider's keys")
             }
         }
     }

@@ -22,6 +22,7 @@ use axum::response::Response;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::problem::DecisionLabel;
+use crate::report::Chain;
 
 const REQUESTS: &str = "clover_http_requests_total";
 const DURATION: &str = "clover_http_request_duration_seconds";
@@ -35,7 +36,7 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
         .get_or_init(|| {
             let builder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Full(DURATION.to_owned()), BUCKETS)
-                .map_err(|e| tracing::error!(error = %e, "cannot configure metrics"))
+                .map_err(|e| tracing::error!(error = %Chain(&e), "cannot configure metrics"))
                 .ok()?;
             match builder.install_recorder() {
                 Ok(handle) => {
@@ -44,7 +45,7 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
                     Some(handle)
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "metrics recorder not installed");
+                    tracing::warn!(error = %Chain(&e), "metrics recorder not installed");
                     None
                 }
             }

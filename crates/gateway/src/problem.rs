@@ -11,12 +11,16 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Request};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use clover_log::LogError;
 use clover_model::InvalidId;
 use clover_policy::Decision;
+use clover_tlog::tile::BadTilePath;
+use clover_tlog::tree::ProofError;
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::identity::AuthError;
+use crate::report::Chain;
 
 /// The decision recorded on a response, read by the metrics layer.
 #[derive(Debug, Clone, Copy)]
@@ -83,9 +87,15 @@ pub enum ApiError {
     /// A query parameter is malformed or out of range.
     #[error("{0}")]
     InvalidQuery(String),
+    /// A path under `/log/tile/` that is not a tile of c2sp.org/tlog-tiles.
+    #[error("not a tile path")]
+    BadTile(#[source] BadTilePath),
+    /// A proof the log cannot make: an index or a size out of range.
+    #[error("no such proof")]
+    Unprovable(#[source] ProofError),
     /// The log refuses appends: nothing can be decided until it is back.
-    #[error("log unavailable: {0}")]
-    LogUnavailable(String),
+    #[error("log unavailable")]
+    LogUnavailable(#[source] LogError),
     /// A path parameter is not a valid id.
     #[error(transparent)]
     InvalidId(#[from] InvalidId),
@@ -135,20 +145,21 @@ pub enum ApiError {
         limit: usize,
     },
     /// Something failed inside the boundary; the cause is logged, not shown.
-    #[error("internal error: {0}")]
-    Internal(String),
+    #[error("internal error")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl ApiError {
-    /// Wraps an internal failure; its text goes to the server log only.
-    pub fn internal(error: impl std::fmt::Display) -> Self {
-        Self::Internal(error.to_string())
+    /// Wraps an internal failure (an error, or a message saying what cannot be); its text goes
+    /// to the server log only.
+    pub fn internal(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self::Internal(error.into())
     }
 
     fn parts(&self) -> (StatusCode, &'static str, &'static str, String) {
         match self {
             Self::Unauthenticated(e) => {
-                (StatusCode::UNAUTHORIZED, "unauthenticated", "Authentication required", e.to_string())
+                (StatusCode::UNAUTHORIZED, "unauthenticated", "Authentication required", Chain(e).to_string())
             }
             Self::Forbidden { decision, .. } => {
                 (StatusCode::FORBIDDEN, "forbidden", "Denied by policy", decision.reason.clone())
@@ -165,6 +176,8 @@ impl ApiError {
                 (StatusCode::CONFLICT, "rotation-running", "A key rotation is under way", d.clone())
             }
             Self::InvalidQuery(d) => (StatusCode::BAD_REQUEST, "invalid-query", "Invalid query", d.clone()),
+            Self::BadTile(e) => (StatusCode::BAD_REQUEST, "invalid-query", "Invalid query", e.to_string()),
+            Self::Unprovable(e) => (StatusCode::BAD_REQUEST, "invalid-query", "Invalid query", e.to_string()),
             Self::LogUnavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "log-unavailable",
@@ -232,9 +245,11 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, slug, title, detail) = self.parts();
         match &self {
-            Self::Internal(cause) => tracing::error!(%cause, "request failed"),
-            Self::LogUnavailable(cause) => tracing::error!(%cause, "request refused: the log is unavailable"),
-            Self::Unauthenticated(e) => tracing::warn!(reason = %e, "authentication failed"),
+            Self::Internal(cause) => tracing::error!(cause = %Chain(cause.as_ref()), "request failed"),
+            Self::LogUnavailable(cause) => {
+                tracing::error!(cause = %Chain(cause), "request refused: the log is unavailable");
+            }
+            Self::Unauthenticated(e) => tracing::warn!(reason = %Chain(e), "authentication failed"),
             Self::Forbidden { decision, log_index } => {
                 tracing::warn!(reason = %decision.reason, policies = ?decision.policies, log_index, "request denied");
             }
@@ -300,3 +315,23 @@ where
 /// The configured body limit, attached to each request so that errors can name it.
 #[derive(Debug, Clone, Copy)]
 pub struct BodyLimit(pub usize);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wrapped_cause_reads_as_it_did_when_it_was_a_string() {
+        let invalid = clover_model::PrincipalId::new(String::new()).unwrap_err();
+        let (status, slug, _, detail) = ApiError::Unauthenticated(AuthError::Claim(invalid.clone())).parts();
+        assert_eq!((status, slug), (StatusCode::UNAUTHORIZED, "unauthenticated"));
+        assert_eq!(detail, format!("the token is not valid: claim: {invalid}"));
+
+        let cause = std::io::Error::other("disk on fire");
+        let internal = ApiError::internal(cause);
+        assert_eq!(Chain(&internal).to_string(), "internal error: disk on fire");
+        let (status, _, _, detail) = internal.parts();
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!detail.contains("disk on fire"), "internal text reached the client: {detail}");
+    }
+}

@@ -8,11 +8,12 @@
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use clover_log::Log;
+use clover_log::{Log, LogError};
 use clover_tlog::checkpoint::Checkpoint;
-use clover_tlog::note::{Note, VerifierKey};
+use clover_tlog::note::{Note, NoteError, VerifierKey};
 
 use crate::config::WitnessConfig;
+use crate::report::Chain;
 
 /// How often the task looks for a new checkpoint.
 const POLL: Duration = Duration::from_millis(250);
@@ -65,7 +66,7 @@ pub fn start(log: Log, witnesses: &[WitnessConfig], client: reqwest::Client) -> 
                     match cosign(&client, &log, witness, &note, size).await {
                         Ok(line) => lines.push_str(&line),
                         Err(e) => {
-                            tracing::warn!(witness = %witness.vkey.name, url = %witness.url, error = %e, "no cosignature");
+                            tracing::warn!(witness = %witness.vkey.name, url = %witness.url, error = %Chain(&e), "no cosignature");
                             all = false;
                         }
                     }
@@ -81,43 +82,67 @@ pub fn start(log: Log, witnesses: &[WitnessConfig], client: reqwest::Client) -> 
     cosigned
 }
 
+/// Why a witness gave no cosignature.
+#[derive(Debug, thiserror::Error)]
+enum CosignError {
+    /// The log could not prove the witness's size consistent with the new one.
+    #[error(transparent)]
+    Proof(#[from] LogError),
+    /// The witness could not be reached, or its answer not read.
+    #[error(transparent)]
+    Http(#[from] reqwest::Error),
+    /// A 409 (the witness knows another size) whose body is not a size.
+    #[error("409 with body {0:?}")]
+    BadConflict(String),
+    /// The witness refused the checkpoint.
+    #[error("HTTP {status}: {body}")]
+    Refused {
+        /// Its status.
+        status: reqwest::StatusCode,
+        /// What it said.
+        body: String,
+    },
+    /// The cosignature is not a note line, or does not verify with the witness's key.
+    #[error(transparent)]
+    Cosignature(#[from] NoteError),
+    /// The witness answered 409 again after the size it gave.
+    #[error("the witness keeps answering 409")]
+    KeepsConflicting,
+}
+
 async fn cosign(
     client: &reqwest::Client,
     log: &Log,
     witness: &mut Witness,
     note: &str,
     size: u64,
-) -> Result<String, String> {
+) -> Result<String, CosignError> {
     for _ in 0..2 {
         let old = witness.size.min(size);
-        let proof = log.consistency_proof(old, size).map_err(|e| e.to_string())?;
+        let proof = log.consistency_proof(old, size)?;
         let mut body = format!("old {old}\n");
         for hash in proof {
             body.push_str(&format!("{hash}\n"));
         }
         body.push('\n');
         body.push_str(note);
-        let response = client
-            .post(format!("{}/add-checkpoint", witness.url.trim_end_matches('/')))
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
+        let response =
+            client.post(format!("{}/add-checkpoint", witness.url.trim_end_matches('/'))).body(body).send().await?;
         let status = response.status();
-        let text = response.text().await.map_err(|e| e.to_string())?;
+        let text = response.text().await?;
         if status == reqwest::StatusCode::CONFLICT {
             // The witness knows a different size: start again from it.
-            witness.size = text.trim().parse().map_err(|_| format!("409 with body {text:?}"))?;
+            witness.size = text.trim().parse().map_err(|_| CosignError::BadConflict(text.clone()))?;
             continue;
         }
         if !status.is_success() {
-            return Err(format!("HTTP {status}: {}", text.trim()));
+            return Err(CosignError::Refused { status, body: text.trim().to_owned() });
         }
         // Keep only a cosignature that verifies, by this witness, on this checkpoint.
-        let cosigned = Note::parse(&format!("{note}{text}")).map_err(|e| e.to_string())?;
-        cosigned.verify_cosignature(&witness.vkey).map_err(|e| e.to_string())?;
+        let cosigned = Note::parse(&format!("{note}{text}"))?;
+        cosigned.verify_cosignature(&witness.vkey)?;
         witness.size = size;
         return Ok(text);
     }
-    Err("the witness keeps answering 409".to_owned())
+    Err(CosignError::KeepsConflicting)
 }

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clover_gateway::pack::{Circumstances, RecordFacts};
+use clover_gateway::pipeline::{Circumstances, RecordFacts, record_request};
 use clover_model::{Category, PrincipalId, Region, SiteName};
 use clover_policy::pack::PolicyPack;
 
@@ -126,8 +126,7 @@ impl ExplainArgs {
             approved: self.approved,
             subjects_touched: self.subjects_touched,
         };
-        let request =
-            clover_gateway::pack::record_request(&config, &principal, &origin, action, &record, &circumstances);
+        let request = record_request(&config, &principal, &origin, action, &record, &circumstances);
         let decision = pack.decide(&request);
         let origin = match &origin {
             clover_model::Origin::Site { site, region } => format!("{site} (region {region})"),

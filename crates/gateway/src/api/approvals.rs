@@ -19,10 +19,10 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use utoipa::ToSchema;
 
-use super::subjects::answered;
-use crate::Boundary;
-use crate::pack::approval_request;
+use crate::api::answer::answered;
+use crate::boundary::Boundary;
 use crate::pipeline::Caller;
+use crate::pipeline::decision::approval_request;
 use crate::problem::{ApiError, Body, Problem};
 
 /// A request for an approval.
@@ -92,7 +92,7 @@ fn answer(row: &ApprovalRow, decision: Option<Decision>, log_index: Option<u64>)
 }
 
 fn event(caller: &Caller, action: &str, decision: Option<&Decision>, detail: String) -> Event {
-    crate::pipeline::event_without_data(EventKind::Approval, Some(caller), action, decision, detail)
+    crate::pipeline::events::event_without_data(EventKind::Approval, Some(caller), action, decision, detail)
 }
 
 /// Asks for an approval to read the named subjects' records of the named categories for one
@@ -146,7 +146,7 @@ pub async fn request_approval(
         .log()
         .append(&event(&caller, "request-approval", None, detail))
         .await
-        .map_err(|e| ApiError::LogUnavailable(e.to_string()))?;
+        .map_err(ApiError::LogUnavailable)?;
     boundary.store().insert_approval(&row).await.map_err(ApiError::internal)?;
     tracing::info!(approval = %row.approval_id, log_index, "approval requested");
     Ok(axum::response::IntoResponse::into_response((
@@ -198,7 +198,7 @@ pub async fn grant_approval(
         .log()
         .append(&event(&caller, "approve", Some(&decision), detail))
         .await
-        .map_err(|e| ApiError::LogUnavailable(e.to_string()))?;
+        .map_err(ApiError::LogUnavailable)?;
     if !granted {
         return Err(ApiError::Forbidden { decision, log_index });
     }

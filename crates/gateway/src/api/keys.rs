@@ -11,14 +11,17 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use clover_event::{Event, EventKind};
+use clover_keys::KeyError;
+use clover_log::LogError;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::Boundary;
-use crate::api::subjects::answered;
-use crate::pack::administer_request;
+use crate::api::answer::answered;
+use crate::boundary::Boundary;
 use crate::pipeline::Caller;
+use crate::pipeline::decision::administer_request;
 use crate::problem::{ApiError, Problem};
+use crate::report::Chain;
 
 /// One KEK version.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -97,7 +100,7 @@ fn key_event(
     decision: Option<&clover_policy::Decision>,
     detail: String,
 ) -> Event {
-    crate::pipeline::event_without_data(EventKind::Key, caller, action, decision, detail)
+    crate::pipeline::events::event_without_data(EventKind::Key, caller, action, decision, detail)
 }
 
 /// Rotates the key-encryption key: a new version now, the data keys re-wrapped in the
@@ -120,7 +123,7 @@ pub async fn rotate(State(boundary): State<Arc<Boundary>>, caller: Caller) -> Re
         .log()
         .append(&key_event(Some(&caller), "rotate-keys", Some(&decision), detail))
         .await
-        .map_err(|e| ApiError::LogUnavailable(e.to_string()))?;
+        .map_err(ApiError::LogUnavailable)?;
     if !allowed {
         tracing::warn!(principal = %caller.principal.id, log_index, "key rotation refused");
         return Err(ApiError::Forbidden { decision, log_index });
@@ -130,11 +133,7 @@ pub async fn rotate(State(boundary): State<Arc<Boundary>>, caller: Caller) -> Re
         return Err(ApiError::RotationRunning("a key rotation is under way; see GET /v1/keys".to_owned()));
     };
     let detail = format!("kek v{to_version} created in {}; {total} data keys to re-wrap", custodian.kek().describe());
-    boundary
-        .log()
-        .append(&key_event(None, "add-kek-version", None, detail))
-        .await
-        .map_err(|e| ApiError::LogUnavailable(e.to_string()))?;
+    boundary.log().append(&key_event(None, "add-kek-version", None, detail)).await.map_err(ApiError::LogUnavailable)?;
     tracing::info!(to_version, total, principal = %caller.principal.id, "key rotation started");
     tokio::spawn(run_rotation(boundary.clone(), to_version));
     Ok(answered(
@@ -148,18 +147,30 @@ pub async fn rotate(State(boundary): State<Arc<Boundary>>, caller: Caller) -> Re
 /// retirement before the rotation is marked done.
 async fn run_rotation(boundary: Arc<Boundary>, to_version: u32) {
     let Some(custodian) = boundary.custodian().cloned() else { return };
-    let outcome: Result<(), String> = async {
-        for version in custodian.run_rotation().await.map_err(|e| e.to_string())? {
+    let outcome: Result<(), RotationStopped> = async {
+        for version in custodian.run_rotation().await? {
             let detail = format!("kek v{version} retired: no data key uses it");
             let retired = key_event(None, "retire-kek-version", None, detail);
-            boundary.log().append(&retired).await.map_err(|e| e.to_string())?;
+            boundary.log().append(&retired).await?;
             tracing::info!(version, "kek version retired");
         }
         Ok(())
     }
     .await;
     if let Err(e) = &outcome {
-        tracing::error!(error = %e, to_version, "key rotation stopped");
+        tracing::error!(error = %Chain(&e), to_version, "key rotation stopped");
     }
-    custodian.end_rotation(outcome.err());
+    // The rotation's state keeps the error as text, for `GET /v1/keys` to show.
+    custodian.end_rotation(outcome.err().map(|e| e.to_string()));
+}
+
+/// Why a rotation stopped before it was done.
+#[derive(Debug, thiserror::Error)]
+enum RotationStopped {
+    /// Re-wrapping or retiring failed.
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+    /// A retirement could not be logged.
+    #[error(transparent)]
+    Log(#[from] LogError),
 }

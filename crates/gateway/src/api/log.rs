@@ -16,13 +16,13 @@ use clover_tlog::tile::{TILE_WIDTH, Tile};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use crate::Boundary;
+use crate::boundary::Boundary;
 use crate::problem::{ApiError, Problem};
 
 fn log_error(e: LogError) -> ApiError {
     match e {
         LogError::NotFound(what) => ApiError::NotFound { what: "log item", id: what },
-        LogError::Proof(p) => ApiError::InvalidQuery(p.to_string()),
+        LogError::Proof(p) => ApiError::Unprovable(p),
         other => ApiError::internal(other),
     }
 }
@@ -41,7 +41,7 @@ pub async fn checkpoint(State(boundary): State<Arc<Boundary>>) -> Response {
 
 /// A hash tile or entry bundle (c2sp.org/tlog-tiles).
 pub async fn tile(State(boundary): State<Arc<Boundary>>, Path(path): Path<String>) -> Result<Response, ApiError> {
-    let tile = Tile::parse(&format!("tile/{path}")).map_err(|e| ApiError::InvalidQuery(e.to_string()))?;
+    let tile = Tile::parse(&format!("tile/{path}")).map_err(ApiError::BadTile)?;
     let bytes = boundary.log().tile(&tile).await.map_err(log_error)?;
     // Full tiles never change; partial ones are replaced as the log grows.
     let cache = if u64::from(tile.width) == TILE_WIDTH { "public, max-age=31536000, immutable" } else { "no-cache" };

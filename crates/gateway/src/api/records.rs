@@ -10,8 +10,8 @@ use clover_policy::Decision;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::subjects::answered;
-use crate::Boundary;
+use crate::api::answer::answered;
+use crate::boundary::Boundary;
 use crate::pipeline::{self, Caller};
 use crate::problem::{ApiError, Body, Problem};
 

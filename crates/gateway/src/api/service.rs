@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 
-use crate::Boundary;
+use crate::boundary::Boundary;
 
 /// The OpenAPI document, serialised once, shared with the handler.
 #[derive(Clone)]

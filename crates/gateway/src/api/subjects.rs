@@ -2,10 +2,9 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use clover_event::EventKind;
 use clover_keys::{KeyError, aad};
 use clover_model::{Action, Region, SubjectId};
@@ -15,9 +14,10 @@ use serde::{Deserialize, Serialize};
 use time::{Date, OffsetDateTime};
 use utoipa::ToSchema;
 
-use crate::Boundary;
+use crate::api::answer::answered;
+use crate::boundary::Boundary;
 use crate::pipeline::{self, Ask, Caller, SubjectMetadata};
-use crate::problem::{ApiError, Body, DecisionLabel, Problem};
+use crate::problem::{ApiError, Body, Problem};
 
 /// A subject's registration.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -98,12 +98,6 @@ fn birth_date(text: Option<String>) -> Result<Option<String>, ApiError> {
     Ok(Some(text))
 }
 
-pub(crate) fn answered(decision: &Decision, status: StatusCode, body: impl Serialize) -> Response {
-    let mut response = (status, Json(body)).into_response();
-    response.extensions_mut().insert(DecisionLabel(decision.effect()));
-    response
-}
-
 /// Registers a subject, or updates a registered one.
 ///
 /// The subject gets their own data key, stored only wrapped by the region's key-encryption
@@ -152,7 +146,7 @@ pub async fn put_subject(
 
     let created = match boundary.store().subject(&subject_id).await.map_err(ApiError::internal)? {
         Some(_) => {
-            let key = pipeline::unwrap_key(&boundary, &receipt).await?;
+            let key = pipeline::sealing::unwrap_key(&boundary, &receipt).await?;
             let sealed = key.seal(&sealed_aad, &attributes).map_err(ApiError::internal)?;
             if !boundary.store().update_subject(&subject_id, &sealed, &metadata).await.map_err(ApiError::internal)? {
                 return Err(ApiError::NotFound { what: "subject", id: subject_id.to_string() });
@@ -164,7 +158,7 @@ pub async fn put_subject(
             // (or one cut short after the key was made) left the key to use.
             let key = match boundary.custody().create_data_key(&receipt).await {
                 Ok(key) => key,
-                Err(KeyError::DataKeyExists) => pipeline::unwrap_key(&boundary, &receipt).await?,
+                Err(KeyError::DataKeyExists) => pipeline::sealing::unwrap_key(&boundary, &receipt).await?,
                 Err(e) => return Err(ApiError::internal(e)),
             };
             let row = SubjectRow {
@@ -218,8 +212,8 @@ pub async fn erase_subject(
     Path(subject_id): Path<String>,
 ) -> Result<Response, ApiError> {
     let subject_id = SubjectId::new(subject_id)?;
-    let subject = pipeline::load_subject(&boundary, &subject_id).await?;
-    let minor = pipeline::subject_minor(&boundary, &subject).await;
+    let subject = pipeline::metadata::load_subject(&boundary, &subject_id).await?;
+    let minor = pipeline::metadata::subject_minor(&boundary, &subject).await;
     let ask = Ask { action: Action::Erase, subject: &subject_id, record: None, subject_minor: minor };
     let receipt = pipeline::decide_and_log(&boundary, &caller, EventKind::Erasure, &ask).await?;
     // The key first: once it is gone, every copy of the subject's ciphertext is unreadable,
@@ -291,7 +285,7 @@ pub async fn list_accesses(
     let subject_id = SubjectId::new(subject_id)?;
     // Listing works after erasure too: the log keeps the history of a subject it no longer holds.
     let minor = match boundary.store().subject(&subject_id).await.map_err(ApiError::internal)? {
-        Some(subject) => pipeline::subject_minor(&boundary, &subject).await,
+        Some(subject) => pipeline::metadata::subject_minor(&boundary, &subject).await,
         None => true,
     };
     let ask = Ask { action: Action::ListAccesses, subject: &subject_id, record: None, subject_minor: minor };

@@ -76,3 +76,13 @@ async fn the_openapi_document_describes_every_endpoint() {
         "#/components/schemas/Problem"
     );
 }
+
+/// The whole document, as reviewed: a change to the API (a path, a schema, a status, a
+/// description) changes the snapshot beside this file, and so shows in review. Accept a
+/// deliberate change with `cargo insta review` (or `INSTA_UPDATE=always`).
+#[tokio::test]
+async fn the_openapi_document_is_as_reviewed() {
+    let app = TestApp::start().await;
+    let doc: Value = app.client(DUBLIN).get(app.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
+    insta::assert_json_snapshot!("openapi", doc);
+}

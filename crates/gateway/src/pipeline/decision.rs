@@ -1,13 +1,99 @@
-//! From what the boundary knows to a Cedar request of the policy pack.
+//! Step 4: the decision. What the boundary knows about a request (who, from where, why, about
+//! which subject and record, and what it works out itself: the window's count, an approval)
+//! becomes a Cedar request of the policy pack, and the pack allows (with a
+//! [`Permit`](clover_policy::Permit)) or denies.
 //!
-//! The context is computed here, from configuration and from what the boundary resolved
-//! itself: whether the purpose is on the configured list and declared for the record's
+//! The request's context is computed here, from configuration and from what the boundary
+//! resolved itself: whether the purpose is on the configured list and declared for the record's
 //! category, whether it may go out of the region pseudonymised, how sensitive the category is.
+//! `clover policy explain` builds its requests with the same functions.
 
-use clover_model::{Action, Category, Origin, Principal};
+use clover_model::{Action, Category, Origin, Principal, RecordId, SubjectId};
+use clover_policy::Verdict;
 use clover_policy::pack::{PackPrincipal, PackRequest, PackResource};
+use tracing::instrument;
 
+use crate::boundary::Boundary;
 use crate::config::{Config, Sensitivity};
+use crate::pipeline::caller::Caller;
+use crate::report::Chain;
+
+/// What a request asks, about which subject and record.
+#[derive(Debug, Clone, Copy)]
+pub struct Ask<'a> {
+    /// The action.
+    pub action: Action,
+    /// Whose data.
+    pub subject: &'a SubjectId,
+    /// The record and its category, for record reads and writes.
+    pub record: Option<(RecordId, &'a Category)>,
+    /// Whether the subject is a minor (unknown counts as a minor).
+    pub subject_minor: bool,
+}
+
+/// What the boundary works out about a request before deciding it.
+#[derive(Debug, Clone)]
+pub(crate) struct Facts {
+    /// The subject's keyed hash, as the log and the window record it.
+    pub(crate) subject_hash: String,
+    /// Distinct subjects the caller read in the window, this one included (reads only).
+    touched: i64,
+    /// Whether a granted approval covers the request.
+    approved: bool,
+}
+
+/// Whether a granted, unexpired approval of the caller covers this read: its subject, its
+/// category and the declared purpose.
+async fn approved(boundary: &Boundary, caller: &Caller, ask: &Ask<'_>) -> bool {
+    let (Some((_, category)), Some(purpose)) = (ask.record, caller.purpose.as_deref()) else { return false };
+    match boundary.store().granted_approvals(&caller.principal.id, time::OffsetDateTime::now_utc()).await {
+        Ok(approvals) => approvals
+            .iter()
+            .any(|a| a.purpose == purpose && a.subjects.contains(ask.subject) && a.categories.contains(category)),
+        Err(e) => {
+            tracing::error!(error = %Chain(&e), "cannot read approvals; treating the read as not approved");
+            false
+        }
+    }
+}
+
+/// Works out the [`Facts`] of a request: the subject's hash once, the window's count, and (only
+/// for a read past the threshold, where it can matter) whether an approval covers it.
+pub(crate) async fn facts(boundary: &Boundary, caller: &Caller, ask: &Ask<'_>) -> Facts {
+    let subject_hash = boundary.subject_hash(ask.subject);
+    let touched =
+        if ask.action == Action::Read { boundary.touches().count(&caller.principal.id, &subject_hash) } else { 0 };
+    let approved = touched > boundary.config().policy.bulk_threshold && approved(boundary, caller, ask).await;
+    Facts { subject_hash, touched, approved }
+}
+
+/// The policy's decision, from the pack, on what the boundary knows. An allowed read counts
+/// the subject in the caller's window.
+#[instrument(name = "decide", skip_all, fields(action = %ask.action, effect))]
+pub(crate) fn decide(boundary: &Boundary, caller: &Caller, ask: &Ask<'_>, facts: &Facts) -> Verdict {
+    let config = boundary.config();
+    let (touched, approved) = (facts.touched, facts.approved);
+    let circumstances = Circumstances {
+        purpose: caller.purpose.clone(),
+        has_justification: caller.justification.is_some(),
+        approved,
+        subjects_touched: touched,
+    };
+    let request = match ask.record {
+        Some((id, category)) => {
+            let facts =
+                RecordFacts { id: id.to_string(), category: category.clone(), subject_minor: ask.subject_minor };
+            record_request(config, &caller.principal, &caller.origin, ask.action, &facts, &circumstances)
+        }
+        None => subject_request(config, &caller.principal, &caller.origin, ask, &circumstances),
+    };
+    let verdict = boundary.pack().verdict(&request, ask.subject);
+    tracing::Span::current().record("effect", verdict.decision().effect());
+    if ask.action == Action::Read && matches!(verdict, Verdict::Allowed(_)) {
+        boundary.touches().record(&caller.principal.id, facts.subject_hash.clone());
+    }
+    verdict
+}
 
 /// What is known of the record asked about.
 #[derive(Debug, Clone)]
@@ -52,7 +138,8 @@ fn pack_origin(origin: &Origin) -> Option<(String, String)> {
     }
 }
 
-/// Builds the pack request for an action on a record.
+/// Builds the pack request for an action on a record, as the boundary decides it (and as
+/// `clover policy explain` shows it).
 pub fn record_request(
     config: &Config,
     principal: &Principal,
@@ -91,11 +178,11 @@ pub fn record_request(
 }
 
 /// Builds the pack request for an action on a subject as a whole (register, erase, list).
-pub fn subject_request(
+fn subject_request(
     config: &Config,
     principal: &Principal,
     origin: &Origin,
-    ask: &crate::pipeline::Ask<'_>,
+    ask: &Ask<'_>,
     circumstances: &Circumstances,
 ) -> PackRequest {
     PackRequest {
@@ -145,13 +232,13 @@ fn request_without_data(
 }
 
 /// The pack request for administering the boundary (key rotation).
-pub fn administer_request(config: &Config, principal: &Principal, origin: &Origin) -> PackRequest {
+pub(crate) fn administer_request(config: &Config, principal: &Principal, origin: &Origin) -> PackRequest {
     let resource = PackResource::Boundary { region: config.region.to_string() };
     request_without_data(config, principal, origin, Action::Administer, resource)
 }
 
 /// Builds the pack request for granting the approval `approval_id` asked for by `requester`.
-pub fn approval_request(
+pub(crate) fn approval_request(
     config: &Config,
     principal: &Principal,
     origin: &Origin,

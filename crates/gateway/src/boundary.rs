@@ -1,0 +1,226 @@
+//! The [`Boundary`]: one region's configuration, store, custodian, log and verifier, as the
+//! pipeline and the API use them. Its start-up wiring ([`Boundary::open`]) is in `open.rs`
+//! beside this file; [`crate::serve`] serves it.
+
+pub(crate) mod open;
+
+use std::sync::Arc;
+
+use clover_custodian::Custodian;
+use clover_event::{EVENT_VERSION, Event, EventKind, SubjectIndexKey};
+use clover_keys::KeyCustody;
+use clover_log::Log;
+use clover_model::{Category, Region, SubjectId};
+use clover_policy::pack::{PackError, PolicyPack};
+use clover_store::Store;
+use clover_tlog::note::VerifierKey;
+
+use crate::config::{CategoryConfig, Config};
+use crate::identity::Authenticator;
+use crate::origin::Sites;
+use crate::report::Chain;
+use crate::touches::Touches;
+use crate::witnesses::Cosigned;
+
+/// One region's boundary: its configuration, store, custodian and verifier.
+pub struct Boundary {
+    config: Config,
+    store: Arc<dyn Store>,
+    custody: Arc<dyn KeyCustody>,
+    custodian: Option<Arc<Custodian>>,
+    log: Log,
+    cosigned: Cosigned,
+    log_vkey: VerifierKey,
+    subject_index: SubjectIndexKey,
+    authenticator: Authenticator,
+    sites: Sites,
+    pack: std::sync::RwLock<Arc<PolicyPack>>,
+    touches: Touches,
+    tls: Option<Arc<clover_tls::ServerTls>>,
+}
+
+impl std::fmt::Debug for Boundary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Boundary").field("region", &self.config.region).finish_non_exhaustive()
+    }
+}
+
+impl Boundary {
+    /// The listener's TLS, when `[tls]` sets a certificate; its files are watched from the
+    /// boundary's opening, and each reload is logged.
+    pub fn tls(&self) -> Option<&Arc<clover_tls::ServerTls>> {
+        self.tls.as_ref()
+    }
+
+    /// The region this boundary holds.
+    pub fn region(&self) -> &Region {
+        &self.config.region
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The key custodian.
+    pub fn custody(&self) -> &Arc<dyn KeyCustody> {
+        &self.custody
+    }
+
+    /// The embedded custodian, for key administration (rotation, status); `None` when the keys
+    /// are held by a custodian in its own process.
+    pub fn custodian(&self) -> Option<&Arc<Custodian>> {
+        self.custodian.as_ref()
+    }
+
+    /// The log's checkpoint verifier key.
+    pub fn log_vkey(&self) -> &VerifierKey {
+        &self.log_vkey
+    }
+
+    /// The transparency log.
+    pub fn log(&self) -> &Log {
+        &self.log
+    }
+
+    /// The token verifier (step 1 of the pipeline).
+    pub(crate) fn authenticator(&self) -> &Authenticator {
+        &self.authenticator
+    }
+
+    /// The configured sites, which place a client address (step 2 of the pipeline).
+    pub(crate) fn sites(&self) -> &Sites {
+        &self.sites
+    }
+
+    /// The distinct subjects each principal read in the window, shared by every request.
+    pub(crate) fn touches(&self) -> &Touches {
+        &self.touches
+    }
+
+    /// The checkpoint to serve: the latest one every witness cosigned, or, with no witness (or
+    /// none cosigned yet), the log's latest.
+    pub fn served_checkpoint(&self) -> String {
+        self.cosigned.get().unwrap_or_else(|| self.log.checkpoint().to_string())
+    }
+
+    /// The policy pack in force.
+    pub fn pack(&self) -> Arc<PolicyPack> {
+        self.pack.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Loads the policy directory again. A valid set replaces the one in force; an invalid one
+    /// is refused with its errors and the old set kept. Either way the attempt is logged, in
+    /// the server's log and in the transparency log.
+    pub async fn reload_policies(&self) -> Result<Vec<String>, PackError> {
+        let source =
+            self.config.policy.dir.as_ref().map_or_else(|| "the shipped pack".to_owned(), |d| d.display().to_string());
+        match load_pack(&self.config) {
+            Ok(pack) => {
+                let ids = pack.policy_ids();
+                *self.pack.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(pack);
+                let detail = format!("policies reloaded from {source}: {}", ids.join(", "));
+                tracing::info!(policies = ids.len(), %source, "policies reloaded");
+                if let Err(e) = self.log.append(&setup_event(EventKind::Config, "reload-policies", detail)).await {
+                    tracing::error!(error = %Chain(&e), "cannot log the policy reload");
+                }
+                Ok(ids)
+            }
+            Err(e) => {
+                tracing::error!(error = %Chain(&e), %source, "policy reload refused; the policies in force are kept");
+                let detail = format!("policy reload from {source} refused: {e}");
+                if let Err(e) =
+                    self.log.append(&setup_event(EventKind::Config, "reload-policies-refused", detail)).await
+                {
+                    tracing::error!(error = %Chain(&e), "cannot log the refused policy reload");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The log's checkpoint verifier key.
+    pub fn log_verifier(&self) -> VerifierKey {
+        self.log_vkey.clone()
+    }
+
+    /// A subject's keyed hash, as the log records it.
+    pub fn subject_hash(&self, subject: &SubjectId) -> String {
+        self.subject_index.hash(subject)
+    }
+
+    /// The configured category called `name`.
+    pub fn category(&self, name: &str) -> Option<&CategoryConfig> {
+        self.config.categories.iter().find(|c| c.name.as_str() == name)
+    }
+
+    /// The names of the configured categories.
+    pub fn category_names(&self) -> Vec<String> {
+        self.config.categories.iter().map(|c| c.name.to_string()).collect()
+    }
+
+    /// Whether `category` is configured.
+    pub fn has_category(&self, category: &Category) -> bool {
+        self.category(category.as_str()).is_some()
+    }
+}
+
+/// The configured policy pack: the directory's, or the shipped one.
+fn load_pack(config: &Config) -> Result<PolicyPack, PackError> {
+    match &config.policy.dir {
+        Some(dir) => PolicyPack::load_dir(dir),
+        None => PolicyPack::default_pack(),
+    }
+}
+
+/// Watches the policy directory and reloads it when a file changes (name, size or time).
+pub fn watch_policies(boundary: Arc<Boundary>) {
+    let Some(dir) = boundary.config.policy.dir.clone().filter(|_| boundary.config.policy.watch) else { return };
+    let fingerprint = move || -> Vec<(std::path::PathBuf, u64, Option<std::time::SystemTime>)> {
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .filter_map(|e| e.metadata().ok().map(|m| (e.path(), m.len(), m.modified().ok())))
+            .collect();
+        files.sort();
+        files
+    };
+    tokio::spawn(async move {
+        let mut last = fingerprint();
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            let now = fingerprint();
+            if now != last {
+                last = now;
+                let _ = boundary.reload_policies().await;
+            }
+        }
+    });
+}
+
+/// A key or configuration event, with no caller: the boundary's own doing. Built here rather
+/// than by the pipeline's events, so that the boundary does not depend on the pipeline that
+/// depends on it.
+fn setup_event(kind: EventKind, action: &str, detail: String) -> Event {
+    Event {
+        v: EVENT_VERSION,
+        kind,
+        time: time::OffsetDateTime::now_utc().unix_timestamp(),
+        principal: None,
+        origin: None,
+        action: Some(action.to_owned()),
+        subject: None,
+        record: None,
+        category: None,
+        decision: None,
+        purpose: None,
+        justification: None,
+        detail: Some(detail),
+    }
+}

@@ -1,0 +1,52 @@
+//! Step 3: the metadata of the subject and record asked about. Metadata holds nothing personal
+//! in the clear: what policy needs of the subject (whether they are a minor) is sealed by the
+//! custodian, and opened here only to decide.
+
+use clover_model::{RecordId, SubjectId};
+use clover_store::{RecordRow, SubjectRow};
+use tracing::instrument;
+
+use crate::boundary::Boundary;
+use crate::problem::ApiError;
+
+/// What policy decides on about a subject, sealed by the custodian.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct SubjectMetadata {
+    /// The day the subject reaches the age of digital consent; unknown without a birth date.
+    pub adult_on: Option<time::Date>,
+}
+
+/// A subject's metadata and wrapped key.
+#[instrument(name = "load_subject", skip(boundary), err(level = "debug"))]
+pub(crate) async fn load_subject(boundary: &Boundary, id: &SubjectId) -> Result<SubjectRow, ApiError> {
+    boundary
+        .store()
+        .subject(id)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::NotFound { what: "subject", id: id.to_string() })
+}
+
+/// The record's metadata and its subject's, in one query: the first step of a read.
+#[instrument(name = "load_record", skip(boundary), err(level = "debug"))]
+pub(crate) async fn load_record_and_subject(
+    boundary: &Boundary,
+    id: &RecordId,
+) -> Result<(RecordRow, SubjectRow), ApiError> {
+    boundary
+        .store()
+        .record_with_subject(id)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::NotFound { what: "record", id: id.to_string() })
+}
+
+/// Whether the subject is a minor today, from their sealed metadata. A subject whose birth date
+/// is unknown (or whose metadata cannot be read) counts as a minor: the stricter rules apply.
+pub(crate) async fn subject_minor(boundary: &Boundary, subject: &SubjectRow) -> bool {
+    let Ok(plain) = boundary.custody().open_metadata(&subject.subject_id, &subject.metadata).await else {
+        return true;
+    };
+    let Ok(metadata) = serde_json::from_slice::<SubjectMetadata>(&plain) else { return true };
+    metadata.adult_on.is_none_or(|adult_on| time::OffsetDateTime::now_utc().date() < adult_on)
+}

@@ -1,0 +1,68 @@
+//! Steps 6 and 7: the data key and the record's sealing and opening. The custodian unwraps the
+//! subject's data key only against a log receipt; a record's fields are sealed with it
+//! (AES-256-GCM), bound by the associated data to region, subject, record and version, so that
+//! ciphertext moved elsewhere does not open.
+
+use clover_keys::{DataKey, KeyError, aad};
+use clover_log::Receipt;
+use clover_model::{Fields, RecordId, SubjectId};
+use clover_store::RecordRow;
+use tracing::instrument;
+
+use crate::boundary::Boundary;
+use crate::problem::ApiError;
+
+/// A stored record that cannot be read back: the boundary's fault (or the store's), never the
+/// caller's, so it is answered as an internal error and told in full only to the server's log.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum UnreadableRecord {
+    /// The ciphertext does not open with the subject's data key and the record's binding.
+    #[error("record {record} does not open")]
+    Sealed {
+        /// The record.
+        record: RecordId,
+        /// Why.
+        #[source]
+        cause: KeyError,
+    },
+    /// The plaintext is not the JSON object the boundary sealed.
+    #[error("record {record} is not JSON")]
+    NotJson {
+        /// The record.
+        record: RecordId,
+        /// Why.
+        #[source]
+        cause: serde_json::Error,
+    },
+}
+
+/// The subject's data key, unwrapped by the custodian against the log receipt.
+#[instrument(name = "unwrap_key", skip_all, err(level = "debug"))]
+pub(crate) async fn unwrap_key(boundary: &Boundary, receipt: &Receipt) -> Result<DataKey, ApiError> {
+    boundary.custody().data_key(receipt).await.map_err(ApiError::internal)
+}
+
+/// The record's fields, decrypted.
+#[instrument(name = "open_record", skip_all, err(level = "debug"))]
+pub(crate) fn open_record(boundary: &Boundary, key: &DataKey, record: &RecordRow) -> Result<Fields, ApiError> {
+    let aad = aad::record(boundary.region(), &record.subject_id, &record.record_id, record.version);
+    let plain = key
+        .open(&aad, &record.ciphertext)
+        .map_err(|cause| ApiError::internal(UnreadableRecord::Sealed { record: record.record_id, cause }))?;
+    Fields::from_bytes(&plain)
+        .map_err(|cause| ApiError::internal(UnreadableRecord::NotJson { record: record.record_id, cause }))
+}
+
+/// Seals a record's fields for storage with the subject's data key, bound to where they belong
+/// (this boundary's region, the subject, the record and its version).
+pub fn seal_record(
+    boundary: &Boundary,
+    key: &DataKey,
+    subject: &SubjectId,
+    record: &RecordId,
+    version: u32,
+    fields: &Fields,
+) -> Result<Vec<u8>, ApiError> {
+    let aad = aad::record(boundary.region(), subject, record, version);
+    key.seal(&aad, &fields.to_bytes()).map_err(ApiError::internal)
+}

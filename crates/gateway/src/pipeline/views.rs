@@ -1,0 +1,74 @@
+//! Step 8: the view. A full view answers the fields as stored; a pseudonymised one applies the
+//! category's field rules (`[[views]]`): a keyed token, a year, an address prefix, a mask, or
+//! nothing.
+
+use std::net::IpAddr;
+
+use clover_log::Receipt;
+use clover_model::{Category, Fields, View};
+
+use crate::boundary::Boundary;
+use crate::config::FieldRule;
+use crate::pipeline::caller::Caller;
+use crate::problem::ApiError;
+
+/// The view the permit grants of a record's decrypted fields: as stored, or pseudonymised by
+/// the category's field rules (a category without rules gets a keyed token for every field).
+/// Tokens are stable within the declared purpose and the destination region and unlinkable
+/// across them.
+pub(crate) async fn view(
+    boundary: &Boundary,
+    caller: &Caller,
+    receipt: &Receipt,
+    category: &Category,
+    fields: Fields,
+) -> Result<Fields, ApiError> {
+    if receipt.permit().view() == View::Full {
+        return Ok(fields);
+    }
+    let purpose = caller.purpose.as_deref().unwrap_or("none");
+    let destination = caller.origin.region().map_or("unknown", |r| r.as_str());
+    let rules = boundary.config().views.iter().find(|v| &v.category == category);
+    let mut map = serde_json::Map::new();
+    for (name, value) in fields.as_map() {
+        let rule = rules.map_or(FieldRule::Token, |v| v.fields.get(name).copied().unwrap_or(v.default));
+        let shown = match rule {
+            FieldRule::Drop => None,
+            FieldRule::Token => {
+                let mut input = name.as_bytes().to_vec();
+                input.push(0);
+                input.extend(serde_json::to_vec(value).unwrap_or_default());
+                let token =
+                    boundary.custody().pseudonym(purpose, destination, &input).await.map_err(ApiError::internal)?;
+                Some(serde_json::Value::String(token))
+            }
+            FieldRule::Year => value
+                .as_str()
+                .and_then(|s| s.get(..4))
+                .filter(|y| y.bytes().all(|b| b.is_ascii_digit()))
+                .map(|year| serde_json::Value::String(year.to_owned())),
+            FieldRule::IpPrefix => value.as_str().and_then(|v| v.parse::<IpAddr>().ok()).and_then(|ip| {
+                let prefix = match ip {
+                    IpAddr::V4(_) => 24,
+                    IpAddr::V6(_) => 48,
+                };
+                Some(serde_json::Value::String(ipnet::IpNet::new(ip, prefix).ok()?.trunc().to_string()))
+            }),
+            FieldRule::Mask => Some(serde_json::Value::String(mask(value))),
+        };
+        if let Some(shown) = shown {
+            map.insert(name.clone(), shown);
+        }
+    }
+    Ok(Fields::new(map))
+}
+
+/// A masked value: the first character kept (and an email's domain), the rest `***`.
+fn mask(value: &serde_json::Value) -> String {
+    let Some(text) = value.as_str() else { return "***".to_owned() };
+    let first: String = text.chars().take(1).collect();
+    match text.split_once('@') {
+        Some((_, domain)) => format!("{first}***@{domain}"),
+        None => format!("{first}***"),
+    }
+}
