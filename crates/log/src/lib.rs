@@ -7,9 +7,9 @@
 //!
 //! - [`Log`] is the handle every part of the boundary holds: appends, the latest checkpoint,
 //!   tiles, entries and proofs.
-//! - One sequencer ([`sequencer`]) group-commits appends over a backend: a directory that this
-//!   process alone writes ([`file`], the embedded default), or a PostgreSQL database that several
-//!   gateways share, sequenced by whichever holds its lock ([`postgres`]).
+//! - One sequencer (`sequencer.rs`) group-commits appends over a backend: a directory that this
+//!   process alone writes (`file.rs`, the embedded default), or a PostgreSQL database that several
+//!   gateways share, sequenced by whichever holds its lock (`postgres.rs`).
 //! - Only [`Log::append_permitted`] makes a [`Receipt`], which the key custodian asks for before
 //!   it unwraps a data key.
 
@@ -70,7 +70,7 @@ impl Log {
     /// name `origin`. Recovers from a crash without destroying evidence: an unsigned tail that
     /// does not read as entries is moved to `quarantine/` and cut; entries that a signed
     /// checkpoint covers and that are damaged or changed make it refuse to open, leaving every
-    /// file as it was (see [`file`]).
+    /// file as it was (`docs/log.md` says exactly what is cut and what is refused).
     pub fn open(dir: &Path, signer: impl NoteSigner, options: LogOptions) -> Result<Self, LogError> {
         let (shared, file) = file::open(dir, Box::new(signer), options)?;
         Ok(Self { shared, store: Store::File(Arc::new(file)) })

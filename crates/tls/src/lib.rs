@@ -6,7 +6,7 @@
 //!   client certificates (optional for a gateway, whose employees call with bearer tokens;
 //!   required for the custodian and witnesses). rustls's safe defaults: TLS 1.3 and 1.2 with
 //!   their AEAD suites only, through aws-lc-rs.
-//! - [`serve`] runs an axum router on a listener, with or without TLS, and hands every request
+//! - [`serve()`] runs an axum router on a listener, with or without TLS, and hands every request
 //!   its peer's address ([`axum::extract::ConnectInfo`]) and, when one was presented and
 //!   verified, its certificate ([`PeerCertificate`]).
 //! - [`ClientTls`] is the other side: which CA to trust and which certificate to present,
