@@ -83,6 +83,37 @@ pub struct HttpReport {
     pub first_unexpected: Option<String>,
 }
 
+/// The part of a record write's answer the load generator reads.
+#[derive(serde::Deserialize)]
+struct Written {
+    record_id: String,
+}
+
+/// One class of reads (from the region, from abroad) as the tasks count it.
+struct Class {
+    stats: Stats,
+    /// Answers with the status expected for the class.
+    expected: u64,
+    /// Any other answer.
+    unexpected: u64,
+}
+
+impl Class {
+    fn new() -> Self {
+        Self { stats: Stats::new(), expected: 0, unexpected: 0 }
+    }
+
+    fn add(&mut self, other: &Self) {
+        self.stats.add(&other.stats);
+        self.expected += other.expected;
+        self.unexpected += other.unexpected;
+    }
+
+    fn report(&self) -> ClassReport {
+        class(&self.stats, self.expected, self.unexpected)
+    }
+}
+
 fn class(stats: &Stats, expected: u64, unexpected: u64) -> ClassReport {
     ClassReport {
         sent: stats.ops,
@@ -117,7 +148,7 @@ pub async fn run(options: &HttpOptions, progress: &dyn Fn(&str)) -> Result<HttpR
     // A subject of the run's own, and its records.
     let mut id = [0u8; 6];
     aws_lc_rs::rand::fill(&mut id).map_err(|_| BenchError("no randomness".into()))?;
-    let subject = format!("bench-{}", id.iter().map(|b| format!("{b:02x}")).collect::<String>());
+    let subject = format!("bench-{}", hex::encode(id));
     progress(&format!("writing {} records for subject {subject} at {url}", options.records));
     let put = eu
         .put(format!("{url}/v1/subjects/{subject}"))
@@ -140,13 +171,10 @@ pub async fn run(options: &HttpOptions, progress: &dyn Fn(&str)) -> Result<HttpR
             .await
             .map_err(|e| BenchError(format!("POST a record: {e}")))?;
         let status = answer.status();
-        let body: serde_json::Value =
-            answer.json().await.map_err(|e| BenchError(format!("POST a record: {status}: {e}")))?;
-        let record = body["record_id"]
-            .as_str()
-            .ok_or_else(|| BenchError(format!("POST a record: {status}: {body}")))?
-            .to_owned();
-        records.push(record);
+        let body = answer.text().await.map_err(|e| BenchError(format!("POST a record: {status}: {e}")))?;
+        let written: Written =
+            serde_json::from_str(&body).map_err(|_| BenchError(format!("POST a record: {status}: {body}")))?;
+        records.push(written.record_id);
         if Instant::now() > deadline {
             return Err(BenchError("the time limit passed while writing the records".into()));
         }
@@ -166,8 +194,7 @@ pub async fn run(options: &HttpOptions, progress: &dyn Fn(&str)) -> Result<HttpR
         let (url, token, purpose, requests, percent) =
             (url.clone(), options.token.clone(), options.purpose.clone(), options.requests, options.foreign_percent);
         tasks.spawn(async move {
-            let (mut region, mut abroad) = (Stats::new(), Stats::new());
-            let (mut ok, mut bad) = ([0u64; 2], [0u64; 2]);
+            let (mut region, mut abroad) = (Class::new(), Class::new());
             let mut first_bad = None;
             for i in (t..requests).step_by(step) {
                 if Instant::now() > deadline {
@@ -177,8 +204,8 @@ pub async fn run(options: &HttpOptions, progress: &dyn Fn(&str)) -> Result<HttpR
                 // Spread evenly: request i is foreign when it brings the foreign count up a step.
                 let p = usize::from(percent);
                 let from_abroad = (i + 1) * p / 100 > i * p / 100;
-                let (client, expected, which) = if from_abroad { (&foreign, 403, 1) } else { (&eu, 200, 0) };
-                let record = &records[i % records.len()];
+                let (client, expected) = if from_abroad { (&foreign, 403) } else { (&eu, 200) };
+                let Some(record) = i.checked_rem(records.len()).and_then(|i| records.get(i)) else { break };
                 let at = Instant::now();
                 let answer = client
                     .get(format!("{url}/v1/records/{record}"))
@@ -194,43 +221,38 @@ pub async fn run(options: &HttpOptions, progress: &dyn Fn(&str)) -> Result<HttpR
                     }
                     Err(_) => 0,
                 };
-                let stats = if from_abroad { &mut abroad } else { &mut region };
-                stats.record(at.elapsed());
-                stats.ops += 1;
+                let class = if from_abroad { &mut abroad } else { &mut region };
+                class.stats.record(at.elapsed());
+                class.stats.ops += 1;
                 if status == expected {
-                    ok[which] += 1;
+                    class.expected += 1;
                 } else {
-                    bad[which] += 1;
+                    class.unexpected += 1;
                     first_bad
                         .get_or_insert_with(|| format!("GET /v1/records/{record}: {status} (expected {expected})"));
                 }
             }
-            (region, abroad, ok, bad, first_bad)
+            (region, abroad, first_bad)
         });
     }
-    let (mut region, mut abroad) = (Stats::new(), Stats::new());
-    let (mut ok, mut bad) = ([0u64; 2], [0u64; 2]);
+    let (mut region, mut abroad) = (Class::new(), Class::new());
     let mut first_unexpected = None;
-    for (r, a, o, b, first) in tasks.join_all().await {
+    for (r, a, first) in tasks.join_all().await {
         region.add(&r);
         abroad.add(&a);
-        for k in 0..2 {
-            ok[k] += o[k];
-            bad[k] += b[k];
-        }
         first_unexpected = first_unexpected.or(first);
     }
     let seconds = started.elapsed().as_secs_f64();
-    let mut all = Stats::new();
+    let mut all = Class::new();
     all.add(&region);
     all.add(&abroad);
     Ok(HttpReport {
-        requests_per_second: if seconds > 0.0 { all.ops as f64 / seconds } else { 0.0 },
+        requests_per_second: if seconds > 0.0 { all.stats.ops as f64 / seconds } else { 0.0 },
         seconds,
         cut_short: cut.load(Ordering::Relaxed),
-        all: class(&all, ok[0] + ok[1], bad[0] + bad[1]),
-        region: class(&region, ok[0], bad[0]),
-        foreign: class(&abroad, ok[1], bad[1]),
+        all: all.report(),
+        region: region.report(),
+        foreign: abroad.report(),
         first_unexpected,
     })
 }

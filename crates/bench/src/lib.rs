@@ -13,11 +13,6 @@
 //!
 //! [`http`] is the load generator that drives a running server over HTTP.
 
-// The harness indexes its own vectors modulo their length, after making them non-empty (at
-// least one record, one subject, one event), and two-element counters by a 0/1 class: no index
-// here can be out of range, and a panic would be a failed benchmark run, not a security failure.
-#![allow(clippy::indexing_slicing)]
-
 pub mod http;
 
 use std::future::Future;
@@ -27,12 +22,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
-use clover_event::{Event, EventDecision, EventKind, EventOrigin, EventPrincipal};
+use clover_event::{Event, EventKind};
 use clover_gateway::pipeline::{self, Caller};
 use clover_gateway::{Boundary, Config, DataDir};
 use clover_log::{Log, LogOptions};
-use clover_model::{Action, Category, Fields, Origin, Principal, PrincipalKind, RecordId, SubjectId};
-use clover_policy::pack::{DEFAULT_SCHEMA, PackPrincipal, PackRequest, PackResource, PolicyPack};
+use clover_model::{Action, Category, Fields, PrincipalKind, RecordId, SubjectId};
+use clover_policy::pack::{DEFAULT_SCHEMA, PackRequest, PolicyPack};
+use clover_testkit::fixtures;
 use clover_tlog::note::{SigningKey, TYPE_ED25519};
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -297,17 +293,8 @@ fn pair_sync(options: &Options, mut base: impl FnMut(usize), mut op: impl FnMut(
 
 fn caller(kind: PrincipalKind, region: &str, site: &str, purpose: &str) -> Caller {
     Caller {
-        principal: Principal {
-            id: format!("bench-{site}").parse().unwrap_or_else(|_| unreachable!()),
-            kind,
-            home_region: region.parse().unwrap_or_else(|_| unreachable!()),
-            site: site.parse().unwrap_or_else(|_| unreachable!()),
-            roles: vec!["support".into()],
-        },
-        origin: Origin::Site {
-            site: site.parse().unwrap_or_else(|_| unreachable!()),
-            region: region.parse().unwrap_or_else(|_| unreachable!()),
-        },
+        principal: fixtures::principal(&format!("bench-{site}"), kind, region, site, &["support"]),
+        origin: fixtures::origin(site, region),
         purpose: Some(purpose.into()),
         justification: None,
     }
@@ -317,8 +304,8 @@ fn caller(kind: PrincipalKind, region: &str, site: &str, purpose: &str) -> Calle
 struct Gateway {
     _dir: tempfile::TempDir,
     boundary: Arc<Boundary>,
-    subjects: Arc<Vec<SubjectId>>,
-    records: Arc<Vec<RecordId>>,
+    subjects: Arc<Round<SubjectId>>,
+    records: Arc<Round<RecordId>>,
 }
 
 /// A gateway with `subjects` adult subjects (each with a data key made against a logged write,
@@ -338,7 +325,7 @@ async fn gateway(
     let boundary = Arc::new(Boundary::open(config).await.map_err(|e| fail("opening the gateway")(&e))?);
     let (records, subjects) = (records.max(1), subjects.max(1));
     progress(&format!("registering {subjects} subjects"));
-    let mut keyed = Vec::with_capacity(subjects);
+    let mut registered = Vec::with_capacity(subjects);
     for chunk in (0..subjects).collect::<Vec<_>>().chunks(256) {
         let mut tasks = tokio::task::JoinSet::new();
         for &s in chunk {
@@ -347,15 +334,16 @@ async fn gateway(
         }
         let mut done = tasks.join_all().await.into_iter().collect::<Result<Vec<_>, _>>()?;
         done.sort_by_key(|(s, _, _)| *s);
-        keyed.extend(done.into_iter().map(|(_, id, key)| (id, key)));
+        registered.extend(done.into_iter().map(|(_, id, key)| (id, key)));
     }
+    let keyed = Round::new(registered, "subjects")?;
     progress(&format!("importing {records} records"));
     let mut ids = Vec::with_capacity(records);
     let now = time::OffsetDateTime::now_utc();
     for first in (0..records).step_by(10_000) {
         let mut rows = Vec::with_capacity(10_000);
         for r in first..(first + 10_000).min(records) {
-            let (subject, key) = &keyed[r % subjects];
+            let (subject, key) = keyed.at(r);
             // Ids in ascending order, so that the import appends to the primary-key index
             // instead of scattering into it (ten million random keys outgrow the cache); reads
             // pick records in a scattered order (`spread`) all the same.
@@ -382,8 +370,52 @@ async fn gateway(
         }
         boundary.store().insert_records(&rows).await.map_err(|e| fail("importing records")(&e))?;
     }
-    let subject_ids = keyed.into_iter().map(|(id, _)| id).collect();
-    Ok(Gateway { _dir: dir, boundary, subjects: Arc::new(subject_ids), records: Arc::new(ids) })
+    let subject_ids = keyed.into_items().map(|(id, _)| id).collect();
+    Ok(Gateway {
+        _dir: dir,
+        boundary,
+        subjects: Arc::new(Round::new(subject_ids, "subjects")?),
+        records: Arc::new(Round::new(ids, "records")?),
+    })
+}
+
+/// A non-empty list of fixtures (records, subjects, events) that operations go round: `at`
+/// always has an item to give, without indexing that could panic.
+#[derive(Debug)]
+struct Round<T> {
+    first: T,
+    rest: Vec<T>,
+}
+
+impl<T> Round<T> {
+    /// The list, or an error naming `what` when it is empty.
+    fn new(items: Vec<T>, what: &str) -> Result<Self, BenchError> {
+        let mut items = items.into_iter();
+        let first = items.next().ok_or_else(|| BenchError(format!("no {what} to go round")))?;
+        Ok(Self { first, rest: items.collect() })
+    }
+
+    fn len(&self) -> usize {
+        self.rest.len() + 1
+    }
+
+    /// The `i`th item, going round.
+    fn at(&self, i: usize) -> &T {
+        match i % self.len() {
+            0 => &self.first,
+            i => self.rest.get(i - 1).unwrap_or(&self.first),
+        }
+    }
+
+    /// The `i`th item in a scattered order (see [`spread`]).
+    fn scattered(&self, i: usize) -> &T {
+        self.at(spread(i, self.len()))
+    }
+
+    /// Every item, in order.
+    fn into_items(self) -> impl Iterator<Item = T> {
+        std::iter::once(self.first).chain(self.rest)
+    }
 }
 
 /// The `i`th pick among `len` items, scattered (a multiplicative hash), so that consecutive
@@ -424,7 +456,7 @@ async fn gateway_scenario(scenario: Scenario, g: &Gateway, options: &Options) ->
     let store_read = {
         let (boundary, records) = (boundary.clone(), records.clone());
         move |i: usize| {
-            let (boundary, id) = (boundary.clone(), records[spread(i, records.len())]);
+            let (boundary, id) = (boundary.clone(), *records.scattered(i));
             async move {
                 let found = boundary.store().record(&id).await;
                 assert!(matches!(found, Ok(Some(_))), "the bare read of record {id} failed");
@@ -435,7 +467,7 @@ async fn gateway_scenario(scenario: Scenario, g: &Gateway, options: &Options) ->
         let (boundary, records) = (boundary.clone(), records.clone());
         let who = Arc::new(who);
         move |i: usize| {
-            let (boundary, id, who) = (boundary.clone(), records[spread(i, records.len())], who.clone());
+            let (boundary, id, who) = (boundary.clone(), *records.scattered(i), who.clone());
             async move {
                 let read = pipeline::read(&boundary, &who, &id).await;
                 assert_eq!(read.is_ok(), allowed, "an audited read of {id} was decided otherwise than expected");
@@ -460,7 +492,7 @@ async fn gateway_scenario(scenario: Scenario, g: &Gateway, options: &Options) ->
         }
         Scenario::Pseudonymised => {
             let virginia = caller(PrincipalKind::Employee, "us", "virginia-1", "analytics");
-            let (_, fields, _) = pipeline::read(&boundary, &virginia, &records[0])
+            let (_, fields, _) = pipeline::read(&boundary, &virginia, records.at(0))
                 .await
                 .map_err(|e| fail("a pseudonymised read")(&e))?;
             if !String::from_utf8_lossy(&fields.to_bytes()).contains("tok_") {
@@ -476,7 +508,7 @@ async fn gateway_scenario(scenario: Scenario, g: &Gateway, options: &Options) ->
                     let boundary = boundary.clone();
                     let row = clover_store::RecordRow {
                         record_id: RecordId::random(),
-                        subject_id: subjects[i % subjects.len()].clone(),
+                        subject_id: subjects.at(i).clone(),
                         category: "profile".parse().unwrap_or_else(|_| unreachable!()),
                         home_region: "eu".parse().unwrap_or_else(|_| unreachable!()),
                         version: 1,
@@ -492,7 +524,7 @@ async fn gateway_scenario(scenario: Scenario, g: &Gateway, options: &Options) ->
                 let (boundary, subjects) = (boundary.clone(), subjects.clone());
                 let eu = Arc::new(caller(PrincipalKind::Service, "eu", "dublin-1", "support"));
                 move |i: usize| {
-                    let (boundary, subject, eu) = (boundary.clone(), subjects[i % subjects.len()].clone(), eu.clone());
+                    let (boundary, subject, eu) = (boundary.clone(), subjects.at(i).clone(), eu.clone());
                     async move {
                         let fields = Fields::new(
                             serde_json::json!({"display_name": "x"}).as_object().cloned().unwrap_or_default(),
@@ -515,33 +547,9 @@ async fn gateway_scenario(scenario: Scenario, g: &Gateway, options: &Options) ->
 // The log, decisions, sealing
 // ---------------------------------------------------------------------------------------------
 
-/// An allowed read as the gateway logs it.
+/// A realistic allowed read as the gateway logs it (the test kit's, shared with the log's bench).
 fn event(n: usize) -> Event {
-    let subject = format!("{:064x}", n % 4096);
-    Event {
-        v: clover_event::EVENT_VERSION,
-        kind: EventKind::Access,
-        time: 1_795_426_787 + (n / 100) as i64,
-        principal: Some(EventPrincipal {
-            id: format!("emp-{:05}", n % 700),
-            kind: "employee".into(),
-            region: "eu".into(),
-            site: "dublin-1".into(),
-        }),
-        origin: Some(EventOrigin { site: Some("dublin-1".into()), region: Some("eu".into()) }),
-        action: Some("read".into()),
-        subject: Some(subject),
-        record: Some(format!("0b8e6f7a-3c1d-4f2e-9a5b-{n:012x}")),
-        category: Some("contact".into()),
-        decision: Some(EventDecision {
-            effect: "allow".into(),
-            view: Some("full".into()),
-            policies: vec!["in-region-access".into()],
-        }),
-        purpose: Some("support".into()),
-        justification: None,
-        detail: None,
-    }
+    clover_testkit::fixtures::access_event(n)
 }
 
 /// The baseline of an append: the same bytes, framed as the log frames them, written to a plain
@@ -601,52 +609,28 @@ async fn append_scenario(options: &Options, prefill: usize) -> Result<Row, Bench
         .await;
     }
     let plain = PlainWriter::open(&dir.path().join("plain"))?;
-    let events: Arc<Vec<Event>> = Arc::new((0..4096).map(event).collect());
+    let events: Arc<Round<Event>> = Arc::new(Round::new((0..4096).map(event).collect(), "events")?);
     let base = {
         let events = events.clone();
         move |i: usize| {
-            let (plain, entry) = (plain.clone(), events[i % events.len()].encode());
+            let (plain, entry) = (plain.clone(), events.at(i).encode());
             async move { plain.append(entry).await }
         }
     };
     let op = move |i: usize| {
         let (log, events) = (log.clone(), events.clone());
         async move {
-            assert!(log.append(&events[i % events.len()]).await.is_ok(), "a log append failed");
+            assert!(log.append(events.at(i)).await.is_ok(), "a log append failed");
         }
     };
     let (o, b) = pair(options, base, op).await;
     Ok(Row::new(Scenario::Append, "durable log append + checkpoint", &o, "plain fsynced append", &b))
 }
 
+/// The allowed profile read the decision scenario decides (the test kit's, shared with the
+/// policy crate's bench).
 fn pack_request() -> PackRequest {
-    PackRequest {
-        boundary_region: "eu".into(),
-        principal: PackPrincipal {
-            kind: PrincipalKind::Employee,
-            id: "ana".into(),
-            home_region: "eu".into(),
-            site: "dublin-1".into(),
-            roles: vec!["agent".into()],
-        },
-        action: Action::Read,
-        resource: PackResource::Record {
-            id: "0b8e6f7a-3c1d-4f2e-9a5b-6c7d8e9f0a1b".into(),
-            category: "profile".into(),
-            sensitive: false,
-            subject_minor: false,
-            home_region: "eu".into(),
-        },
-        origin: Some(("dublin-1".into(), "eu".into())),
-        purpose: Some("support".into()),
-        purpose_declared: true,
-        purpose_allowed_for_category: true,
-        purpose_allows_transfer: false,
-        has_justification: false,
-        approved: false,
-        subjects_touched: 3,
-        bulk_threshold: 50,
-    }
+    clover_testkit::fixtures::read_profile_request()
 }
 
 /// Decides with the default pack and `extra` more policies on reads (each a `forbid` that never

@@ -186,8 +186,7 @@ impl Custodian {
             hmac::sign(&self.pseudonym_root, format!("clover/pseudonym/v1\n{purpose}\n{destination}").as_bytes());
         let key = hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref());
         let tag = hmac::sign(&key, input);
-        let hex: String = tag.as_ref().iter().take(16).map(|b| format!("{b:02x}")).collect();
-        format!("tok_{hex}")
+        format!("tok_{}", hex::encode(tag.as_ref().get(..16).unwrap_or_default()))
     }
 
     /// Waits until every journal record sent so far is written.

@@ -334,8 +334,7 @@ pub async fn open_dir(options: &CustodianOptions) -> Result<Custodian, KeyError>
     if !token.exists() {
         let mut bytes = [0u8; 32];
         aws_lc_rs::rand::fill(&mut bytes).map_err(|_| KeyError::Crypto("random generator failed"))?;
-        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        clover_keys::write_private(&token, hex.as_bytes())?;
+        clover_keys::write_private(&token, hex::encode(bytes).as_bytes())?;
     }
     Custodian::open(
         &match &options.store {

@@ -222,7 +222,7 @@ fn access(index: u64, entry: &[u8]) -> Result<LoggedAccess, ReceiptError> {
         subject_hash,
         action,
         log_index: index,
-        entry_hash: leaf_hash(entry).0.iter().map(|b| format!("{b:02x}")).collect(),
+        entry_hash: hex::encode(leaf_hash(entry).0),
         purpose: event.purpose,
     })
 }

@@ -24,7 +24,8 @@ use std::sync::Arc;
 use clover_gateway::identity::Claims;
 use clover_gateway::pipeline::{self, Caller};
 use clover_gateway::{Boundary, Config, DataDir};
-use clover_model::{Origin, Principal, PrincipalKind, RecordId};
+use clover_model::{PrincipalKind, RecordId};
+use clover_testkit::fixtures;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
 const READS: usize = 1_000;
@@ -37,14 +38,8 @@ struct Setup {
 
 fn caller() -> Caller {
     Caller {
-        principal: Principal {
-            id: "bench".parse().unwrap(),
-            kind: PrincipalKind::Service,
-            home_region: "eu".parse().unwrap(),
-            site: "dublin-1".parse().unwrap(),
-            roles: vec![],
-        },
-        origin: Origin::Site { site: "dublin-1".parse().unwrap(), region: "eu".parse().unwrap() },
+        principal: fixtures::principal("bench", PrincipalKind::Service, "eu", "dublin-1", &[]),
+        origin: fixtures::origin("dublin-1", "eu"),
         purpose: Some("support".into()),
         justification: None,
     }

@@ -27,8 +27,9 @@ use std::sync::Arc;
 
 use clover_gateway::pipeline::{self, Caller};
 use clover_gateway::{Boundary, Config, DataDir};
-use clover_model::{Category, Fields, Origin, Principal, PrincipalKind, RecordId, SubjectId};
+use clover_model::{Category, Fields, PrincipalKind, RecordId, SubjectId};
 use clover_store::RecordRow;
+use clover_testkit::fixtures;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 const OPS: usize = 1_000;
@@ -36,14 +37,8 @@ const TASKS: usize = 64;
 
 fn caller() -> Caller {
     Caller {
-        principal: Principal {
-            id: "bench".parse().unwrap(),
-            kind: PrincipalKind::Service,
-            home_region: "eu".parse().unwrap(),
-            site: "dublin-1".parse().unwrap(),
-            roles: vec![],
-        },
-        origin: Origin::Site { site: "dublin-1".parse().unwrap(), region: "eu".parse().unwrap() },
+        principal: fixtures::principal("bench", PrincipalKind::Service, "eu", "dublin-1", &[]),
+        origin: fixtures::origin("dublin-1", "eu"),
         purpose: Some("support".into()),
         justification: None,
     }

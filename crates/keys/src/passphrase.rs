@@ -112,7 +112,7 @@ pub fn replace_private(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
     let mut temp = path.as_os_str().to_owned();
     let mut nonce = [0u8; 8];
     aws_lc_rs::rand::fill(&mut nonce).map_err(|_| KeyError::Crypto("random generator failed"))?;
-    temp.push(format!(".new-{}", nonce.iter().map(|b| format!("{b:02x}")).collect::<String>()));
+    temp.push(format!(".new-{}", hex::encode(nonce)));
     let temp = std::path::PathBuf::from(temp);
     match std::fs::remove_file(&temp) {
         Ok(()) => {}

@@ -2,7 +2,7 @@
 //! realistic ones without a gateway.
 
 use clover_event::{EVENT_VERSION, Event, EventDecision, EventKind, EventOrigin, EventPrincipal};
-use clover_model::{Action, PrincipalKind};
+use clover_model::{Action, Origin, Principal, PrincipalKind};
 use clover_policy::pack::{PackPrincipal, PackRequest, PackResource};
 
 /// The `n`th of a stream of allowed reads as the gateway logs them (about 490 bytes each): 700
@@ -88,4 +88,21 @@ pub fn read_profile_request() -> PackRequest {
         subjects_touched: 3,
         bulk_threshold: 50,
     }
+}
+
+/// A principal of `kind` named `id`, at home in `region` and working at `site`, with `roles`.
+/// Panics on a malformed name: fixtures are written by hand.
+pub fn principal(id: &str, kind: PrincipalKind, region: &str, site: &str, roles: &[&str]) -> Principal {
+    Principal {
+        id: id.parse().expect("a valid principal id"),
+        kind,
+        home_region: region.parse().expect("a valid region"),
+        site: site.parse().expect("a valid site"),
+        roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+    }
+}
+
+/// A call from `site`, a site of `region`.
+pub fn origin(site: &str, region: &str) -> Origin {
+    Origin::Site { site: site.parse().expect("a valid site"), region: region.parse().expect("a valid region") }
 }

@@ -274,11 +274,7 @@ async fn record_setup(log: &Log, config: &Config, held: &str, vkey: &VerifierKey
         log.append(&setup_event(EventKind::Key, "create-keyring", detail)).await?;
     }
     let canonical = serde_json::to_vec(config).unwrap_or_default();
-    let digest: String = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &canonical)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let digest = hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &canonical));
     let detail = format!("configuration sha256:{digest}");
     let last = match log.last_of_kind(EventKind::Config) {
         Some(index) => log.entry(index).await.ok(),

@@ -15,12 +15,7 @@ use serde_json::Value;
 use sqlx::Row;
 use tokio::sync::oneshot;
 
-pub const DUBLIN: &str = "127.0.0.1";
-pub const DUBLIN_2: &str = "127.0.0.2";
-pub const HAMAR: &str = "127.0.0.3";
-pub const VIRGINIA: &str = "127.0.1.1";
-pub const SINGAPORE: &str = "127.0.2.1";
-pub const UNKNOWN: &str = "127.0.3.1";
+pub use clover_testkit::sites::{DUBLIN, DUBLIN_2, HAMAR, SINGAPORE, UNKNOWN, VIRGINIA};
 
 pub struct TestApp {
     pub dir: tempfile::TempDir,
