@@ -49,26 +49,48 @@ pub struct Report {
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
     /// Something could not be fetched.
-    #[error("cannot fetch {url}: {cause}")]
+    #[error("cannot fetch {url}")]
     Fetch {
         /// The URL.
         url: String,
         /// What went wrong.
-        cause: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The server answered with an error status.
+    #[error("cannot fetch {url}: HTTP {status}")]
+    Status {
+        /// The URL.
+        url: String,
+        /// The status.
+        status: reqwest::StatusCode,
+    },
+    /// No HTTP client could be built with the TLS settings given.
+    #[error("cannot reach {url}")]
+    Client {
+        /// The URL.
+        url: String,
+        /// Why.
+        #[source]
+        source: clover_tls::TlsError,
     },
     /// The checkpoint is not a valid signed checkpoint.
     #[error("the checkpoint is malformed: {0}")]
     MalformedCheckpoint(String),
+    /// The checkpoint's note or body does not parse.
+    #[error("the checkpoint is malformed")]
+    UnparsableCheckpoint(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The log's signature does not verify.
-    #[error("bad checkpoint signature: {0}")]
-    BadSignature(String),
+    #[error("bad checkpoint signature")]
+    BadSignature(#[source] clover_tlog::note::NoteError),
     /// A required witness cosignature is missing or bad.
-    #[error("witness {name:?}: {detail}")]
+    #[error("witness {name:?}")]
     Witness {
         /// The witness.
         name: String,
         /// What is wrong.
-        detail: String,
+        #[source]
+        source: clover_tlog::note::NoteError,
     },
     /// A hash tile does not match the tiles above it or the signed root.
     #[error("tile {path} was changed: {detail}")]
@@ -112,12 +134,12 @@ pub enum VerifyError {
 }
 
 async fn fetch(client: &reqwest::Client, url: &str) -> Result<Vec<u8>, VerifyError> {
-    let failed = |cause: String| VerifyError::Fetch { url: url.to_owned(), cause };
-    let response = client.get(url).send().await.map_err(|e| failed(e.to_string()))?;
+    let failed = |source| VerifyError::Fetch { url: url.to_owned(), source };
+    let response = client.get(url).send().await.map_err(failed)?;
     if !response.status().is_success() {
-        return Err(failed(format!("HTTP {}", response.status())));
+        return Err(VerifyError::Status { url: url.to_owned(), status: response.status() });
     }
-    Ok(response.bytes().await.map_err(|e| failed(e.to_string()))?.to_vec())
+    Ok(response.bytes().await.map_err(failed)?.to_vec())
 }
 
 /// The hash levels of a tree, rebuilt from its tiles.
@@ -159,16 +181,15 @@ fn log_prefix(url: &str) -> String {
 
 /// Verifies the log at `options.url`.
 pub async fn verify(options: &VerifyOptions) -> Result<Report, VerifyError> {
-    let client =
-        options.tls.client().map_err(|e| VerifyError::Fetch { url: options.url.clone(), cause: e.to_string() })?;
+    let client = options.tls.client().map_err(|source| VerifyError::Client { url: options.url.clone(), source })?;
     let base = log_prefix(&options.url);
 
     // 1. The checkpoint and its signatures.
     let note_bytes = fetch(&client, &format!("{base}/checkpoint")).await?;
     let note_text = String::from_utf8(note_bytes).map_err(|_| VerifyError::MalformedCheckpoint("not UTF-8".into()))?;
-    let note = Note::parse(&note_text).map_err(|e| VerifyError::MalformedCheckpoint(e.to_string()))?;
-    note.verify(&options.vkey).map_err(|e| VerifyError::BadSignature(e.to_string()))?;
-    let checkpoint = Checkpoint::parse(&note.text).map_err(|e| VerifyError::MalformedCheckpoint(e.to_string()))?;
+    let note = Note::parse(&note_text).map_err(|e| VerifyError::UnparsableCheckpoint(Box::new(e)))?;
+    note.verify(&options.vkey).map_err(VerifyError::BadSignature)?;
+    let checkpoint = Checkpoint::parse(&note.text).map_err(|e| VerifyError::UnparsableCheckpoint(Box::new(e)))?;
     if checkpoint.origin != options.vkey.name {
         return Err(VerifyError::MalformedCheckpoint(format!(
             "origin {:?} is not the key's name {:?}",
@@ -178,7 +199,7 @@ pub async fn verify(options: &VerifyOptions) -> Result<Report, VerifyError> {
     let mut cosigned_by = Vec::new();
     for witness in &options.witnesses {
         note.verify_cosignature(witness)
-            .map_err(|e| VerifyError::Witness { name: witness.name.clone(), detail: e.to_string() })?;
+            .map_err(|source| VerifyError::Witness { name: witness.name.clone(), source })?;
         cosigned_by.push(witness.name.clone());
     }
     let size = checkpoint.size;
