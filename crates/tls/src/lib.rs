@@ -8,7 +8,9 @@
 //!   their AEAD suites only, through aws-lc-rs.
 //! - [`serve()`] runs an axum router on a listener, with or without TLS, and hands every request
 //!   its peer's address ([`axum::extract::ConnectInfo`]) and, when one was presented and
-//!   verified, its certificate ([`PeerCertificate`]).
+//!   verified, its certificate ([`PeerCertificate`]); TLS or not, it holds clients to the same
+//!   [`ListenerLimits`] (timeouts for the handshake, the headers and the body, a connection cap,
+//!   a bounded graceful shutdown).
 //! - [`ClientTls`] is the other side: which CA to trust and which certificate to present,
 //!   for the clients Clover's processes use to call each other.
 //! - [`plaintext_allowed`] and [`check_url`] hold the one rule about plain HTTP: only on
@@ -30,5 +32,5 @@ pub use error::TlsError;
 pub use names::{PeerCertificate, SubjectName, subject_alt_names, subject_names};
 pub use pem::{load_certs, load_key};
 pub use plaintext::{check_url, plaintext_allowed};
-pub use serve::serve;
+pub use serve::{ListenerLimits, serve, serve_with};
 pub use server::{CertSummary, ClientAuth, ServerTls, ServerTlsOptions};

@@ -1,22 +1,30 @@
 //! Clover's TLS listeners, driven end to end: certificates from the development CA written to a
 //! temporary directory, a real server on `127.0.0.1:0` through [`clover_tls::serve`], and both
-//! the reqwest clients Clover's processes use ([`ClientTls`]) and raw rustls handshakes.
+//! the reqwest clients Clover's processes use ([`ClientTls`]) and raw rustls handshakes; and the
+//! same listener without TLS, held to the same limits, driven by raw TCP clients that stall.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, missing_docs)]
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use axum::body::Bytes;
 use axum::extract::ConnectInfo;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Extension, Router};
 use clover_tls::dev::{Ca, Issued, Leaf};
-use clover_tls::{CertSummary, ClientAuth, ClientTls, PeerCertificate, ServerTls, ServerTlsOptions, subject_names};
+use clover_tls::serve::REFUSED_METRIC;
+use clover_tls::{
+    CertSummary, ClientAuth, ClientTls, ListenerLimits, PeerCertificate, ServerTls, ServerTlsOptions, subject_names,
+};
 use rustls::{ClientConfig, ProtocolVersion, RootCertStore, SupportedProtocolVersion};
 use rustls_pki_types::ServerName;
 use time::OffsetDateTime;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_rustls::TlsConnector;
@@ -28,6 +36,10 @@ const EXPORT: &str = "spiffe://clover.local/eu/dublin-1/export";
 /// How long a certificate change may take to be served: the watcher looks every second.
 const RELOAD_DEADLINE: Duration = Duration::from_secs(10);
 
+/// How long a test waits for a server to close a connection or stop: far longer than the limits
+/// the tests set (a few seconds at most), so that only a listener without them gets there.
+const CLOSE_DEADLINE: Duration = Duration::from_secs(15);
+
 /// Answers with the peer's address and the names of its certificate (`-` without one).
 async fn whoami(ConnectInfo(peer): ConnectInfo<SocketAddr>, certificate: Option<Extension<PeerCertificate>>) -> String {
     let names = match certificate {
@@ -35,6 +47,21 @@ async fn whoami(ConnectInfo(peer): ConnectInfo<SocketAddr>, certificate: Option<
         None => "-".to_owned(),
     };
     format!("{peer} {names}")
+}
+
+/// Answers with the length of the request's body, once the whole body has arrived.
+async fn count(body: Bytes) -> String {
+    body.len().to_string()
+}
+
+/// Says (on the channel the router carries) that a request began, then answers with the length of
+/// its body once the whole body has arrived.
+async fn count_after_saying(Extension(began): Extension<mpsc::UnboundedSender<()>>, body: axum::body::Body) -> String {
+    began.send(()).unwrap();
+    match axum::body::to_bytes(body, usize::MAX).await {
+        Ok(body) => body.len().to_string(),
+        Err(e) => format!("no body: {e}"),
+    }
 }
 
 /// A CA and the files of the certificates it issued, in a temporary directory.
@@ -101,23 +128,44 @@ impl Pki {
     }
 }
 
-/// A server running [`clover_tls::serve`] until [`TestServer::stop`].
+/// A server running [`clover_tls::serve`] until [`TestServer::stop`]: `GET /whoami`, `POST /count`
+/// (the length of the body), `POST /count-after-saying` (the same, after sending on `began`).
 struct TestServer {
     addr: SocketAddr,
     shutdown: oneshot::Sender<()>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
+    began: mpsc::UnboundedReceiver<()>,
 }
 
 impl TestServer {
     async fn start(tls: Arc<ServerTls>) -> Self {
+        Self::serve(Some(tls), None).await
+    }
+
+    /// A plain-HTTP server held to `limits`.
+    async fn plain(limits: ListenerLimits) -> Self {
+        Self::serve(None, Some(limits)).await
+    }
+
+    /// Through [`clover_tls::serve`] with no `limits`, else through [`clover_tls::serve_with`].
+    async fn serve(tls: Option<Arc<ServerTls>>, limits: Option<ListenerLimits>) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (shutdown, stop) = oneshot::channel::<()>();
-        let router = Router::new().route("/whoami", get(whoami));
-        let task = tokio::spawn(clover_tls::serve(router, listener, Some(tls), async move {
+        let (began_sender, began) = mpsc::unbounded_channel();
+        let router = Router::new()
+            .route("/whoami", get(whoami))
+            .route("/count", post(count))
+            .route("/count-after-saying", post(count_after_saying))
+            .layer(Extension(began_sender));
+        let stop = async move {
             stop.await.ok();
-        }));
-        Self { addr, shutdown, task }
+        };
+        let task = match limits {
+            None => tokio::spawn(clover_tls::serve(router, listener, tls, stop)),
+            Some(limits) => tokio::spawn(clover_tls::serve_with(router, listener, tls, stop, limits)),
+        };
+        Self { addr, shutdown, task, began }
     }
 
     async fn load(options: ServerTlsOptions) -> Self {
@@ -493,5 +541,295 @@ async fn a_client_presents_its_renewed_certificate_without_being_rebuilt() {
     std::fs::write(&pair.0, "not a certificate").unwrap();
     let body = client.get(server.url()).send().await.unwrap().text().await.unwrap();
     assert_eq!(names(body), EXPORT);
+    server.stop().await;
+}
+
+// Plain HTTP: the same listener without TLS, held to the same limits.
+
+/// What a raw client got before the server closed the connection: its bytes, or `None` if the
+/// connection was still open after [`CLOSE_DEADLINE`]. A reset counts as closed, and so does a
+/// TLS connection closed without `close_notify`.
+async fn read_until_closed(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> Option<String> {
+    use std::io::ErrorKind;
+    let mut received = Vec::new();
+    match tokio::time::timeout(CLOSE_DEADLINE, stream.read_to_end(&mut received)).await {
+        Err(_) => None,
+        Ok(Ok(_)) => Some(String::from_utf8(received).unwrap()),
+        Ok(Err(e)) if matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::UnexpectedEof) => {
+            Some(String::from_utf8(received).unwrap())
+        }
+        Ok(Err(e)) => panic!("reading from the server: {e}"),
+    }
+}
+
+/// Sends `request` on a new connection and reads the answer until the server closes it (`None`
+/// if it did not by the deadline). A connection closed before the request could be written
+/// answers nothing.
+async fn exchange(addr: SocketAddr, request: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    match stream.write_all(request.as_bytes()).await {
+        Ok(()) => read_until_closed(&mut stream).await,
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe) => {
+            Some(String::new())
+        }
+        Err(e) => panic!("writing to the server: {e}"),
+    }
+}
+
+/// `GET /whoami` on a new connection, asking the server to close it after the answer.
+async fn plain_whoami(addr: SocketAddr) -> Option<String> {
+    exchange(addr, "GET /whoami HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").await
+}
+
+/// The headers of a `POST path` whose body is `length` bytes long, asking the server to close
+/// the connection after the answer.
+fn post_head(path: &str, length: usize) -> String {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/octet-stream\r\nContent-Length: {length}\r\n\r\n"
+    )
+}
+
+/// The body of an HTTP answer, after checking its status is 200.
+fn ok_body(answer: &str) -> &str {
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer:?}");
+    answer.split_once("\r\n\r\n").unwrap().1
+}
+
+/// The counters a test's code increments, on the test's thread (`#[tokio::test]` runs the server's
+/// tasks there too), by name and labels: `name{label=value,...}`.
+#[derive(Default)]
+struct Counters(Mutex<HashMap<String, Arc<AtomicU64>>>);
+
+impl Counters {
+    fn get(&self, key: &str) -> u64 {
+        self.0.lock().unwrap().get(key).map_or(0, |counter| counter.load(Ordering::Relaxed))
+    }
+}
+
+impl metrics::Recorder for Counters {
+    fn describe_counter(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
+    fn describe_gauge(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
+    fn describe_histogram(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
+
+    fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+        let labels: Vec<String> = key.labels().map(|label| format!("{}={}", label.key(), label.value())).collect();
+        let name = format!("{}{{{}}}", key.name(), labels.join(","));
+        metrics::Counter::from_arc(self.0.lock().unwrap().entry(name).or_default().clone())
+    }
+
+    fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+        metrics::Gauge::noop()
+    }
+
+    fn register_histogram(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Histogram {
+        metrics::Histogram::noop()
+    }
+}
+
+/// The events logged on the test's thread, each as its level and its fields (`message=...`).
+#[derive(Clone, Default)]
+struct Logged(Arc<Mutex<Vec<(tracing::Level, String)>>>);
+
+impl Logged {
+    /// The events at `level` whose fields contain `text`.
+    fn matching(&self, level: tracing::Level, text: &str) -> Vec<String> {
+        let events = self.0.lock().unwrap();
+        events
+            .iter()
+            .filter(|(l, fields)| *l == level && fields.contains(text))
+            .map(|(_, fields)| fields.clone())
+            .collect()
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Logged {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        struct Fields(String);
+        impl tracing::field::Visit for Fields {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                self.0.push_str(&format!(" {}={value:?}", field.name()));
+            }
+        }
+        let mut fields = Fields(String::new());
+        event.record(&mut fields);
+        self.0.lock().unwrap().push((*event.metadata().level(), fields.0));
+    }
+}
+
+#[tokio::test]
+async fn plain_http_requests_carry_the_peer_address_and_no_certificate() {
+    let server = TestServer::plain(ListenerLimits::default()).await;
+
+    let answer = plain_whoami(server.addr).await.unwrap();
+    assert_eq!(names_in(ok_body(&answer)), "-");
+    let answer = exchange(server.addr, &(post_head("/count", 5) + "hello")).await.unwrap();
+    assert_eq!(ok_body(&answer), "5");
+
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_plain_http_client_that_stalls_in_its_headers_or_between_requests_is_disconnected() {
+    let limits = ListenerLimits { header_read_timeout: Duration::from_secs(1), ..ListenerLimits::default() };
+    let server = TestServer::plain(limits).await;
+
+    // Half a header block, then nothing: closed without an answer.
+    let answer = exchange(server.addr, "GET /whoami HTTP/1.1\r\nHost: 127.0.0.1\r\n").await;
+    assert_eq!(answer.as_deref(), Some(""), "a client stalling in its headers kept its connection");
+
+    // Nothing at all: the same.
+    let mut silent = TcpStream::connect(server.addr).await.unwrap();
+    assert_eq!(read_until_closed(&mut silent).await.as_deref(), Some(""), "a silent client kept its connection");
+
+    // A request answered on a connection kept alive, then nothing: the connection is closed after
+    // the answer.
+    let answer = exchange(server.addr, "GET /whoami HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").await;
+    let answer = answer.expect("an idle kept-alive connection stayed open");
+    assert_eq!(names_in(ok_body(&answer)), "-");
+
+    // The listener goes on serving.
+    let answer = plain_whoami(server.addr).await.unwrap();
+    assert_eq!(names_in(ok_body(&answer)), "-");
+
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_plain_http_client_that_stalls_in_its_body_is_answered_and_disconnected() {
+    let limits = ListenerLimits { body_read_timeout: Duration::from_secs(1), ..ListenerLimits::default() };
+    let server = TestServer::plain(limits).await;
+
+    // A tenth of the body announced, then nothing: the handler's read of the body fails (axum
+    // answers 400), and the connection is closed.
+    let answer = exchange(server.addr, &(post_head("/count", 100) + "0123456789")).await;
+    let answer = answer.expect("a client stalling in its body kept its connection");
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer:?}");
+
+    // A body sent in full is counted.
+    let answer = exchange(server.addr, &(post_head("/count", 10) + "0123456789")).await.unwrap();
+    assert_eq!(ok_body(&answer), "10");
+
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn past_its_connection_cap_a_plain_listener_refuses_and_counts_until_idle_connections_are_cut() {
+    let counters = Counters::default();
+    let _counting = metrics::set_default_local_recorder(&counters);
+    let logged = Logged::default();
+    let _logging = tracing::subscriber::set_default(tracing_subscriber::layer::SubscriberExt::with(
+        tracing_subscriber::registry(),
+        logged.clone(),
+    ));
+    let over_capacity = format!("{REFUSED_METRIC}{{reason=over-capacity}}");
+    // Long enough that the idle connections are still held when the next ones arrive (a few
+    // milliseconds later, on an idle machine), short enough for the test.
+    let limits =
+        ListenerLimits { max_connections: 4, header_read_timeout: Duration::from_secs(3), ..ListenerLimits::default() };
+    let server = TestServer::plain(limits).await;
+
+    // Four clients connect and send nothing: every connection the listener may hold is taken.
+    let mut idle = Vec::new();
+    for _ in 0..limits.max_connections {
+        idle.push(TcpStream::connect(server.addr).await.unwrap());
+    }
+
+    // Past the cap, each new connection is closed unanswered, and counted; the burst is logged
+    // once.
+    for refusals in 1..=3 {
+        let answer = plain_whoami(server.addr).await;
+        assert_eq!(answer.as_deref(), Some(""), "a connection past the cap was served");
+        assert_eq!(counters.get(&over_capacity), refusals);
+    }
+    assert_eq!(logged.matching(tracing::Level::WARN, "connection cap").len(), 1, "{:?}", logged.0);
+
+    // The header timeout cuts the idle connections, and the listener serves again.
+    for stream in &mut idle {
+        assert_eq!(read_until_closed(stream).await.as_deref(), Some(""), "an idle connection was kept");
+    }
+    let answer = plain_whoami(server.addr).await.unwrap();
+    assert_eq!(names_in(ok_body(&answer)), "-");
+    assert_eq!(counters.get(&over_capacity), 3);
+    let resumed = logged.matching(tracing::Level::INFO, "connection cap");
+    assert_eq!(resumed.len(), 1, "{:?}", logged.0);
+    assert!(resumed[0].contains("refused=3"), "{resumed:?}");
+
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_shutdown_ends_within_its_grace_while_a_slow_plain_http_client_holds_a_request() {
+    // Timeouts far longer than the grace, so that only the grace can end the slow request.
+    let limits = ListenerLimits {
+        header_read_timeout: Duration::from_secs(600),
+        body_read_timeout: Duration::from_secs(600),
+        shutdown_grace: Duration::from_secs(1),
+        ..ListenerLimits::default()
+    };
+    let TestServer { addr, shutdown, task, mut began } = TestServer::plain(limits).await;
+
+    // Two requests in flight, each with a tenth of its body sent.
+    let mut slow = TcpStream::connect(addr).await.unwrap();
+    slow.write_all((post_head("/count-after-saying", 100) + "0123456789").as_bytes()).await.unwrap();
+    let mut finishing = TcpStream::connect(addr).await.unwrap();
+    finishing.write_all((post_head("/count-after-saying", 20) + "0123456789").as_bytes()).await.unwrap();
+    for _ in 0..2 {
+        tokio::time::timeout(CLOSE_DEADLINE, began.recv()).await.unwrap().unwrap();
+    }
+
+    shutdown.send(()).unwrap();
+    // The listener closes: new connections are refused by the system.
+    let closed = tokio::time::timeout(CLOSE_DEADLINE, async {
+        while TcpStream::connect(addr).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the listener still accepts connections");
+
+    // A request that completes within the grace is answered.
+    finishing.write_all(b"0123456789").await.unwrap();
+    let answer = read_until_closed(&mut finishing).await.unwrap();
+    assert_eq!(ok_body(&answer), "20");
+
+    // The slow one does not hold the server past the grace: it stops, and the connection closes.
+    let stopped = tokio::time::timeout(CLOSE_DEADLINE, task).await;
+    assert!(stopped.is_ok(), "the server was still waiting for a slow client");
+    stopped.unwrap().unwrap().unwrap();
+    let answer = read_until_closed(&mut slow).await;
+    assert!(answer.is_some(), "the slow client's connection outlived the server");
+}
+
+#[tokio::test]
+async fn a_tls_listener_is_held_to_the_same_cap_and_header_timeout() {
+    let counters = Counters::default();
+    let _counting = metrics::set_default_local_recorder(&counters);
+    let over_capacity = format!("{REFUSED_METRIC}{{reason=over-capacity}}");
+    let pki = Pki::new();
+    let tls = Arc::new(ServerTls::load(pki.server(ClientAuth::None, &[])).unwrap());
+    let limits =
+        ListenerLimits { max_connections: 2, header_read_timeout: Duration::from_secs(3), ..ListenerLimits::default() };
+    let server = TestServer::serve(Some(tls), Some(limits)).await;
+
+    // Two clients finish their handshakes, send half a header block and stall.
+    let mut stalled = Vec::new();
+    for _ in 0..limits.max_connections {
+        let mut stream = handshake(server.addr, &pki.ca_pem, rustls::DEFAULT_VERSIONS).await;
+        stream.write_all(b"GET /whoami HTTP/1.1\r\n").await.unwrap();
+        stalled.push(stream);
+    }
+
+    // Past the cap a new connection is closed before its handshake, and counted.
+    let err = get_with(&pki.anonymous(), &server.url()).await.unwrap_err();
+    assert!(err.is_connect() || err.is_request(), "{err:?}");
+    assert_eq!(counters.get(&over_capacity), 1);
+
+    // The header timeout cuts the stalled ones, and the listener serves again.
+    for stream in &mut stalled {
+        assert_eq!(read_until_closed(stream).await.as_deref(), Some(""), "a stalled TLS client kept its connection");
+    }
+    let body = get_with(&pki.anonymous(), &server.url()).await.unwrap();
+    assert_eq!(names_in(&body), "-");
+
     server.stop().await;
 }
