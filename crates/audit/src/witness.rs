@@ -16,8 +16,9 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use clover_tlog::checkpoint::Checkpoint;
 use clover_tlog::hash::Hash;
-use clover_tlog::note::{Note, SigningKey, VerifierKey};
+use clover_tlog::note::{SigningKey, VerifierKey};
 use clover_tlog::tree::verify_consistency;
+use clover_tlog::witness::AddCheckpoint;
 use tokio::sync::Mutex;
 
 use crate::state::{self, StateError, Verified, read_state, write_state};
@@ -54,21 +55,10 @@ impl Witness {
     /// Handles one add-checkpoint request body; returns the status and the answer body.
     pub async fn add_checkpoint(&self, body: &str) -> (StatusCode, String) {
         let bad = |detail: &str| (StatusCode::BAD_REQUEST, format!("{detail}\n"));
-        let Some((head, note_text)) = body.split_once("\n\n") else {
-            return bad("no blank line before the checkpoint");
+        let AddCheckpoint { old, proof, note, text: note_text } = match AddCheckpoint::parse(body) {
+            Ok(request) => request,
+            Err(e) => return bad(&e.to_string()),
         };
-        let mut lines = head.lines();
-        let Some(old) = lines.next().and_then(|l| l.strip_prefix("old ")).and_then(|n| n.parse::<u64>().ok()) else {
-            return bad("the first line must be `old <size>`");
-        };
-        let mut proof = Vec::new();
-        for line in lines {
-            match Hash::from_base64(line) {
-                Some(hash) => proof.push(hash),
-                None => return bad("a proof line is not a base64 hash"),
-            }
-        }
-        let Ok(note) = Note::parse(note_text) else { return bad("the checkpoint is not a signed note") };
         let Ok(checkpoint) = Checkpoint::parse(&note.text) else { return bad("the checkpoint body is malformed") };
         let Some(log_key) = self.logs.iter().find(|k| k.name == checkpoint.origin) else {
             return (StatusCode::NOT_FOUND, format!("unknown log {:?}\n", checkpoint.origin));
@@ -95,7 +85,7 @@ impl Witness {
         let mut next = state.clone();
         next.insert(
             checkpoint.origin.clone(),
-            Verified { size: checkpoint.size, root: checkpoint.root, checkpoint: Some(note_text.to_owned()) },
+            Verified { size: checkpoint.size, root: checkpoint.root, checkpoint: Some(note_text.clone()) },
         );
         if let Err(e) = write_state(&self.state_path, &next) {
             tracing::error!(error = %e, "cannot record the witnessed checkpoint; not cosigning");
@@ -122,7 +112,7 @@ pub fn router(witness: Arc<Witness>) -> Router {
 #[cfg(test)]
 mod tests {
     use clover_tlog::hash::leaf_hash;
-    use clover_tlog::note::{TYPE_COSIGNATURE, TYPE_ED25519};
+    use clover_tlog::note::{Note, TYPE_COSIGNATURE, TYPE_ED25519};
     use clover_tlog::tree::{LeafTree, consistency_proof, root};
 
     use super::*;

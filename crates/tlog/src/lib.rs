@@ -6,7 +6,8 @@
 //! - [`tile`]: tile coordinates, paths and entry bundles (c2sp.org/tlog-tiles);
 //! - [`checkpoint`]: checkpoint bodies (c2sp.org/tlog-checkpoint);
 //! - [`note`]: signed notes with Ed25519 (c2sp.org/signed-note) and witness cosignatures
-//!   (c2sp.org/tlog-cosignature).
+//!   (c2sp.org/tlog-cosignature);
+//! - [`witness`]: the body of a witness's `add-checkpoint` request (c2sp.org/tlog-witness).
 //!
 //! Nothing here opens a file, reads a clock or awaits: the runtime log (`clover-log`) stores,
 //! sequences and serves; auditors, witnesses, the custodian and monitors link this crate alone
@@ -18,3 +19,4 @@ pub mod hash;
 pub mod note;
 pub mod tile;
 pub mod tree;
+pub mod witness;
