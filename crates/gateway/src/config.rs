@@ -177,6 +177,59 @@ pub struct PolicyConfig {
     pub approval_seconds: u64,
     /// The age of digital consent: `default_age`, or the subject's country's.
     pub minors: MinorsConfig,
+    /// The form a justification (`X-Clover-Justification`) must have: a ticket id of the
+    /// organisation's tracker, never free text (the log keeps it, and free text would put names
+    /// and phone numbers there). Anything else is refused with 400 before a decision.
+    pub ticket_pattern: TicketPattern,
+}
+
+/// A justification's required form: a regular expression, anchored at both ends.
+#[derive(Debug, Clone)]
+pub struct TicketPattern(regex::Regex);
+
+impl TicketPattern {
+    /// The default: two to ten capital letters, a hyphen, one to ten digits (`CASE-1`, `TICKET-42`).
+    pub const DEFAULT: &str = "^[A-Z]{2,10}-[0-9]{1,10}$";
+
+    /// The pattern, or why it is not one (it must be anchored with `^` and `$`, so that a
+    /// ticket id cannot carry anything around it).
+    pub fn new(pattern: &str) -> Result<Self, String> {
+        if !pattern.starts_with('^') || !pattern.ends_with('$') {
+            return Err(format!("ticket_pattern {pattern:?} must be anchored: start with ^ and end with $"));
+        }
+        regex::Regex::new(pattern)
+            .map(Self)
+            .map_err(|e| format!("ticket_pattern {pattern:?} is not a regular expression: {e}"))
+    }
+
+    /// Whether `ticket` has the required form.
+    pub fn accepts(&self, ticket: &str) -> bool {
+        self.0.is_match(ticket)
+    }
+
+    /// The pattern as written.
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+impl Default for TicketPattern {
+    fn default() -> Self {
+        Self::new(Self::DEFAULT).unwrap_or_else(|_| unreachable!("the default ticket pattern compiles"))
+    }
+}
+
+impl Serialize for TicketPattern {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for TicketPattern {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Self::new(&text).map_err(serde::de::Error::custom)
+    }
 }
 
 impl Default for PolicyConfig {
@@ -188,6 +241,7 @@ impl Default for PolicyConfig {
             window_seconds: 3600,
             approval_seconds: 12 * 3600,
             minors: MinorsConfig::default(),
+            ticket_pattern: TicketPattern::default(),
         }
     }
 }

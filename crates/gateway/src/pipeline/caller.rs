@@ -103,6 +103,17 @@ impl FromRequestParts<Arc<Boundary>> for Caller {
         };
         let purpose = context_header(parts, "x-clover-purpose")?;
         let justification = context_header(parts, "x-clover-justification")?;
+        let pattern = &boundary.config().policy.ticket_pattern;
+        if let Some(ticket) = &justification
+            && !pattern.accepts(ticket)
+        {
+            tracing::warn!(principal = %principal.id, "refused a justification that is not a ticket id");
+            return Err(ApiError::InvalidHeader(format!(
+                "x-clover-justification must be a ticket id of the form {} (free text is refused: the log keeps \
+                 justifications)",
+                pattern.as_str()
+            )));
+        }
         Ok(Self { principal, origin, purpose, justification })
     }
 }

@@ -230,3 +230,59 @@ async fn a_configuration_change_is_logged_once() {
     assert_eq!(configs(boundary.log()).await, 2);
     drop(dir);
 }
+
+#[tokio::test]
+async fn a_justification_is_a_ticket_id_never_free_text() {
+    let app = TestApp::start().await;
+    let record = app.seed("u-1", json!({"display_name": "Aoife"})).await;
+    let read = |ticket: &'static str| {
+        app.client(DUBLIN)
+            .get(app.url(&format!("/v1/records/{record}")))
+            .bearer_auth(app.token())
+            .header("X-Clover-Purpose", "support")
+            .header("X-Clover-Justification", ticket)
+            .send()
+    };
+
+    // Free text (a name, a birth date, a phone number, as an attacker wrote): refused before a
+    // decision, so nothing of it reaches the log, which can never forget it.
+    let before = app.boundary.log().size();
+    for free_text in ["Jane-Doe-1970-01-01", "x", "call:353-1-555-0100", "case-1", "CASE-1/jane"] {
+        let refused = problem(read(free_text).await.unwrap(), 400, "invalid-header").await;
+        let detail = refused["detail"].as_str().unwrap();
+        assert!(detail.contains("ticket id") && detail.contains("^[A-Z]{2,10}-[0-9]{1,10}$"), "{refused}");
+        assert!(refused.get("log_index").is_none(), "no decision was made: {refused}");
+    }
+    assert_eq!(app.boundary.log().size(), before, "nothing was logged");
+    assert!(files_containing(&app.data_dir(), b"Jane-Doe").is_empty());
+
+    // A ticket id of the configured form is taken, and logged as it was given.
+    let read: Value = read("CASE-7").await.unwrap().json().await.unwrap();
+    assert_eq!(entry(&app, read["log_index"].as_u64().unwrap()).await["justification"], "CASE-7");
+}
+
+#[tokio::test]
+async fn the_ticket_pattern_is_configuration_and_must_be_anchored() {
+    let app = TestApp::start_with(|config| {
+        config.policy.ticket_pattern = clover_gateway::config::TicketPattern::new("^INC[0-9]{4}$").unwrap();
+    })
+    .await;
+    let record = app.seed("u-1", json!({"display_name": "Aoife"})).await;
+    let read = |ticket: &'static str| {
+        app.client(DUBLIN)
+            .get(app.url(&format!("/v1/records/{record}")))
+            .bearer_auth(app.token())
+            .header("X-Clover-Purpose", "support")
+            .header("X-Clover-Justification", ticket)
+            .send()
+    };
+    assert_eq!(read("INC0042").await.unwrap().status(), 200);
+    problem(read("CASE-7").await.unwrap(), 400, "invalid-header").await;
+
+    for unanchored in ["INC[0-9]+", "^INC[0-9]+", "INC[0-9]+$"] {
+        let err = clover_gateway::config::TicketPattern::new(unanchored).unwrap_err();
+        assert!(err.contains("anchored"), "{err}");
+    }
+    let err = clover_gateway::Config::parse("[policy]\nticket_pattern = \"^(unclosed$\"\n").unwrap_err().to_string();
+    assert!(err.contains("ticket_pattern"), "{err}");
+}
