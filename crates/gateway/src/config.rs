@@ -392,8 +392,11 @@ pub struct IdentityConfig {
     pub issuer: String,
     /// The `aud` claim the development issuer's tokens must carry.
     pub audience: String,
-    /// Clock skew tolerated on `exp`, in seconds.
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds.
     pub leeway_seconds: u64,
+    /// The longest a token may be valid, in seconds: from its `iat` (or from now, without one)
+    /// to its `exp`. Longer-lived tokens are refused, whoever issued them.
+    pub max_token_lifetime_seconds: u64,
     /// Identity providers whose tokens are verified against their published keys (JWKS).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub providers: Vec<ProviderConfig>,
@@ -406,6 +409,7 @@ impl Default for IdentityConfig {
             issuer: "clover-dev".to_owned(),
             audience: "clover".to_owned(),
             leeway_seconds: 30,
+            max_token_lifetime_seconds: DEFAULT_MAX_TOKEN_LIFETIME_SECONDS,
             providers: Vec::new(),
         }
     }
@@ -421,15 +425,35 @@ pub struct ProviderConfig {
     pub audience: String,
     /// Its JSON Web Key Set: an `http(s)://` URL, or a file path.
     pub jwks: String,
-    /// How often the key set is fetched again, in seconds (also on an unknown key id, at most
-    /// every 10 seconds).
+    /// How often the key set is fetched again, in seconds (1 to 86400). A token naming a key
+    /// not in the set fetches it too, at most every 10 seconds; a failed fetch is retried after
+    /// a backoff, the last good set serving meanwhile.
     #[serde(default = "default_refresh")]
     pub refresh_seconds: u64,
+    /// The claim of its tokens that names the principal's home region (`region` by default;
+    /// `custom:region`, say, for a provider that namespaces its own claims).
+    #[serde(default = "default_region_claim")]
+    pub region_claim: String,
+    /// The claim of its tokens that names the principal's site (`site` by default); it must
+    /// name one of `[[sites]]`.
+    #[serde(default = "default_site_claim")]
+    pub site_claim: String,
 }
 
 fn default_refresh() -> u64 {
     300
 }
+
+fn default_region_claim() -> String {
+    "region".to_owned()
+}
+
+fn default_site_claim() -> String {
+    "site".to_owned()
+}
+
+/// The default longest token lifetime: 24 hours.
+pub const DEFAULT_MAX_TOKEN_LIFETIME_SECONDS: u64 = 24 * 60 * 60;
 
 /// The default data directory.
 pub const DEFAULT_DATA_DIR: &str = "./clover-data";
@@ -664,6 +688,7 @@ impl Config {
                 }
             }
         }
+        self.validate_identity()?;
         self.validate_tls()?;
         if self.max_body_bytes < 1024 {
             return Err(ConfigError::Invalid(format!(
@@ -676,6 +701,38 @@ impl Config {
 }
 
 impl Config {
+    /// Identity: a token lifetime and refresh intervals that can be honoured, and claim names
+    /// that can be looked up.
+    fn validate_identity(&self) -> Result<(), ConfigError> {
+        let identity = &self.identity;
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if identity.max_token_lifetime_seconds == 0 {
+            return invalid("[identity] max_token_lifetime_seconds must be at least 1".to_owned());
+        }
+        let mut issuers = std::collections::BTreeSet::new();
+        for provider in &identity.providers {
+            let which = format!("[[identity.providers]] {:?}", provider.issuer);
+            if !issuers.insert(provider.issuer.as_str()) {
+                return invalid(format!("{which} is listed twice"));
+            }
+            if !(1..=86_400).contains(&provider.refresh_seconds) {
+                return invalid(format!(
+                    "{which} refresh_seconds is {}; it must be 1 to 86400",
+                    provider.refresh_seconds
+                ));
+            }
+            for (key, claim) in [("region_claim", &provider.region_claim), ("site_claim", &provider.site_claim)] {
+                if claim.is_empty() {
+                    return invalid(format!("{which} {key} must name a claim"));
+                }
+            }
+            if provider.region_claim == provider.site_claim {
+                return invalid(format!("{which} region_claim and site_claim name the same claim"));
+            }
+        }
+        Ok(())
+    }
+
     /// TLS: files in pairs, mapped services at configured sites, plain HTTP only on loopback,
     /// and the custodian and witnesses reached over mutual TLS.
     fn validate_tls(&self) -> Result<(), ConfigError> {
@@ -809,5 +866,39 @@ mod tests {
         assert!(err.contains("mutual TLS"), "{err}");
         Config::parse("[keys]\ncustodian = \"http://127.0.0.1:7880\"\n").unwrap();
         Config::parse("[tls]\ncert = \"c\"\nkey = \"k\"\n[keys]\ncustodian = \"https://custodian.eu:7880\"\n").unwrap();
+    }
+
+    #[test]
+    fn identity_settings_read_with_their_defaults_and_are_checked() {
+        let provider = "[[identity.providers]]\nissuer = \"https://idp\"\naudience = \"clover\"\njwks = \"k.json\"\n";
+        let config = Config::parse(provider).unwrap();
+        assert_eq!(config.identity.max_token_lifetime_seconds, 86_400);
+        let [read] = &config.identity.providers[..] else { panic!("one provider") };
+        assert_eq!(
+            (read.region_claim.as_str(), read.site_claim.as_str(), read.refresh_seconds),
+            ("region", "site", 300)
+        );
+
+        let config = Config::parse(&format!(
+            "[identity]\nmax_token_lifetime_seconds = 3600\n{provider}region_claim = \"custom:region\"\n\
+             site_claim = \"https://corp.example/site\"\n"
+        ))
+        .unwrap();
+        assert_eq!(config.identity.max_token_lifetime_seconds, 3600);
+        assert_eq!(config.identity.providers[0].region_claim, "custom:region");
+        assert_eq!(config.identity.providers[0].site_claim, "https://corp.example/site");
+
+        for (extra, expected) in [
+            ("refresh_seconds = 0\n", "refresh_seconds is 0; it must be 1 to 86400"),
+            ("site_claim = \"\"\n", "site_claim must name a claim"),
+            ("site_claim = \"region\"\n", "name the same claim"),
+        ] {
+            let err = Config::parse(&format!("{provider}{extra}")).unwrap_err().to_string();
+            assert!(err.contains(expected), "{extra}: {err}");
+        }
+        let err = Config::parse(&format!("{provider}{provider}")).unwrap_err().to_string();
+        assert!(err.contains("\"https://idp\" is listed twice"), "{err}");
+        let err = Config::parse("[identity]\nmax_token_lifetime_seconds = 0\n").unwrap_err().to_string();
+        assert!(err.contains("max_token_lifetime_seconds must be at least 1"), "{err}");
     }
 }

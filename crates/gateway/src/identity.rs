@@ -1,22 +1,42 @@
 //! Who is calling: bearer tokens.
 //!
-//! Tokens are JWTs signed with Ed25519 (`EdDSA`). The embedded [`DevIssuer`] mints them for
-//! trying Clover without an identity provider (`clover token`); the boundary verifies them with
-//! the issuer's public key only, checking signature, issuer, audience and expiry.
+//! Tokens are JWTs (RFC 7519). The embedded [`DevIssuer`] mints them, signed with Ed25519
+//! (`EdDSA`), for trying Clover without an identity provider (`clover token`); the boundary
+//! verifies them with the issuer's public key only. Identity providers' tokens are verified
+//! against the keys they publish (`identity/jwks.rs`).
+//!
+//! Whoever issued it, a token is refused unless its signature verifies and:
+//! - its header marks nothing critical (`crit`, RFC 7515 §4.1.11: this verifier understands no
+//!   extension, so it must refuse any token that requires one);
+//! - `iss` is the issuer's and `aud` names this boundary (a string, or an array that contains
+//!   it, RFC 7519 §4.1.3);
+//! - `exp` has not passed and `nbf`, if present, has come, each with `[identity]
+//!   leeway_seconds` of clock skew;
+//! - it is valid for at most `[identity] max_token_lifetime_seconds` (24 h by default) from its
+//!   `iat`, or from now if it has none or claims to be issued in the future: a stolen token
+//!   that never expires is a password that cannot be changed;
+//! - `sub`, `kind`, the region and the site claims are valid, and the site is one of the
+//!   boundary's `[[sites]]`. A provider may name the region and site claims otherwise
+//!   (`region_claim`, `site_claim`).
 
+mod jwks;
+
+use std::collections::BTreeSet;
 use std::path::Path;
+use std::sync::Arc;
 
 use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
 use clover_model::{Principal, PrincipalId, PrincipalKind, Region, SiteName};
-use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, JwkSet};
+use jsonwebtoken::jwk::AlgorithmParameters;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 use zeroize::Zeroizing;
 
-use crate::config::{IdentityConfig, ProviderConfig};
-use crate::report::Chain;
+use crate::config::{IdentityConfig, ProviderConfig, Site};
+use jwks::{MAX_KEY_ID_CHARS, ProviderKeys};
 
-/// The claims of a Clover token.
+/// The claims of a Clover token, as the development issuer mints them.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Claims {
     /// Issuer.
@@ -40,7 +60,8 @@ pub struct Claims {
     pub exp: i64,
 }
 
-/// Why a request is not authenticated.
+/// Why a request is not authenticated. Each message says what is wrong with the token in terms
+/// its holder (or their identity provider's administrator) can act on.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
     /// No `Authorization` header.
@@ -52,6 +73,60 @@ pub enum AuthError {
     /// The token has expired.
     #[error("the token has expired; mint a new one")]
     Expired,
+    /// The token's `nbf` (not before) is still ahead, beyond the clock skew allowed.
+    #[error(
+        "the token is not valid yet: its nbf (not before) is more than {leeway} s ahead of this boundary's clock; \
+         use it once that time has come, or check the issuer's clock"
+    )]
+    NotYetValid {
+        /// The clock skew allowed, in seconds (`[identity] leeway_seconds`).
+        leeway: u64,
+    },
+    /// The header marks extensions critical (`crit`); this verifier understands none, so RFC 7515
+    /// §4.1.11 requires the token be refused.
+    #[error(
+        "the token's header marks {} as critical (crit), which this boundary does not understand; \
+         ask for a token without crit",
+        quoted(names)
+    )]
+    CriticalHeader {
+        /// The names listed (the first few, shortened).
+        names: Vec<String>,
+    },
+    /// The token is valid for longer than the boundary accepts.
+    #[error(
+        "the token is valid for {lifetime} s, longer than this boundary accepts ({max} s, [identity] \
+         max_token_lifetime_seconds); ask the issuer for a shorter-lived token"
+    )]
+    TooLongLived {
+        /// From its `iat` (or from now) to its `exp`, in seconds.
+        lifetime: i64,
+        /// The most accepted, in seconds.
+        max: u64,
+    },
+    /// The token's site claim names no configured site.
+    #[error(
+        "the token's site claim {site:?} names no site of this boundary ([[sites]]); the token must name \
+         the site the principal works at, as the boundary's configuration spells it"
+    )]
+    UnknownSite {
+        /// The site the token names.
+        site: String,
+    },
+    /// A claim the boundary needs is absent.
+    #[error("the token has no {claim:?} claim")]
+    MissingClaim {
+        /// The claim's name.
+        claim: String,
+    },
+    /// A claim is of the wrong type.
+    #[error("the token's {claim:?} claim must be {expected}")]
+    BadClaim {
+        /// The claim's name.
+        claim: String,
+        /// What it must be.
+        expected: &'static str,
+    },
     /// The signature does not verify with the issuer's key.
     #[error("the token's signature does not verify against this boundary's issuer key")]
     BadSignature,
@@ -61,6 +136,11 @@ pub enum AuthError {
     /// Anything else wrong with the token.
     #[error("the token is not valid: {0}")]
     Invalid(String),
+}
+
+/// The names of a `crit` header, quoted and comma-separated.
+fn quoted(names: &[String]) -> String {
+    names.iter().map(|n| format!("{n:?}")).collect::<Vec<_>>().join(", ")
 }
 
 /// An error handling the development issuer's key.
@@ -83,23 +163,6 @@ pub enum IssuerError {
     /// Signing failed.
     #[error("cannot sign the token")]
     Sign(#[source] jsonwebtoken::errors::Error),
-}
-
-/// Why an identity provider's key set could not be loaded.
-#[derive(Debug, thiserror::Error)]
-enum JwksError {
-    /// The provider could not be reached, or its answer not read.
-    #[error(transparent)]
-    Fetch(#[from] reqwest::Error),
-    /// The provider answered with an error status.
-    #[error("HTTP {0}")]
-    Status(reqwest::StatusCode),
-    /// The key set's file could not be read.
-    #[error(transparent)]
-    Read(#[from] std::io::Error),
-    /// What was fetched is not a JWK set.
-    #[error("not a JWK set")]
-    NotJwks(#[from] serde_json::Error),
 }
 
 /// The embedded development issuer: an Ed25519 key in the data directory.
@@ -136,126 +199,175 @@ impl DevIssuer {
         Ok(Self { pkcs8, public })
     }
 
-    /// Signs a token with these claims.
-    pub fn mint(&self, claims: &Claims) -> Result<String, IssuerError> {
+    /// Signs a token with these claims (a [`Claims`], or any other set, to try what the
+    /// boundary refuses).
+    pub fn mint(&self, claims: &impl Serialize) -> Result<String, IssuerError> {
         jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), claims, &EncodingKey::from_ed_der(&self.pkcs8))
             .map_err(IssuerError::Sign)
     }
 
     /// A verifier that accepts this issuer's tokens.
     pub fn verifier(&self, config: &IdentityConfig) -> TokenVerifier {
-        TokenVerifier::new(DecodingKey::from_ed_der(&self.public), config)
+        TokenVerifier { key: DecodingKey::from_ed_der(&self.public), rules: TokenRules::dev(config) }
     }
 }
 
-/// Checks bearer tokens and turns them into principals.
+/// What a token must say, besides carrying a good signature, for one issuer: the checks of
+/// this module's documentation, and where the principal's region and site are read from.
+#[derive(Debug, Clone)]
+struct TokenRules {
+    issuer: String,
+    audience: String,
+    leeway: u64,
+    max_lifetime: u64,
+    region_claim: String,
+    site_claim: String,
+}
+
+impl TokenRules {
+    /// The development issuer's rules.
+    fn dev(config: &IdentityConfig) -> Self {
+        Self {
+            issuer: config.issuer.clone(),
+            audience: config.audience.clone(),
+            leeway: config.leeway_seconds,
+            max_lifetime: config.max_token_lifetime_seconds,
+            region_claim: "region".to_owned(),
+            site_claim: "site".to_owned(),
+        }
+    }
+
+    /// An identity provider's rules.
+    fn provider(config: &IdentityConfig, provider: &ProviderConfig) -> Self {
+        Self {
+            issuer: provider.issuer.clone(),
+            audience: provider.audience.clone(),
+            leeway: config.leeway_seconds,
+            max_lifetime: config.max_token_lifetime_seconds,
+            region_claim: provider.region_claim.clone(),
+            site_claim: provider.site_claim.clone(),
+        }
+    }
+
+    /// Checks `token`, signed with `alg` (its header read and checked already), against `key`
+    /// and these rules.
+    fn verify(&self, token: &str, alg: Algorithm, key: &DecodingKey) -> Result<Principal, AuthError> {
+        let mut validation = Validation::new(alg);
+        validation.set_issuer(&[&self.issuer]);
+        validation.set_audience(&[&self.audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.validate_nbf = true;
+        validation.leeway = self.leeway;
+        let claims = jsonwebtoken::decode::<Map<String, Value>>(token, key, &validation)
+            .map_err(|e| map_error(&e, self.leeway))?
+            .claims;
+        self.check_lifetime(&claims)?;
+        self.principal(&claims)
+    }
+
+    /// Refuses a token valid for longer than the maximum: from its `iat`, or from now if it
+    /// has none or names a time still to come (else `iat` in 9999 would allow `exp` in 9999).
+    fn check_lifetime(&self, claims: &Map<String, Value>) -> Result<(), AuthError> {
+        let date = |claim: &str| match claims.get(claim) {
+            None => Ok(None),
+            Some(value) => value
+                .as_f64()
+                .map(Some)
+                .ok_or_else(|| AuthError::BadClaim { claim: claim.to_owned(), expected: "a time in Unix seconds" }),
+        };
+        let exp = date("exp")?.ok_or_else(|| AuthError::MissingClaim { claim: "exp".to_owned() })?;
+        // Unix seconds and lifetimes are far below 2^52: exact as floats (which JSON numbers are).
+        let now = time::OffsetDateTime::now_utc().unix_timestamp() as f64;
+        let from = date("iat")?.map_or(now, |iat| iat.min(now));
+        let lifetime = (exp - from).ceil();
+        let max = self.max_lifetime as f64;
+        if lifetime > max {
+            // Saturates, for a message only.
+            return Err(AuthError::TooLongLived { lifetime: lifetime as i64, max: self.max_lifetime });
+        }
+        Ok(())
+    }
+
+    /// The principal the claims describe.
+    fn principal(&self, claims: &Map<String, Value>) -> Result<Principal, AuthError> {
+        let text = |claim: &str| match claims.get(claim) {
+            Some(Value::String(value)) => Ok(value.clone()),
+            Some(_) => Err(AuthError::BadClaim { claim: claim.to_owned(), expected: "a string" }),
+            None => Err(AuthError::MissingClaim { claim: claim.to_owned() }),
+        };
+        let kind = match text("kind")?.as_str() {
+            "employee" => PrincipalKind::Employee,
+            "service" => PrincipalKind::Service,
+            _ => return Err(AuthError::BadClaim { claim: "kind".to_owned(), expected: "\"employee\" or \"service\"" }),
+        };
+        let roles = match claims.get("roles") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(roles)) => roles
+                .iter()
+                .map(|r| r.as_str().map(str::to_owned))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| AuthError::BadClaim { claim: "roles".to_owned(), expected: "a list of strings" })?,
+            Some(_) => {
+                return Err(AuthError::BadClaim { claim: "roles".to_owned(), expected: "a list of strings" });
+            }
+        };
+        Ok(Principal {
+            id: PrincipalId::new(text("sub")?).map_err(AuthError::Claim)?,
+            kind,
+            home_region: Region::new(text(&self.region_claim)?).map_err(AuthError::Claim)?,
+            site: SiteName::new(text(&self.site_claim)?).map_err(AuthError::Claim)?,
+            roles,
+        })
+    }
+}
+
+/// Reads a token's header, refusing one that marks anything critical.
+fn header(token: &str) -> Result<Header, AuthError> {
+    let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Invalid("malformed token".into()))?;
+    if let Some(names) = &header.crit {
+        // The names come from the caller: a few, shortened, are enough to say what is wrong.
+        let names = names.iter().take(4).map(|n| n.chars().take(64).collect()).collect();
+        return Err(AuthError::CriticalHeader { names });
+    }
+    Ok(header)
+}
+
+/// Checks the development issuer's tokens.
 pub struct TokenVerifier {
     key: DecodingKey,
-    validation: Validation,
+    rules: TokenRules,
 }
 
 impl std::fmt::Debug for TokenVerifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenVerifier").field("validation", &self.validation).finish()
+        f.debug_struct("TokenVerifier").field("rules", &self.rules).finish()
     }
 }
 
 impl TokenVerifier {
-    fn new(key: DecodingKey, config: &IdentityConfig) -> Self {
-        let mut validation = Validation::new(Algorithm::EdDSA);
-        validation.set_issuer(&[&config.issuer]);
-        validation.set_audience(&[&config.audience]);
-        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        validation.leeway = config.leeway_seconds;
-        Self { key, validation }
-    }
-
     /// Reads the `Authorization` header value and verifies the token.
     pub fn authenticate(&self, authorization: Option<&str>) -> Result<Principal, AuthError> {
         self.verify(bearer(authorization)?)
     }
 
-    /// Verifies a token.
+    /// Verifies a token: its signature and claims (not its site against the configured sites:
+    /// the [`Authenticator`] does that, for every issuer).
     pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(map_error)?;
-        principal(data.claims)
+        header(token)?;
+        self.rules.verify(token, Algorithm::EdDSA, &self.key)
     }
 }
 
-fn principal(claims: Claims) -> Result<Principal, AuthError> {
-    let bad = AuthError::Claim;
-    Ok(Principal {
-        id: PrincipalId::new(claims.sub).map_err(bad)?,
-        kind: claims.kind,
-        home_region: Region::new(claims.region).map_err(bad)?,
-        site: SiteName::new(claims.site).map_err(bad)?,
-        roles: claims.roles,
-    })
-}
-
-/// An identity provider's published keys, fetched and cached.
+/// An identity provider: the rules for its tokens, and its published keys.
+#[derive(Debug)]
 struct Provider {
-    config: ProviderConfig,
-    leeway: u64,
-    client: reqwest::Client,
-    keys: tokio::sync::RwLock<Option<(std::time::Instant, JwkSet)>>,
-    last_forced: tokio::sync::Mutex<Option<std::time::Instant>>,
+    rules: TokenRules,
+    keys: Arc<ProviderKeys>,
 }
-
-/// The shortest time between two fetches forced by an unknown key id.
-const FORCED_REFRESH: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Provider {
-    async fn fetch(&self) -> Result<JwkSet, JwksError> {
-        let jwks = &self.config.jwks;
-        let bytes = if jwks.starts_with("http://") || jwks.starts_with("https://") {
-            let response = self.client.get(jwks).send().await?;
-            if !response.status().is_success() {
-                return Err(JwksError::Status(response.status()));
-            }
-            response.bytes().await?.to_vec()
-        } else {
-            tokio::fs::read(jwks).await?
-        };
-        Ok(serde_json::from_slice(&bytes)?)
-    }
-
-    async fn refresh(&self) {
-        match self.fetch().await {
-            Ok(set) => {
-                tracing::info!(issuer = %self.config.issuer, keys = set.keys.len(), "identity provider keys loaded");
-                *self.keys.write().await = Some((std::time::Instant::now(), set));
-            }
-            Err(e) => {
-                tracing::error!(issuer = %self.config.issuer, jwks = %self.config.jwks, error = %Chain(&e), "cannot load the identity provider's keys")
-            }
-        }
-    }
-
-    /// The key `kid`, from the cached set; fetched again when stale, or (at most every
-    /// [`FORCED_REFRESH`]) when the key is unknown, as after a rotation.
-    async fn key(&self, kid: &str) -> Option<Jwk> {
-        let stale =
-            self.keys.read().await.as_ref().is_none_or(|(at, _)| at.elapsed().as_secs() >= self.config.refresh_seconds);
-        if stale {
-            self.refresh().await;
-        }
-        if let Some(jwk) = self.keys.read().await.as_ref().and_then(|(_, set)| set.find(kid).cloned()) {
-            return Some(jwk);
-        }
-        {
-            let mut last = self.last_forced.lock().await;
-            if last.is_some_and(|at| at.elapsed() < FORCED_REFRESH) {
-                return None;
-            }
-            *last = Some(std::time::Instant::now());
-        }
-        self.refresh().await;
-        self.keys.read().await.as_ref().and_then(|(_, set)| set.find(kid).cloned())
-    }
-
     async fn verify(&self, token: &str) -> Result<Principal, AuthError> {
-        let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Invalid("malformed token".into()))?;
+        let header = header(token)?;
         // Only asymmetric algorithms: a shared secret in a published key set would let anyone
         // who reads the set sign tokens.
         if !matches!(
@@ -273,7 +385,10 @@ impl Provider {
             return Err(AuthError::Invalid(format!("algorithm {:?} is not accepted", header.alg)));
         }
         let kid = header.kid.ok_or_else(|| AuthError::Invalid("the token names no key (kid)".into()))?;
-        let jwk = self.key(&kid).await.ok_or_else(|| AuthError::Invalid(format!("unknown key id {kid:?}")))?;
+        if kid.chars().count() > MAX_KEY_ID_CHARS {
+            return Err(AuthError::Invalid(format!("the token's key id (kid) is over {MAX_KEY_ID_CHARS} characters")));
+        }
+        let jwk = self.keys.key(&kid).await.ok_or_else(|| AuthError::Invalid(format!("unknown key id {kid:?}")))?;
         if matches!(jwk.algorithm, AlgorithmParameters::OctetKey(_)) {
             return Err(AuthError::Invalid(format!("key {kid:?} is a shared secret; refused")));
         }
@@ -283,29 +398,25 @@ impl Provider {
             return Err(AuthError::Invalid(format!("key {kid:?} is not for {:?}", header.alg)));
         }
         let key = DecodingKey::from_jwk(&jwk).map_err(|_| AuthError::Invalid(format!("key {kid:?} is unusable")))?;
-        let mut validation = Validation::new(header.alg);
-        validation.set_issuer(&[&self.config.issuer]);
-        validation.set_audience(&[&self.config.audience]);
-        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        validation.leeway = self.leeway;
-        let data = jsonwebtoken::decode::<Claims>(token, &key, &validation).map_err(map_error)?;
-        principal(data.claims)
+        self.rules.verify(token, header.alg, &key)
     }
 }
 
 /// Verifies bearer tokens: from the development issuer, and from configured identity providers
 /// against their published keys. The token's unverified `iss` only picks whose keys to check it
-/// with; the chosen verifier then checks signature, issuer, audience and expiry.
+/// with; the chosen verifier then checks signature, header and claims, and this checks that the
+/// token's site is one of the boundary's.
 pub struct Authenticator {
     dev: Option<(String, TokenVerifier)>,
     providers: Vec<Provider>,
+    sites: BTreeSet<SiteName>,
 }
 
 impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Authenticator")
             .field("dev_issuer", &self.dev.as_ref().map(|(iss, _)| iss))
-            .field("providers", &self.providers.iter().map(|p| &p.config.issuer).collect::<Vec<_>>())
+            .field("providers", &self.providers.iter().map(|p| &p.rules.issuer).collect::<Vec<_>>())
             .finish()
     }
 }
@@ -316,26 +427,20 @@ struct Issuer {
 }
 
 impl Authenticator {
-    /// An authenticator for `config`, with the development issuer's verifier if it is enabled.
-    /// Fetches each provider's keys once (a provider that cannot be reached is retried on use).
-    pub async fn new(config: &IdentityConfig, dev: Option<TokenVerifier>) -> Self {
+    /// An authenticator for `config` and the boundary's `sites`, with the development issuer's
+    /// verifier if it is enabled. Fetches each provider's keys once (a provider that cannot be
+    /// reached is retried after a backoff), then keeps them fresh in the background.
+    pub async fn new(config: &IdentityConfig, sites: &[Site], dev: Option<TokenVerifier>) -> Self {
         let client = clover_tls::ClientTls::platform_client(std::time::Duration::from_secs(10));
-        let providers: Vec<Provider> = config
-            .providers
-            .iter()
-            .map(|p| Provider {
-                config: p.clone(),
-                leeway: config.leeway_seconds,
-                client: client.clone(),
-                keys: tokio::sync::RwLock::new(None),
-                last_forced: tokio::sync::Mutex::new(None),
-            })
-            .collect();
-        for provider in &providers {
-            provider.refresh().await;
+        let mut providers = Vec::with_capacity(config.providers.len());
+        for provider in &config.providers {
+            providers.push(Provider {
+                rules: TokenRules::provider(config, provider),
+                keys: ProviderKeys::start(provider, client.clone()).await,
+            });
         }
         let dev = dev.filter(|_| config.dev_issuer).map(|v| (config.issuer.clone(), v));
-        Self { dev, providers }
+        Self { dev, providers, sites: sites.iter().map(|s| s.name.clone()).collect() }
     }
 
     /// Reads the `Authorization` header value and verifies the token.
@@ -344,15 +449,25 @@ impl Authenticator {
         let issuer = jsonwebtoken::dangerous::insecure_decode_claims::<Issuer>(token)
             .map_err(|_| AuthError::Invalid("malformed token".into()))?
             .iss;
-        if let Some((dev_issuer, verifier)) = &self.dev
-            && *dev_issuer == issuer
-        {
-            return verifier.verify(token);
+        let principal = match &self.dev {
+            Some((dev_issuer, verifier)) if *dev_issuer == issuer => verifier.verify(token)?,
+            _ => match self.providers.iter().find(|p| p.rules.issuer == issuer) {
+                Some(provider) => provider.verify(token).await?,
+                None => return Err(AuthError::Invalid("unexpected issuer".into())),
+            },
+        };
+        if !self.sites.contains(&principal.site) {
+            // A validly signed token for a site that does not exist: the issuer's configuration
+            // and the boundary's disagree, which an administrator should hear of.
+            tracing::warn!(
+                %issuer,
+                principal = %principal.id,
+                site = %principal.site,
+                "a token names a site that is not configured; refused"
+            );
+            return Err(AuthError::UnknownSite { site: principal.site.to_string() });
         }
-        match self.providers.iter().find(|p| p.config.issuer == issuer) {
-            Some(provider) => provider.verify(token).await,
-            None => Err(AuthError::Invalid("unexpected issuer".into())),
-        }
+        Ok(principal)
     }
 }
 
@@ -367,14 +482,18 @@ fn bearer(authorization: Option<&str>) -> Result<&str, AuthError> {
         .ok_or(AuthError::NotBearer)
 }
 
-fn map_error(e: jsonwebtoken::errors::Error) -> AuthError {
+fn map_error(e: &jsonwebtoken::errors::Error, leeway: u64) -> AuthError {
     match e.kind() {
         ErrorKind::ExpiredSignature => AuthError::Expired,
+        ErrorKind::ImmatureSignature => AuthError::NotYetValid { leeway },
         ErrorKind::InvalidSignature => AuthError::BadSignature,
         ErrorKind::InvalidIssuer => AuthError::Invalid("unexpected issuer".into()),
         ErrorKind::InvalidAudience => AuthError::Invalid("unexpected audience".into()),
         ErrorKind::InvalidAlgorithm => AuthError::Invalid("unexpected algorithm".into()),
-        ErrorKind::MissingRequiredClaim(claim) => AuthError::Invalid(format!("missing claim {claim:?}")),
+        ErrorKind::MissingRequiredClaim(claim) => AuthError::MissingClaim { claim: claim.clone() },
+        ErrorKind::InvalidClaimFormat(claim) => {
+            AuthError::BadClaim { claim: claim.clone(), expected: "a time in Unix seconds" }
+        }
         _ => AuthError::Invalid("malformed token".into()),
     }
 }
@@ -420,5 +539,97 @@ mod tests {
         wrong_aud.aud = "elsewhere".into();
         let token = issuer.mint(&wrong_aud).unwrap();
         assert!(matches!(verifier.authenticate(Some(&format!("Bearer {token}"))), Err(AuthError::Invalid(_))));
+    }
+
+    fn verify_value(claims: &Value, header: Option<Header>) -> Result<Principal, AuthError> {
+        let dir = tempfile::tempdir().unwrap();
+        let issuer = DevIssuer::create(&dir.path().join("k")).unwrap();
+        let header = header.unwrap_or_else(|| Header::new(Algorithm::EdDSA));
+        let token = jsonwebtoken::encode(&header, claims, &EncodingKey::from_ed_der(&issuer.pkcs8)).unwrap();
+        issuer.verifier(&IdentityConfig::default()).verify(&token)
+    }
+
+    fn value(exp_from_now: i64) -> Value {
+        serde_json::to_value(claims(exp_from_now)).unwrap()
+    }
+
+    #[test]
+    fn not_before_counts_with_the_leeway_of_expiry() {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let mut soon = value(3600);
+        soon["nbf"] = (now + 20).into();
+        verify_value(&soon, None).unwrap();
+        let mut later = value(3600);
+        later["nbf"] = (now + 40).into();
+        let err = verify_value(&later, None).unwrap_err();
+        assert!(matches!(err, AuthError::NotYetValid { leeway: 30 }), "{err:?}");
+        assert!(err.to_string().contains("more than 30 s ahead"), "{err}");
+    }
+
+    #[test]
+    fn any_critical_header_is_refused() {
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.crit = Some(vec!["b64".into(), "x".repeat(1000)]);
+        let err = verify_value(&value(3600), Some(header)).unwrap_err();
+        let AuthError::CriticalHeader { names } = &err else { panic!("{err:?}") };
+        assert_eq!(names.len(), 2);
+        assert_eq!(names[1].len(), 64, "a caller's names are shortened");
+        // An empty list is not allowed by RFC 7515 either.
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.crit = Some(vec![]);
+        assert!(matches!(verify_value(&value(3600), Some(header)), Err(AuthError::CriticalHeader { .. })));
+    }
+
+    #[test]
+    fn lifetimes_over_the_maximum_are_refused() {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let day = 86_400;
+        verify_value(&value(day), None).unwrap();
+        let err = verify_value(&value(day + 1), None).unwrap_err();
+        assert!(matches!(err, AuthError::TooLongLived { lifetime, max: 86_400 } if lifetime == day + 1), "{err:?}");
+        // Without iat: from now.
+        let mut no_iat = value(day - 10);
+        no_iat.as_object_mut().unwrap().remove("iat");
+        verify_value(&no_iat, None).unwrap();
+        no_iat["exp"] = (now + day + 100).into();
+        assert!(matches!(verify_value(&no_iat, None), Err(AuthError::TooLongLived { .. })));
+        // An iat in the future does not shorten the count; a malformed one is refused.
+        let mut future = value(2 * day);
+        future["iat"] = (now + day + 100).into();
+        assert!(matches!(verify_value(&future, None), Err(AuthError::TooLongLived { .. })));
+        let mut text = value(3600);
+        text["iat"] = "yesterday".into();
+        assert!(matches!(verify_value(&text, None), Err(AuthError::BadClaim { .. })));
+        // An issued-long-ago token still valid: counted from its iat.
+        let mut old = value(3600);
+        old["iat"] = (now - day).into();
+        assert!(matches!(verify_value(&old, None), Err(AuthError::TooLongLived { .. })));
+    }
+
+    #[test]
+    fn an_audience_array_must_contain_this_boundary() {
+        let mut array = value(3600);
+        array["aud"] = serde_json::json!(["other", "clover"]);
+        verify_value(&array, None).unwrap();
+        array["aud"] = serde_json::json!(["other"]);
+        assert!(matches!(verify_value(&array, None), Err(AuthError::Invalid(m)) if m.contains("audience")));
+    }
+
+    #[test]
+    fn claims_of_the_wrong_shape_are_named() {
+        let mut bad = value(3600);
+        bad["roles"] = "admin".into();
+        let err = verify_value(&bad, None).unwrap_err();
+        assert_eq!(err.to_string(), "the token's \"roles\" claim must be a list of strings");
+        let mut bad = value(3600);
+        bad["kind"] = "robot".into();
+        assert!(matches!(verify_value(&bad, None), Err(AuthError::BadClaim { claim, .. }) if claim == "kind"));
+        let mut bad = value(3600);
+        bad.as_object_mut().unwrap().remove("site");
+        let err = verify_value(&bad, None).unwrap_err();
+        assert_eq!(err.to_string(), "the token has no \"site\" claim");
+        let mut bad = value(3600);
+        bad.as_object_mut().unwrap().remove("roles");
+        assert!(verify_value(&bad, None).unwrap().roles.is_empty());
     }
 }

@@ -28,7 +28,8 @@ pub(crate) struct TokenArgs {
     /// The principal's roles, comma-separated.
     #[arg(long, value_name = "A,B", value_delimiter = ',')]
     roles: Vec<String>,
-    /// How long the token is valid (`90s`, `30m`, `1h`, `7d`).
+    /// How long the token is valid (`90s`, `30m`, `1h`), at most `[identity]
+    /// max_token_lifetime_seconds` (24 h by default).
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     ttl: std::time::Duration,
 }
@@ -59,6 +60,11 @@ pub(crate) fn mint(config: &ConfigArgs, principal: &Principal, ttl: std::time::D
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let ttl = i64::try_from(ttl.as_secs()).context("ttl too long")?;
     anyhow::ensure!(ttl > 0, "ttl must be at least one second");
+    let max = config.identity.max_token_lifetime_seconds;
+    anyhow::ensure!(
+        ttl.unsigned_abs() <= max,
+        "ttl of {ttl} s is over [identity] max_token_lifetime_seconds ({max} s): the boundary would refuse the token"
+    );
     let claims = Claims {
         iss: config.identity.issuer.clone(),
         aud: config.identity.audience.clone(),

@@ -463,3 +463,25 @@ fn bench_http_drives_a_running_server_from_both_origins() {
     assert!(size > 60 + 3, "a checkpoint of {size} entries after 60 reads and 3 writes:\n{checkpoint}");
     server.stop();
 }
+
+#[test]
+fn token_refuses_a_lifetime_the_boundary_would_refuse() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("data");
+    let mut init = clover(tmp.path());
+    init.arg("init").arg("--data-dir").arg(&data_dir);
+    run_ok(init);
+    let token = |ttl: &str| {
+        let mut command = clover(tmp.path());
+        command
+            .args(["token", "--principal", "ana", "--kind", "employee", "--region", "eu", "--site", "dublin-1"])
+            .args(["--ttl", ttl, "--data-dir"])
+            .arg(&data_dir);
+        run(command)
+    };
+    let refused = token("2d");
+    assert!(!refused.status.success(), "{refused:?}");
+    assert!(refused.stderr.contains("max_token_lifetime_seconds (86400 s)"), "{refused:?}");
+    assert!(refused.stdout.is_empty(), "{refused:?}");
+    assert!(token("24h").status.success());
+}

@@ -66,7 +66,7 @@ impl Boundary {
         let data_dir = DataDir::new(&config.data_dir);
         let keyring = Arc::new(data_dir.unseal(&config.region)?);
         let dev = if config.identity.dev_issuer { Some(data_dir.issuer()?.verifier(&config.identity)) } else { None };
-        let authenticator = Authenticator::new(&config.identity, dev).await;
+        let authenticator = Authenticator::new(&config.identity, &config.sites, dev).await;
         let store: Arc<dyn Store> = match &config.store {
             Some(url) => Arc::new(PostgresStore::open(url).await?),
             None => Arc::new(SqliteStore::open(&data_dir.database_path()).await?),
