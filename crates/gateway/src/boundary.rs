@@ -120,11 +120,14 @@ impl Boundary {
     pub async fn reload_policies(&self) -> Result<Vec<String>, PackError> {
         let source =
             self.config.policy.dir.as_ref().map_or_else(|| "the shipped pack".to_owned(), |d| d.display().to_string());
+        // The log entry names the source without its path: the public log has no use for where
+        // the files are (the server's log, above and below, does).
+        let logged_source = if self.config.policy.dir.is_some() { "the policy directory" } else { "the shipped pack" };
         match load_pack(&self.config) {
             Ok(pack) => {
                 let ids = pack.policy_ids();
                 *self.pack.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(pack);
-                let detail = format!("policies reloaded from {source}: {}", ids.join(", "));
+                let detail = format!("policies reloaded from {logged_source}: {}", ids.join(", "));
                 tracing::info!(policies = ids.len(), %source, "policies reloaded");
                 if let Err(e) = self.log.append(&setup_event(EventKind::Config, "reload-policies", detail)).await {
                     tracing::error!(error = %Chain(&e), "cannot log the policy reload");
@@ -133,7 +136,7 @@ impl Boundary {
             }
             Err(e) => {
                 tracing::error!(error = %Chain(&e), %source, "policy reload refused; the policies in force are kept");
-                let detail = format!("policy reload from {source} refused: {e}");
+                let detail = format!("policy reload from {logged_source} refused: {}", without_paths(&e));
                 if let Err(e) =
                     self.log.append(&setup_event(EventKind::Config, "reload-policies-refused", detail)).await
                 {
@@ -167,6 +170,22 @@ impl Boundary {
     /// Whether `category` is configured.
     pub fn has_category(&self, category: &Category) -> bool {
         self.category(category.as_str()).is_some()
+    }
+}
+
+/// Why a pack was refused, for the public log: what [`PackError`] says, with a file's name
+/// instead of its path.
+fn without_paths(error: &PackError) -> String {
+    match error {
+        PackError::Read { path, cause } => {
+            let name = path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+            format!("cannot read {name:?}: {cause}")
+        }
+        PackError::Schema(_) => "the policy directory must hold exactly one *.cedarschema file".to_owned(),
+        // File names and the parser's and validator's messages: no path.
+        PackError::BadSchema(_) | PackError::Parse { .. } | PackError::Ids(_) | PackError::Invalid(_) => {
+            error.to_string()
+        }
     }
 }
 

@@ -113,6 +113,10 @@ pub enum ApiError {
     /// The route exists but not with this method.
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// A HEAD where a GET is decided and logged: answered 405 with `Allow: GET`, without a
+    /// decision.
+    #[error("method not allowed: HEAD")]
+    HeadNotAllowed,
     /// The subject belongs to another region.
     #[error("wrong region")]
     WrongRegion {
@@ -203,6 +207,12 @@ impl ApiError {
                 "Method not allowed",
                 "this endpoint does not accept this method; see /openapi.json".to_owned(),
             ),
+            Self::HeadNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method not allowed",
+                "HEAD is not served where a GET is decided and logged; send GET".to_owned(),
+            ),
             Self::WrongRegion { subject, boundary } => (
                 StatusCode::CONFLICT,
                 "wrong-region",
@@ -258,6 +268,7 @@ impl IntoResponse for ApiError {
             }
             _ => tracing::debug!(%status, %detail, "request refused"),
         }
+        let head_refused = matches!(self, Self::HeadNotAllowed);
         let (decision, log_index) = match self {
             Self::Forbidden { decision, log_index } => (Some(decision), Some(log_index)),
             Self::CertificateRefused { log_index, .. } => (None, log_index),
@@ -276,6 +287,11 @@ impl IntoResponse for ApiError {
         response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if head_refused {
+            // RFC 9110, section 15.5.6: a 405 lists the methods the resource takes. axum adds
+            // the header to the 405s it makes itself, not to a handler's.
+            response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET"));
         }
         if let Some(label) = label {
             response.extensions_mut().insert(DecisionLabel(label));
@@ -297,12 +313,13 @@ where
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let limit = req.extensions().get::<BodyLimit>().map_or(0, |l| l.0);
+        if !declares_json(req.headers().get(header::CONTENT_TYPE)) {
+            return Err(unsupported_media_type());
+        }
         match Json::<T>::from_request(req, state).await {
             Ok(Json(value)) => Ok(Self(value)),
             Err(rejection) => Err(match rejection {
-                JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType(
-                    "send the body as JSON with `Content-Type: application/json`".to_owned(),
-                ),
+                JsonRejection::MissingJsonContentType(_) => unsupported_media_type(),
                 JsonRejection::JsonSyntaxError(e) => ApiError::MalformedJson(e.body_text()),
                 JsonRejection::JsonDataError(e) => ApiError::InvalidBody(e.body_text()),
                 other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge { limit },
@@ -310,6 +327,31 @@ where
             }),
         }
     }
+}
+
+fn unsupported_media_type() -> ApiError {
+    ApiError::UnsupportedMediaType(
+        "send the body as JSON with `Content-Type: application/json` (or `application/json; charset=utf-8`)".to_owned(),
+    )
+}
+
+/// Whether `content_type` declares the body as JSON, which is UTF-8 (RFC 8259, section 8.1):
+/// `application/json`, with no parameter but `charset=utf-8`. axum's `Json` takes any type
+/// whose subtype ends in `+json` and ignores parameters, so a body declared as
+/// `application/foo+json` or as `application/json; charset=latin1` would be read as this API's
+/// JSON although its sender says it is something else; such bodies are refused instead.
+fn declares_json(content_type: Option<&HeaderValue>) -> bool {
+    let Some(Ok(value)) = content_type.map(HeaderValue::to_str) else { return false };
+    let mut parts = value.split(';');
+    let essence = parts.next().unwrap_or_default().trim();
+    essence.eq_ignore_ascii_case("application/json")
+        && parts.map(str::trim).filter(|p| !p.is_empty()).all(|parameter| {
+            parameter.split_once('=').is_some_and(|(name, value)| {
+                let value = value.trim();
+                let value = value.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(value);
+                name.trim_end().eq_ignore_ascii_case("charset") && value.eq_ignore_ascii_case("utf-8")
+            })
+        })
 }
 
 /// The configured body limit, attached to each request so that errors can name it.
@@ -333,5 +375,34 @@ mod tests {
         let (status, _, _, detail) = internal.parts();
         assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
         assert!(!detail.contains("disk on fire"), "internal text reached the client: {detail}");
+    }
+
+    #[test]
+    fn only_json_in_utf_8_is_json() {
+        let declares = |value: &str| declares_json(Some(&HeaderValue::from_str(value).unwrap()));
+        for json in [
+            "application/json",
+            "Application/JSON",
+            "application/json; charset=utf-8",
+            "application/json;charset=UTF-8",
+            "application/json; charset=\"utf-8\"",
+            "application/json;",
+        ] {
+            assert!(declares(json), "{json}");
+        }
+        for other in [
+            "application/foo+json",
+            "application/json; charset=latin1",
+            "application/json; charset=utf-16",
+            "application/json; profile=x",
+            "application/json; charset",
+            "application/jsonx",
+            "text/json",
+            "application/x-www-form-urlencoded",
+            "",
+        ] {
+            assert!(!declares(other), "{other}");
+        }
+        assert!(!declares_json(None));
     }
 }

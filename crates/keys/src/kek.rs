@@ -8,7 +8,8 @@ use crate::error::KeyError;
 /// Implementations: the local [`Keyring`](crate::Keyring), and [`Pkcs11Kek`](crate::pkcs11::Pkcs11Kek) (the keys never leave the
 /// HSM).
 pub trait Kek: Send + Sync + std::fmt::Debug {
-    /// A short description for logs and `clover keys status`.
+    /// A short description for logs and `clover keys status`: the kind of backend and a name
+    /// (a token's label), never a file path, since it goes into answers and the public log.
     fn describe(&self) -> String;
 
     /// The versions held, oldest first.

@@ -25,7 +25,7 @@ impl InvalidId {
 
 /// Defines a string identifier whose characters and length are checked on construction.
 macro_rules! string_id {
-    ($(#[$doc:meta])* $name:ident, $kind:literal, $max:literal, $allowed:expr, $rule:literal) => {
+    ($(#[$doc:meta])* $name:ident, $kind:literal, $max:literal, $allowed:expr, $whole:expr, $rule:literal) => {
         $(#[$doc])*
         #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
         #[serde(transparent)]
@@ -36,7 +36,8 @@ macro_rules! string_id {
             pub fn new(value: impl Into<String>) -> Result<Self, InvalidId> {
                 let value = value.into();
                 let allowed: fn(char) -> bool = $allowed;
-                if value.is_empty() || value.len() > $max || !value.chars().all(allowed) {
+                let whole: fn(&str) -> bool = $whole;
+                if value.is_empty() || value.len() > $max || !value.chars().all(allowed) || !whole(&value) {
                     return Err(InvalidId::new($kind, &value, $rule));
                 }
                 Ok(Self(value))
@@ -84,12 +85,27 @@ fn is_opaque_id_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '@')
 }
 
+/// No rule on the whole value beyond its characters and length.
+fn any_value(_: &str) -> bool {
+    true
+}
+
+/// Whether `value` is more than dots. `.` and `..` are dot-segments, which URL resolution
+/// (RFC 3986, section 5.2.4) removes from a path before it is sent or routed: a subject with such
+/// an id could not be addressed as `/v1/subjects/{id}` reliably (a client or a proxy may turn
+/// `/v1/subjects/../records` into `/v1/records`). `...` and longer are not dot-segments, but
+/// are refused too, so that the rule is one a person can state.
+fn not_only_dots(value: &str) -> bool {
+    !value.chars().all(|c| c == '.')
+}
+
 string_id!(
     /// A jurisdiction with its own boundary (`eu`, `us`, `sg`, ...).
     Region,
     "region",
     32,
     is_name_char,
+    any_value,
     "1 to 32 characters of a-z, 0-9 and '-'"
 );
 
@@ -99,6 +115,7 @@ string_id!(
     "site",
     64,
     is_name_char,
+    any_value,
     "1 to 64 characters of a-z, 0-9 and '-'"
 );
 
@@ -109,6 +126,7 @@ string_id!(
     "category",
     64,
     is_name_char,
+    any_value,
     "1 to 64 characters of a-z, 0-9 and '-'"
 );
 
@@ -118,7 +136,8 @@ string_id!(
     "subject id",
     128,
     is_opaque_id_char,
-    "1 to 128 characters of A-Z, a-z, 0-9 and '-', '_', '.', ':', '@'"
+    not_only_dots,
+    "1 to 128 characters of A-Z, a-z, 0-9 and '-', '_', '.', ':', '@', not only dots"
 );
 
 string_id!(
@@ -127,11 +146,18 @@ string_id!(
     "principal id",
     128,
     is_opaque_id_char,
+    any_value,
     "1 to 128 characters of A-Z, a-z, 0-9 and '-', '_', '.', ':', '@'"
 );
 
 /// The id of a record: a random UUID chosen by the boundary when the record is written.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+///
+/// It has one spelling, the one the boundary writes: hyphenated, in lowercase. Any other
+/// (uppercase, without hyphens, in braces, as a URN) is refused rather than read as the same id,
+/// so that one record has one URL: whatever keys on the path before the boundary reads it (a
+/// proxy's rules, a cache, an access log, a rate limit) sees the record under one name only.
+/// No client holds another spelling: record ids come from the boundary's answers.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
 pub struct RecordId(uuid::Uuid);
 
@@ -150,13 +176,20 @@ impl RecordId {
 impl FromStr for RecordId {
     type Err = InvalidId;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        // Only the hyphenated form, so that one record has one spelling.
-        if s.len() != 36 {
-            return Err(InvalidId::new("record id", s, "a UUID such as 0b8e6f7a-3c1d-4f2e-9a5b-6c7d8e9f0a1b"));
+        const RULE: &str = "a UUID in lowercase with hyphens, such as 0b8e6f7a-3c1d-4f2e-9a5b-6c7d8e9f0a1b";
+        let id = uuid::Uuid::try_parse(s).map_err(|_| InvalidId::new("record id", s, RULE))?;
+        let mut canonical = uuid::Uuid::encode_buffer();
+        if id.hyphenated().encode_lower(&mut canonical) != s {
+            return Err(InvalidId::new("record id", s, RULE));
         }
-        uuid::Uuid::try_parse(s)
-            .map(Self)
-            .map_err(|_| InvalidId::new("record id", s, "a UUID such as 0b8e6f7a-3c1d-4f2e-9a5b-6c7d8e9f0a1b"))
+        Ok(Self(id))
+    }
+}
+
+impl<'de> Deserialize<'de> for RecordId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -194,5 +227,36 @@ mod tests {
         assert_eq!(id.to_string().parse::<RecordId>().unwrap(), id);
         assert!("not-a-uuid".parse::<RecordId>().is_err());
         assert!("0b8e6f7a3c1d4f2e9a5b6c7d8e9f0a1b".parse::<RecordId>().is_err());
+    }
+
+    #[test]
+    fn a_record_id_has_one_spelling_only() {
+        let id = RecordId::random();
+        let lower = id.to_string();
+        assert_eq!(lower, lower.to_ascii_lowercase());
+        for other in [
+            lower.to_ascii_uppercase(),
+            format!("{}{}", &lower[..8].to_ascii_uppercase(), &lower[8..]),
+            format!("{{{lower}}}"),
+            format!("urn:uuid:{lower}"),
+            lower.replace('-', ""),
+        ] {
+            let err = other.parse::<RecordId>().unwrap_err();
+            assert!(err.to_string().contains("lowercase"), "{other}: {err}");
+            assert!(serde_json::from_value::<RecordId>(serde_json::json!(other)).is_err(), "{other}");
+        }
+        assert_eq!(serde_json::from_value::<RecordId>(serde_json::json!(lower)).unwrap(), id);
+    }
+
+    #[test]
+    fn a_subject_id_is_more_than_dots() {
+        for dots in [".", "..", "...", "...."] {
+            let err = SubjectId::new(dots).unwrap_err();
+            assert!(err.to_string().contains("not only dots"), "{err}");
+            assert!(serde_json::from_value::<SubjectId>(serde_json::json!(dots)).is_err());
+        }
+        for fine in ["a.", ".a", "a..b", "user.name", "...x"] {
+            assert!(SubjectId::new(fine).is_ok(), "{fine}");
+        }
     }
 }

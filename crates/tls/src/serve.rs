@@ -8,6 +8,11 @@
 //! hold a plain-HTTP listener's connections for as long as they liked, a few hundred idle ones
 //! could use up the process's file descriptors, and a slow client could keep a stopping process
 //! up.
+//!
+//! Either way a request that hyper cannot read (a header block too large, a malformed request
+//! line) gets a problem+json answer rather than hyper's empty one (`answers.rs`).
+
+mod answers;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -26,6 +31,8 @@ use tokio::task::JoinSet;
 use tower::ServiceExt;
 use tower_http::timeout::DeadlineBody;
 
+use self::answers::ProblemAnswers;
+pub use self::answers::{MAX_HEADER_BYTES, MAX_HEADERS};
 use crate::names::{PeerCertificate, subject_alt_names};
 use crate::server::ServerTls;
 
@@ -299,7 +306,9 @@ async fn handshake(
 
 /// Serves HTTP/1.1 on `io` until the client closes it, a timeout cuts it, or the shutdown does:
 /// each request carries the peer's address and `certificate`, and its body is read under the
-/// body deadline.
+/// body deadline. A request hyper cannot read (a header block over [`MAX_HEADER_BYTES`] or with
+/// more than [`MAX_HEADERS`] fields, a malformed request line) is answered with a problem+json
+/// body, and the connection closed.
 async fn http<I>(
     io: I,
     peer: SocketAddr,
@@ -317,10 +326,13 @@ async fn http<I>(
         }
         router.clone().oneshot(request.map(|body| DeadlineBody::new(limits.body_read_timeout, body)))
     });
+    // hyper answers a request it cannot parse (a header block over MAX_HEADER_BYTES, say) by
+    // itself, with an empty body; ProblemAnswers gives those answers a problem+json body.
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
-        .serve_connection(TokioIo::new(io), service);
+        .max_buf_size(MAX_HEADER_BYTES)
+        .serve_connection(TokioIo::new(ProblemAnswers::new(io)), service);
     if let Err(e) = watcher.watch(connection).await {
         tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
     }

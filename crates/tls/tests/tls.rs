@@ -833,3 +833,59 @@ async fn a_tls_listener_is_held_to_the_same_cap_and_header_timeout() {
 
     server.stop().await;
 }
+
+/// A request of 101 header fields, one more than the listener reads.
+fn too_many_fields() -> String {
+    let fields: String = (0..=clover_tls::serve::MAX_HEADERS).map(|i| format!("X-Field-{i}: {i}\r\n")).collect();
+    format!("GET /whoami HTTP/1.1\r\nHost: 127.0.0.1\r\n{fields}\r\n")
+}
+
+/// A header block of exactly the listener's limit, unfinished: the listener reads all of it (so
+/// that closing the connection does not reset it under the answer) and refuses it.
+fn a_block_at_the_limit() -> String {
+    let start = "GET /whoami HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: ";
+    format!("{start}{}", "a".repeat(clover_tls::serve::MAX_HEADER_BYTES - start.len()))
+}
+
+/// Checks that `answer` is a problem+json answer of `status` and `kind`, with a detail.
+fn assert_problem(answer: &str, status: u16, kind: &str) {
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no head: {answer:?}"));
+    assert!(head.starts_with(&format!("HTTP/1.1 {status} ")), "{answer:?}");
+    assert!(head.to_ascii_lowercase().contains("\r\ncontent-type: application/problem+json"), "{head}");
+    assert!(head.contains(&format!("\r\ncontent-length: {}", body.len())), "{head}");
+    let problem: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(problem["type"], format!("urn:clover:problem:{kind}"), "{problem}");
+    assert_eq!(problem["status"], status, "{problem}");
+    assert!(problem["detail"].as_str().is_some_and(|d| !d.is_empty()), "{problem}");
+}
+
+#[tokio::test]
+async fn requests_hyper_cannot_read_are_answered_with_problems_over_plain_http_and_tls() {
+    let server = TestServer::plain(ListenerLimits::default()).await;
+    let answer = exchange(server.addr, &too_many_fields()).await.unwrap();
+    assert_problem(&answer, 431, "headers-too-large");
+    assert!(answer.contains("100 header fields"), "{answer}");
+    let answer = exchange(server.addr, &a_block_at_the_limit()).await.unwrap();
+    assert_problem(&answer, 431, "headers-too-large");
+    let answer = exchange(server.addr, "GET /who ami HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").await.unwrap();
+    assert_problem(&answer, 400, "malformed-request");
+    // Just under the limit is read and served.
+    let under = format!(
+        "GET /whoami HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(300_000)
+    );
+    assert_eq!(names_in(ok_body(&exchange(server.addr, &under).await.unwrap())), "-");
+    server.stop().await;
+
+    let pki = Pki::new();
+    let server = TestServer::load(pki.server(ClientAuth::None, &[])).await;
+    for (request, status, kind) in
+        [(too_many_fields(), 431, "headers-too-large"), (a_block_at_the_limit(), 431, "headers-too-large")]
+    {
+        let mut stream = handshake(server.addr, &pki.ca_pem, rustls::DEFAULT_VERSIONS).await;
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let answer = read_until_closed(&mut stream).await.unwrap();
+        assert_problem(&answer, status, kind);
+    }
+    server.stop().await;
+}

@@ -115,8 +115,12 @@ async fn a_boundary_on_an_hsm_signs_wraps_and_rotates_in_the_token() {
     let rotated = hsm.stdout(&["keys", "rotate", "--url", &server.url, "--token", &custodian]);
     assert!(rotated.contains("kek v1 retired"), "{rotated}");
     assert!(rotated.contains("kek v2 (current): 6 data keys"), "{rotated}");
-    let status = hsm.stdout(&["keys", "status", "--url", &server.url, "--token", &agent]);
+    let status = hsm.stdout(&["keys", "status", "--url", &server.url, "--token", &custodian]);
     assert!(status.starts_with("backend: pkcs11 token \"clover-eu\""), "{status}");
+    // Key status is a key custodian's too.
+    let refused = hsm.run(&["keys", "status", "--url", &server.url, "--token", &agent]);
+    assert!(!refused.status.success());
+    assert!(refused.stderr.contains("403"), "{}", refused.stderr);
 
     for (i, record) in records.iter().enumerate() {
         let read = client

@@ -5,6 +5,10 @@
 //! person grants it: an in-region employee with the approver role, never the requester (the
 //! policy pack's `approvals-by-a-second-person`). A request nobody answers expires, and so does
 //! a grant (`[policy] approval_seconds`, 12 hours). Each step is in the log.
+//!
+//! An approval names its subjects, its requester, its categories and its purpose, so reading one
+//! is decided and logged too: its requester and whoever may grant it, in the region, may; anyone
+//! else is refused in the same words whether or not the approval exists.
 
 use std::sync::Arc;
 
@@ -100,6 +104,7 @@ fn event(caller: &Caller, action: &str, decision: Option<&Decision>, detail: Str
 #[utoipa::path(post, path = "/v1/approvals", tag = "approvals", request_body = ApprovalBody,
     responses(
         (status = CREATED, description = "Requested; waits for a second person", body = ApprovalAnswer),
+        (status = UNSUPPORTED_MEDIA_TYPE, description = "The body is not declared as JSON (`application/json`, in UTF-8)", body = Problem, content_type = "application/problem+json"),
         (status = UNPROCESSABLE_ENTITY, description = "Unknown category or purpose, or nothing to cover", body = Problem, content_type = "application/problem+json"),
         (status = UNAUTHORIZED, description = "No valid token", body = Problem, content_type = "application/problem+json"),
     ))]
@@ -217,23 +222,71 @@ pub async fn grant_approval(
     Ok(answered(&decision, StatusCode::OK, answer(&row, Some(decision.clone()), Some(log_index))))
 }
 
+/// Who may read an approval, besides those the pack lets grant it: its requester, calling as an
+/// in-region principal from a site of the region. A rule of the boundary rather than of the
+/// pack, whose schema has no action for reading an approval (see `docs/security.md`).
+pub const REQUESTER_RULE: &str = "requesters-see-their-approvals";
+
+/// Whether `caller` may read the approval `approval_id` (`row`, if it exists): whoever the pack
+/// lets grant it (`approvals-by-a-second-person`), or its requester in the region
+/// ([`REQUESTER_RULE`]). For an unknown id the pack decides with no requester, which no caller
+/// is: so whoever may not read an existing approval is refused in the same words for one that
+/// does not exist.
+fn view_decision(boundary: &Boundary, caller: &Caller, approval_id: &str, row: Option<&ApprovalRow>) -> Decision {
+    let requester = row.map_or("", |row| row.requester.as_str());
+    let request = approval_request(boundary.config(), &caller.principal, &caller.origin, approval_id, requester);
+    let decision = boundary.pack().decide(&request);
+    if decision.effect() == "allow" {
+        return decision;
+    }
+    let region = boundary.region();
+    let in_region = matches!(&caller.origin, clover_model::Origin::Site { region: origin, .. } if origin == region)
+        && caller.principal.home_region == *region;
+    if row.is_some_and(|row| row.requester == caller.principal.id) && in_region {
+        return Decision {
+            outcome: clover_policy::Outcome::Allow(clover_model::View::Full),
+            policies: vec![REQUESTER_RULE.to_owned()],
+            reason: "the requester reads their own approval from the region".to_owned(),
+        };
+    }
+    decision
+}
+
 /// An approval's state.
+///
+/// For its requester and for those who may grant it, in the region; the decision is logged
+/// either way. Anyone else gets the same 403 whether the approval exists or not.
 #[utoipa::path(get, path = "/v1/approvals/{approval_id}", tag = "approvals",
     params(("approval_id" = String, Path, description = "The approval's id")),
     responses(
         (status = OK, description = "The approval", body = ApprovalAnswer),
-        (status = NOT_FOUND, description = "No such approval", body = Problem, content_type = "application/problem+json"),
+        (status = FORBIDDEN, description = "Neither its requester nor an approver, in the region; the same answer whether the approval exists or not; the refusal is logged", body = Problem, content_type = "application/problem+json"),
+        (status = NOT_FOUND, description = "No such approval (to an approver in the region, who may read any)", body = Problem, content_type = "application/problem+json"),
+        (status = UNAUTHORIZED, description = "No valid token", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn get_approval(
     State(boundary): State<Arc<Boundary>>,
-    _caller: Caller,
+    caller: Caller,
     Path(approval_id): Path<String>,
-) -> Result<axum::Json<ApprovalAnswer>, ApiError> {
-    let row = boundary
-        .store()
-        .approval(&approval_id)
+) -> Result<Response, ApiError> {
+    let row = boundary.store().approval(&approval_id).await.map_err(ApiError::internal)?;
+    let decision = view_decision(&boundary, &caller, &approval_id, row.as_ref());
+    let allowed = decision.effect() == "allow";
+    // The id goes into the log only when it names an approval the caller may read: the path is
+    // the caller's text, and a refusal must read the same for an approval that does not exist.
+    let detail = match (&row, allowed) {
+        (Some(row), true) => format!("approval {} read", row.approval_id),
+        (None, true) => "approval read: no such approval".to_owned(),
+        (_, false) => "approval read refused".to_owned(),
+    };
+    let log_index = boundary
+        .log()
+        .append(&event(&caller, "read-approval", Some(&decision), detail))
         .await
-        .map_err(ApiError::internal)?
-        .ok_or(ApiError::NotFound { what: "approval", id: approval_id })?;
-    Ok(axum::Json(answer(&row, None, None)))
+        .map_err(ApiError::LogUnavailable)?;
+    if !allowed {
+        return Err(ApiError::Forbidden { decision, log_index });
+    }
+    let row = row.ok_or(ApiError::NotFound { what: "approval", id: approval_id })?;
+    Ok(answered(&decision, StatusCode::OK, answer(&row, Some(decision.clone()), Some(log_index))))
 }

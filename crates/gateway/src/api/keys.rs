@@ -1,5 +1,12 @@
 //! Key custody: the KEK versions and how many data keys each wraps; rotation.
 //!
+//! Both are administration of the boundary, decided by the policy pack like any access (the
+//! default pack's `key-custodians-administer`: an in-region employee with the `key-custodian`
+//! role, from a site of the region) and logged either way: the key counts and the rotation's
+//! progress are for key custodians, not for anyone with a token. Neither the answers nor the
+//! log entries say where the keys are on disk: the backend is named by its kind (`keyring`, or
+//! the PKCS#11 token's label), never by a path.
+//!
 //! A rotation makes a new key-encryption key version (in the keyring, or generated in the HSM),
 //! which wraps every data key made from then on; a background task re-wraps the existing data
 //! keys under it in batches, while reads and writes go on; then every older version, which no
@@ -35,7 +42,9 @@ pub struct KeyVersion {
 /// The state of key custody.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct KeysAnswer {
-    /// Where the KEKs are: the keyring file, or a PKCS#11 token.
+    /// Where the KEKs are: `keyring` (the sealed keyring of the data directory), or
+    /// `pkcs11 token "<label>"`; never a file path.
+    #[schema(example = "keyring")]
     pub backend: String,
     /// The version that wraps new data keys.
     pub current_version: u32,
@@ -46,6 +55,11 @@ pub struct KeysAnswer {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub rotation: Option<clover_custodian::Rotation>,
+    /// The decision that allowed this answer.
+    #[schema(value_type = Object)]
+    pub decision: clover_policy::Decision,
+    /// The log entry of the decision.
+    pub log_index: u64,
 }
 
 /// The answer to a rotation request.
@@ -70,28 +84,54 @@ fn embedded(boundary: &Boundary) -> Result<&Arc<clover_custodian::Custodian>, Ap
     })
 }
 
-async fn state(boundary: &Boundary) -> Result<KeysAnswer, ApiError> {
-    let custodian = embedded(boundary)?;
+/// The KEK versions, how many data keys each wraps, and the latest rotation's progress.
+///
+/// Key custodians only (an in-region employee with the `key-custodian` role); the decision is
+/// logged either way.
+#[utoipa::path(get, path = "/v1/keys", tag = "keys",
+    responses(
+        (status = OK, description = "Key custody's state", body = KeysAnswer),
+        (status = FORBIDDEN, description = "Not a key custodian in the region; the refusal is logged", body = Problem, content_type = "application/problem+json"),
+        (status = CONFLICT, description = "The keys are held by a custodian in its own process", body = Problem, content_type = "application/problem+json"),
+        (status = UNAUTHORIZED, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn status(State(boundary): State<Arc<Boundary>>, caller: Caller) -> Result<Response, ApiError> {
+    let custodian = embedded(&boundary)?;
+    let (decision, log_index) = administer(&boundary, &caller, "view-keys", "key status").await?;
     let counts = custodian.version_counts().await.map_err(ApiError::internal)?;
-    Ok(KeysAnswer {
+    let answer = KeysAnswer {
         backend: custodian.kek().describe(),
         current_version: custodian.kek().current_version().map_err(ApiError::internal)?,
         versions: counts.into_iter().map(|(version, data_keys)| KeyVersion { version, data_keys }).collect(),
         rotation: custodian.rotation(),
-    })
+        decision: decision.clone(),
+        log_index,
+    };
+    Ok(answered(&decision, StatusCode::OK, answer))
 }
 
-/// The KEK versions, how many data keys each wraps, and the latest rotation's progress.
-#[utoipa::path(get, path = "/v1/keys", tag = "keys",
-    responses(
-        (status = OK, description = "Key custody's state", body = KeysAnswer),
-        (status = UNAUTHORIZED, description = "No valid token", body = Problem, content_type = "application/problem+json"),
-    ))]
-pub async fn status(
-    State(boundary): State<Arc<Boundary>>,
-    _caller: Caller,
-) -> Result<axum::Json<KeysAnswer>, ApiError> {
-    Ok(axum::Json(state(&boundary).await?))
+/// Decides whether `caller` may administer the keys (`action`, about `what`), and logs the
+/// decision: the decision and its log index when allowed, a 403 carrying them when not.
+async fn administer(
+    boundary: &Boundary,
+    caller: &Caller,
+    action: &str,
+    what: &str,
+) -> Result<(clover_policy::Decision, u64), ApiError> {
+    let request = administer_request(boundary.config(), &caller.principal, &caller.origin);
+    let decision = boundary.pack().decide(&request);
+    let allowed = decision.effect() == "allow";
+    let detail = format!("{what} {}", if allowed { "allowed" } else { "refused" });
+    let log_index = boundary
+        .log()
+        .append(&key_event(Some(caller), action, Some(&decision), detail))
+        .await
+        .map_err(ApiError::LogUnavailable)?;
+    if !allowed {
+        tracing::warn!(principal = %caller.principal.id, log_index, action, "key administration refused");
+        return Err(ApiError::Forbidden { decision, log_index });
+    }
+    Ok((decision, log_index))
 }
 
 fn key_event(
@@ -114,21 +154,8 @@ fn key_event(
         (status = UNAUTHORIZED, description = "No valid token", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn rotate(State(boundary): State<Arc<Boundary>>, caller: Caller) -> Result<Response, ApiError> {
-    embedded(&boundary)?;
-    let request = administer_request(boundary.config(), &caller.principal, &caller.origin);
-    let decision = boundary.pack().decide(&request);
-    let allowed = decision.effect() == "allow";
-    let detail = format!("key rotation {}", if allowed { "allowed" } else { "refused" });
-    let log_index = boundary
-        .log()
-        .append(&key_event(Some(&caller), "rotate-keys", Some(&decision), detail))
-        .await
-        .map_err(ApiError::LogUnavailable)?;
-    if !allowed {
-        tracing::warn!(principal = %caller.principal.id, log_index, "key rotation refused");
-        return Err(ApiError::Forbidden { decision, log_index });
-    }
     let custodian = embedded(&boundary)?;
+    let (decision, log_index) = administer(&boundary, &caller, "rotate-keys", "key rotation").await?;
     let Some((to_version, total)) = custodian.start_rotation().await.map_err(ApiError::internal)? else {
         return Err(ApiError::RotationRunning("a key rotation is under way; see GET /v1/keys".to_owned()));
     };

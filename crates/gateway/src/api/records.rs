@@ -79,10 +79,12 @@ pub struct RecordAnswer {
 
 /// Writes a record for a subject, encrypted under the subject's data key.
 #[utoipa::path(post, path = "/v1/subjects/{subject_id}/records", tag = "records",
-    params(("subject_id" = String, Path, description = "The platform's opaque id for the subject")),
+    params(("subject_id" = String, Path, description = "The platform's opaque id for the subject: 1 to 128 characters of A-Z a-z 0-9 - _ . : @, not only dots")),
     request_body = RecordBody,
     responses(
         (status = CREATED, description = "Stored", body = RecordCreated),
+        (status = BAD_REQUEST, description = "The subject id is not of the allowed form", body = Problem, content_type = "application/problem+json"),
+        (status = UNSUPPORTED_MEDIA_TYPE, description = "The body is not declared as JSON (`application/json`, in UTF-8)", body = Problem, content_type = "application/problem+json"),
         (status = NOT_FOUND, description = "No such subject", body = Problem, content_type = "application/problem+json"),
         (status = UNPROCESSABLE_ENTITY, description = "Unknown category or invalid body", body = Problem, content_type = "application/problem+json"),
         (status = FORBIDDEN, description = "Denied by policy", body = Problem, content_type = "application/problem+json"),
@@ -120,11 +122,12 @@ pub async fn create_record(
 /// Reads a record: decided by policy, then decrypted, then answered with the decision.
 #[utoipa::path(get, path = "/v1/records/{record_id}", tag = "records",
     params(
-        ("record_id" = String, Path, description = "The record's id"),
+        ("record_id" = String, Path, description = "The record's id: a UUID in lowercase with hyphens, as the boundary wrote it"),
         ("X-Clover-Purpose" = Option<String>, Header, description = "Why the caller reads (a reason code)"),
     ),
     responses(
         (status = OK, description = "The record, in the view the decision grants", body = RecordAnswer),
+        (status = BAD_REQUEST, description = "The record id is not a UUID in its one spelling (lowercase, with hyphens)", body = Problem, content_type = "application/problem+json"),
         (status = FORBIDDEN, description = "Denied by policy; the body carries the decision", body = Problem, content_type = "application/problem+json"),
         (status = NOT_FOUND, description = "No such record (or erased)", body = Problem, content_type = "application/problem+json"),
         (status = UNAUTHORIZED, description = "No valid token", body = Problem, content_type = "application/problem+json"),

@@ -87,6 +87,10 @@ fn adult_on(boundary: &Boundary, birth_date: Option<&str>, country: Option<&str>
         .or_else(|| Date::from_calendar_date(year, time::Month::March, 1).ok())
 }
 
+/// The earliest year of birth a subject may be registered with.
+const EARLIEST_BIRTH_YEAR: i32 = 1900;
+
+/// The birth date given, checked: a date of the form `YYYY-MM-DD`, from 1900 to today.
 fn birth_date(text: Option<String>) -> Result<Option<String>, ApiError> {
     let Some(text) = text else { return Ok(None) };
     let format = time::macros::format_description!("[year]-[month]-[day]");
@@ -94,6 +98,11 @@ fn birth_date(text: Option<String>) -> Result<Option<String>, ApiError> {
         .map_err(|_| ApiError::InvalidBody(format!("birth_date {text:?} is not a date of the form YYYY-MM-DD")))?;
     if date > OffsetDateTime::now_utc().date() {
         return Err(ApiError::InvalidBody(format!("birth_date {text:?} is in the future")));
+    }
+    // Nobody alive was born before 1900: such a date is a typo or a placeholder, and would make
+    // the subject an adult whatever their real age.
+    if date.year() < EARLIEST_BIRTH_YEAR {
+        return Err(ApiError::InvalidBody(format!("birth_date {text:?} is before {EARLIEST_BIRTH_YEAR}")));
     }
     Ok(Some(text))
 }
@@ -103,11 +112,14 @@ fn birth_date(text: Option<String>) -> Result<Option<String>, ApiError> {
 /// The subject gets their own data key, stored only wrapped by the region's key-encryption
 /// key; their birth date is stored encrypted under it.
 #[utoipa::path(put, path = "/v1/subjects/{subject_id}", tag = "subjects",
-    params(("subject_id" = String, Path, description = "The platform's opaque id for the subject")),
+    params(("subject_id" = String, Path, description = "The platform's opaque id for the subject: 1 to 128 characters of A-Z a-z 0-9 - _ . : @, not only dots")),
     request_body = SubjectBody,
     responses(
         (status = CREATED, description = "Registered", body = SubjectAnswer),
         (status = OK, description = "Already registered; updated", body = SubjectAnswer),
+        (status = BAD_REQUEST, description = "The subject id is not of the allowed form", body = Problem, content_type = "application/problem+json"),
+        (status = UNSUPPORTED_MEDIA_TYPE, description = "The body is not declared as JSON (`application/json`, in UTF-8)", body = Problem, content_type = "application/problem+json"),
+        (status = UNPROCESSABLE_ENTITY, description = "An invalid body: an unknown field, a region, a country, a birth date not from 1900 to today", body = Problem, content_type = "application/problem+json"),
         (status = CONFLICT, description = "The subject's home region is not this boundary's", body = Problem, content_type = "application/problem+json"),
         (status = FORBIDDEN, description = "Denied by policy", body = Problem, content_type = "application/problem+json"),
         (status = UNAUTHORIZED, description = "No valid token", body = Problem, content_type = "application/problem+json"),
@@ -199,9 +211,10 @@ pub async fn put_subject(
 /// Erasure is crypto-shredding: without the data key, any copy of the subject's ciphertext
 /// (a backup, a replica) can no longer be decrypted.
 #[utoipa::path(delete, path = "/v1/subjects/{subject_id}", tag = "subjects",
-    params(("subject_id" = String, Path, description = "The platform's opaque id for the subject")),
+    params(("subject_id" = String, Path, description = "The platform's opaque id for the subject: 1 to 128 characters of A-Z a-z 0-9 - _ . : @, not only dots")),
     responses(
         (status = OK, description = "Erased", body = ErasureAnswer),
+        (status = BAD_REQUEST, description = "The subject id is not of the allowed form", body = Problem, content_type = "application/problem+json"),
         (status = NOT_FOUND, description = "No such subject", body = Problem, content_type = "application/problem+json"),
         (status = FORBIDDEN, description = "Denied by policy", body = Problem, content_type = "application/problem+json"),
         (status = UNAUTHORIZED, description = "No valid token", body = Problem, content_type = "application/problem+json"),
@@ -271,9 +284,10 @@ pub struct AccessesAnswer {
 /// For data subjects who ask who read their data. Entries hold no personal data; the subject
 /// appears in them only as a keyed hash. Works after erasure too: the log keeps the history.
 #[utoipa::path(get, path = "/v1/subjects/{subject_id}/accesses", tag = "subjects",
-    params(("subject_id" = String, Path, description = "The platform's opaque id for the subject")),
+    params(("subject_id" = String, Path, description = "The platform's opaque id for the subject: 1 to 128 characters of A-Z a-z 0-9 - _ . : @, not only dots")),
     responses(
         (status = OK, description = "The entries about the subject", body = AccessesAnswer),
+        (status = BAD_REQUEST, description = "The subject id is not of the allowed form", body = Problem, content_type = "application/problem+json"),
         (status = FORBIDDEN, description = "Denied by policy", body = Problem, content_type = "application/problem+json"),
         (status = UNAUTHORIZED, description = "No valid token", body = Problem, content_type = "application/problem+json"),
     ))]

@@ -101,6 +101,13 @@ impl FromRequestParts<Arc<Boundary>> for Caller {
             Origin::Site { site, .. } => span.record("origin", site.as_str()),
             Origin::Unknown => span.record("origin", "unknown"),
         };
+        // Every endpoint with a caller decides and logs (and a record read decrypts): axum would
+        // run a GET's handler for a HEAD and drop the body, so a HEAD would be a logged,
+        // decrypting read answered without its data. Refused once the caller is known, so that
+        // authentication still runs first.
+        if parts.method == axum::http::Method::HEAD {
+            return Err(ApiError::HeadNotAllowed);
+        }
         let purpose = context_header(parts, "x-clover-purpose")?;
         let justification = context_header(parts, "x-clover-justification")?;
         let pattern = &boundary.config().policy.ticket_pattern;

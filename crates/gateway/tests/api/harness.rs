@@ -317,6 +317,53 @@ pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
         .collect()
 }
 
+/// Everything the log serves without a token, by path: the checkpoint, and every entry bundle
+/// and hash tile of the tree it signs.
+pub async fn served_log(app: &TestApp) -> Vec<(String, Vec<u8>)> {
+    use clover_tlog::tile::{TILE_WIDTH, Tile};
+    let client = app.client(DUBLIN);
+    let checkpoint = client.get(app.url("/log/checkpoint")).send().await.unwrap().text().await.unwrap();
+    let note = clover_tlog::note::Note::parse(&checkpoint).unwrap();
+    let size = clover_tlog::checkpoint::Checkpoint::parse(&note.text).unwrap().size;
+    let mut served = vec![("checkpoint".to_owned(), checkpoint.into_bytes())];
+    // Entry bundles hold the entries; hash tiles at level L the hashes of tree level 8·L.
+    let mut levels = vec![(None, size)];
+    for level in 0u8.. {
+        let hashes = size >> (8 * u32::from(level));
+        if hashes == 0 {
+            break;
+        }
+        levels.push((Some(level), hashes));
+    }
+    for (level, count) in levels {
+        for index in 0..count.div_ceil(TILE_WIDTH) {
+            let width = u16::try_from((count - index * TILE_WIDTH).min(TILE_WIDTH)).unwrap();
+            let path = Tile { level, index, width }.path();
+            let response = client.get(app.url(&format!("/log/{path}"))).send().await.unwrap();
+            assert_eq!(response.status(), 200, "{path}");
+            served.push((path, response.bytes().await.unwrap().to_vec()));
+        }
+    }
+    served
+}
+
+/// Sends `request` as it is, bytes on a new connection from `from` (no client normalises its
+/// path), and reads the answer until the server closes the connection: its status, its head and
+/// its body.
+pub async fn raw(app: &TestApp, from: &str, request: &[u8]) -> (u16, String, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(from.parse().unwrap(), 0)).unwrap();
+    let mut stream = socket.connect(app.addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    let end = answer.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8(answer[..end].to_vec()).unwrap();
+    let status = head[9..12].parse().unwrap();
+    (status, head, answer[end + 4..].to_vec())
+}
+
 /// Asserts a problem+json answer and returns its body.
 pub async fn problem(response: reqwest::Response, status: u16, kind: &str) -> Value {
     assert_eq!(response.status(), status, "status");

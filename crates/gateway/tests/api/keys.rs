@@ -3,10 +3,12 @@
 
 use serde_json::{Value, json};
 
-use crate::harness::{DUBLIN, SINGAPORE, TestApp, problem};
+use crate::harness::{DUBLIN, SINGAPORE, TestApp, log_entries, problem, served_log};
 
+/// Key custody's state, as a key custodian in Dublin sees it.
 async fn keys(app: &TestApp) -> Value {
-    let response = app.client(DUBLIN).get(app.url("/v1/keys")).bearer_auth(app.token()).send().await.unwrap();
+    let response =
+        app.client(DUBLIN).get(app.url("/v1/keys")).bearer_auth(custodian(app, "dublin-1")).send().await.unwrap();
     assert_eq!(response.status(), 200);
     response.json().await.unwrap()
 }
@@ -87,4 +89,74 @@ async fn a_key_custodian_rotates_and_everything_still_opens() {
     let added = text.find("kek v2 created").unwrap();
     let retired = text.find("kek v1 retired").unwrap();
     assert!(rotate < added && added < retired);
+}
+
+#[tokio::test]
+async fn key_custody_s_state_is_for_key_custodians_in_the_region_and_names_no_path() {
+    // A policy directory of its own, next to the data directory, so that its reloads are logged.
+    let app = TestApp::start_with(|config| {
+        let policies = config.data_dir.parent().unwrap().join("policies");
+        std::fs::create_dir_all(&policies).unwrap();
+        std::fs::write(policies.join("clover.cedarschema"), clover_policy::pack::DEFAULT_SCHEMA).unwrap();
+        std::fs::write(policies.join("default.cedar"), clover_policy::pack::DEFAULT_POLICIES).unwrap();
+        config.policy.dir = Some(policies);
+        config.policy.watch = false;
+    })
+    .await;
+    app.seed("u-1", json!({"name": "Ana"})).await;
+
+    // An employee without the key-custodian role, and a key custodian calling from Singapore:
+    // refused like any request the policy refuses, and logged.
+    let get = |token: String, from: &'static str| {
+        let request = app.client(from).get(app.url("/v1/keys")).bearer_auth(token);
+        async move { request.send().await.unwrap() }
+    };
+    let mut refusals = Vec::new();
+    for (token, from) in [(app.token(), DUBLIN), (custodian(&app, "singapore-1"), SINGAPORE)] {
+        let body = problem(get(token, from).await, 403, "forbidden").await;
+        assert_eq!(body["decision"]["effect"], "deny", "{body}");
+        assert!(body.get("versions").is_none() && body.get("backend").is_none(), "{body}");
+        refusals.push(body["log_index"].as_u64().unwrap());
+    }
+
+    // A key custodian in Dublin sees the state, with the decision that allowed it.
+    let answer = get(custodian(&app, "dublin-1"), DUBLIN).await;
+    assert_eq!(answer.status(), 200);
+    let text = answer.text().await.unwrap();
+    let state: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(state["backend"], "keyring", "{state}");
+    assert_eq!(state["versions"], json!([{"version": 1, "data_keys": 2}]));
+    assert_eq!(state["decision"]["policies"], json!(["key-custodians-administer"]), "{state}");
+    let allowed = state["log_index"].as_u64().unwrap();
+
+    let entries = log_entries(app.boundary.log()).await;
+    let viewed: Vec<(u64, &str)> = entries
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e["action"] == "view-keys")
+        .map(|(i, e)| (i as u64, e["decision"]["effect"].as_str().unwrap()))
+        .collect();
+    assert_eq!(viewed, vec![(refusals[0], "deny"), (refusals[1], "deny"), (allowed, "allow")]);
+
+    // Policy reloads, accepted and refused, are logged too.
+    app.boundary.reload_policies().await.unwrap();
+    let policies = app.boundary.config().policy.dir.clone().unwrap();
+    std::fs::remove_file(policies.join("clover.cedarschema")).unwrap();
+    app.boundary.reload_policies().await.unwrap_err();
+
+    // No path of the data directory (nor of the directory around it) in the answer, nor in any
+    // log entry, as the log serves them to anyone.
+    let root = app.dir.path().to_str().unwrap().to_owned();
+    assert!(app.data_dir().starts_with(&root));
+    assert!(!text.contains(&root), "{text}");
+    let served = served_log(&app).await;
+    assert!(served.iter().any(|(path, _)| path.starts_with("tile/entries/")));
+    for (path, bytes) in &served {
+        assert!(!String::from_utf8_lossy(bytes).contains(&root), "{path} names {root}");
+    }
+    let entries = log_entries(app.boundary.log()).await;
+    let kinds: Vec<&str> = entries.iter().filter_map(|e| e["action"].as_str()).collect();
+    for action in ["create-keyring", "reload-policies", "reload-policies-refused"] {
+        assert!(kinds.contains(&action), "{action} not in {kinds:?}");
+    }
 }

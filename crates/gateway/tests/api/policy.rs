@@ -319,3 +319,81 @@ async fn an_unanswered_request_expires() {
         problem(response, 422, "invalid-body").await;
     }
 }
+
+#[tokio::test]
+async fn an_approval_is_read_by_its_requester_and_approvers_in_the_region_and_by_no_one_else() {
+    let app = TestApp::start().await;
+    let asked: Value = app
+        .client(DUBLIN)
+        .post(app.url("/v1/approvals"))
+        .bearer_auth(token_for(&app, "ana", &["agent"]))
+        .json(&json!({"subjects": ["s-7"], "categories": ["profile"], "purpose": "support"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = asked["approval_id"].as_str().unwrap().to_owned();
+    let unknown = uuid::Uuid::new_v4().to_string();
+    let read = |token: String, from: &'static str, id: String| {
+        let request = app.client(from).get(app.url(&format!("/v1/approvals/{id}"))).bearer_auth(token);
+        async move { request.send().await.unwrap() }
+    };
+
+    // Its requester, and an approver, in the region: each read is decided and logged.
+    let mut allowed = Vec::new();
+    for (who, roles, policy) in [
+        ("ana", &["agent"], "requesters-see-their-approvals"),
+        ("carol", &["approver"], "approvals-by-a-second-person"),
+    ] {
+        let answer = read(token_for(&app, who, roles), DUBLIN, id.clone()).await;
+        assert_eq!(answer.status(), 200, "{who}");
+        let answer: Value = answer.json().await.unwrap();
+        assert_eq!((answer["requester"].as_str(), answer["subjects"].clone()), (Some("ana"), json!(["s-7"])));
+        assert_eq!(answer["decision"]["policies"], json!([policy]), "{answer}");
+        allowed.push(answer["log_index"].as_u64().unwrap());
+    }
+
+    // Anyone else (another employee in the region; the requester or an approver from Singapore)
+    // is refused, and the refusal is the same for this approval, for an id that names none, and
+    // for an id that is no UUID: it does not tell whether the approval exists.
+    let mut refused = Vec::new();
+    for (who, roles, from) in
+        [("bo", &["agent"], DUBLIN), ("ana", &["agent"], SINGAPORE), ("carol", &["approver"], SINGAPORE)]
+    {
+        let mut bodies = Vec::new();
+        for asked_for in [id.clone(), unknown.clone(), "no-such-thing".to_owned()] {
+            let mut body = problem(read(token_for(&app, who, roles), from, asked_for).await, 403, "forbidden").await;
+            refused.push(body["log_index"].as_u64().unwrap());
+            body.as_object_mut().unwrap().remove("log_index");
+            let text = body.to_string();
+            assert!(!text.contains("s-7") && !text.contains(&id), "{who}: {text}");
+            bodies.push(body);
+        }
+        assert_eq!(bodies[0], bodies[1], "{who}");
+        assert_eq!(bodies[0], bodies[2], "{who}");
+    }
+
+    // An approver in the region may read any approval, so to them an unknown id is a 404.
+    problem(read(token_for(&app, "carol", &["approver"]), DUBLIN, unknown.clone()).await, 404, "not-found").await;
+
+    // Every read is in the log; a refused one does not name what was asked for.
+    let entries = log_entries(app.boundary.log()).await;
+    let reads: Vec<(u64, &Value)> = entries
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e["action"] == "read-approval")
+        .map(|(i, e)| (i as u64, e))
+        .collect();
+    assert_eq!(reads.len(), allowed.len() + refused.len() + 1);
+    for (index, entry) in reads {
+        let effect = entry["decision"]["effect"].as_str().unwrap();
+        if refused.contains(&index) {
+            assert_eq!(effect, "deny");
+            assert_eq!(entry["detail"], "approval read refused", "{entry}");
+        } else {
+            assert_eq!(effect, "allow", "{entry}");
+        }
+    }
+}
