@@ -52,11 +52,11 @@ pub struct RecordCreated {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RecordAnswer {
     /// The record's id.
-    #[schema(value_type = String)]
-    pub record_id: RecordId,
-    /// Whose record it is.
-    #[schema(value_type = String)]
-    pub subject_id: SubjectId,
+    /// In a pseudonymised view, a keyed token of it (stable within the purpose and the caller's
+    /// region, unlinkable across them), never the id.
+    pub record_id: String,
+    /// Whose record it is; in a pseudonymised view, a keyed token, never the subject's id.
+    pub subject_id: String,
     /// Its category.
     #[schema(value_type = String)]
     pub category: Category,
@@ -142,12 +142,15 @@ pub async fn read_record(
     let decision = receipt.permit().decision().clone();
     let created_at =
         record.created_at.format(&time::format_description::well_known::Rfc3339).map_err(ApiError::internal)?;
+    let record_id = pipeline::views::id_in_view(&boundary, &caller, &receipt, "record", &record_id.to_string()).await?;
+    let subject_id =
+        pipeline::views::id_in_view(&boundary, &caller, &receipt, "subject", record.subject_id.as_str()).await?;
     Ok(answered(
         &decision,
         StatusCode::OK,
         RecordAnswer {
             record_id,
-            subject_id: record.subject_id,
+            subject_id,
             category: record.category,
             version: record.version,
             created_at,

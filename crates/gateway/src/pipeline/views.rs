@@ -63,6 +63,26 @@ pub(crate) async fn view(
     Ok(Fields::new(map))
 }
 
+/// How a pseudonymised view names the record and its subject: a keyed token of the id, stable
+/// within the declared purpose and the destination region (the receiving side can link its own
+/// reads of one record) and unlinkable across them, never the id in the clear, which would let
+/// the receiving side re-identify the subject and link every transfer. A full view names them.
+pub(crate) async fn id_in_view(
+    boundary: &Boundary,
+    caller: &Caller,
+    receipt: &Receipt,
+    kind: &str,
+    id: &str,
+) -> Result<String, ApiError> {
+    if receipt.permit().view() == View::Full {
+        return Ok(id.to_owned());
+    }
+    let purpose = caller.purpose.as_deref().unwrap_or("none");
+    let destination = caller.origin.region().map_or("unknown", |r| r.as_str());
+    let input = format!("clover/id/{kind}\0{id}");
+    boundary.custody().pseudonym(purpose, destination, input.as_bytes()).await.map_err(ApiError::internal)
+}
+
 /// A masked value: the first character kept (and an email's domain), the rest `***`.
 fn mask(value: &serde_json::Value) -> String {
     let Some(text) = value.as_str() else { return "***".to_owned() };

@@ -60,6 +60,21 @@ async fn from_each_origin_the_pack_decides() {
     let safety: Value = read(&app, VIRGINIA, "us", &adult, Some("safety")).await.json().await.unwrap();
     assert_eq!(safety["view"], "pseudonymised");
     assert_ne!(safety["fields"]["display_name"], us["fields"]["display_name"]);
+    // Nor do the record and its subject appear in the clear: keyed tokens, stable within the
+    // purpose and region (the receiving side can link its own reads) and unlinkable across
+    // purposes, so that the receiving side can neither re-identify nor link transfers.
+    assert!(!us.to_string().contains(&adult) && !us.to_string().contains("\"adult\""), "{us}");
+    for id in ["record_id", "subject_id"] {
+        assert!(us[id].as_str().unwrap().starts_with("tok_"), "{us}");
+        assert_eq!(again[id], us[id], "stable within a purpose");
+        assert_ne!(safety[id], us[id], "unlinkable across purposes");
+    }
+    assert_ne!(us["record_id"], us["subject_id"]);
+    assert_eq!(
+        (eu["record_id"].as_str(), eu["subject_id"].as_str()),
+        (Some(adult.as_str()), Some("adult")),
+        "a full view names them"
+    );
 
     // Virginia for a purpose off the transfer list, Singapore, an unknown address: denied.
     let body = problem(read(&app, VIRGINIA, "us", &adult, Some("support")).await, 403, "forbidden").await;
