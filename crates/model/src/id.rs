@@ -146,8 +146,8 @@ string_id!(
     "principal id",
     128,
     is_opaque_id_char,
-    any_value,
-    "1 to 128 characters of A-Z, a-z, 0-9 and '-', '_', '.', ':', '@'"
+    not_only_dots,
+    "1 to 128 characters of A-Z, a-z, 0-9 and '-', '_', '.', ':', '@', not only dots"
 );
 
 /// The id of a record: a random UUID chosen by the boundary when the record is written.
@@ -258,5 +258,16 @@ mod tests {
         for fine in ["a.", ".a", "a..b", "user.name", "...x"] {
             assert!(SubjectId::new(fine).is_ok(), "{fine}");
         }
+    }
+
+    #[test]
+    fn a_principal_id_is_more_than_dots() {
+        // A token's `sub` names the principal in log lines, approvals and the bulk counter: a
+        // dot-segment is no name.
+        for dots in [".", "..", "..."] {
+            let err = PrincipalId::new(dots).unwrap_err();
+            assert!(err.to_string().contains("not only dots"), "{err}");
+        }
+        assert!(PrincipalId::new("ana.lopez").is_ok());
     }
 }
