@@ -161,44 +161,38 @@ pub async fn request_approval(
 }
 
 /// Grants a pending approval. Only a second person may: an in-region employee with the
-/// approver role, not the requester; the policy pack decides, and the decision is logged.
+/// approver role, not the requester; the policy pack decides, first, and the decision is logged,
+/// so that one who may not grant learns nothing of the approval, not even that it exists.
 #[utoipa::path(post, path = "/v1/approvals/{approval_id}/grant", tag = "approvals",
     params(("approval_id" = String, Path, description = "The approval's id")),
     responses(
         (status = OK, description = "Granted", body = ApprovalAnswer),
-        (status = FORBIDDEN, description = "Not allowed to grant it (the requester, no approver role, outside the region)", body = Problem, content_type = "application/problem+json"),
-        (status = NOT_FOUND, description = "No such approval", body = Problem, content_type = "application/problem+json"),
-        (status = CONFLICT, description = "Already granted, or expired", body = Problem, content_type = "application/problem+json"),
+        (status = FORBIDDEN, description = "Not allowed to grant it (the requester, no approver role, outside the region): the same answer whether the approval exists or not; the refusal is logged", body = Problem, content_type = "application/problem+json"),
+        (status = NOT_FOUND, description = "No such approval (to an approver in the region)", body = Problem, content_type = "application/problem+json"),
+        (status = CONFLICT, description = "Already granted, or expired (to an approver in the region)", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn grant_approval(
     State(boundary): State<Arc<Boundary>>,
     caller: Caller,
     Path(approval_id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let row = boundary
-        .store()
-        .approval(&approval_id)
-        .await
-        .map_err(ApiError::internal)?
-        .ok_or_else(|| ApiError::NotFound { what: "approval", id: approval_id.clone() })?;
-    let now = OffsetDateTime::now_utc();
-    if row.approver.is_some() || row.expires_at <= now {
-        return Err(ApiError::NotPending(format!(
-            "approval {approval_id:?} is {}",
-            if row.approver.is_some() { "already granted" } else { "expired" }
-        )));
-    }
-    let request = approval_request(
-        boundary.config(),
-        &caller.principal,
-        &caller.origin,
-        &row.approval_id,
-        row.requester.as_str(),
-    );
+    // Decided before anything about the approval is told: one who may not grant it learns
+    // neither whether it exists nor whether it is pending (an unknown id is decided as an
+    // approval with no requester, and its refusal reads the same).
+    let row = boundary.store().approval(&approval_id).await.map_err(ApiError::internal)?;
+    let requester = row.as_ref().map_or("", |row| row.requester.as_str());
+    let request = approval_request(boundary.config(), &caller.principal, &caller.origin, &approval_id, requester);
     let decision = boundary.pack().decide(&request);
     let granted = decision.effect() == "allow";
-    let detail =
-        format!("approval {} for {}: {}", row.approval_id, row.requester, if granted { "granted" } else { "refused" });
+    let now = OffsetDateTime::now_utc();
+    let pending = row.as_ref().filter(|row| row.approver.is_none() && row.expires_at > now);
+    // The id and requester go into the log only for an approval that is granted: the path is
+    // the caller's text, and a refusal must read the same whether the approval exists or not.
+    let detail = match (pending, granted) {
+        (Some(row), true) => format!("approval {} for {}: granted", row.approval_id, row.requester),
+        (None, true) => "approval not granted: no such approval pending".to_owned(),
+        (_, false) => "approval refused".to_owned(),
+    };
     let log_index = boundary
         .log()
         .append(&event(&caller, "approve", Some(&decision), detail))
@@ -206,6 +200,13 @@ pub async fn grant_approval(
         .map_err(ApiError::LogUnavailable)?;
     if !granted {
         return Err(ApiError::Forbidden { decision, log_index });
+    }
+    let Some(row) = row else { return Err(ApiError::NotFound { what: "approval", id: approval_id }) };
+    if row.approver.is_some() || row.expires_at <= now {
+        return Err(ApiError::NotPending(format!(
+            "approval {approval_id:?} is {}",
+            if row.approver.is_some() { "already granted" } else { "expired" }
+        )));
     }
     let expires_at =
         now + time::Duration::seconds(i64::try_from(boundary.config().policy.approval_seconds).unwrap_or(i64::MAX / 2));

@@ -277,6 +277,35 @@ async fn a_second_person_approves_bulk_access_and_the_approval_expires() {
     assert_eq!((granted["state"].as_str(), granted["approver"].as_str()), (Some("granted"), Some("carol")));
     problem(grant(token_for(&app, "dan", &["approver"])).await, 409, "approval-not-pending").await;
 
+    // One who may not grant learns nothing from trying: a granted approval, a pending one and a
+    // guessed id get the same refusal (logged, without the id), never 404 or 409.
+    let outsider = |id: String| {
+        let client = app.client(DUBLIN);
+        let url = app.url(&format!("/v1/approvals/{id}/grant"));
+        let token = token_for(&app, "bo", &["agent"]);
+        async move { client.post(url).bearer_auth(token).send().await.unwrap() }
+    };
+    let mut refusals = Vec::new();
+    for guess in [id.clone(), "0b8e6f7a-3c1d-4f2e-9a5b-6c7d8e9f0a1b".to_owned(), "no-such-approval".to_owned()] {
+        let mut body = problem(outsider(guess.clone()).await, 403, "forbidden").await;
+        assert!(!body.to_string().contains(&guess), "the refusal does not echo the id: {body}");
+        body.as_object_mut().unwrap().remove("log_index");
+        refusals.push(body);
+    }
+    assert!(refusals.windows(2).all(|w| w[0] == w[1]), "{refusals:?}");
+    // An approver in the region may learn that there is no such approval.
+    problem(
+        app.client(DUBLIN)
+            .post(app.url("/v1/approvals/0b8e6f7a-3c1d-4f2e-9a5b-6c7d8e9f0a1b/grant"))
+            .bearer_auth(token_for(&app, "dan", &["approver"]))
+            .send()
+            .await
+            .unwrap(),
+        404,
+        "not-found",
+    )
+    .await;
+
     // The approval covers its subject, category and purpose only.
     assert_eq!(get(ana.clone(), second.clone(), "support").await.status(), 200);
     assert_eq!(get(ana.clone(), second.clone(), "legal").await.status(), 403);
@@ -290,7 +319,23 @@ async fn a_second_person_approves_bulk_access_and_the_approval_expires() {
         .filter(|e| e["kind"] == "approval")
         .map(|e| format!("{} {}", e["action"].as_str().unwrap(), e["decision"]["effect"].as_str().unwrap_or("-")))
         .collect();
-    assert_eq!(actions, vec!["request-approval -", "approve deny", "approve deny", "approve deny", "approve allow"]);
+    // Every attempt to grant is decided and logged, a refused one, one too late (dan: allowed,
+    // nothing pending) and one of an id that names nothing included.
+    assert_eq!(
+        actions,
+        vec![
+            "request-approval -",
+            "approve deny",
+            "approve deny",
+            "approve deny",
+            "approve allow",
+            "approve allow",
+            "approve deny",
+            "approve deny",
+            "approve deny",
+            "approve allow",
+        ]
+    );
 }
 
 #[tokio::test]
