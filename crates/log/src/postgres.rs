@@ -226,7 +226,7 @@ impl PgLog {
                 return Err(self.fail(why));
             }
             let count = rows.len() as i64;
-            self.answer(self.add(rows));
+            self.shared.answer(self.add(rows));
             if count < PAGE {
                 break;
             }
@@ -237,7 +237,7 @@ impl PgLog {
         if let Some(Err(why)) = stored.map(|note| self.check_checkpoint(&note)) {
             return Err(self.fail(why));
         }
-        self.answer(Vec::new());
+        self.shared.answer(Vec::new());
         Ok(())
     }
 
@@ -287,11 +287,6 @@ impl PgLog {
             added.push((row.token, row.idx));
         }
         added
-    }
-
-    /// Answers this gateway's appends now in the tree and covered by the checkpoint held.
-    fn answer(&self, done: Vec<(i64, u64)>) {
-        self.shared.answer(done);
     }
 }
 

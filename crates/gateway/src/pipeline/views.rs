@@ -26,8 +26,7 @@ pub(crate) async fn view(
     if receipt.permit().view() == View::Full {
         return Ok(fields);
     }
-    let purpose = caller.purpose.as_deref().unwrap_or("none");
-    let destination = caller.origin.region().map_or("unknown", |r| r.as_str());
+    let (purpose, destination) = token_scope(caller);
     let rules = boundary.config().views.iter().find(|v| &v.category == category);
     let mut map = serde_json::Map::new();
     for (name, value) in fields.as_map() {
@@ -77,10 +76,15 @@ pub(crate) async fn id_in_view(
     if receipt.permit().view() == View::Full {
         return Ok(id.to_owned());
     }
-    let purpose = caller.purpose.as_deref().unwrap_or("none");
-    let destination = caller.origin.region().map_or("unknown", |r| r.as_str());
+    let (purpose, destination) = token_scope(caller);
     let input = format!("clover/id/{kind}\0{id}");
     boundary.custody().pseudonym(purpose, destination, input.as_bytes()).await.map_err(ApiError::internal)
+}
+
+/// What a pseudonymised view's tokens are keyed for: the declared purpose and the caller's
+/// region (the destination), so that tokens are stable within them and unlinkable across.
+fn token_scope(caller: &Caller) -> (&str, &str) {
+    (caller.purpose.as_deref().unwrap_or("none"), caller.origin.region().map_or("unknown", |r| r.as_str()))
 }
 
 /// A masked value: the first character kept (and an email's domain), the rest `***`.
