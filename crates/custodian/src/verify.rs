@@ -112,25 +112,24 @@ impl LogVerifier {
     }
 
     /// Checks `checkpoint` (signed in `note`) against the last one verified, and remembers it
-    /// if it is newer.
+    /// if it is newer. An older checkpoint is accepted when the one verified extends it (a
+    /// consistency proof from it to the one verified): receipts checked at once fetch their
+    /// proofs at once, and the one whose checkpoint was signed first may be checked last. A
+    /// checkpoint of the size verified must have its root.
     async fn consistent(&self, checkpoint: &Checkpoint, note: &str) -> Result<(), ReceiptError> {
         let mut seen = self.seen.lock().await;
         if let Some((old, old_root)) = *seen {
             let inconsistent = || ReceiptError::Inconsistent { old, new: checkpoint.size };
-            if checkpoint.size < old {
-                return Err(inconsistent());
-            }
             if checkpoint.size == old {
                 return if checkpoint.root == old_root { Ok(()) } else { Err(inconsistent()) };
             }
-            let url = format!("{}/v1/log/proof/consistency?old={old}&new={}", self.url, checkpoint.size);
-            let response = self.http.get(&url).send().await.map_err(|e| self.unreachable(e))?;
-            let answer: ConsistencyAnswer = response.json().await.map_err(|e| self.unreachable(e))?;
-            let proof: Vec<Hash> = answer
-                .proof
-                .iter()
-                .map(|h| Hash::from_base64(h).ok_or_else(|| self.unreachable("a proof hash is not base64")))
-                .collect::<Result<_, _>>()?;
+            if checkpoint.size < old {
+                // Not a shrink if the log verified grew from this one; nothing to remember.
+                let proof = self.consistency_proof(checkpoint.size, old).await?;
+                return verify_consistency(checkpoint.size, old, &checkpoint.root, &old_root, &proof)
+                    .map_err(|_| inconsistent());
+            }
+            let proof = self.consistency_proof(old, checkpoint.size).await?;
             verify_consistency(old, checkpoint.size, &old_root, &checkpoint.root, &proof)
                 .map_err(|_| inconsistent())?;
         }
@@ -142,6 +141,18 @@ impl LogVerifier {
         }
         *seen = Some((checkpoint.size, checkpoint.root));
         Ok(())
+    }
+
+    /// The log's proof that its tree of size `old` is a prefix of its tree of size `new`.
+    async fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash>, ReceiptError> {
+        let url = format!("{}/v1/log/proof/consistency?old={old}&new={new}", self.url);
+        let response = self.http.get(&url).send().await.map_err(|e| self.unreachable(e))?;
+        let answer: ConsistencyAnswer = response.json().await.map_err(|e| self.unreachable(e))?;
+        answer
+            .proof
+            .iter()
+            .map(|h| Hash::from_base64(h).ok_or_else(|| self.unreachable("a proof hash is not base64")))
+            .collect()
     }
 
     fn unreachable(&self, detail: impl std::fmt::Display) -> ReceiptError {

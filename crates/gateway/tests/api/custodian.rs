@@ -175,3 +175,81 @@ async fn the_custodian_refuses_a_log_inconsistent_with_what_it_verified_before()
     std::fs::write(&state, format!("{} {forked}\n", early.size + 1000)).unwrap();
     assert!(verifier(&state).check(index, &entry).await.is_err());
 }
+
+/// Receipts checked at once fetch their proofs at once: the proof against the older checkpoint
+/// may be checked after one against a newer checkpoint. That is not a shrink when the newer
+/// extends the older (before: refused as inconsistent, and the read answered 500); a stale
+/// checkpoint that the verified one does not extend is still refused.
+#[tokio::test]
+async fn the_custodian_accepts_an_older_checkpoint_that_the_one_it_verified_extends() {
+    use axum::extract::State;
+    use axum::routing::get;
+
+    let app = TestApp::start().await;
+    let record = app.seed("u-1", json!({"name": "Ana"})).await;
+    let read: Value = app.get_record(DUBLIN, &record).await.json().await.unwrap();
+    let index = read["log_index"].as_u64().unwrap();
+    let entry = app.boundary.log().entry(index).await.unwrap();
+    let http = app.client(DUBLIN);
+    let inclusion = |url: String| {
+        let http = http.clone();
+        async move { http.get(url).send().await.unwrap().text().await.unwrap() }
+    };
+    let stale = inclusion(app.url(&format!("/v1/log/proof/inclusion?index={index}"))).await;
+    let stale_size = serde_json::from_str::<Value>(&stale).unwrap()["size"].as_u64().unwrap();
+
+    // The log grows and is verified at its new size first.
+    for _ in 0..3 {
+        assert_eq!(app.get_record(DUBLIN, &record).await.status(), 200);
+    }
+    let newer: Value = app.get_record(DUBLIN, &record).await.json().await.unwrap();
+    let newer_index = newer["log_index"].as_u64().unwrap();
+    let newer_entry = app.boundary.log().entry(newer_index).await.unwrap();
+
+    // A log server that answers inclusion proofs with the stale answer for the first entry and
+    // passes everything else to the boundary.
+    #[derive(Clone)]
+    struct Upstream {
+        base: String,
+        stale: String,
+        stale_index: u64,
+        http: reqwest::Client,
+    }
+    async fn pass(
+        State(up): State<Upstream>,
+        uri: axum::http::Uri,
+    ) -> ([(axum::http::HeaderName, &'static str); 1], String) {
+        let query = uri.query().unwrap_or_default();
+        let body = if uri.path().ends_with("/inclusion") && query == format!("index={}", up.stale_index) {
+            up.stale.clone()
+        } else {
+            up.http.get(format!("{}{}?{query}", up.base, uri.path())).send().await.unwrap().text().await.unwrap()
+        };
+        ([(axum::http::header::CONTENT_TYPE, "application/json")], body)
+    }
+    let upstream = Upstream { base: app.url(""), stale, stale_index: index, http: http.clone() };
+    let proxy = axum::Router::new()
+        .route("/v1/log/proof/inclusion", get(pass))
+        .route("/v1/log/proof/consistency", get(pass))
+        .with_state(upstream);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, proxy).await });
+
+    let verifier = LogVerifier::new(&proxy_url, app.boundary.log_vkey().clone());
+    let newer_access = verifier.check(newer_index, &newer_entry).await.unwrap();
+    assert_eq!(newer_access.log_index, newer_index);
+    let older = verifier.check(index, &entry).await;
+    assert!(older.is_ok(), "an older checkpoint that the verified one extends: {older:?} (stale size {stale_size})");
+
+    // The same stale answer to a verifier that remembers another history at a larger size: the
+    // consistency proof fails, and the receipt is refused.
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("log-state");
+    let forked = clover_tlog::hash::leaf_hash(b"another history").to_base64();
+    std::fs::write(&state, format!("{} {forked}\n", stale_size + 2)).unwrap();
+    let forked_verifier =
+        LogVerifier::new(&proxy_url, app.boundary.log_vkey().clone()).with_state(state.clone()).unwrap();
+    let refused = forked_verifier.check(index, &entry).await;
+    assert!(matches!(refused, Err(clover_custodian::ReceiptError::Inconsistent { .. })), "{refused:?}");
+}
