@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clover_event::Event;
+use clover_event::{Entry, Event, is_subject_hash};
 use clover_tlog::checkpoint::Checkpoint;
 use clover_tlog::hash::{Hash, leaf_hash, perfect_root};
 use clover_tlog::note::{Note, VerifierKey};
@@ -43,6 +43,9 @@ pub struct Report {
     pub tiles: u64,
     /// The witnesses whose cosignatures verified.
     pub cosigned_by: Vec<String>,
+    /// How many entries of each format were checked: format 1 (written before format 2) and
+    /// format 2.
+    pub formats: [u64; 2],
 }
 
 /// Why verification failed.
@@ -256,6 +259,7 @@ pub async fn verify(options: &VerifyOptions) -> Result<Report, VerifyError> {
     // 3. Every entry: valid, canonical, and hashing to its leaf.
     let leaves = levels.0.first().map(Vec::as_slice).unwrap_or(&[]);
     let mut index = 0u64;
+    let mut formats = [0u64; 2];
     let mut bundle = 0u64;
     while index < size {
         let width = (size - bundle * TILE_WIDTH).min(TILE_WIDTH);
@@ -280,7 +284,17 @@ pub async fn verify(options: &VerifyOptions) -> Result<Report, VerifyError> {
                     detail: "it does not hash to its leaf in the signed tree".into(),
                 });
             }
-            Event::decode(entry).map_err(|e| VerifyError::EntryChanged { index, detail: e.to_string() })?;
+            let decoded =
+                Entry::decode(entry).map_err(|e| VerifyError::EntryChanged { index, detail: e.to_string() })?;
+            match decoded {
+                Entry::V1(_) => formats[0] += 1,
+                Entry::V2(event) => {
+                    if let Some(problem) = public_problem(&event) {
+                        return Err(VerifyError::EntryChanged { index, detail: problem.to_owned() });
+                    }
+                    formats[1] += 1;
+                }
+            }
             index += 1;
         }
         bundle += 1;
@@ -309,7 +323,23 @@ pub async fn verify(options: &VerifyOptions) -> Result<Report, VerifyError> {
         write_state(path, &state)?;
     }
 
-    Ok(Report { origin: checkpoint.origin, size, root, previous_size, tiles: fetched, cosigned_by })
+    Ok(Report { origin: checkpoint.origin, size, root, previous_size, tiles: fetched, cosigned_by, formats })
+}
+
+/// What is wrong with a format 2 entry's public part, if anything: its subject tag, annex
+/// commitment and principal pseudonym must have their forms (hex of a random nonce and MACs and
+/// digests), or the entry could carry something else in their place.
+fn public_problem(event: &Event) -> Option<&'static str> {
+    if event.subject.as_ref().is_some_and(|tag| !tag.is_well_formed()) {
+        return Some("its subject is not a subject tag");
+    }
+    if event.annex.as_deref().is_some_and(|commitment| !is_subject_hash(commitment)) {
+        return Some("its annex is not a commitment");
+    }
+    if event.principal.as_ref().is_some_and(|p| !is_subject_hash(&p.pseudonym)) {
+        return Some("its principal is not a pseudonym");
+    }
+    None
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use clover_event::SubjectIndexKey;
+use clover_event::{SubjectIndexKey, SubjectTagKey};
 use clover_keys::{DataKey, KeyCustody, KeyError};
 use clover_log::Receipt;
 use clover_model::{Region, SubjectId};
@@ -72,7 +72,7 @@ impl RemoteCustody {
     }
 
     async fn key(&self, path: &str, receipt: &Receipt) -> Result<DataKey, KeyError> {
-        let answer = self.post(path, &json!(WireReceipt::of(receipt))).await?;
+        let answer = self.post(path, &json!(WireReceipt::of(receipt, &self.index))).await?;
         DataKey::from_slice(&Self::field(&answer, "key")?)
     }
 }
@@ -92,7 +92,7 @@ impl KeyCustody for RemoteCustody {
     }
 
     async fn destroy_data_key(&self, receipt: &Receipt) -> Result<bool, KeyError> {
-        let answer = self.post("/v1/data-keys/destroy", &json!(WireReceipt::of(receipt))).await?;
+        let answer = self.post("/v1/data-keys/destroy", &json!(WireReceipt::of(receipt, &self.index))).await?;
         Ok(answer.get("destroyed").and_then(Value::as_bool).unwrap_or(false))
     }
 
@@ -104,6 +104,15 @@ impl KeyCustody for RemoteCustody {
     async fn open_metadata(&self, subject: &SubjectId, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyError> {
         let body = json!({ "subject": subject.as_str(), "subject_hash": self.index.hash(subject), "data": B64.encode(sealed) });
         Self::field(&self.post("/v1/metadata/open", &body).await?, "data")
+    }
+
+    async fn subject_tag_key(&self, subject: &SubjectId, create: bool) -> Result<Option<SubjectTagKey>, KeyError> {
+        let body = json!({ "subject_hash": self.index.hash(subject), "create": create });
+        match self.post("/v1/subject-tag-keys", &body).await {
+            Ok(answer) => Ok(Some(SubjectTagKey::new(&Self::field(&answer, "key")?))),
+            Err(KeyError::NoDataKey) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     async fn pseudonym(&self, purpose: &str, destination: &str, input: &[u8]) -> Result<String, KeyError> {

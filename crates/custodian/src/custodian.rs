@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use aws_lc_rs::hmac;
-use clover_event::SubjectIndexKey;
+use clover_event::{SubjectIndexKey, SubjectTag, SubjectTagKey};
 use clover_keys::{DataKey, Kek, KeyCustody, KeyError};
 use clover_log::Receipt;
 use clover_model::{Action, Region, SubjectId};
@@ -107,11 +107,8 @@ impl Custodian {
     /// What a receipt made in this process says about the access.
     fn access(&self, receipt: &Receipt) -> LoggedAccess {
         LoggedAccess {
-            // The key the log entry names, as a custodian in its own process reads it; hashed
-            // here only for an entry that names no subject.
-            subject_hash: receipt
-                .subject_hash()
-                .map_or_else(|| self.index.hash(receipt.permit().subject()), ToOwned::to_owned),
+            // A receipt made in this process is the log's own: its permit names the subject.
+            subject_hash: self.index.hash(receipt.permit().subject()),
             action: receipt.permit().action(),
             log_index: receipt.index(),
             entry_hash: receipt.entry_hash_hex(),
@@ -178,6 +175,19 @@ impl Custodian {
         sealed: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, KeyError> {
         self.metadata.open(&self.keys, &self.cache, subject, hash, sealed).await
+    }
+
+    /// The tag key of the subject whose keyed hash is `hash` (see
+    /// [`KeyCustody::subject_tag_key`]).
+    pub async fn subject_tag_key_for(&self, hash: &str, create: bool) -> Result<Option<SubjectTagKey>, KeyError> {
+        self.metadata.tag_key(&self.keys, &self.cache, hash, create).await
+    }
+
+    /// Whether `tag` (from a log entry) is one of the subject's whose keyed hash is `hash`: what
+    /// binds a receipt to the subject whose key it unlocks. A subject with no tag key (never
+    /// registered, or erased) has no tags.
+    pub async fn tag_is_subjects(&self, hash: &str, tag: &SubjectTag) -> Result<bool, KeyError> {
+        Ok(self.subject_tag_key_for(hash, false).await?.is_some_and(|key| key.made(tag)))
     }
 
     /// A pseudonymous token for `input` under the key of (`purpose`, `destination`).
@@ -281,5 +291,9 @@ impl KeyCustody for Custodian {
 
     async fn pseudonym(&self, purpose: &str, destination: &str, input: &[u8]) -> Result<String, KeyError> {
         Ok(self.pseudonym_now(purpose, destination, input))
+    }
+
+    async fn subject_tag_key(&self, subject: &SubjectId, create: bool) -> Result<Option<SubjectTagKey>, KeyError> {
+        self.subject_tag_key_for(&self.index.hash(subject), create).await
     }
 }

@@ -2,17 +2,19 @@
 //!
 //! | method and path | body | answer |
 //! | --- | --- | --- |
-//! | `POST /v1/data-keys/create` | `{"index", "entry"}`: a logged, allowed write | `{"key"}` (base64); 409 if the subject has one |
+//! | `POST /v1/data-keys/create` | `{"index", "entry", "subject_hash"}`: a logged, allowed write about that subject | `{"key"}` (base64); 409 if the subject has one |
 //! | `POST /v1/data-keys/fetch` | a logged, allowed read or write | `{"key"}`; 404 if the subject has none (never made, or erased) |
 //! | `POST /v1/data-keys/destroy` | a logged, allowed erasure | `{"destroyed": bool}` |
 //! | `POST /v1/metadata/seal`, `/open` | `{"subject", "data"}` | `{"data"}` |
 //! | `POST /v1/pseudonym` | `{"purpose", "destination", "input"}` | `{"token"}` |
+//! | `POST /v1/subject-tag-keys` | `{"subject_hash", "create"}` | `{"key"}`: the key of the subject's log entry tags; 404 if none (never registered, or erased) |
 //! | `GET /v1/journal` | | every key handed out: time, subject hash, action, log index, entry hash, purpose |
 //! | `GET /v1/admin/keys` | | the KEK versions, the data keys each wraps, the latest rotation (admin token) |
 //! | `POST /v1/admin/rotate` | | 202: a new KEK version; re-wrapping and retirement in the background (admin token) |
 //! | `GET /healthz` | | `ok` |
 //!
-//! A receipt that does not check out against the log is refused with 403, and logged.
+//! A receipt that does not check out against the log, or whose entry's subject tag is not the
+//! subject's whose key it asks for, is refused with 403, and logged.
 
 use std::sync::Arc;
 
@@ -152,10 +154,41 @@ impl From<ReceiptError> for Refusal {
     }
 }
 
+/// The access a receipt records, once the entry is found in the signed log and its subject tag
+/// is the subject's whose key is asked for: a receipt for one subject does not open another's.
 async fn checked(server: &CustodianServer, receipt: &WireReceipt) -> Result<LoggedAccess, Refusal> {
     let entry =
         receipt.entry_bytes().ok_or_else(|| Refusal(StatusCode::BAD_REQUEST, "the entry is not base64".to_owned()))?;
-    Ok(server.verifier.check(receipt.index, &entry).await?)
+    let (access, tag) = server.verifier.check(receipt.index, &entry, &receipt.subject_hash).await?;
+    if !server.custodian.tag_is_subjects(&access.subject_hash, &tag).await? {
+        tracing::warn!(log_index = receipt.index, "refused a receipt whose entry is not about the subject asked for");
+        return Err(Refusal(
+            StatusCode::FORBIDDEN,
+            format!("log entry {} is not about the subject whose key is asked for", receipt.index),
+        ));
+    }
+    Ok(access)
+}
+
+/// A subject tag key request.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TagKeyBody {
+    /// The subject's keyed hash in the region, which names their keys here.
+    pub subject_hash: String,
+    /// Whether to make the key if the subject has none (their registration).
+    #[serde(default)]
+    pub create: bool,
+}
+
+async fn tag_key(State(server): State<CustodianServer>, Json(body): Json<TagKeyBody>) -> Result<Response, Refusal> {
+    if !clover_event::is_subject_hash(&body.subject_hash) {
+        return Err(Refusal(StatusCode::BAD_REQUEST, "subject_hash is malformed".to_owned()));
+    }
+    match server.custodian.subject_tag_key_for(&body.subject_hash, body.create).await? {
+        Some(key) => Ok(Json(json!({ "key": B64.encode(key.expose()) })).into_response()),
+        None => Err(Refusal(StatusCode::NOT_FOUND, "the subject has no tag key".to_owned())),
+    }
 }
 
 #[derive(Serialize)]
@@ -252,6 +285,7 @@ pub fn router(server: CustodianServer) -> Router {
         .route("/v1/metadata/seal", post(seal))
         .route("/v1/metadata/open", post(open))
         .route("/v1/pseudonym", post(pseudonym))
+        .route("/v1/subject-tag-keys", post(tag_key))
         .route("/v1/journal", get(journal))
         .route("/v1/admin/keys", get(keys))
         .route("/v1/admin/rotate", post(rotate))

@@ -5,7 +5,7 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use clover_audit::state::{State, StateError, Verified, read_state, write_state};
-use clover_event::{EVENT_VERSION, Event, EventKind, is_subject_hash};
+use clover_event::{Entry, EventError, EventKind, SubjectIndexKey, SubjectTag, is_subject_hash};
 use clover_model::Action;
 use clover_tlog::checkpoint::Checkpoint;
 use clover_tlog::hash::{Hash, leaf_hash};
@@ -159,8 +159,16 @@ impl LogVerifier {
         ReceiptError::Unreachable { url: self.url.clone(), detail: detail.to_string() }
     }
 
-    /// Checks that `entry` is at `index` in the signed log, and reads the access it records.
-    pub async fn check(&self, index: u64, entry: &[u8]) -> Result<LoggedAccess, ReceiptError> {
+    /// Checks that `entry` is at `index` in the signed log, and reads the access it records,
+    /// for the subject whose keyed hash is `subject_hash` (as the boundary says). Returns the
+    /// access and the entry's subject tag, which the custodian checks is that subject's
+    /// ([`crate::Custodian::tag_is_subjects`]) before it hands out their key.
+    pub async fn check(
+        &self,
+        index: u64,
+        entry: &[u8],
+        subject_hash: &str,
+    ) -> Result<(LoggedAccess, SubjectTag), ReceiptError> {
         let answer = self.proof(index).await?;
         let note_text = answer.checkpoint.ok_or_else(|| self.unreachable("no checkpoint with the proof"))?;
         let note = Note::parse(&note_text).map_err(|e| self.unreachable(e))?;
@@ -180,7 +188,7 @@ impl LogVerifier {
             .collect::<Result<_, _>>()?;
         verify_inclusion(&leaf_hash(entry), index, checkpoint.size, &proof, &checkpoint.root)
             .map_err(|_| ReceiptError::NotInLog(index))?;
-        access(index, entry)
+        access(index, entry, subject_hash)
     }
 
     /// The inclusion proof of `index` against the latest checkpoint; waits a little for a
@@ -201,14 +209,19 @@ impl LogVerifier {
     }
 }
 
-/// What a verified entry allows.
-fn access(index: u64, entry: &[u8]) -> Result<LoggedAccess, ReceiptError> {
+/// What a verified entry allows, for the subject whose keyed hash is `subject_hash`, and the
+/// entry's subject tag.
+fn access(index: u64, entry: &[u8], subject_hash: &str) -> Result<(LoggedAccess, SubjectTag), ReceiptError> {
     let refuse = |detail: &str| ReceiptError::NotAllowed { index, detail: detail.to_owned() };
-    // The canonical form only: the boundary indexes entries by it, and so must what unlocks keys.
-    let event = Event::decode(entry).map_err(|_| refuse("it is not a canonical log entry"))?;
-    if event.v != EVENT_VERSION {
-        return Err(refuse("its format version is unknown"));
-    }
+    // The canonical form of the current format only: the boundary indexes entries by it, and so
+    // must what unlocks keys; a receipt is recent, so never of an earlier format.
+    let event = match Entry::decode(entry) {
+        Ok(Entry::V2(event)) => event,
+        Ok(Entry::V1(_)) | Err(EventError::UnknownVersion(_)) => {
+            return Err(refuse("its format version is not current"));
+        }
+        Err(_) => return Err(refuse("it is not a canonical log entry")),
+    };
     if event.decision.as_ref().is_none_or(|d| d.effect != "allow") {
         return Err(refuse("its decision is not allow"));
     }
@@ -218,9 +231,12 @@ fn access(index: u64, entry: &[u8]) -> Result<LoggedAccess, ReceiptError> {
         (EventKind::Erasure, Some("erase")) => Action::Erase,
         _ => return Err(refuse("it is not an access that needs a data key")),
     };
-    let subject_hash = event.subject.ok_or_else(|| refuse("it names no subject"))?;
-    if !is_subject_hash(&subject_hash) {
-        return Err(refuse("its subject is not a subject hash"));
+    let tag = event.subject.ok_or_else(|| refuse("it names no subject"))?;
+    if !tag.is_well_formed() {
+        return Err(refuse("its subject is not a subject tag"));
+    }
+    if !is_subject_hash(subject_hash) {
+        return Err(refuse("the subject asked about is not a subject hash"));
     }
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -229,28 +245,38 @@ fn access(index: u64, entry: &[u8]) -> Result<LoggedAccess, ReceiptError> {
     if age > i64::try_from(MAX_RECEIPT_AGE.as_secs()).unwrap_or(i64::MAX) || age < -60 {
         return Err(refuse("it is not recent: a receipt is for the access it records, now"));
     }
-    Ok(LoggedAccess {
-        subject_hash,
+    let access = LoggedAccess {
+        subject_hash: subject_hash.to_owned(),
         action,
         log_index: index,
         entry_hash: hex::encode(leaf_hash(entry).0),
         purpose: event.purpose,
-    })
+    };
+    Ok((access, tag))
 }
 
-/// A receipt on the wire: the log index and the entry's bytes.
+/// A receipt on the wire: the log index, the entry's bytes, and the subject (by the region's
+/// keyed hash, which names their keys at the custodian) whose key it is for. The entry names the
+/// subject only by a tag; the custodian checks the tag is that subject's.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct WireReceipt {
     /// The entry's index.
     pub index: u64,
     /// The entry's bytes, base64.
     pub entry: String,
+    /// The subject's keyed hash, hex.
+    pub subject_hash: String,
 }
 
 impl WireReceipt {
-    /// The receipt of an access logged in this process.
-    pub fn of(receipt: &clover_log::Receipt) -> Self {
-        Self { index: receipt.index(), entry: B64.encode(receipt.entry()) }
+    /// The receipt of an access logged in this process, for the subject its permit names.
+    pub fn of(receipt: &clover_log::Receipt, index: &SubjectIndexKey) -> Self {
+        Self {
+            index: receipt.index(),
+            entry: B64.encode(receipt.entry()),
+            subject_hash: index.hash(receipt.permit().subject()),
+        }
     }
 
     /// The entry's bytes.

@@ -168,19 +168,20 @@ impl Fixture {
             Action::Erase => (EventKind::Erasure, None),
             _ => (EventKind::Access, None),
         };
+        // The custodian in this process takes the subject from the receipt's permit; the tag is
+        // what a custodian in its own process checks.
         let event = Event {
-            v: 1,
+            v: clover_event::EVENT_VERSION,
             kind,
             time: 1_795_000_000,
             principal: None,
             origin: None,
             action: Some(action.to_string()),
-            subject: Some(self.hash(id)),
-            record: None,
+            subject: Some(clover_event::SubjectTag::random().unwrap()),
             category: Some("profile".into()),
             decision: None,
             purpose: purpose.clone(),
-            justification: None,
+            annex: None,
             detail: None,
         };
         let receipt = self.log.append_permitted(&event, permit(action, id, purpose)).await.unwrap();

@@ -4,20 +4,32 @@
 //! how the log stores or proves it. The runtime log, the gateway, the custodian's check of a
 //! receipt and every verifier share it, and none of them needs the runtime log to read it.
 //!
-//! An entry is the compact JSON of an [`Event`], with its keys in the order of the fields
-//! below and every key present (`null` when it does not apply); `docs/log.md` documents each
-//! field, so an auditor can decode entries with any JSON tool. Subject ids never appear: an
-//! entry carries the subject's [`SubjectIndexKey`] hash instead (HMAC-SHA-256 under a key
-//! that only the region holds), so that an auditor can count and correlate entries about one
-//! subject while only the region can tell whose they are.
+//! An entry is the compact JSON of an [`Event`], with its keys in the order of the fields below
+//! and every key present (`null` when it does not apply); `docs/log.md` documents each field, so
+//! an auditor can decode entries with any JSON tool.
+//!
+//! **Format 2** (written now) carries public facts and commitments only. The subject is a
+//! [`SubjectTag`]: a random nonce and its HMAC under a key of the subject's own
+//! ([`SubjectTagKey`]), which the custodian derives and destroys at erasure, so that two entries
+//! about one subject cannot be linked by anyone without that key; the caller is a keyed
+//! pseudonym ([`SubjectIndexKey::principal_pseudonym`]); what names people (the principal's id,
+//! the record, the subject, the justification) is in a private [`Annex`] kept in the region,
+//! to which the entry commits with a salted hash.
+//!
+//! **Format 1** ([`EventV1`], written before) named the principal, the record and the
+//! justification, and carried one hash per subject. Its entries stay in the log and verify;
+//! [`Entry`] reads either.
 
-use aws_lc_rs::hmac;
+use aws_lc_rs::{digest, hmac, rand};
 use clover_model::SubjectId;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 /// The current entry format.
-pub const EVENT_VERSION: u8 = 1;
+pub const EVENT_VERSION: u8 = 2;
+
+/// The first entry format, which entries written before format 2 carry.
+pub const EVENT_VERSION_1: u8 = 1;
 
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -37,10 +49,23 @@ pub enum EventKind {
     Approval,
 }
 
-/// The caller, as the entry records it.
+/// The caller, as a format 2 entry records it: what they are, not who.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EventPrincipal {
+    /// The principal's keyed pseudonym (hex): the same for every entry of one principal, so
+    /// that a monitor can count what one principal touched, and resolvable only by the region.
+    pub pseudonym: String,
+    /// `employee` or `service`.
+    pub kind: String,
+    /// Their home region.
+    pub region: String,
+}
+
+/// The caller, as a format 1 entry recorded it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventPrincipalV1 {
     /// The principal's id.
     pub id: String,
     /// `employee` or `service`.
@@ -73,7 +98,31 @@ pub struct EventDecision {
     pub policies: Vec<String>,
 }
 
-/// One log entry.
+/// The subject of a format 2 entry: a fresh random nonce and its HMAC under the subject's tag
+/// key. Without the key, two tags are unrelated random strings; a tag made for a subject that
+/// does not exist ([`SubjectTag::random`]) looks like any other.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubjectTag {
+    /// 16 random bytes, hex.
+    pub nonce: String,
+    /// HMAC-SHA-256(subject's tag key, `"clover/subject-tag/v2\n"` || nonce bytes), hex.
+    pub tag: String,
+}
+
+impl SubjectTag {
+    /// A tag that belongs to no subject: random nonce, random tag.
+    pub fn random() -> Result<Self, EventError> {
+        Ok(Self { nonce: hex::encode(random_bytes::<16>()?), tag: hex::encode(random_bytes::<32>()?) })
+    }
+
+    /// Whether the tag has its form: 32 and 64 lowercase hex digits.
+    pub fn is_well_formed(&self) -> bool {
+        is_hex(&self.nonce, 32) && is_hex(&self.tag, 64)
+    }
+}
+
+/// One log entry in the current format (2): public facts and commitments only.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Event {
@@ -83,13 +132,43 @@ pub struct Event {
     pub kind: EventKind,
     /// When, in Unix seconds (UTC).
     pub time: i64,
-    /// Who asked.
+    /// What kind of caller asked, from which home region, under a pseudonym.
     pub principal: Option<EventPrincipal>,
     /// From where.
     pub origin: Option<EventOrigin>,
     /// The action asked (`read`, `write`, `erase`, ...).
     pub action: Option<String>,
-    /// The subject's keyed hash (hex), never the subject id.
+    /// The subject, as a tag unlinkable across entries.
+    pub subject: Option<SubjectTag>,
+    /// The record's category.
+    pub category: Option<String>,
+    /// The decision.
+    pub decision: Option<EventDecision>,
+    /// The declared purpose (a reason code).
+    pub purpose: Option<String>,
+    /// The commitment to the entry's private [`Annex`] (hex), when it has one.
+    pub annex: Option<String>,
+    /// For key and configuration events: what changed (a key version, a digest), never a name.
+    pub detail: Option<String>,
+}
+
+/// One log entry in format 1, as written before format 2.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventV1 {
+    /// Format version, [`EVENT_VERSION_1`].
+    pub v: u8,
+    /// What happened.
+    pub kind: EventKind,
+    /// When, in Unix seconds (UTC).
+    pub time: i64,
+    /// Who asked.
+    pub principal: Option<EventPrincipalV1>,
+    /// From where.
+    pub origin: Option<EventOrigin>,
+    /// The action asked (`read`, `write`, `erase`, ...).
+    pub action: Option<String>,
+    /// The subject's keyed hash (hex), the same in every entry about them.
     pub subject: Option<String>,
     /// The record id, when one record is concerned.
     pub record: Option<String>,
@@ -101,7 +180,7 @@ pub struct Event {
     pub purpose: Option<String>,
     /// The justification ticket.
     pub justification: Option<String>,
-    /// For key and configuration events: what changed (a key version, a digest).
+    /// For key and configuration events: what changed.
     pub detail: Option<String>,
 }
 
@@ -114,6 +193,21 @@ pub enum EventError {
     /// The entry is an event, but not in its canonical encoding.
     #[error("entry is not a valid event: not in canonical form")]
     NotCanonical,
+    /// The system's randomness failed, so no nonce or salt could be made.
+    #[error("the system's randomness failed")]
+    Randomness,
+    /// The entry names a format this version does not know.
+    #[error("entry is not a valid event: format version {0} is unknown")]
+    UnknownVersion(u8),
+}
+
+/// Decodes `bytes` as `T`, checking that they are canonical (re-encoding gives the same bytes).
+fn decode_canonical<T: Serialize + for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, EventError> {
+    let event: T = serde_json::from_slice(bytes).map_err(EventError::Json)?;
+    if serde_json::to_vec(&event).ok().as_deref() != Some(bytes) {
+        return Err(EventError::NotCanonical);
+    }
+    Ok(event)
 }
 
 impl Event {
@@ -123,22 +217,100 @@ impl Event {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
-    /// Decodes an entry, checking that it is canonical (re-encoding gives the same bytes).
+    /// Decodes a format 2 entry, checking that it is canonical.
     pub fn decode(bytes: &[u8]) -> Result<Self, EventError> {
-        let event: Self = serde_json::from_slice(bytes).map_err(EventError::Json)?;
-        if event.encode() != bytes {
-            return Err(EventError::NotCanonical);
+        let event: Self = decode_canonical(bytes)?;
+        if event.v != EVENT_VERSION {
+            return Err(EventError::UnknownVersion(event.v));
         }
         Ok(event)
     }
 }
 
-/// Whether `text` has the form of a subject hash in the log: 64 lowercase hex digits.
-pub fn is_subject_hash(text: &str) -> bool {
-    text.len() == 64 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+impl EventV1 {
+    /// The canonical bytes of the event.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Decodes a format 1 entry, checking that it is canonical.
+    pub fn decode(bytes: &[u8]) -> Result<Self, EventError> {
+        let event: Self = decode_canonical(bytes)?;
+        if event.v != EVENT_VERSION_1 {
+            return Err(EventError::UnknownVersion(event.v));
+        }
+        Ok(event)
+    }
 }
 
-/// The region's key for subject hashes in the log.
+/// An entry of either format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    /// Format 1, written before format 2.
+    V1(EventV1),
+    /// Format 2, the current one.
+    V2(Event),
+}
+
+impl Entry {
+    /// Decodes an entry of either format, by its `v`, checking that it is canonical.
+    pub fn decode(bytes: &[u8]) -> Result<Self, EventError> {
+        #[derive(Deserialize)]
+        struct Version {
+            v: u8,
+        }
+        let version: Version = serde_json::from_slice(bytes).map_err(EventError::Json)?;
+        match version.v {
+            EVENT_VERSION_1 => EventV1::decode(bytes).map(Self::V1),
+            EVENT_VERSION => Event::decode(bytes).map(Self::V2),
+            other => Err(EventError::UnknownVersion(other)),
+        }
+    }
+
+    /// What happened.
+    pub fn kind(&self) -> EventKind {
+        match self {
+            Self::V1(e) => e.kind,
+            Self::V2(e) => e.kind,
+        }
+    }
+
+    /// When, in Unix seconds.
+    pub fn time(&self) -> i64 {
+        match self {
+            Self::V1(e) => e.time,
+            Self::V2(e) => e.time,
+        }
+    }
+
+    /// The key the region finds the entry by: a format 1 entry's subject hash, a format 2
+    /// entry's annex commitment.
+    pub fn index_key(&self) -> Option<&str> {
+        match self {
+            Self::V1(e) => e.subject.as_deref(),
+            Self::V2(e) => e.annex.as_deref(),
+        }
+    }
+}
+
+/// Whether `text` has the form of a subject hash: 64 lowercase hex digits.
+pub fn is_subject_hash(text: &str) -> bool {
+    is_hex(text, 64)
+}
+
+fn is_hex(text: &str, len: usize) -> bool {
+    text.len() == len && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// Random bytes from the system; an entry is never made with predictable ones.
+fn random_bytes<const N: usize>() -> Result<[u8; N], EventError> {
+    let mut bytes = [0u8; N];
+    rand::fill(&mut bytes).map_err(|_| EventError::Randomness)?;
+    Ok(bytes)
+}
+
+/// The region's key for subject hashes (inside the region: the custodian's key names, the
+/// format 1 entries) and principal pseudonyms (in format 2 entries).
 pub struct SubjectIndexKey {
     key: hmac::Key,
     _bytes: Zeroizing<Vec<u8>>,
@@ -163,28 +335,200 @@ impl SubjectIndexKey {
         ctx.update(subject.as_str().as_bytes());
         hex::encode(ctx.sign().as_ref())
     }
+
+    /// The principal's pseudonym in format 2 entries: hex of HMAC-SHA-256(key,
+    /// "clover/principal/v2\n" || kind || "\n" || principal id). Stable, so that what one
+    /// principal did can be counted; resolvable only by whoever holds the region's key.
+    pub fn principal_pseudonym(&self, kind: &str, principal: &str) -> String {
+        let mut ctx = hmac::Context::with_key(&self.key);
+        ctx.update(b"clover/principal/v2\n");
+        ctx.update(kind.as_bytes());
+        ctx.update(b"\n");
+        ctx.update(principal.as_bytes());
+        hex::encode(ctx.sign().as_ref())
+    }
+}
+
+/// A subject's own tag key: what makes their entries' [`SubjectTag`]s. The custodian derives it
+/// from key material of the subject's that an erasure destroys.
+pub struct SubjectTagKey {
+    key: hmac::Key,
+    _bytes: Zeroizing<Vec<u8>>,
+}
+
+impl std::fmt::Debug for SubjectTagKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SubjectTagKey(..)")
+    }
+}
+
+const TAG_DOMAIN: &[u8] = b"clover/subject-tag/v2\n";
+
+impl SubjectTagKey {
+    /// A key from its bytes.
+    pub fn new(bytes: &[u8]) -> Self {
+        Self { key: hmac::Key::new(hmac::HMAC_SHA256, bytes), _bytes: Zeroizing::new(bytes.to_vec()) }
+    }
+
+    /// The key's bytes, to hand to the boundary.
+    pub fn expose(&self) -> &[u8] {
+        &self._bytes
+    }
+
+    /// A fresh tag: a random nonce and its HMAC.
+    pub fn tag(&self) -> Result<SubjectTag, EventError> {
+        let nonce = random_bytes::<16>()?;
+        let mut ctx = hmac::Context::with_key(&self.key);
+        ctx.update(TAG_DOMAIN);
+        ctx.update(&nonce);
+        Ok(SubjectTag { nonce: hex::encode(nonce), tag: hex::encode(ctx.sign().as_ref()) })
+    }
+
+    /// Whether `tag` was made with this key (compared in constant time).
+    pub fn made(&self, tag: &SubjectTag) -> bool {
+        let (Ok(nonce), Ok(mac)) = (hex::decode(&tag.nonce), hex::decode(&tag.tag)) else { return false };
+        if !tag.is_well_formed() {
+            return false;
+        }
+        let mut message = TAG_DOMAIN.to_vec();
+        message.extend_from_slice(&nonce);
+        hmac::verify(&self.key, &message, &mac).is_ok()
+    }
+}
+
+/// The private part of a format 2 entry: who asked, about which record and subject, with what
+/// justification. Kept in the region's store, never served publicly; the public entry carries
+/// its [`Annex::commitment`], so that a region auditor given the annex can check it.
+///
+/// Each field is committed to separately (a salted digest), so that an erasure can remove the
+/// subject and the record from an annex (keeping their digests) and the annex still matches
+/// its entry, while naming no one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Annex {
+    /// 32 random bytes, hex: what makes the commitment hide the fields.
+    pub salt: String,
+    /// The principal's id (none for a refused certificate that named none).
+    pub principal: Option<String>,
+    /// The justification the caller gave.
+    pub justification: Option<String>,
+    /// Anything else a region auditor needs that names someone (a refused certificate's
+    /// reason, an approval's requester).
+    pub note: Option<String>,
+    /// The record, or its digest once unlinked.
+    pub record: AnnexField,
+    /// The subject, or its digest once unlinked.
+    pub subject: AnnexField,
+}
+
+/// A field an erasure can unlink.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub enum AnnexField {
+    /// The value (or none).
+    Clear(Option<String>),
+    /// The field's digest, the value removed by an erasure.
+    Unlinked(String),
+}
+
+impl Annex {
+    /// A new annex with a fresh salt.
+    pub fn new(
+        principal: Option<&str>,
+        justification: Option<&str>,
+        note: Option<&str>,
+        record: Option<&str>,
+        subject: Option<&str>,
+    ) -> Result<Self, EventError> {
+        Ok(Self {
+            salt: hex::encode(random_bytes::<32>()?),
+            principal: principal.map(ToOwned::to_owned),
+            justification: justification.map(ToOwned::to_owned),
+            note: note.map(ToOwned::to_owned),
+            record: AnnexField::Clear(record.map(ToOwned::to_owned)),
+            subject: AnnexField::Clear(subject.map(ToOwned::to_owned)),
+        })
+    }
+
+    /// The digest of one field: SHA-256("clover/annex-field/v2\n" || salt || name || "\n" ||
+    /// (0x00 for none, or 0x01 || value)), hex.
+    fn field_digest(&self, name: &str, value: Option<&str>) -> String {
+        let mut ctx = digest::Context::new(&digest::SHA256);
+        ctx.update(b"clover/annex-field/v2\n");
+        ctx.update(self.salt.as_bytes());
+        ctx.update(name.as_bytes());
+        ctx.update(b"\n");
+        match value {
+            None => ctx.update(&[0]),
+            Some(value) => {
+                ctx.update(&[1]);
+                ctx.update(value.as_bytes());
+            }
+        }
+        hex::encode(ctx.finish().as_ref())
+    }
+
+    fn digest_of(&self, name: &str, field: &AnnexField) -> String {
+        match field {
+            AnnexField::Clear(value) => self.field_digest(name, value.as_deref()),
+            AnnexField::Unlinked(digest) => digest.clone(),
+        }
+    }
+
+    /// The commitment in the public entry: SHA-256("clover/annex/v2\n" || the digests of
+    /// principal, justification, note, record and subject, each hex and followed by "\n"),
+    /// hex.
+    pub fn commitment(&self) -> String {
+        let mut ctx = digest::Context::new(&digest::SHA256);
+        ctx.update(b"clover/annex/v2\n");
+        for part in [
+            self.field_digest("principal", self.principal.as_deref()),
+            self.field_digest("justification", self.justification.as_deref()),
+            self.field_digest("note", self.note.as_deref()),
+            self.digest_of("record", &self.record),
+            self.digest_of("subject", &self.subject),
+        ] {
+            ctx.update(part.as_bytes());
+            ctx.update(b"\n");
+        }
+        hex::encode(ctx.finish().as_ref())
+    }
+
+    /// The annex with its record and subject replaced by their digests: what is kept after the
+    /// subject's erasure. Its commitment is unchanged.
+    #[must_use]
+    pub fn unlinked(&self) -> Self {
+        Self {
+            record: AnnexField::Unlinked(self.digest_of("record", &self.record)),
+            subject: AnnexField::Unlinked(self.digest_of("subject", &self.subject)),
+            ..self.clone()
+        }
+    }
+
+    /// The annex's canonical bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Decodes an annex.
+    pub fn decode(bytes: &[u8]) -> Result<Self, EventError> {
+        serde_json::from_slice(bytes).map_err(EventError::Json)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn events_are_canonical_json_with_every_key() {
-        let event = Event {
+    fn v2() -> Event {
+        Event {
             v: EVENT_VERSION,
             kind: EventKind::Access,
             time: 1_795_426_787,
-            principal: Some(EventPrincipal {
-                id: "ana".into(),
-                kind: "employee".into(),
-                region: "eu".into(),
-                site: "dublin-1".into(),
-            }),
+            principal: Some(EventPrincipal { pseudonym: "p".repeat(64), kind: "employee".into(), region: "eu".into() }),
             origin: Some(EventOrigin { site: Some("singapore-1".into()), region: Some("sg".into()) }),
             action: Some("read".into()),
-            subject: Some("ab".into()),
-            record: None,
+            subject: Some(SubjectTag { nonce: "0".repeat(32), tag: "a".repeat(64) }),
             category: Some("profile".into()),
             decision: Some(EventDecision {
                 effect: "deny".into(),
@@ -192,22 +536,42 @@ mod tests {
                 policies: vec!["origin-in-region".into()],
             }),
             purpose: Some("support".into()),
-            justification: None,
+            annex: Some("c".repeat(64)),
             detail: None,
-        };
-        let bytes = event.encode();
-        assert_eq!(
-            String::from_utf8(bytes.clone()).unwrap(),
-            r#"{"v":1,"kind":"access","time":1795426787,"principal":{"id":"ana","kind":"employee","region":"eu","site":"dublin-1"},"origin":{"site":"singapore-1","region":"sg"},"action":"read","subject":"ab","record":null,"category":"profile","decision":{"effect":"deny","view":null,"policies":["origin-in-region"]},"purpose":"support","justification":null,"detail":null}"#
-        );
-        assert_eq!(Event::decode(&bytes).unwrap(), event);
-        assert!(Event::decode(b"{}").is_err());
-        let spaced = String::from_utf8(bytes).unwrap().replace(",\"v\"", ", \"v\"").replacen("{", "{ ", 1);
-        assert!(Event::decode(spaced.as_bytes()).is_err());
+        }
     }
 
     #[test]
-    fn subject_hashes_are_keyed() {
+    fn events_are_canonical_json_with_every_key() {
+        let event = v2();
+        let bytes = event.encode();
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        assert!(
+            text.starts_with(r#"{"v":2,"kind":"access","time":1795426787,"principal":{"pseudonym":"pppp"#),
+            "{text}"
+        );
+        assert!(text.ends_with(r#""purpose":"support","annex":"cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc","detail":null}"#), "{text}");
+        assert_eq!(Event::decode(&bytes).unwrap(), event);
+        assert_eq!(Entry::decode(&bytes).unwrap(), Entry::V2(event));
+        assert!(Event::decode(b"{}").is_err());
+        let spaced = text.replace(",\"kind\"", ", \"kind\"");
+        assert!(matches!(Event::decode(spaced.as_bytes()), Err(EventError::NotCanonical)));
+    }
+
+    #[test]
+    fn format_1_entries_still_decode() {
+        let v1 = r#"{"v":1,"kind":"access","time":1795426787,"principal":{"id":"ana","kind":"employee","region":"eu","site":"dublin-1"},"origin":{"site":"singapore-1","region":"sg"},"action":"read","subject":"ab","record":null,"category":"profile","decision":{"effect":"deny","view":null,"policies":["origin-in-region"]},"purpose":"support","justification":null,"detail":null}"#;
+        let Entry::V1(event) = Entry::decode(v1.as_bytes()).unwrap() else { panic!("not format 1") };
+        assert_eq!(event.principal.unwrap().id, "ana");
+        assert_eq!(EventV1::decode(v1.as_bytes()).unwrap().encode(), v1.as_bytes());
+        // Format 1 bytes are not a format 2 event, and an unknown version is refused by name.
+        assert!(Event::decode(v1.as_bytes()).is_err());
+        let v3 = v1.replacen("\"v\":1", "\"v\":3", 1);
+        assert!(matches!(Entry::decode(v3.as_bytes()), Err(EventError::UnknownVersion(3))));
+    }
+
+    #[test]
+    fn subject_hashes_and_pseudonyms_are_keyed() {
         let s: SubjectId = "u-1".parse().unwrap();
         let a = SubjectIndexKey::new(&[1; 32]);
         let b = SubjectIndexKey::new(&[2; 32]);
@@ -215,5 +579,52 @@ mod tests {
         assert_ne!(a.hash(&s), b.hash(&s));
         assert_eq!(a.hash(&s).len(), 64);
         assert!(!a.hash(&s).contains("u-1"));
+        let ana = a.principal_pseudonym("employee", "ana");
+        assert_eq!(ana, a.principal_pseudonym("employee", "ana"));
+        assert_ne!(ana, a.principal_pseudonym("service", "ana"));
+        assert_ne!(ana, b.principal_pseudonym("employee", "ana"));
+        assert!(is_subject_hash(&ana));
+    }
+
+    #[test]
+    fn subject_tags_are_unlinkable_without_the_key() {
+        let key = SubjectTagKey::new(&[7; 32]);
+        let other = SubjectTagKey::new(&[8; 32]);
+        let (one, two) = (key.tag().unwrap(), key.tag().unwrap());
+        assert!(one.is_well_formed() && two.is_well_formed());
+        assert_ne!(one, two, "two tags of one subject share nothing");
+        assert!(key.made(&one) && key.made(&two));
+        assert!(!other.made(&one));
+        let random = SubjectTag::random().unwrap();
+        assert!(random.is_well_formed() && !key.made(&random));
+        let mut forged = one.clone();
+        forged.nonce = two.nonce.clone();
+        assert!(!key.made(&forged));
+        assert!(!key.made(&SubjectTag { nonce: "zz".into(), tag: one.tag }));
+    }
+
+    #[test]
+    fn an_annex_commits_to_its_fields_and_survives_unlinking() {
+        let annex = Annex::new(Some("ana"), Some("SUP-12"), None, Some("rec"), Some("u-1")).unwrap();
+        let commitment = annex.commitment();
+        assert!(is_subject_hash(&commitment));
+        assert_eq!(Annex::decode(&annex.encode()).unwrap(), annex);
+        // Any changed field changes the commitment; a fresh salt does too.
+        let mut changed = annex.clone();
+        changed.justification = Some("SUP-13".into());
+        assert_ne!(changed.commitment(), commitment);
+        let mut changed = annex.clone();
+        changed.subject = AnnexField::Clear(Some("u-2".into()));
+        assert_ne!(changed.commitment(), commitment);
+        assert_ne!(
+            Annex::new(Some("ana"), Some("SUP-12"), None, Some("rec"), Some("u-1")).unwrap().commitment(),
+            commitment
+        );
+        // Unlinked: no subject, no record, same commitment.
+        let unlinked = annex.unlinked();
+        assert_eq!(unlinked.commitment(), commitment);
+        let text = String::from_utf8(unlinked.encode()).unwrap();
+        assert!(!text.contains("u-1") && !text.contains("\"rec\""), "{text}");
+        assert_eq!(unlinked.unlinked(), unlinked);
     }
 }

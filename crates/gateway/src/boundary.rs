@@ -2,6 +2,7 @@
 //! pipeline and the API use them. Its start-up wiring ([`Boundary::open`]) is in `open.rs`
 //! beside this file; [`crate::serve`] serves it.
 
+pub(crate) mod entries;
 pub(crate) mod open;
 
 use std::sync::Arc;
@@ -152,7 +153,8 @@ impl Boundary {
         self.log_vkey.clone()
     }
 
-    /// A subject's keyed hash, as the log records it.
+    /// A subject's keyed hash in the region (the custodian's name for their keys; format 1
+    /// entries carried it).
     pub fn subject_hash(&self, subject: &SubjectId) -> String {
         self.subject_index.hash(subject)
     }
@@ -235,11 +237,10 @@ fn setup_event(kind: EventKind, action: &str, detail: String) -> Event {
         origin: None,
         action: Some(action.to_owned()),
         subject: None,
-        record: None,
         category: None,
         decision: None,
         purpose: None,
-        justification: None,
+        annex: None,
         detail: Some(detail),
     }
 }

@@ -51,7 +51,7 @@ pub async fn decide_and_log(
 ) -> Result<Receipt, ApiError> {
     let facts = decision::facts(boundary, caller, ask).await;
     let verdict = decision::decide(boundary, caller, ask, &facts);
-    events::log(boundary, caller, kind, ask, &facts, verdict).await
+    events::log(boundary, caller, kind, ask, verdict).await
 }
 
 /// The whole write path of a new record: load the subject, decide, log, get the data key,

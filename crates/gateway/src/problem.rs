@@ -153,6 +153,15 @@ pub enum ApiError {
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
+impl From<crate::boundary::entries::AppendError> for ApiError {
+    fn from(error: crate::boundary::entries::AppendError) -> Self {
+        match error {
+            crate::boundary::entries::AppendError::Log(cause) => Self::LogUnavailable(cause),
+            other => Self::internal(other),
+        }
+    }
+}
+
 impl ApiError {
     /// Wraps an internal failure (an error, or a message saying what cannot be); its text goes
     /// to the server log only.

@@ -1,5 +1,6 @@
 //! Custody as the boundary sees it: a data key only against a log receipt.
 
+use clover_event::SubjectTagKey;
 use clover_log::Receipt;
 use clover_model::{Region, SubjectId};
 
@@ -35,6 +36,12 @@ pub trait KeyCustody: Send + Sync {
 
     /// Opens what [`KeyCustody::seal_metadata`] sealed for the same subject.
     async fn open_metadata(&self, subject: &SubjectId, sealed: &[u8]) -> Result<zeroize::Zeroizing<Vec<u8>>, KeyError>;
+
+    /// The subject's tag key, which makes the subject tags of their log entries: derived by the
+    /// custodian from key material of the subject's own that their erasure destroys. `None` when
+    /// the subject has none (never registered, or erased) and `create` is false; with `create`
+    /// (a subject's registration), made if missing.
+    async fn subject_tag_key(&self, subject: &SubjectId, create: bool) -> Result<Option<SubjectTagKey>, KeyError>;
 
     /// A pseudonymous token for `input`, under the key of (`purpose`, `destination`): stable
     /// within one purpose and destination, unlinkable across them. The keys never leave the

@@ -48,6 +48,9 @@ pub enum LogError {
         /// Where recovery moves an unsigned tail it cuts.
         quarantine: PathBuf,
     },
+    /// Bytes given as an entry are not one, in any format this version reads.
+    #[error("not a log entry")]
+    NotAnEntry(#[source] clover_event::EventError),
     /// An entry is larger than the 65535 bytes an entry bundle can hold.
     #[error("a log entry of {0} bytes is over the 65535-byte limit")]
     TooLarge(usize),

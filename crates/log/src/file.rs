@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use clover_event::Event;
+use clover_event::Entry;
 use clover_tlog::checkpoint::Checkpoint;
 use clover_tlog::note::{Note, NoteSigner};
 use clover_tlog::tile::push_bundle_entry;
@@ -79,8 +79,8 @@ fn read_entries(bytes: &[u8], tree: &mut Tree) -> Option<(usize, Unreadable)> {
             return Some((at, Unreadable::Empty));
         }
         let Some(entry) = rest.get(..len) else { return Some((at, Unreadable::Truncated)) };
-        let Ok(event) = Event::decode(entry) else { return Some((at, Unreadable::NotAnEvent)) };
-        tree.add_indexed(entry, Some((event.kind, event.subject)));
+        let Ok(event) = Entry::decode(entry) else { return Some((at, Unreadable::NotAnEvent)) };
+        tree.add_indexed(entry, Some((event.kind(), event.index_key().map(ToOwned::to_owned))));
         at += 2 + len;
     }
     None

@@ -23,7 +23,7 @@ mod tree;
 use std::path::Path;
 use std::sync::Arc;
 
-use clover_event::{Event, EventKind};
+use clover_event::{Entry, Event, EventKind};
 use clover_policy::Permit;
 use clover_tlog::hash::{Hash, leaf_hash};
 use clover_tlog::note::NoteSigner;
@@ -108,11 +108,23 @@ impl Log {
         self.append_entry(event, event.encode()).await
     }
 
+    /// Appends an entry given as its bytes, in any format this version reads (format 1 or 2,
+    /// canonical), and waits until it is durable; returns its index. For entries made
+    /// elsewhere: an earlier version's, another log's. Bytes that are not an entry are refused.
+    pub async fn append_encoded(&self, entry: Vec<u8>) -> Result<u64, LogError> {
+        let decoded = Entry::decode(&entry).map_err(LogError::NotAnEntry)?;
+        let index_by = (decoded.kind(), decoded.index_key().map(ToOwned::to_owned));
+        self.append_indexed(index_by, entry).await
+    }
+
     async fn append_entry(&self, event: &Event, entry: Vec<u8>) -> Result<u64, LogError> {
+        self.append_indexed((event.kind, event.annex.clone()), entry).await
+    }
+
+    async fn append_indexed(&self, index_by: (EventKind, Option<String>), entry: Vec<u8>) -> Result<u64, LogError> {
         if entry.len() > usize::from(u16::MAX) {
             return Err(LogError::TooLarge(entry.len()));
         }
-        let index_by = (event.kind, event.subject.clone());
         match &self.store {
             Store::File(file) => {
                 let append = Append { token: file.token(), entry, index_by: Some(index_by), handed_in: false };
@@ -128,14 +140,7 @@ impl Log {
         let entry_hash = leaf_hash(&entry);
         let kept: Arc<[u8]> = entry.as_slice().into();
         let index = self.append_entry(event, entry).await?;
-        Ok(Receipt {
-            index,
-            entry_hash,
-            entry: kept,
-            subject_hash: event.subject.clone(),
-            purpose: event.purpose.clone(),
-            permit,
-        })
+        Ok(Receipt { index, entry_hash, entry: kept, purpose: event.purpose.clone(), permit })
     }
 
     /// The latest signed checkpoint note.
@@ -212,9 +217,10 @@ impl Log {
         self.shared.tree().last_of_kind(kind)
     }
 
-    /// The indexes of the entries about a subject (by its keyed hash).
-    pub fn entries_about(&self, subject_hash: &str) -> Vec<u64> {
-        self.shared.tree().entries_about(subject_hash)
+    /// The indexes of the entries with an index key: a format 2 entry's annex commitment, or a
+    /// format 1 entry's subject hash.
+    pub fn entries_about(&self, key: &str) -> Vec<u64> {
+        self.shared.tree().entries_about(key)
     }
 
     /// The root hash of the tree of `size` entries.

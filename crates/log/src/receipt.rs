@@ -12,7 +12,6 @@ pub struct Receipt {
     pub(crate) index: u64,
     pub(crate) entry_hash: Hash,
     pub(crate) entry: Arc<[u8]>,
-    pub(crate) subject_hash: Option<String>,
     pub(crate) purpose: Option<String>,
     pub(crate) permit: Permit,
 }
@@ -41,11 +40,6 @@ impl Receipt {
     /// The logged entry's bytes, for a custodian in another process to check against the log.
     pub fn entry(&self) -> &[u8] {
         &self.entry
-    }
-
-    /// The subject as the logged entry names it (the log's keyed hash), if it names one.
-    pub fn subject_hash(&self) -> Option<&str> {
-        self.subject_hash.as_deref()
     }
 
     /// The purpose the logged access declared.

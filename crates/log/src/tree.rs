@@ -1,5 +1,5 @@
 //! What every process holding the log keeps in memory: the tree's hashes, the latest signed
-//! checkpoint, indexes by kind and subject, and the appends waiting for their index.
+//! checkpoint, indexes by kind and index key, and the appends waiting for their index.
 //!
 //! The hashes of every complete subtree are kept, one vector per height, so that a proof is a
 //! series of lookups; tiles are the heights 0, 8, 16, ... They are recomputed from the entries
@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use clover_event::{Event, EventKind};
+use clover_event::{Entry, EventKind};
 use clover_tlog::hash::{Hash, leaf_hash, node_hash};
 use clover_tlog::note::NoteSigner;
 use clover_tlog::tree::{ProofError, Subtrees};
@@ -25,8 +25,9 @@ pub(crate) struct Tree {
     /// The latest signed checkpoint note, and its size.
     checkpoint: Arc<str>,
     checkpoint_size: u64,
-    /// Entry indexes by subject hash.
-    by_subject: BTreeMap<String, Vec<u64>>,
+    /// Entry indexes by their index key: a format 1 entry's subject hash, a format 2 entry's
+    /// annex commitment.
+    by_key: BTreeMap<String, Vec<u64>>,
     /// The index of the latest entry of each kind.
     last_by_kind: HashMap<EventKind, u64>,
 }
@@ -38,7 +39,7 @@ impl Tree {
             offsets: vec![0],
             checkpoint: Arc::from(""),
             checkpoint_size: 0,
-            by_subject: BTreeMap::new(),
+            by_key: BTreeMap::new(),
             last_by_kind: HashMap::new(),
         }
     }
@@ -66,7 +67,7 @@ impl Tree {
     /// Adds the next entry: its leaf hash, its place in the entries file, and the indexes by
     /// kind and subject.
     pub(crate) fn add(&mut self, entry: &[u8]) {
-        self.add_indexed(entry, Event::decode(entry).ok().map(|e| (e.kind, e.subject)));
+        self.add_indexed(entry, Entry::decode(entry).ok().map(|e| (e.kind(), e.index_key().map(ToOwned::to_owned))));
     }
 
     /// [`Tree::add`] of an entry whose kind and subject are known already (`None`: not an event).
@@ -75,7 +76,7 @@ impl Tree {
         if let Some((kind, subject)) = index_by {
             self.last_by_kind.insert(kind, index);
             if let Some(subject) = subject {
-                self.by_subject.entry(subject).or_default().push(index);
+                self.by_key.entry(subject).or_default().push(index);
             }
         }
         let end = self.offsets.last().copied().unwrap_or(0) + 2 + entry.len() as u64;
@@ -106,8 +107,8 @@ impl Tree {
         self.last_by_kind.get(&kind).copied()
     }
 
-    pub(crate) fn entries_about(&self, subject_hash: &str) -> Vec<u64> {
-        self.by_subject.get(subject_hash).cloned().unwrap_or_default()
+    pub(crate) fn entries_about(&self, key: &str) -> Vec<u64> {
+        self.by_key.get(key).cloned().unwrap_or_default()
     }
 }
 

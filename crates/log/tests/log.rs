@@ -121,7 +121,7 @@ async fn behaviour(place: Place) {
     assert_eq!(log.last_of_kind(EventKind::Access), Some(999));
     for (n, index) in &acked {
         let entry = Event::decode(&log.entry(*index).await.unwrap()).unwrap();
-        assert_eq!(entry.record, Some(format!("r-{n}")), "entry {index} is the one appended");
+        assert_eq!(entry.detail, Some(format!("r-{n}")), "entry {index} is the one appended");
     }
 
     verify_independently(&log, 1000, &vkey).await;

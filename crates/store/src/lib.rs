@@ -1,7 +1,9 @@
 //! Clover's storage.
 //!
 //! The [`Store`] trait is everything the gateway needs from a database: subjects, and records
-//! with their ciphertext. Nothing it holds is personal data in the clear: fields and subject
+//! with their ciphertext, and the private annexes of the log's entries (who asked, about which
+//! subject and record, with what justification: the region's own record, never served
+//! publicly). Nothing else it holds is personal data in the clear: fields and subject
 //! attributes arrive sealed. Data keys are not here at all: the custodian keeps them, so that
 //! destroying one there makes every copy of this store unreadable for that subject.
 //!
@@ -20,6 +22,7 @@ pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;
+use clover_event::{Annex, AnnexField};
 use clover_model::{Category, PrincipalId, RecordId, Region, SubjectId};
 use time::OffsetDateTime;
 
@@ -86,6 +89,8 @@ pub struct ApprovalRow {
 pub struct Erasure {
     /// How many records were deleted with the subject.
     pub records: u64,
+    /// How many log annexes about the subject were unlinked from them.
+    pub annexes: u64,
 }
 
 /// How many rows the store holds.
@@ -95,6 +100,14 @@ pub struct Counts {
     pub subjects: u64,
     /// Records.
     pub records: u64,
+}
+
+/// The subject an annex names, while it names one.
+pub(crate) fn annex_subject(annex: &Annex) -> Option<&str> {
+    match &annex.subject {
+        AnnexField::Clear(subject) => subject.as_deref(),
+        AnnexField::Unlinked(_) => None,
+    }
 }
 
 /// A region's database.
@@ -124,8 +137,9 @@ pub trait Store: Send + Sync + 'static {
     /// The record and its subject, if the record exists: what a read needs, in one query.
     async fn record_with_subject(&self, id: &RecordId) -> Result<Option<(RecordRow, SubjectRow)>, StoreError>;
 
-    /// Deletes a subject, their wrapped data key and all their records, at once, and makes sure
-    /// the deleted bytes are overwritten. Returns `None` if there is no such subject.
+    /// Deletes a subject and all their records, and unlinks the log annexes about them (their
+    /// subject and record replaced by digests, [`Annex::unlinked`]), at once, and makes sure the
+    /// deleted bytes are overwritten. Returns `None` if there is no such subject.
     async fn erase_subject(&self, id: &SubjectId) -> Result<Option<Erasure>, StoreError>;
 
     /// How many subjects and records are stored.
@@ -141,6 +155,16 @@ pub trait Store: Send + Sync + 'static {
     async fn forget_legacy_data_keys(&self) -> Result<(), StoreError> {
         Ok(())
     }
+
+    /// Keeps the private annex of a log entry (before the entry is appended), under its
+    /// commitment, found by its subject while it names one.
+    async fn insert_annex(&self, annex: &Annex) -> Result<(), StoreError>;
+
+    /// The annexes that name `subject`, oldest first.
+    async fn annexes_of(&self, subject: &SubjectId) -> Result<Vec<Annex>, StoreError>;
+
+    /// The annex with `commitment`, if this region keeps it.
+    async fn annex(&self, commitment: &str) -> Result<Option<Annex>, StoreError>;
 
     /// Stores a request for an approval.
     async fn insert_approval(&self, row: &ApprovalRow) -> Result<(), StoreError>;

@@ -18,17 +18,19 @@ use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use time::OffsetDateTime;
 
 use crate::rows::{
-    self, APPROVAL_COLUMNS, RECORD_COLUMNS, RECORD_WITH_SUBJECT, SUBJECT_COLUMNS, approval_row, db, id_list,
+    self, APPROVAL_COLUMNS, RECORD_COLUMNS, RECORD_WITH_SUBJECT, SUBJECT_COLUMNS, approval_row, corrupt, db, id_list,
     record_row, record_with_subject_row, subject_row,
 };
-use crate::{ApprovalRow, Counts, Erasure, RecordRow, Store, StoreError, SubjectRow};
+use crate::{ApprovalRow, Counts, Erasure, RecordRow, Store, StoreError, SubjectRow, annex_subject};
+use clover_event::Annex;
 
 rows::columns!(PgRow);
 
 /// The migrations, in order: (version, SQL). Never edit one that has shipped; add the next.
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    "CREATE TABLE subjects (
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        "CREATE TABLE subjects (
          subject_id  TEXT PRIMARY KEY,
          home_region TEXT NOT NULL,
          attributes  BYTEA NOT NULL,
@@ -57,7 +59,19 @@ const MIGRATIONS: &[(i64, &str)] = &[(
          granted_at   BIGINT
      );
      CREATE INDEX approvals_by_requester ON approvals(requester);",
-)];
+    ),
+    (
+        2,
+        "CREATE TABLE annexes (
+         seq         BIGSERIAL,
+         commitment  TEXT PRIMARY KEY,
+         subject_id  TEXT,
+         annex       BYTEA NOT NULL,
+         created_at  BIGINT NOT NULL
+     );
+     CREATE INDEX annexes_by_subject ON annexes(subject_id);",
+    ),
+];
 
 /// A store in a PostgreSQL database.
 #[derive(Debug, Clone)]
@@ -178,8 +192,27 @@ impl Store for PostgresStore {
             .await
             .map_err(db("erasing a subject"))?
             .rows_affected();
+        if subjects == 0 {
+            return Ok(None);
+        }
+        let linked: Vec<(String, Vec<u8>)> =
+            sqlx::query_as("SELECT commitment, annex FROM annexes WHERE subject_id = $1 FOR UPDATE")
+                .bind(id.as_str())
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db("reading a subject's annexes"))?;
+        let annexes = linked.len() as u64;
+        for (commitment, bytes) in linked {
+            let unlinked = Annex::decode(&bytes).map_err(corrupt("an annex"))?.unlinked();
+            sqlx::query("UPDATE annexes SET subject_id = NULL, annex = $1 WHERE commitment = $2")
+                .bind(unlinked.encode())
+                .bind(&commitment)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("unlinking an annex"))?;
+        }
         tx.commit().await.map_err(db("erasing a subject"))?;
-        Ok((subjects > 0).then_some(Erasure { records }))
+        Ok(Some(Erasure { records, annexes }))
     }
 
     async fn counts(&self) -> Result<Counts, StoreError> {
@@ -190,6 +223,36 @@ impl Store for PostgresStore {
         let subjects: i64 = row.try_get(0).map_err(db("counting rows"))?;
         let records: i64 = row.try_get(1).map_err(db("counting rows"))?;
         Ok(Counts { subjects: subjects.unsigned_abs(), records: records.unsigned_abs() })
+    }
+
+    async fn insert_annex(&self, annex: &Annex) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO annexes (commitment, subject_id, annex, created_at) VALUES ($1, $2, $3, $4)")
+            .bind(annex.commitment())
+            .bind(annex_subject(annex))
+            .bind(annex.encode())
+            .bind(OffsetDateTime::now_utc().unix_timestamp())
+            .execute(&self.pool)
+            .await
+            .map_err(db("storing an annex"))?;
+        Ok(())
+    }
+
+    async fn annexes_of(&self, subject: &SubjectId) -> Result<Vec<Annex>, StoreError> {
+        let rows: Vec<(Vec<u8>,)> = sqlx::query_as("SELECT annex FROM annexes WHERE subject_id = $1 ORDER BY seq")
+            .bind(subject.as_str())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("reading a subject's annexes"))?;
+        rows.iter().map(|(bytes,)| Annex::decode(bytes).map_err(corrupt("an annex"))).collect()
+    }
+
+    async fn annex(&self, commitment: &str) -> Result<Option<Annex>, StoreError> {
+        let row: Option<(Vec<u8>,)> = sqlx::query_as("SELECT annex FROM annexes WHERE commitment = $1")
+            .bind(commitment)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("reading an annex"))?;
+        row.map(|(bytes,)| Annex::decode(&bytes).map_err(corrupt("an annex"))).transpose()
     }
 
     async fn insert_approval(&self, row: &ApprovalRow) -> Result<(), StoreError> {

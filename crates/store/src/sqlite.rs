@@ -12,10 +12,11 @@ use sqlx::sqlite::{
 use time::OffsetDateTime;
 
 use crate::rows::{
-    self, APPROVAL_COLUMNS, RECORD_COLUMNS, RECORD_WITH_SUBJECT, SUBJECT_COLUMNS, approval_row, db, id_list, parse,
-    record_row, record_with_subject_row, subject_row,
+    self, APPROVAL_COLUMNS, RECORD_COLUMNS, RECORD_WITH_SUBJECT, SUBJECT_COLUMNS, approval_row, corrupt, db, id_list,
+    parse, record_row, record_with_subject_row, subject_row,
 };
-use crate::{ApprovalRow, Counts, Erasure, RecordRow, Store, StoreError, SubjectRow};
+use crate::{ApprovalRow, Counts, Erasure, RecordRow, Store, StoreError, SubjectRow, annex_subject};
+use clover_event::Annex;
 
 /// The schema, applied when the database is opened. `user_version` records which one.
 const SCHEMA: &str = "
@@ -48,6 +49,13 @@ CREATE TABLE IF NOT EXISTS approvals (
     granted_at   INTEGER
 ) STRICT;
 CREATE INDEX IF NOT EXISTS approvals_by_requester ON approvals(requester);
+CREATE TABLE IF NOT EXISTS annexes (
+    commitment  TEXT PRIMARY KEY NOT NULL,
+    subject_id  TEXT,
+    annex       BLOB NOT NULL,
+    created_at  INTEGER NOT NULL
+) STRICT;
+CREATE INDEX IF NOT EXISTS annexes_by_subject ON annexes(subject_id);
 ";
 
 /// The schema's version, kept in `user_version`.
@@ -209,10 +217,26 @@ impl Store for SqliteStore {
             .await
             .map_err(db("erasing a subject"))?
             .rows_affected();
-        tx.commit().await.map_err(db("erasing a subject"))?;
         if subjects == 0 {
             return Ok(None);
         }
+        let linked: Vec<(String, Vec<u8>)> =
+            sqlx::query_as("SELECT commitment, annex FROM annexes WHERE subject_id = ?")
+                .bind(id.as_str())
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db("reading a subject's annexes"))?;
+        let annexes = linked.len() as u64;
+        for (commitment, bytes) in linked {
+            let unlinked = Annex::decode(&bytes).map_err(corrupt("an annex"))?.unlinked();
+            sqlx::query("UPDATE annexes SET subject_id = NULL, annex = ? WHERE commitment = ?")
+                .bind(unlinked.encode())
+                .bind(&commitment)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("unlinking an annex"))?;
+        }
+        tx.commit().await.map_err(db("erasing a subject"))?;
         // secure_delete zeroed the freed cells in the new page images; checkpointing copies those
         // over the old pages in the main file and truncates the WAL that still held the old ones.
         let checkpoint = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -223,7 +247,7 @@ impl Store for SqliteStore {
         if busy != 0 {
             tracing::warn!(subject = %id, "the WAL checkpoint after an erasure was blocked by a reader; the old pages are overwritten at the next checkpoint");
         }
-        Ok(Some(Erasure { records }))
+        Ok(Some(Erasure { records, annexes }))
     }
 
     async fn legacy_data_keys(&self) -> Result<Vec<(SubjectId, u32, Vec<u8>)>, StoreError> {
@@ -273,6 +297,36 @@ impl Store for SqliteStore {
         let subjects: i64 = row.try_get(0).map_err(db("counting rows"))?;
         let records: i64 = row.try_get(1).map_err(db("counting rows"))?;
         Ok(Counts { subjects: subjects.unsigned_abs(), records: records.unsigned_abs() })
+    }
+
+    async fn insert_annex(&self, annex: &Annex) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO annexes (commitment, subject_id, annex, created_at) VALUES (?, ?, ?, ?)")
+            .bind(annex.commitment())
+            .bind(annex_subject(annex))
+            .bind(annex.encode())
+            .bind(OffsetDateTime::now_utc().unix_timestamp())
+            .execute(&self.pool)
+            .await
+            .map_err(db("storing an annex"))?;
+        Ok(())
+    }
+
+    async fn annexes_of(&self, subject: &SubjectId) -> Result<Vec<Annex>, StoreError> {
+        let rows: Vec<(Vec<u8>,)> = sqlx::query_as("SELECT annex FROM annexes WHERE subject_id = ? ORDER BY rowid")
+            .bind(subject.as_str())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("reading a subject's annexes"))?;
+        rows.iter().map(|(bytes,)| Annex::decode(bytes).map_err(corrupt("an annex"))).collect()
+    }
+
+    async fn annex(&self, commitment: &str) -> Result<Option<Annex>, StoreError> {
+        let row: Option<(Vec<u8>,)> = sqlx::query_as("SELECT annex FROM annexes WHERE commitment = ?")
+            .bind(commitment)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("reading an annex"))?;
+        row.map(|(bytes,)| Annex::decode(&bytes).map_err(corrupt("an annex"))).transpose()
     }
 
     async fn insert_approval(&self, row: &ApprovalRow) -> Result<(), StoreError> {
@@ -410,7 +464,7 @@ mod tests {
         assert_eq!(store.counts().await.unwrap(), Counts { subjects: 2, records: 2 });
 
         let erased = store.erase_subject(&"s-1".parse().unwrap()).await.unwrap();
-        assert_eq!(erased, Some(Erasure { records: 1 }));
+        assert_eq!(erased, Some(Erasure { records: 1, annexes: 0 }));
         assert!(store.record(&r1.record_id).await.unwrap().is_none());
         assert!(store.subject(&"s-1".parse().unwrap()).await.unwrap().is_none());
         assert_eq!(store.counts().await.unwrap(), Counts { subjects: 1, records: 1 });

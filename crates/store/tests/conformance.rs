@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use clover_model::RecordId;
+use clover_model::{RecordId, SubjectId};
 use clover_store::{
     ApprovalRow, Counts, Erasure, PostgresStore, RecordRow, SqliteStore, Store, StoreError, SubjectRow,
 };
@@ -98,7 +98,7 @@ async fn subjects_and_records_round_trip_and_erase_together(store: Arc<dyn Store
     assert!(store.record(&RecordId::random()).await.unwrap().is_none());
     assert!(store.subject(&"nobody".parse().unwrap()).await.unwrap().is_none());
 
-    assert_eq!(store.erase_subject(&"s-1".parse().unwrap()).await.unwrap(), Some(Erasure { records: 2 }));
+    assert_eq!(store.erase_subject(&"s-1".parse().unwrap()).await.unwrap(), Some(Erasure { records: 2, annexes: 0 }));
     assert!(store.record(&r1.record_id).await.unwrap().is_none());
     assert!(store.record(&r2.record_id).await.unwrap().is_none());
     assert!(store.subject(&"s-1".parse().unwrap()).await.unwrap().is_none());
@@ -213,6 +213,42 @@ async fn times_cover_the_range_in_use(store: Arc<dyn Store>, _: &Backend) {
     assert_eq!(store.subject(&row.subject_id).await.unwrap().unwrap(), row);
 }
 
+async fn annexes_are_found_by_subject_and_unlinked_by_erasure(store: Arc<dyn Store>, _: &Backend) {
+    use clover_event::{Annex, AnnexField};
+    assert!(store.insert_subject(&subject("s-1")).await.unwrap());
+    assert!(store.insert_subject(&subject("s-2")).await.unwrap());
+    let annex = |subject: Option<&str>, record: &str| {
+        Annex::new(Some("ana"), Some("SUP-1"), None, Some(record), subject).unwrap()
+    };
+    let first = annex(Some("s-1"), "r-1");
+    let second = annex(Some("s-1"), "r-2");
+    let other = annex(Some("s-2"), "r-3");
+    let about_none = annex(None, "r-4");
+    for a in [&first, &second, &other, &about_none] {
+        store.insert_annex(a).await.unwrap();
+    }
+    // One commitment, one annex.
+    assert!(store.insert_annex(&first).await.is_err());
+    let s1: SubjectId = "s-1".parse().unwrap();
+    assert_eq!(store.annexes_of(&s1).await.unwrap(), vec![first.clone(), second.clone()], "oldest first");
+    assert_eq!(store.annex(&other.commitment()).await.unwrap(), Some(other.clone()));
+    assert_eq!(store.annex(&"0".repeat(64)).await.unwrap(), None);
+
+    let erased = store.erase_subject(&s1).await.unwrap().unwrap();
+    assert_eq!(erased.annexes, 2);
+    assert!(store.annexes_of(&s1).await.unwrap().is_empty(), "nothing leads from the subject to their entries");
+    let kept = store.annex(&first.commitment()).await.unwrap().unwrap();
+    assert_eq!(kept.commitment(), first.commitment(), "the annex still matches its entry");
+    assert!(matches!(kept.subject, AnnexField::Unlinked(_)) && matches!(kept.record, AnnexField::Unlinked(_)));
+    assert_eq!(kept.principal.as_deref(), Some("ana"), "who asked is kept");
+    let text = String::from_utf8(kept.encode()).unwrap();
+    assert!(!text.contains("s-1") && !text.contains("r-1"), "{text}");
+    // The other subject's annexes are untouched; a new registration of the id finds nothing.
+    assert_eq!(store.annexes_of(&"s-2".parse().unwrap()).await.unwrap(), vec![other]);
+    assert!(store.insert_subject(&subject("s-1")).await.unwrap());
+    assert!(store.annexes_of(&s1).await.unwrap().is_empty());
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -246,4 +282,5 @@ suite!(
     approvals_are_granted_once_and_expire,
     reopening_migrates_nothing_and_keeps_everything,
     times_cover_the_range_in_use,
+    annexes_are_found_by_subject_and_unlinked_by_erasure,
 );

@@ -1,32 +1,30 @@
 //! Events and policy requests as the gateway makes them, for benchmarks and tests that need
 //! realistic ones without a gateway.
 
-use clover_event::{EVENT_VERSION, Event, EventDecision, EventKind, EventOrigin, EventPrincipal};
+use clover_event::{EVENT_VERSION, Event, EventDecision, EventKind, EventOrigin, EventPrincipal, SubjectTag};
 use clover_model::{Action, Origin, Principal, PrincipalKind};
 use clover_policy::pack::{PackPrincipal, PackRequest, PackResource};
 
-/// The `n`th of a stream of allowed reads as the gateway logs them (about 490 bytes each): 700
-/// employees reading 4,096 subjects' contact records from Dublin, for support.
+/// The `n`th of a stream of allowed reads as the gateway logs them (format 2, about 560 bytes
+/// each): 700 employees reading contact records from Dublin, for support, each entry with its
+/// own subject tag and annex commitment.
 pub fn access_event(n: usize) -> Event {
-    let sha256 = |text: String| aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes());
-    let subject = hex::encode(sha256(format!("subject-{}", n % 4096)));
-    let bytes: [u8; 16] =
-        sha256(format!("record-{n}")).as_ref().get(..16).and_then(|b| b.try_into().ok()).unwrap_or_default();
-    let record = uuid::Builder::from_random_bytes(bytes).into_uuid().to_string();
+    let sha256 = |text: String| hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes()));
     Event {
         v: EVENT_VERSION,
         kind: EventKind::Access,
         time: 1_795_426_787 + (n / 100) as i64,
         principal: Some(EventPrincipal {
-            id: format!("emp-{:05}", n % 700),
+            pseudonym: sha256(format!("employee-{:05}", n % 700)),
             kind: "employee".into(),
             region: "eu".into(),
-            site: "dublin-1".into(),
         }),
         origin: Some(EventOrigin { site: Some("dublin-1".into()), region: Some("eu".into()) }),
         action: Some("read".into()),
-        subject: Some(subject),
-        record: Some(record),
+        subject: Some(SubjectTag {
+            nonce: sha256(format!("nonce-{n}")).get(..32).unwrap_or_default().to_owned(),
+            tag: sha256(format!("tag-{n}")),
+        }),
         category: Some("contact".into()),
         decision: Some(EventDecision {
             effect: "allow".into(),
@@ -34,13 +32,14 @@ pub fn access_event(n: usize) -> Event {
             policies: vec!["origin-in-region".into(), "principal-in-region".into(), "subject-in-region".into()],
         }),
         purpose: Some("support".into()),
-        justification: None,
+        annex: Some(sha256(format!("annex-{n}"))),
         detail: None,
     }
 }
 
-/// A small read event: record `r-{n}`, about `subject` if given.
-pub fn read_event(n: u64, subject: Option<&str>) -> Event {
+/// A small read event (`n` in its detail), committing to the annex `annex` if given: the key the
+/// log indexes it by.
+pub fn read_event(n: u64, annex: Option<&str>) -> Event {
     Event {
         v: EVENT_VERSION,
         kind: EventKind::Access,
@@ -48,13 +47,12 @@ pub fn read_event(n: u64, subject: Option<&str>) -> Event {
         principal: None,
         origin: None,
         action: Some("read".into()),
-        subject: subject.map(str::to_owned),
-        record: Some(format!("r-{n}")),
+        subject: None,
         category: None,
         decision: None,
         purpose: None,
-        justification: None,
-        detail: None,
+        annex: annex.map(str::to_owned),
+        detail: Some(format!("r-{n}")),
     }
 }
 

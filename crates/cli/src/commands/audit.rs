@@ -61,6 +61,8 @@ impl VerifyArgs {
         let report = runtime()?.block_on(clover_audit::verify::verify(&options))?;
         println!("verified {}: {} entries, root {}", report.origin, report.size, report.root);
         println!("  checked the checkpoint signature, {} tiles and every entry", report.tiles);
+        let [v1, v2] = report.formats;
+        println!("  entries by format: {v2} in format 2 (public facts and commitments), {v1} in format 1");
         match report.previous_size {
             Some(previous) => println!("  consistent with the {previous} entries verified before"),
             None if options.state.is_some() => println!("  no earlier checkpoint in the state file; this one is kept"),

@@ -210,14 +210,23 @@ async fn check_inclusion(http: &reqwest::Client, server: &Process, checkpoint: &
     .unwrap_or_else(|e| panic!("tlog_tiles: entry {index} is not in the tree of {}: {e:?}", checkpoint.size));
 }
 
-/// Checks that `entry` is the log entry of the write of `record`.
-fn check_write_entry(index: u64, entry: &[u8], record: &str) {
+/// Checks that `entry` is the log entry of the write of `record`: the public entry is an allowed
+/// write of a profile record, and the annex it commits to, which the region's `store` keeps,
+/// names the record.
+async fn check_write_entry(store: &dyn clover_store::Store, index: u64, entry: &[u8], record: &str) {
     let event: Value = serde_json::from_slice(entry)
         .unwrap_or_else(|e| panic!("entry {index} is not JSON ({e}): {}", String::from_utf8_lossy(entry)));
     assert_eq!(event["kind"], "write", "entry {index}: {event}");
-    assert_eq!(event["record"], record, "entry {index} is not the write of record {record}: {event}");
     assert_eq!(event["category"], "profile", "entry {index}: {event}");
     assert_eq!(event["decision"]["effect"], "allow", "entry {index}: {event}");
+    let commitment = event["annex"].as_str().unwrap_or_else(|| panic!("entry {index} has no annex: {event}"));
+    let annex = store.annex(commitment).await.unwrap().unwrap_or_else(|| panic!("entry {index}: no annex kept"));
+    assert_eq!(annex.commitment(), commitment, "entry {index}: the annex does not match");
+    assert_eq!(
+        annex.record,
+        clover_event::AnnexField::Clear(Some(record.to_owned())),
+        "entry {index} is not the write of record {record}: {event}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -456,9 +465,10 @@ async fn sigkill_loses_no_acknowledged_entry() {
     assert_eq!(merkle_root(&leaves), after.root.0, "the entry bundles do not hash to the checkpoint's root");
 
     // Every acknowledged entry is there, is the write it acknowledged, and is provably included.
+    let store = clover_store::SqliteStore::open(&data_dir.join("clover.db")).await.unwrap();
     for ack in &acks {
         let entry = &entries[usize::try_from(ack.index).unwrap()];
-        check_write_entry(ack.index, entry, &ack.record);
+        check_write_entry(&store, ack.index, entry, &ack.record).await;
         check_inclusion(&http, &server, &after, ack.index, entry).await;
     }
 
@@ -497,7 +507,8 @@ async fn sigkill_loses_no_acknowledged_entry() {
     let new_leaves: Vec<tlog_tiles::Hash> = grown.iter().map(|e| tlog_tiles::record_hash(e)).collect();
     assert_eq!(merkle_root(&new_leaves), latest.root.0, "the entry bundles do not hash to the latest root");
     let entry = &grown[usize::try_from(index).unwrap()];
-    check_write_entry(index, entry, &record);
+    check_write_entry(&store, index, entry, &record).await;
+    store.close().await;
     check_inclusion(&http, &server, &latest, index, entry).await;
     let restart_stderr = server.stderr();
     server.stop();
@@ -671,9 +682,10 @@ async fn two_gateways_one_log_and_the_sequencer_killed() {
     let entries = fetch_entries(&http, &b, after.size).await;
     let leaves: Vec<tlog_tiles::Hash> = entries.iter().map(|e| tlog_tiles::record_hash(e)).collect();
     assert_eq!(merkle_root(&leaves), after.root.0, "the entry bundles do not hash to the checkpoint's root");
+    let store = clover_store::PostgresStore::open(&database.url).await.unwrap();
     for ack in &acks {
         let entry = &entries[usize::try_from(ack.index).unwrap()];
-        check_write_entry(ack.index, entry, &ack.record);
+        check_write_entry(&store, ack.index, entry, &ack.record).await;
         check_inclusion(&http, &b, &after, ack.index, entry).await;
     }
     let largest_seen = seen.last().map_or(0, |(_, c)| c.size);
@@ -705,7 +717,7 @@ async fn two_gateways_one_log_and_the_sequencer_killed() {
     };
     check_consistency(&http, &a, &after, &latest).await;
     let entry = fetch_entries(&http, &a, latest.size).await.swap_remove(usize::try_from(index).unwrap());
-    check_write_entry(index, &entry, &record);
+    check_write_entry(&store, index, &entry, &record).await;
     check_inclusion(&http, &a, &latest, index, &entry).await;
     a.stop();
     b.stop();

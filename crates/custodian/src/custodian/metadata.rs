@@ -7,6 +7,7 @@
 //! their data key, so that an erasure shreds their metadata too, in every copy of the data store.
 
 use aws_lc_rs::hmac;
+use clover_event::SubjectTagKey;
 use clover_keys::{DataKey, KeyError, aad};
 use clover_model::SubjectId;
 use zeroize::Zeroizing;
@@ -75,6 +76,21 @@ impl Metadata {
         bytes.copy_from_slice(derived.as_ref().get(..32).ok_or(KeyError::Crypto("short HMAC"))?);
         cache.insert_metadata_key(hash, &bytes, epoch);
         Ok(Some(DataKey::from_bytes(bytes)))
+    }
+
+    /// The subject's tag key: HMAC-SHA-256(their metadata key, "clover/subject-tag-key/v2"), so
+    /// that it is destroyed with their metadata salt at erasure. `None` when the subject has
+    /// no salt and `create` is false.
+    pub(crate) async fn tag_key(
+        &self,
+        keys: &DataKeys,
+        cache: &KeyCache,
+        hash: &str,
+        create: bool,
+    ) -> Result<Option<SubjectTagKey>, KeyError> {
+        let Some(key) = self.subject_key(keys, cache, hash, create).await? else { return Ok(None) };
+        let derived = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key.expose()), b"clover/subject-tag-key/v2");
+        Ok(Some(SubjectTagKey::new(derived.as_ref())))
     }
 
     /// Seals a subject's metadata with their metadata key; `hash` is the subject's keyed hash

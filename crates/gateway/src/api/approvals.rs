@@ -15,7 +15,7 @@ use std::sync::Arc;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use clover_event::{Event, EventKind};
+use clover_event::EventKind;
 use clover_model::{Category, SubjectId};
 use clover_policy::Decision;
 use clover_store::ApprovalRow;
@@ -95,8 +95,24 @@ fn answer(row: &ApprovalRow, decision: Option<Decision>, log_index: Option<u64>)
     }
 }
 
-fn event(caller: &Caller, action: &str, decision: Option<&Decision>, detail: String) -> Event {
-    crate::pipeline::events::event_without_data(EventKind::Approval, Some(caller), action, decision, detail)
+async fn log(
+    boundary: &Boundary,
+    caller: &Caller,
+    action: &str,
+    decision: Option<&Decision>,
+    detail: String,
+    note: Option<&str>,
+) -> Result<u64, ApiError> {
+    crate::pipeline::events::log_without_data(
+        boundary,
+        EventKind::Approval,
+        Some(caller),
+        action,
+        decision,
+        detail,
+        note,
+    )
+    .await
 }
 
 /// Asks for an approval to read the named subjects' records of the named categories for one
@@ -147,11 +163,7 @@ pub async fn request_approval(
         row.categories.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
         row.purpose
     );
-    let log_index = boundary
-        .log()
-        .append(&event(&caller, "request-approval", None, detail))
-        .await
-        .map_err(ApiError::LogUnavailable)?;
+    let log_index = log(&boundary, &caller, "request-approval", None, detail, None).await?;
     boundary.store().insert_approval(&row).await.map_err(ApiError::internal)?;
     tracing::info!(approval = %row.approval_id, log_index, "approval requested");
     Ok(axum::response::IntoResponse::into_response((
@@ -188,16 +200,15 @@ pub async fn grant_approval(
     let pending = row.as_ref().filter(|row| row.approver.is_none() && row.expires_at > now);
     // The id and requester go into the log only for an approval that is granted: the path is
     // the caller's text, and a refusal must read the same whether the approval exists or not.
-    let detail = match (pending, granted) {
-        (Some(row), true) => format!("approval {} for {}: granted", row.approval_id, row.requester),
-        (None, true) => "approval not granted: no such approval pending".to_owned(),
-        (_, false) => "approval refused".to_owned(),
+    // The requester is named only in the entry's annex, which the region keeps.
+    let (detail, note) = match (pending, granted) {
+        (Some(row), true) => {
+            (format!("approval {} granted", row.approval_id), Some(format!("requested by {}", row.requester)))
+        }
+        (None, true) => ("approval not granted: no such approval pending".to_owned(), None),
+        (_, false) => ("approval refused".to_owned(), None),
     };
-    let log_index = boundary
-        .log()
-        .append(&event(&caller, "approve", Some(&decision), detail))
-        .await
-        .map_err(ApiError::LogUnavailable)?;
+    let log_index = log(&boundary, &caller, "approve", Some(&decision), detail, note.as_deref()).await?;
     if !granted {
         return Err(ApiError::Forbidden { decision, log_index });
     }
@@ -280,11 +291,7 @@ pub async fn get_approval(
         (None, true) => "approval read: no such approval".to_owned(),
         (_, false) => "approval read refused".to_owned(),
     };
-    let log_index = boundary
-        .log()
-        .append(&event(&caller, "read-approval", Some(&decision), detail))
-        .await
-        .map_err(ApiError::LogUnavailable)?;
+    let log_index = log(&boundary, &caller, "read-approval", Some(&decision), detail, None).await?;
     if !allowed {
         return Err(ApiError::Forbidden { decision, log_index });
     }

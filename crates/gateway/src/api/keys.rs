@@ -122,11 +122,16 @@ async fn administer(
     let decision = boundary.pack().decide(&request);
     let allowed = decision.effect() == "allow";
     let detail = format!("{what} {}", if allowed { "allowed" } else { "refused" });
-    let log_index = boundary
-        .log()
-        .append(&key_event(Some(caller), action, Some(&decision), detail))
-        .await
-        .map_err(ApiError::LogUnavailable)?;
+    let log_index = crate::pipeline::events::log_without_data(
+        boundary,
+        EventKind::Key,
+        Some(caller),
+        action,
+        Some(&decision),
+        detail,
+        None,
+    )
+    .await?;
     if !allowed {
         tracing::warn!(principal = %caller.principal.id, log_index, action, "key administration refused");
         return Err(ApiError::Forbidden { decision, log_index });
@@ -134,13 +139,22 @@ async fn administer(
     Ok((decision, log_index))
 }
 
-fn key_event(
-    caller: Option<&Caller>,
-    action: &str,
-    decision: Option<&clover_policy::Decision>,
-    detail: String,
-) -> Event {
-    crate::pipeline::events::event_without_data(EventKind::Key, caller, action, decision, detail)
+/// The entry of a key operation the boundary does itself (no caller, nothing to annex).
+fn key_event(action: &str, detail: String) -> Event {
+    Event {
+        v: clover_event::EVENT_VERSION,
+        kind: EventKind::Key,
+        time: time::OffsetDateTime::now_utc().unix_timestamp(),
+        principal: None,
+        origin: None,
+        action: Some(action.to_owned()),
+        subject: None,
+        category: None,
+        decision: None,
+        purpose: None,
+        annex: None,
+        detail: Some(detail),
+    }
 }
 
 /// Rotates the key-encryption key: a new version now, the data keys re-wrapped in the
@@ -160,7 +174,7 @@ pub async fn rotate(State(boundary): State<Arc<Boundary>>, caller: Caller) -> Re
         return Err(ApiError::RotationRunning("a key rotation is under way; see GET /v1/keys".to_owned()));
     };
     let detail = format!("kek v{to_version} created in {}; {total} data keys to re-wrap", custodian.kek().describe());
-    boundary.log().append(&key_event(None, "add-kek-version", None, detail)).await.map_err(ApiError::LogUnavailable)?;
+    boundary.log().append(&key_event("add-kek-version", detail)).await.map_err(ApiError::LogUnavailable)?;
     tracing::info!(to_version, total, principal = %caller.principal.id, "key rotation started");
     tokio::spawn(run_rotation(boundary.clone(), to_version));
     Ok(answered(
@@ -177,7 +191,7 @@ async fn run_rotation(boundary: Arc<Boundary>, to_version: u32) {
     let outcome: Result<(), RotationStopped> = async {
         for version in custodian.run_rotation().await? {
             let detail = format!("kek v{version} retired: no data key uses it");
-            let retired = key_event(None, "retire-kek-version", None, detail);
+            let retired = key_event("retire-kek-version", detail);
             boundary.log().append(&retired).await?;
             tracing::info!(version, "kek version retired");
         }

@@ -206,10 +206,12 @@ pub async fn put_subject(
     ))
 }
 
-/// Erases a subject: destroys their wrapped data key and all their records.
+/// Erases a subject: destroys their data key, their tag key and all their records, and unlinks
+/// the log's annexes from them.
 ///
 /// Erasure is crypto-shredding: without the data key, any copy of the subject's ciphertext
-/// (a backup, a replica) can no longer be decrypted.
+/// (a backup, a replica) can no longer be decrypted; without the tag key, no one (the region
+/// included) can tell which public log entries were about them. The entries stay, and verify.
 #[utoipa::path(delete, path = "/v1/subjects/{subject_id}", tag = "subjects",
     params(("subject_id" = String, Path, description = "The platform's opaque id for the subject: 1 to 128 characters of A-Z a-z 0-9 - _ . : @, not only dots")),
     responses(
@@ -238,7 +240,13 @@ pub async fn erase_subject(
         .await
         .map_err(ApiError::internal)?
         .ok_or_else(|| ApiError::NotFound { what: "subject", id: subject_id.to_string() })?;
-    tracing::info!(subject = %subject_id, records = erasure.records, log_index = receipt.index(), "subject erased");
+    tracing::info!(
+        subject = %subject_id,
+        records = erasure.records,
+        annexes = erasure.annexes,
+        log_index = receipt.index(),
+        "subject erased"
+    );
     let decision = receipt.permit().decision().clone();
     Ok(answered(
         &decision,
@@ -257,9 +265,14 @@ pub async fn erase_subject(
 pub struct AccessEntry {
     /// The entry's index in the log.
     pub index: u64,
-    /// The entry, decoded (see `docs/log.md`), its keys in the log's canonical order.
+    /// The public entry, decoded (see `docs/log.md`), its keys in the log's canonical order:
+    /// format 2, or format 1 for entries written before it.
     #[schema(value_type = Object)]
-    pub entry: clover_event::Event,
+    pub entry: serde_json::Value,
+    /// The entry's private annex, which the region keeps (format 2 entries): who asked, about
+    /// which record, with what justification. Its commitment is the entry's `annex`.
+    #[schema(value_type = Option<Object>)]
+    pub annex: Option<clover_event::Annex>,
 }
 
 /// The log entries about a subject.
@@ -268,8 +281,6 @@ pub struct AccessesAnswer {
     /// The subject.
     #[schema(value_type = String)]
     pub subject_id: SubjectId,
-    /// The subject's keyed hash, as entries carry it.
-    pub subject_hash: String,
     /// Every entry about the subject, oldest first, this request's own included.
     pub entries: Vec<AccessEntry>,
     /// The decision that allowed this listing.
@@ -281,8 +292,10 @@ pub struct AccessesAnswer {
 
 /// Lists who accessed a subject's data: every log entry about them, with its index.
 ///
-/// For data subjects who ask who read their data. Entries hold no personal data; the subject
-/// appears in them only as a keyed hash. Works after erasure too: the log keeps the history.
+/// For data subjects who ask who read their data. The public entries hold no personal data (the
+/// subject appears in each as a tag that no other entry shares); the region finds them through
+/// their private annexes, which name the subject, and returns each with its annex. After the
+/// subject's erasure the annexes no longer name them, and nothing is found.
 #[utoipa::path(get, path = "/v1/subjects/{subject_id}/accesses", tag = "subjects",
     params(("subject_id" = String, Path, description = "The platform's opaque id for the subject: 1 to 128 characters of A-Z a-z 0-9 - _ . : @, not only dots")),
     responses(
@@ -297,24 +310,37 @@ pub async fn list_accesses(
     Path(subject_id): Path<String>,
 ) -> Result<Response, ApiError> {
     let subject_id = SubjectId::new(subject_id)?;
-    // Listing works after erasure too: the log keeps the history of a subject it no longer holds.
-    let minor = match boundary.store().subject(&subject_id).await.map_err(ApiError::internal)? {
-        Some(subject) => pipeline::metadata::subject_minor(&boundary, &subject).await,
+    let subject = boundary.store().subject(&subject_id).await.map_err(ApiError::internal)?;
+    let minor = match &subject {
+        Some(subject) => pipeline::metadata::subject_minor(&boundary, subject).await,
         None => true,
     };
     let ask = Ask { action: Action::ListAccesses, subject: &subject_id, record: None, subject_minor: minor };
     let receipt = pipeline::decide_and_log(&boundary, &caller, EventKind::Access, &ask).await?;
-    let subject_hash = boundary.subject_hash(&subject_id);
-    let mut entries = Vec::new();
-    for index in boundary.log().entries_about(&subject_hash) {
+    // Format 2 entries through the annexes that name the subject; format 1 entries (written
+    // before) through the subject's hash, while the subject is registered.
+    let mut found = std::collections::BTreeMap::new();
+    for annex in boundary.store().annexes_of(&subject_id).await.map_err(ApiError::internal)? {
+        for index in boundary.log().entries_about(&annex.commitment()) {
+            found.insert(index, Some(annex.clone()));
+        }
+    }
+    if subject.is_some() {
+        for index in boundary.log().entries_about(&boundary.subject_hash(&subject_id)) {
+            found.entry(index).or_insert(None);
+        }
+    }
+    let mut entries = Vec::with_capacity(found.len());
+    for (index, annex) in found {
         let bytes = boundary.log().entry(index).await.map_err(ApiError::internal)?;
-        let entry = clover_event::Event::decode(&bytes).map_err(ApiError::internal)?;
-        entries.push(AccessEntry { index, entry });
+        clover_event::Entry::decode(&bytes).map_err(ApiError::internal)?;
+        let entry = serde_json::from_slice(&bytes).map_err(ApiError::internal)?;
+        entries.push(AccessEntry { index, entry, annex });
     }
     let decision = receipt.permit().decision().clone();
     Ok(answered(
         &decision,
         StatusCode::OK,
-        AccessesAnswer { subject_id, subject_hash, entries, decision: decision.clone(), log_index: receipt.index() },
+        AccessesAnswer { subject_id, entries, decision: decision.clone(), log_index: receipt.index() },
     ))
 }

@@ -11,11 +11,12 @@ use std::sync::Arc;
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
-use clover_event::{EVENT_VERSION, Event, EventDecision, EventKind, EventOrigin, EventPrincipal};
+use clover_event::{EVENT_VERSION, Event, EventDecision, EventKind, EventOrigin};
 use clover_model::{Origin, Principal};
 use tracing::instrument;
 
 use crate::boundary::Boundary;
+use crate::boundary::entries::annex;
 use crate::identity::AuthError;
 use crate::problem::ApiError;
 use crate::report::Chain;
@@ -35,24 +36,9 @@ pub struct Caller {
 }
 
 impl Caller {
-    /// The caller, as a log entry records them.
-    pub(crate) fn event_principal(&self) -> EventPrincipal {
-        event_principal(&self.principal)
-    }
-
     /// Where the caller called from, as a log entry records it.
     pub(crate) fn event_origin(&self) -> EventOrigin {
         event_origin(&self.origin)
-    }
-}
-
-/// A principal, as a log entry records them.
-fn event_principal(principal: &Principal) -> EventPrincipal {
-    EventPrincipal {
-        id: principal.id.to_string(),
-        kind: principal.kind.to_string(),
-        region: principal.home_region.to_string(),
-        site: principal.site.to_string(),
     }
 }
 
@@ -223,22 +209,27 @@ async fn refuse_certificate(
 ) -> ApiError {
     // Built here rather than in `events.rs`, which depends on this step's `Caller`: a refusal
     // has no caller yet, only the certificate's principal (if any) and the address's origin.
+    // The reason names the certificate's principal or names: it goes in the annex, and the
+    // public entry says only that a certificate was refused.
     let event = Event {
         v: EVENT_VERSION,
         kind: EventKind::Access,
         time: time::OffsetDateTime::now_utc().unix_timestamp(),
-        principal: principal.map(event_principal),
+        principal: principal.map(|p| boundary.public_principal(p)),
         origin: Some(event_origin(origin)),
         action: Some("authenticate".to_owned()),
         subject: None,
-        record: None,
         category: None,
         decision: Some(EventDecision { effect: "deny".to_owned(), view: None, policies: Vec::new() }),
         purpose: None,
-        justification: None,
-        detail: Some(reason.clone()),
+        annex: None,
+        detail: Some("client certificate refused".to_owned()),
     };
-    let log_index = match boundary.log().append(&event).await {
+    let appended = match annex(principal, None, Some(&reason), None, None) {
+        Ok(annex) => boundary.append_annexed(event, Some(annex)).await,
+        Err(e) => Err(e),
+    };
+    let log_index = match appended {
         Ok(index) => Some(index),
         Err(e) => {
             tracing::error!(error = %Chain(&e), "cannot log a refused client certificate");

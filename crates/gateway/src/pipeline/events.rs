@@ -1,37 +1,42 @@
 //! Step 5: the log entry. Every decision is appended to the transparency log and made durable
 //! before anything is unwrapped or decrypted: an allowed access yields the [`Receipt`] the
 //! custodian asks for, a denial a 403 that carries its log index. Entries hold no personal
-//! data: the subject appears only as a keyed hash.
+//! data (format 2, `boundary/entries.rs`): the caller appears as a keyed pseudonym, the subject
+//! as a tag that no two entries share, and who, which record, which subject and why are in the
+//! entry's private annex, which the region keeps.
 
-use clover_event::{EVENT_VERSION, Event, EventDecision, EventKind};
+use clover_event::{EVENT_VERSION, Event, EventDecision, EventKind, SubjectTag};
 use clover_log::Receipt;
-use clover_model::Origin;
+use clover_model::{Action, Origin};
 use clover_policy::{Outcome, Verdict};
 use tracing::instrument;
 
 use crate::boundary::Boundary;
+use crate::boundary::entries::annex;
 use crate::pipeline::caller::Caller;
-use crate::pipeline::decision::{Ask, Facts};
+use crate::pipeline::decision::Ask;
 use crate::problem::ApiError;
 
-/// A log entry about no subject's data: a decision on an approval or on the keys, or the
-/// boundary's own doing (`caller` none).
-pub(crate) fn event_without_data(
+/// Logs an entry about no subject's data: a decision on an approval or on the keys, or the
+/// boundary's own doing (`caller` none). What names someone (the caller, a requester) goes in
+/// the annex: `note`. Returns the entry's index.
+pub(crate) async fn log_without_data(
+    boundary: &Boundary,
     kind: EventKind,
     caller: Option<&Caller>,
     action: &str,
     decision: Option<&clover_policy::Decision>,
     detail: String,
-) -> Event {
-    Event {
+    note: Option<&str>,
+) -> Result<u64, ApiError> {
+    let event = Event {
         v: EVENT_VERSION,
         kind,
         time: time::OffsetDateTime::now_utc().unix_timestamp(),
-        principal: caller.map(Caller::event_principal),
+        principal: caller.map(|c| boundary.public_principal(&c.principal)),
         origin: caller.map(Caller::event_origin),
         action: Some(action.to_owned()),
         subject: None,
-        record: None,
         category: None,
         decision: decision.map(|d| EventDecision {
             effect: d.effect().to_owned(),
@@ -39,23 +44,34 @@ pub(crate) fn event_without_data(
             policies: d.policies.clone(),
         }),
         purpose: caller.and_then(|c| c.purpose.clone()),
-        justification: caller.and_then(|c| c.justification.clone()),
+        annex: None,
         detail: Some(detail),
-    }
+    };
+    let annex = match caller {
+        Some(caller) => Some(annex(Some(&caller.principal), caller.justification.as_deref(), note, None, None)?),
+        None => None,
+    };
+    Ok(boundary.append_annexed(event, annex).await?)
 }
 
-/// The log entry of a decision on an access, a write or an erasure.
-fn event(caller: &Caller, kind: EventKind, ask: &Ask<'_>, subject_hash: &str, verdict: &Verdict) -> Event {
+/// The public entry of a decision on an access, a write or an erasure.
+fn event(
+    boundary: &Boundary,
+    caller: &Caller,
+    kind: EventKind,
+    ask: &Ask<'_>,
+    tag: SubjectTag,
+    verdict: &Verdict,
+) -> Event {
     let decision = verdict.decision();
     Event {
         v: EVENT_VERSION,
         kind,
         time: time::OffsetDateTime::now_utc().unix_timestamp(),
-        principal: Some(caller.event_principal()),
+        principal: Some(boundary.public_principal(&caller.principal)),
         origin: Some(caller.event_origin()),
         action: Some(ask.action.to_string()),
-        subject: Some(subject_hash.to_owned()),
-        record: ask.record.map(|(id, _)| id.to_string()),
+        subject: Some(tag),
         category: ask.record.map(|(_, category)| category.to_string()),
         decision: Some(EventDecision {
             effect: decision.effect().to_owned(),
@@ -66,7 +82,7 @@ fn event(caller: &Caller, kind: EventKind, ask: &Ask<'_>, subject_hash: &str, ve
             policies: decision.policies.clone(),
         }),
         purpose: caller.purpose.clone(),
-        justification: caller.justification.clone(),
+        annex: None,
         detail: None,
     }
 }
@@ -79,18 +95,24 @@ pub(crate) async fn log(
     caller: &Caller,
     kind: EventKind,
     ask: &Ask<'_>,
-    facts: &Facts,
     verdict: Verdict,
 ) -> Result<Receipt, ApiError> {
-    let entry = event(caller, kind, ask, &facts.subject_hash, &verdict);
+    // An allowed access that the custodian will hand a key for is bound to the subject by the
+    // tag: their tag key must exist (made here at their registration).
+    let needs_key = matches!(ask.action, Action::Read | Action::Write | Action::Erase);
+    let tag = boundary.subject_tag(ask.subject, needs_key && matches!(verdict, Verdict::Allowed(_))).await?;
+    let entry = event(boundary, caller, kind, ask, tag, &verdict);
+    let record = ask.record.map(|(id, _)| id.to_string());
+    let annex =
+        annex(Some(&caller.principal), caller.justification.as_deref(), None, record.as_deref(), Some(ask.subject))?;
     match verdict {
         Verdict::Allowed(permit) => {
-            let receipt = boundary.log().append_permitted(&entry, permit).await.map_err(ApiError::LogUnavailable)?;
+            let receipt = boundary.append_permitted_annexed(entry, annex, permit).await?;
             tracing::Span::current().record("index", receipt.index());
             Ok(receipt)
         }
         Verdict::Denied(mut decision) => {
-            let log_index = boundary.log().append(&entry).await.map_err(ApiError::LogUnavailable)?;
+            let log_index = boundary.append_annexed(entry, Some(annex)).await?;
             tracing::Span::current().record("index", log_index);
             let origin = match &caller.origin {
                 Origin::Site { site, region } => format!("from {site} (region {:?})", region.as_str()),

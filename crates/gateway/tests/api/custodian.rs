@@ -45,10 +45,17 @@ async fn start() -> Remote {
 }
 
 impl Remote {
+    /// Presents the entry at `index` as a receipt for subject `u-1`'s key.
     async fn call(&self, op: &str, index: u64, entry: &[u8]) -> reqwest::Response {
+        self.call_for("u-1", op, index, entry).await
+    }
+
+    /// Presents the entry at `index` as a receipt for `subject`'s key.
+    async fn call_for(&self, subject: &str, op: &str, index: u64, entry: &[u8]) -> reqwest::Response {
+        let subject_hash = self.app.boundary.subject_hash(&subject.parse().unwrap());
         self.http
             .post(format!("{}/v1/data-keys/{op}", self.url))
-            .json(&json!({"index": index, "entry": B64.encode(entry)}))
+            .json(&json!({"index": index, "entry": B64.encode(entry), "subject_hash": subject_hash}))
             .send()
             .await
             .unwrap()
@@ -102,13 +109,30 @@ async fn the_custodian_refuses_what_the_signed_log_does_not_allow() {
     let index = read["log_index"].as_u64().unwrap();
     let entry = remote.entry(index).await;
 
-    // An altered entry (another subject's hash) is not in the log.
+    // An altered entry (another subject tag) is not in the log.
+    let event: Value = serde_json::from_slice(&entry).unwrap();
+    let tag = event["subject"]["tag"].as_str().unwrap();
     let text = String::from_utf8(entry.clone()).unwrap();
-    let other = app.boundary.subject_hash(&"u-2".parse().unwrap());
-    let hash = app.boundary.subject_hash(&"u-1".parse().unwrap());
-    let forged = text.replace(&hash, &other);
+    let forged = text.replace(tag, &"0".repeat(64));
     assert_ne!(forged, text);
     assert_eq!(remote.call("fetch", index, forged.as_bytes()).await.status(), 403);
+    // The real entry, presented for another registered subject's key: the entry's tag is not
+    // theirs, and the custodian refuses (before format 2 bound the receipt by the subject hash
+    // in the public entry).
+    app.seed("u-2", json!({"name": "Bo"})).await;
+    let refused = remote.call_for("u-2", "fetch", index, &entry).await;
+    assert_eq!(refused.status(), 403);
+    let body: Value = refused.json().await.unwrap();
+    assert!(body.to_string().contains("not about the subject"), "{body}");
+    // A malformed subject hash is refused too.
+    let malformed = remote
+        .http
+        .post(format!("{}/v1/data-keys/fetch", remote.url))
+        .json(&json!({"index": index, "entry": B64.encode(&entry), "subject_hash": "u-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(malformed.status(), 403);
     // A real entry at the wrong index, or beyond the log.
     assert_eq!(remote.call("fetch", index - 1, &entry).await.status(), 403);
     assert_eq!(remote.call("fetch", index + 1000, &entry).await.status(), 403);
@@ -156,24 +180,25 @@ async fn the_custodian_refuses_a_log_inconsistent_with_what_it_verified_before()
     let entry = app.boundary.log().entry(index).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("log-state");
+    let subject_hash = app.boundary.subject_hash(&"u-1".parse().unwrap());
     let verifier = |state: &std::path::Path| {
         LogVerifier::new(&app.url(""), app.boundary.log_vkey().clone()).with_state(state.to_owned()).unwrap()
     };
 
     // An earlier checkpoint it verified: the log grew from it consistently; the state moves on.
     std::fs::write(&state, format!("{} {}\n", early.size, early.root.to_base64())).unwrap();
-    assert!(verifier(&state).check(index, &entry).await.is_ok());
+    assert!(verifier(&state).check(index, &entry, &subject_hash).await.is_ok());
     let kept = std::fs::read_to_string(&state).unwrap();
     assert_ne!(kept, format!("{} {}\n", early.size, early.root.to_base64()));
 
     // A different root at that size (what it would have seen of a fork): refused.
     let forked = clover_tlog::hash::leaf_hash(b"another history").to_base64();
     std::fs::write(&state, format!("{} {forked}\n", early.size)).unwrap();
-    let refused = verifier(&state).check(index, &entry).await;
+    let refused = verifier(&state).check(index, &entry, &subject_hash).await;
     assert!(matches!(refused, Err(clover_custodian::ReceiptError::Inconsistent { .. })), "{refused:?}");
     // A larger log than the one now shown (a shrink): refused.
     std::fs::write(&state, format!("{} {forked}\n", early.size + 1000)).unwrap();
-    assert!(verifier(&state).check(index, &entry).await.is_err());
+    assert!(verifier(&state).check(index, &entry, &subject_hash).await.is_err());
 }
 
 /// Receipts checked at once fetch their proofs at once: the proof against the older checkpoint
@@ -237,9 +262,10 @@ async fn the_custodian_accepts_an_older_checkpoint_that_the_one_it_verified_exte
     tokio::spawn(async move { axum::serve(listener, proxy).await });
 
     let verifier = LogVerifier::new(&proxy_url, app.boundary.log_vkey().clone());
-    let newer_access = verifier.check(newer_index, &newer_entry).await.unwrap();
+    let subject_hash = app.boundary.subject_hash(&"u-1".parse().unwrap());
+    let (newer_access, _) = verifier.check(newer_index, &newer_entry, &subject_hash).await.unwrap();
     assert_eq!(newer_access.log_index, newer_index);
-    let older = verifier.check(index, &entry).await;
+    let older = verifier.check(index, &entry, &subject_hash).await;
     assert!(older.is_ok(), "an older checkpoint that the verified one extends: {older:?} (stale size {stale_size})");
 
     // The same stale answer to a verifier that remembers another history at a larger size: the
@@ -250,6 +276,6 @@ async fn the_custodian_accepts_an_older_checkpoint_that_the_one_it_verified_exte
     std::fs::write(&state, format!("{} {forked}\n", stale_size + 2)).unwrap();
     let forked_verifier =
         LogVerifier::new(&proxy_url, app.boundary.log_vkey().clone()).with_state(state.clone()).unwrap();
-    let refused = forked_verifier.check(index, &entry).await;
+    let refused = forked_verifier.check(index, &entry, &subject_hash).await;
     assert!(matches!(refused, Err(clover_custodian::ReceiptError::Inconsistent { .. })), "{refused:?}");
 }

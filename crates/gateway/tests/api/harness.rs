@@ -242,18 +242,17 @@ impl TestApp {
     /// A receipt for an in-region access to `subject`, logged like the gateway logs one.
     pub async fn receipt(&self, subject: &SubjectId) -> Receipt {
         let event = Event {
-            v: 1,
+            v: clover_event::EVENT_VERSION,
             kind: EventKind::Access,
             time: 0,
             principal: None,
             origin: None,
             action: Some("read".into()),
-            subject: Some(self.boundary.subject_hash(subject)),
-            record: None,
+            subject: Some(clover_event::SubjectTag::random().unwrap()),
             category: None,
             decision: None,
             purpose: Some("test".into()),
-            justification: None,
+            annex: None,
             detail: None,
         };
         self.boundary.log().append_permitted(&event, self.permit(subject)).await.unwrap()
@@ -378,4 +377,12 @@ pub async fn problem(response: reqwest::Response, status: u16, kind: &str) -> Va
     assert!(body["title"].as_str().is_some_and(|t| !t.is_empty()), "{body}");
     assert!(body["detail"].as_str().is_some_and(|d| !d.is_empty()), "{body}");
     body
+}
+
+/// The private annex of a logged entry (format 2), as the region's store keeps it.
+pub async fn annex_of(boundary: &clover_gateway::Boundary, entry: &Value) -> clover_event::Annex {
+    let commitment = entry["annex"].as_str().unwrap_or_else(|| panic!("no annex: {entry}"));
+    let annex = boundary.store().annex(commitment).await.unwrap().unwrap_or_else(|| panic!("no annex kept: {entry}"));
+    assert_eq!(annex.commitment(), commitment, "the annex matches its entry");
+    annex
 }

@@ -7,7 +7,9 @@ use clover_tlog::note::Note;
 use clover_tlog::tree::verify_inclusion;
 use serde_json::{Value, json};
 
-use crate::harness::{DUBLIN, SINGAPORE, TestApp, files_containing, log_entries, problem};
+use clover_event::AnnexField;
+
+use crate::harness::{DUBLIN, SINGAPORE, TestApp, annex_of, files_containing, log_entries, problem};
 
 async fn entry(app: &TestApp, index: u64) -> Value {
     let bytes = app.boundary.log().entry(index).await.unwrap();
@@ -54,7 +56,6 @@ async fn every_decision_is_logged_and_every_answer_carries_its_index() {
     assert!(config["detail"].as_str().unwrap().starts_with("configuration sha256:"), "{config}");
     assert_eq!(indexes, vec![2, 3, 4, 5, 6], "one entry per decision, in order");
 
-    let subject_hash = app.boundary.subject_hash(&"u-1".parse().unwrap());
     let expected = [
         ("write", "write", "allow", None),
         ("write", "write", "allow", Some("messages")),
@@ -62,20 +63,31 @@ async fn every_decision_is_logged_and_every_answer_carries_its_index() {
         ("access", "read", "deny", Some("messages")),
         ("erasure", "erase", "allow", None),
     ];
+    let pseudonym = app.boundary.principal_pseudonym("employee", "ana");
+    let mut tags = std::collections::HashSet::new();
     for (index, (kind, action, effect, category)) in expected.into_iter().enumerate() {
         let e = entry(&app, index as u64 + 2).await;
-        assert_eq!(e["v"], 1);
+        assert_eq!(e["v"], 2);
         assert_eq!(e["kind"], kind, "{e}");
         assert_eq!(e["action"], action, "{e}");
         assert_eq!(e["decision"]["effect"], effect, "{e}");
-        assert_eq!(e["subject"], subject_hash.as_str(), "{e}");
         assert_eq!(e["category"], category.map_or(Value::Null, Value::from), "{e}");
-        assert_eq!(e["principal"], json!({"id": "ana", "kind": "employee", "region": "eu", "site": "dublin-1"}));
+        // The caller by pseudonym (the same in every entry), kind and home region; no name.
+        assert_eq!(e["principal"], json!({"pseudonym": pseudonym, "kind": "employee", "region": "eu"}));
+        // The subject by a tag that no other entry shares.
+        assert!(tags.insert(e["subject"]["tag"].as_str().unwrap().to_owned()), "a tag repeats: {e}");
+        for gone in ["record", "justification", "\"id\""] {
+            assert!(!e.to_string().contains(gone), "{gone} in a public entry: {e}");
+        }
+        // Who asked is in the annex the region keeps; the subject and the record were unlinked
+        // from it by the erasure at the end.
+        let annex = annex_of(&app.boundary, &e).await;
+        assert_eq!(annex.principal.as_deref(), Some("ana"));
+        assert!(matches!(annex.subject, AnnexField::Unlinked(_)), "{annex:?}");
     }
     let read_entry = entry(&app, 4).await;
-    assert_eq!(read_entry["record"], record.as_str());
     assert_eq!(read_entry["purpose"], "support");
-    assert_eq!(read_entry["justification"], "TICKET-42");
+    assert_eq!(annex_of(&app.boundary, &read_entry).await.justification.as_deref(), Some("TICKET-42"));
     assert_eq!(read_entry["origin"], json!({"site": "dublin-1", "region": "eu"}));
     assert_eq!(read_entry["decision"]["view"], "full");
     let denied_entry = entry(&app, 5).await;
@@ -83,9 +95,14 @@ async fn every_decision_is_logged_and_every_answer_carries_its_index() {
     assert_eq!(denied_entry["decision"]["policies"], json!(["no-full-view-from-outside"]));
     assert_eq!(denied_entry["decision"]["view"], Value::Null);
 
-    // The log never holds the subject id in the clear.
-    assert!(files_containing(&app.data_dir().join("log"), b"u-1").is_empty());
-    assert!(files_containing(&app.data_dir().join("log"), b"MARKER-q7zv").is_empty());
+    // The log never holds the subject id, the record id, the caller's name or the ticket.
+    for secret in [b"u-1".as_slice(), record.as_bytes(), b"ana", b"TICKET-42", b"MARKER-q7zv"] {
+        assert!(
+            files_containing(&app.data_dir().join("log"), secret).is_empty(),
+            "{}",
+            String::from_utf8_lossy(secret)
+        );
+    }
 }
 
 #[tokio::test]
@@ -260,9 +277,12 @@ async fn a_justification_is_a_ticket_id_never_free_text() {
     assert_eq!(app.boundary.log().size(), before, "nothing was logged");
     assert!(files_containing(&app.data_dir(), b"Jane-Doe").is_empty());
 
-    // A ticket id of the configured form is taken, and logged as it was given.
+    // A ticket id of the configured form is taken, and kept as it was given, in the entry's
+    // private annex, not in the public log.
     let read: Value = read("CASE-7").await.unwrap().json().await.unwrap();
-    assert_eq!(entry(&app, read["log_index"].as_u64().unwrap()).await["justification"], "CASE-7");
+    let logged = entry(&app, read["log_index"].as_u64().unwrap()).await;
+    assert!(!logged.to_string().contains("CASE-7"), "{logged}");
+    assert_eq!(annex_of(&app.boundary, &logged).await.justification.as_deref(), Some("CASE-7"));
 }
 
 #[tokio::test]

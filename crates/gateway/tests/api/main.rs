@@ -15,6 +15,7 @@ mod log;
 mod origins;
 mod policy;
 mod postgres;
+mod public_log;
 mod service;
 mod subjects_and_records;
 mod tls;

@@ -9,7 +9,7 @@ use clover_tls::dev::{Ca, Leaf};
 use serde_json::{Value, json};
 use time::{Duration, OffsetDateTime};
 
-use crate::harness::{DUBLIN, SINGAPORE, TestApp, VIRGINIA, log_entries, problem};
+use crate::harness::{DUBLIN, SINGAPORE, TestApp, VIRGINIA, annex_of, log_entries, problem};
 
 /// A CA, the boundary's certificate, and client certificates, in a directory of their own.
 struct Pki {
@@ -161,7 +161,9 @@ async fn a_service_certificate_gets_its_sites_decisions_without_a_token() {
     assert_eq!(body["fields"]["display_name"], "Aoife");
     let index = body["log_index"].as_u64().unwrap();
     let entry = &log_entries(app.boundary.log()).await[usize::try_from(index).unwrap()];
-    assert_eq!(entry["principal"], json!({"id": "ingest", "kind": "service", "region": "eu", "site": "dublin-1"}));
+    let pseudonym = app.boundary.principal_pseudonym("service", "ingest");
+    assert_eq!(entry["principal"], json!({"pseudonym": pseudonym, "kind": "service", "region": "eu"}));
+    assert_eq!(annex_of(&app.boundary, entry).await.principal.as_deref(), Some("ingest"));
     assert_eq!(
         entry["origin"],
         json!({"site": "dublin-1", "region": "eu"}),
@@ -219,8 +221,14 @@ async fn a_singapore_certificate_from_an_eu_address_is_refused_and_logged() {
     assert_eq!(entry["kind"], "access");
     assert_eq!(entry["action"], "authenticate");
     assert_eq!(entry["decision"]["effect"], "deny");
-    assert_eq!(entry["principal"]["id"], "ingest");
-    assert_eq!(entry["principal"]["site"], "singapore-1");
+    assert_eq!(entry["principal"]["pseudonym"], app.boundary.principal_pseudonym("service", "ingest"));
+    assert_eq!(entry["principal"]["region"], "sg");
+    // Why, naming the certificate's service and sites, is in the annex; the public entry says
+    // only that a certificate was refused.
+    assert_eq!(entry["detail"], "client certificate refused");
+    let annex = annex_of(&app.boundary, entry).await;
+    assert_eq!(annex.principal.as_deref(), Some("ingest"));
+    assert!(annex.note.as_deref().unwrap().contains("singapore-1"), "{annex:?}");
     assert_eq!(entry["origin"], json!({"site": "dublin-1", "region": "eu"}));
     assert_eq!(entry["subject"], Value::Null, "no subject: nothing was read");
 
@@ -279,7 +287,7 @@ async fn certificates_of_an_unknown_ca_expired_or_naming_no_service_are_refused(
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();
     let entry = &log_entries(app.boundary.log()).await[usize::try_from(body["log_index"].as_u64().unwrap()).unwrap()];
-    assert_eq!(entry["principal"]["id"], "ana");
+    assert_eq!(entry["principal"]["pseudonym"], app.boundary.principal_pseudonym("employee", "ana"));
 
     // A certificate that names two services is refused: which one it is must not be a guess.
     let both = pki.issue(

@@ -1,0 +1,108 @@
+//! What the boundary writes to its log (format 2): a public entry of facts and commitments, and
+//! the private annex it commits to, kept in the region's store.
+//!
+//! The public entry names the caller by a keyed pseudonym and the subject by a tag that no two
+//! entries share ([`SubjectTag`]); the annex names the principal, the record, the subject and
+//! the justification. The annex is stored before the entry is appended, so that every entry's
+//! annex is in the store when the entry is (an annex whose append then failed names an entry
+//! that does not exist, which a region auditor sees as such).
+
+use clover_event::{Annex, Event, EventPrincipal, SubjectTag};
+use clover_log::{LogError, Receipt};
+use clover_model::{Principal, SubjectId};
+use clover_policy::Permit;
+use clover_store::StoreError;
+
+use super::Boundary;
+use crate::report::Chain;
+
+/// Why an entry could not be appended.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    /// The entry's annex could not be stored: nothing was appended.
+    #[error("cannot keep the log entry's annex")]
+    Annex(#[source] StoreError),
+    /// The system's randomness failed: no annex salt or subject tag could be made.
+    #[error("cannot make the log entry")]
+    Randomness(#[source] clover_event::EventError),
+    /// The log refused the append.
+    #[error(transparent)]
+    Log(#[from] LogError),
+}
+
+impl Boundary {
+    /// The pseudonym by which format 2 entries name the principal `id` of `kind` (`employee` or
+    /// `service`): what a region auditor computes to find one person's entries.
+    pub fn principal_pseudonym(&self, kind: &str, id: &str) -> String {
+        self.subject_index.principal_pseudonym(kind, id)
+    }
+
+    /// A principal as a public entry shows them: kind, home region and a keyed pseudonym that
+    /// only the region can resolve.
+    pub(crate) fn public_principal(&self, principal: &Principal) -> EventPrincipal {
+        let kind = principal.kind.to_string();
+        EventPrincipal {
+            pseudonym: self.subject_index.principal_pseudonym(&kind, principal.id.as_str()),
+            kind,
+            region: principal.home_region.to_string(),
+        }
+    }
+
+    /// A fresh tag for an entry about `subject`. With `ensure` (an allowed access, whose receipt
+    /// the custodian will bind to the subject by this tag), the subject's tag key is made if
+    /// they have none yet. A subject with no tag key (never registered, or erased), or whose key
+    /// cannot be had, gets a random tag, which looks like any other.
+    pub(crate) async fn subject_tag(&self, subject: &SubjectId, ensure: bool) -> Result<SubjectTag, AppendError> {
+        let key = match self.custody.subject_tag_key(subject, false).await {
+            Ok(None) if ensure => self.custody.subject_tag_key(subject, true).await,
+            other => other,
+        };
+        match key {
+            Ok(Some(key)) => key.tag().map_err(AppendError::Randomness),
+            Ok(None) => SubjectTag::random().map_err(AppendError::Randomness),
+            Err(e) => {
+                tracing::warn!(error = %Chain(&e), "cannot have a subject's tag key; the entry gets a random tag");
+                SubjectTag::random().map_err(AppendError::Randomness)
+            }
+        }
+    }
+
+    /// Stores `annex` (if any) and sets `event`'s commitment to it.
+    async fn keep_annex(&self, event: &mut Event, annex: Option<&Annex>) -> Result<(), AppendError> {
+        if let Some(annex) = annex {
+            event.annex = Some(annex.commitment());
+            self.store.insert_annex(annex).await.map_err(AppendError::Annex)?;
+        }
+        Ok(())
+    }
+
+    /// Appends `event` with its `annex`, and waits until it is durable; returns its index.
+    pub(crate) async fn append_annexed(&self, mut event: Event, annex: Option<Annex>) -> Result<u64, AppendError> {
+        self.keep_annex(&mut event, annex.as_ref()).await?;
+        Ok(self.log.append(&event).await?)
+    }
+
+    /// [`Boundary::append_annexed`] for an allowed access: returns the receipt the custodian
+    /// asks for.
+    pub(crate) async fn append_permitted_annexed(
+        &self,
+        mut event: Event,
+        annex: Annex,
+        permit: Permit,
+    ) -> Result<Receipt, AppendError> {
+        self.keep_annex(&mut event, Some(&annex)).await?;
+        Ok(self.log.append_permitted(&event, permit).await?)
+    }
+}
+
+/// The annex of an entry about `principal`'s request.
+pub(crate) fn annex(
+    principal: Option<&Principal>,
+    justification: Option<&str>,
+    note: Option<&str>,
+    record: Option<&str>,
+    subject: Option<&SubjectId>,
+) -> Result<Annex, AppendError> {
+    Annex::new(principal.map(|p| p.id.as_str()), justification, note, record, subject.map(SubjectId::as_str))
+        .map_err(AppendError::Randomness)
+}
