@@ -228,6 +228,8 @@ impl TestApp {
             purpose_declared: false,
             purpose_allowed_for_category: false,
             purpose_allows_transfer: false,
+            purpose_role_ok: false,
+            category_role_ok: false,
             has_justification: false,
             approved: false,
             subjects_touched: 1,
