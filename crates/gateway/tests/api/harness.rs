@@ -70,7 +70,7 @@ impl TestApp {
             kind: PrincipalKind::Employee,
             region: region.into(),
             site: site.into(),
-            roles: vec!["agent".into()],
+            roles: vec!["support".into(), "legal".into()],
             iat: now,
             exp: now + ttl,
         }
