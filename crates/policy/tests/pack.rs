@@ -238,7 +238,7 @@ fn cases() -> Vec<Case> {
             &["writes-in-region-only"],
             &["in-region-writes"],
         ),
-        case("in-region staff list a subject's accesses", |r| list_accesses(r), full, &["in-region-access-lists"], &[]),
+        case("in-region staff list a subject's accesses", list_accesses, full, &["in-region-access-lists"], &[]),
         case(
             "not from outside the region",
             |r| {
