@@ -291,9 +291,11 @@ fn pair_sync(options: &Options, mut base: impl FnMut(usize), mut op: impl FnMut(
 // The gateway under test
 // ---------------------------------------------------------------------------------------------
 
+/// A caller declaring `purpose`, holding the role the default configuration names for it (each
+/// purpose the bench declares, `support` and `analytics`, names the role of its own name).
 fn caller(kind: PrincipalKind, region: &str, site: &str, purpose: &str) -> Caller {
     Caller {
-        principal: fixtures::principal(&format!("bench-{site}"), kind, region, site, &["support"]),
+        principal: fixtures::principal(&format!("bench-{site}"), kind, region, site, &[purpose]),
         origin: fixtures::origin(site, region),
         purpose: Some(purpose.into()),
         justification: None,

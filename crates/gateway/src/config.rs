@@ -154,6 +154,10 @@ pub struct PurposeConfig {
     pub name: String,
     /// The categories it may read: data use declared as configuration.
     pub categories: Vec<Category>,
+    /// The roles that may declare it: a caller who holds none of them is refused by the
+    /// default pack's `purpose-needs-its-role`. Required, and not empty: a purpose is declared
+    /// by the roles named for it, not by anyone with a token.
+    pub roles: Vec<String>,
     /// Whether it may receive pseudonymised views from outside the region.
     #[serde(default)]
     pub transfer: bool,
@@ -380,6 +384,26 @@ pub struct CategoryConfig {
     pub name: Category,
     /// How sensitive it is.
     pub sensitivity: Sensitivity,
+    /// For a sensitive category, the roles that may read it (besides a role of the declared
+    /// purpose, and a ticket): required, and not empty, for a sensitive category; refused on a
+    /// normal one, where the default pack does not consult it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<String>,
+}
+
+impl CategoryConfig {
+    /// Whether `roles` holds one of the roles this category names (never, for a category that
+    /// names none).
+    pub fn allows_any_of(&self, roles: &[String]) -> bool {
+        self.roles.iter().any(|r| roles.contains(r))
+    }
+}
+
+impl PurposeConfig {
+    /// Whether `roles` holds one of the roles that may declare this purpose.
+    pub fn allows_any_of(&self, roles: &[String]) -> bool {
+        self.roles.iter().any(|r| roles.contains(r))
+    }
 }
 
 /// Token verification.
@@ -491,31 +515,36 @@ impl Default for Config {
                 site("singapore-1", "sg", &["127.0.2.0/24"]),
             ],
             categories: [
-                ("profile", Sensitivity::Normal),
-                ("contact", Sensitivity::Sensitive),
-                ("content", Sensitivity::Normal),
-                ("messages", Sensitivity::Sensitive),
-                ("device", Sensitivity::Sensitive),
-                ("location", Sensitivity::Sensitive),
+                ("profile", Sensitivity::Normal, &[][..]),
+                ("contact", Sensitivity::Sensitive, &["support", "safety", "legal"][..]),
+                ("content", Sensitivity::Normal, &[][..]),
+                ("messages", Sensitivity::Sensitive, &["safety", "legal"][..]),
+                ("device", Sensitivity::Sensitive, &["safety", "legal", "security"][..]),
+                ("location", Sensitivity::Sensitive, &["safety", "legal", "security"][..]),
             ]
             .into_iter()
-            .map(|(n, sensitivity)| CategoryConfig { name: name(n), sensitivity })
+            .map(|(n, sensitivity, roles)| CategoryConfig {
+                name: name(n),
+                sensitivity,
+                roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+            })
             .collect(),
             identity: IdentityConfig::default(),
             log: LogConfig::default(),
             keys: KeysConfig::default(),
             purposes: [
-                ("support", &["profile", "contact", "content", "messages", "device"][..], false),
-                ("safety", &["profile", "contact", "content", "messages", "device", "location"][..], true),
-                ("legal", &["profile", "contact", "content", "messages", "device", "location"][..], false),
-                ("security-incident", &["profile", "device", "location"][..], false),
-                ("advertising", &["profile", "content"][..], false),
-                ("analytics", &["profile", "content", "device"][..], true),
+                ("support", &["profile", "contact", "content", "messages", "device"][..], "support", false),
+                ("safety", &["profile", "contact", "content", "messages", "device", "location"][..], "safety", true),
+                ("legal", &["profile", "contact", "content", "messages", "device", "location"][..], "legal", false),
+                ("security-incident", &["profile", "device", "location"][..], "security", false),
+                ("advertising", &["profile", "content"][..], "advertising", false),
+                ("analytics", &["profile", "content", "device"][..], "analytics", true),
             ]
             .into_iter()
-            .map(|(n, categories, transfer)| PurposeConfig {
+            .map(|(n, categories, role, transfer)| PurposeConfig {
                 name: n.to_owned(),
                 categories: categories.iter().map(|c| name(c)).collect(),
+                roles: vec![role.to_owned()],
                 transfer,
             })
             .collect(),
@@ -661,6 +690,23 @@ impl Config {
             if !categories.insert(category.name.as_str()) {
                 return Err(ConfigError::Invalid(format!("category {:?} is listed twice", category.name.as_str())));
             }
+            let which = category.name.as_str();
+            match (category.sensitivity, category.roles.is_empty()) {
+                (Sensitivity::Sensitive, true) => {
+                    return Err(ConfigError::Invalid(format!(
+                        "category {which:?} is sensitive: name the roles that may read it (roles = [...]; see the \
+                         README's migration note)"
+                    )));
+                }
+                (Sensitivity::Normal, false) => {
+                    return Err(ConfigError::Invalid(format!(
+                        "category {which:?} is normal: its roles would restrict nothing (only a sensitive category's \
+                         roles are checked); make it sensitive, or leave roles out"
+                    )));
+                }
+                _ => {}
+            }
+            check_roles(&format!("category {which:?}"), &category.roles)?;
         }
         if let Some(origin) = &self.log.origin
             && !clover_tlog::note::valid_key_name(origin)
@@ -678,6 +724,13 @@ impl Config {
             if !purposes.insert(purpose.name.as_str()) {
                 return Err(ConfigError::Invalid(format!("purpose {:?} is listed twice", purpose.name)));
             }
+            if purpose.roles.is_empty() {
+                return Err(ConfigError::Invalid(format!(
+                    "purpose {:?} names no roles: nobody could declare it (roles = [...])",
+                    purpose.name
+                )));
+            }
+            check_roles(&format!("purpose {:?}", purpose.name), &purpose.roles)?;
             for category in &purpose.categories {
                 if !categories.contains(category.as_str()) {
                     return Err(ConfigError::Invalid(format!(
@@ -698,6 +751,23 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Roles are names, compared exactly: not empty, no surrounding spaces (a role `" legal"`
+/// would match no token's role), none twice.
+fn check_roles(which: &str, roles: &[String]) -> Result<(), ConfigError> {
+    let mut seen = std::collections::BTreeSet::new();
+    for role in roles {
+        if role.is_empty() || role.trim() != role {
+            return Err(ConfigError::Invalid(format!(
+                "{which} names the role {role:?}: a role is a name without spaces around it"
+            )));
+        }
+        if !seen.insert(role.as_str()) {
+            return Err(ConfigError::Invalid(format!("{which} names the role {role:?} twice")));
+        }
+    }
+    Ok(())
 }
 
 impl Config {
@@ -866,6 +936,40 @@ mod tests {
         assert!(err.contains("mutual TLS"), "{err}");
         Config::parse("[keys]\ncustodian = \"http://127.0.0.1:7880\"\n").unwrap();
         Config::parse("[tls]\ncert = \"c\"\nkey = \"k\"\n[keys]\ncustodian = \"https://custodian.eu:7880\"\n").unwrap();
+    }
+
+    #[test]
+    fn purposes_and_sensitive_categories_name_their_roles() {
+        let defaults = Config::default();
+        let role = |p: &str| defaults.purposes.iter().find(|c| c.name == p).unwrap().roles.clone();
+        assert_eq!(role("safety"), ["safety"]);
+        assert_eq!(role("legal"), ["legal"]);
+        let messages = defaults.categories.iter().find(|c| c.name.as_str() == "messages").unwrap();
+        assert!(messages.allows_any_of(&["legal".into()]) && !messages.allows_any_of(&["intern".into()]));
+
+        // A configuration written before purposes named roles is refused, loudly, not read as
+        // "nobody may declare it" or "anyone may".
+        let old_purpose = "[[purposes]]\nname = \"support\"\ncategories = [\"profile\"]\n";
+        let err = Config::parse(old_purpose).unwrap_err().to_string();
+        assert!(err.contains("missing field `roles`"), "{err}");
+        let err = Config::parse(&format!("{old_purpose}roles = []\n")).unwrap_err().to_string();
+        assert!(err.contains("purpose \"support\" names no roles"), "{err}");
+        let err = Config::parse(&format!("{old_purpose}roles = [\"support\", \"support\"]\n")).unwrap_err().to_string();
+        assert!(err.contains("twice"), "{err}");
+        let err = Config::parse(&format!("{old_purpose}roles = [\" support\"]\n")).unwrap_err().to_string();
+        assert!(err.contains("without spaces"), "{err}");
+
+        let category = |sensitivity: &str, roles: &str| {
+            format!(
+                "[[categories]]\nname = \"profile\"\nsensitivity = \"{sensitivity}\"\n{roles}{old_purpose}roles = [\"support\"]\n"
+            )
+        };
+        let err = Config::parse(&category("sensitive", "")).unwrap_err().to_string();
+        assert!(err.contains("category \"profile\" is sensitive: name the roles"), "{err}");
+        let err = Config::parse(&category("normal", "roles = [\"legal\"]\n")).unwrap_err().to_string();
+        assert!(err.contains("would restrict nothing"), "{err}");
+        Config::parse(&category("sensitive", "roles = [\"legal\"]\n")).unwrap();
+        Config::parse(&category("normal", "")).unwrap();
     }
 
     #[test]

@@ -137,6 +137,12 @@ pub struct PackRequest {
     pub purpose_allowed_for_category: bool,
     /// Whether the purpose is allowed for pseudonymised transfers out of the region.
     pub purpose_allows_transfer: bool,
+    /// Whether the caller holds one of the roles the purpose names (false for a purpose that is
+    /// not on the configured list).
+    pub purpose_role_ok: bool,
+    /// Whether the caller holds one of the roles the record's category names (false for a
+    /// category that names none, and for requests about no record).
+    pub category_role_ok: bool,
     /// Whether a justification ticket was given.
     pub has_justification: bool,
     /// Whether an approval covers the access.
@@ -437,6 +443,8 @@ impl PolicyPack {
             ("purpose_declared".to_owned(), b(request.purpose_declared)),
             ("purpose_allowed_for_category".to_owned(), b(request.purpose_allowed_for_category)),
             ("purpose_allows_transfer".to_owned(), b(request.purpose_allows_transfer)),
+            ("purpose_role_ok".to_owned(), b(request.purpose_role_ok)),
+            ("category_role_ok".to_owned(), b(request.category_role_ok)),
             ("has_justification".to_owned(), b(request.has_justification)),
             ("approved".to_owned(), b(request.approved)),
             ("subjects_touched".to_owned(), RestrictedExpression::new_long(request.subjects_touched)),

@@ -66,7 +66,7 @@ pub fn read_profile_request() -> PackRequest {
             id: "ana".into(),
             home_region: "eu".into(),
             site: "dublin-1".into(),
-            roles: vec!["agent".into()],
+            roles: vec!["support".into()],
         },
         action: Action::Read,
         resource: PackResource::Record {
@@ -81,6 +81,8 @@ pub fn read_profile_request() -> PackRequest {
         purpose_declared: true,
         purpose_allowed_for_category: true,
         purpose_allows_transfer: false,
+        purpose_role_ok: true,
+        category_role_ok: false,
         has_justification: false,
         approved: false,
         subjects_touched: 3,

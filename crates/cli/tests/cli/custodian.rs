@@ -40,7 +40,7 @@ async fn a_boundary_gets_its_keys_from_a_custodian_process() {
     let boundary = Process::start(serve);
     assert_eq!(boundary.url, boundary_url);
 
-    let token = mint_token(clover(dir.path()), &["--data-dir", "data"], "");
+    let token = mint_token(clover(dir.path()), &["--data-dir", "data"], "support");
     let client = client(DUBLIN);
     let subject = format!("{boundary_url}/v1/subjects/u-1");
     let put = client.put(&subject).bearer_auth(&token).json(&json!({"home_region": "eu", "birth_date": "1990-01-01"}));

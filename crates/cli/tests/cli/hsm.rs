@@ -85,7 +85,7 @@ async fn a_boundary_on_an_hsm_signs_wraps_and_rotates_in_the_token() {
     let keyring_vkey = hsm.stdout(&["log", "vkey", "--config", hsm.config("keyring").to_str().unwrap()]);
     assert_ne!(vkey, keyring_vkey);
 
-    let agent = token(&hsm, &config, "agent");
+    let agent = token(&hsm, &config, "support");
     let client = client(DUBLIN);
     let mut records = Vec::new();
     for i in 0..5 {

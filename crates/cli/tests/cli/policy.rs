@@ -16,7 +16,7 @@ fn check_accepts_the_shipped_pack_and_names_what_is_wrong_with_a_bad_one() {
     let pack = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policies");
     let ok = clover(&["policy", "check", pack.to_str().unwrap()]);
     assert!(ok.status.success(), "{}", ok.stderr);
-    assert!(ok.stdout.contains("valid, 12 policies"), "{}", ok.stdout);
+    assert!(ok.stdout.contains("valid, 18 policies"), "{}", ok.stdout);
 
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(pack.join("clover.cedarschema"), dir.path().join("clover.cedarschema")).unwrap();
@@ -33,13 +33,16 @@ fn check_accepts_the_shipped_pack_and_names_what_is_wrong_with_a_bad_one() {
 
 #[test]
 fn explain_prints_the_outcome_and_the_deciding_policies() {
-    let cases: [(&[&str], &str, &str); 4] = [
-        (&["--region", "eu", "--site", "dublin-1", "--from", "127.0.0.1"], "allow, full view", "in-region-access"),
-        (&["--region", "eu", "--site", "dublin-1", "--from", "127.0.2.1"], "deny", "no-full-view-from-outside"),
+    let dublin: &[&str] = &["--region", "eu", "--site", "dublin-1", "--from", "127.0.0.1"];
+    let cases: [(&[&str], &str, &str); 7] = [
+        (&["--roles", "support"], "allow, full view", "in-region-read"),
+        (&["--roles", "support", "--from", "127.0.2.1"], "deny", "no-full-view-from-outside"),
         (
             &[
                 "--kind",
                 "service",
+                "--roles",
+                "analytics",
                 "--region",
                 "us",
                 "--site",
@@ -52,23 +55,39 @@ fn explain_prints_the_outcome_and_the_deciding_policies() {
             "allow, pseudonymised view",
             "pseudonymised-from-outside",
         ),
+        (&["--roles", "support", "--subjects-touched", "51"], "approval required", "bulk-access-needs-approval"),
+        // Issue 15's attacker: an intern declaring safety for a minor's messages, with a ticket.
         (
-            &["--region", "eu", "--site", "dublin-1", "--from", "127.0.0.1", "--subjects-touched", "51"],
+            &["--roles", "intern", "--purpose", "safety", "--category", "messages", "--minor", "--ticket"],
+            "deny",
+            "minors-sensitive-data-needs-approval, purpose-needs-its-role, sensitive-needs-category-role",
+        ),
+        (&[], "deny", "purpose-needs-its-role"),
+        (
+            &["--roles", "safety", "--purpose", "safety", "--category", "messages", "--minor", "--ticket"],
             "approval required",
-            "bulk-access-needs-approval",
+            "minors-sensitive-data-needs-approval",
         ),
     ];
     for (args, outcome, policy) in cases {
-        let mut all = vec!["policy", "explain", "--category", "profile"];
+        let mut all = vec!["policy", "explain"];
         if !args.contains(&"--purpose") {
             all.extend(["--purpose", "support"]);
+        }
+        if !args.contains(&"--category") {
+            all.extend(["--category", "profile"]);
+        }
+        for (flag, value) in dublin.chunks(2).map(|pair| (pair[0], pair[1])) {
+            if !args.contains(&flag) {
+                all.extend([flag, value]);
+            }
         }
         all.extend_from_slice(args);
         let out = clover(&all);
         assert!(out.status.success(), "{}", out.stderr);
         let text = &out.stdout;
         assert!(text.contains(&format!("outcome:  {outcome}\n")), "{args:?}: {text}");
-        assert!(text.contains(&format!("policies: {policy}")), "{args:?}: {text}");
+        assert!(text.contains(&format!("policies: {policy}\n")), "{args:?}: {text}");
     }
 }
 

@@ -1,7 +1,10 @@
-//! `/v1/approvals`: asking for, and granting, an approval for bulk access.
+//! `/v1/approvals`: asking for, and granting, an approval for bulk access and for a minor's
+//! sensitive data.
 //!
-//! A principal who must read more distinct subjects than the policy's threshold asks for an
-//! approval, scoped to themselves, the subjects, the categories and the purpose. A second
+//! A principal who must read more distinct subjects than the policy's threshold, or a minor's
+//! sensitive category (the default pack's `minors-sensitive-data-needs-approval`, even in the
+//! region), asks for an approval, scoped to themselves, the subjects, the categories and the
+//! purpose. A second
 //! person grants it: an in-region employee with the approver role, never the requester (the
 //! policy pack's `approvals-by-a-second-person`). A request nobody answers expires, and so does
 //! a grant (`[policy] approval_seconds`, 12 hours). Each step is in the log.

@@ -5,7 +5,10 @@
 //!
 //! The request's context is computed here, from configuration and from what the boundary
 //! resolved itself: whether the purpose is on the configured list and declared for the record's
-//! category, whether it may go out of the region pseudonymised, how sensitive the category is.
+//! category, whether the caller holds a role the purpose names (`[[purposes]] roles`) and one the
+//! category names (`[[categories]] roles`), whether it may go out of the region pseudonymised,
+//! how sensitive the category is, and (for a read past the threshold, or of a minor's sensitive
+//! category) whether an approval covers the read.
 //! `clover policy explain` builds its requests with the same functions.
 
 use clover_model::{Action, Category, Origin, Principal, RecordId, SubjectId};
@@ -58,13 +61,23 @@ async fn approved(boundary: &Boundary, caller: &Caller, ask: &Ask<'_>) -> bool {
 }
 
 /// Works out the [`Facts`] of a request: the subject's hash once, the window's count, and (only
-/// for a read past the threshold, where it can matter) whether an approval covers it.
+/// where it can matter: a read past the threshold, or of a minor's sensitive category) whether
+/// an approval covers it.
 pub(crate) async fn facts(boundary: &Boundary, caller: &Caller, ask: &Ask<'_>) -> Facts {
     let subject_hash = boundary.subject_hash(ask.subject);
     let touched =
         if ask.action == Action::Read { boundary.touches().count(&caller.principal.id, &subject_hash) } else { 0 };
-    let approved = touched > boundary.config().policy.bulk_threshold && approved(boundary, caller, ask).await;
+    let minors_sensitive = ask.action == Action::Read
+        && ask.subject_minor
+        && ask.record.is_some_and(|(_, category)| category_is_sensitive(boundary.config(), category));
+    let needs_approval = touched > boundary.config().policy.bulk_threshold || minors_sensitive;
+    let approved = needs_approval && approved(boundary, caller, ask).await;
     Facts { subject_hash, touched, approved }
+}
+
+/// Whether `category` is sensitive (one that is not configured counts as sensitive).
+fn category_is_sensitive(config: &Config, category: &Category) -> bool {
+    config.categories.iter().find(|c| &c.name == category).is_none_or(|c| c.sensitivity == Sensitivity::Sensitive)
 }
 
 /// The policy's decision, from the pack, on what the boundary knows. An allowed read counts
@@ -149,11 +162,9 @@ pub fn record_request(
     circumstances: &Circumstances,
 ) -> PackRequest {
     let purpose = circumstances.purpose.as_ref().and_then(|p| config.purposes.iter().find(|c| &c.name == p));
-    let sensitive = config
-        .categories
-        .iter()
-        .find(|c| c.name == record.category)
-        .is_none_or(|c| c.sensitivity == Sensitivity::Sensitive);
+    let category = config.categories.iter().find(|c| c.name == record.category);
+    // A category that is not configured names no role.
+    let sensitive = category_is_sensitive(config, &record.category);
     PackRequest {
         boundary_region: config.region.to_string(),
         principal: pack_principal(principal),
@@ -170,6 +181,8 @@ pub fn record_request(
         purpose_declared: purpose.is_some(),
         purpose_allowed_for_category: purpose.is_some_and(|p| p.categories.contains(&record.category)),
         purpose_allows_transfer: purpose.is_some_and(|p| p.transfer),
+        purpose_role_ok: purpose.is_some_and(|p| p.allows_any_of(&principal.roles)),
+        category_role_ok: category.is_some_and(|c| c.allows_any_of(&principal.roles)),
         has_justification: circumstances.has_justification,
         approved: circumstances.approved,
         subjects_touched: circumstances.subjects_touched,
@@ -199,6 +212,8 @@ fn subject_request(
         purpose_declared: false,
         purpose_allowed_for_category: false,
         purpose_allows_transfer: false,
+        purpose_role_ok: false,
+        category_role_ok: false,
         has_justification: circumstances.has_justification,
         approved: circumstances.approved,
         subjects_touched: circumstances.subjects_touched,
@@ -224,6 +239,8 @@ fn request_without_data(
         purpose_declared: false,
         purpose_allowed_for_category: false,
         purpose_allows_transfer: false,
+        purpose_role_ok: false,
+        category_role_ok: false,
         has_justification: false,
         approved: false,
         subjects_touched: 0,

@@ -7,7 +7,8 @@ use serde_json::{Value, json};
 use crate::harness::{DUBLIN, TestApp, files, files_containing, problem};
 
 const MARKER: &str = "MARKER-7f3a9c-personal-value";
-const BIRTH_DATE: &str = "2011-05-01";
+/// An adult's: a minor's messages and location would need an approval to be read back.
+const BIRTH_DATE: &str = "1987-03-14";
 
 #[tokio::test]
 async fn no_personal_value_appears_in_the_clear_anywhere_in_the_data_directory() {

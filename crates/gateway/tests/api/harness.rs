@@ -70,7 +70,7 @@ impl TestApp {
             kind: PrincipalKind::Employee,
             region: region.into(),
             site: site.into(),
-            roles: vec!["agent".into()],
+            roles: vec!["support".into(), "legal".into()],
             iat: now,
             exp: now + ttl,
         }
@@ -228,6 +228,8 @@ impl TestApp {
             purpose_declared: false,
             purpose_allowed_for_category: false,
             purpose_allows_transfer: false,
+            purpose_role_ok: false,
+            category_role_ok: false,
             has_justification: false,
             approved: false,
             subjects_touched: 1,

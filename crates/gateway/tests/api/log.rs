@@ -19,7 +19,10 @@ async fn entry(app: &TestApp, index: u64) -> Value {
 #[tokio::test]
 async fn every_decision_is_logged_and_every_answer_carries_its_index() {
     let app = TestApp::start().await;
-    let put: Value = app.put_subject("u-1").await.json().await.unwrap();
+    // An adult: a minor's messages would need an approval to be read.
+    let put = app.client(DUBLIN).put(app.url("/v1/subjects/u-1")).bearer_auth(app.token());
+    let put = put.json(&json!({"home_region": "eu", "birth_date": "1990-02-01"}));
+    let put: Value = put.send().await.unwrap().json().await.unwrap();
     let post: Value =
         app.post_record("u-1", "messages", json!({"text": "MARKER-q7zv-in-a-message"})).await.json().await.unwrap();
     let record = post["record_id"].as_str().unwrap().to_owned();

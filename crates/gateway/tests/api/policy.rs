@@ -1,6 +1,7 @@
 //! The policy pack on the gateway's path, end to end over HTTP from EU, US, Singapore and
 //! unknown origins.
 
+use clover_model::PrincipalKind;
 use serde_json::{Value, json};
 
 use crate::harness::{DUBLIN, SINGAPORE, TestApp, UNKNOWN, VIRGINIA, log_entries, problem};
@@ -18,17 +19,37 @@ async fn subject(app: &TestApp, subject: &str, birth_date: Option<&str>) -> Stri
     post.json::<Value>().await.unwrap()["record_id"].as_str().unwrap().to_owned()
 }
 
-/// Reads `record` from `from` as an employee of `region` declaring `purpose`.
+/// Reads `record` from `from` as an employee of `region` declaring `purpose`, holding the role
+/// the default configuration names for that purpose, with no ticket.
 async fn read(app: &TestApp, from: &str, region: &str, record: &str, purpose: Option<&str>) -> reqwest::Response {
+    read_with_ticket(app, from, region, record, purpose, None).await
+}
+
+/// [`read`], with a justification ticket.
+async fn read_with_ticket(
+    app: &TestApp,
+    from: &str,
+    region: &str,
+    record: &str,
+    purpose: Option<&str>,
+    ticket: Option<&str>,
+) -> reqwest::Response {
     let site = match region {
         "us" => "virginia-1",
         "sg" => "singapore-1",
         _ => "dublin-1",
     };
-    let token = app.mint(&app.claims(region, site, 600));
+    let mut claims = app.claims(region, site, 600);
+    if let Some(purpose) = purpose {
+        claims.roles = vec![if purpose == "security-incident" { "security" } else { purpose }.to_owned()];
+    }
+    let token = app.mint(&claims);
     let mut request = app.client(from).get(app.url(&format!("/v1/records/{record}"))).bearer_auth(token);
     if let Some(purpose) = purpose {
         request = request.header("X-Clover-Purpose", purpose);
+    }
+    if let Some(ticket) = ticket {
+        request = request.header("X-Clover-Justification", ticket);
     }
     request.send().await.unwrap()
 }
@@ -116,8 +137,15 @@ async fn a_purpose_must_be_declared_and_fit_the_category() {
     let location = app.post_record("s", "location", json!({"lat": 53.27})).await;
     let location = location.json::<Value>().await.unwrap()["record_id"].as_str().unwrap().to_owned();
     let body = problem(read(&app, DUBLIN, "eu", &location, Some("advertising")).await, 403, "forbidden").await;
-    assert_eq!(body["decision"]["policies"], json!(["declared-purpose"]));
-    assert_eq!(read(&app, DUBLIN, "eu", &location, Some("safety")).await.status(), 200);
+    // (Nor are advertisers a role the sensitive category names, nor was there a ticket.)
+    assert_eq!(
+        body["decision"]["policies"],
+        json!(["declared-purpose", "sensitive-needs-category-role", "ticket-for-sensitive"])
+    );
+    // Safety does, and location is sensitive: with a ticket.
+    let body = problem(read(&app, DUBLIN, "eu", &location, Some("safety")).await, 403, "forbidden").await;
+    assert_eq!(body["decision"]["policies"], json!(["ticket-for-sensitive"]));
+    assert_eq!(read_with_ticket(&app, DUBLIN, "eu", &location, Some("safety"), Some("CASE-1")).await.status(), 200);
 }
 
 #[tokio::test]
@@ -227,7 +255,7 @@ async fn a_second_person_approves_bulk_access_and_the_approval_expires() {
     let app = TestApp::start_with(|config| config.policy.bulk_threshold = 1).await;
     let first = subject(&app, "s-1", Some("1990-02-01")).await;
     let second = subject(&app, "s-2", Some("1990-02-01")).await;
-    let ana = token_for(&app, "ana", &["agent"]);
+    let ana = token_for(&app, "ana", &["support", "legal"]);
     let get = |token: String, record: String, purpose: &'static str| {
         let client = app.client(DUBLIN);
         let url = app.url(&format!("/v1/records/{record}"));
@@ -309,7 +337,7 @@ async fn a_second_person_approves_bulk_access_and_the_approval_expires() {
     // The approval covers its subject, category and purpose only.
     assert_eq!(get(ana.clone(), second.clone(), "support").await.status(), 200);
     assert_eq!(get(ana.clone(), second.clone(), "legal").await.status(), 403);
-    assert_eq!(get(token_for(&app, "bo", &["agent"]), first.clone(), "support").await.status(), 200);
+    assert_eq!(get(token_for(&app, "bo", &["support"]), first.clone(), "support").await.status(), 200);
 
     // Every step is in the log.
     let log = app.boundary.log();
@@ -456,4 +484,197 @@ async fn an_approval_is_read_by_its_requester_and_approvers_in_the_region_and_by
             assert_eq!(effect, "allow", "{entry}");
         }
     }
+}
+
+/// Writes a `category` record for `subject` (registered already); returns its id.
+async fn record_of(app: &TestApp, subject: &str, category: &str, fields: Value) -> String {
+    let post = app.post_record(subject, category, fields).await;
+    assert_eq!(post.status(), 201);
+    post.json::<Value>().await.unwrap()["record_id"].as_str().unwrap().to_owned()
+}
+
+/// Reads `record` from Dublin as the EU `kind` `id` with `roles`, declaring `purpose` and, if
+/// any, `ticket`.
+async fn read_as(
+    app: &TestApp,
+    (kind, id, roles): (PrincipalKind, &str, &[&str]),
+    record: &str,
+    purpose: &str,
+    ticket: Option<&str>,
+) -> reqwest::Response {
+    let mut claims = app.claims("eu", "dublin-1", 600);
+    (claims.kind, claims.sub) = (kind, id.into());
+    claims.roles = roles.iter().map(|r| r.to_string()).collect();
+    let mut request = app
+        .client(DUBLIN)
+        .get(app.url(&format!("/v1/records/{record}")))
+        .bearer_auth(app.mint(&claims))
+        .header("X-Clover-Purpose", purpose);
+    if let Some(ticket) = ticket {
+        request = request.header("X-Clover-Justification", ticket);
+    }
+    request.send().await.unwrap()
+}
+
+/// Asserts a refusal by exactly `policies`, with `effect`, whose log entry records it; returns
+/// the body.
+async fn refused(app: &TestApp, response: reqwest::Response, effect: &str, policies: &[&str]) -> Value {
+    let body = problem(response, 403, "forbidden").await;
+    assert_eq!(body["decision"]["effect"], effect, "{body}");
+    assert_eq!(body["decision"]["policies"], json!(policies), "{body}");
+    let entry = &log_entries(app.boundary.log()).await[usize::try_from(body["log_index"].as_u64().unwrap()).unwrap()];
+    assert_eq!(entry["decision"]["policies"], json!(policies), "{entry}");
+    assert_eq!(entry["decision"]["effect"], effect, "{entry}");
+    body
+}
+
+/// The attacker's reads of issue 15, each of which the default configuration allowed in full
+/// before least privilege: an intern reading a minor's messages from Dublin for `safety`, a
+/// service with no roles reading messages for `legal`, an employee with no roles reading
+/// location. Each is refused now, by the policies it breaks, and logged.
+#[tokio::test]
+async fn least_privilege_refuses_what_the_attacker_read() {
+    use PrincipalKind::{Employee, Service};
+    let app = TestApp::start().await;
+    subject(&app, "minor", Some("2013-04-02")).await;
+    subject(&app, "adult", Some("1990-02-01")).await;
+    let minors_messages = record_of(&app, "minor", "messages", json!({"text": "see you after school"})).await;
+    let messages = record_of(&app, "adult", "messages", json!({"text": "call me"})).await;
+    let location = record_of(&app, "adult", "location", json!({"lat": 53.27, "lon": -9.05})).await;
+
+    // An intern (no role of any purpose), a minor's messages, purpose safety, ticket `x`: the
+    // ticket is no ticket id, refused before any decision...
+    let intern = (Employee, "ivan", &["intern"][..]);
+    let body = problem(read_as(&app, intern, &minors_messages, "safety", Some("x")).await, 400, "invalid-header").await;
+    assert!(body["detail"].as_str().unwrap().contains("x-clover-justification"), "{body}");
+    // ...and with a well-formed ticket, refused by policy: safety is not the intern's purpose,
+    // messages not the intern's category, and a minor's messages need an approval anyway.
+    let body = refused(
+        &app,
+        read_as(&app, intern, &minors_messages, "safety", Some("CASE-1")).await,
+        "deny",
+        &["minors-sensitive-data-needs-approval", "purpose-needs-its-role", "sensitive-needs-category-role"],
+    )
+    .await;
+    assert!(!body.to_string().contains("see you after school"), "{body}");
+    // An employee with no roles at all, the same read.
+    refused(
+        &app,
+        read_as(&app, (Employee, "ivan", &[]), &minors_messages, "safety", Some("CASE-1")).await,
+        "deny",
+        &["minors-sensitive-data-needs-approval", "purpose-needs-its-role", "sensitive-needs-category-role"],
+    )
+    .await;
+
+    // A service with no roles, an adult's messages, for legal (with a ticket, even).
+    refused(
+        &app,
+        read_as(&app, (Service, "crawler", &[]), &messages, "legal", Some("CASE-2")).await,
+        "deny",
+        &["purpose-needs-its-role", "sensitive-needs-category-role"],
+    )
+    .await;
+
+    // An employee with no roles, an adult's location, for safety, without a ticket.
+    refused(
+        &app,
+        read_as(&app, (Employee, "ivan", &[]), &location, "safety", None).await,
+        "deny",
+        &["purpose-needs-its-role", "sensitive-needs-category-role", "ticket-for-sensitive"],
+    )
+    .await;
+
+    // The roles a purpose names are not enough for a sensitive category that does not name them:
+    // support staff may declare support, which declares messages, but messages are for safety
+    // and legal staff.
+    refused(
+        &app,
+        read_as(&app, (Employee, "sue", &["support"]), &messages, "support", Some("CASE-3")).await,
+        "deny",
+        &["sensitive-needs-category-role", "support-sees-profile-and-contact"],
+    )
+    .await;
+
+    // Both ways: safety staff, with a ticket, read the adult's messages and location in full...
+    let safety = (Employee, "sam", &["safety"][..]);
+    for record in [&messages, &location] {
+        let read = read_as(&app, safety, record, "safety", Some("CASE-4")).await;
+        assert_eq!(read.status(), 200, "{record}");
+        let read: Value = read.json().await.unwrap();
+        assert_eq!(
+            (read["view"].as_str(), read["decision"]["policies"].clone()),
+            (Some("full"), json!(["in-region-read"]))
+        );
+    }
+    // ...a service with the legal role reads messages for legal...
+    let read = read_as(&app, (Service, "legal-hold", &["legal"]), &messages, "legal", Some("CASE-5")).await;
+    assert_eq!(read.status(), 200);
+    // ...but a minor's messages need an approval, even for them, even in the region.
+    refused(
+        &app,
+        read_as(&app, safety, &minors_messages, "safety", Some("CASE-4")).await,
+        "approval-required",
+        &["minors-sensitive-data-needs-approval"],
+    )
+    .await;
+}
+
+/// A minor's sensitive data is read, in the region, only once a second person has approved it:
+/// the approval covers its subject, category and purpose, and the requester may not grant it.
+#[tokio::test]
+async fn a_minors_sensitive_data_is_read_after_a_second_persons_approval() {
+    let app = TestApp::start().await;
+    subject(&app, "minor", Some("2013-04-02")).await;
+    let messages = record_of(&app, "minor", "messages", json!({"text": "see you after school"})).await;
+    let location = record_of(&app, "minor", "location", json!({"lat": 53.27})).await;
+    let sam = (PrincipalKind::Employee, "sam", &["safety"][..]);
+    refused(
+        &app,
+        read_as(&app, sam, &messages, "safety", Some("CASE-9")).await,
+        "approval-required",
+        &["minors-sensitive-data-needs-approval"],
+    )
+    .await;
+
+    let asked: Value = app
+        .client(DUBLIN)
+        .post(app.url("/v1/approvals"))
+        .bearer_auth(token_for(&app, "sam", &["safety", "approver"]))
+        .json(&json!({"subjects": ["minor"], "categories": ["messages"], "purpose": "safety"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = asked["approval_id"].as_str().unwrap().to_owned();
+    let grant = |who: &str| {
+        let request = app.client(DUBLIN).post(app.url(&format!("/v1/approvals/{id}/grant"))).bearer_auth(token_for(
+            &app,
+            who,
+            &["approver"],
+        ));
+        async move { request.send().await.unwrap() }
+    };
+    // Not by the one who asked, though an approver.
+    problem(grant("sam").await, 403, "forbidden").await;
+    assert_eq!(read_as(&app, sam, &messages, "safety", Some("CASE-9")).await.status(), 403);
+    assert_eq!(grant("carol").await.status(), 200);
+
+    let read = read_as(&app, sam, &messages, "safety", Some("CASE-9")).await;
+    assert_eq!(read.status(), 200);
+    let read: Value = read.json().await.unwrap();
+    assert_eq!(read["fields"]["text"], "see you after school");
+    // The approval covers that category and purpose only, and not another's reads.
+    refused(
+        &app,
+        read_as(&app, sam, &location, "safety", Some("CASE-9")).await,
+        "approval-required",
+        &["minors-sensitive-data-needs-approval"],
+    )
+    .await;
+    let legal = (PrincipalKind::Employee, "sam", &["safety", "legal"][..]);
+    assert_eq!(read_as(&app, legal, &messages, "legal", Some("CASE-9")).await.status(), 403);
+    let other = (PrincipalKind::Employee, "tom", &["safety"][..]);
+    assert_eq!(read_as(&app, other, &messages, "safety", Some("CASE-9")).await.status(), 403);
 }

@@ -44,7 +44,7 @@ async fn a_record_written_is_read_back_in_full_from_every_eu_site() {
         assert_eq!(body["fields"], fields);
         assert_eq!(body["decision"]["effect"], "allow");
         assert_eq!(body["decision"]["view"], "full");
-        assert_eq!(body["decision"]["policies"], json!(["in-region-access"]));
+        assert_eq!(body["decision"]["policies"], json!(["in-region-read"]));
     }
 }
 

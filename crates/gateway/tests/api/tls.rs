@@ -61,7 +61,7 @@ impl Pki {
                     san: uri(region, site, "ingest"),
                     principal: "ingest".parse().unwrap(),
                     site: site.parse().unwrap(),
-                    roles: vec!["support".into()],
+                    roles: vec!["support".into(), "analytics".into()],
                 })
                 .collect();
             configure(config);
