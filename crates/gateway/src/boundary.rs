@@ -20,7 +20,6 @@ use crate::config::{CategoryConfig, Config};
 use crate::identity::Authenticator;
 use crate::origin::Sites;
 use crate::report::Chain;
-use crate::touches::Touches;
 use crate::witnesses::Cosigned;
 
 /// One region's boundary: its configuration, store, custodian and verifier.
@@ -36,7 +35,6 @@ pub struct Boundary {
     authenticator: Authenticator,
     sites: Sites,
     pack: std::sync::RwLock<Arc<PolicyPack>>,
-    touches: Touches,
     tls: Option<Arc<clover_tls::ServerTls>>,
 }
 
@@ -97,11 +95,6 @@ impl Boundary {
     /// The configured sites, which place a client address (step 2 of the pipeline).
     pub(crate) fn sites(&self) -> &Sites {
         &self.sites
-    }
-
-    /// The distinct subjects each principal read in the window, shared by every request.
-    pub(crate) fn touches(&self) -> &Touches {
-        &self.touches
     }
 
     /// The checkpoint to serve: the latest one every witness cosigned, or, with no witness (or

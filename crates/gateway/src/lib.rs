@@ -24,7 +24,6 @@ pub mod origin;
 pub mod pipeline;
 pub mod problem;
 pub mod report;
-pub mod touches;
 pub mod witnesses;
 
 pub use api::serve;

@@ -51,6 +51,7 @@ pub async fn decide_and_log(
 ) -> Result<Receipt, ApiError> {
     let facts = decision::facts(boundary, caller, ask).await;
     let verdict = decision::decide(boundary, caller, ask, &facts);
+    decision::count_read(boundary, caller, ask, &facts, &verdict).await;
     events::log(boundary, caller, kind, ask, verdict).await
 }
 

@@ -166,6 +166,20 @@ pub trait Store: Send + Sync + 'static {
     /// The annex with `commitment`, if this region keeps it.
     async fn annex(&self, commitment: &str) -> Result<Option<Annex>, StoreError>;
 
+    /// Counts a read of `subject` (the region's keyed hash) by `principal` at `at`, and forgets
+    /// that principal's reads before `since`: the window of the bulk-access rule, kept where
+    /// every gateway of the region sees it, and across restarts.
+    async fn record_touch(
+        &self,
+        principal: &PrincipalId,
+        subject: &str,
+        at: OffsetDateTime,
+        since: OffsetDateTime,
+    ) -> Result<(), StoreError>;
+
+    /// The distinct subjects `principal` read since `since`, counting `subject` as one of them.
+    async fn touched(&self, principal: &PrincipalId, subject: &str, since: OffsetDateTime) -> Result<i64, StoreError>;
+
     /// Stores a request for an approval.
     async fn insert_approval(&self, row: &ApprovalRow) -> Result<(), StoreError>;
 

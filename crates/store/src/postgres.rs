@@ -71,6 +71,15 @@ const MIGRATIONS: &[(i64, &str)] = &[
      );
      CREATE INDEX annexes_by_subject ON annexes(subject_id);",
     ),
+    (
+        3,
+        "CREATE TABLE touches (
+         principal   TEXT NOT NULL,
+         subject     TEXT NOT NULL,
+         at          BIGINT NOT NULL
+     );
+     CREATE INDEX touches_by_principal ON touches(principal, at);",
+    ),
 ];
 
 /// A store in a PostgreSQL database.
@@ -223,6 +232,42 @@ impl Store for PostgresStore {
         let subjects: i64 = row.try_get(0).map_err(db("counting rows"))?;
         let records: i64 = row.try_get(1).map_err(db("counting rows"))?;
         Ok(Counts { subjects: subjects.unsigned_abs(), records: records.unsigned_abs() })
+    }
+
+    async fn record_touch(
+        &self,
+        principal: &PrincipalId,
+        subject: &str,
+        at: OffsetDateTime,
+        since: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db("counting a read"))?;
+        sqlx::query("DELETE FROM touches WHERE principal = $1 AND at < $2")
+            .bind(principal.as_str())
+            .bind(since.unix_timestamp())
+            .execute(&mut *tx)
+            .await
+            .map_err(db("forgetting old reads"))?;
+        sqlx::query("INSERT INTO touches (principal, subject, at) VALUES ($1, $2, $3)")
+            .bind(principal.as_str())
+            .bind(subject)
+            .bind(at.unix_timestamp())
+            .execute(&mut *tx)
+            .await
+            .map_err(db("counting a read"))?;
+        tx.commit().await.map_err(db("counting a read"))?;
+        Ok(())
+    }
+
+    async fn touched(&self, principal: &PrincipalId, subject: &str, since: OffsetDateTime) -> Result<i64, StoreError> {
+        let (count,): (i64,) = sqlx::query_as("SELECT (SELECT COUNT(DISTINCT subject) FROM touches WHERE principal = $1 AND at >= $2) + (CASE WHEN EXISTS (SELECT 1 FROM touches WHERE principal = $1 AND subject = $3 AND at >= $2) THEN 0 ELSE 1 END)")
+            .bind(principal.as_str())
+            .bind(since.unix_timestamp())
+            .bind(subject)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db("counting reads"))?;
+        Ok(count)
     }
 
     async fn insert_annex(&self, annex: &Annex) -> Result<(), StoreError> {

@@ -56,6 +56,12 @@ CREATE TABLE IF NOT EXISTS annexes (
     created_at  INTEGER NOT NULL
 ) STRICT;
 CREATE INDEX IF NOT EXISTS annexes_by_subject ON annexes(subject_id);
+CREATE TABLE IF NOT EXISTS touches (
+    principal   TEXT NOT NULL,
+    subject     TEXT NOT NULL,
+    at          INTEGER NOT NULL
+) STRICT;
+CREATE INDEX IF NOT EXISTS touches_by_principal ON touches(principal, at);
 ";
 
 /// The schema's version, kept in `user_version`.
@@ -297,6 +303,44 @@ impl Store for SqliteStore {
         let subjects: i64 = row.try_get(0).map_err(db("counting rows"))?;
         let records: i64 = row.try_get(1).map_err(db("counting rows"))?;
         Ok(Counts { subjects: subjects.unsigned_abs(), records: records.unsigned_abs() })
+    }
+
+    async fn record_touch(
+        &self,
+        principal: &PrincipalId,
+        subject: &str,
+        at: OffsetDateTime,
+        since: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db("counting a read"))?;
+        sqlx::query("DELETE FROM touches WHERE principal = ? AND at < ?")
+            .bind(principal.as_str())
+            .bind(since.unix_timestamp())
+            .execute(&mut *tx)
+            .await
+            .map_err(db("forgetting old reads"))?;
+        sqlx::query("INSERT INTO touches (principal, subject, at) VALUES (?, ?, ?)")
+            .bind(principal.as_str())
+            .bind(subject)
+            .bind(at.unix_timestamp())
+            .execute(&mut *tx)
+            .await
+            .map_err(db("counting a read"))?;
+        tx.commit().await.map_err(db("counting a read"))?;
+        Ok(())
+    }
+
+    async fn touched(&self, principal: &PrincipalId, subject: &str, since: OffsetDateTime) -> Result<i64, StoreError> {
+        let (count,): (i64,) = sqlx::query_as("SELECT (SELECT COUNT(DISTINCT subject) FROM touches WHERE principal = ? AND at >= ?) + (NOT EXISTS (SELECT 1 FROM touches WHERE principal = ? AND subject = ? AND at >= ?))")
+            .bind(principal.as_str())
+            .bind(since.unix_timestamp())
+            .bind(principal.as_str())
+            .bind(subject)
+            .bind(since.unix_timestamp())
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db("counting reads"))?;
+        Ok(count)
     }
 
     async fn insert_annex(&self, annex: &Annex) -> Result<(), StoreError> {

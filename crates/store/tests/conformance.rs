@@ -249,6 +249,22 @@ async fn annexes_are_found_by_subject_and_unlinked_by_erasure(store: Arc<dyn Sto
     assert!(store.annexes_of(&s1).await.unwrap().is_empty());
 }
 
+async fn reads_are_counted_per_principal_in_the_window(store: Arc<dyn Store>, _: &Backend) {
+    let (ana, bo) = ("ana".parse().unwrap(), "bo".parse().unwrap());
+    let since = at(1_000);
+    assert_eq!(store.touched(&ana, "h1", since).await.unwrap(), 1, "the subject asked about counts");
+    store.record_touch(&ana, "h1", at(1_100), since).await.unwrap();
+    store.record_touch(&ana, "h1", at(1_200), since).await.unwrap();
+    store.record_touch(&ana, "h2", at(1_300), since).await.unwrap();
+    assert_eq!(store.touched(&ana, "h1", since).await.unwrap(), 2);
+    assert_eq!(store.touched(&ana, "h3", since).await.unwrap(), 3);
+    assert_eq!(store.touched(&bo, "h1", since).await.unwrap(), 1, "per principal");
+    // Reads before the window do not count, and are forgotten at the next read.
+    assert_eq!(store.touched(&ana, "h3", at(1_250)).await.unwrap(), 2);
+    store.record_touch(&ana, "h4", at(2_000), at(1_250)).await.unwrap();
+    assert_eq!(store.touched(&ana, "h1", since).await.unwrap(), 3, "h1's reads were forgotten: h2, h4 and h1");
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -283,4 +299,5 @@ suite!(
     reopening_migrates_nothing_and_keeps_everything,
     times_cover_the_range_in_use,
     annexes_are_found_by_subject_and_unlinked_by_erasure,
+    reads_are_counted_per_principal_in_the_window,
 );

@@ -96,8 +96,10 @@ fn embedded(boundary: &Boundary) -> Result<&Arc<clover_custodian::Custodian>, Ap
         (status = UNAUTHORIZED, description = "No valid token", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn status(State(boundary): State<Arc<Boundary>>, caller: Caller) -> Result<Response, ApiError> {
-    let custodian = embedded(&boundary)?;
+    // Decided first: one who may not administer the keys learns nothing, not even where they
+    // are held.
     let (decision, log_index) = administer(&boundary, &caller, "view-keys", "key status").await?;
+    let custodian = embedded(&boundary)?;
     let counts = custodian.version_counts().await.map_err(ApiError::internal)?;
     let answer = KeysAnswer {
         backend: custodian.kek().describe(),
@@ -168,8 +170,8 @@ fn key_event(action: &str, detail: String) -> Event {
         (status = UNAUTHORIZED, description = "No valid token", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn rotate(State(boundary): State<Arc<Boundary>>, caller: Caller) -> Result<Response, ApiError> {
-    let custodian = embedded(&boundary)?;
     let (decision, log_index) = administer(&boundary, &caller, "rotate-keys", "key rotation").await?;
+    let custodian = embedded(&boundary)?;
     let Some((to_version, total)) = custodian.start_rotation().await.map_err(ApiError::internal)? else {
         return Err(ApiError::RotationRunning("a key rotation is under way; see GET /v1/keys".to_owned()));
     };

@@ -17,7 +17,7 @@ use crate::datadir::{DataDir, DataDirError};
 use crate::identity::Authenticator;
 use crate::origin::Sites;
 use crate::report::Chain;
-use crate::{touches, witnesses};
+use crate::witnesses;
 
 /// An error opening a boundary.
 #[derive(Debug, thiserror::Error)]
@@ -144,7 +144,6 @@ impl Boundary {
         };
         let sites = Sites::new(&config.sites);
         let pack = std::sync::RwLock::new(Arc::new(load_pack(&config)?));
-        let touches = touches::Touches::new(std::time::Duration::from_secs(config.policy.window_seconds));
         let cosigned = witnesses::start(log.clone(), &config.log.witnesses, client);
         if let Some(tls) = &tls {
             let log = log.clone();
@@ -170,7 +169,6 @@ impl Boundary {
             authenticator,
             sites,
             pack,
-            touches,
             tls,
         })
     }

@@ -65,8 +65,7 @@ async fn approved(boundary: &Boundary, caller: &Caller, ask: &Ask<'_>) -> bool {
 /// an approval covers it.
 pub(crate) async fn facts(boundary: &Boundary, caller: &Caller, ask: &Ask<'_>) -> Facts {
     let subject_hash = boundary.subject_hash(ask.subject);
-    let touched =
-        if ask.action == Action::Read { boundary.touches().count(&caller.principal.id, &subject_hash) } else { 0 };
+    let touched = if ask.action == Action::Read { touched(boundary, caller, &subject_hash).await } else { 0 };
     let minors_sensitive = ask.action == Action::Read
         && ask.subject_minor
         && ask.record.is_some_and(|(_, category)| category_is_sensitive(boundary.config(), category));
@@ -75,13 +74,44 @@ pub(crate) async fn facts(boundary: &Boundary, caller: &Caller, ask: &Ask<'_>) -
     Facts { subject_hash, touched, approved }
 }
 
+/// The start of the bulk-access window that ends now.
+fn window_start(boundary: &Boundary) -> time::OffsetDateTime {
+    let window = i64::try_from(boundary.config().policy.window_seconds).unwrap_or(i64::MAX);
+    time::OffsetDateTime::now_utc().saturating_sub(time::Duration::seconds(window))
+}
+
+/// The distinct subjects the caller read in the window, `subject_hash`'s included, as the store
+/// (which every gateway of the region shares) counts them. A store that cannot count counts as
+/// past the threshold: the read then needs an approval, rather than going uncounted.
+async fn touched(boundary: &Boundary, caller: &Caller, subject_hash: &str) -> i64 {
+    match boundary.store().touched(&caller.principal.id, subject_hash, window_start(boundary)).await {
+        Ok(count) => count,
+        Err(e) => {
+            tracing::error!(error = %Chain(&e), "cannot count the caller's reads; treating the read as bulk access");
+            i64::MAX
+        }
+    }
+}
+
+/// Counts an allowed read in the caller's window, in the store.
+pub(crate) async fn count_read(boundary: &Boundary, caller: &Caller, ask: &Ask<'_>, facts: &Facts, verdict: &Verdict) {
+    if ask.action != Action::Read || !matches!(verdict, Verdict::Allowed(_)) {
+        return;
+    }
+    let now = time::OffsetDateTime::now_utc();
+    let counted =
+        boundary.store().record_touch(&caller.principal.id, &facts.subject_hash, now, window_start(boundary)).await;
+    if let Err(e) = counted {
+        tracing::error!(error = %Chain(&e), "cannot count a read in the caller's bulk-access window");
+    }
+}
+
 /// Whether `category` is sensitive (one that is not configured counts as sensitive).
 fn category_is_sensitive(config: &Config, category: &Category) -> bool {
     config.categories.iter().find(|c| &c.name == category).is_none_or(|c| c.sensitivity == Sensitivity::Sensitive)
 }
 
-/// The policy's decision, from the pack, on what the boundary knows. An allowed read counts
-/// the subject in the caller's window.
+/// The policy's decision, from the pack, on what the boundary knows.
 #[instrument(name = "decide", skip_all, fields(action = %ask.action, effect))]
 pub(crate) fn decide(boundary: &Boundary, caller: &Caller, ask: &Ask<'_>, facts: &Facts) -> Verdict {
     let config = boundary.config();
@@ -102,9 +132,6 @@ pub(crate) fn decide(boundary: &Boundary, caller: &Caller, ask: &Ask<'_>, facts:
     };
     let verdict = boundary.pack().verdict(&request, ask.subject);
     tracing::Span::current().record("effect", verdict.decision().effect());
-    if ask.action == Action::Read && matches!(verdict, Verdict::Allowed(_)) {
-        boundary.touches().record(&caller.principal.id, facts.subject_hash.clone());
-    }
     verdict
 }
 

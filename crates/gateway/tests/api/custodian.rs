@@ -162,9 +162,19 @@ async fn the_custodian_refuses_what_the_signed_log_does_not_allow() {
     assert_eq!(remote.call("destroy", erase_index, &old_erase).await.status(), 403, "an erasure replayed");
     assert_eq!(app.get_record(DUBLIN, &again).await.status(), 200, "the new key is intact");
 
-    // Key administration is the custodian's, not the boundary's.
+    // Key administration is the custodian's, not the boundary's: a key custodian is told so;
+    // anyone else is refused first (decided and logged), and learns nothing of where the keys
+    // are (before: 409 to anyone, undecided).
     let keys = app.client(DUBLIN).get(app.url("/v1/keys")).bearer_auth(app.token()).send().await.unwrap();
-    problem(keys, 409, "custodian-elsewhere").await;
+    let refused = problem(keys, 403, "forbidden").await;
+    assert!(refused["log_index"].as_u64().is_some(), "{refused}");
+    for (method, path) in [(reqwest::Method::GET, "/v1/keys"), (reqwest::Method::POST, "/v1/keys/rotate")] {
+        let mut claims = app.claims("eu", "dublin-1", 3600);
+        claims.roles = vec!["key-custodian".into()];
+        let keys =
+            app.client(DUBLIN).request(method, app.url(path)).bearer_auth(app.mint(&claims)).send().await.unwrap();
+        problem(keys, 409, "custodian-elsewhere").await;
+    }
 }
 
 #[tokio::test]

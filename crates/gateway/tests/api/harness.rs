@@ -35,9 +35,20 @@ impl TestApp {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config { data_dir: dir.path().join("data"), ..Config::default() };
         configure(&mut config);
-        let data_dir = DataDir::new(&config.data_dir);
-        data_dir.init(&config.region).unwrap();
-        let issuer = data_dir.issuer().unwrap();
+        DataDir::new(&config.data_dir).init(&config.region).unwrap();
+        Self::open(dir, config).await
+    }
+
+    /// Stops the server and starts a new one on the same data directory and configuration, as a
+    /// restarted process would.
+    pub async fn restart(self) -> Self {
+        let config = self.boundary.config().clone();
+        let dir = self.stop().await;
+        Self::open(dir, config).await
+    }
+
+    async fn open(dir: tempfile::TempDir, config: Config) -> Self {
+        let issuer = DataDir::new(&config.data_dir).issuer().unwrap();
         let boundary = Arc::new(Boundary::open(config).await.unwrap());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

@@ -168,6 +168,24 @@ async fn touching_too_many_subjects_needs_an_approval() {
     assert_eq!(entry["decision"]["effect"], "approval-required");
 }
 
+/// The window's count is in the store: a restart does not reset it (before, it lived in the
+/// process's memory, and a restart, or a second gateway, allowed the threshold again).
+#[tokio::test]
+async fn the_bulk_access_window_survives_a_restart() {
+    let app = TestApp::start_with(|config| config.policy.bulk_threshold = 2).await;
+    let mut records = Vec::new();
+    for i in 0..3 {
+        records.push(subject(&app, &format!("s-{i}"), Some("1990-02-01")).await);
+    }
+    assert_eq!(read(&app, DUBLIN, "eu", &records[0], Some("support")).await.status(), 200);
+    assert_eq!(read(&app, DUBLIN, "eu", &records[1], Some("support")).await.status(), 200);
+    let app = app.restart().await;
+    let body = problem(read(&app, DUBLIN, "eu", &records[2], Some("support")).await, 403, "forbidden").await;
+    assert_eq!(body["decision"]["effect"], "approval-required", "{body}");
+    // The subjects already read are still within the threshold.
+    assert_eq!(read(&app, DUBLIN, "eu", &records[1], Some("support")).await.status(), 200);
+}
+
 #[tokio::test]
 async fn policies_reload_on_change_and_a_bad_set_is_refused_keeping_the_old() {
     let pack = tempfile::tempdir().unwrap();
