@@ -55,6 +55,57 @@ pub async fn decide_and_log(
     events::log(boundary, caller, kind, ask, verdict).await
 }
 
+/// For a subject that does not exist: decides `ask` as if they did (with what is unknown taken
+/// as the stricter: a minor). A caller the policy refuses gets the same logged refusal as for a
+/// subject who exists, so that they learn nothing of existence; one it allows learns that the
+/// subject does not exist (`missing`), and nothing is logged.
+pub(crate) async fn refuse_or_missing(
+    boundary: &Boundary,
+    caller: &Caller,
+    kind: EventKind,
+    ask: &Ask<'_>,
+    missing: ApiError,
+) -> ApiError {
+    let facts = decision::facts(boundary, caller, ask).await;
+    match decision::decide(boundary, caller, ask, &facts) {
+        verdict @ clover_policy::Verdict::Denied(_) => match events::log(boundary, caller, kind, ask, verdict).await {
+            Err(refused) => refused,
+            Ok(_) => missing,
+        },
+        clover_policy::Verdict::Allowed(_) => missing,
+    }
+}
+
+/// For a record that does not exist: decides the read as if it did, of the first category that
+/// is not sensitive (what the caller could most likely read), of an adult's data. A caller the
+/// policy refuses gets a logged refusal like one for a record that exists; one it allows learns
+/// that the record does not exist, and nothing is logged.
+async fn refuse_or_missing_record(boundary: &Boundary, caller: &Caller, record: &RecordId) -> ApiError {
+    let missing = ApiError::NotFound { what: "record", id: record.to_string() };
+    let config = boundary.config();
+    let Some(category) = config
+        .categories
+        .iter()
+        .find(|c| c.sensitivity != crate::config::Sensitivity::Sensitive)
+        .or_else(|| config.categories.first())
+    else {
+        return missing;
+    };
+    let circumstances = Circumstances {
+        purpose: caller.purpose.clone(),
+        has_justification: caller.justification.is_some(),
+        approved: false,
+        subjects_touched: 1,
+    };
+    let facts = RecordFacts { id: record.to_string(), category: category.name.clone(), subject_minor: false };
+    let request = record_request(config, &caller.principal, &caller.origin, Action::Read, &facts, &circumstances);
+    let decision = boundary.pack().decide(&request);
+    if decision.effect() == "allow" {
+        return missing;
+    }
+    events::log_refused_read_of_nothing(boundary, caller, &record.to_string(), category.name.as_str(), decision).await
+}
+
 /// The whole write path of a new record: load the subject, decide, log, get the data key,
 /// encrypt, store. Returns the stored row and the log receipt.
 pub async fn write(
@@ -64,8 +115,17 @@ pub async fn write(
     category: &Category,
     fields: &Fields,
 ) -> Result<(RecordRow, Receipt), ApiError> {
-    let subject = metadata::load_subject(boundary, subject_id).await?;
     let record_id = RecordId::random();
+    let Some(subject) = metadata::find_subject(boundary, subject_id).await? else {
+        let ask = Ask {
+            action: Action::Write,
+            subject: subject_id,
+            record: Some((record_id, category)),
+            subject_minor: true,
+        };
+        let missing = ApiError::NotFound { what: "subject", id: subject_id.to_string() };
+        return Err(refuse_or_missing(boundary, caller, EventKind::Write, &ask, missing).await);
+    };
     let ask = Ask {
         action: Action::Write,
         subject: subject_id,
@@ -100,7 +160,9 @@ pub async fn read(
     caller: &Caller,
     record_id: &RecordId,
 ) -> Result<(RecordRow, Fields, Receipt), ApiError> {
-    let (record, subject) = metadata::load_record_and_subject(boundary, record_id).await?;
+    let Some((record, subject)) = metadata::find_record_and_subject(boundary, record_id).await? else {
+        return Err(refuse_or_missing_record(boundary, caller, record_id).await);
+    };
     let ask = Ask {
         action: Action::Read,
         subject: &record.subject_id,

@@ -227,7 +227,12 @@ pub async fn erase_subject(
     Path(subject_id): Path<String>,
 ) -> Result<Response, ApiError> {
     let subject_id = SubjectId::new(subject_id)?;
-    let subject = pipeline::metadata::load_subject(&boundary, &subject_id).await?;
+    let Some(subject) = pipeline::metadata::find_subject(&boundary, &subject_id).await? else {
+        // Decided as if they were registered: one who may not erase learns nothing.
+        let ask = Ask { action: Action::Erase, subject: &subject_id, record: None, subject_minor: true };
+        let missing = ApiError::NotFound { what: "subject", id: subject_id.to_string() };
+        return Err(pipeline::refuse_or_missing(&boundary, &caller, EventKind::Erasure, &ask, missing).await);
+    };
     let minor = pipeline::metadata::subject_minor(&boundary, &subject).await;
     let ask = Ask { action: Action::Erase, subject: &subject_id, record: None, subject_minor: minor };
     let receipt = pipeline::decide_and_log(&boundary, &caller, EventKind::Erasure, &ask).await?;

@@ -111,21 +111,63 @@ pub(crate) async fn log(
             tracing::Span::current().record("index", receipt.index());
             Ok(receipt)
         }
-        Verdict::Denied(mut decision) => {
+        Verdict::Denied(decision) => {
             let log_index = boundary.append_annexed(entry, Some(annex)).await?;
             tracing::Span::current().record("index", log_index);
-            let origin = match &caller.origin {
-                Origin::Site { site, region } => format!("from {site} (region {:?})", region.as_str()),
-                Origin::Unknown => "from an address of no configured site".to_owned(),
-            };
-            decision.reason = format!(
-                "{} by {} of region {:?} {origin}: {}",
-                ask.action,
-                caller.principal.id,
-                caller.principal.home_region.as_str(),
-                decision.reason
-            );
-            Err(ApiError::Forbidden { decision, log_index })
+            Err(refusal(caller, ask.action, decision, log_index))
         }
+    }
+}
+
+/// The 403 of a logged refusal, its reason saying who asked what from where.
+fn refusal(caller: &Caller, action: Action, mut decision: clover_policy::Decision, log_index: u64) -> ApiError {
+    let origin = match &caller.origin {
+        Origin::Site { site, region } => format!("from {site} (region {:?})", region.as_str()),
+        Origin::Unknown => "from an address of no configured site".to_owned(),
+    };
+    decision.reason = format!(
+        "{action} by {} of region {:?} {origin}: {}",
+        caller.principal.id,
+        caller.principal.home_region.as_str(),
+        decision.reason
+    );
+    ApiError::Forbidden { decision, log_index }
+}
+
+/// Logs the refusal of a read of a record that does not exist, decided as if it did
+/// (`decision`): the entry reads like any refused read (a random subject tag, the category the
+/// decision assumed), and its annex names the record id asked for. Returns the 403.
+pub(crate) async fn log_refused_read_of_nothing(
+    boundary: &Boundary,
+    caller: &Caller,
+    record: &str,
+    category: &str,
+    decision: clover_policy::Decision,
+) -> ApiError {
+    let appended = async {
+        let entry = Event {
+            v: EVENT_VERSION,
+            kind: EventKind::Access,
+            time: time::OffsetDateTime::now_utc().unix_timestamp(),
+            principal: Some(boundary.public_principal(&caller.principal)),
+            origin: Some(caller.event_origin()),
+            action: Some(Action::Read.to_string()),
+            subject: Some(SubjectTag::random().map_err(crate::boundary::entries::AppendError::Randomness)?),
+            category: Some(category.to_owned()),
+            decision: Some(EventDecision {
+                effect: decision.effect().to_owned(),
+                view: None,
+                policies: decision.policies.clone(),
+            }),
+            purpose: caller.purpose.clone(),
+            annex: None,
+            detail: None,
+        };
+        let annex = annex(Some(&caller.principal), caller.justification.as_deref(), None, Some(record), None)?;
+        boundary.append_annexed(entry, Some(annex)).await
+    };
+    match appended.await {
+        Ok(log_index) => refusal(caller, Action::Read, decision, log_index),
+        Err(e) => e.into(),
     }
 }

@@ -16,29 +16,21 @@ pub struct SubjectMetadata {
     pub adult_on: Option<time::Date>,
 }
 
-/// A subject's metadata and wrapped key.
+/// A subject's metadata, if they are registered. Whether they are is not for the caller to learn
+/// before the decision: see [`crate::pipeline::refuse_or_missing`].
 #[instrument(name = "load_subject", skip(boundary), err(level = "debug"))]
-pub(crate) async fn load_subject(boundary: &Boundary, id: &SubjectId) -> Result<SubjectRow, ApiError> {
-    boundary
-        .store()
-        .subject(id)
-        .await
-        .map_err(ApiError::internal)?
-        .ok_or_else(|| ApiError::NotFound { what: "subject", id: id.to_string() })
+pub(crate) async fn find_subject(boundary: &Boundary, id: &SubjectId) -> Result<Option<SubjectRow>, ApiError> {
+    boundary.store().subject(id).await.map_err(ApiError::internal)
 }
 
-/// The record's metadata and its subject's, in one query: the first step of a read.
+/// The record's metadata and its subject's, in one query, if the record exists: the first step
+/// of a read.
 #[instrument(name = "load_record", skip(boundary), err(level = "debug"))]
-pub(crate) async fn load_record_and_subject(
+pub(crate) async fn find_record_and_subject(
     boundary: &Boundary,
     id: &RecordId,
-) -> Result<(RecordRow, SubjectRow), ApiError> {
-    boundary
-        .store()
-        .record_with_subject(id)
-        .await
-        .map_err(ApiError::internal)?
-        .ok_or_else(|| ApiError::NotFound { what: "record", id: id.to_string() })
+) -> Result<Option<(RecordRow, SubjectRow)>, ApiError> {
+    boundary.store().record_with_subject(id).await.map_err(ApiError::internal)
 }
 
 /// Whether the subject is a minor today, from their sealed metadata. A subject whose birth date

@@ -9,6 +9,7 @@ mod bad_input;
 mod custodian;
 mod encryption;
 mod erasure;
+mod existence;
 mod identity;
 mod keys;
 mod log;
