@@ -299,6 +299,7 @@ fn caller(kind: PrincipalKind, region: &str, site: &str, purpose: &str) -> Calle
         origin: fixtures::origin(site, region),
         purpose: Some(purpose.into()),
         justification: None,
+        address: std::net::IpAddr::from([127, 0, 0, 1]),
     }
 }
 

@@ -41,6 +41,7 @@ fn caller() -> Caller {
         origin: fixtures::origin("dublin-1", "eu"),
         purpose: Some("support".into()),
         justification: None,
+        address: std::net::IpAddr::from([127, 0, 0, 1]),
     }
 }
 

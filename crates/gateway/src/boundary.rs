@@ -36,6 +36,7 @@ pub struct Boundary {
     sites: Sites,
     pack: std::sync::RwLock<Arc<PolicyPack>>,
     tls: Option<Arc<clover_tls::ServerTls>>,
+    refusals: crate::refusals::Refusals,
 }
 
 impl std::fmt::Debug for Boundary {
@@ -49,6 +50,11 @@ impl Boundary {
     /// boundary's opening, and each reload is logged.
     pub fn tls(&self) -> Option<&Arc<clover_tls::ServerTls>> {
         self.tls.as_ref()
+    }
+
+    /// The windows of the refusal limit.
+    pub(crate) fn refusals(&self) -> &crate::refusals::Refusals {
+        &self.refusals
     }
 
     /// The region this boundary holds.

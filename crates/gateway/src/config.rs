@@ -185,6 +185,12 @@ pub struct PolicyConfig {
     /// organisation's tracker, never free text (the log keeps it, and free text would put names
     /// and phone numbers there). Anything else is refused with 400 before a decision.
     pub ticket_pattern: TicketPattern,
+    /// How many refusals one principal, or one source address, gets logged one by one in
+    /// `refusal_window_seconds`; past it, a request that would be refused is answered 429 with
+    /// `Retry-After`, and the window's refusals are logged as one summary entry. 0: no limit.
+    pub refusal_limit: u32,
+    /// The refusal limit's window, in seconds.
+    pub refusal_window_seconds: u64,
 }
 
 /// A justification's required form: a regular expression, anchored at both ends.
@@ -246,6 +252,8 @@ impl Default for PolicyConfig {
             approval_seconds: 12 * 3600,
             minors: MinorsConfig::default(),
             ticket_pattern: TicketPattern::default(),
+            refusal_limit: 60,
+            refusal_window_seconds: 60,
         }
     }
 }

@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod origin;
 pub mod pipeline;
 pub mod problem;
+mod refusals;
 pub mod report;
 pub mod witnesses;
 

@@ -11,7 +11,9 @@
 //! - `clover_tls_connections_refused_total{reason}`: TLS connections refused before any
 //!   request (an unknown CA, an expired certificate, plain HTTP, ...), and
 //!   `clover_tls_certificate_expiry_timestamp_seconds`: when the served certificate expires
-//!   (both from `clover_tls`).
+//!   (both from `clover_tls`);
+//! - `clover_refusals_limited_total`: requests that would have been refused but were answered
+//!   429 past the refusal limit (`[policy] refusal_limit`), not logged one by one.
 
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -25,6 +27,8 @@ use crate::problem::DecisionLabel;
 use crate::report::Chain;
 
 const REQUESTS: &str = "clover_http_requests_total";
+/// Refusals answered 429 past the refusal limit.
+pub const REFUSALS_LIMITED: &str = "clover_refusals_limited_total";
 const DURATION: &str = "clover_http_request_duration_seconds";
 const BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
 
@@ -41,6 +45,10 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
             match builder.install_recorder() {
                 Ok(handle) => {
                     metrics::describe_counter!(REQUESTS, "HTTP requests answered");
+                    metrics::describe_counter!(
+                        REFUSALS_LIMITED,
+                        "Refusals answered 429 past the refusal limit, not logged one by one"
+                    );
                     metrics::describe_histogram!(DURATION, metrics::Unit::Seconds, "HTTP request latency");
                     Some(handle)
                 }

@@ -75,6 +75,13 @@ pub enum ApiError {
     /// A request header is malformed.
     #[error("{0}")]
     InvalidHeader(String),
+    /// The caller (or their address) was refused more often than the refusal limit allows in its
+    /// window: answered without a decision being logged, to retry after `retry_after` seconds.
+    #[error("too many refusals; retry after {retry_after} s")]
+    TooManyRefusals {
+        /// Seconds until the caller's window ends.
+        retry_after: u64,
+    },
     /// The approval is not pending (granted already, or expired).
     #[error("{0}")]
     NotPending(String),
@@ -182,6 +189,15 @@ impl ApiError {
             }
             Self::InvalidHeader(d) => (StatusCode::BAD_REQUEST, "invalid-header", "Invalid header", d.clone()),
             Self::NotPending(d) => (StatusCode::CONFLICT, "approval-not-pending", "Approval not pending", d.clone()),
+            Self::TooManyRefusals { retry_after } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too-many-refusals",
+                "Too many refusals",
+                format!(
+                    "this caller, or this address, was refused more often than the refusal limit allows; retry after \
+                     {retry_after} s (the refusals of the window are logged as one summary entry)"
+                ),
+            ),
             Self::CustodianElsewhere(d) => {
                 (StatusCode::CONFLICT, "custodian-elsewhere", "Keys held by a separate custodian", d.clone())
             }
@@ -278,6 +294,10 @@ impl IntoResponse for ApiError {
             _ => tracing::debug!(%status, %detail, "request refused"),
         }
         let head_refused = matches!(self, Self::HeadNotAllowed);
+        let retry_after = match self {
+            Self::TooManyRefusals { retry_after } => Some(retry_after),
+            _ => None,
+        };
         let (decision, log_index) = match self {
             Self::Forbidden { decision, log_index } => (Some(decision), Some(log_index)),
             Self::CertificateRefused { log_index, .. } => (None, log_index),
@@ -301,6 +321,10 @@ impl IntoResponse for ApiError {
             // RFC 9110, section 15.5.6: a 405 lists the methods the resource takes. axum adds
             // the header to the 405s it makes itself, not to a handler's.
             response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET"));
+        }
+        if let Some(seconds) = retry_after {
+            // RFC 9110, section 10.2.3: delay-seconds.
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         if let Some(label) = label {
             response.extensions_mut().insert(DecisionLabel(label));

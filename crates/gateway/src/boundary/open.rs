@@ -157,6 +157,8 @@ impl Boundary {
                 });
             });
         }
+        let (config_refusal_limit, config_refusal_window) =
+            (config.policy.refusal_limit, config.policy.refusal_window_seconds);
         Ok(Self {
             config,
             store,
@@ -170,6 +172,10 @@ impl Boundary {
             sites,
             pack,
             tls,
+            refusals: crate::refusals::Refusals::new(
+                config_refusal_limit,
+                std::time::Duration::from_secs(config_refusal_window),
+            ),
         })
     }
 }

@@ -33,6 +33,9 @@ pub struct Caller {
     pub purpose: Option<String>,
     /// The justification ticket (`X-Clover-Justification`).
     pub justification: Option<String>,
+    /// The client's address (the peer's, or through a trusted proxy the client's): what the
+    /// refusal limit counts besides the principal.
+    pub address: IpAddr,
 }
 
 impl Caller {
@@ -43,7 +46,7 @@ impl Caller {
 }
 
 /// An origin, as a log entry records it.
-fn event_origin(origin: &Origin) -> EventOrigin {
+pub(crate) fn event_origin(origin: &Origin) -> EventOrigin {
     match origin {
         Origin::Site { site, region } => EventOrigin { site: Some(site.to_string()), region: Some(region.to_string()) },
         Origin::Unknown => EventOrigin { site: None, region: None },
@@ -75,11 +78,15 @@ impl FromRequestParts<Arc<Boundary>> for Caller {
             .ok_or_else(|| ApiError::internal("the server was started without peer addresses"))?;
         let span = tracing::Span::current();
         span.record("peer", tracing::field::display(peer.ip()));
-        let (principal, origin) = match parts.extensions.get::<clover_tls::PeerCertificate>() {
-            Some(certificate) => certificate_caller(boundary, &certificate.names, peer.ip(), parts).await?,
+        let (principal, origin, address) = match parts.extensions.get::<clover_tls::PeerCertificate>() {
+            Some(certificate) => {
+                let (principal, origin) = certificate_caller(boundary, &certificate.names, peer.ip(), parts).await?;
+                (principal, origin, peer.ip())
+            }
             None => {
                 let principal = authenticate(boundary, parts).await?;
-                (principal, resolve_origin(boundary, client_address(boundary, peer.ip(), parts)))
+                let address = client_address(boundary, peer.ip(), parts);
+                (principal, resolve_origin(boundary, address), address)
             }
         };
         span.record("principal", principal.id.as_str());
@@ -107,7 +114,7 @@ impl FromRequestParts<Arc<Boundary>> for Caller {
                 pattern.as_str()
             )));
         }
-        Ok(Self { principal, origin, purpose, justification })
+        Ok(Self { principal, origin, purpose, justification, address })
     }
 }
 

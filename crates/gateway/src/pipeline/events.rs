@@ -112,11 +112,54 @@ pub(crate) async fn log(
             Ok(receipt)
         }
         Verdict::Denied(decision) => {
+            limit(boundary, caller)?;
             let log_index = boundary.append_annexed(entry, Some(annex)).await?;
             tracing::Span::current().record("index", log_index);
             Err(refusal(caller, ask.action, decision, log_index))
         }
     }
+}
+
+/// Counts a refusal against the refusal limit: `Err(429)` when the caller, or their address, is
+/// past it (the refusal is then not logged one by one; the window's summary entry counts it).
+pub(crate) fn limit(boundary: &Boundary, caller: &Caller) -> Result<(), ApiError> {
+    boundary.refusals().count(&caller.principal, &caller.origin, caller.address).map_err(|wait| {
+        metrics::counter!(crate::metrics::REFUSALS_LIMITED).increment(1);
+        ApiError::TooManyRefusals { retry_after: wait.as_secs().max(1) }
+    })
+}
+
+/// Logs one summary entry for a window of the refusal limit that held refusals past it.
+pub(crate) async fn log_limited_refusals(
+    boundary: &Boundary,
+    summary: &crate::refusals::Summary,
+) -> Result<u64, crate::boundary::entries::AppendError> {
+    let counted = match &summary.counted {
+        crate::refusals::Counted::Principal(_) => "one principal",
+        crate::refusals::Counted::Source(_) => "one source address",
+    };
+    // The address names a person's connection: in the annex, like the principal's id.
+    let note = format!("last refused from source address {}", summary.address);
+    let window = boundary.refusals().window().as_secs();
+    let event = Event {
+        v: EVENT_VERSION,
+        kind: EventKind::Access,
+        time: time::OffsetDateTime::now_utc().unix_timestamp(),
+        principal: Some(boundary.public_principal(&summary.principal)),
+        origin: Some(crate::pipeline::caller::event_origin(&summary.origin)),
+        action: Some("refusals-limited".to_owned()),
+        subject: None,
+        category: None,
+        decision: Some(EventDecision { effect: "deny".to_owned(), view: None, policies: Vec::new() }),
+        purpose: None,
+        annex: None,
+        detail: Some(format!(
+            "{} refusals of {counted} answered 429 rather than logged one by one in a window of {window} s",
+            summary.limited
+        )),
+    };
+    let annex = annex(Some(&summary.principal), None, Some(&note), None, None)?;
+    boundary.append_annexed(event, Some(annex)).await
 }
 
 /// The 403 of a logged refusal, its reason saying who asked what from where.
@@ -144,6 +187,9 @@ pub(crate) async fn log_refused_read_of_nothing(
     category: &str,
     decision: clover_policy::Decision,
 ) -> ApiError {
+    if let Err(limited) = limit(boundary, caller) {
+        return limited;
+    }
     let appended = async {
         let entry = Event {
             v: EVENT_VERSION,

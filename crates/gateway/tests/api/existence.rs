@@ -73,3 +73,72 @@ async fn one_who_may_not_touch_a_subject_or_record_learns_nothing_of_its_existen
     problem(app.get_record(DUBLIN, &guessed_record).await, 404, "not-found").await;
     assert_eq!(app.boundary.log().size(), size);
 }
+
+/// Anyone with a token could append refused entries as fast as the log takes them. Past
+/// `refusal_limit` in the window, per principal and per source address, a request that would be
+/// refused gets 429 with `Retry-After` and no entry of its own; when the window ends, one summary
+/// entry records how many there were, and refusals are logged again.
+#[tokio::test]
+async fn refusals_past_the_limit_get_429_and_one_summary_entry() {
+    let app = TestApp::start_with(|config| {
+        config.policy.refusal_limit = 3;
+        config.policy.refusal_window_seconds = 2;
+    })
+    .await;
+    let record = app.seed("u-1", json!({"display_name": "Aoife"})).await;
+    let size = app.boundary.log().size();
+    for _ in 0..3 {
+        problem(app.get_record(SINGAPORE, &record).await, 403, "forbidden").await;
+    }
+    assert_eq!(app.boundary.log().size(), size + 3, "three refusals logged one by one");
+    for _ in 0..5 {
+        let limited = app.get_record(SINGAPORE, &record).await;
+        let retry: u64 = limited.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!((1..=2).contains(&retry), "Retry-After: {retry}");
+        let body = problem(limited, 429, "too-many-refusals").await;
+        assert!(body.get("log_index").is_none(), "{body}");
+        assert!(!body.to_string().contains("Aoife"));
+    }
+    assert_eq!(app.boundary.log().size(), size + 3, "nothing more logged");
+    // An allowed read is not limited.
+    assert_eq!(app.get_record(DUBLIN, &record).await.status(), 200);
+
+    // Per source address too: another principal from the same address is limited as well.
+    let mut claims = app.claims("eu", "dublin-1", 3600);
+    claims.sub = "bo".into();
+    let bo = app.mint(&claims);
+    let response = app
+        .client(SINGAPORE)
+        .get(app.url(&format!("/v1/records/{record}")))
+        .bearer_auth(&bo)
+        .header("X-Clover-Purpose", "support")
+        .send()
+        .await
+        .unwrap();
+    problem(response, 429, "too-many-refusals").await;
+
+    // The window ends: one summary entry per principal and per address, no names in them, and
+    // refusals are logged one by one again.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let summaries = loop {
+        let summaries: Vec<Value> = crate::harness::log_entries(app.boundary.log())
+            .await
+            .into_iter()
+            .filter(|e| e["action"] == "refusals-limited")
+            .collect();
+        if summaries.len() >= 2 || std::time::Instant::now() > deadline {
+            break summaries;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(summaries.len(), 2, "{summaries:?}");
+    let details: Vec<&str> = summaries.iter().map(|e| e["detail"].as_str().unwrap()).collect();
+    assert!(details.iter().any(|d| d.starts_with("5 refusals of one principal")), "{details:?}");
+    assert!(details.iter().any(|d| d.starts_with("6 refusals of one source address")), "{details:?}");
+    for summary in &summaries {
+        assert!(!summary.to_string().contains("ana") && !summary.to_string().contains("127.0.2.1"), "{summary}");
+        let annex = crate::harness::annex_of(&app.boundary, summary).await;
+        assert!(annex.note.unwrap().contains("source address"));
+    }
+    problem(app.get_record(SINGAPORE, &record).await, 403, "forbidden").await;
+}
