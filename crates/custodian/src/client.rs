@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use clover_event::{SubjectIndexKey, SubjectTagKey};
-use clover_keys::{DataKey, KeyCustody, KeyError};
+use clover_keys::{DataKey, KeyCustody, KeyError, SubjectFacts};
 use clover_log::Receipt;
 use clover_model::{Region, SubjectId};
 use serde_json::{Value, json};
@@ -101,9 +101,14 @@ impl KeyCustody for RemoteCustody {
         Ok(Self::field(&self.post("/v1/metadata/seal", &body).await?, "data")?.to_vec())
     }
 
-    async fn open_metadata(&self, subject: &SubjectId, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+    async fn subject_facts(&self, subject: &SubjectId, sealed: &[u8]) -> Result<SubjectFacts, KeyError> {
         let body = json!({ "subject": subject.as_str(), "subject_hash": self.index.hash(subject), "data": B64.encode(sealed) });
-        Self::field(&self.post("/v1/metadata/open", &body).await?, "data")
+        let answer = self.post("/v1/metadata/facts", &body).await?;
+        let minor = answer
+            .get("minor")
+            .and_then(Value::as_bool)
+            .ok_or(KeyError::Crypto("the custodian's answer lacks a field"))?;
+        Ok(SubjectFacts { minor })
     }
 
     async fn subject_tag_key(&self, subject: &SubjectId, create: bool) -> Result<Option<SubjectTagKey>, KeyError> {

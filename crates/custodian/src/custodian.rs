@@ -26,7 +26,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use aws_lc_rs::hmac;
 use clover_event::{SubjectIndexKey, SubjectTag, SubjectTagKey};
-use clover_keys::{DataKey, Kek, KeyCustody, KeyError};
+use clover_keys::{DataKey, Kek, KeyCustody, KeyError, SubjectFacts};
 use clover_log::Receipt;
 use clover_model::{Action, Region, SubjectId};
 use zeroize::Zeroizing;
@@ -39,6 +39,9 @@ use self::journal::Journal;
 use self::metadata::Metadata;
 use self::rotation::{Rotation, Rotations, VersionCounts};
 use self::store::KeyStore;
+
+/// The counter of subject facts answered, by `minor`.
+pub const SUBJECT_FACTS_METRIC: &str = "clover_custodian_subject_facts_total";
 
 /// The custodian of one region's keys.
 pub struct Custodian {
@@ -190,6 +193,27 @@ impl Custodian {
         Ok(self.subject_tag_key_for(hash, false).await?.is_some_and(|key| key.made(tag)))
     }
 
+    /// What policy needs to know about a subject (a minor today or not), from their sealed
+    /// metadata: the only answer about metadata that leaves the custodian, counted in
+    /// `clover_custodian_subject_facts_total{minor}`. The date they come of age stays here.
+    pub async fn subject_facts_for(
+        &self,
+        subject: &SubjectId,
+        hash: &str,
+        sealed: &[u8],
+    ) -> Result<SubjectFacts, KeyError> {
+        let plain = self.open_metadata_for(subject, hash, sealed).await?;
+        let facts = SubjectFacts::of(&plain, time::OffsetDateTime::now_utc().date());
+        metrics::counter!(SUBJECT_FACTS_METRIC, "minor" => if facts.minor { "true" } else { "false" }).increment(1);
+        Ok(facts)
+    }
+
+    /// The subject's metadata in the clear, for this process's own use and its tests; never
+    /// served (the boundary gets [`Custodian::subject_facts_for`]).
+    pub async fn open_metadata(&self, subject: &SubjectId, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+        self.open_metadata_for(subject, &self.index.hash(subject), sealed).await
+    }
+
     /// A pseudonymous token for `input` under the key of (`purpose`, `destination`).
     pub fn pseudonym_now(&self, purpose: &str, destination: &str, input: &[u8]) -> String {
         let derived =
@@ -285,8 +309,8 @@ impl KeyCustody for Custodian {
         self.seal_metadata_for(subject, &self.index.hash(subject), plaintext).await
     }
 
-    async fn open_metadata(&self, subject: &SubjectId, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyError> {
-        self.open_metadata_for(subject, &self.index.hash(subject), sealed).await
+    async fn subject_facts(&self, subject: &SubjectId, sealed: &[u8]) -> Result<SubjectFacts, KeyError> {
+        self.subject_facts_for(subject, &self.index.hash(subject), sealed).await
     }
 
     async fn pseudonym(&self, purpose: &str, destination: &str, input: &[u8]) -> Result<String, KeyError> {

@@ -5,7 +5,8 @@
 //! | `POST /v1/data-keys/create` | `{"index", "entry", "subject_hash"}`: a logged, allowed write about that subject | `{"key"}` (base64); 409 if the subject has one |
 //! | `POST /v1/data-keys/fetch` | a logged, allowed read or write | `{"key"}`; 404 if the subject has none (never made, or erased) |
 //! | `POST /v1/data-keys/destroy` | a logged, allowed erasure | `{"destroyed": bool}` |
-//! | `POST /v1/metadata/seal`, `/open` | `{"subject", "data"}` | `{"data"}` |
+//! | `POST /v1/metadata/seal` | `{"subject", "subject_hash", "data"}` | `{"data"}`: the metadata sealed |
+//! | `POST /v1/metadata/facts` | `{"subject", "subject_hash", "data"}`: sealed metadata | `{"minor"}`: what policy needs, never the metadata (which would give away a birth date) |
 //! | `POST /v1/pseudonym` | `{"purpose", "destination", "input"}` | `{"token"}` |
 //! | `POST /v1/subject-tag-keys` | `{"subject_hash", "create"}` | `{"key"}`: the key of the subject's log entry tags; 404 if none (never registered, or erased) |
 //! | `GET /v1/journal` | | every key handed out: time, subject hash, action, log index, entry hash, purpose |
@@ -226,7 +227,7 @@ pub struct MetadataBody {
     pub subject: String,
     /// The subject's keyed hash in the boundary's log, which names their keys here.
     pub subject_hash: String,
-    /// The plaintext to seal, or the sealed bytes to open, base64.
+    /// The plaintext to seal, or the sealed metadata to answer facts from, base64.
     pub data: String,
 }
 
@@ -245,10 +246,11 @@ async fn seal(State(server): State<CustodianServer>, Json(body): Json<MetadataBo
     Ok(Json(json!({ "data": B64.encode(sealed) })).into_response())
 }
 
-async fn open(State(server): State<CustodianServer>, Json(body): Json<MetadataBody>) -> Result<Response, Refusal> {
+/// The facts policy needs about a subject, from their sealed metadata: never the metadata.
+async fn facts(State(server): State<CustodianServer>, Json(body): Json<MetadataBody>) -> Result<Response, Refusal> {
     let (subject, data) = metadata_parts(&body)?;
-    let plain = server.custodian.open_metadata_for(&subject, &body.subject_hash, &data).await?;
-    Ok(Json(json!({ "data": B64.encode(plain.as_slice()) })).into_response())
+    let facts = server.custodian.subject_facts_for(&subject, &body.subject_hash, &data).await?;
+    Ok(Json(json!({ "minor": facts.minor })).into_response())
 }
 
 /// A pseudonym request.
@@ -283,7 +285,7 @@ pub fn router(server: CustodianServer) -> Router {
         .route("/v1/data-keys/fetch", post(fetch))
         .route("/v1/data-keys/destroy", post(destroy))
         .route("/v1/metadata/seal", post(seal))
-        .route("/v1/metadata/open", post(open))
+        .route("/v1/metadata/facts", post(facts))
         .route("/v1/pseudonym", post(pseudonym))
         .route("/v1/subject-tag-keys", post(tag_key))
         .route("/v1/journal", get(journal))

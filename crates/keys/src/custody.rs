@@ -6,6 +6,7 @@ use clover_model::{Region, SubjectId};
 
 use crate::data_key::DataKey;
 use crate::error::KeyError;
+use crate::metadata::SubjectFacts;
 
 /// The custodian of a region's keys, as the boundary sees it.
 ///
@@ -34,8 +35,10 @@ pub trait KeyCustody: Send + Sync {
     /// key is unwrapped.
     async fn seal_metadata(&self, subject: &SubjectId, plaintext: &[u8]) -> Result<Vec<u8>, KeyError>;
 
-    /// Opens what [`KeyCustody::seal_metadata`] sealed for the same subject.
-    async fn open_metadata(&self, subject: &SubjectId, sealed: &[u8]) -> Result<zeroize::Zeroizing<Vec<u8>>, KeyError>;
+    /// The facts policy needs about a subject (whether they are a minor today), worked out by
+    /// the custodian from their sealed metadata: the boundary never reads the metadata itself,
+    /// which would give away their birth date.
+    async fn subject_facts(&self, subject: &SubjectId, sealed: &[u8]) -> Result<SubjectFacts, KeyError>;
 
     /// The subject's tag key, which makes the subject tags of their log entries: derived by the
     /// custodian from key material of the subject's own that their erasure destroys. `None` when

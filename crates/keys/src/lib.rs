@@ -24,6 +24,7 @@ mod data_key;
 mod error;
 mod kek;
 mod keyring;
+mod metadata;
 mod passphrase;
 pub mod pkcs11;
 
@@ -32,4 +33,5 @@ pub use data_key::{DataKey, WrappedKey};
 pub use error::KeyError;
 pub use kek::Kek;
 pub use keyring::{ARGON2_PARAMS, Keyring};
+pub use metadata::{SubjectFacts, SubjectMetadata};
 pub use passphrase::{PASSPHRASE_ENV, PASSPHRASE_FILE, Passphrase, PassphraseSource, write_private};

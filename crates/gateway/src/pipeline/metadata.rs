@@ -9,12 +9,7 @@ use tracing::instrument;
 use crate::boundary::Boundary;
 use crate::problem::ApiError;
 
-/// What policy decides on about a subject, sealed by the custodian.
-#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
-pub struct SubjectMetadata {
-    /// The day the subject reaches the age of digital consent; unknown without a birth date.
-    pub adult_on: Option<time::Date>,
-}
+pub use clover_keys::SubjectMetadata;
 
 /// A subject's metadata, if they are registered. Whether they are is not for the caller to learn
 /// before the decision: see [`crate::pipeline::refuse_or_missing`].
@@ -33,12 +28,9 @@ pub(crate) async fn find_record_and_subject(
     boundary.store().record_with_subject(id).await.map_err(ApiError::internal)
 }
 
-/// Whether the subject is a minor today, from their sealed metadata. A subject whose birth date
-/// is unknown (or whose metadata cannot be read) counts as a minor: the stricter rules apply.
+/// Whether the subject is a minor today, as the custodian answers from their sealed metadata
+/// (the boundary never sees the date itself). A subject whose birth date is unknown (or whose
+/// metadata cannot be read) counts as a minor: the stricter rules apply.
 pub(crate) async fn subject_minor(boundary: &Boundary, subject: &SubjectRow) -> bool {
-    let Ok(plain) = boundary.custody().open_metadata(&subject.subject_id, &subject.metadata).await else {
-        return true;
-    };
-    let Ok(metadata) = serde_json::from_slice::<SubjectMetadata>(&plain) else { return true };
-    metadata.adult_on.is_none_or(|adult_on| time::OffsetDateTime::now_utc().date() < adult_on)
+    boundary.custody().subject_facts(&subject.subject_id, &subject.metadata).await.map_or(true, |facts| facts.minor)
 }

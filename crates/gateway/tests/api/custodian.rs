@@ -289,3 +289,30 @@ async fn the_custodian_accepts_an_older_checkpoint_that_the_one_it_verified_exte
     let refused = forked_verifier.check(index, &entry, &subject_hash).await;
     assert!(matches!(refused, Err(clover_custodian::ReceiptError::Inconsistent { .. })), "{refused:?}");
 }
+
+/// Before a decision the boundary needs to know whether the subject is a minor. The custodian
+/// used to open their metadata for anyone holding the gateway's certificate, unlogged, and hand
+/// back the date they come of age (their birth date to within a day); it now answers the fact
+/// policy needs, and nothing opens the metadata over the wire.
+#[tokio::test]
+async fn the_custodian_answers_facts_about_a_subject_never_their_metadata() {
+    let remote = start().await;
+    let app = &remote.app;
+    assert_eq!(app.put_subject("u-1").await.status(), 201); // born 2011-05-01: a minor
+    let pool = app.db().await;
+    let metadata: Vec<u8> = sqlx::query_scalar("SELECT metadata FROM subjects WHERE subject_id = 'u-1'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let hash = app.boundary.subject_hash(&"u-1".parse().unwrap());
+    let body = json!({"subject": "u-1", "subject_hash": hash, "data": B64.encode(&metadata)});
+    let facts = remote.http.post(format!("{}/v1/metadata/facts", remote.url)).json(&body).send().await.unwrap();
+    assert_eq!(facts.status(), 200);
+    let facts: Value = facts.json().await.unwrap();
+    assert_eq!(facts, json!({"minor": true}), "the fact, and nothing else");
+    let open = remote.http.post(format!("{}/v1/metadata/open", remote.url)).json(&body).send().await.unwrap();
+    assert_eq!(open.status(), 404, "no route opens metadata any more");
+    // The boundary decides with the fact: a minor's data is not read for analytics.
+    assert!(app.boundary.custody().subject_facts(&"u-1".parse().unwrap(), &metadata).await.unwrap().minor);
+}

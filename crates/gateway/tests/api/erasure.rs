@@ -70,7 +70,7 @@ async fn erasure_destroys_the_key_and_the_kept_ciphertext_opens_with_nothing_lef
         .unwrap()
         .get(0);
     assert!(!metadata.is_empty());
-    assert!(app.boundary.custody().open_metadata(&erased, &metadata).await.is_err());
+    assert!(app.boundary.custody().subject_facts(&erased, &metadata).await.is_err());
     pool.close().await;
     assert!(files_containing(backups.path(), &kept_wrapped_key).is_empty());
     let refused = app.boundary.custody().data_key(&app.receipt(&erased).await).await;

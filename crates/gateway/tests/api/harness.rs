@@ -137,7 +137,7 @@ impl TestApp {
             .unwrap()
     }
 
-    async fn db(&self) -> sqlx::SqlitePool {
+    pub async fn db(&self) -> sqlx::SqlitePool {
         let options =
             sqlx::sqlite::SqliteConnectOptions::new().filename(self.data_dir().join("clover.db")).read_only(true);
         sqlx::SqlitePool::connect_with(options).await.unwrap()
