@@ -125,7 +125,7 @@ impl Custodian {
         self.erasures.check(access)?;
         self.erasures.check_stored(self.keys.db.as_ref(), access).await?;
         let key = self.keys.create(&access.subject_hash).await?;
-        self.journal.record(access, false);
+        self.journal.record(access, false).await?;
         Ok(key)
     }
 
@@ -135,13 +135,13 @@ impl Custodian {
         self.erasures.check(access)?;
         let hash = &access.subject_hash;
         if let Some(key) = self.cache.key(hash) {
-            self.journal.record(access, true);
+            self.journal.record(access, true).await?;
             return Ok(key);
         }
         let epoch = self.cache.epoch();
         let key = self.keys.unwrap(hash).await?;
         self.cache.insert_key(hash, &key, epoch);
-        self.journal.record(access, false);
+        self.journal.record(access, false).await?;
         Ok(key)
     }
 
@@ -149,7 +149,7 @@ impl Custodian {
     pub async fn destroy_for(&self, access: &LoggedAccess) -> Result<bool, KeyError> {
         access.check(&[Action::Erase])?;
         let destroyed = self.erasures.destroy(self.keys.db.as_ref(), access).await?;
-        self.journal.record(access, false);
+        self.journal.record(access, false).await?;
         Ok(destroyed)
     }
 

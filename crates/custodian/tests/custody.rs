@@ -311,6 +311,22 @@ async fn tamper(store: &StoreAt, sql: &'static str, blob: &[u8], text: &str) {
     }
 }
 
+/// Runs `sql` with no parameter on the key store, behind the custodian's back.
+async fn tamper_sql(store: &StoreAt, sql: &'static str) {
+    match store {
+        StoreAt::File(path) => {
+            let pool = SqlitePool::connect_with(SqliteConnectOptions::new().filename(path)).await.unwrap();
+            sqlx::raw_sql(sql).execute(&pool).await.unwrap();
+            pool.close().await;
+        }
+        StoreAt::Postgres(database) => {
+            let pool = sqlx::PgPool::connect(&database.url).await.unwrap();
+            sqlx::raw_sql(sql).execute(&pool).await.unwrap();
+            pool.close().await;
+        }
+    }
+}
+
 /// Opens what [`clover_keys::DataKey::seal`] sealed, with raw key bytes.
 fn open_with_raw(key: &[u8], aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
     let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).ok()?);
@@ -864,7 +880,32 @@ macro_rules! suite {
     };
 }
 
+/// A key leaves the custodian only once its journal record is committed: with the journal's
+/// table gone, every key is withheld (from the cache too), and nothing is handed out unrecorded.
+/// Before, the key was returned first and a failed write only logged.
+async fn a_key_whose_journal_record_cannot_be_written_is_withheld(f: &Fixture) {
+    for cache in [CacheOptions::default(), NO_CACHE] {
+        let (custody, store) = f.custodian(cache).await;
+        custody.create_data_key(&f.receipt(Action::Write, "s-1").await).await.unwrap();
+        custody.data_key(&f.receipt(Action::Read, "s-1").await).await.unwrap();
+        tamper_sql(&store, "ALTER TABLE unwraps RENAME TO unwraps_elsewhere").await;
+        let withheld = custody.data_key(&f.receipt(Action::Read, "s-1").await).await;
+        assert!(
+            matches!(&withheld, Err(KeyError::Store { operation: "writing the journal", .. })),
+            "{withheld:?}"
+        );
+        let withheld = custody.create_data_key(&f.receipt(Action::Write, "s-2").await).await;
+        assert!(withheld.is_err(), "{withheld:?}");
+        tamper_sql(&store, "ALTER TABLE unwraps_elsewhere RENAME TO unwraps").await;
+        custody.data_key(&f.receipt(Action::Read, "s-1").await).await.unwrap();
+        let journal = custody.journal().await.unwrap();
+        assert_eq!(journal.len(), 3, "the write, the first read and the last: {journal:#?}");
+        custody.close().await;
+    }
+}
+
 suite!(
+    a_key_whose_journal_record_cannot_be_written_is_withheld,
     a_data_key_made_for_a_write_opens_on_a_read,
     a_receipt_gets_its_own_subjects_key,
     a_receipt_for_the_wrong_action_is_refused,

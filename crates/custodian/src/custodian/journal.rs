@@ -1,6 +1,7 @@
 //! The custodian's journal: every data key it hands out, with the log index and entry hash of
 //! the access, the action and the purpose declared. Records are written in batches by a task of
-//! their own, off the path that hands the key out.
+//! their own (one transaction for every record waiting), and a key leaves the custodian only once
+//! its record is committed: a key whose record cannot be written is withheld.
 
 use std::sync::Arc;
 
@@ -16,9 +17,9 @@ pub(crate) struct Journal {
     db: Arc<dyn KeyStoreBackend>,
 }
 
-/// What the journal's writer is sent.
+/// What the journal's writer is sent: a record, with where to say whether it was committed.
 enum Sent {
-    Record(UnwrapRecord),
+    Record(UnwrapRecord, oneshot::Sender<Result<(), String>>),
     Flush(oneshot::Sender<()>),
 }
 
@@ -30,10 +31,19 @@ impl Journal {
         Self { queue, db }
     }
 
-    /// Records a key handed out for `access` (from the cache, or unwrapped).
-    pub(crate) fn record(&self, access: &LoggedAccess, cached: bool) {
-        // The writer lives as long as the pool; if it is gone the process is shutting down.
-        let _ = self.queue.send(Sent::Record(UnwrapRecord::of(access, cached, now())));
+    /// Records a key about to be handed out for `access` (from the cache, or unwrapped), and
+    /// waits until the record is committed, with others waiting at the same time. An error means
+    /// the key must not leave.
+    pub(crate) async fn record(&self, access: &LoggedAccess, cached: bool) -> Result<(), KeyError> {
+        let unwritten = |cause: String| KeyError::Store {
+            operation: "writing the journal",
+            cause: Box::new(std::io::Error::other(cause)),
+        };
+        let (done, written) = oneshot::channel();
+        self.queue
+            .send(Sent::Record(UnwrapRecord::of(access, cached, now()), done))
+            .map_err(|_| unwritten("the journal's writer has stopped".to_owned()))?;
+        written.await.map_err(|_| unwritten("the journal's writer has stopped".to_owned()))?.map_err(unwritten)
     }
 
     /// Waits until every record sent so far is written.
@@ -57,16 +67,23 @@ async fn write(db: Arc<dyn KeyStoreBackend>, mut queue: mpsc::UnboundedReceiver<
     while queue.recv_many(&mut batch, 1024).await > 0 {
         let mut waiting = Vec::new();
         let mut records = Vec::new();
+        let mut answers = Vec::new();
         for item in batch.drain(..) {
             match item {
-                Sent::Record(record) => records.push(record),
+                Sent::Record(record, done) => {
+                    records.push(record);
+                    answers.push(done);
+                }
                 Sent::Flush(done) => waiting.push(done),
             }
         }
-        if !records.is_empty()
-            && let Err(e) = db.append_journal(&records).await
-        {
-            tracing::error!(error = %e, lost = records.len(), "the custodian's journal could not be written");
+        let outcome = if records.is_empty() { Ok(()) } else { db.append_journal(&records).await };
+        if let Err(e) = &outcome {
+            tracing::error!(error = %e, withheld = records.len(), "the custodian's journal could not be written; the keys are withheld");
+        }
+        for done in answers {
+            // The asker may have gone (its request cancelled): nothing to withhold then.
+            let _ = done.send(outcome.as_ref().map(|_| ()).map_err(ToString::to_string));
         }
         for done in waiting {
             let _ = done.send(());

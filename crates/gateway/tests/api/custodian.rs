@@ -300,10 +300,8 @@ async fn the_custodian_answers_facts_about_a_subject_never_their_metadata() {
     let app = &remote.app;
     assert_eq!(app.put_subject("u-1").await.status(), 201); // born 2011-05-01: a minor
     let pool = app.db().await;
-    let metadata: Vec<u8> = sqlx::query_scalar("SELECT metadata FROM subjects WHERE subject_id = 'u-1'")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let metadata: Vec<u8> =
+        sqlx::query_scalar("SELECT metadata FROM subjects WHERE subject_id = 'u-1'").fetch_one(&pool).await.unwrap();
     pool.close().await;
     let hash = app.boundary.subject_hash(&"u-1".parse().unwrap());
     let body = json!({"subject": "u-1", "subject_hash": hash, "data": B64.encode(&metadata)});
