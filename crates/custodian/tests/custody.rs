@@ -890,10 +890,7 @@ async fn a_key_whose_journal_record_cannot_be_written_is_withheld(f: &Fixture) {
         custody.data_key(&f.receipt(Action::Read, "s-1").await).await.unwrap();
         tamper_sql(&store, "ALTER TABLE unwraps RENAME TO unwraps_elsewhere").await;
         let withheld = custody.data_key(&f.receipt(Action::Read, "s-1").await).await;
-        assert!(
-            matches!(&withheld, Err(KeyError::Store { operation: "writing the journal", .. })),
-            "{withheld:?}"
-        );
+        assert!(matches!(&withheld, Err(KeyError::Store { operation: "writing the journal", .. })), "{withheld:?}");
         let withheld = custody.create_data_key(&f.receipt(Action::Write, "s-2").await).await;
         assert!(withheld.is_err(), "{withheld:?}");
         tamper_sql(&store, "ALTER TABLE unwraps_elsewhere RENAME TO unwraps").await;

@@ -114,10 +114,12 @@ impl Boundary {
         self.pack.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
-    /// Loads the policy directory again. A valid set replaces the one in force; an invalid one
-    /// is refused with its errors and the old set kept. Either way the attempt is logged, in
-    /// the server's log and in the transparency log.
-    pub async fn reload_policies(&self) -> Result<Vec<String>, PackError> {
+    /// Loads the policy directory again. A valid set replaces the one in force only once its
+    /// log entry (the policies' ids and the SHA-256 of their text) is appended: if the log
+    /// refuses it, the old set stays in force and the reload fails. An invalid set is refused
+    /// with its errors and the old set kept. Either way the attempt is logged, in the server's
+    /// log and in the transparency log.
+    pub async fn reload_policies(&self) -> Result<Vec<String>, ReloadError> {
         let source =
             self.config.policy.dir.as_ref().map_or_else(|| "the shipped pack".to_owned(), |d| d.display().to_string());
         // The log entry names the source without its path: the public log has no use for where
@@ -126,12 +128,14 @@ impl Boundary {
         match load_pack(&self.config) {
             Ok(pack) => {
                 let ids = pack.policy_ids();
-                *self.pack.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(pack);
-                let detail = format!("policies reloaded from {logged_source}: {}", ids.join(", "));
-                tracing::info!(policies = ids.len(), %source, "policies reloaded");
+                let detail =
+                    format!("policies reloaded from {logged_source}: sha256:{}; {}", pack.digest(), ids.join(", "));
                 if let Err(e) = self.log.append(&setup_event(EventKind::Config, "reload-policies", detail)).await {
-                    tracing::error!(error = %Chain(&e), "cannot log the policy reload");
+                    tracing::error!(error = %Chain(&e), %source, "cannot log the policy reload; the policies in force are kept");
+                    return Err(ReloadError::Log(e));
                 }
+                *self.pack.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(pack);
+                tracing::info!(policies = ids.len(), %source, "policies reloaded");
                 Ok(ids)
             }
             Err(e) => {
@@ -142,7 +146,7 @@ impl Boundary {
                 {
                     tracing::error!(error = %Chain(&e), "cannot log the refused policy reload");
                 }
-                Err(e)
+                Err(ReloadError::Pack(e))
             }
         }
     }
@@ -172,6 +176,17 @@ impl Boundary {
     pub fn has_category(&self, category: &Category) -> bool {
         self.category(category.as_str()).is_some()
     }
+}
+
+/// Why a reload of the policies left the old ones in force.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The new set is not valid.
+    #[error(transparent)]
+    Pack(#[from] PackError),
+    /// The log did not take the reload's entry: a policy change must be in the log first.
+    #[error("the policy reload could not be logged")]
+    Log(#[source] clover_log::LogError),
 }
 
 /// Why a pack was refused, for the public log: what [`PackError`] says, with a file's name

@@ -29,6 +29,6 @@ pub mod witnesses;
 
 pub use api::serve;
 pub use boundary::open::{OpenError, checkpoint_vkey};
-pub use boundary::{Boundary, watch_policies};
+pub use boundary::{Boundary, ReloadError, watch_policies};
 pub use config::Config;
 pub use datadir::DataDir;

@@ -163,6 +163,8 @@ pub struct PolicyPack {
     by_action: HashMap<String, ActionPolicies>,
     types: EntityTypes,
     authorizer: Authorizer,
+    /// SHA-256 of the schema and policy files it was built from (hex).
+    digest: String,
 }
 
 /// An action's uid and the policies that may apply to it.
@@ -245,6 +247,14 @@ impl PolicyPack {
         Self::from_sources(DEFAULT_SCHEMA, &[("default.cedar".to_owned(), DEFAULT_POLICIES.to_owned())])
     }
 
+    /// SHA-256 (hex) of the text the pack was built from: its schema, then each policy file's
+    /// name and text, each length-prefixed (8 bytes, big-endian), in the order given (a
+    /// directory's files sorted by name). What the log records of a reload, so that the text in
+    /// force can be checked against it.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
     /// Loads and validates the pack in `dir`.
     pub fn load_dir(dir: &Path) -> Result<Self, PackError> {
         let read_err = |path: &Path| {
@@ -273,6 +283,7 @@ impl PolicyPack {
 
     /// Builds a pack from a schema and named policy files.
     pub fn from_sources(schema: &str, files: &[(String, String)]) -> Result<Self, PackError> {
+        let digest = sources_digest(schema, files);
         let (schema, _warnings) =
             Schema::from_cedarschema_str(schema).map_err(|e| PackError::BadSchema(cedar_err(e)))?;
         let mut policies = PolicySet::new();
@@ -297,7 +308,7 @@ impl PolicyPack {
             return Err(PackError::Invalid(result.validation_errors().map(cedar_err).collect()));
         }
         let by_action = by_action(&schema, &policies)?;
-        Ok(Self { policies, by_action, types: EntityTypes::new()?, authorizer: Authorizer::new() })
+        Ok(Self { policies, by_action, types: EntityTypes::new()?, authorizer: Authorizer::new(), digest })
     }
 
     /// The ids of the pack's policies.
@@ -505,4 +516,19 @@ fn error_decision(error: String) -> Decision {
         policies: vec!["evaluation-error".to_owned()],
         reason: format!("the request could not be evaluated: {error}"),
     }
+}
+
+/// See [`PolicyPack::digest`].
+fn sources_digest(schema: &str, files: &[(String, String)]) -> String {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    let mut part = |bytes: &[u8]| {
+        ctx.update(&(bytes.len() as u64).to_be_bytes());
+        ctx.update(bytes);
+    };
+    part(schema.as_bytes());
+    for (name, text) in files {
+        part(name.as_bytes());
+        part(text.as_bytes());
+    }
+    hex::encode(ctx.finish().as_ref())
 }

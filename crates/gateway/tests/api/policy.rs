@@ -186,6 +186,44 @@ async fn the_bulk_access_window_survives_a_restart() {
     assert_eq!(read(&app, DUBLIN, "eu", &records[1], Some("support")).await.status(), 200);
 }
 
+/// A policy change takes effect only once it is in the log: a reload whose entry the log will
+/// not take (here, too large: thousands of policies' ids) leaves the old set in force. Before,
+/// the new set was swapped in first and a failed append only reported. The entry of a reload
+/// records the SHA-256 of the policies' text.
+#[tokio::test]
+async fn a_policy_reload_that_cannot_be_logged_leaves_the_old_set_in_force() {
+    let pack = tempfile::tempdir().unwrap();
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policies");
+    for file in ["clover.cedarschema", "default.cedar"] {
+        std::fs::copy(shipped.join(file), pack.path().join(file)).unwrap();
+    }
+    let dir = pack.path().to_owned();
+    let app = TestApp::start_with(|config| config.policy.dir = Some(dir)).await;
+    let record = subject(&app, "s", Some("1990-02-01")).await;
+    assert_eq!(read(&app, DUBLIN, "eu", &record, Some("support")).await.status(), 200);
+
+    // A reload that is logged records the text's digest.
+    app.boundary.reload_policies().await.unwrap();
+    let logged = log_entries(app.boundary.log()).await.into_iter().rfind(|e| e["action"] == "reload-policies").unwrap();
+    let detail = logged["detail"].as_str().unwrap();
+    assert!(detail.contains(&format!("sha256:{}", app.boundary.pack().digest())), "{detail}");
+
+    // A set that forbids every read, with so many policies that its entry is over the log's
+    // 64 KiB: the append fails, and reads go on under the old set.
+    let mut text = String::from("@id(\"no-reads-at-all\") forbid (principal, action, resource);\n");
+    for i in 0..3000 {
+        text.push_str(&format!(
+            "@id(\"filler-policy-with-a-long-name-{i:05}\") forbid (principal, action, resource) when {{ false }};\n"
+        ));
+    }
+    std::fs::write(pack.path().join("zz-lockdown.cedar"), text).unwrap();
+    let size = app.boundary.log().size();
+    let refused = app.boundary.reload_policies().await.unwrap_err();
+    assert!(matches!(refused, clover_gateway::ReloadError::Log(_)), "{refused:?}");
+    assert_eq!(app.boundary.log().size(), size, "nothing was logged");
+    assert_eq!(read(&app, DUBLIN, "eu", &record, Some("support")).await.status(), 200, "the old set is in force");
+}
+
 #[tokio::test]
 async fn policies_reload_on_change_and_a_bad_set_is_refused_keeping_the_old() {
     let pack = tempfile::tempdir().unwrap();
