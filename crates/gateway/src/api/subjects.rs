@@ -149,7 +149,13 @@ pub async fn put_subject(
             boundary: boundary.region().to_string(),
         });
     }
-    let ask = Ask { action: Action::Write, subject: &subject_id, record: None, subject_minor: minor };
+    // An update is decided on the stricter of what is stored and what is sent: a caller cannot
+    // lift a minor's rules by sending an adult's birth date in the request that changes it.
+    let stored_minor = match pipeline::metadata::find_subject(&boundary, &subject_id).await? {
+        Some(stored) => pipeline::metadata::subject_minor(&boundary, &stored).await,
+        None => false,
+    };
+    let ask = Ask { action: Action::Write, subject: &subject_id, record: None, subject_minor: minor || stored_minor };
     let receipt = pipeline::decide_and_log(&boundary, &caller, EventKind::Write, &ask).await?;
     let attributes = serde_json::to_vec(&Attributes { birth_date }).map_err(ApiError::internal)?;
     let sealed_aad = aad::subject(boundary.region(), &subject_id);

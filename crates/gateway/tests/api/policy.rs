@@ -224,6 +224,38 @@ async fn a_policy_reload_that_cannot_be_logged_leaves_the_old_set_in_force() {
     assert_eq!(read(&app, DUBLIN, "eu", &record, Some("support")).await.status(), 200, "the old set is in force");
 }
 
+/// An update of a subject is decided on the stricter of what is stored and what is sent: a
+/// caller cannot lift a minor's rules by sending an adult's birth date in the very request that
+/// changes it (before, the decision took the sent date alone).
+#[tokio::test]
+async fn a_subject_update_is_decided_on_the_stored_birth_date_too() {
+    let pack = tempfile::tempdir().unwrap();
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policies");
+    for file in ["clover.cedarschema", "default.cedar"] {
+        std::fs::copy(shipped.join(file), pack.path().join(file)).unwrap();
+    }
+    let dir = pack.path().to_owned();
+    let app = TestApp::start_with(|config| config.policy.dir = Some(dir)).await;
+    let put = |birth_date: &'static str| {
+        app.client(DUBLIN)
+            .put(app.url("/v1/subjects/u-1"))
+            .bearer_auth(app.token())
+            .json(&json!({"home_region": "eu", "birth_date": birth_date}))
+            .send()
+    };
+    assert_eq!(put("2015-01-01").await.unwrap().status(), 201, "a minor registers");
+    // Then a rule that no one may update a minor's registration.
+    std::fs::write(
+        pack.path().join("minors.cedar"),
+        "@id(\"no-updates-about-minors\") forbid (principal, action == Clover::Action::\"write\", resource is Clover::Subject) when { resource.minor };",
+    )
+    .unwrap();
+    app.boundary.reload_policies().await.unwrap();
+    // Sending an adult's birth date does not make the stored minor an adult for the decision.
+    let body = problem(put("1990-01-01").await.unwrap(), 403, "forbidden").await;
+    assert_eq!(body["decision"]["policies"], json!(["no-updates-about-minors"]));
+}
+
 #[tokio::test]
 async fn policies_reload_on_change_and_a_bad_set_is_refused_keeping_the_old() {
     let pack = tempfile::tempdir().unwrap();
