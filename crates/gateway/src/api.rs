@@ -128,7 +128,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     watch_policies(boundary.clone());
-    crate::refusals::log_summaries(boundary.clone());
+    crate::pipeline::events::log_refusal_summaries(boundary.clone());
     let tls = boundary.tls().cloned();
     clover_tls::serve(router(boundary), listener, tls, shutdown).await
 }

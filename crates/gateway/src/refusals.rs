@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use clover_model::{Origin, Principal, PrincipalId};
@@ -134,24 +134,6 @@ impl Refusals {
     pub(crate) fn window(&self) -> Duration {
         self.window
     }
-}
-
-/// Logs a summary entry for every window that ended with refusals past the limit, every
-/// window's length, for as long as the boundary runs.
-pub fn log_summaries(boundary: Arc<crate::Boundary>) {
-    let every = boundary.refusals().window().max(Duration::from_secs(1));
-    tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(every);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticks.tick().await;
-            for summary in boundary.refusals().ended() {
-                if let Err(e) = crate::pipeline::events::log_limited_refusals(&boundary, &summary).await {
-                    tracing::error!(error = %crate::report::Chain(&e), "cannot log a summary of limited refusals");
-                }
-            }
-        }
-    });
 }
 
 #[cfg(test)]

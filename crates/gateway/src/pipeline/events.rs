@@ -129,6 +129,24 @@ pub(crate) fn limit(boundary: &Boundary, caller: &Caller) -> Result<(), ApiError
     })
 }
 
+/// Logs a summary entry for every window that ended with refusals past the limit, every
+/// window's length, for as long as the boundary runs.
+pub(crate) fn log_refusal_summaries(boundary: std::sync::Arc<Boundary>) {
+    let every = boundary.refusals().window().max(std::time::Duration::from_secs(1));
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            for summary in boundary.refusals().ended() {
+                if let Err(e) = log_limited_refusals(&boundary, &summary).await {
+                    tracing::error!(error = %crate::report::Chain(&e), "cannot log a summary of limited refusals");
+                }
+            }
+        }
+    });
+}
+
 /// Logs one summary entry for a window of the refusal limit that held refusals past it.
 pub(crate) async fn log_limited_refusals(
     boundary: &Boundary,
