@@ -27,6 +27,16 @@ fn log_error(e: LogError) -> ApiError {
     }
 }
 
+/// A proof the log cannot make because a size asked for is beyond the log: the query's fault
+/// (400, as every other size out of range), not a missing resource (it was answered 404, "no log
+/// item ... (it may have been erased)").
+fn proof_error(e: LogError) -> ApiError {
+    match e {
+        LogError::NotFound(what) => ApiError::InvalidQuery(what),
+        other => log_error(other),
+    }
+}
+
 /// The latest signed checkpoint (c2sp.org/tlog-checkpoint, a signed note), with the witnesses'
 /// cosignatures (c2sp.org/tlog-cosignature) when witnesses are configured.
 ///
@@ -50,6 +60,7 @@ pub async fn tile(State(boundary): State<Arc<Boundary>>, Path(path): Path<String
 
 /// Which inclusion proof.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct InclusionQuery {
     /// The entry's index.
@@ -79,7 +90,8 @@ pub struct InclusionProof {
 #[utoipa::path(get, path = "/v1/log/proof/inclusion", tag = "log", security(()), params(InclusionQuery),
     responses(
         (status = OK, description = "The proof", body = InclusionProof),
-        (status = BAD_REQUEST, description = "Index or size out of range", body = Problem, content_type = "application/problem+json"),
+        (status = BAD_REQUEST, description = "`invalid-query`: index or size missing, not a number, out of range, or a parameter unknown", body = Problem, content_type = "application/problem+json"),
+        (status = INTERNAL_SERVER_ERROR, description = "`internal`: the log cannot be read; the cause is in the boundary's log", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn inclusion_proof(
     State(boundary): State<Arc<Boundary>>,
@@ -92,12 +104,12 @@ pub async fn inclusion_proof(
     if query.index >= size {
         return Err(ApiError::InvalidQuery(format!("index {} is not in a tree of size {size}", query.index)));
     }
-    let proof = log.inclusion_proof(query.index, size).map_err(log_error)?;
+    let proof = log.inclusion_proof(query.index, size).map_err(proof_error)?;
     Ok(Json(InclusionProof {
         index: query.index,
         size,
         leaf_hash: leaf_hash(&log.entry(query.index).await.map_err(log_error)?).to_base64(),
-        root_hash: log.root(size).map_err(log_error)?.to_base64(),
+        root_hash: log.root(size).map_err(proof_error)?.to_base64(),
         proof: proof.iter().map(|h| h.to_base64()).collect(),
         checkpoint: (size == checkpoint_size).then(|| checkpoint.to_string()),
     }))
@@ -105,6 +117,7 @@ pub async fn inclusion_proof(
 
 /// Which consistency proof.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ConsistencyQuery {
     /// The older tree size.
@@ -128,7 +141,8 @@ pub struct ConsistencyProof {
 #[utoipa::path(get, path = "/v1/log/proof/consistency", tag = "log", security(()), params(ConsistencyQuery),
     responses(
         (status = OK, description = "The proof", body = ConsistencyProof),
-        (status = BAD_REQUEST, description = "Sizes out of range", body = Problem, content_type = "application/problem+json"),
+        (status = BAD_REQUEST, description = "`invalid-query`: old missing, a size not a number, out of range, or a parameter unknown", body = Problem, content_type = "application/problem+json"),
+        (status = INTERNAL_SERVER_ERROR, description = "`internal`: the log cannot be read; the cause is in the boundary's log", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn consistency_proof(
     State(boundary): State<Arc<Boundary>>,
@@ -140,6 +154,6 @@ pub async fn consistency_proof(
     if query.old > new {
         return Err(ApiError::InvalidQuery(format!("old size {} is larger than new size {new}", query.old)));
     }
-    let proof = log.consistency_proof(query.old, new).map_err(log_error)?;
+    let proof = log.consistency_proof(query.old, new).map_err(proof_error)?;
     Ok(Json(ConsistencyProof { old: query.old, new, proof: proof.iter().map(|h| h.to_base64()).collect() }))
 }
