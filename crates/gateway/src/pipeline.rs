@@ -133,7 +133,9 @@ pub async fn write(
         subject_minor: metadata::subject_minor(boundary, &subject).await,
     };
     let receipt = decide_and_log(boundary, caller, EventKind::Write, &ask).await?;
-    let key = sealing::unwrap_key(boundary, &receipt).await?;
+    let key =
+        sealing::unwrap_key(boundary, &receipt, || ApiError::NotFound { what: "subject", id: subject_id.to_string() })
+            .await?;
     let version = 1;
     let row = RecordRow {
         record_id,
@@ -170,7 +172,9 @@ pub async fn read(
         subject_minor: metadata::subject_minor(boundary, &subject).await,
     };
     let receipt = decide_and_log(boundary, caller, EventKind::Access, &ask).await?;
-    let key = sealing::unwrap_key(boundary, &receipt).await?;
+    let key =
+        sealing::unwrap_key(boundary, &receipt, || ApiError::NotFound { what: "record", id: record_id.to_string() })
+            .await?;
     let fields = sealing::open_record(boundary, &key, &record)?;
     drop(key);
     let fields = views::view(boundary, caller, &receipt, &record.category, fields).await?;

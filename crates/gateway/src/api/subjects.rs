@@ -24,14 +24,14 @@ use crate::problem::{ApiError, Body, Problem};
 #[serde(deny_unknown_fields)]
 pub struct SubjectBody {
     /// The subject's home region; must be this boundary's.
-    #[schema(value_type = String, example = "eu")]
+    #[schema(value_type = String, example = "eu", pattern = "^[a-z0-9-]{1,32}$")]
     pub home_region: Region,
     /// The subject's birth date (`YYYY-MM-DD`), stored encrypted. Without it, the subject is
     /// treated as a minor.
-    #[schema(example = "2011-05-01")]
+    #[schema(example = "2011-05-01", format = Date, pattern = "^(19[0-9]{2}|2[0-9]{3})-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$")]
     pub birth_date: Option<String>,
     /// The subject's country (ISO 3166-1 alpha-2), for its age of digital consent.
-    #[schema(example = "ie")]
+    #[schema(example = "ie", pattern = "^[a-z]{2}$")]
     pub country: Option<String>,
 }
 
@@ -87,6 +87,11 @@ fn adult_on(boundary: &Boundary, birth_date: Option<&str>, country: Option<&str>
         .or_else(|| Date::from_calendar_date(year, time::Month::March, 1).ok())
 }
 
+/// The answer to a registration that an erasure of the same subject overtook.
+fn erased(subject: &SubjectId) -> ApiError {
+    ApiError::NotFound { what: "subject", id: subject.to_string() }
+}
+
 /// The earliest year of birth a subject may be registered with.
 const EARLIEST_BIRTH_YEAR: i32 = 1900;
 
@@ -117,12 +122,11 @@ fn birth_date(text: Option<String>) -> Result<Option<String>, ApiError> {
     responses(
         (status = CREATED, description = "Registered", body = SubjectAnswer),
         (status = OK, description = "Already registered; updated", body = SubjectAnswer),
-        (status = BAD_REQUEST, description = "The subject id is not of the allowed form", body = Problem, content_type = "application/problem+json"),
-        (status = UNSUPPORTED_MEDIA_TYPE, description = "The body is not declared as JSON (`application/json`, in UTF-8)", body = Problem, content_type = "application/problem+json"),
-        (status = UNPROCESSABLE_ENTITY, description = "An invalid body: an unknown field, a region, a country, a birth date not from 1900 to today", body = Problem, content_type = "application/problem+json"),
-        (status = CONFLICT, description = "The subject's home region is not this boundary's", body = Problem, content_type = "application/problem+json"),
-        (status = FORBIDDEN, description = "Denied by policy", body = Problem, content_type = "application/problem+json"),
-        (status = UNAUTHORIZED, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = BAD_REQUEST, description = "`invalid-id`: the subject id is not of the allowed form", body = Problem, content_type = "application/problem+json"),
+        (status = UNPROCESSABLE_ENTITY, description = "`invalid-body`: an unknown field, a region, a country, a birth date not from 1900 to today", body = Problem, content_type = "application/problem+json"),
+        (status = NOT_FOUND, description = "`not-found`: an erasure of the same subject, running at the same time, overtook the registration", body = Problem, content_type = "application/problem+json"),
+        (status = CONFLICT, description = "`wrong-region`: the subject's home region is not this boundary's", body = Problem, content_type = "application/problem+json"),
+        (status = FORBIDDEN, description = "`forbidden`: denied by policy; the body carries the decision and the index of the log entry that records it", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn put_subject(
     State(boundary): State<Arc<Boundary>>,
@@ -164,7 +168,7 @@ pub async fn put_subject(
 
     let created = match boundary.store().subject(&subject_id).await.map_err(ApiError::internal)? {
         Some(_) => {
-            let key = pipeline::sealing::unwrap_key(&boundary, &receipt).await?;
+            let key = pipeline::sealing::unwrap_key(&boundary, &receipt, || erased(&subject_id)).await?;
             let sealed = key.seal(&sealed_aad, &attributes).map_err(ApiError::internal)?;
             if !boundary.store().update_subject(&subject_id, &sealed, &metadata).await.map_err(ApiError::internal)? {
                 return Err(ApiError::NotFound { what: "subject", id: subject_id.to_string() });
@@ -176,7 +180,9 @@ pub async fn put_subject(
             // (or one cut short after the key was made) left the key to use.
             let key = match boundary.custody().create_data_key(&receipt).await {
                 Ok(key) => key,
-                Err(KeyError::DataKeyExists) => pipeline::sealing::unwrap_key(&boundary, &receipt).await?,
+                Err(KeyError::DataKeyExists) => {
+                    pipeline::sealing::unwrap_key(&boundary, &receipt, || erased(&subject_id)).await?
+                }
                 Err(e) => return Err(ApiError::internal(e)),
             };
             let row = SubjectRow {
@@ -222,10 +228,9 @@ pub async fn put_subject(
     params(("subject_id" = String, Path, description = "The platform's opaque id for the subject: 1 to 128 characters of A-Z a-z 0-9 - _ . : @, not only dots")),
     responses(
         (status = OK, description = "Erased", body = ErasureAnswer),
-        (status = BAD_REQUEST, description = "The subject id is not of the allowed form", body = Problem, content_type = "application/problem+json"),
-        (status = NOT_FOUND, description = "No such subject", body = Problem, content_type = "application/problem+json"),
-        (status = FORBIDDEN, description = "Denied by policy", body = Problem, content_type = "application/problem+json"),
-        (status = UNAUTHORIZED, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = BAD_REQUEST, description = "`invalid-id`: the subject id is not of the allowed form", body = Problem, content_type = "application/problem+json"),
+        (status = NOT_FOUND, description = "`not-found`: no such subject (or erased)", body = Problem, content_type = "application/problem+json"),
+        (status = FORBIDDEN, description = "`forbidden`: denied by policy; the body carries the decision and the index of the log entry that records it", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn erase_subject(
     State(boundary): State<Arc<Boundary>>,
@@ -311,9 +316,8 @@ pub struct AccessesAnswer {
     params(("subject_id" = String, Path, description = "The platform's opaque id for the subject: 1 to 128 characters of A-Z a-z 0-9 - _ . : @, not only dots")),
     responses(
         (status = OK, description = "The entries about the subject", body = AccessesAnswer),
-        (status = BAD_REQUEST, description = "The subject id is not of the allowed form", body = Problem, content_type = "application/problem+json"),
-        (status = FORBIDDEN, description = "Denied by policy", body = Problem, content_type = "application/problem+json"),
-        (status = UNAUTHORIZED, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = BAD_REQUEST, description = "`invalid-id`: the subject id is not of the allowed form", body = Problem, content_type = "application/problem+json"),
+        (status = FORBIDDEN, description = "`forbidden`: denied by policy; the body carries the decision and the index of the log entry that records it", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn list_accesses(
     State(boundary): State<Arc<Boundary>>,

@@ -37,9 +37,20 @@ pub(crate) enum UnreadableRecord {
 }
 
 /// The subject's data key, unwrapped by the custodian against the log receipt.
+///
+/// A key that no longer exists means the subject was erased after the request found them (an
+/// erasure that ran meanwhile destroyed it): the erasure won, and the answer is `gone`, what the
+/// request would have got had it come a moment later, not an internal error.
 #[instrument(name = "unwrap_key", skip_all, err(level = "debug"))]
-pub(crate) async fn unwrap_key(boundary: &Boundary, receipt: &Receipt) -> Result<DataKey, ApiError> {
-    boundary.custody().data_key(receipt).await.map_err(ApiError::internal)
+pub(crate) async fn unwrap_key(
+    boundary: &Boundary,
+    receipt: &Receipt,
+    gone: impl FnOnce() -> ApiError,
+) -> Result<DataKey, ApiError> {
+    boundary.custody().data_key(receipt).await.map_err(|e| match e {
+        KeyError::NoDataKey => gone(),
+        other => ApiError::internal(other),
+    })
 }
 
 /// The record's fields, decrypted.

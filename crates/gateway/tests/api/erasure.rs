@@ -92,3 +92,31 @@ async fn erasure_destroys_the_key_and_the_kept_ciphertext_opens_with_nothing_lef
         }
     }
 }
+
+/// An erasure that overtakes a request about the same subject (found, decided and logged, its
+/// data key destroyed before the request asks for it) answers that request as a later one gets
+/// it: the subject or record is not found. It was a 500, which schemathesis found by erasing a
+/// subject while writing one of its records (issue 15, section 4).
+#[tokio::test]
+async fn a_request_overtaken_by_an_erasure_is_not_found_not_a_server_error() {
+    let app = TestApp::start().await;
+    let record = app.seed("u-racing", json!({"name": "about to be erased"})).await;
+    let subject: SubjectId = "u-racing".parse().unwrap();
+    // What the racing requests found before the erasure ran: the subject's and record's rows.
+    let store = app.boundary.store();
+    let subject_row = store.subject(&subject).await.unwrap().unwrap();
+    let record_row = store.record(&record.parse().unwrap()).await.unwrap().unwrap();
+    let erased =
+        app.client(DUBLIN).delete(app.url("/v1/subjects/u-racing")).bearer_auth(app.token()).send().await.unwrap();
+    assert_eq!(erased.status(), 200);
+    // The rows back as those requests saw them; the data key stays destroyed.
+    assert!(store.insert_subject(&subject_row).await.unwrap());
+    store.insert_record(&record_row).await.unwrap();
+
+    let write = app.post_record("u-racing", "profile", json!({"name": "late"})).await;
+    problem(write, 404, "not-found").await;
+    let read = app.get_record(DUBLIN, &record).await;
+    problem(read, 404, "not-found").await;
+    let update = app.put_subject("u-racing").await;
+    problem(update, 404, "not-found").await;
+}
