@@ -3,6 +3,7 @@
 
 mod answer;
 pub mod approvals;
+mod document;
 pub mod keys;
 pub mod log;
 pub mod records;
@@ -70,7 +71,7 @@ impl utoipa::Modify for BearerAuth {
 
 /// The API's routes and its OpenAPI document.
 pub fn routes() -> (Router<Arc<Boundary>>, utoipa::openapi::OpenApi) {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (router, mut api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(subjects::put_subject, subjects::erase_subject))
         .routes(routes!(records::create_record))
         .routes(routes!(records::read_record))
@@ -87,7 +88,9 @@ pub fn routes() -> (Router<Arc<Boundary>>, utoipa::openapi::OpenApi) {
         .routes(routes!(service::healthz))
         .routes(routes!(service::metrics))
         .routes(routes!(service::openapi))
-        .split_for_parts()
+        .split_for_parts();
+    document::complete(&mut api);
+    (router, api)
 }
 
 /// The OpenAPI document.
@@ -103,7 +106,9 @@ pub fn router(boundary: Arc<Boundary>) -> Router {
     routes
         .fallback(|| async { ApiError::NoRoute })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(Extension(service::Document(serde_json::to_vec(&api).unwrap_or_default().into())))
+        .layer(Extension(service::Document(
+            serde_json::to_vec(&document::configured(&api, boundary.config())).unwrap_or_default().into(),
+        )))
         .layer(Extension(BodyLimit(limit)))
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn(crate::metrics::track))

@@ -36,11 +36,11 @@ use crate::problem::{ApiError, Body, Problem};
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApprovalBody {
-    /// The subjects the approval is to cover.
-    #[schema(value_type = Vec<String>)]
+    /// The subjects the approval is to cover: at least one, at most 10000.
+    #[schema(value_type = Vec<String>, min_items = 1, max_items = 10000)]
     pub subjects: Vec<SubjectId>,
-    /// The categories it is to cover.
-    #[schema(value_type = Vec<String>)]
+    /// The categories it is to cover (configured ones): at least one.
+    #[schema(value_type = Vec<String>, min_items = 1)]
     pub categories: Vec<Category>,
     /// The purpose it is to cover (a configured reason code).
     pub purpose: String,
@@ -123,9 +123,7 @@ async fn log(
 #[utoipa::path(post, path = "/v1/approvals", tag = "approvals", request_body = ApprovalBody,
     responses(
         (status = CREATED, description = "Requested; waits for a second person", body = ApprovalAnswer),
-        (status = UNSUPPORTED_MEDIA_TYPE, description = "The body is not declared as JSON (`application/json`, in UTF-8)", body = Problem, content_type = "application/problem+json"),
-        (status = UNPROCESSABLE_ENTITY, description = "Unknown category or purpose, or nothing to cover", body = Problem, content_type = "application/problem+json"),
-        (status = UNAUTHORIZED, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = UNPROCESSABLE_ENTITY, description = "`unknown-category`: a category is not configured; `invalid-body`: the purpose is not configured, or no subject or no category, or over 10000 subjects", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn request_approval(
     State(boundary): State<Arc<Boundary>>,
@@ -182,9 +180,9 @@ pub async fn request_approval(
     params(("approval_id" = String, Path, description = "The approval's id")),
     responses(
         (status = OK, description = "Granted", body = ApprovalAnswer),
-        (status = FORBIDDEN, description = "Not allowed to grant it (the requester, no approver role, outside the region): the same answer whether the approval exists or not; the refusal is logged", body = Problem, content_type = "application/problem+json"),
-        (status = NOT_FOUND, description = "No such approval (to an approver in the region)", body = Problem, content_type = "application/problem+json"),
-        (status = CONFLICT, description = "Already granted, or expired (to an approver in the region)", body = Problem, content_type = "application/problem+json"),
+        (status = FORBIDDEN, description = "`forbidden`: not allowed to grant it (the requester, no approver role, outside the region): the same answer whether the approval exists or not; the refusal is logged", body = Problem, content_type = "application/problem+json"),
+        (status = NOT_FOUND, description = "`not-found`: no such approval (to an approver in the region)", body = Problem, content_type = "application/problem+json"),
+        (status = CONFLICT, description = "`approval-not-pending`: already granted, or expired (to an approver in the region)", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn grant_approval(
     State(boundary): State<Arc<Boundary>>,
@@ -275,9 +273,8 @@ fn view_decision(boundary: &Boundary, caller: &Caller, approval_id: &str, row: O
     params(("approval_id" = String, Path, description = "The approval's id")),
     responses(
         (status = OK, description = "The approval", body = ApprovalAnswer),
-        (status = FORBIDDEN, description = "Neither its requester nor an approver, in the region; the same answer whether the approval exists or not; the refusal is logged", body = Problem, content_type = "application/problem+json"),
-        (status = NOT_FOUND, description = "No such approval (to an approver in the region, who may read any)", body = Problem, content_type = "application/problem+json"),
-        (status = UNAUTHORIZED, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = FORBIDDEN, description = "`forbidden`: neither its requester nor an approver, in the region; the same answer whether the approval exists or not; the refusal is logged", body = Problem, content_type = "application/problem+json"),
+        (status = NOT_FOUND, description = "`not-found`: no such approval (to an approver in the region, who may read any)", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn get_approval(
     State(boundary): State<Arc<Boundary>>,

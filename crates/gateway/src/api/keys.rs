@@ -91,9 +91,8 @@ fn embedded(boundary: &Boundary) -> Result<&Arc<clover_custodian::Custodian>, Ap
 #[utoipa::path(get, path = "/v1/keys", tag = "keys",
     responses(
         (status = OK, description = "Key custody's state", body = KeysAnswer),
-        (status = FORBIDDEN, description = "Not a key custodian in the region; the refusal is logged", body = Problem, content_type = "application/problem+json"),
-        (status = CONFLICT, description = "The keys are held by a custodian in its own process", body = Problem, content_type = "application/problem+json"),
-        (status = UNAUTHORIZED, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = FORBIDDEN, description = "`forbidden`: not a key custodian in the region; the refusal is logged", body = Problem, content_type = "application/problem+json"),
+        (status = CONFLICT, description = "`custodian-elsewhere`: the keys are held by a custodian in its own process", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn status(State(boundary): State<Arc<Boundary>>, caller: Caller) -> Result<Response, ApiError> {
     // Decided first: one who may not administer the keys learns nothing, not even where they
@@ -165,9 +164,8 @@ fn key_event(action: &str, detail: String) -> Event {
 #[utoipa::path(post, path = "/v1/keys/rotate", tag = "keys",
     responses(
         (status = ACCEPTED, description = "A new version is current; re-wrapping has started", body = RotateAnswer),
-        (status = FORBIDDEN, description = "Not a key custodian in the region", body = Problem, content_type = "application/problem+json"),
-        (status = CONFLICT, description = "A rotation is under way", body = Problem, content_type = "application/problem+json"),
-        (status = UNAUTHORIZED, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = FORBIDDEN, description = "`forbidden`: not a key custodian in the region; the refusal is logged", body = Problem, content_type = "application/problem+json"),
+        (status = CONFLICT, description = "`rotation-running`: a rotation is under way; `custodian-elsewhere`: the keys are held by a custodian in its own process", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn rotate(State(boundary): State<Arc<Boundary>>, caller: Caller) -> Result<Response, ApiError> {
     let (decision, log_index) = administer(&boundary, &caller, "rotate-keys", "key rotation").await?;

@@ -20,7 +20,7 @@ use crate::problem::{ApiError, Body, Problem};
 #[serde(deny_unknown_fields)]
 pub struct RecordBody {
     /// One of the boundary's configured categories.
-    #[schema(example = "profile")]
+    #[schema(example = "profile", pattern = "^[a-z0-9-]{1,64}$")]
     pub category: String,
     /// The personal fields, a JSON object; stored encrypted.
     #[schema(value_type = Object, example = json!({"display_name": "Aoife", "email": "aoife@example.ie"}))]
@@ -83,12 +83,10 @@ pub struct RecordAnswer {
     request_body = RecordBody,
     responses(
         (status = CREATED, description = "Stored", body = RecordCreated),
-        (status = BAD_REQUEST, description = "The subject id is not of the allowed form", body = Problem, content_type = "application/problem+json"),
-        (status = UNSUPPORTED_MEDIA_TYPE, description = "The body is not declared as JSON (`application/json`, in UTF-8)", body = Problem, content_type = "application/problem+json"),
-        (status = NOT_FOUND, description = "No such subject", body = Problem, content_type = "application/problem+json"),
-        (status = UNPROCESSABLE_ENTITY, description = "Unknown category or invalid body", body = Problem, content_type = "application/problem+json"),
-        (status = FORBIDDEN, description = "Denied by policy", body = Problem, content_type = "application/problem+json"),
-        (status = UNAUTHORIZED, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = BAD_REQUEST, description = "`invalid-id`: the subject id is not of the allowed form", body = Problem, content_type = "application/problem+json"),
+        (status = NOT_FOUND, description = "`not-found`: no such subject (or erased)", body = Problem, content_type = "application/problem+json"),
+        (status = UNPROCESSABLE_ENTITY, description = "`unknown-category`: the category is not configured", body = Problem, content_type = "application/problem+json"),
+        (status = FORBIDDEN, description = "`forbidden`: denied by policy; the body carries the decision and the index of the log entry that records it", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn create_record(
     State(boundary): State<Arc<Boundary>>,
@@ -123,14 +121,12 @@ pub async fn create_record(
 #[utoipa::path(get, path = "/v1/records/{record_id}", tag = "records",
     params(
         ("record_id" = String, Path, description = "The record's id: a UUID in lowercase with hyphens, as the boundary wrote it"),
-        ("X-Clover-Purpose" = Option<String>, Header, description = "Why the caller reads (a reason code)"),
     ),
     responses(
         (status = OK, description = "The record, in the view the decision grants", body = RecordAnswer),
-        (status = BAD_REQUEST, description = "The record id is not a UUID in its one spelling (lowercase, with hyphens)", body = Problem, content_type = "application/problem+json"),
-        (status = FORBIDDEN, description = "Denied by policy; the body carries the decision", body = Problem, content_type = "application/problem+json"),
-        (status = NOT_FOUND, description = "No such record (or erased)", body = Problem, content_type = "application/problem+json"),
-        (status = UNAUTHORIZED, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = BAD_REQUEST, description = "`invalid-id`: the record id is not a UUID in its one spelling (lowercase, with hyphens)", body = Problem, content_type = "application/problem+json"),
+        (status = FORBIDDEN, description = "`forbidden`: denied by policy; the body carries the decision and the index of the log entry that records it", body = Problem, content_type = "application/problem+json"),
+        (status = NOT_FOUND, description = "`not-found`: no such record (or erased)", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn read_record(
     State(boundary): State<Arc<Boundary>>,

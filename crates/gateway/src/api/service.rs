@@ -23,7 +23,10 @@ pub async fn healthz() -> &'static str {
 
 /// Prometheus metrics, in the text exposition format.
 #[utoipa::path(get, path = "/metrics", tag = "service", security(()),
-    responses((status = OK, description = "Prometheus text format", body = String, content_type = "text/plain")))]
+    responses(
+        (status = OK, description = "Prometheus text format", body = String, content_type = "text/plain"),
+        (status = SERVICE_UNAVAILABLE, description = "No metrics recorder in this process", body = String, content_type = "text/plain"),
+    ))]
 pub async fn metrics(State(boundary): State<Arc<Boundary>>) -> impl IntoResponse {
     crate::metrics::log(boundary.log());
     match crate::metrics::handle() {
@@ -36,7 +39,7 @@ pub async fn metrics(State(boundary): State<Arc<Boundary>>) -> impl IntoResponse
 
 /// This API's OpenAPI document.
 #[utoipa::path(get, path = "/openapi.json", tag = "service", security(()),
-    responses((status = OK, description = "OpenAPI 3.1 document", content_type = "application/json")))]
+    responses((status = OK, description = "OpenAPI 3.1 document", body = Object, content_type = "application/json")))]
 pub async fn openapi(Extension(Document(doc)): Extension<Document>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], doc)
 }
