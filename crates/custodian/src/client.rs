@@ -52,29 +52,60 @@ impl RemoteCustody {
             .send()
             .await
             .map_err(|e| KeyError::Hsm(format!("the custodian at {} cannot be reached: {e}", self.url)))?;
-        let status = response.status();
-        let answer: Value = response.json().await.unwrap_or_default();
-        let message = answer.get("error").and_then(Value::as_str).unwrap_or("no detail").to_owned();
-        match status.as_u16() {
-            200 | 201 => Ok(answer),
-            403 => Err(KeyError::Receipt(message)),
-            404 => Err(KeyError::NoDataKey),
-            409 => Err(KeyError::DataKeyExists),
-            422 => Err(KeyError::Decrypt),
-            _ => Err(KeyError::Hsm(format!("the custodian answered {status}: {message}"))),
-        }
+        let status = response.status().as_u16();
+        // A body that cannot be read is an empty one: the status still says what happened.
+        let body = response.bytes().await.unwrap_or_default();
+        read_answer(status, &body)
     }
 
     fn field(answer: &Value, name: &str) -> Result<Zeroizing<Vec<u8>>, KeyError> {
-        let text =
-            answer.get(name).and_then(Value::as_str).ok_or(KeyError::Crypto("the custodian's answer lacks a field"))?;
-        B64.decode(text).map(Zeroizing::new).map_err(|_| KeyError::Crypto("the custodian's answer is not base64"))
+        answer_field(answer, name)
     }
 
     async fn key(&self, path: &str, receipt: &Receipt) -> Result<DataKey, KeyError> {
         let answer = self.post(path, &json!(WireReceipt::of(receipt, &self.index))).await?;
         DataKey::from_slice(&Self::field(&answer, "key")?)
     }
+}
+
+/// What a custodian's answer means, from its status and body (bytes from the custodian, which
+/// the boundary does not trust to be well formed): the JSON body of a success, or the
+/// [`KeyError`] its status names, with the [`error_detail`] of its body. A body that is not
+/// JSON is an empty object (a success then lacks the fields asked for).
+pub fn read_answer(status: u16, body: &[u8]) -> Result<Value, KeyError> {
+    match status {
+        200 | 201 => Ok(serde_json::from_slice(body).unwrap_or_else(|_| json!({}))),
+        403 => Err(KeyError::Receipt(detail_or_none(body))),
+        404 => Err(KeyError::NoDataKey),
+        409 => Err(KeyError::DataKeyExists),
+        422 => Err(KeyError::Decrypt),
+        _ => Err(KeyError::Hsm(format!("the custodian answered {status}: {}", detail_or_none(body)))),
+    }
+}
+
+/// The bytes of the base64 field `name` of a custodian's answer.
+pub fn answer_field(answer: &Value, name: &str) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+    let text =
+        answer.get(name).and_then(Value::as_str).ok_or(KeyError::Crypto("the custodian's answer lacks a field"))?;
+    B64.decode(text).map(Zeroizing::new).map_err(|_| KeyError::Crypto("the custodian's answer is not base64"))
+}
+
+/// The most an error's detail keeps of what the other side sent, in characters: it goes into
+/// error messages and logs, which a hostile server must not flood.
+pub const MAX_DETAIL_CHARS: usize = 1024;
+
+/// What an error answer says went wrong, for a message: a problem's `detail` (RFC 9457, the
+/// boundary's errors) or an `error` string (a custodian's), shortened to [`MAX_DETAIL_CHARS`]
+/// characters with control characters replaced, or `None` when the body has neither (whatever
+/// it is: the status is the error, the detail a courtesy).
+pub fn error_detail(body: &[u8]) -> Option<String> {
+    let answer: Value = serde_json::from_slice(body).ok()?;
+    let text = ["detail", "error"].iter().find_map(|name| answer.get(name).and_then(Value::as_str))?;
+    Some(text.chars().take(MAX_DETAIL_CHARS).map(|c| if c.is_control() { ' ' } else { c }).collect())
+}
+
+fn detail_or_none(body: &[u8]) -> String {
+    error_detail(body).unwrap_or_else(|| "no detail".to_owned())
 }
 
 #[async_trait]
@@ -128,5 +159,46 @@ impl KeyCustody for RemoteCustody {
             .and_then(Value::as_str)
             .map(ToOwned::to_owned)
             .ok_or(KeyError::Crypto("the custodian's answer lacks a token"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_detail_is_read_from_a_problem_or_a_custodian_error() {
+        // A boundary's problem (RFC 9457) and a custodian's error answer both say what went wrong:
+        // `clover custodian status|rotate` read only `detail`, so a custodian's refusal was
+        // printed as "no detail".
+        assert_eq!(error_detail(br#"{"type":"urn:clover:problem:forbidden","detail":"denied"}"#).unwrap(), "denied");
+        assert_eq!(error_detail(br#"{"error":"the admin token is wrong"}"#).unwrap(), "the admin token is wrong");
+        for nothing in [&b""[..], b"not json", b"[]", b"{}", br#"{"detail": 3}"#, b"\xff\xfe"] {
+            assert_eq!(error_detail(nothing), None, "{nothing:?}");
+        }
+    }
+
+    #[test]
+    fn an_error_detail_is_bounded_and_printable() {
+        // A hostile server's detail goes into terminals and logs: no escape sequences, no flood.
+        let detail = error_detail(b"{\"detail\":\"\\u001b[2Jgone\\r\\nforged line\"}").unwrap();
+        assert_eq!(detail, " [2Jgone  forged line");
+        let long = format!("{{\"error\":\"{}\"}}", "é".repeat(5000));
+        assert_eq!(error_detail(long.as_bytes()).unwrap().chars().count(), MAX_DETAIL_CHARS);
+    }
+
+    #[test]
+    fn an_answer_is_read_by_its_status() {
+        assert_eq!(read_answer(200, br#"{"key":"AAAA"}"#).unwrap()["key"], "AAAA");
+        assert_eq!(read_answer(201, b"garbage").unwrap(), json!({}));
+        assert!(matches!(read_answer(403, br#"{"error":"no"}"#), Err(KeyError::Receipt(m)) if m == "no"));
+        assert!(matches!(read_answer(404, b""), Err(KeyError::NoDataKey)));
+        assert!(matches!(read_answer(409, b""), Err(KeyError::DataKeyExists)));
+        assert!(matches!(read_answer(422, b""), Err(KeyError::Decrypt)));
+        let other = read_answer(503, b"").unwrap_err().to_string();
+        assert!(other.contains("503") && other.contains("no detail"), "{other}");
+        assert!(answer_field(&json!({"key": "not base64!"}), "key").is_err());
+        assert!(answer_field(&json!({"key": 3}), "key").is_err());
+        assert_eq!(*answer_field(&json!({"key": "AAEC"}), "key").unwrap(), vec![0, 1, 2]);
     }
 }

@@ -97,13 +97,6 @@ struct RotateAnswer {
     log_index: Option<u64>,
 }
 
-/// An error answer: a problem's `detail` (RFC 9457), when there is one.
-#[derive(Debug, Default, Deserialize)]
-struct ErrorAnswer {
-    #[serde(default)]
-    detail: Option<String>,
-}
-
 /// The URLs of key status and rotation: the boundary's, or a custodian's admin API.
 pub(crate) struct KeyUrls {
     status: String,
@@ -193,8 +186,10 @@ async fn call<T: serde::de::DeserializeOwned>(request: reqwest::RequestBuilder) 
     let body = response.bytes().await;
     if !status.is_success() {
         // Whatever the body is, the status is the error; the detail is a courtesy.
-        let answer: ErrorAnswer = body.ok().and_then(|body| serde_json::from_slice(&body).ok()).unwrap_or_default();
-        anyhow::bail!("{status}: {}", answer.detail.as_deref().unwrap_or("no detail"));
+        // A boundary answers a problem (RFC 9457) with a `detail`, a custodian's admin API an
+        // `error`: one reader for both.
+        let detail = body.ok().and_then(|body| clover_custodian::client::error_detail(&body));
+        anyhow::bail!("{status}: {}", detail.as_deref().unwrap_or("no detail"));
     }
     let body = body.with_context(|| format!("reading the answer of {url}"))?;
     serde_json::from_slice(&body).with_context(|| format!("the answer of {url} is not what was expected"))
