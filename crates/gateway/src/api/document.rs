@@ -210,7 +210,7 @@ pub(super) fn configured(api: &OpenApi, config: &Config) -> Value {
     let mut doc = serde_json::to_value(api).unwrap_or_default();
     let categories: Vec<Value> = config.categories.iter().map(|c| Value::from(c.name.as_str())).collect();
     let purposes: Vec<Value> = config.purposes.iter().map(|p| Value::from(p.name.as_str())).collect();
-    let schemas = &mut doc["components"]["schemas"];
+    let mut schemas = doc.pointer_mut("/components/schemas").map(std::mem::take).unwrap_or_default();
     if let Some(Value::Object(items)) = schemas.pointer_mut("/ApprovalBody/properties/subjects/items")
         && let Some((_, pattern, longest)) = ID_PARAMETERS.iter().find(|(name, ..)| *name == "subject_id")
     {
@@ -226,6 +226,9 @@ pub(super) fn configured(api: &OpenApi, config: &Config) -> Value {
             schema.insert("enum".to_owned(), Value::Array(values.clone()));
         }
     }
+    if let Some(slot) = doc.pointer_mut("/components/schemas") {
+        *slot = schemas;
+    }
     let ticket = config.policy.ticket_pattern.as_str();
     if let Some(Value::Object(paths)) = doc.get_mut("paths") {
         let parameters = paths
@@ -235,7 +238,7 @@ pub(super) fn configured(api: &OpenApi, config: &Config) -> Value {
             .filter_map(|operation| operation.get_mut("parameters").and_then(Value::as_array_mut))
             .flatten();
         for parameter in parameters {
-            if parameter["name"] == "X-Clover-Justification"
+            if parameter.get("name").and_then(Value::as_str) == Some("X-Clover-Justification")
                 && let Some(Value::Object(schema)) = parameter.get_mut("schema")
             {
                 schema.insert("pattern".to_owned(), Value::from(ticket));
