@@ -209,9 +209,12 @@ impl LogVerifier {
     }
 }
 
-/// What a verified entry allows, for the subject whose keyed hash is `subject_hash`, and the
-/// entry's subject tag.
-fn access(index: u64, entry: &[u8], subject_hash: &str) -> Result<(LoggedAccess, SubjectTag), ReceiptError> {
+/// What the entry of a receipt allows, for the subject whose keyed hash is `subject_hash`, and
+/// the entry's subject tag, once the entry is verified to be at `index` in the signed log
+/// ([`LogVerifier::check`] does both, and checks the tag is that subject's). The entry's bytes
+/// and the hash are the caller's: reading them must refuse, never fail otherwise, whatever they
+/// are.
+pub fn access(index: u64, entry: &[u8], subject_hash: &str) -> Result<(LoggedAccess, SubjectTag), ReceiptError> {
     let refuse = |detail: &str| ReceiptError::NotAllowed { index, detail: detail.to_owned() };
     // The canonical form of the current format only: the boundary indexes entries by it, and so
     // must what unlocks keys; a receipt is recent, so never of an earlier format.
