@@ -183,8 +183,9 @@ fn describe_limit(operation: &mut Operation) {
     }
     let limited = ResponseBuilder::new()
         .description(
-            "Too many requests refused from this principal or address in the current window: not decided, \
-             not logged one by one; retry after Retry-After seconds",
+            "`too-many-refusals`: this caller, or their address, was refused more often than [policy] \
+             refusal_limit allows in the window; this refusal is not logged one by one (the window's summary \
+             entry counts it); retry after Retry-After seconds",
         )
         .content(
             "application/problem+json",
