@@ -242,7 +242,7 @@ pub fn watch_policies(boundary: Arc<Boundary>) {
 /// A key or configuration event, with no caller: the boundary's own doing. Built here rather
 /// than by the pipeline's events, so that the boundary does not depend on the pipeline that
 /// depends on it.
-fn setup_event(kind: EventKind, action: &str, detail: String) -> Event {
+pub(crate) fn setup_event(kind: EventKind, action: &str, detail: String) -> Event {
     Event {
         v: EVENT_VERSION,
         kind,

@@ -142,20 +142,7 @@ async fn administer(
 
 /// The entry of a key operation the boundary does itself (no caller, nothing to annex).
 fn key_event(action: &str, detail: String) -> Event {
-    Event {
-        v: clover_event::EVENT_VERSION,
-        kind: EventKind::Key,
-        time: time::OffsetDateTime::now_utc().unix_timestamp(),
-        principal: None,
-        origin: None,
-        action: Some(action.to_owned()),
-        subject: None,
-        category: None,
-        decision: None,
-        purpose: None,
-        annex: None,
-        detail: Some(detail),
-    }
+    crate::boundary::setup_event(EventKind::Key, action, detail)
 }
 
 /// Rotates the key-encryption key: a new version now, the data keys re-wrapped in the

@@ -168,6 +168,16 @@ async fn touching_too_many_subjects_needs_an_approval() {
     assert_eq!(entry["decision"]["effect"], "approval-required");
 }
 
+/// A policy directory holding a copy of the shipped pack, to change in a test.
+fn shipped_pack() -> tempfile::TempDir {
+    let pack = tempfile::tempdir().unwrap();
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policies");
+    for file in ["clover.cedarschema", "default.cedar"] {
+        std::fs::copy(shipped.join(file), pack.path().join(file)).unwrap();
+    }
+    pack
+}
+
 /// The window's count is in the store: a restart does not reset it (before, it lived in the
 /// process's memory, and a restart, or a second gateway, allowed the threshold again).
 #[tokio::test]
@@ -192,11 +202,7 @@ async fn the_bulk_access_window_survives_a_restart() {
 /// records the SHA-256 of the policies' text.
 #[tokio::test]
 async fn a_policy_reload_that_cannot_be_logged_leaves_the_old_set_in_force() {
-    let pack = tempfile::tempdir().unwrap();
-    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policies");
-    for file in ["clover.cedarschema", "default.cedar"] {
-        std::fs::copy(shipped.join(file), pack.path().join(file)).unwrap();
-    }
+    let pack = shipped_pack();
     let dir = pack.path().to_owned();
     let app = TestApp::start_with(|config| config.policy.dir = Some(dir)).await;
     let record = subject(&app, "s", Some("1990-02-01")).await;
@@ -229,11 +235,7 @@ async fn a_policy_reload_that_cannot_be_logged_leaves_the_old_set_in_force() {
 /// changes it (before, the decision took the sent date alone).
 #[tokio::test]
 async fn a_subject_update_is_decided_on_the_stored_birth_date_too() {
-    let pack = tempfile::tempdir().unwrap();
-    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policies");
-    for file in ["clover.cedarschema", "default.cedar"] {
-        std::fs::copy(shipped.join(file), pack.path().join(file)).unwrap();
-    }
+    let pack = shipped_pack();
     let dir = pack.path().to_owned();
     let app = TestApp::start_with(|config| config.policy.dir = Some(dir)).await;
     let put = |birth_date: &'static str| {
@@ -258,11 +260,7 @@ async fn a_subject_update_is_decided_on_the_stored_birth_date_too() {
 
 #[tokio::test]
 async fn policies_reload_on_change_and_a_bad_set_is_refused_keeping_the_old() {
-    let pack = tempfile::tempdir().unwrap();
-    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policies");
-    for file in ["clover.cedarschema", "default.cedar"] {
-        std::fs::copy(shipped.join(file), pack.path().join(file)).unwrap();
-    }
+    let pack = shipped_pack();
     let dir = pack.path().to_owned();
     let app = TestApp::start_with(|config| config.policy.dir = Some(dir)).await;
     let record = subject(&app, "s", Some("1990-02-01")).await;
