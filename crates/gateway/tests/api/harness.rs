@@ -106,6 +106,17 @@ impl TestApp {
             .unwrap()
     }
 
+    /// Reads `record` from `from` for support, with `ticket` as its justification.
+    pub async fn read_with_ticket(&self, from: &str, record: &str, ticket: &str) -> reqwest::Result<reqwest::Response> {
+        self.client(from)
+            .get(self.url(&format!("/v1/records/{record}")))
+            .bearer_auth(self.token())
+            .header("X-Clover-Purpose", "support")
+            .header("X-Clover-Justification", ticket)
+            .send()
+            .await
+    }
+
     pub async fn post_record(&self, subject: &str, category: &str, fields: Value) -> reqwest::Response {
         self.client(DUBLIN)
             .post(self.url(&format!("/v1/subjects/{subject}/records")))

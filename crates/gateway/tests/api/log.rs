@@ -258,22 +258,11 @@ async fn a_configuration_change_is_logged_once() {
     drop(dir);
 }
 
-/// Reads `record` from Dublin for support, with `ticket` as its justification.
-async fn read_with_ticket(app: &TestApp, record: &str, ticket: &str) -> reqwest::Result<reqwest::Response> {
-    app.client(DUBLIN)
-        .get(app.url(&format!("/v1/records/{record}")))
-        .bearer_auth(app.token())
-        .header("X-Clover-Purpose", "support")
-        .header("X-Clover-Justification", ticket)
-        .send()
-        .await
-}
-
 #[tokio::test]
 async fn a_justification_is_a_ticket_id_never_free_text() {
     let app = TestApp::start().await;
     let record = app.seed("u-1", json!({"display_name": "Aoife"})).await;
-    let read = |ticket: &'static str| read_with_ticket(&app, &record, ticket);
+    let read = |ticket: &'static str| app.read_with_ticket(DUBLIN, &record, ticket);
 
     // Free text (a name, a birth date, a phone number, as an attacker wrote): refused before a
     // decision, so nothing of it reaches the log, which can never forget it.
@@ -302,7 +291,7 @@ async fn the_ticket_pattern_is_configuration_and_must_be_anchored() {
     })
     .await;
     let record = app.seed("u-1", json!({"display_name": "Aoife"})).await;
-    let read = |ticket: &'static str| read_with_ticket(&app, &record, ticket);
+    let read = |ticket: &'static str| app.read_with_ticket(DUBLIN, &record, ticket);
     assert_eq!(read("INC0042").await.unwrap().status(), 200);
     problem(read("CASE-7").await.unwrap(), 400, "invalid-header").await;
 

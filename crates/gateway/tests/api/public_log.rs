@@ -11,14 +11,7 @@ use crate::harness::{DUBLIN, SINGAPORE, TestApp, log_entries, problem, served_lo
 
 /// A read with a ticket, from `from`.
 async fn read(app: &TestApp, from: &str, record: &str, ticket: &str) -> reqwest::Response {
-    app.client(from)
-        .get(app.url(&format!("/v1/records/{record}")))
-        .bearer_auth(app.token())
-        .header("X-Clover-Purpose", "support")
-        .header("X-Clover-Justification", ticket)
-        .send()
-        .await
-        .unwrap()
+    app.read_with_ticket(from, record, ticket).await.unwrap()
 }
 
 async fn accesses(app: &TestApp, from: &str, subject: &str) -> reqwest::Response {
