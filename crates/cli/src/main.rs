@@ -46,7 +46,7 @@ enum Command {
     Keys(keys::KeysCommand),
     /// The key custodian as its own process.
     #[command(subcommand)]
-    Custodian(custodian::CustodianCommand),
+    Custodian(Box<custodian::CustodianCommand>),
     /// Measure what Clover costs: scenarios in-process against baselines measured in the same
     /// run, or a running server driven over HTTP.
     #[command(subcommand)]

@@ -37,5 +37,5 @@ pub use custodian::cache::CacheOptions;
 pub use custodian::metadata::METADATA_KEY;
 pub use custodian::rotation::{Rotation, VersionCounts};
 pub use custodian::store::KeyStore;
-pub use server::{CustodianOptions, CustodianServer, admin_token, open_dir, router};
-pub use verify::{LogVerifier, ReceiptError};
+pub use server::{CustodianOptions, CustodianServer, NO_WITNESS_WARNING, admin_token, open_dir, router, witness_key};
+pub use verify::{COSIGNATURE_WAIT, CosignRefusal, LogVerifier, QuorumError, ReceiptError, WitnessQuorum};

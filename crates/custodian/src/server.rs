@@ -12,28 +12,34 @@
 //! | `GET /v1/journal` | | every key handed out: time, subject hash, action, log index, entry hash, purpose |
 //! | `GET /v1/admin/keys` | | the KEK versions, the data keys each wraps, the latest rotation (admin token) |
 //! | `POST /v1/admin/rotate` | | 202: a new KEK version; re-wrapping and retirement in the background (admin token) |
-//! | `GET /healthz` | | `ok` |
+//! | `POST /add-checkpoint` | c2sp.org/tlog-witness | the custodian's cosignature line (c2sp.org/tlog-cosignature) of a checkpoint it verified; 409 with its size, 422 for a fork |
+//! | `GET /healthz` | | `ok`; with `?detail=true`, JSON: the witnesses demanded and their quorum, the newest cosigned checkpoint's size, the custodian's own witness key, and warnings |
 //!
 //! A receipt that does not check out against the log, or whose entry's subject tag is not the
-//! subject's whose key it asks for, is refused with 403, and logged.
+//! subject's whose key it asks for, is refused with 403, and logged. With witnesses demanded
+//! (`--witness`, `--witness-quorum`), a receipt is honoured only under a checkpoint that a
+//! quorum of them cosigned; and the custodian is itself a witness, cosigning only checkpoints
+//! consistent with the one it checks receipts against.
 
 use std::sync::Arc;
 
-use axum::extract::State;
-use axum::http::StatusCode;
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
+use clover_keys::KeyCustody;
 use clover_keys::KeyError;
 use clover_model::SubjectId;
+use clover_tlog::note::SigningKey;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::custodian::Custodian;
 use crate::custodian::access::{LoggedAccess, UnwrapRecord};
-use crate::verify::{LogVerifier, ReceiptError, WireReceipt};
+use crate::verify::{CosignRefusal, LogVerifier, ReceiptError, WireReceipt};
 
 /// The custodian and the log it checks receipts against.
 #[derive(Debug, Clone)]
@@ -45,14 +51,92 @@ pub struct CustodianServer {
     /// The custodian operator's bearer token for `/v1/admin/*` (the `admin-token` file in the
     /// custodian's directory).
     pub admin_token: Arc<str>,
+    /// The custodian's own cosignature key, as a witness of the log it checks receipts against.
+    pub witness: Option<Arc<SigningKey>>,
 }
 
 impl CustodianServer {
     /// The server of `custodian`, checking receipts with `verifier`, administered with
     /// `admin_token`.
     pub fn new(custodian: Arc<Custodian>, verifier: LogVerifier, admin_token: &str) -> Self {
-        Self { custodian, verifier, admin_token: admin_token.into() }
+        Self { custodian, verifier, admin_token: admin_token.into(), witness: None }
     }
+
+    /// Makes the custodian a witness of the log, cosigning with `key` (a cosignature key) the
+    /// checkpoints it has verified.
+    #[must_use]
+    pub fn with_witness_key(mut self, key: SigningKey) -> Self {
+        self.witness = Some(Arc::new(key));
+        self
+    }
+}
+
+/// What the custodian says at start-up and in `/healthz?detail=true` when no witnesses are
+/// demanded.
+pub const NO_WITNESS_WARNING: &str = "no witnesses are demanded (--witness): receipts are checked against checkpoints signed \
+     by the boundary's own key, so an operator holding that key can show the custodian a log that auditors never see \
+     (a split view); see docs/security.md, \"Against the operator\"";
+
+/// The custodian's cosignature (c2sp.org/tlog-witness): of a checkpoint it verified against
+/// the state it checks receipts against.
+async fn add_checkpoint(State(server): State<CustodianServer>, body: String) -> Response {
+    let text_plain = [(header::CONTENT_TYPE, "text/plain; charset=utf-8")];
+    let Some(key) = server.witness.clone() else {
+        return (StatusCode::NOT_FOUND, text_plain, "this custodian is not a witness\n").into_response();
+    };
+    match server.verifier.add_checkpoint(&body).await {
+        Ok(text) => {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            tracing::info!("cosigned the log's checkpoint as a witness");
+            (StatusCode::OK, text_plain, key.cosign(&text, now)).into_response()
+        }
+        Err(CosignRefusal::Conflict(size)) => {
+            (StatusCode::CONFLICT, [(header::CONTENT_TYPE, "text/x.tlog.size")], format!("{size}\n")).into_response()
+        }
+        Err(e) => {
+            let status = match &e {
+                CosignRefusal::Malformed(_) => StatusCode::BAD_REQUEST,
+                CosignRefusal::UnknownLog(_) => StatusCode::NOT_FOUND,
+                CosignRefusal::BadSignature => StatusCode::FORBIDDEN,
+                CosignRefusal::Inconsistent { .. } | CosignRefusal::Conflict(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                CosignRefusal::State(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            if status == StatusCode::INTERNAL_SERVER_ERROR {
+                tracing::error!(error = %e, "cannot record a checkpoint; not cosigning");
+            } else {
+                tracing::warn!(error = %e, "refused to cosign a checkpoint");
+            }
+            (status, text_plain, format!("{e}\n")).into_response()
+        }
+    }
+}
+
+/// `/healthz`'s query.
+#[derive(Debug, Deserialize)]
+struct HealthQuery {
+    #[serde(default)]
+    detail: bool,
+}
+
+/// Liveness; with `?detail=true`, what the custodian's checks rest on.
+async fn healthz(State(server): State<CustodianServer>, Query(query): Query<HealthQuery>) -> Response {
+    if !query.detail {
+        return "ok".into_response();
+    }
+    let witnesses = server.verifier.witnesses();
+    let warnings: Vec<&str> = if witnesses.is_empty() { vec![NO_WITNESS_WARNING] } else { vec![] };
+    Json(json!({
+        "status": "ok",
+        "region": server.custodian.region().as_str(),
+        "witnesses": {
+            "demanded": witnesses.names(),
+            "quorum": witnesses.quorum(),
+        },
+        "latest_verified_size": server.verifier.verified_size().await,
+        "witness_key": server.witness.as_ref().map(|k| k.verifier().to_string()),
+        "warnings": warnings,
+    }))
+    .into_response()
 }
 
 fn admin(server: &CustodianServer, headers: &axum::http::HeaderMap) -> Result<(), Refusal> {
@@ -291,7 +375,8 @@ pub fn router(server: CustodianServer) -> Router {
         .route("/v1/journal", get(journal))
         .route("/v1/admin/keys", get(keys))
         .route("/v1/admin/rotate", post(rotate))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/add-checkpoint", post(add_checkpoint))
+        .route("/healthz", get(healthz))
         .with_state(server)
 }
 
@@ -308,6 +393,31 @@ pub fn admin_token(dir: &std::path::Path) -> Result<String, KeyError> {
         return Err(KeyError::Malformed { path, detail: "the admin token must be at least 32 characters".to_owned() });
     }
     Ok(token)
+}
+
+/// The file in the custodian's directory holding its witness key (PKCS#8, 0600).
+pub const WITNESS_KEY_FILE: &str = "witness.key";
+
+/// The custodian's cosignature key as a witness, named `name`: read from `witness.key` in
+/// `dir`, made on first use; its verifier key is written beside it in `witness.vkey`, for the
+/// boundary's `[[log.witnesses]]` and auditors' `--witness`.
+pub fn witness_key(dir: &std::path::Path, name: &str) -> Result<SigningKey, KeyError> {
+    use clover_tlog::note::TYPE_COSIGNATURE;
+    let path = dir.join(WITNESS_KEY_FILE);
+    let malformed = |detail: String| KeyError::Malformed { path: path.clone(), detail };
+    let key = if path.exists() {
+        let pkcs8 =
+            zeroize::Zeroizing::new(std::fs::read(&path).map_err(|cause| KeyError::Io { path: path.clone(), cause })?);
+        SigningKey::from_pkcs8(name, TYPE_COSIGNATURE, &pkcs8).map_err(|e| malformed(e.to_string()))?
+    } else {
+        let pkcs8 = zeroize::Zeroizing::new(clover_tlog::note::generate_pkcs8().map_err(|e| malformed(e.to_string()))?);
+        let key = SigningKey::from_pkcs8(name, TYPE_COSIGNATURE, &pkcs8).map_err(|e| malformed(e.to_string()))?;
+        clover_keys::write_private(&path, &pkcs8)?;
+        key
+    };
+    let vkey = dir.join("witness.vkey");
+    std::fs::write(&vkey, format!("{}\n", key.verifier())).map_err(|cause| KeyError::Io { path: vkey, cause })?;
+    Ok(key)
 }
 
 /// Where a custodian in its own process keeps its keys.

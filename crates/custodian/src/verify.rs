@@ -11,6 +11,7 @@ use clover_tlog::checkpoint::Checkpoint;
 use clover_tlog::hash::{Hash, leaf_hash};
 use clover_tlog::note::{Note, VerifierKey};
 use clover_tlog::tree::{verify_consistency, verify_inclusion};
+use clover_tlog::witness::AddCheckpoint;
 use serde::Deserialize;
 
 use crate::custodian::access::LoggedAccess;
@@ -44,6 +45,24 @@ pub enum ReceiptError {
     /// honoured until it is.
     #[error(transparent)]
     State(#[from] StateError),
+    /// No checkpoint that covers the entry carries the cosignatures of a quorum of the
+    /// configured witnesses (in time): the custodian honours receipts only under a checkpoint
+    /// that the public's witnesses have seen, so that a log shown to it alone (a split view)
+    /// unlocks nothing.
+    #[error(
+        "no checkpoint covering entry {index} is cosigned by {quorum} of the witnesses {witnesses:?} (the best had {had}): \
+         the custodian honours receipts only under a checkpoint the witnesses have seen"
+    )]
+    NotCosigned {
+        /// The entry's index.
+        index: u64,
+        /// How many cosignatures are needed.
+        quorum: usize,
+        /// How many the best checkpoint seen covering the entry had (0 if none covered it).
+        had: usize,
+        /// The witnesses' names.
+        witnesses: Vec<String>,
+    },
     /// The entry does not allow what was asked.
     #[error("log entry {index} does not allow this: {detail}")]
     NotAllowed {
@@ -52,6 +71,34 @@ pub enum ReceiptError {
         /// Why.
         detail: String,
     },
+}
+
+/// Why the custodian, as a witness, does not cosign a checkpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum CosignRefusal {
+    /// The request is not an add-checkpoint request.
+    #[error("{0}")]
+    Malformed(String),
+    /// The checkpoint is of another log than the one whose receipts this custodian checks.
+    #[error("unknown log {0:?}")]
+    UnknownLog(String),
+    /// The log's signature does not verify.
+    #[error("the log's signature does not verify")]
+    BadSignature,
+    /// The request's old size is not the size the custodian verified last (which it gives).
+    #[error("{0}")]
+    Conflict(u64),
+    /// The consistency proof does not verify: a fork, or a shrink.
+    #[error("the checkpoint of size {new} is not consistent with the one of size {old} verified before")]
+    Inconsistent {
+        /// The size verified before.
+        old: u64,
+        /// The size presented.
+        new: u64,
+    },
+    /// The checkpoint could not be kept; not cosigned.
+    #[error("cannot record the checkpoint")]
+    State(#[source] ReceiptError),
 }
 
 #[derive(Deserialize)]
@@ -70,6 +117,90 @@ struct InclusionAnswer {
     checkpoint: Option<String>,
 }
 
+/// The witnesses whose cosignatures a checkpoint must carry before receipts under it are
+/// honoured, and how many of them make a quorum: the same witnesses that auditors demand with
+/// `clover audit verify --witness`. A witness cosigns only checkpoints consistent with every one
+/// it cosigned before, so a log shown to the custodian alone (a fork, signed with the boundary's
+/// own key) never gathers the quorum while the witnesses see the public one.
+#[derive(Debug, Clone, Default)]
+pub struct WitnessQuorum {
+    witnesses: Vec<VerifierKey>,
+    quorum: usize,
+}
+
+/// Why a witness quorum cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum QuorumError {
+    /// The quorum is 0 or larger than the witnesses given.
+    #[error("a quorum of {quorum} is not between 1 and the {witnesses} witnesses given")]
+    OutOfRange {
+        /// The quorum asked for.
+        quorum: usize,
+        /// How many witnesses there are.
+        witnesses: usize,
+    },
+    /// A witness is given twice (it would count twice).
+    #[error("witness {0:?} is given twice")]
+    Duplicate(String),
+    /// A witness key is not a cosignature key.
+    #[error("{0:?} is not a cosignature key (c2sp.org/tlog-cosignature)")]
+    NotCosignatureKey(String),
+}
+
+impl WitnessQuorum {
+    /// No witnesses: checkpoints are trusted on the log's signature and the custodian's own
+    /// consistency checks alone (the embedded default on one machine; a split view is then
+    /// possible, see docs/security.md).
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// `quorum` of `witnesses` (all of them when `None`).
+    pub fn new(witnesses: Vec<VerifierKey>, quorum: Option<usize>) -> Result<Self, QuorumError> {
+        let quorum = quorum.unwrap_or(witnesses.len());
+        if witnesses.is_empty() && quorum == 0 {
+            return Ok(Self::none());
+        }
+        if quorum == 0 || quorum > witnesses.len() {
+            return Err(QuorumError::OutOfRange { quorum, witnesses: witnesses.len() });
+        }
+        for (i, w) in witnesses.iter().enumerate() {
+            if w.key_type != clover_tlog::note::TYPE_COSIGNATURE {
+                return Err(QuorumError::NotCosignatureKey(w.name.clone()));
+            }
+            if witnesses.iter().take(i).any(|o| o.name == w.name) {
+                return Err(QuorumError::Duplicate(w.name.clone()));
+            }
+        }
+        Ok(Self { witnesses, quorum })
+    }
+
+    /// Whether no witness is demanded.
+    pub fn is_empty(&self) -> bool {
+        self.witnesses.is_empty()
+    }
+
+    /// How many cosignatures make a quorum (0 with no witnesses).
+    pub fn quorum(&self) -> usize {
+        self.quorum
+    }
+
+    /// The witnesses' names.
+    pub fn names(&self) -> Vec<String> {
+        self.witnesses.iter().map(|w| w.name.clone()).collect()
+    }
+
+    /// How many of the witnesses validly cosigned `note`.
+    pub fn cosignatures(&self, note: &Note) -> usize {
+        self.witnesses.iter().filter(|w| note.verify_cosignature(w).is_ok()).count()
+    }
+}
+
+/// How long a receipt waits, by default, for a checkpoint that covers its entry to be cosigned
+/// by the witness quorum: the boundary sends each new checkpoint to its witnesses at once, so
+/// this is a bound for a slow witness, not the usual wait (one witness round trip).
+pub const COSIGNATURE_WAIT: Duration = Duration::from_secs(10);
+
 /// Checks entries against one boundary's log, and every checkpoint it sees against the last one
 /// it verified (kept in a file when given one), so that the boundary cannot show it a fork.
 #[derive(Debug, Clone)]
@@ -79,13 +210,47 @@ pub struct LogVerifier {
     http: reqwest::Client,
     seen: std::sync::Arc<tokio::sync::Mutex<Option<(u64, Hash)>>>,
     state: Option<std::path::PathBuf>,
+    quorum: WitnessQuorum,
+    /// The newest checkpoint verified with its quorum, under which receipts are honoured
+    /// without asking the log again while the next one is being cosigned.
+    cosigned: std::sync::Arc<std::sync::Mutex<Option<Checkpoint>>>,
+    wait: Duration,
 }
 
 impl LogVerifier {
     /// A verifier of the log served at `url` (the boundary's base URL) and signed by `vkey`.
     pub fn new(url: &str, vkey: VerifierKey) -> Self {
         let http = clover_tls::ClientTls::platform_client(Duration::from_secs(10));
-        Self { url: url.trim_end_matches('/').to_owned(), vkey, http, seen: Default::default(), state: None }
+        Self {
+            url: url.trim_end_matches('/').to_owned(),
+            vkey,
+            http,
+            seen: Default::default(),
+            state: None,
+            quorum: WitnessQuorum::none(),
+            cosigned: Default::default(),
+            wait: COSIGNATURE_WAIT,
+        }
+    }
+
+    /// Honours receipts only under checkpoints cosigned by `quorum` of its witnesses, waiting
+    /// at most `wait` for one that covers a receipt's entry.
+    #[must_use]
+    pub fn with_witnesses(mut self, quorum: WitnessQuorum, wait: Duration) -> Self {
+        self.quorum = quorum;
+        self.wait = wait;
+        self
+    }
+
+    /// The witnesses demanded.
+    pub fn witnesses(&self) -> &WitnessQuorum {
+        &self.quorum
+    }
+
+    /// The size of the newest checkpoint verified (with its quorum, when one is demanded, or
+    /// cosigned as a witness).
+    pub async fn verified_size(&self) -> Option<u64> {
+        self.seen.lock().await.map(|(size, _)| size)
     }
 
     /// Fetches the log with `http`: one made by [`clover_tls::ClientTls`], for a boundary served
@@ -133,6 +298,17 @@ impl LogVerifier {
             verify_consistency(old, checkpoint.size, &old_root, &checkpoint.root, &proof)
                 .map_err(|_| inconsistent())?;
         }
+        self.remember(&mut seen, checkpoint, note)
+    }
+
+    /// Keeps `checkpoint` (signed in `note`) as the last verified: in the state file first, then
+    /// in memory.
+    fn remember(
+        &self,
+        seen: &mut Option<(u64, Hash)>,
+        checkpoint: &Checkpoint,
+        note: &str,
+    ) -> Result<(), ReceiptError> {
         if let Some(path) = &self.state {
             let mut state = State::default();
             let verified = Verified { size: checkpoint.size, root: checkpoint.root, checkpoint: Some(note.to_owned()) };
@@ -141,6 +317,36 @@ impl LogVerifier {
         }
         *seen = Some((checkpoint.size, checkpoint.root));
         Ok(())
+    }
+
+    /// The custodian as a witness of the log (c2sp.org/tlog-witness): checks an add-checkpoint
+    /// request against the same state that receipts are checked against, and on success keeps
+    /// the new checkpoint there and returns its text, for the caller to cosign. So the custodian
+    /// cosigns only a log it has verified and goes on checking receipts against: an auditor who
+    /// demands its cosignature checks the log the custodian releases keys against, and a fork
+    /// shown to it after it cosigned the public log is refused, both as a witness and for
+    /// receipts.
+    pub async fn add_checkpoint(&self, body: &str) -> Result<String, CosignRefusal> {
+        let AddCheckpoint { old, proof, note, text } =
+            AddCheckpoint::parse(body).map_err(|e| CosignRefusal::Malformed(e.to_string()))?;
+        let checkpoint = Checkpoint::parse(&note.text)
+            .map_err(|_| CosignRefusal::Malformed("the checkpoint body is malformed".into()))?;
+        if checkpoint.origin != self.vkey.name {
+            return Err(CosignRefusal::UnknownLog(checkpoint.origin));
+        }
+        note.verify(&self.vkey).map_err(|_| CosignRefusal::BadSignature)?;
+        if old > checkpoint.size {
+            return Err(CosignRefusal::Malformed("old size is larger than the checkpoint's".into()));
+        }
+        let mut seen = self.seen.lock().await;
+        let (size, root) = seen.unwrap_or((0, Hash::empty()));
+        if old != size {
+            return Err(CosignRefusal::Conflict(size));
+        }
+        verify_consistency(size, checkpoint.size, &root, &checkpoint.root, &proof)
+            .map_err(|_| CosignRefusal::Inconsistent { old: size, new: checkpoint.size })?;
+        self.remember(&mut seen, &checkpoint, &text).map_err(CosignRefusal::State)?;
+        Ok(note.text)
     }
 
     /// The log's proof that its tree of size `old` is a prefix of its tree of size `new`.
@@ -159,8 +365,9 @@ impl LogVerifier {
         ReceiptError::Unreachable { url: self.url.clone(), detail: detail.to_string() }
     }
 
-    /// Checks that `entry` is at `index` in the signed log, and reads the access it records,
-    /// for the subject whose keyed hash is `subject_hash` (as the boundary says). Returns the
+    /// Checks that `entry` is at `index` in the signed log (under a checkpoint cosigned by the
+    /// witness quorum, when one is demanded), and reads the access it records, for the subject
+    /// whose keyed hash is `subject_hash` (as the boundary says). Returns the
     /// access and the entry's subject tag, which the custodian checks is that subject's
     /// ([`crate::Custodian::tag_is_subjects`]) before it hands out their key.
     pub async fn check(
@@ -169,26 +376,102 @@ impl LogVerifier {
         entry: &[u8],
         subject_hash: &str,
     ) -> Result<(LoggedAccess, SubjectTag), ReceiptError> {
-        let answer = self.proof(index).await?;
-        let note_text = answer.checkpoint.ok_or_else(|| self.unreachable("no checkpoint with the proof"))?;
-        let note = Note::parse(&note_text).map_err(|e| self.unreachable(e))?;
-        note.verify(&self.vkey).map_err(|_| ReceiptError::BadCheckpoint(self.vkey.name.clone()))?;
-        let checkpoint = Checkpoint::parse(&note.text).map_err(|e| self.unreachable(e))?;
-        if checkpoint.origin != self.vkey.name {
-            return Err(ReceiptError::BadCheckpoint(self.vkey.name.clone()));
-        }
-        if checkpoint.size != answer.size {
-            return Err(self.unreachable("the proof is not for the checkpoint's size"));
-        }
-        self.consistent(&checkpoint, &note_text).await?;
-        let proof: Vec<Hash> = answer
-            .proof
+        let (checkpoint, proof) = if self.quorum.is_empty() {
+            let answer = self.proof(index).await?;
+            let note_text = answer.checkpoint.ok_or_else(|| self.unreachable("no checkpoint with the proof"))?;
+            let (_, checkpoint) = self.signed(&note_text)?;
+            if checkpoint.size != answer.size {
+                return Err(self.unreachable("the proof is not for the checkpoint's size"));
+            }
+            self.consistent(&checkpoint, &note_text).await?;
+            (checkpoint, answer.proof)
+        } else {
+            let checkpoint = self.cosigned_covering(index).await?;
+            let answer = self.proof_at(index, checkpoint.size).await?;
+            (checkpoint, answer.proof)
+        };
+        let proof: Vec<Hash> = proof
             .iter()
             .map(|h| Hash::from_base64(h).ok_or_else(|| self.unreachable("a proof hash is not base64")))
             .collect::<Result<_, _>>()?;
         verify_inclusion(&leaf_hash(entry), index, checkpoint.size, &proof, &checkpoint.root)
             .map_err(|_| ReceiptError::NotInLog(index))?;
         access(index, entry, subject_hash)
+    }
+
+    /// `note_text` parsed, its log signature checked, and its checkpoint, which must be this
+    /// log's.
+    fn signed(&self, note_text: &str) -> Result<(Note, Checkpoint), ReceiptError> {
+        let note = Note::parse(note_text).map_err(|e| self.unreachable(e))?;
+        note.verify(&self.vkey).map_err(|_| ReceiptError::BadCheckpoint(self.vkey.name.clone()))?;
+        let checkpoint = Checkpoint::parse(&note.text).map_err(|e| self.unreachable(e))?;
+        if checkpoint.origin != self.vkey.name {
+            return Err(ReceiptError::BadCheckpoint(self.vkey.name.clone()));
+        }
+        Ok((note, checkpoint))
+    }
+
+    /// A checkpoint that covers `index`, signed by the log, cosigned by a quorum of the
+    /// witnesses and consistent with every one verified before: the newest one verified if it
+    /// covers the entry (no round trip), else the one the log serves now (the boundary serves
+    /// the newest its witnesses cosigned), asked again until one covers the entry or the wait
+    /// is over.
+    async fn cosigned_covering(&self, index: u64) -> Result<Checkpoint, ReceiptError> {
+        if let Some(checkpoint) = self.cosigned.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref()
+            && checkpoint.size > index
+        {
+            return Ok(checkpoint.clone());
+        }
+        let deadline = tokio::time::Instant::now() + self.wait;
+        let mut had = 0;
+        loop {
+            let url = format!("{}/log/checkpoint", self.url);
+            let response = self.http.get(&url).send().await.map_err(|e| self.unreachable(e))?;
+            if !response.status().is_success() {
+                return Err(self.unreachable(format!("/log/checkpoint answered {}", response.status())));
+            }
+            let note_text = response.text().await.map_err(|e| self.unreachable(e))?;
+            let (note, checkpoint) = self.signed(&note_text)?;
+            let cosignatures = self.quorum.cosignatures(&note);
+            if checkpoint.size > index {
+                had = had.max(cosignatures);
+            }
+            if cosignatures >= self.quorum.quorum() {
+                // Every cosigned checkpoint, covering the entry or not, must extend the ones
+                // verified before.
+                self.consistent(&checkpoint, &note_text).await?;
+                let mut newest = self.cosigned.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if newest.as_ref().is_none_or(|c| c.size < checkpoint.size) {
+                    *newest = Some(checkpoint.clone());
+                }
+                if checkpoint.size > index {
+                    return Ok(checkpoint);
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ReceiptError::NotCosigned {
+                    index,
+                    quorum: self.quorum.quorum(),
+                    had,
+                    witnesses: self.quorum.names(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The inclusion proof of `index` in the tree of `size` entries.
+    async fn proof_at(&self, index: u64, size: u64) -> Result<InclusionAnswer, ReceiptError> {
+        let url = format!("{}/v1/log/proof/inclusion?index={index}&size={size}", self.url);
+        let response = self.http.get(&url).send().await.map_err(|e| self.unreachable(e))?;
+        if !response.status().is_success() {
+            return Err(ReceiptError::NotInLog(index));
+        }
+        let answer: InclusionAnswer = response.json().await.map_err(|e| self.unreachable(e))?;
+        if answer.size != size {
+            return Err(self.unreachable("the proof is not for the size asked"));
+        }
+        Ok(answer)
     }
 
     /// The inclusion proof of `index` against the latest checkpoint; waits a little for a

@@ -16,7 +16,7 @@ use crate::config::WitnessConfig;
 use crate::report::Chain;
 
 /// How often the task looks for a new checkpoint.
-const POLL: Duration = Duration::from_millis(250);
+const POLL: Duration = Duration::from_millis(20);
 
 struct Witness {
     url: String,

@@ -74,6 +74,23 @@ pub(crate) struct ServeArgs {
     /// How long an unwrapped data key stays in the cache.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     cache_ttl: std::time::Duration,
+    /// Honour receipts only under checkpoints cosigned by this witness (its cosignature vkey, as
+    /// given to `clover audit verify --witness`); repeatable. Without one, the custodian trusts
+    /// the boundary's own signature (it says so at start-up and in `/healthz?detail=true`).
+    #[arg(long = "witness", value_name = "VKEY")]
+    witnesses: Vec<String>,
+    /// How many of the --witness cosignatures a checkpoint needs (all of them when unset).
+    #[arg(long, value_name = "N", requires = "witnesses")]
+    witness_quorum: Option<usize>,
+    /// How long a receipt waits for a checkpoint covering its entry to be cosigned.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    witness_wait: std::time::Duration,
+    /// The custodian's own name as a witness of the log: it cosigns, at POST /add-checkpoint,
+    /// the checkpoints it verified (key `witness.key` in --dir, made on first run; its vkey in
+    /// `witness.vkey`). List it in the boundary's `[[log.witnesses]]` and demand it with
+    /// `clover audit verify --witness`.
+    #[arg(long, value_name = "NAME", default_value = "custodian.clover.local")]
+    witness_name: String,
     /// Keep the wrapped data keys and the journal in this PostgreSQL database instead of
     /// `keys.db` in the directory.
     #[arg(long, value_name = "URL", env = "CLOVER_CUSTODIAN_STORE")]
@@ -101,18 +118,34 @@ impl ServeArgs {
         let (listen, log_url) = (self.listen, self.log_url);
         init_tracing();
         let vkey = clover_tlog::note::VerifierKey::parse(&self.log_vkey).context("--log-vkey")?;
+        let witnesses = self
+            .witnesses
+            .iter()
+            .map(|w| clover_tlog::note::VerifierKey::parse(w).with_context(|| format!("--witness {w}")))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let quorum =
+            clover_custodian::WitnessQuorum::new(witnesses, self.witness_quorum).context("--witness-quorum")?;
         clover_tls::check_url(&log_url, "--log-url")?;
         let log_client = self.log_tls.client()?;
         runtime()?.block_on(async {
             let tls = self.tls.load(listen, "custodian")?;
             let custodian = Arc::new(clover_custodian::open_dir(&options).await?);
+            let witness_key = clover_custodian::witness_key(&options.dir, &self.witness_name)?;
+            if quorum.is_empty() {
+                tracing::warn!("{}", clover_custodian::NO_WITNESS_WARNING);
+            } else {
+                tracing::info!(witnesses = ?quorum.names(), quorum = quorum.quorum(), "receipts honoured only under checkpoints the witness quorum cosigned");
+            }
+            tracing::info!(vkey = %witness_key.verifier(), "the custodian cosigns the checkpoints it verifies, as a witness");
             let server = clover_custodian::CustodianServer::new(
                 custodian.clone(),
                 clover_custodian::LogVerifier::new(&log_url, vkey)
                     .with_client(log_client)
+                    .with_witnesses(quorum, self.witness_wait)
                     .with_state(options.dir.join("log-state"))?,
                 &clover_custodian::admin_token(&options.dir)?,
-            );
+            )
+            .with_witness_key(witness_key);
             let what = format!("custodian of region {:?}", options.region.as_str());
             let service = Service::Router(clover_custodian::router(server), tls);
             listener::serve(listen, service, &what, &format!(" (log {log_url})")).await?;

@@ -145,6 +145,12 @@ impl Boundary {
         let sites = Sites::new(&config.sites);
         let pack = std::sync::RwLock::new(Arc::new(load_pack(&config)?));
         let cosigned = witnesses::start(log.clone(), &config.log.witnesses, client);
+        if config.log.witnesses.is_empty() {
+            tracing::warn!("{}", crate::api::service::NO_WITNESS_WARNING);
+        }
+        if config.keys.custodian.is_none() {
+            tracing::info!("{}", crate::api::service::EMBEDDED_CUSTODIAN_WARNING);
+        }
         if let Some(tls) = &tls {
             let log = log.clone();
             tls.watch(move |summary| {

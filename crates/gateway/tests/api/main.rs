@@ -18,5 +18,6 @@ mod policy;
 mod postgres;
 mod public_log;
 mod service;
+mod split_view;
 mod subjects_and_records;
 mod tls;
