@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use clover_tlog::hash::Hash;
 use clover_tlog::note::SignError;
 use clover_tlog::tree::ProofError;
 
@@ -101,6 +102,22 @@ pub enum LogError {
         what: &'static str,
         /// How long it waited.
         after: std::time::Duration,
+    },
+    /// The entry committed under an append's token is not the one that append handed in: someone
+    /// who can write the log's database rewrote it (in `log_pending`, before it was sequenced, or
+    /// in `log_entries`, before this gateway read it). The log holds what was committed and stays
+    /// consistent; only this append fails, and no [`crate::Receipt`] is made for it.
+    #[error(
+        "the log entry committed at index {index} is not the one appended (leaf hash {committed}, appended \
+         {appended}): the log's database was tampered with"
+    )]
+    Substituted {
+        /// The index of the entry committed in its place.
+        index: u64,
+        /// The RFC 6962 leaf hash of the entry appended, computed before it was handed in.
+        appended: Hash,
+        /// The leaf hash of the entry committed at `index`.
+        committed: Hash,
     },
     /// No gateway sequenced an append in time; it may still be logged later.
     #[error("no gateway sequenced the entry within {0:?}; it may still be logged later")]

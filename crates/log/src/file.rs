@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use clover_event::Entry;
 use clover_tlog::checkpoint::Checkpoint;
+use clover_tlog::hash::Hash;
 use clover_tlog::note::{Note, NoteSigner};
 use clover_tlog::tile::push_bundle_entry;
 use tokio::sync::mpsc;
@@ -286,10 +287,11 @@ impl Drop for RefuseOnExit {
 }
 
 impl FileLog {
-    /// Hands an append to the sequencer; the answer arrives through `shared`.
-    pub(crate) async fn append(&self, shared: &Shared, append: Append) -> Result<u64, LogError> {
+    /// Hands an append, whose entry's leaf hash is `leaf`, to the sequencer; the answer arrives
+    /// through `shared`.
+    pub(crate) async fn append(&self, shared: &Shared, append: Append, leaf: Hash) -> Result<u64, LogError> {
         let token = append.token;
-        let wait = shared.wait(token);
+        let wait = shared.wait(token, leaf);
         if self.sender.send(append).is_err() {
             shared.forget(token);
             return Err(LogError::Stopped);

@@ -114,32 +114,45 @@ impl Log {
     pub async fn append_encoded(&self, entry: Vec<u8>) -> Result<u64, LogError> {
         let decoded = Entry::decode(&entry).map_err(LogError::NotAnEntry)?;
         let index_by = (decoded.kind(), decoded.index_key().map(ToOwned::to_owned));
-        self.append_indexed(index_by, entry).await
+        let leaf = leaf_hash(&entry);
+        self.append_indexed(index_by, entry, leaf).await
     }
 
     async fn append_entry(&self, event: &Event, entry: Vec<u8>) -> Result<u64, LogError> {
-        self.append_indexed((event.kind, event.annex.clone()), entry).await
+        let leaf = leaf_hash(&entry);
+        self.append_indexed((event.kind, event.annex.clone()), entry, leaf).await
     }
 
-    async fn append_indexed(&self, index_by: (EventKind, Option<String>), entry: Vec<u8>) -> Result<u64, LogError> {
+    /// Appends `entry`, whose leaf hash is `leaf`, and waits for its index: the index of an entry
+    /// committed with that leaf hash, or [`LogError::Substituted`] if another was committed in
+    /// its place.
+    async fn append_indexed(
+        &self,
+        index_by: (EventKind, Option<String>),
+        entry: Vec<u8>,
+        leaf: Hash,
+    ) -> Result<u64, LogError> {
         if entry.len() > usize::from(u16::MAX) {
             return Err(LogError::TooLarge(entry.len()));
         }
         match &self.store {
             Store::File(file) => {
                 let append = Append { token: file.token(), entry, index_by: Some(index_by), handed_in: false };
-                file.append(&self.shared, append).await
+                file.append(&self.shared, append, leaf).await
             }
-            Store::Postgres(pg) => pg.append(entry, index_by).await,
+            Store::Postgres(pg) => pg.append(entry, leaf, index_by).await,
         }
     }
 
     /// Appends the event of an allowed access and returns the receipt the custodian asks for.
+    /// The receipt's entry and leaf hash are this process's own bytes, and they are what the log
+    /// holds at the receipt's index: an entry committed in their place (a shared log's database
+    /// rewritten between hand-in and commit) fails the append with [`LogError::Substituted`].
     pub async fn append_permitted(&self, event: &Event, permit: Permit) -> Result<Receipt, LogError> {
         let entry = event.encode();
         let entry_hash = leaf_hash(&entry);
         let kept: Arc<[u8]> = entry.as_slice().into();
-        let index = self.append_entry(event, entry).await?;
+        let index = self.append_indexed((event.kind, event.annex.clone()), entry, entry_hash).await?;
         Ok(Receipt { index, entry_hash, entry: kept, purpose: event.purpose.clone(), permit })
     }
 

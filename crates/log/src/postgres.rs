@@ -17,12 +17,24 @@
 //!   `log_entries` when told of a new size (and every 250 ms regardless). An append is
 //!   acknowledged only once its entry is committed at an index and is in this gateway's tree,
 //!   with the checkpoint committed beside it (or, with a checkpoint interval, within it).
+//! - **Checking what was committed.** A token says which entry is an append's, not that the
+//!   entry is the one handed in: whoever can write the database (its operator, or a compromised
+//!   gateway while it sequences) could rewrite a pending entry, and the access would be answered
+//!   (a read decrypted) with a harmless entry logged in its place. So each waiting append keeps
+//!   the RFC 6962 leaf hash of its bytes, computed in this gateway's memory before they left it,
+//!   and is answered only if the entry committed under its token has that leaf hash: as this
+//!   gateway read it from `log_entries` when following, or as it took it from `log_pending`
+//!   when it sequences appends it handed in before it led (its appends while it leads never
+//!   leave its memory before they are committed). An entry that differs fails its append with
+//!   [`LogError::Substituted`], logged as an error, and no receipt is made; the log keeps what
+//!   was committed, consistent with its checkpoints, for an auditor to find. The leaf hash is
+//!   not stored beside the pending entry: whoever could rewrite the one could rewrite the
+//!   other; only the appender's own copy is worth checking against.
 //! - **Failover.** When the leader's session ends, PostgreSQL releases its lock; the next
 //!   gateway to take it catches up with every committed entry, checks that they match the last
 //!   checkpoint published, and goes on from there. Entries still pending are sequenced by the
 //!   new leader, so an entry handed in is never lost, even when the gateway that handed it in
 //!   died waiting.
-
 //!
 //! The leader runs the one [sequencer](crate::sequencer) over [`PgBackend`]: its pending
 //! entries are the rows of `log_pending`, and a commit is the transaction above.
@@ -33,6 +45,7 @@ use std::time::Duration;
 use clover_event::EventKind;
 use clover_sql::{migrate, redact};
 use clover_tlog::checkpoint::Checkpoint;
+use clover_tlog::hash::Hash;
 use clover_tlog::note::{Note, NoteSigner, VerifierKey};
 use sqlx::postgres::{PgConnection, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Connection, Row};
@@ -40,7 +53,7 @@ use tokio::sync::mpsc;
 
 use crate::error::{LogError, db};
 use crate::sequencer::{Append, Backend, LogOptions, sequence};
-use crate::tree::Shared;
+use crate::tree::{Committed, Shared};
 
 /// The migrations of the log's tables, in order. Never edit one that has shipped; add the next.
 const MIGRATIONS: &[(i64, &str)] = &[(
@@ -151,15 +164,22 @@ impl PgLog {
         failed.as_ref().map(|why| LogError::Inconsistent { place: "postgres".into(), detail: why.clone() })
     }
 
-    /// Hands `entry` in and waits for its index.
-    pub(crate) async fn append(&self, entry: Vec<u8>, index_by: (EventKind, Option<String>)) -> Result<u64, LogError> {
+    /// Hands `entry` in and waits for its index. `leaf` is the entry's leaf hash, computed by the
+    /// caller from its own bytes: the index is answered only if the entry committed under this
+    /// append's token has it.
+    pub(crate) async fn append(
+        &self,
+        entry: Vec<u8>,
+        leaf: Hash,
+        index_by: (EventKind, Option<String>),
+    ) -> Result<u64, LogError> {
         if let Some(refused) = self.refused() {
             return Err(refused);
         }
         let mut bytes = [0u8; 8];
         aws_lc_rs::rand::fill(&mut bytes).map_err(|_| LogError::Randomness)?;
         let token = i64::from_be_bytes(bytes);
-        let wait = self.shared.wait(token);
+        let wait = self.shared.wait(token, leaf);
         let append = Append { token, entry, index_by: Some(index_by), handed_in: false };
         if self.submit.send(append).is_err() {
             self.shared.forget(token);
@@ -271,9 +291,9 @@ impl PgLog {
         Ok(())
     }
 
-    /// Adds rows that continue the tree (skipping any already in it); returns the tokens added
-    /// with their indexes.
-    fn add(&self, rows: Vec<Row_>) -> Vec<(i64, u64)> {
+    /// Adds rows that continue the tree (skipping any already in it); returns the entries added,
+    /// each with its token, its index and the leaf hash of its bytes as read from `log_entries`.
+    fn add(&self, rows: Vec<Row_>) -> Vec<Committed> {
         let mut tree = self.shared.tree_mut();
         let mut added = Vec::new();
         for row in rows {
@@ -283,8 +303,8 @@ impl PgLog {
             if row.idx > tree.size() {
                 break;
             }
-            tree.add(&row.entry);
-            added.push((row.token, row.idx));
+            let leaf = tree.add(&row.entry);
+            added.push(Committed { token: row.token, index: row.idx, leaf });
         }
         added
     }

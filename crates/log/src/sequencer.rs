@@ -17,7 +17,7 @@ use clover_tlog::tree::root_after;
 use tokio::sync::mpsc;
 
 use crate::error::LogError;
-use crate::tree::{Shared, checkpoint_note};
+use crate::tree::{Committed, Shared, checkpoint_note};
 
 /// How the log runs.
 #[derive(Debug, Clone)]
@@ -197,13 +197,17 @@ pub(crate) async fn sequence<B: Backend>(
         {
             let mut tree = shared.tree_mut();
             for (index, append) in (first..).zip(batch.drain(..)) {
-                if index == tree.size() {
+                // The leaf hash of the bytes committed (for an entry handed in, as the backend
+                // gave them): an append of this process is answered only if it is its own.
+                let leaf = if index == tree.size() {
                     match append.index_by {
                         Some(by) => tree.add_indexed(&append.entry, Some(by)),
                         None => tree.add(&append.entry),
                     }
-                }
-                done.push((append.token, index));
+                } else {
+                    leaf_hash(&append.entry)
+                };
+                done.push(Committed { token: append.token, index, leaf });
             }
             match note {
                 Some(note) if stored => {

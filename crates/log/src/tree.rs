@@ -65,13 +65,13 @@ impl Tree {
     }
 
     /// Adds the next entry: its leaf hash, its place in the entries file, and the indexes by
-    /// kind and subject.
-    pub(crate) fn add(&mut self, entry: &[u8]) {
-        self.add_indexed(entry, Entry::decode(entry).ok().map(|e| (e.kind(), e.index_key().map(ToOwned::to_owned))));
+    /// kind and subject. Returns its leaf hash.
+    pub(crate) fn add(&mut self, entry: &[u8]) -> Hash {
+        self.add_indexed(entry, Entry::decode(entry).ok().map(|e| (e.kind(), e.index_key().map(ToOwned::to_owned))))
     }
 
     /// [`Tree::add`] of an entry whose kind and subject are known already (`None`: not an event).
-    pub(crate) fn add_indexed(&mut self, entry: &[u8], index_by: Option<(EventKind, Option<String>)>) {
+    pub(crate) fn add_indexed(&mut self, entry: &[u8], index_by: Option<(EventKind, Option<String>)>) -> Hash {
         let index = self.size();
         if let Some((kind, subject)) = index_by {
             self.last_by_kind.insert(kind, index);
@@ -81,7 +81,9 @@ impl Tree {
         }
         let end = self.offsets.last().copied().unwrap_or(0) + 2 + entry.len() as u64;
         self.offsets.push(end);
-        self.push(leaf_hash(entry));
+        let leaf = leaf_hash(entry);
+        self.push(leaf);
+        leaf
     }
 
     fn push(&mut self, leaf: Hash) {
@@ -133,7 +135,24 @@ pub(crate) fn checkpoint_note(
     Ok(format!("{body}\n{line}"))
 }
 
-type Waiter = oneshot::Sender<Result<u64, LogError>>;
+/// An append of this process waiting for its index.
+struct Waiter {
+    /// The leaf hash of the bytes this process handed in, computed here before they left it: the
+    /// entry committed under the append's token must have it.
+    leaf: Hash,
+    /// Where its answer goes.
+    done: oneshot::Sender<Result<u64, LogError>>,
+}
+
+/// An entry just added to the tree, as its appender's process recognises it.
+pub(crate) struct Committed {
+    /// The token it was appended under.
+    pub(crate) token: i64,
+    /// Its index.
+    pub(crate) index: u64,
+    /// The leaf hash of its bytes as committed (in a shared log, as the database holds them).
+    pub(crate) leaf: Hash,
+}
 
 /// What the log's handle, its sequencer and its followers share.
 pub(crate) struct Shared {
@@ -181,10 +200,11 @@ impl Shared {
         Ok((size, checkpoint_note(&self.origin, signer, size, root)?))
     }
 
-    /// Registers an append of this process under `token`; its answer arrives on the receiver.
-    pub(crate) fn wait(&self, token: i64) -> oneshot::Receiver<Result<u64, LogError>> {
+    /// Registers an append of this process under `token`, of an entry whose leaf hash is `leaf`;
+    /// its answer arrives on the receiver.
+    pub(crate) fn wait(&self, token: i64, leaf: Hash) -> oneshot::Receiver<Result<u64, LogError>> {
         let (done, wait) = oneshot::channel();
-        lock(&self.waiting).insert(token, done);
+        lock(&self.waiting).insert(token, Waiter { leaf, done });
         wait
     }
 
@@ -193,28 +213,54 @@ impl Shared {
         lock(&self.waiting).remove(&token);
     }
 
-    /// Answers the appends of this process among `done` (tokens of entries just added to the
-    /// tree, with their indexes) and, where appends wait for a checkpoint, among those added
-    /// before that the checkpoint held now covers.
-    pub(crate) fn answer(&self, done: Vec<(i64, u64)>) {
+    /// Answers the appends of this process among `done` (entries just added to the tree) and,
+    /// where appends wait for a checkpoint, among those added before that the checkpoint held
+    /// now covers.
+    ///
+    /// An append is matched to its entry by token, and answered with its index only if the
+    /// entry committed is the one it handed in: a token is no proof of what was committed under
+    /// it (whoever can write a shared log's database can rewrite an entry between its hand-in
+    /// and its commit), so an entry whose leaf hash differs from the one its appender computed
+    /// fails that append with [`LogError::Substituted`], at once, checkpoint or not.
+    pub(crate) fn answer(&self, done: Vec<Committed>) {
         let mut waiting = lock(&self.waiting);
+        let mut matched = Vec::new();
+        for committed in done {
+            let Some(waiter) = waiting.get(&committed.token) else { continue };
+            if waiter.leaf == committed.leaf {
+                matched.push((committed.token, committed.index));
+                continue;
+            }
+            let (index, appended) = (committed.index, waiter.leaf);
+            tracing::error!(
+                index,
+                token = committed.token,
+                appended = %appended,
+                committed = %committed.leaf,
+                "the log entry committed under this process's token is not the one it appended: the log's \
+                 database was tampered with; the append fails"
+            );
+            if let Some(waiter) = waiting.remove(&committed.token) {
+                let _ = waiter.done.send(Err(LogError::Substituted { index, appended, committed: committed.leaf }));
+            }
+        }
         if !self.wait_for_checkpoint {
-            for (token, index) in done {
+            for (token, index) in matched {
                 if let Some(waiter) = waiting.remove(&token) {
-                    let _ = waiter.send(Ok(index));
+                    let _ = waiter.done.send(Ok(index));
                 }
             }
             return;
         }
         let covered = self.tree().checkpoint_size();
         let mut uncovered = lock(&self.uncovered);
-        uncovered.extend(done.into_iter().filter(|(token, _)| waiting.contains_key(token)));
+        uncovered.extend(matched);
         uncovered.retain(|&(token, index)| {
             if index >= covered {
                 return true;
             }
             if let Some(waiter) = waiting.remove(&token) {
-                let _ = waiter.send(Ok(index));
+                let _ = waiter.done.send(Ok(index));
             }
             false
         });
@@ -223,7 +269,7 @@ impl Shared {
     /// Refuses every append of this process still waiting.
     pub(crate) fn refuse_all(&self, error: impl Fn() -> LogError) {
         for (_, waiter) in lock(&self.waiting).drain() {
-            let _ = waiter.send(Err(error()));
+            let _ = waiter.done.send(Err(error()));
         }
     }
 
@@ -232,7 +278,7 @@ impl Shared {
         let mut waiting = lock(&self.waiting);
         for token in tokens {
             if let Some(waiter) = waiting.remove(&token) {
-                let _ = waiter.send(Err(error()));
+                let _ = waiter.done.send(Err(error()));
             }
         }
     }

@@ -7,6 +7,7 @@ use std::sync::Mutex;
 
 use clover_event::{Event, EventKind};
 use clover_log::{Log, LogError, LogOptions};
+use clover_tlog::hash::leaf_hash;
 use clover_tlog::note::{Note, SigningKey, TYPE_ED25519, VerifierKey, generate_pkcs8};
 use clover_tlog::tile::{Tile, split_bundle};
 
@@ -450,4 +451,144 @@ async fn gateways_sharing_a_database_append_to_one_log_and_survive_their_sequenc
     pool.close().await;
     let err = Log::open_postgres(&database.url, key(&pkcs8), LogOptions::default()).await.unwrap_err();
     assert!(matches!(err, LogError::Inconsistent { .. }) && err.to_string().contains("differ"), "{err}");
+}
+
+/// A permit for an allowed read, as the gateway gets one from the default pack.
+fn permit() -> clover_policy::Permit {
+    let pack = clover_policy::pack::PolicyPack::default_pack().unwrap();
+    match pack.verdict(&clover_testkit::fixtures::read_profile_request(), &"user-1".parse().unwrap()) {
+        clover_policy::Verdict::Allowed(permit) => permit,
+        clover_policy::Verdict::Denied(denied) => panic!("the default pack refused a read: {denied:?}"),
+    }
+}
+
+/// `bytes` as a PostgreSQL `bytea` literal.
+fn bytea(bytes: &[u8]) -> String {
+    format!("'\\x{}'::bytea", hex::encode(bytes))
+}
+
+/// Checks that entry `index` of `log` is `entry`, covered by its signed checkpoint: what the
+/// database holds is a consistent log, whoever wrote it.
+async fn logged(log: &Log, index: u64, entry: &[u8]) {
+    assert_eq!(log.entry(index).await.unwrap(), entry);
+    let size = log.checkpoint_size();
+    assert!(index < size, "entry {index} is covered by the checkpoint of {size}");
+    let proof = log.inclusion_proof(index, size).unwrap();
+    let root = log.root(size).unwrap();
+    clover_tlog::tree::verify_inclusion(&leaf_hash(entry), index, size, &proof, &root).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_swapped_in_log_pending_fails_its_append_and_is_logged_as_swapped() {
+    let database = clover_testkit::TestDatabase::create().await;
+    let pkcs8 = generate_pkcs8().unwrap();
+    let leader = Log::open_postgres(&database.url, key(&pkcs8), LogOptions::default()).await.unwrap();
+    eventually("the first gateway sequences", || leader.is_sequencer()).await;
+    let follower = Log::open_postgres(&database.url, key(&pkcs8), LogOptions::default()).await.unwrap();
+    assert!(!follower.is_sequencer());
+
+    // Untouched, a follower's append goes through `log_pending` and is answered.
+    let untouched = event(0, None);
+    assert_eq!(follower.append(&untouched).await.unwrap(), 0);
+
+    // Whoever can write the database rewrites every entry handed in for a harmless one.
+    let harmless = event(9000, None).encode();
+    let pool = sqlx::PgPool::connect(&database.url).await.unwrap();
+    let swap = format!(
+        "CREATE FUNCTION swap_entry() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN NEW.entry := {}; RETURN NEW; END $$; \
+         CREATE TRIGGER swap_entry BEFORE INSERT ON log_pending FOR EACH ROW EXECUTE FUNCTION swap_entry();",
+        bytea(&harmless)
+    );
+    sqlx::raw_sql(sqlx::AssertSqlSafe(swap)).execute(&pool).await.unwrap();
+
+    // The read's entry is swapped before it is sequenced: no receipt, and the error says why.
+    let read = event(1, Some("s-a"));
+    let err = follower.append_permitted(&read, permit()).await.unwrap_err();
+    match &err {
+        LogError::Substituted { index, appended, committed } => {
+            assert_eq!(*index, 1);
+            assert_eq!(*appended, leaf_hash(&read.encode()));
+            assert_eq!(*committed, leaf_hash(&harmless));
+        }
+        other => panic!("expected the substitution to be caught: {other}"),
+    }
+    let message = err.to_string();
+    assert!(message.contains("index 1 is not the one appended") && message.contains("tampered"), "{message}");
+    // The log holds what was committed and stays consistent: the swapped entry, in both gateways.
+    // (The append failed as soon as the follower read the entry, before it took the checkpoint.)
+    eventually("both gateways hold the checkpoint of 2", || {
+        leader.checkpoint_size() == 2 && follower.checkpoint_size() == 2
+    })
+    .await;
+    logged(&follower, 1, &harmless).await;
+    logged(&leader, 1, &harmless).await;
+    assert!(follower.entries_about("s-a").is_empty(), "the read is nowhere in the log");
+
+    // The sequencer's own appends do not go through `log_pending`: nothing to swap.
+    assert_eq!(leader.append(&event(2, None)).await.unwrap(), 2);
+    logged(&leader, 2, &event(2, None).encode()).await;
+
+    // Without the trigger, the follower's appends are answered again, with their own entries.
+    sqlx::raw_sql("DROP TRIGGER swap_entry ON log_pending").execute(&pool).await.unwrap();
+    let read = event(3, Some("s-a"));
+    let receipt = follower.append_permitted(&read, permit()).await.unwrap();
+    assert_eq!(receipt.index(), 3);
+    assert_eq!(*receipt.entry_hash(), leaf_hash(&read.encode()));
+    logged(&follower, 3, receipt.entry()).await;
+    logged(&follower, 0, &untouched.encode()).await;
+    pool.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_that_sequences_its_own_rewritten_pending_entry_fails_that_append() {
+    let database = clover_testkit::TestDatabase::create().await;
+    // The test holds the sequencer's advisory lock (`clovlog` in ASCII, as postgres.rs takes it),
+    // so that the gateway's appends wait in `log_pending` until it lets go.
+    const SEQUENCER_LOCK: i64 = 0x0063_6c6f_766c_6f67;
+    let mut lock = <sqlx::PgConnection as sqlx::Connection>::connect(&database.url).await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock($1)").bind(SEQUENCER_LOCK).execute(&mut lock).await.unwrap();
+    let pkcs8 = generate_pkcs8().unwrap();
+    let log = Log::open_postgres(&database.url, key(&pkcs8), LogOptions::default()).await.unwrap();
+    let pool = sqlx::PgPool::connect(&database.url).await.unwrap();
+    let pending =
+        || async { sqlx::query_scalar::<_, i64>("SELECT count(*) FROM log_pending").fetch_one(&pool).await.unwrap() };
+    let wait_for = |n: i64| async move {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while pending().await != n {
+            assert!(std::time::Instant::now() < deadline, "{n} entries are handed in");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    };
+
+    // A read handed in, then rewritten in the table by a second connection.
+    let read = event(0, Some("s-a"));
+    let swapped = tokio::spawn({
+        let (log, read) = (log.clone(), read.clone());
+        async move { log.append_permitted(&read, permit()).await }
+    });
+    wait_for(1).await;
+    let harmless = event(9000, None).encode();
+    sqlx::query("UPDATE log_pending SET entry = $1").bind(&harmless).execute(&pool).await.unwrap();
+    // Another, left alone.
+    let untouched = event(1, Some("s-b"));
+    let answered = tokio::spawn({
+        let (log, untouched) = (log.clone(), untouched.clone());
+        async move { log.append(&untouched).await }
+    });
+    wait_for(2).await;
+    assert!(!log.is_sequencer());
+
+    // The gateway takes the lock and sequences both: it commits what the table holds, and fails
+    // the append whose entry is not the one it handed in.
+    sqlx::query("SELECT pg_advisory_unlock($1)").bind(SEQUENCER_LOCK).execute(&mut lock).await.unwrap();
+    let err = swapped.await.unwrap().unwrap_err();
+    assert!(matches!(err, LogError::Substituted { index: 0, .. }), "{err}");
+    assert_eq!(answered.await.unwrap().unwrap(), 1, "the untouched append is answered");
+    assert!(log.is_sequencer());
+    logged(&log, 0, &harmless).await;
+    logged(&log, 1, &untouched.encode()).await;
+    assert_eq!(log.entries_about("s-b"), vec![1]);
+    assert!(log.entries_about("s-a").is_empty());
+    pool.close().await;
 }
