@@ -312,8 +312,9 @@ struct Gateway {
 }
 
 /// A gateway with `subjects` adult subjects (each with a data key made against a logged write,
-/// as the API does) and `records` records over them, sealed with their subjects' keys and
-/// imported in transactions of 10,000 (fixtures: their writes are not logged one by one).
+/// as the API does) and `records` records over them, each sealed with its own key against a
+/// logged write (as the API does: the custodian hands out one record version's key per
+/// receipt) and imported in transactions of 10,000.
 async fn gateway(
     options: &Options,
     records: usize,
@@ -342,35 +343,22 @@ async fn gateway(
     let keyed = Round::new(registered, "subjects")?;
     progress(&format!("importing {records} records"));
     let mut ids = Vec::with_capacity(records);
-    let now = time::OffsetDateTime::now_utc();
+    let eu = Arc::new(caller(PrincipalKind::Service, "eu", "dublin-1", "support"));
     for first in (0..records).step_by(10_000) {
         let mut rows = Vec::with_capacity(10_000);
-        for r in first..(first + 10_000).min(records) {
-            let (subject, key) = keyed.at(r);
-            // Ids in ascending order, so that the import appends to the primary-key index
-            // instead of scattering into it (ten million random keys outgrow the cache); reads
-            // pick records in a scattered order (`spread`) all the same.
-            let record_id: RecordId =
-                format!("00000000-0000-4000-8000-{r:012x}").parse().map_err(|e| fail("record id")(&e))?;
-            let fields = Fields::new(
-                serde_json::json!({"display_name": format!("name {r}"), "city": "Galway"})
-                    .as_object()
-                    .cloned()
-                    .unwrap_or_default(),
-            );
-            let ciphertext = pipeline::seal_record(&boundary, key, subject, &record_id, 1, &fields)
-                .map_err(|e| fail("sealing a record")(&e))?;
-            rows.push(clover_store::RecordRow {
-                record_id,
-                subject_id: subject.clone(),
-                category: "profile".parse().map_err(|e| fail("category")(&e))?,
-                home_region: "eu".parse().map_err(|e| fail("region")(&e))?,
-                version: 1,
-                ciphertext,
-                created_at: now,
-            });
-            ids.push(record_id);
+        let chunk: Vec<usize> = (first..(first + 10_000).min(records)).collect();
+        for group in chunk.chunks(256) {
+            let mut tasks = tokio::task::JoinSet::new();
+            for &r in group {
+                let (boundary, eu, subject) = (boundary.clone(), eu.clone(), keyed.at(r).0.clone());
+                tasks.spawn(async move { import(&boundary, &eu, &subject, r).await });
+            }
+            for row in tasks.join_all().await {
+                rows.push(row?);
+            }
         }
+        rows.sort_by_key(|row| row.record_id);
+        ids.extend(rows.iter().map(|row| row.record_id));
         boundary.store().insert_records(&rows).await.map_err(|e| fail("importing records")(&e))?;
     }
     let subject_ids = keyed.into_items().map(|(id, _)| id).collect();
@@ -427,6 +415,50 @@ fn spread(i: usize, len: usize) -> usize {
     (i.wrapping_mul(0x9E37_79B9_7F4A_7C15_u64 as usize) >> 7) % len.max(1)
 }
 
+/// Record number `r` of `subject`, written as the API writes one (its write logged, its key from
+/// the custodian against the receipt), for an import in one transaction: ids in ascending
+/// order, so that the import appends to the primary-key index instead of scattering into it
+/// (ten million random keys outgrow the cache); reads pick records in a scattered order
+/// (`spread`) all the same.
+async fn import(
+    boundary: &Boundary,
+    eu: &Caller,
+    subject: &SubjectId,
+    r: usize,
+) -> Result<clover_store::RecordRow, BenchError> {
+    let record_id: RecordId = format!("00000000-0000-4000-8000-{r:012x}").parse().map_err(|e| fail("record id")(&e))?;
+    let category: clover_model::Category = "profile".parse().map_err(|e| fail("category")(&e))?;
+    let fields = Fields::new(
+        serde_json::json!({"display_name": format!("name {r}"), "city": "Galway"})
+            .as_object()
+            .cloned()
+            .unwrap_or_default(),
+    );
+    let ask = pipeline::Ask {
+        action: Action::Write,
+        subject,
+        record: Some((record_id, &category)),
+        version: Some(1),
+        subject_minor: false,
+    };
+    let receipt = pipeline::decide_and_log(boundary, eu, EventKind::Write, &ask)
+        .await
+        .map_err(|e| fail("logging a write")(&e))?;
+    let key = boundary.custody().data_key(&receipt).await.map_err(|e| fail("a record's key")(&e))?;
+    let ciphertext = pipeline::seal_record(boundary, &key, subject, &record_id, 1, &fields)
+        .map_err(|e| fail("sealing a record")(&e))?;
+    Ok(clover_store::RecordRow {
+        record_id,
+        subject_id: subject.clone(),
+        category,
+        home_region: "eu".parse().map_err(|e| fail("region")(&e))?,
+        version: 1,
+        ciphertext,
+        created_at: time::OffsetDateTime::now_utc(),
+        sealed_with: clover_store::SealedWith::RecordKey,
+    })
+}
+
 /// Registers adult subject number `s`: its metadata sealed, its row, its data key.
 async fn register(boundary: &Boundary, s: usize) -> Result<(SubjectId, clover_keys::DataKey), BenchError> {
     let eu = caller(PrincipalKind::Service, "eu", "dublin-1", "support");
@@ -446,7 +478,8 @@ async fn register(boundary: &Boundary, s: usize) -> Result<(SubjectId, clover_ke
         created_at: time::OffsetDateTime::now_utc(),
     };
     boundary.store().insert_subject(&row).await.map_err(|e| fail("registering a subject")(&e))?;
-    let ask = pipeline::Ask { action: Action::Write, subject: &subject, record: None, subject_minor: false };
+    let ask =
+        pipeline::Ask { action: Action::Write, subject: &subject, record: None, version: None, subject_minor: false };
     let receipt = pipeline::decide_and_log(boundary, &eu, EventKind::Write, &ask)
         .await
         .map_err(|e| fail("logging a subject's key")(&e))?;
@@ -517,6 +550,7 @@ async fn gateway_scenario(scenario: Scenario, g: &Gateway, options: &Options) ->
                         version: 1,
                         ciphertext: vec![7; 80],
                         created_at: time::OffsetDateTime::now_utc(),
+                        sealed_with: clover_store::SealedWith::RecordKey,
                     };
                     async move {
                         assert!(boundary.store().insert_record(&row).await.is_ok(), "a bare write failed");

@@ -122,6 +122,17 @@ impl KeyCustody for RemoteCustody {
         self.key("/v1/data-keys/fetch", receipt).await
     }
 
+    async fn reseal(&self, receipt: &Receipt, sealed: &[u8], aad: &[u8]) -> Result<(DataKey, Vec<u8>), KeyError> {
+        let body = json!({
+            "receipt": WireReceipt::of(receipt, &self.index),
+            "sealed": B64.encode(sealed),
+            "aad": B64.encode(aad),
+        });
+        let answer = self.post("/v1/data-keys/reseal", &body).await?;
+        let key = DataKey::from_slice(&Self::field(&answer, "key")?)?;
+        Ok((key, Self::field(&answer, "sealed")?.to_vec()))
+    }
+
     async fn destroy_data_key(&self, receipt: &Receipt) -> Result<bool, KeyError> {
         let answer = self.post("/v1/data-keys/destroy", &json!(WireReceipt::of(receipt, &self.index))).await?;
         Ok(answer.get("destroyed").and_then(Value::as_bool).unwrap_or(false))

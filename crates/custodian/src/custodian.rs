@@ -31,7 +31,7 @@ use clover_log::Receipt;
 use clover_model::{Action, Region, SubjectId};
 use zeroize::Zeroizing;
 
-use self::access::{LoggedAccess, UnwrapRecord};
+use self::access::{KeyScope, LoggedAccess, UnwrapRecord};
 use self::cache::{CacheOptions, KeyCache};
 use self::data_keys::DataKeys;
 use self::erasure::Erasures;
@@ -107,42 +107,90 @@ impl Custodian {
         &self.keys.kek
     }
 
-    /// What a receipt made in this process says about the access.
-    fn access(&self, receipt: &Receipt) -> LoggedAccess {
-        LoggedAccess {
-            // A receipt made in this process is the log's own: its permit names the subject.
+    /// What a receipt made in this process says about the access: its permit names the subject
+    /// and the action (the log's own), and the annex it carries names the record version, which
+    /// is checked against the commitment in the entry, as a custodian in its own process checks
+    /// it.
+    fn access(&self, receipt: &Receipt) -> Result<LoggedAccess, KeyError> {
+        let action = receipt.permit().action();
+        let refuse = |detail: String| KeyError::Receipt(format!("log entry {}: {detail}", receipt.index()));
+        let event = match clover_event::Entry::decode(receipt.entry()) {
+            Ok(clover_event::Entry::V2(event)) => event,
+            _ => return Err(refuse("its entry is not a current log entry".to_owned())),
+        };
+        let opening = receipt.annex().and_then(clover_event::Annex::record_opening);
+        let scope = KeyScope::of(&event, action, opening.as_ref()).map_err(refuse)?;
+        Ok(LoggedAccess {
             subject_hash: self.index.hash(receipt.permit().subject()),
-            action: receipt.permit().action(),
+            action,
             log_index: receipt.index(),
             entry_hash: receipt.entry_hash_hex(),
             purpose: receipt.purpose().map(ToOwned::to_owned),
-        }
+            scope,
+        })
     }
 
-    /// Makes the data key of a logged, allowed write's subject.
+    /// The access's key, derived from its subject's: the subject's key never leaves.
+    fn scoped(&self, access: &LoggedAccess, subject_key: &DataKey) -> Result<DataKey, KeyError> {
+        subject_key.derive(&access.scope.info(&self.keys.region, &access.subject_hash))
+    }
+
+    /// Makes the data key of a logged, allowed write's subject; returns the key of what the
+    /// write is for (a record version, or the subject's attributes).
     pub async fn create_for(&self, access: &LoggedAccess) -> Result<DataKey, KeyError> {
         access.check(&[Action::Write])?;
         self.erasures.check(access)?;
         self.erasures.check_stored(self.keys.db.as_ref(), access).await?;
         let key = self.keys.create(&access.subject_hash).await?;
+        let scoped = self.scoped(access, &key)?;
         self.journal.record(access, false).await?;
-        Ok(key)
+        Ok(scoped)
     }
 
-    /// The data key of a logged, allowed read or write's subject.
-    pub async fn fetch_for(&self, access: &LoggedAccess) -> Result<DataKey, KeyError> {
-        access.check(&[Action::Read, Action::Write])?;
+    /// The subject's own key, from the cache or unwrapped; whether it was cached.
+    async fn subject_key(&self, access: &LoggedAccess) -> Result<(DataKey, bool), KeyError> {
         self.erasures.check(access)?;
         let hash = &access.subject_hash;
         if let Some(key) = self.cache.key(hash) {
-            self.journal.record(access, true).await?;
-            return Ok(key);
+            return Ok((key, true));
         }
         let epoch = self.cache.epoch();
         let key = self.keys.unwrap(hash).await?;
         self.cache.insert_key(hash, &key, epoch);
-        self.journal.record(access, false).await?;
-        Ok(key)
+        Ok((key, false))
+    }
+
+    /// The key of the record version (or the subject's attributes) that a logged, allowed read
+    /// or write is for: derived from the subject's key, which stays here.
+    pub async fn fetch_for(&self, access: &LoggedAccess) -> Result<DataKey, KeyError> {
+        access.check(&[Action::Read, Action::Write])?;
+        let (key, cached) = self.subject_key(access).await?;
+        let scoped = self.scoped(access, &key)?;
+        self.journal.record(access, cached).await?;
+        Ok(scoped)
+    }
+
+    /// Re-seals what an earlier version of Clover sealed with the subject's own key (`sealed`,
+    /// bound to `aad`) under the key of the record version a logged, allowed read or write is
+    /// for, and returns it with that key: the subject's key, which would open every record of
+    /// theirs, stays here. Ciphertext that does not open with the subject's key is refused
+    /// ([`KeyError::Decrypt`]).
+    pub async fn reseal_for(
+        &self,
+        access: &LoggedAccess,
+        sealed: &[u8],
+        aad: &[u8],
+    ) -> Result<(DataKey, Vec<u8>), KeyError> {
+        access.check(&[Action::Read, Action::Write])?;
+        if access.scope.record.is_none() {
+            return Err(KeyError::Receipt("only a record version is re-sealed".to_owned()));
+        }
+        let (key, cached) = self.subject_key(access).await?;
+        let plain = key.open(aad, sealed)?;
+        let scoped = self.scoped(access, &key)?;
+        let resealed = scoped.seal(aad, &plain)?;
+        self.journal.record(access, cached).await?;
+        Ok((scoped, resealed))
     }
 
     /// Destroys the data key of a logged, allowed erasure's subject; whether there was one.
@@ -294,15 +342,19 @@ impl KeyCustody for Custodian {
     }
 
     async fn create_data_key(&self, receipt: &Receipt) -> Result<DataKey, KeyError> {
-        self.create_for(&self.access(receipt)).await
+        self.create_for(&self.access(receipt)?).await
     }
 
     async fn data_key(&self, receipt: &Receipt) -> Result<DataKey, KeyError> {
-        self.fetch_for(&self.access(receipt)).await
+        self.fetch_for(&self.access(receipt)?).await
+    }
+
+    async fn reseal(&self, receipt: &Receipt, sealed: &[u8], aad: &[u8]) -> Result<(DataKey, Vec<u8>), KeyError> {
+        self.reseal_for(&self.access(receipt)?, sealed, aad).await
     }
 
     async fn destroy_data_key(&self, receipt: &Receipt) -> Result<bool, KeyError> {
-        self.destroy_for(&self.access(receipt)).await
+        self.destroy_for(&self.access(receipt)?).await
     }
 
     async fn seal_metadata(&self, subject: &SubjectId, plaintext: &[u8]) -> Result<Vec<u8>, KeyError> {

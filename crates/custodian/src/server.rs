@@ -2,9 +2,10 @@
 //!
 //! | method and path | body | answer |
 //! | --- | --- | --- |
-//! | `POST /v1/data-keys/create` | `{"index", "entry", "subject_hash"}`: a logged, allowed write about that subject | `{"key"}` (base64); 409 if the subject has one |
-//! | `POST /v1/data-keys/fetch` | a logged, allowed read or write | `{"key"}`; 404 if the subject has none (never made, or erased) |
+//! | `POST /v1/data-keys/create` | `{"index", "entry", "subject_hash", "opening"}`: a logged, allowed write about that subject, and the opening of its annex to the record version (or attributes) written | `{"key"}` (base64): that version's key; 409 if the subject has one |
+//! | `POST /v1/data-keys/fetch` | a logged, allowed read or write, and its opening | `{"key"}`: the key of the record version the opening names, derived from the subject's, which never leaves; 404 if the subject has none (never made, or erased) |
 //! | `POST /v1/data-keys/destroy` | a logged, allowed erasure | `{"destroyed": bool}` |
+//! | `POST /v1/data-keys/reseal` | `{"receipt", "sealed", "aad"}`: a logged, allowed read or write, and a record version sealed with the subject's key by an earlier version | `{"key", "sealed"}`: the record version's key and the version re-sealed under it |
 //! | `POST /v1/metadata/seal` | `{"subject", "subject_hash", "data"}` | `{"data"}`: the metadata sealed |
 //! | `POST /v1/metadata/facts` | `{"subject", "subject_hash", "data"}`: sealed metadata | `{"minor"}`: what policy needs, never the metadata (which would give away a birth date) |
 //! | `POST /v1/pseudonym` | `{"purpose", "destination", "input"}` | `{"token"}` |
@@ -244,7 +245,8 @@ impl From<ReceiptError> for Refusal {
 async fn checked(server: &CustodianServer, receipt: &WireReceipt) -> Result<LoggedAccess, Refusal> {
     let entry =
         receipt.entry_bytes().ok_or_else(|| Refusal(StatusCode::BAD_REQUEST, "the entry is not base64".to_owned()))?;
-    let (access, tag) = server.verifier.check(receipt.index, &entry, &receipt.subject_hash).await?;
+    let (access, tag) =
+        server.verifier.check(receipt.index, &entry, &receipt.subject_hash, receipt.opening.as_ref()).await?;
     if !server.custodian.tag_is_subjects(&access.subject_hash, &tag).await? {
         tracing::warn!(log_index = receipt.index, "refused a receipt whose entry is not about the subject asked for");
         return Err(Refusal(
@@ -302,6 +304,29 @@ async fn destroy(State(server): State<CustodianServer>, Json(receipt): Json<Wire
     let destroyed = server.custodian.destroy_for(&access).await?;
     tracing::info!(log_index = receipt.index, destroyed, "data key destroyed");
     Ok(Json(json!({ "destroyed": destroyed })).into_response())
+}
+
+/// A re-seal request: a receipt, and what an earlier version sealed with the subject's key.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResealBody {
+    /// The receipt of the read or write.
+    pub receipt: WireReceipt,
+    /// The ciphertext, base64.
+    pub sealed: String,
+    /// Its associated data, base64.
+    pub aad: String,
+}
+
+/// Re-seals a record version sealed with the subject's key under its own key; answers the key
+/// and the new ciphertext, never the subject's key.
+async fn reseal(State(server): State<CustodianServer>, Json(body): Json<ResealBody>) -> Result<Response, Refusal> {
+    let bad = |what: &str| Refusal(StatusCode::BAD_REQUEST, format!("{what} is not base64"));
+    let sealed = B64.decode(&body.sealed).map_err(|_| bad("sealed"))?;
+    let aad = B64.decode(&body.aad).map_err(|_| bad("aad"))?;
+    let access = checked(&server, &body.receipt).await?;
+    let (key, resealed) = server.custodian.reseal_for(&access, &sealed, &aad).await?;
+    Ok(Json(json!({ "key": B64.encode(key.expose()), "sealed": B64.encode(resealed) })).into_response())
 }
 
 /// A metadata request.
@@ -368,6 +393,7 @@ pub fn router(server: CustodianServer) -> Router {
         .route("/v1/data-keys/create", post(create))
         .route("/v1/data-keys/fetch", post(fetch))
         .route("/v1/data-keys/destroy", post(destroy))
+        .route("/v1/data-keys/reseal", post(reseal))
         .route("/v1/metadata/seal", post(seal))
         .route("/v1/metadata/facts", post(facts))
         .route("/v1/pseudonym", post(pseudonym))

@@ -5,7 +5,7 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use clover_audit::state::{State, StateError, Verified, read_state, write_state};
-use clover_event::{Entry, EventError, EventKind, SubjectIndexKey, SubjectTag, is_subject_hash};
+use clover_event::{Entry, EventError, EventKind, RecordOpening, SubjectIndexKey, SubjectTag, is_subject_hash};
 use clover_model::Action;
 use clover_tlog::checkpoint::Checkpoint;
 use clover_tlog::hash::{Hash, leaf_hash};
@@ -14,7 +14,7 @@ use clover_tlog::tree::{verify_consistency, verify_inclusion};
 use clover_tlog::witness::AddCheckpoint;
 use serde::Deserialize;
 
-use crate::custodian::access::LoggedAccess;
+use crate::custodian::access::{KeyScope, LoggedAccess};
 
 /// Why a receipt was refused.
 #[derive(Debug, thiserror::Error)]
@@ -375,6 +375,7 @@ impl LogVerifier {
         index: u64,
         entry: &[u8],
         subject_hash: &str,
+        opening: Option<&RecordOpening>,
     ) -> Result<(LoggedAccess, SubjectTag), ReceiptError> {
         let (checkpoint, proof) = if self.quorum.is_empty() {
             let answer = self.proof(index).await?;
@@ -396,7 +397,7 @@ impl LogVerifier {
             .collect::<Result<_, _>>()?;
         verify_inclusion(&leaf_hash(entry), index, checkpoint.size, &proof, &checkpoint.root)
             .map_err(|_| ReceiptError::NotInLog(index))?;
-        access(index, entry, subject_hash)
+        access(index, entry, subject_hash, opening)
     }
 
     /// `note_text` parsed, its log signature checked, and its checkpoint, which must be this
@@ -492,12 +493,18 @@ impl LogVerifier {
     }
 }
 
-/// What the entry of a receipt allows, for the subject whose keyed hash is `subject_hash`, and
-/// the entry's subject tag, once the entry is verified to be at `index` in the signed log
+/// What the entry of a receipt allows, for the subject whose keyed hash is `subject_hash` and the
+/// record version `opening` names (checked against the entry's annex commitment), and the
+/// entry's subject tag, once the entry is verified to be at `index` in the signed log
 /// ([`LogVerifier::check`] does both, and checks the tag is that subject's). The entry's bytes
 /// and the hash are the caller's: reading them must refuse, never fail otherwise, whatever they
 /// are.
-pub fn access(index: u64, entry: &[u8], subject_hash: &str) -> Result<(LoggedAccess, SubjectTag), ReceiptError> {
+pub fn access(
+    index: u64,
+    entry: &[u8],
+    subject_hash: &str,
+    opening: Option<&RecordOpening>,
+) -> Result<(LoggedAccess, SubjectTag), ReceiptError> {
     let refuse = |detail: &str| ReceiptError::NotAllowed { index, detail: detail.to_owned() };
     // The canonical form of the current format only: the boundary indexes entries by it, and so
     // must what unlocks keys; a receipt is recent, so never of an earlier format.
@@ -517,7 +524,7 @@ pub fn access(index: u64, entry: &[u8], subject_hash: &str) -> Result<(LoggedAcc
         (EventKind::Erasure, Some("erase")) => Action::Erase,
         _ => return Err(refuse("it is not an access that needs a data key")),
     };
-    let tag = event.subject.ok_or_else(|| refuse("it names no subject"))?;
+    let tag = event.subject.clone().ok_or_else(|| refuse("it names no subject"))?;
     if !tag.is_well_formed() {
         return Err(refuse("its subject is not a subject tag"));
     }
@@ -531,12 +538,14 @@ pub fn access(index: u64, entry: &[u8], subject_hash: &str) -> Result<(LoggedAcc
     if age > i64::try_from(MAX_RECEIPT_AGE.as_secs()).unwrap_or(i64::MAX) || age < -60 {
         return Err(refuse("it is not recent: a receipt is for the access it records, now"));
     }
+    let scope = KeyScope::of(&event, action, opening).map_err(|detail| refuse(&detail))?;
     let access = LoggedAccess {
         subject_hash: subject_hash.to_owned(),
         action,
         log_index: index,
         entry_hash: hex::encode(leaf_hash(entry).0),
         purpose: event.purpose,
+        scope,
     };
     Ok((access, tag))
 }
@@ -553,6 +562,10 @@ pub struct WireReceipt {
     pub entry: String,
     /// The subject's keyed hash, hex.
     pub subject_hash: String,
+    /// What opens the entry's annex to the record version whose key is asked for (none for an
+    /// erasure).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opening: Option<RecordOpening>,
 }
 
 impl WireReceipt {
@@ -562,6 +575,7 @@ impl WireReceipt {
             index: receipt.index(),
             entry: B64.encode(receipt.entry()),
             subject_hash: index.hash(receipt.permit().subject()),
+            opening: receipt.annex().and_then(clover_event::Annex::record_opening),
         }
     }
 

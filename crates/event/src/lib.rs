@@ -419,6 +419,75 @@ pub struct Annex {
     pub record: AnnexField,
     /// The subject, or its digest once unlinked.
     pub subject: AnnexField,
+    /// The record's version, for an access to one record version: with `record`, what the
+    /// custodian derives the record version's key for. Annexes written before it have none, and
+    /// their commitment is unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
+}
+
+/// What opens an annex's record and version to the custodian, and nothing else: the salt, the
+/// record and its version in the clear, and every field's digest in commitment order, so that
+/// the custodian can check them against the entry's commitment
+/// ([`RecordOpening::opens`]) without learning who asked, or why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordOpening {
+    /// The annex's salt, hex.
+    pub salt: String,
+    /// The record (none for an access to the subject's own attributes).
+    pub record: Option<String>,
+    /// The record's version.
+    pub version: Option<u32>,
+    /// The annex's field digests in commitment order (principal, justification, note, record,
+    /// subject, then version when there is one), hex.
+    pub digests: Vec<String>,
+}
+
+impl RecordOpening {
+    /// Whether this opening is of the annex whose commitment is `commitment`: the record's and
+    /// the version's digests, recomputed from the salt, are at their places in the digests,
+    /// and the digests hash to the commitment.
+    pub fn opens(&self, commitment: &str) -> bool {
+        let expected_len = if self.version.is_some() { 6 } else { 5 };
+        if self.digests.len() != expected_len {
+            return false;
+        }
+        let record = field_digest(&self.salt, "record", self.record.as_deref());
+        let version = self.version.map(|v| field_digest(&self.salt, "version", Some(&v.to_string())));
+        self.digests.get(3) == Some(&record)
+            && version.is_none_or(|v| self.digests.get(5) == Some(&v))
+            && commitment_of(&self.digests) == commitment
+    }
+}
+
+/// The digest of one annex field: SHA-256("clover/annex-field/v2\n" || salt || name || "\n" ||
+/// (0x00 for none, or 0x01 || value)), hex.
+fn field_digest(salt: &str, name: &str, value: Option<&str>) -> String {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    ctx.update(b"clover/annex-field/v2\n");
+    ctx.update(salt.as_bytes());
+    ctx.update(name.as_bytes());
+    ctx.update(b"\n");
+    match value {
+        None => ctx.update(&[0]),
+        Some(value) => {
+            ctx.update(&[1]);
+            ctx.update(value.as_bytes());
+        }
+    }
+    hex::encode(ctx.finish().as_ref())
+}
+
+/// SHA-256("clover/annex/v2\n" || each digest, hex, followed by "\n"), hex.
+fn commitment_of(digests: &[String]) -> String {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    ctx.update(b"clover/annex/v2\n");
+    for part in digests {
+        ctx.update(part.as_bytes());
+        ctx.update(b"\n");
+    }
+    hex::encode(ctx.finish().as_ref())
 }
 
 /// A field an erasure can unlink.
@@ -447,51 +516,59 @@ impl Annex {
             note: note.map(ToOwned::to_owned),
             record: AnnexField::Clear(record.map(ToOwned::to_owned)),
             subject: AnnexField::Clear(subject.map(ToOwned::to_owned)),
+            version: None,
         })
     }
 
-    /// The digest of one field: SHA-256("clover/annex-field/v2\n" || salt || name || "\n" ||
-    /// (0x00 for none, or 0x01 || value)), hex.
-    fn field_digest(&self, name: &str, value: Option<&str>) -> String {
-        let mut ctx = digest::Context::new(&digest::SHA256);
-        ctx.update(b"clover/annex-field/v2\n");
-        ctx.update(self.salt.as_bytes());
-        ctx.update(name.as_bytes());
-        ctx.update(b"\n");
-        match value {
-            None => ctx.update(&[0]),
-            Some(value) => {
-                ctx.update(&[1]);
-                ctx.update(value.as_bytes());
-            }
-        }
-        hex::encode(ctx.finish().as_ref())
+    /// The annex with the record's version (see [`Annex::version`]).
+    #[must_use]
+    pub fn with_version(mut self, version: Option<u32>) -> Self {
+        self.version = version;
+        self
     }
 
     fn digest_of(&self, name: &str, field: &AnnexField) -> String {
         match field {
-            AnnexField::Clear(value) => self.field_digest(name, value.as_deref()),
+            AnnexField::Clear(value) => field_digest(&self.salt, name, value.as_deref()),
             AnnexField::Unlinked(digest) => digest.clone(),
         }
     }
 
-    /// The commitment in the public entry: SHA-256("clover/annex/v2\n" || the digests of
-    /// principal, justification, note, record and subject, each hex and followed by "\n"),
-    /// hex.
-    pub fn commitment(&self) -> String {
-        let mut ctx = digest::Context::new(&digest::SHA256);
-        ctx.update(b"clover/annex/v2\n");
-        for part in [
-            self.field_digest("principal", self.principal.as_deref()),
-            self.field_digest("justification", self.justification.as_deref()),
-            self.field_digest("note", self.note.as_deref()),
+    /// The field digests the commitment hashes, in order: principal, justification, note,
+    /// record, subject (each SHA-256("clover/annex-field/v2\n" || salt || name || "\n" || (0x00
+    /// for none, or 0x01 || value)), hex), then the version's (its decimal digits), only when
+    /// there is one.
+    fn digests(&self) -> Vec<String> {
+        let mut digests = vec![
+            field_digest(&self.salt, "principal", self.principal.as_deref()),
+            field_digest(&self.salt, "justification", self.justification.as_deref()),
+            field_digest(&self.salt, "note", self.note.as_deref()),
             self.digest_of("record", &self.record),
             self.digest_of("subject", &self.subject),
-        ] {
-            ctx.update(part.as_bytes());
-            ctx.update(b"\n");
+        ];
+        if let Some(version) = self.version {
+            digests.push(field_digest(&self.salt, "version", Some(&version.to_string())));
         }
-        hex::encode(ctx.finish().as_ref())
+        digests
+    }
+
+    /// The commitment in the public entry: SHA-256("clover/annex/v2\n" || the field digests
+    /// (principal, justification, note, record, subject, then version when there is one), each
+    /// hex and followed by "\n"), hex.
+    pub fn commitment(&self) -> String {
+        commitment_of(&self.digests())
+    }
+
+    /// The opening of this annex's record and version for the custodian
+    /// ([`RecordOpening`]); none once the record is unlinked.
+    pub fn record_opening(&self) -> Option<RecordOpening> {
+        let AnnexField::Clear(record) = &self.record else { return None };
+        Some(RecordOpening {
+            salt: self.salt.clone(),
+            record: record.clone(),
+            version: self.version,
+            digests: self.digests(),
+        })
     }
 
     /// The annex with its record and subject replaced by their digests: what is kept after the
@@ -626,5 +703,37 @@ mod tests {
         let text = String::from_utf8(unlinked.encode()).unwrap();
         assert!(!text.contains("u-1") && !text.contains("\"rec\""), "{text}");
         assert_eq!(unlinked.unlinked(), unlinked);
+    }
+
+    #[test]
+    fn a_record_opening_opens_its_annexs_commitment_and_names_nothing_else() {
+        let annex =
+            Annex::new(Some("ana"), Some("SUP-12"), None, Some("rec-1"), Some("u-1")).unwrap().with_version(Some(3));
+        let opening = annex.record_opening().unwrap();
+        assert!(opening.opens(&annex.commitment()));
+        // It carries the record and version, and of the rest only digests.
+        let text = serde_json::to_string(&opening).unwrap();
+        assert!(!text.contains("ana") && !text.contains("SUP-12") && !text.contains("u-1"), "{text}");
+        // Another record, another version, no version, a digest moved: it opens nothing.
+        let mut other = opening.clone();
+        other.record = Some("rec-2".into());
+        assert!(!other.opens(&annex.commitment()));
+        let mut other = opening.clone();
+        other.version = Some(4);
+        assert!(!other.opens(&annex.commitment()));
+        let mut other = opening.clone();
+        other.version = None;
+        assert!(!other.opens(&annex.commitment()));
+        let mut other = opening.clone();
+        other.digests.swap(3, 4);
+        assert!(!other.opens(&annex.commitment()));
+        // An annex without a version keeps the commitment it had before versions existed.
+        let plain = Annex::new(Some("ana"), Some("SUP-12"), None, Some("rec-1"), Some("u-1")).unwrap();
+        let mut versioned = plain.clone();
+        versioned.version = Some(1);
+        assert_ne!(plain.commitment(), versioned.commitment());
+        assert!(plain.record_opening().unwrap().opens(&plain.commitment()));
+        // Once unlinked by an erasure, it opens to no record.
+        assert!(annex.unlinked().record_opening().is_none());
     }
 }

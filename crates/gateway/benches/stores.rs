@@ -83,6 +83,7 @@ async fn setup(store: Option<String>, gateways: usize) -> Setup {
             action: clover_model::Action::Write,
             subject: &subject,
             record: None,
+            version: None,
             subject_minor: false,
         };
         let receipt = pipeline::decide_and_log(&boundary, &caller, clover_event::EventKind::Write, &ask).await.unwrap();
@@ -155,6 +156,7 @@ fn run(c: &mut Criterion, runtime: &tokio::runtime::Runtime, name: &str, setup: 
                     version: 1,
                     ciphertext: vec![7; 80],
                     created_at: time::OffsetDateTime::now_utc(),
+                    sealed_with: clover_store::SealedWith::RecordKey,
                 };
                 async move { boundary.store().insert_record(&row).await.unwrap() }
             })

@@ -121,6 +121,7 @@ pub async fn write(
             action: Action::Write,
             subject: subject_id,
             record: Some((record_id, category)),
+            version: Some(1),
             subject_minor: true,
         };
         let missing = ApiError::NotFound { what: "subject", id: subject_id.to_string() };
@@ -130,6 +131,7 @@ pub async fn write(
         action: Action::Write,
         subject: subject_id,
         record: Some((record_id, category)),
+        version: Some(1),
         subject_minor: metadata::subject_minor(boundary, &subject).await,
     };
     let receipt = decide_and_log(boundary, caller, EventKind::Write, &ask).await?;
@@ -145,6 +147,7 @@ pub async fn write(
         version,
         ciphertext: seal_record(boundary, &key, subject_id, &record_id, version, fields)?,
         created_at: time::OffsetDateTime::now_utc(),
+        sealed_with: clover_store::SealedWith::RecordKey,
     };
     drop(key);
     boundary.store().insert_record(&row).await.map_err(|e| match e {
@@ -169,14 +172,15 @@ pub async fn read(
         action: Action::Read,
         subject: &record.subject_id,
         record: Some((*record_id, &record.category)),
+        version: Some(record.version),
         subject_minor: metadata::subject_minor(boundary, &subject).await,
     };
     let receipt = decide_and_log(boundary, caller, EventKind::Access, &ask).await?;
-    let key =
-        sealing::unwrap_key(boundary, &receipt, || ApiError::NotFound { what: "record", id: record_id.to_string() })
-            .await?;
-    let fields = sealing::open_record(boundary, &key, &record)?;
-    drop(key);
+    let fields = sealing::open_record(boundary, &receipt, &record, || ApiError::NotFound {
+        what: "record",
+        id: record_id.to_string(),
+    })
+    .await?;
     let fields = views::view(boundary, caller, &receipt, &record.category, fields).await?;
     Ok((record, fields, receipt))
 }

@@ -48,6 +48,32 @@ pub fn subject_metadata_v2(region: &Region, subject: &SubjectId) -> Vec<u8> {
     encode("clover/subject-metadata/v2", &[region.as_str().as_bytes(), subject.as_str().as_bytes()])
 }
 
+/// What a derived key is bound to (the HKDF info of [`crate::DataKey::derive`]): a record
+/// version's key, bound to region, subject (by the region's keyed hash, as the custodian knows
+/// them), record, version and category; or, with no record, the key of the subject's own
+/// attributes.
+pub fn key_scope(
+    region: &Region,
+    subject_hash: &str,
+    record: Option<&str>,
+    version: Option<u32>,
+    category: Option<&str>,
+) -> Vec<u8> {
+    match record {
+        Some(record) => encode(
+            "clover/record-version-key/v1",
+            &[
+                region.as_str().as_bytes(),
+                subject_hash.as_bytes(),
+                record.as_bytes(),
+                &version.unwrap_or(0).to_be_bytes(),
+                category.unwrap_or_default().as_bytes(),
+            ],
+        ),
+        None => encode("clover/subject-attributes-key/v1", &[region.as_str().as_bytes(), subject_hash.as_bytes()]),
+    }
+}
+
 /// The associated data of a data key wrapped by an earlier version of Clover, which kept it in
 /// the data store.
 pub fn data_key(region: &Region, subject: &SubjectId, kek_version: u32) -> Vec<u8> {

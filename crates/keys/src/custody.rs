@@ -19,11 +19,19 @@ pub trait KeyCustody: Send + Sync {
     fn region(&self) -> &Region;
 
     /// Makes the data key of the receipt's subject, for a logged, permitted write that creates
-    /// the subject.
+    /// the subject; returns the key of what the write is for (see [`KeyCustody::data_key`]).
     async fn create_data_key(&self, receipt: &Receipt) -> Result<DataKey, KeyError>;
 
-    /// The data key of the receipt's subject, for a logged, permitted read or write.
+    /// The key of what a logged, permitted read or write is for: the record version that the
+    /// receipt's annex names (checked against its entry's commitment), or, for a write that
+    /// names no record, the subject's attributes. Each is derived from the subject's key, which
+    /// never leaves the custodian: a receipt for one record opens no other.
     async fn data_key(&self, receipt: &Receipt) -> Result<DataKey, KeyError>;
+
+    /// Re-seals `sealed` (bound to `aad`), which an earlier version of Clover sealed with the
+    /// subject's own key, under the key of the record version the receipt is for, and returns
+    /// that key and the new ciphertext.
+    async fn reseal(&self, receipt: &Receipt, sealed: &[u8], aad: &[u8]) -> Result<(DataKey, Vec<u8>), KeyError>;
 
     /// Destroys the data key of the receipt's subject, for a logged, permitted erasure: every
     /// copy of their ciphertext, backups included, can no longer be opened. Returns whether

@@ -3,6 +3,7 @@
 use std::fmt;
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, NONCE_LEN, Nonce, RandomizedNonceKey};
+use aws_lc_rs::hkdf;
 use zeroize::Zeroizing;
 
 use crate::error::KeyError;
@@ -40,6 +41,25 @@ impl DataKey {
         }
         key.copy_from_slice(bytes);
         Ok(Self { bytes: key })
+    }
+
+    /// The key derived from this one (a subject's key) for `scope` ([`crate::aad::key_scope`]):
+    /// HKDF-SHA256 (RFC 5869) with a fixed salt naming the derivation. One record version's key
+    /// opens that version and nothing else of the subject's; the subject's key, which derives
+    /// them all, stays with the custodian.
+    pub fn derive(&self, scope: &[u8]) -> Result<Self, KeyError> {
+        struct Len32;
+        impl hkdf::KeyType for Len32 {
+            fn len(&self) -> usize {
+                32
+            }
+        }
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"clover/derived-key/v1").extract(self.bytes.as_ref());
+        let info = [scope];
+        let okm = prk.expand(&info, Len32).map_err(|_| KeyError::Crypto("key derivation failed"))?;
+        let mut bytes = Zeroizing::new([0u8; 32]);
+        okm.fill(bytes.as_mut()).map_err(|_| KeyError::Crypto("key derivation failed"))?;
+        Ok(Self { bytes })
     }
 
     /// Encrypts `plaintext` bound to `aad`; returns nonce, ciphertext and tag.
@@ -115,5 +135,30 @@ mod tests {
             *b ^= 1;
         }
         assert!(matches!(key.open(b"here", &flipped), Err(KeyError::Decrypt)));
+    }
+
+    #[test]
+    fn a_derived_key_opens_only_its_scope() {
+        let eu: clover_model::Region = "eu".parse().unwrap();
+        let subject = DataKey::generate().unwrap();
+        let scope = |record: &str, version: u32, category: &str| {
+            crate::aad::key_scope(&eu, "h", Some(record), Some(version), Some(category))
+        };
+        let profile = subject.derive(&scope("r1", 1, "profile")).unwrap();
+        let sealed = profile.seal(b"aad", b"Ana").unwrap();
+        // The same scope derives the same key; any other scope, another one.
+        assert_eq!(
+            subject.derive(&scope("r1", 1, "profile")).unwrap().open(b"aad", &sealed).unwrap().as_slice(),
+            b"Ana"
+        );
+        for other in [scope("r2", 1, "profile"), scope("r1", 2, "profile"), scope("r1", 1, "messages")] {
+            assert!(matches!(subject.derive(&other).unwrap().open(b"aad", &sealed), Err(KeyError::Decrypt)));
+        }
+        assert!(
+            matches!(subject.open(b"aad", &sealed), Err(KeyError::Decrypt)),
+            "the subject key itself does not open it"
+        );
+        let attributes = crate::aad::key_scope(&eu, "h", None, None, None);
+        assert!(matches!(subject.derive(&attributes).unwrap().open(b"aad", &sealed), Err(KeyError::Decrypt)));
     }
 }

@@ -153,7 +153,7 @@ impl Log {
         let entry_hash = leaf_hash(&entry);
         let kept: Arc<[u8]> = entry.as_slice().into();
         let index = self.append_indexed((event.kind, event.annex.clone()), entry, entry_hash).await?;
-        Ok(Receipt { index, entry_hash, entry: kept, purpose: event.purpose.clone(), permit })
+        Ok(Receipt { index, entry_hash, entry: kept, purpose: event.purpose.clone(), permit, annex: None })
     }
 
     /// The latest signed checkpoint note.

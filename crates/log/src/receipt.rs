@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use clover_event::Annex;
 use clover_policy::Permit;
 use clover_tlog::hash::Hash;
 
@@ -14,6 +15,7 @@ pub struct Receipt {
     pub(crate) entry: Arc<[u8]>,
     pub(crate) purpose: Option<String>,
     pub(crate) permit: Permit,
+    pub(crate) annex: Option<Arc<Annex>>,
 }
 
 impl Receipt {
@@ -45,5 +47,19 @@ impl Receipt {
     /// The purpose the logged access declared.
     pub fn purpose(&self) -> Option<&str> {
         self.purpose.as_deref()
+    }
+
+    /// The receipt with the private annex that its entry commits to: what names the record (and
+    /// version) whose key the receipt is for. The custodian checks it against the entry's
+    /// commitment, so an annex that is not the entry's opens nothing.
+    #[must_use]
+    pub fn with_annex(mut self, annex: Annex) -> Self {
+        self.annex = Some(Arc::new(annex));
+        self
+    }
+
+    /// The private annex the entry commits to, when the boundary gave it.
+    pub fn annex(&self) -> Option<&Annex> {
+        self.annex.as_deref()
     }
 }

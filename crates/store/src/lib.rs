@@ -59,6 +59,36 @@ pub struct RecordRow {
     pub ciphertext: Vec<u8>,
     /// When it was written.
     pub created_at: OffsetDateTime,
+    /// Which key sealed it: the record version's own (written by this version of Clover), or
+    /// the subject's whole key (written by an earlier one, until re-sealed).
+    pub sealed_with: SealedWith,
+}
+
+/// Which key sealed a record version.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SealedWith {
+    /// The key of the record version, derived by the custodian from the subject's key: a
+    /// receipt for this record opens it and nothing else.
+    #[default]
+    RecordKey,
+    /// The subject's own key, as earlier versions of Clover sealed every record: re-sealed under
+    /// the record version's key on its next read, or by the migration.
+    SubjectKey,
+}
+
+impl SealedWith {
+    /// The column's value: 1 for the record version's key, 0 for the subject's.
+    pub fn column(self) -> i64 {
+        match self {
+            Self::RecordKey => 1,
+            Self::SubjectKey => 0,
+        }
+    }
+
+    /// The value of the column.
+    pub fn from_column(value: i64) -> Self {
+        if value == 1 { Self::RecordKey } else { Self::SubjectKey }
+    }
 }
 
 /// A request for an approval, and its grant once a second person gives it.
@@ -133,6 +163,19 @@ pub trait Store: Send + Sync + 'static {
 
     /// The record, if it exists.
     async fn record(&self, id: &RecordId) -> Result<Option<RecordRow>, StoreError>;
+
+    /// Replaces a record version sealed with its subject's key (`old`) by the same version
+    /// re-sealed under its own key (`new`); whether it was still `old` (a concurrent re-seal, or
+    /// an erasure, leaves it alone).
+    async fn reseal_record(&self, id: &RecordId, version: u32, old: &[u8], new: &[u8]) -> Result<bool, StoreError>;
+
+    /// Up to `limit` records still sealed with their subject's key, in record id order after
+    /// `after`: what the re-sealing migration works through.
+    async fn records_sealed_with_subject_keys(
+        &self,
+        after: Option<&RecordId>,
+        limit: u32,
+    ) -> Result<Vec<RecordRow>, StoreError>;
 
     /// The record and its subject, if the record exists: what a read needs, in one query.
     async fn record_with_subject(&self, id: &RecordId) -> Result<Option<(RecordRow, SubjectRow)>, StoreError>;

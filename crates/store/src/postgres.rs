@@ -80,6 +80,11 @@ const MIGRATIONS: &[(i64, &str)] = &[
      );
      CREATE INDEX touches_by_principal ON touches(principal, at);",
     ),
+    (
+        4,
+        "ALTER TABLE records ADD COLUMN sealed_with BIGINT NOT NULL DEFAULT 0;
+     CREATE INDEX records_sealed_with_subject_keys ON records(record_id) WHERE sealed_with = 0;",
+    ),
 ];
 
 /// A store in a PostgreSQL database.
@@ -176,6 +181,37 @@ impl Store for PostgresStore {
                 .await
                 .map_err(db("reading a record"))?;
         row.as_ref().map(record_row).transpose()
+    }
+
+    async fn reseal_record(&self, id: &RecordId, version: u32, old: &[u8], new: &[u8]) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE records SET ciphertext = $1, sealed_with = 1
+             WHERE record_id = $2 AND version = $3 AND ciphertext = $4 AND sealed_with = 0",
+        )
+        .bind(new)
+        .bind(id.to_string())
+        .bind(i64::from(version))
+        .bind(old)
+        .execute(&self.pool)
+        .await
+        .map_err(db("re-sealing a record"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn records_sealed_with_subject_keys(
+        &self,
+        after: Option<&RecordId>,
+        limit: u32,
+    ) -> Result<Vec<RecordRow>, StoreError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {RECORD_COLUMNS} FROM records WHERE sealed_with = 0 AND record_id > $1 ORDER BY record_id LIMIT $2"
+        )))
+        .bind(after.map(ToString::to_string).unwrap_or_default())
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("reading records to re-seal"))?;
+        rows.iter().map(record_row).collect()
     }
 
     async fn record_with_subject(&self, id: &RecordId) -> Result<Option<(RecordRow, SubjectRow)>, StoreError> {
@@ -374,8 +410,8 @@ async fn insert_record<'c>(
     row: &RecordRow,
 ) -> Result<(), StoreError> {
     let result = sqlx::query(
-        "INSERT INTO records (record_id, subject_id, category, home_region, version, ciphertext, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        "INSERT INTO records (record_id, subject_id, category, home_region, version, ciphertext, created_at, sealed_with)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
     .bind(row.record_id.to_string())
     .bind(row.subject_id.as_str())
@@ -384,6 +420,7 @@ async fn insert_record<'c>(
     .bind(i64::from(row.version))
     .bind(&row.ciphertext)
     .bind(row.created_at.unix_timestamp())
+    .bind(row.sealed_with.column())
     .execute(executor)
     .await;
     match result {

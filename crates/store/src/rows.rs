@@ -5,10 +5,11 @@ use std::str::FromStr;
 
 use time::OffsetDateTime;
 
-use crate::{ApprovalRow, RecordRow, StoreError, SubjectRow};
+use crate::{ApprovalRow, RecordRow, SealedWith, StoreError, SubjectRow};
 
 pub(crate) const SUBJECT_COLUMNS: &str = "subject_id, home_region, attributes, metadata, created_at";
-pub(crate) const RECORD_COLUMNS: &str = "record_id, subject_id, category, home_region, version, ciphertext, created_at";
+pub(crate) const RECORD_COLUMNS: &str =
+    "record_id, subject_id, category, home_region, version, ciphertext, created_at, sealed_with";
 pub(crate) const APPROVAL_COLUMNS: &str =
     "approval_id, requester, subjects, categories, purpose, requested_at, expires_at, approver, granted_at";
 
@@ -86,12 +87,13 @@ pub(crate) fn record_row(row: &impl Columns) -> Result<RecordRow, StoreError> {
         version: u32::try_from(row.int("version").map_err(get())?).map_err(corrupt("version"))?,
         ciphertext: row.bytes("ciphertext").map_err(get())?,
         created_at: timestamp(row.int("created_at").map_err(get())?)?,
+        sealed_with: SealedWith::from_column(row.int("sealed_with").map_err(get())?),
     })
 }
 
 /// The record and its subject, in one query (the placeholder for the record id at the end).
 pub(crate) const RECORD_WITH_SUBJECT: &str = "SELECT r.record_id, r.subject_id, r.category, r.home_region, \
-     r.version, r.ciphertext, r.created_at, s.home_region AS subject_home_region, s.attributes, s.metadata, \
+     r.version, r.ciphertext, r.created_at, r.sealed_with, s.home_region AS subject_home_region, s.attributes, s.metadata, \
      s.created_at AS subject_created_at FROM records r JOIN subjects s ON s.subject_id = r.subject_id \
      WHERE r.record_id = ";
 

@@ -34,9 +34,11 @@ CREATE TABLE IF NOT EXISTS records (
     home_region TEXT NOT NULL,
     version     INTEGER NOT NULL,
     ciphertext  BLOB NOT NULL,
-    created_at  INTEGER NOT NULL
+    created_at  INTEGER NOT NULL,
+    sealed_with INTEGER NOT NULL DEFAULT 0
 ) STRICT;
 CREATE INDEX IF NOT EXISTS records_by_subject ON records(subject_id);
+CREATE INDEX IF NOT EXISTS records_sealed_with_subject_keys ON records(record_id) WHERE sealed_with = 0;
 CREATE TABLE IF NOT EXISTS approvals (
     approval_id  TEXT PRIMARY KEY NOT NULL,
     requester    TEXT NOT NULL,
@@ -65,9 +67,12 @@ CREATE INDEX IF NOT EXISTS touches_by_principal ON touches(principal, at);
 ";
 
 /// The schema's version, kept in `user_version`.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 /// Changes that bring a database of an older version (the key) to the next one.
+///
+/// Version 4 records which key sealed each record (`sealed_with`): every record written before
+/// it was sealed with its subject's key (0), and is re-sealed under its own.
 ///
 /// Version 3 moved the wrapped data keys out of the data store into the custodian's key store:
 /// the migration sets them aside in `legacy_data_keys`, which the boundary empties into custody
@@ -88,6 +93,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
          PRAGMA user_version = 3;
          COMMIT;",
     ),
+    (3, "ALTER TABLE records ADD COLUMN sealed_with INTEGER NOT NULL DEFAULT 0;"),
 ];
 
 /// A store in one SQLite file.
@@ -198,6 +204,37 @@ impl Store for SqliteStore {
             .await
             .map_err(db("reading a record"))?;
         row.as_ref().map(record_row).transpose()
+    }
+
+    async fn reseal_record(&self, id: &RecordId, version: u32, old: &[u8], new: &[u8]) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE records SET ciphertext = ?, sealed_with = 1
+             WHERE record_id = ? AND version = ? AND ciphertext = ? AND sealed_with = 0",
+        )
+        .bind(new)
+        .bind(id.to_string())
+        .bind(version)
+        .bind(old)
+        .execute(&self.pool)
+        .await
+        .map_err(db("re-sealing a record"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn records_sealed_with_subject_keys(
+        &self,
+        after: Option<&RecordId>,
+        limit: u32,
+    ) -> Result<Vec<RecordRow>, StoreError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {RECORD_COLUMNS} FROM records WHERE sealed_with = 0 AND record_id > ? ORDER BY record_id LIMIT ?"
+        )))
+        .bind(after.map(ToString::to_string).unwrap_or_default())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("reading records to re-seal"))?;
+        rows.iter().map(record_row).collect()
     }
 
     async fn record_with_subject(&self, id: &RecordId) -> Result<Option<(RecordRow, SubjectRow)>, StoreError> {
@@ -446,8 +483,8 @@ async fn insert_record<'c>(
     row: &RecordRow,
 ) -> Result<(), StoreError> {
     let result = sqlx::query(
-        "INSERT INTO records (record_id, subject_id, category, home_region, version, ciphertext, created_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO records (record_id, subject_id, category, home_region, version, ciphertext, created_at, sealed_with)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(row.record_id.to_string())
     .bind(row.subject_id.as_str())
@@ -456,6 +493,7 @@ async fn insert_record<'c>(
     .bind(row.version)
     .bind(&row.ciphertext)
     .bind(row.created_at.unix_timestamp())
+    .bind(row.sealed_with.column())
     .execute(executor)
     .await;
     match result {
@@ -490,6 +528,7 @@ mod tests {
             version: 1,
             ciphertext: vec![9; 40],
             created_at: OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap(),
+            sealed_with: crate::SealedWith::RecordKey,
         }
     }
 

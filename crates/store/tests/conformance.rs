@@ -66,6 +66,7 @@ fn record(subject: &str) -> RecordRow {
         version: 4_000_000_000,
         ciphertext: (0..=255).collect(),
         created_at: at(1_700_000_001),
+        sealed_with: clover_store::SealedWith::RecordKey,
     }
 }
 

@@ -1,8 +1,9 @@
 //! An access to a subject's data key, as the custodian sees it: the logged, allowed access it
 //! checks before it hands a key out, and the journal's record of a key handed out.
 
+use clover_event::{Event, RecordOpening};
 use clover_keys::KeyError;
-use clover_model::Action;
+use clover_model::{Action, Region};
 
 /// A logged, allowed access, as the custodian checks it before handing out a key: from a
 /// [`Receipt`](clover_log::Receipt) made in this process, or from a log entry that a custodian
@@ -19,6 +20,57 @@ pub struct LoggedAccess {
     pub entry_hash: String,
     /// The purpose declared.
     pub purpose: Option<String>,
+    /// Which of the subject's keys the access is for.
+    pub scope: KeyScope,
+}
+
+/// Which key of a subject's an access is for: one record version's (the record and version its
+/// entry's annex names, checked against the entry's commitment, and the entry's category), or,
+/// with no record, the subject's own attributes'. An erasure's is the subject's whole key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyScope {
+    /// The record.
+    pub record: Option<String>,
+    /// Its version.
+    pub version: Option<u32>,
+    /// Its category.
+    pub category: Option<String>,
+}
+
+impl KeyScope {
+    /// What the access's key is bound to ([`clover_keys::aad::key_scope`]).
+    pub(crate) fn info(&self, region: &Region, subject_hash: &str) -> Vec<u8> {
+        clover_keys::aad::key_scope(
+            region,
+            subject_hash,
+            self.record.as_deref(),
+            self.version,
+            self.category.as_deref(),
+        )
+    }
+
+    /// The scope of an access recorded by `event` (its `action`), named by `opening`: checked
+    /// against the entry's annex commitment. A read must name a record version; a write names
+    /// one, or none for the subject's attributes; an erasure needs none.
+    pub(crate) fn of(event: &Event, action: Action, opening: Option<&RecordOpening>) -> Result<Self, String> {
+        if action == Action::Erase {
+            return Ok(Self::default());
+        }
+        let opening = opening.ok_or("the receipt does not name the record it is for")?;
+        let commitment = event.annex.as_deref().ok_or("its entry commits to no annex")?;
+        if !opening.opens(commitment) {
+            return Err("the record it names is not the one its entry commits to".to_owned());
+        }
+        if opening.record.is_some() != opening.version.is_some() || (action == Action::Read && opening.record.is_none())
+        {
+            return Err("it does not name one record version".to_owned());
+        }
+        Ok(Self {
+            record: opening.record.clone(),
+            version: opening.version,
+            category: opening.record.as_ref().and(event.category.clone()),
+        })
+    }
 }
 
 impl LoggedAccess {

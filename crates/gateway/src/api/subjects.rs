@@ -159,7 +159,13 @@ pub async fn put_subject(
         Some(stored) => pipeline::metadata::subject_minor(&boundary, &stored).await,
         None => false,
     };
-    let ask = Ask { action: Action::Write, subject: &subject_id, record: None, subject_minor: minor || stored_minor };
+    let ask = Ask {
+        action: Action::Write,
+        subject: &subject_id,
+        record: None,
+        version: None,
+        subject_minor: minor || stored_minor,
+    };
     let receipt = pipeline::decide_and_log(&boundary, &caller, EventKind::Write, &ask).await?;
     let attributes = serde_json::to_vec(&Attributes { birth_date }).map_err(ApiError::internal)?;
     let sealed_aad = aad::subject(boundary.region(), &subject_id);
@@ -240,12 +246,12 @@ pub async fn erase_subject(
     let subject_id = SubjectId::new(subject_id)?;
     let Some(subject) = pipeline::metadata::find_subject(&boundary, &subject_id).await? else {
         // Decided as if they were registered: one who may not erase learns nothing.
-        let ask = Ask { action: Action::Erase, subject: &subject_id, record: None, subject_minor: true };
+        let ask = Ask { action: Action::Erase, subject: &subject_id, record: None, version: None, subject_minor: true };
         let missing = ApiError::NotFound { what: "subject", id: subject_id.to_string() };
         return Err(pipeline::refuse_or_missing(&boundary, &caller, EventKind::Erasure, &ask, missing).await);
     };
     let minor = pipeline::metadata::subject_minor(&boundary, &subject).await;
-    let ask = Ask { action: Action::Erase, subject: &subject_id, record: None, subject_minor: minor };
+    let ask = Ask { action: Action::Erase, subject: &subject_id, record: None, version: None, subject_minor: minor };
     let receipt = pipeline::decide_and_log(&boundary, &caller, EventKind::Erasure, &ask).await?;
     // The key first: once it is gone, every copy of the subject's ciphertext is unreadable,
     // whatever happens to the rows below.
@@ -330,7 +336,8 @@ pub async fn list_accesses(
         Some(subject) => pipeline::metadata::subject_minor(&boundary, subject).await,
         None => true,
     };
-    let ask = Ask { action: Action::ListAccesses, subject: &subject_id, record: None, subject_minor: minor };
+    let ask =
+        Ask { action: Action::ListAccesses, subject: &subject_id, record: None, version: None, subject_minor: minor };
     let receipt = pipeline::decide_and_log(&boundary, &caller, EventKind::Access, &ask).await?;
     // Format 2 entries through the annexes that name the subject; format 1 entries (written
     // before) through the subject's hash, while the subject is registered.

@@ -91,7 +91,7 @@ impl Boundary {
         permit: Permit,
     ) -> Result<Receipt, AppendError> {
         self.keep_annex(&mut event, Some(&annex)).await?;
-        Ok(self.log.append_permitted(&event, permit).await?)
+        Ok(self.log.append_permitted(&event, permit).await?.with_annex(annex))
     }
 }
 

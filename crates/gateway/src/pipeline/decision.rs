@@ -30,6 +30,9 @@ pub struct Ask<'a> {
     pub subject: &'a SubjectId,
     /// The record and its category, for record reads and writes.
     pub record: Option<(RecordId, &'a Category)>,
+    /// The record's version read or written: with the record, what the custodian derives the
+    /// key for (the entry's annex names both).
+    pub version: Option<u32>,
     /// Whether the subject is a minor (unknown counts as a minor).
     pub subject_minor: bool,
 }

@@ -104,7 +104,8 @@ pub(crate) async fn log(
     let entry = event(boundary, caller, kind, ask, tag, &verdict);
     let record = ask.record.map(|(id, _)| id.to_string());
     let annex =
-        annex(Some(&caller.principal), caller.justification.as_deref(), None, record.as_deref(), Some(ask.subject))?;
+        annex(Some(&caller.principal), caller.justification.as_deref(), None, record.as_deref(), Some(ask.subject))?
+            .with_version(ask.version);
     match verdict {
         Verdict::Allowed(permit) => {
             let receipt = boundary.append_permitted_annexed(entry, annex, permit).await?;

@@ -11,7 +11,7 @@ use clover_keys::{DataKey, aad};
 use clover_model::{RecordId, SubjectId};
 use serde_json::{Value, json};
 
-use crate::harness::{DUBLIN, SINGAPORE, TestApp, files, problem};
+use crate::harness::{DUBLIN, SINGAPORE, TestApp, files, opening_of, problem};
 
 struct Remote {
     app: TestApp,
@@ -53,9 +53,12 @@ impl Remote {
     /// Presents the entry at `index` as a receipt for `subject`'s key.
     async fn call_for(&self, subject: &str, op: &str, index: u64, entry: &[u8]) -> reqwest::Response {
         let subject_hash = self.app.boundary.subject_hash(&subject.parse().unwrap());
+        let opening = opening_of(&self.app.boundary, entry).await;
         self.http
             .post(format!("{}/v1/data-keys/{op}", self.url))
-            .json(&json!({"index": index, "entry": B64.encode(entry), "subject_hash": subject_hash}))
+            .json(
+                &json!({"index": index, "entry": B64.encode(entry), "subject_hash": subject_hash, "opening": opening}),
+            )
             .send()
             .await
             .unwrap()
@@ -191,24 +194,26 @@ async fn the_custodian_refuses_a_log_inconsistent_with_what_it_verified_before()
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("log-state");
     let subject_hash = app.boundary.subject_hash(&"u-1".parse().unwrap());
+    let opening = opening_of(&app.boundary, &entry).await;
+    let opening = opening.as_ref();
     let verifier = |state: &std::path::Path| {
         LogVerifier::new(&app.url(""), app.boundary.log_vkey().clone()).with_state(state.to_owned()).unwrap()
     };
 
     // An earlier checkpoint it verified: the log grew from it consistently; the state moves on.
     std::fs::write(&state, format!("{} {}\n", early.size, early.root.to_base64())).unwrap();
-    assert!(verifier(&state).check(index, &entry, &subject_hash).await.is_ok());
+    assert!(verifier(&state).check(index, &entry, &subject_hash, opening).await.is_ok());
     let kept = std::fs::read_to_string(&state).unwrap();
     assert_ne!(kept, format!("{} {}\n", early.size, early.root.to_base64()));
 
     // A different root at that size (what it would have seen of a fork): refused.
     let forked = clover_tlog::hash::leaf_hash(b"another history").to_base64();
     std::fs::write(&state, format!("{} {forked}\n", early.size)).unwrap();
-    let refused = verifier(&state).check(index, &entry, &subject_hash).await;
+    let refused = verifier(&state).check(index, &entry, &subject_hash, opening).await;
     assert!(matches!(refused, Err(clover_custodian::ReceiptError::Inconsistent { .. })), "{refused:?}");
     // A larger log than the one now shown (a shrink): refused.
     std::fs::write(&state, format!("{} {forked}\n", early.size + 1000)).unwrap();
-    assert!(verifier(&state).check(index, &entry, &subject_hash).await.is_err());
+    assert!(verifier(&state).check(index, &entry, &subject_hash, opening).await.is_err());
 }
 
 /// Receipts checked at once fetch their proofs at once: the proof against the older checkpoint
@@ -273,9 +278,13 @@ async fn the_custodian_accepts_an_older_checkpoint_that_the_one_it_verified_exte
 
     let verifier = LogVerifier::new(&proxy_url, app.boundary.log_vkey().clone());
     let subject_hash = app.boundary.subject_hash(&"u-1".parse().unwrap());
-    let (newer_access, _) = verifier.check(newer_index, &newer_entry, &subject_hash).await.unwrap();
+    let opening = opening_of(&app.boundary, &entry).await;
+    let opening = opening.as_ref();
+    let newer_opening = opening_of(&app.boundary, &newer_entry).await;
+    let (newer_access, _) =
+        verifier.check(newer_index, &newer_entry, &subject_hash, newer_opening.as_ref()).await.unwrap();
     assert_eq!(newer_access.log_index, newer_index);
-    let older = verifier.check(index, &entry, &subject_hash).await;
+    let older = verifier.check(index, &entry, &subject_hash, opening).await;
     assert!(older.is_ok(), "an older checkpoint that the verified one extends: {older:?} (stale size {stale_size})");
 
     // The same stale answer to a verifier that remembers another history at a larger size: the
@@ -286,7 +295,7 @@ async fn the_custodian_accepts_an_older_checkpoint_that_the_one_it_verified_exte
     std::fs::write(&state, format!("{} {forked}\n", stale_size + 2)).unwrap();
     let forked_verifier =
         LogVerifier::new(&proxy_url, app.boundary.log_vkey().clone()).with_state(state.clone()).unwrap();
-    let refused = forked_verifier.check(index, &entry, &subject_hash).await;
+    let refused = forked_verifier.check(index, &entry, &subject_hash, opening).await;
     assert!(matches!(refused, Err(clover_custodian::ReceiptError::Inconsistent { .. })), "{refused:?}");
 }
 
@@ -313,4 +322,57 @@ async fn the_custodian_answers_facts_about_a_subject_never_their_metadata() {
     assert_eq!(open.status(), 404, "no route opens metadata any more");
     // The boundary decides with the fact: a minor's data is not read for analytics.
     assert!(app.boundary.custody().subject_facts(&"u-1".parse().unwrap(), &metadata).await.unwrap().minor);
+}
+
+/// A custodian in its own process hands out the key of the record version the receipt's annex
+/// names, checked against the entry's commitment: a read of a subject's profile does not open
+/// their messages, whatever record the boundary claims the entry is for.
+#[tokio::test]
+async fn a_read_of_one_record_opens_no_other_record_of_the_subject() {
+    let remote = start().await;
+    let app = &remote.app;
+    let profile = app.seed("u-1", json!({"name": "Ana"})).await;
+    let messages = app.post_record("u-1", "messages", json!({"text": "see you at eight"})).await;
+    let messages = messages.json::<Value>().await.unwrap()["record_id"].as_str().unwrap().to_owned();
+    let read: Value = app.get_record(DUBLIN, &profile).await.json().await.unwrap();
+    let index = read["log_index"].as_u64().unwrap();
+    let entry = remote.entry(index).await;
+    let subject_hash = app.boundary.subject_hash(&"u-1".parse().unwrap());
+    let opening = opening_of(&app.boundary, &entry).await.unwrap();
+    let ask = |opening: Value| {
+        remote
+            .http
+            .post(format!("{}/v1/data-keys/fetch", remote.url))
+            .json(
+                &json!({"index": index, "entry": B64.encode(&entry), "subject_hash": subject_hash, "opening": opening}),
+            )
+            .send()
+    };
+
+    // The opening rewritten to name the messages record, or another version, or left out.
+    let mut other_record = serde_json::to_value(&opening).unwrap();
+    other_record["record"] = json!(messages);
+    let mut other_version = serde_json::to_value(&opening).unwrap();
+    other_version["version"] = json!(2);
+    for (forged, why) in [
+        (other_record, "not the one its entry commits to"),
+        (other_version, "not the one its entry commits to"),
+        (Value::Null, "does not name the record"),
+    ] {
+        let refused = ask(forged).await.unwrap();
+        assert_eq!(refused.status(), 403);
+        let body: Value = refused.json().await.unwrap();
+        assert!(body["error"].as_str().unwrap().contains(why), "{body}");
+    }
+
+    // The true opening: the profile's key, which opens the profile and not the messages.
+    let answer: Value = ask(serde_json::to_value(&opening).unwrap()).await.unwrap().json().await.unwrap();
+    let key = DataKey::from_slice(&B64.decode(answer["key"].as_str().unwrap()).unwrap()).unwrap();
+    let subject: SubjectId = "u-1".parse().unwrap();
+    let region = app.boundary.region();
+    let open = |record: &str, ciphertext: &[u8]| {
+        key.open(&aad::record(region, &subject, &record.parse::<RecordId>().unwrap(), 1), ciphertext).is_ok()
+    };
+    assert!(open(&profile, &app.ciphertext(&profile).await));
+    assert!(!open(&messages, &app.ciphertext(&messages).await));
 }

@@ -80,7 +80,8 @@ async fn ciphertext_taken_to_another_region_fails_to_open() {
     let subject: SubjectId = "u-1".parse().unwrap();
     let record_id: RecordId = record.parse().unwrap();
     let ciphertext = app.ciphertext(&record).await;
-    let key = app.boundary.custody().data_key(&app.receipt(&subject).await).await.unwrap();
+    let key =
+        app.boundary.custody().data_key(&app.record_receipt(&subject, &record_id, "profile").await).await.unwrap();
 
     let eu = app.boundary.region().clone();
     let opened = key.open(&aad::record(&eu, &subject, &record_id, 1), &ciphertext).unwrap();

@@ -8,7 +8,7 @@ use clover_event::{Event, EventKind};
 use clover_gateway::identity::{Claims, DevIssuer};
 use clover_gateway::{Boundary, Config, DataDir};
 use clover_log::Receipt;
-use clover_model::{Action, PrincipalKind, SubjectId};
+use clover_model::{Action, PrincipalKind, RecordId, SubjectId};
 use clover_policy::pack::{PackPrincipal, PackRequest, PackResource, PolicyPack};
 use clover_policy::{Permit, Verdict};
 use serde_json::Value;
@@ -265,6 +265,16 @@ impl TestApp {
 
     /// A receipt for an in-region access to `subject`, logged like the gateway logs one.
     pub async fn receipt(&self, subject: &SubjectId) -> Receipt {
+        self.record_receipt(subject, &RecordId::random(), "profile").await
+    }
+
+    /// A receipt for reading version 1 of `record` (of `category`) of `subject`, its annex naming
+    /// the record as the boundary's do.
+    pub async fn record_receipt(&self, subject: &SubjectId, record: &RecordId, category: &str) -> Receipt {
+        let record = record.to_string();
+        let annex = clover_event::Annex::new(None, None, None, Some(&record), Some(subject.as_str()))
+            .unwrap()
+            .with_version(Some(1));
         let event = Event {
             v: clover_event::EVENT_VERSION,
             kind: EventKind::Access,
@@ -273,13 +283,13 @@ impl TestApp {
             origin: None,
             action: Some("read".into()),
             subject: Some(clover_event::SubjectTag::random().unwrap()),
-            category: None,
+            category: Some(category.into()),
             decision: None,
             purpose: Some("test".into()),
-            annex: None,
+            annex: Some(annex.commitment()),
             detail: None,
         };
-        self.boundary.log().append_permitted(&event, self.permit(subject)).await.unwrap()
+        self.boundary.log().append_permitted(&event, self.permit(subject)).await.unwrap().with_annex(annex)
     }
 
     /// Stops the server, waiting for requests in flight; hands back the directory.
@@ -409,4 +419,12 @@ pub async fn annex_of(boundary: &clover_gateway::Boundary, entry: &Value) -> clo
     let annex = boundary.store().annex(commitment).await.unwrap().unwrap_or_else(|| panic!("no annex kept: {entry}"));
     assert_eq!(annex.commitment(), commitment, "the annex matches its entry");
     annex
+}
+
+/// The opening of the annex of the entry at `index` to its record version: what the boundary
+/// sends its custodian with a receipt.
+pub async fn opening_of(boundary: &clover_gateway::Boundary, entry: &[u8]) -> Option<clover_event::RecordOpening> {
+    let entry: Value = serde_json::from_slice(entry).ok()?;
+    entry["annex"].as_str()?;
+    annex_of(boundary, &entry).await.record_opening()
 }

@@ -17,6 +17,7 @@ mod origins;
 mod policy;
 mod postgres;
 mod public_log;
+mod record_keys;
 mod service;
 mod split_view;
 mod subjects_and_records;

@@ -24,7 +24,7 @@ use clover_tlog::note::{Note, SigningKey, TYPE_COSIGNATURE, VerifierKey};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::harness::{DUBLIN, TestApp};
+use crate::harness::{DUBLIN, TestApp, opening_of};
 
 /// Serves `app`'s boundary a witness and a custodian in their own tasks, the boundary keeping
 /// its keys at that custodian, and the custodian demanding that witness's cosignature.
@@ -106,10 +106,11 @@ async fn custodian_at(setup: &Setup, log_url: &str, quorum: WitnessQuorum) -> St
 
 async fn fetch(setup: &Setup, custodian: &str, index: u64, entry: &[u8]) -> reqwest::Response {
     let subject_hash = setup.app.boundary.subject_hash(&"u-1".parse().unwrap());
+    let opening = opening_of(&setup.app.boundary, entry).await;
     setup
         .http
         .post(format!("{custodian}/v1/data-keys/fetch"))
-        .json(&json!({"index": index, "entry": B64.encode(entry), "subject_hash": subject_hash}))
+        .json(&json!({"index": index, "entry": B64.encode(entry), "subject_hash": subject_hash, "opening": opening}))
         .send()
         .await
         .unwrap()

@@ -1,0 +1,109 @@
+//! One logged read opens one record: the custodian hands out the key of the record version the
+//! receipt's entry names (derived from the subject's key, which never leaves it), so a receipt
+//! for a subject's profile does not open their messages. Records sealed by an earlier version
+//! with the subject's whole key are re-sealed under their own key on their first read.
+
+use clover_keys::{DataKey, KeyError, aad};
+use clover_model::{RecordId, SubjectId};
+use clover_store::SealedWith;
+use serde_json::{Value, json};
+use sqlx::Row;
+
+use crate::harness::{DUBLIN, TestApp};
+
+/// Subject `u-1` with a profile record and a messages record; their ids.
+async fn two_records(app: &TestApp) -> (RecordId, RecordId) {
+    let profile = app.seed("u-1", json!({"name": "Ana"})).await;
+    let messages = app.post_record("u-1", "messages", json!({"text": "see you at eight"})).await;
+    assert_eq!(messages.status(), 201);
+    let messages = messages.json::<Value>().await.unwrap()["record_id"].as_str().unwrap().to_owned();
+    (profile.parse().unwrap(), messages.parse().unwrap())
+}
+
+#[tokio::test]
+async fn a_receipt_for_one_record_opens_that_record_and_no_other() {
+    let app = TestApp::start().await;
+    let (profile, messages) = two_records(&app).await;
+    let subject: SubjectId = "u-1".parse().unwrap();
+    let region = app.boundary.region().clone();
+    let profile_key = app.boundary.custody().data_key(&app.record_receipt(&subject, &profile, "profile").await).await;
+    let profile_key = profile_key.unwrap();
+    let opened =
+        profile_key.open(&aad::record(&region, &subject, &profile, 1), &app.ciphertext(&profile.to_string()).await);
+    assert_eq!(serde_json::from_slice::<Value>(&opened.unwrap()).unwrap(), json!({"name": "Ana"}));
+    // The profile's key does not open the messages record, under any binding.
+    let messages_ciphertext = app.ciphertext(&messages.to_string()).await;
+    for version in [1, 2] {
+        assert!(profile_key.open(&aad::record(&region, &subject, &messages, version), &messages_ciphertext).is_err());
+    }
+    // A receipt naming the messages record under the wrong category derives another key.
+    let wrong = app.boundary.custody().data_key(&app.record_receipt(&subject, &messages, "profile").await).await;
+    assert!(wrong.unwrap().open(&aad::record(&region, &subject, &messages, 1), &messages_ciphertext).is_err());
+    // A receipt that names no record (its annex not given) opens nothing.
+    let mut bare = app.record_receipt(&subject, &messages, "messages").await;
+    bare = strip_annex(bare);
+    assert!(matches!(app.boundary.custody().data_key(&bare).await, Err(KeyError::Receipt(_))));
+    // Reads through the API go on working, with the record's own key.
+    let read = app.get_record(DUBLIN, &profile.to_string()).await;
+    assert_eq!(read.status(), 200);
+}
+
+/// A receipt with the annex of another entry: the log's receipt, rebuilt without its annex.
+fn strip_annex(receipt: clover_log::Receipt) -> clover_log::Receipt {
+    let other = clover_event::Annex::new(None, None, None, Some("another"), Some("u-1")).unwrap().with_version(Some(1));
+    receipt.with_annex(other)
+}
+
+/// The subject's own key, as an earlier version of Clover sealed records with it: read from the
+/// embedded custodian's key store and unwrapped with the region's KEK (what only a test, with
+/// the custodian's files, can do).
+async fn subject_key(app: &TestApp, subject: &SubjectId) -> DataKey {
+    let hash = app.boundary.subject_hash(subject);
+    let path = app.data_dir().join("custody").join("keys.db");
+    let pool = sqlx::SqlitePool::connect_with(sqlx::sqlite::SqliteConnectOptions::new().filename(&path)).await.unwrap();
+    let row = sqlx::query("SELECT kek_version, wrapped FROM data_keys WHERE subject = ?")
+        .bind(&hash)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let version: i64 = row.get("kek_version");
+    let wrapped: Vec<u8> = row.get("wrapped");
+    pool.close().await;
+    let version = u32::try_from(version).unwrap();
+    let kek = app.boundary.custodian().unwrap().kek();
+    let plain = kek.decrypt(version, &aad::data_key_by_hash(app.boundary.region(), &hash, version), &wrapped).unwrap();
+    DataKey::from_slice(&plain).unwrap()
+}
+
+#[tokio::test]
+async fn a_record_sealed_with_its_subjects_key_is_resealed_under_its_own_on_first_read() {
+    let app = TestApp::start().await;
+    let record: RecordId = app.seed("u-1", json!({"name": "Ana"})).await.parse().unwrap();
+    let subject: SubjectId = "u-1".parse().unwrap();
+    let region = app.boundary.region().clone();
+    let binding = aad::record(&region, &subject, &record, 1);
+    // What an earlier version wrote: the fields sealed with the subject's own key.
+    let subject_key = subject_key(&app, &subject).await;
+    let legacy = subject_key.seal(&binding, br#"{"name":"Ana (legacy)"}"#).unwrap();
+    let store = app.boundary.store();
+    app.tamper(
+        "UPDATE records SET ciphertext = ?, sealed_with = 0 WHERE record_id = ?",
+        Some(&legacy),
+        &record.to_string(),
+    )
+    .await;
+    assert_eq!(store.records_sealed_with_subject_keys(None, 10).await.unwrap().len(), 1);
+
+    // Read through the API: the custodian re-seals it, and the read answers the fields.
+    let read = app.get_record(DUBLIN, &record.to_string()).await;
+    assert_eq!(read.status(), 200);
+    assert_eq!(read.json::<Value>().await.unwrap()["fields"]["name"], "Ana (legacy)");
+    let now = store.record(&record).await.unwrap().unwrap();
+    assert_eq!(now.sealed_with, SealedWith::RecordKey);
+    assert_ne!(now.ciphertext, legacy);
+    assert!(subject_key.open(&binding, &now.ciphertext).is_err(), "the subject's key no longer opens it");
+    assert!(store.records_sealed_with_subject_keys(None, 10).await.unwrap().is_empty());
+    // And it reads again, under its own key.
+    let again = app.get_record(DUBLIN, &record.to_string()).await;
+    assert_eq!(again.json::<Value>().await.unwrap()["fields"]["name"], "Ana (legacy)");
+}
