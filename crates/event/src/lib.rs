@@ -397,7 +397,7 @@ impl SubjectTagKey {
 }
 
 /// The private part of a format 2 entry: who asked, about which record and subject, with what
-/// justification. Kept in the region's store, never served publicly; the public entry carries
+/// justification, and under which approval. Kept in the region's store, never served publicly; the public entry carries
 /// its [`Annex::commitment`], so that a region auditor given the annex can check it.
 ///
 /// Each field is committed to separately (a salted digest), so that an erasure can remove the
@@ -424,6 +424,12 @@ pub struct Annex {
     /// their commitment is unchanged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<u32>,
+    /// The approval the decision relied on (its id), or its digest once unlinked: present
+    /// only in the annex of an access decided with an approval. Absent from the encoding (and
+    /// from the commitment) otherwise, so that annexes written before it existed, and every
+    /// annex without one, keep their bytes and their commitment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<AnnexField>,
 }
 
 /// What opens an annex's record and version to the custodian, and nothing else: the salt, the
@@ -439,8 +445,11 @@ pub struct RecordOpening {
     pub record: Option<String>,
     /// The record's version.
     pub version: Option<u32>,
+    /// Whether the annex names an approval (whose digest, last, the custodian need not know).
+    #[serde(default)]
+    pub approval: bool,
     /// The annex's field digests in commitment order (principal, justification, note, record,
-    /// subject, then version when there is one), hex.
+    /// subject, then the version's and the approval's when there are), hex.
     pub digests: Vec<String>,
 }
 
@@ -449,8 +458,8 @@ impl RecordOpening {
     /// the version's digests, recomputed from the salt, are at their places in the digests,
     /// and the digests hash to the commitment.
     pub fn opens(&self, commitment: &str) -> bool {
-        let expected_len = if self.version.is_some() { 6 } else { 5 };
-        if self.digests.len() != expected_len {
+        // Five fields, the version's when there is one, then the approval's when there is one.
+        if self.digests.len() != 5 + usize::from(self.version.is_some()) + usize::from(self.approval) {
             return false;
         }
         let record = field_digest(&self.salt, "record", self.record.as_deref());
@@ -517,6 +526,7 @@ impl Annex {
             record: AnnexField::Clear(record.map(ToOwned::to_owned)),
             subject: AnnexField::Clear(subject.map(ToOwned::to_owned)),
             version: None,
+            approval: None,
         })
     }
 
@@ -525,6 +535,15 @@ impl Annex {
     pub fn with_version(mut self, version: Option<u32>) -> Self {
         self.version = version;
         self
+    }
+
+    /// The annex naming `approval`, the approval the decision relied on (none: unchanged).
+    #[must_use]
+    pub fn with_approval(self, approval: Option<&str>) -> Self {
+        match approval {
+            Some(id) => Self { approval: Some(AnnexField::Clear(Some(id.to_owned()))), ..self },
+            None => self,
+        }
     }
 
     fn digest_of(&self, name: &str, field: &AnnexField) -> String {
@@ -536,8 +555,8 @@ impl Annex {
 
     /// The field digests the commitment hashes, in order: principal, justification, note,
     /// record, subject (each SHA-256("clover/annex-field/v2\n" || salt || name || "\n" || (0x00
-    /// for none, or 0x01 || value)), hex), then the version's (its decimal digits), only when
-    /// there is one.
+    /// for none, or 0x01 || value)), hex), then the version's (its decimal digits) and the
+    /// approval's, each only when there is one.
     fn digests(&self) -> Vec<String> {
         let mut digests = vec![
             field_digest(&self.salt, "principal", self.principal.as_deref()),
@@ -549,12 +568,16 @@ impl Annex {
         if let Some(version) = self.version {
             digests.push(field_digest(&self.salt, "version", Some(&version.to_string())));
         }
+        if let Some(approval) = &self.approval {
+            digests.push(self.digest_of("approval", approval));
+        }
         digests
     }
 
     /// The commitment in the public entry: SHA-256("clover/annex/v2\n" || the field digests
-    /// (principal, justification, note, record, subject, then version when there is one), each
-    /// hex and followed by "\n"), hex.
+    /// (principal, justification, note, record, subject, then the version's and the approval's
+    /// when there are), each hex and followed by "\n"), hex. Every digest is 64 hex digits, so
+    /// annexes with different fields never commit to the same bytes.
     pub fn commitment(&self) -> String {
         commitment_of(&self.digests())
     }
@@ -567,17 +590,20 @@ impl Annex {
             salt: self.salt.clone(),
             record: record.clone(),
             version: self.version,
+            approval: self.approval.is_some(),
             digests: self.digests(),
         })
     }
 
-    /// The annex with its record and subject replaced by their digests: what is kept after the
-    /// subject's erasure. Its commitment is unchanged.
+    /// The annex with its record, subject and approval replaced by their digests: what is
+    /// kept after the subject's erasure (an approval's row names the subjects it covers, so its
+    /// id would lead back to them). Its commitment is unchanged.
     #[must_use]
     pub fn unlinked(&self) -> Self {
         Self {
             record: AnnexField::Unlinked(self.digest_of("record", &self.record)),
             subject: AnnexField::Unlinked(self.digest_of("subject", &self.subject)),
+            approval: self.approval.as_ref().map(|approval| AnnexField::Unlinked(self.digest_of("approval", approval))),
             ..self.clone()
         }
     }
@@ -735,5 +761,43 @@ mod tests {
         assert!(plain.record_opening().unwrap().opens(&plain.commitment()));
         // Once unlinked by an erasure, it opens to no record.
         assert!(annex.unlinked().record_opening().is_none());
+    }
+
+    #[test]
+    fn an_approval_in_an_annex_is_committed_to_and_unlinked() {
+        let annex = Annex::new(Some("ana"), None, None, Some("rec"), Some("u-1")).unwrap();
+        // No approval: the encoding and the commitment are those of an annex written before
+        // the field existed.
+        let text = String::from_utf8(annex.encode()).unwrap();
+        assert!(!text.contains("approval"), "{text}");
+        assert_eq!(annex.clone().with_approval(None), annex);
+        let mut before = annex.clone();
+        before.approval = None;
+        assert_eq!(before.commitment(), annex.commitment());
+        // An approval: committed to, kept in the encoding, unlinked with the subject.
+        let approved = annex.clone().with_approval(Some("a-1"));
+        assert_ne!(approved.commitment(), annex.commitment());
+        assert_eq!(Annex::decode(&approved.encode()).unwrap(), approved);
+        let mut other = approved.clone();
+        other.approval = Some(AnnexField::Clear(Some("a-2".into())));
+        assert_ne!(other.commitment(), approved.commitment());
+        let unlinked = approved.unlinked();
+        assert_eq!(unlinked.commitment(), approved.commitment());
+        assert!(matches!(unlinked.approval, Some(AnnexField::Unlinked(_))));
+        assert!(!String::from_utf8(unlinked.encode()).unwrap().contains("a-1"));
+        // An annex as written before the field existed decodes, encodes to the same bytes and
+        // commits as docs/log.md says (these digests computed apart from this code, by the
+        // documented rule); with an approval, the rule adds its digest last.
+        let old = format!(
+            r#"{{"salt":"{}","principal":"ana","justification":null,"note":null,"record":{{"clear":"rec"}},"subject":{{"clear":"u-1"}}}}"#,
+            "ab".repeat(32)
+        );
+        let decoded = Annex::decode(old.as_bytes()).unwrap();
+        assert_eq!(decoded.encode(), old.as_bytes());
+        assert_eq!(decoded.commitment(), "3f55c7bad828ecd9a3b8d191112c4f9f025808c9a129f6915123a29755899421");
+        assert_eq!(
+            decoded.with_approval(Some("a-1")).commitment(),
+            "6ad4df4991586f59e1c9adafbc2f6d31581f5d5b4a51ab89bface92989b962dd"
+        );
     }
 }

@@ -2,6 +2,7 @@
 //! pipeline and the API use them. Its start-up wiring ([`Boundary::open`]) is in `open.rs`
 //! beside this file; [`crate::serve`] serves it.
 
+pub(crate) mod approvals;
 pub(crate) mod entries;
 pub(crate) mod open;
 
@@ -37,6 +38,8 @@ pub struct Boundary {
     pack: std::sync::RwLock<Arc<PolicyPack>>,
     tls: Option<Arc<clover_tls::ServerTls>>,
     refusals: crate::refusals::Refusals,
+    /// Approvals whose grant was found in the log (`approvals.rs`).
+    verified_grants: approvals::VerifiedGrants,
 }
 
 impl std::fmt::Debug for Boundary {

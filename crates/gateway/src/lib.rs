@@ -28,6 +28,7 @@ pub mod report;
 pub mod witnesses;
 
 pub use api::serve;
+pub use boundary::approvals::{grant_detail, scope_digest};
 pub use boundary::open::{OpenError, checkpoint_vkey};
 pub use boundary::{Boundary, ReloadError, watch_policies};
 pub use config::Config;

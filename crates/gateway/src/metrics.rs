@@ -13,7 +13,13 @@
 //!   `clover_tls_certificate_expiry_timestamp_seconds`: when the served certificate expires
 //!   (both from `clover_tls`);
 //! - `clover_refusals_limited_total`: requests that would have been refused but were answered
-//!   429 past the refusal limit (`[policy] refusal_limit`), not logged one by one.
+//!   429 past the refusal limit (`[policy] refusal_limit`), not logged one by one;
+//! - `clover_approvals_refused_total{reason}`: granted approvals in the store that a decision did
+//!   not count because the log does not hold their grant as the store has it: `not-logged` (no
+//!   grant entry: granted outside the boundary), `mismatch` (the entry is not this approval's
+//!   grant of this scope: the store was changed), `beyond-log` (an entry this gateway has not
+//!   seen), `unreadable` (the log could not be read). Any `not-logged` or `mismatch` means the
+//!   store was changed outside the boundary.
 
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -29,6 +35,8 @@ use crate::report::Chain;
 const REQUESTS: &str = "clover_http_requests_total";
 /// Refusals answered 429 past the refusal limit.
 pub const REFUSALS_LIMITED: &str = "clover_refusals_limited_total";
+/// Granted approvals not counted because the log does not hold their grant as the store has it.
+pub const APPROVALS_REFUSED: &str = "clover_approvals_refused_total";
 const DURATION: &str = "clover_http_request_duration_seconds";
 const BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
 
@@ -48,6 +56,10 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
                     metrics::describe_counter!(
                         REFUSALS_LIMITED,
                         "Refusals answered 429 past the refusal limit, not logged one by one"
+                    );
+                    metrics::describe_counter!(
+                        APPROVALS_REFUSED,
+                        "Granted approvals not counted: the log does not hold their grant as the store has it"
                     );
                     metrics::describe_histogram!(DURATION, metrics::Unit::Seconds, "HTTP request latency");
                     Some(handle)

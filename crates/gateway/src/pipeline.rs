@@ -52,7 +52,7 @@ pub async fn decide_and_log(
     let facts = decision::facts(boundary, caller, ask).await;
     let verdict = decision::decide(boundary, caller, ask, &facts);
     decision::count_read(boundary, caller, ask, &facts, &verdict).await;
-    events::log(boundary, caller, kind, ask, verdict).await
+    events::log(boundary, caller, kind, ask, verdict, facts.approval.as_deref()).await
 }
 
 /// For a subject that does not exist: decides `ask` as if they did (with what is unknown taken
@@ -68,10 +68,12 @@ pub(crate) async fn refuse_or_missing(
 ) -> ApiError {
     let facts = decision::facts(boundary, caller, ask).await;
     match decision::decide(boundary, caller, ask, &facts) {
-        verdict @ clover_policy::Verdict::Denied(_) => match events::log(boundary, caller, kind, ask, verdict).await {
-            Err(refused) => refused,
-            Ok(_) => missing,
-        },
+        verdict @ clover_policy::Verdict::Denied(_) => {
+            match events::log(boundary, caller, kind, ask, verdict, facts.approval.as_deref()).await {
+                Err(refused) => refused,
+                Ok(_) => missing,
+            }
+        }
         clover_policy::Verdict::Allowed(_) => missing,
     }
 }

@@ -112,6 +112,13 @@ pub struct ApprovalRow {
     pub approver: Option<PrincipalId>,
     /// When it was granted.
     pub granted_at: Option<OffsetDateTime>,
+    /// 32 random bytes (hex), made with the request: the salt of the digest of the approval's
+    /// scope that its grant's log entry carries, so that the public digest tells no one which
+    /// subjects it covers. Empty for a request stored before the grant was logged this way.
+    pub scope_salt: String,
+    /// The index of the log entry of the grant, once granted: where the boundary checks, before
+    /// it counts the approval, that the log knows this grant of this scope.
+    pub grant_index: Option<u64>,
 }
 
 /// What an erasure removed.
@@ -229,14 +236,15 @@ pub trait Store: Send + Sync + 'static {
     /// The approval, if it exists.
     async fn approval(&self, id: &str) -> Result<Option<ApprovalRow>, StoreError>;
 
-    /// Grants a pending, unexpired request at `now`, until `expires_at`. Returns `false`,
-    /// changing nothing, if it is not pending or has expired.
+    /// Grants a pending, unexpired request at `now`, until `expires_at`, as logged at
+    /// `grant_index`. Returns `false`, changing nothing, if it is not pending or has expired.
     async fn grant_approval(
         &self,
         id: &str,
         approver: &PrincipalId,
         now: OffsetDateTime,
         expires_at: OffsetDateTime,
+        grant_index: u64,
     ) -> Result<bool, StoreError>;
 
     /// The granted approvals of `requester` that have not expired at `now`.

@@ -82,6 +82,11 @@ const MIGRATIONS: &[(i64, &str)] = &[
     ),
     (
         4,
+        "ALTER TABLE approvals ADD COLUMN scope_salt TEXT NOT NULL DEFAULT '';
+     ALTER TABLE approvals ADD COLUMN grant_index BIGINT;",
+    ),
+    (
+        5,
         "ALTER TABLE records ADD COLUMN sealed_with BIGINT NOT NULL DEFAULT 0;
      CREATE INDEX records_sealed_with_subject_keys ON records(record_id) WHERE sealed_with = 0;",
     ),
@@ -338,8 +343,8 @@ impl Store for PostgresStore {
 
     async fn insert_approval(&self, row: &ApprovalRow) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO approvals (approval_id, requester, subjects, categories, purpose, requested_at, expires_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO approvals (approval_id, requester, subjects, categories, purpose, requested_at, expires_at,
+             scope_salt) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(&row.approval_id)
         .bind(row.requester.as_str())
@@ -348,6 +353,7 @@ impl Store for PostgresStore {
         .bind(&row.purpose)
         .bind(row.requested_at.unix_timestamp())
         .bind(row.expires_at.unix_timestamp())
+        .bind(&row.scope_salt)
         .execute(&self.pool)
         .await
         .map_err(db("storing an approval request"))?;
@@ -371,14 +377,17 @@ impl Store for PostgresStore {
         approver: &PrincipalId,
         now: OffsetDateTime,
         expires_at: OffsetDateTime,
+        grant_index: u64,
     ) -> Result<bool, StoreError> {
+        let grant_index = i64::try_from(grant_index).map_err(corrupt("grant_index"))?;
         let done = sqlx::query(
-            "UPDATE approvals SET approver = $1, granted_at = $2, expires_at = $3
-             WHERE approval_id = $4 AND approver IS NULL AND expires_at > $5",
+            "UPDATE approvals SET approver = $1, granted_at = $2, expires_at = $3, grant_index = $4
+             WHERE approval_id = $5 AND approver IS NULL AND expires_at > $6",
         )
         .bind(approver.as_str())
         .bind(now.unix_timestamp())
         .bind(expires_at.unix_timestamp())
+        .bind(grant_index)
         .bind(id)
         .bind(now.unix_timestamp())
         .execute(&self.pool)

@@ -10,8 +10,8 @@ use crate::{ApprovalRow, RecordRow, SealedWith, StoreError, SubjectRow};
 pub(crate) const SUBJECT_COLUMNS: &str = "subject_id, home_region, attributes, metadata, created_at";
 pub(crate) const RECORD_COLUMNS: &str =
     "record_id, subject_id, category, home_region, version, ciphertext, created_at, sealed_with";
-pub(crate) const APPROVAL_COLUMNS: &str =
-    "approval_id, requester, subjects, categories, purpose, requested_at, expires_at, approver, granted_at";
+pub(crate) const APPROVAL_COLUMNS: &str = "approval_id, requester, subjects, categories, purpose, requested_at, expires_at, approver, granted_at, \
+     scope_salt, grant_index";
 
 pub(crate) fn db(operation: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
     move |cause| StoreError::Database { operation, cause }
@@ -127,6 +127,12 @@ pub(crate) fn approval_row(row: &impl Columns) -> Result<ApprovalRow, StoreError
         expires_at: timestamp(row.int("expires_at").map_err(get())?)?,
         approver: row.optional_text("approver").map_err(get())?.map(|a| parse("approver", a)).transpose()?,
         granted_at: row.optional_int("granted_at").map_err(get())?.map(timestamp).transpose()?,
+        scope_salt: row.text("scope_salt").map_err(get())?,
+        grant_index: row
+            .optional_int("grant_index")
+            .map_err(get())?
+            .map(|index| u64::try_from(index).map_err(corrupt("grant_index")))
+            .transpose()?,
     })
 }
 

@@ -48,7 +48,9 @@ CREATE TABLE IF NOT EXISTS approvals (
     requested_at INTEGER NOT NULL,
     expires_at   INTEGER NOT NULL,
     approver     TEXT,
-    granted_at   INTEGER
+    granted_at   INTEGER,
+    scope_salt   TEXT NOT NULL DEFAULT '',
+    grant_index  INTEGER
 ) STRICT;
 CREATE INDEX IF NOT EXISTS approvals_by_requester ON approvals(requester);
 CREATE TABLE IF NOT EXISTS annexes (
@@ -67,16 +69,22 @@ CREATE INDEX IF NOT EXISTS touches_by_principal ON touches(principal, at);
 ";
 
 /// The schema's version, kept in `user_version`.
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 /// Changes that bring a database of an older version (the key) to the next one.
 ///
-/// Version 4 records which key sealed each record (`sealed_with`): every record written before
+/// Version 5 records which key sealed each record (`sealed_with`): every record written before
 /// it was sealed with its subject's key (0), and is re-sealed under its own.
 ///
 /// Version 3 moved the wrapped data keys out of the data store into the custodian's key store:
 /// the migration sets them aside in `legacy_data_keys`, which the boundary empties into custody
 /// when it starts ([`Store::legacy_data_keys`], [`Store::forget_legacy_data_keys`]).
+///
+/// Version 4 gave each approval the salt of its scope's digest and the log index of its grant
+/// (`scope_salt`, `grant_index`). Approvals granted before have neither, so the boundary no
+/// longer counts them (the log does not know their scope): they are asked for again. A database
+/// older than version 3 may have no `approvals` table yet; the migration makes it as it was in
+/// version 3 first.
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, "ALTER TABLE subjects ADD COLUMN metadata BLOB NOT NULL DEFAULT x'';"),
     (
@@ -93,7 +101,41 @@ const MIGRATIONS: &[(i64, &str)] = &[
          PRAGMA user_version = 3;
          COMMIT;",
     ),
-    (3, "ALTER TABLE records ADD COLUMN sealed_with INTEGER NOT NULL DEFAULT 0;"),
+    (
+        3,
+        "BEGIN IMMEDIATE;
+         CREATE TABLE IF NOT EXISTS approvals (
+             approval_id  TEXT PRIMARY KEY NOT NULL,
+             requester    TEXT NOT NULL,
+             subjects     TEXT NOT NULL,
+             categories   TEXT NOT NULL,
+             purpose      TEXT NOT NULL,
+             requested_at INTEGER NOT NULL,
+             expires_at   INTEGER NOT NULL,
+             approver     TEXT,
+             granted_at   INTEGER
+         ) STRICT;
+         ALTER TABLE approvals ADD COLUMN scope_salt TEXT NOT NULL DEFAULT '';
+         ALTER TABLE approvals ADD COLUMN grant_index INTEGER;
+         PRAGMA user_version = 4;
+         COMMIT;",
+    ),
+    (
+        4,
+        "BEGIN IMMEDIATE;
+         CREATE TABLE IF NOT EXISTS records (
+             record_id   TEXT PRIMARY KEY NOT NULL,
+             subject_id  TEXT NOT NULL REFERENCES subjects(subject_id) ON DELETE CASCADE,
+             category    TEXT NOT NULL,
+             home_region TEXT NOT NULL,
+             version     INTEGER NOT NULL,
+             ciphertext  BLOB NOT NULL,
+             created_at  INTEGER NOT NULL
+         ) STRICT;
+         ALTER TABLE records ADD COLUMN sealed_with INTEGER NOT NULL DEFAULT 0;
+         PRAGMA user_version = 5;
+         COMMIT;",
+    ),
 ];
 
 /// A store in one SQLite file.
@@ -412,8 +454,8 @@ impl Store for SqliteStore {
 
     async fn insert_approval(&self, row: &ApprovalRow) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO approvals (approval_id, requester, subjects, categories, purpose, requested_at, expires_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO approvals (approval_id, requester, subjects, categories, purpose, requested_at, expires_at,
+             scope_salt) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&row.approval_id)
         .bind(row.requester.as_str())
@@ -422,6 +464,7 @@ impl Store for SqliteStore {
         .bind(&row.purpose)
         .bind(row.requested_at.unix_timestamp())
         .bind(row.expires_at.unix_timestamp())
+        .bind(&row.scope_salt)
         .execute(&self.pool)
         .await
         .map_err(db("storing an approval request"))?;
@@ -444,14 +487,17 @@ impl Store for SqliteStore {
         approver: &PrincipalId,
         now: OffsetDateTime,
         expires_at: OffsetDateTime,
+        grant_index: u64,
     ) -> Result<bool, StoreError> {
+        let grant_index = i64::try_from(grant_index).map_err(corrupt("grant_index"))?;
         let done = sqlx::query(
-            "UPDATE approvals SET approver = ?, granted_at = ?, expires_at = ?
+            "UPDATE approvals SET approver = ?, granted_at = ?, expires_at = ?, grant_index = ?
              WHERE approval_id = ? AND approver IS NULL AND expires_at > ?",
         )
         .bind(approver.as_str())
         .bind(now.unix_timestamp())
         .bind(expires_at.unix_timestamp())
+        .bind(grant_index)
         .bind(id)
         .bind(now.unix_timestamp())
         .execute(&self.pool)
@@ -586,6 +632,53 @@ mod tests {
         // Opening again changes nothing.
         let store = SqliteStore::open(&path).await.unwrap();
         assert_eq!(store.counts().await.unwrap().subjects, 2);
+    }
+
+    /// Version 4 added an approval's scope salt and grant index: an approval granted before has
+    /// neither (and is no longer counted by the boundary), and the schema is current after.
+    #[tokio::test]
+    async fn a_version_3_database_gets_the_approvals_new_columns() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("clover.db");
+        {
+            let options = SqliteConnectOptions::new().filename(&path).create_if_missing(true);
+            let pool = SqlitePoolOptions::new().connect_with(options).await.unwrap();
+            sqlx::raw_sql(
+                "CREATE TABLE approvals (approval_id TEXT PRIMARY KEY NOT NULL, requester TEXT NOT NULL,
+                 subjects TEXT NOT NULL, categories TEXT NOT NULL, purpose TEXT NOT NULL,
+                 requested_at INTEGER NOT NULL, expires_at INTEGER NOT NULL, approver TEXT,
+                 granted_at INTEGER) STRICT;
+                 INSERT INTO approvals VALUES ('a-1', 'ana', '[\"s-1\"]', '[\"profile\"]', 'support', 1000, 9000,
+                 'kofi', 2000);
+                 CREATE TABLE subjects (subject_id TEXT PRIMARY KEY NOT NULL, home_region TEXT NOT NULL,
+                 attributes BLOB NOT NULL, created_at INTEGER NOT NULL, metadata BLOB NOT NULL DEFAULT x'') STRICT;
+                 CREATE TABLE records (record_id TEXT PRIMARY KEY NOT NULL,
+                 subject_id TEXT NOT NULL REFERENCES subjects(subject_id) ON DELETE CASCADE,
+                 category TEXT NOT NULL, home_region TEXT NOT NULL, version INTEGER NOT NULL,
+                 ciphertext BLOB NOT NULL, created_at INTEGER NOT NULL) STRICT;
+                 INSERT INTO subjects VALUES ('s-1', 'eu', x'', 1000, x'');
+                 INSERT INTO records VALUES ('00000000-0000-4000-8000-000000000001', 's-1', 'profile', 'eu', 1, x'07', 1000);
+                 PRAGMA user_version = 3;",
+            )
+            .execute(&pool)
+            .await
+            .unwrap();
+            pool.close().await;
+        }
+        let store = SqliteStore::open(&path).await.unwrap();
+        let old = store.approval("a-1").await.unwrap().unwrap();
+        assert_eq!((old.scope_salt.as_str(), old.grant_index), ("", None));
+        assert_eq!(old.approver.as_ref().map(|a| a.as_str()), Some("kofi"));
+        let version: i64 = sqlx::query_scalar("PRAGMA user_version").fetch_one(&store.pool).await.unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        // Version 5: the record written before is marked as sealed with its subject's key.
+        let legacy = store.records_sealed_with_subject_keys(None, 10).await.unwrap();
+        assert_eq!(legacy.len(), 1);
+        assert_eq!(legacy[0].sealed_with, crate::SealedWith::SubjectKey);
+        store.close().await;
+        // Opening again changes nothing.
+        let store = SqliteStore::open(&path).await.unwrap();
+        assert_eq!(store.approval("a-1").await.unwrap().unwrap(), old);
     }
 
     #[tokio::test]

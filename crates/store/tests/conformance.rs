@@ -81,6 +81,8 @@ fn approval(id: &str, requester: &str, expires_at: i64) -> ApprovalRow {
         expires_at: at(expires_at),
         approver: None,
         granted_at: None,
+        scope_salt: format!("{:064x}", expires_at),
+        grant_index: None,
     }
 }
 
@@ -180,13 +182,17 @@ async fn approvals_are_granted_once_and_expire(store: Arc<dyn Store>, _: &Backen
     assert!(store.approval("nope").await.unwrap().is_none());
 
     let kofi = "kofi".parse().unwrap();
-    assert!(store.grant_approval("a-1", &kofi, at(2_000), at(9_000)).await.unwrap());
-    assert!(!store.grant_approval("a-1", &kofi, at(2_001), at(9_001)).await.unwrap(), "granted once");
-    assert!(!store.grant_approval("a-2", &kofi, at(2_000), at(9_000)).await.unwrap(), "the request expired");
-    assert!(store.grant_approval("a-3", &kofi, at(2_000), at(3_000)).await.unwrap());
+    assert!(store.grant_approval("a-1", &kofi, at(2_000), at(9_000), 7).await.unwrap());
+    assert!(!store.grant_approval("a-1", &kofi, at(2_001), at(9_001), 8).await.unwrap(), "granted once");
+    assert!(!store.grant_approval("a-2", &kofi, at(2_000), at(9_000), 9).await.unwrap(), "the request expired");
+    assert!(store.grant_approval("a-3", &kofi, at(2_000), at(3_000), 10).await.unwrap());
     let granted = store.approval("a-1").await.unwrap().unwrap();
     assert_eq!(granted.approver, Some(kofi.clone()));
     assert_eq!((granted.granted_at, granted.expires_at), (Some(at(2_000)), at(9_000)));
+    // The grant's log index is kept with it (the first grant's), and the salt of its scope.
+    assert_eq!(granted.grant_index, Some(7));
+    assert_eq!(granted.scope_salt, approval("a-1", "ana", 5_000).scope_salt);
+    assert_eq!(store.approval("a-2").await.unwrap().unwrap().grant_index, None);
 
     let ana = "ana".parse().unwrap();
     let held: Vec<String> =
@@ -222,7 +228,8 @@ async fn annexes_are_found_by_subject_and_unlinked_by_erasure(store: Arc<dyn Sto
         Annex::new(Some("ana"), Some("SUP-1"), None, Some(record), subject).unwrap()
     };
     let first = annex(Some("s-1"), "r-1");
-    let second = annex(Some("s-1"), "r-2");
+    // An access decided under an approval names it.
+    let second = annex(Some("s-1"), "r-2").with_approval(Some("a-1"));
     let other = annex(Some("s-2"), "r-3");
     let about_none = annex(None, "r-4");
     for a in [&first, &second, &other, &about_none] {
@@ -242,6 +249,10 @@ async fn annexes_are_found_by_subject_and_unlinked_by_erasure(store: Arc<dyn Sto
     assert_eq!(kept.commitment(), first.commitment(), "the annex still matches its entry");
     assert!(matches!(kept.subject, AnnexField::Unlinked(_)) && matches!(kept.record, AnnexField::Unlinked(_)));
     assert_eq!(kept.principal.as_deref(), Some("ana"), "who asked is kept");
+    // The approval's row names the subjects it covers: its id is unlinked too.
+    let kept = store.annex(&second.commitment()).await.unwrap().unwrap();
+    assert_eq!(kept.commitment(), second.commitment());
+    assert!(matches!(kept.approval, Some(AnnexField::Unlinked(_))), "{kept:?}");
     let text = String::from_utf8(kept.encode()).unwrap();
     assert!(!text.contains("s-1") && !text.contains("r-1"), "{text}");
     // The other subject's annexes are untouched; a new registration of the id finds nothing.

@@ -12,6 +12,23 @@
 //! An approval names its subjects, its requester, its categories and its purpose, so reading one
 //! is decided and logged too: its requester and whoever may grant it, in the region, may; anyone
 //! else is refused in the same words whether or not the approval exists.
+//!
+//! What the log holds of an approval, and why. The approval lives in the store and the decision
+//! reads it there, so the log must fix what was granted, or a database operator could insert an
+//! approval for ten thousand subjects, or widen one, and the bulk rule would lift with no trace:
+//!
+//! - the request's entry (`request-approval`) says its id, how many subjects, which categories
+//!   and purpose; the request keeps a random salt for its scope's digest (`scope_salt`);
+//! - the grant's entry (`approve`, allowed) says in its public detail the id, how many subjects,
+//!   the categories, the purpose, the expiry and a salted digest of the whole scope
+//!   ([`crate::grant_detail`], [`crate::scope_digest`]), never a subject's id; its annex names
+//!   the approver and the requester. The store keeps the entry's index with the grant;
+//! - a decision counts the approval only if that entry is the grant of that approval with the
+//!   digest recomputed from the row as stored now (`boundary/approvals.rs`), and the access's
+//!   annex names the approval it counted.
+//!
+//! A request stored before grants were logged this way has no salt: it cannot be granted (409),
+//! and is asked for again.
 
 use std::sync::Arc;
 
@@ -145,6 +162,8 @@ pub async fn request_approval(
         return Err(ApiError::InvalidBody(format!("purpose {:?} is not configured", body.purpose)));
     }
     let now = OffsetDateTime::now_utc();
+    let scope_salt = crate::boundary::approvals::scope_salt()
+        .map_err(|_| ApiError::internal("the system's randomness failed: no salt for the approval's scope"))?;
     let row = ApprovalRow {
         approval_id: uuid::Uuid::new_v4().to_string(),
         requester: caller.principal.id.clone(),
@@ -156,6 +175,8 @@ pub async fn request_approval(
             + time::Duration::seconds(i64::try_from(boundary.config().policy.approval_seconds).unwrap_or(i64::MAX / 2)),
         approver: None,
         granted_at: None,
+        scope_salt,
+        grant_index: None,
     };
     let detail = format!(
         "approval {} requested: {} subjects, categories {}, purpose {}",
@@ -176,6 +197,10 @@ pub async fn request_approval(
 /// Grants a pending approval. Only a second person may: an in-region employee with the
 /// approver role, not the requester; the policy pack decides, first, and the decision is logged,
 /// so that one who may not grant learns nothing of the approval, not even that it exists.
+///
+/// The grant's log entry carries the approval's id, its width and a salted digest of its scope
+/// (never a subject's id). Decisions count the approval only while it matches that entry: one
+/// changed in the store after its grant lifts nothing.
 #[utoipa::path(post, path = "/v1/approvals/{approval_id}/grant", tag = "approvals",
     params(("approval_id" = String, Path, description = "The approval's id")),
     responses(
@@ -198,14 +223,20 @@ pub async fn grant_approval(
     let decision = boundary.pack().decide(&request);
     let granted = decision.effect() == "allow";
     let now = OffsetDateTime::now_utc();
-    let pending = row.as_ref().filter(|row| row.approver.is_none() && row.expires_at > now);
+    let expires_at =
+        now + time::Duration::seconds(i64::try_from(boundary.config().policy.approval_seconds).unwrap_or(i64::MAX / 2));
+    // A request stored before grants were logged with their scope has no salt: its digest would
+    // be unsalted, so it is not granted (it is asked for again).
+    let pending = row
+        .as_ref()
+        .filter(|row| row.approver.is_none() && row.expires_at > now && !row.scope_salt.is_empty())
+        .map(|row| ApprovalRow { expires_at, ..row.clone() });
     // The id and requester go into the log only for an approval that is granted: the path is
     // the caller's text, and a refusal must read the same whether the approval exists or not.
-    // The requester is named only in the entry's annex, which the region keeps.
-    let (detail, note) = match (pending, granted) {
-        (Some(row), true) => {
-            (format!("approval {} granted", row.approval_id), Some(format!("requested by {}", row.requester)))
-        }
+    // The requester is named only in the entry's annex, which the region keeps. A grant's
+    // detail fixes its scope (a salted digest, no subject's id): what decisions check.
+    let (detail, note) = match (&pending, granted) {
+        (Some(row), true) => (crate::grant_detail(row), Some(format!("requested by {}", row.requester))),
         (None, true) => ("approval not granted: no such approval pending".to_owned(), None),
         (_, false) => ("approval refused".to_owned(), None),
     };
@@ -220,11 +251,14 @@ pub async fn grant_approval(
             if row.approver.is_some() { "already granted" } else { "expired" }
         )));
     }
-    let expires_at =
-        now + time::Duration::seconds(i64::try_from(boundary.config().policy.approval_seconds).unwrap_or(i64::MAX / 2));
+    if pending.is_none() {
+        return Err(ApiError::NotPending(format!(
+            "approval {approval_id:?} was asked for before grants were logged with their scope: ask for it again"
+        )));
+    }
     if !boundary
         .store()
-        .grant_approval(&approval_id, &caller.principal.id, now, expires_at)
+        .grant_approval(&approval_id, &caller.principal.id, now, expires_at, log_index)
         .await
         .map_err(ApiError::internal)?
     {

@@ -182,6 +182,7 @@ impl Boundary {
                 config_refusal_limit,
                 std::time::Duration::from_secs(config_refusal_window),
             ),
+            verified_grants: super::approvals::VerifiedGrants::default(),
         })
     }
 }

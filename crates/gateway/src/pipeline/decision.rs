@@ -10,6 +10,14 @@
 //! how sensitive the category is, and (for a read past the threshold, or of a minor's sensitive
 //! category) whether an approval covers the read.
 //! `clover policy explain` builds its requests with the same functions.
+//!
+//! An approval is read from the store at decision time, and counts only if the log knows it:
+//! its grant's entry, at the index the store keeps with it, must be the grant of that approval
+//! with the digest of the scope (subjects, categories, purpose, requester, expiry) recomputed
+//! from the row as stored now (`boundary/approvals.rs`). One inserted straight into the store,
+//! or widened there after its grant, is not counted (the read then needs an approval as if it
+//! had none), and is reported as an error naming it. The approval a decision counted is named in
+//! the access's annex (`events.rs`), so that the region can tell which reads each one allowed.
 
 use clover_model::{Action, Category, Origin, Principal, RecordId, SubjectId};
 use clover_policy::Verdict;
@@ -44,23 +52,33 @@ pub(crate) struct Facts {
     pub(crate) subject_hash: String,
     /// Distinct subjects the caller read in the window, this one included (reads only).
     touched: i64,
-    /// Whether a granted approval covers the request.
-    approved: bool,
+    /// The id of the granted approval that covers the request, if one does (and the log knows
+    /// its grant).
+    pub(crate) approval: Option<String>,
 }
 
-/// Whether a granted, unexpired approval of the caller covers this read: its subject, its
-/// category and the declared purpose.
-async fn approved(boundary: &Boundary, caller: &Caller, ask: &Ask<'_>) -> bool {
-    let (Some((_, category)), Some(purpose)) = (ask.record, caller.purpose.as_deref()) else { return false };
-    match boundary.store().granted_approvals(&caller.principal.id, time::OffsetDateTime::now_utc()).await {
-        Ok(approvals) => approvals
-            .iter()
-            .any(|a| a.purpose == purpose && a.subjects.contains(ask.subject) && a.categories.contains(category)),
-        Err(e) => {
-            tracing::error!(error = %Chain(&e), "cannot read approvals; treating the read as not approved");
-            false
+/// The granted, unexpired approval of the caller that covers this read (its subject, its
+/// category and the declared purpose) and whose grant the log holds for the scope the store
+/// holds now: its id. Approvals that fail that check are not counted (and are reported).
+async fn approval(boundary: &Boundary, caller: &Caller, ask: &Ask<'_>) -> Option<String> {
+    let (Some((_, category)), Some(purpose)) = (ask.record, caller.purpose.as_deref()) else { return None };
+    let approvals =
+        match boundary.store().granted_approvals(&caller.principal.id, time::OffsetDateTime::now_utc()).await {
+            Ok(approvals) => approvals,
+            Err(e) => {
+                tracing::error!(error = %Chain(&e), "cannot read approvals; treating the read as not approved");
+                return None;
+            }
+        };
+    let covering = approvals
+        .iter()
+        .filter(|a| a.purpose == purpose && a.subjects.contains(ask.subject) && a.categories.contains(category));
+    for candidate in covering {
+        if boundary.approval_is_logged(candidate).await {
+            return Some(candidate.approval_id.clone());
         }
     }
+    None
 }
 
 /// Works out the [`Facts`] of a request: the subject's hash once, the window's count, and (only
@@ -73,8 +91,8 @@ pub(crate) async fn facts(boundary: &Boundary, caller: &Caller, ask: &Ask<'_>) -
         && ask.subject_minor
         && ask.record.is_some_and(|(_, category)| category_is_sensitive(boundary.config(), category));
     let needs_approval = touched > boundary.config().policy.bulk_threshold || minors_sensitive;
-    let approved = needs_approval && approved(boundary, caller, ask).await;
-    Facts { subject_hash, touched, approved }
+    let approval = if needs_approval { approval(boundary, caller, ask).await } else { None };
+    Facts { subject_hash, touched, approval }
 }
 
 /// The start of the bulk-access window that ends now.
@@ -118,7 +136,7 @@ fn category_is_sensitive(config: &Config, category: &Category) -> bool {
 #[instrument(name = "decide", skip_all, fields(action = %ask.action, effect))]
 pub(crate) fn decide(boundary: &Boundary, caller: &Caller, ask: &Ask<'_>, facts: &Facts) -> Verdict {
     let config = boundary.config();
-    let (touched, approved) = (facts.touched, facts.approved);
+    let (touched, approved) = (facts.touched, facts.approval.is_some());
     let circumstances = Circumstances {
         purpose: caller.purpose.clone(),
         has_justification: caller.justification.is_some(),

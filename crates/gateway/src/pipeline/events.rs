@@ -3,7 +3,9 @@
 //! custodian asks for, a denial a 403 that carries its log index. Entries hold no personal
 //! data (format 2, `boundary/entries.rs`): the caller appears as a keyed pseudonym, the subject
 //! as a tag that no two entries share, and who, which record, which subject and why are in the
-//! entry's private annex, which the region keeps.
+//! entry's private annex, which the region keeps. An access decided with an approval names the
+//! approval in its annex too (which the entry commits to): the region can tell which reads each
+//! approval allowed, and no approval lifts a rule without a trace.
 
 use clover_event::{EVENT_VERSION, Event, EventDecision, EventKind, SubjectTag};
 use clover_log::Receipt;
@@ -88,7 +90,8 @@ fn event(
 }
 
 /// Appends the decision to the log and waits until it is durable. An allowed request gets the
-/// receipt the custodian asks for; a refused one a 403 carrying its log index.
+/// receipt the custodian asks for; a refused one a 403 carrying its log index. `approval` is
+/// the approval the decision counted (`Facts::approval`), named in the annex.
 #[instrument(name = "log", skip_all, fields(index))]
 pub(crate) async fn log(
     boundary: &Boundary,
@@ -96,6 +99,7 @@ pub(crate) async fn log(
     kind: EventKind,
     ask: &Ask<'_>,
     verdict: Verdict,
+    approval: Option<&str>,
 ) -> Result<Receipt, ApiError> {
     // An allowed access that the custodian will hand a key for is bound to the subject by the
     // tag: their tag key must exist (made here at their registration).
@@ -105,7 +109,8 @@ pub(crate) async fn log(
     let record = ask.record.map(|(id, _)| id.to_string());
     let annex =
         annex(Some(&caller.principal), caller.justification.as_deref(), None, record.as_deref(), Some(ask.subject))?
-            .with_version(ask.version);
+            .with_version(ask.version)
+            .with_approval(approval);
     match verdict {
         Verdict::Allowed(permit) => {
             let receipt = boundary.append_permitted_annexed(entry, annex, permit).await?;

@@ -4,6 +4,7 @@
 
 mod harness;
 
+mod approvals;
 mod auth;
 mod bad_input;
 mod custodian;
