@@ -4,13 +4,16 @@
 //! Because the wrapped data keys live here and nowhere else, erasing a subject's key here makes
 //! their ciphertext unreadable in every copy of the data store, backups included
 //! (crypto-shredding). The custodian hands out a data key only against a log [`Receipt`] for
-//! that subject and an action that needs it, and keeps its own journal of every key it hands
-//! out: the log index and entry hash of the access, the action and the purpose declared.
+//! that subject and an action that needs it, once per receipt (a receipt presented again is
+//! refused, by every custodian sharing the key store), and keeps its own journal of every key
+//! it hands out: the log index and entry hash of the access, the action and the purpose
+//! declared.
 //!
 //! One job per file, each knowing nothing of [`Custodian`], which puts them together: the key
 //! store over SQLite or PostgreSQL (`store`), the data keys wrapped and unwrapped (`data_keys`),
-//! the cache of unwrapped keys (`cache`), the journal (`journal`), KEK rotation (`rotation`),
-//! erasure (`erasure`), subjects' metadata (`metadata`), and what an access is (`access`).
+//! the cache of unwrapped keys (`cache`), the journal (`journal`), the receipts honoured
+//! (`receipts`), KEK rotation (`rotation`), erasure (`erasure`), subjects' metadata
+//! (`metadata`), and what an access is (`access`).
 
 pub(crate) mod access;
 pub(crate) mod cache;
@@ -18,6 +21,7 @@ pub(crate) mod data_keys;
 pub(crate) mod erasure;
 pub(crate) mod journal;
 pub(crate) mod metadata;
+pub(crate) mod receipts;
 pub(crate) mod rotation;
 pub(crate) mod store;
 
@@ -37,6 +41,7 @@ use self::data_keys::DataKeys;
 use self::erasure::Erasures;
 use self::journal::Journal;
 use self::metadata::Metadata;
+use self::receipts::Receipts;
 use self::rotation::{Rotation, Rotations, VersionCounts};
 use self::store::KeyStore;
 
@@ -53,6 +58,8 @@ pub struct Custodian {
     cache: Arc<KeyCache>,
     erasures: Arc<Erasures>,
     journal: Journal,
+    /// The receipts honoured, each once.
+    receipts: Receipts,
     rotations: Rotations,
     /// The region's metadata key: seals what policy decides on (a subject's coming of age), so
     /// that it can be read before any subject's data key is unwrapped.
@@ -88,6 +95,7 @@ impl Custodian {
         let metadata = Metadata::load(&keys).await?;
         let cache = Arc::new(KeyCache::new(cache_options));
         let erasures = Erasures::load(db.as_ref(), cache.clone()).await?;
+        let receipts = Receipts::start(db.clone());
         let journal = Journal::start(db);
         tracing::info!(store = %at, "key store open");
         Ok(Self {
@@ -97,6 +105,7 @@ impl Custodian {
             cache,
             erasures,
             journal,
+            receipts,
             rotations: Rotations::default(),
             metadata,
         })
@@ -136,20 +145,24 @@ impl Custodian {
     }
 
     /// Makes the data key of a logged, allowed write's subject; returns the key of what the
-    /// write is for (a record version, or the subject's attributes).
+    /// write is for (a record version, or the subject's attributes). The receipt is used up,
+    /// even if the subject has a key already.
     pub async fn create_for(&self, access: &LoggedAccess) -> Result<DataKey, KeyError> {
         access.check(&[Action::Write])?;
         self.erasures.check(access)?;
         self.erasures.check_stored(self.keys.db.as_ref(), access).await?;
+        self.receipts.claim(access).await?;
         let key = self.keys.create(&access.subject_hash).await?;
         let scoped = self.scoped(access, &key)?;
         self.journal.record(access, false).await?;
         Ok(scoped)
     }
 
-    /// The subject's own key, from the cache or unwrapped; whether it was cached.
+    /// The subject's own key, from the cache or unwrapped, once per receipt (claimed here);
+    /// whether it was cached.
     async fn subject_key(&self, access: &LoggedAccess) -> Result<(DataKey, bool), KeyError> {
         self.erasures.check(access)?;
+        self.receipts.claim(access).await?;
         let hash = &access.subject_hash;
         if let Some(key) = self.cache.key(hash) {
             return Ok((key, true));
@@ -193,9 +206,11 @@ impl Custodian {
         Ok((scoped, resealed))
     }
 
-    /// Destroys the data key of a logged, allowed erasure's subject; whether there was one.
+    /// Destroys the data key of a logged, allowed erasure's subject, once per receipt; whether
+    /// there was one.
     pub async fn destroy_for(&self, access: &LoggedAccess) -> Result<bool, KeyError> {
         access.check(&[Action::Erase])?;
+        self.receipts.claim(access).await?;
         let destroyed = self.erasures.destroy(self.keys.db.as_ref(), access).await?;
         self.journal.record(access, false).await?;
         Ok(destroyed)

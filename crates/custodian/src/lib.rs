@@ -35,6 +35,7 @@ pub use custodian::Custodian;
 pub use custodian::access::{LoggedAccess, UnwrapRecord};
 pub use custodian::cache::CacheOptions;
 pub use custodian::metadata::METADATA_KEY;
+pub use custodian::receipts::{RECEIPTS_REUSED_METRIC, REMEMBERED_FOR};
 pub use custodian::rotation::{Rotation, VersionCounts};
 pub use custodian::store::KeyStore;
 pub use server::{CustodianOptions, CustodianServer, NO_WITNESS_WARNING, admin_token, open_dir, router, witness_key};

@@ -2,7 +2,7 @@
 //!
 //! | method and path | body | answer |
 //! | --- | --- | --- |
-//! | `POST /v1/data-keys/create` | `{"index", "entry", "subject_hash", "opening"}`: a logged, allowed write about that subject, and the opening of its annex to the record version (or attributes) written | `{"key"}` (base64): that version's key; 409 if the subject has one |
+//! | `POST /v1/data-keys/create` | `{"index", "entry", "subject_hash", "opening"}`: a logged, allowed write about that subject, and the opening of its annex to the record version (or attributes) written | `{"key"}` (base64): that version's key; 409 if the subject has one (the receipt used up all the same) |
 //! | `POST /v1/data-keys/fetch` | a logged, allowed read or write, and its opening | `{"key"}`: the key of the record version the opening names, derived from the subject's, which never leaves; 404 if the subject has none (never made, or erased) |
 //! | `POST /v1/data-keys/destroy` | a logged, allowed erasure | `{"destroyed": bool}` |
 //! | `POST /v1/data-keys/reseal` | `{"receipt", "sealed", "aad"}`: a logged, allowed read or write, and a record version sealed with the subject's key by an earlier version | `{"key", "sealed"}`: the record version's key and the version re-sealed under it |
@@ -17,10 +17,14 @@
 //! | `GET /healthz` | | `ok`; with `?detail=true`, JSON: the witnesses demanded and their quorum, the newest cosigned checkpoint's size, the custodian's own witness key, and warnings |
 //!
 //! A receipt that does not check out against the log, or whose entry's subject tag is not the
-//! subject's whose key it asks for, is refused with 403, and logged. With witnesses demanded
-//! (`--witness`, `--witness-quorum`), a receipt is honoured only under a checkpoint that a
-//! quorum of them cosigned; and the custodian is itself a witness, cosigning only checkpoints
-//! consistent with the one it checks receipts against.
+//! subject's whose key it asks for, is refused with 403, and logged. A receipt opens its key
+//! once: presented again, to this custodian or to another sharing its key store, it is refused
+//! with 403 (`the receipt for log entry N was already used`), logged and counted in
+//! `clover_custodian_receipts_reused_total` (the key store remembers it for
+//! [`REMEMBERED_FOR`](crate::REMEMBERED_FOR), past the age at which its entry is refused
+//! anyway). With witnesses demanded (`--witness`, `--witness-quorum`), a receipt is honoured
+//! only under a checkpoint that a quorum of them cosigned; and the custodian is itself a
+//! witness, cosigning only checkpoints consistent with the one it checks receipts against.
 
 use std::sync::Arc;
 

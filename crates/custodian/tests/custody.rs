@@ -169,7 +169,11 @@ impl Fixture {
             _ => (EventKind::Access, None),
         };
         // The custodian in this process takes the subject from the receipt's permit; the tag is
-        // what a custodian in its own process checks.
+        // what a custodian in its own process checks. A read or write names the record version
+        // it is for in its annex (always the same one here, `RECORD`), as the boundary's do.
+        let annex = (action != Action::Erase).then(|| {
+            clover_event::Annex::new(Some("ana"), None, None, Some(RECORD), Some(id)).unwrap().with_version(Some(1))
+        });
         let event = Event {
             v: clover_event::EVENT_VERSION,
             kind,
@@ -181,10 +185,13 @@ impl Fixture {
             category: Some("profile".into()),
             decision: None,
             purpose: purpose.clone(),
-            annex: None,
+            annex: annex.as_ref().map(clover_event::Annex::commitment),
             detail: None,
         };
-        let receipt = self.log.append_permitted(&event, permit(action, id, purpose)).await.unwrap();
+        let mut receipt = self.log.append_permitted(&event, permit(action, id, purpose)).await.unwrap();
+        if let Some(annex) = annex {
+            receipt = receipt.with_annex(annex);
+        }
         assert_eq!(receipt.permit().action(), action);
         receipt
     }
@@ -231,9 +238,20 @@ fn permit(action: Action, id: &str, purpose: Option<String>) -> clover_policy::P
     }
 }
 
+/// The record every read and write receipt here is for.
+const RECORD: &str = "0b8e6f7a-3c1d-4f2e-9a5b-6c7d8e9f0a1b";
+
+/// The key of `RECORD` version 1 (a profile), derived from the subject's key `raw` as the
+/// custodian derives it: what the receipts here are given.
+fn record_key(raw: &[u8], hash: &str) -> Vec<u8> {
+    let subject_key = clover_keys::DataKey::from_slice(raw).unwrap();
+    let scope = aad::key_scope(&region(), hash, Some(RECORD), Some(1), Some("profile"));
+    subject_key.derive(&scope).unwrap().expose().to_vec()
+}
+
 /// The associated data of a record's fields, as the boundary binds them.
 fn record_aad(id: &str) -> Vec<u8> {
-    aad::record(&region(), &subject(id), &"0b8e6f7a-3c1d-4f2e-9a5b-6c7d8e9f0a1b".parse().unwrap(), 1)
+    aad::record(&region(), &subject(id), &RECORD.parse().unwrap(), 1)
 }
 
 /// Every byte of a key store: the database, its WAL and shared memory; in PostgreSQL, every
@@ -442,7 +460,7 @@ async fn erasure_shreds_the_subjects_data(f: &Fixture) {
         let hash = f.hash("s-1");
         let (version, wrapped) = wrapped_row(&store, &hash).await.unwrap();
         let raw = f.kek.decrypt(version, &aad::data_key_by_hash(&region(), &hash, version), &wrapped).unwrap();
-        assert_eq!(open_with_raw(&raw, &aad, &sealed).unwrap(), b"s-1's messages");
+        assert_eq!(open_with_raw(&record_key(&raw, &hash), &aad, &sealed).unwrap(), b"s-1's messages");
         assert!(contains(&store_bytes(&store).await, &wrapped));
 
         assert!(custody.destroy_data_key(&f.receipt(Action::Erase, "s-1").await).await.unwrap());
@@ -627,7 +645,7 @@ async fn the_key_store_holds_no_key_in_the_clear(f: &Fixture) {
         let raw = f.kek.decrypt(version, &aad::data_key_by_hash(&region(), &hash, version), &wrapped).unwrap();
         assert_eq!(raw.len(), 32);
         // These are the key's bytes: they open what the key sealed.
-        assert_eq!(open_with_raw(&raw, &aad, &sealed).unwrap(), b"payload");
+        assert_eq!(open_with_raw(&record_key(&raw, &hash), &aad, &sealed).unwrap(), b"payload");
         raws.push((id, raw, wrapped));
     }
     custody.flush_journal().await;
@@ -901,11 +919,49 @@ async fn a_key_whose_journal_record_cannot_be_written_is_withheld(f: &Fixture) {
     }
 }
 
+/// What a second use of a receipt is refused with.
+fn used_up(receipt: &Receipt) -> String {
+    format!("the receipt for log entry {} was already used: a receipt opens its key once", receipt.index())
+}
+
+/// A receipt presented twice is refused the second time: for the same key or for another call,
+/// with the key cached or not, and by the custodian opened again on its key store. Nothing is
+/// journalled for the refusals.
+async fn a_receipt_presented_twice_is_refused_the_second_time(f: &Fixture) {
+    let (custody, store) = f.custodian(CacheOptions::default()).await;
+    let write = f.receipt(Action::Write, "s-1").await;
+    custody.create_data_key(&write).await.unwrap();
+    // A write may fetch its subject's key, but not with the receipt that made it.
+    let again = custody.data_key(&write).await;
+    assert!(matches!(&again, Err(KeyError::Receipt(m)) if *m == used_up(&write)), "{again:?}");
+    assert!(matches!(custody.create_data_key(&write).await, Err(KeyError::Receipt(_))));
+    let read = f.receipt(Action::Read, "s-1").await;
+    custody.data_key(&read).await.unwrap();
+    // The key is cached now: the cache does not honour the receipt again either.
+    let again = custody.data_key(&read).await;
+    assert!(matches!(&again, Err(KeyError::Receipt(m)) if *m == used_up(&read)), "{again:?}");
+    assert_eq!(custody.journal().await.unwrap().len(), 2, "the write and the read");
+    custody.close().await;
+
+    let reopened = f.custodian_at(&store, f.kek.clone(), NO_CACHE).await;
+    assert!(matches!(reopened.data_key(&read).await, Err(KeyError::Receipt(_))));
+    reopened.data_key(&f.receipt(Action::Read, "s-1").await).await.unwrap();
+    let erase = f.receipt(Action::Erase, "s-1").await;
+    assert!(reopened.destroy_data_key(&erase).await.unwrap());
+    let again = reopened.destroy_data_key(&erase).await;
+    assert!(matches!(&again, Err(KeyError::Receipt(m)) if *m == used_up(&erase)), "{again:?}");
+    let journal = reopened.journal().await.unwrap();
+    let actions: Vec<&str> = journal.iter().map(|r| r.action.as_str()).collect();
+    assert_eq!(actions, ["write", "read", "read", "erase"]);
+    reopened.close().await;
+}
+
 suite!(
     a_key_whose_journal_record_cannot_be_written_is_withheld,
     a_data_key_made_for_a_write_opens_on_a_read,
     a_receipt_gets_its_own_subjects_key,
     a_receipt_for_the_wrong_action_is_refused,
+    a_receipt_presented_twice_is_refused_the_second_time,
     erasure_shreds_the_subjects_data,
     the_journal_records_every_key_handed_out,
     rotation_rewraps_everything_then_retires,
@@ -945,6 +1001,37 @@ async fn an_erasure_reaches_every_custodian_sharing_a_postgres_key_store() {
     // A later one does: the subject registered again.
     b.create_data_key(&f.receipt(Action::Write, "s-1").await).await.unwrap();
     a.data_key(&f.receipt(Action::Read, "s-1").await).await.unwrap();
+    a.close().await;
+    b.close().await;
+}
+
+/// Two custodians on one PostgreSQL key store (two gateways of a region): a receipt one
+/// honoured, the other refuses; presented to both at once, exactly one honours it.
+#[tokio::test]
+async fn a_receipt_one_custodian_honoured_is_refused_by_another_sharing_its_key_store() {
+    let f = Fixture::keyring_on_postgres();
+    let (a, store) = f.custodian(CacheOptions::default()).await;
+    let b = f.custodian_at(&store, f.kek.clone(), CacheOptions::default()).await;
+    let write = f.receipt(Action::Write, "s-1").await;
+    a.create_data_key(&write).await.unwrap();
+    assert!(matches!(b.create_data_key(&write).await, Err(KeyError::Receipt(_))));
+    let read = f.receipt(Action::Read, "s-1").await;
+    b.data_key(&read).await.unwrap();
+    let again = a.data_key(&read).await;
+    assert!(matches!(&again, Err(KeyError::Receipt(m)) if *m == used_up(&read)), "{again:?}");
+
+    for _ in 0..10 {
+        let read = f.receipt(Action::Read, "s-1").await;
+        let (by_a, by_b) = tokio::join!(a.data_key(&read), b.data_key(&read));
+        match (&by_a, &by_b) {
+            (Ok(_), Err(KeyError::Receipt(_))) | (Err(KeyError::Receipt(_)), Ok(_)) => {}
+            _ => panic!("one of the two must honour the receipt: {by_a:?} {by_b:?}"),
+        }
+    }
+    a.flush_journal().await;
+    b.flush_journal().await;
+    // The journal is the key store's, shared: one record per receipt honoured.
+    assert_eq!(a.journal().await.unwrap().len(), 12);
     a.close().await;
     b.close().await;
 }

@@ -1,5 +1,6 @@
-//! The key store: the wrapped data keys, the subjects' metadata salts, the erasures and the
-//! journal, in a database of the custodian's own, apart from the data store.
+//! The key store: the wrapped data keys, the subjects' metadata salts, the erasures, the
+//! journal and the receipts honoured, in a database of the custodian's own, apart from the data
+//! store.
 //!
 //! Two databases: a SQLite file (the embedded default, and a custodian process's own
 //! directory), or PostgreSQL (which the custodians of several gateways of a region share). The
@@ -91,6 +92,14 @@ pub(crate) trait KeyStoreBackend: Send + Sync {
 
     /// The journal, oldest first.
     async fn journal(&self) -> Result<Vec<UnwrapRecord>, sqlx::Error>;
+
+    /// Records each receipt of `receipts` (entry hash, log index) as honoured at `now`, unless it
+    /// is recorded already, in one transaction in the order given; whether each was new. On a
+    /// shared key store, of two custodians recording one receipt, exactly one sees it new.
+    async fn honour(&self, receipts: &[(&str, i64)], now: i64) -> Result<Vec<bool>, sqlx::Error>;
+
+    /// Forgets the receipts honoured before `before`; how many.
+    async fn forget_receipts(&self, before: i64) -> Result<u64, sqlx::Error>;
 
     /// How many keys each KEK version wraps: (version, count), for the versions in use.
     async fn version_counts(&self) -> Result<Vec<(i64, i64)>, sqlx::Error>;
@@ -281,6 +290,36 @@ where
                 cached: cached != 0,
             })
             .collect())
+    }
+
+    async fn honour(&self, receipts: &[(&str, i64)], now: i64) -> Result<Vec<bool>, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let mut new = Vec::with_capacity(receipts.len());
+        for (entry_hash, log_index) in receipts {
+            // Not a read then a write: the primary key decides, so that two custodians sharing
+            // the key store cannot both find a receipt new (the second waits for the first's
+            // transaction, then does nothing).
+            let done = sqlx::query(
+                "INSERT INTO honoured_receipts (entry_hash, log_index, honoured_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (entry_hash) DO NOTHING",
+            )
+            .bind(*entry_hash)
+            .bind(*log_index)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            new.push(DB::rows_affected(&done) == 1);
+        }
+        tx.commit().await?;
+        Ok(new)
+    }
+
+    async fn forget_receipts(&self, before: i64) -> Result<u64, sqlx::Error> {
+        let done = sqlx::query("DELETE FROM honoured_receipts WHERE honoured_at < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await?;
+        Ok(DB::rows_affected(&done))
     }
 
     async fn version_counts(&self) -> Result<Vec<(i64, i64)>, sqlx::Error> {

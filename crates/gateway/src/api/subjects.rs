@@ -183,11 +183,14 @@ pub async fn put_subject(
         }
         None => {
             // The custodian holds one data key per subject: a registration that raced this one
-            // (or one cut short after the key was made) left the key to use.
+            // (or one cut short after the key was made) left the key to use. The custodian
+            // honours a receipt once, and the refused creation used this one up: fetching the
+            // key is an access of its own, decided and logged again.
             let key = match boundary.custody().create_data_key(&receipt).await {
                 Ok(key) => key,
                 Err(KeyError::DataKeyExists) => {
-                    pipeline::sealing::unwrap_key(&boundary, &receipt, || erased(&subject_id)).await?
+                    let fetch = pipeline::decide_and_log(&boundary, &caller, EventKind::Write, &ask).await?;
+                    pipeline::sealing::unwrap_key(&boundary, &fetch, || erased(&subject_id)).await?
                 }
                 Err(e) => return Err(ApiError::internal(e)),
             };

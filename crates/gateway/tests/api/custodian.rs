@@ -67,6 +67,22 @@ impl Remote {
     async fn entry(&self, index: u64) -> Vec<u8> {
         self.app.boundary.log().entry(index).await.unwrap()
     }
+
+    /// The access of the entry at `index` (about `u-1`) logged anew by the boundary, with a
+    /// fresh tag of `u-1`'s: an entry in the signed log that no custodian has been shown yet.
+    async fn logged_again(&self, index: u64) -> (u64, Vec<u8>) {
+        let mut event = clover_event::Event::decode(&self.entry(index).await).unwrap();
+        let subject: SubjectId = "u-1".parse().unwrap();
+        let tags = self.app.boundary.custody().subject_tag_key(&subject, false).await.unwrap().unwrap();
+        event.subject = Some(tags.tag().unwrap());
+        let index = self.app.boundary.log().append(&event).await.unwrap();
+        (index, self.entry(index).await)
+    }
+
+    /// The custodian's journal.
+    async fn journal(&self) -> Vec<Value> {
+        self.http.get(format!("{}/v1/journal", self.url)).send().await.unwrap().json().await.unwrap()
+    }
 }
 
 #[tokio::test]
@@ -85,15 +101,16 @@ async fn the_boundary_reads_through_the_custodian_and_holds_no_key() {
 
     // The custodian's journal: the registration's key made, the record's write, the read;
     // each with the log index and purpose of its entry.
-    let journal: Vec<Value> =
-        remote.http.get(format!("{}/v1/journal", remote.url)).send().await.unwrap().json().await.unwrap();
+    let journal = remote.journal().await;
     let actions: Vec<&str> = journal.iter().map(|r| r["action"].as_str().unwrap()).collect();
     assert_eq!(actions, ["write", "write", "read"]);
     assert_eq!(journal[2]["log_index"].as_u64().unwrap(), read_index);
     assert_eq!(journal[2]["purpose"], "legal");
 
-    // The key the custodian hands out for that entry opens the record.
-    let answer = remote.call("fetch", read_index, &remote.entry(read_index).await).await;
+    // The key the custodian hands out for such a read (logged anew: the boundary used that
+    // entry, and a receipt opens its key once) opens the record.
+    let (read_index, entry) = remote.logged_again(read_index).await;
+    let answer = remote.call("fetch", read_index, &entry).await;
     assert_eq!(answer.status(), 200);
     let key: Value = answer.json().await.unwrap();
     let key = DataKey::from_slice(&B64.decode(key["key"].as_str().unwrap()).unwrap()).unwrap();
@@ -109,8 +126,10 @@ async fn the_custodian_refuses_what_the_signed_log_does_not_allow() {
     let app = &remote.app;
     let record = app.seed("u-1", json!({"name": "Ana"})).await;
     let read: Value = app.get_record(DUBLIN, &record).await.json().await.unwrap();
-    let index = read["log_index"].as_u64().unwrap();
-    let entry = remote.entry(index).await;
+    // The same read logged anew, so that what follows is refused for what it is, not because
+    // the boundary used the read's entry already; and another, kept for after the erasure.
+    let (index, entry) = remote.logged_again(read["log_index"].as_u64().unwrap()).await;
+    let (earlier_index, earlier) = remote.logged_again(index).await;
 
     // An altered entry (another subject tag) is not in the log.
     let event: Value = serde_json::from_slice(&entry).unwrap();
@@ -160,7 +179,8 @@ async fn the_custodian_refuses_what_the_signed_log_does_not_allow() {
     assert_eq!(remote.call("fetch", index, &entry).await.status(), 403);
     let again = app.seed("u-1", json!({"name": "Someone else"})).await;
     assert_eq!(app.get_record(DUBLIN, &again).await.status(), 200);
-    assert_eq!(remote.call("fetch", index, &entry).await.status(), 403, "a read from the earlier life");
+    let earlier_life = remote.call("fetch", earlier_index, &earlier).await;
+    assert_eq!(earlier_life.status(), 403, "a read from the earlier life, never presented before");
     let old_erase = remote.entry(erase_index).await;
     assert_eq!(remote.call("destroy", erase_index, &old_erase).await.status(), 403, "an erasure replayed");
     assert_eq!(app.get_record(DUBLIN, &again).await.status(), 200, "the new key is intact");
@@ -178,6 +198,64 @@ async fn the_custodian_refuses_what_the_signed_log_does_not_allow() {
             app.client(DUBLIN).request(method, app.url(path)).bearer_auth(app.mint(&claims)).send().await.unwrap();
         problem(keys, 409, "custodian-elsewhere").await;
     }
+}
+
+/// A receipt opens its key once: the entry of a read the boundary made (and the custodian
+/// honoured), presented to the custodian again, is refused with 403 and a message that says so,
+/// and nothing is handed out or journalled.
+#[tokio::test]
+async fn a_receipt_presented_twice_is_refused_the_second_time() {
+    let remote = start().await;
+    let app = &remote.app;
+    let record = app.seed("u-1", json!({"name": "Ana"})).await;
+    let read = app.get_record(DUBLIN, &record).await;
+    assert_eq!(read.status(), 200, "the first use, through the boundary");
+    let read: Value = read.json().await.unwrap();
+    assert_eq!(read["fields"]["name"], "Ana");
+    let index = read["log_index"].as_u64().unwrap();
+    let entry = remote.entry(index).await;
+    let journal = remote.journal().await;
+
+    let again = remote.call("fetch", index, &entry).await;
+    assert_eq!(again.status(), 403);
+    let body: Value = again.json().await.unwrap();
+    let expected = format!("the receipt for log entry {index} was already used: a receipt opens its key once");
+    assert!(body["error"].as_str().unwrap().ends_with(&expected), "{body}");
+    assert!(body.get("key").is_none());
+    assert_eq!(remote.journal().await, journal, "nothing handed out");
+
+    // Each read through the boundary is an entry of its own, and goes on working.
+    let read: Value = app.get_record(DUBLIN, &record).await.json().await.unwrap();
+    assert_eq!(read["fields"]["name"], "Ana");
+    assert_ne!(read["log_index"].as_u64().unwrap(), index);
+}
+
+/// A registration that finds the subject's key already made (one cut short after the key was
+/// made, or a race) fetches it with an entry of its own: the custodian used up the
+/// registration's receipt on the creation it refused (409).
+#[tokio::test]
+async fn a_registration_that_finds_its_key_made_fetches_it_with_an_entry_of_its_own() {
+    let remote = start().await;
+    let app = &remote.app;
+    assert_eq!(app.put_subject("u-1").await.status(), 201);
+    // The key in custody, and no subject: the first registration cut short.
+    app.tamper("DELETE FROM subjects WHERE subject_id = ?", None, "u-1").await;
+    let registered = app.put_subject("u-1").await;
+    assert_eq!(registered.status(), 201);
+    let registration = registered.json::<Value>().await.unwrap()["log_index"].as_u64().unwrap();
+    // The custodian journalled the first creation and the fetch, under an entry after the
+    // registration's.
+    let journal = remote.journal().await;
+    let logged: Vec<(&str, u64)> =
+        journal.iter().map(|r| (r["action"].as_str().unwrap(), r["log_index"].as_u64().unwrap())).collect();
+    assert_eq!(logged.len(), 2, "{journal:?}");
+    assert_eq!(logged[1], ("write", registration + 1));
+    // The key is the subject's: a record written with it reads back.
+    let record = app.post_record("u-1", "profile", json!({"name": "Ana"})).await;
+    assert_eq!(record.status(), 201);
+    let record = record.json::<Value>().await.unwrap()["record_id"].as_str().unwrap().to_owned();
+    let read: Value = app.get_record(DUBLIN, &record).await.json().await.unwrap();
+    assert_eq!(read["fields"]["name"], "Ana");
 }
 
 #[tokio::test]
@@ -335,8 +413,8 @@ async fn a_read_of_one_record_opens_no_other_record_of_the_subject() {
     let messages = app.post_record("u-1", "messages", json!({"text": "see you at eight"})).await;
     let messages = messages.json::<Value>().await.unwrap()["record_id"].as_str().unwrap().to_owned();
     let read: Value = app.get_record(DUBLIN, &profile).await.json().await.unwrap();
-    let index = read["log_index"].as_u64().unwrap();
-    let entry = remote.entry(index).await;
+    // The read's access, logged anew (the boundary used the read's own receipt).
+    let (index, entry) = remote.logged_again(read["log_index"].as_u64().unwrap()).await;
     let subject_hash = app.boundary.subject_hash(&"u-1".parse().unwrap());
     let opening = opening_of(&app.boundary, &entry).await.unwrap();
     let ask = |opening: Value| {

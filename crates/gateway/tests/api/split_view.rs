@@ -203,7 +203,13 @@ async fn a_log_shown_to_the_custodian_alone_unlocks_nothing() {
     cosigned_past(app, index, &setup.witness_vkey).await;
 
     // The operator forks: a log of its own, signed with the boundary's key, holding a read of
-    // u-1 that the public log does not have at that index.
+    // u-1 that the public log does not have at that index. Not the entry of the read above,
+    // which the custodian honoured already (a receipt opens its key once): one of the
+    // operator's own making, with a fresh tag of u-1's (whose tag key the boundary may ask for).
+    let mut forged = clover_event::Event::decode(&entry).unwrap();
+    let tags = app.boundary.custody().subject_tag_key(&"u-1".parse().unwrap(), false).await.unwrap().unwrap();
+    forged.subject = Some(tags.tag().unwrap());
+    let entry = forged.encode();
     let keyring = DataDir::new(app.data_dir()).unseal(app.boundary.region()).unwrap();
     let signer = keyring.checkpoint_signer(&app.boundary.config().log_origin()).unwrap();
     let fork_log = Log::open(&setup.dir.path().join("fork"), signer, LogOptions::default()).unwrap();

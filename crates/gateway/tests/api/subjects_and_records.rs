@@ -19,6 +19,26 @@ async fn a_subject_is_registered_once_and_then_updated() {
     assert_eq!(app.dump().await.len(), 1);
 }
 
+/// A registration that finds the subject's key already made (one cut short after the key was
+/// made, or a race) fetches it under a log entry of its own: the custodian honours a receipt
+/// once, and the registration's went on the creation it refused.
+#[tokio::test]
+async fn a_registration_cut_short_after_its_key_was_made_completes() {
+    let app = TestApp::start().await;
+    assert_eq!(app.put_subject("u-1003").await.status(), 201);
+    app.tamper("DELETE FROM subjects WHERE subject_id = ?", None, "u-1003").await;
+    let size = app.boundary.log().size();
+    let again = app.put_subject("u-1003").await;
+    assert_eq!(again.status(), 201);
+    assert_eq!(again.json::<Value>().await.unwrap()["log_index"].as_u64().unwrap(), size);
+    assert_eq!(app.boundary.log().size(), size + 2, "the registration's entry, and the fetch's");
+    let record = app.post_record("u-1003", "profile", json!({"name": "Ana"})).await;
+    assert_eq!(record.status(), 201);
+    let record = record.json::<Value>().await.unwrap()["record_id"].as_str().unwrap().to_owned();
+    let read: Value = app.get_record(DUBLIN, &record).await.json().await.unwrap();
+    assert_eq!(read["fields"]["name"], "Ana");
+}
+
 #[tokio::test]
 async fn a_record_written_is_read_back_in_full_from_every_eu_site() {
     let app = TestApp::start().await;

@@ -8,9 +8,10 @@ use sqlx::postgres::{PgListener, PgPool, PgPoolOptions, Postgres};
 use super::{Dialect, ErasureListener, KeyDb};
 
 /// Its migrations, in order. Never edit one that has shipped; add the next.
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    "CREATE TABLE data_keys (
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        "CREATE TABLE data_keys (
          subject TEXT PRIMARY KEY,
          kek_version BIGINT NOT NULL,
          wrapped BYTEA NOT NULL,
@@ -35,7 +36,17 @@ const MIGRATIONS: &[(i64, &str)] = &[(
          purpose TEXT,
          cached BIGINT NOT NULL
      );",
-)];
+    ),
+    (
+        2,
+        "CREATE TABLE honoured_receipts (
+             entry_hash TEXT PRIMARY KEY,
+             log_index BIGINT NOT NULL,
+             honoured_at BIGINT NOT NULL
+         );
+         CREATE INDEX honoured_receipts_by_time ON honoured_receipts (honoured_at);",
+    ),
+];
 
 /// The channel on which custodians tell each other of erasures: `<subject hash> <log index>`.
 const ERASURES: &str = "clover_custody_erasure";

@@ -35,6 +35,12 @@ CREATE TABLE IF NOT EXISTS unwraps (
     purpose TEXT,
     cached INTEGER NOT NULL
 ) STRICT;
+CREATE TABLE IF NOT EXISTS honoured_receipts (
+    entry_hash TEXT PRIMARY KEY,
+    log_index INTEGER NOT NULL,
+    honoured_at INTEGER NOT NULL
+) STRICT;
+CREATE INDEX IF NOT EXISTS honoured_receipts_by_time ON honoured_receipts (honoured_at);
 ";
 
 /// Opens the file (created if needed) and makes its tables. Deleted cells are zeroed
