@@ -103,6 +103,16 @@ pub enum ApiError {
     /// The log refuses appends: nothing can be decided until it is back.
     #[error("log unavailable")]
     LogUnavailable(#[source] LogError),
+    /// An erasure is committed (the subject's data key destroyed, their rows deleted) but old
+    /// copies of the rows remain in the data store's write-ahead log, which readers kept from
+    /// being truncated; erasing again finishes it. Logged at `log_index`.
+    #[error("erasure of subject {subject:?} unfinished")]
+    ErasureUnfinished {
+        /// The subject.
+        subject: String,
+        /// The erasure's log entry.
+        log_index: u64,
+    },
     /// A path parameter is not a valid id.
     #[error(transparent)]
     InvalidId(#[from] InvalidId),
@@ -213,6 +223,16 @@ impl ApiError {
                 "Log unavailable",
                 "the access log cannot record this request, so nothing is decided or decrypted; retry later".to_owned(),
             ),
+            Self::ErasureUnfinished { subject, .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "erasure-unfinished",
+                "Erasure not finished",
+                format!(
+                    "the erasure of subject {subject:?} is committed (their data key is destroyed and their rows are \
+                     deleted) but old copies of the rows remain in the data store's write-ahead log, which readers kept \
+                     from being truncated; send the same request again to finish it"
+                ),
+            ),
             Self::InvalidId(e) => (StatusCode::BAD_REQUEST, "invalid-id", "Invalid identifier", format!("{e}")),
             Self::NotFound { what, id } => (
                 StatusCode::NOT_FOUND,
@@ -296,11 +316,13 @@ impl IntoResponse for ApiError {
         let head_refused = matches!(self, Self::HeadNotAllowed);
         let retry_after = match self {
             Self::TooManyRefusals { retry_after } => Some(retry_after),
+            Self::ErasureUnfinished { .. } => Some(1),
             _ => None,
         };
         let (decision, log_index) = match self {
             Self::Forbidden { decision, log_index } => (Some(decision), Some(log_index)),
             Self::CertificateRefused { log_index, .. } => (None, log_index),
+            Self::ErasureUnfinished { log_index, .. } => (None, Some(log_index)),
             _ => (None, None),
         };
         let label = decision.as_ref().map(|d| d.effect());

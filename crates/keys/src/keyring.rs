@@ -7,6 +7,16 @@
 //! region's boundary. A keyring sealed with PBKDF2 by an earlier version of Clover
 //! (`clover-keyring/v1`) still opens, and is re-sealed with Argon2id when opened.
 //!
+//! Every write of the file (a new KEK version, a retired one: each step of a rotation)
+//! re-seals it under a new salt, so that each copy of the file ever written is sealed under a
+//! key of its own: the key derived to open or write one copy opens no other, and is dropped once
+//! used. What that does not do is make an old copy unopenable: an old copy opens with the
+//! passphrase it was sealed with, and holds the KEK versions retired since, which open a copy of
+//! the key store from the same time, erased subjects' keys included. So copies of the keyring
+//! (and of its passphrase) are kept apart from copies of the data directory, and an old one is
+//! destroyed once a rotation has retired its versions (`docs/security.md`, Erasure;
+//! `docs/deployment.md`, Backups).
+//!
 //! With `[keys] backend = "pkcs11"`, the key-encryption keys are in the HSM instead
 //! ([`crate::pkcs11`]), and the keyring keeps the other two keys.
 
@@ -79,9 +89,13 @@ struct SealedKeys {
 pub struct Keyring {
     path: PathBuf,
     region: Region,
+    /// The key derivation the file is re-sealed with: its algorithm and cost (each re-seal draws
+    /// a new salt).
     kdf: Kdf,
-    /// The key derived from the passphrase, kept to re-seal the file when KEK versions change.
-    sealing: Zeroizing<[u8; 32]>,
+    /// The passphrase, to re-seal the file under a new salt at each write. No key derived from
+    /// it is kept: each opens one copy of the file only, and is dropped once used. (The process
+    /// read the passphrase from `CLOVER_PASSPHRASE` or the passphrase file, and could again.)
+    passphrase: Passphrase,
     keks: RwLock<BTreeMap<u32, Zeroizing<[u8; 32]>>>,
     checkpoint_key: Zeroizing<Vec<u8>>,
     subject_index_key: Zeroizing<Vec<u8>>,
@@ -139,6 +153,13 @@ fn file_aad(format: &str, region: &Region) -> Vec<u8> {
     format!("{format}|{region}").into_bytes()
 }
 
+impl Kdf {
+    /// The same derivation with a new random salt.
+    fn resalted(&self) -> Result<Self, KeyError> {
+        Ok(Self { salt: B64.encode(*random::<16>()?), ..self.clone() })
+    }
+}
+
 fn argon2_kdf((memory_kib, passes, lanes): (u32, u32, u32)) -> Result<Kdf, KeyError> {
     Ok(Kdf {
         algorithm: ARGON2ID.to_owned(),
@@ -168,11 +189,10 @@ impl Keyring {
             return Err(KeyError::AlreadyExists(path.to_owned()));
         }
         let checkpoint_key = Zeroizing::new(generate_pkcs8().map_err(|_| KeyError::Crypto("key generation failed"))?);
-        let kdf = argon2_kdf(argon2)?;
         let keyring = Self {
             path: path.to_owned(),
-            sealing: derive(passphrase, &kdf, path)?,
-            kdf,
+            kdf: argon2_kdf(argon2)?,
+            passphrase: passphrase.duplicate(),
             region,
             keks: RwLock::new(BTreeMap::from([(1, random::<32>()?)])),
             checkpoint_key,
@@ -189,8 +209,10 @@ impl Keyring {
         self.save_with(&keks, new)
     }
 
-    /// [`Keyring::save`] with these KEK versions.
+    /// [`Keyring::save`] with these KEK versions, sealed under a new salt.
     fn save_with(&self, keks: &BTreeMap<u32, Zeroizing<[u8; 32]>>, new: bool) -> Result<(), KeyError> {
+        let kdf = self.kdf.resalted()?;
+        let sealing = derive(&self.passphrase, &kdf, &self.path)?;
         let malformed = |e: serde_json::Error| KeyError::Malformed { path: self.path.clone(), detail: e.to_string() };
         let plaintext = {
             let sealed = SealedKeys {
@@ -207,8 +229,8 @@ impl Keyring {
         let file = KeyringFile {
             format: FORMAT.to_owned(),
             region: self.region.clone(),
-            kdf: self.kdf.clone(),
-            sealed: B64.encode(seal(self.sealing.as_ref(), &file_aad(FORMAT, &self.region), &plaintext)?),
+            kdf,
+            sealed: B64.encode(seal(sealing.as_ref(), &file_aad(FORMAT, &self.region), &plaintext)?),
         };
         let mut text = serde_json::to_vec_pretty(&file).map_err(malformed)?;
         text.push(b'\n');
@@ -249,11 +271,12 @@ impl Keyring {
             let text = Zeroizing::new(text);
             B64.decode(text.as_bytes()).map(Zeroizing::new).map_err(|e| malformed(format!("{what}: {e}")))
         };
+        drop(sealing);
         let mut keyring = Self {
             path: path.to_owned(),
             region: file.region,
             kdf: file.kdf,
-            sealing,
+            passphrase: passphrase.duplicate(),
             keks: RwLock::new(keks),
             checkpoint_key: decode("checkpoint key", keys.checkpoint_key)?,
             subject_index_key: decode("subject index key", keys.subject_index_key)?,
@@ -261,7 +284,6 @@ impl Keyring {
         };
         if legacy {
             keyring.kdf = argon2_kdf(ARGON2_PARAMS)?;
-            keyring.sealing = derive(passphrase, &keyring.kdf, path)?;
             keyring.save(false)?;
         }
         Ok(keyring)
@@ -508,6 +530,60 @@ mod tests {
         assert!(matches!(reopened.decrypt(1, b"aad", &under_v1), Err(KeyError::UnknownKekVersion(1))));
         // A new version after a retirement does not reuse the retired number.
         assert_eq!(reopened.add_version().unwrap(), 4);
+    }
+
+    /// The key that seals the file at `path`, derived from `passphrase` and the file's salt.
+    fn sealing_key(path: &Path, passphrase: &Passphrase) -> Zeroizing<[u8; 32]> {
+        let file: KeyringFile = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        derive(passphrase, &file.kdf, path).unwrap()
+    }
+
+    /// Whether `key` opens the keys sealed in the file at `path`.
+    fn opens(key: &[u8; 32], path: &Path) -> bool {
+        let file: KeyringFile = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        open(key, &file_aad(&file.format, &file.region), &B64.decode(&file.sealed).unwrap()).is_ok()
+    }
+
+    #[test]
+    fn each_rotation_step_reseals_under_a_new_salt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyring.json");
+        let keyring = create(&path);
+        let under_v1 = keyring.encrypt(1, b"aad", b"erased subject's key").unwrap();
+        // A copy of the file as it was before the rotation (a backup, say).
+        let before = dir.path().join("keyring.before.json");
+        std::fs::copy(&path, &before).unwrap();
+
+        // Adding a version and retiring the old one each write the file under a new salt, with
+        // the same Argon2id cost.
+        let mut salts = vec![file(&path)["kdf"]["salt"].clone()];
+        keyring.add_version().unwrap();
+        salts.push(file(&path)["kdf"]["salt"].clone());
+        keyring.retire_version(1).unwrap();
+        salts.push(file(&path)["kdf"]["salt"].clone());
+        assert!(salts[0] != salts[1] && salts[1] != salts[2] && salts[0] != salts[2], "{salts:?}");
+        let kdf = &file(&path)["kdf"];
+        assert_eq!((kdf["algorithm"].as_str(), kdf["memory_kib"].as_u64()), (Some(ARGON2ID), Some(8)));
+
+        // Each copy has a key of its own: the one that seals the file now does not open the
+        // copy from before, nor the reverse.
+        let now = sealing_key(&path, &pw());
+        let then = sealing_key(&before, &pw());
+        assert!(opens(&now, &path) && opens(&then, &before));
+        assert!(!opens(&now, &before));
+        assert!(!opens(&then, &path));
+
+        // The file opens with the passphrase, without the retired version.
+        let reopened = Keyring::open(&path, &pw()).unwrap();
+        assert_eq!(reopened.versions().unwrap(), vec![2]);
+        assert!(matches!(reopened.decrypt(1, b"aad", &under_v1), Err(KeyError::UnknownKekVersion(1))));
+        // What the new salt does not do: the copy from before still opens with the same
+        // passphrase and still holds version 1, which opens what it wrapped. Hence copies of the
+        // keyring are kept apart from copies of the key store, and destroyed after a rotation.
+        let old = Keyring::open(&before, &pw()).unwrap();
+        assert_eq!(old.versions().unwrap(), vec![1]);
+        assert_eq!(old.decrypt(1, b"aad", &under_v1).unwrap().as_slice(), b"erased subject's key");
+        assert!(matches!(Keyring::open(&before, &Passphrase::new("nope")), Err(KeyError::WrongPassphrase(_))));
     }
 
     /// Writes a keyring as Clover's v1 did: PBKDF2-HMAC-SHA256, format `clover-keyring/v1`.

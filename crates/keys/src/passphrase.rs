@@ -44,6 +44,11 @@ impl Passphrase {
         self.0.as_bytes()
     }
 
+    /// A second copy, for the keyring, which re-seals its file with it (zeroized on drop too).
+    pub(crate) fn duplicate(&self) -> Self {
+        Self(self.0.clone())
+    }
+
     /// The passphrase from `CLOVER_PASSPHRASE` if it is set and not empty, else from the
     /// passphrase file in `data_dir` if there is one.
     pub fn find(data_dir: &Path) -> Result<Option<(Self, PassphraseSource)>, KeyError> {

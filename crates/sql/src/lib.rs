@@ -1,9 +1,12 @@
 //! SQL helpers that the store, the log and the custodian's key store share: versioned
-//! migrations applied once under an advisory lock, and database URLs without their passwords
-//! for messages.
+//! migrations applied once under an advisory lock, database URLs without their passwords for
+//! messages, and the truncation of a SQLite write-ahead log after an erasure.
+
+use std::time::{Duration, Instant};
 
 use sqlx::AssertSqlSafe;
 use sqlx::postgres::PgPool;
+use sqlx::sqlite::SqlitePool;
 
 /// Applies `migrations` (version, SQL) not yet recorded in `table`, all in one transaction under
 /// an advisory lock, so that processes starting together apply each one once.
@@ -52,6 +55,82 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// How long one checkpoint attempt of [`truncate_wal`] waits for the readers and the writer
+/// that hold it back (its busy timeout) before it gives up and is tried again.
+const CHECKPOINT_ATTEMPT: Duration = Duration::from_millis(100);
+
+/// The longest pause between two checkpoint attempts of [`truncate_wal`].
+const CHECKPOINT_PAUSE: Duration = Duration::from_millis(250);
+
+/// How a [`truncate_wal`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WalTruncation {
+    /// Whether the write-ahead log was checkpointed and truncated to nothing.
+    pub truncated: bool,
+    /// How many checkpoints were tried.
+    pub attempts: u32,
+    /// How long it took.
+    pub waited: Duration,
+}
+
+/// Copies every frame of a SQLite database's write-ahead log into the main file and truncates
+/// the log to nothing (`PRAGMA wal_checkpoint(TRUNCATE)`), trying again for up to `window`
+/// while other connections hold it back.
+///
+/// What an erasure needs: with `secure_delete`, the deleting transaction writes page images
+/// whose freed cells are zeroed, but the old images, with the erased rows, are still in the main
+/// file and in earlier frames of the log. The checkpoint overwrites the first and the truncation
+/// drops the second. A TRUNCATE checkpoint takes the database's write lock before it waits for
+/// readers, so writers pause while each attempt runs (they wait their own busy timeout); what
+/// holds it back is a reader whose snapshot still uses the log (it can still read the erased
+/// rows), or a writer in the middle of a transaction. Each attempt waits 100 ms for them;
+/// between attempts writers go on, with a pause that doubles from 10 ms up to 250 ms.
+pub async fn truncate_wal(pool: &SqlitePool, window: Duration) -> Result<WalTruncation, sqlx::Error> {
+    let started = Instant::now();
+    let mut conn = pool.acquire().await?;
+    let busy_timeout: i64 = sqlx::query_scalar("PRAGMA busy_timeout").fetch_one(&mut *conn).await?;
+    sqlx::raw_sql(AssertSqlSafe(format!("PRAGMA busy_timeout = {}", CHECKPOINT_ATTEMPT.as_millis())))
+        .execute(&mut *conn)
+        .await?;
+    let mut attempts = 0;
+    let mut pause = Duration::from_millis(10);
+    let truncated = loop {
+        attempts += 1;
+        if checkpoint(&mut conn).await? {
+            break true;
+        }
+        let left = window.saturating_sub(started.elapsed());
+        if left.is_zero() {
+            break false;
+        }
+        tokio::time::sleep(pause.min(left)).await;
+        pause = (pause * 2).min(CHECKPOINT_PAUSE);
+    };
+    // The connection goes back to the pool with its own busy timeout, or not at all.
+    let restored =
+        sqlx::raw_sql(AssertSqlSafe(format!("PRAGMA busy_timeout = {busy_timeout}"))).execute(&mut *conn).await;
+    if restored.is_err() {
+        conn.close_on_drop();
+    }
+    Ok(WalTruncation { truncated, attempts, waited: started.elapsed() })
+}
+
+/// One `wal_checkpoint(TRUNCATE)`: whether it checkpointed every frame and truncated the log.
+async fn checkpoint(conn: &mut sqlx::SqliteConnection) -> Result<bool, sqlx::Error> {
+    match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(TRUNCATE)").fetch_one(conn).await {
+        // (busy, frames in the log, frames checkpointed): a truncated log has none.
+        Ok((busy, _, _)) => Ok(busy == 0),
+        // Another connection checkpointing at the same time, say: busy, like a reader.
+        Err(sqlx::Error::Database(e)) if e.code().and_then(|c| c.parse::<i32>().ok()).is_some_and(is_busy) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether a SQLite result code (extended or primary) is `SQLITE_BUSY` or `SQLITE_LOCKED`.
+fn is_busy(code: i32) -> bool {
+    matches!(code & 0xff, 5 | 6)
+}
+
 #[cfg(test)]
 mod tests {
     use super::redact;
@@ -60,5 +139,100 @@ mod tests {
     fn passwords_stay_out_of_messages() {
         assert_eq!(redact("postgres://clover:s3cret@db.eu:5432/clover"), "postgres://clover@db.eu:5432/clover");
         assert_eq!(redact("postgres://db.eu/clover"), "postgres://db.eu/clover");
+    }
+
+    mod wal {
+        use std::time::Duration;
+
+        use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool};
+
+        use crate::truncate_wal;
+
+        async fn open(path: &std::path::Path) -> SqlitePool {
+            let options = SqliteConnectOptions::new()
+                .filename(path)
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .busy_timeout(Duration::from_secs(5))
+                .pragma("secure_delete", "ON");
+            SqlitePool::connect_with(options).await.unwrap()
+        }
+
+        fn wal_len(path: &std::path::Path) -> u64 {
+            let mut wal = path.as_os_str().to_owned();
+            wal.push("-wal");
+            std::fs::metadata(wal).map(|m| m.len()).unwrap_or_default()
+        }
+
+        /// A database with a row written, a reader that holds a snapshot of it, and the row
+        /// deleted after the reader began.
+        async fn held(dir: &tempfile::TempDir) -> (SqlitePool, sqlx::Transaction<'static, sqlx::Sqlite>) {
+            let path = dir.path().join("db");
+            let pool = open(&path).await;
+            sqlx::raw_sql("CREATE TABLE t (v TEXT); INSERT INTO t VALUES ('erase me');").execute(&pool).await.unwrap();
+            let reader = open(&path).await;
+            let mut snapshot = reader.begin().await.unwrap();
+            let seen: String = sqlx::query_scalar("SELECT v FROM t").fetch_one(&mut *snapshot).await.unwrap();
+            assert_eq!(seen, "erase me");
+            sqlx::query("DELETE FROM t").execute(&pool).await.unwrap();
+            (pool, snapshot)
+        }
+
+        #[tokio::test]
+        async fn a_reader_holds_the_log_until_it_ends() {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("db");
+            let (pool, mut snapshot) = held(&dir).await;
+
+            // Held throughout the window: not truncated, after several attempts.
+            let held = truncate_wal(&pool, Duration::from_millis(400)).await.unwrap();
+            assert!(!held.truncated, "{held:?}");
+            assert!(held.attempts > 1, "{held:?}");
+            assert!(held.waited >= Duration::from_millis(400), "{held:?}");
+            assert!(wal_len(&path) > 0);
+            // The reader still sees the deleted row: it is not gone while the reader lasts.
+            let seen: i64 = sqlx::query_scalar("SELECT count(*) FROM t").fetch_one(&mut *snapshot).await.unwrap();
+            assert_eq!(seen, 1);
+
+            // Released during the window: truncated once it is.
+            let release = tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                snapshot.rollback().await.unwrap();
+            });
+            let done = truncate_wal(&pool, Duration::from_secs(5)).await.unwrap();
+            release.await.unwrap();
+            assert!(done.truncated, "{done:?}");
+            assert!(done.waited >= Duration::from_millis(250), "{done:?}");
+            assert_eq!(wal_len(&path), 0);
+
+            // The connections keep their busy timeout.
+            for _ in 0..3 {
+                let timeout: i64 = sqlx::query_scalar("PRAGMA busy_timeout").fetch_one(&pool).await.unwrap();
+                assert_eq!(timeout, 5000);
+            }
+        }
+
+        #[tokio::test]
+        async fn writers_go_on_between_attempts() {
+            let dir = tempfile::tempdir().unwrap();
+            let (pool, snapshot) = held(&dir).await;
+            let writes = {
+                let pool = pool.clone();
+                tokio::spawn(async move {
+                    for i in 0..20 {
+                        sqlx::query("INSERT INTO t VALUES (?)").bind(i.to_string()).execute(&pool).await.unwrap();
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                })
+            };
+            let held = truncate_wal(&pool, Duration::from_millis(300)).await.unwrap();
+            assert!(!held.truncated, "{held:?}");
+            writes.await.unwrap();
+            drop(snapshot);
+            let done = truncate_wal(&pool, Duration::from_secs(5)).await.unwrap();
+            assert!(done.truncated, "{done:?}");
+            let count: i64 = sqlx::query_scalar("SELECT count(*) FROM t").fetch_one(&pool).await.unwrap();
+            assert_eq!(count, 20);
+        }
     }
 }

@@ -1,5 +1,7 @@
 //! What can go wrong in the store.
 
+use std::time::Duration;
+
 use clover_model::SubjectId;
 
 /// An error of the store.
@@ -33,4 +35,17 @@ pub enum StoreError {
     /// The subject is not registered.
     #[error("no subject {0:?} is registered")]
     NoSuchSubject(SubjectId),
+    /// An erasure is committed (the rows are deleted) but the database's write-ahead log still
+    /// holds old copies of them: readers held it back for as long as the store waits. Erasing
+    /// the subject again finishes it.
+    #[error(
+        "the erasure of subject {subject:?} is committed but the write-ahead log still holds old copies of its rows: \
+         readers kept it from being truncated for {waited:?}"
+    )]
+    OldCopiesRemain {
+        /// The erased subject.
+        subject: SubjectId,
+        /// How long the store tried.
+        waited: Duration,
+    },
 }

@@ -128,6 +128,11 @@ pub struct Erasure {
     pub records: u64,
     /// How many log annexes about the subject were unlinked from them.
     pub annexes: u64,
+    /// Whether the database's write-ahead log was checkpointed and truncated after the
+    /// deletion, so that no old copy of the erased rows is left in the database's own files
+    /// (SQLite). PostgreSQL's store leaves that to the database: dead row versions stay until
+    /// `VACUUM`, and WAL segments until they are recycled (`false`).
+    pub wal_truncated: bool,
 }
 
 /// How many rows the store holds.
@@ -190,7 +195,21 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes a subject and all their records, and unlinks the log annexes about them (their
     /// subject and record replaced by digests, [`Annex::unlinked`]), at once, and makes sure the
     /// deleted bytes are overwritten. Returns `None` if there is no such subject.
+    ///
+    /// SQLite: the answer comes only once the write-ahead log that held the old rows is
+    /// truncated. If readers hold it back longer than the store waits, the deletion stays
+    /// committed and the answer is [`StoreError::OldCopiesRemain`]; the erasure is then
+    /// [unfinished](Store::erasure_unfinished), and erasing the same subject again finishes it
+    /// (and returns what the first attempt erased).
     async fn erase_subject(&self, id: &SubjectId) -> Result<Option<Erasure>, StoreError>;
+
+    /// Whether an erasure of `id` was committed but answered [`StoreError::OldCopiesRemain`],
+    /// and not finished since by [`Store::erase_subject`]. Kept in memory: a store opened afresh
+    /// has none (SQLite checkpoints and truncates its write-ahead log when it opens).
+    fn erasure_unfinished(&self, id: &SubjectId) -> bool {
+        let _ = id;
+        false
+    }
 
     /// How many subjects and records are stored.
     async fn counts(&self) -> Result<Counts, StoreError>;

@@ -262,7 +262,9 @@ impl Store for PostgresStore {
                 .map_err(db("unlinking an annex"))?;
         }
         tx.commit().await.map_err(db("erasing a subject"))?;
-        Ok(Some(Erasure { records, annexes }))
+        // Dead row versions stay until VACUUM, WAL segments until recycled: the database's to
+        // reclaim (docs/security.md).
+        Ok(Some(Erasure { records, annexes, wal_truncated: false }))
     }
 
     async fn counts(&self) -> Result<Counts, StoreError> {

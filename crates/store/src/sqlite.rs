@@ -1,6 +1,8 @@
 //! The embedded SQLite backend.
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -138,10 +140,18 @@ const MIGRATIONS: &[(i64, &str)] = &[
     ),
 ];
 
+/// How long an erasure waits for readers to let the write-ahead log be truncated (the busy
+/// timeout every connection has) before it answers [`StoreError::OldCopiesRemain`].
+pub const ERASURE_WAIT: Duration = Duration::from_secs(5);
+
 /// A store in one SQLite file.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// Erasures committed but answered [`StoreError::OldCopiesRemain`], by subject, with what
+    /// they erased: erasing the subject again finishes them. Never written to the database,
+    /// which is to hold nothing of an erased subject.
+    unfinished: Arc<Mutex<HashMap<SubjectId, Erasure>>>,
 }
 
 rows::columns!(SqliteRow);
@@ -179,7 +189,41 @@ impl SqliteStore {
             .execute(&pool)
             .await
             .map_err(open_err)?;
-        Ok(Self { pool })
+        // A process that stopped with frames in the log (killed, say, with an erasure that was
+        // not finished) left them there: the file opens with none.
+        let truncation = clover_sql::truncate_wal(&pool, Duration::ZERO).await.map_err(open_err)?;
+        if !truncation.truncated {
+            tracing::warn!(
+                path = %path.display(),
+                "another process holds the database's write-ahead log: it was not truncated on opening"
+            );
+        }
+        Ok(Self { pool, unfinished: Arc::default() })
+    }
+
+    /// Truncates the write-ahead log after the erasure of `id`, which erased `erasure`: the
+    /// erasure as answered, or [`StoreError::OldCopiesRemain`] (and the erasure unfinished) if
+    /// readers held the log for [`ERASURE_WAIT`].
+    async fn overwrite(&self, id: &SubjectId, erasure: Erasure) -> Result<Erasure, StoreError> {
+        // secure_delete zeroed the freed cells in the new page images; the checkpoint copies
+        // them over the old pages in the main file, and the truncation drops the frames that
+        // still held the old ones.
+        let truncation = clover_sql::truncate_wal(&self.pool, ERASURE_WAIT).await;
+        let mut unfinished = self.unfinished.lock().unwrap_or_else(PoisonError::into_inner);
+        match truncation {
+            Ok(t) if t.truncated => {
+                unfinished.remove(id);
+                Ok(Erasure { wal_truncated: true, ..erasure })
+            }
+            Ok(t) => {
+                unfinished.insert(id.clone(), erasure);
+                Err(StoreError::OldCopiesRemain { subject: id.clone(), waited: t.waited })
+            }
+            Err(e) => {
+                unfinished.insert(id.clone(), erasure);
+                Err(db("checkpointing after an erasure")(e))
+            }
+        }
     }
 
     /// Closes the pool, waiting for connections to finish.
@@ -303,7 +347,13 @@ impl Store for SqliteStore {
             .map_err(db("erasing a subject"))?
             .rows_affected();
         if subjects == 0 {
-            return Ok(None);
+            drop(tx);
+            // Erased already, but perhaps not finished: finish it.
+            let unfinished = self.unfinished.lock().unwrap_or_else(PoisonError::into_inner).get(id).copied();
+            return match unfinished {
+                Some(erasure) => self.overwrite(id, erasure).await.map(Some),
+                None => Ok(None),
+            };
         }
         let linked: Vec<(String, Vec<u8>)> =
             sqlx::query_as("SELECT commitment, annex FROM annexes WHERE subject_id = ?")
@@ -322,17 +372,11 @@ impl Store for SqliteStore {
                 .map_err(db("unlinking an annex"))?;
         }
         tx.commit().await.map_err(db("erasing a subject"))?;
-        // secure_delete zeroed the freed cells in the new page images; checkpointing copies those
-        // over the old pages in the main file and truncates the WAL that still held the old ones.
-        let checkpoint = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(db("checkpointing after an erasure"))?;
-        let busy: i64 = checkpoint.try_get(0).map_err(db("checkpointing after an erasure"))?;
-        if busy != 0 {
-            tracing::warn!(subject = %id, "the WAL checkpoint after an erasure was blocked by a reader; the old pages are overwritten at the next checkpoint");
-        }
-        Ok(Some(Erasure { records, annexes }))
+        self.overwrite(id, Erasure { records, annexes, wal_truncated: false }).await.map(Some)
+    }
+
+    fn erasure_unfinished(&self, id: &SubjectId) -> bool {
+        self.unfinished.lock().unwrap_or_else(PoisonError::into_inner).contains_key(id)
     }
 
     async fn legacy_data_keys(&self) -> Result<Vec<(SubjectId, u32, Vec<u8>)>, StoreError> {
@@ -367,10 +411,14 @@ impl Store for SqliteStore {
             .await
             .map_err(db("destroying legacy data keys"))?;
         // secure_delete zeroed the freed pages; the checkpoint overwrites the old ones.
-        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-            .execute(&self.pool)
-            .await
-            .map_err(db("destroying legacy data keys"))?;
+        let truncation =
+            clover_sql::truncate_wal(&self.pool, ERASURE_WAIT).await.map_err(db("destroying legacy data keys"))?;
+        if !truncation.truncated {
+            tracing::error!(
+                waited = ?truncation.waited,
+                "readers held the write-ahead log: the legacy wrapped keys' old pages stay in it until the next checkpoint"
+            );
+        }
         Ok(())
     }
 
@@ -593,7 +641,7 @@ mod tests {
         assert_eq!(store.counts().await.unwrap(), Counts { subjects: 2, records: 2 });
 
         let erased = store.erase_subject(&"s-1".parse().unwrap()).await.unwrap();
-        assert_eq!(erased, Some(Erasure { records: 1, annexes: 0 }));
+        assert_eq!(erased, Some(Erasure { records: 1, annexes: 0, wal_truncated: true }));
         assert!(store.record(&r1.record_id).await.unwrap().is_none());
         assert!(store.subject(&"s-1".parse().unwrap()).await.unwrap().is_none());
         assert_eq!(store.counts().await.unwrap(), Counts { subjects: 1, records: 1 });
@@ -679,6 +727,85 @@ mod tests {
         // Opening again changes nothing.
         let store = SqliteStore::open(&path).await.unwrap();
         assert_eq!(store.approval("a-1").await.unwrap().unwrap(), old);
+    }
+
+    /// The files under `dir` whose bytes contain `needle`.
+    fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let bytes = std::fs::read(&path).unwrap();
+            if bytes.windows(needle.len()).any(|w| w == needle) {
+                found.push(path.file_name().unwrap().to_string_lossy().into_owned());
+            }
+        }
+        found
+    }
+
+    /// A subject with one record whose ciphertext is `marker`, repeated.
+    async fn seeded(store: &SqliteStore, id: &str, marker: &[u8]) {
+        assert!(store.insert_subject(&subject(id)).await.unwrap());
+        store.insert_record(&RecordRow { ciphertext: marker.repeat(4), ..record(id) }).await.unwrap();
+    }
+
+    /// Another connection's read transaction on the file, begun now: while it lasts, the rows
+    /// it saw stay readable to it, and the write-ahead log cannot be truncated.
+    async fn reader(path: &Path) -> sqlx::Transaction<'static, sqlx::Sqlite> {
+        let pool = SqlitePool::connect_with(SqliteConnectOptions::new().filename(path)).await.unwrap();
+        let mut tx = pool.begin().await.unwrap();
+        sqlx::query("SELECT count(*) FROM records").fetch_one(&mut *tx).await.unwrap();
+        tx
+    }
+
+    #[tokio::test]
+    async fn an_erasure_is_answered_once_its_old_copies_are_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("clover.db");
+        let store = SqliteStore::open(&path).await.unwrap();
+        seeded(&store, "s-1", b"MARKER-one").await;
+        seeded(&store, "s-kept", b"MARKER-kept").await;
+        let s1: SubjectId = "s-1".parse().unwrap();
+
+        // A reader that lets go within the wait: the erasure waits for it, then truncates.
+        let held = reader(&path).await;
+        let release = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            held.rollback().await.unwrap();
+        });
+        let started = std::time::Instant::now();
+        let erased = store.erase_subject(&s1).await.unwrap();
+        release.await.unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(400), "{:?}", started.elapsed());
+        assert_eq!(erased, Some(Erasure { records: 1, annexes: 0, wal_truncated: true }));
+        assert!(!store.erasure_unfinished(&s1));
+        assert_eq!(std::fs::metadata(dir.path().join("clover.db-wal")).unwrap().len(), 0);
+        assert!(files_containing(dir.path(), b"MARKER-one").is_empty());
+        assert_eq!(files_containing(dir.path(), b"MARKER-kept"), vec!["clover.db"]);
+
+        // A reader held throughout: the deletion is committed, but the answer says the old
+        // copies remain, and they do.
+        seeded(&store, "s-2", b"MARKER-two").await;
+        let s2: SubjectId = "s-2".parse().unwrap();
+        let held = reader(&path).await;
+        let err = store.erase_subject(&s2).await.unwrap_err();
+        assert!(
+            matches!(&err, StoreError::OldCopiesRemain { subject, waited } if *subject == s2 && *waited >= ERASURE_WAIT),
+            "{err}"
+        );
+        assert!(err.to_string().contains("is committed"), "{err}");
+        assert!(store.subject(&s2).await.unwrap().is_none());
+        assert!(store.erasure_unfinished(&s2));
+        assert!(!store.erasure_unfinished(&s1));
+        assert!(!files_containing(dir.path(), b"MARKER-two").is_empty());
+
+        // Once the reader is done, erasing again finishes it, with what the first attempt erased.
+        held.rollback().await.unwrap();
+        let finished = store.erase_subject(&s2).await.unwrap();
+        assert_eq!(finished, Some(Erasure { records: 1, annexes: 0, wal_truncated: true }));
+        assert!(!store.erasure_unfinished(&s2));
+        assert!(files_containing(dir.path(), b"MARKER-two").is_empty());
+        assert_eq!(store.erase_subject(&s2).await.unwrap(), None);
+        assert_eq!(store.counts().await.unwrap(), Counts { subjects: 1, records: 1 });
     }
 
     #[tokio::test]

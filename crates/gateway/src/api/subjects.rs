@@ -9,7 +9,7 @@ use clover_event::EventKind;
 use clover_keys::{KeyError, aad};
 use clover_model::{Action, Region, SubjectId};
 use clover_policy::Decision;
-use clover_store::SubjectRow;
+use clover_store::{StoreError, SubjectRow};
 use serde::{Deserialize, Serialize};
 use time::{Date, OffsetDateTime};
 use utoipa::ToSchema;
@@ -18,6 +18,7 @@ use crate::api::answer::answered;
 use crate::boundary::Boundary;
 use crate::pipeline::{self, Ask, Caller, SubjectMetadata};
 use crate::problem::{ApiError, Body, Problem};
+use crate::report::Chain;
 
 /// A subject's registration.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -72,6 +73,12 @@ pub struct ErasureAnswer {
     pub decision: Decision,
     /// The index of the log entry that records it.
     pub log_index: u64,
+    /// Whether the data store's write-ahead log was checkpointed and truncated after the rows
+    /// were deleted, so that the store's own files hold no old copy of them: always so with the
+    /// SQLite store, which answers only then (`erasure-unfinished` otherwise). `false` with
+    /// PostgreSQL, which keeps dead row versions until `VACUUM` and WAL segments until they are
+    /// recycled (see `docs/security.md`, Erasure).
+    pub wal_truncated: bool,
 }
 
 /// The day a subject born on `birth_date` in `country` reaches the age of digital consent.
@@ -233,6 +240,10 @@ pub async fn put_subject(
 /// Erasure is crypto-shredding: without the data key, any copy of the subject's ciphertext
 /// (a backup, a replica) can no longer be decrypted; without the tag key, no one (the region
 /// included) can tell which public log entries were about them. The entries stay, and verify.
+///
+/// With the SQLite store the answer comes once the old copies of the rows are gone from the
+/// database's write-ahead log too. If readers keep it from being truncated, the erasure stays
+/// committed and is answered 503 `erasure-unfinished`; the same request again finishes it.
 #[utoipa::path(delete, path = "/v1/subjects/{subject_id}", tag = "subjects",
     params(("subject_id" = String, Path, description = "The platform's opaque id for the subject: 1 to 128 characters of A-Z a-z 0-9 - _ . : @, not only dots")),
     responses(
@@ -240,6 +251,7 @@ pub async fn put_subject(
         (status = BAD_REQUEST, description = "`invalid-id`: the subject id is not of the allowed form", body = Problem, content_type = "application/problem+json"),
         (status = NOT_FOUND, description = "`not-found`: no such subject (or erased)", body = Problem, content_type = "application/problem+json"),
         (status = FORBIDDEN, description = "`forbidden`: denied by policy; the body carries the decision and the index of the log entry that records it", body = Problem, content_type = "application/problem+json"),
+        (status = SERVICE_UNAVAILABLE, description = "`erasure-unfinished`: the erasure is committed and logged (`log_index`), but readers kept the data store's write-ahead log, which still holds old copies of the rows, from being truncated; send the request again to finish it", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn erase_subject(
     State(boundary): State<Arc<Boundary>>,
@@ -247,28 +259,45 @@ pub async fn erase_subject(
     Path(subject_id): Path<String>,
 ) -> Result<Response, ApiError> {
     let subject_id = SubjectId::new(subject_id)?;
-    let Some(subject) = pipeline::metadata::find_subject(&boundary, &subject_id).await? else {
+    let subject = pipeline::metadata::find_subject(&boundary, &subject_id).await?;
+    // An erasure committed earlier but answered `erasure-unfinished` is decided and logged
+    // again, as the erasure of a subject whose age is no longer known (a minor), then finished.
+    let unfinished = subject.is_none() && boundary.store().erasure_unfinished(&subject_id);
+    let minor = match &subject {
+        Some(subject) => pipeline::metadata::subject_minor(&boundary, subject).await,
+        None => true,
+    };
+    let ask = Ask { action: Action::Erase, subject: &subject_id, record: None, version: None, subject_minor: minor };
+    if subject.is_none() && !unfinished {
         // Decided as if they were registered: one who may not erase learns nothing.
-        let ask = Ask { action: Action::Erase, subject: &subject_id, record: None, version: None, subject_minor: true };
         let missing = ApiError::NotFound { what: "subject", id: subject_id.to_string() };
         return Err(pipeline::refuse_or_missing(&boundary, &caller, EventKind::Erasure, &ask, missing).await);
-    };
-    let minor = pipeline::metadata::subject_minor(&boundary, &subject).await;
-    let ask = Ask { action: Action::Erase, subject: &subject_id, record: None, version: None, subject_minor: minor };
+    }
     let receipt = pipeline::decide_and_log(&boundary, &caller, EventKind::Erasure, &ask).await?;
-    // The key first: once it is gone, every copy of the subject's ciphertext is unreadable,
-    // whatever happens to the rows below.
-    boundary.custody().destroy_data_key(&receipt).await.map_err(ApiError::internal)?;
-    let erasure = boundary
-        .store()
-        .erase_subject(&subject_id)
-        .await
-        .map_err(ApiError::internal)?
-        .ok_or_else(|| ApiError::NotFound { what: "subject", id: subject_id.to_string() })?;
+    if !unfinished {
+        // The key first: once it is gone, every copy of the subject's ciphertext is unreadable,
+        // whatever happens to the rows below. (An unfinished erasure destroyed it already.)
+        boundary.custody().destroy_data_key(&receipt).await.map_err(ApiError::internal)?;
+    }
+    let erasure = match boundary.store().erase_subject(&subject_id).await {
+        Ok(Some(erasure)) => erasure,
+        Ok(None) => return Err(ApiError::NotFound { what: "subject", id: subject_id.to_string() }),
+        Err(e @ StoreError::OldCopiesRemain { .. }) => {
+            tracing::error!(
+                subject = %subject_id,
+                log_index = receipt.index(),
+                error = %Chain(&e),
+                "erasure committed but not finished: its old rows remain in the write-ahead log"
+            );
+            return Err(ApiError::ErasureUnfinished { subject: subject_id.to_string(), log_index: receipt.index() });
+        }
+        Err(e) => return Err(ApiError::internal(e)),
+    };
     tracing::info!(
         subject = %subject_id,
         records = erasure.records,
         annexes = erasure.annexes,
+        wal_truncated = erasure.wal_truncated,
         log_index = receipt.index(),
         "subject erased"
     );
@@ -281,6 +310,7 @@ pub async fn erase_subject(
             erased_records: erasure.records,
             decision: decision.clone(),
             log_index: receipt.index(),
+            wal_truncated: erasure.wal_truncated,
         },
     ))
 }

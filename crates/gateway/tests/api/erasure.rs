@@ -1,6 +1,9 @@
 //! Erasure is crypto-shredding.
 
-use clover_keys::{KeyError, aad};
+use std::path::Path;
+use std::time::Duration;
+
+use clover_keys::{DataKey, Kek, KeyError, Keyring, Passphrase, aad};
 use clover_model::{RecordId, SubjectId};
 use serde_json::{Value, json};
 use sqlx::Row;
@@ -30,6 +33,7 @@ async fn erasure_destroys_the_key_and_the_kept_ciphertext_opens_with_nothing_lef
     assert_eq!(body["subject_id"], "u-erased");
     assert_eq!(body["erased_records"], 2);
     assert_eq!(body["decision"]["effect"], "allow");
+    assert_eq!(body["wal_truncated"], true);
 
     // Reads and writes afterwards: 404.
     for record in [&first, &second] {
@@ -119,4 +123,209 @@ async fn a_request_overtaken_by_an_erasure_is_not_found_not_a_server_error() {
     problem(read, 404, "not-found").await;
     let update = app.put_subject("u-racing").await;
     problem(update, 404, "not-found").await;
+}
+
+async fn erase(app: &TestApp, subject: &str) -> reqwest::Response {
+    app.client(DUBLIN)
+        .delete(app.url(&format!("/v1/subjects/{subject}")))
+        .bearer_auth(app.token())
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Rotates the KEK as a key custodian in Dublin, and waits until the rotation has re-wrapped
+/// every key and retired the old versions; returns them.
+async fn rotate(app: &TestApp) -> Value {
+    let mut claims = app.claims("eu", "dublin-1", 3600);
+    claims.roles = vec!["key-custodian".into()];
+    let token = app.mint(&claims);
+    let started = app.client(DUBLIN).post(app.url("/v1/keys/rotate")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(started.status(), 202);
+    for _ in 0..200 {
+        let state: Value =
+            app.client(DUBLIN).get(app.url("/v1/keys")).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+        if state["rotation"]["done"] == true {
+            assert!(state["rotation"].get("error").is_none(), "{state}");
+            return state["rotation"]["retired"].clone();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the rotation did not finish");
+}
+
+/// The keyring in `data_dir`, opened with the passphrase the boundary found there.
+fn keyring_in(data_dir: &Path) -> Keyring {
+    let (passphrase, _) = Passphrase::find(data_dir).unwrap().unwrap();
+    Keyring::open(&data_dir.join("keyring.json"), &passphrase).unwrap()
+}
+
+/// Every data key in the key store at `path`: (keyed hash of the subject, KEK version, wrapped).
+async fn wrapped_keys(path: &Path) -> Vec<(String, u32, Vec<u8>)> {
+    let pool = sqlx::SqlitePool::connect_with(sqlx::sqlite::SqliteConnectOptions::new().filename(path)).await.unwrap();
+    let rows = sqlx::query("SELECT subject, kek_version, wrapped FROM data_keys").fetch_all(&pool).await.unwrap();
+    pool.close().await;
+    rows.iter().map(|r| (r.get(0), r.get::<u32, _>(1), r.get(2))).collect()
+}
+
+/// Issue 16: a backup of the data directory taken before an erasure and a KEK rotation opens
+/// nothing of the erased subject, as long as the keyring (and its passphrase) are not in it:
+/// the backup's key store still holds the subject's wrapped data key, under a KEK version that
+/// the rotation destroyed. The keyring is what must stay out of data backups: with the
+/// keyring and passphrase of the same day, the backup opens everything, erasure and rotation
+/// notwithstanding (`docs/deployment.md`, Backups).
+#[tokio::test]
+async fn a_backup_taken_before_an_erasure_and_a_rotation_opens_nothing_of_the_erased_subject() {
+    let app = TestApp::start().await;
+    let record = app.seed("u-erased", json!({"name": "to be forgotten"})).await;
+    let kept = app.seed("u-kept", json!({"name": "kept"})).await;
+    let erased: SubjectId = "u-erased".parse().unwrap();
+    let record_id: RecordId = record.parse().unwrap();
+    let region = app.boundary.region().clone();
+    let hash = app.boundary.subject_hash(&erased);
+    let wrapping = |version: u32| aad::data_key_by_hash(&region, &hash, version);
+
+    // The backup, taken before the erasure: the data directory as the embedded default lays it
+    // out, keyring and passphrase file included.
+    let backups = tempfile::tempdir().unwrap();
+    let backup = app.backup_data_dir(backups.path()).await;
+    let in_backup = wrapped_keys(&backup.join("custody").join("keys.db")).await;
+    let (_, version, kept_wrapped) = in_backup.iter().find(|(h, _, _)| *h == hash).unwrap().clone();
+    assert_eq!(version, 1);
+    let kept_ciphertext = {
+        let pool = sqlx::SqlitePool::connect_with(
+            sqlx::sqlite::SqliteConnectOptions::new().filename(backup.join("clover.db")),
+        )
+        .await
+        .unwrap();
+        let row = sqlx::query("SELECT ciphertext FROM records WHERE record_id = ?").bind(&record).fetch_one(&pool);
+        let ciphertext: Vec<u8> = row.await.unwrap().get(0);
+        pool.close().await;
+        ciphertext
+    };
+
+    let response = erase(&app, "u-erased").await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.json::<Value>().await.unwrap()["wal_truncated"], true);
+    assert!(matches!(app.boundary.custody().data_key(&app.receipt(&erased).await).await, Err(KeyError::NoDataKey)));
+
+    // An erasure alone does not reach the backup's key store: the version that wrapped the
+    // erased subject's key is still the live keyring's current one, and opens it.
+    assert!(keyring_in(&app.data_dir()).decrypt(1, &wrapping(1), &kept_wrapped).is_ok());
+
+    // The rotation re-wraps every key under version 2 and retires version 1.
+    assert_eq!(rotate(&app).await, json!([1]));
+    let live = keyring_in(&app.data_dir());
+    assert_eq!(live.versions().unwrap(), vec![2]);
+
+    // Now nothing the boundary holds opens the erased subject's key in the backup, under any
+    // version: version 1 is gone from the live keyring, and version 2 never wrapped it.
+    assert!(matches!(live.decrypt(1, &wrapping(1), &kept_wrapped), Err(KeyError::UnknownKekVersion(1))));
+    assert!(live.decrypt(2, &wrapping(2), &kept_wrapped).is_err());
+    assert!(live.decrypt(2, &wrapping(1), &kept_wrapped).is_err());
+    // Nor any key in the backup's key store: every one is under the retired version (so a
+    // backup of the key store is taken again after each rotation, or it restores nothing).
+    assert!(in_backup.iter().all(|(_, version, _)| *version == 1), "{:?}", in_backup.len());
+    for (h, _, wrapped) in &in_backup {
+        assert!(live.decrypt(1, &aad::data_key_by_hash(&region, h, 1), wrapped).is_err());
+    }
+    // The live custodian has no key for them, not even for a receipt naming their record, and
+    // the keys it has open nothing of theirs.
+    let refused = app.boundary.custody().data_key(&app.record_receipt(&erased, &record_id, "profile").await).await;
+    assert!(matches!(refused, Err(KeyError::NoDataKey)), "{refused:?}");
+    let kept_subject: SubjectId = "u-kept".parse().unwrap();
+    let receipt = app.record_receipt(&kept_subject, &record_id, "profile").await;
+    let other = app.boundary.custody().data_key(&receipt).await.unwrap();
+    assert!(other.open(&aad::record(&region, &erased, &record_id, 1), &kept_ciphertext).is_err());
+    // The live data directory holds neither the wrapped key nor the ciphertext.
+    assert!(files_containing(&app.data_dir(), &kept_wrapped).is_empty());
+    assert!(files_containing(&app.data_dir(), &kept_ciphertext[..32]).is_empty());
+    // The kept subject's records still open: the rotation lost nothing.
+    let read = app.get_record(DUBLIN, &kept).await;
+    assert_eq!(read.json::<Value>().await.unwrap()["fields"]["name"], "kept");
+
+    // Each step of the rotation re-sealed the keyring under a new salt: the live file and the
+    // backup's copy are sealed under different keys.
+    let salt = |dir: &Path| {
+        let file: Value = serde_json::from_slice(&std::fs::read(dir.join("keyring.json")).unwrap()).unwrap();
+        file["kdf"]["salt"].clone()
+    };
+    assert_ne!(salt(&app.data_dir()), salt(&backup));
+
+    // What the new salt does not change: the backup's own keyring opens with the backup's own
+    // passphrase, holds version 1, and with it the erased subject's key and, derived from it,
+    // their record's. That is why the keyring and the passphrase are kept out of data backups,
+    // and an old copy of the keyring is destroyed once a rotation retired its versions.
+    let old = keyring_in(&backup);
+    assert_eq!(old.versions().unwrap(), vec![1]);
+    let key = DataKey::from_slice(&old.decrypt(1, &wrapping(1), &kept_wrapped).unwrap()).unwrap();
+    let scope = aad::key_scope(&region, &hash, Some(&record), Some(1), Some("profile"));
+    let fields = key.derive(&scope).unwrap().open(&aad::record(&region, &erased, &record_id, 1), &kept_ciphertext);
+    let fields = fields.unwrap();
+    assert!(String::from_utf8_lossy(&fields).contains("to be forgotten"));
+}
+
+/// Another connection's read transaction on the data store, begun now: while it lasts, it can
+/// still read what it saw, and the store's write-ahead log cannot be truncated.
+async fn reader(app: &TestApp) -> sqlx::Transaction<'static, sqlx::Sqlite> {
+    let pool = app.db().await;
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("SELECT count(*) FROM records").fetch_one(&mut *tx).await.unwrap();
+    tx
+}
+
+/// Issue 16: an erasure is answered complete only once the old copies of its rows are out of
+/// the SQLite write-ahead log. A reader that lets go while the store waits delays the answer; one
+/// that holds on throughout gets the erasure answered 503 `erasure-unfinished` (committed,
+/// logged, the key destroyed), and the same request again finishes it.
+#[tokio::test]
+async fn an_erasure_is_answered_only_once_its_old_rows_are_out_of_the_write_ahead_log() {
+    let app = TestApp::start().await;
+    app.seed("u-1", json!({"name": "first"})).await;
+    let second = app.seed("u-2", json!({"name": "second"})).await;
+    app.seed("u-kept", json!({"name": "kept"})).await;
+    let wal = app.data_dir().join("clover.db-wal");
+
+    // A reader that lets go after half a second: the erasure waits for it, then truncates.
+    let held = reader(&app).await;
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        held.rollback().await.unwrap();
+    });
+    let started = std::time::Instant::now();
+    let response = erase(&app, "u-1").await;
+    release.await.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(400), "{:?}", started.elapsed());
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!((body["erased_records"].as_u64(), body["wal_truncated"].as_bool()), (Some(1), Some(true)), "{body}");
+    assert_eq!(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or_default(), 0);
+
+    // A reader held throughout: committed, logged, the key destroyed, but not answered 200,
+    // since the old rows are still there.
+    let kept_ciphertext = app.ciphertext(&second).await;
+    let held = reader(&app).await;
+    let response = erase(&app, "u-2").await;
+    assert_eq!(response.headers().get("retry-after").unwrap(), "1");
+    let body = problem(response, 503, "erasure-unfinished").await;
+    assert!(body["detail"].as_str().unwrap().contains("is committed"), "{body}");
+    let first_attempt = body["log_index"].as_u64().unwrap();
+    problem(app.get_record(DUBLIN, &second).await, 404, "not-found").await;
+    let erased: SubjectId = "u-2".parse().unwrap();
+    let refused = app.boundary.custody().data_key(&app.receipt(&erased).await).await;
+    assert!(matches!(refused, Err(KeyError::NoDataKey)), "{refused:?}");
+    assert!(!files_containing(&app.data_dir(), &kept_ciphertext[..32]).is_empty());
+
+    // Once the reader is done, the same request finishes it: decided and logged again, and
+    // answered with what the first attempt erased.
+    held.rollback().await.unwrap();
+    let response = erase(&app, "u-2").await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!((body["erased_records"].as_u64(), body["wal_truncated"].as_bool()), (Some(1), Some(true)), "{body}");
+    assert!(body["log_index"].as_u64().unwrap() > first_attempt, "{body}");
+    assert!(files_containing(&app.data_dir(), &kept_ciphertext[..32]).is_empty());
+    problem(erase(&app, "u-2").await, 404, "not-found").await;
+    let read = app.get_record(DUBLIN, &app.seed("u-after", json!({"name": "after"})).await).await;
+    assert_eq!(read.status(), 200);
 }

@@ -218,6 +218,27 @@ impl TestApp {
         path
     }
 
+    /// A copy of the whole data directory as a file-level backup of it would hold it, under
+    /// `dir/data`: the data store and the key store (each copied consistently, `VACUUM INTO`),
+    /// and the keyring and the passphrase file (when there is one) as they are.
+    pub async fn backup_data_dir(&self, dir: &Path) -> PathBuf {
+        let backup = dir.join("data");
+        std::fs::create_dir_all(backup.join("custody")).unwrap();
+        for database in ["clover.db", "custody/keys.db"] {
+            let options = sqlx::sqlite::SqliteConnectOptions::new().filename(self.data_dir().join(database));
+            let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+            let to = backup.join(database).to_str().unwrap().to_owned();
+            sqlx::query("VACUUM INTO ?").bind(to).execute(&pool).await.unwrap();
+            pool.close().await;
+        }
+        for file in ["keyring.json", "passphrase"] {
+            if self.data_dir().join(file).exists() {
+                std::fs::copy(self.data_dir().join(file), backup.join(file)).unwrap();
+            }
+        }
+        backup
+    }
+
     /// Runs `sql` straight on the database, as an attacker with disk access could, binding
     /// `blob` (if any) and then `id`.
     pub async fn tamper(&self, sql: &'static str, blob: Option<&[u8]>, id: &str) {
