@@ -81,6 +81,7 @@ pub fn routes() -> (Router<Arc<Boundary>>, utoipa::openapi::OpenApi) {
         .routes(routes!(approvals::get_approval))
         .routes(routes!(keys::status))
         .routes(routes!(keys::rotate))
+        .routes(routes!(keys::reseal, keys::resealing))
         .routes(routes!(log::checkpoint))
         .routes(routes!(log::inclusion_proof))
         .routes(routes!(log::consistency_proof))

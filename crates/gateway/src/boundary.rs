@@ -40,6 +40,8 @@ pub struct Boundary {
     refusals: crate::refusals::Refusals,
     /// Approvals whose grant was found in the log (`approvals.rs`).
     verified_grants: approvals::VerifiedGrants,
+    /// The re-sealing migration's progress (`reseal.rs`).
+    resealings: crate::reseal::Resealings,
 }
 
 impl std::fmt::Debug for Boundary {
@@ -53,6 +55,11 @@ impl Boundary {
     /// boundary's opening, and each reload is logged.
     pub fn tls(&self) -> Option<&Arc<clover_tls::ServerTls>> {
         self.tls.as_ref()
+    }
+
+    /// The re-sealing migration's progress.
+    pub fn resealings(&self) -> &crate::reseal::Resealings {
+        &self.resealings
     }
 
     /// The windows of the refusal limit.

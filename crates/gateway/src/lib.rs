@@ -25,6 +25,7 @@ pub mod pipeline;
 pub mod problem;
 mod refusals;
 pub mod report;
+pub mod reseal;
 pub mod witnesses;
 
 pub use api::serve;

@@ -24,6 +24,14 @@ pub(crate) enum KeysCommand {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Re-seal every record that an earlier version sealed with its subject's whole key under
+    /// its own record version's key, in the background (reads go on; a read re-seals what it
+    /// meets first). Each re-seal is a logged write, each batch a log entry. Shows the progress
+    /// and waits for the end. Key custodians only.
+    Reseal {
+        #[command(flatten)]
+        remote: Remote,
+    },
 }
 
 impl KeysCommand {
@@ -31,6 +39,7 @@ impl KeysCommand {
         match self {
             Self::Status { remote } => KeyUrls::boundary(&remote)?.status(),
             Self::Rotate { remote } => KeyUrls::boundary(&remote)?.rotate(),
+            Self::Reseal { remote } => reseal(&remote),
         }
     }
 }
@@ -176,6 +185,60 @@ impl KeyUrls {
             Ok(())
         })
     }
+}
+
+/// A re-sealing's progress, as `/v1/keys/reseal` answers it.
+#[derive(Debug, Deserialize)]
+struct ResealAnswer {
+    resealing: Option<Resealing>,
+    log_index: u64,
+}
+
+/// The progress itself.
+#[derive(Debug, Deserialize)]
+struct Resealing {
+    total: u64,
+    resealed: u64,
+    failed: u64,
+    batches: u64,
+    done: bool,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+/// Starts re-sealing on the boundary at `remote`, shows its progress until it ends, then says
+/// what it did.
+fn reseal(remote: &Remote) -> anyhow::Result<()> {
+    clover_tls::check_url(&remote.url, "--url")?;
+    let url = format!("{}/v1/keys/reseal", remote.url.trim_end_matches('/'));
+    runtime()?.block_on(async {
+        let client = remote.tls.client()?;
+        let started: ResealAnswer = call(client.post(&url).bearer_auth(&remote.token)).await?;
+        let total = started.resealing.as_ref().map_or(0, |r| r.total);
+        eprintln!("re-sealing {total} records under their own keys (log index {})", started.log_index);
+        let bar = indicatif::ProgressBar::new(total).with_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} records re-sealed ({per_sec}, {eta} left)")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        let last = loop {
+            let state: ResealAnswer = call(client.get(&url).bearer_auth(&remote.token)).await?;
+            let Some(progress) = state.resealing else { anyhow::bail!("the boundary has no re-sealing under way") };
+            bar.set_position(progress.resealed + progress.failed);
+            if progress.done {
+                bar.finish();
+                break progress;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        };
+        println!(
+            "{} records re-sealed, {} not (see the boundary's log), in {} batches",
+            last.resealed, last.failed, last.batches
+        );
+        if let Some(error) = last.error {
+            anyhow::bail!("the re-sealing stopped: {error}");
+        }
+        Ok(())
+    })
 }
 
 /// Sends a request and reads its JSON answer, or makes the problem's detail the error.

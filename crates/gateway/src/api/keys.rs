@@ -171,6 +171,52 @@ pub async fn rotate(State(boundary): State<Arc<Boundary>>, caller: Caller) -> Re
     ))
 }
 
+/// The answer to a re-sealing request, and its progress.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ResealAnswer {
+    /// The progress: records to re-seal, re-sealed, failed, batches, done.
+    pub resealing: Option<crate::reseal::Resealing>,
+    /// The decision.
+    #[schema(value_type = Object)]
+    pub decision: clover_policy::Decision,
+    /// The log entry of the decision.
+    pub log_index: u64,
+}
+
+/// Re-seals, in the background, every record that an earlier version sealed with its subject's
+/// whole key under its own record version's key (`reseal.rs`); reads go on meanwhile. Each
+/// record's re-seal is a write logged for the caller; each batch ends with a log entry. Key
+/// custodians only; the decision is logged either way.
+#[utoipa::path(post, path = "/v1/keys/reseal", tag = "keys",
+    responses(
+        (status = ACCEPTED, description = "Started; `resealing.total` records to re-seal", body = ResealAnswer),
+        (status = FORBIDDEN, description = "`forbidden`: not a key custodian in the region; the refusal is logged", body = Problem, content_type = "application/problem+json"),
+        (status = CONFLICT, description = "`rotation-running`: a re-sealing is under way", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn reseal(State(boundary): State<Arc<Boundary>>, caller: Caller) -> Result<Response, ApiError> {
+    let (decision, log_index) = administer(&boundary, &caller, "reseal-records", "re-sealing").await?;
+    let total = crate::reseal::start(boundary.clone(), caller.clone()).await.map_err(|e| match e {
+        crate::reseal::StartError::Running => ApiError::RotationRunning(e.to_string()),
+        crate::reseal::StartError::Store(e) => ApiError::internal(e),
+    })?;
+    tracing::info!(total, principal = %caller.principal.id, "re-sealing started");
+    let resealing = boundary.resealings().latest();
+    Ok(answered(&decision, StatusCode::ACCEPTED, ResealAnswer { resealing, decision: decision.clone(), log_index }))
+}
+
+/// The latest re-sealing's progress (none if none ran since the boundary started). Key
+/// custodians only; the decision is logged either way.
+#[utoipa::path(get, path = "/v1/keys/reseal", tag = "keys",
+    responses(
+        (status = OK, description = "The progress", body = ResealAnswer),
+        (status = FORBIDDEN, description = "`forbidden`: not a key custodian in the region; the refusal is logged", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn resealing(State(boundary): State<Arc<Boundary>>, caller: Caller) -> Result<Response, ApiError> {
+    let (decision, log_index) = administer(&boundary, &caller, "view-reseal", "re-sealing progress").await?;
+    let resealing = boundary.resealings().latest();
+    Ok(answered(&decision, StatusCode::OK, ResealAnswer { resealing, decision: decision.clone(), log_index }))
+}
+
 /// Re-wraps every data key under `to_version`, retires the older versions, and logs each
 /// retirement before the rotation is marked done.
 async fn run_rotation(boundary: Arc<Boundary>, to_version: u32) {

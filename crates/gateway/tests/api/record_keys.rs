@@ -107,3 +107,104 @@ async fn a_record_sealed_with_its_subjects_key_is_resealed_under_its_own_on_firs
     let again = app.get_record(DUBLIN, &record.to_string()).await;
     assert_eq!(again.json::<Value>().await.unwrap()["fields"]["name"], "Ana (legacy)");
 }
+
+/// A key custodian's token at dublin-1.
+fn key_custodian(app: &TestApp) -> String {
+    let mut claims = app.claims("eu", "dublin-1", 3600);
+    claims.roles = vec!["key-custodian".into()];
+    app.mint(&claims)
+}
+
+#[tokio::test]
+async fn the_migration_reseals_every_record_while_reads_go_on() {
+    let app = TestApp::start().await;
+    let region = app.boundary.region().clone();
+    // 120 records of 3 subjects, all sealed as an earlier version sealed them.
+    let mut records = Vec::new();
+    for s in 0..3 {
+        let subject: SubjectId = format!("u-{s}").parse().unwrap();
+        assert!(app.put_subject(subject.as_str()).await.status().is_success());
+        let key = subject_key(&app, &subject).await;
+        for r in 0..40 {
+            let name = format!("n-{s}-{r}");
+            let response = app.post_record(subject.as_str(), "profile", json!({"name": name})).await;
+            let record: RecordId =
+                response.json::<Value>().await.unwrap()["record_id"].as_str().unwrap().parse().unwrap();
+            let legacy = key
+                .seal(
+                    &aad::record(&region, &subject, &record, 1),
+                    serde_json::to_vec(&json!({"name": name})).unwrap().as_slice(),
+                )
+                .unwrap();
+            app.tamper(
+                "UPDATE records SET ciphertext = ?, sealed_with = 0 WHERE record_id = ?",
+                Some(&legacy),
+                &record.to_string(),
+            )
+            .await;
+            records.push((record, name));
+        }
+    }
+    let store = app.boundary.store();
+    assert_eq!(store.records_sealed_with_subject_keys(None, 1000).await.unwrap().len(), 120);
+
+    // An agent may not start it; a key custodian may.
+    let refused = app.client(DUBLIN).post(app.url("/v1/keys/reseal")).bearer_auth(app.token()).send().await.unwrap();
+    assert_eq!(refused.status(), 403);
+    let started =
+        app.client(DUBLIN).post(app.url("/v1/keys/reseal")).bearer_auth(key_custodian(&app)).send().await.unwrap();
+    assert_eq!(started.status(), 202);
+    let started: Value = started.json().await.unwrap();
+    assert_eq!(started["resealing"]["total"], 120);
+
+    // Reads go on meanwhile, every one answered.
+    let mut progress;
+    let mut round = 0;
+    loop {
+        let (record, name) = &records[(round * 7) % records.len()];
+        let read = app.get_record(DUBLIN, &record.to_string()).await;
+        assert_eq!(read.status(), 200);
+        assert_eq!(read.json::<Value>().await.unwrap()["fields"]["name"], name.as_str());
+        round += 1;
+        progress = app
+            .client(DUBLIN)
+            .get(app.url("/v1/keys/reseal"))
+            .bearer_auth(key_custodian(&app))
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap();
+        if progress["resealing"]["done"] == true {
+            break;
+        }
+        assert!(round < 10_000, "the re-sealing does not end: {progress}");
+    }
+    assert_eq!(progress["resealing"]["error"], Value::Null, "{progress}");
+    assert_eq!(progress["resealing"]["failed"], 0, "{progress}");
+    // Reads re-sealed some themselves; the migration did the rest.
+    let by_migration = progress["resealing"]["resealed"].as_u64().unwrap();
+    assert!(by_migration > 0 && by_migration <= 120, "{progress}");
+
+    // No record is sealed with its subject's key any more, and every one reads.
+    assert!(store.records_sealed_with_subject_keys(None, 1000).await.unwrap().is_empty());
+    for s in 0..3 {
+        let subject: SubjectId = format!("u-{s}").parse().unwrap();
+        let key = subject_key(&app, &subject).await;
+        for (record, _) in records.iter().skip(s * 40).take(40) {
+            let row = store.record(record).await.unwrap().unwrap();
+            assert_eq!(row.sealed_with, SealedWith::RecordKey);
+            assert!(key.open(&aad::record(&region, &subject, record, 1), &row.ciphertext).is_err());
+        }
+    }
+    for (record, name) in &records {
+        let read = app.get_record(DUBLIN, &record.to_string()).await;
+        assert_eq!(read.json::<Value>().await.unwrap()["fields"]["name"], name.as_str());
+    }
+    // Each batch has its entry in the log.
+    let entries = crate::harness::log_entries(app.boundary.log()).await;
+    let batches = entries.iter().filter(|e| e["action"] == "reseal-batch").count();
+    assert_eq!(u64::try_from(batches).unwrap(), progress["resealing"]["batches"].as_u64().unwrap());
+    assert!(batches >= 1);
+}
