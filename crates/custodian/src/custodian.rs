@@ -64,6 +64,8 @@ pub struct Custodian {
     /// The region's metadata key: seals what policy decides on (a subject's coming of age), so
     /// that it can be read before any subject's data key is unwrapped.
     metadata: Metadata,
+    /// The log of the boundary in this process, whose receipts are checked against it.
+    log: Option<clover_log::Log>,
 }
 
 impl std::fmt::Debug for Custodian {
@@ -108,7 +110,17 @@ impl Custodian {
             receipts,
             rotations: Rotations::default(),
             metadata,
+            log: None,
         })
+    }
+
+    /// Checks every receipt made in this process against `log` (the boundary's own) before it
+    /// answers: the entry at the receipt's index must be the receipt's entry (its leaf hash in
+    /// the tree), as a custodian in its own process checks it against the signed log.
+    #[must_use]
+    pub fn with_log(mut self, log: clover_log::Log) -> Self {
+        self.log = Some(log);
+        self
     }
 
     /// The KEK backend.
@@ -123,10 +135,21 @@ impl Custodian {
     fn access(&self, receipt: &Receipt) -> Result<LoggedAccess, KeyError> {
         let action = receipt.permit().action();
         let refuse = |detail: String| KeyError::Receipt(format!("log entry {}: {detail}", receipt.index()));
+        if let Some(log) = &self.log
+            && log.leaf_hash(receipt.index()).as_ref() != Some(receipt.entry_hash())
+        {
+            tracing::warn!(log_index = receipt.index(), "refused a receipt whose entry is not the log's at its index");
+            return Err(refuse("its entry is not the one the log holds at that index".to_owned()));
+        }
         let event = match clover_event::Entry::decode(receipt.entry()) {
             Ok(clover_event::Entry::V2(event)) => event,
             _ => return Err(refuse("its entry is not a current log entry".to_owned())),
         };
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let max_age = i64::try_from(crate::verify::MAX_RECEIPT_AGE.as_secs()).unwrap_or(i64::MAX);
+        if now.saturating_sub(event.time) > max_age || event.time.saturating_sub(now) > 60 {
+            return Err(refuse("it is not recent: a receipt is for the access it records, now".to_owned()));
+        }
         let opening = receipt.annex().and_then(clover_event::Annex::record_opening);
         let scope = KeyScope::of(&event, action, opening.as_ref()).map_err(refuse)?;
         Ok(LoggedAccess {
@@ -147,7 +170,7 @@ impl Custodian {
     /// Makes the data key of a logged, allowed write's subject; returns the key of what the
     /// write is for (a record version, or the subject's attributes). The receipt is used up,
     /// even if the subject has a key already.
-    pub async fn create_for(&self, access: &LoggedAccess) -> Result<DataKey, KeyError> {
+    pub(crate) async fn create_for(&self, access: &LoggedAccess) -> Result<DataKey, KeyError> {
         access.check(&[Action::Write])?;
         self.erasures.check(access)?;
         self.erasures.check_stored(self.keys.db.as_ref(), access).await?;
@@ -175,7 +198,7 @@ impl Custodian {
 
     /// The key of the record version (or the subject's attributes) that a logged, allowed read
     /// or write is for: derived from the subject's key, which stays here.
-    pub async fn fetch_for(&self, access: &LoggedAccess) -> Result<DataKey, KeyError> {
+    pub(crate) async fn fetch_for(&self, access: &LoggedAccess) -> Result<DataKey, KeyError> {
         access.check(&[Action::Read, Action::Write])?;
         let (key, cached) = self.subject_key(access).await?;
         let scoped = self.scoped(access, &key)?;
@@ -188,7 +211,7 @@ impl Custodian {
     /// for, and returns it with that key: the subject's key, which would open every record of
     /// theirs, stays here. Ciphertext that does not open with the subject's key is refused
     /// ([`KeyError::Decrypt`]).
-    pub async fn reseal_for(
+    pub(crate) async fn reseal_for(
         &self,
         access: &LoggedAccess,
         sealed: &[u8],
@@ -208,7 +231,7 @@ impl Custodian {
 
     /// Destroys the data key of a logged, allowed erasure's subject, once per receipt; whether
     /// there was one.
-    pub async fn destroy_for(&self, access: &LoggedAccess) -> Result<bool, KeyError> {
+    pub(crate) async fn destroy_for(&self, access: &LoggedAccess) -> Result<bool, KeyError> {
         access.check(&[Action::Erase])?;
         self.receipts.claim(access).await?;
         let destroyed = self.erasures.destroy(self.keys.db.as_ref(), access).await?;

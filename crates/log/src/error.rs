@@ -49,6 +49,9 @@ pub enum LogError {
         /// Where recovery moves an unsigned tail it cuts.
         quarantine: PathBuf,
     },
+    /// An entry given with a permit does not record what the permit allows.
+    #[error("the entry does not match its permit: {0}")]
+    NotPermitted(String),
     /// Bytes given as an entry are not one, in any format this version reads.
     #[error("not a log entry")]
     NotAnEntry(#[source] clover_event::EventError),

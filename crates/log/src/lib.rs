@@ -148,7 +148,29 @@ impl Log {
     /// The receipt's entry and leaf hash are this process's own bytes, and they are what the log
     /// holds at the receipt's index: an entry committed in their place (a shared log's database
     /// rewritten between hand-in and commit) fails the append with [`LogError::Substituted`].
+    ///
+    /// The event must record what the permit allows: an allowed decision, the permit's action,
+    /// and the kind of entry that action makes (a read an `access`, a write a `write`, an erasure
+    /// an `erasure`); anything else is refused ([`LogError::NotPermitted`]) before it is
+    /// appended, so that a receipt always says what its permit allowed.
     pub async fn append_permitted(&self, event: &Event, permit: Permit) -> Result<Receipt, LogError> {
+        let action = permit.action();
+        let kind_of_action = match action {
+            clover_model::Action::Read => Some(EventKind::Access),
+            clover_model::Action::Write => Some(EventKind::Write),
+            clover_model::Action::Erase => Some(EventKind::Erasure),
+            _ => None,
+        };
+        if event.decision.as_ref().is_none_or(|d| d.effect != "allow")
+            || event.action.as_deref() != Some(action.to_string().as_str())
+            || kind_of_action.is_some_and(|kind| kind != event.kind)
+        {
+            return Err(LogError::NotPermitted(format!(
+                "a {action} permit's entry must be an allowed {action}, and this one is a {:?} {}",
+                event.kind,
+                event.action.as_deref().unwrap_or("(no action)")
+            )));
+        }
         let entry = event.encode();
         let entry_hash = leaf_hash(&entry);
         let kept: Arc<[u8]> = entry.as_slice().into();
@@ -208,6 +230,13 @@ impl Log {
         let tree = self.shared.tree();
         let offset = |i: u64| usize::try_from(i).ok().and_then(|i| tree.offsets.get(i)).copied();
         Some((offset(first)?, offset(end)?))
+    }
+
+    /// The RFC 6962 leaf hash of the entry at `index`, from the tree in memory (no I/O): what a
+    /// custodian in this process checks a receipt's entry against.
+    pub fn leaf_hash(&self, index: u64) -> Option<Hash> {
+        let tree = self.shared.tree();
+        usize::try_from(index).ok().and_then(|i| tree.heights.first().and_then(|leaves| leaves.get(i))).copied()
     }
 
     /// The entry at `index`.

@@ -592,3 +592,26 @@ async fn a_gateway_that_sequences_its_own_rewritten_pending_entry_fails_that_app
     assert!(log.entries_about("s-a").is_empty());
     pool.close().await;
 }
+
+/// A receipt says what its permit allowed: an entry given with a permit must record an allowed
+/// decision of the permit's action (a read's permit, an allowed read access); anything else is
+/// refused before it is appended, and no receipt is made.
+#[tokio::test]
+async fn an_entry_that_does_not_match_its_permit_gets_no_receipt() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), key(&generate_pkcs8().unwrap()), LogOptions::default()).unwrap();
+    let mut denied = event(0, None);
+    denied.decision = Some(clover_event::EventDecision { effect: "deny".into(), view: None, policies: vec![] });
+    let mut a_write = event(1, None);
+    a_write.action = Some("write".into());
+    let mut no_decision = event(2, None);
+    no_decision.decision = None;
+    let mut wrong_kind = event(3, None);
+    wrong_kind.kind = EventKind::Erasure;
+    for wrong in [denied, a_write, no_decision, wrong_kind] {
+        let refused = log.append_permitted(&wrong, permit()).await;
+        assert!(matches!(refused, Err(clover_log::LogError::NotPermitted(_))), "{refused:?}");
+    }
+    assert_eq!(log.size(), 0, "nothing was appended");
+    assert!(log.append_permitted(&event(4, None), permit()).await.is_ok());
+}

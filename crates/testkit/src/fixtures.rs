@@ -49,7 +49,7 @@ pub fn read_event(n: u64, annex: Option<&str>) -> Event {
         action: Some("read".into()),
         subject: None,
         category: None,
-        decision: None,
+        decision: Some(clover_event::EventDecision { effect: "allow".into(), view: None, policies: Vec::new() }),
         purpose: None,
         annex: annex.map(str::to_owned),
         detail: Some(format!("r-{n}")),

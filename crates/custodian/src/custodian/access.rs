@@ -7,21 +7,22 @@ use clover_model::{Action, Region};
 
 /// A logged, allowed access, as the custodian checks it before handing out a key: from a
 /// [`Receipt`](clover_log::Receipt) made in this process, or from a log entry that a custodian
-/// in its own process verified against the signed log.
+/// in its own process verified against the signed log. Only those two checks make one (its
+/// fields are the crate's own), and the custodian's key calls take nothing else.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoggedAccess {
     /// The subject, as the log's keyed hash.
-    pub subject_hash: String,
+    pub(crate) subject_hash: String,
     /// The action allowed.
-    pub action: Action,
+    pub(crate) action: Action,
     /// The log entry's index.
-    pub log_index: u64,
+    pub(crate) log_index: u64,
     /// The log entry's RFC 6962 leaf hash, hex.
-    pub entry_hash: String,
+    pub(crate) entry_hash: String,
     /// The purpose declared.
-    pub purpose: Option<String>,
+    pub(crate) purpose: Option<String>,
     /// Which of the subject's keys the access is for.
-    pub scope: KeyScope,
+    pub(crate) scope: KeyScope,
 }
 
 /// Which key of a subject's an access is for: one record version's (the record and version its
@@ -74,6 +75,21 @@ impl KeyScope {
 }
 
 impl LoggedAccess {
+    /// The log entry's index.
+    pub fn log_index(&self) -> u64 {
+        self.log_index
+    }
+
+    /// The action allowed.
+    pub fn action(&self) -> Action {
+        self.action
+    }
+
+    /// The record the access is for, if one.
+    pub fn record(&self) -> Option<&str> {
+        self.scope.record.as_deref()
+    }
+
     /// Refuses an access whose action is not one of `allowed`: an action that does not need
     /// the key asked for.
     pub(crate) fn check(&self, allowed: &[Action]) -> Result<(), KeyError> {

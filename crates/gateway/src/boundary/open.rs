@@ -136,7 +136,8 @@ impl Boundary {
                             ttl: std::time::Duration::from_secs(config.keys.cache_seconds),
                         },
                     )
-                    .await?,
+                    .await?
+                    .with_log(log.clone()),
                 );
                 take_legacy_keys(&store, &custodian, &log).await?;
                 (custodian.clone(), Some(custodian))

@@ -243,7 +243,13 @@ async fn head_is_refused_where_a_get_is_decided_and_logged() {
     decided.sort();
     assert_eq!(
         decided,
-        ["/v1/approvals/x", "/v1/keys", format!("/v1/records/{record}").as_str(), "/v1/subjects/u-1/accesses"],
+        [
+            "/v1/approvals/x",
+            "/v1/keys",
+            "/v1/keys/reseal",
+            format!("/v1/records/{record}").as_str(),
+            "/v1/subjects/u-1/accesses"
+        ],
         "the GETs that decide"
     );
     for path in &decided {

@@ -361,7 +361,7 @@ async fn the_custodian_accepts_an_older_checkpoint_that_the_one_it_verified_exte
     let newer_opening = opening_of(&app.boundary, &newer_entry).await;
     let (newer_access, _) =
         verifier.check(newer_index, &newer_entry, &subject_hash, newer_opening.as_ref()).await.unwrap();
-    assert_eq!(newer_access.log_index, newer_index);
+    assert_eq!(newer_access.log_index(), newer_index);
     let older = verifier.check(index, &entry, &subject_hash, opening).await;
     assert!(older.is_ok(), "an older checkpoint that the verified one extends: {older:?} (stale size {stale_size})");
 

@@ -208,3 +208,41 @@ async fn the_migration_reseals_every_record_while_reads_go_on() {
     assert_eq!(u64::try_from(batches).unwrap(), progress["resealing"]["batches"].as_u64().unwrap());
     assert!(batches >= 1);
 }
+
+/// The custodian in the boundary's process checks its receipts against the boundary's log, as
+/// one in its own process does against the signed log: a receipt whose entry is not the log's
+/// at its index (made by another log: what a swapped entry would give), or that is not recent,
+/// opens nothing.
+#[tokio::test]
+async fn the_embedded_custodian_checks_receipts_against_the_log() {
+    let app = TestApp::start().await;
+    let record: RecordId = app.seed("u-1", json!({"name": "Ana"})).await.parse().unwrap();
+    let subject: SubjectId = "u-1".parse().unwrap();
+    let custody = app.boundary.custody();
+    // The honest receipt works.
+    assert!(custody.data_key(&app.record_receipt(&subject, &record, "profile").await).await.is_ok());
+
+    // Another log (same kind of entry, appended elsewhere): its receipt's entry is not this
+    // log's at that index.
+    let dir = tempfile::tempdir().unwrap();
+    let signer = clover_tlog::note::SigningKey::generate("other.test", clover_tlog::note::TYPE_ED25519).unwrap();
+    let other = clover_log::Log::open(dir.path(), signer, clover_log::LogOptions::default()).unwrap();
+    let annex = clover_event::Annex::new(None, None, None, Some(&record.to_string()), Some("u-1"))
+        .unwrap()
+        .with_version(Some(1));
+    let mut event = clover_event::Event::decode(&app.boundary.log().entry(0).await.unwrap()).unwrap();
+    event.kind = clover_event::EventKind::Access;
+    event.action = Some("read".into());
+    event.category = Some("profile".into());
+    event.annex = Some(annex.commitment());
+    event.time = time::OffsetDateTime::now_utc().unix_timestamp();
+    let foreign = other.append_permitted(&event, app.permit(&subject)).await.unwrap().with_annex(annex.clone());
+    let refused = custody.data_key(&foreign).await;
+    assert!(matches!(&refused, Err(KeyError::Receipt(m)) if m.contains("not the one the log holds")), "{refused:?}");
+
+    // An entry of this log, but old: refused as not recent.
+    event.time -= 3600;
+    let old = app.boundary.log().append_permitted(&event, app.permit(&subject)).await.unwrap().with_annex(annex);
+    let refused = custody.data_key(&old).await;
+    assert!(matches!(&refused, Err(KeyError::Receipt(m)) if m.contains("not recent")), "{refused:?}");
+}
