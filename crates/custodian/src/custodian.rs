@@ -36,7 +36,7 @@ use clover_model::{Action, Region, SubjectId};
 use zeroize::Zeroizing;
 
 use self::access::{KeyScope, LoggedAccess, UnwrapRecord};
-use self::cache::{CacheOptions, KeyCache};
+use self::cache::CacheOptions;
 use self::data_keys::DataKeys;
 use self::erasure::Erasures;
 use self::journal::Journal;
@@ -55,7 +55,7 @@ pub struct Custodian {
     /// no subject id in the clear.
     index: SubjectIndexKey,
     pseudonym_root: hmac::Key,
-    cache: Arc<KeyCache>,
+    /// The erasures, and the caches of keys they decide on.
     erasures: Arc<Erasures>,
     journal: Journal,
     /// The receipts honoured, each once.
@@ -95,8 +95,7 @@ impl Custodian {
         let db = at.open().await?;
         let keys = DataKeys::new(region, kek, db.clone());
         let metadata = Metadata::load(&keys).await?;
-        let cache = Arc::new(KeyCache::new(cache_options));
-        let erasures = Erasures::load(db.as_ref(), cache.clone()).await?;
+        let erasures = Erasures::load(db.as_ref(), cache_options).await?;
         let receipts = Receipts::start(db.clone());
         let journal = Journal::start(db);
         tracing::info!(store = %at, "key store open");
@@ -104,7 +103,6 @@ impl Custodian {
             keys,
             index,
             pseudonym_root: hmac::Key::new(hmac::HMAC_SHA256, pseudonym_root),
-            cache,
             erasures,
             journal,
             receipts,
@@ -182,17 +180,20 @@ impl Custodian {
     }
 
     /// The subject's own key, from the cache or unwrapped, once per receipt (claimed here);
-    /// whether it was cached.
+    /// whether it was cached. The cache is trusted only as [`Erasures`] allows: not while other
+    /// custodians' erasures may go unheard (then the key store, which has no key for an erased
+    /// subject, is read, and its erasures checked), nor once an erasure of the subject was heard
+    /// of since the key was cached.
     async fn subject_key(&self, access: &LoggedAccess) -> Result<(DataKey, bool), KeyError> {
-        self.erasures.check(access)?;
+        self.erasures.check_now(self.keys.db.as_ref(), access).await?;
         self.receipts.claim(access).await?;
         let hash = &access.subject_hash;
-        if let Some(key) = self.cache.key(hash) {
+        if let Some(key) = self.erasures.cached_key(hash) {
             return Ok((key, true));
         }
-        let epoch = self.cache.epoch();
+        let ticket = self.erasures.ticket(hash);
         let key = self.keys.unwrap(hash).await?;
-        self.cache.insert_key(hash, &key, epoch);
+        self.erasures.cache_key(hash, &key, ticket);
         Ok((key, false))
     }
 
@@ -253,7 +254,7 @@ impl Custodian {
         hash: &str,
         plaintext: &[u8],
     ) -> Result<Vec<u8>, KeyError> {
-        self.metadata.seal(&self.keys, &self.cache, subject, hash, plaintext).await
+        self.metadata.seal(&self.keys, &self.erasures, subject, hash, plaintext).await
     }
 
     /// Opens what [`Custodian::seal_metadata_for`] sealed (or what earlier versions sealed).
@@ -263,13 +264,13 @@ impl Custodian {
         hash: &str,
         sealed: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, KeyError> {
-        self.metadata.open(&self.keys, &self.cache, subject, hash, sealed).await
+        self.metadata.open(&self.keys, &self.erasures, subject, hash, sealed).await
     }
 
     /// The tag key of the subject whose keyed hash is `hash` (see
     /// [`KeyCustody::subject_tag_key`]).
     pub async fn subject_tag_key_for(&self, hash: &str, create: bool) -> Result<Option<SubjectTagKey>, KeyError> {
-        self.metadata.tag_key(&self.keys, &self.cache, hash, create).await
+        self.metadata.tag_key(&self.keys, &self.erasures, hash, create).await
     }
 
     /// Whether `tag` (from a log entry) is one of the subject's whose keyed hash is `hash`: what

@@ -1035,3 +1035,205 @@ async fn a_receipt_one_custodian_honoured_is_refused_by_another_sharing_its_key_
     a.close().await;
     b.close().await;
 }
+
+/// Waits until `done` answers true, for up to ten seconds (a notice crosses the database).
+async fn eventually<F: std::future::Future<Output = bool>>(what: &str, mut done: impl FnMut() -> F) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !done().await {
+        assert!(std::time::Instant::now() < deadline, "not after ten seconds: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Two custodians on one PostgreSQL key store: an erasure through one makes the subject's
+/// metadata key, and so their tag key, unavailable through the other too, though the other had
+/// them cached.
+#[tokio::test]
+async fn an_erasure_reaches_the_tag_keys_every_custodian_sharing_a_postgres_key_store_caches() {
+    let f = Fixture::keyring_on_postgres();
+    let (a, store) = f.custodian(CacheOptions::default()).await;
+    let b = f.custodian_at(&store, f.kek.clone(), CacheOptions::default()).await;
+    let (s1, hash) = (subject("s-1"), f.hash("s-1"));
+    a.create_data_key(&f.receipt(Action::Write, "s-1").await).await.unwrap();
+    let plaintext = b"{\"minor_until\":\"2029-05-01\"}";
+    let sealed = a.seal_metadata(&s1, plaintext).await.unwrap();
+    let tag = a.subject_tag_key_for(&hash, false).await.unwrap().unwrap().tag().unwrap();
+    // b has the subject's metadata key cached, and derives their tag key from it.
+    assert_eq!(b.open_metadata(&s1, &sealed).await.unwrap().as_slice(), plaintext);
+    assert!(b.subject_tag_key_for(&hash, false).await.unwrap().is_some());
+    assert!(b.tag_is_subjects(&hash, &tag).await.unwrap());
+
+    assert!(a.destroy_data_key(&f.receipt(Action::Erase, "s-1").await).await.unwrap());
+    eventually("the other custodian forgets an erased subject's tag key", || async {
+        b.subject_tag_key_for(&hash, false).await.unwrap().is_none()
+    })
+    .await;
+    assert!(!b.tag_is_subjects(&hash, &tag).await.unwrap());
+    assert!(matches!(b.open_metadata(&s1, &sealed).await, Err(KeyError::Decrypt)));
+    a.close().await;
+    b.close().await;
+}
+
+/// The `application_name` of a custodian's listener for other custodians' erasures.
+const LISTENER_NAME: &str = "clover-custodian-erasures";
+
+/// A TCP proxy in front of the test PostgreSQL server that cuts custodians' erasure listeners
+/// off, as a network fault would, and lets everything else through: while cut, it closes the
+/// listeners' connections and drops new ones, which it tells apart by the `application_name`
+/// in their startup packet (so its clients connect without TLS).
+struct Proxy {
+    at: std::net::SocketAddr,
+    state: Arc<ProxyState>,
+}
+
+#[derive(Default)]
+struct ProxyState {
+    cut: std::sync::atomic::AtomicBool,
+    /// The listeners' connections passed through.
+    listeners: Mutex<Vec<tokio::task::AbortHandle>>,
+    /// How many listeners' connections it dropped.
+    refused: AtomicU32,
+}
+
+impl Proxy {
+    async fn start() -> Self {
+        let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let at = socket.local_addr().unwrap();
+        let state = Arc::new(ProxyState::default());
+        let shared = state.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = socket.accept().await {
+                tokio::spawn(pass(client, shared.clone()));
+            }
+        });
+        Self { at, state }
+    }
+
+    /// The URL of `database` through the proxy.
+    fn url(&self, database: &clover_testkit::TestDatabase) -> String {
+        let (user, _) = server_authority();
+        let (_, name) = database.url.rsplit_once('/').unwrap();
+        format!("postgres://{user}@{}/{name}?sslmode=disable", self.at)
+    }
+
+    /// Closes the listeners' connections, and drops new ones until [`Proxy::mend`].
+    fn cut(&self) {
+        self.state.cut.store(true, Ordering::SeqCst);
+        for listener in self.state.listeners.lock().unwrap().drain(..) {
+            listener.abort();
+        }
+    }
+
+    fn mend(&self) {
+        self.state.cut.store(false, Ordering::SeqCst);
+    }
+
+    /// Waits until a listener tried to connect again since the cut, and was dropped.
+    async fn refused_a_listener(&self) {
+        eventually("a listener tries to connect again", || async { self.state.refused.load(Ordering::SeqCst) > 0 })
+            .await;
+    }
+}
+
+/// The test server's user (and password, if any) and address.
+fn server_authority() -> (String, String) {
+    let server = clover_testkit::server();
+    let (_, rest) = server.split_once("://").unwrap();
+    let (authority, _) = rest.split_once('/').unwrap();
+    let (user, address) = authority.rsplit_once('@').unwrap_or(("", authority));
+    (user.to_owned(), address.to_owned())
+}
+
+/// Passes one connection through, unless it is a listener's and the proxy is cut.
+async fn pass(mut client: tokio::net::TcpStream, state: Arc<ProxyState>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // The startup packet: its length (itself included), the protocol, then name/value pairs.
+    let mut length = [0u8; 4];
+    if client.read_exact(&mut length).await.is_err() {
+        return;
+    }
+    let mut packet = vec![0u8; (u32::from_be_bytes(length) as usize).saturating_sub(4)];
+    if client.read_exact(&mut packet).await.is_err() {
+        return;
+    }
+    let listener = contains(&packet, format!("application_name\0{LISTENER_NAME}\0").as_bytes());
+    if listener && state.cut.load(Ordering::SeqCst) {
+        state.refused.fetch_add(1, Ordering::SeqCst);
+        return;
+    }
+    let mut server = tokio::net::TcpStream::connect(server_authority().1).await.unwrap();
+    server.write_all(&length).await.unwrap();
+    server.write_all(&packet).await.unwrap();
+    let spliced = tokio::spawn(async move {
+        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+    });
+    if listener {
+        state.listeners.lock().unwrap().push(spliced.abort_handle());
+        // Cut meanwhile: cut this one too.
+        if state.cut.load(Ordering::SeqCst) {
+            spliced.abort();
+        }
+    }
+}
+
+/// Two custodians on one PostgreSQL key store, the second one's erasure listener cut off by a
+/// network fault while the first erases: the second hears nothing, yet hands out no erased key
+/// and no erased subject's tag key, since while it does not listen it trusts none of its
+/// caches (it reads the key store, which has none); once it listens again it has read every
+/// erasure it missed (a receipt from before one is refused without asking the key store) and
+/// flushed its caches.
+#[tokio::test]
+async fn an_erasure_made_while_a_custodian_was_not_listening_still_reaches_it() {
+    let f = Fixture::keyring_on_postgres();
+    let (a, store) = f.custodian(CacheOptions::default()).await;
+    let StoreAt::Postgres(database) = &store else { unreachable!("a PostgreSQL fixture") };
+    let proxy = Proxy::start().await;
+    let b_store = KeyStore::Postgres(proxy.url(database));
+    let b =
+        Custodian::open(&b_store, region(), f.kek.clone(), f.index(), &f.root, CacheOptions::default()).await.unwrap();
+    // b has the keys and tag keys of s-1, s-2 and s-3 cached.
+    for id in ["s-1", "s-2", "s-3"] {
+        a.create_data_key(&f.receipt(Action::Write, id).await).await.unwrap();
+        a.subject_tag_key_for(&f.hash(id), true).await.unwrap().unwrap();
+        b.data_key(&f.receipt(Action::Read, id).await).await.unwrap();
+        b.data_key(&f.receipt(Action::Read, id).await).await.unwrap();
+        assert!(b.journal().await.unwrap().last().unwrap().cached);
+        assert!(b.subject_tag_key_for(&f.hash(id), false).await.unwrap().is_some());
+    }
+    // Logged before s-2's erasure, presented after.
+    let old_read = f.receipt(Action::Read, "s-2").await;
+
+    proxy.cut();
+    // b saw its listener go (it tries to connect again, and cannot).
+    proxy.refused_a_listener().await;
+    assert!(a.destroy_data_key(&f.receipt(Action::Erase, "s-1").await).await.unwrap());
+    assert!(a.destroy_data_key(&f.receipt(Action::Erase, "s-2").await).await.unwrap());
+    // Not listening, b reads the key store, cache or not: at once, no key and no tag key.
+    let refused = b.data_key(&f.receipt(Action::Read, "s-1").await).await;
+    assert!(matches!(refused, Err(KeyError::NoDataKey)), "{refused:?}");
+    assert!(b.subject_tag_key_for(&f.hash("s-1"), false).await.unwrap().is_none());
+    // A subject not erased is still served, from the key store.
+    b.data_key(&f.receipt(Action::Read, "s-3").await).await.unwrap();
+    b.data_key(&f.receipt(Action::Read, "s-3").await).await.unwrap();
+    assert!(!b.journal().await.unwrap().last().unwrap().cached, "a key came from the cache while not listening");
+
+    proxy.mend();
+    // Listening again, b caches again.
+    eventually("the custodian listens again", || async {
+        b.data_key(&f.receipt(Action::Read, "s-3").await).await.unwrap();
+        b.journal().await.unwrap().last().unwrap().cached
+    })
+    .await;
+    // It read s-2's erasure when it connected again (it has not asked the key store about s-2
+    // since, and the notice was sent while it was cut off).
+    let refused = b.data_key(&old_read).await;
+    assert!(
+        matches!(&refused, Err(KeyError::Receipt(m)) if m.contains("from before the subject's erasure")),
+        "{refused:?}"
+    );
+    let refused = b.data_key(&f.receipt(Action::Read, "s-2").await).await;
+    assert!(matches!(refused, Err(KeyError::NoDataKey)), "{refused:?}");
+    assert!(b.subject_tag_key_for(&f.hash("s-2"), false).await.unwrap().is_none());
+    a.close().await;
+    b.close().await;
+}

@@ -12,8 +12,8 @@ use clover_keys::{DataKey, KeyError, aad};
 use clover_model::SubjectId;
 use zeroize::Zeroizing;
 
-use super::cache::KeyCache;
 use super::data_keys::DataKeys;
+use super::erasure::Erasures;
 use super::store::{failed, now};
 
 /// The prefix of metadata sealed with the subject's own metadata key (earlier formats wrote 0,
@@ -50,18 +50,19 @@ impl Metadata {
 
     /// The subject's metadata key: derived from the region's metadata key and a random salt
     /// of the subject's own, kept in the key store and destroyed with their data key. `None`
-    /// when the subject has no salt (erased) and `create` is false.
+    /// when the subject has no salt (erased) and `create` is false. Cached, and trusted from the
+    /// cache, as [`Erasures`] allows (as their data key).
     async fn subject_key(
         &self,
         keys: &DataKeys,
-        cache: &KeyCache,
+        erasures: &Erasures,
         hash: &str,
         create: bool,
     ) -> Result<Option<DataKey>, KeyError> {
-        if let Some(key) = cache.metadata_key(hash) {
+        if let Some(key) = erasures.cached_metadata_key(hash) {
             return Ok(Some(key));
         }
-        let epoch = cache.epoch();
+        let ticket = erasures.ticket(hash);
         if create {
             let salt = DataKey::generate()?;
             keys.db.insert_salt(hash, salt.expose().as_slice()).await.map_err(failed("storing a metadata salt"))?;
@@ -74,7 +75,7 @@ impl Metadata {
         let derived = hmac::sign(&root, &context);
         let mut bytes = Zeroizing::new([0u8; 32]);
         bytes.copy_from_slice(derived.as_ref().get(..32).ok_or(KeyError::Crypto("short HMAC"))?);
-        cache.insert_metadata_key(hash, &bytes, epoch);
+        erasures.cache_metadata_key(hash, &bytes, ticket);
         Ok(Some(DataKey::from_bytes(bytes)))
     }
 
@@ -84,11 +85,11 @@ impl Metadata {
     pub(crate) async fn tag_key(
         &self,
         keys: &DataKeys,
-        cache: &KeyCache,
+        erasures: &Erasures,
         hash: &str,
         create: bool,
     ) -> Result<Option<SubjectTagKey>, KeyError> {
-        let Some(key) = self.subject_key(keys, cache, hash, create).await? else { return Ok(None) };
+        let Some(key) = self.subject_key(keys, erasures, hash, create).await? else { return Ok(None) };
         let derived = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key.expose()), b"clover/subject-tag-key/v2");
         Ok(Some(SubjectTagKey::new(derived.as_ref())))
     }
@@ -98,12 +99,12 @@ impl Metadata {
     pub(crate) async fn seal(
         &self,
         keys: &DataKeys,
-        cache: &KeyCache,
+        erasures: &Erasures,
         subject: &SubjectId,
         hash: &str,
         plaintext: &[u8],
     ) -> Result<Vec<u8>, KeyError> {
-        let key = self.subject_key(keys, cache, hash, true).await?.ok_or(KeyError::NoDataKey)?;
+        let key = self.subject_key(keys, erasures, hash, true).await?.ok_or(KeyError::NoDataKey)?;
         let mut out = SUBJECT_METADATA.to_be_bytes().to_vec();
         out.extend(key.seal(&aad::subject_metadata_v2(&keys.region, subject), plaintext)?);
         Ok(out)
@@ -113,7 +114,7 @@ impl Metadata {
     pub(crate) async fn open(
         &self,
         keys: &DataKeys,
-        cache: &KeyCache,
+        erasures: &Erasures,
         subject: &SubjectId,
         hash: &str,
         sealed: &[u8],
@@ -121,7 +122,7 @@ impl Metadata {
         let (version, rest) = sealed.split_first_chunk::<4>().ok_or(KeyError::Decrypt)?;
         match u32::from_be_bytes(*version) {
             SUBJECT_METADATA => {
-                let key = self.subject_key(keys, cache, hash, false).await?.ok_or(KeyError::Decrypt)?;
+                let key = self.subject_key(keys, erasures, hash, false).await?.ok_or(KeyError::Decrypt)?;
                 key.open(&aad::subject_metadata_v2(&keys.region, subject), rest)
             }
             0 => self.root.open(&aad::subject_metadata_v2(&keys.region, subject), rest),

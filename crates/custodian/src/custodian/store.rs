@@ -5,9 +5,9 @@
 //! Two databases: a SQLite file (the embedded default, and a custodian process's own
 //! directory), or PostgreSQL (which the custodians of several gateways of a region share). The
 //! SQL is written once, for both (`$n` parameters, `ON CONFLICT`), in one generic
-//! [`KeyStoreBackend`] implementation over either pool; what differs (opening, the schema, what
-//! follows an erasure, hearing of other custodians' erasures) is each database's [`Dialect`],
-//! in [`sqlite`] and [`postgres`].
+//! [`KeyStoreBackend`] implementation over either pool; what differs (opening, the schema, telling
+//! other custodians of an erasure and hearing of theirs, what follows an erasure) is each
+//! database's [`Dialect`], in [`sqlite`] and [`postgres`].
 
 mod postgres;
 mod sqlite;
@@ -69,17 +69,22 @@ pub(crate) trait KeyStoreBackend: Send + Sync {
     /// Every subject's last erasure: (subject, log index).
     async fn erasures(&self) -> Result<Vec<(String, i64)>, sqlx::Error>;
 
-    /// Deletes the subject's key and metadata salt and records the erasure at `log_index`
-    /// (unless a later one is recorded), in one transaction; how many keys it deleted.
+    /// Deletes the subject's key and metadata salt, records the erasure at `log_index` (unless a
+    /// later one is recorded) and, on a shared key store, tells the other custodians, in one
+    /// transaction (so that they are told exactly when it commits); how many keys it deleted.
     async fn destroy(&self, subject: &str, log_index: i64) -> Result<u64, sqlx::Error>;
 
-    /// What follows an erasure in this database: telling the other custodians, or overwriting
-    /// the old page.
-    async fn after_erasure(&self, subject: &str, log_index: u64);
+    /// What follows a committed erasure in this database (overwriting the old page).
+    async fn after_erasure(&self);
+
+    /// Whether other custodians may share this key store, and so make erasures this one must
+    /// hear of.
+    fn shared(&self) -> bool;
 
     /// Tells `listener` of the erasures of other custodians sharing this key store, for as long
-    /// as it listens, where there can be others.
-    fn follow_erasures(&self, listener: Box<dyn ErasureListener>);
+    /// as it listens, where there can be others: of each as it commits, and of all of them at
+    /// each (re)connect. The first connection is tried before this returns.
+    async fn follow_erasures(&self, listener: Box<dyn ErasureListener>);
 
     /// Stores the subject's metadata salt unless it has one.
     async fn insert_salt(&self, subject: &str, salt: &[u8]) -> Result<(), sqlx::Error>;
@@ -132,6 +137,14 @@ pub(crate) trait ErasureListener: Send + Sync + 'static {
 
     /// Applies the erasure of `subject` at `log_index`; false once it no longer listens.
     fn erased(&self, subject: &str, log_index: u64) -> bool;
+
+    /// Hears of every erasure from now on, and `erasures` is every one recorded (subject, log
+    /// index), read once listening: any erasure it was not told of while it did not listen is
+    /// among them. False once it no longer listens.
+    fn connected(&self, erasures: Vec<(String, i64)>) -> bool;
+
+    /// No longer hears of every erasure, until [`ErasureListener::connected`] again.
+    fn disconnected(&self);
 }
 
 /// A key store failure while `operation`.
@@ -150,12 +163,21 @@ pub(crate) trait Dialect: Database {
     /// How many rows a statement changed (each driver's result type has its own method).
     fn rows_affected(result: &Self::QueryResult) -> u64;
 
+    /// Whether other custodians may share the key store (see [`KeyStoreBackend::shared`]).
+    const SHARED: bool;
+
+    /// Tells the other custodians of an erasure, inside its transaction (on `tx`).
+    async fn notify_erasure(tx: &mut Self::Connection, subject: &str, log_index: i64) -> Result<(), sqlx::Error>;
+
     /// What follows an erasure (see [`KeyStoreBackend::after_erasure`]).
-    async fn after_erasure(pool: &Pool<Self>, subject: &str, log_index: u64);
+    async fn after_erasure(pool: &Pool<Self>);
 
     /// Hears of other custodians' erasures (see [`KeyStoreBackend::follow_erasures`]).
-    fn follow_erasures(pool: &Pool<Self>, listener: Box<dyn ErasureListener>);
+    async fn follow_erasures(pool: &Pool<Self>, listener: Box<dyn ErasureListener>);
 }
+
+/// Every subject's last erasure: (subject, log index).
+const SELECT_ERASURES: &str = "SELECT subject, log_index FROM erasures";
 
 /// The key store over a pool of either database.
 pub(crate) struct KeyDb<DB: Database> {
@@ -211,7 +233,7 @@ where
     }
 
     async fn erasures(&self) -> Result<Vec<(String, i64)>, sqlx::Error> {
-        sqlx::query_as("SELECT subject, log_index FROM erasures").fetch_all(&self.pool).await
+        sqlx::query_as(SELECT_ERASURES).fetch_all(&self.pool).await
     }
 
     async fn destroy(&self, subject: &str, log_index: i64) -> Result<u64, sqlx::Error> {
@@ -227,16 +249,21 @@ where
         .bind(log_index)
         .execute(&mut *tx)
         .await?;
+        DB::notify_erasure(&mut tx, subject, log_index).await?;
         tx.commit().await?;
         Ok(DB::rows_affected(&deleted))
     }
 
-    async fn after_erasure(&self, subject: &str, log_index: u64) {
-        DB::after_erasure(&self.pool, subject, log_index).await;
+    async fn after_erasure(&self) {
+        DB::after_erasure(&self.pool).await;
     }
 
-    fn follow_erasures(&self, listener: Box<dyn ErasureListener>) {
-        DB::follow_erasures(&self.pool, listener);
+    fn shared(&self) -> bool {
+        DB::SHARED
+    }
+
+    async fn follow_erasures(&self, listener: Box<dyn ErasureListener>) {
+        DB::follow_erasures(&self.pool, listener).await;
     }
 
     async fn insert_salt(&self, subject: &str, salt: &[u8]) -> Result<(), sqlx::Error> {

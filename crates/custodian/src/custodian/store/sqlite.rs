@@ -64,9 +64,21 @@ impl Dialect for Sqlite {
         result.rows_affected()
     }
 
+    /// A SQLite file has one custodian.
+    const SHARED: bool = false;
+
+    /// There are no other custodians to tell.
+    async fn notify_erasure(
+        _tx: &mut sqlx::SqliteConnection,
+        _subject: &str,
+        _log_index: i64,
+    ) -> Result<(), sqlx::Error> {
+        Ok(())
+    }
+
     /// In SQLite, secure_delete zeroed the cell; the checkpoint copies that page over the old
     /// one in the main file and truncates the WAL that still held the old page.
-    async fn after_erasure(pool: &SqlitePool, _subject: &str, _log_index: u64) {
+    async fn after_erasure(pool: &SqlitePool) {
         let busy: Result<i64, sqlx::Error> =
             sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").fetch_one(pool).await.and_then(|row| row.try_get(0));
         if !matches!(busy, Ok(0)) {
@@ -78,5 +90,5 @@ impl Dialect for Sqlite {
     }
 
     /// A SQLite file has one custodian: there are no others to hear from.
-    fn follow_erasures(_pool: &SqlitePool, _listener: Box<dyn ErasureListener>) {}
+    async fn follow_erasures(_pool: &SqlitePool, _listener: Box<dyn ErasureListener>) {}
 }
