@@ -289,8 +289,8 @@ impl TestApp {
         self.record_receipt(subject, &RecordId::random(), "profile").await
     }
 
-    /// A receipt for reading version 1 of `record` (of `category`) of `subject`, its annex naming
-    /// the record as the boundary's do.
+    /// A receipt for version 1 of `record` (of `category`) of `subject` (an allowed write, what
+    /// [`TestApp::permit`] allows), its annex naming the record as the boundary's do.
     pub async fn record_receipt(&self, subject: &SubjectId, record: &RecordId, category: &str) -> Receipt {
         let record = record.to_string();
         let annex = clover_event::Annex::new(None, None, None, Some(&record), Some(subject.as_str()))
@@ -298,11 +298,11 @@ impl TestApp {
             .with_version(Some(1));
         let event = Event {
             v: clover_event::EVENT_VERSION,
-            kind: EventKind::Access,
+            kind: EventKind::Write,
             time: time::OffsetDateTime::now_utc().unix_timestamp(),
             principal: None,
             origin: None,
-            action: Some("read".into()),
+            action: Some("write".into()),
             subject: Some(clover_event::SubjectTag::random().unwrap()),
             category: Some(category.into()),
             decision: Some(clover_event::EventDecision { effect: "allow".into(), view: None, policies: Vec::new() }),

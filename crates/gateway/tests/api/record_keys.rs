@@ -231,8 +231,9 @@ async fn the_embedded_custodian_checks_receipts_against_the_log() {
         .unwrap()
         .with_version(Some(1));
     let mut event = clover_event::Event::decode(&app.boundary.log().entry(0).await.unwrap()).unwrap();
-    event.kind = clover_event::EventKind::Access;
-    event.action = Some("read".into());
+    event.kind = clover_event::EventKind::Write;
+    event.action = Some("write".into());
+    event.decision = Some(clover_event::EventDecision { effect: "allow".into(), view: None, policies: vec![] });
     event.category = Some("profile".into());
     event.annex = Some(annex.commitment());
     event.time = time::OffsetDateTime::now_utc().unix_timestamp();
