@@ -128,3 +128,99 @@ fn a_custodian_with_a_damaged_or_unreadable_state_file_does_not_start() {
     );
     assert!(state.is_dir());
 }
+
+/// The README's set-up: a witness, a custodian that demands its cosignature and is a witness
+/// itself, a boundary whose keys it holds and whose checkpoints both cosign; reads go through,
+/// and an auditor demands both cosignatures. Then `clover keys reseal` runs to its end (nothing
+/// to re-seal on a new boundary).
+#[tokio::test]
+async fn a_custodian_demanding_a_witness_quorum_serves_reads_and_is_a_witness_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut init = clover(dir.path());
+    init.args(["init", "--data-dir", "data"]);
+    stdout_of(init);
+    let mut vkey = clover(dir.path());
+    vkey.args(["log", "vkey", "--data-dir", "data"]);
+    let vkey = stdout_of(vkey);
+    let witness_args = ["audit", "witness", "--name", "witness.example", "--key", "w.key", "--state", "w.json"];
+    let mut print = clover(dir.path());
+    print.args(witness_args).args(["--log", &vkey, "--print-vkey"]);
+    let witness_vkey = stdout_of(print);
+    let mut witness = clover(dir.path());
+    witness.args(witness_args).args(["--log", &vkey, "--listen", "127.0.0.1:0"]);
+    let witness = Process::start(witness);
+
+    let reserved = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = reserved.local_addr().unwrap().port();
+    let boundary_url = format!("http://127.0.0.1:{port}");
+    let mut custodian = clover(dir.path());
+    custodian.args(["custodian", "serve", "--dir", "custodian", "--listen", "127.0.0.1:0"]);
+    custodian.args(["--log-url", &boundary_url, "--log-vkey", &vkey]);
+    custodian.args(["--witness", &witness_vkey, "--witness-quorum", "1", "--witness-name", "custodian.example"]);
+    let custodian = Process::start(custodian);
+    let custodian_vkey = std::fs::read_to_string(dir.path().join("custodian/witness.vkey")).unwrap().trim().to_owned();
+    assert!(custodian_vkey.starts_with("custodian.example+"), "{custodian_vkey}");
+
+    let config = dir.path().join("clover.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"data\"\n\n[keys]\ncustodian = \"{c}\"\n\n[[log.witnesses]]\nurl = \"{w}\"\nvkey = \"{witness_vkey}\"\n\n\
+             [[log.witnesses]]\nurl = \"{c}\"\nvkey = \"{custodian_vkey}\"\n",
+            c = custodian.url,
+            w = witness.url,
+        ),
+    )
+    .unwrap();
+    let mut serve = clover(dir.path());
+    serve.args(["serve", "--config", config.to_str().unwrap(), "--listen", &format!("127.0.0.1:{port}")]);
+    drop(reserved);
+    let boundary = Process::start(serve);
+
+    let token = mint_token(clover(dir.path()), &["--data-dir", "data"], "support");
+    let client = client(DUBLIN);
+    let subject = format!("{boundary_url}/v1/subjects/u-1");
+    let put = client.put(&subject).bearer_auth(&token).json(&json!({"home_region": "eu", "birth_date": "1990-01-01"}));
+    assert_eq!(put.send().await.unwrap().status(), 201);
+    let post = client
+        .post(format!("{subject}/records"))
+        .bearer_auth(&token)
+        .json(&json!({"category": "profile", "fields": {"name": "Ana"}}));
+    let record: Value = post.send().await.unwrap().json().await.unwrap();
+    let read = client
+        .get(format!("{boundary_url}/v1/records/{}", record["record_id"].as_str().unwrap()))
+        .bearer_auth(&token)
+        .header("X-Clover-Purpose", "support")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), 200);
+
+    // What the custodian's checks rest on.
+    let detail: Value =
+        client.get(format!("{}/healthz?detail=true", custodian.url)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(detail["witnesses"], json!({"demanded": ["witness.example"], "quorum": 1}), "{detail}");
+    assert_eq!(detail["warnings"], json!([]));
+
+    // An auditor demands both cosignatures (the served checkpoint may lag the read a moment).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let mut verify = clover(dir.path());
+        verify.args(["audit", "verify", "--url", &boundary_url, "--vkey", &vkey]);
+        verify.args(["--witness", &witness_vkey, "--witness", &custodian_vkey]);
+        let verified = run(verify);
+        if verified.status.success() && verified.stdout.contains("cosigned by custodian.example") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not verified: {verified:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+
+    // A key custodian re-seals: nothing to do on a new boundary, and the command says so.
+    let key_custodian = mint_token(clover(dir.path()), &["--data-dir", "data"], "key-custodian");
+    let mut reseal = clover(dir.path());
+    reseal.args(["keys", "reseal", "--url", &boundary_url, "--token", &key_custodian]);
+    let resealed = stdout_of(reseal);
+    assert!(resealed.contains("0 records re-sealed, 0 not"), "{resealed}");
+    drop(boundary);
+}
