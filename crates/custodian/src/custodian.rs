@@ -257,6 +257,20 @@ impl Custodian {
         self.metadata.seal(&self.keys, &self.erasures, subject, hash, plaintext).await
     }
 
+    /// Seals again under the subject's own metadata key what an earlier version sealed with the
+    /// region's metadata key or a KEK version directly; `None` when it already is (or is
+    /// empty). The plaintext never leaves the custodian: what a start-up re-seal needs, so that
+    /// a rotation does not retire the KEK version that old metadata needs (those subjects would
+    /// silently count as minors) and an erasure shreds it with the subject's keys.
+    pub async fn reseal_metadata(&self, subject: &SubjectId, sealed: &[u8]) -> Result<Option<Vec<u8>>, KeyError> {
+        if !Metadata::is_legacy(sealed) {
+            return Ok(None);
+        }
+        let hash = self.index.hash(subject);
+        let plain = self.open_metadata_for(subject, &hash, sealed).await?;
+        Ok(Some(self.seal_metadata_for(subject, &hash, &plain).await?))
+    }
+
     /// Opens what [`Custodian::seal_metadata_for`] sealed (or what earlier versions sealed).
     pub async fn open_metadata_for(
         &self,

@@ -176,6 +176,19 @@ pub trait Store: Send + Sync + 'static {
     /// The record, if it exists.
     async fn record(&self, id: &RecordId) -> Result<Option<RecordRow>, StoreError>;
 
+    /// Up to `limit` subjects whose metadata an earlier version sealed (with the region's
+    /// metadata key, or a KEK version directly: its first four bytes are not `ff ff ff ff`), in
+    /// id order after `after`: what the start-up re-seals under each subject's own key.
+    async fn subjects_with_legacy_metadata(
+        &self,
+        after: Option<&SubjectId>,
+        limit: u32,
+    ) -> Result<Vec<SubjectRow>, StoreError>;
+
+    /// Replaces a subject's metadata `old` by `new` (the same, re-sealed); whether it was still
+    /// `old`.
+    async fn reseal_subject_metadata(&self, id: &SubjectId, old: &[u8], new: &[u8]) -> Result<bool, StoreError>;
+
     /// Replaces a record version sealed with its subject's key (`old`) by the same version
     /// re-sealed under its own key (`new`); whether it was still `old` (a concurrent re-seal, or
     /// an erasure, leaves it alone).

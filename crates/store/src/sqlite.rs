@@ -292,6 +292,35 @@ impl Store for SqliteStore {
         row.as_ref().map(record_row).transpose()
     }
 
+    async fn subjects_with_legacy_metadata(
+        &self,
+        after: Option<&SubjectId>,
+        limit: u32,
+    ) -> Result<Vec<SubjectRow>, StoreError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {SUBJECT_COLUMNS} FROM subjects
+             WHERE length(metadata) >= 4 AND substr(metadata, 1, 4) <> x'ffffffff' AND subject_id > ?
+             ORDER BY subject_id LIMIT ?"
+        )))
+        .bind(after.map(SubjectId::as_str).unwrap_or_default())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("reading subjects to re-seal"))?;
+        rows.iter().map(subject_row).collect()
+    }
+
+    async fn reseal_subject_metadata(&self, id: &SubjectId, old: &[u8], new: &[u8]) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE subjects SET metadata = ? WHERE subject_id = ? AND metadata = ?")
+            .bind(new)
+            .bind(id.as_str())
+            .bind(old)
+            .execute(&self.pool)
+            .await
+            .map_err(db("re-sealing a subject's metadata"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
     async fn reseal_record(&self, id: &RecordId, version: u32, old: &[u8], new: &[u8]) -> Result<bool, StoreError> {
         let done = sqlx::query(
             "UPDATE records SET ciphertext = ?, sealed_with = 1

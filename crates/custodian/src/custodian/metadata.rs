@@ -110,6 +110,13 @@ impl Metadata {
         Ok(out)
     }
 
+    /// Whether `sealed` is metadata an earlier version sealed (with the region's metadata key, or
+    /// a KEK version directly), which [`Metadata::seal`] should seal again under the subject's
+    /// own key.
+    pub(crate) fn is_legacy(sealed: &[u8]) -> bool {
+        sealed.split_first_chunk::<4>().is_some_and(|(prefix, _)| u32::from_be_bytes(*prefix) != SUBJECT_METADATA)
+    }
+
     /// Opens what [`Metadata::seal`] sealed (or what earlier versions sealed).
     pub(crate) async fn open(
         &self,

@@ -265,6 +265,8 @@ fn custody_dir(data_dir: &DataDir) -> Result<std::path::PathBuf, OpenError> {
 /// Moves the wrapped data keys that a data store of an earlier version held into the
 /// custodian's key store, then destroys them in the data store; logged.
 async fn take_legacy_keys(store: &Arc<dyn Store>, custodian: &Custodian, log: &Log) -> Result<(), OpenError> {
+    // Old metadata first: the rotation below may retire the KEK version it was sealed under.
+    reseal_legacy_metadata(store, custodian, log).await?;
     let legacy = store.legacy_data_keys().await?;
     if legacy.is_empty() {
         return Ok(());
@@ -276,6 +278,49 @@ async fn take_legacy_keys(store: &Arc<dyn Store>, custodian: &Custodian, log: &L
     let detail = format!("{} data keys moved from the data store into the custodian's key store", legacy.len());
     tracing::info!(keys = legacy.len(), "data keys moved into custody");
     log.append(&setup_event(EventKind::Key, "take-legacy-keys", detail)).await?;
+    // The data store's copies (its backups) hold those keys wrapped under the KEK versions of
+    // then: a rotation re-wraps every key under a new version and retires the old ones, so that
+    // those copies open nothing once a subject is erased.
+    if let Some((to_version, total)) = custodian.start_rotation().await? {
+        let detail =
+            format!("kek v{to_version} created in {}; {total} data keys to re-wrap", custodian.kek().describe());
+        log.append(&setup_event(EventKind::Key, "add-kek-version", detail)).await?;
+        let outcome = custodian.run_rotation().await;
+        custodian.end_rotation(outcome.as_ref().err().map(ToString::to_string));
+        for version in outcome? {
+            let detail = format!("kek v{version} retired: no data key uses it");
+            log.append(&setup_event(EventKind::Key, "retire-kek-version", detail)).await?;
+        }
+        tracing::info!(to_version, total, "the data keys taken from the data store re-wrapped; the old kek retired");
+    }
+    Ok(())
+}
+
+/// Re-seals, under each subject's own metadata key, the metadata an earlier version sealed with
+/// the region's metadata key or a KEK version directly (the custodian opens and seals it; the
+/// boundary never sees it), logging the progress every 1,000 subjects and one log entry at the
+/// end.
+async fn reseal_legacy_metadata(store: &Arc<dyn Store>, custodian: &Custodian, log: &Log) -> Result<(), OpenError> {
+    let mut after: Option<clover_model::SubjectId> = None;
+    let mut resealed = 0u64;
+    loop {
+        let rows = store.subjects_with_legacy_metadata(after.as_ref(), 1000).await?;
+        let Some(last) = rows.last() else { break };
+        after = Some(last.subject_id.clone());
+        for row in &rows {
+            if let Some(sealed) = custodian.reseal_metadata(&row.subject_id, &row.metadata).await?
+                && store.reseal_subject_metadata(&row.subject_id, &row.metadata, &sealed).await?
+            {
+                resealed += 1;
+            }
+        }
+        tracing::info!(resealed, "re-sealing subjects' metadata under their own keys");
+    }
+    if resealed > 0 {
+        let detail = format!("{resealed} subjects' metadata re-sealed under their own keys");
+        log.append(&setup_event(EventKind::Key, "reseal-metadata", detail)).await?;
+        tracing::info!(resealed, "subjects' metadata re-sealed under their own keys");
+    }
     Ok(())
 }
 

@@ -247,3 +247,65 @@ async fn the_embedded_custodian_checks_receipts_against_the_log() {
     let refused = custody.data_key(&old).await;
     assert!(matches!(&refused, Err(KeyError::Receipt(m)) if m.contains("not recent")), "{refused:?}");
 }
+
+/// Metadata an earlier version sealed directly under a KEK version is re-sealed under the
+/// subject's own key at start-up (the custodian opens and seals it): a rotation that retires
+/// that KEK version no longer makes the subject count as a minor for want of it.
+#[tokio::test]
+async fn legacy_metadata_is_resealed_at_start_up_and_survives_a_rotation() {
+    let app = TestApp::start().await;
+    let subject: SubjectId = "u-adult".parse().unwrap();
+    let put = app
+        .client(DUBLIN)
+        .put(app.url("/v1/subjects/u-adult"))
+        .bearer_auth(app.token())
+        .json(&json!({"home_region": "eu", "birth_date": "1990-04-02"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 201);
+    // What an earlier version wrote: the metadata sealed with KEK v1 itself, its version first.
+    let plain =
+        serde_json::to_vec(&clover_keys::SubjectMetadata { adult_on: Some(time::macros::date!(2006 - 04 - 02)) })
+            .unwrap();
+    let kek = app.boundary.custodian().unwrap().kek().clone();
+    let mut legacy = 1u32.to_be_bytes().to_vec();
+    legacy.extend(kek.encrypt(1, &aad::subject_metadata(app.boundary.region(), &subject, 1), &plain).unwrap());
+    app.tamper("UPDATE subjects SET metadata = ? WHERE subject_id = ?", Some(&legacy), "u-adult").await;
+    let facts = app.boundary.custody().subject_facts(&subject, &legacy).await.unwrap();
+    assert!(!facts.minor, "the old format still reads");
+
+    // A restart re-seals it under the subject's own key, and logs that it did.
+    let app = app.restart().await;
+    let row = app.boundary.store().subject(&subject).await.unwrap().unwrap();
+    assert_ne!(row.metadata, legacy);
+    assert_eq!(row.metadata.get(..4), Some(&[0xff_u8; 4][..]));
+    assert!(!app.boundary.custody().subject_facts(&subject, &row.metadata).await.unwrap().minor);
+    let entries = crate::harness::log_entries(app.boundary.log()).await;
+    assert!(entries.iter().any(|e| e["action"] == "reseal-metadata"), "no reseal-metadata entry");
+
+    // A rotation retires KEK v1; the subject is still an adult.
+    let started =
+        app.client(DUBLIN).post(app.url("/v1/keys/rotate")).bearer_auth(key_custodian(&app)).send().await.unwrap();
+    assert_eq!(started.status(), 202);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let keys: Value = app
+            .client(DUBLIN)
+            .get(app.url("/v1/keys"))
+            .bearer_auth(key_custodian(&app))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if keys["rotation"]["done"] == true {
+            assert_eq!(keys["rotation"]["retired"], json!([1]), "{keys}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{keys}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(!app.boundary.custody().subject_facts(&subject, &row.metadata).await.unwrap().minor);
+}
