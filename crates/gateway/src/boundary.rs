@@ -5,6 +5,7 @@
 pub(crate) mod approvals;
 pub(crate) mod entries;
 pub(crate) mod open;
+pub mod resealings;
 
 use std::sync::Arc;
 
@@ -41,7 +42,7 @@ pub struct Boundary {
     /// Approvals whose grant was found in the log (`approvals.rs`).
     verified_grants: approvals::VerifiedGrants,
     /// The re-sealing migration's progress (`reseal.rs`).
-    resealings: crate::reseal::Resealings,
+    resealings: resealings::Resealings,
 }
 
 impl std::fmt::Debug for Boundary {
@@ -58,7 +59,7 @@ impl Boundary {
     }
 
     /// The re-sealing migration's progress.
-    pub fn resealings(&self) -> &crate::reseal::Resealings {
+    pub fn resealings(&self) -> &resealings::Resealings {
         &self.resealings
     }
 

@@ -184,7 +184,7 @@ impl Boundary {
                 std::time::Duration::from_secs(config_refusal_window),
             ),
             verified_grants: super::approvals::VerifiedGrants::default(),
-            resealings: crate::reseal::Resealings::default(),
+            resealings: super::resealings::Resealings::default(),
         })
     }
 }
