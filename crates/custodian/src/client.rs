@@ -79,6 +79,7 @@ pub fn read_answer(status: u16, body: &[u8]) -> Result<Value, KeyError> {
         404 => Err(KeyError::NoDataKey),
         409 => Err(KeyError::DataKeyExists),
         422 => Err(KeyError::Decrypt),
+        429 => Err(KeyError::TooManyPseudonyms(detail_or_none(body))),
         _ => Err(KeyError::Hsm(format!("the custodian answered {status}: {}", detail_or_none(body)))),
     }
 }
@@ -162,8 +163,19 @@ impl KeyCustody for RemoteCustody {
         }
     }
 
-    async fn pseudonym(&self, purpose: &str, destination: &str, input: &[u8]) -> Result<String, KeyError> {
-        let body = json!({ "purpose": purpose, "destination": destination, "input": B64.encode(input) });
+    async fn pseudonym(
+        &self,
+        receipt: &Receipt,
+        purpose: &str,
+        destination: &str,
+        input: &[u8],
+    ) -> Result<String, KeyError> {
+        let body = json!({
+            "receipt": WireReceipt::of(receipt, &self.index),
+            "purpose": purpose,
+            "destination": destination,
+            "input": B64.encode(input),
+        });
         let answer = self.post("/v1/pseudonym", &body).await?;
         answer
             .get("token")
@@ -206,6 +218,9 @@ mod tests {
         assert!(matches!(read_answer(404, b""), Err(KeyError::NoDataKey)));
         assert!(matches!(read_answer(409, b""), Err(KeyError::DataKeyExists)));
         assert!(matches!(read_answer(422, b""), Err(KeyError::Decrypt)));
+        assert!(
+            matches!(read_answer(429, br#"{"error":"enough"}"#), Err(KeyError::TooManyPseudonyms(m)) if m == "enough")
+        );
         let other = read_answer(503, b"").unwrap_err().to_string();
         assert!(other.contains("503") && other.contains("no detail"), "{other}");
         assert!(answer_field(&json!({"key": "not base64!"}), "key").is_err());

@@ -7,13 +7,15 @@
 //! that subject and an action that needs it, once per receipt (a receipt presented again is
 //! refused, by every custodian sharing the key store), and keeps its own journal of every key
 //! it hands out: the log index and entry hash of the access, the action and the purpose
-//! declared.
+//! declared. It answers pseudonyms (the tokens of a pseudonymised view) likewise only for a
+//! logged read granted that view, for its purpose and destination, a bounded number per
+//! receipt, each journalled (`pseudonyms`).
 //!
 //! One job per file, each knowing nothing of [`Custodian`], which puts them together: the key
 //! store over SQLite or PostgreSQL (`store`), the data keys wrapped and unwrapped (`data_keys`),
 //! the cache of unwrapped keys (`cache`), the journal (`journal`), the receipts honoured
-//! (`receipts`), KEK rotation (`rotation`), erasure (`erasure`), subjects' metadata
-//! (`metadata`), and what an access is (`access`).
+//! (`receipts`), pseudonyms (`pseudonyms`), KEK rotation (`rotation`), erasure (`erasure`),
+//! subjects' metadata (`metadata`), and what an access is (`access`).
 
 pub(crate) mod access;
 pub(crate) mod cache;
@@ -21,6 +23,7 @@ pub(crate) mod data_keys;
 pub(crate) mod erasure;
 pub(crate) mod journal;
 pub(crate) mod metadata;
+pub(crate) mod pseudonyms;
 pub(crate) mod receipts;
 pub(crate) mod rotation;
 pub(crate) mod store;
@@ -28,11 +31,10 @@ pub(crate) mod store;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use aws_lc_rs::hmac;
 use clover_event::{SubjectIndexKey, SubjectTag, SubjectTagKey};
-use clover_keys::{DataKey, Kek, KeyCustody, KeyError, SubjectFacts};
+use clover_keys::{DataKey, Kek, KeyCustody, KeyError, PseudonymRoot, SubjectFacts};
 use clover_log::Receipt;
-use clover_model::{Action, Region, SubjectId};
+use clover_model::{Action, Region, SubjectId, View};
 use zeroize::Zeroizing;
 
 use self::access::{KeyScope, LoggedAccess, UnwrapRecord};
@@ -41,6 +43,7 @@ use self::data_keys::DataKeys;
 use self::erasure::Erasures;
 use self::journal::Journal;
 use self::metadata::Metadata;
+use self::pseudonyms::{Pseudonyms, TokenScope};
 use self::receipts::Receipts;
 use self::rotation::{Rotation, Rotations, VersionCounts};
 use self::store::KeyStore;
@@ -54,7 +57,8 @@ pub struct Custodian {
     /// Keys the subjects in the key store: the log's subject hash, so that the key store holds
     /// no subject id in the clear.
     index: SubjectIndexKey,
-    pseudonym_root: hmac::Key,
+    /// The pseudonymisation root, and the tokens each receipt has had.
+    pseudonyms: Pseudonyms,
     /// The erasures, and the caches of keys they decide on.
     erasures: Arc<Erasures>,
     journal: Journal,
@@ -83,13 +87,13 @@ impl Custodian {
     ///
     /// `index` keys the subjects in the key store (the log's subject hash, so the key store
     /// holds no subject id in the clear); `pseudonym_root` is the root of the pseudonymisation
-    /// keys.
+    /// keys, a secret of its own.
     pub async fn open(
         at: &KeyStore,
         region: Region,
         kek: Arc<dyn Kek>,
         index: SubjectIndexKey,
-        pseudonym_root: &[u8],
+        pseudonym_root: PseudonymRoot,
         cache_options: CacheOptions,
     ) -> Result<Self, KeyError> {
         let db = at.open().await?;
@@ -102,7 +106,7 @@ impl Custodian {
         Ok(Self {
             keys,
             index,
-            pseudonym_root: hmac::Key::new(hmac::HMAC_SHA256, pseudonym_root),
+            pseudonyms: Pseudonyms::new(pseudonym_root),
             erasures,
             journal,
             receipts,
@@ -315,13 +319,41 @@ impl Custodian {
         self.open_metadata_for(subject, &self.index.hash(subject), sealed).await
     }
 
-    /// A pseudonymous token for `input` under the key of (`purpose`, `destination`).
-    pub fn pseudonym_now(&self, purpose: &str, destination: &str, input: &[u8]) -> String {
-        let derived =
-            hmac::sign(&self.pseudonym_root, format!("clover/pseudonym/v1\n{purpose}\n{destination}").as_bytes());
-        let key = hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref());
-        let tag = hmac::sign(&key, input);
-        format!("tok_{}", hex::encode(tag.as_ref().get(..16).unwrap_or_default()))
+    /// A pseudonymous token for `input` under the key of (`purpose`, `destination`), for the
+    /// logged, allowed read `access` recorded by `entry` (its bytes): a read granted a
+    /// pseudonymised view, declaring `purpose`, from `destination`. Counted against the
+    /// receipt ([`PSEUDONYMS_PER_RECEIPT`](crate::PSEUDONYMS_PER_RECEIPT) at most) and
+    /// journalled (action `pseudonym`; never the input) before it is answered. The receipt is
+    /// not used up: see `pseudonyms`.
+    pub(crate) async fn pseudonym_for(
+        &self,
+        access: &LoggedAccess,
+        entry: &[u8],
+        purpose: &str,
+        destination: &str,
+        input: &[u8],
+    ) -> Result<String, KeyError> {
+        let refuse = |detail: String| KeyError::Receipt(format!("log entry {}: {detail}", access.log_index));
+        if access.action != Action::Read {
+            return Err(refuse(format!("a {} has no fields to pseudonymise", access.action)));
+        }
+        let event = match clover_event::Entry::decode(entry) {
+            Ok(clover_event::Entry::V2(event)) => event,
+            _ => return Err(refuse("its entry is not a current log entry".to_owned())),
+        };
+        TokenScope::of(&event)
+            .and_then(|scope| scope.check(purpose, destination))
+            .map_err(|detail| refuse(format!("{detail}: a token is keyed for the read's own purpose and region")))?;
+        self.pseudonyms.count(access)?;
+        self.journal.record_pseudonym(access).await?;
+        Ok(self.pseudonyms.token(purpose, destination, input))
+    }
+
+    /// Whether a token was given, within the receipts' window, for the entry whose leaf hash is
+    /// `entry_hash` at `log_index` about the subject whose keyed hash is `subject_hash`: it was
+    /// then found in the signed log, and need not be looked up again for the next.
+    pub(crate) fn pseudonyms_given_for(&self, log_index: u64, entry_hash: &str, subject_hash: &str) -> bool {
+        self.pseudonyms.given_for(log_index, entry_hash, subject_hash)
     }
 
     /// Waits until every journal record sent so far is written.
@@ -418,8 +450,20 @@ impl KeyCustody for Custodian {
         self.subject_facts_for(subject, &self.index.hash(subject), sealed).await
     }
 
-    async fn pseudonym(&self, purpose: &str, destination: &str, input: &[u8]) -> Result<String, KeyError> {
-        Ok(self.pseudonym_now(purpose, destination, input))
+    async fn pseudonym(
+        &self,
+        receipt: &Receipt,
+        purpose: &str,
+        destination: &str,
+        input: &[u8],
+    ) -> Result<String, KeyError> {
+        if receipt.permit().view() != View::Pseudonymised {
+            return Err(KeyError::Receipt(format!(
+                "log entry {}: its permit grants no pseudonymised view",
+                receipt.index()
+            )));
+        }
+        self.pseudonym_for(&self.access(receipt)?, receipt.entry(), purpose, destination, input).await
     }
 
     async fn subject_tag_key(&self, subject: &SubjectId, create: bool) -> Result<Option<SubjectTagKey>, KeyError> {

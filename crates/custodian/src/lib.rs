@@ -24,6 +24,11 @@
 //! any auditor can see, and the custodian keeps its own journal of every key it hands out. It
 //! keeps the last checkpoint it verified in its state file (`log-state`, in the verifiers' one
 //! format: [`clover_audit::state`]), so that a fork shows across restarts too.
+//!
+//! The tokens of a pseudonymised view are answered against the same check of the read's entry,
+//! for its purpose and region, a bounded number per receipt ([`PSEUDONYMS_PER_RECEIPT`]), each
+//! journalled: the gateway's client certificate alone does not make the custodian a dictionary
+//! oracle for low-entropy values.
 
 pub mod client;
 mod custodian;
@@ -32,9 +37,10 @@ pub mod verify;
 
 pub use client::RemoteCustody;
 pub use custodian::Custodian;
-pub use custodian::access::{LoggedAccess, UnwrapRecord};
+pub use custodian::access::{LoggedAccess, PSEUDONYM_ACTION, UnwrapRecord};
 pub use custodian::cache::CacheOptions;
 pub use custodian::metadata::METADATA_KEY;
+pub use custodian::pseudonyms::{PSEUDONYMS_PER_RECEIPT, PSEUDONYMS_REFUSED_METRIC};
 pub use custodian::receipts::{RECEIPTS_REUSED_METRIC, REMEMBERED_FOR};
 pub use custodian::rotation::{Rotation, VersionCounts};
 pub use custodian::store::KeyStore;

@@ -8,9 +8,9 @@
 //! | `POST /v1/data-keys/reseal` | `{"receipt", "sealed", "aad"}`: a logged, allowed read or write, and a record version sealed with the subject's key by an earlier version | `{"key", "sealed"}`: the record version's key and the version re-sealed under it |
 //! | `POST /v1/metadata/seal` | `{"subject", "subject_hash", "data"}` | `{"data"}`: the metadata sealed |
 //! | `POST /v1/metadata/facts` | `{"subject", "subject_hash", "data"}`: sealed metadata | `{"minor"}`: what policy needs, never the metadata (which would give away a birth date) |
-//! | `POST /v1/pseudonym` | `{"purpose", "destination", "input"}` | `{"token"}` |
+//! | `POST /v1/pseudonym` | `{"receipt", "purpose", "destination", "input"}`: the receipt (as above) of the logged, allowed read granted a pseudonymised view whose fields are pseudonymised, the purpose it declared (`none` if none), the region it came from (`unknown` if none), and the value (base64) | `{"token"}`; 403 with no receipt, or one that does not check out, is not a read, granted no pseudonymised view, or declared another purpose or region; 429 past [`PSEUDONYMS_PER_RECEIPT`](crate::PSEUDONYMS_PER_RECEIPT) tokens for one receipt |
 //! | `POST /v1/subject-tag-keys` | `{"subject_hash", "create"}` | `{"key"}`: the key of the subject's log entry tags; 404 if none (never registered, or erased) |
-//! | `GET /v1/journal` | | every key handed out: time, subject hash, action, log index, entry hash, purpose |
+//! | `GET /v1/journal` | | every key handed out and every pseudonym answered (action `pseudonym`): time, subject hash, action, log index, entry hash, purpose |
 //! | `GET /v1/admin/keys` | | the KEK versions, the data keys each wraps, the latest rotation (admin token) |
 //! | `POST /v1/admin/rotate` | | 202: a new KEK version; re-wrapping and retirement in the background (admin token) |
 //! | `POST /add-checkpoint` | c2sp.org/tlog-witness | the custodian's cosignature line (c2sp.org/tlog-cosignature) of a checkpoint it verified; 409 with its size, 422 for a fork |
@@ -25,6 +25,12 @@
 //! anyway). With witnesses demanded (`--witness`, `--witness-quorum`), a receipt is honoured
 //! only under a checkpoint that a quorum of them cosigned; and the custodian is itself a
 //! witness, cosigning only checkpoints consistent with the one it checks receipts against.
+//!
+//! A pseudonym is answered against the receipt of the read it is for, checked as a key's is,
+//! but without using it up (the read's key was handed out for it): a token is not a key. Each
+//! is journalled, and a receipt gets a bounded number, so that the gateway's client
+//! certificate alone does not make the custodian a dictionary oracle for low-entropy values
+//! (`custodian::pseudonyms`).
 
 use std::sync::Arc;
 
@@ -217,6 +223,7 @@ impl From<KeyError> for Refusal {
                 Self(StatusCode::FORBIDDEN, e.to_string())
             }
             KeyError::Decrypt => Self(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+            KeyError::TooManyPseudonyms(_) => Self(StatusCode::TOO_MANY_REQUESTS, e.to_string()),
             e => {
                 tracing::error!(error = %e, "custody failed");
                 Self(StatusCode::INTERNAL_SERVER_ERROR, "custody failed; see the custodian's log".to_owned())
@@ -368,22 +375,48 @@ async fn facts(State(server): State<CustodianServer>, Json(body): Json<MetadataB
 
 /// A pseudonym request.
 #[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PseudonymBody {
-    /// The declared purpose.
+    /// The receipt of the read whose fields are pseudonymised. Optional in the body only so
+    /// that a request without one is refused with 403 and logged, as an invalid one is.
+    #[serde(default)]
+    pub receipt: Option<WireReceipt>,
+    /// The purpose the read declared.
     pub purpose: String,
-    /// The destination region.
+    /// The region the read came from.
     pub destination: String,
     /// The value, base64.
     pub input: String,
 }
 
+/// A token for a value of the read whose receipt comes with it: the receipt checked against the
+/// signed log and the subject as a key's is (once per receipt: the next tokens of the same
+/// entry are not looked up again), then for a pseudonymised read of that purpose and region,
+/// counted and journalled.
 async fn pseudonym(
     State(server): State<CustodianServer>,
     Json(body): Json<PseudonymBody>,
 ) -> Result<Response, Refusal> {
+    let Some(receipt) = &body.receipt else {
+        tracing::warn!("refused a pseudonym request with no receipt");
+        return Err(Refusal(
+            StatusCode::FORBIDDEN,
+            "a pseudonym is answered only for a logged, allowed read: the request carries no receipt".to_owned(),
+        ));
+    };
     let input =
         B64.decode(&body.input).map_err(|_| Refusal(StatusCode::BAD_REQUEST, "input is malformed".to_owned()))?;
-    let token = server.custodian.pseudonym_now(&body.purpose, &body.destination, &input);
+    let entry =
+        receipt.entry_bytes().ok_or_else(|| Refusal(StatusCode::BAD_REQUEST, "the entry is not base64".to_owned()))?;
+    let entry_hash = hex::encode(clover_tlog::hash::leaf_hash(&entry).0);
+    let access = if server.custodian.pseudonyms_given_for(receipt.index, &entry_hash, &receipt.subject_hash) {
+        // Found in the signed log, and about that subject, for an earlier token: what the entry
+        // allows (and whether it is still recent) is read again, the log is not asked again.
+        crate::verify::access(receipt.index, &entry, &receipt.subject_hash, receipt.opening.as_ref())?.0
+    } else {
+        checked(&server, receipt).await?
+    };
+    let token = server.custodian.pseudonym_for(&access, &entry, &body.purpose, &body.destination, &input).await?;
     Ok(Json(json!({ "token": token })).into_response())
 }
 

@@ -18,10 +18,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
-use clover_custodian::{CacheOptions, Custodian, KeyStore, METADATA_KEY};
-use clover_event::{Event, EventKind, SubjectIndexKey};
+use clover_custodian::{CacheOptions, Custodian, KeyStore, METADATA_KEY, PSEUDONYMS_PER_RECEIPT};
+use clover_event::{Event, EventDecision, EventKind, EventOrigin, SubjectIndexKey};
 use clover_keys::pkcs11::{Pkcs11Config, Pkcs11Kek};
-use clover_keys::{Kek, KeyCustody, KeyError, Keyring, Passphrase, aad};
+use clover_keys::{Kek, KeyCustody, KeyError, Keyring, Passphrase, PseudonymRoot, aad};
 use clover_log::{Log, LogOptions, Receipt};
 use clover_model::{Action, PrincipalKind, RecordId, Region, SubjectId};
 use clover_policy::Verdict;
@@ -81,17 +81,34 @@ struct Fixture {
     /// Key stores in PostgreSQL rather than SQLite files.
     postgres: bool,
     kek: Arc<dyn Kek>,
-    /// The key of the log's subject hashes, and the pseudonyms' root.
+    /// The key of the log's subject hashes.
     root: Vec<u8>,
+    /// The pseudonyms' root, a secret of its own.
+    pseudonym_secret: Vec<u8>,
     log: Log,
     stores: AtomicU32,
 }
 
+fn random_bytes() -> Vec<u8> {
+    let mut bytes = vec![0u8; 32];
+    aws_lc_rs::rand::fill(&mut bytes).unwrap();
+    bytes
+}
+
 impl Fixture {
-    fn new(dir: tempfile::TempDir, backend: Backend, kek: Arc<dyn Kek>, root: Vec<u8>) -> Self {
+    fn new(dir: tempfile::TempDir, backend: Backend, kek: Arc<dyn Kek>) -> Self {
         let signer = SigningKey::generate("clover.test", TYPE_ED25519).unwrap();
         let log = Log::open(&dir.path().join("log"), signer, LogOptions::default()).unwrap();
-        Self { dir, backend, postgres: false, kek, root, log, stores: AtomicU32::new(0) }
+        Self {
+            dir,
+            backend,
+            postgres: false,
+            kek,
+            root: random_bytes(),
+            pseudonym_secret: random_bytes(),
+            log,
+            stores: AtomicU32::new(0),
+        }
     }
 
     /// The local keyring, with Argon2id at its cheapest.
@@ -99,8 +116,7 @@ impl Fixture {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keyring.json");
         let keyring = Keyring::create_with(&path, region(), &Passphrase::new("pw"), (8, 1, 1)).unwrap();
-        let root = keyring.pseudonym_root().to_vec();
-        Self::new(dir, Backend::Keyring { path }, Arc::new(keyring), root)
+        Self::new(dir, Backend::Keyring { path }, Arc::new(keyring))
     }
 
     /// The keyring, with its key stores in PostgreSQL.
@@ -119,9 +135,7 @@ impl Fixture {
         let token_label = new_token(&module_path);
         let config = Pkcs11Config { module: module_path, token_label };
         let kek = Pkcs11Kek::open(&config, region(), AuthPin::new(USER_PIN.into())).unwrap();
-        let mut root = vec![0u8; 32];
-        aws_lc_rs::rand::fill(&mut root).unwrap();
-        Some(Self::new(tempfile::tempdir().unwrap(), Backend::Pkcs11 { config }, Arc::new(kek), root))
+        Some(Self::new(tempfile::tempdir().unwrap(), Backend::Pkcs11 { config }, Arc::new(kek)))
     }
 
     fn index(&self) -> SubjectIndexKey {
@@ -147,7 +161,12 @@ impl Fixture {
     }
 
     async fn custodian_at(&self, store: &StoreAt, kek: Arc<dyn Kek>, cache: CacheOptions) -> Custodian {
-        Custodian::open(&store.key_store(), region(), kek, self.index(), &self.root, cache).await.unwrap()
+        Custodian::open(&store.key_store(), region(), kek, self.index(), self.pseudonym_root(), cache).await.unwrap()
+    }
+
+    /// The pseudonyms' root.
+    fn pseudonym_root(&self) -> PseudonymRoot {
+        PseudonymRoot::new(1, &self.pseudonym_secret)
     }
 
     /// The backend opened again from where it keeps its keys.
@@ -195,10 +214,50 @@ impl Fixture {
         assert_eq!(receipt.permit().action(), action);
         receipt
     }
+
+    /// A receipt for a read of `id`'s record from Virginia by a US employee for `purpose` (a
+    /// transfer purpose), which the default pack grants a pseudonymised view.
+    async fn pseudonymised_read(&self, id: &str, purpose: &str) -> Receipt {
+        let annex =
+            clover_event::Annex::new(Some("ana"), None, None, Some(RECORD), Some(id)).unwrap().with_version(Some(1));
+        let event = Event {
+            v: clover_event::EVENT_VERSION,
+            kind: EventKind::Access,
+            time: time::OffsetDateTime::now_utc().unix_timestamp(),
+            principal: None,
+            origin: Some(EventOrigin { site: Some("virginia-1".into()), region: Some("us".into()) }),
+            action: Some("read".into()),
+            subject: Some(clover_event::SubjectTag::random().unwrap()),
+            category: Some("profile".into()),
+            decision: Some(EventDecision {
+                effect: "allow".into(),
+                view: Some("pseudonymised".into()),
+                policies: vec!["pseudonymised-from-outside".into()],
+            }),
+            purpose: Some(purpose.into()),
+            annex: Some(annex.commitment()),
+            detail: None,
+        };
+        let permit = permit_from(Action::Read, id, Some(purpose.to_owned()), Some(("virginia-1", "us")));
+        let receipt = self.log.append_permitted(&event, permit).await.unwrap().with_annex(annex);
+        assert_eq!(receipt.permit().view(), clover_model::View::Pseudonymised);
+        receipt
+    }
 }
 
 /// A permit from the default policy pack: an EU employee at an EU site.
 fn permit(action: Action, id: &str, purpose: Option<String>) -> clover_policy::Permit {
+    permit_from(action, id, purpose, None)
+}
+
+/// A permit from the default policy pack: an EU employee at an EU site, or an employee of the
+/// region of `outside` (a site and its region) at that site, for a transfer purpose.
+fn permit_from(
+    action: Action,
+    id: &str,
+    purpose: Option<String>,
+    outside: Option<(&str, &str)>,
+) -> clover_policy::Permit {
     let resource = match action {
         Action::Read | Action::Write => PackResource::Record {
             id: RecordId::random().to_string(),
@@ -209,23 +268,24 @@ fn permit(action: Action, id: &str, purpose: Option<String>) -> clover_policy::P
         },
         _ => PackResource::Subject { id: id.into(), minor: false, home_region: REGION.into() },
     };
+    let (site, site_region) = outside.unwrap_or(("dublin-1", REGION));
     let request = PackRequest {
         boundary_region: REGION.into(),
         principal: PackPrincipal {
             kind: PrincipalKind::Employee,
             id: "ana".into(),
-            home_region: REGION.into(),
-            site: "dublin-1".into(),
+            home_region: site_region.into(),
+            site: site.into(),
             roles: vec!["agent".into()],
         },
         action,
         resource,
-        origin: Some(("dublin-1".into(), REGION.into())),
+        origin: Some((site.into(), site_region.into())),
         purpose_declared: purpose.is_some(),
         purpose_allowed_for_category: purpose.is_some(),
         purpose_role_ok: purpose.is_some(),
         purpose,
-        purpose_allows_transfer: false,
+        purpose_allows_transfer: outside.is_some(),
         category_role_ok: false,
         has_justification: false,
         approved: false,
@@ -617,17 +677,80 @@ async fn metadata_is_sealed_and_bound_to_its_subject(f: &Fixture) {
 /// Pseudonyms are stable within a purpose and destination, and unlinkable across them.
 async fn pseudonyms_are_stable_per_purpose(f: &Fixture) {
     let (custody, _store) = f.custodian(CacheOptions::default()).await;
-    let token = custody.pseudonym("analytics", "us", b"s-1").await.unwrap();
-    assert_eq!(custody.pseudonym("analytics", "us", b"s-1").await.unwrap(), token);
+    let read = f.pseudonymised_read("s-1", "analytics").await;
+    let token = custody.pseudonym(&read, "analytics", "us", b"s-1").await.unwrap();
+    // Another read for the same purpose, from the same region: the same token.
+    let again = f.pseudonymised_read("s-1", "analytics").await;
+    assert_eq!(custody.pseudonym(&again, "analytics", "us", b"s-1").await.unwrap(), token);
     assert!(token.starts_with("tok_") && token.len() == 4 + 32, "{token}");
     assert!(!token.contains("s-1"));
-    assert_ne!(custody.pseudonym("fraud", "us", b"s-1").await.unwrap(), token);
-    assert_ne!(custody.pseudonym("analytics", "ap", b"s-1").await.unwrap(), token);
-    assert_ne!(custody.pseudonym("analytics", "us", b"s-2").await.unwrap(), token);
+    let fraud = f.pseudonymised_read("s-1", "fraud").await;
+    assert_ne!(custody.pseudonym(&fraud, "fraud", "us", b"s-1").await.unwrap(), token);
+    assert_ne!(custody.pseudonym(&read, "analytics", "us", b"s-2").await.unwrap(), token);
+    // The root, not the subject-index key, keys them.
+    assert_ne!(PseudonymRoot::new(1, &f.root).token("analytics", "us", b"s-1"), token);
+    assert_eq!(PseudonymRoot::new(1, &f.pseudonym_secret).token("analytics", "us", b"s-1"), token);
     // Stable across key stores with the same root: the root, not the store, keys them.
     let (other, _other_store) = f.custodian(NO_CACHE).await;
-    assert_eq!(other.pseudonym("analytics", "us", b"s-1").await.unwrap(), token);
+    assert_eq!(other.pseudonym(&read, "analytics", "us", b"s-1").await.unwrap(), token);
     other.close().await;
+    custody.close().await;
+}
+
+/// A pseudonym is answered only for the read whose fields it pseudonymises: a read granted a
+/// pseudonymised view, for the purpose and region its tokens are keyed for, a bounded number
+/// per receipt; each is journalled against the read, with no input; the receipt is not used
+/// up (the read's key was handed out for it).
+async fn pseudonyms_need_a_pseudonymised_reads_receipt(f: &Fixture) {
+    let (custody, _store) = f.custodian(CacheOptions::default()).await;
+    custody.create_data_key(&f.receipt(Action::Write, "s-1").await).await.unwrap();
+    let read = f.pseudonymised_read("s-1", "analytics").await;
+    // The read's key first, as the boundary asks: the token does not need the receipt unused.
+    custody.data_key(&read).await.unwrap();
+    custody.pseudonym(&read, "analytics", "us", b"Ana").await.unwrap();
+
+    let refused = |outcome: Result<String, KeyError>, expected: &str| match outcome {
+        Err(KeyError::Receipt(m)) => assert!(m.contains(expected), "{m}"),
+        other => panic!("{other:?}"),
+    };
+    // Another purpose or region than the read's.
+    refused(
+        custody.pseudonym(&read, "safety", "us", b"Ana").await,
+        "it declared the purpose \"analytics\", not \"safety\"",
+    );
+    refused(custody.pseudonym(&read, "analytics", "sg", b"Ana").await, "it came from region \"us\", not \"sg\"");
+    // A read in full view, a write: nothing to pseudonymise.
+    let full = f.receipt(Action::Read, "s-1").await;
+    refused(custody.pseudonym(&full, "support", "eu", b"Ana").await, "grants no pseudonymised view");
+    let write = f.receipt(Action::Write, "s-1").await;
+    refused(custody.pseudonym(&write, "analytics", "us", b"Ana").await, "grants no pseudonymised view");
+
+    // The bound: the read has had one token; the rest up to the bound, then no more.
+    for i in 1..PSEUDONYMS_PER_RECEIPT {
+        custody.pseudonym(&read, "analytics", "us", format!("guess {i}").as_bytes()).await.unwrap();
+    }
+    match custody.pseudonym(&read, "analytics", "us", b"one more guess").await {
+        Err(KeyError::TooManyPseudonyms(m)) => assert!(m.contains(&format!("log entry {}", read.index())), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    // Another read gets its own.
+    let next = f.pseudonymised_read("s-1", "analytics").await;
+    custody.pseudonym(&next, "analytics", "us", b"Ana").await.unwrap();
+
+    // The journal: the write, the read's key, one row per token answered (none for the
+    // refusals), naming the read; never an input.
+    let journal = custody.journal().await.unwrap();
+    let actions: Vec<&str> = journal.iter().map(|r| r.action.as_str()).collect();
+    let tokens = usize::try_from(PSEUDONYMS_PER_RECEIPT).unwrap();
+    assert_eq!(actions.len(), 2 + tokens + 1, "{actions:?}");
+    assert_eq!(&actions[..2], ["write", "read"]);
+    let pseudonyms = &journal[2..];
+    assert!(pseudonyms.iter().all(|r| r.action == clover_custodian::PSEUDONYM_ACTION && !r.cached));
+    assert!(pseudonyms[..tokens].iter().all(|r| r.log_index == read.index() && r.entry_hash == read.entry_hash_hex()));
+    assert!(pseudonyms.iter().all(|r| r.purpose.as_deref() == Some("analytics") && r.subject == f.hash("s-1")));
+    assert_eq!(pseudonyms[tokens].log_index, next.index());
+    let text = format!("{journal:?}");
+    assert!(!text.contains("Ana") && !text.contains("guess"), "{text}");
     custody.close().await;
 }
 
@@ -967,6 +1090,7 @@ suite!(
     rotation_rewraps_everything_then_retires,
     metadata_is_sealed_and_bound_to_its_subject,
     pseudonyms_are_stable_per_purpose,
+    pseudonyms_need_a_pseudonymised_reads_receipt,
     the_key_store_holds_no_key_in_the_clear,
     the_backend_reopens_with_the_same_versions,
 );
@@ -1189,8 +1313,9 @@ async fn an_erasure_made_while_a_custodian_was_not_listening_still_reaches_it() 
     let StoreAt::Postgres(database) = &store else { unreachable!("a PostgreSQL fixture") };
     let proxy = Proxy::start().await;
     let b_store = KeyStore::Postgres(proxy.url(database));
-    let b =
-        Custodian::open(&b_store, region(), f.kek.clone(), f.index(), &f.root, CacheOptions::default()).await.unwrap();
+    let b = Custodian::open(&b_store, region(), f.kek.clone(), f.index(), f.pseudonym_root(), CacheOptions::default())
+        .await
+        .unwrap();
     // b has the keys and tag keys of s-1, s-2 and s-3 cached.
     for id in ["s-1", "s-2", "s-3"] {
         a.create_data_key(&f.receipt(Action::Write, id).await).await.unwrap();

@@ -1,4 +1,4 @@
-//! Custody as the boundary sees it: a data key only against a log receipt.
+//! Custody as the boundary sees it: a data key, or a pseudonym, only against a log receipt.
 
 use clover_event::SubjectTagKey;
 use clover_log::Receipt;
@@ -55,7 +55,23 @@ pub trait KeyCustody: Send + Sync {
     async fn subject_tag_key(&self, subject: &SubjectId, create: bool) -> Result<Option<SubjectTagKey>, KeyError>;
 
     /// A pseudonymous token for `input`, under the key of (`purpose`, `destination`): stable
-    /// within one purpose and destination, unlinkable across them. The keys never leave the
-    /// custodian.
-    async fn pseudonym(&self, purpose: &str, destination: &str, input: &[u8]) -> Result<String, KeyError>;
+    /// within one purpose and destination, unlinkable across them
+    /// ([`PseudonymRoot`](crate::PseudonymRoot)). The keys never leave the custodian.
+    ///
+    /// Only for the logged, permitted read whose fields are being pseudonymised: `receipt` must
+    /// be a read granted a pseudonymised view, `purpose` the one it declared
+    /// ([`NO_PURPOSE`](crate::NO_PURPOSE) if none) and `destination` the region it came from
+    /// ([`UNKNOWN_DESTINATION`](crate::UNKNOWN_DESTINATION) if none), else
+    /// [`KeyError::Receipt`]. A token is not a key: the receipt is not used up (the read's own
+    /// key was handed out for it), but every token is journalled against it, and a receipt gets
+    /// a bounded number of them, the handful one record's fields need
+    /// ([`KeyError::TooManyPseudonyms`] past it), so that one logged read is not a dictionary
+    /// oracle for guessing low-entropy values from their tokens.
+    async fn pseudonym(
+        &self,
+        receipt: &Receipt,
+        purpose: &str,
+        destination: &str,
+        input: &[u8],
+    ) -> Result<String, KeyError>;
 }

@@ -77,6 +77,10 @@ pub enum KeyError {
     #[error("the log receipt does not allow this: {0}")]
     Receipt(String),
 
+    /// More pseudonyms were asked against one receipt than one read's fields need.
+    #[error("too many pseudonyms for one read: {0}")]
+    TooManyPseudonyms(String),
+
     /// The subject already has a data key in custody.
     #[error("the subject already has a data key in custody")]
     DataKeyExists,

@@ -1,7 +1,8 @@
 //! The local keyring: the embedded custodian's keys.
 //!
 //! One file holds the region's key-encryption keys (every version), the log's checkpoint
-//! signing key and the key of the log's subject hashes, sealed with AES-256-GCM under a key
+//! signing key, the key of the log's subject hashes and the root of the pseudonymisation keys
+//! (a random secret of its own, with a version: [`crate::PseudonymRoot`]), sealed with AES-256-GCM under a key
 //! derived from the operator's passphrase by Argon2id ([`ARGON2_PARAMS`], random salt). The
 //! region and the file format are authenticated with it, so the file cannot be moved to another
 //! region's boundary. A keyring sealed with PBKDF2 by an earlier version of Clover
@@ -18,7 +19,11 @@
 //! `docs/deployment.md`, Backups).
 //!
 //! With `[keys] backend = "pkcs11"`, the key-encryption keys are in the HSM instead
-//! ([`crate::pkcs11`]), and the keyring keeps the other two keys.
+//! ([`crate::pkcs11`]), and the keyring keeps the other keys.
+//!
+//! A keyring written before the pseudonymisation root had a secret of its own (issue 16) has
+//! none: one is made and the file re-sealed when it is opened, so that the tokens of
+//! pseudonymised views change once, and the subject hashes not at all.
 
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
@@ -37,6 +42,7 @@ use crate::data_key::{open, seal};
 use crate::error::KeyError;
 use crate::kek::Kek;
 use crate::passphrase::{Passphrase, replace_private, write_private};
+use crate::pseudonym::PseudonymRoot;
 
 const FORMAT_V1: &str = "clover-keyring/v1";
 const FORMAT: &str = "clover-keyring/v2";
@@ -83,6 +89,19 @@ struct SealedKeys {
     checkpoint_key: String,
     /// The key of the log's subject hashes.
     subject_index_key: String,
+    /// The root of the pseudonymisation keys (none in a keyring written before issue 16: one is
+    /// made when it is opened).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pseudonym_root: Option<SealedPseudonymRoot>,
+}
+
+/// The pseudonymisation root as sealed in the file.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SealedPseudonymRoot {
+    version: u32,
+    /// 32 random bytes, base64.
+    secret: String,
 }
 
 /// The region's keys, unsealed in memory. Zeroized on drop.
@@ -99,6 +118,9 @@ pub struct Keyring {
     keks: RwLock<BTreeMap<u32, Zeroizing<[u8; 32]>>>,
     checkpoint_key: Zeroizing<Vec<u8>>,
     subject_index_key: Zeroizing<Vec<u8>>,
+    /// The pseudonymisation root's version and secret: apart from the subject-index key, so
+    /// that it can be rotated without changing a subject hash.
+    pseudonym_root: (u32, Zeroizing<[u8; 32]>),
     /// Held while the file is rewritten: one writer at a time, and a version is used only once
     /// it is in the file.
     saving: std::sync::Mutex<()>,
@@ -197,6 +219,7 @@ impl Keyring {
             keks: RwLock::new(BTreeMap::from([(1, random::<32>()?)])),
             checkpoint_key,
             subject_index_key: Zeroizing::new(random::<32>()?.to_vec()),
+            pseudonym_root: (1, random::<32>()?),
             saving: std::sync::Mutex::new(()),
         };
         keyring.save(true)?;
@@ -220,10 +243,15 @@ impl Keyring {
                 keks: keks.iter().map(|(v, k)| (*v, B64.encode(k.as_ref()))).collect(),
                 checkpoint_key: B64.encode(&*self.checkpoint_key),
                 subject_index_key: B64.encode(&*self.subject_index_key),
+                pseudonym_root: Some(SealedPseudonymRoot {
+                    version: self.pseudonym_root.0,
+                    secret: B64.encode(self.pseudonym_root.1.as_ref()),
+                }),
             };
             let plaintext = Zeroizing::new(serde_json::to_vec(&sealed).map_err(malformed)?);
             drop(sealed.keks.into_values().map(Zeroizing::new).collect::<Vec<_>>());
             drop((Zeroizing::new(sealed.checkpoint_key), Zeroizing::new(sealed.subject_index_key)));
+            drop(sealed.pseudonym_root.map(|root| Zeroizing::new(root.secret)));
             plaintext
         };
         let file = KeyringFile {
@@ -238,7 +266,8 @@ impl Keyring {
     }
 
     /// Opens the keyring at `path` with `passphrase`. A v1 (PBKDF2) keyring is re-sealed with
-    /// Argon2id.
+    /// Argon2id; a keyring with no pseudonymisation root of its own (written before issue 16)
+    /// gets one, and is re-sealed (under a new salt, like every write).
     pub fn open(path: &Path, passphrase: &Passphrase) -> Result<Self, KeyError> {
         let malformed = |detail: String| KeyError::Malformed { path: path.to_owned(), detail };
         let text = std::fs::read(path).map_err(|cause| KeyError::Io { path: path.to_owned(), cause })?;
@@ -272,6 +301,18 @@ impl Keyring {
             B64.decode(text.as_bytes()).map(Zeroizing::new).map_err(|e| malformed(format!("{what}: {e}")))
         };
         drop(sealing);
+        let (pseudonym_root, made) = match keys.pseudonym_root {
+            Some(SealedPseudonymRoot { version, secret }) => {
+                let bytes = decode("pseudonym root", secret)?;
+                let mut root = Zeroizing::new([0u8; 32]);
+                if bytes.len() != 32 {
+                    return Err(malformed(format!("pseudonym root version {version} is not 32 bytes")));
+                }
+                root.copy_from_slice(&bytes);
+                ((version, root), false)
+            }
+            None => ((1, random::<32>()?), true),
+        };
         let mut keyring = Self {
             path: path.to_owned(),
             region: file.region,
@@ -280,11 +321,21 @@ impl Keyring {
             keks: RwLock::new(keks),
             checkpoint_key: decode("checkpoint key", keys.checkpoint_key)?,
             subject_index_key: decode("subject index key", keys.subject_index_key)?,
+            pseudonym_root,
             saving: std::sync::Mutex::new(()),
         };
         if legacy {
             keyring.kdf = argon2_kdf(ARGON2_PARAMS)?;
+        }
+        if legacy || made {
             keyring.save(false)?;
+        }
+        if made {
+            tracing::warn!(
+                path = %path.display(),
+                "the keyring had no pseudonymisation root of its own (it used the subject-index key): made one; \
+                 the tokens of pseudonymised views change once, subject hashes do not"
+            );
         }
         Ok(keyring)
     }
@@ -315,9 +366,9 @@ impl Keyring {
     }
 
     /// The root of the pseudonymisation keys (they are derived from it per purpose and
-    /// destination, see `clover_custodian::Custodian`).
-    pub fn pseudonym_root(&self) -> &[u8] {
-        &self.subject_index_key
+    /// destination, [`PseudonymRoot::token`]): a secret of its own, not the subject-index key.
+    pub fn pseudonym_root(&self) -> PseudonymRoot {
+        PseudonymRoot::new(self.pseudonym_root.0, self.pseudonym_root.1.as_ref())
     }
 
     fn with_kek<T>(&self, version: u32, f: impl FnOnce(&[u8; 32]) -> Result<T, KeyError>) -> Result<T, KeyError> {
@@ -423,7 +474,11 @@ mod tests {
         );
         let s: clover_model::SubjectId = "s-1".parse().unwrap();
         assert_eq!(reopened.subject_index_key().hash(&s), created.subject_index_key().hash(&s));
-        assert_eq!(reopened.pseudonym_root(), created.pseudonym_root());
+        assert_eq!(reopened.pseudonym_root().version(), 1);
+        assert_eq!(
+            reopened.pseudonym_root().token("analytics", "us", b"x"),
+            created.pseudonym_root().token("analytics", "us", b"x")
+        );
 
         // A new file is sealed with Argon2id under the parameters asked for.
         let kdf = &file(&path)["kdf"];
@@ -477,6 +532,7 @@ mod tests {
         assert_eq!(secrets.len(), 2);
         secrets.push(keyring.checkpoint_key.to_vec());
         secrets.push(keyring.subject_index_key.to_vec());
+        secrets.push(keyring.pseudonym_root.1.to_vec());
         for secret in secrets {
             assert!(!text.contains(&B64.encode(&secret)));
             assert!(!text.contains(&base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&secret)));
@@ -586,6 +642,70 @@ mod tests {
         assert!(matches!(Keyring::open(&before, &Passphrase::new("nope")), Err(KeyError::WrongPassphrase(_))));
     }
 
+    #[test]
+    fn the_pseudonym_root_is_not_the_subject_index_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyring.json");
+        let keyring = create(&path);
+        // A secret of its own, not the subject-index key (which it was until issue 16), so that
+        // it can be rotated without changing a subject hash.
+        assert_ne!(keyring.pseudonym_root.1.as_slice(), keyring.subject_index_key.as_slice());
+        let root = keyring.pseudonym_root();
+        let old_root = PseudonymRoot::new(1, &keyring.subject_index_key);
+        assert_ne!(root.token("analytics", "us", b"Ana"), old_root.token("analytics", "us", b"Ana"));
+        // Two keyrings, two roots.
+        let other = create(&dir.path().join("other.json"));
+        assert_ne!(other.pseudonym_root.1.as_slice(), keyring.pseudonym_root.1.as_slice());
+        // Sealed in the file, with its version.
+        let reopened = Keyring::open(&path, &pw()).unwrap();
+        assert_eq!(*reopened.pseudonym_root.1, *keyring.pseudonym_root.1);
+        assert_eq!(reopened.pseudonym_root().version(), 1);
+    }
+
+    /// Rewrites the keyring at `path` as it was before issue 16: with no pseudonymisation root.
+    fn without_pseudonym_root(path: &Path) {
+        let mut file: KeyringFile = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        let key = derive(&pw(), &file.kdf, path).unwrap();
+        let aad = file_aad(&file.format, &file.region);
+        let plaintext = open(key.as_ref(), &aad, &B64.decode(&file.sealed).unwrap()).unwrap();
+        let mut keys: serde_json::Value = serde_json::from_slice(&plaintext).unwrap();
+        assert!(keys.as_object_mut().unwrap().remove("pseudonym_root").is_some());
+        file.sealed = B64.encode(seal(key.as_ref(), &aad, &serde_json::to_vec(&keys).unwrap()).unwrap());
+        std::fs::write(path, serde_json::to_vec_pretty(&file).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn a_keyring_without_a_pseudonym_root_gets_one_when_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyring.json");
+        let created = create(&path);
+        let sealed = created.encrypt(1, b"aad", b"hello").unwrap();
+        drop(created);
+        without_pseudonym_root(&path);
+        let before = std::fs::read(&path).unwrap();
+        let salt = file(&path)["kdf"]["salt"].clone();
+
+        // A wrong passphrase changes nothing.
+        assert!(matches!(Keyring::open(&path, &Passphrase::new("nope")), Err(KeyError::WrongPassphrase(_))));
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+
+        // Opened, it gets a random root of its own (not the subject-index key it used to be), and
+        // the file is re-sealed with it, under a new salt; every other key stays.
+        let opened = Keyring::open(&path, &pw()).unwrap();
+        assert_ne!(opened.pseudonym_root.1.as_slice(), opened.subject_index_key.as_slice());
+        assert_eq!(opened.pseudonym_root().version(), 1);
+        assert_eq!(opened.decrypt(1, b"aad", &sealed).unwrap().as_slice(), b"hello");
+        assert_ne!(file(&path)["kdf"]["salt"], salt);
+        assert_eq!(file(&path)["kdf"]["memory_kib"].as_u64(), Some(8), "the same cost");
+
+        // The root made is kept: the tokens change once, not at every start.
+        let reopened = Keyring::open(&path, &pw()).unwrap();
+        assert_eq!(*reopened.pseudonym_root.1, *opened.pseudonym_root.1);
+        assert_eq!(reopened.subject_index_key.as_slice(), opened.subject_index_key.as_slice());
+        let s: clover_model::SubjectId = "s-1".parse().unwrap();
+        assert_eq!(reopened.subject_index_key().hash(&s), opened.subject_index_key().hash(&s));
+    }
+
     /// Writes a keyring as Clover's v1 did: PBKDF2-HMAC-SHA256, format `clover-keyring/v1`.
     fn write_v1(path: &Path, passphrase: &str, kek: &[u8; 32], checkpoint_key: &[u8], index_key: &[u8; 32]) {
         let iterations = 1000;
@@ -638,6 +758,7 @@ mod tests {
             SigningKey::from_pkcs8("o", TYPE_ED25519, pkcs8.as_slice()).unwrap().verifier()
         );
         assert_eq!(opened.subject_index_key.as_slice(), &index_key);
+        assert_ne!(opened.pseudonym_root.1.as_slice(), &index_key);
 
         // Rewritten as v2, Argon2id with the production parameters.
         let text = std::fs::read_to_string(&path).unwrap();
@@ -658,6 +779,7 @@ mod tests {
         assert_eq!(keks(&reopened), BTreeMap::from([(1, kek)]));
         assert_eq!(reopened.checkpoint_key.as_slice(), pkcs8.as_slice());
         assert_eq!(reopened.subject_index_key.as_slice(), &index_key);
+        assert_eq!(*reopened.pseudonym_root.1, *opened.pseudonym_root.1);
         assert!(matches!(Keyring::open(&path, &Passphrase::new("nope")), Err(KeyError::WrongPassphrase(_))));
     }
 }

@@ -14,8 +14,9 @@
 //!
 //! This crate holds the key primitives: data keys ([`DataKey`], [`WrappedKey`]), the associated
 //! data ([`aad`]), the KEK backends ([`Kek`]: the local [`Keyring`] sealed with a passphrase,
-//! the embedded default, or an HSM over PKCS#11, [`pkcs11::Pkcs11Kek`]) and the boundary's view
-//! of custody ([`KeyCustody`]). The custodian itself, which keeps the wrapped data keys in a key
+//! the embedded default, or an HSM over PKCS#11, [`pkcs11::Pkcs11Kek`]), the root of the
+//! pseudonymisation keys ([`PseudonymRoot`]) and the boundary's view of custody
+//! ([`KeyCustody`]). The custodian itself, which keeps the wrapped data keys in a key
 //! store of its own, apart from the data store, is the `clover-custodian` crate.
 
 pub mod aad;
@@ -27,6 +28,7 @@ mod keyring;
 mod metadata;
 mod passphrase;
 pub mod pkcs11;
+mod pseudonym;
 
 pub use custody::KeyCustody;
 pub use data_key::{DataKey, WrappedKey};
@@ -35,3 +37,4 @@ pub use kek::Kek;
 pub use keyring::{ARGON2_PARAMS, Keyring};
 pub use metadata::{SubjectFacts, SubjectMetadata};
 pub use passphrase::{PASSPHRASE_ENV, PASSPHRASE_FILE, Passphrase, PassphraseSource, write_private};
+pub use pseudonym::{NO_PURPOSE, PseudonymRoot, UNKNOWN_DESTINATION};

@@ -101,14 +101,14 @@ impl LoggedAccess {
     }
 }
 
-/// One entry of the custodian's journal: a data key handed out.
+/// One entry of the custodian's journal: a data key handed out, or a pseudonym answered.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct UnwrapRecord {
     /// Seconds since the Unix epoch.
     pub time: i64,
     /// The subject, as the log's keyed hash.
     pub subject: String,
-    /// The action the receipt allowed.
+    /// The action the receipt allowed; `pseudonym` for a token answered for a read.
     pub action: String,
     /// The index of the log entry of the access.
     pub log_index: u64,
@@ -133,4 +133,13 @@ impl UnwrapRecord {
             cached,
         }
     }
+
+    /// The record of a pseudonym answered at `time` for the read `access`: its subject, log
+    /// index, entry hash and purpose, never the input.
+    pub(crate) fn pseudonym(access: &LoggedAccess, time: i64) -> Self {
+        Self { action: PSEUDONYM_ACTION.to_owned(), ..Self::of(access, false, time) }
+    }
 }
+
+/// The journal's action for a pseudonym answered.
+pub const PSEUDONYM_ACTION: &str = "pseudonym";

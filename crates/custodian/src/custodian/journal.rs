@@ -1,7 +1,8 @@
-//! The custodian's journal: every data key it hands out, with the log index and entry hash of
-//! the access, the action and the purpose declared. Records are written in batches by a task of
-//! their own (one transaction for every record waiting), and a key leaves the custodian only once
-//! its record is committed: a key whose record cannot be written is withheld.
+//! The custodian's journal: every data key it hands out and every pseudonym it answers, with the
+//! log index and entry hash of the access, the action (`pseudonym` for a token) and the purpose
+//! declared; never a pseudonym's input. Records are written in batches by a task of their own
+//! (one transaction for every record waiting), and a key (or a token) leaves the custodian only
+//! once its record is committed: a key whose record cannot be written is withheld.
 
 use std::sync::Arc;
 
@@ -35,13 +36,24 @@ impl Journal {
     /// waits until the record is committed, with others waiting at the same time. An error means
     /// the key must not leave.
     pub(crate) async fn record(&self, access: &LoggedAccess, cached: bool) -> Result<(), KeyError> {
+        self.write(UnwrapRecord::of(access, cached, now())).await
+    }
+
+    /// Records a pseudonym about to be answered for `access` (action `pseudonym`), and waits
+    /// until the record is committed. An error means the token must not leave.
+    pub(crate) async fn record_pseudonym(&self, access: &LoggedAccess) -> Result<(), KeyError> {
+        self.write(UnwrapRecord::pseudonym(access, now())).await
+    }
+
+    /// Sends `record` to the writer and waits until it is committed.
+    async fn write(&self, record: UnwrapRecord) -> Result<(), KeyError> {
         let unwritten = |cause: String| KeyError::Store {
             operation: "writing the journal",
             cause: Box::new(std::io::Error::other(cause)),
         };
         let (done, written) = oneshot::channel();
         self.queue
-            .send(Sent::Record(UnwrapRecord::of(access, cached, now()), done))
+            .send(Sent::Record(record, done))
             .map_err(|_| unwritten("the journal's writer has stopped".to_owned()))?;
         written.await.map_err(|_| unwritten("the journal's writer has stopped".to_owned()))?.map_err(unwritten)
     }

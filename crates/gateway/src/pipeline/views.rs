@@ -1,6 +1,11 @@
 //! Step 8: the view. A full view answers the fields as stored; a pseudonymised one applies the
 //! category's field rules (`[[views]]`): a keyed token, a year, an address prefix, a mask, or
 //! nothing.
+//!
+//! Tokens come from the custodian, which holds their keys, and only against the read's own
+//! receipt: the custodian checks that it is an allowed read granted a pseudonymised view, for
+//! the purpose and region the tokens are keyed for, journals each token, and answers a bounded
+//! number per receipt ([`KeyCustody::pseudonym`](clover_keys::KeyCustody::pseudonym)).
 
 use std::net::IpAddr;
 
@@ -37,8 +42,11 @@ pub(crate) async fn view(
                 let mut input = name.as_bytes().to_vec();
                 input.push(0);
                 input.extend(serde_json::to_vec(value).unwrap_or_default());
-                let token =
-                    boundary.custody().pseudonym(purpose, destination, &input).await.map_err(ApiError::internal)?;
+                let token = boundary
+                    .custody()
+                    .pseudonym(receipt, purpose, destination, &input)
+                    .await
+                    .map_err(ApiError::internal)?;
                 Some(serde_json::Value::String(token))
             }
             FieldRule::Year => value
@@ -78,13 +86,17 @@ pub(crate) async fn id_in_view(
     }
     let (purpose, destination) = token_scope(caller);
     let input = format!("clover/id/{kind}\0{id}");
-    boundary.custody().pseudonym(purpose, destination, input.as_bytes()).await.map_err(ApiError::internal)
+    boundary.custody().pseudonym(receipt, purpose, destination, input.as_bytes()).await.map_err(ApiError::internal)
 }
 
 /// What a pseudonymised view's tokens are keyed for: the declared purpose and the caller's
-/// region (the destination), so that tokens are stable within them and unlinkable across.
+/// region (the destination), so that tokens are stable within them and unlinkable across. The
+/// read's log entry records both, and the custodian keys tokens for those only.
 fn token_scope(caller: &Caller) -> (&str, &str) {
-    (caller.purpose.as_deref().unwrap_or("none"), caller.origin.region().map_or("unknown", |r| r.as_str()))
+    (
+        caller.purpose.as_deref().unwrap_or(clover_keys::NO_PURPOSE),
+        caller.origin.region().map_or(clover_keys::UNKNOWN_DESTINATION, |r| r.as_str()),
+    )
 }
 
 /// A masked value: the first character kept (and an email's domain), the rest `***`.

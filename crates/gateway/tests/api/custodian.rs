@@ -11,7 +11,7 @@ use clover_keys::{DataKey, aad};
 use clover_model::{RecordId, SubjectId};
 use serde_json::{Value, json};
 
-use crate::harness::{DUBLIN, SINGAPORE, TestApp, files, opening_of, problem};
+use crate::harness::{DUBLIN, SINGAPORE, TestApp, VIRGINIA, files, opening_of, problem};
 
 struct Remote {
     app: TestApp,
@@ -453,4 +453,148 @@ async fn a_read_of_one_record_opens_no_other_record_of_the_subject() {
     };
     assert!(open(&profile, &app.ciphertext(&profile).await));
     assert!(!open(&messages, &app.ciphertext(&messages).await));
+}
+
+/// Reads `record` from Virginia as a US employee for `purpose` (a transfer purpose, with its
+/// role): a pseudonymised view.
+async fn read_from_virginia(app: &TestApp, record: &str, purpose: &str) -> Value {
+    let mut claims = app.claims("us", "virginia-1", 600);
+    claims.roles = vec![purpose.to_owned()];
+    let read = app
+        .client(VIRGINIA)
+        .get(app.url(&format!("/v1/records/{record}")))
+        .bearer_auth(app.mint(&claims))
+        .header("X-Clover-Purpose", purpose)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), 200);
+    let read: Value = read.json().await.unwrap();
+    assert_eq!(read["view"], "pseudonymised", "{read}");
+    read
+}
+
+/// A pseudonym is a keyed token of a value: with the gateway's client certificate alone, the
+/// custodian used to answer one for any input, unlogged, so that low-entropy values could be
+/// reversed by dictionary. It now answers only for the receipt of a logged read granted a
+/// pseudonymised view, for that read's purpose and region, journals each against the read, and
+/// gives one receipt no more than a record's fields need.
+#[tokio::test]
+async fn a_pseudonym_needs_the_receipt_of_a_pseudonymised_read() {
+    let remote = start().await;
+    let app = &remote.app;
+    // An adult: a minor's data does not leave the region, not even pseudonymised.
+    let adult = json!({"home_region": "eu", "birth_date": "1990-02-01"});
+    let put = app.client(DUBLIN).put(app.url("/v1/subjects/u-1")).bearer_auth(app.token()).json(&adult);
+    assert_eq!(put.send().await.unwrap().status(), 201);
+    let written = app.post_record("u-1", "profile", json!({"display_name": "Ana", "city": "Galway"})).await;
+    assert_eq!(written.status(), 201);
+    let written: Value = written.json().await.unwrap();
+    let record = written["record_id"].as_str().unwrap().to_owned();
+    let write_index = written["log_index"].as_u64().unwrap();
+
+    // A pseudonymised read through the custodian: tokens, stable within the purpose and region,
+    // unlinkable across purposes.
+    let read = read_from_virginia(app, &record, "analytics").await;
+    let token = read["fields"]["display_name"].as_str().unwrap().to_owned();
+    assert!(token.starts_with("tok_"), "{read}");
+    assert!(!read.to_string().contains("Ana") && !read.to_string().contains(&record), "{read}");
+    let again = read_from_virginia(app, &record, "analytics").await;
+    let safety = read_from_virginia(app, &record, "safety").await;
+    for field in ["record_id", "subject_id"] {
+        assert!(read[field].as_str().unwrap().starts_with("tok_"), "{read}");
+        assert_eq!(again[field], read[field], "stable within a purpose");
+        assert_ne!(safety[field], read[field], "unlinkable across purposes");
+    }
+    assert_eq!(again["fields"], read["fields"]);
+    assert_ne!(safety["fields"]["display_name"], read["fields"]["display_name"]);
+
+    // The custodian's journal: for the read, its key, then a token for the name, the record's id
+    // and the subject's, each naming the read's entry; never a value.
+    let index = read["log_index"].as_u64().unwrap();
+    let entry = remote.entry(index).await;
+    let entry_hash = hex::encode(clover_tlog::hash::leaf_hash(&entry).0);
+    let journal = remote.journal().await;
+    let of_read: Vec<&Value> = journal.iter().filter(|r| r["log_index"].as_u64() == Some(index)).collect();
+    let actions: Vec<&str> = of_read.iter().map(|r| r["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["read", "pseudonym", "pseudonym", "pseudonym"], "{journal:?}");
+    assert!(of_read.iter().all(|r| r["entry_hash"] == entry_hash.as_str() && r["purpose"] == "analytics"));
+    let text = serde_json::to_string(&journal).unwrap();
+    assert!(!text.contains("Ana") && !text.contains(&record), "{text}");
+
+    // Asked directly, with the gateway's access to the custodian.
+    let subject_hash = &app.boundary.subject_hash(&"u-1".parse().unwrap());
+    let remote = &remote;
+    let receipt = |index: u64, entry: Vec<u8>| async move {
+        let opening = opening_of(&app.boundary, &entry).await;
+        json!({"index": index, "entry": B64.encode(&entry), "subject_hash": subject_hash, "opening": opening})
+    };
+    let name = B64.encode(b"display_name\0\"Ana\"");
+    let ask = |body: Value| async move {
+        let answer = remote.http.post(format!("{}/v1/pseudonym", remote.url)).json(&body).send().await.unwrap();
+        let status = answer.status().as_u16();
+        let body: Value = answer.json().await.unwrap();
+        (status, body)
+    };
+    let refused = |(status, body): (u16, Value), expected_status: u16, expected: &str| {
+        assert_eq!(status, expected_status, "{body}");
+        assert!(body["error"].as_str().unwrap().contains(expected), "{body}");
+        assert!(body.get("token").is_none());
+    };
+    // No receipt.
+    refused(
+        ask(json!({"purpose": "analytics", "destination": "us", "input": name})).await,
+        403,
+        "a pseudonym is answered only for a logged, allowed read: the request carries no receipt",
+    );
+    // The read's receipt, for another purpose or region than the read's.
+    let read_receipt = receipt(index, entry.clone()).await;
+    for (purpose, destination, why) in [
+        ("safety", "us", "it declared the purpose \"analytics\", not \"safety\""),
+        ("analytics", "sg", "it came from region \"us\", not \"sg\""),
+    ] {
+        let body = json!({"receipt": read_receipt, "purpose": purpose, "destination": destination, "input": name});
+        refused(ask(body).await, 403, why);
+    }
+    // A write's receipt.
+    let write = json!({"receipt": receipt(write_index, remote.entry(write_index).await).await,
+        "purpose": "analytics", "destination": "us", "input": name});
+    refused(ask(write).await, 403, "a write has no fields to pseudonymise");
+    // A read in full view, in the region.
+    let full: Value = app.get_record(DUBLIN, &record).await.json().await.unwrap();
+    let full_index = full["log_index"].as_u64().unwrap();
+    let full = json!({"receipt": receipt(full_index, remote.entry(full_index).await).await,
+        "purpose": "legal", "destination": "eu", "input": name});
+    refused(ask(full).await, 403, "it did not grant a pseudonymised view");
+    // An entry that is not the log's.
+    let forged = String::from_utf8(entry.clone()).unwrap().replace("\"analytics\"", "\"safety\"");
+    let forged = json!({"receipt": receipt(index, forged.into_bytes()).await,
+        "purpose": "safety", "destination": "us", "input": name});
+    assert_eq!(ask(forged).await.0, 403);
+
+    // The read's receipt, for its purpose and region: the token the view has; up to the bound
+    // (the view had three), then 429.
+    let asked = |input: &[u8]| json!({"receipt": read_receipt, "purpose": "analytics", "destination": "us", "input": B64.encode(input)});
+    let (status, body) = ask(asked(b"display_name\0\"Ana\"")).await;
+    assert_eq!((status, body["token"].as_str()), (200, Some(token.as_str())), "{body}");
+    for i in 4..clover_custodian::PSEUDONYMS_PER_RECEIPT {
+        assert_eq!(ask(asked(format!("display_name\0\"guess {i}\"").as_bytes())).await.0, 200);
+    }
+    refused(
+        ask(asked(b"display_name\0\"one more guess\"")).await,
+        429,
+        &format!(
+            "the receipt for log entry {index} has had its {} pseudonyms",
+            clover_custodian::PSEUDONYMS_PER_RECEIPT
+        ),
+    );
+    // Every token answered journalled against the read, none of the refusals.
+    let journal = remote.journal().await;
+    let tokens = journal.iter().filter(|r| r["action"] == "pseudonym" && r["log_index"].as_u64() == Some(index));
+    assert_eq!(tokens.count(), usize::try_from(clover_custodian::PSEUDONYMS_PER_RECEIPT).unwrap());
+    for other in [write_index, full_index] {
+        assert!(!journal.iter().any(|r| r["action"] == "pseudonym" && r["log_index"].as_u64() == Some(other)));
+    }
+    // The next read gets tokens of its own.
+    assert_eq!(read_from_virginia(app, &record, "analytics").await["fields"]["display_name"], token.as_str());
 }
