@@ -85,6 +85,16 @@ impl LoggedAccess {
         self.action
     }
 
+    /// The subject, as the region's keyed hash.
+    pub fn subject_hash(&self) -> &str {
+        &self.subject_hash
+    }
+
+    /// The log entry's RFC 6962 leaf hash, hex.
+    pub fn entry_hash(&self) -> &str {
+        &self.entry_hash
+    }
+
     /// The record the access is for, if one.
     pub fn record(&self) -> Option<&str> {
         self.scope.record.as_deref()

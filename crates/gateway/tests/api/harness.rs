@@ -96,6 +96,13 @@ impl TestApp {
         self.mint(&self.claims("eu", "dublin-1", 3600))
     }
 
+    /// A token for an EU key custodian (role `key-custodian`) at `site`.
+    pub fn key_custodian_token(&self, site: &str) -> String {
+        let mut claims = self.claims("eu", site, 3600);
+        claims.roles = vec!["key-custodian".into()];
+        self.mint(&claims)
+    }
+
     pub async fn put_subject(&self, subject: &str) -> reqwest::Response {
         self.client(DUBLIN)
             .put(self.url(&format!("/v1/subjects/{subject}")))

@@ -7,16 +7,15 @@ use crate::harness::{DUBLIN, SINGAPORE, TestApp, log_entries, problem, served_lo
 
 /// Key custody's state, as a key custodian in Dublin sees it.
 async fn keys(app: &TestApp) -> Value {
-    let response =
-        app.client(DUBLIN).get(app.url("/v1/keys")).bearer_auth(custodian(app, "dublin-1")).send().await.unwrap();
+    let response = app
+        .client(DUBLIN)
+        .get(app.url("/v1/keys"))
+        .bearer_auth(app.key_custodian_token("dublin-1"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     response.json().await.unwrap()
-}
-
-fn custodian(app: &TestApp, site: &str) -> String {
-    let mut claims = app.claims("eu", site, 3600);
-    claims.roles = vec!["key-custodian".into()];
-    app.mint(&claims)
 }
 
 #[tokio::test]
@@ -35,14 +34,18 @@ async fn a_key_custodian_rotates_and_everything_still_opens() {
     let refused = app.client(DUBLIN).post(app.url("/v1/keys/rotate")).bearer_auth(app.token()).send().await.unwrap();
     let body = problem(refused, 403, "forbidden").await;
     assert!(body["log_index"].as_u64().is_some());
-    let refused =
-        app.client(SINGAPORE).post(app.url("/v1/keys/rotate")).bearer_auth(custodian(&app, "singapore-1")).send().await;
+    let refused = app
+        .client(SINGAPORE)
+        .post(app.url("/v1/keys/rotate"))
+        .bearer_auth(app.key_custodian_token("singapore-1"))
+        .send()
+        .await;
     problem(refused.unwrap(), 403, "forbidden").await;
 
     let started = app
         .client(DUBLIN)
         .post(app.url("/v1/keys/rotate"))
-        .bearer_auth(custodian(&app, "dublin-1"))
+        .bearer_auth(app.key_custodian_token("dublin-1"))
         .send()
         .await
         .unwrap();
@@ -112,7 +115,7 @@ async fn key_custody_s_state_is_for_key_custodians_in_the_region_and_names_no_pa
         async move { request.send().await.unwrap() }
     };
     let mut refusals = Vec::new();
-    for (token, from) in [(app.token(), DUBLIN), (custodian(&app, "singapore-1"), SINGAPORE)] {
+    for (token, from) in [(app.token(), DUBLIN), (app.key_custodian_token("singapore-1"), SINGAPORE)] {
         let body = problem(get(token, from).await, 403, "forbidden").await;
         assert_eq!(body["decision"]["effect"], "deny", "{body}");
         assert!(body.get("versions").is_none() && body.get("backend").is_none(), "{body}");
@@ -120,7 +123,7 @@ async fn key_custody_s_state_is_for_key_custodians_in_the_region_and_names_no_pa
     }
 
     // A key custodian in Dublin sees the state, with the decision that allowed it.
-    let answer = get(custodian(&app, "dublin-1"), DUBLIN).await;
+    let answer = get(app.key_custodian_token("dublin-1"), DUBLIN).await;
     assert_eq!(answer.status(), 200);
     let text = answer.text().await.unwrap();
     let state: Value = serde_json::from_str(&text).unwrap();

@@ -108,13 +108,6 @@ async fn a_record_sealed_with_its_subjects_key_is_resealed_under_its_own_on_firs
     assert_eq!(again.json::<Value>().await.unwrap()["fields"]["name"], "Ana (legacy)");
 }
 
-/// A key custodian's token at dublin-1.
-fn key_custodian(app: &TestApp) -> String {
-    let mut claims = app.claims("eu", "dublin-1", 3600);
-    claims.roles = vec!["key-custodian".into()];
-    app.mint(&claims)
-}
-
 #[tokio::test]
 async fn the_migration_reseals_every_record_while_reads_go_on() {
     let app = TestApp::start().await;
@@ -151,8 +144,13 @@ async fn the_migration_reseals_every_record_while_reads_go_on() {
     // An agent may not start it; a key custodian may.
     let refused = app.client(DUBLIN).post(app.url("/v1/keys/reseal")).bearer_auth(app.token()).send().await.unwrap();
     assert_eq!(refused.status(), 403);
-    let started =
-        app.client(DUBLIN).post(app.url("/v1/keys/reseal")).bearer_auth(key_custodian(&app)).send().await.unwrap();
+    let started = app
+        .client(DUBLIN)
+        .post(app.url("/v1/keys/reseal"))
+        .bearer_auth(app.key_custodian_token("dublin-1"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(started.status(), 202);
     let started: Value = started.json().await.unwrap();
     assert_eq!(started["resealing"]["total"], 120);
@@ -169,7 +167,7 @@ async fn the_migration_reseals_every_record_while_reads_go_on() {
         progress = app
             .client(DUBLIN)
             .get(app.url("/v1/keys/reseal"))
-            .bearer_auth(key_custodian(&app))
+            .bearer_auth(app.key_custodian_token("dublin-1"))
             .send()
             .await
             .unwrap()
@@ -285,15 +283,20 @@ async fn legacy_metadata_is_resealed_at_start_up_and_survives_a_rotation() {
     assert!(entries.iter().any(|e| e["action"] == "reseal-metadata"), "no reseal-metadata entry");
 
     // A rotation retires KEK v1; the subject is still an adult.
-    let started =
-        app.client(DUBLIN).post(app.url("/v1/keys/rotate")).bearer_auth(key_custodian(&app)).send().await.unwrap();
+    let started = app
+        .client(DUBLIN)
+        .post(app.url("/v1/keys/rotate"))
+        .bearer_auth(app.key_custodian_token("dublin-1"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(started.status(), 202);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
         let keys: Value = app
             .client(DUBLIN)
             .get(app.url("/v1/keys"))
-            .bearer_auth(key_custodian(&app))
+            .bearer_auth(app.key_custodian_token("dublin-1"))
             .send()
             .await
             .unwrap()
