@@ -11,15 +11,42 @@ fn clover(dir: &Path) -> Command {
     clover_with_passphrase(dir, "custodian-test")
 }
 
+/// Initialises the data directory `data` in `dir`; returns the log's verifier key.
+fn init(dir: &Path) -> String {
+    let mut init = clover(dir);
+    init.args(["init", "--data-dir", "data"]);
+    stdout_of(init);
+    let mut vkey = clover(dir);
+    vkey.args(["log", "vkey", "--data-dir", "data"]);
+    stdout_of(vkey)
+}
+
+/// Registers `u-1` at the boundary at `url`, writes a profile record for them and reads it back
+/// (200); returns the written record's answer and the read's.
+async fn register_write_and_read(client: &reqwest::Client, url: &str, token: &str) -> (Value, Value) {
+    let subject = format!("{url}/v1/subjects/u-1");
+    let put = client.put(&subject).bearer_auth(token).json(&json!({"home_region": "eu", "birth_date": "1990-01-01"}));
+    assert_eq!(put.send().await.unwrap().status(), 201);
+    let post = client
+        .post(format!("{subject}/records"))
+        .bearer_auth(token)
+        .json(&json!({"category": "profile", "fields": {"name": "Ana"}}));
+    let record: Value = post.send().await.unwrap().json().await.unwrap();
+    let read = client
+        .get(format!("{url}/v1/records/{}", record["record_id"].as_str().unwrap()))
+        .bearer_auth(token)
+        .header("X-Clover-Purpose", "support")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), 200);
+    (record, read.json().await.unwrap())
+}
+
 #[tokio::test]
 async fn a_boundary_gets_its_keys_from_a_custodian_process() {
     let dir = tempfile::tempdir().unwrap();
-    let mut init = clover(dir.path());
-    init.args(["init", "--data-dir", "data"]);
-    stdout_of(init);
-    let mut vkey = clover(dir.path());
-    vkey.args(["log", "vkey", "--data-dir", "data"]);
-    let vkey = stdout_of(vkey);
+    let vkey = init(dir.path());
 
     // The boundary's port, chosen first: the custodian checks receipts against its log.
     // The port stays held while the custodian starts, so that the custodian's own ephemeral
@@ -42,23 +69,7 @@ async fn a_boundary_gets_its_keys_from_a_custodian_process() {
 
     let token = mint_token(clover(dir.path()), &["--data-dir", "data"], "support");
     let client = client(DUBLIN);
-    let subject = format!("{boundary_url}/v1/subjects/u-1");
-    let put = client.put(&subject).bearer_auth(&token).json(&json!({"home_region": "eu", "birth_date": "1990-01-01"}));
-    assert_eq!(put.send().await.unwrap().status(), 201);
-    let post = client
-        .post(format!("{subject}/records"))
-        .bearer_auth(&token)
-        .json(&json!({"category": "profile", "fields": {"name": "Ana"}}));
-    let record: Value = post.send().await.unwrap().json().await.unwrap();
-    let read = client
-        .get(format!("{boundary_url}/v1/records/{}", record["record_id"].as_str().unwrap()))
-        .bearer_auth(&token)
-        .header("X-Clover-Purpose", "support")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(read.status(), 200);
-    let read: Value = read.json().await.unwrap();
+    let (record, read) = register_write_and_read(&client, &boundary_url, &token).await;
     assert_eq!(read["fields"]["name"], "Ana");
 
     // The custodian's own record, and its keys in its own directory, none in the boundary's.
@@ -96,12 +107,7 @@ async fn a_boundary_gets_its_keys_from_a_custodian_process() {
 #[test]
 fn a_custodian_with_a_damaged_or_unreadable_state_file_does_not_start() {
     let dir = tempfile::tempdir().unwrap();
-    let mut init = clover(dir.path());
-    init.args(["init", "--data-dir", "data"]);
-    stdout_of(init);
-    let mut vkey = clover(dir.path());
-    vkey.args(["log", "vkey", "--data-dir", "data"]);
-    let vkey = stdout_of(vkey);
+    let vkey = init(dir.path());
     let serve = || {
         let mut custodian = clover(dir.path());
         custodian.args(["custodian", "serve", "--dir", "custodian", "--listen", "127.0.0.1:0"]);
@@ -136,12 +142,7 @@ fn a_custodian_with_a_damaged_or_unreadable_state_file_does_not_start() {
 #[tokio::test]
 async fn a_custodian_demanding_a_witness_quorum_serves_reads_and_is_a_witness_itself() {
     let dir = tempfile::tempdir().unwrap();
-    let mut init = clover(dir.path());
-    init.args(["init", "--data-dir", "data"]);
-    stdout_of(init);
-    let mut vkey = clover(dir.path());
-    vkey.args(["log", "vkey", "--data-dir", "data"]);
-    let vkey = stdout_of(vkey);
+    let vkey = init(dir.path());
     let witness_args = ["audit", "witness", "--name", "witness.example", "--key", "w.key", "--state", "w.json"];
     let mut print = clover(dir.path());
     print.args(witness_args).args(["--log", &vkey, "--print-vkey"]);
@@ -179,22 +180,7 @@ async fn a_custodian_demanding_a_witness_quorum_serves_reads_and_is_a_witness_it
 
     let token = mint_token(clover(dir.path()), &["--data-dir", "data"], "support");
     let client = client(DUBLIN);
-    let subject = format!("{boundary_url}/v1/subjects/u-1");
-    let put = client.put(&subject).bearer_auth(&token).json(&json!({"home_region": "eu", "birth_date": "1990-01-01"}));
-    assert_eq!(put.send().await.unwrap().status(), 201);
-    let post = client
-        .post(format!("{subject}/records"))
-        .bearer_auth(&token)
-        .json(&json!({"category": "profile", "fields": {"name": "Ana"}}));
-    let record: Value = post.send().await.unwrap().json().await.unwrap();
-    let read = client
-        .get(format!("{boundary_url}/v1/records/{}", record["record_id"].as_str().unwrap()))
-        .bearer_auth(&token)
-        .header("X-Clover-Purpose", "support")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(read.status(), 200);
+    register_write_and_read(&client, &boundary_url, &token).await;
 
     // What the custodian's checks rest on.
     let detail: Value =
