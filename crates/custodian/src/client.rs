@@ -6,7 +6,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use clover_event::{SubjectIndexKey, SubjectTagKey};
 use clover_keys::{DataKey, KeyCustody, KeyError, SubjectFacts};
 use clover_log::Receipt;
-use clover_model::{Region, SubjectId};
+use clover_model::{Fields, Region, SubjectId};
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
@@ -132,6 +132,20 @@ impl KeyCustody for RemoteCustody {
         let answer = self.post("/v1/data-keys/reseal", &body).await?;
         let key = DataKey::from_slice(&Self::field(&answer, "key")?)?;
         Ok((key, Self::field(&answer, "sealed")?.to_vec()))
+    }
+
+    async fn view(&self, receipt: &Receipt, sealed: &[u8], aad: &[u8], legacy: bool) -> Result<Fields, KeyError> {
+        let body = json!({
+            "receipt": WireReceipt::of(receipt, &self.index),
+            "sealed": B64.encode(sealed),
+            "aad": B64.encode(aad),
+            "legacy": legacy,
+        });
+        let answer = self.post("/v1/views", &body).await?;
+        match answer.get("fields") {
+            Some(Value::Object(map)) => Ok(Fields::new(map.clone())),
+            _ => Err(KeyError::Crypto("the custodian's view is not a JSON object")),
+        }
     }
 
     async fn destroy_data_key(&self, receipt: &Receipt) -> Result<bool, KeyError> {

@@ -7,9 +7,11 @@
 //! that subject and an action that needs it, once per receipt (a receipt presented again is
 //! refused, by every custodian sharing the key store), and keeps its own journal of every key
 //! it hands out: the log index and entry hash of the access, the action and the purpose
-//! declared. It answers pseudonyms (the tokens of a pseudonymised view) likewise only for a
-//! logged read granted that view, for its purpose and destination, a bounded number per
-//! receipt, each journalled (`pseudonyms`).
+//! declared. A read granted a pseudonymised view gets no key: the custodian opens the record
+//! itself and answers only the view its own rules make (`[[views]]`), so that the gateway never
+//! holds the fields the view hides. It answers pseudonyms (the keyed tokens of a view's ids)
+//! likewise only for a logged read granted that view, for its purpose and destination, a
+//! bounded number per receipt, each journalled (`pseudonyms`).
 //!
 //! One job per file, each knowing nothing of [`Custodian`], which puts them together: the key
 //! store over SQLite or PostgreSQL (`store`), the data keys wrapped and unwrapped (`data_keys`),
@@ -34,19 +36,22 @@ use async_trait::async_trait;
 use clover_event::{SubjectIndexKey, SubjectTag, SubjectTagKey};
 use clover_keys::{DataKey, Kek, KeyCustody, KeyError, PseudonymRoot, SubjectFacts};
 use clover_log::Receipt;
-use clover_model::{Action, Region, SubjectId, View};
+use clover_model::{Action, Category, Fields, RecordId, Region, SubjectId, View, ViewRules};
 use zeroize::Zeroizing;
 
-use self::access::{KeyScope, LoggedAccess, UnwrapRecord};
+use self::access::{KeyScope, LoggedAccess, TokenScope, UnwrapRecord};
 use self::cache::CacheOptions;
 use self::data_keys::DataKeys;
 use self::erasure::Erasures;
 use self::journal::Journal;
 use self::metadata::Metadata;
-use self::pseudonyms::{Pseudonyms, TokenScope};
+use self::pseudonyms::Pseudonyms;
 use self::receipts::Receipts;
 use self::rotation::{Rotation, Rotations, VersionCounts};
 use self::store::KeyStore;
+
+/// The counter of pseudonymised views the custodian made.
+pub const VIEWS_METRIC: &str = "clover_custodian_views_total";
 
 /// The counter of subject facts answered, by `minor`.
 pub const SUBJECT_FACTS_METRIC: &str = "clover_custodian_subject_facts_total";
@@ -70,6 +75,8 @@ pub struct Custodian {
     metadata: Metadata,
     /// The log of the boundary in this process, whose receipts are checked against it.
     log: Option<clover_log::Log>,
+    /// The pseudonymised views it makes, by category.
+    views: ViewRules,
 }
 
 impl std::fmt::Debug for Custodian {
@@ -113,15 +120,25 @@ impl Custodian {
             rotations: Rotations::default(),
             metadata,
             log: None,
+            views: ViewRules::default(),
         })
     }
 
     /// Checks every receipt made in this process against `log` (the boundary's own) before it
     /// answers: the entry at the receipt's index must be the receipt's entry (its leaf hash in
-    /// the tree), as a custodian in its own process checks it against the signed log.
+    /// the tree), as a custodian in its own process checks it against the signed log, and its
+    /// subject tag must be one of the permit subject's (made with their tag key).
     #[must_use]
     pub fn with_log(mut self, log: clover_log::Log) -> Self {
         self.log = Some(log);
+        self
+    }
+
+    /// Makes pseudonymised views by `views` (`[[views]]`): what a read granted a pseudonymised
+    /// view sees of each field. A category without rules gets a token for every field.
+    #[must_use]
+    pub fn with_views(mut self, views: ViewRules) -> Self {
+        self.views = views;
         self
     }
 
@@ -133,8 +150,10 @@ impl Custodian {
     /// What a receipt made in this process says about the access: its permit names the subject
     /// and the action (the log's own), and the annex it carries names the record version, which
     /// is checked against the commitment in the entry, as a custodian in its own process checks
-    /// it.
-    fn access(&self, receipt: &Receipt) -> Result<LoggedAccess, KeyError> {
+    /// it. Checked against the boundary's log ([`Custodian::with_log`]), the entry must be the
+    /// log's at its index and its subject tag the permit subject's, as a custodian in its own
+    /// process checks the tag against the subject whose key is asked for.
+    async fn access(&self, receipt: &Receipt) -> Result<LoggedAccess, KeyError> {
         let action = receipt.permit().action();
         let refuse = |detail: String| KeyError::Receipt(format!("log entry {}: {detail}", receipt.index()));
         if let Some(log) = &self.log
@@ -152,15 +171,30 @@ impl Custodian {
         if now.saturating_sub(event.time) > max_age || event.time.saturating_sub(now) > 60 {
             return Err(refuse("it is not recent: a receipt is for the access it records, now".to_owned()));
         }
+        let subject_hash = self.index.hash(receipt.permit().subject());
+        if self.log.is_some() {
+            let tag = event.subject.as_ref().ok_or_else(|| refuse("it names no subject".to_owned()))?;
+            // No tag key: the subject was erased (or never registered), and has no key either.
+            let key = self.subject_tag_key_for(&subject_hash, false).await?.ok_or(KeyError::NoDataKey)?;
+            if !key.made(tag) {
+                tracing::warn!(
+                    log_index = receipt.index(),
+                    "refused a receipt whose entry is not about its permit's subject"
+                );
+                return Err(refuse("its entry is not about the subject of its permit".to_owned()));
+            }
+        }
         let opening = receipt.annex().and_then(clover_event::Annex::record_opening);
         let scope = KeyScope::of(&event, action, opening.as_ref()).map_err(refuse)?;
+        let pseudonymised = (action == Action::Read).then(|| TokenScope::of(&event).ok()).flatten();
         Ok(LoggedAccess {
-            subject_hash: self.index.hash(receipt.permit().subject()),
+            subject_hash,
             action,
             log_index: receipt.index(),
             entry_hash: receipt.entry_hash_hex(),
             purpose: receipt.purpose().map(ToOwned::to_owned),
             scope,
+            pseudonymised,
         })
     }
 
@@ -205,6 +239,7 @@ impl Custodian {
     /// or write is for: derived from the subject's key, which stays here.
     pub(crate) async fn fetch_for(&self, access: &LoggedAccess) -> Result<DataKey, KeyError> {
         access.check(&[Action::Read, Action::Write])?;
+        Self::full_view(access)?;
         let (key, cached) = self.subject_key(access).await?;
         let scoped = self.scoped(access, &key)?;
         self.journal.record(access, cached).await?;
@@ -223,15 +258,85 @@ impl Custodian {
         aad: &[u8],
     ) -> Result<(DataKey, Vec<u8>), KeyError> {
         access.check(&[Action::Read, Action::Write])?;
-        if access.scope.record.is_none() {
-            return Err(KeyError::Receipt("only a record version is re-sealed".to_owned()));
-        }
+        Self::full_view(access)?;
+        self.check_record_aad(access, aad)?;
         let (key, cached) = self.subject_key(access).await?;
         let plain = key.open(aad, sealed)?;
         let scoped = self.scoped(access, &key)?;
         let resealed = scoped.seal(aad, &plain)?;
         self.journal.record(access, cached).await?;
         Ok((scoped, resealed))
+    }
+
+    /// Refuses a key for a read granted a pseudonymised view: whoever holds a record's key
+    /// holds every field, so for such a read the custodian opens the record and answers only
+    /// its view ([`Custodian::view_for`]).
+    fn full_view(access: &LoggedAccess) -> Result<(), KeyError> {
+        if access.pseudonymised.is_some() {
+            tracing::warn!(log_index = access.log_index, "refused a key for a read granted a pseudonymised view");
+            return Err(KeyError::Receipt(format!(
+                "log entry {}: it granted a pseudonymised view, which opens no key: the custodian answers the view",
+                access.log_index
+            )));
+        }
+        Ok(())
+    }
+
+    /// Refuses a ciphertext's associated data that does not bind it to the record version the
+    /// access is for (this region, its record and version): a receipt for one record opens no
+    /// other, even one sealed with the subject's whole key by an earlier version. (Another
+    /// subject's ciphertext does not open: the key is the access's subject's.)
+    fn check_record_aad(&self, access: &LoggedAccess, aad: &[u8]) -> Result<(), KeyError> {
+        let names = |(region, _subject, record, version): (String, String, [u8; 16], u32)| {
+            (region == self.keys.region.as_str()
+                && access.scope.record.as_deref() == Some(RecordId::from_bytes(record).to_string().as_str())
+                && access.scope.version == Some(version))
+            .then_some(())
+        };
+        clover_keys::aad::parse_record(aad).and_then(names).ok_or_else(|| {
+            tracing::warn!(log_index = access.log_index, "refused a ciphertext of another record than its receipt's");
+            KeyError::Receipt(format!(
+                "log entry {}: the ciphertext is bound to another record version than the one it names",
+                access.log_index
+            ))
+        })
+    }
+
+    /// The pseudonymised view of the record version that a logged, allowed read granted a
+    /// pseudonymised view is for: the custodian opens `sealed` (bound to `aad`, which must name
+    /// that record version; sealed with the subject's own key when `legacy`), applies its own
+    /// view rules for the entry's category, with tokens keyed for the read's purpose and
+    /// destination, and answers only the view. The key stays here; the receipt is used up.
+    pub(crate) async fn view_for(
+        &self,
+        access: &LoggedAccess,
+        sealed: &[u8],
+        aad: &[u8],
+        legacy: bool,
+    ) -> Result<Fields, KeyError> {
+        let refuse = |detail: &str| KeyError::Receipt(format!("log entry {}: {detail}", access.log_index));
+        access.check(&[Action::Read])?;
+        let scope = access
+            .pseudonymised
+            .as_ref()
+            .ok_or_else(|| refuse("it granted the full view: its key is asked for, not a view"))?;
+        let category: Category = access
+            .scope
+            .category
+            .as_deref()
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| refuse("its entry names no category"))?;
+        self.check_record_aad(access, aad)?;
+        let (key, cached) = self.subject_key(access).await?;
+        let plain = if legacy { key.open(aad, sealed)? } else { self.scoped(access, &key)?.open(aad, sealed)? };
+        drop(key);
+        let fields = Fields::from_bytes(&plain).map_err(|_| KeyError::Decrypt)?;
+        let view = self
+            .views
+            .apply(&category, &fields, |input| self.pseudonyms.token(scope.purpose(), scope.destination(), input));
+        self.journal.record_view(access, cached).await?;
+        metrics::counter!(VIEWS_METRIC).increment(1);
+        Ok(view)
     }
 
     /// Destroys the data key of a logged, allowed erasure's subject, once per receipt; whether
@@ -320,7 +425,7 @@ impl Custodian {
     }
 
     /// A pseudonymous token for `input` under the key of (`purpose`, `destination`), for the
-    /// logged, allowed read `access` recorded by `entry` (its bytes): a read granted a
+    /// logged, allowed read `access`: a read granted a
     /// pseudonymised view, declaring `purpose`, from `destination`. Counted against the
     /// receipt ([`PSEUDONYMS_PER_RECEIPT`](crate::PSEUDONYMS_PER_RECEIPT) at most) and
     /// journalled (action `pseudonym`; never the input) before it is answered. The receipt is
@@ -328,7 +433,6 @@ impl Custodian {
     pub(crate) async fn pseudonym_for(
         &self,
         access: &LoggedAccess,
-        entry: &[u8],
         purpose: &str,
         destination: &str,
         input: &[u8],
@@ -337,11 +441,10 @@ impl Custodian {
         if access.action != Action::Read {
             return Err(refuse(format!("a {} has no fields to pseudonymise", access.action)));
         }
-        let event = match clover_event::Entry::decode(entry) {
-            Ok(clover_event::Entry::V2(event)) => event,
-            _ => return Err(refuse("its entry is not a current log entry".to_owned())),
-        };
-        TokenScope::of(&event)
+        access
+            .pseudonymised
+            .as_ref()
+            .ok_or_else(|| "it did not grant a pseudonymised view".to_owned())
             .and_then(|scope| scope.check(purpose, destination))
             .map_err(|detail| refuse(format!("{detail}: a token is keyed for the read's own purpose and region")))?;
         self.pseudonyms.count(access)?;
@@ -427,19 +530,23 @@ impl KeyCustody for Custodian {
     }
 
     async fn create_data_key(&self, receipt: &Receipt) -> Result<DataKey, KeyError> {
-        self.create_for(&self.access(receipt)?).await
+        self.create_for(&self.access(receipt).await?).await
     }
 
     async fn data_key(&self, receipt: &Receipt) -> Result<DataKey, KeyError> {
-        self.fetch_for(&self.access(receipt)?).await
+        self.fetch_for(&self.access(receipt).await?).await
     }
 
     async fn reseal(&self, receipt: &Receipt, sealed: &[u8], aad: &[u8]) -> Result<(DataKey, Vec<u8>), KeyError> {
-        self.reseal_for(&self.access(receipt)?, sealed, aad).await
+        self.reseal_for(&self.access(receipt).await?, sealed, aad).await
+    }
+
+    async fn view(&self, receipt: &Receipt, sealed: &[u8], aad: &[u8], legacy: bool) -> Result<Fields, KeyError> {
+        self.view_for(&self.access(receipt).await?, sealed, aad, legacy).await
     }
 
     async fn destroy_data_key(&self, receipt: &Receipt) -> Result<bool, KeyError> {
-        self.destroy_for(&self.access(receipt)?).await
+        self.destroy_for(&self.access(receipt).await?).await
     }
 
     async fn seal_metadata(&self, subject: &SubjectId, plaintext: &[u8]) -> Result<Vec<u8>, KeyError> {
@@ -463,7 +570,7 @@ impl KeyCustody for Custodian {
                 receipt.index()
             )));
         }
-        self.pseudonym_for(&self.access(receipt)?, receipt.entry(), purpose, destination, input).await
+        self.pseudonym_for(&self.access(receipt).await?, purpose, destination, input).await
     }
 
     async fn subject_tag_key(&self, subject: &SubjectId, create: bool) -> Result<Option<SubjectTagKey>, KeyError> {

@@ -37,7 +37,7 @@ pub mod verify;
 
 pub use client::RemoteCustody;
 pub use custodian::Custodian;
-pub use custodian::access::{LoggedAccess, PSEUDONYM_ACTION, UnwrapRecord};
+pub use custodian::access::{LoggedAccess, PSEUDONYM_ACTION, UnwrapRecord, VIEW_ACTION};
 pub use custodian::cache::CacheOptions;
 pub use custodian::metadata::METADATA_KEY;
 pub use custodian::pseudonyms::{PSEUDONYMS_PER_RECEIPT, PSEUDONYMS_REFUSED_METRIC};

@@ -3,14 +3,15 @@
 //! | method and path | body | answer |
 //! | --- | --- | --- |
 //! | `POST /v1/data-keys/create` | `{"index", "entry", "subject_hash", "opening"}`: a logged, allowed write about that subject, and the opening of its annex to the record version (or attributes) written | `{"key"}` (base64): that version's key; 409 if the subject has one (the receipt used up all the same) |
-//! | `POST /v1/data-keys/fetch` | a logged, allowed read or write, and its opening | `{"key"}`: the key of the record version the opening names, derived from the subject's, which never leaves; 404 if the subject has none (never made, or erased) |
+//! | `POST /v1/data-keys/fetch` | a logged, allowed read (granted the full view) or write, and its opening | `{"key"}`: the key of the record version the opening names, derived from the subject's, which never leaves; 404 if the subject has none (never made, or erased); 403 for a read granted a pseudonymised view |
 //! | `POST /v1/data-keys/destroy` | a logged, allowed erasure | `{"destroyed": bool}` |
 //! | `POST /v1/data-keys/reseal` | `{"receipt", "sealed", "aad"}`: a logged, allowed read or write, and a record version sealed with the subject's key by an earlier version | `{"key", "sealed"}`: the record version's key and the version re-sealed under it |
+//! | `POST /v1/views` | `{"receipt", "sealed", "aad", "legacy"}`: a logged, allowed read granted a pseudonymised view, and the record version's ciphertext (`legacy`: sealed with the subject's key by an earlier version) | `{"fields"}`: the view the custodian's own rules (`--views`) make of the record, tokens keyed for the read's purpose and region; never the key; 403 for a full view, or a ciphertext bound to another record version |
 //! | `POST /v1/metadata/seal` | `{"subject", "subject_hash", "data"}` | `{"data"}`: the metadata sealed |
 //! | `POST /v1/metadata/facts` | `{"subject", "subject_hash", "data"}`: sealed metadata | `{"minor"}`: what policy needs, never the metadata (which would give away a birth date) |
 //! | `POST /v1/pseudonym` | `{"receipt", "purpose", "destination", "input"}`: the receipt (as above) of the logged, allowed read granted a pseudonymised view whose fields are pseudonymised, the purpose it declared (`none` if none), the region it came from (`unknown` if none), and the value (base64) | `{"token"}`; 403 with no receipt, or one that does not check out, is not a read, granted no pseudonymised view, or declared another purpose or region; 429 past [`PSEUDONYMS_PER_RECEIPT`](crate::PSEUDONYMS_PER_RECEIPT) tokens for one receipt |
 //! | `POST /v1/subject-tag-keys` | `{"subject_hash", "create"}` | `{"key"}`: the key of the subject's log entry tags; 404 if none (never registered, or erased) |
-//! | `GET /v1/journal` | | every key handed out and every pseudonym answered (action `pseudonym`): time, subject hash, action, log index, entry hash, purpose |
+//! | `GET /v1/journal` | | every key handed out, every pseudonymised view (action `view`) and every pseudonym answered (action `pseudonym`): time, subject hash, action, log index, entry hash, purpose |
 //! | `GET /v1/admin/keys` | | the KEK versions, the data keys each wraps, the latest rotation (admin token) |
 //! | `POST /v1/admin/rotate` | | 202: a new KEK version; re-wrapping and retirement in the background (admin token) |
 //! | `POST /add-checkpoint` | c2sp.org/tlog-witness | the custodian's cosignature line (c2sp.org/tlog-cosignature) of a checkpoint it verified; 409 with its size, 422 for a fork |
@@ -27,7 +28,7 @@
 //! witness, cosigning only checkpoints consistent with the one it checks receipts against.
 //!
 //! A pseudonym is answered against the receipt of the read it is for, checked as a key's is,
-//! but without using it up (the read's key was handed out for it): a token is not a key. Each
+//! but without using it up (the read's view was made for it): a token is not a key. Each
 //! is journalled, and a receipt gets a bounded number, so that the gateway's client
 //! certificate alone does not make the custodian a dictionary oracle for low-entropy values
 //! (`custodian::pseudonyms`).
@@ -340,6 +341,32 @@ async fn reseal(State(server): State<CustodianServer>, Json(body): Json<ResealBo
     Ok(Json(json!({ "key": B64.encode(key.expose()), "sealed": B64.encode(resealed) })).into_response())
 }
 
+/// A view request: a read's receipt, and the record version's ciphertext.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ViewBody {
+    /// The receipt of the read granted a pseudonymised view.
+    pub receipt: WireReceipt,
+    /// The ciphertext, base64.
+    pub sealed: String,
+    /// Its associated data, base64: must name the record version the receipt is for.
+    pub aad: String,
+    /// Whether an earlier version of Clover sealed it with the subject's own key.
+    #[serde(default)]
+    pub legacy: bool,
+}
+
+/// Opens a record version for a read granted a pseudonymised view and answers only its view,
+/// made by the custodian's own rules: the key, and the fields the view hides, stay here.
+async fn view(State(server): State<CustodianServer>, Json(body): Json<ViewBody>) -> Result<Response, Refusal> {
+    let bad = |what: &str| Refusal(StatusCode::BAD_REQUEST, format!("{what} is not base64"));
+    let sealed = B64.decode(&body.sealed).map_err(|_| bad("sealed"))?;
+    let aad = B64.decode(&body.aad).map_err(|_| bad("aad"))?;
+    let access = checked(&server, &body.receipt).await?;
+    let fields = server.custodian.view_for(&access, &sealed, &aad, body.legacy).await?;
+    Ok(Json(json!({ "fields": fields.as_map() })).into_response())
+}
+
 /// A metadata request.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct MetadataBody {
@@ -416,7 +443,7 @@ async fn pseudonym(
     } else {
         checked(&server, receipt).await?
     };
-    let token = server.custodian.pseudonym_for(&access, &entry, &body.purpose, &body.destination, &input).await?;
+    let token = server.custodian.pseudonym_for(&access, &body.purpose, &body.destination, &input).await?;
     Ok(Json(json!({ "token": token })).into_response())
 }
 
@@ -431,6 +458,7 @@ pub fn router(server: CustodianServer) -> Router {
         .route("/v1/data-keys/fetch", post(fetch))
         .route("/v1/data-keys/destroy", post(destroy))
         .route("/v1/data-keys/reseal", post(reseal))
+        .route("/v1/views", post(view))
         .route("/v1/metadata/seal", post(seal))
         .route("/v1/metadata/facts", post(facts))
         .route("/v1/pseudonym", post(pseudonym))

@@ -14,7 +14,7 @@ use clover_tlog::tree::{verify_consistency, verify_inclusion};
 use clover_tlog::witness::AddCheckpoint;
 use serde::Deserialize;
 
-use crate::custodian::access::{KeyScope, LoggedAccess};
+use crate::custodian::access::{KeyScope, LoggedAccess, TokenScope};
 
 /// Why a receipt was refused.
 #[derive(Debug, thiserror::Error)]
@@ -539,6 +539,7 @@ pub fn access(
         return Err(refuse("it is not recent: a receipt is for the access it records, now"));
     }
     let scope = KeyScope::of(&event, action, opening).map_err(|detail| refuse(&detail))?;
+    let pseudonymised = (action == Action::Read).then(|| TokenScope::of(&event).ok()).flatten();
     let access = LoggedAccess {
         subject_hash: subject_hash.to_owned(),
         action,
@@ -546,6 +547,7 @@ pub fn access(
         entry_hash: hex::encode(leaf_hash(entry).0),
         purpose: event.purpose,
         scope,
+        pseudonymised,
     };
     Ok((access, tag))
 }

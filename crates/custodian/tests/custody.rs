@@ -700,13 +700,14 @@ async fn pseudonyms_are_stable_per_purpose(f: &Fixture) {
 /// A pseudonym is answered only for the read whose fields it pseudonymises: a read granted a
 /// pseudonymised view, for the purpose and region its tokens are keyed for, a bounded number
 /// per receipt; each is journalled against the read, with no input; the receipt is not used
-/// up (the read's key was handed out for it).
+/// up (the read's view was made for it).
 async fn pseudonyms_need_a_pseudonymised_reads_receipt(f: &Fixture) {
     let (custody, _store) = f.custodian(CacheOptions::default()).await;
-    custody.create_data_key(&f.receipt(Action::Write, "s-1").await).await.unwrap();
+    let key = custody.create_data_key(&f.receipt(Action::Write, "s-1").await).await.unwrap();
+    let sealed = key.seal(&record_aad("s-1"), br#"{"display_name":"Ana"}"#).unwrap();
     let read = f.pseudonymised_read("s-1", "analytics").await;
-    // The read's key first, as the boundary asks: the token does not need the receipt unused.
-    custody.data_key(&read).await.unwrap();
+    // The read's view first, as the boundary asks: the token does not need the receipt unused.
+    custody.view(&read, &sealed, &record_aad("s-1"), false).await.unwrap();
     custody.pseudonym(&read, "analytics", "us", b"Ana").await.unwrap();
 
     let refused = |outcome: Result<String, KeyError>, expected: &str| match outcome {
@@ -737,13 +738,13 @@ async fn pseudonyms_need_a_pseudonymised_reads_receipt(f: &Fixture) {
     let next = f.pseudonymised_read("s-1", "analytics").await;
     custody.pseudonym(&next, "analytics", "us", b"Ana").await.unwrap();
 
-    // The journal: the write, the read's key, one row per token answered (none for the
+    // The journal: the write, the read's view, one row per token answered (none for the
     // refusals), naming the read; never an input.
     let journal = custody.journal().await.unwrap();
     let actions: Vec<&str> = journal.iter().map(|r| r.action.as_str()).collect();
     let tokens = usize::try_from(PSEUDONYMS_PER_RECEIPT).unwrap();
     assert_eq!(actions.len(), 2 + tokens + 1, "{actions:?}");
-    assert_eq!(&actions[..2], ["write", "read"]);
+    assert_eq!(&actions[..2], ["write", "view"]);
     let pseudonyms = &journal[2..];
     assert!(pseudonyms.iter().all(|r| r.action == clover_custodian::PSEUDONYM_ACTION && !r.cached));
     assert!(pseudonyms[..tokens].iter().all(|r| r.log_index == read.index() && r.entry_hash == read.entry_hash_hex()));
@@ -751,6 +752,77 @@ async fn pseudonyms_need_a_pseudonymised_reads_receipt(f: &Fixture) {
     assert_eq!(pseudonyms[tokens].log_index, next.index());
     let text = format!("{journal:?}");
     assert!(!text.contains("Ana") && !text.contains("guess"), "{text}");
+    custody.close().await;
+}
+
+/// A read granted a pseudonymised view gets no key, which would open every field: the
+/// custodian opens the record itself and answers only the view its own rules make, for the
+/// record version the receipt names and no other, once.
+async fn a_pseudonymised_read_gets_its_view_never_its_key(f: &Fixture) {
+    use clover_model::{FieldRule, ViewConfig, ViewRules};
+    let rules = ViewRules::new(vec![ViewConfig {
+        category: "profile".parse().unwrap(),
+        fields: [("display_name".to_owned(), FieldRule::Token), ("email".to_owned(), FieldRule::Mask)].into(),
+        default: FieldRule::Drop,
+    }]);
+    let (custody, _store) = f.custodian(CacheOptions::default()).await;
+    let custody = custody.with_views(rules);
+    let key = custody.create_data_key(&f.receipt(Action::Write, "s-1").await).await.unwrap();
+    let fields = br#"{"display_name":"Ana","email":"ana@example.org","city":"Galway"}"#;
+    let sealed = key.seal(&record_aad("s-1"), fields).unwrap();
+    let read = f.pseudonymised_read("s-1", "analytics").await;
+    let refused = |outcome: Result<(), KeyError>, expected: &str| match outcome {
+        Err(KeyError::Receipt(m)) => assert!(m.contains(expected), "{m}"),
+        other => panic!("{other:?}"),
+    };
+
+    // No key for it, whole or re-sealed.
+    let no_key = "it granted a pseudonymised view, which opens no key";
+    refused(custody.data_key(&read).await.map(drop), no_key);
+    refused(custody.reseal(&read, &sealed, &record_aad("s-1")).await.map(drop), no_key);
+    // A ciphertext bound to another record version, or another subject's: refused before it
+    // is opened, even one sealed with the subject's whole key (legacy).
+    let other_record = aad::record(&region(), &subject("s-1"), &RecordId::random(), 1);
+    let other_version = aad::record(&region(), &subject("s-1"), &RECORD.parse().unwrap(), 2);
+    for (aad, legacy) in [
+        (other_record.clone(), false),
+        (other_record, true),
+        (other_version, true),
+        (aad::record(&"us".parse().unwrap(), &subject("s-1"), &RECORD.parse().unwrap(), 1), true),
+        (aad::subject(&region(), &subject("s-1")), true),
+    ] {
+        refused(
+            custody.view(&read, &sealed, &aad, legacy).await.map(drop),
+            "the ciphertext is bound to another record version than the one it names",
+        );
+    }
+    // A read in full view asks for its key, not a view.
+    let full = f.receipt(Action::Read, "s-1").await;
+    refused(custody.view(&full, &sealed, &record_aad("s-1"), false).await.map(drop), "it granted the full view");
+
+    // The view: the name a token keyed for the read's purpose and region, the email masked,
+    // the city dropped (the category's default).
+    let view = custody.view(&read, &sealed, &record_aad("s-1"), false).await.unwrap();
+    let token = PseudonymRoot::new(1, &f.pseudonym_secret).token("analytics", "us", b"display_name\0\"Ana\"");
+    assert_eq!(
+        serde_json::Value::Object(view.as_map().clone()),
+        serde_json::json!({"display_name": token, "email": "a***@example.org"})
+    );
+    // Once.
+    let again = custody.view(&read, &sealed, &record_aad("s-1"), false).await;
+    assert!(matches!(&again, Err(KeyError::Receipt(m)) if *m == used_up(&read)), "{again:?}");
+    // Tampered ciphertext does not open, nor one bound to another subject (whose key it is not).
+    let mut altered = sealed.clone();
+    *altered.last_mut().unwrap() ^= 1;
+    let next = f.pseudonymised_read("s-1", "analytics").await;
+    assert!(matches!(custody.view(&next, &altered, &record_aad("s-1"), false).await, Err(KeyError::Decrypt)));
+    let next = f.pseudonymised_read("s-1", "analytics").await;
+    assert!(matches!(custody.view(&next, &sealed, &record_aad("s-2"), true).await, Err(KeyError::Decrypt)));
+    // Journalled as the read it is, never a value.
+    let journal = custody.journal().await.unwrap();
+    let actions: Vec<&str> = journal.iter().map(|r| r.action.as_str()).collect();
+    assert_eq!(actions, ["write", clover_custodian::VIEW_ACTION], "{journal:?}");
+    assert_eq!((journal[1].log_index, journal[1].purpose.as_deref()), (read.index(), Some("analytics")));
     custody.close().await;
 }
 
@@ -1091,6 +1163,7 @@ suite!(
     metadata_is_sealed_and_bound_to_its_subject,
     pseudonyms_are_stable_per_purpose,
     pseudonyms_need_a_pseudonymised_reads_receipt,
+    a_pseudonymised_read_gets_its_view_never_its_key,
     the_key_store_holds_no_key_in_the_clear,
     the_backend_reopens_with_the_same_versions,
 );

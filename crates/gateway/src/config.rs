@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use clover_model::{Category, PrincipalId, Region, SiteName};
+pub use clover_model::{FieldRule, ViewConfig};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
@@ -111,39 +112,6 @@ impl TlsConfig {
             key: self.client_key.clone().or_else(|| self.key.clone()),
         }
     }
-}
-
-/// What a pseudonymised view does with one field.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum FieldRule {
-    /// A keyed token, stable within the purpose and destination, unlinkable across them.
-    Token,
-    /// Left out.
-    Drop,
-    /// A date (`YYYY-MM-DD...`) generalised to its year.
-    Year,
-    /// An IP address truncated to its network: /24 for IPv4, /48 for IPv6.
-    IpPrefix,
-    /// A string masked: its first character kept (and an email's domain), the rest `***`.
-    Mask,
-}
-
-/// The pseudonymised view of one category.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ViewConfig {
-    /// The category.
-    pub category: Category,
-    /// The rule for each named field.
-    pub fields: std::collections::BTreeMap<String, FieldRule>,
-    /// The rule for fields not named.
-    #[serde(default = "default_rule")]
-    pub default: FieldRule,
-}
-
-fn default_rule() -> FieldRule {
-    FieldRule::Drop
 }
 
 /// A purpose callers may declare (`X-Clover-Purpose`).
@@ -557,31 +525,7 @@ impl Default for Config {
             })
             .collect(),
             policy: PolicyConfig::default(),
-            views: vec![
-                ViewConfig {
-                    category: name("profile"),
-                    fields: [
-                        ("display_name", FieldRule::Token),
-                        ("username", FieldRule::Token),
-                        ("email", FieldRule::Mask),
-                        ("birth_date", FieldRule::Year),
-                        ("country", FieldRule::Mask),
-                        ("last_ip", FieldRule::IpPrefix),
-                    ]
-                    .into_iter()
-                    .map(|(f, r)| (f.to_owned(), r))
-                    .collect(),
-                    default: FieldRule::Drop,
-                },
-                ViewConfig {
-                    category: name("content"),
-                    fields: [("post_id", FieldRule::Token), ("created_at", FieldRule::Year)]
-                        .into_iter()
-                        .map(|(f, r)| (f.to_owned(), r))
-                        .collect(),
-                    default: FieldRule::Drop,
-                },
-            ],
+            views: clover_model::ViewRules::default().views,
             tls: TlsConfig::default(),
         }
     }

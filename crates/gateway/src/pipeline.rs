@@ -9,11 +9,12 @@
 //!    ([`record_request`]), which allows (with a [`Permit`](clover_policy::Permit)) or denies.
 //! 5. Log (`events.rs`): the decision is appended to the transparency log and made durable; an
 //!    allowed access yields a [`Receipt`], a denial a 403 that carries its log index.
-//! 6. Unwrap and 7. open or seal (`sealing.rs`): the custodian unwraps the subject's data key
-//!    against the receipt; the fields are decrypted (or encrypted), bound to region, subject,
-//!    record and version.
-//! 8. View (`views.rs`): the fields in the view the permit grants, pseudonymised, masked or
-//!    dropped by the category's rules.
+//! 6. Unwrap and 7. open or seal (`sealing.rs`): the custodian hands out the key of the one
+//!    record version the receipt is for; the fields are decrypted (or encrypted), bound to
+//!    region, subject, record and version.
+//! 8. View (`views.rs`): a full view is the fields as opened; a pseudonymised one is made by
+//!    the custodian (tokenised, masked or dropped by the category's rules), which opens the
+//!    record itself: such a read gets no key.
 //! 9. Answer: the handler (in [`crate::api`]) returns the data with the decision.
 //!
 //! A step uses only steps before it, never a later one, and none uses this file, which puts
@@ -30,7 +31,7 @@ pub(crate) mod views;
 
 use clover_event::EventKind;
 use clover_log::Receipt;
-use clover_model::{Action, Category, Fields, RecordId, SubjectId};
+use clover_model::{Action, Category, Fields, RecordId, SubjectId, View};
 use clover_store::RecordRow;
 
 pub use self::caller::Caller;
@@ -178,11 +179,10 @@ pub async fn read(
         subject_minor: metadata::subject_minor(boundary, &subject).await,
     };
     let receipt = decide_and_log(boundary, caller, EventKind::Access, &ask).await?;
-    let fields = sealing::open_record(boundary, &receipt, &record, || ApiError::NotFound {
-        what: "record",
-        id: record_id.to_string(),
-    })
-    .await?;
-    let fields = views::view(boundary, caller, &receipt, &record.category, fields).await?;
+    let gone = || ApiError::NotFound { what: "record", id: record_id.to_string() };
+    let fields = match receipt.permit().view() {
+        View::Full => sealing::open_record(boundary, &receipt, &record, gone).await?,
+        View::Pseudonymised => views::pseudonymised(boundary, &receipt, &record, gone).await?,
+    };
     Ok((record, fields, receipt))
 }

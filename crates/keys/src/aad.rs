@@ -24,6 +24,35 @@ pub fn record(region: &Region, subject: &SubjectId, record: &RecordId, version: 
     )
 }
 
+/// What the associated data of a record's fields ([`record`]) binds: the region, the subject,
+/// the record id's 16 bytes and the version; `None` for associated data of another kind or
+/// malformed. A custodian reads it to check that a ciphertext it is asked to open is the record
+/// version its receipt is for.
+pub fn parse_record(aad: &[u8]) -> Option<(String, String, [u8; 16], u32)> {
+    let mut parts = Vec::with_capacity(5);
+    let mut rest = aad;
+    while !rest.is_empty() {
+        let (len, tail) = rest.split_first_chunk::<4>()?;
+        let len = usize::try_from(u32::from_be_bytes(*len)).ok()?;
+        if tail.len() < len {
+            return None;
+        }
+        let (part, tail) = tail.split_at(len);
+        parts.push(part);
+        rest = tail;
+    }
+    let [label, region, subject, record, version] = parts.as_slice() else { return None };
+    if *label != b"clover/record-fields/v1" {
+        return None;
+    }
+    Some((
+        String::from_utf8(region.to_vec()).ok()?,
+        String::from_utf8(subject.to_vec()).ok()?,
+        <[u8; 16]>::try_from(*record).ok()?,
+        u32::from_be_bytes(<[u8; 4]>::try_from(*version).ok()?),
+    ))
+}
+
 /// The associated data of a subject's own attributes (birth date).
 pub fn subject(region: &Region, subject: &SubjectId) -> Vec<u8> {
     encode("clover/subject-attributes/v1", &[region.as_str().as_bytes(), subject.as_str().as_bytes()])
@@ -90,5 +119,19 @@ mod tests {
         let a = subject(&eu, &"ab".parse().unwrap());
         let b = subject(&"eua".parse().unwrap(), &"b".parse().unwrap());
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn a_records_associated_data_reads_back_and_nothing_else_does() {
+        let eu: Region = "eu".parse().unwrap();
+        let record_id = RecordId::random();
+        let aad = record(&eu, &"u-1".parse().unwrap(), &record_id, 7);
+        assert_eq!(parse_record(&aad), Some(("eu".to_owned(), "u-1".to_owned(), *record_id.as_bytes(), 7)));
+        assert_eq!(parse_record(&subject(&eu, &"u-1".parse().unwrap())), None);
+        assert_eq!(parse_record(&aad[..aad.len() - 1]), None);
+        assert_eq!(parse_record(b""), None);
+        let mut longer = aad.clone();
+        longer.extend_from_slice(&[0, 0, 0, 0]);
+        assert_eq!(parse_record(&longer), None);
     }
 }

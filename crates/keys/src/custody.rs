@@ -2,7 +2,7 @@
 
 use clover_event::SubjectTagKey;
 use clover_log::Receipt;
-use clover_model::{Region, SubjectId};
+use clover_model::{Fields, Region, SubjectId};
 
 use crate::data_key::DataKey;
 use crate::error::KeyError;
@@ -32,6 +32,14 @@ pub trait KeyCustody: Send + Sync {
     /// subject's own key, under the key of the record version the receipt is for, and returns
     /// that key and the new ciphertext.
     async fn reseal(&self, receipt: &Receipt, sealed: &[u8], aad: &[u8]) -> Result<(DataKey, Vec<u8>), KeyError>;
+
+    /// The pseudonymised view of the record version that a logged read granted a pseudonymised
+    /// view is for, made by the custodian: it opens `sealed` (bound to `aad`, which must name
+    /// that record version; sealed with the subject's own key by an earlier version of Clover
+    /// when `legacy`) and answers only what its view rules show of each field, with tokens keyed
+    /// for the read's purpose and region. Such a read gets no key ([`KeyCustody::data_key`]
+    /// refuses it): whoever holds a record's key holds every field of it.
+    async fn view(&self, receipt: &Receipt, sealed: &[u8], aad: &[u8], legacy: bool) -> Result<Fields, KeyError>;
 
     /// Destroys the data key of the receipt's subject, for a logged, permitted erasure: every
     /// copy of their ciphertext, backups included, can no longer be opened. Returns whether

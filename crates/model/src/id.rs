@@ -171,6 +171,11 @@ impl RecordId {
     pub fn as_bytes(&self) -> &[u8; 16] {
         self.0.as_bytes()
     }
+
+    /// The id whose bytes are `bytes` ([`RecordId::as_bytes`]).
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        Self(uuid::Uuid::from_bytes(bytes))
+    }
 }
 
 impl FromStr for RecordId {

@@ -91,6 +91,13 @@ pub(crate) struct ServeArgs {
     /// `clover audit verify --witness`.
     #[arg(long, value_name = "NAME", default_value = "custodian.clover.local")]
     witness_name: String,
+    /// The pseudonymised views the custodian makes (a read granted one gets no key: the
+    /// custodian opens the record and answers the view): a TOML file whose `[[views]]` tables
+    /// say what each field of a category becomes, as in `clover.toml`, which may be given
+    /// itself (its other tables are ignored). Without it (or without `[[views]]` in it), the
+    /// default rules, as a boundary's without `[[views]]`.
+    #[arg(long, value_name = "FILE")]
+    views: Option<PathBuf>,
     /// Keep the wrapped data keys and the journal in this PostgreSQL database instead of
     /// `keys.db` in the directory.
     #[arg(long, value_name = "URL", env = "CLOVER_CUSTODIAN_STORE")]
@@ -126,10 +133,14 @@ impl ServeArgs {
         let quorum =
             clover_custodian::WitnessQuorum::new(witnesses, self.witness_quorum).context("--witness-quorum")?;
         clover_tls::check_url(&log_url, "--log-url")?;
+        let views = match &self.views {
+            Some(path) => read_views(path)?,
+            None => clover_model::ViewRules::default(),
+        };
         let log_client = self.log_tls.client()?;
         runtime()?.block_on(async {
             let tls = self.tls.load(listen, "custodian")?;
-            let custodian = Arc::new(clover_custodian::open_dir(&options).await?);
+            let custodian = Arc::new(clover_custodian::open_dir(&options).await?.with_views(views));
             let witness_key = clover_custodian::witness_key(&options.dir, &self.witness_name)?;
             if quorum.is_empty() {
                 tracing::warn!("{}", clover_custodian::NO_WITNESS_WARNING);
@@ -153,6 +164,15 @@ impl ServeArgs {
             Ok(())
         })
     }
+}
+
+/// The `[[views]]` of the TOML file at `path`.
+fn read_views(path: &std::path::Path) -> anyhow::Result<clover_model::ViewRules> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("--views {}", path.display()))?;
+    let rules: clover_model::ViewRules =
+        toml::from_str(&text).with_context(|| format!("--views {}: its [[views]] tables", path.display()))?;
+    tracing::info!(categories = rules.views.len(), path = %path.display(), "pseudonymised views by the rules in the file");
+    Ok(rules)
 }
 
 /// A running custodian's admin API.

@@ -2,7 +2,7 @@
 //! checks before it hands a key out, and the journal's record of a key handed out.
 
 use clover_event::{Event, RecordOpening};
-use clover_keys::KeyError;
+use clover_keys::{KeyError, NO_PURPOSE, UNKNOWN_DESTINATION};
 use clover_model::{Action, Region};
 
 /// A logged, allowed access, as the custodian checks it before handing out a key: from a
@@ -23,6 +23,56 @@ pub struct LoggedAccess {
     pub(crate) purpose: Option<String>,
     /// Which of the subject's keys the access is for.
     pub(crate) scope: KeyScope,
+    /// For a read granted a pseudonymised view, what its tokens are keyed for: its key is never
+    /// handed out, the custodian opens the record and answers the view itself.
+    pub(crate) pseudonymised: Option<TokenScope>,
+}
+
+/// What a read's log entry lets be pseudonymised: tokens keyed for the purpose it declared and
+/// the region it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TokenScope {
+    purpose: String,
+    destination: String,
+}
+
+impl TokenScope {
+    /// The scope of the read `event` records; it must have been granted a pseudonymised view.
+    pub(crate) fn of(event: &Event) -> Result<Self, String> {
+        let view = event.decision.as_ref().and_then(|d| d.view.as_deref());
+        if view != Some("pseudonymised") {
+            return Err("it did not grant a pseudonymised view".to_owned());
+        }
+        Ok(Self {
+            purpose: event.purpose.clone().unwrap_or_else(|| NO_PURPOSE.to_owned()),
+            destination: event
+                .origin
+                .as_ref()
+                .and_then(|o| o.region.clone())
+                .unwrap_or_else(|| UNKNOWN_DESTINATION.to_owned()),
+        })
+    }
+
+    /// The purpose the read declared.
+    pub(crate) fn purpose(&self) -> &str {
+        &self.purpose
+    }
+
+    /// The region the read came from.
+    pub(crate) fn destination(&self) -> &str {
+        &self.destination
+    }
+
+    /// Refuses tokens keyed for another purpose or destination than the read's.
+    pub(crate) fn check(&self, purpose: &str, destination: &str) -> Result<(), String> {
+        if purpose != self.purpose {
+            return Err(format!("it declared the purpose {:?}, not {purpose:?}", self.purpose));
+        }
+        if destination != self.destination {
+            return Err(format!("it came from region {:?}, not {destination:?}", self.destination));
+        }
+        Ok(())
+    }
 }
 
 /// Which key of a subject's an access is for: one record version's (the record and version its
@@ -118,7 +168,8 @@ pub struct UnwrapRecord {
     pub time: i64,
     /// The subject, as the log's keyed hash.
     pub subject: String,
-    /// The action the receipt allowed; `pseudonym` for a token answered for a read.
+    /// The action the receipt allowed; `view` for a pseudonymised view answered for a read (no
+    /// key handed out), `pseudonym` for a token.
     pub action: String,
     /// The index of the log entry of the access.
     pub log_index: u64,
@@ -144,12 +195,21 @@ impl UnwrapRecord {
         }
     }
 
+    /// The record of a pseudonymised view answered at `time` for the read `access`.
+    pub(crate) fn view(access: &LoggedAccess, cached: bool, time: i64) -> Self {
+        Self { action: VIEW_ACTION.to_owned(), ..Self::of(access, cached, time) }
+    }
+
     /// The record of a pseudonym answered at `time` for the read `access`: its subject, log
     /// index, entry hash and purpose, never the input.
     pub(crate) fn pseudonym(access: &LoggedAccess, time: i64) -> Self {
         Self { action: PSEUDONYM_ACTION.to_owned(), ..Self::of(access, false, time) }
     }
 }
+
+/// The journal's action for a pseudonymised view answered: the custodian opened the record and
+/// answered the view; no key left it.
+pub const VIEW_ACTION: &str = "view";
 
 /// The journal's action for a pseudonym answered.
 pub const PSEUDONYM_ACTION: &str = "pseudonym";

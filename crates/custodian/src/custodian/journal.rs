@@ -1,5 +1,5 @@
 //! The custodian's journal: every data key it hands out and every pseudonym it answers, with the
-//! log index and entry hash of the access, the action (`pseudonym` for a token) and the purpose
+//! log index and entry hash of the access, the action (`view` for a view, `pseudonym` for a token) and the purpose
 //! declared; never a pseudonym's input. Records are written in batches by a task of their own
 //! (one transaction for every record waiting), and a key (or a token) leaves the custodian only
 //! once its record is committed: a key whose record cannot be written is withheld.
@@ -37,6 +37,12 @@ impl Journal {
     /// the key must not leave.
     pub(crate) async fn record(&self, access: &LoggedAccess, cached: bool) -> Result<(), KeyError> {
         self.write(UnwrapRecord::of(access, cached, now())).await
+    }
+
+    /// Records a pseudonymised view about to be answered for the read `access` (action `view`:
+    /// the custodian opened the record, no key left), and waits until it is committed.
+    pub(crate) async fn record_view(&self, access: &LoggedAccess, cached: bool) -> Result<(), KeyError> {
+        self.write(UnwrapRecord::view(access, cached, now())).await
     }
 
     /// Records a pseudonym about to be answered for `access` (action `pseudonym`), and waits

@@ -31,8 +31,7 @@ use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use clover_event::Event;
-use clover_keys::{KeyError, NO_PURPOSE, PseudonymRoot, UNKNOWN_DESTINATION};
+use clover_keys::{KeyError, PseudonymRoot};
 
 use super::access::LoggedAccess;
 use super::receipts::REMEMBERED_FOR;
@@ -47,43 +46,6 @@ pub const PSEUDONYMS_REFUSED_METRIC: &str = "clover_custodian_pseudonyms_refused
 
 /// How often the counts past their window are forgotten, at most.
 const FORGET_EVERY: Duration = Duration::from_secs(60);
-
-/// What a read's log entry lets be pseudonymised: tokens keyed for the purpose it declared and
-/// the region it came from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct TokenScope {
-    purpose: String,
-    destination: String,
-}
-
-impl TokenScope {
-    /// The scope of the read `event` records; it must have been granted a pseudonymised view.
-    pub(crate) fn of(event: &Event) -> Result<Self, String> {
-        let view = event.decision.as_ref().and_then(|d| d.view.as_deref());
-        if view != Some("pseudonymised") {
-            return Err("it did not grant a pseudonymised view".to_owned());
-        }
-        Ok(Self {
-            purpose: event.purpose.clone().unwrap_or_else(|| NO_PURPOSE.to_owned()),
-            destination: event
-                .origin
-                .as_ref()
-                .and_then(|o| o.region.clone())
-                .unwrap_or_else(|| UNKNOWN_DESTINATION.to_owned()),
-        })
-    }
-
-    /// Refuses tokens keyed for another purpose or destination than the read's.
-    pub(crate) fn check(&self, purpose: &str, destination: &str) -> Result<(), String> {
-        if purpose != self.purpose {
-            return Err(format!("it declared the purpose {:?}, not {purpose:?}", self.purpose));
-        }
-        if destination != self.destination {
-            return Err(format!("it came from region {:?}, not {destination:?}", self.destination));
-        }
-        Ok(())
-    }
-}
 
 /// The root, and how many tokens each receipt has had.
 pub(crate) struct Pseudonyms {
@@ -181,7 +143,10 @@ mod tests {
     use clover_model::Action;
 
     use super::*;
-    use crate::custodian::access::KeyScope;
+    use clover_event::Event;
+    use clover_keys::{NO_PURPOSE, UNKNOWN_DESTINATION};
+
+    use crate::custodian::access::{KeyScope, TokenScope};
 
     fn read(log_index: u64, entry_hash: &str) -> LoggedAccess {
         LoggedAccess {
@@ -191,6 +156,7 @@ mod tests {
             entry_hash: entry_hash.to_owned(),
             purpose: Some("analytics".to_owned()),
             scope: KeyScope::default(),
+            pseudonymised: None,
         }
     }
 

@@ -148,6 +148,7 @@ mod tests {
             entry_hash: entry_hash.to_owned(),
             purpose: None,
             scope: crate::custodian::access::KeyScope::default(),
+            pseudonymised: None,
         }
     }
 

@@ -137,7 +137,8 @@ impl Boundary {
                         },
                     )
                     .await?
-                    .with_log(log.clone()),
+                    .with_log(log.clone())
+                    .with_views(clover_model::ViewRules::new(config.views.clone())),
                 );
                 take_legacy_keys(&store, &custodian, &log).await?;
                 (custodian.clone(), Some(custodian))

@@ -1,73 +1,38 @@
-//! Step 8: the view. A full view answers the fields as stored; a pseudonymised one applies the
-//! category's field rules (`[[views]]`): a keyed token, a year, an address prefix, a mask, or
-//! nothing.
+//! Step 8: the view. A full view answers the fields as stored (the gateway opened the record
+//! with its key); a pseudonymised one is made by the custodian, which opens the record itself
+//! and answers only what its view rules (`[[views]]`) show of each field: a keyed token, a
+//! year, an address prefix, a mask, or nothing. The gateway never holds the fields such a view
+//! hides, nor the key that would open them.
 //!
-//! Tokens come from the custodian, which holds their keys, and only against the read's own
-//! receipt: the custodian checks that it is an allowed read granted a pseudonymised view, for
-//! the purpose and region the tokens are keyed for, journals each token, and answers a bounded
-//! number per receipt ([`KeyCustody::pseudonym`](clover_keys::KeyCustody::pseudonym)).
+//! Tokens of the record's and subject's ids come from the custodian too, which holds their
+//! keys, and only against the read's own receipt: the custodian checks that it is an allowed
+//! read granted a pseudonymised view, for the purpose and region the tokens are keyed for,
+//! journals each token, and answers a bounded number per receipt
+//! ([`KeyCustody::pseudonym`](clover_keys::KeyCustody::pseudonym)).
 
-use std::net::IpAddr;
-
+use clover_keys::{KeyError, aad};
 use clover_log::Receipt;
-use clover_model::{Category, Fields, View};
+use clover_model::{Fields, View};
+use clover_store::{RecordRow, SealedWith};
 
 use crate::boundary::Boundary;
-use crate::config::FieldRule;
 use crate::pipeline::caller::Caller;
 use crate::problem::ApiError;
 
-/// The view the permit grants of a record's decrypted fields: as stored, or pseudonymised by
-/// the category's field rules (a category without rules gets a keyed token for every field).
-/// Tokens are stable within the declared purpose and the destination region and unlinkable
-/// across them.
-pub(crate) async fn view(
+/// The pseudonymised view of `record`, from the custodian against the read's receipt, which
+/// must grant one. A key that no longer exists means the subject was erased meanwhile: `gone`.
+pub(crate) async fn pseudonymised(
     boundary: &Boundary,
-    caller: &Caller,
     receipt: &Receipt,
-    category: &Category,
-    fields: Fields,
+    record: &RecordRow,
+    gone: impl FnOnce() -> ApiError,
 ) -> Result<Fields, ApiError> {
-    if receipt.permit().view() == View::Full {
-        return Ok(fields);
-    }
-    let (purpose, destination) = token_scope(caller);
-    let rules = boundary.config().views.iter().find(|v| &v.category == category);
-    let mut map = serde_json::Map::new();
-    for (name, value) in fields.as_map() {
-        let rule = rules.map_or(FieldRule::Token, |v| v.fields.get(name).copied().unwrap_or(v.default));
-        let shown = match rule {
-            FieldRule::Drop => None,
-            FieldRule::Token => {
-                let mut input = name.as_bytes().to_vec();
-                input.push(0);
-                input.extend(serde_json::to_vec(value).unwrap_or_default());
-                let token = boundary
-                    .custody()
-                    .pseudonym(receipt, purpose, destination, &input)
-                    .await
-                    .map_err(ApiError::internal)?;
-                Some(serde_json::Value::String(token))
-            }
-            FieldRule::Year => value
-                .as_str()
-                .and_then(|s| s.get(..4))
-                .filter(|y| y.bytes().all(|b| b.is_ascii_digit()))
-                .map(|year| serde_json::Value::String(year.to_owned())),
-            FieldRule::IpPrefix => value.as_str().and_then(|v| v.parse::<IpAddr>().ok()).and_then(|ip| {
-                let prefix = match ip {
-                    IpAddr::V4(_) => 24,
-                    IpAddr::V6(_) => 48,
-                };
-                Some(serde_json::Value::String(ipnet::IpNet::new(ip, prefix).ok()?.trunc().to_string()))
-            }),
-            FieldRule::Mask => Some(serde_json::Value::String(mask(value))),
-        };
-        if let Some(shown) = shown {
-            map.insert(name.clone(), shown);
-        }
-    }
-    Ok(Fields::new(map))
+    let aad = aad::record(boundary.region(), &record.subject_id, &record.record_id, record.version);
+    let legacy = record.sealed_with == SealedWith::SubjectKey;
+    boundary.custody().view(receipt, &record.ciphertext, &aad, legacy).await.map_err(|e| match e {
+        KeyError::NoDataKey => gone(),
+        other => ApiError::internal(other),
+    })
 }
 
 /// How a pseudonymised view names the record and its subject: a keyed token of the id, stable
@@ -97,14 +62,4 @@ fn token_scope(caller: &Caller) -> (&str, &str) {
         caller.purpose.as_deref().unwrap_or(clover_keys::NO_PURPOSE),
         caller.origin.region().map_or(clover_keys::UNKNOWN_DESTINATION, |r| r.as_str()),
     )
-}
-
-/// A masked value: the first character kept (and an email's domain), the rest `***`.
-fn mask(value: &serde_json::Value) -> String {
-    let Some(text) = value.as_str() else { return "***".to_owned() };
-    let first: String = text.chars().take(1).collect();
-    match text.split_once('@') {
-        Some((_, domain)) => format!("{first}***@{domain}"),
-        None => format!("{first}***"),
-    }
 }

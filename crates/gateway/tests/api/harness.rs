@@ -296,6 +296,15 @@ impl TestApp {
         self.record_receipt(subject, &RecordId::random(), "profile").await
     }
 
+    /// A subject tag of `subject`'s, made with their tag key as the boundary's entries' are (a
+    /// random one if they have none): what the custodian checks a receipt's entry names.
+    pub async fn tag(&self, subject: &SubjectId) -> clover_event::SubjectTag {
+        match self.boundary.custody().subject_tag_key(subject, false).await.unwrap() {
+            Some(key) => key.tag().unwrap(),
+            None => clover_event::SubjectTag::random().unwrap(),
+        }
+    }
+
     /// A receipt for version 1 of `record` (of `category`) of `subject` (an allowed write, what
     /// [`TestApp::permit`] allows), its annex naming the record as the boundary's do.
     pub async fn record_receipt(&self, subject: &SubjectId, record: &RecordId, category: &str) -> Receipt {
@@ -310,7 +319,7 @@ impl TestApp {
             principal: None,
             origin: None,
             action: Some("write".into()),
-            subject: Some(clover_event::SubjectTag::random().unwrap()),
+            subject: Some(self.tag(subject).await),
             category: Some(category.into()),
             decision: Some(clover_event::EventDecision { effect: "allow".into(), view: None, policies: Vec::new() }),
             purpose: Some("test".into()),

@@ -211,6 +211,9 @@ async fn the_migration_reseals_every_record_while_reads_go_on() {
 /// one in its own process does against the signed log: a receipt whose entry is not the log's
 /// at its index (made by another log: what a swapped entry would give), or that is not recent,
 /// opens nothing.
+/// The embedded custodian checks a receipt made in the boundary's process as one in its own
+/// process checks it: the entry is the log's at its index, recent, and about the permit's
+/// subject (its tag made with their tag key).
 #[tokio::test]
 async fn the_embedded_custodian_checks_receipts_against_the_log() {
     let app = TestApp::start().await;
@@ -238,6 +241,24 @@ async fn the_embedded_custodian_checks_receipts_against_the_log() {
     let foreign = other.append_permitted(&event, app.permit(&subject)).await.unwrap().with_annex(annex.clone());
     let refused = custody.data_key(&foreign).await;
     assert!(matches!(&refused, Err(KeyError::Receipt(m)) if m.contains("not the one the log holds")), "{refused:?}");
+
+    // An entry of this log, recent, whose subject tag is not the permit subject's (another
+    // subject's, or no one's): a permit for u-1 does not open a key on an entry about u-2.
+    app.seed("u-2", json!({"name": "Bo"})).await;
+    for tag in [app.tag(&"u-2".parse().unwrap()).await, clover_event::SubjectTag::random().unwrap()] {
+        event.subject = Some(tag);
+        let receipt =
+            app.boundary.log().append_permitted(&event, app.permit(&subject)).await.unwrap().with_annex(annex.clone());
+        let refused = custody.data_key(&receipt).await;
+        assert!(
+            matches!(&refused, Err(KeyError::Receipt(m)) if m.contains("not about the subject of its permit")),
+            "{refused:?}"
+        );
+    }
+    event.subject = Some(app.tag(&subject).await);
+    let honest =
+        app.boundary.log().append_permitted(&event, app.permit(&subject)).await.unwrap().with_annex(annex.clone());
+    assert!(custody.data_key(&honest).await.is_ok());
 
     // An entry of this log, but old: refused as not recent.
     event.time -= 3600;
