@@ -35,7 +35,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use clover_event::{SubjectIndexKey, SubjectTag, SubjectTagKey};
 use clover_keys::{DataKey, Kek, KeyCustody, KeyError, PseudonymRoot, SubjectFacts};
-use clover_log::Receipt;
+use clover_log::{KeyOperation, KeyReceipt, Receipt};
 use clover_model::{Action, Category, Fields, RecordId, Region, SubjectId, View, ViewRules};
 use zeroize::Zeroizing;
 
@@ -486,16 +486,44 @@ impl Custodian {
         self.rotations.latest()
     }
 
-    /// Starts a rotation, unless one is running (`Ok(None)`): a new KEK version, current at
-    /// once. Checking for a running rotation and marking this one are one step. Returns the new
-    /// version and how many keys wait to be re-wrapped; then [`Custodian::run_rotation`].
-    pub async fn start_rotation(&self) -> Result<Option<(u32, u64)>, KeyError> {
-        self.rotations.start(&self.keys).await
+    /// The version a rotation starting now would make: what its log entry names.
+    pub fn next_kek_version(&self) -> Result<u32, KeyError> {
+        Ok(self.keys.kek.current_version()?.saturating_add(1))
     }
 
-    /// Re-wraps every key under the current version in batches, keeping the progress, then
-    /// retires the old versions; returns them. Keys go on being handed out meanwhile. The
-    /// caller logs what it must, then calls [`Custodian::end_rotation`].
+    /// Checks the receipt of a key operation: a custodian checking receipts against the
+    /// boundary's log ([`Custodian::with_log`]) acts on a KEK version only against the receipt
+    /// of the log entry naming it, that log's entry at its index; one in its own process acts
+    /// on its admin's authority (its admin token), and needs none. Returns the version named.
+    fn key_operation(&self, receipt: Option<&KeyReceipt>, operation: KeyOperation) -> Result<Option<u32>, KeyError> {
+        let Some(log) = &self.log else { return Ok(receipt.map(KeyReceipt::version)) };
+        let refuse = |detail: String| {
+            tracing::warn!(action = operation.action(), "refused a key operation: {detail}");
+            KeyError::Receipt(format!("{}: {detail}", operation.action()))
+        };
+        let receipt = receipt.ok_or_else(|| refuse("no log entry names the version it acts on".to_owned()))?;
+        if receipt.operation() != operation {
+            return Err(refuse(format!("log entry {} is a {}", receipt.index(), receipt.operation().action())));
+        }
+        if log.leaf_hash(receipt.index()).as_ref() != Some(receipt.entry_hash()) {
+            return Err(refuse(format!("log entry {} is not the one the log holds at that index", receipt.index())));
+        }
+        Ok(Some(receipt.version()))
+    }
+
+    /// Starts a rotation, unless one is running (`Ok(None)`): a new KEK version, current at
+    /// once, the one `receipt`'s log entry names (see [`Custodian::next_kek_version`]; a
+    /// custodian checking receipts against the log needs one). Checking for a running rotation
+    /// and marking this one are one step. Returns the new version and how many keys wait to be
+    /// re-wrapped; then [`Custodian::run_rotation`].
+    pub async fn start_rotation(&self, receipt: Option<&KeyReceipt>) -> Result<Option<(u32, u64)>, KeyError> {
+        let expected = self.key_operation(receipt, KeyOperation::AddVersion)?;
+        self.rotations.start(&self.keys, expected).await
+    }
+
+    /// Re-wraps every key under the current version in batches, keeping the progress; returns
+    /// the old versions, which no key uses now: retire each ([`Custodian::retire`]), logged
+    /// first, then call [`Custodian::end_rotation`]. Keys go on being handed out meanwhile.
     pub async fn run_rotation(&self) -> Result<Vec<u32>, KeyError> {
         self.rotations.run(&self.keys).await
     }
@@ -505,15 +533,20 @@ impl Custodian {
         self.rotations.end(error);
     }
 
-    /// Retires every version but the current one, once no key uses it; an old version that still
-    /// wraps keys is an error (the re-wrap did not finish).
-    pub async fn retire_old_versions(&self) -> Result<Vec<u32>, KeyError> {
-        self.keys.retire_old_versions().await
-    }
-
-    /// Retires a KEK version that no data key uses any more.
-    pub async fn retire(&self, version: u32) -> Result<(), KeyError> {
-        self.keys.retire(version).await
+    /// Retires (destroys) KEK `version`, which no data key may use any more, against the
+    /// receipt of the log entry naming it (a custodian checking receipts against the log needs
+    /// one, for that version).
+    pub async fn retire(&self, version: u32, receipt: Option<&KeyReceipt>) -> Result<(), KeyError> {
+        if let Some(named) = self.key_operation(receipt, KeyOperation::RetireVersion)?
+            && named != version
+        {
+            return Err(KeyError::Receipt(format!(
+                "retire-kek-version: its log entry names kek v{named}, not v{version}"
+            )));
+        }
+        self.keys.retire(version).await?;
+        self.rotations.retired(version);
+        Ok(())
     }
 
     /// Closes the key store after writing the journal.

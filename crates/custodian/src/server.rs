@@ -188,13 +188,21 @@ async fn keys(State(server): State<CustodianServer>, headers: axum::http::Header
 /// keys go on being handed out, the old versions retired once unused. Each step is logged.
 async fn rotate(State(server): State<CustodianServer>, headers: axum::http::HeaderMap) -> Result<Response, Refusal> {
     admin(&server, &headers)?;
-    let Some((to_version, total)) = server.custodian.start_rotation().await? else {
+    // The custodian's own admin acts here, on its admin token: no boundary's log entry needed.
+    let Some((to_version, total)) = server.custodian.start_rotation(None).await? else {
         return Err(Refusal(StatusCode::CONFLICT, "a rotation is under way".to_owned()));
     };
     tracing::info!(to_version, total, kek = %server.custodian.kek().describe(), "kek version created; re-wrapping");
     let custodian = server.custodian.clone();
     tokio::spawn(async move {
-        let outcome = custodian.run_rotation().await;
+        let outcome = async {
+            let old = custodian.run_rotation().await?;
+            for version in &old {
+                custodian.retire(*version, None).await?;
+            }
+            Ok::<_, KeyError>(old)
+        }
+        .await;
         match &outcome {
             Ok(retired) => tracing::info!(?retired, "rotation done; kek versions retired"),
             Err(e) => tracing::error!(error = %e, "rotation stopped"),

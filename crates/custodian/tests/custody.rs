@@ -612,7 +612,9 @@ async fn rotation_rewraps_everything_then_retires(f: &Fixture) {
     assert_eq!(new, old + 1);
     assert_eq!(f.kek.current_version().unwrap(), new);
     assert_eq!(custody.version_counts().await.unwrap(), vec![(old, 6), (new, 0)]);
-    assert!(matches!(custody.retire(old).await, Err(KeyError::VersionInUse { version, count: 6 }) if version == old));
+    assert!(
+        matches!(custody.retire(old, None).await, Err(KeyError::VersionInUse { version, count: 6 }) if version == old)
+    );
 
     // New keys are wrapped under the new version straight away.
     custody.create_data_key(&f.receipt(Action::Write, "s-new").await).await.unwrap();
@@ -632,11 +634,11 @@ async fn rotation_rewraps_everything_then_retires(f: &Fixture) {
 
     // The current version cannot go; the old one can, now that nothing uses it.
     assert!(matches!(f.kek.retire_version(new), Err(KeyError::CurrentVersion(v)) if v == new));
-    assert!(matches!(custody.retire(new).await, Err(KeyError::VersionInUse { .. })));
-    custody.retire(old).await.unwrap();
+    assert!(matches!(custody.retire(new, None).await, Err(KeyError::VersionInUse { .. })));
+    custody.retire(old, None).await.unwrap();
     assert_eq!(f.kek.versions().unwrap(), vec![new]);
     assert_eq!(custody.version_counts().await.unwrap(), vec![(new, 7)]);
-    assert!(matches!(custody.retire(old).await, Err(KeyError::UnknownKekVersion(v)) if v == old));
+    assert!(matches!(custody.retire(old, None).await, Err(KeyError::UnknownKekVersion(v)) if v == old));
 
     // Every key still opens what it sealed (the cache is off: each is unwrapped anew).
     for (id, sealed) in &sealed {
@@ -886,7 +888,7 @@ async fn the_backend_reopens_with_the_same_versions(f: &Fixture) {
 
     // A retirement is seen by the next opening too.
     while custody.rewrap_batch(100).await.unwrap() > 0 {}
-    custody.retire(v2 - 1).await.unwrap();
+    custody.retire(v2 - 1, None).await.unwrap();
     custody.close().await;
     let kek = f.reopen_kek();
     assert_eq!(kek.versions().unwrap(), vec![v2]);

@@ -30,7 +30,7 @@ use clover_tlog::note::NoteSigner;
 use clover_tlog::tile::{TILE_WIDTH, Tile, push_bundle_entry};
 
 pub use error::LogError;
-pub use receipt::Receipt;
+pub use receipt::{KeyOperation, KeyReceipt, Receipt};
 pub use sequencer::LogOptions;
 
 use crate::file::FileLog;
@@ -176,6 +176,32 @@ impl Log {
         let kept: Arc<[u8]> = entry.as_slice().into();
         let index = self.append_indexed((event.kind, event.annex.clone()), entry, entry_hash).await?;
         Ok(Receipt { index, entry_hash, entry: kept, purpose: event.purpose.clone(), permit, annex: None })
+    }
+
+    /// Appends the entry of a key operation on KEK `version`, before it is done, and returns its
+    /// receipt, which the custodian asks for: the entry must be of kind `key`, with the
+    /// operation's action, and name the version at the start of its detail (`kek vN ...`), else
+    /// [`LogError::NotPermitted`] and nothing is appended.
+    pub async fn append_key_operation(
+        &self,
+        event: &Event,
+        operation: KeyOperation,
+        version: u32,
+    ) -> Result<KeyReceipt, LogError> {
+        let names = format!("kek v{version} ");
+        if event.kind != EventKind::Key
+            || event.action.as_deref() != Some(operation.action())
+            || !event.detail.as_deref().is_some_and(|d| d.starts_with(&names))
+        {
+            return Err(LogError::NotPermitted(format!(
+                "a key operation's entry must be a key entry {} naming kek v{version}",
+                operation.action()
+            )));
+        }
+        let entry = event.encode();
+        let entry_hash = leaf_hash(&entry);
+        let index = self.append_indexed((event.kind, event.annex.clone()), entry, entry_hash).await?;
+        Ok(KeyReceipt { index, entry_hash, operation, version })
     }
 
     /// The latest signed checkpoint note.

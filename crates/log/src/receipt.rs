@@ -1,4 +1,5 @@
-//! Receipts: what the key custodian asks for before it unwraps a data key.
+//! Receipts: what the key custodian asks for before it unwraps a data key, or acts on a
+//! key-encryption key version.
 
 use std::sync::Arc;
 
@@ -61,5 +62,58 @@ impl Receipt {
     /// The private annex the entry commits to, when the boundary gave it.
     pub fn annex(&self) -> Option<&Annex> {
         self.annex.as_deref()
+    }
+}
+
+/// A key operation that a custodian checking receipts against the log performs only against the
+/// receipt of its log entry, which names the key-encryption key version it acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyOperation {
+    /// A new KEK version (a rotation's start).
+    AddVersion,
+    /// An old KEK version retired (destroyed) once no data key uses it.
+    RetireVersion,
+}
+
+impl KeyOperation {
+    /// The log entry's action.
+    pub fn action(&self) -> &'static str {
+        match self {
+            Self::AddVersion => "add-kek-version",
+            Self::RetireVersion => "retire-kek-version",
+        }
+    }
+}
+
+/// Proof that a key operation on one KEK version was durably logged before it is done: its
+/// entry (kind `key`, the operation's action) names the version (`kek vN` at the start of its
+/// detail). Only [`crate::Log::append_key_operation`] makes one.
+#[derive(Debug, Clone)]
+pub struct KeyReceipt {
+    pub(crate) index: u64,
+    pub(crate) entry_hash: Hash,
+    pub(crate) operation: KeyOperation,
+    pub(crate) version: u32,
+}
+
+impl KeyReceipt {
+    /// The index of the logged entry.
+    pub fn index(&self) -> u64 {
+        self.index
+    }
+
+    /// The RFC 6962 leaf hash of the logged entry.
+    pub fn entry_hash(&self) -> &Hash {
+        &self.entry_hash
+    }
+
+    /// The operation.
+    pub fn operation(&self) -> KeyOperation {
+        self.operation
+    }
+
+    /// The KEK version the operation acts on.
+    pub fn version(&self) -> u32 {
+        self.version
     }
 }

@@ -1,5 +1,7 @@
 //! Rotating the KEK: a new version, current at once; every data key re-wrapped under it in
 //! batches while keys go on being handed out; the old versions retired once nothing uses them.
+//! A custodian that checks receipts against the boundary's log makes and retires a version only
+//! against the receipt of the log entry naming it ([`clover_log::KeyReceipt`]).
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
@@ -80,11 +82,11 @@ impl DataKeys {
         Ok((selected, done))
     }
 
-    /// Retires every version but the current one, once no key uses it; an old version that still
-    /// wraps keys is an error (the re-wrap did not finish).
-    pub(crate) async fn retire_old_versions(&self) -> Result<Vec<u32>, KeyError> {
+    /// The versions but the current one, once no key uses them: what a finished re-wrap leaves
+    /// to retire; an old version that still wraps keys is an error (the re-wrap did not finish).
+    pub(crate) async fn old_versions(&self) -> Result<Vec<u32>, KeyError> {
         let current = self.kek.current_version()?;
-        let mut retired = Vec::new();
+        let mut old = Vec::new();
         for (version, count) in self.version_counts().await? {
             if version == current {
                 continue;
@@ -92,10 +94,9 @@ impl DataKeys {
             if count > 0 {
                 return Err(KeyError::VersionInUse { version, count });
             }
-            self.retire(version).await?;
-            retired.push(version);
+            old.push(version);
         }
-        Ok(retired)
+        Ok(old)
     }
 
     /// Retires a KEK version that no data key uses any more.
@@ -130,7 +131,10 @@ impl Rotations {
     /// Starts a rotation, unless one is running (`Ok(None)`): a new KEK version, current at
     /// once. Checking for a running rotation and marking this one are one step. Returns the new
     /// version and how many keys wait to be re-wrapped.
-    pub(crate) async fn start(&self, keys: &DataKeys) -> Result<Option<(u32, u64)>, KeyError> {
+    ///
+    /// With `expected` (the version a logged entry names), the new version must be that one:
+    /// checked before it is made, and after.
+    pub(crate) async fn start(&self, keys: &DataKeys, expected: Option<u32>) -> Result<Option<(u32, u64)>, KeyError> {
         {
             let mut latest = self.latest.lock().unwrap_or_else(PoisonError::into_inner);
             if latest.as_ref().is_some_and(|r| !r.done) {
@@ -138,8 +142,21 @@ impl Rotations {
             }
             *latest = Some(Rotation::default());
         }
+        let not_named = |version: u32| {
+            KeyError::Receipt(format!(
+                "the rotation's log entry names kek v{}, and the new version would be v{version}",
+                expected.unwrap_or_default()
+            ))
+        };
         let started = async {
+            let next = keys.kek.current_version()?.saturating_add(1);
+            if expected.is_some_and(|v| v != next) {
+                return Err(not_named(next));
+            }
             let to_version = keys.kek.add_version()?;
+            if expected.is_some_and(|v| v != to_version) {
+                return Err(not_named(to_version));
+            }
             let counts = keys.version_counts().await?;
             Ok::<_, KeyError>((to_version, counts.iter().filter(|(v, _)| *v != to_version).map(|(_, n)| n).sum()))
         };
@@ -158,8 +175,8 @@ impl Rotations {
         }
     }
 
-    /// Re-wraps every key under the current version in batches, keeping the progress, then
-    /// retires the old versions; returns them.
+    /// Re-wraps every key under the current version in batches, keeping the progress; returns
+    /// the old versions, which no key uses now, to retire.
     pub(crate) async fn run(&self, keys: &DataKeys) -> Result<Vec<u32>, KeyError> {
         loop {
             let done = keys.rewrap_batch(256).await?;
@@ -168,9 +185,12 @@ impl Rotations {
             }
             self.update(|r| r.rewrapped += done);
         }
-        let retired = keys.retire_old_versions().await?;
-        self.update(|r| r.retired.clone_from(&retired));
-        Ok(retired)
+        keys.old_versions().await
+    }
+
+    /// Counts `version` as retired by the latest rotation.
+    pub(crate) fn retired(&self, version: u32) {
+        self.update(|r| r.retired.push(version));
     }
 
     /// Marks the rotation done, or failed with `error`.

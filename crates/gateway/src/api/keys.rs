@@ -19,7 +19,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use clover_event::{Event, EventKind};
 use clover_keys::KeyError;
-use clover_log::LogError;
+use clover_log::{KeyOperation, LogError};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -157,11 +157,22 @@ fn key_event(action: &str, detail: String) -> Event {
 pub async fn rotate(State(boundary): State<Arc<Boundary>>, caller: Caller) -> Result<Response, ApiError> {
     let (decision, log_index) = administer(&boundary, &caller, "rotate-keys", "key rotation").await?;
     let custodian = embedded(&boundary)?;
-    let Some((to_version, total)) = custodian.start_rotation().await.map_err(ApiError::internal)? else {
-        return Err(ApiError::RotationRunning("a key rotation is under way; see GET /v1/keys".to_owned()));
+    let running = || ApiError::RotationRunning("a key rotation is under way; see GET /v1/keys".to_owned());
+    if custodian.rotation().is_some_and(|r| !r.done) {
+        return Err(running());
+    }
+    // The new version is logged, by number, before it is made: the custodian makes it only
+    // against that entry's receipt.
+    let next = custodian.next_kek_version().map_err(ApiError::internal)?;
+    let detail = format!("kek v{next} to be made in {}", custodian.kek().describe());
+    let receipt = boundary
+        .log()
+        .append_key_operation(&key_event(KeyOperation::AddVersion.action(), detail), KeyOperation::AddVersion, next)
+        .await
+        .map_err(ApiError::LogUnavailable)?;
+    let Some((to_version, total)) = custodian.start_rotation(Some(&receipt)).await.map_err(ApiError::internal)? else {
+        return Err(running());
     };
-    let detail = format!("kek v{to_version} created in {}; {total} data keys to re-wrap", custodian.kek().describe());
-    boundary.log().append(&key_event("add-kek-version", detail)).await.map_err(ApiError::LogUnavailable)?;
     tracing::info!(to_version, total, principal = %caller.principal.id, "key rotation started");
     tokio::spawn(run_rotation(boundary.clone(), to_version));
     Ok(answered(
@@ -223,9 +234,12 @@ async fn run_rotation(boundary: Arc<Boundary>, to_version: u32) {
     let Some(custodian) = boundary.custodian().cloned() else { return };
     let outcome: Result<(), RotationStopped> = async {
         for version in custodian.run_rotation().await? {
-            let detail = format!("kek v{version} retired: no data key uses it");
-            let retired = key_event("retire-kek-version", detail);
-            boundary.log().append(&retired).await?;
+            // Logged, by number, before it is destroyed: the custodian retires it only against
+            // that entry's receipt.
+            let detail = format!("kek v{version} to be retired: no data key uses it");
+            let retiring = key_event(KeyOperation::RetireVersion.action(), detail);
+            let receipt = boundary.log().append_key_operation(&retiring, KeyOperation::RetireVersion, version).await?;
+            custodian.retire(version, Some(&receipt)).await?;
             tracing::info!(version, "kek version retired");
         }
         Ok(())

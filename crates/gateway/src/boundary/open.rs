@@ -7,7 +7,7 @@ use clover_custodian::{CacheOptions, Custodian, KeyStore};
 use clover_event::{Event, EventKind};
 use clover_keys::pkcs11::{AuthPin, Pkcs11Config, Pkcs11Kek, Pkcs11Signer, Token};
 use clover_keys::{Kek, KeyCustody, KeyError, Keyring};
-use clover_log::{Log, LogError, LogOptions};
+use clover_log::{KeyOperation, Log, LogError, LogOptions};
 use clover_store::{PostgresStore, SqliteStore, Store};
 use clover_tlog::note::{NoteSigner, VerifierKey};
 
@@ -282,16 +282,23 @@ async fn take_legacy_keys(store: &Arc<dyn Store>, custodian: &Custodian, log: &L
     // The data store's copies (its backups) hold those keys wrapped under the KEK versions of
     // then: a rotation re-wraps every key under a new version and retires the old ones, so that
     // those copies open nothing once a subject is erased.
-    if let Some((to_version, total)) = custodian.start_rotation().await? {
-        let detail =
-            format!("kek v{to_version} created in {}; {total} data keys to re-wrap", custodian.kek().describe());
-        log.append(&setup_event(EventKind::Key, "add-kek-version", detail)).await?;
-        let outcome = custodian.run_rotation().await;
-        custodian.end_rotation(outcome.as_ref().err().map(ToString::to_string));
-        for version in outcome? {
-            let detail = format!("kek v{version} retired: no data key uses it");
-            log.append(&setup_event(EventKind::Key, "retire-kek-version", detail)).await?;
+    let next = custodian.next_kek_version()?;
+    let detail = format!("kek v{next} to be made in {}: the data keys taken re-wrapped", custodian.kek().describe());
+    let adding = setup_event(EventKind::Key, KeyOperation::AddVersion.action(), detail);
+    let receipt = log.append_key_operation(&adding, KeyOperation::AddVersion, next).await?;
+    if let Some((to_version, total)) = custodian.start_rotation(Some(&receipt)).await? {
+        let outcome = async {
+            for version in custodian.run_rotation().await? {
+                let detail = format!("kek v{version} to be retired: no data key uses it");
+                let retiring = setup_event(EventKind::Key, KeyOperation::RetireVersion.action(), detail);
+                let receipt = log.append_key_operation(&retiring, KeyOperation::RetireVersion, version).await?;
+                custodian.retire(version, Some(&receipt)).await?;
+            }
+            Ok::<_, OpenError>(())
         }
+        .await;
+        custodian.end_rotation(outcome.as_ref().err().map(ToString::to_string));
+        outcome?;
         tracing::info!(to_version, total, "the data keys taken from the data store re-wrapped; the old kek retired");
     }
     Ok(())

@@ -1,6 +1,7 @@
 //! Key rotation over HTTP: key custodians only; data keys re-wrapped while reads go on; the old
 //! version retired; every step logged.
 
+use clover_keys::KeyError;
 use serde_json::{Value, json};
 
 use crate::harness::{DUBLIN, SINGAPORE, TestApp, log_entries, problem, served_log};
@@ -89,9 +90,77 @@ async fn a_key_custodian_rotates_and_everything_still_opens() {
     let log = std::fs::read(app.data_dir().join("log").join("entries")).unwrap_or_default();
     let text = String::from_utf8_lossy(&log);
     let rotate = text.find("\"rotate-keys\"").unwrap();
-    let added = text.find("kek v2 created").unwrap();
-    let retired = text.find("kek v1 retired").unwrap();
+    let added = text.find("kek v2 to be made").unwrap();
+    let retired = text.find("kek v1 to be retired").unwrap();
     assert!(rotate < added && added < retired);
+}
+
+/// The embedded custodian makes and retires a KEK version only against the receipt of the log
+/// entry that names it, logged before: without one, for another version, or from another log,
+/// it refuses, and the version stays as it was.
+#[tokio::test]
+async fn a_key_operation_needs_the_receipt_of_its_entry_naming_the_version() {
+    use clover_log::KeyOperation;
+    let app = TestApp::start().await;
+    app.seed("u-1", json!({"name": "Ana"})).await;
+    let custodian = app.boundary.custodian().unwrap().clone();
+    let refused = |outcome: Result<(), KeyError>, expected: &str| match outcome {
+        Err(KeyError::Receipt(m)) => assert!(m.contains(expected), "{m}"),
+        other => panic!("{other:?}"),
+    };
+    let key_event = |action: &str, detail: String| clover_event::Event {
+        v: clover_event::EVENT_VERSION,
+        kind: clover_event::EventKind::Key,
+        time: time::OffsetDateTime::now_utc().unix_timestamp(),
+        principal: None,
+        origin: None,
+        action: Some(action.to_owned()),
+        subject: None,
+        category: None,
+        decision: None,
+        purpose: None,
+        annex: None,
+        detail: Some(detail),
+    };
+    let entry = |action: &str, version: u32| key_event(action, format!("kek v{version} named"));
+    let log = app.boundary.log();
+    // No receipt.
+    refused(custodian.start_rotation(None).await.map(drop), "no log entry names the version it acts on");
+    refused(custodian.retire(1, None).await, "no log entry names the version it acts on");
+    // A receipt for the wrong operation, or naming another version than the next.
+    let retire_1 = log.append_key_operation(&entry("retire-kek-version", 1), KeyOperation::RetireVersion, 1).await;
+    refused(custodian.start_rotation(Some(&retire_1.unwrap())).await.map(drop), "is a retire-kek-version");
+    let add_5 = log.append_key_operation(&entry("add-kek-version", 5), KeyOperation::AddVersion, 5).await.unwrap();
+    refused(custodian.start_rotation(Some(&add_5)).await.map(drop), "names kek v5, and the new version would be v2");
+    // An entry of another log (same key operation, appended elsewhere).
+    let dir = tempfile::tempdir().unwrap();
+    let signer = clover_tlog::note::SigningKey::generate("other.test", clover_tlog::note::TYPE_ED25519).unwrap();
+    let other = clover_log::Log::open(dir.path(), signer, clover_log::LogOptions::default()).unwrap();
+    for _ in 0..log.size() {
+        other.append(&entry("filler", 0)).await.unwrap();
+    }
+    let foreign = other.append_key_operation(&entry("add-kek-version", 2), KeyOperation::AddVersion, 2).await.unwrap();
+    refused(custodian.start_rotation(Some(&foreign)).await.map(drop), "is not the one the log holds at that index");
+    // The log refuses to make a receipt for an entry that does not name the version.
+    let unnamed = key_event("add-kek-version", "a new version".into());
+    assert!(matches!(
+        log.append_key_operation(&unnamed, KeyOperation::AddVersion, 2).await,
+        Err(clover_log::LogError::NotPermitted(_))
+    ));
+    assert_eq!(custodian.next_kek_version().unwrap(), 2, "nothing was made");
+
+    // The honest one: v2 made, then v1 retired against an entry naming v1, not v2.
+    let add_2 = log.append_key_operation(&entry("add-kek-version", 2), KeyOperation::AddVersion, 2).await.unwrap();
+    assert_eq!(custodian.start_rotation(Some(&add_2)).await.unwrap().unwrap().0, 2);
+    assert_eq!(custodian.run_rotation().await.unwrap(), vec![1]);
+    let retire_2 = log.append_key_operation(&entry("retire-kek-version", 2), KeyOperation::RetireVersion, 2).await;
+    refused(custodian.retire(1, Some(&retire_2.unwrap())).await, "names kek v2, not v1");
+    let retire_1 = log.append_key_operation(&entry("retire-kek-version", 1), KeyOperation::RetireVersion, 1).await;
+    custodian.retire(1, Some(&retire_1.unwrap())).await.unwrap();
+    custodian.end_rotation(None);
+    let versions = keys(&app).await["versions"].clone();
+    assert_eq!(versions.as_array().map(|v| v.len()), Some(1), "{versions}");
+    assert_eq!(versions[0]["version"], 2, "{versions}");
 }
 
 #[tokio::test]
