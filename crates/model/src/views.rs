@@ -187,7 +187,7 @@ mod tests {
         assert_eq!(
             serde_json::Value::Object(view.as_map().clone()),
             serde_json::json!({
-                "name": "t:name\u{0}\"Ada\"", "email": "A***@example.org", "birth_date": "2010",
+                "name": "t:name\u{0}\"Ada\"", "email": "a***@example.org", "birth_date": "2010",
                 "ip": "192.0.2.0/24", "ip6": "2001:db8:1::/48", "note": "***"
             })
         );
