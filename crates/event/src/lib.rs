@@ -47,6 +47,9 @@ pub enum EventKind {
     Config,
     /// An approval requested or granted.
     Approval,
+    /// Where the region's data lives (at every start of a boundary): each place by site and
+    /// region, never an address.
+    Residency,
 }
 
 /// The caller, as a format 2 entry records it: what they are, not who.

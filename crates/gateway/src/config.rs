@@ -50,6 +50,9 @@ pub struct Config {
     /// TLS: the listener's certificate, client certificates of services, and the certificate
     /// this boundary presents to its custodian and witnesses.
     pub tls: TlsConfig,
+    /// Where the region's data may live: places allowed outside the region's sites.
+    #[serde(skip_serializing_if = "crate::residency::ResidencyConfig::is_empty")]
+    pub residency: crate::residency::ResidencyConfig,
 }
 
 /// TLS (`[tls]`): unset, the boundary serves plain HTTP, and only on a loopback address.
@@ -527,6 +530,7 @@ impl Default for Config {
             policy: PolicyConfig::default(),
             views: clover_model::ViewRules::default().views,
             tls: TlsConfig::default(),
+            residency: crate::residency::ResidencyConfig::default(),
         }
     }
 }
@@ -608,6 +612,12 @@ impl Config {
 
     /// Checks what serde cannot: unique names, a sane body limit.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(exception) = self.residency.exceptions.iter().find(|e| e.reason.trim().is_empty()) {
+            return Err(ConfigError::Invalid(format!(
+                "[[residency.exceptions]] for the {} needs a reason: it is logged for auditors",
+                exception.place.as_str()
+            )));
+        }
         for (name, store) in [("store", &self.store), ("[keys] store", &self.keys.store)] {
             if let Some(store) = store
                 && !(store.starts_with("postgres://") || store.starts_with("postgresql://"))

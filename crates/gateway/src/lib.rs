@@ -26,6 +26,7 @@ pub mod problem;
 mod refusals;
 pub mod report;
 pub mod reseal;
+pub mod residency;
 pub mod witnesses;
 
 pub use api::serve;

@@ -52,6 +52,9 @@ pub enum OpenError {
     /// A TLS certificate, key or CA could not be used.
     #[error("tls")]
     Tls(#[from] clover_tls::TlsError),
+    /// A place that keeps the region's data is outside the region.
+    #[error(transparent)]
+    Residency(#[from] crate::residency::ResidencyError),
 }
 
 impl Boundary {
@@ -59,6 +62,8 @@ impl Boundary {
     /// opens its database. The data directory must be initialised.
     pub async fn open(config: Config) -> Result<Self, OpenError> {
         config.validate()?;
+        // Where the data will live, before anything is opened there.
+        let residency = crate::residency::check(&config).await?;
         // The recorder first, so that what opening records (the certificate's expiry) is kept.
         crate::metrics::handle();
         let tls = server_tls(&config)?;
@@ -144,6 +149,10 @@ impl Boundary {
                 (custodian.clone(), Some(custodian))
             }
         };
+        // Where the region's data lives, at every start: sites and regions, no address.
+        let detail = residency.detail();
+        log.append(&setup_event(EventKind::Residency, "residency", detail.clone())).await?;
+        tracing::info!("{detail}");
         let sites = Sites::new(&config.sites);
         let pack = std::sync::RwLock::new(Arc::new(load_pack(&config)?));
         let cosigned = witnesses::start(log.clone(), &config.log.witnesses, client);

@@ -50,14 +50,17 @@ async fn every_decision_is_logged_and_every_answer_carries_its_index() {
 
     let indexes: Vec<u64> =
         [&put, &post, &read, &denied, &erased].iter().map(|b| b["log_index"].as_u64().unwrap()).collect();
-    // Entries 0 and 1: the keyring and the configuration, logged when the boundary first opened.
+    // Entries 0, 1 and 2: the keyring, the configuration and where the data lives, logged when
+    // the boundary first opened.
     let key = entry(&app, 0).await;
     assert_eq!((key["kind"].as_str(), key["action"].as_str()), (Some("key"), Some("create-keyring")));
     assert!(key["detail"].as_str().unwrap().contains("checkpoint key clover.local/eu+"), "{key}");
     let config = entry(&app, 1).await;
     assert_eq!((config["kind"].as_str(), config["action"].as_str()), (Some("config"), Some("configure")));
     assert!(config["detail"].as_str().unwrap().starts_with("configuration sha256:"), "{config}");
-    assert_eq!(indexes, vec![2, 3, 4, 5, 6], "one entry per decision, in order");
+    let residency = entry(&app, 2).await;
+    assert_eq!((residency["kind"].as_str(), residency["action"].as_str()), (Some("residency"), Some("residency")));
+    assert_eq!(indexes, vec![3, 4, 5, 6, 7], "one entry per decision, in order");
 
     let expected = [
         ("write", "write", "allow", None),
@@ -69,7 +72,7 @@ async fn every_decision_is_logged_and_every_answer_carries_its_index() {
     let pseudonym = app.boundary.principal_pseudonym("employee", "ana");
     let mut tags = std::collections::HashSet::new();
     for (index, (kind, action, effect, category)) in expected.into_iter().enumerate() {
-        let e = entry(&app, index as u64 + 2).await;
+        let e = entry(&app, index as u64 + 3).await;
         assert_eq!(e["v"], 2);
         assert_eq!(e["kind"], kind, "{e}");
         assert_eq!(e["action"], action, "{e}");
@@ -88,12 +91,12 @@ async fn every_decision_is_logged_and_every_answer_carries_its_index() {
         assert_eq!(annex.principal.as_deref(), Some("ana"));
         assert!(matches!(annex.subject, AnnexField::Unlinked(_)), "{annex:?}");
     }
-    let read_entry = entry(&app, 4).await;
+    let read_entry = entry(&app, 5).await;
     assert_eq!(read_entry["purpose"], "support");
     assert_eq!(annex_of(&app.boundary, &read_entry).await.justification.as_deref(), Some("TICKET-42"));
     assert_eq!(read_entry["origin"], json!({"site": "dublin-1", "region": "eu"}));
     assert_eq!(read_entry["decision"]["view"], "full");
-    let denied_entry = entry(&app, 5).await;
+    let denied_entry = entry(&app, 6).await;
     assert_eq!(denied_entry["origin"], json!({"site": "singapore-1", "region": "sg"}));
     assert_eq!(denied_entry["decision"]["policies"], json!(["no-full-view-from-outside"]));
     assert_eq!(denied_entry["decision"]["view"], Value::Null);
