@@ -10,6 +10,7 @@ pub(crate) mod init;
 pub(crate) mod keys;
 pub(crate) mod log;
 pub(crate) mod policy;
+pub(crate) mod repatriate;
 pub(crate) mod serve;
 pub(crate) mod token;
 

@@ -11,7 +11,7 @@ mod args;
 mod commands;
 mod listener;
 
-use commands::{audit, bench, custodian, init, keys, log, policy, serve, token};
+use commands::{audit, bench, custodian, init, keys, log, policy, repatriate, serve, token};
 
 /// Clover keeps a region's user data inside the region.
 #[derive(Debug, Parser)]
@@ -47,6 +47,9 @@ enum Command {
     /// The key custodian as its own process.
     #[command(subcommand)]
     Custodian(Box<custodian::CustodianCommand>),
+    /// Repatriation: bring a region's data home from a store abroad (`plan`, `digest`).
+    #[command(subcommand)]
+    Repatriate(repatriate::RepatriateCommand),
     /// Measure what Clover costs: scenarios in-process against baselines measured in the same
     /// run, or a running server driven over HTTP.
     #[command(subcommand)]
@@ -63,6 +66,7 @@ fn main() -> ExitCode {
         Command::Policy(command) => command.run(),
         Command::Keys(command) => command.run(),
         Command::Custodian(command) => command.run(),
+        Command::Repatriate(command) => command.run(),
         Command::Bench(command) => command.run(),
     };
     match result {

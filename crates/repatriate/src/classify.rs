@@ -293,13 +293,15 @@ impl Classifier {
     }
 }
 
-/// `YYYY-MM-DD`, and nothing else.
+/// `YYYY-MM-DD` (four digits, a year from 1), a real date, and nothing else.
 fn parse_date(text: &str) -> Option<time::Date> {
     let format = time::macros::format_description!("[year]-[month]-[day]");
-    if text.len() != 10 {
+    let shape = text.len() == 10
+        && text.bytes().enumerate().all(|(i, b)| if i == 4 || i == 7 { b == b'-' } else { b.is_ascii_digit() });
+    if !shape {
         return None;
     }
-    time::Date::parse(text, &format).ok()
+    time::Date::parse(text, &format).ok().filter(|d| d.year() >= 1)
 }
 
 /// The fields from a JSON text: an object, or why not.
@@ -374,6 +376,8 @@ mod tests {
             (raw("4", "", None, "{}"), "no home region or country"),
             (raw("5", "IE", Some("31/01/1990"), "{}"), "YYYY-MM-DD"),
             (raw("6", "IE", Some("1990-02-30"), "{}"), "YYYY-MM-DD"),
+            (raw("6b", "IE", Some("0000-01-01"), "{}"), "YYYY-MM-DD"),
+            (raw("6c", "IE", Some("+990-01-01"), "{}"), "YYYY-MM-DD"),
             (raw("7", "IE", None, "[1]"), "found an array"),
             (raw("8", "IE", None, "{"), "invalid JSON"),
             (raw("9", "IE", None, &format!("{{\"a\":\"{}\"}}", "x".repeat(200))), "more than the limit of 200"),

@@ -1,7 +1,7 @@
 //! JSON Lines: one JSON object a line, read in file order (which is part of the root).
 //!
 //! A line's values are the object's members named by the mapping. Text is taken as is, a
-//! number as serde_json prints it, `true`/`false` as such, and `null` or a missing member as
+//! number as the canonical encoding writes it, `true`/`false` as such, and `null` or a missing member as
 //! nothing. The fields are an object member, or a string holding a JSON object. Blank lines are
 //! skipped; a line that is not UTF-8 or not a JSON object is an unclassifiable row.
 
@@ -14,6 +14,7 @@ use serde_json::{Map, Value};
 use crate::classify::{Position, RawRow, RawValues, Reason, fields_from_text, kind_of};
 use crate::error::SourceError;
 use crate::mapping::{CategorySource, Columns, FieldsSource, Place};
+use crate::record::canonical_json;
 
 /// A JSON Lines file being read.
 #[derive(Debug)]
@@ -99,7 +100,8 @@ fn scalar(object: &Map<String, Value>, column: &str) -> Result<Option<String>, R
     match object.get(column) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(Value::Number(n)) => Ok(Some(n.to_string())),
+        // As the canonical encoding writes it (not as a library happens to print it).
+        Some(number @ Value::Number(_)) => Ok(Some(String::from_utf8_lossy(&canonical_json(number)).into_owned())),
         Some(Value::Bool(b)) => Ok(Some(b.to_string())),
         Some(other) => Err(Reason::NotScalar { column: column.to_owned(), kind: kind_of(other) }),
     }

@@ -93,7 +93,8 @@ impl PgSource {
             move |source| SourceError::Database { what, url, source }
         };
         let mut conn = PgConnection::connect(url).await.map_err(db("cannot connect"))?;
-        sqlx::raw_sql("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL datestyle = 'ISO, YMD'")
+        // The snapshot is taken by the first query, here, when the source is opened.
+        sqlx::raw_sql("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL datestyle = 'ISO, YMD'; SELECT 1")
             .execute(&mut conn)
             .await
             .map_err(db("cannot start a read-only snapshot"))?;
