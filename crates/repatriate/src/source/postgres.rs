@@ -81,7 +81,11 @@ pub fn select(columns: &Columns, table: &TableName) -> String {
             list.extend(cs.iter().map(|c| format!("CAST(to_jsonb({}) AS text)", quote_ident(c))));
         }
     }
-    format!("SELECT {} FROM {} ORDER BY {}", list.join(", "), qualified(table), quote_ident(&columns.source_key))
+    // Output columns get names of their own and the key is qualified, so that ORDER BY sorts
+    // by the key column itself, in its type's order, not by its text (an output column of the
+    // same name would otherwise win: 10 before 2).
+    let list: Vec<String> = list.into_iter().enumerate().map(|(i, c)| format!("{c} AS c{i}")).collect();
+    format!("SELECT {} FROM {} AS src ORDER BY src.{}", list.join(", "), qualified(table), quote_ident(&columns.source_key))
 }
 
 impl PgSource {
@@ -244,8 +248,9 @@ mod tests {
         let t = m.tables[0].table.clone().unwrap();
         assert_eq!(
             select(&m.tables[0], &t),
-            "SELECT CAST(\"id\" AS text), CAST(\"user\" AS text), CAST(\"region\" AS text), CAST(\"kind\" AS text), \
-             CAST(to_jsonb(\"name\") AS text), CAST(to_jsonb(\"age\") AS text) FROM \"s p\".\"people \"\"sg\"\"\" ORDER BY \"id\""
+            "SELECT CAST(\"id\" AS text) AS c0, CAST(\"user\" AS text) AS c1, CAST(\"region\" AS text) AS c2, \
+             CAST(\"kind\" AS text) AS c3, CAST(to_jsonb(\"name\") AS text) AS c4, CAST(to_jsonb(\"age\") AS text) AS c5 \
+             FROM \"s p\".\"people \"\"sg\"\"\" AS src ORDER BY src.\"id\""
         );
     }
 }
