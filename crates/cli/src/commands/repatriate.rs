@@ -158,11 +158,7 @@ impl Meter {
     fn line(&self, what: &str) {
         let secs = self.started.elapsed().as_secs_f64();
         let rate = if secs > 0.0 { self.seen.rows as f64 / secs } else { 0.0 };
-        eprintln!(
-            "{what} {} rows, {} in {secs:.1} s ({rate:.0} rows/s)",
-            self.seen.rows,
-            HumanBytes(self.seen.bytes)
-        );
+        eprintln!("{what} {} rows, {} in {secs:.1} s ({rate:.0} rows/s)", self.seen.rows, HumanBytes(self.seen.bytes));
     }
 
     fn finish(&self) {

@@ -85,7 +85,12 @@ pub fn select(columns: &Columns, table: &TableName) -> String {
     // by the key column itself, in its type's order, not by its text (an output column of the
     // same name would otherwise win: 10 before 2).
     let list: Vec<String> = list.into_iter().enumerate().map(|(i, c)| format!("{c} AS c{i}")).collect();
-    format!("SELECT {} FROM {} AS src ORDER BY src.{}", list.join(", "), qualified(table), quote_ident(&columns.source_key))
+    format!(
+        "SELECT {} FROM {} AS src ORDER BY src.{}",
+        list.join(", "),
+        qualified(table),
+        quote_ident(&columns.source_key)
+    )
 }
 
 impl PgSource {

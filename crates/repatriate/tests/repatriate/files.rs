@@ -48,7 +48,8 @@ async fn jsonl_rows_are_classified_exactly_and_the_root_covers_the_regions_recor
     // One field of a region's record changes the root; a change to another region's does not.
     let mut changed = people();
     changed[0].data = changed[0].data.replace("Cork", "Galway");
-    let other = plan_of(&file(dir.path(), "changed.jsonl", people_jsonl(&changed)), MAPPING, OpenOptions::default()).await;
+    let other =
+        plan_of(&file(dir.path(), "changed.jsonl", people_jsonl(&changed)), MAPPING, OpenOptions::default()).await;
     assert_ne!(other.root, plan.root);
     let mut elsewhere = people();
     elsewhere[3].data = elsewhere[3].data.replace("Wei", "Mei");
@@ -66,7 +67,8 @@ async fn jsonl_rows_are_classified_exactly_and_the_root_covers_the_regions_recor
 #[tokio::test]
 async fn csv_of_the_same_rows_gives_the_same_counts_and_root() {
     let dir = tempfile::tempdir().unwrap();
-    let jsonl = plan_of(&file(dir.path(), "people.jsonl", people_jsonl(&people())), MAPPING, OpenOptions::default()).await;
+    let jsonl =
+        plan_of(&file(dir.path(), "people.jsonl", people_jsonl(&people())), MAPPING, OpenOptions::default()).await;
     let mut writer = csv::Writer::from_writer(Vec::new());
     writer.write_record(["id", "user_id", "country", "born", "kind", "data"]).unwrap();
     for p in people() {
@@ -75,7 +77,8 @@ async fn csv_of_the_same_rows_gives_the_same_counts_and_root() {
             .write_record([id.as_str(), p.user, p.country.unwrap_or(""), p.born.unwrap_or(""), p.kind, &p.data])
             .unwrap();
     }
-    let csv = plan_of(&file(dir.path(), "people.csv", writer.into_inner().unwrap()), MAPPING, OpenOptions::default()).await;
+    let csv =
+        plan_of(&file(dir.path(), "people.csv", writer.into_inner().unwrap()), MAPPING, OpenOptions::default()).await;
     assert_eq!(counts(&csv), counts(&jsonl));
     assert_eq!(csv.root, jsonl.root);
     assert_eq!(csv.records, 3);
@@ -94,7 +97,9 @@ async fn bad_lines_are_reported_with_their_line_numbers() {
         field_columns = ["name", "email"]
     "#;
     let mut jsonl: Vec<u8> = Vec::new();
-    jsonl.extend_from_slice(b"{\"id\": \"a\", \"user\": \"u-a\", \"region\": \"eu\", \"name\": \"A\", \"email\": null}\n");
+    jsonl.extend_from_slice(
+        b"{\"id\": \"a\", \"user\": \"u-a\", \"region\": \"eu\", \"name\": \"A\", \"email\": null}\n",
+    );
     jsonl.extend_from_slice(b"\n");
     jsonl.extend_from_slice(b"{\"id\": \"b\", \"user\": \"u-b\", \"region\": \"eu\", \"name\": \"\xff\xfe\"}\n");
     jsonl.extend_from_slice(b"[1, 2]\n");

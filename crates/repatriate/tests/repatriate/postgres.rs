@@ -78,7 +78,8 @@ impl Drop for Singapore {
                     let _ = conn.close().await;
                 }
                 if let Ok(mut conn) = PgConnection::connect(&server).await {
-                    let _ = sqlx::raw_sql(AssertSqlSafe(format!("DROP ROLE IF EXISTS {role}"))).execute(&mut conn).await;
+                    let _ =
+                        sqlx::raw_sql(AssertSqlSafe(format!("DROP ROLE IF EXISTS {role}"))).execute(&mut conn).await;
                     let _ = conn.close().await;
                 }
             });
@@ -106,13 +107,17 @@ async fn the_table_gives_the_counts_and_the_root_of_the_same_rows_as_json_lines(
     assert!(!plan.source.contains("pw-") && plan.source.starts_with("postgres://clover_src_"), "{}", plan.source);
 
     let dir = tempfile::tempdir().unwrap();
-    let jsonl = plan_of(&file(dir.path(), "people.jsonl", people_jsonl(&people())), MAPPING, OpenOptions::default()).await;
+    let jsonl =
+        plan_of(&file(dir.path(), "people.jsonl", people_jsonl(&people())), MAPPING, OpenOptions::default()).await;
     assert_eq!(plan.root, jsonl.root);
     assert_eq!(counts(&plan), counts(&jsonl));
 
     // One field changed in the database changes the root.
     let mut admin = PgConnection::connect(&sg.admin_url).await.unwrap();
-    sqlx::query("UPDATE people SET data = replace(data, 'Cork', 'Galway') WHERE id = 1").execute(&mut admin).await.unwrap();
+    sqlx::query("UPDATE people SET data = replace(data, 'Cork', 'Galway') WHERE id = 1")
+        .execute(&mut admin)
+        .await
+        .unwrap();
     admin.close().await.unwrap();
     let changed = plan_of(&spec, MAPPING, OpenOptions::default()).await;
     assert_ne!(changed.root, plan.root);
