@@ -16,4 +16,5 @@ mod crash;
 mod custodian;
 mod hsm;
 mod policy;
+mod repatriate;
 mod tls;
