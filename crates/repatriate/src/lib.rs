@@ -5,7 +5,7 @@
 //! this region's, another region's (left where it is) or unclassifiable (with its line or key
 //! and the reason); this region's records get a canonical encoding and a SHA-256 digest
 //! ([`record`]) and their digests, in source order, an RFC 6962 Merkle root ([`merkle`]).
-//! [`plan`] counts it all. `docs/repatriation.md` defines the encoding and the tree for other
+//! [`mod@plan`] counts it all. `docs/repatriation.md` defines the encoding and the tree for other
 //! tools, with a worked example and a Python script that recomputes the root.
 //!
 //! The boundary side (writing through the gateway, verifying, purging, the receipt) uses this

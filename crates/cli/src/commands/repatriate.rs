@@ -42,7 +42,7 @@ pub(crate) struct SourceArgs {
     /// categories and fields.
     #[arg(long, value_name = "FILE")]
     mapping: PathBuf,
-    /// A PostgreSQL source, read through the mapping's [[tables]] in one read-only snapshot.
+    /// A PostgreSQL source, read through the mapping's `[[tables]]` in one read-only snapshot.
     #[arg(
         long,
         value_name = "URL",
@@ -52,7 +52,7 @@ pub(crate) struct SourceArgs {
         required_unless_present = "file"
     )]
     source_url: Option<String>,
-    /// A JSON Lines (*.jsonl, *.ndjson) or CSV (*.csv) source, read through the mapping's [file].
+    /// A JSON Lines (*.jsonl, *.ndjson) or CSV (*.csv) source, read through the mapping's `[file]`.
     #[arg(long, value_name = "PATH")]
     file: Option<PathBuf>,
     /// The region whose records come home.
