@@ -51,8 +51,8 @@ pub struct Config {
     /// this boundary presents to its custodian and witnesses.
     pub tls: TlsConfig,
     /// Where the region's data may live: places allowed outside the region's sites.
-    #[serde(skip_serializing_if = "crate::residency::ResidencyConfig::is_empty")]
-    pub residency: crate::residency::ResidencyConfig,
+    #[serde(skip_serializing_if = "ResidencyConfig::is_empty")]
+    pub residency: ResidencyConfig,
 }
 
 /// TLS (`[tls]`): unset, the boundary serves plain HTTP, and only on a loopback address.
@@ -530,8 +530,60 @@ impl Default for Config {
             policy: PolicyConfig::default(),
             views: clover_model::ViewRules::default().views,
             tls: TlsConfig::default(),
-            residency: crate::residency::ResidencyConfig::default(),
+            residency: ResidencyConfig::default(),
         }
+    }
+}
+
+// Residency: where the region's data may live (`crate::residency` checks it at start).
+
+/// A place that keeps the region's data, or is sent its keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Place {
+    /// The data store (`store`).
+    Store,
+    /// The custodian's key store (`[keys] store`).
+    KeyStore,
+    /// A custodian in its own process (`[keys] custodian`).
+    Custodian,
+}
+
+impl Place {
+    /// How the configuration and the log name it.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Store => "store",
+            Self::KeyStore => "key-store",
+            Self::Custodian => "custodian",
+        }
+    }
+}
+
+/// A place allowed outside the region's sites, and why (`[[residency.exceptions]]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResidencyException {
+    /// The place.
+    pub place: Place,
+    /// Why it may be outside: a sentence for auditors, logged in the `residency` entry (so it
+    /// names no address).
+    pub reason: String,
+}
+
+/// `[residency]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResidencyConfig {
+    /// Places allowed outside the region's sites, each with its reason.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub exceptions: Vec<ResidencyException>,
+}
+
+impl ResidencyConfig {
+    /// Whether it names no exception (the default, left out of a written configuration).
+    pub fn is_empty(&self) -> bool {
+        self.exceptions.is_empty()
     }
 }
 

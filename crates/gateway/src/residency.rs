@@ -14,60 +14,9 @@
 use std::net::IpAddr;
 
 use clover_model::{Origin, Region};
-use serde::{Deserialize, Serialize};
 
-use crate::config::Config;
+use crate::config::{Config, Place};
 use crate::origin::Sites;
-
-/// A place that keeps the region's data, or is sent its keys.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Place {
-    /// The data store (`store`).
-    Store,
-    /// The custodian's key store (`[keys] store`).
-    KeyStore,
-    /// A custodian in its own process (`[keys] custodian`).
-    Custodian,
-}
-
-impl Place {
-    /// How the configuration and the log name it.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Self::Store => "store",
-            Self::KeyStore => "key-store",
-            Self::Custodian => "custodian",
-        }
-    }
-}
-
-/// A place allowed outside the region's sites, and why (`[[residency.exceptions]]`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Exception {
-    /// The place.
-    pub place: Place,
-    /// Why it may be outside: a sentence for auditors, logged in the `residency` entry (so it
-    /// names no address).
-    pub reason: String,
-}
-
-/// `[residency]`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ResidencyConfig {
-    /// Places allowed outside the region's sites, each with its reason.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub exceptions: Vec<Exception>,
-}
-
-impl ResidencyConfig {
-    /// Whether it names no exception (the default, left out of a written configuration).
-    pub fn is_empty(&self) -> bool {
-        self.exceptions.is_empty()
-    }
-}
 
 /// Where one place is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -261,6 +210,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::panic)]
 
     use super::*;
+    use crate::config::ResidencyException;
 
     fn config(store: Option<&str>, custodian: Option<&str>) -> Config {
         let mut config = Config { store: store.map(str::to_owned), ..Config::default() };
@@ -302,11 +252,11 @@ mod tests {
         // not enough.
         let mut excepted = config(Some("postgres://clover@127.0.2.9/clover"), None);
         let reason = "read replica for the migration, until 2027-01";
-        excepted.residency.exceptions = vec![Exception { place: Place::Store, reason: reason.into() }];
+        excepted.residency.exceptions = vec![ResidencyException { place: Place::Store, reason: reason.into() }];
         let err = check(&excepted).await.unwrap_err().to_string();
         assert!(err.contains("the key-store at 127.0.2.9"), "{err}");
         // An exception for each, with its reason, lets it start, and the entry says so.
-        excepted.residency.exceptions.push(Exception { place: Place::KeyStore, reason: reason.into() });
+        excepted.residency.exceptions.push(ResidencyException { place: Place::KeyStore, reason: reason.into() });
         let detail = check(&excepted).await.unwrap().detail();
         assert_eq!(
             detail,
