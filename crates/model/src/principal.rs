@@ -82,6 +82,8 @@ pub enum Action {
     Approve,
     /// Administer the boundary: rotate its keys.
     Administer,
+    /// Bring a record of the region's home from a store abroad (`clover repatriate`).
+    Repatriate,
 }
 
 impl Action {
@@ -94,6 +96,7 @@ impl Action {
             Self::ListAccesses => "list-accesses",
             Self::Approve => "approve",
             Self::Administer => "administer",
+            Self::Repatriate => "repatriate",
         }
     }
 }

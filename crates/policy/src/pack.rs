@@ -362,17 +362,20 @@ impl PolicyPack {
                 }
                 self.refusal(forbids)
             }
-            Action::Write | Action::Erase | Action::ListAccesses | Action::Approve | Action::Administer => {
-                match self.evaluate(&prepared, cedar_action(request.action)) {
-                    Ok((true, permits)) => Decision {
-                        outcome: Outcome::Allow(View::Full),
-                        policies: permits,
-                        reason: format!("{} is allowed", request.action),
-                    },
-                    Ok((false, forbids)) => self.refusal(forbids),
-                    Err(e) => error_decision(e),
-                }
-            }
+            Action::Write
+            | Action::Erase
+            | Action::ListAccesses
+            | Action::Approve
+            | Action::Administer
+            | Action::Repatriate => match self.evaluate(&prepared, cedar_action(request.action)) {
+                Ok((true, permits)) => Decision {
+                    outcome: Outcome::Allow(View::Full),
+                    policies: permits,
+                    reason: format!("{} is allowed", request.action),
+                },
+                Ok((false, forbids)) => self.refusal(forbids),
+                Err(e) => error_decision(e),
+            },
         }
     }
 
@@ -506,6 +509,7 @@ fn cedar_action(action: Action) -> &'static str {
         Action::ListAccesses => "list_accesses",
         Action::Approve => "approve",
         Action::Administer => "administer",
+        Action::Repatriate => "repatriate",
     }
 }
 

@@ -57,6 +57,17 @@ fn administer(r: &mut PackRequest, roles: &[&str]) {
     r.principal.roles = roles.iter().map(|s| s.to_string()).collect();
 }
 
+/// Turns the request into `ana` bringing the record home from abroad with `roles`, declaring
+/// no purpose (a repatriation is not a use of the data).
+fn repatriate(r: &mut PackRequest, roles: &[&str]) {
+    r.action = Action::Repatriate;
+    r.principal.roles = roles.iter().map(|s| s.to_string()).collect();
+    r.purpose = None;
+    r.purpose_declared = false;
+    r.purpose_allowed_for_category = false;
+    r.purpose_role_ok = false;
+}
+
 /// Turns the request into `ana` listing who accessed a subject's data.
 fn list_accesses(r: &mut PackRequest) {
     r.action = Action::ListAccesses;
@@ -272,6 +283,66 @@ fn cases() -> Vec<Case> {
             deny,
             &["default-deny"],
             &["key-custodians-administer"],
+        ),
+        case(
+            "a repatriation operator in the region brings a record home",
+            |r| repatriate(r, &["repatriation"]),
+            full,
+            &["repatriation-by-its-operators"],
+            &[],
+        ),
+        case(
+            "a minor's sensitive record comes home like any other",
+            |r| {
+                repatriate(r, &["repatriation"]);
+                r.resource = record("messages", true, true);
+            },
+            full,
+            &["repatriation-by-its-operators"],
+            &["minors-sensitive-data-needs-approval", "ticket-for-sensitive"],
+        ),
+        case(
+            "nobody else repatriates, not a key custodian nor an agent",
+            |r| repatriate(r, &["key-custodian", "agent"]),
+            deny,
+            &["default-deny"],
+            &["repatriation-by-its-operators"],
+        ),
+        case(
+            "not a repatriation operator calling from abroad",
+            |r| {
+                repatriate(r, &["repatriation"]);
+                r.origin = from("singapore-1", "sg");
+            },
+            deny,
+            &["default-deny"],
+            &["repatriation-by-its-operators"],
+        ),
+        case(
+            "nor one of another region",
+            |r| {
+                repatriate(r, &["repatriation"]);
+                r.principal.home_region = "sg".into();
+            },
+            deny,
+            &["default-deny"],
+            &["repatriation-by-its-operators"],
+        ),
+        case(
+            "nor a record of another region's subject",
+            |r| {
+                repatriate(r, &["repatriation"]);
+                r.resource = PackResource::Record {
+                    id: "r-1".into(),
+                    category: "profile".into(),
+                    sensitive: false,
+                    subject_minor: false,
+                    home_region: "sg".into(),
+                };
+            },
+            deny,
+            &["default-deny"],
+            &["repatriation-by-its-operators"],
         ),
         case(
             "an intern cannot declare safety",
