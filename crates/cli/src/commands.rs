@@ -4,6 +4,7 @@
 use anyhow::Context;
 
 pub(crate) mod audit;
+pub(crate) mod backup;
 pub(crate) mod bench;
 pub(crate) mod custodian;
 pub(crate) mod init;

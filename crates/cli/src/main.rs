@@ -11,7 +11,7 @@ mod args;
 mod commands;
 mod listener;
 
-use commands::{audit, bench, custodian, init, keys, log, policy, repatriate, serve, token};
+use commands::{audit, backup, bench, custodian, init, keys, log, policy, repatriate, serve, token};
 
 /// Clover keeps a region's user data inside the region.
 #[derive(Debug, Parser)]
@@ -47,6 +47,9 @@ enum Command {
     /// The key custodian as its own process.
     #[command(subcommand)]
     Custodian(Box<custodian::CustodianCommand>),
+    /// Copy the region's data (the data store and the log, never the keys) into a directory of
+    /// this machine, once every place it is kept at is in the region (the residency guard).
+    Backup(backup::BackupArgs),
     /// Repatriation: bring a region's data home from a store abroad (`plan`, `digest`).
     #[command(subcommand)]
     Repatriate(repatriate::RepatriateCommand),
@@ -66,6 +69,7 @@ fn main() -> ExitCode {
         Command::Policy(command) => command.run(),
         Command::Keys(command) => command.run(),
         Command::Custodian(command) => command.run(),
+        Command::Backup(args) => args.run(),
         Command::Repatriate(command) => command.run(),
         Command::Bench(command) => command.run(),
     };

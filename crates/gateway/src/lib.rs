@@ -15,6 +15,7 @@
 //! - [`problem`]: errors as RFC 9457 problem details.
 
 pub mod api;
+pub mod backup;
 mod boundary;
 pub mod config;
 pub mod datadir;

@@ -157,6 +157,24 @@ pub struct SqliteStore {
 rows::columns!(SqliteRow);
 
 impl SqliteStore {
+    /// Writes a consistent copy of the database file at `from` to `to` (`VACUUM INTO`: one read
+    /// transaction, while writers go on), for a backup. `to` must not exist.
+    pub async fn snapshot(from: &Path, to: &Path) -> Result<(), StoreError> {
+        use sqlx::{ConnectOptions, Connection};
+        let failed = |cause| StoreError::Database { operation: "copying the database", cause };
+        let mut connection = SqliteConnectOptions::new()
+            .filename(from)
+            .read_only(true)
+            .busy_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .map_err(|cause| StoreError::Open { location: from.display().to_string(), cause })?;
+        let target = to.to_string_lossy().into_owned();
+        sqlx::query("VACUUM INTO ?").bind(target).execute(&mut connection).await.map_err(failed)?;
+        connection.close().await.map_err(failed)?;
+        Ok(())
+    }
+
     /// Opens (creating if needed) the database file at `path` and applies the schema.
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
         let open_err = |cause| StoreError::Open { location: path.display().to_string(), cause };

@@ -10,6 +10,7 @@
 mod support;
 
 mod audit;
+mod backup;
 mod boundary;
 #[cfg(unix)]
 mod crash;
