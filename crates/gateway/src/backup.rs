@@ -189,16 +189,29 @@ fn prepare_destination(to: &Path) -> Result<(), BackupError> {
 /// never on its command line.
 async fn pg_dump(url: &str, to: &Path, without_keys: bool) -> Result<(), BackupError> {
     let parsed = url::Url::parse(url).map_err(|e| BackupError::PgDump(format!("the store URL: {e}")))?;
-    let mut without_password = parsed.clone();
-    let _ = without_password.set_password(None);
+    // Where the driver connects, which the residency guard checked: given to pg_dump field by
+    // field, so that it does not read the URL's parameters its own way (`hostaddr`, host lists).
+    let target = clover_sql::postgres_target(url).map_err(|e| BackupError::PgDump(format!("the store URL: {e}")))?;
     let mut command = std::process::Command::new("pg_dump");
     command.arg("--format=custom").arg("--no-owner").arg("--file").arg(to);
+    command.arg("--host").arg(&target.host).arg("--port").arg(target.port.to_string());
+    command.arg("--username").arg(&target.user).arg("--no-password");
+    if let Some(database) = &target.database {
+        // pg_dump reads a database name with `=` or a scheme as a connection string of its own.
+        if database.contains('=') || database.contains("://") {
+            return Err(BackupError::PgDump(format!("the database name {database:?} is not a plain name")));
+        }
+        command.arg("--dbname").arg(database);
+    }
+    // Nothing from the environment picks another server.
+    for var in ["PGHOSTADDR", "PGSERVICE", "PGSERVICEFILE", "PGPASSFILE"] {
+        command.env_remove(var);
+    }
     if without_keys {
         for table in KEY_STORE_TABLES {
             command.arg(format!("--exclude-table-data={table}"));
         }
     }
-    command.arg("--dbname").arg(without_password.as_str());
     if let Some(password) = parsed.password() {
         command.env("PGPASSWORD", percent_decode(password));
     }

@@ -126,7 +126,19 @@ pub async fn check(config: &Config) -> Result<Residency, ResidencyError> {
             found.push((place, Location::Local));
             continue;
         };
-        let (host, port) = host_of(url).ok_or(ResidencyError::NoHost { place: place.as_str() })?;
+        let endpoint = match place {
+            // Where the driver will connect, as it reads the URL (a `?host=` in the query string
+            // overrides the authority's host): not what a generic URL parser sees.
+            Place::Store | Place::KeyStore => {
+                clover_sql::postgres_endpoint(url).map_err(|_| ResidencyError::NoHost { place: place.as_str() })?
+            }
+            Place::Custodian => Some(host_of(url).ok_or(ResidencyError::NoHost { place: place.as_str() })?),
+        };
+        let Some((host, port)) = endpoint else {
+            // A Unix socket: a server on this machine.
+            found.push((place, Location::Local));
+            continue;
+        };
         let addresses: Vec<IpAddr> = match host.parse::<IpAddr>() {
             Ok(ip) => vec![ip],
             Err(_) => tokio::net::lookup_host((host.as_str(), port))
@@ -188,8 +200,7 @@ pub async fn check(config: &Config) -> Result<Residency, ResidencyError> {
     Ok(Residency { places: found })
 }
 
-/// The host and port of a `postgres://` or `http(s)://` URL, without credentials; a PostgreSQL
-/// URL with no host (a Unix socket) has none.
+/// The host and port of an `http(s)://` URL, without credentials.
 fn host_of(url: &str) -> Option<(String, u16)> {
     let parsed = url::Url::parse(url).ok()?;
     let host = match parsed.host()? {
@@ -197,11 +208,7 @@ fn host_of(url: &str) -> Option<(String, u16)> {
         url::Host::Ipv4(ip) => ip.to_string(),
         url::Host::Ipv6(ip) => ip.to_string(),
     };
-    let port = parsed.port().unwrap_or(match parsed.scheme() {
-        "https" => 443,
-        "http" => 80,
-        _ => 5432,
-    });
+    let port = parsed.port_or_known_default().unwrap_or(80);
     Some((host, port))
 }
 
@@ -243,6 +250,13 @@ mod tests {
             assert!(err.contains(at) && err.contains("the store at"), "{err}");
             assert!(!err.contains("secret"), "{err}");
         }
+        // The driver connects to the query string's host, not the authority's: so does the guard.
+        let err = check(&config(Some("postgres://clover@127.0.0.1/clover?host=127.0.2.9"), None)).await.unwrap_err();
+        assert!(err.to_string().contains("the store at 127.0.2.9"), "{err}");
+        // A Unix socket directory is this machine.
+        let local =
+            check(&config(Some("postgres:///clover?host=/var/run/postgresql&user=clover"), None)).await.unwrap();
+        assert_eq!(local.detail(), "data resides at store: local; key-store: local; custodian: local");
         let err = check(&config(None, Some("http://127.0.1.4:7880"))).await.unwrap_err().to_string();
         assert!(
             err.contains("the custodian at 127.0.1.4 resolves to 127.0.1.4, which is in site virginia-1 of region us"),

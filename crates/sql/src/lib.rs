@@ -43,6 +43,45 @@ pub async fn migrate(
     tx.commit().await
 }
 
+/// Where a `postgres://` URL connects, as the driver reads it (its `host` and `port`, including
+/// those a query string sets, `?host=...`, and the `PG*` environment when the URL names none):
+/// `Some((host, port))` for a TCP host, `None` for a Unix socket directory (a host that is a
+/// path: this machine). An error for a URL the driver refuses.
+pub fn postgres_endpoint(url: &str) -> Result<Option<(String, u16)>, sqlx::Error> {
+    let target = postgres_target(url)?;
+    if target.host.starts_with('/') {
+        return Ok(None);
+    }
+    Ok(Some((target.host, target.port)))
+}
+
+/// Where and as whom a `postgres://` URL connects, as the driver reads it: what another client
+/// (`pg_dump`) is given, so that it connects where the driver would, not where its own reading
+/// of the URL's parameters (`hostaddr`, a list of hosts) would take it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgTarget {
+    /// The host, or a Unix socket directory.
+    pub host: String,
+    /// The port.
+    pub port: u16,
+    /// The user.
+    pub user: String,
+    /// The database, if named.
+    pub database: Option<String>,
+}
+
+/// The [`PgTarget`] of `url`.
+pub fn postgres_target(url: &str) -> Result<PgTarget, sqlx::Error> {
+    use std::str::FromStr;
+    let options = sqlx::postgres::PgConnectOptions::from_str(url)?;
+    Ok(PgTarget {
+        host: options.get_host().to_owned(),
+        port: options.get_port(),
+        user: options.get_username().to_owned(),
+        database: options.get_database().map(ToOwned::to_owned),
+    })
+}
+
 /// A PostgreSQL URL without its password, for messages.
 pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
