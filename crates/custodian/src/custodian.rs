@@ -186,7 +186,7 @@ impl Custodian {
         }
         let opening = receipt.annex().and_then(clover_event::Annex::record_opening);
         let scope = KeyScope::of(&event, action, opening.as_ref()).map_err(refuse)?;
-        let pseudonymised = (action == Action::Read).then(|| TokenScope::of(&event).ok()).flatten();
+        let pseudonymised = TokenScope::of_access(&event, action).map_err(refuse)?;
         Ok(LoggedAccess {
             subject_hash,
             action,

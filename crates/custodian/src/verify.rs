@@ -539,7 +539,7 @@ pub fn access(
         return Err(refuse("it is not recent: a receipt is for the access it records, now"));
     }
     let scope = KeyScope::of(&event, action, opening).map_err(|detail| refuse(&detail))?;
-    let pseudonymised = (action == Action::Read).then(|| TokenScope::of(&event).ok()).flatten();
+    let pseudonymised = TokenScope::of_access(&event, action).map_err(|detail| refuse(&detail))?;
     let access = LoggedAccess {
         subject_hash: subject_hash.to_owned(),
         action,

@@ -179,8 +179,14 @@ impl Fixture {
         }
     }
 
-    /// A receipt for an allowed `action` on `id`'s data, appended to the real log.
+    /// A receipt for an allowed `action` on `id`'s data, appended to the real log (a read in
+    /// full view, as the default pack grants in the region).
     async fn receipt(&self, action: Action, id: &str) -> Receipt {
+        self.receipt_with_view(action, id, (action == Action::Read).then_some("full")).await
+    }
+
+    /// [`Fixture::receipt`] whose entry's decision names `view`.
+    async fn receipt_with_view(&self, action: Action, id: &str, view: Option<&str>) -> Receipt {
         let (kind, purpose) = match action {
             Action::Read => (EventKind::Access, Some("support".to_owned())),
             Action::Write => (EventKind::Write, None),
@@ -202,7 +208,11 @@ impl Fixture {
             action: Some(action.to_string()),
             subject: Some(clover_event::SubjectTag::random().unwrap()),
             category: Some("profile".into()),
-            decision: Some(clover_event::EventDecision { effect: "allow".into(), view: None, policies: Vec::new() }),
+            decision: Some(clover_event::EventDecision {
+                effect: "allow".into(),
+                view: view.map(str::to_owned),
+                policies: Vec::new(),
+            }),
             purpose: purpose.clone(),
             annex: annex.as_ref().map(clover_event::Annex::commitment),
             detail: None,
@@ -797,6 +807,12 @@ async fn a_pseudonymised_read_gets_its_view_never_its_key(f: &Fixture) {
             custody.view(&read, &sealed, &aad, legacy).await.map(drop),
             "the ciphertext is bound to another record version than the one it names",
         );
+    }
+    // A read whose entry names no view, or another, gets neither a key nor a view: fail closed.
+    for view in [None, Some("Full"), Some("partial")] {
+        let unnamed = f.receipt_with_view(Action::Read, "s-1", view).await;
+        refused(custody.data_key(&unnamed).await.map(drop), "its entry grants no view");
+        refused(custody.view(&unnamed, &sealed, &record_aad("s-1"), false).await.map(drop), "its entry grants no view");
     }
     // A read in full view asks for its key, not a view.
     let full = f.receipt(Action::Read, "s-1").await;

@@ -117,12 +117,15 @@ pub async fn backup(config: &Config, to: &Path) -> Result<Manifest, BackupError>
         }
         Some(url) => {
             let dump = to.join("clover.pgdump");
-            pg_dump(url, &dump, config.keys.store.is_none() && config.keys.custodian.is_none()).await?;
+            // The key-store tables' rows are left out whatever the configuration says: a key store
+            // set apart may still be this same database.
+            pg_dump(url, &dump).await?;
             files.push(dump);
         }
     }
     let mut listed = Vec::new();
     for file in &files {
+        restrict(file)?;
         let bytes = std::fs::read(file).map_err(io(format!("reading {}", file.display())))?;
         listed.push(BackedUp {
             path: file.strip_prefix(to).unwrap_or(file).display().to_string(),
@@ -141,7 +144,19 @@ pub async fn backup(config: &Config, to: &Path) -> Result<Manifest, BackupError>
     let path = to.join("manifest.json");
     let text = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
     std::fs::write(&path, text).map_err(io(format!("writing {}", path.display())))?;
+    restrict(&path)?;
     Ok(manifest)
+}
+
+/// Makes `file` readable by its owner only: a backup holds subject ids, annexes and the log.
+fn restrict(file: &Path) -> Result<(), BackupError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600))
+            .map_err(io(format!("restricting {}", file.display())))?;
+    }
+    Ok(())
 }
 
 fn io(what: String) -> impl FnOnce(std::io::Error) -> BackupError {
@@ -172,6 +187,15 @@ fn prepare_destination(to: &Path) -> Result<(), BackupError> {
         if entries.next().is_some() {
             return Err(refuse("it is not empty: a backup does not overwrite another"));
         }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            // Not a link, and closed to others: no one else can have prepared it.
+            let meta = std::fs::symlink_metadata(to).map_err(io(format!("reading {}", to.display())))?;
+            if !meta.is_dir() || meta.permissions().mode() & 0o077 != 0 {
+                return Err(refuse("an existing directory must be a real directory closed to others (0700)"));
+            }
+        }
         return Ok(());
     }
     let mut builder = std::fs::DirBuilder::new();
@@ -184,10 +208,10 @@ fn prepare_destination(to: &Path) -> Result<(), BackupError> {
     builder.create(to).map_err(io(format!("creating {}", to.display())))
 }
 
-/// `pg_dump --format=custom` of the database at `url` into `to`; without the custodian's
-/// key-store tables when `without_keys`. The password goes to `pg_dump` in its environment,
+/// `pg_dump --format=custom` of the database at `url` into `to`, without the rows of the
+/// custodian's key-store tables. The password goes to `pg_dump` in its environment,
 /// never on its command line.
-async fn pg_dump(url: &str, to: &Path, without_keys: bool) -> Result<(), BackupError> {
+async fn pg_dump(url: &str, to: &Path) -> Result<(), BackupError> {
     let parsed = url::Url::parse(url).map_err(|e| BackupError::PgDump(format!("the store URL: {e}")))?;
     // Where the driver connects, which the residency guard checked: given to pg_dump field by
     // field, so that it does not read the URL's parameters its own way (`hostaddr`, host lists).
@@ -207,10 +231,8 @@ async fn pg_dump(url: &str, to: &Path, without_keys: bool) -> Result<(), BackupE
     for var in ["PGHOSTADDR", "PGSERVICE", "PGSERVICEFILE", "PGPASSFILE"] {
         command.env_remove(var);
     }
-    if without_keys {
-        for table in KEY_STORE_TABLES {
-            command.arg(format!("--exclude-table-data={table}"));
-        }
+    for table in KEY_STORE_TABLES {
+        command.arg(format!("--exclude-table-data={table}"));
     }
     if let Some(password) = parsed.password() {
         command.env("PGPASSWORD", percent_decode(password));

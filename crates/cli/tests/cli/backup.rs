@@ -89,6 +89,19 @@ async fn a_backup_taken_while_serving_holds_the_data_and_the_log_and_no_key() {
         assert!(!bytes.windows(5).any(|w| w == b"Aoife"), "a value in the clear in {name}");
     }
 
+    // Every file for its owner only.
+    for (name, _) in &kept {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join(name)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{name}");
+    }
+    // An existing empty directory open to others is refused: someone else may have made it.
+    let open = tmp.path().join("backups/open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let refused = backup(tmp.path(), &["--data-dir", "data", "--to", "backups/open"]);
+    assert!(refused.stderr.contains("closed to others"), "{}", refused.stderr);
+
     // A second backup does not overwrite the first.
     let again = backup(tmp.path(), &["--data-dir", "data", "--to", "backups/one"]);
     assert!(!again.status.success());

@@ -53,6 +53,20 @@ impl TokenScope {
         })
     }
 
+    /// What a logged `action` lets be pseudonymised: for a read, `None` for a full view and the
+    /// scope of a pseudonymised one; a read whose entry grants neither, by name, is refused (it
+    /// gets no key: the custodian fails closed). Nothing for the other actions.
+    pub(crate) fn of_access(event: &Event, action: Action) -> Result<Option<Self>, String> {
+        if action != Action::Read {
+            return Ok(None);
+        }
+        match event.decision.as_ref().and_then(|d| d.view.as_deref()) {
+            Some("full") => Ok(None),
+            Some("pseudonymised") => Self::of(event).map(Some),
+            _ => Err("its entry grants no view a key or a view is made for".to_owned()),
+        }
+    }
+
     /// The purpose the read declared.
     pub(crate) fn purpose(&self) -> &str {
         &self.purpose
