@@ -531,7 +531,7 @@ async fn gateway_scenario(scenario: Scenario, g: &Gateway, options: &Options) ->
             let (_, fields, _) = pipeline::read(&boundary, &virginia, records.at(0))
                 .await
                 .map_err(|e| fail("a pseudonymised read")(&e))?;
-            if !String::from_utf8_lossy(&fields.to_bytes()).contains("tok_") {
+            if !String::from_utf8_lossy(&fields.fields.to_bytes()).contains("tok_") {
                 return Err(BenchError("a read from Virginia for analytics was not pseudonymised".into()));
             }
             let (o, b) = pair(options, store_read, read_as(virginia, true)).await;

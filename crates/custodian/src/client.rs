@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use clover_event::{SubjectIndexKey, SubjectTagKey};
-use clover_keys::{DataKey, KeyCustody, KeyError, SubjectFacts};
+use clover_keys::{DataKey, KeyCustody, KeyError, PseudonymisedView, SubjectFacts};
 use clover_log::Receipt;
 use clover_model::{Fields, Region, SubjectId};
 use serde_json::{Value, json};
@@ -134,7 +134,13 @@ impl KeyCustody for RemoteCustody {
         Ok((key, Self::field(&answer, "sealed")?.to_vec()))
     }
 
-    async fn view(&self, receipt: &Receipt, sealed: &[u8], aad: &[u8], legacy: bool) -> Result<Fields, KeyError> {
+    async fn view(
+        &self,
+        receipt: &Receipt,
+        sealed: &[u8],
+        aad: &[u8],
+        legacy: bool,
+    ) -> Result<PseudonymisedView, KeyError> {
         let body = json!({
             "receipt": WireReceipt::of(receipt, &self.index),
             "sealed": B64.encode(sealed),
@@ -142,9 +148,12 @@ impl KeyCustody for RemoteCustody {
             "legacy": legacy,
         });
         let answer = self.post("/v1/views", &body).await?;
-        match answer.get("fields") {
-            Some(Value::Object(map)) => Ok(Fields::new(map.clone())),
-            _ => Err(KeyError::Crypto("the custodian's view is not a JSON object")),
+        let token = |name: &str| answer.get(name).and_then(Value::as_str).map(ToOwned::to_owned);
+        match (answer.get("fields"), token("record"), token("subject")) {
+            (Some(Value::Object(map)), Some(record), Some(subject)) => {
+                Ok(PseudonymisedView { fields: Fields::new(map.clone()), record, subject })
+            }
+            _ => Err(KeyError::Crypto("the custodian's view is not a JSON object with its ids' tokens")),
         }
     }
 

@@ -34,7 +34,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use clover_event::{SubjectIndexKey, SubjectTag, SubjectTagKey};
-use clover_keys::{DataKey, Kek, KeyCustody, KeyError, PseudonymRoot, SubjectFacts};
+use clover_keys::{DataKey, Kek, KeyCustody, KeyError, PseudonymRoot, PseudonymisedView, SubjectFacts};
 use clover_log::{KeyOperation, KeyReceipt, Receipt};
 use clover_model::{Action, Category, Fields, RecordId, Region, SubjectId, View, ViewRules};
 use zeroize::Zeroizing;
@@ -49,6 +49,12 @@ use self::pseudonyms::Pseudonyms;
 use self::receipts::Receipts;
 use self::rotation::{Rotation, Rotations, VersionCounts};
 use self::store::KeyStore;
+
+/// The input of the token of an id in a pseudonymised view: `clover/id/{kind}`, a zero byte, the
+/// id (a record's, or a subject's keyed hash: the custodian knows subjects by it).
+pub fn id_input(kind: &str, id: &str) -> String {
+    format!("clover/id/{kind}\0{id}")
+}
 
 /// The counter of pseudonymised views the custodian made.
 pub const VIEWS_METRIC: &str = "clover_custodian_views_total";
@@ -313,7 +319,7 @@ impl Custodian {
         sealed: &[u8],
         aad: &[u8],
         legacy: bool,
-    ) -> Result<Fields, KeyError> {
+    ) -> Result<PseudonymisedView, KeyError> {
         let refuse = |detail: &str| KeyError::Receipt(format!("log entry {}: {detail}", access.log_index));
         access.check(&[Action::Read])?;
         let scope = access
@@ -331,9 +337,12 @@ impl Custodian {
         let plain = if legacy { key.open(aad, sealed)? } else { self.scoped(access, &key)?.open(aad, sealed)? };
         drop(key);
         let fields = Fields::from_bytes(&plain).map_err(|_| KeyError::Decrypt)?;
-        let view = self
-            .views
-            .apply(&category, &fields, |input| self.pseudonyms.token(scope.purpose(), scope.destination(), input));
+        let token = |input: &[u8]| self.pseudonyms.token(scope.purpose(), scope.destination(), input);
+        let view = PseudonymisedView {
+            fields: self.views.apply(&category, &fields, token),
+            record: token(id_input("record", access.scope.record.as_deref().unwrap_or_default()).as_bytes()),
+            subject: token(id_input("subject-hash", &access.subject_hash).as_bytes()),
+        };
         self.journal.record_view(access, cached).await?;
         metrics::counter!(VIEWS_METRIC).increment(1);
         Ok(view)
@@ -447,6 +456,18 @@ impl Custodian {
             .ok_or_else(|| "it did not grant a pseudonymised view".to_owned())
             .and_then(|scope| scope.check(purpose, destination))
             .map_err(|detail| refuse(format!("{detail}: a token is keyed for the read's own purpose and region")))?;
+        // Only the ids of the record the read is for: a token of any other input would let the
+        // gateway test guesses of the values a view hides (the view's own tokens are made here).
+        let record = id_input("record", access.scope.record.as_deref().unwrap_or_default());
+        let subject = id_input("subject-hash", &access.subject_hash);
+        if input != record.as_bytes() && input != subject.as_bytes() {
+            tracing::warn!(log_index = access.log_index, "refused a pseudonym of another input than the read's ids");
+            return Err(refuse(
+                "a token is answered only for the ids of the record it read (the view's fields are tokenised by the \
+                 custodian)"
+                    .to_owned(),
+            ));
+        }
         self.pseudonyms.count(access)?;
         self.journal.record_pseudonym(access).await?;
         Ok(self.pseudonyms.token(purpose, destination, input))
@@ -574,7 +595,13 @@ impl KeyCustody for Custodian {
         self.reseal_for(&self.access(receipt).await?, sealed, aad).await
     }
 
-    async fn view(&self, receipt: &Receipt, sealed: &[u8], aad: &[u8], legacy: bool) -> Result<Fields, KeyError> {
+    async fn view(
+        &self,
+        receipt: &Receipt,
+        sealed: &[u8],
+        aad: &[u8],
+        legacy: bool,
+    ) -> Result<PseudonymisedView, KeyError> {
         self.view_for(&self.access(receipt).await?, sealed, aad, legacy).await
     }
 

@@ -36,7 +36,6 @@ pub mod server;
 pub mod verify;
 
 pub use client::RemoteCustody;
-pub use custodian::Custodian;
 pub use custodian::access::{LoggedAccess, PSEUDONYM_ACTION, UnwrapRecord, VIEW_ACTION};
 pub use custodian::cache::CacheOptions;
 pub use custodian::metadata::METADATA_KEY;
@@ -44,5 +43,6 @@ pub use custodian::pseudonyms::{PSEUDONYMS_PER_RECEIPT, PSEUDONYMS_REFUSED_METRI
 pub use custodian::receipts::{RECEIPTS_REUSED_METRIC, REMEMBERED_FOR};
 pub use custodian::rotation::{Rotation, VersionCounts};
 pub use custodian::store::KeyStore;
+pub use custodian::{Custodian, id_input};
 pub use server::{CustodianOptions, CustodianServer, NO_WITNESS_WARNING, admin_token, open_dir, router, witness_key};
 pub use verify::{COSIGNATURE_WAIT, CosignRefusal, LogVerifier, QuorumError, ReceiptError, WitnessQuorum};

@@ -371,8 +371,8 @@ async fn view(State(server): State<CustodianServer>, Json(body): Json<ViewBody>)
     let sealed = B64.decode(&body.sealed).map_err(|_| bad("sealed"))?;
     let aad = B64.decode(&body.aad).map_err(|_| bad("aad"))?;
     let access = checked(&server, &body.receipt).await?;
-    let fields = server.custodian.view_for(&access, &sealed, &aad, body.legacy).await?;
-    Ok(Json(json!({ "fields": fields.as_map() })).into_response())
+    let view = server.custodian.view_for(&access, &sealed, &aad, body.legacy).await?;
+    Ok(Json(json!({ "fields": view.fields.as_map(), "record": view.record, "subject": view.subject })).into_response())
 }
 
 /// A metadata request.

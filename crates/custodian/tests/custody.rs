@@ -689,66 +689,87 @@ async fn metadata_is_sealed_and_bound_to_its_subject(f: &Fixture) {
 /// Pseudonyms are stable within a purpose and destination, and unlinkable across them.
 async fn pseudonyms_are_stable_per_purpose(f: &Fixture) {
     let (custody, _store) = f.custodian(CacheOptions::default()).await;
+    let record = clover_custodian::id_input("record", RECORD);
     let read = f.pseudonymised_read("s-1", "analytics").await;
-    let token = custody.pseudonym(&read, "analytics", "us", b"s-1").await.unwrap();
+    let token = custody.pseudonym(&read, "analytics", "us", record.as_bytes()).await.unwrap();
     // Another read for the same purpose, from the same region: the same token.
     let again = f.pseudonymised_read("s-1", "analytics").await;
-    assert_eq!(custody.pseudonym(&again, "analytics", "us", b"s-1").await.unwrap(), token);
+    assert_eq!(custody.pseudonym(&again, "analytics", "us", record.as_bytes()).await.unwrap(), token);
     assert!(token.starts_with("tok_") && token.len() == 4 + 32, "{token}");
-    assert!(!token.contains("s-1"));
+    assert!(!token.contains(RECORD));
     let fraud = f.pseudonymised_read("s-1", "fraud").await;
-    assert_ne!(custody.pseudonym(&fraud, "fraud", "us", b"s-1").await.unwrap(), token);
-    assert_ne!(custody.pseudonym(&read, "analytics", "us", b"s-2").await.unwrap(), token);
+    assert_ne!(custody.pseudonym(&fraud, "fraud", "us", record.as_bytes()).await.unwrap(), token);
+    let subject = clover_custodian::id_input("subject-hash", &f.hash("s-1"));
+    assert_ne!(custody.pseudonym(&read, "analytics", "us", subject.as_bytes()).await.unwrap(), token);
     // The root, not the subject-index key, keys them.
-    assert_ne!(PseudonymRoot::new(1, &f.root).token("analytics", "us", b"s-1"), token);
-    assert_eq!(PseudonymRoot::new(1, &f.pseudonym_secret).token("analytics", "us", b"s-1"), token);
+    assert_ne!(PseudonymRoot::new(1, &f.root).token("analytics", "us", record.as_bytes()), token);
+    assert_eq!(PseudonymRoot::new(1, &f.pseudonym_secret).token("analytics", "us", record.as_bytes()), token);
     // Stable across key stores with the same root: the root, not the store, keys them.
     let (other, _other_store) = f.custodian(NO_CACHE).await;
-    assert_eq!(other.pseudonym(&read, "analytics", "us", b"s-1").await.unwrap(), token);
+    assert_eq!(other.pseudonym(&read, "analytics", "us", record.as_bytes()).await.unwrap(), token);
     other.close().await;
     custody.close().await;
 }
 
-/// A pseudonym is answered only for the read whose fields it pseudonymises: a read granted a
-/// pseudonymised view, for the purpose and region its tokens are keyed for, a bounded number
-/// per receipt; each is journalled against the read, with no input; the receipt is not used
-/// up (the read's view was made for it).
+/// A pseudonym is answered only for the read it is for: a read granted a pseudonymised view, for
+/// the purpose and region its tokens are keyed for, of one of that read's ids and nothing else
+/// (a token of any other input would let the gateway test guesses of the values the view hides),
+/// a bounded number per receipt; each is journalled against the read, with no input; the
+/// receipt is not used up (the read's view was made for it).
 async fn pseudonyms_need_a_pseudonymised_reads_receipt(f: &Fixture) {
     let (custody, _store) = f.custodian(CacheOptions::default()).await;
     let key = custody.create_data_key(&f.receipt(Action::Write, "s-1").await).await.unwrap();
     let sealed = key.seal(&record_aad("s-1"), br#"{"display_name":"Ana"}"#).unwrap();
+    let record = clover_custodian::id_input("record", RECORD);
+    let subject = clover_custodian::id_input("subject-hash", &f.hash("s-1"));
     let read = f.pseudonymised_read("s-1", "analytics").await;
-    // The read's view first, as the boundary asks: the token does not need the receipt unused.
-    custody.view(&read, &sealed, &record_aad("s-1"), false).await.unwrap();
-    custody.pseudonym(&read, "analytics", "us", b"Ana").await.unwrap();
+    // The read's view first, as the boundary asks: the token does not need the receipt unused,
+    // and is the one the view names the record by.
+    let view = custody.view(&read, &sealed, &record_aad("s-1"), false).await.unwrap();
+    assert_eq!(custody.pseudonym(&read, "analytics", "us", record.as_bytes()).await.unwrap(), view.record);
+    assert_eq!(custody.pseudonym(&read, "analytics", "us", subject.as_bytes()).await.unwrap(), view.subject);
 
     let refused = |outcome: Result<String, KeyError>, expected: &str| match outcome {
         Err(KeyError::Receipt(m)) => assert!(m.contains(expected), "{m}"),
         other => panic!("{other:?}"),
     };
+    // A guess of a value the view tokenised, another record's id, a subject's id in the clear:
+    // no token.
+    let only_ids = "a token is answered only for the ids of the record it read";
+    for guess in [
+        b"display_name\0\"Ana\"".to_vec(),
+        clover_custodian::id_input("record", "0b8e6f7a-3c1d-4f2e-9a5b-000000000000").into_bytes(),
+        clover_custodian::id_input("subject", "s-1").into_bytes(),
+        clover_custodian::id_input("subject-hash", &f.hash("s-2")).into_bytes(),
+    ] {
+        refused(custody.pseudonym(&read, "analytics", "us", &guess).await, only_ids);
+    }
     // Another purpose or region than the read's.
     refused(
-        custody.pseudonym(&read, "safety", "us", b"Ana").await,
+        custody.pseudonym(&read, "safety", "us", record.as_bytes()).await,
         "it declared the purpose \"analytics\", not \"safety\"",
     );
-    refused(custody.pseudonym(&read, "analytics", "sg", b"Ana").await, "it came from region \"us\", not \"sg\"");
+    refused(
+        custody.pseudonym(&read, "analytics", "sg", record.as_bytes()).await,
+        "it came from region \"us\", not \"sg\"",
+    );
     // A read in full view, a write: nothing to pseudonymise.
     let full = f.receipt(Action::Read, "s-1").await;
-    refused(custody.pseudonym(&full, "support", "eu", b"Ana").await, "grants no pseudonymised view");
+    refused(custody.pseudonym(&full, "support", "eu", record.as_bytes()).await, "grants no pseudonymised view");
     let write = f.receipt(Action::Write, "s-1").await;
-    refused(custody.pseudonym(&write, "analytics", "us", b"Ana").await, "grants no pseudonymised view");
+    refused(custody.pseudonym(&write, "analytics", "us", record.as_bytes()).await, "grants no pseudonymised view");
 
-    // The bound: the read has had one token; the rest up to the bound, then no more.
-    for i in 1..PSEUDONYMS_PER_RECEIPT {
-        custody.pseudonym(&read, "analytics", "us", format!("guess {i}").as_bytes()).await.unwrap();
+    // The bound: the read has had two tokens; the rest up to the bound, then no more.
+    for _ in 2..PSEUDONYMS_PER_RECEIPT {
+        custody.pseudonym(&read, "analytics", "us", record.as_bytes()).await.unwrap();
     }
-    match custody.pseudonym(&read, "analytics", "us", b"one more guess").await {
+    match custody.pseudonym(&read, "analytics", "us", record.as_bytes()).await {
         Err(KeyError::TooManyPseudonyms(m)) => assert!(m.contains(&format!("log entry {}", read.index())), "{m}"),
         other => panic!("{other:?}"),
     }
     // Another read gets its own.
     let next = f.pseudonymised_read("s-1", "analytics").await;
-    custody.pseudonym(&next, "analytics", "us", b"Ana").await.unwrap();
+    custody.pseudonym(&next, "analytics", "us", record.as_bytes()).await.unwrap();
 
     // The journal: the write, the read's view, one row per token answered (none for the
     // refusals), naming the read; never an input.
@@ -763,7 +784,7 @@ async fn pseudonyms_need_a_pseudonymised_reads_receipt(f: &Fixture) {
     assert!(pseudonyms.iter().all(|r| r.purpose.as_deref() == Some("analytics") && r.subject == f.hash("s-1")));
     assert_eq!(pseudonyms[tokens].log_index, next.index());
     let text = format!("{journal:?}");
-    assert!(!text.contains("Ana") && !text.contains("guess"), "{text}");
+    assert!(!text.contains("Ana") && !text.contains(RECORD), "{text}");
     custody.close().await;
 }
 
@@ -821,11 +842,17 @@ async fn a_pseudonymised_read_gets_its_view_never_its_key(f: &Fixture) {
     // The view: the name a token keyed for the read's purpose and region, the email masked,
     // the city dropped (the category's default).
     let view = custody.view(&read, &sealed, &record_aad("s-1"), false).await.unwrap();
-    let token = PseudonymRoot::new(1, &f.pseudonym_secret).token("analytics", "us", b"display_name\0\"Ana\"");
+    let root = PseudonymRoot::new(1, &f.pseudonym_secret);
+    let token = root.token("analytics", "us", b"display_name\0\"Ana\"");
     assert_eq!(
-        serde_json::Value::Object(view.as_map().clone()),
+        serde_json::Value::Object(view.fields.as_map().clone()),
         serde_json::json!({"display_name": token, "email": "a***@example.org"})
     );
+    // The record and its subject by tokens of their ids (the subject's keyed hash), keyed alike.
+    let record = clover_custodian::id_input("record", RECORD);
+    assert_eq!(view.record, root.token("analytics", "us", record.as_bytes()));
+    let subject = clover_custodian::id_input("subject-hash", &f.hash("s-1"));
+    assert_eq!(view.subject, root.token("analytics", "us", subject.as_bytes()));
     // Once.
     let again = custody.view(&read, &sealed, &record_aad("s-1"), false).await;
     assert!(matches!(&again, Err(KeyError::Receipt(m)) if *m == used_up(&read)), "{again:?}");

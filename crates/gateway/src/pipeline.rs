@@ -161,13 +161,28 @@ pub async fn write(
     Ok((row, receipt))
 }
 
+/// A record as the permit lets it be seen: its fields in the view granted, and the ids it is
+/// answered under (in the clear in a full view; in a pseudonymised one, the custodian's tokens,
+/// stable within the purpose and the caller's region and unlinkable across them, never the ids:
+/// in the clear next to tokenised fields they would let the receiving side re-identify the
+/// subject and link every transfer).
+#[derive(Debug)]
+pub struct Viewed {
+    /// The fields.
+    pub fields: Fields,
+    /// The record's id, or its token.
+    pub record_id: String,
+    /// The subject's id, or their token.
+    pub subject_id: String,
+}
+
 /// The whole read path: load, decide, log, unwrap, decrypt, view. Returns the record's
-/// metadata, its fields in the view granted, and the log receipt.
+/// metadata, the record as the view granted shows it, and the log receipt.
 pub async fn read(
     boundary: &Boundary,
     caller: &Caller,
     record_id: &RecordId,
-) -> Result<(RecordRow, Fields, Receipt), ApiError> {
+) -> Result<(RecordRow, Viewed, Receipt), ApiError> {
     let Some((record, subject)) = metadata::find_record_and_subject(boundary, record_id).await? else {
         return Err(refuse_or_missing_record(boundary, caller, record_id).await);
     };
@@ -180,9 +195,16 @@ pub async fn read(
     };
     let receipt = decide_and_log(boundary, caller, EventKind::Access, &ask).await?;
     let gone = || ApiError::NotFound { what: "record", id: record_id.to_string() };
-    let fields = match receipt.permit().view() {
-        View::Full => sealing::open_record(boundary, &receipt, &record, gone).await?,
-        View::Pseudonymised => views::pseudonymised(boundary, &receipt, &record, gone).await?,
+    let viewed = match receipt.permit().view() {
+        View::Full => Viewed {
+            fields: sealing::open_record(boundary, &receipt, &record, gone).await?,
+            record_id: record.record_id.to_string(),
+            subject_id: record.subject_id.to_string(),
+        },
+        View::Pseudonymised => {
+            let view = views::pseudonymised(boundary, &receipt, &record, gone).await?;
+            Viewed { fields: view.fields, record_id: view.record, subject_id: view.subject }
+        }
     };
-    Ok((record, fields, receipt))
+    Ok((record, viewed, receipt))
 }

@@ -8,6 +8,17 @@ use crate::data_key::DataKey;
 use crate::error::KeyError;
 use crate::metadata::SubjectFacts;
 
+/// A pseudonymised view of one record, made by the custodian ([`KeyCustody::view`]).
+#[derive(Debug)]
+pub struct PseudonymisedView {
+    /// The fields, by the custodian's view rules.
+    pub fields: Fields,
+    /// The record's id, as a token.
+    pub record: String,
+    /// The subject, as a token.
+    pub subject: String,
+}
+
 /// The custodian of a region's keys, as the boundary sees it.
 ///
 /// Data keys are handed out only against a log [`Receipt`] (which only an allowed access,
@@ -39,7 +50,15 @@ pub trait KeyCustody: Send + Sync {
     /// when `legacy`) and answers only what its view rules show of each field, with tokens keyed
     /// for the read's purpose and region. Such a read gets no key ([`KeyCustody::data_key`]
     /// refuses it): whoever holds a record's key holds every field of it.
-    async fn view(&self, receipt: &Receipt, sealed: &[u8], aad: &[u8], legacy: bool) -> Result<Fields, KeyError>;
+    /// The view names the record and its subject by tokens too, keyed the same way (the
+    /// subject's from their keyed hash, which the custodian knows them by).
+    async fn view(
+        &self,
+        receipt: &Receipt,
+        sealed: &[u8],
+        aad: &[u8],
+        legacy: bool,
+    ) -> Result<PseudonymisedView, KeyError>;
 
     /// Destroys the data key of the receipt's subject, for a logged, permitted erasure: every
     /// copy of their ciphertext, backups included, can no longer be opened. Returns whether

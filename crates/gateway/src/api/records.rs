@@ -134,13 +134,11 @@ pub async fn read_record(
     Path(record_id): Path<String>,
 ) -> Result<Response, ApiError> {
     let record_id: RecordId = record_id.parse()?;
-    let (record, fields, receipt) = pipeline::read(&boundary, &caller, &record_id).await?;
+    let (record, viewed, receipt) = pipeline::read(&boundary, &caller, &record_id).await?;
     let decision = receipt.permit().decision().clone();
     let created_at =
         record.created_at.format(&time::format_description::well_known::Rfc3339).map_err(ApiError::internal)?;
-    let record_id = pipeline::views::id_in_view(&boundary, &caller, &receipt, "record", &record_id.to_string()).await?;
-    let subject_id =
-        pipeline::views::id_in_view(&boundary, &caller, &receipt, "subject", record.subject_id.as_str()).await?;
+    let (record_id, subject_id, fields) = (viewed.record_id, viewed.subject_id, viewed.fields);
     Ok(answered(
         &decision,
         StatusCode::OK,
