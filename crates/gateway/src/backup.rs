@@ -227,9 +227,31 @@ async fn pg_dump(url: &str, to: &Path) -> Result<(), BackupError> {
         }
         command.arg("--dbname").arg(database);
     }
-    // Nothing from the environment picks another server.
-    for var in ["PGHOSTADDR", "PGSERVICE", "PGSERVICEFILE", "PGPASSFILE"] {
+    // Nothing from the environment picks another server, or weakens TLS.
+    for var in [
+        "PGHOSTADDR",
+        "PGSERVICE",
+        "PGSERVICEFILE",
+        "PGPASSFILE",
+        "PGOPTIONS",
+        "PGSSLMODE",
+        "PGSSLROOTCERT",
+        "PGSSLCERT",
+        "PGSSLKEY",
+    ] {
         command.env_remove(var);
+    }
+    // The URL's TLS settings, as the driver uses them (pg_dump would otherwise `prefer` TLS, which
+    // someone on the path can turn down).
+    for (name, value) in parsed.query_pairs() {
+        let var = match name.as_ref() {
+            "sslmode" => "PGSSLMODE",
+            "sslrootcert" => "PGSSLROOTCERT",
+            "sslcert" => "PGSSLCERT",
+            "sslkey" => "PGSSLKEY",
+            _ => continue,
+        };
+        command.env(var, value.as_ref());
     }
     for table in KEY_STORE_TABLES {
         command.arg(format!("--exclude-table-data={table}"));

@@ -157,6 +157,12 @@ async fn a_postgres_store_is_dumped_without_the_keys() {
     let text = String::from_utf8_lossy(&listed.stdout);
     assert!(text.contains("r-1"), "{text}");
     assert!(!text.contains("s-1"), "a wrapped key in the backup: {text}");
+    // The URL's TLS settings reach pg_dump: verify-full against a CA file that does not exist
+    // fails, rather than falling back to whatever TLS (or none) the server offers.
+    let strict = format!("{}?sslmode=verify-full&sslrootcert=/nonexistent/clover-ca.pem", database.url);
+    let refused = backup(tmp.path(), &["--data-dir", "data", "--store", &strict, "--to", "pg-tls"]);
+    assert!(!refused.status.success(), "{}", refused.stdout);
+    assert!(refused.stderr.contains("/nonexistent/clover-ca.pem"), "{}", refused.stderr);
     let password = database.url.split(':').nth(2).and_then(|rest| rest.split('@').next()).unwrap_or("");
     if !password.is_empty() {
         assert!(!made.stdout.contains(password) && !made.stderr.contains(password));
