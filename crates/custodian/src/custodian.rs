@@ -213,7 +213,7 @@ impl Custodian {
     /// write is for (a record version, or the subject's attributes). The receipt is used up,
     /// even if the subject has a key already.
     pub(crate) async fn create_for(&self, access: &LoggedAccess) -> Result<DataKey, KeyError> {
-        access.check(&[Action::Write])?;
+        access.check(&[Action::Write, Action::Repatriate])?;
         self.erasures.check(access)?;
         self.erasures.check_stored(self.keys.db.as_ref(), access).await?;
         self.receipts.claim(access).await?;
@@ -244,7 +244,7 @@ impl Custodian {
     /// The key of the record version (or the subject's attributes) that a logged, allowed read
     /// or write is for: derived from the subject's key, which stays here.
     pub(crate) async fn fetch_for(&self, access: &LoggedAccess) -> Result<DataKey, KeyError> {
-        access.check(&[Action::Read, Action::Write])?;
+        access.check(&[Action::Read, Action::Write, Action::Repatriate])?;
         Self::full_view(access)?;
         let (key, cached) = self.subject_key(access).await?;
         let scoped = self.scoped(access, &key)?;
@@ -263,7 +263,7 @@ impl Custodian {
         sealed: &[u8],
         aad: &[u8],
     ) -> Result<(DataKey, Vec<u8>), KeyError> {
-        access.check(&[Action::Read, Action::Write])?;
+        access.check(&[Action::Read, Action::Write, Action::Repatriate])?;
         Self::full_view(access)?;
         self.check_record_aad(access, aad)?;
         let (key, cached) = self.subject_key(access).await?;

@@ -521,6 +521,7 @@ pub fn access(
     let action = match (event.kind, event.action.as_deref()) {
         (EventKind::Access, Some("read")) => Action::Read,
         (EventKind::Write, Some("write")) => Action::Write,
+        (EventKind::Write, Some("repatriate")) => Action::Repatriate,
         (EventKind::Erasure, Some("erase")) => Action::Erase,
         _ => return Err(refuse("it is not an access that needs a data key")),
     };
@@ -584,5 +585,53 @@ impl WireReceipt {
     /// The entry's bytes.
     pub fn entry_bytes(&self) -> Option<Vec<u8>> {
         B64.decode(&self.entry).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use clover_event::{Annex, Event, EventDecision};
+
+    use super::*;
+
+    /// A recent, allowed entry of `kind` and `action` naming record `r` version 1, and its opening.
+    fn entry(kind: EventKind, action: &str, view: Option<&str>) -> (Vec<u8>, RecordOpening) {
+        let record = "0b8e6f7a-3c1d-4f2e-9a5b-6c7d8e9f0a1b";
+        let annex = Annex::new(None, None, None, Some(record), Some("s-1")).unwrap().with_version(Some(1));
+        let event = Event {
+            v: clover_event::EVENT_VERSION,
+            kind,
+            time: time::OffsetDateTime::now_utc().unix_timestamp(),
+            principal: None,
+            origin: None,
+            action: Some(action.to_owned()),
+            subject: Some(SubjectTag::random().unwrap()),
+            category: Some("profile".into()),
+            decision: Some(EventDecision { effect: "allow".into(), view: view.map(str::to_owned), policies: vec![] }),
+            purpose: None,
+            annex: Some(annex.commitment()),
+            detail: None,
+        };
+        (event.encode(), annex.record_opening().unwrap())
+    }
+
+    #[test]
+    fn an_entry_names_the_action_a_key_is_for() {
+        let hash = "a".repeat(64);
+        for (kind, action, view, expected) in [
+            (EventKind::Write, "write", None, Some(Action::Write)),
+            (EventKind::Write, "repatriate", None, Some(Action::Repatriate)),
+            (EventKind::Access, "read", Some("full"), Some(Action::Read)),
+            // A read whose entry names no view gets nothing (fail closed); a repatriation is a
+            // write, never an access.
+            (EventKind::Access, "read", None, None),
+            (EventKind::Access, "repatriate", None, None),
+        ] {
+            let (bytes, opening) = entry(kind, action, view);
+            let outcome = access(7, &bytes, &hash, Some(&opening));
+            assert_eq!(outcome.as_ref().ok().map(|(a, _)| a.action()), expected, "{action}: {:?}", outcome.err());
+        }
     }
 }

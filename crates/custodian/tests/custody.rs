@@ -189,7 +189,7 @@ impl Fixture {
     async fn receipt_with_view(&self, action: Action, id: &str, view: Option<&str>) -> Receipt {
         let (kind, purpose) = match action {
             Action::Read => (EventKind::Access, Some("support".to_owned())),
-            Action::Write => (EventKind::Write, None),
+            Action::Write | Action::Repatriate => (EventKind::Write, None),
             Action::Erase => (EventKind::Erasure, None),
             _ => (EventKind::Access, None),
         };
@@ -269,7 +269,7 @@ fn permit_from(
     outside: Option<(&str, &str)>,
 ) -> clover_policy::Permit {
     let resource = match action {
-        Action::Read | Action::Write => PackResource::Record {
+        Action::Read | Action::Write | Action::Repatriate => PackResource::Record {
             id: RecordId::random().to_string(),
             category: "profile".into(),
             sensitive: false,
@@ -286,7 +286,7 @@ fn permit_from(
             id: "ana".into(),
             home_region: site_region.into(),
             site: site.into(),
-            roles: vec!["agent".into()],
+            roles: vec![if action == Action::Repatriate { "repatriation" } else { "agent" }.into()],
         },
         action,
         resource,
@@ -871,6 +871,33 @@ async fn a_pseudonymised_read_gets_its_view_never_its_key(f: &Fixture) {
     custody.close().await;
 }
 
+/// A record repatriated from abroad is written through the write path: its entry (a `write`
+/// whose action is `repatriate`) makes the subject's key like a write's, and yields the key of
+/// the record version it names, which a later read opens; the receipt is used once.
+async fn a_repatriated_record_gets_its_key_like_a_write(f: &Fixture) {
+    let (custody, _store) = f.custodian(CacheOptions::default()).await;
+    let repatriated = f.receipt(Action::Repatriate, "s-1").await;
+    let key = custody.create_data_key(&repatriated).await.unwrap();
+    let sealed = key.seal(&record_aad("s-1"), br#"{"display_name":"Ana"}"#).unwrap();
+    let again = custody.data_key(&repatriated).await;
+    assert!(matches!(&again, Err(KeyError::Receipt(m)) if *m == used_up(&repatriated)), "{again:?}");
+    // Another record of the same subject repatriated later: the subject has its key already.
+    let next = f.receipt(Action::Repatriate, "s-1").await;
+    assert_eq!(custody.data_key(&next).await.unwrap().expose(), key.expose());
+    // A read opens what was repatriated.
+    let read = custody.data_key(&f.receipt(Action::Read, "s-1").await).await.unwrap();
+    assert_eq!(read.open(&record_aad("s-1"), &sealed).unwrap().as_slice(), br#"{"display_name":"Ana"}"#);
+    // It is not an erasure.
+    assert!(matches!(
+        custody.destroy_data_key(&f.receipt(Action::Repatriate, "s-1").await).await,
+        Err(KeyError::Receipt(_))
+    ));
+    let journal = custody.journal().await.unwrap();
+    let actions: Vec<&str> = journal.iter().map(|r| r.action.as_str()).collect();
+    assert_eq!(actions, ["repatriate", "repatriate", "read"]);
+    custody.close().await;
+}
+
 /// The key store holds wrapped keys only: no data key and no subject id in the clear.
 async fn the_key_store_holds_no_key_in_the_clear(f: &Fixture) {
     let (custody, store) = f.custodian(CacheOptions::default()).await;
@@ -1209,6 +1236,7 @@ suite!(
     pseudonyms_are_stable_per_purpose,
     pseudonyms_need_a_pseudonymised_reads_receipt,
     a_pseudonymised_read_gets_its_view_never_its_key,
+    a_repatriated_record_gets_its_key_like_a_write,
     the_key_store_holds_no_key_in_the_clear,
     the_backend_reopens_with_the_same_versions,
 );

@@ -157,7 +157,8 @@ impl Log {
         let action = permit.action();
         let kind_of_action = match action {
             clover_model::Action::Read => Some(EventKind::Access),
-            clover_model::Action::Write => Some(EventKind::Write),
+            // A repatriated record is written: its entry is a write whose action says how it came.
+            clover_model::Action::Write | clover_model::Action::Repatriate => Some(EventKind::Write),
             clover_model::Action::Erase => Some(EventKind::Erasure),
             _ => None,
         };
