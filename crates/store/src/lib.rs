@@ -144,6 +144,36 @@ pub struct Counts {
     pub records: u64,
 }
 
+/// A record a repatriation job brought home: which source row it came from, the record it became,
+/// the canonical digest of the source row, and the log entry that covers it. What lets a job
+/// resume without writing a record twice, and be verified afterwards.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepatriatedRow {
+    /// The job (its id, chosen by the operator's run).
+    pub job: String,
+    /// The row's stable key at the source.
+    pub source_key: String,
+    /// The record it became.
+    pub record_id: RecordId,
+    /// The source row's canonical digest (SHA-256, hex: `clover_repatriate::record_digest`).
+    pub digest: String,
+    /// The index of the log entry that covers the write.
+    pub log_index: u64,
+}
+
+/// A repatriated row from its columns (job, source key, record id, digest, log index).
+pub(crate) fn repatriated_row(
+    (job, source_key, record_id, digest, log_index): (String, String, String, String, i64),
+) -> Result<RepatriatedRow, StoreError> {
+    Ok(RepatriatedRow {
+        job,
+        source_key,
+        record_id: record_id.parse().map_err(crate::rows::corrupt("a repatriated row's record id"))?,
+        digest,
+        log_index: u64::try_from(log_index).unwrap_or_default(),
+    })
+}
+
 /// The subject an annex names, while it names one.
 pub(crate) fn annex_subject(annex: &Annex) -> Option<&str> {
     match &annex.subject {
@@ -157,6 +187,23 @@ pub(crate) fn annex_subject(annex: &Annex) -> Option<&str> {
 pub trait Store: Send + Sync + 'static {
     /// The subject, if registered.
     async fn subject(&self, id: &SubjectId) -> Result<Option<SubjectRow>, StoreError>;
+
+    /// What `job` made of the source row `source_key`, if it brought it home.
+    async fn repatriated(&self, job: &str, source_key: &str) -> Result<Option<RepatriatedRow>, StoreError>;
+
+    /// Keeps that `row.job` brought `row.source_key` home as `row.record_id` (which must be
+    /// stored); false, and nothing changed, when the job had brought that row home already. The
+    /// row goes with its record: an erasure of the subject removes it.
+    async fn record_repatriated(&self, row: &RepatriatedRow) -> Result<bool, StoreError>;
+
+    /// The rows `job` brought home, in source-key order after `after`, at most `limit`: what a
+    /// verification reads back.
+    async fn repatriated_by(
+        &self,
+        job: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<RepatriatedRow>, StoreError>;
 
     /// Registers a subject. Returns `false`, changing nothing, if the id is already registered.
     async fn insert_subject(&self, row: &SubjectRow) -> Result<bool, StoreError>;

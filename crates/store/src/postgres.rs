@@ -21,7 +21,10 @@ use crate::rows::{
     self, APPROVAL_COLUMNS, RECORD_COLUMNS, RECORD_WITH_SUBJECT, SUBJECT_COLUMNS, approval_row, corrupt, db, id_list,
     record_row, record_with_subject_row, subject_row,
 };
-use crate::{ApprovalRow, Counts, Erasure, RecordRow, Store, StoreError, SubjectRow, annex_subject};
+use crate::{
+    ApprovalRow, Counts, Erasure, RecordRow, RepatriatedRow, Store, StoreError, SubjectRow, annex_subject,
+    repatriated_row,
+};
 use clover_event::Annex;
 
 rows::columns!(PgRow);
@@ -89,6 +92,19 @@ const MIGRATIONS: &[(i64, &str)] = &[
         5,
         "ALTER TABLE records ADD COLUMN sealed_with BIGINT NOT NULL DEFAULT 0;
      CREATE INDEX records_sealed_with_subject_keys ON records(record_id) WHERE sealed_with = 0;",
+    ),
+    (
+        6,
+        "CREATE TABLE repatriated (
+         job         TEXT NOT NULL,
+         source_key  TEXT COLLATE \"C\" NOT NULL,
+         record_id   TEXT NOT NULL REFERENCES records(record_id) ON DELETE CASCADE,
+         digest      TEXT NOT NULL,
+         log_index   BIGINT NOT NULL,
+         created_at  BIGINT NOT NULL,
+         PRIMARY KEY (job, source_key)
+     );
+     CREATE INDEX repatriated_by_record ON repatriated(record_id);",
     ),
 ];
 
@@ -340,6 +356,54 @@ impl Store for PostgresStore {
             .await
             .map_err(db("counting reads"))?;
         Ok(count)
+    }
+
+    async fn repatriated(&self, job: &str, source_key: &str) -> Result<Option<RepatriatedRow>, StoreError> {
+        let row: Option<(String, String, String, String, i64)> = sqlx::query_as(
+            "SELECT job, source_key, record_id, digest, log_index FROM repatriated WHERE job = $1 AND source_key = $2",
+        )
+        .bind(job)
+        .bind(source_key)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("reading a repatriated row"))?;
+        row.map(repatriated_row).transpose()
+    }
+
+    async fn record_repatriated(&self, row: &RepatriatedRow) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO repatriated (job, source_key, record_id, digest, log_index, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (job, source_key) DO NOTHING",
+        )
+        .bind(&row.job)
+        .bind(&row.source_key)
+        .bind(row.record_id.to_string())
+        .bind(&row.digest)
+        .bind(i64::try_from(row.log_index).unwrap_or(i64::MAX))
+        .bind(OffsetDateTime::now_utc().unix_timestamp())
+        .execute(&self.pool)
+        .await
+        .map_err(db("keeping a repatriated row"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn repatriated_by(
+        &self,
+        job: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<RepatriatedRow>, StoreError> {
+        let rows: Vec<(String, String, String, String, i64)> = sqlx::query_as(
+            "SELECT job, source_key, record_id, digest, log_index FROM repatriated
+             WHERE job = $1 AND ($2::TEXT IS NULL OR source_key > $2) ORDER BY source_key LIMIT $3",
+        )
+        .bind(job)
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("reading repatriated rows"))?;
+        rows.into_iter().map(repatriated_row).collect()
     }
 
     async fn insert_annex(&self, annex: &Annex) -> Result<(), StoreError> {

@@ -17,7 +17,10 @@ use crate::rows::{
     self, APPROVAL_COLUMNS, RECORD_COLUMNS, RECORD_WITH_SUBJECT, SUBJECT_COLUMNS, approval_row, corrupt, db, id_list,
     parse, record_row, record_with_subject_row, subject_row,
 };
-use crate::{ApprovalRow, Counts, Erasure, RecordRow, Store, StoreError, SubjectRow, annex_subject};
+use crate::{
+    ApprovalRow, Counts, Erasure, RecordRow, RepatriatedRow, Store, StoreError, SubjectRow, annex_subject,
+    repatriated_row,
+};
 use clover_event::Annex;
 
 /// The schema, applied when the database is opened. `user_version` records which one.
@@ -68,10 +71,20 @@ CREATE TABLE IF NOT EXISTS touches (
     at          INTEGER NOT NULL
 ) STRICT;
 CREATE INDEX IF NOT EXISTS touches_by_principal ON touches(principal, at);
+CREATE TABLE IF NOT EXISTS repatriated (
+    job         TEXT NOT NULL,
+    source_key  TEXT NOT NULL,
+    record_id   TEXT NOT NULL REFERENCES records(record_id) ON DELETE CASCADE,
+    digest      TEXT NOT NULL,
+    log_index   INTEGER NOT NULL,
+    created_at  INTEGER NOT NULL,
+    PRIMARY KEY (job, source_key)
+) STRICT;
+CREATE INDEX IF NOT EXISTS repatriated_by_record ON repatriated(record_id);
 ";
 
 /// The schema's version, kept in `user_version`.
-const SCHEMA_VERSION: i64 = 5;
+const SCHEMA_VERSION: i64 = 6;
 
 /// Changes that bring a database of an older version (the key) to the next one.
 ///
@@ -136,6 +149,22 @@ const MIGRATIONS: &[(i64, &str)] = &[
          ) STRICT;
          ALTER TABLE records ADD COLUMN sealed_with INTEGER NOT NULL DEFAULT 0;
          PRAGMA user_version = 5;
+         COMMIT;",
+    ),
+    (
+        5,
+        "BEGIN IMMEDIATE;
+         CREATE TABLE IF NOT EXISTS repatriated (
+             job         TEXT NOT NULL,
+             source_key  TEXT NOT NULL,
+             record_id   TEXT NOT NULL REFERENCES records(record_id) ON DELETE CASCADE,
+             digest      TEXT NOT NULL,
+             log_index   INTEGER NOT NULL,
+             created_at  INTEGER NOT NULL,
+             PRIMARY KEY (job, source_key)
+         ) STRICT;
+         CREATE INDEX IF NOT EXISTS repatriated_by_record ON repatriated(record_id);
+         PRAGMA user_version = 6;
          COMMIT;",
     ),
 ];
@@ -515,6 +544,55 @@ impl Store for SqliteStore {
             .await
             .map_err(db("counting reads"))?;
         Ok(count)
+    }
+
+    async fn repatriated(&self, job: &str, source_key: &str) -> Result<Option<RepatriatedRow>, StoreError> {
+        let row: Option<(String, String, String, String, i64)> = sqlx::query_as(
+            "SELECT job, source_key, record_id, digest, log_index FROM repatriated WHERE job = ? AND source_key = ?",
+        )
+        .bind(job)
+        .bind(source_key)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("reading a repatriated row"))?;
+        row.map(repatriated_row).transpose()
+    }
+
+    async fn record_repatriated(&self, row: &RepatriatedRow) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO repatriated (job, source_key, record_id, digest, log_index, created_at)
+             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (job, source_key) DO NOTHING",
+        )
+        .bind(&row.job)
+        .bind(&row.source_key)
+        .bind(row.record_id.to_string())
+        .bind(&row.digest)
+        .bind(i64::try_from(row.log_index).unwrap_or(i64::MAX))
+        .bind(OffsetDateTime::now_utc().unix_timestamp())
+        .execute(&self.pool)
+        .await
+        .map_err(db("keeping a repatriated row"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn repatriated_by(
+        &self,
+        job: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<RepatriatedRow>, StoreError> {
+        let rows: Vec<(String, String, String, String, i64)> = sqlx::query_as(
+            "SELECT job, source_key, record_id, digest, log_index FROM repatriated
+             WHERE job = ? AND (? IS NULL OR source_key > ?) ORDER BY source_key LIMIT ?",
+        )
+        .bind(job)
+        .bind(after)
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("reading repatriated rows"))?;
+        rows.into_iter().map(repatriated_row).collect()
     }
 
     async fn insert_annex(&self, annex: &Annex) -> Result<(), StoreError> {

@@ -280,6 +280,55 @@ async fn reads_are_counted_per_principal_in_the_window(store: Arc<dyn Store>, _:
     assert_eq!(store.touched(&ana, "h1", since).await.unwrap(), 3, "h1's reads were forgotten: h2, h4 and h1");
 }
 
+/// A repatriation job's rows: each source row kept once (a resumed run writes nothing twice),
+/// read back in source-key order by pages, per job; and gone with their record when the subject
+/// is erased (the source key may itself identify them).
+async fn repatriated_rows_are_kept_once_and_go_with_their_record(store: Arc<dyn Store>, _: &Backend) {
+    use clover_store::RepatriatedRow;
+    store.insert_subject(&subject("s-1")).await.unwrap();
+    store.insert_subject(&subject("s-2")).await.unwrap();
+    let mut rows = Vec::new();
+    // Keys whose byte order differs from a locale's ("B" < "a" < "b"), and one of s-2's.
+    for (key, owner) in [("b", "s-1"), ("B", "s-1"), ("a", "s-1"), ("10", "s-1"), ("9", "s-2")] {
+        let r = record(owner);
+        store.insert_record(&r).await.unwrap();
+        let row = RepatriatedRow {
+            job: "job-1".into(),
+            source_key: key.into(),
+            record_id: r.record_id,
+            digest: format!("{key:0>64}"),
+            log_index: 40 + rows.len() as u64,
+        };
+        assert!(store.record_repatriated(&row).await.unwrap());
+        rows.push(row);
+    }
+    // Again, or another record for the same source row: kept as it was.
+    assert!(!store.record_repatriated(&rows[0]).await.unwrap());
+    let mut other = rows[0].clone();
+    other.digest = "f".repeat(64);
+    assert!(!store.record_repatriated(&other).await.unwrap());
+    assert_eq!(store.repatriated("job-1", "b").await.unwrap().unwrap(), rows[0]);
+    assert!(store.repatriated("job-1", "c").await.unwrap().is_none());
+    assert!(store.repatriated("job-2", "b").await.unwrap().is_none());
+
+    // Pages in byte order of the source key.
+    let first = store.repatriated_by("job-1", None, 3).await.unwrap();
+    let keys: Vec<&str> = first.iter().map(|r| r.source_key.as_str()).collect();
+    assert_eq!(keys, ["10", "9", "B"]);
+    let rest = store.repatriated_by("job-1", Some("B"), 3).await.unwrap();
+    let keys: Vec<&str> = rest.iter().map(|r| r.source_key.as_str()).collect();
+    assert_eq!(keys, ["a", "b"]);
+    assert!(store.repatriated_by("job-2", None, 3).await.unwrap().is_empty());
+    // A row's record must be stored.
+    let ghost = RepatriatedRow { source_key: "ghost".into(), record_id: RecordId::random(), ..rows[0].clone() };
+    assert!(store.record_repatriated(&ghost).await.is_err());
+
+    // Erasing s-1 takes its rows with its records; s-2's stays.
+    store.erase_subject(&"s-1".parse().unwrap()).await.unwrap().unwrap();
+    let left = store.repatriated_by("job-1", None, 10).await.unwrap();
+    assert_eq!(left, vec![rows[4].clone()]);
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -315,4 +364,5 @@ suite!(
     times_cover_the_range_in_use,
     annexes_are_found_by_subject_and_unlinked_by_erasure,
     reads_are_counted_per_principal_in_the_window,
+    repatriated_rows_are_kept_once_and_go_with_their_record,
 );
