@@ -329,6 +329,37 @@ fn cases() -> Vec<Case> {
             &["repatriation-by-its-operators"],
         ),
         case(
+            "a repatriation operator registers a subject one of whose records comes home",
+            |r| {
+                repatriate(r, &["repatriation"]);
+                r.resource = PackResource::Subject { id: "s-1".into(), minor: true, home_region: "eu".into() };
+            },
+            full,
+            &["repatriation-registers-subjects"],
+            &[],
+        ),
+        case(
+            "but not a subject of another region, nor from abroad",
+            |r| {
+                repatriate(r, &["repatriation"]);
+                r.resource = PackResource::Subject { id: "s-1".into(), minor: false, home_region: "sg".into() };
+                r.origin = from("singapore-1", "sg");
+            },
+            deny,
+            &["default-deny"],
+            &["repatriation-registers-subjects"],
+        ),
+        case(
+            "nor an agent registering one by repatriation",
+            |r| {
+                repatriate(r, &["agent"]);
+                r.resource = PackResource::Subject { id: "s-1".into(), minor: false, home_region: "eu".into() };
+            },
+            deny,
+            &["default-deny"],
+            &["repatriation-registers-subjects"],
+        ),
+        case(
             "nor a record of another region's subject",
             |r| {
                 repatriate(r, &["repatriation"]);
