@@ -611,3 +611,48 @@ async fn a_pseudonym_needs_the_receipt_of_a_pseudonymised_read() {
     // The next read gets tokens of its own.
     assert_eq!(read_from_virginia(app, &record, "analytics").await["fields"]["display_name"], token.as_str());
 }
+
+/// The custodian's `POST /v1/views`, asked directly with the gateway's access: bad bytes, a
+/// write's receipt, another subject's hash, or the read's receipt a second time get no view,
+/// and the journal shows only the one the read was answered with.
+#[tokio::test]
+async fn a_view_is_made_once_for_its_own_read_and_nothing_else() {
+    let remote = start().await;
+    let app = &remote.app;
+    for subject in ["u-1", "u-2"] {
+        let adult = json!({"home_region": "eu", "birth_date": "1990-02-01"});
+        let put =
+            app.client(DUBLIN).put(app.url(&format!("/v1/subjects/{subject}"))).bearer_auth(app.token()).json(&adult);
+        assert_eq!(put.send().await.unwrap().status(), 201);
+    }
+    let written: Value = app.post_record("u-1", "profile", json!({"display_name": "Ana"})).await.json().await.unwrap();
+    let record = written["record_id"].as_str().unwrap().to_owned();
+    let write_index = written["log_index"].as_u64().unwrap();
+    let read = read_from_virginia(app, &record, "analytics").await;
+    let index = read["log_index"].as_u64().unwrap();
+    let ciphertext = B64.encode(app.ciphertext(&record).await);
+    let aad = B64.encode(aad::record(app.boundary.region(), &"u-1".parse().unwrap(), &record.parse().unwrap(), 1));
+    let remote = &remote;
+    let receipt = |index: u64, subject: &'static str| async move {
+        let entry = remote.entry(index).await;
+        let opening = opening_of(&app.boundary, &entry).await;
+        let subject_hash = app.boundary.subject_hash(&subject.parse().unwrap());
+        json!({"index": index, "entry": B64.encode(&entry), "subject_hash": subject_hash, "opening": opening})
+    };
+    let ask = |body: Value| async move {
+        let answer = remote.http.post(format!("{}/v1/views", remote.url)).json(&body).send().await.unwrap();
+        let status = answer.status().as_u16();
+        let text = answer.text().await.unwrap();
+        assert!(!text.contains("Ana"), "{text}");
+        status
+    };
+    let view =
+        |receipt: Value, sealed: &str| json!({"receipt": receipt, "sealed": sealed, "aad": aad, "legacy": false});
+    assert_eq!(ask(view(receipt(index, "u-1").await, "not base64!")).await, 400);
+    assert_eq!(ask(view(receipt(write_index, "u-1").await, &ciphertext)).await, 403);
+    assert_eq!(ask(view(receipt(index, "u-2").await, &ciphertext)).await, 403);
+    assert_eq!(ask(view(receipt(index, "u-1").await, &ciphertext)).await, 403, "the read's view was made already");
+    let journal = remote.journal().await;
+    let views = journal.iter().filter(|r| r["action"] == "view").count();
+    assert_eq!(views, 1, "{journal:?}");
+}
