@@ -522,6 +522,9 @@ pub fn access(
         (EventKind::Access, Some("read")) => Action::Read,
         (EventKind::Write, Some("write")) => Action::Write,
         (EventKind::Write, Some("repatriate")) => Action::Repatriate,
+        // A repatriation's verification reads back what it wrote: a read of that record
+        // version (a full view, or nothing), which makes no key.
+        (EventKind::Access, Some("repatriate")) => Action::Read,
         (EventKind::Erasure, Some("erase")) => Action::Erase,
         _ => return Err(refuse("it is not an access that needs a data key")),
     };
@@ -624,10 +627,11 @@ mod tests {
             (EventKind::Write, "write", None, Some(Action::Write)),
             (EventKind::Write, "repatriate", None, Some(Action::Repatriate)),
             (EventKind::Access, "read", Some("full"), Some(Action::Read)),
-            // A read whose entry names no view gets nothing (fail closed); a repatriation is a
-            // write, never an access.
+            // A read whose entry names no view gets nothing (fail closed); a repatriation's
+            // verification is a read, which makes no key.
             (EventKind::Access, "read", None, None),
             (EventKind::Access, "repatriate", None, None),
+            (EventKind::Access, "repatriate", Some("full"), Some(Action::Read)),
         ] {
             let (bytes, opening) = entry(kind, action, view);
             let outcome = access(7, &bytes, &hash, Some(&opening));

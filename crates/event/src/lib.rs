@@ -50,6 +50,10 @@ pub enum EventKind {
     /// Where the region's data lives (at every start of a boundary): each place by site and
     /// region, never an address.
     Residency,
+    /// A repatriation's receipt was signed: the entry's detail is the SHA-256 of its signed
+    /// manifest (counts, the Merkle root over the records brought home, the log indexes that
+    /// cover them), which the receipt's holder checks against it.
+    Repatriation,
 }
 
 /// The caller, as a format 2 entry records it: what they are, not who.

@@ -7,6 +7,7 @@ mod document;
 pub mod keys;
 pub mod log;
 pub mod records;
+pub mod repatriation;
 pub mod service;
 pub mod subjects;
 
@@ -39,6 +40,7 @@ use crate::problem::{ApiError, BodyLimit};
         (name = "log", description = "The transparency log: checkpoints, tiles and proofs"),
         (name = "approvals", description = "Approvals for bulk access, granted by a second person"),
         (name = "keys", description = "Key custody: versions, rotation"),
+        (name = "repatriation", description = "Records coming home from a store abroad: batches, their verification, the receipt"),
         (name = "service", description = "Health, metrics and this document"),
     )
 )]
@@ -79,6 +81,9 @@ pub fn routes() -> (Router<Arc<Boundary>>, utoipa::openapi::OpenApi) {
         .routes(routes!(approvals::request_approval))
         .routes(routes!(approvals::grant_approval))
         .routes(routes!(approvals::get_approval))
+        .routes(routes!(repatriation::copy))
+        .routes(routes!(repatriation::verify))
+        .routes(routes!(repatriation::receipt))
         .routes(routes!(keys::status))
         .routes(routes!(keys::rotate))
         .routes(routes!(keys::reseal, keys::resealing))

@@ -33,6 +33,9 @@ pub struct Boundary {
     log: Log,
     cosigned: Cosigned,
     log_vkey: VerifierKey,
+    /// The log's key, which also signs the boundary's other statements (a repatriation's
+    /// receipt): notes whose text is never a checkpoint's.
+    note_signer: Arc<dyn clover_tlog::note::NoteSigner>,
     subject_index: SubjectIndexKey,
     authenticator: Authenticator,
     sites: Sites,
@@ -94,7 +97,15 @@ impl Boundary {
         self.custodian.as_ref()
     }
 
-    /// The log's checkpoint verifier key.
+    /// Signs `text` (ending in a newline) as a C2SP signed note under the log's key: the note
+    /// `clover_tlog::note::Note::parse` reads and the log's verifier key verifies.
+    pub fn sign_note(&self, text: &str) -> Result<String, clover_tlog::note::SignError> {
+        use clover_tlog::note::NoteSigner;
+        debug_assert!(text.ends_with('\n'));
+        Ok(format!("{text}\n{}", self.note_signer.signature_line(text)?))
+    }
+
+    /// The log's verifier key.
     pub fn log_vkey(&self) -> &VerifierKey {
         &self.log_vkey
     }

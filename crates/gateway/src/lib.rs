@@ -25,6 +25,7 @@ pub mod origin;
 pub mod pipeline;
 pub mod problem;
 mod refusals;
+pub mod repatriation;
 pub mod report;
 pub mod reseal;
 pub mod residency;

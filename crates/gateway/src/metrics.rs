@@ -20,6 +20,8 @@
 //!   grant of this scope: the store was changed), `beyond-log` (an entry this gateway has not
 //!   seen), `unreadable` (the log could not be read). Any `not-logged` or `mismatch` means the
 //!   store was changed outside the boundary.
+//! - `clover_repatriated_records_total`: records a repatriation brought home (stored with their
+//!   job's row).
 
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -37,6 +39,8 @@ const REQUESTS: &str = "clover_http_requests_total";
 pub const REFUSALS_LIMITED: &str = "clover_refusals_limited_total";
 /// Granted approvals not counted because the log does not hold their grant as the store has it.
 pub const APPROVALS_REFUSED: &str = "clover_approvals_refused_total";
+/// Records a repatriation brought home.
+pub const REPATRIATED_RECORDS: &str = "clover_repatriated_records_total";
 const DURATION: &str = "clover_http_request_duration_seconds";
 const BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
 
@@ -53,6 +57,7 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
             match builder.install_recorder() {
                 Ok(handle) => {
                     metrics::describe_counter!(REQUESTS, "HTTP requests answered");
+                    metrics::describe_counter!(REPATRIATED_RECORDS, "Records a repatriation brought home");
                     metrics::describe_counter!(
                         REFUSALS_LIMITED,
                         "Refusals answered 429 past the refusal limit, not logged one by one"

@@ -155,16 +155,18 @@ impl Log {
     /// appended, so that a receipt always says what its permit allowed.
     pub async fn append_permitted(&self, event: &Event, permit: Permit) -> Result<Receipt, LogError> {
         let action = permit.action();
-        let kind_of_action = match action {
-            clover_model::Action::Read => Some(EventKind::Access),
-            // A repatriated record is written: its entry is a write whose action says how it came.
-            clover_model::Action::Write | clover_model::Action::Repatriate => Some(EventKind::Write),
-            clover_model::Action::Erase => Some(EventKind::Erasure),
-            _ => None,
+        let kinds_of_action: &[EventKind] = match action {
+            clover_model::Action::Read => &[EventKind::Access],
+            clover_model::Action::Write => &[EventKind::Write],
+            // A repatriated record is written: its entry is a write whose action says how it
+            // came; its verification reads it back, an access.
+            clover_model::Action::Repatriate => &[EventKind::Write, EventKind::Access],
+            clover_model::Action::Erase => &[EventKind::Erasure],
+            _ => &[],
         };
         if event.decision.as_ref().is_none_or(|d| d.effect != "allow")
             || event.action.as_deref() != Some(action.to_string().as_str())
-            || kind_of_action.is_some_and(|kind| kind != event.kind)
+            || (!kinds_of_action.is_empty() && !kinds_of_action.contains(&event.kind))
         {
             return Err(LogError::NotPermitted(format!(
                 "a {action} permit's entry must be an allowed {action}, and this one is a {:?} {}",

@@ -159,11 +159,17 @@ pub struct RepatriatedRow {
     pub digest: String,
     /// The index of the log entry that covers the write.
     pub log_index: u64,
+    /// The row's place among the region's rows of the source, in the source's reading order
+    /// (from 0): the order of the leaves of the receipt's Merkle root.
+    pub ordinal: u64,
 }
 
-/// A repatriated row from its columns (job, source key, record id, digest, log index).
+/// The columns a repatriated row is read from, in [`repatriated_row`]'s order.
+pub(crate) const REPATRIATED_COLUMNS: &str = "job, source_key, record_id, digest, log_index, ordinal";
+
+/// A repatriated row from its columns (job, source key, record id, digest, log index, ordinal).
 pub(crate) fn repatriated_row(
-    (job, source_key, record_id, digest, log_index): (String, String, String, String, i64),
+    (job, source_key, record_id, digest, log_index, ordinal): (String, String, String, String, i64, i64),
 ) -> Result<RepatriatedRow, StoreError> {
     Ok(RepatriatedRow {
         job,
@@ -171,6 +177,7 @@ pub(crate) fn repatriated_row(
         record_id: record_id.parse().map_err(crate::rows::corrupt("a repatriated row's record id"))?,
         digest,
         log_index: u64::try_from(log_index).unwrap_or_default(),
+        ordinal: u64::try_from(ordinal).unwrap_or_default(),
     })
 }
 
@@ -196,12 +203,18 @@ pub trait Store: Send + Sync + 'static {
     /// row goes with its record: an erasure of the subject removes it.
     async fn record_repatriated(&self, row: &RepatriatedRow) -> Result<bool, StoreError>;
 
-    /// The rows `job` brought home, in source-key order after `after`, at most `limit`: what a
-    /// verification reads back.
+    /// Stores records a repatriation job brought home with their rows, in one transaction: a
+    /// record is stored only with its row, and only when the job has no row for its source key
+    /// yet (another run of the job may have brought it home meanwhile). Returns, for each pair,
+    /// whether it was stored.
+    async fn insert_repatriated(&self, rows: &[(RecordRow, RepatriatedRow)]) -> Result<Vec<bool>, StoreError>;
+
+    /// The rows `job` brought home, in the source's order (ordinal, then source key in byte
+    /// order) after `after`, at most `limit`: what the receipt's root is computed over.
     async fn repatriated_by(
         &self,
         job: &str,
-        after: Option<&str>,
+        after: Option<(u64, &str)>,
         limit: u32,
     ) -> Result<Vec<RepatriatedRow>, StoreError>;
 

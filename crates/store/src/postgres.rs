@@ -22,8 +22,8 @@ use crate::rows::{
     record_row, record_with_subject_row, subject_row,
 };
 use crate::{
-    ApprovalRow, Counts, Erasure, RecordRow, RepatriatedRow, Store, StoreError, SubjectRow, annex_subject,
-    repatriated_row,
+    ApprovalRow, Counts, Erasure, REPATRIATED_COLUMNS, RecordRow, RepatriatedRow, Store, StoreError, SubjectRow,
+    annex_subject, repatriated_row,
 };
 use clover_event::Annex;
 
@@ -105,6 +105,11 @@ const MIGRATIONS: &[(i64, &str)] = &[
          PRIMARY KEY (job, source_key)
      );
      CREATE INDEX repatriated_by_record ON repatriated(record_id);",
+    ),
+    (
+        7,
+        "ALTER TABLE repatriated ADD COLUMN ordinal BIGINT NOT NULL DEFAULT 0;
+     CREATE INDEX repatriated_in_order ON repatriated(job, ordinal, source_key);",
     ),
 ];
 
@@ -359,9 +364,9 @@ impl Store for PostgresStore {
     }
 
     async fn repatriated(&self, job: &str, source_key: &str) -> Result<Option<RepatriatedRow>, StoreError> {
-        let row: Option<(String, String, String, String, i64)> = sqlx::query_as(
-            "SELECT job, source_key, record_id, digest, log_index FROM repatriated WHERE job = $1 AND source_key = $2",
-        )
+        let row: Option<(String, String, String, String, i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {REPATRIATED_COLUMNS} FROM repatriated WHERE job = $1 AND source_key = $2"
+        )))
         .bind(job)
         .bind(source_key)
         .fetch_optional(&self.pool)
@@ -371,34 +376,55 @@ impl Store for PostgresStore {
     }
 
     async fn record_repatriated(&self, row: &RepatriatedRow) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "INSERT INTO repatriated (job, source_key, record_id, digest, log_index, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (job, source_key) DO NOTHING",
-        )
-        .bind(&row.job)
-        .bind(&row.source_key)
-        .bind(row.record_id.to_string())
-        .bind(&row.digest)
-        .bind(i64::try_from(row.log_index).unwrap_or(i64::MAX))
-        .bind(OffsetDateTime::now_utc().unix_timestamp())
-        .execute(&self.pool)
-        .await
-        .map_err(db("keeping a repatriated row"))?;
-        Ok(done.rows_affected() == 1)
+        keep_repatriated(&self.pool, row).await
+    }
+
+    async fn insert_repatriated(&self, rows: &[(RecordRow, RepatriatedRow)]) -> Result<Vec<bool>, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db("storing repatriated records"))?;
+        let mut stored = Vec::with_capacity(rows.len());
+        for (record, row) in rows {
+            let exists: Option<i32> =
+                sqlx::query_scalar("SELECT 1 FROM repatriated WHERE job = $1 AND source_key = $2")
+                    .bind(&row.job)
+                    .bind(&row.source_key)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db("reading a repatriated row"))?;
+            if exists.is_some() {
+                stored.push(false);
+                continue;
+            }
+            insert_record(&mut *tx, record).await?;
+            let kept = keep_repatriated(&mut *tx, row).await?;
+            if !kept {
+                // Another run of the job kept the row meanwhile (and its record): not this one.
+                sqlx::query("DELETE FROM records WHERE record_id = $1")
+                    .bind(record.record_id.to_string())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db("storing repatriated records"))?;
+            }
+            stored.push(kept);
+        }
+        tx.commit().await.map_err(db("storing repatriated records"))?;
+        Ok(stored)
     }
 
     async fn repatriated_by(
         &self,
         job: &str,
-        after: Option<&str>,
+        after: Option<(u64, &str)>,
         limit: u32,
     ) -> Result<Vec<RepatriatedRow>, StoreError> {
-        let rows: Vec<(String, String, String, String, i64)> = sqlx::query_as(
-            "SELECT job, source_key, record_id, digest, log_index FROM repatriated
-             WHERE job = $1 AND ($2::TEXT IS NULL OR source_key > $2) ORDER BY source_key LIMIT $3",
-        )
+        let (ordinal, key) = after.map_or((-1, ""), |(o, k)| (i64::try_from(o).unwrap_or(i64::MAX), k));
+        let rows: Vec<(String, String, String, String, i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {REPATRIATED_COLUMNS} FROM repatriated
+             WHERE job = $1 AND (ordinal > $2 OR (ordinal = $2 AND source_key > $3))
+             ORDER BY ordinal, source_key LIMIT $4"
+        )))
         .bind(job)
-        .bind(after)
+        .bind(ordinal)
+        .bind(key)
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await
@@ -506,6 +532,28 @@ impl Store for PostgresStore {
         .map_err(db("reading approvals"))?;
         rows.iter().map(approval_row).collect()
     }
+}
+
+/// Keeps a repatriated row (none, and `false`, when the job has one for its source key).
+async fn keep_repatriated<'c>(
+    executor: impl sqlx::Executor<'c, Database = sqlx::Postgres>,
+    row: &RepatriatedRow,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "INSERT INTO repatriated (job, source_key, record_id, digest, log_index, created_at, ordinal)
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (job, source_key) DO NOTHING",
+    )
+    .bind(&row.job)
+    .bind(&row.source_key)
+    .bind(row.record_id.to_string())
+    .bind(&row.digest)
+    .bind(i64::try_from(row.log_index).unwrap_or(i64::MAX))
+    .bind(OffsetDateTime::now_utc().unix_timestamp())
+    .bind(i64::try_from(row.ordinal).unwrap_or(i64::MAX))
+    .execute(executor)
+    .await
+    .map_err(db("keeping a repatriated row"))?;
+    Ok(done.rows_affected() == 1)
 }
 
 /// Stores one record through `executor` (the pool, or a transaction).

@@ -18,8 +18,8 @@ use crate::rows::{
     parse, record_row, record_with_subject_row, subject_row,
 };
 use crate::{
-    ApprovalRow, Counts, Erasure, RecordRow, RepatriatedRow, Store, StoreError, SubjectRow, annex_subject,
-    repatriated_row,
+    ApprovalRow, Counts, Erasure, REPATRIATED_COLUMNS, RecordRow, RepatriatedRow, Store, StoreError, SubjectRow,
+    annex_subject, repatriated_row,
 };
 use clover_event::Annex;
 
@@ -78,15 +78,20 @@ CREATE TABLE IF NOT EXISTS repatriated (
     digest      TEXT NOT NULL,
     log_index   INTEGER NOT NULL,
     created_at  INTEGER NOT NULL,
+    ordinal     INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (job, source_key)
 ) STRICT;
 CREATE INDEX IF NOT EXISTS repatriated_by_record ON repatriated(record_id);
+CREATE INDEX IF NOT EXISTS repatriated_in_order ON repatriated(job, ordinal, source_key);
 ";
 
 /// The schema's version, kept in `user_version`.
-const SCHEMA_VERSION: i64 = 6;
+const SCHEMA_VERSION: i64 = 7;
 
 /// Changes that bring a database of an older version (the key) to the next one.
+///
+/// Version 7 gives each repatriated row its place in the source's order (`ordinal`), for the
+/// receipt's Merkle root; rows kept before it have 0 (and go in source-key order).
 ///
 /// Version 5 records which key sealed each record (`sealed_with`): every record written before
 /// it was sealed with its subject's key (0), and is re-sealed under its own.
@@ -165,6 +170,14 @@ const MIGRATIONS: &[(i64, &str)] = &[
          ) STRICT;
          CREATE INDEX IF NOT EXISTS repatriated_by_record ON repatriated(record_id);
          PRAGMA user_version = 6;
+         COMMIT;",
+    ),
+    (
+        6,
+        "BEGIN IMMEDIATE;
+         ALTER TABLE repatriated ADD COLUMN ordinal INTEGER NOT NULL DEFAULT 0;
+         CREATE INDEX IF NOT EXISTS repatriated_in_order ON repatriated(job, ordinal, source_key);
+         PRAGMA user_version = 7;
          COMMIT;",
     ),
 ];
@@ -547,9 +560,9 @@ impl Store for SqliteStore {
     }
 
     async fn repatriated(&self, job: &str, source_key: &str) -> Result<Option<RepatriatedRow>, StoreError> {
-        let row: Option<(String, String, String, String, i64)> = sqlx::query_as(
-            "SELECT job, source_key, record_id, digest, log_index FROM repatriated WHERE job = ? AND source_key = ?",
-        )
+        let row: Option<(String, String, String, String, i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {REPATRIATED_COLUMNS} FROM repatriated WHERE job = ? AND source_key = ?"
+        )))
         .bind(job)
         .bind(source_key)
         .fetch_optional(&self.pool)
@@ -559,35 +572,55 @@ impl Store for SqliteStore {
     }
 
     async fn record_repatriated(&self, row: &RepatriatedRow) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "INSERT INTO repatriated (job, source_key, record_id, digest, log_index, created_at)
-             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (job, source_key) DO NOTHING",
-        )
-        .bind(&row.job)
-        .bind(&row.source_key)
-        .bind(row.record_id.to_string())
-        .bind(&row.digest)
-        .bind(i64::try_from(row.log_index).unwrap_or(i64::MAX))
-        .bind(OffsetDateTime::now_utc().unix_timestamp())
-        .execute(&self.pool)
-        .await
-        .map_err(db("keeping a repatriated row"))?;
-        Ok(done.rows_affected() == 1)
+        keep_repatriated(&self.pool, row).await
+    }
+
+    async fn insert_repatriated(&self, rows: &[(RecordRow, RepatriatedRow)]) -> Result<Vec<bool>, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db("storing repatriated records"))?;
+        let mut stored = Vec::with_capacity(rows.len());
+        for (record, row) in rows {
+            let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM repatriated WHERE job = ? AND source_key = ?")
+                .bind(&row.job)
+                .bind(&row.source_key)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db("reading a repatriated row"))?;
+            if exists.is_some() {
+                stored.push(false);
+                continue;
+            }
+            insert_record(&mut *tx, record).await?;
+            let kept = keep_repatriated(&mut *tx, row).await?;
+            if !kept {
+                // Another run of the job kept the row meanwhile (and its record): not this one.
+                sqlx::query("DELETE FROM records WHERE record_id = ?")
+                    .bind(record.record_id.to_string())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db("storing repatriated records"))?;
+            }
+            stored.push(kept);
+        }
+        tx.commit().await.map_err(db("storing repatriated records"))?;
+        Ok(stored)
     }
 
     async fn repatriated_by(
         &self,
         job: &str,
-        after: Option<&str>,
+        after: Option<(u64, &str)>,
         limit: u32,
     ) -> Result<Vec<RepatriatedRow>, StoreError> {
-        let rows: Vec<(String, String, String, String, i64)> = sqlx::query_as(
-            "SELECT job, source_key, record_id, digest, log_index FROM repatriated
-             WHERE job = ? AND (? IS NULL OR source_key > ?) ORDER BY source_key LIMIT ?",
-        )
+        let (ordinal, key) = after.map_or((-1, ""), |(o, k)| (i64::try_from(o).unwrap_or(i64::MAX), k));
+        let rows: Vec<(String, String, String, String, i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {REPATRIATED_COLUMNS} FROM repatriated
+             WHERE job = ? AND (ordinal > ? OR (ordinal = ? AND source_key > ?))
+             ORDER BY ordinal, source_key LIMIT ?"
+        )))
         .bind(job)
-        .bind(after)
-        .bind(after)
+        .bind(ordinal)
+        .bind(ordinal)
+        .bind(key)
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await
@@ -697,6 +730,28 @@ impl Store for SqliteStore {
 }
 
 /// Stores one record through `executor` (the pool, or a transaction).
+/// Keeps a repatriated row (none, and `false`, when the job has one for its source key).
+async fn keep_repatriated<'c>(
+    executor: impl sqlx::Executor<'c, Database = sqlx::Sqlite>,
+    row: &RepatriatedRow,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "INSERT INTO repatriated (job, source_key, record_id, digest, log_index, created_at, ordinal)
+         VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (job, source_key) DO NOTHING",
+    )
+    .bind(&row.job)
+    .bind(&row.source_key)
+    .bind(row.record_id.to_string())
+    .bind(&row.digest)
+    .bind(i64::try_from(row.log_index).unwrap_or(i64::MAX))
+    .bind(OffsetDateTime::now_utc().unix_timestamp())
+    .bind(i64::try_from(row.ordinal).unwrap_or(i64::MAX))
+    .execute(executor)
+    .await
+    .map_err(db("keeping a repatriated row"))?;
+    Ok(done.rows_affected() == 1)
+}
+
 async fn insert_record<'c>(
     executor: impl sqlx::Executor<'c, Database = sqlx::Sqlite>,
     row: &RecordRow,

@@ -281,7 +281,7 @@ async fn reads_are_counted_per_principal_in_the_window(store: Arc<dyn Store>, _:
 }
 
 /// A repatriation job's rows: each source row kept once (a resumed run writes nothing twice),
-/// read back in source-key order by pages, per job; and gone with their record when the subject
+/// read back in source order by pages, per job; and gone with their record when the subject
 /// is erased (the source key may itself identify them).
 async fn repatriated_rows_are_kept_once_and_go_with_their_record(store: Arc<dyn Store>, _: &Backend) {
     use clover_store::RepatriatedRow;
@@ -298,6 +298,8 @@ async fn repatriated_rows_are_kept_once_and_go_with_their_record(store: Arc<dyn 
             record_id: r.record_id,
             digest: format!("{key:0>64}"),
             log_index: 40 + rows.len() as u64,
+            // Source order: "b" and "B" share a place (rows kept before version 7 all have 0).
+            ordinal: [3, 3, 1, 0, 2][rows.len()],
         };
         assert!(store.record_repatriated(&row).await.unwrap());
         rows.push(row);
@@ -311,13 +313,13 @@ async fn repatriated_rows_are_kept_once_and_go_with_their_record(store: Arc<dyn 
     assert!(store.repatriated("job-1", "c").await.unwrap().is_none());
     assert!(store.repatriated("job-2", "b").await.unwrap().is_none());
 
-    // Pages in byte order of the source key.
+    // Pages in source order: by ordinal, then in byte order of the source key.
     let first = store.repatriated_by("job-1", None, 3).await.unwrap();
     let keys: Vec<&str> = first.iter().map(|r| r.source_key.as_str()).collect();
-    assert_eq!(keys, ["10", "9", "B"]);
-    let rest = store.repatriated_by("job-1", Some("B"), 3).await.unwrap();
+    assert_eq!(keys, ["10", "a", "9"]);
+    let rest = store.repatriated_by("job-1", Some((2, "9")), 3).await.unwrap();
     let keys: Vec<&str> = rest.iter().map(|r| r.source_key.as_str()).collect();
-    assert_eq!(keys, ["a", "b"]);
+    assert_eq!(keys, ["B", "b"]);
     assert!(store.repatriated_by("job-2", None, 3).await.unwrap().is_empty());
     // A row's record must be stored.
     let ghost = RepatriatedRow { source_key: "ghost".into(), record_id: RecordId::random(), ..rows[0].clone() };
@@ -327,6 +329,45 @@ async fn repatriated_rows_are_kept_once_and_go_with_their_record(store: Arc<dyn 
     store.erase_subject(&"s-1".parse().unwrap()).await.unwrap().unwrap();
     let left = store.repatriated_by("job-1", None, 10).await.unwrap();
     assert_eq!(left, vec![rows[4].clone()]);
+}
+
+/// Records a repatriation brings home are stored with their rows, in one transaction: a source
+/// row the job brought home already stores nothing (its record is not stored twice), and a
+/// batch that fails stores nothing of it at all.
+async fn repatriated_records_are_stored_with_their_rows_or_not_at_all(store: Arc<dyn Store>, _: &Backend) {
+    use clover_store::RepatriatedRow;
+    store.insert_subject(&subject("s-1")).await.unwrap();
+    let pair = |key: &str, owner: &str, ordinal: u64| {
+        let r = record(owner);
+        let row = RepatriatedRow {
+            job: "job-1".into(),
+            source_key: key.into(),
+            record_id: r.record_id,
+            digest: "d".repeat(64),
+            log_index: 7,
+            ordinal,
+        };
+        (r, row)
+    };
+    let batch = vec![pair("k1", "s-1", 0), pair("k2", "s-1", 1)];
+    assert_eq!(store.insert_repatriated(&batch).await.unwrap(), [true, true]);
+    assert_eq!(store.counts().await.unwrap().records, 2);
+    assert_eq!(store.repatriated("job-1", "k2").await.unwrap().unwrap(), batch[1].1);
+    assert!(store.record(&batch[0].0.record_id).await.unwrap().is_some());
+
+    // Again (a resumed run), with new record ids: only the new row is stored.
+    let again = vec![pair("k1", "s-1", 0), pair("k3", "s-1", 2)];
+    assert_eq!(store.insert_repatriated(&again).await.unwrap(), [false, true]);
+    assert!(store.record(&again[0].0.record_id).await.unwrap().is_none());
+    assert_eq!(store.repatriated("job-1", "k1").await.unwrap().unwrap(), batch[0].1);
+    assert_eq!(store.counts().await.unwrap().records, 3);
+
+    // A batch with a record of no registered subject fails whole: k4 is not stored either.
+    let failing = vec![pair("k4", "s-1", 3), pair("k5", "s-404", 4)];
+    assert!(store.insert_repatriated(&failing).await.is_err());
+    assert!(store.repatriated("job-1", "k4").await.unwrap().is_none());
+    assert!(store.record(&failing[0].0.record_id).await.unwrap().is_none());
+    assert_eq!(store.counts().await.unwrap().records, 3);
 }
 
 macro_rules! suite {
@@ -365,4 +406,5 @@ suite!(
     annexes_are_found_by_subject_and_unlinked_by_erasure,
     reads_are_counted_per_principal_in_the_window,
     repatriated_rows_are_kept_once_and_go_with_their_record,
+    repatriated_records_are_stored_with_their_rows_or_not_at_all,
 );

@@ -178,6 +178,20 @@ impl NoteSigner for Box<dyn NoteSigner> {
     }
 }
 
+impl NoteSigner for std::sync::Arc<dyn NoteSigner> {
+    fn name(&self) -> &str {
+        self.as_ref().name()
+    }
+
+    fn verifier(&self) -> VerifierKey {
+        self.as_ref().verifier()
+    }
+
+    fn sign_bytes(&self, message: &[u8]) -> Result<[u8; 64], SignError> {
+        self.as_ref().sign_bytes(message)
+    }
+}
+
 impl NoteSigner for SigningKey {
     fn name(&self) -> &str {
         &self.name

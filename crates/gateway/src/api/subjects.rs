@@ -16,6 +16,7 @@ use utoipa::ToSchema;
 
 use crate::api::answer::answered;
 use crate::boundary::Boundary;
+use crate::pipeline::metadata::{Attributes, adult_on};
 use crate::pipeline::{self, Ask, Caller, SubjectMetadata};
 use crate::problem::{ApiError, Body, Problem};
 use crate::report::Chain;
@@ -34,12 +35,6 @@ pub struct SubjectBody {
     /// The subject's country (ISO 3166-1 alpha-2), for its age of digital consent.
     #[schema(example = "ie", pattern = "^[a-z]{2}$")]
     pub country: Option<String>,
-}
-
-/// The subject's attributes, sealed with their data key.
-#[derive(Serialize, Deserialize)]
-struct Attributes {
-    birth_date: Option<String>,
 }
 
 /// A registered subject.
@@ -79,19 +74,6 @@ pub struct ErasureAnswer {
     /// PostgreSQL, which keeps dead row versions until `VACUUM` and WAL segments until they are
     /// recycled (see `docs/security.md`, Erasure).
     pub wal_truncated: bool,
-}
-
-/// The day a subject born on `birth_date` in `country` reaches the age of digital consent.
-fn adult_on(boundary: &Boundary, birth_date: Option<&str>, country: Option<&str>) -> Option<Date> {
-    let format = time::macros::format_description!("[year]-[month]-[day]");
-    let born = Date::parse(birth_date?, format).ok()?;
-    let minors = &boundary.config().policy.minors;
-    let age = country.and_then(|c| minors.by_country.get(c)).copied().unwrap_or(minors.default_age);
-    let year = born.year() + i32::from(age);
-    // Born on 29 February: of age on 1 March in years without one.
-    Date::from_calendar_date(year, born.month(), born.day())
-        .ok()
-        .or_else(|| Date::from_calendar_date(year, time::Month::March, 1).ok())
 }
 
 /// The answer to a registration that an erasure of the same subject overtook.

@@ -82,10 +82,11 @@ impl Boundary {
         };
         let token = hsm_token(&config)?;
         let (signer, signed_by) = checkpoint_signer(&config, &keyring, token.as_ref())?;
+        let signer: Arc<dyn NoteSigner> = Arc::from(signer);
         let log_vkey = signer.verifier();
         let log = match &config.store {
-            Some(url) => Log::open_postgres(url, signer, options).await?,
-            None => Log::open(&data_dir.log_dir(), signer, options)?,
+            Some(url) => Log::open_postgres(url, signer.clone(), options).await?,
+            None => Log::open(&data_dir.log_dir(), signer.clone(), options)?,
         };
         let subject_index = keyring.subject_index_key();
         let (custody, custodian): (Arc<dyn KeyCustody>, Option<Arc<Custodian>>) = match &config.keys.custodian {
@@ -184,6 +185,7 @@ impl Boundary {
             log,
             cosigned,
             log_vkey,
+            note_signer: signer,
             subject_index,
             authenticator,
             sites,

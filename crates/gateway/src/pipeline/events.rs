@@ -103,7 +103,7 @@ pub(crate) async fn log(
 ) -> Result<Receipt, ApiError> {
     // An allowed access that the custodian will hand a key for is bound to the subject by the
     // tag: their tag key must exist (made here at their registration).
-    let needs_key = matches!(ask.action, Action::Read | Action::Write | Action::Erase);
+    let needs_key = matches!(ask.action, Action::Read | Action::Write | Action::Erase | Action::Repatriate);
     let tag = boundary.subject_tag(ask.subject, needs_key && matches!(verdict, Verdict::Allowed(_))).await?;
     let entry = event(boundary, caller, kind, ask, tag, &verdict);
     let record = ask.record.map(|(id, _)| id.to_string());
@@ -211,17 +211,37 @@ pub(crate) async fn log_refused_read_of_nothing(
     category: &str,
     decision: clover_policy::Decision,
 ) -> ApiError {
+    log_refused_as_if(boundary, caller, Action::Read, Some(record), None, category, decision).await
+}
+
+/// Logs the refusal of `action` decided as if on a record of `category` (`decision`): a read of
+/// a record that does not exist, or a repatriation job's request refused before anything of the
+/// job is looked at. The entry reads like any refused `action` (a random subject tag); its
+/// annex names the record asked for, or `note`. Returns the 403.
+pub(crate) async fn log_refused_as_if(
+    boundary: &Boundary,
+    caller: &Caller,
+    action: Action,
+    record: Option<&str>,
+    note: Option<&str>,
+    category: &str,
+    decision: clover_policy::Decision,
+) -> ApiError {
+    let kind = match action {
+        Action::Repatriate => EventKind::Write,
+        _ => EventKind::Access,
+    };
     if let Err(limited) = limit(boundary, caller) {
         return limited;
     }
     let appended = async {
         let entry = Event {
             v: EVENT_VERSION,
-            kind: EventKind::Access,
+            kind,
             time: time::OffsetDateTime::now_utc().unix_timestamp(),
             principal: Some(boundary.public_principal(&caller.principal)),
             origin: Some(caller.event_origin()),
-            action: Some(Action::Read.to_string()),
+            action: Some(action.to_string()),
             subject: Some(SubjectTag::random().map_err(crate::boundary::entries::AppendError::Randomness)?),
             category: Some(category.to_owned()),
             decision: Some(EventDecision {
@@ -233,11 +253,11 @@ pub(crate) async fn log_refused_read_of_nothing(
             annex: None,
             detail: None,
         };
-        let annex = annex(Some(&caller.principal), caller.justification.as_deref(), None, Some(record), None)?;
+        let annex = annex(Some(&caller.principal), caller.justification.as_deref(), note, record, None)?;
         boundary.append_annexed(entry, Some(annex)).await
     };
     match appended.await {
-        Ok(log_index) => refusal(caller, Action::Read, decision, log_index),
+        Ok(log_index) => refusal(caller, action, decision, log_index),
         Err(e) => e.into(),
     }
 }

@@ -656,3 +656,36 @@ async fn a_view_is_made_once_for_its_own_read_and_nothing_else() {
     let views = journal.iter().filter(|r| r["action"] == "view").count();
     assert_eq!(views, 1, "{journal:?}");
 }
+
+/// A repatriation through a custodian in its own process: the registration and the write make
+/// and derive keys against `repatriate` write entries; the verification's reads (access entries
+/// of the action `repatriate`) get the key of their record version, and such an entry makes
+/// no key.
+#[tokio::test]
+async fn a_repatriation_and_its_verification_go_through_the_custodian() {
+    let remote = start().await;
+    let app = &remote.app;
+    let mut claims = app.claims("eu", "dublin-1", 3600);
+    claims.roles = vec!["repatriation".into()];
+    let token = app.mint(&claims);
+    let fields = json!({"name": "Ana"});
+    let batch = json!({"records": [{"source_key": "k-1", "ordinal": 0, "subject_id": "u-1", "home_region": "eu",
+        "birth_date": "1990-01-01", "category": "profile", "fields": fields}]});
+    let post = |path: &str, body: &Value| app.client(DUBLIN).post(app.url(path)).bearer_auth(&token).json(body).send();
+    let copied: Value = post("/v1/repatriation/jobs/j/records", &batch).await.unwrap().json().await.unwrap();
+    assert_eq!(copied["results"][0]["status"], "copied", "{copied}");
+    let digest = copied["results"][0]["digest"].as_str().unwrap();
+    let checks = json!({"category": "profile", "records": [{"source_key": "k-1", "digest": digest}]});
+    let verified: Value = post("/v1/repatriation/jobs/j/verify", &checks).await.unwrap().json().await.unwrap();
+    assert_eq!(verified["results"][0]["status"], "=", "{verified}");
+    let read_index = verified["results"][0]["log_index"].as_u64().unwrap();
+
+    let journal = remote.journal().await;
+    let actions: Vec<&str> = journal.iter().map(|r| r["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["repatriate", "repatriate", "read"], "{journal:?}");
+
+    // The verification's entry, shown again (logged anew), makes no key.
+    let (index, entry) = remote.logged_again(read_index).await;
+    let refused = remote.call("create", index, &entry).await;
+    assert_eq!(refused.status(), 403, "{}", refused.text().await.unwrap());
+}

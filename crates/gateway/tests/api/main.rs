@@ -19,6 +19,7 @@ mod policy;
 mod postgres;
 mod public_log;
 mod record_keys;
+mod repatriation;
 mod residency;
 mod service;
 mod split_view;

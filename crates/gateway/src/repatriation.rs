@@ -1,0 +1,653 @@
+//! Repatriation, the region's side (DESIGN.md, "Coming home"): the records a store abroad held
+//! come home through the write path, are read back and compared, and a signed receipt says
+//! what came.
+//!
+//! - [`copy`]: a batch of a job's rows, classified as this region's by `clover repatriate run`.
+//!   Each record is decided by policy (the action `repatriate`), logged, sealed under the key of
+//!   its record version that the custodian derives against the log receipt, and stored with the
+//!   job's row (source key, digest, log index, place in the source) in one transaction per
+//!   batch: nothing of a batch is stored unless all of it is. A subject not yet registered is
+//!   registered first, by an entry of their own. A source row the job brought home already is
+//!   not written again (a resumed run), and one whose content changed since is reported.
+//! - [`verify`]: reads each record a job brought home back from the store, through the custodian
+//!   (each read logged, as a repatriation's access), and compares the digest of what it holds
+//!   with the digest of the source row as it is now. The answer is a status per row, never data.
+//! - [`receipt`]: the job's signed manifest (a C2SP signed note under the log's key): its count,
+//!   the Merkle root over its records' digests in source order (the root `clover repatriate
+//!   digest` computes at the source), the log indexes that cover them, and what the operator's
+//!   run reported (its plan's counts, its purge). Its SHA-256 is logged, in an entry of kind
+//!   `repatriation`.
+//!
+//! Each request is first decided as if on a record of the job (a refused caller gets a logged
+//! refusal and learns nothing of the job, not even whether it exists).
+
+use std::collections::{HashMap, HashSet};
+
+use clover_event::EventKind;
+use clover_keys::{KeyError, aad};
+use clover_model::{Action, Category, RecordId, SubjectId};
+use clover_policy::Decision;
+use clover_repatriate::{Digest, MerkleBuilder, SourceRecord, record_digest};
+use clover_store::{RecordRow, RepatriatedRow, SealedWith, SubjectRow};
+use futures_util::future::try_join_all;
+use time::OffsetDateTime;
+
+use crate::boundary::Boundary;
+use crate::pipeline::metadata::{self, Attributes, SubjectMetadata, adult_on};
+use crate::pipeline::{Ask, Caller, Circumstances, RecordFacts, decide_and_log, events, record_request, sealing};
+use crate::problem::ApiError;
+
+/// The most rows one request may carry.
+pub const MAX_BATCH: usize = 1000;
+
+/// How many of a batch's records go through the pipeline at once: their log entries are then
+/// made durable together (the log group-commits what is appended meanwhile).
+const CONCURRENCY: usize = 64;
+
+/// The longest source key kept, in bytes.
+pub const MAX_SOURCE_KEY_BYTES: usize = 512;
+
+/// The longest job id.
+const MAX_JOB_LEN: usize = 64;
+
+/// A job's id, checked: 1 to 64 of `a-z 0-9 - _ .`, not starting with a dot.
+pub fn check_job(job: &str) -> Result<(), ApiError> {
+    let fine = !job.is_empty()
+        && job.len() <= MAX_JOB_LEN
+        && !job.starts_with('.')
+        && job.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.'));
+    if fine {
+        Ok(())
+    } else {
+        Err(ApiError::InvalidBody(format!(
+            "job {job:?} is not 1 to {MAX_JOB_LEN} characters of a-z 0-9 - _ . (not starting with a dot)"
+        )))
+    }
+}
+
+/// One source row of this region's, as the run read and classified it.
+#[derive(Debug)]
+pub struct Incoming {
+    /// Its place among the region's rows of the source, in reading order (from 0).
+    pub ordinal: u64,
+    /// The record as the source holds it.
+    pub record: SourceRecord,
+}
+
+/// What became of a row sent to [`copy`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum CopyStatus {
+    /// Written now.
+    Copied,
+    /// The job brought this row home before, with the same content: not written again.
+    Present,
+    /// The job brought this row home before, and the source row has changed since: not written.
+    Changed,
+}
+
+/// What [`copy`] did with one row.
+#[derive(Debug)]
+pub struct CopyOutcome {
+    /// The row's source key.
+    pub source_key: String,
+    /// What became of it.
+    pub status: CopyStatus,
+    /// The row's canonical digest as the boundary computed it from what it was sent.
+    pub digest: Digest,
+    /// The record it is in the region.
+    pub record_id: RecordId,
+    /// The log entry of the record's write.
+    pub log_index: u64,
+}
+
+/// What [`copy`] did.
+#[derive(Debug)]
+pub struct CopyReport {
+    /// Per row, in the order sent.
+    pub rows: Vec<CopyOutcome>,
+    /// Subjects registered on the way.
+    pub subjects_registered: u64,
+    /// The decision that allowed the batch (the first record's).
+    pub decision: Decision,
+}
+
+/// Decides `action` (a repatriation) as if on a record of `category` of the job, and logs a
+/// refusal: what every request about a job passes before anything of the job is looked at.
+/// Returns the decision that allowed it.
+async fn gate(boundary: &Boundary, caller: &Caller, job: &str, category: &Category) -> Result<Decision, ApiError> {
+    let circumstances = Circumstances {
+        purpose: caller.purpose.clone(),
+        has_justification: caller.justification.is_some(),
+        approved: false,
+        subjects_touched: 1,
+    };
+    let facts = RecordFacts { id: format!("repatriation-{job}"), category: category.clone(), subject_minor: true };
+    let request = record_request(
+        boundary.config(),
+        &caller.principal,
+        &caller.origin,
+        Action::Repatriate,
+        &facts,
+        &circumstances,
+    );
+    let decision = boundary.pack().decide(&request);
+    if decision.effect() == "allow" {
+        return Ok(decision);
+    }
+    let note = format!("repatriation job {job}");
+    Err(events::log_refused_as_if(boundary, caller, Action::Repatriate, None, Some(&note), category.as_str(), decision)
+        .await)
+}
+
+/// Checks a batch before anything is decided: its size, and each row's category, region, birth
+/// date and key. A bad row fails the batch (422 naming its key), and nothing of it is written.
+fn check_batch(boundary: &Boundary, rows: &[Incoming]) -> Result<(), ApiError> {
+    if rows.is_empty() || rows.len() > MAX_BATCH {
+        return Err(ApiError::InvalidBody(format!("a batch holds 1 to {MAX_BATCH} records, not {}", rows.len())));
+    }
+    let mut keys = HashSet::with_capacity(rows.len());
+    let mut ordinals = HashSet::with_capacity(rows.len());
+    let today = OffsetDateTime::now_utc().date();
+    for row in rows {
+        let r = &row.record;
+        let key = &r.source_key;
+        if key.is_empty() || key.len() > MAX_SOURCE_KEY_BYTES {
+            return Err(ApiError::InvalidBody(format!(
+                "a source key has 1 to {MAX_SOURCE_KEY_BYTES} bytes; one has {}",
+                key.len()
+            )));
+        }
+        if !keys.insert(key.as_str()) {
+            return Err(ApiError::InvalidBody(format!("source key {key:?} is twice in the batch")));
+        }
+        if !ordinals.insert(row.ordinal) {
+            return Err(ApiError::InvalidBody(format!("ordinal {} is twice in the batch", row.ordinal)));
+        }
+        if !boundary.has_category(&r.category) {
+            return Err(ApiError::UnknownCategory {
+                category: r.category.to_string(),
+                known: boundary.category_names(),
+            });
+        }
+        if r.home_region != *boundary.region() {
+            return Err(ApiError::WrongRegion {
+                subject: r.home_region.to_string(),
+                boundary: boundary.region().to_string(),
+            });
+        }
+        if let Some(born) = r.birth_date
+            && (born > today || born.year() < 1900)
+        {
+            return Err(ApiError::InvalidBody(format!("source key {key:?}: the birth date is not from 1900 to today")));
+        }
+    }
+    Ok(())
+}
+
+/// Brings a batch of a job's rows home (see the module's documentation).
+pub async fn copy(
+    boundary: &Boundary,
+    caller: &Caller,
+    job: &str,
+    rows: Vec<Incoming>,
+) -> Result<CopyReport, ApiError> {
+    check_job(job)?;
+    check_batch(boundary, &rows)?;
+    let Some(first) = rows.first() else { return Err(ApiError::InvalidBody("an empty batch".to_owned())) };
+    let decision = gate(boundary, caller, job, &first.record.category).await?;
+
+    // Each row with its digest and, for what the job brought home before (a resumed run),
+    // what it became: not written again.
+    let mut items = Vec::with_capacity(rows.len());
+    for row in rows {
+        let digest = record_digest(&row.record);
+        let kept = boundary.store().repatriated(job, &row.record.source_key).await.map_err(ApiError::internal)?;
+        let outcome = kept.map(|kept| outcome_of_kept(kept, digest));
+        items.push((row, digest, outcome));
+    }
+
+    // Subjects first (each once), then the records, many at a time.
+    let mut minors: HashMap<SubjectId, bool> = HashMap::new();
+    let mut subjects_registered = 0;
+    for (row, _, _) in items.iter().filter(|(_, _, outcome)| outcome.is_none()) {
+        if minors.contains_key(&row.record.subject) {
+            continue;
+        }
+        let (minor, registered) = ensure_subject(boundary, caller, &row.record).await?;
+        subjects_registered += u64::from(registered);
+        minors.insert(row.record.subject.clone(), minor);
+    }
+    let to_write: Vec<(&Incoming, Digest)> =
+        items.iter().filter(|(_, _, outcome)| outcome.is_none()).map(|(row, digest, _)| (row, *digest)).collect();
+    let mut pairs: Vec<(RecordRow, RepatriatedRow)> = Vec::with_capacity(to_write.len());
+    for chunk in to_write.chunks(CONCURRENCY) {
+        let steps = chunk.iter().map(|&(row, digest)| {
+            let minor = minors.get(&row.record.subject).copied().unwrap_or(true);
+            prepare(boundary, caller, job, row, digest, minor)
+        });
+        pairs.extend(try_join_all(steps).await?);
+    }
+    let stored = if pairs.is_empty() {
+        Vec::new()
+    } else {
+        boundary.store().insert_repatriated(&pairs).await.map_err(|e| match e {
+            // Erased between registration and the write: nothing of the batch was stored.
+            clover_store::StoreError::NoSuchSubject(id) => ApiError::NotFound { what: "subject", id: id.to_string() },
+            other => ApiError::internal(other),
+        })?
+    };
+    let mut written = pairs.into_iter().zip(stored);
+    let mut outcomes = Vec::with_capacity(items.len());
+    for (_, digest, outcome) in items {
+        if let Some(outcome) = outcome {
+            outcomes.push(outcome);
+            continue;
+        }
+        let Some(((record, row), stored)) = written.next() else {
+            return Err(ApiError::internal(NotKept("(a row of the batch)".to_owned())));
+        };
+        outcomes.push(if stored {
+            CopyOutcome {
+                source_key: row.source_key,
+                status: CopyStatus::Copied,
+                digest,
+                record_id: record.record_id,
+                log_index: row.log_index,
+            }
+        } else {
+            // Another run of the job brought it home meanwhile.
+            let kept = boundary.store().repatriated(job, &row.source_key).await.map_err(ApiError::internal)?;
+            let kept = kept.ok_or_else(|| ApiError::internal(NotKept(row.source_key.clone())))?;
+            outcome_of_kept(kept, digest)
+        });
+    }
+    let copied = outcomes.iter().filter(|r| r.status == CopyStatus::Copied).count();
+    tracing::info!(job, copied, sent = outcomes.len(), subjects_registered, "repatriation batch stored");
+    metrics::counter!(crate::metrics::REPATRIATED_RECORDS).increment(copied as u64);
+    Ok(CopyReport { rows: outcomes, subjects_registered, decision })
+}
+
+/// A row a job kept that a store answered stored by another run, then did not find.
+#[derive(Debug, thiserror::Error)]
+#[error("the store kept source key {0:?} for another run of the job, and then did not find it")]
+struct NotKept(String);
+
+/// What a row the job kept before says of the row sent now.
+fn outcome_of_kept(kept: RepatriatedRow, digest: Digest) -> CopyOutcome {
+    let status = if kept.digest == digest.to_hex() { CopyStatus::Present } else { CopyStatus::Changed };
+    CopyOutcome { source_key: kept.source_key, status, digest, record_id: kept.record_id, log_index: kept.log_index }
+}
+
+/// Registers the record's subject if they are not registered (decided, logged as a
+/// repatriation of the subject, their key made by the custodian, their birth date sealed):
+/// returns whether they are a minor, and whether this registered them.
+async fn ensure_subject(boundary: &Boundary, caller: &Caller, record: &SourceRecord) -> Result<(bool, bool), ApiError> {
+    let subject = &record.subject;
+    if let Some(row) = metadata::find_subject(boundary, subject).await? {
+        return Ok((metadata::subject_minor(boundary, &row).await, false));
+    }
+    let format = time::macros::format_description!("[year]-[month]-[day]");
+    let birth_date = record.birth_date.map(|d| d.format(format)).transpose().map_err(ApiError::internal)?;
+    let adult_on = adult_on(boundary, birth_date.as_deref(), None);
+    let minor = adult_on.is_none_or(|d| OffsetDateTime::now_utc().date() < d);
+    let ask = Ask { action: Action::Repatriate, subject, record: None, version: None, subject_minor: minor };
+    let receipt = decide_and_log(boundary, caller, EventKind::Write, &ask).await?;
+    let erased = || ApiError::NotFound { what: "subject", id: subject.to_string() };
+    let key = match boundary.custody().create_data_key(&receipt).await {
+        Ok(key) => key,
+        // Registered by another batch meanwhile (or a registration cut short): its key, against
+        // an access of its own.
+        Err(KeyError::DataKeyExists) => {
+            let fetch = decide_and_log(boundary, caller, EventKind::Write, &ask).await?;
+            sealing::unwrap_key(boundary, &fetch, erased).await?
+        }
+        Err(e) => return Err(ApiError::internal(e)),
+    };
+    let attributes = serde_json::to_vec(&Attributes { birth_date }).map_err(ApiError::internal)?;
+    let sealed_metadata = serde_json::to_vec(&SubjectMetadata { adult_on }).map_err(ApiError::internal)?;
+    let sealed_metadata =
+        boundary.custody().seal_metadata(subject, &sealed_metadata).await.map_err(ApiError::internal)?;
+    let row = SubjectRow {
+        subject_id: subject.clone(),
+        home_region: boundary.region().clone(),
+        attributes: key.seal(&aad::subject(boundary.region(), subject), &attributes).map_err(ApiError::internal)?,
+        metadata: sealed_metadata,
+        created_at: OffsetDateTime::now_utc(),
+    };
+    // False: registered by another batch meanwhile, with the same key; theirs stands.
+    let registered = boundary.store().insert_subject(&row).await.map_err(ApiError::internal)?;
+    Ok((minor, registered))
+}
+
+/// One record through the write path up to the store: decided, logged, sealed under the key
+/// the custodian derives for it against the receipt.
+async fn prepare(
+    boundary: &Boundary,
+    caller: &Caller,
+    job: &str,
+    row: &Incoming,
+    digest: Digest,
+    minor: bool,
+) -> Result<(RecordRow, RepatriatedRow), ApiError> {
+    let record = &row.record;
+    let record_id = RecordId::random();
+    let version = 1;
+    let ask = Ask {
+        action: Action::Repatriate,
+        subject: &record.subject,
+        record: Some((record_id, &record.category)),
+        version: Some(version),
+        subject_minor: minor,
+    };
+    let receipt = decide_and_log(boundary, caller, EventKind::Write, &ask).await?;
+    let key = sealing::unwrap_key(boundary, &receipt, || ApiError::NotFound {
+        what: "subject",
+        id: record.subject.to_string(),
+    })
+    .await?;
+    let ciphertext = sealing::seal_record(boundary, &key, &record.subject, &record_id, version, &record.fields)?;
+    drop(key);
+    let stored = RecordRow {
+        record_id,
+        subject_id: record.subject.clone(),
+        category: record.category.clone(),
+        home_region: boundary.region().clone(),
+        version,
+        ciphertext,
+        created_at: OffsetDateTime::now_utc(),
+        sealed_with: SealedWith::RecordKey,
+    };
+    let kept = RepatriatedRow {
+        job: job.to_owned(),
+        source_key: record.source_key.clone(),
+        record_id,
+        digest: digest.to_hex(),
+        log_index: receipt.index(),
+        ordinal: row.ordinal,
+    };
+    Ok((stored, kept))
+}
+
+/// A row to verify: its source key and the digest of the source row as it is now.
+#[derive(Debug)]
+pub struct Check {
+    /// The source key.
+    pub source_key: String,
+    /// The source row's digest now.
+    pub digest: Digest,
+}
+
+/// What [`verify`] found for a row, in the signs of `rclone check --combined`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub enum VerifyStatus {
+    /// The region's copy, read back and opened, has the source row's digest.
+    #[serde(rename = "=")]
+    Identical,
+    /// It has not: the copy differs, or the source row changed since it was copied.
+    #[serde(rename = "*")]
+    Differs,
+    /// The job did not bring this row home (or its subject was erased since).
+    #[serde(rename = "+")]
+    Missing,
+    /// The region's copy could not be read back: it does not open (the store's copy was
+    /// changed), or the custodian did not answer.
+    #[serde(rename = "!")]
+    Unreadable,
+}
+
+/// What [`verify`] found for one row.
+#[derive(Debug)]
+pub struct Verified {
+    /// The source key.
+    pub source_key: String,
+    /// What it found.
+    pub status: VerifyStatus,
+    /// Whether the source row changed since the job copied it (its digest then is not its
+    /// digest now), for a row that differs.
+    pub source_changed: bool,
+    /// The log entry of the read back, for a row read.
+    pub log_index: Option<u64>,
+}
+
+/// Reads back and compares a batch of a job's rows (see the module's documentation). The
+/// request is decided first as if on a record of `category` (the batch's first row's).
+pub async fn verify(
+    boundary: &Boundary,
+    caller: &Caller,
+    job: &str,
+    category: &Category,
+    checks: Vec<Check>,
+) -> Result<(Vec<Verified>, Decision), ApiError> {
+    check_job(job)?;
+    if checks.is_empty() || checks.len() > MAX_BATCH {
+        return Err(ApiError::InvalidBody(format!("a batch holds 1 to {MAX_BATCH} records, not {}", checks.len())));
+    }
+    if !boundary.has_category(category) {
+        return Err(ApiError::UnknownCategory { category: category.to_string(), known: boundary.category_names() });
+    }
+    let decision = gate(boundary, caller, job, category).await?;
+    let mut verified: Vec<Verified> = Vec::with_capacity(checks.len());
+    let mut checks = checks.into_iter().peekable();
+    while checks.peek().is_some() {
+        let chunk: Vec<Check> = checks.by_ref().take(CONCURRENCY).collect();
+        verified.extend(try_join_all(chunk.into_iter().map(|check| verify_one(boundary, caller, job, check))).await?);
+    }
+    let differ = verified.iter().filter(|v| v.status != VerifyStatus::Identical).count();
+    if differ > 0 {
+        tracing::warn!(job, differ, "repatriation verification found rows that are not identical");
+    }
+    Ok((verified, decision))
+}
+
+async fn verify_one(boundary: &Boundary, caller: &Caller, job: &str, check: Check) -> Result<Verified, ApiError> {
+    let missing = |check: Check| Verified {
+        source_key: check.source_key,
+        status: VerifyStatus::Missing,
+        source_changed: false,
+        log_index: None,
+    };
+    let Some(kept) = boundary.store().repatriated(job, &check.source_key).await.map_err(ApiError::internal)? else {
+        return Ok(missing(check));
+    };
+    let Some((record, subject)) = metadata::find_record_and_subject(boundary, &kept.record_id).await? else {
+        return Ok(missing(check));
+    };
+    let ask = Ask {
+        action: Action::Repatriate,
+        subject: &record.subject_id,
+        record: Some((record.record_id, &record.category)),
+        version: Some(record.version),
+        subject_minor: metadata::subject_minor(boundary, &subject).await,
+    };
+    let receipt = decide_and_log(boundary, caller, EventKind::Access, &ask).await?;
+    let gone = || ApiError::NotFound { what: "record", id: record.record_id.to_string() };
+    let fields = match sealing::open_record(boundary, &receipt, &record, gone).await {
+        Ok(fields) => fields,
+        // Erased between the load and the read.
+        Err(ApiError::NotFound { .. }) => return Ok(missing(check)),
+        Err(ApiError::Internal(cause)) => {
+            tracing::error!(job, record = %record.record_id, error = %crate::report::Chain(cause.as_ref()), "a repatriated record cannot be read back");
+            return Ok(Verified {
+                source_changed: kept.digest != check.digest.to_hex(),
+                source_key: check.source_key,
+                status: VerifyStatus::Unreadable,
+                log_index: Some(receipt.index()),
+            });
+        }
+        Err(e) => return Err(e),
+    };
+    let held = record_digest(&SourceRecord {
+        source_key: kept.source_key.clone(),
+        subject: record.subject_id.clone(),
+        home_region: record.home_region.clone(),
+        birth_date: None,
+        category: record.category.clone(),
+        fields,
+    });
+    let status = if held == check.digest { VerifyStatus::Identical } else { VerifyStatus::Differs };
+    Ok(Verified {
+        source_changed: kept.digest != check.digest.to_hex(),
+        source_key: check.source_key,
+        status,
+        log_index: Some(receipt.index()),
+    })
+}
+
+/// What the operator's run reports, for the receipt: the boundary signs it as reported, next to
+/// what it computed itself.
+#[derive(Debug)]
+pub struct Reported {
+    /// The source, as the run names it (a URL's password redacted, or a file and its SHA-256).
+    pub source: String,
+    /// The run's counts (its plan), a JSON object.
+    pub plan: serde_json::Value,
+    /// The purge's result, a JSON object, if the source was purged.
+    pub purge: Option<serde_json::Value>,
+}
+
+/// A signed receipt.
+#[derive(Debug)]
+pub struct SignedReceipt {
+    /// The manifest, a C2SP signed note under the log's key.
+    pub note: String,
+    /// The index of the log entry that holds the manifest's SHA-256.
+    pub log_index: u64,
+    /// That entry's bytes.
+    pub entry: Vec<u8>,
+    /// How many records the job brought home.
+    pub records: u64,
+    /// Their root.
+    pub root: Digest,
+    /// The decision that allowed it.
+    pub decision: Decision,
+}
+
+/// The first line of a receipt's manifest: its format.
+pub const RECEIPT_FORMAT: &str = "clover/repatriation-receipt/v1";
+
+/// The longest reported plan or purge, in bytes of JSON.
+const MAX_REPORTED_BYTES: usize = 64 * 1024;
+
+/// Signs a job's receipt (see the module's documentation) and logs its SHA-256.
+pub async fn receipt(
+    boundary: &Boundary,
+    caller: &Caller,
+    job: &str,
+    reported: Reported,
+) -> Result<SignedReceipt, ApiError> {
+    check_job(job)?;
+    let one_line = |what: &str, text: &str| {
+        if text.chars().any(char::is_control) || text.is_empty() || text.len() > MAX_REPORTED_BYTES {
+            Err(ApiError::InvalidBody(format!("{what} is empty, too long, or holds a control character")))
+        } else {
+            Ok(())
+        }
+    };
+    one_line("source", &reported.source)?;
+    let plan = serde_json::to_string(&reported.plan).map_err(ApiError::internal)?;
+    let purge = reported.purge.as_ref().map(serde_json::to_string).transpose().map_err(ApiError::internal)?;
+    if !reported.plan.is_object() || reported.purge.as_ref().is_some_and(|p| !p.is_object()) {
+        return Err(ApiError::InvalidBody("plan and purge are JSON objects".to_owned()));
+    }
+    one_line("plan", &plan)?;
+    if let Some(purge) = &purge {
+        one_line("purge", purge)?;
+    }
+    let Some(category) = boundary.config().categories.first().map(|c| c.name.clone()) else {
+        return Err(ApiError::NotFound { what: "repatriation job", id: job.to_owned() });
+    };
+    let decision = gate(boundary, caller, job, &category).await?;
+
+    let mut merkle = MerkleBuilder::new();
+    let mut indexes = Vec::new();
+    let mut after: Option<(u64, String)> = None;
+    loop {
+        let page = boundary
+            .store()
+            .repatriated_by(job, after.as_ref().map(|(o, k)| (*o, k.as_str())), 10_000)
+            .await
+            .map_err(ApiError::internal)?;
+        let Some(last) = page.last() else { break };
+        after = Some((last.ordinal, last.source_key.clone()));
+        for row in &page {
+            let digest =
+                Digest::from_hex(&row.digest).ok_or_else(|| ApiError::internal(BadDigest(row.source_key.clone())))?;
+            merkle.push(&digest);
+            indexes.push(row.log_index);
+        }
+    }
+    if merkle.size() == 0 {
+        return Err(ApiError::NotFound { what: "repatriation job", id: job.to_owned() });
+    }
+    indexes.sort_unstable();
+    let signed =
+        OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).map_err(ApiError::internal)?;
+    let text = format!(
+        "{RECEIPT_FORMAT}\nregion {}\njob {job}\nsource {}\nrecords {}\nroot {}\nlog {}\nplan {plan}\npurge {}\nsigned {signed}\n",
+        boundary.region(),
+        reported.source,
+        merkle.size(),
+        merkle.root(),
+        ranges(&indexes),
+        purge.as_deref().unwrap_or("none"),
+    );
+    let note = boundary.sign_note(&text).map_err(ApiError::internal)?;
+    let hash = Digest::of(note.as_bytes());
+    let detail = format!("receipt sha256:{hash}: {} records brought home", merkle.size());
+    let log_index = events::log_without_data(
+        boundary,
+        EventKind::Repatriation,
+        Some(caller),
+        "repatriation-receipt",
+        Some(&decision),
+        detail,
+        Some(&format!("repatriation job {job}")),
+    )
+    .await?;
+    let entry = boundary.log().entry(log_index).await.map_err(ApiError::internal)?;
+    tracing::info!(job, records = merkle.size(), root = %merkle.root(), log_index, "repatriation receipt signed");
+    Ok(SignedReceipt { note, log_index, entry, records: merkle.size(), root: merkle.root(), decision })
+}
+
+/// A kept digest that is not 64 hex digits.
+#[derive(Debug, thiserror::Error)]
+#[error("the digest kept for source key {0:?} is not a SHA-256 in hex")]
+struct BadDigest(String);
+
+/// Sorted indexes as ranges: `3-5,9,12-13`.
+pub fn ranges(sorted: &[u64]) -> String {
+    let mut spans: Vec<(u64, u64)> = Vec::new();
+    for &index in sorted {
+        match spans.last_mut() {
+            Some((_, end)) if index <= *end + 1 => *end = (*end).max(index),
+            _ => spans.push((index, index)),
+        }
+    }
+    let spans: Vec<String> =
+        spans.into_iter().map(|(a, b)| if a == b { a.to_string() } else { format!("{a}-{b}") }).collect();
+    spans.join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn indexes_are_written_as_ranges() {
+        assert_eq!(ranges(&[]), "");
+        assert_eq!(ranges(&[7]), "7");
+        assert_eq!(ranges(&[3, 4, 5, 9, 12, 13]), "3-5,9,12-13");
+        assert_eq!(ranges(&[1, 1, 2]), "1-2");
+    }
+
+    #[test]
+    fn job_ids_are_checked() {
+        for good in ["sg-2026-12", "a", "job_1.b"] {
+            assert!(check_job(good).is_ok(), "{good}");
+        }
+        for bad in ["", ".hidden", "Job", "a/b", "a b", &"x".repeat(65), "é"] {
+            assert!(check_job(bad).is_err(), "{bad}");
+        }
+    }
+}
