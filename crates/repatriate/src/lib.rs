@@ -18,6 +18,7 @@ pub mod error;
 pub mod mapping;
 pub mod merkle;
 pub mod plan;
+pub mod purge;
 pub mod record;
 pub mod source;
 
@@ -26,5 +27,6 @@ pub use error::SourceError;
 pub use mapping::{Mapping, MappingError};
 pub use merkle::{InclusionProof, MerkleBuilder, inclusion_proof};
 pub use plan::{Plan, PlanError, Planner, Progress, plan};
+pub use purge::{PgPurge, Rewrite, file_sha256, rewrite_without};
 pub use record::{Digest, SourceRecord, canonical_bytes, record_digest};
 pub use source::{FileFormat, OpenOptions, Source, SourceSpec, redact_url};

@@ -7,7 +7,7 @@
 
 mod delimited;
 mod jsonl;
-mod postgres;
+pub(crate) mod postgres;
 
 use std::path::{Path, PathBuf};
 

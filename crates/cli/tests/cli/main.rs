@@ -18,4 +18,5 @@ mod custodian;
 mod hsm;
 mod policy;
 mod repatriate;
+mod repatriate_run;
 mod tls;

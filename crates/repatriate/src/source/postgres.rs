@@ -64,6 +64,16 @@ fn qualified(table: &TableName) -> String {
 /// The query that reads one table: key, subject, place, birth date, category, fields, in that
 /// order (the optional ones only when mapped).
 pub fn select(columns: &Columns, table: &TableName) -> String {
+    format!(
+        "SELECT {} FROM {} AS src ORDER BY src.{}",
+        select_list(columns),
+        qualified(table),
+        quote_ident(&columns.source_key)
+    )
+}
+
+/// The columns [`select`] reads, each as text under a name of its own (`c0`, `c1`, ...).
+pub(crate) fn select_list(columns: &Columns) -> String {
     let text = |c: &str| format!("CAST({} AS text)", quote_ident(c));
     let mut list = vec![text(&columns.source_key), text(&columns.subject)];
     match &columns.place {
@@ -85,12 +95,12 @@ pub fn select(columns: &Columns, table: &TableName) -> String {
     // by the key column itself, in its type's order, not by its text (an output column of the
     // same name would otherwise win: 10 before 2).
     let list: Vec<String> = list.into_iter().enumerate().map(|(i, c)| format!("{c} AS c{i}")).collect();
-    format!(
-        "SELECT {} FROM {} AS src ORDER BY src.{}",
-        list.join(", "),
-        qualified(table),
-        quote_ident(&columns.source_key)
-    )
+    list.join(", ")
+}
+
+/// A table's name, quoted (with its schema).
+pub(crate) fn qualified_name(table: &TableName) -> String {
+    qualified(table)
 }
 
 impl PgSource {
@@ -177,45 +187,50 @@ impl PgSource {
     }
 
     fn raw(&self, row: &PgRow, columns: &Columns, table: &TableName) -> Result<RawRow, SourceError> {
-        let mut bytes = 0u64;
-        let mut index = 0usize;
-        let mut next = || -> Result<Option<String>, SourceError> {
-            let value: Option<String> =
-                row.try_get(index).map_err(self.error(format!("cannot read a row of table {table}")))?;
-            index += 1;
-            bytes += value.as_ref().map_or(0, |v| v.len() as u64);
-            Ok(value)
-        };
-        let source_key = next()?;
-        let subject = next()?;
-        let place = next()?;
-        let birth_date = if columns.birth_date.is_some() { next()? } else { None };
-        let category = match &columns.category {
-            CategorySource::Fixed(category) => Some(category.to_string()),
-            CategorySource::Column(_) => next()?,
-        };
-        let fields = match &columns.fields {
-            FieldsSource::Json(c) => match next()? {
-                Some(text) => fields_from_text(&text),
-                None => Err(Reason::FieldsNotObject(format!("column {c:?} is NULL"))),
-            },
-            FieldsSource::Columns(cs) => {
-                let mut map = Map::new();
-                for c in cs {
-                    // PostgreSQL's own JSON of a value: always valid.
-                    let value = next()?.and_then(|json| serde_json::from_str(&json).ok()).unwrap_or(Value::Null);
-                    map.insert(c.clone(), value);
-                }
-                Ok(map)
-            }
-        };
-        Ok(RawRow {
-            position: Position::Key { table: table.to_string(), key: source_key.clone(), row: self.row },
-            bytes,
-            place_is_country: matches!(columns.place, Place::Country(_)),
-            values: Ok(RawValues { source_key, subject, place, birth_date, category, fields: Some(fields) }),
-        })
+        raw_row(row, columns, table, self.row).map_err(self.error(format!("cannot read a row of table {table}")))
     }
+}
+
+/// A row [`select_list`] read, as a source hands it in; `ordinal` is its place in the table's
+/// reading order.
+pub(crate) fn raw_row(row: &PgRow, columns: &Columns, table: &TableName, ordinal: u64) -> Result<RawRow, sqlx::Error> {
+    let mut bytes = 0u64;
+    let mut index = 0usize;
+    let mut next = || -> Result<Option<String>, sqlx::Error> {
+        let value: Option<String> = row.try_get(index)?;
+        index += 1;
+        bytes += value.as_ref().map_or(0, |v| v.len() as u64);
+        Ok(value)
+    };
+    let source_key = next()?;
+    let subject = next()?;
+    let place = next()?;
+    let birth_date = if columns.birth_date.is_some() { next()? } else { None };
+    let category = match &columns.category {
+        CategorySource::Fixed(category) => Some(category.to_string()),
+        CategorySource::Column(_) => next()?,
+    };
+    let fields = match &columns.fields {
+        FieldsSource::Json(c) => match next()? {
+            Some(text) => fields_from_text(&text),
+            None => Err(Reason::FieldsNotObject(format!("column {c:?} is NULL"))),
+        },
+        FieldsSource::Columns(cs) => {
+            let mut map = Map::new();
+            for c in cs {
+                // PostgreSQL's own JSON of a value: always valid.
+                let value = next()?.and_then(|json| serde_json::from_str(&json).ok()).unwrap_or(Value::Null);
+                map.insert(c.clone(), value);
+            }
+            Ok(map)
+        }
+    };
+    Ok(RawRow {
+        position: Position::Key { table: table.to_string(), key: source_key.clone(), row: ordinal },
+        bytes,
+        place_is_country: matches!(columns.place, Place::Country(_)),
+        values: Ok(RawValues { source_key, subject, place, birth_date, category, fields: Some(fields) }),
+    })
 }
 
 #[cfg(test)]
