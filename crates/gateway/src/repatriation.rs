@@ -24,7 +24,7 @@
 use std::collections::{HashMap, HashSet};
 
 use clover_event::EventKind;
-use clover_keys::{KeyError, aad};
+use clover_keys::{DataKey, KeyError, aad};
 use clover_model::{Action, Category, RecordId, SubjectId};
 use clover_policy::Decision;
 use clover_repatriate::{Digest, MerkleBuilder, SourceRecord, record_digest};
@@ -99,6 +99,9 @@ pub struct CopyOutcome {
     pub record_id: RecordId,
     /// The log entry of the record's write.
     pub log_index: u64,
+    /// For a record written now: what reading it back from the store gave (its digest, or
+    /// why it could not be read).
+    pub read_back: Option<VerifyStatus>,
 }
 
 /// What [`copy`] did.
@@ -221,12 +224,16 @@ pub async fn copy(
     let to_write: Vec<(&Incoming, Digest)> =
         items.iter().filter(|(_, _, outcome)| outcome.is_none()).map(|(row, digest, _)| (row, *digest)).collect();
     let mut pairs: Vec<(RecordRow, RepatriatedRow)> = Vec::with_capacity(to_write.len());
+    let mut keys: Vec<DataKey> = Vec::with_capacity(to_write.len());
     for chunk in to_write.chunks(CONCURRENCY) {
         let steps = chunk.iter().map(|&(row, digest)| {
             let minor = minors.get(&row.record.subject).copied().unwrap_or(true);
             prepare(boundary, caller, job, row, digest, minor)
         });
-        pairs.extend(try_join_all(steps).await?);
+        for (record, row, key) in try_join_all(steps).await? {
+            pairs.push((record, row));
+            keys.push(key);
+        }
     }
     let stored = if pairs.is_empty() {
         Vec::new()
@@ -237,35 +244,76 @@ pub async fn copy(
             other => ApiError::internal(other),
         })?
     };
-    let mut written = pairs.into_iter().zip(stored);
+    let mut written = pairs.into_iter().zip(keys).zip(stored);
     let mut outcomes = Vec::with_capacity(items.len());
-    for (_, digest, outcome) in items {
+    for (row, digest, outcome) in items {
         if let Some(outcome) = outcome {
             outcomes.push(outcome);
             continue;
         }
-        let Some(((record, row), stored)) = written.next() else {
+        let Some((((record, kept), key), stored)) = written.next() else {
             return Err(ApiError::internal(NotKept("(a row of the batch)".to_owned())));
         };
         outcomes.push(if stored {
+            // Read back from the store as committed, and opened with the key it was sealed
+            // with (the write's: no other access is made): what is stored is what was sent.
+            let read_back = read_back(boundary, &row.record.source_key, &record.record_id, &key, digest).await;
             CopyOutcome {
-                source_key: row.source_key,
+                source_key: kept.source_key,
                 status: CopyStatus::Copied,
                 digest,
                 record_id: record.record_id,
-                log_index: row.log_index,
+                log_index: kept.log_index,
+                read_back: Some(read_back),
             }
         } else {
             // Another run of the job brought it home meanwhile.
-            let kept = boundary.store().repatriated(job, &row.source_key).await.map_err(ApiError::internal)?;
-            let kept = kept.ok_or_else(|| ApiError::internal(NotKept(row.source_key.clone())))?;
-            outcome_of_kept(kept, digest)
+            let again = boundary.store().repatriated(job, &kept.source_key).await.map_err(ApiError::internal)?;
+            let again = again.ok_or_else(|| ApiError::internal(NotKept(kept.source_key.clone())))?;
+            outcome_of_kept(again, digest)
         });
     }
     let copied = outcomes.iter().filter(|r| r.status == CopyStatus::Copied).count();
     tracing::info!(job, copied, sent = outcomes.len(), subjects_registered, "repatriation batch stored");
     metrics::counter!(crate::metrics::REPATRIATED_RECORDS).increment(copied as u64);
     Ok(CopyReport { rows: outcomes, subjects_registered, decision })
+}
+
+/// Reads a record just stored back from the store and opens it with the key it was sealed with;
+/// identical when the digest of what it holds (with the source key) is `digest`, as [`verify`]
+/// compares.
+async fn read_back(
+    boundary: &Boundary,
+    source_key: &str,
+    id: &RecordId,
+    key: &DataKey,
+    digest: Digest,
+) -> VerifyStatus {
+    let stored = match boundary.store().record(id).await {
+        Ok(Some(stored)) => stored,
+        Ok(None) => return VerifyStatus::Missing,
+        Err(e) => {
+            tracing::error!(record = %id, error = %crate::report::Chain(&e), "a repatriated record cannot be read back");
+            return VerifyStatus::Unreadable;
+        }
+    };
+    let aad = aad::record(boundary.region(), &stored.subject_id, &stored.record_id, stored.version);
+    let fields = match key.open(&aad, &stored.ciphertext).map(|plain| clover_model::Fields::from_bytes(&plain)) {
+        Ok(Ok(fields)) => fields,
+        _ => {
+            tracing::error!(record = %id, "a repatriated record does not open as it was sealed");
+            return VerifyStatus::Unreadable;
+        }
+    };
+    let held = record_digest(&SourceRecord {
+        source_key: source_key.to_owned(),
+        subject: stored.subject_id,
+        home_region: stored.home_region,
+        birth_date: None,
+        category: stored.category,
+        fields,
+    });
+    if held == digest { VerifyStatus::Identical } else { VerifyStatus::Differs }
 }
 
 /// A row a job kept that a store answered stored by another run, then did not find.
@@ -276,7 +324,14 @@ struct NotKept(String);
 /// What a row the job kept before says of the row sent now.
 fn outcome_of_kept(kept: RepatriatedRow, digest: Digest) -> CopyOutcome {
     let status = if kept.digest == digest.to_hex() { CopyStatus::Present } else { CopyStatus::Changed };
-    CopyOutcome { source_key: kept.source_key, status, digest, record_id: kept.record_id, log_index: kept.log_index }
+    CopyOutcome {
+        source_key: kept.source_key,
+        status,
+        digest,
+        record_id: kept.record_id,
+        log_index: kept.log_index,
+        read_back: None,
+    }
 }
 
 /// Registers the record's subject if they are not registered (decided, logged as a
@@ -329,7 +384,7 @@ async fn prepare(
     row: &Incoming,
     digest: Digest,
     minor: bool,
-) -> Result<(RecordRow, RepatriatedRow), ApiError> {
+) -> Result<(RecordRow, RepatriatedRow, DataKey), ApiError> {
     let record = &row.record;
     let record_id = RecordId::random();
     let version = 1;
@@ -347,7 +402,6 @@ async fn prepare(
     })
     .await?;
     let ciphertext = sealing::seal_record(boundary, &key, &record.subject, &record_id, version, &record.fields)?;
-    drop(key);
     let stored = RecordRow {
         record_id,
         subject_id: record.subject.clone(),
@@ -366,7 +420,7 @@ async fn prepare(
         log_index: receipt.index(),
         ordinal: row.ordinal,
     };
-    Ok((stored, kept))
+    Ok((stored, kept, key))
 }
 
 /// A row to verify: its source key and the digest of the source row as it is now.

@@ -71,6 +71,11 @@ pub struct CopyResult {
     pub record_id: RecordId,
     /// The log entry of the record's write.
     pub log_index: u64,
+    /// For a record written now, what reading it back from the store as committed gave, opened
+    /// with the key it was sealed with: `=` (identical to what was sent), `*`, `+` or `!`, as a
+    /// verification answers. None for a record brought home before: verify it.
+    #[schema(value_type = Option<String>, example = "=")]
+    pub read_back: Option<VerifyStatus>,
 }
 
 /// What a batch did.
@@ -227,6 +232,7 @@ pub async fn copy(
             digest: r.digest.to_hex(),
             record_id: r.record_id,
             log_index: r.log_index,
+            read_back: r.read_back,
         })
         .collect();
     let decision = report.decision;

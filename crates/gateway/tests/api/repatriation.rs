@@ -66,6 +66,7 @@ async fn a_batch_comes_home_through_the_write_path_and_reads_back_identical() {
     ];
     for (result, digest) in results.iter().zip(&expected) {
         assert_eq!(result["status"], "copied");
+        assert_eq!(result["read_back"], "=", "read back from the store as committed");
         assert_eq!(result["digest"], digest.to_hex(), "the boundary's digest is the documented one");
     }
     // Two registrations and three writes, each an entry, each a repatriation.
@@ -85,6 +86,7 @@ async fn a_batch_comes_home_through_the_write_path_and_reads_back_identical() {
     let again: Value =
         post(&app, DUBLIN, &token, "/v1/repatriation/jobs/sg-1/records", &batch()).await.json().await.unwrap();
     assert!(again["results"].as_array().unwrap().iter().all(|r| r["status"] == "present"), "{again}");
+    assert!(again["results"].as_array().unwrap().iter().all(|r| r["read_back"].is_null()), "{again}");
     assert_eq!(again["results"][0]["record_id"], results[0]["record_id"]);
     assert_eq!(app.boundary.log().size(), size);
     assert_eq!(app.boundary.store().counts().await.unwrap().records, 3);

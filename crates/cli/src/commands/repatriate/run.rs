@@ -156,6 +156,8 @@ struct BatchAnswer {
 struct CopyResult {
     status: String,
     digest: String,
+    /// For a record written now, the boundary's read back of it.
+    read_back: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -325,17 +327,37 @@ impl<'a> Runner<'a> {
                 self.sign('*', &p.position, "the boundary computed another digest for the row it was sent")?;
                 continue;
             }
-            match result.status.as_str() {
-                "copied" => self.report.copied += 1,
-                "present" => self.report.present += 1,
-                _ => {
-                    self.sign('*', &p.position, "changed at the source since an earlier run of the job copied it")?;
-                    continue;
+            match (result.status.as_str(), result.read_back.as_deref()) {
+                // Written now, read back from the store as committed and compared.
+                ("copied", Some(read_back)) => {
+                    self.report.copied += 1;
+                    self.signed(read_back, false, &p.position)?;
                 }
+                ("copied", None) => {
+                    self.report.copied += 1;
+                    verify.push(p);
+                }
+                // Brought home by an earlier run: read back now, through the custodian.
+                ("present", _) => {
+                    self.report.present += 1;
+                    verify.push(p);
+                }
+                _ => self.sign('*', &p.position, "changed at the source since an earlier run of the job copied it")?,
             }
-            verify.push(p);
         }
         Ok(verify)
+    }
+
+    /// A row's sign as the boundary answered it.
+    fn signed(&mut self, status: &str, source_changed: bool, at: &Position) -> anyhow::Result<bool> {
+        match status {
+            "=" => self.sign('=', at, "")?,
+            "*" if source_changed => self.sign('*', at, "changed at the source since it was copied")?,
+            "*" => self.sign('*', at, "the region's copy differs from the source row")?,
+            "+" => self.sign('+', at, "not in the region")?,
+            _ => self.sign('!', at, "the region's copy could not be read back")?,
+        }
+        Ok(status == "=")
     }
 
     fn remote(&self) -> &'a Remote {
@@ -352,17 +374,8 @@ impl<'a> Runner<'a> {
         anyhow::ensure!(answer.results.len() == batch.len(), "the boundary answered for another number of rows");
         let mut identical = Vec::with_capacity(batch.len());
         for (p, result) in batch.into_iter().zip(answer.results) {
-            match result.status.as_str() {
-                "=" => {
-                    self.sign('=', &p.position, "")?;
-                    identical.push(p);
-                }
-                "*" if result.source_changed => {
-                    self.sign('*', &p.position, "changed at the source since it was copied")?;
-                }
-                "*" => self.sign('*', &p.position, "the region's copy differs from the source row")?,
-                "+" => self.sign('+', &p.position, "not in the region")?,
-                _ => self.sign('!', &p.position, "the region's copy could not be read back")?,
+            if self.signed(&result.status, result.source_changed, &p.position)? {
+                identical.push(p);
             }
         }
         Ok(identical)
