@@ -78,6 +78,7 @@ pub fn read_answer(status: u16, body: &[u8]) -> Result<Value, KeyError> {
         403 => Err(KeyError::Receipt(detail_or_none(body))),
         404 => Err(KeyError::NoDataKey),
         409 => Err(KeyError::DataKeyExists),
+        410 => Err(KeyError::Erased),
         422 => Err(KeyError::Decrypt),
         429 => Err(KeyError::TooManyPseudonyms(detail_or_none(body))),
         _ => Err(KeyError::Hsm(format!("the custodian answered {status}: {}", detail_or_none(body)))),
@@ -240,6 +241,7 @@ mod tests {
         assert!(matches!(read_answer(403, br#"{"error":"no"}"#), Err(KeyError::Receipt(m)) if m == "no"));
         assert!(matches!(read_answer(404, b""), Err(KeyError::NoDataKey)));
         assert!(matches!(read_answer(409, b""), Err(KeyError::DataKeyExists)));
+        assert!(matches!(read_answer(410, b""), Err(KeyError::Erased)));
         assert!(matches!(read_answer(422, b""), Err(KeyError::Decrypt)));
         assert!(
             matches!(read_answer(429, br#"{"error":"enough"}"#), Err(KeyError::TooManyPseudonyms(m)) if m == "enough")

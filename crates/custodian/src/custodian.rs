@@ -222,6 +222,14 @@ impl Custodian {
         access.check(&[Action::Write, Action::Repatriate])?;
         self.erasures.check(access)?;
         self.erasures.check_stored(self.keys.db.as_ref(), access).await?;
+        // A subject erased in the region is not registered again by a repatriation: what is
+        // left of them abroad is to be deleted there, not brought back.
+        if access.action == Action::Repatriate
+            && let Some(erased) = self.erasures.last(&access.subject_hash)
+        {
+            tracing::warn!(log_index = access.log_index, erased, "refused to bring an erased subject home again");
+            return Err(KeyError::Erased);
+        }
         self.receipts.claim(access).await?;
         let key = self.keys.create(&access.subject_hash).await?;
         let scoped = self.scoped(access, &key)?;

@@ -227,6 +227,7 @@ impl From<KeyError> for Refusal {
         match e {
             KeyError::NoDataKey => Self(StatusCode::NOT_FOUND, e.to_string()),
             KeyError::DataKeyExists => Self(StatusCode::CONFLICT, e.to_string()),
+            KeyError::Erased => Self(StatusCode::GONE, e.to_string()),
             KeyError::Receipt(_) => {
                 tracing::warn!(error = %e, "receipt refused");
                 Self(StatusCode::FORBIDDEN, e.to_string())

@@ -84,6 +84,9 @@ pub enum CopyStatus {
     Present,
     /// The job brought this row home before, and the source row has changed since: not written.
     Changed,
+    /// The subject was erased in the region: not brought home again (the row is to be deleted
+    /// at the source).
+    Erased,
 }
 
 /// What [`copy`] did with one row.
@@ -95,9 +98,10 @@ pub struct CopyOutcome {
     pub status: CopyStatus,
     /// The row's canonical digest as the boundary computed it from what it was sent.
     pub digest: Digest,
-    /// The record it is in the region.
-    pub record_id: RecordId,
-    /// The log entry of the record's write.
+    /// The record it is in the region (none for an erased subject's row).
+    pub record_id: Option<RecordId>,
+    /// The log entry of the record's write (for an erased subject's row, of the registration
+    /// the custodian refused).
     pub log_index: u64,
     /// For a record written now: what reading it back from the store gave (its digest, or
     /// why it could not be read).
@@ -119,13 +123,25 @@ pub struct CopyReport {
 /// refusal: what every request about a job passes before anything of the job is looked at.
 /// Returns the decision that allowed it.
 async fn gate(boundary: &Boundary, caller: &Caller, job: &str, category: &Category) -> Result<Decision, ApiError> {
+    decide_as_if(boundary, caller, job, category, true).await
+}
+
+/// Decides a repatriation of a record of `category` of a subject who is (or not) a minor, of
+/// the job, and logs a refusal (the decision that allowed it otherwise; nothing logged).
+async fn decide_as_if(
+    boundary: &Boundary,
+    caller: &Caller,
+    job: &str,
+    category: &Category,
+    subject_minor: bool,
+) -> Result<Decision, ApiError> {
     let circumstances = Circumstances {
         purpose: caller.purpose.clone(),
         has_justification: caller.justification.is_some(),
         approved: false,
         subjects_touched: 1,
     };
-    let facts = RecordFacts { id: format!("repatriation-{job}"), category: category.clone(), subject_minor: true };
+    let facts = RecordFacts { id: format!("repatriation-{job}"), category: category.clone(), subject_minor };
     let request = record_request(
         boundary.config(),
         &caller.principal,
@@ -210,16 +226,55 @@ pub async fn copy(
         items.push((row, digest, outcome));
     }
 
-    // Subjects first (each once), then the records, many at a time.
-    let mut minors: HashMap<SubjectId, bool> = HashMap::new();
-    let mut subjects_registered = 0;
+    // Subjects first (each once, many at a time), then the records, many at a time.
+    let mut firsts: Vec<&SourceRecord> = Vec::new();
+    let mut seen: HashSet<&SubjectId> = HashSet::new();
     for (row, _, _) in items.iter().filter(|(_, _, outcome)| outcome.is_none()) {
-        if minors.contains_key(&row.record.subject) {
-            continue;
+        if seen.insert(&row.record.subject) {
+            firsts.push(&row.record);
         }
-        let (minor, registered) = ensure_subject(boundary, caller, &row.record).await?;
-        subjects_registered += u64::from(registered);
-        minors.insert(row.record.subject.clone(), minor);
+    }
+    let mut subjects: HashMap<SubjectId, Subject> = HashMap::new();
+    let mut subjects_registered = 0;
+    for chunk in firsts.chunks(CONCURRENCY) {
+        let states = try_join_all(chunk.iter().map(|record| ensure_subject(boundary, caller, record))).await?;
+        for (record, state) in chunk.iter().zip(states) {
+            subjects_registered += u64::from(matches!(state, Subject::Registered { .. }));
+            subjects.insert(record.subject.clone(), state);
+        }
+    }
+    // An erased subject's rows are not brought home again.
+    for (row, digest, outcome) in &mut items {
+        if outcome.is_none()
+            && let Some(Subject::Erased { log_index }) = subjects.get(&row.record.subject)
+        {
+            *outcome = Some(CopyOutcome {
+                source_key: row.record.source_key.clone(),
+                status: CopyStatus::Erased,
+                digest: *digest,
+                record_id: None,
+                log_index: *log_index,
+                read_back: None,
+            });
+        }
+    }
+    let minors: HashMap<&SubjectId, bool> = subjects
+        .iter()
+        .filter_map(|(id, state)| match state {
+            Subject::Known { minor } | Subject::Registered { minor } => Some((id, *minor)),
+            Subject::Erased { .. } => None,
+        })
+        .collect();
+    // Every kind of record the batch writes is decided before any write is logged: a batch that
+    // policy refuses in part is refused whole, with no allowed write logged for it.
+    let mut kinds: HashSet<(&Category, bool)> = HashSet::new();
+    for (row, _, outcome) in &items {
+        if outcome.is_none() {
+            kinds.insert((&row.record.category, minors.get(&row.record.subject).copied().unwrap_or(true)));
+        }
+    }
+    for (category, minor) in kinds {
+        decide_as_if(boundary, caller, job, category, minor).await?;
     }
     let to_write: Vec<(&Incoming, Digest)> =
         items.iter().filter(|(_, _, outcome)| outcome.is_none()).map(|(row, digest, _)| (row, *digest)).collect();
@@ -262,7 +317,7 @@ pub async fn copy(
                 source_key: kept.source_key,
                 status: CopyStatus::Copied,
                 digest,
-                record_id: record.record_id,
+                record_id: Some(record.record_id),
                 log_index: kept.log_index,
                 read_back: Some(read_back),
             }
@@ -328,19 +383,30 @@ fn outcome_of_kept(kept: RepatriatedRow, digest: Digest) -> CopyOutcome {
         source_key: kept.source_key,
         status,
         digest,
-        record_id: kept.record_id,
+        record_id: Some(kept.record_id),
         log_index: kept.log_index,
         read_back: None,
     }
 }
 
+/// A batch's subject, as [`ensure_subject`] found or made them.
+#[derive(Debug, Clone, Copy)]
+enum Subject {
+    /// Registered before; whether a minor.
+    Known { minor: bool },
+    /// Registered now; whether a minor.
+    Registered { minor: bool },
+    /// Erased in the region (the custodian refused their key, against the entry at `log_index`):
+    /// not brought back.
+    Erased { log_index: u64 },
+}
+
 /// Registers the record's subject if they are not registered (decided, logged as a
-/// repatriation of the subject, their key made by the custodian, their birth date sealed):
-/// returns whether they are a minor, and whether this registered them.
-async fn ensure_subject(boundary: &Boundary, caller: &Caller, record: &SourceRecord) -> Result<(bool, bool), ApiError> {
+/// repatriation of the subject, their key made by the custodian, their birth date sealed).
+async fn ensure_subject(boundary: &Boundary, caller: &Caller, record: &SourceRecord) -> Result<Subject, ApiError> {
     let subject = &record.subject;
     if let Some(row) = metadata::find_subject(boundary, subject).await? {
-        return Ok((metadata::subject_minor(boundary, &row).await, false));
+        return Ok(Subject::Known { minor: metadata::subject_minor(boundary, &row).await });
     }
     let format = time::macros::format_description!("[year]-[month]-[day]");
     let birth_date = record.birth_date.map(|d| d.format(format)).transpose().map_err(ApiError::internal)?;
@@ -351,6 +417,8 @@ async fn ensure_subject(boundary: &Boundary, caller: &Caller, record: &SourceRec
     let erased = || ApiError::NotFound { what: "subject", id: subject.to_string() };
     let key = match boundary.custody().create_data_key(&receipt).await {
         Ok(key) => key,
+        // Erased in the region: the custodian makes no key for them again.
+        Err(KeyError::Erased) => return Ok(Subject::Erased { log_index: receipt.index() }),
         // Registered by another batch meanwhile (or a registration cut short): its key, against
         // an access of its own.
         Err(KeyError::DataKeyExists) => {
@@ -371,8 +439,11 @@ async fn ensure_subject(boundary: &Boundary, caller: &Caller, record: &SourceRec
         created_at: OffsetDateTime::now_utc(),
     };
     // False: registered by another batch meanwhile, with the same key; theirs stands.
-    let registered = boundary.store().insert_subject(&row).await.map_err(ApiError::internal)?;
-    Ok((minor, registered))
+    if boundary.store().insert_subject(&row).await.map_err(ApiError::internal)? {
+        Ok(Subject::Registered { minor })
+    } else {
+        Ok(Subject::Known { minor })
+    }
 }
 
 /// One record through the write path up to the store: decided, logged, sealed under the key
@@ -507,6 +578,21 @@ async fn verify_one(boundary: &Boundary, caller: &Caller, job: &str, check: Chec
     let Some((record, subject)) = metadata::find_record_and_subject(boundary, &kept.record_id).await? else {
         return Ok(missing(check));
     };
+    // The caller's digest is compared with the one the job kept, never with what the region
+    // holds: the answer tells whether the source row changed since it was copied and whether
+    // the copy is intact, and is no oracle for guesses at a record's content.
+    let source_changed = kept.digest != check.digest.to_hex();
+    let differs = |check: Check, log_index| Verified {
+        source_key: check.source_key,
+        status: VerifyStatus::Differs,
+        source_changed,
+        log_index,
+    };
+    // Changed in the region since it came home (a later version): not the copy; nothing is
+    // opened.
+    if record.version != 1 {
+        return Ok(differs(check, None));
+    }
     let ask = Ask {
         action: Action::Repatriate,
         subject: &record.subject_id,
@@ -523,7 +609,7 @@ async fn verify_one(boundary: &Boundary, caller: &Caller, job: &str, check: Chec
         Err(ApiError::Internal(cause)) => {
             tracing::error!(job, record = %record.record_id, error = %crate::report::Chain(cause.as_ref()), "a repatriated record cannot be read back");
             return Ok(Verified {
-                source_changed: kept.digest != check.digest.to_hex(),
+                source_changed,
                 source_key: check.source_key,
                 status: VerifyStatus::Unreadable,
                 log_index: Some(receipt.index()),
@@ -539,11 +625,13 @@ async fn verify_one(boundary: &Boundary, caller: &Caller, job: &str, check: Chec
         category: record.category.clone(),
         fields,
     });
-    let status = if held == check.digest { VerifyStatus::Identical } else { VerifyStatus::Differs };
+    if held.to_hex() != kept.digest || source_changed {
+        return Ok(differs(check, Some(receipt.index())));
+    }
     Ok(Verified {
-        source_changed: kept.digest != check.digest.to_hex(),
+        source_changed,
         source_key: check.source_key,
-        status,
+        status: VerifyStatus::Identical,
         log_index: Some(receipt.index()),
     })
 }
@@ -638,12 +726,12 @@ pub async fn receipt(
     let signed =
         OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).map_err(ApiError::internal)?;
     let text = format!(
-        "{RECEIPT_FORMAT}\nregion {}\njob {job}\nsource {}\nrecords {}\nroot {}\nlog {}\nplan {plan}\npurge {}\nsigned {signed}\n",
+        "{RECEIPT_FORMAT}\nregion {}\njob {job}\nrecords {}\nroot {}\nlog {}\nsigned {signed}\nreported-source {}\nreported-plan {plan}\nreported-purge {}\n",
         boundary.region(),
-        reported.source,
         merkle.size(),
         merkle.root(),
         ranges(&indexes),
+        reported.source,
         purge.as_deref().unwrap_or("none"),
     );
     let note = boundary.sign_note(&text).map_err(ApiError::internal)?;

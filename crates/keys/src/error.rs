@@ -85,6 +85,11 @@ pub enum KeyError {
     #[error("the subject already has a data key in custody")]
     DataKeyExists,
 
+    /// The subject was erased: a repatriation does not bring them back (their records abroad
+    /// are to be deleted there, not copied home again).
+    #[error("the subject was erased in the region: a repatriation does not bring them back")]
+    Erased,
+
     /// The subject has no data key in custody (never created, or erased).
     #[error("no data key in custody for this subject (never created, or erased)")]
     NoDataKey,

@@ -9,6 +9,7 @@
 use std::collections::HashSet;
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use clover_model::Region;
@@ -57,6 +58,29 @@ impl PgPurge {
             .fetch_one(&mut conn)
             .await
             .map_err(database(&format!("cannot find the key column of table {table}"), &redacted))?;
+            // Rows are deleted by key: a key that is not unique could delete a row that was
+            // never compared.
+            let unique: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM pg_index i
+                   JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+                   WHERE i.indrelid = CAST($1 AS regclass) AND i.indisunique AND i.indnkeyatts = 1
+                     AND i.indpred IS NULL AND a.attname = $2)",
+            )
+            .bind(qualified_name(table))
+            .bind(&columns.source_key)
+            .fetch_one(&mut conn)
+            .await
+            .map_err(database(&format!("cannot read the indexes of table {table}"), &redacted))?;
+            if !unique {
+                return Err(SourceError::Header {
+                    path: PathBuf::from(table.to_string()),
+                    problem: format!(
+                        "the key column {:?} has no unique index of its own: a purge deletes by key, and could \
+                         delete rows it did not compare",
+                        columns.source_key
+                    ),
+                });
+            }
             key_types.push((table.to_string(), key_type));
         }
         Ok(Self { conn, url: redacted, mapping, region, key_types, locked: None })
@@ -121,15 +145,23 @@ impl PgPurge {
                 problem: "no rows are locked".to_owned(),
             });
         };
+        let deleted = self.delete_locked(&table, &locked, keys).await;
+        if deleted.is_err() {
+            // Nothing of a failed batch is deleted.
+            let _ = sqlx::raw_sql("ROLLBACK").execute(&mut self.conn).await;
+        }
+        deleted
+    }
+
+    async fn delete_locked(&mut self, table: &str, locked: &[String], keys: &[String]) -> Result<u64, SourceError> {
         let allowed: HashSet<&String> = locked.iter().collect();
         if let Some(key) = keys.iter().find(|k| !allowed.contains(k)) {
-            let _ = sqlx::raw_sql("ROLLBACK").execute(&mut self.conn).await;
             return Err(SourceError::Header {
-                path: PathBuf::from(&table),
+                path: PathBuf::from(table),
                 problem: format!("key {key:?} was not locked"),
             });
         }
-        let (columns, key_type) = self.table(&table)?;
+        let (columns, key_type) = self.table(table)?;
         let Some(name) = columns.table.clone() else { return Ok(0) };
         let statement = format!(
             "DELETE FROM {} AS src WHERE src.{} = ANY(CAST(CAST($1 AS text[]) AS {key_type}[]))",
@@ -142,6 +174,16 @@ impl PgPurge {
             .execute(&mut self.conn)
             .await
             .map_err(database(&format!("cannot delete rows of table {name}"), &url))?;
+        if done.rows_affected() != keys.len() as u64 {
+            return Err(SourceError::Header {
+                path: PathBuf::from(table),
+                problem: format!(
+                    "{} rows matched {} locked keys; nothing was deleted",
+                    done.rows_affected(),
+                    keys.len()
+                ),
+            });
+        }
         sqlx::raw_sql("COMMIT").execute(&mut self.conn).await.map_err(database("cannot commit a purge", &url))?;
         Ok(done.rows_affected())
     }
@@ -232,10 +274,17 @@ pub fn rewrite_without(
         });
     }
     let fail = |source| SourceError::File { path: path.to_owned(), source };
+    let changed = |problem: &str| SourceError::Header { path: path.to_owned(), problem: problem.to_owned() };
+    let metadata = std::fs::metadata(path).map_err(fail)?;
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let temporary = path.with_file_name(format!(".{name}.clover-purge"));
+    let mut nonce = [0u8; 8];
+    aws_lc_rs::rand::fill(&mut nonce).map_err(|_| changed("no randomness for a temporary file's name"))?;
+    let temporary = path.with_file_name(format!(".{name}.clover-purge-{}", hex::encode(nonce)));
     let written = (|| -> Result<(u64, u64), SourceError> {
-        let out = File::create(&temporary).map_err(fail)?;
+        // A new file that no one else can read while it is written (the source's rights are
+        // given to it before it replaces the source), never one that exists (a link).
+        let out =
+            std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&temporary).map_err(fail)?;
         let mut out = BufWriter::new(out);
         let counts = match format {
             FileFormat::JsonLines => copy_lines(path, drop, &mut out)?,
@@ -243,6 +292,9 @@ pub fn rewrite_without(
         };
         let out = out.into_inner().map_err(|e| fail(e.into_error()))?;
         out.sync_all().map_err(fail)?;
+        std::fs::set_permissions(&temporary, metadata.permissions()).map_err(fail)?;
+        // The source's owner too, where this process may give it (root may; others keep theirs).
+        let _ = std::os::unix::fs::chown(&temporary, Some(metadata.uid()), Some(metadata.gid()));
         Ok(counts)
     })();
     let (dropped, kept) = match written {
@@ -252,13 +304,12 @@ pub fn rewrite_without(
             return Err(e);
         }
     };
-    // Changed while it was copied: leave it.
-    if file_sha256(path)? != before {
+    // Changed while it was copied: leave it. (A writer that appends between this check and the
+    // rename below loses its lines: a source being purged is not to be written to.)
+    let now = std::fs::metadata(path).map_err(fail)?;
+    if now.len() != metadata.len() || now.modified().ok() != metadata.modified().ok() || file_sha256(path)? != before {
         let _ = std::fs::remove_file(&temporary);
-        return Err(SourceError::Header {
-            path: path.to_owned(),
-            problem: "the file changed while it was rewritten; nothing was purged".to_owned(),
-        });
+        return Err(changed("the file changed while it was rewritten; nothing was purged"));
     }
     std::fs::rename(&temporary, path).map_err(fail)?;
     if let Some(dir) = path.parent() {

@@ -576,7 +576,9 @@ impl Store for SqliteStore {
     }
 
     async fn insert_repatriated(&self, rows: &[(RecordRow, RepatriatedRow)]) -> Result<Vec<bool>, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(db("storing repatriated records"))?;
+        // The write lock first: a deferred transaction that reads before it writes can fail
+        // (SQLITE_BUSY_SNAPSHOT) once other writers moved on.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db("storing repatriated records"))?;
         let mut stored = Vec::with_capacity(rows.len());
         for (record, row) in rows {
             let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM repatriated WHERE job = ? AND source_key = ?")

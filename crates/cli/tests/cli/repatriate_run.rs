@@ -173,13 +173,19 @@ async fn a_postgres_source_comes_home_is_purged_and_the_receipt_verifies() {
     let receipt: Value = serde_json::from_slice(&std::fs::read(home.path("r.json")).unwrap()).unwrap();
     assert!(root.contains(receipt["root"].as_str().unwrap()), "{root} / {receipt}");
     let note = receipt["note"].as_str().unwrap();
-    assert!(note.contains("\npurge {\"purged\":30,\"kept\":0,\"remaining\":0}\n"), "{note}");
-    assert!(note.contains("\nsource postgres://") && !note.contains("password"), "{note}");
+    assert!(note.contains("\nreported-purge {\"purged\":30,\"kept\":0,\"remaining\":0}\n"), "{note}");
+    assert!(note.contains("\nreported-source postgres://") && !note.contains("password"), "{note}");
     let mut check = clover(home.dir.path());
     check.args(["repatriate", "verify-receipt", "r.json", "--url", &home.server.url, "--vkey", &home.vkey]);
     let checked = run(check);
     assert!(checked.status.success(), "{}", checked.stderr);
     assert!(checked.stdout.contains("receipt of job sg-2026: 30 records"), "{}", checked.stdout);
+    // Demanding a witness's cosignature that the checkpoint does not carry fails.
+    let mut witnessed = clover(home.dir.path());
+    witnessed.args(["repatriate", "verify-receipt", "r.json", "--url", &home.server.url, "--vkey", &home.vkey]);
+    witnessed.args(["--witness", &home.vkey]);
+    let witnessed = run(witnessed);
+    assert!(!witnessed.status.success(), "{}", witnessed.stdout);
     // A receipt altered in any part does not.
     let text = std::fs::read_to_string(home.path("r.json")).unwrap();
     for (from, to) in [("records 30", "records 31"), ("\"records\": 30", "\"records\": 31")] {

@@ -56,7 +56,7 @@ impl Erasures {
     }
 
     /// The subject's last erasure known here.
-    fn last(&self, hash: &str) -> Option<u64> {
+    pub(crate) fn last(&self, hash: &str) -> Option<u64> {
         self.at().get(hash).copied()
     }
 

@@ -60,16 +60,19 @@ pub struct RepatriatedRecordBody {
 pub struct CopyResult {
     /// The row's source key.
     pub source_key: String,
-    /// `copied` (written now), `present` (the job brought it home before, unchanged) or
+    /// `copied` (written now), `present` (the job brought it home before, unchanged),
     /// `changed` (the job brought it home before, and the source row has changed since; not
-    /// written).
+    /// written) or `erased` (the subject was erased in the region: not brought back; the row is
+    /// to be deleted at the source).
+    #[schema(value_type = String, example = "copied")]
     pub status: CopyStatus,
     /// The row's canonical digest, as the boundary computed it from what it was sent (hex).
     pub digest: String,
-    /// The record it is in the region.
-    #[schema(value_type = String)]
-    pub record_id: RecordId,
-    /// The log entry of the record's write.
+    /// The record it is in the region (none for an erased subject's row).
+    #[schema(value_type = Option<String>)]
+    pub record_id: Option<RecordId>,
+    /// The log entry of the record's write (for an erased subject's row, of the registration
+    /// the custodian refused).
     pub log_index: u64,
     /// For a record written now, what reading it back from the store as committed gave, opened
     /// with the key it was sealed with: `=` (identical to what was sent), `*`, `+` or `!`, as a

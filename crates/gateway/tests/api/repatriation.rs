@@ -153,7 +153,7 @@ async fn the_receipt_is_signed_by_the_log_key_and_its_hash_is_logged() {
     let text = &note.text;
     assert!(text.starts_with("clover/repatriation-receipt/v1\nregion eu\njob sg-2\n"), "{text}");
     assert!(text.contains(&format!("\nroot {}\n", merkle.root())), "{text}");
-    assert!(text.contains("\nplan {\"region\":3}\npurge none\n"), "{text}");
+    assert!(text.contains("\nreported-plan {\"region\":3}\nreported-purge none\n"), "{text}");
 
     // The entry holds the note's SHA-256, and it is the log's at its index.
     use base64::Engine as _;
@@ -273,4 +273,28 @@ async fn the_public_log_of_a_repatriation_names_no_one_and_no_source_row() {
             assert!(!text.contains(secret), "{path} gives away {secret}");
         }
     }
+}
+
+#[tokio::test]
+async fn a_subject_erased_in_the_region_is_not_brought_back_by_a_later_run() {
+    let app = TestApp::start().await;
+    let token = operator(&app, "dublin-1");
+    assert_eq!(post(&app, DUBLIN, &token, "/v1/repatriation/jobs/sg-8/records", &batch()).await.status(), 200);
+    let erased = app.client(DUBLIN).delete(app.url("/v1/subjects/u-2002")).bearer_auth(app.token()).send().await;
+    assert_eq!(erased.unwrap().status(), 200);
+    // The same job run again, and another job: the erased subject's row stays abroad.
+    for job in ["sg-8", "sg-9"] {
+        let answer: Value = post(&app, DUBLIN, &token, &format!("/v1/repatriation/jobs/{job}/records"), &batch())
+            .await
+            .json()
+            .await
+            .unwrap();
+        let statuses: Vec<&str> =
+            answer["results"].as_array().unwrap().iter().map(|r| r["status"].as_str().unwrap()).collect();
+        let expected = if job == "sg-8" { ["present", "erased", "present"] } else { ["copied", "erased", "copied"] };
+        assert_eq!(statuses, expected, "{answer}");
+        assert!(answer["results"][1]["record_id"].is_null());
+    }
+    assert!(app.boundary.store().subject(&"u-2002".parse().unwrap()).await.unwrap().is_none());
+    assert!(app.dump().await.iter().all(|row| !row.contains("u-2002")), "the erased subject is back");
 }

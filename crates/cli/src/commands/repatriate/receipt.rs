@@ -30,6 +30,11 @@ pub(crate) struct VerifyReceiptArgs {
     /// The log's verifier key (`clover log vkey`).
     #[arg(long)]
     vkey: String,
+    /// Demand this witness's cosignature on the checkpoint the entry is proven against (its
+    /// cosignature vkey); repeatable. Without one, the checkpoint is the boundary's own word,
+    /// and a boundary showing a forked log to this check alone is not caught by it.
+    #[arg(long = "witness", value_name = "VKEY")]
+    witnesses: Vec<String>,
     #[command(flatten)]
     tls: ClientTlsArgs,
 }
@@ -38,9 +43,7 @@ pub(crate) struct VerifyReceiptArgs {
 struct InclusionAnswer {
     size: u64,
     leaf_hash: String,
-    root_hash: String,
     proof: Vec<String>,
-    checkpoint: Option<String>,
 }
 
 /// What a receipt's manifest says, as checked.
@@ -104,13 +107,44 @@ impl VerifyReceiptArgs {
             ),
         }
 
-        // 3. The entry is in the log: an inclusion proof against a checkpoint signed by the key.
+        // 3. The entry is in the log: an inclusion proof against the checkpoint the boundary
+        //    serves, signed by the log's key and cosigned by the witnesses asked for.
+        let witnesses = self
+            .witnesses
+            .iter()
+            .map(|w| VerifierKey::parse(w).with_context(|| format!("the witness key {w:?}")))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         runtime()?.block_on(async {
             let client = self.tls.client()?;
-            let url = format!("{}/v1/log/proof/inclusion?index={}", self.url.trim_end_matches('/'), receipt.log_index);
-            let response = client.get(&url).send().await.context("cannot reach the boundary")?;
-            anyhow::ensure!(response.status().is_success(), "{url}: {}", response.status());
-            let answer: InclusionAnswer = response.json().await.context("the inclusion proof")?;
+            let base = self.url.trim_end_matches('/');
+            let fetch = |url: String| {
+                let client = client.clone();
+                async move {
+                    let response = client.get(&url).send().await.context("cannot reach the boundary")?;
+                    anyhow::ensure!(response.status().is_success(), "{url}: {}", response.status());
+                    response.text().await.with_context(|| format!("reading {url}"))
+                }
+            };
+            let checkpoint_note = fetch(format!("{base}/log/checkpoint")).await?;
+            let signed = Note::parse(&checkpoint_note).context("the checkpoint is not a signed note")?;
+            signed.verify(&vkey).context("the checkpoint's signature does not verify with the log's key")?;
+            for witness in &witnesses {
+                signed
+                    .verify_cosignature(witness)
+                    .with_context(|| format!("the checkpoint has no valid cosignature of witness {}", witness.name))?;
+            }
+            let checkpoint = Checkpoint::parse(&signed.text).map_err(|e| anyhow::anyhow!("the checkpoint: {}", e.0))?;
+            anyhow::ensure!(
+                receipt.log_index < checkpoint.size,
+                "log entry {} is not in the checkpoint (size {})",
+                receipt.log_index,
+                checkpoint.size
+            );
+            let answer: InclusionAnswer = serde_json::from_str(
+                &fetch(format!("{base}/v1/log/proof/inclusion?index={}&size={}", receipt.log_index, checkpoint.size))
+                    .await?,
+            )
+            .context("the inclusion proof")?;
             let leaf = leaf_hash(&entry);
             let decode = |b64: &str| Hash::from_base64(b64).context("a hash of the proof is not base64 of 32 bytes");
             anyhow::ensure!(
@@ -119,19 +153,17 @@ impl VerifyReceiptArgs {
                 receipt.log_index
             );
             let proof = answer.proof.iter().map(|h| decode(h)).collect::<anyhow::Result<Vec<Hash>>>()?;
-            let root = decode(&answer.root_hash)?;
-            verify_inclusion(&leaf, receipt.log_index, answer.size, &proof, &root)
-                .map_err(|e| anyhow::anyhow!("the inclusion proof does not verify: {e}"))?;
-            let checkpoint_note = answer.checkpoint.context("the proof came without the checkpoint it is for")?;
-            let signed = Note::parse(&checkpoint_note).context("the checkpoint is not a signed note")?;
-            signed.verify(&vkey).context("the checkpoint's signature does not verify with the log's key")?;
-            let checkpoint = Checkpoint::parse(&signed.text).map_err(|e| anyhow::anyhow!("the checkpoint: {}", e.0))?;
-            anyhow::ensure!(
-                checkpoint.size == answer.size && checkpoint.root == root,
-                "the proof is not for the signed checkpoint"
-            );
+            verify_inclusion(&leaf, receipt.log_index, checkpoint.size, &proof, &checkpoint.root)
+                .map_err(|e| anyhow::anyhow!("the inclusion proof does not verify against the checkpoint: {e}"))?;
+            anyhow::ensure!(answer.size == checkpoint.size, "the proof is not for the checkpoint's size");
             println!("receipt of job {}: {} records, root {}", manifest.job, manifest.records, manifest.root);
             println!("signed by {} (the log's key)", vkey.name);
+            if witnesses.is_empty() {
+                println!("checked against the boundary's own checkpoint: no witness was asked for (--witness)");
+            } else {
+                let names: Vec<&str> = witnesses.iter().map(|w| w.name.as_str()).collect();
+                println!("the checkpoint is cosigned by {}", names.join(", "));
+            }
             println!(
                 "its SHA-256 ({hash}) is in log entry {}, included in the signed checkpoint of size {}",
                 receipt.log_index, checkpoint.size

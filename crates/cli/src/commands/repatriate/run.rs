@@ -342,6 +342,11 @@ impl<'a> Runner<'a> {
                     self.report.present += 1;
                     verify.push(p);
                 }
+                ("erased", _) => self.sign(
+                    '!',
+                    &p.position,
+                    "its subject was erased in the region: not brought home again (delete it at the source)",
+                )?,
                 _ => self.sign('*', &p.position, "changed at the source since an earlier run of the job copied it")?,
             }
         }
