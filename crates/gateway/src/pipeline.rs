@@ -56,6 +56,31 @@ pub async fn decide_and_log(
     events::log(boundary, caller, kind, ask, verdict, facts.approval.as_deref()).await
 }
 
+/// [`decide_and_log`] for many requests of one caller (a repatriation's batch): all are decided
+/// first; one refused is logged and answered (403) and none is logged as allowed; otherwise all
+/// are logged together and their receipts returned in order.
+pub(crate) async fn decide_and_log_many(
+    boundary: &Boundary,
+    caller: &Caller,
+    kind: EventKind,
+    asks: &[Ask<'_>],
+) -> Result<Vec<Receipt>, ApiError> {
+    let mut permits = Vec::with_capacity(asks.len());
+    for ask in asks {
+        let facts = decision::facts(boundary, caller, ask).await;
+        match decision::decide(boundary, caller, ask, &facts) {
+            clover_policy::Verdict::Allowed(permit) => permits.push(permit),
+            refused @ clover_policy::Verdict::Denied(_) => {
+                return Err(match events::log(boundary, caller, kind, ask, refused, None).await {
+                    Err(refusal) => refusal,
+                    Ok(_) => ApiError::internal(std::io::Error::other("a refusal was logged as allowed")),
+                });
+            }
+        }
+    }
+    events::log_allowed_many(boundary, caller, kind, asks, permits).await
+}
+
 /// For a subject that does not exist: decides `ask` as if they did (with what is unknown taken
 /// as the stricter: a minor). A caller the policy refuses gets the same logged refusal as for a
 /// subject who exists, so that they learn nothing of existence; one it allows learns that the

@@ -34,14 +34,19 @@ use time::OffsetDateTime;
 
 use crate::boundary::Boundary;
 use crate::pipeline::metadata::{self, Attributes, SubjectMetadata, adult_on};
-use crate::pipeline::{Ask, Caller, Circumstances, RecordFacts, decide_and_log, events, record_request, sealing};
+use crate::pipeline::{
+    Ask, Caller, Circumstances, RecordFacts, decide_and_log, decide_and_log_many, events, record_request, sealing,
+};
 use crate::problem::ApiError;
 
 /// The most rows one request may carry.
 pub const MAX_BATCH: usize = 1000;
 
-/// How many of a batch's records go through the pipeline at once: their log entries are then
-/// made durable together (the log group-commits what is appended meanwhile).
+/// How many of a batch's records are decided and logged together: their annexes kept in one
+/// transaction, their entries made durable together.
+const CHUNK: usize = 256;
+
+/// How many calls to the custodian (and registrations) are in flight at once.
 const CONCURRENCY: usize = 64;
 
 /// The longest source key kept, in bytes.
@@ -218,11 +223,19 @@ pub async fn copy(
 
     // Each row with its digest and, for what the job brought home before (a resumed run),
     // what it became: not written again.
+    let source_keys: Vec<String> = rows.iter().map(|r| r.record.source_key.clone()).collect();
+    let mut kept: HashMap<String, RepatriatedRow> = boundary
+        .store()
+        .repatriated_many(job, &source_keys)
+        .await
+        .map_err(ApiError::internal)?
+        .into_iter()
+        .map(|row| (row.source_key.clone(), row))
+        .collect();
     let mut items = Vec::with_capacity(rows.len());
     for row in rows {
         let digest = record_digest(&row.record);
-        let kept = boundary.store().repatriated(job, &row.record.source_key).await.map_err(ApiError::internal)?;
-        let outcome = kept.map(|kept| outcome_of_kept(kept, digest));
+        let outcome = kept.remove(&row.record.source_key).map(|kept| outcome_of_kept(kept, digest));
         items.push((row, digest, outcome));
     }
 
@@ -280,12 +293,8 @@ pub async fn copy(
         items.iter().filter(|(_, _, outcome)| outcome.is_none()).map(|(row, digest, _)| (row, *digest)).collect();
     let mut pairs: Vec<(RecordRow, RepatriatedRow)> = Vec::with_capacity(to_write.len());
     let mut keys: Vec<DataKey> = Vec::with_capacity(to_write.len());
-    for chunk in to_write.chunks(CONCURRENCY) {
-        let steps = chunk.iter().map(|&(row, digest)| {
-            let minor = minors.get(&row.record.subject).copied().unwrap_or(true);
-            prepare(boundary, caller, job, row, digest, minor)
-        });
-        for (record, row, key) in try_join_all(steps).await? {
+    for chunk in to_write.chunks(CHUNK) {
+        for (record, row, key) in prepare(boundary, caller, job, chunk, &minors).await? {
             pairs.push((record, row));
             keys.push(key);
         }
@@ -298,6 +307,20 @@ pub async fn copy(
             clover_store::StoreError::NoSuchSubject(id) => ApiError::NotFound { what: "subject", id: id.to_string() },
             other => ApiError::internal(other),
         })?
+    };
+    // Read back from the store as committed, in one query.
+    let ids: Vec<RecordId> = pairs.iter().zip(&stored).filter(|(_, s)| **s).map(|((r, _), _)| r.record_id).collect();
+    let mut held: HashMap<RecordId, RecordRow> = if ids.is_empty() {
+        HashMap::new()
+    } else {
+        let rows = boundary.store().records_by_id(&ids).await;
+        match rows {
+            Ok(rows) => rows.into_iter().map(|r| (r.record_id, r)).collect(),
+            Err(e) => {
+                tracing::error!(job, error = %crate::report::Chain(&e), "repatriated records cannot be read back");
+                HashMap::new()
+            }
+        }
     };
     let mut written = pairs.into_iter().zip(keys).zip(stored);
     let mut outcomes = Vec::with_capacity(items.len());
@@ -312,7 +335,7 @@ pub async fn copy(
         outcomes.push(if stored {
             // Read back from the store as committed, and opened with the key it was sealed
             // with (the write's: no other access is made): what is stored is what was sent.
-            let read_back = read_back(boundary, &row.record.source_key, &record.record_id, &key, digest).await;
+            let read_back = read_back(boundary, &row.record.source_key, held.remove(&record.record_id), &key, digest);
             CopyOutcome {
                 source_key: kept.source_key,
                 status: CopyStatus::Copied,
@@ -337,21 +360,15 @@ pub async fn copy(
 /// Reads a record just stored back from the store and opens it with the key it was sealed with;
 /// identical when the digest of what it holds (with the source key) is `digest`, as [`verify`]
 /// compares.
-async fn read_back(
+fn read_back(
     boundary: &Boundary,
     source_key: &str,
-    id: &RecordId,
+    stored: Option<RecordRow>,
     key: &DataKey,
     digest: Digest,
 ) -> VerifyStatus {
-    let stored = match boundary.store().record(id).await {
-        Ok(Some(stored)) => stored,
-        Ok(None) => return VerifyStatus::Missing,
-        Err(e) => {
-            tracing::error!(record = %id, error = %crate::report::Chain(&e), "a repatriated record cannot be read back");
-            return VerifyStatus::Unreadable;
-        }
-    };
+    let Some(stored) = stored else { return VerifyStatus::Missing };
+    let id = stored.record_id;
     let aad = aad::record(boundary.region(), &stored.subject_id, &stored.record_id, stored.version);
     let fields = match key.open(&aad, &stored.ciphertext).map(|plain| clover_model::Fields::from_bytes(&plain)) {
         Ok(Ok(fields)) => fields,
@@ -446,52 +463,62 @@ async fn ensure_subject(boundary: &Boundary, caller: &Caller, record: &SourceRec
     }
 }
 
-/// One record through the write path up to the store: decided, logged, sealed under the key
-/// the custodian derives for it against the receipt.
+/// Records through the write path up to the store: decided and logged together (their annexes
+/// in one transaction, their entries made durable together), each sealed under the key the
+/// custodian derives for its version against its own receipt.
 async fn prepare(
     boundary: &Boundary,
     caller: &Caller,
     job: &str,
-    row: &Incoming,
-    digest: Digest,
-    minor: bool,
-) -> Result<(RecordRow, RepatriatedRow, DataKey), ApiError> {
-    let record = &row.record;
-    let record_id = RecordId::random();
+    rows: &[(&Incoming, Digest)],
+    minors: &HashMap<&SubjectId, bool>,
+) -> Result<Vec<(RecordRow, RepatriatedRow, DataKey)>, ApiError> {
     let version = 1;
-    let ask = Ask {
-        action: Action::Repatriate,
-        subject: &record.subject,
-        record: Some((record_id, &record.category)),
-        version: Some(version),
-        subject_minor: minor,
-    };
-    let receipt = decide_and_log(boundary, caller, EventKind::Write, &ask).await?;
-    let key = sealing::unwrap_key(boundary, &receipt, || ApiError::NotFound {
-        what: "subject",
-        id: record.subject.to_string(),
-    })
-    .await?;
-    let ciphertext = sealing::seal_record(boundary, &key, &record.subject, &record_id, version, &record.fields)?;
-    let stored = RecordRow {
-        record_id,
-        subject_id: record.subject.clone(),
-        category: record.category.clone(),
-        home_region: boundary.region().clone(),
-        version,
-        ciphertext,
-        created_at: OffsetDateTime::now_utc(),
-        sealed_with: SealedWith::RecordKey,
-    };
-    let kept = RepatriatedRow {
-        job: job.to_owned(),
-        source_key: record.source_key.clone(),
-        record_id,
-        digest: digest.to_hex(),
-        log_index: receipt.index(),
-        ordinal: row.ordinal,
-    };
-    Ok((stored, kept, key))
+    let ids: Vec<RecordId> = rows.iter().map(|_| RecordId::random()).collect();
+    let asks: Vec<Ask<'_>> = rows
+        .iter()
+        .zip(&ids)
+        .map(|((row, _), id)| Ask {
+            action: Action::Repatriate,
+            subject: &row.record.subject,
+            record: Some((*id, &row.record.category)),
+            version: Some(version),
+            subject_minor: minors.get(&row.record.subject).copied().unwrap_or(true),
+        })
+        .collect();
+    let receipts = decide_and_log_many(boundary, caller, EventKind::Write, &asks).await?;
+    let mut prepared = Vec::with_capacity(rows.len());
+    for chunk in rows.iter().zip(ids).zip(receipts).collect::<Vec<_>>().chunks(CONCURRENCY) {
+        let keys = try_join_all(chunk.iter().map(|(((row, _), _), receipt)| {
+            let subject = row.record.subject.to_string();
+            sealing::unwrap_key(boundary, receipt, move || ApiError::NotFound { what: "subject", id: subject })
+        }))
+        .await?;
+        for ((((row, digest), record_id), receipt), key) in chunk.iter().zip(keys) {
+            let record = &row.record;
+            let ciphertext = sealing::seal_record(boundary, &key, &record.subject, record_id, version, &record.fields)?;
+            let stored = RecordRow {
+                record_id: *record_id,
+                subject_id: record.subject.clone(),
+                category: record.category.clone(),
+                home_region: boundary.region().clone(),
+                version,
+                ciphertext,
+                created_at: OffsetDateTime::now_utc(),
+                sealed_with: SealedWith::RecordKey,
+            };
+            let kept = RepatriatedRow {
+                job: job.to_owned(),
+                source_key: record.source_key.clone(),
+                record_id: *record_id,
+                digest: digest.to_hex(),
+                log_index: receipt.index(),
+                ordinal: row.ordinal,
+            };
+            prepared.push((stored, kept, key));
+        }
+    }
+    Ok(prepared)
 }
 
 /// A row to verify: its source key and the digest of the source row as it is now.

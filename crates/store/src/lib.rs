@@ -198,6 +198,13 @@ pub trait Store: Send + Sync + 'static {
     /// What `job` made of the source row `source_key`, if it brought it home.
     async fn repatriated(&self, job: &str, source_key: &str) -> Result<Option<RepatriatedRow>, StoreError>;
 
+    /// What `job` made of each of the source rows `source_keys` that it brought home (in no
+    /// particular order; the others are not in the answer).
+    async fn repatriated_many(&self, job: &str, source_keys: &[String]) -> Result<Vec<RepatriatedRow>, StoreError>;
+
+    /// The records with the ids `ids` that exist (in no particular order).
+    async fn records_by_id(&self, ids: &[RecordId]) -> Result<Vec<RecordRow>, StoreError>;
+
     /// Keeps that `row.job` brought `row.source_key` home as `row.record_id` (which must be
     /// stored); false, and nothing changed, when the job had brought that row home already. The
     /// row goes with its record: an erasure of the subject removes it.
@@ -301,6 +308,9 @@ pub trait Store: Send + Sync + 'static {
     /// Keeps the private annex of a log entry (before the entry is appended), under its
     /// commitment, found by its subject while it names one.
     async fn insert_annex(&self, annex: &Annex) -> Result<(), StoreError>;
+
+    /// [`Store::insert_annex`] for many entries' annexes, in one transaction (one durable step).
+    async fn insert_annexes(&self, annexes: &[Annex]) -> Result<(), StoreError>;
 
     /// The annexes that name `subject`, oldest first.
     async fn annexes_of(&self, subject: &SubjectId) -> Result<Vec<Annex>, StoreError>;

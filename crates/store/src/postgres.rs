@@ -375,6 +375,29 @@ impl Store for PostgresStore {
         row.map(repatriated_row).transpose()
     }
 
+    async fn repatriated_many(&self, job: &str, source_keys: &[String]) -> Result<Vec<RepatriatedRow>, StoreError> {
+        let rows: Vec<(String, String, String, String, i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {REPATRIATED_COLUMNS} FROM repatriated WHERE job = $1 AND source_key = ANY($2)"
+        )))
+        .bind(job)
+        .bind(source_keys)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("reading repatriated rows"))?;
+        rows.into_iter().map(repatriated_row).collect()
+    }
+
+    async fn records_by_id(&self, ids: &[RecordId]) -> Result<Vec<RecordRow>, StoreError> {
+        let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+        let rows =
+            sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {RECORD_COLUMNS} FROM records WHERE record_id = ANY($1)")))
+                .bind(&ids)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db("reading records"))?;
+        rows.iter().map(record_row).collect()
+    }
+
     async fn record_repatriated(&self, row: &RepatriatedRow) -> Result<bool, StoreError> {
         keep_repatriated(&self.pool, row).await
     }
@@ -442,6 +465,22 @@ impl Store for PostgresStore {
             .await
             .map_err(db("storing an annex"))?;
         Ok(())
+    }
+
+    async fn insert_annexes(&self, annexes: &[Annex]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db("storing annexes"))?;
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        for annex in annexes {
+            sqlx::query("INSERT INTO annexes (commitment, subject_id, annex, created_at) VALUES ($1, $2, $3, $4)")
+                .bind(annex.commitment())
+                .bind(annex_subject(annex))
+                .bind(annex.encode())
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("storing an annex"))?;
+        }
+        tx.commit().await.map_err(db("storing annexes"))
     }
 
     async fn annexes_of(&self, subject: &SubjectId) -> Result<Vec<Annex>, StoreError> {

@@ -370,6 +370,22 @@ async fn repatriated_records_are_stored_with_their_rows_or_not_at_all(store: Arc
     assert_eq!(store.counts().await.unwrap().records, 3);
 }
 
+/// Many entries' annexes kept in one transaction: each found by its commitment and subject.
+async fn annexes_are_kept_many_at_a_time(store: Arc<dyn Store>, _: &Backend) {
+    let subject: SubjectId = "s-9".parse().unwrap();
+    let annexes: Vec<clover_event::Annex> = (0..3)
+        .map(|i| {
+            clover_event::Annex::new(Some("ana"), None, None, Some(&format!("r-{i}")), Some(subject.as_str())).unwrap()
+        })
+        .collect();
+    store.insert_annexes(&annexes).await.unwrap();
+    for annex in &annexes {
+        assert_eq!(store.annex(&annex.commitment()).await.unwrap().as_ref(), Some(annex));
+    }
+    assert_eq!(store.annexes_of(&subject).await.unwrap(), annexes);
+    store.insert_annexes(&[]).await.unwrap();
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -407,4 +423,5 @@ suite!(
     reads_are_counted_per_principal_in_the_window,
     repatriated_rows_are_kept_once_and_go_with_their_record,
     repatriated_records_are_stored_with_their_rows_or_not_at_all,
+    annexes_are_kept_many_at_a_time,
 );

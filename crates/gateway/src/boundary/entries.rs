@@ -67,6 +67,34 @@ impl Boundary {
         }
     }
 
+    /// [`Boundary::subject_tag`] for the entries of many allowed accesses (their tag keys made
+    /// where missing): each subject's tag key is had once, and each entry gets a fresh tag.
+    pub(crate) async fn subject_tags(&self, subjects: &[&SubjectId]) -> Result<Vec<SubjectTag>, AppendError> {
+        let mut keys: std::collections::HashMap<&SubjectId, Option<clover_event::SubjectTagKey>> =
+            std::collections::HashMap::new();
+        for subject in subjects {
+            if keys.contains_key(subject) {
+                continue;
+            }
+            let key = match self.custody.subject_tag_key(subject, false).await {
+                Ok(None) => self.custody.subject_tag_key(subject, true).await,
+                other => other,
+            };
+            let key = key.unwrap_or_else(|e| {
+                tracing::warn!(error = %Chain(&e), "cannot have a subject's tag key; the entry gets a random tag");
+                None
+            });
+            keys.insert(subject, key);
+        }
+        subjects
+            .iter()
+            .map(|subject| match keys.get(subject) {
+                Some(Some(key)) => key.tag().map_err(AppendError::Randomness),
+                _ => SubjectTag::random().map_err(AppendError::Randomness),
+            })
+            .collect()
+    }
+
     /// Stores `annex` (if any) and sets `event`'s commitment to it.
     async fn keep_annex(&self, event: &mut Event, annex: Option<&Annex>) -> Result<(), AppendError> {
         if let Some(annex) = annex {
@@ -92,6 +120,24 @@ impl Boundary {
     ) -> Result<Receipt, AppendError> {
         self.keep_annex(&mut event, Some(&annex)).await?;
         Ok(self.log.append_permitted(&event, permit).await?.with_annex(annex))
+    }
+}
+
+impl Boundary {
+    /// [`Boundary::append_permitted_annexed`] for many allowed accesses: their annexes kept in
+    /// one transaction, then the entries appended together (the log makes them durable in as
+    /// few steps as it can). Returns the receipts in order.
+    pub(crate) async fn append_permitted_annexed_many(
+        &self,
+        items: Vec<(Event, Annex, Permit)>,
+    ) -> Result<Vec<Receipt>, AppendError> {
+        let annexes: Vec<Annex> = items.iter().map(|(_, annex, _)| annex.clone()).collect();
+        self.store.insert_annexes(&annexes).await.map_err(AppendError::Annex)?;
+        let appends = items.into_iter().map(|(mut event, annex, permit)| async move {
+            event.annex = Some(annex.commitment());
+            Ok::<_, AppendError>(self.log.append_permitted(&event, permit).await?.with_annex(annex))
+        });
+        futures_util::future::try_join_all(appends).await
     }
 }
 

@@ -126,6 +126,37 @@ pub(crate) async fn log(
     }
 }
 
+/// [`log`] for many allowed requests of one caller: each gets its entry and its receipt, their
+/// annexes kept in one transaction and the entries appended together.
+pub(crate) async fn log_allowed_many(
+    boundary: &Boundary,
+    caller: &Caller,
+    kind: EventKind,
+    asks: &[Ask<'_>],
+    permits: Vec<clover_policy::Permit>,
+) -> Result<Vec<Receipt>, ApiError> {
+    // Every request here is allowed and needs its subject's tag key (made if missing).
+    let subjects: Vec<&clover_model::SubjectId> = asks.iter().map(|ask| ask.subject).collect();
+    let tags = boundary.subject_tags(&subjects).await?;
+    let mut items = Vec::with_capacity(asks.len());
+    for ((ask, tag), permit) in asks.iter().zip(tags).zip(permits) {
+        let verdict = Verdict::Allowed(permit);
+        let entry = event(boundary, caller, kind, ask, tag, &verdict);
+        let Verdict::Allowed(permit) = verdict else { unreachable!("made allowed above") };
+        let record = ask.record.map(|(id, _)| id.to_string());
+        let annex = annex(
+            Some(&caller.principal),
+            caller.justification.as_deref(),
+            None,
+            record.as_deref(),
+            Some(ask.subject),
+        )?
+        .with_version(ask.version);
+        items.push((entry, annex, permit));
+    }
+    Ok(boundary.append_permitted_annexed_many(items).await?)
+}
+
 /// Counts a refusal against the refusal limit: `Err(429)` when the caller, or their address, is
 /// past it (the refusal is then not logged one by one; the window's summary entry counts it).
 pub(crate) fn limit(boundary: &Boundary, caller: &Caller) -> Result<(), ApiError> {
