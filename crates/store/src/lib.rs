@@ -228,6 +228,10 @@ pub trait Store: Send + Sync + 'static {
     /// Registers a subject. Returns `false`, changing nothing, if the id is already registered.
     async fn insert_subject(&self, row: &SubjectRow) -> Result<bool, StoreError>;
 
+    /// [`Store::insert_subject`] for many subjects, in one transaction: for each, whether it
+    /// was registered now.
+    async fn insert_subjects(&self, rows: &[SubjectRow]) -> Result<Vec<bool>, StoreError>;
+
     /// Replaces a registered subject's sealed attributes and metadata. Returns `false` if there
     /// is no such subject.
     async fn update_subject(&self, id: &SubjectId, attributes: &[u8], metadata: &[u8]) -> Result<bool, StoreError>;

@@ -176,6 +176,28 @@ impl Store for PostgresStore {
         Ok(done.rows_affected() == 1)
     }
 
+    async fn insert_subjects(&self, rows: &[SubjectRow]) -> Result<Vec<bool>, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db("registering subjects"))?;
+        let mut registered = Vec::with_capacity(rows.len());
+        for row in rows {
+            let done = sqlx::query(
+                "INSERT INTO subjects (subject_id, home_region, attributes, metadata, created_at)
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (subject_id) DO NOTHING",
+            )
+            .bind(row.subject_id.as_str())
+            .bind(row.home_region.as_str())
+            .bind(&row.attributes)
+            .bind(&row.metadata)
+            .bind(row.created_at.unix_timestamp())
+            .execute(&mut *tx)
+            .await
+            .map_err(db("registering a subject"))?;
+            registered.push(done.rows_affected() == 1);
+        }
+        tx.commit().await.map_err(db("registering subjects"))?;
+        Ok(registered)
+    }
+
     async fn update_subject(&self, id: &SubjectId, attributes: &[u8], metadata: &[u8]) -> Result<bool, StoreError> {
         let done = sqlx::query("UPDATE subjects SET attributes = $1, metadata = $2 WHERE subject_id = $3")
             .bind(attributes)

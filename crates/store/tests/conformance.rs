@@ -386,6 +386,15 @@ async fn annexes_are_kept_many_at_a_time(store: Arc<dyn Store>, _: &Backend) {
     store.insert_annexes(&[]).await.unwrap();
 }
 
+/// Many subjects registered in one transaction; one registered before is left as it was.
+async fn subjects_are_registered_many_at_a_time(store: Arc<dyn Store>, _: &Backend) {
+    assert!(store.insert_subject(&subject("s-2")).await.unwrap());
+    let rows = vec![subject("s-1"), subject("s-2"), subject("s-3")];
+    assert_eq!(store.insert_subjects(&rows).await.unwrap(), [true, false, true]);
+    assert_eq!(store.counts().await.unwrap().subjects, 3);
+    assert!(store.insert_subjects(&[]).await.unwrap().is_empty());
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -424,4 +433,5 @@ suite!(
     repatriated_rows_are_kept_once_and_go_with_their_record,
     repatriated_records_are_stored_with_their_rows_or_not_at_all,
     annexes_are_kept_many_at_a_time,
+    subjects_are_registered_many_at_a_time,
 );

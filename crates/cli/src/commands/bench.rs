@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
+mod repatriate;
+
 use crate::args::{ClientTlsArgs, ConfigArgs, Kind};
 use crate::commands::runtime;
 use crate::commands::token::{Principal, mint};
@@ -28,6 +30,10 @@ pub(crate) enum BenchCommand {
     /// fixed concurrency, some from the region and some from abroad (by source address), and
     /// report throughput and latency percentiles. Stops by itself.
     Http(HttpArgs),
+    /// A repatriation from a PostgreSQL source (a table the bench makes and drops), through a
+    /// boundary in this process over HTTP, against a plain copy of the same rows into the same
+    /// kind of store in the same run; `--svg` draws both.
+    Repatriate(repatriate::RepatriateBenchArgs),
 }
 
 impl BenchCommand {
@@ -36,6 +42,7 @@ impl BenchCommand {
             Self::Run(args) => args.run(),
             Self::Scale(args) => args.run(),
             Self::Http(args) => args.run(),
+            Self::Repatriate(args) => args.run(),
         }
     }
 }

@@ -6,7 +6,7 @@
 mod common;
 mod plan;
 mod receipt;
-mod run;
+pub(crate) mod run;
 
 use common::SourceArgs;
 use receipt::VerifyReceiptArgs;

@@ -192,6 +192,8 @@ struct Runner<'a> {
     meter: RunMeter,
     /// A purge's or a check's pass: its rows are not the report's lines.
     quiet: bool,
+    /// For a benchmark: (seconds since the start, rows verified) after each batch.
+    samples: Option<(Instant, Vec<(f64, u64)>)>,
 }
 
 impl<'a> Runner<'a> {
@@ -218,6 +220,7 @@ impl<'a> Runner<'a> {
             combined,
             meter: RunMeter::new(),
             quiet: false,
+            samples: None,
         })
     }
 
@@ -298,11 +301,17 @@ impl<'a> Runner<'a> {
         match mode {
             Mode::Copy => {
                 let copied = self.copy(batch).await?;
-                self.verify(copied).await.map(drop)
+                self.verify(copied).await?;
             }
-            Mode::Verify => self.verify(batch).await.map(drop),
-            Mode::Purge(target) => self.purge(target, batch).await,
+            Mode::Verify => {
+                self.verify(batch).await?;
+            }
+            Mode::Purge(target) => self.purge(target, batch).await?,
         }
+        if let Some((started, samples)) = &mut self.samples {
+            samples.push((started.elapsed().as_secs_f64(), self.report.combined.identical));
+        }
+        Ok(())
     }
 
     /// Writes a batch through the boundary; returns the rows to verify.
@@ -781,4 +790,54 @@ impl RunMeter {
             None => eprintln!("{}", self.line()),
         }
     }
+}
+
+/// What `clover bench repatriate` measures of a run: its counts and its progress.
+pub(crate) struct BenchRun {
+    /// `=` rows.
+    pub(crate) identical: u64,
+    /// Rows that were not `=` among the region's.
+    pub(crate) failed: u64,
+    /// (seconds since the start, rows verified) after each batch.
+    pub(crate) samples: Vec<(f64, u64)>,
+}
+
+/// Copies (and verifies) the rows of `source_url`, read through the mapping at `mapping`, for
+/// `region`, through the boundary at `url` as job `job`: what `clover repatriate run` does,
+/// for `clover bench repatriate`.
+pub(crate) async fn run_for_bench(
+    url: &str,
+    token: &str,
+    source_url: &str,
+    mapping: &std::path::Path,
+    region: clover_model::Region,
+    job: &str,
+    batch: u64,
+) -> anyhow::Result<BenchRun> {
+    let args = JobArgs {
+        source: SourceArgs {
+            mapping: mapping.to_owned(),
+            source_url: Some(source_url.to_owned()),
+            file: None,
+            region,
+            json: false,
+            max_errors: None,
+            show_errors: 0,
+        },
+        remote: Remote { url: url.to_owned(), token: token.to_owned(), tls: crate::args::ClientTlsArgs::default() },
+        job: Some(job.to_owned()),
+        batch,
+        combined: None,
+        receipt: None,
+    };
+    let (mapping, text, spec) = open(&args)?;
+    let mut runner = Runner::new(&args, &text, &spec)?;
+    runner.samples = Some((Instant::now(), Vec::new()));
+    runner.meter.phase("repatriating");
+    let done = runner.pass(&spec, mapping, &mut Mode::Copy, true).await;
+    runner.finish()?;
+    done?;
+    let failed = runner.failed();
+    let samples = runner.samples.take().map(|(_, s)| s).unwrap_or_default();
+    Ok(BenchRun { identical: runner.report.combined.identical, failed, samples })
 }
