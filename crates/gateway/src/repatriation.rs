@@ -248,14 +248,23 @@ pub async fn copy(
         }
     }
     let mut subjects: HashMap<SubjectId, Subject> = HashMap::new();
-    let mut subjects_registered = 0;
-    for chunk in firsts.chunks(CONCURRENCY) {
-        let states = try_join_all(chunk.iter().map(|record| ensure_subject(boundary, caller, record))).await?;
-        for (record, state) in chunk.iter().zip(states) {
-            subjects_registered += u64::from(matches!(state, Subject::Registered { .. }));
+    let mut unregistered: Vec<&SourceRecord> = Vec::new();
+    for record in firsts {
+        match metadata::find_subject(boundary, &record.subject).await? {
+            Some(row) => {
+                let minor = metadata::subject_minor(boundary, &row).await;
+                subjects.insert(record.subject.clone(), Subject::Known { minor });
+            }
+            None => unregistered.push(record),
+        }
+    }
+    for chunk in unregistered.chunks(CHUNK) {
+        for (record, state) in chunk.iter().zip(register(boundary, caller, chunk).await?) {
             subjects.insert(record.subject.clone(), state);
         }
     }
+    let subjects_registered =
+        subjects.values().filter(|state| matches!(state, Subject::Registered { .. })).count() as u64;
     // An erased subject's rows are not brought home again.
     for (row, digest, outcome) in &mut items {
         if outcome.is_none()
@@ -406,7 +415,7 @@ fn outcome_of_kept(kept: RepatriatedRow, digest: Digest) -> CopyOutcome {
     }
 }
 
-/// A batch's subject, as [`ensure_subject`] found or made them.
+/// A batch's subject, as found or registered.
 #[derive(Debug, Clone, Copy)]
 enum Subject {
     /// Registered before; whether a minor.
@@ -418,49 +427,106 @@ enum Subject {
     Erased { log_index: u64 },
 }
 
-/// Registers the record's subject if they are not registered (decided, logged as a
-/// repatriation of the subject, their key made by the custodian, their birth date sealed).
-async fn ensure_subject(boundary: &Boundary, caller: &Caller, record: &SourceRecord) -> Result<Subject, ApiError> {
-    let subject = &record.subject;
-    if let Some(row) = metadata::find_subject(boundary, subject).await? {
-        return Ok(Subject::Known { minor: metadata::subject_minor(boundary, &row).await });
-    }
+/// A subject to register: its place in the batch, its record and facts (birth date, the day
+/// they come of age, whether a minor), its request and the receipt of its entry.
+type Work<'r, 'a> = (
+    usize,
+    ((&'r &'r SourceRecord, &'r (Option<String>, Option<time::Date>, bool)), (&'r Ask<'a>, clover_log::Receipt)),
+);
+
+/// Registers the subjects of `records` (none of them registered when looked up), many at a
+/// time: decided and logged together (as repatriations of the subjects), their keys made by the
+/// custodian, their birth dates sealed, stored in one transaction.
+async fn register(boundary: &Boundary, caller: &Caller, records: &[&SourceRecord]) -> Result<Vec<Subject>, ApiError> {
     let format = time::macros::format_description!("[year]-[month]-[day]");
-    let birth_date = record.birth_date.map(|d| d.format(format)).transpose().map_err(ApiError::internal)?;
-    let adult_on = adult_on(boundary, birth_date.as_deref(), None);
-    let minor = adult_on.is_none_or(|d| OffsetDateTime::now_utc().date() < d);
-    let ask = Ask { action: Action::Repatriate, subject, record: None, version: None, subject_minor: minor };
-    let receipt = decide_and_log(boundary, caller, EventKind::Write, &ask).await?;
-    let erased = || ApiError::NotFound { what: "subject", id: subject.to_string() };
-    let key = match boundary.custody().create_data_key(&receipt).await {
-        Ok(key) => key,
-        // Erased in the region: the custodian makes no key for them again.
-        Err(KeyError::Erased) => return Ok(Subject::Erased { log_index: receipt.index() }),
-        // Registered by another batch meanwhile (or a registration cut short): its key, against
-        // an access of its own.
-        Err(KeyError::DataKeyExists) => {
-            let fetch = decide_and_log(boundary, caller, EventKind::Write, &ask).await?;
-            sealing::unwrap_key(boundary, &fetch, erased).await?
-        }
-        Err(e) => return Err(ApiError::internal(e)),
-    };
-    let attributes = serde_json::to_vec(&Attributes { birth_date }).map_err(ApiError::internal)?;
-    let sealed_metadata = serde_json::to_vec(&SubjectMetadata { adult_on }).map_err(ApiError::internal)?;
-    let sealed_metadata =
-        boundary.custody().seal_metadata(subject, &sealed_metadata).await.map_err(ApiError::internal)?;
-    let row = SubjectRow {
-        subject_id: subject.clone(),
-        home_region: boundary.region().clone(),
-        attributes: key.seal(&aad::subject(boundary.region(), subject), &attributes).map_err(ApiError::internal)?,
-        metadata: sealed_metadata,
-        created_at: OffsetDateTime::now_utc(),
-    };
-    // False: registered by another batch meanwhile, with the same key; theirs stands.
-    if boundary.store().insert_subject(&row).await.map_err(ApiError::internal)? {
-        Ok(Subject::Registered { minor })
-    } else {
-        Ok(Subject::Known { minor })
+    let today = OffsetDateTime::now_utc().date();
+    let mut facts = Vec::with_capacity(records.len());
+    for record in records {
+        let birth_date = record.birth_date.map(|d| d.format(format)).transpose().map_err(ApiError::internal)?;
+        let adult_on = adult_on(boundary, birth_date.as_deref(), None);
+        let minor = adult_on.is_none_or(|d| today < d);
+        facts.push((birth_date, adult_on, minor));
     }
+    let asks: Vec<Ask<'_>> = records
+        .iter()
+        .zip(&facts)
+        .map(|(record, (_, _, minor))| Ask {
+            action: Action::Repatriate,
+            subject: &record.subject,
+            record: None,
+            version: None,
+            subject_minor: *minor,
+        })
+        .collect();
+    let receipts = decide_and_log_many(boundary, caller, EventKind::Write, &asks).await?;
+    let mut states: Vec<Option<Subject>> = vec![None; records.len()];
+    let mut rows: Vec<SubjectRow> = Vec::with_capacity(records.len());
+    let mut places: Vec<usize> = Vec::with_capacity(records.len());
+    let work: Vec<Work<'_, '_>> = records.iter().zip(&facts).zip(asks.iter().zip(receipts)).enumerate().collect();
+    for chunk in work.chunks(CONCURRENCY) {
+        let made = try_join_all(chunk.iter().map(
+            |(_, ((record, (birth_date, adult_on, minor)), (ask, receipt)))| async move {
+                let subject = &record.subject;
+                let key = match boundary.custody().create_data_key(receipt).await {
+                    Ok(key) => key,
+                    // Erased in the region: the custodian makes no key for them again.
+                    Err(KeyError::Erased) => return Ok(Err(Subject::Erased { log_index: receipt.index() })),
+                    // Registered meanwhile (or a registration cut short): its key, against an access
+                    // of its own.
+                    Err(KeyError::DataKeyExists) => {
+                        let fetch = decide_and_log(boundary, caller, EventKind::Write, ask).await?;
+                        let gone = || ApiError::NotFound { what: "subject", id: subject.to_string() };
+                        sealing::unwrap_key(boundary, &fetch, gone).await?
+                    }
+                    Err(e) => return Err(ApiError::internal(e)),
+                };
+                let attributes =
+                    serde_json::to_vec(&Attributes { birth_date: birth_date.clone() }).map_err(ApiError::internal)?;
+                let sealed =
+                    serde_json::to_vec(&SubjectMetadata { adult_on: *adult_on }).map_err(ApiError::internal)?;
+                let sealed = boundary.custody().seal_metadata(subject, &sealed).await.map_err(ApiError::internal)?;
+                let row = SubjectRow {
+                    subject_id: subject.clone(),
+                    home_region: boundary.region().clone(),
+                    attributes: key
+                        .seal(&aad::subject(boundary.region(), subject), &attributes)
+                        .map_err(ApiError::internal)?,
+                    metadata: sealed,
+                    created_at: OffsetDateTime::now_utc(),
+                };
+                Ok(Ok((row, *minor)))
+            },
+        ))
+        .await?;
+        for ((place, _), made) in chunk.iter().zip(made) {
+            match made {
+                Ok((row, minor)) => {
+                    rows.push(row);
+                    places.push(*place);
+                    if let Some(state) = states.get_mut(*place) {
+                        *state = Some(Subject::Registered { minor });
+                    }
+                }
+                Err(erased) => {
+                    if let Some(state) = states.get_mut(*place) {
+                        *state = Some(erased);
+                    }
+                }
+            }
+        }
+    }
+    // Stored in one transaction; one registered meanwhile by another batch keeps its row (and
+    // the same key).
+    let stored = boundary.store().insert_subjects(&rows).await.map_err(ApiError::internal)?;
+    for (place, stored) in places.into_iter().zip(stored) {
+        if !stored
+            && let Some(Some(Subject::Registered { minor })) = states.get(place).copied()
+            && let Some(state) = states.get_mut(place)
+        {
+            *state = Some(Subject::Known { minor });
+        }
+    }
+    Ok(states.into_iter().map(|s| s.unwrap_or(Subject::Known { minor: true })).collect())
 }
 
 /// Records through the write path up to the store: decided and logged together (their annexes

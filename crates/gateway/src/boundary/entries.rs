@@ -70,22 +70,27 @@ impl Boundary {
     /// [`Boundary::subject_tag`] for the entries of many allowed accesses (their tag keys made
     /// where missing): each subject's tag key is had once, and each entry gets a fresh tag.
     pub(crate) async fn subject_tags(&self, subjects: &[&SubjectId]) -> Result<Vec<SubjectTag>, AppendError> {
-        let mut keys: std::collections::HashMap<&SubjectId, Option<clover_event::SubjectTagKey>> =
-            std::collections::HashMap::new();
+        let mut distinct: Vec<&SubjectId> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for subject in subjects {
-            if keys.contains_key(subject) {
-                continue;
+            if seen.insert(*subject) {
+                distinct.push(subject);
             }
+        }
+        // Each subject's key once, many at a time.
+        let found = futures_util::future::join_all(distinct.iter().map(|subject| async move {
             let key = match self.custody.subject_tag_key(subject, false).await {
                 Ok(None) => self.custody.subject_tag_key(subject, true).await,
                 other => other,
             };
-            let key = key.unwrap_or_else(|e| {
+            key.unwrap_or_else(|e| {
                 tracing::warn!(error = %Chain(&e), "cannot have a subject's tag key; the entry gets a random tag");
                 None
-            });
-            keys.insert(subject, key);
-        }
+            })
+        }))
+        .await;
+        let keys: std::collections::HashMap<&SubjectId, Option<clover_event::SubjectTagKey>> =
+            distinct.into_iter().zip(found).collect();
         subjects
             .iter()
             .map(|subject| match keys.get(subject) {
