@@ -329,3 +329,48 @@ async fn a_csv_source_is_purged_keeping_its_header_and_other_rows() {
         "id,user_id,country,born,kind,data\n2,u-2,SG,1980-01-01,profile,\"{\"\"name\"\": \"\"B\"\"}\"\n4,u-4,IE,1980-01-01,profile\n"
     );
 }
+
+#[tokio::test]
+async fn a_postgres_source_changed_after_the_run_is_reported_and_nothing_is_purged() {
+    let home = Home::start();
+    let db = clover_testkit::TestDatabase::create().await;
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    sqlx::raw_sql(
+        "CREATE TABLE people (id bigint PRIMARY KEY, user_id text, country text, born date, kind text, data jsonb);
+         INSERT INTO people SELECT i, 'u-' || i, 'IE', DATE '1990-01-01', 'profile', jsonb_build_object('n', i)
+           FROM generate_series(1, 12) AS i",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let out = home.run(&["run", "--source-url", &db.url, "--job", "pg"]);
+    assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
+    // At the source since: one row changed, one added.
+    sqlx::raw_sql(
+        "UPDATE people SET data = '{\"n\": 500}' WHERE id = 5;
+         INSERT INTO people VALUES (13, 'u-13', 'IE', DATE '1990-01-01', 'profile', '{\"n\": 13}')",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let verify = home.run(&["verify", "--source-url", &db.url, "--job", "pg", "--json"]);
+    assert!(!verify.status.success());
+    let report: Value = serde_json::from_str(&verify.stdout).unwrap();
+    assert_eq!(report["combined"], serde_json::json!({"=": 11, "*": 1, "+": 1, "-": 0, "!": 0}), "{report}");
+    assert!(
+        report["problems"].to_string().contains("key \\\"5\\\": changed at the source since it was copied"),
+        "{report}"
+    );
+
+    let purge = home.run(&["purge", "--source-url", &db.url, "--job", "pg"]);
+    assert!(!purge.status.success());
+    assert!(
+        purge.stderr.contains("verification failed for 2 of the region's rows: nothing was purged"),
+        "{}",
+        purge.stderr
+    );
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM people").fetch_one(&mut conn).await.unwrap();
+    assert_eq!(count, 13, "nothing was deleted");
+    conn.close().await.unwrap();
+    drop(db);
+}

@@ -244,7 +244,9 @@ impl<'a> Runner<'a> {
         if !self.quiet && !matches!(sign, '=' | '-') && self.report.problems.len() < self.args.source.show_errors {
             self.report.problems.push(format!("{sign} {at}: {detail}"));
         }
-        self.meter.counts(&self.report.combined);
+        if !self.quiet {
+            self.meter.counts(&self.report.combined);
+        }
         Ok(())
     }
 
@@ -738,6 +740,7 @@ impl RunMeter {
     fn phase(&mut self, phase: &'static str) {
         self.phase = phase;
         self.started = Instant::now();
+        self.last_line = self.started;
         self.rows = 0;
         self.bytes = 0;
         if let Some(bar) = &self.bar {
