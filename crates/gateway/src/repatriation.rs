@@ -39,9 +39,6 @@ use crate::pipeline::{
 };
 use crate::problem::ApiError;
 
-/// The most rows one request may carry.
-pub const MAX_BATCH: usize = 1000;
-
 /// How many of a batch's records are decided and logged together: their annexes kept in one
 /// transaction, their entries made durable together.
 const CHUNK: usize = 256;
@@ -64,9 +61,11 @@ pub fn check_job(job: &str) -> Result<(), ApiError> {
     if fine {
         Ok(())
     } else {
-        Err(ApiError::InvalidBody(format!(
-            "job {job:?} is not 1 to {MAX_JOB_LEN} characters of a-z 0-9 - _ . (not starting with a dot)"
-        )))
+        Err(ApiError::InvalidId(clover_model::InvalidId {
+            kind: "job id",
+            value: job.chars().take(64).collect(),
+            rule: "1 to 64 characters of a-z 0-9 - _ . (not starting with a dot)",
+        }))
     }
 }
 
@@ -92,6 +91,8 @@ pub enum CopyStatus {
     /// The subject was erased in the region: not brought home again (the row is to be deleted
     /// at the source).
     Erased,
+    /// The batch holds this source key before: the first row counts, this one is not written.
+    Duplicate,
 }
 
 /// What [`copy`] did with one row.
@@ -167,11 +168,10 @@ async fn decide_as_if(
 /// Checks a batch before anything is decided: its size, and each row's category, region, birth
 /// date and key. A bad row fails the batch (422 naming its key), and nothing of it is written.
 fn check_batch(boundary: &Boundary, rows: &[Incoming]) -> Result<(), ApiError> {
-    if rows.is_empty() || rows.len() > MAX_BATCH {
-        return Err(ApiError::InvalidBody(format!("a batch holds 1 to {MAX_BATCH} records, not {}", rows.len())));
+    // How many rows a batch may hold is bounded by the body's size (`max_body_bytes`).
+    if rows.is_empty() {
+        return Err(ApiError::InvalidBody("a batch holds at least one record".to_owned()));
     }
-    let mut keys = HashSet::with_capacity(rows.len());
-    let mut ordinals = HashSet::with_capacity(rows.len());
     let today = OffsetDateTime::now_utc().date();
     for row in rows {
         let r = &row.record;
@@ -181,12 +181,6 @@ fn check_batch(boundary: &Boundary, rows: &[Incoming]) -> Result<(), ApiError> {
                 "a source key has 1 to {MAX_SOURCE_KEY_BYTES} bytes; one has {}",
                 key.len()
             )));
-        }
-        if !keys.insert(key.as_str()) {
-            return Err(ApiError::InvalidBody(format!("source key {key:?} is twice in the batch")));
-        }
-        if !ordinals.insert(row.ordinal) {
-            return Err(ApiError::InvalidBody(format!("ordinal {} is twice in the batch", row.ordinal)));
         }
         if !boundary.has_category(&r.category) {
             return Err(ApiError::UnknownCategory {
@@ -233,9 +227,21 @@ pub async fn copy(
         .map(|row| (row.source_key.clone(), row))
         .collect();
     let mut items = Vec::with_capacity(rows.len());
+    let mut in_batch: HashSet<String> = HashSet::with_capacity(rows.len());
     for row in rows {
         let digest = record_digest(&row.record);
-        let outcome = kept.remove(&row.record.source_key).map(|kept| outcome_of_kept(kept, digest));
+        let outcome = if in_batch.insert(row.record.source_key.clone()) {
+            kept.remove(&row.record.source_key).map(|kept| outcome_of_kept(kept, digest))
+        } else {
+            Some(CopyOutcome {
+                source_key: row.record.source_key.clone(),
+                status: CopyStatus::Duplicate,
+                digest,
+                record_id: None,
+                log_index: 0,
+                read_back: None,
+            })
+        };
         items.push((row, digest, outcome));
     }
 
@@ -638,8 +644,8 @@ pub async fn verify(
     checks: Vec<Check>,
 ) -> Result<(Vec<Verified>, Decision), ApiError> {
     check_job(job)?;
-    if checks.is_empty() || checks.len() > MAX_BATCH {
-        return Err(ApiError::InvalidBody(format!("a batch holds 1 to {MAX_BATCH} records, not {}", checks.len())));
+    if checks.is_empty() {
+        return Err(ApiError::InvalidBody("a batch holds at least one record".to_owned()));
     }
     if !boundary.has_category(category) {
         return Err(ApiError::UnknownCategory { category: category.to_string(), known: boundary.category_names() });
@@ -761,7 +767,7 @@ pub struct SignedReceipt {
 /// The first line of a receipt's manifest: its format.
 pub const RECEIPT_FORMAT: &str = "clover/repatriation-receipt/v1";
 
-/// The longest reported plan or purge, in bytes of JSON.
+/// The longest reported source, in bytes.
 const MAX_REPORTED_BYTES: usize = 64 * 1024;
 
 /// Signs a job's receipt (see the module's documentation) and logs its SHA-256.
@@ -773,22 +779,19 @@ pub async fn receipt(
 ) -> Result<SignedReceipt, ApiError> {
     check_job(job)?;
     let one_line = |what: &str, text: &str| {
-        if text.chars().any(char::is_control) || text.is_empty() || text.len() > MAX_REPORTED_BYTES {
+        if text.chars().any(|c| c.is_ascii_control()) || text.is_empty() || text.len() > MAX_REPORTED_BYTES {
             Err(ApiError::InvalidBody(format!("{what} is empty, too long, or holds a control character")))
         } else {
             Ok(())
         }
     };
     one_line("source", &reported.source)?;
-    let plan = serde_json::to_string(&reported.plan).map_err(ApiError::internal)?;
-    let purge = reported.purge.as_ref().map(serde_json::to_string).transpose().map_err(ApiError::internal)?;
+    let plan = ascii_json(&reported.plan);
+    let purge = reported.purge.as_ref().map(ascii_json);
     if !reported.plan.is_object() || reported.purge.as_ref().is_some_and(|p| !p.is_object()) {
         return Err(ApiError::InvalidBody("plan and purge are JSON objects".to_owned()));
     }
-    one_line("plan", &plan)?;
-    if let Some(purge) = &purge {
-        one_line("purge", purge)?;
-    }
+    // The plan and the purge are one line of ASCII (`ascii_json`); the body's limit bounds them.
     let Some(category) = boundary.config().categories.first().map(|c| c.name.clone()) else {
         return Err(ApiError::NotFound { what: "repatriation job", id: job.to_owned() });
     };
@@ -845,6 +848,24 @@ pub async fn receipt(
     Ok(SignedReceipt { note, log_index, entry, records: merkle.size(), root: merkle.root(), decision })
 }
 
+/// A JSON value on one line of ASCII: every other character escaped (`\\uXXXX`, as JSON allows),
+/// so that a note's line holds no control character and no line break.
+fn ascii_json(value: &serde_json::Value) -> String {
+    let text = value.to_string();
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_ascii() && !c.is_ascii_control() {
+            out.push(c);
+        } else {
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
+        }
+    }
+    out
+}
+
 /// A kept digest that is not 64 hex digits.
 #[derive(Debug, thiserror::Error)]
 #[error("the digest kept for source key {0:?} is not a SHA-256 in hex")]
@@ -874,6 +895,14 @@ mod tests {
         assert_eq!(ranges(&[7]), "7");
         assert_eq!(ranges(&[3, 4, 5, 9, 12, 13]), "3-5,9,12-13");
         assert_eq!(ranges(&[1, 1, 2]), "1-2");
+    }
+
+    #[test]
+    fn reported_json_is_one_line_of_ascii() {
+        let value = serde_json::json!({"a": "é\u{85}\u{7f}\n😀"});
+        assert_eq!(ascii_json(&value), r#"{"a":"\u00e9\u0085\u007f\n\ud83d\ude00"}"#);
+        let back: serde_json::Value = serde_json::from_str(&ascii_json(&value)).unwrap();
+        assert_eq!(back, value);
     }
 
     #[test]

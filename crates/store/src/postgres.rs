@@ -464,7 +464,7 @@ impl Store for PostgresStore {
         let (ordinal, key) = after.map_or((-1, ""), |(o, k)| (i64::try_from(o).unwrap_or(i64::MAX), k));
         let rows: Vec<(String, String, String, String, i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {REPATRIATED_COLUMNS} FROM repatriated
-             WHERE job = $1 AND (ordinal > $2 OR (ordinal = $2 AND source_key > $3))
+             WHERE job = $1 AND (ordinal, source_key) > ($2, $3)
              ORDER BY ordinal, source_key LIMIT $4"
         )))
         .bind(job)

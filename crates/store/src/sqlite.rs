@@ -665,11 +665,10 @@ impl Store for SqliteStore {
         let (ordinal, key) = after.map_or((-1, ""), |(o, k)| (i64::try_from(o).unwrap_or(i64::MAX), k));
         let rows: Vec<(String, String, String, String, i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {REPATRIATED_COLUMNS} FROM repatriated
-             WHERE job = ? AND (ordinal > ? OR (ordinal = ? AND source_key > ?))
+             WHERE job = ? AND (ordinal, source_key) > (?, ?)
              ORDER BY ordinal, source_key LIMIT ?"
         )))
         .bind(job)
-        .bind(ordinal)
         .bind(ordinal)
         .bind(key)
         .bind(i64::from(limit))

@@ -19,13 +19,15 @@ const ID_PARAMETERS: &[(&str, &str, usize)] = &[
     ("subject_id", "^[A-Za-z0-9_.:@-]*[A-Za-z0-9_:@-][A-Za-z0-9_.:@-]*$", 128),
     // clover_model::RecordId: a UUID in its one spelling, lowercase with hyphens.
     ("record_id", "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", 36),
+    // crate::repatriation::check_job: 1 to 64 of a-z 0-9 - _ ., not starting with a dot.
+    ("job", "^[a-z0-9_-][a-z0-9._-]{0,63}$", 64),
 ];
 
 /// The characters and length of the context headers (`pipeline::caller::context_header`).
 const CONTEXT_HEADER_PATTERN: &str = "^[A-Za-z0-9_.:#/-]{1,128}$";
 
 /// The paths whose refusals are rate-limited (answered 429 with `Retry-After`).
-const LIMITED_PREFIXES: &[&str] = &["/v1/records/", "/v1/subjects/"];
+const LIMITED_PREFIXES: &[&str] = &["/v1/records/", "/v1/subjects/", "/v1/repatriation/"];
 
 /// Completes `api`, the document derived from the handlers' annotations.
 pub(super) fn complete(api: &mut OpenApi) {
@@ -212,14 +214,18 @@ pub(super) fn configured(api: &OpenApi, config: &Config) -> Value {
     let categories: Vec<Value> = config.categories.iter().map(|c| Value::from(c.name.as_str())).collect();
     let purposes: Vec<Value> = config.purposes.iter().map(|p| Value::from(p.name.as_str())).collect();
     let mut schemas = doc.pointer_mut("/components/schemas").map(std::mem::take).unwrap_or_default();
-    if let Some(Value::Object(items)) = schemas.pointer_mut("/ApprovalBody/properties/subjects/items")
-        && let Some((_, pattern, longest)) = ID_PARAMETERS.iter().find(|(name, ..)| *name == "subject_id")
-    {
-        items.insert("pattern".to_owned(), Value::from(*pattern));
-        items.insert("maxLength".to_owned(), Value::from(*longest));
+    for pointer in ["/ApprovalBody/properties/subjects/items", "/RepatriatedRecordBody/properties/subject_id"] {
+        if let Some(Value::Object(items)) = schemas.pointer_mut(pointer)
+            && let Some((_, pattern, longest)) = ID_PARAMETERS.iter().find(|(name, ..)| *name == "subject_id")
+        {
+            items.insert("pattern".to_owned(), Value::from(*pattern));
+            items.insert("maxLength".to_owned(), Value::from(*longest));
+        }
     }
     for (pointer, values) in [
         ("/RecordBody/properties/category", &categories),
+        ("/RepatriatedRecordBody/properties/category", &categories),
+        ("/VerifyBatch/properties/category", &categories),
         ("/ApprovalBody/properties/categories/items", &categories),
         ("/ApprovalBody/properties/purpose", &purposes),
     ] {

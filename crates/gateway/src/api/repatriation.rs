@@ -23,7 +23,9 @@ use crate::repatriation::{self, Check, CopyStatus, Incoming, Reported, VerifySta
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RepatriationBatch {
-    /// 1 to 1,000 rows.
+    /// At least one row (as many as fit in the body's limit, `max_body_bytes`; the command
+    /// sends 500).
+    #[schema(min_items = 1)]
     pub records: Vec<RepatriatedRecordBody>,
 }
 
@@ -31,21 +33,24 @@ pub struct RepatriationBatch {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RepatriatedRecordBody {
-    /// The row's stable key at the source (1 to 512 bytes).
-    #[schema(example = "10042")]
+    /// The row's stable key at the source (1 to 512 bytes; the document says 128 characters,
+    /// which are never more). A key a batch holds twice: the first row counts.
+    #[schema(example = "10042", min_length = 1, max_length = 128)]
     pub source_key: String,
     /// Its place among the region's rows of the source, in the source's reading order (from 0):
     /// its leaf in the receipt's Merkle root.
+    #[serde(deserialize_with = "whole_number")]
+    #[schema(minimum = 0)]
     pub ordinal: u64,
     /// The subject's id.
     #[schema(example = "u-1001")]
     pub subject_id: String,
     /// The subject's home region; must be this boundary's.
-    #[schema(value_type = String, example = "eu")]
+    #[schema(value_type = String, example = "eu", pattern = "^[a-z0-9-]{1,32}$")]
     pub home_region: Region,
-    /// The subject's birth date (`YYYY-MM-DD`), if the source has it; without it, a subject
-    /// registered here is treated as a minor.
-    #[schema(example = "2011-05-01")]
+    /// The subject's birth date (`YYYY-MM-DD`, from 1900 to today), if the source has it;
+    /// without it, a subject registered here is treated as a minor.
+    #[schema(example = "2011-05-01", format = Date, pattern = "^(19[0-9]{2}|20[01][0-9]|202[0-5])-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])$")]
     pub birth_date: Option<String>,
     /// One of the boundary's configured categories.
     #[schema(example = "profile")]
@@ -55,6 +60,19 @@ pub struct RepatriatedRecordBody {
     pub fields: Fields,
 }
 
+/// A whole number from 0 to 2^64 - 1, written as JSON writes it (`531`, or `531.0`, which JSON
+/// Schema counts as the same integer).
+fn whole_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    let number = serde_json::Number::deserialize(deserializer)?;
+    if let Some(n) = number.as_u64() {
+        return Ok(n);
+    }
+    match number.as_f64() {
+        Some(f) if f.fract() == 0.0 && (0.0..18_446_744_073_709_551_616.0).contains(&f) => Ok(f as u64),
+        _ => Err(serde::de::Error::custom(format!("{number} is not a whole number from 0 to 2^64 - 1"))),
+    }
+}
+
 /// What became of one row.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct CopyResult {
@@ -62,8 +80,8 @@ pub struct CopyResult {
     pub source_key: String,
     /// `copied` (written now), `present` (the job brought it home before, unchanged),
     /// `changed` (the job brought it home before, and the source row has changed since; not
-    /// written) or `erased` (the subject was erased in the region: not brought back; the row is
-    /// to be deleted at the source).
+    /// written), `erased` (the subject was erased in the region: not brought back; the row is
+    /// to be deleted at the source) or `duplicate` (the batch holds the key before; not written).
     #[schema(value_type = String, example = "copied")]
     pub status: CopyStatus,
     /// The row's canonical digest, as the boundary computed it from what it was sent (hex).
@@ -102,7 +120,8 @@ pub struct VerifyBatch {
     /// The category of the batch's first row (the request is decided as if on a record of it).
     #[schema(example = "profile")]
     pub category: String,
-    /// 1 to 1,000 rows.
+    /// At least one row (as many as fit in the body's limit).
+    #[schema(min_items = 1)]
     pub records: Vec<VerifyRecordBody>,
 }
 
@@ -148,7 +167,9 @@ pub struct VerifyAnswer {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReceiptBody {
-    /// The source (a URL with its password redacted, or a file and its SHA-256).
+    /// The source (a URL with its password redacted, or a file and its SHA-256): no control
+    /// character, at most 64 KiB.
+    #[schema(min_length = 1, max_length = 16384, pattern = "^[^\\u0000-\\u001f\\u007f]+$")]
     pub source: String,
     /// The run's counts per category and class (its plan), a JSON object.
     #[schema(value_type = Object)]
@@ -188,7 +209,8 @@ const JOB: &str =
     request_body = RepatriationBatch,
     responses(
         (status = OK, description = "Stored (or present already)", body = BatchAnswer),
-        (status = UNPROCESSABLE_ENTITY, description = "`invalid-body`: a bad job id, an empty or oversized batch, a key twice, a subject id, a birth date; `unknown-category`", body = Problem, content_type = "application/problem+json"),
+        (status = BAD_REQUEST, description = "`invalid-id`: the job id is not of the allowed form", body = Problem, content_type = "application/problem+json"),
+        (status = UNPROCESSABLE_ENTITY, description = "`invalid-body`: an empty batch, a subject id, a birth date, a source key too long; `unknown-category`", body = Problem, content_type = "application/problem+json"),
         (status = CONFLICT, description = "`wrong-region`: a row's home region is not this boundary's", body = Problem, content_type = "application/problem+json"),
         (status = FORBIDDEN, description = "`forbidden`: denied by policy; the body carries the decision and the index of the log entry that records it", body = Problem, content_type = "application/problem+json"),
         (status = NOT_FOUND, description = "`not-found`: a subject was erased while the batch was written; nothing of it was stored", body = Problem, content_type = "application/problem+json"),
@@ -255,7 +277,8 @@ pub async fn copy(
     request_body = VerifyBatch,
     responses(
         (status = OK, description = "Compared", body = VerifyAnswer),
-        (status = UNPROCESSABLE_ENTITY, description = "`invalid-body`: a bad job id, an empty or oversized batch, a digest not in hex; `unknown-category`", body = Problem, content_type = "application/problem+json"),
+        (status = BAD_REQUEST, description = "`invalid-id`: the job id is not of the allowed form", body = Problem, content_type = "application/problem+json"),
+        (status = UNPROCESSABLE_ENTITY, description = "`invalid-body`: an empty batch, a digest not in hex; `unknown-category`", body = Problem, content_type = "application/problem+json"),
         (status = FORBIDDEN, description = "`forbidden`: denied by policy; the body carries the decision and the index of the log entry that records it", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn verify(
@@ -294,7 +317,8 @@ pub async fn verify(
     request_body = ReceiptBody,
     responses(
         (status = OK, description = "Signed and logged", body = ReceiptAnswer),
-        (status = UNPROCESSABLE_ENTITY, description = "`invalid-body`: a bad job id; a source, plan or purge empty, too long, not an object, or holding a control character", body = Problem, content_type = "application/problem+json"),
+        (status = BAD_REQUEST, description = "`invalid-id`: the job id is not of the allowed form", body = Problem, content_type = "application/problem+json"),
+        (status = UNPROCESSABLE_ENTITY, description = "`invalid-body`: a source empty, too long or holding a control character; a plan or purge not an object", body = Problem, content_type = "application/problem+json"),
         (status = FORBIDDEN, description = "`forbidden`: denied by policy; the body carries the decision and the index of the log entry that records it", body = Problem, content_type = "application/problem+json"),
         (status = NOT_FOUND, description = "`not-found`: the job brought nothing home", body = Problem, content_type = "application/problem+json"),
     ))]

@@ -223,17 +223,16 @@ async fn bad_batches_are_refused_whole_and_write_nothing() {
     let mut unknown = batch();
     unknown["records"][0]["extra"] = json!(1);
     let too_many =
-        json!({"records": (0..1001).map(|i| row(&format!("k{i}"), i, "u-1", None, json!({}))).collect::<Vec<_>>()});
+        json!({"records": (0..20_000).map(|i| row(&format!("k{i}"), i, "u-1", None, json!({}))).collect::<Vec<_>>()});
     for (path, body, status, kind) in [
         ("/v1/repatriation/jobs/sg-5/records", abroad, 409, "wrong-region"),
-        ("/v1/repatriation/jobs/sg-5/records", twice, 422, "invalid-body"),
         ("/v1/repatriation/jobs/sg-5/records", category, 422, "unknown-category"),
         ("/v1/repatriation/jobs/sg-5/records", subject, 422, "invalid-body"),
         ("/v1/repatriation/jobs/sg-5/records", born, 422, "invalid-body"),
         ("/v1/repatriation/jobs/sg-5/records", unknown, 422, "invalid-body"),
         ("/v1/repatriation/jobs/sg-5/records", json!({"records": []}), 422, "invalid-body"),
-        ("/v1/repatriation/jobs/sg-5/records", too_many, 422, "invalid-body"),
-        ("/v1/repatriation/jobs/Bad%20Job/records", batch(), 422, "invalid-body"),
+        ("/v1/repatriation/jobs/sg-5/records", too_many, 413, "payload-too-large"),
+        ("/v1/repatriation/jobs/Bad%20Job/records", batch(), 400, "invalid-id"),
         (
             "/v1/repatriation/jobs/sg-5/verify",
             json!({"category": "profile", "records": [{"source_key": "k", "digest": "xyz"}]}),
@@ -258,6 +257,13 @@ async fn bad_batches_are_refused_whole_and_write_nothing() {
     assert_eq!(raw.status(), 400);
     assert_eq!(app.boundary.store().counts().await.unwrap(), clover_store::Counts { subjects: 0, records: 0 });
     assert_eq!(app.boundary.log().size(), size, "nothing decided, nothing logged");
+    // A key twice in a batch: the first row counts, the second is not written.
+    let answer: Value =
+        post(&app, DUBLIN, &token, "/v1/repatriation/jobs/sg-5/records", &twice).await.json().await.unwrap();
+    let statuses: Vec<&str> =
+        answer["results"].as_array().unwrap().iter().map(|r| r["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["copied", "copied", "duplicate"], "{answer}");
+    assert_eq!(app.boundary.store().counts().await.unwrap().records, 2);
 }
 
 #[tokio::test]

@@ -27,6 +27,9 @@ use serde_json::{Value, json};
 use crate::commands::repatriate::common::{Remote, SourceArgs};
 use crate::commands::runtime;
 
+/// How long one request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// How many rows go in one request by default.
 const DEFAULT_BATCH: u64 = 500;
 
@@ -214,7 +217,9 @@ impl<'a> Runner<'a> {
         let report = Report { job: job.clone(), source: spec.describe(), ..Report::default() };
         Ok(Self {
             args,
-            client: args.remote.tls.client()?,
+            // A batch of new subjects, or a receipt over a million rows, can take longer than
+            // the ten seconds of a short call.
+            client: args.remote.tls.tls().builder()?.timeout(REQUEST_TIMEOUT).build()?,
             job,
             report,
             combined,
@@ -352,6 +357,9 @@ impl<'a> Runner<'a> {
                 ("present", _) => {
                     self.report.present += 1;
                     verify.push(p);
+                }
+                ("duplicate", _) => {
+                    self.sign('!', &p.position, "its source key is twice in the batch: the first counts")?
                 }
                 ("erased", _) => self.sign(
                     '!',
