@@ -305,38 +305,14 @@ impl Store for SqliteStore {
     }
 
     async fn insert_subject(&self, row: &SubjectRow) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "INSERT INTO subjects (subject_id, home_region, attributes, metadata, created_at)
-             VALUES (?, ?, ?, ?, ?) ON CONFLICT (subject_id) DO NOTHING",
-        )
-        .bind(row.subject_id.as_str())
-        .bind(row.home_region.as_str())
-        .bind(&row.attributes)
-        .bind(&row.metadata)
-        .bind(row.created_at.unix_timestamp())
-        .execute(&self.pool)
-        .await
-        .map_err(db("registering a subject"))?;
-        Ok(done.rows_affected() == 1)
+        register_subject(&self.pool, row).await
     }
 
     async fn insert_subjects(&self, rows: &[SubjectRow]) -> Result<Vec<bool>, StoreError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db("registering subjects"))?;
         let mut registered = Vec::with_capacity(rows.len());
         for row in rows {
-            let done = sqlx::query(
-                "INSERT INTO subjects (subject_id, home_region, attributes, metadata, created_at)
-                 VALUES (?, ?, ?, ?, ?) ON CONFLICT (subject_id) DO NOTHING",
-            )
-            .bind(row.subject_id.as_str())
-            .bind(row.home_region.as_str())
-            .bind(&row.attributes)
-            .bind(&row.metadata)
-            .bind(row.created_at.unix_timestamp())
-            .execute(&mut *tx)
-            .await
-            .map_err(db("registering a subject"))?;
-            registered.push(done.rows_affected() == 1);
+            registered.push(register_subject(&mut *tx, row).await?);
         }
         tx.commit().await.map_err(db("registering subjects"))?;
         Ok(registered)
@@ -679,29 +655,14 @@ impl Store for SqliteStore {
     }
 
     async fn insert_annex(&self, annex: &Annex) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO annexes (commitment, subject_id, annex, created_at) VALUES (?, ?, ?, ?)")
-            .bind(annex.commitment())
-            .bind(annex_subject(annex))
-            .bind(annex.encode())
-            .bind(OffsetDateTime::now_utc().unix_timestamp())
-            .execute(&self.pool)
-            .await
-            .map_err(db("storing an annex"))?;
-        Ok(())
+        keep_annex(&self.pool, annex, OffsetDateTime::now_utc().unix_timestamp()).await
     }
 
     async fn insert_annexes(&self, annexes: &[Annex]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db("storing annexes"))?;
         let now = OffsetDateTime::now_utc().unix_timestamp();
         for annex in annexes {
-            sqlx::query("INSERT INTO annexes (commitment, subject_id, annex, created_at) VALUES (?, ?, ?, ?)")
-                .bind(annex.commitment())
-                .bind(annex_subject(annex))
-                .bind(annex.encode())
-                .bind(now)
-                .execute(&mut *tx)
-                .await
-                .map_err(db("storing an annex"))?;
+            keep_annex(&mut *tx, annex, now).await?;
         }
         tx.commit().await.map_err(db("storing annexes"))
     }
@@ -796,6 +757,44 @@ impl Store for SqliteStore {
 }
 
 /// Stores one record through `executor` (the pool, or a transaction).
+/// Registers a subject through `executor` (the pool, or a transaction); `false`, changing
+/// nothing, when the id is registered already.
+async fn register_subject<'c>(
+    executor: impl sqlx::Executor<'c, Database = sqlx::Sqlite>,
+    row: &SubjectRow,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "INSERT INTO subjects (subject_id, home_region, attributes, metadata, created_at)
+         VALUES (?, ?, ?, ?, ?) ON CONFLICT (subject_id) DO NOTHING",
+    )
+    .bind(row.subject_id.as_str())
+    .bind(row.home_region.as_str())
+    .bind(&row.attributes)
+    .bind(&row.metadata)
+    .bind(row.created_at.unix_timestamp())
+    .execute(executor)
+    .await
+    .map_err(db("registering a subject"))?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Keeps an entry's annex through `executor` (the pool, or a transaction).
+async fn keep_annex<'c>(
+    executor: impl sqlx::Executor<'c, Database = sqlx::Sqlite>,
+    annex: &Annex,
+    now: i64,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO annexes (commitment, subject_id, annex, created_at) VALUES (?, ?, ?, ?)")
+        .bind(annex.commitment())
+        .bind(annex_subject(annex))
+        .bind(annex.encode())
+        .bind(now)
+        .execute(executor)
+        .await
+        .map_err(db("storing an annex"))?;
+    Ok(())
+}
+
 /// Keeps a repatriated row (none, and `false`, when the job has one for its source key).
 async fn keep_repatriated<'c>(
     executor: impl sqlx::Executor<'c, Database = sqlx::Sqlite>,

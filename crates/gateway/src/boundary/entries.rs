@@ -7,7 +7,7 @@
 //! annex is in the store when the entry is (an annex whose append then failed names an entry
 //! that does not exist, which a region auditor sees as such).
 
-use clover_event::{Annex, Event, EventPrincipal, SubjectTag};
+use clover_event::{Annex, Event, EventPrincipal, SubjectTag, SubjectTagKey};
 use clover_log::{LogError, Receipt};
 use clover_model::{Principal, SubjectId};
 use clover_policy::Permit;
@@ -53,22 +53,25 @@ impl Boundary {
     /// they have none yet. A subject with no tag key (never registered, or erased), or whose key
     /// cannot be had, gets a random tag, which looks like any other.
     pub(crate) async fn subject_tag(&self, subject: &SubjectId, ensure: bool) -> Result<SubjectTag, AppendError> {
+        tag_with(self.tag_key(subject, ensure).await.as_ref())
+    }
+
+    /// The subject's tag key (made, with `ensure`, if they have none yet); none if they have
+    /// none or it cannot be had (said in the log).
+    async fn tag_key(&self, subject: &SubjectId, ensure: bool) -> Option<SubjectTagKey> {
         let key = match self.custody.subject_tag_key(subject, false).await {
             Ok(None) if ensure => self.custody.subject_tag_key(subject, true).await,
             other => other,
         };
-        match key {
-            Ok(Some(key)) => key.tag().map_err(AppendError::Randomness),
-            Ok(None) => SubjectTag::random().map_err(AppendError::Randomness),
-            Err(e) => {
-                tracing::warn!(error = %Chain(&e), "cannot have a subject's tag key; the entry gets a random tag");
-                SubjectTag::random().map_err(AppendError::Randomness)
-            }
-        }
+        key.unwrap_or_else(|e| {
+            tracing::warn!(error = %Chain(&e), "cannot have a subject's tag key; the entry gets a random tag");
+            None
+        })
     }
 
     /// [`Boundary::subject_tag`] for the entries of many allowed accesses (their tag keys made
-    /// where missing): each subject's tag key is had once, and each entry gets a fresh tag.
+    /// where missing): each subject's tag key is had once, many at a time, and each entry gets a
+    /// fresh tag.
     pub(crate) async fn subject_tags(&self, subjects: &[&SubjectId]) -> Result<Vec<SubjectTag>, AppendError> {
         let mut distinct: Vec<&SubjectId> = Vec::new();
         let mut seen = std::collections::HashSet::new();
@@ -77,27 +80,10 @@ impl Boundary {
                 distinct.push(subject);
             }
         }
-        // Each subject's key once, many at a time.
-        let found = futures_util::future::join_all(distinct.iter().map(|subject| async move {
-            let key = match self.custody.subject_tag_key(subject, false).await {
-                Ok(None) => self.custody.subject_tag_key(subject, true).await,
-                other => other,
-            };
-            key.unwrap_or_else(|e| {
-                tracing::warn!(error = %Chain(&e), "cannot have a subject's tag key; the entry gets a random tag");
-                None
-            })
-        }))
-        .await;
-        let keys: std::collections::HashMap<&SubjectId, Option<clover_event::SubjectTagKey>> =
+        let found = futures_util::future::join_all(distinct.iter().map(|subject| self.tag_key(subject, true))).await;
+        let keys: std::collections::HashMap<&SubjectId, Option<SubjectTagKey>> =
             distinct.into_iter().zip(found).collect();
-        subjects
-            .iter()
-            .map(|subject| match keys.get(subject) {
-                Some(Some(key)) => key.tag().map_err(AppendError::Randomness),
-                _ => SubjectTag::random().map_err(AppendError::Randomness),
-            })
-            .collect()
+        subjects.iter().map(|subject| tag_with(keys.get(subject).and_then(Option::as_ref))).collect()
     }
 
     /// Stores `annex` (if any) and sets `event`'s commitment to it.
@@ -144,6 +130,15 @@ impl Boundary {
         });
         futures_util::future::try_join_all(appends).await
     }
+}
+
+/// A fresh tag under `key`, or a random one (which looks like any other) without a key.
+fn tag_with(key: Option<&SubjectTagKey>) -> Result<SubjectTag, AppendError> {
+    match key {
+        Some(key) => key.tag(),
+        None => SubjectTag::random(),
+    }
+    .map_err(AppendError::Randomness)
 }
 
 /// The annex of an entry about `principal`'s request.
