@@ -158,6 +158,56 @@ impl KeyCustody for RemoteCustody {
         }
     }
 
+    async fn transfer(
+        &self,
+        receipt: &clover_log::TransferReceipt,
+        items: Vec<clover_keys::TransferItem>,
+    ) -> Result<Vec<clover_keys::TransferOutcome>, KeyError> {
+        let mut outcomes = Vec::with_capacity(items.len());
+        for chunk in items.chunks(crate::server::MAX_TRANSFER_ITEMS) {
+            let body = json!({
+                "index": receipt.index(),
+                "entry": B64.encode(receipt.entry()),
+                "items": chunk.iter().map(crate::server::WireTransferItem::of).collect::<Vec<_>>(),
+            });
+            let answer = self.post("/v1/transfers", &body).await?;
+            let malformed = || KeyError::Crypto("the custodian's transfer answer is not one outcome per record");
+            let answered = answer.get("outcomes").and_then(Value::as_array).ok_or_else(malformed)?;
+            if answered.len() != chunk.len() {
+                return Err(malformed());
+            }
+            for outcome in answered {
+                outcomes.push(match outcome.get("outcome").and_then(Value::as_str) {
+                    Some("treated") => {
+                        let text = |name: &str| outcome.get(name).and_then(Value::as_str).map(ToOwned::to_owned);
+                        let fields = outcome.get("fields").and_then(Value::as_object).cloned().ok_or_else(malformed)?;
+                        let quasi: Vec<(String, Value)> = outcome
+                            .get("quasi")
+                            .cloned()
+                            .and_then(|q| serde_json::from_value(q).ok())
+                            .ok_or_else(malformed)?;
+                        clover_keys::TransferOutcome::Treated {
+                            subject: text("subject").ok_or_else(malformed)?,
+                            record: text("record").ok_or_else(malformed)?,
+                            fields: Fields::new(fields),
+                            quasi,
+                            refused: outcome
+                                .get("refused")
+                                .and_then(Value::as_u64)
+                                .and_then(|n| u32::try_from(n).ok())
+                                .unwrap_or(0),
+                        }
+                    }
+                    Some("minor") => clover_keys::TransferOutcome::Minor,
+                    Some("erased") => clover_keys::TransferOutcome::Erased,
+                    Some("not-covered") => clover_keys::TransferOutcome::NotCovered,
+                    _ => return Err(malformed()),
+                });
+            }
+        }
+        Ok(outcomes)
+    }
+
     async fn destroy_data_key(&self, receipt: &Receipt) -> Result<bool, KeyError> {
         let answer = self.post("/v1/data-keys/destroy", &json!(WireReceipt::of(receipt, &self.index))).await?;
         Ok(answer.get("destroyed").and_then(Value::as_bool).unwrap_or(false))

@@ -29,6 +29,7 @@ pub(crate) mod pseudonyms;
 pub(crate) mod receipts;
 pub(crate) mod rotation;
 pub(crate) mod store;
+pub(crate) mod transfers;
 
 use std::sync::Arc;
 
@@ -83,6 +84,8 @@ pub struct Custodian {
     log: Option<clover_log::Log>,
     /// The pseudonymised views it makes, by category.
     views: ViewRules,
+    /// The destinations and transfer rules it treats transfers by.
+    egress: transfers::EgressRules,
 }
 
 impl std::fmt::Debug for Custodian {
@@ -127,6 +130,7 @@ impl Custodian {
             metadata,
             log: None,
             views: ViewRules::default(),
+            egress: transfers::EgressRules::default(),
         })
     }
 
@@ -145,6 +149,15 @@ impl Custodian {
     #[must_use]
     pub fn with_views(mut self, views: ViewRules) -> Self {
         self.views = views;
+        self
+    }
+
+    /// Treats transfers by `egress` (`[[destinations]]` and `[[transfer_rules]]`): a transfer
+    /// to a destination it does not know, or knows without a legal basis for the purpose, is
+    /// refused; a category no rule covers is not transferred.
+    #[must_use]
+    pub fn with_egress(mut self, egress: transfers::EgressRules) -> Self {
+        self.egress = egress;
         self
     }
 
@@ -246,6 +259,18 @@ impl Custodian {
         self.erasures.check_now(self.keys.db.as_ref(), access).await?;
         self.receipts.claim(access).await?;
         let hash = &access.subject_hash;
+        if let Some(key) = self.erasures.cached_key(hash) {
+            return Ok((key, true));
+        }
+        let ticket = self.erasures.ticket(hash);
+        let key = self.keys.unwrap(hash).await?;
+        self.erasures.cache_key(hash, &key, ticket);
+        Ok((key, false))
+    }
+
+    /// The subject's key by their keyed hash, for a transfer (whose receipt is for the whole
+    /// transfer, not one subject: it is not claimed per subject).
+    pub(crate) async fn subject_key_of(&self, hash: &str) -> Result<(DataKey, bool), KeyError> {
         if let Some(key) = self.erasures.cached_key(hash) {
             return Ok((key, true));
         }
@@ -621,6 +646,14 @@ impl KeyCustody for Custodian {
 
     async fn destroy_data_key(&self, receipt: &Receipt) -> Result<bool, KeyError> {
         self.destroy_for(&self.access(receipt).await?).await
+    }
+
+    async fn transfer(
+        &self,
+        receipt: &clover_log::TransferReceipt,
+        items: Vec<clover_keys::TransferItem>,
+    ) -> Result<Vec<clover_keys::TransferOutcome>, KeyError> {
+        self.transfer_for(&self.transfer_access(receipt)?, items).await
     }
 
     async fn seal_metadata(&self, subject: &SubjectId, plaintext: &[u8]) -> Result<Vec<u8>, KeyError> {

@@ -43,6 +43,7 @@ pub use custodian::pseudonyms::{PSEUDONYMS_PER_RECEIPT, PSEUDONYMS_REFUSED_METRI
 pub use custodian::receipts::{RECEIPTS_REUSED_METRIC, REMEMBERED_FOR};
 pub use custodian::rotation::{Rotation, VersionCounts};
 pub use custodian::store::KeyStore;
+pub use custodian::transfers::EgressRules;
 pub use custodian::{Custodian, id_input};
 pub use server::{CustodianOptions, CustodianServer, NO_WITNESS_WARNING, admin_token, open_dir, router, witness_key};
 pub use verify::{COSIGNATURE_WAIT, CosignRefusal, LogVerifier, QuorumError, ReceiptError, WitnessQuorum};

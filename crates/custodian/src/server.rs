@@ -9,6 +9,7 @@
 //! | `POST /v1/views` | `{"receipt", "sealed", "aad", "legacy"}`: a logged, allowed read granted a pseudonymised view, and the record version's ciphertext (`legacy`: sealed with the subject's key by an earlier version) | `{"fields"}`: the view the custodian's own rules (`--views`) make of the record, tokens keyed for the read's purpose and region; never the key; 403 for a full view, or a ciphertext bound to another record version |
 //! | `POST /v1/metadata/seal` | `{"subject", "subject_hash", "data"}` | `{"data"}`: the metadata sealed |
 //! | `POST /v1/metadata/facts` | `{"subject", "subject_hash", "data"}`: sealed metadata | `{"minor"}`: what policy needs, never the metadata (which would give away a birth date) |
+//! | `POST /v1/transfers` | `{"index", "entry", "items"}`: a logged, allowed transfer's entry (kind `transfer`, at its decision or start; found in the signed log) and up to 1,024 of its records (subject, record, version, category, ciphertext, the subject's sealed metadata) | `{"outcomes"}`: per record, its treatment by the custodian's own `[[transfer_rules]]` with tokens and FF1 keyed for the transfer's purpose and destination (`treated`), or `minor`, `erased`, `not-covered`; never a key; 403 for an entry that is not such a transfer, a destination the custodian's `[[destinations]]` gives no legal basis for the purpose, or a record of a category the entry does not name |
 //! | `POST /v1/pseudonym` | `{"receipt", "purpose", "destination", "input"}`: the receipt (as above) of the logged, allowed read granted a pseudonymised view whose fields are pseudonymised, the purpose it declared (`none` if none), the region it came from (`unknown` if none), and the value (base64) | `{"token"}`; 403 with no receipt, or one that does not check out, is not a read, granted no pseudonymised view, or declared another purpose or region; 429 past [`PSEUDONYMS_PER_RECEIPT`](crate::PSEUDONYMS_PER_RECEIPT) tokens for one receipt |
 //! | `POST /v1/subject-tag-keys` | `{"subject_hash", "create"}` | `{"key"}`: the key of the subject's log entry tags; 404 if none (never registered, or erased) |
 //! | `GET /v1/journal` | | every key handed out, every pseudonymised view (action `view`) and every pseudonym answered (action `pseudonym`): time, subject hash, action, log index, entry hash, purpose |
@@ -376,6 +377,103 @@ async fn view(State(server): State<CustodianServer>, Json(body): Json<ViewBody>)
     Ok(Json(json!({ "fields": view.fields.as_map(), "record": view.record, "subject": view.subject })).into_response())
 }
 
+/// A transfer request: a transfer's receipt (its entry, found in the signed log), and records
+/// of it to treat.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransferBody {
+    /// The entry's index.
+    pub index: u64,
+    /// The entry's bytes, base64.
+    pub entry: String,
+    /// The records.
+    pub items: Vec<WireTransferItem>,
+}
+
+/// A record of a transfer, on the wire.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireTransferItem {
+    /// The subject.
+    pub subject: String,
+    /// The record.
+    pub record: String,
+    /// Its version.
+    pub version: u32,
+    /// Its category.
+    pub category: String,
+    /// Its ciphertext, base64.
+    pub sealed: String,
+    /// Whether it is sealed with the subject's own key.
+    #[serde(default)]
+    pub legacy: bool,
+    /// The subject's sealed metadata, base64.
+    pub metadata: String,
+}
+
+impl WireTransferItem {
+    /// The item on the wire.
+    pub fn of(item: &clover_keys::TransferItem) -> Self {
+        Self {
+            subject: item.subject.to_string(),
+            record: item.record.to_string(),
+            version: item.version,
+            category: item.category.to_string(),
+            sealed: B64.encode(&item.sealed),
+            legacy: item.legacy,
+            metadata: B64.encode(&item.metadata),
+        }
+    }
+
+    fn item(self) -> Option<clover_keys::TransferItem> {
+        Some(clover_keys::TransferItem {
+            subject: self.subject.parse().ok()?,
+            record: self.record.parse().ok()?,
+            version: self.version,
+            category: self.category.parse().ok()?,
+            sealed: B64.decode(&self.sealed).ok()?,
+            legacy: self.legacy,
+            metadata: B64.decode(&self.metadata).ok()?,
+        })
+    }
+}
+
+/// The most records one transfer request may carry.
+pub const MAX_TRANSFER_ITEMS: usize = 1024;
+
+/// Treats records of a logged, allowed transfer by the custodian's own rules; answers what may
+/// leave of each (or why nothing does), never a key.
+async fn transfer(State(server): State<CustodianServer>, Json(body): Json<TransferBody>) -> Result<Response, Refusal> {
+    let bad = |what: &str| Refusal(StatusCode::BAD_REQUEST, what.to_owned());
+    if body.items.len() > MAX_TRANSFER_ITEMS {
+        return Err(bad("too many records in one request"));
+    }
+    let entry = B64.decode(&body.entry).map_err(|_| bad("the entry is not base64"))?;
+    server.verifier.included(body.index, &entry).await?;
+    let receipt = clover_log::TransferReceipt::unchecked(body.index, entry);
+    let access = server.custodian.checked_transfer(&receipt)?;
+    let items = body
+        .items
+        .into_iter()
+        .map(WireTransferItem::item)
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| bad("a record is malformed (ids, category or base64)"))?;
+    let outcomes = server.custodian.transfer_for(&access, items).await?;
+    let outcomes: Vec<Value> = outcomes
+        .into_iter()
+        .map(|outcome| match outcome {
+            clover_keys::TransferOutcome::Treated { subject, record, fields, quasi, refused } => json!({
+                "outcome": "treated", "subject": subject, "record": record, "fields": fields.as_map(),
+                "quasi": quasi, "refused": refused,
+            }),
+            clover_keys::TransferOutcome::Minor => json!({ "outcome": "minor" }),
+            clover_keys::TransferOutcome::Erased => json!({ "outcome": "erased" }),
+            clover_keys::TransferOutcome::NotCovered => json!({ "outcome": "not-covered" }),
+        })
+        .collect();
+    Ok(Json(json!({ "outcomes": outcomes })).into_response())
+}
+
 /// A metadata request.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct MetadataBody {
@@ -468,6 +566,7 @@ pub fn router(server: CustodianServer) -> Router {
         .route("/v1/data-keys/destroy", post(destroy))
         .route("/v1/data-keys/reseal", post(reseal))
         .route("/v1/views", post(view))
+        .route("/v1/transfers", post(transfer))
         .route("/v1/metadata/seal", post(seal))
         .route("/v1/metadata/facts", post(facts))
         .route("/v1/pseudonym", post(pseudonym))

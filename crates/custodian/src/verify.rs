@@ -377,6 +377,13 @@ impl LogVerifier {
         subject_hash: &str,
         opening: Option<&RecordOpening>,
     ) -> Result<(LoggedAccess, SubjectTag), ReceiptError> {
+        self.included(index, entry).await?;
+        access(index, entry, subject_hash, opening)
+    }
+
+    /// Checks that `entry` is at `index` in the signed log, under a checkpoint cosigned by the
+    /// witness quorum when one is demanded (what every receipt is checked for first).
+    pub async fn included(&self, index: u64, entry: &[u8]) -> Result<(), ReceiptError> {
         let (checkpoint, proof) = if self.quorum.is_empty() {
             let answer = self.proof(index).await?;
             let note_text = answer.checkpoint.ok_or_else(|| self.unreachable("no checkpoint with the proof"))?;
@@ -396,8 +403,7 @@ impl LogVerifier {
             .map(|h| Hash::from_base64(h).ok_or_else(|| self.unreachable("a proof hash is not base64")))
             .collect::<Result<_, _>>()?;
         verify_inclusion(&leaf_hash(entry), index, checkpoint.size, &proof, &checkpoint.root)
-            .map_err(|_| ReceiptError::NotInLog(index))?;
-        access(index, entry, subject_hash, opening)
+            .map_err(|_| ReceiptError::NotInLog(index))
     }
 
     /// `note_text` parsed, its log signature checked, and its checkpoint, which must be this
@@ -616,6 +622,7 @@ mod tests {
             purpose: None,
             annex: Some(annex.commitment()),
             detail: None,
+            transfer: None,
         };
         (event.encode(), annex.record_opening().unwrap())
     }

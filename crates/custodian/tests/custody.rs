@@ -216,6 +216,7 @@ impl Fixture {
             purpose: purpose.clone(),
             annex: annex.as_ref().map(clover_event::Annex::commitment),
             detail: None,
+            transfer: None,
         };
         let mut receipt = self.log.append_permitted(&event, permit(action, id, purpose)).await.unwrap();
         if let Some(annex) = annex {
@@ -247,6 +248,7 @@ impl Fixture {
             purpose: Some(purpose.into()),
             annex: Some(annex.commitment()),
             detail: None,
+            transfer: None,
         };
         let permit = permit_from(Action::Read, id, Some(purpose.to_owned()), Some(("virginia-1", "us")));
         let receipt = self.log.append_permitted(&event, permit).await.unwrap().with_annex(annex);
@@ -301,6 +303,7 @@ fn permit_from(
         approved: false,
         subjects_touched: 1,
         bulk_threshold: 50,
+        destination: None,
     };
     match PolicyPack::default_pack().unwrap().verdict(&request, &subject(id)) {
         Verdict::Allowed(permit) => permit,

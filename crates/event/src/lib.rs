@@ -54,6 +54,10 @@ pub enum EventKind {
     /// manifest (counts, the Merkle root over the records brought home, the log indexes that
     /// cover them), which the receipt's holder checks against it.
     Repatriation,
+    /// Data left the region, or was refused leave: a record transfer's manifest (before the
+    /// first byte), its end (sent or interrupted), an aggregate release, or a pseudonymised read
+    /// from outside the region (a transfer too). Its facts are in [`Event::transfer`].
+    Transfer,
 }
 
 /// The caller, as a format 2 entry records it: what they are, not who.
@@ -157,6 +161,46 @@ pub struct Event {
     pub annex: Option<String>,
     /// For key and configuration events: what changed (a key version, a digest), never a name.
     pub detail: Option<String>,
+    /// For a transfer out of the region: its public facts. Absent from the encoding otherwise,
+    /// so that entries written before it existed keep their bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<TransferFacts>,
+}
+
+/// What an entry says of data leaving the region: facts a regulator needs for the transfer
+/// register, and nothing that names anyone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransferFacts {
+    /// The transfer's id (random), none for a read from outside the region.
+    pub id: Option<String>,
+    /// `manifest` (decided and its manifest signed, before the first byte), `sent`,
+    /// `interrupted`, `aggregate` (a release with noise), `remote-read` (a pseudonymised read
+    /// from outside the region), or `refused`.
+    pub stage: String,
+    /// The destination's name (none for a read from a region no destination is configured for).
+    pub destination: Option<String>,
+    /// The destination's region.
+    pub region: String,
+    /// The legal basis the transfer rests on (`adequacy`, `scc`, `bcr`, `derogation`, `none`).
+    pub legal_basis: Option<String>,
+    /// How the data was treated: `pseudonymised` (tokens, FF1, generalisation, k-anonymity),
+    /// `pseudonymised-view` (a read's view), `dp-laplace` or `dp-gaussian` (an aggregate).
+    pub treatment: String,
+    /// The categories.
+    pub categories: Vec<String>,
+    /// Records sent (at `manifest`: to be sent; for an aggregate: records it counts).
+    pub records: u64,
+    /// Records held back by k-anonymity.
+    pub suppressed: u64,
+    /// The destination's k, for a record transfer.
+    pub k: Option<u32>,
+    /// Epsilon spent by an aggregate release, in decimal.
+    pub epsilon: Option<String>,
+    /// The SHA-256 (hex) of the transfer's signed manifest, or of the release's answer.
+    pub manifest: Option<String>,
+    /// The SHA-256 (hex) of the bytes sent, at `sent` and `interrupted`.
+    pub sha256: Option<String>,
 }
 
 /// One log entry in format 1, as written before format 2.
@@ -648,6 +692,7 @@ mod tests {
             purpose: Some("support".into()),
             annex: Some("c".repeat(64)),
             detail: None,
+            transfer: None,
         }
     }
 

@@ -278,5 +278,6 @@ pub(crate) fn setup_event(kind: EventKind, action: &str, detail: String) -> Even
         purpose: None,
         annex: None,
         detail: Some(detail),
+        transfer: None,
     }
 }

@@ -53,6 +53,15 @@ pub struct Config {
     /// Where the region's data may live: places allowed outside the region's sites.
     #[serde(skip_serializing_if = "ResidencyConfig::is_empty")]
     pub residency: ResidencyConfig,
+    /// Places outside the region that data may be transferred to, each with its legal basis
+    /// (`[[destinations]]`). A file without them has none: nothing leaves. (With no file at
+    /// all, those of `examples/clover.toml`.)
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub destinations: Vec<clover_egress::Destination>,
+    /// What each field of a category becomes when it leaves (`[[transfer_rules]]`); a field no
+    /// rule names never leaves, and a category no rule covers is not transferred.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub transfer_rules: Vec<clover_egress::TransferRule>,
 }
 
 /// TLS (`[tls]`): unset, the boundary serves plain HTTP, and only on a loopback address.
@@ -531,8 +540,61 @@ impl Default for Config {
             views: clover_model::ViewRules::default().views,
             tls: TlsConfig::default(),
             residency: ResidencyConfig::default(),
+            destinations: default_destinations(),
+            transfer_rules: default_transfer_rules(),
         }
     }
+}
+
+/// The destinations of `examples/clover.toml`: partners in the United States under standard
+/// contractual clauses, for safety and analytics; an analytics team in Singapore with no legal
+/// basis (so that a refusal can be tried).
+fn default_destinations() -> Vec<clover_egress::Destination> {
+    vec![
+        clover_egress::Destination {
+            name: "us-partners".to_owned(),
+            region: "us".parse().unwrap_or_else(|_| unreachable!("a valid region")),
+            legal_basis: clover_egress::LegalBasis::Scc,
+            purposes: vec!["safety".to_owned(), "analytics".to_owned()],
+            k: 5,
+            budgets: [("analytics".to_owned(), clover_egress::Budget { epsilon: 2.0, delta: 1e-6 })].into(),
+        },
+        clover_egress::Destination {
+            name: "sg-analytics".to_owned(),
+            region: "sg".parse().unwrap_or_else(|_| unreachable!("a valid region")),
+            legal_basis: clover_egress::LegalBasis::None,
+            purposes: vec!["analytics".to_owned()],
+            k: 5,
+            budgets: std::collections::BTreeMap::new(),
+        },
+    ]
+}
+
+/// The transfer rules of `examples/clover.toml`.
+fn default_transfer_rules() -> Vec<clover_egress::TransferRule> {
+    use clover_egress::Treatment::{AgeBand, Day, Ff1Alphanumeric, Ff1Digits, IpPrefix, Keep, Token};
+    let rule = |category: &str, fields: &[(&str, clover_egress::Treatment)]| clover_egress::TransferRule {
+        category: category.parse().unwrap_or_else(|_| unreachable!("a valid category name")),
+        destinations: Vec::new(),
+        fields: fields.iter().map(|(f, t)| ((*f).to_owned(), *t)).collect(),
+    };
+    vec![
+        rule(
+            "profile",
+            &[
+                ("display_name", Token),
+                ("username", Token),
+                ("birth_date", AgeBand),
+                ("country", Keep),
+                ("last_ip", IpPrefix),
+                ("phone", Ff1Digits),
+                ("postcode", Ff1Alphanumeric),
+                ("created_at", Day),
+            ],
+        ),
+        rule("content", &[("post_id", Token), ("language", Keep), ("created_at", Day)]),
+        rule("device", &[("device_id", Token), ("model", Keep), ("last_ip", IpPrefix), ("last_seen", Day)]),
+    ]
 }
 
 // Residency: where the region's data may live (`crate::residency` checks it at start).
@@ -755,6 +817,7 @@ impl Config {
                 }
             }
         }
+        self.validate_egress(&categories, &purposes)?;
         self.validate_identity()?;
         self.validate_tls()?;
         if self.max_body_bytes < 1024 {
@@ -787,6 +850,65 @@ fn check_roles(which: &str, roles: &[String]) -> Result<(), ConfigError> {
 impl Config {
     /// Identity: a token lifetime and refresh intervals that can be honoured, and claim names
     /// that can be looked up.
+    /// Destinations and transfer rules: each destination well formed, naming purposes that are
+    /// configured; each rule for a configured category and destination.
+    fn validate_egress(
+        &self,
+        categories: &std::collections::BTreeSet<&str>,
+        purposes: &std::collections::BTreeSet<&str>,
+    ) -> Result<(), ConfigError> {
+        clover_egress::destination::check_all(&self.destinations).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        for destination in &self.destinations {
+            if destination.region == self.region {
+                return Err(ConfigError::Invalid(format!(
+                    "destination {:?} is in this boundary's own region {:?}: a destination is outside the region",
+                    destination.name,
+                    self.region.as_str()
+                )));
+            }
+            for purpose in destination.purposes.iter().chain(destination.budgets.keys()) {
+                if !purposes.contains(purpose.as_str()) {
+                    return Err(ConfigError::Invalid(format!(
+                        "destination {:?} names purpose {purpose:?}, which is not configured",
+                        destination.name
+                    )));
+                }
+            }
+        }
+        for rule in &self.transfer_rules {
+            if !categories.contains(rule.category.as_str()) {
+                return Err(ConfigError::Invalid(format!(
+                    "a transfer rule names category {:?}, which is not configured",
+                    rule.category.as_str()
+                )));
+            }
+            for name in &rule.destinations {
+                if !self.destinations.iter().any(|d| &d.name == name) {
+                    return Err(ConfigError::Invalid(format!(
+                        "a transfer rule of category {:?} names destination {name:?}, which is not configured",
+                        rule.category.as_str()
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The destination named `name`.
+    pub fn destination(&self, name: &str) -> Option<&clover_egress::Destination> {
+        self.destinations.iter().find(|d| d.name == name)
+    }
+
+    /// The destination a read from `region` for `purpose` is a transfer to: one in that region
+    /// that may receive the purpose, one with a legal basis first; `None` when none is
+    /// configured.
+    pub fn destination_for_read(&self, region: &str, purpose: Option<&str>) -> Option<&clover_egress::Destination> {
+        let mut candidates =
+            self.destinations.iter().filter(|d| d.region.as_str() == region && purpose.is_some_and(|p| d.allows(p)));
+        let first = candidates.clone().next();
+        candidates.find(|d| d.legal_basis.is_some()).or(first)
+    }
+
     fn validate_identity(&self) -> Result<(), ConfigError> {
         let identity = &self.identity;
         let invalid = |m: String| Err(ConfigError::Invalid(m));

@@ -124,6 +124,7 @@ async fn refuse_or_missing_record(boundary: &Boundary, caller: &Caller, record: 
         has_justification: caller.justification.is_some(),
         approved: false,
         subjects_touched: 1,
+        destination: None,
     };
     let facts = RecordFacts { id: record.to_string(), category: category.name.clone(), subject_minor: false };
     let request = record_request(config, &caller.principal, &caller.origin, Action::Read, &facts, &circumstances);

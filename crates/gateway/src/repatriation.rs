@@ -146,6 +146,7 @@ async fn decide_as_if(
         has_justification: caller.justification.is_some(),
         approved: false,
         subjects_touched: 1,
+        destination: None,
     };
     let facts = RecordFacts { id: format!("repatriation-{job}"), category: category.clone(), subject_minor };
     let request = record_request(

@@ -1,8 +1,8 @@
 //! Custody as the boundary sees it: a data key, or a pseudonym, only against a log receipt.
 
 use clover_event::SubjectTagKey;
-use clover_log::Receipt;
-use clover_model::{Fields, Region, SubjectId};
+use clover_log::{Receipt, TransferReceipt};
+use clover_model::{Category, Fields, RecordId, Region, SubjectId};
 
 use crate::data_key::DataKey;
 use crate::error::KeyError;
@@ -17,6 +17,51 @@ pub struct PseudonymisedView {
     pub record: String,
     /// The subject, as a token.
     pub subject: String,
+}
+
+/// A record of a transfer, as the boundary hands it to the custodian to be treated: the record
+/// version's ciphertext and its subject's sealed metadata (whether they are a minor is worked
+/// out from it, by the custodian).
+#[derive(Debug, Clone)]
+pub struct TransferItem {
+    /// The subject.
+    pub subject: SubjectId,
+    /// The record.
+    pub record: RecordId,
+    /// Its version.
+    pub version: u32,
+    /// Its category.
+    pub category: Category,
+    /// The record version's ciphertext.
+    pub sealed: Vec<u8>,
+    /// Whether it is sealed with the subject's own key (by an earlier version of Clover).
+    pub legacy: bool,
+    /// The subject's sealed metadata.
+    pub metadata: Vec<u8>,
+}
+
+/// What the custodian made of one record of a transfer.
+#[derive(Debug)]
+pub enum TransferOutcome {
+    /// Treated by the transfer rules: all of it that may leave.
+    Treated {
+        /// The subject, as a token of the transfer's purpose and destination.
+        subject: String,
+        /// The record, as a token of the transfer's purpose and destination.
+        record: String,
+        /// The fields, each by its rule; fields no rule names are not here.
+        fields: Fields,
+        /// The quasi-identifiers, as treated, in name order (for k-anonymity).
+        quasi: Vec<(String, serde_json::Value)>,
+        /// Field values a rule named that could not be treated safely, left out.
+        refused: u32,
+    },
+    /// A minor's record: never transferred.
+    Minor,
+    /// The subject was erased: their key is gone.
+    Erased,
+    /// No transfer rule of the custodian's covers the record's category for the destination.
+    NotCovered,
 }
 
 /// The custodian of a region's keys, as the boundary sees it.
@@ -59,6 +104,17 @@ pub trait KeyCustody: Send + Sync {
         aad: &[u8],
         legacy: bool,
     ) -> Result<PseudonymisedView, KeyError>;
+
+    /// Treats the records of a logged, allowed transfer out of the region (`receipt`): opens each
+    /// record version (each of a category the transfer's entry names), leaves out minors' and
+    /// erased subjects' records, and answers what the custodian's own transfer rules let leave
+    /// of the others, with tokens and FF1 keyed for the transfer's purpose and destination. No
+    /// key leaves; every record opened is journalled against the receipt.
+    async fn transfer(
+        &self,
+        receipt: &TransferReceipt,
+        items: Vec<TransferItem>,
+    ) -> Result<Vec<TransferOutcome>, KeyError>;
 
     /// Destroys the data key of the receipt's subject, for a logged, permitted erasure: every
     /// copy of their ciphertext, backups included, can no longer be opened. Returns whether

@@ -30,7 +30,7 @@ mod passphrase;
 pub mod pkcs11;
 mod pseudonym;
 
-pub use custody::{KeyCustody, PseudonymisedView};
+pub use custody::{KeyCustody, PseudonymisedView, TransferItem, TransferOutcome};
 pub use data_key::{DataKey, WrappedKey};
 pub use error::KeyError;
 pub use kek::Kek;

@@ -56,6 +56,19 @@ impl PseudonymRoot {
         let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, &key), input);
         format!("tok_{}", hex::encode(tag.as_ref().get(..16).unwrap_or_default()))
     }
+
+    /// The two secrets of a record transfer's treatments for (`purpose`, `destination`): one
+    /// for its tokens, one for its FF1 key. Derived from the root with labels of their own, so
+    /// that they are unrelated to a pseudonymised read's tokens and to each other.
+    pub fn transfer_secrets(&self, purpose: &str, destination: &str) -> (Zeroizing<[u8; 32]>, Zeroizing<[u8; 32]>) {
+        let derive = |label: &str| {
+            let tag = hmac::sign(&self.key, format!("clover/transfer-{label}/v1\n{purpose}\n{destination}").as_bytes());
+            let mut secret = Zeroizing::new([0u8; 32]);
+            secret.copy_from_slice(tag.as_ref().get(..32).unwrap_or(&[0u8; 32]));
+            secret
+        };
+        (derive("token"), derive("ff1"))
+    }
 }
 
 #[cfg(test)]

@@ -30,7 +30,7 @@ use clover_tlog::note::NoteSigner;
 use clover_tlog::tile::{TILE_WIDTH, Tile, push_bundle_entry};
 
 pub use error::LogError;
-pub use receipt::{KeyOperation, KeyReceipt, Receipt};
+pub use receipt::{KeyOperation, KeyReceipt, Receipt, TRANSFER_STAGES_THAT_OPEN, TransferReceipt};
 pub use sequencer::LogOptions;
 
 use crate::file::FileLog;
@@ -205,6 +205,32 @@ impl Log {
         let entry_hash = leaf_hash(&entry);
         let index = self.append_indexed((event.kind, event.annex.clone()), entry, entry_hash).await?;
         Ok(KeyReceipt { index, entry_hash, operation, version })
+    }
+
+    /// Appends the entry of an allowed transfer out of the region (its decision, or the start
+    /// of its stream) and returns the receipt the custodian asks for before it opens any record
+    /// of it: the entry must be of kind `transfer`, action `export`, allowed, with the
+    /// transfer's facts at one of [`TRANSFER_STAGES_THAT_OPEN`] naming a destination, else
+    /// [`LogError::NotPermitted`] and nothing is appended.
+    pub async fn append_transfer(&self, event: &Event) -> Result<TransferReceipt, LogError> {
+        let fine = event.kind == EventKind::Transfer
+            && event.action.as_deref() == Some(clover_model::Action::Export.as_str())
+            && event.decision.as_ref().is_some_and(|d| d.effect == "allow")
+            && event.transfer.as_ref().is_some_and(|t| {
+                TRANSFER_STAGES_THAT_OPEN.contains(&t.stage.as_str()) && t.destination.is_some() && t.id.is_some()
+            });
+        if !fine {
+            return Err(LogError::NotPermitted(
+                "a transfer's receipt is for an allowed export entry of kind transfer, at its decision or its start, \
+                 naming the transfer and its destination"
+                    .to_owned(),
+            ));
+        }
+        let entry = event.encode();
+        let entry_hash = leaf_hash(&entry);
+        let kept: Arc<[u8]> = entry.as_slice().into();
+        let index = self.append_indexed((event.kind, event.annex.clone()), entry, entry_hash).await?;
+        Ok(TransferReceipt { index, entry_hash, entry: kept })
     }
 
     /// The latest signed checkpoint note.

@@ -117,3 +117,48 @@ impl KeyReceipt {
         self.version
     }
 }
+
+/// Proof that a transfer out of the region was allowed and durably logged before any record of
+/// it is opened: its entry (kind `transfer`, action `export`, allowed) carries the transfer's
+/// public facts (destination, categories, purpose), which bound what the custodian treats for
+/// it. Only [`crate::Log::append_transfer`] makes one.
+#[derive(Debug, Clone)]
+pub struct TransferReceipt {
+    pub(crate) index: u64,
+    pub(crate) entry_hash: Hash,
+    pub(crate) entry: Arc<[u8]>,
+}
+
+impl TransferReceipt {
+    /// The index of the logged entry.
+    pub fn index(&self) -> u64 {
+        self.index
+    }
+
+    /// The RFC 6962 leaf hash of the logged entry.
+    pub fn entry_hash(&self) -> &Hash {
+        &self.entry_hash
+    }
+
+    /// [`TransferReceipt::entry_hash`] in hex.
+    pub fn entry_hash_hex(&self) -> String {
+        hex::encode(self.entry_hash.0)
+    }
+
+    /// The logged entry's bytes (the custodian reads the transfer's facts from them, and a
+    /// custodian in another process checks them against the log).
+    pub fn entry(&self) -> &[u8] {
+        &self.entry
+    }
+
+    /// A receipt for the entry `entry` at `index`, as a custodian in another process is sent
+    /// it: it proves nothing until checked against the log.
+    pub fn unchecked(index: u64, entry: Vec<u8>) -> Self {
+        let entry_hash = clover_tlog::hash::leaf_hash(&entry);
+        Self { index, entry_hash, entry: entry.into() }
+    }
+}
+
+/// The stages of a transfer whose entry lets the custodian open records: the decision (counted
+/// before the manifest), and the start of the stream.
+pub const TRANSFER_STAGES_THAT_OPEN: [&str; 2] = ["decided", "started"];

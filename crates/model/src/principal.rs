@@ -84,6 +84,9 @@ pub enum Action {
     Administer,
     /// Bring a record of the region's home from a store abroad (`clover repatriate`).
     Repatriate,
+    /// Send the region's data out of it: a record transfer or an aggregate release to a
+    /// configured destination (the egress path).
+    Export,
 }
 
 impl Action {
@@ -97,6 +100,7 @@ impl Action {
             Self::Approve => "approve",
             Self::Administer => "administer",
             Self::Repatriate => "repatriate",
+            Self::Export => "export",
         }
     }
 }

@@ -151,6 +151,20 @@ pub struct PackRequest {
     pub subjects_touched: i64,
     /// The threshold above which an approval is needed.
     pub bulk_threshold: i64,
+    /// Where the data would go: for a transfer, its destination; for a read from outside the
+    /// region, the destination configured for the caller's region and purpose (none if none is).
+    pub destination: Option<PackDestination>,
+}
+
+/// A destination's facts, as a decision sees them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PackDestination {
+    /// Its region.
+    pub region: String,
+    /// Its legal basis (`adequacy`, `scc`, `bcr`, `derogation`, `none`).
+    pub legal_basis: String,
+    /// Whether the declared purpose is one it may receive data for.
+    pub purpose_allowed: bool,
 }
 
 /// A validated policy pack.
@@ -367,7 +381,8 @@ impl PolicyPack {
             | Action::ListAccesses
             | Action::Approve
             | Action::Administer
-            | Action::Repatriate => match self.evaluate(&prepared, cedar_action(request.action)) {
+            | Action::Repatriate
+            | Action::Export => match self.evaluate(&prepared, cedar_action(request.action)) {
                 Ok((true, permits)) => Decision {
                     outcome: Outcome::Allow(View::Full),
                     policies: permits,
@@ -448,6 +463,7 @@ impl PolicyPack {
         let resource_entity = Entity::new(resource.clone(), attrs, HashSet::new()).map_err(cedar_err)?;
         let entities = Entities::from_entities([principal_entity, resource_entity], None).map_err(cedar_err)?;
         let (origin_site, origin_region) = request.origin.clone().unwrap_or_default();
+        let destination = request.destination.clone().unwrap_or_default();
         let context = Context::from_pairs([
             ("boundary_region".to_owned(), s(&request.boundary_region)),
             ("origin_known".to_owned(), b(request.origin.is_some())),
@@ -463,6 +479,10 @@ impl PolicyPack {
             ("approved".to_owned(), b(request.approved)),
             ("subjects_touched".to_owned(), RestrictedExpression::new_long(request.subjects_touched)),
             ("bulk_threshold".to_owned(), RestrictedExpression::new_long(request.bulk_threshold)),
+            ("destination_known".to_owned(), b(request.destination.is_some())),
+            ("destination_region".to_owned(), s(&destination.region)),
+            ("destination_legal_basis".to_owned(), s(&destination.legal_basis)),
+            ("purpose_allowed_for_destination".to_owned(), b(destination.purpose_allowed)),
         ])
         .map_err(cedar_err)?;
         Ok(Prepared { principal, resource, entities, context })
@@ -510,6 +530,7 @@ fn cedar_action(action: Action) -> &'static str {
         Action::Approve => "approve",
         Action::Administer => "administer",
         Action::Repatriate => "repatriate",
+        Action::Export => "export",
     }
 }
 

@@ -4,7 +4,7 @@
 
 use clover_model::{Action, PrincipalKind, View};
 use clover_policy::Outcome;
-use clover_policy::pack::{PackPrincipal, PackRequest, PackResource, PolicyPack};
+use clover_policy::pack::{PackDestination, PackPrincipal, PackRequest, PackResource, PolicyPack};
 
 /// An EU employee at dublin-1 with the support role, reading an adult's profile record for
 /// support (a purpose the support role may declare).
@@ -37,6 +37,7 @@ fn base() -> PackRequest {
         approved: false,
         subjects_touched: 1,
         bulk_threshold: 50,
+        destination: None,
     }
 }
 
@@ -85,6 +86,28 @@ fn from(site: &str, region: &str) -> Option<(String, String)> {
     Some((site.into(), region.into()))
 }
 
+/// A destination in the United States with `legal_basis`, that may (or not) receive the purpose.
+fn us_destination(legal_basis: &str, purpose_allowed: bool) -> Option<PackDestination> {
+    Some(PackDestination { region: "us".into(), legal_basis: legal_basis.into(), purpose_allowed })
+}
+
+/// Turns the request into one from Virginia, where a destination with standard contractual
+/// clauses may receive the purpose (a read from there is a lawful transfer, as far as the
+/// destination goes).
+fn abroad(r: &mut PackRequest) {
+    r.origin = from("virginia-1", "us");
+    r.destination = us_destination("scc", true);
+}
+
+/// Turns the request into `ana`, holding the analytics role, exporting profile records to the
+/// destination in the United States for analytics.
+fn export(r: &mut PackRequest) {
+    r.action = Action::Export;
+    r.principal.roles = vec!["analytics".into()];
+    r.purpose = Some("analytics".into());
+    r.destination = us_destination("scc", true);
+}
+
 /// A case of the decision table: a change to [`base`], the outcome and deciding policies it
 /// must get, and the policies it shows *not* deciding: each of these comes within one condition
 /// of the request (the case is that policy's near miss), so that every policy is seen deciding
@@ -115,6 +138,132 @@ fn sensitive(r: &mut PackRequest, category: &str) {
     r.category_role_ok = true;
 }
 
+/// The cases of transfers: reads from outside the region (each a transfer) and exports. A table
+/// of its own, so that no one function builds the whole table on its stack.
+fn transfer_cases() -> Vec<Case> {
+    let full = Outcome::Allow(View::Full);
+    let deny = Outcome::Deny;
+    vec![
+        case(
+            "from outside: a read is a transfer, refused with no destination for the caller's region",
+            |r| {
+                abroad(r);
+                r.destination = None;
+                r.purpose_allows_transfer = true;
+            },
+            deny,
+            &["no-full-view-from-outside", "remote-access-is-a-transfer"],
+            &["pseudonymised-from-outside"],
+        ),
+        case(
+            "from outside: refused when the destination has no legal basis",
+            |r| {
+                abroad(r);
+                r.destination = us_destination("none", true);
+                r.purpose_allows_transfer = true;
+            },
+            deny,
+            &["no-full-view-from-outside", "remote-access-is-a-transfer"],
+            &["pseudonymised-from-outside"],
+        ),
+        case(
+            "from outside: refused when the destination may not receive the purpose",
+            |r| {
+                abroad(r);
+                r.destination = us_destination("adequacy", false);
+                r.purpose_allows_transfer = true;
+            },
+            deny,
+            &["no-full-view-from-outside", "remote-access-is-a-transfer"],
+            &["pseudonymised-from-outside"],
+        ),
+        case(
+            "a transfer to a lawful destination, for a purpose it may receive",
+            export,
+            full,
+            &["transfers-to-lawful-destinations"],
+            &[
+                "no-transfer-without-legal-basis",
+                "no-transfer-for-another-purpose",
+                "transfers-start-in-region",
+                "no-minors-or-sensitive-data-leave",
+                "remote-access-is-a-transfer",
+            ],
+        ),
+        case(
+            "no transfer to a destination without a legal basis",
+            |r| {
+                export(r);
+                r.destination = us_destination("none", true);
+            },
+            deny,
+            &["no-transfer-without-legal-basis"],
+            &["transfers-to-lawful-destinations"],
+        ),
+        case(
+            "no transfer to a destination that is not configured",
+            |r| {
+                export(r);
+                r.destination = None;
+            },
+            deny,
+            &["no-transfer-for-another-purpose", "no-transfer-without-legal-basis"],
+            &["transfers-to-lawful-destinations"],
+        ),
+        case(
+            "no transfer for a purpose the destination may not receive",
+            |r| {
+                export(r);
+                r.destination = us_destination("scc", false);
+            },
+            deny,
+            &["no-transfer-for-another-purpose"],
+            &["transfers-to-lawful-destinations"],
+        ),
+        case(
+            "no transfer started from abroad",
+            |r| {
+                export(r);
+                r.origin = from("virginia-1", "us");
+            },
+            deny,
+            &["transfers-start-in-region"],
+            &["transfers-to-lawful-destinations"],
+        ),
+        case(
+            "no transfer of a minor's records",
+            |r| {
+                export(r);
+                r.resource = record("profile", false, true);
+            },
+            deny,
+            &["no-minors-or-sensitive-data-leave"],
+            &["transfers-to-lawful-destinations"],
+        ),
+        case(
+            "no transfer of a sensitive category, even with a ticket and its role",
+            |r| {
+                export(r);
+                sensitive(r, "messages");
+                r.principal.roles.push("safety".into());
+            },
+            deny,
+            &["no-minors-or-sensitive-data-leave"],
+            &["transfers-to-lawful-destinations"],
+        ),
+        case(
+            "no transfer by a caller without a role of the purpose",
+            |r| {
+                export(r);
+                r.purpose_role_ok = false;
+            },
+            deny,
+            &["default-deny"],
+            &["transfers-to-lawful-destinations"],
+        ),
+    ]
+}
+
 #[expect(clippy::too_many_lines, reason = "one table, a row per case")]
 fn cases() -> Vec<Case> {
     let full = Outcome::Allow(View::Full);
@@ -140,13 +289,13 @@ fn cases() -> Vec<Case> {
             "no full view from Singapore, even for an EU employee",
             |r| r.origin = from("singapore-1", "sg"),
             deny,
-            &["no-full-view-from-outside"],
+            &["no-full-view-from-outside", "remote-access-is-a-transfer"],
             &["in-region-read"],
         ),
         case(
             "from outside: pseudonymised for a transfer purpose",
             |r| {
-                r.origin = from("virginia-1", "us");
+                abroad(r);
                 r.principal.home_region = "us".into();
                 r.purpose_allows_transfer = true;
             },
@@ -157,7 +306,7 @@ fn cases() -> Vec<Case> {
         case(
             "from outside: never a minor's data",
             |r| {
-                r.origin = from("virginia-1", "us");
+                abroad(r);
                 r.purpose_allows_transfer = true;
                 r.resource = record("profile", false, true);
             },
@@ -168,7 +317,7 @@ fn cases() -> Vec<Case> {
         case(
             "from outside: never a sensitive category, even with a ticket and the category's role",
             |r| {
-                r.origin = from("virginia-1", "us");
+                abroad(r);
                 r.purpose_allows_transfer = true;
                 sensitive(r, "location");
                 r.principal.roles = vec!["legal".into()];
@@ -179,7 +328,7 @@ fn cases() -> Vec<Case> {
         ),
         case(
             "from outside: not for a purpose off the transfer list",
-            |r| r.origin = from("virginia-1", "us"),
+            abroad,
             deny,
             &["no-full-view-from-outside"],
             &["pseudonymised-from-outside"],
@@ -187,7 +336,7 @@ fn cases() -> Vec<Case> {
         case(
             "from outside: not without a role of the purpose",
             |r| {
-                r.origin = from("virginia-1", "us");
+                abroad(r);
                 r.purpose_allows_transfer = true;
                 r.purpose_role_ok = false;
             },
@@ -199,7 +348,7 @@ fn cases() -> Vec<Case> {
             "unknown origins are denied",
             |r| r.origin = None,
             deny,
-            &["no-full-view-from-outside", "unknown-origin"],
+            &["no-full-view-from-outside", "remote-access-is-a-transfer", "unknown-origin"],
             &[],
         ),
         case(
@@ -209,7 +358,7 @@ fn cases() -> Vec<Case> {
                 r.purpose_allows_transfer = true;
             },
             deny,
-            &["no-full-view-from-outside", "unknown-origin"],
+            &["no-full-view-from-outside", "remote-access-is-a-transfer", "unknown-origin"],
             &[],
         ),
         case(
@@ -254,7 +403,7 @@ fn cases() -> Vec<Case> {
             "not from outside the region",
             |r| {
                 list_accesses(r);
-                r.origin = from("virginia-1", "us");
+                abroad(r);
             },
             deny,
             &["default-deny"],
@@ -278,7 +427,7 @@ fn cases() -> Vec<Case> {
             "not even a key custodian from outside the region",
             |r| {
                 administer(r, &["key-custodian"]);
-                r.origin = from("virginia-1", "us");
+                abroad(r);
             },
             deny,
             &["default-deny"],
@@ -619,7 +768,7 @@ fn cases() -> Vec<Case> {
                 r.origin = from("singapore-1", "sg");
             },
             deny,
-            &["bulk-access-needs-approval", "no-full-view-from-outside"],
+            &["bulk-access-needs-approval", "no-full-view-from-outside", "remote-access-is-a-transfer"],
             &[],
         ),
         case(
@@ -654,7 +803,7 @@ fn cases() -> Vec<Case> {
             "only from the region",
             |r| {
                 approve(r, "bo", &["approver"]);
-                r.origin = from("virginia-1", "us");
+                abroad(r);
             },
             deny,
             &["default-deny"],
@@ -667,7 +816,7 @@ fn cases() -> Vec<Case> {
 fn the_default_pack_decides_each_rule_both_ways() {
     let pack = PolicyPack::default_pack().unwrap();
     let mut failures = Vec::new();
-    for Case { name, change, outcome, policies, spares } in cases() {
+    for Case { name, change, outcome, policies, spares } in cases().into_iter().chain(transfer_cases()) {
         let mut request = base();
         change(&mut request);
         let decision = pack.decide(&request);
@@ -687,7 +836,7 @@ fn the_default_pack_decides_each_rule_both_ways() {
 fn every_policy_of_the_pack_is_seen_deciding_and_not_deciding() {
     let pack = PolicyPack::default_pack().unwrap();
     let (mut deciding, mut spared) = (std::collections::BTreeSet::new(), std::collections::BTreeSet::new());
-    for case in cases() {
+    for case in cases().into_iter().chain(transfer_cases()) {
         deciding.extend(case.policies.iter().map(|p| p.to_string()));
         spared.extend(case.spares.iter().map(|p| p.to_string()));
     }

@@ -34,6 +34,7 @@ pub fn access_event(n: usize) -> Event {
         purpose: Some("support".into()),
         annex: Some(sha256(format!("annex-{n}"))),
         detail: None,
+        transfer: None,
     }
 }
 
@@ -53,6 +54,7 @@ pub fn read_event(n: u64, annex: Option<&str>) -> Event {
         purpose: None,
         annex: annex.map(str::to_owned),
         detail: Some(format!("r-{n}")),
+        transfer: None,
     }
 }
 
@@ -87,6 +89,7 @@ pub fn read_profile_request() -> PackRequest {
         approved: false,
         subjects_touched: 3,
         bulk_threshold: 50,
+        destination: None,
     }
 }
 

@@ -95,7 +95,9 @@ pub(crate) struct ServeArgs {
     /// custodian opens the record and answers the view): a TOML file whose `[[views]]` tables
     /// say what each field of a category becomes, as in `clover.toml`, which may be given
     /// itself (its other tables are ignored). Without it (or without `[[views]]` in it), the
-    /// default rules, as a boundary's without `[[views]]`.
+    /// default rules, as a boundary's without `[[views]]`. Its `[[destinations]]` and
+    /// `[[transfer_rules]]` say where transfers out of the region may go and what each field
+    /// becomes: without them, every transfer is refused.
     #[arg(long, value_name = "FILE")]
     views: Option<PathBuf>,
     /// Keep the wrapped data keys and the journal in this PostgreSQL database instead of
@@ -137,10 +139,14 @@ impl ServeArgs {
             Some(path) => read_views(path)?,
             None => clover_model::ViewRules::default(),
         };
+        let egress = match &self.views {
+            Some(path) => read_egress(path)?,
+            None => clover_custodian::EgressRules::default(),
+        };
         let log_client = self.log_tls.client()?;
         runtime()?.block_on(async {
             let tls = self.tls.load(listen, "custodian")?;
-            let custodian = Arc::new(clover_custodian::open_dir(&options).await?.with_views(views));
+            let custodian = Arc::new(clover_custodian::open_dir(&options).await?.with_views(views).with_egress(egress));
             let witness_key = clover_custodian::witness_key(&options.dir, &self.witness_name)?;
             if quorum.is_empty() {
                 tracing::warn!("{}", clover_custodian::NO_WITNESS_WARNING);
@@ -173,6 +179,24 @@ fn read_views(path: &std::path::Path) -> anyhow::Result<clover_model::ViewRules>
         toml::from_str(&text).with_context(|| format!("--views {}: its [[views]] tables", path.display()))?;
     tracing::info!(categories = rules.views.len(), path = %path.display(), "pseudonymised views by the rules in the file");
     Ok(rules)
+}
+
+/// The `[[destinations]]` and `[[transfer_rules]]` of the TOML file at `path`: what the custodian
+/// treats transfers out of the region by (none without them: it refuses every transfer).
+fn read_egress(path: &std::path::Path) -> anyhow::Result<clover_custodian::EgressRules> {
+    #[derive(serde::Deserialize)]
+    struct File {
+        #[serde(default)]
+        destinations: Vec<clover_egress::Destination>,
+        #[serde(flatten)]
+        rules: clover_egress::TransferRules,
+    }
+    let text = std::fs::read_to_string(path).with_context(|| format!("--views {}", path.display()))?;
+    let file: File = toml::from_str(&text)
+        .with_context(|| format!("--views {}: its [[destinations]] and [[transfer_rules]] tables", path.display()))?;
+    clover_egress::destination::check_all(&file.destinations).with_context(|| format!("--views {}", path.display()))?;
+    tracing::info!(destinations = file.destinations.len(), rules = file.rules.transfer_rules.len(), path = %path.display(), "transfers treated by the rules in the file");
+    Ok(clover_custodian::EgressRules { destinations: file.destinations, rules: file.rules })
 }
 
 /// A running custodian's admin API.

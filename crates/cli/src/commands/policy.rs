@@ -125,6 +125,7 @@ impl ExplainArgs {
             has_justification: self.ticket,
             approved: self.approved,
             subjects_touched: self.subjects_touched,
+            destination: None,
         };
         let request = record_request(&config, &principal, &origin, action, &record, &circumstances);
         let decision = pack.decide(&request);

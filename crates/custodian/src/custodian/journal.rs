@@ -51,6 +51,13 @@ impl Journal {
         self.write(UnwrapRecord::pseudonym(access, now())).await
     }
 
+    /// Records the records of a transfer opened for its receipt (action `transfer`: the
+    /// custodian opened them and answered their treatment, no key left), and waits until they
+    /// are committed.
+    pub(crate) async fn record_transfer(&self, records: Vec<UnwrapRecord>) -> Result<(), KeyError> {
+        futures_util::future::try_join_all(records.into_iter().map(|record| self.write(record))).await.map(|_| ())
+    }
+
     /// Sends `record` to the writer and waits until it is committed.
     async fn write(&self, record: UnwrapRecord) -> Result<(), KeyError> {
         let unwritten = |cause: String| KeyError::Store {

@@ -132,6 +132,12 @@ impl Pseudonyms {
     pub(crate) fn token(&self, purpose: &str, destination: &str, input: &[u8]) -> String {
         self.root.token(purpose, destination, input)
     }
+
+    /// The keys of a record transfer's treatments for (`purpose`, `destination`).
+    pub(crate) fn transfer_keys(&self, purpose: &str, destination: &str) -> clover_egress::TransferKeys {
+        let (token, ff1) = self.root.transfer_secrets(purpose, destination);
+        clover_egress::TransferKeys::new(&token, &ff1)
+    }
 }
 
 #[cfg(test)]
@@ -196,6 +202,7 @@ mod tests {
             purpose: purpose.map(str::to_owned),
             annex: None,
             detail: None,
+            transfer: None,
         };
         let scope = TokenScope::of(&event(Some("pseudonymised"), Some("analytics"), Some("us"))).unwrap();
         scope.check("analytics", "us").unwrap();

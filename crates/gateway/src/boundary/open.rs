@@ -144,7 +144,11 @@ impl Boundary {
                     )
                     .await?
                     .with_log(log.clone())
-                    .with_views(clover_model::ViewRules::new(config.views.clone())),
+                    .with_views(clover_model::ViewRules::new(config.views.clone()))
+                    .with_egress(clover_custodian::EgressRules {
+                        destinations: config.destinations.clone(),
+                        rules: clover_egress::TransferRules::new(config.transfer_rules.clone()),
+                    }),
                 );
                 take_legacy_keys(&store, &custodian, &log).await?;
                 (custodian.clone(), Some(custodian))

@@ -231,6 +231,7 @@ async fn refuse_certificate(
         purpose: None,
         annex: None,
         detail: Some("client certificate refused".to_owned()),
+        transfer: None,
     };
     let appended = match annex(principal, None, Some(&reason), None, None) {
         Ok(annex) => boundary.append_annexed(event, Some(annex)).await,

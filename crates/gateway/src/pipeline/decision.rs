@@ -21,7 +21,7 @@
 
 use clover_model::{Action, Category, Origin, Principal, RecordId, SubjectId};
 use clover_policy::Verdict;
-use clover_policy::pack::{PackPrincipal, PackRequest, PackResource};
+use clover_policy::pack::{PackDestination, PackPrincipal, PackRequest, PackResource};
 use tracing::instrument;
 
 use crate::boundary::Boundary;
@@ -142,6 +142,7 @@ pub(crate) fn decide(boundary: &Boundary, caller: &Caller, ask: &Ask<'_>, facts:
         has_justification: caller.justification.is_some(),
         approved,
         subjects_touched: touched,
+        destination: None,
     };
     let request = match ask.record {
         Some((id, category)) => {
@@ -178,6 +179,8 @@ pub struct Circumstances {
     pub approved: bool,
     /// Distinct subjects touched in the window.
     pub subjects_touched: i64,
+    /// For an export: the destination named (whether configured or not).
+    pub destination: Option<String>,
 }
 
 /// The caller as the pack sees them.
@@ -235,7 +238,36 @@ pub fn record_request(
         approved: circumstances.approved,
         subjects_touched: circumstances.subjects_touched,
         bulk_threshold: config.policy.bulk_threshold,
+        destination: pack_destination(config, origin, action, circumstances),
     }
+}
+
+/// Where a request's data would go: an export's named destination; for a read from outside
+/// the region, the destination configured for the caller's region and purpose (a read from
+/// abroad is a transfer); none otherwise, or when none is configured.
+fn pack_destination(
+    config: &Config,
+    origin: &Origin,
+    action: Action,
+    circumstances: &Circumstances,
+) -> Option<PackDestination> {
+    let purpose = circumstances.purpose.as_deref();
+    let destination = match action {
+        Action::Export => config.destination(circumstances.destination.as_deref()?)?,
+        Action::Read => {
+            let Origin::Site { region, .. } = origin else { return None };
+            if region == &config.region {
+                return None;
+            }
+            config.destination_for_read(region.as_str(), purpose)?
+        }
+        _ => return None,
+    };
+    Some(PackDestination {
+        region: destination.region.to_string(),
+        legal_basis: destination.legal_basis.to_string(),
+        purpose_allowed: purpose.is_some_and(|p| destination.allows(p)),
+    })
 }
 
 /// Builds the pack request for an action on a subject as a whole (register, erase, list).
@@ -266,6 +298,7 @@ fn subject_request(
         approved: circumstances.approved,
         subjects_touched: circumstances.subjects_touched,
         bulk_threshold: config.policy.bulk_threshold,
+        destination: None,
     }
 }
 
@@ -293,6 +326,7 @@ fn request_without_data(
         approved: false,
         subjects_touched: 0,
         bulk_threshold: config.policy.bulk_threshold,
+        destination: None,
     }
 }
 

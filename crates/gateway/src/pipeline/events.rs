@@ -48,6 +48,7 @@ pub(crate) async fn log_without_data(
         purpose: caller.and_then(|c| c.purpose.clone()),
         annex: None,
         detail: Some(detail),
+        transfer: None,
     };
     let annex = match caller {
         Some(caller) => Some(annex(Some(&caller.principal), caller.justification.as_deref(), note, None, None)?),
@@ -86,6 +87,7 @@ fn event(
         purpose: caller.purpose.clone(),
         annex: None,
         detail: None,
+        transfer: None,
     }
 }
 
@@ -212,6 +214,7 @@ pub(crate) async fn log_limited_refusals(
             "{} refusals of {counted} answered 429 rather than logged one by one in a window of {window} s",
             summary.limited
         )),
+        transfer: None,
     };
     let annex = annex(Some(&summary.principal), None, Some(&note), None, None)?;
     boundary.append_annexed(event, Some(annex)).await
@@ -283,6 +286,7 @@ pub(crate) async fn log_refused_as_if(
             purpose: caller.purpose.clone(),
             annex: None,
             detail: None,
+            transfer: None,
         };
         let annex = annex(Some(&caller.principal), caller.justification.as_deref(), note, record, None)?;
         boundary.append_annexed(entry, Some(annex)).await

@@ -284,6 +284,7 @@ impl TestApp {
             approved: false,
             subjects_touched: 1,
             bulk_threshold: 50,
+            destination: None,
         };
         match PolicyPack::default_pack().unwrap().verdict(&request, subject) {
             Verdict::Allowed(permit) => permit,
@@ -325,6 +326,7 @@ impl TestApp {
             purpose: Some("test".into()),
             annex: Some(annex.commitment()),
             detail: None,
+            transfer: None,
         };
         self.boundary.log().append_permitted(&event, self.permit(subject)).await.unwrap().with_annex(annex)
     }

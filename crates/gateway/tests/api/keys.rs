@@ -121,6 +121,7 @@ async fn a_key_operation_needs_the_receipt_of_its_entry_naming_the_version() {
         purpose: None,
         annex: None,
         detail: Some(detail),
+        transfer: None,
     };
     let entry = |action: &str, version: u32| key_event(action, format!("kek v{version} named"));
     let log = app.boundary.log();

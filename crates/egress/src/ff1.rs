@@ -1,0 +1,211 @@
+//! Format-preserving encryption with FF1 (NIST SP 800-38G Rev. 1, section 5.1), from the `fpe`
+//! crate, over AES-256 from aws-lc-rs (the workspace's one crypto backend): the `fpe` crate is
+//! generic over a block cipher, and [`Aes256`] gives it aws-lc-rs's AES as one.
+//!
+//! A value is encrypted "in place": the characters of the alphabet (digits, or digits and
+//! letters) are taken out in order, encrypted as one numeral string with the field's name as the
+//! tweak, and put back where they were; every other character (`+`, spaces, dashes) stays. A
+//! value whose numeral string is below the minimum domain of SP 800-38G Rev. 1 (radix^length of
+//! at least 1,000,000) is refused rather than encrypted weakly.
+
+use std::sync::Arc;
+
+use aws_lc_rs::cipher::{AES_256, EncryptingKey, UnboundCipherKey};
+use cipher::consts::{U1, U16, U32};
+use cipher::{
+    Block, BlockCipherEncBackend, BlockCipherEncClosure, BlockCipherEncrypt, BlockSizeUser, InOut, Key, KeyInit,
+    KeySizeUser, ParBlocksSizeUser,
+};
+use fpe::ff1::{FF1, FlexibleNumeralString};
+
+/// The smallest domain FF1 may encrypt (SP 800-38G Rev. 1, section 5.2): radix^length.
+pub const MIN_DOMAIN: u64 = 1_000_000;
+
+/// The characters FF1 encrypts in a value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Alphabet {
+    /// `0-9`: radix 10.
+    Digits,
+    /// `0-9a-z`, letters lowercased first: radix 36.
+    Alphanumeric,
+}
+
+impl Alphabet {
+    fn radix(self) -> u32 {
+        match self {
+            Self::Digits => 10,
+            Self::Alphanumeric => 36,
+        }
+    }
+}
+
+/// What FF1 refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Ff1Error {
+    /// The value has too few characters of the alphabet.
+    #[error("{numerals} characters of radix {radix} are below FF1's minimum domain of 1,000,000")]
+    DomainTooSmall {
+        /// The radix.
+        radix: u32,
+        /// How many characters of the alphabet the value has.
+        numerals: usize,
+    },
+    /// The cipher refused the numeral string (it cannot for the alphabets here).
+    #[error("the FF1 cipher failed")]
+    Cipher,
+}
+
+/// AES-256 block encryption backed by aws-lc-rs, for `fpe`: FF1 uses only the forward
+/// direction, on single blocks (ECB over one block is the AES permutation itself).
+#[derive(Clone)]
+pub struct Aes256(Arc<EncryptingKey>);
+
+impl KeySizeUser for Aes256 {
+    type KeySize = U32;
+}
+
+impl BlockSizeUser for Aes256 {
+    type BlockSize = U16;
+}
+
+impl KeyInit for Aes256 {
+    #[expect(clippy::expect_used, reason = "a 32-byte key, as the type says, is an AES-256 key")]
+    fn new(key: &Key<Self>) -> Self {
+        let key = UnboundCipherKey::new(&AES_256, key.as_slice()).expect("a 32-byte AES-256 key");
+        Self(Arc::new(EncryptingKey::ecb(key).expect("AES-256 in ECB mode")))
+    }
+}
+
+struct Backend<'a>(&'a EncryptingKey);
+
+impl BlockSizeUser for Backend<'_> {
+    type BlockSize = U16;
+}
+
+impl ParBlocksSizeUser for Backend<'_> {
+    type ParBlocksSize = U1;
+}
+
+impl BlockCipherEncBackend for Backend<'_> {
+    #[expect(clippy::expect_used, reason = "ECB over exactly one 16-byte block cannot fail")]
+    fn encrypt_block(&self, mut block: InOut<'_, '_, Block<Self>>) {
+        let mut buf: [u8; 16] = (*block.get_in()).into();
+        self.0.encrypt(&mut buf).expect("one 16-byte block");
+        block.get_out().copy_from_slice(&buf);
+    }
+}
+
+impl BlockCipherEncrypt for Aes256 {
+    fn encrypt_with_backend(&self, f: impl BlockCipherEncClosure<BlockSize = U16>) {
+        f.call(&Backend(&self.0));
+    }
+}
+
+/// An FF1 key, ready for both alphabets.
+pub struct Ff1Key {
+    digits: Option<FF1<Aes256>>,
+    alphanumeric: Option<FF1<Aes256>>,
+}
+
+impl Ff1Key {
+    /// The key `secret` (AES-256).
+    pub fn new(secret: &[u8; 32]) -> Self {
+        Self { digits: FF1::new(secret, 10).ok(), alphanumeric: FF1::new(secret, 36).ok() }
+    }
+
+    /// Encrypts the characters of `alphabet` in `value` under `tweak`, keeping the others in
+    /// place.
+    pub fn encrypt_in_place(&self, alphabet: Alphabet, tweak: &[u8], value: &str) -> Result<String, Ff1Error> {
+        let radix = alphabet.radix();
+        let numerals: Vec<u16> = value
+            .chars()
+            .filter_map(|c| c.to_ascii_lowercase().to_digit(radix))
+            .filter_map(|d| u16::try_from(d).ok())
+            .collect();
+        let domain = u64::from(radix).checked_pow(u32::try_from(numerals.len()).unwrap_or(u32::MAX));
+        if domain.is_some_and(|d| d < MIN_DOMAIN) {
+            return Err(Ff1Error::DomainTooSmall { radix, numerals: numerals.len() });
+        }
+        let ff1 = match alphabet {
+            Alphabet::Digits => self.digits.as_ref(),
+            Alphabet::Alphanumeric => self.alphanumeric.as_ref(),
+        }
+        .ok_or(Ff1Error::Cipher)?;
+        let encrypted: Vec<u16> =
+            ff1.encrypt(tweak, &FlexibleNumeralString::from(numerals)).map_err(|_| Ff1Error::Cipher)?.into();
+        let mut encrypted = encrypted.into_iter();
+        let mut out = String::with_capacity(value.len());
+        for c in value.chars() {
+            if c.to_ascii_lowercase().to_digit(radix).is_some() {
+                let d = encrypted.next().ok_or(Ff1Error::Cipher)?;
+                out.push(char::from_digit(u32::from(d), radix).ok_or(Ff1Error::Cipher)?);
+            } else {
+                out.push(c);
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+    use super::*;
+    use proptest::prelude::*;
+
+    fn unhex(s: &str) -> Vec<u8> {
+        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+    }
+
+    /// NIST's FF1 samples 7 to 9 (AES-256), from FF1samples.pdf.
+    #[test]
+    fn nist_samples_for_aes_256() {
+        let key: [u8; 32] =
+            unhex("2B7E151628AED2A6ABF7158809CF4F3CEF4359D8D580AA4F7F036D6F04FC6A94").try_into().unwrap();
+        let ff1 = Ff1Key::new(&key);
+        assert_eq!(ff1.encrypt_in_place(Alphabet::Digits, &[], "0123456789").unwrap(), "6657667009");
+        assert_eq!(
+            ff1.encrypt_in_place(Alphabet::Digits, &unhex("39383736353433323130"), "0123456789").unwrap(),
+            "1001623463"
+        );
+        assert_eq!(
+            ff1.encrypt_in_place(Alphabet::Alphanumeric, &unhex("3737373770717273373737"), "0123456789abcdefghi")
+                .unwrap(),
+            "xs8a0azh2avyalyzuwd"
+        );
+    }
+
+    #[test]
+    fn small_domains_are_refused() {
+        let ff1 = Ff1Key::new(&[3; 32]);
+        assert_eq!(
+            ff1.encrypt_in_place(Alphabet::Digits, b"t", "+1 2345"),
+            Err(Ff1Error::DomainTooSmall { radix: 10, numerals: 5 })
+        );
+        assert!(ff1.encrypt_in_place(Alphabet::Digits, b"t", "123-456").is_ok());
+        assert_eq!(
+            ff1.encrypt_in_place(Alphabet::Alphanumeric, b"t", "ab c"),
+            Err(Ff1Error::DomainTooSmall { radix: 36, numerals: 3 })
+        );
+        assert!(ff1.encrypt_in_place(Alphabet::Alphanumeric, b"t", "D02 X").is_ok());
+    }
+
+    proptest! {
+        #[test]
+        fn the_format_is_kept(value in "[0-9 +()-]{6,24}") {
+            let ff1 = Ff1Key::new(&[9; 32]);
+            match ff1.encrypt_in_place(Alphabet::Digits, b"phone", &value) {
+                Ok(out) => {
+                    prop_assert_eq!(out.len(), value.len());
+                    for (a, b) in value.chars().zip(out.chars()) {
+                        prop_assert_eq!(a.is_ascii_digit(), b.is_ascii_digit());
+                        if !a.is_ascii_digit() { prop_assert_eq!(a, b); }
+                    }
+                }
+                Err(Ff1Error::DomainTooSmall { numerals, .. }) => prop_assert!(numerals < 6),
+                Err(e) => prop_assert!(false, "{e}"),
+            }
+        }
+    }
+}
