@@ -164,6 +164,51 @@ pub struct RepatriatedRow {
     pub ordinal: u64,
 }
 
+/// A record transfer out of the region, as the boundary keeps it between its creation and its
+/// stream: its signed manifest, who made it, and how far it went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransferRow {
+    /// Its id (random).
+    pub transfer_id: String,
+    /// The principal who made it: the only one who may stream it.
+    pub principal: String,
+    /// Its manifest, as the signed note the boundary made of it.
+    pub manifest: String,
+    /// `ready` (made, not streamed), `streaming`, `sent` or `interrupted`.
+    pub state: String,
+    /// Records sent.
+    pub sent: u64,
+    /// The SHA-256 (hex) of the bytes sent, once the stream ended.
+    pub sha256: Option<String>,
+    /// The log entry of its manifest.
+    pub log_index: u64,
+    /// When it was made.
+    pub created_at: OffsetDateTime,
+}
+
+/// What a transfer selects: records of these categories created in `[since, until)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransferSelection {
+    /// The categories.
+    pub categories: Vec<Category>,
+    /// Created at or after.
+    pub since: Option<OffsetDateTime>,
+    /// Created before.
+    pub until: Option<OffsetDateTime>,
+}
+
+/// What is spent after spending `spend` on top of `spent`, if it stays within `limit` (epsilon,
+/// delta); `None` otherwise, or for a spend that is negative or not a number.
+pub(crate) fn within_budget(spent: (f64, f64), spend: (f64, f64), limit: (f64, f64)) -> Option<(f64, f64)> {
+    let fine = |x: f64| x.is_finite() && x >= 0.0;
+    if !fine(spend.0) || !fine(spend.1) {
+        return None;
+    }
+    let after = (spent.0 + spend.0, spent.1 + spend.1);
+    // A hair of slack for the sum of decimals (0.1 + 0.2 within 0.3).
+    (after.0 <= limit.0 + 1e-9 && after.1 <= limit.1 + 1e-15).then_some(after)
+}
+
 /// The columns a repatriated row is read from, in [`repatriated_row`]'s order.
 pub(crate) const REPATRIATED_COLUMNS: &str = "job, source_key, record_id, digest, log_index, ordinal";
 
@@ -272,6 +317,46 @@ pub trait Store: Send + Sync + 'static {
         after: Option<&RecordId>,
         limit: u32,
     ) -> Result<Vec<RecordRow>, StoreError>;
+
+    /// Up to `limit` records a transfer selects, with their subjects, in record id order after
+    /// `after`: what a transfer pages through.
+    async fn records_for_transfer(
+        &self,
+        selection: &TransferSelection,
+        after: Option<&RecordId>,
+        limit: u32,
+    ) -> Result<Vec<(RecordRow, SubjectRow)>, StoreError>;
+
+    /// Keeps a new transfer.
+    async fn insert_transfer(&self, row: &TransferRow) -> Result<(), StoreError>;
+
+    /// The transfer `id`.
+    async fn transfer(&self, id: &str) -> Result<Option<TransferRow>, StoreError>;
+
+    /// Moves the transfer `id` from state `from` to `to`, with how many records were sent and
+    /// the digest of the bytes; whether it was in `from` (a transfer is streamed once).
+    async fn set_transfer_state(
+        &self,
+        id: &str,
+        from: &str,
+        to: &str,
+        sent: u64,
+        sha256: Option<&str>,
+    ) -> Result<bool, StoreError>;
+
+    /// Spends `epsilon` and `delta` of the privacy budget of (`destination`, `purpose`), at
+    /// once, if what was spent before plus them stays within `limit` (epsilon, delta); returns
+    /// what is spent after, or `None` (and spends nothing) when it would not.
+    async fn spend_budget(
+        &self,
+        destination: &str,
+        purpose: &str,
+        spend: (f64, f64),
+        limit: (f64, f64),
+    ) -> Result<Option<(f64, f64)>, StoreError>;
+
+    /// What was spent of the privacy budget of (`destination`, `purpose`): epsilon, delta.
+    async fn budget_spent(&self, destination: &str, purpose: &str) -> Result<(f64, f64), StoreError>;
 
     /// The record and its subject, if the record exists: what a read needs, in one query.
     async fn record_with_subject(&self, id: &RecordId) -> Result<Option<(RecordRow, SubjectRow)>, StoreError>;

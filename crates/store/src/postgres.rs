@@ -18,12 +18,12 @@ use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use time::OffsetDateTime;
 
 use crate::rows::{
-    self, APPROVAL_COLUMNS, RECORD_COLUMNS, RECORD_WITH_SUBJECT, SUBJECT_COLUMNS, approval_row, corrupt, db, id_list,
-    record_row, record_with_subject_row, subject_row,
+    self, APPROVAL_COLUMNS, RECORD_COLUMNS, RECORD_WITH_SUBJECT, SUBJECT_COLUMNS, TRANSFER_COLUMNS, TRANSFER_SELECT,
+    approval_row, corrupt, db, id_list, record_row, record_with_subject_row, subject_row, transfer_row,
 };
 use crate::{
     ApprovalRow, Counts, Erasure, REPATRIATED_COLUMNS, RecordRow, RepatriatedRow, Store, StoreError, SubjectRow,
-    annex_subject, repatriated_row,
+    TransferRow, TransferSelection, annex_subject, repatriated_row,
 };
 use clover_event::Annex;
 
@@ -110,6 +110,26 @@ const MIGRATIONS: &[(i64, &str)] = &[
         7,
         "ALTER TABLE repatriated ADD COLUMN ordinal BIGINT NOT NULL DEFAULT 0;
      CREATE INDEX repatriated_in_order ON repatriated(job, ordinal, source_key);",
+    ),
+    (
+        8,
+        "CREATE TABLE transfers (
+         transfer_id TEXT PRIMARY KEY,
+         principal   TEXT NOT NULL,
+         manifest    TEXT NOT NULL,
+         state       TEXT NOT NULL,
+         sent        BIGINT NOT NULL DEFAULT 0,
+         sha256      TEXT,
+         log_index   BIGINT NOT NULL,
+         created_at  BIGINT NOT NULL
+     );
+     CREATE TABLE privacy_budgets (
+         destination TEXT NOT NULL,
+         purpose     TEXT NOT NULL,
+         epsilon     DOUBLE PRECISION NOT NULL,
+         delta       DOUBLE PRECISION NOT NULL,
+         PRIMARY KEY (destination, purpose)
+     );",
     ),
 ];
 
@@ -265,6 +285,131 @@ impl Store for PostgresStore {
         .await
         .map_err(db("reading records to re-seal"))?;
         rows.iter().map(record_row).collect()
+    }
+
+    async fn records_for_transfer(
+        &self,
+        selection: &TransferSelection,
+        after: Option<&RecordId>,
+        limit: u32,
+    ) -> Result<Vec<(RecordRow, SubjectRow)>, StoreError> {
+        let categories: Vec<String> = selection.categories.iter().map(ToString::to_string).collect();
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{TRANSFER_SELECT} r.category = ANY($1) AND r.created_at >= $2 AND r.created_at < $3 \
+             AND r.record_id > $4 ORDER BY r.record_id LIMIT $5"
+        )))
+        .bind(&categories)
+        .bind(selection.since.map_or(i64::MIN, OffsetDateTime::unix_timestamp))
+        .bind(selection.until.map_or(i64::MAX, OffsetDateTime::unix_timestamp))
+        .bind(after.map(ToString::to_string).unwrap_or_default())
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("reading records for a transfer"))?;
+        rows.iter().map(record_with_subject_row).collect()
+    }
+
+    async fn insert_transfer(&self, row: &TransferRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO transfers (transfer_id, principal, manifest, state, sent, sha256, log_index, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&row.transfer_id)
+        .bind(&row.principal)
+        .bind(&row.manifest)
+        .bind(&row.state)
+        .bind(i64::try_from(row.sent).unwrap_or(i64::MAX))
+        .bind(&row.sha256)
+        .bind(i64::try_from(row.log_index).unwrap_or(i64::MAX))
+        .bind(row.created_at.unix_timestamp())
+        .execute(&self.pool)
+        .await
+        .map_err(db("storing a transfer"))?;
+        Ok(())
+    }
+
+    async fn transfer(&self, id: &str) -> Result<Option<TransferRow>, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {TRANSFER_COLUMNS} FROM transfers WHERE transfer_id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("reading a transfer"))?;
+        row.as_ref().map(transfer_row).transpose()
+    }
+
+    async fn set_transfer_state(
+        &self,
+        id: &str,
+        from: &str,
+        to: &str,
+        sent: u64,
+        sha256: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE transfers SET state = $1, sent = $2, sha256 = $3 WHERE transfer_id = $4 AND state = $5",
+        )
+        .bind(to)
+        .bind(i64::try_from(sent).unwrap_or(i64::MAX))
+        .bind(sha256)
+        .bind(id)
+        .bind(from)
+        .execute(&self.pool)
+        .await
+        .map_err(db("updating a transfer"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn spend_budget(
+        &self,
+        destination: &str,
+        purpose: &str,
+        spend: (f64, f64),
+        limit: (f64, f64),
+    ) -> Result<Option<(f64, f64)>, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db("spending a privacy budget"))?;
+        sqlx::query(
+            "INSERT INTO privacy_budgets (destination, purpose, epsilon, delta) VALUES ($1, $2, 0, 0)
+             ON CONFLICT (destination, purpose) DO NOTHING",
+        )
+        .bind(destination)
+        .bind(purpose)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("spending a privacy budget"))?;
+        let spent: (f64, f64) = sqlx::query_as(
+            "SELECT epsilon, delta FROM privacy_budgets WHERE destination = $1 AND purpose = $2 FOR UPDATE",
+        )
+        .bind(destination)
+        .bind(purpose)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db("reading a privacy budget"))?;
+        let Some(after) = crate::within_budget(spent, spend, limit) else {
+            return Ok(None);
+        };
+        sqlx::query("UPDATE privacy_budgets SET epsilon = $1, delta = $2 WHERE destination = $3 AND purpose = $4")
+            .bind(after.0)
+            .bind(after.1)
+            .bind(destination)
+            .bind(purpose)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("spending a privacy budget"))?;
+        tx.commit().await.map_err(db("spending a privacy budget"))?;
+        Ok(Some(after))
+    }
+
+    async fn budget_spent(&self, destination: &str, purpose: &str) -> Result<(f64, f64), StoreError> {
+        let spent: Option<(f64, f64)> =
+            sqlx::query_as("SELECT epsilon, delta FROM privacy_budgets WHERE destination = $1 AND purpose = $2")
+                .bind(destination)
+                .bind(purpose)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db("reading a privacy budget"))?;
+        Ok(spent.unwrap_or((0.0, 0.0)))
     }
 
     async fn record_with_subject(&self, id: &RecordId) -> Result<Option<(RecordRow, SubjectRow)>, StoreError> {

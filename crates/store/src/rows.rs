@@ -5,7 +5,7 @@ use std::str::FromStr;
 
 use time::OffsetDateTime;
 
-use crate::{ApprovalRow, RecordRow, SealedWith, StoreError, SubjectRow};
+use crate::{ApprovalRow, RecordRow, SealedWith, StoreError, SubjectRow, TransferRow};
 
 pub(crate) const SUBJECT_COLUMNS: &str = "subject_id, home_region, attributes, metadata, created_at";
 pub(crate) const RECORD_COLUMNS: &str =
@@ -96,6 +96,29 @@ pub(crate) const RECORD_WITH_SUBJECT: &str = "SELECT r.record_id, r.subject_id, 
      r.version, r.ciphertext, r.created_at, r.sealed_with, s.home_region AS subject_home_region, s.attributes, s.metadata, \
      s.created_at AS subject_created_at FROM records r JOIN subjects s ON s.subject_id = r.subject_id \
      WHERE r.record_id = ";
+
+/// The records a transfer selects, with their subjects (the conditions follow `WHERE`).
+pub(crate) const TRANSFER_SELECT: &str = "SELECT r.record_id, r.subject_id, r.category, r.home_region, \
+     r.version, r.ciphertext, r.created_at, r.sealed_with, s.home_region AS subject_home_region, s.attributes, s.metadata, \
+     s.created_at AS subject_created_at FROM records r JOIN subjects s ON s.subject_id = r.subject_id WHERE";
+
+/// The columns a transfer is read from, in [`transfer_row`]'s order.
+pub(crate) const TRANSFER_COLUMNS: &str =
+    "transfer_id, principal, manifest, state, sent, sha256, log_index, created_at";
+
+pub(crate) fn transfer_row(row: &impl Columns) -> Result<TransferRow, StoreError> {
+    let get = || db("reading a transfer");
+    Ok(TransferRow {
+        transfer_id: row.text("transfer_id").map_err(get())?,
+        principal: row.text("principal").map_err(get())?,
+        manifest: row.text("manifest").map_err(get())?,
+        state: row.text("state").map_err(get())?,
+        sent: u64::try_from(row.int("sent").map_err(get())?).map_err(corrupt("sent"))?,
+        sha256: row.optional_text("sha256").map_err(get())?,
+        log_index: u64::try_from(row.int("log_index").map_err(get())?).map_err(corrupt("log_index"))?,
+        created_at: timestamp(row.int("created_at").map_err(get())?)?,
+    })
+}
 
 pub(crate) fn record_with_subject_row(row: &impl Columns) -> Result<(RecordRow, SubjectRow), StoreError> {
     let record = record_row(row)?;

@@ -14,12 +14,12 @@ use sqlx::sqlite::{
 use time::OffsetDateTime;
 
 use crate::rows::{
-    self, APPROVAL_COLUMNS, RECORD_COLUMNS, RECORD_WITH_SUBJECT, SUBJECT_COLUMNS, approval_row, corrupt, db, id_list,
-    parse, record_row, record_with_subject_row, subject_row,
+    self, APPROVAL_COLUMNS, RECORD_COLUMNS, RECORD_WITH_SUBJECT, SUBJECT_COLUMNS, TRANSFER_COLUMNS, TRANSFER_SELECT,
+    approval_row, corrupt, db, id_list, parse, record_row, record_with_subject_row, subject_row, transfer_row,
 };
 use crate::{
     ApprovalRow, Counts, Erasure, REPATRIATED_COLUMNS, RecordRow, RepatriatedRow, Store, StoreError, SubjectRow,
-    annex_subject, repatriated_row,
+    TransferRow, TransferSelection, annex_subject, repatriated_row,
 };
 use clover_event::Annex;
 
@@ -83,13 +83,32 @@ CREATE TABLE IF NOT EXISTS repatriated (
 ) STRICT;
 CREATE INDEX IF NOT EXISTS repatriated_by_record ON repatriated(record_id);
 CREATE INDEX IF NOT EXISTS repatriated_in_order ON repatriated(job, ordinal, source_key);
+CREATE TABLE IF NOT EXISTS transfers (
+    transfer_id TEXT PRIMARY KEY NOT NULL,
+    principal   TEXT NOT NULL,
+    manifest    TEXT NOT NULL,
+    state       TEXT NOT NULL,
+    sent        INTEGER NOT NULL DEFAULT 0,
+    sha256      TEXT,
+    log_index   INTEGER NOT NULL,
+    created_at  INTEGER NOT NULL
+) STRICT;
+CREATE TABLE IF NOT EXISTS privacy_budgets (
+    destination TEXT NOT NULL,
+    purpose     TEXT NOT NULL,
+    epsilon     REAL NOT NULL,
+    delta       REAL NOT NULL,
+    PRIMARY KEY (destination, purpose)
+) STRICT;
 ";
 
 /// The schema's version, kept in `user_version`.
-const SCHEMA_VERSION: i64 = 7;
+const SCHEMA_VERSION: i64 = 8;
 
 /// Changes that bring a database of an older version (the key) to the next one.
 ///
+/// Version 8 keeps transfers out of the region (`transfers`) and the privacy budgets spent
+/// (`privacy_budgets`): new tables, which the schema makes.
 /// Version 7 gives each repatriated row its place in the source's order (`ordinal`), for the
 /// receipt's Merkle root; rows kept before it have 0 (and go in source-key order).
 ///
@@ -180,6 +199,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
          PRAGMA user_version = 7;
          COMMIT;",
     ),
+    (7, "PRAGMA user_version = 8;"),
 ];
 
 /// How long an erasure waits for readers to let the write-ahead log be truncated (the busy
@@ -408,6 +428,122 @@ impl Store for SqliteStore {
         .await
         .map_err(db("reading records to re-seal"))?;
         rows.iter().map(record_row).collect()
+    }
+
+    async fn records_for_transfer(
+        &self,
+        selection: &TransferSelection,
+        after: Option<&RecordId>,
+        limit: u32,
+    ) -> Result<Vec<(RecordRow, SubjectRow)>, StoreError> {
+        let categories = id_list(selection.categories.iter().map(clover_model::Category::as_str));
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{TRANSFER_SELECT} r.category IN (SELECT value FROM json_each(?)) AND r.created_at >= ? AND r.created_at < ? \
+             AND r.record_id > ? ORDER BY r.record_id LIMIT ?"
+        )))
+        .bind(categories)
+        .bind(selection.since.map_or(i64::MIN, OffsetDateTime::unix_timestamp))
+        .bind(selection.until.map_or(i64::MAX, OffsetDateTime::unix_timestamp))
+        .bind(after.map(ToString::to_string).unwrap_or_default())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("reading records for a transfer"))?;
+        rows.iter().map(record_with_subject_row).collect()
+    }
+
+    async fn insert_transfer(&self, row: &TransferRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO transfers (transfer_id, principal, manifest, state, sent, sha256, log_index, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&row.transfer_id)
+        .bind(&row.principal)
+        .bind(&row.manifest)
+        .bind(&row.state)
+        .bind(i64::try_from(row.sent).unwrap_or(i64::MAX))
+        .bind(&row.sha256)
+        .bind(i64::try_from(row.log_index).unwrap_or(i64::MAX))
+        .bind(row.created_at.unix_timestamp())
+        .execute(&self.pool)
+        .await
+        .map_err(db("storing a transfer"))?;
+        Ok(())
+    }
+
+    async fn transfer(&self, id: &str) -> Result<Option<TransferRow>, StoreError> {
+        let row =
+            sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {TRANSFER_COLUMNS} FROM transfers WHERE transfer_id = ?")))
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db("reading a transfer"))?;
+        row.as_ref().map(transfer_row).transpose()
+    }
+
+    async fn set_transfer_state(
+        &self,
+        id: &str,
+        from: &str,
+        to: &str,
+        sent: u64,
+        sha256: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let done =
+            sqlx::query("UPDATE transfers SET state = ?, sent = ?, sha256 = ? WHERE transfer_id = ? AND state = ?")
+                .bind(to)
+                .bind(i64::try_from(sent).unwrap_or(i64::MAX))
+                .bind(sha256)
+                .bind(id)
+                .bind(from)
+                .execute(&self.pool)
+                .await
+                .map_err(db("updating a transfer"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn spend_budget(
+        &self,
+        destination: &str,
+        purpose: &str,
+        spend: (f64, f64),
+        limit: (f64, f64),
+    ) -> Result<Option<(f64, f64)>, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db("spending a privacy budget"))?;
+        let spent: Option<(f64, f64)> =
+            sqlx::query_as("SELECT epsilon, delta FROM privacy_budgets WHERE destination = ? AND purpose = ?")
+                .bind(destination)
+                .bind(purpose)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db("reading a privacy budget"))?;
+        let Some(after) = crate::within_budget(spent.unwrap_or((0.0, 0.0)), spend, limit) else {
+            return Ok(None);
+        };
+        sqlx::query(
+            "INSERT INTO privacy_budgets (destination, purpose, epsilon, delta) VALUES (?, ?, ?, ?)
+             ON CONFLICT (destination, purpose) DO UPDATE SET epsilon = excluded.epsilon, delta = excluded.delta",
+        )
+        .bind(destination)
+        .bind(purpose)
+        .bind(after.0)
+        .bind(after.1)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("spending a privacy budget"))?;
+        tx.commit().await.map_err(db("spending a privacy budget"))?;
+        Ok(Some(after))
+    }
+
+    async fn budget_spent(&self, destination: &str, purpose: &str) -> Result<(f64, f64), StoreError> {
+        let spent: Option<(f64, f64)> =
+            sqlx::query_as("SELECT epsilon, delta FROM privacy_budgets WHERE destination = ? AND purpose = ?")
+                .bind(destination)
+                .bind(purpose)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db("reading a privacy budget"))?;
+        Ok(spent.unwrap_or((0.0, 0.0)))
     }
 
     async fn record_with_subject(&self, id: &RecordId) -> Result<Option<(RecordRow, SubjectRow)>, StoreError> {

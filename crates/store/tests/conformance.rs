@@ -9,7 +9,10 @@
 use std::sync::Arc;
 
 use clover_model::{RecordId, SubjectId};
-use clover_store::{ApprovalRow, Counts, PostgresStore, RecordRow, SqliteStore, Store, StoreError, SubjectRow};
+use clover_store::{
+    ApprovalRow, Counts, PostgresStore, RecordRow, SqliteStore, Store, StoreError, SubjectRow, TransferRow,
+    TransferSelection,
+};
 use clover_testkit::TestDatabase;
 use time::{Duration, OffsetDateTime};
 
@@ -395,6 +398,96 @@ async fn subjects_are_registered_many_at_a_time(store: Arc<dyn Store>, _: &Backe
     assert!(store.insert_subjects(&[]).await.unwrap().is_empty());
 }
 
+/// A transfer pages through the records of its categories and time range, in record id order,
+/// each with its subject; another category, or a time outside the range, is not selected.
+async fn transfers_page_their_records_and_are_streamed_once(store: Arc<dyn Store>, _: &Backend) {
+    store.insert_subject(&subject("s-1")).await.unwrap();
+    let mut wanted = Vec::new();
+    for n in 0..5 {
+        let mut row = record("s-1");
+        row.created_at = at(1_700_000_000 + n);
+        store.insert_record(&row).await.unwrap();
+        wanted.push(row.record_id);
+    }
+    let mut other = record("s-1");
+    other.category = "content".parse().unwrap();
+    store.insert_record(&other).await.unwrap();
+    wanted.sort_by_key(ToString::to_string);
+    let selection = TransferSelection {
+        categories: vec!["profile".parse().unwrap()],
+        since: Some(at(1_700_000_001)),
+        until: Some(at(1_700_000_004)),
+    };
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.records_for_transfer(&selection, after.as_ref(), 2).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        for (record, subject) in &page {
+            assert_eq!(subject.metadata, vec![4, 5]);
+            assert!((1_700_000_001..1_700_000_004).contains(&record.created_at.unix_timestamp()));
+            seen.push(record.record_id);
+        }
+        after = page.last().map(|(r, _)| r.record_id);
+    }
+    assert_eq!(seen.len(), 3);
+    assert!(seen.windows(2).all(|w| w[0].to_string() < w[1].to_string()), "in record id order");
+    let all = TransferSelection {
+        categories: vec!["profile".parse().unwrap(), "content".parse().unwrap()],
+        since: None,
+        until: None,
+    };
+    assert_eq!(store.records_for_transfer(&all, None, 100).await.unwrap().len(), 6);
+
+    let row = TransferRow {
+        transfer_id: "t-1".into(),
+        principal: "ana".into(),
+        manifest: "manifest\n".into(),
+        state: "ready".into(),
+        sent: 0,
+        sha256: None,
+        log_index: 7,
+        created_at: at(1_700_000_000),
+    };
+    store.insert_transfer(&row).await.unwrap();
+    assert_eq!(store.transfer("t-1").await.unwrap(), Some(row.clone()));
+    assert_eq!(store.transfer("t-2").await.unwrap(), None);
+    assert!(store.insert_transfer(&row).await.is_err(), "an id is kept once");
+    assert!(store.set_transfer_state("t-1", "ready", "streaming", 0, None).await.unwrap());
+    assert!(!store.set_transfer_state("t-1", "ready", "streaming", 0, None).await.unwrap(), "streamed once");
+    assert!(store.set_transfer_state("t-1", "streaming", "sent", 3, Some("ab")).await.unwrap());
+    let done = store.transfer("t-1").await.unwrap().unwrap();
+    assert_eq!((done.state.as_str(), done.sent, done.sha256.as_deref()), ("sent", 3, Some("ab")));
+}
+
+/// A privacy budget is spent atomically and never past its limit, also by spends at once.
+async fn privacy_budgets_are_spent_within_their_limits(store: Arc<dyn Store>, _: &Backend) {
+    let limit = (1.0, 1e-6);
+    assert_eq!(store.budget_spent("us", "analytics").await.unwrap(), (0.0, 0.0));
+    assert_eq!(store.spend_budget("us", "analytics", (0.25, 0.0), limit).await.unwrap(), Some((0.25, 0.0)));
+    assert_eq!(store.spend_budget("us", "analytics", (0.8, 0.0), limit).await.unwrap(), None);
+    assert_eq!(store.spend_budget("us", "analytics", (0.1, 2e-6), limit).await.unwrap(), None);
+    assert_eq!(store.spend_budget("us", "analytics", (-1.0, 0.0), limit).await.unwrap(), None);
+    assert_eq!(store.budget_spent("us", "analytics").await.unwrap(), (0.25, 0.0));
+    assert_eq!(store.budget_spent("us", "safety").await.unwrap(), (0.0, 0.0));
+    // Ten spends of 0.1 at once against what is left (0.75): seven fit, three do not.
+    let spends = (0..10).map(|_| {
+        let store = store.clone();
+        tokio::spawn(async move { store.spend_budget("us", "analytics", (0.1, 0.0), limit).await.unwrap() })
+    });
+    let mut fitted = 0;
+    for spend in spends {
+        if spend.await.unwrap().is_some() {
+            fitted += 1;
+        }
+    }
+    assert_eq!(fitted, 7);
+    let (epsilon, _) = store.budget_spent("us", "analytics").await.unwrap();
+    assert!((epsilon - 0.95).abs() < 1e-9, "{epsilon}");
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -434,4 +527,6 @@ suite!(
     repatriated_records_are_stored_with_their_rows_or_not_at_all,
     annexes_are_kept_many_at_a_time,
     subjects_are_registered_many_at_a_time,
+    transfers_page_their_records_and_are_streamed_once,
+    privacy_budgets_are_spent_within_their_limits,
 );
