@@ -53,6 +53,11 @@ impl Classes {
         })
     }
 
+    /// The classes counted.
+    pub fn keys(&self) -> impl Iterator<Item = &ClassKey> {
+        self.counts.keys()
+    }
+
     /// How many classes there are.
     pub fn len(&self) -> usize {
         self.counts.len()

@@ -88,12 +88,18 @@ impl Register {
         let Some(event) = event else { return };
         let Some(facts) = event.transfer.as_ref() else { return };
         let allowed = event.decision.as_ref().is_some_and(|d| d.effect == "allow");
-        if event.kind != EventKind::Transfer || !allowed || !STAGES_THAT_LEFT.contains(&facts.stage.as_str()) {
+        // A transfer's entry, or a read's from outside the region (a transfer too).
+        let kind_fits = match event.kind {
+            EventKind::Transfer => true,
+            EventKind::Access => facts.stage == "remote-read",
+            _ => false,
+        };
+        if !kind_fits || !allowed || !STAGES_THAT_LEFT.contains(&facts.stage.as_str()) {
             return;
         }
         let sums = self.rows.entry(key_of(event, facts)).or_default();
         sums.transfers += 1;
-        sums.records += facts.records;
+        sums.records += facts.count;
         sums.suppressed += facts.suppressed;
         sums.epsilon += facts.epsilon.as_deref().and_then(|e| e.parse::<f64>().ok()).unwrap_or(0.0);
         sums.log_indexes.push(index);
@@ -201,14 +207,14 @@ mod tests {
             annex: None,
             detail: None,
             transfer: Some(TransferFacts {
-                id: Some("t".into()),
+                transfer_id: Some("t".into()),
                 stage: stage.into(),
                 destination: Some("us-analytics".into()),
                 region: "us".into(),
                 legal_basis: Some("scc".into()),
                 treatment: if epsilon.is_some() { "dp-laplace".into() } else { "pseudonymised".into() },
                 categories: vec!["profile".into(), "content".into()],
-                records,
+                count: records,
                 suppressed: 2,
                 k: Some(5),
                 epsilon: epsilon.map(Into::into),

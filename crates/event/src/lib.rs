@@ -173,7 +173,7 @@ pub struct Event {
 #[serde(deny_unknown_fields)]
 pub struct TransferFacts {
     /// The transfer's id (random), none for a read from outside the region.
-    pub id: Option<String>,
+    pub transfer_id: Option<String>,
     /// `manifest` (decided and its manifest signed, before the first byte), `sent`,
     /// `interrupted`, `aggregate` (a release with noise), `remote-read` (a pseudonymised read
     /// from outside the region), or `refused`.
@@ -189,8 +189,8 @@ pub struct TransferFacts {
     pub treatment: String,
     /// The categories.
     pub categories: Vec<String>,
-    /// Records sent (at `manifest`: to be sent; for an aggregate: records it counts).
-    pub records: u64,
+    /// How many records: sent (at `manifest`, to be sent; for an aggregate, counted in it).
+    pub count: u64,
     /// Records held back by k-anonymity.
     pub suppressed: u64,
     /// The destination's k, for a record transfer.

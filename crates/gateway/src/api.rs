@@ -10,6 +10,7 @@ pub mod records;
 pub mod repatriation;
 pub mod service;
 pub mod subjects;
+pub mod transfers;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -41,6 +42,7 @@ use crate::problem::{ApiError, BodyLimit};
         (name = "approvals", description = "Approvals for bulk access, granted by a second person"),
         (name = "keys", description = "Key custody: versions, rotation"),
         (name = "repatriation", description = "Records coming home from a store abroad: batches, their verification, the receipt"),
+        (name = "transfers", description = "Data leaving the region: record transfers to configured destinations, and the public transfer register"),
         (name = "service", description = "Health, metrics and this document"),
     )
 )]
@@ -84,6 +86,10 @@ pub fn routes() -> (Router<Arc<Boundary>>, utoipa::openapi::OpenApi) {
         .routes(routes!(repatriation::copy))
         .routes(routes!(repatriation::verify))
         .routes(routes!(repatriation::receipt))
+        .routes(routes!(transfers::create_transfer))
+        .routes(routes!(transfers::get_transfer))
+        .routes(routes!(transfers::stream_records))
+        .routes(routes!(transfers::register))
         .routes(routes!(keys::status))
         .routes(routes!(keys::rotate))
         .routes(routes!(keys::reseal, keys::resealing))

@@ -46,6 +46,8 @@ pub struct Boundary {
     verified_grants: approvals::VerifiedGrants,
     /// The re-sealing migration's progress (`reseal.rs`).
     resealings: resealings::Resealings,
+    /// The transfer register as computed so far, and the log size it covers (`transfers`).
+    register: tokio::sync::Mutex<(clover_egress::Register, u64)>,
 }
 
 impl std::fmt::Debug for Boundary {
@@ -113,6 +115,11 @@ impl Boundary {
     /// The transparency log.
     pub fn log(&self) -> &Log {
         &self.log
+    }
+
+    /// The transfer register as computed so far, and the log size it covers.
+    pub(crate) fn register(&self) -> &tokio::sync::Mutex<(clover_egress::Register, u64)> {
+        &self.register
     }
 
     /// The token verifier (step 1 of the pipeline).

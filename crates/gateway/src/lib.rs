@@ -29,6 +29,7 @@ pub mod repatriation;
 pub mod report;
 pub mod reseal;
 pub mod residency;
+pub mod transfers;
 pub mod witnesses;
 
 pub use api::serve;

@@ -41,6 +41,8 @@ pub const REFUSALS_LIMITED: &str = "clover_refusals_limited_total";
 pub const APPROVALS_REFUSED: &str = "clover_approvals_refused_total";
 /// Records a repatriation brought home.
 pub const REPATRIATED_RECORDS: &str = "clover_repatriated_records_total";
+/// Records a transfer sent out of the region.
+pub const TRANSFERRED_RECORDS: &str = "clover_transferred_records_total";
 const DURATION: &str = "clover_http_request_duration_seconds";
 const BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
 

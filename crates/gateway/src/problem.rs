@@ -153,6 +153,25 @@ pub enum ApiError {
     /// The body is well-formed JSON with the wrong content.
     #[error("{0}")]
     InvalidBody(String),
+    /// The request conflicts with the resource's state (a transfer streamed already).
+    #[error("{0}")]
+    Conflict(String),
+    /// A transfer refused for what it asks (not by policy) before any data was read, and
+    /// logged: an unknown category, one no transfer rule covers, a time range upside down, a
+    /// privacy budget spent.
+    #[error("{detail}")]
+    TransferRefused {
+        /// The HTTP status.
+        status: StatusCode,
+        /// The problem type's last part.
+        slug: &'static str,
+        /// The problem's title.
+        title: &'static str,
+        /// What was wrong.
+        detail: String,
+        /// The log entry that records the refusal.
+        log_index: u64,
+    },
     /// The body is not JSON.
     #[error("{0}")]
     MalformedJson(String),
@@ -276,6 +295,8 @@ impl ApiError {
             Self::InvalidBody(d) => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "invalid-body", "Invalid request body", d.clone())
             }
+            Self::TransferRefused { status, slug, title, detail, .. } => (*status, slug, title, detail.clone()),
+            Self::Conflict(d) => (StatusCode::CONFLICT, "conflict", "Conflict", d.clone()),
             Self::MalformedJson(d) => (StatusCode::BAD_REQUEST, "malformed-json", "Malformed JSON", d.clone()),
             Self::UnsupportedMediaType(d) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported media type", d.clone())
@@ -311,6 +332,9 @@ impl IntoResponse for ApiError {
             Self::CertificateRefused { reason, log_index } => {
                 tracing::warn!(%reason, log_index, "client certificate refused");
             }
+            Self::TransferRefused { detail, log_index, .. } => {
+                tracing::warn!(reason = %detail, log_index, "transfer refused");
+            }
             _ => tracing::debug!(%status, %detail, "request refused"),
         }
         let head_refused = matches!(self, Self::HeadNotAllowed);
@@ -323,6 +347,7 @@ impl IntoResponse for ApiError {
             Self::Forbidden { decision, log_index } => (Some(decision), Some(log_index)),
             Self::CertificateRefused { log_index, .. } => (None, log_index),
             Self::ErasureUnfinished { log_index, .. } => (None, Some(log_index)),
+            Self::TransferRefused { log_index, .. } => (None, Some(log_index)),
             _ => (None, None),
         };
         let label = decision.as_ref().map(|d| d.effect());

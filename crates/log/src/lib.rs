@@ -217,7 +217,9 @@ impl Log {
             && event.action.as_deref() == Some(clover_model::Action::Export.as_str())
             && event.decision.as_ref().is_some_and(|d| d.effect == "allow")
             && event.transfer.as_ref().is_some_and(|t| {
-                TRANSFER_STAGES_THAT_OPEN.contains(&t.stage.as_str()) && t.destination.is_some() && t.id.is_some()
+                TRANSFER_STAGES_THAT_OPEN.contains(&t.stage.as_str())
+                    && t.destination.is_some()
+                    && t.transfer_id.is_some()
             });
         if !fine {
             return Err(LogError::NotPermitted(

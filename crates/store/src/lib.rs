@@ -184,6 +184,9 @@ pub struct TransferRow {
     pub log_index: u64,
     /// When it was made.
     pub created_at: OffsetDateTime,
+    /// The classes of records k-anonymity releases (32-byte digests, one after another), as
+    /// counted when it was made: a record of any other class is held back.
+    pub classes: Vec<u8>,
 }
 
 /// What a transfer selects: records of these categories created in `[since, until)`.

@@ -121,7 +121,8 @@ const MIGRATIONS: &[(i64, &str)] = &[
          sent        BIGINT NOT NULL DEFAULT 0,
          sha256      TEXT,
          log_index   BIGINT NOT NULL,
-         created_at  BIGINT NOT NULL
+         created_at  BIGINT NOT NULL,
+         classes     BYTEA NOT NULL DEFAULT ''::bytea
      );
      CREATE TABLE privacy_budgets (
          destination TEXT NOT NULL,
@@ -311,8 +312,8 @@ impl Store for PostgresStore {
 
     async fn insert_transfer(&self, row: &TransferRow) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO transfers (transfer_id, principal, manifest, state, sent, sha256, log_index, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO transfers (transfer_id, principal, manifest, state, sent, sha256, log_index, created_at, classes)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(&row.transfer_id)
         .bind(&row.principal)
@@ -322,6 +323,7 @@ impl Store for PostgresStore {
         .bind(&row.sha256)
         .bind(i64::try_from(row.log_index).unwrap_or(i64::MAX))
         .bind(row.created_at.unix_timestamp())
+        .bind(&row.classes)
         .execute(&self.pool)
         .await
         .map_err(db("storing a transfer"))?;

@@ -104,7 +104,7 @@ pub(crate) const TRANSFER_SELECT: &str = "SELECT r.record_id, r.subject_id, r.ca
 
 /// The columns a transfer is read from, in [`transfer_row`]'s order.
 pub(crate) const TRANSFER_COLUMNS: &str =
-    "transfer_id, principal, manifest, state, sent, sha256, log_index, created_at";
+    "transfer_id, principal, manifest, state, sent, sha256, log_index, created_at, classes";
 
 pub(crate) fn transfer_row(row: &impl Columns) -> Result<TransferRow, StoreError> {
     let get = || db("reading a transfer");
@@ -117,6 +117,7 @@ pub(crate) fn transfer_row(row: &impl Columns) -> Result<TransferRow, StoreError
         sha256: row.optional_text("sha256").map_err(get())?,
         log_index: u64::try_from(row.int("log_index").map_err(get())?).map_err(corrupt("log_index"))?,
         created_at: timestamp(row.int("created_at").map_err(get())?)?,
+        classes: row.bytes("classes").map_err(get())?,
     })
 }
 

@@ -91,7 +91,8 @@ CREATE TABLE IF NOT EXISTS transfers (
     sent        INTEGER NOT NULL DEFAULT 0,
     sha256      TEXT,
     log_index   INTEGER NOT NULL,
-    created_at  INTEGER NOT NULL
+    created_at  INTEGER NOT NULL,
+    classes     BLOB NOT NULL DEFAULT x''
 ) STRICT;
 CREATE TABLE IF NOT EXISTS privacy_budgets (
     destination TEXT NOT NULL,
@@ -454,8 +455,8 @@ impl Store for SqliteStore {
 
     async fn insert_transfer(&self, row: &TransferRow) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO transfers (transfer_id, principal, manifest, state, sent, sha256, log_index, created_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO transfers (transfer_id, principal, manifest, state, sent, sha256, log_index, created_at, classes)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&row.transfer_id)
         .bind(&row.principal)
@@ -465,6 +466,7 @@ impl Store for SqliteStore {
         .bind(&row.sha256)
         .bind(i64::try_from(row.log_index).unwrap_or(i64::MAX))
         .bind(row.created_at.unix_timestamp())
+        .bind(&row.classes)
         .execute(&self.pool)
         .await
         .map_err(db("storing a transfer"))?;

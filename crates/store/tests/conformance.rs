@@ -450,6 +450,7 @@ async fn transfers_page_their_records_and_are_streamed_once(store: Arc<dyn Store
         sha256: None,
         log_index: 7,
         created_at: at(1_700_000_000),
+        classes: vec![7; 64],
     };
     store.insert_transfer(&row).await.unwrap();
     assert_eq!(store.transfer("t-1").await.unwrap(), Some(row.clone()));

@@ -115,6 +115,18 @@ impl Boundary {
 }
 
 impl Boundary {
+    /// Appends the entry of an allowed transfer (its decision, or its stream's start) with its
+    /// annex, and waits until it is durable; returns the receipt the custodian asks for before
+    /// it treats any record of the transfer.
+    pub(crate) async fn append_transfer_annexed(
+        &self,
+        mut event: Event,
+        annex: Annex,
+    ) -> Result<clover_log::TransferReceipt, AppendError> {
+        self.keep_annex(&mut event, Some(&annex)).await?;
+        Ok(self.log.append_transfer(&event).await?)
+    }
+
     /// [`Boundary::append_permitted_annexed`] for many allowed accesses: their annexes kept in
     /// one transaction, then the entries appended together (the log makes them durable in as
     /// few steps as it can). Returns the receipts in order.

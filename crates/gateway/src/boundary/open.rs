@@ -201,6 +201,7 @@ impl Boundary {
             ),
             verified_grants: super::approvals::VerifiedGrants::default(),
             resealings: super::resealings::Resealings::default(),
+            register: tokio::sync::Mutex::new((clover_egress::Register::new(), 0)),
         })
     }
 }

@@ -87,8 +87,41 @@ fn event(
         purpose: caller.purpose.clone(),
         annex: None,
         detail: None,
-        transfer: None,
+        transfer: remote_read(boundary, caller, ask, decision),
     }
+}
+
+/// For a read from outside the region (a transfer to the caller's region, as the regulator
+/// reads it): the transfer's public facts, with the destination configured for that region and
+/// the purpose (none if none is), so that the transfer register counts it. `None` for any other
+/// request.
+fn remote_read(
+    boundary: &Boundary,
+    caller: &Caller,
+    ask: &Ask<'_>,
+    decision: &clover_policy::Decision,
+) -> Option<clover_event::TransferFacts> {
+    let Origin::Site { region, .. } = &caller.origin else { return None };
+    if ask.action != Action::Read || region == boundary.region() {
+        return None;
+    }
+    let destination = boundary.config().destination_for_read(region.as_str(), caller.purpose.as_deref());
+    let allowed = matches!(decision.outcome, Outcome::Allow(_));
+    Some(clover_event::TransferFacts {
+        transfer_id: None,
+        stage: if allowed { "remote-read" } else { "refused" }.to_owned(),
+        destination: destination.map(|d| d.name.clone()),
+        region: region.to_string(),
+        legal_basis: destination.map(|d| d.legal_basis.to_string()),
+        treatment: "pseudonymised-view".to_owned(),
+        categories: ask.record.map(|(_, category)| vec![category.to_string()]).unwrap_or_default(),
+        count: u64::from(allowed),
+        suppressed: 0,
+        k: None,
+        epsilon: None,
+        manifest: None,
+        sha256: None,
+    })
 }
 
 /// Appends the decision to the log and waits until it is durable. An allowed request gets the
@@ -221,7 +254,12 @@ pub(crate) async fn log_limited_refusals(
 }
 
 /// The 403 of a logged refusal, its reason saying who asked what from where.
-fn refusal(caller: &Caller, action: Action, mut decision: clover_policy::Decision, log_index: u64) -> ApiError {
+pub(crate) fn refusal(
+    caller: &Caller,
+    action: Action,
+    mut decision: clover_policy::Decision,
+    log_index: u64,
+) -> ApiError {
     let origin = match &caller.origin {
         Origin::Site { site, region } => format!("from {site} (region {:?})", region.as_str()),
         Origin::Unknown => "from an address of no configured site".to_owned(),

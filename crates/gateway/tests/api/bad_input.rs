@@ -236,7 +236,10 @@ async fn head_is_refused_where_a_get_is_decided_and_logged() {
             && get.get("security") != Some(&json!([{}]))
         {
             decided.push(
-                path.replace("{record_id}", &record).replace("{subject_id}", "u-1").replace("{approval_id}", "x"),
+                path.replace("{record_id}", &record)
+                    .replace("{subject_id}", "u-1")
+                    .replace("{approval_id}", "x")
+                    .replace("{id}", "x"),
             );
         }
     }
@@ -248,7 +251,9 @@ async fn head_is_refused_where_a_get_is_decided_and_logged() {
             "/v1/keys",
             "/v1/keys/reseal",
             format!("/v1/records/{record}").as_str(),
-            "/v1/subjects/u-1/accesses"
+            "/v1/subjects/u-1/accesses",
+            "/v1/transfers/x",
+            "/v1/transfers/x/records",
         ],
         "the GETs that decide"
     );
@@ -259,7 +264,7 @@ async fn head_is_refused_where_a_get_is_decided_and_logged() {
     }
     assert_eq!(app.boundary.log().size(), logged, "a HEAD was decided and logged");
     // Where a GET decides nothing, HEAD is served.
-    for path in ["/healthz", "/log/checkpoint", "/openapi.json"] {
+    for path in ["/healthz", "/log/checkpoint", "/openapi.json", "/v1/register/transfers"] {
         let response = app.client(DUBLIN).head(app.url(path)).send().await.unwrap();
         assert_eq!(response.status(), 200, "{path}");
     }

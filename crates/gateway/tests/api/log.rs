@@ -98,7 +98,10 @@ async fn every_decision_is_logged_and_every_answer_carries_its_index() {
     assert_eq!(read_entry["decision"]["view"], "full");
     let denied_entry = entry(&app, 6).await;
     assert_eq!(denied_entry["origin"], json!({"site": "singapore-1", "region": "sg"}));
-    assert_eq!(denied_entry["decision"]["policies"], json!(["no-full-view-from-outside"]));
+    assert_eq!(
+        denied_entry["decision"]["policies"],
+        json!(["no-full-view-from-outside", "remote-access-is-a-transfer"])
+    );
     assert_eq!(denied_entry["decision"]["view"], Value::Null);
 
     // The log never holds the subject id, the record id, the caller's name or the ticket.

@@ -25,3 +25,4 @@ mod service;
 mod split_view;
 mod subjects_and_records;
 mod tls;
+mod transfers;

@@ -7,9 +7,13 @@ async fn reads_from_outside_the_region_are_denied_with_the_deciding_rules() {
     let app = TestApp::start().await;
     let record = app.seed("u-1", json!({"name": "Aoife"})).await;
     for (from, detail, policies) in [
-        (SINGAPORE, "singapore-1 (region \"sg\")", json!(["no-full-view-from-outside"])),
-        (VIRGINIA, "virginia-1 (region \"us\")", json!(["no-full-view-from-outside"])),
-        (UNKNOWN, "no configured site", json!(["no-full-view-from-outside", "unknown-origin"])),
+        (SINGAPORE, "singapore-1 (region \"sg\")", json!(["no-full-view-from-outside", "remote-access-is-a-transfer"])),
+        (VIRGINIA, "virginia-1 (region \"us\")", json!(["no-full-view-from-outside", "remote-access-is-a-transfer"])),
+        (
+            UNKNOWN,
+            "no configured site",
+            json!(["no-full-view-from-outside", "remote-access-is-a-transfer", "unknown-origin"]),
+        ),
     ] {
         let body = problem(app.get_record(from, &record).await, 403, "forbidden").await;
         assert_eq!(body["decision"]["effect"], "deny", "{from}");

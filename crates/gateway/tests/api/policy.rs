@@ -98,12 +98,17 @@ async fn from_each_origin_the_pack_decides() {
     );
 
     // Virginia for a purpose off the transfer list, Singapore, an unknown address: denied.
+    // (A read from outside the region is a transfer: none of these has a destination with a
+    // legal basis for its region and purpose.)
     let body = problem(read(&app, VIRGINIA, "us", &adult, Some("support")).await, 403, "forbidden").await;
-    assert_eq!(body["decision"]["policies"], json!(["no-full-view-from-outside"]));
+    assert_eq!(body["decision"]["policies"], json!(["no-full-view-from-outside", "remote-access-is-a-transfer"]));
     let body = problem(read(&app, SINGAPORE, "eu", &adult, Some("support")).await, 403, "forbidden").await;
-    assert_eq!(body["decision"]["policies"], json!(["no-full-view-from-outside"]));
+    assert_eq!(body["decision"]["policies"], json!(["no-full-view-from-outside", "remote-access-is-a-transfer"]));
     let body = problem(read(&app, UNKNOWN, "eu", &adult, Some("analytics")).await, 403, "forbidden").await;
-    assert_eq!(body["decision"]["policies"], json!(["no-full-view-from-outside", "unknown-origin"]));
+    assert_eq!(
+        body["decision"]["policies"],
+        json!(["no-full-view-from-outside", "remote-access-is-a-transfer", "unknown-origin"])
+    );
 }
 
 #[tokio::test]

@@ -1,0 +1,605 @@
+//! Record transfers out of the region (DESIGN.md, "Leaving the region"): decided by policy, their
+//! manifest signed and logged before the first byte leaves, their records treated by the
+//! custodian and released with k-anonymity, their end logged with the SHA-256 of what left.
+//!
+//! - [`create`]: decides the transfer (the action `export`, once per category, with the
+//!   destination's facts), logs the decision, counts what would leave in a first pass (the
+//!   custodian treats each record; the boundary keeps only the digests of the records' classes
+//!   of quasi-identifiers), signs the manifest (destination, legal basis, purpose, categories,
+//!   rules, k, counts), logs it, and keeps the transfer.
+//! - [`stream`]: decided again for the caller now (a transfer is streamed from the region, by
+//!   whoever made it), logs the stream's start, and sends the records as NDJSON, each as the
+//!   custodian treated it, those of a class with fewer than k records held back; at the end (or
+//!   when the client goes away) logs how many records left and the SHA-256 of the bytes sent.
+//!
+//! A request that asks for what cannot be (an unknown category, one no rule covers, a time range
+//! upside down) is refused and logged as well, with a problem that says what was wrong.
+
+use std::collections::HashSet;
+
+use clover_egress::kanon::{ClassKey, Classes, class_of};
+use clover_egress::{Excluded, Manifest};
+use clover_event::{EVENT_VERSION, Event, EventDecision, EventKind, TransferFacts};
+use clover_keys::{TransferItem, TransferOutcome};
+use clover_log::TransferReceipt;
+use clover_model::{Action, Category};
+use clover_policy::Decision;
+use clover_store::{SealedWith, TransferRow, TransferSelection};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::boundary::Boundary;
+use crate::boundary::entries::annex;
+use crate::pipeline::{Caller, Circumstances, RecordFacts, record_request};
+use crate::problem::ApiError;
+
+/// How many records are read and treated at a time.
+const PAGE: u32 = 500;
+
+/// The most categories one transfer names.
+pub const MAX_CATEGORIES: usize = 16;
+
+/// What a caller asks to transfer.
+#[derive(Debug, Clone)]
+pub struct Asked {
+    /// The destination's name.
+    pub destination: String,
+    /// The purpose.
+    pub purpose: String,
+    /// The categories.
+    pub categories: Vec<String>,
+    /// Records created at or after.
+    pub since: Option<OffsetDateTime>,
+    /// Records created before.
+    pub until: Option<OffsetDateTime>,
+}
+
+/// A transfer made: its id, its manifest, and where the log has it.
+#[derive(Debug)]
+pub struct Created {
+    /// The manifest.
+    pub manifest: Manifest,
+    /// The manifest as a signed note.
+    pub note: String,
+    /// The log entry of the manifest.
+    pub log_index: u64,
+    /// The decision that allowed it (the first category's).
+    pub decision: Decision,
+}
+
+/// A transfer's states.
+pub mod state {
+    /// Made, not streamed.
+    pub const READY: &str = "ready";
+    /// Being streamed.
+    pub const STREAMING: &str = "streaming";
+    /// Streamed to its end.
+    pub const SENT: &str = "sent";
+    /// Its stream stopped before its end (the client went away, or a record could not be read).
+    pub const INTERRUPTED: &str = "interrupted";
+}
+
+/// The caller, declaring the transfer's purpose.
+fn declaring(caller: &Caller, purpose: &str) -> Caller {
+    Caller { purpose: Some(purpose.to_owned()), ..caller.clone() }
+}
+
+/// The public facts of a transfer entry.
+fn facts(boundary: &Boundary, id: &str, stage: &str, asked: &Asked) -> TransferFacts {
+    let destination = boundary.config().destination(&asked.destination);
+    TransferFacts {
+        transfer_id: Some(id.to_owned()),
+        stage: stage.to_owned(),
+        destination: destination.map(|d| d.name.clone()),
+        region: destination.map_or_else(|| "unknown".to_owned(), |d| d.region.to_string()),
+        legal_basis: destination.map(|d| d.legal_basis.to_string()),
+        treatment: "pseudonymised".to_owned(),
+        categories: asked.categories.clone(),
+        count: 0,
+        suppressed: 0,
+        k: destination.map(|d| d.k),
+        epsilon: None,
+        manifest: None,
+        sha256: None,
+    }
+}
+
+/// A transfer entry of `caller`'s, with `decision`.
+fn entry(boundary: &Boundary, caller: &Caller, decision: &Decision, facts: TransferFacts) -> Event {
+    Event {
+        v: EVENT_VERSION,
+        kind: EventKind::Transfer,
+        time: OffsetDateTime::now_utc().unix_timestamp(),
+        principal: Some(boundary.public_principal(&caller.principal)),
+        origin: Some(caller.event_origin()),
+        action: Some(Action::Export.to_string()),
+        subject: None,
+        category: None,
+        decision: Some(EventDecision {
+            effect: decision.effect().to_owned(),
+            view: None,
+            policies: decision.policies.clone(),
+        }),
+        purpose: caller.purpose.clone(),
+        annex: None,
+        detail: None,
+        transfer: Some(facts),
+    }
+}
+
+/// Appends a transfer entry with an annex naming the caller (and the transfer); returns its index.
+async fn append(boundary: &Boundary, caller: &Caller, event: Event, id: &str) -> Result<u64, ApiError> {
+    let note = format!("transfer {id}");
+    let annex = annex(Some(&caller.principal), caller.justification.as_deref(), Some(&note), None, None)?;
+    Ok(boundary.append_annexed(event, Some(annex)).await?)
+}
+
+/// Appends an allowed transfer entry (its decision or its start) and returns its receipt.
+async fn append_receipted(
+    boundary: &Boundary,
+    caller: &Caller,
+    event: Event,
+    id: &str,
+) -> Result<TransferReceipt, ApiError> {
+    let note = format!("transfer {id}");
+    let annex = annex(Some(&caller.principal), caller.justification.as_deref(), Some(&note), None, None)?;
+    Ok(boundary.append_transfer_annexed(event, annex).await?)
+}
+
+/// Logs a refusal of what a transfer asks (not by policy) and returns its problem.
+async fn refuse(
+    boundary: &Boundary,
+    caller: &Caller,
+    id: &str,
+    asked: &Asked,
+    (status, slug, title): (axum::http::StatusCode, &'static str, &'static str),
+    detail: String,
+) -> ApiError {
+    if let Err(limited) = crate::pipeline::events::limit(boundary, caller) {
+        return limited;
+    }
+    let decision =
+        Decision { outcome: clover_policy::Outcome::Deny, policies: vec![slug.to_owned()], reason: detail.clone() };
+    let event = entry(boundary, caller, &decision, facts(boundary, id, "refused", asked));
+    match append(boundary, caller, event, id).await {
+        Ok(log_index) => ApiError::TransferRefused { status, slug, title, detail, log_index },
+        Err(e) => e,
+    }
+}
+
+/// Decides the transfer for `caller` (the action `export` on a record of each category, with
+/// the destination's facts); the first category's decision, or the logged refusal of the first
+/// category refused.
+async fn decide(boundary: &Boundary, caller: &Caller, id: &str, asked: &Asked) -> Result<Decision, ApiError> {
+    let config = boundary.config();
+    let mut allowed = None;
+    for category in &asked.categories {
+        let category: Category = category.parse().map_err(|_| ApiError::internal(NotACategory(category.clone())))?;
+        let circumstances = Circumstances {
+            purpose: caller.purpose.clone(),
+            has_justification: caller.justification.is_some(),
+            approved: false,
+            subjects_touched: 0,
+            destination: Some(asked.destination.clone()),
+        };
+        let facts_of = RecordFacts { id: format!("transfer-{id}"), category, subject_minor: false };
+        let request =
+            record_request(config, &caller.principal, &caller.origin, Action::Export, &facts_of, &circumstances);
+        let decision = boundary.pack().decide(&request);
+        if decision.effect() != "allow" {
+            if let Err(limited) = crate::pipeline::events::limit(boundary, caller) {
+                return Err(limited);
+            }
+            let event = entry(boundary, caller, &decision, facts(boundary, id, "refused", asked));
+            let log_index = append(boundary, caller, event, id).await?;
+            return Err(crate::pipeline::events::refusal(caller, Action::Export, decision, log_index));
+        }
+        allowed.get_or_insert(decision);
+    }
+    allowed.ok_or_else(|| ApiError::InvalidBody("a transfer names at least one category".to_owned()))
+}
+
+/// A category name that passed the configuration's check and then did not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("category {0:?} is configured but not a category name")]
+struct NotACategory(String);
+
+/// Checks what a transfer asks before it is decided; a refusal is logged.
+async fn check(boundary: &Boundary, caller: &Caller, id: &str, asked: &Asked) -> Result<(), ApiError> {
+    use axum::http::StatusCode;
+    const INVALID: (StatusCode, &str, &str) =
+        (StatusCode::UNPROCESSABLE_ENTITY, "invalid-body", "Invalid request body");
+    if asked.categories.is_empty() || asked.categories.len() > MAX_CATEGORIES {
+        return Err(ApiError::InvalidBody(format!("a transfer names 1 to {MAX_CATEGORIES} categories")));
+    }
+    let mut seen = HashSet::new();
+    for category in &asked.categories {
+        if !seen.insert(category) {
+            return Err(ApiError::InvalidBody(format!("category {category:?} is named twice")));
+        }
+        let known = category.parse::<Category>().is_ok_and(|c| boundary.has_category(&c));
+        if !known {
+            let detail = format!(
+                "category {category:?} is not configured; known categories: {}",
+                boundary.category_names().join(", ")
+            );
+            let kind = (StatusCode::UNPROCESSABLE_ENTITY, "unknown-category", "Unknown category");
+            return Err(refuse(boundary, caller, id, asked, kind, detail).await);
+        }
+    }
+    if let (Some(since), Some(until)) = (asked.since, asked.until)
+        && since >= until
+    {
+        let detail = format!(
+            "the time range is upside down: since ({}) is not before until ({})",
+            since.format(&Rfc3339).unwrap_or_default(),
+            until.format(&Rfc3339).unwrap_or_default()
+        );
+        return Err(refuse(boundary, caller, id, asked, INVALID, detail).await);
+    }
+    Ok(())
+}
+
+/// Makes a transfer (see the module's documentation).
+pub async fn create(boundary: &Boundary, caller: &Caller, asked: Asked) -> Result<Created, ApiError> {
+    let id = uuid::Uuid::new_v4().to_string();
+    let caller = declaring(caller, &asked.purpose);
+    check(boundary, &caller, &id, &asked).await?;
+    let decision = decide(boundary, &caller, &id, &asked).await?;
+    let config = boundary.config();
+    // Allowed: the destination is configured (the policy refuses an unknown one).
+    let destination = config
+        .destination(&asked.destination)
+        .ok_or_else(|| ApiError::internal(NotACategory(asked.destination.clone())))?
+        .clone();
+    let mut rules = std::collections::BTreeMap::new();
+    for category in &asked.categories {
+        let parsed: Category = category.parse().map_err(|_| ApiError::internal(NotACategory(category.clone())))?;
+        let rules_for = config.transfer_rules.iter().cloned().collect::<Vec<_>>();
+        let rules_for = clover_egress::TransferRules::new(rules_for);
+        match rules_for.for_category(&parsed, &destination.name) {
+            Some(fields) => {
+                rules.insert(category.clone(), fields.clone());
+            }
+            None => {
+                let detail = format!(
+                    "no transfer rule covers category {category:?} for destination {:?}: it is not transferred \
+                     ([[transfer_rules]])",
+                    destination.name
+                );
+                let kind = (axum::http::StatusCode::UNPROCESSABLE_ENTITY, "no-transfer-rule", "No transfer rule");
+                return Err(refuse(boundary, &caller, &id, &asked, kind, detail).await);
+            }
+        }
+    }
+    // What exists now (records are timed to the second: this second's included), and no record
+    // made after.
+    let now = OffsetDateTime::now_utc();
+    let end_of_now = now.replace_nanosecond(0).unwrap_or(now) + time::Duration::SECOND;
+    let until = Some(asked.until.map_or(end_of_now, |u| u.min(end_of_now)));
+    let selection = TransferSelection {
+        categories: asked.categories.iter().filter_map(|c| c.parse().ok()).collect(),
+        since: asked.since,
+        until,
+    };
+    let decided = append_receipted(
+        boundary,
+        &caller,
+        entry(boundary, &caller, &decision, facts(boundary, &id, "decided", &asked)),
+        &id,
+    )
+    .await?;
+    // The first pass: what would leave, by class.
+    let mut classes = Classes::new();
+    let mut excluded = Excluded::default();
+    let mut after = None;
+    loop {
+        let page = boundary
+            .store()
+            .records_for_transfer(&selection, after.as_ref(), PAGE)
+            .await
+            .map_err(ApiError::internal)?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.0.record_id);
+        for outcome in treat(boundary, &decided, page).await? {
+            match outcome {
+                (category, TransferOutcome::Treated { quasi, refused, .. }) => {
+                    classes.add(class_of(&category, &quasi));
+                    excluded.refused_fields += u64::from(refused);
+                }
+                (_, TransferOutcome::Minor) => excluded.minors += 1,
+                (_, TransferOutcome::Erased | TransferOutcome::NotCovered) => excluded.erased += 1,
+            }
+        }
+    }
+    let (records, suppressed) = classes.totals(destination.k);
+    excluded.suppressed = suppressed;
+    let stamp = |t: OffsetDateTime| t.format(&Rfc3339).map_err(ApiError::internal);
+    let manifest = Manifest {
+        transfer: id.clone(),
+        from_region: boundary.region().to_string(),
+        destination: destination.name.clone(),
+        region: destination.region.to_string(),
+        legal_basis: destination.legal_basis,
+        purpose: asked.purpose.clone(),
+        categories: asked.categories.clone(),
+        since: asked.since.map(stamp).transpose()?,
+        until: until.map(stamp).transpose()?,
+        rules,
+        k: destination.k,
+        records,
+        excluded,
+        decided: decided.index(),
+        created: stamp(now)?,
+    };
+    let note = boundary.sign_note(&manifest.body()).map_err(ApiError::internal)?;
+    let mut manifest_facts = facts(boundary, &id, "manifest", &asked);
+    manifest_facts.count = records;
+    manifest_facts.suppressed = suppressed;
+    manifest_facts.manifest = Some(sha256_hex(note.as_bytes()));
+    let log_index = append(boundary, &caller, entry(boundary, &caller, &decision, manifest_facts), &id).await?;
+    let released: Vec<u8> = classes_released(&classes, destination.k);
+    boundary
+        .store()
+        .insert_transfer(&TransferRow {
+            transfer_id: id.clone(),
+            principal: caller.principal.id.to_string(),
+            manifest: note.clone(),
+            state: state::READY.to_owned(),
+            sent: 0,
+            sha256: None,
+            log_index,
+            created_at: now,
+            classes: released,
+        })
+        .await
+        .map_err(ApiError::internal)?;
+    tracing::info!(transfer = %id, destination = %destination.name, records, suppressed, log_index, "transfer made");
+    Ok(Created { manifest, note, log_index, decision })
+}
+
+/// The classes `classes` releases at `k`, as the store keeps them.
+fn classes_released(classes: &Classes, k: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    for key in classes.keys() {
+        if classes.released(key, k) {
+            out.extend_from_slice(key);
+        }
+    }
+    out
+}
+
+/// Hands a page of records to the custodian to treat for the transfer `receipt`; each outcome
+/// with its record's category.
+async fn treat(
+    boundary: &Boundary,
+    receipt: &TransferReceipt,
+    page: Vec<(clover_store::RecordRow, clover_store::SubjectRow)>,
+) -> Result<Vec<(Category, TransferOutcome)>, ApiError> {
+    let categories: Vec<Category> = page.iter().map(|(r, _)| r.category.clone()).collect();
+    let items = page
+        .into_iter()
+        .map(|(record, subject)| TransferItem {
+            subject: record.subject_id,
+            record: record.record_id,
+            version: record.version,
+            category: record.category,
+            sealed: record.ciphertext,
+            legacy: record.sealed_with == SealedWith::SubjectKey,
+            metadata: subject.metadata,
+        })
+        .collect();
+    let outcomes = boundary.custody().transfer(receipt, items).await.map_err(ApiError::internal)?;
+    if outcomes.len() != categories.len() {
+        return Err(ApiError::internal(NotACategory("(the custodian answered another number of records)".into())));
+    }
+    Ok(categories.into_iter().zip(outcomes).collect())
+}
+
+/// SHA-256 in hex.
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes).as_ref())
+}
+
+/// A transfer as its maker sees it.
+#[derive(Debug)]
+pub struct Status {
+    /// The row kept.
+    pub row: TransferRow,
+    /// Its manifest.
+    pub manifest: Manifest,
+}
+
+/// The transfer `id`, for the principal who made it; not found for anyone else (nothing says
+/// whether it exists).
+pub async fn status(boundary: &Boundary, caller: &Caller, id: &str) -> Result<Status, ApiError> {
+    let not_found = || ApiError::NotFound { what: "transfer", id: id.chars().take(64).collect() };
+    if uuid::Uuid::parse_str(id).is_err() {
+        return Err(not_found());
+    }
+    let row = boundary.store().transfer(id).await.map_err(ApiError::internal)?.ok_or_else(not_found)?;
+    if row.principal != caller.principal.id.as_str() {
+        tracing::warn!(transfer = id, "a transfer asked for by another principal than its maker");
+        return Err(not_found());
+    }
+    let manifest = manifest_of(&row.manifest).map_err(ApiError::internal)?;
+    Ok(Status { row, manifest })
+}
+
+/// The manifest in a signed note.
+fn manifest_of(note: &str) -> Result<Manifest, serde_json::Error> {
+    let body = note.split("\n\n").next().unwrap_or_default();
+    serde_json::from_str(body)
+}
+
+/// What a stream sends: NDJSON chunks, and how it ended.
+pub type Chunks = tokio::sync::mpsc::Receiver<Result<Vec<u8>, std::io::Error>>;
+
+/// Starts streaming the transfer `id` (see the module's documentation): returns the chunks of
+/// NDJSON, which a task fills as the client reads them.
+pub async fn stream(boundary: std::sync::Arc<Boundary>, caller: &Caller, id: &str) -> Result<Chunks, ApiError> {
+    let Status { row, manifest } = status(&boundary, caller, id).await?;
+    let asked = Asked {
+        destination: manifest.destination.clone(),
+        purpose: manifest.purpose.clone(),
+        categories: manifest.categories.clone(),
+        since: None,
+        until: None,
+    };
+    let caller = declaring(caller, &manifest.purpose);
+    let decision = decide(&boundary, &caller, id, &asked).await?;
+    if !boundary
+        .store()
+        .set_transfer_state(id, state::READY, state::STREAMING, 0, None)
+        .await
+        .map_err(ApiError::internal)?
+    {
+        return Err(ApiError::Conflict(format!(
+            "transfer {id} was streamed already (state {:?}): a transfer is sent once; make another",
+            row.state
+        )));
+    }
+    let started = append_receipted(
+        &boundary,
+        &caller,
+        entry(&boundary, &caller, &decision, facts(&boundary, id, "started", &asked)),
+        id,
+    )
+    .await?;
+    let parse = |t: &Option<String>| t.as_deref().and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok());
+    let selection = TransferSelection {
+        categories: manifest.categories.iter().filter_map(|c| c.parse().ok()).collect(),
+        since: parse(&manifest.since),
+        until: parse(&manifest.until),
+    };
+    let released: HashSet<ClassKey> =
+        row.classes.chunks_exact(32).filter_map(|c| <[u8; 32]>::try_from(c).ok()).collect();
+    let (chunks, receiver) = tokio::sync::mpsc::channel(4);
+    let sender = Sender { boundary, caller, id: id.to_owned(), asked, decision, note: row.manifest };
+    tokio::spawn(sender.send(started, selection, released, chunks));
+    Ok(receiver)
+}
+
+/// The task that sends a transfer's records.
+struct Sender {
+    boundary: std::sync::Arc<Boundary>,
+    caller: Caller,
+    id: String,
+    asked: Asked,
+    decision: Decision,
+    /// The manifest's signed note.
+    note: String,
+}
+
+impl Sender {
+    async fn send(
+        self,
+        receipt: TransferReceipt,
+        selection: TransferSelection,
+        released: HashSet<ClassKey>,
+        chunks: tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
+    ) {
+        let mut digest = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        let mut sent: u64 = 0;
+        let mut suppressed: u64 = 0;
+        let mut after = None;
+        let ended = loop {
+            let page = match self.boundary.store().records_for_transfer(&selection, after.as_ref(), PAGE).await {
+                Ok(page) => page,
+                Err(e) => break Err(e.to_string()),
+            };
+            let Some(last) = page.last() else { break Ok(()) };
+            after = Some(last.0.record_id);
+            let treated = match treat(&self.boundary, &receipt, page).await {
+                Ok(treated) => treated,
+                Err(e) => break Err(e.to_string()),
+            };
+            let mut chunk = Vec::with_capacity(PAGE as usize * 256);
+            let mut in_chunk = 0;
+            for (category, outcome) in treated {
+                let TransferOutcome::Treated { subject, record, fields, quasi, .. } = outcome else { continue };
+                if !released.contains(&class_of(&category, &quasi)) {
+                    suppressed += 1;
+                    continue;
+                }
+                let line = serde_json::json!({
+                    "subject": subject,
+                    "record": record,
+                    "category": category.as_str(),
+                    "fields": fields.as_map(),
+                });
+                if serde_json::to_writer(&mut chunk, &line).is_err() {
+                    continue;
+                }
+                chunk.push(b'\n');
+                in_chunk += 1;
+            }
+            if chunk.is_empty() {
+                continue;
+            }
+            digest.update(&chunk);
+            if chunks.send(Ok(chunk)).await.is_err() {
+                break Err("the client went away".to_owned());
+            }
+            sent += in_chunk;
+        };
+        let sha256 = hex::encode(digest.finish().as_ref());
+        let (stage, reason) = match &ended {
+            Ok(()) => (state::SENT, None),
+            Err(reason) => (state::INTERRUPTED, Some(reason.clone())),
+        };
+        let mut facts = facts(&self.boundary, &self.id, stage, &self.asked);
+        facts.count = sent;
+        facts.suppressed = suppressed;
+        facts.manifest = Some(sha256_hex(self.note.as_bytes()));
+        facts.sha256 = Some(sha256.clone());
+        let event = entry(&self.boundary, &self.caller, &self.decision, facts);
+        let logged = append(&self.boundary, &self.caller, event, &self.id).await;
+        let stored =
+            self.boundary.store().set_transfer_state(&self.id, state::STREAMING, stage, sent, Some(&sha256)).await;
+        match (&logged, &stored) {
+            (Ok(index), Ok(_)) => {
+                tracing::info!(transfer = %self.id, stage, sent, suppressed, log_index = index, reason, "transfer ended");
+            }
+            _ => tracing::error!(transfer = %self.id, stage, sent, "the end of a transfer could not be logged or kept"),
+        }
+        metrics::counter!(crate::metrics::TRANSFERRED_RECORDS).increment(sent);
+        if let Err(reason) = ended
+            && reason != "the client went away"
+        {
+            let _ = chunks.send(Err(std::io::Error::other(reason))).await;
+        }
+    }
+}
+
+/// The transfer register over the log's signed checkpoint: its rows, and the checkpoint's size.
+/// Computed from the entries (read a tile of entries at a time), each once: what an auditor
+/// recomputes from the public log alone (`clover audit register`).
+pub async fn register(boundary: &Boundary) -> Result<(Vec<clover_egress::RegisterRow>, u64), ApiError> {
+    use clover_tlog::tile::{TILE_WIDTH, Tile, split_bundle};
+    let size = boundary.log().checkpoint_size();
+    let mut guard = boundary.register().lock().await;
+    let (register, read) = &mut *guard;
+    while *read < size {
+        let index = *read / TILE_WIDTH;
+        let first = index * TILE_WIDTH;
+        let end = (first + TILE_WIDTH).min(size);
+        let width = u16::try_from(end - first).map_err(ApiError::internal)?;
+        let bundle =
+            boundary.log().tile(&Tile { level: None, index, width }).await.map_err(ApiError::LogUnavailable)?;
+        let entries =
+            split_bundle(&bundle).ok_or_else(|| ApiError::internal(NotACategory("(an entry bundle)".into())))?;
+        for (at, entry) in (first..).zip(entries) {
+            if at < *read {
+                continue;
+            }
+            let event = match clover_event::Entry::decode(entry) {
+                Ok(clover_event::Entry::V2(event)) => Some(event),
+                _ => None,
+            };
+            register.add(at, event.as_ref());
+        }
+        *read = end;
+    }
+    Ok((register.rows(), size))
+}

@@ -1,0 +1,400 @@
+//! `/v1/transfers` and `/v1/register/transfers`: data leaving the region, tried as an analyst
+//! would and as an attacker would (no legal basis, another purpose, from abroad, another
+//! principal's transfer, a guessed id, bad bytes), and the bytes that leave read for what they
+//! give away.
+
+use clover_event::{Entry, EventKind};
+use serde_json::{Value, json};
+
+use crate::harness::{DUBLIN, SINGAPORE, TestApp, VIRGINIA, log_entries, problem};
+
+/// A token of the region's analyst (role `analytics`, and `safety`) at `site`, named `who`.
+fn analyst(app: &TestApp, who: &str, site: &str, region: &str) -> String {
+    let mut claims = app.claims(region, site, 3600);
+    claims.sub = who.into();
+    claims.roles = vec!["analytics".into(), "safety".into()];
+    app.mint(&claims)
+}
+
+/// Registers `subject`, born on `born`.
+async fn subject(app: &TestApp, subject: &str, born: &str) {
+    let response = app
+        .client(DUBLIN)
+        .put(app.url(&format!("/v1/subjects/{subject}")))
+        .bearer_auth(app.token())
+        .json(&json!({"home_region": "eu", "birth_date": born}))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+}
+
+/// A profile of `name`, in `country`.
+fn profile(name: &str, country: &str) -> Value {
+    json!({
+        "display_name": format!("NAME-{name}"), "email": format!("MAIL-{name}@example.ie"),
+        "phone": "+353 87 123 4567", "postcode": "D02 X285", "birth_date": "1990-07-01",
+        "country": country, "last_ip": "192.0.2.77", "created_at": "2026-11-30T10:00:00Z",
+        "secret": format!("SECRET-{name}"),
+    })
+}
+
+/// Six adults of one class (same age band, country, network, day), one adult alone in theirs,
+/// one minor: what a transfer to a destination of k = 5 sends six of.
+async fn population(app: &TestApp) {
+    for n in 1..=6 {
+        subject(app, &format!("u-{n}"), "1990-07-01").await;
+        assert_eq!(app.post_record(&format!("u-{n}"), "profile", profile(&format!("p{n}"), "IE")).await.status(), 201);
+    }
+    subject(app, "u-7", "1990-07-01").await;
+    assert_eq!(app.post_record("u-7", "profile", profile("p7", "NO")).await.status(), 201);
+    subject(app, "u-8", "2012-01-01").await;
+    assert_eq!(app.post_record("u-8", "profile", profile("minor", "IE")).await.status(), 201);
+}
+
+async fn create(app: &TestApp, from: &str, token: &str, body: &Value) -> reqwest::Response {
+    app.client(from).post(app.url("/v1/transfers")).bearer_auth(token).json(body).send().await.unwrap()
+}
+
+async fn get(app: &TestApp, from: &str, token: &str, path: &str) -> reqwest::Response {
+    app.client(from).get(app.url(path)).bearer_auth(token).send().await.unwrap()
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes).as_ref())
+}
+
+fn entry_at(entries: &[Value], index: &Value) -> Value {
+    entries[usize::try_from(index.as_u64().unwrap()).unwrap()].clone()
+}
+
+#[tokio::test]
+async fn a_transfer_sends_only_what_its_rules_make_after_its_manifest_is_logged() {
+    let app = TestApp::start().await;
+    population(&app).await;
+    let token = analyst(&app, "ana", "dublin-1", "eu");
+    let body = json!({"destination": "us-partners", "purpose": "analytics", "categories": ["profile"]});
+    let made = create(&app, DUBLIN, &token, &body).await;
+    assert_eq!(made.status(), 201);
+    let made: Value = made.json().await.unwrap();
+    let manifest = &made["manifest"];
+    assert_eq!(manifest["records"], 6, "{made}");
+    assert_eq!(manifest["excluded"], json!({"minors": 1, "erased": 0, "suppressed": 1, "refused_fields": 0}));
+    assert_eq!(manifest["legal_basis"], "scc");
+    assert_eq!(manifest["region"], "us");
+    assert_eq!(manifest["k"], 5);
+    assert_eq!(manifest["rules"]["profile"]["phone"], "ff1-digits");
+    // The manifest is signed by the log's key, and its digest is in the log, after the decision.
+    let note = clover_tlog::note::Note::parse(made["note"].as_str().unwrap()).unwrap();
+    note.verify(app.boundary.log_vkey()).unwrap();
+    let entries = log_entries(app.boundary.log()).await;
+    let logged = entry_at(&entries, &made["log_index"]);
+    assert_eq!(logged["kind"], "transfer");
+    assert_eq!(logged["action"], "export");
+    assert_eq!(logged["transfer"]["stage"], "manifest");
+    assert_eq!(logged["transfer"]["manifest"], sha256(made["note"].as_str().unwrap().as_bytes()));
+    assert_eq!(logged["transfer"]["count"], 6);
+    assert_eq!(logged["transfer"]["suppressed"], 1);
+    let decided = entry_at(&entries, &manifest["decided"]);
+    assert_eq!(
+        (decided["transfer"]["stage"].as_str(), decided["decision"]["effect"].as_str()),
+        (Some("decided"), Some("allow"))
+    );
+    assert!(manifest["decided"].as_u64() < made["log_index"].as_u64());
+
+    // The stream: six records, each as the rules make it, nothing else.
+    let id = made["transfer"].as_str().unwrap();
+    let streamed = get(&app, DUBLIN, &token, &format!("/v1/transfers/{id}/records")).await;
+    assert_eq!(streamed.status(), 200);
+    assert_eq!(streamed.headers()["content-type"], "application/x-ndjson");
+    let bytes = streamed.bytes().await.unwrap().to_vec();
+    let text = String::from_utf8(bytes.clone()).unwrap();
+    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 6, "{text}");
+    let allowed = ["display_name", "phone", "postcode", "birth_date", "country", "last_ip", "created_at"];
+    let mut subjects = std::collections::HashSet::new();
+    for line in &lines {
+        assert_eq!(line["category"], "profile");
+        let fields = line["fields"].as_object().unwrap();
+        assert!(fields.keys().all(|k| allowed.contains(&k.as_str())), "{line}");
+        assert_eq!(fields["birth_date"], "35-44");
+        assert_eq!(fields["country"], "IE");
+        assert_eq!(fields["last_ip"], "192.0.2.0/24");
+        assert_eq!(fields["created_at"], "2026-11-30");
+        let phone = fields["phone"].as_str().unwrap();
+        assert_eq!(phone.len(), "+353 87 123 4567".len());
+        assert_ne!(phone, "+353 87 123 4567");
+        assert!(subjects.insert(line["subject"].as_str().unwrap().to_owned()), "one token per subject");
+        assert_eq!(line["record"].as_str().unwrap().len(), 32);
+    }
+    // No byte names a subject, holds an email, a name, a secret, the phone number or the
+    // postcode as they are, and no minor's record is in it.
+    for needle in ["u-1", "u-7", "u-8", "MAIL-", "NAME-", "SECRET-", "minor", "123 4567", "D02", "NO\""] {
+        assert!(!text.contains(needle), "{needle:?} left the region: {text}");
+    }
+
+    // The end is logged: how many left and the SHA-256 of the bytes, which the maker can compare.
+    let status: Value = get(&app, DUBLIN, &token, &format!("/v1/transfers/{id}")).await.json().await.unwrap();
+    assert_eq!(status["state"], "sent");
+    assert_eq!(status["sent"], 6);
+    assert_eq!(status["sha256"], sha256(&bytes));
+    let entries = log_entries(app.boundary.log()).await;
+    let last = entries.iter().rev().find(|e| e["kind"] == "transfer").unwrap();
+    assert_eq!(last["transfer"]["stage"], "sent");
+    assert_eq!(last["transfer"]["count"], 6);
+    assert_eq!(last["transfer"]["sha256"], sha256(&bytes));
+    assert_eq!(entries.iter().filter(|e| e["transfer"]["stage"] == "started").count(), 1);
+    // No transfer entry names anyone.
+    for entry in entries.iter().filter(|e| e["kind"] == "transfer") {
+        let text = entry.to_string();
+        assert!(!text.contains("\"ana\"") && !(1..=8).any(|n| text.contains(&format!("u-{n}"))), "{text}");
+    }
+
+    // Sent once.
+    problem(get(&app, DUBLIN, &token, &format!("/v1/transfers/{id}/records")).await, 409, "conflict").await;
+
+    // The register counts it, from the log, as JSON and as CSV.
+    let register: Value = reqwest::get(app.url("/v1/register/transfers")).await.unwrap().json().await.unwrap();
+    let rows = register["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{register}");
+    let row = &rows[0];
+    assert_eq!(
+        (row["destination"].as_str(), row["region"].as_str(), row["legal_basis"].as_str(), row["purpose"].as_str()),
+        (Some("us-partners"), Some("us"), Some("scc"), Some("analytics"))
+    );
+    assert_eq!(
+        (row["transfers"].as_u64(), row["records"].as_u64(), row["suppressed"].as_u64()),
+        (Some(1), Some(6), Some(1))
+    );
+    let end = entries.iter().rposition(|e| e["transfer"]["stage"] == "sent").unwrap();
+    assert_eq!(row["log_indexes"], json!([end]));
+    let csv = reqwest::Client::new()
+        .get(app.url("/v1/register/transfers"))
+        .header("accept", "text/csv")
+        .send()
+        .await
+        .unwrap();
+    assert!(csv.headers()["content-type"].to_str().unwrap().starts_with("text/csv"));
+    let csv = csv.text().await.unwrap();
+    assert!(
+        csv.lines().nth(1).unwrap().contains(",us-partners,us,scc,analytics,pseudonymised,profile,1,6,1,0,"),
+        "{csv}"
+    );
+}
+
+#[tokio::test]
+async fn tokens_are_stable_per_destination_and_purpose_and_unlinkable_across() {
+    let app = TestApp::start_with(|config| {
+        for destination in &mut config.destinations {
+            destination.k = 1;
+        }
+        let mut research = config.destinations[0].clone();
+        research.name = "us-research".into();
+        config.destinations.push(research);
+    })
+    .await;
+    subject(&app, "u-1", "1990-07-01").await;
+    assert_eq!(app.post_record("u-1", "profile", profile("p1", "IE")).await.status(), 201);
+    let token = analyst(&app, "ana", "dublin-1", "eu");
+    let send = async |destination: &str, purpose: &str| {
+        let body = json!({"destination": destination, "purpose": purpose, "categories": ["profile"]});
+        let made: Value = create(&app, DUBLIN, &token, &body).await.json().await.unwrap();
+        let id = made["transfer"].as_str().unwrap().to_owned();
+        let text = get(&app, DUBLIN, &token, &format!("/v1/transfers/{id}/records")).await.text().await.unwrap();
+        serde_json::from_str::<Value>(text.lines().next().unwrap()).unwrap()
+    };
+    let a = send("us-partners", "analytics").await;
+    let a_again = send("us-partners", "analytics").await;
+    let b = send("us-research", "analytics").await;
+    let safety = send("us-partners", "safety").await;
+    assert_eq!(a["subject"], a_again["subject"], "stable within a destination and purpose");
+    assert_eq!(a["fields"]["display_name"], a_again["fields"]["display_name"]);
+    assert_eq!(a["fields"]["phone"], a_again["fields"]["phone"]);
+    for other in [&b, &safety] {
+        assert_ne!(a["subject"], other["subject"], "unlinkable across destinations and purposes");
+        assert_ne!(a["record"], other["record"]);
+        assert_ne!(a["fields"]["display_name"], other["fields"]["display_name"]);
+        assert_ne!(a["fields"]["phone"], other["fields"]["phone"]);
+    }
+}
+
+#[tokio::test]
+async fn what_may_not_leave_is_refused_clearly_and_logged() {
+    let app = TestApp::start_with(|config| config.transfer_rules.retain(|r| r.category.as_str() == "profile")).await;
+    population(&app).await;
+    let token = analyst(&app, "ana", "dublin-1", "eu");
+    let ask = |destination: &str, purpose: &str, categories: Value| json!({"destination": destination, "purpose": purpose, "categories": categories});
+    let refused = async |response: reqwest::Response, status: u16, kind: &str| {
+        let body = problem(response, status, kind).await;
+        let entries = log_entries(app.boundary.log()).await;
+        let entry = entry_at(&entries, &body["log_index"]);
+        assert_eq!(
+            (entry["kind"].as_str(), entry["decision"]["effect"].as_str()),
+            (Some("transfer"), Some("deny")),
+            "{entry}"
+        );
+        assert_eq!(entry["transfer"]["stage"], "refused");
+        body
+    };
+    let size = app.boundary.log().size();
+    // No legal basis (Singapore), a destination that does not exist, a purpose it may not
+    // receive, a purpose the caller may not declare: policy.
+    let body = refused(
+        create(&app, DUBLIN, &token, &ask("sg-analytics", "analytics", json!(["profile"]))).await,
+        403,
+        "forbidden",
+    )
+    .await;
+    assert_eq!(body["decision"]["policies"], json!(["no-transfer-without-legal-basis"]));
+    let body =
+        refused(create(&app, DUBLIN, &token, &ask("mars-1", "analytics", json!(["profile"]))).await, 403, "forbidden")
+            .await;
+    assert_eq!(
+        body["decision"]["policies"],
+        json!(["no-transfer-for-another-purpose", "no-transfer-without-legal-basis"])
+    );
+    refused(
+        create(&app, DUBLIN, &token, &ask("us-partners", "advertising", json!(["profile"]))).await,
+        403,
+        "forbidden",
+    )
+    .await;
+    refused(
+        create(&app, DUBLIN, &app.token(), &ask("us-partners", "analytics", json!(["profile"]))).await,
+        403,
+        "forbidden",
+    )
+    .await;
+    // A sensitive category never leaves, even for a purpose that declares it, by its role.
+    let body = refused(
+        create(&app, DUBLIN, &token, &ask("us-partners", "safety", json!(["contact"]))).await,
+        403,
+        "forbidden",
+    )
+    .await;
+    assert_eq!(body["decision"]["policies"], json!(["no-minors-or-sensitive-data-leave"]));
+    // From abroad, even by the region's own analyst.
+    let body = refused(
+        create(&app, SINGAPORE, &token, &ask("us-partners", "analytics", json!(["profile"]))).await,
+        403,
+        "forbidden",
+    )
+    .await;
+    assert!(body["decision"]["policies"].as_array().unwrap().contains(&json!("transfers-start-in-region")), "{body}");
+    // What the request asks cannot be: an unknown category, one no rule covers, time upside down.
+    let body = refused(
+        create(&app, DUBLIN, &token, &ask("us-partners", "analytics", json!(["diaries"]))).await,
+        422,
+        "unknown-category",
+    )
+    .await;
+    assert!(body["detail"].as_str().unwrap().contains("\"diaries\""), "{body}");
+    let body = refused(
+        create(&app, DUBLIN, &token, &ask("us-partners", "analytics", json!(["content"]))).await,
+        422,
+        "no-transfer-rule",
+    )
+    .await;
+    assert!(body["detail"].as_str().unwrap().contains("\"content\""), "{body}");
+    let mut upside_down = ask("us-partners", "analytics", json!(["profile"]));
+    upside_down["since"] = json!("2026-06-01T00:00:00Z");
+    upside_down["until"] = json!("2026-01-01T00:00:00Z");
+    let body = refused(create(&app, DUBLIN, &token, &upside_down).await, 422, "invalid-body").await;
+    assert!(body["detail"].as_str().unwrap().contains("upside down"), "{body}");
+    // Nine refusals, nine entries; nothing was opened for any of them.
+    assert_eq!(app.boundary.log().size(), size + 9);
+    assert!(log_entries(app.boundary.log()).await.iter().all(|e| e["transfer"]["stage"] != "decided"));
+    // Bad bytes and no token: refused before anything is decided.
+    let bad = app
+        .client(DUBLIN)
+        .post(app.url("/v1/transfers"))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body("{\"destination\": 7}")
+        .send()
+        .await
+        .unwrap();
+    assert!(bad.status().is_client_error());
+    problem(
+        app.client(DUBLIN)
+            .post(app.url("/v1/transfers"))
+            .json(&ask("us-partners", "analytics", json!(["profile"])))
+            .send()
+            .await
+            .unwrap(),
+        401,
+        "unauthenticated",
+    )
+    .await;
+    let mut unknown_field = ask("us-partners", "analytics", json!(["profile"]));
+    unknown_field["fields"] = json!(["email"]);
+    assert_eq!(create(&app, DUBLIN, &token, &unknown_field).await.status(), 422);
+    let mut bad_time = ask("us-partners", "analytics", json!(["profile"]));
+    bad_time["since"] = json!("yesterday");
+    problem(create(&app, DUBLIN, &token, &bad_time).await, 422, "invalid-body").await;
+}
+
+#[tokio::test]
+async fn another_principals_transfer_or_a_guessed_one_is_not_found() {
+    let app = TestApp::start().await;
+    population(&app).await;
+    let ana = analyst(&app, "ana", "dublin-1", "eu");
+    let bo = analyst(&app, "bo", "dublin-1", "eu");
+    let body = json!({"destination": "us-partners", "purpose": "analytics", "categories": ["profile"]});
+    let made: Value = create(&app, DUBLIN, &ana, &body).await.json().await.unwrap();
+    let id = made["transfer"].as_str().unwrap();
+    // Bo learns nothing of Ana's transfer: the same answer as for one that does not exist.
+    let theirs = problem(get(&app, DUBLIN, &bo, &format!("/v1/transfers/{id}/records")).await, 404, "not-found").await;
+    let guessed = uuid::Uuid::new_v4();
+    let none =
+        problem(get(&app, DUBLIN, &bo, &format!("/v1/transfers/{guessed}/records")).await, 404, "not-found").await;
+    assert_eq!(theirs["title"], none["title"]);
+    problem(get(&app, DUBLIN, &bo, &format!("/v1/transfers/{id}")).await, 404, "not-found").await;
+    problem(get(&app, DUBLIN, &bo, "/v1/transfers/..%2F..%2Fetc").await, 404, "not-found").await;
+    // Ana herself, from abroad: refused by policy, logged, and the transfer is not used up.
+    problem(get(&app, SINGAPORE, &ana, &format!("/v1/transfers/{id}/records")).await, 403, "forbidden").await;
+    let status: Value = get(&app, DUBLIN, &ana, &format!("/v1/transfers/{id}")).await.json().await.unwrap();
+    assert_eq!(status["state"], "ready");
+    assert_eq!(get(&app, DUBLIN, &ana, &format!("/v1/transfers/{id}/records")).await.status(), 200);
+}
+
+#[tokio::test]
+async fn a_read_from_outside_the_region_is_a_transfer_in_the_register() {
+    let app = TestApp::start().await;
+    subject(&app, "u-1", "1990-07-01").await;
+    let record = app.post_record("u-1", "profile", profile("p1", "IE")).await.json::<Value>().await.unwrap();
+    let record = record["record_id"].as_str().unwrap().to_owned();
+    let read = async |from: &str, region: &str| {
+        app.client(from)
+            .get(app.url(&format!("/v1/records/{record}")))
+            .bearer_auth(analyst(&app, "vic", if region == "us" { "virginia-1" } else { "singapore-1" }, region))
+            .header("X-Clover-Purpose", "analytics")
+            .send()
+            .await
+            .unwrap()
+    };
+    // From Virginia, for analytics: a destination there (us-partners, SCCs) may receive it.
+    let answer = read(VIRGINIA, "us").await;
+    assert_eq!(answer.status(), 200);
+    let answer: Value = answer.json().await.unwrap();
+    assert_eq!(answer["view"], "pseudonymised");
+    let entries = log_entries(app.boundary.log()).await;
+    let entry = entry_at(&entries, &answer["log_index"]);
+    assert_eq!(entry["kind"], "access");
+    assert_eq!(entry["transfer"]["stage"], "remote-read");
+    assert_eq!(entry["transfer"]["destination"], "us-partners");
+    // From Singapore: the destination there has no legal basis, so the read is refused.
+    let body = problem(read(SINGAPORE, "sg").await, 403, "forbidden").await;
+    assert!(body["decision"]["policies"].as_array().unwrap().contains(&json!("remote-access-is-a-transfer")), "{body}");
+    let register: Value = reqwest::get(app.url("/v1/register/transfers")).await.unwrap().json().await.unwrap();
+    let rows = register["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{register}");
+    assert_eq!(rows[0]["treatment"], "pseudonymised-view");
+    assert_eq!(rows[0]["region"], "us");
+    assert_eq!(rows[0]["categories"], "profile");
+    assert_eq!(rows[0]["records"], 1);
+    assert_eq!(rows[0]["log_indexes"], json!([answer["log_index"]]));
+    // The entry decodes as the log's own format (the register reads nothing else).
+    let raw = app.boundary.log().entry(answer["log_index"].as_u64().unwrap()).await.unwrap();
+    assert!(matches!(Entry::decode(&raw), Ok(Entry::V2(e)) if e.kind == EventKind::Access));
+}
