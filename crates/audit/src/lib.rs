@@ -11,6 +11,7 @@
 //!   custodian in its own process): the last checkpoint verified of each log, in one format,
 //!   read and written by [`state::read_state`] and [`state::write_state`] alone.
 
+pub mod register;
 pub mod state;
 pub mod verify;
 pub mod witness;

@@ -184,6 +184,16 @@ fn log_prefix(url: &str) -> String {
 
 /// Verifies the log at `options.url`.
 pub async fn verify(options: &VerifyOptions) -> Result<Report, VerifyError> {
+    verify_with(options, |_, _| {}).await
+}
+
+/// Verifies the log at `options.url` as [`verify`] does, and hands each verified entry to
+/// `visit` in order (its index, and its event for a format 2 entry): what a register or report
+/// recomputed from the public log is computed from, once the entry is known to be the log's.
+pub async fn verify_with(
+    options: &VerifyOptions,
+    mut visit: impl FnMut(u64, Option<&clover_event::Event>),
+) -> Result<Report, VerifyError> {
     let client = options.tls.client().map_err(|source| VerifyError::Client { url: options.url.clone(), source })?;
     let base = log_prefix(&options.url);
 
@@ -287,12 +297,16 @@ pub async fn verify(options: &VerifyOptions) -> Result<Report, VerifyError> {
             let decoded =
                 Entry::decode(entry).map_err(|e| VerifyError::EntryChanged { index, detail: e.to_string() })?;
             match decoded {
-                Entry::V1(_) => formats[0] += 1,
+                Entry::V1(_) => {
+                    formats[0] += 1;
+                    visit(index, None);
+                }
                 Entry::V2(event) => {
                     if let Some(problem) = public_problem(&event) {
                         return Err(VerifyError::EntryChanged { index, detail: problem.to_owned() });
                     }
                     formats[1] += 1;
+                    visit(index, Some(&event));
                 }
             }
             index += 1;

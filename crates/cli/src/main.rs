@@ -11,7 +11,7 @@ mod args;
 mod commands;
 mod listener;
 
-use commands::{audit, backup, bench, custodian, init, keys, log, policy, repatriate, serve, token};
+use commands::{audit, backup, bench, custodian, export, init, keys, log, policy, repatriate, serve, token};
 
 /// Clover keeps a region's user data inside the region.
 #[derive(Debug, Parser)]
@@ -50,6 +50,10 @@ enum Command {
     /// Copy the region's data (the data store and the log, never the keys) into a directory of
     /// this machine, once every place it is kept at is in the region (the residency guard).
     Backup(backup::BackupArgs),
+    /// A record transfer to a configured destination, into a file, with a progress bar: the
+    /// manifest signed and logged by the boundary first, what arrived checked against what it
+    /// logged as sent.
+    Export(export::ExportArgs),
     /// Repatriation: bring a region's data home from a store abroad (`plan`, `digest`).
     #[command(subcommand)]
     Repatriate(repatriate::RepatriateCommand),
@@ -70,6 +74,7 @@ fn main() -> ExitCode {
         Command::Keys(command) => command.run(),
         Command::Custodian(command) => command.run(),
         Command::Backup(args) => args.run(),
+        Command::Export(args) => args.run(),
         Command::Repatriate(command) => command.run(),
         Command::Bench(command) => command.run(),
     };

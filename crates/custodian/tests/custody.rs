@@ -25,7 +25,7 @@ use clover_keys::{Kek, KeyCustody, KeyError, Keyring, Passphrase, PseudonymRoot,
 use clover_log::{Log, LogOptions, Receipt};
 use clover_model::{Action, PrincipalKind, RecordId, Region, SubjectId};
 use clover_policy::Verdict;
-use clover_policy::pack::{PackPrincipal, PackRequest, PackResource, PolicyPack};
+use clover_policy::pack::{PackDestination, PackPrincipal, PackRequest, PackResource, PolicyPack};
 use clover_tlog::note::{SigningKey, TYPE_ED25519};
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::object::{Attribute, AttributeType};
@@ -303,7 +303,12 @@ fn permit_from(
         approved: false,
         subjects_touched: 1,
         bulk_threshold: 50,
-        destination: None,
+        // A read from outside is a transfer: to a destination there with a legal basis.
+        destination: outside.map(|(_, region)| PackDestination {
+            region: region.into(),
+            legal_basis: "scc".into(),
+            purpose_allowed: true,
+        }),
     };
     match PolicyPack::default_pack().unwrap().verdict(&request, &subject(id)) {
         Verdict::Allowed(permit) => permit,

@@ -10,6 +10,7 @@
 //! alone ([`register::Register`]).
 
 pub mod destination;
+pub mod dp;
 pub mod ff1;
 pub mod kanon;
 pub mod manifest;

@@ -167,6 +167,9 @@ pub fn apply(rules: &BTreeMap<String, Treatment>, fields: &Fields, keys: &Transf
         }
         out.insert(name.clone(), treated);
     }
+    // In name order whatever the map's order (serde_json keeps insertion order when another
+    // crate of the build asks for it): a record's class must not depend on how it was written.
+    quasi.sort_by(|a, b| a.0.cmp(&b.0));
     Treated { fields: out, quasi, refused }
 }
 

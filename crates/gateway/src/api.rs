@@ -87,6 +87,7 @@ pub fn routes() -> (Router<Arc<Boundary>>, utoipa::openapi::OpenApi) {
         .routes(routes!(repatriation::verify))
         .routes(routes!(repatriation::receipt))
         .routes(routes!(transfers::create_transfer))
+        .routes(routes!(transfers::release_aggregate))
         .routes(routes!(transfers::get_transfer))
         .routes(routes!(transfers::stream_records))
         .routes(routes!(transfers::register))

@@ -14,6 +14,7 @@
 //! - [`config`], [`identity`], [`origin`], [`datadir`]: configuration, tokens, sites, keys on disk;
 //! - [`problem`]: errors as RFC 9457 problem details.
 
+pub mod aggregates;
 pub mod api;
 pub mod backup;
 mod boundary;

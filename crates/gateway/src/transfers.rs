@@ -80,12 +80,12 @@ pub mod state {
 }
 
 /// The caller, declaring the transfer's purpose.
-fn declaring(caller: &Caller, purpose: &str) -> Caller {
+pub(crate) fn declaring(caller: &Caller, purpose: &str) -> Caller {
     Caller { purpose: Some(purpose.to_owned()), ..caller.clone() }
 }
 
 /// The public facts of a transfer entry.
-fn facts(boundary: &Boundary, id: &str, stage: &str, asked: &Asked) -> TransferFacts {
+pub(crate) fn facts(boundary: &Boundary, id: &str, stage: &str, asked: &Asked) -> TransferFacts {
     let destination = boundary.config().destination(&asked.destination);
     TransferFacts {
         transfer_id: Some(id.to_owned()),
@@ -105,7 +105,7 @@ fn facts(boundary: &Boundary, id: &str, stage: &str, asked: &Asked) -> TransferF
 }
 
 /// A transfer entry of `caller`'s, with `decision`.
-fn entry(boundary: &Boundary, caller: &Caller, decision: &Decision, facts: TransferFacts) -> Event {
+pub(crate) fn entry(boundary: &Boundary, caller: &Caller, decision: &Decision, facts: TransferFacts) -> Event {
     Event {
         v: EVENT_VERSION,
         kind: EventKind::Transfer,
@@ -128,14 +128,14 @@ fn entry(boundary: &Boundary, caller: &Caller, decision: &Decision, facts: Trans
 }
 
 /// Appends a transfer entry with an annex naming the caller (and the transfer); returns its index.
-async fn append(boundary: &Boundary, caller: &Caller, event: Event, id: &str) -> Result<u64, ApiError> {
+pub(crate) async fn append(boundary: &Boundary, caller: &Caller, event: Event, id: &str) -> Result<u64, ApiError> {
     let note = format!("transfer {id}");
     let annex = annex(Some(&caller.principal), caller.justification.as_deref(), Some(&note), None, None)?;
     Ok(boundary.append_annexed(event, Some(annex)).await?)
 }
 
 /// Appends an allowed transfer entry (its decision or its start) and returns its receipt.
-async fn append_receipted(
+pub(crate) async fn append_receipted(
     boundary: &Boundary,
     caller: &Caller,
     event: Event,
@@ -147,7 +147,7 @@ async fn append_receipted(
 }
 
 /// Logs a refusal of what a transfer asks (not by policy) and returns its problem.
-async fn refuse(
+pub(crate) async fn refuse(
     boundary: &Boundary,
     caller: &Caller,
     id: &str,
@@ -170,7 +170,12 @@ async fn refuse(
 /// Decides the transfer for `caller` (the action `export` on a record of each category, with
 /// the destination's facts); the first category's decision, or the logged refusal of the first
 /// category refused.
-async fn decide(boundary: &Boundary, caller: &Caller, id: &str, asked: &Asked) -> Result<Decision, ApiError> {
+pub(crate) async fn decide(
+    boundary: &Boundary,
+    caller: &Caller,
+    id: &str,
+    asked: &Asked,
+) -> Result<Decision, ApiError> {
     let config = boundary.config();
     let mut allowed = None;
     for category in &asked.categories {
@@ -202,10 +207,10 @@ async fn decide(boundary: &Boundary, caller: &Caller, id: &str, asked: &Asked) -
 /// A category name that passed the configuration's check and then did not parse.
 #[derive(Debug, thiserror::Error)]
 #[error("category {0:?} is configured but not a category name")]
-struct NotACategory(String);
+pub(crate) struct NotACategory(pub(crate) String);
 
 /// Checks what a transfer asks before it is decided; a refusal is logged.
-async fn check(boundary: &Boundary, caller: &Caller, id: &str, asked: &Asked) -> Result<(), ApiError> {
+pub(crate) async fn check(boundary: &Boundary, caller: &Caller, id: &str, asked: &Asked) -> Result<(), ApiError> {
     use axum::http::StatusCode;
     const INVALID: (StatusCode, &str, &str) =
         (StatusCode::UNPROCESSABLE_ENTITY, "invalid-body", "Invalid request body");
@@ -252,26 +257,7 @@ pub async fn create(boundary: &Boundary, caller: &Caller, asked: Asked) -> Resul
         .destination(&asked.destination)
         .ok_or_else(|| ApiError::internal(NotACategory(asked.destination.clone())))?
         .clone();
-    let mut rules = std::collections::BTreeMap::new();
-    for category in &asked.categories {
-        let parsed: Category = category.parse().map_err(|_| ApiError::internal(NotACategory(category.clone())))?;
-        let rules_for = config.transfer_rules.iter().cloned().collect::<Vec<_>>();
-        let rules_for = clover_egress::TransferRules::new(rules_for);
-        match rules_for.for_category(&parsed, &destination.name) {
-            Some(fields) => {
-                rules.insert(category.clone(), fields.clone());
-            }
-            None => {
-                let detail = format!(
-                    "no transfer rule covers category {category:?} for destination {:?}: it is not transferred \
-                     ([[transfer_rules]])",
-                    destination.name
-                );
-                let kind = (axum::http::StatusCode::UNPROCESSABLE_ENTITY, "no-transfer-rule", "No transfer rule");
-                return Err(refuse(boundary, &caller, &id, &asked, kind, detail).await);
-            }
-        }
-    }
+    let rules = rules_for(boundary, &caller, &id, &asked).await?;
     // What exists now (records are timed to the second: this second's included), and no record
     // made after.
     let now = OffsetDateTime::now_utc();
@@ -358,6 +344,37 @@ pub async fn create(boundary: &Boundary, caller: &Caller, asked: Asked) -> Resul
     Ok(Created { manifest, note, log_index, decision })
 }
 
+/// The fields' treatments of each category a transfer asks for, for its destination; a category
+/// no rule covers is refused (logged).
+pub(crate) async fn rules_for(
+    boundary: &Boundary,
+    caller: &Caller,
+    id: &str,
+    asked: &Asked,
+) -> Result<std::collections::BTreeMap<String, std::collections::BTreeMap<String, clover_egress::Treatment>>, ApiError>
+{
+    let rules = clover_egress::TransferRules::new(boundary.config().transfer_rules.clone());
+    let mut out = std::collections::BTreeMap::new();
+    for category in &asked.categories {
+        let parsed: Category = category.parse().map_err(|_| ApiError::internal(NotACategory(category.clone())))?;
+        match rules.for_category(&parsed, &asked.destination) {
+            Some(fields) => {
+                out.insert(category.clone(), fields.clone());
+            }
+            None => {
+                let detail = format!(
+                    "no transfer rule covers category {category:?} for destination {:?}: it is not transferred \
+                     ([[transfer_rules]])",
+                    asked.destination
+                );
+                let kind = (axum::http::StatusCode::UNPROCESSABLE_ENTITY, "no-transfer-rule", "No transfer rule");
+                return Err(refuse(boundary, caller, id, asked, kind, detail).await);
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// The classes `classes` releases at `k`, as the store keeps them.
 fn classes_released(classes: &Classes, k: u32) -> Vec<u8> {
     let mut out = Vec::new();
@@ -371,7 +388,7 @@ fn classes_released(classes: &Classes, k: u32) -> Vec<u8> {
 
 /// Hands a page of records to the custodian to treat for the transfer `receipt`; each outcome
 /// with its record's category.
-async fn treat(
+pub(crate) async fn treat(
     boundary: &Boundary,
     receipt: &TransferReceipt,
     page: Vec<(clover_store::RecordRow, clover_store::SubjectRow)>,

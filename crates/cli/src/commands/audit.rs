@@ -22,6 +22,9 @@ pub(crate) enum AuditCommand {
     /// Run an independent witness: cosigns a log's checkpoints only when each is consistent with
     /// the last it cosigned (c2sp.org/tlog-witness, POST /add-checkpoint).
     Witness(WitnessArgs),
+    /// Recompute the transfer register from the public log alone and compare it with the one the
+    /// boundary serves (/v1/register/transfers). Exits non-zero on any difference.
+    Register(RegisterArgs),
 }
 
 impl AuditCommand {
@@ -29,6 +32,7 @@ impl AuditCommand {
         match self {
             Self::Verify(args) => args.run(),
             Self::Witness(args) => args.run(),
+            Self::Register(args) => args.run(),
         }
     }
 }
@@ -73,6 +77,95 @@ impl VerifyArgs {
         }
         Ok(())
     }
+}
+
+/// `clover audit register`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct RegisterArgs {
+    /// The boundary's base URL, e.g. http://127.0.0.1:7878.
+    #[arg(long)]
+    url: String,
+    /// The log's verifier key (`clover log vkey`).
+    #[arg(long)]
+    vkey: String,
+    /// Demand a cosignature from this witness (its cosignature vkey); repeatable.
+    #[arg(long = "witness", value_name = "VKEY")]
+    witnesses: Vec<String>,
+    /// The recomputed register as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    tls: ClientTlsArgs,
+}
+
+impl RegisterArgs {
+    fn run(self) -> anyhow::Result<()> {
+        let vkey = VerifierKey::parse(&self.vkey)?;
+        let witnesses = self.witnesses.iter().map(|w| VerifierKey::parse(w)).collect::<Result<Vec<_>, _>>()?;
+        let options = VerifyOptions { url: self.url, vkey, witnesses, state: None, tls: self.tls.tls() };
+        let check = runtime()?.block_on(clover_audit::register::check(&options))?;
+        let (served_only, computed_only) = check.differences();
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(&check.computed)?);
+        } else {
+            println!(
+                "verified {}: {} entries; the register is computed over the first {}",
+                check.report.origin, check.report.size, check.served.log_size
+            );
+            print!("{}", register_table(&check.computed));
+        }
+        if served_only.is_empty() && computed_only.is_empty() {
+            eprintln!(
+                "the served register agrees with the log: {} rows, {} transfers",
+                check.computed.len(),
+                check.computed.iter().map(|r| r.transfers).sum::<u64>()
+            );
+            return Ok(());
+        }
+        for row in served_only {
+            eprintln!("served, not in the log: {}", serde_json::to_string(row)?);
+        }
+        for row in computed_only {
+            eprintln!("in the log, not served: {}", serde_json::to_string(row)?);
+        }
+        anyhow::bail!("the served register differs from the one the log gives")
+    }
+}
+
+/// The register as a table a person reads.
+fn register_table(rows: &[clover_egress::RegisterRow]) -> String {
+    let mut out = format!(
+        "{:<8} {:<14} {:<6} {:<10} {:<12} {:<19} {:<16} {:>9} {:>8} {:>10} {:>7}\n",
+        "month",
+        "destination",
+        "region",
+        "basis",
+        "purpose",
+        "treatment",
+        "categories",
+        "transfers",
+        "records",
+        "suppressed",
+        "epsilon"
+    );
+    for row in rows {
+        let k = &row.key;
+        out.push_str(&format!(
+            "{:<8} {:<14} {:<6} {:<10} {:<12} {:<19} {:<16} {:>9} {:>8} {:>10} {:>7}\n",
+            k.month,
+            k.destination,
+            k.region,
+            k.legal_basis,
+            k.purpose,
+            k.treatment,
+            k.categories,
+            row.transfers,
+            row.records,
+            row.suppressed,
+            row.epsilon
+        ));
+    }
+    out
 }
 
 /// `clover audit witness`.

@@ -16,7 +16,7 @@ fn check_accepts_the_shipped_pack_and_names_what_is_wrong_with_a_bad_one() {
     let pack = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policies");
     let ok = clover(&["policy", "check", pack.to_str().unwrap()]);
     assert!(ok.status.success(), "{}", ok.stderr);
-    assert!(ok.stdout.contains("valid, 20 policies"), "{}", ok.stdout);
+    assert!(ok.stdout.contains("valid, 26 policies"), "{}", ok.stdout);
 
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(pack.join("clover.cedarschema"), dir.path().join("clover.cedarschema")).unwrap();
@@ -36,7 +36,11 @@ fn explain_prints_the_outcome_and_the_deciding_policies() {
     let dublin: &[&str] = &["--region", "eu", "--site", "dublin-1", "--from", "127.0.0.1"];
     let cases: [(&[&str], &str, &str); 7] = [
         (&["--roles", "support"], "allow, full view", "in-region-read"),
-        (&["--roles", "support", "--from", "127.0.2.1"], "deny", "no-full-view-from-outside"),
+        (
+            &["--roles", "support", "--from", "127.0.2.1"],
+            "deny",
+            "no-full-view-from-outside, remote-access-is-a-transfer",
+        ),
         (
             &[
                 "--kind",

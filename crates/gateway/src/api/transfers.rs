@@ -40,6 +40,50 @@ pub struct TransferBody {
     pub until: Option<String>,
 }
 
+/// An aggregate release asked for.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AggregateBody {
+    /// A configured destination with a privacy budget for the purpose.
+    #[schema(example = "us-partners", pattern = "^[a-z0-9-]{1,64}$")]
+    pub destination: String,
+    /// The purpose.
+    #[schema(example = "analytics", min_length = 1, max_length = 64)]
+    pub purpose: String,
+    /// The categories counted (1 to 16), each covered by a transfer rule.
+    #[schema(example = json!(["profile"]), min_items = 1, max_items = 16)]
+    pub categories: Vec<String>,
+    /// The grouping: `category`, `age-band`, `country`, `day` (none: one cell).
+    #[serde(default)]
+    pub group_by: Vec<crate::aggregates::Dimension>,
+    /// The countries of the grid, with `country` (1 to 300).
+    #[serde(default)]
+    #[schema(example = json!(["IE", "NO"]))]
+    pub countries: Vec<String>,
+    /// Records created at or after this time (RFC 3339); with `day`, the grid's first day.
+    #[schema(format = DateTime)]
+    pub since: Option<String>,
+    /// Records created before this time (RFC 3339); with `day`, the day after the grid's last.
+    #[schema(format = DateTime)]
+    pub until: Option<String>,
+    /// `count` (records), or `sum` of `field` clamped to `lower..=upper`.
+    #[schema(example = "count", pattern = "^(count|sum)$")]
+    pub measure: String,
+    /// With `sum`: the numeric field summed (kept by its category's rule).
+    pub field: Option<String>,
+    /// With `sum`: the clamp's lower end.
+    pub lower: Option<i64>,
+    /// With `sum`: the clamp's upper end.
+    pub upper: Option<i64>,
+    /// Records per subject counted at most (1 to 100; 1 when absent): the privacy unit is a
+    /// subject.
+    #[schema(minimum = 1, maximum = 100)]
+    pub bound: Option<u32>,
+    /// The epsilon to spend (above 0, at most 100, to a millionth).
+    #[schema(example = 0.5, exclusive_minimum = 0.0, maximum = 100.0)]
+    pub epsilon: f64,
+}
+
 /// A transfer made.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TransferAnswer {
@@ -133,6 +177,52 @@ pub async fn create_transfer(
             decision: decision.clone(),
         },
     ))
+}
+
+/// Releases counts or clamped sums over a grid of groups, with differential privacy.
+///
+/// Decided like a record transfer (the action `export`, per category), its epsilon spent from
+/// the budget of (destination, purpose) at once, before any record is read; each cell gets exact
+/// discrete Laplace noise of scale sensitivity / epsilon. The answer and the log entry give the
+/// epsilon spent and remaining (docs/egress.md: the privacy unit, the mechanism, the accounting).
+#[utoipa::path(post, path = "/v1/transfers/aggregates", tag = "transfers",
+    request_body = AggregateBody,
+    responses(
+        (status = CREATED, description = "Released and logged", body = crate::aggregates::Release),
+        (status = CONFLICT, description = "`budget-exhausted`: the release would exceed the privacy budget of (destination, purpose); refused and logged", body = Problem, content_type = "application/problem+json"),
+        (status = UNPROCESSABLE_ENTITY, description = "`unknown-category`, `no-transfer-rule`, `invalid-body` (a grid too large, a dimension without its domain, an epsilon out of range, a clamp upside down): refused and logged", body = Problem, content_type = "application/problem+json"),
+        (status = FORBIDDEN, description = "`forbidden`: denied by policy, as a record transfer", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn release_aggregate(
+    State(boundary): State<Arc<Boundary>>,
+    caller: Caller,
+    Body(body): Body<AggregateBody>,
+) -> Result<Response, ApiError> {
+    let measure = match body.measure.as_str() {
+        "count" => crate::aggregates::Measure::Count,
+        "sum" => match (body.field, body.lower, body.upper) {
+            (Some(field), Some(lower), Some(upper)) => crate::aggregates::Measure::Sum { field, lower, upper },
+            _ => return Err(ApiError::InvalidBody("measure sum takes field, lower and upper".to_owned())),
+        },
+        other => return Err(ApiError::InvalidBody(format!("measure {other:?} is not count or sum"))),
+    };
+    let asked = crate::aggregates::AggregateAsked {
+        asked: Asked {
+            destination: body.destination,
+            purpose: body.purpose,
+            categories: body.categories,
+            since: time_of("since", body.since)?,
+            until: time_of("until", body.until)?,
+        },
+        group_by: body.group_by,
+        countries: body.countries,
+        measure,
+        bound: body.bound.unwrap_or(1),
+        epsilon: body.epsilon,
+    };
+    let release = crate::aggregates::release(&boundary, &caller, asked).await?;
+    let decision = release.decision.clone();
+    Ok(answered(&decision, StatusCode::CREATED, release))
 }
 
 /// A transfer's manifest and how far it went, for the principal who made it.

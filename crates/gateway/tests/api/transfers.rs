@@ -398,3 +398,147 @@ async fn a_read_from_outside_the_region_is_a_transfer_in_the_register() {
     let raw = app.boundary.log().entry(answer["log_index"].as_u64().unwrap()).await.unwrap();
     assert!(matches!(Entry::decode(&raw), Ok(Entry::V2(e)) if e.kind == EventKind::Access));
 }
+
+#[tokio::test]
+async fn aggregates_are_noised_exactly_and_spend_their_budget_atomically() {
+    let app = TestApp::start_with(|config| {
+        config.destinations[0].budgets.insert("analytics".into(), clover_egress::Budget { epsilon: 201.0, delta: 0.0 });
+    })
+    .await;
+    population(&app).await;
+    let token = analyst(&app, "ana", "dublin-1", "eu");
+    let release = async |epsilon: f64, group_by: Value| {
+        let body = json!({
+            "destination": "us-partners", "purpose": "analytics", "categories": ["profile"],
+            "group_by": group_by, "countries": ["IE", "NO"], "measure": "count", "epsilon": epsilon,
+        });
+        app.client(DUBLIN)
+            .post(app.url("/v1/transfers/aggregates"))
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    };
+    // At epsilon 100 the noise's scale is 0.01: every cell is its true count (P(noise = 0) is
+    // 1 - 2e-43), which the test can check; the minor is in none of them.
+    let answer = release(100.0, json!(["age-band", "country"])).await;
+    assert_eq!(answer.status(), 201);
+    let answer: Value = answer.json().await.unwrap();
+    let cells = answer["cells"].as_array().unwrap();
+    assert_eq!(cells.len(), 12, "six age bands by two countries, whatever the data: {answer}");
+    for cell in cells {
+        let expected = match (cell["group"]["age-band"].as_str().unwrap(), cell["group"]["country"].as_str().unwrap()) {
+            ("35-44", "IE") => 6,
+            ("35-44", "NO") => 1,
+            _ => 0,
+        };
+        assert_eq!(cell["value"], expected, "{cell}");
+    }
+    assert_eq!((answer["mechanism"].as_str(), answer["sensitivity"].as_u64()), (Some("discrete-laplace"), Some(1)));
+    assert_eq!((answer["epsilon_spent"].as_f64(), answer["epsilon_remaining"].as_f64()), (Some(100.0), Some(101.0)));
+    let entries = log_entries(app.boundary.log()).await;
+    let entry = entry_at(&entries, &answer["log_index"]);
+    assert_eq!(entry["transfer"]["stage"], "aggregate");
+    assert_eq!(entry["transfer"]["treatment"], "dp-laplace");
+    assert_eq!(entry["transfer"]["epsilon"], "100");
+    assert_eq!(entry["transfer"]["count"], 12, "cells, never the records' true number");
+    assert!(entry["detail"].as_str().unwrap().contains("epsilon remaining 101 of 201"), "{entry}");
+
+    // Two releases of 100 at once against the 101 left: one fits, the other is refused and
+    // logged, and what is spent never passes the budget.
+    let (a, b) = tokio::join!(release(100.0, json!(["country"])), release(100.0, json!(["country"])));
+    let mut statuses = [a.status().as_u16(), b.status().as_u16()];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [201, 409]);
+    let refused = if a.status() == 409 { a } else { b };
+    let body = problem(refused, 409, "budget-exhausted").await;
+    assert!(body["detail"].as_str().unwrap().contains("201 epsilon"), "{body}");
+    let entries = log_entries(app.boundary.log()).await;
+    assert_eq!(entry_at(&entries, &body["log_index"])["transfer"]["stage"], "refused");
+    assert_eq!(app.boundary.store().budget_spent("us-partners", "analytics").await.unwrap().0, 200.0);
+    problem(release(1.5, json!([])).await, 409, "budget-exhausted").await;
+    // A grid by day needs its range; an epsilon out of range; an unknown measure: refused.
+    problem(release(0.5, json!(["day"])).await, 422, "invalid-body").await;
+    problem(release(0.0, json!([])).await, 422, "invalid-body").await;
+    let bad = json!({"destination": "us-partners", "purpose": "analytics", "categories": ["profile"], "measure": "median", "epsilon": 0.1});
+    let bad = app
+        .client(DUBLIN)
+        .post(app.url("/v1/transfers/aggregates"))
+        .bearer_auth(&token)
+        .json(&bad)
+        .send()
+        .await
+        .unwrap();
+    problem(bad, 422, "invalid-body").await;
+
+    // The register sums the epsilon spent, from the log.
+    let register: Value = reqwest::get(app.url("/v1/register/transfers")).await.unwrap().json().await.unwrap();
+    let rows = register["rows"].as_array().unwrap();
+    let dp: Vec<&Value> = rows.iter().filter(|r| r["treatment"] == "dp-laplace").collect();
+    assert_eq!(dp.len(), 1, "{register}");
+    assert_eq!((dp[0]["transfers"].as_u64(), dp[0]["epsilon"].as_str()), (Some(2), Some("200")));
+}
+
+#[tokio::test]
+async fn an_erased_subject_never_leaves_and_a_broken_stream_is_marked_interrupted() {
+    let app = TestApp::start_with(|config| {
+        for destination in &mut config.destinations {
+            destination.k = 1;
+        }
+    })
+    .await;
+    population(&app).await;
+    let token = analyst(&app, "ana", "dublin-1", "eu");
+    let body = json!({"destination": "us-partners", "purpose": "analytics", "categories": ["profile"]});
+    // Erased before the transfer is made: not counted; erased after: not sent.
+    let erase = async |subject: &str| {
+        let response = app
+            .client(DUBLIN)
+            .delete(app.url(&format!("/v1/subjects/{subject}")))
+            .bearer_auth(app.token())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    };
+    erase("u-1").await;
+    let made: Value = create(&app, DUBLIN, &token, &body).await.json().await.unwrap();
+    assert_eq!(made["manifest"]["records"], 6, "five adults of one class and one alone (k = 1): {made}");
+    erase("u-2").await;
+    let id = made["transfer"].as_str().unwrap();
+    let text = get(&app, DUBLIN, &token, &format!("/v1/transfers/{id}/records")).await.text().await.unwrap();
+    assert_eq!(text.lines().count(), 5, "{text}");
+    let status: Value = get(&app, DUBLIN, &token, &format!("/v1/transfers/{id}")).await.json().await.unwrap();
+    assert_eq!((status["state"].as_str(), status["sent"].as_u64()), (Some("sent"), Some(5)));
+
+    // A record that no longer opens (its ciphertext changed in the store) breaks the stream:
+    // the transfer is marked interrupted, with how many records left before, and the client
+    // sees a stream that ends in an error rather than a clean end.
+    let made: Value = create(&app, DUBLIN, &token, &body).await.json().await.unwrap();
+    let id = made["transfer"].as_str().unwrap();
+    let db = app.db().await;
+    let record: String =
+        sqlx::query_scalar("SELECT record_id FROM records WHERE subject_id = 'u-3'").fetch_one(&db).await.unwrap();
+    app.tamper("UPDATE records SET ciphertext = ? WHERE record_id = ?", Some(&[9u8; 80]), &record).await;
+    let streamed = get(&app, DUBLIN, &token, &format!("/v1/transfers/{id}/records")).await;
+    assert!(streamed.bytes().await.is_err(), "a broken stream does not end cleanly");
+    let mut state = Value::Null;
+    for _ in 0..100 {
+        state = get(&app, DUBLIN, &token, &format!("/v1/transfers/{id}")).await.json().await.unwrap();
+        if state["state"] != "streaming" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(state["state"], "interrupted", "{state}");
+    assert_eq!(state["sent"], 0, "the page with the broken record sent nothing");
+    let entries = log_entries(app.boundary.log()).await;
+    let end = entries
+        .iter()
+        .rev()
+        .find(|e| e["transfer"]["transfer_id"] == id && e["transfer"]["stage"] != "refused")
+        .unwrap();
+    assert_eq!(end["transfer"]["stage"], "interrupted");
+    assert_eq!(end["transfer"]["count"], 0);
+}

@@ -1,0 +1,89 @@
+//! Recomputing the transfer register from the public log (`clover audit register`): the rows a
+//! boundary serves at `/v1/register/transfers` must be the rows its verified log's entries give
+//! ([`clover_egress::Register`]), over the log size the boundary says it computed them at.
+
+use clover_egress::{Register, RegisterRow};
+use serde::Deserialize;
+
+use crate::verify::{Report, VerifyError, VerifyOptions, verify_with};
+
+/// What a boundary serves as its register.
+#[derive(Debug, Deserialize)]
+pub struct Served {
+    /// Its region.
+    pub region: String,
+    /// The log size it computed the rows at.
+    pub log_size: u64,
+    /// The rows.
+    pub rows: Vec<RegisterRow>,
+}
+
+/// What the comparison found.
+#[derive(Debug)]
+pub struct RegisterCheck {
+    /// The register as served.
+    pub served: Served,
+    /// The register as recomputed from the verified log, over the served size.
+    pub computed: Vec<RegisterRow>,
+    /// The log's verification.
+    pub report: Report,
+}
+
+impl RegisterCheck {
+    /// The rows that differ: served but not computed, computed but not served.
+    pub fn differences(&self) -> (Vec<&RegisterRow>, Vec<&RegisterRow>) {
+        let served_only = self.served.rows.iter().filter(|r| !self.computed.contains(r)).collect();
+        let computed_only = self.computed.iter().filter(|r| !self.served.rows.contains(r)).collect();
+        (served_only, computed_only)
+    }
+}
+
+/// Why the register could not be checked.
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    /// The log did not verify.
+    #[error(transparent)]
+    Log(#[from] VerifyError),
+    /// The register could not be fetched or read.
+    #[error("cannot read the served register at {url}: {detail}")]
+    Served {
+        /// Where.
+        url: String,
+        /// What went wrong.
+        detail: String,
+    },
+    /// The boundary computed its register over more entries than its signed log holds.
+    #[error("the register is computed over {served} entries, but the signed log holds {size}")]
+    BeyondLog {
+        /// The served size.
+        served: u64,
+        /// The log's size.
+        size: u64,
+    },
+}
+
+/// Fetches the register a boundary serves, verifies its log, and recomputes the register from
+/// the verified entries.
+pub async fn check(options: &VerifyOptions) -> Result<RegisterCheck, RegisterError> {
+    let base = options.url.trim_end_matches('/').trim_end_matches("/log").to_owned();
+    let url = format!("{base}/v1/register/transfers");
+    let failed = |detail: String| RegisterError::Served { url: url.clone(), detail };
+    let client = options.tls.client().map_err(|e| failed(e.to_string()))?;
+    let response =
+        client.get(&url).header("accept", "application/json").send().await.map_err(|e| failed(e.to_string()))?;
+    if !response.status().is_success() {
+        return Err(failed(format!("it answered {}", response.status())));
+    }
+    let served: Served = response.json().await.map_err(|e| failed(e.to_string()))?;
+    let mut register = Register::new();
+    let report = verify_with(options, |index, event| {
+        if index < served.log_size {
+            register.add(index, event);
+        }
+    })
+    .await?;
+    if served.log_size > report.size {
+        return Err(RegisterError::BeyondLog { served: served.log_size, size: report.size });
+    }
+    Ok(RegisterCheck { served, computed: register.rows(), report })
+}

@@ -1,0 +1,155 @@
+//! `clover export`: a record transfer to a configured destination, from the command line: makes
+//! the transfer (its manifest signed and logged by the boundary), streams its records into a
+//! file with a progress bar, and checks that what arrived is what the boundary logged as sent
+//! (count and SHA-256). The signed manifest goes beside the file (`FILE.manifest`).
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde_json::{Value, json};
+
+use crate::args::ClientTlsArgs;
+use crate::commands::runtime;
+
+/// `clover export`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ExportArgs {
+    /// The boundary's base URL.
+    #[arg(long, default_value = "http://127.0.0.1:7878")]
+    url: String,
+    /// A bearer token of a principal of the region who may declare the purpose.
+    #[arg(long, env = "CLOVER_TOKEN", hide_env_values = true)]
+    token: String,
+    /// The destination (`[[destinations]]`).
+    #[arg(long)]
+    destination: String,
+    /// The purpose: one the destination may receive.
+    #[arg(long)]
+    purpose: String,
+    /// A category to send; repeatable.
+    #[arg(long = "category", value_name = "CATEGORY", required = true)]
+    categories: Vec<String>,
+    /// Records created at or after this time (RFC 3339).
+    #[arg(long, value_name = "TIME")]
+    since: Option<String>,
+    /// Records created before this time (RFC 3339).
+    #[arg(long, value_name = "TIME")]
+    until: Option<String>,
+    /// Where the records go (NDJSON); the signed manifest goes to FILE.manifest.
+    #[arg(long, short, value_name = "FILE")]
+    output: PathBuf,
+    #[command(flatten)]
+    tls: ClientTlsArgs,
+}
+
+impl ExportArgs {
+    pub(crate) fn run(self) -> anyhow::Result<()> {
+        runtime()?.block_on(self.export())
+    }
+
+    async fn export(self) -> anyhow::Result<()> {
+        let client = self.tls.client()?;
+        let base = self.url.trim_end_matches('/').to_owned();
+        let body = json!({
+            "destination": self.destination, "purpose": self.purpose, "categories": self.categories,
+            "since": self.since, "until": self.until,
+        });
+        let made = answer(client.post(format!("{base}/v1/transfers")).bearer_auth(&self.token).json(&body)).await?;
+        let id = made["transfer"].as_str().context("the boundary's answer names no transfer")?.to_owned();
+        let manifest = &made["manifest"];
+        let expected = manifest["records"].as_u64().unwrap_or(0);
+        let excluded = &manifest["excluded"];
+        eprintln!(
+            "transfer {id} to {} ({}, {}) for {}: {expected} records; left out: {} minors', {} held back by k = {}, {} \
+             of erased subjects (manifest at log index {})",
+            manifest["destination"].as_str().unwrap_or("?"),
+            manifest["region"].as_str().unwrap_or("?"),
+            manifest["legal_basis"].as_str().unwrap_or("?"),
+            manifest["purpose"].as_str().unwrap_or("?"),
+            excluded["minors"],
+            excluded["suppressed"],
+            manifest["k"],
+            excluded["erased"],
+            made["log_index"],
+        );
+        let manifest_path = PathBuf::from(format!("{}.manifest", self.output.display()));
+        std::fs::write(&manifest_path, made["note"].as_str().unwrap_or_default())
+            .with_context(|| format!("writing {}", manifest_path.display()))?;
+
+        let response = client
+            .get(format!("{base}/v1/transfers/{id}/records"))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .context("cannot reach the boundary")?;
+        let response = checked(response).await?;
+        let mut file = std::io::BufWriter::new(
+            std::fs::File::create(&self.output).with_context(|| format!("creating {}", self.output.display()))?,
+        );
+        let bar = progress(expected);
+        let mut digest = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        let mut lines = 0u64;
+        let mut response = response;
+        while let Some(chunk) = response.chunk().await.context("the stream broke off")? {
+            digest.update(&chunk);
+            file.write_all(&chunk).with_context(|| format!("writing {}", self.output.display()))?;
+            let more = chunk.iter().filter(|b| **b == b'\n').count() as u64;
+            lines += more;
+            bar.inc(more);
+        }
+        file.flush()?;
+        bar.finish_and_clear();
+        let sha256 = hex::encode(digest.finish().as_ref());
+        let status = answer(client.get(format!("{base}/v1/transfers/{id}")).bearer_auth(&self.token)).await?;
+        let logged_sha = status["sha256"].as_str().unwrap_or_default();
+        let logged_sent = status["sent"].as_u64().unwrap_or(0);
+        eprintln!(
+            "{lines} records, {} bytes, sha256 {sha256} -> {} (the boundary logged {} records, {logged_sha})",
+            std::fs::metadata(&self.output).map(|m| m.len()).unwrap_or(0),
+            self.output.display(),
+            logged_sent,
+        );
+        anyhow::ensure!(
+            status["state"] == "sent" && logged_sha == sha256 && logged_sent == lines,
+            "what arrived is not what the boundary logged as sent (state {}): the file is incomplete",
+            status["state"]
+        );
+        eprintln!("manifest (signed) -> {}", manifest_path.display());
+        Ok(())
+    }
+}
+
+/// A progress bar on a terminal, of `total` records; hidden otherwise.
+fn progress(total: u64) -> indicatif::ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total).with_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {human_pos}/{human_len} records ({per_sec}, {eta})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+/// The JSON answer of `request`, or its problem's detail as the error.
+async fn answer(request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+    let response = checked(request.send().await.context("cannot reach the boundary")?).await?;
+    response.json().await.context("the boundary's answer is not JSON")
+}
+
+/// `response` if it succeeded; its problem's detail as the error otherwise.
+async fn checked(response: reqwest::Response) -> anyhow::Result<reqwest::Response> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let url = response.url().to_string();
+    let body = response.bytes().await.unwrap_or_default();
+    let detail = clover_custodian::client::error_detail(&body);
+    let index = serde_json::from_slice::<Value>(&body).ok().and_then(|b| b["log_index"].as_u64());
+    let logged = index.map(|i| format!(" (logged at index {i})")).unwrap_or_default();
+    anyhow::bail!("{url}: {status}: {}{logged}", detail.as_deref().unwrap_or("no detail"))
+}
