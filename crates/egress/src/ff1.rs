@@ -136,7 +136,7 @@ impl Ff1Key {
         let mut encrypted = encrypted.into_iter();
         let mut out = String::with_capacity(value.len());
         for c in value.chars() {
-            if c.to_ascii_lowercase().to_digit(radix).is_some() {
+            if c.to_ascii_lowercase().is_digit(radix) {
                 let d = encrypted.next().ok_or(Ff1Error::Cipher)?;
                 out.push(char::from_digit(u32::from(d), radix).ok_or(Ff1Error::Cipher)?);
             } else {

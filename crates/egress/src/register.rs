@@ -206,7 +206,7 @@ mod tests {
             purpose: Some("analytics".into()),
             annex: None,
             detail: None,
-            transfer: Some(TransferFacts {
+            transfer: Some(Box::new(TransferFacts {
                 transfer_id: Some("t".into()),
                 stage: stage.into(),
                 destination: Some("us-analytics".into()),
@@ -220,7 +220,7 @@ mod tests {
                 epsilon: epsilon.map(Into::into),
                 manifest: None,
                 sha256: None,
-            }),
+            })),
         }
     }
 

@@ -12,7 +12,7 @@ use clover_model::{Category, Fields};
 use serde::{Deserialize, Serialize};
 use time::Date;
 
-use crate::ff1::{Alphabet, Ff1Error, Ff1Key};
+use crate::ff1::{Alphabet, Ff1Key};
 
 /// What one field becomes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -213,10 +213,8 @@ fn ff1(keys: &TransferKeys, alphabet: Alphabet, name: &str, value: &serde_json::
         serde_json::Value::Number(n) if alphabet == Alphabet::Digits && n.is_u64() => n.to_string(),
         _ => return None,
     };
-    match keys.ff1.encrypt_in_place(alphabet, name.as_bytes(), &text) {
-        Ok(out) => Some(out),
-        Err(Ff1Error::DomainTooSmall { .. } | Ff1Error::Cipher) => None,
-    }
+    // Below the minimum domain (or a cipher failure): not sent at all, rather than weakly.
+    keys.ff1.encrypt_in_place(alphabet, name.as_bytes(), &text).ok()
 }
 
 /// The date at the start of `text` (`YYYY-MM-DD`).

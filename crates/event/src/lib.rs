@@ -164,7 +164,7 @@ pub struct Event {
     /// For a transfer out of the region: its public facts. Absent from the encoding otherwise,
     /// so that entries written before it existed keep their bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub transfer: Option<TransferFacts>,
+    pub transfer: Option<Box<TransferFacts>>,
 }
 
 /// What an entry says of data leaving the region: facts a regulator needs for the transfer

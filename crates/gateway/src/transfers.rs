@@ -123,7 +123,7 @@ pub(crate) fn entry(boundary: &Boundary, caller: &Caller, decision: &Decision, f
         purpose: caller.purpose.clone(),
         annex: None,
         detail: None,
-        transfer: Some(facts),
+        transfer: Some(Box::new(facts)),
     }
 }
 
@@ -192,9 +192,7 @@ pub(crate) async fn decide(
             record_request(config, &caller.principal, &caller.origin, Action::Export, &facts_of, &circumstances);
         let decision = boundary.pack().decide(&request);
         if decision.effect() != "allow" {
-            if let Err(limited) = crate::pipeline::events::limit(boundary, caller) {
-                return Err(limited);
-            }
+            crate::pipeline::events::limit(boundary, caller)?;
             let event = entry(boundary, caller, &decision, facts(boundary, id, "refused", asked));
             let log_index = append(boundary, caller, event, id).await?;
             return Err(crate::pipeline::events::refusal(caller, Action::Export, decision, log_index));

@@ -8,10 +8,28 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::args::ClientTlsArgs;
 use crate::commands::runtime;
+
+/// What the boundary answers a transfer made.
+#[derive(Debug, Deserialize)]
+struct Made {
+    transfer: String,
+    manifest: clover_egress::Manifest,
+    note: String,
+    log_index: u64,
+}
+
+/// What the boundary says of a transfer.
+#[derive(Debug, Deserialize)]
+struct Status {
+    state: String,
+    sent: u64,
+    sha256: Option<String>,
+}
 
 /// `clover export`.
 #[derive(Debug, clap::Args)]
@@ -56,27 +74,26 @@ impl ExportArgs {
             "destination": self.destination, "purpose": self.purpose, "categories": self.categories,
             "since": self.since, "until": self.until,
         });
-        let made = answer(client.post(format!("{base}/v1/transfers")).bearer_auth(&self.token).json(&body)).await?;
-        let id = made["transfer"].as_str().context("the boundary's answer names no transfer")?.to_owned();
-        let manifest = &made["manifest"];
-        let expected = manifest["records"].as_u64().unwrap_or(0);
-        let excluded = &manifest["excluded"];
+        let made: Made =
+            answer(client.post(format!("{base}/v1/transfers")).bearer_auth(&self.token).json(&body)).await?;
+        let (id, manifest) = (made.transfer, &made.manifest);
+        let expected = manifest.records;
+        let excluded = &manifest.excluded;
         eprintln!(
             "transfer {id} to {} ({}, {}) for {}: {expected} records; left out: {} minors', {} held back by k = {}, {} \
              of erased subjects (manifest at log index {})",
-            manifest["destination"].as_str().unwrap_or("?"),
-            manifest["region"].as_str().unwrap_or("?"),
-            manifest["legal_basis"].as_str().unwrap_or("?"),
-            manifest["purpose"].as_str().unwrap_or("?"),
-            excluded["minors"],
-            excluded["suppressed"],
-            manifest["k"],
-            excluded["erased"],
-            made["log_index"],
+            manifest.destination,
+            manifest.region,
+            manifest.legal_basis,
+            manifest.purpose,
+            excluded.minors,
+            excluded.suppressed,
+            manifest.k,
+            excluded.erased,
+            made.log_index,
         );
         let manifest_path = PathBuf::from(format!("{}.manifest", self.output.display()));
-        std::fs::write(&manifest_path, made["note"].as_str().unwrap_or_default())
-            .with_context(|| format!("writing {}", manifest_path.display()))?;
+        std::fs::write(&manifest_path, &made.note).with_context(|| format!("writing {}", manifest_path.display()))?;
 
         let response = client
             .get(format!("{base}/v1/transfers/{id}/records"))
@@ -102,19 +119,18 @@ impl ExportArgs {
         file.flush()?;
         bar.finish_and_clear();
         let sha256 = hex::encode(digest.finish().as_ref());
-        let status = answer(client.get(format!("{base}/v1/transfers/{id}")).bearer_auth(&self.token)).await?;
-        let logged_sha = status["sha256"].as_str().unwrap_or_default();
-        let logged_sent = status["sent"].as_u64().unwrap_or(0);
+        let status: Status = answer(client.get(format!("{base}/v1/transfers/{id}")).bearer_auth(&self.token)).await?;
+        let logged_sha = status.sha256.unwrap_or_default();
         eprintln!(
             "{lines} records, {} bytes, sha256 {sha256} -> {} (the boundary logged {} records, {logged_sha})",
             std::fs::metadata(&self.output).map(|m| m.len()).unwrap_or(0),
             self.output.display(),
-            logged_sent,
+            status.sent,
         );
         anyhow::ensure!(
-            status["state"] == "sent" && logged_sha == sha256 && logged_sent == lines,
-            "what arrived is not what the boundary logged as sent (state {}): the file is incomplete",
-            status["state"]
+            status.state == "sent" && logged_sha == sha256 && status.sent == lines,
+            "what arrived is not what the boundary logged as sent (state {:?}): the file is incomplete",
+            status.state
         );
         eprintln!("manifest (signed) -> {}", manifest_path.display());
         Ok(())
@@ -135,7 +151,7 @@ fn progress(total: u64) -> indicatif::ProgressBar {
 }
 
 /// The JSON answer of `request`, or its problem's detail as the error.
-async fn answer(request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+async fn answer<T: serde::de::DeserializeOwned>(request: reqwest::RequestBuilder) -> anyhow::Result<T> {
     let response = checked(request.send().await.context("cannot reach the boundary")?).await?;
     response.json().await.context("the boundary's answer is not JSON")
 }
@@ -149,7 +165,7 @@ async fn checked(response: reqwest::Response) -> anyhow::Result<reqwest::Respons
     let url = response.url().to_string();
     let body = response.bytes().await.unwrap_or_default();
     let detail = clover_custodian::client::error_detail(&body);
-    let index = serde_json::from_slice::<Value>(&body).ok().and_then(|b| b["log_index"].as_u64());
+    let index = serde_json::from_slice::<Value>(&body).ok().and_then(|b| b.get("log_index").and_then(Value::as_u64));
     let logged = index.map(|i| format!(" (logged at index {i})")).unwrap_or_default();
     anyhow::bail!("{url}: {status}: {}{logged}", detail.as_deref().unwrap_or("no detail"))
 }

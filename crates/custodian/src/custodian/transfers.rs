@@ -51,7 +51,7 @@ impl LoggedTransfer {
         let facts = event.transfer.as_ref().ok_or_else(|| refuse("its entry is not a transfer's"))?;
         if event.kind != EventKind::Transfer
             || event.action.as_deref() != Some(Action::Export.as_str())
-            || !event.decision.as_ref().is_some_and(|d| d.effect == "allow")
+            || event.decision.as_ref().is_none_or(|d| d.effect != "allow")
             || !TRANSFER_STAGES_THAT_OPEN.contains(&facts.stage.as_str())
         {
             return Err(refuse("its entry is not an allowed transfer's decision or start"));

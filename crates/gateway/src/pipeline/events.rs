@@ -87,7 +87,7 @@ fn event(
         purpose: caller.purpose.clone(),
         annex: None,
         detail: None,
-        transfer: remote_read(boundary, caller, ask, decision),
+        transfer: remote_read(boundary, caller, ask, decision).map(Box::new),
     }
 }
 
