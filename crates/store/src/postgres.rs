@@ -388,7 +388,7 @@ impl Store for PostgresStore {
         .fetch_one(&mut *tx)
         .await
         .map_err(db("reading a privacy budget"))?;
-        let Some(after) = crate::within_budget(spent, spend, limit) else {
+        let Some(after) = rows::within_budget(spent, spend, limit) else {
             return Ok(None);
         };
         sqlx::query("UPDATE privacy_budgets SET epsilon = $1, delta = $2 WHERE destination = $3 AND purpose = $4")

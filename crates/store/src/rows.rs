@@ -164,3 +164,15 @@ pub(crate) fn approval_row(row: &impl Columns) -> Result<ApprovalRow, StoreError
 pub(crate) fn id_list<'a>(ids: impl Iterator<Item = &'a str>) -> String {
     serde_json::to_string(&ids.collect::<Vec<_>>()).unwrap_or_default()
 }
+
+/// What is spent after spending `spend` on top of `spent`, if it stays within `limit` (epsilon,
+/// delta); `None` otherwise, or for a spend that is negative or not a number.
+pub(crate) fn within_budget(spent: (f64, f64), spend: (f64, f64), limit: (f64, f64)) -> Option<(f64, f64)> {
+    let fine = |x: f64| x.is_finite() && x >= 0.0;
+    if !fine(spend.0) || !fine(spend.1) {
+        return None;
+    }
+    let after = (spent.0 + spend.0, spent.1 + spend.1);
+    // A hair of slack for the sum of decimals (0.1 + 0.2 within 0.3).
+    (after.0 <= limit.0 + 1e-9 && after.1 <= limit.1 + 1e-15).then_some(after)
+}

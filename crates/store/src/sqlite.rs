@@ -519,7 +519,7 @@ impl Store for SqliteStore {
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(db("reading a privacy budget"))?;
-        let Some(after) = crate::within_budget(spent.unwrap_or((0.0, 0.0)), spend, limit) else {
+        let Some(after) = rows::within_budget(spent.unwrap_or((0.0, 0.0)), spend, limit) else {
             return Ok(None);
         };
         sqlx::query(
