@@ -7,6 +7,7 @@ pub(crate) mod audit;
 pub(crate) mod backup;
 pub(crate) mod bench;
 pub(crate) mod custodian;
+pub(crate) mod datamap;
 pub(crate) mod export;
 pub(crate) mod init;
 pub(crate) mod keys;

@@ -11,7 +11,7 @@ mod args;
 mod commands;
 mod listener;
 
-use commands::{audit, backup, bench, custodian, export, init, keys, log, policy, repatriate, serve, token};
+use commands::{audit, backup, bench, custodian, datamap, export, init, keys, log, policy, repatriate, serve, token};
 
 /// Clover keeps a region's user data inside the region.
 #[derive(Debug, Parser)]
@@ -50,6 +50,10 @@ enum Command {
     /// Copy the region's data (the data store and the log, never the keys) into a directory of
     /// this machine, once every place it is kept at is in the region (the residency guard).
     Backup(backup::BackupArgs),
+    /// The record of processing activities (GDPR Art. 30) that the configuration and the policy
+    /// pack declare, as Markdown or JSON; `--check` exits non-zero on what the pack never allows
+    /// or the configuration leaves undeclared.
+    Datamap(datamap::DatamapArgs),
     /// A record transfer to a configured destination, into a file, with a progress bar: the
     /// manifest signed and logged by the boundary first, what arrived checked against what it
     /// logged as sent.
@@ -74,6 +78,7 @@ fn main() -> ExitCode {
         Command::Keys(command) => command.run(),
         Command::Custodian(command) => command.run(),
         Command::Backup(args) => args.run(),
+        Command::Datamap(args) => args.run(),
         Command::Export(args) => args.run(),
         Command::Repatriate(command) => command.run(),
         Command::Bench(command) => command.run(),

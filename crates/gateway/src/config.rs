@@ -377,6 +377,10 @@ pub struct CategoryConfig {
     /// normal one, where the default pack does not consult it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub roles: Vec<String>,
+    /// The fields its records have, if declared: `clover datamap --check` then refuses a view
+    /// or transfer rule that names another. Records are not checked against it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<String>,
 }
 
 impl CategoryConfig {
@@ -515,6 +519,26 @@ impl Default for Config {
                 name: name(n),
                 sensitivity,
                 roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+                fields: match n {
+                    "profile" => [
+                        "display_name",
+                        "username",
+                        "email",
+                        "phone",
+                        "postcode",
+                        "birth_date",
+                        "country",
+                        "last_ip",
+                        "created_at",
+                    ]
+                    .iter()
+                    .map(|f| (*f).to_owned())
+                    .collect(),
+                    "content" => {
+                        ["post_id", "text", "language", "created_at"].iter().map(|f| (*f).to_owned()).collect()
+                    }
+                    _ => Vec::new(),
+                },
             })
             .collect(),
             identity: IdentityConfig::default(),
@@ -593,7 +617,6 @@ fn default_transfer_rules() -> Vec<clover_egress::TransferRule> {
             ],
         ),
         rule("content", &[("post_id", Token), ("language", Keep), ("created_at", Day)]),
-        rule("device", &[("device_id", Token), ("model", Keep), ("last_ip", IpPrefix), ("last_seen", Day)]),
     ]
 }
 

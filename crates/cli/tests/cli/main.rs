@@ -15,6 +15,7 @@ mod boundary;
 #[cfg(unix)]
 mod crash;
 mod custodian;
+mod datamap;
 mod export;
 mod hsm;
 mod policy;

@@ -27,7 +27,7 @@ const ID_PARAMETERS: &[(&str, &str, usize)] = &[
 const CONTEXT_HEADER_PATTERN: &str = "^[A-Za-z0-9_.:#/-]{1,128}$";
 
 /// The paths whose refusals are rate-limited (answered 429 with `Retry-After`).
-const LIMITED_PREFIXES: &[&str] = &["/v1/records/", "/v1/subjects/", "/v1/repatriation/"];
+const LIMITED_PREFIXES: &[&str] = &["/v1/records/", "/v1/subjects/", "/v1/repatriation/", "/v1/transfers"];
 
 /// Completes `api`, the document derived from the handlers' annotations.
 pub(super) fn complete(api: &mut OpenApi) {
@@ -213,6 +213,7 @@ pub(super) fn configured(api: &OpenApi, config: &Config) -> Value {
     let mut doc = serde_json::to_value(api).unwrap_or_default();
     let categories: Vec<Value> = config.categories.iter().map(|c| Value::from(c.name.as_str())).collect();
     let purposes: Vec<Value> = config.purposes.iter().map(|p| Value::from(p.name.as_str())).collect();
+    let destinations: Vec<Value> = config.destinations.iter().map(|d| Value::from(d.name.as_str())).collect();
     let mut schemas = doc.pointer_mut("/components/schemas").map(std::mem::take).unwrap_or_default();
     for pointer in ["/ApprovalBody/properties/subjects/items", "/RepatriatedRecordBody/properties/subject_id"] {
         if let Some(Value::Object(items)) = schemas.pointer_mut(pointer)
@@ -228,6 +229,12 @@ pub(super) fn configured(api: &OpenApi, config: &Config) -> Value {
         ("/VerifyBatch/properties/category", &categories),
         ("/ApprovalBody/properties/categories/items", &categories),
         ("/ApprovalBody/properties/purpose", &purposes),
+        ("/TransferBody/properties/categories/items", &categories),
+        ("/TransferBody/properties/purpose", &purposes),
+        ("/TransferBody/properties/destination", &destinations),
+        ("/AggregateBody/properties/categories/items", &categories),
+        ("/AggregateBody/properties/purpose", &purposes),
+        ("/AggregateBody/properties/destination", &destinations),
     ] {
         if let Some(Value::Object(schema)) = schemas.pointer_mut(pointer) {
             schema.insert("enum".to_owned(), Value::Array(values.clone()));
