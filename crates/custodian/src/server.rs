@@ -9,7 +9,7 @@
 //! | `POST /v1/views` | `{"receipt", "sealed", "aad", "legacy"}`: a logged, allowed read granted a pseudonymised view, and the record version's ciphertext (`legacy`: sealed with the subject's key by an earlier version) | `{"fields"}`: the view the custodian's own rules (`--views`) make of the record, tokens keyed for the read's purpose and region; never the key; 403 for a full view, or a ciphertext bound to another record version |
 //! | `POST /v1/metadata/seal` | `{"subject", "subject_hash", "data"}` | `{"data"}`: the metadata sealed |
 //! | `POST /v1/metadata/facts` | `{"subject", "subject_hash", "data"}`: sealed metadata | `{"minor"}`: what policy needs, never the metadata (which would give away a birth date) |
-//! | `POST /v1/transfers` | `{"index", "entry", "items"}`: a logged, allowed transfer's entry (kind `transfer`, at its decision or start; found in the signed log) and up to 1,024 of its records (subject, record, version, category, ciphertext, the subject's sealed metadata) | `{"outcomes"}`: per record, its treatment by the custodian's own `[[transfer_rules]]` with tokens and FF1 keyed for the transfer's purpose and destination (`treated`), or `minor`, `erased`, `not-covered`; never a key; 403 for an entry that is not such a transfer, a destination the custodian's `[[destinations]]` gives no legal basis for the purpose, or a record of a category the entry does not name |
+//! | `POST /v1/transfers` | `{"index", "entry", "items"}`: a logged, allowed transfer's entry (kind `transfer`, at its decision or start; found in the signed log) and up to 1,024 of its records (subject and its keyed hash, record, version, category, ciphertext, the subject's sealed metadata) | `{"outcomes"}`: per record, its treatment by the custodian's own `[[transfer_rules]]` with tokens and FF1 keyed for the transfer's purpose and destination (`treated`), or `minor`, `erased`, `not-covered`; never a key; 403 for an entry that is not such a transfer, a destination the custodian's `[[destinations]]` gives no legal basis for the purpose, or a record of a category the entry does not name |
 //! | `POST /v1/pseudonym` | `{"receipt", "purpose", "destination", "input"}`: the receipt (as above) of the logged, allowed read granted a pseudonymised view whose fields are pseudonymised, the purpose it declared (`none` if none), the region it came from (`unknown` if none), and the value (base64) | `{"token"}`; 403 with no receipt, or one that does not check out, is not a read, granted no pseudonymised view, or declared another purpose or region; 429 past [`PSEUDONYMS_PER_RECEIPT`](crate::PSEUDONYMS_PER_RECEIPT) tokens for one receipt |
 //! | `POST /v1/subject-tag-keys` | `{"subject_hash", "create"}` | `{"key"}`: the key of the subject's log entry tags; 404 if none (never registered, or erased) |
 //! | `GET /v1/journal` | | every key handed out, every pseudonymised view (action `view`) and every pseudonym answered (action `pseudonym`): time, subject hash, action, log index, entry hash, purpose |
@@ -396,6 +396,8 @@ pub struct TransferBody {
 pub struct WireTransferItem {
     /// The subject.
     pub subject: String,
+    /// The subject's keyed hash, hex.
+    pub subject_hash: String,
     /// The record.
     pub record: String,
     /// Its version.
@@ -416,6 +418,7 @@ impl WireTransferItem {
     pub fn of(item: &clover_keys::TransferItem) -> Self {
         Self {
             subject: item.subject.to_string(),
+            subject_hash: item.subject_hash.clone(),
             record: item.record.to_string(),
             version: item.version,
             category: item.category.to_string(),
@@ -426,7 +429,11 @@ impl WireTransferItem {
     }
 
     fn item(self) -> Option<clover_keys::TransferItem> {
+        if !clover_event::is_subject_hash(&self.subject_hash) {
+            return None;
+        }
         Some(clover_keys::TransferItem {
+            subject_hash: self.subject_hash,
             subject: self.subject.parse().ok()?,
             record: self.record.parse().ok()?,
             version: self.version,

@@ -395,6 +395,7 @@ pub(crate) async fn treat(
     let items = page
         .into_iter()
         .map(|(record, subject)| TransferItem {
+            subject_hash: boundary.subject_hash(&record.subject_id),
             subject: record.subject_id,
             record: record.record_id,
             version: record.version,

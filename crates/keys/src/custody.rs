@@ -26,6 +26,9 @@ pub struct PseudonymisedView {
 pub struct TransferItem {
     /// The subject.
     pub subject: SubjectId,
+    /// The subject's keyed hash in the region (the boundary's subject index), which names their
+    /// keys in the custodian's store.
+    pub subject_hash: String,
     /// The record.
     pub record: RecordId,
     /// Its version.

@@ -100,7 +100,10 @@ impl DatamapArgs {
             for finding in &map.findings {
                 eprintln!("datamap: {finding}");
             }
-            anyhow::bail!("{} findings: the configuration declares what the pack never allows, or leaves something undeclared", map.findings.len());
+            anyhow::bail!(
+                "{} findings: the configuration declares what the pack never allows, or leaves something undeclared",
+                map.findings.len()
+            );
         }
         if self.check {
             eprintln!("datamap: every purpose, category, destination and rule is declared and allowed somewhere");
@@ -130,8 +133,16 @@ fn staff(config: &Config, roles: &[String]) -> (Principal, Origin) {
 /// Whether the pack allows `action` on a record of `category` for `purpose`, by a principal of
 /// the region holding the purpose's and the category's roles, with a ticket (the most any
 /// declared use has), to `destination` for an export.
-fn allowed(config: &Config, pack: &PolicyPack, action: Action, category: &Category, purpose: &str, destination: Option<&str>) -> bool {
-    let mut roles: Vec<String> = config.purposes.iter().filter(|p| p.name == purpose).flat_map(|p| p.roles.clone()).collect();
+fn allowed(
+    config: &Config,
+    pack: &PolicyPack,
+    action: Action,
+    category: &Category,
+    purpose: &str,
+    destination: Option<&str>,
+) -> bool {
+    let mut roles: Vec<String> =
+        config.purposes.iter().filter(|p| p.name == purpose).flat_map(|p| p.roles.clone()).collect();
     roles.extend(config.categories.iter().filter(|c| &c.name == category).flat_map(|c| c.roles.clone()));
     let (principal, origin) = staff(config, &roles);
     let record = RecordFacts { id: "datamap".to_owned(), category: category.clone(), subject_minor: false };
@@ -182,7 +193,8 @@ fn datamap(config: &Config, pack: &PolicyPack) -> Datamap {
             let read_for: Vec<String> =
                 config.purposes.iter().filter(|p| p.categories.contains(&c.name)).map(|p| p.name.clone()).collect();
             if read_for.is_empty() {
-                findings.push(format!("category {:?} is read for no purpose: nothing declares its use", c.name.as_str()));
+                findings
+                    .push(format!("category {:?} is read for no purpose: nothing declares its use", c.name.as_str()));
             }
             CategoryEntry {
                 name: c.name.to_string(),
@@ -293,7 +305,9 @@ fn markdown(map: &Datamap) -> String {
             yes(p.allowed)
         ));
     }
-    out.push_str("\n## Categories\n\n| category | sensitive | roles | fields | read for |\n| --- | --- | --- | --- | --- |\n");
+    out.push_str(
+        "\n## Categories\n\n| category | sensitive | roles | fields | read for |\n| --- | --- | --- | --- | --- |\n",
+    );
     for c in &map.categories {
         out.push_str(&format!(
             "| {} | {} | {} | {} | {} |\n",

@@ -132,7 +132,7 @@ impl Custodian {
                 outcomes.push(TransferOutcome::NotCovered);
                 continue;
             };
-            let hash = self.index.hash(&item.subject);
+            let hash = item.subject_hash.clone();
             let facts = match self.subject_facts_for(&item.subject, &hash, &item.metadata).await {
                 Ok(facts) => facts,
                 Err(KeyError::NoDataKey | KeyError::Erased) => {

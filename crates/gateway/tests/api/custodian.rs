@@ -23,6 +23,12 @@ struct Remote {
 
 /// A boundary whose keys are held by a custodian server on another port.
 async fn start() -> Remote {
+    start_with_egress(false).await
+}
+
+/// [`start`], the custodian treating transfers by the boundary's own destinations and rules
+/// (`--views clover.toml`) when `egress`, by none otherwise.
+async fn start_with_egress(egress: bool) -> Remote {
     let dir = tempfile::tempdir().unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -38,7 +44,15 @@ async fn start() -> Remote {
     };
     // It makes the pseudonymised views by the boundary's own rules (`--views clover.toml`).
     let views = clover_model::ViewRules::new(app.boundary.config().views.clone());
-    let custodian = Arc::new(open_dir(&options).await.unwrap().with_views(views));
+    let rules = if egress {
+        clover_custodian::EgressRules {
+            destinations: app.boundary.config().destinations.clone(),
+            rules: clover_egress::TransferRules::new(app.boundary.config().transfer_rules.clone()),
+        }
+    } else {
+        clover_custodian::EgressRules::default()
+    };
+    let custodian = Arc::new(open_dir(&options).await.unwrap().with_views(views).with_egress(rules));
     let verifier = LogVerifier::new(&app.url(""), app.boundary.log_vkey().clone());
     let admin = clover_custodian::admin_token(&options.dir).unwrap();
     tokio::spawn(async move { axum::serve(listener, router(CustodianServer::new(custodian, verifier, &admin))).await });
@@ -688,4 +702,96 @@ async fn a_repatriation_and_its_verification_go_through_the_custodian() {
     let (index, entry) = remote.logged_again(read_index).await;
     let refused = remote.call("create", index, &entry).await;
     assert_eq!(refused.status(), 403, "{}", refused.text().await.unwrap());
+}
+
+/// Registers six adults of one class with a profile each, through the boundary.
+async fn six_adults(app: &TestApp) {
+    for n in 1..=6 {
+        let put = app
+            .client(DUBLIN)
+            .put(app.url(&format!("/v1/subjects/a-{n}")))
+            .bearer_auth(app.token())
+            .json(&json!({"home_region": "eu", "birth_date": "1980-01-01"}))
+            .send()
+            .await
+            .unwrap();
+        assert!(put.status().is_success());
+        let fields = json!({"display_name": format!("NAME-{n}"), "country": "IE", "email": "x@example.ie"});
+        assert_eq!(app.post_record(&format!("a-{n}"), "profile", fields).await.status(), 201);
+    }
+}
+
+#[tokio::test]
+async fn a_custodian_in_its_own_process_treats_a_transfer_by_its_own_rules_only() {
+    let remote = start_with_egress(true).await;
+    let app = &remote.app;
+    six_adults(app).await;
+    let mut claims = app.claims("eu", "dublin-1", 3600);
+    claims.roles = vec!["analytics".into()];
+    let token = app.mint(&claims);
+    let body = json!({"destination": "us-partners", "purpose": "analytics", "categories": ["profile"]});
+    let made = app.client(DUBLIN).post(app.url("/v1/transfers")).bearer_auth(&token).json(&body).send().await.unwrap();
+    assert_eq!(made.status(), 201);
+    let made: Value = made.json().await.unwrap();
+    assert_eq!(made["manifest"]["records"], 6, "{made}");
+    let id = made["transfer"].as_str().unwrap();
+    let text = app
+        .client(DUBLIN)
+        .get(app.url(&format!("/v1/transfers/{id}/records")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(text.lines().count(), 6, "{text}");
+    assert!(!text.contains("NAME-") && !text.contains("example.ie") && !text.contains("a-1"), "{text}");
+
+    // Straight to the custodian: the transfer's start entry opens records of its categories
+    // only; an access entry is no transfer receipt; an entry that is not in the log opens nothing.
+    let entries = crate::harness::log_entries(app.boundary.log()).await;
+    let started = entries.iter().position(|e| e["transfer"]["stage"] == "started").unwrap() as u64;
+    let entry = remote.entry(started).await;
+    let item = |category: &str| {
+        json!({"subject": "a-1", "subject_hash": app.boundary.subject_hash(&"a-1".parse().unwrap()),
+               "record": RecordId::random().to_string(), "version": 1, "category": category,
+               "sealed": B64.encode([0u8; 40]), "metadata": B64.encode([0u8; 8])})
+    };
+    let post = async |index: u64, entry: &[u8], items: Value| {
+        remote
+            .http
+            .post(format!("{}/v1/transfers", remote.url))
+            .json(&json!({"index": index, "entry": B64.encode(entry), "items": items}))
+            .send()
+            .await
+            .unwrap()
+    };
+    let other_category = post(started, &entry, json!([item("content")])).await;
+    assert_eq!(other_category.status(), 403);
+    let access = entries.iter().position(|e| e["kind"] == "write").unwrap() as u64;
+    assert_eq!(post(access, &remote.entry(access).await, json!([item("profile")])).await.status(), 403);
+    let mut forged = entry.clone();
+    let at = forged.len() - 3;
+    forged[at] ^= 1;
+    assert_eq!(post(started, &forged, json!([item("profile")])).await.status(), 403);
+    assert_eq!(post(started, &entry, json!("not a list")).await.status(), 422);
+}
+
+#[tokio::test]
+async fn a_custodian_without_destinations_refuses_every_transfer() {
+    let remote = start().await;
+    let app = &remote.app;
+    six_adults(app).await;
+    let mut claims = app.claims("eu", "dublin-1", 3600);
+    claims.roles = vec!["analytics".into()];
+    let token = app.mint(&claims);
+    let body = json!({"destination": "us-partners", "purpose": "analytics", "categories": ["profile"]});
+    let made = app.client(DUBLIN).post(app.url("/v1/transfers")).bearer_auth(&token).json(&body).send().await.unwrap();
+    // The boundary's policy allowed it; the custodian, whose own configuration gives the
+    // destination no legal basis, opened nothing: no manifest was made.
+    assert!(made.status().is_server_error(), "{}", made.status());
+    let entries = crate::harness::log_entries(app.boundary.log()).await;
+    assert!(entries.iter().any(|e| e["transfer"]["stage"] == "decided"));
+    assert!(!entries.iter().any(|e| e["transfer"]["stage"] == "manifest"));
 }
