@@ -14,6 +14,7 @@
 //! [`http`] is the load generator that drives a running server over HTTP.
 
 pub mod http;
+pub mod transfer;
 
 use std::future::Future;
 use std::io::Write;
@@ -309,6 +310,19 @@ struct Gateway {
     boundary: Arc<Boundary>,
     subjects: Arc<Round<SubjectId>>,
     records: Arc<Round<RecordId>>,
+    /// Each record version's key, as its write got it, when asked for (the transfer bench's
+    /// baseline opens the records with them, with no custodian, rules or log).
+    keys: std::collections::HashMap<RecordId, clover_keys::DataKey>,
+}
+
+/// What the records of a bench's gateway hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fixture {
+    /// A name and a city (the read scenarios').
+    Small,
+    /// A profile as the default transfer rules treat it (name, phone, postcode, birth date,
+    /// country, address, time), and the records' keys kept.
+    Profile,
 }
 
 /// A gateway with `subjects` adult subjects (each with a data key made against a logged write,
@@ -319,6 +333,17 @@ async fn gateway(
     options: &Options,
     records: usize,
     subjects: usize,
+    progress: &dyn Fn(&str),
+) -> Result<Gateway, BenchError> {
+    gateway_of(options, records, subjects, Fixture::Small, progress).await
+}
+
+/// [`gateway`], with records of `fixture`.
+async fn gateway_of(
+    options: &Options,
+    records: usize,
+    subjects: usize,
+    fixture: Fixture,
     progress: &dyn Fn(&str),
 ) -> Result<Gateway, BenchError> {
     let dir = tempfile::tempdir().map_err(|e| fail("a temporary directory")(&e))?;
@@ -343,6 +368,7 @@ async fn gateway(
     let keyed = Round::new(registered, "subjects")?;
     progress(&format!("importing {records} records"));
     let mut ids = Vec::with_capacity(records);
+    let mut keys = std::collections::HashMap::new();
     let eu = Arc::new(caller(PrincipalKind::Service, "eu", "dublin-1", "support"));
     for first in (0..records).step_by(10_000) {
         let mut rows = Vec::with_capacity(10_000);
@@ -351,10 +377,14 @@ async fn gateway(
             let mut tasks = tokio::task::JoinSet::new();
             for &r in group {
                 let (boundary, eu, subject) = (boundary.clone(), eu.clone(), keyed.at(r).0.clone());
-                tasks.spawn(async move { import(&boundary, &eu, &subject, r).await });
+                tasks.spawn(async move { import(&boundary, &eu, &subject, r, fixture).await });
             }
-            for row in tasks.join_all().await {
-                rows.push(row?);
+            for imported in tasks.join_all().await {
+                let (row, key) = imported?;
+                if fixture == Fixture::Profile {
+                    keys.insert(row.record_id, key);
+                }
+                rows.push(row);
             }
         }
         rows.sort_by_key(|row| row.record_id);
@@ -367,6 +397,7 @@ async fn gateway(
         boundary,
         subjects: Arc::new(Round::new(subject_ids, "subjects")?),
         records: Arc::new(Round::new(ids, "records")?),
+        keys,
     })
 }
 
@@ -425,15 +456,25 @@ async fn import(
     eu: &Caller,
     subject: &SubjectId,
     r: usize,
-) -> Result<clover_store::RecordRow, BenchError> {
+    fixture: Fixture,
+) -> Result<(clover_store::RecordRow, clover_keys::DataKey), BenchError> {
     let record_id: RecordId = format!("00000000-0000-4000-8000-{r:012x}").parse().map_err(|e| fail("record id")(&e))?;
     let category: clover_model::Category = "profile".parse().map_err(|e| fail("category")(&e))?;
-    let fields = Fields::new(
-        serde_json::json!({"display_name": format!("name {r}"), "city": "Galway"})
-            .as_object()
-            .cloned()
-            .unwrap_or_default(),
-    );
+    let country = match r % 3 {
+        0 => "IE",
+        1 => "NO",
+        _ => "DE",
+    };
+    let fields = match fixture {
+        Fixture::Small => serde_json::json!({"display_name": format!("name {r}"), "city": "Galway"}),
+        Fixture::Profile => serde_json::json!({
+            "display_name": format!("name {r}"), "username": format!("user{r}"), "email": format!("u{r}@example.ie"),
+            "phone": format!("+353 87 {:03} {:04}", r % 1000, r % 10_000), "postcode": "D02 X285",
+            "birth_date": format!("{}-05-01", 1950 + r % 50), "country": country,
+            "last_ip": format!("192.0.{}.{}", r % 4, r % 200), "created_at": "2026-11-30T10:00:00Z",
+        }),
+    };
+    let fields = Fields::new(fields.as_object().cloned().unwrap_or_default());
     let ask = pipeline::Ask {
         action: Action::Write,
         subject,
@@ -447,7 +488,7 @@ async fn import(
     let key = boundary.custody().data_key(&receipt).await.map_err(|e| fail("a record's key")(&e))?;
     let ciphertext = pipeline::seal_record(boundary, &key, subject, &record_id, 1, &fields)
         .map_err(|e| fail("sealing a record")(&e))?;
-    Ok(clover_store::RecordRow {
+    let row = clover_store::RecordRow {
         record_id,
         subject_id: subject.clone(),
         category,
@@ -456,7 +497,8 @@ async fn import(
         ciphertext,
         created_at: time::OffsetDateTime::now_utc(),
         sealed_with: clover_store::SealedWith::RecordKey,
-    })
+    };
+    Ok((row, key))
 }
 
 /// Registers adult subject number `s`: its metadata sealed, its row, its data key.

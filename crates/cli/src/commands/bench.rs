@@ -34,6 +34,38 @@ pub(crate) enum BenchCommand {
     /// boundary in this process over HTTP, against a plain copy of the same rows into the same
     /// kind of store in the same run; `--svg` draws both.
     Repatriate(repatriate::RepatriateBenchArgs),
+    /// A record transfer of N records (made, counted, its manifest logged, streamed) in this
+    /// process, against a baseline in the same run that reads, opens and serialises the same
+    /// records with no custodian, tokens, rules or log; and an aggregate release over them.
+    Transfer(TransferArgs),
+}
+
+/// `clover bench transfer`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct TransferArgs {
+    /// Records (over a tenth as many subjects).
+    #[arg(long, default_value_t = 100_000)]
+    records: usize,
+    /// The gateway's data store, log and key store in this PostgreSQL database.
+    #[arg(long, value_name = "URL", env = "CLOVER_BENCH_STORE", hide_env_values = true)]
+    store: Option<String>,
+    /// JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+impl TransferArgs {
+    fn run(self) -> anyhow::Result<()> {
+        let options = clover_bench::Options { store: self.store, ..clover_bench::Options::default() };
+        let report = runtime()?
+            .block_on(clover_bench::transfer::transfer(&options, self.records, &|line| eprintln!("{line}")))?;
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print!("{}", clover_bench::transfer::transfer_table(&report));
+        }
+        Ok(())
+    }
 }
 
 impl BenchCommand {
@@ -43,6 +75,7 @@ impl BenchCommand {
             Self::Scale(args) => args.run(),
             Self::Http(args) => args.run(),
             Self::Repatriate(args) => args.run(),
+            Self::Transfer(args) => args.run(),
         }
     }
 }
