@@ -162,6 +162,7 @@ impl KeyCustody for RemoteCustody {
         &self,
         receipt: &clover_log::TransferReceipt,
         items: Vec<clover_keys::TransferItem>,
+        quasi_only: bool,
     ) -> Result<Vec<clover_keys::TransferOutcome>, KeyError> {
         let mut outcomes = Vec::with_capacity(items.len());
         for chunk in items.chunks(crate::server::MAX_TRANSFER_ITEMS) {
@@ -169,6 +170,7 @@ impl KeyCustody for RemoteCustody {
                 "index": receipt.index(),
                 "entry": B64.encode(receipt.entry()),
                 "items": chunk.iter().map(crate::server::WireTransferItem::of).collect::<Vec<_>>(),
+                "quasi_only": quasi_only,
             });
             let answer = self.post("/v1/transfers", &body).await?;
             let malformed = || KeyError::Crypto("the custodian's transfer answer is not one outcome per record");

@@ -652,8 +652,9 @@ impl KeyCustody for Custodian {
         &self,
         receipt: &clover_log::TransferReceipt,
         items: Vec<clover_keys::TransferItem>,
+        quasi_only: bool,
     ) -> Result<Vec<clover_keys::TransferOutcome>, KeyError> {
-        self.transfer_for(&self.transfer_access(receipt)?, items).await
+        self.transfer_for(&self.transfer_access(receipt)?, items, quasi_only).await
     }
 
     async fn seal_metadata(&self, subject: &SubjectId, plaintext: &[u8]) -> Result<Vec<u8>, KeyError> {

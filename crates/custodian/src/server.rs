@@ -388,6 +388,9 @@ pub struct TransferBody {
     pub entry: String,
     /// The records.
     pub items: Vec<WireTransferItem>,
+    /// Treat only the quasi-identifiers.
+    #[serde(default)]
+    pub quasi_only: bool,
 }
 
 /// A record of a transfer, on the wire.
@@ -465,7 +468,7 @@ async fn transfer(State(server): State<CustodianServer>, Json(body): Json<Transf
         .map(WireTransferItem::item)
         .collect::<Option<Vec<_>>>()
         .ok_or_else(|| bad("a record is malformed (ids, category or base64)"))?;
-    let outcomes = server.custodian.transfer_for(&access, items).await?;
+    let outcomes = server.custodian.transfer_for(&access, items, body.quasi_only).await?;
     let outcomes: Vec<Value> = outcomes
         .into_iter()
         .map(|outcome| match outcome {

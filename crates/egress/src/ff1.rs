@@ -55,6 +55,14 @@ pub enum Ff1Error {
     Cipher,
 }
 
+/// Whether `value` has enough characters of `alphabet` for FF1's minimum domain (what
+/// [`Ff1Key::encrypt_in_place`] refuses otherwise), without encrypting anything.
+pub fn fits(alphabet: Alphabet, value: &str) -> bool {
+    let radix = alphabet.radix();
+    let numerals = value.chars().filter(|c| c.to_ascii_lowercase().is_digit(radix)).count();
+    u64::from(radix).checked_pow(u32::try_from(numerals).unwrap_or(u32::MAX)).is_none_or(|d| d >= MIN_DOMAIN)
+}
+
 /// AES-256 block encryption backed by aws-lc-rs, for `fpe`: FF1 uses only the forward
 /// direction, on single blocks (ECB over one block is the AES permutation itself).
 #[derive(Clone)]
@@ -178,6 +186,8 @@ mod tests {
 
     #[test]
     fn small_domains_are_refused() {
+        assert!(!fits(Alphabet::Digits, "+1 2345") && fits(Alphabet::Digits, "123-456"));
+        assert!(!fits(Alphabet::Alphanumeric, "ab c") && fits(Alphabet::Alphanumeric, "D02 X"));
         let ff1 = Ff1Key::new(&[3; 32]);
         assert_eq!(
             ff1.encrypt_in_place(Alphabet::Digits, b"t", "+1 2345"),

@@ -153,11 +153,30 @@ pub struct Treated {
 /// Treats `fields`, a record of a category whose rules are `rules`, on `today`: each named field
 /// by its rule, every other field dropped.
 pub fn apply(rules: &BTreeMap<String, Treatment>, fields: &Fields, keys: &TransferKeys, today: Date) -> Treated {
+    apply_some(rules, fields, keys, today, false)
+}
+
+/// [`apply`], treating only the quasi-identifiers when `quasi_only` (what k-anonymity counts and
+/// what an aggregate groups by, none of which needs a key): the rest is not computed.
+pub fn apply_some(
+    rules: &BTreeMap<String, Treatment>,
+    fields: &Fields,
+    keys: &TransferKeys,
+    today: Date,
+    quasi_only: bool,
+) -> Treated {
     let mut out = serde_json::Map::new();
     let mut quasi = Vec::new();
     let mut refused = 0;
     for (name, value) in fields.as_map() {
         let Some(treatment) = rules.get(name).copied() else { continue };
+        if quasi_only && !treatment.is_quasi_identifier() {
+            // Not computed, but a value FF1 would refuse is counted as refused all the same.
+            if !ff1_would_take(treatment, value) {
+                refused += 1;
+            }
+            continue;
+        }
         let Some(treated) = treat(treatment, name, value, keys, today) else {
             refused += 1;
             continue;
@@ -171,6 +190,22 @@ pub fn apply(rules: &BTreeMap<String, Treatment>, fields: &Fields, keys: &Transf
     // crate of the build asks for it): a record's class must not depend on how it was written.
     quasi.sort_by(|a, b| a.0.cmp(&b.0));
     Treated { fields: out, quasi, refused }
+}
+
+/// Whether FF1 would take `value` under `treatment` (true for any other treatment).
+fn ff1_would_take(treatment: Treatment, value: &serde_json::Value) -> bool {
+    let alphabet = match treatment {
+        Treatment::Ff1Digits => Alphabet::Digits,
+        Treatment::Ff1Alphanumeric => Alphabet::Alphanumeric,
+        _ => return true,
+    };
+    match value {
+        serde_json::Value::String(s) => crate::ff1::fits(alphabet, s),
+        serde_json::Value::Number(n) if alphabet == Alphabet::Digits && n.is_u64() => {
+            crate::ff1::fits(alphabet, &n.to_string())
+        }
+        _ => false,
+    }
 }
 
 /// One field's value, treated; `None` when it cannot be (it is then not sent).
@@ -344,6 +379,22 @@ mod tests {
             out.quasi.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
             ["at", "born", "ip", "joined", "lang", "seen"]
         );
+    }
+
+    #[test]
+    fn quasi_identifiers_alone_are_the_same_as_in_the_whole_treatment() {
+        let today = time::macros::date!(2026 - 12 - 06);
+        let rules = rules(&[("name", Treatment::Token), ("born", Treatment::AgeBand), ("lang", Treatment::Keep)]);
+        let record = fields(json!({"name": "Ada", "born": "1990-07-01", "lang": "ga"}));
+        let whole = apply(&rules, &record, &keys(1), today);
+        let quasi = apply_some(&rules, &record, &keys(1), today, true);
+        assert_eq!(quasi.quasi, whole.quasi);
+        assert!(!quasi.fields.contains_key("name"));
+        // FF1 refusals are counted alike, without encrypting.
+        let rules = super::tests::rules(&[("short", Treatment::Ff1Digits), ("long", Treatment::Ff1Digits)]);
+        let record = fields(json!({"short": "12345", "long": "123456"}));
+        assert_eq!(apply_some(&rules, &record, &keys(1), today, true).refused, 1);
+        assert_eq!(apply(&rules, &record, &keys(1), today).refused, 1);
     }
 
     #[test]

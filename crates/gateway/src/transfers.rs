@@ -285,7 +285,8 @@ pub async fn create(boundary: &Boundary, caller: &Caller, asked: Asked) -> Resul
             .map_err(ApiError::internal)?;
         let Some(last) = page.last() else { break };
         after = Some(last.0.record_id);
-        for outcome in treat(boundary, &decided, page).await? {
+        // Only what k-anonymity counts: tokens and FF1 are made when the records leave.
+        for outcome in treat(boundary, &decided, page, true).await? {
             match outcome {
                 (category, TransferOutcome::Treated { quasi, refused, .. }) => {
                     classes.add(class_of(&category, &quasi));
@@ -390,6 +391,7 @@ pub(crate) async fn treat(
     boundary: &Boundary,
     receipt: &TransferReceipt,
     page: Vec<(clover_store::RecordRow, clover_store::SubjectRow)>,
+    quasi_only: bool,
 ) -> Result<Vec<(Category, TransferOutcome)>, ApiError> {
     let categories: Vec<Category> = page.iter().map(|(r, _)| r.category.clone()).collect();
     let items = page
@@ -405,7 +407,7 @@ pub(crate) async fn treat(
             metadata: subject.metadata,
         })
         .collect();
-    let outcomes = boundary.custody().transfer(receipt, items).await.map_err(ApiError::internal)?;
+    let outcomes = boundary.custody().transfer(receipt, items, quasi_only).await.map_err(ApiError::internal)?;
     if outcomes.len() != categories.len() {
         return Err(ApiError::internal(NotACategory("(the custodian answered another number of records)".into())));
     }
@@ -526,7 +528,7 @@ impl Sender {
             };
             let Some(last) = page.last() else { break Ok(()) };
             after = Some(last.0.record_id);
-            let treated = match treat(&self.boundary, &receipt, page).await {
+            let treated = match treat(&self.boundary, &receipt, page, false).await {
                 Ok(treated) => treated,
                 Err(e) => break Err(e.to_string()),
             };

@@ -113,10 +113,13 @@ pub trait KeyCustody: Send + Sync {
     /// erased subjects' records, and answers what the custodian's own transfer rules let leave
     /// of the others, with tokens and FF1 keyed for the transfer's purpose and destination. No
     /// key leaves; every record opened is journalled against the receipt.
+    /// With `quasi_only`, only the quasi-identifiers are treated (a transfer's counting pass, an
+    /// aggregate): the answer's fields hold those alone.
     async fn transfer(
         &self,
         receipt: &TransferReceipt,
         items: Vec<TransferItem>,
+        quasi_only: bool,
     ) -> Result<Vec<TransferOutcome>, KeyError>;
 
     /// Destroys the data key of the receipt's subject, for a logged, permitted erasure: every

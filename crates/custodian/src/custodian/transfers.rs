@@ -113,6 +113,7 @@ impl Custodian {
         &self,
         access: &LoggedTransfer,
         items: Vec<TransferItem>,
+        quasi_only: bool,
     ) -> Result<Vec<TransferOutcome>, KeyError> {
         if let Some(item) = items.iter().find(|i| !access.categories.contains(&i.category)) {
             tracing::warn!(log_index = access.log_index, category = %item.category, "refused a record of a category the transfer does not name");
@@ -169,7 +170,7 @@ impl Custodian {
             };
             drop(key);
             let fields = Fields::from_bytes(&plain).map_err(|_| KeyError::Decrypt)?;
-            let treated = clover_egress::treatment::apply(rules, &fields, &keys, today);
+            let treated = clover_egress::treatment::apply_some(rules, &fields, &keys, today, quasi_only);
             outcomes.push(TransferOutcome::Treated {
                 subject: keys.token(id_input("subject-hash", &hash).as_bytes()),
                 record: keys.token(id_input("record", &record).as_bytes()),
