@@ -30,7 +30,13 @@ pub struct RegisterCheck {
 }
 
 impl RegisterCheck {
-    /// The rows that differ: served but not computed, computed but not served.
+    /// Whether the served register is the computed one, row for row, in order.
+    pub fn agrees(&self) -> bool {
+        self.served.rows == self.computed
+    }
+
+    /// The rows that differ: served but not computed, computed but not served (a row served
+    /// twice shows as served only when the log gives it once: see [`RegisterCheck::agrees`]).
     pub fn differences(&self) -> (Vec<&RegisterRow>, Vec<&RegisterRow>) {
         let served_only = self.served.rows.iter().filter(|r| !self.computed.contains(r)).collect();
         let computed_only = self.computed.iter().filter(|r| !self.served.rows.contains(r)).collect();
@@ -52,6 +58,17 @@ pub enum RegisterError {
         /// What went wrong.
         detail: String,
     },
+    /// The register is computed over fewer entries than a checkpoint the boundary had already
+    /// signed when it was asked: it is behind its own log.
+    #[error(
+        "the register is computed over {served} entries, but the boundary had signed a checkpoint of {signed} before it was asked"
+    )]
+    Behind {
+        /// The served size.
+        served: u64,
+        /// The checkpoint's size before.
+        signed: u64,
+    },
     /// The boundary computed its register over more entries than its signed log holds.
     #[error("the register is computed over {served} entries, but the signed log holds {size}")]
     BeyondLog {
@@ -69,6 +86,9 @@ pub async fn check(options: &VerifyOptions) -> Result<RegisterCheck, RegisterErr
     let url = format!("{base}/v1/register/transfers");
     let failed = |detail: String| RegisterError::Served { url: url.clone(), detail };
     let client = options.tls.client().map_err(|e| failed(e.to_string()))?;
+    // The checkpoint first: the register asked for after it must cover at least its entries (a
+    // boundary cannot keep serving a register frozen at an old size).
+    let signed = signed_size(&client, &format!("{base}/log/checkpoint")).await.map_err(failed)?;
     let response =
         client.get(&url).header("accept", "application/json").send().await.map_err(|e| failed(e.to_string()))?;
     if !response.status().is_success() {
@@ -85,5 +105,19 @@ pub async fn check(options: &VerifyOptions) -> Result<RegisterCheck, RegisterErr
     if served.log_size > report.size {
         return Err(RegisterError::BeyondLog { served: served.log_size, size: report.size });
     }
+    if served.log_size < signed {
+        return Err(RegisterError::Behind { served: served.log_size, signed });
+    }
     Ok(RegisterCheck { served, computed: register.rows(), report })
+}
+
+/// The size a checkpoint says (its second line); its signature is checked by the verification
+/// that follows, over the checkpoint the boundary serves then (never smaller).
+async fn signed_size(client: &reqwest::Client, url: &str) -> Result<u64, String> {
+    let response = client.get(url).send().await.map_err(|e| e.to_string())?;
+    if !response.status().is_success() {
+        return Err(format!("{url} answered {}", response.status()));
+    }
+    let text = response.text().await.map_err(|e| e.to_string())?;
+    text.lines().nth(1).and_then(|size| size.parse().ok()).ok_or_else(|| format!("{url} is not a checkpoint"))
 }

@@ -17,9 +17,9 @@
 
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 
-/// The randomness failed.
+/// The randomness failed, or a draw did not fit in 64 bits.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("the system's secure randomness failed")]
+#[error("the system's secure randomness failed, or a noise draw did not fit in 64 bits")]
 pub struct RandomnessFailed;
 
 /// A source of uniform integers from the system's secure randomness.
@@ -96,13 +96,15 @@ impl Uniform {
             while self.bernoulli_exp(1, 1)? {
                 v += 1;
             }
-            let x = u.saturating_add(t.saturating_mul(v));
+            // No saturation anywhere: a draw that does not fit is an error, never a clipped
+            // (and so revealing) value. At the scales a release allows it cannot happen.
+            let x = t.checked_mul(v).and_then(|tv| tv.checked_add(u)).ok_or(RandomnessFailed)?;
             let y = x / s;
             let negative = self.bernoulli(1, 2)?;
             if negative && y == 0 {
                 continue;
             }
-            let y = i64::try_from(y).unwrap_or(i64::MAX);
+            let y = i64::try_from(y).map_err(|_| RandomnessFailed)?;
             return Ok(if negative { -y } else { y });
         }
     }
@@ -147,10 +149,20 @@ fn gcd(mut a: u64, mut b: u64) -> u64 {
 
 /// The discrete Laplace scale for a release of L1 sensitivity `sensitivity` at `epsilon`:
 /// b = Δ / ε, as the (s, t) of [`Uniform::discrete_laplace`] (scale t / s).
-pub fn laplace_scale(sensitivity: u64, epsilon: Rational) -> (u64, u64) {
-    // b = Δ / (n / d) = Δ·d / n: t = Δ·d, s = n.
-    (epsilon.n.max(1), sensitivity.max(1).saturating_mul(epsilon.d))
+pub fn laplace_scale(sensitivity: u64, epsilon: Rational) -> Option<(u64, u64)> {
+    // b = Δ / (n / d) = Δ·d / n: t = Δ·d, s = n. A scale that does not fit is refused, never
+    // saturated (which would give less noise than the accounting says).
+    let t = sensitivity.max(1).checked_mul(epsilon.d)?;
+    (t <= MAX_SCALE_NUMERATOR).then_some((epsilon.n.max(1), t))
 }
+
+/// The largest numerator t of a scale t / s: with it, a draw u + t·v fits in 64 bits unless v
+/// (geometric, P(v >= k) = e^-k) passes 100,000.
+pub const MAX_SCALE_NUMERATOR: u64 = 1 << 40;
+
+/// The largest magnitude a sum's clamp may have: with at most 100 records per subject and
+/// epsilon to a millionth, the scale's numerator stays under [`MAX_SCALE_NUMERATOR`].
+pub const MAX_CLAMP: i64 = 10_000;
 
 #[cfg(test)]
 mod tests {
@@ -204,7 +216,9 @@ mod tests {
     fn epsilon_and_scale_are_exact_rationals() {
         let e = Rational::epsilon(0.25).unwrap();
         assert_eq!(e, Rational { n: 1, d: 4 });
-        assert_eq!(laplace_scale(3, e), (1, 12), "b = 3 / 0.25 = 12");
+        assert_eq!(laplace_scale(3, e), Some((1, 12)), "b = 3 / 0.25 = 12");
+        assert_eq!(laplace_scale(1 << 63, e), None, "a scale that does not fit is refused");
+        assert!(laplace_scale(100 * MAX_CLAMP as u64, Rational::epsilon(0.000_001).unwrap()).is_some());
         assert!(Rational::epsilon(0.0).is_none() && Rational::epsilon(-1.0).is_none());
         assert!(Rational::epsilon(f64::NAN).is_none() && Rational::epsilon(1e9).is_none());
         assert!(Rational::epsilon(1e-9).is_none(), "below a millionth");

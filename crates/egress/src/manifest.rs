@@ -22,6 +22,11 @@ pub struct Excluded {
     /// Field values a rule named that could not be treated safely (FF1 below its minimum
     /// domain, a date that does not parse): dropped from their records.
     pub refused_fields: u64,
+    /// Records an earlier version of Clover sealed with their subject's key, not yet re-sealed
+    /// under their own (`clover keys reseal`): their key does not bind their category, so the
+    /// custodian does not treat them for a transfer.
+    #[serde(default)]
+    pub not_resealed: u64,
 }
 
 /// A record transfer's manifest.

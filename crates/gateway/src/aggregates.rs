@@ -151,7 +151,7 @@ fn grid(a: &AggregateAsked) -> Result<Vec<(Dimension, Vec<String>)>, String> {
                 let first = since.date();
                 (0..days)
                     .map(|n| {
-                        let day = first + time::Duration::days(n);
+                        let day = first.checked_add(time::Duration::days(n)).unwrap_or(first);
                         format!("{:04}-{:02}-{:02}", day.year(), day.month() as u8, day.day())
                     })
                     .collect()
@@ -172,7 +172,7 @@ pub async fn release(boundary: &Boundary, caller: &Caller, a: AggregateAsked) ->
     const INVALID: (StatusCode, &str, &str) =
         (StatusCode::UNPROCESSABLE_ENTITY, "invalid-body", "Invalid request body");
     let id = uuid::Uuid::new_v4().to_string();
-    let caller = transfers::declaring(caller, &a.asked.purpose);
+    let caller = transfers::declaring(boundary, caller, &a.asked.purpose);
     let asked = &a.asked;
     transfers::check(boundary, &caller, &id, asked).await?;
     let grid = match grid(&a) {
@@ -187,13 +187,20 @@ pub async fn release(boundary: &Boundary, caller: &Caller, a: AggregateAsked) ->
         let detail = format!("bound {} is not 1 to 100 records per subject", a.bound);
         return Err(transfers::refuse(boundary, &caller, &id, asked, INVALID, detail).await);
     }
+    let max = clover_egress::dp::MAX_CLAMP;
     let per_record = match &a.measure {
         Measure::Count => 1,
-        Measure::Sum { lower, upper, .. } if lower <= upper => lower.unsigned_abs().max(upper.unsigned_abs()).max(1),
-        Measure::Sum { lower, upper, .. } => {
+        Measure::Sum { lower, upper, .. } if lower > upper => {
             let detail = format!("the clamp is upside down: lower {lower} is above upper {upper}");
             return Err(transfers::refuse(boundary, &caller, &id, asked, INVALID, detail).await);
         }
+        Measure::Sum { lower, upper, .. }
+            if lower.unsigned_abs() > max.unsigned_abs() || upper.unsigned_abs() > max.unsigned_abs() =>
+        {
+            let detail = format!("a sum's clamp is within -{max}..={max}; this one is {lower}..={upper}");
+            return Err(transfers::refuse(boundary, &caller, &id, asked, INVALID, detail).await);
+        }
+        Measure::Sum { lower, upper, .. } => lower.unsigned_abs().max(upper.unsigned_abs()).max(1),
     };
     let decision = transfers::decide(boundary, &caller, &id, asked).await?;
     let rules = transfers::rules_for(boundary, &caller, &id, asked).await?;
@@ -271,6 +278,8 @@ pub async fn release(boundary: &Boundary, caller: &Caller, a: AggregateAsked) ->
                 }
             };
             if let Some(value) = values.get_mut(cell) {
+                // At most 100 records per subject of at most 10,000 each: no i64 overflows
+                // before 9e12 subjects.
                 *value = value.saturating_add(contribution);
             }
         }
@@ -279,14 +288,17 @@ pub async fn release(boundary: &Boundary, caller: &Caller, a: AggregateAsked) ->
 
     // Noise in every cell, exactly.
     let sensitivity = u64::from(a.bound).saturating_mul(per_record);
-    let (s, t) = laplace_scale(sensitivity, epsilon);
+    let (s, t) = laplace_scale(sensitivity, epsilon)
+        .ok_or_else(|| ApiError::internal(NotACategory("(a noise scale that does not fit)".into())))?;
     let uniform = Uniform::default();
     let mut released = Vec::with_capacity(values.len());
     for (group, value) in cells(&grid).into_iter().zip(values) {
         let noise = uniform.discrete_laplace(s, t).map_err(ApiError::internal)?;
+        // Added without saturation; only the released value is clipped to 64 bits.
+        let noisy = i128::from(value) + i128::from(noise);
         released.push(Cell {
             group: grid.iter().map(|(dim, _)| *dim).zip(group).collect(),
-            value: value.saturating_add(noise),
+            value: i64::try_from(noisy).unwrap_or(if noisy < 0 { i64::MIN } else { i64::MAX }),
         });
     }
     let remaining = (limit.0 - spent_after).max(0.0);

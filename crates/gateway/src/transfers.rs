@@ -79,9 +79,16 @@ pub mod state {
     pub const INTERRUPTED: &str = "interrupted";
 }
 
-/// The caller, declaring the transfer's purpose.
-pub(crate) fn declaring(caller: &Caller, purpose: &str) -> Caller {
-    Caller { purpose: Some(purpose.to_owned()), ..caller.clone() }
+/// What the log writes for a purpose or category a request names that is not configured: the
+/// request's own text never reaches the public, permanent log (it could be anything, a name or
+/// an email).
+pub const NOT_CONFIGURED: &str = "not-configured";
+
+/// The caller, declaring the transfer's purpose (as [`NOT_CONFIGURED`] if it is not one of the
+/// configured purposes: the policy refuses it, and the log does not keep the text).
+pub(crate) fn declaring(boundary: &Boundary, caller: &Caller, purpose: &str) -> Caller {
+    let known = boundary.config().purposes.iter().any(|p| p.name == purpose);
+    Caller { purpose: Some(if known { purpose } else { NOT_CONFIGURED }.to_owned()), ..caller.clone() }
 }
 
 /// The public facts of a transfer entry.
@@ -94,7 +101,14 @@ pub(crate) fn facts(boundary: &Boundary, id: &str, stage: &str, asked: &Asked) -
         region: destination.map_or_else(|| "unknown".to_owned(), |d| d.region.to_string()),
         legal_basis: destination.map(|d| d.legal_basis.to_string()),
         treatment: "pseudonymised".to_owned(),
-        categories: asked.categories.clone(),
+        categories: asked
+            .categories
+            .iter()
+            .map(|c| {
+                let known = c.parse::<Category>().is_ok_and(|c| boundary.has_category(&c));
+                if known { c.clone() } else { NOT_CONFIGURED.to_owned() }
+            })
+            .collect(),
         count: 0,
         suppressed: 0,
         k: destination.map(|d| d.k),
@@ -246,7 +260,7 @@ pub(crate) async fn check(boundary: &Boundary, caller: &Caller, id: &str, asked:
 /// Makes a transfer (see the module's documentation).
 pub async fn create(boundary: &Boundary, caller: &Caller, asked: Asked) -> Result<Created, ApiError> {
     let id = uuid::Uuid::new_v4().to_string();
-    let caller = declaring(caller, &asked.purpose);
+    let caller = declaring(boundary, caller, &asked.purpose);
     check(boundary, &caller, &id, &asked).await?;
     let decision = decide(boundary, &caller, &id, &asked).await?;
     let config = boundary.config();
@@ -273,8 +287,10 @@ pub async fn create(boundary: &Boundary, caller: &Caller, asked: Asked) -> Resul
         &id,
     )
     .await?;
+    let decided_index = decided.index();
+    let mut decided = Receipted::new(decided, "decided");
     // The first pass: what would leave, by class.
-    let mut classes = Classes::new();
+    let mut classes = Classes::new(destination.k);
     let mut excluded = Excluded::default();
     let mut after = None;
     loop {
@@ -286,18 +302,21 @@ pub async fn create(boundary: &Boundary, caller: &Caller, asked: Asked) -> Resul
         let Some(last) = page.last() else { break };
         after = Some(last.0.record_id);
         // Only what k-anonymity counts: tokens and FF1 are made when the records leave.
-        for outcome in treat(boundary, &decided, page, true).await? {
+        let receipt =
+            decided.now(boundary, &caller, &decision, &id, || facts(boundary, &id, "decided", &asked)).await?.clone();
+        for outcome in treat(boundary, &receipt, page, true).await? {
             match outcome {
-                (category, TransferOutcome::Treated { quasi, refused, .. }) => {
-                    classes.add(class_of(&category, &quasi));
+                (category, TransferOutcome::Treated { subject, quasi, refused, .. }) => {
+                    classes.add(class_of(&category, &quasi), &subject);
                     excluded.refused_fields += u64::from(refused);
                 }
                 (_, TransferOutcome::Minor) => excluded.minors += 1,
-                (_, TransferOutcome::Erased | TransferOutcome::NotCovered) => excluded.erased += 1,
+                (_, TransferOutcome::Erased) => excluded.erased += 1,
+                (_, TransferOutcome::NotCovered) => excluded.not_resealed += 1,
             }
         }
     }
-    let (records, suppressed) = classes.totals(destination.k);
+    let (records, suppressed) = classes.totals();
     excluded.suppressed = suppressed;
     let stamp = |t: OffsetDateTime| t.format(&Rfc3339).map_err(ApiError::internal);
     let manifest = Manifest {
@@ -314,7 +333,7 @@ pub async fn create(boundary: &Boundary, caller: &Caller, asked: Asked) -> Resul
         k: destination.k,
         records,
         excluded,
-        decided: decided.index(),
+        decided: decided_index,
         created: stamp(now)?,
     };
     let note = boundary.sign_note(&manifest.body()).map_err(ApiError::internal)?;
@@ -323,7 +342,7 @@ pub async fn create(boundary: &Boundary, caller: &Caller, asked: Asked) -> Resul
     manifest_facts.suppressed = suppressed;
     manifest_facts.manifest = Some(sha256_hex(note.as_bytes()));
     let log_index = append(boundary, &caller, entry(boundary, &caller, &decision, manifest_facts), &id).await?;
-    let released: Vec<u8> = classes_released(&classes, destination.k);
+    let released: Vec<u8> = classes_released(&classes);
     boundary
         .store()
         .insert_transfer(&TransferRow {
@@ -374,11 +393,11 @@ pub(crate) async fn rules_for(
     Ok(out)
 }
 
-/// The classes `classes` releases at `k`, as the store keeps them.
-fn classes_released(classes: &Classes, k: u32) -> Vec<u8> {
+/// The classes `classes` releases, as the store keeps them.
+fn classes_released(classes: &Classes) -> Vec<u8> {
     let mut out = Vec::new();
     for key in classes.keys() {
-        if classes.released(key, k) {
+        if classes.released(key) {
             out.extend_from_slice(key);
         }
     }
@@ -464,7 +483,7 @@ pub async fn stream(boundary: std::sync::Arc<Boundary>, caller: &Caller, id: &st
         since: None,
         until: None,
     };
-    let caller = declaring(caller, &manifest.purpose);
+    let caller = declaring(&boundary, caller, &manifest.purpose);
     let decision = decide(&boundary, &caller, id, &asked).await?;
     if !boundary
         .store()
@@ -493,7 +512,7 @@ pub async fn stream(boundary: std::sync::Arc<Boundary>, caller: &Caller, id: &st
     let released: HashSet<ClassKey> =
         row.classes.chunks_exact(32).filter_map(|c| <[u8; 32]>::try_from(c).ok()).collect();
     let (chunks, receiver) = tokio::sync::mpsc::channel(4);
-    let sender = Sender { boundary, caller, id: id.to_owned(), asked, decision, note: row.manifest };
+    let sender = Sender { boundary, caller, id: id.to_owned(), asked, decision, note: row.manifest, k: manifest.k };
     tokio::spawn(sender.send(started, selection, released, chunks));
     Ok(receiver)
 }
@@ -507,28 +526,115 @@ struct Sender {
     decision: Decision,
     /// The manifest's signed note.
     note: String,
+    /// The destination's k, as the manifest says.
+    k: u32,
+}
+
+/// How long a transfer's receipt is used before a fresh one is logged: well within the
+/// custodian's window for a receipt (`MAX_RECEIPT_AGE`, ten minutes), so that a long transfer,
+/// or a slow reader, is never cut off by it.
+const RECEIPT_FOR: std::time::Duration = std::time::Duration::from_secs(240);
+
+/// A transfer's current receipt, renewed (a fresh entry of the same stage) once it is
+/// [`RECEIPT_FOR`] old.
+pub(crate) struct Receipted {
+    receipt: TransferReceipt,
+    logged: std::time::Instant,
+    stage: &'static str,
+}
+
+impl Receipted {
+    pub(crate) fn new(receipt: TransferReceipt, stage: &'static str) -> Self {
+        Self { receipt, logged: std::time::Instant::now(), stage }
+    }
+
+    /// The receipt to use now.
+    pub(crate) async fn now(
+        &mut self,
+        boundary: &Boundary,
+        caller: &Caller,
+        decision: &Decision,
+        id: &str,
+        facts: impl FnOnce() -> TransferFacts,
+    ) -> Result<&TransferReceipt, ApiError> {
+        if self.logged.elapsed() >= RECEIPT_FOR {
+            let mut renewed = facts();
+            renewed.stage = self.stage.to_owned();
+            self.receipt = append_receipted(boundary, caller, entry(boundary, caller, decision, renewed), id).await?;
+            self.logged = std::time::Instant::now();
+        }
+        Ok(&self.receipt)
+    }
 }
 
 impl Sender {
+    /// The classes of the transfer's records now, with the receipt of its start: those the
+    /// manifest counted (`counted`) that still have k distinct subjects.
+    async fn recount(
+        &self,
+        receipt: &mut Receipted,
+        selection: &TransferSelection,
+        counted: HashSet<ClassKey>,
+    ) -> Result<HashSet<ClassKey>, ApiError> {
+        let mut classes = Classes::new(self.k);
+        let mut after = None;
+        loop {
+            let page = self
+                .boundary
+                .store()
+                .records_for_transfer(selection, after.as_ref(), PAGE)
+                .await
+                .map_err(ApiError::internal)?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.0.record_id);
+            let facts_now = || facts(&self.boundary, &self.id, "started", &self.asked);
+            let current = receipt.now(&self.boundary, &self.caller, &self.decision, &self.id, facts_now).await?.clone();
+            for (category, outcome) in treat(&self.boundary, &current, page, true).await? {
+                if let TransferOutcome::Treated { subject, quasi, .. } = outcome {
+                    classes.add(class_of(&category, &quasi), &subject);
+                }
+            }
+        }
+        Ok(counted.into_iter().filter(|class| classes.released(class)).collect())
+    }
+
     async fn send(
         self,
         receipt: TransferReceipt,
         selection: TransferSelection,
-        released: HashSet<ClassKey>,
+        counted: HashSet<ClassKey>,
         chunks: tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
     ) {
+        let mut receipt = Receipted::new(receipt, "started");
+        let facts_now = || facts(&self.boundary, &self.id, "started", &self.asked);
+        // The classes again, now: a class leaves only if the manifest counted it and it still
+        // has k distinct subjects (a subject erased, or a birthday passed, since it was made).
+        let recounted = self.recount(&mut receipt, &selection, counted).await;
         let mut digest = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
         let mut sent: u64 = 0;
         let mut suppressed: u64 = 0;
         let mut after = None;
+        let (released, recount_failed) = match recounted {
+            Ok(released) => (released, None),
+            Err(e) => {
+                (HashSet::new(), Some(format!("its classes could not be counted again: {}", crate::report::Chain(&e))))
+            }
+        };
         let ended = loop {
+            if let Some(reason) = recount_failed {
+                break Err(reason);
+            }
             let page = match self.boundary.store().records_for_transfer(&selection, after.as_ref(), PAGE).await {
                 Ok(page) => page,
                 Err(e) => break Err(e.to_string()),
             };
             let Some(last) = page.last() else { break Ok(()) };
             after = Some(last.0.record_id);
-            let treated = match treat(&self.boundary, &receipt, page, false).await {
+            let current = match receipt.now(&self.boundary, &self.caller, &self.decision, &self.id, facts_now).await {
+                Ok(current) => current.clone(),
+                Err(e) => break Err(e.to_string()),
+            };
+            let treated = match treat(&self.boundary, &current, page, false).await {
                 Ok(treated) => treated,
                 Err(e) => break Err(e.to_string()),
             };

@@ -63,7 +63,9 @@ pub enum TransferOutcome {
     Minor,
     /// The subject was erased: their key is gone.
     Erased,
-    /// No transfer rule of the custodian's covers the record's category for the destination.
+    /// No transfer rule of the custodian's covers the record's category for the destination, or
+    /// the record is sealed with its subject's own key (an earlier version's), which does not
+    /// bind its category: not treated.
     NotCovered,
 }
 

@@ -114,7 +114,7 @@ impl RegisterArgs {
             );
             print!("{}", register_table(&check.computed));
         }
-        if served_only.is_empty() && computed_only.is_empty() {
+        if check.agrees() {
             eprintln!(
                 "the served register agrees with the log: {} rows, {} transfers",
                 check.computed.len(),
@@ -128,8 +128,17 @@ impl RegisterArgs {
         for row in computed_only {
             eprintln!("in the log, not served: {}", serde_json::to_string(row)?);
         }
+        if same_rows_otherwise(&check) {
+            eprintln!("the served rows are the log's, but not one for one in order (a row twice, or out of order)");
+        }
         anyhow::bail!("the served register differs from the one the log gives")
     }
+}
+
+/// Whether the rows differ only in number or order.
+fn same_rows_otherwise(check: &clover_audit::register::RegisterCheck) -> bool {
+    let (served_only, computed_only) = check.differences();
+    served_only.is_empty() && computed_only.is_empty()
 }
 
 /// The register as a table a person reads.

@@ -36,6 +36,10 @@ pub(crate) struct LoggedTransfer {
     pub(crate) destination: String,
     pub(crate) purpose: String,
     pub(crate) categories: Vec<Category>,
+    /// The entry's stage (`decided` or `started`).
+    pub(crate) stage: String,
+    /// The entry's treatment (`pseudonymised`, or `dp-laplace` for an aggregate).
+    pub(crate) treatment: String,
 }
 
 impl LoggedTransfer {
@@ -82,7 +86,15 @@ impl LoggedTransfer {
             .iter()
             .map(|c| c.parse::<Category>().map_err(|_| refuse("it names a category that is not one")))
             .collect::<Result<_, _>>()?;
-        Ok(Self { log_index: receipt.index(), entry_hash: receipt.entry_hash_hex(), destination, purpose, categories })
+        Ok(Self {
+            log_index: receipt.index(),
+            entry_hash: receipt.entry_hash_hex(),
+            destination,
+            purpose,
+            categories,
+            stage: facts.stage.clone(),
+            treatment: facts.treatment.clone(),
+        })
     }
 }
 
@@ -115,6 +127,16 @@ impl Custodian {
         items: Vec<TransferItem>,
         quasi_only: bool,
     ) -> Result<Vec<TransferOutcome>, KeyError> {
+        // A decision (counted before the manifest) and an aggregate need the quasi-identifiers
+        // only: the whole treatment, tokens and FF1, is for the records of a record transfer's
+        // stream.
+        if !quasi_only && (access.stage != "started" || access.treatment != "pseudonymised") {
+            tracing::warn!(log_index = access.log_index, stage = %access.stage, "refused a whole treatment for a transfer entry that is not a stream's start");
+            return Err(KeyError::Receipt(format!(
+                "log entry {}: a transfer's {} entry opens its records' quasi-identifiers only",
+                access.log_index, access.stage
+            )));
+        }
         if let Some(item) = items.iter().find(|i| !access.categories.contains(&i.category)) {
             tracing::warn!(log_index = access.log_index, category = %item.category, "refused a record of a category the transfer does not name");
             return Err(KeyError::Receipt(format!(
@@ -133,6 +155,13 @@ impl Custodian {
                 outcomes.push(TransferOutcome::NotCovered);
                 continue;
             };
+            // Sealed with the subject's own key by an earlier version: nothing binds it to the
+            // category it is said to be of, so it is not treated as that category (it is after
+            // `clover keys reseal`).
+            if item.legacy {
+                outcomes.push(TransferOutcome::NotCovered);
+                continue;
+            }
             let hash = item.subject_hash.clone();
             let facts = match self.subject_facts_for(&item.subject, &hash, &item.metadata).await {
                 Ok(facts) => facts,
@@ -156,18 +185,14 @@ impl Custodian {
             };
             let sealed_aad = aad::record(&self.keys.region, &item.subject, &item.record, item.version);
             let record = item.record.to_string();
-            let plain = if item.legacy {
-                key.open(&sealed_aad, &item.sealed)?
-            } else {
-                let info = aad::key_scope(
-                    &self.keys.region,
-                    &hash,
-                    Some(&record),
-                    Some(item.version),
-                    Some(item.category.as_str()),
-                );
-                key.derive(&info)?.open(&sealed_aad, &item.sealed)?
-            };
+            let info = aad::key_scope(
+                &self.keys.region,
+                &hash,
+                Some(&record),
+                Some(item.version),
+                Some(item.category.as_str()),
+            );
+            let plain = key.derive(&info)?.open(&sealed_aad, &item.sealed)?;
             drop(key);
             let fields = Fields::from_bytes(&plain).map_err(|_| KeyError::Decrypt)?;
             let treated = clover_egress::treatment::apply_some(rules, &fields, &keys, today, quasi_only);

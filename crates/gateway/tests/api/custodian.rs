@@ -758,15 +758,21 @@ async fn a_custodian_in_its_own_process_treats_a_transfer_by_its_own_rules_only(
                "record": RecordId::random().to_string(), "version": 1, "category": category,
                "sealed": B64.encode([0u8; 40]), "metadata": B64.encode([0u8; 8])})
     };
-    let post = async |index: u64, entry: &[u8], items: Value| {
+    let post_as = async |index: u64, entry: &[u8], items: Value, quasi_only: bool| {
         remote
             .http
             .post(format!("{}/v1/transfers", remote.url))
-            .json(&json!({"index": index, "entry": B64.encode(entry), "items": items}))
+            .json(&json!({"index": index, "entry": B64.encode(entry), "items": items, "quasi_only": quasi_only}))
             .send()
             .await
             .unwrap()
     };
+    let post = async |index: u64, entry: &[u8], items: Value| post_as(index, entry, items, false).await;
+    // The decision's entry opens the quasi-identifiers only (what the counting pass needs), never
+    // the whole treatment.
+    let decided = entries.iter().position(|e| e["transfer"]["stage"] == "decided").unwrap() as u64;
+    let decided_entry = remote.entry(decided).await;
+    assert_eq!(post_as(decided, &decided_entry, json!([item("profile")]), false).await.status(), 403);
     let other_category = post(started, &entry, json!([item("content")])).await;
     assert_eq!(other_category.status(), 403);
     let access = entries.iter().position(|e| e["kind"] == "write").unwrap() as u64;

@@ -79,7 +79,10 @@ async fn a_transfer_sends_only_what_its_rules_make_after_its_manifest_is_logged(
     let made: Value = made.json().await.unwrap();
     let manifest = &made["manifest"];
     assert_eq!(manifest["records"], 6, "{made}");
-    assert_eq!(manifest["excluded"], json!({"minors": 1, "erased": 0, "suppressed": 1, "refused_fields": 0}));
+    assert_eq!(
+        manifest["excluded"],
+        json!({"minors": 1, "erased": 0, "suppressed": 1, "refused_fields": 0, "not_resealed": 0})
+    );
     assert_eq!(manifest["legal_basis"], "scc");
     assert_eq!(manifest["region"], "us");
     assert_eq!(manifest["k"], 5);
@@ -541,4 +544,53 @@ async fn an_erased_subject_never_leaves_and_a_broken_stream_is_marked_interrupte
         .unwrap();
     assert_eq!(end["transfer"]["stage"], "interrupted");
     assert_eq!(end["transfer"]["count"], 0);
+}
+
+#[tokio::test]
+async fn k_counts_people_and_the_log_keeps_no_text_a_request_made_up() {
+    let app = TestApp::start().await;
+    // One adult with six records of one class: six records, one person, below k = 5.
+    subject(&app, "u-1", "1990-07-01").await;
+    for n in 0..6 {
+        assert_eq!(app.post_record("u-1", "profile", profile(&format!("p{n}"), "IE")).await.status(), 201);
+    }
+    let token = analyst(&app, "ana", "dublin-1", "eu");
+    let body = json!({"destination": "us-partners", "purpose": "analytics", "categories": ["profile"]});
+    let made: Value = create(&app, DUBLIN, &token, &body).await.json().await.unwrap();
+    assert_eq!(
+        (made["manifest"]["records"].as_u64(), made["manifest"]["excluded"]["suppressed"].as_u64()),
+        (Some(0), Some(6))
+    );
+    let id = made["transfer"].as_str().unwrap();
+    let text = get(&app, DUBLIN, &token, &format!("/v1/transfers/{id}/records")).await.text().await.unwrap();
+    assert_eq!(text, "", "one person's records are held back whatever their number");
+
+    // Text made up in a request never reaches the public, permanent log.
+    let made_up =
+        json!({"destination": "us-partners", "purpose": "jane@example.org", "categories": ["jane-doe-1990-01-01"]});
+    let refused = problem(create(&app, DUBLIN, &token, &made_up).await, 422, "unknown-category").await;
+    let made_up = json!({"destination": "us-partners", "purpose": "jane@example.org", "categories": ["profile"]});
+    let denied = problem(create(&app, DUBLIN, &token, &made_up).await, 403, "forbidden").await;
+    let entries = log_entries(app.boundary.log()).await;
+    for body in [&refused, &denied] {
+        let entry = entry_at(&entries, &body["log_index"]);
+        assert_eq!(entry["purpose"], "not-configured", "{entry}");
+    }
+    assert_eq!(entry_at(&entries, &refused["log_index"])["transfer"]["categories"], json!(["not-configured"]));
+    let log = entries.iter().map(Value::to_string).collect::<String>();
+    assert!(!log.contains("jane"), "made-up text in the public log");
+
+    // A sum's clamp is bounded (the noise's scale must fit in 64 bits, never saturate).
+    let huge = json!({"destination": "us-partners", "purpose": "analytics", "categories": ["profile"],
+        "measure": "sum", "field": "n", "lower": 0, "upper": 4_611_686_018_427_387_904_i64, "epsilon": 1.0});
+    let huge = app
+        .client(DUBLIN)
+        .post(app.url("/v1/transfers/aggregates"))
+        .bearer_auth(&token)
+        .json(&huge)
+        .send()
+        .await
+        .unwrap();
+    let body = problem(huge, 422, "invalid-body").await;
+    assert!(body["detail"].as_str().unwrap().contains("-10000..=10000"), "{body}");
 }
