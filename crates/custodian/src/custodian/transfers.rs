@@ -6,7 +6,8 @@
 //! A transfer's receipt is for the whole transfer, not one record: its entry (kind `transfer`)
 //! names the destination, the purpose and the categories, and the custodian opens only records
 //! of those categories, for a destination its own configuration gives a legal basis and that
-//! purpose.
+//! purpose. The journal keeps one record per subject of each batch opened for a transfer
+//! (which transfer's entry, when, for what purpose), rather than one per record.
 
 use clover_egress::{Destination, TransferRules};
 use clover_event::{Entry, Event, EventKind};
@@ -150,6 +151,8 @@ impl Custodian {
         let now = OffsetDateTime::now_utc().unix_timestamp();
         let mut outcomes = Vec::with_capacity(items.len());
         let mut journal = Vec::with_capacity(items.len());
+        let mut journalled = std::collections::HashSet::new();
+        let mut minors: std::collections::HashMap<(String, Vec<u8>), bool> = std::collections::HashMap::new();
         for item in items {
             let Some(rules) = self.egress.rules.for_category(&item.category, &access.destination) else {
                 outcomes.push(TransferOutcome::NotCovered);
@@ -163,15 +166,22 @@ impl Custodian {
                 continue;
             }
             let hash = item.subject_hash.clone();
-            let facts = match self.subject_facts_for(&item.subject, &hash, &item.metadata).await {
-                Ok(facts) => facts,
-                Err(KeyError::NoDataKey | KeyError::Erased) => {
-                    outcomes.push(TransferOutcome::Erased);
-                    continue;
-                }
-                Err(e) => return Err(e),
+            // Whether a minor, once per subject of the batch (their records come together).
+            let minor = match minors.get(&(hash.clone(), item.metadata.clone())) {
+                Some(minor) => *minor,
+                None => match self.subject_facts_for(&item.subject, &hash, &item.metadata).await {
+                    Ok(facts) => {
+                        minors.insert((hash.clone(), item.metadata.clone()), facts.minor);
+                        facts.minor
+                    }
+                    Err(KeyError::NoDataKey | KeyError::Erased) => {
+                        outcomes.push(TransferOutcome::Erased);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                },
             };
-            if facts.minor {
+            if minor {
                 outcomes.push(TransferOutcome::Minor);
                 continue;
             }
@@ -203,6 +213,11 @@ impl Custodian {
                 quasi: treated.quasi,
                 refused: treated.refused,
             });
+            // One journal record per subject whose records the batch opened (with the receipt:
+            // which transfer, when, for what purpose).
+            if !journalled.insert(hash.clone()) {
+                continue;
+            }
             journal.push(UnwrapRecord {
                 time: now,
                 subject: hash,
