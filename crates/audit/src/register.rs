@@ -27,6 +27,9 @@ pub struct RegisterCheck {
     pub computed: Vec<RegisterRow>,
     /// The log's verification.
     pub report: Report,
+    /// Record transfers started in the verified log with no end entry (the index of each one's
+    /// start): under way, or ended without saying how much left.
+    pub open_transfers: Vec<u64>,
 }
 
 impl RegisterCheck {
@@ -96,10 +99,12 @@ pub async fn check(options: &VerifyOptions) -> Result<RegisterCheck, RegisterErr
     }
     let served: Served = response.json().await.map_err(|e| failed(e.to_string()))?;
     let mut register = Register::new();
+    let mut whole = Register::new();
     let report = verify_with(options, |index, event| {
         if index < served.log_size {
             register.add(index, event);
         }
+        whole.add(index, event);
     })
     .await?;
     if served.log_size > report.size {
@@ -108,7 +113,7 @@ pub async fn check(options: &VerifyOptions) -> Result<RegisterCheck, RegisterErr
     if served.log_size < signed {
         return Err(RegisterError::Behind { served: served.log_size, signed });
     }
-    Ok(RegisterCheck { served, computed: register.rows(), report })
+    Ok(RegisterCheck { served, computed: register.rows(), report, open_transfers: whole.open_transfers() })
 }
 
 /// The size a checkpoint says (its second line); its signature is checked by the verification

@@ -59,6 +59,9 @@ pub struct Register {
     rows: BTreeMap<RowKey, Sums>,
     /// Entries read.
     entries: u64,
+    /// Record transfers whose stream started and has not ended (no `sent` or `interrupted`
+    /// entry yet): their id and the index of their last start.
+    open: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -87,6 +90,19 @@ impl Register {
         self.entries += 1;
         let Some(event) = event else { return };
         let Some(facts) = event.transfer.as_ref() else { return };
+        if event.kind == EventKind::Transfer
+            && let Some(id) = &facts.transfer_id
+        {
+            match facts.stage.as_str() {
+                "started" => {
+                    self.open.insert(id.clone(), index);
+                }
+                "sent" | "interrupted" => {
+                    self.open.remove(id);
+                }
+                _ => {}
+            }
+        }
         let allowed = event.decision.as_ref().is_some_and(|d| d.effect == "allow");
         // A transfer's entry, or a read's from outside the region (a transfer too).
         let kind_fits = match event.kind {
@@ -103,6 +119,13 @@ impl Register {
         sums.suppressed += facts.suppressed;
         sums.epsilon += facts.epsilon.as_deref().and_then(|e| e.parse::<f64>().ok()).unwrap_or(0.0);
         sums.log_indexes.push(index);
+    }
+
+    /// Record transfers whose stream started and has no end entry yet (under way, or cut off
+    /// without one: a boundary that crashed mid-stream, or that hides what it sent): the index of
+    /// each one's last start entry.
+    pub fn open_transfers(&self) -> Vec<u64> {
+        self.open.values().copied().collect()
     }
 
     /// The rows, in order of month, destination, region, legal basis, purpose, treatment and
@@ -236,8 +259,10 @@ mod tests {
         register.add(4, Some(&entry("aggregate", "allow", dec, 1000, Some("0.25"))));
         register.add(5, Some(&entry("aggregate", "allow", dec, 1000, Some("0.5"))));
         register.add(6, None);
+        register.add(7, Some(&entry("started", "allow", dec, 0, None)));
+        assert_eq!(register.open_transfers(), [7], "a start with no end is open");
         let rows = register.rows();
-        assert_eq!(register.entries(), 7);
+        assert_eq!(register.entries(), 8);
         assert_eq!(rows.len(), 2);
         let first = &rows[0];
         assert_eq!(first.key.month, "2025-11");

@@ -259,7 +259,11 @@ pub async fn release(boundary: &Boundary, caller: &Caller, a: AggregateAsked) ->
             boundary.store().records_for_transfer(&selection, after.as_ref(), 500).await.map_err(ApiError::internal)?;
         let Some(last) = page.last() else { break };
         after = Some(last.0.record_id);
-        for (category, outcome) in transfers::treat(boundary, &receipt, page, true).await? {
+        let treated = match transfers::treat(boundary, &receipt, page, true).await {
+            Ok(treated) => treated,
+            Err(e) => return Err(transfers::custodian_refusal(boundary, &caller, &id, asked, e).await),
+        };
+        for (category, outcome) in treated {
             let TransferOutcome::Treated { subject, fields, .. } = outcome else { continue };
             let seen = per_subject.entry(subject).or_insert(0);
             if *seen >= a.bound {

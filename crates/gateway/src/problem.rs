@@ -156,6 +156,10 @@ pub enum ApiError {
     /// The request conflicts with the resource's state (a transfer streamed already).
     #[error("{0}")]
     Conflict(String),
+    /// The custodian refused to open records for a transfer the boundary's policy allowed (its
+    /// own configuration gives the destination no legal basis for the purpose, say).
+    #[error("the custodian refused: {0}")]
+    CustodianRefused(String),
     /// A transfer refused for what it asks (not by policy) before any data was read, and
     /// logged: an unknown category, one no transfer rule covers, a time range upside down, a
     /// privacy budget spent.
@@ -297,6 +301,12 @@ impl ApiError {
             }
             Self::TransferRefused { status, slug, title, detail, .. } => (*status, slug, title, detail.clone()),
             Self::Conflict(d) => (StatusCode::CONFLICT, "conflict", "Conflict", d.clone()),
+            Self::CustodianRefused(d) => (
+                StatusCode::FORBIDDEN,
+                "custodian-refused",
+                "Refused by the custodian",
+                format!("the custodian refused to open the records: {d}"),
+            ),
             Self::MalformedJson(d) => (StatusCode::BAD_REQUEST, "malformed-json", "Malformed JSON", d.clone()),
             Self::UnsupportedMediaType(d) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported media type", d.clone())

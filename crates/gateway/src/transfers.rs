@@ -304,7 +304,11 @@ pub async fn create(boundary: &Boundary, caller: &Caller, asked: Asked) -> Resul
         // Only what k-anonymity counts: tokens and FF1 are made when the records leave.
         let receipt =
             decided.now(boundary, &caller, &decision, &id, || facts(boundary, &id, "decided", &asked)).await?.clone();
-        for outcome in treat(boundary, &receipt, page, true).await? {
+        let treated = match treat(boundary, &receipt, page, true).await {
+            Ok(treated) => treated,
+            Err(e) => return Err(custodian_refusal(boundary, &caller, &id, &asked, e).await),
+        };
+        for outcome in treated {
             match outcome {
                 (category, TransferOutcome::Treated { subject, quasi, refused, .. }) => {
                     classes.add(class_of(&category, &quasi), &subject);
@@ -360,6 +364,26 @@ pub async fn create(boundary: &Boundary, caller: &Caller, asked: Asked) -> Resul
         .map_err(ApiError::internal)?;
     tracing::info!(transfer = %id, destination = %destination.name, records, suppressed, log_index, "transfer made");
     Ok(Created { manifest, note, log_index, decision })
+}
+
+/// A custodian's refusal, logged as the transfer's (the boundary's policy allowed it, its
+/// decision is in the log: the refusal says why nothing followed); any other error as it is.
+pub(crate) async fn custodian_refusal(
+    boundary: &Boundary,
+    caller: &Caller,
+    id: &str,
+    asked: &Asked,
+    error: ApiError,
+) -> ApiError {
+    match error {
+        ApiError::CustodianRefused(detail) => {
+            tracing::warn!(transfer = id, reason = %detail, "the custodian refused a transfer the policy allowed");
+            let kind = (axum::http::StatusCode::FORBIDDEN, "custodian-refused", "Refused by the custodian");
+            refuse(boundary, caller, id, asked, kind, format!("the custodian refused to open the records: {detail}"))
+                .await
+        }
+        other => other,
+    }
 }
 
 /// The fields' treatments of each category a transfer asks for, for its destination; a category
@@ -426,7 +450,10 @@ pub(crate) async fn treat(
             metadata: subject.metadata,
         })
         .collect();
-    let outcomes = boundary.custody().transfer(receipt, items, quasi_only).await.map_err(ApiError::internal)?;
+    let outcomes = boundary.custody().transfer(receipt, items, quasi_only).await.map_err(|e| match e {
+        clover_keys::KeyError::Receipt(detail) => ApiError::CustodianRefused(detail),
+        other => ApiError::internal(other),
+    })?;
     if outcomes.len() != categories.len() {
         return Err(ApiError::internal(NotACategory("(the custodian answered another number of records)".into())));
     }

@@ -114,6 +114,14 @@ impl RegisterArgs {
             );
             print!("{}", register_table(&check.computed));
         }
+        if !check.open_transfers.is_empty() {
+            eprintln!(
+                "warning: {} record transfers started with no end entry in the log (start entries {:?}): under way, or \
+                 cut off without saying how much left",
+                check.open_transfers.len(),
+                check.open_transfers
+            );
+        }
         if check.agrees() {
             eprintln!(
                 "the served register agrees with the log: {} rows, {} transfers",

@@ -795,9 +795,13 @@ async fn a_custodian_without_destinations_refuses_every_transfer() {
     let body = json!({"destination": "us-partners", "purpose": "analytics", "categories": ["profile"]});
     let made = app.client(DUBLIN).post(app.url("/v1/transfers")).bearer_auth(&token).json(&body).send().await.unwrap();
     // The boundary's policy allowed it; the custodian, whose own configuration gives the
-    // destination no legal basis, opened nothing: no manifest was made.
-    assert!(made.status().is_server_error(), "{}", made.status());
+    // destination no legal basis, opened nothing: no manifest was made, and the refusal is
+    // logged after the decision.
+    let body = problem(made, 403, "custodian-refused").await;
     let entries = crate::harness::log_entries(app.boundary.log()).await;
     assert!(entries.iter().any(|e| e["transfer"]["stage"] == "decided"));
     assert!(!entries.iter().any(|e| e["transfer"]["stage"] == "manifest"));
+    let refusal = &entries[usize::try_from(body["log_index"].as_u64().unwrap()).unwrap()];
+    assert_eq!(refusal["transfer"]["stage"], "refused");
+    assert_eq!(refusal["decision"]["policies"], json!(["custodian-refused"]));
 }
