@@ -30,7 +30,7 @@ use serde::Serialize;
 use crate::boundary::Boundary;
 use crate::pipeline::Caller;
 use crate::problem::ApiError;
-use crate::transfers::{self, Asked, NotACategory};
+use crate::transfers::{self, Asked, Fault};
 
 /// A grouping dimension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize, utoipa::ToSchema)]
@@ -208,7 +208,7 @@ pub async fn release(boundary: &Boundary, caller: &Caller, a: AggregateAsked) ->
     let config = boundary.config();
     let destination = config
         .destination(&asked.destination)
-        .ok_or_else(|| ApiError::internal(NotACategory(asked.destination.clone())))?;
+        .ok_or_else(|| ApiError::internal(Fault::Destination(asked.destination.clone())))?;
     let limit = destination.budgets.get(&asked.purpose).map_or((0.0, 0.0), |b| (b.epsilon, b.delta));
     let spent = boundary
         .store()
@@ -292,8 +292,7 @@ pub async fn release(boundary: &Boundary, caller: &Caller, a: AggregateAsked) ->
 
     // Noise in every cell, exactly.
     let sensitivity = u64::from(a.bound).saturating_mul(per_record);
-    let (s, t) = laplace_scale(sensitivity, epsilon)
-        .ok_or_else(|| ApiError::internal(NotACategory("(a noise scale that does not fit)".into())))?;
+    let (s, t) = laplace_scale(sensitivity, epsilon).ok_or_else(|| ApiError::internal(Fault::Scale(sensitivity)))?;
     let uniform = Uniform::default();
     let mut released = Vec::with_capacity(values.len());
     for (group, value) in cells(&grid).into_iter().zip(values) {

@@ -141,11 +141,15 @@ pub(crate) fn entry(boundary: &Boundary, caller: &Caller, decision: &Decision, f
     }
 }
 
-/// Appends a transfer entry with an annex naming the caller (and the transfer); returns its index.
-pub(crate) async fn append(boundary: &Boundary, caller: &Caller, event: Event, id: &str) -> Result<u64, ApiError> {
+/// The annex of a transfer entry of `caller`'s: who asked (and their ticket), and the transfer.
+fn transfer_annex(caller: &Caller, id: &str) -> Result<clover_event::Annex, ApiError> {
     let note = format!("transfer {id}");
-    let annex = annex(Some(&caller.principal), caller.justification.as_deref(), Some(&note), None, None)?;
-    Ok(boundary.append_annexed(event, Some(annex)).await?)
+    Ok(annex(Some(&caller.principal), caller.justification.as_deref(), Some(&note), None, None)?)
+}
+
+/// Appends a transfer entry with its annex; returns its index.
+pub(crate) async fn append(boundary: &Boundary, caller: &Caller, event: Event, id: &str) -> Result<u64, ApiError> {
+    Ok(boundary.append_annexed(event, Some(transfer_annex(caller, id)?)).await?)
 }
 
 /// Appends an allowed transfer entry (its decision or its start) and returns its receipt.
@@ -155,9 +159,7 @@ pub(crate) async fn append_receipted(
     event: Event,
     id: &str,
 ) -> Result<TransferReceipt, ApiError> {
-    let note = format!("transfer {id}");
-    let annex = annex(Some(&caller.principal), caller.justification.as_deref(), Some(&note), None, None)?;
-    Ok(boundary.append_transfer_annexed(event, annex).await?)
+    Ok(boundary.append_transfer_annexed(event, transfer_annex(caller, id)?).await?)
 }
 
 /// Logs a refusal of what a transfer asks (not by policy) and returns its problem.
@@ -193,7 +195,7 @@ pub(crate) async fn decide(
     let config = boundary.config();
     let mut allowed = None;
     for category in &asked.categories {
-        let category: Category = category.parse().map_err(|_| ApiError::internal(NotACategory(category.clone())))?;
+        let category: Category = category.parse().map_err(|_| ApiError::internal(Fault::Category(category.clone())))?;
         let circumstances = Circumstances {
             purpose: caller.purpose.clone(),
             has_justification: caller.justification.is_some(),
@@ -216,10 +218,31 @@ pub(crate) async fn decide(
     allowed.ok_or_else(|| ApiError::InvalidBody("a transfer names at least one category".to_owned()))
 }
 
-/// A category name that passed the configuration's check and then did not parse.
+/// What cannot happen once a transfer's request was checked and allowed, and would be a fault
+/// of the boundary (answered 500, its cause in the server's log).
 #[derive(Debug, thiserror::Error)]
-#[error("category {0:?} is configured but not a category name")]
-pub(crate) struct NotACategory(pub(crate) String);
+pub(crate) enum Fault {
+    /// A category that passed the check and then did not parse.
+    #[error("category {0:?} is configured but not a category name")]
+    Category(String),
+    /// A destination the policy allowed that the configuration does not have.
+    #[error("destination {0:?} was allowed but is not configured")]
+    Destination(String),
+    /// The custodian answered another number of records than it was sent.
+    #[error("the custodian answered {answered} outcomes for {sent} records")]
+    Outcomes {
+        /// Sent.
+        sent: usize,
+        /// Answered.
+        answered: usize,
+    },
+    /// The log's own entry bundle does not parse.
+    #[error("the log's entry bundle {0} does not parse")]
+    Bundle(u64),
+    /// A noise scale that does not fit in 64 bits (the request's bounds should prevent it).
+    #[error("the noise scale for sensitivity {0} does not fit")]
+    Scale(u64),
+}
 
 /// Checks what a transfer asks before it is decided; a refusal is logged.
 pub(crate) async fn check(boundary: &Boundary, caller: &Caller, id: &str, asked: &Asked) -> Result<(), ApiError> {
@@ -267,7 +290,7 @@ pub async fn create(boundary: &Boundary, caller: &Caller, asked: Asked) -> Resul
     // Allowed: the destination is configured (the policy refuses an unknown one).
     let destination = config
         .destination(&asked.destination)
-        .ok_or_else(|| ApiError::internal(NotACategory(asked.destination.clone())))?
+        .ok_or_else(|| ApiError::internal(Fault::Destination(asked.destination.clone())))?
         .clone();
     let rules = rules_for(boundary, &caller, &id, &asked).await?;
     // What exists now (records are timed to the second: this second's included), and no record
@@ -398,7 +421,7 @@ pub(crate) async fn rules_for(
     let rules = clover_egress::TransferRules::new(boundary.config().transfer_rules.clone());
     let mut out = std::collections::BTreeMap::new();
     for category in &asked.categories {
-        let parsed: Category = category.parse().map_err(|_| ApiError::internal(NotACategory(category.clone())))?;
+        let parsed: Category = category.parse().map_err(|_| ApiError::internal(Fault::Category(category.clone())))?;
         match rules.for_category(&parsed, &asked.destination) {
             Some(fields) => {
                 out.insert(category.clone(), fields.clone());
@@ -455,7 +478,7 @@ pub(crate) async fn treat(
         other => ApiError::internal(other),
     })?;
     if outcomes.len() != categories.len() {
-        return Err(ApiError::internal(NotACategory("(the custodian answered another number of records)".into())));
+        return Err(ApiError::internal(Fault::Outcomes { sent: categories.len(), answered: outcomes.len() }));
     }
     Ok(categories.into_iter().zip(outcomes).collect())
 }
@@ -523,13 +546,23 @@ pub async fn stream(boundary: std::sync::Arc<Boundary>, caller: &Caller, id: &st
             row.state
         )));
     }
-    let started = append_receipted(
+    let started = match append_receipted(
         &boundary,
         &caller,
         entry(&boundary, &caller, &decision, facts(&boundary, id, "started", &asked)),
         id,
     )
-    .await?;
+    .await
+    {
+        Ok(started) => started,
+        Err(e) => {
+            // Nothing was sent: the transfer may be streamed when the log takes entries again.
+            if let Err(back) = boundary.store().set_transfer_state(id, state::STREAMING, state::READY, 0, None).await {
+                tracing::error!(transfer = id, error = %crate::report::Chain(&back), "a transfer whose start could not be logged stays marked streaming");
+            }
+            return Err(e);
+        }
+    };
     let parse = |t: &Option<String>| t.as_deref().and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok());
     let selection = TransferSelection {
         categories: manifest.categories.iter().filter_map(|c| c.parse().ok()).collect(),
@@ -738,8 +771,7 @@ pub async fn register(boundary: &Boundary) -> Result<(Vec<clover_egress::Registe
         let width = u16::try_from(end - first).map_err(ApiError::internal)?;
         let bundle =
             boundary.log().tile(&Tile { level: None, index, width }).await.map_err(ApiError::LogUnavailable)?;
-        let entries =
-            split_bundle(&bundle).ok_or_else(|| ApiError::internal(NotACategory("(an entry bundle)".into())))?;
+        let entries = split_bundle(&bundle).ok_or_else(|| ApiError::internal(Fault::Bundle(index)))?;
         for (at, entry) in (first..).zip(entries) {
             if at < *read {
                 continue;

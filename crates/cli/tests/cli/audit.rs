@@ -5,7 +5,6 @@
 //! deletes the checkpoint that would betray it, and restarts (a fork, a shrink): the boundary
 //! then signs the rewritten log, and only the auditor's kept state catches it.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -13,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::support::{
-    DUBLIN, Finished, PATIENCE, Process, client, clover_with_passphrase, mint_token, run, run_ok, stdout_of,
+    DUBLIN, Finished, PATIENCE, Process, client, clover_with_passphrase, mint_token, proxy, run, run_ok, stdout_of,
 };
 
 fn clover(dir: &Path) -> Command {
@@ -73,24 +72,6 @@ fn verify(dir: &Path, url: &str, vkey: &str, state: Option<&Path>, witnesses: &[
 fn assert_fails(out: &Finished, expected: &str) {
     assert!(!out.status.success(), "verify passed; it should have found: {expected}");
     assert!(out.stderr.contains(expected), "expected {expected:?} in:\n{}", out.stderr);
-}
-
-/// A proxy in front of `upstream` that passes every GET through `alter(path, body)`.
-async fn proxy(upstream: String, alter: fn(&str, Vec<u8>) -> Vec<u8>) -> String {
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
-    let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
-        let (client, upstream) = (client.clone(), upstream.clone());
-        async move {
-            let response = client.get(format!("{upstream}{uri}")).send().await.unwrap();
-            let status = response.status().as_u16();
-            let body = response.bytes().await.unwrap().to_vec();
-            (axum::http::StatusCode::from_u16(status).unwrap(), alter(uri.path(), body))
-        }
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr: SocketAddr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    format!("http://{addr}")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,13 +2,12 @@
 //! checked against what the boundary logged; the register recomputed from the public log, and
 //! caught when the served one lies.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 
 use serde_json::json;
 
-use crate::support::{DUBLIN, Process, client, clover_with_passphrase, mint_token, run, run_ok, stdout_of};
+use crate::support::{DUBLIN, Process, client, clover_with_passphrase, mint_token, proxy, run, run_ok, stdout_of};
 
 fn clover(dir: &Path) -> Command {
     clover_with_passphrase(dir, "export-test")
@@ -32,28 +31,15 @@ async fn population(url: &str, token: &str) {
     }
 }
 
-/// A proxy in front of `upstream` that serves a register with one more record than the log says.
-async fn lying_register(upstream: String) -> String {
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
-    let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
-        let (client, upstream) = (client.clone(), upstream.clone());
-        async move {
-            let response = client.get(format!("{upstream}{uri}")).send().await.unwrap();
-            let status = response.status().as_u16();
-            let mut body = response.bytes().await.unwrap().to_vec();
-            if uri.path() == "/v1/register/transfers" {
-                let mut register: serde_json::Value = serde_json::from_slice(&body).unwrap();
-                let records = register["rows"][0]["records"].as_u64().unwrap();
-                register["rows"][0]["records"] = json!(records - 1);
-                body = serde_json::to_vec(&register).unwrap();
-            }
-            (axum::http::StatusCode::from_u16(status).unwrap(), body)
-        }
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr: SocketAddr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    format!("http://{addr}")
+/// What a boundary that lies about its register would serve: one record fewer in its first row.
+fn lying_register(path: &str, body: Vec<u8>) -> Vec<u8> {
+    if path != "/v1/register/transfers" {
+        return body;
+    }
+    let mut register: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let records = register["rows"][0]["records"].as_u64().unwrap();
+    register["rows"][0]["records"] = json!(records - 1);
+    serde_json::to_vec(&register).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -120,7 +106,7 @@ async fn an_export_lands_in_a_file_and_the_register_recomputes_from_the_log() {
     assert!(agreed.stdout.contains("us-partners"), "{}", agreed.stdout);
     assert!(agreed.stderr.contains("agrees with the log: 1 rows, 1 transfers"), "{}", agreed.stderr);
     // A boundary that serves another register than its log gives is caught.
-    let lying = lying_register(server.url.clone()).await;
+    let lying = proxy(server.url.clone(), lying_register).await;
     let caught = register(&lying);
     assert!(!caught.status.success());
     assert!(caught.stderr.contains("differs"), "{}", caught.stderr);

@@ -331,3 +331,21 @@ pub fn acknowledgement(text: &str) -> Option<(String, u64)> {
     let body: Value = serde_json::from_str(text).ok()?;
     Some((body["record_id"].as_str()?.to_owned(), body["log_index"].as_u64()?))
 }
+
+/// A proxy in front of `upstream` that passes every GET through `alter(path, body)`.
+pub async fn proxy(upstream: String, alter: fn(&str, Vec<u8>) -> Vec<u8>) -> String {
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
+        let (client, upstream) = (client.clone(), upstream.clone());
+        async move {
+            let response = client.get(format!("{upstream}{uri}")).send().await.unwrap();
+            let status = response.status().as_u16();
+            let body = response.bytes().await.unwrap().to_vec();
+            (axum::http::StatusCode::from_u16(status).unwrap(), alter(uri.path(), body))
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}")
+}
