@@ -30,12 +30,17 @@ pub struct RegisterCheck {
     /// Record transfers started in the verified log with no end entry (the index of each one's
     /// start): under way, or ended without saying how much left.
     pub open_transfers: Vec<u64>,
+    /// Whether the CSV form the boundary serves (asked for after the JSON one) holds the rows
+    /// the log gives, as `clover_egress::register::to_csv` writes them; `None` when it was
+    /// computed over another log size than the JSON one (the log grew between the two).
+    pub csv_agrees: Option<bool>,
 }
 
 impl RegisterCheck {
-    /// Whether the served register is the computed one, row for row, in order.
+    /// Whether the served register is the computed one, row for row, in order, in JSON and (when
+    /// it could be compared) in CSV.
     pub fn agrees(&self) -> bool {
-        self.served.rows == self.computed
+        self.served.rows == self.computed && self.csv_agrees != Some(false)
     }
 
     /// The rows that differ: served but not computed, computed but not served (a row served
@@ -113,7 +118,20 @@ pub async fn check(options: &VerifyOptions) -> Result<RegisterCheck, RegisterErr
     if served.log_size < signed {
         return Err(RegisterError::Behind { served: served.log_size, signed });
     }
-    Ok(RegisterCheck { served, computed: register.rows(), report, open_transfers: whole.open_transfers() })
+    // The CSV form, as served: the same rows if computed over the same entries.
+    let csv = client.get(&url).header("accept", "text/csv").send().await.map_err(|e| failed(e.to_string()))?;
+    if !csv.status().is_success() {
+        return Err(failed(format!("its CSV form answered {}", csv.status())));
+    }
+    let csv = csv.bytes().await.map_err(|e| failed(e.to_string()))?;
+    let computed = register.rows();
+    let csv_agrees = if report.size == served.log_size || whole.rows() == computed {
+        let expected = clover_egress::register::to_csv(&computed).map_err(|e| failed(e.to_string()))?;
+        Some(csv.as_ref() == expected.as_slice())
+    } else {
+        None
+    };
+    Ok(RegisterCheck { served, computed, report, open_transfers: whole.open_transfers(), csv_agrees })
 }
 
 /// The size a checkpoint says (its second line); its signature is checked by the verification

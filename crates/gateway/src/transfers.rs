@@ -250,12 +250,14 @@ pub(crate) async fn check(boundary: &Boundary, caller: &Caller, id: &str, asked:
     const INVALID: (StatusCode, &str, &str) =
         (StatusCode::UNPROCESSABLE_ENTITY, "invalid-body", "Invalid request body");
     if asked.categories.is_empty() || asked.categories.len() > MAX_CATEGORIES {
-        return Err(ApiError::InvalidBody(format!("a transfer names 1 to {MAX_CATEGORIES} categories")));
+        let detail = format!("a transfer names 1 to {MAX_CATEGORIES} categories, not {}", asked.categories.len());
+        return Err(refuse(boundary, caller, id, asked, INVALID, detail).await);
     }
     let mut seen = HashSet::new();
     for category in &asked.categories {
         if !seen.insert(category) {
-            return Err(ApiError::InvalidBody(format!("category {category:?} is named twice")));
+            let detail = format!("category {category:?} is named twice");
+            return Err(refuse(boundary, caller, id, asked, INVALID, detail).await);
         }
         let known = category.parse::<Category>().is_ok_and(|c| boundary.has_category(&c));
         if !known {

@@ -136,7 +136,10 @@ impl RegisterArgs {
         for row in computed_only {
             eprintln!("in the log, not served: {}", serde_json::to_string(row)?);
         }
-        if same_rows_otherwise(&check) {
+        if check.csv_agrees == Some(false) {
+            eprintln!("the CSV form of the served register is not the log's rows");
+        }
+        if same_rows_otherwise(&check) && check.served.rows != check.computed {
             eprintln!("the served rows are the log's, but not one for one in order (a row twice, or out of order)");
         }
         anyhow::bail!("the served register differs from the one the log gives")

@@ -36,10 +36,19 @@ fn lying_register(path: &str, body: Vec<u8>) -> Vec<u8> {
     if path != "/v1/register/transfers" {
         return body;
     }
-    let mut register: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    // The JSON form only (the CSV form passes as it is).
+    let Ok(mut register) = serde_json::from_slice::<serde_json::Value>(&body) else { return body };
     let records = register["rows"][0]["records"].as_u64().unwrap();
     register["rows"][0]["records"] = json!(records - 1);
     serde_json::to_vec(&register).unwrap()
+}
+
+/// A boundary whose CSV register says one transfer more than its JSON one and its log.
+fn lying_csv(path: &str, body: Vec<u8>) -> Vec<u8> {
+    if path != "/v1/register/transfers" || serde_json::from_slice::<serde_json::Value>(&body).is_ok() {
+        return body;
+    }
+    String::from_utf8(body).unwrap().replace(",profile,1,", ",profile,2,").into_bytes()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,4 +120,9 @@ async fn an_export_lands_in_a_file_and_the_register_recomputes_from_the_log() {
     assert!(!caught.status.success());
     assert!(caught.stderr.contains("differs"), "{}", caught.stderr);
     assert!(caught.stderr.contains("in the log, not served"), "{}", caught.stderr);
+    // Its CSV form is checked too.
+    let lying = proxy(server.url.clone(), lying_csv).await;
+    let caught = register(&lying);
+    assert!(!caught.status.success());
+    assert!(caught.stderr.contains("the CSV form of the served register is not the log's rows"), "{}", caught.stderr);
 }

@@ -304,8 +304,12 @@ async fn what_may_not_leave_is_refused_clearly_and_logged() {
     upside_down["until"] = json!("2026-01-01T00:00:00Z");
     let body = refused(create(&app, DUBLIN, &token, &upside_down).await, 422, "invalid-body").await;
     assert!(body["detail"].as_str().unwrap().contains("upside down"), "{body}");
-    // Nine refusals, nine entries; nothing was opened for any of them.
-    assert_eq!(app.boundary.log().size(), size + 9);
+    // No category, a category twice: refused and logged too.
+    refused(create(&app, DUBLIN, &token, &ask("us-partners", "analytics", json!([]))).await, 422, "invalid-body").await;
+    let twice = ask("us-partners", "analytics", json!(["profile", "profile"]));
+    refused(create(&app, DUBLIN, &token, &twice).await, 422, "invalid-body").await;
+    // Eleven refusals, eleven entries; nothing was opened for any of them.
+    assert_eq!(app.boundary.log().size(), size + 11);
     assert!(log_entries(app.boundary.log()).await.iter().all(|e| e["transfer"]["stage"] != "decided"));
     // Bad bytes and no token: refused before anything is decided.
     let bad = app
