@@ -100,17 +100,26 @@ impl TransferRules {
     /// The fields' treatments of `category` for `destination`: a rule naming the destination,
     /// else one naming none; `None` when no rule covers the category (it is not transferred).
     pub fn for_category(&self, category: &Category, destination: &str) -> Option<&BTreeMap<String, Treatment>> {
-        let mut general = None;
-        for rule in self.transfer_rules.iter().filter(|r| &r.category == category) {
-            if rule.destinations.iter().any(|d| d == destination) {
-                return Some(&rule.fields);
-            }
-            if rule.destinations.is_empty() && general.is_none() {
-                general = Some(&rule.fields);
-            }
-        }
-        general
+        rules_for_category(&self.transfer_rules, category, destination)
     }
+}
+
+/// [`TransferRules::for_category`] over a list of rules as a configuration holds them.
+pub fn rules_for_category<'r>(
+    rules: &'r [TransferRule],
+    category: &Category,
+    destination: &str,
+) -> Option<&'r BTreeMap<String, Treatment>> {
+    let mut general = None;
+    for rule in rules.iter().filter(|r| &r.category == category) {
+        if rule.destinations.iter().any(|d| d == destination) {
+            return Some(&rule.fields);
+        }
+        if rule.destinations.is_empty() && general.is_none() {
+            general = Some(&rule.fields);
+        }
+    }
+    general
 }
 
 /// The keys a transfer's treatments use, of one (region, purpose, destination): made and held by

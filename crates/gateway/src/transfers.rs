@@ -420,11 +420,11 @@ pub(crate) async fn rules_for(
     asked: &Asked,
 ) -> Result<std::collections::BTreeMap<String, std::collections::BTreeMap<String, clover_egress::Treatment>>, ApiError>
 {
-    let rules = clover_egress::TransferRules::new(boundary.config().transfer_rules.clone());
+    let rules = &boundary.config().transfer_rules;
     let mut out = std::collections::BTreeMap::new();
     for category in &asked.categories {
         let parsed: Category = category.parse().map_err(|_| ApiError::internal(Fault::Category(category.clone())))?;
-        match rules.for_category(&parsed, &asked.destination) {
+        match clover_egress::treatment::rules_for_category(rules, &parsed, &asked.destination) {
             Some(fields) => {
                 out.insert(category.clone(), fields.clone());
             }

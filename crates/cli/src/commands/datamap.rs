@@ -159,7 +159,6 @@ fn allowed(
 
 fn datamap(config: &Config, pack: &PolicyPack) -> Datamap {
     let mut findings = Vec::new();
-    let rules = clover_egress::TransferRules::new(config.transfer_rules.clone());
     let purposes: Vec<PurposeEntry> = config
         .purposes
         .iter()
@@ -244,7 +243,9 @@ fn datamap(config: &Config, pack: &PolicyPack) -> Datamap {
             let mut treatments = BTreeMap::new();
             let mut reachable = Vec::new();
             for category in &config.categories {
-                if let Some(fields) = rules.for_category(&category.name, &d.name) {
+                if let Some(fields) =
+                    clover_egress::treatment::rules_for_category(&config.transfer_rules, &category.name, &d.name)
+                {
                     treatments.insert(
                         category.name.to_string(),
                         fields.iter().map(|(f, t)| (f.clone(), t.as_str().to_owned())).collect(),

@@ -721,16 +721,23 @@ async fn six_adults(app: &TestApp) {
     }
 }
 
-#[tokio::test]
-async fn a_custodian_in_its_own_process_treats_a_transfer_by_its_own_rules_only() {
-    let remote = start_with_egress(true).await;
-    let app = &remote.app;
-    six_adults(app).await;
+/// An analyst of the region asks for a transfer of profiles to `us-partners`; their token and
+/// the answer.
+async fn transfer_profiles(app: &TestApp) -> (String, reqwest::Response) {
     let mut claims = app.claims("eu", "dublin-1", 3600);
     claims.roles = vec!["analytics".into()];
     let token = app.mint(&claims);
     let body = json!({"destination": "us-partners", "purpose": "analytics", "categories": ["profile"]});
     let made = app.client(DUBLIN).post(app.url("/v1/transfers")).bearer_auth(&token).json(&body).send().await.unwrap();
+    (token, made)
+}
+
+#[tokio::test]
+async fn a_custodian_in_its_own_process_treats_a_transfer_by_its_own_rules_only() {
+    let remote = start_with_egress(true).await;
+    let app = &remote.app;
+    six_adults(app).await;
+    let (token, made) = transfer_profiles(app).await;
     assert_eq!(made.status(), 201);
     let made: Value = made.json().await.unwrap();
     assert_eq!(made["manifest"]["records"], 6, "{made}");
@@ -789,11 +796,7 @@ async fn a_custodian_without_destinations_refuses_every_transfer() {
     let remote = start().await;
     let app = &remote.app;
     six_adults(app).await;
-    let mut claims = app.claims("eu", "dublin-1", 3600);
-    claims.roles = vec!["analytics".into()];
-    let token = app.mint(&claims);
-    let body = json!({"destination": "us-partners", "purpose": "analytics", "categories": ["profile"]});
-    let made = app.client(DUBLIN).post(app.url("/v1/transfers")).bearer_auth(&token).json(&body).send().await.unwrap();
+    let (_, made) = transfer_profiles(app).await;
     // The boundary's policy allowed it; the custodian, whose own configuration gives the
     // destination no legal basis, opened nothing: no manifest was made, and the refusal is
     // logged after the decision.

@@ -465,6 +465,23 @@ async fn aggregates_are_noised_exactly_and_spend_their_budget_atomically() {
     assert_eq!(entry_at(&entries, &body["log_index"])["transfer"]["stage"], "refused");
     assert_eq!(app.boundary.store().budget_spent("us-partners", "analytics").await.unwrap().0, 200.0);
     problem(release(1.5, json!([])).await, 409, "budget-exhausted").await;
+    // From abroad, and without a role of the purpose: refused by policy and logged, nothing spent.
+    let body = json!({"destination": "us-partners", "purpose": "analytics", "categories": ["profile"], "measure": "count", "epsilon": 0.1});
+    for (from, who) in [(SINGAPORE, token.clone()), (DUBLIN, app.token())] {
+        let refused = app
+            .client(from)
+            .post(app.url("/v1/transfers/aggregates"))
+            .bearer_auth(&who)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let refused = problem(refused, 403, "forbidden").await;
+        let entries = log_entries(app.boundary.log()).await;
+        assert_eq!(entry_at(&entries, &refused["log_index"])["transfer"]["stage"], "refused");
+    }
+    assert_eq!(app.boundary.store().budget_spent("us-partners", "analytics").await.unwrap().0, 200.0);
+
     // A grid by day needs its range; an epsilon out of range; an unknown measure: refused.
     problem(release(0.5, json!(["day"])).await, 422, "invalid-body").await;
     problem(release(0.0, json!([])).await, 422, "invalid-body").await;
