@@ -132,6 +132,8 @@ impl ServerTlsArgs {
 pub(crate) enum Kind {
     Employee,
     Service,
+    /// A data subject (a person or an organisation's account), acting on their own data.
+    Subject,
 }
 
 impl From<Kind> for PrincipalKind {
@@ -139,6 +141,7 @@ impl From<Kind> for PrincipalKind {
         match kind {
             Kind::Employee => Self::Employee,
             Kind::Service => Self::Service,
+            Kind::Subject => Self::Subject,
         }
     }
 }

@@ -58,6 +58,10 @@ pub enum EventKind {
     /// first byte), its end (sent or interrupted), an aggregate release, or a pseudonymised read
     /// from outside the region (a transfer too). Its facts are in [`Event::transfer`].
     Transfer,
+    /// A data subject's request that needs a person (an export or erasure made for them by
+    /// staff, an erasure a legal hold blocks) was received or moved: its random id, kind,
+    /// states and deadline, never the subject.
+    SubjectRequest,
 }
 
 /// The caller, as a format 2 entry records it: what they are, not who.

@@ -6,6 +6,7 @@ pub mod approvals;
 mod document;
 pub mod keys;
 pub mod log;
+pub mod me;
 pub mod records;
 pub mod repatriation;
 pub mod service;
@@ -38,6 +39,7 @@ use crate::problem::{ApiError, BodyLimit};
     tags(
         (name = "subjects", description = "Data subjects: registration and erasure"),
         (name = "records", description = "Encrypted records"),
+        (name = "me", description = "A data subject's own requests, with their own token: who read my data (with proofs), my export, my erasure"),
         (name = "log", description = "The transparency log: checkpoints, tiles and proofs"),
         (name = "approvals", description = "Approvals for bulk access, granted by a second person"),
         (name = "keys", description = "Key custody: versions, rotation"),
@@ -80,6 +82,8 @@ pub fn routes() -> (Router<Arc<Boundary>>, utoipa::openapi::OpenApi) {
         .routes(routes!(records::create_record))
         .routes(routes!(records::read_record))
         .routes(routes!(subjects::list_accesses))
+        .routes(routes!(me::my_accesses))
+        .routes(routes!(me::erase_me))
         .routes(routes!(approvals::request_approval))
         .routes(routes!(approvals::grant_approval))
         .routes(routes!(approvals::get_approval))

@@ -298,7 +298,19 @@ impl TokenRules {
         let kind = match text("kind")?.as_str() {
             "employee" => PrincipalKind::Employee,
             "service" => PrincipalKind::Service,
-            _ => return Err(AuthError::BadClaim { claim: "kind".to_owned(), expected: "\"employee\" or \"service\"" }),
+            "subject" => PrincipalKind::Subject,
+            _ => {
+                return Err(AuthError::BadClaim {
+                    claim: "kind".to_owned(),
+                    expected: "\"employee\", \"service\" or \"subject\"",
+                });
+            }
+        };
+        // A data subject works at no site: their token may name none (policy never reads a
+        // subject's site; where they call from is the origin, from the network).
+        let site = match (kind, claims.get(&self.site_claim)) {
+            (PrincipalKind::Subject, None) => NO_SITE.to_owned(),
+            _ => text(&self.site_claim)?,
         };
         let roles = match claims.get("roles") {
             None | Some(Value::Null) => Vec::new(),
@@ -315,11 +327,14 @@ impl TokenRules {
             id: PrincipalId::new(text("sub")?).map_err(AuthError::Claim)?,
             kind,
             home_region: Region::new(text(&self.region_claim)?).map_err(AuthError::Claim)?,
-            site: SiteName::new(text(&self.site_claim)?).map_err(AuthError::Claim)?,
+            site: SiteName::new(site).map_err(AuthError::Claim)?,
             roles,
         })
     }
 }
+
+/// The site of a data subject whose token names none.
+pub const NO_SITE: &str = "none";
 
 /// Reads a token's header, refusing one that marks anything critical.
 fn header(token: &str) -> Result<Header, AuthError> {
@@ -456,7 +471,7 @@ impl Authenticator {
                 None => return Err(AuthError::Invalid("unexpected issuer".into())),
             },
         };
-        if !self.sites.contains(&principal.site) {
+        if principal.kind != PrincipalKind::Subject && !self.sites.contains(&principal.site) {
             // A validly signed token for a site that does not exist: the issuer's configuration
             // and the boundary's disagree, which an administrator should hear of.
             tracing::warn!(

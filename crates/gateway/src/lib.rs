@@ -12,6 +12,8 @@
 //! - [`pipeline`]: the access pipeline, one file per step;
 //! - [`api`]: the HTTP API, one file per resource, and the router and OpenAPI document;
 //! - [`config`], [`identity`], [`origin`], [`datadir`]: configuration, tokens, sites, keys on disk;
+//! - [`subjects`]: data subjects' own rights (accesses with proofs, export, erasure and closure
+//!   certificates, requests that need a person);
 //! - [`problem`]: errors as RFC 9457 problem details.
 
 pub mod aggregates;
@@ -30,6 +32,7 @@ pub mod repatriation;
 pub mod report;
 pub mod reseal;
 pub mod residency;
+pub mod subjects;
 pub mod transfers;
 pub mod witnesses;
 

@@ -81,6 +81,27 @@ pub(crate) async fn decide_and_log_many(
     events::log_allowed_many(boundary, caller, kind, asks, permits).await
 }
 
+/// Decides `ask` without acting on it: a refusal is logged and answered (403); an allowed
+/// request logs nothing here, so that what the caller asks can be checked further (a legal
+/// hold, say) before it is decided and logged for real with [`decide_and_log`].
+pub(crate) async fn refuse_if_denied(
+    boundary: &Boundary,
+    caller: &Caller,
+    kind: EventKind,
+    ask: &Ask<'_>,
+) -> Result<(), ApiError> {
+    let facts = decision::facts(boundary, caller, ask).await;
+    match decision::decide(boundary, caller, ask, &facts) {
+        verdict @ clover_policy::Verdict::Denied(_) => {
+            match events::log(boundary, caller, kind, ask, verdict, facts.approval.as_deref()).await {
+                Err(refused) => Err(refused),
+                Ok(_) => Err(ApiError::internal(std::io::Error::other("a refusal was logged as allowed"))),
+            }
+        }
+        clover_policy::Verdict::Allowed(_) => Ok(()),
+    }
+}
+
 /// For a subject that does not exist: decides `ask` as if they did (with what is unknown taken
 /// as the stricter: a minor). A caller the policy refuses gets the same logged refusal as for a
 /// subject who exists, so that they learn nothing of existence; one it allows learns that the

@@ -176,6 +176,23 @@ pub enum ApiError {
         /// The log entry that records the refusal.
         log_index: u64,
     },
+    /// A data subject's request refused for what it asks, not by policy: an export of a subject
+    /// who holds no data, one over the configured limit, an erasure a legal hold blocks, an
+    /// account closed already, a `/v1/me` call without a subject's token. Logged when
+    /// `log_index` is set; security-relevant ones are in the server's log too.
+    #[error("{detail}")]
+    SubjectRefused {
+        /// The HTTP status.
+        status: StatusCode,
+        /// The problem type's last part.
+        slug: &'static str,
+        /// The problem's title.
+        title: &'static str,
+        /// What was wrong.
+        detail: String,
+        /// The log entry that records the refusal, if one does.
+        log_index: Option<u64>,
+    },
     /// The body is not JSON.
     #[error("{0}")]
     MalformedJson(String),
@@ -300,6 +317,7 @@ impl ApiError {
                 (StatusCode::UNPROCESSABLE_ENTITY, "invalid-body", "Invalid request body", d.clone())
             }
             Self::TransferRefused { status, slug, title, detail, .. } => (*status, slug, title, detail.clone()),
+            Self::SubjectRefused { status, slug, title, detail, .. } => (*status, slug, title, detail.clone()),
             Self::Conflict(d) => (StatusCode::CONFLICT, "conflict", "Conflict", d.clone()),
             Self::CustodianRefused(d) => (
                 StatusCode::FORBIDDEN,
@@ -345,6 +363,9 @@ impl IntoResponse for ApiError {
             Self::TransferRefused { detail, log_index, .. } => {
                 tracing::warn!(reason = %detail, log_index, "transfer refused");
             }
+            Self::SubjectRefused { detail, log_index, slug, .. } => {
+                tracing::warn!(reason = %detail, problem = slug, log_index, "subject request refused");
+            }
             _ => tracing::debug!(%status, %detail, "request refused"),
         }
         let head_refused = matches!(self, Self::HeadNotAllowed);
@@ -358,6 +379,7 @@ impl IntoResponse for ApiError {
             Self::CertificateRefused { log_index, .. } => (None, log_index),
             Self::ErasureUnfinished { log_index, .. } => (None, Some(log_index)),
             Self::TransferRefused { log_index, .. } => (None, Some(log_index)),
+            Self::SubjectRefused { log_index, .. } => (None, log_index),
             _ => (None, None),
         };
         let label = decision.as_ref().map(|d| d.effect());

@@ -14,6 +14,9 @@ pub enum PrincipalKind {
     Employee,
     /// A service acting on its own account.
     Service,
+    /// A data subject (a person, or an organisation's account), acting on their own data: the
+    /// token's subject is the data subject's id.
+    Subject,
 }
 
 impl fmt::Display for PrincipalKind {
@@ -21,6 +24,7 @@ impl fmt::Display for PrincipalKind {
         f.write_str(match self {
             Self::Employee => "employee",
             Self::Service => "service",
+            Self::Subject => "subject",
         })
     }
 }
@@ -87,6 +91,13 @@ pub enum Action {
     /// Send the region's data out of it: a record transfer or an aggregate release to a
     /// configured destination (the egress path).
     Export,
+    /// Export a subject's own data to them (GDPR Art. 15 and 20): one decision for the subject,
+    /// then one logged opening per record.
+    ExportSubject,
+    /// Close an organisation's account: erase every record, cancel pending transfers, certify.
+    CloseAccount,
+    /// Handle the requests of data subjects that need a person (list them, move their state).
+    HandleRequests,
 }
 
 impl Action {
@@ -101,6 +112,9 @@ impl Action {
             Self::Administer => "administer",
             Self::Repatriate => "repatriate",
             Self::Export => "export",
+            Self::ExportSubject => "export-subject",
+            Self::CloseAccount => "close-account",
+            Self::HandleRequests => "handle-requests",
         }
     }
 }

@@ -193,6 +193,7 @@ struct ActionPolicies {
 struct EntityTypes {
     employee: EntityTypeName,
     service: EntityTypeName,
+    data_subject: EntityTypeName,
     record: EntityTypeName,
     subject: EntityTypeName,
     approval: EntityTypeName,
@@ -205,6 +206,7 @@ impl EntityTypes {
         Ok(Self {
             employee: name("Clover::Employee")?,
             service: name("Clover::Service")?,
+            data_subject: name("Clover::DataSubject")?,
             record: name("Clover::Record")?,
             subject: name("Clover::Subject")?,
             approval: name("Clover::Approval")?,
@@ -382,7 +384,10 @@ impl PolicyPack {
             | Action::Approve
             | Action::Administer
             | Action::Repatriate
-            | Action::Export => match self.evaluate(&prepared, cedar_action(request.action)) {
+            | Action::Export
+            | Action::ExportSubject
+            | Action::CloseAccount
+            | Action::HandleRequests => match self.evaluate(&prepared, cedar_action(request.action)) {
                 Ok((true, permits)) => Decision {
                     outcome: Outcome::Allow(View::Full),
                     policies: permits,
@@ -426,6 +431,7 @@ impl PolicyPack {
         let kind = match request.principal.kind {
             clover_model::PrincipalKind::Employee => &self.types.employee,
             clover_model::PrincipalKind::Service => &self.types.service,
+            clover_model::PrincipalKind::Subject => &self.types.data_subject,
         };
         let principal = uid(kind, &request.principal.id);
         let principal_entity = Entity::new(
@@ -457,7 +463,11 @@ impl PolicyPack {
             }
             PackResource::Subject { id, minor, home_region } => (
                 uid(&self.types.subject, id),
-                HashMap::from([("minor".to_owned(), b(*minor)), ("home_region".to_owned(), s(home_region))]),
+                HashMap::from([
+                    ("id".to_owned(), s(id)),
+                    ("minor".to_owned(), b(*minor)),
+                    ("home_region".to_owned(), s(home_region)),
+                ]),
             ),
         };
         let resource_entity = Entity::new(resource.clone(), attrs, HashSet::new()).map_err(cedar_err)?;
@@ -531,6 +541,9 @@ fn cedar_action(action: Action) -> &'static str {
         Action::Administer => "administer",
         Action::Repatriate => "repatriate",
         Action::Export => "export",
+        Action::ExportSubject => "export_subject",
+        Action::CloseAccount => "close_account",
+        Action::HandleRequests => "handle_requests",
     }
 }
 

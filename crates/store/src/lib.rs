@@ -189,6 +189,49 @@ pub struct TransferRow {
     pub classes: Vec<u8>,
 }
 
+/// A data subject's request that needs a person (an export or erasure made for them by staff,
+/// an erasure a legal hold blocks), tracked with its GDPR deadline. It names the subject by
+/// their keyed hash only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubjectRequestRow {
+    /// Its id (random).
+    pub request_id: String,
+    /// `export`, `erasure` or `closure`.
+    pub kind: String,
+    /// The subject's keyed hash.
+    pub subject_hash: String,
+    /// `open`, `in_progress`, `fulfilled`, `denied` or `expired` (the Data Rights Protocol's).
+    pub state: String,
+    /// The reference it is known by: the verified request's ticket, or the hold's.
+    pub reference: String,
+    /// When it was received.
+    pub received_at: OffsetDateTime,
+    /// When it must be answered by: a month from receipt, or three once extended.
+    pub deadline: OffsetDateTime,
+    /// Whether the deadline was extended (by two months, once).
+    pub extended: bool,
+    /// When it last moved.
+    pub updated_at: OffsetDateTime,
+    /// The log entry of its last move.
+    pub log_index: u64,
+}
+
+/// An erasure or closure certificate, as issued (without the salt of its subject commitment,
+/// which only its holder gets).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateRow {
+    /// Its id (random).
+    pub certificate_id: String,
+    /// `erasure` or `closure`.
+    pub kind: String,
+    /// The certificate (JSON), as issued.
+    pub document: String,
+    /// The log entry it certifies.
+    pub log_index: u64,
+    /// When it was issued.
+    pub created_at: OffsetDateTime,
+}
+
 /// What a transfer selects: records of these categories created in `[since, until)`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TransferSelection {
@@ -370,6 +413,50 @@ pub trait Store: Send + Sync + 'static {
         let _ = id;
         false
     }
+
+    /// Up to `limit` of a subject's records, in (category, record id) order after `after`: what
+    /// an export pages through, one category after another.
+    async fn records_of_subject(
+        &self,
+        subject: &SubjectId,
+        after: Option<(&str, &RecordId)>,
+        limit: u32,
+    ) -> Result<Vec<RecordRow>, StoreError>;
+
+    /// The reference of a legal hold on the subject (by keyed hash), if one holds.
+    async fn legal_hold(&self, subject_hash: &str) -> Result<Option<String>, StoreError>;
+
+    /// Places a legal hold on the subject (by keyed hash), under `reference`.
+    async fn place_legal_hold(&self, subject_hash: &str, reference: &str) -> Result<(), StoreError>;
+
+    /// Keeps an issued certificate.
+    async fn insert_certificate(&self, row: &CertificateRow) -> Result<(), StoreError>;
+
+    /// The certificate `id`.
+    async fn certificate(&self, id: &str) -> Result<Option<CertificateRow>, StoreError>;
+
+    /// Marks an account (by keyed hash) closed until `until`: it may not be registered again
+    /// before then.
+    async fn close_account(&self, subject_hash: &str, until: OffsetDateTime) -> Result<(), StoreError>;
+
+    /// Until when an account (by keyed hash) stays closed, if it was closed.
+    async fn account_closed_until(&self, subject_hash: &str) -> Result<Option<OffsetDateTime>, StoreError>;
+
+    /// Keeps a new subject request.
+    async fn insert_subject_request(&self, row: &SubjectRequestRow) -> Result<(), StoreError>;
+
+    /// The subject request `id`.
+    async fn subject_request(&self, id: &str) -> Result<Option<SubjectRequestRow>, StoreError>;
+
+    /// The subject requests, oldest first, in `state` if one is given.
+    async fn subject_requests(&self, state: Option<&str>) -> Result<Vec<SubjectRequestRow>, StoreError>;
+
+    /// Moves a subject request from state `from` to `row.state` (with its deadline, extension,
+    /// time and log index); whether it was in `from`.
+    async fn update_subject_request(&self, row: &SubjectRequestRow, from: &str) -> Result<bool, StoreError>;
+
+    /// The transfers in `state`, oldest first.
+    async fn transfers_in_state(&self, state: &str) -> Result<Vec<TransferRow>, StoreError>;
 
     /// How many subjects and records are stored.
     async fn counts(&self) -> Result<Counts, StoreError>;

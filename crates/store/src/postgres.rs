@@ -18,12 +18,13 @@ use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use time::OffsetDateTime;
 
 use crate::rows::{
-    self, APPROVAL_COLUMNS, RECORD_COLUMNS, RECORD_WITH_SUBJECT, SUBJECT_COLUMNS, TRANSFER_COLUMNS, TRANSFER_SELECT,
-    approval_row, corrupt, db, id_list, record_row, record_with_subject_row, subject_row, transfer_row,
+    self, APPROVAL_COLUMNS, CERTIFICATE_COLUMNS, RECORD_COLUMNS, RECORD_WITH_SUBJECT, SUBJECT_COLUMNS,
+    SUBJECT_REQUEST_COLUMNS, TRANSFER_COLUMNS, TRANSFER_SELECT, approval_row, corrupt, db, id_list, record_row,
+    record_with_subject_row, subject_row, transfer_row,
 };
 use crate::{
-    ApprovalRow, Counts, Erasure, REPATRIATED_COLUMNS, RecordRow, RepatriatedRow, Store, StoreError, SubjectRow,
-    TransferRow, TransferSelection, annex_subject, repatriated_row,
+    ApprovalRow, CertificateRow, Counts, Erasure, REPATRIATED_COLUMNS, RecordRow, RepatriatedRow, Store, StoreError,
+    SubjectRequestRow, SubjectRow, TransferRow, TransferSelection, annex_subject, repatriated_row,
 };
 use clover_event::Annex;
 
@@ -131,6 +132,40 @@ const MIGRATIONS: &[(i64, &str)] = &[
          delta       DOUBLE PRECISION NOT NULL,
          PRIMARY KEY (destination, purpose)
      );",
+    ),
+    (
+        9,
+        "CREATE TABLE legal_holds (
+         subject_hash TEXT NOT NULL,
+         reference    TEXT NOT NULL,
+         placed_at    BIGINT NOT NULL,
+         PRIMARY KEY (subject_hash, reference)
+     );
+     CREATE TABLE certificates (
+         certificate_id TEXT PRIMARY KEY NOT NULL,
+         kind           TEXT NOT NULL,
+         document       TEXT NOT NULL,
+         log_index      BIGINT NOT NULL,
+         created_at     BIGINT NOT NULL
+     );
+     CREATE TABLE closed_accounts (
+         subject_hash TEXT PRIMARY KEY NOT NULL,
+         closed_at    BIGINT NOT NULL,
+         until        BIGINT NOT NULL
+     );
+     CREATE TABLE subject_requests (
+         request_id   TEXT PRIMARY KEY NOT NULL,
+         kind         TEXT NOT NULL,
+         subject_hash TEXT NOT NULL,
+         state        TEXT NOT NULL,
+         reference    TEXT NOT NULL,
+         received_at  BIGINT NOT NULL,
+         deadline     BIGINT NOT NULL,
+         extended     BIGINT NOT NULL,
+         updated_at   BIGINT NOT NULL,
+         log_index    BIGINT NOT NULL
+     );
+     CREATE INDEX records_by_subject_and_category ON records(subject_id, category, record_id);",
     ),
 ];
 
@@ -460,6 +495,169 @@ impl Store for PostgresStore {
         // Dead row versions stay until VACUUM, WAL segments until recycled: the database's to
         // reclaim (docs/security.md).
         Ok(Some(Erasure { records, annexes, wal_truncated: false }))
+    }
+
+    async fn records_of_subject(
+        &self,
+        subject: &SubjectId,
+        after: Option<(&str, &RecordId)>,
+        limit: u32,
+    ) -> Result<Vec<RecordRow>, StoreError> {
+        let (category, record) = after.map_or((String::new(), String::new()), |(c, r)| (c.to_owned(), r.to_string()));
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {RECORD_COLUMNS} FROM records WHERE subject_id = $1 AND (category > $2 OR (category = $2 AND record_id > $3)) \
+             ORDER BY category, record_id LIMIT $4"
+        )))
+        .bind(subject.as_str())
+        .bind(category)
+        .bind(record)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("reading a subject's records"))?;
+        rows.iter().map(record_row).collect()
+    }
+
+    async fn legal_hold(&self, subject_hash: &str) -> Result<Option<String>, StoreError> {
+        sqlx::query_scalar("SELECT reference FROM legal_holds WHERE subject_hash = $1 ORDER BY placed_at LIMIT 1")
+            .bind(subject_hash)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("reading legal holds"))
+    }
+
+    async fn place_legal_hold(&self, subject_hash: &str, reference: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO legal_holds (subject_hash, reference, placed_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        )
+        .bind(subject_hash)
+        .bind(reference)
+        .bind(OffsetDateTime::now_utc().unix_timestamp())
+        .execute(&self.pool)
+        .await
+        .map_err(db("placing a legal hold"))?;
+        Ok(())
+    }
+
+    async fn insert_certificate(&self, row: &CertificateRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO certificates (certificate_id, kind, document, log_index, created_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&row.certificate_id)
+        .bind(&row.kind)
+        .bind(&row.document)
+        .bind(i64::try_from(row.log_index).unwrap_or(i64::MAX))
+        .bind(row.created_at.unix_timestamp())
+        .execute(&self.pool)
+        .await
+        .map_err(db("storing a certificate"))?;
+        Ok(())
+    }
+
+    async fn certificate(&self, id: &str) -> Result<Option<CertificateRow>, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {CERTIFICATE_COLUMNS} FROM certificates WHERE certificate_id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("reading a certificate"))?;
+        row.as_ref().map(rows::certificate_row).transpose()
+    }
+
+    async fn close_account(&self, subject_hash: &str, until: OffsetDateTime) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO closed_accounts (subject_hash, closed_at, until) VALUES ($1, $2, $3) \
+             ON CONFLICT (subject_hash) DO UPDATE SET closed_at = excluded.closed_at, until = excluded.until",
+        )
+        .bind(subject_hash)
+        .bind(OffsetDateTime::now_utc().unix_timestamp())
+        .bind(until.unix_timestamp())
+        .execute(&self.pool)
+        .await
+        .map_err(db("closing an account"))?;
+        Ok(())
+    }
+
+    async fn account_closed_until(&self, subject_hash: &str) -> Result<Option<OffsetDateTime>, StoreError> {
+        let until: Option<i64> = sqlx::query_scalar("SELECT until FROM closed_accounts WHERE subject_hash = $1")
+            .bind(subject_hash)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("reading closed accounts"))?;
+        until.map(rows::timestamp).transpose()
+    }
+
+    async fn insert_subject_request(&self, row: &SubjectRequestRow) -> Result<(), StoreError> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO subject_requests ({SUBJECT_REQUEST_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+        )))
+        .bind(&row.request_id)
+        .bind(&row.kind)
+        .bind(&row.subject_hash)
+        .bind(&row.state)
+        .bind(&row.reference)
+        .bind(row.received_at.unix_timestamp())
+        .bind(row.deadline.unix_timestamp())
+        .bind(i64::from(row.extended))
+        .bind(row.updated_at.unix_timestamp())
+        .bind(i64::try_from(row.log_index).unwrap_or(i64::MAX))
+        .execute(&self.pool)
+        .await
+        .map_err(db("storing a subject request"))?;
+        Ok(())
+    }
+
+    async fn subject_request(&self, id: &str) -> Result<Option<SubjectRequestRow>, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {SUBJECT_REQUEST_COLUMNS} FROM subject_requests WHERE request_id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("reading a subject request"))?;
+        row.as_ref().map(rows::subject_request_row).transpose()
+    }
+
+    async fn subject_requests(&self, state: Option<&str>) -> Result<Vec<SubjectRequestRow>, StoreError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {SUBJECT_REQUEST_COLUMNS} FROM subject_requests WHERE ($1 = '' OR state = $1) \
+             ORDER BY received_at, request_id"
+        )))
+        .bind(state.unwrap_or_default())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("reading subject requests"))?;
+        rows.iter().map(rows::subject_request_row).collect()
+    }
+
+    async fn update_subject_request(&self, row: &SubjectRequestRow, from: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE subject_requests SET state = $1, deadline = $2, extended = $3, updated_at = $4, log_index = $5 \
+             WHERE request_id = $6 AND state = $7",
+        )
+        .bind(&row.state)
+        .bind(row.deadline.unix_timestamp())
+        .bind(i64::from(row.extended))
+        .bind(row.updated_at.unix_timestamp())
+        .bind(i64::try_from(row.log_index).unwrap_or(i64::MAX))
+        .bind(&row.request_id)
+        .bind(from)
+        .execute(&self.pool)
+        .await
+        .map_err(db("updating a subject request"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn transfers_in_state(&self, state: &str) -> Result<Vec<TransferRow>, StoreError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {TRANSFER_COLUMNS} FROM transfers WHERE state = $1 ORDER BY created_at, transfer_id"
+        )))
+        .bind(state)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("reading transfers"))?;
+        rows.iter().map(transfer_row).collect()
     }
 
     async fn counts(&self) -> Result<Counts, StoreError> {

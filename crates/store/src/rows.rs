@@ -176,3 +176,37 @@ pub(crate) fn within_budget(spent: (f64, f64), spend: (f64, f64), limit: (f64, f
     // A hair of slack for the sum of decimals (0.1 + 0.2 within 0.3).
     (after.0 <= limit.0 + 1e-9 && after.1 <= limit.1 + 1e-15).then_some(after)
 }
+
+/// The columns a subject request is read from.
+pub(crate) const SUBJECT_REQUEST_COLUMNS: &str =
+    "request_id, kind, subject_hash, state, reference, received_at, deadline, extended, updated_at, log_index";
+
+pub(crate) fn subject_request_row(row: &impl Columns) -> Result<crate::SubjectRequestRow, StoreError> {
+    let get = || db("reading a subject request");
+    Ok(crate::SubjectRequestRow {
+        request_id: row.text("request_id").map_err(get())?,
+        kind: row.text("kind").map_err(get())?,
+        subject_hash: row.text("subject_hash").map_err(get())?,
+        state: row.text("state").map_err(get())?,
+        reference: row.text("reference").map_err(get())?,
+        received_at: timestamp(row.int("received_at").map_err(get())?)?,
+        deadline: timestamp(row.int("deadline").map_err(get())?)?,
+        extended: row.int("extended").map_err(get())? != 0,
+        updated_at: timestamp(row.int("updated_at").map_err(get())?)?,
+        log_index: u64::try_from(row.int("log_index").map_err(get())?).map_err(corrupt("log_index"))?,
+    })
+}
+
+/// The columns a certificate is read from.
+pub(crate) const CERTIFICATE_COLUMNS: &str = "certificate_id, kind, document, log_index, created_at";
+
+pub(crate) fn certificate_row(row: &impl Columns) -> Result<crate::CertificateRow, StoreError> {
+    let get = || db("reading a certificate");
+    Ok(crate::CertificateRow {
+        certificate_id: row.text("certificate_id").map_err(get())?,
+        kind: row.text("kind").map_err(get())?,
+        document: row.text("document").map_err(get())?,
+        log_index: u64::try_from(row.int("log_index").map_err(get())?).map_err(corrupt("log_index"))?,
+        created_at: timestamp(row.int("created_at").map_err(get())?)?,
+    })
+}

@@ -16,15 +16,15 @@ pub(crate) struct TokenArgs {
     /// The principal's id.
     #[arg(long, value_name = "ID")]
     principal: PrincipalId,
-    /// Employee or service.
+    /// Employee, service, or a data subject (whose id is `--principal`).
     #[arg(long, value_enum)]
     kind: Kind,
-    /// The principal's home region.
-    #[arg(long, value_name = "R")]
-    region: Region,
-    /// The principal's site.
-    #[arg(long, value_name = "S")]
-    site: SiteName,
+    /// The principal's home region (for a data subject, the boundary's own when left out).
+    #[arg(long, value_name = "R", required_if_eq_any([("kind", "employee"), ("kind", "service")]))]
+    region: Option<Region>,
+    /// The principal's site (a data subject has none).
+    #[arg(long, value_name = "S", required_if_eq_any([("kind", "employee"), ("kind", "service")]))]
+    site: Option<SiteName>,
     /// The principal's roles, comma-separated.
     #[arg(long, value_name = "A,B", value_delimiter = ',')]
     roles: Vec<String>,
@@ -37,6 +37,17 @@ pub(crate) struct TokenArgs {
 impl TokenArgs {
     pub(crate) fn run(self) -> anyhow::Result<()> {
         let Self { config, principal, kind, region, site, roles, ttl } = self;
+        if matches!(kind, Kind::Subject) && !roles.iter().all(String::is_empty) {
+            anyhow::bail!("a data subject's token carries no roles: a subject acts on their own data only");
+        }
+        let region = match region {
+            Some(region) => region,
+            None => config.load()?.region,
+        };
+        let site = match site {
+            Some(site) => site,
+            None => SiteName::new(clover_gateway::identity::NO_SITE).context("the site of a data subject")?,
+        };
         let token = mint(&config, &Principal { id: principal, kind, region, site, roles }, ttl)?;
         println!("{token}");
         Ok(())

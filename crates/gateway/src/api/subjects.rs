@@ -9,7 +9,7 @@ use clover_event::EventKind;
 use clover_keys::{KeyError, aad};
 use clover_model::{Action, Region, SubjectId};
 use clover_policy::Decision;
-use clover_store::{StoreError, SubjectRow};
+use clover_store::SubjectRow;
 use serde::{Deserialize, Serialize};
 use time::{Date, OffsetDateTime};
 use utoipa::ToSchema;
@@ -19,7 +19,8 @@ use crate::boundary::Boundary;
 use crate::pipeline::metadata::{Attributes, adult_on};
 use crate::pipeline::{self, Ask, Caller, SubjectMetadata};
 use crate::problem::{ApiError, Body, Problem};
-use crate::report::Chain;
+use crate::subjects::certificate::Certificate;
+use crate::subjects::requests::RequestKind;
 
 /// A subject's registration.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -63,6 +64,8 @@ pub struct ErasureAnswer {
     pub subject_id: SubjectId,
     /// How many records were destroyed with the subject's data key.
     pub erased_records: u64,
+    /// The records destroyed, by category.
+    pub categories: std::collections::BTreeMap<String, u64>,
     /// The decision that allowed the erasure.
     #[schema(value_type = Object)]
     pub decision: Decision,
@@ -74,6 +77,13 @@ pub struct ErasureAnswer {
     /// PostgreSQL, which keeps dead row versions until `VACUUM` and WAL segments until they are
     /// recycled (see `docs/security.md`, Erasure).
     pub wal_truncated: bool,
+    /// The erasure certificate: a statement signed under the log's key, the erasure's log
+    /// entry and its inclusion proof (`clover audit verify-certificate` checks it). The region
+    /// keeps a copy, without the salt below.
+    pub certificate: Certificate,
+    /// The salt of the certificate's commitment to the subject (hex): with the subject's id, it
+    /// shows that the certificate is about them. Given only in this answer, never kept.
+    pub subject_salt: String,
 }
 
 /// The answer to a registration that an erasure of the same subject overtook.
@@ -226,6 +236,10 @@ pub async fn put_subject(
 /// With the SQLite store the answer comes once the old copies of the rows are gone from the
 /// database's write-ahead log too. If readers keep it from being truncated, the erasure stays
 /// committed and is answered 503 `erasure-unfinished`; the same request again finishes it.
+///
+/// A data subject may erase their own data with their own token, from anywhere. The answer
+/// carries a signed erasure certificate. A legal hold on the subject blocks the erasure: it is
+/// answered 409 `held` with the hold's reference, and tracked as a request that needs a person.
 #[utoipa::path(delete, path = "/v1/subjects/{subject_id}", tag = "subjects",
     params(("subject_id" = String, Path, description = "The platform's opaque id for the subject: 1 to 128 characters of A-Z a-z 0-9 - _ . : @, not only dots")),
     responses(
@@ -233,6 +247,7 @@ pub async fn put_subject(
         (status = BAD_REQUEST, description = "`invalid-id`: the subject id is not of the allowed form", body = Problem, content_type = "application/problem+json"),
         (status = NOT_FOUND, description = "`not-found`: no such subject (or erased)", body = Problem, content_type = "application/problem+json"),
         (status = FORBIDDEN, description = "`forbidden`: denied by policy; the body carries the decision and the index of the log entry that records it", body = Problem, content_type = "application/problem+json"),
+        (status = CONFLICT, description = "`held`: a legal hold keeps the subject's data; nothing was erased, the erasure is tracked as a subject request (its id in the detail) and its receipt is logged at `log_index`", body = Problem, content_type = "application/problem+json"),
         (status = SERVICE_UNAVAILABLE, description = "`erasure-unfinished`: the erasure is committed and logged (`log_index`), but readers kept the data store's write-ahead log, which still holds old copies of the rows, from being truncated; send the request again to finish it", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn erase_subject(
@@ -241,58 +256,28 @@ pub async fn erase_subject(
     Path(subject_id): Path<String>,
 ) -> Result<Response, ApiError> {
     let subject_id = SubjectId::new(subject_id)?;
-    let subject = pipeline::metadata::find_subject(&boundary, &subject_id).await?;
-    // An erasure committed earlier but answered `erasure-unfinished` is decided and logged
-    // again, as the erasure of a subject whose age is no longer known (a minor), then finished.
-    let unfinished = subject.is_none() && boundary.store().erasure_unfinished(&subject_id);
-    let minor = match &subject {
-        Some(subject) => pipeline::metadata::subject_minor(&boundary, subject).await,
-        None => true,
-    };
-    let ask = Ask { action: Action::Erase, subject: &subject_id, record: None, version: None, subject_minor: minor };
-    if subject.is_none() && !unfinished {
-        // Decided as if they were registered: one who may not erase learns nothing.
-        let missing = ApiError::NotFound { what: "subject", id: subject_id.to_string() };
-        return Err(pipeline::refuse_or_missing(&boundary, &caller, EventKind::Erasure, &ask, missing).await);
-    }
-    let receipt = pipeline::decide_and_log(&boundary, &caller, EventKind::Erasure, &ask).await?;
-    if !unfinished {
-        // The key first: once it is gone, every copy of the subject's ciphertext is unreadable,
-        // whatever happens to the rows below. (An unfinished erasure destroyed it already.)
-        boundary.custody().destroy_data_key(&receipt).await.map_err(ApiError::internal)?;
-    }
-    let erasure = match boundary.store().erase_subject(&subject_id).await {
-        Ok(Some(erasure)) => erasure,
-        Ok(None) => return Err(ApiError::NotFound { what: "subject", id: subject_id.to_string() }),
-        Err(e @ StoreError::OldCopiesRemain { .. }) => {
-            tracing::error!(
-                subject = %subject_id,
-                log_index = receipt.index(),
-                error = %Chain(&e),
-                "erasure committed but not finished: its old rows remain in the write-ahead log"
-            );
-            return Err(ApiError::ErasureUnfinished { subject: subject_id.to_string(), log_index: receipt.index() });
-        }
-        Err(e) => return Err(ApiError::internal(e)),
-    };
-    tracing::info!(
-        subject = %subject_id,
-        records = erasure.records,
-        annexes = erasure.annexes,
-        wal_truncated = erasure.wal_truncated,
-        log_index = receipt.index(),
-        "subject erased"
-    );
-    let decision = receipt.permit().decision().clone();
+    erasure_answer(&boundary, &caller, subject_id).await
+}
+
+/// Erases `subject_id` for `caller` and answers with the certificate.
+pub(crate) async fn erasure_answer(
+    boundary: &Boundary,
+    caller: &Caller,
+    subject_id: SubjectId,
+) -> Result<Response, ApiError> {
+    let erased = crate::subjects::erasure::erase(boundary, caller, &subject_id, RequestKind::Erasure).await?;
     Ok(answered(
-        &decision,
+        &erased.decision,
         StatusCode::OK,
         ErasureAnswer {
             subject_id,
-            erased_records: erasure.records,
-            decision: decision.clone(),
-            log_index: receipt.index(),
-            wal_truncated: erasure.wal_truncated,
+            erased_records: erased.records,
+            categories: erased.categories,
+            decision: erased.decision.clone(),
+            log_index: erased.log_index,
+            wal_truncated: erased.wal_truncated,
+            certificate: erased.certificate,
+            subject_salt: erased.salt,
         },
     ))
 }
@@ -354,19 +339,7 @@ pub async fn list_accesses(
     let ask =
         Ask { action: Action::ListAccesses, subject: &subject_id, record: None, version: None, subject_minor: minor };
     let receipt = pipeline::decide_and_log(&boundary, &caller, EventKind::Access, &ask).await?;
-    // Format 2 entries through the annexes that name the subject; format 1 entries (written
-    // before) through the subject's hash, while the subject is registered.
-    let mut found = std::collections::BTreeMap::new();
-    for annex in boundary.store().annexes_of(&subject_id).await.map_err(ApiError::internal)? {
-        for index in boundary.log().entries_about(&annex.commitment()) {
-            found.insert(index, Some(annex.clone()));
-        }
-    }
-    if subject.is_some() {
-        for index in boundary.log().entries_about(&boundary.subject_hash(&subject_id)) {
-            found.entry(index).or_insert(None);
-        }
-    }
+    let found = crate::subjects::accesses::entries_about(&boundary, &subject_id, subject.is_some()).await?;
     let mut entries = Vec::with_capacity(found.len());
     for (index, annex) in found {
         let bytes = boundary.log().entry(index).await.map_err(ApiError::internal)?;

@@ -39,13 +39,21 @@ impl Boundary {
 
     /// A principal as a public entry shows them: kind, home region and a keyed pseudonym that
     /// only the region can resolve.
+    ///
+    /// A data subject calling about their own data gets a fresh random pseudonym in each entry
+    /// instead: a stable one would link every entry of their own calls (their id is the subject
+    /// the entries are about), which the subject tag is made to prevent.
     pub(crate) fn public_principal(&self, principal: &Principal) -> EventPrincipal {
         let kind = principal.kind.to_string();
-        EventPrincipal {
-            pseudonym: self.subject_index.principal_pseudonym(&kind, principal.id.as_str()),
-            kind,
-            region: principal.home_region.to_string(),
-        }
+        let pseudonym = if principal.kind == clover_model::PrincipalKind::Subject {
+            let mut bytes = [0u8; 32];
+            // A randomness failure leaves zeros: a constant, which links nothing either.
+            let _ = aws_lc_rs::rand::fill(&mut bytes);
+            hex::encode(bytes)
+        } else {
+            self.subject_index.principal_pseudonym(&kind, principal.id.as_str())
+        };
+        EventPrincipal { pseudonym, kind, region: principal.home_region.to_string() }
     }
 
     /// A fresh tag for an entry about `subject`. With `ensure` (an allowed access, whose receipt

@@ -96,6 +96,23 @@ impl TestApp {
         self.mint(&self.claims("eu", "dublin-1", 3600))
     }
 
+    /// A data subject's own token (kind `subject`, no site, no roles).
+    pub fn subject_token(&self, subject: &str) -> String {
+        let mut claims = self.claims("eu", clover_gateway::identity::NO_SITE, 3600);
+        claims.sub = subject.into();
+        claims.kind = PrincipalKind::Subject;
+        claims.roles = Vec::new();
+        self.mint(&claims)
+    }
+
+    /// A token for an EU member of the privacy team (role `privacy`) at dublin-1.
+    pub fn privacy_token(&self) -> String {
+        let mut claims = self.claims("eu", "dublin-1", 3600);
+        claims.sub = "pia".into();
+        claims.roles = vec!["privacy".into()];
+        self.mint(&claims)
+    }
+
     /// A token for an EU key custodian (role `key-custodian`) at `site`.
     pub fn key_custodian_token(&self, site: &str) -> String {
         let mut claims = self.claims("eu", site, 3600);

@@ -14,6 +14,7 @@ mod existence;
 mod identity;
 mod keys;
 mod log;
+mod me;
 mod origins;
 mod policy;
 mod postgres;

@@ -1,0 +1,232 @@
+//! Data subjects as callers: who read my data (with proofs), my erasure (with its certificate),
+//! and what a subject's token may not do.
+
+use base64::Engine as _;
+use clover_gateway::subjects::certificate::{self, Certificate, subject_commitment};
+use clover_tlog::checkpoint::Checkpoint;
+use clover_tlog::hash::{Hash, leaf_hash};
+use clover_tlog::note::Note;
+use clover_tlog::tree::verify_inclusion;
+use serde_json::{Value, json};
+
+use crate::harness::{DUBLIN, SINGAPORE, TestApp, UNKNOWN, problem};
+
+/// Checks every proof of a `/v1/me/accesses` answer against its checkpoint, signed by the log's
+/// key; returns how many entries had one.
+fn check_proofs(app: &TestApp, body: &Value) -> usize {
+    let note = Note::parse(body["checkpoint"].as_str().unwrap()).unwrap();
+    note.verify(app.boundary.log_vkey()).unwrap();
+    let checkpoint = Checkpoint::parse(&note.text).unwrap();
+    assert_eq!(body["tree_size"], checkpoint.size);
+    let mut proven = 0;
+    for entry in body["entries"].as_array().unwrap() {
+        let index = entry["index"].as_u64().unwrap();
+        let bytes = base64::engine::general_purpose::STANDARD.decode(entry["entry"].as_str().unwrap()).unwrap();
+        assert_eq!(leaf_hash(&bytes).to_base64(), entry["leaf_hash"]);
+        match entry["proof"].as_array() {
+            Some(path) => {
+                let path: Vec<Hash> = path.iter().map(|h| Hash::from_base64(h.as_str().unwrap()).unwrap()).collect();
+                verify_inclusion(&leaf_hash(&bytes), index, checkpoint.size, &path, &checkpoint.root).unwrap();
+                proven += 1;
+            }
+            None => assert!(index >= checkpoint.size, "entry {index} is in the checkpoint's tree but has no proof"),
+        }
+    }
+    proven
+}
+
+#[tokio::test]
+async fn a_subject_sees_who_read_their_data_by_role_not_name_with_proofs_from_anywhere() {
+    let app = TestApp::start().await;
+    let record = app.seed("u-1001", json!({"name": "Aoife"})).await;
+    assert_eq!(app.get_record(DUBLIN, &record).await.status(), 200);
+    // Someone else's data, read too: not in u-1001's answer.
+    let other = app.seed("u-2002", json!({"name": "Bram"})).await;
+    assert_eq!(app.get_record(DUBLIN, &other).await.status(), 200);
+    tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
+
+    // From an address that belongs to no site (a person abroad): their own data, allowed.
+    let response = app
+        .client(UNKNOWN)
+        .get(app.url("/v1/me/accesses"))
+        .bearer_auth(app.subject_token("u-1001"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["subject_id"], "u-1001");
+    assert_eq!(body["decision"]["effect"], "allow");
+    assert_eq!(body["decision"]["policies"], json!(["subjects-act-on-their-own-data"]));
+    let text = body.to_string();
+    assert!(!text.contains("\"ana\""), "an employee's name is never shown to a subject: {text}");
+    assert!(!text.contains("Bram") && !text.contains("u-2002"), "another subject's entries are not shown");
+
+    let entries = body["entries"].as_array().unwrap();
+    let read = entries.iter().find(|e| e["action"] == "read").expect("the read of their record");
+    assert_eq!(read["kind"], "access");
+    assert_eq!(read["decision"], "allow");
+    assert_eq!(read["view"], "full");
+    assert_eq!(read["principal_kind"], "employee");
+    assert_eq!(read["principal_region"], "eu");
+    assert_eq!(read["origin"], json!({"site": "dublin-1", "region": "eu"}));
+    assert_eq!(read["purpose"], "legal");
+    assert_eq!(read["roles"], json!(["legal"]), "the roles that may declare the purpose");
+    assert_eq!(read["category"], "profile");
+    assert!(entries.iter().any(|e| e["action"] == "write"), "the writes that registered them and their record");
+    // This listing itself, by the subject, from nowhere known.
+    let own = entries.last().unwrap();
+    assert_eq!(own["index"], body["log_index"]);
+    assert_eq!(own["action"], "list-accesses");
+    assert_eq!(own["principal_kind"], "subject");
+    assert_eq!(own["origin"], json!({"site": null, "region": null}));
+    assert!(check_proofs(&app, &body) >= 3, "the read and the writes are proven");
+}
+
+#[tokio::test]
+async fn a_subject_token_acts_on_its_own_data_only_and_is_refused_and_logged_elsewhere() {
+    let app = TestApp::start().await;
+    let record = app.seed("u-1001", json!({"name": "Aoife"})).await;
+    app.seed("u-2002", json!({"name": "Bram"})).await;
+    let mallory = app.subject_token("u-2002");
+
+    // Another subject's accesses, erasure, record: refused by policy, and logged.
+    for (method, path) in [
+        (reqwest::Method::GET, "/v1/subjects/u-1001/accesses".to_owned()),
+        (reqwest::Method::DELETE, "/v1/subjects/u-1001".to_owned()),
+    ] {
+        let response = app.client(DUBLIN).request(method, app.url(&path)).bearer_auth(&mallory).send().await.unwrap();
+        let body = problem(response, 403, "forbidden").await;
+        assert!(body["decision"]["policies"].as_array().unwrap().contains(&json!("subjects-only-their-own-data")));
+        assert!(body["log_index"].as_u64().is_some(), "the refusal is logged");
+    }
+    // A record, even with a purpose and from a site of the region.
+    let response = app
+        .client(DUBLIN)
+        .get(app.url(&format!("/v1/records/{record}")))
+        .bearer_auth(&mallory)
+        .header("X-Clover-Purpose", "support")
+        .send()
+        .await
+        .unwrap();
+    let body = problem(response, 403, "forbidden").await;
+    assert!(body["decision"]["policies"].as_array().unwrap().contains(&json!("subjects-only-their-own-data")));
+    // A subject that does not exist: the same refusal, nothing learnt of existence.
+    let response =
+        app.client(DUBLIN).delete(app.url("/v1/subjects/u-nobody")).bearer_auth(&mallory).send().await.unwrap();
+    problem(response, 403, "forbidden").await;
+
+    // u-1001's data is untouched.
+    assert_eq!(app.get_record(DUBLIN, &record).await.status(), 200);
+
+    // /v1/me with an employee's token: not a subject.
+    let response = app.client(DUBLIN).get(app.url("/v1/me/accesses")).bearer_auth(app.token()).send().await.unwrap();
+    problem(response, 403, "subject-token-required").await;
+    // Without a token at all.
+    let response = app.client(DUBLIN).get(app.url("/v1/me/accesses")).send().await.unwrap();
+    assert_eq!(response.status(), 401);
+}
+
+#[tokio::test]
+async fn a_subjects_public_entries_do_not_link_to_each_other() {
+    let app = TestApp::start().await;
+    app.seed("u-1001", json!({"name": "Aoife"})).await;
+    let token = app.subject_token("u-1001");
+    let mut pseudonyms = std::collections::BTreeSet::new();
+    for _ in 0..3 {
+        let response = app.client(SINGAPORE).get(app.url("/v1/me/accesses")).bearer_auth(&token).send().await.unwrap();
+        let body: Value = response.json().await.unwrap();
+        let index = body["log_index"].as_u64().unwrap();
+        let entry: Value = serde_json::from_slice(&app.boundary.log().entry(index).await.unwrap()).unwrap();
+        assert_eq!(entry["principal"]["kind"], "subject");
+        assert!(!entry.to_string().contains("u-1001"));
+        pseudonyms.insert(entry["principal"]["pseudonym"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(pseudonyms.len(), 3, "a subject's own calls get a fresh pseudonym each");
+}
+
+#[tokio::test]
+async fn a_subject_erases_their_own_data_and_gets_a_certificate_that_verifies() {
+    let app = TestApp::start().await;
+    let first = app.seed("u-1001", json!({"name": "Aoife"})).await;
+    app.post_record("u-1001", "content", json!({"text": "a post"})).await;
+    app.post_record("u-1001", "content", json!({"text": "another"})).await;
+
+    let response =
+        app.client(UNKNOWN).delete(app.url("/v1/me")).bearer_auth(app.subject_token("u-1001")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["erased_records"], 3);
+    assert_eq!(body["categories"], json!({"content": 2, "profile": 1}));
+    let certificate: Certificate = serde_json::from_value(body["certificate"].clone()).unwrap();
+    let salt = body["subject_salt"].as_str().unwrap();
+    assert_eq!(certificate.log_index, body["log_index"]);
+
+    let vkey = app.boundary.log_vkey();
+    let verified = certificate::verify(&certificate, vkey, &[], Some(("u-1001", salt))).unwrap();
+    assert_eq!(verified.fact("records"), Some("3"));
+    assert_eq!(verified.fact("categories"), Some("content=2,profile=1"));
+    assert_eq!(verified.fact("data-key"), Some("destroyed"));
+    assert_eq!(verified.fact("subject"), Some(format!("sha256:{}", subject_commitment(salt, "u-1001")).as_str()));
+    assert!(!certificate.statement.contains("u-1001"), "the certificate names the subject by commitment only");
+    // Someone else's id, or another salt, does not open it.
+    assert!(certificate::verify(&certificate, vkey, &[], Some(("u-2002", salt))).is_err());
+    // A statement changed after signing, an entry swapped, a proof cut: refused.
+    let mut forged = certificate.clone();
+    forged.statement = forged.statement.replace("records 3", "records 0");
+    assert!(certificate::verify(&forged, vkey, &[], None).is_err());
+    let mut forged = certificate.clone();
+    forged.log_index = 0;
+    assert!(certificate::verify(&forged, vkey, &[], None).is_err());
+    let mut forged = certificate.clone();
+    forged.inclusion_proof.pop();
+    assert!(certificate::verify(&forged, vkey, &[], None).is_err());
+
+    // The region keeps a copy, without the salt.
+    let kept = app.boundary.store().certificate(&certificate.certificate_id).await.unwrap().unwrap();
+    assert!(!kept.document.contains(salt));
+    assert_eq!(kept.kind, "erasure");
+
+    // Gone: the record, the subject's listing, a second erasure.
+    assert_eq!(app.get_record(DUBLIN, &first).await.status(), 404);
+    let again =
+        app.client(UNKNOWN).delete(app.url("/v1/me")).bearer_auth(app.subject_token("u-1001")).send().await.unwrap();
+    problem(again, 404, "not-found").await;
+    let response =
+        app.client(UNKNOWN).get(app.url("/v1/me/accesses")).bearer_auth(app.subject_token("u-1001")).send().await;
+    let body: Value = response.unwrap().json().await.unwrap();
+    let entries = body["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "only this listing is theirs now: the erased annexes are unlinked: {entries:?}");
+}
+
+#[tokio::test]
+async fn an_erasure_under_a_legal_hold_answers_with_the_hold_and_erases_nothing() {
+    let app = TestApp::start().await;
+    let record = app.seed("u-1001", json!({"name": "Aoife"})).await;
+    let hash = app.boundary.subject_hash(&clover_model::SubjectId::new("u-1001".to_owned()).unwrap());
+    app.boundary.store().place_legal_hold(&hash, "PO-2026-17").await.unwrap();
+
+    let response =
+        app.client(UNKNOWN).delete(app.url("/v1/me")).bearer_auth(app.subject_token("u-1001")).send().await.unwrap();
+    let body = problem(response, 409, "held").await;
+    assert!(body["detail"].as_str().unwrap().contains("PO-2026-17"), "{body}");
+    assert!(body["log_index"].as_u64().is_some());
+    // Nothing erased.
+    assert_eq!(app.get_record(DUBLIN, &record).await.status(), 200);
+    // Someone the policy refuses learns nothing of the hold.
+    let response = app
+        .client(DUBLIN)
+        .delete(app.url("/v1/subjects/u-1001"))
+        .bearer_auth(app.subject_token("u-2002"))
+        .send()
+        .await
+        .unwrap();
+    let refused = problem(response, 403, "forbidden").await;
+    assert!(!refused.to_string().contains("PO-2026-17"));
+    // The erasure is tracked for a person.
+    let requests = app.boundary.store().subject_requests(Some("open")).await.unwrap();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0].kind, "erasure");
+    assert_eq!(requests[0].reference, "hold PO-2026-17");
+    assert_eq!(requests[0].subject_hash, hash);
+}
