@@ -526,6 +526,8 @@ pub fn access(
     }
     let action = match (event.kind, event.action.as_deref()) {
         (EventKind::Access, Some("read")) => Action::Read,
+        // A subject's export opens each record of theirs under an entry of its own.
+        (EventKind::Access, Some("export-subject")) => Action::ExportSubject,
         (EventKind::Write, Some("write")) => Action::Write,
         (EventKind::Write, Some("repatriate")) => Action::Repatriate,
         // A repatriation's verification reads back what it wrote: a read of that record
@@ -639,6 +641,10 @@ mod tests {
             (EventKind::Access, "read", None, None),
             (EventKind::Access, "repatriate", None, None),
             (EventKind::Access, "repatriate", Some("full"), Some(Action::Read)),
+            // A subject's export opens each record under an entry of its own.
+            (EventKind::Access, "export-subject", Some("full"), Some(Action::ExportSubject)),
+            // An export's decision on the subject as a whole names no record: no key.
+            (EventKind::Write, "export-subject", Some("full"), None),
         ] {
             let (bytes, opening) = entry(kind, action, view);
             let outcome = access(7, &bytes, &hash, Some(&opening));

@@ -1,6 +1,7 @@
 //! The HTTP API: one module per resource; the router and the OpenAPI document are derived from
 //! the handlers here, in one place.
 
+pub mod accounts;
 mod answer;
 pub mod approvals;
 mod document;
@@ -9,6 +10,7 @@ pub mod log;
 pub mod me;
 pub mod records;
 pub mod repatriation;
+pub mod requests;
 pub mod service;
 pub mod subjects;
 pub mod transfers;
@@ -39,6 +41,8 @@ use crate::problem::{ApiError, BodyLimit};
     tags(
         (name = "subjects", description = "Data subjects: registration and erasure"),
         (name = "records", description = "Encrypted records"),
+        (name = "accounts", description = "Organisations' accounts: closure with a signed certificate"),
+        (name = "requests", description = "Data subjects' requests that need a person, with their GDPR deadlines (the privacy team's queue)"),
         (name = "me", description = "A data subject's own requests, with their own token: who read my data (with proofs), my export, my erasure"),
         (name = "log", description = "The transparency log: checkpoints, tiles and proofs"),
         (name = "approvals", description = "Approvals for bulk access, granted by a second person"),
@@ -84,6 +88,11 @@ pub fn routes() -> (Router<Arc<Boundary>>, utoipa::openapi::OpenApi) {
         .routes(routes!(subjects::list_accesses))
         .routes(routes!(me::my_accesses))
         .routes(routes!(me::erase_me))
+        .routes(routes!(me::export_me))
+        .routes(routes!(subjects::export_subject))
+        .routes(routes!(accounts::close_account))
+        .routes(routes!(requests::list_requests))
+        .routes(routes!(requests::move_request))
         .routes(routes!(approvals::request_approval))
         .routes(routes!(approvals::grant_approval))
         .routes(routes!(approvals::get_approval))

@@ -62,6 +62,25 @@ pub struct Config {
     /// rule names never leaves, and a category no rule covers is not transferred.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub transfer_rules: Vec<clover_egress::TransferRule>,
+    /// Data subjects' own rights (`[subjects]`): export limits, closed accounts.
+    pub subjects: SubjectsConfig,
+}
+
+/// Data subjects' own rights (`[subjects]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SubjectsConfig {
+    /// The most records one export may hold; a subject with more is answered
+    /// `export-too-large` (their data is exported by the privacy team in parts).
+    pub max_export_records: u64,
+    /// How long a closed account's id may not be registered again, in days.
+    pub closed_account_days: u32,
+}
+
+impl Default for SubjectsConfig {
+    fn default() -> Self {
+        Self { max_export_records: 100_000, closed_account_days: 365 }
+    }
 }
 
 /// TLS (`[tls]`): unset, the boundary serves plain HTTP, and only on a loopback address.
@@ -498,6 +517,7 @@ impl Default for Config {
             store: None,
             listen: name(DEFAULT_LISTEN),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            subjects: SubjectsConfig::default(),
             trusted_proxies: Vec::new(),
             sites: vec![
                 site("dublin-1", "eu", &["127.0.0.1/32"]),
@@ -843,6 +863,9 @@ impl Config {
         self.validate_egress(&categories, &purposes)?;
         self.validate_identity()?;
         self.validate_tls()?;
+        if self.subjects.max_export_records == 0 {
+            return Err(ConfigError::Invalid("[subjects] max_export_records is 0; it must be at least 1".to_owned()));
+        }
         if self.max_body_bytes < 1024 {
             return Err(ConfigError::Invalid(format!(
                 "max_body_bytes is {}; it must be at least 1024",

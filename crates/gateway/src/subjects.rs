@@ -15,8 +15,8 @@
 
 pub mod accesses;
 pub mod certificate;
-// pub mod closure;
+pub mod closure;
 pub mod erasure;
-// pub mod export;
+pub mod export;
 pub mod holds;
 pub mod requests;

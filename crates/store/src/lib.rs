@@ -414,12 +414,13 @@ pub trait Store: Send + Sync + 'static {
         false
     }
 
-    /// Up to `limit` of a subject's records, in (category, record id) order after `after`: what
-    /// an export pages through, one category after another.
+    /// Up to `limit` of a subject's records, in (category, record id) order after `after` (a
+    /// category and a record id, `""` for the category's start): what an export pages through,
+    /// one category after another.
     async fn records_of_subject(
         &self,
         subject: &SubjectId,
-        after: Option<(&str, &RecordId)>,
+        after: Option<(&str, &str)>,
         limit: u32,
     ) -> Result<Vec<RecordRow>, StoreError>;
 

@@ -684,10 +684,10 @@ impl Store for SqliteStore {
     async fn records_of_subject(
         &self,
         subject: &SubjectId,
-        after: Option<(&str, &RecordId)>,
+        after: Option<(&str, &str)>,
         limit: u32,
     ) -> Result<Vec<RecordRow>, StoreError> {
-        let (category, record) = after.map_or((String::new(), String::new()), |(c, r)| (c.to_owned(), r.to_string()));
+        let (category, record) = after.unwrap_or_default();
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {RECORD_COLUMNS} FROM records WHERE subject_id = $1 AND (category > $2 OR (category = $2 AND record_id > $3)) \
              ORDER BY category, record_id LIMIT $4"

@@ -126,7 +126,8 @@ impl KeyScope {
         if !opening.opens(commitment) {
             return Err("the record it names is not the one its entry commits to".to_owned());
         }
-        if opening.record.is_some() != opening.version.is_some() || (action == Action::Read && opening.record.is_none())
+        if opening.record.is_some() != opening.version.is_some()
+            || (matches!(action, Action::Read | Action::ExportSubject) && opening.record.is_none())
         {
             return Err("it does not name one record version".to_owned());
         }

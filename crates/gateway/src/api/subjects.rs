@@ -154,7 +154,9 @@ pub async fn put_subject(
     }
     // An update is decided on the stricter of what is stored and what is sent: a caller cannot
     // lift a minor's rules by sending an adult's birth date in the request that changes it.
-    let stored_minor = match pipeline::metadata::find_subject(&boundary, &subject_id).await? {
+    let stored = pipeline::metadata::find_subject(&boundary, &subject_id).await?;
+    let registered = stored.is_some();
+    let stored_minor = match stored {
         Some(stored) => pipeline::metadata::subject_minor(&boundary, &stored).await,
         None => false,
     };
@@ -165,6 +167,27 @@ pub async fn put_subject(
         version: None,
         subject_minor: minor || stored_minor,
     };
+    if !registered {
+        // A closed account's id is not registered again before its time (policy first: one
+        // who may not register learns nothing of closures).
+        let hash = boundary.subject_hash(&subject_id);
+        if let Some(until) = boundary.store().account_closed_until(&hash).await.map_err(ApiError::internal)?
+            && until > OffsetDateTime::now_utc()
+        {
+            pipeline::refuse_if_denied(&boundary, &caller, EventKind::Write, &ask).await?;
+            return Err(ApiError::SubjectRefused {
+                status: StatusCode::CONFLICT,
+                slug: "account-closed",
+                title: "Account closed",
+                detail: format!(
+                    "subject id {:?} belonged to an account that was closed; it may be registered again from {}",
+                    subject_id.as_str(),
+                    crate::subjects::certificate::rfc3339(until)
+                ),
+                log_index: None,
+            });
+        }
+    }
     let receipt = pipeline::decide_and_log(&boundary, &caller, EventKind::Write, &ask).await?;
     let attributes = serde_json::to_vec(&Attributes { birth_date }).map_err(ApiError::internal)?;
     let sealed_aad = aad::subject(boundary.region(), &subject_id);
@@ -353,4 +376,60 @@ pub async fn list_accesses(
         StatusCode::OK,
         AccessesAnswer { subject_id, entries, decision: decision.clone(), log_index: receipt.index() },
     ))
+}
+
+/// Exports a subject's data for them, by the region's privacy team acting on the subject's
+/// verified request: the same archive as `POST /v1/me/export`.
+///
+/// Allowed to in-region staff with the role `privacy`, from a site of the region, with the
+/// verified request's reference as the ticket (`X-Clover-Justification`); decided by policy
+/// and logged, every record opened under an entry of its own. The request is tracked
+/// (`GET /v1/requests/subjects`): `in_progress` while the archive is made, `fulfilled` once it
+/// is; a failed export leaves it `in_progress`.
+#[utoipa::path(post, path = "/v1/subjects/{subject_id}/export", tag = "subjects",
+    params(("subject_id" = String, Path, description = "The platform's opaque id for the subject: 1 to 128 characters of A-Z a-z 0-9 - _ . : @, not only dots")),
+    request_body = crate::api::me::ExportBody,
+    responses(
+        (status = OK, description = "The archive: a ZIP (`application/zip`), or an `age` file holding it (`application/octet-stream`), with the headers of `POST /v1/me/export`", content_type = "application/zip", body = Vec<u8>),
+        (status = BAD_REQUEST, description = "`invalid-id`: the subject id is not of the allowed form", body = Problem, content_type = "application/problem+json"),
+        (status = FORBIDDEN, description = "`forbidden`: denied by policy (not the privacy team, not in the region, no ticket); the body carries the decision and its log index", body = Problem, content_type = "application/problem+json"),
+        (status = NOT_FOUND, description = "`nothing-held`: no data is held about the subject; logged at `log_index`", body = Problem, content_type = "application/problem+json"),
+        (status = UNPROCESSABLE_ENTITY, description = "`invalid-body`: an unknown field, or an `age_recipient` that does not parse; `export-too-large`: more records than `[subjects] max_export_records`", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn export_subject(
+    State(boundary): State<Arc<Boundary>>,
+    caller: Caller,
+    Path(subject_id): Path<String>,
+    Body(body): Body<crate::api::me::ExportBody>,
+) -> Result<Response, ApiError> {
+    let subject_id = SubjectId::new(subject_id)?;
+    let recipient = body.age_recipient.as_deref().map(crate::subjects::export::parse_recipient).transpose()?;
+    let minor = match boundary.store().subject(&subject_id).await.map_err(ApiError::internal)? {
+        Some(row) => pipeline::metadata::subject_minor(&boundary, &row).await,
+        None => true,
+    };
+    let ask =
+        Ask { action: Action::ExportSubject, subject: &subject_id, record: None, version: None, subject_minor: minor };
+    // Policy first: one who may not export learns nothing, and opens no request.
+    pipeline::refuse_if_denied(&boundary, &caller, EventKind::Access, &ask).await?;
+    let reference = caller.justification.clone().unwrap_or_default();
+    let request = crate::subjects::requests::open(
+        &boundary,
+        &caller,
+        RequestKind::Export,
+        &subject_id,
+        &reference,
+        crate::subjects::requests::RequestState::InProgress,
+    )
+    .await?;
+    let export = crate::subjects::export::build(&boundary, &caller, &subject_id, recipient).await?;
+    crate::subjects::requests::advance(
+        &boundary,
+        Some(&caller),
+        request,
+        crate::subjects::requests::RequestState::Fulfilled,
+        false,
+    )
+    .await?;
+    crate::api::me::export_response(export)
 }

@@ -145,12 +145,14 @@ pub(crate) fn decide(boundary: &Boundary, caller: &Caller, ask: &Ask<'_>, facts:
         destination: None,
     };
     let request = match ask.record {
-        Some((id, category)) => {
+        // An export's opening of each record is decided as the export itself, on the subject
+        // (it is the subject's own data, or their verified request), and logged record by record.
+        Some((id, category)) if ask.action != Action::ExportSubject => {
             let facts =
                 RecordFacts { id: id.to_string(), category: category.clone(), subject_minor: ask.subject_minor };
             record_request(config, &caller.principal, &caller.origin, ask.action, &facts, &circumstances)
         }
-        None => subject_request(config, &caller.principal, &caller.origin, ask, &circumstances),
+        _ => subject_request(config, &caller.principal, &caller.origin, ask, &circumstances),
     };
     let verdict = boundary.pack().verdict(&request, ask.subject);
     tracing::Span::current().record("effect", verdict.decision().effect());
@@ -332,8 +334,14 @@ fn request_without_data(
 
 /// The pack request for administering the boundary (key rotation).
 pub(crate) fn administer_request(config: &Config, principal: &Principal, origin: &Origin) -> PackRequest {
+    boundary_request(config, principal, origin, Action::Administer)
+}
+
+/// The pack request for `action` on the boundary as a whole (administration, the privacy
+/// team's queue of subjects' requests).
+pub(crate) fn boundary_request(config: &Config, principal: &Principal, origin: &Origin, action: Action) -> PackRequest {
     let resource = PackResource::Boundary { region: config.region.to_string() };
-    request_without_data(config, principal, origin, Action::Administer, resource)
+    request_without_data(config, principal, origin, action, resource)
 }
 
 /// Builds the pack request for granting the approval `approval_id` asked for by `requester`.

@@ -39,15 +39,15 @@ pub struct Erased {
 /// The records of `subject` by category.
 pub(crate) async fn categories_of(boundary: &Boundary, subject: &SubjectId) -> Result<BTreeMap<String, u64>, ApiError> {
     let mut counts = BTreeMap::new();
-    let mut after: Option<(String, clover_model::RecordId)> = None;
+    let mut after: Option<(String, String)> = None;
     loop {
         let page = boundary
             .store()
-            .records_of_subject(subject, after.as_ref().map(|(c, r)| (c.as_str(), r)), 1_000)
+            .records_of_subject(subject, after.as_ref().map(|(c, r)| (c.as_str(), r.as_str())), 1_000)
             .await
             .map_err(ApiError::internal)?;
         let Some(last) = page.last() else { break };
-        after = Some((last.category.to_string(), last.record_id));
+        after = Some((last.category.to_string(), last.record_id.to_string()));
         for row in &page {
             *counts.entry(row.category.to_string()).or_insert(0) += 1;
         }
@@ -65,7 +65,7 @@ pub(crate) fn counts_line(counts: &BTreeMap<String, u64>) -> String {
 
 /// The answer to an erasure a legal hold blocks: nothing is destroyed; the request is tracked
 /// (`open`) and its receipt logged.
-async fn held(
+pub(crate) async fn held(
     boundary: &Boundary,
     caller: &Caller,
     subject: &SubjectId,

@@ -218,7 +218,8 @@ pub async fn advance(
     let from = row.state.clone();
     let current = RequestState::parse(&from)
         .ok_or_else(|| ApiError::internal(std::io::Error::other(format!("a request in state {from:?}"))))?;
-    let expiring = to == RequestState::Expired && !current.is_final();
+    // Expiry is the clock's (no caller), never a person's.
+    let expiring = caller.is_none() && to == RequestState::Expired && !current.is_final();
     if !(expiring || current == to && extend || current.may_become(to)) {
         return Err(ApiError::Conflict(format!(
             "request {} is {}: it cannot become {}",

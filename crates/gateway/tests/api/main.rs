@@ -27,3 +27,4 @@ mod split_view;
 mod subjects_and_records;
 mod tls;
 mod transfers;
+mod verify_my_accesses;

@@ -230,3 +230,252 @@ async fn an_erasure_under_a_legal_hold_answers_with_the_hold_and_erases_nothing(
     assert_eq!(requests[0].reference, "hold PO-2026-17");
     assert_eq!(requests[0].subject_hash, hash);
 }
+
+/// Reads a ZIP archive's files.
+fn unzip(bytes: &[u8]) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes)).unwrap();
+    let mut files = std::collections::BTreeMap::new();
+    for i in 0..archive.len() {
+        let mut file = archive.by_index(i).unwrap();
+        let mut content = Vec::new();
+        std::io::Read::read_to_end(&mut file, &mut content).unwrap();
+        let name: String = file.name().unwrap().into_owned();
+        files.insert(name, content);
+    }
+    files
+}
+
+/// Checks an export's signed manifest against its files; returns the manifest's text.
+fn check_manifest(app: &TestApp, files: &std::collections::BTreeMap<String, Vec<u8>>) -> String {
+    let manifest = Note::parse(std::str::from_utf8(&files["manifest.txt"]).unwrap()).unwrap();
+    manifest.verify(app.boundary.log_vkey()).unwrap();
+    let mut listed = 0;
+    for line in manifest.text.lines().filter_map(|l| l.strip_prefix("file ")) {
+        let (digest, name) = line.split_once(' ').unwrap();
+        assert_eq!(certificate::sha256_hex(&files[name]), digest, "{name}");
+        listed += 1;
+    }
+    assert_eq!(listed, files.len() - 1, "every file but the manifest is listed");
+    manifest.text
+}
+
+#[tokio::test]
+async fn a_subject_exports_their_data_as_a_signed_zip_and_as_age_for_the_age_tool() {
+    let app = TestApp::start().await;
+    app.seed("u-1001", json!({"display_name": "Aoife <b>Ní</b> Bhriain"})).await;
+    for i in 0..3 {
+        app.post_record("u-1001", "content", json!({"text": format!("post {i}")})).await;
+    }
+    app.seed("u-2002", json!({"display_name": "Bram"})).await;
+    let token = app.subject_token("u-1001");
+
+    let response =
+        app.client(UNKNOWN).post(app.url("/v1/me/export")).bearer_auth(&token).json(&json!({})).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/zip");
+    assert_eq!(response.headers()["x-clover-export-records"], "4");
+    let sha = response.headers()["x-clover-export-sha256"].to_str().unwrap().to_owned();
+    let bytes = response.bytes().await.unwrap();
+    assert_eq!(certificate::sha256_hex(&bytes), sha);
+    let files = unzip(&bytes);
+    let names: Vec<&str> = files.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        ["accesses.json", "manifest.txt", "records/content.json", "records/profile.json", "summary.html"]
+    );
+    let content: Value = serde_json::from_slice(&files["records/content.json"]).unwrap();
+    assert_eq!(content.as_array().unwrap().len(), 3);
+    assert_eq!(content[0]["category"], "content");
+    assert!(content[0]["fields"]["text"].as_str().unwrap().starts_with("post "));
+    let profile: Value = serde_json::from_slice(&files["records/profile.json"]).unwrap();
+    assert_eq!(profile[0]["fields"]["display_name"], "Aoife <b>Ní</b> Bhriain");
+    let all = files.values().map(|f| String::from_utf8_lossy(f).into_owned()).collect::<String>();
+    assert!(!all.contains("Bram") && !all.contains("u-2002"), "another subject's data is not in it");
+    let summary = String::from_utf8(files["summary.html"].clone()).unwrap();
+    assert!(summary.contains("Aoife &lt;b&gt;") || !summary.contains("<b>Ní"), "field values are escaped");
+    assert!(summary.contains("content") && summary.contains("profile"));
+    let manifest = check_manifest(&app, &files);
+    assert!(manifest.starts_with("clover/subject-export/v1\n"));
+    assert!(manifest.contains("records 4\n"));
+    // The history inside carries proofs.
+    let history: Value = serde_json::from_slice(&files["accesses.json"]).unwrap();
+    assert!(check_proofs(&app, &history) >= 1);
+    // Every record opened is its own log entry, about the subject, by the subject.
+    let exports = history["entries"].as_array().unwrap().iter().filter(|e| e["action"] == "export-subject").count();
+    assert!(exports >= 5, "the decision and four openings: {exports}");
+
+    // Encrypted to the subject's own age key: the standard age tool opens it.
+    let keys = tempfile::tempdir().unwrap();
+    let identity = keys.path().join("key.txt");
+    let made =
+        std::process::Command::new("age-keygen").arg("-o").arg(&identity).output().expect("age-keygen (Debian's age)");
+    assert!(made.status.success());
+    let recipient = String::from_utf8(made.stderr).unwrap().trim().trim_start_matches("Public key: ").to_owned();
+    let response = app
+        .client(UNKNOWN)
+        .post(app.url("/v1/me/export"))
+        .bearer_auth(&token)
+        .json(&json!({"age_recipient": recipient}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/octet-stream");
+    let sealed = response.bytes().await.unwrap();
+    assert!(sealed.starts_with(b"age-encryption.org/v1\n"));
+    let path = keys.path().join("export.zip.age");
+    std::fs::write(&path, &sealed).unwrap();
+    let opened = std::process::Command::new("age").arg("-d").arg("-i").arg(&identity).arg(&path).output().unwrap();
+    assert!(opened.status.success(), "{}", String::from_utf8_lossy(&opened.stderr));
+    let files = unzip(&opened.stdout);
+    assert_eq!(serde_json::from_slice::<Value>(&files["records/content.json"]).unwrap().as_array().unwrap().len(), 3);
+    check_manifest(&app, &files);
+
+    // Nothing is left behind in the data directory.
+    let exports = app.data_dir().join("exports");
+    assert_eq!(std::fs::read_dir(&exports).unwrap().count(), 0, "no archive is kept");
+}
+
+#[tokio::test]
+async fn bad_exports_are_refused_clearly_and_leave_nothing() {
+    let app = TestApp::start_with(|c| c.subjects.max_export_records = 2).await;
+    app.seed("u-1001", json!({"display_name": "Aoife"})).await;
+    let token = app.subject_token("u-1001");
+    let post = |body: Value, token: String| {
+        let app = &app;
+        async move {
+            app.client(UNKNOWN).post(app.url("/v1/me/export")).bearer_auth(token).json(&body).send().await.unwrap()
+        }
+    };
+    // A recipient that does not parse; an unknown field.
+    let body = problem(post(json!({"age_recipient": "age1notakey"}), token.clone()).await, 422, "invalid-body").await;
+    assert!(body["detail"].as_str().unwrap().contains("age_recipient"));
+    problem(post(json!({"recipient": "x"}), token.clone()).await, 422, "invalid-body").await;
+    // Over the limit: refused and logged.
+    app.post_record("u-1001", "content", json!({"text": "one"})).await;
+    app.post_record("u-1001", "content", json!({"text": "two"})).await;
+    let body = problem(post(json!({}), token.clone()).await, 422, "export-too-large").await;
+    assert!(body["log_index"].as_u64().is_some());
+    // Someone never registered (or erased): nothing held, logged.
+    let body = problem(post(json!({}), app.subject_token("u-nobody")).await, 404, "nothing-held").await;
+    assert!(body["log_index"].as_u64().is_some());
+    // Staff without the privacy role, or without a ticket: refused by policy.
+    let response = app
+        .client(DUBLIN)
+        .post(app.url("/v1/subjects/u-1001/export"))
+        .bearer_auth(app.token())
+        .header("X-Clover-Justification", "DSAR-1")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    problem(response, 403, "forbidden").await;
+    let response = app
+        .client(DUBLIN)
+        .post(app.url("/v1/subjects/u-1001/export"))
+        .bearer_auth(app.privacy_token())
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    problem(response, 403, "forbidden").await;
+    // Another subject's token on the staff endpoint.
+    let response = app
+        .client(DUBLIN)
+        .post(app.url("/v1/subjects/u-1001/export"))
+        .bearer_auth(app.subject_token("u-2002"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    problem(response, 403, "forbidden").await;
+    let exports = app.data_dir().join("exports");
+    assert!(!exports.exists() || std::fs::read_dir(&exports).unwrap().count() == 0);
+}
+
+#[tokio::test]
+async fn the_privacy_team_exports_for_a_verified_request_which_is_tracked() {
+    let app = TestApp::start().await;
+    app.seed("u-1001", json!({"display_name": "Aoife"})).await;
+    let response = app
+        .client(DUBLIN)
+        .post(app.url("/v1/subjects/u-1001/export"))
+        .bearer_auth(app.privacy_token())
+        .header("X-Clover-Justification", "DSAR-2026001")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let files = unzip(&response.bytes().await.unwrap());
+    check_manifest(&app, &files);
+
+    // The request is in the queue, fulfilled, with its deadline a month on.
+    let list = |state: &'static str, token: String| {
+        let app = &app;
+        async move {
+            app.client(DUBLIN)
+                .get(app.url(&format!("/v1/requests/subjects?state={state}")))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let body: Value = list("fulfilled", app.privacy_token()).await.json().await.unwrap();
+    let requests = body["requests"].as_array().unwrap();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0]["kind"], "export");
+    assert_eq!(requests[0]["reference"], "DSAR-2026001");
+    assert!(!body.to_string().contains("u-1001"), "the queue names no subject");
+    // Not the privacy team: refused, logged.
+    problem(list("open", app.token()).await, 403, "forbidden").await;
+    problem(list("open", app.subject_token("u-1001")).await, 403, "forbidden").await;
+    let response = app
+        .client(DUBLIN)
+        .get(app.url("/v1/requests/subjects?state=whatever"))
+        .bearer_auth(app.privacy_token())
+        .send()
+        .await
+        .unwrap();
+    problem(response, 400, "invalid-query").await;
+
+    // A held erasure is open; the team moves it on, extends it once, and cannot go back.
+    let hash = app.boundary.subject_hash(&clover_model::SubjectId::new("u-1001".to_owned()).unwrap());
+    app.boundary.store().place_legal_hold(&hash, "PO-7").await.unwrap();
+    let response =
+        app.client(UNKNOWN).delete(app.url("/v1/me")).bearer_auth(app.subject_token("u-1001")).send().await.unwrap();
+    problem(response, 409, "held").await;
+    let body: Value = list("open", app.privacy_token()).await.json().await.unwrap();
+    let id = body["requests"][0]["request_id"].as_str().unwrap().to_owned();
+    let step = |body: Value| {
+        let app = &app;
+        let id = id.clone();
+        async move {
+            app.client(DUBLIN)
+                .post(app.url(&format!("/v1/requests/subjects/{id}")))
+                .bearer_auth(app.privacy_token())
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let moved: Value = step(json!({"state": "in_progress", "extend": true})).await.json().await.unwrap();
+    assert_eq!(moved["request"]["state"], "in_progress");
+    assert_eq!(moved["request"]["extended"], true);
+    problem(step(json!({"state": "in_progress", "extend": true})).await, 409, "conflict").await;
+    problem(step(json!({"state": "open"})).await, 409, "conflict").await;
+    problem(step(json!({"state": "expired"})).await, 409, "conflict").await;
+    let moved: Value = step(json!({"state": "denied"})).await.json().await.unwrap();
+    assert_eq!(moved["request"]["state"], "denied");
+    let response = app
+        .client(DUBLIN)
+        .post(app.url("/v1/requests/subjects/sr-000000000000000000000000"))
+        .bearer_auth(app.privacy_token())
+        .json(&json!({"state": "denied"}))
+        .send()
+        .await
+        .unwrap();
+    problem(response, 404, "not-found").await;
+}
