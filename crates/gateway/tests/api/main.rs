@@ -4,6 +4,7 @@
 
 mod harness;
 
+mod accounts;
 mod approvals;
 mod auth;
 mod bad_input;
