@@ -15,6 +15,7 @@ pub(crate) mod log;
 pub(crate) mod policy;
 pub(crate) mod repatriate;
 pub(crate) mod serve;
+pub(crate) mod subject;
 pub(crate) mod token;
 
 /// A multi-threaded runtime for a command's async work.

@@ -11,7 +11,9 @@ mod args;
 mod commands;
 mod listener;
 
-use commands::{audit, backup, bench, custodian, datamap, export, init, keys, log, policy, repatriate, serve, token};
+use commands::{
+    audit, backup, bench, custodian, datamap, export, init, keys, log, policy, repatriate, serve, subject, token,
+};
 
 /// Clover keeps a region's user data inside the region.
 #[derive(Debug, Parser)]
@@ -61,6 +63,10 @@ enum Command {
     /// Repatriation: bring a region's data home from a store abroad (`plan`, `digest`).
     #[command(subcommand)]
     Repatriate(repatriate::RepatriateCommand),
+    /// A data subject's own requests with their own token: who read my data (proofs checked),
+    /// my export, my erasure, an organisation's closure.
+    #[command(subcommand)]
+    Subject(subject::SubjectCommand),
     /// Measure what Clover costs: scenarios in-process against baselines measured in the same
     /// run, or a running server driven over HTTP.
     #[command(subcommand)]
@@ -72,6 +78,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => args.run(),
         Command::Init(args) => args.run(),
         Command::Token(args) => args.run(),
+        Command::Subject(command) => command.run(),
         Command::Log(command) => command.run(),
         Command::Audit(command) => command.run(),
         Command::Policy(command) => command.run(),

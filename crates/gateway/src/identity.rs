@@ -306,6 +306,7 @@ impl TokenRules {
                 });
             }
         };
+        let region = text(&self.region_claim)?;
         // A data subject works at no site: their token may name none (policy never reads a
         // subject's site; where they call from is the origin, from the network).
         let site = match (kind, claims.get(&self.site_claim)) {
@@ -326,7 +327,7 @@ impl TokenRules {
         Ok(Principal {
             id: PrincipalId::new(text("sub")?).map_err(AuthError::Claim)?,
             kind,
-            home_region: Region::new(text(&self.region_claim)?).map_err(AuthError::Claim)?,
+            home_region: Region::new(region).map_err(AuthError::Claim)?,
             site: SiteName::new(site).map_err(AuthError::Claim)?,
             roles,
         })

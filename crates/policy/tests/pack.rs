@@ -82,6 +82,34 @@ fn approve(r: &mut PackRequest, requester: &str, roles: &[&str]) {
     r.principal.roles = roles.iter().map(|s| s.to_string()).collect();
 }
 
+/// Turns the request into data subject `s-1`, calling from an address of no site with their
+/// own token (no roles), doing `action` on subject `on`.
+fn subject(r: &mut PackRequest, action: Action, on: &str) {
+    r.principal = PackPrincipal {
+        kind: PrincipalKind::Subject,
+        id: "s-1".into(),
+        home_region: "eu".into(),
+        site: "none".into(),
+        roles: Vec::new(),
+    };
+    r.action = action;
+    r.resource = PackResource::Subject { id: on.into(), minor: false, home_region: "eu".into() };
+    r.origin = None;
+    r.purpose = None;
+    r.purpose_declared = false;
+    r.purpose_allowed_for_category = false;
+    r.purpose_role_ok = false;
+}
+
+/// Turns the request into `ana` of the privacy team doing `action` on subject `s-1` for them,
+/// with the verified request's reference as the ticket.
+fn privacy_team(r: &mut PackRequest, action: Action) {
+    r.action = action;
+    r.principal.roles = vec!["privacy".into()];
+    r.resource = PackResource::Subject { id: "s-1".into(), minor: false, home_region: "eu".into() };
+    r.has_justification = true;
+}
+
 fn from(site: &str, region: &str) -> Option<(String, String)> {
     Some((site.into(), region.into()))
 }
@@ -808,6 +836,111 @@ fn cases() -> Vec<Case> {
             deny,
             &["default-deny"],
             &["approvals-by-a-second-person"],
+        ),
+        case(
+            "a data subject lists their own accesses from anywhere",
+            |r| subject(r, Action::ListAccesses, "s-1"),
+            full,
+            &["subjects-act-on-their-own-data"],
+            &["unknown-origin", "subjects-only-their-own-data"],
+        ),
+        case(
+            "a data subject erases their own data from abroad",
+            |r| {
+                subject(r, Action::Erase, "s-1");
+                r.origin = from("singapore-1", "sg");
+            },
+            full,
+            &["subjects-act-on-their-own-data"],
+            &["writes-in-region-only", "subjects-only-their-own-data"],
+        ),
+        case(
+            "a data subject exports their own data",
+            |r| subject(r, Action::ExportSubject, "s-1"),
+            full,
+            &["subjects-act-on-their-own-data"],
+            &[],
+        ),
+        case(
+            "an organisation closes its own account",
+            |r| subject(r, Action::CloseAccount, "s-1"),
+            full,
+            &["subjects-act-on-their-own-data"],
+            &[],
+        ),
+        case(
+            "never another subject's",
+            |r| subject(r, Action::ListAccesses, "s-2"),
+            deny,
+            &["subjects-only-their-own-data"],
+            &["subjects-act-on-their-own-data"],
+        ),
+        case(
+            "a data subject's token reads no record, whatever roles and purpose it claims, from the region",
+            |r| {
+                r.principal.kind = PrincipalKind::Subject;
+                r.principal.id = "s-1".into();
+            },
+            deny,
+            &["subjects-only-their-own-data"],
+            &["in-region-read"],
+        ),
+        case(
+            "the privacy team exports for a verified request, in the region",
+            |r| privacy_team(r, Action::ExportSubject),
+            full,
+            &["privacy-team-acts-on-verified-requests"],
+            &[],
+        ),
+        case(
+            "and closes an account on its request",
+            |r| privacy_team(r, Action::CloseAccount),
+            full,
+            &["privacy-team-acts-on-verified-requests"],
+            &[],
+        ),
+        case(
+            "not without the request's ticket",
+            |r| {
+                privacy_team(r, Action::ExportSubject);
+                r.has_justification = false;
+            },
+            deny,
+            &["default-deny"],
+            &["privacy-team-acts-on-verified-requests"],
+        ),
+        case(
+            "not without the privacy role",
+            |r| {
+                privacy_team(r, Action::ExportSubject);
+                r.principal.roles = vec!["support".into()];
+            },
+            deny,
+            &["default-deny"],
+            &["privacy-team-acts-on-verified-requests"],
+        ),
+        case(
+            "the privacy team works its queue of requests",
+            |r| {
+                r.action = Action::HandleRequests;
+                r.resource = PackResource::Boundary { region: "eu".into() };
+                r.principal.roles = vec!["privacy".into()];
+            },
+            full,
+            &["privacy-team-handles-requests"],
+            &[],
+        ),
+        case(
+            "nobody else does, nor from outside",
+            |r| {
+                r.action = Action::HandleRequests;
+                r.resource = PackResource::Boundary { region: "eu".into() };
+                r.principal.roles = vec!["privacy".into()];
+                r.origin = from("virginia-1", "us");
+            },
+            deny,
+            &["default-deny"],
+            &["privacy-team-handles-requests"],
         ),
     ]
 }

@@ -25,6 +25,10 @@ pub(crate) enum AuditCommand {
     /// Recompute the transfer register from the public log alone and compare it with the one the
     /// boundary serves (/v1/register/transfers). Exits non-zero on any difference.
     Register(RegisterArgs),
+    /// Check an erasure or closure certificate offline: the statement's signature under the
+    /// log's key, that the log entry is the one it rests on, and the entry's inclusion proof
+    /// against the signed checkpoint it carries. Exits non-zero on any failure.
+    VerifyCertificate(VerifyCertificateArgs),
 }
 
 impl AuditCommand {
@@ -33,6 +37,7 @@ impl AuditCommand {
             Self::Verify(args) => args.run(),
             Self::Witness(args) => args.run(),
             Self::Register(args) => args.run(),
+            Self::VerifyCertificate(args) => args.run(),
         }
     }
 }
@@ -238,5 +243,88 @@ impl WitnessArgs {
             let service = Service::Router(clover_audit::witness::router(witness), tls);
             listener::serve(self.listen, service, &what, "").await
         })
+    }
+}
+
+/// `clover audit verify-certificate`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct VerifyCertificateArgs {
+    /// The certificate: the JSON an erasure or closure answered (`clover subject erase|close
+    /// --output`), or the certificate object alone.
+    #[arg(value_name = "FILE")]
+    file: PathBuf,
+    /// The log's verifier key (`clover log vkey`).
+    #[arg(long)]
+    vkey: String,
+    /// Demand this witness's cosignature on the checkpoint (its cosignature vkey); repeatable.
+    #[arg(long = "witness", value_name = "VKEY")]
+    witnesses: Vec<String>,
+    /// Check that the certificate is about this subject (or account), with `--salt`.
+    #[arg(long, requires = "salt")]
+    subject: Option<String>,
+    /// The salt of the subject commitment (hex), from the erasure's answer; read from FILE when
+    /// it is the whole answer.
+    #[arg(long)]
+    salt: Option<String>,
+}
+
+impl VerifyCertificateArgs {
+    pub(crate) fn run(self) -> anyhow::Result<()> {
+        use clover_gateway::subjects::certificate::{Certificate, verify};
+        let vkey = VerifierKey::parse(&self.vkey).context("the verifier key")?;
+        let witnesses = self
+            .witnesses
+            .iter()
+            .map(|w| VerifierKey::parse(w).with_context(|| format!("the witness key {w:?}")))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let text =
+            std::fs::read_to_string(&self.file).with_context(|| format!("cannot read {}", self.file.display()))?;
+        let value: serde_json::Value = serde_json::from_str(&text).context("the file is not JSON")?;
+        let (certificate, salt) = match value.get("certificate") {
+            Some(inner) => (
+                inner.clone(),
+                value
+                    .get("subject_salt")
+                    .or_else(|| value.get("account_salt"))
+                    .and_then(|s| s.as_str())
+                    .map(str::to_owned),
+            ),
+            None => (value, None),
+        };
+        let certificate: Certificate =
+            serde_json::from_value(certificate).context("the file holds no erasure or closure certificate")?;
+        let salt = self.salt.or(salt);
+        let subject = match (&self.subject, &salt) {
+            (Some(subject), Some(salt)) => Some((subject.as_str(), salt.as_str())),
+            (Some(_), None) => anyhow::bail!("--subject needs the salt (--salt, or the whole answer as FILE)"),
+            _ => None,
+        };
+        let verified = verify(&certificate, &vkey, &witnesses, subject)
+            .with_context(|| format!("certificate {} does not verify", certificate.certificate_id))?;
+        let describe = |v: &clover_gateway::subjects::certificate::Verified| {
+            format!(
+                "{} certificate {}: {} records ({}), log entry {} included in the checkpoint of {} entries",
+                v.kind,
+                v.fact("certificate").unwrap_or("-"),
+                v.fact("records").unwrap_or("-"),
+                v.fact("categories").unwrap_or("-"),
+                v.log_index,
+                v.tree_size
+            )
+        };
+        println!("OK {}", describe(&verified));
+        if let Some(erasure) = &verified.erasure {
+            println!("OK {}", describe(erasure));
+        }
+        for (key, value) in &verified.facts {
+            println!("   {key}: {value}");
+        }
+        if let Some(subject) = &self.subject {
+            println!("OK the certificate is about {subject:?}");
+        }
+        if !witnesses.is_empty() {
+            println!("OK cosigned by {} witness(es)", witnesses.len());
+        }
+        Ok(())
     }
 }

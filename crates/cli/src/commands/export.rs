@@ -157,7 +157,7 @@ async fn answer<T: serde::de::DeserializeOwned>(request: reqwest::RequestBuilder
 }
 
 /// `response` if it succeeded; its problem's detail as the error otherwise.
-async fn checked(response: reqwest::Response) -> anyhow::Result<reqwest::Response> {
+pub(crate) async fn checked(response: reqwest::Response) -> anyhow::Result<reqwest::Response> {
     let status = response.status();
     if status.is_success() {
         return Ok(response);

@@ -82,11 +82,11 @@ impl RequestState {
     /// Whether a request may move from this state to `to` by a person's hand (expiry is the
     /// clock's).
     pub fn may_become(self, to: Self) -> bool {
-        match (self, to) {
-            (Self::Open, Self::InProgress | Self::Fulfilled | Self::Denied) => true,
-            (Self::InProgress, Self::Fulfilled | Self::Denied) => true,
-            _ => false,
-        }
+        matches!(
+            (self, to),
+            (Self::Open, Self::InProgress | Self::Fulfilled | Self::Denied)
+                | (Self::InProgress, Self::Fulfilled | Self::Denied)
+        )
     }
 }
 

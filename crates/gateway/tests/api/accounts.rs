@@ -29,7 +29,8 @@ async fn an_organisation_closes_its_account_and_gets_a_certificate_that_verifies
     }
     app.seed("u-1001", json!({"display_name": "Aoife"})).await;
     // A pending transfer that would send the account's profile, and one whose range leaves it out.
-    let pending = transfer(&app, json!({"destination": "us-partners", "purpose": "analytics", "categories": ["profile"]})).await;
+    let pending =
+        transfer(&app, json!({"destination": "us-partners", "purpose": "analytics", "categories": ["profile"]})).await;
     let other = transfer(
         &app,
         json!({"destination": "us-partners", "purpose": "analytics", "categories": ["profile"], "until": "2001-01-01T00:00:00Z"}),
@@ -59,8 +60,7 @@ async fn an_organisation_closes_its_account_and_gets_a_certificate_that_verifies
     assert_eq!(body["transfers_cancelled"], json!([pending]));
     let closure: Certificate = serde_json::from_value(body["certificate"].clone()).unwrap();
     let salt = body["account_salt"].as_str().unwrap();
-    let verified =
-        certificate::verify(&closure, app.boundary.log_vkey(), &[], Some(("org-parliament", salt))).unwrap();
+    let verified = certificate::verify(&closure, app.boundary.log_vkey(), &[], Some(("org-parliament", salt))).unwrap();
     assert_eq!(verified.kind, "closure");
     assert_eq!(verified.fact("records"), Some("4"));
     assert_eq!(verified.fact("categories"), Some("content=3,profile=1"));
