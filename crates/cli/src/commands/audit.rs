@@ -259,8 +259,9 @@ pub(crate) struct VerifyCertificateArgs {
     /// Demand this witness's cosignature on the checkpoint (its cosignature vkey); repeatable.
     #[arg(long = "witness", value_name = "VKEY")]
     witnesses: Vec<String>,
-    /// Check that the certificate is about this subject (or account), with `--salt`.
-    #[arg(long, requires = "salt")]
+    /// Check that the certificate is about this subject (or account): with the salt, from
+    /// FILE when it is the whole answer, or `--salt`.
+    #[arg(long)]
     subject: Option<String>,
     /// The salt of the subject commitment (hex), from the erasure's answer; read from FILE when
     /// it is the whole answer.

@@ -21,4 +21,5 @@ mod hsm;
 mod policy;
 mod repatriate;
 mod repatriate_run;
+mod subject;
 mod tls;
