@@ -17,6 +17,10 @@ use crate::config::Config;
 const ID_PARAMETERS: &[(&str, &str, usize)] = &[
     // clover_model::SubjectId: 1 to 128 of A-Z a-z 0-9 - _ . : @, not only dots.
     ("subject_id", "^[A-Za-z0-9_.:@-]*[A-Za-z0-9_:@-][A-Za-z0-9_.:@-]*$", 128),
+    // An account is a subject: the same form.
+    ("account_id", "^[A-Za-z0-9_.:@-]*[A-Za-z0-9_:@-][A-Za-z0-9_.:@-]*$", 128),
+    // crate::subjects::requests: `sr-` and 24 hex digits.
+    ("request_id", "^sr-[0-9a-f]{24}$", 27),
     // clover_model::RecordId: a UUID in its one spelling, lowercase with hyphens.
     ("record_id", "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", 36),
     // crate::repatriation::check_job: 1 to 64 of a-z 0-9 - _ ., not starting with a dot.
@@ -27,7 +31,15 @@ const ID_PARAMETERS: &[(&str, &str, usize)] = &[
 const CONTEXT_HEADER_PATTERN: &str = "^[A-Za-z0-9_.:#/-]{1,128}$";
 
 /// The paths whose refusals are rate-limited (answered 429 with `Retry-After`).
-const LIMITED_PREFIXES: &[&str] = &["/v1/records/", "/v1/subjects/", "/v1/repatriation/", "/v1/transfers"];
+const LIMITED_PREFIXES: &[&str] = &[
+    "/v1/records/",
+    "/v1/subjects/",
+    "/v1/repatriation/",
+    "/v1/transfers",
+    "/v1/me",
+    "/v1/accounts/",
+    "/v1/requests/",
+];
 
 /// Completes `api`, the document derived from the handlers' annotations.
 pub(super) fn complete(api: &mut OpenApi) {

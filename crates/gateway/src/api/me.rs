@@ -132,7 +132,10 @@ pub async fn erase_me(State(boundary): State<Arc<Boundary>>, caller: Caller) -> 
 pub struct ExportBody {
     /// An `age` X25519 recipient (`age1...`, from `age-keygen`): the archive is then encrypted to
     /// it, so that only the holder of the matching identity opens it (`age -d -i key.txt`).
-    #[schema(example = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p")]
+    #[schema(
+        example = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p",
+        pattern = "^age1[02-9ac-hj-np-z]{58}$"
+    )]
     pub age_recipient: Option<String>,
 }
 

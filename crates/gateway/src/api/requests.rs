@@ -125,6 +125,7 @@ pub struct MoveAnswer {
     request_body = MoveBody,
     responses(
         (status = OK, description = "Moved", body = MoveAnswer),
+        (status = BAD_REQUEST, description = "`invalid-id`: the request id is not `sr-` and 24 lowercase hex digits", body = Problem, content_type = "application/problem+json"),
         (status = FORBIDDEN, description = "`forbidden`: denied by policy", body = Problem, content_type = "application/problem+json"),
         (status = NOT_FOUND, description = "`not-found`: no such request", body = Problem, content_type = "application/problem+json"),
         (status = CONFLICT, description = "`conflict`: the move is not allowed from the request's state (or the deadline was extended already)", body = Problem, content_type = "application/problem+json"),
@@ -136,11 +137,18 @@ pub async fn move_request(
     Path(request_id): Path<String>,
     Body(body): Body<MoveBody>,
 ) -> Result<Response, ApiError> {
-    let (decision, _) = decide(&boundary, &caller, "moving a subject's request").await?;
     let missing = || ApiError::NotFound { what: "subject request", id: request_id.chars().take(64).collect() };
-    if !request_id.starts_with("sr-") || request_id.len() > 64 {
-        return Err(missing());
+    if !(request_id.len() == 27
+        && request_id.starts_with("sr-")
+        && request_id.bytes().skip(3).all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+    {
+        return Err(ApiError::InvalidId(clover_model::InvalidId {
+            kind: "subject request id",
+            value: request_id.chars().take(64).collect(),
+            rule: "sr- and 24 lowercase hex digits",
+        }));
     }
+    let (decision, _) = decide(&boundary, &caller, "moving a subject's request").await?;
     let Some((row, _)) = requests::get(&boundary, &request_id).await? else { return Err(missing()) };
     let moved = requests::advance(&boundary, Some(&caller), row, body.state, body.extend).await?;
     let (_, shown) = requests::get(&boundary, &moved.request_id).await?.ok_or_else(missing)?;
