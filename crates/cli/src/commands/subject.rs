@@ -17,6 +17,24 @@ use crate::args::ClientTlsArgs;
 use crate::commands::export::checked;
 use crate::commands::runtime;
 
+/// Counts by name as `a=1, b=2` (`none` when there are none).
+fn counts(value: &Value) -> String {
+    match value.as_object() {
+        Some(map) if !map.is_empty() => map.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", "),
+        _ => "none".to_owned(),
+    }
+}
+
+/// A list of strings as `a, b` (`none` when empty).
+fn list(value: &Value) -> String {
+    match value.as_array() {
+        Some(items) if !items.is_empty() => {
+            items.iter().map(|v| v.as_str().unwrap_or_default().to_owned()).collect::<Vec<_>>().join(", ")
+        }
+        _ => "none".to_owned(),
+    }
+}
+
 /// The value at `path` in `value` (null where there is none).
 fn at<'a>(value: &'a Value, path: &[&str]) -> &'a Value {
     static NULL: Value = Value::Null;
@@ -144,7 +162,7 @@ impl AccessesArgs {
         }
         let text = |v: &Value| v.as_str().unwrap_or("-").to_owned();
         println!(
-            "{:>6}  {:<20}  {:<15}  {:<6}  {:<9}  {:<8}  {:<14}  {:<8}  {:<9}  proof",
+            "{:>6}  {:<20}  {:<15}  {:<6}  {:<9}  {:<8}  {:<17}  {:<8}  {:<9}  proof",
             "index", "time", "action", "result", "by", "role", "from", "purpose", "category"
         );
         for entry in at(&body, &["entries"]).as_array().map(Vec::as_slice).unwrap_or_default() {
@@ -157,8 +175,8 @@ impl AccessesArgs {
                 .map(|r| r.iter().map(text).collect::<Vec<_>>().join(","))
                 .unwrap_or_default();
             println!(
-                "{:>6}  {:<20}  {:<15}  {:<6}  {:<9}  {:<8}  {:<14}  {:<8}  {:<9}  {}",
-                at(entry, &["index"]),
+                "{:>6}  {:<20}  {:<15}  {:<6}  {:<9}  {:<8}  {:<17}  {:<8}  {:<9}  {}",
+                at(entry, &["index"]).as_u64().unwrap_or_default(),
                 text(at(entry, &["time"])),
                 text(at(entry, &["action"])),
                 text(at(entry, &["decision"])),
@@ -256,7 +274,7 @@ impl EraseArgs {
         println!(
             "erased {} records ({}); certificate {} at log index {} written to {}",
             at(&body, &["erased_records"]),
-            at(&body, &["categories"]),
+            counts(at(&body, &["categories"])),
             at(&body, &["certificate", "certificate_id"]).as_str().unwrap_or("-"),
             at(&body, &["log_index"]),
             self.output.display()
@@ -292,8 +310,8 @@ impl CloseArgs {
         println!(
             "closed account {}: records {}; transfers cancelled {}; certificate {} at log index {} written to {}",
             self.account,
-            at(&body, &["categories"]),
-            at(&body, &["transfers_cancelled"]),
+            counts(at(&body, &["categories"])),
+            list(at(&body, &["transfers_cancelled"])),
             at(&body, &["certificate", "certificate_id"]).as_str().unwrap_or("-"),
             at(&body, &["log_index"]),
             self.output.display()

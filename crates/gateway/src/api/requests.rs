@@ -24,7 +24,8 @@ use crate::subjects::requests::{self, RequestState, SubjectRequest};
 #[serde(deny_unknown_fields)]
 pub struct RequestsQuery {
     /// Only those in this state: `open`, `in_progress`, `fulfilled`, `denied` or `expired`.
-    pub state: Option<String>,
+    #[param(inline)]
+    pub state: Option<RequestState>,
 }
 
 /// The requests.
@@ -82,15 +83,7 @@ pub async fn list_requests(
     query: Result<Query<RequestsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::InvalidQuery(e.body_text()))?;
-    let state = match query.state.as_deref() {
-        None => None,
-        Some(text) => Some(requests::parse_state(text).ok_or_else(|| {
-            ApiError::InvalidQuery(format!(
-                "state {:?} is not one of open, in_progress, fulfilled, denied, expired",
-                text.chars().take(64).collect::<String>()
-            ))
-        })?),
-    };
+    let state = query.state;
     let (decision, log_index) = decide(&boundary, &caller, "listing subjects' requests").await?;
     let listed = requests::list(&boundary, state).await?;
     Ok(answered(&decision, StatusCode::OK, RequestsAnswer { requests: listed, decision: decision.clone(), log_index }))

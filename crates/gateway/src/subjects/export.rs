@@ -91,7 +91,19 @@ struct Archive<W: Write + Seek> {
 
 impl<W: Write + Seek> Archive<W> {
     fn options() -> zip::write::SimpleFileOptions {
-        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated)
+        let now = time::OffsetDateTime::now_utc();
+        let stamp = zip::DateTime::from_date_and_time(
+            u16::try_from(now.year()).unwrap_or(1980),
+            u8::from(now.month()),
+            now.day(),
+            now.hour(),
+            now.minute(),
+            now.second(),
+        )
+        .unwrap_or_default();
+        zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated)
+            .last_modified_time(stamp)
     }
 
     /// Writes one file, made by `fill`, and keeps its digest.
