@@ -108,8 +108,8 @@ pub struct History {
     pub entries: Vec<MyAccess>,
 }
 
-/// The served checkpoint's tree size.
-fn served(boundary: &Boundary) -> Result<(String, u64), ApiError> {
+/// The served checkpoint, and its tree size.
+pub(crate) fn served(boundary: &Boundary) -> Result<(String, u64), ApiError> {
     let note = boundary.served_checkpoint();
     let parsed = Note::parse(&note).map_err(ApiError::internal)?;
     let checkpoint = Checkpoint::parse(&parsed.text).map_err(ApiError::internal)?;
@@ -128,7 +128,7 @@ pub async fn history(boundary: &Boundary, indexes: impl IntoIterator<Item = u64>
 }
 
 /// One entry, as a person reads it.
-async fn entry(boundary: &Boundary, index: u64, tree_size: u64) -> Result<MyAccess, ApiError> {
+pub(crate) async fn entry(boundary: &Boundary, index: u64, tree_size: u64) -> Result<MyAccess, ApiError> {
     let bytes = boundary.log().entry(index).await.map_err(ApiError::internal)?;
     let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
     let proof = if index < tree_size {

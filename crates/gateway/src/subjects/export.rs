@@ -241,20 +241,43 @@ pub async fn build(
         archive.digests.push((name, digest));
     }
 
-    // The access history, this export's own entries included, each with its proof.
-    let found = accesses::entries_about(boundary, subject, true).await?;
-    let history = accesses::history(boundary, found.into_keys()).await?;
+    // The access history, this export's own entries included, each with its proof: written
+    // entry by entry (only the indexes, the counts and the latest hundred are kept).
+    let indexes: Vec<u64> = accesses::entries_about(boundary, subject, true).await?.into_keys().collect();
+    let (checkpoint, tree_size) = accesses::served(boundary)?;
     let mut by_kind: BTreeMap<(String, String), u64> = BTreeMap::new();
-    for entry in &history.entries {
-        let who = entry.principal_kind.clone().unwrap_or_else(|| "the boundary".to_owned());
-        *by_kind.entry((entry.action.clone().unwrap_or_else(|| entry.kind.clone()), who)).or_insert(0) += 1;
+    let mut recent: std::collections::VecDeque<accesses::MyAccess> = std::collections::VecDeque::new();
+    {
+        archive.zip.start_file("accesses.json", Archive::<std::fs::File>::options()).map_err(ApiError::internal)?;
+        let mut out =
+            Hashing { inner: &mut archive.zip, digest: aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256) };
+        let head = serde_json::json!({
+            "checkpoint": checkpoint,
+            "tree_size": tree_size,
+            "log_vkey": boundary.log_vkey().to_string(),
+        })
+        .to_string();
+        // The head's object, opened again to take the entries.
+        let head = head.strip_suffix('}').unwrap_or(&head);
+        out.write_all(head.as_bytes()).map_err(ApiError::internal)?;
+        out.write_all(b",\"entries\":[").map_err(ApiError::internal)?;
+        for (i, index) in indexes.iter().enumerate() {
+            let entry = accesses::entry(boundary, *index, tree_size).await?;
+            let who = entry.principal_kind.clone().unwrap_or_else(|| "the boundary".to_owned());
+            *by_kind.entry((entry.action.clone().unwrap_or_else(|| entry.kind.clone()), who)).or_insert(0) += 1;
+            out.write_all(if i == 0 { b"\n" } else { b",\n" }).map_err(ApiError::internal)?;
+            serde_json::to_writer(&mut out, &entry).map_err(ApiError::internal)?;
+            if entry.action.as_deref() != Some("export-subject") {
+                recent.push_front(entry);
+                recent.truncate(100);
+            }
+        }
+        out.write_all(b"\n]}\n").map_err(ApiError::internal)?;
+        let digest = hex::encode(out.digest.finish().as_ref());
+        archive.digests.push(("accesses.json".to_owned(), digest));
     }
-    let recent: Vec<&accesses::MyAccess> =
-        history.entries.iter().rev().filter(|e| e.action.as_deref() != Some("export-subject")).take(100).collect();
+    let recent: Vec<&accesses::MyAccess> = recent.iter().collect();
     let summary = summary_html(boundary, subject, &export_id, &counts, &by_kind, &recent);
-    archive.file("accesses.json", |w| serde_json::to_writer_pretty(w, &history).map_err(std::io::Error::other))?;
-    drop(recent);
-    drop(history);
     archive.file("summary.html", |w| w.write_all(summary.as_bytes()))?;
 
     // The manifest: every file's digest, signed.

@@ -479,3 +479,57 @@ async fn the_privacy_team_exports_for_a_verified_request_which_is_tracked() {
         .unwrap();
     problem(response, 404, "not-found").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_of_ten_thousand_records_is_whole_and_logs_each_opening() {
+    use futures_util::StreamExt as _;
+    let app = TestApp::start().await;
+    assert_eq!(app.put_subject("u-many").await.status(), 201);
+    let token = app.token();
+    let client = app.client(DUBLIN);
+    let url = app.url("/v1/subjects/u-many/records");
+    futures_util::stream::iter(0..10_000)
+        .map(|i| {
+            let (client, url, token) = (client.clone(), url.clone(), token.clone());
+            async move {
+                let category = if i % 3 == 0 { "profile" } else { "content" };
+                let body = json!({"category": category, "fields": {"text": format!("record {i}")}});
+                let response = client.post(url).bearer_auth(token).json(&body).send().await.unwrap();
+                assert_eq!(response.status(), 201);
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<()>>()
+        .await;
+    let before = app.boundary.log().size();
+    let response = app
+        .client(UNKNOWN)
+        .post(app.url("/v1/me/export"))
+        .bearer_auth(app.subject_token("u-many"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-clover-export-records"], "10000");
+    let files = unzip(&response.bytes().await.unwrap());
+    let profile: Value = serde_json::from_slice(&files["records/profile.json"]).unwrap();
+    let content: Value = serde_json::from_slice(&files["records/content.json"]).unwrap();
+    assert_eq!(profile.as_array().unwrap().len(), 3_334);
+    assert_eq!(content.as_array().unwrap().len(), 6_666);
+    let mut texts: Vec<&str> = profile
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(content.as_array().unwrap())
+        .map(|r| r["fields"]["text"].as_str().unwrap())
+        .collect();
+    texts.sort_unstable();
+    texts.dedup();
+    assert_eq!(texts.len(), 10_000, "every record once");
+    check_manifest(&app, &files);
+    // The decision and one entry per record opened.
+    assert!(app.boundary.log().size() - before >= 10_001);
+    let history: Value = serde_json::from_slice(&files["accesses.json"]).unwrap();
+    assert!(history["entries"].as_array().unwrap().len() >= 20_001, "the writes, the decision, the openings");
+}
