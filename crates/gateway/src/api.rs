@@ -5,6 +5,7 @@ pub mod accounts;
 mod answer;
 pub mod approvals;
 mod document;
+mod exports;
 pub mod keys;
 pub mod log;
 pub mod me;

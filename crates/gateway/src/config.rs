@@ -866,6 +866,12 @@ impl Config {
         if self.subjects.max_export_records == 0 {
             return Err(ConfigError::Invalid("[subjects] max_export_records is 0; it must be at least 1".to_owned()));
         }
+        if self.subjects.closed_account_days > 36_500 {
+            return Err(ConfigError::Invalid(format!(
+                "[subjects] closed_account_days is {}; it must be at most 36500 (a hundred years)",
+                self.subjects.closed_account_days
+            )));
+        }
         if self.max_body_bytes < 1024 {
             return Err(ConfigError::Invalid(format!(
                 "max_body_bytes is {}; it must be at least 1024",

@@ -324,6 +324,9 @@ impl TokenRules {
                 return Err(AuthError::BadClaim { claim: "roles".to_owned(), expected: "a list of strings" });
             }
         };
+        // A data subject holds no role: whatever a provider puts in their token, none reaches
+        // policy.
+        let roles = if kind == PrincipalKind::Subject { Vec::new() } else { roles };
         Ok(Principal {
             id: PrincipalId::new(text("sub")?).map_err(AuthError::Claim)?,
             kind,

@@ -11,13 +11,14 @@ use std::net::IpAddr;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use clover_model::{Origin, Principal, PrincipalId};
+use clover_model::{Origin, Principal, PrincipalId, PrincipalKind};
 
 /// Whom a window counts: one principal, or one source address.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) enum Counted {
-    /// A principal, whatever their address.
-    Principal(PrincipalId),
+    /// A principal (by kind and id: a data subject whose id is an employee's is someone else),
+    /// whatever their address.
+    Principal(PrincipalKind, PrincipalId),
     /// A source address, whoever calls from it.
     Source(IpAddr),
 }
@@ -71,7 +72,7 @@ impl Refusals {
         let now = Instant::now();
         let mut windows = self.windows.lock().unwrap_or_else(PoisonError::into_inner);
         let mut wait = None;
-        for counted in [Counted::Principal(principal.id.clone()), Counted::Source(address)] {
+        for counted in [Counted::Principal(principal.kind, principal.id.clone()), Counted::Source(address)] {
             let window = windows.entry(counted).or_insert_with(|| Window {
                 started: now,
                 refusals: 0,
@@ -98,7 +99,7 @@ impl Refusals {
             None => Ok(()),
             Some(left) => {
                 // Counted once, in each window past the limit.
-                for counted in [Counted::Principal(principal.id.clone()), Counted::Source(address)] {
+                for counted in [Counted::Principal(principal.kind, principal.id.clone()), Counted::Source(address)] {
                     if let Some(window) = windows.get_mut(&counted)
                         && window.refusals > self.limit
                     {
@@ -163,7 +164,7 @@ mod tests {
         assert!(refusals.ended().is_empty(), "the window has not ended");
         std::thread::sleep(Duration::from_millis(350));
         let ended = refusals.ended();
-        let principal: Vec<_> = ended.iter().filter(|s| matches!(s.counted, Counted::Principal(_))).collect();
+        let principal: Vec<_> = ended.iter().filter(|s| matches!(s.counted, Counted::Principal(..))).collect();
         assert_eq!(principal.len(), 1);
         assert_eq!(principal[0].limited, 1);
         // A new window: logged one by one again.

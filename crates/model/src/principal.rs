@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::{PrincipalId, Region, SiteName};
 
 /// Whether a principal is a person or a program.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PrincipalKind {
     /// A member of staff.

@@ -920,6 +920,36 @@ fn cases() -> Vec<Case> {
             &["privacy-team-acts-on-verified-requests"],
         ),
         case(
+            "a data subject may not write, not even their own registration",
+            |r| {
+                subject(r, Action::Write, "s-1");
+                r.origin = from("dublin-1", "eu");
+            },
+            deny,
+            &["subjects-only-their-own-data"],
+            &["in-region-writes"],
+        ),
+        case(
+            "a service is not the privacy team",
+            |r| {
+                privacy_team(r, Action::ExportSubject);
+                r.principal.kind = PrincipalKind::Service;
+            },
+            deny,
+            &["default-deny"],
+            &["privacy-team-acts-on-verified-requests"],
+        ),
+        case(
+            "the privacy team's exports past the bulk threshold need an approval",
+            |r| {
+                privacy_team(r, Action::ExportSubject);
+                r.subjects_touched = 51;
+            },
+            Outcome::ApprovalRequired,
+            &["bulk-access-needs-approval"],
+            &[],
+        ),
+        case(
             "the privacy team works its queue of requests",
             |r| {
                 r.action = Action::HandleRequests;

@@ -5,7 +5,9 @@ use std::str::FromStr;
 
 use time::OffsetDateTime;
 
-use crate::{ApprovalRow, RecordRow, SealedWith, StoreError, SubjectRow, TransferRow};
+use crate::{
+    ApprovalRow, CertificateRow, RecordRow, SealedWith, StoreError, SubjectRequestRow, SubjectRow, TransferRow,
+};
 
 pub(crate) const SUBJECT_COLUMNS: &str = "subject_id, home_region, attributes, metadata, created_at";
 pub(crate) const RECORD_COLUMNS: &str =
@@ -181,9 +183,9 @@ pub(crate) fn within_budget(spent: (f64, f64), spend: (f64, f64), limit: (f64, f
 pub(crate) const SUBJECT_REQUEST_COLUMNS: &str =
     "request_id, kind, subject_hash, state, reference, received_at, deadline, extended, updated_at, log_index";
 
-pub(crate) fn subject_request_row(row: &impl Columns) -> Result<crate::SubjectRequestRow, StoreError> {
+pub(crate) fn subject_request_row(row: &impl Columns) -> Result<SubjectRequestRow, StoreError> {
     let get = || db("reading a subject request");
-    Ok(crate::SubjectRequestRow {
+    Ok(SubjectRequestRow {
         request_id: row.text("request_id").map_err(get())?,
         kind: row.text("kind").map_err(get())?,
         subject_hash: row.text("subject_hash").map_err(get())?,
@@ -200,9 +202,9 @@ pub(crate) fn subject_request_row(row: &impl Columns) -> Result<crate::SubjectRe
 /// The columns a certificate is read from.
 pub(crate) const CERTIFICATE_COLUMNS: &str = "certificate_id, kind, document, log_index, created_at";
 
-pub(crate) fn certificate_row(row: &impl Columns) -> Result<crate::CertificateRow, StoreError> {
+pub(crate) fn certificate_row(row: &impl Columns) -> Result<CertificateRow, StoreError> {
     let get = || db("reading a certificate");
-    Ok(crate::CertificateRow {
+    Ok(CertificateRow {
         certificate_id: row.text("certificate_id").map_err(get())?,
         kind: row.text("kind").map_err(get())?,
         document: row.text("document").map_err(get())?,

@@ -65,6 +65,18 @@ pub async fn close_account(
 ) -> Result<Response, ApiError> {
     let account_id = SubjectId::new(account_id)?;
     let closed = crate::subjects::closure::close(&boundary, &caller, &account_id).await?;
+    if caller.principal.kind != clover_model::PrincipalKind::Subject {
+        // Made for the organisation by the privacy team: tracked, done at once, under its ticket.
+        crate::subjects::requests::open(
+            &boundary,
+            &caller,
+            crate::subjects::requests::RequestKind::Closure,
+            &account_id,
+            caller.justification.as_deref().unwrap_or("none"),
+            crate::subjects::requests::RequestState::Fulfilled,
+        )
+        .await?;
+    }
     Ok(answered(
         &closed.decision,
         StatusCode::OK,

@@ -289,6 +289,18 @@ pub(crate) async fn erasure_answer(
     subject_id: SubjectId,
 ) -> Result<Response, ApiError> {
     let erased = crate::subjects::erasure::erase(boundary, caller, &subject_id, RequestKind::Erasure).await?;
+    if caller.principal.kind != clover_model::PrincipalKind::Subject {
+        // Made for someone by the region's staff: tracked, done at once, under its ticket.
+        crate::subjects::requests::open(
+            boundary,
+            caller,
+            RequestKind::Erasure,
+            &subject_id,
+            caller.justification.as_deref().unwrap_or("none"),
+            crate::subjects::requests::RequestState::Fulfilled,
+        )
+        .await?;
+    }
     Ok(answered(
         &erased.decision,
         StatusCode::OK,
@@ -388,7 +400,7 @@ pub async fn list_accesses(
 /// is; a failed export leaves it `in_progress`.
 #[utoipa::path(post, path = "/v1/subjects/{subject_id}/export", tag = "subjects",
     params(("subject_id" = String, Path, description = "The platform's opaque id for the subject: 1 to 128 characters of A-Z a-z 0-9 - _ . : @, not only dots")),
-    request_body = crate::api::me::ExportBody,
+    request_body = crate::api::exports::ExportBody,
     responses(
         (status = OK, description = "The archive: a ZIP (`application/zip`), or an `age` file holding it (`application/octet-stream`), with the headers of `POST /v1/me/export`", content_type = "application/zip", body = Vec<u8>),
         (status = BAD_REQUEST, description = "`invalid-id`: the subject id is not of the allowed form", body = Problem, content_type = "application/problem+json"),
@@ -400,7 +412,7 @@ pub async fn export_subject(
     State(boundary): State<Arc<Boundary>>,
     caller: Caller,
     Path(subject_id): Path<String>,
-    Body(body): Body<crate::api::me::ExportBody>,
+    Body(body): Body<crate::api::exports::ExportBody>,
 ) -> Result<Response, ApiError> {
     let subject_id = SubjectId::new(subject_id)?;
     let recipient = body.age_recipient.as_deref().map(crate::subjects::export::parse_recipient).transpose()?;
@@ -431,5 +443,5 @@ pub async fn export_subject(
         false,
     )
     .await?;
-    crate::api::me::export_response(export)
+    crate::api::exports::export_response(export)
 }

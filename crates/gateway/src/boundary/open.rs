@@ -69,6 +69,9 @@ impl Boundary {
         let tls = server_tls(&config)?;
         let client = config.tls.client().client()?;
         let data_dir = DataDir::new(&config.data_dir);
+        // An export is built in a temporary file that its answer unlinks; one left by a crash
+        // holds a subject's data that nothing serves: gone before anything else starts.
+        crate::subjects::export::sweep(&config.data_dir);
         let keyring = Arc::new(data_dir.unseal(&config.region)?);
         let dev = if config.identity.dev_issuer { Some(data_dir.issuer()?.verifier(&config.identity)) } else { None };
         let authenticator = Authenticator::new(&config.identity, &config.sites, dev).await;

@@ -67,6 +67,15 @@ fn context_header(parts: &Parts, name: &str) -> Result<Option<String>, ApiError>
     }
 }
 
+/// Whether a data subject's token may call `path` (where policy then decides): their own
+/// resources, never the staff's.
+fn for_subjects(path: &str) -> bool {
+    path == "/v1/me"
+        || path.starts_with("/v1/me/")
+        || path.starts_with("/v1/subjects/")
+        || path.starts_with("/v1/accounts/")
+}
+
 impl FromRequestParts<Arc<Boundary>> for Caller {
     type Rejection = ApiError;
 
@@ -100,6 +109,20 @@ impl FromRequestParts<Arc<Boundary>> for Caller {
         // authentication still runs first.
         if parts.method == axum::http::Method::HEAD {
             return Err(ApiError::HeadNotAllowed);
+        }
+        if principal.kind == clover_model::PrincipalKind::Subject && !for_subjects(parts.uri.path()) {
+            // Approvals, transfers, repatriation, keys, the requests queue: the region's staff's
+            // and services'. A data subject's token is refused before anything is decided.
+            tracing::warn!(path = %parts.uri.path(), "a data subject's token was used on a staff endpoint; refused");
+            return Err(ApiError::SubjectRefused {
+                status: axum::http::StatusCode::FORBIDDEN,
+                slug: "staff-only",
+                title: "Staff only",
+                detail: "this endpoint is for the region's staff and services; a data subject acts through /v1/me \
+                         and on their own subject (/v1/subjects/{id}, /v1/accounts/{id}/close)"
+                    .to_owned(),
+                log_index: None,
+            });
         }
         let purpose = context_header(parts, "x-clover-purpose")?;
         let justification = context_header(parts, "x-clover-justification")?;

@@ -86,7 +86,7 @@ async fn approval(boundary: &Boundary, caller: &Caller, ask: &Ask<'_>) -> Option
 /// an approval covers it.
 pub(crate) async fn facts(boundary: &Boundary, caller: &Caller, ask: &Ask<'_>) -> Facts {
     let subject_hash = boundary.subject_hash(ask.subject);
-    let touched = if ask.action == Action::Read { touched(boundary, caller, &subject_hash).await } else { 0 };
+    let touched = if counts_as_touch(caller, ask) { touched(boundary, caller, &subject_hash).await } else { 0 };
     let minors_sensitive = ask.action == Action::Read
         && ask.subject_minor
         && ask.record.is_some_and(|(_, category)| category_is_sensitive(boundary.config(), category));
@@ -114,9 +114,19 @@ async fn touched(boundary: &Boundary, caller: &Caller, subject_hash: &str) -> i6
     }
 }
 
-/// Counts an allowed read in the caller's window, in the store.
+/// Whether `ask` touches its subject for the bulk-access window: a read, and a staff member's
+/// export of a subject's data (decided once, on the subject; its openings are not counted again).
+fn counts_as_touch(caller: &Caller, ask: &Ask<'_>) -> bool {
+    match ask.action {
+        Action::Read => true,
+        Action::ExportSubject => ask.record.is_none() && caller.principal.kind != clover_model::PrincipalKind::Subject,
+        _ => false,
+    }
+}
+
+/// Counts an allowed read (or staff export) in the caller's window, in the store.
 pub(crate) async fn count_read(boundary: &Boundary, caller: &Caller, ask: &Ask<'_>, facts: &Facts, verdict: &Verdict) {
-    if ask.action != Action::Read || !matches!(verdict, Verdict::Allowed(_)) {
+    if !counts_as_touch(caller, ask) || !matches!(verdict, Verdict::Allowed(_)) {
         return;
     }
     let now = time::OffsetDateTime::now_utc();

@@ -225,7 +225,7 @@ pub(crate) async fn log_limited_refusals(
     summary: &crate::refusals::Summary,
 ) -> Result<u64, crate::boundary::entries::AppendError> {
     let counted = match &summary.counted {
-        crate::refusals::Counted::Principal(_) => "one principal",
+        crate::refusals::Counted::Principal(..) => "one principal",
         crate::refusals::Counted::Source(_) => "one source address",
     };
     // The address names a person's connection: in the annex, like the principal's id.

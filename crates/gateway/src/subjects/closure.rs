@@ -174,7 +174,9 @@ pub async fn close(boundary: &Boundary, caller: &Caller, account: &SubjectId) ->
     let (cancelled, cancel_indexes) = cancel_transfers(boundary, caller, account, &decision).await?;
     let erased = erasure::erase(boundary, caller, account, RequestKind::Closure).await?;
     let closed_at = OffsetDateTime::now_utc();
-    let registrable_after = closed_at + time::Duration::days(i64::from(boundary.config().subjects.closed_account_days));
+    let registrable_after = closed_at
+        .checked_add(time::Duration::days(i64::from(boundary.config().subjects.closed_account_days)))
+        .unwrap_or(time::OffsetDateTime::new_utc(time::Date::MAX, time::Time::MIDNIGHT));
     boundary.store().close_account(&hash, registrable_after).await.map_err(ApiError::internal)?;
 
     let erasure_text = Note::parse(&erased.certificate.statement).map_err(ApiError::internal)?.text;

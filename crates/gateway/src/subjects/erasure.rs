@@ -73,21 +73,48 @@ pub(crate) async fn held(
     kind: RequestKind,
 ) -> ApiError {
     tracing::warn!(subject = %subject, hold = %reference, "an erasure is blocked by a legal hold; tracked as a request");
-    match requests::open(boundary, caller, kind, subject, &format!("hold {reference}"), RequestState::Open).await {
-        Ok(request) => ApiError::SubjectRefused {
-            status: axum::http::StatusCode::CONFLICT,
-            slug: "held",
-            title: "Held",
-            detail: format!(
-                "a legal hold (reference {reference:?}) keeps this subject's data: nothing was erased; the {} is \
-                 tracked as request {} (deadline {})",
-                if kind == RequestKind::Closure { "closure" } else { "erasure" },
-                request.request_id,
-                rfc3339(request.deadline)
-            ),
-            log_index: Some(request.log_index),
-        },
-        Err(e) => e,
+    let what = if kind == RequestKind::Closure { "closure" } else { "erasure" };
+    // One open request per subject and kind: asking again does not add another.
+    let hash = boundary.subject_hash(subject);
+    let kind_name = if kind == RequestKind::Closure { "closure" } else { "erasure" };
+    let existing = match boundary.store().subject_requests(Some(RequestState::Open.as_str())).await {
+        Ok(rows) => rows.into_iter().find(|r| r.subject_hash == hash && r.kind == kind_name),
+        Err(e) => return ApiError::internal(e),
+    };
+    let request = match existing {
+        Some(request) => request,
+        None => {
+            match requests::open(boundary, caller, kind, subject, &format!("hold {reference}"), RequestState::Open)
+                .await
+            {
+                Ok(request) => request,
+                Err(e) => return e,
+            }
+        }
+    };
+    // A data subject is not told of the hold (it may come with a gag): their request is received
+    // and a person answers it. Staff see the hold's reference.
+    let detail = if caller.principal.kind == clover_model::PrincipalKind::Subject {
+        format!(
+            "your {what} was received but cannot be carried out now: nothing was erased; it is tracked as request {} \
+             and a person will answer it by {}",
+            request.request_id,
+            rfc3339(request.deadline)
+        )
+    } else {
+        format!(
+            "a legal hold (reference {reference:?}) keeps this subject's data: nothing was erased; the {what} is tracked \
+             as request {} (deadline {})",
+            request.request_id,
+            rfc3339(request.deadline)
+        )
+    };
+    ApiError::SubjectRefused {
+        status: axum::http::StatusCode::CONFLICT,
+        slug: "held",
+        title: "Held",
+        detail,
+        log_index: Some(request.log_index),
     }
 }
 

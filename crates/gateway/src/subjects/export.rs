@@ -66,6 +66,39 @@ pub struct Export {
     pub log_index: u64,
 }
 
+/// Where the archive's bytes go: the temporary file itself, or an age stream into it.
+enum Sink {
+    /// The file.
+    Plain(std::fs::File),
+    /// An age stream to one recipient, into the file.
+    Age(age::stream::StreamWriter<std::fs::File>),
+}
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Self::Plain(file) => file.write(buf),
+            Self::Age(stream) => stream.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Self::Plain(file) => file.flush(),
+            Self::Age(stream) => stream.flush(),
+        }
+    }
+}
+
+impl Sink {
+    /// Ends the stream (an age stream's last chunk) and gives back the file.
+    fn finish(self) -> std::io::Result<std::fs::File> {
+        match self {
+            Self::Plain(file) => Ok(file),
+            Self::Age(stream) => stream.finish(),
+        }
+    }
+}
+
 /// A writer that hashes what goes through it.
 struct Hashing<W> {
     inner: W,
@@ -186,9 +219,20 @@ pub async fn build(
     let export_id = format!("ex-{}", random_hex(16)?);
     let dir = boundary.config().data_dir.join("exports");
     std::fs::create_dir_all(&dir).map_err(ApiError::internal)?;
-    let plain = tempfile::NamedTempFile::new_in(&dir).map_err(ApiError::internal)?;
-    let mut archive =
-        Archive { zip: zip::ZipWriter::new(plain.reopen().map_err(ApiError::internal)?), digests: Vec::new() };
+    let file = tempfile::NamedTempFile::new_in(&dir).map_err(ApiError::internal)?;
+    let target = file.reopen().map_err(ApiError::internal)?;
+    // With a recipient, the ZIP is written straight into the age stream: no plaintext archive
+    // ever reaches the disk.
+    let encrypted = recipient.is_some();
+    let sink = match recipient {
+        None => Sink::Plain(target),
+        Some(recipient) => {
+            let encryptor = age::Encryptor::with_recipients(std::iter::once(&recipient as &dyn age::Recipient))
+                .map_err(ApiError::internal)?;
+            Sink::Age(encryptor.wrap_output(target).map_err(ApiError::internal)?)
+        }
+    };
+    let mut archive = Archive { zip: zip::ZipWriter::new_stream(sink), digests: Vec::new() };
 
     // The records, a category at a time, a page at a time.
     let mut written = 0u64;
@@ -292,30 +336,27 @@ pub async fn build(
     }
     let manifest = boundary.sign_note(&text).map_err(ApiError::internal)?;
     archive.file("manifest.txt", |w| w.write_all(manifest.as_bytes()))?;
-    let mut inner = archive.zip.finish().map_err(ApiError::internal)?;
-    inner.flush().map_err(ApiError::internal)?;
-    inner.sync_all().map_err(ApiError::internal)?;
-    drop(inner);
-
-    let (file, encrypted) = match recipient {
-        None => (plain, false),
-        Some(recipient) => {
-            let sealed = tempfile::NamedTempFile::new_in(&dir).map_err(ApiError::internal)?;
-            let encryptor = age::Encryptor::with_recipients(std::iter::once(&recipient as &dyn age::Recipient))
-                .map_err(ApiError::internal)?;
-            let mut writer =
-                encryptor.wrap_output(sealed.reopen().map_err(ApiError::internal)?).map_err(ApiError::internal)?;
-            let mut source = plain.reopen().map_err(ApiError::internal)?;
-            std::io::copy(&mut source, &mut writer).map_err(ApiError::internal)?;
-            let out = writer.finish().map_err(ApiError::internal)?;
-            out.sync_all().map_err(ApiError::internal)?;
-            drop(plain);
-            (sealed, true)
-        }
-    };
+    let sink = archive.zip.finish().map_err(ApiError::internal)?.into_inner();
+    let mut written_file = sink.finish().map_err(ApiError::internal)?;
+    written_file.flush().map_err(ApiError::internal)?;
+    drop(written_file);
     let (size, sha256) = digest_file(file.path())?;
     tracing::info!(subject = %subject, export = %export_id, records = written, encrypted, log_index, "subject export built");
     Ok(Export { file, size, sha256, encrypted, export_id, records: written, decision, log_index })
+}
+
+/// Deletes what a crashed export left in `data_dir/exports` (logged: it held personal data).
+pub fn sweep(data_dir: &std::path::Path) {
+    let dir = data_dir.join("exports");
+    let Ok(entries) = std::fs::read_dir(&dir) else { return };
+    for entry in entries.flatten() {
+        match std::fs::remove_file(entry.path()) {
+            Ok(()) => tracing::warn!(file = %entry.path().display(), "deleted an export a crash left behind"),
+            Err(e) => {
+                tracing::error!(file = %entry.path().display(), error = %e, "cannot delete an export a crash left behind")
+            }
+        }
+    }
 }
 
 /// The size and SHA-256 of a file.

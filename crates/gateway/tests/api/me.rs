@@ -100,7 +100,8 @@ async fn a_subject_token_acts_on_its_own_data_only_and_is_refused_and_logged_els
         assert!(body["decision"]["policies"].as_array().unwrap().contains(&json!("subjects-only-their-own-data")));
         assert!(body["log_index"].as_u64().is_some(), "the refusal is logged");
     }
-    // A record, even with a purpose and from a site of the region.
+    // A record, even with a purpose and from a site of the region: records are read by staff
+    // (the policy would refuse it too: `subjects-only-their-own-data`).
     let response = app
         .client(DUBLIN)
         .get(app.url(&format!("/v1/records/{record}")))
@@ -109,12 +110,42 @@ async fn a_subject_token_acts_on_its_own_data_only_and_is_refused_and_logged_els
         .send()
         .await
         .unwrap();
-    let body = problem(response, 403, "forbidden").await;
-    assert!(body["decision"]["policies"].as_array().unwrap().contains(&json!("subjects-only-their-own-data")));
+    problem(response, 403, "staff-only").await;
     // A subject that does not exist: the same refusal, nothing learnt of existence.
     let response =
         app.client(DUBLIN).delete(app.url("/v1/subjects/u-nobody")).bearer_auth(&mallory).send().await.unwrap();
     problem(response, 403, "forbidden").await;
+
+    // Not even their own registration, from a site of the region: a new birth date would lift a
+    // minor's rules.
+    let response = app
+        .client(DUBLIN)
+        .put(app.url("/v1/subjects/u-2002"))
+        .bearer_auth(&mallory)
+        .json(&json!({"home_region": "eu", "birth_date": "1980-01-01"}))
+        .send()
+        .await
+        .unwrap();
+    let body = problem(response, 403, "forbidden").await;
+    assert!(body["decision"]["policies"].as_array().unwrap().contains(&json!("subjects-only-their-own-data")));
+    // The staff's endpoints refuse a subject's token before deciding anything.
+    for (method, path) in [
+        (reqwest::Method::POST, "/v1/approvals"),
+        (reqwest::Method::POST, "/v1/transfers"),
+        (reqwest::Method::GET, "/v1/keys"),
+        (reqwest::Method::GET, "/v1/requests/subjects"),
+        (reqwest::Method::POST, "/v1/repatriation/jobs/job-1/records"),
+    ] {
+        let response = app
+            .client(DUBLIN)
+            .request(method, app.url(path))
+            .bearer_auth(&mallory)
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        problem(response, 403, "staff-only").await;
+    }
 
     // u-1001's data is untouched.
     assert_eq!(app.get_record(DUBLIN, &record).await.status(), 200);
@@ -209,8 +240,19 @@ async fn an_erasure_under_a_legal_hold_answers_with_the_hold_and_erases_nothing(
     let response =
         app.client(UNKNOWN).delete(app.url("/v1/me")).bearer_auth(app.subject_token("u-1001")).send().await.unwrap();
     let body = problem(response, 409, "held").await;
-    assert!(body["detail"].as_str().unwrap().contains("PO-2026-17"), "{body}");
+    // The subject is not told of the hold (it may come with a gag): only that a person answers.
+    let detail = body["detail"].as_str().unwrap();
+    assert!(!detail.contains("PO-2026-17") && !detail.contains("hold"), "{body}");
+    assert!(detail.contains("tracked as request sr-"), "{body}");
     assert!(body["log_index"].as_u64().is_some());
+    // The region's staff see the hold's reference; asking again opens no second request.
+    let response =
+        app.client(DUBLIN).delete(app.url("/v1/subjects/u-1001")).bearer_auth(app.token()).send().await.unwrap();
+    let body = problem(response, 409, "held").await;
+    assert!(body["detail"].as_str().unwrap().contains("PO-2026-17"), "{body}");
+    let again =
+        app.client(UNKNOWN).delete(app.url("/v1/me")).bearer_auth(app.subject_token("u-1001")).send().await.unwrap();
+    problem(again, 409, "held").await;
     // Nothing erased.
     assert_eq!(app.get_record(DUBLIN, &record).await.status(), 200);
     // Someone the policy refuses learns nothing of the hold.
@@ -424,13 +466,13 @@ async fn the_privacy_team_exports_for_a_verified_request_which_is_tracked() {
     };
     let body: Value = list("fulfilled", app.privacy_token()).await.json().await.unwrap();
     let requests = body["requests"].as_array().unwrap();
-    assert_eq!(requests.len(), 1);
+    assert_eq!(requests.len(), 1, "{body}");
     assert_eq!(requests[0]["kind"], "export");
     assert_eq!(requests[0]["reference"], "DSAR-2026001");
     assert!(!body.to_string().contains("u-1001"), "the queue names no subject");
     // Not the privacy team: refused, logged.
     problem(list("open", app.token()).await, 403, "forbidden").await;
-    problem(list("open", app.subject_token("u-1001")).await, 403, "forbidden").await;
+    problem(list("open", app.subject_token("u-1001")).await, 403, "staff-only").await;
     let response = app
         .client(DUBLIN)
         .get(app.url("/v1/requests/subjects?state=whatever"))
@@ -532,4 +574,71 @@ async fn an_export_of_ten_thousand_records_is_whole_and_logs_each_opening() {
     assert!(app.boundary.log().size() - before >= 10_001);
     let history: Value = serde_json::from_slice(&files["accesses.json"]).unwrap();
     assert!(history["entries"].as_array().unwrap().len() >= 20_001, "the writes, the decision, the openings");
+}
+
+#[tokio::test]
+async fn an_erasure_made_by_staff_for_someone_is_tracked_under_its_ticket() {
+    let app = TestApp::start().await;
+    app.seed("u-1001", json!({"display_name": "Aoife"})).await;
+    let response = app
+        .client(DUBLIN)
+        .delete(app.url("/v1/subjects/u-1001"))
+        .bearer_auth(app.token())
+        .header("X-Clover-Justification", "DSAR-77")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let requests = app.boundary.store().subject_requests(Some("fulfilled")).await.unwrap();
+    assert_eq!(requests.len(), 1);
+    assert_eq!((requests[0].kind.as_str(), requests[0].reference.as_str()), ("erasure", "DSAR-77"));
+    // A subject's own erasure needs no person: not tracked.
+    app.seed("u-2002", json!({"display_name": "Bram"})).await;
+    let response =
+        app.client(UNKNOWN).delete(app.url("/v1/me")).bearer_auth(app.subject_token("u-2002")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(app.boundary.store().subject_requests(None).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn the_privacy_teams_exports_count_as_bulk_access_and_only_employees_make_them() {
+    let app = TestApp::start_with(|c| c.policy.bulk_threshold = 2).await;
+    for subject in ["u-1", "u-2", "u-3"] {
+        app.seed(subject, json!({"display_name": subject})).await;
+    }
+    let export = |subject: &'static str, token: String| {
+        let app = &app;
+        async move {
+            app.client(DUBLIN)
+                .post(app.url(&format!("/v1/subjects/{subject}/export")))
+                .bearer_auth(token)
+                .header("X-Clover-Justification", "DSAR-1")
+                .json(&json!({}))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(export("u-1", app.privacy_token()).await.status(), 200);
+    assert_eq!(export("u-2", app.privacy_token()).await.status(), 200);
+    let body = problem(export("u-3", app.privacy_token()).await, 403, "forbidden").await;
+    assert_eq!(body["decision"]["effect"], "approval-required");
+    assert!(body["decision"]["policies"].as_array().unwrap().contains(&json!("bulk-access-needs-approval")));
+    // A service with the privacy role: not the privacy team.
+    let mut claims = app.claims("eu", "dublin-1", 3600);
+    claims.sub = "exporter".into();
+    claims.kind = clover_model::PrincipalKind::Service;
+    claims.roles = vec!["privacy".into()];
+    problem(export("u-1", app.mint(&claims)).await, 403, "forbidden").await;
+}
+
+#[tokio::test]
+async fn an_export_a_crash_left_behind_is_deleted_at_the_next_start() {
+    let app = TestApp::start().await;
+    let exports = app.data_dir().join("exports");
+    std::fs::create_dir_all(&exports).unwrap();
+    std::fs::write(exports.join(".tmpLEFT"), b"PK a subject's records").unwrap();
+    let app = app.restart().await;
+    assert_eq!(std::fs::read_dir(&exports).unwrap().count(), 0);
+    drop(app);
 }
