@@ -625,6 +625,7 @@ mod tests {
             annex: Some(annex.commitment()),
             detail: None,
             transfer: None,
+            government_request: None,
         };
         (event.encode(), annex.record_opening().unwrap())
     }

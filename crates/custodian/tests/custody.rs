@@ -217,6 +217,7 @@ impl Fixture {
             annex: annex.as_ref().map(clover_event::Annex::commitment),
             detail: None,
             transfer: None,
+            government_request: None,
         };
         let mut receipt = self.log.append_permitted(&event, permit(action, id, purpose)).await.unwrap();
         if let Some(annex) = annex {
@@ -249,6 +250,7 @@ impl Fixture {
             annex: Some(annex.commitment()),
             detail: None,
             transfer: None,
+            government_request: None,
         };
         let permit = permit_from(Action::Read, id, Some(purpose.to_owned()), Some(("virginia-1", "us")));
         let receipt = self.log.append_permitted(&event, permit).await.unwrap().with_annex(annex);

@@ -244,6 +244,7 @@ mod tests {
                 manifest: None,
                 sha256: None,
             })),
+            government_request: None,
         }
     }
 

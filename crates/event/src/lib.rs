@@ -58,6 +58,10 @@ pub enum EventKind {
     /// first byte), its end (sent or interrupted), an aggregate release, or a pseudonymised read
     /// from outside the region (a transfer too). Its facts are in [`Event::transfer`].
     Transfer,
+    /// A request from an authority (a production order, a preservation order, ...): received,
+    /// decided, each disclosure, a hold placed or released, closed. Its facts are in
+    /// [`Event::government_request`].
+    GovernmentRequest,
     /// A data subject's request that needs a person (an export or erasure made for them by
     /// staff, an erasure a legal hold blocks) was received or moved: its random id, kind,
     /// states and deadline, never the subject.
@@ -169,6 +173,43 @@ pub struct Event {
     /// so that entries written before it existed keep their bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transfer: Option<Box<TransferFacts>>,
+    /// For a government request: its public facts. Absent from the encoding otherwise, so that
+    /// entries written before it existed keep their bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub government_request: Option<Box<GovernmentRequestFacts>>,
+}
+
+/// What an entry says of a request from an authority: what the transparency report counts, and
+/// nothing that names anyone. While the request's gag holds, the country, the instrument and
+/// the counts are replaced by a commitment to them (`sealed`), opened by a later entry once the
+/// gag ends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GovernmentRequestFacts {
+    /// The request's id (random).
+    pub request_id: String,
+    /// `received`, `decided`, `disclosed`, `closed`, `hold-placed`, `hold-extended`,
+    /// `hold-released`, `unsealed` (a gag ended: the facts opened), or `refused` (refused for
+    /// what it asks before it was registered).
+    pub stage: String,
+    /// The authority's country (ISO 3166-1 alpha-2, lowercase); none while gagged.
+    pub country: Option<String>,
+    /// The instrument (`production-order`, `preservation-order`, `mlat`, `domestic-warrant`,
+    /// `emergency`, `other`); none while gagged.
+    pub instrument: Option<String>,
+    /// How many subjects (accounts) it names; at `disclosed`, how many records were disclosed.
+    pub count: u64,
+    /// The categories it asks for (or, at `decided`, those granted).
+    pub categories: Vec<String>,
+    /// The deadline to answer by (Unix seconds).
+    pub deadline: Option<i64>,
+    /// At `decided`: `granted`, `partially-granted` or `rejected`.
+    pub outcome: Option<String>,
+    /// While gagged: the commitment (hex SHA-256 of a salt and the facts above), which the
+    /// `unsealed` entry opens; and until when the gag holds (Unix seconds).
+    pub sealed: Option<String>,
+    /// The gag's end (Unix seconds), when there is one.
+    pub gag_until: Option<i64>,
 }
 
 /// What an entry says of data leaving the region: facts a regulator needs for the transfer
@@ -697,6 +738,7 @@ mod tests {
             annex: Some("c".repeat(64)),
             detail: None,
             transfer: None,
+            government_request: None,
         }
     }
 

@@ -6,6 +6,7 @@ mod answer;
 pub mod approvals;
 mod document;
 mod exports;
+pub mod government;
 pub mod keys;
 pub mod log;
 pub mod me;
@@ -50,6 +51,7 @@ use crate::problem::{ApiError, BodyLimit};
         (name = "keys", description = "Key custody: versions, rotation"),
         (name = "repatriation", description = "Records coming home from a store abroad: batches, their verification, the receipt"),
         (name = "transfers", description = "Data leaving the region: record transfers to configured destinations, and the public transfer register"),
+        (name = "government-requests", description = "Requests from authorities: the public transparency report, computed from the log"),
         (name = "service", description = "Health, metrics and this document"),
     )
 )]
@@ -105,6 +107,7 @@ pub fn routes() -> (Router<Arc<Boundary>>, utoipa::openapi::OpenApi) {
         .routes(routes!(transfers::get_transfer))
         .routes(routes!(transfers::stream_records))
         .routes(routes!(transfers::register))
+        .routes(routes!(government::report))
         .routes(routes!(keys::status))
         .routes(routes!(keys::rotate))
         .routes(routes!(keys::reseal, keys::resealing))

@@ -286,5 +286,6 @@ pub(crate) fn setup_event(kind: EventKind, action: &str, detail: String) -> Even
         annex: None,
         detail: Some(detail),
         transfer: None,
+        government_request: None,
     }
 }

@@ -22,6 +22,7 @@ pub mod backup;
 mod boundary;
 pub mod config;
 pub mod datadir;
+pub mod government;
 pub mod identity;
 pub mod metrics;
 pub mod origin;

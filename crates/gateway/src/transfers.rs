@@ -138,6 +138,7 @@ pub(crate) fn entry(boundary: &Boundary, caller: &Caller, decision: &Decision, f
         annex: None,
         detail: None,
         transfer: Some(Box::new(facts)),
+        government_request: None,
     }
 }
 

@@ -35,6 +35,7 @@ pub fn access_event(n: usize) -> Event {
         annex: Some(sha256(format!("annex-{n}"))),
         detail: None,
         transfer: None,
+        government_request: None,
     }
 }
 
@@ -55,6 +56,7 @@ pub fn read_event(n: u64, annex: Option<&str>) -> Event {
         annex: annex.map(str::to_owned),
         detail: Some(format!("r-{n}")),
         transfer: None,
+        government_request: None,
     }
 }
 

@@ -203,6 +203,7 @@ mod tests {
             annex: None,
             detail: None,
             transfer: None,
+            government_request: None,
         };
         let scope = TokenScope::of(&event(Some("pseudonymised"), Some("analytics"), Some("us"))).unwrap();
         scope.check("analytics", "us").unwrap();

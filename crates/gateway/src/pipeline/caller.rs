@@ -255,6 +255,7 @@ async fn refuse_certificate(
         annex: None,
         detail: Some("client certificate refused".to_owned()),
         transfer: None,
+        government_request: None,
     };
     let appended = match annex(principal, None, Some(&reason), None, None) {
         Ok(annex) => boundary.append_annexed(event, Some(annex)).await,

@@ -49,6 +49,7 @@ pub(crate) async fn log_without_data(
         annex: None,
         detail: Some(detail),
         transfer: None,
+        government_request: None,
     };
     let annex = match caller {
         Some(caller) => Some(annex(Some(&caller.principal), caller.justification.as_deref(), note, None, None)?),
@@ -88,6 +89,7 @@ fn event(
         annex: None,
         detail: None,
         transfer: remote_read(boundary, caller, ask, decision).map(Box::new),
+        government_request: None,
     }
 }
 
@@ -248,6 +250,7 @@ pub(crate) async fn log_limited_refusals(
             summary.limited
         )),
         transfer: None,
+        government_request: None,
     };
     let annex = annex(Some(&summary.principal), None, Some(&note), None, None)?;
     boundary.append_annexed(event, Some(annex)).await
@@ -325,6 +328,7 @@ pub(crate) async fn log_refused_as_if(
             annex: None,
             detail: None,
             transfer: None,
+            government_request: None,
         };
         let annex = annex(Some(&caller.principal), caller.justification.as_deref(), note, record, None)?;
         boundary.append_annexed(entry, Some(annex)).await

@@ -43,6 +43,21 @@ pub async fn entries_about(
     Ok(found)
 }
 
+/// The indexes of the log entries about `subject`, in order: [`entries_about`] without the
+/// annexes, for a history that is written out entry by entry (an export).
+pub async fn indexes_about(boundary: &Boundary, subject: &SubjectId, registered: bool) -> Result<Vec<u64>, ApiError> {
+    let mut found = Vec::new();
+    for annex in boundary.store().annexes_of(subject).await.map_err(ApiError::internal)? {
+        found.extend(boundary.log().entries_about(&annex.commitment()));
+    }
+    if registered {
+        found.extend(boundary.log().entries_about(&boundary.subject_hash(subject)));
+    }
+    found.sort_unstable();
+    found.dedup();
+    Ok(found)
+}
+
 /// Where a request came from, as the entry says.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct AccessOrigin {

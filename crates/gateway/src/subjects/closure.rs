@@ -172,12 +172,13 @@ pub async fn close(boundary: &Boundary, caller: &Caller, account: &SubjectId) ->
     let decided = receipt.index();
     drop(receipt);
     let (cancelled, cancel_indexes) = cancel_transfers(boundary, caller, account, &decision).await?;
-    let erased = erasure::erase(boundary, caller, account, RequestKind::Closure).await?;
+    // The bar first: no registration of the id can slip in between the erasure and it.
     let closed_at = OffsetDateTime::now_utc();
     let registrable_after = closed_at
         .checked_add(time::Duration::days(i64::from(boundary.config().subjects.closed_account_days)))
         .unwrap_or(time::OffsetDateTime::new_utc(time::Date::MAX, time::Time::MIDNIGHT));
     boundary.store().close_account(&hash, registrable_after).await.map_err(ApiError::internal)?;
+    let erased = erasure::erase(boundary, caller, account, RequestKind::Closure).await?;
 
     let erasure_text = Note::parse(&erased.certificate.statement).map_err(ApiError::internal)?.text;
     let certificate_id = format!("cc-{}", random_hex(16)?);

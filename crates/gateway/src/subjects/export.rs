@@ -287,7 +287,7 @@ pub async fn build(
 
     // The access history, this export's own entries included, each with its proof: written
     // entry by entry (only the indexes, the counts and the latest hundred are kept).
-    let indexes: Vec<u64> = accesses::entries_about(boundary, subject, true).await?.into_keys().collect();
+    let indexes = accesses::indexes_about(boundary, subject, true).await?;
     let (checkpoint, tree_size) = accesses::served(boundary)?;
     let mut by_kind: BTreeMap<(String, String), u64> = BTreeMap::new();
     let mut recent: std::collections::VecDeque<accesses::MyAccess> = std::collections::VecDeque::new();

@@ -344,6 +344,7 @@ impl TestApp {
             annex: Some(annex.commitment()),
             detail: None,
             transfer: None,
+            government_request: None,
         };
         self.boundary.log().append_permitted(&event, self.permit(subject)).await.unwrap().with_annex(annex)
     }

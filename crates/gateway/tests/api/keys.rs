@@ -122,6 +122,7 @@ async fn a_key_operation_needs_the_receipt_of_its_entry_naming_the_version() {
         annex: None,
         detail: Some(detail),
         transfer: None,
+        government_request: None,
     };
     let entry = |action: &str, version: u32| key_event(action, format!("kek v{version} named"));
     let log = app.boundary.log();

@@ -12,6 +12,7 @@ mod custodian;
 mod encryption;
 mod erasure;
 mod existence;
+mod government;
 mod identity;
 mod keys;
 mod log;
