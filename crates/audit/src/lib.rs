@@ -7,11 +7,15 @@
 //! - [`witness`]: an independent witness behind `clover audit witness`. It cosigns a
 //!   checkpoint (c2sp.org/tlog-cosignature) only after checking that it is consistent with the
 //!   last one it cosigned for that log, over the c2sp.org/tlog-witness protocol.
+//! - [`register`] and [`report`]: the transfer register and the government-requests
+//!   transparency report, recomputed from the verified log and compared with the served ones
+//!   (`clover audit register`, `clover audit report`).
 //! - [`state`]: the state file that every verifier keeps (the auditor, the witness and the
 //!   custodian in its own process): the last checkpoint verified of each log, in one format,
 //!   read and written by [`state::read_state`] and [`state::write_state`] alone.
 
 pub mod register;
+pub mod report;
 pub mod state;
 pub mod verify;
 pub mod witness;

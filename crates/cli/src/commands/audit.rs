@@ -25,6 +25,10 @@ pub(crate) enum AuditCommand {
     /// Recompute the transfer register from the public log alone and compare it with the one the
     /// boundary serves (/v1/register/transfers). Exits non-zero on any difference.
     Register(RegisterArgs),
+    /// Recompute the government-requests transparency report of a half-year from the public
+    /// log alone and compare it with the one the boundary serves. Exits non-zero on any
+    /// difference.
+    Report(ReportArgs),
     /// Check an erasure or closure certificate offline: the statement's signature under the
     /// log's key, that the log entry is the one it rests on, and the entry's inclusion proof
     /// against the signed checkpoint it carries. Exits non-zero on any failure.
@@ -38,6 +42,7 @@ impl AuditCommand {
             Self::Witness(args) => args.run(),
             Self::Register(args) => args.run(),
             Self::VerifyCertificate(args) => args.run(),
+            Self::Report(args) => args.run(),
         }
     }
 }
@@ -327,5 +332,62 @@ impl VerifyCertificateArgs {
             println!("OK cosigned by {} witness(es)", witnesses.len());
         }
         Ok(())
+    }
+}
+
+/// `clover audit report`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ReportArgs {
+    /// The boundary's base URL, e.g. http://127.0.0.1:7878.
+    #[arg(long)]
+    url: String,
+    /// The log's verifier key (`clover log vkey`).
+    #[arg(long)]
+    vkey: String,
+    /// The half-year: YYYY-H1 or YYYY-H2.
+    #[arg(long)]
+    period: clover_requests::Period,
+    /// Demand a cosignature from this witness (its cosignature vkey); repeatable.
+    #[arg(long = "witness", value_name = "VKEY")]
+    witnesses: Vec<String>,
+    /// The recomputed report as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    tls: ClientTlsArgs,
+}
+
+impl ReportArgs {
+    fn run(self) -> anyhow::Result<()> {
+        let vkey = VerifierKey::parse(&self.vkey)?;
+        let witnesses = self.witnesses.iter().map(|w| VerifierKey::parse(w)).collect::<Result<Vec<_>, _>>()?;
+        let options = VerifyOptions { url: self.url, vkey, witnesses, state: None, tls: self.tls.tls() };
+        let check = runtime()?.block_on(clover_audit::report::check(&options, self.period))?;
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(&check.computed)?);
+        } else {
+            println!(
+                "verified {}: {} entries; the report is computed over the first {}",
+                check.verified.origin, check.verified.size, check.served.entries
+            );
+            print!("{}", check.computed.to_csv());
+        }
+        if check.agrees() {
+            eprintln!(
+                "the served report agrees with the log: {} requests in {} rows, {} gagged",
+                check.computed.rows.iter().map(|r| r.requests).sum::<u64>(),
+                check.computed.rows.len(),
+                check.computed.gagged
+            );
+            return Ok(());
+        }
+        if check.served != check.computed {
+            eprintln!("served:  {}", serde_json::to_string(&check.served)?);
+            eprintln!("the log: {}", serde_json::to_string(&check.computed)?);
+        }
+        if !check.csv_agrees {
+            eprintln!("the CSV form of the served report is not the log's");
+        }
+        anyhow::bail!("the served report differs from the one the log gives")
     }
 }

@@ -17,6 +17,7 @@ mod crash;
 mod custodian;
 mod datamap;
 mod export;
+mod government;
 mod hsm;
 mod policy;
 mod repatriate;
