@@ -108,6 +108,7 @@ pub fn routes() -> (Router<Arc<Boundary>>, utoipa::openapi::OpenApi) {
         .routes(routes!(transfers::stream_records))
         .routes(routes!(transfers::register))
         .routes(routes!(government::report))
+        .routes(routes!(government::register_request))
         .routes(routes!(keys::status))
         .routes(routes!(keys::rotate))
         .routes(routes!(keys::reseal, keys::resealing))

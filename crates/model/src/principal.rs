@@ -98,6 +98,8 @@ pub enum Action {
     CloseAccount,
     /// Handle the requests of data subjects that need a person (list them, move their state).
     HandleRequests,
+    /// Register a request from an authority (a government request) as it is received.
+    RegisterGovernmentRequest,
 }
 
 impl Action {
@@ -115,6 +117,7 @@ impl Action {
             Self::ExportSubject => "export-subject",
             Self::CloseAccount => "close-account",
             Self::HandleRequests => "handle-requests",
+            Self::RegisterGovernmentRequest => "register-government-request",
         }
     }
 }

@@ -387,7 +387,8 @@ impl PolicyPack {
             | Action::Export
             | Action::ExportSubject
             | Action::CloseAccount
-            | Action::HandleRequests => match self.evaluate(&prepared, cedar_action(request.action)) {
+            | Action::HandleRequests
+            | Action::RegisterGovernmentRequest => match self.evaluate(&prepared, cedar_action(request.action)) {
                 Ok((true, permits)) => Decision {
                     outcome: Outcome::Allow(View::Full),
                     policies: permits,
@@ -544,6 +545,7 @@ fn cedar_action(action: Action) -> &'static str {
         Action::ExportSubject => "export_subject",
         Action::CloseAccount => "close_account",
         Action::HandleRequests => "handle_requests",
+        Action::RegisterGovernmentRequest => "register_government_request",
     }
 }
 

@@ -950,6 +950,27 @@ fn cases() -> Vec<Case> {
             &[],
         ),
         case(
+            "the legal team registers a government request, in the region",
+            |r| {
+                r.action = Action::RegisterGovernmentRequest;
+                r.resource = PackResource::Boundary { region: "eu".into() };
+                r.principal.roles = vec!["legal".into()];
+            },
+            full,
+            &["legal-team-registers-government-requests"],
+            &[],
+        ),
+        case(
+            "nobody else registers one",
+            |r| {
+                r.action = Action::RegisterGovernmentRequest;
+                r.resource = PackResource::Boundary { region: "eu".into() };
+            },
+            deny,
+            &["default-deny"],
+            &["legal-team-registers-government-requests"],
+        ),
+        case(
             "the privacy team works its queue of requests",
             |r| {
                 r.action = Action::HandleRequests;

@@ -39,6 +39,7 @@ const LIMITED_PREFIXES: &[&str] = &[
     "/v1/me",
     "/v1/accounts/",
     "/v1/requests/",
+    "/v1/government-requests",
 ];
 
 /// Completes `api`, the document derived from the handlers' annotations.

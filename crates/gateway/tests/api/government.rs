@@ -103,3 +103,133 @@ async fn the_report_is_computed_from_the_log_and_a_zero_is_a_fact() {
         problem(get(bad, false).await, 400, "invalid-query").await;
     }
 }
+
+fn body(instrument: &str, subjects: &[&str]) -> Value {
+    json!({
+        "authority": "Staatsanwaltschaft Berlin",
+        "country": "de",
+        "instrument": instrument,
+        "legal_basis": "Regulation (EU) 2023/1543, Art. 5",
+        "categories": ["profile", "messages"],
+        "subjects": subjects,
+        "document_sha256": "ab".repeat(32),
+    })
+}
+
+#[tokio::test]
+async fn the_legal_team_registers_requests_which_the_log_and_the_report_count_without_names() {
+    let app = TestApp::start().await;
+    let record = app.seed("u-1001", json!({"display_name": "Aoife"})).await;
+    let post = |body: Value, token: String, from: &'static str| {
+        let app = &app;
+        async move {
+            app.client(from)
+                .post(app.url("/v1/government-requests"))
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let response = post(body("production-order", &["u-1001", "u-2002"]), app.token(), crate::harness::DUBLIN).await;
+    assert_eq!(response.status(), 201);
+    let made: Value = response.json().await.unwrap();
+    assert_eq!(made["gagged"], false);
+    assert_eq!(made["holds_placed"], 0);
+    let entry: Value =
+        serde_json::from_slice(&app.boundary.log().entry(made["log_index"].as_u64().unwrap()).await.unwrap()).unwrap();
+    assert_eq!(entry["kind"], "government-request");
+    let facts = &entry["government_request"];
+    assert_eq!((facts["stage"].as_str(), facts["country"].as_str()), (Some("received"), Some("de")));
+    assert_eq!((facts["instrument"].as_str(), facts["count"].as_u64()), (Some("production-order"), Some(2)));
+    let text = entry.to_string();
+    assert!(!text.contains("u-1001") && !text.contains("Staatsanwaltschaft") && !text.contains("abab"), "{text}");
+
+    // Under a gag: only a commitment in the public log, and a line of its own in the report.
+    let mut gagged = body("mlat", &["u-1001"]);
+    gagged["country"] = json!("us");
+    gagged["gag_until"] = json!("2099-01-01T00:00:00Z");
+    let made: Value = post(gagged, app.token(), crate::harness::DUBLIN).await.json().await.unwrap();
+    assert_eq!(made["gagged"], true);
+    let entry: Value =
+        serde_json::from_slice(&app.boundary.log().entry(made["log_index"].as_u64().unwrap()).await.unwrap()).unwrap();
+    assert!(entry["government_request"]["sealed"].is_string());
+    assert!(entry["government_request"]["country"].is_null() && entry["government_request"]["instrument"].is_null());
+
+    // A preservation order holds the subject's data: their erasure is answered `held`.
+    let made: Value =
+        post(body("preservation-order", &["u-1001"]), app.token(), crate::harness::DUBLIN).await.json().await.unwrap();
+    assert_eq!(made["holds_placed"], 1);
+    let id = made["request_id"].as_str().unwrap().to_owned();
+    let response =
+        app.client(crate::harness::DUBLIN).delete(app.url("/v1/subjects/u-1001")).bearer_auth(app.token()).send().await;
+    let held = problem(response.unwrap(), 409, "held").await;
+    assert!(held["detail"].as_str().unwrap().contains(&id), "{held}");
+    assert_eq!(app.get_record(crate::harness::DUBLIN, &record).await.status(), 200);
+
+    // The report counts them (this half-year), the gagged one apart.
+    tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
+    let period = {
+        let now = time::OffsetDateTime::now_utc();
+        format!("{}-H{}", now.year(), if u8::from(now.month()) <= 6 { 1 } else { 2 })
+    };
+    let report: Value = app
+        .client(UNKNOWN)
+        .get(app.url(&format!("/v1/reports/government-requests?period={period}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(report["gagged"], 1, "{report}");
+    assert_eq!(report["preservation"], 1);
+    let de: Vec<&Value> = report["rows"].as_array().unwrap().iter().filter(|r| r["country"] == "de").collect();
+    assert_eq!(de.len(), 2);
+    assert_eq!(de.iter().map(|r| r["accounts"].as_u64().unwrap()).sum::<u64>(), 3);
+}
+
+#[tokio::test]
+async fn registrations_by_anyone_else_or_with_bad_input_are_refused() {
+    let app = TestApp::start().await;
+    let post = |body: Value, token: String, from: &'static str| {
+        let app = &app;
+        async move {
+            app.client(from)
+                .post(app.url("/v1/government-requests"))
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let mut support = app.claims("eu", "dublin-1", 3600);
+    support.roles = vec!["support".into()];
+    let support = app.mint(&support);
+    let refused =
+        problem(post(body("production-order", &["u-1"]), support, crate::harness::DUBLIN).await, 403, "forbidden")
+            .await;
+    let index = refused["log_index"].as_u64().unwrap();
+    let entry: Value = serde_json::from_slice(&app.boundary.log().entry(index).await.unwrap()).unwrap();
+    assert_eq!(entry["government_request"]["stage"], "refused");
+    assert!(entry["government_request"]["country"].is_null(), "a refusal says nothing of what it asked");
+    problem(post(body("production-order", &["u-1"]), app.token(), crate::harness::SINGAPORE).await, 403, "forbidden")
+        .await;
+    problem(post(body("production-order", &["u-1"]), app.subject_token("u-1"), UNKNOWN).await, 403, "staff-only").await;
+    for (field, value) in [
+        ("instrument", json!("subpoena")),
+        ("country", json!("DEU")),
+        ("subjects", json!([])),
+        ("subjects", json!(["not a valid id"])),
+        ("document_sha256", json!("xyz")),
+        ("gag_until", json!("2001-01-01T00:00:00Z")),
+        ("categories", json!(["dreams"])),
+        ("authority", json!("")),
+    ] {
+        let mut bad = body("production-order", &["u-1"]);
+        bad[field] = value;
+        problem(post(bad, app.token(), crate::harness::DUBLIN).await, 422, "invalid-body").await;
+    }
+}
