@@ -24,6 +24,11 @@ use crate::origin::Sites;
 use crate::report::Chain;
 use crate::witnesses::Cosigned;
 
+/// The log's own entry bundle does not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("the log's entry bundle {0} does not parse")]
+struct BadBundle(u64);
+
 /// One region's boundary: its configuration, store, custodian and verifier.
 pub struct Boundary {
     config: Config,
@@ -130,6 +135,39 @@ impl Boundary {
     /// The configured sites, which place a client address (step 2 of the pipeline).
     pub(crate) fn sites(&self) -> &Sites {
         &self.sites
+    }
+
+    /// Reads the log's entries `from..to`, decoded (`None` for one of another format), in order,
+    /// tile by tile: what registers and reports computed from the public log read.
+    pub(crate) async fn each_entry(
+        &self,
+        from: u64,
+        to: u64,
+        mut read: impl FnMut(u64, Option<&Event>),
+    ) -> Result<(), crate::problem::ApiError> {
+        use crate::problem::ApiError;
+        use clover_tlog::tile::{TILE_WIDTH, Tile, split_bundle};
+        let mut next = from;
+        while next < to {
+            let index = next / TILE_WIDTH;
+            let first = index * TILE_WIDTH;
+            let end = (first + TILE_WIDTH).min(to);
+            let width = u16::try_from(end - first).map_err(ApiError::internal)?;
+            let bundle = self.log.tile(&Tile { level: None, index, width }).await.map_err(ApiError::LogUnavailable)?;
+            let entries = split_bundle(&bundle).ok_or_else(|| ApiError::internal(BadBundle(index)))?;
+            for (at, entry) in (first..).zip(entries) {
+                if at < next {
+                    continue;
+                }
+                let event = match clover_event::Entry::decode(entry) {
+                    Ok(clover_event::Entry::V2(event)) => Some(event),
+                    _ => None,
+                };
+                read(at, event.as_ref());
+            }
+            next = end;
+        }
+        Ok(())
     }
 
     /// The checkpoint to serve: the latest one every witness cosigned, or, with no witness (or

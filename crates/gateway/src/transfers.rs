@@ -237,9 +237,6 @@ pub(crate) enum Fault {
         /// Answered.
         answered: usize,
     },
-    /// The log's own entry bundle does not parse.
-    #[error("the log's entry bundle {0} does not parse")]
-    Bundle(u64),
     /// A noise scale that does not fit in 64 bits (the request's bounds should prevent it).
     #[error("the noise scale for sensitivity {0} does not fit")]
     Scale(u64),
@@ -763,29 +760,10 @@ impl Sender {
 /// Computed from the entries (read a tile of entries at a time), each once: what an auditor
 /// recomputes from the public log alone (`clover audit register`).
 pub async fn register(boundary: &Boundary) -> Result<(Vec<clover_egress::RegisterRow>, u64), ApiError> {
-    use clover_tlog::tile::{TILE_WIDTH, Tile, split_bundle};
     let size = boundary.log().checkpoint_size();
     let mut guard = boundary.register().lock().await;
     let (register, read) = &mut *guard;
-    while *read < size {
-        let index = *read / TILE_WIDTH;
-        let first = index * TILE_WIDTH;
-        let end = (first + TILE_WIDTH).min(size);
-        let width = u16::try_from(end - first).map_err(ApiError::internal)?;
-        let bundle =
-            boundary.log().tile(&Tile { level: None, index, width }).await.map_err(ApiError::LogUnavailable)?;
-        let entries = split_bundle(&bundle).ok_or_else(|| ApiError::internal(Fault::Bundle(index)))?;
-        for (at, entry) in (first..).zip(entries) {
-            if at < *read {
-                continue;
-            }
-            let event = match clover_event::Entry::decode(entry) {
-                Ok(clover_event::Entry::V2(event)) => Some(event),
-                _ => None,
-            };
-            register.add(at, event.as_ref());
-        }
-        *read = end;
-    }
+    boundary.each_entry(*read, size, |at, event| register.add(at, event)).await?;
+    *read = size;
     Ok((register.rows(), size))
 }

@@ -89,8 +89,8 @@ pub async fn my_accesses(State(boundary): State<Arc<Boundary>>, caller: Caller) 
     let ask =
         Ask { action: Action::ListAccesses, subject: &subject_id, record: None, version: None, subject_minor: minor };
     let receipt = pipeline::decide_and_log(&boundary, &caller, EventKind::Access, &ask).await?;
-    let found = accesses::entries_about(&boundary, &subject_id, registered).await?;
-    let history = accesses::history(&boundary, found.into_keys()).await?;
+    let indexes = accesses::indexes_about(&boundary, &subject_id, registered).await?;
+    let history = accesses::history(&boundary, indexes).await?;
     let decision = receipt.permit().decision().clone();
     Ok(answered(
         &decision,

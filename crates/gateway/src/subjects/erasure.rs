@@ -73,12 +73,11 @@ pub(crate) async fn held(
     kind: RequestKind,
 ) -> ApiError {
     tracing::warn!(subject = %subject, hold = %reference, "an erasure is blocked by a legal hold; tracked as a request");
-    let what = if kind == RequestKind::Closure { "closure" } else { "erasure" };
+    let what = kind.as_str();
     // One open request per subject and kind: asking again does not add another.
     let hash = boundary.subject_hash(subject);
-    let kind_name = if kind == RequestKind::Closure { "closure" } else { "erasure" };
     let existing = match boundary.store().subject_requests(Some(RequestState::Open.as_str())).await {
-        Ok(rows) => rows.into_iter().find(|r| r.subject_hash == hash && r.kind == kind_name),
+        Ok(rows) => rows.into_iter().find(|r| r.subject_hash == hash && r.kind == what),
         Err(e) => return ApiError::internal(e),
     };
     let request = match existing {

@@ -31,7 +31,8 @@ pub enum RequestKind {
 }
 
 impl RequestKind {
-    fn as_str(self) -> &'static str {
+    /// The kind's name, as the store and the log spell it.
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::Export => "export",
             Self::Erasure => "erasure",
@@ -273,11 +274,6 @@ pub async fn get(boundary: &Boundary, id: &str) -> Result<Option<(SubjectRequest
         }
         None => Ok(None),
     }
-}
-
-/// The parsed state of a query or body.
-pub fn parse_state(text: &str) -> Option<RequestState> {
-    RequestState::parse(text)
 }
 
 #[cfg(test)]
