@@ -283,7 +283,7 @@ impl Custodian {
     /// The key of the record version (or the subject's attributes) that a logged, allowed read
     /// or write is for: derived from the subject's key, which stays here.
     pub(crate) async fn fetch_for(&self, access: &LoggedAccess) -> Result<DataKey, KeyError> {
-        access.check(&[Action::Read, Action::Write, Action::Repatriate, Action::ExportSubject])?;
+        access.check(&[Action::Read, Action::Write, Action::Repatriate, Action::ExportSubject, Action::Disclose])?;
         Self::full_view(access)?;
         let (key, cached) = self.subject_key(access).await?;
         let scoped = self.scoped(access, &key)?;
@@ -302,7 +302,7 @@ impl Custodian {
         sealed: &[u8],
         aad: &[u8],
     ) -> Result<(DataKey, Vec<u8>), KeyError> {
-        access.check(&[Action::Read, Action::Write, Action::Repatriate, Action::ExportSubject])?;
+        access.check(&[Action::Read, Action::Write, Action::Repatriate, Action::ExportSubject, Action::Disclose])?;
         Self::full_view(access)?;
         self.check_record_aad(access, aad)?;
         let (key, cached) = self.subject_key(access).await?;

@@ -528,6 +528,8 @@ pub fn access(
         (EventKind::Access, Some("read")) => Action::Read,
         // A subject's export opens each record of theirs under an entry of its own.
         (EventKind::Access, Some("export-subject")) => Action::ExportSubject,
+        // A disclosure to an authority under a granted request, likewise.
+        (EventKind::Access, Some("disclose")) => Action::Disclose,
         (EventKind::Write, Some("write")) => Action::Write,
         (EventKind::Write, Some("repatriate")) => Action::Repatriate,
         // A repatriation's verification reads back what it wrote: a read of that record
@@ -644,6 +646,7 @@ mod tests {
             (EventKind::Access, "repatriate", Some("full"), Some(Action::Read)),
             // A subject's export opens each record under an entry of its own.
             (EventKind::Access, "export-subject", Some("full"), Some(Action::ExportSubject)),
+            (EventKind::Access, "disclose", Some("full"), Some(Action::Disclose)),
             // An export's decision on the subject as a whole names no record: no key.
             (EventKind::Write, "export-subject", Some("full"), None),
         ] {

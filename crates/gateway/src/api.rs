@@ -108,7 +108,12 @@ pub fn routes() -> (Router<Arc<Boundary>>, utoipa::openapi::OpenApi) {
         .routes(routes!(transfers::stream_records))
         .routes(routes!(transfers::register))
         .routes(routes!(government::report))
-        .routes(routes!(government::register_request))
+        .routes(routes!(government::register_request, government::list_government_requests))
+        .routes(routes!(government::approve_government_request))
+        .routes(routes!(government::decide_government_request))
+        .routes(routes!(government::disclose_government_request))
+        .routes(routes!(government::close_government_request))
+        .routes(routes!(government::change_government_hold))
         .routes(routes!(keys::status))
         .routes(routes!(keys::rotate))
         .routes(routes!(keys::reseal, keys::resealing))
@@ -165,6 +170,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     watch_policies(boundary.clone());
     crate::pipeline::events::log_refusal_summaries(boundary.clone());
+    crate::government::holds::sweep_every_minute(boundary.clone());
     let tls = boundary.tls().cloned();
     clover_tls::serve(router(boundary), listener, tls, shutdown).await
 }

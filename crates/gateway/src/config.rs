@@ -64,6 +64,134 @@ pub struct Config {
     pub transfer_rules: Vec<clover_egress::TransferRule>,
     /// Data subjects' own rights (`[subjects]`): export limits, closed accounts.
     pub subjects: SubjectsConfig,
+    /// Requests from authorities (`[government]`): whom the region answers, under which
+    /// instruments, by when, for which categories; how long a preservation hold lasts.
+    #[serde(default)]
+    pub government: GovernmentConfig,
+}
+
+/// Requests from authorities (`[government]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GovernmentConfig {
+    /// The authorities the region answers (`[[government.recognised]]`): countries, each with
+    /// the instruments it is answered under. A request from another country, or under another
+    /// instrument, is rejected by policy (`unrecognised-authorities-are-refused`).
+    pub recognised: Vec<RecognisedAuthorities>,
+    /// Per instrument (`[government.instruments.emergency]`): its deadline in hours, and the
+    /// categories it may obtain (what a request asks beyond them is cut). An instrument not
+    /// named keeps its default deadline and may obtain every category.
+    pub instruments: std::collections::BTreeMap<String, InstrumentRule>,
+    /// How long a preservation order's hold lasts, in days (60: Regulation (EU) 2023/1543, Art. 11).
+    pub hold_days: u32,
+    /// How much one extension adds, in days (30).
+    pub hold_extension_days: u32,
+}
+
+/// Countries whose authorities the region answers, and under which instruments.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecognisedAuthorities {
+    /// ISO 3166-1 alpha-2 codes, lowercase.
+    pub countries: Vec<String>,
+    /// The instruments they are answered under.
+    pub instruments: Vec<clover_requests::Instrument>,
+}
+
+/// What an instrument may obtain, and by when.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstrumentRule {
+    /// The time to answer, in hours (the instrument's default if unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_hours: Option<u32>,
+    /// The categories it may obtain (all if unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub categories: Option<Vec<Category>>,
+}
+
+/// The member states of the European Union and of the EEA.
+const EEA: [&str; 30] = [
+    "at", "be", "bg", "hr", "cy", "cz", "dk", "ee", "fi", "fr", "de", "gr", "hu", "ie", "it", "lv", "lt", "lu", "mt",
+    "nl", "pl", "pt", "ro", "sk", "si", "es", "se", "is", "li", "no",
+];
+
+impl Default for GovernmentConfig {
+    fn default() -> Self {
+        use clover_requests::Instrument;
+        Self {
+            recognised: vec![RecognisedAuthorities {
+                countries: EEA.iter().map(|c| (*c).to_owned()).collect(),
+                instruments: vec![
+                    Instrument::ProductionOrder,
+                    Instrument::PreservationOrder,
+                    Instrument::Emergency,
+                    Instrument::DomesticWarrant,
+                    Instrument::Mlat,
+                ],
+            }],
+            instruments: std::collections::BTreeMap::new(),
+            hold_days: 60,
+            hold_extension_days: 30,
+        }
+    }
+}
+
+impl GovernmentConfig {
+    /// Whether the region answers `country` under `instrument`.
+    pub fn recognises(&self, country: &str, instrument: clover_requests::Instrument) -> bool {
+        self.recognised.iter().any(|r| r.instruments.contains(&instrument) && r.countries.iter().any(|c| c == country))
+    }
+
+    /// The time to answer a request under `instrument`, in seconds.
+    pub fn deadline_seconds(&self, instrument: clover_requests::Instrument) -> i64 {
+        match self.instruments.get(instrument.as_str()).and_then(|r| r.deadline_hours) {
+            Some(hours) => i64::from(hours) * 3600,
+            None => instrument.default_deadline_seconds(),
+        }
+    }
+
+    /// The categories `instrument` may obtain, if it is limited.
+    pub fn categories(&self, instrument: clover_requests::Instrument) -> Option<&[Category]> {
+        self.instruments.get(instrument.as_str()).and_then(|r| r.categories.as_deref())
+    }
+
+    fn validate(&self, categories: &std::collections::BTreeSet<&str>) -> Result<(), ConfigError> {
+        for recognised in &self.recognised {
+            for country in &recognised.countries {
+                if country.len() != 2 || !country.bytes().all(|b| b.is_ascii_lowercase()) {
+                    return Err(ConfigError::Invalid(format!(
+                        "[[government.recognised]] country {country:?} is not an ISO 3166-1 alpha-2 code in lowercase"
+                    )));
+                }
+            }
+        }
+        for (name, rule) in &self.instruments {
+            if name.parse::<clover_requests::Instrument>().is_err() {
+                return Err(ConfigError::Invalid(format!(
+                    "[government.instruments.{name}]: {}",
+                    clover_requests::UnknownInstrument(name.clone())
+                )));
+            }
+            if rule.deadline_hours == Some(0) {
+                return Err(ConfigError::Invalid(format!("[government.instruments.{name}] deadline_hours is 0")));
+            }
+            for category in rule.categories.iter().flatten() {
+                if !categories.contains(category.as_str()) {
+                    return Err(ConfigError::Invalid(format!(
+                        "[government.instruments.{name}] names category {:?}, which is not configured",
+                        category.as_str()
+                    )));
+                }
+            }
+        }
+        if self.hold_days == 0 || self.hold_days > 3_650 || self.hold_extension_days > 3_650 {
+            return Err(ConfigError::Invalid(
+                "[government] hold_days must be 1 to 3650, hold_extension_days at most 3650".to_owned(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Data subjects' own rights (`[subjects]`).
@@ -518,6 +646,7 @@ impl Default for Config {
             listen: name(DEFAULT_LISTEN),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             subjects: SubjectsConfig::default(),
+            government: GovernmentConfig::default(),
             trusted_proxies: Vec::new(),
             sites: vec![
                 site("dublin-1", "eu", &["127.0.0.1/32"]),
@@ -863,6 +992,7 @@ impl Config {
         self.validate_egress(&categories, &purposes)?;
         self.validate_identity()?;
         self.validate_tls()?;
+        self.government.validate(&categories)?;
         if self.subjects.max_export_records == 0 {
             return Err(ConfigError::Invalid("[subjects] max_export_records is 0; it must be at least 1".to_owned()));
         }

@@ -100,6 +100,15 @@ pub enum Action {
     HandleRequests,
     /// Register a request from an authority (a government request) as it is received.
     RegisterGovernmentRequest,
+    /// Handle registered government requests: list them, approve, decide, close, extend or
+    /// release their holds (the legal team).
+    HandleGovernmentRequests,
+    /// Answer a government request: decided on the request's own facts (a recognised
+    /// authority, its approvals, whether it names minors).
+    AnswerGovernmentRequest,
+    /// Disclose a subject's records to an authority under a granted request: one decision for
+    /// the subject, then one logged opening per record.
+    Disclose,
 }
 
 impl Action {
@@ -118,6 +127,9 @@ impl Action {
             Self::CloseAccount => "close-account",
             Self::HandleRequests => "handle-requests",
             Self::RegisterGovernmentRequest => "register-government-request",
+            Self::HandleGovernmentRequests => "handle-government-requests",
+            Self::AnswerGovernmentRequest => "answer-government-request",
+            Self::Disclose => "disclose",
         }
     }
 }

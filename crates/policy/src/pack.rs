@@ -114,6 +114,23 @@ pub enum PackResource {
         /// Its region.
         region: String,
     },
+    /// A request from an authority, as it is answered.
+    GovernmentRequest {
+        /// Its id.
+        id: String,
+        /// The authority's country (ISO 3166-1 alpha-2, lowercase).
+        country: String,
+        /// The instrument (`production-order`, `emergency`, ...).
+        instrument: String,
+        /// Whether the region answers that country under that instrument (`[government]
+        /// recognised`).
+        recognised: bool,
+        /// How many of the legal team approved it (each another person than the one who
+        /// registered it).
+        approvals: i64,
+        /// Whether it names a subject who is a minor.
+        minors: bool,
+    },
 }
 
 /// Everything a decision is taken on.
@@ -198,6 +215,7 @@ struct EntityTypes {
     subject: EntityTypeName,
     approval: EntityTypeName,
     boundary: EntityTypeName,
+    government_request: EntityTypeName,
 }
 
 impl EntityTypes {
@@ -211,6 +229,7 @@ impl EntityTypes {
             subject: name("Clover::Subject")?,
             approval: name("Clover::Approval")?,
             boundary: name("Clover::Boundary")?,
+            government_request: name("Clover::GovernmentRequest")?,
         })
     }
 }
@@ -388,7 +407,10 @@ impl PolicyPack {
             | Action::ExportSubject
             | Action::CloseAccount
             | Action::HandleRequests
-            | Action::RegisterGovernmentRequest => match self.evaluate(&prepared, cedar_action(request.action)) {
+            | Action::RegisterGovernmentRequest
+            | Action::HandleGovernmentRequests
+            | Action::AnswerGovernmentRequest
+            | Action::Disclose => match self.evaluate(&prepared, cedar_action(request.action)) {
                 Ok((true, permits)) => Decision {
                     outcome: Outcome::Allow(View::Full),
                     policies: permits,
@@ -462,6 +484,16 @@ impl PolicyPack {
             PackResource::Approval { id, requester } => {
                 (uid(&self.types.approval, id), HashMap::from([("requester".to_owned(), s(requester))]))
             }
+            PackResource::GovernmentRequest { id, country, instrument, recognised, approvals, minors } => (
+                uid(&self.types.government_request, id),
+                HashMap::from([
+                    ("country".to_owned(), s(country)),
+                    ("instrument".to_owned(), s(instrument)),
+                    ("recognised".to_owned(), b(*recognised)),
+                    ("approvals".to_owned(), RestrictedExpression::new_long(*approvals)),
+                    ("minors".to_owned(), b(*minors)),
+                ]),
+            ),
             PackResource::Subject { id, minor, home_region } => (
                 uid(&self.types.subject, id),
                 HashMap::from([
@@ -546,6 +578,9 @@ fn cedar_action(action: Action) -> &'static str {
         Action::CloseAccount => "close_account",
         Action::HandleRequests => "handle_requests",
         Action::RegisterGovernmentRequest => "register_government_request",
+        Action::HandleGovernmentRequests => "handle_government_requests",
+        Action::AnswerGovernmentRequest => "answer_government_request",
+        Action::Disclose => "disclose",
     }
 }
 

@@ -110,6 +110,29 @@ fn privacy_team(r: &mut PackRequest, action: Action) {
     r.has_justification = true;
 }
 
+/// An answer to a government request from `country` under `instrument`, with `approvals`.
+fn answer(r: &mut PackRequest, country: &str, instrument: &str, recognised: bool, approvals: i64, minors: bool) {
+    r.action = Action::AnswerGovernmentRequest;
+    r.principal.roles = vec!["legal".into()];
+    r.resource = PackResource::GovernmentRequest {
+        id: "gr-1".into(),
+        country: country.into(),
+        instrument: instrument.into(),
+        recognised,
+        approvals,
+        minors,
+    };
+}
+
+/// A disclosure by the legal team, for the purpose `legal`, of a subject a granted request names.
+fn disclosure(r: &mut PackRequest) {
+    r.action = Action::Disclose;
+    r.principal.roles = vec!["legal".into()];
+    r.resource = PackResource::Subject { id: "s-1".into(), minor: false, home_region: "eu".into() };
+    r.purpose = Some("legal".into());
+    r.approved = true;
+}
+
 fn from(site: &str, region: &str) -> Option<(String, String)> {
     Some((site.into(), region.into()))
 }
@@ -969,6 +992,106 @@ fn cases() -> Vec<Case> {
             deny,
             &["default-deny"],
             &["legal-team-registers-government-requests"],
+        ),
+        case(
+            "the legal team handles the register, in the region",
+            |r| {
+                r.action = Action::HandleGovernmentRequests;
+                r.resource = PackResource::Boundary { region: "eu".into() };
+                r.principal.roles = vec!["legal".into()];
+            },
+            full,
+            &["legal-team-registers-government-requests"],
+            &[],
+        ),
+        case(
+            "not from outside the region",
+            |r| {
+                r.action = Action::HandleGovernmentRequests;
+                r.resource = PackResource::Boundary { region: "eu".into() };
+                r.principal.roles = vec!["legal".into()];
+                r.origin = from("virginia-1", "us");
+            },
+            deny,
+            &["default-deny"],
+            &["legal-team-registers-government-requests"],
+        ),
+        case(
+            "a production order from a recognised authority is answered",
+            |r| answer(r, "de", "production-order", true, 0, false),
+            full,
+            &["recognised-authorities-are-answered"],
+            &["unrecognised-authorities-are-refused", "emergency-requests-need-two-approvers"],
+        ),
+        case(
+            "a request from a state the region does not recognise is refused",
+            |r| answer(r, "cn", "mlat", false, 3, false),
+            deny,
+            &["unrecognised-authorities-are-refused"],
+            &["recognised-authorities-are-answered"],
+        ),
+        case(
+            "an emergency with one approver is refused",
+            |r| answer(r, "de", "emergency", true, 1, false),
+            deny,
+            &["emergency-requests-need-two-approvers"],
+            &["minors-data-needs-an-extra-approval"],
+        ),
+        case(
+            "an emergency with two approvers is answered",
+            |r| answer(r, "de", "emergency", true, 2, false),
+            full,
+            &["recognised-authorities-are-answered"],
+            &["emergency-requests-need-two-approvers"],
+        ),
+        case(
+            "a minor's data needs an approval more",
+            |r| answer(r, "de", "production-order", true, 0, true),
+            deny,
+            &["minors-data-needs-an-extra-approval"],
+            &["emergency-requests-need-two-approvers"],
+        ),
+        case(
+            "a minor's data in an emergency needs three",
+            |r| answer(r, "de", "emergency", true, 2, true),
+            deny,
+            &["minors-data-needs-an-extra-approval"],
+            &["emergency-requests-need-two-approvers"],
+        ),
+        case(
+            "a minor's data with its approval is answered",
+            |r| answer(r, "de", "production-order", true, 1, true),
+            full,
+            &["recognised-authorities-are-answered"],
+            &["minors-data-needs-an-extra-approval"],
+        ),
+        case(
+            "the legal team discloses what a granted request names",
+            disclosure,
+            full,
+            &["legal-team-discloses-granted-requests"],
+            &[],
+        ),
+        case(
+            "not what no granted request names",
+            |r| {
+                disclosure(r);
+                r.approved = false;
+            },
+            deny,
+            &["default-deny"],
+            &["legal-team-discloses-granted-requests"],
+        ),
+        case(
+            "not for another purpose, nor from outside",
+            |r| {
+                disclosure(r);
+                r.purpose = Some("support".into());
+                r.origin = from("virginia-1", "us");
+            },
+            deny,
+            &["default-deny"],
+            &["legal-team-discloses-granted-requests"],
         ),
         case(
             "the privacy team works its queue of requests",

@@ -7,12 +7,15 @@
 //!   e-Evidence Regulation, Regulation (EU) 2023/1543, Art. 10: 10 days and 8 hours;
 //!   `preservation-order`, `mlat`, `domestic-warrant`, `other`) and their deadlines;
 //! - [`report`]: the half-yearly report per country and instrument, from the log's
-//!   `government-request` entries.
+//!   `government-request` entries;
+//! - [`seal`]: the commitment a gagged request's entry carries, and its opening.
 //!
 //! No I/O: entries in, a report out.
 
 pub mod instrument;
 pub mod report;
+pub mod seal;
 
 pub use instrument::{Instrument, UnknownInstrument};
 pub use report::{BadPeriod, Builder, Period, Report, ReportRow};
+pub use seal::commitment;

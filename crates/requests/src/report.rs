@@ -142,6 +142,8 @@ struct Seen {
     received: Option<(i64, u64)>,
     facts: Option<(String, String, u64, Option<i64>)>,
     sealed: bool,
+    /// The `received` entry's commitment, while sealed.
+    commitment: Option<String>,
     decided: Option<(i64, String)>,
     disclosed: bool,
     indexes: Vec<u64>,
@@ -181,10 +183,14 @@ impl Builder {
             "received" => {
                 seen.received = Some((event.time, facts.count));
                 seen.sealed = facts.sealed.is_some();
+                seen.commitment = facts.sealed.clone();
                 seen.facts = opened(facts);
             }
             "unsealed" => {
-                if let Some(opened) = opened(facts) {
+                // Believed only if it opens the receipt's commitment: an operator cannot tell
+                // the report other facts than those it committed to under the gag.
+                let opens = seen.commitment.as_deref().is_some_and(|sealed| crate::seal::opens(sealed, facts));
+                if let (true, Some(opened)) = (opens, opened(facts)) {
                     seen.facts = Some(opened);
                     seen.sealed = false;
                 }
@@ -334,6 +340,14 @@ mod tests {
         })
     }
 
+    /// `received` turned into the unsealing of its facts with `salt`.
+    fn unsealed(mut event: Event, salt: &str) -> Event {
+        let facts = event.government_request.as_mut().unwrap();
+        facts.stage = "unsealed".into();
+        facts.sealed = Some(salt.into());
+        event
+    }
+
     #[test]
     fn periods_parse_and_bound_half_years() {
         let p: Period = "2026-H2".parse().unwrap();
@@ -355,14 +369,16 @@ mod tests {
             received("b", h2, "de", "production-order", 1),
             entry("b", "decided", h2 + 20 * 86_400, |f| f.outcome = Some("rejected".into())),
             received("c", h2, "fr", "emergency", 1),
-            // Gagged: a commitment only, until its unsealing.
-            entry("d", "received", h2, |f| f.sealed = Some("ab".into())),
-            entry("e", "received", h2, |f| f.sealed = Some("cd".into())),
-            {
-                let mut e = received("e", h2 + 100, "us", "mlat", 4);
-                e.government_request.as_mut().unwrap().stage = "unsealed".into();
-                e
-            },
+            // Gagged: a commitment only, until its unsealing; an opening that does not match
+            // its commitment is not believed ("d" stays gagged).
+            entry("d", "received", h2, |f| {
+                f.sealed = Some(crate::commitment("s1", "us", "mlat", 4, &[], h2 + 10 * 86_400))
+            }),
+            unsealed(received("d", h2 + 100, "us", "mlat", 5), "s1"),
+            entry("e", "received", h2, |f| {
+                f.sealed = Some(crate::commitment("s2", "us", "mlat", 4, &[], h2 + 10 * 86_400))
+            }),
+            unsealed(received("e", h2, "us", "mlat", 4), "s2"),
             // Another period.
             received("f", 1_700_000_000, "de", "production-order", 9),
         ];
@@ -371,7 +387,7 @@ mod tests {
         }
         builder.add(99, None);
         let report = builder.finish();
-        assert_eq!(report.entries, 11);
+        assert_eq!(report.entries, 12);
         assert_eq!(report.gagged, 1);
         assert_eq!(report.emergency, 1);
         let de = &report.rows[0];

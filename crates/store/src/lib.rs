@@ -216,6 +216,26 @@ pub struct SubjectRequestRow {
     pub log_index: u64,
 }
 
+/// A request from an authority, as the legal team's register keeps it: its state and the
+/// log entry of its last move in columns, the rest (what it asks, of whom, its approvals and
+/// outcome) as the gateway's JSON document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GovernmentRequestRow {
+    /// Its id (random, `gr-...`).
+    pub request_id: String,
+    /// `received`, `granted`, `partially-granted`, `rejected` or `closed`.
+    pub state: String,
+    /// The gateway's document of the request (JSON).
+    pub details: String,
+    /// When it was received.
+    pub received_at: OffsetDateTime,
+    /// When it last moved.
+    pub updated_at: OffsetDateTime,
+    /// The log entry of its last move: what an update compares, so that two moves made at
+    /// once do not both land.
+    pub log_index: u64,
+}
+
 /// An erasure or closure certificate, as issued (without the salt of its subject commitment,
 /// which only its holder gets).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -429,6 +449,22 @@ pub trait Store: Send + Sync + 'static {
 
     /// Places a legal hold on the subject (by keyed hash), under `reference`.
     async fn place_legal_hold(&self, subject_hash: &str, reference: &str) -> Result<(), StoreError>;
+
+    /// Lifts every legal hold placed under `reference`; how many there were.
+    async fn release_legal_holds(&self, reference: &str) -> Result<u64, StoreError>;
+
+    /// Keeps a newly registered government request.
+    async fn insert_government_request(&self, row: &GovernmentRequestRow) -> Result<(), StoreError>;
+
+    /// The government request `id`.
+    async fn government_request(&self, id: &str) -> Result<Option<GovernmentRequestRow>, StoreError>;
+
+    /// Every government request, oldest first.
+    async fn government_requests(&self) -> Result<Vec<GovernmentRequestRow>, StoreError>;
+
+    /// Replaces the government request `row.request_id` by `row` if its last move is still the
+    /// entry `previous` (its `log_index`); whether it was.
+    async fn update_government_request(&self, row: &GovernmentRequestRow, previous: u64) -> Result<bool, StoreError>;
 
     /// Keeps an issued certificate.
     async fn insert_certificate(&self, row: &CertificateRow) -> Result<(), StoreError>;

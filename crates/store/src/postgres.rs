@@ -18,13 +18,13 @@ use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use time::OffsetDateTime;
 
 use crate::rows::{
-    self, APPROVAL_COLUMNS, CERTIFICATE_COLUMNS, RECORD_COLUMNS, RECORD_WITH_SUBJECT, SUBJECT_COLUMNS,
-    SUBJECT_REQUEST_COLUMNS, TRANSFER_COLUMNS, TRANSFER_SELECT, approval_row, corrupt, db, id_list, record_row,
-    record_with_subject_row, subject_row, transfer_row,
+    self, APPROVAL_COLUMNS, CERTIFICATE_COLUMNS, GOVERNMENT_REQUEST_COLUMNS, RECORD_COLUMNS, RECORD_WITH_SUBJECT,
+    SUBJECT_COLUMNS, SUBJECT_REQUEST_COLUMNS, TRANSFER_COLUMNS, TRANSFER_SELECT, approval_row, corrupt, db, id_list,
+    record_row, record_with_subject_row, subject_row, transfer_row,
 };
 use crate::{
-    ApprovalRow, CertificateRow, Counts, Erasure, REPATRIATED_COLUMNS, RecordRow, RepatriatedRow, Store, StoreError,
-    SubjectRequestRow, SubjectRow, TransferRow, TransferSelection, annex_subject, repatriated_row,
+    ApprovalRow, CertificateRow, Counts, Erasure, GovernmentRequestRow, REPATRIATED_COLUMNS, RecordRow, RepatriatedRow,
+    Store, StoreError, SubjectRequestRow, SubjectRow, TransferRow, TransferSelection, annex_subject, repatriated_row,
 };
 use clover_event::Annex;
 
@@ -166,6 +166,17 @@ const MIGRATIONS: &[(i64, &str)] = &[
          log_index    BIGINT NOT NULL
      );
      CREATE INDEX records_by_subject_and_category ON records(subject_id, category, record_id);",
+    ),
+    (
+        10,
+        "CREATE TABLE government_requests (
+         request_id   TEXT PRIMARY KEY NOT NULL,
+         state        TEXT NOT NULL,
+         details      TEXT NOT NULL,
+         received_at  BIGINT NOT NULL,
+         updated_at   BIGINT NOT NULL,
+         log_index    BIGINT NOT NULL
+     );",
     ),
 ];
 
@@ -537,6 +548,69 @@ impl Store for PostgresStore {
         .await
         .map_err(db("placing a legal hold"))?;
         Ok(())
+    }
+
+    async fn release_legal_holds(&self, reference: &str) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM legal_holds WHERE reference = $1")
+            .bind(reference)
+            .execute(&self.pool)
+            .await
+            .map_err(db("releasing legal holds"))?;
+        Ok(done.rows_affected())
+    }
+
+    async fn insert_government_request(&self, row: &GovernmentRequestRow) -> Result<(), StoreError> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO government_requests ({GOVERNMENT_REQUEST_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)"
+        )))
+        .bind(&row.request_id)
+        .bind(&row.state)
+        .bind(&row.details)
+        .bind(row.received_at.unix_timestamp())
+        .bind(row.updated_at.unix_timestamp())
+        .bind(i64::try_from(row.log_index).unwrap_or(i64::MAX))
+        .execute(&self.pool)
+        .await
+        .map_err(db("storing a government request"))?;
+        Ok(())
+    }
+
+    async fn government_request(&self, id: &str) -> Result<Option<GovernmentRequestRow>, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {GOVERNMENT_REQUEST_COLUMNS} FROM government_requests WHERE request_id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("reading a government request"))?;
+        row.as_ref().map(rows::government_request_row).transpose()
+    }
+
+    async fn government_requests(&self) -> Result<Vec<GovernmentRequestRow>, StoreError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {GOVERNMENT_REQUEST_COLUMNS} FROM government_requests ORDER BY received_at, request_id"
+        )))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("reading government requests"))?;
+        rows.iter().map(rows::government_request_row).collect()
+    }
+
+    async fn update_government_request(&self, row: &GovernmentRequestRow, previous: u64) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE government_requests SET state = $1, details = $2, updated_at = $3, log_index = $4 \
+             WHERE request_id = $5 AND log_index = $6",
+        )
+        .bind(&row.state)
+        .bind(&row.details)
+        .bind(row.updated_at.unix_timestamp())
+        .bind(i64::try_from(row.log_index).unwrap_or(i64::MAX))
+        .bind(&row.request_id)
+        .bind(i64::try_from(previous).unwrap_or(i64::MAX))
+        .execute(&self.pool)
+        .await
+        .map_err(db("updating a government request"))?;
+        Ok(done.rows_affected() == 1)
     }
 
     async fn insert_certificate(&self, row: &CertificateRow) -> Result<(), StoreError> {

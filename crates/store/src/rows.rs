@@ -6,7 +6,8 @@ use std::str::FromStr;
 use time::OffsetDateTime;
 
 use crate::{
-    ApprovalRow, CertificateRow, RecordRow, SealedWith, StoreError, SubjectRequestRow, SubjectRow, TransferRow,
+    ApprovalRow, CertificateRow, GovernmentRequestRow, RecordRow, SealedWith, StoreError, SubjectRequestRow,
+    SubjectRow, TransferRow,
 };
 
 pub(crate) const SUBJECT_COLUMNS: &str = "subject_id, home_region, attributes, metadata, created_at";
@@ -194,6 +195,21 @@ pub(crate) fn subject_request_row(row: &impl Columns) -> Result<SubjectRequestRo
         received_at: timestamp(row.int("received_at").map_err(get())?)?,
         deadline: timestamp(row.int("deadline").map_err(get())?)?,
         extended: row.int("extended").map_err(get())? != 0,
+        updated_at: timestamp(row.int("updated_at").map_err(get())?)?,
+        log_index: u64::try_from(row.int("log_index").map_err(get())?).map_err(corrupt("log_index"))?,
+    })
+}
+
+/// The columns a government request is read from.
+pub(crate) const GOVERNMENT_REQUEST_COLUMNS: &str = "request_id, state, details, received_at, updated_at, log_index";
+
+pub(crate) fn government_request_row(row: &impl Columns) -> Result<GovernmentRequestRow, StoreError> {
+    let get = || db("reading a government request");
+    Ok(GovernmentRequestRow {
+        request_id: row.text("request_id").map_err(get())?,
+        state: row.text("state").map_err(get())?,
+        details: row.text("details").map_err(get())?,
+        received_at: timestamp(row.int("received_at").map_err(get())?)?,
         updated_at: timestamp(row.int("updated_at").map_err(get())?)?,
         log_index: u64::try_from(row.int("log_index").map_err(get())?).map_err(corrupt("log_index"))?,
     })

@@ -14,13 +14,13 @@ use sqlx::sqlite::{
 use time::OffsetDateTime;
 
 use crate::rows::{
-    self, APPROVAL_COLUMNS, CERTIFICATE_COLUMNS, RECORD_COLUMNS, RECORD_WITH_SUBJECT, SUBJECT_COLUMNS,
-    SUBJECT_REQUEST_COLUMNS, TRANSFER_COLUMNS, TRANSFER_SELECT, approval_row, corrupt, db, id_list, parse, record_row,
-    record_with_subject_row, subject_row, transfer_row,
+    self, APPROVAL_COLUMNS, CERTIFICATE_COLUMNS, GOVERNMENT_REQUEST_COLUMNS, RECORD_COLUMNS, RECORD_WITH_SUBJECT,
+    SUBJECT_COLUMNS, SUBJECT_REQUEST_COLUMNS, TRANSFER_COLUMNS, TRANSFER_SELECT, approval_row, corrupt, db, id_list,
+    parse, record_row, record_with_subject_row, subject_row, transfer_row,
 };
 use crate::{
-    ApprovalRow, CertificateRow, Counts, Erasure, REPATRIATED_COLUMNS, RecordRow, RepatriatedRow, Store, StoreError,
-    SubjectRequestRow, SubjectRow, TransferRow, TransferSelection, annex_subject, repatriated_row,
+    ApprovalRow, CertificateRow, Counts, Erasure, GovernmentRequestRow, REPATRIATED_COLUMNS, RecordRow, RepatriatedRow,
+    Store, StoreError, SubjectRequestRow, SubjectRow, TransferRow, TransferSelection, annex_subject, repatriated_row,
 };
 use clover_event::Annex;
 
@@ -133,13 +133,23 @@ CREATE TABLE IF NOT EXISTS subject_requests (
     log_index    INTEGER NOT NULL
 ) STRICT;
 CREATE INDEX IF NOT EXISTS records_by_subject_and_category ON records(subject_id, category, record_id);
+CREATE TABLE IF NOT EXISTS government_requests (
+    request_id   TEXT PRIMARY KEY NOT NULL,
+    state        TEXT NOT NULL,
+    details      TEXT NOT NULL,
+    received_at  INTEGER NOT NULL,
+    updated_at   INTEGER NOT NULL,
+    log_index    INTEGER NOT NULL
+) STRICT;
 ";
 
 /// The schema's version, kept in `user_version`.
-const SCHEMA_VERSION: i64 = 9;
+const SCHEMA_VERSION: i64 = 10;
 
 /// Changes that bring a database of an older version (the key) to the next one.
 ///
+/// Version 10 keeps the register of government requests (`government_requests`), version 9
+/// the tables of subjects' rights: new tables, which the schema makes.
 /// Version 8 keeps transfers out of the region (`transfers`) and the privacy budgets spent
 /// (`privacy_budgets`): new tables, which the schema makes.
 /// Version 7 gives each repatriated row its place in the source's order (`ordinal`), for the
@@ -235,6 +245,8 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (7, "PRAGMA user_version = 8;"),
     // The tables of subjects' rights are made by the schema itself (`IF NOT EXISTS`).
     (8, "PRAGMA user_version = 9;"),
+    // The register of government requests is made by the schema itself (`IF NOT EXISTS`).
+    (9, "PRAGMA user_version = 10;"),
 ];
 
 /// How long an erasure waits for readers to let the write-ahead log be truncated (the busy
@@ -721,6 +733,69 @@ impl Store for SqliteStore {
         .await
         .map_err(db("placing a legal hold"))?;
         Ok(())
+    }
+
+    async fn release_legal_holds(&self, reference: &str) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM legal_holds WHERE reference = $1")
+            .bind(reference)
+            .execute(&self.pool)
+            .await
+            .map_err(db("releasing legal holds"))?;
+        Ok(done.rows_affected())
+    }
+
+    async fn insert_government_request(&self, row: &GovernmentRequestRow) -> Result<(), StoreError> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO government_requests ({GOVERNMENT_REQUEST_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)"
+        )))
+        .bind(&row.request_id)
+        .bind(&row.state)
+        .bind(&row.details)
+        .bind(row.received_at.unix_timestamp())
+        .bind(row.updated_at.unix_timestamp())
+        .bind(i64::try_from(row.log_index).unwrap_or(i64::MAX))
+        .execute(&self.pool)
+        .await
+        .map_err(db("storing a government request"))?;
+        Ok(())
+    }
+
+    async fn government_request(&self, id: &str) -> Result<Option<GovernmentRequestRow>, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {GOVERNMENT_REQUEST_COLUMNS} FROM government_requests WHERE request_id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("reading a government request"))?;
+        row.as_ref().map(rows::government_request_row).transpose()
+    }
+
+    async fn government_requests(&self) -> Result<Vec<GovernmentRequestRow>, StoreError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {GOVERNMENT_REQUEST_COLUMNS} FROM government_requests ORDER BY received_at, request_id"
+        )))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("reading government requests"))?;
+        rows.iter().map(rows::government_request_row).collect()
+    }
+
+    async fn update_government_request(&self, row: &GovernmentRequestRow, previous: u64) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE government_requests SET state = $1, details = $2, updated_at = $3, log_index = $4 \
+             WHERE request_id = $5 AND log_index = $6",
+        )
+        .bind(&row.state)
+        .bind(&row.details)
+        .bind(row.updated_at.unix_timestamp())
+        .bind(i64::try_from(row.log_index).unwrap_or(i64::MAX))
+        .bind(&row.request_id)
+        .bind(i64::try_from(previous).unwrap_or(i64::MAX))
+        .execute(&self.pool)
+        .await
+        .map_err(db("updating a government request"))?;
+        Ok(done.rows_affected() == 1)
     }
 
     async fn insert_certificate(&self, row: &CertificateRow) -> Result<(), StoreError> {

@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use clover_model::{RecordId, SubjectId};
 use clover_store::{
-    ApprovalRow, Counts, PostgresStore, RecordRow, SqliteStore, Store, StoreError, SubjectRow, TransferRow,
-    TransferSelection,
+    ApprovalRow, Counts, GovernmentRequestRow, PostgresStore, RecordRow, SqliteStore, Store, StoreError, SubjectRow,
+    TransferRow, TransferSelection,
 };
 use clover_testkit::TestDatabase;
 use time::{Duration, OffsetDateTime};
@@ -489,6 +489,42 @@ async fn privacy_budgets_are_spent_within_their_limits(store: Arc<dyn Store>, _:
     assert!((epsilon - 0.95).abs() < 1e-9, "{epsilon}");
 }
 
+async fn government_requests_move_once_and_holds_are_released_by_reference(store: Arc<dyn Store>, _: &Backend) {
+    let row = GovernmentRequestRow {
+        request_id: "gr-1".to_owned(),
+        state: "received".to_owned(),
+        details: r#"{"country":"de"}"#.to_owned(),
+        received_at: at(1_790_000_000),
+        updated_at: at(1_790_000_000),
+        log_index: 7,
+    };
+    store.insert_government_request(&row).await.unwrap();
+    assert!(store.insert_government_request(&row).await.is_err(), "an id is registered once");
+    assert_eq!(store.government_request("gr-1").await.unwrap(), Some(row.clone()));
+    assert_eq!(store.government_request("gr-2").await.unwrap(), None);
+    let moved = GovernmentRequestRow {
+        state: "granted".to_owned(),
+        details: r#"{"country":"de","outcome":"granted"}"#.to_owned(),
+        updated_at: at(1_790_000_100),
+        log_index: 9,
+        ..row.clone()
+    };
+    assert!(store.update_government_request(&moved, 7).await.unwrap());
+    // A second move made from the same state (its last entry 7) does not land.
+    let other = GovernmentRequestRow { state: "rejected".to_owned(), log_index: 10, ..row.clone() };
+    assert!(!store.update_government_request(&other, 7).await.unwrap());
+    assert_eq!(store.government_requests().await.unwrap(), vec![moved]);
+
+    store.place_legal_hold("h-a", "gr-1").await.unwrap();
+    store.place_legal_hold("h-b", "gr-1").await.unwrap();
+    store.place_legal_hold("h-b", "gr-9").await.unwrap();
+    assert_eq!(store.legal_hold("h-a").await.unwrap().as_deref(), Some("gr-1"));
+    assert_eq!(store.release_legal_holds("gr-1").await.unwrap(), 2);
+    assert_eq!(store.legal_hold("h-a").await.unwrap(), None);
+    assert_eq!(store.legal_hold("h-b").await.unwrap().as_deref(), Some("gr-9"), "another order's hold stays");
+    assert_eq!(store.release_legal_holds("gr-1").await.unwrap(), 0);
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -530,4 +566,5 @@ suite!(
     subjects_are_registered_many_at_a_time,
     transfers_page_their_records_and_are_streamed_once,
     privacy_budgets_are_spent_within_their_limits,
+    government_requests_move_once_and_holds_are_released_by_reference,
 );

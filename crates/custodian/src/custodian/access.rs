@@ -127,7 +127,7 @@ impl KeyScope {
             return Err("the record it names is not the one its entry commits to".to_owned());
         }
         if opening.record.is_some() != opening.version.is_some()
-            || (matches!(action, Action::Read | Action::ExportSubject) && opening.record.is_none())
+            || (matches!(action, Action::Read | Action::ExportSubject | Action::Disclose) && opening.record.is_none())
         {
             return Err("it does not name one record version".to_owned());
         }

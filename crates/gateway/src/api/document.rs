@@ -21,6 +21,8 @@ const ID_PARAMETERS: &[(&str, &str, usize)] = &[
     ("account_id", "^[A-Za-z0-9_.:@-]*[A-Za-z0-9_:@-][A-Za-z0-9_.:@-]*$", 128),
     // crate::subjects::requests: `sr-` and 24 hex digits.
     ("request_id", "^sr-[0-9a-f]{24}$", 27),
+    // crate::government: `gr-` and 24 hex digits.
+    ("government_request_id", "^gr-[0-9a-f]{24}$", 27),
     // clover_model::RecordId: a UUID in its one spelling, lowercase with hyphens.
     ("record_id", "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", 36),
     // crate::repatriation::check_job: 1 to 64 of a-z 0-9 - _ ., not starting with a dot.

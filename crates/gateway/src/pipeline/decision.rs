@@ -91,7 +91,14 @@ pub(crate) async fn facts(boundary: &Boundary, caller: &Caller, ask: &Ask<'_>) -
         && ask.subject_minor
         && ask.record.is_some_and(|(_, category)| category_is_sensitive(boundary.config(), category));
     let needs_approval = touched > boundary.config().policy.bulk_threshold || minors_sensitive;
-    let approval = if needs_approval { approval(boundary, caller, ask).await } else { None };
+    let approval = if needs_approval {
+        approval(boundary, caller, ask).await
+    } else if ask.action == Action::Disclose {
+        // A disclosure is "approved" when a granted request names the subject.
+        crate::government::book::granted_for(boundary, caller, ask.subject).await
+    } else {
+        None
+    };
     Facts { subject_hash, touched, approval }
 }
 
@@ -157,7 +164,7 @@ pub(crate) fn decide(boundary: &Boundary, caller: &Caller, ask: &Ask<'_>, facts:
     let request = match ask.record {
         // An export's opening of each record is decided as the export itself, on the subject
         // (it is the subject's own data, or their verified request), and logged record by record.
-        Some((id, category)) if ask.action != Action::ExportSubject => {
+        Some((id, category)) if !matches!(ask.action, Action::ExportSubject | Action::Disclose) => {
             let facts =
                 RecordFacts { id: id.to_string(), category: category.clone(), subject_minor: ask.subject_minor };
             record_request(config, &caller.principal, &caller.origin, ask.action, &facts, &circumstances)

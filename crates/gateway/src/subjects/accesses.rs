@@ -23,14 +23,19 @@ use crate::problem::ApiError;
 
 /// The log entries about `subject`, by index, each with its annex when it has one: format 2
 /// entries through the annexes that name the subject; format 1 entries (written before) through
-/// the subject's hash, while the subject is `registered`.
+/// the subject's hash, while the subject is `registered`. The entries of a disclosure to an
+/// authority under a request whose gag still holds are left out until it ends.
 pub async fn entries_about(
     boundary: &Boundary,
     subject: &SubjectId,
     registered: bool,
 ) -> Result<BTreeMap<u64, Option<Annex>>, ApiError> {
     let mut found = BTreeMap::new();
+    let gagged = crate::government::book::gagged_ids(boundary).await?;
     for annex in boundary.store().annexes_of(subject).await.map_err(ApiError::internal)? {
+        if annex.justification.as_ref().is_some_and(|j| gagged.contains(j)) {
+            continue;
+        }
         for index in boundary.log().entries_about(&annex.commitment()) {
             found.insert(index, Some(annex.clone()));
         }
@@ -47,7 +52,11 @@ pub async fn entries_about(
 /// annexes, for a history that is written out entry by entry (an export).
 pub async fn indexes_about(boundary: &Boundary, subject: &SubjectId, registered: bool) -> Result<Vec<u64>, ApiError> {
     let mut found = Vec::new();
+    let gagged = crate::government::book::gagged_ids(boundary).await?;
     for annex in boundary.store().annexes_of(subject).await.map_err(ApiError::internal)? {
+        if annex.justification.as_ref().is_some_and(|j| gagged.contains(j)) {
+            continue;
+        }
         found.extend(boundary.log().entries_about(&annex.commitment()));
     }
     if registered {

@@ -100,9 +100,9 @@ impl Sink {
 }
 
 /// A writer that hashes what goes through it.
-struct Hashing<W> {
-    inner: W,
-    digest: aws_lc_rs::digest::Context,
+pub(crate) struct Hashing<W> {
+    pub(crate) inner: W,
+    pub(crate) digest: aws_lc_rs::digest::Context,
 }
 
 impl<W: Write> Write for Hashing<W> {
@@ -117,13 +117,13 @@ impl<W: Write> Write for Hashing<W> {
 }
 
 /// The ZIP being written, and the digest of each file in it.
-struct Archive<W: Write + Seek> {
-    zip: zip::ZipWriter<W>,
-    digests: Vec<(String, String)>,
+pub(crate) struct Archive<W: Write + Seek> {
+    pub(crate) zip: zip::ZipWriter<W>,
+    pub(crate) digests: Vec<(String, String)>,
 }
 
 impl<W: Write + Seek> Archive<W> {
-    fn options() -> zip::write::SimpleFileOptions {
+    pub(crate) fn options() -> zip::write::SimpleFileOptions {
         let now = time::OffsetDateTime::now_utc();
         let stamp = zip::DateTime::from_date_and_time(
             u16::try_from(now.year()).unwrap_or(1980),
@@ -140,7 +140,11 @@ impl<W: Write + Seek> Archive<W> {
     }
 
     /// Writes one file, made by `fill`, and keeps its digest.
-    fn file(&mut self, name: &str, fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> Result<(), ApiError> {
+    pub(crate) fn file(
+        &mut self,
+        name: &str,
+        fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+    ) -> Result<(), ApiError> {
         self.zip.start_file(name, Self::options()).map_err(ApiError::internal)?;
         let mut hashing =
             Hashing { inner: &mut self.zip, digest: aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256) };
@@ -360,7 +364,7 @@ pub fn sweep(data_dir: &std::path::Path) {
 }
 
 /// The size and SHA-256 of a file.
-fn digest_file(path: &std::path::Path) -> Result<(u64, String), ApiError> {
+pub(crate) fn digest_file(path: &std::path::Path) -> Result<(u64, String), ApiError> {
     let mut file = std::fs::File::open(path).map_err(ApiError::internal)?;
     let mut hashing =
         Hashing { inner: std::io::sink(), digest: aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256) };

@@ -248,6 +248,7 @@ async fn head_is_refused_where_a_get_is_decided_and_logged() {
         decided,
         [
             "/v1/approvals/x",
+            "/v1/government-requests",
             "/v1/keys",
             "/v1/keys/reseal",
             "/v1/me/accesses",

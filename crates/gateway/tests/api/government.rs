@@ -3,7 +3,7 @@
 use clover_event::{EVENT_VERSION, Event, EventKind, GovernmentRequestFacts};
 use serde_json::{Value, json};
 
-use crate::harness::{TestApp, UNKNOWN, problem};
+use crate::harness::{DUBLIN, TestApp, UNKNOWN, problem};
 
 fn entry(id: &str, stage: &str, time: i64, facts: impl FnOnce(&mut GovernmentRequestFacts)) -> Event {
     let mut request = GovernmentRequestFacts {
@@ -232,4 +232,403 @@ async fn registrations_by_anyone_else_or_with_bad_input_are_refused() {
         bad[field] = value;
         problem(post(bad, app.token(), crate::harness::DUBLIN).await, 422, "invalid-body").await;
     }
+}
+
+/// A token for another member of the legal team (`lea`), at dublin-1.
+fn lea(app: &TestApp) -> String {
+    let mut claims = app.claims("eu", "dublin-1", 3600);
+    claims.sub = "lea".into();
+    claims.roles = vec!["legal".into()];
+    app.mint(&claims)
+}
+
+/// Registers `subject` as an adult, with one profile record; returns the record id.
+async fn adult(app: &TestApp, subject: &str, name: &str) -> String {
+    let response = app
+        .client(DUBLIN)
+        .put(app.url(&format!("/v1/subjects/{subject}")))
+        .bearer_auth(app.token())
+        .json(&json!({"home_region": "eu", "birth_date": "1980-05-01"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success());
+    let response = app.post_record(subject, "profile", json!({"display_name": name})).await;
+    response.json::<Value>().await.unwrap()["record_id"].as_str().unwrap().to_owned()
+}
+
+/// Registers a request; returns its id.
+async fn register(app: &TestApp, body: Value) -> String {
+    let response = app
+        .client(DUBLIN)
+        .post(app.url("/v1/government-requests"))
+        .bearer_auth(app.token())
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    response.json::<Value>().await.unwrap()["request_id"].as_str().unwrap().to_owned()
+}
+
+/// POSTs to a step of request `id` (`approvals`, `decision`, `disclosures`, `close`, `hold`).
+async fn step(app: &TestApp, token: &str, from: &str, id: &str, what: &str, body: Option<Value>) -> reqwest::Response {
+    let mut request =
+        app.client(from).post(app.url(&format!("/v1/government-requests/{id}/{what}"))).bearer_auth(token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    request.send().await.unwrap()
+}
+
+async fn entry_at(app: &TestApp, index: u64) -> Value {
+    serde_json::from_slice(&app.boundary.log().entry(index).await.unwrap()).unwrap()
+}
+
+fn this_period() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    format!("{}-H{}", now.year(), if u8::from(now.month()) <= 6 { 1 } else { 2 })
+}
+
+#[tokio::test]
+async fn a_production_order_is_approved_decided_disclosed_through_the_log_and_closed() {
+    // Production orders may obtain profile and contact data here: messages are cut.
+    let app = TestApp::start_with(|config| {
+        config.government.instruments.insert(
+            "production-order".into(),
+            clover_gateway::config::InstrumentRule {
+                deadline_hours: None,
+                categories: Some(vec!["profile".parse().unwrap(), "contact".parse().unwrap()]),
+            },
+        );
+    })
+    .await;
+    // u-1001 is a minor (the harness registers them born in 2011): one approval more is needed.
+    let record = app.seed("u-1001", json!({"display_name": "Aoife"})).await;
+    app.post_record("u-1001", "messages", json!({"text": "hello"})).await;
+    app.seed("u-2002", json!({"display_name": "Bram"})).await;
+    let id = register(&app, body("production-order", &["u-1001"])).await;
+    let ana = app.token();
+
+    // Four eyes: the one who registered it does not approve it; another does, once.
+    problem(step(&app, &ana, DUBLIN, &id, "approvals", None).await, 409, "conflict").await;
+    let approved: Value = step(&app, &lea(&app), DUBLIN, &id, "approvals", None).await.json().await.unwrap();
+    assert_eq!(approved["request"]["approvals"], 1);
+    problem(step(&app, &lea(&app), DUBLIN, &id, "approvals", None).await, 409, "conflict").await;
+    // Not disclosable before it is decided.
+    problem(step(&app, &ana, DUBLIN, &id, "disclosures", None).await, 409, "not-disclosable").await;
+
+    let decided: Value =
+        step(&app, &ana, DUBLIN, &id, "decision", Some(json!({"answer": "grant"}))).await.json().await.unwrap();
+    let request = &decided["request"];
+    assert_eq!(request["outcome"], "partially-granted", "{decided}");
+    assert_eq!(request["granted_categories"], json!(["profile"]));
+    assert_eq!(request["policies"], json!(["recognised-authorities-are-answered"]));
+    let entry = entry_at(&app, request["log_index"].as_u64().unwrap()).await;
+    assert_eq!(entry["government_request"]["stage"], "decided");
+    assert_eq!(entry["government_request"]["outcome"], "partially-granted");
+    assert_eq!(entry["government_request"]["categories"], json!(["profile"]));
+    problem(step(&app, &ana, DUBLIN, &id, "decision", Some(json!({"answer": "reject"}))).await, 409, "conflict").await;
+
+    // The disclosure: a ZIP with a signed manifest, each record read under an entry of its own
+    // (purpose legal, the request in its annex); the messages were cut.
+    let before = app.boundary.log().size();
+    let response = step(&app, &ana, DUBLIN, &id, "disclosures", None).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/zip");
+    assert_eq!(response.headers()["x-clover-disclosure-records"], "1");
+    let disclosed_at: u64 = response.headers()["x-clover-log-index"].to_str().unwrap().parse().unwrap();
+    let files = crate::me::unzip(&response.bytes().await.unwrap());
+    let manifest = crate::me::check_manifest(&app, &files);
+    assert!(manifest.starts_with("clover/government-disclosure/v1\n"), "{manifest}");
+    assert!(manifest.contains(&format!("request {id}\n")));
+    assert_eq!(files.keys().collect::<Vec<_>>(), ["manifest.txt", "records/u-1001/profile.json"]);
+    let records: Value = serde_json::from_slice(&files["records/u-1001/profile.json"]).unwrap();
+    assert_eq!(records[0]["record_id"], record.as_str());
+    assert_eq!(records[0]["fields"]["display_name"], "Aoife");
+    let mut reads = 0;
+    for index in before..app.boundary.log().size() {
+        let entry = entry_at(&app, index).await;
+        if entry["kind"] == "access" && entry["action"] == "disclose" {
+            assert_eq!(entry["purpose"], "legal");
+            assert_eq!(entry["decision"]["policies"], json!(["legal-team-discloses-granted-requests"]));
+            assert_eq!(
+                crate::harness::annex_of(&app.boundary, &entry).await.justification.as_deref(),
+                Some(id.as_str())
+            );
+            assert!(!entry.to_string().contains("u-1001"));
+            reads += 1;
+        }
+    }
+    assert_eq!(reads, 2, "one decision on the subject, one opening of its record");
+    let disclosed = entry_at(&app, disclosed_at).await;
+    assert_eq!(
+        (disclosed["government_request"]["stage"].as_str(), disclosed["government_request"]["count"].as_u64()),
+        (Some("disclosed"), Some(1))
+    );
+
+    // No gag: the subject sees the disclosure in their own access history.
+    let mine: Value = app
+        .client(UNKNOWN)
+        .get(app.url("/v1/me/accesses"))
+        .bearer_auth(app.subject_token("u-1001"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        mine["entries"].as_array().unwrap().iter().any(|e| e["action"] == "disclose" && e["purpose"] == "legal"),
+        "{mine}"
+    );
+
+    // Listed for the legal team only; closed, nothing more is disclosed.
+    let listed: Value = app
+        .client(DUBLIN)
+        .get(app.url("/v1/government-requests"))
+        .bearer_auth(&ana)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["requests"][0]["disclosed_records"], 1);
+    let mut support = app.claims("eu", "dublin-1", 3600);
+    support.roles = vec!["support".into()];
+    let support = app.mint(&support);
+    let list = |token: String, from: &'static str| {
+        let app = &app;
+        async move { app.client(from).get(app.url("/v1/government-requests")).bearer_auth(token).send().await.unwrap() }
+    };
+    problem(list(support.clone(), DUBLIN).await, 403, "forbidden").await;
+    problem(list(ana.clone(), crate::harness::SINGAPORE).await, 403, "forbidden").await;
+    problem(list(app.subject_token("u-1001"), UNKNOWN).await, 403, "staff-only").await;
+    let closed: Value = step(&app, &ana, DUBLIN, &id, "close", None).await.json().await.unwrap();
+    assert_eq!(closed["request"]["state"], "closed");
+    let refused = problem(step(&app, &ana, DUBLIN, &id, "disclosures", None).await, 409, "not-disclosable").await;
+    assert!(refused["detail"].as_str().unwrap().contains("closed"), "{refused}");
+    assert!(refused["log_index"].is_u64(), "a refused disclosure is logged");
+    problem(step(&app, &ana, DUBLIN, &id, "close", None).await, 409, "conflict").await;
+
+    // The report counts it as disclosed, answered within its deadline.
+    tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
+    let report: Value = app
+        .client(UNKNOWN)
+        .get(app.url(&format!("/v1/reports/government-requests?period={}", this_period())))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let row = &report["rows"][0];
+    assert_eq!(
+        (row["country"].as_str(), row["disclosed"].as_u64(), row["deadlines_met"].as_u64()),
+        (Some("de"), Some(1), Some(1)),
+        "{report}"
+    );
+}
+
+#[tokio::test]
+async fn unrecognised_states_and_unapproved_emergencies_are_rejected_by_policy() {
+    let app = TestApp::start().await;
+    adult(&app, "u-3003", "Cai").await;
+    let ana = app.token();
+    let decide = |id: String, answer: &'static str| {
+        let app = &app;
+        let ana = ana.clone();
+        async move { step(app, &ana, DUBLIN, &id, "decision", Some(json!({"answer": answer}))).await }
+    };
+
+    // A state the region does not recognise for the instrument: rejected, with the policy, and
+    // closed; nothing is disclosed.
+    let mut asked = body("mlat", &["u-3003"]);
+    asked["country"] = json!("cn");
+    let id = register(&app, asked).await;
+    let decided: Value = decide(id.clone(), "grant").await.json().await.unwrap();
+    assert_eq!(decided["request"]["outcome"], "rejected", "{decided}");
+    assert_eq!(decided["request"]["policies"], json!(["unrecognised-authorities-are-refused"]));
+    assert_eq!(decided["request"]["state"], "closed");
+    let refused = problem(step(&app, &ana, DUBLIN, &id, "disclosures", None).await, 409, "not-disclosable").await;
+    assert!(refused["detail"].as_str().unwrap().contains("rejected"), "{refused}");
+
+    // An emergency needs two approvers besides the one who registered it.
+    let id = register(&app, body("emergency", &["u-3003"])).await;
+    step(&app, &lea(&app), DUBLIN, &id, "approvals", None).await;
+    let decided: Value = decide(id, "grant").await.json().await.unwrap();
+    assert_eq!(decided["request"]["outcome"], "rejected");
+    assert_eq!(decided["request"]["policies"], json!(["emergency-requests-need-two-approvers"]));
+    let id = register(&app, body("emergency", &["u-3003"])).await;
+    step(&app, &lea(&app), DUBLIN, &id, "approvals", None).await;
+    let mut third = app.claims("eu", "hamar-1", 3600);
+    third.sub = "liv".into();
+    third.roles = vec!["legal".into()];
+    step(&app, &app.mint(&third), crate::harness::HAMAR, &id, "approvals", None).await;
+    let decided: Value = decide(id, "grant").await.json().await.unwrap();
+    assert_eq!(decided["request"]["outcome"], "granted", "{decided}");
+
+    // The legal team's own rejection.
+    let id = register(&app, body("production-order", &["u-3003"])).await;
+    let decided: Value = decide(id, "reject").await.json().await.unwrap();
+    assert_eq!(decided["request"]["policies"], json!(["rejected-by-the-legal-team"]));
+
+    // A caller who may not handle requests learns nothing, not whether an id exists; bad ids
+    // and bodies are refused before anything.
+    let mut support = app.claims("eu", "dublin-1", 3600);
+    support.roles = vec!["support".into()];
+    let support = app.mint(&support);
+    let guessed = format!("gr-{}", "0".repeat(24));
+    let real =
+        problem(step(&app, &support, DUBLIN, &id_of_first(&app).await, "close", None).await, 403, "forbidden").await;
+    let fake = problem(step(&app, &support, DUBLIN, &guessed, "close", None).await, 403, "forbidden").await;
+    assert_eq!(real["detail"], fake["detail"]);
+    problem(step(&app, &ana, DUBLIN, &guessed, "close", None).await, 404, "not-found").await;
+    problem(step(&app, &ana, DUBLIN, "gr-xyz", "close", None).await, 400, "invalid-id").await;
+    problem(
+        step(&app, &ana, crate::harness::SINGAPORE, &guessed, "decision", Some(json!({"answer": "grant"}))).await,
+        403,
+        "forbidden",
+    )
+    .await;
+    problem(
+        step(&app, &ana, DUBLIN, &guessed, "decision", Some(json!({"answer": "maybe"}))).await,
+        422,
+        "invalid-body",
+    )
+    .await;
+    problem(step(&app, &ana, DUBLIN, &guessed, "hold", Some(json!({"change": "forever"}))).await, 422, "invalid-body")
+        .await;
+}
+
+async fn id_of_first(app: &TestApp) -> String {
+    app.boundary.store().government_requests().await.unwrap()[0].request_id.clone()
+}
+
+#[tokio::test]
+async fn a_preservation_order_holds_an_erasure_which_is_carried_out_when_it_is_released() {
+    let app = TestApp::start().await;
+    let record = adult(&app, "u-4004", "Dara").await;
+    let ana = app.token();
+    let id = register(&app, body("preservation-order", &["u-4004"])).await;
+    // The subject asks for their erasure: held, tracked, nothing destroyed.
+    let response =
+        app.client(UNKNOWN).delete(app.url("/v1/me")).bearer_auth(app.subject_token("u-4004")).send().await.unwrap();
+    problem(response, 409, "held").await;
+    assert_eq!(app.get_record(DUBLIN, &record).await.status(), 200);
+
+    // Listed with its hold; extended by 30 days (logged).
+    let listed: Value = app
+        .client(DUBLIN)
+        .get(app.url("/v1/government-requests"))
+        .bearer_auth(&ana)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let until = |v: &Value| {
+        time::OffsetDateTime::parse(v.as_str().unwrap(), &time::format_description::well_known::Rfc3339).unwrap()
+    };
+    let first = until(&listed["requests"][0]["hold_until"]);
+    let extended: Value =
+        step(&app, &ana, DUBLIN, &id, "hold", Some(json!({"change": "extend"}))).await.json().await.unwrap();
+    assert_eq!(until(&extended["request"]["hold_until"]) - first, time::Duration::days(30));
+    let entry = entry_at(&app, extended["request"]["log_index"].as_u64().unwrap()).await;
+    assert_eq!(entry["government_request"]["stage"], "hold-extended");
+
+    // A preservation order discloses nothing, even granted.
+    let decided: Value =
+        step(&app, &ana, DUBLIN, &id, "decision", Some(json!({"answer": "grant"}))).await.json().await.unwrap();
+    assert_eq!(decided["request"]["outcome"], "granted");
+    problem(step(&app, &ana, DUBLIN, &id, "disclosures", None).await, 409, "not-disclosable").await;
+
+    // Released: the held erasure is carried out, its request fulfilled.
+    let released: Value =
+        step(&app, &ana, DUBLIN, &id, "hold", Some(json!({"change": "release"}))).await.json().await.unwrap();
+    assert_eq!(released["request"]["hold_released"], true);
+    assert!(released["request"]["hold_until"].is_null());
+    assert_eq!(app.get_record(DUBLIN, &record).await.status(), 404);
+    let requests = app.boundary.store().subject_requests(None).await.unwrap();
+    assert_eq!(requests.len(), 1);
+    assert_eq!((requests[0].kind.as_str(), requests[0].state.as_str()), ("erasure", "fulfilled"));
+    problem(step(&app, &ana, DUBLIN, &id, "hold", Some(json!({"change": "release"}))).await, 409, "conflict").await;
+    let entries = crate::harness::log_entries(app.boundary.log()).await;
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["government_request"]["stage"] == "hold-released" && e["government_request"]["count"] == 1)
+    );
+    assert!(entries.iter().any(|e| e["kind"] == "erasure" && e["purpose"] == "held-erasure"));
+}
+
+#[tokio::test]
+async fn a_gagged_request_is_unsealed_when_its_gag_ends_and_only_then_shown_to_its_subject() {
+    let app = TestApp::start().await;
+    adult(&app, "u-5005", "Eli").await;
+    let ana = app.token();
+    let gag_end = time::OffsetDateTime::now_utc() + time::Duration::seconds(4);
+    let mut asked = body("production-order", &["u-5005"]);
+    asked["gag_until"] = json!(gag_end.format(&time::format_description::well_known::Rfc3339).unwrap());
+    let id = register(&app, asked).await;
+    let decided: Value =
+        step(&app, &ana, DUBLIN, &id, "decision", Some(json!({"answer": "grant"}))).await.json().await.unwrap();
+    assert_eq!(decided["request"]["sealed"], true);
+    let entry = entry_at(&app, decided["request"]["log_index"].as_u64().unwrap()).await;
+    assert!(entry["government_request"]["country"].is_null(), "sealed while gagged: {entry}");
+    assert_eq!(step(&app, &ana, DUBLIN, &id, "disclosures", None).await.status(), 200);
+
+    let history = || {
+        let app = &app;
+        async move {
+            let mine: Value = app
+                .client(UNKNOWN)
+                .get(app.url("/v1/me/accesses"))
+                .bearer_auth(app.subject_token("u-5005"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            mine["entries"].as_array().unwrap().iter().filter(|e| e["action"] == "disclose").count()
+        }
+    };
+    assert_eq!(history().await, 0, "hidden from the subject while the gag holds");
+
+    // The gag ends: listing the register unseals it; the opening matches the commitment.
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    let listed: Value = app
+        .client(DUBLIN)
+        .get(app.url("/v1/government-requests"))
+        .bearer_auth(&ana)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["requests"][0]["sealed"], false);
+    let entries = crate::harness::log_entries(app.boundary.log()).await;
+    let received = entries.iter().find(|e| e["government_request"]["stage"] == "received").unwrap();
+    let unsealed = entries.iter().find(|e| e["government_request"]["stage"] == "unsealed").unwrap();
+    let opening: clover_event::GovernmentRequestFacts =
+        serde_json::from_value(unsealed["government_request"].clone()).unwrap();
+    assert!(clover_requests::seal::opens(received["government_request"]["sealed"].as_str().unwrap(), &opening));
+    assert_eq!(opening.country.as_deref(), Some("de"));
+    assert_eq!(history().await, 2, "shown once it ends");
+    tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
+    let report: Value = app
+        .client(UNKNOWN)
+        .get(app.url(&format!("/v1/reports/government-requests?period={}", this_period())))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(report["gagged"], 0, "{report}");
+    assert_eq!(report["rows"][0]["country"], "de");
 }

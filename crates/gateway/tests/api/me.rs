@@ -274,7 +274,7 @@ async fn an_erasure_under_a_legal_hold_answers_with_the_hold_and_erases_nothing(
 }
 
 /// Reads a ZIP archive's files.
-fn unzip(bytes: &[u8]) -> std::collections::BTreeMap<String, Vec<u8>> {
+pub(crate) fn unzip(bytes: &[u8]) -> std::collections::BTreeMap<String, Vec<u8>> {
     let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes)).unwrap();
     let mut files = std::collections::BTreeMap::new();
     for i in 0..archive.len() {
@@ -288,7 +288,7 @@ fn unzip(bytes: &[u8]) -> std::collections::BTreeMap<String, Vec<u8>> {
 }
 
 /// Checks an export's signed manifest against its files; returns the manifest's text.
-fn check_manifest(app: &TestApp, files: &std::collections::BTreeMap<String, Vec<u8>>) -> String {
+pub(crate) fn check_manifest(app: &TestApp, files: &std::collections::BTreeMap<String, Vec<u8>>) -> String {
     let manifest = Note::parse(std::str::from_utf8(&files["manifest.txt"]).unwrap()).unwrap();
     manifest.verify(app.boundary.log_vkey()).unwrap();
     let mut listed = 0;

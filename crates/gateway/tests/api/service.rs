@@ -125,7 +125,7 @@ async fn the_openapi_document_states_every_answer_and_form() {
             }
         }
     }
-    assert_eq!(secured, 27, "every operation with a caller");
+    assert_eq!(secured, 33, "every operation with a caller");
     let parameter = |path: &str, method: &str, name: &str| {
         doc["paths"][path][method]["parameters"].as_array().unwrap().iter().find(|p| p["name"] == name).unwrap().clone()
     };
