@@ -9,6 +9,7 @@ pub(crate) mod bench;
 pub(crate) mod custodian;
 pub(crate) mod datamap;
 pub(crate) mod export;
+pub(crate) mod government;
 pub(crate) mod init;
 pub(crate) mod keys;
 pub(crate) mod log;

@@ -12,7 +12,8 @@ mod commands;
 mod listener;
 
 use commands::{
-    audit, backup, bench, custodian, datamap, export, init, keys, log, policy, repatriate, serve, subject, token,
+    audit, backup, bench, custodian, datamap, export, government, init, keys, log, policy, repatriate, serve, subject,
+    token,
 };
 
 /// Clover keeps a region's user data inside the region.
@@ -67,6 +68,11 @@ enum Command {
     /// my export, my erasure, an organisation's closure.
     #[command(subcommand)]
     Subject(subject::SubjectCommand),
+    /// The legal team's register of requests from authorities: register on receipt, list,
+    /// approve, decide, disclose (the package checked against its signed manifest), close,
+    /// extend or release holds.
+    #[command(subcommand)]
+    Government(government::GovernmentCommand),
     /// Measure what Clover costs: scenarios in-process against baselines measured in the same
     /// run, or a running server driven over HTTP.
     #[command(subcommand)]
@@ -79,6 +85,7 @@ fn main() -> ExitCode {
         Command::Init(args) => args.run(),
         Command::Token(args) => args.run(),
         Command::Subject(command) => command.run(),
+        Command::Government(command) => command.run(),
         Command::Log(command) => command.run(),
         Command::Audit(command) => command.run(),
         Command::Policy(command) => command.run(),

@@ -83,6 +83,10 @@ pub struct RegisterBody {
     /// Until when the authority forbids disclosing the request (RFC 3339); none without a gag.
     #[schema(example = "2027-06-30T00:00:00Z")]
     pub gag_until: Option<String>,
+    /// The authority's own deadline (RFC 3339), when it sets one shorter than the instrument's;
+    /// the earlier of the two holds.
+    #[schema(example = "2026-12-10T12:00:00Z")]
+    pub deadline: Option<String>,
 }
 
 /// Registers a request from an authority as it is received: decided by policy (the legal team,
@@ -94,7 +98,7 @@ pub struct RegisterBody {
     responses(
         (status = CREATED, description = "Registered", body = crate::government::register::Registered),
         (status = FORBIDDEN, description = "`forbidden`: not the legal team, or not in the region; the refusal is logged", body = Problem, content_type = "application/problem+json"),
-        (status = UNPROCESSABLE_ENTITY, description = "`invalid-body`: an unknown field, a country that is not two lowercase letters, an unknown instrument or category, no subjects (or over 1,000) or one of the wrong form, a document hash that is not 64 hex digits, a gag that ends before now, an authority or legal basis empty or over 500 characters", body = Problem, content_type = "application/problem+json"),
+        (status = UNPROCESSABLE_ENTITY, description = "`invalid-body`: an unknown field, a country that is not two lowercase letters, an unknown instrument or category, no subjects (or over 1,000) or one of the wrong form, a document hash that is not 64 hex digits, a gag that ends before now, a deadline in the past, an authority or legal basis empty or over 500 characters", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn register_request(
     State(boundary): State<Arc<Boundary>>,
@@ -138,22 +142,21 @@ pub async fn register_request(
     {
         return Err(invalid("document_sha256 must be 64 lowercase hex digits".to_owned()));
     }
-    let gag_until = match &body.gag_until {
-        None => None,
+    let future = |name: &str, text: &Option<String>, why: &str| match text {
+        None => Ok(None),
         Some(text) => {
-            let until =
+            let at =
                 time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).map_err(|_| {
-                    invalid(format!(
-                        "gag_until {:?} is not an RFC 3339 time",
-                        text.chars().take(64).collect::<String>()
-                    ))
+                    invalid(format!("{name} {:?} is not an RFC 3339 time", text.chars().take(64).collect::<String>()))
                 })?;
-            if until <= time::OffsetDateTime::now_utc() {
-                return Err(invalid("gag_until is not in the future: a gag ends after the request".to_owned()));
+            if at <= time::OffsetDateTime::now_utc() {
+                return Err(invalid(format!("{name} is not in the future: {why}")));
             }
-            Some(until)
+            Ok(Some(at))
         }
     };
+    let gag_until = future("gag_until", &body.gag_until, "a gag ends after the request")?;
+    let deadline = future("deadline", &body.deadline, "a deadline in the past cannot be met")?;
     let asked = crate::government::register::Asked {
         authority,
         country: body.country,
@@ -163,6 +166,7 @@ pub async fn register_request(
         subjects,
         document_sha256: body.document_sha256,
         gag_until,
+        deadline,
     };
     let registered = crate::government::register::register(&boundary, &caller, asked).await?;
     let decision = registered.decision.clone();

@@ -48,6 +48,8 @@ pub struct Asked {
     pub document_sha256: String,
     /// Until when a gag holds, if one does.
     pub gag_until: Option<time::OffsetDateTime>,
+    /// The authority's own deadline, if it set one (the earlier of it and the instrument's holds).
+    pub deadline: Option<time::OffsetDateTime>,
 }
 
 /// Registers `asked` for `caller` (the legal team): decided by policy, its receipt logged at
@@ -69,7 +71,10 @@ pub async fn register(
     let request_id = format!("gr-{}", crate::subjects::certificate::random_hex(12)?);
     let now = time::OffsetDateTime::now_utc();
     let government = &boundary.config().government;
-    let deadline = now.unix_timestamp().saturating_add(government.deadline_seconds(asked.instrument));
+    let mut deadline = now.unix_timestamp().saturating_add(government.deadline_seconds(asked.instrument));
+    if let Some(theirs) = asked.deadline {
+        deadline = deadline.min(theirs.unix_timestamp());
+    }
     let count = u64::try_from(asked.subjects.len()).unwrap_or(u64::MAX);
     let gagged = asked.gag_until.is_some();
     let mut details = Details {

@@ -225,6 +225,8 @@ async fn registrations_by_anyone_else_or_with_bad_input_are_refused() {
         ("subjects", json!(["not a valid id"])),
         ("document_sha256", json!("xyz")),
         ("gag_until", json!("2001-01-01T00:00:00Z")),
+        ("deadline", json!("2001-01-01T00:00:00Z")),
+        ("deadline", json!("next week")),
         ("categories", json!(["dreams"])),
         ("authority", json!("")),
     ] {
@@ -468,6 +470,17 @@ async fn unrecognised_states_and_unapproved_emergencies_are_rejected_by_policy()
     step(&app, &app.mint(&third), crate::harness::HAMAR, &id, "approvals", None).await;
     let decided: Value = decide(id, "grant").await.json().await.unwrap();
     assert_eq!(decided["request"]["outcome"], "granted", "{decided}");
+
+    // Past its deadline, a granted request discloses nothing (refused and logged).
+    let mut shorter = body("production-order", &["u-3003"]);
+    let soon = time::OffsetDateTime::now_utc() + time::Duration::seconds(2);
+    shorter["deadline"] = json!(soon.format(&time::format_description::well_known::Rfc3339).unwrap());
+    let id = register(&app, shorter).await;
+    let decided: Value = decide(id.clone(), "grant").await.json().await.unwrap();
+    assert_eq!(decided["request"]["outcome"], "granted");
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let late = problem(step(&app, &ana, DUBLIN, &id, "disclosures", None).await, 409, "not-disclosable").await;
+    assert!(late["detail"].as_str().unwrap().contains("deadline"), "{late}");
 
     // The legal team's own rejection.
     let id = register(&app, body("production-order", &["u-3003"])).await;
