@@ -9,6 +9,7 @@
 //!   what the instrument allows), closing, and the list the legal team works from;
 //! - `disclosure.rs`: a granted request's records, each opened under an entry of its own, in a
 //!   package with a signed manifest;
+//! - `grants.rs`: whether a granted request covers a subject, for a disclosure's decision;
 //! - `holds.rs`: a preservation order's holds extended and released, the erasures they held
 //!   back then carried out; gags ended (their facts unsealed);
 //! - `report.rs`: the public transparency report, computed from the log.
@@ -16,6 +17,7 @@
 pub mod answer;
 pub mod book;
 pub mod disclosure;
+pub mod grants;
 pub mod holds;
 pub mod register;
 pub mod report;

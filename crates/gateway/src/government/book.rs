@@ -330,18 +330,3 @@ pub async fn gagged_ids(boundary: &Boundary) -> Result<std::collections::HashSet
     }
     Ok(ids)
 }
-
-/// For a disclosure of `subject` under the request the caller names (its justification): the
-/// request's id, if it is granted, not past its deadline, and names the subject. What makes
-/// `approved` true for the policy `legal-team-discloses-granted-requests`: the boundary's
-/// finding, never the caller's word.
-pub async fn granted_for(boundary: &Boundary, caller: &Caller, subject: &SubjectId) -> Option<String> {
-    let id = caller.justification.as_deref()?;
-    let row = boundary.store().government_request(id).await.ok()??;
-    if row.state != GRANTED && row.state != PARTIALLY_GRANTED {
-        return None;
-    }
-    let details = parse(&row).ok()?;
-    let now = OffsetDateTime::now_utc().unix_timestamp();
-    (now <= details.deadline && details.subjects.iter().any(|s| s == subject.as_str())).then_some(row.request_id)
-}

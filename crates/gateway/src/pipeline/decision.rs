@@ -95,7 +95,7 @@ pub(crate) async fn facts(boundary: &Boundary, caller: &Caller, ask: &Ask<'_>) -
         approval(boundary, caller, ask).await
     } else if ask.action == Action::Disclose {
         // A disclosure is "approved" when a granted request names the subject.
-        crate::government::book::granted_for(boundary, caller, ask.subject).await
+        crate::government::grants::granted_for(boundary, caller, ask.subject).await
     } else {
         None
     };
