@@ -175,7 +175,7 @@ fn tiles_at(level: u8, size: u64) -> Vec<Tile> {
 /// The URL the log's paths (`checkpoint`, `tile/...`) are under: `url` itself when its path
 /// ends in a `log` segment (the log's prefix, as tlog clients take it), else `url/log` (a
 /// boundary's root, under which Clover serves its log).
-fn log_prefix(url: &str) -> String {
+pub fn log_prefix(url: &str) -> String {
     let url = url.trim_end_matches('/');
     let is_prefix = reqwest::Url::parse(url)
         .is_ok_and(|parsed| parsed.path_segments().and_then(|mut segments| segments.next_back()) == Some("log"));
@@ -343,7 +343,7 @@ pub async fn verify_with(
 /// What is wrong with a format 2 entry's public part, if anything: its subject tag, annex
 /// commitment and principal pseudonym must have their forms (hex of a random nonce and MACs and
 /// digests), or the entry could carry something else in their place.
-fn public_problem(event: &Event) -> Option<&'static str> {
+pub fn public_problem(event: &Event) -> Option<&'static str> {
     if event.subject.as_ref().is_some_and(|tag| !tag.is_well_formed()) {
         return Some("its subject is not a subject tag");
     }

@@ -59,7 +59,7 @@ pub(crate) async fn serve(listen: SocketAddr, service: Service, what: &str, deta
 /// future is first polled: a script that sends SIGTERM as soon as it reads the line would
 /// otherwise, now and then, kill the process (the signal's default action) instead of stopping
 /// it cleanly.
-fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+pub(crate) fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
     let (interrupt, terminate) = {
         use tokio::signal::unix::{SignalKind, signal};

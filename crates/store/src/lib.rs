@@ -516,8 +516,27 @@ pub trait Store: Send + Sync + 'static {
     /// [`Store::insert_annex`] for many entries' annexes, in one transaction (one durable step).
     async fn insert_annexes(&self, annexes: &[Annex]) -> Result<(), StoreError>;
 
-    /// The annexes that name `subject`, oldest first.
-    async fn annexes_of(&self, subject: &SubjectId) -> Result<Vec<Annex>, StoreError>;
+    /// The annexes that name `subject`, oldest first: every page of [`Store::annexes_of_page`].
+    async fn annexes_of(&self, subject: &SubjectId) -> Result<Vec<Annex>, StoreError> {
+        let mut all = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = self.annexes_of_page(subject, after, 1_000).await?;
+            let Some((last, _)) = page.last() else { return Ok(all) };
+            after = *last;
+            all.extend(page.into_iter().map(|(_, annex)| annex));
+        }
+    }
+
+    /// Up to `limit` of the annexes that name `subject`, oldest first, after the one at
+    /// `after` (0 for the first page), each with its place in that order: what a subject's
+    /// history pages through, so that memory stays bounded however many entries name them.
+    async fn annexes_of_page(
+        &self,
+        subject: &SubjectId,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<(u64, Annex)>, StoreError>;
 
     /// The annex with `commitment`, if this region keeps it.
     async fn annex(&self, commitment: &str) -> Result<Option<Annex>, StoreError>;

@@ -178,6 +178,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
          log_index    BIGINT NOT NULL
      );",
     ),
+    (11, "CREATE INDEX annexes_by_subject_in_order ON annexes(subject_id, seq);"),
 ];
 
 /// A store in a PostgreSQL database.
@@ -885,13 +886,26 @@ impl Store for PostgresStore {
         tx.commit().await.map_err(db("storing annexes"))
     }
 
-    async fn annexes_of(&self, subject: &SubjectId) -> Result<Vec<Annex>, StoreError> {
-        let rows: Vec<(Vec<u8>,)> = sqlx::query_as("SELECT annex FROM annexes WHERE subject_id = $1 ORDER BY seq")
-            .bind(subject.as_str())
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db("reading a subject's annexes"))?;
-        rows.iter().map(|(bytes,)| Annex::decode(bytes).map_err(corrupt("an annex"))).collect()
+    async fn annexes_of_page(
+        &self,
+        subject: &SubjectId,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<(u64, Annex)>, StoreError> {
+        let rows: Vec<(i64, Vec<u8>)> =
+            sqlx::query_as("SELECT seq, annex FROM annexes WHERE subject_id = $1 AND seq > $2 ORDER BY seq LIMIT $3")
+                .bind(subject.as_str())
+                .bind(i64::try_from(after).unwrap_or(i64::MAX))
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db("reading a subject's annexes"))?;
+        rows.iter()
+            .map(|(at, bytes)| {
+                let at = u64::try_from(*at).map_err(corrupt("an annex's seq"))?;
+                Ok((at, Annex::decode(bytes).map_err(corrupt("an annex"))?))
+            })
+            .collect()
     }
 
     async fn annex(&self, commitment: &str) -> Result<Option<Annex>, StoreError> {

@@ -1077,13 +1077,28 @@ impl Store for SqliteStore {
         tx.commit().await.map_err(db("storing annexes"))
     }
 
-    async fn annexes_of(&self, subject: &SubjectId) -> Result<Vec<Annex>, StoreError> {
-        let rows: Vec<(Vec<u8>,)> = sqlx::query_as("SELECT annex FROM annexes WHERE subject_id = ? ORDER BY rowid")
-            .bind(subject.as_str())
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db("reading a subject's annexes"))?;
-        rows.iter().map(|(bytes,)| Annex::decode(bytes).map_err(corrupt("an annex"))).collect()
+    async fn annexes_of_page(
+        &self,
+        subject: &SubjectId,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<(u64, Annex)>, StoreError> {
+        // `annexes_by_subject` holds the rowid after the subject: the page is a range of it.
+        let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
+            "SELECT rowid, annex FROM annexes WHERE subject_id = ? AND rowid > ? ORDER BY rowid LIMIT ?",
+        )
+        .bind(subject.as_str())
+        .bind(i64::try_from(after).unwrap_or(i64::MAX))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("reading a subject's annexes"))?;
+        rows.iter()
+            .map(|(at, bytes)| {
+                let at = u64::try_from(*at).map_err(corrupt("an annex's rowid"))?;
+                Ok((at, Annex::decode(bytes).map_err(corrupt("an annex"))?))
+            })
+            .collect()
     }
 
     async fn annex(&self, commitment: &str) -> Result<Option<Annex>, StoreError> {

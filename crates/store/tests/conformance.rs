@@ -386,6 +386,12 @@ async fn annexes_are_kept_many_at_a_time(store: Arc<dyn Store>, _: &Backend) {
         assert_eq!(store.annex(&annex.commitment()).await.unwrap().as_ref(), Some(annex));
     }
     assert_eq!(store.annexes_of(&subject).await.unwrap(), annexes);
+    // Paged: two, then the one after them, then none.
+    let first = store.annexes_of_page(&subject, 0, 2).await.unwrap();
+    assert_eq!(first.iter().map(|(_, a)| a.clone()).collect::<Vec<_>>(), annexes[..2]);
+    let rest = store.annexes_of_page(&subject, first[1].0, 2).await.unwrap();
+    assert_eq!(rest.iter().map(|(_, a)| a.clone()).collect::<Vec<_>>(), annexes[2..]);
+    assert!(store.annexes_of_page(&subject, rest[0].0, 2).await.unwrap().is_empty());
     store.insert_annexes(&[]).await.unwrap();
 }
 

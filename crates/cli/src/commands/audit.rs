@@ -33,6 +33,11 @@ pub(crate) enum AuditCommand {
     /// log's key, that the log entry is the one it rests on, and the entry's inclusion proof
     /// against the signed checkpoint it carries. Exits non-zero on any failure.
     VerifyCertificate(VerifyCertificateArgs),
+    /// Run the independent monitor: follow the log in real time, verify every checkpoint and
+    /// entry, raise alerts on what must never happen (stdout as JSON lines, webhooks, metrics),
+    /// keep its state in a directory (it resumes there after a crash), and serve the console
+    /// with `--listen`.
+    Monitor(MonitorArgs),
 }
 
 impl AuditCommand {
@@ -43,6 +48,7 @@ impl AuditCommand {
             Self::Register(args) => args.run(),
             Self::VerifyCertificate(args) => args.run(),
             Self::Report(args) => args.run(),
+            Self::Monitor(args) => args.run(),
         }
     }
 }
@@ -389,5 +395,99 @@ impl ReportArgs {
             eprintln!("the CSV form of the served report is not the log's");
         }
         anyhow::bail!("the served report differs from the one the log gives")
+    }
+}
+
+/// `clover audit monitor`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct MonitorArgs {
+    /// The boundary's base URL, e.g. http://127.0.0.1:7878.
+    #[arg(long)]
+    url: String,
+    /// The log's verifier key (`clover log vkey`).
+    #[arg(long)]
+    vkey: String,
+    /// Demand a cosignature from this witness on every checkpoint (its cosignature vkey);
+    /// repeatable.
+    #[arg(long = "witness", value_name = "VKEY")]
+    witnesses: Vec<String>,
+    /// The monitor's state directory (made 0700 if missing): where it resumes after a restart.
+    #[arg(long, value_name = "DIR")]
+    state: PathBuf,
+    /// The rules' settings (TOML; `docs/monitor.md`); the defaults without.
+    #[arg(long, value_name = "FILE")]
+    rules: Option<PathBuf>,
+    /// Serve the console (and /metrics) on this address.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// How often the checkpoint is polled.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    every: std::time::Duration,
+    /// Poll once, print the alerts raised, and exit (non-zero if the log could not be
+    /// verified): for a cron job, or a first catch-up.
+    #[arg(long)]
+    once: bool,
+    #[command(flatten)]
+    tls: ClientTlsArgs,
+}
+
+impl MonitorArgs {
+    fn run(self) -> anyhow::Result<()> {
+        let vkey = VerifierKey::parse(&self.vkey).context("the verifier key")?;
+        let witnesses = self.witnesses.iter().map(|w| VerifierKey::parse(w)).collect::<Result<Vec<_>, _>>()?;
+        let rules = match &self.rules {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+                clover_monitor::rules::RulesConfig::parse(&text).with_context(|| path.display().to_string())?
+            }
+            None => clover_monitor::rules::RulesConfig::default(),
+        };
+        if !self.once {
+            init_tracing();
+        }
+        let options = clover_monitor::Options {
+            url: self.url.clone(),
+            vkey,
+            witnesses,
+            dir: self.state.clone(),
+            rules,
+            every: self.every,
+            tls: self.tls.tls(),
+            print: true,
+        };
+        runtime()?.block_on(async move {
+            let monitor = clover_monitor::Monitor::new(options)?;
+            if self.once {
+                monitor.step().await?;
+                let health = monitor.health();
+                if let Some(problem) = health.last_problem {
+                    anyhow::bail!("the log could not be verified: {problem}");
+                }
+                eprintln!(
+                    "verified {} entries; the checkpoint of {} entries is consistent with the last",
+                    health.verified_entries,
+                    monitor.state().size
+                );
+                return Ok(());
+            }
+            match self.listen {
+                Some(listen) => {
+                    tokio::spawn(monitor.clone().run(std::future::pending()));
+                    let router = clover_monitor::console::router(monitor);
+                    listener::serve(
+                        listen,
+                        Service::Router(router, None),
+                        "monitor console",
+                        &format!(" (following {})", self.url),
+                    )
+                    .await
+                }
+                None => {
+                    eprintln!("clover: monitor following {}", self.url);
+                    monitor.run(listener::shutdown_signal()).await;
+                    Ok(())
+                }
+            }
+        })
     }
 }

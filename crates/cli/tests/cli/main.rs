@@ -19,6 +19,7 @@ mod datamap;
 mod export;
 mod government;
 mod hsm;
+mod monitor;
 mod policy;
 mod repatriate;
 mod repatriate_run;

@@ -21,6 +21,9 @@ use utoipa::ToSchema;
 use crate::boundary::Boundary;
 use crate::problem::ApiError;
 
+/// How many annexes are read at once.
+const ANNEX_PAGE: u32 = 1_000;
+
 /// The log entries about `subject`, by index, each with its annex when it has one: format 2
 /// entries through the annexes that name the subject; format 1 entries (written before) through
 /// the subject's hash, while the subject is `registered`. The entries of a disclosure to an
@@ -32,12 +35,18 @@ pub async fn entries_about(
 ) -> Result<BTreeMap<u64, Option<Annex>>, ApiError> {
     let mut found = BTreeMap::new();
     let gagged = crate::government::book::gagged_ids(boundary).await?;
-    for annex in boundary.store().annexes_of(subject).await.map_err(ApiError::internal)? {
-        if annex.justification.as_ref().is_some_and(|j| gagged.contains(j)) {
-            continue;
-        }
-        for index in boundary.log().entries_about(&annex.commitment()) {
-            found.insert(index, Some(annex.clone()));
+    let mut after = 0;
+    loop {
+        let page = boundary.store().annexes_of_page(subject, after, ANNEX_PAGE).await.map_err(ApiError::internal)?;
+        let Some((last, _)) = page.last() else { break };
+        after = *last;
+        for (_, annex) in page {
+            if annex.justification.as_ref().is_some_and(|j| gagged.contains(j)) {
+                continue;
+            }
+            for index in boundary.log().entries_about(&annex.commitment()) {
+                found.insert(index, Some(annex.clone()));
+            }
         }
     }
     if registered {
@@ -53,11 +62,18 @@ pub async fn entries_about(
 pub async fn indexes_about(boundary: &Boundary, subject: &SubjectId, registered: bool) -> Result<Vec<u64>, ApiError> {
     let mut found = Vec::new();
     let gagged = crate::government::book::gagged_ids(boundary).await?;
-    for annex in boundary.store().annexes_of(subject).await.map_err(ApiError::internal)? {
-        if annex.justification.as_ref().is_some_and(|j| gagged.contains(j)) {
-            continue;
+    // A page of annexes at a time: only the indexes are kept.
+    let mut after = 0;
+    loop {
+        let page = boundary.store().annexes_of_page(subject, after, ANNEX_PAGE).await.map_err(ApiError::internal)?;
+        let Some((last, _)) = page.last() else { break };
+        after = *last;
+        for (_, annex) in page {
+            if annex.justification.as_ref().is_some_and(|j| gagged.contains(j)) {
+                continue;
+            }
+            found.extend(boundary.log().entries_about(&annex.commitment()));
         }
-        found.extend(boundary.log().entries_about(&annex.commitment()));
     }
     if registered {
         found.extend(boundary.log().entries_about(&boundary.subject_hash(subject)));

@@ -578,6 +578,47 @@ async fn a_preservation_order_holds_an_erasure_which_is_carried_out_when_it_is_r
 }
 
 #[tokio::test]
+async fn a_hold_whose_period_ends_is_released_by_the_clock_and_its_erasure_carried_out() {
+    let app = TestApp::start().await;
+    let record = adult(&app, "u-6006", "Fionn").await;
+    let id = register(&app, body("preservation-order", &["u-6006"])).await;
+    let response = app
+        .client(DUBLIN)
+        .delete(app.url("/v1/subjects/u-6006"))
+        .bearer_auth(app.privacy_token())
+        .header("X-Clover-Justification", "DSR-1")
+        .send()
+        .await
+        .unwrap();
+    problem(response, 409, "held").await;
+    // Its period ends (the register's row says it ended a minute ago).
+    let store = app.boundary.store();
+    let row = store.government_request(&id).await.unwrap().unwrap();
+    let mut details: Value = serde_json::from_str(&row.details).unwrap();
+    details["hold_until"] = json!(time::OffsetDateTime::now_utc().unix_timestamp() - 60);
+    let ended = clover_store::GovernmentRequestRow { details: details.to_string(), ..row.clone() };
+    assert!(store.update_government_request(&ended, row.log_index).await.unwrap());
+    // The next sweep (listing the register, serving the report, or the minute's tick) releases it.
+    let listed: Value = app
+        .client(DUBLIN)
+        .get(app.url("/v1/government-requests"))
+        .bearer_auth(app.token())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["requests"][0]["hold_released"], true, "{listed}");
+    assert_eq!(app.get_record(DUBLIN, &record).await.status(), 404);
+    let requests = store.subject_requests(None).await.unwrap();
+    assert_eq!((requests[0].kind.as_str(), requests[0].state.as_str()), ("erasure", "fulfilled"));
+    let entries = crate::harness::log_entries(app.boundary.log()).await;
+    let released = entries.iter().find(|e| e["government_request"]["stage"] == "hold-released").unwrap();
+    assert!(released["principal"].is_null(), "the clock's doing: {released}");
+}
+
+#[tokio::test]
 async fn a_gagged_request_is_unsealed_when_its_gag_ends_and_only_then_shown_to_its_subject() {
     let app = TestApp::start().await;
     adult(&app, "u-5005", "Eli").await;

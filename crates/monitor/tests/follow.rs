@@ -1,0 +1,204 @@
+//! The monitor against a log served by the test: an honest log followed across restarts,
+//! alerts raised once and kept; then a log that forks, shrinks, is signed by another key, or
+//! lacks a witness's cosignature, each caught and nothing of it kept.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic, missing_docs)]
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use clover_event::{EVENT_VERSION, Event, EventDecision, EventKind, EventOrigin};
+use clover_monitor::rules::RulesConfig;
+use clover_monitor::{Monitor, Options};
+use clover_tlog::checkpoint::Checkpoint;
+use clover_tlog::frontier::Frontier;
+use clover_tlog::hash::leaf_hash;
+use clover_tlog::note::{SigningKey, TYPE_ED25519};
+use clover_tlog::tile::{Tile, push_bundle_entry};
+
+/// What the fake log serves: its entries (the first `size` of them), signed by `key`.
+struct Served {
+    entries: Vec<Vec<u8>>,
+    size: usize,
+    key: SigningKey,
+    down: bool,
+}
+
+type Shared = Arc<Mutex<Served>>;
+
+fn event(kind: EventKind, region: &str, effect: &str, view: Option<&str>, detail: Option<&str>) -> Vec<u8> {
+    Event {
+        v: EVENT_VERSION,
+        kind,
+        time: time::OffsetDateTime::now_utc().unix_timestamp(),
+        principal: None,
+        origin: Some(EventOrigin { site: Some(format!("{region}-1")), region: Some(region.into()) }),
+        action: Some("read".into()),
+        subject: None,
+        category: Some("profile".into()),
+        decision: Some(EventDecision { effect: effect.into(), view: view.map(Into::into), policies: vec![] }),
+        purpose: Some("support".into()),
+        annex: None,
+        detail: detail.map(Into::into),
+        transfer: None,
+        government_request: None,
+    }
+    .encode()
+}
+
+async fn checkpoint(State(served): State<Shared>) -> Result<String, StatusCode> {
+    let served = served.lock().unwrap();
+    if served.down {
+        return Err(StatusCode::SERVICE_UNAVAILABLE);
+    }
+    let mut frontier = Frontier::new();
+    for entry in &served.entries[..served.size] {
+        frontier.push(leaf_hash(entry));
+    }
+    let body =
+        Checkpoint { origin: served.key.verifier().name.clone(), size: served.size as u64, root: frontier.root() };
+    let text = body.to_text();
+    Ok(format!("{text}\n{}", served.key.sign_note(&text)))
+}
+
+async fn tile(State(served): State<Shared>, Path(path): Path<String>) -> Result<Vec<u8>, StatusCode> {
+    let served = served.lock().unwrap();
+    let tile = Tile::parse(&format!("tile/{path}")).map_err(|_| StatusCode::NOT_FOUND)?;
+    let start = (tile.index * 256) as usize;
+    let end = start + usize::from(tile.width);
+    if tile.level.is_some() || end > served.size {
+        return Err(StatusCode::NOT_FOUND);
+    }
+    let mut bundle = Vec::new();
+    for entry in &served.entries[start..end] {
+        push_bundle_entry(&mut bundle, entry).unwrap();
+    }
+    Ok(bundle)
+}
+
+async fn serve(served: Shared) -> String {
+    let app = axum::Router::new()
+        .route("/log/checkpoint", axum::routing::get(checkpoint))
+        .route("/log/tile/{*path}", axum::routing::get(tile))
+        .with_state(served);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
+fn options(url: &str, key: &SigningKey, dir: &std::path::Path) -> Options {
+    Options {
+        url: url.to_owned(),
+        vkey: key.verifier(),
+        witnesses: Vec::new(),
+        dir: dir.to_owned(),
+        rules: RulesConfig::parse("refusals = 2").unwrap(),
+        every: Duration::from_millis(50),
+        tls: clover_tls::ClientTls::default(),
+        print: false,
+    }
+}
+
+#[tokio::test]
+async fn an_honest_log_is_followed_across_restarts_and_each_alert_raised_once() {
+    let key = SigningKey::generate("clover.local/eu", TYPE_ED25519).unwrap();
+    let mut entries: Vec<Vec<u8>> =
+        (0..300).map(|_| event(EventKind::Access, "eu", "allow", Some("full"), None)).collect();
+    entries[5] = event(EventKind::Access, "sg", "allow", Some("full"), None);
+    entries[290] = event(EventKind::Config, "eu", "allow", None, Some("policies reloaded"));
+    let served = Arc::new(Mutex::new(Served { entries, size: 270, key, down: false }));
+    let url = serve(served.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = served.lock().unwrap().key.verifier();
+    let vkey_signer = SigningKey::generate("clover.local/eu", TYPE_ED25519).unwrap();
+    let _ = vkey_signer;
+
+    let monitor =
+        Monitor::new(Options { vkey: key.clone(), ..options(&url, &served.lock().unwrap().key, dir.path()) }).unwrap();
+    let alerts = monitor.step().await.unwrap();
+    assert_eq!(
+        alerts.iter().map(|a| (a.id, a.rule.as_str(), a.indexes.clone())).collect::<Vec<_>>(),
+        [(1, "full-view-from-outside", vec![5])],
+        "{alerts:?}"
+    );
+    assert_eq!(monitor.state().size, 270);
+    // Nothing new: nothing raised again.
+    assert!(monitor.step().await.unwrap().is_empty());
+
+    // Restarted: it resumes at 270, verifies only what is new, and numbers on.
+    drop(monitor);
+    served.lock().unwrap().size = 300;
+    let monitor =
+        Monitor::new(Options { vkey: key.clone(), ..options(&url, &served.lock().unwrap().key, dir.path()) }).unwrap();
+    assert_eq!(monitor.state().size, 270);
+    let alerts = monitor.step().await.unwrap();
+    assert_eq!(
+        alerts.iter().map(|a| (a.id, a.rule.as_str())).collect::<Vec<_>>(),
+        [(2, "policy-or-configuration-change")]
+    );
+    assert_eq!(monitor.health().verified_entries, 30);
+    let kept = monitor.dir().alerts(None, 100).unwrap();
+    assert_eq!(kept.iter().map(|a| a.id).collect::<Vec<_>>(), [1, 2]);
+
+    // An outage is an alert, once, not a crash; the monitor goes on when the log is back.
+    served.lock().unwrap().down = true;
+    let alerts = monitor.step().await.unwrap();
+    assert_eq!(alerts[0].rule, "boundary-unreachable");
+    assert!(monitor.step().await.unwrap().is_empty(), "alerted once per outage");
+    served.lock().unwrap().down = false;
+    assert!(monitor.step().await.unwrap().is_empty());
+    assert!(monitor.metrics().contains("clover_monitor_verified_size 300\n"), "{}", monitor.metrics());
+    assert!(
+        monitor.metrics().contains("clover_monitor_alerts_total{rule=\"boundary-unreachable\",severity=\"warning\"} 1")
+    );
+}
+
+#[tokio::test]
+async fn a_fork_a_shrink_a_foreign_signature_and_a_missing_cosignature_are_caught() {
+    let key = SigningKey::generate("clover.local/eu", TYPE_ED25519).unwrap();
+    let entries: Vec<Vec<u8>> = (0..40).map(|_| event(EventKind::Access, "eu", "allow", Some("full"), None)).collect();
+    let served = Arc::new(Mutex::new(Served { entries, size: 20, key, down: false }));
+    let url = serve(served.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let vkey = served.lock().unwrap().key.verifier();
+    let base = options(&url, &served.lock().unwrap().key, dir.path());
+    let monitor = Monitor::new(base.clone()).unwrap();
+    assert!(monitor.step().await.unwrap().is_empty());
+    let kept = monitor.state();
+
+    // A fork: an entry the monitor verified is changed, and the log grows.
+    {
+        let mut served = served.lock().unwrap();
+        served.entries[3] = event(EventKind::Access, "eu", "deny", None, None);
+        served.size = 30;
+    }
+    let alerts = monitor.step().await.unwrap();
+    assert_eq!(alerts[0].rule, "fork", "{alerts:?}");
+    assert_eq!(monitor.state().size, kept.size, "nothing of a fork is kept");
+    assert_eq!(monitor.state().root, kept.root);
+
+    // A shrink.
+    served.lock().unwrap().size = 10;
+    assert_eq!(monitor.step().await.unwrap()[0].rule, "shrink");
+
+    // Another key.
+    let other = Arc::new(Mutex::new(Served {
+        entries: served.lock().unwrap().entries.clone(),
+        size: 25,
+        key: SigningKey::generate("clover.local/eu", TYPE_ED25519).unwrap(),
+        down: false,
+    }));
+    let forged = serve(other).await;
+    let monitor = Monitor::new(Options { url: forged, ..base.clone() }).unwrap();
+    assert_eq!(monitor.step().await.unwrap()[0].rule, "bad-signature");
+
+    // A witness that never cosigned.
+    let witness = SigningKey::generate("witness.example", clover_tlog::note::TYPE_COSIGNATURE).unwrap();
+    let monitor = Monitor::new(Options { witnesses: vec![witness.verifier()], ..base }).unwrap();
+    assert_eq!(monitor.step().await.unwrap()[0].rule, "missing-cosignature");
+    assert_eq!(monitor.state().size, kept.size);
+    let _ = vkey;
+}
