@@ -38,8 +38,9 @@ header{background:#14532d;color:#fff;padding:.6rem 1rem}header a{color:#fff;marg
 main{max-width:70rem;margin:0 auto;padding:1rem}table{border-collapse:collapse;width:100%;margin:.6rem 0;font-size:.92rem}\
 td,th{border-bottom:1px solid #d8dee4;padding:.3rem .5rem;text-align:left}th{background:#eef1f4}\
 .critical{color:#b00020;font-weight:600}.warning{color:#8a5a00}.info{color:#1f4e79}code{font-size:.85em;word-break:break-all}\
-.ok{color:#14532d;font-weight:600}.bad{color:#b00020;font-weight:600}svg{max-width:100%;height:auto}\
-@media(max-width:40rem){td,th{padding:.2rem}main{padding:.5rem}}";
+.ok{color:#14532d;font-weight:600}.bad{color:#b00020;font-weight:600}img{max-width:100%;height:auto}\
+pre{white-space:pre-wrap;overflow-wrap:anywhere}td{overflow-wrap:break-word}.nowrap{white-space:nowrap}.what{overflow-wrap:anywhere}\
+@media(max-width:40rem){td,th{padding:.2rem}main{padding:.5rem}table{display:block;overflow-x:auto}}";
 
 const CSP: &str =
     "default-src 'none'; style-src 'self'; img-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
@@ -210,10 +211,10 @@ fn alert_table(alerts: &[Alert]) -> Markup {
                 tr { th { "#" } th { "When" } th { "Severity" } th { "Rule" } th { "What" } th { "Entries" } }
                 @for alert in alerts {
                     tr {
-                        td { (alert.id) } td { (alert.time) }
-                        td class=(alert.severity.as_str()) { (alert.severity.as_str()) }
-                        td { a href={ "/alerts?rule=" (alert.rule) } { (alert.rule) } }
-                        td { (alert.message) }
+                        td { (alert.id) } td class="nowrap" { (alert.time) }
+                        td class={ (alert.severity.as_str()) " nowrap" } { (alert.severity.as_str()) }
+                        td class="nowrap" { a href={ "/alerts?rule=" (alert.rule) } { (alert.rule) } }
+                        td class="what" { (alert.message) }
                         td { @for (i, index) in alert.indexes.iter().take(10).enumerate() {
                             @if i > 0 { " " } a href={ "/entries/" (index) } { (index) }
                         } @if alert.indexes.len() > 10 { " …" } }
@@ -235,6 +236,12 @@ struct AlertQuery {
 }
 
 fn alerts_of(monitor: &Monitor, query: &AlertQuery) -> Vec<Alert> {
+    // The form sends an empty value for "any".
+    let query = AlertQuery {
+        rule: query.rule.clone().filter(|r| !r.is_empty()),
+        severity: query.severity.clone().filter(|s| !s.is_empty()),
+        before: query.before,
+    };
     let keep = |a: &Alert| {
         query.rule.as_ref().is_none_or(|r| &a.rule == r)
             && query.severity.as_ref().is_none_or(|s| a.severity.as_str() == s)

@@ -282,11 +282,15 @@ pub fn evaluate(config: &RulesConfig, region: &str, state: &mut RuleState, index
         }
         EventKind::Config => raise(
             "policy-or-configuration-change",
-            format!("configuration: {}", event.detail.as_deref().unwrap_or("changed")),
+            format!("configuration: {}", clip(event.detail.as_deref().unwrap_or("changed"))),
             vec![index],
         ),
         EventKind::Key => {
-            raise("key-operation", format!("keys: {}", event.detail.as_deref().unwrap_or("changed")), vec![index]);
+            raise(
+                "key-operation",
+                format!("keys: {}", clip(event.detail.as_deref().unwrap_or("changed"))),
+                vec![index],
+            );
         }
         EventKind::GovernmentRequest => {
             if let Some(request) = &event.government_request {
@@ -362,6 +366,14 @@ pub fn tick(config: &RulesConfig, state: &mut RuleState, now: i64) -> Vec<Findin
     state.reads.retain(|_, w| !w.is_stale(now, config.bulk_window_seconds));
     state.refusals.retain(|_, w| !w.is_stale(now, config.refusal_window_seconds));
     found
+}
+
+/// At most 160 characters of an entry's detail (the entry itself has it whole).
+fn clip(detail: &str) -> String {
+    match detail.char_indices().nth(160) {
+        Some((at, _)) => format!("{}…", &detail[..at]),
+        None => detail.to_owned(),
+    }
 }
 
 /// The first 12 characters of a pseudonym.
