@@ -14,6 +14,7 @@
 //! [`http`] is the load generator that drives a running server over HTTP.
 
 pub mod http;
+pub mod monitor;
 pub mod transfer;
 
 use std::future::Future;

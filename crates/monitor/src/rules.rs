@@ -177,6 +177,9 @@ pub struct RuleState {
     pub open_requests: BTreeMap<String, (i64, u64)>,
 }
 
+/// The most entries an alert names (the latest of them).
+pub const MAX_INDEXES: usize = 50;
+
 /// Events in a sliding window.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Window {
@@ -201,8 +204,11 @@ impl Window {
         false
     }
 
+    /// The indexes behind an alert: the last [`MAX_INDEXES`] events of the window (the message
+    /// says how many there were).
     fn indexes(&self) -> Vec<u64> {
-        self.events.iter().map(|(_, i)| *i).collect()
+        let skip = self.events.len().saturating_sub(MAX_INDEXES);
+        self.events.iter().skip(skip).map(|(_, i)| *i).collect()
     }
 
     fn is_stale(&self, now: i64, seconds: i64) -> bool {

@@ -38,6 +38,34 @@ pub(crate) enum BenchCommand {
     /// process, against a baseline in the same run that reads, opens and serialises the same
     /// records with no custodian, tokens, rules or log; and an aggregate release over them.
     Transfer(TransferArgs),
+    /// The independent monitor catching up on a long synthetic log served by this process,
+    /// against a baseline in the same run that fetches the same bundles and hashes every entry;
+    /// with the monitor's peak memory growth.
+    Monitor(MonitorArgs),
+}
+
+/// `clover bench monitor`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct MonitorArgs {
+    /// Entries in the log.
+    #[arg(long, default_value_t = 1_000_000)]
+    entries: u64,
+    /// JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+impl MonitorArgs {
+    fn run(self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.entries > 0, "--entries must be at least 1");
+        let report = runtime()?.block_on(clover_bench::monitor::monitor(self.entries, &|line| eprintln!("{line}")))?;
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print!("{}", clover_bench::monitor::monitor_table(&report));
+        }
+        Ok(())
+    }
 }
 
 /// `clover bench transfer`.
@@ -76,6 +104,7 @@ impl BenchCommand {
             Self::Http(args) => args.run(),
             Self::Repatriate(args) => args.run(),
             Self::Transfer(args) => args.run(),
+            Self::Monitor(args) => args.run(),
         }
     }
 }

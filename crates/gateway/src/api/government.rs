@@ -175,14 +175,14 @@ pub async fn register_request(
 
 /// The register, as the legal team lists it.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct RegisterAnswer {
+pub struct GovernmentRegister {
     /// Every registered request, oldest first.
     pub requests: Vec<crate::government::book::GovernmentRequest>,
 }
 
 /// A request, after a step.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct StepAnswer {
+pub struct GovernmentRequestStep {
     /// The request.
     pub request: crate::government::book::GovernmentRequest,
 }
@@ -204,7 +204,7 @@ fn request_id(id: &str) -> Result<(), ApiError> {
 /// the region). Gags and holds whose time has come are ended first (logged).
 #[utoipa::path(get, path = "/v1/government-requests", tag = "government-requests",
     responses(
-        (status = OK, description = "The register", body = RegisterAnswer),
+        (status = OK, description = "The register", body = GovernmentRegister),
         (status = FORBIDDEN, description = "`forbidden`: not the legal team, or not in the region; the refusal is logged", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn list_government_requests(
@@ -212,7 +212,7 @@ pub async fn list_government_requests(
     caller: crate::pipeline::Caller,
 ) -> Result<Response, ApiError> {
     let requests = crate::government::answer::list(&boundary, &caller).await?;
-    Ok((StatusCode::OK, axum::Json(RegisterAnswer { requests })).into_response())
+    Ok((StatusCode::OK, axum::Json(GovernmentRegister { requests })).into_response())
 }
 
 /// Approves a request not yet decided: another person of the legal team than the one who
@@ -221,7 +221,7 @@ pub async fn list_government_requests(
 #[utoipa::path(post, path = "/v1/government-requests/{government_request_id}/approvals", tag = "government-requests",
     params(("government_request_id" = String, Path, description = "The request's id (`gr-` and 24 hex digits)")),
     responses(
-        (status = OK, description = "Approved", body = StepAnswer),
+        (status = OK, description = "Approved", body = GovernmentRequestStep),
         (status = BAD_REQUEST, description = "`invalid-id`: not `gr-` and 24 lowercase hex digits", body = Problem, content_type = "application/problem+json"),
         (status = FORBIDDEN, description = "`forbidden`: not the legal team, or not in the region (decided before the id is looked up); logged", body = Problem, content_type = "application/problem+json"),
         (status = NOT_FOUND, description = "`not-found`: no such request", body = Problem, content_type = "application/problem+json"),
@@ -234,7 +234,7 @@ pub async fn approve_government_request(
 ) -> Result<Response, ApiError> {
     request_id(&id)?;
     let request = crate::government::answer::approve(&boundary, &caller, &id).await?;
-    Ok((StatusCode::OK, axum::Json(StepAnswer { request })).into_response())
+    Ok((StatusCode::OK, axum::Json(GovernmentRequestStep { request })).into_response())
 }
 
 /// What the legal team decides.
@@ -242,7 +242,6 @@ pub async fn approve_government_request(
 #[serde(deny_unknown_fields)]
 pub struct DecideBody {
     /// `grant` (as far as policy and the instrument allow) or `reject`.
-    #[schema(value_type = String, example = "grant")]
     pub answer: crate::government::answer::Answer,
 }
 
@@ -255,7 +254,7 @@ pub struct DecideBody {
     params(("government_request_id" = String, Path, description = "The request's id (`gr-` and 24 hex digits)")),
     request_body = DecideBody,
     responses(
-        (status = OK, description = "Decided: the outcome and the policies are in the request", body = StepAnswer),
+        (status = OK, description = "Decided: the outcome and the policies are in the request", body = GovernmentRequestStep),
         (status = BAD_REQUEST, description = "`invalid-id`: not `gr-` and 24 lowercase hex digits", body = Problem, content_type = "application/problem+json"),
         (status = FORBIDDEN, description = "`forbidden`: not the legal team, or not in the region; logged", body = Problem, content_type = "application/problem+json"),
         (status = NOT_FOUND, description = "`not-found`: no such request", body = Problem, content_type = "application/problem+json"),
@@ -270,7 +269,7 @@ pub async fn decide_government_request(
 ) -> Result<Response, ApiError> {
     request_id(&id)?;
     let request = crate::government::answer::decide(&boundary, &caller, &id, body.answer).await?;
-    Ok((StatusCode::OK, axum::Json(StepAnswer { request })).into_response())
+    Ok((StatusCode::OK, axum::Json(GovernmentRequestStep { request })).into_response())
 }
 
 /// Discloses what a granted request grants, through the read path: each record of a granted
@@ -313,7 +312,7 @@ pub async fn disclose_government_request(
 #[utoipa::path(post, path = "/v1/government-requests/{government_request_id}/close", tag = "government-requests",
     params(("government_request_id" = String, Path, description = "The request's id (`gr-` and 24 hex digits)")),
     responses(
-        (status = OK, description = "Closed", body = StepAnswer),
+        (status = OK, description = "Closed", body = GovernmentRequestStep),
         (status = BAD_REQUEST, description = "`invalid-id`: not `gr-` and 24 lowercase hex digits", body = Problem, content_type = "application/problem+json"),
         (status = FORBIDDEN, description = "`forbidden`: not the legal team, or not in the region; logged", body = Problem, content_type = "application/problem+json"),
         (status = NOT_FOUND, description = "`not-found`: no such request", body = Problem, content_type = "application/problem+json"),
@@ -326,7 +325,7 @@ pub async fn close_government_request(
 ) -> Result<Response, ApiError> {
     request_id(&id)?;
     let request = crate::government::answer::close(&boundary, &caller, &id).await?;
-    Ok((StatusCode::OK, axum::Json(StepAnswer { request })).into_response())
+    Ok((StatusCode::OK, axum::Json(GovernmentRequestStep { request })).into_response())
 }
 
 /// What is done to a preservation order's holds.
@@ -334,7 +333,6 @@ pub async fn close_government_request(
 #[serde(deny_unknown_fields)]
 pub struct HoldBody {
     /// `extend` (by `[government] hold_extension_days`) or `release`.
-    #[schema(value_type = String, example = "extend")]
     pub change: crate::government::holds::HoldChange,
 }
 
@@ -345,7 +343,7 @@ pub struct HoldBody {
     params(("government_request_id" = String, Path, description = "The request's id (`gr-` and 24 hex digits)")),
     request_body = HoldBody,
     responses(
-        (status = OK, description = "Changed", body = StepAnswer),
+        (status = OK, description = "Changed", body = GovernmentRequestStep),
         (status = BAD_REQUEST, description = "`invalid-id`: not `gr-` and 24 lowercase hex digits", body = Problem, content_type = "application/problem+json"),
         (status = FORBIDDEN, description = "`forbidden`: not the legal team, or not in the region; logged", body = Problem, content_type = "application/problem+json"),
         (status = NOT_FOUND, description = "`not-found`: no such request", body = Problem, content_type = "application/problem+json"),
@@ -360,5 +358,5 @@ pub async fn change_government_hold(
 ) -> Result<Response, ApiError> {
     request_id(&id)?;
     let request = crate::government::holds::change(&boundary, &caller, &id, body.change).await?;
-    Ok((StatusCode::OK, axum::Json(StepAnswer { request })).into_response())
+    Ok((StatusCode::OK, axum::Json(GovernmentRequestStep { request })).into_response())
 }
