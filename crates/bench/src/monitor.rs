@@ -66,8 +66,19 @@ fn entry(i: u64, start: i64) -> Vec<u8> {
         origin: Some(EventOrigin { site: Some(format!("{region}-1")), region: Some(region.into()) }),
         action: Some(if kind == EventKind::Write { "write" } else { "read" }.into()),
         subject: None,
-        category: Some(["profile", "content", "contact"][usize::try_from(i % 3).unwrap_or(0)].into()),
-        decision: Some(EventDecision { effect: effect.into(), view: view.map(Into::into), policies: vec!["in-region-read".into()] }),
+        category: Some(
+            match i % 3 {
+                0 => "profile",
+                1 => "content",
+                _ => "contact",
+            }
+            .into(),
+        ),
+        decision: Some(EventDecision {
+            effect: effect.into(),
+            view: view.map(Into::into),
+            policies: vec!["in-region-read".into()],
+        }),
         purpose: Some("support".into()),
         annex: None,
         detail: None,
@@ -124,9 +135,13 @@ async fn serve(served: Arc<Served>) -> Result<String, BenchError> {
     async fn checkpoint(State(served): State<Arc<Served>>) -> String {
         served.checkpoint.clone()
     }
-    async fn tile(State(served): State<Arc<Served>>, Path(path): Path<String>) -> Result<axum::body::Bytes, StatusCode> {
+    async fn tile(
+        State(served): State<Arc<Served>>,
+        Path(path): Path<String>,
+    ) -> Result<axum::body::Bytes, StatusCode> {
         let tile = Tile::parse(&format!("tile/{path}")).map_err(|_| StatusCode::NOT_FOUND)?;
-        let bundle = served.bundles.get(usize::try_from(tile.index).unwrap_or(usize::MAX)).ok_or(StatusCode::NOT_FOUND)?;
+        let bundle =
+            served.bundles.get(usize::try_from(tile.index).unwrap_or(usize::MAX)).ok_or(StatusCode::NOT_FOUND)?;
         Ok(bundle.clone())
     }
     let app = axum::Router::new()

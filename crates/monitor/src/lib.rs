@@ -85,7 +85,7 @@ pub struct Monitor {
     alerted_problem: Mutex<Option<String>>,
     /// The checkpoint size alerted on as stale, if any.
     stale_alerted: Mutex<Option<u64>>,
-    hooks: Option<tokio::sync::mpsc::Sender<Alert>>,
+    hooks: Vec<tokio::sync::mpsc::Sender<Alert>>,
     every: Duration,
     print: bool,
 }
@@ -133,8 +133,12 @@ impl Monitor {
             .clone()
             .unwrap_or_else(|| options.vkey.name.rsplit('/').next().unwrap_or_default().to_owned());
         let health = Arc::new(Mutex::new(Health::default()));
-        let hooks = (!options.rules.webhooks.is_empty())
-            .then(|| spawn_webhooks(client.clone(), options.rules.webhooks.clone(), health.clone()));
+        let hooks = options
+            .rules
+            .webhooks
+            .iter()
+            .map(|hook| spawn_webhook(client.clone(), hook.clone(), health.clone()))
+            .collect();
         Ok(Arc::new(Self {
             target: Target {
                 base: clover_audit::verify::log_prefix(&options.url),
@@ -316,11 +320,11 @@ impl Monitor {
             println!("{line}");
         }
         *lock(&self.health).alerts.entry(alert.rule.clone()).or_insert(0) += 1;
-        if let Some(hooks) = &self.hooks
-            && hooks.try_send(alert.clone()).is_err()
-        {
-            lock(&self.health).webhook_failures += 1;
-            tracing::error!(id = alert.id, "the webhook queue is full: an alert was not delivered to the webhooks");
+        for hook in &self.hooks {
+            if hook.try_send(alert.clone()).is_err() {
+                lock(&self.health).webhook_failures += 1;
+                tracing::error!(id = alert.id, "a webhook's queue is full: an alert was not delivered to it");
+            }
         }
     }
 
@@ -378,37 +382,35 @@ impl Monitor {
     }
 }
 
-/// Posts each alert to every webhook, retried with backoff (0.5 s, doubling, five tries), on a
-/// task of its own: verification never waits on a webhook.
-fn spawn_webhooks(
+/// Posts each alert to `hook`, retried with backoff (0.5 s, doubling, five tries), on a task of
+/// its own: verification never waits on a webhook, nor does one webhook on another.
+fn spawn_webhook(
     client: reqwest::Client,
-    hooks: Vec<String>,
+    hook: String,
     health: Arc<Mutex<Health>>,
 ) -> tokio::sync::mpsc::Sender<Alert> {
     let (sender, mut receiver) = tokio::sync::mpsc::channel::<Alert>(1_024);
     tokio::spawn(async move {
         while let Some(alert) = receiver.recv().await {
-            for hook in &hooks {
-                let mut wait = Duration::from_millis(500);
-                let mut delivered = false;
-                for _ in 0..5 {
-                    match client.post(hook).json(&alert).timeout(Duration::from_secs(10)).send().await {
-                        Ok(response) if response.status().is_success() => {
-                            delivered = true;
-                            break;
-                        }
-                        Ok(response) => {
-                            tracing::warn!(hook, status = %response.status(), "a webhook refused an alert; retrying")
-                        }
-                        Err(e) => tracing::warn!(hook, error = %e, "a webhook cannot be reached; retrying"),
+            let mut wait = Duration::from_millis(500);
+            let mut delivered = false;
+            for _ in 0..5 {
+                match client.post(&hook).json(&alert).timeout(Duration::from_secs(10)).send().await {
+                    Ok(response) if response.status().is_success() => {
+                        delivered = true;
+                        break;
                     }
-                    tokio::time::sleep(wait).await;
-                    wait *= 2;
+                    Ok(response) => {
+                        tracing::warn!(hook, status = %response.status(), "a webhook refused an alert; retrying")
+                    }
+                    Err(e) => tracing::warn!(hook, error = %e, "a webhook cannot be reached; retrying"),
                 }
-                if !delivered {
-                    lock(&health).webhook_failures += 1;
-                    tracing::error!(hook, id = alert.id, "an alert could not be delivered to a webhook");
-                }
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+            if !delivered {
+                lock(&health).webhook_failures += 1;
+                tracing::error!(hook, id = alert.id, "an alert could not be delivered to a webhook");
             }
         }
     });

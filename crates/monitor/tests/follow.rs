@@ -202,3 +202,55 @@ async fn a_fork_a_shrink_a_foreign_signature_and_a_missing_cosignature_are_caugh
     assert_eq!(monitor.state().size, kept.size);
     let _ = vkey;
 }
+
+#[tokio::test]
+async fn alerts_reach_webhooks_and_a_failing_webhook_never_holds_verification_back() {
+    let key = SigningKey::generate("clover.local/eu", TYPE_ED25519).unwrap();
+    let mut entries: Vec<Vec<u8>> =
+        (0..10).map(|_| event(EventKind::Access, "eu", "allow", Some("full"), None)).collect();
+    entries[4] = event(EventKind::Access, "sg", "allow", Some("full"), None);
+    let served = Arc::new(Mutex::new(Served { entries, size: 10, key, down: false }));
+    let url = serve(served.clone()).await;
+    // One webhook that takes what it is sent, one that always fails.
+    let received: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let hooks = axum::Router::new()
+        .route(
+            "/ok",
+            axum::routing::post(|State(got): State<Arc<Mutex<Vec<serde_json::Value>>>>, body: axum::Json<serde_json::Value>| async move {
+                got.lock().unwrap().push(body.0);
+                StatusCode::NO_CONTENT
+            }),
+        )
+        .route("/broken", axum::routing::post(|| async { StatusCode::INTERNAL_SERVER_ERROR }))
+        .with_state(received.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, hooks).await.unwrap() });
+    let dir = tempfile::tempdir().unwrap();
+    let rules = RulesConfig::parse(&format!("webhooks = [\"{hook}/broken\", \"{hook}/ok\"]")).unwrap();
+    let monitor = Monitor::new(Options { rules, ..options(&url, &served.lock().unwrap().key, dir.path()) }).unwrap();
+    let started = std::time::Instant::now();
+    let alerts = monitor.step().await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(2), "verification waited on a webhook");
+    assert_eq!(alerts[0].rule, "full-view-from-outside");
+    // The good hook gets it at once; the broken one is retried with backoff (0.5 + 1 + 2 + 4 +
+    // 8 s), then given up and counted.
+    for _ in 0..50 {
+        if !received.lock().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let got = received.lock().unwrap().clone();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["rule"], "full-view-from-outside");
+    assert_eq!(got[0]["indexes"], serde_json::json!([4]));
+    assert!(started.elapsed() < Duration::from_secs(3), "one webhook waited on another");
+    for _ in 0..200 {
+        if monitor.health().webhook_failures > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(monitor.health().webhook_failures, 1, "the broken hook's delivery was given up and counted");
+}
