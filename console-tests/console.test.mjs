@@ -117,6 +117,17 @@ test("an entry's permalink: its proof leads to the verified root, checked here",
   await page.screenshot({ path: `${shots}/console-entry.png`, fullPage: true });
 });
 
+test('government requests and keys and configuration: what the log says, in order', async () => {
+  const page = await open('/government');
+  const rows = await page.locator('table').first().locator('tr').allTextContents();
+  assert.ok(rows.some((r) => r.includes('ie') && r.includes('production-order')), rows.join('\n'));
+  await page.screenshot({ path: `${shots}/console-government.png`, fullPage: true });
+  const changes = await open('/changes');
+  const text = await changes.locator('main').textContent();
+  assert.match(text, /policies reloaded/);
+  assert.match(text, /keys created/);
+});
+
 test('no page asked anything of another origin', () => {
   assert.deepEqual(elsewhere, []);
 });

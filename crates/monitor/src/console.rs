@@ -9,6 +9,10 @@
 //!   pseudonymised, by purpose and category, as a chart and a table; counts below a threshold
 //!   are suppressed so that no small group stands out;
 //! - `/transfers`: data that left, per day, destination region and legal basis;
+//! - `/government`: the transparency report on government requests of a half-year, recomputed
+//!   from the verified entries (`clover_requests::Builder`, as the boundary and `clover audit
+//!   report` compute it);
+//! - `/changes`: key and configuration changes, in order;
 //! - `/alerts`: the alerts' history, filtered by rule and severity, paginated (newest first);
 //! - `/entries/{index}`: one entry's public fields and its inclusion proof, checked by the
 //!   monitor against the checkpoint it verified (not against what the boundary says);
@@ -58,6 +62,12 @@ pub fn router(monitor: Arc<Monitor>) -> axum::Router {
         .route("/transfers", get(transfers))
         .route("/transfers.json", get(transfers_json))
         .route("/transfers.csv", get(transfers_csv))
+        .route("/government", get(government))
+        .route("/government.json", get(government_json))
+        .route("/government.csv", get(government_csv))
+        .route("/changes", get(changes))
+        .route("/changes.json", get(changes_json))
+        .route("/changes.csv", get(changes_csv))
         .route("/alerts", get(alerts))
         .route("/alerts.json", get(alerts_json))
         .route("/alerts.csv", get(alerts_csv))
@@ -96,6 +106,7 @@ fn page(title: &str, body: Markup) -> Response {
             body {
                 header { nav {
                     a href="/" { "Now" } a href="/accesses" { "Accesses" } a href="/transfers" { "Transfers" }
+                    a href="/government" { "Government requests" } a href="/changes" { "Keys and configuration" }
                     a href="/alerts" { "Alerts" } a href="/metrics" { "Metrics" }
                 } }
                 main { h1 { (title) } (body) }
@@ -577,6 +588,121 @@ async fn entry(State(monitor): State<Arc<Monitor>>, headers: HeaderMap, Path(ind
                 @if view.index > 0 { a href={ "/entries/" (view.index - 1) } { "previous" } " · " }
                 @if view.index + 1 < view.size { a href={ "/entries/" (view.index + 1) } { "next" } } }
             (PreEscaped(""))
+        },
+    )
+}
+
+/// Which half-year.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PeriodQuery {
+    period: Option<String>,
+}
+
+fn report_of(monitor: &Monitor, query: &PeriodQuery) -> Result<clover_requests::Report, (StatusCode, String)> {
+    let period = match query.period.as_deref().filter(|p| !p.is_empty()) {
+        Some(text) => text.parse::<clover_requests::Period>().map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?,
+        None => {
+            let now = time::OffsetDateTime::now_utc();
+            let half = if u8::from(now.month()) <= 6 { 1 } else { 2 };
+            format!("{}-H{half}", now.year())
+                .parse()
+                .map_err(|e: clover_requests::BadPeriod| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        }
+    };
+    let mut builder = clover_requests::Builder::new(period);
+    for (index, event) in &monitor.state().government {
+        builder.add(*index, Some(event));
+    }
+    Ok(builder.finish())
+}
+
+async fn government_json(State(monitor): State<Arc<Monitor>>, Query(query): Query<PeriodQuery>) -> Response {
+    match report_of(&monitor, &query) {
+        Ok(report) => axum::Json(report).into_response(),
+        Err(problem) => problem.into_response(),
+    }
+}
+
+async fn government_csv(State(monitor): State<Arc<Monitor>>, Query(query): Query<PeriodQuery>) -> Response {
+    match report_of(&monitor, &query) {
+        Ok(report) => (
+            StatusCode::OK,
+            [
+                (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+                (header::CONTENT_DISPOSITION, "attachment; filename=\"government-requests.csv\""),
+            ],
+            report.to_csv(),
+        )
+            .into_response(),
+        Err(problem) => problem.into_response(),
+    }
+}
+
+async fn government(
+    State(monitor): State<Arc<Monitor>>,
+    headers: HeaderMap,
+    Query(query): Query<PeriodQuery>,
+) -> Response {
+    if wants_json(&headers) {
+        return government_json(State(monitor), Query(query)).await;
+    }
+    let report = match report_of(&monitor, &query) {
+        Ok(report) => report,
+        Err(problem) => return problem.into_response(),
+    };
+    let period = report.period.to_string();
+    page(
+        "Government requests",
+        html! {
+            p { "The transparency report of " strong { (period) } ", recomputed by the monitor from the entries it verified, as "
+                code { "clover audit report" } " recomputes it: a count of zero is a fact of the log." }
+            form method="get" action="/government" { label { "Half-year " input name="period" value=(period) pattern="^2[0-9]{3}-H[12]$"; } " " button type="submit" { "Show" } }
+            @if report.rows.is_empty() { p { "No request from an authority was received in this half-year, apart from those under a gag (" (report.gagged) ")." } } @else {
+                table {
+                    tr { th { "Country" } th { "Instrument" } th { "Requests" } th { "Accounts" } th { "Disclosed" } th { "Rejected" } th { "Deadlines met" } th { "Open" } th { "Median hours" } }
+                    @for row in &report.rows {
+                        tr { td { (row.country) } td { (row.instrument) } td { (row.requests) } td { (row.accounts) }
+                             td { (row.disclosed) " (" (row.disclosed_percent) " %)" } td { (row.rejected) } td { (row.deadlines_met) } td { (row.open) }
+                             td { (row.median_hours_to_answer.map_or_else(|| "-".to_owned(), |h| h.to_string())) } }
+                    }
+                }
+            }
+            p { "Under a gag: " (report.gagged) " · emergency: " (report.emergency) " · preservation orders: " (report.preservation) }
+            p { a href={ "/government.csv?period=" (period) } { "CSV" } " · " a href={ "/government.json?period=" (period) } { "JSON" } }
+        },
+    )
+}
+
+fn changes_of(monitor: &Monitor) -> Vec<(u64, String, String, String)> {
+    monitor.state().changes.iter().rev().map(|(i, t, k, d)| (*i, rfc3339(*t), k.clone(), d.clone())).collect()
+}
+
+async fn changes_json(State(monitor): State<Arc<Monitor>>) -> Response {
+    axum::Json(changes_of(&monitor)).into_response()
+}
+
+async fn changes_csv(State(monitor): State<Arc<Monitor>>) -> Response {
+    let mut rows = vec![["index", "time", "kind", "detail"].map(str::to_owned).to_vec()];
+    for (i, t, k, d) in changes_of(&monitor) {
+        rows.push(vec![i.to_string(), t, k, d]);
+    }
+    csv("changes", rows)
+}
+
+async fn changes(State(monitor): State<Arc<Monitor>>, headers: HeaderMap) -> Response {
+    if wants_json(&headers) {
+        return changes_json(State(monitor)).await;
+    }
+    let rows = changes_of(&monitor);
+    page(
+        "Keys and configuration",
+        html! {
+            p { "Key rotations and exports, policy reloads, configuration digests and certificate reloads, newest first (the latest "
+                (crate::state::MAX_CHANGES) "; the log has them all)." }
+            table { tr { th { "Entry" } th { "When" } th { "Kind" } th { "What" } }
+                @for (i, t, k, d) in &rows { tr { td { a href={ "/entries/" (i) } { (i) } } td class="nowrap" { (t) } td { (k) } td class="what" { (d) } } } }
+            p { a href="/changes.csv" { "CSV" } " · " a href="/changes.json" { "JSON" } }
         },
     )
 }

@@ -156,6 +156,8 @@ pub async fn poll(client: &reqwest::Client, target: &Target, config: &RulesConfi
     let from = frontier.size();
     let mut rules_state = state.rules.clone();
     let mut counts = state.counts.clone();
+    let mut government = state.government.clone();
+    let mut changes = state.changes.clone();
     let mut findings = Vec::new();
     let mut index = from;
     while index < checkpoint.size {
@@ -185,6 +187,17 @@ pub async fn poll(client: &reqwest::Client, target: &Target, config: &RulesConfi
                     }
                     findings.extend(rules::evaluate(config, &target.region, &mut rules_state, index, &event));
                     count(&mut counts, &event);
+                    match event.kind {
+                        clover_event::EventKind::GovernmentRequest => government.push((index, event)),
+                        clover_event::EventKind::Key | clover_event::EventKind::Config => {
+                            let kind = if event.kind == clover_event::EventKind::Key { "key" } else { "config" };
+                            changes.push_back((index, event.time, kind.to_owned(), event.detail.unwrap_or_default()));
+                            while changes.len() > crate::state::MAX_CHANGES {
+                                changes.pop_front();
+                            }
+                        }
+                        _ => {}
+                    }
                 }
                 Ok(Entry::V1(_)) => {}
                 Err(e) => return wrong("bad-entry", format!("entry {index} does not decode: {e}"), vec![index]),
@@ -208,5 +221,7 @@ pub async fn poll(client: &reqwest::Client, target: &Target, config: &RulesConfi
     state.checkpoint = text;
     state.rules = rules_state;
     state.counts = counts;
+    state.government = government;
+    state.changes = changes;
     Outcome::Verified { entries: checkpoint.size - from, findings, cosigned_at }
 }

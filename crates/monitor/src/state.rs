@@ -57,7 +57,18 @@ pub struct State {
     pub rules: RuleState,
     /// Counts for the console, by key (`accesses|day|region|effect|view|purpose|category`, ...).
     pub counts: BTreeMap<String, u64>,
+    /// Every government-request entry verified (few: a register's steps), by index, for the
+    /// transparency report the console recomputes.
+    #[serde(default)]
+    pub government: Vec<(u64, clover_event::Event)>,
+    /// The latest key and configuration entries (index, time, kind, detail), at most
+    /// [`MAX_CHANGES`].
+    #[serde(default)]
+    pub changes: std::collections::VecDeque<(u64, i64, String, String)>,
 }
+
+/// How many key and configuration changes the state keeps (the log has them all).
+pub const MAX_CHANGES: usize = 1_000;
 
 /// A state directory that cannot be used.
 #[derive(Debug, thiserror::Error)]

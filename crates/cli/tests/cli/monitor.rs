@@ -35,6 +35,12 @@ async fn get(console: &Process, path: &str) -> (reqwest::header::HeaderMap, Stri
     (response.headers().clone(), response.text().await.unwrap())
 }
 
+async fn get_url(url: &str) -> (reqwest::header::HeaderMap, String) {
+    let response = reqwest::get(url).await.unwrap();
+    assert!(response.status().is_success(), "{url}: {}", response.status());
+    (response.headers().clone(), response.text().await.unwrap())
+}
+
 /// Waits until the console's alerts include `rule`; returns them.
 async fn alerts_until(console: &Process, rule: &str) -> Vec<Value> {
     for _ in 0..100 {
@@ -100,7 +106,7 @@ async fn the_monitor_follows_a_live_boundary_raises_alerts_and_serves_its_consol
     assert!(alerts.iter().all(|a| !a.to_string().contains("s-1") && !a.to_string().contains("Garda")));
 
     // The console: every page with its security headers, and its JSON twin.
-    for path in ["/", "/accesses", "/transfers", "/alerts", "/alerts?severity=info"] {
+    for path in ["/", "/accesses", "/transfers", "/government", "/changes", "/alerts", "/alerts?severity=info"] {
         let (headers, body) = get(&console, path).await;
         let csp = headers["content-security-policy"].to_str().unwrap();
         assert!(csp.contains("default-src 'none'") && !csp.contains("unsafe"), "{path}: {csp}");
@@ -113,6 +119,20 @@ async fn the_monitor_follows_a_live_boundary_raises_alerts_and_serves_its_consol
     assert!(now["health"]["last_problem"].is_null(), "{now}");
     let (_, accesses) = get(&console, "/accesses.csv").await;
     assert!(accesses.contains(",sg,refused,<5\n"), "a small count is suppressed: {accesses}");
+    let (_, report) = get(&console, "/government.json").await;
+    let report: Value = serde_json::from_str(&report).unwrap();
+    assert_eq!(
+        (report["rows"][0]["country"].as_str(), report["rows"][0]["requests"].as_u64()),
+        (Some("ie"), Some(1)),
+        "{report}"
+    );
+    let (_, served) =
+        get_url(&server.at(&format!("/v1/reports/government-requests?period={}", report["period"].as_str().unwrap())))
+            .await;
+    let served: Value = serde_json::from_str(&served).unwrap();
+    assert_eq!(served["rows"][0]["requests"], report["rows"][0]["requests"], "the monitor's report is the boundary's");
+    let (_, changes) = get(&console, "/changes.json").await;
+    assert!(changes.contains("keys created"), "{changes}");
     let (_, svg) = get(&console, "/accesses.svg").await;
     assert!(svg.starts_with("<svg"), "{svg}");
     let (_, metrics) = get(&console, "/metrics").await;
