@@ -485,3 +485,16 @@ fn token_refuses_a_lifetime_the_boundary_would_refuse() {
     assert!(refused.stdout.is_empty(), "{refused:?}");
     assert!(token("24h").status.success());
 }
+
+#[test]
+fn bench_monitor_catches_up_on_a_small_log_against_its_baseline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut command = clover(tmp.path());
+    command.args(["bench", "monitor", "--entries", "3000", "--json"]);
+    let finished = run_ok(command);
+    let report: Value = serde_json::from_str(&finished.stdout).unwrap();
+    assert_eq!(report["entries"], 3000, "{report}");
+    assert!(report["monitor_per_second"].as_f64().unwrap() > 0.0, "{report}");
+    assert!(report["baseline_per_second"].as_f64().unwrap() > 0.0, "{report}");
+    assert!(report["alerts"].as_u64().unwrap() > 0, "the synthetic log raises alerts: {report}");
+}
