@@ -9,11 +9,13 @@
 //! - [`rules`]: the rules, their defaults and settings, applied to each verified entry;
 //! - [`state`]: the state directory (`state.json`, `alerts.jsonl`);
 //! - [`console`]: the console, served with `--listen`;
+//! - [`handover`]: the signed report of a half-year to hand over;
 //! - this file: the loop, and where alerts go (stdout as JSON lines, webhooks retried with
 //!   backoff off the verification path, counters for Prometheus).
 
 pub mod console;
 pub mod follow;
+pub mod handover;
 pub mod rules;
 pub mod state;
 
@@ -123,6 +125,8 @@ impl Monitor {
     pub fn new(options: Options) -> Result<Arc<Self>, StartError> {
         let dir = Dir::open(&options.dir)?;
         let state = dir.load()?;
+        // The monitor's own key (its verifier key in `monitor.vkey`), for the reports it signs.
+        dir.signing_key(&options.vkey.name)?;
         if !state.origin.is_empty() && state.origin != options.vkey.name {
             return Err(StartError::OtherLog { kept: state.origin, given: options.vkey.name.clone() });
         }

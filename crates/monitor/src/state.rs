@@ -136,6 +136,11 @@ impl Dir {
         Ok(Self { root: root.to_owned() })
     }
 
+    /// The directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// `state.json`.
     pub fn state_path(&self) -> PathBuf {
         self.root.join("state.json")

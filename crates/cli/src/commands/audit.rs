@@ -38,6 +38,30 @@ pub(crate) enum AuditCommand {
     /// keep its state in a directory (it resumes there after a crash), and serve the console
     /// with `--listen`.
     Monitor(MonitorArgs),
+    /// Check a report to hand over (`audit report --html`): its signature under the monitor's
+    /// key, and that nothing above it was changed. Exits non-zero otherwise.
+    VerifyReport(VerifyReportArgs),
+}
+
+/// `clover audit verify-report`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct VerifyReportArgs {
+    /// The report (HTML).
+    file: PathBuf,
+    /// The monitor's verifier key (`monitor.vkey` in its state directory).
+    #[arg(long)]
+    vkey: String,
+}
+
+impl VerifyReportArgs {
+    fn run(self) -> anyhow::Result<()> {
+        let vkey = VerifierKey::parse(self.vkey.trim()).context("the verifier key")?;
+        let text =
+            std::fs::read_to_string(&self.file).with_context(|| format!("cannot read {}", self.file.display()))?;
+        let period = clover_monitor::handover::verify(&text, &vkey)?;
+        println!("OK {}: the report of {period}, signed by {}, unchanged", self.file.display(), vkey.name);
+        Ok(())
+    }
 }
 
 impl AuditCommand {
@@ -49,6 +73,7 @@ impl AuditCommand {
             Self::VerifyCertificate(args) => args.run(),
             Self::Report(args) => args.run(),
             Self::Monitor(args) => args.run(),
+            Self::VerifyReport(args) => args.run(),
         }
     }
 }
@@ -359,6 +384,16 @@ pub(crate) struct ReportArgs {
     /// The recomputed report as JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Also write the report to hand over: a self-contained HTML page of the half-year as the
+    /// monitor whose state is `--state` saw it, signed with the monitor's key.
+    #[arg(long, value_name = "FILE", requires = "state")]
+    html: Option<PathBuf>,
+    /// The monitor's state directory (for `--html`).
+    #[arg(long, value_name = "DIR")]
+    state: Option<PathBuf>,
+    /// Also print the HTML report to this PDF with Chromium (`/usr/bin/chromium`, headless).
+    #[arg(long, value_name = "FILE", requires = "html")]
+    pdf: Option<PathBuf>,
     #[command(flatten)]
     tls: ClientTlsArgs,
 }
@@ -377,6 +412,37 @@ impl ReportArgs {
                 check.verified.origin, check.verified.size, check.served.entries
             );
             print!("{}", check.computed.to_csv());
+        }
+        if let (Some(html), Some(state)) = (&self.html, &self.state) {
+            let dir = clover_monitor::state::Dir::open(state)?;
+            let witnesses: Vec<String> =
+                self.witnesses.iter().map(|w| w.split('+').next().unwrap_or_default().to_owned()).collect();
+            let inputs = clover_monitor::handover::Inputs {
+                period: self.period,
+                government: &check.computed,
+                served_agrees: check.agrees(),
+                witnesses: &witnesses,
+            };
+            let page = clover_monitor::handover::render(&dir, &inputs)?;
+            std::fs::write(html, &page).with_context(|| format!("cannot write {}", html.display()))?;
+            eprintln!(
+                "the report to hand over, signed by the monitor's key ({}), is in {}",
+                state.join("monitor.vkey").display(),
+                html.display()
+            );
+            if let Some(pdf) = &self.pdf {
+                let url = format!("file://{}", std::fs::canonicalize(html)?.display());
+                let status = std::process::Command::new("/usr/bin/chromium")
+                    .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+                    .arg(format!("--print-to-pdf={}", pdf.display()))
+                    .arg(url)
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .status()
+                    .context("cannot run /usr/bin/chromium (install Debian's chromium for --pdf)")?;
+                anyhow::ensure!(status.success() && pdf.exists(), "chromium could not print {}", pdf.display());
+                eprintln!("and printed to {}", pdf.display());
+            }
         }
         if check.agrees() {
             eprintln!(

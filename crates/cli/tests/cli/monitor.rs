@@ -150,6 +150,44 @@ async fn the_monitor_follows_a_live_boundary_raises_alerts_and_serves_its_consol
     let (_, page) = get(&console, &format!("/entries/{index}")).await;
     assert!(page.contains("Included"), "{page}");
 
+    // The report to hand over: the half-year as the monitor saw it, signed with its own key.
+    let period = report["period"].as_str().unwrap().to_owned();
+    let mut c = clover(dir);
+    c.args(["audit", "report", "--url", &server.url, "--vkey", &vkey, "--period", &period]).args([
+        "--html",
+        "handover.html",
+        "--state",
+        "monitor",
+    ]);
+    if Path::new("/usr/bin/chromium").exists() {
+        c.args(["--pdf", "handover.pdf"]);
+    }
+    let made = run_ok(c);
+    assert!(made.stderr.contains("signed by the monitor's key"), "{}", made.stderr);
+    let page = std::fs::read_to_string(dir.join("handover.html")).unwrap();
+    assert!(page.contains("refusals-from-origin") && page.contains("<td>ie</td>"), "{page}");
+    assert!(!page.contains("s-1") && !page.contains("Garda"), "the report names no one");
+    if Path::new("/usr/bin/chromium").exists() {
+        assert!(std::fs::read(dir.join("handover.pdf")).unwrap().starts_with(b"%PDF"));
+    }
+    let monitor_vkey = std::fs::read_to_string(dir.join("monitor/monitor.vkey")).unwrap();
+    let verify = |file: &str| {
+        let mut c = clover(dir);
+        c.args(["audit", "verify-report", file, "--vkey", monitor_vkey.trim()]);
+        crate::support::run(c)
+    };
+    let checked = verify("handover.html");
+    assert!(checked.status.success() && checked.stdout.starts_with("OK "), "{checked:?}");
+    std::fs::write(dir.join("changed.html"), page.replacen("refusals-from-origin", "nothing-to-see", 1)).unwrap();
+    let changed = verify("changed.html");
+    assert!(!changed.status.success() && changed.stderr.contains("changed after it was signed"), "{changed:?}");
+    let wrong = {
+        let mut c = clover(dir);
+        c.args(["audit", "verify-report", "handover.html", "--vkey", &vkey]);
+        crate::support::run(c)
+    };
+    assert!(!wrong.status.success(), "another key does not verify it");
+
     // Killed and restarted: it resumes at the size it verified, and raises nothing twice.
     let size = now["size"].as_u64().unwrap();
     let mut console = console;
