@@ -190,9 +190,12 @@ async fn now(State(monitor): State<Arc<Monitor>>, headers: HeaderMap) -> Respons
                 tr { th { "Verified size" } td { (now.size) } }
                 tr { th { "Root" } td { code { (now.root) } } }
                 tr { th { "Checkpoint changed" } td { (now.age_seconds) " s ago" } }
-                tr { th { "Newest witness cosignature" } td {
-                    (now.health.cosigned_at.map_or_else(|| "no witness configured".to_owned(), |t| rfc3339(i64::try_from(t).unwrap_or(0))))
-                } }
+                @if now.health.witnesses.is_empty() {
+                    tr { th { "Witnesses" } td { "none configured" } }
+                }
+                @for (name, at) in &now.health.witnesses {
+                    tr { th { "Witness " code { (name) } } td { "cosigned " (rfc3339(i64::try_from(*at).unwrap_or(0))) } }
+                }
                 tr { th { "Monitor" } td {
                     @match &now.health.last_problem {
                         None => span class="ok" { "verifying" },
@@ -445,6 +448,21 @@ async fn accesses(State(monitor): State<Arc<Monitor>>, headers: HeaderMap) -> Re
     )
 }
 
+/// Epsilon spent by aggregate releases, per destination region and legal basis.
+fn epsilon_of(monitor: &Monitor) -> Vec<(String, String, f64)> {
+    monitor
+        .state()
+        .counts
+        .iter()
+        .filter_map(|(key, micros)| match key.split('|').collect::<Vec<_>>().as_slice() {
+            ["epsilon", region, basis] => {
+                Some(((*region).to_owned(), (*basis).to_owned(), *micros as f64 / 1_000_000.0))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 fn transfers_of(monitor: &Monitor) -> Vec<(String, String, String, String, u64)> {
     let state = monitor.state();
     state
@@ -485,6 +503,12 @@ async fn transfers(State(monitor): State<Arc<Monitor>>, headers: HeaderMap) -> R
                     @for (d, r, b, s, n) in &rows { tr { td { (d) } td { (r) } td { (b) } td { (s) } td { (n) } } } }
             }
             p { a href="/transfers.csv" { "CSV" } " · " a href="/transfers.json" { "JSON" } }
+            h2 { "Privacy budget spent" }
+            @let spent = epsilon_of(&monitor);
+            @if spent.is_empty() { p { "No aggregate release is in the log." } } @else {
+                table { tr { th { "Destination region" } th { "Legal basis" } th { "Epsilon spent" } }
+                    @for (r, b, e) in &spent { tr { td { (r) } td { (b) } td { (format!("{e:.6}")) } } } }
+            }
         },
     )
 }

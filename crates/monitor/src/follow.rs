@@ -41,6 +41,8 @@ pub enum Outcome {
         findings: Vec<Finding>,
         /// The newest witness cosignature's time (Unix seconds), if witnesses are configured.
         cosigned_at: Option<u64>,
+        /// Each witness's cosignature time (Unix seconds), by name.
+        cosignatures: Vec<(String, u64)>,
     },
     /// The log could not be reached (an outage, not a lie).
     Unreachable(String),
@@ -78,7 +80,18 @@ fn count(counts: &mut std::collections::BTreeMap<String, u64>, event: &Event) {
             or(event.category.as_deref()),
         ),
         clover_event::EventKind::Transfer => match &event.transfer {
-            Some(t) => format!("transfer|{day}|{}|{}|{}", t.region, or(t.legal_basis.as_deref()), t.stage),
+            Some(t) => {
+                // Epsilon spent by aggregate releases, in millionths, per destination region and
+                // legal basis.
+                if let Some(epsilon) =
+                    t.epsilon.as_deref().and_then(|e| e.parse::<f64>().ok()).filter(|e| e.is_finite() && *e > 0.0)
+                {
+                    let micros = (epsilon * 1_000_000.0).round() as u64;
+                    *counts.entry(format!("epsilon|{}|{}", t.region, or(t.legal_basis.as_deref()))).or_insert(0) +=
+                        micros;
+                }
+                format!("transfer|{day}|{}|{}|{}", t.region, or(t.legal_basis.as_deref()), t.stage)
+            }
             None => format!("transfer|{day}|-|-|-"),
         },
         kind => format!(
@@ -114,9 +127,13 @@ pub async fn poll(client: &reqwest::Client, target: &Target, config: &RulesConfi
         Err(e) => return wrong("bad-signature", format!("the checkpoint does not parse: {e}"), vec![]),
     };
     let mut cosigned_at = None;
+    let mut cosignatures = Vec::new();
     for witness in &target.witnesses {
         match note.verify_cosignature(witness) {
-            Ok(at) => cosigned_at = Some(cosigned_at.map_or(at, |t: u64| t.max(at))),
+            Ok(at) => {
+                cosigned_at = Some(cosigned_at.map_or(at, |t: u64| t.max(at)));
+                cosignatures.push((witness.name.clone(), at));
+            }
             Err(e) => {
                 return wrong(
                     "missing-cosignature",
@@ -149,7 +166,7 @@ pub async fn poll(client: &reqwest::Client, target: &Target, config: &RulesConfi
             );
         }
         state.checkpoint = text;
-        return Outcome::Verified { entries: 0, findings: Vec::new(), cosigned_at };
+        return Outcome::Verified { entries: 0, findings: Vec::new(), cosigned_at, cosignatures };
     }
 
     // The new entries, a bundle at a time.
@@ -223,5 +240,5 @@ pub async fn poll(client: &reqwest::Client, target: &Target, config: &RulesConfi
     state.counts = counts;
     state.government = government;
     state.changes = changes;
-    Outcome::Verified { entries: checkpoint.size - from, findings, cosigned_at }
+    Outcome::Verified { entries: checkpoint.size - from, findings, cosigned_at, cosignatures }
 }

@@ -64,6 +64,8 @@ pub struct Health {
     pub unreachable_since: Option<i64>,
     /// The newest witness cosignature seen (Unix seconds).
     pub cosigned_at: Option<u64>,
+    /// Each witness's latest cosignature seen (Unix seconds), by name.
+    pub witnesses: BTreeMap<String, u64>,
     /// Entries verified since the monitor started.
     pub verified_entries: u64,
     /// Polls that failed since it started.
@@ -213,7 +215,10 @@ impl Monitor {
             let mut health = lock(&self.health);
             health.last_poll = Some(at);
             match &outcome {
-                Outcome::Verified { entries, cosigned_at, .. } => {
+                Outcome::Verified { entries, cosigned_at, cosignatures, .. } => {
+                    for (name, at) in cosignatures {
+                        health.witnesses.insert(name.clone(), *at);
+                    }
                     health.last_verified = Some(at);
                     health.last_problem = None;
                     health.unreachable_since = None;
@@ -229,7 +234,7 @@ impl Monitor {
             }
         }
         match outcome {
-            Outcome::Verified { entries, findings: found, cosigned_at } => {
+            Outcome::Verified { entries, findings: found, cosigned_at, .. } => {
                 *lock(&self.alerted_problem) = None;
                 if entries > 0 || state.changed_at == 0 {
                     state.changed_at = at;

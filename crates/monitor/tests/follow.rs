@@ -24,6 +24,7 @@ struct Served {
     size: usize,
     key: SigningKey,
     down: bool,
+    witness: Option<SigningKey>,
 }
 
 type Shared = Arc<Mutex<Served>>;
@@ -48,6 +49,10 @@ fn event(kind: EventKind, region: &str, effect: &str, view: Option<&str>, detail
     .encode()
 }
 
+fn now() -> u64 {
+    u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp()).unwrap()
+}
+
 async fn checkpoint(State(served): State<Shared>) -> Result<String, StatusCode> {
     let served = served.lock().unwrap();
     if served.down {
@@ -60,7 +65,8 @@ async fn checkpoint(State(served): State<Shared>) -> Result<String, StatusCode> 
     let body =
         Checkpoint { origin: served.key.verifier().name.clone(), size: served.size as u64, root: frontier.root() };
     let text = body.to_text();
-    Ok(format!("{text}\n{}", served.key.sign_note(&text)))
+    let cosigned = served.witness.as_ref().map(|w| w.cosign(&text, now())).unwrap_or_default();
+    Ok(format!("{text}\n{}{cosigned}", served.key.sign_note(&text)))
 }
 
 async fn tile(State(served): State<Shared>, Path(path): Path<String>) -> Result<Vec<u8>, StatusCode> {
@@ -109,12 +115,30 @@ async fn an_honest_log_is_followed_across_restarts_and_each_alert_raised_once() 
         (0..300).map(|_| event(EventKind::Access, "eu", "allow", Some("full"), None)).collect();
     entries[5] = event(EventKind::Access, "sg", "allow", Some("full"), None);
     entries[290] = event(EventKind::Config, "eu", "allow", None, Some("policies reloaded"));
-    let served = Arc::new(Mutex::new(Served { entries, size: 270, key, down: false }));
+    entries[291] = {
+        let mut aggregate: Event =
+            serde_json::from_slice(&event(EventKind::Transfer, "eu", "allow", None, None)).unwrap();
+        aggregate.transfer = Some(Box::new(clover_event::TransferFacts {
+            transfer_id: None,
+            stage: "aggregate".into(),
+            destination: Some("us-partners".into()),
+            region: "us".into(),
+            legal_basis: Some("scc".into()),
+            treatment: "dp-laplace".into(),
+            categories: vec!["profile".into()],
+            count: 100,
+            suppressed: 0,
+            k: None,
+            epsilon: Some("0.5".into()),
+            manifest: None,
+            sha256: None,
+        }));
+        aggregate.encode()
+    };
+    let served = Arc::new(Mutex::new(Served { entries, size: 270, key, down: false, witness: None }));
     let url = serve(served.clone()).await;
     let dir = tempfile::tempdir().unwrap();
     let key = served.lock().unwrap().key.verifier();
-    let vkey_signer = SigningKey::generate("clover.local/eu", TYPE_ED25519).unwrap();
-    let _ = vkey_signer;
 
     let monitor =
         Monitor::new(Options { vkey: key.clone(), ..options(&url, &served.lock().unwrap().key, dir.path()) }).unwrap();
@@ -140,6 +164,7 @@ async fn an_honest_log_is_followed_across_restarts_and_each_alert_raised_once() 
         [(2, "policy-or-configuration-change")]
     );
     assert_eq!(monitor.health().verified_entries, 30);
+    assert_eq!(monitor.state().counts.get("epsilon|us|scc"), Some(&500_000), "epsilon spent, in millionths");
     let kept = monitor.dir().alerts(None, 100).unwrap();
     assert_eq!(kept.iter().map(|a| a.id).collect::<Vec<_>>(), [1, 2]);
 
@@ -160,10 +185,9 @@ async fn an_honest_log_is_followed_across_restarts_and_each_alert_raised_once() 
 async fn a_fork_a_shrink_a_foreign_signature_and_a_missing_cosignature_are_caught() {
     let key = SigningKey::generate("clover.local/eu", TYPE_ED25519).unwrap();
     let entries: Vec<Vec<u8>> = (0..40).map(|_| event(EventKind::Access, "eu", "allow", Some("full"), None)).collect();
-    let served = Arc::new(Mutex::new(Served { entries, size: 20, key, down: false }));
+    let served = Arc::new(Mutex::new(Served { entries, size: 20, key, down: false, witness: None }));
     let url = serve(served.clone()).await;
     let dir = tempfile::tempdir().unwrap();
-    let vkey = served.lock().unwrap().key.verifier();
     let base = options(&url, &served.lock().unwrap().key, dir.path());
     let monitor = Monitor::new(base.clone()).unwrap();
     assert!(monitor.step().await.unwrap().is_empty());
@@ -190,17 +214,44 @@ async fn a_fork_a_shrink_a_foreign_signature_and_a_missing_cosignature_are_caugh
         size: 25,
         key: SigningKey::generate("clover.local/eu", TYPE_ED25519).unwrap(),
         down: false,
+        witness: None,
     }));
     let forged = serve(other).await;
     let monitor = Monitor::new(Options { url: forged, ..base.clone() }).unwrap();
     assert_eq!(monitor.step().await.unwrap()[0].rule, "bad-signature");
+
+    // A witness that cosigned: its time is kept for the console.
+    let cosigned = Arc::new(Mutex::new(Served {
+        entries: served.lock().unwrap().entries.clone(),
+        size: 10,
+        key: SigningKey::generate("clover.local/eu", TYPE_ED25519).unwrap(),
+        down: false,
+        witness: Some(SigningKey::generate("witness.example", clover_tlog::note::TYPE_COSIGNATURE).unwrap()),
+    }));
+    let with_witness = serve(cosigned.clone()).await;
+    let (log_key, witness_key) = {
+        let c = cosigned.lock().unwrap();
+        (c.key.verifier(), c.witness.as_ref().unwrap().verifier())
+    };
+    let other_dir = tempfile::tempdir().unwrap();
+    let monitor = Monitor::new(Options {
+        url: with_witness,
+        vkey: log_key,
+        witnesses: vec![witness_key],
+        dir: other_dir.path().to_owned(),
+        ..base.clone()
+    })
+    .unwrap();
+    let alerts = monitor.step().await.unwrap();
+    assert!(alerts.is_empty(), "{alerts:?}");
+    let at = *monitor.health().witnesses.get("witness.example").unwrap();
+    assert!(now() - at < 60, "the cosignature's time is kept: {at}");
 
     // A witness that never cosigned.
     let witness = SigningKey::generate("witness.example", clover_tlog::note::TYPE_COSIGNATURE).unwrap();
     let monitor = Monitor::new(Options { witnesses: vec![witness.verifier()], ..base }).unwrap();
     assert_eq!(monitor.step().await.unwrap()[0].rule, "missing-cosignature");
     assert_eq!(monitor.state().size, kept.size);
-    let _ = vkey;
 }
 
 #[tokio::test]
@@ -209,7 +260,7 @@ async fn alerts_reach_webhooks_and_a_failing_webhook_never_holds_verification_ba
     let mut entries: Vec<Vec<u8>> =
         (0..10).map(|_| event(EventKind::Access, "eu", "allow", Some("full"), None)).collect();
     entries[4] = event(EventKind::Access, "sg", "allow", Some("full"), None);
-    let served = Arc::new(Mutex::new(Served { entries, size: 10, key, down: false }));
+    let served = Arc::new(Mutex::new(Served { entries, size: 10, key, down: false, witness: None }));
     let url = serve(served.clone()).await;
     // One webhook that takes what it is sent, one that always fails.
     let received: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
