@@ -180,6 +180,11 @@ impl Monitor {
         &self.dir
     }
 
+    /// The HTTP client the monitor reaches the boundary with (its TLS settings).
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
     /// The log's prefix URL.
     pub fn log_url(&self) -> &str {
         &self.target.base

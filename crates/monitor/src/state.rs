@@ -12,7 +12,6 @@ use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use base64::Engine as _;
 use clover_tlog::frontier::Frontier;
 use clover_tlog::hash::Hash;
 use serde::{Deserialize, Serialize};
@@ -226,9 +225,4 @@ impl Dir {
         }
         Ok(out.into())
     }
-}
-
-/// A hash as base64, for the console.
-pub fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(bytes)
 }

@@ -110,9 +110,12 @@ pub async fn register(
     );
     if !allowed {
         // A refused registration says nothing of what it asked.
-        let facts =
-            GovernmentRequestFacts { stage: "refused".to_owned(), ..book::facts(&request_id, "refused", &details) };
-        let facts = GovernmentRequestFacts { country: None, instrument: None, deadline: None, ..facts };
+        let facts = GovernmentRequestFacts {
+            country: None,
+            instrument: None,
+            deadline: None,
+            ..book::facts(&request_id, "refused", &details)
+        };
         crate::pipeline::events::limit(boundary, caller)?;
         let log_index = book::append(
             boundary,
