@@ -16,6 +16,8 @@ use serde_json::json;
 
 use crate::{BenchError, Stats};
 
+pub mod baseline;
+
 /// What to send.
 #[derive(Debug, Clone)]
 pub struct HttpOptions {
@@ -141,10 +143,19 @@ fn client(from: IpAddr, concurrency: usize, tls: &clover_tls::ClientTls) -> Resu
 
 /// Writes the records, then sends the reads; stops after `max_time` whatever is left.
 pub async fn run(options: &HttpOptions, progress: &dyn Fn(&str)) -> Result<HttpReport, BenchError> {
+    let deadline = Instant::now() + options.max_time;
+    let records = write(options, deadline, progress).await?;
+    read(options, records, deadline, progress).await
+}
+
+/// Writes `options.records` records of a subject of the run's own; answers their ids.
+pub async fn write(
+    options: &HttpOptions,
+    deadline: Instant,
+    progress: &dyn Fn(&str),
+) -> Result<Vec<String>, BenchError> {
     let url = options.url.trim_end_matches('/').to_owned();
     let eu = client(options.eu_from, options.concurrency, &options.tls)?;
-    let foreign = client(options.foreign_from, options.concurrency, &options.tls)?;
-    let deadline = Instant::now() + options.max_time;
 
     // A subject of the run's own, and its records.
     let mut id = [0u8; 6];
@@ -180,7 +191,19 @@ pub async fn run(options: &HttpOptions, progress: &dyn Fn(&str)) -> Result<HttpR
             return Err(BenchError("the time limit passed while writing the records".into()));
         }
     }
+    Ok(records)
+}
 
+/// Sends the audited reads of `records`, some from abroad; stops at `deadline` whatever is left.
+pub async fn read(
+    options: &HttpOptions,
+    records: Vec<String>,
+    deadline: Instant,
+    progress: &dyn Fn(&str),
+) -> Result<HttpReport, BenchError> {
+    let url = options.url.trim_end_matches('/').to_owned();
+    let eu = client(options.eu_from, options.concurrency, &options.tls)?;
+    let foreign = client(options.foreign_from, options.concurrency, &options.tls)?;
     progress(&format!(
         "{} reads, {} at a time, {}% from {} and the rest from {}",
         options.requests, options.concurrency, options.foreign_percent, options.foreign_from, options.eu_from

@@ -26,6 +26,26 @@ pub(crate) struct ConfigArgs {
 }
 
 impl ConfigArgs {
+    /// The flags again, for a child process of this one (the store's URL, which may hold a
+    /// password, in its environment rather than on its command line).
+    pub(crate) fn pass_to(&self, command: &mut std::process::Command) {
+        command.args(self.to_args());
+        if let Some(store) = &self.store {
+            command.env("CLOVER_STORE", store);
+        }
+    }
+
+    fn to_args(&self) -> Vec<std::ffi::OsString> {
+        let mut args = Vec::new();
+        if let Some(config) = &self.config {
+            args.extend(["--config".into(), config.clone().into_os_string()]);
+        }
+        if let Some(dir) = &self.data_dir {
+            args.extend(["--data-dir".into(), dir.clone().into_os_string()]);
+        }
+        args
+    }
+
     /// The configuration with the flags applied, checked as a whole.
     pub(crate) fn load(&self) -> anyhow::Result<Config> {
         self.load_with(|_| {})

@@ -63,6 +63,14 @@ pub const VIEWS_METRIC: &str = "clover_custodian_views_total";
 /// The counter of subject facts answered, by `minor`.
 pub const SUBJECT_FACTS_METRIC: &str = "clover_custodian_subject_facts_total";
 
+/// The counter of subjects' keys looked up, by `result`: `hit` (in the cache of unwrapped keys)
+/// or `miss` (unwrapped from the key store).
+pub const KEY_CACHE_METRIC: &str = "clover_custodian_key_cache_total";
+
+/// The histogram of the time to unwrap a subject's key from the key store (the KEK: in software
+/// or in the HSM).
+pub const UNWRAP_SECONDS_METRIC: &str = "clover_custodian_unwrap_seconds";
+
 /// The custodian of one region's keys.
 pub struct Custodian {
     keys: DataKeys,
@@ -258,24 +266,21 @@ impl Custodian {
     async fn subject_key(&self, access: &LoggedAccess) -> Result<(DataKey, bool), KeyError> {
         self.erasures.check_now(self.keys.db.as_ref(), access).await?;
         self.receipts.claim(access).await?;
-        let hash = &access.subject_hash;
-        if let Some(key) = self.erasures.cached_key(hash) {
-            return Ok((key, true));
-        }
-        let ticket = self.erasures.ticket(hash);
-        let key = self.keys.unwrap(hash).await?;
-        self.erasures.cache_key(hash, &key, ticket);
-        Ok((key, false))
+        self.subject_key_of(&access.subject_hash).await
     }
 
     /// The subject's key by their keyed hash, for a transfer (whose receipt is for the whole
     /// transfer, not one subject: it is not claimed per subject).
     pub(crate) async fn subject_key_of(&self, hash: &str) -> Result<(DataKey, bool), KeyError> {
         if let Some(key) = self.erasures.cached_key(hash) {
+            metrics::counter!(KEY_CACHE_METRIC, "result" => "hit").increment(1);
             return Ok((key, true));
         }
+        metrics::counter!(KEY_CACHE_METRIC, "result" => "miss").increment(1);
         let ticket = self.erasures.ticket(hash);
+        let started = std::time::Instant::now();
         let key = self.keys.unwrap(hash).await?;
+        metrics::histogram!(UNWRAP_SECONDS_METRIC).record(started.elapsed().as_secs_f64());
         self.erasures.cache_key(hash, &key, ticket);
         Ok((key, false))
     }

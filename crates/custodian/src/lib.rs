@@ -44,6 +44,28 @@ pub use custodian::receipts::{RECEIPTS_REUSED_METRIC, REMEMBERED_FOR};
 pub use custodian::rotation::{Rotation, VersionCounts};
 pub use custodian::store::KeyStore;
 pub use custodian::transfers::EgressRules;
-pub use custodian::{Custodian, id_input};
+pub use custodian::{Custodian, KEY_CACHE_METRIC, SUBJECT_FACTS_METRIC, UNWRAP_SECONDS_METRIC, VIEWS_METRIC, id_input};
 pub use server::{CustodianOptions, CustodianServer, NO_WITNESS_WARNING, admin_token, open_dir, router, witness_key};
 pub use verify::{COSIGNATURE_WAIT, CosignRefusal, LogVerifier, QuorumError, ReceiptError, WitnessQuorum};
+
+/// Gives every metric of the custodian its help text (for the process's recorder, installed
+/// before this is called).
+pub fn describe_metrics() {
+    metrics::describe_counter!(VIEWS_METRIC, "Pseudonymised views the custodian made");
+    metrics::describe_counter!(
+        SUBJECT_FACTS_METRIC,
+        "Subject facts (whether a minor) the custodian answered, by minor"
+    );
+    metrics::describe_counter!(KEY_CACHE_METRIC, "Subjects' keys looked up, by result: hit (cached unwrapped) or miss");
+    metrics::describe_histogram!(
+        UNWRAP_SECONDS_METRIC,
+        metrics::Unit::Seconds,
+        "Time to unwrap a subject's key from the key store"
+    );
+    metrics::describe_counter!(PSEUDONYMS_REFUSED_METRIC, "Pseudonym requests refused: more than a receipt allows");
+    metrics::describe_counter!(RECEIPTS_REUSED_METRIC, "Receipts presented again after they were claimed (refused)");
+    metrics::describe_counter!(
+        custodian::store::ERASURE_LISTENER_LOST_METRIC,
+        "Times the custodian lost its PostgreSQL listener for other custodians' erasures"
+    );
+}

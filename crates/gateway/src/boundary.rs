@@ -176,6 +176,14 @@ impl Boundary {
         self.cosigned.get().unwrap_or_else(|| self.log.checkpoint().to_string())
     }
 
+    /// Decides `request` with the policy pack in force, and counts the decision
+    /// (`clover_decisions_total`).
+    pub fn decide(&self, request: &clover_policy::pack::PackRequest) -> clover_policy::Decision {
+        let decision = self.pack().decide(request);
+        crate::metrics::decision(request.action, &decision);
+        decision
+    }
+
     /// The policy pack in force.
     pub fn pack(&self) -> Arc<PolicyPack> {
         self.pack.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()

@@ -251,7 +251,7 @@ impl TokenRules {
 
     /// Checks `token`, signed with `alg` (its header read and checked already), against `key`
     /// and these rules.
-    fn verify(&self, token: &str, alg: Algorithm, key: &DecodingKey) -> Result<Principal, AuthError> {
+    fn verify(&self, token: &str, alg: Algorithm, key: &DecodingKey) -> Result<Verified, AuthError> {
         let mut validation = Validation::new(alg);
         validation.set_issuer(&[&self.issuer]);
         validation.set_audience(&[&self.audience]);
@@ -261,13 +261,14 @@ impl TokenRules {
         let claims = jsonwebtoken::decode::<Map<String, Value>>(token, key, &validation)
             .map_err(|e| map_error(&e, self.leeway))?
             .claims;
-        self.check_lifetime(&claims)?;
-        self.principal(&claims)
+        let exp = self.check_lifetime(&claims)?;
+        Ok(Verified { principal: self.principal(&claims)?, exp })
     }
 
     /// Refuses a token valid for longer than the maximum: from its `iat`, or from now if it
     /// has none or names a time still to come (else `iat` in 9999 would allow `exp` in 9999).
-    fn check_lifetime(&self, claims: &Map<String, Value>) -> Result<(), AuthError> {
+    /// Answers `exp`, in whole Unix seconds (rounded down).
+    fn check_lifetime(&self, claims: &Map<String, Value>) -> Result<i64, AuthError> {
         let date = |claim: &str| match claims.get(claim) {
             None => Ok(None),
             Some(value) => value
@@ -285,7 +286,8 @@ impl TokenRules {
             // Saturates, for a message only.
             return Err(AuthError::TooLongLived { lifetime: lifetime as i64, max: self.max_lifetime });
         }
-        Ok(())
+        // Saturates: a time past i64 is refused by the lifetime above anyway.
+        Ok(exp.floor() as i64)
     }
 
     /// The principal the claims describe.
@@ -372,6 +374,10 @@ impl TokenVerifier {
     /// Verifies a token: its signature and claims (not its site against the configured sites:
     /// the [`Authenticator`] does that, for every issuer).
     pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        self.verify_until(token).map(|v| v.principal)
+    }
+
+    fn verify_until(&self, token: &str) -> Result<Verified, AuthError> {
         header(token)?;
         self.rules.verify(token, Algorithm::EdDSA, &self.key)
     }
@@ -385,7 +391,7 @@ struct Provider {
 }
 
 impl Provider {
-    async fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+    async fn verify(&self, token: &str) -> Result<Verified, AuthError> {
         let header = header(token)?;
         // Only asymmetric algorithms: a shared secret in a published key set would let anyone
         // who reads the set sign tokens.
@@ -429,7 +435,33 @@ pub struct Authenticator {
     dev: Option<(String, TokenVerifier)>,
     providers: Vec<Provider>,
     sites: BTreeSet<SiteName>,
+    /// Tokens verified already, by the SHA-256 of the token: the same bearer token on every
+    /// request is verified once (its signature, header and claims), then found here until its
+    /// `exp` or until its issuer's key set changes.
+    verified: quick_cache::sync::Cache<[u8; 32], Cached>,
 }
+
+/// A token's verification: who it names, and until when (`exp`, Unix seconds).
+struct Verified {
+    principal: Principal,
+    exp: i64,
+}
+
+/// A verified token in the cache.
+#[derive(Clone)]
+struct Cached {
+    principal: Principal,
+    /// The token's `exp`: the entry is not used from this second on (no leeway: a token past
+    /// its `exp` is verified afresh, with the leeway the rules give).
+    exp: i64,
+    /// The issuer (`None`: the development issuer; else the provider's place) and its key set's
+    /// generation when the token was verified.
+    issuer: Option<usize>,
+    generation: u64,
+}
+
+/// How many verified tokens are kept: a busy boundary's callers, each with a token or two.
+const TOKEN_CACHE_ENTRIES: usize = 16_384;
 
 impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -459,22 +491,63 @@ impl Authenticator {
             });
         }
         let dev = dev.filter(|_| config.dev_issuer).map(|v| (config.issuer.clone(), v));
-        Self { dev, providers, sites: sites.iter().map(|s| s.name.clone()).collect() }
+        Self {
+            dev,
+            providers,
+            sites: sites.iter().map(|s| s.name.clone()).collect(),
+            verified: quick_cache::sync::Cache::new(TOKEN_CACHE_ENTRIES),
+        }
+    }
+
+    /// The current key set generation of `issuer` (see [`Cached`]): `None` for a provider whose
+    /// set is stale, so that a token is trusted from the cache no longer than its key would be
+    /// without it.
+    fn generation(&self, issuer: Option<usize>) -> Option<u64> {
+        match issuer {
+            None => Some(0),
+            Some(i) => self.providers.get(i).and_then(|p| p.keys.fresh_generation()),
+        }
+    }
+
+    /// The principal of the token of SHA-256 `digest` if it was verified already, its `exp` is
+    /// after `now` (Unix seconds), and its issuer's key set is the one it was verified with.
+    fn cached(&self, digest: &[u8; 32], now: i64) -> Option<Principal> {
+        let cached = self.verified.get(digest)?;
+        if now < cached.exp && Some(cached.generation) == self.generation(cached.issuer) {
+            return Some(cached.principal);
+        }
+        self.verified.remove(digest);
+        None
     }
 
     /// Reads the `Authorization` header value and verifies the token.
     pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Principal, AuthError> {
         let token = bearer(authorization)?;
+        let digest: [u8; 32] = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes())
+            .as_ref()
+            .try_into()
+            .map_err(|_| AuthError::Invalid("malformed token".into()))?;
+        if let Some(principal) = self.cached(&digest, time::OffsetDateTime::now_utc().unix_timestamp()) {
+            metrics::counter!(crate::metrics::TOKEN_CACHE, "result" => "hit").increment(1);
+            return Ok(principal);
+        }
+        metrics::counter!(crate::metrics::TOKEN_CACHE, "result" => "miss").increment(1);
         let issuer = jsonwebtoken::dangerous::insecure_decode_claims::<Issuer>(token)
             .map_err(|_| AuthError::Invalid("malformed token".into()))?
             .iss;
-        let principal = match &self.dev {
-            Some((dev_issuer, verifier)) if *dev_issuer == issuer => verifier.verify(token)?,
-            _ => match self.providers.iter().find(|p| p.rules.issuer == issuer) {
-                Some(provider) => provider.verify(token).await?,
+        let (verified, which) = match &self.dev {
+            Some((dev_issuer, verifier)) if *dev_issuer == issuer => (verifier.verify_until(token)?, None),
+            _ => match self.providers.iter().enumerate().find(|(_, p)| p.rules.issuer == issuer) {
+                Some((i, provider)) => {
+                    // The generation before the key is looked up: a set changed meanwhile makes
+                    // the entry stale at once rather than keeping a token of a withdrawn key.
+                    let generation = self.generation(Some(i));
+                    (provider.verify(token).await?, generation.map(|g| (i, g)))
+                }
                 None => return Err(AuthError::Invalid("unexpected issuer".into())),
             },
         };
+        let Verified { principal, exp } = verified;
         if principal.kind != PrincipalKind::Subject && !self.sites.contains(&principal.site) {
             // A validly signed token for a site that does not exist: the issuer's configuration
             // and the boundary's disagree, which an administrator should hear of.
@@ -485,6 +558,17 @@ impl Authenticator {
                 "a token names a site that is not configured; refused"
             );
             return Err(AuthError::UnknownSite { site: principal.site.to_string() });
+        }
+        match which {
+            // The development issuer's key does not change while the process runs.
+            None if self.dev.as_ref().is_some_and(|(iss, _)| *iss == issuer) => {
+                self.verified.insert(digest, Cached { principal: principal.clone(), exp, issuer: None, generation: 0 });
+            }
+            Some((i, generation)) => {
+                self.verified.insert(digest, Cached { principal: principal.clone(), exp, issuer: Some(i), generation });
+            }
+            // A provider's set that was stale before the verification: not cached this time.
+            None => {}
         }
         Ok(principal)
     }
@@ -533,6 +617,44 @@ mod tests {
             roles: vec!["support".into()],
             iat: now,
             exp: now + exp_from_now,
+        }
+    }
+
+    fn digest(token: &str) -> [u8; 32] {
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes()).as_ref().try_into().unwrap()
+    }
+
+    #[tokio::test]
+    async fn verified_tokens_are_cached_until_their_exp_and_refusals_never() {
+        let dir = tempfile::tempdir().unwrap();
+        let issuer = DevIssuer::create(&dir.path().join("k")).unwrap();
+        let config = crate::config::Config::default();
+        assert!(config.identity.dev_issuer);
+        let auth = Authenticator::new(&config.identity, &config.sites, Some(issuer.verifier(&config.identity))).await;
+
+        let token = issuer.mint(&claims(3600)).unwrap();
+        let exp = claims(3600).exp;
+        assert!(auth.cached(&digest(&token), exp - 3600).is_none(), "nothing cached before a verification");
+        let principal = auth.authenticate(Some(&format!("Bearer {token}"))).await.unwrap();
+        // Found for every second before its exp, with the same principal...
+        for now in [exp - 3600, exp - 1] {
+            assert_eq!(auth.cached(&digest(&token), now), Some(principal.clone()));
+        }
+        // ...and never from its exp on: the entry is dropped, and the next request verifies afresh.
+        assert!(auth.cached(&digest(&token), exp).is_none());
+        assert!(auth.cached(&digest(&token), exp - 3600).is_none(), "dropped at the first look past exp");
+        assert_eq!(auth.authenticate(Some(&format!("Bearer {token}"))).await.unwrap(), principal);
+
+        // A token another key signed, one that expired, one for a site not configured: refused
+        // every time, and never cached.
+        let other = DevIssuer::create(&dir.path().join("o")).unwrap().mint(&claims(3600)).unwrap();
+        let expired = issuer.mint(&claims(-3600)).unwrap();
+        let nowhere = issuer.mint(&Claims { site: "atlantis-1".into(), ..claims(3600) }).unwrap();
+        for refused in [&other, &expired, &nowhere] {
+            for _ in 0..2 {
+                assert!(auth.authenticate(Some(&format!("Bearer {refused}"))).await.is_err());
+                assert!(auth.cached(&digest(refused), exp - 3600).is_none());
+            }
         }
     }
 

@@ -149,7 +149,7 @@ async fn refuse_or_missing_record(boundary: &Boundary, caller: &Caller, record: 
     };
     let facts = RecordFacts { id: record.to_string(), category: category.name.clone(), subject_minor: false };
     let request = record_request(config, &caller.principal, &caller.origin, Action::Read, &facts, &circumstances);
-    let decision = boundary.pack().decide(&request);
+    let decision = boundary.decide(&request);
     if decision.effect() == "allow" {
         return missing;
     }

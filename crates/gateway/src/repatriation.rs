@@ -157,7 +157,7 @@ async fn decide_as_if(
         &facts,
         &circumstances,
     );
-    let decision = boundary.pack().decide(&request);
+    let decision = boundary.decide(&request);
     if decision.effect() == "allow" {
         return Ok(decision);
     }

@@ -207,7 +207,7 @@ pub(crate) async fn decide(
         let facts_of = RecordFacts { id: format!("transfer-{id}"), category, subject_minor: false };
         let request =
             record_request(config, &caller.principal, &caller.origin, Action::Export, &facts_of, &circumstances);
-        let decision = boundary.pack().decide(&request);
+        let decision = boundary.decide(&request);
         if decision.effect() != "allow" {
             crate::pipeline::events::limit(boundary, caller)?;
             let event = entry(boundary, caller, &decision, facts(boundary, id, "refused", asked));

@@ -370,7 +370,9 @@ impl Backend for DirectoryBackend {
             push_bundle_entry(&mut buf, &append.entry).map_err(LogError::TooLarge)?;
         }
         self.file.write_all(&buf).map_err(io(&self.path))?;
+        let started = std::time::Instant::now();
         self.file.sync_data().map_err(io(&self.path))?;
+        metrics::histogram!(crate::telemetry::FSYNC_SECONDS_METRIC).record(started.elapsed().as_secs_f64());
         self.size += batch.len() as u64;
         // The entries are durable: a checkpoint file that cannot be written leaves them
         // unsigned for the next pass, and does not fail the appends.

@@ -18,6 +18,7 @@ mod file;
 mod postgres;
 mod receipt;
 mod sequencer;
+mod telemetry;
 mod tree;
 
 use std::path::Path;
@@ -32,6 +33,8 @@ use clover_tlog::tile::{TILE_WIDTH, Tile, push_bundle_entry};
 pub use error::LogError;
 pub use receipt::{KeyOperation, KeyReceipt, Receipt, TRANSFER_STAGES_THAT_OPEN, TransferReceipt};
 pub use sequencer::LogOptions;
+
+pub use telemetry::{BATCH_METRIC, COMMIT_SECONDS_METRIC, FSYNC_SECONDS_METRIC, QUEUE_METRIC, describe_metrics};
 
 use crate::file::FileLog;
 use crate::postgres::PgLog;

@@ -160,6 +160,8 @@ pub(crate) async fn sequence<B: Backend>(
             continue;
         }
 
+        metrics::gauge!(crate::telemetry::QUEUE_METRIC).set(own.len() as f64);
+        metrics::histogram!(crate::telemetry::BATCH_METRIC).record(batch.len() as f64);
         let first = shared.tree().size();
         let size = first + batch.len() as u64;
         let note = if due {
@@ -180,7 +182,10 @@ pub(crate) async fn sequence<B: Backend>(
         } else {
             None
         };
-        let stored = match backend.commit(first, &batch, note.as_deref().map(|n| (size, n))).await {
+        let started = Instant::now();
+        let committed = backend.commit(first, &batch, note.as_deref().map(|n| (size, n))).await;
+        metrics::histogram!(crate::telemetry::COMMIT_SECONDS_METRIC).record(started.elapsed().as_secs_f64());
+        let stored = match committed {
             Ok(stored) => stored,
             // Entries that may be in the log are not handed back to be appended again: they
             // are answered if a catch-up finds them, or time out.

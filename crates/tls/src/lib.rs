@@ -34,3 +34,17 @@ pub use pem::{load_certs, load_key};
 pub use plaintext::{check_url, plaintext_allowed};
 pub use serve::{ListenerLimits, serve, serve_with};
 pub use server::{CertSummary, ClientAuth, ServerTls, ServerTlsOptions};
+
+/// Gives the TLS listener's metrics their help text (for the process's recorder, installed
+/// before this is called).
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        serve::REFUSED_METRIC,
+        "TLS connections refused before any request, by reason (unknown-ca, expired, plaintext, ...)"
+    );
+    metrics::describe_gauge!(
+        server::EXPIRY_METRIC,
+        metrics::Unit::Seconds,
+        "When the served certificate expires, in Unix seconds"
+    );
+}

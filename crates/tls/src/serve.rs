@@ -260,7 +260,11 @@ async fn connection(
         return http(stream, peer, None, router, limits, watcher).await;
     };
     if let Some((stream, certificate)) = handshake(&tls, stream, peer, limits.handshake_timeout).await {
-        http(stream, peer, certificate, router, limits, watcher).await;
+        if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+            http2(stream, peer, certificate, router, limits, watcher).await;
+        } else {
+            http(stream, peer, certificate, router, limits, watcher).await;
+        }
     }
 }
 
@@ -304,7 +308,7 @@ async fn handshake(
     Some((stream, certificate))
 }
 
-/// Serves HTTP/1.1 on `io` until the client closes it, a timeout cuts it, or the shutdown does:
+/// Serves HTTP/1.1 on `io` (plain HTTP, or TLS whose client did not choose `h2`) until the client closes it, a timeout cuts it, or the shutdown does:
 /// each request carries the peer's address and `certificate`, and its body is read under the
 /// body deadline. A request hyper cannot read (a header block over [`MAX_HEADER_BYTES`] or with
 /// more than [`MAX_HEADERS`] fields, a malformed request line) is answered with a problem+json
@@ -319,13 +323,7 @@ async fn http<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-        request.extensions_mut().insert(ConnectInfo(peer));
-        if let Some(certificate) = &certificate {
-            request.extensions_mut().insert(certificate.clone());
-        }
-        router.clone().oneshot(request.map(|body| DeadlineBody::new(limits.body_read_timeout, body)))
-    });
+    let service = service(peer, certificate, router, limits);
     // hyper answers a request it cannot parse (a header block over MAX_HEADER_BYTES, say) by
     // itself, with an empty body; ProblemAnswers gives those answers a problem+json body.
     let connection = hyper::server::conn::http1::Builder::new()
@@ -335,5 +333,59 @@ async fn http<I>(
         .serve_connection(TokioIo::new(ProblemAnswers::new(io)), service);
     if let Err(e) = watcher.watch(connection).await {
         tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// The service of one connection: each request gets the peer's address and `certificate`, and
+/// its body is read under the body deadline.
+fn service(
+    peer: SocketAddr,
+    certificate: Option<PeerCertificate>,
+    router: Router,
+    limits: ListenerLimits,
+) -> impl hyper::service::Service<
+    hyper::Request<Incoming>,
+    Response = axum::response::Response,
+    Error = std::convert::Infallible,
+    Future = impl Future<Output = Result<axum::response::Response, std::convert::Infallible>> + Send,
+> + Clone
++ Send
++ 'static {
+    hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+        request.extensions_mut().insert(ConnectInfo(peer));
+        if let Some(certificate) = &certificate {
+            request.extensions_mut().insert(certificate.clone());
+        }
+        router.clone().oneshot(request.map(|body| DeadlineBody::new(limits.body_read_timeout, body)))
+    })
+}
+
+/// The most requests one HTTP/2 connection carries at once.
+pub const MAX_CONCURRENT_STREAMS: u32 = 128;
+
+/// Serves HTTP/2 on a TLS connection whose client chose `h2` by ALPN, until the client closes
+/// it, the shutdown does, or it goes unanswered: the server pings an idle connection every
+/// header read timeout and closes it when a ping goes unanswered as long. The header block is
+/// held to [`MAX_HEADER_BYTES`] and the requests in flight to [`MAX_CONCURRENT_STREAMS`].
+async fn http2<I>(
+    io: I,
+    peer: SocketAddr,
+    certificate: Option<PeerCertificate>,
+    router: Router,
+    limits: ListenerLimits,
+    watcher: Watcher,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service(peer, certificate, router, limits);
+    let connection = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(MAX_HEADER_BYTES).unwrap_or(u32::MAX))
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .keep_alive_interval(Some(limits.header_read_timeout))
+        .keep_alive_timeout(limits.header_read_timeout)
+        .serve_connection(TokioIo::new(io), service);
+    if let Err(e) = watcher.watch(connection).await {
+        tracing::debug!(peer = %peer, error = %e, "HTTP/2 connection ended with an error");
     }
 }

@@ -148,7 +148,8 @@ impl ServerTls {
             }
         };
         let mut config = builder.with_client_cert_verifier(verifier).with_cert_resolver(resolver.clone());
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // HTTP/2 first (many requests over one connection), HTTP/1.1 for the clients without.
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         if options.client_auth != ClientAuth::None {
             // No session resumption where client certificates count: a resumed session would
             // carry the certificate verified when it began, expired or replaced since. Every

@@ -205,6 +205,16 @@ async fn handshake(
     ca: &Path,
     versions: &[&'static SupportedProtocolVersion],
 ) -> TlsStream<TcpStream> {
+    handshake_offering(addr, ca, versions, &[]).await
+}
+
+/// [`handshake`], offering `alpn` (the protocols by their ALPN names, preferred first).
+async fn handshake_offering(
+    addr: SocketAddr,
+    ca: &Path,
+    versions: &[&'static SupportedProtocolVersion],
+    alpn: &[&[u8]],
+) -> TlsStream<TcpStream> {
     let mut roots = RootCertStore::empty();
     for cert in clover_tls::load_certs(ca).unwrap() {
         roots.add(cert).unwrap();
@@ -214,6 +224,8 @@ async fn handshake(
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
+    let mut config = config;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let tcp = TcpStream::connect(addr).await.unwrap();
     TlsConnector::from(Arc::new(config)).connect(ServerName::try_from("127.0.0.1").unwrap(), tcp).await.unwrap()
 }
@@ -411,6 +423,40 @@ async fn allowed_clients_admit_only_the_names_listed() {
     assert!(result.is_err(), "a client without a certificate passed the allow-list: {result:?}");
     let body = get_with(&ingest, &server.url()).await.unwrap();
     assert_eq!(names_in(&body), INGEST);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn http2_when_the_client_offers_it_and_http1_otherwise() {
+    let pki = Pki::new();
+    let server = TestServer::load(pki.server(ClientAuth::None, &[])).await;
+
+    let old = handshake_offering(server.addr, &pki.ca_pem, rustls::DEFAULT_VERSIONS, &[b"http/1.1"]).await;
+    assert_eq!(old.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    drop(old);
+
+    let h2 = handshake_offering(server.addr, &pki.ca_pem, rustls::DEFAULT_VERSIONS, &[b"h2", b"http/1.1"]).await;
+    assert_eq!(h2.get_ref().1.alpn_protocol(), Some(&b"h2"[..]), "h2 offered first is chosen");
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(h2))
+            .await
+            .unwrap();
+    let driver = tokio::spawn(connection);
+    // Several requests in flight at once over the one connection, each answered with the peer.
+    let mut answers = Vec::new();
+    for _ in 0..8 {
+        let request = hyper::Request::get(server.url()).body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap();
+        answers.push(sender.send_request(request));
+    }
+    for answer in answers {
+        let response = answer.await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.version(), hyper::Version::HTTP_2);
+        let body = http_body_util::BodyExt::collect(response.into_body()).await.unwrap().to_bytes();
+        assert_eq!(names_in(std::str::from_utf8(&body).unwrap()), "-", "no client certificate");
+    }
+    drop(sender);
+    driver.await.unwrap().unwrap();
     server.stop().await;
 }
 

@@ -42,6 +42,50 @@ pub(crate) enum BenchCommand {
     /// against a baseline in the same run that fetches the same bundles and hashes every entry;
     /// with the monitor's peak memory growth.
     Monitor(MonitorArgs),
+    /// The bare read that `clover bench http --baseline` compares the audited read with: the
+    /// stored row of `GET /v1/records/{id}` from the store of the configuration, with no
+    /// authentication, policy, log or crypto. Prints `listening on ADDR` and serves until its
+    /// standard input closes.
+    #[command(hide = true)]
+    BaselineServer(BaselineServerArgs),
+}
+
+/// `clover bench baseline-server`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct BaselineServerArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Where to listen (loopback only).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: std::net::SocketAddr,
+}
+
+impl BaselineServerArgs {
+    fn run(self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.listen.ip().is_loopback(), "the baseline server listens on loopback only");
+        let config = self.config.load()?;
+        runtime()?.block_on(async move {
+            let store: std::sync::Arc<dyn clover_store::Store> = match &config.store {
+                Some(url) => std::sync::Arc::new(clover_store::PostgresStore::open(url).await?),
+                None => std::sync::Arc::new(
+                    clover_store::SqliteStore::open(&clover_gateway::DataDir::new(&config.data_dir).database_path())
+                        .await?,
+                ),
+            };
+            let listener = tokio::net::TcpListener::bind(self.listen).await?;
+            println!("listening on {}", listener.local_addr()?);
+            // Serves until standard input closes (the bench that started it ended).
+            let closed = async {
+                let _ = tokio::task::spawn_blocking(|| {
+                    let mut buf = [0u8; 64];
+                    while std::io::Read::read(&mut std::io::stdin(), &mut buf).is_ok_and(|n| n > 0) {}
+                })
+                .await;
+            };
+            axum::serve(listener, clover_bench::http::baseline::router(store)).with_graceful_shutdown(closed).await?;
+            anyhow::Ok(())
+        })
+    }
 }
 
 /// `clover bench monitor`.
@@ -105,6 +149,7 @@ impl BenchCommand {
             Self::Repatriate(args) => args.run(),
             Self::Transfer(args) => args.run(),
             Self::Monitor(args) => args.run(),
+            Self::BaselineServer(args) => args.run(),
         }
     }
 }
@@ -234,6 +279,51 @@ fn scale(axes: &[String], options: &clover_bench::ScaleOptions, svg: Option<&Pat
     Ok(())
 }
 
+/// `clover bench http --baseline`: the records written, the bare-read server started beside
+/// the boundary on the same store, then the phases.
+fn baseline(
+    options: &clover_bench::http::HttpOptions,
+    config: &ConfigArgs,
+    server_pid: Option<u32>,
+    json: bool,
+) -> anyhow::Result<()> {
+    use std::io::BufRead as _;
+    let progress = |step: &str| eprintln!("clover bench: {step}");
+    let mut command = std::process::Command::new(std::env::current_exe().context("finding this program")?);
+    command.args(["bench", "baseline-server"]);
+    config.pass_to(&mut command);
+    let mut child = command
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("starting the baseline server")?;
+    let stdout = child.stdout.take().context("the baseline server's output")?;
+    let mut line = String::new();
+    std::io::BufReader::new(stdout).read_line(&mut line).context("reading the baseline server's address")?;
+    let Some(address) = line.trim().strip_prefix("listening on ") else {
+        let _ = child.kill();
+        anyhow::bail!("the baseline server did not start (it said {line:?})");
+    };
+    let bare_url = format!("http://{address}");
+    progress(&format!("the bare read is served at {bare_url} (process {})", child.id()));
+    let bare_pid = child.id();
+    let result = runtime()?.block_on(async {
+        let deadline = std::time::Instant::now() + options.max_time;
+        let records = clover_bench::http::write(options, deadline, &progress).await?;
+        clover_bench::http::baseline::run(options, &records, &bare_url, server_pid, Some(bare_pid), &progress).await
+    });
+    // Its standard input closed, the baseline server stops.
+    drop(child.stdin.take());
+    let _ = child.wait();
+    let report = result?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", clover_bench::http::baseline::table(&report));
+    }
+    Ok(())
+}
+
 /// `clover bench http`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct HttpArgs {
@@ -273,6 +363,14 @@ pub(crate) struct HttpArgs {
     /// For an https:// server.
     #[command(flatten)]
     tls: ClientTlsArgs,
+    /// Measure, in the same run, the server's `/healthz` and a bare read of the same records
+    /// from the same store (a server of the bench's own, on the store of `--data-dir`/`--store`,
+    /// with no authentication, policy, log or crypto), and compare the audited read with both.
+    #[arg(long)]
+    baseline: bool,
+    /// The server's process id: its CPU per request and resident size are read from /proc.
+    #[arg(long, value_name = "PID")]
+    server_pid: Option<u32>,
 }
 
 impl HttpArgs {
@@ -304,6 +402,9 @@ impl HttpArgs {
             };
             options.token = mint(&self.config, &principal, options.max_time + std::time::Duration::from_secs(600))
                 .context("no --token, and none could be minted with the development issuer")?;
+        }
+        if self.baseline {
+            return baseline(&options, &self.config, self.server_pid, self.json);
         }
         let report =
             runtime()?.block_on(clover_bench::http::run(&options, &|step| eprintln!("clover bench: {step}")))?;

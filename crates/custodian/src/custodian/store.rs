@@ -10,6 +10,7 @@
 //! database's [`Dialect`], in [`sqlite`] and [`postgres`].
 
 mod postgres;
+pub(crate) use postgres::ERASURE_LISTENER_LOST_METRIC;
 mod sqlite;
 
 use std::path::PathBuf;

@@ -220,7 +220,7 @@ pub async fn grant_approval(
     let row = boundary.store().approval(&approval_id).await.map_err(ApiError::internal)?;
     let requester = row.as_ref().map_or("", |row| row.requester.as_str());
     let request = approval_request(boundary.config(), &caller.principal, &caller.origin, &approval_id, requester);
-    let decision = boundary.pack().decide(&request);
+    let decision = boundary.decide(&request);
     let granted = decision.effect() == "allow";
     let now = OffsetDateTime::now_utc();
     let expires_at =
@@ -282,7 +282,7 @@ pub const REQUESTER_RULE: &str = "requesters-see-their-approvals";
 fn view_decision(boundary: &Boundary, caller: &Caller, approval_id: &str, row: Option<&ApprovalRow>) -> Decision {
     let requester = row.map_or("", |row| row.requester.as_str());
     let request = approval_request(boundary.config(), &caller.principal, &caller.origin, approval_id, requester);
-    let decision = boundary.pack().decide(&request);
+    let decision = boundary.decide(&request);
     if decision.effect() == "allow" {
         return decision;
     }

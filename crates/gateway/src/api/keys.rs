@@ -120,7 +120,7 @@ async fn administer(
     what: &str,
 ) -> Result<(clover_policy::Decision, u64), ApiError> {
     let request = administer_request(boundary.config(), &caller.principal, &caller.origin);
-    let decision = boundary.pack().decide(&request);
+    let decision = boundary.decide(&request);
     let allowed = decision.effect() == "allow";
     let detail = format!("{what} {}", if allowed { "allowed" } else { "refused" });
     let log_index = crate::pipeline::events::log_without_data(

@@ -48,7 +48,7 @@ async fn decide(boundary: &Boundary, caller: &Caller, what: &str) -> Result<(Dec
         &caller.origin,
         Action::HandleRequests,
     );
-    let decision = boundary.pack().decide(&request);
+    let decision = boundary.decide(&request);
     let allowed = decision.effect() == "allow";
     let log_index = crate::pipeline::events::log_without_data(
         boundary,

@@ -108,7 +108,7 @@ pub async fn healthz(
         (status = SERVICE_UNAVAILABLE, description = "No metrics recorder in this process", body = String, content_type = "text/plain"),
     ))]
 pub async fn metrics(State(boundary): State<Arc<Boundary>>) -> impl IntoResponse {
-    crate::metrics::log(boundary.log());
+    crate::metrics::scraped(boundary.log());
     match crate::metrics::handle() {
         Some(handle) => {
             (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], handle.render())

@@ -119,7 +119,7 @@ pub async fn decide(
                 approvals: i64::try_from(details.approvals.len()).unwrap_or(i64::MAX),
                 minors: names_a_minor(boundary, &details).await?,
             };
-            let decision = boundary.pack().decide(&request);
+            let decision = boundary.decide(&request);
             if decision.effect() != "allow" {
                 ("rejected", decision, Vec::new())
             } else {

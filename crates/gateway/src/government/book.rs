@@ -299,7 +299,7 @@ pub async fn gate(boundary: &Boundary, caller: &Caller, asked: &str) -> Result<D
         &caller.origin,
         Action::HandleGovernmentRequests,
     );
-    let decision = boundary.pack().decide(&request);
+    let decision = boundary.decide(&request);
     if decision.effect() == "allow" {
         return Ok(decision);
     }

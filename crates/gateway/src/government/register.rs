@@ -66,7 +66,7 @@ pub async fn register(
         &caller.origin,
         Action::RegisterGovernmentRequest,
     );
-    let decision = boundary.pack().decide(&request);
+    let decision = boundary.decide(&request);
     let allowed = decision.effect() == "allow";
     let request_id = format!("gr-{}", crate::subjects::certificate::random_hex(12)?);
     let now = time::OffsetDateTime::now_utc();

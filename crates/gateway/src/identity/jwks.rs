@@ -166,6 +166,9 @@ pub(crate) struct ProviderKeys {
     cache: Mutex<KeyCache>,
     /// Held for the duration of a fetch: one at a time.
     fetching: tokio::sync::Mutex<()>,
+    /// Counts the changes of the key set: a token verified under an earlier generation is
+    /// verified again (the token cache keeps the generation it was verified under).
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for ProviderKeys {
@@ -185,6 +188,7 @@ impl ProviderKeys {
             client,
             cache: Mutex::new(KeyCache::default()),
             fetching: tokio::sync::Mutex::new(()),
+            generation: std::sync::atomic::AtomicU64::new(0),
         });
         {
             let fetching = keys.fetching.lock().await;
@@ -192,6 +196,14 @@ impl ProviderKeys {
         }
         tokio::spawn(keep_fresh(Arc::downgrade(&keys)));
         keys
+    }
+
+    /// The key set's generation, while the set is fresh (`None` once it is stale, when a
+    /// request fetches it again before trusting it): changes whenever a fetched set differs from
+    /// the one before.
+    pub(crate) fn fresh_generation(&self) -> Option<u64> {
+        let fresh = !self.cache().stale(Instant::now(), self.refresh);
+        fresh.then(|| self.generation.load(std::sync::atomic::Ordering::Acquire))
     }
 
     fn cache(&self) -> MutexGuard<'_, KeyCache> {
@@ -222,16 +234,21 @@ impl ProviderKeys {
         match result {
             Ok(set) => {
                 let kids = |set: &JwkSet| set.keys.iter().map(|k| k.common.key_id.clone()).collect::<Vec<_>>();
+                metrics::counter!(crate::metrics::JWKS_REFRESHES, "result" => "ok").increment(1);
                 let mut cache = self.cache();
-                let changed = cache.set.as_ref().map(kids) != Some(kids(&set));
-                if changed {
+                if cache.set.as_ref().map(kids) != Some(kids(&set)) {
                     tracing::info!(issuer = %self.issuer, keys = ?kids(&set), "identity provider keys loaded");
                 } else {
                     tracing::debug!(issuer = %self.issuer, "identity provider keys unchanged");
                 }
+                if cache.set.as_ref() != Some(&set) {
+                    // Any change, a key replaced under the same id too, ends every cached token.
+                    self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                }
                 cache.loaded(set, now);
             }
             Err(e) => {
+                metrics::counter!(crate::metrics::JWKS_REFRESHES, "result" => "failed").increment(1);
                 let (wait, serving) = {
                     let mut cache = self.cache();
                     (cache.failed(now), cache.set.is_some())

@@ -173,6 +173,7 @@ pub(crate) fn decide(boundary: &Boundary, caller: &Caller, ask: &Ask<'_>, facts:
     };
     let verdict = boundary.pack().verdict(&request, ask.subject);
     tracing::Span::current().record("effect", verdict.decision().effect());
+    crate::metrics::decision(ask.action, verdict.decision());
     verdict
 }
 

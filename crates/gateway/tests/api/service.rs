@@ -163,3 +163,94 @@ async fn the_openapi_document_is_as_reviewed() {
     let doc: Value = app.client(DUBLIN).get(app.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
     insta::assert_json_snapshot!("openapi", doc);
 }
+
+/// What an operator sizes and alerts on is on `/metrics`, every family with its help text, and
+/// `promtool check metrics` (Prometheus's own linter, from Debian's `prometheus` package, which
+/// `.ci/run` installs) finds nothing to say.
+#[tokio::test]
+async fn metrics_an_operator_tunes_by_each_with_help_and_clean_for_promtool() {
+    let app = TestApp::start().await;
+    let record = app.seed("u-1", json!({"a": 1})).await;
+    // The same token twice: verified once, then found in the cache.
+    app.get_record(DUBLIN, &record).await;
+    app.get_record(DUBLIN, &record).await;
+    app.get_record(SINGAPORE, &record).await;
+    let text = app.client(DUBLIN).get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let sample = |name: &str, labels: &[&str]| {
+        text.lines().any(|l| l.split(['{', ' ']).next() == Some(name) && labels.iter().all(|label| l.contains(label)))
+    };
+    for (name, labels) in [
+        ("process_cpu_seconds_total", &[][..]),
+        ("process_resident_memory_bytes", &[]),
+        ("process_open_fds", &[]),
+        ("process_max_fds", &[]),
+        ("clover_log_batch_entries_count", &[]),
+        ("clover_log_commit_seconds_bucket", &[]),
+        ("clover_log_fsync_seconds_bucket", &[]),
+        ("clover_log_sequencer_queue", &[]),
+        ("clover_log_entries", &[]),
+        ("clover_custodian_key_cache_total", &[r#"result="miss""#]),
+        ("clover_custodian_key_cache_total", &[r#"result="hit""#]),
+        ("clover_custodian_unwrap_seconds_bucket", &[]),
+        ("clover_token_cache_total", &[r#"result="hit""#]),
+        ("clover_token_cache_total", &[r#"result="miss""#]),
+        ("clover_decisions_total", &[r#"action="read""#, r#"effect="allow""#, r#"policy="#]),
+        ("clover_decisions_total", &[r#"action="read""#, r#"effect="deny""#]),
+        ("clover_http_requests_total", &[]),
+    ] {
+        assert!(sample(name, labels), "no {name} {labels:?} in\n{text}");
+    }
+    // Every family has its help text.
+    for family in text.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
+        let name = family.split(' ').next().unwrap();
+        assert!(text.contains(&format!("# HELP {name} ")), "no HELP for {name} in\n{text}");
+    }
+    // The dashboard in docs/ reads only families the gateway has: here, or (those that count
+    // events this test does not cause) described in the source.
+    let dashboard =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/grafana/clover-gateway.json"))
+            .unwrap();
+    let dashboard: Value = serde_json::from_str(&dashboard).unwrap();
+    let only_on_events = [
+        "clover_refusals_limited_total",
+        "clover_jwks_refreshes_total",
+        "clover_approvals_refused_total",
+        "clover_tls_connections_refused_total",
+        "clover_tls_certificate_expiry_timestamp_seconds",
+    ];
+    let names = regex::Regex::new(r"\b(?:clover|process)_[a-z_]+").unwrap();
+    let panels = dashboard["panels"].as_array().unwrap();
+    assert!(panels.len() >= 12, "{} panels", panels.len());
+    for expr in panels.iter().flat_map(|p| p["targets"].as_array().unwrap()).map(|t| t["expr"].as_str().unwrap()) {
+        for name in names.find_iter(expr).map(|m| m.as_str()) {
+            let family = name.strip_suffix("_bucket").unwrap_or(name);
+            assert!(
+                text.contains(&format!("# TYPE {family} ")) || only_on_events.contains(&family),
+                "the dashboard reads {name}, which /metrics does not have"
+            );
+        }
+    }
+    let Ok(promtool) = which("promtool") else {
+        assert!(std::env::var_os("CI").is_none(), "promtool is missing: .ci/run installs Debian's prometheus package");
+        eprintln!("promtool not installed; `apt-get install prometheus` to lint the metrics");
+        return;
+    };
+    let mut child = std::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && said.trim().is_empty(), "promtool check metrics:\n{said}");
+}
+
+/// A program on the PATH.
+fn which(program: &str) -> Result<std::path::PathBuf, ()> {
+    std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).map(|dir| dir.join(program)).find(|p| p.is_file()))
+        .ok_or(())
+}
