@@ -4,6 +4,7 @@
 
 pub(crate) mod approvals;
 pub(crate) mod entries;
+pub(crate) mod group;
 pub(crate) mod open;
 pub mod resealings;
 
@@ -33,6 +34,10 @@ struct BadBundle(u64);
 pub struct Boundary {
     config: Config,
     store: Arc<dyn Store>,
+    /// Access annexes, written a batch per transaction (`group.rs`).
+    annexes: group::GroupCommit<clover_event::Annex>,
+    /// Reads counted in their callers' bulk-access windows, a batch per transaction.
+    touches: group::GroupCommit<clover_store::Touch>,
     custody: Arc<dyn KeyCustody>,
     custodian: Option<Arc<Custodian>>,
     log: Log,
@@ -71,6 +76,12 @@ impl Boundary {
     /// The re-sealing migration's progress.
     pub fn resealings(&self) -> &resealings::Resealings {
         &self.resealings
+    }
+
+    /// Counts a read in its caller's bulk-access window, with the reads counted at the same time
+    /// (one transaction), and waits until it is durable.
+    pub(crate) async fn count_touch(&self, touch: clover_store::Touch) -> Result<(), clover_store::StoreError> {
+        self.touches.write(touch).await
     }
 
     /// The windows of the refusal limit.

@@ -48,4 +48,11 @@ pub enum StoreError {
         /// How long the store tried.
         waited: Duration,
     },
+    /// A batch of writes, this one among them, failed (the gateway's group commit): the same
+    /// error for every write of the batch.
+    #[error(transparent)]
+    Batch(std::sync::Arc<StoreError>),
+    /// The writer a write was handed to has stopped (the process is closing).
+    #[error("the store's writer of {0} has stopped")]
+    Stopped(&'static str),
 }

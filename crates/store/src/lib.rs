@@ -19,6 +19,7 @@ mod sqlite;
 
 pub use error::StoreError;
 pub use postgres::PostgresStore;
+pub use rows::Touch;
 pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;
@@ -550,7 +551,13 @@ pub trait Store: Send + Sync + 'static {
         subject: &str,
         at: OffsetDateTime,
         since: OffsetDateTime,
-    ) -> Result<(), StoreError>;
+    ) -> Result<(), StoreError> {
+        self.record_touches(&[Touch { principal: principal.clone(), subject: subject.to_owned(), at, since }]).await
+    }
+
+    /// [`Store::record_touch`] for many reads, in one transaction: each principal's reads before
+    /// the earliest `since` of theirs in the batch are forgotten, and every read is counted.
+    async fn record_touches(&self, touches: &[Touch]) -> Result<(), StoreError>;
 
     /// The distinct subjects `principal` read since `since`, counting `subject` as one of them.
     async fn touched(&self, principal: &PrincipalId, subject: &str, since: OffsetDateTime) -> Result<i64, StoreError>;

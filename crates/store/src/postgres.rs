@@ -745,28 +745,26 @@ impl Store for PostgresStore {
         Ok(Counts { subjects: subjects.unsigned_abs(), records: records.unsigned_abs() })
     }
 
-    async fn record_touch(
-        &self,
-        principal: &PrincipalId,
-        subject: &str,
-        at: OffsetDateTime,
-        since: OffsetDateTime,
-    ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await.map_err(db("counting a read"))?;
-        sqlx::query("DELETE FROM touches WHERE principal = $1 AND at < $2")
-            .bind(principal.as_str())
-            .bind(since.unix_timestamp())
-            .execute(&mut *tx)
-            .await
-            .map_err(db("forgetting old reads"))?;
-        sqlx::query("INSERT INTO touches (principal, subject, at) VALUES ($1, $2, $3)")
-            .bind(principal.as_str())
-            .bind(subject)
-            .bind(at.unix_timestamp())
-            .execute(&mut *tx)
-            .await
-            .map_err(db("counting a read"))?;
-        tx.commit().await.map_err(db("counting a read"))?;
+    async fn record_touches(&self, touches: &[rows::Touch]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db("counting reads"))?;
+        for (principal, since) in rows::windows(touches) {
+            sqlx::query("DELETE FROM touches WHERE principal = $1 AND at < $2")
+                .bind(principal.as_str())
+                .bind(since.unix_timestamp())
+                .execute(&mut *tx)
+                .await
+                .map_err(db("forgetting old reads"))?;
+        }
+        for touch in touches {
+            sqlx::query("INSERT INTO touches (principal, subject, at) VALUES ($1, $2, $3)")
+                .bind(touch.principal.as_str())
+                .bind(&touch.subject)
+                .bind(touch.at.unix_timestamp())
+                .execute(&mut *tx)
+                .await
+                .map_err(db("counting a read"))?;
+        }
+        tx.commit().await.map_err(db("counting reads"))?;
         Ok(())
     }
 

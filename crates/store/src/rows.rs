@@ -3,6 +3,7 @@
 
 use std::str::FromStr;
 
+use clover_model::PrincipalId;
 use time::OffsetDateTime;
 
 use crate::{
@@ -227,4 +228,30 @@ pub(crate) fn certificate_row(row: &impl Columns) -> Result<CertificateRow, Stor
         log_index: u64::try_from(row.int("log_index").map_err(get())?).map_err(corrupt("log_index"))?,
         created_at: timestamp(row.int("created_at").map_err(get())?)?,
     })
+}
+
+/// A read of a subject by a principal, counted in the principal's bulk-access window
+/// ([`Store::record_touches`](crate::Store::record_touches)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Touch {
+    /// Who read.
+    pub principal: PrincipalId,
+    /// Whose data: the region's keyed hash of the subject.
+    pub subject: String,
+    /// When.
+    pub at: OffsetDateTime,
+    /// The start of the window as the read saw it: the principal's reads before it are forgotten.
+    pub since: OffsetDateTime,
+}
+
+/// The earliest `since` of each principal in `touches`, in the order they first appear.
+pub(crate) fn windows(touches: &[Touch]) -> Vec<(&PrincipalId, OffsetDateTime)> {
+    let mut windows: Vec<(&PrincipalId, OffsetDateTime)> = Vec::new();
+    for touch in touches {
+        match windows.iter_mut().find(|(p, _)| *p == &touch.principal) {
+            Some((_, since)) => *since = (*since).min(touch.since),
+            None => windows.push((&touch.principal, touch.since)),
+        }
+    }
+    windows
 }

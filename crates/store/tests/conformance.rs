@@ -281,6 +281,28 @@ async fn reads_are_counted_per_principal_in_the_window(store: Arc<dyn Store>, _:
     assert_eq!(store.touched(&ana, "h3", at(1_250)).await.unwrap(), 2);
     store.record_touch(&ana, "h4", at(2_000), at(1_250)).await.unwrap();
     assert_eq!(store.touched(&ana, "h1", since).await.unwrap(), 3, "h1's reads were forgotten: h2, h4 and h1");
+
+    // Many reads in one transaction (the gateway's group commit): each counted, and each
+    // principal's window moved to the earliest start the batch gives it.
+    let touch = |principal: &clover_model::PrincipalId, subject: &str, when: i64, since: i64| clover_store::Touch {
+        principal: principal.clone(),
+        subject: subject.to_owned(),
+        at: at(when),
+        since: at(since),
+    };
+    store
+        .record_touches(&[
+            touch(&bo, "h1", 2_100, 1_500),
+            touch(&ana, "h5", 2_100, 1_400),
+            touch(&bo, "h2", 2_110, 1_000),
+            touch(&ana, "h6", 2_120, 1_350),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(store.touched(&bo, "h9", since).await.unwrap(), 3, "bo: h1, h2 and h9");
+    // ana's reads before 1_350 forgotten (h2 at 1_300), not those after (h4, h5, h6).
+    assert_eq!(store.touched(&ana, "h4", since).await.unwrap(), 3, "ana: h4, h5, h6");
+    store.record_touches(&[]).await.unwrap();
 }
 
 /// A repatriation job's rows: each source row kept once (a resumed run writes nothing twice),

@@ -98,7 +98,8 @@ impl Boundary {
     async fn keep_annex(&self, event: &mut Event, annex: Option<&Annex>) -> Result<(), AppendError> {
         if let Some(annex) = annex {
             event.annex = Some(annex.commitment());
-            self.store.insert_annex(annex).await.map_err(AppendError::Annex)?;
+            // With the annexes of the other accesses under way: one transaction for them all.
+            self.annexes.write(annex.clone()).await.map_err(AppendError::Annex)?;
         }
         Ok(())
     }

@@ -184,9 +184,25 @@ impl Boundary {
         }
         let (config_refusal_limit, config_refusal_window) =
             (config.policy.refusal_limit, config.policy.refusal_window_seconds);
+        let annexes = {
+            let store = store.clone();
+            super::group::GroupCommit::start("annexes", move |rows: Vec<clover_event::Annex>| {
+                let store = store.clone();
+                async move { store.insert_annexes(&rows).await }
+            })
+        };
+        let touches = {
+            let store = store.clone();
+            super::group::GroupCommit::start("reads counted", move |rows: Vec<clover_store::Touch>| {
+                let store = store.clone();
+                async move { store.record_touches(&rows).await }
+            })
+        };
         Ok(Self {
             config,
             store,
+            annexes,
+            touches,
             custody,
             custodian,
             log,

@@ -136,10 +136,13 @@ pub(crate) async fn count_read(boundary: &Boundary, caller: &Caller, ask: &Ask<'
     if !counts_as_touch(caller, ask) || !matches!(verdict, Verdict::Allowed(_)) {
         return;
     }
-    let now = time::OffsetDateTime::now_utc();
-    let counted =
-        boundary.store().record_touch(&caller.principal.id, &facts.subject_hash, now, window_start(boundary)).await;
-    if let Err(e) = counted {
+    let touch = clover_store::Touch {
+        principal: caller.principal.id.clone(),
+        subject: facts.subject_hash.clone(),
+        at: time::OffsetDateTime::now_utc(),
+        since: window_start(boundary),
+    };
+    if let Err(e) = boundary.count_touch(touch).await {
         tracing::error!(error = %Chain(&e), "cannot count a read in the caller's bulk-access window");
     }
 }
