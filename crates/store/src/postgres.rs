@@ -179,6 +179,20 @@ const MIGRATIONS: &[(i64, &str)] = &[
      );",
     ),
     (11, "CREATE INDEX annexes_by_subject_in_order ON annexes(subject_id, seq);"),
+    // One row per principal and subject read in the window, with the latest read's time.
+    (
+        12,
+        "CREATE TABLE touches_once (
+         principal   TEXT NOT NULL,
+         subject     TEXT NOT NULL,
+         at          BIGINT NOT NULL,
+         PRIMARY KEY (principal, subject)
+     );
+     INSERT INTO touches_once SELECT principal, subject, MAX(at) FROM touches GROUP BY principal, subject;
+     DROP TABLE touches;
+     ALTER TABLE touches_once RENAME TO touches;
+     CREATE INDEX touches_by_principal ON touches(principal, at);",
+    ),
 ];
 
 /// A store in a PostgreSQL database.
@@ -756,20 +770,23 @@ impl Store for PostgresStore {
                 .map_err(db("forgetting old reads"))?;
         }
         for touch in touches {
-            sqlx::query("INSERT INTO touches (principal, subject, at) VALUES ($1, $2, $3)")
-                .bind(touch.principal.as_str())
-                .bind(&touch.subject)
-                .bind(touch.at.unix_timestamp())
-                .execute(&mut *tx)
-                .await
-                .map_err(db("counting a read"))?;
+            sqlx::query(
+                "INSERT INTO touches (principal, subject, at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (principal, subject) DO UPDATE SET at = GREATEST(touches.at, EXCLUDED.at)",
+            )
+            .bind(touch.principal.as_str())
+            .bind(&touch.subject)
+            .bind(touch.at.unix_timestamp())
+            .execute(&mut *tx)
+            .await
+            .map_err(db("counting a read"))?;
         }
         tx.commit().await.map_err(db("counting reads"))?;
         Ok(())
     }
 
     async fn touched(&self, principal: &PrincipalId, subject: &str, since: OffsetDateTime) -> Result<i64, StoreError> {
-        let (count,): (i64,) = sqlx::query_as("SELECT (SELECT COUNT(DISTINCT subject) FROM touches WHERE principal = $1 AND at >= $2) + (CASE WHEN EXISTS (SELECT 1 FROM touches WHERE principal = $1 AND subject = $3 AND at >= $2) THEN 0 ELSE 1 END)")
+        let (count,): (i64,) = sqlx::query_as("SELECT (SELECT COUNT(*) FROM touches WHERE principal = $1 AND at >= $2) + (CASE WHEN EXISTS (SELECT 1 FROM touches WHERE principal = $1 AND subject = $3 AND at >= $2) THEN 0 ELSE 1 END)")
             .bind(principal.as_str())
             .bind(since.unix_timestamp())
             .bind(subject)

@@ -69,7 +69,8 @@ CREATE INDEX IF NOT EXISTS annexes_by_subject ON annexes(subject_id);
 CREATE TABLE IF NOT EXISTS touches (
     principal   TEXT NOT NULL,
     subject     TEXT NOT NULL,
-    at          INTEGER NOT NULL
+    at          INTEGER NOT NULL,
+    PRIMARY KEY (principal, subject)
 ) STRICT;
 CREATE INDEX IF NOT EXISTS touches_by_principal ON touches(principal, at);
 CREATE TABLE IF NOT EXISTS repatriated (
@@ -144,10 +145,13 @@ CREATE TABLE IF NOT EXISTS government_requests (
 ";
 
 /// The schema's version, kept in `user_version`.
-const SCHEMA_VERSION: i64 = 10;
+const SCHEMA_VERSION: i64 = 11;
 
 /// Changes that bring a database of an older version (the key) to the next one.
 ///
+/// Version 11 keeps one row per principal and subject read in the bulk-access window (`touches`,
+/// with the latest read's time), not one per read: counting a principal's subjects no longer
+/// reads every read of theirs in the window.
 /// Version 10 keeps the register of government requests (`government_requests`), version 9
 /// the tables of subjects' rights: new tables, which the schema makes.
 /// Version 8 keeps transfers out of the region (`transfers`) and the privacy budgets spent
@@ -247,6 +251,23 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (8, "PRAGMA user_version = 9;"),
     // The register of government requests is made by the schema itself (`IF NOT EXISTS`).
     (9, "PRAGMA user_version = 10;"),
+    (
+        10,
+        "BEGIN IMMEDIATE;
+         CREATE TABLE IF NOT EXISTS touches (principal TEXT NOT NULL, subject TEXT NOT NULL, at INTEGER NOT NULL) STRICT;
+         CREATE TABLE touches_once (
+             principal   TEXT NOT NULL,
+             subject     TEXT NOT NULL,
+             at          INTEGER NOT NULL,
+             PRIMARY KEY (principal, subject)
+         ) STRICT;
+         INSERT INTO touches_once SELECT principal, subject, MAX(at) FROM touches GROUP BY principal, subject;
+         DROP TABLE touches;
+         ALTER TABLE touches_once RENAME TO touches;
+         CREATE INDEX IF NOT EXISTS touches_by_principal ON touches(principal, at);
+         PRAGMA user_version = 11;
+         COMMIT;",
+    ),
 ];
 
 /// How long an erasure waits for readers to let the write-ahead log be truncated (the busy
@@ -940,20 +961,23 @@ impl Store for SqliteStore {
                 .map_err(db("forgetting old reads"))?;
         }
         for touch in touches {
-            sqlx::query("INSERT INTO touches (principal, subject, at) VALUES (?, ?, ?)")
-                .bind(touch.principal.as_str())
-                .bind(&touch.subject)
-                .bind(touch.at.unix_timestamp())
-                .execute(&mut *tx)
-                .await
-                .map_err(db("counting a read"))?;
+            sqlx::query(
+                "INSERT INTO touches (principal, subject, at) VALUES (?, ?, ?) \
+                 ON CONFLICT (principal, subject) DO UPDATE SET at = MAX(at, excluded.at)",
+            )
+            .bind(touch.principal.as_str())
+            .bind(&touch.subject)
+            .bind(touch.at.unix_timestamp())
+            .execute(&mut *tx)
+            .await
+            .map_err(db("counting a read"))?;
         }
         tx.commit().await.map_err(db("counting reads"))?;
         Ok(())
     }
 
     async fn touched(&self, principal: &PrincipalId, subject: &str, since: OffsetDateTime) -> Result<i64, StoreError> {
-        let (count,): (i64,) = sqlx::query_as("SELECT (SELECT COUNT(DISTINCT subject) FROM touches WHERE principal = ? AND at >= ?) + (NOT EXISTS (SELECT 1 FROM touches WHERE principal = ? AND subject = ? AND at >= ?))")
+        let (count,): (i64,) = sqlx::query_as("SELECT (SELECT COUNT(*) FROM touches WHERE principal = ? AND at >= ?) + (NOT EXISTS (SELECT 1 FROM touches WHERE principal = ? AND subject = ? AND at >= ?))")
             .bind(principal.as_str())
             .bind(since.unix_timestamp())
             .bind(principal.as_str())
@@ -1352,6 +1376,50 @@ mod tests {
 
     /// Version 4 added an approval's scope salt and grant index: an approval granted before has
     /// neither (and is no longer counted by the boundary), and the schema is current after.
+    #[tokio::test]
+    async fn a_version_10_database_keeps_one_read_per_principal_and_subject() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("clover.db");
+        {
+            let options = SqliteConnectOptions::new().filename(&path).create_if_missing(true);
+            let pool = SqlitePoolOptions::new().connect_with(options).await.unwrap();
+            sqlx::raw_sql(
+                "CREATE TABLE touches (principal TEXT NOT NULL, subject TEXT NOT NULL, at INTEGER NOT NULL) STRICT;
+                 INSERT INTO touches VALUES ('ana', 'h1', 100), ('ana', 'h1', 300), ('ana', 'h1', 200),
+                 ('ana', 'h2', 150), ('bo', 'h1', 50);
+                 PRAGMA user_version = 10;",
+            )
+            .execute(&pool)
+            .await
+            .unwrap();
+            pool.close().await;
+        }
+        let store = SqliteStore::open(&path).await.unwrap();
+        let rows: Vec<(String, String, i64)> =
+            sqlx::query_as("SELECT principal, subject, at FROM touches ORDER BY principal, subject")
+                .fetch_all(&store.pool)
+                .await
+                .unwrap();
+        let expected = [("ana", "h1", 300), ("ana", "h2", 150), ("bo", "h1", 50)];
+        assert_eq!(rows, expected.map(|(p, s, at)| (p.to_owned(), s.to_owned(), at)), "the latest read of each");
+        let ana = "ana".parse().unwrap();
+        let at = |t| OffsetDateTime::from_unix_timestamp(t).unwrap();
+        assert_eq!(store.touched(&ana, "h3", at(120)).await.unwrap(), 3, "h1 (300), h2 (150) and h3");
+        assert_eq!(store.touched(&ana, "h1", at(250)).await.unwrap(), 1, "h1 only, read at 300");
+        // A read again of the same subject moves its time, and adds no row.
+        store.record_touch(&ana, "h2", at(400), at(0)).await.unwrap();
+        store.record_touch(&ana, "h2", at(350), at(0)).await.unwrap();
+        let (count, latest): (i64, i64) =
+            sqlx::query_as("SELECT COUNT(*), MAX(at) FROM touches WHERE principal = 'ana' AND subject = 'h2'")
+                .fetch_one(&store.pool)
+                .await
+                .unwrap();
+        assert_eq!((count, latest), (1, 400));
+        let version: i64 = sqlx::query_scalar("PRAGMA user_version").fetch_one(&store.pool).await.unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        store.close().await;
+    }
+
     #[tokio::test]
     async fn a_version_3_database_gets_the_approvals_new_columns() {
         let dir = tempfile::tempdir().unwrap();
