@@ -195,6 +195,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
     ),
 ];
 
+/// The most rows one multi-row statement writes (SQLite binds at most 32,766 values, PostgreSQL
+/// 65,535; four or so a row).
+const ROWS_PER_STATEMENT: usize = 1_000;
+
 /// A store in a PostgreSQL database.
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
@@ -769,17 +773,15 @@ impl Store for PostgresStore {
                 .await
                 .map_err(db("forgetting old reads"))?;
         }
-        for touch in touches {
-            sqlx::query(
-                "INSERT INTO touches (principal, subject, at) VALUES ($1, $2, $3) \
-                 ON CONFLICT (principal, subject) DO UPDATE SET at = GREATEST(touches.at, EXCLUDED.at)",
-            )
-            .bind(touch.principal.as_str())
-            .bind(&touch.subject)
-            .bind(touch.at.unix_timestamp())
-            .execute(&mut *tx)
-            .await
-            .map_err(db("counting a read"))?;
+        // Each principal and subject once (the latest read), in as few statements as the rows need.
+        let latest = rows::latest_reads(touches);
+        for chunk in latest.chunks(ROWS_PER_STATEMENT) {
+            let mut insert = sqlx::QueryBuilder::<sqlx::Postgres>::new("INSERT INTO touches (principal, subject, at) ");
+            insert.push_values(chunk, |mut row, (principal, subject, at)| {
+                row.push_bind(principal.as_str().to_owned()).push_bind(subject.to_owned()).push_bind(*at);
+            });
+            insert.push(" ON CONFLICT (principal, subject) DO UPDATE SET at = GREATEST(touches.at, EXCLUDED.at)");
+            insert.build().execute(&mut *tx).await.map_err(db("counting reads"))?;
         }
         tx.commit().await.map_err(db("counting reads"))?;
         Ok(())
@@ -893,10 +895,23 @@ impl Store for PostgresStore {
     }
 
     async fn insert_annexes(&self, annexes: &[Annex]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await.map_err(db("storing annexes"))?;
         let now = OffsetDateTime::now_utc().unix_timestamp();
-        for annex in annexes {
-            keep_annex(&mut *tx, annex, now).await?;
+        let encoded: Vec<(String, Option<&str>, Vec<u8>)> =
+            annexes.iter().map(|a| (a.commitment(), annex_subject(a), a.encode())).collect();
+        let insert = |chunk: &[(String, Option<&str>, Vec<u8>)]| {
+            let mut insert = sqlx::QueryBuilder::<sqlx::Postgres>::new(
+                "INSERT INTO annexes (commitment, subject_id, annex, created_at) ",
+            );
+            insert.push_values(chunk, |mut row, (commitment, subject, annex)| {
+                row.push_bind(commitment.clone()).push_bind(*subject).push_bind(annex.clone()).push_bind(now);
+            });
+            insert
+        };
+        // One statement per chunk of rows (a statement, not a row, is what costs a round trip to
+        // the database), all in one transaction.
+        let mut tx = self.pool.begin().await.map_err(db("storing annexes"))?;
+        for chunk in encoded.chunks(ROWS_PER_STATEMENT) {
+            insert(chunk).build().execute(&mut *tx).await.map_err(db("storing annexes"))?;
         }
         tx.commit().await.map_err(db("storing annexes"))
     }

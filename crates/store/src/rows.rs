@@ -255,3 +255,25 @@ pub(crate) fn windows(touches: &[Touch]) -> Vec<(&PrincipalId, OffsetDateTime)> 
     }
     windows
 }
+
+/// Each principal and subject of `touches` once, with the latest time it was read (Unix
+/// seconds), in the order they first appear.
+pub(crate) fn latest_reads(touches: &[Touch]) -> Vec<(&PrincipalId, &str, i64)> {
+    let mut latest: Vec<(&PrincipalId, &str, i64)> = Vec::with_capacity(touches.len());
+    let mut seen: std::collections::HashMap<(&PrincipalId, &str), usize> = std::collections::HashMap::new();
+    for touch in touches {
+        let at = touch.at.unix_timestamp();
+        match seen.get(&(&touch.principal, touch.subject.as_str())) {
+            Some(&i) => {
+                if let Some(entry) = latest.get_mut(i) {
+                    entry.2 = entry.2.max(at);
+                }
+            }
+            None => {
+                seen.insert((&touch.principal, touch.subject.as_str()), latest.len());
+                latest.push((&touch.principal, touch.subject.as_str(), at));
+            }
+        }
+    }
+    latest
+}

@@ -296,10 +296,16 @@ async fn reads_are_counted_per_principal_in_the_window(store: Arc<dyn Store>, _:
             touch(&ana, "h5", 2_100, 1_400),
             touch(&bo, "h2", 2_110, 1_000),
             touch(&ana, "h6", 2_120, 1_350),
+            // The same principal and subject twice in one batch: one row, the latest read.
+            touch(&bo, "h1", 2_105, 1_500),
+            touch(&bo, "h1", 2_101, 1_500),
         ])
         .await
         .unwrap();
     assert_eq!(store.touched(&bo, "h9", since).await.unwrap(), 3, "bo: h1, h2 and h9");
+    // bo's h1 is kept at its latest read, 2_105: in a window from 2_105 (h1, h2), not from 2_106 (h2).
+    assert_eq!(store.touched(&bo, "h9", at(2_105)).await.unwrap(), 3);
+    assert_eq!(store.touched(&bo, "h9", at(2_106)).await.unwrap(), 2);
     // ana's reads before 1_350 forgotten (h2 at 1_300), not those after (h4, h5, h6).
     assert_eq!(store.touched(&ana, "h4", since).await.unwrap(), 3, "ana: h4, h5, h6");
     store.record_touches(&[]).await.unwrap();

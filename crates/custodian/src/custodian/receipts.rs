@@ -182,6 +182,14 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_receipt_twice_in_one_batch_is_honoured_once() {
+        let (_dir, db) = sqlite().await;
+        let first = db.honour(&[("a", 1), ("a", 1), ("b", 2), ("a", 1)], now()).await.unwrap();
+        assert_eq!(first, [true, false, true, false]);
+        assert_eq!(db.honour(&[("b", 2), ("c", 3), ("c", 3)], now()).await.unwrap(), [false, true, false]);
+    }
+
+    #[tokio::test]
     async fn the_key_store_forgets_receipts_past_their_window() {
         let (_dir, db) = sqlite().await;
         let long_ago = now() - i64::try_from(REMEMBERED_FOR.as_secs()).unwrap() - 1;

@@ -185,8 +185,9 @@ pub(crate) struct KeyDb<DB: Database> {
     pool: Pool<DB>,
 }
 
-const INSERT_RECORD: &str = "INSERT INTO unwraps (time, subject, action, log_index, entry_hash, purpose, cached) \
-                             VALUES ($1, $2, $3, $4, $5, $6, $7)";
+/// The most rows one multi-row statement writes (SQLite binds at most 32,766 values,
+/// PostgreSQL 65,535).
+const ROWS_PER_STATEMENT: usize = 1_000;
 
 type JournalRow = (i64, String, String, i64, String, Option<String>, i64);
 
@@ -284,18 +285,23 @@ where
     }
 
     async fn append_journal(&self, records: &[UnwrapRecord]) -> Result<(), sqlx::Error> {
+        // One statement per chunk of records (a statement is a round trip to the database), all
+        // in one transaction.
         let mut tx = self.pool.begin().await?;
-        for r in records {
-            sqlx::query(INSERT_RECORD)
-                .bind(r.time)
-                .bind(r.subject.as_str())
-                .bind(r.action.as_str())
-                .bind(i64::try_from(r.log_index).unwrap_or(i64::MAX))
-                .bind(r.entry_hash.as_str())
-                .bind(r.purpose.as_deref())
-                .bind(i64::from(r.cached))
-                .execute(&mut *tx)
-                .await?;
+        for chunk in records.chunks(ROWS_PER_STATEMENT) {
+            let mut insert = sqlx::QueryBuilder::<DB>::new(
+                "INSERT INTO unwraps (time, subject, action, log_index, entry_hash, purpose, cached) ",
+            );
+            insert.push_values(chunk, |mut row, r| {
+                row.push_bind(r.time)
+                    .push_bind(r.subject.as_str())
+                    .push_bind(r.action.as_str())
+                    .push_bind(i64::try_from(r.log_index).unwrap_or(i64::MAX))
+                    .push_bind(r.entry_hash.as_str())
+                    .push_bind(r.purpose.as_deref())
+                    .push_bind(i64::from(r.cached));
+            });
+            insert.build().execute(&mut *tx).await?;
         }
         tx.commit().await
     }
@@ -321,25 +327,35 @@ where
     }
 
     async fn honour(&self, receipts: &[(&str, i64)], now: i64) -> Result<Vec<bool>, sqlx::Error> {
+        // Not a read then a write: the primary key decides, so that two custodians sharing the
+        // key store cannot both find a receipt new (the second waits for the first's
+        // transaction, then inserts nothing). The rows inserted come back (RETURNING); a receipt
+        // presented twice in one batch is new at most once, the first time.
         let mut tx = self.pool.begin().await?;
-        let mut new = Vec::with_capacity(receipts.len());
+        let mut inserted = std::collections::HashSet::new();
+        let mut distinct: Vec<(&str, i64)> = Vec::with_capacity(receipts.len());
+        let mut seen = std::collections::HashSet::new();
         for (entry_hash, log_index) in receipts {
-            // Not a read then a write: the primary key decides, so that two custodians sharing
-            // the key store cannot both find a receipt new (the second waits for the first's
-            // transaction, then does nothing).
-            let done = sqlx::query(
-                "INSERT INTO honoured_receipts (entry_hash, log_index, honoured_at) VALUES ($1, $2, $3) \
-                 ON CONFLICT (entry_hash) DO NOTHING",
-            )
-            .bind(*entry_hash)
-            .bind(*log_index)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            new.push(DB::rows_affected(&done) == 1);
+            if seen.insert(*entry_hash) {
+                distinct.push((entry_hash, *log_index));
+            }
+        }
+        for chunk in distinct.chunks(ROWS_PER_STATEMENT) {
+            let mut insert =
+                sqlx::QueryBuilder::<DB>::new("INSERT INTO honoured_receipts (entry_hash, log_index, honoured_at) ");
+            insert.push_values(chunk, |mut row, (entry_hash, log_index)| {
+                row.push_bind(*entry_hash).push_bind(*log_index).push_bind(now);
+            });
+            insert.push(" ON CONFLICT (entry_hash) DO NOTHING RETURNING entry_hash");
+            let new: Vec<(String,)> = insert.build_query_as().fetch_all(&mut *tx).await?;
+            inserted.extend(new.into_iter().map(|(hash,)| hash));
         }
         tx.commit().await?;
-        Ok(new)
+        let mut answered = std::collections::HashSet::new();
+        Ok(receipts
+            .iter()
+            .map(|(entry_hash, _)| inserted.contains(*entry_hash) && answered.insert(*entry_hash))
+            .collect())
     }
 
     async fn forget_receipts(&self, before: i64) -> Result<u64, sqlx::Error> {
