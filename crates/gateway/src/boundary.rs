@@ -4,7 +4,6 @@
 
 pub(crate) mod approvals;
 pub(crate) mod entries;
-pub(crate) mod group;
 pub(crate) mod open;
 pub mod resealings;
 
@@ -35,9 +34,12 @@ pub struct Boundary {
     config: Config,
     store: Arc<dyn Store>,
     /// Access annexes, written a batch per transaction (`group.rs`).
-    annexes: group::GroupCommit<clover_event::Annex>,
+    annexes: clover_store::GroupCommit<clover_event::Annex>,
     /// Reads counted in their callers' bulk-access windows, a batch per transaction.
-    touches: group::GroupCommit<clover_store::Touch>,
+    touches: clover_store::GroupCommit<clover_store::Touch>,
+    /// New records, a batch per transaction (a row that fails the batch is written again alone,
+    /// so that each write gets its own answer).
+    records: clover_store::GroupCommit<clover_store::RecordRow>,
     custody: Arc<dyn KeyCustody>,
     custodian: Option<Arc<Custodian>>,
     log: Log,
@@ -76,6 +78,12 @@ impl Boundary {
     /// The re-sealing migration's progress.
     pub fn resealings(&self) -> &resealings::Resealings {
         &self.resealings
+    }
+
+    /// Stores a new record with the records written at the same time (one transaction), and
+    /// waits until it is durable.
+    pub(crate) async fn insert_record(&self, row: clover_store::RecordRow) -> Result<(), clover_store::StoreError> {
+        self.records.write(row).await
     }
 
     /// Counts a read in its caller's bulk-access window, with the reads counted at the same time

@@ -200,7 +200,7 @@ pub async fn write(
         sealed_with: clover_store::SealedWith::RecordKey,
     };
     drop(key);
-    boundary.store().insert_record(&row).await.map_err(|e| match e {
+    boundary.insert_record(row.clone()).await.map_err(|e| match e {
         // Erased between the load and the write: nothing was stored.
         clover_store::StoreError::NoSuchSubject(id) => ApiError::NotFound { what: "subject", id: id.to_string() },
         other => ApiError::internal(other),

@@ -27,7 +27,7 @@ pub(crate) struct Tree {
     checkpoint_size: u64,
     /// Entry indexes by their index key: a format 1 entry's subject hash, a format 2 entry's
     /// annex commitment.
-    by_key: BTreeMap<String, Vec<u64>>,
+    by_key: KeyIndex,
     /// The index of the latest entry of each kind.
     last_by_kind: HashMap<EventKind, u64>,
 }
@@ -39,7 +39,7 @@ impl Tree {
             offsets: vec![0],
             checkpoint: Arc::from(""),
             checkpoint_size: 0,
-            by_key: BTreeMap::new(),
+            by_key: KeyIndex::default(),
             last_by_kind: HashMap::new(),
         }
     }
@@ -76,7 +76,7 @@ impl Tree {
         if let Some((kind, subject)) = index_by {
             self.last_by_kind.insert(kind, index);
             if let Some(subject) = subject {
-                self.by_key.entry(subject).or_default().push(index);
+                self.by_key.add(subject, index);
             }
         }
         let end = self.offsets.last().copied().unwrap_or(0) + 2 + entry.len() as u64;
@@ -110,7 +110,7 @@ impl Tree {
     }
 
     pub(crate) fn entries_about(&self, key: &str) -> Vec<u64> {
-        self.by_key.get(key).cloned().unwrap_or_default()
+        self.by_key.get(key)
     }
 }
 
@@ -281,5 +281,95 @@ impl Shared {
                 let _ = waiter.done.send(Err(error()));
             }
         }
+    }
+}
+
+/// Entry indexes by index key, compactly: every process holding the log keeps one key per
+/// entry about someone (a format 2 entry's annex commitment is its own), so this is most of the
+/// log's memory after the tree's hashes. A key of 64 lowercase hex digits (a subject hash, an
+/// annex commitment: every key Clover writes) is kept as its 32 bytes, any other as text; one
+/// index is kept inline, more in a vector.
+#[derive(Default)]
+struct KeyIndex {
+    hashes: HashMap<[u8; 32], Indexes>,
+    other: BTreeMap<String, Indexes>,
+}
+
+/// The indexes of the entries of one key, in order.
+enum Indexes {
+    One(u64),
+    Many(Vec<u64>),
+}
+
+impl Indexes {
+    fn push(&mut self, index: u64) {
+        match self {
+            Self::One(first) => *self = Self::Many(vec![*first, index]),
+            Self::Many(all) => all.push(index),
+        }
+    }
+
+    fn to_vec(&self) -> Vec<u64> {
+        match self {
+            Self::One(index) => vec![*index],
+            Self::Many(all) => all.clone(),
+        }
+    }
+}
+
+/// The 32 bytes of `key` if it is 64 lowercase hex digits.
+fn hash_key(key: &str) -> Option<[u8; 32]> {
+    if !key.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return None;
+    }
+    let mut bytes = [0u8; 32];
+    hex::decode_to_slice(key, &mut bytes).ok()?;
+    Some(bytes)
+}
+
+impl KeyIndex {
+    fn add(&mut self, key: String, index: u64) {
+        match hash_key(&key) {
+            Some(hash) => match self.hashes.get_mut(&hash) {
+                Some(indexes) => indexes.push(index),
+                None => {
+                    self.hashes.insert(hash, Indexes::One(index));
+                }
+            },
+            None => match self.other.get_mut(&key) {
+                Some(indexes) => indexes.push(index),
+                None => {
+                    self.other.insert(key, Indexes::One(index));
+                }
+            },
+        }
+    }
+
+    fn get(&self, key: &str) -> Vec<u64> {
+        let found = match hash_key(key) {
+            Some(hash) => self.hashes.get(&hash),
+            None => self.other.get(key),
+        };
+        found.map(Indexes::to_vec).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod key_index_tests {
+    use super::KeyIndex;
+
+    #[test]
+    fn keys_find_their_entries_in_order_whatever_their_form() {
+        let mut index = KeyIndex::default();
+        let hash = "ab".repeat(32);
+        let upper = "AB".repeat(32);
+        for (i, key) in [&hash, "s-1", &hash, &upper, "s-1", &hash].into_iter().enumerate() {
+            index.add(key.to_owned(), i as u64);
+        }
+        assert_eq!(index.get(&hash), [0, 2, 5]);
+        assert_eq!(index.get("s-1"), [1, 4]);
+        assert_eq!(index.get(&upper), [3], "upper-case hex is another key, kept as text");
+        assert!(index.get(&"cd".repeat(32)).is_empty());
+        assert!(index.get("").is_empty());
     }
 }

@@ -13,11 +13,13 @@
 //! conformance suite (`tests/conformance.rs`).
 
 mod error;
+mod group;
 mod postgres;
 mod rows;
 mod sqlite;
 
 pub use error::StoreError;
+pub use group::GroupCommit;
 pub use postgres::PostgresStore;
 pub use rows::Touch;
 pub use sqlite::SqliteStore;

@@ -186,16 +186,37 @@ impl Boundary {
             (config.policy.refusal_limit, config.policy.refusal_window_seconds);
         let annexes = {
             let store = store.clone();
-            super::group::GroupCommit::start("annexes", move |rows: Vec<clover_event::Annex>| {
+            clover_store::GroupCommit::start("annexes", move |rows: Vec<clover_event::Annex>| {
                 let store = store.clone();
                 async move { store.insert_annexes(&rows).await }
             })
         };
         let touches = {
             let store = store.clone();
-            super::group::GroupCommit::start("reads counted", move |rows: Vec<clover_store::Touch>| {
+            clover_store::GroupCommit::start("reads counted", move |rows: Vec<clover_store::Touch>| {
                 let store = store.clone();
                 async move { store.record_touches(&rows).await }
+            })
+        };
+        let records = {
+            let store = store.clone();
+            clover_store::GroupCommit::start_each("records", move |rows: Vec<clover_store::RecordRow>| {
+                let store = store.clone();
+                async move {
+                    match store.insert_records(&rows).await {
+                        Ok(()) => rows.iter().map(|_| Ok(())).collect(),
+                        // One row failed the batch (its subject erased meanwhile, say): each
+                        // again on its own, so that each write gets its own answer.
+                        Err(_) if rows.len() > 1 => {
+                            let mut each = Vec::with_capacity(rows.len());
+                            for row in &rows {
+                                each.push(store.insert_record(row).await);
+                            }
+                            each
+                        }
+                        Err(e) => vec![Err(e)],
+                    }
+                }
             })
         };
         Ok(Self {
@@ -203,6 +224,7 @@ impl Boundary {
             store,
             annexes,
             touches,
+            records,
             custody,
             custodian,
             log,

@@ -1,34 +1,59 @@
-//! Group commit of the store writes that every audited access makes (its annex, and for a read
-//! the caller's bulk-access window): a request hands its row to a writer task and waits; the
-//! task writes every row waiting in one transaction (one durable step for the batch), then
-//! answers each. A request is answered only once its row is durable, as before; what changes is
-//! that thirty-two concurrent reads cost one commit rather than thirty-two.
+//! Group commit of the store writes that every audited access makes (its annex, for a read the
+//! caller's bulk-access window, for a write the record): a request hands its row to a writer task
+//! and waits; the task writes every row waiting in one transaction (one durable step for the
+//! batch), then answers each with its own result. A request is answered only once its row is
+//! durable; what changes is that thirty-two concurrent requests cost one commit rather than
+//! thirty-two.
 
 use std::future::Future;
 use std::sync::Arc;
 
-use clover_store::StoreError;
+use crate::error::StoreError;
 use tokio::sync::{mpsc, oneshot};
 
 /// The most rows one transaction takes.
 const MAX_BATCH: usize = 1_024;
 
-type Answer = oneshot::Sender<Result<(), Arc<StoreError>>>;
+type Answer = oneshot::Sender<Result<(), StoreError>>;
 
 /// A writer of rows of type `T`, a batch per transaction.
-pub(crate) struct GroupCommit<T> {
+pub struct GroupCommit<T> {
     queue: mpsc::UnboundedSender<(T, Answer)>,
     /// What it writes, for errors.
     what: &'static str,
 }
 
 impl<T: Send + 'static> GroupCommit<T> {
-    /// Starts the writer: `commit` writes a batch in one transaction. It stops when this is
-    /// dropped, after the rows sent before.
-    pub(crate) fn start<F, Fut>(what: &'static str, commit: F) -> Self
+    /// Starts the writer: `commit` writes a batch in one transaction; a batch that fails fails
+    /// every row of it (with [`StoreError::Batch`]). It stops when this is dropped, after the
+    /// rows sent before. Must be called within a Tokio runtime.
+    pub fn start<F, Fut>(what: &'static str, commit: F) -> Self
+    where
+        F: Fn(Vec<T>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), StoreError>> + Send,
+    {
+        let commit = Arc::new(commit);
+        Self::start_each(what, move |rows: Vec<T>| {
+            let commit = commit.clone();
+            async move {
+                let count = rows.len();
+                match commit(rows).await {
+                    Ok(()) => (0..count).map(|_| Ok(())).collect(),
+                    Err(e) => {
+                        let e = Arc::new(e);
+                        (0..count).map(|_| Err(StoreError::Batch(e.clone()))).collect()
+                    }
+                }
+            }
+        })
+    }
+
+    /// Starts the writer: `commit` writes a batch and answers each row's result, in order (a
+    /// row that it does not answer is answered with [`StoreError::Stopped`]).
+    pub fn start_each<F, Fut>(what: &'static str, commit: F) -> Self
     where
         F: Fn(Vec<T>) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<(), StoreError>> + Send,
+        Fut: Future<Output = Vec<Result<(), StoreError>>> + Send,
     {
         let (queue, mut received) = mpsc::unbounded_channel::<(T, Answer)>();
         tokio::spawn(async move {
@@ -41,10 +66,10 @@ impl<T: Send + 'static> GroupCommit<T> {
                     rows.push(row);
                     answers.push(answer);
                 }
-                let result = commit(std::mem::take(&mut rows)).await.map_err(Arc::new);
+                let mut results = commit(std::mem::take(&mut rows)).await.into_iter();
                 for answer in answers.drain(..) {
                     // A request that gave up waiting is not told.
-                    let _ = answer.send(result.clone());
+                    let _ = answer.send(results.next().unwrap_or(Err(StoreError::Stopped(what))));
                 }
             }
         });
@@ -52,11 +77,11 @@ impl<T: Send + 'static> GroupCommit<T> {
     }
 
     /// Writes `row` with the others waiting, and waits until their transaction is committed.
-    pub(crate) async fn write(&self, row: T) -> Result<(), StoreError> {
+    pub async fn write(&self, row: T) -> Result<(), StoreError> {
         let (answer, answered) = oneshot::channel();
         let stopped = || StoreError::Stopped(self.what);
         self.queue.send((row, answer)).map_err(|_| stopped())?;
-        answered.await.map_err(|_| stopped())?.map_err(StoreError::Batch)
+        answered.await.map_err(|_| stopped())?
     }
 }
 
