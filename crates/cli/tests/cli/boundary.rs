@@ -428,6 +428,45 @@ fn bench_scale_measures_every_axis_and_draws_it() {
 }
 
 #[test]
+fn bench_http_baseline_compares_healthz_a_bare_read_and_the_audited_read_with_the_servers_cpu() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Process::serve(clover(tmp.path()), &["--data-dir", "data"]);
+    let mut command = clover(tmp.path());
+    command.args(["bench", "http", "--url", &server.url, "--data-dir", "data", "--baseline"]);
+    command.args(["--server-pid", &server.pid().to_string()]);
+    command.args(["--requests", "40", "--concurrency", "4", "--records", "3", "--json"]);
+    let finished = run_ok(command);
+    let report: Value = serde_json::from_str(&finished.stdout).unwrap();
+    for phase in ["healthz", "bare", "audited"] {
+        let phase = &report[phase];
+        assert_eq!(phase["answers"]["sent"], 40, "{report}");
+        assert_eq!(phase["answers"]["expected"], 40, "every request answered 200: {report}");
+        assert!(phase["requests_per_second"].as_f64().unwrap() > 0.0, "{report}");
+    }
+    // The boundary's CPU and size come from /proc; the bare read's from its own process.
+    for phase in ["healthz", "audited", "bare"] {
+        assert!(report[phase]["server_cpu_us"].as_f64().is_some_and(|us| us >= 0.0), "{report}");
+        assert!(report[phase]["server_resident_bytes"].as_u64().is_some_and(|b| b > 1 << 20), "{report}");
+    }
+    assert!(report["audited_over_healthz"].as_f64().is_some_and(|r| r > 0.0), "{report}");
+    // The bare read answers the stored row, not the record: the audited reads were logged, the
+    // bare ones were not (3 writes and 80 reads of the two rounds, with the subject's entry).
+    assert!(report["audited_cpu_over_bare"].as_f64().is_some(), "{report}");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let detail: Value = runtime.block_on(async {
+        client(DUBLIN).get(server.at("/healthz?detail=true")).send().await.unwrap().json().await.unwrap()
+    });
+    let size = detail["log_size"].as_u64().unwrap_or_else(|| panic!("{detail}"));
+    assert!((84..200).contains(&size), "the log holds the writes and the 80 audited reads only: {size} entries");
+    // Without --server-pid the table says how to get the CPU figures.
+    let mut command = clover(tmp.path());
+    command.args(["bench", "http", "--url", &server.url, "--data-dir", "data", "--baseline"]);
+    command.args(["--requests", "8", "--concurrency", "2", "--records", "1"]);
+    let table = run_ok(command).stdout;
+    assert!(table.contains("audited read / /healthz") && table.contains("--server-pid"), "{table}");
+}
+
+#[test]
 fn bench_http_drives_a_running_server_from_both_origins() {
     let tmp = tempfile::tempdir().unwrap();
     let server = Process::serve(clover(tmp.path()), &["--data-dir", "data"]);
