@@ -33,10 +33,9 @@ struct BadBundle(u64);
 pub struct Boundary {
     config: Config,
     store: Arc<dyn Store>,
-    /// Access annexes, written a batch per transaction (`group.rs`).
-    annexes: clover_store::GroupCommit<clover_event::Annex>,
-    /// Reads counted in their callers' bulk-access windows, a batch per transaction.
-    touches: clover_store::GroupCommit<clover_store::Touch>,
+    /// Access annexes, each with the read's count in its caller's bulk-access window (if it is
+    /// one), written a batch per transaction (`clover_store::GroupCommit`).
+    annexes: clover_store::GroupCommit<(clover_event::Annex, Option<clover_store::Touch>)>,
     /// New records, a batch per transaction (a row that fails the batch is written again alone,
     /// so that each write gets its own answer).
     records: clover_store::GroupCommit<clover_store::RecordRow>,
@@ -84,12 +83,6 @@ impl Boundary {
     /// waits until it is durable.
     pub(crate) async fn insert_record(&self, row: clover_store::RecordRow) -> Result<(), clover_store::StoreError> {
         self.records.write(row).await
-    }
-
-    /// Counts a read in its caller's bulk-access window, with the reads counted at the same time
-    /// (one transaction), and waits until it is durable.
-    pub(crate) async fn count_touch(&self, touch: clover_store::Touch) -> Result<(), clover_store::StoreError> {
-        self.touches.write(touch).await
     }
 
     /// The windows of the refusal limit.

@@ -52,8 +52,8 @@ pub async fn decide_and_log(
 ) -> Result<Receipt, ApiError> {
     let facts = decision::facts(boundary, caller, ask).await;
     let verdict = decision::decide(boundary, caller, ask, &facts);
-    decision::count_read(boundary, caller, ask, &facts, &verdict).await;
-    events::log(boundary, caller, kind, ask, verdict, facts.approval.as_deref()).await
+    let touch = decision::touch(boundary, caller, ask, &facts, &verdict);
+    events::log_counted(boundary, caller, kind, ask, verdict, facts.approval.as_deref(), touch).await
 }
 
 /// [`decide_and_log`] for many requests of one caller (a repatriation's batch): all are decided

@@ -561,6 +561,11 @@ pub trait Store: Send + Sync + 'static {
     /// the earliest `since` of theirs in the batch are forgotten, and every read is counted.
     async fn record_touches(&self, touches: &[Touch]) -> Result<(), StoreError>;
 
+    /// What audited accesses keep in the store before their entries are appended, in one
+    /// transaction (one durable step): their annexes ([`Store::insert_annexes`]) and the reads
+    /// among them counted in their callers' windows ([`Store::record_touches`]).
+    async fn insert_accesses(&self, annexes: &[Annex], touches: &[Touch]) -> Result<(), StoreError>;
+
     /// The distinct subjects `principal` read since `since`, counting `subject` as one of them.
     async fn touched(&self, principal: &PrincipalId, subject: &str, since: OffsetDateTime) -> Result<i64, StoreError>;
 

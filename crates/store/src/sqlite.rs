@@ -956,24 +956,7 @@ impl Store for SqliteStore {
 
     async fn record_touches(&self, touches: &[rows::Touch]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(db("counting reads"))?;
-        for (principal, since) in rows::windows(touches) {
-            sqlx::query("DELETE FROM touches WHERE principal = ? AND at < ?")
-                .bind(principal.as_str())
-                .bind(since.unix_timestamp())
-                .execute(&mut *tx)
-                .await
-                .map_err(db("forgetting old reads"))?;
-        }
-        // Each principal and subject once (the latest read), in as few statements as the rows need.
-        let latest = rows::latest_reads(touches);
-        for chunk in latest.chunks(ROWS_PER_STATEMENT) {
-            let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new("INSERT INTO touches (principal, subject, at) ");
-            insert.push_values(chunk, |mut row, (principal, subject, at)| {
-                row.push_bind(principal.as_str().to_owned()).push_bind(subject.to_owned()).push_bind(*at);
-            });
-            insert.push(" ON CONFLICT (principal, subject) DO UPDATE SET at = MAX(at, excluded.at)");
-            insert.build().execute(&mut *tx).await.map_err(db("counting reads"))?;
-        }
+        touch_rows(&mut tx, touches).await?;
         tx.commit().await.map_err(db("counting reads"))?;
         Ok(())
     }
@@ -1093,24 +1076,13 @@ impl Store for SqliteStore {
     }
 
     async fn insert_annexes(&self, annexes: &[Annex]) -> Result<(), StoreError> {
-        let now = OffsetDateTime::now_utc().unix_timestamp();
-        let encoded: Vec<(String, Option<&str>, Vec<u8>)> =
-            annexes.iter().map(|a| (a.commitment(), annex_subject(a), a.encode())).collect();
-        let insert = |chunk: &[(String, Option<&str>, Vec<u8>)]| {
-            let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                "INSERT INTO annexes (commitment, subject_id, annex, created_at) ",
-            );
-            insert.push_values(chunk, |mut row, (commitment, subject, annex)| {
-                row.push_bind(commitment.clone()).push_bind(*subject).push_bind(annex.clone()).push_bind(now);
-            });
-            insert
-        };
-        // One statement per chunk of rows (a statement, not a row, is what costs a round trip to
-        // the database), all in one transaction.
+        self.insert_accesses(annexes, &[]).await
+    }
+
+    async fn insert_accesses(&self, annexes: &[Annex], touches: &[rows::Touch]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db("storing annexes"))?;
-        for chunk in encoded.chunks(ROWS_PER_STATEMENT) {
-            insert(chunk).build().execute(&mut *tx).await.map_err(db("storing annexes"))?;
-        }
+        annex_rows(&mut tx, annexes).await?;
+        touch_rows(&mut tx, touches).await?;
         tx.commit().await.map_err(db("storing annexes"))
     }
 
@@ -1304,6 +1276,47 @@ async fn insert_record<'c>(
         }
         Err(e) => Err(db("storing a record")(e)),
     }
+}
+
+
+/// Annexes, in the transaction `tx`: one statement per chunk of rows (a statement, not a row,
+/// is a round trip to the database).
+async fn annex_rows(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, annexes: &[Annex]) -> Result<(), StoreError> {
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    let encoded: Vec<(String, Option<&str>, Vec<u8>)> =
+        annexes.iter().map(|a| (a.commitment(), annex_subject(a), a.encode())).collect();
+    for chunk in encoded.chunks(ROWS_PER_STATEMENT) {
+        let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new("INSERT INTO annexes (commitment, subject_id, annex, created_at) ");
+        insert.push_values(chunk, |mut row, (commitment, subject, annex)| {
+            row.push_bind(commitment.clone()).push_bind(*subject).push_bind(annex.clone()).push_bind(now);
+        });
+        insert.build().execute(&mut **tx).await.map_err(db("storing annexes"))?;
+    }
+    Ok(())
+}
+
+/// Reads counted in their principals' windows, in the transaction `tx`: each principal's reads
+/// before the earliest start the batch gives it forgotten, then each principal and subject once
+/// (the latest read) in as few statements as the rows need.
+async fn touch_rows(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, touches: &[rows::Touch]) -> Result<(), StoreError> {
+    for (principal, since) in rows::windows(touches) {
+        sqlx::query("DELETE FROM touches WHERE principal = ? AND at < ?")
+            .bind(principal.as_str())
+            .bind(since.unix_timestamp())
+            .execute(&mut **tx)
+            .await
+            .map_err(db("forgetting old reads"))?;
+    }
+    let latest = rows::latest_reads(touches);
+    for chunk in latest.chunks(ROWS_PER_STATEMENT) {
+        let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new("INSERT INTO touches (principal, subject, at) ");
+        insert.push_values(chunk, |mut row, (principal, subject, at)| {
+            row.push_bind(principal.as_str().to_owned()).push_bind(subject.to_owned()).push_bind(*at);
+        });
+        insert.push(" ON CONFLICT (principal, subject) DO UPDATE SET at = MAX(at, excluded.at)");
+        insert.build().execute(&mut **tx).await.map_err(db("counting reads"))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -421,6 +421,23 @@ async fn annexes_are_kept_many_at_a_time(store: Arc<dyn Store>, _: &Backend) {
     assert_eq!(rest.iter().map(|(_, a)| a.clone()).collect::<Vec<_>>(), annexes[2..]);
     assert!(store.annexes_of_page(&subject, rest[0].0, 2).await.unwrap().is_empty());
     store.insert_annexes(&[]).await.unwrap();
+
+    // Annexes and the reads among them counted, in one transaction: both kept, or (a commitment
+    // kept already) neither.
+    let ana: clover_model::PrincipalId = "ana".parse().unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let touch = |subject: &str| clover_store::Touch {
+        principal: ana.clone(),
+        subject: subject.to_owned(),
+        at: now,
+        since: now - time::Duration::hours(1),
+    };
+    let more = clover_event::Annex::new(Some("ana"), None, None, Some("r-9"), Some(subject.as_str())).unwrap();
+    store.insert_accesses(std::slice::from_ref(&more), &[touch("h-a")]).await.unwrap();
+    assert_eq!(store.annex(&more.commitment()).await.unwrap(), Some(more.clone()));
+    assert_eq!(store.touched(&ana, "h-b", now - time::Duration::hours(1)).await.unwrap(), 2, "h-a counted, and h-b");
+    assert!(store.insert_accesses(&[more], &[touch("h-c")]).await.is_err(), "the same annex twice");
+    assert_eq!(store.touched(&ana, "h-b", now - time::Duration::hours(1)).await.unwrap(), 2, "h-c not counted");
 }
 
 /// Many subjects registered in one transaction; one registered before is left as it was.

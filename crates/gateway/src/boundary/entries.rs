@@ -94,19 +94,25 @@ impl Boundary {
         subjects.iter().map(|subject| tag_with(keys.get(subject).and_then(Option::as_ref))).collect()
     }
 
-    /// Stores `annex` (if any) and sets `event`'s commitment to it.
-    async fn keep_annex(&self, event: &mut Event, annex: Option<&Annex>) -> Result<(), AppendError> {
+    /// Stores `annex` (if any), with the read's count in its caller's window (`touch`), and sets
+    /// `event`'s commitment to it.
+    async fn keep_annex(
+        &self,
+        event: &mut Event,
+        annex: Option<&Annex>,
+        touch: Option<clover_store::Touch>,
+    ) -> Result<(), AppendError> {
         if let Some(annex) = annex {
             event.annex = Some(annex.commitment());
             // With the annexes of the other accesses under way: one transaction for them all.
-            self.annexes.write(annex.clone()).await.map_err(AppendError::Annex)?;
+            self.annexes.write((annex.clone(), touch)).await.map_err(AppendError::Annex)?;
         }
         Ok(())
     }
 
     /// Appends `event` with its `annex`, and waits until it is durable; returns its index.
     pub(crate) async fn append_annexed(&self, mut event: Event, annex: Option<Annex>) -> Result<u64, AppendError> {
-        self.keep_annex(&mut event, annex.as_ref()).await?;
+        self.keep_annex(&mut event, annex.as_ref(), None).await?;
         Ok(self.log.append(&event).await?)
     }
 
@@ -117,8 +123,9 @@ impl Boundary {
         mut event: Event,
         annex: Annex,
         permit: Permit,
+        touch: Option<clover_store::Touch>,
     ) -> Result<Receipt, AppendError> {
-        self.keep_annex(&mut event, Some(&annex)).await?;
+        self.keep_annex(&mut event, Some(&annex), touch).await?;
         Ok(self.log.append_permitted(&event, permit).await?.with_annex(annex))
     }
 }
@@ -132,7 +139,7 @@ impl Boundary {
         mut event: Event,
         annex: Annex,
     ) -> Result<clover_log::TransferReceipt, AppendError> {
-        self.keep_annex(&mut event, Some(&annex)).await?;
+        self.keep_annex(&mut event, Some(&annex), None).await?;
         Ok(self.log.append_transfer(&event).await?)
     }
 

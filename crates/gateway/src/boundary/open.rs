@@ -186,17 +186,17 @@ impl Boundary {
             (config.policy.refusal_limit, config.policy.refusal_window_seconds);
         let annexes = {
             let store = store.clone();
-            clover_store::GroupCommit::start("annexes", move |rows: Vec<clover_event::Annex>| {
-                let store = store.clone();
-                async move { store.insert_annexes(&rows).await }
-            })
-        };
-        let touches = {
-            let store = store.clone();
-            clover_store::GroupCommit::start("reads counted", move |rows: Vec<clover_store::Touch>| {
-                let store = store.clone();
-                async move { store.record_touches(&rows).await }
-            })
+            clover_store::GroupCommit::start(
+                "annexes",
+                move |rows: Vec<(clover_event::Annex, Option<clover_store::Touch>)>| {
+                    let store = store.clone();
+                    async move {
+                        let (annexes, touches): (Vec<_>, Vec<_>) = rows.into_iter().unzip();
+                        let touches: Vec<clover_store::Touch> = touches.into_iter().flatten().collect();
+                        store.insert_accesses(&annexes, &touches).await
+                    }
+                },
+            )
         };
         let records = {
             let store = store.clone();
@@ -223,7 +223,6 @@ impl Boundary {
             config,
             store,
             annexes,
-            touches,
             records,
             custody,
             custodian,

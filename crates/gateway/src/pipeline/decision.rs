@@ -131,20 +131,24 @@ fn counts_as_touch(caller: &Caller, ask: &Ask<'_>) -> bool {
     }
 }
 
-/// Counts an allowed read (or staff export) in the caller's window, in the store.
-pub(crate) async fn count_read(boundary: &Boundary, caller: &Caller, ask: &Ask<'_>, facts: &Facts, verdict: &Verdict) {
+/// The count of an allowed read (or staff export) in the caller's window: kept in the store with
+/// the access's annex, in the same transaction, before its entry is appended.
+pub(crate) fn touch(
+    boundary: &Boundary,
+    caller: &Caller,
+    ask: &Ask<'_>,
+    facts: &Facts,
+    verdict: &Verdict,
+) -> Option<clover_store::Touch> {
     if !counts_as_touch(caller, ask) || !matches!(verdict, Verdict::Allowed(_)) {
-        return;
+        return None;
     }
-    let touch = clover_store::Touch {
+    Some(clover_store::Touch {
         principal: caller.principal.id.clone(),
         subject: facts.subject_hash.clone(),
         at: time::OffsetDateTime::now_utc(),
         since: window_start(boundary),
-    };
-    if let Err(e) = boundary.count_touch(touch).await {
-        tracing::error!(error = %Chain(&e), "cannot count a read in the caller's bulk-access window");
-    }
+    })
 }
 
 /// Whether `category` is sensitive (one that is not configured counts as sensitive).

@@ -138,6 +138,20 @@ pub(crate) async fn log(
     verdict: Verdict,
     approval: Option<&str>,
 ) -> Result<Receipt, ApiError> {
+    log_counted(boundary, caller, kind, ask, verdict, approval, None).await
+}
+
+/// [`log`], with the read's count in the caller's bulk-access window (`touch`, for an allowed
+/// read) kept in the same transaction as the annex.
+pub(crate) async fn log_counted(
+    boundary: &Boundary,
+    caller: &Caller,
+    kind: EventKind,
+    ask: &Ask<'_>,
+    verdict: Verdict,
+    approval: Option<&str>,
+    touch: Option<clover_store::Touch>,
+) -> Result<Receipt, ApiError> {
     // An allowed access that the custodian will hand a key for is bound to the subject by the
     // tag: their tag key must exist (made here at their registration).
     let needs_key = matches!(ask.action, Action::Read | Action::Write | Action::Erase | Action::Repatriate);
@@ -150,7 +164,7 @@ pub(crate) async fn log(
             .with_approval(approval);
     match verdict {
         Verdict::Allowed(permit) => {
-            let receipt = boundary.append_permitted_annexed(entry, annex, permit).await?;
+            let receipt = boundary.append_permitted_annexed(entry, annex, permit, touch).await?;
             tracing::Span::current().record("index", receipt.index());
             Ok(receipt)
         }
