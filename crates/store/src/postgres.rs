@@ -1086,7 +1086,9 @@ async fn annex_rows(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, annexes: &[A
     let encoded: Vec<(String, Option<&str>, Vec<u8>)> =
         annexes.iter().map(|a| (a.commitment(), annex_subject(a), a.encode())).collect();
     for chunk in encoded.chunks(ROWS_PER_STATEMENT) {
-        let mut insert = sqlx::QueryBuilder::<sqlx::Postgres>::new("INSERT INTO annexes (commitment, subject_id, annex, created_at) ");
+        let mut insert = sqlx::QueryBuilder::<sqlx::Postgres>::new(
+            "INSERT INTO annexes (commitment, subject_id, annex, created_at) ",
+        );
         insert.push_values(chunk, |mut row, (commitment, subject, annex)| {
             row.push_bind(commitment.clone()).push_bind(*subject).push_bind(annex.clone()).push_bind(now);
         });

@@ -1278,7 +1278,6 @@ async fn insert_record<'c>(
     }
 }
 
-
 /// Annexes, in the transaction `tx`: one statement per chunk of rows (a statement, not a row,
 /// is a round trip to the database).
 async fn annex_rows(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, annexes: &[Annex]) -> Result<(), StoreError> {
@@ -1286,7 +1285,8 @@ async fn annex_rows(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, annexes: &[Ann
     let encoded: Vec<(String, Option<&str>, Vec<u8>)> =
         annexes.iter().map(|a| (a.commitment(), annex_subject(a), a.encode())).collect();
     for chunk in encoded.chunks(ROWS_PER_STATEMENT) {
-        let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new("INSERT INTO annexes (commitment, subject_id, annex, created_at) ");
+        let mut insert =
+            sqlx::QueryBuilder::<sqlx::Sqlite>::new("INSERT INTO annexes (commitment, subject_id, annex, created_at) ");
         insert.push_values(chunk, |mut row, (commitment, subject, annex)| {
             row.push_bind(commitment.clone()).push_bind(*subject).push_bind(annex.clone()).push_bind(now);
         });
