@@ -535,14 +535,17 @@ impl Authenticator {
         let issuer = jsonwebtoken::dangerous::insecure_decode_claims::<Issuer>(token)
             .map_err(|_| AuthError::Invalid("malformed token".into()))?
             .iss;
-        let (verified, which) = match &self.dev {
-            Some((dev_issuer, verifier)) if *dev_issuer == issuer => (verifier.verify_until(token)?, None),
+        // What the verification is cached under: its issuer (`None`: the development issuer,
+        // whose key does not change while the process runs) and that issuer's key set
+        // generation; nothing for a provider whose set was stale before the verification.
+        let (verified, cache_under) = match &self.dev {
+            Some((dev_issuer, verifier)) if *dev_issuer == issuer => (verifier.verify_until(token)?, Some((None, 0))),
             _ => match self.providers.iter().enumerate().find(|(_, p)| p.rules.issuer == issuer) {
                 Some((i, provider)) => {
                     // The generation before the key is looked up: a set changed meanwhile makes
                     // the entry stale at once rather than keeping a token of a withdrawn key.
                     let generation = self.generation(Some(i));
-                    (provider.verify(token).await?, generation.map(|g| (i, g)))
+                    (provider.verify(token).await?, generation.map(|g| (Some(i), g)))
                 }
                 None => return Err(AuthError::Invalid("unexpected issuer".into())),
             },
@@ -559,16 +562,8 @@ impl Authenticator {
             );
             return Err(AuthError::UnknownSite { site: principal.site.to_string() });
         }
-        match which {
-            // The development issuer's key does not change while the process runs.
-            None if self.dev.as_ref().is_some_and(|(iss, _)| *iss == issuer) => {
-                self.verified.insert(digest, Cached { principal: principal.clone(), exp, issuer: None, generation: 0 });
-            }
-            Some((i, generation)) => {
-                self.verified.insert(digest, Cached { principal: principal.clone(), exp, issuer: Some(i), generation });
-            }
-            // A provider's set that was stale before the verification: not cached this time.
-            None => {}
+        if let Some((issuer, generation)) = cache_under {
+            self.verified.insert(digest, Cached { principal: principal.clone(), exp, issuer, generation });
         }
         Ok(principal)
     }
