@@ -51,7 +51,7 @@ impl RemoteCustody {
             .json(body)
             .send()
             .await
-            .map_err(|e| KeyError::Hsm(format!("the custodian at {} cannot be reached: {e}", self.url)))?;
+            .map_err(|e| KeyError::Unavailable(format!("the custodian at {} cannot be reached: {e}", self.url)))?;
         let status = response.status().as_u16();
         // A body that cannot be read is an empty one: the status still says what happened.
         let body = response.bytes().await.unwrap_or_default();
@@ -81,6 +81,7 @@ pub fn read_answer(status: u16, body: &[u8]) -> Result<Value, KeyError> {
         410 => Err(KeyError::Erased),
         422 => Err(KeyError::Decrypt),
         429 => Err(KeyError::TooManyPseudonyms(detail_or_none(body))),
+        502..=504 => Err(KeyError::Unavailable(format!("the custodian answered {status}: {}", detail_or_none(body)))),
         _ => Err(KeyError::Hsm(format!("the custodian answered {status}: {}", detail_or_none(body)))),
     }
 }

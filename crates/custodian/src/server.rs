@@ -235,12 +235,26 @@ impl From<KeyError> for Refusal {
             }
             KeyError::Decrypt => Self(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
             KeyError::TooManyPseudonyms(_) => Self(StatusCode::TOO_MANY_REQUESTS, e.to_string()),
+            KeyError::Unavailable(_) => {
+                tracing::error!(error = %e, "custody unavailable");
+                Self(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            }
+            KeyError::Store { cause, operation } if store_unavailable(cause.as_ref()) => {
+                tracing::error!(error = %cause, operation, "custody store unavailable");
+                Self(StatusCode::SERVICE_UNAVAILABLE, format!("the custodian's key store cannot serve now ({operation})"))
+            }
             e => {
                 tracing::error!(error = %e, "custody failed");
                 Self(StatusCode::INTERNAL_SERVER_ERROR, "custody failed; see the custodian's log".to_owned())
             }
         }
     }
+}
+
+/// Whether a key store failure says the database cannot serve now (down, disk full) rather
+/// than that something is wrong.
+fn store_unavailable(cause: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
+    clover_sql::is_unavailable_error(cause)
 }
 
 impl From<ReceiptError> for Refusal {

@@ -205,6 +205,17 @@ pub enum ApiError {
         /// The configured limit.
         limit: usize,
     },
+    /// What the boundary depends on cannot serve now (the data store or its disk, the
+    /// custodian, the key store): answered 503 for the caller to try again; the cause is
+    /// logged, not shown.
+    #[error("{dependency} unavailable")]
+    Unavailable {
+        /// Which dependency, in words.
+        dependency: &'static str,
+        /// What failed.
+        #[source]
+        cause: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// Something failed inside the boundary; the cause is logged, not shown.
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -222,8 +233,16 @@ impl From<crate::boundary::entries::AppendError> for ApiError {
 impl ApiError {
     /// Wraps an internal failure (an error, or a message saying what cannot be); its text goes
     /// to the server log only.
+    ///
+    /// A failure of a dependency that cannot serve now (its cause, anywhere down the chain of
+    /// sources, a database down or restarting or out of space, a custodian not reachable) is
+    /// [`ApiError::Unavailable`] instead: a 503 to try again, not a 500.
     pub fn internal(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
-        Self::Internal(error.into())
+        let error = error.into();
+        match unavailable_dependency(error.as_ref()) {
+            Some(dependency) => Self::Unavailable { dependency, cause: error },
+            None => Self::Internal(error),
+        }
     }
 
     fn parts(&self) -> (StatusCode, &'static str, &'static str, String) {
@@ -335,6 +354,15 @@ impl ApiError {
                 "Request body too large",
                 format!("the request body is over this boundary's limit of {limit} bytes (max_body_bytes)"),
             ),
+            Self::Unavailable { dependency, .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "Service unavailable",
+                format!(
+                    "the boundary's {dependency} cannot serve now (down, restarting, or out of space); the request was \
+                     not completed; retry later"
+                ),
+            ),
             Self::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
@@ -350,6 +378,9 @@ impl IntoResponse for ApiError {
         let (status, slug, title, detail) = self.parts();
         match &self {
             Self::Internal(cause) => tracing::error!(cause = %Chain(cause.as_ref()), "request failed"),
+            Self::Unavailable { dependency, cause } => {
+                tracing::error!(dependency, cause = %Chain(cause.as_ref()), "request failed: a dependency is unavailable");
+            }
             Self::LogUnavailable(cause) => {
                 tracing::error!(cause = %Chain(cause), "request refused: the log is unavailable");
             }
@@ -371,7 +402,7 @@ impl IntoResponse for ApiError {
         let head_refused = matches!(self, Self::HeadNotAllowed);
         let retry_after = match self {
             Self::TooManyRefusals { retry_after } => Some(retry_after),
-            Self::ErasureUnfinished { .. } => Some(1),
+            Self::ErasureUnfinished { .. } | Self::Unavailable { .. } => Some(1),
             _ => None,
         };
         let (decision, log_index) = match self {
@@ -410,6 +441,30 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+/// The dependency that cannot serve now, if that is what `error` (or a source of it) says.
+fn unavailable_dependency(error: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if let Some(store) = e.downcast_ref::<clover_store::StoreError>() {
+            if store.is_unavailable() {
+                return Some("data store");
+            }
+        }
+        if clover_sql::is_unavailable_error(e) {
+            return Some("database");
+        }
+        match e.downcast_ref::<clover_keys::KeyError>() {
+            Some(clover_keys::KeyError::Unavailable(_)) => return Some("custodian"),
+            Some(clover_keys::KeyError::Store { cause, .. }) if unavailable_dependency(cause.as_ref()).is_some() => {
+                return Some("key store");
+            }
+            _ => {}
+        }
+        next = e.source();
+    }
+    None
 }
 
 /// A JSON request body whose rejections are problems.

@@ -103,6 +103,11 @@ pub enum KeyError {
         cause: Box<dyn std::error::Error + Send + Sync>,
     },
 
+    /// The custodian (or what it depends on: its key store, the log it checks receipts
+    /// against) cannot serve now: not reachable, restarting, its disk full. Worth trying again.
+    #[error("the custodian cannot serve now: {0}")]
+    Unavailable(String),
+
     /// The custodian's key store failed.
     #[error("custody store: {operation}: {cause}")]
     Store {

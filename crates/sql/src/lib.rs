@@ -1,12 +1,86 @@
 //! SQL helpers that the store, the log and the custodian's key store share: versioned
 //! migrations applied once under an advisory lock, database URLs without their passwords for
-//! messages, and the truncation of a SQLite write-ahead log after an erasure.
+//! messages, the truncation of a SQLite write-ahead log after an erasure, and a pooled
+//! connection that a failed transaction does not return to its pool ([`Guarded`]).
 
 use std::time::{Duration, Instant};
 
 use sqlx::AssertSqlSafe;
+use sqlx::pool::{Pool, PoolConnection};
 use sqlx::postgres::PgPool;
 use sqlx::sqlite::SqlitePool;
+
+/// A connection taken from its pool for a transaction, that goes back to the pool only when
+/// the transaction ended as it should ([`Guarded::clean`]); dropped otherwise (an error, or the
+/// future cancelled), it is closed and the pool opens another.
+///
+/// Why: when SQLite rolls a transaction back by itself (a full disk, `SQLITE_FULL`, during a
+/// statement or the `COMMIT`), sqlx's own `ROLLBACK` then fails and its count of open
+/// transactions on the connection stays at one; back in the pool, that connection refuses every
+/// later `BEGIN IMMEDIATE` ("attempted to call begin_with at non-zero transaction depth") for
+/// as long as the process runs. The soak (`clover bench soak`) found it: a gateway whose disk
+/// had been full answered 500 to writes after the disk had room again.
+pub struct Guarded<DB: sqlx::Database> {
+    conn: PoolConnection<DB>,
+    clean: bool,
+}
+
+impl<DB: sqlx::Database> Guarded<DB> {
+    /// A connection of `pool`.
+    pub async fn acquire(pool: &Pool<DB>) -> Result<Self, sqlx::Error> {
+        Ok(Self { conn: pool.acquire().await?, clean: false })
+    }
+
+    /// The transaction on it was committed or rolled back: the connection may go back to the
+    /// pool.
+    pub fn clean(mut self) {
+        self.clean = true;
+    }
+}
+
+impl<DB: sqlx::Database> std::ops::Deref for Guarded<DB> {
+    type Target = DB::Connection;
+
+    fn deref(&self) -> &Self::Target {
+        &self.conn
+    }
+}
+
+impl<DB: sqlx::Database> std::ops::DerefMut for Guarded<DB> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.conn
+    }
+}
+
+impl<DB: sqlx::Database> Drop for Guarded<DB> {
+    fn drop(&mut self) {
+        if !self.clean {
+            self.conn.close_on_drop();
+        }
+    }
+}
+
+/// Whether `error` says that the database cannot serve now (not reachable, shutting down,
+/// restarting, its disk full, busy), rather than that the request or the data is wrong: what
+/// an API answers 503 to, for the caller to try again. SQLite: `SQLITE_FULL`, `SQLITE_IOERR`,
+/// `SQLITE_BUSY`, `SQLITE_CANTOPEN`; PostgreSQL: SQLSTATE classes 08 (connection), 53
+/// (insufficient resources, a full disk among them) and 57P01-57P03 (shut down, restarting).
+pub fn is_unavailable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| match code.parse::<i64>() {
+            // SQLite's extended result code; its primary code is the low byte.
+            Ok(n) => matches!(n & 0xff, 5 | 10 | 13 | 14),
+            Err(_) => code.starts_with("08") || code.starts_with("53") || matches!(&*code, "57P01" | "57P02" | "57P03"),
+        }),
+        _ => false,
+    }
+}
+
+/// [`is_unavailable`] of `error` if it is a [`sqlx::Error`]; false otherwise.
+pub fn is_unavailable_error(error: &(dyn std::error::Error + 'static)) -> bool {
+    error.downcast_ref::<sqlx::Error>().is_some_and(is_unavailable)
+}
 
 /// Applies `migrations` (version, SQL) not yet recorded in `table`, all in one transaction under
 /// an advisory lock, so that processes starting together apply each one once.

@@ -56,3 +56,16 @@ pub enum StoreError {
     #[error("the store's writer of {0} has stopped")]
     Stopped(&'static str),
 }
+
+impl StoreError {
+    /// Whether the database cannot serve now (down, restarting, its disk full, busy): a
+    /// request may be answered 503 and tried again, rather than 500
+    /// ([`clover_sql::is_unavailable`]).
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Self::Database { cause, .. } | Self::Open { cause, .. } => clover_sql::is_unavailable(cause),
+            Self::Batch(inner) => inner.is_unavailable(),
+            _ => false,
+        }
+    }
+}

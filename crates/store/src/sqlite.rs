@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use clover_model::{PrincipalId, RecordId, SubjectId};
-use sqlx::Row;
+use clover_sql::Guarded;
+use sqlx::{Connection, Row};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
@@ -401,12 +402,14 @@ impl Store for SqliteStore {
     }
 
     async fn insert_subjects(&self, rows: &[SubjectRow]) -> Result<Vec<bool>, StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db("registering subjects"))?;
+        let mut conn = Guarded::acquire(&self.pool).await.map_err(db("registering subjects"))?;
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(db("registering subjects"))?;
         let mut registered = Vec::with_capacity(rows.len());
         for row in rows {
             registered.push(register_subject(&mut *tx, row).await?);
         }
         tx.commit().await.map_err(db("registering subjects"))?;
+        conn.clean();
         Ok(registered)
     }
 
@@ -426,11 +429,14 @@ impl Store for SqliteStore {
     }
 
     async fn insert_records(&self, rows: &[RecordRow]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await.map_err(db("storing records"))?;
+        let mut conn = Guarded::acquire(&self.pool).await.map_err(db("storing records"))?;
+        let mut tx = conn.begin().await.map_err(db("storing records"))?;
         for row in rows {
             insert_record(&mut *tx, row).await?;
         }
-        tx.commit().await.map_err(db("storing records"))
+        tx.commit().await.map_err(db("storing records"))?;
+        conn.clean();
+        Ok(())
     }
 
     async fn record(&self, id: &RecordId) -> Result<Option<RecordRow>, StoreError> {
@@ -582,7 +588,8 @@ impl Store for SqliteStore {
         spend: (f64, f64),
         limit: (f64, f64),
     ) -> Result<Option<(f64, f64)>, StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db("spending a privacy budget"))?;
+        let mut conn = Guarded::acquire(&self.pool).await.map_err(db("spending a privacy budget"))?;
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(db("spending a privacy budget"))?;
         let spent: Option<(f64, f64)> =
             sqlx::query_as("SELECT epsilon, delta FROM privacy_budgets WHERE destination = ? AND purpose = ?")
                 .bind(destination)
@@ -591,6 +598,8 @@ impl Store for SqliteStore {
                 .await
                 .map_err(db("reading a privacy budget"))?;
         let Some(after) = rows::within_budget(spent.unwrap_or((0.0, 0.0)), spend, limit) else {
+            tx.rollback().await.map_err(db("spending a privacy budget"))?;
+            conn.clean();
             return Ok(None);
         };
         sqlx::query(
@@ -605,6 +614,7 @@ impl Store for SqliteStore {
         .await
         .map_err(db("spending a privacy budget"))?;
         tx.commit().await.map_err(db("spending a privacy budget"))?;
+        conn.clean();
         Ok(Some(after))
     }
 
@@ -629,7 +639,8 @@ impl Store for SqliteStore {
     }
 
     async fn erase_subject(&self, id: &SubjectId) -> Result<Option<Erasure>, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(db("erasing a subject"))?;
+        let mut conn = Guarded::acquire(&self.pool).await.map_err(db("erasing a subject"))?;
+        let mut tx = conn.begin().await.map_err(db("erasing a subject"))?;
         let records = sqlx::query("DELETE FROM records WHERE subject_id = ?")
             .bind(id.as_str())
             .execute(&mut *tx)
@@ -643,7 +654,8 @@ impl Store for SqliteStore {
             .map_err(db("erasing a subject"))?
             .rows_affected();
         if subjects == 0 {
-            drop(tx);
+            tx.rollback().await.map_err(db("erasing a subject"))?;
+            conn.clean();
             // Erased already, but perhaps not finished: finish it.
             let unfinished = self.unfinished.lock().unwrap_or_else(PoisonError::into_inner).get(id).copied();
             return match unfinished {
@@ -668,6 +680,7 @@ impl Store for SqliteStore {
                 .map_err(db("unlinking an annex"))?;
         }
         tx.commit().await.map_err(db("erasing a subject"))?;
+        conn.clean();
         self.overwrite(id, Erasure { records, annexes, wal_truncated: false }).await.map(Some)
     }
 
@@ -955,9 +968,11 @@ impl Store for SqliteStore {
     }
 
     async fn record_touches(&self, touches: &[rows::Touch]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await.map_err(db("counting reads"))?;
+        let mut conn = Guarded::acquire(&self.pool).await.map_err(db("counting reads"))?;
+        let mut tx = conn.begin().await.map_err(db("counting reads"))?;
         touch_rows(&mut tx, touches).await?;
         tx.commit().await.map_err(db("counting reads"))?;
+        conn.clean();
         Ok(())
     }
 
@@ -1020,7 +1035,8 @@ impl Store for SqliteStore {
     async fn insert_repatriated(&self, rows: &[(RecordRow, RepatriatedRow)]) -> Result<Vec<bool>, StoreError> {
         // The write lock first: a deferred transaction that reads before it writes can fail
         // (SQLITE_BUSY_SNAPSHOT) once other writers moved on.
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db("storing repatriated records"))?;
+        let mut conn = Guarded::acquire(&self.pool).await.map_err(db("storing repatriated records"))?;
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(db("storing repatriated records"))?;
         let mut stored = Vec::with_capacity(rows.len());
         for (record, row) in rows {
             let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM repatriated WHERE job = ? AND source_key = ?")
@@ -1046,6 +1062,7 @@ impl Store for SqliteStore {
             stored.push(kept);
         }
         tx.commit().await.map_err(db("storing repatriated records"))?;
+        conn.clean();
         Ok(stored)
     }
 
@@ -1080,10 +1097,13 @@ impl Store for SqliteStore {
     }
 
     async fn insert_accesses(&self, annexes: &[Annex], touches: &[rows::Touch]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db("storing annexes"))?;
+        let mut conn = Guarded::acquire(&self.pool).await.map_err(db("storing annexes"))?;
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(db("storing annexes"))?;
         annex_rows(&mut tx, annexes).await?;
         touch_rows(&mut tx, touches).await?;
-        tx.commit().await.map_err(db("storing annexes"))
+        tx.commit().await.map_err(db("storing annexes"))?;
+        conn.clean();
+        Ok(())
     }
 
     async fn annexes_of_page(
@@ -1280,7 +1300,7 @@ async fn insert_record<'c>(
 
 /// Annexes, in the transaction `tx`: one statement per chunk of rows (a statement, not a row,
 /// is a round trip to the database).
-async fn annex_rows(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, annexes: &[Annex]) -> Result<(), StoreError> {
+async fn annex_rows(tx: &mut sqlx::SqliteConnection, annexes: &[Annex]) -> Result<(), StoreError> {
     let now = OffsetDateTime::now_utc().unix_timestamp();
     let encoded: Vec<(String, Option<&str>, Vec<u8>)> =
         annexes.iter().map(|a| (a.commitment(), annex_subject(a), a.encode())).collect();
@@ -1290,7 +1310,7 @@ async fn annex_rows(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, annexes: &[Ann
         insert.push_values(chunk, |mut row, (commitment, subject, annex)| {
             row.push_bind(commitment.clone()).push_bind(*subject).push_bind(annex.clone()).push_bind(now);
         });
-        insert.build().execute(&mut **tx).await.map_err(db("storing annexes"))?;
+        insert.build().execute(&mut *tx).await.map_err(db("storing annexes"))?;
     }
     Ok(())
 }
@@ -1298,12 +1318,12 @@ async fn annex_rows(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, annexes: &[Ann
 /// Reads counted in their principals' windows, in the transaction `tx`: each principal's reads
 /// before the earliest start the batch gives it forgotten, then each principal and subject once
 /// (the latest read) in as few statements as the rows need.
-async fn touch_rows(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, touches: &[rows::Touch]) -> Result<(), StoreError> {
+async fn touch_rows(tx: &mut sqlx::SqliteConnection, touches: &[rows::Touch]) -> Result<(), StoreError> {
     for (principal, since) in rows::windows(touches) {
         sqlx::query("DELETE FROM touches WHERE principal = ? AND at < ?")
             .bind(principal.as_str())
             .bind(since.unix_timestamp())
-            .execute(&mut **tx)
+            .execute(&mut *tx)
             .await
             .map_err(db("forgetting old reads"))?;
     }
@@ -1314,7 +1334,7 @@ async fn touch_rows(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, touches: &[row
             row.push_bind(principal.as_str().to_owned()).push_bind(subject.to_owned()).push_bind(*at);
         });
         insert.push(" ON CONFLICT (principal, subject) DO UPDATE SET at = MAX(at, excluded.at)");
-        insert.build().execute(&mut **tx).await.map_err(db("counting reads"))?;
+        insert.build().execute(&mut *tx).await.map_err(db("counting reads"))?;
     }
     Ok(())
 }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 mod repatriate;
+mod soak;
 
 use crate::args::{ClientTlsArgs, ConfigArgs, Kind};
 use crate::commands::runtime;
@@ -42,6 +43,13 @@ pub(crate) enum BenchCommand {
     /// against a baseline in the same run that fetches the same bundles and hashes every entry;
     /// with the monitor's peak memory growth.
     Monitor(MonitorArgs),
+    /// A soak under faults (not for CI; needs root): a steady mix of writes, reads, erasures
+    /// and refused reads against two gateways over one PostgreSQL store and one on SQLite,
+    /// while a schedule kills a gateway (SIGKILL), the custodian, PostgreSQL, and fills the
+    /// SQLite gateway's disk. After each fault and at the end: the logs verified and consistent
+    /// with every checkpoint seen, every acknowledged write read back, no record of an erased
+    /// subject answered. Reports operations, errors by kind and phase, recovery times, memory.
+    Soak(soak::SoakArgs),
     /// The bare read that `clover bench http --baseline` compares the audited read with: the
     /// stored row of `GET /v1/records/{id}` from the store of the configuration, with no
     /// authentication, policy, log or crypto. Prints `listening on ADDR` and serves until its
@@ -149,6 +157,7 @@ impl BenchCommand {
             Self::Repatriate(args) => args.run(),
             Self::Transfer(args) => args.run(),
             Self::Monitor(args) => args.run(),
+            Self::Soak(args) => args.run(),
             Self::BaselineServer(args) => args.run(),
         }
     }

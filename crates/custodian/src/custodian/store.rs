@@ -239,7 +239,8 @@ where
     }
 
     async fn destroy(&self, subject: &str, log_index: i64) -> Result<u64, sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut conn = clover_sql::Guarded::acquire(&self.pool).await?;
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         let deleted = sqlx::query("DELETE FROM data_keys WHERE subject = $1").bind(subject).execute(&mut *tx).await?;
         sqlx::query("DELETE FROM metadata_salts WHERE subject = $1").bind(subject).execute(&mut *tx).await?;
         sqlx::query(
@@ -253,6 +254,7 @@ where
         .await?;
         DB::notify_erasure(&mut tx, subject, log_index).await?;
         tx.commit().await?;
+        conn.clean();
         Ok(DB::rows_affected(&deleted))
     }
 
@@ -287,7 +289,8 @@ where
     async fn append_journal(&self, records: &[UnwrapRecord]) -> Result<(), sqlx::Error> {
         // One statement per chunk of records (a statement is a round trip to the database), all
         // in one transaction.
-        let mut tx = self.pool.begin().await?;
+        let mut conn = clover_sql::Guarded::acquire(&self.pool).await?;
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         for chunk in records.chunks(ROWS_PER_STATEMENT) {
             let mut insert = sqlx::QueryBuilder::<DB>::new(
                 "INSERT INTO unwraps (time, subject, action, log_index, entry_hash, purpose, cached) ",
@@ -303,7 +306,9 @@ where
             });
             insert.build().execute(&mut *tx).await?;
         }
-        tx.commit().await
+        tx.commit().await?;
+        conn.clean();
+        Ok(())
     }
 
     async fn journal(&self) -> Result<Vec<UnwrapRecord>, sqlx::Error> {
@@ -331,7 +336,8 @@ where
         // key store cannot both find a receipt new (the second waits for the first's
         // transaction, then inserts nothing). The rows inserted come back (RETURNING); a receipt
         // presented twice in one batch is new at most once, the first time.
-        let mut tx = self.pool.begin().await?;
+        let mut conn = clover_sql::Guarded::acquire(&self.pool).await?;
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         let mut inserted = std::collections::HashSet::new();
         let mut distinct: Vec<(&str, i64)> = Vec::with_capacity(receipts.len());
         let mut seen = std::collections::HashSet::new();
@@ -351,6 +357,7 @@ where
             inserted.extend(new.into_iter().map(|(hash,)| hash));
         }
         tx.commit().await?;
+        conn.clean();
         let mut answered = std::collections::HashSet::new();
         Ok(receipts
             .iter()
