@@ -241,7 +241,10 @@ impl From<KeyError> for Refusal {
             }
             KeyError::Store { cause, operation } if store_unavailable(cause.as_ref()) => {
                 tracing::error!(error = %cause, operation, "custody store unavailable");
-                Self(StatusCode::SERVICE_UNAVAILABLE, format!("the custodian's key store cannot serve now ({operation})"))
+                Self(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("the custodian's key store cannot serve now ({operation})"),
+                )
             }
             e => {
                 tracing::error!(error = %e, "custody failed");

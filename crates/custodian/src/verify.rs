@@ -16,6 +16,10 @@ use serde::Deserialize;
 
 use crate::custodian::access::{KeyScope, LoggedAccess, TokenScope};
 
+/// How often the proof of an entry is asked for, 20 ms apart, before the custodian gives up
+/// for now (3 s).
+const PROOF_ATTEMPTS: usize = 150;
+
 /// Why a receipt was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ReceiptError {
@@ -482,20 +486,28 @@ impl LogVerifier {
     }
 
     /// The inclusion proof of `index` against the latest checkpoint; waits a little for a
-    /// checkpoint to cover an entry just appended (a log that signs at intervals).
+    /// checkpoint to cover an entry just appended (a log that signs at intervals, or a gateway
+    /// whose view of a shared log is catching up, as after its database restarted).
+    ///
+    /// A log that still does not cover the entry (400), or cannot prove now (5xx), after the
+    /// wait is [`ReceiptError::Unreachable`] (the boundary answers 503, to try again), not
+    /// [`ReceiptError::NotInLog`]: nothing says the entry will not be there. Before, the
+    /// soak found reads refused (and answered 500) for a second after PostgreSQL restarted.
     async fn proof(&self, index: u64) -> Result<InclusionAnswer, ReceiptError> {
         let url = format!("{}/v1/log/proof/inclusion?index={index}", self.url);
-        for attempt in 0..50 {
+        let mut status = reqwest::StatusCode::BAD_REQUEST;
+        for _ in 0..PROOF_ATTEMPTS {
             let response = self.http.get(&url).send().await.map_err(|e| self.unreachable(e))?;
-            if response.status().is_success() {
+            status = response.status();
+            if status.is_success() {
                 return response.json().await.map_err(|e| self.unreachable(e));
             }
-            if response.status() != reqwest::StatusCode::BAD_REQUEST || attempt == 49 {
-                break;
+            if status != reqwest::StatusCode::BAD_REQUEST && !status.is_server_error() {
+                return Err(ReceiptError::NotInLog(index));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Err(ReceiptError::NotInLog(index))
+        Err(self.unreachable(format!("the log does not prove entry {index} yet ({status}); try again")))
     }
 }
 

@@ -254,6 +254,75 @@ mod tests {
         assert_eq!(redact("postgres://db.eu/clover"), "postgres://db.eu/clover");
     }
 
+    /// A transaction that SQLite ends by itself (the database full) leaves sqlx's count of open
+    /// transactions on its connection at one: a later `BEGIN IMMEDIATE` on that connection is
+    /// refused. The disk is made "full" with `max_page_count`, set on every connection.
+    mod full {
+        use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+        use sqlx::{Connection, Executor};
+
+        use crate::{Guarded, is_unavailable};
+
+        async fn small(path: &std::path::Path) -> SqlitePool {
+            let options = SqliteConnectOptions::new()
+                .filename(path)
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .pragma("max_page_count", "16");
+            // One connection: the one a failed transaction used is the one asked for next.
+            let pool = SqlitePoolOptions::new().max_connections(1).connect_with(options).await.unwrap();
+            pool.execute("CREATE TABLE t (v BLOB)").await.unwrap();
+            pool
+        }
+
+        /// Inserts until the database is full, in one `BEGIN IMMEDIATE` transaction on `conn`.
+        async fn fill(conn: &mut sqlx::SqliteConnection) -> sqlx::Error {
+            let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.unwrap();
+            for _ in 0..1_000 {
+                if let Err(e) = sqlx::query("INSERT INTO t VALUES (zeroblob(4000))").execute(&mut *tx).await {
+                    return e;
+                }
+            }
+            match tx.commit().await {
+                Err(e) => e,
+                Ok(()) => panic!("16 pages took 4 MB"),
+            }
+        }
+
+        #[tokio::test]
+        async fn a_full_database_leaves_a_plain_pooled_connection_refusing_transactions() {
+            let dir = tempfile::tempdir().unwrap();
+            let pool = small(&dir.path().join("db")).await;
+            let mut conn = pool.acquire().await.unwrap();
+            let full = fill(&mut conn).await;
+            assert!(is_unavailable(&full), "SQLITE_FULL is a database that cannot serve now: {full}");
+            drop(conn);
+            // What the soak saw: the connection is back in the pool, and refuses.
+            let refused = pool.begin_with("BEGIN IMMEDIATE").await.err();
+            assert!(refused.is_some(), "sqlx now recovers by itself: Guarded may no longer be needed");
+        }
+
+        #[tokio::test]
+        async fn a_guarded_connection_whose_transaction_failed_is_not_reused() {
+            let dir = tempfile::tempdir().unwrap();
+            let pool = small(&dir.path().join("db")).await;
+            let mut conn = Guarded::acquire(&pool).await.unwrap();
+            let full = fill(&mut conn).await;
+            assert!(is_unavailable(&full), "{full}");
+            drop(conn);
+            // The pool opened another connection: transactions go on (and find room after a
+            // deletion, as after a disk is emptied).
+            let mut conn = Guarded::acquire(&pool).await.unwrap();
+            let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.unwrap();
+            sqlx::query("DELETE FROM t").execute(&mut *tx).await.unwrap();
+            tx.commit().await.unwrap();
+            conn.clean();
+            let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
+            sqlx::query("INSERT INTO t VALUES (zeroblob(100))").execute(&mut *tx).await.unwrap();
+            tx.commit().await.unwrap();
+        }
+    }
+
     mod wal {
         use std::time::Duration;
 

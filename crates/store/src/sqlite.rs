@@ -8,10 +8,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use clover_model::{PrincipalId, RecordId, SubjectId};
 use clover_sql::Guarded;
-use sqlx::{Connection, Row};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
+use sqlx::{Connection, Row};
 use time::OffsetDateTime;
 
 use crate::rows::{

@@ -235,7 +235,10 @@ impl SoakArgs {
             // killed (pg-b sequences once it is).
             servers.push(Server::new("custodian", port, work.join("custodian.log"), move || {
                 let mut command = clover();
-                command.args(["custodian", "serve", "--dir"]).arg(&dir).args(["--listen", &format!("127.0.0.1:{port}")]);
+                command
+                    .args(["custodian", "serve", "--dir"])
+                    .arg(&dir)
+                    .args(["--listen", &format!("127.0.0.1:{port}")]);
                 command.args(["--log-url", &log_url, "--log-vkey", &vkey]);
                 command
             }));
@@ -256,7 +259,8 @@ impl SoakArgs {
         let mut gateways = Vec::new();
         for (i, server) in servers.iter().take(3).enumerate() {
             let group = usize::from(i == SQLITE);
-            let refusers = (0..4).map(|n| token(&configs[i], &format!("soak-refused-{n}"))).collect::<anyhow::Result<_>>()?;
+            let refusers =
+                (0..4).map(|n| token(&configs[i], &format!("soak-refused-{n}"))).collect::<anyhow::Result<_>>()?;
             gateways.push(Gateway {
                 name: server.name.clone(),
                 url: server.url.clone(),
@@ -315,8 +319,7 @@ impl SoakArgs {
                 k += 1;
                 let name = fault.name(&servers);
                 say(&format!("{:>6.0} s: {name}", started.elapsed().as_secs_f64()));
-                let mut record =
-                    self.inject(fault, &name, &load, &mut servers, &mut postgres, &disk, started).await?;
+                let mut record = self.inject(fault, &name, &load, &mut servers, &mut postgres, &disk, started).await?;
                 say(&format!(
                     "{:>6.0} s: {name}: down {:.1} s, recovered in {}; checking",
                     started.elapsed().as_secs_f64(),
@@ -324,7 +327,9 @@ impl SoakArgs {
                     record.recovery_seconds.map_or("(never)".to_owned(), |s| format!("{s:.1} s"))
                 ));
                 for group in 0..2 {
-                    record.checks.push(checks::check(&load, group, stores[group], &vkeys[group], &states[group], false).await);
+                    record
+                        .checks
+                        .push(checks::check(&load, group, stores[group], &vkeys[group], &states[group], false).await);
                 }
                 let found: usize = record.checks.iter().map(|c| c.violations.len()).sum();
                 say(&format!(
@@ -433,7 +438,14 @@ impl SoakArgs {
             }
         }
         load.set_phase("steady");
-        Ok(FaultRecord { fault: name.to_owned(), at_seconds, down_seconds, recovery_seconds, detail, checks: Vec::new() })
+        Ok(FaultRecord {
+            fault: name.to_owned(),
+            at_seconds,
+            down_seconds,
+            recovery_seconds,
+            detail,
+            checks: Vec::new(),
+        })
     }
 }
 
@@ -480,7 +492,11 @@ fn table(report: &Report) -> String {
                     c.indexes_found,
                     c.records_read_back,
                     c.erased_refused,
-                    if c.violations.is_empty() { String::new() } else { format!(", {} VIOLATIONS", c.violations.len()) }
+                    if c.violations.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", {} VIOLATIONS", c.violations.len())
+                    }
                 )
             })
             .collect();

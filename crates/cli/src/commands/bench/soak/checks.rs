@@ -105,14 +105,22 @@ pub(crate) async fn check(
     };
     for s in &seen {
         match consistency(load, &gateways, s.checkpoint.size, report.size).await {
-            Ok(proof) => match verify_consistency(s.checkpoint.size, report.size, &s.checkpoint.root, &report.root, &proof) {
+            Ok(proof) => match verify_consistency(
+                s.checkpoint.size,
+                report.size,
+                &s.checkpoint.root,
+                &report.root,
+                &proof,
+            ) {
                 Ok(()) => out.checkpoints_consistent += 1,
                 Err(e) => out.violations.push(format!(
                     "{store}: the checkpoint of size {} seen earlier is not a prefix of the verified log of {}: {e}",
                     s.checkpoint.size, report.size
                 )),
             },
-            Err(e) => out.violations.push(format!("{store}: no consistency proof from {} to {}: {e}", s.checkpoint.size, report.size)),
+            Err(e) => out
+                .violations
+                .push(format!("{store}: no consistency proof from {} to {}: {e}", s.checkpoint.size, report.size)),
         }
     }
 
@@ -140,14 +148,15 @@ pub(crate) async fn check(
                 records.push(g.records[load.random(g.records.len())].clone());
             }
             if erased.len() > ERASED_SAMPLE {
-                erased = (0..ERASED_SAMPLE).map(|_| g.erased_records[load.random(g.erased_records.len())].clone()).collect();
+                erased =
+                    (0..ERASED_SAMPLE).map(|_| g.erased_records[load.random(g.erased_records.len())].clone()).collect();
             }
         }
         g.checked_upto = g.records.len();
         (records, erased)
     };
     for (n, acked) in records.iter().enumerate() {
-        match read_back(load, &gateways, n, &acked.record_id).await {
+        match read_back(load, &gateways, n, &acked.record_id, 200).await {
             Ok(body) if body["fields"]["display_name"] == acked.value.as_str() => out.records_read_back += 1,
             // Erased meanwhile (its subject was retired and erased during the check).
             Err(404) if !load.group(group).records.iter().any(|a| a.record_id == acked.record_id) => {}
@@ -162,10 +171,14 @@ pub(crate) async fn check(
         }
     }
     for (n, record) in erased.iter().enumerate() {
-        match read_back(load, &gateways, n, record).await {
+        match read_back(load, &gateways, n, record, 404).await {
             Err(404) => out.erased_refused += 1,
-            Ok(_) => out.violations.push(format!("{store}: record {record} of an erased subject is answered with data")),
-            Err(status) => out.violations.push(format!("{store}: record {record} of an erased subject answers {status}, not 404")),
+            Ok(_) => {
+                out.violations.push(format!("{store}: record {record} of an erased subject is answered with data"))
+            }
+            Err(status) => {
+                out.violations.push(format!("{store}: record {record} of an erased subject answers {status}, not 404"))
+            }
         }
     }
     for v in &out.violations {
@@ -202,13 +215,20 @@ async fn consistency(load: &Load, gateways: &[&Gateway], old: u64, new: u64) -> 
 }
 
 /// Reads `record_id` through one of `gateways` (the `n`th in turn), trying again while none
-/// answers or one answers 503; the body of a 200, or the status otherwise.
-async fn read_back(load: &Load, gateways: &[&Gateway], n: usize, record_id: &str) -> Result<serde_json::Value, u16> {
+/// answers or one answers 503; the body of a 200, or the status otherwise. Counted as `ok` when
+/// the status is `expected`.
+async fn read_back(
+    load: &Load,
+    gateways: &[&Gateway],
+    n: usize,
+    record_id: &str,
+    expected: u16,
+) -> Result<serde_json::Value, u16> {
     let mut status = 0;
     for attempt in 0..ATTEMPTS {
         let gateway = gateways[(n + attempt) % gateways.len()];
         let answer = load.get_record(gateway, record_id).await;
-        load.count(Op::Check, &answer.outcome(200));
+        load.count(Op::Check, &answer.outcome(expected));
         match answer {
             Answer::Http { status: 200, body, .. } => return Ok(body),
             Answer::Http { status: 503, .. } | Answer::Down | Answer::Timeout | Answer::Broken => {

@@ -150,7 +150,10 @@ impl Server {
     pub(crate) fn rss_kib(&mut self) -> Option<u64> {
         let pid = self.pid()?;
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
     }
 
     /// The last lines of its stderr.
@@ -246,7 +249,11 @@ impl Drop for Postgres {
     fn drop(&mut self) {
         if self.running {
             let mut stop = self.program("pg_ctl");
-            stop.args(["-w", "-m", "fast", "-D"]).arg(&self.dir).arg("stop").stdout(Stdio::null()).stderr(Stdio::null());
+            stop.args(["-w", "-m", "fast", "-D"])
+                .arg(&self.dir)
+                .arg("stop")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
             let _ = stop.status();
         }
     }
@@ -270,7 +277,10 @@ fn find_pg_bin() -> anyhow::Result<PathBuf> {
         })
         .collect();
     found.sort();
-    found.pop().map(|(_, bin)| bin).context("no PostgreSQL server programs (initdb) under /usr/lib/postgresql; pass --pg-bin")
+    found
+        .pop()
+        .map(|(_, bin)| bin)
+        .context("no PostgreSQL server programs (initdb) under /usr/lib/postgresql; pass --pg-bin")
 }
 
 /// A small filesystem of its own (tmpfs) for the SQLite gateway's data directory, which the

@@ -46,7 +46,8 @@ pub(crate) struct Group {
 impl Group {
     /// Moves the subject of `record_id`'s records to the erased side.
     pub(crate) fn erased(&mut self, subject: &str) {
-        let (gone, kept): (Vec<Acked>, Vec<Acked>) = std::mem::take(&mut self.records).into_iter().partition(|a| a.subject == subject);
+        let (gone, kept): (Vec<Acked>, Vec<Acked>) =
+            std::mem::take(&mut self.records).into_iter().partition(|a| a.subject == subject);
         self.records = kept;
         self.erased_records.extend(gone.into_iter().map(|a| a.record_id));
         self.erased_subjects += 1;
@@ -95,7 +96,14 @@ pub(crate) struct Tally {
 
 impl Tally {
     pub(crate) fn count(&mut self, phase: &str, op: Op, outcome: &str) {
-        *self.counts.entry(phase.to_owned()).or_default().entry(op).or_default().entry(outcome.to_owned()).or_default() += 1;
+        *self
+            .counts
+            .entry(phase.to_owned())
+            .or_default()
+            .entry(op)
+            .or_default()
+            .entry(outcome.to_owned())
+            .or_default() += 1;
     }
 
     /// Operations in all, and those that did not succeed as asked (refusals expected of

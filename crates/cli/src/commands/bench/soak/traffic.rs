@@ -91,7 +91,8 @@ impl Answer {
 
 impl Load {
     pub(crate) fn new(http: reqwest::Client, gateways: Vec<Gateway>, groups: usize) -> Self {
-        let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64) | 1;
+        let seed =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64) | 1;
         Self {
             http,
             gateways,
@@ -155,9 +156,8 @@ impl Load {
             Err(e) if e.is_timeout() => return Answer::Timeout,
             Err(_) => return Answer::Broken,
         };
-        let problem = is_problem.then(|| {
-            body["type"].as_str().map_or("untyped", |t| t.rsplit('/').next().unwrap_or(t)).to_owned()
-        });
+        let problem = is_problem
+            .then(|| body["type"].as_str().map_or("untyped", |t| t.rsplit('/').next().unwrap_or(t)).to_owned());
         Answer::Http { status, problem, body }
     }
 
@@ -165,7 +165,10 @@ impl Load {
     fn tally(&self, gateway: &Gateway, op: Op, ok: u16, answer: &Answer) -> String {
         let outcome = answer.outcome(ok);
         if answer.unclear() {
-            self.violation(format!("{} answered {op:?} with {outcome}: an error without a problem document", gateway.name));
+            self.violation(format!(
+                "{} answered {op:?} with {outcome}: an error without a problem document",
+                gateway.name
+            ));
         }
         self.count(op, &outcome);
         outcome
@@ -415,7 +418,8 @@ pub(crate) async fn poll_checkpoints(load: Arc<Load>, vkeys: Vec<VerifierKey>, s
         tick.tick().await;
         for (group, vkey) in vkeys.iter().enumerate() {
             for gateway in load.gateways.iter().filter(|g| g.group == group) {
-                let Ok(response) = load.http.get(format!("{}/log/checkpoint", gateway.url)).timeout(REQUEST_TIMEOUT).send().await
+                let Ok(response) =
+                    load.http.get(format!("{}/log/checkpoint", gateway.url)).timeout(REQUEST_TIMEOUT).send().await
                 else {
                     continue;
                 };
@@ -430,11 +434,14 @@ pub(crate) async fn poll_checkpoints(load: Arc<Load>, vkeys: Vec<VerifierKey>, s
                 match parsed {
                     Ok(checkpoint) => {
                         let mut seen = load.seen[group].lock().unwrap_or_else(PoisonError::into_inner);
-                        if seen.last().is_none_or(|s| s.checkpoint.size != checkpoint.size || s.checkpoint.root != checkpoint.root) {
+                        if seen.last().is_none_or(|s| {
+                            s.checkpoint.size != checkpoint.size || s.checkpoint.root != checkpoint.root
+                        }) {
                             seen.push(Seen { checkpoint });
                         }
                     }
-                    Err(e) => load.violation(format!("{} served a checkpoint that does not verify: {e}\n{text}", gateway.name)),
+                    Err(e) => load
+                        .violation(format!("{} served a checkpoint that does not verify: {e}\n{text}", gateway.name)),
                 }
                 break;
             }
