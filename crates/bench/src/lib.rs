@@ -826,8 +826,10 @@ pub async fn run(scenarios: &[Scenario], options: &Options, progress: &dyn Fn(&s
 #[derive(Debug, Clone)]
 pub struct ScaleOptions {
     /// Records in the store (audited read against store read; one subject per ten records, at
-    /// most 1,000 subjects).
+    /// most `max_subjects`).
     pub records: Vec<usize>,
+    /// The most subjects over the records axis (1,000 unless set).
+    pub max_subjects: usize,
     /// Subjects, one record each (audited read against store read).
     pub subjects: Vec<usize>,
     /// Policies added to the default pack (decision against a trivial policy).
@@ -848,6 +850,16 @@ pub struct ScalePoint {
     /// The operation and its baseline at that size.
     #[serde(flatten)]
     pub row: Row,
+    /// This process's resident memory after the point (MiB): the gateway, its store, log and
+    /// custodian as `clover serve` runs them, with the bench's own lists of ids.
+    pub rss_mib: f64,
+}
+
+/// This process's resident memory, in MiB.
+fn rss_mib() -> f64 {
+    procfs::process::Process::myself()
+        .and_then(|p| p.statm())
+        .map_or(0.0, |statm| (statm.resident * procfs::page_size()) as f64 / (1024.0 * 1024.0))
 }
 
 /// Measures each axis at each of its sizes.
@@ -855,23 +867,25 @@ pub async fn scale(options: &ScaleOptions, progress: &dyn Fn(&str)) -> Result<Ve
     let mut points = Vec::new();
     for &n in &options.records {
         progress(&format!("records: {n}"));
-        let g = gateway(&options.run, n, n.div_ceil(10).clamp(1, 1_000), progress).await?;
+        let g = gateway(&options.run, n, n.div_ceil(10).clamp(1, options.max_subjects.max(1)), progress).await?;
         let row = gateway_scenario(Scenario::Read, &g, &options.run).await?;
-        points.push(ScalePoint { axis: "records", size: n, row });
+        points.push(ScalePoint { axis: "records", size: n, row, rss_mib: rss_mib() });
     }
     for &n in &options.subjects {
         progress(&format!("subjects: {n}"));
         let g = gateway(&options.run, n, n, progress).await?;
         let row = gateway_scenario(Scenario::Read, &g, &options.run).await?;
-        points.push(ScalePoint { axis: "subjects", size: n, row });
+        points.push(ScalePoint { axis: "subjects", size: n, row, rss_mib: rss_mib() });
     }
     for &n in &options.policies {
         progress(&format!("policies: the default pack and {n} more"));
-        points.push(ScalePoint { axis: "policies", size: n, row: decide_scenario(&options.run, n)? });
+        let row = decide_scenario(&options.run, n)?;
+        points.push(ScalePoint { axis: "policies", size: n, row, rss_mib: rss_mib() });
     }
     for &n in &options.log {
         progress(&format!("log: {n} entries before the appends"));
-        points.push(ScalePoint { axis: "log", size: n, row: append_scenario(&options.run, n).await? });
+        let row = append_scenario(&options.run, n).await?;
+        points.push(ScalePoint { axis: "log", size: n, row, rss_mib: rss_mib() });
     }
     Ok(points)
 }
@@ -879,12 +893,12 @@ pub async fn scale(options: &ScaleOptions, progress: &dyn Fn(&str)) -> Result<Ve
 /// The points as a table.
 pub fn scale_table(points: &[ScalePoint]) -> String {
     let mut out = format!(
-        "{:<9} {:>10}   {:<34} {:>9} {:>10}   {:<28} {:>9}   {:>6}\n",
-        "axis", "size", "operation", "ops/s", "p99", "baseline", "ops/s", "cost"
+        "{:<9} {:>10}   {:<34} {:>9} {:>10}   {:<28} {:>9}   {:>6}   {:>8}\n",
+        "axis", "size", "operation", "ops/s", "p99", "baseline", "ops/s", "cost", "rss MiB"
     );
     for p in points {
         out.push_str(&format!(
-            "{:<9} {:>10}   {:<34} {:>9} {:>10}   {:<28} {:>9}   {:>5.2}×\n",
+            "{:<9} {:>10}   {:<34} {:>9} {:>10}   {:<28} {:>9}   {:>5.2}×   {:>8.0}\n",
             p.axis,
             p.size,
             p.row.operation,
@@ -892,7 +906,8 @@ pub fn scale_table(points: &[ScalePoint]) -> String {
             latency(p.row.p99_us),
             p.row.baseline,
             rate(p.row.baseline_ops_per_second),
-            p.row.cost
+            p.row.cost,
+            p.rss_mib
         ));
     }
     out

@@ -222,9 +222,13 @@ pub(crate) struct ScaleArgs {
     /// The axes to run.
     #[arg(long, value_delimiter = ',', default_value = "records,subjects,policies,log")]
     axes: Vec<String>,
-    /// Records in the store (one subject per ten, at most 1,000).
+    /// Records in the store (one subject per ten, at most --max-subjects).
     #[arg(long, value_delimiter = ',', default_value = "10000,100000,1000000")]
     records: Vec<usize>,
+    /// The most subjects on the records axis (`--records 1000000 --max-subjects 100000`: a
+    /// million records of a hundred thousand subjects).
+    #[arg(long, default_value_t = 1_000)]
+    max_subjects: usize,
     /// Subjects in the store, one record each.
     #[arg(long, value_delimiter = ',', default_value = "1000,10000,100000")]
     subjects: Vec<usize>,
@@ -253,11 +257,12 @@ pub(crate) struct ScaleArgs {
 
 impl ScaleArgs {
     fn run(self) -> anyhow::Result<()> {
-        let Self { axes, records, subjects, policies, log, ops, concurrency, rounds, svg, json } = self;
+        let Self { axes, records, max_subjects, subjects, policies, log, ops, concurrency, rounds, svg, json } = self;
         let on = |axis: &str| axes.iter().any(|a| a == axis);
         let pick = |axis: &str, sizes: Vec<usize>| if on(axis) { sizes } else { Vec::new() };
         let options = clover_bench::ScaleOptions {
             records: pick("records", records),
+            max_subjects,
             subjects: pick("subjects", subjects),
             policies: pick("policies", policies),
             log: pick("log", log),

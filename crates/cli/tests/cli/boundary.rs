@@ -415,6 +415,8 @@ fn bench_scale_measures_every_axis_and_draws_it() {
     assert_eq!(seen, expected.map(|(a, n)| (a.to_owned(), n)).collect::<Vec<_>>(), "{finished:?}");
     for point in &points {
         assert!(point["ops_per_second"].as_f64().unwrap() > 0.0 && point["cost"].as_f64().unwrap() > 0.0, "{point}");
+        // The process's resident size at the point (a gateway in it: megabytes, not bytes).
+        assert!(point["rss_mib"].as_f64().unwrap() > 1.0, "{point}");
     }
     let svg = std::fs::read_to_string(tmp.path().join("curves.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
@@ -425,6 +427,21 @@ fn bench_scale_measures_every_axis_and_draws_it() {
     command.args(["bench", "scale", "--axes", "records,tables"]);
     let refused = run(command);
     assert!(!refused.status.success() && refused.stderr.contains("no axis \"tables\""), "{refused:?}");
+}
+
+/// The soak itself runs for minutes and needs root (not in CI); what it refuses, it refuses
+/// before it starts anything.
+#[test]
+fn bench_soak_refuses_an_empty_run_before_starting_anything() {
+    let tmp = tempfile::tempdir().unwrap();
+    for args in [["--minutes", "0"], ["--rate", "0"]] {
+        let mut command = clover(tmp.path());
+        command.args(["bench", "soak", "--dir", "soak"]).args(args);
+        let refused = run(command);
+        assert!(!refused.status.success(), "{refused:?}");
+        assert!(refused.stderr.contains("--minutes and --rate must be at least 1"), "{refused:?}");
+        assert!(!tmp.path().join("soak").exists(), "a refused soak made its directory");
+    }
 }
 
 #[test]

@@ -100,6 +100,32 @@ async fn a_boundary_gets_its_keys_from_a_custodian_process() {
     // Without the admin token, no administration.
     let refused = client.post(format!("{}/v1/admin/rotate", custodian.url)).send().await.unwrap();
     assert_eq!(refused.status(), 401);
+
+    // The custodian dies: reads are answered 503 `unavailable` (a dependency, to try again),
+    // not 500; once it is back on its address, reads go on without anyone touching the boundary.
+    let (custodian_addr, mut custodian) = (custodian.addr, custodian);
+    custodian.kill_hard().await;
+    let read = || {
+        client
+            .get(format!("{boundary_url}/v1/records/{}", record["record_id"].as_str().unwrap()))
+            .bearer_auth(&token)
+            .header("X-Clover-Purpose", "support")
+            .send()
+    };
+    let down = read().await.unwrap();
+    assert_eq!(down.status(), 503);
+    assert_eq!(down.headers()["content-type"], "application/problem+json");
+    assert_eq!(down.headers()["retry-after"], "1");
+    let body: Value = down.json().await.unwrap();
+    assert_eq!(body["type"], "urn:clover:problem:unavailable", "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("custodian"), "{body}");
+    assert!(!body.to_string().contains("127.0.0.1"), "the answer names no address: {body}");
+    drop(custodian);
+    let mut again = clover(dir.path());
+    again.args(["custodian", "serve", "--dir", "custodian", "--listen", &custodian_addr.to_string()]);
+    again.args(["--log-url", &boundary_url, "--log-vkey", &vkey]);
+    let _custodian = Process::start(again);
+    assert_eq!(read().await.unwrap().status(), 200);
 }
 
 /// A custodian whose state file (the last checkpoint it verified) is damaged or unreadable does

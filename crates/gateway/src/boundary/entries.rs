@@ -8,6 +8,7 @@
 //! that does not exist, which a region auditor sees as such).
 
 use clover_event::{Annex, Event, EventPrincipal, SubjectTag, SubjectTagKey};
+use clover_keys::KeyError;
 use clover_log::{LogError, Receipt};
 use clover_model::{Principal, SubjectId};
 use clover_policy::Permit;
@@ -25,6 +26,9 @@ pub enum AppendError {
     /// The system's randomness failed: no annex salt or subject tag could be made.
     #[error("cannot make the log entry")]
     Randomness(#[source] clover_event::EventError),
+    /// The subject's tag key, which an allowed access's receipt needs, could not be had.
+    #[error("cannot have the subject's tag key")]
+    TagKey(#[source] KeyError),
     /// The log refused the append.
     #[error(transparent)]
     Log(#[from] LogError),
@@ -58,28 +62,34 @@ impl Boundary {
 
     /// A fresh tag for an entry about `subject`. With `ensure` (an allowed access, whose receipt
     /// the custodian will bind to the subject by this tag), the subject's tag key is made if
-    /// they have none yet. A subject with no tag key (never registered, or erased), or whose key
-    /// cannot be had, gets a random tag, which looks like any other.
+    /// they have none yet, and a key that cannot be had (the custodian down) fails the entry:
+    /// a random tag would make a receipt the custodian refuses, after the access was logged as
+    /// allowed (the soak saw reads answered 500 so while PostgreSQL restarted). Without it (a
+    /// denial, logged whatever happens), a subject with no tag key (never registered, or
+    /// erased), or whose key cannot be had, gets a random tag, which looks like any other.
     pub(crate) async fn subject_tag(&self, subject: &SubjectId, ensure: bool) -> Result<SubjectTag, AppendError> {
-        tag_with(self.tag_key(subject, ensure).await.as_ref())
+        match self.tag_key(subject, ensure).await {
+            Ok(key) => tag_with(key.as_ref()),
+            Err(e) if ensure => Err(AppendError::TagKey(e)),
+            Err(e) => {
+                tracing::warn!(error = %Chain(&e), "cannot have a subject's tag key; the entry gets a random tag");
+                tag_with(None)
+            }
+        }
     }
 
     /// The subject's tag key (made, with `ensure`, if they have none yet); none if they have
-    /// none or it cannot be had (said in the log).
-    async fn tag_key(&self, subject: &SubjectId, ensure: bool) -> Option<SubjectTagKey> {
-        let key = match self.custody.subject_tag_key(subject, false).await {
+    /// none.
+    async fn tag_key(&self, subject: &SubjectId, ensure: bool) -> Result<Option<SubjectTagKey>, KeyError> {
+        match self.custody.subject_tag_key(subject, false).await {
             Ok(None) if ensure => self.custody.subject_tag_key(subject, true).await,
             other => other,
-        };
-        key.unwrap_or_else(|e| {
-            tracing::warn!(error = %Chain(&e), "cannot have a subject's tag key; the entry gets a random tag");
-            None
-        })
+        }
     }
 
     /// [`Boundary::subject_tag`] for the entries of many allowed accesses (their tag keys made
     /// where missing): each subject's tag key is had once, many at a time, and each entry gets a
-    /// fresh tag.
+    /// fresh tag; a key that cannot be had fails them all.
     pub(crate) async fn subject_tags(&self, subjects: &[&SubjectId]) -> Result<Vec<SubjectTag>, AppendError> {
         let mut distinct: Vec<&SubjectId> = Vec::new();
         let mut seen = std::collections::HashSet::new();
@@ -89,8 +99,10 @@ impl Boundary {
             }
         }
         let found = futures_util::future::join_all(distinct.iter().map(|subject| self.tag_key(subject, true))).await;
-        let keys: std::collections::HashMap<&SubjectId, Option<SubjectTagKey>> =
-            distinct.into_iter().zip(found).collect();
+        let mut keys: std::collections::HashMap<&SubjectId, Option<SubjectTagKey>> = std::collections::HashMap::new();
+        for (subject, key) in distinct.into_iter().zip(found) {
+            keys.insert(subject, key.map_err(AppendError::TagKey)?);
+        }
         subjects.iter().map(|subject| tag_with(keys.get(subject).and_then(Option::as_ref))).collect()
     }
 
