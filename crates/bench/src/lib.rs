@@ -112,11 +112,14 @@ pub struct Options {
     pub store: Option<String>,
     /// Alternating rounds of baseline and operation.
     pub rounds: usize,
+    /// Keep each gateway's data directory under this directory (`records-N`, ...), to serve it
+    /// afterwards (`clover serve --data-dir`), instead of a temporary one removed after.
+    pub keep: Option<std::path::PathBuf>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { ops: 10_000, concurrency: 64, records: 1_000, store: None, rounds: 4 }
+        Self { ops: 10_000, concurrency: 64, records: 1_000, store: None, rounds: 4, keep: None }
     }
 }
 
@@ -348,7 +351,11 @@ async fn gateway_of(
     progress: &dyn Fn(&str),
 ) -> Result<Gateway, BenchError> {
     let dir = tempfile::tempdir().map_err(|e| fail("a temporary directory")(&e))?;
-    let mut config = Config { data_dir: dir.path().join("data"), store: options.store.clone(), ..Config::default() };
+    let data_dir = match &options.keep {
+        Some(keep) => keep.join(format!("records-{records}-subjects-{subjects}")),
+        None => dir.path().join("data"),
+    };
+    let mut config = Config { data_dir, store: options.store.clone(), ..Config::default() };
     // The bench reads far more subjects than a person would: not a bulk export here.
     config.policy.bulk_threshold = i64::MAX;
     DataDir::new(&config.data_dir).init(&config.region).map_err(|e| fail("initialising")(&e))?;

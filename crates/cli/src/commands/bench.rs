@@ -193,7 +193,7 @@ pub(crate) struct RunArgs {
 impl RunArgs {
     fn run(self) -> anyhow::Result<()> {
         let Self { scenarios: names, ops, concurrency, records, rounds, store, json } = self;
-        let options = clover_bench::Options { ops, concurrency, records, store, rounds };
+        let options = clover_bench::Options { ops, concurrency, records, store, rounds, keep: None };
         let scenarios: Vec<clover_bench::Scenario> = if names.is_empty() {
             clover_bench::Scenario::ALL.to_vec()
         } else {
@@ -250,6 +250,11 @@ pub(crate) struct ScaleArgs {
     /// Draw the curves into this SVG file.
     #[arg(long, value_name = "FILE")]
     svg: Option<PathBuf>,
+    /// Keep the data directories of the records and subjects axes under this directory
+    /// (`records-N-subjects-M`), to serve one afterwards (`clover serve --data-dir`; its
+    /// passphrase is in it), instead of removing them.
+    #[arg(long, value_name = "DIR")]
+    keep: Option<PathBuf>,
     /// JSON lines instead of a table.
     #[arg(long)]
     json: bool,
@@ -257,7 +262,8 @@ pub(crate) struct ScaleArgs {
 
 impl ScaleArgs {
     fn run(self) -> anyhow::Result<()> {
-        let Self { axes, records, max_subjects, subjects, policies, log, ops, concurrency, rounds, svg, json } = self;
+        let Self { axes, records, max_subjects, subjects, policies, log, ops, concurrency, rounds, svg, keep, json } =
+            self;
         let on = |axis: &str| axes.iter().any(|a| a == axis);
         let pick = |axis: &str, sizes: Vec<usize>| if on(axis) { sizes } else { Vec::new() };
         let options = clover_bench::ScaleOptions {
@@ -266,7 +272,7 @@ impl ScaleArgs {
             subjects: pick("subjects", subjects),
             policies: pick("policies", policies),
             log: pick("log", log),
-            run: clover_bench::Options { ops, concurrency, rounds, ..clover_bench::Options::default() },
+            run: clover_bench::Options { ops, concurrency, rounds, keep, ..clover_bench::Options::default() },
         };
         scale(&axes, &options, svg.as_deref(), json)
     }
