@@ -447,10 +447,10 @@ impl IntoResponse for ApiError {
 fn unavailable_dependency(error: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
     let mut next = Some(error);
     while let Some(e) = next {
-        if let Some(store) = e.downcast_ref::<clover_store::StoreError>() {
-            if store.is_unavailable() {
-                return Some("data store");
-            }
+        if let Some(store) = e.downcast_ref::<clover_store::StoreError>()
+            && store.is_unavailable()
+        {
+            return Some("data store");
         }
         if clover_sql::is_unavailable_error(e) {
             return Some("database");

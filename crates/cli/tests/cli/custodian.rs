@@ -112,8 +112,16 @@ async fn a_boundary_gets_its_keys_from_a_custodian_process() {
             .header("X-Clover-Purpose", "support")
             .send()
     };
+    let size = || async {
+        let note = client.get(format!("{boundary_url}/log/checkpoint")).send().await.unwrap().text().await.unwrap();
+        note.lines().nth(1).unwrap().parse::<u64>().unwrap()
+    };
+    let before = size().await;
     let down = read().await.unwrap();
     assert_eq!(down.status(), 503);
+    // Nothing was logged as an allowed read whose receipt the custodian could never honour
+    // (before, the entry got a random subject tag when the tag key could not be had).
+    assert_eq!(size().await, before, "a read that could not have its subject's tag key was logged");
     assert_eq!(down.headers()["content-type"], "application/problem+json");
     assert_eq!(down.headers()["retry-after"], "1");
     let body: Value = down.json().await.unwrap();

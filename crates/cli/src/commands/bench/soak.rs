@@ -24,7 +24,7 @@ mod traffic;
 
 use checks::GroupCheck;
 use cluster::{Postgres, Server, SmallDisk, free_port, output_of};
-use ledger::{Op, Tally};
+use ledger::{Op, Tally, nth};
 use traffic::{Gateway, Load};
 
 /// `clover bench soak`.
@@ -83,7 +83,7 @@ const SCHEDULE: [Fault; 5] =
 impl Fault {
     fn name(self, servers: &[Server]) -> String {
         match self {
-            Self::KillGateway(i) => format!("SIGKILL {}", servers[i].name),
+            Self::KillGateway(i) => format!("SIGKILL {}", servers.get(i).map_or("a gateway", |s| s.name.as_str())),
             Self::KillCustodian => "SIGKILL custodian".to_owned(),
             Self::CrashPostgres => "PostgreSQL crashed".to_owned(),
             Self::FillDisk => "SQLite disk full".to_owned(),
@@ -160,7 +160,9 @@ impl SoakArgs {
             print!("{}", table(&report));
         }
         let violations = &report.tally.violations;
-        anyhow::ensure!(violations.is_empty(), "{} violations, the first: {}", violations.len(), violations[0]);
+        if let Some(first) = violations.first() {
+            anyhow::bail!("{} violations, the first: {first}", violations.len());
+        }
         Ok(())
     }
 
@@ -203,8 +205,9 @@ impl SoakArgs {
         };
         let (vkey_pg, vkey_sqlite) = (vkey_of(&dir_a)?, vkey_of(&dir_c)?);
 
-        let ports = [free_port()?, free_port()?, free_port()?, free_port()?];
-        let custodian_url = format!("http://127.0.0.1:{}", ports[CUSTODIAN]);
+        let ports = [free_port()?, free_port()?, free_port()?];
+        let custodian_port = free_port()?;
+        let custodian_url = format!("http://127.0.0.1:{custodian_port}");
         let policy = "[policy]\n# The soak reads every record back with one token.\nbulk_threshold = 1000000000\n";
         let config = |name: &str, dir: &Path, pg: bool| -> anyhow::Result<PathBuf> {
             let path = work.join(format!("{name}.toml"));
@@ -220,8 +223,8 @@ impl SoakArgs {
         let configs = [config("pg-a", &dir_a, true)?, config("pg-b", &dir_b, true)?, config("sqlite", &dir_c, false)?];
 
         let mut servers = Vec::new();
-        for (i, name) in ["pg-a", "pg-b", "sqlite"].into_iter().enumerate() {
-            let (config, port, clover) = (configs[i].clone(), ports[i], clover.clone());
+        for ((name, config), port) in ["pg-a", "pg-b", "sqlite"].into_iter().zip(&configs).zip(ports) {
+            let (config, clover) = (config.clone(), clover.clone());
             servers.push(Server::new(name, port, work.join(format!("{name}.log")), move || {
                 let mut command = clover();
                 command.arg("serve").arg("--config").arg(&config).args(["--listen", &format!("127.0.0.1:{port}")]);
@@ -229,8 +232,8 @@ impl SoakArgs {
             }));
         }
         {
-            let (dir, port, log_url, vkey, clover) =
-                (work.join("custodian"), ports[CUSTODIAN], servers[1].url.clone(), vkey_pg.clone(), clover.clone());
+            let log_url = servers.get(1).map(|s| s.url.clone()).context("no pg-b")?;
+            let (dir, port, vkey, clover) = (work.join("custodian"), custodian_port, vkey_pg.clone(), clover.clone());
             // It checks receipts against pg-b's view of the shared log; pg-a is the gateway
             // killed (pg-b sequences once it is).
             servers.push(Server::new("custodian", port, work.join("custodian.log"), move || {
@@ -244,8 +247,9 @@ impl SoakArgs {
             }));
         }
         for i in [CUSTODIAN, 0, 1, 2] {
-            say(&format!("starting {}", servers[i].name));
-            tokio::task::block_in_place(|| servers[i].start())?;
+            let server = nth(&mut servers, i, "server")?;
+            say(&format!("starting {}", server.name));
+            tokio::task::block_in_place(|| server.start())?;
         }
 
         // Tokens: a support employee, and employees whose reads for advertising are refused.
@@ -257,15 +261,15 @@ impl SoakArgs {
             output_of(token)
         };
         let mut gateways = Vec::new();
-        for (i, server) in servers.iter().take(3).enumerate() {
+        for ((i, server), config) in servers.iter().take(3).enumerate().zip(&configs) {
             let group = usize::from(i == SQLITE);
             let refusers =
-                (0..4).map(|n| token(&configs[i], &format!("soak-refused-{n}"))).collect::<anyhow::Result<_>>()?;
+                (0..4).map(|n| token(config, &format!("soak-refused-{n}"))).collect::<anyhow::Result<_>>()?;
             gateways.push(Gateway {
                 name: server.name.clone(),
                 url: server.url.clone(),
                 group,
-                token: token(&configs[i], "soak")?,
+                token: token(config, "soak")?,
                 refusers,
             });
         }
@@ -274,7 +278,7 @@ impl SoakArgs {
             .no_proxy()
             .pool_max_idle_per_host(256)
             .build()?;
-        let load = Arc::new(Load::new(http, gateways, 2));
+        let load = Arc::new(Load::new(http, gateways));
         let vkeys = vec![VerifierKey::parse(&vkey_pg)?, VerifierKey::parse(&vkey_sqlite)?];
         let stores = ["postgresql (pg-a, pg-b)", "sqlite"];
         let states = [work.join("audit-pg.json"), work.join("audit-sqlite.json")];
@@ -315,7 +319,7 @@ impl SoakArgs {
                 next_sample = now + Duration::from_secs(10);
             }
             if now >= next_fault {
-                let fault = SCHEDULE[k % SCHEDULE.len()];
+                let fault = SCHEDULE.get(k % SCHEDULE.len()).copied().unwrap_or(Fault::KillCustodian);
                 k += 1;
                 let name = fault.name(&servers);
                 say(&format!("{:>6.0} s: {name}", started.elapsed().as_secs_f64()));
@@ -326,10 +330,8 @@ impl SoakArgs {
                     record.down_seconds,
                     record.recovery_seconds.map_or("(never)".to_owned(), |s| format!("{s:.1} s"))
                 ));
-                for group in 0..2 {
-                    record
-                        .checks
-                        .push(checks::check(&load, group, stores[group], &vkeys[group], &states[group], false).await);
+                for (group, ((store, vkey), state)) in stores.iter().zip(&vkeys).zip(&states).enumerate() {
+                    record.checks.push(checks::check(&load, group, store, vkey, state, false).await);
                 }
                 let found: usize = record.checks.iter().map(|c| c.violations.len()).sum();
                 say(&format!(
@@ -351,8 +353,8 @@ impl SoakArgs {
         poller.await?;
         let seconds = started.elapsed().as_secs_f64();
         let mut final_checks = Vec::new();
-        for group in 0..2 {
-            final_checks.push(checks::check(&load, group, stores[group], &vkeys[group], &states[group], true).await);
+        for (group, ((store, vkey), state)) in stores.iter().zip(&vkeys).zip(&states).enumerate() {
+            final_checks.push(checks::check(&load, group, store, vkey, state, true).await);
         }
         for server in &mut servers {
             server.stop();
@@ -393,12 +395,13 @@ impl SoakArgs {
         let detail = match fault {
             Fault::KillGateway(_) | Fault::KillCustodian => {
                 let i = if let Fault::KillGateway(i) = fault { i } else { CUSTODIAN };
-                let pid = servers[i].pid();
-                servers[i].kill();
+                let server = nth(servers, i, "server")?;
+                let pid = server.pid();
+                server.kill();
                 tokio::time::sleep(self.outage).await;
-                tokio::task::block_in_place(|| servers[i].start())
-                    .with_context(|| format!("{} did not start again", servers[i].name))?;
-                format!("pid {pid:?} killed; start {} of it", servers[i].starts)
+                tokio::task::block_in_place(|| server.start())
+                    .with_context(|| format!("{} did not start again", server.name))?;
+                format!("pid {pid:?} killed; start {} of it", server.starts)
             }
             Fault::CrashPostgres => {
                 postgres.crash()?;
@@ -418,7 +421,7 @@ impl SoakArgs {
         let restored = Instant::now();
         let mut recovery_seconds = Some(0.0f64);
         for &g in fault.affects() {
-            let gateway = &load.gateways[g];
+            let Some(gateway) = load.gateways.get(g) else { continue };
             let deadline = restored + Duration::from_secs(180);
             loop {
                 if load.write(gateway, Op::Check).await.is_some() {
@@ -429,7 +432,7 @@ impl SoakArgs {
                     load.violation(format!(
                         "{} did not recover within 180 s of the end of \"{name}\"; its last words:\n{}",
                         gateway.name,
-                        servers[g].tail()
+                        servers.get(g).map(Server::tail).unwrap_or_default()
                     ));
                     recovery_seconds = None;
                     break;
@@ -538,7 +541,7 @@ fn table(report: &Report) -> String {
         let _ = writeln!(
             out,
             "  {name:<10} {:>7.1} {:>7.1} {:>7.1} {:>7.1}",
-            mib(samples[0].1),
+            mib(samples.first().map_or(0, |s| s.1)),
             mib(at5),
             mib(samples.last().map_or(0, |s| s.1)),
             mib(highest)

@@ -13,7 +13,7 @@ use clover_tlog::note::VerifierKey;
 use clover_tlog::tree::verify_consistency;
 use serde::Serialize;
 
-use super::ledger::{Acked, Op};
+use super::ledger::{Acked, Op, at};
 use super::traffic::{Answer, Gateway, Load};
 
 /// Attempts at a read back while a gateway answers 503 or is not reachable.
@@ -68,7 +68,7 @@ pub(crate) async fn check(
     let mut actions: Vec<Option<String>> = Vec::new();
     let mut verified = None;
     for attempt in 0..ATTEMPTS {
-        let gateway = gateways[attempt % gateways.len()];
+        let Some(gateway) = gateways.get(attempt % gateways.len().max(1)) else { break };
         let options = VerifyOptions {
             url: gateway.url.clone(),
             vkey: vkey.clone(),
@@ -98,7 +98,7 @@ pub(crate) async fn check(
 
     // 2. Every checkpoint seen since the last check is a prefix of the verified tree.
     let seen: Vec<_> = {
-        let mut seen = load.seen[group].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut seen = load.seen(group);
         let (now, later): (Vec<_>, Vec<_>) = seen.drain(..).partition(|s| s.checkpoint.size <= report.size);
         *seen = later;
         now
@@ -141,15 +141,15 @@ pub(crate) async fn check(
     // 4. Acknowledged writes read back; records of erased subjects refused.
     let (records, erased) = {
         let mut g = load.group(group);
-        let mut records: Vec<Acked> = if last { g.records.clone() } else { g.records[g.checked_upto..].to_vec() };
+        let mut records: Vec<Acked> =
+            if last { g.records.clone() } else { g.records.get(g.checked_upto..).unwrap_or_default().to_vec() };
         let mut erased = g.erased_records.clone();
         if !last {
             for _ in 0..OLDER_SAMPLE.min(g.records.len()) {
-                records.push(g.records[load.random(g.records.len())].clone());
+                records.extend(load.pick(&g.records).cloned());
             }
             if erased.len() > ERASED_SAMPLE {
-                erased =
-                    (0..ERASED_SAMPLE).map(|_| g.erased_records[load.random(g.erased_records.len())].clone()).collect();
+                erased = (0..ERASED_SAMPLE).filter_map(|_| load.pick(&g.erased_records).cloned()).collect();
             }
         }
         g.checked_upto = g.records.len();
@@ -157,12 +157,14 @@ pub(crate) async fn check(
     };
     for (n, acked) in records.iter().enumerate() {
         match read_back(load, &gateways, n, &acked.record_id, 200).await {
-            Ok(body) if body["fields"]["display_name"] == acked.value.as_str() => out.records_read_back += 1,
+            Ok(body) if at(&body, "/fields/display_name") == acked.value.as_str() => out.records_read_back += 1,
             // Erased meanwhile (its subject was retired and erased during the check).
             Err(404) if !load.group(group).records.iter().any(|a| a.record_id == acked.record_id) => {}
             Ok(body) => out.violations.push(format!(
                 "{store}: acknowledged record {} reads back as {}, not {}",
-                acked.record_id, body["fields"], acked.value
+                acked.record_id,
+                at(&body, "/fields"),
+                acked.value
             )),
             Err(status) => out.violations.push(format!(
                 "{store}: acknowledged record {} (log index {}) is not readable: {status}",
@@ -197,11 +199,11 @@ fn is_transient(error: &clover_audit::verify::VerifyError) -> bool {
 async fn consistency(load: &Load, gateways: &[&Gateway], old: u64, new: u64) -> Result<Vec<Hash>, String> {
     let mut last = String::new();
     for attempt in 0..ATTEMPTS {
-        let gateway = gateways[attempt % gateways.len()];
+        let Some(gateway) = gateways.get(attempt % gateways.len().max(1)) else { break };
         let url = format!("{}/v1/log/proof/consistency?old={old}&new={new}", gateway.url);
         match load.send(load.http.get(url)).await {
             Answer::Http { status: 200, body, .. } => {
-                return body["proof"]
+                return at(&body, "/proof")
                     .as_array()
                     .map(|hashes| hashes.iter().filter_map(|h| h.as_str().and_then(Hash::from_base64)).collect())
                     .ok_or_else(|| format!("no proof in {body}"));
@@ -226,7 +228,7 @@ async fn read_back(
 ) -> Result<serde_json::Value, u16> {
     let mut status = 0;
     for attempt in 0..ATTEMPTS {
-        let gateway = gateways[(n + attempt) % gateways.len()];
+        let Some(gateway) = gateways.get((n + attempt) % gateways.len().max(1)) else { break };
         let answer = load.get_record(gateway, record_id).await;
         load.count(Op::Check, &answer.outcome(expected));
         match answer {

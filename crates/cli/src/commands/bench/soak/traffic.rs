@@ -10,7 +10,7 @@ use clover_tlog::checkpoint::Checkpoint;
 use clover_tlog::note::{Note, VerifierKey};
 use serde_json::{Value, json};
 
-use super::ledger::{Acked, Group, Op, Tally};
+use super::ledger::{Acked, Group, Op, Tally, at};
 
 /// How long one request may take before it counts as timed out.
 pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -42,8 +42,9 @@ pub(crate) struct Seen {
 pub(crate) struct Load {
     pub(crate) http: reqwest::Client,
     pub(crate) gateways: Vec<Gateway>,
-    pub(crate) groups: Vec<Mutex<Group>>,
-    pub(crate) seen: Vec<Mutex<Vec<Seen>>>,
+    /// The PostgreSQL store's side (group 0) and the SQLite gateway's (group 1).
+    groups: [Mutex<Group>; 2],
+    seen: [Mutex<Vec<Seen>>; 2],
     pub(crate) tally: Mutex<Tally>,
     /// `steady`, or the fault under way.
     pub(crate) phase: Mutex<String>,
@@ -90,14 +91,14 @@ impl Answer {
 }
 
 impl Load {
-    pub(crate) fn new(http: reqwest::Client, gateways: Vec<Gateway>, groups: usize) -> Self {
+    pub(crate) fn new(http: reqwest::Client, gateways: Vec<Gateway>) -> Self {
         let seed =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64) | 1;
         Self {
             http,
             gateways,
-            groups: (0..groups).map(|_| Mutex::new(Group::default())).collect(),
-            seen: (0..groups).map(|_| Mutex::new(Vec::new())).collect(),
+            groups: [Mutex::new(Group::default()), Mutex::new(Group::default())],
+            seen: [Mutex::new(Vec::new()), Mutex::new(Vec::new())],
             tally: Mutex::new(Tally::default()),
             phase: Mutex::new("steady".to_owned()),
             rng: AtomicU64::new(seed),
@@ -115,8 +116,21 @@ impl Load {
         (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 33) as usize % below.max(1)
     }
 
+    /// Group `index`'s side of the ledger (0: PostgreSQL, any other: SQLite).
     pub(crate) fn group(&self, index: usize) -> std::sync::MutexGuard<'_, Group> {
-        self.groups[index].lock().unwrap_or_else(PoisonError::into_inner)
+        let [pg, sqlite] = &self.groups;
+        if index == 0 { pg } else { sqlite }.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The checkpoints of group `index`'s log seen since they were last taken.
+    pub(crate) fn seen(&self, index: usize) -> std::sync::MutexGuard<'_, Vec<Seen>> {
+        let [pg, sqlite] = &self.seen;
+        if index == 0 { pg } else { sqlite }.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// One of `items` at random.
+    pub(crate) fn pick<'a, T>(&self, items: &'a [T]) -> Option<&'a T> {
+        items.get(self.random(items.len()))
     }
 
     pub(crate) fn phase(&self) -> String {
@@ -157,7 +171,7 @@ impl Load {
             Err(_) => return Answer::Broken,
         };
         let problem = is_problem
-            .then(|| body["type"].as_str().map_or("untyped", |t| t.rsplit('/').next().unwrap_or(t)).to_owned());
+            .then(|| at(&body, "/type").as_str().map_or("untyped", |t| t.rsplit('/').next().unwrap_or(t)).to_owned());
         Answer::Http { status, problem, body }
     }
 
@@ -176,7 +190,7 @@ impl Load {
 
     /// One operation on gateway `g`, chosen at random.
     async fn one(self: Arc<Self>, g: usize) {
-        let gateway = &self.gateways[g];
+        let Some(gateway) = self.gateways.get(g) else { return };
         let roll = self.random(100);
         let (active, retiring, records, erased) = {
             let group = self.group(gateway.group);
@@ -219,10 +233,10 @@ impl Load {
         let answer = self.send(request).await;
         if self.tally(gateway, Op::Subject, 201, &answer) == "ok" {
             let mut group = self.group(gateway.group);
-            if let Answer::Http { body, .. } = &answer {
-                if let Some(index) = body["log_index"].as_u64() {
-                    group.indexes.push((index, "write"));
-                }
+            if let Answer::Http { body, .. } = &answer
+                && let Some(index) = at(body, "/log_index").as_u64()
+            {
+                group.indexes.push((index, "write"));
             }
             group.active.push(id);
         }
@@ -235,7 +249,10 @@ impl Load {
             if group.active.is_empty() {
                 return None;
             }
-            group.active[self.random(group.active.len())].clone()
+            match self.pick(&group.active) {
+                Some(subject) => subject.clone(),
+                None => return None,
+            }
         };
         let value = format!("v{:016x}", self.random(usize::MAX));
         let request = self
@@ -248,7 +265,8 @@ impl Load {
             return None;
         }
         let Answer::Http { body, .. } = answer else { return None };
-        let (Some(record_id), Some(log_index)) = (body["record_id"].as_str(), body["log_index"].as_u64()) else {
+        let (Some(record_id), Some(log_index)) = (at(&body, "/record_id").as_str(), at(&body, "/log_index").as_u64())
+        else {
             self.violation(format!("{} acknowledged a write without a record id and log index: {body}", gateway.name));
             return None;
         };
@@ -275,22 +293,28 @@ impl Load {
             if group.records.is_empty() {
                 return;
             }
-            group.records[self.random(group.records.len())].clone()
+            match self.pick(&group.records) {
+                Some(acked) => acked.clone(),
+                None => return,
+            }
         };
         let answer = self.get_record(gateway, &acked.record_id).await;
         // A record whose subject is being erased may be gone by now: counted, not a violation
         // (the checks read back only records of subjects not erased).
-        if self.tally(gateway, Op::Read, 200, &answer) == "ok" {
-            if let Answer::Http { body, .. } = &answer {
-                if body["fields"]["display_name"] != acked.value.as_str() {
-                    self.violation(format!(
-                        "{} answered record {} with {}, not the value acknowledged ({})",
-                        gateway.name, acked.record_id, body["fields"], acked.value
-                    ));
-                }
-                if let Some(index) = body["log_index"].as_u64() {
-                    self.group(gateway.group).indexes.push((index, "read"));
-                }
+        if self.tally(gateway, Op::Read, 200, &answer) == "ok"
+            && let Answer::Http { body, .. } = &answer
+        {
+            if at(body, "/fields/display_name") != acked.value.as_str() {
+                self.violation(format!(
+                    "{} answered record {} with {}, not the value acknowledged ({})",
+                    gateway.name,
+                    acked.record_id,
+                    at(body, "/fields"),
+                    acked.value
+                ));
+            }
+            if let Some(index) = at(body, "/log_index").as_u64() {
+                self.group(gateway.group).indexes.push((index, "read"));
             }
         }
     }
@@ -301,7 +325,10 @@ impl Load {
             if group.erased_records.is_empty() {
                 return;
             }
-            group.erased_records[self.random(group.erased_records.len())].clone()
+            match self.pick(&group.erased_records) {
+                Some(record) => record.clone(),
+                None => return,
+            }
         };
         let answer = self.get_record(gateway, &record).await;
         if answer.status() == Some(404) {
@@ -333,7 +360,7 @@ impl Load {
         match (&answer, outcome.as_str()) {
             (Answer::Http { body, .. }, "ok") => {
                 let acked = group.records.iter().filter(|a| a.subject == subject).count() as u64;
-                let erased = body["erased_records"].as_u64().unwrap_or(0);
+                let erased = at(body, "/erased_records").as_u64().unwrap_or(0);
                 if erased < acked {
                     drop(group);
                     self.violation(format!(
@@ -342,7 +369,7 @@ impl Load {
                     ));
                     group = self.group(gateway.group);
                 }
-                if let Some(index) = body["log_index"].as_u64() {
+                if let Some(index) = at(body, "/log_index").as_u64() {
                     group.indexes.push((index, "erase"));
                 }
                 group.erased(&subject);
@@ -360,9 +387,12 @@ impl Load {
             if group.records.is_empty() {
                 return;
             }
-            group.records[self.random(group.records.len())].record_id.clone()
+            match self.pick(&group.records) {
+                Some(acked) => acked.record_id.clone(),
+                None => return,
+            }
         };
-        let token = &gateway.refusers[self.random(gateway.refusers.len())];
+        let Some(token) = self.pick(&gateway.refusers) else { return };
         let request = self
             .http
             .get(format!("{}/v1/records/{record}", gateway.url))
@@ -371,10 +401,10 @@ impl Load {
         let answer = self.send(request).await;
         if answer.status() == Some(403) {
             self.count(Op::Refused, "refused");
-            if let Answer::Http { body, .. } = &answer {
-                if let Some(index) = body["log_index"].as_u64() {
-                    self.group(gateway.group).indexes.push((index, "read"));
-                }
+            if let Answer::Http { body, .. } = &answer
+                && let Some(index) = at(body, "/log_index").as_u64()
+            {
+                self.group(gateway.group).indexes.push((index, "read"));
             }
             return;
         }
@@ -433,7 +463,7 @@ pub(crate) async fn poll_checkpoints(load: Arc<Load>, vkeys: Vec<VerifierKey>, s
                 });
                 match parsed {
                     Ok(checkpoint) => {
-                        let mut seen = load.seen[group].lock().unwrap_or_else(PoisonError::into_inner);
+                        let mut seen = load.seen(group);
                         if seen.last().is_none_or(|s| {
                             s.checkpoint.size != checkpoint.size || s.checkpoint.root != checkpoint.root
                         }) {
