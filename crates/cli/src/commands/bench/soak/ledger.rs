@@ -39,6 +39,8 @@ pub(crate) struct Group {
     pub(crate) active: Vec<String>,
     /// Subjects retired from writes, waiting to be erased, since when.
     pub(crate) retiring: VecDeque<(String, Instant)>,
+    /// Subjects whose erasure is under way (sent, not answered).
+    pub(crate) erasing: std::collections::HashSet<String>,
     /// Acknowledged writes of subjects not erased.
     pub(crate) records: Vec<Acked>,
     /// Records of erased subjects: never readable again.
@@ -64,6 +66,12 @@ impl Group {
         self.erased_subjects += 1;
         // Read back already or not, the checks' mark must not skip records that moved down.
         self.checked_upto = self.checked_upto.min(self.records.len());
+    }
+
+    /// Whether `subject` may be erased by now without the ledger knowing yet: retired (an
+    /// erasure may have been made whose answer was lost), or its erasure under way.
+    pub(crate) fn may_be_erased(&self, subject: &str) -> bool {
+        self.erasing.contains(subject) || self.retiring.iter().any(|(s, _)| s == subject)
     }
 
     /// A subject whose retirement has lasted [`RETIRE_FOR`], taken off the queue.

@@ -348,15 +348,15 @@ impl Load {
                 let retired = group.active.remove(0);
                 group.retiring.push_back((retired, std::time::Instant::now()));
             }
-            match group.ripe() {
-                Some(subject) => subject,
-                None => return,
-            }
+            let Some(subject) = group.ripe() else { return };
+            group.erasing.insert(subject.clone());
+            subject
         };
         let request = self.http.delete(format!("{}/v1/subjects/{subject}", gateway.url)).bearer_auth(&gateway.token);
         let answer = self.send(request).await;
         let outcome = self.tally(gateway, Op::Erase, 200, &answer);
         let mut group = self.group(gateway.group);
+        group.erasing.remove(&subject);
         match (&answer, outcome.as_str()) {
             (Answer::Http { body, .. }, "ok") => {
                 let acked = group.records.iter().filter(|a| a.subject == subject).count() as u64;
