@@ -239,7 +239,7 @@ impl From<KeyError> for Refusal {
                 tracing::error!(error = %e, "custody unavailable");
                 Self(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
             }
-            KeyError::Store { cause, operation } if store_unavailable(cause.as_ref()) => {
+            KeyError::Store { cause, operation } if clover_sql::is_unavailable_error(cause.as_ref()) => {
                 tracing::error!(error = %cause, operation, "custody store unavailable");
                 Self(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -252,12 +252,6 @@ impl From<KeyError> for Refusal {
             }
         }
     }
-}
-
-/// Whether a key store failure says the database cannot serve now (down, disk full) rather
-/// than that something is wrong.
-fn store_unavailable(cause: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
-    clover_sql::is_unavailable_error(cause)
 }
 
 impl From<ReceiptError> for Refusal {

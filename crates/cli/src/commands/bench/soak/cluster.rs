@@ -146,14 +146,9 @@ impl Server {
         }
     }
 
-    /// Its resident memory in KiB, from `/proc/PID/status`.
+    /// Its resident memory in KiB.
     pub(crate) fn rss_kib(&mut self) -> Option<u64> {
-        let pid = self.pid()?;
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        clover_bench::http::baseline::resident_bytes(self.pid()?).map(|bytes| bytes / 1024)
     }
 
     /// The last lines of its stderr.
