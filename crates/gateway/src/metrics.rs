@@ -30,7 +30,8 @@
 //!   verified afresh (`miss`); `clover_jwks_refreshes_total{result}`: identity providers' key
 //!   sets fetched (`ok`) or not (`failed`);
 //! - the log's (`clover_log`): `clover_log_batch_entries`, `clover_log_commit_seconds`,
-//!   `clover_log_fsync_seconds`, `clover_log_sequencer_queue`;
+//!   `clover_log_fsync_seconds`, `clover_log_sequencer_queue`, `clover_log_unwritten_batches_total`
+//!   (batches a full disk refused);
 //! - the custodian's, when it runs in this process (`clover_custodian`): its key cache's hits and
 //!   misses, unwrap latency, views, receipts reused;
 //! - the process's (`process_cpu_seconds_total`, `process_resident_memory_bytes`,

@@ -61,6 +61,16 @@ pub enum LogError {
     /// The checkpoint signer (an HSM, say) failed.
     #[error("the checkpoint could not be signed")]
     Sign(#[from] SignError),
+    /// A batch of entries could not be written (the disk is full, a file-size limit was reached)
+    /// and the entries file was cut back to what it held before and synced: nothing of the
+    /// batch is in the log, its appends fail with this, and the log takes the next ones.
+    #[error("log file {path:?}: the entries could not be written ({reason}), and none of them is in the log")]
+    Unwritten {
+        /// The entries file.
+        path: PathBuf,
+        /// The write's error.
+        reason: String,
+    },
     /// The sequencer stopped (a write failed earlier, or the log is shutting down).
     #[error("the log sequencer is not running; appends are refused")]
     Stopped,

@@ -67,24 +67,33 @@ impl Unreadable {
     }
 }
 
-/// Reads entries from `bytes` into `tree` for as long as they read; returns where they stop
-/// being readable, and why, if before the end.
-fn read_entries(bytes: &[u8], tree: &mut Tree) -> Option<(usize, Unreadable)> {
-    let mut at = 0usize;
-    while at < bytes.len() {
-        let Some((len, rest)) = bytes.get(at..).and_then(|b| b.split_first_chunk::<2>()) else {
-            return Some((at, Unreadable::Length));
-        };
-        let len = usize::from(u16::from_be_bytes(*len));
-        if len == 0 {
-            return Some((at, Unreadable::Empty));
+/// Reads the entries of `file` (`len` bytes) into `tree`, a buffer at a time rather than the file
+/// whole (a log of a million entries is gigabytes), for as long as they read; returns where they
+/// stop being readable, and why, if before the end.
+fn read_entries(file: &File, len: u64, tree: &mut Tree) -> std::io::Result<Option<(u64, Unreadable)>> {
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+    let mut entry = Vec::with_capacity(usize::from(u16::MAX));
+    let mut at = 0u64;
+    while at < len {
+        if len - at < 2 {
+            return Ok(Some((at, Unreadable::Length)));
         }
-        let Some(entry) = rest.get(..len) else { return Some((at, Unreadable::Truncated)) };
-        let Ok(event) = Entry::decode(entry) else { return Some((at, Unreadable::NotAnEvent)) };
-        tree.add_indexed(entry, Some((event.kind(), event.index_key().map(ToOwned::to_owned))));
-        at += 2 + len;
+        let mut prefix = [0u8; 2];
+        reader.read_exact(&mut prefix)?;
+        let size = u16::from_be_bytes(prefix);
+        if size == 0 {
+            return Ok(Some((at, Unreadable::Empty)));
+        }
+        if len - at - 2 < u64::from(size) {
+            return Ok(Some((at, Unreadable::Truncated)));
+        }
+        entry.resize(usize::from(size), 0);
+        reader.read_exact(&mut entry)?;
+        let Ok(event) = Entry::decode(&entry) else { return Ok(Some((at, Unreadable::NotAnEvent))) };
+        tree.add_indexed(&entry, Some((event.kind(), event.index_key().map(ToOwned::to_owned))));
+        at += 2 + u64::from(size);
     }
-    None
+    Ok(None)
 }
 
 /// The largest checkpoint in the slots that this log's key signed, and which slot holds it.
@@ -149,7 +158,7 @@ fn torn(tail: &[u8], why: Unreadable) -> bool {
 
 /// Moves `tail` (the bytes from `offset` on) into the quarantine directory, durably, and
 /// returns its path.
-fn quarantine(dir: &Path, offset: usize, tail: &[u8]) -> Result<PathBuf, LogError> {
+fn quarantine(dir: &Path, offset: u64, tail: &[u8]) -> Result<PathBuf, LogError> {
     let quarantine = dir.join(QUARANTINE_DIR);
     std::fs::create_dir_all(&quarantine).map_err(io(&quarantine))?;
     let mut path = quarantine.join(format!("entries.{offset}"));
@@ -186,17 +195,16 @@ pub(crate) fn open(
             checkpoint.size
         )));
     }
-    let mut file = OpenOptions::new().read(true).append(true).create(true).open(&path).map_err(io(&path))?;
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes).map_err(io(&path))?;
+    let file = OpenOptions::new().read(true).append(true).create(true).open(&path).map_err(io(&path))?;
+    let len = file.metadata().map_err(io(&path))?.len();
 
     let signed_size = signed.as_ref().map_or(0, |(c, _)| c.size);
     let mut tree = Tree::new();
-    let unreadable = read_entries(&bytes, &mut tree);
-    let damaged = |offset: usize, what: Unreadable, why: &'static str, index: u64| LogError::Damaged {
+    let unreadable = read_entries(&file, len, &mut tree).map_err(io(&path))?;
+    let damaged = |offset: u64, what: Unreadable, why: &'static str, index: u64| LogError::Damaged {
         path: path.clone(),
         index,
-        offset: offset as u64,
+        offset,
         what: what.describe(),
         why,
         signed: signed_size,
@@ -218,7 +226,11 @@ pub(crate) fn open(
         )));
     }
     if let Some((offset, what)) = unreadable {
-        let tail = bytes.get(offset..).unwrap_or_default();
+        // What follows the point, read whole: a torn write's tail is short; a longer one is damage,
+        // and the log refuses to open after reading it once.
+        let mut tail = vec![0u8; usize::try_from(len - offset).unwrap_or(usize::MAX)];
+        file.read_exact_at(&mut tail, offset).map_err(io(&path))?;
+        let tail = tail.as_slice();
         if !torn(tail, what) {
             return Err(damaged(offset, what, "what follows it may have been acknowledged", tree.size()));
         }
@@ -229,7 +241,7 @@ pub(crate) fn open(
             log = %dir.display(), offset, bytes = tail.len(), reason = what.describe(), quarantine = %kept.display(),
             "cutting an unacknowledged partial write from the log; its bytes are kept in quarantine"
         );
-        file.set_len(offset as u64).map_err(io(&path))?;
+        file.set_len(offset).map_err(io(&path))?;
     }
     // Entries a killed process wrote but never synced are synced before a checkpoint signs them.
     file.sync_all().map_err(io(&path))?;
@@ -243,8 +255,9 @@ pub(crate) fn open(
     // The first write goes to the slot that does not hold the largest signed checkpoint.
     let next = signed.as_ref().map_or(0, |(_, slot)| (slot + 1) % CHECKPOINT_FILES.len());
     let size = tree.size();
+    let bytes = file.metadata().map_err(io(&path))?.len();
     let shared = Arc::new(Shared::new(signer.name().to_owned(), tree, false));
-    let mut backend = DirectoryBackend { file, path, checkpoints: CheckpointFiles { slots, next }, size };
+    let mut backend = DirectoryBackend { file, path, checkpoints: CheckpointFiles { slots, next }, size, bytes };
     let (checkpoint_size, note) = shared.sign_current(signer.as_ref())?;
     backend.checkpoints.write(&note)?;
     shared.tree_mut().offer_checkpoint(note.into(), checkpoint_size);
@@ -346,6 +359,25 @@ struct DirectoryBackend {
     checkpoints: CheckpointFiles,
     /// The entries in the file.
     size: u64,
+    /// The file's length: the bytes of those entries, all synced.
+    bytes: u64,
+}
+
+impl DirectoryBackend {
+    /// After a write of a batch failed with `error`: cuts the file back to the entries it held
+    /// and syncs it, so that nothing of the batch is in it, and answers
+    /// [`LogError::Unwritten`] (the sequencer refuses the batch and goes on). If the file cannot
+    /// be cut back, the error stops the sequencer; the next start cuts what is left of the
+    /// batch into quarantine.
+    fn cut_back(&mut self, error: std::io::Error) -> LogError {
+        match self.file.set_len(self.bytes).and_then(|()| self.file.sync_data()) {
+            Ok(()) => LogError::Unwritten { path: self.path.clone(), reason: error.to_string() },
+            Err(cut) => {
+                tracing::error!(error = %cut, log = %self.path.display(), "cannot cut a failed write from the log");
+                LogError::Io { path: self.path.clone(), source: error }
+            }
+        }
+    }
 }
 
 impl Backend for DirectoryBackend {
@@ -369,11 +401,17 @@ impl Backend for DirectoryBackend {
         for append in batch {
             push_bundle_entry(&mut buf, &append.entry).map_err(LogError::TooLarge)?;
         }
-        self.file.write_all(&buf).map_err(io(&self.path))?;
+        // The file is opened to append: a write goes to its end, which is `self.bytes`.
+        if let Err(error) = self.file.write_all(&buf) {
+            return Err(self.cut_back(error));
+        }
         let started = std::time::Instant::now();
+        // A failed fsync leaves it unknown what reached the disk (and the kernel may have
+        // dropped the dirty pages): the sequencer stops, and a restart reads the file again.
         self.file.sync_data().map_err(io(&self.path))?;
         metrics::histogram!(crate::telemetry::FSYNC_SECONDS_METRIC).record(started.elapsed().as_secs_f64());
         self.size += batch.len() as u64;
+        self.bytes += buf.len() as u64;
         // The entries are durable: a checkpoint file that cannot be written leaves them
         // unsigned for the next pass, and does not fail the appends.
         Ok(checkpoint.is_some_and(|(_, note)| self.checkpoints.write_or_log(note)))

@@ -8,6 +8,9 @@ pub const BATCH_METRIC: &str = "clover_log_batch_entries";
 pub const COMMIT_SECONDS_METRIC: &str = "clover_log_commit_seconds";
 /// The histogram of a directory log's `fdatasync` alone.
 pub const FSYNC_SECONDS_METRIC: &str = "clover_log_fsync_seconds";
+/// The counter of batches a directory log could not write (a full disk, say) and refused, its
+/// file cut back to what it held.
+pub const UNWRITTEN_METRIC: &str = "clover_log_unwritten_batches_total";
 /// The gauge of this process's appends waiting for the sequencer when it starts a batch.
 pub const QUEUE_METRIC: &str = "clover_log_sequencer_queue";
 
@@ -24,6 +27,10 @@ pub fn describe_metrics() {
         FSYNC_SECONDS_METRIC,
         metrics::Unit::Seconds,
         "fdatasync of a directory log's entries file"
+    );
+    metrics::describe_counter!(
+        UNWRITTEN_METRIC,
+        "Batches of log entries that could not be written (a full disk, say) and were refused, the entries file cut back"
     );
     metrics::describe_gauge!(QUEUE_METRIC, "Appends of this process waiting for the sequencer as it starts a batch");
 }

@@ -615,3 +615,86 @@ async fn an_entry_that_does_not_match_its_permit_gets_no_receipt() {
     assert_eq!(log.size(), 0, "nothing was appended");
     assert!(log.append_permitted(&event(4, None), permit()).await.is_ok());
 }
+
+/// Set in the child process of [`a_write_that_fails_is_cut_back_and_the_log_goes_on`]: the
+/// log directory it works on.
+const FULL_DISK_CHILD: &str = "CLOVER_TEST_FULL_DISK_DIR";
+
+/// Sets this process's soft file-size limit (`RLIMIT_FSIZE`, bytes) with util-linux's
+/// `prlimit`; `None` lifts it.
+fn limit_file_size(bytes: Option<u64>) {
+    let value = bytes.map_or("unlimited".to_owned(), |b| b.to_string());
+    let status = std::process::Command::new("prlimit")
+        .args(["--pid", &std::process::id().to_string(), &format!("--fsize={value}:")])
+        .status()
+        .expect("prlimit (util-linux) runs");
+    assert!(status.success(), "prlimit --fsize={value}: {status}");
+}
+
+/// A disk that fills while the log writes a batch: the write fails part way (here at a file-size
+/// limit, `EFBIG`, as a full disk fails with `ENOSPC`), the file is cut back to the entries it
+/// held, those appends fail with [`LogError::Unwritten`], and once there is room the log takes
+/// appends again, without a restart, every acknowledged entry in place and nothing quarantined.
+///
+/// The limit is set on a child process (this test run again, with `SIGXFSZ` ignored by the
+/// shell that starts it), so that no other test of this binary runs under it.
+#[tokio::test]
+async fn a_write_that_fails_is_cut_back_and_the_log_goes_on() {
+    if let Some(dir) = std::env::var_os(FULL_DISK_CHILD) {
+        let dir = std::path::PathBuf::from(dir);
+        let pkcs8 = std::fs::read(dir.join("key.pkcs8")).unwrap();
+        let entries = dir.join("log").join("entries");
+        let log = Log::open(&dir.join("log"), key(&pkcs8), LogOptions::default()).unwrap();
+        assert_eq!(log.size(), 10);
+        let held = std::fs::read(&entries).unwrap();
+
+        // Room for three more bytes: the next entry's write is cut short by the limit.
+        limit_file_size(Some(held.len() as u64 + 3));
+        for n in 10..13 {
+            match log.append(&event(n, None)).await {
+                Err(LogError::Unwritten { path, reason }) => {
+                    assert_eq!(path, entries);
+                    assert!(reason.to_lowercase().contains("too large"), "{reason}");
+                }
+                other => panic!("append {n} on a full disk answered {other:?}"),
+            }
+            assert_eq!(std::fs::read(&entries).unwrap(), held, "the failed write is cut back");
+        }
+        assert_eq!(log.size(), 10);
+        assert_eq!(log.checkpoint_size(), 10, "no checkpoint signed for a batch that was not written is shown");
+
+        // Room again: the same sequencer takes the next appends at the next indexes.
+        limit_file_size(None);
+        assert_eq!(log.append(&event(13, None)).await.unwrap(), 10);
+        assert_eq!(log.append(&event(14, None)).await.unwrap(), 11);
+        assert_eq!(log.checkpoint_size(), 12);
+        return;
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("log")).unwrap();
+    let (pkcs8, good) = ten_entries(&dir.path().join("log")).await;
+    std::fs::write(dir.path().join("key.pkcs8"), &pkcs8).unwrap();
+
+    let child = std::process::Command::new("sh")
+        .args(["-c", r#"trap '' XFSZ; exec "$@""#, "sh"])
+        .arg(std::env::current_exe().unwrap())
+        .args(["--exact", "a_write_that_fails_is_cut_back_and_the_log_goes_on", "--nocapture", "--test-threads=1"])
+        .env(FULL_DISK_CHILD, dir.path())
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&child.stdout);
+    let err = String::from_utf8_lossy(&child.stderr);
+    assert!(child.status.success(), "the child failed: {}\n{out}\n{err}", child.status);
+    assert!(out.contains("1 passed"), "the child ran the test: {out}");
+
+    // Opened again: the ten entries and the two after the failure, nothing cut or quarantined.
+    let log = Log::open(&dir.path().join("log"), key(&pkcs8), LogOptions::default()).unwrap();
+    assert_eq!(log.size(), 12);
+    assert_eq!(log.checkpoint_size(), 12);
+    let bytes = std::fs::read(dir.path().join("log").join("entries")).unwrap();
+    assert_eq!(&bytes[..good.len()], good.as_slice(), "the entries acknowledged before are as they were");
+    logged(&log, 10, &event(13, None).encode()).await;
+    logged(&log, 11, &event(14, None).encode()).await;
+    assert!(!dir.path().join("log").join("quarantine").exists(), "nothing was torn, so nothing is quarantined");
+}

@@ -10,7 +10,7 @@ use clover_keys::KeyError;
 use tokio::sync::{mpsc, oneshot};
 
 use super::access::{LoggedAccess, UnwrapRecord};
-use super::store::{KeyStoreBackend, failed, now};
+use super::store::{KeyStoreBackend, Unwritten, failed, now};
 
 /// The journal: where records are sent, and the key store that keeps them.
 pub(crate) struct Journal {
@@ -20,7 +20,7 @@ pub(crate) struct Journal {
 
 /// What the journal's writer is sent: a record, with where to say whether it was committed.
 enum Sent {
-    Record(UnwrapRecord, oneshot::Sender<Result<(), String>>),
+    Record(UnwrapRecord, oneshot::Sender<Result<(), Unwritten>>),
     Flush(oneshot::Sender<()>),
 }
 
@@ -60,15 +60,11 @@ impl Journal {
 
     /// Sends `record` to the writer and waits until it is committed.
     async fn write(&self, record: UnwrapRecord) -> Result<(), KeyError> {
-        let unwritten = |cause: String| KeyError::Store {
-            operation: "writing the journal",
-            cause: Box::new(std::io::Error::other(cause)),
-        };
+        let unwritten = |why: Unwritten| why.into_error("writing the journal");
+        let stopped = || unwritten(Unwritten::stopped("the journal"));
         let (done, written) = oneshot::channel();
-        self.queue
-            .send(Sent::Record(record, done))
-            .map_err(|_| unwritten("the journal's writer has stopped".to_owned()))?;
-        written.await.map_err(|_| unwritten("the journal's writer has stopped".to_owned()))?.map_err(unwritten)
+        self.queue.send(Sent::Record(record, done)).map_err(|_| stopped())?;
+        written.await.map_err(|_| stopped())?.map_err(unwritten)
     }
 
     /// Waits until every record sent so far is written.
@@ -108,7 +104,7 @@ async fn write(db: Arc<dyn KeyStoreBackend>, mut queue: mpsc::UnboundedReceiver<
         }
         for done in answers {
             // The asker may have gone (its request cancelled): nothing to withhold then.
-            let _ = done.send(outcome.as_ref().map(|_| ()).map_err(ToString::to_string));
+            let _ = done.send(outcome.as_ref().map(|_| ()).map_err(Unwritten::of));
         }
         for done in waiting {
             let _ = done.send(());

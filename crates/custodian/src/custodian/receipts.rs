@@ -24,7 +24,7 @@ use clover_keys::KeyError;
 use tokio::sync::{mpsc, oneshot};
 
 use super::access::LoggedAccess;
-use super::store::{KeyStoreBackend, now};
+use super::store::{KeyStoreBackend, Unwritten, now};
 use crate::verify::MAX_RECEIPT_AGE;
 
 /// The counter of receipts presented again and refused.
@@ -52,7 +52,7 @@ pub(crate) struct Receipts {
 struct Claim {
     entry_hash: String,
     log_index: i64,
-    answer: oneshot::Sender<Result<bool, String>>,
+    answer: oneshot::Sender<Result<bool, Unwritten>>,
 }
 
 impl Receipts {
@@ -67,11 +67,8 @@ impl Receipts {
     /// committed. A receipt honoured before (by this custodian or another on its key store) is
     /// refused, logged and counted; an error means the key must not leave.
     pub(crate) async fn claim(&self, access: &LoggedAccess) -> Result<(), KeyError> {
-        let unrecorded = |cause: String| KeyError::Store {
-            operation: "recording a receipt honoured",
-            cause: Box::new(std::io::Error::other(cause)),
-        };
-        let stopped = || unrecorded("the writer of the receipts honoured has stopped".to_owned());
+        let unrecorded = |why: Unwritten| why.into_error("recording a receipt honoured");
+        let stopped = || unrecorded(Unwritten::stopped("the receipts honoured"));
         let (answer, answered) = oneshot::channel();
         let claim = Claim {
             entry_hash: access.entry_hash.clone(),
@@ -112,7 +109,7 @@ async fn write(db: std::sync::Arc<dyn KeyStoreBackend>, mut queue: mpsc::Unbound
             let answer = match &outcome {
                 // One answer per receipt, in order: a missing one is not honoured.
                 Ok(new) => Ok(new.get(i).copied().unwrap_or(false)),
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(Unwritten::of(e)),
             };
             // The asker may have gone (its request cancelled): the receipt is used all the same.
             let _ = claim.answer.send(answer);

@@ -153,6 +153,36 @@ pub(crate) fn failed(operation: &'static str) -> impl Fn(sqlx::Error) -> KeyErro
     move |cause| KeyError::Store { operation, cause: Box::new(cause) }
 }
 
+/// Why a group commit's rows were not written, as each of its waiters gets it (the error is one,
+/// its waiters many): whether the key store could not serve now (its disk full, its database
+/// down: the custodian answers 503, try again) and what failed. The error itself is logged once,
+/// by the writer.
+#[derive(Debug, Clone)]
+pub(crate) struct Unwritten {
+    unavailable: bool,
+    detail: String,
+}
+
+impl Unwritten {
+    pub(crate) fn of(error: &sqlx::Error) -> Self {
+        Self { unavailable: clover_sql::is_unavailable(error), detail: error.to_string() }
+    }
+
+    /// A writer that has stopped (never an outage to wait out).
+    pub(crate) fn stopped(what: &str) -> Self {
+        Self { unavailable: false, detail: format!("the writer of {what} has stopped") }
+    }
+
+    /// The error of one waiter, who was doing `operation`.
+    pub(crate) fn into_error(self, operation: &'static str) -> KeyError {
+        if self.unavailable {
+            KeyError::Unavailable(format!("its key store cannot serve now ({operation})"))
+        } else {
+            KeyError::Store { operation, cause: Box::new(std::io::Error::other(self.detail)) }
+        }
+    }
+}
+
 /// Seconds since the Unix epoch, as the key store keeps times.
 pub(crate) fn now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
@@ -416,5 +446,52 @@ where
 
     async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+
+    use sqlx::Executor;
+    use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+
+    use super::*;
+
+    /// A key store whose disk is full makes the rows waiting in a group commit fail with an
+    /// outage (the custodian answers 503: try again), not a 500; any other failure stays one.
+    #[tokio::test]
+    async fn rows_unwritten_for_a_full_disk_are_an_outage_to_each_waiter() {
+        let options = SqliteConnectOptions::new().in_memory(true).pragma("max_page_count", "8");
+        let pool = SqlitePoolOptions::new().max_connections(1).connect_with(options).await.unwrap();
+        pool.execute("CREATE TABLE t (v BLOB)").await.unwrap();
+        let mut full = None;
+        for _ in 0..100 {
+            if let Err(e) = sqlx::query("INSERT INTO t VALUES (zeroblob(4000))").execute(&pool).await {
+                full = Some(e);
+                break;
+            }
+        }
+        let full = Unwritten::of(&full.expect("eight pages fill up"));
+        for _ in 0..2 {
+            match full.clone().into_error("writing the journal") {
+                KeyError::Unavailable(detail) => {
+                    assert_eq!(detail, "its key store cannot serve now (writing the journal)")
+                }
+                other => panic!("a full key store answered {other:?}"),
+            }
+        }
+
+        match Unwritten::of(&sqlx::Error::RowNotFound).into_error("recording a receipt honoured") {
+            KeyError::Store { operation, cause } => {
+                assert_eq!(operation, "recording a receipt honoured");
+                assert!(!clover_sql::is_unavailable_error(cause.as_ref()));
+            }
+            other => panic!("{other:?}"),
+        }
+        match Unwritten::stopped("the journal").into_error("writing the journal") {
+            KeyError::Store { cause, .. } => assert_eq!(cause.to_string(), "the writer of the journal has stopped"),
+            other => panic!("{other:?}"),
+        }
     }
 }
