@@ -258,14 +258,15 @@ impl Custodian {
         Ok(scoped)
     }
 
-    /// The subject's own key, from the cache or unwrapped, once per receipt (claimed here);
-    /// whether it was cached. The cache is trusted only as [`Erasures`] allows: not while other
+    /// The subject's own key, from the cache or unwrapped; whether it was cached. The receipt is
+    /// not claimed here: the caller claims it with the journal record of what it hands out
+    /// ([`Journal::claim_and_record`], one transaction), and nothing made with the key leaves
+    /// before that is committed, so a receipt presented again costs an unwrap, never a key. The cache is trusted only as [`Erasures`] allows: not while other
     /// custodians' erasures may go unheard (then the key store, which has no key for an erased
     /// subject, is read, and its erasures checked), nor once an erasure of the subject was heard
     /// of since the key was cached.
     async fn subject_key(&self, access: &LoggedAccess) -> Result<(DataKey, bool), KeyError> {
         self.erasures.check_now(self.keys.db.as_ref(), access).await?;
-        self.receipts.claim(access).await?;
         self.subject_key_of(&access.subject_hash).await
     }
 
@@ -292,7 +293,7 @@ impl Custodian {
         Self::full_view(access)?;
         let (key, cached) = self.subject_key(access).await?;
         let scoped = self.scoped(access, &key)?;
-        self.journal.record(access, cached).await?;
+        self.journal.claim_and_record(access, cached).await?;
         Ok(scoped)
     }
 
@@ -314,7 +315,7 @@ impl Custodian {
         let plain = key.open(aad, sealed)?;
         let scoped = self.scoped(access, &key)?;
         let resealed = scoped.seal(aad, &plain)?;
-        self.journal.record(access, cached).await?;
+        self.journal.claim_and_record(access, cached).await?;
         Ok((scoped, resealed))
     }
 
@@ -387,7 +388,7 @@ impl Custodian {
             record: token(id_input("record", access.scope.record.as_deref().unwrap_or_default()).as_bytes()),
             subject: token(id_input("subject-hash", &access.subject_hash).as_bytes()),
         };
-        self.journal.record_view(access, cached).await?;
+        self.journal.claim_and_record_view(access, cached).await?;
         metrics::counter!(VIEWS_METRIC).increment(1);
         Ok(view)
     }

@@ -79,17 +79,37 @@ impl Receipts {
         if answered.await.map_err(|_| stopped())?.map_err(unrecorded)? {
             return Ok(());
         }
-        tracing::warn!(
-            log_index = access.log_index,
-            entry_hash = %access.entry_hash,
-            action = %access.action,
-            "refused a receipt presented again: it was honoured before"
-        );
-        metrics::counter!(RECEIPTS_REUSED_METRIC).increment(1);
-        Err(KeyError::Receipt(format!(
-            "the receipt for log entry {} was already used: a receipt opens its key once",
-            access.log_index
-        )))
+        Err(reused(access))
+    }
+}
+
+/// A receipt presented again, found honoured before: logged, counted, and the refusal.
+pub(crate) fn reused(access: &LoggedAccess) -> KeyError {
+    tracing::warn!(
+        log_index = access.log_index,
+        entry_hash = %access.entry_hash,
+        action = %access.action,
+        "refused a receipt presented again: it was honoured before"
+    );
+    metrics::counter!(RECEIPTS_REUSED_METRIC).increment(1);
+    KeyError::Receipt(format!(
+        "the receipt for log entry {} was already used: a receipt opens its key once",
+        access.log_index
+    ))
+}
+
+/// Forgets the receipts past [`REMEMBERED_FOR`] in `db`, if the last time (`forgotten`) was
+/// [`FORGET_EVERY`] ago or more.
+pub(crate) async fn forget_if_due(db: &dyn KeyStoreBackend, forgotten: &mut Option<Instant>) {
+    if forgotten.is_some_and(|at| at.elapsed() < FORGET_EVERY) {
+        return;
+    }
+    *forgotten = Some(Instant::now());
+    let before = now().saturating_sub(i64::try_from(REMEMBERED_FOR.as_secs()).unwrap_or(i64::MAX));
+    match db.forget_receipts(before).await {
+        Ok(n) => tracing::debug!(forgotten = n, "forgot the receipts past their window"),
+        // The table grows until the next time; nothing is honoured twice meanwhile.
+        Err(e) => tracing::warn!(error = %e, "cannot forget the receipts past their window"),
     }
 }
 
@@ -114,15 +134,7 @@ async fn write(db: std::sync::Arc<dyn KeyStoreBackend>, mut queue: mpsc::Unbound
             // The asker may have gone (its request cancelled): the receipt is used all the same.
             let _ = claim.answer.send(answer);
         }
-        if forgotten.is_none_or(|at| at.elapsed() >= FORGET_EVERY) {
-            forgotten = Some(Instant::now());
-            let before = now().saturating_sub(i64::try_from(REMEMBERED_FOR.as_secs()).unwrap_or(i64::MAX));
-            match db.forget_receipts(before).await {
-                Ok(n) => tracing::debug!(forgotten = n, "forgot the receipts past their window"),
-                // The table grows until the next time; nothing is honoured twice meanwhile.
-                Err(e) => tracing::warn!(error = %e, "cannot forget the receipts past their window"),
-            }
-        }
+        forget_if_due(db.as_ref(), &mut forgotten).await;
     }
 }
 

@@ -93,8 +93,16 @@ pub(crate) trait KeyStoreBackend: Send + Sync {
     /// The subject's metadata salt.
     async fn salt(&self, subject: &str) -> Result<Option<Vec<u8>>, sqlx::Error>;
 
-    /// Appends records to the journal, in one transaction.
-    async fn append_journal(&self, records: &[UnwrapRecord]) -> Result<(), sqlx::Error>;
+    /// [`KeyStoreBackend::honour`] of `receipts`, and appends `records` to the journal, in one
+    /// transaction (one durable step where there were two), leaving out each record whose
+    /// receipt (its position in `receipts`, if it has one) was not new; whether each receipt was
+    /// new.
+    async fn honour_and_journal(
+        &self,
+        receipts: &[(&str, i64)],
+        records: &[(Option<usize>, &UnwrapRecord)],
+        now: i64,
+    ) -> Result<Vec<bool>, sqlx::Error>;
 
     /// The journal, oldest first.
     async fn journal(&self) -> Result<Vec<UnwrapRecord>, sqlx::Error>;
@@ -102,7 +110,9 @@ pub(crate) trait KeyStoreBackend: Send + Sync {
     /// Records each receipt of `receipts` (entry hash, log index) as honoured at `now`, unless it
     /// is recorded already, in one transaction in the order given; whether each was new. On a
     /// shared key store, of two custodians recording one receipt, exactly one sees it new.
-    async fn honour(&self, receipts: &[(&str, i64)], now: i64) -> Result<Vec<bool>, sqlx::Error>;
+    async fn honour(&self, receipts: &[(&str, i64)], now: i64) -> Result<Vec<bool>, sqlx::Error> {
+        self.honour_and_journal(receipts, &[], now).await
+    }
 
     /// Forgets the receipts honoured before `before`; how many.
     async fn forget_receipts(&self, before: i64) -> Result<u64, sqlx::Error>;
@@ -316,31 +326,6 @@ where
             .await
     }
 
-    async fn append_journal(&self, records: &[UnwrapRecord]) -> Result<(), sqlx::Error> {
-        // One statement per chunk of records (a statement is a round trip to the database), all
-        // in one transaction.
-        let mut conn = clover_sql::Guarded::acquire(&self.pool).await?;
-        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-        for chunk in records.chunks(ROWS_PER_STATEMENT) {
-            let mut insert = sqlx::QueryBuilder::<DB>::new(
-                "INSERT INTO unwraps (time, subject, action, log_index, entry_hash, purpose, cached) ",
-            );
-            insert.push_values(chunk, |mut row, r| {
-                row.push_bind(r.time)
-                    .push_bind(r.subject.as_str())
-                    .push_bind(r.action.as_str())
-                    .push_bind(i64::try_from(r.log_index).unwrap_or(i64::MAX))
-                    .push_bind(r.entry_hash.as_str())
-                    .push_bind(r.purpose.as_deref())
-                    .push_bind(i64::from(r.cached));
-            });
-            insert.build().execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        conn.clean();
-        Ok(())
-    }
-
     async fn journal(&self) -> Result<Vec<UnwrapRecord>, sqlx::Error> {
         let rows: Vec<JournalRow> = sqlx::query_as(
             "SELECT time, subject, action, log_index, entry_hash, purpose, cached FROM unwraps ORDER BY seq",
@@ -361,11 +346,16 @@ where
             .collect())
     }
 
-    async fn honour(&self, receipts: &[(&str, i64)], now: i64) -> Result<Vec<bool>, sqlx::Error> {
-        // Not a read then a write: the primary key decides, so that two custodians sharing the
-        // key store cannot both find a receipt new (the second waits for the first's
-        // transaction, then inserts nothing). The rows inserted come back (RETURNING); a receipt
-        // presented twice in one batch is new at most once, the first time.
+    async fn honour_and_journal(
+        &self,
+        receipts: &[(&str, i64)],
+        records: &[(Option<usize>, &UnwrapRecord)],
+        now: i64,
+    ) -> Result<Vec<bool>, sqlx::Error> {
+        // Receipts: not a read then a write; the primary key decides, so that two custodians
+        // sharing the key store cannot both find a receipt new (the second waits for the
+        // first's transaction, then inserts nothing). The rows inserted come back (RETURNING); a
+        // receipt presented twice in one batch is new at most once, the first time.
         let mut conn = clover_sql::Guarded::acquire(&self.pool).await?;
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         let mut inserted = std::collections::HashSet::new();
@@ -386,13 +376,38 @@ where
             let new: Vec<(String,)> = insert.build_query_as().fetch_all(&mut *tx).await?;
             inserted.extend(new.into_iter().map(|(hash,)| hash));
         }
-        tx.commit().await?;
-        conn.clean();
         let mut answered = std::collections::HashSet::new();
-        Ok(receipts
+        let new: Vec<bool> = receipts
             .iter()
             .map(|(entry_hash, _)| inserted.contains(*entry_hash) && answered.insert(*entry_hash))
-            .collect())
+            .collect();
+
+        // The journal: one statement per chunk of records (a statement is a round trip to the
+        // database); a record whose receipt was used before is not journalled (its key is
+        // withheld).
+        let kept: Vec<&UnwrapRecord> = records
+            .iter()
+            .filter(|(receipt, _)| receipt.is_none_or(|i| new.get(i).copied().unwrap_or(false)))
+            .map(|(_, record)| *record)
+            .collect();
+        for chunk in kept.chunks(ROWS_PER_STATEMENT) {
+            let mut insert = sqlx::QueryBuilder::<DB>::new(
+                "INSERT INTO unwraps (time, subject, action, log_index, entry_hash, purpose, cached) ",
+            );
+            insert.push_values(chunk, |mut row, r| {
+                row.push_bind(r.time)
+                    .push_bind(r.subject.as_str())
+                    .push_bind(r.action.as_str())
+                    .push_bind(i64::try_from(r.log_index).unwrap_or(i64::MAX))
+                    .push_bind(r.entry_hash.as_str())
+                    .push_bind(r.purpose.as_deref())
+                    .push_bind(i64::from(r.cached));
+            });
+            insert.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        conn.clean();
+        Ok(new)
     }
 
     async fn forget_receipts(&self, before: i64) -> Result<u64, sqlx::Error> {
