@@ -140,6 +140,21 @@ impl KeyScope {
 }
 
 impl LoggedAccess {
+    /// A read of one subject (`a` repeated) allowed at `log_index` by the entry whose leaf hash
+    /// is `entry_hash`: for the tests of what the custodian records of accesses.
+    #[cfg(test)]
+    pub(crate) fn read_for_test(log_index: u64, entry_hash: &str) -> Self {
+        Self {
+            subject_hash: "a".repeat(64),
+            action: Action::Read,
+            log_index,
+            entry_hash: entry_hash.to_owned(),
+            purpose: None,
+            scope: KeyScope::default(),
+            pseudonymised: None,
+        }
+    }
+
     /// The log entry's index.
     pub fn log_index(&self) -> u64 {
         self.log_index

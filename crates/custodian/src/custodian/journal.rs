@@ -166,22 +166,12 @@ async fn write(db: Arc<dyn KeyStoreBackend>, mut queue: mpsc::UnboundedReceiver<
 mod tests {
     #![allow(clippy::unwrap_used, clippy::panic)]
 
-    use clover_model::Action;
-
     use super::*;
     use crate::custodian::receipts::Receipts;
     use crate::custodian::store::KeyStore;
 
     fn access(log_index: u64, entry_hash: &str) -> LoggedAccess {
-        LoggedAccess {
-            subject_hash: "a".repeat(64),
-            action: Action::Read,
-            log_index,
-            entry_hash: entry_hash.to_owned(),
-            purpose: Some("support".to_owned()),
-            scope: crate::custodian::access::KeyScope::default(),
-            pseudonymised: None,
-        }
+        LoggedAccess::read_for_test(log_index, entry_hash)
     }
 
     fn reused(result: Result<(), KeyError>, index: u64) {

@@ -144,21 +144,11 @@ mod tests {
 
     use std::sync::Arc;
 
-    use clover_model::Action;
-
     use super::*;
     use crate::custodian::store::KeyStore;
 
     fn access(log_index: u64, entry_hash: &str) -> LoggedAccess {
-        LoggedAccess {
-            subject_hash: "a".repeat(64),
-            action: Action::Read,
-            log_index,
-            entry_hash: entry_hash.to_owned(),
-            purpose: None,
-            scope: crate::custodian::access::KeyScope::default(),
-            pseudonymised: None,
-        }
+        LoggedAccess::read_for_test(log_index, entry_hash)
     }
 
     async fn sqlite() -> (tempfile::TempDir, Arc<dyn KeyStoreBackend>) {
