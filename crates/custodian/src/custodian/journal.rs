@@ -2,7 +2,9 @@
 //! log index and entry hash of the access, the action (`view` for a view, `pseudonym` for a token) and the purpose
 //! declared; never a pseudonym's input. Records are written in batches by a task of their own
 //! (one transaction for every record waiting), and a key (or a token) leaves the custodian only
-//! once its record is committed: a key whose record cannot be written is withheld.
+//! once its record is committed: a key whose record cannot be written is withheld. A read's or
+//! write's record carries the receipt it uses up, claimed in the same transaction (see
+//! `receipts`): one durable step for both.
 
 use std::sync::Arc;
 
