@@ -261,10 +261,11 @@ impl Custodian {
     /// The subject's own key, from the cache or unwrapped; whether it was cached. The receipt is
     /// not claimed here: the caller claims it with the journal record of what it hands out
     /// ([`Journal::claim_and_record`], one transaction), and nothing made with the key leaves
-    /// before that is committed, so a receipt presented again costs an unwrap, never a key. The cache is trusted only as [`Erasures`] allows: not while other
-    /// custodians' erasures may go unheard (then the key store, which has no key for an erased
-    /// subject, is read, and its erasures checked), nor once an erasure of the subject was heard
-    /// of since the key was cached.
+    /// before that is committed, so a receipt presented again costs an unwrap, never a key. The
+    /// cache is trusted only as [`Erasures`] allows: not while other custodians' erasures may go
+    /// unheard (then the key store, which has no key for an erased subject, is read, and its
+    /// erasures checked), nor once an erasure of the subject was heard of since the key was
+    /// cached.
     async fn subject_key(&self, access: &LoggedAccess) -> Result<(DataKey, bool), KeyError> {
         self.erasures.check_now(self.keys.db.as_ref(), access).await?;
         self.subject_key_of(&access.subject_hash).await
