@@ -287,6 +287,39 @@ impl Custodian {
         Ok((key, false))
     }
 
+    /// The keys of the subjects `hashes` (keyed hashes), for a batch of a transfer, as
+    /// [`Custodian::subject_key_of`] has one: each from the cache, or unwrapped, those not cached
+    /// read from the key store together; whether each was cached. A subject with no key (erased,
+    /// or never registered) is not in the answer.
+    pub(crate) async fn subject_keys_of(
+        &self,
+        hashes: &[&str],
+    ) -> Result<std::collections::HashMap<String, (DataKey, bool)>, KeyError> {
+        let mut found = std::collections::HashMap::with_capacity(hashes.len());
+        let mut missing = Vec::new();
+        for hash in hashes {
+            if let Some(key) = self.erasures.cached_key(hash) {
+                found.insert((*hash).to_owned(), (key, true));
+            } else {
+                missing.push((*hash, self.erasures.ticket(hash)));
+            }
+        }
+        metrics::counter!(KEY_CACHE_METRIC, "result" => "hit").increment(found.len() as u64);
+        metrics::counter!(KEY_CACHE_METRIC, "result" => "miss").increment(missing.len() as u64);
+        if missing.is_empty() {
+            return Ok(found);
+        }
+        let names: Vec<&str> = missing.iter().map(|(hash, _)| *hash).collect();
+        let tickets: std::collections::HashMap<&str, _> = missing.iter().copied().collect();
+        for (hash, key) in self.keys.unwrap_many(&names).await? {
+            if let Some(ticket) = tickets.get(hash.as_str()) {
+                self.erasures.cache_key(&hash, &key, *ticket);
+            }
+            found.insert(hash, (key, false));
+        }
+        Ok(found)
+    }
+
     /// The key of the record version (or the subject's attributes) that a logged, allowed read
     /// or write is for: derived from the subject's key, which stays here.
     pub(crate) async fn fetch_for(&self, access: &LoggedAccess) -> Result<DataKey, KeyError> {
@@ -471,6 +504,33 @@ impl Custodian {
         let facts = SubjectFacts::of(&plain, time::OffsetDateTime::now_utc().date());
         metrics::counter!(SUBJECT_FACTS_METRIC, "minor" => if facts.minor { "true" } else { "false" }).increment(1);
         Ok(facts)
+    }
+
+    /// [`Custodian::subject_facts_for`] of each subject of a batch of a transfer, (keyed hash,
+    /// id, sealed metadata), in order; their metadata keys read together. A subject sealed with a
+    /// metadata key of their own who no longer has one (its salt is destroyed with their data
+    /// key) is [`KeyError::Erased`].
+    pub(crate) async fn subject_facts_many(
+        &self,
+        subjects: &[(&str, &SubjectId, &[u8])],
+    ) -> Result<Vec<Result<SubjectFacts, KeyError>>, KeyError> {
+        let hashes: Vec<&str> = subjects.iter().map(|(hash, _, _)| *hash).collect();
+        let keys = self.metadata.subject_keys(&self.keys, &self.erasures, &hashes).await?;
+        let today = time::OffsetDateTime::now_utc().date();
+        Ok(subjects
+            .iter()
+            .map(|(hash, subject, sealed)| {
+                let key = keys.get(*hash);
+                if key.is_none() && sealed.len() >= 4 && !Metadata::is_legacy(sealed) {
+                    return Err(KeyError::Erased);
+                }
+                let plain = self.metadata.open_with(&self.keys, subject, key, sealed)?;
+                let facts = SubjectFacts::of(&plain, today);
+                metrics::counter!(SUBJECT_FACTS_METRIC, "minor" => if facts.minor { "true" } else { "false" })
+                    .increment(1);
+                Ok(facts)
+            })
+            .collect())
     }
 
     /// The subject's metadata in the clear, for this process's own use and its tests; never

@@ -253,13 +253,10 @@ pub async fn release(boundary: &Boundary, caller: &Caller, a: AggregateAsked) ->
     let index: HashMap<Vec<String>, usize> = cells(&grid).into_iter().enumerate().map(|(i, g)| (g, i)).collect();
     let mut values = vec![0i64; index.len()];
     let mut per_subject: HashMap<String, u32> = HashMap::new();
-    let mut after = None;
-    loop {
-        let page =
-            boundary.store().records_for_transfer(&selection, after.as_ref(), 500).await.map_err(ApiError::internal)?;
-        let Some(last) = page.last() else { break };
-        after = Some(last.0.record_id);
-        let treated = match transfers::treat(boundary, &receipt, page, true).await {
+    let mut pages =
+        std::pin::pin!(transfers::treated_pages(boundary, &selection, transfers::PageReceipt::Fixed(&receipt), true));
+    while let Some(treated) = futures_util::StreamExt::next(&mut pages).await {
+        let treated = match treated {
             Ok(treated) => treated,
             Err(e) => return Err(transfers::custodian_refusal(boundary, &caller, &id, asked, e).await),
         };

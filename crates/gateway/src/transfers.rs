@@ -315,31 +315,32 @@ pub async fn create(boundary: &Boundary, caller: &Caller, asked: Asked) -> Resul
     // The first pass: what would leave, by class.
     let mut classes = Classes::new(destination.k);
     let mut excluded = Excluded::default();
-    let mut after = None;
-    loop {
-        let page = boundary
-            .store()
-            .records_for_transfer(&selection, after.as_ref(), PAGE)
-            .await
-            .map_err(ApiError::internal)?;
-        let Some(last) = page.last() else { break };
-        after = Some(last.0.record_id);
+    {
         // Only what k-anonymity counts: tokens and FF1 are made when the records leave.
-        let receipt =
-            decided.now(boundary, &caller, &decision, &id, || facts(boundary, &id, "decided", &asked)).await?.clone();
-        let treated = match treat(boundary, &receipt, page, true).await {
-            Ok(treated) => treated,
-            Err(e) => return Err(custodian_refusal(boundary, &caller, &id, &asked, e).await),
+        let renewed = || facts(boundary, &id, "decided", &asked);
+        let receipt = PageReceipt::Renewed {
+            receipt: &mut decided,
+            caller: &caller,
+            decision: &decision,
+            id: &id,
+            facts: &renewed,
         };
-        for outcome in treated {
-            match outcome {
-                (category, TransferOutcome::Treated { subject, quasi, refused, .. }) => {
-                    classes.add(class_of(&category, &quasi), &subject);
-                    excluded.refused_fields += u64::from(refused);
+        let mut pages = std::pin::pin!(treated_pages(boundary, &selection, receipt, true));
+        while let Some(treated) = futures_util::StreamExt::next(&mut pages).await {
+            let treated = match treated {
+                Ok(treated) => treated,
+                Err(e) => return Err(custodian_refusal(boundary, &caller, &id, &asked, e).await),
+            };
+            for outcome in treated {
+                match outcome {
+                    (category, TransferOutcome::Treated { subject, quasi, refused, .. }) => {
+                        classes.add(class_of(&category, &quasi), &subject);
+                        excluded.refused_fields += u64::from(refused);
+                    }
+                    (_, TransferOutcome::Minor) => excluded.minors += 1,
+                    (_, TransferOutcome::Erased) => excluded.erased += 1,
+                    (_, TransferOutcome::NotCovered) => excluded.not_resealed += 1,
                 }
-                (_, TransferOutcome::Minor) => excluded.minors += 1,
-                (_, TransferOutcome::Erased) => excluded.erased += 1,
-                (_, TransferOutcome::NotCovered) => excluded.not_resealed += 1,
             }
         }
     }
@@ -460,10 +461,15 @@ pub(crate) async fn treat(
     quasi_only: bool,
 ) -> Result<Vec<(Category, TransferOutcome)>, ApiError> {
     let categories: Vec<Category> = page.iter().map(|(r, _)| r.category.clone()).collect();
+    // Each subject's keyed hash once a page (their records tend to come together).
+    let mut hashes: std::collections::HashMap<clover_model::SubjectId, String> = std::collections::HashMap::new();
     let items = page
         .into_iter()
         .map(|(record, subject)| TransferItem {
-            subject_hash: boundary.subject_hash(&record.subject_id),
+            subject_hash: hashes
+                .entry(record.subject_id.clone())
+                .or_insert_with(|| boundary.subject_hash(&record.subject_id))
+                .clone(),
             subject: record.subject_id,
             record: record.record_id,
             version: record.version,
@@ -481,6 +487,71 @@ pub(crate) async fn treat(
         return Err(ApiError::internal(Fault::Outcomes { sent: categories.len(), answered: outcomes.len() }));
     }
     Ok(categories.into_iter().zip(outcomes).collect())
+}
+
+/// How many pages of a transfer are in the custodian's hands at once: the next pages are read
+/// and opened while one waits for its journal's commit.
+const AHEAD: usize = 3;
+
+/// The receipt each page of a transfer is treated against.
+pub(crate) enum PageReceipt<'a> {
+    /// One receipt for every page (an aggregate release: it reads its records in one go).
+    Fixed(&'a TransferReceipt),
+    /// The transfer's current receipt, renewed when it is old ([`Receipted::now`]).
+    Renewed {
+        /// The receipt.
+        receipt: &'a mut Receipted,
+        /// The transfer's caller.
+        caller: &'a Caller,
+        /// Its decision.
+        decision: &'a Decision,
+        /// Its id.
+        id: &'a str,
+        /// The facts of a renewed entry.
+        facts: &'a (dyn Fn() -> TransferFacts + Send + Sync),
+    },
+}
+
+impl PageReceipt<'_> {
+    async fn now(&mut self, boundary: &Boundary) -> Result<TransferReceipt, ApiError> {
+        match self {
+            Self::Fixed(receipt) => Ok((*receipt).clone()),
+            Self::Renewed { receipt, caller, decision, id, facts } => {
+                Ok(receipt.now(boundary, caller, decision, id, facts).await?.clone())
+            }
+        }
+    }
+}
+
+/// The records `selection` selects, page after page in record id order, each page treated by
+/// the custodian for the transfer ([`treat`], `quasi_only` as there): up to [`AHEAD`] pages read
+/// ahead and in the custodian's hands at once, answered in order. The stream ends after its
+/// first error.
+pub(crate) fn treated_pages<'a>(
+    boundary: &'a Boundary,
+    selection: &'a TransferSelection,
+    receipt: PageReceipt<'a>,
+    quasi_only: bool,
+) -> impl futures_util::Stream<Item = Result<Vec<(Category, TransferOutcome)>, ApiError>> + Send + 'a {
+    use futures_util::StreamExt;
+    let pages = futures_util::stream::unfold((Some(None), receipt), move |(after, mut receipt)| async move {
+        let after: Option<clover_model::RecordId> = after?;
+        let page = match boundary.store().records_for_transfer(selection, after.as_ref(), PAGE).await {
+            Ok(page) => page,
+            Err(e) => return Some((Err(ApiError::internal(e)), (None, receipt))),
+        };
+        let last = page.last()?.0.record_id;
+        match receipt.now(boundary).await {
+            Ok(current) => Some((Ok((page, current)), (Some(Some(last)), receipt))),
+            Err(e) => Some((Err(e), (None, receipt))),
+        }
+    });
+    pages
+        .map(move |page| async move {
+            let (page, receipt) = page?;
+            treat(boundary, &receipt, page, quasi_only).await
+        })
+        .buffered(AHEAD)
 }
 
 /// SHA-256 in hex.
@@ -577,6 +648,15 @@ pub async fn stream(boundary: std::sync::Arc<Boundary>, caller: &Caller, id: &st
     Ok(receiver)
 }
 
+/// One line of a transfer's NDJSON: `{"subject", "record", "category", "fields"}`.
+#[derive(serde::Serialize)]
+struct Line<'a> {
+    subject: &'a str,
+    record: &'a str,
+    category: &'a str,
+    fields: &'a clover_model::Fields,
+}
+
 /// The task that sends a transfer's records.
 struct Sender {
     boundary: std::sync::Arc<Boundary>,
@@ -637,19 +717,17 @@ impl Sender {
         counted: HashSet<ClassKey>,
     ) -> Result<HashSet<ClassKey>, ApiError> {
         let mut classes = Classes::new(self.k);
-        let mut after = None;
-        loop {
-            let page = self
-                .boundary
-                .store()
-                .records_for_transfer(selection, after.as_ref(), PAGE)
-                .await
-                .map_err(ApiError::internal)?;
-            let Some(last) = page.last() else { break };
-            after = Some(last.0.record_id);
-            let facts_now = || facts(&self.boundary, &self.id, "started", &self.asked);
-            let current = receipt.now(&self.boundary, &self.caller, &self.decision, &self.id, facts_now).await?.clone();
-            for (category, outcome) in treat(&self.boundary, &current, page, true).await? {
+        let renewed = || facts(&self.boundary, &self.id, "started", &self.asked);
+        let receipt = PageReceipt::Renewed {
+            receipt,
+            caller: &self.caller,
+            decision: &self.decision,
+            id: &self.id,
+            facts: &renewed,
+        };
+        let mut pages = std::pin::pin!(treated_pages(&self.boundary, selection, receipt, true));
+        while let Some(treated) = futures_util::StreamExt::next(&mut pages).await {
+            for (category, outcome) in treated? {
                 if let TransferOutcome::Treated { subject, quasi, .. } = outcome {
                     classes.add(class_of(&category, &quasi), &subject);
                 }
@@ -666,37 +744,35 @@ impl Sender {
         chunks: tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
     ) {
         let mut receipt = Receipted::new(receipt, "started");
-        let facts_now = || facts(&self.boundary, &self.id, "started", &self.asked);
         // The classes again, now: a class leaves only if the manifest counted it and it still
         // has k distinct subjects (a subject erased, or a birthday passed, since it was made).
         let recounted = self.recount(&mut receipt, &selection, counted).await;
         let mut digest = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
         let mut sent: u64 = 0;
         let mut suppressed: u64 = 0;
-        let mut after = None;
         let (released, recount_failed) = match recounted {
             Ok(released) => (released, None),
             Err(e) => {
                 (HashSet::new(), Some(format!("its classes could not be counted again: {}", crate::report::Chain(&e))))
             }
         };
+        let renewed = || facts(&self.boundary, &self.id, "started", &self.asked);
+        let current = PageReceipt::Renewed {
+            receipt: &mut receipt,
+            caller: &self.caller,
+            decision: &self.decision,
+            id: &self.id,
+            facts: &renewed,
+        };
+        let mut pages = std::pin::pin!(treated_pages(&self.boundary, &selection, current, false));
         let ended = loop {
             if let Some(reason) = recount_failed {
                 break Err(reason);
             }
-            let page = match self.boundary.store().records_for_transfer(&selection, after.as_ref(), PAGE).await {
-                Ok(page) => page,
-                Err(e) => break Err(e.to_string()),
-            };
-            let Some(last) = page.last() else { break Ok(()) };
-            after = Some(last.0.record_id);
-            let current = match receipt.now(&self.boundary, &self.caller, &self.decision, &self.id, facts_now).await {
-                Ok(current) => current.clone(),
-                Err(e) => break Err(e.to_string()),
-            };
-            let treated = match treat(&self.boundary, &current, page, false).await {
-                Ok(treated) => treated,
-                Err(e) => break Err(e.to_string()),
+            let treated = match futures_util::StreamExt::next(&mut pages).await {
+                None => break Ok(()),
+                Some(Ok(treated)) => treated,
+                Some(Err(e)) => break Err(e.to_string()),
             };
             let mut chunk = Vec::with_capacity(PAGE as usize * 256);
             let mut in_chunk = 0;
@@ -706,12 +782,7 @@ impl Sender {
                     suppressed += 1;
                     continue;
                 }
-                let line = serde_json::json!({
-                    "subject": subject,
-                    "record": record,
-                    "category": category.as_str(),
-                    "fields": fields.as_map(),
-                });
+                let line = Line { subject: &subject, record: &record, category: category.as_str(), fields: &fields };
                 if serde_json::to_writer(&mut chunk, &line).is_err() {
                     continue;
                 }

@@ -78,6 +78,27 @@ impl DataKeys {
         DataKey::from_slice(&plain).map_err(|_| KeyError::Decrypt)
     }
 
+    /// The keys of those of `hashes` that have one, unwrapped: what a batch of a transfer opens,
+    /// read from the key store many at a time ([`KeyStoreBackend::wrapped_many`]).
+    pub(crate) async fn unwrap_many(&self, hashes: &[&str]) -> Result<Vec<(String, DataKey)>, KeyError> {
+        let rows = self.db.wrapped_many(hashes).await.map_err(failed("reading data keys"))?;
+        let mut keys = Vec::with_capacity(rows.len());
+        for (hash, version, wrapped) in rows {
+            let version = u32::try_from(version).map_err(|_| KeyError::Decrypt)?;
+            let plain = match self.unwrap_bytes(&hash, version, &wrapped) {
+                // Re-wrapped and the old version retired since the read: this one read again.
+                Err(KeyError::UnknownKekVersion(_)) => {
+                    let key = self.unwrap(&hash).await?;
+                    keys.push((hash, key));
+                    continue;
+                }
+                other => other?,
+            };
+            keys.push((hash, DataKey::from_slice(&plain).map_err(|_| KeyError::Decrypt)?));
+        }
+        Ok(keys)
+    }
+
     /// Takes in a data key that an earlier version of Clover wrapped (AAD by subject id) and
     /// kept in the data store; a subject that already has a key here keeps it.
     pub(crate) async fn import(

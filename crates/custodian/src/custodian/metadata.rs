@@ -6,6 +6,8 @@
 //! from it and a random salt of the subject's own, kept in the key store and destroyed with
 //! their data key, so that an erasure shreds their metadata too, in every copy of the data store.
 
+use std::collections::HashMap;
+
 use aws_lc_rs::hmac;
 use clover_event::SubjectTagKey;
 use clover_keys::{DataKey, KeyError, aad};
@@ -69,14 +71,61 @@ impl Metadata {
         }
         let salt = keys.db.salt(hash).await.map_err(failed("reading a metadata salt"))?;
         let Some(salt) = salt.map(Zeroizing::new) else { return Ok(None) };
+        let bytes = self.derive(hash, &salt)?;
+        erasures.cache_metadata_key(hash, &bytes, ticket);
+        Ok(Some(DataKey::from_bytes(bytes)))
+    }
+
+    /// The metadata key of the subject `hash` whose salt is `salt`.
+    fn derive(&self, hash: &str, salt: &[u8]) -> Result<Zeroizing<[u8; 32]>, KeyError> {
         let root = hmac::Key::new(hmac::HMAC_SHA256, self.root.expose());
-        let mut context = format!("clover/subject-metadata-key/v1\n{hash}\n").into_bytes();
-        context.extend_from_slice(&salt);
+        let mut context = Zeroizing::new(format!("clover/subject-metadata-key/v1\n{hash}\n").into_bytes());
+        context.extend_from_slice(salt);
         let derived = hmac::sign(&root, &context);
         let mut bytes = Zeroizing::new([0u8; 32]);
         bytes.copy_from_slice(derived.as_ref().get(..32).ok_or(KeyError::Crypto("short HMAC"))?);
-        erasures.cache_metadata_key(hash, &bytes, ticket);
-        Ok(Some(DataKey::from_bytes(bytes)))
+        Ok(bytes)
+    }
+
+    /// The metadata keys of those of `hashes` that have a salt, each from the cache or derived
+    /// (the salts missing read many at a time, [`KeyStoreBackend::salts`](super::store::KeyStoreBackend::salts)), and cached as
+    /// [`Metadata::subject_key`] caches them: what a batch of a transfer opens its subjects'
+    /// metadata with.
+    pub(crate) async fn subject_keys(
+        &self,
+        keys: &DataKeys,
+        erasures: &Erasures,
+        hashes: &[&str],
+    ) -> Result<HashMap<String, DataKey>, KeyError> {
+        let mut found = HashMap::with_capacity(hashes.len());
+        let mut missing = Vec::new();
+        for hash in hashes {
+            match erasures.cached_metadata_key(hash) {
+                Some(key) => {
+                    found.insert((*hash).to_owned(), key);
+                }
+                None => missing.push((*hash, erasures.ticket(hash))),
+            }
+        }
+        if missing.is_empty() {
+            return Ok(found);
+        }
+        let names: Vec<&str> = missing.iter().map(|(hash, _)| *hash).collect();
+        let salts: HashMap<String, Zeroizing<Vec<u8>>> = keys
+            .db
+            .salts(&names)
+            .await
+            .map_err(failed("reading metadata salts"))?
+            .into_iter()
+            .map(|(hash, salt)| (hash, Zeroizing::new(salt)))
+            .collect();
+        for (hash, ticket) in missing {
+            let Some(salt) = salts.get(hash) else { continue };
+            let bytes = self.derive(hash, salt)?;
+            erasures.cache_metadata_key(hash, &bytes, ticket);
+            found.insert(hash.to_owned(), DataKey::from_bytes(bytes));
+        }
+        Ok(found)
     }
 
     /// The subject's tag key: HMAC-SHA-256(their metadata key, "clover/subject-tag-key/v2"), so
@@ -126,11 +175,26 @@ impl Metadata {
         hash: &str,
         sealed: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+        let key = match sealed.first_chunk::<4>().map(|prefix| u32::from_be_bytes(*prefix)) {
+            Some(SUBJECT_METADATA) => self.subject_key(keys, erasures, hash, false).await?,
+            _ => None,
+        };
+        self.open_with(keys, subject, key.as_ref(), sealed)
+    }
+
+    /// Opens what [`Metadata::seal`] sealed with the subject's metadata key `key` (their
+    /// [`Metadata::subject_keys`]; `None` when they have none), or what earlier versions sealed.
+    pub(crate) fn open_with(
+        &self,
+        keys: &DataKeys,
+        subject: &SubjectId,
+        key: Option<&DataKey>,
+        sealed: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, KeyError> {
         let (version, rest) = sealed.split_first_chunk::<4>().ok_or(KeyError::Decrypt)?;
         match u32::from_be_bytes(*version) {
             SUBJECT_METADATA => {
-                let key = self.subject_key(keys, erasures, hash, false).await?.ok_or(KeyError::Decrypt)?;
-                key.open(&aad::subject_metadata_v2(&keys.region, subject), rest)
+                key.ok_or(KeyError::Decrypt)?.open(&aad::subject_metadata_v2(&keys.region, subject), rest)
             }
             0 => self.root.open(&aad::subject_metadata_v2(&keys.region, subject), rest),
             version => keys.kek.decrypt(version, &aad::subject_metadata(&keys.region, subject, version), rest),

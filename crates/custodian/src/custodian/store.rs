@@ -64,6 +64,10 @@ pub(crate) trait KeyStoreBackend: Send + Sync {
     /// The subject's wrapped key and the KEK version that wraps it.
     async fn wrapped(&self, subject: &str) -> Result<Option<(i64, Vec<u8>)>, sqlx::Error>;
 
+    /// The wrapped keys of those of `subjects` that have one: (subject, KEK version, wrapped), in
+    /// no particular order, read [`IN_LIST`] subjects a query.
+    async fn wrapped_many(&self, subjects: &[&str]) -> Result<Vec<(String, i64, Vec<u8>)>, sqlx::Error>;
+
     /// The log index of the subject's last erasure.
     async fn erasure(&self, subject: &str) -> Result<Option<i64>, sqlx::Error>;
 
@@ -92,6 +96,10 @@ pub(crate) trait KeyStoreBackend: Send + Sync {
 
     /// The subject's metadata salt.
     async fn salt(&self, subject: &str) -> Result<Option<Vec<u8>>, sqlx::Error>;
+
+    /// The metadata salts of those of `subjects` that have one: (subject, salt), in no
+    /// particular order, read [`IN_LIST`] subjects a query.
+    async fn salts(&self, subjects: &[&str]) -> Result<Vec<(String, Vec<u8>)>, sqlx::Error>;
 
     /// [`KeyStoreBackend::honour`] of `receipts`, and appends `records` to the journal, in one
     /// transaction (one durable step where there were two), leaving out each record whose
@@ -229,6 +237,23 @@ pub(crate) struct KeyDb<DB: Database> {
 /// PostgreSQL 65,535).
 const ROWS_PER_STATEMENT: usize = 1_000;
 
+/// How many subjects one query of [`KeyStoreBackend::wrapped_many`] or
+/// [`KeyStoreBackend::salts`] names: a fixed number of parameters (a shorter list repeats its
+/// last subject), so that each is one prepared statement.
+pub(crate) const IN_LIST: usize = 100;
+
+/// `SELECT columns FROM table WHERE subject IN ($1, ..., $IN_LIST)`.
+fn select_in_list(columns: &str, table: &str) -> String {
+    let params: Vec<String> = (1..=IN_LIST).map(|n| format!("${n}")).collect();
+    format!("SELECT {columns} FROM {table} WHERE subject IN ({})", params.join(", "))
+}
+
+/// The statements of [`KeyStoreBackend::wrapped_many`] and [`KeyStoreBackend::salts`].
+static SELECT_WRAPPED_MANY: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| select_in_list("subject, kek_version, wrapped", "data_keys"));
+static SELECT_SALTS: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| select_in_list("subject, salt", "metadata_salts"));
+
 type JournalRow = (i64, String, String, i64, String, Option<String>, i64);
 
 /// The SQL, once: what the queries bind and read, each database provides.
@@ -265,6 +290,19 @@ where
             .bind(subject)
             .fetch_optional(&self.pool)
             .await
+    }
+
+    async fn wrapped_many(&self, subjects: &[&str]) -> Result<Vec<(String, i64, Vec<u8>)>, sqlx::Error> {
+        let mut out = Vec::with_capacity(subjects.len());
+        for chunk in subjects.chunks(IN_LIST) {
+            let Some(last) = chunk.last() else { continue };
+            let mut query = sqlx::query_as(sqlx::AssertSqlSafe(SELECT_WRAPPED_MANY.as_str()));
+            for n in 0..IN_LIST {
+                query = query.bind(*chunk.get(n).unwrap_or(last));
+            }
+            out.extend(query.fetch_all(&self.pool).await?);
+        }
+        Ok(out)
     }
 
     async fn erasure(&self, subject: &str) -> Result<Option<i64>, sqlx::Error> {
@@ -324,6 +362,19 @@ where
             .bind(subject)
             .fetch_optional(&self.pool)
             .await
+    }
+
+    async fn salts(&self, subjects: &[&str]) -> Result<Vec<(String, Vec<u8>)>, sqlx::Error> {
+        let mut out = Vec::with_capacity(subjects.len());
+        for chunk in subjects.chunks(IN_LIST) {
+            let Some(last) = chunk.last() else { continue };
+            let mut query = sqlx::query_as(sqlx::AssertSqlSafe(SELECT_SALTS.as_str()));
+            for n in 0..IN_LIST {
+                query = query.bind(*chunk.get(n).unwrap_or(last));
+            }
+            out.extend(query.fetch_all(&self.pool).await?);
+        }
+        Ok(out)
     }
 
     async fn journal(&self) -> Result<Vec<UnwrapRecord>, sqlx::Error> {

@@ -9,9 +9,11 @@
 //! purpose. The journal keeps one record per subject of each batch opened for a transfer
 //! (which transfer's entry, when, for what purpose), rather than one per record.
 
+use std::collections::{HashMap, HashSet};
+
 use clover_egress::{Destination, TransferRules};
 use clover_event::{Entry, Event, EventKind};
-use clover_keys::{KeyError, TransferItem, TransferOutcome, aad};
+use clover_keys::{DataKey, KeyError, TransferItem, TransferOutcome, aad};
 use clover_log::{TRANSFER_STAGES_THAT_OPEN, TransferReceipt};
 use clover_model::{Action, Category, Fields};
 use time::OffsetDateTime;
@@ -149,87 +151,164 @@ impl Custodian {
         let keys = self.pseudonyms.transfer_keys(&access.purpose, &access.destination);
         let today = OffsetDateTime::now_utc().date();
         let now = OffsetDateTime::now_utc().unix_timestamp();
-        let mut outcomes = Vec::with_capacity(items.len());
-        let mut journal = Vec::with_capacity(items.len());
-        let mut journalled = std::collections::HashSet::new();
-        let mut minors: std::collections::HashMap<(String, Vec<u8>), bool> = std::collections::HashMap::new();
-        for item in items {
-            let Some(rules) = self.egress.rules.for_category(&item.category, &access.destination) else {
-                outcomes.push(TransferOutcome::NotCovered);
-                continue;
-            };
-            // Sealed with the subject's own key by an earlier version: nothing binds it to the
-            // category it is said to be of, so it is not treated as that category (it is after
-            // `clover keys reseal`).
-            if item.legacy {
-                outcomes.push(TransferOutcome::NotCovered);
-                continue;
-            }
-            let hash = item.subject_hash.clone();
-            // Whether a minor, once per subject of the batch (their records come together).
-            let minor = match minors.get(&(hash.clone(), item.metadata.clone())) {
-                Some(minor) => *minor,
-                None => match self.subject_facts_for(&item.subject, &hash, &item.metadata).await {
-                    Ok(facts) => {
-                        minors.insert((hash.clone(), item.metadata.clone()), facts.minor);
-                        facts.minor
-                    }
-                    Err(KeyError::NoDataKey | KeyError::Erased) => {
-                        outcomes.push(TransferOutcome::Erased);
-                        continue;
-                    }
-                    Err(e) => return Err(e),
-                },
-            };
-            if minor {
-                outcomes.push(TransferOutcome::Minor);
-                continue;
-            }
-            let (key, cached) = match self.subject_key_of(&hash).await {
-                Ok(found) => found,
-                Err(KeyError::NoDataKey | KeyError::Erased) => {
-                    outcomes.push(TransferOutcome::Erased);
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
-            let sealed_aad = aad::record(&self.keys.region, &item.subject, &item.record, item.version);
-            let record = item.record.to_string();
-            let info = aad::key_scope(
-                &self.keys.region,
-                &hash,
-                Some(&record),
-                Some(item.version),
-                Some(item.category.as_str()),
-            );
-            let plain = key.derive(&info)?.open(&sealed_aad, &item.sealed)?;
-            drop(key);
-            let fields = Fields::from_bytes(&plain).map_err(|_| KeyError::Decrypt)?;
-            let treated = clover_egress::treatment::apply_some(rules, &fields, &keys, today, quasi_only);
-            outcomes.push(TransferOutcome::Treated {
-                subject: keys.token(id_input("subject-hash", &hash).as_bytes()),
-                record: keys.token(id_input("record", &record).as_bytes()),
-                fields: Fields::new(treated.fields),
-                quasi: treated.quasi,
-                refused: treated.refused,
-            });
-            // One journal record per subject whose records the batch opened (with the receipt:
-            // which transfer, when, for what purpose).
-            if !journalled.insert(hash.clone()) {
+        let states = self.subjects_of_batch(access, &items).await?;
+        let adults: Vec<&str> = {
+            let mut seen = HashSet::new();
+            items
+                .iter()
+                .zip(&states)
+                .filter(|(_, state)| matches!(state, Some(Facts::Adult)))
+                .map(|(item, _)| item.subject_hash.as_str())
+                .filter(|hash| seen.insert(*hash))
+                .collect()
+        };
+        let subject_keys = self.subject_keys_of(&adults).await?;
+        // The records opened and treated on as many threads as there are cores (up to four),
+        // each a run of the batch, in the batch's order.
+        let work: Vec<(TransferItem, Option<Facts>)> = items.into_iter().zip(states).collect();
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_THREADS));
+        let per_thread = work.len().div_ceil(threads).max(MIN_PER_THREAD);
+        let treat = |run: &[(TransferItem, Option<Facts>)]| {
+            run.iter()
+                .map(|(item, state)| self.treat_one(access, &keys, &subject_keys, item, *state, today, quasi_only))
+                .collect::<Result<Vec<_>, KeyError>>()
+        };
+        let runs: Vec<Result<Vec<TransferOutcome>, KeyError>> = if work.len() <= per_thread {
+            vec![treat(&work)]
+        } else {
+            std::thread::scope(|scope| {
+                let mut chunks = work.chunks(per_thread);
+                let first = chunks.next().unwrap_or_default();
+                let others: Vec<_> = chunks.map(|run| scope.spawn(move || treat(run))).collect();
+                let mut runs = vec![treat(first)];
+                runs.extend(others.into_iter().map(|handle| {
+                    handle.join().unwrap_or(Err(KeyError::Crypto("a thread treating a transfer's records panicked")))
+                }));
+                runs
+            })
+        };
+        let mut outcomes = Vec::with_capacity(work.len());
+        for run in runs {
+            outcomes.extend(run?);
+        }
+        // One journal record per subject whose records the batch opened (with the receipt: which
+        // transfer, when, for what purpose).
+        let mut journal = Vec::new();
+        let mut journalled = HashSet::new();
+        for ((item, _), outcome) in work.iter().zip(&outcomes) {
+            if !matches!(outcome, TransferOutcome::Treated { .. }) || !journalled.insert(item.subject_hash.as_str()) {
                 continue;
             }
             journal.push(UnwrapRecord {
                 time: now,
-                subject: hash,
+                subject: item.subject_hash.clone(),
                 action: "transfer".to_owned(),
                 log_index: access.log_index,
                 entry_hash: access.entry_hash.clone(),
                 purpose: Some(access.purpose.clone()),
-                cached,
+                cached: subject_keys.get(&item.subject_hash).is_some_and(|(_, cached)| *cached),
             });
         }
         // Nothing is answered unless every record opened is in the journal.
         self.journal.record_transfer(journal).await?;
         Ok(outcomes)
     }
+
+    /// One record of a batch of the transfer `access`, opened with its subject's key (from
+    /// `subject_keys`) and treated by the transfer's rules; `state` is what its subject is to
+    /// the transfer ([`Custodian::subjects_of_batch`]).
+    #[allow(clippy::too_many_arguments)]
+    fn treat_one(
+        &self,
+        access: &LoggedTransfer,
+        keys: &clover_egress::TransferKeys,
+        subject_keys: &HashMap<String, (DataKey, bool)>,
+        item: &TransferItem,
+        state: Option<Facts>,
+        today: time::Date,
+        quasi_only: bool,
+    ) -> Result<TransferOutcome, KeyError> {
+        let Some(rules) = self.egress.rules.for_category(&item.category, &access.destination) else {
+            return Ok(TransferOutcome::NotCovered);
+        };
+        match state {
+            None => return Ok(TransferOutcome::NotCovered),
+            Some(Facts::Minor) => return Ok(TransferOutcome::Minor),
+            Some(Facts::Erased) => return Ok(TransferOutcome::Erased),
+            Some(Facts::Adult) => {}
+        }
+        let Some((key, _)) = subject_keys.get(&item.subject_hash) else { return Ok(TransferOutcome::Erased) };
+        let sealed_aad = aad::record(&self.keys.region, &item.subject, &item.record, item.version);
+        let record = item.record.to_string();
+        let info = aad::key_scope(
+            &self.keys.region,
+            &item.subject_hash,
+            Some(&record),
+            Some(item.version),
+            Some(item.category.as_str()),
+        );
+        let plain = key.derive(&info)?.open(&sealed_aad, &item.sealed)?;
+        let fields = Fields::from_bytes(&plain).map_err(|_| KeyError::Decrypt)?;
+        let treated = clover_egress::treatment::apply_some(rules, &fields, keys, today, quasi_only);
+        Ok(TransferOutcome::Treated {
+            subject: keys.token(id_input("subject-hash", &item.subject_hash).as_bytes()),
+            record: keys.token(id_input("record", &record).as_bytes()),
+            fields: Fields::new(treated.fields),
+            quasi: treated.quasi,
+            refused: treated.refused,
+        })
+    }
+
+    /// What each record of a batch is, by its subject, each subject (with their metadata as the
+    /// boundary sent it) once: `None` for a record the transfer does not treat (no rule covers
+    /// its category for the destination, or sealed with the subject's own key by an earlier
+    /// version: nothing binds it to the category it is said to be of, so it is not treated as that
+    /// category; it is after `clover keys reseal`), else whether its subject is a minor, an adult,
+    /// or erased.
+    async fn subjects_of_batch(
+        &self,
+        access: &LoggedTransfer,
+        items: &[TransferItem],
+    ) -> Result<Vec<Option<Facts>>, KeyError> {
+        let mut places: HashMap<(&str, &[u8]), usize> = HashMap::new();
+        let mut subjects: Vec<(&str, &clover_model::SubjectId, &[u8])> = Vec::new();
+        let mut of_item = Vec::with_capacity(items.len());
+        for item in items {
+            if item.legacy || self.egress.rules.for_category(&item.category, &access.destination).is_none() {
+                of_item.push(None);
+                continue;
+            }
+            let key = (item.subject_hash.as_str(), item.metadata.as_slice());
+            let place = *places.entry(key).or_insert_with(|| {
+                subjects.push((key.0, &item.subject, key.1));
+                subjects.len() - 1
+            });
+            of_item.push(Some(place));
+        }
+        let facts = self.subject_facts_many(&subjects).await?;
+        let mut states = Vec::with_capacity(facts.len());
+        for found in facts {
+            states.push(match found {
+                Ok(facts) if facts.minor => Facts::Minor,
+                Ok(_) => Facts::Adult,
+                Err(KeyError::NoDataKey | KeyError::Erased) => Facts::Erased,
+                Err(e) => return Err(e),
+            });
+        }
+        Ok(of_item.into_iter().map(|place| place.and_then(|p| states.get(p).copied())).collect())
+    }
+}
+
+/// The most threads one batch is treated on.
+const MAX_THREADS: usize = 4;
+
+/// The fewest records a thread is given: a smaller batch is treated on the calling thread.
+const MIN_PER_THREAD: usize = 64;
+
+/// What a batch's subject is to a transfer.
+#[derive(Debug, Clone, Copy)]
+enum Facts {
+    Minor,
+    Adult,
+    Erased,
 }
