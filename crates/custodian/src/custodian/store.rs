@@ -560,4 +560,47 @@ mod tests {
             other => panic!("{other:?}"),
         }
     }
+
+    /// A batch's keys and salts are read [`IN_LIST`] subjects a query: every subject that has
+    /// one is answered once, with its own, across several queries and a short last one, and a
+    /// subject with none (never registered, or erased) is not answered.
+    #[tokio::test]
+    async fn keys_and_salts_are_read_many_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = KeyStore::Sqlite(dir.path().join("keys.db")).open().await.unwrap();
+        let subjects: Vec<String> = (0..250).map(|n| format!("subject-{n:03}")).collect();
+        for (n, subject) in subjects.iter().enumerate() {
+            let version = u32::try_from(n % 3).unwrap() + 1;
+            assert!(db.insert_key(subject, version, subject.as_bytes(), 1).await.unwrap());
+            if n % 5 != 0 {
+                db.insert_salt(subject, format!("salt of {subject}").as_bytes()).await.unwrap();
+            }
+        }
+        db.destroy("subject-007", 9).await.unwrap();
+        // Every subject, twice, and ten that never were: three queries of a hundred and more.
+        let mut asked: Vec<&str> = subjects.iter().map(String::as_str).collect();
+        asked.extend(subjects.iter().take(40).map(String::as_str));
+        let never: Vec<String> = (0..10).map(|n| format!("nobody-{n}")).collect();
+        asked.extend(never.iter().map(String::as_str));
+
+        let mut keys = db.wrapped_many(&asked).await.unwrap();
+        keys.sort();
+        keys.dedup();
+        assert_eq!(keys.len(), 249, "every subject with a key, once; none for the erased or the unknown");
+        for (subject, version, wrapped) in &keys {
+            let n: usize = subject.trim_start_matches("subject-").parse().unwrap();
+            assert_ne!(n, 7);
+            assert_eq!(*version, i64::try_from(n % 3).unwrap() + 1);
+            assert_eq!(wrapped, subject.as_bytes());
+        }
+        let mut salts = db.salts(&asked).await.unwrap();
+        salts.sort();
+        salts.dedup();
+        assert_eq!(salts.len(), 250 - 50 - 1, "every subject with a salt");
+        for (subject, salt) in &salts {
+            assert_eq!(salt, format!("salt of {subject}").as_bytes());
+        }
+        assert!(db.wrapped_many(&[]).await.unwrap().is_empty());
+        assert!(db.salts(&["nobody-0"]).await.unwrap().is_empty());
+    }
 }
