@@ -1,6 +1,6 @@
 //! The embedded SQLite backend.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -1034,32 +1034,83 @@ impl Store for SqliteStore {
 
     async fn insert_repatriated(&self, rows: &[(RecordRow, RepatriatedRow)]) -> Result<Vec<bool>, StoreError> {
         // The write lock first: a deferred transaction that reads before it writes can fail
-        // (SQLITE_BUSY_SNAPSHOT) once other writers moved on.
+        // (SQLITE_BUSY_SNAPSHOT) once other writers moved on. Holding it, no other writer keeps
+        // a row between the read of those kept and the writes.
         let mut conn = Guarded::acquire(&self.pool).await.map_err(db("storing repatriated records"))?;
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(db("storing repatriated records"))?;
+        // The rows the job kept before (another run's): not written again, nor a source key
+        // twice; each job's in one query.
+        let mut kept: HashSet<(String, String)> = HashSet::new();
+        let jobs: HashSet<&str> = rows.iter().map(|(_, row)| row.job.as_str()).collect();
+        for job in jobs {
+            let keys = id_list(rows.iter().filter(|(_, row)| row.job == job).map(|(_, row)| row.source_key.as_str()));
+            let found: Vec<String> = sqlx::query_scalar(
+                "SELECT source_key FROM repatriated WHERE job = ? AND source_key IN (SELECT value FROM json_each(?))",
+            )
+            .bind(job)
+            .bind(keys)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db("reading repatriated rows"))?;
+            kept.extend(found.into_iter().map(|key| (job.to_owned(), key)));
+        }
         let mut stored = Vec::with_capacity(rows.len());
-        for (record, row) in rows {
-            let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM repatriated WHERE job = ? AND source_key = ?")
-                .bind(&row.job)
-                .bind(&row.source_key)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(db("reading a repatriated row"))?;
-            if exists.is_some() {
-                stored.push(false);
-                continue;
+        let mut new = Vec::with_capacity(rows.len());
+        for pair in rows {
+            let fresh = kept.insert((pair.1.job.clone(), pair.1.source_key.clone()));
+            stored.push(fresh);
+            if fresh {
+                new.push(pair);
             }
-            insert_record(&mut *tx, record).await?;
-            let kept = keep_repatriated(&mut *tx, row).await?;
-            if !kept {
-                // Another run of the job kept the row meanwhile (and its record): not this one.
-                sqlx::query("DELETE FROM records WHERE record_id = ?")
-                    .bind(record.record_id.to_string())
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db("storing repatriated records"))?;
+        }
+        // One statement per chunk of rows for each table (a statement, not a row, is a round
+        // trip to the database).
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        for chunk in new.chunks(ROWS_PER_STATEMENT) {
+            let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO records (record_id, subject_id, category, home_region, version, ciphertext, created_at, sealed_with) ",
+            );
+            insert.push_values(chunk, |mut row, (record, _)| {
+                row.push_bind(record.record_id.to_string())
+                    .push_bind(record.subject_id.as_str())
+                    .push_bind(record.category.as_str())
+                    .push_bind(record.home_region.as_str())
+                    .push_bind(record.version)
+                    .push_bind(record.ciphertext.as_slice())
+                    .push_bind(record.created_at.unix_timestamp())
+                    .push_bind(record.sealed_with.column());
+            });
+            match insert.build().execute(&mut *tx).await {
+                Ok(_) => {}
+                // A subject erased since the batch was registered: which one, for the answer.
+                Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => {
+                    for (record, _) in chunk {
+                        let known: Option<i64> = sqlx::query_scalar("SELECT 1 FROM subjects WHERE subject_id = ?")
+                            .bind(record.subject_id.as_str())
+                            .fetch_optional(&mut *tx)
+                            .await
+                            .map_err(db("storing a record"))?;
+                        if known.is_none() {
+                            return Err(StoreError::NoSuchSubject(record.subject_id.clone()));
+                        }
+                    }
+                    return Err(db("storing a record")(sqlx::Error::Database(e)));
+                }
+                Err(e) => return Err(db("storing a record")(e)),
             }
-            stored.push(kept);
+            let mut keep = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO repatriated (job, source_key, record_id, digest, log_index, created_at, ordinal) ",
+            );
+            keep.push_values(chunk, |mut row, (_, kept)| {
+                row.push_bind(kept.job.as_str())
+                    .push_bind(kept.source_key.as_str())
+                    .push_bind(kept.record_id.to_string())
+                    .push_bind(kept.digest.as_str())
+                    .push_bind(i64::try_from(kept.log_index).unwrap_or(i64::MAX))
+                    .push_bind(now)
+                    .push_bind(i64::try_from(kept.ordinal).unwrap_or(i64::MAX));
+            });
+            keep.build().execute(&mut *tx).await.map_err(db("keeping a repatriated row"))?;
         }
         tx.commit().await.map_err(db("storing repatriated records"))?;
         conn.clean();

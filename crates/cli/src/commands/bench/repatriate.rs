@@ -39,6 +39,9 @@ pub(crate) struct RepatriateBenchArgs {
     /// Rows per request (and per transaction of the plain copy).
     #[arg(long, default_value_t = 500)]
     batch: u64,
+    /// Batches the repatriation has being written at once (`clover repatriate run --in-flight`).
+    #[arg(long, default_value_t = 4)]
+    in_flight: u64,
     /// Draw both runs' progress (records over seconds) into this SVG file.
     #[arg(long, value_name = "FILE")]
     svg: Option<PathBuf>,
@@ -129,7 +132,8 @@ impl RepatriateBenchArgs {
         let mapping = dir.join("mapping.toml");
         std::fs::write(&mapping, MAPPING.replace("TABLE", table))?;
         let started = Instant::now();
-        let run = run_for_bench(&url, &token, &self.source_url, &mapping, region, "bench", self.batch).await;
+        let run =
+            run_for_bench(&url, &token, &self.source_url, &mapping, region, "bench", self.batch, self.in_flight).await;
         let seconds = started.elapsed().as_secs_f64();
         let _ = stop.send(());
         let _ = server.await;

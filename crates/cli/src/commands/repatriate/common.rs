@@ -81,18 +81,32 @@ impl Remote {
         path: &str,
         body: &impl serde::Serialize,
     ) -> anyhow::Result<T> {
-        let url = format!("{}{path}", self.url.trim_end_matches('/'));
-        let response =
-            client.post(&url).bearer_auth(&self.token).json(body).send().await.context("cannot reach the boundary")?;
-        let status = response.status();
-        let body = response.bytes().await;
-        if !status.is_success() {
-            let detail = body.ok().and_then(|body| clover_custodian::client::error_detail(&body));
-            anyhow::bail!("{url}: {status}: {}", detail.as_deref().unwrap_or("no detail"));
-        }
-        let body = body.with_context(|| format!("reading the answer of {url}"))?;
-        serde_json::from_slice(&body).with_context(|| format!("the answer of {url} is not what was expected"))
+        post_json(client, &self.url_of(path), &self.token, body).await
     }
+
+    /// The boundary's URL of `path`.
+    pub(crate) fn url_of(&self, path: &str) -> String {
+        format!("{}{path}", self.url.trim_end_matches('/'))
+    }
+}
+
+/// POSTs `body` to `url` with the bearer `token` and reads the JSON answer, or makes the
+/// problem's detail the error ([`Remote::post`], for a request that owns what it sends).
+pub(crate) async fn post_json<T: serde::de::DeserializeOwned>(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    body: &impl serde::Serialize,
+) -> anyhow::Result<T> {
+    let response = client.post(url).bearer_auth(token).json(body).send().await.context("cannot reach the boundary")?;
+    let status = response.status();
+    let body = response.bytes().await;
+    if !status.is_success() {
+        let detail = body.ok().and_then(|body| clover_custodian::client::error_detail(&body));
+        anyhow::bail!("{url}: {status}: {}", detail.as_deref().unwrap_or("no detail"));
+    }
+    let body = body.with_context(|| format!("reading the answer of {url}"))?;
+    serde_json::from_slice(&body).with_context(|| format!("the answer of {url} is not what was expected"))
 }
 
 /// Progress on stderr: a bar on a terminal, a log line every few seconds otherwise.

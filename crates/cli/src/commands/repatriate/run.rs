@@ -33,6 +33,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
 /// How many rows go in one request by default.
 const DEFAULT_BATCH: u64 = 500;
 
+/// How many batches are being written at once by default.
+const DEFAULT_IN_FLIGHT: u64 = 4;
+
 /// What a job is and how it runs.
 #[derive(Debug, clap::Args)]
 pub(crate) struct JobArgs {
@@ -47,6 +50,10 @@ pub(crate) struct JobArgs {
     /// Rows per request (1 to 1,000).
     #[arg(long, value_name = "N", default_value_t = DEFAULT_BATCH, value_parser = clap::value_parser!(u64).range(1..=1000))]
     batch: u64,
+    /// Batches being written at once (1 to 16): the next are sent while the boundary makes the
+    /// first durable. Answers are taken in the source's order.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_IN_FLIGHT, value_parser = clap::value_parser!(u64).range(1..=16))]
+    in_flight: u64,
     /// Write every row's line (`= key`, `- key`, ...) to FILE, as `rclone check --combined` does.
     #[arg(long, value_name = "FILE")]
     combined: Option<PathBuf>,
@@ -197,6 +204,14 @@ struct Runner<'a> {
     quiet: bool,
     /// For a benchmark: (seconds since the start, rows verified) after each batch.
     samples: Option<(Instant, Vec<(f64, u64)>)>,
+    /// The batches sent to be written whose answers are not taken yet, oldest first.
+    in_flight: std::collections::VecDeque<InFlight>,
+}
+
+/// A batch sent to be written, and the request writing it.
+struct InFlight {
+    batch: Vec<Pending>,
+    answer: tokio::task::JoinHandle<anyhow::Result<BatchAnswer>>,
 }
 
 impl<'a> Runner<'a> {
@@ -226,6 +241,7 @@ impl<'a> Runner<'a> {
             meter: RunMeter::new(),
             quiet: false,
             samples: None,
+            in_flight: std::collections::VecDeque::new(),
         })
     }
 
@@ -285,6 +301,7 @@ impl<'a> Runner<'a> {
                     self.sign('!', &row.position, &reason.to_string())?;
                     if self.args.source.max_errors.is_some_and(|limit| unclassifiable >= limit) {
                         self.flush(mode, &mut pending).await?;
+                        self.drain().await?;
                         anyhow::bail!(
                             "stopped at {unclassifiable} unclassifiable rows (--max-errors); the last at {}: {reason}",
                             row.position
@@ -294,6 +311,7 @@ impl<'a> Runner<'a> {
             }
         }
         self.flush(mode, &mut pending).await?;
+        self.drain().await?;
         if let Some(planner) = planner {
             self.report.plan = Some(planner.plan());
         }
@@ -307,22 +325,40 @@ impl<'a> Runner<'a> {
         let batch = std::mem::take(pending);
         match mode {
             Mode::Copy => {
-                let copied = self.copy(batch).await?;
-                self.verify(copied).await?;
+                // Sent now; its answer taken once `--in-flight` batches are out, in order.
+                self.send(batch)?;
+                let limit = usize::try_from(self.args.in_flight).unwrap_or(1);
+                while self.in_flight.len() >= limit {
+                    self.take_answer().await?;
+                }
+                return Ok(());
             }
             Mode::Verify => {
                 self.verify(batch).await?;
             }
             Mode::Purge(target) => self.purge(target, batch).await?,
         }
-        if let Some((started, samples)) = &mut self.samples {
-            samples.push((started.elapsed().as_secs_f64(), self.report.combined.identical));
+        self.sampled();
+        Ok(())
+    }
+
+    /// Takes the answers of every batch still being written.
+    async fn drain(&mut self) -> anyhow::Result<()> {
+        while !self.in_flight.is_empty() {
+            self.take_answer().await?;
         }
         Ok(())
     }
 
-    /// Writes a batch through the boundary; returns the rows to verify.
-    async fn copy(&mut self, batch: Vec<Pending>) -> anyhow::Result<Vec<Pending>> {
+    fn sampled(&mut self) {
+        if let Some((started, samples)) = &mut self.samples {
+            samples.push((started.elapsed().as_secs_f64(), self.report.combined.identical));
+        }
+    }
+
+    /// Sends a batch to be written through the boundary ([`Runner::take_answer`] takes the
+    /// answer).
+    fn send(&mut self, batch: Vec<Pending>) -> anyhow::Result<()> {
         let format = time::macros::format_description!("[year]-[month]-[day]");
         let mut records = Vec::with_capacity(batch.len());
         for p in &batch {
@@ -333,8 +369,27 @@ impl<'a> Runner<'a> {
                 "birth_date": r.birth_date.map(|d| d.format(format)).transpose()?,
             }));
         }
-        let answer: BatchAnswer =
-            self.remote().post(&self.client, &self.path("records"), &json!({"records": records})).await?;
+        let body = json!({"records": records});
+        let (client, url, token) =
+            (self.client.clone(), self.remote().url_of(&self.path("records")), self.remote().token.clone());
+        let answer = tokio::spawn(async move { super::common::post_json(&client, &url, &token, &body).await });
+        self.in_flight.push_back(InFlight { batch, answer });
+        Ok(())
+    }
+
+    /// Takes the answer of the oldest batch being written, signs its rows, and verifies those
+    /// it did not read back.
+    async fn take_answer(&mut self) -> anyhow::Result<()> {
+        let Some(InFlight { batch, answer }) = self.in_flight.pop_front() else { return Ok(()) };
+        let answer = answer.await.context("a request writing a batch stopped")??;
+        let verify = self.copied(batch, answer)?;
+        self.verify(verify).await?;
+        self.sampled();
+        Ok(())
+    }
+
+    /// What the boundary answered for a batch it wrote; returns the rows to verify.
+    fn copied(&mut self, batch: Vec<Pending>, answer: BatchAnswer) -> anyhow::Result<Vec<Pending>> {
         anyhow::ensure!(answer.results.len() == batch.len(), "the boundary answered for another number of rows");
         self.report.subjects_registered += answer.subjects_registered;
         let mut verify = Vec::with_capacity(batch.len());
@@ -824,6 +879,7 @@ pub(crate) async fn run_for_bench(
     region: clover_model::Region,
     job: &str,
     batch: u64,
+    in_flight: u64,
 ) -> anyhow::Result<BenchRun> {
     let args = JobArgs {
         source: SourceArgs {
@@ -838,6 +894,7 @@ pub(crate) async fn run_for_bench(
         remote: Remote { url: url.to_owned(), token: token.to_owned(), tls: crate::args::ClientTlsArgs::default() },
         job: Some(job.to_owned()),
         batch,
+        in_flight,
         combined: None,
         receipt: None,
     };
