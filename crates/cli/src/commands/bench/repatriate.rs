@@ -21,7 +21,7 @@ use clover_store::{RecordRow, SealedWith, SqliteStore, Store, SubjectRow};
 use serde::Serialize;
 use sqlx::{AssertSqlSafe, Connection, PgConnection, Row};
 
-use crate::commands::repatriate::run::run_for_bench;
+use crate::commands::repatriate::run::{Batches, run_for_bench};
 use crate::commands::runtime;
 
 /// `clover bench repatriate`.
@@ -132,8 +132,16 @@ impl RepatriateBenchArgs {
         let mapping = dir.join("mapping.toml");
         std::fs::write(&mapping, MAPPING.replace("TABLE", table))?;
         let started = Instant::now();
-        let run =
-            run_for_bench(&url, &token, &self.source_url, &mapping, region, "bench", self.batch, self.in_flight).await;
+        let run = run_for_bench(
+            &url,
+            &token,
+            &self.source_url,
+            &mapping,
+            region,
+            "bench",
+            Batches { rows: self.batch, in_flight: self.in_flight },
+        )
+        .await;
         let seconds = started.elapsed().as_secs_f64();
         let _ = stop.send(());
         let _ = server.await;

@@ -868,6 +868,12 @@ pub(crate) struct BenchRun {
     pub(crate) samples: Vec<(f64, u64)>,
 }
 
+/// How a bench's run sends its rows: rows per request, and requests at once.
+pub(crate) struct Batches {
+    pub(crate) rows: u64,
+    pub(crate) in_flight: u64,
+}
+
 /// Copies (and verifies) the rows of `source_url`, read through the mapping at `mapping`, for
 /// `region`, through the boundary at `url` as job `job`: what `clover repatriate run` does,
 /// for `clover bench repatriate`.
@@ -878,8 +884,7 @@ pub(crate) async fn run_for_bench(
     mapping: &std::path::Path,
     region: clover_model::Region,
     job: &str,
-    batch: u64,
-    in_flight: u64,
+    batches: Batches,
 ) -> anyhow::Result<BenchRun> {
     let args = JobArgs {
         source: SourceArgs {
@@ -893,8 +898,8 @@ pub(crate) async fn run_for_bench(
         },
         remote: Remote { url: url.to_owned(), token: token.to_owned(), tls: crate::args::ClientTlsArgs::default() },
         job: Some(job.to_owned()),
-        batch,
-        in_flight,
+        batch: batches.rows,
+        in_flight: batches.in_flight,
         combined: None,
         receipt: None,
     };
