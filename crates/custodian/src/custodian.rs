@@ -252,9 +252,13 @@ impl Custodian {
             return Err(KeyError::Erased);
         }
         self.receipts.claim(access).await?;
+        // Cached as a key read would be (the subject's next accesses, often many at once in a
+        // repatriation's batch, find it here rather than each unwrapping it).
+        let ticket = self.erasures.ticket(&access.subject_hash);
         let key = self.keys.create(&access.subject_hash).await?;
         let scoped = self.scoped(access, &key)?;
         self.journal.record(access, false).await?;
+        self.erasures.cache_key(&access.subject_hash, &key, ticket);
         Ok(scoped)
     }
 
