@@ -570,9 +570,10 @@ async fn erasure_shreds_the_subjects_data(f: &Fixture) {
 }
 
 /// The journal has one record per key handed out (and per erasure), naming the log entry of the
-/// access, and whether the key came from the cache.
+/// access, and whether the key came from the cache (a key just made is cached: the reads after
+/// the write find it there, when there is a cache).
 async fn the_journal_records_every_key_handed_out(f: &Fixture) {
-    for (cache, second_cached) in [(CacheOptions::default(), true), (NO_CACHE, false)] {
+    for (cache, reads_cached) in [(CacheOptions::default(), true), (NO_CACHE, false)] {
         let (custody, _store) = f.custodian(cache).await;
         let write = f.receipt(Action::Write, "s-1").await;
         custody.create_data_key(&write).await.unwrap();
@@ -589,8 +590,8 @@ async fn the_journal_records_every_key_handed_out(f: &Fixture) {
         let journal = custody.journal().await.unwrap();
         let expected = [
             (&write, "write", None, false),
-            (&read1, "read", Some("support"), false),
-            (&read2, "read", Some("support"), second_cached),
+            (&read1, "read", Some("support"), reads_cached),
+            (&read2, "read", Some("support"), reads_cached),
             (&erase, "erase", None, false),
         ];
         assert_eq!(journal.len(), expected.len(), "{journal:#?}");
