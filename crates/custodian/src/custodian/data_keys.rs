@@ -8,7 +8,9 @@ use clover_keys::{DataKey, Kek, KeyError, aad};
 use clover_model::{Region, SubjectId};
 use zeroize::Zeroizing;
 
-use super::store::{KeyStoreBackend, failed, now};
+use tokio::sync::{mpsc, oneshot};
+
+use super::store::{KeyStoreBackend, Unwritten, failed, now};
 
 /// The region's wrapped data keys: the KEK backend that wraps them and the key store that
 /// keeps them.
@@ -20,11 +22,47 @@ pub(crate) struct DataKeys {
     /// re-wrapping) and exclusively by a retirement, so that no key is wrapped under a version
     /// between the check that nothing uses it and its destruction.
     pub(super) wrapping: tokio::sync::RwLock<()>,
+    /// Where new keys and salts are sent to be stored, many in one transaction.
+    inserts: mpsc::UnboundedSender<Insert>,
 }
 
+/// A new key or salt to store, with where to say whether it was (a key is not, if its subject
+/// has one already).
+struct Insert {
+    row: Row,
+    answer: oneshot::Sender<Result<bool, Unwritten>>,
+}
+
+enum Row {
+    Key { subject: String, version: u32, wrapped: Vec<u8> },
+    Salt { subject: String, salt: Zeroizing<Vec<u8>> },
+}
+
+/// The most keys and salts stored in one transaction.
+const INSERTS_PER_TRANSACTION: usize = 1024;
+
 impl DataKeys {
+    /// The data keys of `region`, wrapped by `kek`, kept in `db`; starts the task that stores
+    /// new keys and salts (on the current tokio runtime).
     pub(crate) fn new(region: Region, kek: Arc<dyn Kek>, db: Arc<dyn KeyStoreBackend>) -> Self {
-        Self { region, kek, db, wrapping: tokio::sync::RwLock::new(()) }
+        let (inserts, queue) = mpsc::unbounded_channel();
+        tokio::spawn(store_inserts(db.clone(), queue));
+        Self { region, kek, db, wrapping: tokio::sync::RwLock::new(()), inserts }
+    }
+
+    /// Stores `row` with the others waiting (one transaction, one durable step for all of them:
+    /// many subjects are registered at once in a repatriation), and waits until it is committed.
+    async fn insert(&self, row: Row, operation: &'static str) -> Result<bool, KeyError> {
+        let stopped = || Unwritten::stopped("new keys").into_error(operation);
+        let (answer, answered) = oneshot::channel();
+        self.inserts.send(Insert { row, answer }).map_err(|_| stopped())?;
+        answered.await.map_err(|_| stopped())?.map_err(|why| why.into_error(operation))
+    }
+
+    /// Stores the subject's metadata salt unless it has one.
+    pub(super) async fn insert_salt(&self, hash: &str, salt: &[u8]) -> Result<(), KeyError> {
+        let row = Row::Salt { subject: hash.to_owned(), salt: Zeroizing::new(salt.to_vec()) };
+        self.insert(row, "storing a metadata salt").await.map(|_| ())
     }
 
     /// Wraps `key`, named `hash` in the key store, under `version`.
@@ -57,7 +95,7 @@ impl DataKeys {
         let version = self.kek.current_version()?;
         let wrapped = self.wrap(hash, version, key.expose())?;
         let inserted =
-            self.db.insert_key(hash, version, &wrapped, now()).await.map_err(failed("storing a data key"))?;
+            self.insert(Row::Key { subject: hash.to_owned(), version, wrapped }, "storing a data key").await?;
         if !inserted {
             return Err(KeyError::DataKeyExists);
         }
@@ -118,5 +156,39 @@ impl DataKeys {
         let rewrapped = self.wrap(hash, version, key.expose())?;
         self.db.insert_key(hash, version, &rewrapped, now()).await.map_err(failed("importing a data key"))?;
         Ok(())
+    }
+}
+
+/// Stores the keys and salts sent on `queue`, all those waiting in one transaction, until every
+/// sender is gone.
+async fn store_inserts(db: Arc<dyn KeyStoreBackend>, mut queue: mpsc::UnboundedReceiver<Insert>) {
+    let mut batch = Vec::new();
+    while queue.recv_many(&mut batch, INSERTS_PER_TRANSACTION).await > 0 {
+        let mut keys = Vec::new();
+        let mut salts = Vec::new();
+        for insert in &batch {
+            match &insert.row {
+                Row::Key { subject, version, wrapped } => keys.push((subject.as_str(), *version, wrapped.as_slice())),
+                Row::Salt { subject, salt } => salts.push((subject.as_str(), salt.as_slice())),
+            }
+        }
+        let outcome = db.insert_keys_and_salts(&keys, &salts, now()).await;
+        if let Err(e) = &outcome {
+            tracing::error!(error = %e, waiting = batch.len(), "new keys could not be stored");
+        }
+        let mut stored = match &outcome {
+            Ok(stored) => stored.iter().copied(),
+            Err(_) => [].iter().copied(),
+        };
+        for insert in batch.drain(..) {
+            let answer = match (&outcome, &insert.row) {
+                // One answer per key, in order: a missing one is not stored.
+                (Ok(_), Row::Key { .. }) => Ok(stored.next().unwrap_or(false)),
+                (Ok(_), Row::Salt { .. }) => Ok(true),
+                (Err(e), _) => Err(Unwritten::of(e)),
+            };
+            // The asker may have gone (its request cancelled): what it sent is stored all the same.
+            let _ = insert.answer.send(answer);
+        }
     }
 }

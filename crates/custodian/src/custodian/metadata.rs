@@ -67,7 +67,7 @@ impl Metadata {
         let ticket = erasures.ticket(hash);
         if create {
             let salt = DataKey::generate()?;
-            keys.db.insert_salt(hash, salt.expose().as_slice()).await.map_err(failed("storing a metadata salt"))?;
+            keys.insert_salt(hash, salt.expose().as_slice()).await?;
         }
         let salt = keys.db.salt(hash).await.map_err(failed("reading a metadata salt"))?;
         let Some(salt) = salt.map(Zeroizing::new) else { return Ok(None) };

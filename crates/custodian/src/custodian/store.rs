@@ -61,6 +61,16 @@ pub(crate) trait KeyStoreBackend: Send + Sync {
     /// Stores a wrapped key unless the subject has one; whether it was stored.
     async fn insert_key(&self, subject: &str, version: u32, wrapped: &[u8], now: i64) -> Result<bool, sqlx::Error>;
 
+    /// Stores wrapped keys (subject, KEK version, wrapped) and metadata salts (subject, salt),
+    /// each unless its subject has one, in one transaction (in subject order, the same in every
+    /// custodian sharing the key store); whether each key was stored.
+    async fn insert_keys_and_salts(
+        &self,
+        keys: &[(&str, u32, &[u8])],
+        salts: &[(&str, &[u8])],
+        now: i64,
+    ) -> Result<Vec<bool>, sqlx::Error>;
+
     /// The subject's wrapped key and the KEK version that wraps it.
     async fn wrapped(&self, subject: &str) -> Result<Option<(i64, Vec<u8>)>, sqlx::Error>;
 
@@ -90,9 +100,6 @@ pub(crate) trait KeyStoreBackend: Send + Sync {
     /// as it listens, where there can be others: of each as it commits, and of all of them at
     /// each (re)connect. The first connection is tried before this returns.
     async fn follow_erasures(&self, listener: Box<dyn ErasureListener>);
-
-    /// Stores the subject's metadata salt unless it has one.
-    async fn insert_salt(&self, subject: &str, salt: &[u8]) -> Result<(), sqlx::Error>;
 
     /// The subject's metadata salt.
     async fn salt(&self, subject: &str) -> Result<Option<Vec<u8>>, sqlx::Error>;
@@ -292,6 +299,45 @@ where
             .await
     }
 
+    async fn insert_keys_and_salts(
+        &self,
+        keys: &[(&str, u32, &[u8])],
+        salts: &[(&str, &[u8])],
+        now: i64,
+    ) -> Result<Vec<bool>, sqlx::Error> {
+        let mut key_order: Vec<usize> = (0..keys.len()).collect();
+        key_order.sort_by_key(|i| keys.get(*i).map(|k| k.0));
+        let mut salt_order: Vec<&(&str, &[u8])> = salts.iter().collect();
+        salt_order.sort_by_key(|salt| salt.0);
+        let mut stored = vec![false; keys.len()];
+        let mut conn = clover_sql::Guarded::acquire(&self.pool).await?;
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        for i in key_order {
+            let (Some((subject, version, wrapped)), Some(slot)) = (keys.get(i), stored.get_mut(i)) else { continue };
+            let done = sqlx::query(
+                "INSERT INTO data_keys (subject, kek_version, wrapped, created_at) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (subject) DO NOTHING",
+            )
+            .bind(*subject)
+            .bind(i64::from(*version))
+            .bind(*wrapped)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            *slot = DB::rows_affected(&done) == 1;
+        }
+        for (subject, salt) in salt_order {
+            sqlx::query("INSERT INTO metadata_salts (subject, salt) VALUES ($1, $2) ON CONFLICT (subject) DO NOTHING")
+                .bind(*subject)
+                .bind(*salt)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        conn.clean();
+        Ok(stored)
+    }
+
     async fn wrapped_many(&self, subjects: &[&str]) -> Result<Vec<(String, i64, Vec<u8>)>, sqlx::Error> {
         let mut out = Vec::with_capacity(subjects.len());
         for chunk in subjects.chunks(IN_LIST) {
@@ -346,15 +392,6 @@ where
 
     async fn follow_erasures(&self, listener: Box<dyn ErasureListener>) {
         DB::follow_erasures(&self.pool, listener).await;
-    }
-
-    async fn insert_salt(&self, subject: &str, salt: &[u8]) -> Result<(), sqlx::Error> {
-        sqlx::query("INSERT INTO metadata_salts (subject, salt) VALUES ($1, $2) ON CONFLICT (subject) DO NOTHING")
-            .bind(subject)
-            .bind(salt)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
     }
 
     async fn salt(&self, subject: &str) -> Result<Option<Vec<u8>>, sqlx::Error> {
@@ -569,13 +606,27 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = KeyStore::Sqlite(dir.path().join("keys.db")).open().await.unwrap();
         let subjects: Vec<String> = (0..250).map(|n| format!("subject-{n:03}")).collect();
-        for (n, subject) in subjects.iter().enumerate() {
-            let version = u32::try_from(n % 3).unwrap() + 1;
-            assert!(db.insert_key(subject, version, subject.as_bytes(), 1).await.unwrap());
-            if n % 5 != 0 {
-                db.insert_salt(subject, format!("salt of {subject}").as_bytes()).await.unwrap();
-            }
-        }
+        let salts: Vec<(String, String)> = subjects
+            .iter()
+            .enumerate()
+            .filter(|(n, _)| n % 5 != 0)
+            .map(|(_, subject)| (subject.clone(), format!("salt of {subject}")))
+            .collect();
+        let keys: Vec<(&str, u32, &[u8])> = subjects
+            .iter()
+            .enumerate()
+            .map(|(n, subject)| (subject.as_str(), u32::try_from(n % 3).unwrap() + 1, subject.as_bytes()))
+            .collect();
+        let salts: Vec<(&str, &[u8])> = salts.iter().map(|(s, salt)| (s.as_str(), salt.as_bytes())).collect();
+        assert!(db.insert_keys_and_salts(&keys, &salts, 1).await.unwrap().iter().all(|stored| *stored));
+        // Stored once: a subject's key and salt are kept, and a second key is not stored.
+        let again =
+            [("subject-001", 9, b"other".as_slice()), ("new", 1, b"new".as_slice()), ("new", 2, b"x".as_slice())];
+        assert_eq!(
+            db.insert_keys_and_salts(&again, &[("subject-001", b"other")], 1).await.unwrap(),
+            [false, true, false]
+        );
+        assert!(db.destroy("new", 8).await.unwrap() == 1);
         db.destroy("subject-007", 9).await.unwrap();
         // Every subject, twice, and ten that never were: three queries of a hundred and more.
         let mut asked: Vec<&str> = subjects.iter().map(String::as_str).collect();
