@@ -169,8 +169,11 @@ async fn the_openapi_document_is_as_reviewed() {
 /// `.ci/run` installs) finds nothing to say.
 #[tokio::test]
 async fn metrics_an_operator_tunes_by_each_with_help_and_clean_for_promtool() {
-    let app = TestApp::start().await;
+    // A key cache of one: a key made is cached, and the next subject's takes its place, so that
+    // the first read of u-1 misses (and unwraps its key) and the second hits.
+    let app = TestApp::start_with(|config| config.keys.cache_size = 1).await;
     let record = app.seed("u-1", json!({"a": 1})).await;
+    app.seed("u-2", json!({"a": 2})).await;
     // The same token twice: verified once, then found in the cache.
     app.get_record(DUBLIN, &record).await;
     app.get_record(DUBLIN, &record).await;
