@@ -255,6 +255,14 @@ fn select_in_list(columns: &str, table: &str) -> String {
     format!("SELECT {columns} FROM {table} WHERE subject IN ({})", params.join(", "))
 }
 
+/// `subjects` as lists of exactly [`IN_LIST`] (a shorter last one repeats its last subject).
+fn in_lists<'a>(subjects: &'a [&'a str]) -> impl Iterator<Item = impl Iterator<Item = &'a str>> {
+    subjects.chunks(IN_LIST).filter_map(|chunk| {
+        let last = *chunk.last()?;
+        Some(chunk.iter().copied().chain(std::iter::repeat(last)).take(IN_LIST))
+    })
+}
+
 /// The statements of [`KeyStoreBackend::wrapped_many`] and [`KeyStoreBackend::salts`].
 static SELECT_WRAPPED_MANY: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| select_in_list("subject, kek_version, wrapped", "data_keys"));
@@ -340,13 +348,9 @@ where
 
     async fn wrapped_many(&self, subjects: &[&str]) -> Result<Vec<(String, i64, Vec<u8>)>, sqlx::Error> {
         let mut out = Vec::with_capacity(subjects.len());
-        for chunk in subjects.chunks(IN_LIST) {
-            let Some(last) = chunk.last() else { continue };
-            let mut query = sqlx::query_as(sqlx::AssertSqlSafe(SELECT_WRAPPED_MANY.as_str()));
-            for n in 0..IN_LIST {
-                query = query.bind(*chunk.get(n).unwrap_or(last));
-            }
-            out.extend(query.fetch_all(&self.pool).await?);
+        for list in in_lists(subjects) {
+            let query = sqlx::query_as(sqlx::AssertSqlSafe(SELECT_WRAPPED_MANY.as_str()));
+            out.extend(list.fold(query, |query, subject| query.bind(subject)).fetch_all(&self.pool).await?);
         }
         Ok(out)
     }
@@ -403,13 +407,9 @@ where
 
     async fn salts(&self, subjects: &[&str]) -> Result<Vec<(String, Vec<u8>)>, sqlx::Error> {
         let mut out = Vec::with_capacity(subjects.len());
-        for chunk in subjects.chunks(IN_LIST) {
-            let Some(last) = chunk.last() else { continue };
-            let mut query = sqlx::query_as(sqlx::AssertSqlSafe(SELECT_SALTS.as_str()));
-            for n in 0..IN_LIST {
-                query = query.bind(*chunk.get(n).unwrap_or(last));
-            }
-            out.extend(query.fetch_all(&self.pool).await?);
+        for list in in_lists(subjects) {
+            let query = sqlx::query_as(sqlx::AssertSqlSafe(SELECT_SALTS.as_str()));
+            out.extend(list.fold(query, |query, subject| query.bind(subject)).fetch_all(&self.pool).await?);
         }
         Ok(out)
     }
