@@ -1,9 +1,11 @@
 //! What can go wrong with the log.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
+use clover_tlog::checkpoint::CheckpointError;
 use clover_tlog::hash::Hash;
-use clover_tlog::note::SignError;
+use clover_tlog::note::{NoteError, SignError};
 use clover_tlog::tree::ProofError;
 
 /// An error of the log.
@@ -25,6 +27,9 @@ pub enum LogError {
         place: String,
         /// What differs.
         detail: String,
+        /// Why a stored checkpoint could not be checked, when that is what differs.
+        #[source]
+        cause: Option<CheckpointFault>,
     },
     /// An entry that a signed checkpoint covers cannot be read: the log refuses to open and
     /// leaves its files as they were.
@@ -49,6 +54,39 @@ pub enum LogError {
         /// Where recovery moves an unsigned tail it cuts.
         quarantine: PathBuf,
     },
+    /// The entries read, but they are not the ones the last signed checkpoint covers: an entry
+    /// was changed so that it still reads, or signed entries are missing. The log refuses to open,
+    /// leaves its files as they were and moves nothing to quarantine.
+    ///
+    /// The first entry that differs is placed between `first` and `last` (the same entry when the
+    /// checkpoints kept pin it down). A signed root alone does not say which leaf under it
+    /// changed: the two checkpoint slots (the last signed checkpoint and the one before it)
+    /// narrow it down, and a mirror of the log's tiles (which holds every leaf hash) tells which.
+    #[error(
+        "{path:?} does not hold the entries its last signed checkpoint covers ({signed} entries): {}; the log is \
+         left as it was and nothing was moved to quarantine (unsigned tails cut earlier are kept in {quarantine:?}); \
+         restore the entries file from a backup or a mirror of the log's tiles",
+        divergence(.signed, .held, .first, .last, .offset, .end)
+    )]
+    Changed {
+        /// The entries file.
+        path: PathBuf,
+        /// The size of the last signed checkpoint.
+        signed: u64,
+        /// The entries the file holds, all of them readable.
+        held: u64,
+        /// The first entry that may be the first to differ from what was signed.
+        first: u64,
+        /// The last entry that may be the first to differ (`held` itself, missing, when entries
+        /// are missing): `first` when the checkpoints kept tell which entry it is.
+        last: u64,
+        /// Where entry `first` starts in the entries file (at its length prefix), or would start.
+        offset: u64,
+        /// Where the entries read end: where entry `held` would start.
+        end: u64,
+        /// Where recovery moves an unsigned tail it cuts (nothing is moved here).
+        quarantine: PathBuf,
+    },
     /// An entry given with a permit does not record what the permit allows.
     #[error("the entry does not match its permit: {0}")]
     NotPermitted(String),
@@ -64,12 +102,15 @@ pub enum LogError {
     /// A batch of entries could not be written (the disk is full, a file-size limit was reached)
     /// and the entries file was cut back to what it held before and synced: nothing of the
     /// batch is in the log, its appends fail with this, and the log takes the next ones.
-    #[error("log file {path:?}: the entries could not be written ({reason}), and none of them is in the log")]
+    #[error("log file {path:?}: a batch of {entries} entries could not be written, and none of them is in the log")]
     Unwritten {
         /// The entries file.
         path: PathBuf,
-        /// The write's error.
-        reason: String,
+        /// How many entries the batch held (each of its appends fails with this).
+        entries: usize,
+        /// The write's error, shared by the appends of the batch.
+        #[source]
+        source: Arc<std::io::Error>,
     },
     /// The sequencer stopped (a write failed earlier, or the log is shutting down).
     #[error("the log sequencer is not running; appends are refused")]
@@ -138,6 +179,49 @@ pub enum LogError {
     /// The system's random generator failed.
     #[error("no randomness for an append's token")]
     Randomness,
+}
+
+/// Why a checkpoint that the log's store holds could not be checked.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CheckpointFault {
+    /// It is not a signed note.
+    #[error(transparent)]
+    Note(#[from] NoteError),
+    /// Its text is not a checkpoint.
+    #[error(transparent)]
+    Body(#[from] CheckpointError),
+    /// The tree's root at its size could not be computed.
+    #[error(transparent)]
+    Root(#[from] ProofError),
+}
+
+/// Where the entries first differ from what the last checkpoint of `signed` entries signed, for
+/// [`LogError::Changed`].
+fn divergence(signed: &u64, held: &u64, first: &u64, last: &u64, offset: &u64, end: &u64) -> String {
+    let which = if first == last {
+        format!("entry {first}, at byte {offset}")
+    } else {
+        format!(
+            "one of entries {first} to {last} (entry {first} starts at byte {offset}); the checkpoints kept do not \
+             tell which"
+        )
+    };
+    if held >= signed {
+        return format!(
+            "the first {signed} entries were changed (they do not hash to the signed root): the first that differs \
+             is {which}"
+        );
+    }
+    let missing = match signed.saturating_sub(1) {
+        only if only == *held => format!("entry {held} is missing"),
+        last => format!("entries {held} to {last} are missing"),
+    };
+    let missing = format!("{missing}: the file ends at byte {end}, where entry {held} would start");
+    if first == held {
+        format!("{missing}, and the entries before it are the ones signed")
+    } else {
+        format!("{missing}; the first entry that differs from what was signed is {which}")
+    }
 }
 
 /// Maps an I/O error on `path`.

@@ -11,7 +11,8 @@
 //! entries (a write cut short by a crash, garbage) are moved to `quarantine/` beside the log
 //! before the file is cut, never discarded. When an entry that a signed checkpoint covers cannot
 //! be read, or the entries do not hash to the signed root, the log refuses to open, says which
-//! entry and where, and leaves every file as it was.
+//! entry and where (for entries that still read, as closely as the two checkpoints kept tell: a
+//! root does not say which of its leaves changed), and leaves every file as it was.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -96,13 +97,13 @@ fn read_entries(file: &File, len: u64, tree: &mut Tree) -> std::io::Result<Optio
     Ok(None)
 }
 
-/// The largest checkpoint in the slots that this log's key signed, and which slot holds it.
-/// Slots that cannot be read, or that hold something while none holds a checkpoint this key
-/// signed (another key, another origin), make the log refuse to open: its entries would
-/// otherwise be taken as unsigned.
-fn last_signed(dir: &Path, signer: &dyn NoteSigner) -> Result<Option<(Checkpoint, usize)>, LogError> {
+/// The checkpoints in the slots that this log's key signed, each with the slot that holds it, the
+/// largest first. Slots that cannot be read, or that hold something while none holds a
+/// checkpoint this key signed (another key, another origin), make the log refuse to open: its
+/// entries would otherwise be taken as unsigned.
+fn signed_checkpoints(dir: &Path, signer: &dyn NoteSigner) -> Result<Vec<(Checkpoint, usize)>, LogError> {
     let verifier = signer.verifier();
-    let mut best: Option<(Checkpoint, usize)> = None;
+    let mut signed: Vec<(Checkpoint, usize)> = Vec::new();
     let mut unverified = Vec::new();
     for (slot, name) in CHECKPOINT_FILES.iter().enumerate() {
         let path = dir.join(name);
@@ -122,14 +123,13 @@ fn last_signed(dir: &Path, signer: &dyn NoteSigner) -> Result<Option<(Checkpoint
             .and_then(|note| Checkpoint::parse(&note.text).ok())
             .filter(|c| c.origin == verifier.name);
         match verified {
-            Some(checkpoint) if best.as_ref().is_none_or(|(b, _)| checkpoint.size > b.size) => {
-                best = Some((checkpoint, slot));
-            }
-            Some(_) => {}
+            Some(checkpoint) => signed.push((checkpoint, slot)),
             None => unverified.push(*name),
         }
     }
-    if best.is_none() && !unverified.is_empty() {
+    // Stable: of two checkpoints of one size, the first slot's counts as the last signed.
+    signed.sort_by_key(|(checkpoint, _)| std::cmp::Reverse(checkpoint.size));
+    if signed.is_empty() && !unverified.is_empty() {
         return Err(LogError::Inconsistent {
             place: dir.display().to_string(),
             detail: format!(
@@ -137,9 +137,32 @@ fn last_signed(dir: &Path, signer: &dyn NoteSigner) -> Result<Option<(Checkpoint
                  another key, or damaged checkpoint files; nothing was changed",
                 unverified.join(", ")
             ),
+            cause: None,
         });
     }
-    Ok(best)
+    Ok(signed)
+}
+
+/// Between which entries the first one lies that differs from what `checkpoints` (this log's,
+/// the largest first) signed, given that the largest does not match `tree`: a prefix whose root
+/// is a signed one is the prefix signed, and one whose root is not holds a changed entry. A root
+/// alone does not say which of its leaves changed, so this is as close as the checkpoints kept
+/// can tell.
+fn first_difference(tree: &Tree, checkpoints: &[Checkpoint]) -> (u64, u64) {
+    let held = tree.size();
+    let signed = checkpoints.first().map_or(0, |c| c.size);
+    // Entry `held` is missing if the checkpoint signed more; otherwise one of those signed changed.
+    let mut last = held.min(signed.saturating_sub(1));
+    let mut first = 0;
+    for checkpoint in checkpoints.iter().filter(|c| c.size > 0 && c.size <= held) {
+        match clover_tlog::tree::root(tree, checkpoint.size) {
+            Ok(root) if root == checkpoint.root => first = first.max(checkpoint.size),
+            _ => last = last.min(checkpoint.size - 1),
+        }
+    }
+    // Checkpoints of two forks of the log (a slot left from before a restore) contradict each
+    // other; the whole range is all that can be said then.
+    if first > last { (0, held.min(signed.saturating_sub(1))) } else { (first, last) }
 }
 
 /// Whether the bytes from an unreadable point on are what a write cut short by a crash leaves:
@@ -184,16 +207,21 @@ pub(crate) fn open(
     options: LogOptions,
 ) -> Result<(Arc<Shared>, FileLog), LogError> {
     std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let inconsistent = |detail: String| LogError::Inconsistent { place: dir.display().to_string(), detail };
-    let signed = last_signed(dir, signer.as_ref())?;
+    let checkpoints = signed_checkpoints(dir, signer.as_ref())?;
+    let signed = checkpoints.first().cloned();
+    let checkpoints: Vec<Checkpoint> = checkpoints.into_iter().map(|(c, _)| c).collect();
     let path = dir.join(ENTRIES_FILE);
     if let Some((checkpoint, _)) = &signed
         && !path.exists()
     {
-        return Err(inconsistent(format!(
-            "it signed a checkpoint of {} entries but its entries file {path:?} is missing",
-            checkpoint.size
-        )));
+        return Err(LogError::Inconsistent {
+            place: dir.display().to_string(),
+            detail: format!(
+                "it signed a checkpoint of {} entries but its entries file {path:?} is missing",
+                checkpoint.size
+            ),
+            cause: None,
+        });
     }
     let file = OpenOptions::new().read(true).append(true).create(true).open(&path).map_err(io(&path))?;
     let len = file.metadata().map_err(io(&path))?.len();
@@ -211,19 +239,33 @@ pub(crate) fn open(
         quarantine: dir.join(QUARANTINE_DIR),
     };
 
+    // Entries that read but are not the ones signed (missing, or changed so that they still
+    // read): refused, naming the first that differs as closely as the checkpoints kept tell.
+    let changed = |tree: &Tree| {
+        let (first, last) = first_difference(tree, &checkpoints);
+        let at = |index: u64| tree.offsets.get(usize::try_from(index).unwrap_or(usize::MAX)).copied();
+        let end = at(tree.size()).unwrap_or(len);
+        LogError::Changed {
+            path: path.clone(),
+            signed: signed_size,
+            held: tree.size(),
+            first,
+            last,
+            offset: at(first).unwrap_or(end),
+            end,
+            quarantine: dir.join(QUARANTINE_DIR),
+        }
+    };
     if signed_size > tree.size() {
         return Err(match unreadable {
             Some((offset, what)) => damaged(offset, what, "a signed checkpoint covers it", tree.size()),
-            None => inconsistent(format!("it signed a checkpoint of {signed_size} entries but holds {}", tree.size())),
+            None => changed(&tree),
         });
     }
     if let Some((signed, _)) = &signed
         && clover_tlog::tree::root(&tree, signed.size)? != signed.root
     {
-        return Err(inconsistent(format!(
-            "the first {} entries were changed: they do not hash to the signed root",
-            signed.size
-        )));
+        return Err(changed(&tree));
     }
     if let Some((offset, what)) = unreadable {
         // What follows the point, read whole: a torn write's tail is short; a longer one is damage,
@@ -369,9 +411,9 @@ impl DirectoryBackend {
     /// [`LogError::Unwritten`] (the sequencer refuses the batch and goes on). If the file cannot
     /// be cut back, the error stops the sequencer; the next start cuts what is left of the
     /// batch into quarantine.
-    fn cut_back(&mut self, error: std::io::Error) -> LogError {
+    fn cut_back(&mut self, error: std::io::Error, entries: usize) -> LogError {
         match self.file.set_len(self.bytes).and_then(|()| self.file.sync_data()) {
-            Ok(()) => LogError::Unwritten { path: self.path.clone(), reason: error.to_string() },
+            Ok(()) => LogError::Unwritten { path: self.path.clone(), entries, source: Arc::new(error) },
             Err(cut) => {
                 tracing::error!(error = %cut, log = %self.path.display(), "cannot cut a failed write from the log");
                 LogError::Io { path: self.path.clone(), source: error }
@@ -395,6 +437,7 @@ impl Backend for DirectoryBackend {
             return Err(LogError::Inconsistent {
                 place: self.path.display().to_string(),
                 detail: format!("the sequencer wrote at {first} but the file holds {}", self.size),
+                cause: None,
             });
         }
         let mut buf = Vec::with_capacity(batch.iter().map(|a| a.entry.len() + 2).sum());
@@ -403,7 +446,7 @@ impl Backend for DirectoryBackend {
         }
         // The file is opened to append: a write goes to its end, which is `self.bytes`.
         if let Err(error) = self.file.write_all(&buf) {
-            return Err(self.cut_back(error));
+            return Err(self.cut_back(error, batch.len()));
         }
         let started = std::time::Instant::now();
         // A failed fsync leaves it unknown what reached the disk (and the kernel may have

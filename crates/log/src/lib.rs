@@ -30,7 +30,7 @@ use clover_tlog::hash::{Hash, leaf_hash};
 use clover_tlog::note::NoteSigner;
 use clover_tlog::tile::{TILE_WIDTH, Tile, push_bundle_entry};
 
-pub use error::LogError;
+pub use error::{CheckpointFault, LogError};
 pub use receipt::{KeyOperation, KeyReceipt, Receipt, TRANSFER_STAGES_THAT_OPEN, TransferReceipt};
 pub use sequencer::LogOptions;
 

@@ -51,7 +51,7 @@ use sqlx::postgres::{PgConnection, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Connection, Row};
 use tokio::sync::mpsc;
 
-use crate::error::{LogError, db};
+use crate::error::{CheckpointFault, LogError, db};
 use crate::sequencer::{Append, Backend, LogOptions, sequence};
 use crate::tree::{Committed, Shared};
 
@@ -103,7 +103,32 @@ pub(crate) struct PgLog {
     /// Held while entries are added to the tree.
     apply: tokio::sync::Mutex<()>,
     /// Why appends are refused, once the database contradicted a signed checkpoint.
-    failed: Mutex<Option<String>>,
+    failed: Mutex<Option<Contradiction>>,
+}
+
+/// What the database contradicts, kept to refuse every later append with it.
+#[derive(Clone)]
+struct Contradiction {
+    detail: String,
+    /// Why its checkpoint could not be checked, when that is what it is.
+    cause: Option<CheckpointFault>,
+}
+
+impl From<String> for Contradiction {
+    fn from(detail: String) -> Self {
+        Self { detail, cause: None }
+    }
+}
+
+impl Contradiction {
+    /// `detail`, because of `cause`.
+    fn because(detail: impl Into<String>, cause: impl Into<CheckpointFault>) -> Self {
+        Self { detail: detail.into(), cause: Some(cause.into()) }
+    }
+
+    fn error(self) -> LogError {
+        LogError::Inconsistent { place: "postgres".into(), detail: self.detail, cause: self.cause }
+    }
 }
 
 struct Row_ {
@@ -161,7 +186,7 @@ impl PgLog {
 
     fn refused(&self) -> Option<LogError> {
         let failed = self.failed.lock().unwrap_or_else(PoisonError::into_inner);
-        failed.as_ref().map(|why| LogError::Inconsistent { place: "postgres".into(), detail: why.clone() })
+        failed.clone().map(Contradiction::error)
     }
 
     /// Hands `entry` in and waits for its index. `leaf` is the entry's leaf hash, computed by the
@@ -243,7 +268,7 @@ impl PgLog {
             let Some(first) = rows.first() else { break };
             if first.idx != size {
                 let why = format!("entries {size} to {} are missing from the database", first.idx - 1);
-                return Err(self.fail(why));
+                return Err(self.fail(why.into()));
             }
             let count = rows.len() as i64;
             self.shared.answer(self.add(rows));
@@ -262,30 +287,41 @@ impl PgLog {
     }
 
     /// Refuses appends from now on: the database contradicts what this gateway knows.
-    fn fail(&self, why: String) -> LogError {
-        tracing::error!(%why, "the log's database contradicts its signed checkpoint; appends are refused");
+    fn fail(&self, why: Contradiction) -> LogError {
+        let cause = why.cause.as_ref().map(ToString::to_string);
+        tracing::error!(
+            why = %why.detail,
+            cause,
+            "the log's database contradicts its signed checkpoint; appends are refused"
+        );
         *self.failed.lock().unwrap_or_else(PoisonError::into_inner) = Some(why.clone());
-        LogError::Inconsistent { place: "postgres".into(), detail: why }
+        why.error()
     }
 
     /// Checks a stored checkpoint against this key and the tree, and takes it.
-    fn check_checkpoint(&self, text: &str) -> Result<(), String> {
-        let note = Note::parse(text).map_err(|e| format!("its checkpoint does not parse: {e}"))?;
-        note.verify(&self.verifier).map_err(|_| {
-            format!(
+    fn check_checkpoint(&self, text: &str) -> Result<(), Contradiction> {
+        let unparsable = |e| Contradiction::because("its checkpoint does not parse", e);
+        let note = Note::parse(text).map_err(unparsable)?;
+        note.verify(&self.verifier).map_err(|e| {
+            let detail = format!(
                 "its checkpoint is not signed by this gateway's checkpoint key {}: the gateways of a region \
                  must share one key (one keyring, or one HSM token)",
                 self.verifier
-            )
+            );
+            Contradiction::because(detail, e)
         })?;
-        let checkpoint = Checkpoint::parse(&note.text).map_err(|e| format!("its checkpoint does not parse: {e}"))?;
+        let checkpoint = Checkpoint::parse(&note.text)
+            .map_err(|e| Contradiction::because("its checkpoint does not parse as a checkpoint", e))?;
         let mut tree = self.shared.tree_mut();
         if checkpoint.size > tree.size() {
-            return Err(format!("it published a checkpoint of {} entries but holds {}", checkpoint.size, tree.size()));
+            let detail = format!("it published a checkpoint of {} entries but holds {}", checkpoint.size, tree.size());
+            return Err(detail.into());
         }
-        let root = clover_tlog::tree::root(&*tree, checkpoint.size).map_err(|e| e.to_string())?;
+        let root = clover_tlog::tree::root(&*tree, checkpoint.size).map_err(|e| {
+            Contradiction::because(format!("the root of its first {} entries cannot be computed", checkpoint.size), e)
+        })?;
         if root != checkpoint.root {
-            return Err(format!("the first {} entries differ from the checkpoint it published", checkpoint.size));
+            return Err(format!("the first {} entries differ from the checkpoint it published", checkpoint.size).into());
         }
         tree.offer_checkpoint(Arc::from(text), checkpoint.size);
         Ok(())
@@ -610,8 +646,8 @@ impl Backend for PgBackend<'_> {
             Ok(Ok(())) => Ok(checkpoint.is_some()),
             // Rolled back: the database contradicts this gateway's tree.
             Ok(Err(why)) => Err(match self.log.upgrade() {
-                Some(log) => log.fail(why),
-                None => LogError::Inconsistent { place: "postgres".into(), detail: why },
+                Some(log) => log.fail(why.into()),
+                None => Contradiction::from(why).error(),
             }),
             // An error or no answer may come after the server committed: the entries may be in
             // the log, and are not handed in again (a catch-up answers them if they are).

@@ -193,12 +193,18 @@ pub(crate) async fn sequence<B: Backend>(
             // Nothing of the batch was written (the backend cut it back): its appends fail, and
             // the log takes the next ones, which may find room again. The checkpoint signed for
             // it was never stored or shown, and is dropped.
-            Err(LogError::Unwritten { path, reason }) => {
-                tracing::error!(log = %path.display(), %reason, entries = batch.len(), "log write failed; the batch is refused");
+            Err(LogError::Unwritten { path, entries, source }) => {
+                tracing::error!(
+                    log = %path.display(),
+                    error = %source,
+                    entries,
+                    "log write failed; the batch is refused"
+                );
                 metrics::counter!(crate::telemetry::UNWRITTEN_METRIC).increment(1);
                 shared.refuse(batch.drain(..).map(|a| a.token), || LogError::Unwritten {
                     path: path.clone(),
-                    reason: reason.clone(),
+                    entries,
+                    source: source.clone(),
                 });
                 continue;
             }

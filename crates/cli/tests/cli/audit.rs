@@ -240,7 +240,11 @@ async fn a_log_rewritten_by_its_operator_is_caught_as_a_fork_or_a_shrink() {
     command.args(["serve", "--listen", "127.0.0.1:0", "--data-dir", "data"]);
     let refused = run(command);
     assert!(!refused.status.success());
-    assert!(refused.stderr.contains("does not match its last checkpoint"));
+    assert!(
+        refused.stderr.contains("does not hold the entries its last signed checkpoint covers"),
+        "{}",
+        refused.stderr
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

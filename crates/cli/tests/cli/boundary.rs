@@ -301,6 +301,132 @@ async fn a_second_serve_reuses_the_keys() {
     assert_eq!(std::fs::read(data_dir.join("passphrase")).unwrap(), passphrase, "passphrase changed");
 }
 
+// ---------------------------------------------------------------------------------------------
+// The log's recovery, as `clover serve` meets it
+// ---------------------------------------------------------------------------------------------
+
+/// A data directory made by `clover init`, served once with a subject and two records written
+/// and stopped; returns it and its log's directory.
+async fn served_once(tmp: &Path) -> (PathBuf, PathBuf) {
+    let data_dir = tmp.join("data");
+    let mut init = clover(tmp);
+    init.arg("init").arg("--data-dir").arg(&data_dir);
+    run_ok(init);
+    let server = Process::serve(clover(tmp), &["--data-dir", "data"]);
+    let token = employee_token(tmp, &data_dir);
+    create_subject(&server, &token, "s-1").await;
+    for n in 0..2 {
+        write_record(&server, &token, "s-1", &json!({"display_name": format!("Aoife {n}")})).await;
+    }
+    server.stop();
+    let log_dir = data_dir.join("log");
+    assert!(log_dir.join("entries").is_file(), "no log in {}", log_dir.display());
+    (data_dir, log_dir)
+}
+
+/// Where each entry of an entries file starts (at its two-byte length), and where the last ends.
+fn entry_starts(bytes: &[u8]) -> Vec<usize> {
+    let mut starts = vec![0];
+    let mut at = 0;
+    while at + 2 <= bytes.len() {
+        at += 2 + usize::from(u16::from_be_bytes([bytes[at], bytes[at + 1]]));
+        starts.push(at);
+    }
+    assert_eq!(at, bytes.len(), "the entries file does not read as entries");
+    starts
+}
+
+/// The size of the largest checkpoint in the log's two checkpoint files.
+fn signed_size(log_dir: &Path) -> usize {
+    ["checkpoint.0", "checkpoint.1"]
+        .iter()
+        .filter_map(|name| std::fs::read_to_string(log_dir.join(name)).ok())
+        .filter_map(|note| note.lines().nth(1)?.parse().ok())
+        .max()
+        .unwrap_or_else(|| panic!("no checkpoint in {}", log_dir.display()))
+}
+
+/// Every file in the log's directory and below it, by path, with its bytes.
+fn log_files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(log_files(&path));
+        } else {
+            let bytes = std::fs::read(&path).unwrap();
+            out.push((path, bytes));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Garbage after the last entry (what a write torn by a crash leaves): `clover serve` starts,
+/// the garbage is moved to the quarantine beside the log, byte for byte, and the entries file
+/// keeps every signed byte; the log goes on after them.
+#[tokio::test]
+async fn garbage_after_the_log_is_quarantined_and_the_boundary_starts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data_dir, log_dir) = served_once(tmp.path()).await;
+    let good = std::fs::read(log_dir.join("entries")).unwrap();
+    let held = entry_starts(&good).len() - 1;
+    assert_eq!(signed_size(&log_dir), held, "every entry written is signed");
+    let garbage = [&[0u8, 200][..], b"torn bytes of no entry at all"].concat();
+    std::fs::write(log_dir.join("entries"), [good.as_slice(), &garbage].concat()).unwrap();
+
+    let server = Process::serve(clover(tmp.path()), &["--data-dir", "data"]);
+    let kept = log_dir.join("quarantine").join(format!("entries.{}", good.len()));
+    assert_eq!(std::fs::read(&kept).unwrap(), garbage, "the garbage is kept in the quarantine");
+    let stderr = server.stderr();
+    assert!(stderr.contains("cutting an unacknowledged partial write"), "{stderr}");
+    assert!(stderr.contains(&format!("log/quarantine/entries.{}", good.len())), "{stderr}");
+    let entries = std::fs::read(log_dir.join("entries")).unwrap();
+    assert_eq!(&entries[..good.len()], good.as_slice(), "every signed byte is still there");
+    entry_starts(&entries);
+
+    // The log goes on after the entries kept: a write is logged after them.
+    let token = employee_token(tmp.path(), &data_dir);
+    let (_, index) = write_record(&server, &token, "s-1", &json!({"display_name": "Aoife again"})).await;
+    assert!(index >= held as u64, "the write's entry {index} is after the {held} entries kept");
+    server.stop();
+    let entries = std::fs::read(log_dir.join("entries")).unwrap();
+    assert!(entries.starts_with(&good), "every signed byte is still there after the restart");
+    assert_eq!(entry_starts(&entries).len() - 1, index as usize + 1, "the log ends with the write's entry");
+    assert_eq!(std::fs::read(&kept).unwrap(), garbage);
+}
+
+/// A byte of a signed entry in the middle of the log damaged: `clover serve` refuses to start,
+/// naming the entry, its byte offset and the quarantine, and leaves every file of the log as it
+/// was.
+#[tokio::test]
+async fn a_damaged_signed_entry_stops_the_boundary_naming_it_and_the_log_is_left_as_it_was() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, log_dir) = served_once(tmp.path()).await;
+    let mut bytes = std::fs::read(log_dir.join("entries")).unwrap();
+    let starts = entry_starts(&bytes);
+    let held = starts.len() - 1;
+    assert_eq!(signed_size(&log_dir), held, "every entry written is signed");
+    let index = held / 2;
+    let (start, end) = (starts[index], starts[index + 1]);
+    // A NUL byte is not JSON anywhere in an entry.
+    bytes[start + 2 + (end - start - 2) / 2] = 0;
+    std::fs::write(log_dir.join("entries"), &bytes).unwrap();
+    let before = log_files(&log_dir);
+
+    let mut serve = clover(tmp.path());
+    serve.args(["serve", "--listen", "127.0.0.1:0", "--data-dir", "data"]);
+    let refused = run(serve);
+    assert!(!refused.status.success(), "served a log with a damaged signed entry: {refused:?}");
+    assert!(!refused.stderr.contains("clover: serving"), "{refused:?}");
+    let named = format!("entry {index} at byte {start} of \"data/log/entries\" is damaged");
+    assert!(refused.stderr.contains(&named), "the entry is not named: {refused:?}");
+    assert!(refused.stderr.contains("a signed checkpoint covers it"), "{refused:?}");
+    assert!(refused.stderr.contains("\"data/log/quarantine\""), "the quarantine is not named: {refused:?}");
+    assert_eq!(log_files(&log_dir), before, "every file of the log is as it was");
+    assert!(!log_dir.join("quarantine").exists(), "nothing was quarantined");
+}
+
 #[test]
 fn wrong_passphrase_is_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
