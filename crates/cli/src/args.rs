@@ -1,6 +1,7 @@
 //! The arguments several commands share, declared once and flattened into each: where the
-//! configuration comes from, how a client reaches an `https://` server, how one of Clover's own
-//! listeners serves TLS, and the kind of a principal.
+//! configuration comes from, how a client reaches an `https://` server, which running boundary a
+//! command calls and with whose token, how one of Clover's own listeners serves TLS, and the kind
+//! of a principal.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -93,6 +94,39 @@ impl ClientTlsArgs {
     pub(crate) fn client(&self) -> anyhow::Result<reqwest::Client> {
         Ok(self.tls().client()?)
     }
+}
+
+/// A running boundary, the bearer token to call it with, and how to reach it over TLS. Each
+/// command says whose token it takes in that flag's help ([`token_help`]).
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct BoundaryArgs {
+    /// The boundary's base URL.
+    #[arg(long, default_value = "http://127.0.0.1:7878")]
+    pub(crate) url: String,
+    /// A bearer token (`clover token`, or the identity provider's).
+    #[arg(long, env = "CLOVER_TOKEN", hide_env_values = true)]
+    pub(crate) token: String,
+    #[command(flatten)]
+    pub(crate) tls: ClientTlsArgs,
+}
+
+impl BoundaryArgs {
+    /// The boundary's URL of `path` (which starts with `/`).
+    pub(crate) fn url_of(&self, path: &str) -> String {
+        format!("{}{path}", self.url.trim_end_matches('/'))
+    }
+
+    /// An HTTP client with the TLS the flags ask for.
+    pub(crate) fn client(&self) -> anyhow::Result<reqwest::Client> {
+        self.tls.client()
+    }
+}
+
+/// `--token`'s help in one command, `#[command(mut_args(token_help("...")))]` on the arguments
+/// that flatten [`BoundaryArgs`]: whose token the command takes. (`mut_args`: `mut_arg` would
+/// move the flag to the end of the usage line.)
+pub(crate) fn token_help(help: &'static str) -> impl FnMut(clap::Arg) -> clap::Arg {
+    move |arg| if arg.get_id() == "token" { arg.help(help) } else { arg }
 }
 
 /// A listener of Clover's own processes (the custodian, a witness): TLS with client

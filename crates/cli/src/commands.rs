@@ -19,11 +19,11 @@ pub(crate) mod serve;
 pub(crate) mod subject;
 pub(crate) mod token;
 
-/// A multi-threaded runtime for a command's async work.
 /// The target of the binary's own log lines: `clover`, as when the binary was one file, so that
 /// log filters (`CLOVER_LOG=clover=debug`) and parsers keyed on it keep working.
 pub(crate) const LOG_TARGET: &str = "clover";
 
+/// A multi-threaded runtime for a command's async work.
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")
 }

@@ -552,7 +552,9 @@ async fn entry_of(monitor: &Monitor, index: u64) -> Result<EntryView, (StatusCod
         .get(usize::try_from(index - bundle * 256).unwrap_or(usize::MAX))
         .ok_or_else(|| bad("a short bundle".to_owned()))?;
     let leaf = clover_tlog::hash::leaf_hash(entry);
-    let root_url = monitor.log_url().trim_end_matches("/log").to_owned();
+    // The boundary's root: the log's prefix (`clover_audit::verify::log_prefix`) less its `log`.
+    let log_url = monitor.log_url();
+    let root_url = log_url.strip_suffix("/log").unwrap_or(log_url);
     let answer: serde_json::Value = client
         .get(format!("{root_url}/v1/log/proof/inclusion?index={index}&size={}", state.size))
         .send()

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 
-use crate::args::ClientTlsArgs;
+use crate::args::{BoundaryArgs, token_help};
 use crate::commands::runtime;
 
 /// What the boundary answers a transfer made.
@@ -31,15 +31,18 @@ struct Status {
     sha256: Option<String>,
 }
 
+/// A problem's log index, when the refusal was logged (RFC 9457 extension member).
+#[derive(Debug, Deserialize)]
+struct Logged {
+    log_index: Option<u64>,
+}
+
 /// `clover export`.
 #[derive(Debug, clap::Args)]
+#[command(mut_args(token_help("A bearer token of a principal of the region who may declare the purpose")))]
 pub(crate) struct ExportArgs {
-    /// The boundary's base URL.
-    #[arg(long, default_value = "http://127.0.0.1:7878")]
-    url: String,
-    /// A bearer token of a principal of the region who may declare the purpose.
-    #[arg(long, env = "CLOVER_TOKEN", hide_env_values = true)]
-    token: String,
+    #[command(flatten)]
+    boundary: BoundaryArgs,
     /// The destination (`[[destinations]]`).
     #[arg(long)]
     destination: String,
@@ -58,8 +61,6 @@ pub(crate) struct ExportArgs {
     /// Where the records go (NDJSON); the signed manifest goes to FILE.manifest.
     #[arg(long, short, value_name = "FILE")]
     output: PathBuf,
-    #[command(flatten)]
-    tls: ClientTlsArgs,
 }
 
 impl ExportArgs {
@@ -68,14 +69,14 @@ impl ExportArgs {
     }
 
     async fn export(self) -> anyhow::Result<()> {
-        let client = self.tls.client()?;
-        let base = self.url.trim_end_matches('/').to_owned();
+        let client = self.boundary.client()?;
+        let token = &self.boundary.token;
         let body = json!({
             "destination": self.destination, "purpose": self.purpose, "categories": self.categories,
             "since": self.since, "until": self.until,
         });
         let made: Made =
-            answer(client.post(format!("{base}/v1/transfers")).bearer_auth(&self.token).json(&body)).await?;
+            answer(client.post(self.boundary.url_of("/v1/transfers")).bearer_auth(token).json(&body)).await?;
         let (id, manifest) = (made.transfer, &made.manifest);
         let expected = manifest.records;
         let excluded = &manifest.excluded;
@@ -96,8 +97,8 @@ impl ExportArgs {
         std::fs::write(&manifest_path, &made.note).with_context(|| format!("writing {}", manifest_path.display()))?;
 
         let response = client
-            .get(format!("{base}/v1/transfers/{id}/records"))
-            .bearer_auth(&self.token)
+            .get(self.boundary.url_of(&format!("/v1/transfers/{id}/records")))
+            .bearer_auth(token)
             .send()
             .await
             .context("cannot reach the boundary")?;
@@ -119,7 +120,8 @@ impl ExportArgs {
         file.flush()?;
         bar.finish_and_clear();
         let sha256 = hex::encode(digest.finish().as_ref());
-        let status: Status = answer(client.get(format!("{base}/v1/transfers/{id}")).bearer_auth(&self.token)).await?;
+        let status: Status =
+            answer(client.get(self.boundary.url_of(&format!("/v1/transfers/{id}"))).bearer_auth(token)).await?;
         let logged_sha = status.sha256.unwrap_or_default();
         eprintln!(
             "{lines} records, {} bytes, sha256 {sha256} -> {} (the boundary logged {} records, {logged_sha})",
@@ -165,7 +167,7 @@ pub(crate) async fn checked(response: reqwest::Response) -> anyhow::Result<reqwe
     let url = response.url().to_string();
     let body = response.bytes().await.unwrap_or_default();
     let detail = clover_custodian::client::error_detail(&body);
-    let index = serde_json::from_slice::<Value>(&body).ok().and_then(|b| b.get("log_index").and_then(Value::as_u64));
+    let index = serde_json::from_slice::<Logged>(&body).ok().and_then(|b| b.log_index);
     let logged = index.map(|i| format!(" (logged at index {i})")).unwrap_or_default();
     anyhow::bail!("{url}: {status}: {}{logged}", detail.as_deref().unwrap_or("no detail"))
 }

@@ -8,17 +8,68 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clover_tlog::note::{Note, VerifierKey};
+use serde::Deserialize;
+use serde::de::{DeserializeOwned, IgnoredAny};
 use serde_json::{Value, json};
 
-use crate::args::ClientTlsArgs;
+use crate::args::{BoundaryArgs, token_help};
 use crate::commands::export::checked;
 use crate::commands::runtime;
 
-/// The value at `key` in `value` (null where there is none).
-fn get<'a>(value: &'a Value, key: &str) -> &'a Value {
-    static NULL: Value = Value::Null;
-    value.get(key).unwrap_or(&NULL)
+/// The answer of a registration (the gateway's `Registered`), as far as this command reads it.
+#[derive(Debug, Deserialize)]
+struct Registered {
+    request_id: String,
+    /// The deadline to answer by (RFC 3339).
+    deadline: String,
+    /// Whether its public facts are sealed (a gag holds).
+    gagged: bool,
+    /// The subjects now under a legal hold (a preservation order).
+    holds_placed: u64,
+    /// The log entry of its receipt.
+    log_index: u64,
 }
+
+/// The register (the gateway's `GovernmentRegister`).
+#[derive(Debug, Deserialize)]
+struct Register {
+    requests: Vec<Request>,
+}
+
+/// The answer of a step on a request (the gateway's `GovernmentRequestStep`).
+#[derive(Debug, Deserialize)]
+struct Step {
+    request: Request,
+}
+
+/// A request as the legal team sees it (the gateway's `GovernmentRequest`), as far as this
+/// command shows it.
+#[derive(Debug, Deserialize)]
+struct Request {
+    request_id: String,
+    state: String,
+    country: String,
+    instrument: String,
+    /// How many subjects it names.
+    subjects: u64,
+    /// The deadline (RFC 3339).
+    deadline: String,
+    approvals: u64,
+    /// `granted`, `partially-granted` or `rejected`, once decided.
+    outcome: Option<String>,
+    disclosed_records: u64,
+    /// Whether its public facts are still sealed (a gag).
+    sealed: bool,
+    /// For a preservation order: until when its holds last, unless released.
+    hold_until: Option<String>,
+    /// The policies that decided it.
+    policies: Vec<String>,
+    /// The log entry of its last step.
+    log_index: u64,
+}
+
+/// Whose token these commands take.
+const LEGAL_TOKEN: &str = "A bearer token of the legal team (role `legal`, in the region)";
 
 /// The legal team's register of government requests.
 #[derive(Debug, clap::Subcommand)]
@@ -56,52 +107,44 @@ impl GovernmentCommand {
     }
 }
 
-/// Where the boundary is and who asks.
-#[derive(Debug, clap::Args)]
-pub(crate) struct Connection {
-    /// The boundary's base URL.
-    #[arg(long, default_value = "http://127.0.0.1:7878")]
-    url: String,
-    /// A bearer token of the legal team (role `legal`, in the region).
-    #[arg(long, env = "CLOVER_TOKEN", hide_env_values = true)]
-    token: String,
-    #[command(flatten)]
-    tls: ClientTlsArgs,
+/// Sends `body` (or nothing) to `path` of `boundary` with `method`; the answer's headers and
+/// body, checked.
+fn send(
+    boundary: &BoundaryArgs,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> anyhow::Result<(reqwest::header::HeaderMap, Vec<u8>)> {
+    runtime()?.block_on(async {
+        let client = boundary.client()?;
+        let mut request = client.request(method, boundary.url_of(path)).bearer_auth(&boundary.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = checked(request.send().await.context("cannot reach the boundary")?).await?;
+        let headers = response.headers().clone();
+        let bytes = response.bytes().await.context("reading the boundary's answer")?;
+        Ok((headers, bytes.to_vec()))
+    })
 }
 
-impl Connection {
-    /// Sends `body` (or nothing) to `path` with `method`; the answer's headers and body, checked.
-    fn send(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> anyhow::Result<(reqwest::header::HeaderMap, Vec<u8>)> {
-        runtime()?.block_on(async {
-            let client = self.tls.client()?;
-            let url = format!("{}{path}", self.url.trim_end_matches('/'));
-            let mut request = client.request(method, url).bearer_auth(&self.token);
-            if let Some(body) = body {
-                request = request.json(&body);
-            }
-            let response = checked(request.send().await.context("cannot reach the boundary")?).await?;
-            let headers = response.headers().clone();
-            let bytes = response.bytes().await.context("reading the boundary's answer")?;
-            Ok((headers, bytes.to_vec()))
-        })
-    }
-
-    fn json(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
-        let (_, bytes) = self.send(method, path, body)?;
-        serde_json::from_slice(&bytes).context("the boundary's answer is not JSON")
-    }
+/// [`send`], and the JSON answer read as `T`.
+fn call<T: DeserializeOwned>(
+    boundary: &BoundaryArgs,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> anyhow::Result<T> {
+    let (_, bytes) = send(boundary, method, path, body)?;
+    serde_json::from_slice(&bytes).context("the boundary's answer is not the JSON expected")
 }
 
 /// `clover government register`.
 #[derive(Debug, clap::Args)]
+#[command(mut_args(token_help(LEGAL_TOKEN)))]
 pub(crate) struct RegisterArgs {
     #[command(flatten)]
-    connection: Connection,
+    boundary: BoundaryArgs,
     /// The authority, as it names itself (kept in the region).
     #[arg(long)]
     authority: String,
@@ -155,18 +198,17 @@ impl RegisterArgs {
             "gag_until": self.gag_until,
             "deadline": self.deadline,
         });
-        let made = self.connection.json(reqwest::Method::POST, "/v1/government-requests", Some(body))?;
-        let text = |v: &Value| v.as_str().unwrap_or("-").to_owned();
+        let made: Registered = call(&self.boundary, reqwest::Method::POST, "/v1/government-requests", Some(body))?;
         println!(
             "registered {}: deadline {}{}{}; logged at index {}",
-            text(get(&made, "request_id")),
-            text(get(&made, "deadline")),
-            if get(&made, "gagged") == true { "; gagged (its facts sealed in the log)" } else { "" },
-            match get(&made, "holds_placed").as_u64() {
-                Some(n) if n > 0 => format!("; {n} subject(s) under a legal hold"),
-                _ => String::new(),
+            made.request_id,
+            made.deadline,
+            if made.gagged { "; gagged (its facts sealed in the log)" } else { "" },
+            match made.holds_placed {
+                0 => String::new(),
+                n => format!("; {n} subject(s) under a legal hold"),
             },
-            get(&made, "log_index")
+            made.log_index
         );
         Ok(())
     }
@@ -174,32 +216,32 @@ impl RegisterArgs {
 
 /// `clover government list`.
 #[derive(Debug, clap::Args)]
+#[command(mut_args(token_help(LEGAL_TOKEN)))]
 pub(crate) struct ListArgs {
     #[command(flatten)]
-    connection: Connection,
+    boundary: BoundaryArgs,
     /// Print the answer as JSON instead of a table.
     #[arg(long)]
     json: bool,
 }
 
 /// One request as a line of the table.
-fn line(request: &Value) -> String {
-    let text = |v: &Value| v.as_str().unwrap_or("-").to_owned();
+fn line(request: &Request) -> String {
     format!(
         "{:<27}  {:<17}  {:<7}  {:<18}  {:>8}  {:<20}  {:>9}  {:<17}  {:>9}  {}",
-        text(get(request, "request_id")),
-        text(get(request, "state")),
-        text(get(request, "country")),
-        text(get(request, "instrument")),
-        get(request, "subjects").to_string(),
-        text(get(request, "deadline")),
-        get(request, "approvals").to_string(),
-        text(get(request, "outcome")),
-        get(request, "disclosed_records").to_string(),
-        match (get(request, "sealed").as_bool(), get(request, "hold_until").as_str()) {
-            (Some(true), _) => "gagged".to_owned(),
-            (_, Some(until)) => format!("hold until {until}"),
-            _ => "-".to_owned(),
+        request.request_id,
+        request.state,
+        request.country,
+        request.instrument,
+        request.subjects,
+        request.deadline,
+        request.approvals,
+        request.outcome.as_deref().unwrap_or("-"),
+        request.disclosed_records,
+        match (request.sealed, &request.hold_until) {
+            (true, _) => "gagged".to_owned(),
+            (false, Some(until)) => format!("hold until {until}"),
+            (false, None) => "-".to_owned(),
         }
     )
 }
@@ -208,13 +250,16 @@ const HEADER: &str = "request                      state              country  i
 
 impl ListArgs {
     fn run(self) -> anyhow::Result<()> {
-        let body = self.connection.json(reqwest::Method::GET, "/v1/government-requests", None)?;
+        let (method, path) = (reqwest::Method::GET, "/v1/government-requests");
         if self.json {
+            // The answer as the boundary gave it, every field.
+            let body: Value = call(&self.boundary, method, path, None)?;
             println!("{}", serde_json::to_string_pretty(&body)?);
             return Ok(());
         }
+        let register: Register = call(&self.boundary, method, path, None)?;
         println!("{HEADER}");
-        for request in get(&body, "requests").as_array().map(Vec::as_slice).unwrap_or_default() {
+        for request in &register.requests {
             println!("{}", line(request));
         }
         Ok(())
@@ -223,9 +268,10 @@ impl ListArgs {
 
 /// A step on one request.
 #[derive(Debug, clap::Args)]
+#[command(mut_args(token_help(LEGAL_TOKEN)))]
 pub(crate) struct StepArgs {
     #[command(flatten)]
-    connection: Connection,
+    boundary: BoundaryArgs,
     /// The request's id (`gr-...`).
     request: String,
 }
@@ -233,14 +279,12 @@ pub(crate) struct StepArgs {
 impl StepArgs {
     fn step(&self, what: &str, body: Option<Value>) -> anyhow::Result<()> {
         let path = format!("/v1/government-requests/{}/{what}", self.request);
-        let answer = self.connection.json(reqwest::Method::POST, &path, body)?;
-        let request = get(&answer, "request");
-        println!("{HEADER}\n{}", line(request));
-        if let Some(policies) = get(request, "policies").as_array().filter(|p| !p.is_empty()) {
-            let names: Vec<&str> = policies.iter().filter_map(Value::as_str).collect();
-            println!("decided by: {}", names.join(", "));
+        let Step { request } = call(&self.boundary, reqwest::Method::POST, &path, body)?;
+        println!("{HEADER}\n{}", line(&request));
+        if !request.policies.is_empty() {
+            println!("decided by: {}", request.policies.join(", "));
         }
-        println!("logged at index {}", get(request, "log_index"));
+        println!("logged at index {}", request.log_index);
         Ok(())
     }
 }
@@ -282,7 +326,7 @@ impl DiscloseArgs {
     fn run(self) -> anyhow::Result<()> {
         let vkey = self.vkey.as_deref().map(VerifierKey::parse).transpose().context("the verifier key")?;
         let path = format!("/v1/government-requests/{}/disclosures", self.step.request);
-        let (headers, bytes) = self.step.connection.send(reqwest::Method::POST, &path, None)?;
+        let (headers, bytes) = send(&self.step.boundary, reqwest::Method::POST, &path, None)?;
         let index = headers.get("x-clover-log-index").and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned();
         let mut archive = zip::ZipArchive::new(std::io::Cursor::new(&bytes[..])).context("the package is not a ZIP")?;
         let mut files = std::collections::BTreeMap::new();
@@ -305,8 +349,7 @@ impl DiscloseArgs {
             let content = files.get(name).with_context(|| format!("the manifest lists {name}, which is missing"))?;
             let actual = hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, content).as_ref());
             anyhow::ensure!(actual == digest, "{name} does not match the manifest");
-            records +=
-                serde_json::from_slice::<Value>(content).ok().and_then(|v| v.as_array().map(Vec::len)).unwrap_or(0);
+            records += serde_json::from_slice::<Vec<IgnoredAny>>(content).map_or(0, |r| r.len());
         }
         std::fs::write(&self.output, &bytes).with_context(|| format!("cannot write {}", self.output.display()))?;
         let signed = if vkey.is_some() { ", signed by the log's key" } else { "" };

@@ -6,31 +6,37 @@ use std::path::Path;
 use anyhow::Context;
 use serde::Deserialize;
 
-use crate::args::ClientTlsArgs;
+use crate::args::{BoundaryArgs, ClientTlsArgs, token_help};
 use crate::commands::runtime;
+
+/// Whose token these commands take.
+const KEYS_TOKEN: &str = "A bearer token (for rotation: a key custodian's, role `key-custodian`)";
 
 /// Key custody on a running boundary: status, rotation.
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum KeysCommand {
     /// Print the KEK versions and how many data keys each wraps.
+    #[command(mut_args(token_help(KEYS_TOKEN)))]
     Status {
         #[command(flatten)]
-        remote: Remote,
+        remote: BoundaryArgs,
     },
     /// Rotate the key-encryption key: a new version at once, the data keys re-wrapped in the
     /// background (reads and writes go on), the old versions retired once unused. Shows the
     /// re-wrapping's progress and waits for its end. Key custodians only.
+    #[command(mut_args(token_help(KEYS_TOKEN)))]
     Rotate {
         #[command(flatten)]
-        remote: Remote,
+        remote: BoundaryArgs,
     },
     /// Re-seal every record that an earlier version sealed with its subject's whole key under
     /// its own record version's key, in the background (reads go on; a read re-seals what it
     /// meets first). Each re-seal is a logged write, each batch a log entry. Shows the progress
     /// and waits for the end. Key custodians only.
+    #[command(mut_args(token_help(KEYS_TOKEN)))]
     Reseal {
         #[command(flatten)]
-        remote: Remote,
+        remote: BoundaryArgs,
     },
 }
 
@@ -42,19 +48,6 @@ impl KeysCommand {
             Self::Reseal { remote } => reseal(&remote),
         }
     }
-}
-
-/// A running boundary, and the token to call it with.
-#[derive(Debug, clap::Args)]
-pub(crate) struct Remote {
-    /// The boundary's base URL.
-    #[arg(long, default_value = "http://127.0.0.1:7878")]
-    url: String,
-    /// A bearer token (for rotation: a key custodian's, role `key-custodian`).
-    #[arg(long, env = "CLOVER_TOKEN", hide_env_values = true)]
-    token: String,
-    #[command(flatten)]
-    tls: ClientTlsArgs,
 }
 
 /// The answer of `GET /v1/keys` (a boundary) and `GET /v1/admin/keys` (a custodian).
@@ -116,12 +109,11 @@ pub(crate) struct KeyUrls {
 
 impl KeyUrls {
     /// A boundary's key API, called with `remote`'s token.
-    fn boundary(remote: &Remote) -> anyhow::Result<Self> {
+    fn boundary(remote: &BoundaryArgs) -> anyhow::Result<Self> {
         clover_tls::check_url(&remote.url, "--url")?;
-        let url = remote.url.trim_end_matches('/');
         Ok(Self {
-            status: format!("{url}/v1/keys"),
-            rotate: format!("{url}/v1/keys/rotate"),
+            status: remote.url_of("/v1/keys"),
+            rotate: remote.url_of("/v1/keys/rotate"),
             token: remote.token.clone(),
             tls: remote.tls.clone(),
         })
@@ -208,11 +200,11 @@ struct Resealing {
 
 /// Starts re-sealing on the boundary at `remote`, shows its progress until it ends, then says
 /// what it did.
-fn reseal(remote: &Remote) -> anyhow::Result<()> {
+fn reseal(remote: &BoundaryArgs) -> anyhow::Result<()> {
     clover_tls::check_url(&remote.url, "--url")?;
-    let url = format!("{}/v1/keys/reseal", remote.url.trim_end_matches('/'));
+    let url = remote.url_of("/v1/keys/reseal");
     runtime()?.block_on(async {
-        let client = remote.tls.client()?;
+        let client = remote.client()?;
         let started: ResealAnswer = call(client.post(&url).bearer_auth(&remote.token)).await?;
         let total = started.resealing.as_ref().map_or(0, |r| r.total);
         eprintln!("re-sealing {total} records under their own keys (log index {})", started.log_index);

@@ -2,43 +2,104 @@
 //! subject`, or their identity provider's): who read my data (each proof checked here), my
 //! export, my erasure, an organisation's closure; each certificate kept in a file.
 
+use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::PathBuf;
 
 use anyhow::Context;
 use base64::Engine as _;
+use clover_gateway::subjects::certificate::Certificate;
 use clover_tlog::checkpoint::Checkpoint;
 use clover_tlog::hash::{Hash, leaf_hash};
 use clover_tlog::note::{Note, VerifierKey};
 use clover_tlog::tree::verify_inclusion;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use crate::args::ClientTlsArgs;
+use crate::args::{BoundaryArgs, token_help};
 use crate::commands::export::checked;
 use crate::commands::runtime;
 
+/// The answer of `GET /v1/me/accesses` (the gateway's `MyAccessesAnswer`), as far as this
+/// command reads it.
+#[derive(Debug, Deserialize)]
+struct AccessesAnswer {
+    /// The signed checkpoint every proof is against.
+    checkpoint: String,
+    /// Its tree size.
+    tree_size: u64,
+    /// Every entry about the subject, oldest first.
+    entries: Vec<Access>,
+}
+
+/// One entry about the subject (the gateway's `MyAccess`).
+#[derive(Debug, Deserialize)]
+struct Access {
+    index: u64,
+    time: String,
+    action: Option<String>,
+    decision: Option<String>,
+    origin: Option<Origin>,
+    principal_kind: Option<String>,
+    roles: Vec<String>,
+    purpose: Option<String>,
+    category: Option<String>,
+    /// The entry's bytes as the log holds them (base64).
+    entry: String,
+    /// Its inclusion proof in the checkpoint's tree (base64 hashes); none for an entry newer
+    /// than the checkpoint.
+    proof: Option<Vec<String>>,
+}
+
+/// Where an access came from (the gateway's `AccessOrigin`).
+#[derive(Debug, Deserialize)]
+struct Origin {
+    site: Option<String>,
+    region: Option<String>,
+}
+
+/// The answer of `DELETE /v1/me` (the gateway's `ErasureAnswer`), as far as this command reads it.
+#[derive(Debug, Deserialize)]
+struct ErasureAnswer {
+    erased_records: u64,
+    /// Records erased, by category.
+    categories: BTreeMap<String, u64>,
+    certificate: Certificate,
+    log_index: u64,
+}
+
+/// The answer of `POST /v1/accounts/{id}/close` (the gateway's `ClosureAnswer`), as far as this
+/// command reads it.
+#[derive(Debug, Deserialize)]
+struct ClosureAnswer {
+    /// Records erased, by category.
+    categories: BTreeMap<String, u64>,
+    transfers_cancelled: Vec<String>,
+    certificate: Certificate,
+    log_index: u64,
+}
+
+/// The answer to `request`: as the boundary sent it (what is written to a file or printed as
+/// JSON, unchanged), and as this command reads it.
+async fn answer<T: DeserializeOwned>(request: reqwest::RequestBuilder) -> anyhow::Result<(Value, T)> {
+    let response = checked(request.send().await.context("cannot reach the boundary")?).await?;
+    let body: Value = response.json().await.context("the boundary's answer is not JSON")?;
+    let read = T::deserialize(&body).context("the boundary's answer is not what was expected")?;
+    Ok((body, read))
+}
+
 /// Counts by name as `a=1, b=2` (`none` when there are none).
-fn counts(value: &Value) -> String {
-    match value.as_object() {
-        Some(map) if !map.is_empty() => map.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", "),
-        _ => "none".to_owned(),
+fn counts(by_name: &BTreeMap<String, u64>) -> String {
+    if by_name.is_empty() {
+        return "none".to_owned();
     }
+    by_name.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ")
 }
 
 /// A list of strings as `a, b` (`none` when empty).
-fn list(value: &Value) -> String {
-    match value.as_array() {
-        Some(items) if !items.is_empty() => {
-            items.iter().map(|v| v.as_str().unwrap_or_default().to_owned()).collect::<Vec<_>>().join(", ")
-        }
-        _ => "none".to_owned(),
-    }
-}
-
-/// The value at `path` in `value` (null where there is none).
-fn at<'a>(value: &'a Value, path: &[&str]) -> &'a Value {
-    static NULL: Value = Value::Null;
-    path.iter().try_fold(value, |v, key| v.get(*key)).unwrap_or(&NULL)
+fn list(items: &[String]) -> String {
+    if items.is_empty() { "none".to_owned() } else { items.join(", ") }
 }
 
 /// A data subject's own requests.
@@ -68,30 +129,12 @@ impl SubjectCommand {
     }
 }
 
-/// Where the boundary is and who asks.
-#[derive(Debug, clap::Args)]
-pub(crate) struct Connection {
-    /// The boundary's base URL.
-    #[arg(long, default_value = "http://127.0.0.1:7878")]
-    url: String,
-    /// The subject's own bearer token (kind `subject`).
-    #[arg(long, env = "CLOVER_TOKEN", hide_env_values = true)]
-    token: String,
-    #[command(flatten)]
-    tls: ClientTlsArgs,
-}
-
-impl Connection {
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.url.trim_end_matches('/'))
-    }
-}
-
 /// `clover subject accesses`.
 #[derive(Debug, clap::Args)]
+#[command(mut_args(token_help("The subject's own bearer token (kind `subject`)")))]
 pub(crate) struct AccessesArgs {
     #[command(flatten)]
-    connection: Connection,
+    boundary: BoundaryArgs,
     /// The log's verifier key, as the operator publishes it (`clover log vkey`): the checkpoint
     /// must be signed by it. Without it, only the proofs are checked, against the checkpoint the
     /// answer carries.
@@ -108,25 +151,24 @@ pub(crate) struct AccessesArgs {
 
 /// Checks every proof of an accesses answer; returns how many entries were proven, and how
 /// many are newer than the checkpoint.
-fn check_answer(body: &Value, vkey: Option<&VerifierKey>) -> anyhow::Result<(usize, usize)> {
-    let note =
-        Note::parse(at(body, &["checkpoint"]).as_str().unwrap_or_default()).context("the checkpoint is not a note")?;
+fn check_answer(answer: &AccessesAnswer, vkey: Option<&VerifierKey>) -> anyhow::Result<(usize, usize)> {
+    let note = Note::parse(&answer.checkpoint).context("the checkpoint is not a note")?;
     if let Some(vkey) = vkey {
         note.verify(vkey).context("the checkpoint is not signed by the log's key")?;
     }
     let checkpoint = Checkpoint::parse(&note.text).context("the checkpoint")?;
     let (mut proven, mut newer) = (0, 0);
-    for entry in at(body, &["entries"]).as_array().map(Vec::as_slice).unwrap_or_default() {
-        let index = at(entry, &["index"]).as_u64().context("an entry without an index")?;
+    for entry in &answer.entries {
+        let index = entry.index;
         let bytes = base64::engine::general_purpose::STANDARD
-            .decode(at(entry, &["entry"]).as_str().unwrap_or_default())
+            .decode(&entry.entry)
             .with_context(|| format!("entry {index}: not base64"))?;
         let leaf = leaf_hash(&bytes);
-        match at(entry, &["proof"]).as_array() {
+        match &entry.proof {
             Some(path) => {
                 let path = path
                     .iter()
-                    .map(|h| h.as_str().and_then(Hash::from_base64))
+                    .map(|h| Hash::from_base64(h))
                     .collect::<Option<Vec<_>>>()
                     .with_context(|| format!("entry {index}: a proof hash is not base64 of 32 bytes"))?;
                 verify_inclusion(&leaf, index, checkpoint.size, &path, &checkpoint.root)
@@ -145,13 +187,11 @@ fn check_answer(body: &Value, vkey: Option<&VerifierKey>) -> anyhow::Result<(usi
 impl AccessesArgs {
     fn run(self) -> anyhow::Result<()> {
         let vkey = self.vkey.as_deref().map(VerifierKey::parse).transpose().context("the verifier key")?;
-        let body: Value = runtime()?.block_on(async {
-            let client = self.connection.tls.client()?;
-            let request = client.get(self.connection.url("/v1/me/accesses")).bearer_auth(&self.connection.token);
-            let response = checked(request.send().await.context("cannot reach the boundary")?).await?;
-            response.json::<Value>().await.context("the boundary's answer is not JSON")
+        let (body, accesses): (Value, AccessesAnswer) = runtime()?.block_on(async {
+            let client = self.boundary.client()?;
+            answer(client.get(self.boundary.url_of("/v1/me/accesses")).bearer_auth(&self.boundary.token)).await
         })?;
-        let (proven, newer) = check_answer(&body, vkey.as_ref())?;
+        let (proven, newer) = check_answer(&accesses, vkey.as_ref())?;
         if let Some(path) = &self.output {
             std::fs::write(path, serde_json::to_vec_pretty(&body)?)
                 .with_context(|| format!("cannot write {}", path.display()))?;
@@ -160,38 +200,35 @@ impl AccessesArgs {
             println!("{}", serde_json::to_string_pretty(&body)?);
             return Ok(());
         }
-        let text = |v: &Value| v.as_str().unwrap_or("-").to_owned();
+        let text = |v: &Option<String>| v.as_deref().unwrap_or("-").to_owned();
         println!(
             "{:>6}  {:<20}  {:<15}  {:<6}  {:<9}  {:<8}  {:<17}  {:<8}  {:<9}  proof",
             "index", "time", "action", "result", "by", "role", "from", "purpose", "category"
         );
-        for entry in at(&body, &["entries"]).as_array().map(Vec::as_slice).unwrap_or_default() {
-            let from = match (at(entry, &["origin", "site"]).as_str(), at(entry, &["origin", "region"]).as_str()) {
-                (Some(site), Some(region)) => format!("{site} ({region})"),
+        for entry in &accesses.entries {
+            let from = match entry.origin.as_ref().map(|o| (o.site.as_deref(), o.region.as_deref())) {
+                Some((Some(site), Some(region))) => format!("{site} ({region})"),
                 _ => "unknown".to_owned(),
             };
-            let roles = at(entry, &["roles"])
-                .as_array()
-                .map(|r| r.iter().map(text).collect::<Vec<_>>().join(","))
-                .unwrap_or_default();
+            let roles = entry.roles.join(",");
             println!(
                 "{:>6}  {:<20}  {:<15}  {:<6}  {:<9}  {:<8}  {:<17}  {:<8}  {:<9}  {}",
-                at(entry, &["index"]).as_u64().unwrap_or_default(),
-                text(at(entry, &["time"])),
-                text(at(entry, &["action"])),
-                text(at(entry, &["decision"])),
-                text(at(entry, &["principal_kind"])),
+                entry.index,
+                entry.time,
+                text(&entry.action),
+                text(&entry.decision),
+                text(&entry.principal_kind),
                 if roles.is_empty() { "-".to_owned() } else { roles },
                 from,
-                text(at(entry, &["purpose"])),
-                text(at(entry, &["category"])),
-                if at(entry, &["proof"]).is_array() { "ok" } else { "pending" }
+                text(&entry.purpose),
+                text(&entry.category),
+                if entry.proof.is_some() { "ok" } else { "pending" }
             );
         }
         let signed = if vkey.is_some() { ", signed by the log's key" } else { "" };
         println!(
             "{proven} entries proven in the checkpoint of {} entries{signed}; {newer} newer than it",
-            at(&body, &["tree_size"])
+            accesses.tree_size
         );
         Ok(())
     }
@@ -199,9 +236,10 @@ impl AccessesArgs {
 
 /// `clover subject export`.
 #[derive(Debug, clap::Args)]
+#[command(mut_args(token_help("The subject's own bearer token (kind `subject`)")))]
 pub(crate) struct ExportArgs {
     #[command(flatten)]
-    connection: Connection,
+    boundary: BoundaryArgs,
     /// Encrypt the archive to this age recipient (`age1...`, from `age-keygen`).
     #[arg(long, value_name = "RECIPIENT")]
     age_recipient: Option<String>,
@@ -214,9 +252,9 @@ impl ExportArgs {
     fn run(self) -> anyhow::Result<()> {
         let body = json!({"age_recipient": self.age_recipient});
         runtime()?.block_on(async {
-            let client = self.connection.tls.client()?;
+            let client = self.boundary.client()?;
             let request =
-                client.post(self.connection.url("/v1/me/export")).bearer_auth(&self.connection.token).json(&body);
+                client.post(self.boundary.url_of("/v1/me/export")).bearer_auth(&self.boundary.token).json(&body);
             let response = checked(request.send().await.context("cannot reach the boundary")?).await?;
             let header = |name: &str| {
                 response.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned()
@@ -252,9 +290,10 @@ impl ExportArgs {
 
 /// `clover subject erase`.
 #[derive(Debug, clap::Args)]
+#[command(mut_args(token_help("The subject's own bearer token (kind `subject`)")))]
 pub(crate) struct EraseArgs {
     #[command(flatten)]
-    connection: Connection,
+    boundary: BoundaryArgs,
     /// Where to write the answer with the erasure certificate (JSON; check it with
     /// `clover audit verify-certificate`).
     #[arg(long, short, value_name = "FILE")]
@@ -263,20 +302,18 @@ pub(crate) struct EraseArgs {
 
 impl EraseArgs {
     fn run(self) -> anyhow::Result<()> {
-        let body: Value = runtime()?.block_on(async {
-            let client = self.connection.tls.client()?;
-            let request = client.delete(self.connection.url("/v1/me")).bearer_auth(&self.connection.token);
-            let response = checked(request.send().await.context("cannot reach the boundary")?).await?;
-            response.json::<Value>().await.context("the boundary's answer is not JSON")
+        let (body, erased): (Value, ErasureAnswer) = runtime()?.block_on(async {
+            let client = self.boundary.client()?;
+            answer(client.delete(self.boundary.url_of("/v1/me")).bearer_auth(&self.boundary.token)).await
         })?;
         std::fs::write(&self.output, serde_json::to_vec_pretty(&body)?)
             .with_context(|| format!("cannot write {}", self.output.display()))?;
         println!(
             "erased {} records ({}); certificate {} at log index {} written to {}",
-            at(&body, &["erased_records"]),
-            counts(at(&body, &["categories"])),
-            at(&body, &["certificate", "certificate_id"]).as_str().unwrap_or("-"),
-            at(&body, &["log_index"]),
+            erased.erased_records,
+            counts(&erased.categories),
+            erased.certificate.certificate_id,
+            erased.log_index,
             self.output.display()
         );
         Ok(())
@@ -285,9 +322,10 @@ impl EraseArgs {
 
 /// `clover subject close`.
 #[derive(Debug, clap::Args)]
+#[command(mut_args(token_help("The subject's own bearer token (kind `subject`)")))]
 pub(crate) struct CloseArgs {
     #[command(flatten)]
-    connection: Connection,
+    boundary: BoundaryArgs,
     /// The account to close (the organisation's own id, as its token names it).
     #[arg(long, value_name = "ID")]
     account: String,
@@ -298,22 +336,20 @@ pub(crate) struct CloseArgs {
 
 impl CloseArgs {
     fn run(self) -> anyhow::Result<()> {
-        let body: Value = runtime()?.block_on(async {
-            let client = self.connection.tls.client()?;
+        let (body, closed): (Value, ClosureAnswer) = runtime()?.block_on(async {
+            let client = self.boundary.client()?;
             let path = format!("/v1/accounts/{}/close", self.account);
-            let request = client.post(self.connection.url(&path)).bearer_auth(&self.connection.token);
-            let response = checked(request.send().await.context("cannot reach the boundary")?).await?;
-            response.json::<Value>().await.context("the boundary's answer is not JSON")
+            answer(client.post(self.boundary.url_of(&path)).bearer_auth(&self.boundary.token)).await
         })?;
         std::fs::write(&self.output, serde_json::to_vec_pretty(&body)?)
             .with_context(|| format!("cannot write {}", self.output.display()))?;
         println!(
             "closed account {}: records {}; transfers cancelled {}; certificate {} at log index {} written to {}",
             self.account,
-            counts(at(&body, &["categories"])),
-            list(at(&body, &["transfers_cancelled"])),
-            at(&body, &["certificate", "certificate_id"]).as_str().unwrap_or("-"),
-            at(&body, &["log_index"]),
+            counts(&closed.categories),
+            list(&closed.transfers_cancelled),
+            closed.certificate.certificate_id,
+            closed.log_index,
             self.output.display()
         );
         Ok(())

@@ -11,7 +11,7 @@ use clover_repatriate::plan::{DEFAULT_SHOWN, Progress};
 use clover_repatriate::{Mapping, SourceSpec};
 use indicatif::HumanBytes;
 
-use crate::args::ClientTlsArgs;
+use crate::args::BoundaryArgs;
 
 /// A source, its mapping and the region.
 #[derive(Debug, clap::Args)]
@@ -60,38 +60,19 @@ impl SourceArgs {
     }
 }
 
-/// A running boundary, and the repatriation operator's token to call it with.
-#[derive(Debug, clap::Args)]
-pub(crate) struct Remote {
-    /// The boundary's base URL.
-    #[arg(long, default_value = "http://127.0.0.1:7878")]
-    pub(crate) url: String,
-    /// A bearer token of the region's repatriation operator (role `repatriation`).
-    #[arg(long, env = "CLOVER_TOKEN", hide_env_values = true)]
-    pub(crate) token: String,
-    #[command(flatten)]
-    pub(crate) tls: ClientTlsArgs,
-}
-
-impl Remote {
-    /// POSTs `body` to `path` and reads the JSON answer, or makes the problem's detail the error.
-    pub(crate) async fn post<T: serde::de::DeserializeOwned>(
-        &self,
-        client: &reqwest::Client,
-        path: &str,
-        body: &impl serde::Serialize,
-    ) -> anyhow::Result<T> {
-        post_json(client, &self.url_of(path), &self.token, body).await
-    }
-
-    /// The boundary's URL of `path`.
-    pub(crate) fn url_of(&self, path: &str) -> String {
-        format!("{}{path}", self.url.trim_end_matches('/'))
-    }
+/// POSTs `body` to `path` of `boundary` and reads the JSON answer, or makes the problem's detail
+/// the error.
+pub(crate) async fn post<T: serde::de::DeserializeOwned>(
+    boundary: &BoundaryArgs,
+    client: &reqwest::Client,
+    path: &str,
+    body: &impl serde::Serialize,
+) -> anyhow::Result<T> {
+    post_json(client, &boundary.url_of(path), &boundary.token, body).await
 }
 
 /// POSTs `body` to `url` with the bearer `token` and reads the JSON answer, or makes the
-/// problem's detail the error ([`Remote::post`], for a request that owns what it sends).
+/// problem's detail the error ([`post`], for a request that owns what it sends).
 pub(crate) async fn post_json<T: serde::de::DeserializeOwned>(
     client: &reqwest::Client,
     url: &str,

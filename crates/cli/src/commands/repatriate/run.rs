@@ -24,7 +24,8 @@ use indicatif::HumanBytes;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::commands::repatriate::common::{Remote, SourceArgs};
+use crate::args::{BoundaryArgs, token_help};
+use crate::commands::repatriate::common::{SourceArgs, post};
 use crate::commands::runtime;
 
 /// How long one request may take.
@@ -38,11 +39,12 @@ const DEFAULT_IN_FLIGHT: u64 = 4;
 
 /// What a job is and how it runs.
 #[derive(Debug, clap::Args)]
+#[command(mut_args(token_help("A bearer token of the region's repatriation operator (role `repatriation`)")))]
 pub(crate) struct JobArgs {
     #[command(flatten)]
     source: SourceArgs,
     #[command(flatten)]
-    remote: Remote,
+    remote: BoundaryArgs,
     /// The job's id (1 to 64 of a-z 0-9 - _ .); by default one derived from the source, the
     /// mapping and the region, so that running the same command again resumes the same job.
     #[arg(long, value_name = "ID")]
@@ -439,7 +441,7 @@ impl<'a> Runner<'a> {
         Ok(status == "=")
     }
 
-    fn remote(&self) -> &'a Remote {
+    fn remote(&self) -> &'a BoundaryArgs {
         &self.args.remote
     }
 
@@ -449,7 +451,7 @@ impl<'a> Runner<'a> {
         let records: Vec<Value> =
             batch.iter().map(|p| json!({"source_key": p.record.source_key, "digest": p.digest.to_hex()})).collect();
         let body = json!({"category": first.record.category, "records": records});
-        let answer: VerifyAnswer = self.remote().post(&self.client, &self.path("verify"), &body).await?;
+        let answer: VerifyAnswer = post(self.remote(), &self.client, &self.path("verify"), &body).await?;
         anyhow::ensure!(answer.results.len() == batch.len(), "the boundary answered for another number of rows");
         let mut identical = Vec::with_capacity(batch.len());
         for (p, result) in batch.into_iter().zip(answer.results) {
@@ -541,7 +543,7 @@ impl<'a> Runner<'a> {
         }
         let purge = self.report.purge.as_ref().map(serde_json::to_value).transpose()?;
         let body = json!({"source": source, "plan": reported, "purge": purge});
-        let receipt: ReceiptFile = self.remote().post(&self.client, &self.path("receipt"), &body).await?;
+        let receipt: ReceiptFile = post(self.remote(), &self.client, &self.path("receipt"), &body).await?;
         let path = self
             .args
             .receipt
@@ -896,7 +898,11 @@ pub(crate) async fn run_for_bench(
             max_errors: None,
             show_errors: 0,
         },
-        remote: Remote { url: url.to_owned(), token: token.to_owned(), tls: crate::args::ClientTlsArgs::default() },
+        remote: BoundaryArgs {
+            url: url.to_owned(),
+            token: token.to_owned(),
+            tls: crate::args::ClientTlsArgs::default(),
+        },
         job: Some(job.to_owned()),
         batch: batches.rows,
         in_flight: batches.in_flight,

@@ -11,10 +11,10 @@ use clover_audit::verify::{VerifyOptions, verify_with};
 use clover_tlog::hash::Hash;
 use clover_tlog::note::VerifierKey;
 use clover_tlog::tree::verify_consistency;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use super::ledger::{Acked, Op, at};
-use super::traffic::{Answer, Gateway, Load};
+use super::ledger::{Acked, Op};
+use super::traffic::{Answer, Gateway, Load, RecordRead, read};
 
 /// Attempts at a read back while a gateway answers 503 or is not reachable.
 const ATTEMPTS: usize = 20;
@@ -23,6 +23,13 @@ const ATTEMPTS: usize = 20;
 const OLDER_SAMPLE: usize = 100;
 /// Records of erased subjects tried at a check that is not the last.
 const ERASED_SAMPLE: usize = 200;
+
+/// A consistency proof's answer (the gateway's `ConsistencyProof`), as far as the checks read it.
+#[derive(Debug, Deserialize)]
+struct ConsistencyAnswer {
+    /// The proof (base64 hashes).
+    proof: Vec<String>,
+}
 
 /// One store's check.
 #[derive(Debug, Serialize)]
@@ -157,7 +164,7 @@ pub(crate) async fn check(
     };
     for (n, acked) in records.iter().enumerate() {
         match read_back(load, &gateways, n, &acked.record_id, 200).await {
-            Ok(body) if at(&body, "/fields/display_name") == acked.value.as_str() => out.records_read_back += 1,
+            Ok(body) if read::<RecordRead>(&body).is_some_and(|r| r.holds(&acked.value)) => out.records_read_back += 1,
             // Erased meanwhile: its subject was retired and its erasure made during the check
             // (answered, or not yet, or its answer lost).
             Err(404)
@@ -168,7 +175,7 @@ pub(crate) async fn check(
             Ok(body) => out.violations.push(format!(
                 "{store}: acknowledged record {} reads back as {}, not {}",
                 acked.record_id,
-                at(&body, "/fields"),
+                read::<RecordRead>(&body).map_or_else(|| body.to_string(), |r| r.shown()),
                 acked.value
             )),
             Err(status) => out.violations.push(format!(
@@ -208,9 +215,8 @@ async fn consistency(load: &Load, gateways: &[&Gateway], old: u64, new: u64) -> 
         let url = format!("{}/v1/log/proof/consistency?old={old}&new={new}", gateway.url);
         match load.send(load.http.get(url)).await {
             Answer::Http { status: 200, body, .. } => {
-                return at(&body, "/proof")
-                    .as_array()
-                    .map(|hashes| hashes.iter().filter_map(|h| h.as_str().and_then(Hash::from_base64)).collect())
+                return read::<ConsistencyAnswer>(&body)
+                    .map(|answer| answer.proof.iter().filter_map(|h| Hash::from_base64(h)).collect())
                     .ok_or_else(|| format!("no proof in {body}"));
             }
             Answer::Http { status, body, .. } => last = format!("{status} {body}"),

@@ -6,12 +6,6 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-/// The value at `pointer` in an answer's body (JSON pointer), or null.
-pub(crate) fn at<'a>(body: &'a serde_json::Value, pointer: &str) -> &'a serde_json::Value {
-    const NULL: &serde_json::Value = &serde_json::Value::Null;
-    body.pointer(pointer).unwrap_or(NULL)
-}
-
 /// The `i`th of `items`, or an error naming what was missing (no panic on an index).
 pub(crate) fn nth<'a, T>(items: &'a mut [T], i: usize, what: &str) -> anyhow::Result<&'a mut T> {
     items.get_mut(i).ok_or_else(|| anyhow::anyhow!("no {what} {i}"))

@@ -8,9 +8,11 @@ use std::time::Duration;
 
 use clover_tlog::checkpoint::Checkpoint;
 use clover_tlog::note::{Note, VerifierKey};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use super::ledger::{Acked, Group, Op, Tally, at};
+use super::ledger::{Acked, Group, Op, Tally};
 
 /// How long one request may take before it counts as timed out.
 pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -50,6 +52,59 @@ pub(crate) struct Load {
     pub(crate) phase: Mutex<String>,
     rng: AtomicU64,
     in_flight: AtomicUsize,
+}
+
+/// An answer's body read as `T` (the part of it the soak looks at); none when it is not one.
+pub(crate) fn read<T: DeserializeOwned>(body: &Value) -> Option<T> {
+    T::deserialize(body).ok()
+}
+
+/// A problem document (RFC 9457), as far as the soak reads it.
+#[derive(Debug, Deserialize)]
+struct Problem {
+    /// The problem type, a URI whose last segment names it.
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+/// An answer that names the log entry of what it answers: a subject registered or erased, a
+/// read refused (the gateway's `SubjectAnswer`, `ErasureAnswer`, a logged refusal's problem).
+#[derive(Debug, Deserialize)]
+struct Logged {
+    log_index: u64,
+}
+
+/// A write's answer (the gateway's `RecordCreated`), as far as the soak reads it.
+#[derive(Debug, Deserialize)]
+struct Written {
+    record_id: String,
+    log_index: u64,
+}
+
+/// An erasure's answer (the gateway's `ErasureAnswer`), as far as the soak reads it.
+#[derive(Debug, Deserialize)]
+struct Erased {
+    erased_records: u64,
+    log_index: u64,
+}
+
+/// A record read (the gateway's `RecordAnswer`), as far as the soak reads it.
+#[derive(Debug, Deserialize)]
+pub(crate) struct RecordRead {
+    fields: clover_model::Fields,
+    log_index: u64,
+}
+
+impl RecordRead {
+    /// Whether its `display_name` is `value`, the value the soak wrote.
+    pub(crate) fn holds(&self, value: &str) -> bool {
+        self.fields.as_map().get("display_name").and_then(Value::as_str) == Some(value)
+    }
+
+    /// Its fields as JSON, for a violation's message (the soak's own made-up values).
+    pub(crate) fn shown(&self) -> String {
+        String::from_utf8_lossy(&self.fields.to_bytes()).into_owned()
+    }
 }
 
 /// An answer, as far as the soak cares.
@@ -170,8 +225,10 @@ impl Load {
             Err(e) if e.is_timeout() => return Answer::Timeout,
             Err(_) => return Answer::Broken,
         };
-        let problem = is_problem
-            .then(|| at(&body, "/type").as_str().map_or("untyped", |t| t.rsplit('/').next().unwrap_or(t)).to_owned());
+        let problem = is_problem.then(|| {
+            read::<Problem>(&body)
+                .map_or_else(|| "untyped".to_owned(), |p| p.kind.rsplit('/').next().unwrap_or(&p.kind).to_owned())
+        });
         Answer::Http { status, problem, body }
     }
 
@@ -234,9 +291,9 @@ impl Load {
         if self.tally(gateway, Op::Subject, 201, &answer) == "ok" {
             let mut group = self.group(gateway.group);
             if let Answer::Http { body, .. } = &answer
-                && let Some(index) = at(body, "/log_index").as_u64()
+                && let Some(Logged { log_index }) = read(body)
             {
-                group.indexes.push((index, "write"));
+                group.indexes.push((log_index, "write"));
             }
             group.active.push(id);
         }
@@ -265,12 +322,11 @@ impl Load {
             return None;
         }
         let Answer::Http { body, .. } = answer else { return None };
-        let (Some(record_id), Some(log_index)) = (at(&body, "/record_id").as_str(), at(&body, "/log_index").as_u64())
-        else {
+        let Some(Written { record_id, log_index }) = read(&body) else {
             self.violation(format!("{} acknowledged a write without a record id and log index: {body}", gateway.name));
             return None;
         };
-        let acked = Acked { record_id: record_id.to_owned(), subject, value, log_index };
+        let acked = Acked { record_id, subject, value, log_index };
         let mut group = self.group(gateway.group);
         group.indexes.push((log_index, "write"));
         group.records.push(acked.clone());
@@ -304,17 +360,18 @@ impl Load {
         if self.tally(gateway, Op::Read, 200, &answer) == "ok"
             && let Answer::Http { body, .. } = &answer
         {
-            if at(body, "/fields/display_name") != acked.value.as_str() {
+            let record = read::<RecordRead>(body);
+            if !record.as_ref().is_some_and(|r| r.holds(&acked.value)) {
                 self.violation(format!(
                     "{} answered record {} with {}, not the value acknowledged ({})",
                     gateway.name,
                     acked.record_id,
-                    at(body, "/fields"),
+                    record.as_ref().map_or_else(|| body.to_string(), RecordRead::shown),
                     acked.value
                 ));
             }
-            if let Some(index) = at(body, "/log_index").as_u64() {
-                self.group(gateway.group).indexes.push((index, "read"));
+            if let Some(record) = record {
+                self.group(gateway.group).indexes.push((record.log_index, "read"));
             }
         }
     }
@@ -360,7 +417,8 @@ impl Load {
         match (&answer, outcome.as_str()) {
             (Answer::Http { body, .. }, "ok") => {
                 let acked = group.records.iter().filter(|a| a.subject == subject).count() as u64;
-                let erased = at(body, "/erased_records").as_u64().unwrap_or(0);
+                let answered = read::<Erased>(body);
+                let erased = answered.as_ref().map_or(0, |e| e.erased_records);
                 if erased < acked {
                     drop(group);
                     self.violation(format!(
@@ -369,8 +427,8 @@ impl Load {
                     ));
                     group = self.group(gateway.group);
                 }
-                if let Some(index) = at(body, "/log_index").as_u64() {
-                    group.indexes.push((index, "erase"));
+                if let Some(answered) = answered {
+                    group.indexes.push((answered.log_index, "erase"));
                 }
                 group.erased(&subject);
             }
@@ -402,9 +460,9 @@ impl Load {
         if answer.status() == Some(403) {
             self.count(Op::Refused, "refused");
             if let Answer::Http { body, .. } = &answer
-                && let Some(index) = at(body, "/log_index").as_u64()
+                && let Some(Logged { log_index }) = read(body)
             {
-                self.group(gateway.group).indexes.push((index, "read"));
+                self.group(gateway.group).indexes.push((log_index, "read"));
             }
             return;
         }
