@@ -5,7 +5,7 @@
 use clover_egress::{Register, RegisterRow};
 use serde::Deserialize;
 
-use crate::verify::{Report, VerifyError, VerifyOptions, verify_with};
+use crate::verify::{Report, VerifyError, VerifyOptions, log_prefix, verify_with};
 
 /// What a boundary serves as its register.
 #[derive(Debug, Deserialize)]
@@ -58,13 +58,23 @@ pub enum RegisterError {
     /// The log did not verify.
     #[error(transparent)]
     Log(#[from] VerifyError),
-    /// The register could not be fetched or read.
+    /// The register was not served: an error status, or something else than a register.
     #[error("cannot read the served register at {url}: {detail}")]
     Served {
         /// Where.
         url: String,
         /// What went wrong.
         detail: String,
+    },
+    /// The register could not be fetched or read: no HTTP client, no answer, or an answer that
+    /// does not parse.
+    #[error("cannot read the served register at {url}")]
+    Unreadable {
+        /// Where.
+        url: String,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The register is computed over fewer entries than a checkpoint the boundary had already
     /// signed when it was asked: it is behind its own log.
@@ -90,19 +100,20 @@ pub enum RegisterError {
 /// Fetches the register a boundary serves, verifies its log, and recomputes the register from
 /// the verified entries.
 pub async fn check(options: &VerifyOptions) -> Result<RegisterCheck, RegisterError> {
-    let base = options.url.trim_end_matches('/').trim_end_matches("/log").to_owned();
+    // The boundary's root: the log's prefix, as the verification takes it, less its `log`.
+    let log = log_prefix(&options.url);
+    let base = log.strip_suffix("/log").unwrap_or(&log);
     let url = format!("{base}/v1/register/transfers");
     let failed = |detail: String| RegisterError::Served { url: url.clone(), detail };
-    let client = options.tls.client().map_err(|e| failed(e.to_string()))?;
+    let client = options.tls.client().map_err(unreadable(&url))?;
     // The checkpoint first: the register asked for after it must cover at least its entries (a
     // boundary cannot keep serving a register frozen at an old size).
-    let signed = signed_size(&client, &format!("{base}/log/checkpoint")).await.map_err(failed)?;
-    let response =
-        client.get(&url).header("accept", "application/json").send().await.map_err(|e| failed(e.to_string()))?;
+    let signed = signed_size(&client, &format!("{log}/checkpoint"), &url).await?;
+    let response = client.get(&url).header("accept", "application/json").send().await.map_err(unreadable(&url))?;
     if !response.status().is_success() {
         return Err(failed(format!("it answered {}", response.status())));
     }
-    let served: Served = response.json().await.map_err(|e| failed(e.to_string()))?;
+    let served: Served = response.json().await.map_err(unreadable(&url))?;
     let mut register = Register::new();
     let mut whole = Register::new();
     let report = verify_with(options, |index, event| {
@@ -119,14 +130,14 @@ pub async fn check(options: &VerifyOptions) -> Result<RegisterCheck, RegisterErr
         return Err(RegisterError::Behind { served: served.log_size, signed });
     }
     // The CSV form, as served: the same rows if computed over the same entries.
-    let csv = client.get(&url).header("accept", "text/csv").send().await.map_err(|e| failed(e.to_string()))?;
+    let csv = client.get(&url).header("accept", "text/csv").send().await.map_err(unreadable(&url))?;
     if !csv.status().is_success() {
         return Err(failed(format!("its CSV form answered {}", csv.status())));
     }
-    let csv = csv.bytes().await.map_err(|e| failed(e.to_string()))?;
+    let csv = csv.bytes().await.map_err(unreadable(&url))?;
     let computed = register.rows();
     let csv_agrees = if report.size == served.log_size || whole.rows() == computed {
-        let expected = clover_egress::register::to_csv(&computed).map_err(|e| failed(e.to_string()))?;
+        let expected = clover_egress::register::to_csv(&computed).map_err(unreadable(&url))?;
         Some(csv.as_ref() == expected.as_slice())
     } else {
         None
@@ -134,13 +145,20 @@ pub async fn check(options: &VerifyOptions) -> Result<RegisterCheck, RegisterErr
     Ok(RegisterCheck { served, computed, report, open_transfers: whole.open_transfers(), csv_agrees })
 }
 
-/// The size a checkpoint says (its second line); its signature is checked by the verification
-/// that follows, over the checkpoint the boundary serves then (never smaller).
-async fn signed_size(client: &reqwest::Client, url: &str) -> Result<u64, String> {
-    let response = client.get(url).send().await.map_err(|e| e.to_string())?;
+/// The error of a register (or a report) at `url` that could not be fetched or read.
+pub(crate) fn unreadable<E: std::error::Error + Send + Sync + 'static>(url: &str) -> impl FnOnce(E) -> RegisterError {
+    move |source| RegisterError::Unreadable { url: url.to_owned(), source: Box::new(source) }
+}
+
+/// The size the checkpoint at `url` says (its second line), asked for before the register at
+/// `register`; its signature is checked by the verification that follows, over the checkpoint
+/// the boundary serves then (never smaller).
+async fn signed_size(client: &reqwest::Client, url: &str, register: &str) -> Result<u64, RegisterError> {
+    let failed = |detail: String| RegisterError::Served { url: register.to_owned(), detail };
+    let response = client.get(url).send().await.map_err(unreadable(register))?;
     if !response.status().is_success() {
-        return Err(format!("{url} answered {}", response.status()));
+        return Err(failed(format!("{url} answered {}", response.status())));
     }
-    let text = response.text().await.map_err(|e| e.to_string())?;
-    text.lines().nth(1).and_then(|size| size.parse().ok()).ok_or_else(|| format!("{url} is not a checkpoint"))
+    let text = response.text().await.map_err(unreadable(register))?;
+    text.lines().nth(1).and_then(|size| size.parse().ok()).ok_or_else(|| failed(format!("{url} is not a checkpoint")))
 }

@@ -5,8 +5,8 @@
 
 use clover_requests::{Builder, Period, Report};
 
-use crate::register::RegisterError;
-use crate::verify::{Report as Verified, VerifyOptions, verify_with};
+use crate::register::{RegisterError, unreadable};
+use crate::verify::{Report as Verified, VerifyOptions, log_prefix, verify_with};
 
 /// What the comparison found.
 #[derive(Debug)]
@@ -31,23 +31,24 @@ impl ReportCheck {
 /// Fetches the report for `period` a boundary serves, verifies its log, and recomputes the
 /// report from the verified entries.
 pub async fn check(options: &VerifyOptions, period: Period) -> Result<ReportCheck, RegisterError> {
-    let base = options.url.trim_end_matches('/').trim_end_matches("/log").to_owned();
+    // The boundary's root: the log's prefix, as the verification takes it, less its `log`.
+    let log = log_prefix(&options.url);
+    let base = log.strip_suffix("/log").unwrap_or(&log);
     let url = format!("{base}/v1/reports/government-requests?period={period}");
     let failed = |detail: String| RegisterError::Served { url: url.clone(), detail };
-    let client = options.tls.client().map_err(|e| failed(e.to_string()))?;
+    let client = options.tls.client().map_err(unreadable(&url))?;
     let fetch = |accept: &'static str| {
         let (client, url) = (client.clone(), url.clone());
         async move {
-            let response = client.get(&url).header("accept", accept).send().await.map_err(|e| e.to_string())?;
+            let response = client.get(&url).header("accept", accept).send().await.map_err(unreadable(&url))?;
             if !response.status().is_success() {
-                return Err(format!("it answered {}", response.status()));
+                return Err(failed(format!("it answered {}", response.status())));
             }
-            response.bytes().await.map_err(|e| e.to_string())
+            response.bytes().await.map_err(unreadable(&url))
         }
     };
-    let served: Report =
-        serde_json::from_slice(&fetch("application/json").await.map_err(failed)?).map_err(|e| failed(e.to_string()))?;
-    let csv = fetch("text/csv").await.map_err(failed)?;
+    let served: Report = serde_json::from_slice(&fetch("application/json").await?).map_err(unreadable(&url))?;
+    let csv = fetch("text/csv").await?;
     let mut builder = Builder::new(period);
     let verified = verify_with(options, |index, event| {
         if index < served.entries {

@@ -62,22 +62,24 @@ pub struct Verified {
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     /// The file exists (or something is in its place) but cannot be read.
-    #[error("cannot read the state file {path:?}: {cause}; refusing to start over without it")]
+    #[error("cannot read the state file {path:?} (refusing to start over without it)")]
     Read {
         /// The file.
         path: PathBuf,
         /// Why.
+        #[source]
         cause: std::io::Error,
     },
     /// The file is not a state file in any format Clover wrote.
     #[error(
-        "the state file {path:?} is damaged (not a state file Clover wrote: {cause}); refusing to start over \
-         without it: restore it from a backup, or move it aside to trust the log from scratch"
+        "the state file {path:?} is damaged, refusing to start over without it (restore it from a backup, or move \
+         it aside to trust the log from scratch): it is not a state file Clover wrote"
     )]
     Damaged {
         /// The file.
         path: PathBuf,
         /// What is wrong, read as the current format.
+        #[source]
         cause: serde_json::Error,
     },
     /// The file holds the state of other logs, not of the one being verified.
@@ -91,13 +93,14 @@ pub enum StateError {
         held: Vec<String>,
     },
     /// The new state could not be written; the file still holds the old one.
-    #[error("cannot write the state file {path:?} ({step}): {cause}")]
+    #[error("cannot write the state file {path:?} ({step})")]
     Write {
         /// The file.
         path: PathBuf,
         /// The step that failed.
         step: &'static str,
         /// Why.
+        #[source]
         cause: std::io::Error,
     },
 }

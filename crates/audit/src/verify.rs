@@ -103,6 +103,17 @@ pub enum VerifyError {
         /// What does not match.
         detail: String,
     },
+    /// The hash tiles do not make a tree of the size asked for: a hash of it is missing.
+    #[error("tile {path} was changed: the tiles do not make a tree of {size} entries")]
+    TilesIncomplete {
+        /// The tile.
+        path: String,
+        /// The size of the tree asked for.
+        size: u64,
+        /// What is missing.
+        #[source]
+        source: ProofError,
+    },
     /// An entry does not match its leaf hash, or is not a valid entry.
     #[error("entry {index} was changed: {detail}")]
     EntryChanged {
@@ -110,6 +121,15 @@ pub enum VerifyError {
         index: u64,
         /// What does not match.
         detail: String,
+    },
+    /// An entry hashes to its leaf but does not decode as an entry.
+    #[error("entry {index} was changed")]
+    EntryInvalid {
+        /// The entry's index.
+        index: u64,
+        /// Why it does not decode.
+        #[source]
+        source: clover_event::EventError,
     },
     /// The log is smaller than when last verified.
     #[error("the log shrank: it had {old} entries when last verified, now {new}")]
@@ -254,8 +274,11 @@ pub async fn verify_with(
         level += 1;
     }
     let levels = Levels(levels);
-    let root = tree::root(&levels, size)
-        .map_err(|e| VerifyError::TileChanged { path: "tile/0".into(), detail: e.to_string() })?;
+    let root = tree::root(&levels, size).map_err(|source| VerifyError::TilesIncomplete {
+        path: "tile/0".into(),
+        size,
+        source,
+    })?;
     if root != checkpoint.root {
         // The top level's tiles are the ones that no higher tile vouches for.
         let top = u8::try_from(levels.0.len().saturating_sub(1)).unwrap_or(0);
@@ -294,8 +317,7 @@ pub async fn verify_with(
                     detail: "it does not hash to its leaf in the signed tree".into(),
                 });
             }
-            let decoded =
-                Entry::decode(entry).map_err(|e| VerifyError::EntryChanged { index, detail: e.to_string() })?;
+            let decoded = Entry::decode(entry).map_err(|source| VerifyError::EntryInvalid { index, source })?;
             match decoded {
                 Entry::V1(_) => {
                     formats[0] += 1;
@@ -322,8 +344,11 @@ pub async fn verify_with(
             if last.size > size {
                 return Err(VerifyError::Shrank { old: last.size, new: size });
             }
-            let old_root = tree::root(&levels, last.size)
-                .map_err(|e| VerifyError::TileChanged { path: "tile/0".into(), detail: e.to_string() })?;
+            let old_root = tree::root(&levels, last.size).map_err(|source| VerifyError::TilesIncomplete {
+                path: "tile/0".into(),
+                size: last.size,
+                source,
+            })?;
             if old_root != last.root {
                 return Err(VerifyError::Forked {
                     size: last.size,

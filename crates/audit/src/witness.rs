@@ -88,7 +88,7 @@ impl Witness {
             Verified { size: checkpoint.size, root: checkpoint.root, checkpoint: Some(note_text.clone()) },
         );
         if let Err(e) = write_state(&self.state_path, &next) {
-            tracing::error!(error = %e, "cannot record the witnessed checkpoint; not cosigning");
+            tracing::error!(error = %Chain(&e), "cannot record the witnessed checkpoint; not cosigning");
             return (StatusCode::INTERNAL_SERVER_ERROR, "cannot record the checkpoint\n".to_owned());
         }
         *state = next;
@@ -107,6 +107,22 @@ async fn add_checkpoint(State(witness): State<Arc<Witness>>, body: String) -> Re
 /// The witness's HTTP API.
 pub fn router(witness: Arc<Witness>) -> Router {
     Router::new().route("/add-checkpoint", axum::routing::post(add_checkpoint)).with_state(witness)
+}
+
+/// An error and the errors that caused it, as one line (`what failed: why: why that`): how the
+/// witness logs an error whose cause is its source rather than part of its message.
+struct Chain<'a>(&'a (dyn std::error::Error + 'a));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

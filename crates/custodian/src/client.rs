@@ -51,7 +51,7 @@ impl RemoteCustody {
             .json(body)
             .send()
             .await
-            .map_err(|e| KeyError::Unavailable(format!("the custodian at {} cannot be reached: {e}", self.url)))?;
+            .map_err(|cause| KeyError::Unreachable { url: self.url.clone(), cause: Box::new(cause) })?;
         let status = response.status().as_u16();
         // A body that cannot be read is an empty one: the status still says what happened.
         let body = response.bytes().await.unwrap_or_default();
@@ -63,7 +63,7 @@ impl RemoteCustody {
     }
 
     async fn key(&self, path: &str, receipt: &Receipt) -> Result<DataKey, KeyError> {
-        let answer = self.post(path, &json!(WireReceipt::of(receipt, &self.index))).await?;
+        let answer = self.post(path, &json!(wire(receipt, &self.index))).await?;
         DataKey::from_slice(&Self::field(&answer, "key")?)
     }
 }
@@ -127,7 +127,7 @@ impl KeyCustody for RemoteCustody {
 
     async fn reseal(&self, receipt: &Receipt, sealed: &[u8], aad: &[u8]) -> Result<(DataKey, Vec<u8>), KeyError> {
         let body = json!({
-            "receipt": WireReceipt::of(receipt, &self.index),
+            "receipt": wire(receipt, &self.index),
             "sealed": B64.encode(sealed),
             "aad": B64.encode(aad),
         });
@@ -144,7 +144,7 @@ impl KeyCustody for RemoteCustody {
         legacy: bool,
     ) -> Result<PseudonymisedView, KeyError> {
         let body = json!({
-            "receipt": WireReceipt::of(receipt, &self.index),
+            "receipt": wire(receipt, &self.index),
             "sealed": B64.encode(sealed),
             "aad": B64.encode(aad),
             "legacy": legacy,
@@ -212,7 +212,7 @@ impl KeyCustody for RemoteCustody {
     }
 
     async fn destroy_data_key(&self, receipt: &Receipt) -> Result<bool, KeyError> {
-        let answer = self.post("/v1/data-keys/destroy", &json!(WireReceipt::of(receipt, &self.index))).await?;
+        let answer = self.post("/v1/data-keys/destroy", &json!(wire(receipt, &self.index))).await?;
         Ok(answer.get("destroyed").and_then(Value::as_bool).unwrap_or(false))
     }
 
@@ -248,7 +248,7 @@ impl KeyCustody for RemoteCustody {
         input: &[u8],
     ) -> Result<String, KeyError> {
         let body = json!({
-            "receipt": WireReceipt::of(receipt, &self.index),
+            "receipt": wire(receipt, &self.index),
             "purpose": purpose,
             "destination": destination,
             "input": B64.encode(input),
@@ -259,6 +259,17 @@ impl KeyCustody for RemoteCustody {
             .and_then(Value::as_str)
             .map(ToOwned::to_owned)
             .ok_or(KeyError::Crypto("the custodian's answer lacks a token"))
+    }
+}
+
+/// The receipt of an access logged in the boundary's process, as a custodian in another one is
+/// sent it, for the subject its permit names.
+fn wire(receipt: &Receipt, index: &SubjectIndexKey) -> WireReceipt {
+    WireReceipt {
+        index: receipt.index(),
+        entry: B64.encode(receipt.entry()),
+        subject_hash: index.hash(receipt.permit().subject()),
+        opening: receipt.annex().and_then(clover_event::Annex::record_opening),
     }
 }
 

@@ -108,16 +108,16 @@ async fn add_checkpoint(State(server): State<CustodianServer>, body: String) -> 
         }
         Err(e) => {
             let status = match &e {
-                CosignRefusal::Malformed(_) => StatusCode::BAD_REQUEST,
+                CosignRefusal::Request(_) | CosignRefusal::Malformed(_) => StatusCode::BAD_REQUEST,
                 CosignRefusal::UnknownLog(_) => StatusCode::NOT_FOUND,
                 CosignRefusal::BadSignature => StatusCode::FORBIDDEN,
                 CosignRefusal::Inconsistent { .. } | CosignRefusal::Conflict(_) => StatusCode::UNPROCESSABLE_ENTITY,
                 CosignRefusal::State(_) => StatusCode::INTERNAL_SERVER_ERROR,
             };
             if status == StatusCode::INTERNAL_SERVER_ERROR {
-                tracing::error!(error = %e, "cannot record a checkpoint; not cosigning");
+                tracing::error!(error = %Chain(&e), "cannot record a checkpoint; not cosigning");
             } else {
-                tracing::warn!(error = %e, "refused to cosign a checkpoint");
+                tracing::warn!(error = %Chain(&e), "refused to cosign a checkpoint");
             }
             (status, text_plain, format!("{e}\n")).into_response()
         }
@@ -206,11 +206,28 @@ async fn rotate(State(server): State<CustodianServer>, headers: axum::http::Head
         .await;
         match &outcome {
             Ok(retired) => tracing::info!(?retired, "rotation done; kek versions retired"),
-            Err(e) => tracing::error!(error = %e, "rotation stopped"),
+            Err(e) => tracing::error!(error = %Chain(e), "rotation stopped"),
         }
-        custodian.end_rotation(outcome.err().map(|e| e.to_string()));
+        custodian.end_rotation(outcome.err().map(|e| Chain(&e).to_string()));
     });
     Ok((StatusCode::ACCEPTED, Json(json!({"to_version": to_version, "total": total}))).into_response())
+}
+
+/// An error and the errors that caused it, as one line (`what failed: why: why that`): how the
+/// custodian reports an error whose cause is its source rather than part of its message.
+#[derive(Debug, Clone, Copy)]
+struct Chain<'a>(&'a (dyn std::error::Error + 'a));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
 }
 
 /// An error answer: a status and a message, in JSON.
@@ -235,19 +252,19 @@ impl From<KeyError> for Refusal {
             }
             KeyError::Decrypt => Self(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
             KeyError::TooManyPseudonyms(_) => Self(StatusCode::TOO_MANY_REQUESTS, e.to_string()),
-            KeyError::Unavailable(_) => {
-                tracing::error!(error = %e, "custody unavailable");
-                Self(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            KeyError::Unavailable(_) | KeyError::Unreachable { .. } => {
+                tracing::error!(error = %Chain(&e), "custody unavailable");
+                Self(StatusCode::SERVICE_UNAVAILABLE, Chain(&e).to_string())
             }
             KeyError::Store { cause, operation } if clover_sql::is_unavailable_error(cause.as_ref()) => {
-                tracing::error!(error = %cause, operation, "custody store unavailable");
+                tracing::error!(error = %Chain(cause.as_ref()), operation, "custody store unavailable");
                 Self(
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!("the custodian's key store cannot serve now ({operation})"),
                 )
             }
             e => {
-                tracing::error!(error = %e, "custody failed");
+                tracing::error!(error = %Chain(&e), "custody failed");
                 Self(StatusCode::INTERNAL_SERVER_ERROR, "custody failed; see the custodian's log".to_owned())
             }
         }
@@ -257,12 +274,12 @@ impl From<KeyError> for Refusal {
 impl From<ReceiptError> for Refusal {
     fn from(e: ReceiptError) -> Self {
         match e {
-            ReceiptError::Unreachable { .. } => {
-                tracing::error!(error = %e, "the log cannot be checked");
-                Self(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            ReceiptError::Unreachable { .. } | ReceiptError::Unreadable { .. } => {
+                tracing::error!(error = %Chain(&e), "the log cannot be checked");
+                Self(StatusCode::SERVICE_UNAVAILABLE, Chain(&e).to_string())
             }
             ReceiptError::State(_) => {
-                tracing::error!(error = %e, "the log's checkpoint cannot be kept");
+                tracing::error!(error = %Chain(&e), "the log's checkpoint cannot be kept");
                 Self(StatusCode::SERVICE_UNAVAILABLE, "the custodian cannot keep the log's checkpoint".to_owned())
             }
             e => {
@@ -631,14 +648,18 @@ pub const WITNESS_KEY_FILE: &str = "witness.key";
 pub fn witness_key(dir: &std::path::Path, name: &str) -> Result<SigningKey, KeyError> {
     use clover_tlog::note::TYPE_COSIGNATURE;
     let path = dir.join(WITNESS_KEY_FILE);
-    let malformed = |detail: String| KeyError::Malformed { path: path.clone(), detail };
+    let malformed = |cause: clover_tlog::note::NoteError| KeyError::Undecodable {
+        path: path.clone(),
+        part: "witness key",
+        cause: Box::new(cause),
+    };
     let key = if path.exists() {
         let pkcs8 =
             zeroize::Zeroizing::new(std::fs::read(&path).map_err(|cause| KeyError::Io { path: path.clone(), cause })?);
-        SigningKey::from_pkcs8(name, TYPE_COSIGNATURE, &pkcs8).map_err(|e| malformed(e.to_string()))?
+        SigningKey::from_pkcs8(name, TYPE_COSIGNATURE, &pkcs8).map_err(malformed)?
     } else {
-        let pkcs8 = zeroize::Zeroizing::new(clover_tlog::note::generate_pkcs8().map_err(|e| malformed(e.to_string()))?);
-        let key = SigningKey::from_pkcs8(name, TYPE_COSIGNATURE, &pkcs8).map_err(|e| malformed(e.to_string()))?;
+        let pkcs8 = zeroize::Zeroizing::new(clover_tlog::note::generate_pkcs8().map_err(malformed)?);
+        let key = SigningKey::from_pkcs8(name, TYPE_COSIGNATURE, &pkcs8).map_err(malformed)?;
         clover_keys::write_private(&path, &pkcs8)?;
         key
     };

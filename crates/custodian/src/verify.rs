@@ -5,7 +5,7 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use clover_audit::state::{State, StateError, Verified, read_state, write_state};
-use clover_event::{Entry, EventError, EventKind, RecordOpening, SubjectIndexKey, SubjectTag, is_subject_hash};
+use clover_event::{Entry, EventError, EventKind, RecordOpening, SubjectTag, is_subject_hash};
 use clover_model::Action;
 use clover_tlog::checkpoint::Checkpoint;
 use clover_tlog::hash::{Hash, leaf_hash};
@@ -23,13 +23,22 @@ const PROOF_ATTEMPTS: usize = 150;
 /// Why a receipt was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ReceiptError {
-    /// The log could not be reached or answered nonsense.
+    /// The log answered something else than what was asked for.
     #[error("the log at {url} cannot be checked: {detail}")]
     Unreachable {
         /// The log's URL.
         url: String,
         /// What went wrong.
         detail: String,
+    },
+    /// The log could not be reached, or its answer does not parse.
+    #[error("the log at {url} cannot be checked")]
+    Unreadable {
+        /// The log's URL.
+        url: String,
+        /// The client's or the parser's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The log's checkpoint is not signed by the log's key.
     #[error("the log's checkpoint is not signed by {0}")]
@@ -81,6 +90,9 @@ pub enum ReceiptError {
 #[derive(Debug, thiserror::Error)]
 pub enum CosignRefusal {
     /// The request is not an add-checkpoint request.
+    #[error(transparent)]
+    Request(#[from] clover_tlog::witness::AddCheckpointError),
+    /// The request's checkpoint is not one: its body does not parse, or its old size is past it.
     #[error("{0}")]
     Malformed(String),
     /// The checkpoint is of another log than the one whose receipts this custodian checks.
@@ -331,8 +343,7 @@ impl LogVerifier {
     /// shown to it after it cosigned the public log is refused, both as a witness and for
     /// receipts.
     pub async fn add_checkpoint(&self, body: &str) -> Result<String, CosignRefusal> {
-        let AddCheckpoint { old, proof, note, text } =
-            AddCheckpoint::parse(body).map_err(|e| CosignRefusal::Malformed(e.to_string()))?;
+        let AddCheckpoint { old, proof, note, text } = AddCheckpoint::parse(body)?;
         let checkpoint = Checkpoint::parse(&note.text)
             .map_err(|_| CosignRefusal::Malformed("the checkpoint body is malformed".into()))?;
         if checkpoint.origin != self.vkey.name {
@@ -356,8 +367,8 @@ impl LogVerifier {
     /// The log's proof that its tree of size `old` is a prefix of its tree of size `new`.
     async fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash>, ReceiptError> {
         let url = format!("{}/v1/log/proof/consistency?old={old}&new={new}", self.url);
-        let response = self.http.get(&url).send().await.map_err(|e| self.unreachable(e))?;
-        let answer: ConsistencyAnswer = response.json().await.map_err(|e| self.unreachable(e))?;
+        let response = self.http.get(&url).send().await.map_err(|e| self.unreadable(e))?;
+        let answer: ConsistencyAnswer = response.json().await.map_err(|e| self.unreadable(e))?;
         answer
             .proof
             .iter()
@@ -365,8 +376,12 @@ impl LogVerifier {
             .collect()
     }
 
-    fn unreachable(&self, detail: impl std::fmt::Display) -> ReceiptError {
-        ReceiptError::Unreachable { url: self.url.clone(), detail: detail.to_string() }
+    fn unreachable(&self, detail: impl Into<String>) -> ReceiptError {
+        ReceiptError::Unreachable { url: self.url.clone(), detail: detail.into() }
+    }
+
+    fn unreadable(&self, source: impl std::error::Error + Send + Sync + 'static) -> ReceiptError {
+        ReceiptError::Unreadable { url: self.url.clone(), source: Box::new(source) }
     }
 
     /// Checks that `entry` is at `index` in the signed log (under a checkpoint cosigned by the
@@ -413,9 +428,9 @@ impl LogVerifier {
     /// `note_text` parsed, its log signature checked, and its checkpoint, which must be this
     /// log's.
     fn signed(&self, note_text: &str) -> Result<(Note, Checkpoint), ReceiptError> {
-        let note = Note::parse(note_text).map_err(|e| self.unreachable(e))?;
+        let note = Note::parse(note_text).map_err(|e| self.unreadable(e))?;
         note.verify(&self.vkey).map_err(|_| ReceiptError::BadCheckpoint(self.vkey.name.clone()))?;
-        let checkpoint = Checkpoint::parse(&note.text).map_err(|e| self.unreachable(e))?;
+        let checkpoint = Checkpoint::parse(&note.text).map_err(|e| self.unreadable(e))?;
         if checkpoint.origin != self.vkey.name {
             return Err(ReceiptError::BadCheckpoint(self.vkey.name.clone()));
         }
@@ -437,11 +452,11 @@ impl LogVerifier {
         let mut had = 0;
         loop {
             let url = format!("{}/log/checkpoint", self.url);
-            let response = self.http.get(&url).send().await.map_err(|e| self.unreachable(e))?;
+            let response = self.http.get(&url).send().await.map_err(|e| self.unreadable(e))?;
             if !response.status().is_success() {
                 return Err(self.unreachable(format!("/log/checkpoint answered {}", response.status())));
             }
-            let note_text = response.text().await.map_err(|e| self.unreachable(e))?;
+            let note_text = response.text().await.map_err(|e| self.unreadable(e))?;
             let (note, checkpoint) = self.signed(&note_text)?;
             let cosignatures = self.quorum.cosignatures(&note);
             if checkpoint.size > index {
@@ -474,11 +489,11 @@ impl LogVerifier {
     /// The inclusion proof of `index` in the tree of `size` entries.
     async fn proof_at(&self, index: u64, size: u64) -> Result<InclusionAnswer, ReceiptError> {
         let url = format!("{}/v1/log/proof/inclusion?index={index}&size={size}", self.url);
-        let response = self.http.get(&url).send().await.map_err(|e| self.unreachable(e))?;
+        let response = self.http.get(&url).send().await.map_err(|e| self.unreadable(e))?;
         if !response.status().is_success() {
             return Err(ReceiptError::NotInLog(index));
         }
-        let answer: InclusionAnswer = response.json().await.map_err(|e| self.unreachable(e))?;
+        let answer: InclusionAnswer = response.json().await.map_err(|e| self.unreadable(e))?;
         if answer.size != size {
             return Err(self.unreachable("the proof is not for the size asked"));
         }
@@ -497,10 +512,10 @@ impl LogVerifier {
         let url = format!("{}/v1/log/proof/inclusion?index={index}", self.url);
         let mut status = reqwest::StatusCode::BAD_REQUEST;
         for _ in 0..PROOF_ATTEMPTS {
-            let response = self.http.get(&url).send().await.map_err(|e| self.unreachable(e))?;
+            let response = self.http.get(&url).send().await.map_err(|e| self.unreadable(e))?;
             status = response.status();
             if status.is_success() {
-                return response.json().await.map_err(|e| self.unreachable(e));
+                return response.json().await.map_err(|e| self.unreadable(e));
             }
             if status != reqwest::StatusCode::BAD_REQUEST && !status.is_server_error() {
                 return Err(ReceiptError::NotInLog(index));
@@ -597,16 +612,6 @@ pub struct WireReceipt {
 }
 
 impl WireReceipt {
-    /// The receipt of an access logged in this process, for the subject its permit names.
-    pub fn of(receipt: &clover_log::Receipt, index: &SubjectIndexKey) -> Self {
-        Self {
-            index: receipt.index(),
-            entry: B64.encode(receipt.entry()),
-            subject_hash: index.hash(receipt.permit().subject()),
-            opening: receipt.annex().and_then(clover_event::Annex::record_opening),
-        }
-    }
-
     /// The entry's bytes.
     pub fn entry_bytes(&self) -> Option<Vec<u8>> {
         B64.decode(&self.entry).ok()

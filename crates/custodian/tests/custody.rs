@@ -1051,7 +1051,7 @@ async fn pkcs11_keks_never_leave_the_token() {
     session.logout().unwrap();
     assert!(find(v2).is_empty());
     let wrong = Pkcs11Kek::open(config, region(), AuthPin::new("0000".into()));
-    assert!(matches!(wrong, Err(KeyError::Hsm(_))), "{wrong:?}");
+    assert!(matches!(wrong, Err(KeyError::Pkcs11 { .. })), "{wrong:?}");
 }
 
 /// An unknown token label is an error that names it.

@@ -57,9 +57,18 @@ pub enum BackupError {
     /// There is nothing to back up yet.
     #[error("nothing to back up: {0} does not exist (the boundary has not run on this data directory)")]
     Nothing(String),
-    /// `pg_dump` failed or is missing.
+    /// `pg_dump` failed, or was not given what it needs.
     #[error("pg_dump: {0}")]
     PgDump(String),
+    /// The store's URL cannot be read, to give `pg_dump` where to connect.
+    #[error("pg_dump: the store URL")]
+    StoreUrl(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// `pg_dump` cannot be run.
+    #[error("pg_dump: cannot run pg_dump (install PostgreSQL's client tools; Debian: postgresql-client)")]
+    NoPgDump(#[source] std::io::Error),
+    /// The task that ran `pg_dump` failed.
+    #[error("pg_dump: the task running it failed")]
+    PgDumpTask(#[source] tokio::task::JoinError),
 }
 
 /// One file of a backup.
@@ -212,10 +221,10 @@ fn prepare_destination(to: &Path) -> Result<(), BackupError> {
 /// custodian's key-store tables. The password goes to `pg_dump` in its environment,
 /// never on its command line.
 async fn pg_dump(url: &str, to: &Path) -> Result<(), BackupError> {
-    let parsed = url::Url::parse(url).map_err(|e| BackupError::PgDump(format!("the store URL: {e}")))?;
+    let parsed = url::Url::parse(url).map_err(|e| BackupError::StoreUrl(Box::new(e)))?;
     // Where the driver connects, which the residency guard checked: given to pg_dump field by
     // field, so that it does not read the URL's parameters its own way (`hostaddr`, host lists).
-    let target = clover_sql::postgres_target(url).map_err(|e| BackupError::PgDump(format!("the store URL: {e}")))?;
+    let target = clover_sql::postgres_target(url).map_err(|e| BackupError::StoreUrl(Box::new(e)))?;
     let mut command = std::process::Command::new("pg_dump");
     command.arg("--format=custom").arg("--no-owner").arg("--file").arg(to);
     command.arg("--host").arg(&target.host).arg("--port").arg(target.port.to_string());
@@ -261,12 +270,8 @@ async fn pg_dump(url: &str, to: &Path) -> Result<(), BackupError> {
     }
     let output = tokio::task::spawn_blocking(move || command.output())
         .await
-        .map_err(|e| BackupError::PgDump(e.to_string()))?
-        .map_err(|e| {
-            BackupError::PgDump(format!(
-                "cannot run pg_dump ({e}): install PostgreSQL's client tools (Debian: postgresql-client)"
-            ))
-        })?;
+        .map_err(BackupError::PgDumpTask)?
+        .map_err(BackupError::NoPgDump)?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         let stderr = stderr.replace(parsed.password().unwrap_or("\u{0}"), "***");

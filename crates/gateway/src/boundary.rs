@@ -286,9 +286,11 @@ fn without_paths(error: &PackError) -> String {
         }
         PackError::Schema(_) => "the policy directory must hold exactly one *.cedarschema file".to_owned(),
         // File names and the parser's and validator's messages: no path.
-        PackError::BadSchema(_) | PackError::Parse { .. } | PackError::Ids(_) | PackError::Invalid(_) => {
-            error.to_string()
-        }
+        PackError::BadSchema(_)
+        | PackError::Parse { .. }
+        | PackError::Ids(_)
+        | PackError::Refused { .. }
+        | PackError::Invalid(_) => Chain(error).to_string(),
     }
 }
 

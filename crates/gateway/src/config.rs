@@ -825,19 +825,21 @@ impl ResidencyConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read {path:?}: {cause}")]
+    #[error("cannot read {path:?}")]
     Read {
         /// The file.
         path: PathBuf,
         /// The cause.
+        #[source]
         cause: std::io::Error,
     },
     /// The file is not valid TOML or has unknown or ill-typed keys.
-    #[error("{path:?} is not a valid configuration: {cause}")]
+    #[error("{path:?} is not a valid configuration")]
     Parse {
         /// The file.
         path: PathBuf,
         /// The parser's message, with line and column.
+        #[source]
         cause: Box<toml::de::Error>,
     },
     /// The values do not fit together.
@@ -855,6 +857,9 @@ pub enum ConfigError {
     /// A peer's URL (a witness's, the custodian's) cannot be used.
     #[error(transparent)]
     PeerUrl(clover_tls::TlsError),
+    /// A destination's settings cannot be used.
+    #[error(transparent)]
+    Destination(clover_egress::destination::DestinationError),
     /// The configuration cannot be written as TOML.
     #[error("cannot write the configuration")]
     Write(#[source] toml::ser::Error),
@@ -1039,7 +1044,7 @@ impl Config {
         categories: &std::collections::BTreeSet<&str>,
         purposes: &std::collections::BTreeSet<&str>,
     ) -> Result<(), ConfigError> {
-        clover_egress::destination::check_all(&self.destinations).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        clover_egress::destination::check_all(&self.destinations).map_err(ConfigError::Destination)?;
         for destination in &self.destinations {
             if destination.region == self.region {
                 return Err(ConfigError::Invalid(format!(
@@ -1184,6 +1189,11 @@ impl Config {
 mod tests {
     use super::*;
 
+    /// Why `text` is refused, with the causes, as the CLI prints it.
+    fn refused(text: &str) -> String {
+        crate::report::Chain(&Config::parse(text).unwrap_err()).to_string()
+    }
+
     #[test]
     fn defaults_are_valid_and_match_the_example_file() {
         let defaults = Config::default();
@@ -1212,45 +1222,39 @@ mod tests {
 
     #[test]
     fn unknown_keys_and_bad_values_are_refused_with_their_place() {
-        let err = Config::parse("region = \"eu\"\nlisten_on = \"x\"\n").unwrap_err().to_string();
+        let err = refused("region = \"eu\"\nlisten_on = \"x\"\n");
         assert!(err.contains("unknown field `listen_on`"), "{err}");
-        let err = Config::parse("region = \"EU\"\n").unwrap_err().to_string();
+        let err = refused("region = \"EU\"\n");
         assert!(err.contains("invalid region"), "{err}");
-        let err = Config::parse("[[sites]]\nname = \"a\"\nregion = \"eu\"\ncidrs = [\"10.0.0.0/33\"]\n")
-            .unwrap_err()
-            .to_string();
+        let err = refused("[[sites]]\nname = \"a\"\nregion = \"eu\"\ncidrs = [\"10.0.0.0/33\"]\n");
         assert!(err.contains("cidrs"), "{err}");
-        let err = Config::parse("max_body_bytes = 10\n").unwrap_err().to_string();
+        let err = refused("max_body_bytes = 10\n");
         assert!(err.contains("at least 1024"), "{err}");
     }
 
     #[test]
     fn plain_http_is_refused_off_loopback_and_tls_settings_must_fit() {
-        let err = Config::parse("listen = \"0.0.0.0:7878\"\n").unwrap_err().to_string();
+        let err = refused("listen = \"0.0.0.0:7878\"\n");
         assert!(err.contains("refusing to serve plain HTTP on 0.0.0.0:7878"), "{err}");
-        let err = Config::parse("listen = \"10.0.0.7:443\"\n").unwrap_err().to_string();
+        let err = refused("listen = \"10.0.0.7:443\"\n");
         assert!(err.contains("not a loopback address"), "{err}");
         Config::parse("listen = \"0.0.0.0:7878\"\n[tls]\nallow_plaintext = true\n").unwrap();
         Config::parse("listen = \"0.0.0.0:7878\"\n[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n").unwrap();
         Config::parse("listen = \"127.0.0.2:7878\"\n").unwrap();
 
-        let err = Config::parse("[tls]\ncert = \"c.pem\"\n").unwrap_err().to_string();
+        let err = refused("[tls]\ncert = \"c.pem\"\n");
         assert!(err.contains("cert and key go together"), "{err}");
-        let err = Config::parse("[[tls.services]]\nsan = \"x\"\nprincipal = \"p\"\nsite = \"dublin-1\"\n")
-            .unwrap_err()
-            .to_string();
+        let err = refused("[[tls.services]]\nsan = \"x\"\nprincipal = \"p\"\nsite = \"dublin-1\"\n");
         assert!(err.contains("client_ca"), "{err}");
-        let err = Config::parse(
+        let err = refused(
             "[tls]\ncert = \"c\"\nkey = \"k\"\nclient_ca = \"ca\"\n\
              [[tls.services]]\nsan = \"x\"\nprincipal = \"p\"\nsite = \"mars-1\"\n",
-        )
-        .unwrap_err()
-        .to_string();
+        );
         assert!(err.contains("\"mars-1\", which is not configured"), "{err}");
 
-        let err = Config::parse("[keys]\ncustodian = \"http://10.0.0.9:7880\"\n").unwrap_err().to_string();
+        let err = refused("[keys]\ncustodian = \"http://10.0.0.9:7880\"\n");
         assert!(err.contains("https://"), "{err}");
-        let err = Config::parse("[keys]\ncustodian = \"https://custodian.eu:7880\"\n").unwrap_err().to_string();
+        let err = refused("[keys]\ncustodian = \"https://custodian.eu:7880\"\n");
         assert!(err.contains("mutual TLS"), "{err}");
         Config::parse("[keys]\ncustodian = \"http://127.0.0.1:7880\"\n").unwrap();
         Config::parse("[tls]\ncert = \"c\"\nkey = \"k\"\n[keys]\ncustodian = \"https://custodian.eu:7880\"\n").unwrap();
@@ -1268,13 +1272,13 @@ mod tests {
         // A configuration written before purposes named roles is refused, loudly, not read as
         // "nobody may declare it" or "anyone may".
         let old_purpose = "[[purposes]]\nname = \"support\"\ncategories = [\"profile\"]\n";
-        let err = Config::parse(old_purpose).unwrap_err().to_string();
+        let err = refused(old_purpose);
         assert!(err.contains("missing field `roles`"), "{err}");
-        let err = Config::parse(&format!("{old_purpose}roles = []\n")).unwrap_err().to_string();
+        let err = refused(&format!("{old_purpose}roles = []\n"));
         assert!(err.contains("purpose \"support\" names no roles"), "{err}");
-        let err = Config::parse(&format!("{old_purpose}roles = [\"support\", \"support\"]\n")).unwrap_err().to_string();
+        let err = refused(&format!("{old_purpose}roles = [\"support\", \"support\"]\n"));
         assert!(err.contains("twice"), "{err}");
-        let err = Config::parse(&format!("{old_purpose}roles = [\" support\"]\n")).unwrap_err().to_string();
+        let err = refused(&format!("{old_purpose}roles = [\" support\"]\n"));
         assert!(err.contains("without spaces"), "{err}");
 
         let category = |sensitivity: &str, roles: &str| {
@@ -1282,9 +1286,9 @@ mod tests {
                 "[[categories]]\nname = \"profile\"\nsensitivity = \"{sensitivity}\"\n{roles}{old_purpose}roles = [\"support\"]\n"
             )
         };
-        let err = Config::parse(&category("sensitive", "")).unwrap_err().to_string();
+        let err = refused(&category("sensitive", ""));
         assert!(err.contains("category \"profile\" is sensitive: name the roles"), "{err}");
-        let err = Config::parse(&category("normal", "roles = [\"legal\"]\n")).unwrap_err().to_string();
+        let err = refused(&category("normal", "roles = [\"legal\"]\n"));
         assert!(err.contains("would restrict nothing"), "{err}");
         Config::parse(&category("sensitive", "roles = [\"legal\"]\n")).unwrap();
         Config::parse(&category("normal", "")).unwrap();
@@ -1315,12 +1319,12 @@ mod tests {
             ("site_claim = \"\"\n", "site_claim must name a claim"),
             ("site_claim = \"region\"\n", "name the same claim"),
         ] {
-            let err = Config::parse(&format!("{provider}{extra}")).unwrap_err().to_string();
+            let err = refused(&format!("{provider}{extra}"));
             assert!(err.contains(expected), "{extra}: {err}");
         }
-        let err = Config::parse(&format!("{provider}{provider}")).unwrap_err().to_string();
+        let err = refused(&format!("{provider}{provider}"));
         assert!(err.contains("\"https://idp\" is listed twice"), "{err}");
-        let err = Config::parse("[identity]\nmax_token_lifetime_seconds = 0\n").unwrap_err().to_string();
+        let err = refused("[identity]\nmax_token_lifetime_seconds = 0\n");
         assert!(err.contains("max_token_lifetime_seconds must be at least 1"), "{err}");
     }
 }

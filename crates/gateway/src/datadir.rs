@@ -29,11 +29,12 @@ pub struct Initialised {
 #[derive(Debug, thiserror::Error)]
 pub enum DataDirError {
     /// The directory could not be created.
-    #[error("cannot create data directory {path:?}: {cause}")]
+    #[error("cannot create data directory {path:?}")]
     Create {
         /// The directory.
         path: PathBuf,
         /// The cause.
+        #[source]
         cause: std::io::Error,
     },
     /// Keys are not set up.

@@ -153,11 +153,12 @@ pub enum IssuerError {
     #[error("issuer key file {0:?} does not hold an Ed25519 key")]
     Malformed(std::path::PathBuf),
     /// The key file could not be read.
-    #[error("cannot read issuer key {path:?}: {cause}")]
+    #[error("cannot read issuer key {path:?}")]
     Read {
         /// The file.
         path: std::path::PathBuf,
         /// The cause.
+        #[source]
         cause: std::io::Error,
     },
     /// Signing failed.

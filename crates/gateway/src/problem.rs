@@ -456,7 +456,9 @@ fn unavailable_dependency(error: &(dyn std::error::Error + 'static)) -> Option<&
             return Some("database");
         }
         match e.downcast_ref::<clover_keys::KeyError>() {
-            Some(clover_keys::KeyError::Unavailable(_)) => return Some("custodian"),
+            Some(clover_keys::KeyError::Unavailable(_) | clover_keys::KeyError::Unreachable { .. }) => {
+                return Some("custodian");
+            }
             Some(clover_keys::KeyError::Store { cause, .. }) if unavailable_dependency(cause.as_ref()).is_some() => {
                 return Some("key store");
             }

@@ -87,14 +87,15 @@ pub enum ResidencyError {
         region: Region,
     },
     /// A place's host does not resolve: where it is cannot be known.
-    #[error("residency: the {place} at {host} does not resolve ({cause}): where it is cannot be checked")]
+    #[error("residency: the {place} at {host} does not resolve (where it is cannot be checked)")]
     Unresolved {
         /// The place.
         place: &'static str,
         /// Its host.
         host: String,
         /// Why.
-        cause: String,
+        #[source]
+        cause: std::io::Error,
     },
     /// A place's URL has no host the guard can read.
     #[error("residency: the {place} URL names no host the boundary can resolve")]
@@ -143,11 +144,7 @@ pub async fn check(config: &Config) -> Result<Residency, ResidencyError> {
             Ok(ip) => vec![ip],
             Err(_) => tokio::net::lookup_host((host.as_str(), port))
                 .await
-                .map_err(|e| ResidencyError::Unresolved {
-                    place: place.as_str(),
-                    host: host.clone(),
-                    cause: e.to_string(),
-                })?
+                .map_err(|cause| ResidencyError::Unresolved { place: place.as_str(), host: host.clone(), cause })?
                 .map(|a| a.ip())
                 .collect(),
         };

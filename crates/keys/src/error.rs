@@ -6,11 +6,12 @@ use clover_model::SubjectId;
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     /// A key file could not be read or written.
-    #[error("key file {path:?}: {cause}")]
+    #[error("key file {path:?}")]
     Io {
         /// The file.
         path: std::path::PathBuf,
         /// The cause.
+        #[source]
         cause: std::io::Error,
     },
     /// Refused to replace existing keys.
@@ -23,6 +24,18 @@ pub enum KeyError {
         path: std::path::PathBuf,
         /// What is wrong with it.
         detail: String,
+    },
+    /// A part of a key file does not decode (not JSON of the expected shape, not base64, a key
+    /// derivation or a key that does not take).
+    #[error("key file {path:?} is malformed: {part}")]
+    Undecodable {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The part that does not decode: its JSON, the sealed keys, a key.
+        part: &'static str,
+        /// Why.
+        #[source]
+        cause: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The passphrase does not open the keyring (or the file was altered).
     #[error("the passphrase does not open the keyring at {0:?} (wrong passphrase, or the file was altered)")]
@@ -56,9 +69,20 @@ pub enum KeyError {
     #[error("cryptographic failure: {0}")]
     Crypto(&'static str),
 
-    /// The HSM refused or failed an operation.
+    /// The HSM (or a custodian standing for it) refused or cannot do what was asked, said in
+    /// words: no token with the label, no PIN, an answer that cannot be used.
     #[error("HSM: {0}")]
     Hsm(String),
+
+    /// The PKCS#11 module refused or failed an operation.
+    #[error("HSM: {action}")]
+    Pkcs11 {
+        /// What was being done: loading the module, logging in to a token, decrypting.
+        action: String,
+        /// The module's error.
+        #[source]
+        cause: cryptoki::error::Error,
+    },
 
     /// The current KEK version cannot be retired.
     #[error("kek version {0} is the current one and cannot be retired")]
@@ -95,11 +119,12 @@ pub enum KeyError {
     NoDataKey,
 
     /// The custodian's key store could not be opened.
-    #[error("cannot open the key store {store}: {cause}")]
+    #[error("cannot open the key store {store}")]
     StoreOpen {
         /// The key store (a PostgreSQL URL without its password).
         store: String,
         /// Why.
+        #[source]
         cause: Box<dyn std::error::Error + Send + Sync>,
     },
 
@@ -108,12 +133,24 @@ pub enum KeyError {
     #[error("the custodian cannot serve now: {0}")]
     Unavailable(String),
 
+    /// A custodian in its own process cannot be reached (refused, timed out, the TLS handshake
+    /// failed). Worth trying again, like [`KeyError::Unavailable`].
+    #[error("the custodian cannot serve now: the custodian at {url} cannot be reached")]
+    Unreachable {
+        /// The custodian's base URL.
+        url: String,
+        /// The HTTP client's error.
+        #[source]
+        cause: Box<dyn std::error::Error + Send + Sync>,
+    },
+
     /// The custodian's key store failed.
-    #[error("custody store: {operation}: {cause}")]
+    #[error("custody store: {operation}")]
     Store {
         /// What the custodian was doing.
         operation: &'static str,
         /// Why.
+        #[source]
         cause: Box<dyn std::error::Error + Send + Sync>,
     },
 }

@@ -142,19 +142,27 @@ fn random<const N: usize>() -> Result<Zeroizing<[u8; N]>, KeyError> {
     Ok(out)
 }
 
+/// The error of a `part` of the keyring file at `path` that does not decode.
+fn undecodable<'a, E: std::error::Error + Send + Sync + 'static>(
+    path: &'a Path,
+    part: &'static str,
+) -> impl FnOnce(E) -> KeyError + 'a {
+    move |cause| KeyError::Undecodable { path: path.to_owned(), part, cause: Box::new(cause) }
+}
+
 fn derive(passphrase: &Passphrase, kdf: &Kdf, path: &Path) -> Result<Zeroizing<[u8; 32]>, KeyError> {
     let malformed = |detail: String| KeyError::Malformed { path: path.to_owned(), detail };
-    let salt = B64.decode(&kdf.salt).map_err(|e| malformed(format!("salt: {e}")))?;
+    let salt = B64.decode(&kdf.salt).map_err(undecodable(path, "salt"))?;
     let mut out = Zeroizing::new([0u8; 32]);
     match kdf.algorithm.as_str() {
         ARGON2ID => {
             let (Some(m), Some(t), Some(p)) = (kdf.memory_kib, kdf.passes, kdf.lanes) else {
                 return Err(malformed("argon2id needs memory_kib, passes and lanes".to_owned()));
             };
-            let params = argon2::Params::new(m, t, p, Some(32)).map_err(|e| malformed(format!("argon2id: {e}")))?;
+            let params = argon2::Params::new(m, t, p, Some(32)).map_err(undecodable(path, "argon2id"))?;
             argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
                 .hash_password_into(passphrase.as_bytes(), &salt, out.as_mut())
-                .map_err(|e| malformed(format!("argon2id: {e}")))?;
+                .map_err(undecodable(path, "argon2id"))?;
         }
         PBKDF2 => {
             let rounds = kdf.iterations.and_then(NonZeroU32::new).ok_or_else(|| malformed("no rounds".to_owned()))?;
@@ -236,7 +244,6 @@ impl Keyring {
     fn save_with(&self, keks: &BTreeMap<u32, Zeroizing<[u8; 32]>>, new: bool) -> Result<(), KeyError> {
         let kdf = self.kdf.resalted()?;
         let sealing = derive(&self.passphrase, &kdf, &self.path)?;
-        let malformed = |e: serde_json::Error| KeyError::Malformed { path: self.path.clone(), detail: e.to_string() };
         let plaintext = {
             let sealed = SealedKeys {
                 current: keks.keys().next_back().copied().unwrap_or_default(),
@@ -248,7 +255,8 @@ impl Keyring {
                     secret: B64.encode(self.pseudonym_root.1.as_ref()),
                 }),
             };
-            let plaintext = Zeroizing::new(serde_json::to_vec(&sealed).map_err(malformed)?);
+            let plaintext =
+                Zeroizing::new(serde_json::to_vec(&sealed).map_err(undecodable(&self.path, "sealed keys"))?);
             drop(sealed.keks.into_values().map(Zeroizing::new).collect::<Vec<_>>());
             drop((Zeroizing::new(sealed.checkpoint_key), Zeroizing::new(sealed.subject_index_key)));
             drop(sealed.pseudonym_root.map(|root| Zeroizing::new(root.secret)));
@@ -260,7 +268,7 @@ impl Keyring {
             kdf,
             sealed: B64.encode(seal(sealing.as_ref(), &file_aad(FORMAT, &self.region), &plaintext)?),
         };
-        let mut text = serde_json::to_vec_pretty(&file).map_err(malformed)?;
+        let mut text = serde_json::to_vec_pretty(&file).map_err(undecodable(&self.path, "its JSON"))?;
         text.push(b'\n');
         if new { write_private(&self.path, &text) } else { replace_private(&self.path, &text) }
     }
@@ -271,21 +279,21 @@ impl Keyring {
     pub fn open(path: &Path, passphrase: &Passphrase) -> Result<Self, KeyError> {
         let malformed = |detail: String| KeyError::Malformed { path: path.to_owned(), detail };
         let text = std::fs::read(path).map_err(|cause| KeyError::Io { path: path.to_owned(), cause })?;
-        let file: KeyringFile = serde_json::from_slice(&text).map_err(|e| malformed(e.to_string()))?;
+        let file: KeyringFile = serde_json::from_slice(&text).map_err(undecodable(path, "its JSON"))?;
         let legacy = match file.format.as_str() {
             FORMAT => false,
             FORMAT_V1 if file.kdf.algorithm == PBKDF2 => true,
             other => return Err(malformed(format!("unknown format {other:?}, expected {FORMAT:?}"))),
         };
-        let sealed = B64.decode(&file.sealed).map_err(|e| malformed(format!("sealed keys: {e}")))?;
+        let sealed = B64.decode(&file.sealed).map_err(undecodable(path, "sealed keys"))?;
         let sealing = derive(passphrase, &file.kdf, path)?;
         let plaintext = open(sealing.as_ref(), &file_aad(&file.format, &file.region), &sealed)
             .map_err(|_| KeyError::WrongPassphrase(path.to_owned()))?;
-        let keys: SealedKeys = serde_json::from_slice(&plaintext).map_err(|e| malformed(e.to_string()))?;
+        let keys: SealedKeys = serde_json::from_slice(&plaintext).map_err(undecodable(path, "sealed keys"))?;
         let mut keks = BTreeMap::new();
         for (version, encoded) in keys.keks {
             let encoded = Zeroizing::new(encoded);
-            let bytes = Zeroizing::new(B64.decode(encoded.as_bytes()).map_err(|e| malformed(format!("kek: {e}")))?);
+            let bytes = Zeroizing::new(B64.decode(encoded.as_bytes()).map_err(undecodable(path, "kek"))?);
             let mut kek = Zeroizing::new([0u8; 32]);
             if bytes.len() != 32 {
                 return Err(malformed(format!("kek version {version} is not 32 bytes")));
@@ -296,9 +304,9 @@ impl Keyring {
         if !keks.contains_key(&keys.current) {
             return Err(malformed(format!("current kek version {} is missing", keys.current)));
         }
-        let decode = |what: &str, text: String| {
+        let decode = |what: &'static str, text: String| {
             let text = Zeroizing::new(text);
-            B64.decode(text.as_bytes()).map(Zeroizing::new).map_err(|e| malformed(format!("{what}: {e}")))
+            B64.decode(text.as_bytes()).map(Zeroizing::new).map_err(undecodable(path, what))
         };
         drop(sealing);
         let (pseudonym_root, made) = match keys.pseudonym_root {
@@ -357,7 +365,7 @@ impl Keyring {
     /// The log's checkpoint signing key, under the log's name `origin`.
     pub fn checkpoint_signer(&self, origin: &str) -> Result<SigningKey, KeyError> {
         SigningKey::from_pkcs8(origin, TYPE_ED25519, &self.checkpoint_key)
-            .map_err(|e| KeyError::Malformed { path: self.path.clone(), detail: format!("checkpoint key: {e}") })
+            .map_err(undecodable(&self.path, "checkpoint key"))
     }
 
     /// The key of the log's subject hashes.

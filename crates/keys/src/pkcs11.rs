@@ -38,7 +38,7 @@ pub struct Pkcs11Config {
 }
 
 fn hsm(what: &'static str) -> impl Fn(CkError) -> KeyError {
-    move |e| KeyError::Hsm(format!("{what}: {e}"))
+    move |cause| KeyError::Pkcs11 { action: what.to_owned(), cause }
 }
 
 /// The module at `path`, loaded and initialised once per process.
@@ -48,11 +48,15 @@ pub fn module(path: &Path) -> Result<Arc<Pkcs11>, KeyError> {
     if let Some(module) = modules.get(path) {
         return Ok(module.clone());
     }
-    let module = Pkcs11::new(path)
-        .map_err(|e| KeyError::Hsm(format!("cannot load the PKCS#11 module {}: {e}", path.display())))?;
+    let module = Pkcs11::new(path).map_err(|cause| KeyError::Pkcs11 {
+        action: format!("cannot load the PKCS#11 module {}", path.display()),
+        cause,
+    })?;
     match module.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
         Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
-        Err(e) => return Err(KeyError::Hsm(format!("cannot initialise {}: {e}", path.display()))),
+        Err(cause) => {
+            return Err(KeyError::Pkcs11 { action: format!("cannot initialise {}", path.display()), cause });
+        }
     }
     let module = Arc::new(module);
     modules.insert(path.to_owned(), module.clone());
@@ -109,7 +113,9 @@ impl Token {
                 let session = self.module.open_rw_session(self.slot).map_err(hsm("opening a session"))?;
                 match session.login(UserType::User, Some(&self.pin)) {
                     Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
-                    Err(e) => return Err(KeyError::Hsm(format!("cannot log in to {:?}: {e}", self.label))),
+                    Err(cause) => {
+                        return Err(KeyError::Pkcs11 { action: format!("cannot log in to {:?}", self.label), cause });
+                    }
                 }
                 session
             }
@@ -239,7 +245,7 @@ impl Kek for Pkcs11Kek {
                     | RvError::GeneralError,
                     _,
                 ) => KeyError::Decrypt,
-                e => KeyError::Hsm(format!("decrypting: {e}")),
+                cause => KeyError::Pkcs11 { action: "decrypting".to_owned(), cause },
             })
         })
     }

@@ -9,10 +9,11 @@
 
 use std::collections::BTreeMap;
 
+use clover_event::sha256_hex;
 use clover_tlog::note::{Note, SigningKey, TYPE_ED25519, VerifierKey};
 use maud::{DOCTYPE, html};
 
-use crate::state::{Dir, StateError};
+use crate::state::{Dir, StateError, undecodable};
 
 /// The first line of a report's signed statement.
 pub const FORMAT: &str = "clover/monitor-report/v1";
@@ -20,27 +21,22 @@ pub const FORMAT: &str = "clover/monitor-report/v1";
 /// Where the signature starts.
 const MARK: &str = "\n<!-- clover-signature\n";
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes).as_ref())
-}
-
 impl Dir {
     /// The monitor's own signing key (`monitor.key`, made 0600 the first time, its verifier key
     /// in `monitor.vkey`), named after the log it follows.
     pub fn signing_key(&self, origin: &str) -> Result<SigningKey, StateError> {
         let path = self.root().join("monitor.key");
         let name = format!("monitor/{}", origin.replace(char::is_whitespace, "-").replace('+', "-"));
-        let corrupt = |detail: String| StateError::Corrupt { path: path.clone(), detail };
         let pkcs8 = match std::fs::read(&path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let bytes = clover_tlog::note::generate_pkcs8().map_err(|e| corrupt(e.to_string()))?;
+                let bytes = clover_tlog::note::generate_pkcs8().map_err(undecodable(&path))?;
                 write_private(&path, &bytes).map_err(|source| StateError::Io { path: path.clone(), source })?;
                 bytes
             }
             Err(source) => return Err(StateError::Io { path, source }),
         };
-        let key = SigningKey::from_pkcs8(&name, TYPE_ED25519, &pkcs8).map_err(|e| corrupt(e.to_string()))?;
+        let key = SigningKey::from_pkcs8(&name, TYPE_ED25519, &pkcs8).map_err(undecodable(&path))?;
         let vkey = self.root().join("monitor.vkey");
         std::fs::write(&vkey, format!("{}\n", key.verifier()))
             .map_err(|source| StateError::Io { path: vkey.clone(), source })?;
@@ -163,7 +159,7 @@ pub enum ReportError {
     Unsigned,
     /// The signature is not the key's.
     #[error("the report's signature is not the monitor's key's: {0}")]
-    BadSignature(String),
+    BadSignature(#[source] clover_tlog::note::NoteError),
     /// The page was changed after it was signed.
     #[error("the report was changed after it was signed")]
     Changed,
@@ -174,7 +170,7 @@ pub fn verify(text: &str, vkey: &VerifierKey) -> Result<String, ReportError> {
     let (page, signed) = text.split_once(MARK).ok_or(ReportError::Unsigned)?;
     let note_text = signed.strip_suffix("-->\n").ok_or(ReportError::Unsigned)?;
     let note = Note::parse(note_text).map_err(|_| ReportError::Unsigned)?;
-    note.verify(vkey).map_err(|e| ReportError::BadSignature(e.to_string()))?;
+    note.verify(vkey).map_err(ReportError::BadSignature)?;
     let mut lines = note.text.lines();
     if lines.next() != Some(FORMAT) {
         return Err(ReportError::Unsigned);

@@ -89,10 +89,26 @@ pub enum StateError {
         /// What is wrong.
         detail: String,
     },
+    /// A file does not decode as what the monitor writes (or what it writes does not encode).
+    #[error("{path} is corrupt: {source}")]
+    Undecodable {
+        /// The file.
+        path: PathBuf,
+        /// The decoder's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
     move |source| StateError::Io { path: path.to_owned(), source }
+}
+
+/// The error of the file at `path` that does not decode (or of a state that does not encode).
+pub(crate) fn undecodable<E: std::error::Error + Send + Sync + 'static>(
+    path: &Path,
+) -> impl FnOnce(E) -> StateError + '_ {
+    move |source| StateError::Undecodable { path: path.to_owned(), source: Box::new(source) }
 }
 
 impl State {
@@ -106,7 +122,7 @@ impl State {
                 Hash::from_base64(h).ok_or_else(|| corrupt(format!("frontier hash {h:?} is not base64 of 32 bytes")))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Frontier::from_parts(self.size, hashes).map_err(|e| corrupt(e.to_string()))
+        Frontier::from_parts(self.size, hashes).map_err(undecodable(path))
     }
 
     /// Keeps `frontier` (and its root) as the verified tree.
@@ -154,8 +170,7 @@ impl Dir {
     pub fn load(&self) -> Result<State, StateError> {
         let path = self.state_path();
         match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| StateError::Corrupt { path: path.clone(), detail: e.to_string() }),
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(undecodable(&path)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
             Err(e) => Err(StateError::Io { path, source: e }),
         }
@@ -165,8 +180,7 @@ impl Dir {
     pub fn save(&self, state: &State) -> Result<(), StateError> {
         let path = self.state_path();
         let tmp = self.root.join("state.json.tmp");
-        let bytes =
-            serde_json::to_vec(state).map_err(|e| StateError::Corrupt { path: path.clone(), detail: e.to_string() })?;
+        let bytes = serde_json::to_vec(state).map_err(undecodable(&path))?;
         let mut file = std::fs::File::create(&tmp).map_err(io(&tmp))?;
         file.write_all(&bytes).map_err(io(&tmp))?;
         file.sync_all().map_err(io(&tmp))?;
@@ -190,8 +204,7 @@ impl Dir {
         }
         let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(io(&path))?;
         for alert in fresh {
-            let mut line = serde_json::to_vec(alert)
-                .map_err(|e| StateError::Corrupt { path: path.clone(), detail: e.to_string() })?;
+            let mut line = serde_json::to_vec(alert).map_err(undecodable(&path))?;
             line.push(b'\n');
             file.write_all(&line).map_err(io(&path))?;
         }
@@ -214,8 +227,7 @@ impl Dir {
             if line.trim().is_empty() {
                 continue;
             }
-            let alert: Alert = serde_json::from_str(&line)
-                .map_err(|e| StateError::Corrupt { path: path.clone(), detail: e.to_string() })?;
+            let alert: Alert = serde_json::from_str(&line).map_err(undecodable(&path))?;
             if keep.is_none_or(|keep| keep(&alert)) {
                 out.push_back(alert);
                 if out.len() as u64 > limit {

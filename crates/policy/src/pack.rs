@@ -33,30 +33,41 @@ pub const DEFAULT_POLICIES: &str = include_str!("../../../policies/default.cedar
 #[derive(Debug, thiserror::Error)]
 pub enum PackError {
     /// A file could not be read.
-    #[error("cannot read {path:?}: {cause}")]
+    #[error("cannot read {path:?}")]
     Read {
         /// The file or directory.
         path: PathBuf,
         /// The cause.
+        #[source]
         cause: std::io::Error,
     },
     /// The directory does not hold exactly one schema.
     #[error("{0:?} must hold exactly one *.cedarschema file")]
     Schema(PathBuf),
     /// The schema does not parse.
-    #[error("the schema does not parse: {0}")]
-    BadSchema(String),
+    #[error("the schema does not parse")]
+    BadSchema(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// A policy file does not parse.
-    #[error("{file}: {detail}")]
+    #[error("{file} does not parse")]
     Parse {
         /// The file.
         file: String,
-        /// The parser's message.
-        detail: String,
+        /// The parser's errors.
+        #[source]
+        source: Box<cedar_policy::ParseErrors>,
     },
     /// A policy has no `@id`, or an id is used twice.
     #[error("{0}")]
     Ids(String),
+    /// Cedar refused a policy into the pack's sets.
+    #[error("policy {id:?} cannot be taken into the pack")]
+    Refused {
+        /// The policy's id.
+        id: String,
+        /// Cedar's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// Policies do not validate against the schema.
     #[error("the policies do not validate against the schema:\n{}", .0.join("\n"))]
     Invalid(Vec<String>),
@@ -220,7 +231,7 @@ struct EntityTypes {
 
 impl EntityTypes {
     fn new() -> Result<Self, PackError> {
-        let name = |n: &str| EntityTypeName::from_str(n).map_err(|e| PackError::BadSchema(cedar_err(e)));
+        let name = |n: &str| EntityTypeName::from_str(n).map_err(|e| PackError::BadSchema(Box::new(e)));
         Ok(Self {
             employee: name("Clover::Employee")?,
             service: name("Clover::Service")?,
@@ -238,7 +249,7 @@ impl EntityTypes {
 /// can match (any action; that action; a list holding the action or one of its groups), with
 /// that scope made unconstrained, since it is known to hold.
 fn by_action(schema: &Schema, policies: &PolicySet) -> Result<HashMap<String, ActionPolicies>, PackError> {
-    let actions = schema.action_entities().map_err(|e| PackError::BadSchema(cedar_err(e)))?;
+    let actions = schema.action_entities().map_err(|e| PackError::BadSchema(Box::new(e)))?;
     let mut out = HashMap::new();
     for action in schema.actions() {
         let mut groups: HashSet<&EntityUid> = actions.ancestors(action).into_iter().flatten().collect();
@@ -256,16 +267,20 @@ fn by_action(schema: &Schema, policies: &PolicySet) -> Result<HashMap<String, Ac
             // Within this subset the request's action is always `action`, which the scope was
             // just shown to match: the scope's action test is dropped, so that Cedar does not
             // build and search the scope's list of actions on every evaluation.
+            let refused = |source: Box<dyn std::error::Error + Send + Sync>| PackError::Refused {
+                id: policy.id().to_string(),
+                source,
+            };
             let scoped = if matches!(policy.action_constraint(), ActionConstraint::Any) {
                 policy.clone()
             } else {
-                let mut json = policy.to_json().map_err(|e| PackError::Ids(cedar_err(e)))?;
+                let mut json = policy.to_json().map_err(|e| refused(Box::new(e)))?;
                 if let Some(scope) = json.get_mut("action") {
                     *scope = serde_json::json!({ "op": "All" });
                 }
-                Policy::from_json(Some(policy.id().clone()), json).map_err(|e| PackError::Ids(cedar_err(e)))?
+                Policy::from_json(Some(policy.id().clone()), json).map_err(|e| refused(Box::new(e)))?
             };
-            subset.add(scoped).map_err(|e| PackError::Ids(cedar_err(e)))?;
+            subset.add(scoped).map_err(|e| refused(Box::new(e)))?;
         }
         out.insert(action.id().unescaped().to_owned(), ActionPolicies { uid: action.clone(), policies: subset });
     }
@@ -320,12 +335,12 @@ impl PolicyPack {
     pub fn from_sources(schema: &str, files: &[(String, String)]) -> Result<Self, PackError> {
         let digest = sources_digest(schema, files);
         let (schema, _warnings) =
-            Schema::from_cedarschema_str(schema).map_err(|e| PackError::BadSchema(cedar_err(e)))?;
+            Schema::from_cedarschema_str(schema).map_err(|e| PackError::BadSchema(Box::new(e)))?;
         let mut policies = PolicySet::new();
         let mut ids = BTreeSet::new();
         for (file, text) in files {
-            let parsed =
-                PolicySet::from_str(text).map_err(|e| PackError::Parse { file: file.clone(), detail: cedar_err(e) })?;
+            let parsed = PolicySet::from_str(text)
+                .map_err(|source| PackError::Parse { file: file.clone(), source: Box::new(source) })?;
             for policy in parsed.policies() {
                 let Some(id) = policy.annotation("id") else {
                     return Err(PackError::Ids(format!("{file}: a policy has no @id(\"...\") annotation")));
@@ -335,7 +350,7 @@ impl PolicyPack {
                 }
                 policies
                     .add(policy.new_id(PolicyId::new(id)))
-                    .map_err(|e| PackError::Ids(format!("{file}: {}", cedar_err(e))))?;
+                    .map_err(|e| PackError::Refused { id: id.to_owned(), source: Box::new(e) })?;
             }
         }
         let result = Validator::new(schema.clone()).validate(&policies, ValidationMode::Strict);

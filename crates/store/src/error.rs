@@ -8,19 +8,21 @@ use clover_model::SubjectId;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The database refused or failed an operation.
-    #[error("database error while {operation}: {cause}")]
+    #[error("database error while {operation}")]
     Database {
         /// What the store was doing.
         operation: &'static str,
         /// The driver's error.
+        #[source]
         cause: sqlx::Error,
     },
     /// The database could not be opened or set up.
-    #[error("cannot open the database at {location}: {cause}")]
+    #[error("cannot open the database at {location}")]
     Open {
         /// Where the database is.
         location: String,
         /// The driver's error.
+        #[source]
         cause: sqlx::Error,
     },
     /// A stored value is not what Clover writes.

@@ -40,6 +40,17 @@ pub enum TlsError {
     /// Plain HTTP where only TLS is allowed.
     #[error("{0}")]
     Plaintext(String),
+    /// A URL that one of Clover's processes calls another at does not parse.
+    #[error("{what} {url:?} is not a URL")]
+    Url {
+        /// What the URL is for: the custodian, `--url`.
+        what: String,
+        /// The URL as given.
+        url: String,
+        /// The parser's reason.
+        #[source]
+        source: url::ParseError,
+    },
     /// A client certificate without its key, or a key without its certificate.
     #[error("a client certificate needs its key, and a key its certificate")]
     Incomplete,

@@ -22,7 +22,11 @@ fn is_loopback(ip: IpAddr) -> bool {
 /// Returns whether it is `https://`.
 pub fn check_url(url: &str, what: &str) -> Result<bool, TlsError> {
     // Parsed as the client will parse it (a `\\` is a `/` in an http URL, say), not by hand.
-    let parsed = reqwest::Url::parse(url).map_err(|e| TlsError::Plaintext(format!("{what} {url:?}: {e}")))?;
+    let parsed = reqwest::Url::parse(url).map_err(|source| TlsError::Url {
+        what: what.to_owned(),
+        url: url.to_owned(),
+        source,
+    })?;
     match parsed.scheme() {
         "https" => return Ok(true),
         "http" => {}

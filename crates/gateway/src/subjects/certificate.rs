@@ -16,7 +16,7 @@
 use std::time::Duration;
 
 use base64::Engine as _;
-use clover_event::{Entry, EventKind};
+use clover_event::{Entry, EventKind, sha256_hex};
 use clover_tlog::checkpoint::Checkpoint;
 use clover_tlog::hash::{Hash, leaf_hash};
 use clover_tlog::note::{Note, VerifierKey};
@@ -74,11 +74,6 @@ pub fn subject_commitment(salt: &str, subject: &str) -> String {
     ctx.update(b"\n");
     ctx.update(subject.as_bytes());
     hex::encode(ctx.finish().as_ref())
-}
-
-/// SHA-256 of `bytes`, hex.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes).as_ref())
 }
 
 /// A time in RFC 3339.
@@ -155,7 +150,7 @@ pub(crate) async fn keep(boundary: &Boundary, certificate: &Certificate) -> Resu
 #[derive(Debug, thiserror::Error)]
 pub enum CertificateError {
     /// The statement is not a signed note, or its signature does not verify with the key.
-    #[error("the statement's signature does not verify with the log's key: {0}")]
+    #[error("the statement's signature does not verify with the log's key")]
     Signature(#[source] clover_tlog::note::NoteError),
     /// The statement says something the certificate does not.
     #[error("the statement {0}")]
@@ -168,9 +163,18 @@ pub enum CertificateError {
         /// What is wrong.
         problem: String,
     },
-    /// The checkpoint does not verify, or lacks a witness's cosignature.
+    /// The checkpoint is of another log.
     #[error("the checkpoint {0}")]
     Checkpoint(String),
+    /// The checkpoint does not parse or verify, or lacks a witness's cosignature.
+    #[error("the checkpoint {problem}")]
+    BadCheckpoint {
+        /// What is wrong: it is not a note, not signed by the log, lacks a cosignature.
+        problem: String,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The inclusion proof does not lead to the checkpoint's root.
     #[error("the inclusion proof of log entry {0} does not lead to the checkpoint's root")]
     Inclusion(u64),
@@ -262,16 +266,21 @@ pub fn verify(
         }
     }
     // The checkpoint: signed by the log's key, cosigned by each witness asked for.
-    let checkpoint_note = Note::parse(&certificate.checkpoint)
-        .map_err(|e| CertificateError::Checkpoint(format!("is not a note: {e}")))?;
-    checkpoint_note.verify(vkey).map_err(|e| CertificateError::Checkpoint(format!("is not signed by the log: {e}")))?;
+    let bad = |problem: String, source: clover_tlog::note::NoteError| CertificateError::BadCheckpoint {
+        problem,
+        source: Box::new(source),
+    };
+    let checkpoint_note = Note::parse(&certificate.checkpoint).map_err(|e| bad("is not a note".to_owned(), e))?;
+    checkpoint_note.verify(vkey).map_err(|e| bad("is not signed by the log".to_owned(), e))?;
     for witness in witnesses {
         checkpoint_note
             .verify_cosignature(witness)
-            .map_err(|e| CertificateError::Checkpoint(format!("lacks {}'s cosignature: {e}", witness.name)))?;
+            .map_err(|e| bad(format!("lacks {}'s cosignature", witness.name), e))?;
     }
-    let checkpoint = Checkpoint::parse(&checkpoint_note.text)
-        .map_err(|e| CertificateError::Checkpoint(format!("is not a checkpoint: {e}")))?;
+    let checkpoint = Checkpoint::parse(&checkpoint_note.text).map_err(|source| CertificateError::BadCheckpoint {
+        problem: "is not a checkpoint".to_owned(),
+        source: Box::new(source),
+    })?;
     if checkpoint.origin != vkey.name {
         return Err(CertificateError::Checkpoint(format!("is of another log ({:?})", checkpoint.origin)));
     }

@@ -305,6 +305,7 @@ async fn the_ticket_pattern_is_configuration_and_must_be_anchored() {
         let err = clover_gateway::config::TicketPattern::new(unanchored).unwrap_err();
         assert!(err.contains("anchored"), "{err}");
     }
-    let err = clover_gateway::Config::parse("[policy]\nticket_pattern = \"^(unclosed$\"\n").unwrap_err().to_string();
+    let err = clover_gateway::Config::parse("[policy]\nticket_pattern = \"^(unclosed$\"\n").unwrap_err();
+    let err = clover_gateway::report::Chain(&err).to_string();
     assert!(err.contains("ticket_pattern"), "{err}");
 }
