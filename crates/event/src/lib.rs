@@ -566,6 +566,12 @@ impl RecordOpening {
     }
 }
 
+/// SHA-256 of `bytes`, in lowercase hex: how entries name the documents they cover (a
+/// transfer's bytes, a manifest, a report, a certificate).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(digest::digest(&digest::SHA256, bytes).as_ref())
+}
+
 /// The digest of one annex field: SHA-256("clover/annex-field/v2\n" || salt || name || "\n" ||
 /// (0x00 for none, or 0x01 || value)), hex.
 fn field_digest(salt: &str, name: &str, value: Option<&str>) -> String {

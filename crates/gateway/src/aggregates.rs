@@ -307,7 +307,7 @@ pub async fn release(boundary: &Boundary, caller: &Caller, a: AggregateAsked) ->
     facts.treatment = "dp-laplace".to_owned();
     facts.count = released.len() as u64;
     facts.epsilon = Some(clover_egress::register::format_epsilon(epsilon.value()));
-    facts.manifest = Some(transfers::sha256_hex(&cells_json));
+    facts.manifest = Some(clover_event::sha256_hex(&cells_json));
     let mut event = transfers::entry(boundary, &caller, &decision, facts);
     event.detail = Some(format!(
         "epsilon remaining {} of {}; sensitivity {sensitivity}, scale {}",

@@ -5,6 +5,7 @@ pub mod accounts;
 mod answer;
 pub mod approvals;
 mod document;
+pub mod erasure;
 mod exports;
 pub mod government;
 pub mod keys;

@@ -19,7 +19,7 @@ use std::collections::HashSet;
 
 use clover_egress::kanon::{ClassKey, Classes, class_of};
 use clover_egress::{Excluded, Manifest};
-use clover_event::{EVENT_VERSION, Event, EventDecision, EventKind, TransferFacts};
+use clover_event::{EVENT_VERSION, Event, EventDecision, EventKind, TransferFacts, sha256_hex};
 use clover_keys::{TransferItem, TransferOutcome};
 use clover_log::TransferReceipt;
 use clover_model::{Action, Category};
@@ -552,11 +552,6 @@ pub(crate) fn treated_pages<'a>(
             treat(boundary, &receipt, page, quasi_only).await
         })
         .buffered(AHEAD)
-}
-
-/// SHA-256 in hex.
-pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes).as_ref())
 }
 
 /// A transfer as its maker sees it.

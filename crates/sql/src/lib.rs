@@ -156,16 +156,44 @@ pub fn postgres_target(url: &str) -> Result<PgTarget, sqlx::Error> {
     })
 }
 
-/// A PostgreSQL URL without its password, for messages.
+/// A database URL without its password, for messages: gone from the authority
+/// (`user:secret@host`, the user kept) and from a `password=` query parameter alike (its value
+/// replaced by `redacted`).
 pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let credentials = url.get(scheme + 3..at).unwrap_or_default();
-            let user = credentials.split(':').next().unwrap_or_default();
-            format!("{}{user}{}", url.get(..scheme + 3).unwrap_or_default(), url.get(at..).unwrap_or_default())
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let base = match base.find("://") {
+        Some(scheme) => {
+            let rest = base.get(scheme + 3..).unwrap_or_default();
+            // The authority ends at the path; its credentials at its last `@`.
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            let authority = rest.get(..authority_end).unwrap_or_default();
+            match authority.rfind('@') {
+                Some(at) => {
+                    let credentials = authority.get(..at).unwrap_or_default();
+                    let user = credentials.split(':').next().unwrap_or_default();
+                    format!(
+                        "{}{user}{}",
+                        base.get(..scheme + 3).unwrap_or_default(),
+                        rest.get(at..).unwrap_or_default()
+                    )
+                }
+                None => base.to_owned(),
+            }
         }
-        _ => url.to_owned(),
-    }
+        None => base.to_owned(),
+    };
+    let Some(query) = query else { return base };
+    let query: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=redacted"),
+            _ => pair.to_owned(),
+        })
+        .collect();
+    format!("{base}?{}", query.join("&"))
 }
 
 /// How long one checkpoint attempt of [`truncate_wal`] waits for the readers and the writer
@@ -252,6 +280,13 @@ mod tests {
     fn passwords_stay_out_of_messages() {
         assert_eq!(redact("postgres://clover:s3cret@db.eu:5432/clover"), "postgres://clover@db.eu:5432/clover");
         assert_eq!(redact("postgres://db.eu/clover"), "postgres://db.eu/clover");
+        assert_eq!(
+            redact("postgres://db/x?user=me&password=s3cret&sslmode=require"),
+            "postgres://db/x?user=me&password=redacted&sslmode=require"
+        );
+        assert_eq!(redact("postgres://me:p@ss@db/x"), "postgres://me@db/x");
+        assert_eq!(redact("postgres://db/x?user=a@b&Password=s"), "postgres://db/x?user=a@b&Password=redacted");
+        assert_eq!(redact("sqlite://data/x.db"), "sqlite://data/x.db");
     }
 
     /// A transaction that SQLite ends by itself (the database full) leaves sqlx's count of open

@@ -68,7 +68,7 @@ async fn a_backup_taken_while_serving_holds_the_data_and_the_log_and_no_key() {
     for file in listed {
         let bytes = std::fs::read(dir.join(file["path"].as_str().unwrap())).unwrap();
         let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &bytes);
-        assert_eq!(file["sha256"].as_str().unwrap(), hex_of(digest.as_ref()));
+        assert_eq!(file["sha256"].as_str().unwrap(), hex::encode(digest.as_ref()));
         assert_eq!(file["bytes"].as_u64().unwrap(), bytes.len() as u64);
     }
 
@@ -167,8 +167,4 @@ async fn a_postgres_store_is_dumped_without_the_keys() {
     if !password.is_empty() {
         assert!(!made.stdout.contains(password) && !made.stderr.contains(password));
     }
-}
-
-fn hex_of(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -115,7 +115,7 @@ pub async fn my_accesses(State(boundary): State<Arc<Boundary>>, caller: Caller) 
 /// erasure is tracked as a request that needs a person.
 #[utoipa::path(delete, path = "/v1/me", tag = "me",
     responses(
-        (status = OK, description = "Erased, with the certificate", body = crate::api::subjects::ErasureAnswer),
+        (status = OK, description = "Erased, with the certificate", body = crate::api::erasure::ErasureAnswer),
         (status = NOT_FOUND, description = "`not-found`: the caller holds no data here (never registered, or erased)", body = Problem, content_type = "application/problem+json"),
         (status = FORBIDDEN, description = "`subject-token-required`: the token is not a data subject's; or `forbidden`: denied by policy", body = Problem, content_type = "application/problem+json"),
         (status = CONFLICT, description = "`held`: a legal hold keeps the caller's data; nothing was erased, and the erasure is tracked", body = Problem, content_type = "application/problem+json"),
@@ -123,7 +123,7 @@ pub async fn my_accesses(State(boundary): State<Arc<Boundary>>, caller: Caller) 
     ))]
 pub async fn erase_me(State(boundary): State<Arc<Boundary>>, caller: Caller) -> Result<Response, ApiError> {
     let subject_id = own_subject(&caller)?;
-    crate::api::subjects::erasure_answer(&boundary, &caller, subject_id).await
+    crate::api::erasure::erasure_answer(&boundary, &caller, subject_id).await
 }
 
 /// Exports my data (GDPR Art. 15 and 20): a ZIP archive of every record (JSON, one file per

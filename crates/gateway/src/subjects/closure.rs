@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use clover_event::EventKind;
+use clover_event::{EventKind, sha256_hex};
 use clover_model::{Action, SubjectId};
 use clover_policy::Decision;
 use clover_tlog::note::Note;
@@ -21,9 +21,7 @@ use crate::boundary::Boundary;
 use crate::pipeline::events::log_without_data;
 use crate::pipeline::{self, Ask, Caller};
 use crate::problem::ApiError;
-use crate::subjects::certificate::{
-    self, CLOSURE_FORMAT, Certificate, random_hex, rfc3339, sha256_hex, subject_commitment,
-};
+use crate::subjects::certificate::{self, CLOSURE_FORMAT, Certificate, random_hex, rfc3339, subject_commitment};
 use crate::subjects::erasure::{self, counts_line};
 use crate::subjects::holds::{Hold, hold_on};
 use crate::subjects::requests::RequestKind;

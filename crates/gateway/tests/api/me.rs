@@ -294,7 +294,7 @@ pub(crate) fn check_manifest(app: &TestApp, files: &std::collections::BTreeMap<S
     let mut listed = 0;
     for line in manifest.text.lines().filter_map(|l| l.strip_prefix("file ")) {
         let (digest, name) = line.split_once(' ').unwrap();
-        assert_eq!(certificate::sha256_hex(&files[name]), digest, "{name}");
+        assert_eq!(clover_event::sha256_hex(&files[name]), digest, "{name}");
         listed += 1;
     }
     assert_eq!(listed, files.len() - 1, "every file but the manifest is listed");
@@ -318,7 +318,7 @@ async fn a_subject_exports_their_data_as_a_signed_zip_and_as_age_for_the_age_too
     assert_eq!(response.headers()["x-clover-export-records"], "4");
     let sha = response.headers()["x-clover-export-sha256"].to_str().unwrap().to_owned();
     let bytes = response.bytes().await.unwrap();
-    assert_eq!(certificate::sha256_hex(&bytes), sha);
+    assert_eq!(clover_event::sha256_hex(&bytes), sha);
     let files = unzip(&bytes);
     let names: Vec<&str> = files.keys().map(String::as_str).collect();
     assert_eq!(

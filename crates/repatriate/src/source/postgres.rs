@@ -35,19 +35,8 @@ pub struct PgSource {
 }
 
 /// A database URL for messages: the password gone, from the authority (`user:secret@`) and
-/// from a `password=` query parameter alike.
-pub fn redact_url(url: &str) -> String {
-    let redacted = clover_sql::redact(url);
-    let Some((base, query)) = redacted.split_once('?') else { return redacted };
-    let query: Vec<String> = query
-        .split('&')
-        .map(|pair| match pair.split_once('=') {
-            Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=redacted"),
-            _ => pair.to_owned(),
-        })
-        .collect();
-    format!("{base}?{}", query.join("&"))
-}
+/// from a `password=` query parameter alike (one function for every room: [`clover_sql::redact`]).
+pub use clover_sql::redact as redact_url;
 
 /// An identifier, quoted: `"` around, each `"` inside doubled (the mapping refuses NUL).
 pub fn quote_ident(name: &str) -> String {
