@@ -14,6 +14,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use clover_model::Chain;
 use clover_tlog::checkpoint::Checkpoint;
 use clover_tlog::hash::Hash;
 use clover_tlog::note::{SigningKey, VerifierKey};
@@ -107,22 +108,6 @@ async fn add_checkpoint(State(witness): State<Arc<Witness>>, body: String) -> Re
 /// The witness's HTTP API.
 pub fn router(witness: Arc<Witness>) -> Router {
     Router::new().route("/add-checkpoint", axum::routing::post(add_checkpoint)).with_state(witness)
-}
-
-/// An error and the errors that caused it, as one line (`what failed: why: why that`): how the
-/// witness logs an error whose cause is its source rather than part of its message.
-struct Chain<'a>(&'a (dyn std::error::Error + 'a));
-
-impl std::fmt::Display for Chain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(cause) = source {
-            write!(f, ": {cause}")?;
-            source = cause.source();
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]

@@ -45,7 +45,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use clover_keys::KeyCustody;
 use clover_keys::KeyError;
-use clover_model::SubjectId;
+use clover_model::{Chain, SubjectId};
 use clover_tlog::note::SigningKey;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -211,23 +211,6 @@ async fn rotate(State(server): State<CustodianServer>, headers: axum::http::Head
         custodian.end_rotation(outcome.err().map(|e| Chain(&e).to_string()));
     });
     Ok((StatusCode::ACCEPTED, Json(json!({"to_version": to_version, "total": total}))).into_response())
-}
-
-/// An error and the errors that caused it, as one line (`what failed: why: why that`): how the
-/// custodian reports an error whose cause is its source rather than part of its message.
-#[derive(Debug, Clone, Copy)]
-struct Chain<'a>(&'a (dyn std::error::Error + 'a));
-
-impl std::fmt::Display for Chain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(cause) = source {
-            write!(f, ": {cause}")?;
-            source = cause.source();
-        }
-        Ok(())
-    }
 }
 
 /// An error answer: a status and a message, in JSON.

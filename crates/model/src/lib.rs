@@ -11,9 +11,11 @@
 mod fields;
 mod id;
 mod principal;
+pub mod report;
 pub mod views;
 
 pub use fields::Fields;
 pub use id::{Category, InvalidId, PrincipalId, RecordId, Region, SiteName, SubjectId};
 pub use principal::{Action, Origin, Principal, PrincipalKind, View};
+pub use report::Chain;
 pub use views::{FieldRule, ViewConfig, ViewRules};
