@@ -180,6 +180,21 @@ async fn ten_entries(dir: &std::path::Path) -> (Vec<u8>, Vec<u8>) {
     (pkcs8, std::fs::read(dir.join("entries")).unwrap())
 }
 
+/// A directory log of five entries appended with a checkpoint interval, so that the last ones
+/// are acknowledged before a checkpoint signs them; returns its key and the entries file's bytes.
+async fn five_entries_acknowledged_beyond_the_checkpoint(dir: &std::path::Path) -> (Vec<u8>, Vec<u8>) {
+    let pkcs8 = generate_pkcs8().unwrap();
+    let options = LogOptions { checkpoint_interval: std::time::Duration::from_secs(3600), ..LogOptions::default() };
+    let log = Log::open(dir, key(&pkcs8), options).unwrap();
+    for n in 0..5 {
+        assert_eq!(log.append(&event(n, None)).await.unwrap(), n);
+    }
+    assert!(log.checkpoint_size() < 5, "acknowledged beyond the signed checkpoint");
+    drop(log);
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    (pkcs8, std::fs::read(dir.join("entries")).unwrap())
+}
+
 /// Where entry `index` starts in an entries file (at its length prefix).
 fn offset_of(bytes: &[u8], index: usize) -> usize {
     let mut at = 0;
@@ -388,16 +403,7 @@ async fn what_may_have_been_acknowledged_is_never_cut() {
     // With a checkpoint interval, appends are acknowledged before a checkpoint covers them: a
     // damaged one among them refuses the log rather than cutting it and those after it.
     let dir = tempfile::tempdir().unwrap();
-    let pkcs8 = generate_pkcs8().unwrap();
-    let options = LogOptions { checkpoint_interval: std::time::Duration::from_secs(3600), ..LogOptions::default() };
-    let log = Log::open(dir.path(), key(&pkcs8), options).unwrap();
-    for n in 0..5 {
-        assert_eq!(log.append(&event(n, None)).await.unwrap(), n);
-    }
-    assert!(log.checkpoint_size() < 5, "acknowledged beyond the signed checkpoint");
-    drop(log);
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    let mut bytes = std::fs::read(dir.path().join("entries")).unwrap();
+    let (pkcs8, mut bytes) = five_entries_acknowledged_beyond_the_checkpoint(dir.path()).await;
     let at = offset_of(&bytes, 2) + 2;
     bytes[at] = b'[';
     std::fs::write(dir.path().join("entries"), &bytes).unwrap();
@@ -423,17 +429,8 @@ async fn what_may_have_been_acknowledged_is_never_cut() {
 #[tokio::test]
 async fn an_unsigned_last_entry_whose_length_runs_past_the_end_is_quarantined_not_destroyed() {
     let dir = tempfile::tempdir().unwrap();
-    let pkcs8 = generate_pkcs8().unwrap();
-    let options = LogOptions { checkpoint_interval: std::time::Duration::from_secs(3600), ..LogOptions::default() };
-    let log = Log::open(dir.path(), key(&pkcs8), options).unwrap();
-    for n in 0..5 {
-        assert_eq!(log.append(&event(n, None)).await.unwrap(), n);
-    }
-    assert!(log.checkpoint_size() < 5, "the last entry acknowledged, not signed");
-    drop(log);
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let (pkcs8, mut bytes) = five_entries_acknowledged_beyond_the_checkpoint(dir.path()).await;
 
-    let mut bytes = std::fs::read(dir.path().join("entries")).unwrap();
     let at = offset_of(&bytes, 4);
     bytes[at] = 0xff;
     std::fs::write(dir.path().join("entries"), &bytes).unwrap();
