@@ -8,9 +8,11 @@
 //!   of quasi-identifiers), signs the manifest (destination, legal basis, purpose, categories,
 //!   rules, k, counts), logs it, and keeps the transfer.
 //! - [`stream`]: decided again for the caller now (a transfer is streamed from the region, by
-//!   whoever made it), logs the stream's start, and sends the records as NDJSON, each as the
-//!   custodian treated it, those of a class with fewer than k records held back; at the end (or
-//!   when the client goes away) logs how many records left and the SHA-256 of the bytes sent.
+//!   whoever made it), logs the stream's start, has the custodian treat every record once (into
+//!   a sealed spool, `transfers/spool.rs`, while the classes are counted again), and then sends
+//!   the records as NDJSON, each as the custodian treated it, those of a class with fewer than k
+//!   subjects now (or that the manifest did not count) held back; at the end (or when the client
+//!   goes away) logs how many records left and the SHA-256 of the bytes sent.
 //!
 //! A request that asks for what cannot be (an unknown category, one no rule covers, a time range
 //! upside down) is refused and logged as well, with a problem that says what was wrong.
@@ -28,6 +30,9 @@ use clover_store::{SealedWith, TransferRow, TransferSelection};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+mod spool;
+
+use self::spool::Spool;
 use crate::boundary::Boundary;
 use crate::boundary::entries::annex;
 use crate::pipeline::{Caller, Circumstances, RecordFacts, record_request};
@@ -703,29 +708,48 @@ impl Receipted {
 }
 
 impl Sender {
-    /// The classes of the transfer's records now, with the receipt of its start: those the
-    /// manifest counted (`counted`) that still have k distinct subjects.
-    async fn recount(
+    /// Treats every record of the transfer once, with the receipt of its start, into `spool`
+    /// (each line with its class), counting the classes as they are now; returns the classes
+    /// that leave: those the manifest counted (`counted`) that still have k distinct subjects.
+    async fn treat_into(
         &self,
         receipt: &mut Receipted,
         selection: &TransferSelection,
         counted: HashSet<ClassKey>,
-    ) -> Result<HashSet<ClassKey>, ApiError> {
+        spool: &mut Spool,
+    ) -> Result<HashSet<ClassKey>, String> {
         let mut classes = Classes::new(self.k);
         let renewed = || facts(&self.boundary, &self.id, "started", &self.asked);
-        let receipt = PageReceipt::Renewed {
+        let current = PageReceipt::Renewed {
             receipt,
             caller: &self.caller,
             decision: &self.decision,
             id: &self.id,
             facts: &renewed,
         };
-        let mut pages = std::pin::pin!(treated_pages(&self.boundary, selection, receipt, true));
+        let mut pages = std::pin::pin!(treated_pages(&self.boundary, selection, current, false));
+        let mut line = Vec::with_capacity(512);
         while let Some(treated) = futures_util::StreamExt::next(&mut pages).await {
-            for (category, outcome) in treated? {
-                if let TransferOutcome::Treated { subject, quasi, .. } = outcome {
-                    classes.add(class_of(&category, &quasi), &subject);
+            let mut chunk = spool::Chunk::default();
+            for (category, outcome) in treated.map_err(|e| e.to_string())? {
+                let TransferOutcome::Treated { subject, record, fields, quasi, .. } = outcome else { continue };
+                let class = class_of(&category, &quasi);
+                classes.add(class, &subject);
+                if !counted.contains(&class) {
+                    // Not counted by the manifest: never leaves, whatever it has now.
+                    chunk.push(&class, b"");
+                    continue;
                 }
+                line.clear();
+                let one = Line { subject: &subject, record: &record, category: category.as_str(), fields: &fields };
+                if serde_json::to_writer(&mut line, &one).is_err() {
+                    continue;
+                }
+                line.push(b'\n');
+                chunk.push(&class, &line);
+            }
+            if !chunk.is_empty() {
+                spool.write(chunk).await.map_err(|e| crate::report::Chain(&e).to_string())?;
             }
         }
         Ok(counted.into_iter().filter(|class| classes.released(class)).collect())
@@ -739,59 +763,46 @@ impl Sender {
         chunks: tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
     ) {
         let mut receipt = Receipted::new(receipt, "started");
-        // The classes again, now: a class leaves only if the manifest counted it and it still
-        // has k distinct subjects (a subject erased, or a birthday passed, since it was made).
-        let recounted = self.recount(&mut receipt, &selection, counted).await;
         let mut digest = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
         let mut sent: u64 = 0;
         let mut suppressed: u64 = 0;
-        let (released, recount_failed) = match recounted {
-            Ok(released) => (released, None),
-            Err(e) => {
-                (HashSet::new(), Some(format!("its classes could not be counted again: {}", crate::report::Chain(&e))))
+        // Every record treated once, into the spool, while the classes are counted again, now:
+        // a class leaves only if the manifest counted it and it still has k distinct subjects
+        // (a subject erased, or a birthday passed, since it was made). Nothing is sent before
+        // the pass ends.
+        let treated = match Spool::new(&self.boundary.config().data_dir) {
+            Ok(mut spool) => {
+                self.treat_into(&mut receipt, &selection, counted, &mut spool).await.map(|released| (spool, released))
             }
+            Err(e) => Err(crate::report::Chain(&e).to_string()),
         };
-        let renewed = || facts(&self.boundary, &self.id, "started", &self.asked);
-        let current = PageReceipt::Renewed {
-            receipt: &mut receipt,
-            caller: &self.caller,
-            decision: &self.decision,
-            id: &self.id,
-            facts: &renewed,
-        };
-        let mut pages = std::pin::pin!(treated_pages(&self.boundary, &selection, current, false));
-        let ended = loop {
-            if let Some(reason) = recount_failed {
-                break Err(reason);
-            }
-            let treated = match futures_util::StreamExt::next(&mut pages).await {
-                None => break Ok(()),
-                Some(Ok(treated)) => treated,
-                Some(Err(e)) => break Err(e.to_string()),
-            };
-            let mut chunk = Vec::with_capacity(PAGE as usize * 256);
-            let mut in_chunk = 0;
-            for (category, outcome) in treated {
-                let TransferOutcome::Treated { subject, record, fields, quasi, .. } = outcome else { continue };
-                if !released.contains(&class_of(&category, &quasi)) {
-                    suppressed += 1;
+        let ended = match treated {
+            Err(reason) => Err(format!("its records could not be treated and counted again: {reason}")),
+            Ok((mut spool, released)) => loop {
+                let lines = match spool.next().await {
+                    Ok(None) => break Ok(()),
+                    Ok(Some(lines)) => lines,
+                    Err(e) => break Err(crate::report::Chain(&e).to_string()),
+                };
+                let mut chunk = Vec::with_capacity(PAGE as usize * 256);
+                let mut in_chunk = 0;
+                for (class, line) in lines {
+                    if line.is_empty() || !released.contains(&class) {
+                        suppressed += 1;
+                        continue;
+                    }
+                    chunk.extend_from_slice(&line);
+                    in_chunk += 1;
+                }
+                if chunk.is_empty() {
                     continue;
                 }
-                let line = Line { subject: &subject, record: &record, category: category.as_str(), fields: &fields };
-                if serde_json::to_writer(&mut chunk, &line).is_err() {
-                    continue;
+                digest.update(&chunk);
+                if chunks.send(Ok(chunk)).await.is_err() {
+                    break Err("the client went away".to_owned());
                 }
-                chunk.push(b'\n');
-                in_chunk += 1;
-            }
-            if chunk.is_empty() {
-                continue;
-            }
-            digest.update(&chunk);
-            if chunks.send(Ok(chunk)).await.is_err() {
-                break Err("the client went away".to_owned());
-            }
-            sent += in_chunk;
+                sent += in_chunk;
+            },
         };
         let sha256 = hex::encode(digest.finish().as_ref());
         let (stage, reason) = match &ended {

@@ -568,6 +568,42 @@ async fn an_erased_subject_never_leaves_and_a_broken_stream_is_marked_interrupte
 }
 
 #[tokio::test]
+async fn a_class_that_falls_below_k_between_the_manifest_and_the_stream_is_held_back() {
+    // k = 6: the six adults of one class leave, as the manifest counts; one of them erased
+    // before the stream leaves five, and the class is held back whole when it is sent.
+    let app = TestApp::start_with(|config| {
+        for destination in &mut config.destinations {
+            destination.k = 6;
+        }
+    })
+    .await;
+    population(&app).await;
+    let token = analyst(&app, "ana", "dublin-1", "eu");
+    let body = json!({"destination": "us-partners", "purpose": "analytics", "categories": ["profile"]});
+    let made: Value = create(&app, DUBLIN, &token, &body).await.json().await.unwrap();
+    assert_eq!(made["manifest"]["records"], 6, "{made}");
+    let response =
+        app.client(DUBLIN).delete(app.url("/v1/subjects/u-4")).bearer_auth(app.token()).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let id = made["transfer"].as_str().unwrap();
+    let text = get(&app, DUBLIN, &token, &format!("/v1/transfers/{id}/records")).await.text().await.unwrap();
+    assert_eq!(text, "", "five people are fewer than k = 6");
+    let status: Value = get(&app, DUBLIN, &token, &format!("/v1/transfers/{id}")).await.json().await.unwrap();
+    assert_eq!((status["state"].as_str(), status["sent"].as_u64()), (Some("sent"), Some(0)));
+    let entries = log_entries(app.boundary.log()).await;
+    let end = entries.iter().rev().find(|e| e["transfer"]["transfer_id"] == id).unwrap();
+    assert_eq!((end["transfer"]["stage"].as_str(), end["transfer"]["count"].as_u64()), (Some("sent"), Some(0)));
+    assert_eq!(end["transfer"]["suppressed"], 6, "the five left of the class and the one alone: {end}");
+    // The stream kept what it treated in a file without a name: nothing is left beside the
+    // boundary's data.
+    let names: Vec<String> = std::fs::read_dir(&app.boundary.config().data_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().all(|n| !n.starts_with(".tmp")), "{names:?}");
+}
+
+#[tokio::test]
 async fn k_counts_people_and_the_log_keeps_no_text_a_request_made_up() {
     let app = TestApp::start().await;
     // One adult with six records of one class: six records, one person, below k = 5.
