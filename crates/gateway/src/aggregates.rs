@@ -167,7 +167,11 @@ fn grid(a: &AggregateAsked) -> Result<Vec<(Dimension, Vec<String>)>, String> {
 }
 
 /// Makes a release (see the module's documentation).
-pub async fn release(boundary: &Boundary, caller: &Caller, a: AggregateAsked) -> Result<Release, ApiError> {
+pub async fn release(
+    boundary: &std::sync::Arc<Boundary>,
+    caller: &Caller,
+    a: AggregateAsked,
+) -> Result<Release, ApiError> {
     use axum::http::StatusCode;
     const INVALID: (StatusCode, &str, &str) =
         (StatusCode::UNPROCESSABLE_ENTITY, "invalid-body", "Invalid request body");

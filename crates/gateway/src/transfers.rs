@@ -286,7 +286,7 @@ pub(crate) async fn check(boundary: &Boundary, caller: &Caller, id: &str, asked:
 }
 
 /// Makes a transfer (see the module's documentation).
-pub async fn create(boundary: &Boundary, caller: &Caller, asked: Asked) -> Result<Created, ApiError> {
+pub async fn create(boundary: &std::sync::Arc<Boundary>, caller: &Caller, asked: Asked) -> Result<Created, ApiError> {
     let id = uuid::Uuid::new_v4().to_string();
     let caller = declaring(boundary, caller, &asked.purpose);
     check(boundary, &caller, &id, &asked).await?;
@@ -530,10 +530,12 @@ impl PageReceipt<'_> {
 
 /// The records `selection` selects, page after page in record id order, each page treated by
 /// the custodian for the transfer ([`treat`], `quasi_only` as there): up to [`AHEAD`] pages read
-/// ahead and in the custodian's hands at once, answered in order. The stream ends after its
-/// first error.
+/// ahead and in the custodian's hands at once, answered in order. Each page is treated in a
+/// task of its own, so that the custodian's work on one (on as many threads as there are cores)
+/// does not hold up the reading of the next or the commit of another's journal. The stream ends
+/// after its first error.
 pub(crate) fn treated_pages<'a>(
-    boundary: &'a Boundary,
+    boundary: &'a std::sync::Arc<Boundary>,
     selection: &'a TransferSelection,
     receipt: PageReceipt<'a>,
     quasi_only: bool,
@@ -552,9 +554,14 @@ pub(crate) fn treated_pages<'a>(
         }
     });
     pages
-        .map(move |page| async move {
-            let (page, receipt) = page?;
-            treat(boundary, &receipt, page, quasi_only).await
+        .map(move |page| {
+            let boundary = std::sync::Arc::clone(boundary);
+            async move {
+                let (page, receipt) = page?;
+                tokio::spawn(async move { treat(&boundary, &receipt, page, quasi_only).await })
+                    .await
+                    .map_err(ApiError::internal)?
+            }
         })
         .buffered(AHEAD)
 }
