@@ -8,18 +8,18 @@
 //!
 //! The spool is a file without a name (`O_TMPFILE`: gone when it is closed, or when the
 //! process ends however it ends) in the boundary's data directory, so it stays on the region's
-//! machine, and what it holds is sealed with AES-256-GCM under a key made for this stream that
-//! exists only in this process's memory: a copy of the file, or one left by a crash, opens to
-//! nothing. Each chunk (a page of records) is sealed on its own, its nonce its place in the
-//! file, so that chunks cannot be reordered, repeated or dropped unnoticed. Memory holds one
-//! chunk at a time, not the transfer.
+//! machine, and what it holds is sealed ([`DataKey::seal`], AES-256-GCM) under a key made for
+//! this stream that exists only in this process's memory: a copy of the file, or one left by a
+//! crash, opens to nothing. Each chunk (a page of records) is sealed on its own, bound to its
+//! place in the file, so that chunks cannot be reordered, repeated or dropped unnoticed. Memory
+//! holds one chunk at a time, not the transfer.
 
 use std::io::{Read, Seek, Write};
 use std::path::Path;
 
-use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use clover_egress::kanon::ClassKey;
-use zeroize::Zeroize;
+use clover_keys::DataKey;
+use zeroize::Zeroizing;
 
 /// A spool's failure: the file, or a chunk that does not open.
 #[derive(Debug, thiserror::Error)]
@@ -32,13 +32,13 @@ pub enum SpoolError {
     Chunk(u64),
     /// The key could not be made.
     #[error("the transfer's spool key could not be made")]
-    Key,
+    Key(#[source] clover_keys::KeyError),
 }
 
 /// A chunk being filled: lines with their classes.
 #[derive(Debug, Default)]
 pub struct Chunk {
-    bytes: Vec<u8>,
+    bytes: Zeroizing<Vec<u8>>,
 }
 
 impl Chunk {
@@ -58,7 +58,7 @@ impl Chunk {
 /// The spool of one stream: written chunk by chunk, then read back once.
 pub struct Spool {
     file: Option<std::fs::File>,
-    key: std::sync::Arc<LessSafeKey>,
+    key: std::sync::Arc<DataKey>,
     written: u64,
     read: u64,
 }
@@ -69,13 +69,9 @@ impl std::fmt::Debug for Spool {
     }
 }
 
-/// The nonce of chunk `n`.
-fn nonce(n: u64) -> Nonce {
-    let mut bytes = [0u8; 12];
-    if let Some(tail) = bytes.get_mut(4..) {
-        tail.copy_from_slice(&n.to_be_bytes());
-    }
-    Nonce::assume_unique_for_key(bytes)
+/// What chunk `n` is sealed to: its place in the file.
+fn place(n: u64) -> [u8; 8] {
+    n.to_be_bytes()
 }
 
 impl Spool {
@@ -89,11 +85,8 @@ impl Spool {
                 tempfile::tempfile()?
             }
         };
-        let mut secret = [0u8; 32];
-        aws_lc_rs::rand::fill(&mut secret).map_err(|_| SpoolError::Key)?;
-        let key = UnboundKey::new(&AES_256_GCM, &secret).map_err(|_| SpoolError::Key);
-        secret.zeroize();
-        Ok(Self { file: Some(file), key: std::sync::Arc::new(LessSafeKey::new(key?)), written: 0, read: 0 })
+        let key = DataKey::generate().map_err(SpoolError::Key)?;
+        Ok(Self { file: Some(file), key: std::sync::Arc::new(key), written: 0, read: 0 })
     }
 
     /// Runs `work` on the file off the runtime's threads.
@@ -117,13 +110,10 @@ impl Spool {
         let n = self.written;
         let key = self.key.clone();
         self.on_file(move |file| {
-            let mut bytes = chunk.bytes;
-            key.seal_in_place_append_tag(nonce(n), Aad::from(n.to_be_bytes()), &mut bytes)
-                .map_err(|_| SpoolError::Chunk(n))?;
-            let len = u32::try_from(bytes.len()).map_err(|_| SpoolError::Chunk(n))?;
+            let sealed = key.seal(&place(n), &chunk.bytes).map_err(|_| SpoolError::Chunk(n))?;
+            let len = u32::try_from(sealed.len()).map_err(|_| SpoolError::Chunk(n))?;
             file.write_all(&len.to_be_bytes())?;
-            file.write_all(&bytes)?;
-            bytes.zeroize();
+            file.write_all(&sealed)?;
             Ok(())
         })
         .await?;
@@ -146,14 +136,10 @@ impl Spool {
                 }
                 let mut len = [0u8; 4];
                 file.read_exact(&mut len)?;
-                let mut bytes = vec![0u8; u32::from_be_bytes(len) as usize];
-                file.read_exact(&mut bytes)?;
-                let plain = key
-                    .open_in_place(nonce(n), Aad::from(n.to_be_bytes()), &mut bytes)
-                    .map_err(|_| SpoolError::Chunk(n))?;
-                let lines = parse(plain).ok_or(SpoolError::Chunk(n));
-                bytes.zeroize();
-                lines
+                let mut sealed = vec![0u8; u32::from_be_bytes(len) as usize];
+                file.read_exact(&mut sealed)?;
+                let plain = key.open(&place(n), &sealed).map_err(|_| SpoolError::Chunk(n))?;
+                parse(&plain).ok_or(SpoolError::Chunk(n))
             })
             .await?;
         self.read += 1;

@@ -52,6 +52,18 @@ async fn population(app: &TestApp) {
     assert_eq!(app.post_record("u-8", "profile", profile("minor", "IE")).await.status(), 201);
 }
 
+/// Erases `subject` (the operator's request from the region).
+async fn erase(app: &TestApp, subject: &str) {
+    let response = app
+        .client(DUBLIN)
+        .delete(app.url(&format!("/v1/subjects/{subject}")))
+        .bearer_auth(app.token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
+
 async fn create(app: &TestApp, from: &str, token: &str, body: &Value) -> reqwest::Response {
     app.client(from).post(app.url("/v1/transfers")).bearer_auth(token).json(body).send().await.unwrap()
 }
@@ -516,20 +528,10 @@ async fn an_erased_subject_never_leaves_and_a_broken_stream_is_marked_interrupte
     let token = analyst(&app, "ana", "dublin-1", "eu");
     let body = json!({"destination": "us-partners", "purpose": "analytics", "categories": ["profile"]});
     // Erased before the transfer is made: not counted; erased after: not sent.
-    let erase = async |subject: &str| {
-        let response = app
-            .client(DUBLIN)
-            .delete(app.url(&format!("/v1/subjects/{subject}")))
-            .bearer_auth(app.token())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
-    };
-    erase("u-1").await;
+    erase(&app, "u-1").await;
     let made: Value = create(&app, DUBLIN, &token, &body).await.json().await.unwrap();
     assert_eq!(made["manifest"]["records"], 6, "five adults of one class and one alone (k = 1): {made}");
-    erase("u-2").await;
+    erase(&app, "u-2").await;
     let id = made["transfer"].as_str().unwrap();
     let text = get(&app, DUBLIN, &token, &format!("/v1/transfers/{id}/records")).await.text().await.unwrap();
     assert_eq!(text.lines().count(), 5, "{text}");
@@ -582,9 +584,7 @@ async fn a_class_that_falls_below_k_between_the_manifest_and_the_stream_is_held_
     let body = json!({"destination": "us-partners", "purpose": "analytics", "categories": ["profile"]});
     let made: Value = create(&app, DUBLIN, &token, &body).await.json().await.unwrap();
     assert_eq!(made["manifest"]["records"], 6, "{made}");
-    let response =
-        app.client(DUBLIN).delete(app.url("/v1/subjects/u-4")).bearer_auth(app.token()).send().await.unwrap();
-    assert_eq!(response.status(), 200);
+    erase(&app, "u-4").await;
     let id = made["transfer"].as_str().unwrap();
     let text = get(&app, DUBLIN, &token, &format!("/v1/transfers/{id}/records")).await.text().await.unwrap();
     assert_eq!(text, "", "five people are fewer than k = 6");
