@@ -86,7 +86,7 @@ pub async fn transfer(
             .await
             .map_err(|e| fail("reading records")(&e))?;
         let Some(last) = page.last() else { break };
-        after = Some(last.0.record_id);
+        after = Some(clover_store::TransferCursor::after(&last.0));
         let mut chunk = Vec::with_capacity(page.len() * 300);
         for (record, _) in &page {
             let key = g

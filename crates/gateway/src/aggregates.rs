@@ -4,7 +4,7 @@
 //! budgeted before anything is read.
 //!
 //! - The **privacy unit** is a subject: each subject's records count at most `bound` times (the
-//!   first `bound` of theirs in record id order; the rest are left out), so one subject changes
+//!   first `bound` of theirs by category, then record id; the rest are left out), so one subject changes
 //!   all the cells together by at most Δ = `bound` for a count, and `bound` · max(|lower|,
 //!   |upper|) for a clamped sum.
 //! - The **grid** is fixed by the request, not by the data (the requested categories, the six
@@ -256,7 +256,9 @@ pub async fn release(
     };
     let index: HashMap<Vec<String>, usize> = cells(&grid).into_iter().enumerate().map(|(i, g)| (g, i)).collect();
     let mut values = vec![0i64; index.len()];
-    let mut per_subject: HashMap<String, u32> = HashMap::new();
+    // The records come by subject (`treated_pages`): the subject being counted, and how many
+    // of theirs so far.
+    let mut current: Option<(String, u32)> = None;
     let mut pages =
         std::pin::pin!(transfers::treated_pages(boundary, &selection, transfers::PageReceipt::Fixed(&receipt), true));
     while let Some(treated) = futures_util::StreamExt::next(&mut pages).await {
@@ -266,7 +268,10 @@ pub async fn release(
         };
         for (category, outcome) in treated {
             let TransferOutcome::Treated { subject, fields, .. } = outcome else { continue };
-            let seen = per_subject.entry(subject).or_insert(0);
+            let seen = match &mut current {
+                Some((counted, seen)) if *counted == subject => seen,
+                _ => &mut current.insert((subject, 0)).1,
+            };
             if *seen >= a.bound {
                 continue;
             }
@@ -289,7 +294,6 @@ pub async fn release(
             }
         }
     }
-    drop(per_subject);
 
     // Noise in every cell, exactly.
     let sensitivity = u64::from(a.bound).saturating_mul(per_record);

@@ -528,7 +528,8 @@ impl PageReceipt<'_> {
     }
 }
 
-/// The records `selection` selects, page after page in record id order, each page treated by
+/// The records `selection` selects, page after page in the store's transfer order (by subject,
+/// then category, then record id: a subject's records together), each page treated by
 /// the custodian for the transfer ([`treat`], `quasi_only` as there): up to [`AHEAD`] pages read
 /// ahead and in the custodian's hands at once, answered in order. Each page is treated in a
 /// task of its own, so that the custodian's work on one (on as many threads as there are cores)
@@ -542,12 +543,12 @@ pub(crate) fn treated_pages<'a>(
 ) -> impl futures_util::Stream<Item = Result<Vec<(Category, TransferOutcome)>, ApiError>> + Send + 'a {
     use futures_util::StreamExt;
     let pages = futures_util::stream::unfold((Some(None), receipt), move |(after, mut receipt)| async move {
-        let after: Option<clover_model::RecordId> = after?;
+        let after: Option<clover_store::TransferCursor> = after?;
         let page = match boundary.store().records_for_transfer(selection, after.as_ref(), PAGE).await {
             Ok(page) => page,
             Err(e) => return Some((Err(ApiError::internal(e)), (None, receipt))),
         };
-        let last = page.last()?.0.record_id;
+        let last = clover_store::TransferCursor::after(&page.last()?.0);
         match receipt.now(boundary).await {
             Ok(current) => Some((Ok((page, current)), (Some(Some(last)), receipt))),
             Err(e) => Some((Err(e), (None, receipt))),

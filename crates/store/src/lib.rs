@@ -266,6 +266,28 @@ pub struct TransferSelection {
     pub until: Option<OffsetDateTime>,
 }
 
+/// Where a transfer's paging stands: the last record read. A transfer reads its records by
+/// subject, then category, then record id (the order of the index `records_by_subject_and_category`),
+/// so that a subject's records come together: the work done once per subject in a page (their
+/// facts, their key, their journal record) is done once for all their records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransferCursor {
+    /// The record's subject.
+    pub subject: SubjectId,
+    /// Its category.
+    pub category: Category,
+    /// Its id.
+    pub record: RecordId,
+}
+
+impl TransferCursor {
+    /// The place just after `record`.
+    #[must_use]
+    pub fn after(record: &RecordRow) -> Self {
+        Self { subject: record.subject_id.clone(), category: record.category.clone(), record: record.record_id }
+    }
+}
+
 /// The columns a repatriated row is read from, in [`repatriated_row`]'s order.
 pub(crate) const REPATRIATED_COLUMNS: &str = "job, source_key, record_id, digest, log_index, ordinal";
 
@@ -375,12 +397,13 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<RecordRow>, StoreError>;
 
-    /// Up to `limit` records a transfer selects, with their subjects, in record id order after
-    /// `after`: what a transfer pages through.
+    /// Up to `limit` records a transfer selects, with their subjects, after `after` in the order
+    /// of [`TransferCursor`] (by subject, then category, then record id): what a transfer pages
+    /// through.
     async fn records_for_transfer(
         &self,
         selection: &TransferSelection,
-        after: Option<&RecordId>,
+        after: Option<&TransferCursor>,
         limit: u32,
     ) -> Result<Vec<(RecordRow, SubjectRow)>, StoreError>;
 

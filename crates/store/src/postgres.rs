@@ -24,7 +24,8 @@ use crate::rows::{
 };
 use crate::{
     ApprovalRow, CertificateRow, Counts, Erasure, GovernmentRequestRow, REPATRIATED_COLUMNS, RecordRow, RepatriatedRow,
-    Store, StoreError, SubjectRequestRow, SubjectRow, TransferRow, TransferSelection, annex_subject, repatriated_row,
+    Store, StoreError, SubjectRequestRow, SubjectRow, TransferCursor, TransferRow, TransferSelection, annex_subject,
+    repatriated_row,
 };
 use clover_event::Annex;
 
@@ -356,18 +357,21 @@ impl Store for PostgresStore {
     async fn records_for_transfer(
         &self,
         selection: &TransferSelection,
-        after: Option<&RecordId>,
+        after: Option<&TransferCursor>,
         limit: u32,
     ) -> Result<Vec<(RecordRow, SubjectRow)>, StoreError> {
         let categories: Vec<String> = selection.categories.iter().map(ToString::to_string).collect();
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "{TRANSFER_SELECT} r.category = ANY($1) AND r.created_at >= $2 AND r.created_at < $3 \
-             AND r.record_id > $4 ORDER BY r.record_id LIMIT $5"
+             AND (r.subject_id, r.category, r.record_id) > ($4, $5, $6) \
+             ORDER BY r.subject_id, r.category, r.record_id LIMIT $7"
         )))
         .bind(&categories)
         .bind(selection.since.map_or(i64::MIN, OffsetDateTime::unix_timestamp))
         .bind(selection.until.map_or(i64::MAX, OffsetDateTime::unix_timestamp))
-        .bind(after.map(ToString::to_string).unwrap_or_default())
+        .bind(after.map(|a| a.subject.as_str()).unwrap_or_default())
+        .bind(after.map(|a| a.category.as_str()).unwrap_or_default())
+        .bind(after.map(|a| a.record.to_string()).unwrap_or_default())
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await

@@ -1,4 +1,8 @@
 //! The embedded SQLite backend.
+//!
+//! A page's size is written into its statement (`LIMIT {limit}`, an integer, never text), not
+//! bound: SQLite (3.51) plans a bound `LIMIT ?` for the value bound, and so re-prepares the whole
+//! statement each time it is bound again, that is on every page a cached statement reads.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -21,7 +25,8 @@ use crate::rows::{
 };
 use crate::{
     ApprovalRow, CertificateRow, Counts, Erasure, GovernmentRequestRow, REPATRIATED_COLUMNS, RecordRow, RepatriatedRow,
-    Store, StoreError, SubjectRequestRow, SubjectRow, TransferRow, TransferSelection, annex_subject, repatriated_row,
+    Store, StoreError, SubjectRequestRow, SubjectRow, TransferCursor, TransferRow, TransferSelection, annex_subject,
+    repatriated_row,
 };
 use clover_event::Annex;
 
@@ -462,10 +467,9 @@ impl Store for SqliteStore {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {SUBJECT_COLUMNS} FROM subjects
              WHERE length(metadata) >= 4 AND substr(metadata, 1, 4) <> x'ffffffff' AND subject_id > ?
-             ORDER BY subject_id LIMIT ?"
+             ORDER BY subject_id LIMIT {limit}"
         )))
         .bind(after.map(SubjectId::as_str).unwrap_or_default())
-        .bind(limit)
         .fetch_all(&self.pool)
         .await
         .map_err(db("reading subjects to re-seal"))?;
@@ -504,10 +508,9 @@ impl Store for SqliteStore {
         limit: u32,
     ) -> Result<Vec<RecordRow>, StoreError> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {RECORD_COLUMNS} FROM records WHERE sealed_with = 0 AND record_id > ? ORDER BY record_id LIMIT ?"
+            "SELECT {RECORD_COLUMNS} FROM records WHERE sealed_with = 0 AND record_id > ? ORDER BY record_id LIMIT {limit}"
         )))
         .bind(after.map(ToString::to_string).unwrap_or_default())
-        .bind(limit)
         .fetch_all(&self.pool)
         .await
         .map_err(db("reading records to re-seal"))?;
@@ -517,19 +520,21 @@ impl Store for SqliteStore {
     async fn records_for_transfer(
         &self,
         selection: &TransferSelection,
-        after: Option<&RecordId>,
+        after: Option<&TransferCursor>,
         limit: u32,
     ) -> Result<Vec<(RecordRow, SubjectRow)>, StoreError> {
         let categories = id_list(selection.categories.iter().map(clover_model::Category::as_str));
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "{TRANSFER_SELECT} r.category IN (SELECT value FROM json_each(?)) AND r.created_at >= ? AND r.created_at < ? \
-             AND r.record_id > ? ORDER BY r.record_id LIMIT ?"
+             AND (r.subject_id, r.category, r.record_id) > (?, ?, ?) \
+             ORDER BY r.subject_id, r.category, r.record_id LIMIT {limit}"
         )))
         .bind(categories)
         .bind(selection.since.map_or(i64::MIN, OffsetDateTime::unix_timestamp))
         .bind(selection.until.map_or(i64::MAX, OffsetDateTime::unix_timestamp))
-        .bind(after.map(ToString::to_string).unwrap_or_default())
-        .bind(limit)
+        .bind(after.map(|a| a.subject.as_str()).unwrap_or_default())
+        .bind(after.map(|a| a.category.as_str()).unwrap_or_default())
+        .bind(after.map(|a| a.record.to_string()).unwrap_or_default())
         .fetch_all(&self.pool)
         .await
         .map_err(db("reading records for a transfer"))?;
@@ -1133,12 +1138,11 @@ impl Store for SqliteStore {
         let rows: Vec<(String, String, String, String, i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {REPATRIATED_COLUMNS} FROM repatriated
              WHERE job = ? AND (ordinal, source_key) > (?, ?)
-             ORDER BY ordinal, source_key LIMIT ?"
+             ORDER BY ordinal, source_key LIMIT {limit}"
         )))
         .bind(job)
         .bind(ordinal)
         .bind(key)
-        .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await
         .map_err(db("reading repatriated rows"))?;
@@ -1170,12 +1174,11 @@ impl Store for SqliteStore {
         limit: u32,
     ) -> Result<Vec<(u64, Annex)>, StoreError> {
         // `annexes_by_subject` holds the rowid after the subject: the page is a range of it.
-        let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
-            "SELECT rowid, annex FROM annexes WHERE subject_id = ? AND rowid > ? ORDER BY rowid LIMIT ?",
-        )
+        let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT rowid, annex FROM annexes WHERE subject_id = ? AND rowid > ? ORDER BY rowid LIMIT {limit}"
+        )))
         .bind(subject.as_str())
         .bind(i64::try_from(after).unwrap_or(i64::MAX))
-        .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await
         .map_err(db("reading a subject's annexes"))?;

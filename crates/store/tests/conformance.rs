@@ -11,7 +11,7 @@ use std::sync::Arc;
 use clover_model::{RecordId, SubjectId};
 use clover_store::{
     ApprovalRow, Counts, GovernmentRequestRow, PostgresStore, RecordRow, SqliteStore, Store, StoreError, SubjectRow,
-    TransferRow, TransferSelection,
+    TransferCursor, TransferRow, TransferSelection,
 };
 use clover_testkit::TestDatabase;
 use time::{Duration, OffsetDateTime};
@@ -449,21 +449,28 @@ async fn subjects_are_registered_many_at_a_time(store: Arc<dyn Store>, _: &Backe
     assert!(store.insert_subjects(&[]).await.unwrap().is_empty());
 }
 
-/// A transfer pages through the records of its categories and time range, in record id order,
-/// each with its subject; another category, or a time outside the range, is not selected.
+/// A transfer pages through the records of its categories and time range, by subject and then
+/// record id (a subject's records together), each with its subject; another category, or a time
+/// outside the range, is not selected.
 async fn transfers_page_their_records_and_are_streamed_once(store: Arc<dyn Store>, _: &Backend) {
-    store.insert_subject(&subject("s-1")).await.unwrap();
     let mut wanted = Vec::new();
-    for n in 0..5 {
-        let mut row = record("s-1");
-        row.created_at = at(1_700_000_000 + n);
-        store.insert_record(&row).await.unwrap();
-        wanted.push(row.record_id);
+    // Subjects inserted out of order, each record with a random id: the pages still come by
+    // subject, then record id.
+    for id in ["s-2", "s-1"] {
+        store.insert_subject(&subject(id)).await.unwrap();
+        for n in 0..5 {
+            let mut row = record(id);
+            row.created_at = at(1_700_000_000 + n);
+            store.insert_record(&row).await.unwrap();
+            if (1..4).contains(&n) {
+                wanted.push((id.to_owned(), row.record_id.to_string()));
+            }
+        }
+        let mut other = record(id);
+        other.category = "content".parse().unwrap();
+        store.insert_record(&other).await.unwrap();
     }
-    let mut other = record("s-1");
-    other.category = "content".parse().unwrap();
-    store.insert_record(&other).await.unwrap();
-    wanted.sort_by_key(ToString::to_string);
+    wanted.sort();
     let selection = TransferSelection {
         categories: vec!["profile".parse().unwrap()],
         since: Some(at(1_700_000_001)),
@@ -472,25 +479,26 @@ async fn transfers_page_their_records_and_are_streamed_once(store: Arc<dyn Store
     let mut seen = Vec::new();
     let mut after = None;
     loop {
+        // Pages of two: a subject's records are split across pages.
         let page = store.records_for_transfer(&selection, after.as_ref(), 2).await.unwrap();
         if page.is_empty() {
             break;
         }
         for (record, subject) in &page {
             assert_eq!(subject.metadata, vec![4, 5]);
+            assert_eq!(subject.subject_id, record.subject_id);
             assert!((1_700_000_001..1_700_000_004).contains(&record.created_at.unix_timestamp()));
-            seen.push(record.record_id);
+            seen.push((record.subject_id.to_string(), record.record_id.to_string()));
         }
-        after = page.last().map(|(r, _)| r.record_id);
+        after = page.last().map(|(r, _)| TransferCursor::after(r));
     }
-    assert_eq!(seen.len(), 3);
-    assert!(seen.windows(2).all(|w| w[0].to_string() < w[1].to_string()), "in record id order");
+    assert_eq!(seen, wanted, "every record selected once, by subject and then record id");
     let all = TransferSelection {
         categories: vec!["profile".parse().unwrap(), "content".parse().unwrap()],
         since: None,
         until: None,
     };
-    assert_eq!(store.records_for_transfer(&all, None, 100).await.unwrap().len(), 6);
+    assert_eq!(store.records_for_transfer(&all, None, 100).await.unwrap().len(), 12);
 
     let row = TransferRow {
         transfer_id: "t-1".into(),
