@@ -82,7 +82,7 @@ pub async fn transfer(
     loop {
         let page = boundary
             .store()
-            .records_for_transfer(&selection, after.as_ref(), 500)
+            .records_for_transfer(&selection, after.as_ref(), None, 500)
             .await
             .map_err(|e| fail("reading records")(&e))?;
         let Some(last) = page.last() else { break };

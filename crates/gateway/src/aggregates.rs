@@ -256,9 +256,9 @@ pub async fn release(
     };
     let index: HashMap<Vec<String>, usize> = cells(&grid).into_iter().enumerate().map(|(i, g)| (g, i)).collect();
     let mut values = vec![0i64; index.len()];
-    // The records come by subject (`treated_pages`): the subject being counted, and how many
-    // of theirs so far.
-    let mut current: Option<(String, u32)> = None;
+    // The records of a run come by subject (`treated_pages`): each run's subject being counted,
+    // and how many of theirs so far.
+    let mut current: HashMap<usize, (String, u32)> = HashMap::new();
     let mut pages =
         std::pin::pin!(transfers::treated_pages(boundary, &selection, transfers::PageReceipt::Fixed(&receipt), true));
     while let Some(treated) = futures_util::StreamExt::next(&mut pages).await {
@@ -266,12 +266,13 @@ pub async fn release(
             Ok(treated) => treated,
             Err(e) => return Err(transfers::custodian_refusal(boundary, &caller, &id, asked, e).await),
         };
-        for (category, outcome) in treated {
+        for (category, outcome) in treated.outcomes {
             let TransferOutcome::Treated { subject, fields, .. } = outcome else { continue };
-            let seen = match &mut current {
-                Some((counted, seen)) if *counted == subject => seen,
-                _ => &mut current.insert((subject, 0)).1,
-            };
+            let counted = current.entry(treated.run).or_insert_with(|| (String::new(), 0));
+            if counted.0 != subject {
+                *counted = (subject, 0);
+            }
+            let seen = &mut counted.1;
             if *seen >= a.bound {
                 continue;
             }

@@ -336,7 +336,7 @@ pub async fn create(boundary: &std::sync::Arc<Boundary>, caller: &Caller, asked:
                 Ok(treated) => treated,
                 Err(e) => return Err(custodian_refusal(boundary, &caller, &id, &asked, e).await),
             };
-            for outcome in treated {
+            for outcome in treated.outcomes {
                 match outcome {
                     (category, TransferOutcome::Treated { subject, quasi, refused, .. }) => {
                         classes.add(class_of(&category, &quasi), &subject);
@@ -462,7 +462,7 @@ fn classes_released(classes: &Classes) -> Vec<u8> {
 pub(crate) async fn treat(
     boundary: &Boundary,
     receipt: &TransferReceipt,
-    page: Vec<(clover_store::RecordRow, clover_store::SubjectRow)>,
+    page: Vec<(clover_store::RecordRow, Vec<u8>)>,
     quasi_only: bool,
 ) -> Result<Vec<(Category, TransferOutcome)>, ApiError> {
     let categories: Vec<Category> = page.iter().map(|(r, _)| r.category.clone()).collect();
@@ -470,7 +470,7 @@ pub(crate) async fn treat(
     let mut hashes: std::collections::HashMap<clover_model::SubjectId, String> = std::collections::HashMap::new();
     let items = page
         .into_iter()
-        .map(|(record, subject)| TransferItem {
+        .map(|(record, metadata)| TransferItem {
             subject_hash: hashes
                 .entry(record.subject_id.clone())
                 .or_insert_with(|| boundary.subject_hash(&record.subject_id))
@@ -481,7 +481,7 @@ pub(crate) async fn treat(
             category: record.category,
             sealed: record.ciphertext,
             legacy: record.sealed_with == SealedWith::SubjectKey,
-            metadata: subject.metadata,
+            metadata,
         })
         .collect();
     let outcomes = boundary.custody().transfer(receipt, items, quasi_only).await.map_err(|e| match e {
@@ -496,7 +496,7 @@ pub(crate) async fn treat(
 
 /// How many pages of a transfer are in the custodian's hands at once: the next pages are read
 /// and opened while one waits for its journal's commit.
-const AHEAD: usize = 3;
+const AHEAD: usize = 4;
 
 /// The receipt each page of a transfer is treated against.
 pub(crate) enum PageReceipt<'a> {
@@ -528,40 +528,119 @@ impl PageReceipt<'_> {
     }
 }
 
-/// The records `selection` selects, page after page in the store's transfer order (by subject,
-/// then category, then record id: a subject's records together), each page treated by
-/// the custodian for the transfer ([`treat`], `quasi_only` as there): up to [`AHEAD`] pages read
-/// ahead and in the custodian's hands at once, answered in order. Each page is treated in a
-/// task of its own, so that the custodian's work on one (on as many threads as there are cores)
-/// does not hold up the reading of the next or the commit of another's journal. The stream ends
-/// after its first error.
+/// How many runs of subjects a transfer reads side by side ([`Store::subject_splits`]): a page's
+/// read (SQLite's steps on one connection's thread, then its rows decoded) is the longest step of
+/// a pass, and one connection reads one page at a time.
+///
+/// [`Store::subject_splits`]: clover_store::Store::subject_splits
+const READERS: u32 = 2;
+
+/// A page of a transfer, treated: which run of subjects it is of ([`READERS`]), and each record's
+/// outcome with its category.
+pub(crate) struct TreatedPage {
+    /// The run: a subject's records are all in one run, in order.
+    pub(crate) run: usize,
+    /// The outcomes.
+    pub(crate) outcomes: Vec<(Category, TransferOutcome)>,
+}
+
+/// Where one run of a transfer's reading stands.
+struct Run {
+    /// After this place (none: from the run's start).
+    after: Option<clover_store::TransferCursor>,
+    /// Subjects before this one (none: to the end).
+    before: Option<clover_model::SubjectId>,
+    /// No page left.
+    done: bool,
+}
+
+/// The records `selection` selects, treated page by page by the custodian for the transfer
+/// ([`treat`], `quasi_only` as there). The subjects are cut into [`READERS`] runs that are read
+/// side by side, a page of each at a time, each run in the store's transfer order (by subject,
+/// then category, then record id: a subject's records together, in one run). Up to [`AHEAD`]
+/// pages are read ahead and in the custodian's hands at once, answered in the order read. Each
+/// page is treated in a task of its own, so that the custodian's work on one (on as many threads
+/// as there are cores) does not hold up the reading of the next or the commit of another's
+/// journal. The stream ends after its first error.
 pub(crate) fn treated_pages<'a>(
     boundary: &'a std::sync::Arc<Boundary>,
     selection: &'a TransferSelection,
     receipt: PageReceipt<'a>,
     quasi_only: bool,
-) -> impl futures_util::Stream<Item = Result<Vec<(Category, TransferOutcome)>, ApiError>> + Send + 'a {
+) -> impl futures_util::Stream<Item = Result<TreatedPage, ApiError>> + Send + 'a {
     use futures_util::StreamExt;
-    let pages = futures_util::stream::unfold((Some(None), receipt), move |(after, mut receipt)| async move {
-        let after: Option<clover_store::TransferCursor> = after?;
-        let page = match boundary.store().records_for_transfer(selection, after.as_ref(), PAGE).await {
-            Ok(page) => page,
-            Err(e) => return Some((Err(ApiError::internal(e)), (None, receipt))),
-        };
-        let last = clover_store::TransferCursor::after(&page.last()?.0);
-        match receipt.now(boundary).await {
-            Ok(current) => Some((Ok((page, current)), (Some(Some(last)), receipt))),
-            Err(e) => Some((Err(e), (None, receipt))),
-        }
-    });
-    pages
+    type Read = Vec<(usize, Vec<(clover_store::RecordRow, Vec<u8>)>, TransferReceipt)>;
+    let steps = futures_util::stream::unfold(
+        (None::<Vec<Run>>, receipt, false),
+        move |(runs, mut receipt, failed)| async move {
+            if failed {
+                return None;
+            }
+            let fail = |e: ApiError, receipt| Some((Err(e), (None, receipt, true)));
+            let mut runs = match runs {
+                Some(runs) => runs,
+                None => match boundary.store().subject_splits(READERS).await {
+                    Ok(splits) => {
+                        let mut runs = Vec::with_capacity(splits.len() + 1);
+                        let mut after = None;
+                        for split in splits.into_iter().map(Some).chain([None]) {
+                            let next = split.as_ref().map(clover_store::TransferCursor::before);
+                            runs.push(Run { after, before: split, done: false });
+                            after = next;
+                        }
+                        runs
+                    }
+                    Err(e) => return fail(ApiError::internal(e), receipt),
+                },
+            };
+            let reads = runs.iter().enumerate().filter(|(_, run)| !run.done).map(|(n, run)| async move {
+                (
+                    n,
+                    boundary
+                        .store()
+                        .records_for_transfer(selection, run.after.as_ref(), run.before.as_ref(), PAGE)
+                        .await,
+                )
+            });
+            let mut pages = Vec::new();
+            for (n, page) in futures_util::future::join_all(reads).await {
+                let page = match page {
+                    Ok(page) => page,
+                    Err(e) => return fail(ApiError::internal(e), receipt),
+                };
+                let Some(run) = runs.get_mut(n) else { continue };
+                match page.last() {
+                    Some((last, _)) => {
+                        run.after = Some(clover_store::TransferCursor::after(last));
+                        pages.push((n, page));
+                    }
+                    None => run.done = true,
+                }
+            }
+            if pages.is_empty() {
+                return None;
+            }
+            let current = match receipt.now(boundary).await {
+                Ok(current) => current,
+                Err(e) => return fail(e, receipt),
+            };
+            let read: Read = pages.into_iter().map(|(n, page)| (n, page, current.clone())).collect();
+            Some((Ok(read), (Some(runs), receipt, false)))
+        },
+    );
+    steps
+        .flat_map(|step: Result<Read, ApiError>| match step {
+            Ok(read) => futures_util::stream::iter(read.into_iter().map(Ok)).left_stream(),
+            Err(e) => futures_util::stream::iter([Err(e)]).right_stream(),
+        })
         .map(move |page| {
             let boundary = std::sync::Arc::clone(boundary);
             async move {
-                let (page, receipt) = page?;
-                tokio::spawn(async move { treat(&boundary, &receipt, page, quasi_only).await })
+                let (run, page, receipt) = page?;
+                let outcomes = tokio::spawn(async move { treat(&boundary, &receipt, page, quasi_only).await })
                     .await
-                    .map_err(ApiError::internal)?
+                    .map_err(ApiError::internal)??;
+                Ok(TreatedPage { run, outcomes })
             }
         })
         .buffered(AHEAD)
@@ -739,7 +818,7 @@ impl Sender {
         let mut line = Vec::with_capacity(512);
         while let Some(treated) = futures_util::StreamExt::next(&mut pages).await {
             let mut chunk = spool::Chunk::default();
-            for (category, outcome) in treated.map_err(|e| e.to_string())? {
+            for (category, outcome) in treated.map_err(|e| e.to_string())?.outcomes {
                 let TransferOutcome::Treated { subject, record, fields, quasi, .. } = outcome else { continue };
                 let class = class_of(&category, &quasi);
                 classes.add(class, &subject);

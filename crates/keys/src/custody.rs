@@ -50,7 +50,8 @@ pub enum TransferOutcome {
     Treated {
         /// The subject, as a token of the transfer's purpose and destination.
         subject: String,
-        /// The record, as a token of the transfer's purpose and destination.
+        /// The record, as a token of the transfer's purpose and destination (empty in a
+        /// treatment of the quasi-identifiers only).
         record: String,
         /// The fields, each by its rule; fields no rule names are not here.
         fields: Fields,

@@ -272,19 +272,29 @@ pub struct TransferSelection {
 /// facts, their key, their journal record) is done once for all their records.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TransferCursor {
-    /// The record's subject.
+    /// The subject.
     pub subject: SubjectId,
-    /// Its category.
-    pub category: Category,
-    /// Its id.
-    pub record: RecordId,
+    /// The category and id of the subject's last record read; none before their first.
+    pub last: Option<(Category, RecordId)>,
 }
 
 impl TransferCursor {
     /// The place just after `record`.
     #[must_use]
     pub fn after(record: &RecordRow) -> Self {
-        Self { subject: record.subject_id.clone(), category: record.category.clone(), record: record.record_id }
+        Self { subject: record.subject_id.clone(), last: Some((record.category.clone(), record.record_id)) }
+    }
+
+    /// The place just before the first record of `subject`.
+    #[must_use]
+    pub fn before(subject: &SubjectId) -> Self {
+        Self { subject: subject.clone(), last: None }
+    }
+
+    /// The category and record id to compare with, as text (empty before a subject's first
+    /// record: below any).
+    pub(crate) fn last_as_text(&self) -> (&str, String) {
+        self.last.as_ref().map_or(("", String::new()), |(category, record)| (category.as_str(), record.to_string()))
     }
 }
 
@@ -397,15 +407,22 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<RecordRow>, StoreError>;
 
-    /// Up to `limit` records a transfer selects, with their subjects, after `after` in the order
-    /// of [`TransferCursor`] (by subject, then category, then record id): what a transfer pages
-    /// through.
+    /// Up to `limit` records a transfer selects, each with its subject's sealed metadata (what
+    /// the custodian reads a subject's age from; nothing else of the subject), after `after` in the order
+    /// of [`TransferCursor`] (by subject, then category, then record id) and, with `before`, of
+    /// subjects ordered before it: what a transfer pages through.
     async fn records_for_transfer(
         &self,
         selection: &TransferSelection,
         after: Option<&TransferCursor>,
+        before: Option<&SubjectId>,
         limit: u32,
-    ) -> Result<Vec<(RecordRow, SubjectRow)>, StoreError>;
+    ) -> Result<Vec<(RecordRow, Vec<u8>)>, StoreError>;
+
+    /// Subject ids that cut the subjects, in the order [`Store::records_for_transfer`] reads
+    /// them, into `parts` runs of about as many subjects each (`parts - 1` ids, fewer if there
+    /// are fewer subjects, none for one part): a transfer reads the runs side by side.
+    async fn subject_splits(&self, parts: u32) -> Result<Vec<SubjectId>, StoreError>;
 
     /// Keeps a new transfer.
     async fn insert_transfer(&self, row: &TransferRow) -> Result<(), StoreError>;

@@ -20,7 +20,7 @@ use time::OffsetDateTime;
 use crate::rows::{
     self, APPROVAL_COLUMNS, CERTIFICATE_COLUMNS, GOVERNMENT_REQUEST_COLUMNS, RECORD_COLUMNS, RECORD_WITH_SUBJECT,
     SUBJECT_COLUMNS, SUBJECT_REQUEST_COLUMNS, TRANSFER_COLUMNS, TRANSFER_SELECT, approval_row, corrupt, db, id_list,
-    record_row, record_with_subject_row, subject_row, transfer_row,
+    parse, record_row, record_with_metadata_row, record_with_subject_row, subject_row, transfer_row,
 };
 use crate::{
     ApprovalRow, CertificateRow, Counts, Erasure, GovernmentRequestRow, REPATRIATED_COLUMNS, RecordRow, RepatriatedRow,
@@ -358,25 +358,53 @@ impl Store for PostgresStore {
         &self,
         selection: &TransferSelection,
         after: Option<&TransferCursor>,
+        before: Option<&SubjectId>,
         limit: u32,
-    ) -> Result<Vec<(RecordRow, SubjectRow)>, StoreError> {
+    ) -> Result<Vec<(RecordRow, Vec<u8>)>, StoreError> {
         let categories: Vec<String> = selection.categories.iter().map(ToString::to_string).collect();
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let last = after.map(TransferCursor::last_as_text).unwrap_or_default();
+        let upper = if before.is_some() { "AND r.subject_id < $8" } else { "" };
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(format!(
             "{TRANSFER_SELECT} r.category = ANY($1) AND r.created_at >= $2 AND r.created_at < $3 \
-             AND (r.subject_id, r.category, r.record_id) > ($4, $5, $6) \
+             AND (r.subject_id, r.category, r.record_id) > ($4, $5, $6) {upper} \
              ORDER BY r.subject_id, r.category, r.record_id LIMIT $7"
         )))
         .bind(&categories)
         .bind(selection.since.map_or(i64::MIN, OffsetDateTime::unix_timestamp))
         .bind(selection.until.map_or(i64::MAX, OffsetDateTime::unix_timestamp))
         .bind(after.map(|a| a.subject.as_str()).unwrap_or_default())
-        .bind(after.map(|a| a.category.as_str()).unwrap_or_default())
-        .bind(after.map(|a| a.record.to_string()).unwrap_or_default())
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db("reading records for a transfer"))?;
-        rows.iter().map(record_with_subject_row).collect()
+        .bind(last.0)
+        .bind(last.1)
+        .bind(i64::from(limit));
+        if let Some(before) = before {
+            query = query.bind(before.as_str());
+        }
+        let rows = query.fetch_all(&self.pool).await.map_err(db("reading records for a transfer"))?;
+        rows.iter().map(record_with_metadata_row).collect()
+    }
+
+    async fn subject_splits(&self, parts: u32) -> Result<Vec<SubjectId>, StoreError> {
+        let subjects: i64 = sqlx::query_scalar("SELECT count(*) FROM subjects")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db("counting subjects"))?;
+        let mut splits = Vec::new();
+        for part in 1..i64::from(parts) {
+            let at = subjects * part / i64::from(parts);
+            let id: Option<String> =
+                sqlx::query_scalar("SELECT subject_id FROM subjects ORDER BY subject_id LIMIT 1 OFFSET $1")
+                    .bind(at)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db("splitting the subjects"))?;
+            if let Some(id) = id {
+                let id = parse("subject_id", id)?;
+                if splits.last() != Some(&id) && at > 0 {
+                    splits.push(id);
+                }
+            }
+        }
+        Ok(splits)
     }
 
     async fn insert_transfer(&self, row: &TransferRow) -> Result<(), StoreError> {

@@ -101,10 +101,10 @@ pub(crate) const RECORD_WITH_SUBJECT: &str = "SELECT r.record_id, r.subject_id, 
      s.created_at AS subject_created_at FROM records r JOIN subjects s ON s.subject_id = r.subject_id \
      WHERE r.record_id = ";
 
-/// The records a transfer selects, with their subjects (the conditions follow `WHERE`).
+/// The records a transfer selects, with their subjects' metadata (the conditions follow `WHERE`).
 pub(crate) const TRANSFER_SELECT: &str = "SELECT r.record_id, r.subject_id, r.category, r.home_region, \
-     r.version, r.ciphertext, r.created_at, r.sealed_with, s.home_region AS subject_home_region, s.attributes, s.metadata, \
-     s.created_at AS subject_created_at FROM records r JOIN subjects s ON s.subject_id = r.subject_id WHERE";
+     r.version, r.ciphertext, r.created_at, r.sealed_with, s.metadata \
+     FROM records r JOIN subjects s ON s.subject_id = r.subject_id WHERE";
 
 /// The columns a transfer is read from, in [`transfer_row`]'s order.
 pub(crate) const TRANSFER_COLUMNS: &str =
@@ -136,6 +136,13 @@ pub(crate) fn record_with_subject_row(row: &impl Columns) -> Result<(RecordRow, 
         created_at: timestamp(row.int("subject_created_at").map_err(get())?)?,
     };
     Ok((record, subject))
+}
+
+/// A record and its subject's sealed metadata, from [`TRANSFER_SELECT`].
+pub(crate) fn record_with_metadata_row(row: &impl Columns) -> Result<(RecordRow, Vec<u8>), StoreError> {
+    let record = record_row(row)?;
+    let metadata = row.bytes("metadata").map_err(db("reading a subject"))?;
+    Ok((record, metadata))
 }
 
 pub(crate) fn approval_row(row: &impl Columns) -> Result<ApprovalRow, StoreError> {

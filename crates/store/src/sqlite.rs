@@ -21,7 +21,7 @@ use time::OffsetDateTime;
 use crate::rows::{
     self, APPROVAL_COLUMNS, CERTIFICATE_COLUMNS, GOVERNMENT_REQUEST_COLUMNS, RECORD_COLUMNS, RECORD_WITH_SUBJECT,
     SUBJECT_COLUMNS, SUBJECT_REQUEST_COLUMNS, TRANSFER_COLUMNS, TRANSFER_SELECT, approval_row, corrupt, db, id_list,
-    parse, record_row, record_with_subject_row, subject_row, transfer_row,
+    parse, record_row, record_with_metadata_row, record_with_subject_row, subject_row, transfer_row,
 };
 use crate::{
     ApprovalRow, CertificateRow, Counts, Erasure, GovernmentRequestRow, REPATRIATED_COLUMNS, RecordRow, RepatriatedRow,
@@ -152,6 +152,9 @@ CREATE TABLE IF NOT EXISTS government_requests (
 
 /// The schema's version, kept in `user_version`.
 const SCHEMA_VERSION: i64 = 11;
+
+/// Rows a connection's thread may read ahead of its reader: a transfer's page (500) and more.
+const ROW_BUFFER: usize = 1024;
 
 /// Changes that bring a database of an older version (the key) to the next one.
 ///
@@ -331,7 +334,11 @@ impl SqliteStore {
             // insert then reads its pages back from the file. Statement journals in memory, not in
             // temporary files (durability is the write-ahead log's, unchanged).
             .pragma("cache_size", "-16384")
-            .pragma("temp_store", "MEMORY");
+            .pragma("temp_store", "MEMORY")
+            // Room for a whole page of rows between the connection's thread and its reader
+            // (sqlx's default is 50): the thread steps through a page without waiting for the
+            // reader to take each row.
+            .row_buffer_size(ROW_BUFFER);
         let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await.map_err(open_err)?;
         let mut version: i64 = sqlx::query("PRAGMA user_version")
             .fetch_one(&pool)
@@ -521,24 +528,52 @@ impl Store for SqliteStore {
         &self,
         selection: &TransferSelection,
         after: Option<&TransferCursor>,
+        before: Option<&SubjectId>,
         limit: u32,
-    ) -> Result<Vec<(RecordRow, SubjectRow)>, StoreError> {
+    ) -> Result<Vec<(RecordRow, Vec<u8>)>, StoreError> {
         let categories = id_list(selection.categories.iter().map(clover_model::Category::as_str));
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let last = after.map(TransferCursor::last_as_text).unwrap_or_default();
+        let upper = if before.is_some() { "AND r.subject_id < ?" } else { "" };
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(format!(
             "{TRANSFER_SELECT} r.category IN (SELECT value FROM json_each(?)) AND r.created_at >= ? AND r.created_at < ? \
-             AND (r.subject_id, r.category, r.record_id) > (?, ?, ?) \
+             AND (r.subject_id, r.category, r.record_id) > (?, ?, ?) {upper} \
              ORDER BY r.subject_id, r.category, r.record_id LIMIT {limit}"
         )))
         .bind(categories)
         .bind(selection.since.map_or(i64::MIN, OffsetDateTime::unix_timestamp))
         .bind(selection.until.map_or(i64::MAX, OffsetDateTime::unix_timestamp))
         .bind(after.map(|a| a.subject.as_str()).unwrap_or_default())
-        .bind(after.map(|a| a.category.as_str()).unwrap_or_default())
-        .bind(after.map(|a| a.record.to_string()).unwrap_or_default())
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db("reading records for a transfer"))?;
-        rows.iter().map(record_with_subject_row).collect()
+        .bind(last.0)
+        .bind(last.1);
+        if let Some(before) = before {
+            query = query.bind(before.as_str());
+        }
+        let rows = query.fetch_all(&self.pool).await.map_err(db("reading records for a transfer"))?;
+        rows.iter().map(record_with_metadata_row).collect()
+    }
+
+    async fn subject_splits(&self, parts: u32) -> Result<Vec<SubjectId>, StoreError> {
+        let subjects: i64 = sqlx::query_scalar("SELECT count(*) FROM subjects")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db("counting subjects"))?;
+        let mut splits = Vec::new();
+        for part in 1..i64::from(parts) {
+            let at = subjects * part / i64::from(parts);
+            let id: Option<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT subject_id FROM subjects ORDER BY subject_id LIMIT 1 OFFSET {at}"
+            )))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("splitting the subjects"))?;
+            if let Some(id) = id {
+                let id = parse("subject_id", id)?;
+                if splits.last() != Some(&id) && at > 0 {
+                    splits.push(id);
+                }
+            }
+        }
+        Ok(splits)
     }
 
     async fn insert_transfer(&self, row: &TransferRow) -> Result<(), StoreError> {

@@ -480,25 +480,39 @@ async fn transfers_page_their_records_and_are_streamed_once(store: Arc<dyn Store
     let mut after = None;
     loop {
         // Pages of two: a subject's records are split across pages.
-        let page = store.records_for_transfer(&selection, after.as_ref(), 2).await.unwrap();
+        let page = store.records_for_transfer(&selection, after.as_ref(), None, 2).await.unwrap();
         if page.is_empty() {
             break;
         }
-        for (record, subject) in &page {
-            assert_eq!(subject.metadata, vec![4, 5]);
-            assert_eq!(subject.subject_id, record.subject_id);
+        for (record, metadata) in &page {
+            assert_eq!(metadata, &vec![4, 5], "the subject's metadata comes with each record");
             assert!((1_700_000_001..1_700_000_004).contains(&record.created_at.unix_timestamp()));
             seen.push((record.subject_id.to_string(), record.record_id.to_string()));
         }
         after = page.last().map(|(r, _)| TransferCursor::after(r));
     }
     assert_eq!(seen, wanted, "every record selected once, by subject and then record id");
+    // Read in runs side by side, cut where subject_splits says: the same records, each once.
+    assert!(store.subject_splits(1).await.unwrap().is_empty());
+    let splits = store.subject_splits(2).await.unwrap();
+    assert_eq!(splits, vec!["s-2".parse::<SubjectId>().unwrap()]);
+    assert_eq!(store.subject_splits(8).await.unwrap(), splits, "no run without a subject of its own");
+    let ids = |page: Vec<(RecordRow, Vec<u8>)>| -> Vec<(String, String)> {
+        page.iter().map(|(r, _)| (r.subject_id.to_string(), r.record_id.to_string())).collect()
+    };
+    let first = store.records_for_transfer(&selection, None, splits.first(), 100).await.unwrap();
+    let from = TransferCursor::before(&splits[0]);
+    let second = store.records_for_transfer(&selection, Some(&from), None, 100).await.unwrap();
+    let mut both = ids(first);
+    assert!(both.iter().all(|(subject, _)| subject == "s-1"));
+    both.extend(ids(second));
+    assert_eq!(both, wanted);
     let all = TransferSelection {
         categories: vec!["profile".parse().unwrap(), "content".parse().unwrap()],
         since: None,
         until: None,
     };
-    assert_eq!(store.records_for_transfer(&all, None, 100).await.unwrap().len(), 12);
+    assert_eq!(store.records_for_transfer(&all, None, None, 100).await.unwrap().len(), 12);
 
     let row = TransferRow {
         transfer_id: "t-1".into(),

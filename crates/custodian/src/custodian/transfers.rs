@@ -163,6 +163,11 @@ impl Custodian {
                 .collect()
         };
         let subject_keys = self.subject_keys_of(&adults).await?;
+        // Each subject's token once a batch (their records come together).
+        let subject_tokens: HashMap<String, String> = adults
+            .iter()
+            .map(|hash| ((*hash).to_owned(), keys.token(id_input("subject-hash", hash).as_bytes())))
+            .collect();
         // The records opened and treated on as many threads as there are cores (up to four),
         // each a run of the batch, in the batch's order.
         let work: Vec<(TransferItem, Option<Facts>)> = items.into_iter().zip(states).collect();
@@ -170,7 +175,9 @@ impl Custodian {
         let per_thread = work.len().div_ceil(threads).max(MIN_PER_THREAD);
         let treat = |run: &[(TransferItem, Option<Facts>)]| {
             run.iter()
-                .map(|(item, state)| self.treat_one(access, &keys, &subject_keys, item, *state, today, quasi_only))
+                .map(|(item, state)| {
+                    self.treat_one(access, (&keys, &subject_tokens), &subject_keys, item, *state, today, quasi_only)
+                })
                 .collect::<Result<Vec<_>, KeyError>>()
         };
         let runs: Vec<Result<Vec<TransferOutcome>, KeyError>> = if work.len() <= per_thread {
@@ -221,7 +228,7 @@ impl Custodian {
     fn treat_one(
         &self,
         access: &LoggedTransfer,
-        keys: &clover_egress::TransferKeys,
+        (keys, subject_tokens): (&clover_egress::TransferKeys, &HashMap<String, String>),
         subject_keys: &HashMap<String, (DataKey, bool)>,
         item: &TransferItem,
         state: Option<Facts>,
@@ -237,7 +244,11 @@ impl Custodian {
             Some(Facts::Erased) => return Ok(TransferOutcome::Erased),
             Some(Facts::Adult) => {}
         }
-        let Some((key, _)) = subject_keys.get(&item.subject_hash) else { return Ok(TransferOutcome::Erased) };
+        let (Some((key, _)), Some(subject)) =
+            (subject_keys.get(&item.subject_hash), subject_tokens.get(item.subject_hash.as_str()))
+        else {
+            return Ok(TransferOutcome::Erased);
+        };
         let sealed_aad = aad::record(&self.keys.region, &item.subject, &item.record, item.version);
         let record = item.record.to_string();
         let info = aad::key_scope(
@@ -251,8 +262,9 @@ impl Custodian {
         let fields = Fields::from_bytes(&plain).map_err(|_| KeyError::Decrypt)?;
         let treated = clover_egress::treatment::apply_some(rules, &fields, keys, today, quasi_only);
         Ok(TransferOutcome::Treated {
-            subject: keys.token(id_input("subject-hash", &item.subject_hash).as_bytes()),
-            record: keys.token(id_input("record", &record).as_bytes()),
+            subject: subject.clone(),
+            // A pass over the quasi-identifiers only (a count, an aggregate) sends no record.
+            record: if quasi_only { String::new() } else { keys.token(id_input("record", &record).as_bytes()) },
             fields: Fields::new(treated.fields),
             quasi: treated.quasi,
             refused: treated.refused,
