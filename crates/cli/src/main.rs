@@ -13,7 +13,9 @@ mod listener;
 
 /// mimalloc instead of the C library's allocator: the boundary's passes over many records (a
 /// transfer, a repatriation) allocate and free many small buffers on several threads, where
-/// glibc's allocator spent a tenth of the time (`malloc_consolidate`, `_int_malloc`).
+/// glibc's allocator spent a tenth of the time (`malloc_consolidate`, `_int_malloc`). With the
+/// crate's `override` feature it also serves the C code linked in (SQLite's page cache, aws-lc)
+/// and the shared libraries loaded (a PKCS#11 module): `malloc` and `free` are the binary's own.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
