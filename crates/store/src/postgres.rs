@@ -20,7 +20,7 @@ use time::OffsetDateTime;
 use crate::rows::{
     self, APPROVAL_COLUMNS, CERTIFICATE_COLUMNS, GOVERNMENT_REQUEST_COLUMNS, RECORD_COLUMNS, RECORD_WITH_SUBJECT,
     SUBJECT_COLUMNS, SUBJECT_REQUEST_COLUMNS, TRANSFER_COLUMNS, TRANSFER_SELECT, approval_row, corrupt, db, id_list,
-    parse, record_row, record_with_metadata_row, record_with_subject_row, subject_row, transfer_row,
+    parse, record_row, record_with_metadata_row, record_with_subject_row, split_offsets, subject_row, transfer_row,
 };
 use crate::{
     ApprovalRow, CertificateRow, Counts, Erasure, GovernmentRequestRow, REPATRIATED_COLUMNS, RecordRow, RepatriatedRow,
@@ -389,20 +389,14 @@ impl Store for PostgresStore {
             .await
             .map_err(db("counting subjects"))?;
         let mut splits = Vec::new();
-        for part in 1..i64::from(parts) {
-            let at = subjects * part / i64::from(parts);
+        for at in split_offsets(subjects, parts) {
             let id: Option<String> =
                 sqlx::query_scalar("SELECT subject_id FROM subjects ORDER BY subject_id LIMIT 1 OFFSET $1")
                     .bind(at)
                     .fetch_optional(&self.pool)
                     .await
                     .map_err(db("splitting the subjects"))?;
-            if let Some(id) = id {
-                let id = parse("subject_id", id)?;
-                if splits.last() != Some(&id) && at > 0 {
-                    splits.push(id);
-                }
-            }
+            splits.extend(id.map(|id| parse("subject_id", id)).transpose()?);
         }
         Ok(splits)
     }

@@ -138,6 +138,16 @@ pub(crate) fn record_with_subject_row(row: &impl Columns) -> Result<(RecordRow, 
     Ok((record, subject))
 }
 
+/// The places (0-based, in subject order) of the subjects that cut `subjects` subjects into
+/// `parts` runs of about as many each ([`crate::Store::subject_splits`]): each above 0 (no run
+/// is empty) and each once.
+pub(crate) fn split_offsets(subjects: i64, parts: u32) -> Vec<i64> {
+    let mut offsets: Vec<i64> = (1..i64::from(parts)).map(|part| subjects * part / i64::from(parts)).collect();
+    offsets.retain(|at| *at > 0);
+    offsets.dedup();
+    offsets
+}
+
 /// A record and its subject's sealed metadata, from [`TRANSFER_SELECT`].
 pub(crate) fn record_with_metadata_row(row: &impl Columns) -> Result<(RecordRow, Vec<u8>), StoreError> {
     let record = record_row(row)?;
