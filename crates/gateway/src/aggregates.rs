@@ -259,8 +259,13 @@ pub async fn release(
     // The records of a run come by subject (`treated_pages`): each run's subject being counted,
     // and how many of theirs so far.
     let mut current: HashMap<usize, (String, u32)> = HashMap::new();
-    let mut pages =
-        std::pin::pin!(transfers::treated_pages(boundary, &selection, transfers::PageReceipt::Fixed(&receipt), true));
+    let mut pages = std::pin::pin!(transfers::treated_pages(
+        boundary,
+        &selection,
+        transfers::PageReceipt::Fixed(&receipt),
+        true,
+        |outcomes| outcomes,
+    ));
     while let Some(treated) = futures_util::StreamExt::next(&mut pages).await {
         let treated = match treated {
             Ok(treated) => treated,

@@ -330,7 +330,20 @@ pub async fn create(boundary: &std::sync::Arc<Boundary>, caller: &Caller, asked:
             id: &id,
             facts: &renewed,
         };
-        let mut pages = std::pin::pin!(treated_pages(boundary, &selection, receipt, true));
+        // Each record's class digested in its page's task.
+        let classed = |outcomes: Outcomes| -> Vec<(TransferOutcome, Option<ClassKey>)> {
+            outcomes
+                .into_iter()
+                .map(|(category, outcome)| {
+                    let class = match &outcome {
+                        TransferOutcome::Treated { quasi, .. } => Some(class_of(&category, quasi)),
+                        _ => None,
+                    };
+                    (outcome, class)
+                })
+                .collect()
+        };
+        let mut pages = std::pin::pin!(treated_pages(boundary, &selection, receipt, true, classed));
         while let Some(treated) = futures_util::StreamExt::next(&mut pages).await {
             let treated = match treated {
                 Ok(treated) => treated,
@@ -338,13 +351,14 @@ pub async fn create(boundary: &std::sync::Arc<Boundary>, caller: &Caller, asked:
             };
             for outcome in treated.outcomes {
                 match outcome {
-                    (category, TransferOutcome::Treated { subject, quasi, refused, .. }) => {
-                        classes.add(class_of(&category, &quasi), &subject);
+                    (TransferOutcome::Treated { subject, refused, .. }, Some(class)) => {
+                        classes.add(class, &subject);
                         excluded.refused_fields += u64::from(refused);
                     }
-                    (_, TransferOutcome::Minor) => excluded.minors += 1,
-                    (_, TransferOutcome::Erased) => excluded.erased += 1,
-                    (_, TransferOutcome::NotCovered) => excluded.not_resealed += 1,
+                    (TransferOutcome::Treated { .. }, None) => {}
+                    (TransferOutcome::Minor, _) => excluded.minors += 1,
+                    (TransferOutcome::Erased, _) => excluded.erased += 1,
+                    (TransferOutcome::NotCovered, _) => excluded.not_resealed += 1,
                 }
             }
         }
@@ -536,13 +550,16 @@ impl PageReceipt<'_> {
 const READERS: u32 = 2;
 
 /// A page of a transfer, treated: which run of subjects it is of ([`READERS`]), and each record's
-/// outcome with its category.
-pub(crate) struct TreatedPage {
+/// outcome with its category, as the caller of [`treated_pages`] prepared them.
+pub(crate) struct TreatedPage<P> {
     /// The run: a subject's records are all in one run, in order.
     pub(crate) run: usize,
-    /// The outcomes.
-    pub(crate) outcomes: Vec<(Category, TransferOutcome)>,
+    /// The outcomes, prepared.
+    pub(crate) outcomes: P,
 }
+
+/// A page's outcomes, each record's with its category.
+pub(crate) type Outcomes = Vec<(Category, TransferOutcome)>;
 
 /// Where one run of a transfer's reading stands.
 struct Run {
@@ -561,13 +578,20 @@ struct Run {
 /// pages are read ahead and in the custodian's hands at once, answered in the order read. Each
 /// page is treated in a task of its own, so that the custodian's work on one (on as many threads
 /// as there are cores) does not hold up the reading of the next or the commit of another's
-/// journal. The stream ends after its first error.
-pub(crate) fn treated_pages<'a>(
+/// journal. `prepare` turns each page's outcomes into what the caller keeps of them, in the
+/// page's task too: the work that does not depend on other pages is done for several pages at
+/// once. The stream ends after its first error.
+pub(crate) fn treated_pages<'a, P, F>(
     boundary: &'a std::sync::Arc<Boundary>,
     selection: &'a TransferSelection,
     receipt: PageReceipt<'a>,
     quasi_only: bool,
-) -> impl futures_util::Stream<Item = Result<TreatedPage, ApiError>> + Send + 'a {
+    prepare: F,
+) -> impl futures_util::Stream<Item = Result<TreatedPage<P>, ApiError>> + Send + 'a
+where
+    P: Send + 'static,
+    F: Fn(Outcomes) -> P + Clone + Send + Sync + 'static,
+{
     use futures_util::StreamExt;
     type Read = Vec<(usize, Vec<(clover_store::RecordRow, Vec<u8>)>, TransferReceipt)>;
     let steps = futures_util::stream::unfold(
@@ -635,11 +659,13 @@ pub(crate) fn treated_pages<'a>(
         })
         .map(move |page| {
             let boundary = std::sync::Arc::clone(boundary);
+            let prepare = prepare.clone();
             async move {
                 let (run, page, receipt) = page?;
-                let outcomes = tokio::spawn(async move { treat(&boundary, &receipt, page, quasi_only).await })
-                    .await
-                    .map_err(ApiError::internal)??;
+                let outcomes =
+                    tokio::spawn(async move { treat(&boundary, &receipt, page, quasi_only).await.map(prepare) })
+                        .await
+                        .map_err(ApiError::internal)??;
                 Ok(TreatedPage { run, outcomes })
             }
         })
@@ -814,32 +840,46 @@ impl Sender {
             id: &self.id,
             facts: &renewed,
         };
-        let mut pages = std::pin::pin!(treated_pages(&self.boundary, selection, current, false));
-        let mut line = Vec::with_capacity(512);
+        // Each page's lines written, and its records' classes digested, in its page's task; the
+        // classes are counted here, in order.
+        let counted = std::sync::Arc::new(counted);
+        let lines = {
+            let counted = std::sync::Arc::clone(&counted);
+            move |outcomes: Outcomes| -> (spool::Chunk, Vec<(ClassKey, String)>) {
+                let mut chunk = spool::Chunk::default();
+                let mut subjects = Vec::with_capacity(outcomes.len());
+                let mut line = Vec::with_capacity(512);
+                for (category, outcome) in outcomes {
+                    let TransferOutcome::Treated { subject, record, fields, quasi, .. } = outcome else { continue };
+                    let class = class_of(&category, &quasi);
+                    if !counted.contains(&class) {
+                        // Not counted by the manifest: never leaves, whatever it has now.
+                        chunk.push(&class, b"");
+                    } else {
+                        line.clear();
+                        let one =
+                            Line { subject: &subject, record: &record, category: category.as_str(), fields: &fields };
+                        if serde_json::to_writer(&mut line, &one).is_ok() {
+                            line.push(b'\n');
+                            chunk.push(&class, &line);
+                        }
+                    }
+                    subjects.push((class, subject));
+                }
+                (chunk, subjects)
+            }
+        };
+        let mut pages = std::pin::pin!(treated_pages(&self.boundary, selection, current, false, lines));
         while let Some(treated) = futures_util::StreamExt::next(&mut pages).await {
-            let mut chunk = spool::Chunk::default();
-            for (category, outcome) in treated.map_err(|e| e.to_string())?.outcomes {
-                let TransferOutcome::Treated { subject, record, fields, quasi, .. } = outcome else { continue };
-                let class = class_of(&category, &quasi);
-                classes.add(class, &subject);
-                if !counted.contains(&class) {
-                    // Not counted by the manifest: never leaves, whatever it has now.
-                    chunk.push(&class, b"");
-                    continue;
-                }
-                line.clear();
-                let one = Line { subject: &subject, record: &record, category: category.as_str(), fields: &fields };
-                if serde_json::to_writer(&mut line, &one).is_err() {
-                    continue;
-                }
-                line.push(b'\n');
-                chunk.push(&class, &line);
+            let (chunk, subjects) = treated.map_err(|e| e.to_string())?.outcomes;
+            for (class, subject) in &subjects {
+                classes.add(*class, subject);
             }
             if !chunk.is_empty() {
                 spool.write(chunk).await.map_err(|e| crate::report::Chain(&e).to_string())?;
             }
         }
-        Ok(counted.into_iter().filter(|class| classes.released(class)).collect())
+        Ok(counted.iter().filter(|class| classes.released(class)).copied().collect())
     }
 
     async fn send(

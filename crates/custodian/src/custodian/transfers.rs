@@ -180,9 +180,10 @@ impl Custodian {
                 })
                 .collect::<Result<Vec<_>, KeyError>>()
         };
-        let runs: Vec<Result<Vec<TransferOutcome>, KeyError>> = if work.len() <= per_thread {
-            vec![treat(&work)]
-        } else {
+        let all = || -> Vec<Result<Vec<TransferOutcome>, KeyError>> {
+            if work.len() <= per_thread {
+                return vec![treat(&work)];
+            }
             std::thread::scope(|scope| {
                 let mut chunks = work.chunks(per_thread);
                 let first = chunks.next().unwrap_or_default();
@@ -193,6 +194,15 @@ impl Custodian {
                 }));
                 runs
             })
+        };
+        // This thread computes until the batch is treated: on a runtime of several workers, its
+        // other tasks (the boundary's reads, its stream's writes, other batches' journals) move
+        // to another worker meanwhile rather than wait behind it.
+        let runs = match tokio::runtime::Handle::try_current() {
+            Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(all)
+            }
+            _ => all(),
         };
         let mut outcomes = Vec::with_capacity(work.len());
         for run in runs {
