@@ -12,7 +12,7 @@
 //! any radix ([`FlexibleNumeralString`]) does each round's arithmetic in `BigUint`, which was a
 //! quarter of a transfer's stream. A value whose halves each fit in a `u64` (up to 38 digits, or
 //! 24 letters and digits: every phone number, postcode and account number) goes through
-//! [`PackedNumerals`] instead, the same numeral string with its halves held as integers; longer
+//! `PackedNumerals` instead, the same numeral string with its halves held as integers; longer
 //! ones through `FlexibleNumeralString`. The tests check that both give the same ciphertexts.
 
 use std::sync::Arc;
